@@ -1,0 +1,7 @@
+//! Pure bytes <-> types: inbound payloads to events, outputs to JSON.
+
+pub mod inbound;
+pub mod outbound;
+
+pub use inbound::{DecodeError, Limits, decode};
+pub use outbound::{write_output, write_report};

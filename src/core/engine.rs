@@ -1,0 +1,589 @@
+//! The engine of one shard: prospects' state machines, the watermark, timers and funnel.
+//!
+//! Time rules (event time only):
+//! - The watermark is the largest event time seen minus the journey's allowed lateness, or a
+//!   later instant given to [`Engine::advance_to`]. A timer fires once the watermark is past its
+//!   due time, or when one of its own prospect's later events arrives, whichever comes first.
+//! - An event behind the watermark is *late*. It produces [`Output::Late`] and still counts:
+//!   dedup, counts per signal, score (added at its own event time), last activity, a
+//!   forward stage move (emitted with `late: true`) and cancelling a pending silence timer whose
+//!   window it falls in. It never raises a hot lead, never arms a timer and never clears a
+//!   ghosted/stalled flag that already fired.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::event::{Event, EventKind};
+use super::funnel::Funnel;
+use super::ids::{self, Interner, InternerFull, ProspectIx};
+use super::journey::{HotCondition, Journey, SignalId, StageId};
+use super::output::{HotLead, Output, RejectReason};
+use super::prospect::{self, Classification, Prospect};
+use super::time::{MS_PER_SEC, Ts};
+
+const GHOST: u8 = 0;
+const STALL: u8 = 1;
+
+/// Counters of what the engine did with its input.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub events: u64,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub late: u64,
+    pub unmapped: u64,
+    pub rejected: u64,
+    pub stage_changes: u64,
+    pub hot_leads: u64,
+    pub alerts_suppressed: u64,
+    pub ghosted: u64,
+    pub stalled: u64,
+}
+
+pub struct Engine {
+    journey: Arc<Journey>,
+    ids: Interner,
+    prospects: Vec<Prospect>,
+    /// `stages` per prospect: seconds since the epoch + 1 at which each stage was entered, 0 = never.
+    stage_times: Vec<u32>,
+    /// `signals` per prospect: how often each signal was seen (saturating).
+    counts: Vec<u16>,
+    /// `journey.tracked` per prospect: last time of each signal a hot rule looks back to.
+    marks: Vec<Ts>,
+    /// Emails, for the prospects that gave one; kept aside so the others pay nothing for it.
+    emails: std::collections::HashMap<u32, Box<str>>,
+    timers: BinaryHeap<Reverse<(Ts, u32, u8)>>,
+    watermark: Ts,
+    max_event_ts: Ts,
+    funnel: Funnel,
+    stats: Stats,
+}
+
+fn stage_secs(ts: Ts) -> u32 {
+    (ts.0.div_euclid(MS_PER_SEC) + 1).clamp(1, i64::from(u32::MAX)) as u32
+}
+
+impl Engine {
+    pub fn new(journey: Arc<Journey>) -> Engine {
+        Engine {
+            funnel: Funnel::new(&journey),
+            journey,
+            ids: Interner::default(),
+            prospects: Vec::new(),
+            stage_times: Vec::new(),
+            counts: Vec::new(),
+            marks: Vec::new(),
+            emails: std::collections::HashMap::new(),
+            timers: BinaryHeap::new(),
+            watermark: Ts::NONE,
+            max_event_ts: Ts::NONE,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn journey(&self) -> &Arc<Journey> {
+        &self.journey
+    }
+
+    pub fn watermark(&self) -> Ts {
+        self.watermark
+    }
+
+    /// Largest event time applied on time (not late).
+    pub fn max_event_time(&self) -> Ts {
+        self.max_event_ts
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn funnel(&self) -> &Funnel {
+        &self.funnel
+    }
+
+    pub fn len(&self) -> usize {
+        self.prospects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prospects.is_empty()
+    }
+
+    pub fn prospect_id(&self, ix: ProspectIx) -> &str {
+        self.ids.get(ix)
+    }
+
+    pub fn find(&self, id: &str) -> Option<ProspectIx> {
+        self.ids.find(id)
+    }
+
+    pub fn prospect(&self, ix: ProspectIx) -> &Prospect {
+        &self.prospects[ix.0 as usize]
+    }
+
+    pub fn email(&self, ix: ProspectIx) -> Option<&str> {
+        self.emails.get(&ix.0).map(|e| &**e)
+    }
+
+    /// Moves the watermark to `t` (if later) and fires every timer it passes. The shell calls
+    /// this with the wall clock when a shard is idle, and at the end of a replay.
+    pub fn advance_to(&mut self, t: Ts, out: &mut Vec<Output>) {
+        if t > self.watermark {
+            self.watermark = t;
+            self.fire_timers(out);
+        }
+    }
+
+    fn reject(&mut self, reason: RejectReason, detail: String, out: &mut Vec<Output>) {
+        self.stats.rejected += 1;
+        out.push(Output::Rejected { reason, detail });
+    }
+
+    /// Applies one event, appending what it caused to `out`.
+    pub fn apply(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) {
+        self.stats.events += 1;
+        let journey = Arc::clone(&self.journey);
+        let Some(sig) = ev.signal else {
+            if ev.kind == EventKind::Identify
+                && let (Some(ix), Some(email)) = (self.ids.find(&ev.prospect), &ev.email)
+            {
+                self.emails.insert(ix.0, (**email).into());
+            }
+            match journey.unmapped {
+                super::journey::UnmappedPolicy::Ignore => self.stats.unmapped += 1,
+                super::journey::UnmappedPolicy::Reject => self.reject(
+                    RejectReason::UnknownSignal,
+                    format!("event `{}` maps to no signal of journey `{}`", ev.name, journey.name),
+                    out,
+                ),
+            }
+            return;
+        };
+        let def = journey.signal(sig);
+        if !def.source.admits(ev.source) {
+            let detail = format!(
+                "signal `{}` is accepted from {} only; this event came from {}",
+                def.name,
+                def.source.as_str(),
+                ev.source.as_str()
+            );
+            return self.reject(RejectReason::SourceMismatch, detail, out);
+        }
+        let (ix, new) = match self.ids.intern(&ev.prospect) {
+            Ok(v) => v,
+            Err(InternerFull) => {
+                let detail = format!("shard holds {} prospects, its id arena is full", self.prospects.len());
+                return self.reject(RejectReason::Capacity, detail, out);
+            }
+        };
+        let i = ix.0 as usize;
+        let fp = ids::event_fingerprint(&ev.event_id);
+        if new {
+            self.prospects.push(Prospect::new(journey.first_stage(), ev.ts));
+            self.stage_times.resize(self.stage_times.len() + journey.stages.len(), 0);
+            self.counts.resize(self.counts.len() + journey.signals.len(), 0);
+            self.marks.resize(self.marks.len() + journey.tracked, Ts::NONE);
+        } else if self.prospects[i].seen(fp) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        self.stats.applied += 1;
+        self.prospects[i].remember(fp);
+        if let Some(email) = &ev.email
+            && self.email(ix) != Some(&**email)
+        {
+            self.emails.insert(ix.0, (**email).into());
+        }
+
+        let ts = ev.ts;
+        let late = !self.watermark.is_none() && ts < self.watermark;
+        if late {
+            self.stats.late += 1;
+            out.push(Output::Late { prospect: ix, signal: sig, at: ts, watermark: self.watermark });
+        } else {
+            self.max_event_ts = self.max_event_ts.max(ts);
+            let wm = ts.minus(journey.allowed_lateness);
+            if self.watermark.is_none() || wm > self.watermark {
+                self.watermark = wm;
+                self.fire_timers(out);
+            }
+            self.fire_own_timers(ix, ts, out);
+        }
+
+        // Counts and look-back marks.
+        let nsig = journey.signals.len();
+        let count = &mut self.counts[i * nsig + sig.0 as usize];
+        let seen_before = *count;
+        *count = count.saturating_add(1);
+        if let Some(slot) = def.tracked_slot {
+            let m = &mut self.marks[i * journey.tracked + slot as usize];
+            if m.is_none() || ts > *m {
+                *m = ts;
+            }
+        }
+
+        // Score, decayed in event time.
+        let p = &mut self.prospects[i];
+        if ts > p.score_at {
+            p.score *= (-journey.decay_rate * ts.since(p.score_at).0 as f64).exp();
+            p.score_at = ts;
+        }
+        let score_before = p.score;
+        let scores = def.cap.is_none_or(|cap| (f64::from(seen_before) + 1.0) * def.weight.abs() <= cap + 1e-9);
+        if scores {
+            let w = if ts < p.score_at {
+                def.weight * (-journey.decay_rate * p.score_at.since(ts).0 as f64).exp()
+            } else {
+                def.weight
+            };
+            p.score = (p.score + w).clamp(-journey.max_score, journey.max_score);
+        }
+
+        // Activity and silence timers.
+        if def.prospect_initiated {
+            if p.last_activity.is_none() || ts > p.last_activity {
+                p.last_activity = ts;
+            }
+            if let Some(g) = journey.ghost
+                && !p.ghost_due.is_none()
+                && ts <= p.ghost_due
+                && ts > p.ghost_due.minus(g.window)
+            {
+                p.ghost_due = Ts::NONE;
+            }
+            if !late {
+                p.flags &= !prospect::GHOSTED;
+            }
+        }
+        if let Some(g) = journey.ghost
+            && g.after == sig
+            && !late
+            && !journey.stage(p.stage).terminal
+            && !p.has(prospect::OUTCOME_WON)
+        {
+            let due = ts.plus(g.window);
+            if p.ghost_due.is_none() || due > p.ghost_due {
+                p.ghost_due = due;
+                self.timers.push(Reverse((due, ix.0, GHOST)));
+            }
+        }
+        if def.disqualifies {
+            p.flags |= prospect::DISQUALIFIED;
+        }
+
+        // Stage: forward only; a new prospect enters at least the first stage.
+        let target = if new { Some(def.enters.unwrap_or(journey.first_stage())) } else { def.enters };
+        if let Some(to) = target {
+            self.enter_stage(ix, new, to, sig, ts, late, out);
+        }
+
+        if !late {
+            self.hot_rules(ix, sig, ev, score_before, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn enter_stage(
+        &mut self,
+        ix: ProspectIx,
+        new: bool,
+        to: StageId,
+        sig: SignalId,
+        ts: Ts,
+        late: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let journey = Arc::clone(&self.journey);
+        let i = ix.0 as usize;
+        let p = &mut self.prospects[i];
+        let from = (!new).then_some(p.stage);
+        if let Some(f) = from {
+            let cur = journey.stage(f);
+            if cur.terminal || journey.stage(to).order <= cur.order {
+                return;
+            }
+        }
+        self.funnel.transition(&journey, from, to, ts.since(p.stage_entered));
+        self.stage_times[i * journey.stages.len() + to.0 as usize] = stage_secs(ts);
+        p.stage = to;
+        p.stage_entered = ts;
+        p.flags &= !prospect::STALLED;
+        p.stall_due = Ts::NONE;
+        let def = journey.stage(to);
+        if def.terminal || def.outcome.is_some() {
+            p.ghost_due = Ts::NONE;
+        } else if let Some(s) = journey.stall
+            && !late
+            && s.stages & (1 << to.0) != 0
+        {
+            p.stall_due = ts.plus(s.window);
+            self.timers.push(Reverse((p.stall_due, ix.0, STALL)));
+        }
+        if let Some(o) = def.outcome
+            && !p.has(prospect::OUTCOME_WON | prospect::OUTCOME_LOST)
+        {
+            p.flags |= match o {
+                super::journey::Outcome::Won => prospect::OUTCOME_WON,
+                super::journey::Outcome::Lost => prospect::OUTCOME_LOST,
+            };
+            let n = journey.signals.len();
+            self.funnel.outcome(o, &self.counts[i * n..(i + 1) * n]);
+        }
+        self.stats.stage_changes += 1;
+        out.push(Output::StageChanged { prospect: ix, from, to, signal: sig, at: ts, late });
+    }
+
+    fn hot_rules(&mut self, ix: ProspectIx, sig: SignalId, ev: &Event<'_>, score_before: f64, out: &mut Vec<Output>) {
+        let journey = Arc::clone(&self.journey);
+        let i = ix.0 as usize;
+        let p = &self.prospects[i];
+        if p.has(prospect::DISQUALIFIED) || journey.stage(p.stage).terminal {
+            return;
+        }
+        let ts = ev.ts;
+        let mut fired = 0u32;
+        for (r, rule) in journey.hot_rules.iter().enumerate() {
+            let hit = match rule.condition {
+                HotCondition::ScoreAtLeast(t) => score_before < t && p.score >= t,
+                HotCondition::Signal { signal, after } => {
+                    signal == sig
+                        && after.is_none_or(|(a, within)| {
+                            let slot = journey.signal(a).tracked_slot.map_or(0, usize::from);
+                            let m = self.marks[i * journey.tracked + slot];
+                            !m.is_none() && m <= ts && ts.since(m) <= within
+                        })
+                }
+            };
+            if hit {
+                fired |= 1 << r;
+            }
+        }
+        if fired == 0 {
+            return;
+        }
+        let p = &mut self.prospects[i];
+        p.hot_until = ts.plus(journey.hot_for);
+        p.hot_rule = fired.trailing_zeros() as u8;
+        if !p.last_alert.is_none() && ts < p.last_alert.plus(journey.alert_cooldown) {
+            self.stats.alerts_suppressed += 1;
+            return;
+        }
+        p.last_alert = ts;
+        self.stats.hot_leads += 1;
+        let prospect_id = self.ids.get(ix);
+        let rule_names: Vec<&str> = (0..journey.hot_rules.len())
+            .filter(|r| fired & (1 << r) != 0)
+            .map(|r| journey.hot_rules[r].name.as_str())
+            .collect();
+        out.push(Output::HotLead(Box::new(HotLead {
+            alert_id: ids::alert_id(prospect_id, &rule_names.join("+"), &ev.event_id),
+            prospect: ix,
+            rules: fired,
+            score: p.score,
+            stage: p.stage,
+            signal: sig,
+            event_id: ev.event_id.to_string(),
+            at: ts,
+        })));
+    }
+
+    /// Fires this prospect's timers that fell due strictly before `ts`.
+    fn fire_own_timers(&mut self, ix: ProspectIx, ts: Ts, out: &mut Vec<Output>) {
+        let p = &self.prospects[ix.0 as usize];
+        let mut due = [(p.ghost_due, GHOST), (p.stall_due, STALL)];
+        due.sort();
+        for (t, kind) in due {
+            if !t.is_none() && t < ts {
+                self.fire(ix, kind, t, out);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, out: &mut Vec<Output>) {
+        while let Some(&Reverse((due, ix, kind))) = self.timers.peek() {
+            if due >= self.watermark {
+                break;
+            }
+            self.timers.pop();
+            self.fire(ProspectIx(ix), kind, due, out);
+        }
+    }
+
+    /// Fires a timer if it is still the prospect's current one (heap entries go stale when a
+    /// timer is re-armed or cancelled).
+    fn fire(&mut self, ix: ProspectIx, kind: u8, due: Ts, out: &mut Vec<Output>) {
+        let journey = &self.journey;
+        let p = &mut self.prospects[ix.0 as usize];
+        match kind {
+            GHOST if p.ghost_due == due => {
+                p.ghost_due = Ts::NONE;
+                p.flags |= prospect::GHOSTED;
+                if p.hot_until > due {
+                    p.hot_until = due;
+                }
+                let since = journey.ghost.map_or(due, |g| due.minus(g.window));
+                self.funnel.ghosted[p.stage.0 as usize] += 1;
+                self.stats.ghosted += 1;
+                out.push(Output::Ghosted { prospect: ix, stage: p.stage, since, at: due });
+            }
+            STALL if p.stall_due == due => {
+                p.stall_due = Ts::NONE;
+                p.flags |= prospect::STALLED;
+                self.funnel.stalled[p.stage.0 as usize] += 1;
+                self.stats.stalled += 1;
+                out.push(Output::Stalled { prospect: ix, stage: p.stage, since: p.stage_entered, at: due });
+            }
+            _ => {}
+        }
+    }
+
+    /// A readable view of one prospect, its score decayed to `at` (or to its last event).
+    pub fn view(&self, ix: ProspectIx, at: Option<Ts>) -> ProspectView {
+        let j = &self.journey;
+        let i = ix.0 as usize;
+        let p = &self.prospects[i];
+        let at = at.unwrap_or(p.score_at);
+        let stage_entered = (0..j.stages.len())
+            .filter_map(|s| {
+                let v = self.stage_times[i * j.stages.len() + s];
+                (v != 0).then(|| (j.stages[s].name.clone(), Ts((i64::from(v) - 1) * MS_PER_SEC).to_string()))
+            })
+            .collect();
+        let signal_counts = (0..j.signals.len())
+            .filter_map(|s| {
+                let c = self.counts[i * j.signals.len() + s];
+                (c != 0).then(|| (j.signals[s].name.clone(), c))
+            })
+            .collect();
+        let opt = |t: Ts| (!t.is_none()).then(|| t.to_string());
+        let hot = p.is_hot(at);
+        ProspectView {
+            prospect: self.ids.get(ix).to_string(),
+            email: self.email(ix).map(str::to_string),
+            stage: j.stage(p.stage).name.clone(),
+            stage_entered_at: p.stage_entered.to_string(),
+            stages_entered: stage_entered,
+            score: (p.score_at_time(j, at) * 100.0).round() / 100.0,
+            hot,
+            hot_reason: hot.then(|| j.hot_rules[p.hot_rule as usize].reason.clone()),
+            ghosted: p.has(prospect::GHOSTED),
+            stalled: p.has(prospect::STALLED),
+            classification: p.classification(j),
+            next_commitment: j.stage(p.stage).next_commitment.clone(),
+            last_activity: opt(p.last_activity),
+            ghost_due: opt(p.ghost_due),
+            stall_due: opt(p.stall_due),
+            signal_counts,
+        }
+    }
+
+    /// A digest of one prospect's whole state, independent of its index in this engine.
+    pub fn prospect_digest(&self, ix: ProspectIx) -> u64 {
+        let j = &self.journey;
+        let i = ix.0 as usize;
+        let p = &self.prospects[i];
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(self.ids.get(ix).as_bytes());
+        buf.push(0);
+        for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
+            buf.extend_from_slice(&t.0.to_le_bytes());
+        }
+        buf.extend_from_slice(&p.score.to_bits().to_le_bytes());
+        buf.extend_from_slice(&[p.stage.0, p.flags, p.hot_rule]);
+        let mut recent = p.recent;
+        recent.sort_unstable();
+        for r in recent {
+            buf.extend_from_slice(&r.to_le_bytes());
+        }
+        for v in &self.stage_times[i * j.stages.len()..(i + 1) * j.stages.len()] {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in &self.counts[i * j.signals.len()..(i + 1) * j.signals.len()] {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in &self.marks[i * j.tracked..(i + 1) * j.tracked] {
+            buf.extend_from_slice(&v.0.to_le_bytes());
+        }
+        if let Some(e) = self.email(ix) {
+            buf.extend_from_slice(e.as_bytes());
+        }
+        ids::hash64(ids::SEED_DIGEST, &buf)
+    }
+
+    /// Order-independent digest of every prospect's state: equal across engines (or shards
+    /// summed) that hold the same prospects in the same states.
+    pub fn digest(&self) -> u64 {
+        (0..self.prospects.len() as u32).fold(0u64, |acc, i| acc.wrapping_add(self.prospect_digest(ProspectIx(i))))
+    }
+
+    /// Prospects per classification, hot prospects at the watermark.
+    pub fn census(&self) -> Census {
+        let mut c = Census::default();
+        let at = self.watermark;
+        for p in &self.prospects {
+            match p.classification(&self.journey) {
+                Classification::CurrentOpportunity => c.current_opportunity += 1,
+                Classification::NoCurrentOpportunity => c.no_current_opportunity += 1,
+                Classification::NotAProspect => c.not_a_prospect += 1,
+            }
+            c.hot += u64::from(p.is_hot(at));
+            c.ghosted += u64::from(p.has(prospect::GHOSTED));
+            c.stalled += u64::from(p.has(prospect::STALLED));
+        }
+        c.prospects = self.prospects.len() as u64;
+        c
+    }
+
+    /// Heap bytes held by state (capacity, not length): the memory budget figure.
+    pub fn heap_bytes(&self) -> usize {
+        self.ids.heap_bytes()
+            + self.prospects.capacity() * std::mem::size_of::<Prospect>()
+            + self.stage_times.capacity() * 4
+            + self.counts.capacity() * 2
+            + self.marks.capacity() * 8
+            + self.timers.capacity() * std::mem::size_of::<Reverse<(Ts, u32, u8)>>()
+            + self.emails.capacity() * 24
+            + self.emails.values().map(|e| e.len()).sum::<usize>()
+    }
+
+    pub fn iter_ids(&self) -> impl Iterator<Item = (ProspectIx, &str)> + '_ {
+        self.ids.iter()
+    }
+}
+
+/// Counts over all prospects at the watermark.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Census {
+    pub prospects: u64,
+    pub hot: u64,
+    pub ghosted: u64,
+    pub stalled: u64,
+    pub current_opportunity: u64,
+    pub no_current_opportunity: u64,
+    pub not_a_prospect: u64,
+}
+
+/// One prospect, for people: names instead of indexes, times as RFC 3339.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProspectView {
+    pub prospect: String,
+    pub email: Option<String>,
+    pub stage: String,
+    pub stage_entered_at: String,
+    pub stages_entered: Vec<(String, String)>,
+    pub score: f64,
+    pub hot: bool,
+    pub hot_reason: Option<String>,
+    pub ghosted: bool,
+    pub stalled: bool,
+    pub classification: Classification,
+    pub next_commitment: String,
+    pub last_activity: Option<String>,
+    pub ghost_due: Option<String>,
+    pub stall_due: Option<String>,
+    pub signal_counts: Vec<(String, u16)>,
+}

@@ -1,0 +1,74 @@
+//! The validated event the engine applies, whatever its wire format was.
+
+use std::borrow::Cow;
+
+use super::journey::SignalId;
+use super::time::Ts;
+
+/// Where an event came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Web,
+    Crm,
+}
+
+impl Source {
+    pub fn parse(s: &str) -> Option<Source> {
+        match s {
+            "web" => Some(Source::Web),
+            "crm" => Some(Source::Crm),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Web => "web",
+            Source::Crm => "crm",
+        }
+    }
+}
+
+/// How the event names its signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Canonical envelope `type`, or a Segment `track` call's `event`.
+    Named,
+    /// Segment `page` call.
+    Page,
+    /// Segment `screen` call.
+    Screen,
+    /// Segment `identify` call.
+    Identify,
+}
+
+/// One micro-conversion, validated. Strings borrow from the input buffer where they can.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event<'a> {
+    pub event_id: Cow<'a, str>,
+    pub prospect: Cow<'a, str>,
+    pub source: Source,
+    pub kind: EventKind,
+    /// The name as sent ("Demo Requested", "quote_sent"); empty for page/screen/identify.
+    pub name: Cow<'a, str>,
+    /// The journey signal the name maps to, if any.
+    pub signal: Option<SignalId>,
+    pub ts: Ts,
+    /// Lower-cased email, when the payload carries one.
+    pub email: Option<Cow<'a, str>>,
+}
+
+impl Event<'_> {
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            event_id: Cow::Owned(self.event_id.into_owned()),
+            prospect: Cow::Owned(self.prospect.into_owned()),
+            source: self.source,
+            kind: self.kind,
+            name: Cow::Owned(self.name.into_owned()),
+            signal: self.signal,
+            ts: self.ts,
+            email: self.email.map(|e| Cow::Owned(e.into_owned())),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Funnel aggregates, kept incrementally as prospects move, and a named report of them.
+
+use serde::Serialize;
+
+use super::journey::{Journey, Outcome, StageId};
+use super::time::Span;
+
+/// Upper bounds (seconds) of the time-in-stage histogram buckets; a last bucket takes the rest.
+pub const TIME_BUCKETS_SECS: [f64; 10] = [
+    3_600.0,
+    6.0 * 3_600.0,
+    86_400.0,
+    3.0 * 86_400.0,
+    7.0 * 86_400.0,
+    14.0 * 86_400.0,
+    30.0 * 86_400.0,
+    60.0 * 86_400.0,
+    90.0 * 86_400.0,
+    180.0 * 86_400.0,
+];
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last entry counts values above every bound.
+    pub buckets: [u64; TIME_BUCKETS_SECS.len() + 1],
+    pub sum_secs: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn record(&mut self, span: Span) {
+        let secs = span.as_secs_f64().max(0.0);
+        let i = TIME_BUCKETS_SECS.iter().position(|&b| secs <= b).unwrap_or(TIME_BUCKETS_SECS.len());
+        self.buckets[i] += 1;
+        self.sum_secs += secs;
+        self.count += 1;
+    }
+}
+
+/// Funnel counters of one engine (one shard). Summing shards' counters gives the whole funnel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Funnel {
+    stages: usize,
+    /// Prospects currently in each stage.
+    pub in_stage: Vec<u64>,
+    /// Prospects that ever reached each (non-terminal) stage, counting skipped stages as passed.
+    pub reached: Vec<u64>,
+    /// `(stages + 1) x stages`: row `stages` is "new prospect".
+    pub transitions: Vec<u64>,
+    pub ghosted: Vec<u64>,
+    pub stalled: Vec<u64>,
+    /// Prospects that moved to a terminal stage, by the stage they left.
+    pub terminated_from: Vec<u64>,
+    pub time_in_stage: Vec<Histogram>,
+    /// Per signal: prospects that showed it and then reached a won / lost outcome.
+    pub signal_outcomes: Vec<[u64; 2]>,
+    pub outcomes: [u64; 2],
+}
+
+impl Funnel {
+    pub fn new(journey: &Journey) -> Funnel {
+        let s = journey.stages.len();
+        Funnel {
+            stages: s,
+            in_stage: vec![0; s],
+            reached: vec![0; s],
+            transitions: vec![0; (s + 1) * s],
+            ghosted: vec![0; s],
+            stalled: vec![0; s],
+            terminated_from: vec![0; s],
+            time_in_stage: vec![Histogram::default(); s],
+            signal_outcomes: vec![[0; 2]; journey.signals.len()],
+            outcomes: [0; 2],
+        }
+    }
+
+    pub(crate) fn transition(&mut self, journey: &Journey, from: Option<StageId>, to: StageId, time_in_from: Span) {
+        let row = match from {
+            Some(f) => {
+                self.in_stage[f.0 as usize] -= 1;
+                self.time_in_stage[f.0 as usize].record(time_in_from);
+                f.0 as usize
+            }
+            None => self.stages,
+        };
+        self.in_stage[to.0 as usize] += 1;
+        self.transitions[row * self.stages + to.0 as usize] += 1;
+        if journey.stage(to).terminal {
+            if let Some(f) = from {
+                self.terminated_from[f.0 as usize] += 1;
+            }
+            return;
+        }
+        let first = from.map_or(0, |f| f.0 as usize + 1);
+        for k in first..=to.0 as usize {
+            if !journey.stages[k].terminal {
+                self.reached[k] += 1;
+            }
+        }
+    }
+
+    pub(crate) fn outcome(&mut self, outcome: Outcome, signal_counts: &[u16]) {
+        let o = outcome_index(outcome);
+        self.outcomes[o] += 1;
+        for (s, &c) in signal_counts.iter().enumerate() {
+            if c > 0 {
+                self.signal_outcomes[s][o] += 1;
+            }
+        }
+    }
+
+    /// The aggregates with names, conversions and lifts worked out.
+    pub fn report(&self, journey: &Journey) -> FunnelReport {
+        let stage_name = |i: usize| journey.stages[i].name.clone();
+        let non_terminal: Vec<usize> = (0..self.stages).filter(|&i| !journey.stages[i].terminal).collect();
+        let conversion = non_terminal
+            .windows(2)
+            .map(|w| StepConversion {
+                from: stage_name(w[0]),
+                to: stage_name(w[1]),
+                entered: self.reached[w[0]],
+                converted: self.reached[w[1]],
+                rate: ratio(self.reached[w[1]], self.reached[w[0]]),
+            })
+            .collect();
+        let mut transitions = Vec::new();
+        for row in 0..=self.stages {
+            for to in 0..self.stages {
+                let n = self.transitions[row * self.stages + to];
+                if n > 0 {
+                    let from = (row < self.stages).then(|| stage_name(row));
+                    transitions.push(TransitionCount { from, to: stage_name(to), count: n });
+                }
+            }
+        }
+        let stages = (0..self.stages)
+            .map(|i| {
+                let h = &self.time_in_stage[i];
+                StageReport {
+                    stage: stage_name(i),
+                    prospects: self.in_stage[i],
+                    reached: self.reached[i],
+                    ghosted: self.ghosted[i],
+                    stalled: self.stalled[i],
+                    lost: self.terminated_from[i],
+                    time_in_stage: TimeInStage {
+                        count: h.count,
+                        mean_secs: if h.count == 0 { 0.0 } else { round2(h.sum_secs / h.count as f64) },
+                        buckets: h.buckets.to_vec(),
+                    },
+                }
+            })
+            .collect();
+        let [won, lost] = self.outcomes;
+        let base = ratio(won, won + lost);
+        let signals = journey
+            .signals
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.signal_outcomes[*i] != [0, 0])
+            .map(|(i, s)| {
+                let [w, l] = self.signal_outcomes[i];
+                let rate = ratio(w, w + l);
+                SignalPredictiveness {
+                    signal: s.name.clone(),
+                    won: w,
+                    lost: l,
+                    win_rate: rate,
+                    lift: if base > 0.0 { round2(rate / base) } else { 0.0 },
+                }
+            })
+            .collect();
+        FunnelReport {
+            journey: journey.name.clone(),
+            stages,
+            conversion,
+            transitions,
+            outcomes: Outcomes { won, lost, win_rate: base },
+            signals,
+            time_buckets_secs: TIME_BUCKETS_SECS.to_vec(),
+        }
+    }
+}
+
+pub fn outcome_index(o: Outcome) -> usize {
+    match o {
+        Outcome::Won => 0,
+        Outcome::Lost => 1,
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+fn ratio(n: u64, d: u64) -> f64 {
+    if d == 0 { 0.0 } else { (n as f64 / d as f64 * 10_000.0).round() / 10_000.0 }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FunnelReport {
+    pub journey: String,
+    pub stages: Vec<StageReport>,
+    pub conversion: Vec<StepConversion>,
+    pub transitions: Vec<TransitionCount>,
+    pub outcomes: Outcomes,
+    /// Which signals really predict a sale: win rate of prospects that showed the signal,
+    /// and its lift over the overall win rate.
+    pub signals: Vec<SignalPredictiveness>,
+    pub time_buckets_secs: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StageReport {
+    pub stage: String,
+    pub prospects: u64,
+    pub reached: u64,
+    pub ghosted: u64,
+    pub stalled: u64,
+    pub lost: u64,
+    pub time_in_stage: TimeInStage,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TimeInStage {
+    pub count: u64,
+    pub mean_secs: f64,
+    pub buckets: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StepConversion {
+    pub from: String,
+    pub to: String,
+    pub entered: u64,
+    pub converted: u64,
+    pub rate: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TransitionCount {
+    pub from: Option<String>,
+    pub to: String,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Outcomes {
+    pub won: u64,
+    pub lost: u64,
+    pub win_rate: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SignalPredictiveness {
+    pub signal: String,
+    pub won: u64,
+    pub lost: u64,
+    pub win_rate: f64,
+    pub lift: f64,
+}

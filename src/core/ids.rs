@@ -1,0 +1,159 @@
+//! Identifiers: a stable hash (snapshots and alert ids depend on it never changing), and the
+//! prospect-id interner that keeps every id once, in one arena, behind a 4-byte index.
+
+use hashbrown::HashTable;
+
+/// Index of an interned prospect inside one engine. Stable for the engine's lifetime and dense
+/// (0..len), so per-prospect arrays are indexed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProspectIx(pub u32);
+
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// A fast 64-bit hash whose output is fixed forever (it is persisted in snapshots and alert ids);
+/// not for adversarial inputs. `seed` separates uses (dedup fingerprints, alert ids, tables).
+pub fn hash64(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(31);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(31);
+    }
+    fmix64(h)
+}
+
+pub const SEED_TABLE: u64 = 0x6d69_6372_6f66_756e;
+pub const SEED_EVENT: u64 = 0x6576_656e_745f_6964;
+pub const SEED_ALERT: u64 = 0x616c_6572_745f_6964;
+pub const SEED_DIGEST: u64 = 0x6469_6765_7374_5f31;
+
+/// Dedup fingerprint of an event id; never 0 (0 marks an empty slot).
+pub fn event_fingerprint(event_id: &str) -> u64 {
+    hash64(SEED_EVENT, event_id.as_bytes()).max(1)
+}
+
+/// Interns prospect ids: the bytes of all ids in one arena, end offsets in a `Vec<u32>`, and a
+/// hash table of indexes. About `len + 4 + ~5` bytes per id, no allocation per id.
+#[derive(Clone, Default)]
+pub struct Interner {
+    arena: Vec<u8>,
+    ends: Vec<u32>,
+    table: HashTable<u32>,
+}
+
+/// The interner is full: the arena holds at most 4 GiB of id bytes (about 100 million ids).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InternerFull;
+
+impl Interner {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, ix: ProspectIx) -> &str {
+        let i = ix.0 as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        let end = self.ends[i] as usize;
+        // Only whole `&str`s are ever appended, so every [start, end) is valid UTF-8.
+        std::str::from_utf8(&self.arena[start..end]).unwrap_or_default()
+    }
+
+    fn bytes<'a>(arena: &'a [u8], ends: &[u32], i: u32) -> &'a [u8] {
+        let i = i as usize;
+        let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+        &arena[start..ends[i] as usize]
+    }
+
+    pub fn find(&self, id: &str) -> Option<ProspectIx> {
+        let h = hash64(SEED_TABLE, id.as_bytes());
+        self.table.find(h, |&i| Self::bytes(&self.arena, &self.ends, i) == id.as_bytes()).map(|&i| ProspectIx(i))
+    }
+
+    /// Returns the id's index and whether it was new.
+    pub fn intern(&mut self, id: &str) -> Result<(ProspectIx, bool), InternerFull> {
+        let h = hash64(SEED_TABLE, id.as_bytes());
+        let (arena, ends) = (&self.arena, &self.ends);
+        if let Some(&i) = self.table.find(h, |&i| Self::bytes(arena, ends, i) == id.as_bytes()) {
+            return Ok((ProspectIx(i), false));
+        }
+        let end = u32::try_from(self.arena.len() + id.len()).map_err(|_| InternerFull)?;
+        let ix = u32::try_from(self.ends.len()).map_err(|_| InternerFull)?;
+        self.arena.extend_from_slice(id.as_bytes());
+        self.ends.push(end);
+        let (arena, ends) = (&self.arena, &self.ends);
+        self.table.insert_unique(h, ix, |&i| hash64(SEED_TABLE, Self::bytes(arena, ends, i)));
+        Ok((ProspectIx(ix), true))
+    }
+
+    /// Heap bytes held (for the per-prospect memory figure).
+    pub fn heap_bytes(&self) -> usize {
+        self.arena.capacity() + self.ends.capacity() * 4 + self.table.capacity() * 5
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ProspectIx, &str)> + '_ {
+        (0..self.ends.len() as u32).map(move |i| (ProspectIx(i), self.get(ProspectIx(i))))
+    }
+}
+
+/// Deterministic alert id: 16 hex digits from prospect, rule and triggering event.
+pub fn alert_id(prospect: &str, rule: &str, event_id: &str) -> String {
+    let mut buf = Vec::with_capacity(prospect.len() + rule.len() + event_id.len() + 2);
+    buf.extend_from_slice(prospect.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(rule.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(event_id.as_bytes());
+    format!("{:016x}", hash64(SEED_ALERT, &buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_fixed_forever() {
+        // Persisted in snapshots and alert ids: changing these values breaks compatibility.
+        assert_eq!(hash64(0, b""), 0);
+        assert_eq!(
+            alert_id("usr_8812", "clarification_after_quote", "crm-1"),
+            alert_id("usr_8812", "clarification_after_quote", "crm-1")
+        );
+        assert_ne!(alert_id("a", "bc", "d"), alert_id("ab", "c", "d"));
+        assert_ne!(event_fingerprint("x"), 0);
+    }
+
+    #[test]
+    fn interner_returns_same_index_and_text() {
+        let mut i = Interner::default();
+        let ids: Vec<String> = (0..10_000).map(|n| format!("usr_{n}")).collect();
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(i.intern(id).unwrap(), (ProspectIx(n as u32), true));
+        }
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(i.intern(id).unwrap(), (ProspectIx(n as u32), false));
+            assert_eq!(i.get(ProspectIx(n as u32)), id);
+            assert_eq!(i.find(id), Some(ProspectIx(n as u32)));
+        }
+        assert_eq!(i.find("nobody"), None);
+        assert_eq!(i.len(), 10_000);
+    }
+}

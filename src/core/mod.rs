@@ -1,0 +1,21 @@
+//! The pure core: event model, time, journey definition, prospect state machines, scoring,
+//! timers, funnel aggregates and the engine. No I/O, no clock, no async, no logging: the same
+//! events in give the same state and outputs out.
+
+pub mod engine;
+pub mod event;
+pub mod funnel;
+pub mod ids;
+pub mod journey;
+pub mod output;
+pub mod prospect;
+pub mod time;
+
+pub use engine::{Census, Engine, ProspectView, Stats};
+pub use event::{Event, EventKind, Source};
+pub use funnel::{Funnel, FunnelReport};
+pub use ids::ProspectIx;
+pub use journey::{Journey, JourneyError, SignalId, StageId};
+pub use output::{HotLead, Output, RejectReason};
+pub use prospect::{Classification, Prospect};
+pub use time::{Span, Ts};

@@ -1,0 +1,112 @@
+//! What the engine decides, as data. The shell encodes and ships it; the core never does I/O.
+
+use super::ids::ProspectIx;
+use super::journey::{SignalId, StageId};
+use super::time::Ts;
+
+/// Why an input was refused. A bounded set: safe as a metrics label and a dead-letter header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    TooLarge,
+    TooDeep,
+    InvalidJson,
+    MissingField,
+    BadTimestamp,
+    UnknownSource,
+    UnsupportedType,
+    FieldTooLong,
+    EmptyField,
+    UnknownSignal,
+    SourceMismatch,
+    Capacity,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 12] = [
+        RejectReason::TooLarge,
+        RejectReason::TooDeep,
+        RejectReason::InvalidJson,
+        RejectReason::MissingField,
+        RejectReason::BadTimestamp,
+        RejectReason::UnknownSource,
+        RejectReason::UnsupportedType,
+        RejectReason::FieldTooLong,
+        RejectReason::EmptyField,
+        RejectReason::UnknownSignal,
+        RejectReason::SourceMismatch,
+        RejectReason::Capacity,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::TooLarge => "too_large",
+            RejectReason::TooDeep => "too_deep",
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::BadTimestamp => "bad_timestamp",
+            RejectReason::UnknownSource => "unknown_source",
+            RejectReason::UnsupportedType => "unsupported_type",
+            RejectReason::FieldTooLong => "field_too_long",
+            RejectReason::EmptyField => "empty_field",
+            RejectReason::UnknownSignal => "unknown_signal",
+            RejectReason::SourceMismatch => "source_mismatch",
+            RejectReason::Capacity => "capacity",
+        }
+    }
+}
+
+/// A hot-lead alert: which micro-certainties fired, on which event, and what to ask for next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HotLead {
+    /// Deterministic: the same prospect, rule set and triggering event always give the same id,
+    /// so a consumer can drop an alert re-emitted after a crash.
+    pub alert_id: String,
+    pub prospect: ProspectIx,
+    /// Bit `i` set: `journey.hot_rules[i]` fired.
+    pub rules: u32,
+    pub score: f64,
+    pub stage: StageId,
+    pub signal: SignalId,
+    pub event_id: String,
+    pub at: Ts,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// The prospect reached a later milestone (`from: None` for a prospect's first event).
+    StageChanged {
+        prospect: ProspectIx,
+        from: Option<StageId>,
+        to: StageId,
+        signal: SignalId,
+        at: Ts,
+        late: bool,
+    },
+    HotLead(Box<HotLead>),
+    /// No prospect-initiated signal within the window after the ghost-rule signal (a quote).
+    Ghosted {
+        prospect: ProspectIx,
+        stage: StageId,
+        since: Ts,
+        at: Ts,
+    },
+    /// No stage advance within the window while in a watched stage: the deal parked.
+    Stalled {
+        prospect: ProspectIx,
+        stage: StageId,
+        since: Ts,
+        at: Ts,
+    },
+    /// The event was behind the watermark; see `Engine` docs for what it still changed.
+    Late {
+        prospect: ProspectIx,
+        signal: SignalId,
+        at: Ts,
+        watermark: Ts,
+    },
+    /// The event was valid JSON but not acceptable to this journey.
+    Rejected {
+        reason: RejectReason,
+        detail: String,
+    },
+}

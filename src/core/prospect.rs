@@ -1,0 +1,115 @@
+//! One prospect's state machine: the fixed-size part. Per-journey variable parts (stage entry
+//! times, counts per signal, last-seen times) live in the engine's flat arrays, indexed by
+//! `ProspectIx`, so a prospect costs no allocation of its own.
+
+use super::journey::{Journey, StageId};
+use super::time::Ts;
+
+pub const RECENT_IDS: usize = 4;
+
+pub const GHOSTED: u8 = 1;
+pub const STALLED: u8 = 1 << 1;
+pub const DISQUALIFIED: u8 = 1 << 2;
+pub const OUTCOME_WON: u8 = 1 << 3;
+pub const OUTCOME_LOST: u8 = 1 << 4;
+
+/// The fixed part of a prospect's state (104 bytes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prospect {
+    /// Decayed engagement score as of `score_at`.
+    pub score: f64,
+    /// Latest event time seen for this prospect.
+    pub score_at: Ts,
+    /// Latest prospect-initiated signal.
+    pub last_activity: Ts,
+    pub stage_entered: Ts,
+    pub ghost_due: Ts,
+    pub stall_due: Ts,
+    /// Hot until this instant (exclusive); `NONE` if never hot.
+    pub hot_until: Ts,
+    pub last_alert: Ts,
+    /// Fingerprints of the most recent event ids (0 = empty), a ring.
+    pub recent: [u64; RECENT_IDS],
+    pub stage: StageId,
+    pub flags: u8,
+    /// Index of the hot rule that last made the prospect hot.
+    pub hot_rule: u8,
+    pub recent_pos: u8,
+}
+
+impl Prospect {
+    pub fn new(stage: StageId, at: Ts) -> Prospect {
+        Prospect {
+            score: 0.0,
+            score_at: at,
+            last_activity: Ts::NONE,
+            stage_entered: at,
+            ghost_due: Ts::NONE,
+            stall_due: Ts::NONE,
+            hot_until: Ts::NONE,
+            last_alert: Ts::NONE,
+            recent: [0; RECENT_IDS],
+            stage,
+            flags: 0,
+            hot_rule: 0,
+            recent_pos: 0,
+        }
+    }
+
+    pub fn seen(&self, fingerprint: u64) -> bool {
+        self.recent.contains(&fingerprint)
+    }
+
+    pub fn remember(&mut self, fingerprint: u64) {
+        self.recent[self.recent_pos as usize] = fingerprint;
+        self.recent_pos = ((self.recent_pos as usize + 1) % RECENT_IDS) as u8;
+    }
+
+    /// The score decayed to `at` (not below `score_at`).
+    pub fn score_at_time(&self, journey: &Journey, at: Ts) -> f64 {
+        if at <= self.score_at {
+            return self.score;
+        }
+        self.score * (-journey.decay_rate * at.since(self.score_at).0 as f64).exp()
+    }
+
+    pub fn is_hot(&self, at: Ts) -> bool {
+        !self.hot_until.is_none() && at < self.hot_until
+    }
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    pub fn classification(&self, journey: &Journey) -> Classification {
+        if self.has(DISQUALIFIED) {
+            Classification::NotAProspect
+        } else if journey.opportunity_stages & (1 << self.stage.0) != 0 {
+            Classification::CurrentOpportunity
+        } else {
+            Classification::NoCurrentOpportunity
+        }
+    }
+}
+
+/// The sales-process view of a prospect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Classification {
+    CurrentOpportunity,
+    NoCurrentOpportunity,
+    NotAProspect,
+}
+
+impl Classification {
+    pub const ALL: [Classification; 3] =
+        [Classification::CurrentOpportunity, Classification::NoCurrentOpportunity, Classification::NotAProspect];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::CurrentOpportunity => "current_opportunity",
+            Classification::NoCurrentOpportunity => "no_current_opportunity",
+            Classification::NotAProspect => "not_a_prospect",
+        }
+    }
+}

@@ -1,0 +1,85 @@
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use microfunnel::codec::Limits;
+use microfunnel::core::Journey;
+use microfunnel::core::time::parse_rfc3339;
+use microfunnel::replay;
+
+#[derive(Parser)]
+#[command(name = "microfunnel", version, about = "Turns buyers' micro-conversions into live sales signals")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine over a JSONL file (canonical or Segment events, mixed) and print every
+    /// output as a JSON line, then a funnel summary. Rejected lines go to stderr.
+    Replay {
+        /// Journey definition (TOML).
+        #[arg(long, default_value = "deploy/journeys/b2b.toml")]
+        journey: PathBuf,
+        /// Events, one JSON object per line; `-` reads stdin.
+        input: PathBuf,
+        /// Advance event time to this RFC 3339 instant at the end (default: the last event).
+        #[arg(long)]
+        until: Option<String>,
+        /// Print a digest line of the final per-prospect state.
+        #[arg(long)]
+        digest: bool,
+        /// Largest accepted payload, bytes.
+        #[arg(long, default_value_t = Limits::default().max_bytes)]
+        max_bytes: usize,
+        /// Deepest accepted JSON nesting.
+        #[arg(long, default_value_t = Limits::default().max_depth)]
+        max_depth: usize,
+    },
+}
+
+fn load_journey(path: &Path) -> anyhow::Result<Arc<Journey>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read journey file {}", path.display()))?;
+    let journey =
+        Journey::from_toml_str(&text).with_context(|| format!("journey file {} is invalid", path.display()))?;
+    Ok(Arc::new(journey))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Replay { journey, input, until, digest, max_bytes, max_depth } => {
+            let journey = load_journey(&journey)?;
+            let until =
+                until.map(|u| parse_rfc3339(&u).map_err(|e| anyhow::anyhow!("--until {u:?}: {e}"))).transpose()?;
+            let opts = replay::Options { limits: Limits { max_bytes, max_depth, ..Limits::default() }, until, digest };
+            let stdout = io::stdout().lock();
+            let stderr = io::stderr().lock();
+            if input.as_os_str() == "-" {
+                replay::run(journey, &opts, io::stdin().lock(), stdout, stderr)?;
+            } else {
+                let file = File::open(&input).with_context(|| format!("cannot open {}", input.display()))?;
+                replay::run(journey, &opts, BufReader::with_capacity(1 << 20, file), stdout, stderr)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

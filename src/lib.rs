@@ -11,3 +11,4 @@
 pub mod codec;
 pub mod core;
 pub mod replay;
+pub mod traffic;

@@ -12,6 +12,8 @@ use microfunnel::core::Journey;
 use microfunnel::core::time::parse_rfc3339;
 use microfunnel::replay;
 
+mod cmd;
+
 #[derive(Parser)]
 #[command(name = "microfunnel", version, about = "Turns buyers' micro-conversions into live sales signals")]
 struct Cli {
@@ -42,9 +44,11 @@ enum Command {
         #[arg(long, default_value_t = Limits::default().max_depth)]
         max_depth: usize,
     },
+    /// Generate realistic traffic (web and CRM, canonical and Segment) with ground truth.
+    Gen(cmd::generate::GenArgs),
 }
 
-fn load_journey(path: &Path) -> anyhow::Result<Arc<Journey>> {
+pub(crate) fn load_journey(path: &Path) -> anyhow::Result<Arc<Journey>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read journey file {}", path.display()))?;
     let journey =
         Journey::from_toml_str(&text).with_context(|| format!("journey file {} is invalid", path.display()))?;
@@ -68,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Gen(args) => cmd::generate::run(args),
     }
 }
 

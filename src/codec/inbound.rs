@@ -6,7 +6,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 use crate::core::time::{TimeError, parse_rfc3339};
 use crate::core::{Event, EventKind, Journey, RejectReason, Source};
@@ -64,95 +65,222 @@ impl DecodeError {
     }
 }
 
-/// A JSON string, borrowed when it has no escapes.
+/// A JSON string (or an integer id, as some SDKs send), borrowed when it has no escapes.
 struct Str<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Str(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
+        d.deserialize_any(StrVisitor)
     }
 }
 
-/// Accepts any JSON object and skips its contents; anything else is an error.
-struct AnyObject;
+struct StrVisitor;
 
-impl<'de> Deserialize<'de> for AnyObject {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = AnyObject;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(AnyObject)
-            }
-        }
-        d.deserialize_map(V)
+impl<'de> Visitor<'de> for StrVisitor {
+    type Value = Str<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Str(Cow::Owned(v.to_string())))
     }
 }
 
-#[derive(Deserialize)]
-struct Traits<'a> {
-    #[serde(borrow, default)]
-    email: Option<Str<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Context<'a> {
-    #[serde(borrow, default)]
-    traits: Option<Traits<'a>>,
-}
-
-/// The union of both wire formats' fields we read; everything else is skipped unparsed.
-#[derive(Deserialize)]
+/// The fields of both wire formats that we read. Everything else is skipped with serde_json's
+/// non-validating fast path (`IgnoredAny`), which is most of the bytes of a Segment payload.
+#[derive(Default)]
 struct Wire<'a> {
-    #[serde(borrow, default)]
     event_id: Option<Str<'a>>,
-    #[serde(borrow, default)]
     prospect_id: Option<Str<'a>>,
-    #[serde(borrow, default)]
     source: Option<Str<'a>>,
-    #[serde(borrow, default, rename = "type")]
     kind: Option<Str<'a>>,
-    #[serde(borrow, default)]
     ts: Option<Str<'a>>,
-    #[serde(borrow, default)]
     email: Option<Str<'a>>,
-    #[serde(default)]
-    properties: Option<AnyObject>,
-    #[serde(borrow, default, rename = "messageId")]
     message_id: Option<Str<'a>>,
-    #[serde(borrow, default, rename = "userId")]
     user_id: Option<Str<'a>>,
-    #[serde(borrow, default, rename = "anonymousId")]
     anonymous_id: Option<Str<'a>>,
-    #[serde(borrow, default)]
     event: Option<Str<'a>>,
-    #[serde(borrow, default)]
     timestamp: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    traits: Option<Traits<'a>>,
-    #[serde(borrow, default)]
-    context: Option<Context<'a>>,
+    /// `traits.email` (identify calls).
+    traits_email: Option<Str<'a>>,
+    /// `context.traits.email`.
+    context_email: Option<Str<'a>>,
+}
+
+struct WireVisitor;
+
+fn once<'de, A: MapAccess<'de>>(slot: &mut Option<Str<'de>>, map: &mut A, key: &'static str) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(key));
+    }
+    *slot = map.next_value::<Option<Str<'de>>>()?;
+    Ok(())
+}
+
+impl<'de> Visitor<'de> for WireVisitor {
+    type Value = Wire<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Wire<'de>, A::Error> {
+        let mut w = Wire::default();
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            match &*key.0 {
+                "event_id" => once(&mut w.event_id, &mut map, "event_id")?,
+                "prospect_id" => once(&mut w.prospect_id, &mut map, "prospect_id")?,
+                "source" => once(&mut w.source, &mut map, "source")?,
+                "type" => once(&mut w.kind, &mut map, "type")?,
+                "ts" => once(&mut w.ts, &mut map, "ts")?,
+                "email" => once(&mut w.email, &mut map, "email")?,
+                "messageId" => once(&mut w.message_id, &mut map, "messageId")?,
+                "userId" => once(&mut w.user_id, &mut map, "userId")?,
+                "anonymousId" => once(&mut w.anonymous_id, &mut map, "anonymousId")?,
+                "event" => once(&mut w.event, &mut map, "event")?,
+                "timestamp" => once(&mut w.timestamp, &mut map, "timestamp")?,
+                "properties" => {
+                    // Skipped unparsed; only its shape is checked.
+                    let raw: &'de RawValue = map.next_value()?;
+                    if !matches!(raw.get().as_bytes().first(), Some(b'{' | b'n')) {
+                        return Err(de::Error::invalid_type(de::Unexpected::Other(raw.get()), &"an object"));
+                    }
+                }
+                "traits" => w.traits_email = map.next_value_seed(EmailIn { path: &[] })?,
+                "context" => {
+                    // `context` is the bulk of a Segment payload and rarely carries traits: skip it
+                    // unparsed unless it names them.
+                    let raw: &'de RawValue = map.next_value()?;
+                    if raw.get().contains("\"traits\"") {
+                        let mut inner = serde_json::Deserializer::from_str(raw.get());
+                        w.context_email =
+                            EmailIn { path: &["traits"] }.deserialize(&mut inner).map_err(de::Error::custom)?;
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// Finds `email` inside an object, following `path` (`context` -> `traits` -> `email`) and
+/// skipping everything else. A `null` or non-object yields no email rather than an error.
+struct EmailIn {
+    path: &'static [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for EmailIn {
+    type Value = Option<Str<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EmailIn {
+    type Value = Option<Str<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            match (self.path.first(), &*key.0) {
+                (Some(&step), k) if k == step => found = map.next_value_seed(EmailIn { path: &self.path[1..] })?,
+                (None, "email") => found = map.next_value_seed(AnyStr)?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// A string if the value is one; any other value is skipped and yields `None`.
+struct AnyStr;
+
+impl<'de> DeserializeSeed<'de> for AnyStr {
+    type Value = Option<Str<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AnyStr {
+    type Value = Option<Str<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Str(Cow::Borrowed(v))))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Str(Cow::Owned(v.to_owned()))))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
 
 /// True when `bytes` nests objects/arrays deeper than `limit` (strings are skipped).
+/// A line with no more than `limit` brackets cannot, and counting them vectorises, so the
+/// exact scan runs only for the rare bracket-heavy line.
 fn too_deep(bytes: &[u8], limit: usize) -> bool {
+    if bytes.iter().filter(|&&b| b == b'{' || b == b'[').count() <= limit {
+        return false;
+    }
     let mut depth = 0usize;
     let mut i = 0;
     while i < bytes.len() {
@@ -217,7 +345,7 @@ fn email(v: Option<Str<'_>>) -> Option<Cow<'_, str>> {
     if t.len() < 3 || t.len() > 254 || !t.contains('@') {
         return None;
     }
-    if t.len() == e.len() && !t.bytes().any(|b| b.is_ascii_uppercase()) {
+    if t.len() == e.len() && t.chars().flat_map(char::to_lowercase).eq(t.chars()) {
         return Some(e);
     }
     Some(Cow::Owned(t.to_lowercase()))
@@ -234,7 +362,11 @@ pub fn decode<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits) -> Result
     if too_deep(bytes, limits.max_depth) {
         return Err(DecodeError::TooDeep { limit: limits.max_depth });
     }
-    let w: Wire<'a> = serde_json::from_slice(bytes).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let w = de
+        .deserialize_map(WireVisitor)
+        .and_then(|w| de.end().map(|()| w))
+        .map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     let ev = if let Some(event_id) = w.event_id {
         let event_id = checked(event_id.0, "event_id", limits)?;
         let prospect = required(w.prospect_id, "prospect_id", CANONICAL, limits)?;
@@ -267,8 +399,7 @@ pub fn decode<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits) -> Result
         };
         let ts = timestamp(w.timestamp, "timestamp", SEGMENT)?;
         let signal = journey.resolve(kind, &name);
-        let from_context = w.context.and_then(|c| c.traits).and_then(|t| t.email);
-        let email = email(from_context).or_else(|| email(w.traits.and_then(|t| t.email)));
+        let email = email(w.context_email).or_else(|| email(w.traits_email));
         Event { event_id, prospect, source, kind, name, signal, ts, email }
     } else {
         return Err(DecodeError::MissingField {
@@ -276,6 +407,5 @@ pub fn decode<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits) -> Result
             format: "canonical envelope; Segment payloads carry `messageId`",
         });
     };
-    let _ = w.properties;
     Ok(ev)
 }

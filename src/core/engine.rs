@@ -311,7 +311,10 @@ impl Engine {
         self.stage_times[i * journey.stages.len() + to.0 as usize] = stage_secs(ts);
         p.stage = to;
         p.stage_entered = ts;
-        p.flags &= !prospect::STALLED;
+        if !late {
+            // A late move never clears a stalled flag that already fired (module docs).
+            p.flags &= !prospect::STALLED;
+        }
         p.stall_due = Ts::NONE;
         let def = journey.stage(to);
         if def.terminal || def.outcome.is_some() {
@@ -323,7 +326,16 @@ impl Engine {
             p.stall_due = ts.plus(s.window);
             self.timers.push(Reverse((p.stall_due, ix.0, STALL)));
         }
-        if let Some(o) = def.outcome
+        // The outcome of the stage entered, or of an outcome stage skipped on the way (usage
+        // seen before the CRM's `deal_won` arrived still means won).
+        let skipped = from.map_or(0, |f| f.0 as usize + 1)..to.0 as usize;
+        let outcome = def.outcome.filter(|_| def.terminal).or_else(|| {
+            skipped.chain(std::iter::once(to.0 as usize)).rev().find_map(|k| {
+                let s = &journey.stages[k];
+                if s.terminal { None } else { s.outcome }
+            })
+        });
+        if let Some(o) = outcome
             && !p.has(prospect::OUTCOME_WON | prospect::OUTCOME_LOST)
         {
             p.flags |= match o {

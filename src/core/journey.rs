@@ -3,6 +3,7 @@
 //! and validated once; the engine only ever sees a valid `Journey`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::Deserialize;
 
@@ -306,8 +307,23 @@ pub struct Journey {
     pub unmapped: UnmappedPolicy,
     /// Number of per-prospect "last seen" slots (`SignalDef::tracked_slot`).
     pub tracked: usize,
-    names: HashMap<String, SignalId>,
+    names: Names,
 }
+
+/// Hashes signal names with the crate's fast stable hash (names are config, not attacker input).
+#[derive(Default)]
+struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = super::ids::hash64(self.0, bytes);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Names = HashMap<String, SignalId, BuildHasherDefault<NameHasher>>;
 
 /// Lower-cases and joins words with `_`: "Demo Requested", "demo-requested" and
 /// "demo_requested" all become "demo_requested".
@@ -395,7 +411,7 @@ impl Journey {
         if raw.signals.len() > MAX_SIGNALS {
             return Err(invalid("signals", format!("at most {MAX_SIGNALS} signals are supported")));
         }
-        let mut names: HashMap<String, SignalId> = HashMap::new();
+        let mut names = Names::default();
         let mut key = String::new();
         let mut signals = Vec::with_capacity(raw.signals.len());
         for (i, s) in raw.signals.iter().enumerate() {
@@ -415,6 +431,9 @@ impl Journey {
                 normalize_name(n, &mut key);
                 if key.is_empty() {
                     return Err(invalid(&at, format!("name or alias `{n}` has no letters or digits")));
+                }
+                if key != *n {
+                    names.insert(n.clone(), id);
                 }
                 if let Some(prev) = names.insert(key.clone(), id)
                     && prev != id
@@ -438,7 +457,7 @@ impl Journey {
                 tracked_slot: None,
             });
         }
-        let signal_of = |at: String, name: &str, names: &HashMap<String, SignalId>| -> Result<SignalId, JourneyError> {
+        let signal_of = |at: String, name: &str, names: &Names| -> Result<SignalId, JourneyError> {
             let mut k = String::new();
             normalize_name(name, &mut k);
             names.get(&k).copied().ok_or_else(|| JourneyError::UnknownSignal { at, name: name.to_string() })

@@ -1,0 +1,3 @@
+//! Command implementations (shell side: files, terminals, clocks).
+
+pub mod generate;

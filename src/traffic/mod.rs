@@ -1,0 +1,319 @@
+//! `microfunnel gen` (module `traffic`, as `gen` is reserved in Rust 2024): realistic, deterministic traffic with ground truth.
+//!
+//! Prospects arrive evenly over the horizon; each one's whole life is simulated on arrival
+//! ([`model::Model::life`]) and its events are queued by emission time, so output streams in
+//! time order with bounded memory (only the active prospects' pending events are held).
+
+pub mod model;
+pub mod render;
+pub mod rng;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use serde::Serialize;
+
+use crate::core::time::{MS_PER_DAY, MS_PER_HOUR, MS_PER_SEC};
+use crate::core::{Journey, Source, Ts};
+use model::{Life, Model, Outcome, Persona, Sig, Step};
+use rng::Rng;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub prospects: u64,
+    pub days: f64,
+    pub start: Ts,
+    pub seed: u64,
+    /// Share of web events sent as Segment payloads (the rest canonical).
+    pub segment_share: f64,
+    pub duplicate_share: f64,
+    pub out_of_order_share: f64,
+    pub malformed_share: f64,
+    pub model: Model,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            prospects: 1_000,
+            days: 90.0,
+            start: Ts(1_767_571_200_000), // 2026-01-05T00:00:00Z
+            seed: 42,
+            segment_share: 0.5,
+            duplicate_share: 0.01,
+            out_of_order_share: 0.02,
+            malformed_share: 0.001,
+            model: Model::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum GenError {
+    #[error(
+        "journey `{journey}` has no signal `{signal}` (or does not accept it from {from}); `gen` simulates the B2B journey of deploy/journeys/b2b.toml"
+    )]
+    MissingSignal { journey: String, signal: String, from: &'static str },
+    #[error("option {name}: {problem}")]
+    BadOption { name: &'static str, problem: String },
+}
+
+/// A prospect's true outcome, for validating signals against results.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Truth {
+    pub prospect: String,
+    pub persona: Persona,
+    pub intent: f64,
+    pub outcome: Outcome,
+    pub ghosted: bool,
+    pub signals: Vec<&'static str>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Variant {
+    Normal,
+    Duplicate,
+    Malformed(u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pending {
+    emit: i64,
+    seq: u64,
+    n: u64,
+    step_ix: u16,
+    step: (i64, u8, bool),
+    variant: Variant,
+}
+
+/// Totals of what was generated, by kind.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct GenStats {
+    pub prospects: u64,
+    pub events: u64,
+    pub web: u64,
+    pub crm: u64,
+    pub segment: u64,
+    pub canonical: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub malformed: u64,
+    pub won: u64,
+    pub lost: u64,
+}
+
+pub struct Generator {
+    opts: Options,
+    next: u64,
+    end: i64,
+    slot: f64,
+    heap: BinaryHeap<Reverse<Pending>>,
+    seq: u64,
+    truth: Vec<Truth>,
+    keep_truth: bool,
+    stats: GenStats,
+}
+
+/// One generated line's routing: its source (topic) and Kafka key (the prospect id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub source: Source,
+    pub ts: Ts,
+}
+
+fn sig_from(u: u8) -> Sig {
+    Sig::ALL[u as usize]
+}
+
+impl Generator {
+    /// Checks that `journey` maps every signal the model emits, both by canonical and by
+    /// Segment name, from the right source.
+    pub fn new(opts: Options, journey: &Journey, keep_truth: bool) -> Result<Generator, GenError> {
+        for (name, value) in [
+            ("--segment-share", opts.segment_share),
+            ("--duplicates", opts.duplicate_share),
+            ("--out-of-order", opts.out_of_order_share),
+            ("--malformed", opts.malformed_share),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(GenError::BadOption { name, problem: format!("{value} is not a share between 0 and 1") });
+            }
+        }
+        if !(opts.days.is_finite() && opts.days > 0.0) {
+            return Err(GenError::BadOption { name: "--days", problem: "must be a positive number of days".into() });
+        }
+        for sig in Sig::ALL {
+            if sig == Sig::Unmapped {
+                continue;
+            }
+            let src = sig.source();
+            let check = |s: Option<crate::core::SignalId>| s.filter(|&s| journey.signal(s).source.admits(src));
+            let by_segment = match sig {
+                Sig::PageViewed => journey.page_signal,
+                Sig::Identified => journey.identify_signal,
+                _ => journey.lookup(sig.segment_name()),
+            };
+            if check(journey.lookup(sig.name())).is_none() || (src == Source::Web && check(by_segment).is_none()) {
+                return Err(GenError::MissingSignal {
+                    journey: journey.name.clone(),
+                    signal: sig.name().into(),
+                    from: src.as_str(),
+                });
+            }
+        }
+        let end = opts.start.0 + (opts.days * MS_PER_DAY as f64) as i64;
+        let slot = if opts.prospects == 0 { 0.0 } else { (end - opts.start.0) as f64 / opts.prospects as f64 };
+        Ok(Generator {
+            opts,
+            next: 0,
+            end,
+            slot,
+            heap: BinaryHeap::new(),
+            seq: 0,
+            truth: Vec::new(),
+            keep_truth,
+            stats: GenStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &GenStats {
+        &self.stats
+    }
+
+    pub fn prospects_done(&self) -> u64 {
+        self.next
+    }
+
+    /// Ground truth of the prospects simulated since the last call.
+    pub fn drain_truth(&mut self) -> std::vec::Drain<'_, Truth> {
+        self.truth.drain(..)
+    }
+
+    fn arrival(&self, n: u64) -> i64 {
+        let mut r = Rng::derive(self.opts.seed ^ 0xA1, n);
+        self.opts.start.0 + ((n as f64 + r.f64()) * self.slot) as i64
+    }
+
+    fn push(&mut self, emit: i64, n: u64, step_ix: usize, step: &Step, variant: Variant) {
+        self.seq += 1;
+        self.heap.push(Reverse(Pending {
+            emit,
+            seq: self.seq,
+            n,
+            step_ix: step_ix as u16,
+            step: (step.ts.0, step.sig as u8, step.identified),
+            variant,
+        }));
+    }
+
+    fn simulate(&mut self, n: u64) {
+        let start = Ts(self.arrival(n));
+        let mut r = Rng::derive(self.opts.seed, n);
+        let Life { persona, intent, steps, outcome, ghosted } = self.opts.model.life(&mut r, start);
+        self.stats.prospects += 1;
+        let mut shown: Vec<&'static str> = Vec::new();
+        let o = &self.opts;
+        let (dup, ooo, bad) = (o.duplicate_share, o.out_of_order_share, o.malformed_share);
+        for (i, step) in steps.iter().enumerate() {
+            if step.ts.0 > self.end {
+                break;
+            }
+            if step.sig != Sig::Unmapped && !shown.contains(&step.sig.name()) {
+                shown.push(step.sig.name());
+            }
+            let mut emit = step.ts.0;
+            if step.sig.source() == Source::Crm {
+                emit += r.int(0, 30 * 60) as i64 * MS_PER_SEC;
+            }
+            if r.chance(ooo) {
+                emit += (r.exp(20.0 * 60.0) * MS_PER_SEC as f64) as i64;
+                if r.chance(0.1) {
+                    emit += r.int(25, 48) as i64 * MS_PER_HOUR;
+                }
+                self.stats.out_of_order += 1;
+            }
+            self.push(emit, n, i, step, Variant::Normal);
+            if r.chance(dup) {
+                let later = emit + (r.exp(30.0) * MS_PER_SEC as f64) as i64;
+                self.push(later, n, i, step, Variant::Duplicate);
+            }
+            if r.chance(bad) {
+                let k = r.int(0, render::MALFORMED_KINDS - 1) as u8;
+                self.push(emit, n, i, step, Variant::Malformed(k));
+            }
+        }
+        let decided_in_time = steps.iter().any(|s| matches!(s.sig, Sig::DealWon | Sig::DealLost) && s.ts.0 <= self.end);
+        let outcome = if decided_in_time { outcome } else { Outcome::Open };
+        match outcome {
+            Outcome::Won => self.stats.won += 1,
+            Outcome::Lost => self.stats.lost += 1,
+            Outcome::Open => {}
+        }
+        if self.keep_truth {
+            let id = render::identity(self.opts.seed, n);
+            let prospect = if persona == Persona::Anonymous { id.anon_id } else { id.user_id };
+            self.truth.push(Truth {
+                prospect,
+                persona,
+                intent: (intent * 1000.0).round() / 1000.0,
+                outcome,
+                ghosted,
+                signals: shown,
+            });
+        }
+    }
+
+    /// Writes the next line into `line` (cleared first) and its prospect key into `key`.
+    /// Returns `None` when every prospect's life has been emitted.
+    pub fn next_into(&mut self, line: &mut Vec<u8>, key: &mut String) -> Option<Meta> {
+        loop {
+            let next_arrival = if self.next < self.opts.prospects { self.arrival(self.next) } else { i64::MAX };
+            match self.heap.peek() {
+                Some(Reverse(p)) if p.emit < next_arrival => break,
+                _ if self.next < self.opts.prospects => {
+                    self.simulate(self.next);
+                    self.next += 1;
+                }
+                Some(_) => break,
+                None => return None,
+            }
+        }
+        let Reverse(p) = self.heap.pop()?;
+        let step = Step { ts: Ts(p.step.0), sig: sig_from(p.step.1), identified: p.step.2 };
+        let id = render::identity(self.opts.seed, p.n);
+        let mut r = Rng::derive(self.opts.seed ^ 0x5E9, (p.n << 16) | u64::from(p.step_ix));
+        line.clear();
+        key.clear();
+        key.push_str(id.key(&step));
+        let source = step.sig.source();
+        match p.variant {
+            Variant::Malformed(k) => {
+                render::malformed(line, &id, &step, &mut r, p.n, u64::from(k));
+                self.stats.malformed += 1;
+            }
+            v => {
+                let segment = source == Source::Web && r.chance(self.opts.segment_share);
+                if segment {
+                    render::segment(line, &id, &step, &mut r, p.n);
+                } else {
+                    render::canonical(line, &id, &step, &mut r, p.n);
+                }
+                if v == Variant::Duplicate {
+                    self.stats.duplicates += 1;
+                } else {
+                    self.stats.events += 1;
+                    match source {
+                        Source::Web => self.stats.web += 1,
+                        Source::Crm => self.stats.crm += 1,
+                    }
+                    if segment {
+                        self.stats.segment += 1;
+                    } else {
+                        self.stats.canonical += 1;
+                    }
+                }
+            }
+        }
+        Some(Meta { source, ts: step.ts })
+    }
+}

@@ -1,0 +1,352 @@
+//! Journey files: the shipped ones load, and every mistake is refused with a message that names
+//! the key (and, where it has one, the entry) at fault.
+
+use microfunnel::core::journey::{HotCondition, SignalSource, UnmappedPolicy};
+use microfunnel::core::time::{MS_PER_DAY, MS_PER_HOUR};
+use microfunnel::core::{EventKind, Journey, JourneyError, Span};
+
+const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
+const ECOMMERCE: &str = include_str!("../deploy/journeys/ecommerce.toml");
+
+/// The b2b journey with `from` (present exactly once) replaced by `to`.
+fn b2b_with(from: &str, to: &str) -> String {
+    assert_eq!(B2B.matches(from).count(), 1, "b2b.toml should contain {from:?} exactly once");
+    B2B.replace(from, to)
+}
+
+fn load_err(text: &str) -> JourneyError {
+    match Journey::from_toml_str(text) {
+        Ok(_) => panic!("journey should be refused"),
+        Err(e) => e,
+    }
+}
+
+fn assert_names(err: &JourneyError, words: &[&str]) {
+    let msg = err.to_string();
+    for w in words {
+        assert!(msg.contains(w), "message {msg:?} should name {w:?}");
+    }
+}
+
+// ---- shipped journeys -------------------------------------------------------------------------
+
+#[test]
+fn shipped_b2b_journey_loads() {
+    let j = Journey::from_toml_str(B2B).unwrap();
+    assert_eq!(j.name, "b2b");
+    let stages: Vec<&str> = j.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(stages, ["aware", "interested", "evaluating", "deciding", "won", "adopting", "advocating", "lost"]);
+    assert!(j.stage(j.stage_by_name("lost").unwrap()).terminal);
+    assert_eq!(j.signals.len(), 21);
+    assert_eq!(
+        j.hot_rules.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["clarification_after_quote", "quote_requested", "engaged"]
+    );
+    match j.hot_rules[0].condition {
+        HotCondition::Signal { signal, after: Some((after, within)) } => {
+            assert_eq!(j.signal(signal).name, "quote_clarification_requested");
+            assert_eq!(j.signal(after).name, "quote_sent");
+            assert_eq!(within, Span(14 * MS_PER_DAY));
+        }
+        ref other => panic!("{other:?}"),
+    }
+    assert!(matches!(j.hot_rules[2].condition, HotCondition::ScoreAtLeast(t) if t == 60.0));
+    assert_eq!(j.half_life, Span(14 * MS_PER_DAY));
+    assert_eq!(j.max_score, 200.0);
+    assert_eq!(j.allowed_lateness, Span(24 * MS_PER_HOUR));
+    assert_eq!(j.alert_cooldown, Span(72 * MS_PER_HOUR));
+    assert_eq!(j.hot_for, Span(7 * MS_PER_DAY));
+    let ghost = j.ghost.unwrap();
+    assert_eq!((j.signal(ghost.after).name.as_str(), ghost.window), ("quote_sent", Span(5 * MS_PER_DAY)));
+    let stall = j.stall.unwrap();
+    assert_eq!(stall.window, Span(21 * MS_PER_DAY));
+    let watched = |name: &str| stall.stages & (1 << j.stage_by_name(name).unwrap().0) != 0;
+    assert!(watched("evaluating") && watched("deciding") && !watched("aware"));
+    assert_eq!(j.unmapped, UnmappedPolicy::Ignore);
+    assert_eq!(j.signal(j.lookup("deal_won").unwrap()).source, SignalSource::Crm);
+    assert_eq!(j.signal(j.lookup("quote_requested").unwrap()).source, SignalSource::Any);
+    assert!(j.signal(j.lookup("disqualified").unwrap()).disqualifies);
+}
+
+#[test]
+fn shipped_ecommerce_journey_loads() {
+    let j = Journey::from_toml_str(ECOMMERCE).unwrap();
+    assert_eq!(j.name, "ecommerce");
+    assert_eq!(j.stages.len(), 8);
+    assert_eq!(j.allowed_lateness, Span(2 * MS_PER_HOUR));
+    assert_eq!(j.signal(j.ghost.unwrap().after).name, "checkout_started");
+    assert_eq!(j.lookup("Product Added").map(|s| j.signal(s).name.as_str()), Some("add_to_cart"));
+    assert_eq!(j.lookup("Order Completed").map(|s| j.signal(s).name.as_str()), Some("order_completed"));
+}
+
+#[test]
+fn names_resolve_by_alias_regardless_of_case_and_separators() {
+    let j = Journey::from_toml_str(B2B).unwrap();
+    let demo = j.lookup("demo_requested").unwrap();
+    for name in ["Demo Requested", "demo-requested", "DEMO_REQUESTED", "  demo   requested "] {
+        assert_eq!(j.lookup(name), Some(demo), "{name}");
+        assert_eq!(j.resolve(EventKind::Named, name), Some(demo));
+    }
+    assert_eq!(j.lookup("Whitepaper Downloaded"), j.lookup("content_downloaded"));
+    assert_eq!(j.lookup("Demo Request"), None);
+    assert_eq!(j.resolve(EventKind::Page, ""), j.lookup("page_viewed"));
+    assert_eq!(j.resolve(EventKind::Screen, ""), j.lookup("page_viewed"));
+    assert_eq!(j.resolve(EventKind::Identify, ""), j.lookup("identified"));
+}
+
+// ---- each JourneyError ------------------------------------------------------------------------
+
+#[test]
+fn unknown_signal_in_a_stage_is_named() {
+    let err = load_err(&b2b_with(
+        r#"entered_by = ["demo_requested", "meeting_booked", "add_to_cart"]"#,
+        r#"entered_by = ["demo_requestd", "meeting_booked", "add_to_cart"]"#,
+    ));
+    assert!(matches!(err, JourneyError::UnknownSignal { .. }), "{err:?}");
+    assert_names(&err, &["stages[2]", "evaluating", "entered_by", "`demo_requestd`"]);
+}
+
+#[test]
+fn unknown_signal_in_a_hot_rule_is_named() {
+    let err = load_err(&b2b_with(
+        r#"after = "quote_sent"
+within_days = 14"#,
+        r#"after = "quote_snt"
+within_days = 14"#,
+    ));
+    assert!(matches!(err, JourneyError::UnknownSignal { .. }), "{err:?}");
+    assert_names(&err, &["hot_rules[0]", "clarification_after_quote", ".after", "`quote_snt`"]);
+
+    let err = load_err(&b2b_with(r#"signal = "quote_requested""#, r#"signal = "quote_requestd""#));
+    assert_names(&err, &["hot_rules[1]", ".signal", "`quote_requestd`"]);
+
+    let err = load_err(&b2b_with(r#"after = "quote_sent"     #"#, r#"after = "quote_mailed"     #"#));
+    assert_names(&err, &["ghosted.after", "`quote_mailed`"]);
+
+    let err = load_err(&b2b_with(r#"identify = "identified""#, r#"identify = "identity""#));
+    assert_names(&err, &["segment.identify", "`identity`"]);
+}
+
+#[test]
+fn unknown_stage_is_named() {
+    let err =
+        load_err(&b2b_with("\nstages = [\"evaluating\", \"deciding\"]", "\nstages = [\"evaluating\", \"decide\"]"));
+    assert!(matches!(err, JourneyError::UnknownStage { .. }), "{err:?}");
+    assert_names(&err, &["stalled.stages[1]", "`decide`", "known stages: aware, interested"]);
+
+    let err = load_err(&b2b_with(
+        r#"opportunity_stages = ["evaluating", "deciding"]"#,
+        r#"opportunity_stages = ["Evaluating", "deciding"]"#,
+    ));
+    assert_names(&err, &["classification.opportunity_stages[0]", "`Evaluating`"]);
+}
+
+#[test]
+fn duplicate_signal_name_or_alias_is_named() {
+    // An alias that normalises to another signal's name.
+    let err = load_err(&b2b_with(
+        r#"aliases = ["Ad Clicked", "Promotion Clicked"]"#,
+        r#"aliases = ["Ad Clicked", "Promotion Clicked", "Page-Viewed"]"#,
+    ));
+    assert!(matches!(err, JourneyError::DuplicateSignal { index: 1, .. }), "{err:?}");
+    assert_names(&err, &["signals[1]", "`Page-Viewed`", "`page_viewed`", "signals[0] (`page_viewed`)"]);
+
+    // The same alias on two signals.
+    let err = load_err(&b2b_with(
+        r#"aliases = ["Whitepaper Downloaded", "Ebook Downloaded", "Case Study Downloaded"]"#,
+        r#"aliases = ["Whitepaper Downloaded", "Ebook Downloaded", "Case Study Downloaded", "Signed Up"]"#,
+    ));
+    assert_names(&err, &["signals[5]", "`Signed Up`", "`signed_up`", "signals[3] (`content_downloaded`)"]);
+
+    // A signal declared twice.
+    let err = load_err(&format!(
+        "{B2B}\n[[signals]]\nname = \"Demo Requested\"\nsource = \"web\"\nweight = 1.0\nprospect_initiated = true\n"
+    ));
+    assert!(matches!(err, JourneyError::DuplicateSignal { index: 21, .. }), "{err:?}");
+    assert_names(&err, &["signals[21]", "`Demo Requested`", "signals[8] (`demo_requested`)"]);
+}
+
+#[test]
+fn an_alias_equal_to_its_own_name_is_fine() {
+    let text = b2b_with(r#"aliases = ["Demo Requested"]"#, r#"aliases = ["Demo Requested", "demo_requested"]"#);
+    assert!(Journey::from_toml_str(&text).is_ok());
+}
+
+#[test]
+fn non_increasing_stage_order_is_named() {
+    let err = load_err(&b2b_with("name = \"interested\"\norder = 20", "name = \"interested\"\norder = 10"));
+    assert_eq!(
+        err,
+        JourneyError::NonIncreasingOrder {
+            index: 1,
+            name: "interested".into(),
+            order: 10,
+            prev: "aware".into(),
+            prev_order: 10
+        }
+    );
+    assert_names(&err, &["stages[1]", "`interested`", "order 10", "`aware`"]);
+    let err = load_err(&b2b_with("order = 99", "order = 65"));
+    assert_names(&err, &["stages[7]", "`lost`", "order 65", "70 of `advocating`"]);
+}
+
+#[test]
+fn duplicate_stage_is_named() {
+    let err = load_err(&b2b_with("name = \"adopting\"", "name = \"won\""));
+    assert_eq!(err, JourneyError::DuplicateStage { index: 5, name: "won".into() });
+    assert_names(&err, &["stages[5]", "`won`"]);
+}
+
+#[test]
+fn signal_in_two_stages_is_named() {
+    let err = load_err(&b2b_with(
+        r#"entered_by = ["email_subscribed", "content_downloaded", "webinar_registered", "account_created"]"#,
+        r#"entered_by = ["email_subscribed", "content_downloaded", "webinar_registered", "account_created", "Demo Requested"]"#,
+    ));
+    assert_eq!(
+        err,
+        JourneyError::SignalInTwoStages {
+            signal: "demo_requested".into(),
+            first: "interested".into(),
+            second: "evaluating".into()
+        }
+    );
+    assert_names(&err, &["`demo_requested`", "`interested`", "`evaluating`"]);
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    for (from, to, key) in [
+        ("half_life_days = 14", "half_life = 14", "half_life"),
+        ("cooldown_hours = 72", "cooldown_hours = 72\nquiet_hours = 8", "quiet_hours"),
+        (
+            "name = \"page_viewed\"\nsource = \"web\"",
+            "name = \"page_viewed\"\nsorce = \"web\"\nsource = \"web\"",
+            "sorce",
+        ),
+        ("[ghosted]", "[ghosted]\nafter_days = 5", "after_days"),
+        ("[classification]", "[classification]\nhot_stages = []", "hot_stages"),
+        ("[segment]", "[segment]\ntrack = \"page_viewed\"", "track"),
+    ] {
+        let err = load_err(&b2b_with(from, to));
+        assert!(matches!(err, JourneyError::Toml(_)), "{key}: {err:?}");
+        assert_names(&err, &["unknown field", &format!("`{key}`")]);
+    }
+    let err = load_err(&format!("{B2B}\n[alerts]\nslack_channel = \"#sales\"\n"));
+    assert_names(&err, &["unknown field", "`alerts`"]);
+}
+
+#[test]
+fn bad_numbers_are_named() {
+    for (from, to, words) in [
+        ("half_life_days = 14", "half_life_days = 0", &["scoring", "`half_life_days`", "positive", "got 0"][..]),
+        ("max_score = 200", "max_score = -200", &["scoring", "`max_score`", "-200"]),
+        (
+            "allowed_lateness_hours = 24",
+            "allowed_lateness_hours = -1",
+            &["time", "`allowed_lateness_hours`", "zero or more"],
+        ),
+        ("cooldown_hours = 72", "cooldown_hours = nan", &["hot", "`cooldown_hours`", "NaN"]),
+        ("hot_for_days = 7", "hot_for_days = 0", &["hot", "`hot_for_days`"]),
+        ("within_days = 14", "within_days = -14", &["hot_rules[0]", "`within_days`", "-14"]),
+        ("score_at_least = 60.0", "score_at_least = 0", &["hot_rules[2]", "`engaged`", "`score_at_least`"]),
+        ("days = 5", "days = 0", &["ghosted", "`days`"]),
+        ("days = 21", "days = inf", &["stalled", "`days`", "inf"]),
+        ("weight = 25.0", "weight = inf", &["signals[8]", "`demo_requested`", "`weight`", "finite"]),
+        ("cap = 24.0", "cap = 0", &["signals[3]", "`content_downloaded`", "`cap`"]),
+    ] {
+        let err = load_err(&b2b_with(from, to));
+        assert!(matches!(err, JourneyError::Invalid { .. }), "{to}: {err:?}");
+        assert_names(&err, words);
+    }
+}
+
+#[test]
+fn numbers_of_the_wrong_type_name_the_key() {
+    for (from, to, key) in [
+        ("half_life_days = 14", "half_life_days = \"14\"", "half_life_days"),
+        ("name = \"aware\"\norder = 10", "name = \"aware\"\norder = -10", "order"),
+        ("name = \"aware\"\norder = 10", "name = \"aware\"\norder = 10.5", "order"),
+        ("weight = 25.0", "weight = \"high\"", "weight"),
+    ] {
+        let err = load_err(&b2b_with(from, to));
+        assert!(matches!(err, JourneyError::Toml(_)), "{to}: {err:?}");
+        assert_names(&err, &[key]);
+    }
+}
+
+#[test]
+fn structural_mistakes_are_named() {
+    let cases: Vec<(String, &[&str])> = vec![
+        (b2b_with(r#"name = "b2b""#, r#"name = " ""#), &["name", "empty"]),
+        (
+            b2b_with("name = \"aware\"\norder = 10", "name = \"aware\"\norder = 10\nterminal = true"),
+            &["stages[0]", "terminal"],
+        ),
+        (
+            b2b_with("name = \"aware\"\norder = 10", "name = \"aware\"\norder = 10\noutcome = \"won\""),
+            &["stages[0]", "outcome"],
+        ),
+        (
+            b2b_with(r#"name = "engaged""#, r#"name = "quote_requested""#),
+            &["hot_rules[2]", "`quote_requested`", "twice"],
+        ),
+        (b2b_with(r#"reason = "Asked for a quote""#, r#"reason = """#), &["hot_rules[1]", "`reason`"]),
+        (b2b_with("within_days = 14\n", ""), &["hot_rules[0]", "`after`", "`within_days`"]),
+        (
+            b2b_with("score_at_least = 60.0", "score_at_least = 60.0\nsignal = \"demo_requested\""),
+            &["hot_rules[2]", "`score_at_least`", "`signal`"],
+        ),
+        (
+            b2b_with("score_at_least = 60.0", "score_at_least = 60.0\nwithin_days = 3"),
+            &["hot_rules[2]", "`after`/`within_days`", "`score_at_least`"],
+        ),
+        (
+            b2b_with("name = \"page_viewed\"\nsource", "name = \"--\"\nsource"),
+            &["signals[0]", "`--`", "no letters or digits"],
+        ),
+        (
+            b2b_with(
+                "source = \"crm\"\nweight = 0.0\nprospect_initiated = false\ndisqualifies",
+                "source = \"phone\"\nweight = 0.0\nprospect_initiated = false\ndisqualifies",
+            ),
+            &["unknown variant `phone`"],
+        ),
+        ("name = \"x\"".to_string(), &["missing field"]),
+        ("not toml at all = = =".to_string(), &["not valid TOML"]),
+    ];
+    for (text, words) in cases {
+        let err = load_err(&text);
+        assert_names(&err, words);
+    }
+}
+
+#[test]
+fn a_minimal_journey_loads_with_defaults() {
+    let j = Journey::from_toml_str(
+        r#"
+name = "minimal"
+[scoring]
+half_life_days = 7
+[hot]
+cooldown_hours = 0
+hot_for_days = 1
+[[stages]]
+name = "visiting"
+order = 1
+entered_by = ["Visited"]
+[[signals]]
+name = "Visited"
+source = "any"
+weight = 1
+prospect_initiated = true
+"#,
+    )
+    .unwrap();
+    assert_eq!(j.max_score, 1000.0);
+    assert_eq!(j.allowed_lateness, Span(24 * MS_PER_HOUR));
+    assert!(j.ghost.is_none() && j.stall.is_none() && j.hot_rules.is_empty());
+    assert_eq!(j.unmapped, UnmappedPolicy::Ignore);
+    assert_eq!(j.resolve(EventKind::Page, ""), None);
+    assert_eq!(j.lookup("visited"), Some(microfunnel::core::SignalId(0)));
+}

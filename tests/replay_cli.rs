@@ -1,0 +1,259 @@
+//! The `microfunnel replay` binary on the fixtures: exit codes, stable output, rejected lines on
+//! stderr with their line numbers, and journey errors that name the key.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+const PLAYBOOK: &str = "tests/fixtures/b2b-playbook.jsonl";
+const MALFORMED: &str = "tests/fixtures/malformed.jsonl";
+const B2B: &str = "deploy/journeys/b2b.toml";
+
+fn microfunnel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run microfunnel")
+}
+
+fn replay(extra: &[&str]) -> Output {
+    let mut args = vec!["replay", "--journey", B2B];
+    args.extend_from_slice(extra);
+    microfunnel(&args)
+}
+
+fn stdout_json(out: &Output) -> Vec<Value> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+fn of_kind<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["kind"] == kind).collect()
+}
+
+/// A journey file of this test's own, under Cargo's scratch directory for integration tests.
+fn journey_file(name: &str, text: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("replay_cli-{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn b2b_text() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(B2B)).unwrap()
+}
+
+#[test]
+fn replaying_the_playbook_is_stable_and_complete() {
+    let first = replay(&["--digest", PLAYBOOK]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(stderr(&first), "", "every playbook line is valid");
+    let second = replay(&["--digest", PLAYBOOK]);
+    assert!(second.status.success());
+    assert_eq!(first.stdout, second.stdout, "same input, same bytes out");
+
+    let lines = stdout_json(&first);
+    let n = lines.len();
+    assert_eq!(lines[n - 2]["kind"], "funnel_summary");
+    assert_eq!(lines[n - 1]["kind"], "digest");
+    assert_eq!(lines[n - 1]["prospects"], 9);
+    assert_eq!(lines[n - 1]["digest"].as_str().unwrap().len(), 16);
+
+    let summary = &lines[n - 2];
+    let stats = &summary["stats"];
+    assert_eq!(stats["events"], 40);
+    assert_eq!(stats["duplicates"], 1);
+    assert_eq!(stats["unmapped"], 3);
+    assert_eq!(stats["late"], 1);
+    assert_eq!(stats["rejected"], 0);
+    assert_eq!(summary["watermark"], "2026-03-20T12:00:00.520Z");
+    assert_eq!(summary["census"]["not_a_prospect"], 1);
+
+    // The sales story the fixture tells.
+    let hot = of_kind(&lines, "hot_lead");
+    let dana: Vec<_> = hot.iter().filter(|h| h["prospect"] == "usr_8812").collect();
+    assert_eq!(dana.len(), 1);
+    assert!(dana[0]["rules"].as_array().unwrap().iter().any(|r| r == "clarification_after_quote"));
+    assert_eq!(dana[0]["email"], "dana.whitfield@northwind.example");
+    assert_eq!(dana[0]["event_id"], "sfdc-case-5003X00002Lm9");
+    assert!(hot.iter().all(|h| h["prospect"] != "usr_7001"), "disqualified prospects are never hot");
+    assert!(hot.iter().all(|h| h["prospect"] != "usr_5230"), "reviewing with partners is not a hot signal");
+    let ghosts = of_kind(&lines, "ghosted");
+    assert_eq!(ghosts.len(), 1);
+    assert_eq!(ghosts[0]["prospect"], "usr_4410");
+    let late = of_kind(&lines, "late");
+    assert_eq!(late.len(), 1);
+    assert_eq!((late[0]["prospect"].as_str(), late[0]["signal"].as_str()), (Some("usr_4410"), Some("meeting_booked")));
+    let won: Vec<_> = of_kind(&lines, "stage_changed")
+        .into_iter()
+        .filter(|c| c["to"] == "won")
+        .map(|c| c["prospect"].clone())
+        .collect();
+    assert_eq!(won, ["usr_9920", "usr_8812"]);
+}
+
+#[test]
+fn replay_reads_stdin_given_a_dash() {
+    let from_file = replay(&[PLAYBOOK]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+        .args(["replay", "--journey", B2B, "-"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(PLAYBOOK)).unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let from_stdin = child.wait_with_output().unwrap();
+    assert!(from_stdin.status.success(), "{}", stderr(&from_stdin));
+    assert_eq!(from_stdin.stdout, from_file.stdout);
+}
+
+#[test]
+fn until_moves_event_time_on_and_fires_timers() {
+    let plain = stdout_json(&replay(&[PLAYBOOK]));
+    assert!(of_kind(&plain, "stalled").is_empty());
+    let out = replay(&["--until", "2026-04-15T00:00:00Z", PLAYBOOK]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_json(&out);
+    let mut stalled: Vec<&str> = of_kind(&lines, "stalled").iter().map(|s| s["prospect"].as_str().unwrap()).collect();
+    stalled.sort_unstable();
+    assert_eq!(stalled, ["9f2e8d7c-6b5a-4c3d-2e1f-0a9b8c7d6e5f", "usr_2290", "usr_5230", "usr_7001"]);
+    assert_eq!(lines.last().unwrap()["watermark"], "2026-04-15T00:00:00.000Z");
+
+    let bad = replay(&["--until", "next tuesday", PLAYBOOK]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("--until"), "{}", stderr(&bad));
+}
+
+#[test]
+fn malformed_lines_are_reported_and_the_run_continues() {
+    let out = replay(&[MALFORMED]);
+    assert!(out.status.success(), "bad input lines are not a failed run: {}", stderr(&out));
+    let err = stderr(&out);
+    let reported: Vec<(u32, &str)> = err
+        .lines()
+        .map(|l| {
+            let rest = l.strip_prefix("line ").unwrap_or_else(|| panic!("{l}"));
+            let (n, rest) = rest.split_once(": ").unwrap();
+            let (reason, detail) = rest.split_once(": ").unwrap();
+            assert!(!detail.is_empty(), "{l}");
+            (n.parse().unwrap(), reason)
+        })
+        .collect();
+    assert_eq!(
+        reported,
+        [
+            (2, "invalid_json"),
+            (3, "invalid_json"),
+            (4, "missing_field"),
+            (6, "bad_timestamp"),
+            (7, "bad_timestamp"),
+            (8, "unknown_source"),
+            (9, "unsupported_type"),
+            (10, "unsupported_type"),
+            (12, "too_deep"),
+            (13, "empty_field"),
+            (14, "empty_field"),
+            (15, "empty_field"),
+            (16, "source_mismatch"),
+            (17, "invalid_json"),
+            (18, "bad_timestamp"),
+            (19, "missing_field"),
+            (20, "missing_field"),
+            (21, "field_too_long"),
+        ]
+    );
+    for needle in [
+        "line 4: missing_field: missing field `prospect_id`",
+        "line 6: bad_timestamp: bad timestamp in `ts` (\"2026-03-32T10:00:00Z\")",
+        "line 8: unknown_source: unknown source \"email\"",
+        "line 9: unsupported_type: unsupported Segment call type \"alias\"",
+        "line 13: empty_field: field `event_id` is empty",
+        "line 16: source_mismatch: signal `deal_won` is accepted from crm only",
+        "line 21: field_too_long: field `prospect_id`",
+    ] {
+        assert!(err.contains(needle), "stderr should contain {needle:?}:\n{err}");
+    }
+
+    // Good lines before, between and after the bad ones were all applied.
+    let lines = stdout_json(&out);
+    let changes: Vec<(String, String)> = of_kind(&lines, "stage_changed")
+        .iter()
+        .map(|c| (c["prospect"].as_str().unwrap().to_string(), c["to"].as_str().unwrap().to_string()))
+        .collect();
+    let want =
+        [("usr_1201", "aware"), ("usr_1201", "evaluating"), ("usr_1203", "evaluating"), ("usr_1202", "deciding")];
+    assert_eq!(changes, want.map(|(p, s)| (p.to_string(), s.to_string())));
+    let hot = of_kind(&lines, "hot_lead");
+    assert_eq!(hot.len(), 1);
+    assert_eq!(hot[0]["prospect"], "usr_1202");
+    assert_eq!(hot[0]["email"], "sam.okafor@proseware.example");
+    let stats = &lines.last().unwrap()["stats"];
+    assert_eq!((stats["events"].as_u64(), stats["rejected"].as_u64()), (Some(6), Some(1)));
+    assert!(lines.iter().all(|l| l["kind"] != "rejected"), "rejections go to stderr only");
+
+    let again = replay(&[MALFORMED]);
+    assert_eq!((again.stdout, again.stderr), (out.stdout, out.stderr));
+}
+
+#[test]
+fn max_bytes_limits_the_payload_size() {
+    let out = replay(&["--max-bytes", "2048", MALFORMED]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("line 23: too_large: payload is 3027 bytes, over the 2048-byte limit"),
+        "{}",
+        stderr(&out)
+    );
+    let lines = stdout_json(&out);
+    assert!(lines.iter().all(|l| l["prospect"] != "usr_1203"));
+    assert_eq!(of_kind(&lines, "hot_lead").len(), 1, "later lines still run");
+}
+
+#[test]
+fn a_bad_journey_file_fails_naming_the_key() {
+    let b2b = b2b_text();
+    for (name, from, to, words) in [
+        ("typo-key", "half_life_days = 14", "half_life = 14", &["half_life"][..]),
+        ("bad-number", "cooldown_hours = 72", "cooldown_hours = -72", &["cooldown_hours", "-72"]),
+        (
+            "unknown-signal",
+            r#"entered_by = ["deal_won", "order_placed"]"#,
+            r#"entered_by = ["deal_won", "order_paid"]"#,
+            &["entered_by", "order_paid"],
+        ),
+    ] {
+        assert!(b2b.contains(from));
+        let path = journey_file(name, &b2b.replacen(from, to, 1));
+        let out = microfunnel(&["replay", "--journey", path.to_str().unwrap(), PLAYBOOK]);
+        assert!(!out.status.success(), "{name}");
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        assert!(out.stdout.is_empty(), "{name}: no output before the journey is valid");
+        let err = stderr(&out);
+        assert!(err.contains(path.to_str().unwrap()), "{name}: {err}");
+        for w in words {
+            assert!(err.contains(w), "{name}: stderr should name {w:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn missing_files_fail_with_their_path() {
+    let out = replay(&["tests/fixtures/no-such-file.jsonl"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no-such-file.jsonl"), "{}", stderr(&out));
+    let out = microfunnel(&["replay", "--journey", "deploy/journeys/none.toml", PLAYBOOK]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("none.toml"), "{}", stderr(&out));
+}

@@ -217,8 +217,8 @@ fn missing_fields_are_named() {
 }
 
 #[test]
-fn segment_ignores_other_timestamps_than_timestamp() {
-    let v = json!({"type": "page", "userId": "usr_1", "messageId": "m-1", "originalTimestamp": "2026-03-07T09:20:00.112Z",
+fn segment_never_reads_sent_at_or_received_at() {
+    let v = json!({"type": "page", "userId": "usr_1", "messageId": "m-1",
         "sentAt": "2026-03-07T09:20:00.215Z", "receivedAt": "2026-03-07T09:20:00.731Z"});
     assert_refused(decode(&v), RejectReason::MissingField, &["`timestamp`"]);
     let ev = decode(&with(v, "timestamp", json!("2026-03-07T09:20:00.628Z"))).unwrap();
@@ -285,7 +285,7 @@ fn bad_timestamps_are_named_with_their_value() {
 
 #[test]
 fn unknown_source_is_named() {
-    for s in ["email", "WEB", "Crm", "segment"] {
+    for s in ["email", "WEBSITE", "Crm2", "segment"] {
         let err = decode(&with(canonical(), "source", json!(s))).unwrap_err();
         assert_eq!(err, DecodeError::UnknownSource(s.to_string()));
         let msg = err.to_string();
@@ -558,4 +558,21 @@ proptest! {
         let base = if segment { segment_track() } else { canonical() };
         exercise(&journey, &mut engine, with(base, key, value).to_string().as_bytes());
     }
+}
+
+#[test]
+fn segment_payload_without_server_timestamp_uses_original_timestamp() {
+    let v = with(without(segment_track(), "timestamp"), "originalTimestamp", json!("2026-03-04T10:11:59.500Z"));
+    let ev = decode(&v).expect("client-side payloads decode");
+    assert_eq!(ev.ts.to_string(), "2026-03-04T10:11:59.500Z");
+    let both = with(segment_track(), "originalTimestamp", json!("2026-03-04T10:11:59.500Z"));
+    assert_eq!(decode(&both).unwrap().ts.to_string(), "2026-03-04T10:12:00.000Z", "`timestamp` wins when present");
+    assert_refused(decode(&without(segment_track(), "timestamp")), RejectReason::MissingField, &["timestamp"]);
+}
+
+#[test]
+fn source_is_matched_without_regard_to_case() {
+    let ev = decode(&with(canonical(), "source", json!("CRM"))).unwrap();
+    assert_eq!(ev.source, Source::Crm);
+    assert_refused(decode(&with(canonical(), "source", json!("erp"))), RejectReason::UnknownSource, &["erp"]);
 }

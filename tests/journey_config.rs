@@ -350,3 +350,18 @@ prospect_initiated = true
     assert_eq!(j.resolve(EventKind::Page, ""), None);
     assert_eq!(j.lookup("visited"), Some(microfunnel::core::SignalId(0)));
 }
+
+#[test]
+fn a_signal_listed_twice_in_one_stage_is_named_as_such() {
+    let text = b2b_with(
+        r#"entered_by = ["page_viewed", "ad_clicked"]"#,
+        r#"entered_by = ["page_viewed", "ad_clicked", "page_viewed"]"#,
+    );
+    assert_names(&load_err(&text), &["aware", "entered_by", "page_viewed", "twice"]);
+}
+
+#[test]
+fn allowed_lateness_is_bounded() {
+    let text = b2b_with("allowed_lateness_hours = 24", "allowed_lateness_hours = 2000000");
+    assert_names(&load_err(&text), &["allowed_lateness_hours", "1000000"]);
+}

@@ -862,3 +862,13 @@ fn a_rejected_event_does_not_move_the_watermark() {
     p.web("usr_1201", "deal_won", day(30.0));
     assert_eq!(p.engine.watermark(), wm);
 }
+
+#[test]
+fn a_won_customer_is_not_moved_to_lost_by_a_later_deal_lost() {
+    let mut p = Playbook::new();
+    p.web("usr_7001", "demo_requested", day(0.0));
+    p.crm("usr_7001", "deal_won", day(5.0));
+    let out = p.crm("usr_7001", "deal_lost", day(40.0));
+    assert!(stage_changes(&out).is_empty(), "a lost upsell does not un-win a customer: {out:?}");
+    assert_eq!(p.view("usr_7001", None).stage, "won");
+}

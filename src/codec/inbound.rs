@@ -110,6 +110,8 @@ struct Wire<'a> {
     anonymous_id: Option<Str<'a>>,
     event: Option<Str<'a>>,
     timestamp: Option<Str<'a>>,
+    /// Client-side time, used only when a payload skipped Segment's servers (no `timestamp`).
+    original_timestamp: Option<Str<'a>>,
     /// `traits.email` (identify calls).
     traits_email: Option<Str<'a>>,
     /// `context.traits.email`.
@@ -146,6 +148,7 @@ impl<'de> Visitor<'de> for WireVisitor {
                 "anonymousId" => once(&mut w.anonymous_id, &mut map, "anonymousId")?,
                 "event" => once(&mut w.event, &mut map, "event")?,
                 "timestamp" => once(&mut w.timestamp, &mut map, "timestamp")?,
+                "originalTimestamp" => once(&mut w.original_timestamp, &mut map, "originalTimestamp")?,
                 "properties" => {
                     // Skipped unparsed; only its shape is checked.
                     let raw: &'de RawValue = map.next_value()?;
@@ -397,7 +400,10 @@ pub fn decode<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits) -> Result
                 return Err(DecodeError::UnsupportedType(other.chars().take(64).collect()));
             }
         };
-        let ts = timestamp(w.timestamp, "timestamp", SEGMENT)?;
+        let ts = match (w.timestamp, w.original_timestamp) {
+            (None, Some(original)) => timestamp(Some(original), "originalTimestamp", SEGMENT)?,
+            (t, _) => timestamp(t, "timestamp", SEGMENT)?,
+        };
         let signal = journey.resolve(kind, &name);
         let email = email(w.context_email).or_else(|| email(w.traits_email));
         Event { event_id, prospect, source, kind, name, signal, ts, email }

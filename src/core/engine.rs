@@ -303,7 +303,10 @@ impl Engine {
         let from = (!new).then_some(p.stage);
         if let Some(f) = from {
             let cur = journey.stage(f);
-            if cur.terminal || journey.stage(to).order <= cur.order {
+            // Forward only; a terminal stage is final, and a customer who has won is not lost
+            // by a later `deal_lost` (that is a lost upsell, not a lost customer).
+            let won = p.has(prospect::OUTCOME_WON);
+            if cur.terminal || journey.stage(to).order <= cur.order || (won && journey.stage(to).terminal) {
                 return;
             }
         }

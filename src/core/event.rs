@@ -14,10 +14,12 @@ pub enum Source {
 
 impl Source {
     pub fn parse(s: &str) -> Option<Source> {
-        match s {
-            "web" => Some(Source::Web),
-            "crm" => Some(Source::Crm),
-            _ => None,
+        if s.eq_ignore_ascii_case("web") {
+            Some(Source::Web)
+        } else if s.eq_ignore_ascii_case("crm") {
+            Some(Source::Crm)
+        } else {
+            None
         }
     }
 

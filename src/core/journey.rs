@@ -351,6 +351,15 @@ fn positive(at: &str, what: &str, v: f64) -> Result<f64, JourneyError> {
     }
 }
 
+/// At most 1,000,000 hours (114 years): beyond that nothing is ever late anyway.
+fn lateness_hours(v: f64) -> Result<f64, JourneyError> {
+    let v = non_negative("time", "allowed_lateness_hours", v)?;
+    if v > 1_000_000.0 {
+        return Err(invalid("time", format!("`allowed_lateness_hours` must be at most 1000000, got {v}")));
+    }
+    Ok(v)
+}
+
 fn non_negative(at: &str, what: &str, v: f64) -> Result<f64, JourneyError> {
     if v.is_finite() && v >= 0.0 { Ok(v) } else { Err(invalid(at, format!("`{what}` must be zero or more, got {v}"))) }
 }
@@ -469,6 +478,12 @@ impl Journey {
             for n in &s.entered_by {
                 let sig = signal_of(format!("stages[{i}] (`{}`).entered_by", s.name), n, &names)?;
                 let def = &mut signals[sig.0 as usize];
+                if def.enters == Some(StageId(i as u8)) {
+                    return Err(invalid(
+                        format!("stages[{i}] (`{}`).entered_by", s.name),
+                        format!("lists `{n}` twice; list each signal once"),
+                    ));
+                }
                 if let Some(prev) = def.enters {
                     return Err(JourneyError::SignalInTwoStages {
                         signal: def.name.clone(),
@@ -585,11 +600,7 @@ impl Journey {
             decay_rate: std::f64::consts::LN_2 / half_life.0 as f64,
             half_life,
             max_score: positive("scoring", "max_score", raw.scoring.max_score)?,
-            allowed_lateness: Span::from_hours(non_negative(
-                "time",
-                "allowed_lateness_hours",
-                raw.time.allowed_lateness_hours,
-            )?),
+            allowed_lateness: Span::from_hours(lateness_hours(raw.time.allowed_lateness_hours)?),
             alert_cooldown: Span::from_hours(non_negative("hot", "cooldown_hours", raw.hot.cooldown_hours)?),
             hot_for: Span::from_days(positive("hot", "hot_for_days", raw.hot.hot_for_days)?),
             ghost,

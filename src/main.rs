@@ -37,6 +37,13 @@ enum Command {
         /// Print a digest line of the final per-prospect state.
         #[arg(long)]
         digest: bool,
+        /// Print only the final summary (and digest) lines.
+        #[arg(long)]
+        summary_only: bool,
+        /// At the end, print to stderr the process's resident memory and the engine's state
+        /// bytes per prospect (a JSON line).
+        #[arg(long)]
+        memory: bool,
         /// Largest accepted payload, bytes.
         #[arg(long, default_value_t = Limits::default().max_bytes)]
         max_bytes: usize,
@@ -57,23 +64,44 @@ pub(crate) fn load_journey(path: &Path) -> anyhow::Result<Arc<Journey>> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Replay { journey, input, until, digest, max_bytes, max_depth } => {
+        Command::Replay { journey, input, until, digest, summary_only, memory, max_bytes, max_depth } => {
             let journey = load_journey(&journey)?;
             let until =
                 until.map(|u| parse_rfc3339(&u).map_err(|e| anyhow::anyhow!("--until {u:?}: {e}"))).transpose()?;
-            let opts = replay::Options { limits: Limits { max_bytes, max_depth, ..Limits::default() }, until, digest };
+            let limits = Limits { max_bytes, max_depth, ..Limits::default() };
+            let opts = replay::Options { limits, until, digest, summary_only };
+            let rss_before = resident_bytes();
             let stdout = io::stdout().lock();
             let stderr = io::stderr().lock();
-            if input.as_os_str() == "-" {
-                replay::run(journey, &opts, io::stdin().lock(), stdout, stderr)?;
+            let (engine, _) = if input.as_os_str() == "-" {
+                replay::run(journey, &opts, io::stdin().lock(), stdout, stderr)?
             } else {
                 let file = File::open(&input).with_context(|| format!("cannot open {}", input.display()))?;
-                replay::run(journey, &opts, BufReader::with_capacity(1 << 20, file), stdout, stderr)?;
+                replay::run(journey, &opts, BufReader::with_capacity(1 << 20, file), stdout, stderr)?
+            };
+            if memory {
+                let (rss, n) = (resident_bytes().saturating_sub(rss_before), engine.len().max(1));
+                eprintln!(
+                    "{{\"kind\":\"memory\",\"prospects\":{},\"rss_growth_bytes\":{rss},\"rss_per_prospect\":{:.1},\"state_bytes\":{},\"state_per_prospect\":{:.1}}}",
+                    engine.len(),
+                    rss as f64 / n as f64,
+                    engine.heap_bytes(),
+                    engine.heap_bytes() as f64 / n as f64
+                );
             }
             Ok(())
         }
         Command::Gen(args) => cmd::generate::run(args),
     }
+}
+
+/// Resident set size of this process (Linux `/proc/self/statm`), 0 where unavailable.
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0);
+    pages * 4096
 }
 
 fn main() -> ExitCode {

@@ -113,3 +113,12 @@ impl Classification {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fixed_state_stays_compact() {
+        // The memory budget (README, "What one prospect costs") is built on this figure.
+        assert_eq!(std::mem::size_of::<super::Prospect>(), 104);
+    }
+}

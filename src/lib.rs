@@ -8,7 +8,13 @@
 //! - Bad input is a value ([`codec::DecodeError`], [`core::Output::Rejected`]) that the caller
 //!   routes (stderr in `replay`), never a crash.
 
+pub mod app;
 pub mod codec;
+pub mod config;
 pub mod core;
+pub mod http;
+pub mod kafka;
+pub mod pipeline;
 pub mod replay;
+pub mod telemetry;
 pub mod traffic;

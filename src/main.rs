@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use microfunnel::codec::Limits;
+use microfunnel::config::Settings;
 use microfunnel::core::Journey;
 use microfunnel::core::time::parse_rfc3339;
 use microfunnel::replay;
@@ -53,6 +54,23 @@ enum Command {
     },
     /// Generate realistic traffic (web and CRM, canonical and Segment) with ground truth.
     Gen(cmd::generate::GenArgs),
+    /// Run the service: consume the input topics as a consumer group, emit alerts, journey
+    /// events, funnel records and dead letters, serve /metrics.
+    Run {
+        /// Settings file (TOML); `MICROFUNNEL__SECTION__KEY` variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config and its journey; print the effective settings, secrets masked.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Create the input and output topics (existing ones are left alone).
+    CreateTopics {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 pub(crate) fn load_journey(path: &Path) -> anyhow::Result<Arc<Journey>> {
@@ -92,6 +110,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gen(args) => cmd::generate::run(args),
+        Command::Run { config } => {
+            let settings = Settings::load(config.as_deref(), std::env::vars())?;
+            microfunnel::telemetry::init_logs(&settings.log);
+            let journey = load_journey(&settings.journey.path)?;
+            microfunnel::app::start(settings, journey)?.run_until_signal()?;
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            let settings = Settings::load(config.as_deref(), std::env::vars())?;
+            let journey = load_journey(&settings.journey.path)?;
+            println!("# effective settings (secrets masked); journey `{}` is valid", journey.name);
+            print!("{}", settings.masked_toml());
+            Ok(())
+        }
+        Command::CreateTopics { config } => {
+            let settings = Settings::load(config.as_deref(), std::env::vars())?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let created = rt.block_on(microfunnel::kafka::create_topics(&settings.kafka))?;
+            println!("created {} topic(s): {}", created.len(), created.join(", "));
+            Ok(())
+        }
     }
 }
 

@@ -9,9 +9,14 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use microfunnel::core::Source;
 use microfunnel::core::time::parse_rfc3339;
 use microfunnel::traffic::model::Model;
 use microfunnel::traffic::{Generator, Options};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 
 #[derive(Args)]
 pub struct GenArgs {
@@ -56,6 +61,65 @@ pub struct GenArgs {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     quiet: bool,
+    /// Produce to Kafka at these brokers instead of writing a file (keyed by prospect).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Topic for web events (with --brokers).
+    #[arg(long, default_value = "web-events")]
+    web_topic: String,
+    /// Topic for CRM events (with --brokers).
+    #[arg(long, default_value = "crm-events")]
+    crm_topic: String,
+}
+
+/// Where generated lines go.
+enum Sink {
+    Lines(Box<dyn Write>),
+    Kafka { producer: BaseProducer, web: String, crm: String, failed: u64 },
+}
+
+impl Sink {
+    fn put(&mut self, line: &[u8], key: &str, source: Source) -> anyhow::Result<()> {
+        match self {
+            Sink::Lines(out) => {
+                out.write_all(line)?;
+                out.write_all(b"\n")?;
+            }
+            Sink::Kafka { producer, web, crm, failed } => {
+                let topic = if source == Source::Web { web.as_str() } else { crm.as_str() };
+                let mut record = BaseRecord::to(topic).key(key).payload(line);
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            record = r;
+                            producer.poll(Duration::from_millis(20));
+                        }
+                        Err((e, _)) => {
+                            *failed += 1;
+                            anyhow::bail!("cannot produce to {topic}: {e}");
+                        }
+                    }
+                }
+                producer.poll(Duration::ZERO);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        match self {
+            Sink::Lines(out) => out.flush()?,
+            Sink::Kafka { producer, .. } => {
+                producer.flush(Duration::from_secs(60)).context("flushing generated events to Kafka")?;
+                let undelivered = producer.in_flight_count();
+                if undelivered > 0 {
+                    anyhow::bail!("{undelivered} generated events were not delivered");
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 pub fn run(args: GenArgs) -> anyhow::Result<()> {
@@ -86,11 +150,21 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         model,
     };
     let mut generator = Generator::new(opts, &journey, args.truth.is_some())?;
-    let mut out: Box<dyn Write> = if args.out.as_os_str() == "-" {
-        Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock()))
+    let mut sink = if let Some(brokers) = &args.brokers {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "20")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "500000")
+            .create()
+            .context("creating the Kafka producer")?;
+        Sink::Kafka { producer, web: args.web_topic.clone(), crm: args.crm_topic.clone(), failed: 0 }
+    } else if args.out.as_os_str() == "-" {
+        Sink::Lines(Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock())))
     } else {
         let f = File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-        Box::new(BufWriter::with_capacity(1 << 20, f))
+        Sink::Lines(Box::new(BufWriter::with_capacity(1 << 20, f)))
     };
     let mut truth = match &args.truth {
         Some(p) => Some(BufWriter::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?)),
@@ -107,9 +181,8 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
     let began = Instant::now();
     let (mut line, mut key) = (Vec::with_capacity(2048), String::new());
     let mut lines = 0u64;
-    while generator.next_into(&mut line, &mut key).is_some() {
-        line.push(b'\n');
-        out.write_all(&line)?;
+    while let Some(meta) = generator.next_into(&mut line, &mut key) {
+        sink.put(&line, &key, meta.source)?;
         lines += 1;
         if lines.is_multiple_of(4096) {
             bar.set_position(generator.prospects_done());
@@ -122,12 +195,14 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
             let due = Duration::from_secs_f64(lines as f64 / args.rate);
             let elapsed = began.elapsed();
             if due > elapsed {
-                out.flush()?;
+                if let Sink::Lines(out) = &mut sink {
+                    out.flush()?;
+                }
                 std::thread::sleep(due - elapsed);
             }
         }
     }
-    out.flush()?;
+    sink.finish()?;
     if let Some(t) = truth.as_mut() {
         write_truth(&mut generator, t)?;
         t.flush()?;

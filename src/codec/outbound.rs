@@ -123,6 +123,10 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
 #[derive(Serialize)]
 struct Summary<'a> {
     kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<i32>,
     watermark: Option<Time>,
     stats: &'a Stats,
     census: &'a Census,
@@ -139,5 +143,25 @@ pub fn write_report(
     buf: &mut Vec<u8>,
 ) -> serde_json::Result<()> {
     let watermark = (!watermark.is_none()).then_some(Time(watermark));
-    serde_json::to_writer(buf, &Summary { kind: "funnel_summary", watermark, stats, census, funnel })
+    serde_json::to_writer(
+        buf,
+        &Summary { kind: "funnel_summary", group: None, shard: None, watermark, stats, census, funnel },
+    )
+}
+
+/// One shard's figures for the funnel topic: sum the `stats`, `census` and per-stage counts of
+/// every shard of a group for the whole funnel (conversion rates are per shard; recompute them
+/// from the summed `reached` counts).
+pub fn write_shard_report(
+    group: &str,
+    shard: i32,
+    watermark: Ts,
+    stats: &Stats,
+    census: &Census,
+    funnel: &FunnelReport,
+    buf: &mut Vec<u8>,
+) -> serde_json::Result<()> {
+    let watermark = (!watermark.is_none()).then_some(Time(watermark));
+    let s = Summary { kind: "funnel", group: Some(group), shard: Some(shard), watermark, stats, census, funnel };
+    serde_json::to_writer(buf, &s)
 }

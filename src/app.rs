@@ -1,0 +1,138 @@
+//! The one place that builds everything and hands it down, and stops it in order:
+//! signal → stop consuming → flush producer → commit offsets → leave the group → exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+
+use crate::config::Settings;
+use crate::core::Journey;
+use crate::http::{self, Health};
+use crate::pipeline::{self, Handles, PipelineError};
+use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot start the runtime or bind {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("the pipeline did not stop within {0:?}")]
+    StopTimeout(Duration),
+}
+
+/// A started service.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    done: mpsc::Receiver<Result<(), PipelineError>>,
+    shutdown_timeout: Duration,
+    runtime: Runtime,
+}
+
+/// Starts the HTTP endpoints and the pipeline thread; returns once both are launched.
+pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppError> {
+    let metrics = Metrics::new(&journey)?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = settings.listen_addr();
+    let bind_err = |source| AppError::Bind { addr: addr.to_string(), source };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("microfunnel-http")
+        .enable_all()
+        .build()
+        .map_err(bind_err)?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(bind_err)?;
+    let http_addr = listener.local_addr().map_err(bind_err)?;
+    let app = http::router(Health { metrics: metrics.clone(), ready: Arc::clone(&ready) });
+    runtime.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    tracing::info!("metrics at http://{http_addr}/metrics, health at /healthz and /readyz");
+    let (tx, done) = mpsc::channel();
+    let handles = Handles { metrics: metrics.clone(), ready: Arc::clone(&ready), stop: Arc::clone(&stop) };
+    let shutdown_timeout = Duration::from_millis(settings.pipeline.shutdown_timeout_ms);
+    std::thread::Builder::new()
+        .name("microfunnel-pipeline".into())
+        .spawn(move || {
+            let _ = tx.send(pipeline::run(settings, journey, handles));
+        })
+        .map_err(bind_err)?;
+    Ok(Running { http_addr, metrics, ready, stop, done, shutdown_timeout, runtime })
+}
+
+impl Running {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Asks the pipeline to stop; `wait` then returns once it has flushed and committed.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Waits for the pipeline to finish (after `request_stop`, within the shutdown deadline).
+    pub fn wait(self) -> Result<(), AppError> {
+        let limit = self.shutdown_timeout + Duration::from_secs(5);
+        let result = match self.done.recv_timeout(limit) {
+            Ok(r) => r.map_err(AppError::from),
+            Err(_) => Err(AppError::StopTimeout(limit)),
+        };
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
+        result
+    }
+
+    /// Runs until SIGINT/SIGTERM (or the pipeline fails), then stops in order.
+    pub fn run_until_signal(self) -> Result<(), AppError> {
+        let stop = Arc::clone(&self.stop);
+        self.runtime.spawn(async move {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        stop.store(true, Ordering::Release);
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = ctrl_c.await;
+            tracing::info!("stopping: finishing in-flight work, flushing outputs, committing offsets");
+            stop.store(true, Ordering::Release);
+        });
+        // Wait for the pipeline: it ends after a signal, or on its own with an error.
+        loop {
+            match self.done.recv_timeout(Duration::from_millis(200)) {
+                Ok(r) => {
+                    self.runtime.shutdown_timeout(Duration::from_secs(1));
+                    return r.map_err(AppError::from);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.stop.load(Ordering::Acquire) {
+                        return self.wait();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Service settings: a TOML file, then `MICROFUNNEL__SECTION__KEY` environment overrides.
+//! Unknown keys are rejected and every value is validated before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(String),
+    #[error("{key}: {problem}; {fix}")]
+    Invalid { key: String, problem: String, fix: String },
+}
+
+fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), problem: problem.into(), fix: fix.into() }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: Kafka,
+    #[serde(default)]
+    pub journey: JourneySettings,
+    #[serde(default)]
+    pub limits: LimitSettings,
+    #[serde(default)]
+    pub pipeline: Pipeline,
+    #[serde(default)]
+    pub http: Http,
+    #[serde(default)]
+    pub log: Log,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kafka {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    #[serde(default = "default_inputs")]
+    pub input_topics: Vec<String>,
+    #[serde(default)]
+    pub topics: OutputTopics,
+    /// Partition count used by `microfunnel create-topics` for every topic.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout_ms: u32,
+    /// librdkafka settings passed through as they are (`security.protocol`, `sasl.username`,
+    /// `ssl.ca.location`, ...). From the environment, write `_` for `.`.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTopics {
+    #[serde(default = "default_hot_leads")]
+    pub hot_leads: String,
+    #[serde(default = "default_journey_events")]
+    pub journey_events: String,
+    #[serde(default = "default_funnel")]
+    pub funnel: String,
+    #[serde(default = "default_dead_letter")]
+    pub dead_letter: String,
+}
+
+impl Default for OutputTopics {
+    fn default() -> Self {
+        OutputTopics {
+            hot_leads: default_hot_leads(),
+            journey_events: default_journey_events(),
+            funnel: default_funnel(),
+            dead_letter: default_dead_letter(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneySettings {
+    #[serde(default = "default_journey_path")]
+    pub path: PathBuf,
+}
+
+impl Default for JourneySettings {
+    fn default() -> Self {
+        JourneySettings { path: default_journey_path() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings { max_bytes: default_max_bytes(), max_depth: default_max_depth() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Producer flush + offset commit at least this often (the checkpoint barrier).
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval_ms: u64,
+    /// ... or after this many messages, whichever comes first.
+    #[serde(default = "default_commit_every")]
+    pub commit_every_messages: u64,
+    /// Funnel aggregates per shard to the funnel topic and gauges this often.
+    #[serde(default = "default_funnel_interval")]
+    pub funnel_interval_ms: u64,
+    /// A shard with no input for this long advances its watermark from the wall clock
+    /// (minus the allowed lateness), so silence timers fire when traffic stops. 0 = never.
+    #[serde(default = "default_idle_advance")]
+    pub idle_advance_ms: u64,
+    /// Deadline for a graceful stop (flush, commit, leave the group).
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Pipeline {
+            commit_interval_ms: default_commit_interval(),
+            commit_every_messages: default_commit_every(),
+            funnel_interval_ms: default_funnel_interval(),
+            idle_advance_ms: default_idle_advance(),
+            shutdown_timeout_ms: default_shutdown_timeout(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Address of /metrics, /healthz and /readyz; loopback by default. Port 0 picks one.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { listen: default_listen() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `microfunnel=debug,rdkafka=warn`, ...
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: default_log_format(), level: default_log_level() }
+    }
+}
+
+fn default_group() -> String {
+    "microfunnel".into()
+}
+fn default_inputs() -> Vec<String> {
+    vec!["web-events".into(), "crm-events".into()]
+}
+fn default_partitions() -> i32 {
+    4
+}
+fn default_session_timeout() -> u32 {
+    10_000
+}
+fn default_hot_leads() -> String {
+    "hot-leads".into()
+}
+fn default_journey_events() -> String {
+    "journey-events".into()
+}
+fn default_funnel() -> String {
+    "funnel".into()
+}
+fn default_dead_letter() -> String {
+    "dead-letter".into()
+}
+fn default_journey_path() -> PathBuf {
+    "deploy/journeys/b2b.toml".into()
+}
+fn default_max_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_depth() -> usize {
+    32
+}
+fn default_commit_interval() -> u64 {
+    1_000
+}
+fn default_commit_every() -> u64 {
+    50_000
+}
+fn default_funnel_interval() -> u64 {
+    10_000
+}
+fn default_idle_advance() -> u64 {
+    60_000
+}
+fn default_shutdown_timeout() -> u64 {
+    20_000
+}
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Pretty
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// librdkafka settings microfunnel owns: setting them would break its guarantees.
+const RESERVED_CLIENT_KEYS: [&str; 5] =
+    ["enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers", "enable.partition.eof"];
+
+/// Client keys whose values are secrets: masked by `check-config`, never logged.
+pub fn is_secret_key(key: &str) -> bool {
+    ["password", "secret", "token", "sasl.oauthbearer.config", "ssl.key.pem", "ssl_key"].iter().any(|s| key.contains(s))
+}
+
+impl Settings {
+    /// Loads `file` (if given), then the environment (`MICROFUNNEL__KAFKA__BROKERS=...`), then
+    /// validates. `env` is the variables to read (the process environment in production).
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Settings, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(invalid(
+                    "--config",
+                    format!("file {} does not exist", f.display()),
+                    "pass an existing TOML file",
+                ));
+            }
+            b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+        }
+        let vars: config::Map<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("MICROFUNNEL__")).collect();
+        b = b.add_source(
+            config::Environment::with_prefix("MICROFUNNEL")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("kafka.input_topics")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let mut s: Settings = raw.try_deserialize().map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("missing field `kafka`") || msg.contains("missing field `brokers`") {
+                invalid(
+                    "kafka.brokers",
+                    "is not set",
+                    "set [kafka] brokers = \"host:9092\" in the config file or MICROFUNNEL__KAFKA__BROKERS",
+                )
+            } else {
+                ConfigError::Load(format!("{msg} (check the key's spelling and type against README \"Configuration\")"))
+            }
+        })?;
+        s.kafka.client = s.kafka.client.into_iter().map(|(k, v)| (k.replace('_', "."), v)).collect();
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "is empty", "list at least one host:port"));
+        }
+        if k.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "is empty", "name the consumer group"));
+        }
+        if k.input_topics.is_empty() || k.input_topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(invalid(
+                "kafka.input_topics",
+                "is empty or holds an empty name",
+                "list the website and CRM topics",
+            ));
+        }
+        let outs = [&k.topics.hot_leads, &k.topics.journey_events, &k.topics.funnel, &k.topics.dead_letter];
+        for (name, t) in ["hot_leads", "journey_events", "funnel", "dead_letter"].iter().zip(outs) {
+            if t.trim().is_empty() {
+                return Err(invalid(&format!("kafka.topics.{name}"), "is empty", "name the output topic"));
+            }
+            if k.input_topics.contains(t) {
+                return Err(invalid(
+                    &format!("kafka.topics.{name}"),
+                    format!("`{t}` is also an input topic"),
+                    "outputs must go to topics microfunnel does not consume",
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&k.partitions) {
+            return Err(invalid("kafka.partitions", format!("{} is out of range", k.partitions), "use 1 to 10000"));
+        }
+        if !(1_000..=300_000).contains(&k.session_timeout_ms) {
+            return Err(invalid("kafka.session_timeout_ms", "is out of range", "use 1000 to 300000 (tests use 6000)"));
+        }
+        for key in k.client.keys() {
+            if RESERVED_CLIENT_KEYS.contains(&key.as_str()) {
+                return Err(invalid(
+                    &format!("kafka.client.\"{key}\""),
+                    "is managed by microfunnel",
+                    "remove it (use kafka.brokers / kafka.group_id for those)",
+                ));
+            }
+        }
+        if self.limits.max_bytes < 256 || self.limits.max_bytes > 16 * 1024 * 1024 {
+            return Err(invalid("limits.max_bytes", "is out of range", "use 256 to 16777216"));
+        }
+        if !(2..=128).contains(&self.limits.max_depth) {
+            return Err(invalid("limits.max_depth", "is out of range", "use 2 to 128"));
+        }
+        let p = &self.pipeline;
+        if p.commit_interval_ms == 0 || p.commit_every_messages == 0 {
+            return Err(invalid(
+                "pipeline.commit_interval_ms",
+                "must be positive",
+                "use e.g. 1000 (and commit_every_messages 50000)",
+            ));
+        }
+        if p.funnel_interval_ms == 0 {
+            return Err(invalid("pipeline.funnel_interval_ms", "must be positive", "use e.g. 10000"));
+        }
+        if p.shutdown_timeout_ms < 1_000 {
+            return Err(invalid("pipeline.shutdown_timeout_ms", "is under a second", "use e.g. 20000"));
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                format!("`{}` is not an address", self.http.listen),
+                "use ip:port, e.g. 127.0.0.1:9464",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a filter", self.log.level),
+                "use e.g. info or microfunnel=debug",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        // Validated in `validate`.
+        self.http.listen.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9464)))
+    }
+
+    /// The effective settings as TOML, secrets masked.
+    pub fn masked_toml(&self) -> String {
+        let mut s = self.clone();
+        for (k, v) in s.kafka.client.iter_mut() {
+            if is_secret_key(k) {
+                *v = "*****".into();
+            }
+        }
+        toml::to_string_pretty(&s).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+    }
+}

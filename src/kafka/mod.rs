@@ -1,0 +1,181 @@
+//! Kafka edges: client configuration from settings, topic checks and creation, the producer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Kafka;
+use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("kafka client: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error(
+        "input topic `{topic}` does not exist on {brokers}; create it (`microfunnel create-topics`) or fix kafka.input_topics"
+    )]
+    MissingTopic { topic: String, brokers: String },
+    #[error(
+        "input topics are not co-partitioned ({counts}); a shard is one partition number of every input topic, so give them the same partition count"
+    )]
+    NotCoPartitioned { counts: String },
+    #[error("creating topic `{topic}`: {reason}")]
+    CreateTopic { topic: String, reason: String },
+}
+
+/// Settings every client shares: brokers, then the user's librdkafka pass-through.
+pub fn base_config(k: &Kafka) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    for (key, value) in &k.client {
+        c.set(key, value);
+    }
+    c
+}
+
+/// Consumer: manual offset handling (microfunnel commits after its outputs are acknowledged).
+pub fn consumer_config(k: &Kafka) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", k.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", (k.session_timeout_ms / 3).max(500).to_string())
+        .set("enable.partition.eof", "false");
+    merge(c, base_config(k))
+}
+
+/// Producer: acknowledged by all in-sync replicas, retried, ordered per partition.
+pub fn producer_config(k: &Kafka) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("max.in.flight.requests.per.connection", "1");
+    merge(c, base_config(k))
+}
+
+/// `ours` then `theirs` (the user's settings win).
+fn merge(mut ours: ClientConfig, theirs: ClientConfig) -> ClientConfig {
+    for (k, v) in theirs.config_map().iter() {
+        ours.set(*k, *v);
+    }
+    ours.set_log_level(RDKafkaLogLevel::Warning);
+    ours
+}
+
+/// Partition counts of `topics`; fails naming a missing topic.
+pub fn partition_counts<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topics: &[String],
+    brokers: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, usize)>, KafkaSetupError> {
+    let mut out = Vec::new();
+    for t in topics {
+        let md = consumer.fetch_metadata(Some(t), timeout)?;
+        let topic = md.topics().iter().find(|m| m.name() == t);
+        match topic {
+            Some(m) if m.error().is_none() && !m.partitions().is_empty() => out.push((t.clone(), m.partitions().len())),
+            _ => return Err(KafkaSetupError::MissingTopic { topic: t.clone(), brokers: brokers.to_string() }),
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses input topics whose partition counts differ; returns the common count.
+pub fn check_copartitioned(counts: &[(String, usize)]) -> Result<usize, KafkaSetupError> {
+    let first = counts.first().map_or(0, |c| c.1);
+    if counts.iter().any(|c| c.1 != first) {
+        let counts = counts.iter().map(|(t, n)| format!("{t}: {n}")).collect::<Vec<_>>().join(", ");
+        return Err(KafkaSetupError::NotCoPartitioned { counts });
+    }
+    Ok(first)
+}
+
+/// Creates the input and output topics with `k.partitions` partitions (existing ones are kept).
+pub async fn create_topics(k: &Kafka) -> Result<Vec<String>, KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(k).create()?;
+    let mut names: Vec<&str> = k.input_topics.iter().map(String::as_str).collect();
+    names.extend(
+        [&k.topics.hot_leads, &k.topics.journey_events, &k.topics.funnel, &k.topics.dead_letter].map(String::as_str),
+    );
+    let topics: Vec<NewTopic<'_>> =
+        names.iter().map(|n| NewTopic::new(n, k.partitions, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let mut created = Vec::new();
+    for r in admin.create_topics(&topics, &opts).await? {
+        match r {
+            Ok(t) => created.push(t),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(KafkaSetupError::CreateTopic { topic: t, reason: e.to_string() }),
+        }
+    }
+    Ok(created)
+}
+
+/// Counts delivery failures so the checkpoint barrier can refuse to commit past them.
+pub struct DeliveryContext {
+    pub failed: Arc<AtomicU64>,
+    pub metrics: Option<Metrics>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::AcqRel);
+            if let Some(m) = &self.metrics {
+                m.producer_errors.inc();
+            }
+            tracing::error!(error = %e, "output record not acknowledged by the broker");
+        }
+    }
+}
+
+pub type OutputProducer = BaseProducer<DeliveryContext>;
+
+pub fn producer(k: &Kafka, metrics: Option<Metrics>) -> Result<(OutputProducer, Arc<AtomicU64>), KafkaSetupError> {
+    let failed = Arc::new(AtomicU64::new(0));
+    let p = producer_config(k).create_with_context(DeliveryContext { failed: Arc::clone(&failed), metrics })?;
+    Ok((p, failed))
+}
+
+/// Sends a record, waiting for queue space instead of dropping it.
+pub fn send(producer: &OutputProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((e, r)) => {
+                // Not retriable here (e.g. message too large): count it; the barrier refuses to
+                // commit past it, so the input is reprocessed after a restart.
+                tracing::error!(error = %e, topic = r.topic, "cannot enqueue output record");
+                producer.context().failed.fetch_add(1, Ordering::AcqRel);
+                if let Some(m) = &producer.context().metrics {
+                    m.producer_errors.inc();
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Flushes until everything sent is acknowledged or `deadline` passes.
+pub fn flush(producer: &OutputProducer, timeout: Duration) -> Result<(), rdkafka::error::KafkaError> {
+    producer.flush(timeout)
+}

@@ -1,0 +1,120 @@
+//! Outputs to topics: hot leads, journey events, dead letters with their origin, funnel records.
+
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+
+use crate::codec;
+use crate::config::OutputTopics;
+use crate::core::{Engine, Journey, Output, RejectReason};
+use crate::kafka::{self, OutputProducer};
+use crate::telemetry::Metrics;
+
+pub(super) struct Ctx<'a> {
+    pub producer: &'a OutputProducer,
+    pub topics: &'a OutputTopics,
+    pub metrics: &'a Metrics,
+    pub journey: &'a Journey,
+}
+
+/// Sends one engine output where it belongs, counting it. `source` is the input message that
+/// caused it (none for timers fired by wall-clock advancement).
+pub(super) fn output(
+    ctx: &Ctx<'_>,
+    engine: &Engine,
+    o: &Output,
+    source: Option<&BorrowedMessage<'_>>,
+    buf: &mut Vec<u8>,
+) {
+    let m = ctx.metrics;
+    let (topic, prospect) = match o {
+        Output::HotLead(h) => {
+            m.hot_leads.inc();
+            (&ctx.topics.hot_leads, h.prospect)
+        }
+        Output::StageChanged { prospect, from, to, .. } => {
+            let from = from.map_or("new", |f| ctx.journey.stage(f).name.as_str());
+            m.stage_transitions.with_label_values(&[from, &ctx.journey.stage(*to).name]).inc();
+            (&ctx.topics.journey_events, *prospect)
+        }
+        Output::Ghosted { prospect, .. } => {
+            m.ghosted.inc();
+            (&ctx.topics.journey_events, *prospect)
+        }
+        Output::Stalled { prospect, .. } => {
+            m.stalled.inc();
+            (&ctx.topics.journey_events, *prospect)
+        }
+        Output::Late { .. } => return,
+        Output::Rejected { reason, detail } => {
+            m.events_rejected.with_label_values(&[reason.as_str()]).inc();
+            if let Some(msg) = source {
+                dead_letter(ctx.producer, &ctx.topics.dead_letter, msg, *reason, detail);
+            }
+            return;
+        }
+    };
+    buf.clear();
+    if codec::write_output(engine, o, buf).is_err() {
+        return;
+    }
+    let key = engine.prospect_id(prospect);
+    kafka::send(ctx.producer, BaseRecord::to(topic).key(key.as_bytes()).payload(buf.as_slice()));
+}
+
+/// The original bytes, key and headers, plus headers saying why and where from.
+pub(super) fn dead_letter(
+    producer: &OutputProducer,
+    topic: &str,
+    msg: &BorrowedMessage<'_>,
+    reason: RejectReason,
+    detail: &str,
+) {
+    let partition = msg.partition().to_string();
+    let offset = msg.offset().to_string();
+    let mut headers = OwnedHeaders::new();
+    if let Some(original) = msg.headers() {
+        for h in original.iter() {
+            headers = headers.insert(Header { key: h.key, value: h.value });
+        }
+    }
+    headers = headers
+        .insert(Header { key: "microfunnel.reason", value: Some(reason.as_str()) })
+        .insert(Header { key: "microfunnel.detail", value: Some(detail) })
+        .insert(Header { key: "microfunnel.source.topic", value: Some(msg.topic()) })
+        .insert(Header { key: "microfunnel.source.partition", value: Some(partition.as_str()) })
+        .insert(Header { key: "microfunnel.source.offset", value: Some(offset.as_str()) });
+    let payload = msg.payload().unwrap_or_default();
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload).headers(headers);
+    if let Some(k) = msg.key() {
+        record = record.key(k);
+    }
+    kafka::send(producer, record);
+}
+
+/// One shard's funnel aggregates, keyed `group/shard-N` so a compacted topic keeps the latest.
+pub(super) fn funnel(
+    producer: &OutputProducer,
+    topic: &str,
+    group: &str,
+    shard: i32,
+    engine: &Engine,
+    buf: &mut Vec<u8>,
+) {
+    buf.clear();
+    let report = engine.funnel().report(engine.journey());
+    if codec::outbound::write_shard_report(
+        group,
+        shard,
+        engine.watermark(),
+        engine.stats(),
+        &engine.census(),
+        &report,
+        buf,
+    )
+    .is_err()
+    {
+        return;
+    }
+    let key = format!("{group}/shard-{shard}");
+    kafka::send(producer, BaseRecord::to(topic).key(key.as_bytes()).payload(buf.as_slice()));
+}

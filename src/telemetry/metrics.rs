@@ -1,0 +1,161 @@
+//! Prometheus metrics on their own `Registry`. Labels come only from configuration (journey
+//! stage and signal names, sources, reject reasons, topics and partition numbers), never from
+//! prospects, emails or URLs.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::core::{Journey, RejectReason};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_consumed: IntCounterVec,
+    pub events_rejected: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub late_events: IntCounter,
+    pub stage_transitions: IntCounterVec,
+    pub prospects: IntGaugeVec,
+    pub prospects_total: IntGauge,
+    pub hot_leads: IntCounter,
+    pub ghosted: IntCounter,
+    pub stalled: IntCounter,
+    pub latency: HistogramVec,
+    pub consumer_lag: IntGaugeVec,
+    pub producer_errors: IntCounter,
+    pub rebalances: IntCounterVec,
+    pub shards: IntGauge,
+    pub commit_barrier: Histogram,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    /// Registers every family, pre-creating label values from the journey so dashboards see
+    /// zeros rather than gaps.
+    pub fn new(journey: &Journey) -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let events_consumed = counter_vec(
+            &r,
+            "microfunnel_events_consumed_total",
+            "Events decoded and applied, by source and journey signal (`unmapped` for names no signal has).",
+            &["source", "signal"],
+        )?;
+        let events_rejected = counter_vec(
+            &r,
+            "microfunnel_events_rejected_total",
+            "Inputs sent to the dead-letter topic, by reason.",
+            &["reason"],
+        )?;
+        let stage_transitions = counter_vec(
+            &r,
+            "microfunnel_stage_transitions_total",
+            "Prospects moving between journey stages (`from=\"new\"` for a prospect's first stage).",
+            &["from", "to"],
+        )?;
+        let prospects = IntGaugeVec::new(
+            Opts::new(
+                "microfunnel_prospects",
+                "Prospects currently in each stage, summed over this instance's shards.",
+            ),
+            &["stage"],
+        )?;
+        r.register(Box::new(prospects.clone()))?;
+        let prospects_total =
+            IntGauge::new("microfunnel_prospects_total", "Prospects held in memory by this instance.")?;
+        r.register(Box::new(prospects_total.clone()))?;
+        let buckets = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86_400.0];
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "microfunnel_processing_latency_seconds",
+                "Seconds from event time (`from=\"event_time\"`) or from consumption (`from=\"consume\"`) to its outputs being handed to the producer.",
+            )
+            .buckets(buckets),
+            &["from"],
+        )?;
+        r.register(Box::new(latency.clone()))?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "microfunnel_consumer_lag",
+                "Messages between the high watermark and the next offset to process.",
+            ),
+            &["topic", "partition"],
+        )?;
+        r.register(Box::new(consumer_lag.clone()))?;
+        let rebalances =
+            counter_vec(&r, "microfunnel_rebalances_total", "Consumer-group rebalances seen, by kind.", &["kind"])?;
+        let shards = IntGauge::new("microfunnel_shards", "Shards (partition numbers) assigned to this instance.")?;
+        r.register(Box::new(shards.clone()))?;
+        let commit_barrier = Histogram::with_opts(
+            HistogramOpts::new(
+                "microfunnel_commit_barrier_seconds",
+                "Seconds a checkpoint barrier (producer flush, offset commit) took.",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+        )?;
+        r.register(Box::new(commit_barrier.clone()))?;
+        let m = Metrics {
+            events_consumed,
+            events_rejected,
+            duplicates: counter(
+                &r,
+                "microfunnel_duplicate_events_total",
+                "Events ignored as repeats of a recent event id.",
+            )?,
+            late_events: counter(&r, "microfunnel_late_events_total", "Events behind their shard's watermark.")?,
+            stage_transitions,
+            prospects,
+            prospects_total,
+            hot_leads: counter(&r, "microfunnel_hot_leads_total", "Hot-lead alerts emitted.")?,
+            ghosted: counter(&r, "microfunnel_ghosted_total", "Prospects that went silent after a quote.")?,
+            stalled: counter(&r, "microfunnel_stalled_total", "Deals that parked (no stage advance in time).")?,
+            latency,
+            consumer_lag,
+            producer_errors: counter(
+                &r,
+                "microfunnel_producer_errors_total",
+                "Output records the broker did not acknowledge.",
+            )?,
+            rebalances,
+            shards,
+            commit_barrier,
+            registry: r,
+        };
+        for s in &journey.signals {
+            for src in ["web", "crm"] {
+                if s.source.as_str() == src || s.source.as_str() == "any" {
+                    m.events_consumed.with_label_values(&[src, &s.name]);
+                }
+            }
+        }
+        for reason in RejectReason::ALL {
+            m.events_rejected.with_label_values(&[reason.as_str()]);
+        }
+        for st in &journey.stages {
+            m.prospects.with_label_values(&[&st.name]);
+        }
+        for kind in ["assign", "revoke"] {
+            m.rebalances.with_label_values(&[kind]);
+        }
+        Ok(m)
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

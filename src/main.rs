@@ -66,6 +66,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print a topic's records as they arrive (`--alerts` renders hot-lead alerts).
+    Tail(cmd::tail::TailArgs),
     /// Create the input and output topics (existing ones are left alone).
     CreateTopics {
         #[arg(long)]
@@ -110,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gen(args) => cmd::generate::run(args),
+        Command::Tail(args) => cmd::tail::run(args),
         Command::Run { config } => {
             let settings = Settings::load(config.as_deref(), std::env::vars())?;
             microfunnel::telemetry::init_logs(&settings.log);

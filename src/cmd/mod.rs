@@ -1,3 +1,4 @@
 //! Command implementations (shell side: files, terminals, clocks).
 
 pub mod generate;
+pub mod tail;

@@ -50,7 +50,8 @@ pub fn consumer_config(k: &Kafka) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", k.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", (k.session_timeout_ms / 3).max(500).to_string())
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "100");
     merge(c, base_config(k))
 }
 

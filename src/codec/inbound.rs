@@ -118,7 +118,9 @@ struct Wire<'a> {
     context_email: Option<Str<'a>>,
 }
 
-struct WireVisitor;
+struct WireVisitor {
+    has_traits: bool,
+}
 
 fn once<'de, A: MapAccess<'de>>(slot: &mut Option<Str<'de>>, map: &mut A, key: &'static str) -> Result<(), A::Error> {
     if slot.is_some() {
@@ -157,16 +159,9 @@ impl<'de> Visitor<'de> for WireVisitor {
                     }
                 }
                 "traits" => w.traits_email = map.next_value_seed(EmailIn { path: &[] })?,
-                "context" => {
-                    // `context` is the bulk of a Segment payload and rarely carries traits: skip it
-                    // unparsed unless it names them.
-                    let raw: &'de RawValue = map.next_value()?;
-                    if raw.get().contains("\"traits\"") {
-                        let mut inner = serde_json::Deserializer::from_str(raw.get());
-                        w.context_email =
-                            EmailIn { path: &["traits"] }.deserialize(&mut inner).map_err(de::Error::custom)?;
-                    }
-                }
+                // `context` is the bulk of a Segment payload and rarely carries traits: unless
+                // the payload mentions them anywhere, skip it on serde_json's fast path.
+                "context" if self.has_traits => w.context_email = map.next_value_seed(EmailIn { path: &["traits"] })?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -281,7 +276,7 @@ impl<'de> Visitor<'de> for AnyStr {
 /// A line with no more than `limit` brackets cannot, and counting them vectorises, so the
 /// exact scan runs only for the rare bracket-heavy line.
 fn too_deep(bytes: &[u8], limit: usize) -> bool {
-    if bytes.iter().filter(|&&b| b == b'{' || b == b'[').count() <= limit {
+    if memchr::memchr2_iter(b'{', b'[', bytes).count() <= limit {
         return false;
     }
     let mut depth = 0usize;
@@ -367,7 +362,7 @@ pub fn decode<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits) -> Result
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let w = de
-        .deserialize_map(WireVisitor)
+        .deserialize_map(WireVisitor { has_traits: memchr::memmem::find(bytes, b"\"traits\"").is_some() })
         .and_then(|w| de.end().map(|()| w))
         .map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
     let ev = if let Some(event_id) = w.event_id {

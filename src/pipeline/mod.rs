@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::{Histogram, IntCounter};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
@@ -26,7 +27,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::codec::{self, Limits};
 use crate::config::Settings;
-use crate::core::{Engine, Journey, Output, Ts};
+use crate::core::{Engine, Journey, Output, Source, Ts};
 use crate::kafka::{self, KafkaSetupError, OutputProducer};
 use crate::telemetry::Metrics;
 
@@ -40,6 +41,30 @@ pub enum PipelineError {
     Undelivered(u64),
     #[error("producer flush did not finish before the deadline; offsets were not committed")]
     FlushTimeout,
+}
+
+/// Metric children resolved once, so the per-event path does no label lookups.
+struct HotMetrics {
+    /// `[signal][source]`; the last row is `unmapped`.
+    consumed: Vec<[IntCounter; 2]>,
+    event_time: Histogram,
+    consume: Histogram,
+}
+
+impl HotMetrics {
+    fn new(metrics: &Metrics, journey: &Journey) -> HotMetrics {
+        let names = journey.signals.iter().map(|s| s.name.as_str()).chain(std::iter::once("unmapped"));
+        let consumed = names
+            .map(|n| {
+                [Source::Web, Source::Crm].map(|src| metrics.events_consumed.with_label_values(&[src.as_str(), n]))
+            })
+            .collect();
+        HotMetrics {
+            consumed,
+            event_time: metrics.latency.with_label_values(&["event_time"]),
+            consume: metrics.latency.with_label_values(&["consume"]),
+        }
+    }
 }
 
 struct Shard {
@@ -57,8 +82,15 @@ struct State {
     failed_seen: u64,
     metrics: Metrics,
     shards: BTreeMap<i32, Shard>,
-    /// Next offset to commit per input partition, for messages processed since the last barrier.
-    pending: BTreeMap<(String, i32), i64>,
+    /// Shards revoked after a successful checkpoint: their state matches the committed offsets,
+    /// so if the next assignment gives the partition back (eager rebalancing revokes everything)
+    /// they resume instead of starting empty. Dropped when the partition goes elsewhere.
+    parked: BTreeMap<i32, Shard>,
+    ready: Arc<AtomicBool>,
+    /// Next offset to commit per (input topic index, partition), for messages processed since
+    /// the last barrier.
+    pending: BTreeMap<(usize, i32), i64>,
+    hot: HotMetrics,
     /// Outputs handed to the producer since the last barrier.
     unflushed: bool,
     since_barrier: u64,
@@ -87,12 +119,20 @@ impl ConsumerContext for PipelineContext {
             let mut st = self.lock();
             st.metrics.rebalances.with_label_values(&["revoke"]).inc();
             let deadline = Instant::now() + Duration::from_millis(st.settings.pipeline.shutdown_timeout_ms);
-            if let Err(e) = st.barrier(consumer, CommitMode::Sync, deadline) {
-                tracing::error!(error = %e, "checkpoint on revoke failed; the next owner reprocesses from the last commit");
-            }
+            let checkpointed = match st.barrier(consumer, CommitMode::Sync, deadline) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "checkpoint on revoke failed; the next owner reprocesses from the last commit");
+                    false
+                }
+            };
             let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             for p in &revoked {
-                st.shards.remove(p);
+                if let Some(shard) = st.shards.remove(p)
+                    && checkpointed
+                {
+                    st.parked.insert(*p, shard);
+                }
             }
             st.pending.retain(|(_, p), _| !revoked.contains(p));
             st.metrics.shards.set(st.shards.len() as i64);
@@ -105,17 +145,28 @@ impl ConsumerContext for PipelineContext {
             Rebalance::Assign(tpl) => {
                 let mut st = self.lock();
                 st.metrics.rebalances.with_label_values(&["assign"]).inc();
-                let mut added = Vec::new();
+                let (mut added, mut resumed) = (Vec::new(), Vec::new());
                 for e in tpl.elements() {
                     let p = e.partition();
-                    if !st.shards.contains_key(&p) {
-                        let engine = Engine::new(Arc::clone(&st.journey));
-                        st.shards.insert(p, Shard { engine, last_input: Instant::now() });
-                        added.push(p);
+                    if st.shards.contains_key(&p) {
+                        continue;
                     }
+                    let shard = match st.parked.remove(&p) {
+                        Some(parked) => {
+                            resumed.push(p);
+                            parked
+                        }
+                        None => {
+                            added.push(p);
+                            Shard { engine: Engine::new(Arc::clone(&st.journey)), last_input: Instant::now() }
+                        }
+                    };
+                    st.shards.insert(p, shard);
                 }
+                st.parked.clear();
                 st.metrics.shards.set(st.shards.len() as i64);
-                tracing::info!(partitions = ?added, "shards assigned");
+                st.ready.store(true, Ordering::Release);
+                tracing::info!(new = ?added, resumed = ?resumed, "shards assigned");
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
@@ -137,12 +188,13 @@ fn wall_now() -> Ts {
 }
 
 impl State {
-    fn handle(&mut self, msg: &BorrowedMessage<'_>, polled: Instant) {
+    /// Applies one message. `batch` and `wall` are read once per polled batch, not per message.
+    fn handle(&mut self, msg: &BorrowedMessage<'_>, batch: Instant, wall: Ts) {
         let p = msg.partition();
         let State { shards, journey, limits, metrics, outputs, producer, settings, buf, .. } = self;
         let shard =
-            shards.entry(p).or_insert_with(|| Shard { engine: Engine::new(Arc::clone(journey)), last_input: polled });
-        shard.last_input = polled;
+            shards.entry(p).or_insert_with(|| Shard { engine: Engine::new(Arc::clone(journey)), last_input: batch });
+        shard.last_input = batch;
         let payload = msg.payload().unwrap_or_default();
         match codec::decode(payload, journey, limits) {
             Err(e) => {
@@ -151,10 +203,14 @@ impl State {
                 self.unflushed = true;
             }
             Ok(ev) => {
-                let signal = ev.signal.map_or("unmapped", |s| journey.signal(s).name.as_str());
-                metrics.events_consumed.with_label_values(&[ev.source.as_str(), signal]).inc();
-                let (dups, late) = (shard.engine.stats().duplicates, shard.engine.stats().late);
+                let stats = shard.engine.stats();
+                let (dups, late, rejected) = (stats.duplicates, stats.late, stats.rejected);
                 shard.engine.apply(&ev, outputs);
+                // An event the engine refuses (source mismatch, ...) counts as rejected only.
+                if shard.engine.stats().rejected == rejected {
+                    let row = ev.signal.map_or(journey.signals.len(), |s| s.0 as usize);
+                    self.hot.consumed[row][usize::from(ev.source == Source::Crm)].inc();
+                }
                 metrics.duplicates.inc_by(shard.engine.stats().duplicates - dups);
                 metrics.late_events.inc_by(shard.engine.stats().late - late);
                 if !outputs.is_empty() {
@@ -164,12 +220,11 @@ impl State {
                     }
                     self.unflushed = true;
                 }
-                let lag = wall_now().since(ev.ts).as_secs_f64().max(0.0);
-                metrics.latency.with_label_values(&["event_time"]).observe(lag);
+                self.hot.event_time.observe(wall.since(ev.ts).as_secs_f64().max(0.0));
             }
         }
-        metrics.latency.with_label_values(&["consume"]).observe(polled.elapsed().as_secs_f64());
-        self.pending.insert((msg.topic().to_string(), p), msg.offset() + 1);
+        let topic = self.settings.kafka.input_topics.iter().position(|t| t == msg.topic()).unwrap_or(0);
+        self.pending.insert((topic, p), msg.offset() + 1);
         self.since_barrier += 1;
     }
 
@@ -201,7 +256,7 @@ impl State {
         if !self.pending.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for ((topic, p), next) in &self.pending {
-                tpl.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+                tpl.add_partition_offset(&self.settings.kafka.input_topics[*topic], *p, Offset::Offset(*next))?;
             }
             consumer.commit(&tpl, mode)?;
             self.pending.clear();
@@ -277,12 +332,15 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
     let limits =
         Limits { max_bytes: settings.limits.max_bytes, max_depth: settings.limits.max_depth, ..Limits::default() };
     let state = State {
+        hot: HotMetrics::new(&h.metrics, &journey),
         journey,
         limits,
         producer,
         failed_seen: failed.load(Ordering::Acquire),
         metrics: h.metrics.clone(),
         shards: BTreeMap::new(),
+        parked: BTreeMap::new(),
+        ready: Arc::clone(&h.ready),
         pending: BTreeMap::new(),
         unflushed: false,
         since_barrier: 0,
@@ -297,8 +355,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
     let partitions = kafka::check_copartitioned(&counts)?;
     let topics: Vec<&str> = k.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    tracing::info!(topics = ?k.input_topics, partitions, group = %k.group_id, "consuming");
-    h.ready.store(true, Ordering::Release);
+    tracing::info!(topics = ?k.input_topics, partitions, group = %k.group_id, "joining the group");
 
     let p = &settings.pipeline;
     let (commit_every, commit_interval) = (p.commit_every_messages, Duration::from_millis(p.commit_interval_ms));
@@ -309,36 +366,51 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         if h.stop.load(Ordering::Acquire) {
             break Ok(());
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => {
-                let polled = Instant::now();
-                consumer.context().lock().handle(&msg, polled);
+        // Drain up to a batch of ready messages; the clocks are read once per batch. The state
+        // lock is not held across `poll`: rebalance callbacks run inside it and take the lock.
+        let (batch, wall) = (Instant::now(), wall_now());
+        let mut n = 0u32;
+        while n < 512 {
+            let timeout = if n == 0 { Duration::from_millis(100) } else { Duration::ZERO };
+            match consumer.poll(timeout) {
+                Some(Ok(msg)) => {
+                    consumer.context().lock().handle(&msg, batch, wall);
+                    n += 1;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
+                }
+                None => break,
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-            None => {}
         }
+        let now = Instant::now();
         let mut st = consumer.context().lock();
+        let took = now.duration_since(batch).as_secs_f64();
+        for _ in 0..n {
+            st.hot.consume.observe(took);
+        }
         st.producer.poll(Duration::ZERO);
-        if st.since_barrier >= commit_every || st.last_barrier.elapsed() >= commit_interval {
-            let deadline = Instant::now() + Duration::from_millis(p.shutdown_timeout_ms);
+        if st.since_barrier >= commit_every || now.duration_since(st.last_barrier) >= commit_interval {
+            let deadline = now + Duration::from_millis(p.shutdown_timeout_ms);
             if let Err(e) = st.barrier(&consumer, CommitMode::Async, deadline) {
                 break Err(e);
             }
         }
         if let Some(idle) = idle
-            && last_idle.elapsed() >= Duration::from_secs(1)
+            && now.duration_since(last_idle) >= Duration::from_secs(1)
         {
             st.advance_idle(idle);
-            last_idle = Instant::now();
+            last_idle = now;
         }
-        if last_funnel.elapsed() >= funnel_interval {
+        if now.duration_since(last_funnel) >= funnel_interval {
             st.publish_funnel();
-            last_funnel = Instant::now();
+            last_funnel = now;
         }
         drop(st);
-        if last_lag.elapsed() >= Duration::from_secs(5) {
+        if now.duration_since(last_lag) >= Duration::from_secs(5) {
             record_lag(&consumer, &h.metrics);
-            last_lag = Instant::now();
+            last_lag = now;
         }
     };
     h.ready.store(false, Ordering::Release);

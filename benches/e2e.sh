@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# End-to-end throughput against the real broker. Preloads N events from `microfunnel gen` into
+# the input topics, then, alternating, measures (a) a plain rdkafka consumer that only parses
+# each payload into a typed struct and (b) `microfunnel run` with alerts, journey events, funnel
+# records, dead letters and metrics on. Both read the same topics from the beginning with a fresh
+# consumer group; rates count from the first message read to the last. Prints both rates (wall
+# and per CPU-second) and the ratio, and appends a JSON line per run to target/bench-work/e2e.jsonl.
+#   benches/e2e.sh [EVENTS (default 1000000)] [ROUNDS (default 2)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+events=${1:-1000000}
+rounds=${2:-2}
+port=${BENCH_BROKER_PORT:-19192}
+work=target/bench-work
+mkdir -p "$work"
+: >"$work/e2e.jsonl"
+export BROKER_PORT=$port BROKER_DIR=target/bench-broker
+export MICROFUNNEL__KAFKA__BROKERS=127.0.0.1:$port
+cargo build --release --locked --quiet --bin microfunnel --example plain_consumer
+bin=target/release/microfunnel
+plain=target/release/examples/plain_consumer
+scripts/broker stop >/dev/null 2>&1 || true
+scripts/broker start >/dev/null
+trap 'scripts/broker stop >/dev/null' EXIT
+
+prospects=$(( events * 100 / 865 + 1 ))   # gen makes ~8.65 lines per prospect
+echo "preloading about $events events ($prospects prospects)..." >&2
+$bin gen --prospects "$prospects" --quiet --brokers "127.0.0.1:$port" 2>"$work/e2e-gen.txt"
+total=$(grep -o '^gen: [0-9]*' "$work/e2e-gen.txt" | grep -o '[0-9]*')
+echo "preloaded $total messages" >&2
+
+run_service() {
+  local group=$1 http=127.0.0.1:$((port + 1))
+  MICROFUNNEL__KAFKA__GROUP_ID=$group MICROFUNNEL__HTTP__LISTEN=$http MICROFUNNEL__PIPELINE__IDLE_ADVANCE_MS=0 \
+    MICROFUNNEL__LOG__LEVEL=warn $bin run --config deploy/config/local.toml 2>>"$work/e2e-service.log" &
+  local pid=$!
+  python3 - "$http" "$total" "$pid" <<'PY'
+import json, re, sys, time, urllib.request
+http, total, pid = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def cpu():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / 100.0
+def processed():
+    try:
+        text = urllib.request.urlopen(f"http://{http}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0
+    n = 0
+    for line in text.splitlines():
+        if line.startswith(("microfunnel_events_consumed_total{", "microfunnel_events_rejected_total{")):
+            n += int(float(line.rsplit(" ", 1)[1]))
+    return n
+deadline = time.time() + 900
+t0 = c0 = None
+while time.time() < deadline:
+    n = processed()
+    if n > 0 and t0 is None:
+        t0, c0 = time.time(), cpu()
+    if n >= total:
+        break
+    time.sleep(0.05)
+wall, cpus = time.time() - t0, cpu() - c0
+print(json.dumps({"kind": "microfunnel", "messages": n, "wall_secs": round(wall, 3), "cpu_secs": round(cpus, 3),
+                  "per_sec": round(n / wall), "per_cpu_sec": round(n / max(cpus, 1e-9))}))
+PY
+  kill -TERM "$pid"; wait "$pid" || true
+}
+
+for r in $(seq 1 "$rounds"); do
+  $plain "127.0.0.1:$port" "bench-plain-$r-$$" "$total" web-events crm-events | tee -a "$work/e2e.jsonl"
+  run_service "bench-mf-$r-$$" | tee -a "$work/e2e.jsonl"
+done
+python3 - "$work/e2e.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+best = lambda k, f: max(r[f] for r in rows if r["kind"] == k)
+for f in ("per_sec", "per_cpu_sec"):
+    a, b = best("plain_consumer", f), best("microfunnel", f)
+    print(f"{f:>12}: plain consumer {a:>9,} msg/s   microfunnel {b:>9,} msg/s   ratio {b / a:.2f}")
+PY

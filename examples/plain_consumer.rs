@@ -1,0 +1,78 @@
+//! Baseline for `benches/e2e.sh`: a plain rdkafka consumer that reads the input topics and
+//! parses each payload into a typed struct, nothing more. Prints one JSON line with its rate.
+//!
+//! `cargo run --release --example plain_consumer -- BROKERS GROUP COUNT TOPIC...`
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use serde::Deserialize;
+
+/// The fields a consumer of either format would read (canonical and Segment), borrowed.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Envelope<'a> {
+    event_id: Option<&'a str>,
+    #[serde(rename = "messageId")]
+    message_id: Option<&'a str>,
+    prospect_id: Option<&'a str>,
+    #[serde(rename = "userId")]
+    user_id: Option<&'a str>,
+    #[serde(rename = "anonymousId")]
+    anonymous_id: Option<&'a str>,
+    source: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: Option<&'a str>,
+    event: Option<&'a str>,
+    ts: Option<&'a str>,
+    timestamp: Option<&'a str>,
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 5 {
+        eprintln!("usage: plain_consumer BROKERS GROUP COUNT TOPIC...");
+        std::process::exit(2);
+    }
+    let count: u64 = args[3].parse().expect("COUNT");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args[1])
+        .set("group.id", &args[2])
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer");
+    let topics: Vec<&str> = args[4..].iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).expect("subscribe");
+    let (mut read, mut parsed) = (0u64, 0u64);
+    let mut first: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while read < count && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            first.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
+            read += 1;
+            if serde_json::from_slice::<Envelope<'_>>(m.payload().unwrap_or_default()).is_ok() {
+                parsed += 1;
+            }
+        }
+    }
+    let (t0, c0) = first.unwrap_or((Instant::now(), cpu_seconds()));
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - c0;
+    println!(
+        "{{\"kind\":\"plain_consumer\",\"messages\":{read},\"parsed\":{parsed},\"wall_secs\":{wall:.3},\"cpu_secs\":{cpu:.3},\"per_sec\":{:.0},\"per_cpu_sec\":{:.0}}}",
+        read as f64 / wall.max(1e-9),
+        read as f64 / cpu.max(1e-9)
+    );
+}

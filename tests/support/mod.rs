@@ -1,0 +1,514 @@
+//! Harness for tests against a real Kafka-API broker: one Tansu broker per test binary, topic and
+//! group names of each test's own, the service started in-process on port 0, a keyed producer
+//! that checks delivery, a reader of output topics that polls until a condition over what it has
+//! read holds, and a small HTTP client. Every wait polls a condition against a deadline.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use microfunnel::app::{self, AppError, Running};
+use microfunnel::config::{Log, LogFormat, Settings};
+use microfunnel::core::Journey;
+use microfunnel::telemetry::Metrics;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// How long a reader or a condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+const B2B: &str = include_str!("../../deploy/journeys/b2b.toml");
+
+// ---- the broker -------------------------------------------------------------------------------
+
+static BROKER: OnceLock<String> = OnceLock::new();
+
+/// `host:port` of this test binary's broker, started on first use.
+pub fn brokers() -> &'static str {
+    BROKER.get_or_init(start_broker)
+}
+
+fn tansu() -> PathBuf {
+    let install = "run `scripts/broker install` (or set TANSU to the tansu binary)";
+    if let Some(p) = std::env::var_os("TANSU") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "TANSU={} is not a file: {install}", p.display());
+        return p;
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|d| d.join("tansu")).find(|c| c.is_file()))
+        .unwrap_or_default();
+    let in_cargo = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/tansu")).filter(|c| c.is_file());
+    on_path.or(in_cargo).unwrap_or_else(|| panic!("the Tansu broker is not installed: {install}"))
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    l.local_addr().expect("local address").port()
+}
+
+/// Starts Tansu under a shell that kills it once this process is gone (statics are never
+/// dropped) or exits when Tansu does; waits until it accepts connections and creates topics.
+/// Another process may take the free port before Tansu binds it: then Tansu exits and a new
+/// port is tried.
+fn start_broker() -> String {
+    let bin = tansu();
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match try_start_broker(&bin, free_port()) {
+            Ok(addr) => return addr,
+            Err(e) => failures.push(e),
+        }
+    }
+    panic!("cannot start the Tansu broker ({}):\n{}", bin.display(), failures.join("\n---\n"));
+}
+
+fn try_start_broker(bin: &Path, port: u16) -> Result<String, String> {
+    let addr = format!("127.0.0.1:{port}");
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tansu-{}.log", std::process::id()));
+    let script = format!(
+        "\"$0\" broker --listener-url tcp://{addr} --advertised-listener-url tcp://{addr} \
+         --storage-engine memory://tansu/ & b=$!; \
+         while kill -0 {pid} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill $b 2>/dev/null",
+        pid = std::process::id()
+    );
+    let out = std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| format!("clone the log handle: {e}"))?;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(bin)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    // Only the broker's own readiness probe uses the default output topic names.
+    let probe = Settings::load(
+        None,
+        [
+            ("MICROFUNNEL__KAFKA__BROKERS".to_string(), addr.clone()),
+            ("MICROFUNNEL__KAFKA__INPUT_TOPICS".to_string(), format!("probe-{}", std::process::id())),
+            ("MICROFUNNEL__KAFKA__PARTITIONS".to_string(), "1".to_string()),
+        ],
+    )
+    .map_err(|e| format!("probe settings: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::from("never connected");
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the broker on {addr} exited ({status}); log:\n{}", log_tail(&log)));
+        }
+        if Instant::now() > deadline {
+            // The shell stops it when this process exits.
+            return Err(format!("the broker on {addr} was not ready within 30 s ({last}); log:\n{}", log_tail(&log)));
+        }
+        match TcpStream::connect_timeout(&addr.parse().expect("loopback address"), Duration::from_millis(500)) {
+            Err(e) => last = format!("connect: {e}"),
+            Ok(_) => match try_create_topics(&probe, Duration::from_secs(5)) {
+                Ok(()) => return Ok(addr),
+                Err(e) => last = format!("create_topics: {e}"),
+            },
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn try_create_topics(settings: &Settings, limit: Duration) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    match rt.block_on(async { tokio::time::timeout(limit, microfunnel::kafka::create_topics(&settings.kafka)).await }) {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
+// ---- names and settings -----------------------------------------------------------------------
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(name: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn journey() -> Arc<Journey> {
+    Arc::new(Journey::from_toml_str(B2B).expect("the shipped b2b journey loads"))
+}
+
+/// Settings for one test: its own input topics (web, crm; 3 partitions), output topics and
+/// group, the HTTP endpoints on an ephemeral port, event time only, short intervals.
+pub fn settings(test: &str) -> Settings {
+    let id = unique(test);
+    let var = |k: &str, v: String| (format!("MICROFUNNEL__{k}"), v);
+    let vars = [
+        var("KAFKA__BROKERS", brokers().to_string()),
+        var("KAFKA__GROUP_ID", format!("{id}-group")),
+        var("KAFKA__INPUT_TOPICS", format!("{id}-web,{id}-crm")),
+        var("KAFKA__TOPICS__HOT_LEADS", format!("{id}-hot-leads")),
+        var("KAFKA__TOPICS__JOURNEY_EVENTS", format!("{id}-journey-events")),
+        var("KAFKA__TOPICS__FUNNEL", format!("{id}-funnel")),
+        var("KAFKA__TOPICS__DEAD_LETTER", format!("{id}-dead-letter")),
+        var("KAFKA__PARTITIONS", "3".into()),
+        var("KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
+        var("HTTP__LISTEN", "127.0.0.1:0".into()),
+        var("PIPELINE__IDLE_ADVANCE_MS", "0".into()),
+        var("PIPELINE__COMMIT_INTERVAL_MS", "200".into()),
+        var("PIPELINE__FUNNEL_INTERVAL_MS", "300".into()),
+        var("PIPELINE__SHUTDOWN_TIMEOUT_MS", "10000".into()),
+    ];
+    let s = Settings::load(None, vars).unwrap_or_else(|e| panic!("test settings: {e}"));
+    assert_eq!(s.kafka.input_topics.len(), 2, "{:?}", s.kafka.input_topics);
+    if let Ok(level) = std::env::var("MICROFUNNEL_TEST_LOG") {
+        microfunnel::telemetry::init_logs(&Log { format: LogFormat::Pretty, level });
+    }
+    s
+}
+
+/// A test's settings with its topics created.
+pub fn setup(test: &str) -> Settings {
+    let s = settings(test);
+    create_topics(&s);
+    s
+}
+
+pub fn create_topics(settings: &Settings) {
+    try_create_topics(settings, Duration::from_secs(30)).unwrap_or_else(|e| panic!("creating topics: {e}"));
+}
+
+pub fn web(s: &Settings) -> &str {
+    &s.kafka.input_topics[0]
+}
+
+pub fn crm(s: &Settings) -> &str {
+    &s.kafka.input_topics[1]
+}
+
+// ---- the service ------------------------------------------------------------------------------
+
+/// A started service; dropping it (a failed test) asks the pipeline to stop.
+pub struct Service {
+    running: Option<Running>,
+}
+
+impl Service {
+    pub fn start(settings: &Settings) -> Service {
+        let running = app::start(settings.clone(), journey()).unwrap_or_else(|e| panic!("start: {e}"));
+        Service { running: Some(running) }
+    }
+
+    fn running(&self) -> &Running {
+        self.running.as_ref().expect("running until stopped")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running().http_addr
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.running().metrics.clone()
+    }
+
+    pub fn request_stop(&self) {
+        self.running().request_stop();
+    }
+
+    /// Waits for the pipeline to end (on its own, or after `request_stop`).
+    pub fn wait(mut self) -> Result<(), AppError> {
+        self.running.take().expect("running until stopped").wait()
+    }
+
+    /// The graceful stop: flush, commit, leave the group.
+    pub fn stop(self) -> Result<(), AppError> {
+        self.request_stop();
+        self.wait()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.request_stop();
+        }
+    }
+}
+
+// ---- producing --------------------------------------------------------------------------------
+
+/// One input record: key (the prospect id), payload bytes, headers.
+#[derive(Clone, Debug)]
+pub struct In {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+pub fn keyed(key: &str, payload: impl Into<Vec<u8>>) -> In {
+    In { key: Some(key.to_string()), payload: payload.into(), headers: Vec::new() }
+}
+
+pub fn unkeyed(payload: impl Into<Vec<u8>>) -> In {
+    In { key: None, payload: payload.into(), headers: Vec::new() }
+}
+
+impl In {
+    pub fn header(mut self, key: &str, value: &str) -> In {
+        self.headers.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+type Delivered = Mutex<BTreeMap<usize, Result<(i32, i64), String>>>;
+
+struct Deliveries(Delivered);
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, i: usize) {
+        let r = match result {
+            Ok(m) => Ok((m.partition(), m.offset())),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(i, r);
+    }
+}
+
+/// Produces `records` to `topic` in order (murmur2 on the key, as Java clients do), flushes,
+/// and returns where each landed as (partition, offset). Fails the test unless all were acked.
+pub fn produce(topic: &str, records: &[In]) -> Vec<(i32, i64)> {
+    let producer: BaseProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("partitioner", "murmur2_random")
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("linger.ms", "5")
+        .create_with_context(Deliveries(Mutex::new(BTreeMap::new())))
+        .expect("test producer");
+    for (i, r) in records.iter().enumerate() {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header { key: k, value: Some(v) });
+        }
+        let mut record: BaseRecord<'_, str, [u8], usize> =
+            BaseRecord::with_opaque_to(topic, i).payload(r.payload.as_slice()).headers(headers);
+        if let Some(k) = &r.key {
+            record = record.key(k.as_str());
+        }
+        producer.send(record).unwrap_or_else(|(e, _)| panic!("enqueue record {i} for {topic}: {e}"));
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap_or_else(|e| panic!("flush to {topic}: {e}"));
+    let delivered = std::mem::take(&mut *producer.context().0.lock().unwrap_or_else(|p| p.into_inner()));
+    (0..records.len())
+        .map(|i| match delivered.get(&i) {
+            Some(Ok(at)) => *at,
+            Some(Err(e)) => panic!("record {i} to {topic} was refused: {e}"),
+            None => panic!("record {i} to {topic} has no delivery report after the flush"),
+        })
+        .collect()
+}
+
+/// The next offset of every partition written to, from what `produce` returned.
+pub fn end_offsets<'a>(written: impl IntoIterator<Item = (&'a str, &'a [(i32, i64)])>) -> BTreeMap<(String, i32), i64> {
+    let mut ends = BTreeMap::new();
+    for (topic, at) in written {
+        for &(p, o) in at {
+            let e = ends.entry((topic.to_string(), p)).or_insert(0);
+            *e = (*e).max(o + 1);
+        }
+    }
+    ends
+}
+
+// ---- reading ----------------------------------------------------------------------------------
+
+/// One record read from an output topic.
+#[derive(Clone, Debug)]
+pub struct Out {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Out {
+    /// The last header of that name, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| std::str::from_utf8(v).expect("UTF-8 header"))
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.payload)))
+    }
+}
+
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let t = md.topics().iter().find(|t| t.name() == topic).unwrap_or_else(|| panic!("no topic {topic}"));
+    assert!(t.error().is_none() && !t.partitions().is_empty(), "topic {topic}: {:?}", t.error());
+    t.partitions().iter().map(|p| p.id()).collect()
+}
+
+fn plain_consumer(group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("test consumer")
+}
+
+/// Reads every partition of `topic` from the beginning (no group) until `done` holds for the
+/// records read so far; fails the test, showing them, after `DEADLINE`.
+pub fn read_until(topic: &str, what: &str, done: impl Fn(&[Out]) -> bool) -> Vec<Out> {
+    let consumer = plain_consumer(&unique("reader"));
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions_of(&consumer, topic) {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition offset");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + DEADLINE;
+    let mut read = Vec::new();
+    while !done(&read) {
+        if Instant::now() > deadline {
+            let shown: Vec<String> = read.iter().map(show).collect();
+            panic!("{topic}: {what} not seen within {DEADLINE:?}; read {}:\n{}", read.len(), shown.join("\n"));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => read.push(Out {
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers: m
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                    .unwrap_or_default(),
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Some(Err(e)) => eprintln!("{topic}: read error (retrying): {e}"),
+            None => {}
+        }
+    }
+    read
+}
+
+/// One record as a line of text, headers included.
+pub fn show(o: &Out) -> String {
+    let headers: Vec<String> = o
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_deref().map(String::from_utf8_lossy).unwrap_or_default()))
+        .collect();
+    let payload = String::from_utf8_lossy(&o.payload);
+    format!("  p{}@{} key={:?} headers=[{}] {payload}", o.partition, o.offset, o.key, headers.join(", "))
+}
+
+/// Offsets `group` has committed for every partition of `topics` (absent: none committed).
+pub fn committed(group: &str, topics: &[String]) -> BTreeMap<(String, i32), i64> {
+    let consumer = plain_consumer(group);
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        for p in partitions_of(&consumer, t) {
+            tpl.add_partition(t, p);
+        }
+    }
+    let got = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+// ---- waiting, HTTP, metrics -------------------------------------------------------------------
+
+/// Polls `cond` every 50 ms until it holds; fails the test naming `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// GET over a plain TCP connection: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the HTTP endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send the request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the response");
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end: {text:?}"));
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "chunked response: {head}");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {head:?}"));
+    (status, body.to_string())
+}
+
+/// Samples of one metric family in Prometheus text: their labels and values.
+pub fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let (metric, labels) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.strip_suffix('}').unwrap_or_else(|| panic!("bad labels in {line:?}"))),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let labels = labels
+            .split("\",")
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once("=\"").unwrap_or_else(|| panic!("bad label {kv:?} in {line:?}"));
+                (k.to_string(), v.trim_end_matches('"').to_string())
+            })
+            .collect();
+        let value = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        out.push((labels, value));
+    }
+    out
+}
+
+/// The value of the sample of `name` with exactly these labels.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    samples(text, name).into_iter().find(|(l, _)| *l == want).map(|(_, v)| v)
+}
+
+/// The sum over every sample of `name`.
+pub fn total(text: &str, name: &str) -> f64 {
+    samples(text, name).iter().map(|(_, v)| v).sum()
+}

@@ -1,3 +1,6 @@
+// Shared by several test binaries; each uses a different part of it.
+#![allow(dead_code)]
+
 //! Harness for tests against a real Kafka-API broker: one Tansu broker per test binary, topic and
 //! group names of each test's own, the service started in-process on port 0, a keyed producer
 //! that checks delivery, a reader of output topics that polls until a condition over what it has

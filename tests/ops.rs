@@ -197,3 +197,121 @@ fn a_real_prometheus_server_scrapes_the_service_and_loads_the_rules() {
     svc.stop().unwrap();
     std::fs::remove_dir_all(dir).ok();
 }
+
+fn rfc3339_days_ago(days: f64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    microfunnel::core::Ts(now - (days * 86_400_000.0) as i64).to_string()
+}
+
+#[test]
+fn an_idle_shard_advances_from_the_wall_clock_so_ghosting_fires_without_traffic() {
+    let mut s = setup("idle");
+    s.pipeline.idle_advance_ms = 300;
+    let svc = Service::start(&s);
+    // A quote 7 days ago, no reply since: ghosted is due 2 days ago, past the 24 h lateness.
+    let quote = rfc3339_days_ago(7.0);
+    let demo = rfc3339_days_ago(9.0);
+    produce(
+        web(&s),
+        &[keyed(
+            "usr_idle",
+            format!(
+                r#"{{"event_id":"i-1","prospect_id":"usr_idle","source":"web","type":"demo_requested","ts":"{demo}"}}"#
+            ),
+        )],
+    );
+    produce(
+        crm(&s),
+        &[keyed(
+            "usr_idle",
+            format!(
+                r#"{{"event_id":"i-2","prospect_id":"usr_idle","source":"crm","type":"quote_sent","ts":"{quote}"}}"#
+            ),
+        )],
+    );
+    let read = read_until(&s.kafka.topics.journey_events, "a ghosted event", |r| {
+        r.iter().any(|o| o.json()["kind"] == "ghosted")
+    });
+    let g = read.iter().map(Out::json).find(|v| v["kind"] == "ghosted").unwrap();
+    assert_eq!(g["prospect"], "usr_idle");
+    assert_eq!(g["stage"], "deciding");
+    assert_eq!(svc.metrics().ghosted.get(), 1);
+    svc.stop().unwrap();
+}
+
+#[test]
+fn check_config_masks_secrets_and_names_bad_keys() {
+    let ok = bin()
+        .args(["check-config", "--config", "deploy/config/local.toml"])
+        .env("MICROFUNNEL__KAFKA__CLIENT__SASL_PASSWORD", "hunter2-secret")
+        .env("MICROFUNNEL__KAFKA__BROKERS", "kafka-1:9092,kafka-2:9092")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains(r#""sasl.password" = "*****""#), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "secret leaked: {stdout}");
+    assert!(stdout.contains(r#"brokers = "kafka-1:9092,kafka-2:9092""#), "env overrides the file: {stdout}");
+    for (key, value, named) in [
+        ("MICROFUNNEL__KAFKA__BROKERZ", "x", "brokerz"),
+        ("MICROFUNNEL__HTTP__LISTEN", "everywhere", "http.listen"),
+        ("MICROFUNNEL__KAFKA__TOPICS__HOT_LEADS", "web-events", "kafka.topics.hot_leads"),
+        ("MICROFUNNEL__KAFKA__CLIENT__ENABLE_AUTO_COMMIT", "true", "enable.auto.commit"),
+    ] {
+        let bad =
+            bin().args(["check-config", "--config", "deploy/config/local.toml"]).env(key, value).output().unwrap();
+        assert_eq!(bad.status.code(), Some(2), "{key}");
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(err.contains(named), "{key}: {err}");
+    }
+}
+
+#[test]
+fn sigterm_stops_the_service_gracefully_with_exit_code_zero() {
+    let s = setup("sigterm");
+    let port = free_port();
+    let mut child = bin()
+        .args(["run", "--config", "deploy/config/local.toml"])
+        .env("MICROFUNNEL__KAFKA__BROKERS", brokers())
+        .env("MICROFUNNEL__KAFKA__GROUP_ID", &s.kafka.group_id)
+        .env("MICROFUNNEL__KAFKA__INPUT_TOPICS", s.kafka.input_topics.join(","))
+        .env("MICROFUNNEL__KAFKA__TOPICS__HOT_LEADS", &s.kafka.topics.hot_leads)
+        .env("MICROFUNNEL__KAFKA__TOPICS__JOURNEY_EVENTS", &s.kafka.topics.journey_events)
+        .env("MICROFUNNEL__KAFKA__TOPICS__FUNNEL", &s.kafka.topics.funnel)
+        .env("MICROFUNNEL__KAFKA__TOPICS__DEAD_LETTER", &s.kafka.topics.dead_letter)
+        .env("MICROFUNNEL__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(DEADLINE, "the service reports ready", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http_get(([127, 0, 0, 1], port).into(), "/readyz").0 == 200
+    });
+    let t = "2026-03-02T10:00:00Z";
+    produce(
+        web(&s),
+        &[keyed(
+            "usr_t",
+            format!(r#"{{"event_id":"t-1","prospect_id":"usr_t","source":"web","type":"quote_requested","ts":"{t}"}}"#),
+        )],
+    );
+    read_until(&s.kafka.topics.hot_leads, "the alert", |r| !r.is_empty());
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no exit within the shutdown deadline");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let committed = committed(&s.kafka.group_id, &s.kafka.input_topics);
+    assert_eq!(
+        committed.values().sum::<i64>(),
+        1,
+        "the one event's offset was committed on the way out: {committed:?}"
+    );
+}

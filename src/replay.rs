@@ -64,8 +64,14 @@ pub fn run(
     engine.advance_to(end, &mut outputs);
     flush(&engine, &mut outputs, &mut buf, &mut totals, n, opts.summary_only, &mut out, &mut err)?;
     let report = engine.funnel().report(engine.journey());
-    codec::write_report(engine.watermark(), engine.stats(), &engine.census(), &report, &mut buf)
-        .map_err(io::Error::other)?;
+    let census = engine.census();
+    let figures = codec::outbound::Figures {
+        watermark: engine.watermark(),
+        stats: engine.stats(),
+        census: &census,
+        funnel: &report,
+    };
+    codec::write_report(&figures, &mut buf).map_err(io::Error::other)?;
     buf.push(b'\n');
     if opts.digest {
         buf.extend_from_slice(

@@ -134,34 +134,40 @@ struct Summary<'a> {
     funnel: &'a FunnelReport,
 }
 
-/// Appends the funnel summary of one or more engines' combined figures.
-pub fn write_report(
-    watermark: Ts,
-    stats: &Stats,
-    census: &Census,
-    funnel: &FunnelReport,
+/// An engine's (or several engines' combined) figures at a watermark.
+pub struct Figures<'a> {
+    pub watermark: Ts,
+    pub stats: &'a Stats,
+    pub census: &'a Census,
+    pub funnel: &'a FunnelReport,
+}
+
+fn write_summary(
+    kind: &'static str,
+    shard: Option<(&str, i32)>,
+    f: &Figures<'_>,
     buf: &mut Vec<u8>,
 ) -> serde_json::Result<()> {
-    let watermark = (!watermark.is_none()).then_some(Time(watermark));
-    serde_json::to_writer(
-        buf,
-        &Summary { kind: "funnel_summary", group: None, shard: None, watermark, stats, census, funnel },
-    )
+    let s = Summary {
+        kind,
+        group: shard.map(|s| s.0),
+        shard: shard.map(|s| s.1),
+        watermark: (!f.watermark.is_none()).then_some(Time(f.watermark)),
+        stats: f.stats,
+        census: f.census,
+        funnel: f.funnel,
+    };
+    serde_json::to_writer(buf, &s)
+}
+
+/// Appends replay's final `funnel_summary`.
+pub fn write_report(f: &Figures<'_>, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+    write_summary("funnel_summary", None, f, buf)
 }
 
 /// One shard's figures for the funnel topic: sum the `stats`, `census` and per-stage counts of
 /// every shard of a group for the whole funnel (conversion rates are per shard; recompute them
 /// from the summed `reached` counts).
-pub fn write_shard_report(
-    group: &str,
-    shard: i32,
-    watermark: Ts,
-    stats: &Stats,
-    census: &Census,
-    funnel: &FunnelReport,
-    buf: &mut Vec<u8>,
-) -> serde_json::Result<()> {
-    let watermark = (!watermark.is_none()).then_some(Time(watermark));
-    let s = Summary { kind: "funnel", group: Some(group), shard: Some(shard), watermark, stats, census, funnel };
-    serde_json::to_writer(buf, &s)
+pub fn write_shard_report(group: &str, shard: i32, f: &Figures<'_>, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+    write_summary("funnel", Some((group, shard)), f, buf)
 }

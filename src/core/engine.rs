@@ -278,17 +278,18 @@ impl Engine {
         // Stage: forward only; a new prospect enters at least the first stage.
         let target = if new { Some(def.enters.unwrap_or(journey.first_stage())) } else { def.enters };
         if let Some(to) = target {
-            self.enter_stage(ix, new, to, sig, ts, late, out);
+            self.enter_stage(&journey, ix, new, to, sig, ts, late, out);
         }
 
         if !late {
-            self.hot_rules(ix, sig, ev, score_before, out);
+            self.hot_rules(&journey, ix, sig, ev, score_before, out);
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     fn enter_stage(
         &mut self,
+        journey: &Journey,
         ix: ProspectIx,
         new: bool,
         to: StageId,
@@ -297,7 +298,6 @@ impl Engine {
         late: bool,
         out: &mut Vec<Output>,
     ) {
-        let journey = Arc::clone(&self.journey);
         let i = ix.0 as usize;
         let p = &mut self.prospects[i];
         let from = (!new).then_some(p.stage);
@@ -310,7 +310,7 @@ impl Engine {
                 return;
             }
         }
-        self.funnel.transition(&journey, from, to, ts.since(p.stage_entered));
+        self.funnel.transition(journey, from, to, ts.since(p.stage_entered));
         self.stage_times[i * journey.stages.len() + to.0 as usize] = stage_secs(ts);
         p.stage = to;
         p.stage_entered = ts;
@@ -352,8 +352,16 @@ impl Engine {
         out.push(Output::StageChanged { prospect: ix, from, to, signal: sig, at: ts, late });
     }
 
-    fn hot_rules(&mut self, ix: ProspectIx, sig: SignalId, ev: &Event<'_>, score_before: f64, out: &mut Vec<Output>) {
-        let journey = Arc::clone(&self.journey);
+    #[allow(clippy::too_many_arguments)]
+    fn hot_rules(
+        &mut self,
+        journey: &Journey,
+        ix: ProspectIx,
+        sig: SignalId,
+        ev: &Event<'_>,
+        score_before: f64,
+        out: &mut Vec<Output>,
+    ) {
         let i = ix.0 as usize;
         let p = &self.prospects[i];
         if p.has(prospect::DISQUALIFIED) || journey.stage(p.stage).terminal {

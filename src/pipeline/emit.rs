@@ -102,17 +102,14 @@ pub(super) fn funnel(
 ) {
     buf.clear();
     let report = engine.funnel().report(engine.journey());
-    if codec::outbound::write_shard_report(
-        group,
-        shard,
-        engine.watermark(),
-        engine.stats(),
-        &engine.census(),
-        &report,
-        buf,
-    )
-    .is_err()
-    {
+    let census = engine.census();
+    let figures = codec::outbound::Figures {
+        watermark: engine.watermark(),
+        stats: engine.stats(),
+        census: &census,
+        funnel: &report,
+    };
+    if codec::outbound::write_shard_report(group, shard, &figures, buf).is_err() {
         return;
     }
     let key = format!("{group}/shard-{shard}");

@@ -16,5 +16,6 @@ pub mod http;
 pub mod kafka;
 pub mod pipeline;
 pub mod replay;
+pub mod snapshot;
 pub mod telemetry;
 pub mod traffic;

@@ -43,6 +43,7 @@ pub struct Stats {
     pub stalled: u64,
 }
 
+#[derive(Clone)]
 pub struct Engine {
     journey: Arc<Journey>,
     ids: Interner,
@@ -60,6 +61,8 @@ pub struct Engine {
     max_event_ts: Ts,
     funnel: Funnel,
     stats: Stats,
+    /// One bit per prospect: changed since the last [`Engine::take_changed`] (the changelog).
+    changed: Vec<u64>,
 }
 
 fn stage_secs(ts: Ts) -> u32 {
@@ -81,7 +84,97 @@ impl Engine {
             watermark: Ts::NONE,
             max_event_ts: Ts::NONE,
             stats: Stats::default(),
+            changed: Vec::new(),
         }
+    }
+
+    fn mark_changed(&mut self, ix: u32) {
+        let w = ix as usize / 64;
+        if w >= self.changed.len() {
+            self.changed.resize(w + 1, 0);
+        }
+        self.changed[w] |= 1 << (ix % 64);
+    }
+
+    /// The prospects whose state changed since the last call, in index order; clears the marks.
+    pub fn take_changed(&mut self) -> Vec<ProspectIx> {
+        let mut out = Vec::new();
+        for (w, bits) in self.changed.iter_mut().enumerate() {
+            let mut b = std::mem::take(bits);
+            while b != 0 {
+                out.push(ProspectIx((w * 64) as u32 + b.trailing_zeros()));
+                b &= b - 1;
+            }
+        }
+        out
+    }
+
+    /// Whether any prospect changed since the last [`Engine::take_changed`].
+    pub fn has_changes(&self) -> bool {
+        self.changed.iter().any(|&b| b != 0)
+    }
+
+    pub(super) fn set_meta(&mut self, watermark: Ts, max_event_ts: Ts, stats: Stats, funnel: Funnel) {
+        self.watermark = watermark;
+        self.max_event_ts = max_event_ts;
+        self.stats = stats;
+        self.funnel = funnel;
+    }
+
+    pub(super) fn prospect_parts(&self, ix: ProspectIx) -> (&Prospect, &[u32], &[u16], &[Ts]) {
+        let j = &self.journey;
+        let i = ix.0 as usize;
+        (
+            &self.prospects[i],
+            &self.stage_times[i * j.stages.len()..(i + 1) * j.stages.len()],
+            &self.counts[i * j.signals.len()..(i + 1) * j.signals.len()],
+            &self.marks[i * j.tracked..(i + 1) * j.tracked],
+        )
+    }
+
+    pub(super) fn reserve(&mut self, n: usize) {
+        let j = &self.journey;
+        self.prospects.reserve_exact(n);
+        self.stage_times.reserve_exact(n * j.stages.len());
+        self.counts.reserve_exact(n * j.signals.len());
+        self.marks.reserve_exact(n * j.tracked);
+    }
+
+    /// Installs a prospect's whole state (restore): replaces it if the id is known, adds it
+    /// otherwise, and re-arms its timers. Funnel and stats are not touched (they come with the
+    /// shard meta).
+    pub fn install(&mut self, id: &str, rec: super::snapshot::ProspectRecord<'_>) -> Result<ProspectIx, InternerFull> {
+        let (ix, new) = self.ids.intern(id)?;
+        let i = ix.0 as usize;
+        let j = Arc::clone(&self.journey);
+        if new {
+            self.prospects.push(rec.fixed);
+            self.stage_times.extend_from_slice(&rec.stage_times);
+            self.counts.extend_from_slice(&rec.counts);
+            self.marks.extend_from_slice(&rec.marks);
+        } else {
+            self.prospects[i] = rec.fixed;
+            self.stage_times[i * j.stages.len()..(i + 1) * j.stages.len()].copy_from_slice(&rec.stage_times);
+            self.counts[i * j.signals.len()..(i + 1) * j.signals.len()].copy_from_slice(&rec.counts);
+            self.marks[i * j.tracked..(i + 1) * j.tracked].copy_from_slice(&rec.marks);
+        }
+        match rec.email {
+            Some(e) => {
+                self.emails.insert(ix.0, e.into());
+            }
+            None => {
+                self.emails.remove(&ix.0);
+            }
+        }
+        let p = &self.prospects[i];
+        if !p.ghost_due.is_none() {
+            self.timers.push(Reverse((p.ghost_due, ix.0, GHOST)));
+        }
+        if !p.stall_due.is_none() {
+            self.timers.push(Reverse((p.stall_due, ix.0, STALL)));
+        }
+        self.mark_changed(ix.0);
+        Ok(ix)
     }
 
     pub fn journey(&self) -> &Arc<Journey> {
@@ -152,6 +245,7 @@ impl Engine {
                 && let (Some(ix), Some(email)) = (self.ids.find(&ev.prospect), &ev.email)
             {
                 self.emails.insert(ix.0, (**email).into());
+                self.mark_changed(ix.0);
             }
             match journey.unmapped {
                 super::journey::UnmappedPolicy::Ignore => self.stats.unmapped += 1,
@@ -192,6 +286,7 @@ impl Engine {
             return;
         }
         self.stats.applied += 1;
+        self.mark_changed(ix.0);
         self.prospects[i].remember(fp);
         if let Some(email) = &ev.email
             && self.email(ix) != Some(&**email)
@@ -439,6 +534,10 @@ impl Engine {
     /// Fires a timer if it is still the prospect's current one (heap entries go stale when a
     /// timer is re-armed or cancelled).
     fn fire(&mut self, ix: ProspectIx, kind: u8, due: Ts, out: &mut Vec<Output>) {
+        let p = &self.prospects[ix.0 as usize];
+        if (kind == GHOST && p.ghost_due == due) || (kind == STALL && p.stall_due == due) {
+            self.mark_changed(ix.0);
+        }
         let journey = &self.journey;
         let p = &mut self.prospects[ix.0 as usize];
         match kind {

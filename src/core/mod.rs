@@ -9,6 +9,7 @@ pub mod ids;
 pub mod journey;
 pub mod output;
 pub mod prospect;
+pub mod snapshot;
 pub mod time;
 
 pub use engine::{Census, Engine, ProspectView, Stats};
@@ -18,4 +19,5 @@ pub use ids::ProspectIx;
 pub use journey::{Journey, JourneyError, SignalId, StageId};
 pub use output::{HotLead, Output, RejectReason};
 pub use prospect::{Classification, Prospect};
+pub use snapshot::StateError;
 pub use time::{Span, Ts};

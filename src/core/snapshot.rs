@@ -1,0 +1,362 @@
+//! The snapshot data model: a shard's engine state as bytes and back, pure.
+//!
+//! Two granularities share one prospect record layout:
+//! - the **shard meta** (watermark, stats, funnel aggregates, journey shape), and
+//! - one **prospect record** per prospect (fixed state, stage entry times, counts per signal,
+//!   look-back marks, email).
+//!
+//! A full state is `meta, count, (id, record) * count`. The changelog carries the same meta and
+//! records one by one. Every integer is little-endian; the layout is versioned by
+//! [`STATE_VERSION`] and never changes within a version. Timers are not stored: they are
+//! rebuilt from each prospect's `ghost_due` / `stall_due`.
+
+use std::sync::Arc;
+
+use super::engine::Engine;
+use super::funnel::{Histogram, TIME_BUCKETS_SECS};
+use super::ids::{self, ProspectIx};
+use super::journey::{Journey, StageId};
+use super::prospect::{Prospect, RECENT_IDS};
+use super::time::Ts;
+
+/// Version of the state layout below (the file format adds its own header around it).
+pub const STATE_VERSION: u32 = 1;
+
+const NO_EMAIL: u32 = u32::MAX;
+
+/// Why bytes could not be read back as state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("state ends early: reading {what} at byte {at}")]
+    Truncated { what: &'static str, at: usize },
+    #[error("invalid {what} at byte {at}")]
+    Invalid { what: &'static str, at: usize },
+    #[error(
+        "state was written for journey `{found}` (fingerprint {found_fp:016x}); the configured journey `{expected}` has fingerprint {expected_fp:016x}; stages and signals differ, so the state cannot be used"
+    )]
+    Journey { found: String, found_fp: u64, expected: String, expected_fp: u64 },
+}
+
+/// A fingerprint of the journey's shape (stage, signal and look-back names in order): state
+/// written under one journey is usable under another with the same fingerprint (weights,
+/// windows and texts may differ).
+pub fn journey_fingerprint(journey: &Journey) -> u64 {
+    let mut buf = Vec::with_capacity(512);
+    for s in &journey.stages {
+        buf.extend_from_slice(s.name.as_bytes());
+        buf.push(0);
+    }
+    buf.push(1);
+    for s in &journey.signals {
+        buf.extend_from_slice(s.name.as_bytes());
+        buf.push(0);
+        buf.push(s.tracked_slot.map_or(0xff, |t| t));
+    }
+    ids::hash64(ids::SEED_DIGEST ^ 0x5348_4150_45, &buf)
+}
+
+/// Appends little-endian values to a buffer.
+pub struct Enc<'a>(pub &'a mut Vec<u8>);
+
+impl Enc<'_> {
+    pub fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn f64(&mut self, v: f64) {
+        self.u64(v.to_bits());
+    }
+    pub fn ts(&mut self, t: Ts) {
+        self.i64(t.0);
+    }
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+}
+
+/// Reads what [`Enc`] wrote, failing with the byte position instead of panicking.
+pub struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(buf: &'a [u8]) -> Dec<'a> {
+        Dec { buf, pos: 0 }
+    }
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], StateError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        let end = end.ok_or(StateError::Truncated { what, at: self.pos })?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], StateError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+    pub fn u8(&mut self, what: &'static str) -> Result<u8, StateError> {
+        Ok(self.take(1, what)?[0])
+    }
+    pub fn u16(&mut self, what: &'static str) -> Result<u16, StateError> {
+        Ok(u16::from_le_bytes(self.array(what)?))
+    }
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, StateError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, StateError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+    pub fn i64(&mut self, what: &'static str) -> Result<i64, StateError> {
+        Ok(i64::from_le_bytes(self.array(what)?))
+    }
+    pub fn f64(&mut self, what: &'static str) -> Result<f64, StateError> {
+        Ok(f64::from_bits(self.u64(what)?))
+    }
+    pub fn ts(&mut self, what: &'static str) -> Result<Ts, StateError> {
+        Ok(Ts(self.i64(what)?))
+    }
+    pub fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], StateError> {
+        let n = self.u32(what)? as usize;
+        self.take(n, what)
+    }
+    pub fn str(&mut self, what: &'static str) -> Result<&'a str, StateError> {
+        let at = self.pos;
+        std::str::from_utf8(self.bytes(what)?).map_err(|_| StateError::Invalid { what, at })
+    }
+}
+
+/// One prospect's whole state, decoded and checked against the journey, ready to install.
+pub struct ProspectRecord<'a> {
+    pub fixed: Prospect,
+    pub stage_times: Vec<u32>,
+    pub counts: Vec<u16>,
+    pub marks: Vec<Ts>,
+    pub email: Option<&'a str>,
+}
+
+impl Engine {
+    /// Writes the shard-level part of the state: journey shape, watermark, stats, funnel.
+    pub fn encode_meta(&self, out: &mut Vec<u8>) {
+        let j = self.journey();
+        let mut w = Enc(out);
+        w.u32(STATE_VERSION);
+        w.u64(journey_fingerprint(j));
+        w.bytes(j.name.as_bytes());
+        w.u16(j.stages.len() as u16);
+        w.u16(j.signals.len() as u16);
+        w.u16(j.tracked as u16);
+        w.ts(self.watermark());
+        w.ts(self.max_event_time());
+        let s = self.stats();
+        for v in [
+            s.events,
+            s.applied,
+            s.duplicates,
+            s.late,
+            s.unmapped,
+            s.rejected,
+            s.stage_changes,
+            s.hot_leads,
+            s.alerts_suppressed,
+            s.ghosted,
+            s.stalled,
+        ] {
+            w.u64(v);
+        }
+        let f = self.funnel();
+        for v in [&f.in_stage, &f.reached, &f.transitions, &f.ghosted, &f.stalled, &f.terminated_from] {
+            v.iter().for_each(|&x| w.u64(x));
+        }
+        for h in &f.time_in_stage {
+            h.buckets.iter().for_each(|&x| w.u64(x));
+            w.f64(h.sum_secs);
+            w.u64(h.count);
+        }
+        for so in &f.signal_outcomes {
+            w.u64(so[0]);
+            w.u64(so[1]);
+        }
+        w.u64(f.outcomes[0]);
+        w.u64(f.outcomes[1]);
+    }
+
+    /// Replaces the shard-level part of the state with what [`Engine::encode_meta`] wrote.
+    pub fn decode_meta(&mut self, r: &mut Dec<'_>) -> Result<(), StateError> {
+        let at = r.position();
+        if r.u32("state version")? != STATE_VERSION {
+            return Err(StateError::Invalid { what: "state version", at });
+        }
+        let fp = r.u64("journey fingerprint")?;
+        let name = r.str("journey name")?.to_string();
+        let j = Arc::clone(self.journey());
+        let expected_fp = journey_fingerprint(&j);
+        let shape = (r.u16("stage count")?, r.u16("signal count")?, r.u16("tracked count")?);
+        if fp != expected_fp || shape != (j.stages.len() as u16, j.signals.len() as u16, j.tracked as u16) {
+            return Err(StateError::Journey { found: name, found_fp: fp, expected: j.name.clone(), expected_fp });
+        }
+        let watermark = r.ts("watermark")?;
+        let max_event = r.ts("max event time")?;
+        let mut st = [0u64; 11];
+        for v in &mut st {
+            *v = r.u64("stats")?;
+        }
+        let mut funnel = super::funnel::Funnel::new(&j);
+        for v in [
+            &mut funnel.in_stage,
+            &mut funnel.reached,
+            &mut funnel.transitions,
+            &mut funnel.ghosted,
+            &mut funnel.stalled,
+            &mut funnel.terminated_from,
+        ] {
+            for x in v.iter_mut() {
+                *x = r.u64("funnel")?;
+            }
+        }
+        for h in &mut funnel.time_in_stage {
+            let mut b = [0u64; TIME_BUCKETS_SECS.len() + 1];
+            for x in &mut b {
+                *x = r.u64("time in stage")?;
+            }
+            *h = Histogram { buckets: b, sum_secs: r.f64("time in stage")?, count: r.u64("time in stage")? };
+        }
+        for so in &mut funnel.signal_outcomes {
+            *so = [r.u64("signal outcomes")?, r.u64("signal outcomes")?];
+        }
+        funnel.outcomes = [r.u64("outcomes")?, r.u64("outcomes")?];
+        let stats = super::engine::Stats {
+            events: st[0],
+            applied: st[1],
+            duplicates: st[2],
+            late: st[3],
+            unmapped: st[4],
+            rejected: st[5],
+            stage_changes: st[6],
+            hot_leads: st[7],
+            alerts_suppressed: st[8],
+            ghosted: st[9],
+            stalled: st[10],
+        };
+        self.set_meta(watermark, max_event, stats, funnel);
+        Ok(())
+    }
+
+    /// Writes one prospect's record (without its id).
+    pub fn encode_prospect(&self, ix: ProspectIx, out: &mut Vec<u8>) {
+        let (p, stage_times, counts, marks) = self.prospect_parts(ix);
+        let mut w = Enc(out);
+        w.f64(p.score);
+        for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
+            w.ts(t);
+        }
+        p.recent.iter().for_each(|&r| w.u64(r));
+        for b in [p.stage.0, p.flags, p.hot_rule, p.recent_pos] {
+            w.u8(b);
+        }
+        stage_times.iter().for_each(|&v| w.u32(v));
+        counts.iter().for_each(|&v| w.u16(v));
+        marks.iter().for_each(|&t| w.ts(t));
+        match self.email(ix) {
+            Some(e) => w.bytes(e.as_bytes()),
+            None => w.u32(NO_EMAIL),
+        }
+    }
+
+    /// Reads one prospect record and checks it against this engine's journey.
+    pub fn decode_prospect<'a>(&self, r: &mut Dec<'a>) -> Result<ProspectRecord<'a>, StateError> {
+        let j = self.journey();
+        let score = r.f64("score")?;
+        let mut t = [Ts::NONE; 7];
+        for v in &mut t {
+            *v = r.ts("prospect times")?;
+        }
+        let mut recent = [0u64; RECENT_IDS];
+        for v in &mut recent {
+            *v = r.u64("recent event ids")?;
+        }
+        let at = r.position();
+        let [stage, flags, hot_rule, recent_pos] =
+            [r.u8("stage")?, r.u8("flags")?, r.u8("hot rule")?, r.u8("recent position")?];
+        let bad_rule = hot_rule as usize >= j.hot_rules.len().max(1);
+        if stage as usize >= j.stages.len() || bad_rule || recent_pos as usize >= RECENT_IDS || !score.is_finite() {
+            return Err(StateError::Invalid { what: "prospect record", at });
+        }
+        let stage_times = (0..j.stages.len()).map(|_| r.u32("stage times")).collect::<Result<_, _>>()?;
+        let counts = (0..j.signals.len()).map(|_| r.u16("signal counts")).collect::<Result<_, _>>()?;
+        let marks = (0..j.tracked).map(|_| r.ts("marks")).collect::<Result<_, _>>()?;
+        let at = r.position();
+        let email = match r.u32("email")? {
+            NO_EMAIL => None,
+            n => {
+                let b = r.take(n as usize, "email")?;
+                Some(std::str::from_utf8(b).map_err(|_| StateError::Invalid { what: "email", at })?)
+            }
+        };
+        let fixed = Prospect {
+            score,
+            score_at: t[0],
+            last_activity: t[1],
+            stage_entered: t[2],
+            ghost_due: t[3],
+            stall_due: t[4],
+            hot_until: t[5],
+            last_alert: t[6],
+            recent,
+            stage: StageId(stage),
+            flags,
+            hot_rule,
+            recent_pos,
+        };
+        Ok(ProspectRecord { fixed, stage_times, counts, marks, email })
+    }
+
+    /// The whole state: meta, then every prospect with its id.
+    pub fn encode_state(&self, out: &mut Vec<u8>) {
+        out.reserve(64 + self.len() * 200);
+        self.encode_meta(out);
+        Enc(out).u32(self.len() as u32);
+        for (ix, id) in self.iter_ids() {
+            Enc(out).bytes(id.as_bytes());
+            self.encode_prospect(ix, out);
+        }
+    }
+
+    /// Rebuilds an engine from [`Engine::encode_state`]'s bytes; nothing is marked changed.
+    pub fn decode_state(journey: Arc<Journey>, bytes: &[u8]) -> Result<Engine, StateError> {
+        let mut engine = Engine::new(journey);
+        let mut r = Dec::new(bytes);
+        engine.decode_meta(&mut r)?;
+        let n = r.u32("prospect count")?;
+        engine.reserve(n as usize);
+        for _ in 0..n {
+            let id = r.str("prospect id")?;
+            let rec = engine.decode_prospect(&mut r)?;
+            engine.install(id, rec).map_err(|_| StateError::Invalid { what: "prospect count", at: r.position() })?;
+        }
+        if !r.is_empty() {
+            return Err(StateError::Invalid { what: "trailing bytes", at: r.position() });
+        }
+        engine.take_changed();
+        Ok(engine)
+    }
+}

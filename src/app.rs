@@ -12,6 +12,7 @@ use tokio::runtime::Runtime;
 use crate::config::Settings;
 use crate::core::Journey;
 use crate::http::{self, Health};
+use crate::pipeline::status::Status;
 use crate::pipeline::{self, Handles, PipelineError};
 use crate::telemetry::Metrics;
 
@@ -23,6 +24,8 @@ pub enum AppError {
     Bind { addr: String, source: std::io::Error },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("the pipeline did not stop within {0:?}")]
     StopTimeout(Duration),
 }
@@ -40,6 +43,7 @@ pub struct Running {
 
 /// Starts the HTTP endpoints and the pipeline thread; returns once both are launched.
 pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppError> {
+    settings.check_state_dir()?;
     let metrics = Metrics::new(&journey)?;
     let ready = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -53,7 +57,8 @@ pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppEr
         .map_err(bind_err)?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(bind_err)?;
     let http_addr = listener.local_addr().map_err(bind_err)?;
-    let app = http::router(Health { metrics: metrics.clone(), ready: Arc::clone(&ready) });
+    let status = Status::default();
+    let app = http::router(Health { metrics: metrics.clone(), ready: Arc::clone(&ready), status: status.clone() });
     runtime.spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "http server stopped");
@@ -61,7 +66,8 @@ pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppEr
     });
     tracing::info!("metrics at http://{http_addr}/metrics, health at /healthz and /readyz");
     let (tx, done) = mpsc::channel();
-    let handles = Handles { metrics: metrics.clone(), ready: Arc::clone(&ready), stop: Arc::clone(&stop) };
+    let handles =
+        Handles { metrics: metrics.clone(), ready: Arc::clone(&ready), stop: Arc::clone(&stop), status: status.clone() };
     let shutdown_timeout = Duration::from_millis(settings.pipeline.shutdown_timeout_ms);
     std::thread::Builder::new()
         .name("microfunnel-pipeline".into())

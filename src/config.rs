@@ -30,9 +30,44 @@ pub struct Settings {
     #[serde(default)]
     pub pipeline: Pipeline,
     #[serde(default)]
+    pub checkpoint: Checkpoint,
+    #[serde(default)]
     pub http: Http,
     #[serde(default)]
     pub log: Log,
+}
+
+/// Where shard state is persisted at each checkpoint (see README "Checkpoints and recovery").
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Directory of local snapshot files (`<dir>/<group>/shard-NNNN/`); empty = no local files.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// Snapshot files kept per shard (the newest ones); older ones are deleted.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// Also write changed prospects to a compacted changelog topic, so a shard's state follows
+    /// its partition to another instance.
+    #[serde(default = "default_true")]
+    pub changelog: bool,
+    /// The changelog topic; empty = `<group_id>-changelog`. Created (compacted, one partition
+    /// per input partition) at start if missing.
+    #[serde(default)]
+    pub changelog_topic: String,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint { dir: default_state_dir(), keep: default_keep(), changelog: true, changelog_topic: String::new() }
+    }
+}
+
+impl Checkpoint {
+    /// Whether any state is persisted (if not, a restarted shard starts empty at the committed offsets).
+    pub fn persists(&self) -> bool {
+        self.changelog || !self.dir.as_os_str().is_empty()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -49,6 +84,9 @@ pub struct Kafka {
     /// Partition count used by `microfunnel create-topics` for every topic.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
+    /// Replication factor of the topics microfunnel creates (`create-topics`, the changelog).
+    #[serde(default = "default_replication")]
+    pub replication: i32,
     #[serde(default = "default_session_timeout")]
     pub session_timeout_ms: u32,
     /// librdkafka settings passed through as they are (`security.protocol`, `sasl.username`,
@@ -185,6 +223,9 @@ fn default_group() -> String {
 fn default_inputs() -> Vec<String> {
     vec!["web-events".into(), "crm-events".into()]
 }
+fn default_replication() -> i32 {
+    1
+}
 fn default_partitions() -> i32 {
     4
 }
@@ -226,6 +267,15 @@ fn default_idle_advance() -> u64 {
 }
 fn default_shutdown_timeout() -> u64 {
     20_000
+}
+fn default_state_dir() -> PathBuf {
+    "state".into()
+}
+fn default_keep() -> usize {
+    3
+}
+fn default_true() -> bool {
+    true
 }
 fn default_listen() -> String {
     "127.0.0.1:9464".into()
@@ -321,6 +371,9 @@ impl Settings {
         if !(1..=10_000).contains(&k.partitions) {
             return Err(invalid("kafka.partitions", format!("{} is out of range", k.partitions), "use 1 to 10000"));
         }
+        if !(1..=16).contains(&k.replication) {
+            return Err(invalid("kafka.replication", "is out of range", "use 1 (one broker) to 16; 3 in production"));
+        }
         if !(1_000..=300_000).contains(&k.session_timeout_ms) {
             return Err(invalid("kafka.session_timeout_ms", "is out of range", "use 1000 to 300000 (tests use 6000)"));
         }
@@ -353,6 +406,17 @@ impl Settings {
         if p.shutdown_timeout_ms < 1_000 {
             return Err(invalid("pipeline.shutdown_timeout_ms", "is under a second", "use e.g. 20000"));
         }
+        if !(1..=100).contains(&self.checkpoint.keep) {
+            return Err(invalid("checkpoint.keep", "is out of range", "keep 1 to 100 snapshot files per shard (3 is plenty)"));
+        }
+        let changelog = self.changelog_topic();
+        if self.checkpoint.changelog && (k.input_topics.contains(&changelog) || outs.contains(&&changelog)) {
+            return Err(invalid(
+                "checkpoint.changelog_topic",
+                format!("`{changelog}` is also an input or output topic"),
+                "give the changelog a topic of its own",
+            ));
+        }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "http.listen",
@@ -368,6 +432,34 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// The changelog topic name (`checkpoint.changelog_topic` or `<group_id>-changelog`).
+    pub fn changelog_topic(&self) -> String {
+        if self.checkpoint.changelog_topic.trim().is_empty() {
+            format!("{}-changelog", self.kafka.group_id)
+        } else {
+            self.checkpoint.changelog_topic.clone()
+        }
+    }
+
+    /// Checks that the snapshot directory can be written, so a bad path fails at start and not
+    /// at the first checkpoint.
+    pub fn check_state_dir(&self) -> Result<(), ConfigError> {
+        let dir = &self.checkpoint.dir;
+        if dir.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let probe = dir.join(".microfunnel-write-probe");
+        std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&probe, b"ok")).and_then(|_| std::fs::remove_file(&probe)).map_err(
+            |e| {
+                invalid(
+                    "checkpoint.dir",
+                    format!("{} is not a writable directory: {e}", dir.display()),
+                    "point it at a writable directory (a persistent volume in production), or set it to \"\" to keep no local snapshots",
+                )
+            },
+        )
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

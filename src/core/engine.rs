@@ -88,7 +88,8 @@ impl Engine {
         }
     }
 
-    fn mark_changed(&mut self, ix: u32) {
+    /// Marks a prospect as changed, so the next checkpoint writes it to the changelog.
+    pub fn mark_changed(&mut self, ix: u32) {
         let w = ix as usize / 64;
         if w >= self.changed.len() {
             self.changed.resize(w + 1, 0);

@@ -1,6 +1,7 @@
 //! Kafka edges: client configuration from settings, topic checks and creation, the producer.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -26,6 +28,10 @@ pub enum KafkaSetupError {
         "input topics are not co-partitioned ({counts}); a shard is one partition number of every input topic, so give them the same partition count"
     )]
     NotCoPartitioned { counts: String },
+    #[error(
+        "changelog topic `{topic}` has {found} partitions but the inputs have {expected}; shard p's state lives in changelog partition p, so delete it (state is rebuilt from snapshots or by replay) or set checkpoint.changelog_topic to a new name"
+    )]
+    Changelog { topic: String, found: usize, expected: usize },
     #[error("creating topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
 }
@@ -111,7 +117,7 @@ pub async fn create_topics(k: &Kafka) -> Result<Vec<String>, KafkaSetupError> {
         [&k.topics.hot_leads, &k.topics.journey_events, &k.topics.funnel, &k.topics.dead_letter].map(String::as_str),
     );
     let topics: Vec<NewTopic<'_>> =
-        names.iter().map(|n| NewTopic::new(n, k.partitions, TopicReplication::Fixed(1))).collect();
+        names.iter().map(|n| NewTopic::new(n, k.partitions, TopicReplication::Fixed(k.replication))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let mut created = Vec::new();
     for r in admin.create_topics(&topics, &opts).await? {
@@ -124,10 +130,42 @@ pub async fn create_topics(k: &Kafka) -> Result<Vec<String>, KafkaSetupError> {
     Ok(created)
 }
 
-/// Counts delivery failures so the checkpoint barrier can refuse to commit past them.
+/// Creates the compacted changelog topic with `partitions` partitions if it is missing, and
+/// refuses one whose partition count differs (its partition p holds shard p's state).
+pub async fn ensure_changelog(k: &Kafka, topic: &str, partitions: usize) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(k).create()?;
+    let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(k.replication))
+        .set("cleanup.policy", "compact");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics([&new], &opts).await? {
+        match r {
+            Ok(_) => tracing::info!(topic, partitions, "changelog topic created (compacted)"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(KafkaSetupError::CreateTopic { topic: t, reason: e.to_string() }),
+        }
+    }
+    let md = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let found = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    if found != partitions {
+        return Err(KafkaSetupError::Changelog { topic: topic.to_string(), found, expected: partitions });
+    }
+    Ok(())
+}
+
+/// Counts delivery failures so the checkpoint barrier can refuse to commit past them, and
+/// remembers the last acknowledged changelog offset per partition (the checkpoint position).
 pub struct DeliveryContext {
     pub failed: Arc<AtomicU64>,
     pub metrics: Option<Metrics>,
+    pub changelog_topic: Option<String>,
+    pub changelog_acked: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl DeliveryContext {
+    /// The last acknowledged changelog offset of `partition`.
+    pub fn changelog_acked(&self, partition: i32) -> Option<i64> {
+        self.changelog_acked.lock().unwrap_or_else(|p| p.into_inner()).get(&partition).copied()
+    }
 }
 
 impl ClientContext for DeliveryContext {}
@@ -135,6 +173,13 @@ impl ClientContext for DeliveryContext {}
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let (Ok(m), Some(t)) = (result, &self.changelog_topic)
+            && m.topic() == t
+        {
+            let mut acked = self.changelog_acked.lock().unwrap_or_else(|p| p.into_inner());
+            let e = acked.entry(m.partition()).or_insert(-1);
+            *e = (*e).max(m.offset());
+        }
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::AcqRel);
             if let Some(m) = &self.metrics {
@@ -147,9 +192,19 @@ impl ProducerContext for DeliveryContext {
 
 pub type OutputProducer = BaseProducer<DeliveryContext>;
 
-pub fn producer(k: &Kafka, metrics: Option<Metrics>) -> Result<(OutputProducer, Arc<AtomicU64>), KafkaSetupError> {
+pub fn producer(
+    k: &Kafka,
+    metrics: Option<Metrics>,
+    changelog_topic: Option<String>,
+) -> Result<(OutputProducer, Arc<AtomicU64>), KafkaSetupError> {
     let failed = Arc::new(AtomicU64::new(0));
-    let p = producer_config(k).create_with_context(DeliveryContext { failed: Arc::clone(&failed), metrics })?;
+    let ctx = DeliveryContext {
+        failed: Arc::clone(&failed),
+        metrics,
+        changelog_topic,
+        changelog_acked: Mutex::new(BTreeMap::new()),
+    };
+    let p = producer_config(k).create_with_context(ctx)?;
     Ok((p, failed))
 }
 

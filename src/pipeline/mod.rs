@@ -5,21 +5,30 @@
 //! runs rebalance callbacks inside `poll` on this same thread, so a revoke finds no work in
 //! flight: it runs the checkpoint barrier, then drops the shard.
 //!
-//! The checkpoint barrier (every `commit_interval_ms` or `commit_every_messages`, on revoke and
-//! on shutdown): flush the producer so every output so far is acknowledged, then commit the
-//! input offsets those outputs cover. An output the broker refused stops the commit, so its
-//! input is processed again after a restart (at-least-once; alert ids are deterministic).
+//! The checkpoint (every `commit_interval_ms` or `commit_every_messages`, on revoke and on
+//! shutdown), for every shard that changed:
+//! 1. flush the producer, so every output so far is acknowledged;
+//! 2. write the changed prospects and a checkpoint record to the changelog, flush again;
+//! 3. capture the engine (a copy) and hand it to the snapshot writer thread, which encodes,
+//!    writes, fsyncs and renames the file;
+//! 4. only when every snapshot of the checkpoint is durable, commit the input offsets it covers.
+//! An output the broker refused, or a snapshot that could not be written, stops the commit.
+//! Assigning a shard restores its state (snapshot, topped up from the changelog) and seeks its
+//! inputs to exactly the offsets that state covers.
 
+mod checkpoint;
 mod emit;
+pub mod status;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{Histogram, IntCounter};
 use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::Producer;
@@ -29,7 +38,11 @@ use crate::codec::{self, Limits};
 use crate::config::Settings;
 use crate::core::{Engine, Journey, Output, Source, Ts};
 use crate::kafka::{self, KafkaSetupError, OutputProducer};
+use crate::snapshot::{FileStore, Pending, SnapshotStore};
 use crate::telemetry::Metrics;
+
+use checkpoint::{Job, RestoreEnv, Writer};
+use status::{CheckpointStatus, ShardStatus, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -41,6 +54,10 @@ pub enum PipelineError {
     Undelivered(u64),
     #[error("producer flush did not finish before the deadline; offsets were not committed")]
     FlushTimeout,
+    #[error("snapshots of the last checkpoint were not written before the deadline; offsets were not committed")]
+    SnapshotTimeout,
+    #[error("cannot start the snapshot writer: {0}")]
+    Writer(std::io::Error),
 }
 
 /// Metric children resolved once, so the per-event path does no label lookups.
@@ -70,6 +87,42 @@ impl HotMetrics {
 struct Shard {
     engine: Engine,
     last_input: Instant,
+    /// Next offset per input topic (index into `kafka.input_topics`), -1 = nothing read yet.
+    positions: Vec<i64>,
+    /// `positions` at the last completed checkpoint.
+    checkpointed: Vec<i64>,
+    seq: u64,
+    /// Changelog ids to delete (written by a checkpoint that did not finish).
+    tombstones: Vec<String>,
+}
+
+impl Shard {
+    fn new(engine: Engine, topics: usize) -> Shard {
+        Shard {
+            engine,
+            last_input: Instant::now(),
+            positions: vec![-1; topics],
+            checkpointed: vec![-1; topics],
+            seq: 0,
+            tombstones: Vec::new(),
+        }
+    }
+
+    fn position_map(&self, topics: &[String]) -> BTreeMap<String, i64> {
+        topics.iter().zip(&self.positions).filter(|(_, p)| **p >= 0).map(|(t, p)| (t.clone(), *p)).collect()
+    }
+
+    fn due(&self) -> bool {
+        self.positions != self.checkpointed || self.engine.has_changes() || !self.tombstones.is_empty()
+    }
+}
+
+/// A checkpoint whose snapshots are being written; its offsets are committed when all are done.
+struct InFlight {
+    started: Instant,
+    waiting: BTreeSet<i32>,
+    commits: Vec<(i32, Vec<i64>)>,
+    failed: bool,
 }
 
 /// Everything the loop and the rebalance callbacks share. Only this thread touches it; the
@@ -87,10 +140,12 @@ struct State {
     /// they resume instead of starting empty. Dropped when the partition goes elsewhere.
     parked: BTreeMap<i32, Shard>,
     ready: Arc<AtomicBool>,
-    /// Next offset to commit per (input topic index, partition), for messages processed since
-    /// the last barrier.
-    pending: BTreeMap<(usize, i32), i64>,
     hot: HotMetrics,
+    store: Option<Arc<FileStore>>,
+    writer: Option<Writer>,
+    changelog: Option<String>,
+    in_flight: Option<InFlight>,
+    status: Status,
     /// Outputs handed to the producer since the last barrier.
     unflushed: bool,
     since_barrier: u64,
@@ -114,62 +169,29 @@ impl PipelineContext {
 impl ClientContext for PipelineContext {}
 
 impl ConsumerContext for PipelineContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut st = self.lock();
-            st.metrics.rebalances.with_label_values(&["revoke"]).inc();
-            let deadline = Instant::now() + Duration::from_millis(st.settings.pipeline.shutdown_timeout_ms);
-            let checkpointed = match st.barrier(consumer, CommitMode::Sync, deadline) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "checkpoint on revoke failed; the next owner reprocesses from the last commit");
-                    false
-                }
-            };
-            let revoked: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            for p in &revoked {
-                if let Some(shard) = st.shards.remove(p)
-                    && checkpointed
-                {
-                    st.parked.insert(*p, shard);
+    /// Replaces librdkafka's default handling so an assignment starts each partition at the
+    /// offsets its restored state covers (not at the group's committed offsets).
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.lock().assign(tpl);
+                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot take the assignment");
                 }
             }
-            st.pending.retain(|(_, p), _| !revoked.contains(p));
-            st.metrics.shards.set(st.shards.len() as i64);
-            tracing::info!(partitions = ?revoked, "shards revoked");
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let mut st = self.lock();
-                st.metrics.rebalances.with_label_values(&["assign"]).inc();
-                let (mut added, mut resumed) = (Vec::new(), Vec::new());
-                for e in tpl.elements() {
-                    let p = e.partition();
-                    if st.shards.contains_key(&p) {
-                        continue;
-                    }
-                    let shard = match st.parked.remove(&p) {
-                        Some(parked) => {
-                            resumed.push(p);
-                            parked
-                        }
-                        None => {
-                            added.push(p);
-                            Shard { engine: Engine::new(Arc::clone(&st.journey)), last_input: Instant::now() }
-                        }
-                    };
-                    st.shards.insert(p, shard);
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.lock().revoke(consumer, tpl);
+                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot give up the assignment");
                 }
-                st.parked.clear();
-                st.metrics.shards.set(st.shards.len() as i64);
-                st.ready.store(true, Ordering::Release);
-                tracing::info!(new = ?added, resumed = ?resumed, "shards assigned");
             }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
         }
     }
 
@@ -191,10 +213,13 @@ impl State {
     /// Applies one message. `batch` and `wall` are read once per polled batch, not per message.
     fn handle(&mut self, msg: &BorrowedMessage<'_>, batch: Instant, wall: Ts) {
         let p = msg.partition();
+        let topic = self.settings.kafka.input_topics.iter().position(|t| t == msg.topic()).unwrap_or(0);
         let State { shards, journey, limits, metrics, outputs, producer, settings, buf, .. } = self;
-        let shard =
-            shards.entry(p).or_insert_with(|| Shard { engine: Engine::new(Arc::clone(journey)), last_input: batch });
+        let topics = settings.kafka.input_topics.len();
+        // Every assigned partition has a shard (restored in `assign`); this is a safety net.
+        let shard = shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics));
         shard.last_input = batch;
+        shard.positions[topic] = msg.offset() + 1;
         let payload = msg.payload().unwrap_or_default();
         match codec::decode(payload, journey, limits) {
             Err(e) => {
@@ -223,48 +248,310 @@ impl State {
                 self.hot.event_time.observe(wall.since(ev.ts).as_secs_f64().max(0.0));
             }
         }
-        let topic = self.settings.kafka.input_topics.iter().position(|t| t == msg.topic()).unwrap_or(0);
-        self.pending.insert((topic, p), msg.offset() + 1);
         self.since_barrier += 1;
     }
 
-    /// Flush → (snapshot, issue 5) → commit. Commits nothing if any output was refused.
-    fn barrier(
+    /// Flushes the producer until everything sent is acknowledged; fails on any refusal.
+    fn flush(&mut self, deadline: Instant) -> Result<(), PipelineError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PipelineError::FlushTimeout);
+            }
+            match kafka::flush(&self.producer, left.min(Duration::from_secs(5))) {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "producer flush not finished yet"),
+            }
+        }
+        self.unflushed = false;
+        let failed = self.producer.context().failed.load(Ordering::Acquire);
+        if failed > self.failed_seen {
+            return Err(PipelineError::Undelivered(failed - self.failed_seen));
+        }
+        Ok(())
+    }
+
+    /// Starts a checkpoint of every shard that changed (module docs); with `wait`, also waits
+    /// for its snapshots and commits. Without, the commit happens in [`State::poll_checkpoint`].
+    fn checkpoint(
         &mut self,
         consumer: &PipelineConsumer,
         mode: CommitMode,
         deadline: Instant,
+        wait: bool,
     ) -> Result<(), PipelineError> {
+        if self.in_flight.is_some() {
+            if !wait {
+                return Ok(());
+            }
+            self.poll_checkpoint(consumer, CommitMode::Sync, Some(deadline))?;
+        }
         let started = Instant::now();
-        if self.unflushed || !self.pending.is_empty() {
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(PipelineError::FlushTimeout);
-                }
-                match kafka::flush(&self.producer, left.min(Duration::from_secs(5))) {
-                    Ok(()) => break,
-                    Err(e) => tracing::warn!(error = %e, "producer flush not finished yet"),
-                }
-            }
-            self.unflushed = false;
-            let failed = self.producer.context().failed.load(Ordering::Acquire);
-            if failed > self.failed_seen {
-                return Err(PipelineError::Undelivered(failed - self.failed_seen));
-            }
-        }
-        if !self.pending.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for ((topic, p), next) in &self.pending {
-                tpl.add_partition_offset(&self.settings.kafka.input_topics[*topic], *p, Offset::Offset(*next))?;
-            }
-            consumer.commit(&tpl, mode)?;
-            self.pending.clear();
-        }
         self.since_barrier = 0;
-        self.last_barrier = Instant::now();
-        self.metrics.commit_barrier.observe(started.elapsed().as_secs_f64());
+        self.last_barrier = started;
+        let due: Vec<i32> = self.shards.iter().filter(|(_, s)| s.due()).map(|(p, _)| *p).collect();
+        if self.unflushed || !due.is_empty() {
+            self.flush(deadline)?;
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        let topics = &self.settings.kafka.input_topics;
+        let mut plans = Vec::with_capacity(due.len());
+        for p in &due {
+            let shard = self.shards.get_mut(p).expect("due shards exist");
+            shard.seq += 1;
+            let changed = shard.engine.take_changed();
+            let positions = shard.position_map(topics);
+            if let Some(topic) = &self.changelog {
+                checkpoint::write_changelog(
+                    &self.producer,
+                    topic,
+                    *p,
+                    &shard.engine,
+                    &changed,
+                    &shard.tombstones,
+                    shard.seq,
+                    &positions,
+                    &mut self.buf,
+                );
+            }
+            plans.push((*p, changed, positions));
+        }
+        if self.changelog.is_some()
+            && let Err(e) = self.flush(deadline)
+        {
+            // Not durable: the changed prospects are written again next time.
+            for (p, changed, _) in &plans {
+                let shard = self.shards.get_mut(p).expect("due shards exist");
+                changed.iter().for_each(|ix| shard.engine.mark_changed(ix.0));
+            }
+            return Err(e);
+        }
+        let mut flight =
+            InFlight { started, waiting: BTreeSet::new(), commits: Vec::with_capacity(plans.len()), failed: false };
+        for (p, _, positions) in plans {
+            let shard = self.shards.get_mut(&p).expect("due shards exist");
+            shard.tombstones.clear();
+            flight.commits.push((p, shard.positions.clone()));
+            let changelog = self.changelog.as_ref().and_then(|t| checkpoint::changelog_position(&self.producer, t, p));
+            if let Some(w) = &self.writer {
+                let what = Pending {
+                    group: self.settings.kafka.group_id.clone(),
+                    shard: p,
+                    seq: shard.seq,
+                    written_at: wall_now().to_string(),
+                    positions,
+                    changelog,
+                };
+                if w.submit(Job { engine: shard.engine.clone(), what }) {
+                    flight.waiting.insert(p);
+                } else {
+                    flight.failed = true;
+                }
+            }
+        }
+        self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
+        self.in_flight = Some(flight);
+        let block = wait.then_some(deadline);
+        self.poll_checkpoint(consumer, if wait { CommitMode::Sync } else { mode }, block)
+    }
+
+    /// Collects finished snapshot writes; once the in-flight checkpoint is complete, commits its
+    /// offsets (or, if a write failed, reports it and commits nothing). With `block`, waits for
+    /// completion until that deadline.
+    fn poll_checkpoint(
+        &mut self,
+        consumer: &PipelineConsumer,
+        mode: CommitMode,
+        block: Option<Instant>,
+    ) -> Result<(), PipelineError> {
+        let Some(flight) = self.in_flight.as_mut() else { return Ok(()) };
+        while !flight.waiting.is_empty() {
+            let done = match (&self.writer, block) {
+                (None, _) => break,
+                (Some(w), None) => match w.done.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => return Ok(()),
+                },
+                (Some(w), Some(deadline)) => {
+                    match w.done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(d) => d,
+                        Err(_) => {
+                            self.in_flight = None;
+                            self.metrics.checkpoints.with_label_values(&["failed"]).inc();
+                            return Err(PipelineError::SnapshotTimeout);
+                        }
+                    }
+                }
+            };
+            flight.waiting.remove(&done.shard);
+            match done.result {
+                Ok(header) => {
+                    let bytes = header.body_len as i64;
+                    self.metrics.snapshot_bytes.with_label_values(&[&done.shard.to_string()]).set(bytes);
+                    self.status.update(done.shard, |s| {
+                        s.checkpoint = Some(CheckpointStatus {
+                            seq: header.seq,
+                            positions: header.positions.clone(),
+                            digest: Some(header.digest.clone()),
+                            prospects: header.prospects,
+                            snapshot_seconds: done.secs,
+                        });
+                    });
+                    tracing::debug!(shard = done.shard, seq = done.seq, bytes, secs = done.secs, "snapshot written");
+                }
+                Err(e) => {
+                    flight.failed = true;
+                    tracing::error!(shard = done.shard, seq = done.seq, error = %e, "SNAPSHOT NOT WRITTEN: offsets stay uncommitted until a checkpoint succeeds");
+                }
+            }
+        }
+        let Some(flight) = self.in_flight.take() else { return Ok(()) };
+        if flight.failed {
+            self.metrics.checkpoints.with_label_values(&["failed"]).inc();
+            return Ok(());
+        }
+        let topics = &self.settings.kafka.input_topics;
+        let mut tpl = TopicPartitionList::new();
+        for (p, positions) in &flight.commits {
+            for (t, &next) in topics.iter().zip(positions) {
+                if next >= 0 {
+                    tpl.add_partition_offset(t, *p, Offset::Offset(next))?;
+                }
+            }
+        }
+        if tpl.count() > 0 {
+            consumer.commit(&tpl, mode)?;
+        }
+        for (p, positions) in flight.commits {
+            if let Some(shard) = self.shards.get_mut(&p).or_else(|| self.parked.get_mut(&p)) {
+                shard.checkpointed = positions.clone();
+            }
+            if self.writer.is_none() {
+                let positions = topics.iter().zip(&positions).filter(|(_, n)| **n >= 0).map(|(t, n)| (t.clone(), *n)).collect();
+                self.status.update(p, |s| {
+                    s.checkpoint = Some(CheckpointStatus {
+                        seq: s.checkpoint.as_ref().map_or(1, |c| c.seq + 1),
+                        positions,
+                        digest: None,
+                        prospects: s.prospects,
+                        snapshot_seconds: 0.0,
+                    });
+                });
+            }
+        }
+        self.metrics.checkpoints.with_label_values(&["ok"]).inc();
+        self.metrics.checkpoint_seconds.observe(flight.started.elapsed().as_secs_f64());
+        self.metrics.commit_barrier.observe(flight.started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Restores the shards of a new assignment and points every partition at the offsets its
+    /// state covers.
+    fn assign(&mut self, tpl: &mut TopicPartitionList) {
+        self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        self.ready.store(false, Ordering::Release);
+        let topics = self.settings.kafka.input_topics.clone();
+        let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let (mut restored, mut resumed) = (Vec::new(), Vec::new());
+        let fresh: Vec<i32> =
+            partitions.iter().copied().filter(|p| !self.shards.contains_key(p) && !self.parked.contains_key(p)).collect();
+        self.metrics.restoring.set(fresh.len() as i64);
+        for p in &partitions {
+            if self.shards.contains_key(p) {
+                continue;
+            }
+            if let Some(shard) = self.parked.remove(p) {
+                resumed.push(*p);
+                self.shards.insert(*p, shard);
+                continue;
+            }
+            let started = Instant::now();
+            self.status.set(*p, ShardStatus::restoring(*p));
+            let shard = if self.settings.checkpoint.persists() {
+                let env = RestoreEnv {
+                    settings: &self.settings,
+                    journey: &self.journey,
+                    store: self.store.as_deref().map(|s| s as &dyn SnapshotStore),
+                    changelog: self.changelog.as_deref(),
+                    metrics: &self.metrics,
+                };
+                let r = checkpoint::restore(*p, &env);
+                let mut shard = Shard::new(r.engine, topics.len());
+                for (i, t) in topics.iter().enumerate() {
+                    shard.positions[i] = r.positions.get(t).copied().unwrap_or(-1);
+                }
+                shard.checkpointed = shard.positions.clone();
+                shard.seq = r.seq;
+                shard.tombstones = r.tombstones;
+                for id in &r.rewrite {
+                    if let Some(ix) = shard.engine.find(id) {
+                        shard.engine.mark_changed(ix.0);
+                    }
+                }
+                restored.push((*p, r.source, shard.engine.len()));
+                self.status.update(*p, |s| s.restored_from = r.source);
+                shard
+            } else {
+                Shard::new(Engine::new(Arc::clone(&self.journey)), topics.len())
+            };
+            let secs = started.elapsed().as_secs_f64();
+            self.metrics.restore_seconds.observe(secs);
+            self.metrics.restoring.dec();
+            let prospects = shard.engine.len() as u64;
+            self.status.update(*p, |s| {
+                s.state = "running";
+                s.restore_seconds = secs;
+                s.prospects = prospects;
+            });
+            self.shards.insert(*p, shard);
+        }
+        self.parked.clear();
+        // Each partition continues where its state ends; no state = from the beginning (replay),
+        // unless nothing is persisted at all (then the group's committed offsets, state empty).
+        let elements: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        for (t, p) in elements {
+            let i = topics.iter().position(|x| *x == t).unwrap_or(0);
+            let pos = self.shards.get(&p).map_or(-1, |s| s.positions[i]);
+            let offset = match (pos, self.settings.checkpoint.persists()) {
+                (n, _) if n >= 0 => Offset::Offset(n),
+                (_, true) => Offset::Beginning,
+                (_, false) => Offset::Stored,
+            };
+            if let Err(err) = tpl.set_partition_offset(&t, p, offset) {
+                tracing::error!(error = %err, topic = %t, partition = p, "cannot set the start offset");
+            }
+        }
+        self.metrics.restoring.set(0);
+        self.metrics.shards.set(self.shards.len() as i64);
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(restored = ?restored, resumed = ?resumed, "shards assigned");
+    }
+
+    /// Checkpoints, then drops the revoked shards (parked, in case the next assignment gives
+    /// them back).
+    fn revoke(&mut self, consumer: &PipelineConsumer, tpl: &TopicPartitionList) {
+        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        let deadline = Instant::now() + Duration::from_millis(self.settings.pipeline.shutdown_timeout_ms);
+        let checkpointed = match self.checkpoint(consumer, CommitMode::Sync, deadline, true) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint on revoke failed; the next owner restores the previous checkpoint");
+                false
+            }
+        };
+        let revoked: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        for p in &revoked {
+            if let Some(shard) = self.shards.remove(p)
+                && checkpointed
+            {
+                self.parked.insert(*p, shard);
+            }
+            self.status.remove(*p);
+        }
+        self.metrics.shards.set(self.shards.len() as i64);
+        tracing::info!(partitions = ?revoked, "shards revoked");
     }
 
     /// Idle shards move their watermark to the wall clock minus the allowed lateness.
@@ -288,7 +575,7 @@ impl State {
 
     /// Funnel aggregates per shard to the funnel topic; stage gauges summed over shards.
     fn publish_funnel(&mut self) {
-        let State { shards, journey, metrics, producer, settings, buf, .. } = self;
+        let State { shards, journey, metrics, producer, settings, buf, status, .. } = self;
         let mut per_stage = vec![0i64; journey.stages.len()];
         let mut total = 0i64;
         for (p, shard) in shards.iter() {
@@ -297,6 +584,8 @@ impl State {
                 per_stage[i] += *n as i64;
             }
             total += shard.engine.len() as i64;
+            let n = shard.engine.len() as u64;
+            status.update(*p, |s| s.prospects = n);
         }
         for (i, st) in journey.stages.iter().enumerate() {
             metrics.prospects.with_label_values(&[&st.name]).set(per_stage[i]);
@@ -322,13 +611,21 @@ pub struct Handles {
     pub metrics: Metrics,
     pub ready: Arc<AtomicBool>,
     pub stop: Arc<AtomicBool>,
+    pub status: Status,
 }
 
 /// Connects, checks the input topics, joins the group and runs until `stop` is set; then
 /// flushes, commits and leaves the group. Blocking: call it on a dedicated thread.
 pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), PipelineError> {
     let k = &settings.kafka;
-    let (producer, failed) = kafka::producer(k, Some(h.metrics.clone()))?;
+    let changelog = settings.checkpoint.changelog.then(|| settings.changelog_topic());
+    let (producer, failed) = kafka::producer(k, Some(h.metrics.clone()), changelog.clone())?;
+    let store = (!settings.checkpoint.dir.as_os_str().is_empty())
+        .then(|| Arc::new(FileStore::new(&settings.checkpoint.dir, &k.group_id, settings.checkpoint.keep)));
+    let writer = match &store {
+        Some(s) => Some(Writer::start(Box::new(Arc::clone(s))).map_err(PipelineError::Writer)?),
+        None => None,
+    };
     let limits =
         Limits { max_bytes: settings.limits.max_bytes, max_depth: settings.limits.max_depth, ..Limits::default() };
     let state = State {
@@ -341,7 +638,11 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         shards: BTreeMap::new(),
         parked: BTreeMap::new(),
         ready: Arc::clone(&h.ready),
-        pending: BTreeMap::new(),
+        store,
+        writer,
+        changelog: changelog.clone(),
+        in_flight: None,
+        status: h.status.clone(),
         unflushed: false,
         since_barrier: 0,
         last_barrier: Instant::now(),
@@ -353,6 +654,10 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         kafka::consumer_config(k).create_with_context(PipelineContext { state: Mutex::new(state) })?;
     let counts = kafka::partition_counts(&consumer, &k.input_topics, &k.brokers, Duration::from_secs(10))?;
     let partitions = kafka::check_copartitioned(&counts)?;
+    if let Some(topic) = &changelog {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PipelineError::Writer)?;
+        rt.block_on(kafka::ensure_changelog(k, topic, partitions))?;
+    }
     let topics: Vec<&str> = k.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(topics = ?k.input_topics, partitions, group = %k.group_id, "joining the group");
@@ -393,9 +698,12 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         st.producer.poll(Duration::ZERO);
         if st.since_barrier >= commit_every || now.duration_since(st.last_barrier) >= commit_interval {
             let deadline = now + Duration::from_millis(p.shutdown_timeout_ms);
-            if let Err(e) = st.barrier(&consumer, CommitMode::Async, deadline) {
+            if let Err(e) = st.checkpoint(&consumer, CommitMode::Async, deadline, false) {
                 break Err(e);
             }
+        }
+        if let Err(e) = st.poll_checkpoint(&consumer, CommitMode::Async, None) {
+            break Err(e);
         }
         if let Some(idle) = idle
             && now.duration_since(last_idle) >= Duration::from_secs(1)
@@ -418,7 +726,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
     let closing = {
         let mut st = consumer.context().lock();
         st.publish_funnel();
-        st.barrier(&consumer, CommitMode::Sync, deadline)
+        st.checkpoint(&consumer, CommitMode::Sync, deadline, true)
     };
     consumer.unsubscribe();
     drop(consumer);

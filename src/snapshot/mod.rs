@@ -276,3 +276,15 @@ impl SnapshotStore for FileStore {
         Ok(files.into_iter().map(|(_, p)| p).collect())
     }
 }
+
+impl<S: SnapshotStore + Sync + ?Sized> SnapshotStore for Arc<S> {
+    fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
+        (**self).save(what, engine)
+    }
+    fn latest(&self, shard: i32) -> (Option<Checked>, Vec<SnapshotError>) {
+        (**self).latest(shard)
+    }
+    fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError> {
+        (**self).list(shard)
+    }
+}

@@ -28,6 +28,14 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     pub shards: IntGauge,
     pub commit_barrier: Histogram,
+    pub checkpoints: IntCounterVec,
+    pub checkpoint_seconds: Histogram,
+    pub checkpoint_pause: Histogram,
+    pub snapshot_bytes: IntGaugeVec,
+    pub restore_records: IntCounterVec,
+    pub restore_bytes: IntCounterVec,
+    pub restore_seconds: Histogram,
+    pub restoring: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -106,7 +114,53 @@ impl Metrics {
             .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
         )?;
         r.register(Box::new(commit_barrier.clone()))?;
+        let secs = vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+        let histogram = |name: &str, help: &str| -> prometheus::Result<Histogram> {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(secs.clone()))?;
+            r.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let checkpoint_seconds = histogram(
+            "microfunnel_checkpoint_seconds",
+            "Seconds from the start of a checkpoint to its state being durable (snapshot files fsynced, changelog acknowledged).",
+        )?;
+        let checkpoint_pause = histogram(
+            "microfunnel_checkpoint_pause_seconds",
+            "Seconds a checkpoint held up event processing (flush, changelog records, state capture); encoding and writing happen off the processing thread.",
+        )?;
+        let restore_seconds =
+            histogram("microfunnel_restore_seconds", "Seconds to restore one shard's state when it is assigned.")?;
+        let snapshot_bytes = IntGaugeVec::new(
+            Opts::new("microfunnel_snapshot_bytes", "Size of the newest snapshot file of each shard."),
+            &["shard"],
+        )?;
+        r.register(Box::new(snapshot_bytes.clone()))?;
+        let restoring = IntGauge::new("microfunnel_shards_restoring", "Assigned shards still restoring their state.")?;
+        r.register(Box::new(restoring.clone()))?;
         let m = Metrics {
+            checkpoints: counter_vec(
+                &r,
+                "microfunnel_checkpoints_total",
+                "Checkpoints by result (`ok`, `failed`: state not durable, offsets not committed).",
+                &["result"],
+            )?,
+            checkpoint_seconds,
+            checkpoint_pause,
+            snapshot_bytes,
+            restore_records: counter_vec(
+                &r,
+                "microfunnel_restore_records_total",
+                "Prospect records restored, by source (`snapshot`, `changelog`).",
+                &["source"],
+            )?,
+            restore_bytes: counter_vec(
+                &r,
+                "microfunnel_restore_bytes_total",
+                "State bytes read while restoring, by source (`snapshot`, `changelog`).",
+                &["source"],
+            )?,
+            restore_seconds,
+            restoring,
             events_consumed,
             events_rejected,
             duplicates: counter(
@@ -145,6 +199,13 @@ impl Metrics {
         }
         for st in &journey.stages {
             m.prospects.with_label_values(&[&st.name]);
+        }
+        for result in ["ok", "failed"] {
+            m.checkpoints.with_label_values(&[result]);
+        }
+        for source in ["snapshot", "changelog"] {
+            m.restore_records.with_label_values(&[source]);
+            m.restore_bytes.with_label_values(&[source]);
         }
         for kind in ["assign", "revoke"] {
             m.rebalances.with_label_values(&[kind]);

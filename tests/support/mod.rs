@@ -173,6 +173,7 @@ pub fn settings(test: &str) -> Settings {
         var("PIPELINE__COMMIT_INTERVAL_MS", "200".into()),
         var("PIPELINE__FUNNEL_INTERVAL_MS", "300".into()),
         var("PIPELINE__SHUTDOWN_TIMEOUT_MS", "10000".into()),
+        var("CHECKPOINT__DIR", state_dir(&id).display().to_string()),
     ];
     let s = Settings::load(None, vars).unwrap_or_else(|e| panic!("test settings: {e}"));
     assert_eq!(s.kafka.input_topics.len(), 2, "{:?}", s.kafka.input_topics);
@@ -180,6 +181,13 @@ pub fn settings(test: &str) -> Settings {
         microfunnel::telemetry::init_logs(&Log { format: LogFormat::Pretty, level });
     }
     s
+}
+
+/// A fresh snapshot directory for one test (its group's files go below it).
+pub fn state_dir(id: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join("microfunnel-test-state").join(id);
+    let _ = std::fs::remove_dir_all(&d);
+    d
 }
 
 /// A test's settings with its topics created.

@@ -66,8 +66,12 @@ pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppEr
     });
     tracing::info!("metrics at http://{http_addr}/metrics, health at /healthz and /readyz");
     let (tx, done) = mpsc::channel();
-    let handles =
-        Handles { metrics: metrics.clone(), ready: Arc::clone(&ready), stop: Arc::clone(&stop), status: status.clone() };
+    let handles = Handles {
+        metrics: metrics.clone(),
+        ready: Arc::clone(&ready),
+        stop: Arc::clone(&stop),
+        status: status.clone(),
+    };
     let shutdown_timeout = Duration::from_millis(settings.pipeline.shutdown_timeout_ms);
     std::thread::Builder::new()
         .name("microfunnel-pipeline".into())

@@ -407,7 +407,11 @@ impl Settings {
             return Err(invalid("pipeline.shutdown_timeout_ms", "is under a second", "use e.g. 20000"));
         }
         if !(1..=100).contains(&self.checkpoint.keep) {
-            return Err(invalid("checkpoint.keep", "is out of range", "keep 1 to 100 snapshot files per shard (3 is plenty)"));
+            return Err(invalid(
+                "checkpoint.keep",
+                "is out of range",
+                "keep 1 to 100 snapshot files per shard (3 is plenty)",
+            ));
         }
         let changelog = self.changelog_topic();
         if self.checkpoint.changelog && (k.input_topics.contains(&changelog) || outs.contains(&&changelog)) {

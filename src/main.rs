@@ -32,10 +32,21 @@ enum Command {
         journey: PathBuf,
         /// Events, one JSON object per line; `-` reads stdin.
         input: PathBuf,
-        /// Advance event time to this RFC 3339 instant at the end (default: the last event).
+        /// Advance event time to this RFC 3339 instant at the end (default: each shard to its
+        /// last event).
         #[arg(long)]
         until: Option<String>,
-        /// Print a digest line of the final per-prospect state.
+        /// Do not advance event time at the end (the service with `pipeline.idle_advance_ms = 0`):
+        /// timers fire only as far as the watermarks got during the input.
+        #[arg(long, conflicts_with = "until")]
+        no_advance: bool,
+        /// Shard like the service over N input partitions: each event goes to the engine of
+        /// Kafka's default partitioner (murmur2) of its prospect id.
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(replay::MAX_PARTITIONS)))]
+        partitions: u32,
+        /// Print a digest line of the final per-prospect state (with `--partitions` > 1, one per
+        /// shard, then the total).
         #[arg(long)]
         digest: bool,
         /// Print only the final summary (and digest) lines.
@@ -68,6 +79,9 @@ enum Command {
     },
     /// Print a topic's records as they arrive (`--alerts` renders hot-lead alerts).
     Tail(cmd::tail::TailArgs),
+    /// Show a snapshot file: header, offsets, prospect count, checksum status (`--prospect ID`
+    /// prints one prospect's state). Exit code 1 if the file is damaged.
+    InspectSnapshot(cmd::inspect::InspectArgs),
     /// Create the input and output topics (existing ones are left alone).
     CreateTopics {
         #[arg(long)]
@@ -84,35 +98,58 @@ pub(crate) fn load_journey(path: &Path) -> anyhow::Result<Arc<Journey>> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Replay { journey, input, until, digest, summary_only, memory, max_bytes, max_depth } => {
+        Command::Replay {
+            journey,
+            input,
+            until,
+            no_advance,
+            partitions,
+            digest,
+            summary_only,
+            memory,
+            max_bytes,
+            max_depth,
+        } => {
             let journey = load_journey(&journey)?;
             let until =
                 until.map(|u| parse_rfc3339(&u).map_err(|e| anyhow::anyhow!("--until {u:?}: {e}"))).transpose()?;
+            let end = match (until, no_advance) {
+                (Some(t), _) => replay::End::Until(t),
+                (None, true) => replay::End::Stay,
+                (None, false) => replay::End::LastEvent,
+            };
             let limits = Limits { max_bytes, max_depth, ..Limits::default() };
-            let opts = replay::Options { limits, until, digest, summary_only };
+            let opts = replay::Options { limits, end, digest, summary_only, partitions };
             let rss_before = resident_bytes();
             let stdout = io::stdout().lock();
             let stderr = io::stderr().lock();
-            let (engine, _) = if input.as_os_str() == "-" {
+            let (shards, _) = if input.as_os_str() == "-" {
                 replay::run(journey, &opts, io::stdin().lock(), stdout, stderr)?
             } else {
                 let file = File::open(&input).with_context(|| format!("cannot open {}", input.display()))?;
                 replay::run(journey, &opts, BufReader::with_capacity(1 << 20, file), stdout, stderr)?
             };
             if memory {
-                let (rss, n) = (resident_bytes().saturating_sub(rss_before), engine.len().max(1));
+                let prospects: usize = shards.iter().map(|e| e.len()).sum();
+                let state: usize = shards.iter().map(|e| e.heap_bytes()).sum();
+                let (rss, n) = (resident_bytes().saturating_sub(rss_before), prospects.max(1));
                 eprintln!(
-                    "{{\"kind\":\"memory\",\"prospects\":{},\"rss_growth_bytes\":{rss},\"rss_per_prospect\":{:.1},\"state_bytes\":{},\"state_per_prospect\":{:.1}}}",
-                    engine.len(),
+                    "{{\"kind\":\"memory\",\"prospects\":{prospects},\"rss_growth_bytes\":{rss},\"rss_per_prospect\":{:.1},\"state_bytes\":{state},\"state_per_prospect\":{:.1}}}",
                     rss as f64 / n as f64,
-                    engine.heap_bytes(),
-                    engine.heap_bytes() as f64 / n as f64
+                    state as f64 / n as f64
                 );
             }
             Ok(())
         }
         Command::Gen(args) => cmd::generate::run(args),
         Command::Tail(args) => cmd::tail::run(args),
+        Command::InspectSnapshot(args) => {
+            if cmd::inspect::run(args)? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Run { config } => {
             let settings = Settings::load(config.as_deref(), std::env::vars())?;
             microfunnel::telemetry::init_logs(&settings.log);

@@ -1,19 +1,41 @@
 //! `microfunnel replay`: run the engine over a JSONL file, write every output as a JSON line.
+//!
+//! With `partitions > 1` it shards like the service: each event goes to the engine of
+//! [`kafka_partition`] of its prospect id, the partition a Kafka producer keyed by prospect puts
+//! it in, so the same file gives the state the service's shards would hold.
 
 use std::io::{self, BufRead, Write};
 use std::sync::Arc;
 
 use crate::codec::{self, Limits};
-use crate::core::{Engine, Journey, Output, Ts};
+use crate::core::ids::kafka_partition;
+use crate::core::{Census, Engine, Journey, Output, Stats, Ts};
+
+/// Most shards `--partitions` accepts (each is an engine; Kafka topics rarely have more).
+pub const MAX_PARTITIONS: u32 = 10_000;
+
+/// How far event time moves once the input is exhausted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Each shard to its own largest event time.
+    LastEvent,
+    /// Every shard to this instant.
+    Until(Ts),
+    /// Not at all: each watermark stays at its largest event time minus the allowed lateness,
+    /// as in the service with wall-clock idle advancement off.
+    Stay,
+}
 
 pub struct Options {
     pub limits: Limits,
-    /// Advance time to this instant at the end (default: the last event time).
-    pub until: Option<Ts>,
-    /// Also print a digest line of the final per-prospect state.
+    /// Where time goes at the end.
+    pub end: End,
+    /// Also print digest line(s) of the final per-prospect state.
     pub digest: bool,
     /// Print only the final summary (and digest), not every output.
     pub summary_only: bool,
+    /// Shards, as Kafka partitions of the input topics (1 to [`MAX_PARTITIONS`]; 0 counts as 1).
+    pub partitions: u32,
 }
 
 /// Totals of a replay run.
@@ -25,15 +47,18 @@ pub struct Totals {
 }
 
 /// Reads JSONL from `input`, writes outputs and a final funnel summary to `out`, rejected lines
-/// (with line number and reason) to `err`. Same input, same bytes out.
+/// (with line number and reason) to `err`. Same input, same bytes out. Outputs come in input
+/// order, then those of the final time advance shard by shard. Returns the engines, shard `p` at
+/// index `p`.
 pub fn run(
     journey: Arc<Journey>,
     opts: &Options,
     mut input: impl BufRead,
     mut out: impl Write,
     mut err: impl Write,
-) -> io::Result<(Engine, Totals)> {
-    let mut engine = Engine::new(journey);
+) -> io::Result<(Vec<Engine>, Totals)> {
+    let partitions = opts.partitions.max(1);
+    let mut shards: Vec<Engine> = (0..partitions).map(|_| Engine::new(Arc::clone(&journey))).collect();
     let mut totals = Totals::default();
     let mut line = Vec::with_capacity(1024);
     let mut outputs = Vec::with_capacity(16);
@@ -50,38 +75,114 @@ pub fn run(
             continue;
         }
         totals.lines += 1;
-        match codec::decode(bytes, engine.journey(), &opts.limits) {
-            Ok(ev) => engine.apply(&ev, &mut outputs),
+        let ev = match codec::decode(bytes, &journey, &opts.limits) {
+            Ok(ev) => ev,
             Err(e) => {
                 totals.rejected += 1;
                 writeln!(err, "line {n}: {}: {e}", e.reason().as_str())?;
                 continue;
             }
-        }
-        flush(&engine, &mut outputs, &mut buf, &mut totals, n, opts.summary_only, &mut out, &mut err)?;
+        };
+        let p = if partitions == 1 { 0 } else { kafka_partition(ev.prospect.as_bytes(), partitions) as usize };
+        let engine = &mut shards[p];
+        engine.apply(&ev, &mut outputs);
+        flush(engine, &mut outputs, &mut buf, &mut totals, n, opts.summary_only, &mut out, &mut err)?;
     }
-    let end = opts.until.unwrap_or(engine.max_event_time());
-    engine.advance_to(end, &mut outputs);
-    flush(&engine, &mut outputs, &mut buf, &mut totals, n, opts.summary_only, &mut out, &mut err)?;
-    let report = engine.funnel().report(engine.journey());
-    let census = engine.census();
-    let figures = codec::outbound::Figures {
-        watermark: engine.watermark(),
-        stats: engine.stats(),
-        census: &census,
-        funnel: &report,
-    };
-    codec::write_report(&figures, &mut buf).map_err(io::Error::other)?;
-    buf.push(b'\n');
+    for engine in &mut shards {
+        let end = match opts.end {
+            End::LastEvent => Some(engine.max_event_time()),
+            End::Until(t) => Some(t),
+            End::Stay => None,
+        };
+        if let Some(t) = end {
+            engine.advance_to(t, &mut outputs);
+        }
+        flush(engine, &mut outputs, &mut buf, &mut totals, n, opts.summary_only, &mut out, &mut err)?;
+    }
+    write_summary(&journey, &shards, &mut buf)?;
     if opts.digest {
-        buf.extend_from_slice(
-            format!("{{\"kind\":\"digest\",\"prospects\":{},\"digest\":\"{:016x}\"}}\n", engine.len(), engine.digest())
-                .as_bytes(),
-        );
+        write_digests(&shards, &mut buf);
     }
     out.write_all(&buf)?;
     out.flush()?;
-    Ok((engine, totals))
+    Ok((shards, totals))
+}
+
+/// One `funnel_summary` over all shards: stats, census and funnel counters summed, the latest
+/// shard watermark. With one shard, exactly that engine's figures.
+fn write_summary(journey: &Journey, shards: &[Engine], buf: &mut Vec<u8>) -> io::Result<()> {
+    let Some((first, rest)) = shards.split_first() else { return Ok(()) };
+    let (mut stats, mut census, mut funnel) = (first.stats().clone(), first.census(), first.funnel().clone());
+    let mut watermark = first.watermark();
+    for e in rest {
+        add_stats(&mut stats, e.stats());
+        add_census(&mut census, &e.census());
+        funnel.absorb(e.funnel());
+        watermark = watermark.max(e.watermark());
+    }
+    let report = funnel.report(journey);
+    let figures = codec::outbound::Figures { watermark, stats: &stats, census: &census, funnel: &report };
+    codec::write_report(&figures, buf).map_err(io::Error::other)?;
+    buf.push(b'\n');
+    Ok(())
+}
+
+/// One digest line, or with several shards one per shard and then their total (the wrapping sum,
+/// as [`Engine::digest`] is itself a sum over prospects).
+fn write_digests(shards: &[Engine], buf: &mut Vec<u8>) {
+    let line = |partition: Option<usize>, prospects: usize, digest: u64| {
+        let partition = partition.map(|p| format!("\"partition\":{p},")).unwrap_or_default();
+        format!("{{\"kind\":\"digest\",{partition}\"prospects\":{prospects},\"digest\":\"{digest:016x}\"}}\n")
+    };
+    let (mut prospects, mut digest) = (0, 0u64);
+    for (p, e) in shards.iter().enumerate() {
+        let d = e.digest();
+        if shards.len() > 1 {
+            buf.extend_from_slice(line(Some(p), e.len(), d).as_bytes());
+        }
+        prospects += e.len();
+        digest = digest.wrapping_add(d);
+    }
+    buf.extend_from_slice(line(None, prospects, digest).as_bytes());
+}
+
+// Destructured so that a new counter cannot be forgotten in the sum.
+fn add_stats(into: &mut Stats, s: &Stats) {
+    let Stats {
+        events,
+        applied,
+        duplicates,
+        late,
+        unmapped,
+        rejected,
+        stage_changes,
+        hot_leads,
+        alerts_suppressed,
+        ghosted,
+        stalled,
+    } = s;
+    into.events += events;
+    into.applied += applied;
+    into.duplicates += duplicates;
+    into.late += late;
+    into.unmapped += unmapped;
+    into.rejected += rejected;
+    into.stage_changes += stage_changes;
+    into.hot_leads += hot_leads;
+    into.alerts_suppressed += alerts_suppressed;
+    into.ghosted += ghosted;
+    into.stalled += stalled;
+}
+
+fn add_census(into: &mut Census, c: &Census) {
+    let Census { prospects, hot, ghosted, stalled, current_opportunity, no_current_opportunity, not_a_prospect } = c;
+    into.prospects += prospects;
+    into.hot += hot;
+    into.ghosted += ghosted;
+    into.stalled += stalled;
+    into.current_opportunity += current_opportunity;
+    into.no_current_opportunity += no_current_opportunity;
+    into.not_a_prospect += not_a_prospect;
 }
 
 fn trim_newline(line: &[u8]) -> &[u8] {

@@ -10,52 +10,13 @@ use std::time::Duration;
 
 use microfunnel::codec::{self, Limits};
 use microfunnel::core::Source;
+use microfunnel::core::ids::kafka_partition;
 use support::*;
-
-/// Kafka's Java `Utils.murmur2` (the default partitioner's hash; librdkafka `murmur2_random`).
-fn murmur2(data: &[u8]) -> i32 {
-    let (m, r) = (0x5bd1_e995u32, 24);
-    let mut h = 0x9747_b28cu32 ^ data.len() as u32;
-    let chunks = data.chunks_exact(4);
-    let tail = chunks.remainder();
-    for c in chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(m);
-        k ^= k >> r;
-        k = k.wrapping_mul(m);
-        h = h.wrapping_mul(m) ^ k;
-    }
-    if tail.len() == 3 {
-        h ^= u32::from(tail[2]) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
-    }
-    if !tail.is_empty() {
-        h ^= u32::from(tail[0]);
-        h = h.wrapping_mul(m);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(m);
-    h ^= h >> 15;
-    h as i32
-}
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_microfunnel"));
     c.current_dir(env!("CARGO_MANIFEST_DIR"));
     c
-}
-
-#[test]
-fn murmur2_matches_kafkas_reference_values() {
-    // Values from Kafka's UtilsTest.testMurmur2.
-    assert_eq!(murmur2(b"21"), -973932308);
-    assert_eq!(murmur2(b"foobar"), -790332482);
-    assert_eq!(murmur2(b"a-little-bit-long-string"), -985981536);
-    assert_eq!(murmur2(b"a-little-bit-longer-string"), -1486304829);
-    assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58897971);
-    assert_eq!(murmur2(b"abc"), 479470107);
 }
 
 #[test]
@@ -91,7 +52,7 @@ fn gen_to_kafka_sends_what_gen_writes_keyed_and_partitioned_like_java_producers(
             assert_eq!(ev.source, source, "on the {source:?} topic");
             let key = r.key.as_deref().expect("keyed");
             assert_eq!(key, &*ev.prospect, "key is the prospect id");
-            assert_eq!(r.partition, (murmur2(key.as_bytes()) & 0x7fff_ffff) % 3, "Java-compatible partition for {key}");
+            assert_eq!(r.partition as u32, kafka_partition(key.as_bytes(), 3), "Java-compatible partition for {key}");
             *seen.entry(String::from_utf8(r.payload.clone()).unwrap()).or_default() += 1;
         }
         total += read.len();

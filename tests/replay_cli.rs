@@ -1,10 +1,15 @@
 //! The `microfunnel replay` binary on the fixtures: exit codes, stable output, rejected lines on
-//! stderr with their line numbers, and journey errors that name the key.
+//! stderr with their line numbers, journey errors that name the key, and sharding like the
+//! service (`--partitions`, `--no-advance`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use microfunnel::codec::{Limits, decode};
+use microfunnel::core::Journey;
+use microfunnel::core::ids::kafka_partition;
 use serde_json::Value;
 
 const PLAYBOOK: &str = "tests/fixtures/b2b-playbook.jsonl";
@@ -256,4 +261,228 @@ fn missing_files_fail_with_their_path() {
     let out = microfunnel(&["replay", "--journey", "deploy/journeys/none.toml", PLAYBOOK]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("none.toml"), "{}", stderr(&out));
+}
+
+// ---- sharding like the service (`--partitions`, `--no-advance`) ----------------------------
+
+/// `gen` traffic for the sharding tests (malformed lines included), written once per test.
+fn generated(name: &str, prospects: u32) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("replay_cli-{name}.jsonl"));
+    let n = prospects.to_string();
+    let out = microfunnel(&["gen", "--prospects", &n, "--seed", "9", "--quiet", "--out", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    path
+}
+
+fn b2b_journey() -> Journey {
+    Journey::from_toml_str(&b2b_text()).unwrap()
+}
+
+/// The prospect id of each line, `None` for lines that do not decode.
+fn prospects_of(text: &str, journey: &Journey) -> Vec<Option<String>> {
+    text.lines()
+        .map(|l| decode(l.as_bytes(), journey, &Limits::default()).ok().map(|e| e.prospect.into_owned()))
+        .collect()
+}
+
+fn digests(lines: &[Value]) -> (Vec<&Value>, &Value) {
+    let all = of_kind(lines, "digest");
+    let (total, shards) = all.split_last().expect("a digest line");
+    assert!(total.get("partition").is_none(), "the total comes last: {total}");
+    (shards.to_vec(), total)
+}
+
+fn hex(v: &Value) -> u64 {
+    u64::from_str_radix(v["digest"].as_str().unwrap(), 16).unwrap()
+}
+
+#[test]
+fn one_partition_is_the_unsharded_replay_byte_for_byte() {
+    for file in [PLAYBOOK, MALFORMED] {
+        for extra in [&["--digest"][..], &["--summary-only", "--digest"], &["--until", "2026-04-15T00:00:00Z"]] {
+            let plain = replay(&[extra, &[file]].concat());
+            let one = replay(&[extra, &["--partitions", "1", file]].concat());
+            assert!(one.status.success(), "{}", stderr(&one));
+            assert_eq!(one.stdout, plain.stdout, "{file} {extra:?}: stdout");
+            assert_eq!(one.stderr, plain.stderr, "{file} {extra:?}: stderr");
+        }
+    }
+    for bad in ["0", "-1", "x", "10001"] {
+        let out = replay(&[&format!("--partitions={bad}"), PLAYBOOK]);
+        assert_eq!(out.status.code(), Some(2), "--partitions={bad}");
+        assert!(stderr(&out).contains("--partitions"), "{}", stderr(&out));
+    }
+}
+
+#[test]
+fn each_shard_holds_the_prospects_kafka_routes_to_it_and_equals_a_replay_of_its_own_lines() {
+    const N: u32 = 4;
+    let file = generated("shards", 300);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let journey = b2b_journey();
+    let routed = prospects_of(&text, &journey);
+    assert!(routed.iter().any(Option::is_none), "gen traffic has malformed lines too");
+
+    let out = replay(&["--partitions", "4", "--digest", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_json(&out);
+    let (shards, total) = digests(&lines);
+    assert_eq!(shards.len(), N as usize);
+
+    // Every prospect is in exactly the shard its Kafka partition names.
+    let mut want = vec![BTreeSet::new(); N as usize];
+    for p in routed.iter().flatten() {
+        want[kafka_partition(p.as_bytes(), N) as usize].insert(p.as_str());
+    }
+    let mut sum = (0, 0u64);
+    for (p, shard) in shards.iter().enumerate() {
+        assert_eq!(shard["partition"], p);
+        assert_eq!(shard["prospects"], want[p].len(), "shard {p}");
+        assert!(!want[p].is_empty(), "300 prospects reach every one of 4 shards");
+        sum = (sum.0 + want[p].len(), sum.1.wrapping_add(hex(shard)));
+    }
+    assert_eq!(total["prospects"], sum.0);
+    assert_eq!(total["prospects"], routed.iter().flatten().collect::<BTreeSet<_>>().len());
+    assert_eq!(hex(total), sum.1, "the total digest is the wrapping sum of the shards'");
+
+    // Shard p is exactly a one-engine replay of the lines routed to p: the same state and the
+    // same outputs, in input order, then its own final advance.
+    let summary = lines.iter().find(|l| l["kind"] == "funnel_summary").unwrap();
+    let mut summed = BTreeMap::<String, u64>::new();
+    let mut watermarks = Vec::new();
+    for p in 0..N {
+        let own: String = text
+            .lines()
+            .zip(&routed)
+            .filter(|(_, r)| r.as_ref().is_some_and(|r| kafka_partition(r.as_bytes(), N) == p))
+            .map(|(l, _)| format!("{l}\n"))
+            .collect();
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("replay_cli-shard-{p}.jsonl"));
+        std::fs::write(&path, own).unwrap();
+        let alone = replay(&["--digest", path.to_str().unwrap()]);
+        assert!(alone.status.success(), "{}", stderr(&alone));
+        let alone = stdout_json(&alone);
+        let (_, alone_total) = digests(&alone);
+        assert_eq!(
+            (&alone_total["prospects"], &alone_total["digest"]),
+            (&shards[p as usize]["prospects"], &shards[p as usize]["digest"])
+        );
+        let outputs = |ls: &[Value]| -> Vec<Value> {
+            ls.iter()
+                .filter(|l| {
+                    l.get("prospect").and_then(Value::as_str).is_some_and(|id| kafka_partition(id.as_bytes(), N) == p)
+                })
+                .cloned()
+                .collect()
+        };
+        let mine = outputs(&lines);
+        assert!(!mine.is_empty());
+        assert_eq!(mine, outputs(&alone), "shard {p}: outputs");
+        let s = alone.iter().find(|l| l["kind"] == "funnel_summary").unwrap();
+        watermarks.push(s["watermark"].as_str().unwrap().to_string());
+        for (group, key) in [
+            ("stats", "events"),
+            ("stats", "late"),
+            ("stats", "hot_leads"),
+            ("stats", "ghosted"),
+            ("census", "prospects"),
+            ("census", "hot"),
+            ("outcomes", "won"),
+        ] {
+            *summed.entry(format!("{group}.{key}")).or_default() += s[group][key].as_u64().unwrap();
+        }
+        for stage in s["stages"].as_array().unwrap() {
+            *summed.entry(format!("reached.{}", stage["stage"].as_str().unwrap())).or_default() +=
+                stage["reached"].as_u64().unwrap();
+        }
+    }
+
+    // One summary line over all shards: their counters summed, the latest shard watermark.
+    assert_eq!(of_kind(&lines, "funnel_summary").len(), 1);
+    assert_eq!(summary["watermark"].as_str(), watermarks.iter().max().map(String::as_str));
+    for (k, v) in &summed {
+        let got = match k.split_once('.').unwrap() {
+            ("reached", stage) => summary["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["stage"] == stage)
+                .map(|s| s["reached"].as_u64().unwrap()),
+            (group, key) => summary[group][key].as_u64(),
+        };
+        assert_eq!(got, Some(*v), "{k}");
+    }
+}
+
+#[test]
+fn the_sharded_digest_is_deterministic() {
+    let file = generated("deterministic", 200);
+    for input in [PLAYBOOK, file.to_str().unwrap()] {
+        let first = replay(&["--partitions", "4", "--digest", input]);
+        assert!(first.status.success(), "{}", stderr(&first));
+        let second = replay(&["--partitions", "4", "--digest", input]);
+        assert_eq!(first.stdout, second.stdout, "{input}: same input, same bytes out");
+        let lines = stdout_json(&first);
+        let (shards, total) = digests(&lines);
+        assert_eq!(shards.len(), 4);
+        assert_eq!(total["digest"].as_str().unwrap().len(), 16);
+        assert_ne!(hex(total), 0);
+    }
+}
+
+#[test]
+fn no_advance_leaves_a_quote_whose_silence_window_is_still_open_alone() {
+    // The quote's 5-day window ends 2026-03-11T09:00Z: after the last event's watermark
+    // (12:00 minus the 24 h allowed lateness) but before the last event itself.
+    let quoted = "usr_quoted";
+    let fixture = |other: &str| {
+        let text = format!(
+            "{}\n{}\n",
+            r#"{"event_id":"q-1","prospect_id":"usr_quoted","source":"crm","type":"quote_sent","ts":"2026-03-06T09:00:00Z"}"#,
+            format_args!(
+                r#"{{"event_id":"w-1","prospect_id":"{other}","source":"web","type":"page_viewed","ts":"2026-03-11T12:00:00Z"}}"#
+            )
+        );
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("replay_cli-no-advance-{other}.jsonl"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ghosted = |args: &[&str]| -> Vec<String> {
+        let out = replay(args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines = stdout_json(&out);
+        of_kind(&lines, "ghosted").iter().map(|g| g["prospect"].as_str().unwrap().to_string()).collect()
+    };
+    let same = (0..)
+        .map(|i| format!("usr_other_{i}"))
+        .find(|o| kafka_partition(o.as_bytes(), 4) == kafka_partition(quoted.as_bytes(), 4))
+        .unwrap();
+    let apart = (0..)
+        .map(|i| format!("usr_other_{i}"))
+        .find(|o| kafka_partition(o.as_bytes(), 4) != kafka_partition(quoted.as_bytes(), 4))
+        .unwrap();
+
+    let file = fixture(&same);
+    let file = file.to_str().unwrap();
+    assert_eq!(ghosted(&[file]), [quoted], "the default run advances to the last event");
+    assert_eq!(ghosted(&["--partitions", "4", file]), [quoted], "the same shard as the last event");
+    for n in ["1", "4"] {
+        assert!(ghosted(&["--no-advance", "--partitions", n, file]).is_empty(), "--no-advance, {n} partition(s)");
+    }
+    let out = replay(&["--no-advance", "--digest", file]);
+    let lines = stdout_json(&out);
+    let summary = lines.iter().find(|l| l["kind"] == "funnel_summary").unwrap();
+    assert_eq!(summary["watermark"], "2026-03-10T12:00:00.000Z", "the last event minus the allowed lateness");
+    assert_eq!(summary["census"]["ghosted"], 0);
+
+    // Each shard advances to its own last event: apart from the later event, the quote's shard
+    // never gets past 2026-03-06 (as in the service, whose shards have their own watermarks).
+    let file = fixture(&apart);
+    let file = file.to_str().unwrap();
+    assert_eq!(ghosted(&[file]), [quoted]);
+    assert!(ghosted(&["--partitions", "4", file]).is_empty());
+    assert_eq!(ghosted(&["--partitions", "4", "--until", "2026-03-12T00:00:00Z", file]), [quoted]);
+
+    let both = replay(&["--no-advance", "--until", "2026-03-12T00:00:00Z", file]);
+    assert_eq!(both.status.code(), Some(2), "--no-advance and --until conflict");
 }

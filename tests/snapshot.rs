@@ -301,3 +301,27 @@ fn write_sample() {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, image).unwrap();
 }
+
+#[test]
+fn inspect_snapshot_reports_the_header_and_fails_on_a_damaged_file() {
+    let bin = env!("CARGO_BIN_EXE_microfunnel");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ok = std::process::Command::new(bin).current_dir(root).args(["inspect-snapshot", SAMPLE_V1]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!((v["checksums"].as_str(), v["digest_matches"].as_bool()), (Some("ok"), Some(true)));
+    assert_eq!(v["header"]["shard"], 3);
+    assert_eq!(v["header"]["positions"]["crm-events"], 567);
+    assert_eq!(v["prospects_decoded"], v["header"]["prospects"]);
+
+    let damaged = tempdir("inspect").join("damaged.snap");
+    let mut bytes = std::fs::read(root.join(SAMPLE_V1)).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0x20;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let bad = std::process::Command::new(bin).current_dir(root).arg("inspect-snapshot").arg(&damaged).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(v["checksums"], "failed");
+    assert!(v["error"].as_str().unwrap().contains("body checksum mismatch"), "{v}");
+}

@@ -1,4 +1,5 @@
 //! Command implementations (shell side: files, terminals, clocks).
 
 pub mod generate;
+pub mod inspect;
 pub mod tail;

@@ -35,6 +35,15 @@ impl Histogram {
         self.sum_secs += secs;
         self.count += 1;
     }
+
+    fn absorb(&mut self, other: &Histogram) {
+        let Histogram { buckets, sum_secs, count } = other;
+        for (a, b) in self.buckets.iter_mut().zip(buckets) {
+            *a += b;
+        }
+        self.sum_secs += sum_secs;
+        self.count += count;
+    }
 }
 
 /// Funnel counters of one engine (one shard). Summing shards' counters gives the whole funnel.
@@ -72,6 +81,37 @@ impl Funnel {
             signal_outcomes: vec![[0; 2]; journey.signals.len()],
             outcomes: [0; 2],
         }
+    }
+
+    /// Adds another engine's counters (same journey) to these: the funnel of both shards.
+    pub fn absorb(&mut self, other: &Funnel) {
+        // Destructured so that a new counter cannot be forgotten here.
+        let Funnel {
+            stages,
+            in_stage,
+            reached,
+            transitions,
+            ghosted,
+            stalled,
+            terminated_from,
+            time_in_stage,
+            signal_outcomes,
+            outcomes,
+        } = other;
+        debug_assert_eq!(self.stages, *stages, "funnels of one journey");
+        add(&mut self.in_stage, in_stage);
+        add(&mut self.reached, reached);
+        add(&mut self.transitions, transitions);
+        add(&mut self.ghosted, ghosted);
+        add(&mut self.stalled, stalled);
+        add(&mut self.terminated_from, terminated_from);
+        for (h, o) in self.time_in_stage.iter_mut().zip(time_in_stage) {
+            h.absorb(o);
+        }
+        for (a, b) in self.signal_outcomes.iter_mut().zip(signal_outcomes) {
+            add(a, b);
+        }
+        add(&mut self.outcomes, outcomes);
     }
 
     pub(crate) fn transition(&mut self, journey: &Journey, from: Option<StageId>, to: StageId, time_in_from: Span) {
@@ -179,6 +219,12 @@ impl Funnel {
             signals,
             time_buckets_secs: TIME_BUCKETS_SECS.to_vec(),
         }
+    }
+}
+
+fn add(into: &mut [u64], from: &[u64]) {
+    for (a, b) in into.iter_mut().zip(from) {
+        *a += b;
     }
 }
 

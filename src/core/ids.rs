@@ -1,5 +1,6 @@
-//! Identifiers: a stable hash (snapshots and alert ids depend on it never changing), and the
-//! prospect-id interner that keeps every id once, in one arena, behind a 4-byte index.
+//! Identifiers: a stable hash (snapshots and alert ids depend on it never changing), the
+//! prospect-id interner that keeps every id once, in one arena, behind a 4-byte index, and
+//! Kafka's keyed partitioner (which shard a prospect belongs to).
 
 use hashbrown::HashTable;
 
@@ -114,6 +115,48 @@ impl Interner {
     }
 }
 
+/// Kafka's `Utils.murmur2` (MurmurHash2, seed `0x9747b28c`), the hash of the Java client's
+/// default partitioner and of librdkafka's `murmur2` / `murmur2_random` partitioners.
+pub fn murmur2(key: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = 0x9747_b28c_u32 ^ key.len() as u32;
+    let mut chunks = key.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() == 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if let Some(&b) = tail.first() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Kafka producers put a record with this key in: the Java client's default
+/// partitioner, and librdkafka's `murmur2_random` for non-empty keys (both place a record without
+/// a key elsewhere). Input topics are keyed by prospect id, so this is the shard a prospect's
+/// state lives in.
+///
+/// # Panics
+/// If `partitions` is 0.
+pub fn kafka_partition(key: &[u8], partitions: u32) -> u32 {
+    (murmur2(key) as u32 & 0x7fff_ffff) % partitions
+}
+
 /// Deterministic alert id: 16 hex digits from prospect, rule and triggering event.
 pub fn alert_id(prospect: &str, rule: &str, event_id: &str) -> String {
     let mut buf = Vec::with_capacity(prospect.len() + rule.len() + event_id.len() + 2);
@@ -155,5 +198,36 @@ mod tests {
         }
         assert_eq!(i.find("nobody"), None);
         assert_eq!(i.len(), 10_000);
+    }
+
+    #[test]
+    fn murmur2_matches_kafkas_reference_values() {
+        // Kafka's UtilsTest.testMurmur2 (Java `int`, so signed).
+        assert_eq!(murmur2(b"21"), -973_932_308);
+        assert_eq!(murmur2(b"foobar"), -790_332_482);
+        assert_eq!(murmur2(b"a-little-bit-long-string"), -985_981_536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string"), -1_486_304_829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"), -58_897_971);
+        assert_eq!(murmur2(b"abc"), 479_470_107);
+    }
+
+    #[test]
+    fn kafka_partition_is_the_positive_hash_modulo_the_partition_count() {
+        // -973932308 = 0xc5f2_f8ec; & 0x7fffffff = 1173551340 = 4 x 293387835.
+        assert_eq!(kafka_partition(b"21", 4), 0);
+        assert_eq!(kafka_partition(b"21", 7), 1_173_551_340 % 7);
+        // Positive hashes are used as they are.
+        assert_eq!(kafka_partition(b"abc", 10), 7);
+        assert_eq!(kafka_partition(b"abc", 3), 479_470_107 % 3);
+        // -790332482 & 0x7fffffff = 1357151166.
+        assert_eq!(kafka_partition(b"foobar", 12), 1_357_151_166 % 12);
+        for key in [&b""[..], b"21", b"foobar", b"usr_8812", b"3b1f6c2e-9d0a-4f5e-8a77-2c1d9e4b5a60"] {
+            assert_eq!(kafka_partition(key, 1), 0);
+            for n in [2, 3, 4, 16, 1000, u32::MAX] {
+                let p = kafka_partition(key, n);
+                assert!(p < n);
+                assert_eq!(p, (murmur2(key) & 0x7fff_ffff) as u32 % n);
+            }
+        }
     }
 }

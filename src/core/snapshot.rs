@@ -52,7 +52,7 @@ pub fn journey_fingerprint(journey: &Journey) -> u64 {
         buf.push(0);
         buf.push(s.tracked_slot.map_or(0xff, |t| t));
     }
-    ids::hash64(ids::SEED_DIGEST ^ 0x5348_4150_45, &buf)
+    ids::hash64(ids::SEED_DIGEST ^ 0x0053_4841_5045, &buf)
 }
 
 /// Appends little-endian values to a buffer.

@@ -315,7 +315,15 @@ fn read_changelog(
         (false, true) => "changelog",
         (false, false) => "none",
     };
-    tracing::info!(shard, source, checkpoints = metas, records, seq, unfinished = tombstones.len() + rewrite.len(), "changelog read");
+    tracing::info!(
+        shard,
+        source,
+        checkpoints = metas,
+        records,
+        seq,
+        unfinished = tombstones.len() + rewrite.len(),
+        "changelog read"
+    );
     Ok(Restored { engine, positions, seq, source, tombstones, rewrite })
 }
 

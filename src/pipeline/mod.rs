@@ -28,10 +28,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use prometheus::{Histogram, IntCounter};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::types::RDKafkaRespErr;
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::Producer;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::codec::{self, Limits};
@@ -429,7 +429,8 @@ impl State {
                 shard.checkpointed = positions.clone();
             }
             if self.writer.is_none() {
-                let positions = topics.iter().zip(&positions).filter(|(_, n)| **n >= 0).map(|(t, n)| (t.clone(), *n)).collect();
+                let positions =
+                    topics.iter().zip(&positions).filter(|(_, n)| **n >= 0).map(|(t, n)| (t.clone(), *n)).collect();
                 self.status.update(p, |s| {
                     s.checkpoint = Some(CheckpointStatus {
                         seq: s.checkpoint.as_ref().map_or(1, |c| c.seq + 1),
@@ -455,8 +456,11 @@ impl State {
         let topics = self.settings.kafka.input_topics.clone();
         let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let (mut restored, mut resumed) = (Vec::new(), Vec::new());
-        let fresh: Vec<i32> =
-            partitions.iter().copied().filter(|p| !self.shards.contains_key(p) && !self.parked.contains_key(p)).collect();
+        let fresh: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.shards.contains_key(p) && !self.parked.contains_key(p))
+            .collect();
         self.metrics.restoring.set(fresh.len() as i64);
         for p in &partitions {
             if self.shards.contains_key(p) {
@@ -510,7 +514,8 @@ impl State {
         self.parked.clear();
         // Each partition continues where its state ends; no state = from the beginning (replay),
         // unless nothing is persisted at all (then the group's committed offsets, state empty).
-        let elements: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let elements: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
         for (t, p) in elements {
             let i = topics.iter().position(|x| *x == t).unwrap_or(0);
             let pos = self.shards.get(&p).map_or(-1, |s| s.positions[i]);

@@ -272,7 +272,7 @@ impl SnapshotStore for FileStore {
         };
         let mut files: Vec<(u64, PathBuf)> =
             entries.filter_map(|e| e.ok()).map(|e| e.path()).filter_map(|p| Some((seq_of(&p)?, p))).collect();
-        files.sort_by(|a, b| b.0.cmp(&a.0));
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
         Ok(files.into_iter().map(|(_, p)| p).collect())
     }
 }

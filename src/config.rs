@@ -89,6 +89,11 @@ pub struct Kafka {
     pub replication: i32,
     #[serde(default = "default_session_timeout")]
     pub session_timeout_ms: u32,
+    /// Start a resumed partition this many offsets before its state's position and skip what the
+    /// state covers. 0 for Apache Kafka and Redpanda; brokers that answer a fetch from inside a
+    /// record batch with the next batch (Tansu 0.6) need at least the producers' batch size.
+    #[serde(default)]
+    pub resume_rewind: u32,
     /// librdkafka settings passed through as they are (`security.protocol`, `sasl.username`,
     /// `ssl.ca.location`, ...). From the environment, write `_` for `.`.
     #[serde(default)]

@@ -88,6 +88,26 @@ impl Engine {
         }
     }
 
+    /// Copies this engine's state into `dst`, reusing `dst`'s allocations (a checkpoint keeps
+    /// one spare engine per shard, so capturing 1M prospects is a memory copy without page
+    /// faults). Pending timers are not copied: a capture is for encoding and digests, and
+    /// [`Engine::decode_state`] re-arms timers from the prospects.
+    pub fn capture_into(&self, dst: &mut Engine) {
+        dst.journey = Arc::clone(&self.journey);
+        dst.ids.clone_from(&self.ids);
+        dst.prospects.clone_from(&self.prospects);
+        dst.stage_times.clone_from(&self.stage_times);
+        dst.counts.clone_from(&self.counts);
+        dst.marks.clone_from(&self.marks);
+        dst.emails.clone_from(&self.emails);
+        dst.timers.clear();
+        dst.watermark = self.watermark;
+        dst.max_event_ts = self.max_event_ts;
+        dst.funnel.clone_from(&self.funnel);
+        dst.stats.clone_from(&self.stats);
+        dst.changed.clear();
+    }
+
     /// Marks a prospect as changed, so the next checkpoint writes it to the changelog.
     pub fn mark_changed(&mut self, ix: u32) {
         let w = ix as usize / 64;

@@ -50,11 +50,24 @@ pub fn event_fingerprint(event_id: &str) -> u64 {
 
 /// Interns prospect ids: the bytes of all ids in one arena, end offsets in a `Vec<u32>`, and a
 /// hash table of indexes. About `len + 4 + ~5` bytes per id, no allocation per id.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Interner {
     arena: Vec<u8>,
     ends: Vec<u32>,
     table: HashTable<u32>,
+}
+
+impl Clone for Interner {
+    fn clone(&self) -> Interner {
+        Interner { arena: self.arena.clone(), ends: self.ends.clone(), table: self.table.clone() }
+    }
+
+    /// Reuses `self`'s allocations (checkpoint captures).
+    fn clone_from(&mut self, source: &Interner) {
+        self.arena.clone_from(&source.arena);
+        self.ends.clone_from(&source.ends);
+        self.table.clone_from(&source.table);
+    }
 }
 
 /// The interner is full: the arena holds at most 4 GiB of id bytes (about 100 million ids).

@@ -30,6 +30,7 @@ use crate::telemetry::Metrics;
 pub const META_KEY: &[u8] = b"\0microfunnel.checkpoint";
 
 /// Writes `engine`'s changed prospects, the tombstones owed, then the checkpoint record.
+#[allow(clippy::too_many_arguments)]
 pub fn write_changelog(
     producer: &OutputProducer,
     topic: &str,
@@ -74,6 +75,8 @@ pub struct Job {
 
 /// A written (or failed) snapshot.
 pub struct Done {
+    /// The captured engine, returned to be reused by the next capture.
+    pub spare: Engine,
     pub shard: i32,
     pub seq: u64,
     pub result: Result<Header, SnapshotError>,
@@ -97,8 +100,8 @@ impl Writer {
                 let started = Instant::now();
                 let (shard, seq) = (job.what.shard, job.what.seq);
                 let result = store.save(job.what, &job.engine);
-                drop(job.engine);
-                if tx.send(Done { shard, seq, result, secs: started.elapsed().as_secs_f64() }).is_err() {
+                let done = Done { spare: job.engine, shard, seq, result, secs: started.elapsed().as_secs_f64() };
+                if tx.send(done).is_err() {
                     break;
                 }
             }
@@ -146,7 +149,7 @@ pub struct RestoreEnv<'a> {
 /// Loads the newest valid snapshot, tops it up from the changelog, or rebuilds from the
 /// changelog alone; with neither, the shard starts empty and replays its inputs.
 pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
-    let mut base: Option<(Engine, BTreeMap<String, i64>, u64, Option<i64>)> = None;
+    let mut base: Base = None;
     if let Some(store) = env.store {
         let (latest, rejected) = store.latest(shard);
         for e in &rejected {
@@ -159,7 +162,7 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
                     env.metrics.restore_bytes.with_label_values(&["snapshot"]).inc_by(c.body.len() as u64);
                     tracing::info!(shard, seq = c.header.seq, prospects = engine.len(), file = %c.path.display(), "snapshot loaded");
                     let from = c.header.changelog.as_ref().filter(|p| Some(p.topic.as_str()) == env.changelog);
-                    base = Some((engine, c.header.positions.clone(), c.header.seq, from.map(|p| p.next)));
+                    base = Some(Box::new((engine, c.header.positions.clone(), c.header.seq, from.map(|p| p.next))));
                 }
                 Err(e) => tracing::error!(shard, error = %e, "snapshot unusable"),
             }
@@ -168,7 +171,7 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
     let had_snapshot = base.is_some();
     if let Some(topic) = env.changelog {
         // A snapshot written with the changelog off has no position: it is used as it is.
-        let from = match &base {
+        let from = match base.as_deref() {
             None => Some(Offset::Beginning),
             Some((_, _, _, Some(next))) => Some(Offset::Offset(*next)),
             Some((_, _, _, None)) => None,
@@ -176,14 +179,15 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
         if let Some(from) = from {
             match read_changelog(shard, topic, from, base.take(), env) {
                 Ok(r) => return r,
-                Err((e, back)) => {
+                Err(failed) => {
+                    let (e, back) = *failed;
                     tracing::error!(shard, error = %e, "changelog unreadable; using the local snapshot or replaying");
                     base = back;
                 }
             }
         }
     }
-    match base {
+    match base.map(|b| *b) {
         Some((engine, positions, seq, _)) => {
             Restored { engine, positions, seq, source: "snapshot", tombstones: Vec::new(), rewrite: Vec::new() }
         }
@@ -203,7 +207,8 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
     }
 }
 
-type Base = Option<(Engine, BTreeMap<String, i64>, u64, Option<i64>)>;
+/// A loaded snapshot: engine, input positions, sequence, changelog position.
+type Base = Option<Box<(Engine, BTreeMap<String, i64>, u64, Option<i64>)>>;
 
 fn read_changelog(
     shard: i32,
@@ -211,27 +216,33 @@ fn read_changelog(
     from: Offset,
     base: Base,
     env: &RestoreEnv<'_>,
-) -> Result<Restored, (KafkaError, Base)> {
+) -> Result<Restored, Box<(KafkaError, Base)>> {
     let k = &env.settings.kafka;
-    let consumer: BaseConsumer = match kafka::base_config(k)
+    let consumer: BaseConsumer<QuietEof> = match kafka::base_config(k)
         .set("group.id", format!("{}-restore", k.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        .create()
+        .create_with_context(QuietEof)
     {
         Ok(c) => c,
-        Err(e) => return Err((e, base)),
+        Err(e) => return Err(Box::new((e, base))),
     };
     let mut tpl = TopicPartitionList::new();
     if let Err(e) = tpl.add_partition_offset(topic, shard, from) {
-        return Err((e, base));
+        return Err(Box::new((e, base)));
     }
     if let Err(e) = consumer.assign(&tpl) {
-        return Err((e, base));
+        return Err(Box::new((e, base)));
     }
     let had_base = base.is_some();
-    let (mut engine, mut positions, mut seq) = match base {
+    // Nothing to read (the common case for a new deployment or an up-to-date snapshot): skip
+    // the polling. The end is the broker's high watermark, as everywhere in Kafka.
+    let empty = match consumer.fetch_watermarks(topic, shard, Duration::from_secs(10)) {
+        Ok((low, high)) => high <= low || matches!(from, Offset::Offset(o) if o >= high),
+        Err(e) => return Err(Box::new((e, base))),
+    };
+    let (mut engine, mut positions, mut seq) = match base.map(|b| *b) {
         Some((e, p, s, _)) => (e, p, s),
         None => (Engine::new(Arc::clone(env.journey)), BTreeMap::new(), 0),
     };
@@ -239,10 +250,13 @@ fn read_changelog(
     let (mut records, mut bytes, mut metas) = (0u64, 0u64, 0u64);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        if Instant::now() > deadline {
-            return Err((KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut), None));
+        if empty {
+            break;
         }
-        let msg = match consumer.poll(Duration::from_millis(500)) {
+        if Instant::now() > deadline {
+            return Err(Box::new((KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut), None)));
+        }
+        let msg = match consumer.poll(Duration::from_millis(100)) {
             None => continue,
             Some(Err(KafkaError::PartitionEOF(_))) => break,
             Some(Err(e)) => {
@@ -326,6 +340,22 @@ fn read_changelog(
     );
     Ok(Restored { engine, positions, seq, source, tombstones, rewrite })
 }
+
+/// The restore reader's client context: reaching the end of the partition is how a restore
+/// knows it is done, not an error worth a log line.
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_))
+            && error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            tracing::error!(error = %error, reason, "changelog reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
 
 /// Where the changelog stands after `shard`'s last acknowledged record.
 pub fn changelog_position(producer: &OutputProducer, topic: &str, shard: i32) -> Option<ChangelogPosition> {

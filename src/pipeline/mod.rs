@@ -12,6 +12,7 @@
 //! 3. capture the engine (a copy) and hand it to the snapshot writer thread, which encodes,
 //!    writes, fsyncs and renames the file;
 //! 4. only when every snapshot of the checkpoint is durable, commit the input offsets it covers.
+//!
 //! An output the broker refused, or a snapshot that could not be written, stops the commit.
 //! Assigning a shard restores its state (snapshot, topped up from the changelog) and seeks its
 //! inputs to exactly the offsets that state covers.
@@ -139,6 +140,9 @@ struct State {
     /// so if the next assignment gives the partition back (eager rebalancing revokes everything)
     /// they resume instead of starting empty. Dropped when the partition goes elsewhere.
     parked: BTreeMap<i32, Shard>,
+    parked_status: BTreeMap<i32, ShardStatus>,
+    /// Per shard, the engine of its last capture, reused by the next one.
+    spares: BTreeMap<i32, Engine>,
     ready: Arc<AtomicBool>,
     hot: HotMetrics,
     store: Option<Arc<FileStore>>,
@@ -219,6 +223,19 @@ impl State {
         // Every assigned partition has a shard (restored in `assign`); this is a safety net.
         let shard = shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics));
         shard.last_input = batch;
+        // The state already covers everything before its position: a message below it comes from
+        // a rewound start (kafka.resume_rewind) or a re-delivered batch, and is skipped.
+        if msg.offset() < shard.positions[topic] {
+            return;
+        }
+        if shard.positions[topic] >= 0 && msg.offset() > shard.positions[topic] {
+            tracing::debug!(
+                partition = p,
+                expected = shard.positions[topic],
+                got = msg.offset(),
+                "input offsets skip ahead"
+            );
+        }
         shard.positions[topic] = msg.offset() + 1;
         let payload = msg.payload().unwrap_or_default();
         match codec::decode(payload, journey, limits) {
@@ -344,7 +361,9 @@ impl State {
                     positions,
                     changelog,
                 };
-                if w.submit(Job { engine: shard.engine.clone(), what }) {
+                let mut engine = self.spares.remove(&p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
+                shard.engine.capture_into(&mut engine);
+                if w.submit(Job { engine, what }) {
                     flight.waiting.insert(p);
                 } else {
                     flight.failed = true;
@@ -386,6 +405,9 @@ impl State {
                 }
             };
             flight.waiting.remove(&done.shard);
+            if self.shards.contains_key(&done.shard) {
+                self.spares.insert(done.shard, done.spare);
+            }
             match done.result {
                 Ok(header) => {
                     let bytes = header.body_len as i64;
@@ -468,6 +490,9 @@ impl State {
             }
             if let Some(shard) = self.parked.remove(p) {
                 resumed.push(*p);
+                if let Some(st) = self.parked_status.remove(p) {
+                    self.status.set(*p, st);
+                }
                 self.shards.insert(*p, shard);
                 continue;
             }
@@ -495,7 +520,17 @@ impl State {
                     }
                 }
                 restored.push((*p, r.source, shard.engine.len()));
-                self.status.update(*p, |s| s.restored_from = r.source);
+                let restored_checkpoint = (r.source != "none").then(|| CheckpointStatus {
+                    seq: r.seq,
+                    positions: r.positions.clone(),
+                    digest: Some(format!("{:016x}", shard.engine.digest())),
+                    prospects: shard.engine.len() as u64,
+                    snapshot_seconds: 0.0,
+                });
+                self.status.update(*p, |s| {
+                    s.restored_from = r.source;
+                    s.checkpoint = restored_checkpoint;
+                });
                 shard
             } else {
                 Shard::new(Engine::new(Arc::clone(&self.journey)), topics.len())
@@ -512,6 +547,8 @@ impl State {
             self.shards.insert(*p, shard);
         }
         self.parked.clear();
+        self.parked_status.clear();
+        self.spares.retain(|p, _| partitions.contains(p));
         // Each partition continues where its state ends; no state = from the beginning (replay),
         // unless nothing is persisted at all (then the group's committed offsets, state empty).
         let elements: Vec<(String, i32)> =
@@ -520,7 +557,7 @@ impl State {
             let i = topics.iter().position(|x| *x == t).unwrap_or(0);
             let pos = self.shards.get(&p).map_or(-1, |s| s.positions[i]);
             let offset = match (pos, self.settings.checkpoint.persists()) {
-                (n, _) if n >= 0 => Offset::Offset(n),
+                (n, _) if n >= 0 => Offset::Offset((n - self.settings.kafka.resume_rewind as i64).max(0)),
                 (_, true) => Offset::Beginning,
                 (_, false) => Offset::Stored,
             };
@@ -548,12 +585,15 @@ impl State {
         };
         let revoked: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         for p in &revoked {
+            let status = self.status.remove(*p);
             if let Some(shard) = self.shards.remove(p)
                 && checkpointed
             {
                 self.parked.insert(*p, shard);
+                if let Some(st) = status {
+                    self.parked_status.insert(*p, st);
+                }
             }
-            self.status.remove(*p);
         }
         self.metrics.shards.set(self.shards.len() as i64);
         tracing::info!(partitions = ?revoked, "shards revoked");
@@ -642,6 +682,8 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         metrics: h.metrics.clone(),
         shards: BTreeMap::new(),
         parked: BTreeMap::new(),
+        parked_status: BTreeMap::new(),
+        spares: BTreeMap::new(),
         ready: Arc::clone(&h.ready),
         store,
         writer,

@@ -62,8 +62,8 @@ impl Status {
         }
     }
 
-    pub fn remove(&self, partition: i32) {
-        self.map().remove(&partition);
+    pub fn remove(&self, partition: i32) -> Option<ShardStatus> {
+        self.map().remove(&partition)
     }
 
     pub fn snapshot(&self) -> Vec<ShardStatus> {

@@ -245,6 +245,14 @@ impl SnapshotStore for FileStore {
         for old in self.list(what.shard)?.into_iter().skip(self.keep) {
             let _ = fs::remove_file(old);
         }
+        // Temp files of writes a crash interrupted.
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.filter_map(Result::ok) {
+                if e.path().to_string_lossy().ends_with(".snap.tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         Ok(header)
     }
 

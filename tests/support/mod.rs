@@ -174,6 +174,7 @@ pub fn settings(test: &str) -> Settings {
         var("PIPELINE__FUNNEL_INTERVAL_MS", "300".into()),
         var("PIPELINE__SHUTDOWN_TIMEOUT_MS", "10000".into()),
         var("CHECKPOINT__DIR", state_dir(&id).display().to_string()),
+        var("KAFKA__RESUME_REWIND", "10000".into()),
     ];
     let s = Settings::load(None, vars).unwrap_or_else(|e| panic!("test settings: {e}"));
     assert_eq!(s.kafka.input_topics.len(), 2, "{:?}", s.kafka.input_topics);

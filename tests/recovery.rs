@@ -23,6 +23,14 @@ use serde_json::Value;
 use support::*;
 
 const PARTITIONS: i32 = 4;
+
+/// The fault tests run one at a time: each drives several service processes and a paced
+/// producer, and on 2 cores running them together only makes each slower.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 const PROSPECTS: &str = "24000";
 /// How long a whole run may take (debug build, rebalances after kills included).
 const FINISH: Duration = Duration::from_secs(300);
@@ -285,6 +293,7 @@ fn log_count(log: &Path, needle: &str) -> usize {
 
 #[test]
 fn an_uninterrupted_run_equals_the_oracle() {
+    let _serial = serial();
     let s = setup_one_topic("baseline");
     let seed = 55;
     let (file, total) = generate(seed);
@@ -302,6 +311,7 @@ fn an_uninterrupted_run_equals_the_oracle() {
 
 #[test]
 fn kill_9_anywhere_loses_nothing() {
+    let _serial = serial();
     let s = setup_one_topic("kill9");
     let seed = 101;
     let (file, total) = generate(seed);
@@ -377,6 +387,7 @@ fn kill_9_anywhere_loses_nothing() {
 
 #[test]
 fn graceful_restarts_give_the_same_state_and_no_duplicate_alert() {
+    let _serial = serial();
     let s = setup_one_topic("graceful");
     let seed = 202;
     let (file, total) = generate(seed);
@@ -412,6 +423,7 @@ fn graceful_restarts_give_the_same_state_and_no_duplicate_alert() {
 
 #[test]
 fn a_stopped_instances_shards_restore_on_the_other_from_the_changelog() {
+    let _serial = serial();
     let s = setup_one_topic("handover");
     let seed = 303;
     let (file, total) = generate(seed);
@@ -453,6 +465,7 @@ fn a_stopped_instances_shards_restore_on_the_other_from_the_changelog() {
 
 #[test]
 fn damaged_or_missing_snapshots_are_detected_and_recovery_reaches_the_same_state() {
+    let _serial = serial();
     let s = setup_one_topic("corrupt");
     let seed = 404;
     let (file, total) = generate(seed);

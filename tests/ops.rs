@@ -4,7 +4,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,12 +11,6 @@ use microfunnel::codec::{self, Limits};
 use microfunnel::core::Source;
 use microfunnel::core::ids::kafka_partition;
 use support::*;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_microfunnel"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c
-}
 
 #[test]
 fn gen_to_kafka_sends_what_gen_writes_keyed_and_partitioned_like_java_producers() {
@@ -72,10 +65,6 @@ impl Drop for Prometheus {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// GET returning `None` while the server is not up yet (connection refused, non-200).

@@ -13,7 +13,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,16 +33,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 const PROSPECTS: &str = "24000";
 /// How long a whole run may take (debug build, rebalances after kills included).
 const FINISH: Duration = Duration::from_secs(300);
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_microfunnel"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// One test's topics: a single input topic (so a shard's input order is the file's order),
 /// output topics, a group.
@@ -110,6 +99,26 @@ fn oracle(file: &Path) -> Oracle {
     }
     assert!(alerts.len() > 100, "the stream raises alerts: {}", alerts.len());
     Oracle { digest: digest.expect("a total digest line"), alerts }
+}
+
+/// What every fault test starts from: its topics, the stream in the input topic's future
+/// (`feed` produces it), the oracle of that stream, a snapshot directory and a log file.
+struct Case {
+    s: Settings,
+    seed: u64,
+    total: usize,
+    oracle: Oracle,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+fn case(name: &str, seed: u64) -> Case {
+    let s = setup_one_topic(name);
+    let (file, total) = generate(seed);
+    let oracle = oracle(&file);
+    let state = state_dir(&unique(&format!("{name}-state")));
+    let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
+    Case { s, seed, total, oracle, state, log }
 }
 
 /// One service process.
@@ -294,12 +303,7 @@ fn log_count(log: &Path, needle: &str) -> usize {
 #[test]
 fn an_uninterrupted_run_equals_the_oracle() {
     let _serial = serial();
-    let s = setup_one_topic("baseline");
-    let seed = 55;
-    let (file, total) = generate(seed);
-    let oracle = oracle(&file);
-    let state = state_dir(&unique("baseline-state"));
-    let log = std::env::temp_dir().join(format!("{}.log", unique("baseline")));
+    let Case { s, seed, total, oracle, state, log } = case("baseline", 55);
     let mut feeder = feed(&s, seed, 0);
     let inst = Instance::start(&s, &state, &log, true);
     assert!(feeder.wait().unwrap().success());
@@ -312,12 +316,7 @@ fn an_uninterrupted_run_equals_the_oracle() {
 #[test]
 fn kill_9_anywhere_loses_nothing() {
     let _serial = serial();
-    let s = setup_one_topic("kill9");
-    let seed = 101;
-    let (file, total) = generate(seed);
-    let oracle = oracle(&file);
-    let state = state_dir(&unique("kill9-state"));
-    let log = std::env::temp_dir().join(format!("{}.log", unique("kill9")));
+    let Case { s, seed, total, oracle, state, log } = case("kill9", 101);
     let mut feeder = feed(&s, seed, 20_000);
 
     // A fixed pseudo-random schedule: some kills land during start-up (group join, restore),
@@ -388,12 +387,7 @@ fn kill_9_anywhere_loses_nothing() {
 #[test]
 fn graceful_restarts_give_the_same_state_and_no_duplicate_alert() {
     let _serial = serial();
-    let s = setup_one_topic("graceful");
-    let seed = 202;
-    let (file, total) = generate(seed);
-    let oracle = oracle(&file);
-    let state = state_dir(&unique("graceful-state"));
-    let log = std::env::temp_dir().join(format!("{}.log", unique("graceful")));
+    let Case { s, seed, total, oracle, state, log } = case("graceful", 202);
     let mut feeder = feed(&s, seed, 25_000);
     let mut covered = Vec::new();
     for _ in 0..4 {
@@ -424,12 +418,8 @@ fn graceful_restarts_give_the_same_state_and_no_duplicate_alert() {
 #[test]
 fn a_stopped_instances_shards_restore_on_the_other_from_the_changelog() {
     let _serial = serial();
-    let s = setup_one_topic("handover");
-    let seed = 303;
-    let (file, total) = generate(seed);
-    let oracle = oracle(&file);
-    let (state_a, state_b) = (state_dir(&unique("handover-a")), state_dir(&unique("handover-b")));
-    let log = std::env::temp_dir().join(format!("{}.log", unique("handover")));
+    let Case { s, seed, total, oracle, state: state_a, log } = case("handover", 303);
+    let state_b = state_dir(&unique("handover-b"));
     let mut feeder = feed(&s, seed, 25_000);
     let mut a = Instance::start(&s, &state_a, &log, true);
     let b = Instance::start(&s, &state_b, &log, true);
@@ -466,12 +456,7 @@ fn a_stopped_instances_shards_restore_on_the_other_from_the_changelog() {
 #[test]
 fn damaged_or_missing_snapshots_are_detected_and_recovery_reaches_the_same_state() {
     let _serial = serial();
-    let s = setup_one_topic("corrupt");
-    let seed = 404;
-    let (file, total) = generate(seed);
-    let oracle = oracle(&file);
-    let state = state_dir(&unique("corrupt-state"));
-    let log = std::env::temp_dir().join(format!("{}.log", unique("corrupt")));
+    let Case { s, seed, total, oracle, state, log } = case("corrupt", 404);
     // Changelog off: recovery must come from the local files alone (and replay).
     let mut feeder = feed(&s, seed, 30_000);
     let mut first = Instance::start(&s, &state, &log, false);

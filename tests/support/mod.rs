@@ -54,7 +54,8 @@ fn tansu() -> PathBuf {
     on_path.or(in_cargo).unwrap_or_else(|| panic!("the Tansu broker is not installed: {install}"))
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     l.local_addr().expect("local address").port()
 }
@@ -139,6 +140,13 @@ fn try_create_topics(settings: &Settings, limit: Duration) -> Result<(), String>
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {limit:?}")),
     }
+}
+
+/// The `microfunnel` binary of this build, run from the project root.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_microfunnel"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
 }
 
 // ---- names and settings -----------------------------------------------------------------------

@@ -141,6 +141,51 @@ fn changed_prospect_records_top_up_an_older_state() {
 }
 
 #[test]
+fn incremental_captures_equal_full_copies() {
+    let lines = stream(600, 13);
+    let mut live = Engine::new(b2b());
+    let mut spare = Engine::new(b2b());
+    let chunks: Vec<&[Vec<u8>]> = lines.chunks(lines.len() / 5 + 1).collect();
+    let mut incremental = 0;
+    for (k, chunk) in chunks.iter().enumerate() {
+        feed(&mut live, chunk);
+        if k == 2 {
+            // Timers fire between captures too (ghosted/stalled change prospects).
+            let mut outs = Vec::new();
+            let t = live.max_event_time();
+            live.advance_to(microfunnel::core::Ts(t.0 + 30 * 86_400_000), &mut outs);
+            assert!(!outs.is_empty(), "the jump in time fires timers");
+        }
+        live.take_changed();
+        let before = spare.len();
+        if live.capture_into(&mut spare) {
+            incremental += 1;
+            assert!(before > 0, "the first capture is a full copy");
+        }
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        live.encode_state(&mut a);
+        spare.encode_state(&mut b);
+        assert_eq!(b, a, "capture {k} encodes exactly like the live engine");
+        assert_eq!(spare.digest(), live.digest());
+        for (ix, id) in live.iter_ids() {
+            assert_eq!(spare.find(id), Some(ix), "capture {k} finds {id}");
+        }
+    }
+    assert_eq!(incremental, chunks.len() - 1, "every capture after the first is incremental");
+
+    // A spare that was not the previous capture (another engine's, or a clone) is copied whole.
+    let mut other = Engine::new(b2b());
+    feed(&mut other, &lines[..50]);
+    assert!(!other.capture_into(&mut spare), "a foreign spare is copied whole");
+    let mut clone = live.clone();
+    let mut fresh = Engine::new(b2b());
+    live.capture_into(&mut fresh);
+    assert!(!clone.capture_into(&mut fresh), "a clone is not the engine the spare came from");
+    assert_eq!(fresh.digest(), live.digest());
+}
+
+#[test]
 fn state_from_another_journey_is_refused_by_name() {
     let mut a = Engine::new(b2b());
     feed(&mut a, &stream(20, 1));

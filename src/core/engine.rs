@@ -61,8 +61,34 @@ pub struct Engine {
     max_event_ts: Ts,
     funnel: Funnel,
     stats: Stats,
-    /// One bit per prospect: changed since the last [`Engine::take_changed`] (the changelog).
-    changed: Vec<u64>,
+    /// Two bits per prospect, per 64 prospects: `[0]` changed since the last
+    /// [`Engine::take_changed`] (the changelog), `[1]` changed since the last
+    /// [`Engine::capture_into`] (incremental captures).
+    changed: Vec<[u64; 2]>,
+    /// Which engine's state this is and how many captures it made, so that a capture can tell
+    /// whether its destination holds exactly the previous capture of this engine.
+    lineage: Lineage,
+    captures: u64,
+    /// In a capture: `(lineage, captures)` of the engine it is a copy of.
+    captured_from: Option<(u64, u64)>,
+}
+
+/// An engine's identity for incremental captures; a clone gets a new one (a clone that goes on
+/// applying events is not the engine a capture was taken from).
+#[derive(Debug)]
+struct Lineage(u64);
+
+impl Lineage {
+    fn new() -> Lineage {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Lineage(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Clone for Lineage {
+    fn clone(&self) -> Lineage {
+        Lineage::new()
+    }
 }
 
 fn stage_secs(ts: Ts) -> u32 {
@@ -85,43 +111,102 @@ impl Engine {
             max_event_ts: Ts::NONE,
             stats: Stats::default(),
             changed: Vec::new(),
+            lineage: Lineage::new(),
+            captures: 0,
+            captured_from: None,
         }
     }
 
-    /// Copies this engine's state into `dst`, reusing `dst`'s allocations (a checkpoint keeps
-    /// one spare engine per shard, so capturing 1M prospects is a memory copy without page
-    /// faults). Pending timers are not copied: a capture is for encoding and digests, and
-    /// [`Engine::decode_state`] re-arms timers from the prospects.
-    pub fn capture_into(&self, dst: &mut Engine) {
-        dst.journey = Arc::clone(&self.journey);
-        dst.ids.clone_from(&self.ids);
-        dst.prospects.clone_from(&self.prospects);
-        dst.stage_times.clone_from(&self.stage_times);
-        dst.counts.clone_from(&self.counts);
-        dst.marks.clone_from(&self.marks);
-        dst.emails.clone_from(&self.emails);
+    /// Copies this engine's state into `dst` for encoding (a checkpoint keeps one spare engine
+    /// per shard and hands it to the snapshot writer). Pending timers are not copied: a capture
+    /// is for encoding and digests, and [`Engine::decode_state`] re-arms timers from the
+    /// prospects.
+    ///
+    /// When `dst` holds this engine's previous capture (the spare came back from the writer
+    /// untouched), only the prospects changed or added since then are copied, so the pause on
+    /// the processing thread is proportional to the events since the last checkpoint, not to the
+    /// shard's size; otherwise everything is copied, reusing `dst`'s allocations.
+    /// Returns whether the copy was incremental.
+    pub fn capture_into(&mut self, dst: &mut Engine) -> bool {
+        let incremental = dst.captured_from == Some((self.lineage.0, self.captures))
+            && Arc::ptr_eq(&dst.journey, &self.journey)
+            && dst.len() <= self.len();
+        if incremental {
+            self.copy_changed_into(dst);
+        } else {
+            dst.journey = Arc::clone(&self.journey);
+            dst.ids.clone_from(&self.ids);
+            dst.prospects.clone_from(&self.prospects);
+            dst.stage_times.clone_from(&self.stage_times);
+            dst.counts.clone_from(&self.counts);
+            dst.marks.clone_from(&self.marks);
+            dst.emails.clone_from(&self.emails);
+        }
+        self.changed.iter_mut().for_each(|w| w[1] = 0);
         dst.timers.clear();
         dst.watermark = self.watermark;
         dst.max_event_ts = self.max_event_ts;
         dst.funnel.clone_from(&self.funnel);
         dst.stats.clone_from(&self.stats);
         dst.changed.clear();
+        self.captures += 1;
+        dst.captured_from = Some((self.lineage.0, self.captures));
+        incremental
     }
 
-    /// Marks a prospect as changed, so the next checkpoint writes it to the changelog.
+    /// The incremental part of [`Engine::capture_into`]: `dst` equals this engine as of its last
+    /// capture, plus the changes marked since.
+    fn copy_changed_into(&self, dst: &mut Engine) {
+        let j = &self.journey;
+        let (ns, ng, nt) = (j.stages.len(), j.signals.len(), j.tracked);
+        let old = dst.len();
+        dst.ids.extend_from(&self.ids);
+        dst.prospects.extend_from_slice(&self.prospects[old..]);
+        dst.stage_times.extend_from_slice(&self.stage_times[old * ns..]);
+        dst.counts.extend_from_slice(&self.counts[old * ng..]);
+        dst.marks.extend_from_slice(&self.marks[old * nt..]);
+        for (w, bits) in self.changed.iter().enumerate() {
+            let mut b = bits[1];
+            while b != 0 {
+                let i = w * 64 + b.trailing_zeros() as usize;
+                b &= b - 1;
+                if i < old {
+                    dst.prospects[i].clone_from(&self.prospects[i]);
+                    dst.stage_times[i * ns..(i + 1) * ns].copy_from_slice(&self.stage_times[i * ns..(i + 1) * ns]);
+                    dst.counts[i * ng..(i + 1) * ng].copy_from_slice(&self.counts[i * ng..(i + 1) * ng]);
+                    dst.marks[i * nt..(i + 1) * nt].copy_from_slice(&self.marks[i * nt..(i + 1) * nt]);
+                }
+                let ix = i as u32;
+                match self.emails.get(&ix) {
+                    Some(e) if dst.emails.get(&ix) != Some(e) => {
+                        dst.emails.insert(ix, e.clone());
+                    }
+                    Some(_) => {}
+                    None => {
+                        dst.emails.remove(&ix);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks a prospect as changed, so the next checkpoint writes it to the changelog (and the
+    /// next capture copies it).
     pub fn mark_changed(&mut self, ix: u32) {
         let w = ix as usize / 64;
         if w >= self.changed.len() {
-            self.changed.resize(w + 1, 0);
+            self.changed.resize(w + 1, [0; 2]);
         }
-        self.changed[w] |= 1 << (ix % 64);
+        let bit = 1 << (ix % 64);
+        self.changed[w][0] |= bit;
+        self.changed[w][1] |= bit;
     }
 
     /// The prospects whose state changed since the last call, in index order; clears the marks.
     pub fn take_changed(&mut self) -> Vec<ProspectIx> {
         let mut out = Vec::new();
         for (w, bits) in self.changed.iter_mut().enumerate() {
-            let mut b = std::mem::take(bits);
+            let mut b = std::mem::take(&mut bits[0]);
             while b != 0 {
                 out.push(ProspectIx((w * 64) as u32 + b.trailing_zeros()));
                 b &= b - 1;
@@ -132,7 +217,7 @@ impl Engine {
 
     /// Whether any prospect changed since the last [`Engine::take_changed`].
     pub fn has_changes(&self) -> bool {
-        self.changed.iter().any(|&b| b != 0)
+        self.changed.iter().any(|b| b[0] != 0)
     }
 
     pub(super) fn set_meta(&mut self, watermark: Ts, max_event_ts: Ts, stats: Stats, funnel: Funnel) {

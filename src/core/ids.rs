@@ -118,6 +118,20 @@ impl Interner {
         Ok((ProspectIx(ix), true))
     }
 
+    /// Appends the ids `source` has beyond this interner's, where this interner holds a prefix
+    /// of `source` (an earlier copy of it): incremental checkpoint captures.
+    pub fn extend_from(&mut self, source: &Interner) {
+        debug_assert!(self.len() <= source.len() && source.arena.starts_with(&self.arena));
+        let first = self.ends.len();
+        self.arena.extend_from_slice(&source.arena[self.arena.len()..]);
+        self.ends.extend_from_slice(&source.ends[first..]);
+        for i in first as u32..self.ends.len() as u32 {
+            let (arena, ends) = (&self.arena, &self.ends);
+            let h = hash64(SEED_TABLE, Self::bytes(arena, ends, i));
+            self.table.insert_unique(h, i, |&k| hash64(SEED_TABLE, Self::bytes(arena, ends, k)));
+        }
+    }
+
     /// Heap bytes held (for the per-prospect memory figure).
     pub fn heap_bytes(&self) -> usize {
         self.arena.capacity() + self.ends.capacity() * 4 + self.table.capacity() * 5

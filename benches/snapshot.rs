@@ -1,5 +1,8 @@
 //! Snapshot write and restore for large shards (1M and 10M prospects by default):
-//! - pause: the state capture on the processing thread (a copy of the engine); goal < 50 ms at 1M;
+//! - pause: the state capture on the processing thread; goal < 50 ms at 1M. Three figures:
+//!   the first capture into a fresh spare (page faults included), a full copy into a warm
+//!   spare, and the steady state: an incremental capture after `MICROFUNNEL_BENCH_CHANGED`
+//!   more events (default 100,000, i.e. a checkpoint every 100k events) on random prospects;
 //! - checkpoint: encode + write + fsync + rename on the writer thread; goal < 1 s at 1M;
 //! - restore: read + checksums + decode (interning every id again); goal < 2 s at 1M;
 //!
@@ -53,6 +56,27 @@ fn build(n: u64, journey: &Arc<Journey>) -> Engine {
     engine
 }
 
+/// Applies `MICROFUNNEL_BENCH_CHANGED` more events (default 100,000) to prospects spread over
+/// the whole shard: what happens between two checkpoints. Returns the number of events.
+fn touch(engine: &mut Engine, n: u64, journey: &Arc<Journey>) -> u64 {
+    let k: u64 = std::env::var("MICROFUNNEL_BENCH_CHANGED").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let limits = Limits::default();
+    let mut out = Vec::new();
+    // Right after the shard's latest event: the traffic goes on (timers due meanwhile fire).
+    let base = engine.max_event_time().0 + 1;
+    for e in 0..k {
+        let i = (e.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) % n;
+        let ts = microfunnel::core::Ts(base + e as i64).to_string();
+        let line = format!(
+            r#"{{"event_id":"t{e}","prospect_id":"usr_{i:012x}","source":"web","type":"content_downloaded","ts":"{ts}"}}"#
+        );
+        let ev = codec::decode(line.as_bytes(), journey, &limits).expect("bench events decode");
+        engine.apply(&ev, &mut out);
+        out.clear();
+    }
+    k
+}
+
 fn main() {
     let sizes: Vec<u64> = std::env::var("MICROFUNNEL_BENCH_SNAPSHOT")
         .unwrap_or_else(|_| "1000000,10000000".into())
@@ -72,9 +96,27 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
         let store = FileStore::new(&dir, "bench", 2);
 
+        let mut engine = engine;
+        let mut spare = Engine::new(Arc::clone(&journey));
         let t = Instant::now();
-        let captured = engine.clone();
+        engine.capture_into(&mut spare);
+        let pause_first = t.elapsed().as_secs_f64();
+        // A full copy into a warm spare: the capture of another engine (a clone) into it.
+        let mut other = engine.clone();
+        let t = Instant::now();
+        let inc = other.capture_into(&mut spare);
+        let pause_full = t.elapsed().as_secs_f64();
+        assert!(!inc, "a clone's capture is a full copy");
+        drop(other);
+        let mut spare = Engine::new(Arc::clone(&journey));
+        engine.capture_into(&mut spare);
+        let changed = touch(&mut engine, n, &journey);
+        engine.take_changed();
+        let t = Instant::now();
+        let inc = engine.capture_into(&mut spare);
         let pause = t.elapsed().as_secs_f64();
+        assert!(inc, "steady state captures are incremental");
+        let captured = spare;
 
         let what = Pending {
             group: "bench".into(),
@@ -84,9 +126,24 @@ fn main() {
             positions: BTreeMap::from([("events".to_string(), n as i64)]),
             changelog: None,
         };
+        // Phases of the checkpoint, timed apart (the save below does all of them again).
+        let t = Instant::now();
+        let mut body = Vec::new();
+        captured.encode_state(&mut body);
+        let encode = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let digest = captured.digest();
+        let digest_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let body_hash = microfunnel::core::ids::hash64(1, &body);
+        let hash_s = t.elapsed().as_secs_f64();
+        drop(body);
+
         let t = Instant::now();
         let header = store.save(what, &captured).expect("snapshot written");
         let checkpoint = t.elapsed().as_secs_f64();
+        assert_eq!(header.digest, format!("{digest:016x}"));
+        std::hint::black_box(body_hash);
         drop(captured);
         let path = store.list(0).expect("list")[0].clone();
         let bytes = std::fs::metadata(&path).expect("file").len();
@@ -108,6 +165,7 @@ fn main() {
 
         let t = Instant::now();
         let checked = snapshot::read(&path).expect("snapshot reads back");
+        let read_s = t.elapsed().as_secs_f64();
         let restored = checked.engine(Arc::clone(&journey)).expect("snapshot decodes");
         let restore = t.elapsed().as_secs_f64();
         assert_eq!(restored.len() as u64, n);
@@ -118,9 +176,16 @@ fn main() {
             "snapshot_bytes": bytes,
             "bytes_per_prospect": bytes as f64 / n as f64,
             "pause_s": pause,
+            "pause_events": changed,
+            "pause_first_capture_s": pause_first,
+            "pause_full_copy_s": pause_full,
             "checkpoint_s": checkpoint,
             "write_baseline_s": write_baseline,
+            "checkpoint_encode_s": encode,
+            "checkpoint_digest_s": digest_s,
+            "checkpoint_hash_s": hash_s,
             "restore_s": restore,
+            "restore_read_check_s": read_s,
             "read_baseline_s": read_baseline,
         });
         println!("{line}");

@@ -346,7 +346,8 @@ fn kill_9_anywhere_loses_nothing() {
     };
     while kills < 12 {
         let mut inst = Instance::start_as(&s, &next_group(), &state, &log, true);
-        let delay = Duration::from_millis(300 + rand() % 6_000);
+        // Every fourth kill aims at start-up (joining the group, restoring), the others anywhere.
+        let delay = Duration::from_millis(if kills % 4 == 1 { 50 + rand() % 300 } else { 300 + rand() % 6_000 });
         let until = Instant::now() + delay;
         // Kill as soon as a snapshot is being written, if one is seen before the delay is over.
         while Instant::now() < until && !(kills % 3 == 2 && snapshot_tmp_exists(&state)) {
@@ -422,6 +423,11 @@ fn a_stopped_instances_shards_restore_on_the_other_from_the_changelog() {
     let state_b = state_dir(&unique("handover-b"));
     let mut feeder = feed(&s, seed, 25_000);
     let mut a = Instance::start(&s, &state_a, &log, true);
+    // B joins only once A holds every shard, so B never held (nor snapshotted) the partitions
+    // A keeps: whatever B gets of them at the handover can only come from the changelog.
+    wait_until(Duration::from_secs(60), "A holds every shard", || {
+        a.ready() && a.shards().unwrap_or_default().len() == PARTITIONS as usize
+    });
     let b = Instance::start(&s, &state_b, &log, true);
     wait_until(Duration::from_secs(60), "both instances hold shards", || {
         let (na, nb) = (a.shards().unwrap_or_default().len(), b.shards().unwrap_or_default().len());

@@ -142,14 +142,15 @@ fn changed_prospect_records_top_up_an_older_state() {
 
 #[test]
 fn incremental_captures_equal_full_copies() {
-    let lines = stream(600, 13);
+    let lines = stream(2000, 13);
     let mut live = Engine::new(b2b());
     let mut spare = Engine::new(b2b());
-    let chunks: Vec<&[Vec<u8>]> = lines.chunks(lines.len() / 5 + 1).collect();
-    let mut incremental = 0;
+    // Checkpoints every 150 events: few prospects change between two captures.
+    let chunks: Vec<&[Vec<u8>]> = lines.chunks(150).collect();
+    let (mut incremental, mut full) = (0, 0);
     for (k, chunk) in chunks.iter().enumerate() {
         feed(&mut live, chunk);
-        if k == 2 {
+        if k == chunks.len() / 2 {
             // Timers fire between captures too (ghosted/stalled change prospects).
             let mut outs = Vec::new();
             let t = live.max_event_time();
@@ -161,6 +162,8 @@ fn incremental_captures_equal_full_copies() {
         if live.capture_into(&mut spare) {
             incremental += 1;
             assert!(before > 0, "the first capture is a full copy");
+        } else {
+            full += 1;
         }
         let mut a = Vec::new();
         let mut b = Vec::new();
@@ -172,7 +175,9 @@ fn incremental_captures_equal_full_copies() {
             assert_eq!(spare.find(id), Some(ix), "capture {k} finds {id}");
         }
     }
-    assert_eq!(incremental, chunks.len() - 1, "every capture after the first is incremental");
+    // Full copies: the first one, and when more than one prospect in 8 changed (the jump).
+    assert!(incremental * 10 >= chunks.len() * 8, "{incremental} incremental, {full} full captures");
+    assert!(full >= 2, "{incremental} incremental, {full} full captures");
 
     // A spare that was not the previous capture (another engine's, or a clone) is copied whole.
     let mut other = Engine::new(b2b());
@@ -308,25 +313,64 @@ fn a_write_that_cannot_happen_is_an_error_and_leaves_the_old_files() {
 
 const SAMPLE_V1: &str = "tests/fixtures/snapshots/v1-b2b-shard3.snap";
 
-/// Every snapshot format version this build can read has a checked-in sample that must keep
+/// Every snapshot state version this build can read has a checked-in sample that must keep
 /// loading: an upgrade never strands the state a previous release wrote.
 #[test]
-fn the_checked_in_sample_of_format_version_1_loads() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(SAMPLE_V1);
-    let checked = snapshot::read(&path).unwrap();
-    let h = &checked.header;
-    assert_eq!((h.format_version, h.state_version, h.shard, h.seq), (1, 1, 3, 7));
-    assert_eq!(h.positions["web-events"], 1234);
-    let engine = checked.engine(b2b()).unwrap();
-    assert_eq!(format!("{:016x}", engine.digest()), h.digest);
-    assert_eq!(engine.len() as u64, h.prospects);
-    // The same stream today gives the same state as the one written then.
-    let mut now = Engine::new(b2b());
-    feed(&mut now, &stream(60, 2024));
-    assert_eq!(now.digest(), engine.digest(), "state layout v1 still decodes to the same state");
+fn the_checked_in_sample_of_every_state_version_loads() {
+    for version in microfunnel::core::snapshot::STATE_VERSIONS {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(sample(version));
+        let checked = snapshot::read(&path).unwrap_or_else(|e| panic!("sample of version {version}: {e}"));
+        let h = &checked.header;
+        assert_eq!((h.format_version, h.state_version, h.shard, h.seq), (1, version, 3, 7));
+        assert_eq!(h.positions["web-events"], 1234);
+        let engine = checked.engine(b2b()).unwrap();
+        assert_eq!(format!("{:016x}", engine.digest()), h.digest);
+        assert_eq!(engine.len() as u64, h.prospects);
+        // The same stream today gives the same state as the one written then.
+        let mut now = Engine::new(b2b());
+        feed(&mut now, &stream(60, 2024));
+        assert_eq!(now.digest(), engine.digest(), "state version {version} still decodes to the same state");
+    }
 }
 
-/// Writes the sample above; run once per new format version:
+/// Both layouts hold the same state, and the current one is the smaller.
+#[test]
+fn state_versions_1_and_2_hold_the_same_state() {
+    let mut a = Engine::new(b2b());
+    feed(&mut a, &stream(400, 17));
+    let (mut v1, mut v2) = (Vec::new(), Vec::new());
+    a.encode_state_v1(&mut v1);
+    a.encode_state(&mut v2);
+    let (b1, b2) = (Engine::decode_state(b2b(), &v1).unwrap(), Engine::decode_state(b2b(), &v2).unwrap());
+    assert_eq!(b1.digest(), a.digest());
+    assert_eq!(b2.digest(), a.digest());
+    let mut again = Vec::new();
+    b1.encode_state(&mut again);
+    assert_eq!(again, v2, "a version-1 state re-encodes to the same version-2 bytes");
+    assert!(v2.len() * 10 < v1.len() * 7, "layout 2 is compact: {} vs {} bytes", v2.len(), v1.len());
+}
+
+/// A damaged body whose checksum was forged is still refused by the decoder, never a panic.
+#[test]
+fn every_truncation_of_a_state_is_an_error() {
+    let mut a = Engine::new(b2b());
+    feed(&mut a, &stream(30, 3));
+    let mut bytes = Vec::new();
+    a.encode_state(&mut bytes);
+    let n = bytes.len();
+    for cut in (0..n).step_by(7).chain(n.saturating_sub(300)..n) {
+        assert!(Engine::decode_state(b2b(), &bytes[..cut]).is_err(), "cut at {cut} of {n}");
+    }
+    let mut dup = bytes.clone();
+    dup.extend_from_slice(&[0]);
+    assert!(Engine::decode_state(b2b(), &dup).is_err(), "trailing bytes");
+}
+
+fn sample(version: u32) -> String {
+    format!("tests/fixtures/snapshots/v{version}-b2b-shard3.snap")
+}
+
+/// Writes the sample of the current state version; run once per new version:
 /// `cargo test --test snapshot write_sample -- --ignored`.
 #[test]
 #[ignore]
@@ -342,7 +386,7 @@ fn write_sample() {
         changelog: Some(snapshot::ChangelogPosition { topic: "microfunnel-changelog".into(), next: 89 }),
     };
     let (_, image) = snapshot::encode(&what, &engine);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(SAMPLE_V1);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(sample(microfunnel::core::snapshot::STATE_VERSION));
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, image).unwrap();
 }

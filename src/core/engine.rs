@@ -24,6 +24,10 @@ use super::output::{HotLead, Output, RejectReason};
 use super::prospect::{self, Classification, Prospect};
 use super::time::{MS_PER_SEC, Ts};
 
+/// See [`Engine::capture_into`]: an incremental capture is used while at most one prospect in
+/// this many changed since the previous one (measured with `cargo bench --bench snapshot`).
+const CAPTURE_FULL_SHARE: usize = 8;
+
 const GHOST: u8 = 0;
 const STALL: u8 = 1;
 
@@ -55,16 +59,19 @@ pub struct Engine {
     /// `journey.tracked` per prospect: last time of each signal a hot rule looks back to.
     marks: Vec<Ts>,
     /// Emails, for the prospects that gave one; kept aside so the others pay nothing for it.
-    emails: std::collections::HashMap<u32, Box<str>>,
+    emails: hashbrown::HashMap<u32, Box<str>, ids::IndexHasher>,
     timers: BinaryHeap<Reverse<(Ts, u32, u8)>>,
+    /// Timers of prospects being restored, armed at once by [`Engine::finish_restore`].
+    restored_timers: Vec<Reverse<(Ts, u32, u8)>>,
     watermark: Ts,
     max_event_ts: Ts,
     funnel: Funnel,
     stats: Stats,
-    /// Two bits per prospect, per 64 prospects: `[0]` changed since the last
+    /// Three bits per prospect, per 64 prospects: `[0]` changed since the last
     /// [`Engine::take_changed`] (the changelog), `[1]` changed since the last
-    /// [`Engine::capture_into`] (incremental captures).
-    changed: Vec<[u64; 2]>,
+    /// [`Engine::capture_into`] (incremental captures), `[2]` email changed since the last
+    /// capture.
+    changed: Vec<[u64; 3]>,
     /// Which engine's state this is and how many captures it made, so that a capture can tell
     /// whether its destination holds exactly the previous capture of this engine.
     lineage: Lineage,
@@ -105,8 +112,9 @@ impl Engine {
             stage_times: Vec::new(),
             counts: Vec::new(),
             marks: Vec::new(),
-            emails: std::collections::HashMap::new(),
+            emails: hashbrown::HashMap::default(),
             timers: BinaryHeap::new(),
+            restored_timers: Vec::new(),
             watermark: Ts::NONE,
             max_event_ts: Ts::NONE,
             stats: Stats::default(),
@@ -128,9 +136,13 @@ impl Engine {
     /// shard's size; otherwise everything is copied, reusing `dst`'s allocations.
     /// Returns whether the copy was incremental.
     pub fn capture_into(&mut self, dst: &mut Engine) -> bool {
+        // Copying one changed prospect touches scattered memory; a full copy streams. Past
+        // about one prospect in CAPTURE_FULL_SHARE changed, the full copy is the faster.
         let incremental = dst.captured_from == Some((self.lineage.0, self.captures))
             && Arc::ptr_eq(&dst.journey, &self.journey)
-            && dst.len() <= self.len();
+            && dst.len() <= self.len()
+            && self.changed.iter().map(|w| w[1].count_ones() as usize).sum::<usize>() * CAPTURE_FULL_SHARE
+                <= self.len();
         if incremental {
             self.copy_changed_into(dst);
         } else {
@@ -142,7 +154,7 @@ impl Engine {
             dst.marks.clone_from(&self.marks);
             dst.emails.clone_from(&self.emails);
         }
-        self.changed.iter_mut().for_each(|w| w[1] = 0);
+        self.changed.iter_mut().for_each(|w| (w[1], w[2]) = (0, 0));
         dst.timers.clear();
         dst.watermark = self.watermark;
         dst.max_event_ts = self.max_event_ts;
@@ -152,6 +164,12 @@ impl Engine {
         self.captures += 1;
         dst.captured_from = Some((self.lineage.0, self.captures));
         incremental
+    }
+
+    /// This engine's identity (a clone or a restored engine has another one): a checkpoint
+    /// that failed re-marks its prospects only in the engine it captured.
+    pub fn lineage(&self) -> u64 {
+        self.lineage.0
     }
 
     /// The incremental part of [`Engine::capture_into`]: `dst` equals this engine as of its last
@@ -176,18 +194,23 @@ impl Engine {
                     dst.counts[i * ng..(i + 1) * ng].copy_from_slice(&self.counts[i * ng..(i + 1) * ng]);
                     dst.marks[i * nt..(i + 1) * nt].copy_from_slice(&self.marks[i * nt..(i + 1) * nt]);
                 }
-                let ix = i as u32;
+            }
+            let mut b = bits[2];
+            while b != 0 {
+                let ix = (w * 64) as u32 + b.trailing_zeros();
+                b &= b - 1;
                 match self.emails.get(&ix) {
-                    Some(e) if dst.emails.get(&ix) != Some(e) => {
-                        dst.emails.insert(ix, e.clone());
-                    }
-                    Some(_) => {}
-                    None => {
-                        dst.emails.remove(&ix);
-                    }
-                }
+                    Some(e) => dst.emails.insert(ix, e.clone()),
+                    None => dst.emails.remove(&ix),
+                };
             }
         }
+    }
+
+    /// Marks a prospect's email as changed (and the prospect).
+    fn mark_email_changed(&mut self, ix: u32) {
+        self.mark_changed(ix);
+        self.changed[ix as usize / 64][2] |= 1 << (ix % 64);
     }
 
     /// Marks a prospect as changed, so the next checkpoint writes it to the changelog (and the
@@ -195,7 +218,7 @@ impl Engine {
     pub fn mark_changed(&mut self, ix: u32) {
         let w = ix as usize / 64;
         if w >= self.changed.len() {
-            self.changed.resize(w + 1, [0; 2]);
+            self.changed.resize(w + 1, [0; 3]);
         }
         let bit = 1 << (ix % 64);
         self.changed[w][0] |= bit;
@@ -240,10 +263,46 @@ impl Engine {
 
     pub(super) fn reserve(&mut self, n: usize) {
         let j = &self.journey;
+        self.ids.reserve(n, n * 24);
         self.prospects.reserve_exact(n);
         self.stage_times.reserve_exact(n * j.stages.len());
         self.counts.reserve_exact(n * j.signals.len());
         self.marks.reserve_exact(n * j.tracked);
+    }
+
+    /// Adds a prospect read from a full state (restore of a snapshot): the id must be new.
+    /// Its timers are collected and armed by [`Engine::finish_restore`]; nothing is marked
+    /// changed. `Err` if the id is already there (damaged state) or the shard is full.
+    pub(super) fn restore_prospect(
+        &mut self,
+        id: &str,
+        rec: &super::snapshot::ProspectRecord<'_>,
+    ) -> Result<ProspectIx, InternerFull> {
+        let ix = self.ids.intern_new(id)?.ok_or(InternerFull)?;
+        self.prospects.push(rec.fixed.clone());
+        self.stage_times.extend_from_slice(&rec.stage_times);
+        self.counts.extend_from_slice(&rec.counts);
+        self.marks.extend_from_slice(&rec.marks);
+        if let Some(e) = rec.email {
+            self.emails.insert(ix.0, e.into());
+        }
+        let p = &rec.fixed;
+        let timers = &mut self.restored_timers;
+        if !p.ghost_due.is_none() {
+            timers.push(Reverse((p.ghost_due, ix.0, GHOST)));
+        }
+        if !p.stall_due.is_none() {
+            timers.push(Reverse((p.stall_due, ix.0, STALL)));
+        }
+        Ok(ix)
+    }
+
+    /// Ends a restore: arms the collected timers, clears every change mark.
+    pub(super) fn finish_restore(&mut self) {
+        let mut all = std::mem::take(&mut self.timers).into_vec();
+        all.append(&mut self.restored_timers);
+        self.timers = BinaryHeap::from(all);
+        self.changed.clear();
     }
 
     /// Installs a prospect's whole state (restore): replaces it if the id is known, adds it
@@ -272,6 +331,7 @@ impl Engine {
                 self.emails.remove(&ix.0);
             }
         }
+        self.mark_email_changed(ix.0);
         let p = &self.prospects[i];
         if !p.ghost_due.is_none() {
             self.timers.push(Reverse((p.ghost_due, ix.0, GHOST)));
@@ -351,7 +411,7 @@ impl Engine {
                 && let (Some(ix), Some(email)) = (self.ids.find(&ev.prospect), &ev.email)
             {
                 self.emails.insert(ix.0, (**email).into());
-                self.mark_changed(ix.0);
+                self.mark_email_changed(ix.0);
             }
             match journey.unmapped {
                 super::journey::UnmappedPolicy::Ignore => self.stats.unmapped += 1,
@@ -398,6 +458,7 @@ impl Engine {
             && self.email(ix) != Some(&**email)
         {
             self.emails.insert(ix.0, (**email).into());
+            self.mark_email_changed(ix.0);
         }
 
         let ts = ev.ts;
@@ -711,10 +772,14 @@ impl Engine {
 
     /// A digest of one prospect's whole state, independent of its index in this engine.
     pub fn prospect_digest(&self, ix: ProspectIx) -> u64 {
+        self.prospect_digest_with(ix, &mut Vec::with_capacity(256))
+    }
+
+    fn prospect_digest_with(&self, ix: ProspectIx, buf: &mut Vec<u8>) -> u64 {
         let j = &self.journey;
         let i = ix.0 as usize;
         let p = &self.prospects[i];
-        let mut buf = Vec::with_capacity(256);
+        buf.clear();
         buf.extend_from_slice(self.ids.get(ix).as_bytes());
         buf.push(0);
         for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
@@ -739,13 +804,15 @@ impl Engine {
         if let Some(e) = self.email(ix) {
             buf.extend_from_slice(e.as_bytes());
         }
-        ids::hash64(ids::SEED_DIGEST, &buf)
+        ids::hash64(ids::SEED_DIGEST, buf)
     }
 
     /// Order-independent digest of every prospect's state: equal across engines (or shards
     /// summed) that hold the same prospects in the same states.
     pub fn digest(&self) -> u64 {
-        (0..self.prospects.len() as u32).fold(0u64, |acc, i| acc.wrapping_add(self.prospect_digest(ProspectIx(i))))
+        let mut buf = Vec::with_capacity(256);
+        (0..self.prospects.len() as u32)
+            .fold(0u64, |acc, i| acc.wrapping_add(self.prospect_digest_with(ProspectIx(i), &mut buf)))
     }
 
     /// Prospects per classification, hot prospects at the watermark.

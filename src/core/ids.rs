@@ -118,6 +118,35 @@ impl Interner {
         Ok((ProspectIx(ix), true))
     }
 
+    /// Adds an id that must be new (restoring a snapshot): `Ok(None)` if it is already there.
+    pub fn intern_new(&mut self, id: &str) -> Result<Option<ProspectIx>, InternerFull> {
+        let h = hash64(SEED_TABLE, id.as_bytes());
+        let end = u32::try_from(self.arena.len() + id.len()).map_err(|_| InternerFull)?;
+        let ix = u32::try_from(self.ends.len()).map_err(|_| InternerFull)?;
+        let (arena, ends) = (&self.arena, &self.ends);
+        match self.table.entry(
+            h,
+            |&i| Self::bytes(arena, ends, i) == id.as_bytes(),
+            |&i| hash64(SEED_TABLE, Self::bytes(arena, ends, i)),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(_) => return Ok(None),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(ix);
+            }
+        }
+        self.arena.extend_from_slice(id.as_bytes());
+        self.ends.push(end);
+        Ok(Some(ProspectIx(ix)))
+    }
+
+    /// Room for `n` more ids of `bytes` bytes in all.
+    pub fn reserve(&mut self, n: usize, bytes: usize) {
+        self.arena.reserve(bytes);
+        self.ends.reserve(n);
+        let (arena, ends) = (&self.arena, &self.ends);
+        self.table.reserve(n, |&i| hash64(SEED_TABLE, Self::bytes(arena, ends, i)));
+    }
+
     /// Appends the ids `source` has beyond this interner's, where this interner holds a prefix
     /// of `source` (an earlier copy of it): incremental checkpoint captures.
     pub fn extend_from(&mut self, source: &Interner) {
@@ -139,6 +168,39 @@ impl Interner {
 
     pub fn iter(&self) -> impl Iterator<Item = (ProspectIx, &str)> + '_ {
         (0..self.ends.len() as u32).map(move |i| (ProspectIx(i), self.get(ProspectIx(i))))
+    }
+}
+
+/// Hashes prospect indexes (dense `u32`s, not adversarial) with one multiply: maps keyed by
+/// index are looked up once per prospect by encoding and digests, where SipHash would cost
+/// more than the rest of the work.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IndexHasher;
+
+impl std::hash::BuildHasher for IndexHasher {
+    type Hasher = IndexHash;
+    fn build_hasher(&self) -> IndexHash {
+        IndexHash(0)
+    }
+}
+
+/// The hasher of [`IndexHasher`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IndexHash(u64);
+
+impl std::hash::Hasher for IndexHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        // hashbrown takes the top 7 bits as the tag and the low bits as the bucket: the
+        // multiply spreads the index over both.
+        self.0 = (self.0 ^ u64::from(i)).wrapping_mul(K);
     }
 }
 

@@ -158,13 +158,28 @@ pub struct DeliveryContext {
     pub failed: Arc<AtomicU64>,
     pub metrics: Option<Metrics>,
     pub changelog_topic: Option<String>,
-    pub changelog_acked: Mutex<BTreeMap<i32, i64>>,
+    pub changelog: Mutex<BTreeMap<i32, ChangelogAcks>>,
+}
+
+/// Delivery reports of one changelog partition so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChangelogAcks {
+    /// Highest acknowledged offset (-1: none).
+    pub last: i64,
+    pub delivered: u64,
+    pub failed: u64,
 }
 
 impl DeliveryContext {
     /// The last acknowledged changelog offset of `partition`.
     pub fn changelog_acked(&self, partition: i32) -> Option<i64> {
-        self.changelog_acked.lock().unwrap_or_else(|p| p.into_inner()).get(&partition).copied()
+        Some(self.changelog_acks(partition).last).filter(|&o| o >= 0)
+    }
+
+    /// Delivery reports of changelog partition `partition` so far.
+    pub fn changelog_acks(&self, partition: i32) -> ChangelogAcks {
+        let acks = self.changelog.lock().unwrap_or_else(|p| p.into_inner());
+        acks.get(&partition).copied().unwrap_or(ChangelogAcks { last: -1, delivered: 0, failed: 0 })
     }
 }
 
@@ -173,12 +188,21 @@ impl ClientContext for DeliveryContext {}
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let (Ok(m), Some(t)) = (result, &self.changelog_topic)
-            && m.topic() == t
-        {
-            let mut acked = self.changelog_acked.lock().unwrap_or_else(|p| p.into_inner());
-            let e = acked.entry(m.partition()).or_insert(-1);
-            *e = (*e).max(m.offset());
+        if let Some(t) = &self.changelog_topic {
+            let (m, ok) = match result {
+                Ok(m) => (m, true),
+                Err((_, m)) => (m, false),
+            };
+            if m.topic() == t {
+                let mut acks = self.changelog.lock().unwrap_or_else(|p| p.into_inner());
+                let e = acks.entry(m.partition()).or_insert(ChangelogAcks { last: -1, delivered: 0, failed: 0 });
+                if ok {
+                    e.last = e.last.max(m.offset());
+                    e.delivered += 1;
+                } else {
+                    e.failed += 1;
+                }
+            }
         }
         if let Err((e, _)) = result {
             self.failed.fetch_add(1, Ordering::AcqRel);
@@ -202,17 +226,18 @@ pub fn producer(
         failed: Arc::clone(&failed),
         metrics,
         changelog_topic,
-        changelog_acked: Mutex::new(BTreeMap::new()),
+        changelog: Mutex::new(BTreeMap::new()),
     };
     let p = producer_config(k).create_with_context(ctx)?;
     Ok((p, failed))
 }
 
-/// Sends a record, waiting for queue space instead of dropping it.
-pub fn send(producer: &OutputProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
+/// Sends a record, waiting for queue space instead of dropping it; false if it could not be
+/// enqueued at all (counted and logged).
+pub fn send(producer: &OutputProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> bool {
     loop {
         match producer.send(record) {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                 record = r;
                 producer.poll(Duration::from_millis(50));
@@ -225,7 +250,7 @@ pub fn send(producer: &OutputProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
                 if let Some(m) = &producer.context().metrics {
                     m.producer_errors.inc();
                 }
-                return;
+                return false;
             }
         }
     }

@@ -30,6 +30,7 @@ use crate::telemetry::Metrics;
 pub const META_KEY: &[u8] = b"\0microfunnel.checkpoint";
 
 /// Writes `engine`'s changed prospects, the tombstones owed, then the checkpoint record.
+/// Returns how many records were enqueued, or `Err` if one could not be.
 #[allow(clippy::too_many_arguments)]
 pub fn write_changelog(
     producer: &OutputProducer,
@@ -41,17 +42,26 @@ pub fn write_changelog(
     seq: u64,
     positions: &BTreeMap<String, i64>,
     buf: &mut Vec<u8>,
-) {
+) -> Result<u64, String> {
+    let mut sent = 0u64;
+    let mut put = |record: BaseRecord<'_, [u8], [u8]>| {
+        if kafka::send(producer, record) {
+            sent += 1;
+            Ok(())
+        } else {
+            Err(format!("a changelog record for shard {shard} could not be enqueued"))
+        }
+    };
     for &ix in changed {
         buf.clear();
         buf.push(b'P');
         engine.encode_prospect(ix, buf);
         let key = engine.prospect_id(ix).as_bytes();
-        kafka::send(producer, BaseRecord::to(topic).partition(shard).key(key).payload(&buf[..]));
+        put(BaseRecord::to(topic).partition(shard).key(key).payload(&buf[..]))?;
     }
     for id in tombstones {
         if engine.find(id).is_none() {
-            kafka::send(producer, BaseRecord::<[u8], [u8]>::to(topic).partition(shard).key(id.as_bytes()));
+            put(BaseRecord::<[u8], [u8]>::to(topic).partition(shard).key(id.as_bytes()))?;
         }
     }
     buf.clear();
@@ -64,27 +74,58 @@ pub fn write_changelog(
         w.i64(next);
     }
     engine.encode_meta(buf);
-    kafka::send(producer, BaseRecord::to(topic).partition(shard).key(META_KEY).payload(&buf[..]));
+    put(BaseRecord::to(topic).partition(shard).key(META_KEY).payload(&buf[..]))?;
+    Ok(sent)
 }
 
-/// A snapshot to write off the processing thread.
+/// The changelog part of a checkpoint, done by the writer thread.
+pub struct ChangelogJob {
+    pub producer: Arc<OutputProducer>,
+    pub topic: String,
+    /// The prospects changed since the previous checkpoint (indexes of the captured engine).
+    pub changed: Vec<ProspectIx>,
+    pub tombstones: Vec<String>,
+    /// When to give up waiting for the broker's acknowledgements.
+    pub deadline: Instant,
+}
+
+/// One shard's checkpoint, done off the processing thread: changelog records (encoded from the
+/// captured engine), then the snapshot file that records the changelog position.
 pub struct Job {
     pub engine: Engine,
     pub what: Pending,
+    pub changelog: Option<ChangelogJob>,
+    /// Identity of the live engine the capture came from ([`Engine::lineage`]).
+    pub source: u64,
 }
 
-/// A written (or failed) snapshot.
+/// Why a checkpoint of one shard did not become durable.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointFailure {
+    #[error("changelog: {0}")]
+    Changelog(String),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// A finished (or failed) checkpoint of one shard.
 pub struct Done {
     /// The captured engine, returned to be reused by the next capture.
     pub spare: Engine,
     pub shard: i32,
     pub seq: u64,
-    pub result: Result<Header, SnapshotError>,
+    /// The snapshot header (`None` without a snapshot store).
+    pub result: Result<Option<Header>, CheckpointFailure>,
     pub secs: f64,
+    /// On failure, what the next checkpoint must write again.
+    pub changed: Vec<ProspectIx>,
+    pub tombstones: Vec<String>,
+    pub source: u64,
 }
 
-/// The snapshot writer: encodes, writes and fsyncs on its own thread, so a checkpoint holds up
-/// processing only for the state capture (a copy of the engine).
+/// The checkpoint writer: encodes and sends the changelog records, waits for their
+/// acknowledgement, then encodes, writes and fsyncs the snapshot, all on its own thread, so a
+/// checkpoint holds up processing only for the state capture.
 pub struct Writer {
     jobs: Option<Sender<Job>>,
     pub done: Receiver<Done>,
@@ -92,15 +133,33 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(store: Box<dyn SnapshotStore>) -> std::io::Result<Writer> {
+    pub fn start(store: Option<Box<dyn SnapshotStore>>) -> std::io::Result<Writer> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (tx, done) = mpsc::channel();
-        let thread = std::thread::Builder::new().name("microfunnel-snapshot".into()).spawn(move || {
-            for job in rx {
+        let thread = std::thread::Builder::new().name("microfunnel-checkpoint".into()).spawn(move || {
+            let mut buf = Vec::new();
+            for mut job in rx {
                 let started = Instant::now();
                 let (shard, seq) = (job.what.shard, job.what.seq);
-                let result = store.save(job.what, &job.engine);
-                let done = Done { spare: job.engine, shard, seq, result, secs: started.elapsed().as_secs_f64() };
+                let mut result = Ok(None);
+                let (mut changed, mut tombstones) = (Vec::new(), Vec::new());
+                if let Some(c) = job.changelog.take() {
+                    match changelog_durable(&c, &job, &mut buf) {
+                        Ok(position) => job.what.changelog = Some(position),
+                        Err(e) => {
+                            result = Err(CheckpointFailure::Changelog(e));
+                            (changed, tombstones) = (c.changed, c.tombstones);
+                        }
+                    }
+                }
+                if result.is_ok()
+                    && let Some(store) = &store
+                {
+                    result = store.save(job.what, &job.engine).map(Some).map_err(CheckpointFailure::from);
+                }
+                let secs = started.elapsed().as_secs_f64();
+                let done =
+                    Done { spare: job.engine, shard, seq, result, secs, changed, tombstones, source: job.source };
                 if tx.send(done).is_err() {
                     break;
                 }
@@ -111,6 +170,44 @@ impl Writer {
 
     pub fn submit(&self, job: Job) -> bool {
         self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
+    }
+}
+
+/// Writes a checkpoint's changelog records and waits until the broker acknowledged every one;
+/// returns the changelog position after them.
+fn changelog_durable(c: &ChangelogJob, job: &Job, buf: &mut Vec<u8>) -> Result<ChangelogPosition, String> {
+    let shard = job.what.shard;
+    let before = c.producer.context().changelog_acks(shard);
+    let sent = write_changelog(
+        &c.producer,
+        &c.topic,
+        shard,
+        &job.engine,
+        &c.changed,
+        &c.tombstones,
+        job.what.seq,
+        &job.what.positions,
+        buf,
+    )?;
+    loop {
+        let now = c.producer.context().changelog_acks(shard);
+        if now.failed > before.failed {
+            return Err(format!(
+                "{} changelog records of shard {shard} refused by the broker",
+                now.failed - before.failed
+            ));
+        }
+        if now.delivered - before.delivered >= sent {
+            return Ok(ChangelogPosition { topic: c.topic.clone(), next: now.last + 1 });
+        }
+        if Instant::now() >= c.deadline {
+            return Err(format!(
+                "{} of {sent} changelog records of shard {shard} not acknowledged before the deadline",
+                sent - (now.delivered - before.delivered)
+            ));
+        }
+        // Serves delivery reports (the processing thread polls too; either may run them).
+        c.producer.poll(Duration::from_millis(5));
     }
 }
 
@@ -356,8 +453,3 @@ impl rdkafka::ClientContext for QuietEof {
 }
 
 impl rdkafka::consumer::ConsumerContext for QuietEof {}
-
-/// Where the changelog stands after `shard`'s last acknowledged record.
-pub fn changelog_position(producer: &OutputProducer, topic: &str, shard: i32) -> Option<ChangelogPosition> {
-    producer.context().changelog_acked(shard).map(|o| ChangelogPosition { topic: topic.to_string(), next: o + 1 })
-}

@@ -8,10 +8,11 @@
 //! The checkpoint (every `commit_interval_ms` or `commit_every_messages`, on revoke and on
 //! shutdown), for every shard that changed:
 //! 1. flush the producer, so every output so far is acknowledged;
-//! 2. write the changed prospects and a checkpoint record to the changelog, flush again;
-//! 3. capture the engine (a copy) and hand it to the snapshot writer thread, which encodes,
-//!    writes, fsyncs and renames the file;
-//! 4. only when every snapshot of the checkpoint is durable, commit the input offsets it covers.
+//! 2. capture the engine (an incremental copy into the shard's spare engine: only what changed
+//!    since the previous capture) and hand it to the checkpoint writer thread, which writes the
+//!    changed prospects and a checkpoint record to the changelog, waits until the broker
+//!    acknowledged them, then encodes, writes, fsyncs and renames the snapshot file;
+//! 3. only when every shard of the checkpoint is durable, commit the input offsets it covers.
 //!
 //! An output the broker refused, or a snapshot that could not be written, stops the commit.
 //! Assigning a shard restores its state (snapshot, topped up from the changelog) and seeks its
@@ -132,7 +133,7 @@ struct State {
     settings: Settings,
     journey: Arc<Journey>,
     limits: Limits,
-    producer: OutputProducer,
+    producer: Arc<OutputProducer>,
     failed_seen: u64,
     metrics: Metrics,
     shards: BTreeMap<i32, Shard>,
@@ -313,61 +314,36 @@ impl State {
         if due.is_empty() {
             return Ok(());
         }
+        let mut flight =
+            InFlight { started, waiting: BTreeSet::new(), commits: Vec::with_capacity(due.len()), failed: false };
         let topics = &self.settings.kafka.input_topics;
-        let mut plans = Vec::with_capacity(due.len());
-        for p in &due {
-            let shard = self.shards.get_mut(p).expect("due shards exist");
+        for p in due {
+            let shard = self.shards.get_mut(&p).expect("due shards exist");
             shard.seq += 1;
             let changed = shard.engine.take_changed();
-            let positions = shard.position_map(topics);
-            if let Some(topic) = &self.changelog {
-                checkpoint::write_changelog(
-                    &self.producer,
-                    topic,
-                    *p,
-                    &shard.engine,
-                    &changed,
-                    &shard.tombstones,
-                    shard.seq,
-                    &positions,
-                    &mut self.buf,
-                );
-            }
-            plans.push((*p, changed, positions));
-        }
-        if self.changelog.is_some()
-            && let Err(e) = self.flush(deadline)
-        {
-            // Not durable: the changed prospects are written again next time.
-            for (p, changed, _) in &plans {
-                let shard = self.shards.get_mut(p).expect("due shards exist");
-                changed.iter().for_each(|ix| shard.engine.mark_changed(ix.0));
-            }
-            return Err(e);
-        }
-        let mut flight =
-            InFlight { started, waiting: BTreeSet::new(), commits: Vec::with_capacity(plans.len()), failed: false };
-        for (p, _, positions) in plans {
-            let shard = self.shards.get_mut(&p).expect("due shards exist");
-            shard.tombstones.clear();
             flight.commits.push((p, shard.positions.clone()));
-            let changelog = self.changelog.as_ref().and_then(|t| checkpoint::changelog_position(&self.producer, t, p));
-            if let Some(w) = &self.writer {
-                let what = Pending {
-                    group: self.settings.kafka.group_id.clone(),
-                    shard: p,
-                    seq: shard.seq,
-                    written_at: wall_now().to_string(),
-                    positions,
-                    changelog,
-                };
-                let mut engine = self.spares.remove(&p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
-                shard.engine.capture_into(&mut engine);
-                if w.submit(Job { engine, what }) {
-                    flight.waiting.insert(p);
-                } else {
-                    flight.failed = true;
-                }
+            let Some(w) = &self.writer else { continue };
+            let what = Pending {
+                group: self.settings.kafka.group_id.clone(),
+                shard: p,
+                seq: shard.seq,
+                written_at: wall_now().to_string(),
+                positions: shard.position_map(topics),
+                changelog: None,
+            };
+            let changelog = self.changelog.as_ref().map(|topic| checkpoint::ChangelogJob {
+                producer: Arc::clone(&self.producer),
+                topic: topic.clone(),
+                changed,
+                tombstones: std::mem::take(&mut shard.tombstones),
+                deadline,
+            });
+            let mut engine = self.spares.remove(&p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
+            shard.engine.capture_into(&mut engine);
+            if w.submit(Job { engine, what, changelog, source: shard.engine.lineage() }) {
+                flight.waiting.insert(p);
+            } else {
+                flight.failed = true;
             }
         }
         self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
@@ -409,7 +385,8 @@ impl State {
                 self.spares.insert(done.shard, done.spare);
             }
             match done.result {
-                Ok(header) => {
+                Ok(None) => {}
+                Ok(Some(header)) => {
                     let bytes = header.body_len as i64;
                     self.metrics.snapshot_bytes.with_label_values(&[&done.shard.to_string()]).set(bytes);
                     self.status.update(done.shard, |s| {
@@ -425,7 +402,15 @@ impl State {
                 }
                 Err(e) => {
                     flight.failed = true;
-                    tracing::error!(shard = done.shard, seq = done.seq, error = %e, "SNAPSHOT NOT WRITTEN: offsets stay uncommitted until a checkpoint succeeds");
+                    tracing::error!(shard = done.shard, seq = done.seq, error = %e, "CHECKPOINT NOT DURABLE: offsets stay uncommitted until a checkpoint succeeds");
+                    // What the changelog did not get is written again next time (if the shard
+                    // still holds the engine those prospects belong to).
+                    if let Some(shard) = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard))
+                        && shard.engine.lineage() == done.source
+                    {
+                        done.changed.iter().for_each(|ix| shard.engine.mark_changed(ix.0));
+                        shard.tombstones.extend(done.tombstones);
+                    }
                 }
             }
         }
@@ -450,7 +435,7 @@ impl State {
             if let Some(shard) = self.shards.get_mut(&p).or_else(|| self.parked.get_mut(&p)) {
                 shard.checkpointed = positions.clone();
             }
-            if self.writer.is_none() {
+            if self.store.is_none() {
                 let positions =
                     topics.iter().zip(&positions).filter(|(_, n)| **n >= 0).map(|(t, n)| (t.clone(), *n)).collect();
                 self.status.update(p, |s| {
@@ -531,6 +516,13 @@ impl State {
                     s.restored_from = r.source;
                     s.checkpoint = restored_checkpoint;
                 });
+                // Prime the spare now, while the shard is not processing anyway: the shard's
+                // first checkpoint is then an incremental capture too.
+                if self.writer.is_some() && !shard.engine.is_empty() {
+                    let mut spare = self.spares.remove(p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
+                    shard.engine.capture_into(&mut spare);
+                    self.spares.insert(*p, spare);
+                }
                 shard
             } else {
                 Shard::new(Engine::new(Arc::clone(&self.journey)), topics.len())
@@ -667,9 +659,12 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
     let (producer, failed) = kafka::producer(k, Some(h.metrics.clone()), changelog.clone())?;
     let store = (!settings.checkpoint.dir.as_os_str().is_empty())
         .then(|| Arc::new(FileStore::new(&settings.checkpoint.dir, &k.group_id, settings.checkpoint.keep)));
-    let writer = match &store {
-        Some(s) => Some(Writer::start(Box::new(Arc::clone(s))).map_err(PipelineError::Writer)?),
-        None => None,
+    let writer = match (&store, &changelog) {
+        (None, None) => None,
+        (s, _) => Some(
+            Writer::start(s.as_ref().map(|s| Box::new(Arc::clone(s)) as Box<dyn SnapshotStore>))
+                .map_err(PipelineError::Writer)?,
+        ),
     };
     let limits =
         Limits { max_bytes: settings.limits.max_bytes, max_depth: settings.limits.max_depth, ..Limits::default() };
@@ -677,7 +672,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         hot: HotMetrics::new(&h.metrics, &journey),
         journey,
         limits,
-        producer,
+        producer: Arc::new(producer),
         failed_seen: failed.load(Ordering::Acquire),
         metrics: h.metrics.clone(),
         shards: BTreeMap::new(),

@@ -190,6 +190,14 @@ impl FileStore {
 
 /// Encodes `engine` into a complete snapshot file image.
 pub fn encode(what: &Pending, engine: &Engine) -> (Header, Vec<u8>) {
+    let (header, mut file, body) = encode_parts(what, engine);
+    file.extend_from_slice(&body);
+    (header, file)
+}
+
+/// The header, the bytes before the body (magic, version, header, header checksum), and the
+/// body: written one after the other, without copying the body into one image.
+fn encode_parts(what: &Pending, engine: &Engine) -> (Header, Vec<u8>, Vec<u8>) {
     let mut body = Vec::new();
     engine.encode_state(&mut body);
     let j = engine.journey();
@@ -211,14 +219,13 @@ pub fn encode(what: &Pending, engine: &Engine) -> (Header, Vec<u8>) {
     };
     // Serializing a struct of strings and integers cannot fail.
     let hjson = serde_json::to_vec(&header).unwrap_or_default();
-    let mut file = Vec::with_capacity(24 + hjson.len() + body.len());
+    let mut file = Vec::with_capacity(24 + hjson.len());
     file.extend_from_slice(MAGIC);
     file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     file.extend_from_slice(&(hjson.len() as u32).to_le_bytes());
     file.extend_from_slice(&hjson);
     file.extend_from_slice(&hash64(SEED_FILE, &hjson).to_le_bytes());
-    file.extend_from_slice(&body);
-    (header, file)
+    (header, file, body)
 }
 
 fn seq_of(path: &Path) -> Option<u64> {
@@ -229,11 +236,12 @@ impl SnapshotStore for FileStore {
     fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
         let dir = self.shard_dir(what.shard);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let (header, image) = encode(&what, engine);
+        let (header, head, body) = encode_parts(&what, engine);
         let path = dir.join(format!("{:020}.snap", what.seq));
         let tmp = dir.join(format!("{:020}.snap.tmp", what.seq));
         let written = File::create(&tmp).and_then(|mut f| {
-            f.write_all(&image)?;
+            f.write_all(&head)?;
+            f.write_all(&body)?;
             f.sync_all()
         });
         if let Err(e) = written {

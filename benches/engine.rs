@@ -2,6 +2,10 @@
 //! prospects. Baselines measured in the same run: serde_json parsing the same lines into a
 //! `serde_json::Value`, and skimming them with `IgnoredAny` (the least work serde_json can do).
 //!
+//! `apply_only` applies pre-decoded events one `Engine::apply` at a time; `apply_batch` hands
+//! them over `BATCH` at a time to `Engine::apply_batch` (same state and outputs, cache misses
+//! overlapped across events).
+//!
 //! `cargo bench --bench engine`; `MICROFUNNEL_BENCH_PROSPECTS=100000` limits the scales.
 
 use std::hint::black_box;
@@ -34,6 +38,9 @@ struct Envelope<'a> {
     ts: Option<&'a str>,
     timestamp: Option<&'a str>,
 }
+
+/// Events per `apply_batch` call in the batch bench: what one consumer poll might hand over.
+const BATCH: usize = 512;
 
 struct Corpus {
     bytes: Vec<u8>,
@@ -142,6 +149,23 @@ fn engine(c: &mut Criterion) {
                     let t = Instant::now();
                     for ev in &events {
                         engine.apply(ev, &mut out);
+                        out.clear();
+                    }
+                    total += t.elapsed();
+                    black_box(&engine);
+                }
+                total
+            })
+        });
+        group.bench_function(BenchmarkId::from_parameter("apply_batch"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut engine = Engine::new(Arc::clone(&journey));
+                    let mut out = Vec::with_capacity(1024);
+                    let t = Instant::now();
+                    for batch in events.chunks(BATCH) {
+                        engine.apply_batch(batch, &mut out);
                         out.clear();
                     }
                     total += t.elapsed();

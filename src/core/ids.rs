@@ -2,8 +2,6 @@
 //! prospect-id interner that keeps every id once, in one arena, behind a 4-byte index, and
 //! Kafka's keyed partitioner (which shard a prospect belongs to).
 
-use hashbrown::HashTable;
-
 /// Index of an interned prospect inside one engine. Stable for the engine's lifetime and dense
 /// (0..len), so per-prospect arrays are indexed by it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,13 +46,34 @@ pub fn event_fingerprint(event_id: &str) -> u64 {
     hash64(SEED_EVENT, event_id.as_bytes()).max(1)
 }
 
-/// Interns prospect ids: the bytes of all ids in one arena, end offsets in a `Vec<u32>`, and a
-/// hash table of indexes. About `len + 4 + ~5` bytes per id, no allocation per id.
+/// Interns prospect ids: the bytes of all ids in one arena, end offsets in a `Vec<u32>`, and an
+/// open-addressing table of 4-byte slots. About `len + 4 + ~5` bytes per id, no allocation per
+/// id.
+///
+/// A slot holds `ix + 1` in its low [`IX_BITS`] bits and a 5-bit tag from the id's hash above
+/// them (0 = empty), so one cache line of the table answers a lookup and the id bytes are
+/// compared only when the tag matches (a false match is about one probe in 32). The home slot is
+/// taken from the hash's top bits and probing is linear over 64-byte lines.
 #[derive(Default)]
 pub struct Interner {
     arena: Vec<u8>,
     ends: Vec<u32>,
-    table: HashTable<u32>,
+    table: Vec<Line>,
+}
+
+/// 16 slots, one cache line.
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct Line([u32; LINE]);
+
+const LINE: usize = 16;
+const IX_BITS: u32 = 27;
+const IX_MASK: u32 = (1 << IX_BITS) - 1;
+/// Most ids one interner holds (the slot keeps `ix + 1` in [`IX_BITS`] bits).
+const MAX_IDS: usize = IX_MASK as usize;
+
+fn tag(h: u64) -> u32 {
+    (h as u32) & !IX_MASK
 }
 
 impl Clone for Interner {
@@ -70,9 +89,15 @@ impl Clone for Interner {
     }
 }
 
-/// The interner is full: the arena holds at most 4 GiB of id bytes (about 100 million ids).
+/// The interner is full: the arena holds at most 4 GiB of id bytes (about 100 million ids), and
+/// at most 2^27 - 1 ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InternerFull;
+
+/// The table hash of a prospect id, for the `_hashed` lookups (compute it once per event).
+pub fn id_hash(id: &str) -> u64 {
+    hash64(SEED_TABLE, id.as_bytes())
+}
 
 impl Interner {
     pub fn len(&self) -> usize {
@@ -84,67 +109,152 @@ impl Interner {
     }
 
     pub fn get(&self, ix: ProspectIx) -> &str {
-        let i = ix.0 as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        let end = self.ends[i] as usize;
         // Only whole `&str`s are ever appended, so every [start, end) is valid UTF-8.
-        std::str::from_utf8(&self.arena[start..end]).unwrap_or_default()
+        std::str::from_utf8(self.bytes(ix.0)).unwrap_or_default()
     }
 
-    fn bytes<'a>(arena: &'a [u8], ends: &[u32], i: u32) -> &'a [u8] {
+    fn bytes(&self, i: u32) -> &[u8] {
         let i = i as usize;
-        let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-        &arena[start..ends[i] as usize]
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.arena[start..self.ends[i] as usize]
+    }
+
+    fn slots(&self) -> usize {
+        self.table.len() * LINE
+    }
+
+    /// The home slot of hash `h` (the table is not empty).
+    fn home(&self, h: u64) -> usize {
+        (h >> (64 - self.slots().trailing_zeros())) as usize
+    }
+
+    fn slot(&self, s: usize) -> u32 {
+        self.table[s / LINE].0[s % LINE]
     }
 
     pub fn find(&self, id: &str) -> Option<ProspectIx> {
-        let h = hash64(SEED_TABLE, id.as_bytes());
-        self.table.find(h, |&i| Self::bytes(&self.arena, &self.ends, i) == id.as_bytes()).map(|&i| ProspectIx(i))
+        self.find_hashed(id_hash(id), id)
+    }
+
+    /// [`Interner::find`] with the id's [`id_hash`] already computed.
+    pub fn find_hashed(&self, h: u64, id: &str) -> Option<ProspectIx> {
+        self.probe(h, id.as_bytes()).map(ProspectIx)
+    }
+
+    /// The id's index, if it is interned.
+    fn probe(&self, h: u64, id: &[u8]) -> Option<u32> {
+        if self.table.is_empty() {
+            return None;
+        }
+        let (t, mask) = (tag(h), self.slots() - 1);
+        let mut s = self.home(h);
+        loop {
+            let e = self.slot(s);
+            if e == 0 {
+                return None;
+            }
+            if e & !IX_MASK == t && self.bytes((e & IX_MASK) - 1) == id {
+                return Some((e & IX_MASK) - 1);
+            }
+            s = (s + 1) & mask;
+        }
+    }
+
+    /// Reads the table line hash `h` starts probing at and returns the index of the first slot
+    /// there whose tag matches, so that a batch can bring the line (and the candidate's state)
+    /// into the cache ahead of use. Never wrong, only a hint: `None` when nothing matches there.
+    pub fn candidate(&self, h: u64) -> Option<ProspectIx> {
+        if self.table.is_empty() {
+            return None;
+        }
+        let s = self.home(h);
+        let line = &self.table[s / LINE].0;
+        let t = tag(h);
+        line[s % LINE..].iter().find(|&&e| e != 0 && e & !IX_MASK == t).map(|&e| ProspectIx((e & IX_MASK) - 1))
+    }
+
+    /// The slot hash `h` starts probing at (0 when the table is empty): reading it brings its
+    /// table line into the cache ahead of a lookup.
+    pub fn home_slot(&self, h: u64) -> u32 {
+        if self.table.is_empty() { 0 } else { self.slot(self.home(h)) }
+    }
+
+    /// The arena bytes of a candidate id, to touch ahead of use (see [`Interner::candidate`]).
+    pub fn id_bytes(&self, ix: ProspectIx) -> &[u8] {
+        self.bytes(ix.0)
     }
 
     /// Returns the id's index and whether it was new.
     pub fn intern(&mut self, id: &str) -> Result<(ProspectIx, bool), InternerFull> {
-        let h = hash64(SEED_TABLE, id.as_bytes());
-        let (arena, ends) = (&self.arena, &self.ends);
-        if let Some(&i) = self.table.find(h, |&i| Self::bytes(arena, ends, i) == id.as_bytes()) {
+        self.intern_hashed(id_hash(id), id)
+    }
+
+    /// [`Interner::intern`] with the id's [`id_hash`] already computed.
+    pub fn intern_hashed(&mut self, h: u64, id: &str) -> Result<(ProspectIx, bool), InternerFull> {
+        if let Some(i) = self.probe(h, id.as_bytes()) {
             return Ok((ProspectIx(i), false));
         }
         let end = u32::try_from(self.arena.len() + id.len()).map_err(|_| InternerFull)?;
-        let ix = u32::try_from(self.ends.len()).map_err(|_| InternerFull)?;
+        let ix = self.ends.len();
+        if ix >= MAX_IDS {
+            return Err(InternerFull);
+        }
+        if (ix + 1) * 8 > self.slots() * 7 {
+            self.grow();
+        }
         self.arena.extend_from_slice(id.as_bytes());
         self.ends.push(end);
-        let (arena, ends) = (&self.arena, &self.ends);
-        self.table.insert_unique(h, ix, |&i| hash64(SEED_TABLE, Self::bytes(arena, ends, i)));
-        Ok((ProspectIx(ix), true))
+        self.place(h, ix as u32);
+        Ok((ProspectIx(ix as u32), true))
+    }
+
+    /// Doubles the table and re-inserts every id, in index order (the arena is read
+    /// sequentially).
+    fn grow(&mut self) {
+        self.rebuild((self.table.len() * 2).max(4));
+    }
+
+    /// A table of `lines` lines holding every id, inserted in index order.
+    fn rebuild(&mut self, lines: usize) {
+        self.table.clear();
+        self.table.resize(lines, Line([0; LINE]));
+        for i in 0..self.ends.len() as u32 {
+            let h = hash64(SEED_TABLE, self.bytes(i));
+            self.place(h, i);
+        }
+    }
+
+    /// Puts index `i` (known not to be in the table) in the first empty slot of its probe run.
+    fn place(&mut self, h: u64, i: u32) {
+        let mask = self.slots() - 1;
+        let mut s = self.home(h);
+        while self.slot(s) != 0 {
+            s = (s + 1) & mask;
+        }
+        self.table[s / LINE].0[s % LINE] = tag(h) | (i + 1);
     }
 
     /// Adds an id that must be new (restoring a snapshot): `Ok(None)` if it is already there.
     pub fn intern_new(&mut self, id: &str) -> Result<Option<ProspectIx>, InternerFull> {
-        let h = hash64(SEED_TABLE, id.as_bytes());
-        let end = u32::try_from(self.arena.len() + id.len()).map_err(|_| InternerFull)?;
-        let ix = u32::try_from(self.ends.len()).map_err(|_| InternerFull)?;
-        let (arena, ends) = (&self.arena, &self.ends);
-        match self.table.entry(
-            h,
-            |&i| Self::bytes(arena, ends, i) == id.as_bytes(),
-            |&i| hash64(SEED_TABLE, Self::bytes(arena, ends, i)),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(_) => return Ok(None),
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(ix);
-            }
-        }
-        self.arena.extend_from_slice(id.as_bytes());
-        self.ends.push(end);
-        Ok(Some(ProspectIx(ix)))
+        Ok(match self.intern_hashed(id_hash(id), id)? {
+            (ix, true) => Some(ix),
+            (_, false) => None,
+        })
     }
 
-    /// Room for `n` more ids of `bytes` bytes in all.
+    /// Room for `n` more ids of `bytes` bytes in all: the table is sized once instead of
+    /// doubling (and re-inserting everything) along the way.
     pub fn reserve(&mut self, n: usize, bytes: usize) {
         self.arena.reserve(bytes);
         self.ends.reserve(n);
-        let (arena, ends) = (&self.arena, &self.ends);
-        self.table.reserve(n, |&i| hash64(SEED_TABLE, Self::bytes(arena, ends, i)));
+        let want = self.len() + n;
+        let mut lines = self.table.len().max(4);
+        while want * 8 > lines * LINE * 7 {
+            lines *= 2;
+        }
+        if lines > self.table.len() {
+            self.rebuild(lines);
+        }
     }
 
     /// Appends the ids `source` has beyond this interner's, where this interner holds a prefix
@@ -154,16 +264,20 @@ impl Interner {
         let first = self.ends.len();
         self.arena.extend_from_slice(&source.arena[self.arena.len()..]);
         self.ends.extend_from_slice(&source.ends[first..]);
+        if self.table.len() != source.table.len() {
+            // The source grew since: copying its table is cheaper than growing this one.
+            self.table.clone_from(&source.table);
+            return;
+        }
         for i in first as u32..self.ends.len() as u32 {
-            let (arena, ends) = (&self.arena, &self.ends);
-            let h = hash64(SEED_TABLE, Self::bytes(arena, ends, i));
-            self.table.insert_unique(h, i, |&k| hash64(SEED_TABLE, Self::bytes(arena, ends, k)));
+            let h = hash64(SEED_TABLE, self.bytes(i));
+            self.place(h, i);
         }
     }
 
     /// Heap bytes held (for the per-prospect memory figure).
     pub fn heap_bytes(&self) -> usize {
-        self.arena.capacity() + self.ends.capacity() * 4 + self.table.capacity() * 5
+        self.arena.capacity() + self.ends.capacity() * 4 + self.table.capacity() * std::mem::size_of::<Line>()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (ProspectIx, &str)> + '_ {
@@ -287,6 +401,32 @@ mod tests {
         }
         assert_eq!(i.find("nobody"), None);
         assert_eq!(i.len(), 10_000);
+    }
+
+    #[test]
+    fn interner_grows_and_extends_copies() {
+        let ids: Vec<String> = (0..50_000).map(|n| format!("{:x}-{n}", n * 7919)).collect();
+        let mut a = Interner::default();
+        let mut copy = Interner::default();
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(a.intern(id).unwrap(), (ProspectIx(n as u32), true));
+            if n % 9_999 == 0 {
+                copy.extend_from(&a);
+            }
+        }
+        copy.extend_from(&a);
+        for (n, id) in ids.iter().enumerate() {
+            for i in [&a, &copy] {
+                assert_eq!(i.find(id), Some(ProspectIx(n as u32)));
+                assert_eq!(i.get(ProspectIx(n as u32)), id);
+            }
+            // A hint only: an index that exists, usually the id's own.
+            assert!(a.candidate(id_hash(id)).is_none_or(|c| (c.0 as usize) < a.len()));
+        }
+        assert_eq!(copy.find("nobody"), None);
+        assert_eq!(a.find(""), None);
+        assert_eq!(a.intern("").unwrap(), (ProspectIx(50_000), true));
+        assert_eq!(a.find(""), Some(ProspectIx(50_000)));
     }
 
     #[test]

@@ -135,6 +135,10 @@ fn main() {
         let digest = captured.digest();
         let digest_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
+        let mut body = Vec::new();
+        assert_eq!(captured.encode_state_digest(&mut body, true), digest);
+        let encode_digest = t.elapsed().as_secs_f64();
+        let t = Instant::now();
         let body_hash = microfunnel::core::ids::hash64(1, &body);
         let hash_s = t.elapsed().as_secs_f64();
         drop(body);
@@ -183,6 +187,7 @@ fn main() {
             "write_baseline_s": write_baseline,
             "checkpoint_encode_s": encode,
             "checkpoint_digest_s": digest_s,
+            "checkpoint_encode_and_digest_s": encode_digest,
             "checkpoint_hash_s": hash_s,
             "restore_s": restore,
             "restore_read_check_s": read_s,

@@ -370,16 +370,27 @@ impl Engine {
     /// The whole state in the current version: meta, then every prospect with its id
     /// (record layout 2).
     pub fn encode_state(&self, out: &mut Vec<u8>) {
+        self.encode_state_digest(out, false);
+    }
+
+    /// [`Engine::encode_state`], and with `digest` also [`Engine::digest`] computed in the
+    /// same pass over the prospects (a snapshot needs both; one pass reads the state once).
+    pub fn encode_state_digest(&self, out: &mut Vec<u8>, digest: bool) -> u64 {
         let j = self.journey();
         // An upper bound (a typical record takes half of it): growing a body of gigabytes by
         // doubling would copy it; pages reserved but never written cost nothing.
         out.reserve(64 + self.len() * (64 + 4 * j.stages.len() + 2 * j.signals.len() + 8 * j.tracked));
         self.encode_meta(out);
         Enc(out).u32(self.len() as u32);
+        let (mut sum, mut buf) = (0u64, Vec::with_capacity(256));
         for (ix, id) in self.iter_ids() {
             len_prefixed(out, id.as_bytes());
             self.encode_compact(ix, out);
+            if digest {
+                sum = sum.wrapping_add(self.prospect_digest_with(ix, &mut buf));
+            }
         }
+        sum
     }
 
     /// The whole state in layout 1 (the format of version-1 files), for tests and tools.

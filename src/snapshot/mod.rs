@@ -199,7 +199,7 @@ pub fn encode(what: &Pending, engine: &Engine) -> (Header, Vec<u8>) {
 /// body: written one after the other, without copying the body into one image.
 fn encode_parts(what: &Pending, engine: &Engine) -> (Header, Vec<u8>, Vec<u8>) {
     let mut body = Vec::new();
-    engine.encode_state(&mut body);
+    let digest = engine.encode_state_digest(&mut body, true);
     let j = engine.journey();
     let header = Header {
         format_version: FORMAT_VERSION,
@@ -213,7 +213,7 @@ fn encode_parts(what: &Pending, engine: &Engine) -> (Header, Vec<u8>, Vec<u8>) {
         positions: what.positions.clone(),
         changelog: what.changelog.clone(),
         prospects: engine.len() as u64,
-        digest: format!("{:016x}", engine.digest()),
+        digest: format!("{digest:016x}"),
         body_len: body.len() as u64,
         body_hash: format!("{:016x}", hash64(SEED_FILE, &body)),
     };

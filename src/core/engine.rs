@@ -112,8 +112,8 @@ impl Emails {
         self.present.get(ix as usize / 64).is_some_and(|w| w & (1 << (ix % 64)) != 0)
     }
 
-    fn get(&self, ix: &u32) -> Option<&Box<str>> {
-        if self.has(*ix) { self.map.get(ix) } else { None }
+    fn get(&self, ix: &u32) -> Option<&str> {
+        if self.has(*ix) { self.map.get(ix).map(|e| &**e) } else { None }
     }
 
     fn insert(&mut self, ix: u32, email: Box<str>) {
@@ -243,7 +243,7 @@ impl Engine {
                 let ix = (w * 64) as u32 + b.trailing_zeros();
                 b &= b - 1;
                 match self.emails.get(&ix) {
-                    Some(e) => dst.emails.insert(ix, e.clone()),
+                    Some(e) => dst.emails.insert(ix, e.into()),
                     None => dst.emails.remove(&ix),
                 }
             }
@@ -428,7 +428,7 @@ impl Engine {
     }
 
     pub fn email(&self, ix: ProspectIx) -> Option<&str> {
-        self.emails.get(&ix.0).map(|e| &**e)
+        self.emails.get(&ix.0)
     }
 
     /// Moves the watermark to `t` (if later) and fires every timer it passes. The shell calls

@@ -30,13 +30,13 @@ total=$(grep -o '^gen: [0-9]*' "$work/e2e-gen.txt" | grep -o '[0-9]*')
 echo "preloaded $total messages" >&2
 
 run_service() {
-  local group=$1 http=127.0.0.1:$((port + 1))
+  local group=$1 kind=${2:-microfunnel} http=127.0.0.1:$((port + 1))
   MICROFUNNEL__KAFKA__GROUP_ID=$group MICROFUNNEL__HTTP__LISTEN=$http MICROFUNNEL__PIPELINE__IDLE_ADVANCE_MS=0 \
     MICROFUNNEL__LOG__LEVEL=warn $bin run --config deploy/config/local.toml 2>>"$work/e2e-service.log" &
   local pid=$!
-  python3 - "$http" "$total" "$pid" <<'PY'
+  python3 - "$http" "$total" "$pid" "$kind" <<'PY'
 import json, re, sys, time, urllib.request
-http, total, pid = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+http, total, pid, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def cpu():
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / 100.0
@@ -60,7 +60,7 @@ while time.time() < deadline:
         break
     time.sleep(0.05)
 wall, cpus = time.time() - t0, cpu() - c0
-print(json.dumps({"kind": "microfunnel", "messages": n, "wall_secs": round(wall, 3), "cpu_secs": round(cpus, 3),
+print(json.dumps({"kind": kind, "messages": n, "wall_secs": round(wall, 3), "cpu_secs": round(cpus, 3),
                   "per_sec": round(n / wall), "per_cpu_sec": round(n / max(cpus, 1e-9))}))
 PY
   kill -TERM "$pid"; wait "$pid" || true
@@ -69,6 +69,9 @@ PY
 for r in $(seq 1 "$rounds"); do
   $plain "127.0.0.1:$port" "bench-plain-$r-$$" "$total" web-events crm-events | tee -a "$work/e2e.jsonl"
   run_service "bench-mf-$r-$$" | tee -a "$work/e2e.jsonl"
+  # The same without checkpoints (no snapshot files, no changelog): what checkpointing costs.
+  MICROFUNNEL__CHECKPOINT__DIR="" MICROFUNNEL__CHECKPOINT__CHANGELOG=false \
+    run_service "bench-mfnc-$r-$$" microfunnel_no_checkpoints | tee -a "$work/e2e.jsonl"
 done
 python3 - "$work/e2e.jsonl" <<'PY'
 import json, sys
@@ -77,4 +80,6 @@ best = lambda k, f: max(r[f] for r in rows if r["kind"] == k)
 for f in ("per_sec", "per_cpu_sec"):
     a, b = best("plain_consumer", f), best("microfunnel", f)
     print(f"{f:>12}: plain consumer {a:>9,} msg/s   microfunnel {b:>9,} msg/s   ratio {b / a:.2f}")
+    c = best("microfunnel_no_checkpoints", f)
+    print(f"{f:>12}: microfunnel without checkpoints {c:>9,} msg/s   with checkpoints / without {b / c:.2f}")
 PY

@@ -2,6 +2,10 @@
 //! prospects. Baselines measured in the same run: serde_json parsing the same lines into a
 //! `serde_json::Value`, and skimming them with `IgnoredAny` (the least work serde_json can do).
 //!
+//! `apply_only` applies pre-decoded events one `Engine::apply` at a time; `apply_batch` hands
+//! them over `BATCH` at a time to `Engine::apply_batch` (same state and outputs, cache misses
+//! overlapped across events).
+//!
 //! `cargo bench --bench engine`; `MICROFUNNEL_BENCH_PROSPECTS=100000` limits the scales.
 
 use std::hint::black_box;
@@ -11,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde::de::IgnoredAny;
 
-use microfunnel::codec::{Limits, decode};
+use microfunnel::codec::{Limits, decode, decode_with_serde};
 use microfunnel::core::{Engine, Event, Journey};
 use microfunnel::traffic::{Generator, Options};
 
@@ -34,6 +38,9 @@ struct Envelope<'a> {
     ts: Option<&'a str>,
     timestamp: Option<&'a str>,
 }
+
+/// Events per `apply_batch` call in the batch bench: what one consumer poll might hand over.
+const BATCH: usize = 512;
 
 struct Corpus {
     bytes: Vec<u8>,
@@ -113,6 +120,13 @@ fn engine(c: &mut Criterion) {
                 }
             })
         });
+        group.bench_function(BenchmarkId::from_parameter("decode_only_serde_path"), |b| {
+            b.iter(|| {
+                for l in corpus.lines() {
+                    black_box(decode_with_serde(l, &journey, &limits).ok());
+                }
+            })
+        });
         group.bench_function(BenchmarkId::from_parameter("decode_apply"), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -142,6 +156,23 @@ fn engine(c: &mut Criterion) {
                     let t = Instant::now();
                     for ev in &events {
                         engine.apply(ev, &mut out);
+                        out.clear();
+                    }
+                    total += t.elapsed();
+                    black_box(&engine);
+                }
+                total
+            })
+        });
+        group.bench_function(BenchmarkId::from_parameter("apply_batch"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut engine = Engine::new(Arc::clone(&journey));
+                    let mut out = Vec::with_capacity(1024);
+                    let t = Instant::now();
+                    for batch in events.chunks(BATCH) {
+                        engine.apply_batch(batch, &mut out);
                         out.clear();
                     }
                     total += t.elapsed();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde::de::IgnoredAny;
 
-use microfunnel::codec::{Limits, decode};
+use microfunnel::codec::{Limits, decode, decode_with_serde};
 use microfunnel::core::{Engine, Event, Journey};
 use microfunnel::traffic::{Generator, Options};
 
@@ -117,6 +117,13 @@ fn engine(c: &mut Criterion) {
             b.iter(|| {
                 for l in corpus.lines() {
                     black_box(decode(l, &journey, &limits).ok());
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::from_parameter("decode_only_serde_path"), |b| {
+            b.iter(|| {
+                for l in corpus.lines() {
+                    black_box(decode_with_serde(l, &journey, &limits).ok());
                 }
             })
         });

@@ -3,5 +3,5 @@
 pub mod inbound;
 pub mod outbound;
 
-pub use inbound::{DecodeError, Limits, decode};
+pub use inbound::{DecodeError, Limits, decode, decode_with_serde};
 pub use outbound::{write_output, write_report};

@@ -1,6 +1,13 @@
 //! Bytes to a validated [`Event`]: our canonical envelope or a Segment `track` / `page` /
 //! `screen` / `identify` call, as they are. Only the fields the engine needs are decoded;
 //! strings borrow from the input unless they contain escapes.
+//!
+//! Two paths read the payload into the same [`Wire`]: a one-pass scanner ([`scan`]) that takes
+//! every payload it can be sure of, and serde_json, which decides the rest (escaped fields,
+//! anything invalid) and so words every rejection. [`decode_with_serde`] is the serde path
+//! alone, the reference the tests hold the scanner to.
+
+mod scan;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -357,37 +364,57 @@ pub fn decode<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits) -> Result
     if bytes.len() > limits.max_bytes {
         return Err(DecodeError::TooLarge { size: bytes.len(), limit: limits.max_bytes });
     }
+    let mut w = Wire::default();
+    if !scan::scan(bytes, limits.max_depth, &mut w) {
+        w = parse_serde(bytes, limits)?;
+    }
+    event(&mut w, journey, limits)
+}
+
+/// [`decode`] without the scanner: serde_json reads every payload. Same results, slower; the
+/// reference for tests and benches.
+pub fn decode_with_serde<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits) -> Result<Event<'a>, DecodeError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(DecodeError::TooLarge { size: bytes.len(), limit: limits.max_bytes });
+    }
+    event(&mut parse_serde(bytes, limits)?, journey, limits)
+}
+
+fn parse_serde<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Wire<'a>, DecodeError> {
     if too_deep(bytes, limits.max_depth) {
         return Err(DecodeError::TooDeep { limit: limits.max_depth });
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let w = de
-        .deserialize_map(WireVisitor { has_traits: memchr::memmem::find(bytes, b"\"traits\"").is_some() })
+    de.deserialize_map(WireVisitor { has_traits: memchr::memmem::find(bytes, b"\"traits\"").is_some() })
         .and_then(|w| de.end().map(|()| w))
-        .map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-    let ev = if let Some(event_id) = w.event_id {
+        .map_err(|e| DecodeError::InvalidJson(e.to_string()))
+}
+
+/// The validated event of a payload's fields (taken out of `w`).
+fn event<'a>(w: &mut Wire<'a>, journey: &Journey, limits: &Limits) -> Result<Event<'a>, DecodeError> {
+    let ev = if let Some(event_id) = w.event_id.take() {
         let event_id = checked(event_id.0, "event_id", limits)?;
-        let prospect = required(w.prospect_id, "prospect_id", CANONICAL, limits)?;
-        let source = w.source.ok_or(DecodeError::MissingField { field: "source", format: CANONICAL })?.0;
+        let prospect = required(w.prospect_id.take(), "prospect_id", CANONICAL, limits)?;
+        let source = w.source.take().ok_or(DecodeError::MissingField { field: "source", format: CANONICAL })?.0;
         let source =
             Source::parse(&source).ok_or_else(|| DecodeError::UnknownSource(source.chars().take(64).collect()))?;
-        let name = required(w.kind, "type", CANONICAL, limits)?;
-        let ts = timestamp(w.ts, "ts", CANONICAL)?;
+        let name = required(w.kind.take(), "type", CANONICAL, limits)?;
+        let ts = timestamp(w.ts.take(), "ts", CANONICAL)?;
         let signal = journey.resolve(EventKind::Named, &name);
-        Event { event_id, prospect, source, kind: EventKind::Named, name, signal, ts, email: email(w.email) }
-    } else if let Some(message_id) = w.message_id {
+        Event { event_id, prospect, source, kind: EventKind::Named, name, signal, ts, email: email(w.email.take()) }
+    } else if let Some(message_id) = w.message_id.take() {
         let event_id = checked(message_id.0, "messageId", limits)?;
-        let prospect = match (w.user_id, w.anonymous_id) {
+        let prospect = match (w.user_id.take(), w.anonymous_id.take()) {
             (Some(u), _) if !u.0.trim().is_empty() => checked(u.0, "userId", limits)?,
             (_, a) => required(a, "userId or anonymousId", SEGMENT, limits)?,
         };
-        let source = match w.source {
+        let source = match w.source.take() {
             Some(s) => Source::parse(&s.0).ok_or_else(|| DecodeError::UnknownSource(s.0.chars().take(64).collect()))?,
             None => Source::Web,
         };
-        let call = w.kind.ok_or(DecodeError::MissingField { field: "type", format: SEGMENT })?.0;
+        let call = w.kind.take().ok_or(DecodeError::MissingField { field: "type", format: SEGMENT })?.0;
         let (kind, name) = match &*call {
-            "track" => (EventKind::Named, required(w.event, "event", "Segment track call", limits)?),
+            "track" => (EventKind::Named, required(w.event.take(), "event", "Segment track call", limits)?),
             "page" => (EventKind::Page, Cow::Borrowed("")),
             "screen" => (EventKind::Screen, Cow::Borrowed("")),
             "identify" => (EventKind::Identify, Cow::Borrowed("")),
@@ -395,12 +422,12 @@ pub fn decode<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits) -> Result
                 return Err(DecodeError::UnsupportedType(other.chars().take(64).collect()));
             }
         };
-        let ts = match (w.timestamp, w.original_timestamp) {
+        let ts = match (w.timestamp.take(), w.original_timestamp.take()) {
             (None, Some(original)) => timestamp(Some(original), "originalTimestamp", SEGMENT)?,
             (t, _) => timestamp(t, "timestamp", SEGMENT)?,
         };
         let signal = journey.resolve(kind, &name);
-        let email = email(w.context_email).or_else(|| email(w.traits_email));
+        let email = email(w.context_email.take()).or_else(|| email(w.traits_email.take()));
         Event { event_id, prospect, source, kind, name, signal, ts, email }
     } else {
         return Err(DecodeError::MissingField {

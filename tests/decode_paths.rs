@@ -1,0 +1,253 @@
+//! The decoder's two paths agree: `codec::decode` (the one-pass scanner, falling back to serde_json
+//! when unsure) returns exactly what `codec::decode_with_serde` (serde_json alone, the reference)
+//! returns, event or typed error with its message, on the fixtures, on generated traffic, on every
+//! edge of the JSON grammar the scanner handles itself, and on mutated payloads.
+
+use microfunnel::codec::{self, DecodeError, Limits};
+use microfunnel::core::{Event, Journey};
+use microfunnel::traffic::{Generator, Options};
+use proptest::prelude::*;
+
+const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
+const FIXTURES: [&str; 3] = [
+    include_str!("fixtures/b2b-playbook.jsonl"),
+    include_str!("fixtures/malformed.jsonl"),
+    include_str!("fixtures/segment-sample.jsonl"),
+];
+
+fn b2b() -> Journey {
+    Journey::from_toml_str(B2B).expect("shipped b2b journey loads")
+}
+
+fn limit_sets() -> [Limits; 3] {
+    [
+        Limits::default(),
+        Limits { max_bytes: 512, max_depth: 4, max_id_bytes: 16 },
+        Limits { max_depth: 1, ..Limits::default() },
+    ]
+}
+
+/// Both paths under several limits; returns the default-limits result.
+fn agree<'a>(journey: &Journey, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
+    for limits in &limit_sets()[1..] {
+        assert_eq!(
+            codec::decode(bytes, journey, limits),
+            codec::decode_with_serde(bytes, journey, limits),
+            "paths differ under {limits:?} on {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    let fast = codec::decode(bytes, journey, &Limits::default());
+    assert_eq!(
+        fast,
+        codec::decode_with_serde(bytes, journey, &Limits::default()),
+        "on {:?}",
+        String::from_utf8_lossy(bytes)
+    );
+    fast
+}
+
+fn fixture_lines() -> Vec<&'static str> {
+    FIXTURES.iter().flat_map(|f| f.lines()).filter(|l| !l.is_empty()).collect()
+}
+
+#[test]
+fn fixtures_decode_the_same_on_both_paths() {
+    let journey = b2b();
+    let (mut ok, mut refused) = (0, 0);
+    for line in fixture_lines() {
+        match agree(&journey, line.as_bytes()) {
+            Ok(_) => ok += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(ok >= 40 && refused >= 10, "fixtures exercise both outcomes ({ok} decoded, {refused} refused)");
+}
+
+#[test]
+fn realistic_segment_payloads_decode_the_same_on_both_paths_and_borrow() {
+    let journey = b2b();
+    let sample = FIXTURES[2];
+    assert!(sample.lines().count() >= 8);
+    for line in sample.lines().filter(|l| !l.is_empty()) {
+        let ev = agree(&journey, line.as_bytes()).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(matches!(ev.event_id, std::borrow::Cow::Borrowed(_)), "{line}");
+        assert!(matches!(ev.prospect, std::borrow::Cow::Borrowed(_)), "{line}");
+    }
+}
+
+#[test]
+fn generated_traffic_decodes_the_same_on_both_paths() {
+    let journey = b2b();
+    let opts = Options { prospects: 300, seed: 11, ..Options::default() };
+    let mut g = Generator::new(opts, &journey, false).expect("generator");
+    let (mut line, mut key) = (Vec::new(), String::new());
+    let (mut n, mut refused) = (0, 0);
+    while g.next_into(&mut line, &mut key).is_some() {
+        refused += usize::from(agree(&journey, &line).is_err());
+        n += 1;
+    }
+    assert!(n > 2000 && refused > 0, "{n} lines, {refused} refused");
+}
+
+/// Payloads at every edge the scanner decides itself or must hand over.
+const EDGES: &[&str] = &[
+    // whitespace, empty and trailing content
+    " \t\r\n{\"event_id\":\"e\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"} \n",
+    "{}",
+    "{ }",
+    "",
+    "   ",
+    "[]",
+    "null",
+    "\"event\"",
+    "{\"event_id\":\"e\"} x",
+    "{\"event_id\":\"e\"}{}",
+    "{\"event_id\":\"e\",}",
+    "{,}",
+    "{\"event_id\" \"e\"}",
+    "{\"event_id\":}",
+    "{\"event_id\":\"e\"",
+    "{\"event_id\":\"e",
+    "{\"a\":[1,]}",
+    "{\"a\":[,1]}",
+    "{\"a\":{\"b\":1,}}",
+    "{\"a\":{1:2}}",
+    // numbers, as skipped and as read
+    "{\"a\":[0,-0,1.5,-2e10,3E+2,4e-1,0.0e0,123456789012345678901234567890,1e400]}",
+    "{\"a\":01}",
+    "{\"a\":-}",
+    "{\"a\":1.}",
+    "{\"a\":1e}",
+    "{\"a\":.5}",
+    "{\"a\":+1}",
+    "{\"a\":1.5.5}",
+    "{\"event_id\":42,\"prospect_id\":-7,\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+    "{\"event_id\":1.5,\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+    "{\"event_id\":true,\"prospect_id\":\"p\"}",
+    "{\"event_id\":[\"e\"],\"prospect_id\":\"p\"}",
+    "{\"event_id\":{},\"prospect_id\":\"p\"}",
+    // literals
+    "{\"a\":true,\"b\":false,\"c\":null}",
+    "{\"a\":tru}",
+    "{\"a\":nul}",
+    "{\"a\":nulll}",
+    "{\"a\":True}",
+    // strings: escapes, control characters, non-ASCII
+    "{\"a\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\uD800\"}",
+    "{\"a\":\"\\x\"}",
+    "{\"a\":\"\\u12G4\"}",
+    "{\"a\":\"\\u12\"}",
+    "{\"a\":\"tab\there\"}",
+    "{\"a\":\"caf\u{e9} \u{1f600}\"}",
+    "{\"event_id\":\"\\u0065\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+    "{\"event_id\":\"\\uD800\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+    "{\"event_\\u0069d\":\"e\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+    "{\"\\uDC00\":1,\"event_id\":\"e\"}",
+    "{\"a\":{\"\\uDC00\":1},\"event_id\":\"e\"}",
+    "{\"event_id\":\"\u{e9}v\u{e9}nement-12345678\",\"prospect_id\":\"p\u{f8}\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+    // repeated fields
+    "{\"event_id\":\"e\",\"event_id\":\"f\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+    "{\"event_id\":null,\"event_id\":\"f\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+    "{\"event_id\":\"e\",\"event_id\":null,\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+    "{\"event_id\":\"e\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\",\"properties\":{},\"properties\":null,\"x\":1,\"x\":2}",
+    // properties must be an object or null
+    "{\"event_id\":\"e\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\",\"properties\":[1]}",
+    "{\"event_id\":\"e\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\",\"properties\":\"s\"}",
+    "{\"event_id\":\"e\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\",\"properties\":5}",
+    "{\"event_id\":\"e\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\",\"properties\":nul}",
+    // traits and context.traits emails
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":{\"email\":\"A@B.example\"}}",
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":{\"email\":\"A@B.example\",\"email\":7}}",
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":{\"email\":1e400}}",
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":{\"email\":{\"x\":1}}}",
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":{\"email\":{\"\\uD800\":1}}}",
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":{\"email\":[\"a@b.c\"]}}",
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":{\"email\":\"A\\u0040B.example\"}}",
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":[1,2]}",
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":\"x\"}",
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":7}",
+    "{\"type\":\"identify\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"traits\":null,\"traits\":{\"email\":\"x@y.z\"}}",
+    "{\"type\":\"page\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"context\":{\"traits\":{\"email\":\"C@D.example\"},\"email\":\"no@no.no\"}}",
+    "{\"type\":\"page\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"context\":{\"traits\":{\"email\":\"C@D.example\"},\"traits\":null}}",
+    "{\"type\":\"page\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"context\":{\"tr\\u0061its\":{\"email\":\"C@D.example\"}}}",
+    "{\"type\":\"page\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"context\":{\"x\":{\"\\uD800\":1}},\"traits\":{}}",
+    "{\"type\":\"page\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"context\":{\"\\uD800\":1}}",
+    "{\"type\":\"page\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"context\":{\"\\uD800\":1},\"traits\":{}}",
+    "{\"type\":\"page\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"context\":5,\"traits\":{}}",
+    "{\"type\":\"page\",\"messageId\":\"m\",\"userId\":\"u\",\"timestamp\":\"2026-03-01T00:00:00Z\",\"context\":{\"traits\":5}}",
+    // nesting around the limits (max_depth 32, 4 and 1 in `agree`)
+    "{\"a\":{\"b\":{\"c\":{\"d\":{}}}}}",
+    "{\"a\":[[[[[]]]]]}",
+    "{\"a\":\"[[[[[[[[[[{{{{{{{{{\"}",
+];
+
+#[test]
+fn grammar_edges_decode_the_same_on_both_paths() {
+    let journey = b2b();
+    for edge in EDGES {
+        let _ = agree(&journey, edge.as_bytes());
+    }
+    let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+    let limits = Limits { max_depth: 500, ..Limits::default() };
+    assert_eq!(
+        codec::decode(deep.as_bytes(), &journey, &limits),
+        codec::decode_with_serde(deep.as_bytes(), &journey, &limits)
+    );
+}
+
+#[test]
+fn invalid_utf8_decodes_the_same_on_both_paths() {
+    let journey = b2b();
+    let good = "{\"event_id\":\"e\",\"prospect_id\":\"p\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\",\"properties\":{\"k\":\"v\"}}";
+    for (needle, bad) in
+        [("\"e\"", &b"\"\xff\""[..]), ("\"v\"", b"\"\xc3\""), ("\"k\"", b"\"\xe2\x82\""), ("\"p\"", b"\"\xc3\xa9\"")]
+    {
+        let at = good.find(needle).unwrap();
+        let mut bytes = good.as_bytes()[..at].to_vec();
+        bytes.extend_from_slice(bad);
+        bytes.extend_from_slice(&good.as_bytes()[at + needle.len()..]);
+        let _ = agree(&journey, &bytes);
+    }
+}
+
+fn edit(line: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
+    let mut b = line.to_vec();
+    for &(at, op, byte) in edits {
+        let i = at % (b.len() + 1);
+        match op % 4 {
+            0 => b.insert(i, byte),
+            1 if i < b.len() => {
+                b.remove(i);
+            }
+            2 if i < b.len() => b[i] = byte,
+            _ => {
+                let piece = b[i..(i + usize::from(byte % 24)).min(b.len())].to_vec();
+                b.splice(i..i, piece);
+            }
+        }
+    }
+    b
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_payloads_decode_the_same_on_both_paths(
+        pick in any::<prop::sample::Index>(),
+        edits in prop::collection::vec(
+            (any::<usize>(), any::<u8>(), prop_oneof![any::<u8>(), prop::sample::select(b"{}[]\":,\\ 0123456789.-eEtfnu\x00\x1f\xff\xc3".to_vec())]),
+            1..5,
+        ),
+    ) {
+        let journey = b2b();
+        let lines = fixture_lines();
+        let _ = agree(&journey, &edit(lines[pick.index(lines.len())].as_bytes(), &edits));
+    }
+
+    #[test]
+    fn json_like_text_decodes_the_same_on_both_paths(text in r#"[{}\[\]":,a-z0-9_ .@+\\-]{0,200}"#) {
+        let _ = agree(&b2b(), text.as_bytes());
+    }
+}

@@ -259,10 +259,10 @@ fn default_max_depth() -> usize {
     32
 }
 fn default_commit_interval() -> u64 {
-    1_000
+    5_000
 }
 fn default_commit_every() -> u64 {
-    50_000
+    250_000
 }
 fn default_funnel_interval() -> u64 {
     10_000
@@ -402,7 +402,7 @@ impl Settings {
             return Err(invalid(
                 "pipeline.commit_interval_ms",
                 "must be positive",
-                "use e.g. 1000 (and commit_every_messages 50000)",
+                "use e.g. 5000 (and commit_every_messages 250000)",
             ));
         }
         if p.funnel_interval_ms == 0 {

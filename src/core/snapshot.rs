@@ -332,12 +332,8 @@ impl Engine {
             *v = r.u64("recent event ids")?;
         }
         let at = r.position();
-        let [stage, flags, hot_rule, recent_pos] =
-            [r.u8("stage")?, r.u8("flags")?, r.u8("hot rule")?, r.u8("recent position")?];
-        let bad_rule = hot_rule as usize >= j.hot_rules.len().max(1);
-        if stage as usize >= j.stages.len() || bad_rule || recent_pos as usize >= RECENT_IDS || !score.is_finite() {
-            return Err(StateError::Invalid { what: "prospect record", at });
-        }
+        let small = [r.u8("stage")?, r.u8("flags")?, r.u8("hot rule")?, r.u8("recent position")?];
+        let fixed = self.checked_prospect(score, t, recent, small, at)?;
         let stage_times = (0..j.stages.len()).map(|_| r.u32("stage times")).collect::<Result<_, _>>()?;
         let counts = (0..j.signals.len()).map(|_| r.u16("signal counts")).collect::<Result<_, _>>()?;
         let marks = (0..j.tracked).map(|_| r.ts("marks")).collect::<Result<_, _>>()?;
@@ -348,21 +344,6 @@ impl Engine {
                 let b = r.take(n as usize, "email")?;
                 Some(std::str::from_utf8(b).map_err(|_| StateError::Invalid { what: "email", at })?)
             }
-        };
-        let fixed = Prospect {
-            score,
-            score_at: t[0],
-            last_activity: t[1],
-            stage_entered: t[2],
-            ghost_due: t[3],
-            stall_due: t[4],
-            hot_until: t[5],
-            last_alert: t[6],
-            recent,
-            stage: StageId(stage),
-            flags,
-            hot_rule,
-            recent_pos,
         };
         Ok(ProspectRecord { fixed, stage_times, counts, marks, email })
     }
@@ -439,6 +420,38 @@ impl Engine {
         }
     }
 
+    /// A prospect's fixed state from its decoded fields (`t`: the seven times in record order,
+    /// `small`: stage, flags, hot rule, recent position), checked against this engine's journey.
+    fn checked_prospect(
+        &self,
+        score: f64,
+        t: [Ts; 7],
+        recent: [u64; RECENT_IDS],
+        [stage, flags, hot_rule, recent_pos]: [u8; 4],
+        at: usize,
+    ) -> Result<Prospect, StateError> {
+        let j = self.journey();
+        let bad_rule = hot_rule as usize >= j.hot_rules.len().max(1);
+        if stage as usize >= j.stages.len() || bad_rule || recent_pos as usize >= RECENT_IDS || !score.is_finite() {
+            return Err(StateError::Invalid { what: "prospect record", at });
+        }
+        Ok(Prospect {
+            score,
+            score_at: t[0],
+            last_activity: t[1],
+            stage_entered: t[2],
+            ghost_due: t[3],
+            stall_due: t[4],
+            hot_until: t[5],
+            last_alert: t[6],
+            recent,
+            stage: StageId(stage),
+            flags,
+            hot_rule,
+            recent_pos,
+        })
+    }
+
     /// Reads one record of layout 2 into `rec` (reusing its buffers) and checks it against
     /// this engine's journey.
     fn decode_compact<'a>(&self, r: &mut Dec<'a>, rec: &mut ProspectRecord<'a>) -> Result<(), StateError> {
@@ -462,30 +475,12 @@ impl Engine {
             }
         }
         let at = r.position();
-        let [stage, flags, hot_rule, recent_pos] = r.array::<4>("stage")?;
-        let bad_rule = hot_rule as usize >= j.hot_rules.len().max(1);
-        if stage as usize >= j.stages.len() || bad_rule || recent_pos as usize >= RECENT_IDS || !score.is_finite() {
-            return Err(StateError::Invalid { what: "prospect record", at });
-        }
+        let small = r.array::<4>("stage")?;
+        rec.fixed = self.checked_prospect(score, t, recent, small, at)?;
         unsparse(r, &mut rec.stage_times, j.stages.len(), 0, "stage times", |r| r.u32("stage times"))?;
         unsparse(r, &mut rec.counts, j.signals.len(), 0, "signal counts", |r| r.u16("signal counts"))?;
         unsparse(r, &mut rec.marks, j.tracked, Ts::NONE, "marks", |r| r.ts("marks"))?;
         rec.email = if mask & (1 << 12) != 0 { Some(r.len_prefixed_str("email")?) } else { None };
-        rec.fixed = Prospect {
-            score,
-            score_at: t[0],
-            last_activity: t[1],
-            stage_entered: t[2],
-            ghost_due: t[3],
-            stall_due: t[4],
-            hot_until: t[5],
-            last_alert: t[6],
-            recent,
-            stage: StageId(stage),
-            flags,
-            hot_rule,
-            recent_pos,
-        };
         Ok(())
     }
 

@@ -22,6 +22,7 @@ use super::ids::{self, Interner, InternerFull, ProspectIx};
 use super::journey::{HotCondition, Journey, SignalId, StageId};
 use super::output::{HotLead, Output, RejectReason};
 use super::prospect::{self, Classification, Prospect, RECENT_IDS};
+use super::store::Store;
 use super::time::{MS_PER_SEC, Ts};
 
 /// See [`Engine::capture_into`]: an incremental capture is used while at most one prospect in
@@ -51,13 +52,8 @@ pub struct Stats {
 pub struct Engine {
     journey: Arc<Journey>,
     ids: Interner,
-    prospects: Vec<Prospect>,
-    /// `stages` per prospect: seconds since the epoch + 1 at which each stage was entered, 0 = never.
-    stage_times: Vec<u32>,
-    /// `signals` per prospect: how often each signal was seen (saturating).
-    counts: Vec<u16>,
-    /// `journey.tracked` per prospect: last time of each signal a hot rule looks back to.
-    marks: Vec<Ts>,
+    /// Each prospect's fixed state and per-journey arrays, indexed by `ProspectIx`.
+    store: Store,
     /// Emails, for the prospects that gave one; kept aside so the others pay nothing for it.
     emails: Emails,
     timers: BinaryHeap<Reverse<(Ts, u32, u8)>>,
@@ -149,12 +145,9 @@ impl Engine {
     pub fn new(journey: Arc<Journey>) -> Engine {
         Engine {
             funnel: Funnel::new(&journey),
+            store: Store::new(&journey),
             journey,
             ids: Interner::default(),
-            prospects: Vec::new(),
-            stage_times: Vec::new(),
-            counts: Vec::new(),
-            marks: Vec::new(),
             emails: Emails::default(),
             timers: BinaryHeap::new(),
             restored_timers: Vec::new(),
@@ -191,10 +184,7 @@ impl Engine {
         } else {
             dst.journey = Arc::clone(&self.journey);
             dst.ids.clone_from(&self.ids);
-            dst.prospects.clone_from(&self.prospects);
-            dst.stage_times.clone_from(&self.stage_times);
-            dst.counts.clone_from(&self.counts);
-            dst.marks.clone_from(&self.marks);
+            dst.store.copy_all_from(&self.store);
             dst.emails.clone_from(&self.emails);
         }
         self.changed.iter_mut().for_each(|w| (w[1], w[2]) = (0, 0));
@@ -218,24 +208,16 @@ impl Engine {
     /// The incremental part of [`Engine::capture_into`]: `dst` equals this engine as of its last
     /// capture, plus the changes marked since.
     fn copy_changed_into(&self, dst: &mut Engine) {
-        let j = &self.journey;
-        let (ns, ng, nt) = (j.stages.len(), j.signals.len(), j.tracked);
         let old = dst.len();
         dst.ids.extend_from(&self.ids);
-        dst.prospects.extend_from_slice(&self.prospects[old..]);
-        dst.stage_times.extend_from_slice(&self.stage_times[old * ns..]);
-        dst.counts.extend_from_slice(&self.counts[old * ng..]);
-        dst.marks.extend_from_slice(&self.marks[old * nt..]);
+        dst.store.extend_from(&self.store);
         for (w, bits) in self.changed.iter().enumerate() {
             let mut b = bits[1];
             while b != 0 {
                 let i = w * 64 + b.trailing_zeros() as usize;
                 b &= b - 1;
                 if i < old {
-                    dst.prospects[i].clone_from(&self.prospects[i]);
-                    dst.stage_times[i * ns..(i + 1) * ns].copy_from_slice(&self.stage_times[i * ns..(i + 1) * ns]);
-                    dst.counts[i * ng..(i + 1) * ng].copy_from_slice(&self.counts[i * ng..(i + 1) * ng]);
-                    dst.marks[i * nt..(i + 1) * nt].copy_from_slice(&self.marks[i * nt..(i + 1) * nt]);
+                    dst.store.copy_one_from(&self.store, i);
                 }
             }
             let mut b = bits[2];
@@ -294,23 +276,13 @@ impl Engine {
     }
 
     pub(super) fn prospect_parts(&self, ix: ProspectIx) -> (&Prospect, &[u32], &[u16], &[Ts]) {
-        let j = &self.journey;
         let i = ix.0 as usize;
-        (
-            &self.prospects[i],
-            &self.stage_times[i * j.stages.len()..(i + 1) * j.stages.len()],
-            &self.counts[i * j.signals.len()..(i + 1) * j.signals.len()],
-            &self.marks[i * j.tracked..(i + 1) * j.tracked],
-        )
+        (self.store.fixed(i), self.store.stage_times(i), self.store.counts(i), self.store.marks(i))
     }
 
     pub(super) fn reserve(&mut self, n: usize) {
-        let j = &self.journey;
         self.ids.reserve(n, n * 24);
-        self.prospects.reserve_exact(n);
-        self.stage_times.reserve_exact(n * j.stages.len());
-        self.counts.reserve_exact(n * j.signals.len());
-        self.marks.reserve_exact(n * j.tracked);
+        self.store.reserve(n);
     }
 
     /// Adds a prospect read from a full state (restore of a snapshot): the id must be new.
@@ -322,10 +294,7 @@ impl Engine {
         rec: &super::snapshot::ProspectRecord<'_>,
     ) -> Result<ProspectIx, InternerFull> {
         let ix = self.ids.intern_new(id)?.ok_or(InternerFull)?;
-        self.prospects.push(rec.fixed.clone());
-        self.stage_times.extend_from_slice(&rec.stage_times);
-        self.counts.extend_from_slice(&rec.counts);
-        self.marks.extend_from_slice(&rec.marks);
+        self.store.push_with(rec.fixed.clone(), &rec.stage_times, &rec.counts, &rec.marks);
         if let Some(e) = rec.email {
             self.emails.insert(ix.0, e.into());
         }
@@ -354,17 +323,10 @@ impl Engine {
     pub fn install(&mut self, id: &str, rec: super::snapshot::ProspectRecord<'_>) -> Result<ProspectIx, InternerFull> {
         let (ix, new) = self.ids.intern(id)?;
         let i = ix.0 as usize;
-        let j = Arc::clone(&self.journey);
         if new {
-            self.prospects.push(rec.fixed);
-            self.stage_times.extend_from_slice(&rec.stage_times);
-            self.counts.extend_from_slice(&rec.counts);
-            self.marks.extend_from_slice(&rec.marks);
+            self.store.push_with(rec.fixed, &rec.stage_times, &rec.counts, &rec.marks);
         } else {
-            self.prospects[i] = rec.fixed;
-            self.stage_times[i * j.stages.len()..(i + 1) * j.stages.len()].copy_from_slice(&rec.stage_times);
-            self.counts[i * j.signals.len()..(i + 1) * j.signals.len()].copy_from_slice(&rec.counts);
-            self.marks[i * j.tracked..(i + 1) * j.tracked].copy_from_slice(&rec.marks);
+            self.store.set(i, rec.fixed, &rec.stage_times, &rec.counts, &rec.marks);
         }
         match rec.email {
             Some(e) => {
@@ -375,7 +337,7 @@ impl Engine {
             }
         }
         self.mark_email_changed(ix.0);
-        let p = &self.prospects[i];
+        let p = self.store.fixed(i);
         if !p.ghost_due.is_none() {
             self.timers.push(Reverse((p.ghost_due, ix.0, GHOST)));
         }
@@ -408,11 +370,11 @@ impl Engine {
     }
 
     pub fn len(&self) -> usize {
-        self.prospects.len()
+        self.store.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.prospects.is_empty()
+        self.store.len() == 0
     }
 
     pub fn prospect_id(&self, ix: ProspectIx) -> &str {
@@ -424,7 +386,7 @@ impl Engine {
     }
 
     pub fn prospect(&self, ix: ProspectIx) -> &Prospect {
-        &self.prospects[ix.0 as usize]
+        self.store.fixed(ix.0 as usize)
     }
 
     pub fn email(&self, ix: ProspectIx) -> Option<&str> {
@@ -489,12 +451,12 @@ impl Engine {
     fn touch_state(&self, ix: ProspectIx, sig: SignalId) -> u64 {
         let j = &self.journey;
         let i = ix.0 as usize;
-        let p = &self.prospects[i];
+        let p = self.store.fixed(i);
         let mut sink = p.score_at.0 as u64 ^ p.recent[RECENT_IDS - 1] ^ u64::from(p.recent_pos);
-        sink ^= u64::from(self.counts[i * j.signals.len() + sig.0 as usize]);
-        sink ^= u64::from(self.stage_times[i * j.stages.len()]);
+        sink ^= u64::from(self.store.counts(i)[sig.0 as usize]);
+        sink ^= u64::from(self.store.stage_times(i)[0]);
         if let Some(slot) = j.signal(sig).tracked_slot {
-            sink ^= self.marks[i * j.tracked + slot as usize].0 as u64;
+            sink ^= self.store.marks(i)[slot as usize].0 as u64;
         }
         sink
     }
@@ -535,23 +497,20 @@ impl Engine {
         let (ix, new) = match self.ids.intern_hashed(hash, &ev.prospect) {
             Ok(v) => v,
             Err(InternerFull) => {
-                let detail = format!("shard holds {} prospects, its id arena is full", self.prospects.len());
+                let detail = format!("shard holds {} prospects, its id arena is full", self.store.len());
                 return self.reject(RejectReason::Capacity, detail, out);
             }
         };
         let i = ix.0 as usize;
         if new {
-            self.prospects.push(Prospect::new(journey.first_stage(), ev.ts));
-            self.stage_times.resize(self.stage_times.len() + journey.stages.len(), 0);
-            self.counts.resize(self.counts.len() + journey.signals.len(), 0);
-            self.marks.resize(self.marks.len() + journey.tracked, Ts::NONE);
-        } else if self.prospects[i].seen(fp) {
+            self.store.push(Prospect::new(journey.first_stage(), ev.ts));
+        } else if self.store.fixed(i).seen(fp) {
             self.stats.duplicates += 1;
             return;
         }
         self.stats.applied += 1;
         self.mark_changed(ix.0);
-        self.prospects[i].remember(fp);
+        self.store.fixed_mut(i).remember(fp);
         if let Some(email) = &ev.email
             && self.email(ix) != Some(&**email)
         {
@@ -575,19 +534,18 @@ impl Engine {
         }
 
         // Counts and look-back marks.
-        let nsig = journey.signals.len();
-        let count = &mut self.counts[i * nsig + sig.0 as usize];
+        let (p, vars) = self.store.state_mut(i);
+        let count = &mut vars.counts[sig.0 as usize];
         let seen_before = *count;
         *count = count.saturating_add(1);
         if let Some(slot) = def.tracked_slot {
-            let m = &mut self.marks[i * journey.tracked + slot as usize];
+            let m = &mut vars.marks[slot as usize];
             if m.is_none() || ts > *m {
                 *m = ts;
             }
         }
 
         // Score, decayed in event time.
-        let p = &mut self.prospects[i];
         if ts > p.score_at {
             p.score *= (-journey.decay_rate * ts.since(p.score_at).0 as f64).exp();
             p.score_at = ts;
@@ -659,7 +617,7 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let i = ix.0 as usize;
-        let p = &mut self.prospects[i];
+        let (p, vars) = self.store.state_mut(i);
         let from = (!new).then_some(p.stage);
         if let Some(f) = from {
             let cur = journey.stage(f);
@@ -671,7 +629,7 @@ impl Engine {
             }
         }
         self.funnel.transition(journey, from, to, ts.since(p.stage_entered));
-        self.stage_times[i * journey.stages.len() + to.0 as usize] = stage_secs(ts);
+        vars.stage_times[to.0 as usize] = stage_secs(ts);
         p.stage = to;
         p.stage_entered = ts;
         if !late {
@@ -705,8 +663,7 @@ impl Engine {
                 super::journey::Outcome::Won => prospect::OUTCOME_WON,
                 super::journey::Outcome::Lost => prospect::OUTCOME_LOST,
             };
-            let n = journey.signals.len();
-            self.funnel.outcome(o, &self.counts[i * n..(i + 1) * n]);
+            self.funnel.outcome(o, vars.counts);
         }
         self.stats.stage_changes += 1;
         out.push(Output::StageChanged { prospect: ix, from, to, signal: sig, at: ts, late });
@@ -723,7 +680,7 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let i = ix.0 as usize;
-        let p = &self.prospects[i];
+        let p = self.store.fixed(i);
         if p.has(prospect::DISQUALIFIED) || journey.stage(p.stage).terminal {
             return;
         }
@@ -736,7 +693,7 @@ impl Engine {
                     signal == sig
                         && after.is_none_or(|(a, within)| {
                             let slot = journey.signal(a).tracked_slot.map_or(0, usize::from);
-                            let m = self.marks[i * journey.tracked + slot];
+                            let m = self.store.marks(i)[slot];
                             !m.is_none() && m <= ts && ts.since(m) <= within
                         })
                 }
@@ -748,7 +705,7 @@ impl Engine {
         if fired == 0 {
             return;
         }
-        let p = &mut self.prospects[i];
+        let p = self.store.fixed_mut(i);
         p.hot_until = ts.plus(journey.hot_for);
         p.hot_rule = fired.trailing_zeros() as u8;
         if !p.last_alert.is_none() && ts < p.last_alert.plus(journey.alert_cooldown) {
@@ -776,7 +733,7 @@ impl Engine {
 
     /// Fires this prospect's timers that fell due strictly before `ts`.
     fn fire_own_timers(&mut self, ix: ProspectIx, ts: Ts, out: &mut Vec<Output>) {
-        let p = &self.prospects[ix.0 as usize];
+        let p = self.store.fixed(ix.0 as usize);
         let mut due = [(p.ghost_due, GHOST), (p.stall_due, STALL)];
         due.sort();
         for (t, kind) in due {
@@ -799,12 +756,12 @@ impl Engine {
     /// Fires a timer if it is still the prospect's current one (heap entries go stale when a
     /// timer is re-armed or cancelled).
     fn fire(&mut self, ix: ProspectIx, kind: u8, due: Ts, out: &mut Vec<Output>) {
-        let p = &self.prospects[ix.0 as usize];
+        let p = self.store.fixed(ix.0 as usize);
         if (kind == GHOST && p.ghost_due == due) || (kind == STALL && p.stall_due == due) {
             self.mark_changed(ix.0);
         }
         let journey = &self.journey;
-        let p = &mut self.prospects[ix.0 as usize];
+        let p = self.store.fixed_mut(ix.0 as usize);
         match kind {
             GHOST if p.ghost_due == due => {
                 p.ghost_due = Ts::NONE;
@@ -832,17 +789,17 @@ impl Engine {
     pub fn view(&self, ix: ProspectIx, at: Option<Ts>) -> ProspectView {
         let j = &self.journey;
         let i = ix.0 as usize;
-        let p = &self.prospects[i];
+        let p = self.store.fixed(i);
         let at = at.unwrap_or(p.score_at);
         let stage_entered = (0..j.stages.len())
             .filter_map(|s| {
-                let v = self.stage_times[i * j.stages.len() + s];
+                let v = self.store.stage_times(i)[s];
                 (v != 0).then(|| (j.stages[s].name.clone(), Ts((i64::from(v) - 1) * MS_PER_SEC).to_string()))
             })
             .collect();
         let signal_counts = (0..j.signals.len())
             .filter_map(|s| {
-                let c = self.counts[i * j.signals.len() + s];
+                let c = self.store.counts(i)[s];
                 (c != 0).then(|| (j.signals[s].name.clone(), c))
             })
             .collect();
@@ -874,9 +831,8 @@ impl Engine {
     }
 
     pub(super) fn prospect_digest_with(&self, ix: ProspectIx, buf: &mut Vec<u8>) -> u64 {
-        let j = &self.journey;
         let i = ix.0 as usize;
-        let p = &self.prospects[i];
+        let p = self.store.fixed(i);
         buf.clear();
         buf.extend_from_slice(self.ids.get(ix).as_bytes());
         buf.push(0);
@@ -890,13 +846,13 @@ impl Engine {
         for r in recent {
             buf.extend_from_slice(&r.to_le_bytes());
         }
-        for v in &self.stage_times[i * j.stages.len()..(i + 1) * j.stages.len()] {
+        for v in self.store.stage_times(i) {
             buf.extend_from_slice(&v.to_le_bytes());
         }
-        for v in &self.counts[i * j.signals.len()..(i + 1) * j.signals.len()] {
+        for v in self.store.counts(i) {
             buf.extend_from_slice(&v.to_le_bytes());
         }
-        for v in &self.marks[i * j.tracked..(i + 1) * j.tracked] {
+        for v in self.store.marks(i) {
             buf.extend_from_slice(&v.0.to_le_bytes());
         }
         if let Some(e) = self.email(ix) {
@@ -909,7 +865,7 @@ impl Engine {
     /// summed) that hold the same prospects in the same states.
     pub fn digest(&self) -> u64 {
         let mut buf = Vec::with_capacity(256);
-        (0..self.prospects.len() as u32)
+        (0..self.store.len() as u32)
             .fold(0u64, |acc, i| acc.wrapping_add(self.prospect_digest_with(ProspectIx(i), &mut buf)))
     }
 
@@ -917,7 +873,7 @@ impl Engine {
     pub fn census(&self) -> Census {
         let mut c = Census::default();
         let at = self.watermark;
-        for p in &self.prospects {
+        for p in self.store.iter_fixed() {
             match p.classification(&self.journey) {
                 Classification::CurrentOpportunity => c.current_opportunity += 1,
                 Classification::NoCurrentOpportunity => c.no_current_opportunity += 1,
@@ -927,17 +883,14 @@ impl Engine {
             c.ghosted += u64::from(p.has(prospect::GHOSTED));
             c.stalled += u64::from(p.has(prospect::STALLED));
         }
-        c.prospects = self.prospects.len() as u64;
+        c.prospects = self.store.len() as u64;
         c
     }
 
     /// Heap bytes held by state (capacity, not length): the memory budget figure.
     pub fn heap_bytes(&self) -> usize {
         self.ids.heap_bytes()
-            + self.prospects.capacity() * std::mem::size_of::<Prospect>()
-            + self.stage_times.capacity() * 4
-            + self.counts.capacity() * 2
-            + self.marks.capacity() * 8
+            + self.store.heap_bytes()
             + self.timers.capacity() * std::mem::size_of::<Reverse<(Ts, u32, u8)>>()
             + self.emails.capacity() * 24
             + self.emails.present.capacity() * 8

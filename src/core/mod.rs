@@ -7,9 +7,11 @@ pub mod event;
 pub mod funnel;
 pub mod ids;
 pub mod journey;
+pub mod mem;
 pub mod output;
 pub mod prospect;
 pub mod snapshot;
+mod store;
 pub mod time;
 
 pub use engine::{Census, Engine, ProspectView, Stats};

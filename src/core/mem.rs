@@ -1,0 +1,45 @@
+//! Memory hints for the engine's large per-prospect arrays.
+//!
+//! Applying an event reads a few scattered cache lines of arrays that, on a shard of a million
+//! prospects, span hundreds of megabytes. With 4 KiB pages nearly every one of those reads also
+//! misses the TLB and walks the page table; asking for transparent huge pages (2 MiB) on these
+//! arrays removes most of those walks (`cargo bench --bench engine`, README "Benchmarks").
+//! This is a hint only: where the kernel has THP off (`never`) or the platform is not Linux,
+//! nothing changes but speed. It changes no state, so the core stays deterministic.
+
+/// Below this many bytes an array is left alone (it is not worth a system call, and a small
+/// allocation shares its pages with others).
+const MIN_BYTES: usize = 4 << 20;
+
+/// Asks the kernel to back `v`'s allocation (its whole capacity) with huge pages. Call it when
+/// the capacity changed (a grown `Vec` is a new allocation).
+pub fn advise_huge_pages<T>(v: &Vec<T>) {
+    let bytes = v.capacity() * std::mem::size_of::<T>();
+    if bytes >= MIN_BYTES {
+        advise(v.as_ptr() as usize, bytes);
+    }
+}
+
+/// [`advise_huge_pages`] if `v`'s capacity is no longer `before`.
+pub fn advise_if_grown<T>(v: &Vec<T>, before: usize) {
+    if v.capacity() != before {
+        advise_huge_pages(v);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn advise(start: usize, bytes: usize) {
+    const PAGE: usize = 4096;
+    let (from, to) = ((start + PAGE - 1) & !(PAGE - 1), (start + bytes) & !(PAGE - 1));
+    if to > from {
+        // SAFETY: madvise(MADV_HUGEPAGE) only sets a hint on the pages of the given range,
+        // which lies inside an allocation this process owns; it neither reads nor changes
+        // their contents, and a failure (e.g. THP not built into the kernel) is harmless.
+        unsafe {
+            libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise(_start: usize, _bytes: usize) {}

@@ -2,13 +2,11 @@
 //! prospects. Baselines measured in the same run: serde_json parsing the same lines into a
 //! `serde_json::Value`, and skimming them with `IgnoredAny` (the least work serde_json can do).
 //!
-//! `apply_only` applies pre-decoded events one `Engine::apply` at a time; `apply_batch` hands
-//! them over `BATCH` at a time to `Engine::apply_batch` (same state and outputs, cache misses
-//! overlapped across events). Both time the engine only, the way the pipeline runs it: before
-//! each batch of `BATCH` lines is applied, its lines are read once, untimed, as decoding them
-//! would have just done (decoded events borrow their strings from the payloads). Without that,
-//! every event's id would be a cold read from a multi-gigabyte corpus, a cost the service never
-//! pays and the engine cannot change.
+//! `apply_only` applies pre-decoded events one `Engine::apply` at a time and times the engine
+//! only, the way the pipeline runs it: before each batch of `BATCH` lines is applied, its lines
+//! are read once, untimed, as decoding them would have just done (decoded events borrow their
+//! strings from the payloads). Without that, every event's id would be a cold read from a
+//! multi-gigabyte corpus, a cost the service never pays and the engine cannot change.
 //!
 //! `cargo bench --bench engine`; `MICROFUNNEL_BENCH_PROSPECTS=100000` limits the scales.
 
@@ -43,7 +41,7 @@ struct Envelope<'a> {
     timestamp: Option<&'a str>,
 }
 
-/// Events per `apply_batch` call in the batch bench: what one consumer poll might hand over.
+/// Lines per batch in `apply_only`: what one consumer poll might hand over.
 const BATCH: usize = 512;
 
 /// Events `events` of the corpus, decoded from the lines at `bytes`.
@@ -183,24 +181,6 @@ fn engine(c: &mut Criterion) {
                             engine.apply(ev, &mut out);
                             out.clear();
                         }
-                        total += t.elapsed();
-                    }
-                    black_box(&engine);
-                }
-                total
-            })
-        });
-        group.bench_function(BenchmarkId::from_parameter("apply_batch"), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let mut engine = Engine::new(Arc::clone(&journey));
-                    let mut out = Vec::with_capacity(1024);
-                    for batch in &batches {
-                        warm(&corpus.bytes[batch.bytes.clone()]);
-                        let t = Instant::now();
-                        engine.apply_batch(&events[batch.events.clone()], &mut out);
-                        out.clear();
                         total += t.elapsed();
                     }
                     black_box(&engine);

@@ -21,7 +21,7 @@ use super::funnel::Funnel;
 use super::ids::{self, Interner, InternerFull, ProspectIx};
 use super::journey::{HotCondition, Journey, SignalId, StageId};
 use super::output::{HotLead, Output, RejectReason};
-use super::prospect::{self, Classification, Prospect, RECENT_IDS};
+use super::prospect::{self, Classification, Prospect};
 use super::store::Store;
 use super::time::{MS_PER_SEC, Ts};
 
@@ -409,61 +409,6 @@ impl Engine {
 
     /// Applies one event, appending what it caused to `out`.
     pub fn apply(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) {
-        self.apply_hashed(ev, None, out);
-    }
-
-    /// Applies events in order, exactly as [`Engine::apply`] on each would (same state, same
-    /// outputs in the same order), but faster over large shards: a group of events is looked
-    /// at ahead of applying it, and the table lines, ids and prospect state it will need are
-    /// read first, all at once, so that their cache misses overlap instead of following one
-    /// another event after event.
-    pub fn apply_batch(&mut self, events: &[Event<'_>], out: &mut Vec<Output>) {
-        const GROUP: usize = 16;
-        for group in events.chunks(GROUP) {
-            let mut hashes = [(0u64, 0u64); GROUP];
-            let mut cand = [None; GROUP];
-            let mut sink = 0u64;
-            for (h, ev) in hashes.iter_mut().zip(group) {
-                *h = (ids::id_hash(&ev.prospect), ids::event_fingerprint(&ev.event_id));
-                sink = sink.wrapping_add(u64::from(self.ids.home_slot(h.0)));
-            }
-            for ((c, h), ev) in cand.iter_mut().zip(&hashes).zip(group) {
-                *c = self.ids.candidate(h.0);
-                if let (Some(ix), Some(sig)) = (*c, ev.signal) {
-                    sink = sink.wrapping_add(self.touch_state(ix, sig));
-                    if ev.email.is_some() {
-                        sink = sink.wrapping_add(self.email(ix).map_or(0, |e| e.len() as u64));
-                    }
-                }
-            }
-            for ix in cand.iter().flatten() {
-                sink = sink.wrapping_add(self.ids.id_bytes(*ix).first().map_or(0, |&b| u64::from(b)));
-            }
-            // The reads above only warm the cache; `black_box` keeps them.
-            std::hint::black_box(sink);
-            for (ev, &h) in group.iter().zip(&hashes) {
-                self.apply_hashed(ev, Some(h), out);
-            }
-        }
-    }
-
-    /// Reads one word of each cache line applying signal `sig` to prospect `ix` will use.
-    fn touch_state(&self, ix: ProspectIx, sig: SignalId) -> u64 {
-        let j = &self.journey;
-        let i = ix.0 as usize;
-        let p = self.store.fixed(i);
-        let mut sink = p.score_at.0 as u64 ^ p.recent[RECENT_IDS - 1] ^ u64::from(p.recent_pos);
-        sink ^= u64::from(self.store.counts(i)[sig.0 as usize]);
-        sink ^= u64::from(self.store.stage_times(i)[0]);
-        if let Some(slot) = j.signal(sig).tracked_slot {
-            sink ^= self.store.marks(i)[slot as usize].0 as u64;
-        }
-        sink
-    }
-
-    /// [`Engine::apply`], given the prospect id's [`ids::id_hash`] and the event id's
-    /// [`ids::event_fingerprint`] when they are already known.
-    fn apply_hashed(&mut self, ev: &Event<'_>, hashes: Option<(u64, u64)>, out: &mut Vec<Output>) {
         self.stats.events += 1;
         let journey = Arc::clone(&self.journey);
         let Some(sig) = ev.signal else {
@@ -493,8 +438,8 @@ impl Engine {
             );
             return self.reject(RejectReason::SourceMismatch, detail, out);
         }
-        let (hash, fp) = hashes.unwrap_or_else(|| (ids::id_hash(&ev.prospect), ids::event_fingerprint(&ev.event_id)));
-        let (ix, new) = match self.ids.intern_hashed(hash, &ev.prospect) {
+        let fp = ids::event_fingerprint(&ev.event_id);
+        let (ix, new) = match self.ids.intern(&ev.prospect) {
             Ok(v) => v,
             Err(InternerFull) => {
                 let detail = format!("shard holds {} prospects, its id arena is full", self.store.len());
@@ -933,52 +878,4 @@ pub struct ProspectView {
     pub ghost_due: Option<String>,
     pub stall_due: Option<String>,
     pub signal_counts: Vec<(String, u16)>,
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::Engine;
-    use crate::codec::{Limits, decode};
-    use crate::core::{Event, Journey, Output};
-    use crate::traffic::{Generator, Options};
-
-    #[test]
-    fn apply_batch_equals_apply_one_by_one() {
-        let text = include_str!("../../deploy/journeys/b2b.toml");
-        let journey = Arc::new(Journey::from_toml_str(text).unwrap());
-        let opts = Options { prospects: 3_000, seed: 11, ..Options::default() };
-        let mut g = Generator::new(opts, &journey, false).unwrap();
-        let (mut line, mut key, mut lines) = (Vec::new(), String::new(), Vec::new());
-        while g.next_into(&mut line, &mut key).is_some() {
-            lines.push(line.clone());
-        }
-        let events: Vec<Event<'_>> =
-            lines.iter().filter_map(|l| decode(l, &journey, &Limits::default()).ok()).collect();
-
-        let mut one = Engine::new(Arc::clone(&journey));
-        let mut expected: Vec<Output> = Vec::new();
-        for ev in &events {
-            one.apply(ev, &mut expected);
-        }
-        // Uneven batch sizes: groups split across calls, a prospect's first event and its next
-        // ones in the same group.
-        let mut batched = Engine::new(Arc::clone(&journey));
-        let mut got = Vec::new();
-        let mut rest = &events[..];
-        for n in [1, 7, 16, 17, 100, 1000].iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (now, later) = rest.split_at((*n).min(rest.len()));
-            batched.apply_batch(now, &mut got);
-            rest = later;
-        }
-        assert!(expected.len() > 1000);
-        assert_eq!(got, expected);
-        assert_eq!(batched.digest(), one.digest());
-        assert_eq!(batched.stats(), one.stats());
-        assert_eq!(batched.take_changed(), one.take_changed());
-    }
 }

@@ -94,8 +94,8 @@ impl Clone for Interner {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InternerFull;
 
-/// The table hash of a prospect id, for the `_hashed` lookups (compute it once per event).
-pub fn id_hash(id: &str) -> u64 {
+/// The table hash of a prospect id.
+fn id_hash(id: &str) -> u64 {
     hash64(SEED_TABLE, id.as_bytes())
 }
 
@@ -133,12 +133,7 @@ impl Interner {
     }
 
     pub fn find(&self, id: &str) -> Option<ProspectIx> {
-        self.find_hashed(id_hash(id), id)
-    }
-
-    /// [`Interner::find`] with the id's [`id_hash`] already computed.
-    pub fn find_hashed(&self, h: u64, id: &str) -> Option<ProspectIx> {
-        self.probe(h, id.as_bytes()).map(ProspectIx)
+        self.probe(id_hash(id), id.as_bytes()).map(ProspectIx)
     }
 
     /// The id's index, if it is interned.
@@ -160,37 +155,13 @@ impl Interner {
         }
     }
 
-    /// Reads the table line hash `h` starts probing at and returns the index of the first slot
-    /// there whose tag matches, so that a batch can bring the line (and the candidate's state)
-    /// into the cache ahead of use. Never wrong, only a hint: `None` when nothing matches there.
-    pub fn candidate(&self, h: u64) -> Option<ProspectIx> {
-        if self.table.is_empty() {
-            return None;
-        }
-        let s = self.home(h);
-        let line = &self.table[s / LINE].0;
-        let t = tag(h);
-        line[s % LINE..].iter().find(|&&e| e != 0 && e & !IX_MASK == t).map(|&e| ProspectIx((e & IX_MASK) - 1))
-    }
-
-    /// The slot hash `h` starts probing at (0 when the table is empty): reading it brings its
-    /// table line into the cache ahead of a lookup.
-    pub fn home_slot(&self, h: u64) -> u32 {
-        if self.table.is_empty() { 0 } else { self.slot(self.home(h)) }
-    }
-
-    /// The arena bytes of a candidate id, to touch ahead of use (see [`Interner::candidate`]).
-    pub fn id_bytes(&self, ix: ProspectIx) -> &[u8] {
-        self.bytes(ix.0)
-    }
-
     /// Returns the id's index and whether it was new.
     pub fn intern(&mut self, id: &str) -> Result<(ProspectIx, bool), InternerFull> {
         self.intern_hashed(id_hash(id), id)
     }
 
     /// [`Interner::intern`] with the id's [`id_hash`] already computed.
-    pub fn intern_hashed(&mut self, h: u64, id: &str) -> Result<(ProspectIx, bool), InternerFull> {
+    fn intern_hashed(&mut self, h: u64, id: &str) -> Result<(ProspectIx, bool), InternerFull> {
         if let Some(i) = self.probe(h, id.as_bytes()) {
             return Ok((ProspectIx(i), false));
         }
@@ -427,8 +398,6 @@ mod tests {
                 assert_eq!(i.find(id), Some(ProspectIx(n as u32)));
                 assert_eq!(i.get(ProspectIx(n as u32)), id);
             }
-            // A hint only: an index that exists, usually the id's own.
-            assert!(a.candidate(id_hash(id)).is_none_or(|c| (c.0 as usize) < a.len()));
         }
         assert_eq!(copy.find("nobody"), None);
         assert_eq!(a.find(""), None);

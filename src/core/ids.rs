@@ -173,11 +173,10 @@ impl Interner {
         if (ix + 1) * 8 > self.slots() * 7 {
             self.grow();
         }
-        let caps = (self.arena.capacity(), self.ends.capacity());
+        super::mem::reserve(&mut self.arena, id.len());
+        super::mem::reserve(&mut self.ends, 1);
         self.arena.extend_from_slice(id.as_bytes());
         self.ends.push(end);
-        super::mem::advise_if_grown(&self.arena, caps.0);
-        super::mem::advise_if_grown(&self.ends, caps.1);
         self.place(h, ix as u32);
         Ok((ProspectIx(ix as u32), true))
     }
@@ -190,9 +189,10 @@ impl Interner {
 
     /// A table of `lines` lines holding every id, inserted in index order.
     fn rebuild(&mut self, lines: usize) {
-        self.table.clear();
-        self.table.resize(lines, Line([0; LINE]));
-        super::mem::advise_huge_pages(&self.table);
+        let mut table = Vec::with_capacity(lines);
+        super::mem::advise_huge_pages(&table);
+        table.resize(lines, Line([0; LINE]));
+        self.table = table;
         for i in 0..self.ends.len() as u32 {
             let h = hash64(SEED_TABLE, self.bytes(i));
             self.place(h, i);
@@ -220,11 +220,8 @@ impl Interner {
     /// Room for `n` more ids of `bytes` bytes in all: the table is sized once instead of
     /// doubling (and re-inserting everything) along the way.
     pub fn reserve(&mut self, n: usize, bytes: usize) {
-        let caps = (self.arena.capacity(), self.ends.capacity());
-        self.arena.reserve(bytes);
-        self.ends.reserve(n);
-        super::mem::advise_if_grown(&self.arena, caps.0);
-        super::mem::advise_if_grown(&self.ends, caps.1);
+        super::mem::reserve(&mut self.arena, bytes);
+        super::mem::reserve(&mut self.ends, n);
         let want = self.len() + n;
         let mut lines = self.table.len().max(4);
         while want * 8 > lines * LINE * 7 {

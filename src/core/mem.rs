@@ -11,8 +11,9 @@
 /// allocation shares its pages with others).
 const MIN_BYTES: usize = 4 << 20;
 
-/// Asks the kernel to back `v`'s allocation (its whole capacity) with huge pages. Call it when
-/// the capacity changed (a grown `Vec` is a new allocation).
+/// Asks the kernel to back `v`'s allocation (its whole capacity) with huge pages. Only pages
+/// not touched yet can be had as huge pages at once, so call it on a fresh allocation, before
+/// filling it (see [`reserve`]).
 pub fn advise_huge_pages<T>(v: &Vec<T>) {
     let bytes = v.capacity() * std::mem::size_of::<T>();
     if bytes >= MIN_BYTES {
@@ -20,17 +21,28 @@ pub fn advise_huge_pages<T>(v: &Vec<T>) {
     }
 }
 
-/// [`advise_huge_pages`] if `v`'s capacity is no longer `before`.
-pub fn advise_if_grown<T>(v: &Vec<T>, before: usize) {
-    if v.capacity() != before {
-        advise_huge_pages(v);
+/// `Vec::reserve` (at least doubling), except that a new allocation is advised before the
+/// elements are moved into it.
+pub fn reserve<T>(v: &mut Vec<T>, additional: usize) {
+    if v.capacity() - v.len() >= additional {
+        return;
     }
+    let want = (v.len() + additional).max(v.capacity() * 2).max(4);
+    if want * std::mem::size_of::<T>() < MIN_BYTES {
+        v.reserve(want - v.len());
+        return;
+    }
+    let mut grown = Vec::with_capacity(want);
+    advise_huge_pages(&grown);
+    grown.append(v);
+    *v = grown;
 }
 
 #[cfg(target_os = "linux")]
 fn advise(start: usize, bytes: usize) {
-    const PAGE: usize = 4096;
-    let (from, to) = ((start + PAGE - 1) & !(PAGE - 1), (start + bytes) & !(PAGE - 1));
+    // SAFETY: sysconf only reads a system constant.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+    let (from, to) = (start.div_ceil(page) * page, (start + bytes) / page * page);
     if to > from {
         // SAFETY: madvise(MADV_HUGEPAGE) only sets a hint on the pages of the given range,
         // which lies inside an allocation this process owns; it neither reads nor changes

@@ -1,6 +1,6 @@
 //! One prospect's state machine: the fixed-size part. Per-journey variable parts (stage entry
-//! times, counts per signal, last-seen times) live in the engine's flat arrays, indexed by
-//! `ProspectIx`, so a prospect costs no allocation of its own.
+//! times, counts per signal, last-seen times) are packed next to it in the prospect's record
+//! (`store.rs`), indexed by `ProspectIx`, so a prospect costs no allocation of its own.
 
 use super::journey::{Journey, StageId};
 use super::time::Ts;

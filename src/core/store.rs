@@ -143,18 +143,17 @@ impl Store {
 
     /// Adds a prospect with fresh arrays.
     pub fn push(&mut self, fixed: Prospect) {
-        let (cap, spill_cap) = (self.recs.capacity(), self.spill.capacity());
         let mut vars = [0; INLINE_WORDS];
         if self.shape.inline {
             self.shape.init(&mut vars[..self.shape.words]);
         } else {
             let from = self.spill.len();
+            mem::reserve(&mut self.spill, self.shape.words);
             self.spill.resize(from + self.shape.words, 0);
             self.shape.init(&mut self.spill[from..]);
         }
+        mem::reserve(&mut self.recs, 1);
         self.recs.push(Record { fixed, vars });
-        mem::advise_if_grown(&self.recs, cap);
-        mem::advise_if_grown(&self.spill, spill_cap);
     }
 
     /// Adds a prospect with the given state (arrays as long as the journey's).
@@ -178,13 +177,10 @@ impl Store {
     }
 
     pub fn reserve(&mut self, n: usize) {
-        let (cap, spill_cap) = (self.recs.capacity(), self.spill.capacity());
-        self.recs.reserve_exact(n);
+        mem::reserve(&mut self.recs, n);
         if !self.shape.inline {
-            self.spill.reserve_exact(n * self.shape.words);
+            mem::reserve(&mut self.spill, n * self.shape.words);
         }
-        mem::advise_if_grown(&self.recs, cap);
-        mem::advise_if_grown(&self.spill, spill_cap);
     }
 
     /// Makes this store a copy of `source` (same journey shape), reusing its allocations.

@@ -211,6 +211,45 @@ fn invalid_utf8_decodes_the_same_on_both_paths() {
     }
 }
 
+/// The scanner reads strings 16 and 8 bytes at a time: a byte that matters (invalid or valid
+/// UTF-8 above ASCII, an escape, a quote, a control character) at every position of a long field
+/// and of a long skipped value is seen exactly as serde_json sees it.
+#[test]
+fn special_bytes_at_every_position_of_long_strings_decode_the_same_on_both_paths() {
+    let journey = b2b();
+    let specials: [&[u8]; 7] = [b"\xff", "\u{e9}".as_bytes(), b"\xe2\x82", b"\\\"", b"\\u00e9", b"\x01", b"\x7f"];
+    let (mut accepted, mut refused) = (0, 0);
+    for len in [15, 16, 17, 31, 40] {
+        for at in 0..=len {
+            for special in specials {
+                let mut field = vec![b'a'; len];
+                field.splice(at..at, special.iter().copied());
+                for template in [
+                    (
+                        "{\"event_id\":\"e\",\"prospect_id\":\"",
+                        "\",\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+                    ),
+                    (
+                        "{\"event_id\":\"e\",\"prospect_id\":\"p\",\"properties\":{\"ua\":\"",
+                        "\"},\"source\":\"web\",\"type\":\"x\",\"ts\":\"2026-03-01T00:00:00Z\"}",
+                    ),
+                ] {
+                    let mut bytes = template.0.as_bytes().to_vec();
+                    bytes.extend_from_slice(&field);
+                    bytes.extend_from_slice(template.1.as_bytes());
+                    match agree(&journey, &bytes) {
+                        Ok(_) => accepted += 1,
+                        Err(_) => refused += 1,
+                    }
+                }
+            }
+        }
+    }
+    // Both outcomes occur: valid UTF-8 and escapes decode, invalid bytes and control characters
+    // are refused.
+    assert!(accepted > 0 && refused > 0, "accepted {accepted}, refused {refused}");
+}
+
 fn edit(line: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
     let mut b = line.to_vec();
     for &(at, op, byte) in edits {

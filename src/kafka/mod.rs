@@ -71,6 +71,15 @@ pub fn producer_config(k: &Kafka) -> ClientConfig {
     merge(c, base_config(k))
 }
 
+/// The output producer's settings: as [`producer_config`], with delivery reports for failures
+/// only. The barrier learns that outputs are acknowledged from `flush` (nothing left in flight)
+/// and counts refusals; a report per acknowledged output would be work for nothing.
+pub fn output_producer_config(k: &Kafka) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("delivery.report.only.error", "true");
+    merge(c, producer_config(k))
+}
+
 /// `ours` then `theirs` (the user's settings win).
 fn merge(mut ours: ClientConfig, theirs: ClientConfig) -> ClientConfig {
     for (k, v) in theirs.config_map().iter() {
@@ -209,15 +218,43 @@ impl ProducerContext for DeliveryContext {
             if let Some(m) = &self.metrics {
                 m.producer_errors.inc();
             }
-            tracing::error!(error = %e, "output record not acknowledged by the broker");
+            match &self.changelog_topic {
+                Some(topic) => tracing::error!(error = %e, topic, "changelog record not acknowledged by the broker"),
+                None => tracing::error!(error = %e, "output record not acknowledged by the broker"),
+            }
         }
     }
 }
 
 pub type OutputProducer = BaseProducer<DeliveryContext>;
 
-pub fn producer(
+/// The producer of outputs (alerts, journey events, funnel records, dead letters); reports
+/// failures only ([`output_producer_config`]).
+pub fn producer(k: &Kafka, metrics: Option<Metrics>) -> Result<(OutputProducer, Arc<AtomicU64>), KafkaSetupError> {
+    create_producer(output_producer_config(k), metrics, None)
+}
+
+/// The changelog's producers, used by the checkpoint writer only (so the outputs' flush never
+/// waits for checkpoint records): `records` for prospect records, reporting failures only, and
+/// `marker` for the checkpoint record that closes them, reporting every acknowledgement (its
+/// offset is the checkpoint's changelog position).
+pub struct ChangelogProducers {
+    pub records: OutputProducer,
+    pub marker: OutputProducer,
+}
+
+pub fn changelog_producers(
     k: &Kafka,
+    metrics: Option<Metrics>,
+    topic: &str,
+) -> Result<ChangelogProducers, KafkaSetupError> {
+    let records = create_producer(output_producer_config(k), metrics.clone(), Some(topic.to_string()))?.0;
+    let marker = create_producer(producer_config(k), metrics, Some(topic.to_string()))?.0;
+    Ok(ChangelogProducers { records, marker })
+}
+
+fn create_producer(
+    config: ClientConfig,
     metrics: Option<Metrics>,
     changelog_topic: Option<String>,
 ) -> Result<(OutputProducer, Arc<AtomicU64>), KafkaSetupError> {
@@ -228,7 +265,7 @@ pub fn producer(
         changelog_topic,
         changelog: Mutex::new(BTreeMap::new()),
     };
-    let p = producer_config(k).create_with_context(ctx)?;
+    let p = config.create_with_context(ctx)?;
     Ok((p, failed))
 }
 

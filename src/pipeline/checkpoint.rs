@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
@@ -39,8 +40,6 @@ pub fn write_changelog(
     engine: &Engine,
     changed: &[ProspectIx],
     tombstones: &[String],
-    seq: u64,
-    positions: &BTreeMap<String, i64>,
     buf: &mut Vec<u8>,
 ) -> Result<u64, String> {
     let mut sent = 0u64;
@@ -64,6 +63,20 @@ pub fn write_changelog(
             put(BaseRecord::<[u8], [u8]>::to(topic).partition(shard).key(id.as_bytes()))?;
         }
     }
+    Ok(sent)
+}
+
+/// Sends the checkpoint record that closes a shard's changelog records: sequence, input
+/// positions and the engine's meta state, under [`META_KEY`].
+pub fn write_changelog_meta(
+    producer: &OutputProducer,
+    topic: &str,
+    shard: i32,
+    engine: &Engine,
+    seq: u64,
+    positions: &BTreeMap<String, i64>,
+    buf: &mut Vec<u8>,
+) -> Result<(), String> {
     buf.clear();
     buf.push(b'M');
     let mut w = Enc(buf);
@@ -74,13 +87,16 @@ pub fn write_changelog(
         w.i64(next);
     }
     engine.encode_meta(buf);
-    put(BaseRecord::to(topic).partition(shard).key(META_KEY).payload(&buf[..]))?;
-    Ok(sent)
+    if kafka::send(producer, BaseRecord::to(topic).partition(shard).key(META_KEY).payload(&buf[..])) {
+        Ok(())
+    } else {
+        Err(format!("the checkpoint record for shard {shard} could not be enqueued"))
+    }
 }
 
 /// The changelog part of a checkpoint, done by the writer thread.
 pub struct ChangelogJob {
-    pub producer: Arc<OutputProducer>,
+    pub producers: Arc<kafka::ChangelogProducers>,
     pub topic: String,
     /// The prospects changed since the previous checkpoint (indexes of the captured engine).
     pub changed: Vec<ProspectIx>,
@@ -175,39 +191,39 @@ impl Writer {
 
 /// Writes a checkpoint's changelog records and waits until the broker acknowledged every one;
 /// returns the changelog position after them.
+///
+/// The prospect records go through a producer that reports failures only: once it is flushed
+/// with no new failure, all of them are in the log. Then the checkpoint record goes through a
+/// second producer whose report carries its offset, which is past every prospect record of the
+/// checkpoint: the position after it is the checkpoint's changelog position.
 fn changelog_durable(c: &ChangelogJob, job: &Job, buf: &mut Vec<u8>) -> Result<ChangelogPosition, String> {
     let shard = job.what.shard;
-    let before = c.producer.context().changelog_acks(shard);
-    let sent = write_changelog(
-        &c.producer,
-        &c.topic,
-        shard,
-        &job.engine,
-        &c.changed,
-        &c.tombstones,
-        job.what.seq,
-        &job.what.positions,
-        buf,
-    )?;
+    let (records, marker) = (&c.producers.records, &c.producers.marker);
+    let failed_before = records.context().failed.load(Ordering::Acquire);
+    let sent = write_changelog(records, &c.topic, shard, &job.engine, &c.changed, &c.tombstones, buf)?;
+    let left = c.deadline.saturating_duration_since(Instant::now());
+    if kafka::flush(records, left).is_err() {
+        return Err(format!("changelog records of shard {shard} ({sent}) not acknowledged before the deadline"));
+    }
+    let failed = records.context().failed.load(Ordering::Acquire) - failed_before;
+    if failed > 0 {
+        return Err(format!("{failed} changelog records of shard {shard} refused by the broker"));
+    }
+    let before = marker.context().changelog_acks(shard);
+    write_changelog_meta(marker, &c.topic, shard, &job.engine, job.what.seq, &job.what.positions, buf)?;
     loop {
-        let now = c.producer.context().changelog_acks(shard);
+        let now = marker.context().changelog_acks(shard);
         if now.failed > before.failed {
-            return Err(format!(
-                "{} changelog records of shard {shard} refused by the broker",
-                now.failed - before.failed
-            ));
+            return Err(format!("the checkpoint record of shard {shard} was refused by the broker"));
         }
-        if now.delivered - before.delivered >= sent {
+        if now.delivered > before.delivered {
             return Ok(ChangelogPosition { topic: c.topic.clone(), next: now.last + 1 });
         }
         if Instant::now() >= c.deadline {
-            return Err(format!(
-                "{} of {sent} changelog records of shard {shard} not acknowledged before the deadline",
-                sent - (now.delivered - before.delivered)
-            ));
+            return Err(format!("the checkpoint record of shard {shard} was not acknowledged before the deadline"));
         }
-        // Serves delivery reports (the processing thread polls too; either may run them).
-        c.producer.poll(Duration::from_millis(5));
+        // Serves the marker producer's delivery reports (only this thread polls it).
+        marker.poll(Duration::from_millis(1));
     }
 }
 

@@ -163,7 +163,8 @@ struct State {
     hot: HotMetrics,
     store: Option<Arc<FileStore>>,
     writer: Option<Writer>,
-    changelog: Option<String>,
+    /// The changelog topic and its producer (polled by the checkpoint writer).
+    changelog: Option<(String, Arc<kafka::ChangelogProducers>)>,
     in_flight: Option<InFlight>,
     status: Status,
     /// Outputs handed to the producer since the last barrier.
@@ -346,8 +347,8 @@ impl State {
                 positions: shard.position_map(topics),
                 changelog: None,
             };
-            let changelog = self.changelog.as_ref().map(|topic| checkpoint::ChangelogJob {
-                producer: Arc::clone(&self.producer),
+            let changelog = self.changelog.as_ref().map(|(topic, producers)| checkpoint::ChangelogJob {
+                producers: Arc::clone(producers),
                 topic: topic.clone(),
                 changed,
                 tombstones: std::mem::take(&mut shard.tombstones),
@@ -503,7 +504,7 @@ impl State {
                     settings: &self.settings,
                     journey: &self.journey,
                     store: self.store.as_deref().map(|s| s as &dyn SnapshotStore),
-                    changelog: self.changelog.as_deref(),
+                    changelog: self.changelog.as_ref().map(|(t, _)| t.as_str()),
                     metrics: &self.metrics,
                 };
                 let r = checkpoint::restore(*p, &env);
@@ -671,7 +672,11 @@ pub struct Handles {
 pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), PipelineError> {
     let k = &settings.kafka;
     let changelog = settings.checkpoint.changelog.then(|| settings.changelog_topic());
-    let (producer, failed) = kafka::producer(k, Some(h.metrics.clone()), changelog.clone())?;
+    let (producer, failed) = kafka::producer(k, Some(h.metrics.clone()))?;
+    let changelog_producer = match &changelog {
+        Some(t) => Some(Arc::new(kafka::changelog_producers(k, Some(h.metrics.clone()), t)?)),
+        None => None,
+    };
     let store = (!settings.checkpoint.dir.as_os_str().is_empty())
         .then(|| Arc::new(FileStore::new(&settings.checkpoint.dir, &k.group_id, settings.checkpoint.keep)));
     let writer = match (&store, &changelog) {
@@ -697,7 +702,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         ready: Arc::clone(&h.ready),
         store,
         writer,
-        changelog: changelog.clone(),
+        changelog: changelog.clone().zip(changelog_producer),
         in_flight: None,
         status: h.status.clone(),
         unflushed: false,

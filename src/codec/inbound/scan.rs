@@ -51,8 +51,20 @@ impl<'a> Scanned<'a> {
         if self.escaped {
             return None;
         }
+        if !self.non_ascii {
+            return Some(ascii_str(self.raw));
+        }
         std::str::from_utf8(self.raw).ok()
     }
+}
+
+/// `raw` as a `&str` without validating it again: the scan saw no byte above 0x7F in it.
+#[inline]
+fn ascii_str(raw: &[u8]) -> &str {
+    debug_assert!(raw.is_ascii());
+    // SAFETY: every byte of `raw` is below 0x80 (`Cursor::string` tracks the high bit of each
+    // byte it passes), and a run of ASCII bytes is valid UTF-8.
+    unsafe { std::str::from_utf8_unchecked(raw) }
 }
 
 const ONES: u64 = u64::MAX / 255;
@@ -68,6 +80,26 @@ fn specials(v: u64) -> u64 {
     let s = v ^ (ONES * u64::from(b'\\'));
     let backslash = s.wrapping_sub(ONES) & !s;
     (ctrl | quote | backslash) & HIGH
+}
+
+/// [`specials`] for 16 bytes at once: bit i of the first mask is set when byte i is a quote, a
+/// backslash or a control character; bit i of the second when byte i is above 0x7F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn specials16(chunk: [u8; 16]) -> (u32, u32) {
+    use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
+    let v: __m128i = bytemuck::cast(chunk);
+    // SAFETY: SSE2 is part of every x86_64 target (the intrinsics are `unsafe` only for their
+    // `target_feature` attribute); they compute on register values and touch no memory.
+    unsafe {
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // Unsigned v <= 0x1F exactly when max(v, 0x1F) is 0x1F.
+        let low = _mm_set1_epi8(0x1F);
+        let ctrl = _mm_cmpeq_epi8(_mm_max_epu8(v, low), low);
+        let special = _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), ctrl)) as u32;
+        (special, _mm_movemask_epi8(v) as u32)
+    }
 }
 
 impl<'a> Cursor<'a> {
@@ -104,6 +136,43 @@ impl<'a> Cursor<'a> {
         (self.depth <= self.max_depth).then_some(())
     }
 
+    /// Inside a string: advances to the next quote, backslash or control character (or to the
+    /// last few bytes, which the caller reads one at a time), noting in `high` (bit 7 of a byte)
+    /// whether a byte above 0x7F was passed.
+    #[inline(always)]
+    fn plain_run(&mut self, high: &mut u64) {
+        #[cfg(target_arch = "x86_64")]
+        while let Some(chunk) = self.b.get(self.i..self.i + 16) {
+            let Ok(chunk) = <[u8; 16]>::try_from(chunk) else { break };
+            let (m, h) = specials16(chunk);
+            if m != 0 {
+                let before = m.trailing_zeros();
+                if h & ((1u32 << before) - 1) != 0 {
+                    *high |= HIGH;
+                }
+                self.i += before as usize;
+                return;
+            }
+            if h != 0 {
+                *high |= HIGH;
+            }
+            self.i += 16;
+        }
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let Ok(chunk) = <[u8; 8]>::try_from(chunk) else { break };
+            let v = u64::from_le_bytes(chunk);
+            let m = specials(v);
+            if m != 0 {
+                let before = m.trailing_zeros() / 8;
+                *high |= v & ((1u64 << (before * 8)) - 1);
+                self.i += before as usize;
+                return;
+            }
+            *high |= v;
+            self.i += 8;
+        }
+    }
+
     /// After an opening quote: scans to the closing one, validating escapes (as serde_json's
     /// `ignore_str`) and refusing control characters.
     #[inline(always)]
@@ -111,18 +180,7 @@ impl<'a> Cursor<'a> {
         let start = self.i;
         let (mut escaped, mut high) = (false, 0u64);
         loop {
-            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-                let v = u64::from_le_bytes(chunk.try_into().ok()?);
-                let m = specials(v);
-                if m != 0 {
-                    let before = m.trailing_zeros() / 8;
-                    high |= v & ((1u64 << (before * 8)) - 1);
-                    self.i += before as usize;
-                    break;
-                }
-                high |= v;
-                self.i += 8;
-            }
+            self.plain_run(&mut high);
             let c = self.peek()?;
             match c {
                 b'"' => {

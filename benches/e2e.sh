@@ -79,7 +79,20 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 best = lambda k, f: max(r[f] for r in rows if r["kind"] == k)
 for f in ("per_sec", "per_cpu_sec"):
     a, b = best("plain_consumer", f), best("microfunnel", f)
-    print(f"{f:>12}: plain consumer {a:>9,} msg/s   microfunnel {b:>9,} msg/s   ratio {b / a:.2f}")
+    print(f"{f:>12}: plain consumer {a:>9,} msg/s   microfunnel {b:>9,} msg/s   ratio {b / a:.2f} (best of each)")
     c = best("microfunnel_no_checkpoints", f)
     print(f"{f:>12}: microfunnel without checkpoints {c:>9,} msg/s   with checkpoints / without {b / c:.2f}")
+# The machine's speed drifts between phases: also the ratio within each round (the runs of a
+# round follow each other), and its median over the rounds.
+rounds, cur = [], None
+for r in rows:
+    if r["kind"] == "plain_consumer":
+        cur = {}
+        rounds.append(cur)
+    if cur is not None:
+        cur[r["kind"]] = r
+for f in ("per_sec", "per_cpu_sec"):
+    ratios = sorted(r["microfunnel"][f] / r["plain_consumer"][f] for r in rounds if "microfunnel" in r)
+    if ratios:
+        print(f"{f:>12}: ratio per round {[round(x, 2) for x in ratios]}, median {ratios[len(ratios) // 2]:.2f}")
 PY

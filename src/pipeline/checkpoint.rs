@@ -223,7 +223,7 @@ fn changelog_durable(c: &ChangelogJob, job: &Job, buf: &mut Vec<u8>) -> Result<C
             return Err(format!("the checkpoint record of shard {shard} was not acknowledged before the deadline"));
         }
         // Serves the marker producer's delivery reports (only this thread polls it).
-        marker.poll(Duration::from_millis(1));
+        kafka::serve_and_nap(marker);
     }
 }
 

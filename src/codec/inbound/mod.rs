@@ -340,6 +340,12 @@ fn email(v: Option<Str<'_>>) -> Option<Cow<'_, str>> {
     if t.len() < 3 || t.len() > 254 || !t.contains('@') {
         return None;
     }
+    if t.is_ascii() {
+        if t.len() == e.len() && !t.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Some(e);
+        }
+        return Some(Cow::Owned(t.to_ascii_lowercase()));
+    }
     if t.len() == e.len() && t.chars().flat_map(char::to_lowercase).eq(t.chars()) {
         return Some(e);
     }

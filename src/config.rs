@@ -293,8 +293,14 @@ fn default_log_level() -> String {
 }
 
 /// librdkafka settings microfunnel owns: setting them would break its guarantees.
-const RESERVED_CLIENT_KEYS: [&str; 5] =
-    ["enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers", "enable.partition.eof"];
+const RESERVED_CLIENT_KEYS: [&str; 6] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+    "enable.partition.eof",
+    "delivery.report.only.error",
+];
 
 /// Client keys whose values are secrets: masked by `check-config`, never logged.
 pub fn is_secret_key(key: &str) -> bool {

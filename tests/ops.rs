@@ -207,6 +207,7 @@ fn check_config_masks_secrets_and_names_bad_keys() {
         ("MICROFUNNEL__HTTP__LISTEN", "everywhere", "http.listen"),
         ("MICROFUNNEL__KAFKA__TOPICS__HOT_LEADS", "web-events", "kafka.topics.hot_leads"),
         ("MICROFUNNEL__KAFKA__CLIENT__ENABLE_AUTO_COMMIT", "true", "enable.auto.commit"),
+        ("MICROFUNNEL__KAFKA__CLIENT__DELIVERY_REPORT_ONLY_ERROR", "false", "delivery.report.only.error"),
     ] {
         let bad =
             bin().args(["check-config", "--config", "deploy/config/local.toml"]).env(key, value).output().unwrap();

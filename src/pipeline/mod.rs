@@ -163,7 +163,7 @@ struct State {
     hot: HotMetrics,
     store: Option<Arc<FileStore>>,
     writer: Option<Writer>,
-    /// The changelog topic and its producer (polled by the checkpoint writer).
+    /// The changelog topic and its producers (used by the checkpoint writer only).
     changelog: Option<(String, Arc<kafka::ChangelogProducers>)>,
     in_flight: Option<InFlight>,
     status: Status,

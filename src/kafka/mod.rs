@@ -189,11 +189,6 @@ pub struct ChangelogAcks {
 }
 
 impl DeliveryContext {
-    /// The last acknowledged changelog offset of `partition`.
-    pub fn changelog_acked(&self, partition: i32) -> Option<i64> {
-        Some(self.changelog_acks(partition).last).filter(|&o| o >= 0)
-    }
-
     /// Delivery reports of changelog partition `partition` so far.
     pub fn changelog_acks(&self, partition: i32) -> ChangelogAcks {
         let acks = self.changelog.lock().unwrap_or_else(|p| p.into_inner());
@@ -248,6 +243,7 @@ pub fn producer(k: &Kafka, metrics: Option<Metrics>) -> Result<(OutputProducer, 
 /// `marker` for the checkpoint record that closes them, reporting every acknowledgement (its
 /// offset is the checkpoint's changelog position).
 pub struct ChangelogProducers {
+    pub topic: String,
     pub records: OutputProducer,
     pub marker: OutputProducer,
 }
@@ -259,7 +255,7 @@ pub fn changelog_producers(
 ) -> Result<ChangelogProducers, KafkaSetupError> {
     let records = create_producer(output_producer_config(k), metrics.clone(), Some(topic.to_string()))?.0;
     let marker = create_producer(producer_config(k), metrics, Some(topic.to_string()))?.0;
-    Ok(ChangelogProducers { records, marker })
+    Ok(ChangelogProducers { topic: topic.to_string(), records, marker })
 }
 
 fn create_producer(

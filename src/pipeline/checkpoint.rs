@@ -97,7 +97,6 @@ pub fn write_changelog_meta(
 /// The changelog part of a checkpoint, done by the writer thread.
 pub struct ChangelogJob {
     pub producers: Arc<kafka::ChangelogProducers>,
-    pub topic: String,
     /// The prospects changed since the previous checkpoint (indexes of the captured engine).
     pub changed: Vec<ProspectIx>,
     pub tombstones: Vec<String>,
@@ -198,9 +197,9 @@ impl Writer {
 /// checkpoint: the position after it is the checkpoint's changelog position.
 fn changelog_durable(c: &ChangelogJob, job: &Job, buf: &mut Vec<u8>) -> Result<ChangelogPosition, String> {
     let shard = job.what.shard;
-    let (records, marker) = (&c.producers.records, &c.producers.marker);
+    let (topic, records, marker) = (&c.producers.topic, &c.producers.records, &c.producers.marker);
     let failed_before = records.context().failed.load(Ordering::Acquire);
-    let sent = write_changelog(records, &c.topic, shard, &job.engine, &c.changed, &c.tombstones, buf)?;
+    let sent = write_changelog(records, topic, shard, &job.engine, &c.changed, &c.tombstones, buf)?;
     let left = c.deadline.saturating_duration_since(Instant::now());
     if kafka::flush(records, left).is_err() {
         return Err(format!("changelog records of shard {shard} ({sent}) not acknowledged before the deadline"));
@@ -210,14 +209,14 @@ fn changelog_durable(c: &ChangelogJob, job: &Job, buf: &mut Vec<u8>) -> Result<C
         return Err(format!("{failed} changelog records of shard {shard} refused by the broker"));
     }
     let before = marker.context().changelog_acks(shard);
-    write_changelog_meta(marker, &c.topic, shard, &job.engine, job.what.seq, &job.what.positions, buf)?;
+    write_changelog_meta(marker, topic, shard, &job.engine, job.what.seq, &job.what.positions, buf)?;
     loop {
         let now = marker.context().changelog_acks(shard);
         if now.failed > before.failed {
             return Err(format!("the checkpoint record of shard {shard} was refused by the broker"));
         }
         if now.delivered > before.delivered {
-            return Ok(ChangelogPosition { topic: c.topic.clone(), next: now.last + 1 });
+            return Ok(ChangelogPosition { topic: topic.clone(), next: now.last + 1 });
         }
         if Instant::now() >= c.deadline {
             return Err(format!("the checkpoint record of shard {shard} was not acknowledged before the deadline"));

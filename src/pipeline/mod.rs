@@ -163,8 +163,8 @@ struct State {
     hot: HotMetrics,
     store: Option<Arc<FileStore>>,
     writer: Option<Writer>,
-    /// The changelog topic and its producers (used by the checkpoint writer only).
-    changelog: Option<(String, Arc<kafka::ChangelogProducers>)>,
+    /// The changelog's topic and producers (used by the checkpoint writer only).
+    changelog: Option<Arc<kafka::ChangelogProducers>>,
     in_flight: Option<InFlight>,
     status: Status,
     /// Outputs handed to the producer since the last barrier.
@@ -347,9 +347,8 @@ impl State {
                 positions: shard.position_map(topics),
                 changelog: None,
             };
-            let changelog = self.changelog.as_ref().map(|(topic, producers)| checkpoint::ChangelogJob {
+            let changelog = self.changelog.as_ref().map(|producers| checkpoint::ChangelogJob {
                 producers: Arc::clone(producers),
-                topic: topic.clone(),
                 changed,
                 tombstones: std::mem::take(&mut shard.tombstones),
                 deadline,
@@ -504,7 +503,7 @@ impl State {
                     settings: &self.settings,
                     journey: &self.journey,
                     store: self.store.as_deref().map(|s| s as &dyn SnapshotStore),
-                    changelog: self.changelog.as_ref().map(|(t, _)| t.as_str()),
+                    changelog: self.changelog.as_ref().map(|c| c.topic.as_str()),
                     metrics: &self.metrics,
                 };
                 let r = checkpoint::restore(*p, &env);
@@ -673,7 +672,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
     let k = &settings.kafka;
     let changelog = settings.checkpoint.changelog.then(|| settings.changelog_topic());
     let (producer, failed) = kafka::producer(k, Some(h.metrics.clone()))?;
-    let changelog_producer = match &changelog {
+    let changelog_producers = match &changelog {
         Some(t) => Some(Arc::new(kafka::changelog_producers(k, Some(h.metrics.clone()), t)?)),
         None => None,
     };
@@ -702,7 +701,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         ready: Arc::clone(&h.ready),
         store,
         writer,
-        changelog: changelog.clone().zip(changelog_producer),
+        changelog: changelog_producers,
         in_flight: None,
         status: h.status.clone(),
         unflushed: false,

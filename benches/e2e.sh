@@ -5,6 +5,10 @@
 # records, dead letters and metrics on. Both read the same topics from the beginning with a fresh
 # consumer group; rates count from the first message read to the last. Prints both rates (wall
 # and per CPU-second) and the ratio, and appends a JSON line per run to target/bench-work/e2e.jsonl.
+# Two more runs per round put the ratio in context: (c) the plain consumer that also sends as
+# many records to Kafka as microfunnel sent in that round (outputs and changelog, read from its
+# microfunnel_records_sent_total), nothing else: what sending them costs by itself; (d)
+# microfunnel without checkpoints.
 #   benches/e2e.sh [EVENTS (default 1000000)] [ROUNDS (default 2)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,20 +44,22 @@ http, total, pid, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def cpu():
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / 100.0
-def processed():
+def scrape():
     try:
         text = urllib.request.urlopen(f"http://{http}/metrics", timeout=2).read().decode()
     except OSError:
-        return 0
-    n = 0
+        return 0, 0
+    n = sent = 0
     for line in text.splitlines():
         if line.startswith(("microfunnel_events_consumed_total{", "microfunnel_events_rejected_total{")):
             n += int(float(line.rsplit(" ", 1)[1]))
-    return n
+        elif line.startswith("microfunnel_records_sent_total{"):
+            sent += int(float(line.rsplit(" ", 1)[1]))
+    return n, sent
 deadline = time.time() + 900
 t0 = c0 = None
 while time.time() < deadline:
-    n = processed()
+    n, sent = scrape()
     if n > 0 and t0 is None:
         t0, c0 = time.time(), cpu()
     if n >= total:
@@ -61,7 +67,7 @@ while time.time() < deadline:
     time.sleep(0.05)
 wall, cpus = time.time() - t0, cpu() - c0
 print(json.dumps({"kind": kind, "messages": n, "wall_secs": round(wall, 3), "cpu_secs": round(cpus, 3),
-                  "per_sec": round(n / wall), "per_cpu_sec": round(n / max(cpus, 1e-9))}))
+                  "per_sec": round(n / wall), "per_cpu_sec": round(n / max(cpus, 1e-9)), "records_sent": sent}))
 PY
   kill -TERM "$pid"; wait "$pid" || true
 }
@@ -69,6 +75,11 @@ PY
 for r in $(seq 1 "$rounds"); do
   $plain "127.0.0.1:$port" "bench-plain-$r-$$" "$total" web-events crm-events | tee -a "$work/e2e.jsonl"
   run_service "bench-mf-$r-$$" | tee -a "$work/e2e.jsonl"
+  # (c): as many records per input as microfunnel just sent, 190 bytes each (its journey events
+  # are about 200 bytes, changelog records about 170 with their key, alerts about 520).
+  per_mille=$(tail -1 "$work/e2e.jsonl" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(1000 * r["records_sent"] / r["messages"]))')
+  PLAIN_FORWARD_PER_MILLE=$per_mille $plain "127.0.0.1:$port" "bench-fwd-$r-$$" "$total" web-events crm-events \
+    | sed 's/"kind":"plain_consumer"/"kind":"plain_consumer_sending","per_mille":'"$per_mille"'/' | tee -a "$work/e2e.jsonl"
   # The same without checkpoints (no snapshot files, no changelog): what checkpointing costs.
   MICROFUNNEL__CHECKPOINT__DIR="" MICROFUNNEL__CHECKPOINT__CHANGELOG=false \
     run_service "bench-mfnc-$r-$$" microfunnel_no_checkpoints | tee -a "$work/e2e.jsonl"
@@ -82,6 +93,8 @@ for f in ("per_sec", "per_cpu_sec"):
     print(f"{f:>12}: plain consumer {a:>9,} msg/s   microfunnel {b:>9,} msg/s   ratio {b / a:.2f} (best of each)")
     c = best("microfunnel_no_checkpoints", f)
     print(f"{f:>12}: microfunnel without checkpoints {c:>9,} msg/s   with checkpoints / without {b / c:.2f}")
+    d = best("plain_consumer_sending", f)
+    print(f"{f:>12}: plain consumer sending microfunnel's record count {d:>9,} msg/s   / plain consumer {d / a:.2f}")
 # The machine's speed drifts between phases: also the ratio within each round (the runs of a
 # round follow each other), and its median over the rounds.
 rounds, cur = [], None
@@ -92,7 +105,8 @@ for r in rows:
     if cur is not None:
         cur[r["kind"]] = r
 for f in ("per_sec", "per_cpu_sec"):
-    ratios = sorted(r["microfunnel"][f] / r["plain_consumer"][f] for r in rounds if "microfunnel" in r)
-    if ratios:
-        print(f"{f:>12}: ratio per round {[round(x, 2) for x in ratios]}, median {ratios[len(ratios) // 2]:.2f}")
+    for kind, what in (("microfunnel", "microfunnel"), ("plain_consumer_sending", "plain consumer sending")):
+        ratios = sorted(r[kind][f] / r["plain_consumer"][f] for r in rounds if kind in r)
+        if ratios:
+            print(f"{f:>12}: {what} / plain consumer per round {[round(x, 2) for x in ratios]}, median {ratios[len(ratios) // 2]:.2f}")
 PY

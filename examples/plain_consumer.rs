@@ -2,12 +2,21 @@
 //! parses each payload into a typed struct, nothing more. Prints one JSON line with its rate.
 //!
 //! `cargo run --release --example plain_consumer -- BROKERS GROUP COUNT TOPIC...`
+//!
+//! With `PLAIN_FORWARD_PER_MILLE=N` it also forwards N of every 1000 payloads it read (the key
+//! and the first `PLAIN_FORWARD_BYTES`, default 190, bytes of the JSON) to the topic
+//! `bench-forward`, through a producer set up as microfunnel's
+//! outputs are (acks all, LZ4, linger 50 ms, failure reports only): the cost of sending that many
+//! records to Kafka, with nothing else done, for comparison with microfunnel's own.
 
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::Deserialize;
 
 /// The fields a consumer of either format would read (canonical and Segment), borrowed.
@@ -37,6 +46,26 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+const FORWARD_TOPIC: &str = "bench-forward";
+
+/// The forwarding producer, after creating its topic (4 partitions) if it is missing.
+fn forwarder(brokers: &str) -> BaseProducer {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client");
+    let topic = NewTopic::new(FORWARD_TOPIC, 4, TopicReplication::Fixed(1));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    // An error here is "already exists" on every run after the first; sending would tell otherwise.
+    let _ = rt.block_on(admin.create_topics([&topic], &AdminOptions::new()));
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "50")
+        .set("delivery.report.only.error", "true")
+        .create()
+        .expect("producer")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
@@ -53,6 +82,11 @@ fn main() {
         .set("fetch.wait.max.ms", "100")
         .create()
         .expect("consumer");
+    let per_mille: u64 =
+        std::env::var("PLAIN_FORWARD_PER_MILLE").ok().map_or(0, |v| v.parse().expect("PLAIN_FORWARD_PER_MILLE"));
+    let forward = (per_mille > 0).then(|| forwarder(&args[1]));
+    let cut: usize = std::env::var("PLAIN_FORWARD_BYTES").ok().map_or(190, |v| v.parse().expect("PLAIN_FORWARD_BYTES"));
+    let mut owed = 0u64;
     let topics: Vec<&str> = args[4..].iter().map(String::as_str).collect();
     consumer.subscribe(&topics).expect("subscribe");
     let (mut read, mut parsed) = (0u64, 0u64);
@@ -65,11 +99,29 @@ fn main() {
             if serde_json::from_slice::<Envelope<'_>>(m.payload().unwrap_or_default()).is_ok() {
                 parsed += 1;
             }
+            if let Some(producer) = &forward {
+                owed += per_mille;
+                while owed >= 1000 {
+                    owed -= 1000;
+                    let payload = m.payload().unwrap_or_default();
+                    let mut record = BaseRecord::to(FORWARD_TOPIC).payload(&payload[..payload.len().min(cut)]);
+                    if let Some(k) = m.key() {
+                        record = record.key(k);
+                    }
+                    while let Err((_, r)) = producer.send(record) {
+                        record = r;
+                        producer.poll(Duration::from_millis(1));
+                    }
+                }
+            }
         }
     }
     let (t0, c0) = first.unwrap_or((Instant::now(), cpu_seconds()));
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - c0;
+    if let Some(producer) = &forward {
+        producer.flush(Duration::from_secs(60)).expect("forwarded records acknowledged");
+    }
     println!(
         "{{\"kind\":\"plain_consumer\",\"messages\":{read},\"parsed\":{parsed},\"wall_secs\":{wall:.3},\"cpu_secs\":{cpu:.3},\"per_sec\":{:.0},\"per_cpu_sec\":{:.0}}}",
         read as f64 / wall.max(1e-9),

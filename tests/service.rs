@@ -407,7 +407,12 @@ fn metrics_endpoint_reports_the_families_with_values() {
     wait_until(support::DEADLINE, "stage gauges and lag are reported", || {
         let (status, b) = http_get(svc.addr(), "/metrics");
         body = b;
-        status == 200 && sample(&body, "microfunnel_prospects", &[("stage", "aware")]) == Some(3.0) && lag_zero(&body)
+        // The changelog: a record per changed prospect (4) and a checkpoint record per shard.
+        let changelog = sample(&body, "microfunnel_records_sent_total", &[("output", "changelog")]);
+        status == 200
+            && sample(&body, "microfunnel_prospects", &[("stage", "aware")]) == Some(3.0)
+            && lag_zero(&body)
+            && changelog >= Some(5.0)
     });
     let m = body.as_str();
     let v = |name: &str, labels: &[(&str, &str)]| {
@@ -424,6 +429,11 @@ fn metrics_endpoint_reports_the_families_with_values() {
     assert_eq!(v("microfunnel_prospects", &[("stage", "won")]), 0.0);
     assert_eq!(v("microfunnel_prospects_total", &[]), 4.0);
     assert_eq!(v("microfunnel_hot_leads_total", &[]), 1.0);
+    let sent = |output: &str| v("microfunnel_records_sent_total", &[("output", output)]);
+    assert_eq!(sent("hot_leads"), 1.0);
+    assert_eq!(sent("journey_events"), 5.0, "one per stage transition");
+    assert_eq!(sent("dead_letter"), 1.0);
+    assert!(sent("funnel") >= 3.0, "a funnel record per shard each interval: {m}");
     let latency = "microfunnel_processing_latency_seconds";
     assert_eq!(v(&format!("{latency}_count"), &[("from", "consume")]), 9.0, "every input, rejected ones too");
     assert_eq!(v(&format!("{latency}_count"), &[("from", "event_time")]), 8.0);

@@ -200,6 +200,9 @@ fn changelog_durable(c: &ChangelogJob, job: &Job, buf: &mut Vec<u8>) -> Result<C
     let (topic, records, marker) = (&c.producers.topic, &c.producers.records, &c.producers.marker);
     let failed_before = records.context().failed.load(Ordering::Acquire);
     let sent = write_changelog(records, topic, shard, &job.engine, &c.changed, &c.tombstones, buf)?;
+    if let Some(m) = &records.context().metrics {
+        m.sent.changelog.inc_by(sent);
+    }
     let left = c.deadline.saturating_duration_since(Instant::now());
     if kafka::flush(records, left).is_err() {
         return Err(format!("changelog records of shard {shard} ({sent}) not acknowledged before the deadline"));
@@ -210,6 +213,9 @@ fn changelog_durable(c: &ChangelogJob, job: &Job, buf: &mut Vec<u8>) -> Result<C
     }
     let before = marker.context().changelog_acks(shard);
     write_changelog_meta(marker, topic, shard, &job.engine, job.what.seq, &job.what.positions, buf)?;
+    if let Some(m) = &records.context().metrics {
+        m.sent.changelog.inc();
+    }
     loop {
         let now = marker.context().changelog_acks(shard);
         if now.failed > before.failed {

@@ -26,29 +26,29 @@ pub(super) fn output(
     buf: &mut Vec<u8>,
 ) {
     let m = ctx.metrics;
-    let (topic, prospect) = match o {
+    let (topic, prospect, sent) = match o {
         Output::HotLead(h) => {
             m.hot_leads.inc();
-            (&ctx.topics.hot_leads, h.prospect)
+            (&ctx.topics.hot_leads, h.prospect, &m.sent.hot_leads)
         }
         Output::StageChanged { prospect, from, to, .. } => {
             let from = from.map_or("new", |f| ctx.journey.stage(f).name.as_str());
             m.stage_transitions.with_label_values(&[from, &ctx.journey.stage(*to).name]).inc();
-            (&ctx.topics.journey_events, *prospect)
+            (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
         Output::Ghosted { prospect, .. } => {
             m.ghosted.inc();
-            (&ctx.topics.journey_events, *prospect)
+            (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
         Output::Stalled { prospect, .. } => {
             m.stalled.inc();
-            (&ctx.topics.journey_events, *prospect)
+            (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
         Output::Late { .. } => return,
         Output::Rejected { reason, detail } => {
             m.events_rejected.with_label_values(&[reason.as_str()]).inc();
             if let Some(msg) = source {
-                dead_letter(ctx.producer, &ctx.topics.dead_letter, msg, *reason, detail);
+                dead_letter(ctx.producer, m, &ctx.topics.dead_letter, msg, *reason, detail);
             }
             return;
         }
@@ -58,12 +58,15 @@ pub(super) fn output(
         return;
     }
     let key = engine.prospect_id(prospect);
-    kafka::send(ctx.producer, BaseRecord::to(topic).key(key.as_bytes()).payload(buf.as_slice()));
+    if kafka::send(ctx.producer, BaseRecord::to(topic).key(key.as_bytes()).payload(buf.as_slice())) {
+        sent.inc();
+    }
 }
 
 /// The original bytes, key and headers, plus headers saying why and where from.
 pub(super) fn dead_letter(
     producer: &OutputProducer,
+    metrics: &Metrics,
     topic: &str,
     msg: &BorrowedMessage<'_>,
     reason: RejectReason,
@@ -88,12 +91,15 @@ pub(super) fn dead_letter(
     if let Some(k) = msg.key() {
         record = record.key(k);
     }
-    kafka::send(producer, record);
+    if kafka::send(producer, record) {
+        metrics.sent.dead_letter.inc();
+    }
 }
 
 /// One shard's funnel aggregates, keyed `group/shard-N` so a compacted topic keeps the latest.
 pub(super) fn funnel(
     producer: &OutputProducer,
+    metrics: &Metrics,
     topic: &str,
     group: &str,
     shard: i32,
@@ -113,5 +119,7 @@ pub(super) fn funnel(
         return;
     }
     let key = format!("{group}/shard-{shard}");
-    kafka::send(producer, BaseRecord::to(topic).key(key.as_bytes()).payload(buf.as_slice()));
+    if kafka::send(producer, BaseRecord::to(topic).key(key.as_bytes()).payload(buf.as_slice())) {
+        metrics.sent.funnel.inc();
+    }
 }

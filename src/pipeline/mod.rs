@@ -258,7 +258,14 @@ impl State {
         match codec::decode(payload, journey, limits) {
             Err(e) => {
                 metrics.events_rejected.with_label_values(&[e.reason().as_str()]).inc();
-                emit::dead_letter(producer, &settings.kafka.topics.dead_letter, msg, e.reason(), &e.to_string());
+                emit::dead_letter(
+                    producer,
+                    metrics,
+                    &settings.kafka.topics.dead_letter,
+                    msg,
+                    e.reason(),
+                    &e.to_string(),
+                );
                 self.unflushed = true;
             }
             Ok(ev) => {
@@ -631,7 +638,15 @@ impl State {
         let mut per_stage = vec![0i64; journey.stages.len()];
         let mut total = 0i64;
         for (p, shard) in shards.iter() {
-            emit::funnel(producer, &settings.kafka.topics.funnel, &settings.kafka.group_id, *p, &shard.engine, buf);
+            emit::funnel(
+                producer,
+                metrics,
+                &settings.kafka.topics.funnel,
+                &settings.kafka.group_id,
+                *p,
+                &shard.engine,
+                buf,
+            );
             for (i, n) in shard.engine.funnel().in_stage.iter().enumerate() {
                 per_stage[i] += *n as i64;
             }

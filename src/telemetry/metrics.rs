@@ -25,6 +25,8 @@ pub struct Metrics {
     pub latency: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub producer_errors: IntCounter,
+    /// `microfunnel_records_sent_total` by output, resolved once (counted on the hot path).
+    pub sent: Sent,
     pub rebalances: IntCounterVec,
     pub shards: IntGauge,
     pub commit_barrier: Histogram,
@@ -36,6 +38,35 @@ pub struct Metrics {
     pub restore_bytes: IntCounterVec,
     pub restore_seconds: Histogram,
     pub restoring: IntGauge,
+}
+
+/// Records handed to the producer, by output (`microfunnel_records_sent_total{output}`).
+#[derive(Clone)]
+pub struct Sent {
+    pub hot_leads: IntCounter,
+    pub journey_events: IntCounter,
+    pub funnel: IntCounter,
+    pub dead_letter: IntCounter,
+    pub changelog: IntCounter,
+}
+
+impl Sent {
+    fn new(r: &Registry) -> prometheus::Result<Sent> {
+        let v = counter_vec(
+            r,
+            "microfunnel_records_sent_total",
+            "Records handed to the producer, by output (`hot_leads`, `journey_events`, `funnel`, `dead_letter`, `changelog`); acknowledgement failures are in microfunnel_producer_errors_total.",
+            &["output"],
+        )?;
+        let c = |o: &str| v.get_metric_with_label_values(&[o]);
+        Ok(Sent {
+            hot_leads: c("hot_leads")?,
+            journey_events: c("journey_events")?,
+            funnel: c("funnel")?,
+            dead_letter: c("dead_letter")?,
+            changelog: c("changelog")?,
+        })
+    }
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -182,6 +213,7 @@ impl Metrics {
                 "microfunnel_producer_errors_total",
                 "Output records the broker did not acknowledge.",
             )?,
+            sent: Sent::new(&r)?,
             rebalances,
             shards,
             commit_barrier,

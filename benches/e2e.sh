@@ -105,8 +105,12 @@ for r in rows:
     if cur is not None:
         cur[r["kind"]] = r
 for f in ("per_sec", "per_cpu_sec"):
-    for kind, what in (("microfunnel", "microfunnel"), ("plain_consumer_sending", "plain consumer sending")):
-        ratios = sorted(r[kind][f] / r["plain_consumer"][f] for r in rounds if kind in r)
+    for kind, base, what in (
+        ("microfunnel", "plain_consumer", "microfunnel / plain consumer"),
+        ("plain_consumer_sending", "plain_consumer", "plain consumer sending / plain consumer"),
+        ("microfunnel", "plain_consumer_sending", "microfunnel / plain consumer sending"),
+    ):
+        ratios = sorted(r[kind][f] / r[base][f] for r in rounds if kind in r and base in r)
         if ratios:
-            print(f"{f:>12}: {what} / plain consumer per round {[round(x, 2) for x in ratios]}, median {ratios[len(ratios) // 2]:.2f}")
+            print(f"{f:>12}: {what} per round {[round(x, 2) for x in ratios]}, median {ratios[len(ratios) // 2]:.2f}")
 PY

@@ -213,7 +213,7 @@ fn changelog_durable(c: &ChangelogJob, job: &Job, buf: &mut Vec<u8>) -> Result<C
     }
     let before = marker.context().changelog_acks(shard);
     write_changelog_meta(marker, topic, shard, &job.engine, job.what.seq, &job.what.positions, buf)?;
-    if let Some(m) = &records.context().metrics {
+    if let Some(m) = &marker.context().metrics {
         m.sent.changelog.inc();
     }
     loop {

@@ -160,7 +160,13 @@ fn add_stats(into: &mut Stats, s: &Stats) {
         alerts_suppressed,
         ghosted,
         stalled,
+        ahead,
+        duplicate_conflicts,
+        reopened,
     } = s;
+    into.ahead += ahead;
+    into.duplicate_conflicts += duplicate_conflicts;
+    into.reopened += reopened;
     into.events += events;
     into.applied += applied;
     into.duplicates += duplicates;

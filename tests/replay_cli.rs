@@ -433,18 +433,20 @@ fn the_sharded_digest_is_deterministic() {
 #[test]
 fn no_advance_leaves_a_quote_whose_silence_window_is_still_open_alone() {
     // The quote's 5-day window ends 2026-03-11T09:00Z: after the last event's watermark
-    // (12:00 minus the 24 h allowed lateness) but before the last event itself.
+    // (12:00 minus the 24 h allowed lateness) but before the last event itself. Two other
+    // prospects' events confirm the later time (one alone could be a client clock set ahead).
     let quoted = "usr_quoted";
-    let fixture = |other: &str| {
-        let text = format!(
-            "{}\n{}\n",
-            r#"{"event_id":"q-1","prospect_id":"usr_quoted","source":"crm","type":"quote_sent","ts":"2026-03-06T09:00:00Z"}"#,
-            format_args!(
-                r#"{{"event_id":"w-1","prospect_id":"{other}","source":"web","type":"page_viewed","ts":"2026-03-11T12:00:00Z"}}"#
-            )
-        );
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("replay_cli-no-advance-{other}.jsonl"));
-        std::fs::write(&path, text).unwrap();
+    let fixture = |others: &[String]| {
+        let mut text =
+            r#"{"event_id":"q-1","prospect_id":"usr_quoted","source":"crm","type":"quote_sent","ts":"2026-03-06T09:00:00Z"}"#
+                .to_string();
+        for (i, other) in others.iter().enumerate() {
+            text += &format!(
+                "\n{{\"event_id\":\"w-{i}\",\"prospect_id\":\"{other}\",\"source\":\"web\",\"type\":\"page_viewed\",\"ts\":\"2026-03-11T12:00:00Z\"}}"
+            );
+        }
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("replay_cli-no-advance-{}.jsonl", others[0]));
+        std::fs::write(&path, text + "\n").unwrap();
         path
     };
     let ghosted = |args: &[&str]| -> Vec<String> {
@@ -453,14 +455,12 @@ fn no_advance_leaves_a_quote_whose_silence_window_is_still_open_alone() {
         let lines = stdout_json(&out);
         of_kind(&lines, "ghosted").iter().map(|g| g["prospect"].as_str().unwrap().to_string()).collect()
     };
-    let same = (0..)
-        .map(|i| format!("usr_other_{i}"))
-        .find(|o| kafka_partition(o.as_bytes(), 4) == kafka_partition(quoted.as_bytes(), 4))
-        .unwrap();
-    let apart = (0..)
-        .map(|i| format!("usr_other_{i}"))
-        .find(|o| kafka_partition(o.as_bytes(), 4) != kafka_partition(quoted.as_bytes(), 4))
-        .unwrap();
+    let home = kafka_partition(quoted.as_bytes(), 4);
+    let same: Vec<String> =
+        (0..).map(|i| format!("usr_other_{i}")).filter(|o| kafka_partition(o.as_bytes(), 4) == home).take(2).collect();
+    let away = (home + 1) % 4;
+    let apart: Vec<String> =
+        (0..).map(|i| format!("usr_other_{i}")).filter(|o| kafka_partition(o.as_bytes(), 4) == away).take(2).collect();
 
     let file = fixture(&same);
     let file = file.to_str().unwrap();

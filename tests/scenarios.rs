@@ -100,6 +100,14 @@ impl Playbook {
         self.send(prospect, "crm", kind, at)
     }
 
+    /// Two other prospects' events at `at`: the shard's clock moves there (one alone could be
+    /// a client clock set ahead, which the clock waits to see confirmed).
+    fn time_passes(&mut self, at: Ts) -> Vec<Output> {
+        let mut out = self.web("anon-clock-1", "page_viewed", at);
+        out.extend(self.web("anon-clock-2", "page_viewed", at));
+        out
+    }
+
     fn advance(&mut self, to: Ts) -> Vec<Output> {
         let mut out = Vec::new();
         self.engine.advance_to(to, &mut out);
@@ -496,8 +504,8 @@ fn late_event_is_reported_counts_but_raises_no_hot_lead() {
     p.web("usr_4410", "demo_requested", day(0.0));
     p.crm("usr_4410", "quote_sent", hour(1.0));
     let before = p.view("usr_4410", Some(day(1.0)));
-    // Another prospect moves the watermark to day 2.
-    p.web("anon-1", "page_viewed", day(3.0));
+    // Other prospects move the watermark to day 2.
+    p.time_passes(day(3.0));
     assert_eq!(p.engine.watermark(), day(2.0));
 
     // A quote request from day 1 synced late: normally a hot lead.
@@ -511,7 +519,7 @@ fn late_event_is_reported_counts_but_raises_no_hot_lead() {
             "at": "2026-03-03T09:00:00.000Z", "watermark": "2026-03-04T09:00:00.000Z"})
     );
     let stats = p.engine.stats();
-    assert_eq!((stats.late, stats.hot_leads, stats.applied), (1, 0, 4));
+    assert_eq!((stats.late, stats.hot_leads, stats.applied), (1, 0, 5));
 
     // It still counts: signal count, score (at its own time), last activity.
     let after = p.view("usr_4410", Some(day(1.0)));
@@ -529,7 +537,7 @@ fn late_event_is_reported_counts_but_raises_no_hot_lead() {
 fn late_event_is_deduplicated() {
     let mut p = Playbook::new();
     p.web("usr_4410", "page_viewed", day(0.0));
-    p.web("anon-1", "page_viewed", day(3.0));
+    p.time_passes(day(3.0));
     let late = canonical("mkto-dl-1", "usr_4410", "web", "content_downloaded", day(1.0));
     assert!(matches!(p.line(&late)[0], Output::Late { .. }));
     assert!(p.line(&late).is_empty());
@@ -540,7 +548,7 @@ fn late_event_is_deduplicated() {
 fn late_event_moves_the_stage_forward_flagged_late_and_arms_no_timer() {
     let mut p = Playbook::new();
     p.web("usr_7720", "page_viewed", day(0.0));
-    p.web("anon-1", "page_viewed", day(3.0));
+    p.time_passes(day(3.0));
     let out = p.web("usr_7720", "demo_requested", day(1.0));
     assert!(matches!(out[0], Output::Late { .. }), "{out:?}");
     assert_eq!(stage_changes(&out), vec![(Some(p.stage("aware")), p.stage("evaluating"), true)]);
@@ -561,7 +569,7 @@ fn late_event_does_not_clear_a_ghosted_flag_but_an_on_time_one_does() {
     let mut p = Playbook::new();
     p.web("usr_4410", "demo_requested", day(0.0));
     p.crm("usr_4410", "quote_sent", day(1.0));
-    let out = p.web("anon-1", "page_viewed", day(8.0));
+    let out = p.time_passes(day(8.0));
     assert_eq!(ghosted(&out).len(), 1);
     let out = p.web("usr_4410", "page_viewed", day(6.5));
     assert!(matches!(out[0], Output::Late { .. }));
@@ -574,7 +582,7 @@ fn late_event_does_not_clear_a_ghosted_flag_but_an_on_time_one_does() {
 fn late_stage_move_does_not_clear_a_stalled_flag() {
     let mut p = Playbook::new();
     p.web("usr_3107", "demo_requested", day(0.0));
-    let out = p.web("anon-1", "page_viewed", day(23.0));
+    let out = p.time_passes(day(23.0));
     assert_eq!(stalled(&out).len(), 1);
     assert!(p.view("usr_3107", None).stalled);
     // A quote sent on day 15, synced from the CRM only now.

@@ -120,7 +120,7 @@ fn changed_prospect_records_top_up_an_older_state() {
         .iter()
         .map(|&ix| {
             let mut v = Vec::new();
-            live.encode_prospect(ix, &mut v);
+            live.encode_changelog_record(ix, &mut v);
             (live.prospect_id(ix).to_string(), v)
         })
         .collect();
@@ -129,7 +129,7 @@ fn changed_prospect_records_top_up_an_older_state() {
 
     let mut topped = Engine::decode_state(b2b(), &old).unwrap();
     for (id, v) in &records {
-        let rec = topped.decode_prospect(&mut Dec::new(v)).unwrap();
+        let rec = topped.decode_changelog_record(&mut Dec::new(v)).unwrap();
         topped.install(id, rec).unwrap();
     }
     topped.decode_meta(&mut Dec::new(&meta)).unwrap();
@@ -326,10 +326,13 @@ fn the_checked_in_sample_of_every_state_version_loads() {
         let engine = checked.engine(b2b()).unwrap();
         assert_eq!(format!("{:016x}", engine.digest()), h.digest);
         assert_eq!(engine.len() as u64, h.prospects);
-        // The same stream today gives the same state as the one written then.
-        let mut now = Engine::new(b2b());
-        feed(&mut now, &stream(60, 2024));
-        assert_eq!(now.digest(), engine.digest(), "state version {version} still decodes to the same state");
+        // The same stream today gives the same state as the one written then (the engine's
+        // rules changed with state version 3: older samples only have to load intact).
+        if version == microfunnel::core::snapshot::STATE_VERSION {
+            let mut now = Engine::new(b2b());
+            feed(&mut now, &stream(60, 2024));
+            assert_eq!(now.digest(), engine.digest(), "state version {version} still decodes to the same state");
+        }
     }
 }
 
@@ -338,6 +341,9 @@ fn the_checked_in_sample_of_every_state_version_loads() {
 fn state_versions_1_and_2_hold_the_same_state() {
     let mut a = Engine::new(b2b());
     feed(&mut a, &stream(400, 17));
+    // Layout 1 has no room for older event ids and waiting sequence signals (state version 3):
+    // let them expire, as they do once the watermark moves on.
+    a.advance_to(microfunnel::core::time::parse_rfc3339("2030-01-01T00:00:00Z").unwrap(), &mut Vec::new());
     let (mut v1, mut v2) = (Vec::new(), Vec::new());
     a.encode_state_v1(&mut v1);
     a.encode_state(&mut v2);

@@ -46,6 +46,14 @@ pub struct Stats {
     pub alerts_suppressed: u64,
     pub ghosted: u64,
     pub stalled: u64,
+    /// Events more than `time.max_ahead_hours` ahead of the shard's clock when they arrived
+    /// (a client clock set ahead): applied to their prospect, not allowed to move the clock.
+    pub ahead: u64,
+    /// Event ids seen again for a different signal: not a redelivery, applied as new events.
+    pub duplicate_conflicts: u64,
+    /// Prospects moved out of a terminal stage by one of its `reopen_on` signals, or whose
+    /// outcome was replaced by a contradicting one within `time.outcome_correction_hours`.
+    pub reopened: u64,
 }
 
 #[derive(Clone)]
@@ -60,7 +68,17 @@ pub struct Engine {
     /// Timers of prospects being restored, armed at once by [`Engine::finish_restore`].
     restored_timers: Vec<Reverse<(Ts, u32, u8)>>,
     watermark: Ts,
+    /// The shard's clock: the largest event time that other traffic confirmed (see
+    /// [`Engine::apply`]); the watermark trails it by the allowed lateness.
     max_event_ts: Ts,
+    /// An event time more than `max_ahead` ahead of the clock, not yet confirmed by another
+    /// prospect's event, and a fingerprint of the prospect that sent it (`Ts::NONE`: none).
+    leap: (Ts, u64),
+    /// Per-prospect state only some prospects need for a while (older event ids, sequence
+    /// signals waiting for their anchor), kept aside so the others pay nothing for it.
+    extras: hashbrown::HashMap<u32, Extras, ids::IndexHasher>,
+    /// Watermark at the last sweep of expired extras.
+    swept_at: Ts,
     funnel: Funnel,
     stats: Stats,
     /// Three bits per prospect, per 64 prospects: `[0]` changed since the last
@@ -74,6 +92,15 @@ pub struct Engine {
     captures: u64,
     /// In a capture: `(lineage, captures)` of the engine it is a copy of.
     captured_from: Option<(u64, u64)>,
+}
+
+/// Whether an event id was seen before for a prospect.
+enum Seen {
+    New,
+    /// The same id for the same signal: a redelivery, dropped.
+    Redelivery,
+    /// The same id for another signal: not a redelivery.
+    OtherSignal,
 }
 
 /// An engine's identity for incremental captures; a clone gets a new one (a clone that goes on
@@ -137,6 +164,83 @@ impl Emails {
     }
 }
 
+/// Per-prospect state beyond the fixed record, for the prospects that need it for a while.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extras {
+    /// Dedup keys ([`dedup_key`]) pushed out of the prospect's ring of recent ids, each with
+    /// the latest event time of the prospect when it was pushed out (no earlier than the
+    /// event's own time). Kept while the watermark is within `time.dedup_hours` of that time.
+    pub seen: Vec<(u64, Ts)>,
+    /// Sequence-rule signals that arrived before their anchor (`after`): hot rule index, the
+    /// signal's event time and event id. Kept while the watermark has not passed the signal's
+    /// time (an anchor arriving later than that would be late and raise nothing).
+    pub waiting: Vec<(u8, Ts, Box<str>)>,
+}
+
+impl Extras {
+    /// Drops what expired at `watermark`; true when nothing is left.
+    fn prune(&mut self, watermark: Ts, dedup_window: super::time::Span) -> bool {
+        self.seen.retain(|&(_, t)| seen_live(t, watermark, dedup_window));
+        self.waiting.retain(|&(_, t, _)| waiting_live(t, watermark));
+        self.seen.is_empty() && self.waiting.is_empty()
+    }
+
+    /// The entries still in force at `watermark`, in a canonical order (for encoding and
+    /// digests, which must not depend on when expired entries were swept).
+    pub fn live(&self, watermark: Ts, dedup_window: super::time::Span) -> Extras {
+        let mut seen: Vec<_> =
+            self.seen.iter().copied().filter(|&(_, t)| seen_live(t, watermark, dedup_window)).collect();
+        seen.sort_unstable();
+        let mut waiting: Vec<_> =
+            self.waiting.iter().filter(|&&(_, t, _)| waiting_live(t, watermark)).cloned().collect();
+        waiting.sort_unstable();
+        Extras { seen, waiting }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty() && self.waiting.is_empty()
+    }
+}
+
+fn seen_live(t: Ts, watermark: Ts, window: super::time::Span) -> bool {
+    watermark.is_none() || t.plus(window) >= watermark
+}
+
+fn waiting_live(t: Ts, watermark: Ts) -> bool {
+    watermark.is_none() || t >= watermark
+}
+
+/// An event id's dedup key: its fingerprint with the low byte replaced by the signal (so a
+/// repeat of the same id for another signal is told apart from a redelivery). Never 0.
+pub fn dedup_key(event_fingerprint: u64, sig: SignalId) -> u64 {
+    (event_fingerprint & !0xff) | (u64::from(sig.0) % 255 + 1)
+}
+
+/// Whether two dedup keys belong to the same event id.
+fn same_id(a: u64, b: u64) -> bool {
+    a & !0xff == b & !0xff
+}
+
+/// When a prospect that has won won: the earliest entry into the won stage or a stage after it.
+fn won_since(journey: &Journey, stage_times: &[u32]) -> Ts {
+    let Some(w) = journey.stages.iter().position(|s| s.outcome == Some(super::journey::Outcome::Won)) else {
+        return Ts::NONE;
+    };
+    (w..journey.stages.len())
+        .filter(|&k| !journey.stages[k].terminal && stage_times[k] != 0)
+        .map(|k| Ts((i64::from(stage_times[k]) - 1) * MS_PER_SEC))
+        .min()
+        .unwrap_or(Ts::NONE)
+}
+
+/// The furthest non-terminal stage a prospect entered (stages before it count as passed).
+fn furthest_reached(journey: &Journey, stage_times: &[u32]) -> Option<StageId> {
+    (0..journey.stages.len())
+        .rev()
+        .find(|&k| !journey.stages[k].terminal && stage_times[k] != 0)
+        .map(|k| StageId(k as u8))
+}
+
 fn stage_secs(ts: Ts) -> u32 {
     (ts.0.div_euclid(MS_PER_SEC) + 1).clamp(1, i64::from(u32::MAX)) as u32
 }
@@ -153,6 +257,9 @@ impl Engine {
             restored_timers: Vec::new(),
             watermark: Ts::NONE,
             max_event_ts: Ts::NONE,
+            leap: (Ts::NONE, 0),
+            extras: hashbrown::HashMap::default(),
+            swept_at: Ts::NONE,
             stats: Stats::default(),
             changed: Vec::new(),
             lineage: Lineage::new(),
@@ -188,9 +295,11 @@ impl Engine {
             dst.emails.clone_from(&self.emails);
         }
         self.changed.iter_mut().for_each(|w| (w[1], w[2]) = (0, 0));
+        dst.extras.clone_from(&self.extras);
         dst.timers.clear();
         dst.watermark = self.watermark;
         dst.max_event_ts = self.max_event_ts;
+        dst.leap = self.leap;
         dst.funnel.clone_from(&self.funnel);
         dst.stats.clone_from(&self.stats);
         dst.changed.clear();
@@ -268,11 +377,22 @@ impl Engine {
         self.changed.iter().any(|b| b[0] != 0)
     }
 
-    pub(super) fn set_meta(&mut self, watermark: Ts, max_event_ts: Ts, stats: Stats, funnel: Funnel) {
+    pub(super) fn set_meta(&mut self, watermark: Ts, max_event_ts: Ts, leap: (Ts, u64), stats: Stats, funnel: Funnel) {
         self.watermark = watermark;
         self.max_event_ts = max_event_ts;
+        self.leap = leap;
         self.stats = stats;
         self.funnel = funnel;
+    }
+
+    pub(super) fn leap(&self) -> (Ts, u64) {
+        self.leap
+    }
+
+    /// A prospect's extras still in force at the watermark, if any.
+    pub(super) fn live_extras(&self, ix: ProspectIx) -> Option<Extras> {
+        let x = self.extras.get(&ix.0)?.live(self.watermark, self.journey.dedup_window);
+        (!x.is_empty()).then_some(x)
     }
 
     pub(super) fn prospect_parts(&self, ix: ProspectIx) -> (&Prospect, &[u32], &[u16], &[Ts]) {
@@ -297,6 +417,9 @@ impl Engine {
         self.store.push_with(rec.fixed.clone(), &rec.stage_times, &rec.counts, &rec.marks);
         if let Some(e) = rec.email {
             self.emails.insert(ix.0, e.into());
+        }
+        if !rec.extras.is_empty() {
+            self.extras.insert(ix.0, rec.extras.clone());
         }
         let p = &rec.fixed;
         let timers = &mut self.restored_timers;
@@ -337,6 +460,11 @@ impl Engine {
             }
         }
         self.mark_email_changed(ix.0);
+        if rec.extras.is_empty() {
+            self.extras.remove(&ix.0);
+        } else {
+            self.extras.insert(ix.0, rec.extras);
+        }
         let p = self.store.fixed(i);
         if !p.ghost_due.is_none() {
             self.timers.push(Reverse((p.ghost_due, ix.0, GHOST)));
@@ -438,7 +566,7 @@ impl Engine {
             );
             return self.reject(RejectReason::SourceMismatch, detail, out);
         }
-        let fp = ids::event_fingerprint(&ev.event_id);
+        let key = dedup_key(ids::event_fingerprint(&ev.event_id), sig);
         let (ix, new) = match self.ids.intern(&ev.prospect) {
             Ok(v) => v,
             Err(InternerFull) => {
@@ -449,13 +577,19 @@ impl Engine {
         let i = ix.0 as usize;
         if new {
             self.store.push(Prospect::new(journey.first_stage(), ev.ts));
-        } else if self.store.fixed(i).seen(fp) {
-            self.stats.duplicates += 1;
-            return;
+        } else {
+            match self.seen(ix, key) {
+                Seen::Redelivery => {
+                    self.stats.duplicates += 1;
+                    return;
+                }
+                Seen::OtherSignal => self.stats.duplicate_conflicts += 1,
+                Seen::New => {}
+            }
         }
         self.stats.applied += 1;
         self.mark_changed(ix.0);
-        self.store.fixed_mut(i).remember(fp);
+        self.remember(ix, key, ev.ts);
         if let Some(email) = &ev.email
             && self.email(ix) != Some(&**email)
         {
@@ -469,12 +603,7 @@ impl Engine {
             self.stats.late += 1;
             out.push(Output::Late { prospect: ix, signal: sig, at: ts, watermark: self.watermark });
         } else {
-            self.max_event_ts = self.max_event_ts.max(ts);
-            let wm = ts.minus(journey.allowed_lateness);
-            if self.watermark.is_none() || wm > self.watermark {
-                self.watermark = wm;
-                self.fire_timers(out);
-            }
+            self.tick_clock(ts, ids::event_fingerprint(&ev.prospect), out);
             self.fire_own_timers(ix, ts, out);
         }
 
@@ -522,18 +651,6 @@ impl Engine {
                 p.flags &= !prospect::GHOSTED;
             }
         }
-        if let Some(g) = journey.ghost
-            && g.after == sig
-            && !late
-            && !journey.stage(p.stage).terminal
-            && !p.has(prospect::OUTCOME_WON)
-        {
-            let due = ts.plus(g.window);
-            if p.ghost_due.is_none() || due > p.ghost_due {
-                p.ghost_due = due;
-                self.timers.push(Reverse((due, ix.0, GHOST)));
-            }
-        }
         if def.disqualifies {
             p.flags |= prospect::DISQUALIFIED;
         }
@@ -543,9 +660,142 @@ impl Engine {
         if let Some(to) = target {
             self.enter_stage(&journey, ix, new, to, sig, ts, late, out);
         }
+        // Silence timer (after the stage move: a reopened deal's new quote is watched too).
+        let p = self.store.fixed_mut(i);
+        if let Some(g) = journey.ghost
+            && g.after == sig
+            && !late
+            && !journey.stage(p.stage).terminal
+            && !p.has(prospect::OUTCOME_WON)
+        {
+            let due = ts.plus(g.window);
+            // Prospect activity already inside the window (it arrived first): not silent.
+            let answered = !p.last_activity.is_none() && p.last_activity > ts && p.last_activity <= due;
+            if !answered && (p.ghost_due.is_none() || due > p.ghost_due) {
+                p.ghost_due = due;
+                self.timers.push(Reverse((due, ix.0, GHOST)));
+            }
+        }
 
         if !late {
             self.hot_rules(&journey, ix, sig, ev, score_before, out);
+            self.anchor_arrived(&journey, ix, sig, ts, out);
+        }
+    }
+
+    /// Where a dedup key stands for a prospect: in its ring of recent ids or its older ids
+    /// still within the dedup window.
+    fn seen(&self, ix: ProspectIx, key: u64) -> Seen {
+        let p = self.store.fixed(ix.0 as usize);
+        let window = self.journey.dedup_window;
+        let older = self.extras.get(&ix.0).map_or(&[][..], |x| &x.seen[..]);
+        let live = older.iter().filter(|&&(_, t)| seen_live(t, self.watermark, window)).map(|&(k, _)| k);
+        let mut verdict = Seen::New;
+        for k in p.recent.iter().copied().filter(|&k| k != 0).chain(live) {
+            if k == key {
+                return Seen::Redelivery;
+            }
+            if same_id(k, key) {
+                verdict = Seen::OtherSignal;
+            }
+        }
+        verdict
+    }
+
+    /// Records a dedup key in the prospect's ring; the key it pushes out moves to the prospect's
+    /// older ids while the dedup window keeps it.
+    fn remember(&mut self, ix: ProspectIx, key: u64, ts: Ts) {
+        let (watermark, window) = (self.watermark, self.journey.dedup_window);
+        let p = self.store.fixed_mut(ix.0 as usize);
+        let out = p.recent[p.recent_pos as usize];
+        let at = if p.score_at.is_none() { ts } else { p.score_at.max(ts) };
+        p.remember(key);
+        if out != 0 && window.0 > 0 && seen_live(at, watermark, window) {
+            let x = self.extras.entry(ix.0).or_default();
+            x.seen.retain(|&(_, t)| seen_live(t, watermark, window));
+            x.seen.push((out, at));
+        }
+    }
+
+    /// Moves the shard's clock for an on-time event at `u` from the prospect with fingerprint
+    /// `q`. The clock follows event time, but a time more than `max_ahead` ahead of it (a client
+    /// clock set ahead, a year-9999 timestamp) moves it only once an event of another prospect
+    /// confirms it, i.e. comes no earlier than `max_ahead` before it. A fresh shard's first
+    /// event needs that confirmation too.
+    fn tick_clock(&mut self, u: Ts, q: u64, out: &mut Vec<Output>) {
+        let ahead = self.journey.max_ahead;
+        let c = self.max_event_ts;
+        if !c.is_none() && u <= c.plus(ahead) {
+            return self.set_clock(u, out);
+        }
+        let (t, from) = self.leap;
+        if !t.is_none() && from != q && u >= t.minus(ahead) {
+            // Two prospects agree that time has come at least this far.
+            self.set_clock(u.min(t), out);
+            self.set_clock(u.max(t).min(self.max_event_ts.plus(ahead)), out);
+            if u > self.max_event_ts.plus(ahead) {
+                self.leap = (u, q);
+                self.stats.ahead += 1;
+            }
+            return;
+        }
+        // Unconfirmed: remembered, applied to its prospect, the clock stays. A leap further
+        // behind a remembered one replaces it (the remembered one is the suspicious clock).
+        if !c.is_none() {
+            self.stats.ahead += 1;
+        }
+        self.leap = (u, q);
+    }
+
+    fn set_clock(&mut self, u: Ts, out: &mut Vec<Output>) {
+        if self.max_event_ts.is_none() || u > self.max_event_ts {
+            self.max_event_ts = u;
+            let wm = u.minus(self.journey.allowed_lateness);
+            if self.watermark.is_none() || wm > self.watermark {
+                self.watermark = wm;
+                self.fire_timers(out);
+                self.sweep();
+            }
+        }
+        if !self.leap.0.is_none() && self.leap.0 <= self.max_event_ts.plus(self.journey.max_ahead) {
+            self.leap = (Ts::NONE, 0);
+        }
+    }
+
+    /// Drops expired extras once the watermark moved an hour since the last sweep (expired
+    /// entries are ignored anyway; this only returns their memory).
+    fn sweep(&mut self) {
+        if !self.swept_at.is_none() && self.watermark < self.swept_at.plus(super::time::Span::from_hours(1.0)) {
+            return;
+        }
+        self.swept_at = self.watermark;
+        let (watermark, window) = (self.watermark, self.journey.dedup_window);
+        self.extras.retain(|_, x| !x.prune(watermark, window));
+    }
+
+    /// A sequence rule's anchor (`after`) arrived: sequence signals of this prospect that
+    /// arrived before it but happened within the rule's window after it make the prospect hot
+    /// now, as if they had arrived in event-time order (the alert names the signal's event).
+    fn anchor_arrived(&mut self, journey: &Journey, ix: ProspectIx, sig: SignalId, ts: Ts, out: &mut Vec<Output>) {
+        let Some(x) = self.extras.get_mut(&ix.0) else { return };
+        let mut hits: Vec<(u8, Ts, Box<str>)> = Vec::new();
+        x.waiting.retain(|(r, s, id)| {
+            let hit = matches!(
+                journey.hot_rules[*r as usize].condition,
+                HotCondition::Signal { after: Some((a, within)), .. } if a == sig && *s >= ts && s.since(ts) <= within
+            );
+            if hit {
+                hits.push((*r, *s, id.clone()));
+            }
+            !hit
+        });
+        if x.is_empty() {
+            self.extras.remove(&ix.0);
+        }
+        hits.sort();
+        for (r, s, id) in hits {
+            let HotCondition::Signal { signal, .. } = journey.hot_rules[r as usize].condition else { continue };
+            self.raise(journey, ix, 1 << r, signal, &id, s, out);
         }
     }
 
@@ -564,16 +814,61 @@ impl Engine {
         let i = ix.0 as usize;
         let (p, vars) = self.store.state_mut(i);
         let from = (!new).then_some(p.stage);
+        let mut reopen = false;
         if let Some(f) = from {
             let cur = journey.stage(f);
-            // Forward only; a terminal stage is final, and a customer who has won is not lost
-            // by a later `deal_lost` (that is a lost upsell, not a lost customer).
             let won = p.has(prospect::OUTCOME_WON);
-            if cur.terminal || journey.stage(to).order <= cur.order || (won && journey.stage(to).terminal) {
+            if cur.terminal {
+                // A terminal stage is final, unless one of its `reopen_on` signals comes after
+                // the prospect entered it (the CRM reopened the deal).
+                if late || ts <= p.stage_entered || !cur.reopen_on.contains(&sig) {
+                    return;
+                }
+                reopen = true;
+            } else if journey.stage(to).order <= cur.order {
+                // Forward only. An event that happened before the current stage was entered
+                // but arrived after it still dates the stages it marks, as in event-time order.
+                if !late && !journey.stage(to).terminal && ts < p.stage_entered {
+                    let v = &mut vars.stage_times[to.0 as usize];
+                    if *v == 0 || stage_secs(ts) < *v {
+                        *v = stage_secs(ts);
+                    }
+                    if to == f {
+                        p.stage_entered = ts;
+                        if !p.stall_due.is_none()
+                            && let Some(st) = journey.stall
+                        {
+                            p.stall_due = ts.plus(st.window);
+                            self.timers.push(Reverse((p.stall_due, ix.0, STALL)));
+                        }
+                    }
+                }
                 return;
+            } else if won && journey.stage(to).terminal {
+                // A customer who has won is not lost by a later `deal_lost` (a lost upsell, not
+                // a lost customer), unless it corrects the win within the correction window.
+                let won_at = won_since(journey, vars.stage_times);
+                if late || won_at.is_none() || ts <= won_at || ts.since(won_at) > journey.outcome_correction {
+                    return;
+                }
+                reopen = true;
             }
         }
-        self.funnel.transition(journey, from, to, ts.since(p.stage_entered));
+        if reopen {
+            // The previous outcome no longer stands: outcome statistics follow the latest one.
+            self.stats.reopened += 1;
+            for (flag, o) in [
+                (prospect::OUTCOME_WON, super::journey::Outcome::Won),
+                (prospect::OUTCOME_LOST, super::journey::Outcome::Lost),
+            ] {
+                if p.has(flag) {
+                    p.flags &= !flag;
+                    self.funnel.retract_outcome(o, vars.counts);
+                }
+            }
+        }
+        let furthest = if reopen { furthest_reached(journey, vars.stage_times) } else { None };
+        self.funnel.transition_from(journey, from, furthest, to, ts.since(p.stage_entered));
         vars.stage_times[to.0 as usize] = stage_secs(ts);
         p.stage = to;
         p.stage_entered = ts;
@@ -614,7 +909,6 @@ impl Engine {
         out.push(Output::StageChanged { prospect: ix, from, to, signal: sig, at: ts, late });
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn hot_rules(
         &mut self,
         journey: &Journey,
@@ -631,6 +925,7 @@ impl Engine {
         }
         let ts = ev.ts;
         let mut fired = 0u32;
+        let mut wait = 0u32;
         for (r, rule) in journey.hot_rules.iter().enumerate() {
             let hit = match rule.condition {
                 HotCondition::ScoreAtLeast(t) => score_before < t && p.score >= t,
@@ -639,7 +934,12 @@ impl Engine {
                         && after.is_none_or(|(a, within)| {
                             let slot = journey.signal(a).tracked_slot.map_or(0, usize::from);
                             let m = self.store.marks(i)[slot];
-                            !m.is_none() && m <= ts && ts.since(m) <= within
+                            let hit = !m.is_none() && m <= ts && ts.since(m) <= within;
+                            if !hit {
+                                // The anchor may still arrive (out of order, within the lateness).
+                                wait |= 1 << r;
+                            }
+                            hit
                         })
                 }
             };
@@ -647,17 +947,51 @@ impl Engine {
                 fired |= 1 << r;
             }
         }
-        if fired == 0 {
+        if wait != 0 {
+            let x = self.extras.entry(ix.0).or_default();
+            for r in (0..journey.hot_rules.len()).filter(|r| wait & (1 << r) != 0) {
+                x.waiting.push((r as u8, ts, ev.event_id.as_ref().into()));
+            }
+        }
+        if fired != 0 {
+            self.raise(journey, ix, fired, sig, &ev.event_id, ts, out);
+        }
+    }
+
+    /// Makes a prospect hot by the rules in `fired` (bits), triggered by event `event_id` of
+    /// signal `sig` at `ts`; alerts unless an alert went out within the cooldown.
+    #[allow(clippy::too_many_arguments)]
+    fn raise(
+        &mut self,
+        journey: &Journey,
+        ix: ProspectIx,
+        fired: u32,
+        sig: SignalId,
+        event_id: &str,
+        ts: Ts,
+        out: &mut Vec<Output>,
+    ) {
+        let p = self.store.fixed_mut(ix.0 as usize);
+        if p.has(prospect::DISQUALIFIED) || journey.stage(p.stage).terminal {
             return;
         }
-        let p = self.store.fixed_mut(i);
-        p.hot_until = ts.plus(journey.hot_for);
-        p.hot_rule = fired.trailing_zeros() as u8;
-        if !p.last_alert.is_none() && ts < p.last_alert.plus(journey.alert_cooldown) {
+        let until = ts.plus(journey.hot_for);
+        if p.hot_until.is_none() || until >= p.hot_until {
+            p.hot_until = until;
+            p.hot_rule = fired.trailing_zeros() as u8;
+        }
+        // At most one alert per cooldown window, whichever side of the last alert `ts` is on
+        // (an earlier event can arrive later, within the lateness).
+        if !p.last_alert.is_none()
+            && ts < p.last_alert.plus(journey.alert_cooldown)
+            && ts.plus(journey.alert_cooldown) > p.last_alert
+        {
             self.stats.alerts_suppressed += 1;
             return;
         }
-        p.last_alert = ts;
+        if p.last_alert.is_none() || ts > p.last_alert {
+            p.last_alert = ts;
+        }
         self.stats.hot_leads += 1;
         let prospect_id = self.ids.get(ix);
         let rule_names: Vec<&str> = (0..journey.hot_rules.len())
@@ -665,13 +999,13 @@ impl Engine {
             .map(|r| journey.hot_rules[r].name.as_str())
             .collect();
         out.push(Output::HotLead(Box::new(HotLead {
-            alert_id: ids::alert_id(prospect_id, &rule_names.join("+"), &ev.event_id),
+            alert_id: ids::alert_id(prospect_id, &rule_names.join("+"), event_id),
             prospect: ix,
             rules: fired,
             score: p.score,
             stage: p.stage,
             signal: sig,
-            event_id: ev.event_id.to_string(),
+            event_id: event_id.to_string(),
             at: ts,
         })));
     }
@@ -802,6 +1136,19 @@ impl Engine {
         }
         if let Some(e) = self.email(ix) {
             buf.extend_from_slice(e.as_bytes());
+        }
+        if let Some(x) = self.live_extras(ix) {
+            buf.push(0);
+            for (k, t) in x.seen {
+                buf.extend_from_slice(&k.to_le_bytes());
+                buf.extend_from_slice(&t.0.to_le_bytes());
+            }
+            for (r, t, id) in x.waiting {
+                buf.push(r);
+                buf.extend_from_slice(&t.0.to_le_bytes());
+                buf.extend_from_slice(id.as_bytes());
+                buf.push(0);
+            }
         }
         ids::hash64(ids::SEED_DIGEST, buf)
     }

@@ -114,7 +114,17 @@ impl Funnel {
         add(&mut self.outcomes, outcomes);
     }
 
-    pub(crate) fn transition(&mut self, journey: &Journey, from: Option<StageId>, to: StageId, time_in_from: Span) {
+    /// Counts a stage change. For a prospect that may have been further along before, stages
+    /// up to `furthest` (a reopened prospect's furthest non-terminal stage) were reached
+    /// already and are not counted again.
+    pub(crate) fn transition_from(
+        &mut self,
+        journey: &Journey,
+        from: Option<StageId>,
+        furthest: Option<StageId>,
+        to: StageId,
+        time_in_from: Span,
+    ) {
         let row = match from {
             Some(f) => {
                 self.in_stage[f.0 as usize] -= 1;
@@ -131,10 +141,26 @@ impl Funnel {
             }
             return;
         }
-        let first = from.map_or(0, |f| f.0 as usize + 1);
+        let first = match (furthest, from) {
+            (Some(f), _) => f.0 as usize + 1,
+            (None, Some(f)) if journey.stage(f).terminal => to.0 as usize + 1,
+            (None, f) => f.map_or(0, |f| f.0 as usize + 1),
+        };
         for k in first..=to.0 as usize {
             if !journey.stages[k].terminal {
                 self.reached[k] += 1;
+            }
+        }
+    }
+
+    /// Takes back an outcome [`Funnel::outcome`] counted (the deal was reopened or corrected).
+    /// Signals first shown after the outcome were not counted with it; counters stop at 0.
+    pub(crate) fn retract_outcome(&mut self, outcome: Outcome, signal_counts: &[u16]) {
+        let o = outcome_index(outcome);
+        self.outcomes[o] = self.outcomes[o].saturating_sub(1);
+        for (s, &c) in signal_counts.iter().enumerate() {
+            if c > 0 {
+                self.signal_outcomes[s][o] = self.signal_outcomes[s][o].saturating_sub(1);
             }
         }
     }

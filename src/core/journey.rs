@@ -94,12 +94,35 @@ fn default_max_score() -> f64 {
 struct RawTime {
     #[serde(default = "default_lateness_hours")]
     allowed_lateness_hours: f64,
+    #[serde(default = "default_max_ahead_hours")]
+    max_ahead_hours: f64,
+    #[serde(default = "default_dedup_hours")]
+    dedup_hours: f64,
+    #[serde(default = "default_outcome_correction_hours")]
+    outcome_correction_hours: f64,
 }
 
 impl Default for RawTime {
     fn default() -> Self {
-        RawTime { allowed_lateness_hours: default_lateness_hours() }
+        RawTime {
+            allowed_lateness_hours: default_lateness_hours(),
+            max_ahead_hours: default_max_ahead_hours(),
+            dedup_hours: default_dedup_hours(),
+            outcome_correction_hours: default_outcome_correction_hours(),
+        }
     }
+}
+
+fn default_max_ahead_hours() -> f64 {
+    24.0
+}
+
+fn default_dedup_hours() -> f64 {
+    24.0
+}
+
+fn default_outcome_correction_hours() -> f64 {
+    24.0
 }
 
 fn default_lateness_hours() -> f64 {
@@ -125,6 +148,8 @@ struct RawStage {
     #[serde(default)]
     terminal: bool,
     outcome: Option<Outcome>,
+    #[serde(default)]
+    reopen_on: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +263,9 @@ pub struct StageDef {
     pub next_commitment: String,
     pub terminal: bool,
     pub outcome: Option<Outcome>,
+    /// Terminal stages only: signals that move a prospect out of this stage again (a lost deal
+    /// the CRM reopens), back to the stage the signal enters.
+    pub reopen_on: Vec<SignalId>,
 }
 
 #[derive(Clone, Debug)]
@@ -295,6 +323,14 @@ pub struct Journey {
     pub decay_rate: f64,
     pub max_score: f64,
     pub allowed_lateness: Span,
+    /// An event more than this ahead of the shard's clock does not move it until another
+    /// prospect's event confirms the time (a client clock set ahead).
+    pub max_ahead: Span,
+    /// Event ids are remembered (per prospect) until the watermark is this far past their time.
+    pub dedup_window: Span,
+    /// Within this span after an outcome, a contradicting outcome replaces it (a CRM mis-click
+    /// corrected); later, an outcome stands (a won customer's lost upsell is not a lost deal).
+    pub outcome_correction: Span,
     pub alert_cooldown: Span,
     pub hot_for: Span,
     pub ghost: Option<GhostRule>,
@@ -496,13 +532,40 @@ impl Journey {
             if s.outcome.is_some() && i == 0 {
                 return Err(invalid(format!("stages[0] (`{}`)", s.name), "the first stage cannot carry an outcome"));
             }
+            let mut reopen_on = Vec::with_capacity(s.reopen_on.len());
+            for (k, n) in s.reopen_on.iter().enumerate() {
+                let at = format!("stages[{i}] (`{}`).reopen_on[{k}]", s.name);
+                if !s.terminal {
+                    return Err(invalid(
+                        at,
+                        "only a terminal stage can be reopened; remove `reopen_on` or set `terminal = true`",
+                    ));
+                }
+                reopen_on.push(signal_of(at, n, &names)?);
+            }
             stages.push(StageDef {
                 name: s.name.clone(),
                 order: s.order,
                 next_commitment: s.next_commitment.clone(),
                 terminal: s.terminal,
                 outcome: s.outcome,
+                reopen_on,
             });
+        }
+
+        for (i, st) in stages.iter().enumerate() {
+            for (k, sig) in st.reopen_on.iter().enumerate() {
+                let def = &signals[sig.0 as usize];
+                if def.enters.is_none_or(|to| stages[to.0 as usize].terminal) {
+                    return Err(invalid(
+                        format!("stages[{i}] (`{}`).reopen_on[{k}]", st.name),
+                        format!(
+                            "signal `{}` enters no non-terminal stage, so it cannot say where a reopened prospect goes; list it under a stage's `entered_by` or remove it here",
+                            def.name
+                        ),
+                    ));
+                }
+            }
         }
 
         // Hot rules.
@@ -601,6 +664,13 @@ impl Journey {
             half_life,
             max_score: positive("scoring", "max_score", raw.scoring.max_score)?,
             allowed_lateness: Span::from_hours(lateness_hours(raw.time.allowed_lateness_hours)?),
+            max_ahead: Span::from_hours(positive("time", "max_ahead_hours", raw.time.max_ahead_hours)?),
+            dedup_window: Span::from_hours(non_negative("time", "dedup_hours", raw.time.dedup_hours)?),
+            outcome_correction: Span::from_hours(non_negative(
+                "time",
+                "outcome_correction_hours",
+                raw.time.outcome_correction_hours,
+            )?),
             alert_cooldown: Span::from_hours(non_negative("hot", "cooldown_hours", raw.hot.cooldown_hours)?),
             hot_for: Span::from_days(positive("hot", "hot_for_days", raw.hot.hot_for_days)?),
             ghost,

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use super::engine::Engine;
+use super::engine::{Engine, Extras};
 use super::funnel::{Histogram, TIME_BUCKETS_SECS};
 use super::ids::{self, ProspectIx};
 use super::journey::{Journey, StageId};
@@ -31,7 +31,7 @@ use super::prospect::{Prospect, RECENT_IDS};
 use super::time::Ts;
 
 /// Version of the state layout below (the file format adds its own header around it).
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// The state versions this build reads.
 pub const STATE_VERSIONS: std::ops::RangeInclusive<u32> = 1..=STATE_VERSION;
@@ -113,6 +113,9 @@ impl<'a> Dec<'a> {
     pub fn position(&self) -> usize {
         self.pos
     }
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
     pub fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }
@@ -175,6 +178,8 @@ pub struct ProspectRecord<'a> {
     pub counts: Vec<u16>,
     pub marks: Vec<Ts>,
     pub email: Option<&'a str>,
+    /// Older event ids and waiting sequence signals (state version 3; empty before).
+    pub extras: Extras,
 }
 
 impl ProspectRecord<'_> {
@@ -185,6 +190,7 @@ impl ProspectRecord<'_> {
             counts: Vec::new(),
             marks: Vec::new(),
             email: None,
+            extras: Extras::default(),
         }
     }
 }
@@ -192,9 +198,14 @@ impl ProspectRecord<'_> {
 impl Engine {
     /// Writes the shard-level part of the state: journey shape, watermark, stats, funnel.
     pub fn encode_meta(&self, out: &mut Vec<u8>) {
+        self.encode_meta_version(out, STATE_VERSION);
+    }
+
+    /// The meta as state `version` has it (older versions lack the fields added since).
+    fn encode_meta_version(&self, out: &mut Vec<u8>, version: u32) {
         let j = self.journey();
         let mut w = Enc(out);
-        w.u32(STATE_VERSION);
+        w.u32(version);
         w.u64(journey_fingerprint(j));
         w.bytes(j.name.as_bytes());
         w.u16(j.stages.len() as u16);
@@ -217,6 +228,14 @@ impl Engine {
             s.stalled,
         ] {
             w.u64(v);
+        }
+        if version >= 3 {
+            for v in [s.ahead, s.duplicate_conflicts, s.reopened] {
+                w.u64(v);
+            }
+            let (leap, leap_from) = self.leap();
+            w.ts(leap);
+            w.u64(leap_from);
         }
         let f = self.funnel();
         for v in [&f.in_stage, &f.reached, &f.transitions, &f.ghosted, &f.stalled, &f.terminated_from] {
@@ -253,9 +272,16 @@ impl Engine {
         }
         let watermark = r.ts("watermark")?;
         let max_event = r.ts("max event time")?;
-        let mut st = [0u64; 11];
-        for v in &mut st {
+        let mut st = [0u64; 14];
+        for v in &mut st[..11] {
             *v = r.u64("stats")?;
+        }
+        let mut leap = (Ts::NONE, 0);
+        if version >= 3 {
+            for v in &mut st[11..] {
+                *v = r.u64("stats")?;
+            }
+            leap = (r.ts("leap")?, r.u64("leap")?);
         }
         let mut funnel = super::funnel::Funnel::new(&j);
         for v in [
@@ -293,8 +319,11 @@ impl Engine {
             alerts_suppressed: st[8],
             ghosted: st[9],
             stalled: st[10],
+            ahead: st[11],
+            duplicate_conflicts: st[12],
+            reopened: st[13],
         };
-        self.set_meta(watermark, max_event, stats, funnel);
+        self.set_meta(watermark, max_event, leap, stats, funnel);
         Ok(version)
     }
 
@@ -317,6 +346,32 @@ impl Engine {
             Some(e) => w.bytes(e.as_bytes()),
             None => w.u32(NO_EMAIL),
         }
+    }
+
+    /// A changelog record: layout 1 ([`Engine::encode_prospect`]), then, when the prospect has
+    /// any, its extras (tag 1; records without a tag, from older builds, have none).
+    pub fn encode_changelog_record(&self, ix: ProspectIx, out: &mut Vec<u8>) {
+        self.encode_prospect(ix, out);
+        if let Some(x) = self.live_extras(ix) {
+            out.push(1);
+            encode_extras(&x, out);
+        }
+    }
+
+    /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
+    pub fn decode_changelog_record<'a>(&self, r: &mut Dec<'a>) -> Result<ProspectRecord<'a>, StateError> {
+        let mut rec = self.decode_prospect(r)?;
+        if !r.is_empty() {
+            let at = r.position();
+            match r.u8("extras tag")? {
+                1 => rec.extras = decode_extras(r, self.journey().hot_rules.len())?,
+                _ => return Err(StateError::Invalid { what: "extras tag", at }),
+            }
+        }
+        if !r.is_empty() {
+            return Err(StateError::Invalid { what: "trailing bytes", at: r.position() });
+        }
+        Ok(rec)
     }
 
     /// Reads one prospect record and checks it against this engine's journey.
@@ -345,7 +400,7 @@ impl Engine {
                 Some(std::str::from_utf8(b).map_err(|_| StateError::Invalid { what: "email", at })?)
             }
         };
-        Ok(ProspectRecord { fixed, stage_times, counts, marks, email })
+        Ok(ProspectRecord { fixed, stage_times, counts, marks, email, extras: Extras::default() })
     }
 
     /// The whole state in the current version: meta, then every prospect with its id
@@ -376,10 +431,7 @@ impl Engine {
 
     /// The whole state in layout 1 (the format of version-1 files), for tests and tools.
     pub fn encode_state_v1(&self, out: &mut Vec<u8>) {
-        let mut meta = Vec::new();
-        self.encode_meta(&mut meta);
-        meta[..4].copy_from_slice(&1u32.to_le_bytes());
-        out.extend_from_slice(&meta);
+        self.encode_meta_version(out, 1);
         Enc(out).u32(self.len() as u32);
         for (ix, id) in self.iter_ids() {
             Enc(out).bytes(id.as_bytes());
@@ -401,6 +453,8 @@ impl Engine {
             mask |= u16::from(*r != 0) << (8 + k);
         }
         mask |= u16::from(email.is_some()) << 12;
+        let extras = self.live_extras(ix);
+        mask |= u16::from(extras.is_some()) << 13;
         out.extend_from_slice(&mask.to_le_bytes());
         if mask & (1 << 7) != 0 {
             out.extend_from_slice(&p.score.to_bits().to_le_bytes());
@@ -417,6 +471,9 @@ impl Engine {
         sparse(out, marks, |t| !t.is_none(), |out, t| out.extend_from_slice(&t.0.to_le_bytes()));
         if let Some(e) = email {
             len_prefixed(out, e.as_bytes());
+        }
+        if let Some(x) = extras {
+            encode_extras(&x, out);
         }
     }
 
@@ -458,7 +515,7 @@ impl Engine {
         let j = self.journey();
         let at = r.position();
         let mask = r.u16("presence mask")?;
-        if mask >> 13 != 0 {
+        if mask >> 14 != 0 {
             return Err(StateError::Invalid { what: "presence mask", at });
         }
         let score = if mask & (1 << 7) != 0 { r.f64("score")? } else { 0.0 };
@@ -481,6 +538,7 @@ impl Engine {
         unsparse(r, &mut rec.counts, j.signals.len(), 0, "signal counts", |r| r.u16("signal counts"))?;
         unsparse(r, &mut rec.marks, j.tracked, Ts::NONE, "marks", |r| r.ts("marks"))?;
         rec.email = if mask & (1 << 12) != 0 { Some(r.len_prefixed_str("email")?) } else { None };
+        rec.extras = if mask & (1 << 13) != 0 { decode_extras(r, j.hot_rules.len())? } else { Extras::default() };
         Ok(())
     }
 
@@ -519,6 +577,50 @@ impl Engine {
 }
 
 /// A length as one byte, or 255 and four bytes for 255 and more, then the bytes.
+/// Extras: count of older ids, (key u64, time i64) each; count of waiting sequence signals,
+/// (hot rule u8, time i64, len-prefixed event id) each.
+fn encode_extras(x: &Extras, out: &mut Vec<u8>) {
+    let mut w = Enc(out);
+    w.u32(x.seen.len() as u32);
+    for &(k, t) in &x.seen {
+        w.u64(k);
+        w.ts(t);
+    }
+    w.u32(x.waiting.len() as u32);
+    for (r, t, id) in &x.waiting {
+        w.u8(*r);
+        w.ts(*t);
+        len_prefixed(out, id.as_bytes());
+        w = Enc(out);
+    }
+}
+
+fn decode_extras(r: &mut Dec<'_>, hot_rules: usize) -> Result<Extras, StateError> {
+    let mut x = Extras::default();
+    let at = r.position();
+    let n = r.u32("older event ids")? as usize;
+    if n > r.remaining() / 16 {
+        return Err(StateError::Invalid { what: "older event ids", at });
+    }
+    for _ in 0..n {
+        x.seen.push((r.u64("older event ids")?, r.ts("older event ids")?));
+    }
+    let at = r.position();
+    let n = r.u32("waiting signals")? as usize;
+    if n > r.remaining() / 10 {
+        return Err(StateError::Invalid { what: "waiting signals", at });
+    }
+    for _ in 0..n {
+        let at = r.position();
+        let rule = r.u8("waiting signals")?;
+        if rule as usize >= hot_rules {
+            return Err(StateError::Invalid { what: "waiting signals", at });
+        }
+        x.waiting.push((rule, r.ts("waiting signals")?, r.len_prefixed_str("waiting signals")?.into()));
+    }
+    Ok(x)
+}
+
 fn len_prefixed(out: &mut Vec<u8>, b: &[u8]) {
     if b.len() < 255 {
         out.push(b.len() as u8);

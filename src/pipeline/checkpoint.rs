@@ -54,7 +54,7 @@ pub fn write_changelog(
     for &ix in changed {
         buf.clear();
         buf.push(b'P');
-        engine.encode_prospect(ix, buf);
+        engine.encode_changelog_record(ix, buf);
         let key = engine.prospect_id(ix).as_bytes();
         put(BaseRecord::to(topic).partition(shard).key(key).payload(&buf[..]))?;
     }
@@ -414,7 +414,7 @@ fn read_changelog(
                 let Some(rec) = rec else { continue };
                 let Ok(id) = std::str::from_utf8(&id) else { continue };
                 let Some(body) = rec.strip_prefix(b"P") else { continue };
-                match engine.decode_prospect(&mut Dec::new(body)) {
+                match engine.decode_changelog_record(&mut Dec::new(body)) {
                     Ok(decoded) => {
                         if engine.install(id, decoded).is_err() {
                             tracing::error!(shard, "prospect arena full while restoring");

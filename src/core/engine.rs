@@ -828,12 +828,20 @@ impl Engine {
             } else if journey.stage(to).order <= cur.order {
                 // Forward only. An event that happened before the current stage was entered
                 // but arrived after it still dates the stages it marks, as in event-time order.
-                if !late && !journey.stage(to).terminal && ts < p.stage_entered {
+                let secs = stage_secs(ts);
+                let before_higher = (to.0 as usize + 1..journey.stages.len())
+                    .all(|k| journey.stages[k].terminal || vars.stage_times[k] == 0 || vars.stage_times[k] > secs);
+                if !late && !journey.stage(to).terminal && ts <= p.stage_entered && before_higher {
                     let v = &mut vars.stage_times[to.0 as usize];
-                    if *v == 0 || stage_secs(ts) < *v {
-                        *v = stage_secs(ts);
+                    if *v == 0 || secs < *v {
+                        *v = secs;
                     }
-                    if to == f {
+                    for v in &mut vars.stage_times[..to.0 as usize] {
+                        if *v > secs {
+                            *v = 0;
+                        }
+                    }
+                    if to == f && ts < p.stage_entered {
                         p.stage_entered = ts;
                         if !p.stall_due.is_none()
                             && let Some(st) = journey.stall
@@ -869,6 +877,13 @@ impl Engine {
         }
         let furthest = if reopen { furthest_reached(journey, vars.stage_times) } else { None };
         self.funnel.transition_from(journey, from, furthest, to, ts.since(p.stage_entered));
+        // Earlier stages dated after this entry were entered only because their events arrived
+        // first: in event-time order the prospect was already here then.
+        for v in &mut vars.stage_times[..to.0 as usize] {
+            if *v > stage_secs(ts) {
+                *v = 0;
+            }
+        }
         vars.stage_times[to.0 as usize] = stage_secs(ts);
         p.stage = to;
         p.stage_entered = ts;

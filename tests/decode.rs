@@ -217,7 +217,7 @@ fn missing_fields_are_named() {
 }
 
 #[test]
-fn segment_never_reads_sent_at_or_received_at() {
+fn sent_at_and_received_at_alone_give_no_event_time() {
     let v = json!({"type": "page", "userId": "usr_1", "messageId": "m-1",
         "sentAt": "2026-03-07T09:20:00.215Z", "receivedAt": "2026-03-07T09:20:00.731Z"});
     assert_refused(decode(&v), RejectReason::MissingField, &["`timestamp`"]);
@@ -299,7 +299,7 @@ fn unknown_source_is_named() {
 
 #[test]
 fn unsupported_segment_call_types_are_named() {
-    for t in ["alias", "group", "batch", "Track"] {
+    for t in ["batch", "Track", "merge"] {
         let err = decode(&with(segment_track(), "type", json!(t))).unwrap_err();
         assert_eq!(err, DecodeError::UnsupportedType(t.to_string()));
         let msg = err.to_string();
@@ -324,10 +324,10 @@ fn null_or_blank_user_id_falls_back_to_anonymous_id() {
 
 #[test]
 fn escaped_strings_decode() {
-    let line = br#"{"event_id":"sfdc\u002Devt\t7","prospect_id":"usr_\"8812\"","source":"cr\u006d","type":"quote\u005fsent","ts":"2026-03-05T15:00:00\u005A","email":"Dana.Whitfield\u0040Northwind.example"}"#;
+    let line = br#"{"event_id":"sfdc\u002Devt\/7","prospect_id":"usr_\"8812\"","source":"cr\u006d","type":"quote\u005fsent","ts":"2026-03-05T15:00:00\u005A","email":"Dana.Whitfield\u0040Northwind.example"}"#;
     let journey = b2b();
     let ev = codec::decode(line, &journey, &Limits::default()).unwrap();
-    assert_eq!(ev.event_id, "sfdc-evt\t7");
+    assert_eq!(ev.event_id, "sfdc-evt/7");
     assert!(matches!(ev.event_id, Cow::Owned(_)));
     assert_eq!(ev.prospect, "usr_\"8812\"");
     assert_eq!(ev.source, Source::Crm);
@@ -385,15 +385,24 @@ fn emails_are_lower_cased_and_implausible_ones_dropped() {
     }
     assert_eq!(email(with(canonical(), "email", json!(null))), None);
 
-    // Segment: context.traits first, then identify traits.
+    // Segment identify: its own traits first (context.traits may be cached from earlier).
     let identify = json!({"type": "identify", "userId": "usr_9920", "messageId": "ajs-identify-1",
         "timestamp": "2026-03-10T11:58:00.580Z", "traits": {"email": "LI.WEI@CONTOSO.EXAMPLE", "company": {"name": "Contoso"}}});
     let ev = decode(&identify).unwrap();
     assert_eq!(ev.kind, EventKind::Identify);
     assert_eq!(ev.email.as_deref(), Some("li.wei@contoso.example"));
-    let both =
-        with(identify, "context", json!({"traits": {"email": "Li.Wei@Contoso-Group.example"}, "ip": "203.0.113.9"}));
-    assert_eq!(decode(&both).unwrap().email.as_deref(), Some("li.wei@contoso-group.example"));
+    let both = with(
+        identify.clone(),
+        "context",
+        json!({"traits": {"email": "Li.Wei@Contoso-Group.example"}, "ip": "203.0.113.9"}),
+    );
+    assert_eq!(decode(&both).unwrap().email.as_deref(), Some("li.wei@contoso.example"));
+    // Without its own, the context's.
+    let context_only = with(without(both.clone(), "traits"), "traits", json!({"name": "Li Wei"}));
+    assert_eq!(decode(&context_only).unwrap().email.as_deref(), Some("li.wei@contoso-group.example"));
+    // Other calls: context.traits first, then top-level traits.
+    let track = with(with(both, "type", json!("track")), "event", json!("Demo Requested"));
+    assert_eq!(decode(&track).unwrap().email.as_deref(), Some("li.wei@contoso-group.example"));
 }
 
 #[test]

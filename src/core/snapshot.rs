@@ -287,6 +287,8 @@ impl Engine {
             duplicates: st[2],
             late: st[3],
             unmapped: st[4],
+            // Not in the snapshot format yet: counts from the restore on.
+            ignored: 0,
             rejected: st[5],
             stage_changes: st[6],
             hot_leads: st[7],

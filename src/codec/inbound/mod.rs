@@ -539,8 +539,8 @@ fn parse_serde<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Wire<'a>, DecodeE
 }
 
 /// The prospect of a Segment call: `userId`, else `anonymousId`. Blank ids and placeholder ids
-/// (`[identity] placeholder_ids`) count as absent; an id with a control character refuses the
-/// payload whichever of the two it is in.
+/// (`[identity] placeholder_ids`) count as absent; a present id with a control character refuses
+/// the payload whichever of the two it is in.
 fn segment_prospect<'a>(
     user: Option<Str<'a>>,
     anonymous: Option<Str<'a>>,
@@ -549,25 +549,26 @@ fn segment_prospect<'a>(
 ) -> Result<Cow<'a, str>, DecodeError> {
     const EITHER: &str = "userId or anonymousId";
     let (user, anonymous) = (user.map(|s| s.0), anonymous.map(|s| s.0));
-    for (v, field) in [(&user, "userId"), (&anonymous, "anonymousId")] {
-        if let Some(v) = v {
+    let usable =
+        |v: &Option<Cow<'a, str>>| v.as_ref().is_some_and(|v| !v.trim().is_empty() && !journey.is_placeholder_id(v));
+    let (user_ok, anonymous_ok) = (usable(&user), usable(&anonymous));
+    for (ok, v, field) in [(user_ok, &user, "userId"), (anonymous_ok, &anonymous, "anonymousId")] {
+        if let (true, Some(v)) = (ok, v) {
             printable(v, field)?;
         }
     }
-    let usable =
-        |v: &Option<Cow<'a, str>>| v.as_ref().is_some_and(|v| !v.trim().is_empty() && !journey.is_placeholder_id(v));
-    if usable(&user) {
-        return checked(user.unwrap_or_default(), "userId", limits);
-    }
-    if usable(&anonymous) {
-        return checked(anonymous.unwrap_or_default(), "anonymousId", limits);
-    }
-    if let Some(p) = [&user, &anonymous].into_iter().flatten().find(|v| journey.is_placeholder_id(v)) {
-        return Err(DecodeError::Placeholder { field: EITHER, value: p.chars().take(64).collect() });
-    }
-    match anonymous {
-        Some(a) => checked(a, EITHER, limits),
-        None => Err(DecodeError::MissingField { field: EITHER, format: SEGMENT }),
+    match (user, anonymous) {
+        (Some(u), _) if user_ok => checked(u, "userId", limits),
+        (_, Some(a)) if anonymous_ok => checked(a, "anonymousId", limits),
+        (u, a) => {
+            if let Some(p) = [&u, &a].into_iter().flatten().find(|v| journey.is_placeholder_id(v)) {
+                return Err(DecodeError::Placeholder { field: EITHER, value: p.chars().take(64).collect() });
+            }
+            match a {
+                Some(a) => checked(a, EITHER, limits),
+                None => Err(DecodeError::MissingField { field: EITHER, format: SEGMENT }),
+            }
+        }
     }
 }
 
@@ -596,10 +597,10 @@ fn event<'a>(w: &mut Wire<'a>, journey: &Journey, limits: &Limits) -> Result<Eve
     let ev = if let Some(event_id) = w.event_id.take() {
         let event_id = id(event_id.0, "event_id", limits)?;
         let prospect = required(w.prospect_id.take(), "prospect_id", CANONICAL, limits)?;
-        printable(&prospect, "prospect_id")?;
         if journey.is_placeholder_id(&prospect) {
             return Err(DecodeError::Placeholder { field: "prospect_id", value: prospect.chars().take(64).collect() });
         }
+        printable(&prospect, "prospect_id")?;
         let source = w.source.take().ok_or(DecodeError::MissingField { field: "source", format: CANONICAL })?.0;
         let source =
             Source::parse(&source).ok_or_else(|| DecodeError::UnknownSource(source.chars().take(64).collect()))?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::codec::{self, Limits};
 use crate::core::ids::kafka_partition;
-use crate::core::{Census, Engine, Journey, Output, Stats, Ts};
+use crate::core::{Census, Engine, Journey, Output, RejectReason, Stats, Ts};
 
 /// Most shards `--partitions` accepts (each is an engine; Kafka topics rarely have more).
 pub const MAX_PARTITIONS: u32 = 10_000;
@@ -42,12 +42,43 @@ pub struct Options {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
     pub lines: u64,
+    /// Events refused, by the decoder (a batch counts each bad item) or by the engine.
     pub rejected: u64,
     pub outputs: u64,
+    /// The decoder's share of `rejected`.
+    pub rejected_by_decoder: u64,
+    /// `rejected` by reason, indexed as [`RejectReason::ALL`].
+    pub rejected_by_reason: [u64; RejectReason::ALL.len()],
 }
 
-/// Reads JSONL from `input`, writes outputs and a final funnel summary to `out`, rejected lines
-/// (with line number and reason) to `err`. Same input, same bytes out. Outputs come in input
+impl Totals {
+    fn reject(&mut self, reason: RejectReason) {
+        self.rejected += 1;
+        if let Some(i) = RejectReason::ALL.iter().position(|r| *r == reason) {
+            self.rejected_by_reason[i] += 1;
+        }
+    }
+}
+
+/// Where an input came from, for messages: `line N` or `line N item K` (`batch[K]`).
+#[derive(Clone, Copy)]
+struct At {
+    line: u64,
+    item: Option<usize>,
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.item {
+            Some(k) => write!(f, "line {} item {k}", self.line),
+            None => write!(f, "line {}", self.line),
+        }
+    }
+}
+
+/// Reads JSONL from `input` (each line one event or a Segment `{"batch":[...]}`), writes outputs
+/// and a final funnel summary to `out`, rejected lines (with line number, batch item and reason)
+/// to `err`. Same input, same bytes out. Outputs come in input
 /// order, then those of the final time advance shard by shard. Returns the engines, shard `p` at
 /// index `p`.
 pub fn run(
@@ -75,18 +106,22 @@ pub fn run(
             continue;
         }
         totals.lines += 1;
-        let ev = match codec::decode(bytes, &journey, &opts.limits) {
-            Ok(ev) => ev,
-            Err(e) => {
-                totals.rejected += 1;
-                writeln!(err, "line {n}: {}: {e}", e.reason().as_str())?;
-                continue;
-            }
-        };
-        let p = if partitions == 1 { 0 } else { kafka_partition(ev.prospect.as_bytes(), partitions) as usize };
-        let engine = &mut shards[p];
-        engine.apply(&ev, &mut outputs);
-        flush(engine, &mut outputs, &mut buf, &mut totals, n, opts.summary_only, &mut out, &mut err)?;
+        for (item, result) in codec::decode_each(bytes, &journey, &opts.limits) {
+            let at = At { line: n, item };
+            let ev = match result {
+                Ok(ev) => ev,
+                Err(e) => {
+                    totals.reject(e.reason());
+                    totals.rejected_by_decoder += 1;
+                    writeln!(err, "{at}: {}: {e}", e.reason().as_str())?;
+                    continue;
+                }
+            };
+            let p = if partitions == 1 { 0 } else { kafka_partition(ev.prospect.as_bytes(), partitions) as usize };
+            let engine = &mut shards[p];
+            engine.apply(&ev, &mut outputs);
+            flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
+        }
     }
     for engine in &mut shards {
         let end = match opts.end {
@@ -97,9 +132,10 @@ pub fn run(
         if let Some(t) = end {
             engine.advance_to(t, &mut outputs);
         }
-        flush(engine, &mut outputs, &mut buf, &mut totals, n, opts.summary_only, &mut out, &mut err)?;
+        let at = At { line: n, item: None };
+        flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
     }
-    write_summary(&journey, &shards, &mut buf)?;
+    write_summary(&journey, &shards, &totals, &mut buf)?;
     if opts.digest {
         write_digests(&shards, &mut buf);
     }
@@ -109,8 +145,9 @@ pub fn run(
 }
 
 /// One `funnel_summary` over all shards: stats, census and funnel counters summed, the latest
-/// shard watermark. With one shard, exactly that engine's figures.
-fn write_summary(journey: &Journey, shards: &[Engine], buf: &mut Vec<u8>) -> io::Result<()> {
+/// shard watermark. With one shard, exactly that engine's figures, except that `stats.rejected`
+/// also counts the events the decoder refused, and `stats.rejected_by_reason` splits it.
+fn write_summary(journey: &Journey, shards: &[Engine], totals: &Totals, buf: &mut Vec<u8>) -> io::Result<()> {
     let Some((first, rest)) = shards.split_first() else { return Ok(()) };
     let (mut stats, mut census, mut funnel) = (first.stats().clone(), first.census(), first.funnel().clone());
     let mut watermark = first.watermark();
@@ -120,9 +157,16 @@ fn write_summary(journey: &Journey, shards: &[Engine], buf: &mut Vec<u8>) -> io:
         funnel.absorb(e.funnel());
         watermark = watermark.max(e.watermark());
     }
+    stats.rejected += totals.rejected_by_decoder;
+    let by_reason: Vec<(&str, u64)> = RejectReason::ALL
+        .iter()
+        .zip(totals.rejected_by_reason)
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| (r.as_str(), n))
+        .collect();
     let report = funnel.report(journey);
     let figures = codec::outbound::Figures { watermark, stats: &stats, census: &census, funnel: &report };
-    codec::write_report(&figures, buf).map_err(io::Error::other)?;
+    codec::write_report(&figures, &by_reason, buf).map_err(io::Error::other)?;
     buf.push(b'\n');
     Ok(())
 }
@@ -154,6 +198,7 @@ fn add_stats(into: &mut Stats, s: &Stats) {
         duplicates,
         late,
         unmapped,
+        ignored,
         rejected,
         stage_changes,
         hot_leads,
@@ -172,6 +217,7 @@ fn add_stats(into: &mut Stats, s: &Stats) {
     into.duplicates += duplicates;
     into.late += late;
     into.unmapped += unmapped;
+    into.ignored += ignored;
     into.rejected += rejected;
     into.stage_changes += stage_changes;
     into.hot_leads += hot_leads;
@@ -202,15 +248,15 @@ fn flush(
     outputs: &mut Vec<Output>,
     buf: &mut Vec<u8>,
     totals: &mut Totals,
-    line: u64,
+    at: At,
     summary_only: bool,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> io::Result<()> {
     for o in outputs.drain(..) {
         if let Output::Rejected { reason, detail } = &o {
-            totals.rejected += 1;
-            writeln!(err, "line {line}: {}: {detail}", reason.as_str())?;
+            totals.reject(*reason);
+            writeln!(err, "{at}: {}: {detail}", reason.as_str())?;
             continue;
         }
         totals.outputs += 1;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use microfunnel::codec::{self, DecodeError, Limits};
 use microfunnel::core::time::TimeError;
-use microfunnel::core::{Engine, EventKind, Journey, RejectReason, Source};
+use microfunnel::core::{Engine, EventKind, Journey, RejectReason, Source, Ts};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -65,7 +65,7 @@ fn assert_refused(
 
 #[test]
 fn reason_labels_are_the_bounded_set() {
-    let cases: [(DecodeError, &str); 9] = [
+    let cases: [(DecodeError, &str); 13] = [
         (DecodeError::TooLarge { size: 2, limit: 1 }, "too_large"),
         (DecodeError::TooDeep { limit: 1 }, "too_deep"),
         (DecodeError::InvalidJson(String::new()), "invalid_json"),
@@ -75,6 +75,10 @@ fn reason_labels_are_the_bounded_set() {
         (DecodeError::BadTimestamp { field: "ts", value: String::new(), problem: TimeError::Syntax }, "bad_timestamp"),
         (DecodeError::UnknownSource(String::new()), "unknown_source"),
         (DecodeError::UnsupportedType(String::new()), "unsupported_type"),
+        (DecodeError::TooEarly { field: "ts", value: Ts(0), min: Ts(1) }, "bad_timestamp"),
+        (DecodeError::Placeholder { field: "prospect_id", value: String::new() }, "missing_field"),
+        (DecodeError::InvalidId { field: "userId", at: 0 }, "invalid_id"),
+        (DecodeError::UnexpectedBatch { items: 1, hint: "" }, "unsupported_type"),
     ];
     for (err, label) in cases {
         assert_eq!(err.reason().as_str(), label, "{err:?}");
@@ -217,7 +221,7 @@ fn missing_fields_are_named() {
 }
 
 #[test]
-fn segment_never_reads_sent_at_or_received_at() {
+fn sent_at_and_received_at_alone_give_no_event_time() {
     let v = json!({"type": "page", "userId": "usr_1", "messageId": "m-1",
         "sentAt": "2026-03-07T09:20:00.215Z", "receivedAt": "2026-03-07T09:20:00.731Z"});
     assert_refused(decode(&v), RejectReason::MissingField, &["`timestamp`"]);
@@ -299,7 +303,7 @@ fn unknown_source_is_named() {
 
 #[test]
 fn unsupported_segment_call_types_are_named() {
-    for t in ["alias", "group", "batch", "Track"] {
+    for t in ["batch", "Track", "merge"] {
         let err = decode(&with(segment_track(), "type", json!(t))).unwrap_err();
         assert_eq!(err, DecodeError::UnsupportedType(t.to_string()));
         let msg = err.to_string();
@@ -324,10 +328,10 @@ fn null_or_blank_user_id_falls_back_to_anonymous_id() {
 
 #[test]
 fn escaped_strings_decode() {
-    let line = br#"{"event_id":"sfdc\u002Devt\t7","prospect_id":"usr_\"8812\"","source":"cr\u006d","type":"quote\u005fsent","ts":"2026-03-05T15:00:00\u005A","email":"Dana.Whitfield\u0040Northwind.example"}"#;
+    let line = br#"{"event_id":"sfdc\u002Devt\/7","prospect_id":"usr_\"8812\"","source":"cr\u006d","type":"quote\u005fsent","ts":"2026-03-05T15:00:00\u005A","email":"Dana.Whitfield\u0040Northwind.example"}"#;
     let journey = b2b();
     let ev = codec::decode(line, &journey, &Limits::default()).unwrap();
-    assert_eq!(ev.event_id, "sfdc-evt\t7");
+    assert_eq!(ev.event_id, "sfdc-evt/7");
     assert!(matches!(ev.event_id, Cow::Owned(_)));
     assert_eq!(ev.prospect, "usr_\"8812\"");
     assert_eq!(ev.source, Source::Crm);
@@ -385,15 +389,24 @@ fn emails_are_lower_cased_and_implausible_ones_dropped() {
     }
     assert_eq!(email(with(canonical(), "email", json!(null))), None);
 
-    // Segment: context.traits first, then identify traits.
+    // Segment identify: its own traits first (context.traits may be cached from earlier).
     let identify = json!({"type": "identify", "userId": "usr_9920", "messageId": "ajs-identify-1",
         "timestamp": "2026-03-10T11:58:00.580Z", "traits": {"email": "LI.WEI@CONTOSO.EXAMPLE", "company": {"name": "Contoso"}}});
     let ev = decode(&identify).unwrap();
     assert_eq!(ev.kind, EventKind::Identify);
     assert_eq!(ev.email.as_deref(), Some("li.wei@contoso.example"));
-    let both =
-        with(identify, "context", json!({"traits": {"email": "Li.Wei@Contoso-Group.example"}, "ip": "203.0.113.9"}));
-    assert_eq!(decode(&both).unwrap().email.as_deref(), Some("li.wei@contoso-group.example"));
+    let both = with(
+        identify.clone(),
+        "context",
+        json!({"traits": {"email": "Li.Wei@Contoso-Group.example"}, "ip": "203.0.113.9"}),
+    );
+    assert_eq!(decode(&both).unwrap().email.as_deref(), Some("li.wei@contoso.example"));
+    // Without its own, the context's.
+    let context_only = with(without(both.clone(), "traits"), "traits", json!({"name": "Li Wei"}));
+    assert_eq!(decode(&context_only).unwrap().email.as_deref(), Some("li.wei@contoso-group.example"));
+    // Other calls: context.traits first, then top-level traits.
+    let track = with(with(both, "type", json!("track")), "event", json!("Demo Requested"));
+    assert_eq!(decode(&track).unwrap().email.as_deref(), Some("li.wei@contoso-group.example"));
 }
 
 #[test]
@@ -489,12 +502,15 @@ fn mutate(line: &[u8], mutations: &[Mutation]) -> Vec<u8> {
     b
 }
 
-/// Decodes with tight limits too, and applies whatever decodes: nothing may panic.
+/// Decodes with tight limits too, and applies whatever decodes (each batch item): nothing may
+/// panic.
 fn exercise(journey: &Arc<Journey>, engine: &mut Engine, bytes: &[u8]) {
     let tight = Limits { max_bytes: 512, max_depth: 4, max_id_bytes: 16 };
     let _ = codec::decode(bytes, journey, &tight);
+    let _ = codec::decode_each(bytes, journey, &tight).count();
     let mut out = Vec::new();
-    if let Ok(ev) = codec::decode(bytes, journey, &Limits::default()) {
+    for ev in codec::decode_each(bytes, journey, &Limits::default()).filter_map(|(_, r)| r.ok()) {
+        out.clear();
         engine.apply(&ev, &mut out);
         let mut buf = Vec::new();
         for o in &out {
@@ -539,7 +555,8 @@ proptest! {
     #[test]
     fn decode_never_panics_on_odd_field_values(
         key in prop::sample::select(vec!["event_id", "prospect_id", "source", "type", "ts", "email", "properties",
-            "messageId", "userId", "anonymousId", "event", "timestamp", "traits", "context"]),
+            "messageId", "userId", "anonymousId", "event", "timestamp", "traits", "context", "originalTimestamp",
+            "sentAt", "receivedAt", "batch"]),
         value in prop_oneof![
             Just(json!(null)),
             any::<i64>().prop_map(|n| json!(n)),
@@ -548,6 +565,9 @@ proptest! {
             Just(json!([])),
             Just(json!({"email": "A@B.C"})),
             Just(json!({"traits": {"email": "Ø@x.example"}})),
+            Just(json!([segment_track(), canonical(), 5, {"batch": []}])),
+            Just(json!("undefined")),
+            Just(json!("a\u{0}b")),
             r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})?"
                 .prop_map(|s| json!(s)),
         ],
@@ -575,4 +595,363 @@ fn source_is_matched_without_regard_to_case() {
     let ev = decode(&with(canonical(), "source", json!("CRM"))).unwrap();
     assert_eq!(ev.source, Source::Crm);
     assert_refused(decode(&with(canonical(), "source", json!("erp"))), RejectReason::UnknownSource, &["erp"]);
+}
+
+// ---- ids as trackers send them ------------------------------------------------------------------
+
+const ANON: &str = "3b1f6c2e-9d0a-4f5e-8a77-2c1d9e4b5a60";
+
+#[test]
+fn placeholder_user_ids_fall_back_to_the_anonymous_id() {
+    for user in [
+        json!("undefined"),
+        json!("UNDEFINED"),
+        json!(" Undefined "),
+        json!("null"),
+        json!("NULL"),
+        json!("None"),
+        json!("nil"),
+        json!("Anonymous"),
+        json!("n/a"),
+        json!("N/A"),
+        json!("0"),
+        json!("-1"),
+        json!(0),
+        json!(-1),
+        json!("00000000-0000-0000-0000-000000000000"),
+        json!(" \t00000000-0000-0000-0000-000000000000\n"),
+    ] {
+        let ev = decode(&with(segment_track(), "userId", user.clone())).unwrap_or_else(|e| panic!("{user}: {e}"));
+        assert_eq!(ev.prospect, ANON, "userId {user}");
+    }
+    // Ids that merely contain or resemble a placeholder are ids.
+    for real in ["null_user", "0x1", "undefined-42", "10", "-12", "00000000-0000-0000-0000-000000000001", "nullable"] {
+        assert_eq!(decode(&with(segment_track(), "userId", json!(real))).unwrap().prospect, real);
+    }
+}
+
+#[test]
+fn a_placeholder_with_no_usable_fallback_is_a_missing_prospect() {
+    let both = with(with(segment_track(), "userId", json!("undefined")), "anonymousId", json!("null"));
+    assert_refused(
+        decode(&both),
+        RejectReason::MissingField,
+        &["`userId or anonymousId`", "placeholder", "\"undefined\""],
+    );
+    let alone = without(with(segment_track(), "userId", json!("undefined")), "anonymousId");
+    assert_refused(decode(&alone), RejectReason::MissingField, &["placeholder", "[identity] placeholder_ids"]);
+    let anonymous_placeholder = with(without(segment_track(), "userId"), "anonymousId", json!("Anonymous"));
+    assert_refused(decode(&anonymous_placeholder), RejectReason::MissingField, &["placeholder", "\"Anonymous\""]);
+    // The canonical envelope has no fallback.
+    for p in ["undefined", " NULL ", "0"] {
+        assert_refused(
+            decode(&with(canonical(), "prospect_id", json!(p))),
+            RejectReason::MissingField,
+            &["`prospect_id`", "placeholder"],
+        );
+    }
+}
+
+#[test]
+fn the_placeholder_list_comes_from_the_journey() {
+    let journey =
+        Journey::from_toml_str(&format!("{B2B}\n[identity]\nplaceholder_ids = [\"guest\", \" Visitor \"]\n")).unwrap();
+    let decode_in =
+        |v: &Value| codec::decode(v.to_string().as_bytes(), &journey, &Limits::default()).map(|e| e.into_owned());
+    for user in ["guest", "GUEST", "visitor", "  Visitor"] {
+        assert_eq!(decode_in(&with(segment_track(), "userId", json!(user))).unwrap().prospect, ANON, "{user}");
+    }
+    // Not on this journey's list: an id like any other.
+    assert_eq!(decode_in(&with(segment_track(), "userId", json!("undefined"))).unwrap().prospect, "undefined");
+    let err = decode_in(&with(canonical(), "prospect_id", json!("Guest"))).unwrap_err();
+    assert_eq!(err.reason(), RejectReason::MissingField);
+    // An empty list turns the rule off.
+    let off = Journey::from_toml_str(&format!("{B2B}\n[identity]\nplaceholder_ids = []\n")).unwrap();
+    let v = with(canonical(), "prospect_id", json!("undefined"));
+    assert_eq!(codec::decode(v.to_string().as_bytes(), &off, &Limits::default()).unwrap().prospect, "undefined");
+}
+
+#[test]
+fn ids_with_control_characters_are_invalid_ids() {
+    for bad in ["usr\u{0}1", "\u{1f}usr", "usr_1\u{7f}", "usr\n1", "u\u{1b}[31m"] {
+        for (base, field) in [
+            (canonical(), "event_id"),
+            (canonical(), "prospect_id"),
+            (segment_track(), "messageId"),
+            (segment_track(), "userId"),
+            (segment_track(), "anonymousId"),
+        ] {
+            let v = with(base, field, json!(bad));
+            let err = decode(&v).expect_err(&format!("{field} {bad:?}"));
+            assert_eq!(err.reason(), RejectReason::InvalidId, "{field} {bad:?}: {err}");
+            assert_eq!(err.reason().as_str(), "invalid_id");
+            assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
+        }
+    }
+    // A control character in the anonymous id refuses the payload even when userId is used, and
+    // in a user id even though an anonymous id could stand in.
+    let v = with(segment_track(), "anonymousId", json!("a\u{0}"));
+    assert_refused(decode(&v), RejectReason::InvalidId, &["`anonymousId`", "byte 1"]);
+    // Raw DEL is valid JSON text and reaches the check on the scanner's path.
+    let raw = segment_track().to_string().replace("usr_8812", "usr_\u{7f}8812");
+    assert_refused(decode_bytes(raw.as_bytes()), RejectReason::InvalidId, &["`userId`", "byte 4"]);
+    // Outside ids, escapes stay fine.
+    let v = with(segment_track(), "event", json!("Demo\tRequested"));
+    assert!(decode(&v).is_ok());
+}
+
+#[test]
+fn identify_prefers_its_own_traits_email_other_calls_their_context() {
+    let call = |t: &str| {
+        json!({"type": t, "event": "Demo Requested", "userId": "usr_7", "messageId": "m-1",
+            "timestamp": "2026-03-02T09:00:00Z", "traits": {"email": "New@Example.com"},
+            "context": {"traits": {"email": "stale@example.com"}}})
+    };
+    assert_eq!(decode(&call("identify")).unwrap().email.as_deref(), Some("new@example.com"));
+    assert_eq!(decode(&call("track")).unwrap().email.as_deref(), Some("stale@example.com"));
+    assert_eq!(decode(&call("page")).unwrap().email.as_deref(), Some("stale@example.com"));
+    // An implausible identify trait does not hide the context's.
+    let junk = with(call("identify"), "traits", json!({"email": "n/a"}));
+    assert_eq!(decode(&junk).unwrap().email.as_deref(), Some("stale@example.com"));
+}
+
+// ---- valid Segment traffic ------------------------------------------------------------------------
+
+#[test]
+fn group_and_alias_calls_decode_to_no_signal() {
+    let group = json!({"type": "group", "groupId": "acct_1", "traits": {"name": "Litware"}, "userId": "usr_e1",
+        "messageId": "m-2", "timestamp": "2026-03-02T09:00:05.000Z"});
+    let ev = decode(&group).unwrap();
+    assert_eq!((ev.kind, ev.signal, &*ev.prospect, &*ev.name), (EventKind::Group, None, "usr_e1", ""));
+    let anonymous_group = with(without(group, "userId"), "anonymousId", json!("anon-7"));
+    assert_eq!(decode(&anonymous_group).unwrap().prospect, "anon-7");
+    // An alias carries the new userId and the previousId it replaces, nothing else.
+    let alias = json!({"type": "alias", "previousId": ANON, "userId": "usr_1201", "messageId": "m-3",
+        "timestamp": "2026-03-05T09:06:40.000Z"});
+    let ev = decode(&alias).unwrap();
+    assert_eq!((ev.kind, ev.signal, &*ev.prospect), (EventKind::Alias, None, "usr_1201"));
+    // Even a journey that maps everything else does not map them.
+    let journey = b2b();
+    assert_eq!(journey.resolve(EventKind::Group, "Demo Requested"), None);
+    assert_eq!(journey.resolve(EventKind::Alias, "demo_requested"), None);
+}
+
+#[test]
+fn group_and_alias_are_ignored_even_when_unmapped_events_are_rejected() {
+    let journey = Arc::new(
+        Journey::from_toml_str(&B2B.replace("unmapped_events = \"ignore\"", "unmapped_events = \"reject\"")).unwrap(),
+    );
+    assert_eq!(journey.unmapped, microfunnel::core::journey::UnmappedPolicy::Reject);
+    let mut engine = Engine::new(Arc::clone(&journey));
+    let mut out = Vec::new();
+    for line in [
+        r#"{"type":"group","groupId":"acct_1","userId":"usr_e1","messageId":"m-2","timestamp":"2026-03-02T09:00:05.000Z"}"#,
+        r#"{"type":"alias","previousId":"anon-1","userId":"usr_e1","messageId":"m-3","timestamp":"2026-03-02T09:00:06.000Z"}"#,
+    ] {
+        let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap();
+        engine.apply(&ev, &mut out);
+    }
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!((engine.stats().ignored, engine.stats().rejected, engine.stats().unmapped), (2, 0, 0));
+    // An unmapped track call is still rejected under this journey.
+    let track = r#"{"type":"track","event":"Video Played","userId":"usr_e1","messageId":"m-4","timestamp":"2026-03-02T09:00:07.000Z"}"#;
+    engine.apply(&codec::decode(track.as_bytes(), &journey, &Limits::default()).unwrap(), &mut out);
+    assert_eq!(engine.stats().rejected, 1);
+}
+
+#[test]
+fn event_names_match_whatever_their_case_and_separators() {
+    let journey = b2b();
+    let demo = journey.lookup("demo_requested");
+    assert!(demo.is_some());
+    for name in [
+        "demoRequested",
+        "DemoRequested",
+        "demo-requested",
+        "Demo Requested",
+        "DEMO_REQUESTED",
+        "demo.requested",
+        "demo__requested",
+        "demo requested",
+        "demorequested",
+        "  Demo-Requested  ",
+    ] {
+        let ev = decode(&with(segment_track(), "event", json!(name))).unwrap();
+        assert_eq!(ev.signal, demo, "{name}");
+        assert_eq!(&*ev.name, name, "the name is kept as sent");
+    }
+    assert_eq!(journey.lookup("quoteRequested"), journey.lookup("quote_requested"));
+    assert_eq!(journey.lookup("whitepaperDownloaded"), journey.lookup("content_downloaded"));
+    assert_eq!(journey.lookup("QUOTE-CLARIFICATION-REQUESTED"), journey.lookup("quote_clarification_requested"));
+    // Longer than the stack key and non-ASCII take the allocating path, with the same rule.
+    let long = format!("demo{}Requested", "-".repeat(200));
+    assert_eq!(journey.lookup(&long), demo);
+    assert_eq!(journey.lookup("Démo Requested"), None);
+    assert_eq!(journey.lookup("demo_request"), None);
+    assert_eq!(journey.lookup("demo_requested_2"), None);
+}
+
+// ---- event time ---------------------------------------------------------------------------------
+
+#[test]
+fn offsets_without_a_colon_are_accepted() {
+    for (ts, utc) in [
+        ("2026-03-02T09:00:00.000+0000", "2026-03-02T09:00:00.000Z"),
+        ("2026-03-02T14:30:00.000+0530", "2026-03-02T09:00:00.000Z"),
+        ("2026-03-02T03:30:00-0530", "2026-03-02T09:00:00.000Z"),
+        ("2026-03-02T10:00:00+01", "2026-03-02T09:00:00.000Z"),
+        ("2026-03-02T09:00:00.000+00:00", "2026-03-02T09:00:00.000Z"),
+    ] {
+        assert_eq!(decode(&with(segment_track(), "timestamp", json!(ts))).unwrap().ts.to_string(), utc, "{ts}");
+        assert_eq!(decode(&with(canonical(), "ts", json!(ts))).unwrap().ts.to_string(), utc, "{ts}");
+    }
+    for bad in
+        ["2026-03-02T09:00:00+000", "2026-03-02T09:00:00+00000", "2026-03-02T09:00:00+0", "2026-03-02T09:00:00+2400"]
+    {
+        let err = decode(&with(segment_track(), "timestamp", json!(bad))).unwrap_err();
+        assert_eq!(err.reason(), RejectReason::BadTimestamp, "{bad}");
+    }
+}
+
+/// Line 1 of the Segment sample, as Segment's servers deliver it (the four times agree:
+/// timestamp = receivedAt − (sentAt − originalTimestamp)).
+const PAGE: &str = r#"{"anonymousId":"3b1f6c2e-9d0a-4f5e-8a77-2c1d9e4b5a60","channel":"client","context":{"library":{"name":"analytics.js","version":"next-1.72.0"},"page":{"path":"/pricing","title":"Pricing"},"userAgent":"Mozilla/5.0"},"messageId":"ajs-next-1772875200112-5f0c3a9e","originalTimestamp":"2026-03-07T09:20:00.112Z","properties":{"path":"/pricing"},"receivedAt":"2026-03-07T09:20:00.731Z","sentAt":"2026-03-07T09:20:00.215Z","timestamp":"2026-03-07T09:20:00.628Z","type":"page","userId":null}"#;
+
+fn page() -> Value {
+    serde_json::from_str(PAGE).unwrap()
+}
+
+#[test]
+fn without_timestamp_segment_corrects_the_client_clock_as_segment_does() {
+    assert_eq!(decode(&page()).unwrap().ts.to_string(), "2026-03-07T09:20:00.628Z");
+    // The payload as it left the browser and reached a server without Segment's own timestamp.
+    let raw = without(page(), "timestamp");
+    assert_eq!(decode(&raw).unwrap().ts.to_string(), "2026-03-07T09:20:00.628Z");
+    // A phone whose clock is two days behind: the server's receipt time decides.
+    let skewed = json!({"type": "track", "event": "Demo Requested", "userId": "usr_3", "messageId": "m-9",
+        "originalTimestamp": "2026-02-28T08:59:50.000Z", "sentAt": "2026-02-28T09:00:00.000Z",
+        "receivedAt": "2026-03-02T09:00:01.500Z"});
+    assert_eq!(decode(&skewed).unwrap().ts.to_string(), "2026-03-02T08:59:51.500Z");
+    // Without both sentAt and receivedAt: originalTimestamp as sent.
+    for missing in ["sentAt", "receivedAt"] {
+        assert_eq!(decode(&without(raw.clone(), missing)).unwrap().ts.to_string(), "2026-03-07T09:20:00.112Z");
+    }
+    // The times it uses must be times.
+    let bad = with(raw.clone(), "sentAt", json!("yesterday"));
+    assert_refused(decode(&bad), RejectReason::BadTimestamp, &["`sentAt`", "yesterday"]);
+    let bad = with(raw, "receivedAt", json!("2026-02-30T00:00:00Z"));
+    assert_refused(decode(&bad), RejectReason::BadTimestamp, &["`receivedAt`"]);
+}
+
+#[test]
+fn times_before_the_journey_floor_are_out_of_range() {
+    for ts in ["1970-01-01T00:00:00.000Z", "1999-12-31T23:59:59.999Z", "0001-01-01T00:00:00Z"] {
+        assert_refused(
+            decode(&with(segment_track(), "timestamp", json!(ts))),
+            RejectReason::BadTimestamp,
+            &["`timestamp`", "out of range", "time.min_event_time", "2000-01-01T00:00:00.000Z"],
+        );
+        assert_refused(
+            decode(&with(canonical(), "ts", json!(ts))),
+            RejectReason::BadTimestamp,
+            &["`ts`", "out of range", "time.min_event_time"],
+        );
+    }
+    assert!(decode(&with(canonical(), "ts", json!("2000-01-01T00:00:00Z"))).is_ok(), "the floor itself is in range");
+    let client_only = with(without(segment_track(), "timestamp"), "originalTimestamp", json!("1970-01-01T00:00:01Z"));
+    assert_refused(decode(&client_only), RejectReason::BadTimestamp, &["`originalTimestamp`", "out of range"]);
+    // A correction that lands before the floor names how it was computed.
+    let corrected =
+        with(with(client_only, "sentAt", json!("2026-03-02T09:00:00Z")), "receivedAt", json!("2026-03-02T09:00:00Z"));
+    assert_refused(decode(&corrected), RejectReason::BadTimestamp, &["receivedAt - (sentAt - originalTimestamp)"]);
+    // The journey sets the floor.
+    let journey =
+        Journey::from_toml_str(&B2B.replace("[time]", "[time]\nmin_event_time = \"2026-01-01T00:00:00+01:00\""))
+            .unwrap();
+    assert_eq!(journey.min_event_time.to_string(), "2025-12-31T23:00:00.000Z");
+    let v = with(canonical(), "ts", json!("2025-12-31T22:59:59Z"));
+    let err = codec::decode(v.to_string().as_bytes(), &journey, &Limits::default()).unwrap_err();
+    assert_eq!(err.reason(), RejectReason::BadTimestamp);
+    assert!(err.to_string().contains("out of range"), "{err}");
+}
+
+// ---- batches ------------------------------------------------------------------------------------
+
+type Item = (Option<usize>, Result<microfunnel::core::Event<'static>, DecodeError>);
+
+fn each(v: &Value) -> Vec<Item> {
+    let bytes = v.to_string();
+    codec::decode_each(bytes.as_bytes(), &b2b(), &Limits::default())
+        .map(|(k, r)| (k, r.map(|e| e.into_owned())))
+        .collect()
+}
+
+#[test]
+fn a_single_payload_is_one_item_as_decode_gives_it() {
+    for v in [canonical(), segment_track(), without(canonical(), "ts"), json!([1])] {
+        let items = each(&v);
+        assert_eq!(items, vec![(None, decode(&v))]);
+    }
+}
+
+#[test]
+fn a_batch_yields_each_item_validated_alone() {
+    let batch = json!({"batch": [
+        with(segment_track(), "messageId", json!("m-1")),
+        without(with(segment_track(), "messageId", json!("m-2")), "timestamp"),
+        {"type": "group", "groupId": "acct_1", "userId": "usr_8812", "messageId": "m-3", "timestamp": "2026-03-04T10:13:00Z"},
+        "not an event",
+        with(with(segment_track(), "messageId", json!("m-5")), "userId", json!("undefined")),
+    ], "sentAt": "2026-03-04T10:14:00Z", "writeKey": "wk_123"});
+    let items = each(&batch);
+    assert_eq!(items.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [0, 1, 2, 3, 4].map(Some));
+    assert_eq!(items[0].1.as_ref().unwrap().event_id, "m-1");
+    assert_eq!(items[1].1.as_ref().unwrap_err().reason(), RejectReason::MissingField);
+    assert_eq!(items[2].1.as_ref().unwrap().kind, EventKind::Group);
+    assert_eq!(items[3].1.as_ref().unwrap_err().reason(), RejectReason::InvalidJson);
+    assert_eq!(items[4].1.as_ref().unwrap().prospect, ANON, "placeholders hold inside batches too");
+    assert!(each(&json!({"batch": []})).is_empty());
+}
+
+#[test]
+fn batch_context_and_sent_at_apply_to_items_without_their_own() {
+    let item = |id: &str| with(with(segment_track(), "messageId", json!(id)), "userId", json!(id));
+    let own = with(item("u2"), "context", json!({"traits": {"email": "Own@Example.com"}}));
+    let client = with(
+        with(without(item("u3"), "timestamp"), "originalTimestamp", json!("2026-03-04T10:00:00Z")),
+        "receivedAt",
+        json!("2026-03-04T10:05:10Z"),
+    );
+    let batch = json!({"batch": [item("u1"), own, client], "context": {"traits": {"email": "Batch@Example.com"},
+        "library": {"name": "analytics-node"}}, "sentAt": "2026-03-04T10:00:10Z"});
+    let items = each(&batch);
+    let email = |k: usize| items[k].1.as_ref().unwrap().email.as_deref().map(str::to_string);
+    assert_eq!(email(0).as_deref(), Some("batch@example.com"));
+    assert_eq!(email(1).as_deref(), Some("own@example.com"), "an item's own context wins");
+    assert_eq!(email(2).as_deref(), Some("batch@example.com"));
+    // receivedAt − (batch sentAt − originalTimestamp)
+    assert_eq!(items[2].1.as_ref().unwrap().ts.to_string(), "2026-03-04T10:05:00.000Z");
+}
+
+#[test]
+fn decode_refuses_a_batch_and_batches_do_not_nest() {
+    let batch = json!({"batch": [segment_track(), canonical()]});
+    assert_refused(decode(&batch), RejectReason::UnsupportedType, &["batch", "2 events", "decode_each"]);
+    let nested = json!({"batch": [{"batch": [segment_track()]}]});
+    let items = each(&nested);
+    assert_eq!(items.len(), 1);
+    let err = items[0].1.as_ref().unwrap_err();
+    assert_eq!(err.reason(), RejectReason::UnsupportedType);
+    assert!(err.to_string().contains("batch inside a batch"), "{err}");
+    for not_a_list in [json!({"batch": {"type": "track"}}), json!({"batch": "x"}), json!({"batch": 3})] {
+        let items = each(&not_a_list);
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].0, None, "the envelope itself is bad: one error for the payload");
+        assert_eq!(items[0].1.as_ref().unwrap_err().reason(), RejectReason::InvalidJson);
+    }
+    // The envelope counts against the payload limits as a whole.
+    let limits = Limits { max_bytes: 100, ..Limits::default() };
+    let big = json!({"batch": [segment_track(), segment_track()]}).to_string();
+    let items: Vec<_> = codec::decode_each(big.as_bytes(), &b2b(), &limits).collect();
+    assert!(matches!(items.as_slice(), [(None, Err(DecodeError::TooLarge { .. }))]), "{items:?}");
 }

@@ -1,7 +1,10 @@
 //! The decoder's two paths agree: `codec::decode` (the one-pass scanner, falling back to serde_json
 //! when unsure) returns exactly what `codec::decode_with_serde` (serde_json alone, the reference)
 //! returns, event or typed error with its message, on the fixtures, on generated traffic, on every
-//! edge of the JSON grammar the scanner handles itself, and on mutated payloads.
+//! edge of the JSON grammar the scanner handles itself, on the shapes real trackers send
+//! (placeholder ids, control characters, offsets without a colon, skew correction, `group` and
+//! `alias`, batches), and on mutated payloads. `codec::decode_each` agrees with
+//! `codec::decode_each_with_serde` item by item, and with `codec::decode` on single payloads.
 
 use microfunnel::codec::{self, DecodeError, Limits};
 use microfunnel::core::{Event, Journey};
@@ -27,8 +30,29 @@ fn limit_sets() -> [Limits; 3] {
     ]
 }
 
+type Items<'a> = Vec<(Option<usize>, Result<Event<'a>, DecodeError>)>;
+
+/// Both paths of `decode_each` under several limits, and `decode` for a single payload; returns
+/// the default-limits items.
+fn agree_each<'a>(journey: &Journey, bytes: &'a [u8]) -> Items<'a> {
+    let mut default = Vec::new();
+    for limits in &limit_sets() {
+        let fast: Items<'a> = codec::decode_each(bytes, journey, limits).collect();
+        let serde: Items<'a> = codec::decode_each_with_serde(bytes, journey, limits).collect();
+        assert_eq!(fast, serde, "decode_each paths differ under {limits:?} on {:?}", String::from_utf8_lossy(bytes));
+        if let [(None, one)] = fast.as_slice() {
+            assert_eq!(one, &codec::decode(bytes, journey, limits), "on {:?}", String::from_utf8_lossy(bytes));
+        }
+        if *limits == Limits::default() {
+            default = fast;
+        }
+    }
+    default
+}
+
 /// Both paths under several limits; returns the default-limits result.
 fn agree<'a>(journey: &Journey, bytes: &'a [u8]) -> Result<Event<'a>, DecodeError> {
+    agree_each(journey, bytes);
     for limits in &limit_sets()[1..] {
         assert_eq!(
             codec::decode(bytes, journey, limits),
@@ -48,7 +72,69 @@ fn agree<'a>(journey: &Journey, bytes: &'a [u8]) -> Result<Event<'a>, DecodeErro
 }
 
 fn fixture_lines() -> Vec<&'static str> {
-    FIXTURES.iter().flat_map(|f| f.lines()).filter(|l| !l.is_empty()).collect()
+    FIXTURES.iter().flat_map(|f| f.lines()).chain(TRACKER_SHAPES.iter().copied()).filter(|l| !l.is_empty()).collect()
+}
+
+/// What real trackers send that the decoder takes or refuses by rule; also mutated below.
+const TRACKER_SHAPES: &[&str] = &[
+    // placeholder ids, every spelling, and as numbers
+    r#"{"type":"track","event":"Demo Requested","userId":"undefined","anonymousId":"anon-1","messageId":"m-1","timestamp":"2026-03-02T09:00:00.000Z"}"#,
+    r#"{"type":"track","event":"Demo Requested","userId":" NULL ","anonymousId":"anon-1","messageId":"m-1","timestamp":"2026-03-02T09:00:00.000Z"}"#,
+    r#"{"type":"page","userId":0,"anonymousId":"anon-2","messageId":"m-2","timestamp":"2026-03-02T09:00:00.000Z"}"#,
+    r#"{"type":"page","userId":-1,"anonymousId":"anon-2","messageId":"m-2","timestamp":"2026-03-02T09:00:00.000Z"}"#,
+    r#"{"type":"page","userId":"00000000-0000-0000-0000-000000000000","anonymousId":"N/A","messageId":"m-2","timestamp":"2026-03-02T09:00:00.000Z"}"#,
+    r#"{"type":"page","userId":"nil","messageId":"m-2","timestamp":"2026-03-02T09:00:00.000Z"}"#,
+    r#"{"event_id":"e-1","prospect_id":"Anonymous","source":"web","type":"page_viewed","ts":"2026-03-02T09:00:00Z"}"#,
+    r#"{"event_id":"e-1","prospect_id":"\u0075ndefined","source":"web","type":"page_viewed","ts":"2026-03-02T09:00:00Z"}"#,
+    // control characters in ids: escaped (serde path) and raw DEL (scanner path)
+    r#"{"event_id":"e\u0000","prospect_id":"p","source":"web","type":"page_viewed","ts":"2026-03-02T09:00:00Z"}"#,
+    r#"{"event_id":"e","prospect_id":"p\u001f","source":"web","type":"page_viewed","ts":"2026-03-02T09:00:00Z"}"#,
+    "{\"event_id\":\"e\",\"prospect_id\":\"p\u{7f}\",\"source\":\"web\",\"type\":\"page_viewed\",\"ts\":\"2026-03-02T09:00:00Z\"}",
+    "{\"type\":\"page\",\"userId\":\"u\",\"anonymousId\":\"a\u{7f}\",\"messageId\":\"m\",\"timestamp\":\"2026-03-02T09:00:00Z\"}",
+    r#"{"type":"page","userId":"u\n","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"page","userId":"u","messageId":"m\u007f","timestamp":"2026-03-02T09:00:00Z"}"#,
+    // identify with both emails
+    r#"{"type":"identify","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"traits":{"email":"old@x.example"}},"traits":{"email":"New@X.example"}}"#,
+    r#"{"type":"identify","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","traits":{"email":"New@X.example"},"context":{"traits":{"email":"old@x.example"}}}"#,
+    // group and alias
+    r#"{"type":"group","groupId":"acct_1","userId":"usr_e1","messageId":"m-2","timestamp":"2026-03-02T09:00:05.000Z"}"#,
+    r#"{"type":"alias","previousId":"anon-1","userId":"usr_e1","messageId":"m-3","timestamp":"2026-03-02T09:00:06.000Z"}"#,
+    // offsets without a colon, camelCase names
+    r#"{"type":"track","event":"demoRequested","userId":"usr_e2","messageId":"m-3","timestamp":"2026-03-02T09:00:00.000+0000"}"#,
+    r#"{"type":"track","event":"QuoteRequested","userId":"usr_e2","messageId":"m-4","timestamp":"2026-03-02T14:30:00.000+0530"}"#,
+    r#"{"event_id":"e","prospect_id":"p","source":"crm","type":"quote-sent","ts":"2026-03-02T03:30:00-0530"}"#,
+    r#"{"event_id":"e","prospect_id":"p","source":"crm","type":"quote_sent","ts":"2026-03-02T10:00:00+01"}"#,
+    // skew correction, floor
+    r#"{"type":"page","anonymousId":"a","messageId":"m","originalTimestamp":"2026-03-07T09:20:00.112Z","sentAt":"2026-03-07T09:20:00.215Z","receivedAt":"2026-03-07T09:20:00.731Z"}"#,
+    r#"{"type":"page","anonymousId":"a","messageId":"m","originalTimestamp":"2026-03-07T09:20:00.112Z","sentAt":"later","receivedAt":"2026-03-07T09:20:00.731Z"}"#,
+    r#"{"type":"page","anonymousId":"a","messageId":"m","originalTimestamp":"2026-03-07T09:20:00.112Z","receivedAt":"2026-03-07T09:20:00.731Z"}"#,
+    r#"{"type":"page","anonymousId":"a","messageId":"m","timestamp":"1970-01-01T00:00:00.000Z"}"#,
+    r#"{"event_id":"e","prospect_id":"p","source":"crm","type":"quote_sent","ts":"1999-12-31T23:59:59Z"}"#,
+    // batches
+    r#"{"batch":[{"type":"track","event":"Quote Requested","userId":"usr_e1","messageId":"m-1","timestamp":"2026-03-02T09:00:00.000Z"}]}"#,
+    r#"{"batch":[{"type":"page","userId":"u1","messageId":"m-1","timestamp":"2026-03-02T09:00:00Z"},{"type":"page","messageId":"m-2","timestamp":"2026-03-02T09:00:00Z"},[],{"type":"identify","userId":"u2","messageId":"m-3","originalTimestamp":"2026-03-02T08:59:00Z","receivedAt":"2026-03-02T09:00:02Z"}],"context":{"traits":{"email":"Batch@X.example"}},"sentAt":"2026-03-02T09:00:00Z"}"#,
+    r#"{"sentAt":"2026-03-02T09:00:00Z","batch":[{"batch":[]},{"event_id":"e","prospect_id":"p","source":"crm","type":"quote_sent","ts":"2026-03-02T09:00:00Z"}]}"#,
+    r#"{"batch":[],"batch":[]}"#,
+    r#"{"batch":[]}"#,
+    r#"{"batch":null,"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"batch":{"type":"page"}}"#,
+    r#"{"batch":[1,"x",null,{"type":"page"}],"context":7}"#,
+];
+
+#[test]
+fn tracker_shapes_decode_the_same_on_both_paths() {
+    let journey = b2b();
+    let (mut ok, mut refused, mut batched) = (0, 0, 0);
+    for line in TRACKER_SHAPES {
+        for (item, result) in agree_each(&journey, line.as_bytes()) {
+            batched += usize::from(item.is_some());
+            match result {
+                Ok(_) => ok += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(ok >= 15 && refused >= 15 && batched >= 5, "{ok} decoded, {refused} refused, {batched} batch items");
 }
 
 #[test]
@@ -283,6 +369,17 @@ proptest! {
         let journey = b2b();
         let lines = fixture_lines();
         let _ = agree(&journey, &edit(lines[pick.index(lines.len())].as_bytes(), &edits));
+    }
+
+    #[test]
+    fn mutated_tracker_shapes_decode_the_same_on_both_paths(
+        pick in any::<prop::sample::Index>(),
+        edits in prop::collection::vec(
+            (any::<usize>(), any::<u8>(), prop_oneof![any::<u8>(), prop::sample::select(b"{}[]\":,\\ 0123456789.-+eEtfnu\x00\x1f\x7f\xff".to_vec())]),
+            1..4,
+        ),
+    ) {
+        let _ = agree(&b2b(), &edit(TRACKER_SHAPES[pick.index(TRACKER_SHAPES.len())].as_bytes(), &edits));
     }
 
     #[test]

@@ -204,10 +204,19 @@ struct Summary<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     shard: Option<i32>,
     watermark: Option<Time>,
-    stats: &'a Stats,
+    stats: StatsOut<'a>,
     census: &'a Census,
     #[serde(flatten)]
     funnel: &'a FunnelReport,
+}
+
+#[derive(Serialize)]
+struct StatsOut<'a> {
+    #[serde(flatten)]
+    stats: &'a Stats,
+    /// Replay only: rejections by reason label, non-zero labels in label order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_by_reason: Option<std::collections::BTreeMap<&'a str, u64>>,
 }
 
 /// An engine's (or several engines' combined) figures at a watermark.
@@ -222,6 +231,7 @@ fn write_summary(
     kind: &'static str,
     shard: Option<(&str, i32)>,
     f: &Figures<'_>,
+    rejected_by_reason: Option<&[(&str, u64)]>,
     buf: &mut Vec<u8>,
 ) -> serde_json::Result<()> {
     let s = Summary {
@@ -229,23 +239,27 @@ fn write_summary(
         group: shard.map(|s| s.0),
         shard: shard.map(|s| s.1),
         watermark: (!f.watermark.is_none()).then_some(Time(f.watermark)),
-        stats: f.stats,
+        stats: StatsOut {
+            stats: f.stats,
+            rejected_by_reason: rejected_by_reason.map(|r| r.iter().filter(|(_, n)| *n > 0).copied().collect()),
+        },
         census: f.census,
         funnel: f.funnel,
     };
     serde_json::to_writer(buf, &s)
 }
 
-/// Appends replay's final `funnel_summary`.
-pub fn write_report(f: &Figures<'_>, buf: &mut Vec<u8>) -> serde_json::Result<()> {
-    write_summary("funnel_summary", None, f, buf)
+/// Appends replay's final `funnel_summary`; `rejected_by_reason` (label, count) becomes
+/// `stats.rejected_by_reason` (zero counts left out).
+pub fn write_report(f: &Figures<'_>, rejected_by_reason: &[(&str, u64)], buf: &mut Vec<u8>) -> serde_json::Result<()> {
+    write_summary("funnel_summary", None, f, Some(rejected_by_reason), buf)
 }
 
 /// One shard's figures for the funnel topic: sum the `stats`, `census` and per-stage counts of
 /// every shard of a group for the whole funnel (conversion rates are per shard; recompute them
 /// from the summed `reached` counts).
 pub fn write_shard_report(group: &str, shard: i32, f: &Figures<'_>, buf: &mut Vec<u8>) -> serde_json::Result<()> {
-    write_summary("funnel", Some((group, shard)), f, buf)
+    write_summary("funnel", Some((group, shard)), f, None, buf)
 }
 
 #[cfg(test)]

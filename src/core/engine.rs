@@ -40,6 +40,8 @@ pub struct Stats {
     pub duplicates: u64,
     pub late: u64,
     pub unmapped: u64,
+    /// Valid calls that carry no journey signal by nature (Segment `group`, `alias`).
+    pub ignored: u64,
     pub rejected: u64,
     pub stage_changes: u64,
     pub hot_leads: u64,
@@ -540,6 +542,10 @@ impl Engine {
         self.stats.events += 1;
         let journey = Arc::clone(&self.journey);
         let Some(sig) = ev.signal else {
+            if matches!(ev.kind, EventKind::Group | EventKind::Alias) {
+                self.stats.ignored += 1;
+                return;
+            }
             if ev.kind == EventKind::Identify
                 && let (Some(ix), Some(email)) = (self.ids.find(&ev.prospect), &ev.email)
             {

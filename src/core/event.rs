@@ -42,6 +42,12 @@ pub enum EventKind {
     Screen,
     /// Segment `identify` call.
     Identify,
+    /// Segment `group` call (a user joins an account): valid, maps to no signal, counted as
+    /// ignored.
+    Group,
+    /// Segment `alias` call (one identity becomes another): valid, maps to no signal, counted
+    /// as ignored.
+    Alias,
 }
 
 /// One micro-conversion, validated. Strings borrow from the input buffer where they can.
@@ -51,7 +57,7 @@ pub struct Event<'a> {
     pub prospect: Cow<'a, str>,
     pub source: Source,
     pub kind: EventKind,
-    /// The name as sent ("Demo Requested", "quote_sent"); empty for page/screen/identify.
+    /// The name as sent ("Demo Requested", "quote_sent"); empty for other Segment calls.
     pub name: Cow<'a, str>,
     /// The journey signal the name maps to, if any.
     pub signal: Option<SignalId>,

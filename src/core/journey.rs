@@ -8,7 +8,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::Deserialize;
 
 use super::event::{EventKind, Source};
-use super::time::Span;
+use super::time::{Span, Ts, parse_rfc3339};
 
 /// Index of a stage in `Journey::stages` (stages are kept in increasing order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,6 +75,8 @@ struct RawJourney {
     classification: RawClassification,
     #[serde(default)]
     segment: RawSegment,
+    #[serde(default)]
+    identity: RawIdentity,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +102,10 @@ struct RawTime {
     dedup_hours: f64,
     #[serde(default = "default_outcome_correction_hours")]
     outcome_correction_hours: f64,
+    #[serde(default = "default_min_event_time")]
+    min_event_time: String,
+    #[serde(default = "default_max_event_time")]
+    max_event_time: String,
 }
 
 impl Default for RawTime {
@@ -109,6 +115,8 @@ impl Default for RawTime {
             max_ahead_hours: default_max_ahead_hours(),
             dedup_hours: default_dedup_hours(),
             outcome_correction_hours: default_outcome_correction_hours(),
+            min_event_time: default_min_event_time(),
+            max_event_time: default_max_event_time(),
         }
     }
 }
@@ -123,6 +131,43 @@ fn default_dedup_hours() -> f64 {
 
 fn default_outcome_correction_hours() -> f64 {
     24.0
+}
+
+fn default_max_event_time() -> String {
+    DEFAULT_MAX_EVENT_TIME.to_string()
+}
+
+/// `[time] max_event_time` when the journey does not set it: a static bound that catches clocks
+/// set to sentinel years (9999); clocks merely days ahead are handled by `max_ahead_hours`.
+pub const DEFAULT_MAX_EVENT_TIME: &str = "2100-01-01T00:00:00Z";
+
+fn default_min_event_time() -> String {
+    DEFAULT_MIN_EVENT_TIME.to_string()
+}
+
+/// `[time] min_event_time` when the journey does not set it.
+pub const DEFAULT_MIN_EVENT_TIME: &str = "2000-01-01T00:00:00Z";
+
+/// `[identity] placeholder_ids` when the journey does not set it: what broken tracking code sends
+/// as a user id (an unset JavaScript variable, a stringified null, a zeroed UUID).
+pub const DEFAULT_PLACEHOLDER_IDS: [&str; 9] =
+    ["undefined", "null", "none", "nil", "anonymous", "n/a", "0", "-1", "00000000-0000-0000-0000-000000000000"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    #[serde(default = "default_placeholder_ids")]
+    placeholder_ids: Vec<String>,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity { placeholder_ids: default_placeholder_ids() }
+    }
+}
+
+fn default_placeholder_ids() -> Vec<String> {
+    DEFAULT_PLACEHOLDER_IDS.iter().map(|s| s.to_string()).collect()
 }
 
 fn default_lateness_hours() -> f64 {
@@ -341,6 +386,16 @@ pub struct Journey {
     pub screen_signal: Option<SignalId>,
     pub identify_signal: Option<SignalId>,
     pub unmapped: UnmappedPolicy,
+    /// Events before this instant are refused (`bad_timestamp`): a client clock reset to 1970,
+    /// a zero timestamp.
+    pub min_event_time: Ts,
+    /// Events after this are rejected `bad_timestamp` (out of range).
+    pub max_event_time: Ts,
+    /// Ids that mean "no id" (`[identity] placeholder_ids`), trimmed; see
+    /// [`Journey::is_placeholder_id`].
+    pub placeholder_ids: Vec<String>,
+    /// Length of the longest placeholder id, to dismiss real ids without comparing.
+    placeholder_max_len: usize,
     /// Number of per-prospect "last seen" slots (`SignalDef::tracked_slot`).
     pub tracked: usize,
     names: Names,
@@ -362,7 +417,8 @@ impl Hasher for NameHasher {
 type Names = HashMap<String, SignalId, BuildHasherDefault<NameHasher>>;
 
 /// Lower-cases and joins words with `_`: "Demo Requested", "demo-requested" and
-/// "demo_requested" all become "demo_requested".
+/// "demo_requested" all become "demo_requested". The display form of a name; names are matched
+/// by [`match_key`], which also ignores where the words break ("demoRequested").
 pub fn normalize_name(name: &str, out: &mut String) {
     out.clear();
     let mut pending_sep = false;
@@ -378,6 +434,19 @@ pub fn normalize_name(name: &str, out: &mut String) {
         }
     }
 }
+
+/// The key names are matched by: letters and digits only, lower-cased. Two names that differ
+/// only in case and separators ("Demo Requested", "demo_requested", "demoRequested",
+/// "DemoRequested", "demo-requested") have the same key.
+pub fn match_key(name: &str, out: &mut String) {
+    out.clear();
+    for c in name.chars().filter(|c| c.is_alphanumeric()) {
+        out.extend(c.to_lowercase());
+    }
+}
+
+/// Longest ASCII name whose key [`Journey::lookup`] builds on the stack.
+const STACK_KEY: usize = 96;
 
 fn positive(at: &str, what: &str, v: f64) -> Result<f64, JourneyError> {
     if v.is_finite() && v > 0.0 {
@@ -457,7 +526,7 @@ impl Journey {
             return Err(invalid("signals", format!("at most {MAX_SIGNALS} signals are supported")));
         }
         let mut names = Names::default();
-        let mut key = String::new();
+        let (mut key, mut shown) = (String::new(), String::new());
         let mut signals = Vec::with_capacity(raw.signals.len());
         for (i, s) in raw.signals.iter().enumerate() {
             let at = format!("signals[{i}] (`{}`)", s.name);
@@ -473,20 +542,22 @@ impl Journey {
             };
             let id = SignalId(i as u16);
             for n in std::iter::once(&s.name).chain(&s.aliases) {
-                normalize_name(n, &mut key);
+                match_key(n, &mut key);
                 if key.is_empty() {
                     return Err(invalid(&at, format!("name or alias `{n}` has no letters or digits")));
                 }
+                // The name as written also hits without building its key.
                 if key != *n {
                     names.insert(n.clone(), id);
                 }
                 if let Some(prev) = names.insert(key.clone(), id)
                     && prev != id
                 {
+                    normalize_name(n, &mut shown);
                     return Err(JourneyError::DuplicateSignal {
                         index: i,
                         name: n.clone(),
-                        key: key.clone(),
+                        key: shown.clone(),
                         first: format!("signals[{}] (`{}`)", prev.0, raw.signals[prev.0 as usize].name),
                     });
                 }
@@ -504,7 +575,7 @@ impl Journey {
         }
         let signal_of = |at: String, name: &str, names: &Names| -> Result<SignalId, JourneyError> {
             let mut k = String::new();
-            normalize_name(name, &mut k);
+            match_key(name, &mut k);
             names.get(&k).copied().ok_or_else(|| JourneyError::UnknownSignal { at, name: name.to_string() })
         };
 
@@ -653,6 +724,28 @@ impl Journey {
         let screen_signal = opt_signal("segment.screen", &raw.segment.screen)?;
         let identify_signal = opt_signal("segment.identify", &raw.segment.identify)?;
 
+        let min_event_time = parse_rfc3339(raw.time.min_event_time.trim()).map_err(|e| {
+            invalid("time.min_event_time", format!("`{}` is not an RFC 3339 time: {e}", raw.time.min_event_time))
+        })?;
+        let max_event_time = parse_rfc3339(raw.time.max_event_time.trim()).map_err(|e| {
+            invalid("time.max_event_time", format!("`{}` is not an RFC 3339 time: {e}", raw.time.max_event_time))
+        })?;
+        if max_event_time <= min_event_time {
+            return Err(invalid("time.max_event_time", "must be later than `time.min_event_time`"));
+        }
+        let mut placeholder_ids = Vec::with_capacity(raw.identity.placeholder_ids.len());
+        for (i, p) in raw.identity.placeholder_ids.iter().enumerate() {
+            let p = p.trim();
+            if p.is_empty() {
+                return Err(invalid(
+                    format!("identity.placeholder_ids[{i}]"),
+                    "must not be blank (blank ids already count as absent)",
+                ));
+            }
+            placeholder_ids.push(p.to_string());
+        }
+        let placeholder_max_len = placeholder_ids.iter().map(String::len).max().unwrap_or(0);
+
         let half_life = Span::from_days(positive("scoring", "half_life_days", raw.scoring.half_life_days)?);
         Ok(Journey {
             name: raw.name,
@@ -680,30 +773,55 @@ impl Journey {
             screen_signal,
             identify_signal,
             unmapped: raw.segment.unmapped_events,
+            min_event_time,
+            max_event_time,
+            placeholder_ids,
+            placeholder_max_len,
             tracked,
             names,
         })
     }
 
     /// Maps an event to its signal: page/screen/identify calls by the `[segment]` table, named
-    /// events by signal name or alias, tolerant of case and separators.
+    /// events by signal name or alias, tolerant of case and separators. Segment `group` and
+    /// `alias` calls map to no signal.
     pub fn resolve(&self, kind: EventKind, name: &str) -> Option<SignalId> {
         match kind {
             EventKind::Page => self.page_signal,
             EventKind::Screen => self.screen_signal,
             EventKind::Identify => self.identify_signal,
+            EventKind::Group | EventKind::Alias => None,
             EventKind::Named => self.lookup(name),
         }
     }
 
-    /// Signal by name or alias; exact keys hit without allocating.
+    /// Signal by name or alias, compared by [`match_key`]. Names as declared hit at once; other
+    /// ASCII spellings build their key on the stack; neither allocates.
     pub fn lookup(&self, name: &str) -> Option<SignalId> {
         if let Some(&s) = self.names.get(name) {
             return Some(s);
         }
-        let mut key = String::with_capacity(name.len() + 4);
-        normalize_name(name, &mut key);
+        if name.is_ascii() && name.len() <= STACK_KEY {
+            let mut buf = [0u8; STACK_KEY];
+            let mut n = 0;
+            for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+                buf[n] = b.to_ascii_lowercase();
+                n += 1;
+            }
+            // Only ASCII letters and digits were written.
+            let key = std::str::from_utf8(&buf[..n]).ok()?;
+            return self.names.get(key).copied();
+        }
+        let mut key = String::with_capacity(name.len());
+        match_key(name, &mut key);
         self.names.get(&key).copied()
+    }
+
+    /// True when `id` (surrounding whitespace ignored, ASCII case ignored) is one of
+    /// `[identity] placeholder_ids`: a value broken tracking code sends instead of an id.
+    pub fn is_placeholder_id(&self, id: &str) -> bool {
+        let id = id.trim();
+        id.len() <= self.placeholder_max_len && self.placeholder_ids.iter().any(|p| p.eq_ignore_ascii_case(id))
     }
 
     pub fn signal(&self, id: SignalId) -> &SignalDef {

@@ -19,10 +19,11 @@ pub enum RejectReason {
     UnknownSignal,
     SourceMismatch,
     Capacity,
+    InvalidId,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::TooLarge,
         RejectReason::TooDeep,
         RejectReason::InvalidJson,
@@ -35,6 +36,7 @@ impl RejectReason {
         RejectReason::UnknownSignal,
         RejectReason::SourceMismatch,
         RejectReason::Capacity,
+        RejectReason::InvalidId,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +53,7 @@ impl RejectReason {
             RejectReason::UnknownSignal => "unknown_signal",
             RejectReason::SourceMismatch => "source_mismatch",
             RejectReason::Capacity => "capacity",
+            RejectReason::InvalidId => "invalid_id",
         }
     }
 }

@@ -230,7 +230,7 @@ impl Engine {
             w.u64(v);
         }
         if version >= 3 {
-            for v in [s.ahead, s.duplicate_conflicts, s.reopened] {
+            for v in [s.ahead, s.duplicate_conflicts, s.reopened, s.ignored] {
                 w.u64(v);
             }
             let (leap, leap_from) = self.leap();
@@ -272,7 +272,7 @@ impl Engine {
         }
         let watermark = r.ts("watermark")?;
         let max_event = r.ts("max event time")?;
-        let mut st = [0u64; 14];
+        let mut st = [0u64; 15];
         for v in &mut st[..11] {
             *v = r.u64("stats")?;
         }
@@ -313,6 +313,7 @@ impl Engine {
             duplicates: st[2],
             late: st[3],
             unmapped: st[4],
+            ignored: st[14],
             rejected: st[5],
             stage_changes: st[6],
             hot_leads: st[7],

@@ -63,7 +63,7 @@ pub enum TimeError {
 impl fmt::Display for TimeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            TimeError::Syntax => "not in RFC 3339 form YYYY-MM-DDTHH:MM:SS[.fff](Z|+HH:MM)",
+            TimeError::Syntax => "not in RFC 3339 form YYYY-MM-DDTHH:MM:SS[.fff](Z|+HH:MM|+HHMM|+HH)",
             TimeError::OutOfRange => "a date or time field is out of range",
         })
     }
@@ -124,8 +124,9 @@ fn expect(b: &[u8], at: usize, what: &[u8]) -> Result<(), TimeError> {
     }
 }
 
-/// Parses an RFC 3339 timestamp (`2026-03-07T09:20:00.628Z`, `2026-03-07T10:20:00+01:00`).
-/// Fractions beyond milliseconds are truncated; a leap second (`:60`) counts as `:59.999`.
+/// Parses an RFC 3339 timestamp (`2026-03-07T09:20:00.628Z`, `2026-03-07T10:20:00+01:00`), and
+/// the ISO 8601 offsets without a colon some SDKs send (`+0100`, `-0530`, `+01`). Fractions
+/// beyond milliseconds are truncated; a leap second (`:60`) counts as `:59.999`.
 pub fn parse_rfc3339(s: &str) -> Result<Ts, TimeError> {
     let b = s.as_bytes();
     let year = digits(b, 0, 4)?;
@@ -165,9 +166,20 @@ pub fn parse_rfc3339(s: &str) -> Result<Ts, TimeError> {
         }
         Some(&sign @ (b'+' | b'-')) => {
             let oh = digits(b, at + 1, 2)?;
-            expect(b, at + 3, b":")?;
-            let om = digits(b, at + 4, 2)?;
-            at += 6;
+            let om = match b.get(at + 3) {
+                Some(b':') => {
+                    at += 6;
+                    digits(b, at - 2, 2)?
+                }
+                Some(_) => {
+                    at += 5;
+                    digits(b, at - 2, 2)?
+                }
+                None => {
+                    at += 3;
+                    0
+                }
+            };
             if oh > 23 || om > 59 {
                 return Err(TimeError::OutOfRange);
             }
@@ -268,6 +280,12 @@ mod tests {
         assert_eq!(z.to_string(), "2026-03-07T09:20:00.628Z");
         let off = parse_rfc3339("2026-03-07T10:20:00.628+01:00").unwrap();
         assert_eq!(z, off);
+        for compact in ["2026-03-07T10:20:00.628+0100", "2026-03-07T10:20:00.628+01", "2026-03-07T09:20:00.628+0000"] {
+            assert_eq!(parse_rfc3339(compact), Ok(z), "{compact}");
+        }
+        let india = parse_rfc3339("2026-03-07T03:50:00.628-0530").unwrap();
+        assert_eq!(india, z);
+        assert_eq!(parse_rfc3339("2026-03-07T09:20:00.628+00"), Ok(z));
         let micro = parse_rfc3339("2026-03-07T09:20:00.628999Z").unwrap();
         assert_eq!(micro, z);
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), Ts(0));
@@ -284,11 +302,24 @@ mod tests {
             "2026-03-07T09:20:00.Z",
             "2026-03-07T09:20:00Zjunk",
             "yesterday",
+            "2026-03-07T09:20:00+1",
+            "2026-03-07T09:20:00+01:0",
+            "2026-03-07T09:20:00+010",
+            "2026-03-07T09:20:00+01000",
+            "2026-03-07T09:20:00+01:00:00",
+            "2026-03-07T09:20:00+01-00",
+            "2026-03-07T09:20:00+",
         ] {
             assert_eq!(parse_rfc3339(bad), Err(TimeError::Syntax), "{bad}");
         }
-        for bad in ["2026-13-01T00:00:00Z", "2026-02-29T00:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T00:00:00+25:00"]
-        {
+        for bad in [
+            "2026-13-01T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T00:00:00+25:00",
+            "2026-01-01T00:00:00+0160",
+            "2026-01-01T00:00:00-24",
+        ] {
             assert_eq!(parse_rfc3339(bad), Err(TimeError::OutOfRange), "{bad}");
         }
     }

@@ -255,38 +255,38 @@ impl State {
         }
         shard.positions[topic] = msg.offset() + 1;
         let payload = msg.payload().unwrap_or_default();
-        match codec::decode(payload, journey, limits) {
-            Err(e) => {
-                metrics.events_rejected.with_label_values(&[e.reason().as_str()]).inc();
-                emit::dead_letter(
-                    producer,
-                    metrics,
-                    &settings.kafka.topics.dead_letter,
-                    msg,
-                    e.reason(),
-                    &e.to_string(),
-                );
-                self.unflushed = true;
-            }
-            Ok(ev) => {
-                let stats = shard.engine.stats();
-                let (dups, late, rejected) = (stats.duplicates, stats.late, stats.rejected);
-                shard.engine.apply(&ev, outputs);
-                // An event the engine refuses (source mismatch, ...) counts as rejected only.
-                if shard.engine.stats().rejected == rejected {
-                    let row = ev.signal.map_or(journey.signals.len(), |s| s.0 as usize);
-                    self.hot.consumed[row][usize::from(ev.source == Source::Crm)].inc();
-                }
-                self.hot.duplicates.inc_by(shard.engine.stats().duplicates - dups);
-                self.hot.late.inc_by(shard.engine.stats().late - late);
-                if !outputs.is_empty() {
-                    let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
-                    for o in outputs.drain(..) {
-                        emit::output(&ctx, &shard.engine, &o, Some(msg), buf);
-                    }
+        // One event, or each item of a Segment batch; a bad item is dead-lettered on its own.
+        for (item, result) in codec::decode_each(payload, journey, limits) {
+            match result {
+                Err(e) => {
+                    metrics.events_rejected.with_label_values(&[e.reason().as_str()]).inc();
+                    let detail = match item {
+                        Some(k) => format!("batch item {k}: {e}"),
+                        None => e.to_string(),
+                    };
+                    emit::dead_letter(producer, metrics, &settings.kafka.topics.dead_letter, msg, e.reason(), &detail);
                     self.unflushed = true;
                 }
-                self.hot.event_time.observe(wall.since(ev.ts).as_secs_f64().max(0.0));
+                Ok(ev) => {
+                    let stats = shard.engine.stats();
+                    let (dups, late, rejected) = (stats.duplicates, stats.late, stats.rejected);
+                    shard.engine.apply(&ev, outputs);
+                    // An event the engine refuses (source mismatch, ...) counts as rejected only.
+                    if shard.engine.stats().rejected == rejected {
+                        let row = ev.signal.map_or(journey.signals.len(), |s| s.0 as usize);
+                        self.hot.consumed[row][usize::from(ev.source == Source::Crm)].inc();
+                    }
+                    self.hot.duplicates.inc_by(shard.engine.stats().duplicates - dups);
+                    self.hot.late.inc_by(shard.engine.stats().late - late);
+                    if !outputs.is_empty() {
+                        let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
+                        for o in outputs.drain(..) {
+                            emit::output(&ctx, &shard.engine, &o, Some(msg), buf);
+                        }
+                        self.unflushed = true;
+                    }
+                    self.hot.event_time.observe(wall.since(ev.ts).as_secs_f64().max(0.0));
+                }
             }
         }
         self.since_barrier += 1;

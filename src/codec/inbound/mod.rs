@@ -1,11 +1,13 @@
-//! Bytes to a validated [`Event`]: our canonical envelope or a Segment `track` / `page` /
-//! `screen` / `identify` call, as they are. Only the fields the engine needs are decoded;
-//! strings borrow from the input unless they contain escapes.
+//! Bytes to validated [`Event`]s: our canonical envelope, a Segment `track` / `page` / `screen` /
+//! `identify` / `group` / `alias` call as it is, or a Segment `{"batch":[...]}` envelope of such
+//! calls. Only the fields the engine needs are decoded; strings borrow from the input unless they
+//! contain escapes.
 //!
-//! Two paths read the payload into the same [`Wire`]: a one-pass scanner ([`scan`]) that takes
-//! every payload it can be sure of, and serde_json, which decides the rest (escaped fields,
-//! anything invalid) and so words every rejection. [`decode_with_serde`] is the serde path
-//! alone, the reference the tests hold the scanner to.
+//! Two paths read a payload into the same [`Wire`]: a one-pass scanner ([`scan`]) that takes
+//! every single-event payload it can be sure of, and serde_json, which decides the rest (escaped
+//! fields, batches, anything invalid) and so words every rejection. [`decode_with_serde`] and
+//! [`decode_each_with_serde`] are the serde path alone, the reference the tests hold the scanner
+//! to.
 
 mod scan;
 
@@ -17,7 +19,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::value::RawValue;
 
 use crate::core::time::{TimeError, parse_rfc3339};
-use crate::core::{Event, EventKind, Journey, RejectReason, Source};
+use crate::core::{Event, EventKind, Journey, RejectReason, Source, Ts};
 
 /// Input limits; the defaults suit web analytics traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +54,20 @@ pub enum DecodeError {
     BadTimestamp { field: &'static str, value: String, problem: TimeError },
     #[error("unknown source {0:?}: expected \"web\" or \"crm\"")]
     UnknownSource(String),
-    #[error("unsupported Segment call type {0:?}: expected \"track\", \"page\", \"screen\" or \"identify\"")]
+    #[error("bad timestamp in `{field}` ({value}): out of range: before `time.min_event_time` ({min})")]
+    TooEarly { field: &'static str, value: Ts, min: Ts },
+    #[error("bad timestamp in `{field}` ({value}): out of range: after `time.max_event_time` ({max})")]
+    TooFar { field: &'static str, value: Ts, max: Ts },
+    #[error(
+        "unsupported Segment call type {0:?}: expected \"track\", \"page\", \"screen\", \"identify\", \"group\" or \"alias\""
+    )]
     UnsupportedType(String),
+    #[error("field `{field}` is the placeholder {value:?}, not an id (see `[identity] placeholder_ids`)")]
+    Placeholder { field: &'static str, value: String },
+    #[error("field `{field}` contains a control character (byte {at}); ids must be printable")]
+    InvalidId { field: &'static str, at: usize },
+    #[error("a {{\"batch\":[...]}} envelope of {items} events where one event was expected{hint}")]
+    UnexpectedBatch { items: usize, hint: &'static str },
 }
 
 impl DecodeError {
@@ -67,12 +81,17 @@ impl DecodeError {
             DecodeError::FieldTooLong { .. } => RejectReason::FieldTooLong,
             DecodeError::BadTimestamp { .. } => RejectReason::BadTimestamp,
             DecodeError::UnknownSource(_) => RejectReason::UnknownSource,
+            DecodeError::TooEarly { .. } | DecodeError::TooFar { .. } => RejectReason::BadTimestamp,
             DecodeError::UnsupportedType(_) => RejectReason::UnsupportedType,
+            DecodeError::Placeholder { .. } => RejectReason::MissingField,
+            DecodeError::InvalidId { .. } => RejectReason::InvalidId,
+            DecodeError::UnexpectedBatch { .. } => RejectReason::UnsupportedType,
         }
     }
 }
 
 /// A JSON string (or an integer id, as some SDKs send), borrowed when it has no escapes.
+#[derive(Clone)]
 struct Str<'a>(Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
@@ -119,6 +138,12 @@ struct Wire<'a> {
     timestamp: Option<Str<'a>>,
     /// Client-side time, used only when a payload skipped Segment's servers (no `timestamp`).
     original_timestamp: Option<Str<'a>>,
+    /// Client time of sending and server time of receipt: with `originalTimestamp`, Segment's
+    /// clock-skew correction when `timestamp` is absent.
+    sent_at: Option<Str<'a>>,
+    received_at: Option<Str<'a>>,
+    /// The items of a `{"batch":[...]}` envelope, each decoded alone (serde path only).
+    batch: Option<Vec<&'a RawValue>>,
     /// `traits.email` (identify calls).
     traits_email: Option<Str<'a>>,
     /// `context.traits.email`.
@@ -158,6 +183,14 @@ impl<'de> Visitor<'de> for WireVisitor {
                 "event" => once(&mut w.event, &mut map, "event")?,
                 "timestamp" => once(&mut w.timestamp, &mut map, "timestamp")?,
                 "originalTimestamp" => once(&mut w.original_timestamp, &mut map, "originalTimestamp")?,
+                "sentAt" => once(&mut w.sent_at, &mut map, "sentAt")?,
+                "receivedAt" => once(&mut w.received_at, &mut map, "receivedAt")?,
+                "batch" => {
+                    if w.batch.is_some() {
+                        return Err(de::Error::duplicate_field("batch"));
+                    }
+                    w.batch = map.next_value::<Option<Vec<&'de RawValue>>>()?;
+                }
                 "properties" => {
                     // Skipped unparsed; only its shape is checked.
                     let raw: &'de RawValue = map.next_value()?;
@@ -324,13 +357,40 @@ fn checked<'a>(s: Cow<'a, str>, field: &'static str, limits: &Limits) -> Result<
     Ok(s)
 }
 
-fn timestamp(v: Option<Str<'_>>, field: &'static str, format: &'static str) -> Result<crate::core::Ts, DecodeError> {
+/// Refuses an id with a C0 control character or DEL: never a real id, and unsafe in logs,
+/// headers and the consoles that show alerts.
+fn printable(s: &str, field: &'static str) -> Result<(), DecodeError> {
+    match s.bytes().position(|b| b < 0x20 || b == 0x7F) {
+        Some(at) => Err(DecodeError::InvalidId { field, at }),
+        None => Ok(()),
+    }
+}
+
+/// [`checked`] and [`printable`]: an id field.
+fn id<'a>(s: Cow<'a, str>, field: &'static str, limits: &Limits) -> Result<Cow<'a, str>, DecodeError> {
+    let s = checked(s, field, limits)?;
+    printable(&s, field)?;
+    Ok(s)
+}
+
+fn timestamp(v: Option<Str<'_>>, field: &'static str, format: &'static str) -> Result<Ts, DecodeError> {
     let s = v.ok_or(DecodeError::MissingField { field, format })?.0;
     parse_rfc3339(&s).map_err(|problem| DecodeError::BadTimestamp {
         field,
         value: s.chars().take(64).collect(),
         problem,
     })
+}
+
+/// Refuses a time before the journey's `[time] min_event_time` or after its `max_event_time`.
+fn not_before_floor(ts: Ts, field: &'static str, journey: &Journey) -> Result<Ts, DecodeError> {
+    if ts < journey.min_event_time {
+        return Err(DecodeError::TooEarly { field, value: ts, min: journey.min_event_time });
+    }
+    if ts > journey.max_event_time {
+        return Err(DecodeError::TooFar { field, value: ts, max: journey.max_event_time });
+    }
+    Ok(ts)
 }
 
 /// Lower-cases an email; drops values that are not plausibly one.
@@ -355,25 +415,122 @@ fn email(v: Option<Str<'_>>) -> Option<Cow<'_, str>> {
 const CANONICAL: &str = "canonical envelope";
 const SEGMENT: &str = "Segment payload";
 
-/// Decodes one payload and maps it to a journey signal.
+/// Decodes one payload (one event) and maps it to a journey signal. A `{"batch":[...]}`
+/// envelope is refused (`unsupported_type`, naming [`decode_each`]); read payloads that may be
+/// batches with [`decode_each`].
 pub fn decode<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits) -> Result<Event<'a>, DecodeError> {
-    if bytes.len() > limits.max_bytes {
-        return Err(DecodeError::TooLarge { size: bytes.len(), limit: limits.max_bytes });
-    }
-    let mut w = Wire::default();
-    if !scan::scan(bytes, limits.max_depth, &mut w) {
-        w = parse_serde(bytes, limits)?;
-    }
-    event(&mut w, journey, limits)
+    one(parse(bytes, limits, true)?, journey, limits)
 }
 
 /// [`decode`] without the scanner: serde_json reads every payload. Same results, slower; the
 /// reference for tests and benches.
 pub fn decode_with_serde<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits) -> Result<Event<'a>, DecodeError> {
+    one(parse(bytes, limits, false)?, journey, limits)
+}
+
+/// Decodes a payload that is one event or a Segment `{"batch":[...]}` envelope (the HTTP
+/// tracking API's `/v1/batch` shape) into its events, each validated alone. Yields
+/// `(item, result)`: `item` is `None` for a single-event payload (and for an envelope that cannot
+/// be read at all: one error), `Some(k)` for `batch[k]`. An empty batch yields nothing.
+///
+/// A batch-level `context` is merged into each item's, as Segment does: an item without its own
+/// `context.traits.email` takes the batch's. An item without `sentAt` takes the batch's (see the
+/// skew correction in [`decode`]). The whole envelope counts against `max_bytes` and
+/// `max_depth`; a batch inside a batch item is refused.
+pub fn decode_each<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits) -> Each<'a, 'j> {
+    each(bytes, journey, limits, true)
+}
+
+/// [`decode_each`] without the scanner, the reference for tests.
+pub fn decode_each_with_serde<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits) -> Each<'a, 'j> {
+    each(bytes, journey, limits, false)
+}
+
+fn each<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits, scan: bool) -> Each<'a, 'j> {
+    let state = match parse(bytes, limits, scan) {
+        Err(e) => Pending::One(Err(e)),
+        Ok(mut w) => match w.batch.take() {
+            None => Pending::One(event(&mut w, journey, limits)),
+            Some(items) => Pending::Batch {
+                items: items.into_iter().enumerate(),
+                context_email: w.context_email.take(),
+                sent_at: w.sent_at.take(),
+            },
+        },
+    };
+    Each { journey, limits: *limits, state }
+}
+
+/// The events of one payload; see [`decode_each`].
+pub struct Each<'a, 'j> {
+    journey: &'j Journey,
+    limits: Limits,
+    state: Pending<'a>,
+}
+
+enum Pending<'a> {
+    Done,
+    One(Result<Event<'a>, DecodeError>),
+    Batch {
+        items: std::iter::Enumerate<std::vec::IntoIter<&'a RawValue>>,
+        context_email: Option<Str<'a>>,
+        sent_at: Option<Str<'a>>,
+    },
+}
+
+impl<'a> Iterator for Each<'a, '_> {
+    type Item = (Option<usize>, Result<Event<'a>, DecodeError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.state {
+            Pending::Done => None,
+            Pending::One(_) => match std::mem::replace(&mut self.state, Pending::Done) {
+                Pending::One(result) => Some((None, result)),
+                _ => None,
+            },
+            Pending::Batch { items, context_email, sent_at } => {
+                let (k, raw) = items.next()?;
+                let result = parse(raw.get().as_bytes(), &self.limits, false).and_then(|mut w| {
+                    if let Some(items) = &w.batch {
+                        return Err(DecodeError::UnexpectedBatch {
+                            items: items.len(),
+                            hint: " (a batch inside a batch)",
+                        });
+                    }
+                    if w.context_email.is_none() {
+                        w.context_email.clone_from(context_email);
+                    }
+                    if w.sent_at.is_none() {
+                        w.sent_at.clone_from(sent_at);
+                    }
+                    event(&mut w, self.journey, &self.limits)
+                });
+                Some((Some(k), result))
+            }
+        }
+    }
+}
+
+/// The one event of a payload that must not be a batch.
+fn one<'a>(mut w: Wire<'a>, journey: &Journey, limits: &Limits) -> Result<Event<'a>, DecodeError> {
+    if let Some(items) = &w.batch {
+        return Err(DecodeError::UnexpectedBatch { items: items.len(), hint: "; decode it with `decode_each`" });
+    }
+    event(&mut w, journey, limits)
+}
+
+/// Reads a payload's fields: the scanner first when `scan`, serde_json when it is unsure.
+fn parse<'a>(bytes: &'a [u8], limits: &Limits, scan: bool) -> Result<Wire<'a>, DecodeError> {
     if bytes.len() > limits.max_bytes {
         return Err(DecodeError::TooLarge { size: bytes.len(), limit: limits.max_bytes });
     }
-    event(&mut parse_serde(bytes, limits)?, journey, limits)
+    if scan {
+        let mut w = Wire::default();
+        if scan::scan(bytes, limits.max_depth, &mut w) {
+            return Ok(w);
+        }
+    }
+    parse_serde(bytes, limits)
 }
 
 fn parse_serde<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Wire<'a>, DecodeError> {
@@ -386,24 +543,79 @@ fn parse_serde<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Wire<'a>, DecodeE
         .map_err(|e| DecodeError::InvalidJson(e.to_string()))
 }
 
+/// The prospect of a Segment call: `userId`, else `anonymousId`. Blank ids and placeholder ids
+/// (`[identity] placeholder_ids`) count as absent; a present id with a control character refuses
+/// the payload whichever of the two it is in.
+fn segment_prospect<'a>(
+    user: Option<Str<'a>>,
+    anonymous: Option<Str<'a>>,
+    journey: &Journey,
+    limits: &Limits,
+) -> Result<Cow<'a, str>, DecodeError> {
+    const EITHER: &str = "userId or anonymousId";
+    let (user, anonymous) = (user.map(|s| s.0), anonymous.map(|s| s.0));
+    let usable =
+        |v: &Option<Cow<'a, str>>| v.as_ref().is_some_and(|v| !v.trim().is_empty() && !journey.is_placeholder_id(v));
+    let (user_ok, anonymous_ok) = (usable(&user), usable(&anonymous));
+    for (ok, v, field) in [(user_ok, &user, "userId"), (anonymous_ok, &anonymous, "anonymousId")] {
+        if let (true, Some(v)) = (ok, v) {
+            printable(v, field)?;
+        }
+    }
+    match (user, anonymous) {
+        (Some(u), _) if user_ok => checked(u, "userId", limits),
+        (_, Some(a)) if anonymous_ok => checked(a, "anonymousId", limits),
+        (u, a) => {
+            if let Some(p) = [&u, &a].into_iter().flatten().find(|v| journey.is_placeholder_id(v)) {
+                return Err(DecodeError::Placeholder { field: EITHER, value: p.chars().take(64).collect() });
+            }
+            match a {
+                Some(a) => checked(a, EITHER, limits),
+                None => Err(DecodeError::MissingField { field: EITHER, format: SEGMENT }),
+            }
+        }
+    }
+}
+
+/// The event time of a Segment call: `timestamp`; without it, `originalTimestamp` corrected for
+/// the client's clock skew as Segment computes `timestamp` (`receivedAt − (sentAt −
+/// originalTimestamp)`) when both `sentAt` and `receivedAt` are there, else `originalTimestamp`.
+fn segment_time(w: &mut Wire<'_>) -> Result<(Ts, &'static str), DecodeError> {
+    match (w.timestamp.take(), w.original_timestamp.take()) {
+        (None, Some(original)) => {
+            let original = timestamp(Some(original), "originalTimestamp", SEGMENT)?;
+            match (w.sent_at.take(), w.received_at.take()) {
+                (Some(sent), Some(received)) => {
+                    let sent = timestamp(Some(sent), "sentAt", SEGMENT)?;
+                    let received = timestamp(Some(received), "receivedAt", SEGMENT)?;
+                    Ok((received.minus(sent.since(original)), "receivedAt - (sentAt - originalTimestamp)"))
+                }
+                _ => Ok((original, "originalTimestamp")),
+            }
+        }
+        (t, _) => Ok((timestamp(t, "timestamp", SEGMENT)?, "timestamp")),
+    }
+}
+
 /// The validated event of a payload's fields (taken out of `w`).
 fn event<'a>(w: &mut Wire<'a>, journey: &Journey, limits: &Limits) -> Result<Event<'a>, DecodeError> {
     let ev = if let Some(event_id) = w.event_id.take() {
-        let event_id = checked(event_id.0, "event_id", limits)?;
+        let event_id = id(event_id.0, "event_id", limits)?;
         let prospect = required(w.prospect_id.take(), "prospect_id", CANONICAL, limits)?;
+        if journey.is_placeholder_id(&prospect) {
+            return Err(DecodeError::Placeholder { field: "prospect_id", value: prospect.chars().take(64).collect() });
+        }
+        printable(&prospect, "prospect_id")?;
         let source = w.source.take().ok_or(DecodeError::MissingField { field: "source", format: CANONICAL })?.0;
         let source =
             Source::parse(&source).ok_or_else(|| DecodeError::UnknownSource(source.chars().take(64).collect()))?;
         let name = required(w.kind.take(), "type", CANONICAL, limits)?;
-        let ts = timestamp(w.ts.take(), "ts", CANONICAL)?;
+        let ts = not_before_floor(timestamp(w.ts.take(), "ts", CANONICAL)?, "ts", journey)?;
         let signal = journey.resolve(EventKind::Named, &name);
         Event { event_id, prospect, source, kind: EventKind::Named, name, signal, ts, email: email(w.email.take()) }
     } else if let Some(message_id) = w.message_id.take() {
-        let event_id = checked(message_id.0, "messageId", limits)?;
-        let prospect = match (w.user_id.take(), w.anonymous_id.take()) {
-            (Some(u), _) if !u.0.trim().is_empty() => checked(u.0, "userId", limits)?,
-            (_, a) => required(a, "userId or anonymousId", SEGMENT, limits)?,
-        };
+        let event_id = id(message_id.0, "messageId", limits)?;
+        let prospect = segment_prospect(w.user_id.take(), w.anonymous_id.take(), journey, limits)?;
         let source = match w.source.take() {
             Some(s) => Source::parse(&s.0).ok_or_else(|| DecodeError::UnknownSource(s.0.chars().take(64).collect()))?,
             None => Source::Web,
@@ -414,16 +626,22 @@ fn event<'a>(w: &mut Wire<'a>, journey: &Journey, limits: &Limits) -> Result<Eve
             "page" => (EventKind::Page, Cow::Borrowed("")),
             "screen" => (EventKind::Screen, Cow::Borrowed("")),
             "identify" => (EventKind::Identify, Cow::Borrowed("")),
+            "group" => (EventKind::Group, Cow::Borrowed("")),
+            "alias" => (EventKind::Alias, Cow::Borrowed("")),
             other => {
                 return Err(DecodeError::UnsupportedType(other.chars().take(64).collect()));
             }
         };
-        let ts = match (w.timestamp.take(), w.original_timestamp.take()) {
-            (None, Some(original)) => timestamp(Some(original), "originalTimestamp", SEGMENT)?,
-            (t, _) => timestamp(t, "timestamp", SEGMENT)?,
-        };
+        let (ts, field) = segment_time(w)?;
+        let ts = not_before_floor(ts, field, journey)?;
         let signal = journey.resolve(kind, &name);
-        let email = email(w.context_email.take()).or_else(|| email(w.traits_email.take()));
+        // An identify call's own traits are the news; `context.traits` may be cached from
+        // earlier. Other calls carry traits only in their context.
+        let email = if kind == EventKind::Identify {
+            email(w.traits_email.take()).or_else(|| email(w.context_email.take()))
+        } else {
+            email(w.context_email.take()).or_else(|| email(w.traits_email.take()))
+        };
         Event { event_id, prospect, source, kind, name, signal, ts, email }
     } else {
         return Err(DecodeError::MissingField {

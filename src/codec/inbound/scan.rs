@@ -1,5 +1,6 @@
-//! The decoder's fast path: one validating pass over the payload that borrows the fields of
-//! [`Wire`] and skips everything else, checking nesting depth on the way.
+//! The decoder's fast path: one validating pass over a single-event payload that borrows the
+//! fields of [`Wire`] and skips everything else, checking nesting depth on the way. A
+//! `{"batch":[...]}` envelope is handed to the serde path.
 //!
 //! It accepts only what the serde path ([`super::parse_serde`]) would turn into the same `Wire`.
 //! Whatever it is not sure of returns `None` and the serde path decides, so every rejection, its
@@ -376,6 +377,10 @@ impl<'a> Cursor<'a> {
                 b"event" => (&mut w.event, 9),
                 b"timestamp" => (&mut w.timestamp, 10),
                 b"originalTimestamp" => (&mut w.original_timestamp, 11),
+                b"sentAt" => (&mut w.sent_at, 12),
+                b"receivedAt" => (&mut w.received_at, 13),
+                // A batch envelope is the serde path's.
+                b"batch" => return None,
                 other => {
                     match other {
                         b"properties" => self.raw_object()?,

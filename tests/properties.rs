@@ -174,7 +174,14 @@ fn check_output(engine: &Engine, o: &Output) {
     let j = engine.journey();
     match o {
         Output::StageChanged { from: Some(from), to, .. } => {
-            assert!(j.stage(*to).order > j.stage(*from).order, "stages move forward only: {o:?}");
+            // Forward only, except a terminal stage reopened (`reopen_on`) and an outcome
+            // corrected to a terminal one (`time.outcome_correction_hours`).
+            let reopened =
+                j.stage(*from).terminal && j.stage(*from).reopen_on.iter().any(|s| j.signal(*s).enters == Some(*to));
+            assert!(
+                j.stage(*to).order > j.stage(*from).order || reopened || j.stage(*to).terminal,
+                "stages move forward only: {o:?}"
+            );
         }
         Output::HotLead(h) => assert!(h.score.abs() <= j.max_score, "{o:?}"),
         Output::Rejected { .. } => panic!("generated events are all acceptable: {o:?}"),

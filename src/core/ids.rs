@@ -1,6 +1,12 @@
 //! Identifiers: a stable hash (snapshots and alert ids depend on it never changing), the
-//! prospect-id interner that keeps every id once, in one arena, behind a 4-byte index, and
-//! Kafka's keyed partitioner (which shard a prospect belongs to).
+//! prospect-id interner that keeps every id once, in one arena, behind a 4-byte index (its table
+//! hashed with a per-interner random key, since anyone can send any id), and Kafka's keyed
+//! partitioner (which shard a prospect belongs to).
+
+use std::sync::OnceLock;
+
+use foldhash::SharedSeed;
+use foldhash::fast::FoldHasher;
 
 /// Index of an interned prospect inside one engine. Stable for the engine's lifetime and dense
 /// (0..len), so per-prospect arrays are indexed by it.
@@ -18,7 +24,9 @@ fn fmix64(mut h: u64) -> u64 {
 }
 
 /// A fast 64-bit hash whose output is fixed forever (it is persisted in snapshots and alert ids);
-/// not for adversarial inputs. `seed` separates uses (dedup fingerprints, alert ids, tables).
+/// not for adversarial inputs: anyone who knows `seed` can make ids collide, and a secret `seed`
+/// would not help (it only enters the first round), so hash tables of client-chosen keys use
+/// [`KeyedHash`]. `seed` separates uses (dedup fingerprints, alert ids, digests).
 pub fn hash64(seed: u64, bytes: &[u8]) -> u64 {
     let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
     let mut chunks = bytes.chunks_exact(8);
@@ -36,7 +44,6 @@ pub fn hash64(seed: u64, bytes: &[u8]) -> u64 {
     fmix64(h)
 }
 
-pub const SEED_TABLE: u64 = 0x6d69_6372_6f66_756e;
 pub const SEED_EVENT: u64 = 0x6576_656e_745f_6964;
 pub const SEED_ALERT: u64 = 0x616c_6572_745f_6964;
 pub const SEED_DIGEST: u64 = 0x6469_6765_7374_5f31;
@@ -44,6 +51,58 @@ pub const SEED_DIGEST: u64 = 0x6469_6765_7374_5f31;
 /// Dedup fingerprint of an event id; never 0 (0 marks an empty slot).
 pub fn event_fingerprint(event_id: &str) -> u64 {
     hash64(SEED_EVENT, event_id.as_bytes()).max(1)
+}
+
+/// How an [`Interner`]'s table hashes ids. Only the table's layout depends on it: indexes are
+/// given in arrival order, so outputs, digests and snapshots do not.
+pub trait TableHash: Clone + Default + PartialEq {
+    /// The hash of one id. `Default` makes a hasher with a new key where the hash is keyed.
+    fn hash(&self, id: &[u8]) -> u64;
+}
+
+/// The interner's table hash: foldhash (the hash of hashbrown's default `HashMap`) keyed with
+/// random bits from the OS, a new key per interner. Prospect ids come from clients (anyone who
+/// loads a tracked page can send any `anonymousId`); with a fixed, published hash, ids chosen
+/// offline to share a home slot would build one probe run that every insert and lookup walks
+/// (quadratic). Without the key, collisions cannot be chosen offline.
+///
+/// foldhash resists offline attacks, not an attacker who measures this process's timing for long
+/// enough to learn the key; nothing outside the table sees a hash.
+#[derive(Clone, Copy)]
+pub struct KeyedHash {
+    seed: u64,
+    shared: &'static SharedSeed,
+}
+
+/// 64 bits from the OS's random source: std's `RandomState` reads it (once per thread, each
+/// `RandomState` after that on the thread a new SipHash key), and SipHash of a constant under
+/// that key is as unpredictable as the key.
+fn os_random() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x6b65_7973_u64)
+}
+
+impl Default for KeyedHash {
+    fn default() -> KeyedHash {
+        static SHARED: OnceLock<SharedSeed> = OnceLock::new();
+        KeyedHash { seed: os_random(), shared: SHARED.get_or_init(|| SharedSeed::from_u64(os_random())) }
+    }
+}
+
+impl PartialEq for KeyedHash {
+    fn eq(&self, other: &KeyedHash) -> bool {
+        self.seed == other.seed && std::ptr::eq(self.shared, other.shared)
+    }
+}
+
+impl TableHash for KeyedHash {
+    #[inline]
+    fn hash(&self, id: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = FoldHasher::with_seed(self.seed, self.shared);
+        h.write(id);
+        h.finish()
+    }
 }
 
 /// Interns prospect ids: the bytes of all ids in one arena, end offsets in a `Vec<u32>`, and an
@@ -54,11 +113,16 @@ pub fn event_fingerprint(event_id: &str) -> u64 {
 /// them (0 = empty), so one cache line of the table answers a lookup and the id bytes are
 /// compared only when the tag matches (a false match is about one probe in 32). The home slot is
 /// taken from the hash's top bits and probing is linear over 64-byte lines.
+///
+/// The table is hashed with `S`, by default [`KeyedHash`]: each new interner draws a new key, a
+/// clone or a copy ([`Clone::clone_from`], [`Interner::extend_from`]) takes its source's key with
+/// its table.
 #[derive(Default)]
-pub struct Interner {
+pub struct Interner<S: TableHash = KeyedHash> {
     arena: Vec<u8>,
     ends: Vec<u32>,
     table: Vec<Line>,
+    hasher: S,
 }
 
 /// 16 slots, one cache line.
@@ -76,16 +140,22 @@ fn tag(h: u64) -> u32 {
     (h as u32) & !IX_MASK
 }
 
-impl Clone for Interner {
-    fn clone(&self) -> Interner {
-        Interner { arena: self.arena.clone(), ends: self.ends.clone(), table: self.table.clone() }
+impl<S: TableHash> Clone for Interner<S> {
+    fn clone(&self) -> Interner<S> {
+        Interner {
+            arena: self.arena.clone(),
+            ends: self.ends.clone(),
+            table: self.table.clone(),
+            hasher: self.hasher.clone(),
+        }
     }
 
     /// Reuses `self`'s allocations (checkpoint captures).
-    fn clone_from(&mut self, source: &Interner) {
+    fn clone_from(&mut self, source: &Interner<S>) {
         self.arena.clone_from(&source.arena);
         self.ends.clone_from(&source.ends);
         self.table.clone_from(&source.table);
+        self.hasher.clone_from(&source.hasher);
     }
 }
 
@@ -94,12 +164,14 @@ impl Clone for Interner {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InternerFull;
 
-/// The table hash of a prospect id.
-fn id_hash(id: &str) -> u64 {
-    hash64(SEED_TABLE, id.as_bytes())
+impl Interner {
+    /// An empty interner with a new random key.
+    pub fn new() -> Interner {
+        Interner::default()
+    }
 }
 
-impl Interner {
+impl<S: TableHash> Interner<S> {
     pub fn len(&self) -> usize {
         self.ends.len()
     }
@@ -133,7 +205,7 @@ impl Interner {
     }
 
     pub fn find(&self, id: &str) -> Option<ProspectIx> {
-        self.probe(id_hash(id), id.as_bytes()).map(ProspectIx)
+        self.probe(self.hasher.hash(id.as_bytes()), id.as_bytes()).map(ProspectIx)
     }
 
     /// The id's index, if it is interned.
@@ -157,11 +229,7 @@ impl Interner {
 
     /// Returns the id's index and whether it was new.
     pub fn intern(&mut self, id: &str) -> Result<(ProspectIx, bool), InternerFull> {
-        self.intern_hashed(id_hash(id), id)
-    }
-
-    /// [`Interner::intern`] with the id's [`id_hash`] already computed.
-    fn intern_hashed(&mut self, h: u64, id: &str) -> Result<(ProspectIx, bool), InternerFull> {
+        let h = self.hasher.hash(id.as_bytes());
         if let Some(i) = self.probe(h, id.as_bytes()) {
             return Ok((ProspectIx(i), false));
         }
@@ -193,8 +261,13 @@ impl Interner {
         super::mem::advise_huge_pages(&table);
         table.resize(lines, Line([0; LINE]));
         self.table = table;
-        for i in 0..self.ends.len() as u32 {
-            let h = hash64(SEED_TABLE, self.bytes(i));
+        self.place_from(0);
+    }
+
+    /// Places the ids from index `first` on (known not to be in the table).
+    fn place_from(&mut self, first: u32) {
+        for i in first..self.ends.len() as u32 {
+            let h = self.hasher.hash(self.bytes(i));
             self.place(h, i);
         }
     }
@@ -211,7 +284,7 @@ impl Interner {
 
     /// Adds an id that must be new (restoring a snapshot): `Ok(None)` if it is already there.
     pub fn intern_new(&mut self, id: &str) -> Result<Option<ProspectIx>, InternerFull> {
-        Ok(match self.intern_hashed(id_hash(id), id)? {
+        Ok(match self.intern(id)? {
             (ix, true) => Some(ix),
             (_, false) => None,
         })
@@ -233,21 +306,36 @@ impl Interner {
     }
 
     /// Appends the ids `source` has beyond this interner's, where this interner holds a prefix
-    /// of `source` (an earlier copy of it): incremental checkpoint captures.
-    pub fn extend_from(&mut self, source: &Interner) {
+    /// of `source` (an earlier copy of it): incremental checkpoint captures. Takes `source`'s key.
+    pub fn extend_from(&mut self, source: &Interner<S>) {
         debug_assert!(self.len() <= source.len() && source.arena.starts_with(&self.arena));
         let first = self.ends.len();
         self.arena.extend_from_slice(&source.arena[self.arena.len()..]);
         self.ends.extend_from_slice(&source.ends[first..]);
-        if self.table.len() != source.table.len() {
-            // The source grew since: copying its table is cheaper than growing this one.
+        if self.table.len() != source.table.len() || self.hasher != source.hasher {
+            // The source grew since, or this is not a copy of it yet: copying its table is
+            // cheaper than growing or rehashing this one.
             self.table.clone_from(&source.table);
+            self.hasher.clone_from(&source.hasher);
             return;
         }
-        for i in first as u32..self.ends.len() as u32 {
-            let h = hash64(SEED_TABLE, self.bytes(i));
-            self.place(h, i);
-        }
+        self.place_from(first as u32);
+    }
+
+    /// The most slots a lookup of an interned id walks (its distance from its home slot, plus
+    /// one); 0 when empty. A diagnostic: O(len), for tests and benches.
+    pub fn max_probe_len(&self) -> usize {
+        self.probe_lens().max().unwrap_or(0)
+    }
+
+    /// For every interned id, the slots a lookup of it walks.
+    fn probe_lens(&self) -> impl Iterator<Item = usize> + '_ {
+        let mask = self.slots().wrapping_sub(1);
+        (0..self.slots()).filter_map(move |s| {
+            let e = self.slot(s);
+            let home = (e != 0).then(|| self.home(self.hasher.hash(self.bytes((e & IX_MASK) - 1))))?;
+            Some((s.wrapping_sub(home) & mask) + 1)
+        })
     }
 
     /// Heap bytes held (for the per-prospect memory figure).
@@ -364,7 +452,7 @@ mod tests {
 
     #[test]
     fn interner_returns_same_index_and_text() {
-        let mut i = Interner::default();
+        let mut i = Interner::new();
         let ids: Vec<String> = (0..10_000).map(|n| format!("usr_{n}")).collect();
         for (n, id) in ids.iter().enumerate() {
             assert_eq!(i.intern(id).unwrap(), (ProspectIx(n as u32), true));
@@ -381,8 +469,8 @@ mod tests {
     #[test]
     fn interner_grows_and_extends_copies() {
         let ids: Vec<String> = (0..50_000).map(|n| format!("{:x}-{n}", n * 7919)).collect();
-        let mut a = Interner::default();
-        let mut copy = Interner::default();
+        let mut a = Interner::new();
+        let mut copy = Interner::new();
         for (n, id) in ids.iter().enumerate() {
             assert_eq!(a.intern(id).unwrap(), (ProspectIx(n as u32), true));
             if n % 9_999 == 0 {
@@ -400,6 +488,103 @@ mod tests {
         assert_eq!(a.find(""), None);
         assert_eq!(a.intern("").unwrap(), (ProspectIx(50_000), true));
         assert_eq!(a.find(""), Some(ProspectIx(50_000)));
+    }
+
+    /// The table hash before it was keyed: [`hash64`] with a fixed seed published in the source,
+    /// as an attacker can compute it offline.
+    #[derive(Clone, Default, PartialEq)]
+    struct FixedSeed;
+
+    impl TableHash for FixedSeed {
+        fn hash(&self, id: &[u8]) -> u64 {
+            hash64(0x6d69_6372_6f66_756e, id)
+        }
+    }
+
+    /// `n` anonymous ids shaped like a browser's UUID v4 whose [`FixedSeed`] hash has its top
+    /// `bits` bits 0: the same home slot (slot 0) in every table of up to 2^`bits` slots.
+    fn crafted_ids(n: usize, bits: u32) -> Vec<String> {
+        let mut id = *b"6f1c2a9e-0d4b-4e7a-9c3f-000000000000";
+        let mut ids = Vec::with_capacity(n);
+        let mut counter = 0u64;
+        while ids.len() < n {
+            counter += 1;
+            for (k, b) in id[24..].iter_mut().rev().enumerate() {
+                *b = b"0123456789abcdef"[(counter >> (4 * k) & 15) as usize];
+            }
+            if FixedSeed.hash(&id) >> (64 - bits) == 0 {
+                ids.push(String::from_utf8(id.to_vec()).unwrap());
+            }
+        }
+        ids
+    }
+
+    /// Interns `ids` in a new interner hashed with `S`: the longest probe, the mean probe (in
+    /// slots a lookup walks) and the table's slots.
+    fn probes<S: TableHash>(ids: &[String]) -> (usize, f64, usize) {
+        let mut i = Interner::<S>::default();
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(i.intern(id).unwrap(), (ProspectIx(n as u32), true));
+        }
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(i.find(id), Some(ProspectIx(n as u32)));
+        }
+        let mean = i.probe_lens().sum::<usize>() as f64 / i.len() as f64;
+        (i.max_probe_len(), mean, i.slots())
+    }
+
+    #[test]
+    fn ids_crafted_against_the_fixed_hash_do_not_share_a_probe_run() {
+        // 1,500 ids fill a table of 2,048 slots; each of these has home slot 0 there under the
+        // fixed hash.
+        let ids = crafted_ids(1_500, 11);
+        // Against the fixed hash, the attack works: one run of every id, and the n-th insert
+        // walks n slots (quadratic).
+        assert_eq!(probes::<FixedSeed>(&ids), (1_500, 750.5, 2_048));
+        // With a key the attacker does not know, the ids spread like any others. Measured over
+        // 200,000 keys: longest probe median 43 slots, 1 in 1,000 above 135, at most 206, the
+        // tail falling tenfold every ~35 slots (so above 400 about once in 10^10 runs).
+        for _ in 0..8 {
+            let (longest, mean, slots) = probes::<KeyedHash>(&ids);
+            assert_eq!(slots, 2_048);
+            assert!(longest <= 400, "longest probe {longest}");
+            assert!(mean < 8.0, "mean probe {mean}");
+        }
+    }
+
+    #[test]
+    fn each_interner_has_its_own_key_and_copies_share_it() {
+        let (a, b) = (Interner::new(), Interner::new());
+        assert!(a.hasher != b.hasher);
+        assert!(a.hasher.hash(b"anon-1") != b.hasher.hash(b"anon-1"));
+        let mut c = a.clone();
+        assert!(c.hasher == a.hasher);
+        c.clone_from(&b);
+        assert!(c.hasher == b.hasher);
+    }
+
+    #[test]
+    fn a_copy_with_another_key_takes_the_sources_key() {
+        // `copy` holds a prefix of `a` (nothing) and a table as large as `a`'s, hashed with
+        // another key: extending it must take `a`'s table and key, not place `a`'s ids with
+        // its own key in `a`'s layout.
+        let ids: Vec<String> = (0..5_000).map(|n| format!("anon-{n:08x}")).collect();
+        let mut a = Interner::new();
+        for id in &ids {
+            a.intern(id).unwrap();
+        }
+        let mut copy = Interner::new();
+        copy.reserve(ids.len(), 0);
+        assert_eq!(copy.table.len(), a.table.len());
+        copy.extend_from(&a);
+        for id in ["anon-x", "anon-y"] {
+            a.intern(id).unwrap();
+        }
+        copy.extend_from(&a);
+        for (n, id) in ids.iter().chain(&["anon-x".to_string(), "anon-y".to_string()]).enumerate() {
+            assert_eq!(copy.find(id), Some(ProspectIx(n as u32)), "{id}");
+        }
+        assert!(copy.hasher == a.hasher);
     }
 
     #[test]

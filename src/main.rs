@@ -67,7 +67,7 @@ enum Command {
         max_depth: usize,
     },
     /// Generate realistic traffic (web and CRM, canonical and Segment) with ground truth.
-    Gen(cmd::generate::GenArgs),
+    Gen(Box<cmd::generate::GenArgs>),
     /// Run the service: consume the input topics as a consumer group, emit alerts, journey
     /// events, funnel records and dead letters, serve /metrics.
     Run {
@@ -160,7 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Gen(args) => cmd::generate::run(args),
+        Command::Gen(args) => cmd::generate::run(*args),
         Command::Tail(args) => cmd::tail::run(args),
         Command::InspectSnapshot(args) => {
             if cmd::inspect::run(args)? {

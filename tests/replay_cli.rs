@@ -586,11 +586,7 @@ fn merged_outputs_follow_each_shards_event_time_and_rejected_lines_name_their_fi
     std::fs::write(&b, line("b1", "usr_o1", "crm", "meeting_booked", "2026-03-02T10:00:00Z")).unwrap();
     let out = replay(&["--no-advance", a.to_str().unwrap(), b.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).starts_with(&format!("line 2 of {}: invalid_json: ", a.display())),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).starts_with(&format!("line 2 of {}: invalid_json: ", a.display())), "{}", stderr(&out));
     let lines = stdout_json(&out);
     let changes: Vec<(String, String)> = of_kind(&lines, "stage_changed")
         .iter()
@@ -615,8 +611,11 @@ fn stdin_is_at_most_one_input_file() {
 #[test]
 fn gen_writes_per_topic_files_holding_exactly_each_sources_lines_in_order() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let (all, web, crm) =
-        (dir.join("replay_cli-gen-all.jsonl"), dir.join("replay_cli-gen-web.jsonl"), dir.join("replay_cli-gen-crm.jsonl"));
+    let (all, web, crm) = (
+        dir.join("replay_cli-gen-all.jsonl"),
+        dir.join("replay_cli-gen-web.jsonl"),
+        dir.join("replay_cli-gen-crm.jsonl"),
+    );
     let common = ["gen", "--prospects", "200", "--seed", "11", "--quiet"];
     let one = microfunnel(&[&common[..], &["--out", all.to_str().unwrap()]].concat());
     assert!(one.status.success(), "{}", stderr(&one));

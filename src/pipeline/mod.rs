@@ -469,8 +469,7 @@ impl State {
         let limit = self.settings.pipeline.merge_buffer_messages;
         let busy: Vec<i32> = self.shards.iter().filter(|(_, s)| s.inputs.buffered() > 0).map(|(p, _)| *p).collect();
         for p in busy {
-            loop {
-                let Some(shard) = self.shards.get_mut(&p) else { break };
+            while let Some(shard) = self.shards.get_mut(&p) {
                 let heads: Vec<Input> = (0..shard.inputs.queues.len()).map(|t| shard.input(t)).collect();
                 let inputs = &mut shard.inputs;
                 if !heads.contains(&Input::Behind) {

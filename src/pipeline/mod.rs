@@ -420,11 +420,11 @@ impl State {
         let shard = self.shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics.len()));
         shard.last_input = batch;
         let inputs = &mut shard.inputs;
-        inputs.delivered[t] = inputs.delivered[t].max(msg.offset() + 1);
-        // Covered by the state already (kafka.resume_rewind, a re-delivered batch).
-        if msg.offset() < shard.positions[t] {
+        // Covered by the state already (kafka.resume_rewind, a re-delivered batch), or queued.
+        if msg.offset() < shard.positions[t].max(inputs.delivered[t]) {
             return;
         }
+        inputs.delivered[t] = msg.offset() + 1;
         let fast = inputs.queues.iter().all(VecDeque::is_empty)
             && (0..topics.len()).all(|i| i == t || inputs.caught_up(i, shard.positions[i]));
         if fast {

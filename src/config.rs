@@ -171,6 +171,16 @@ pub struct Pipeline {
     /// Deadline for a graceful stop (flush, commit, leave the group).
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_ms: u64,
+    /// How long a shard waits for an input partition that has nothing buffered but may have a
+    /// backlog before it processes its other inputs without it (the event-time merge, README
+    /// "Time"). 0 = never wait (the merge then only orders what is already buffered).
+    #[serde(default = "default_max_input_wait")]
+    pub max_input_wait_ms: u64,
+    /// Delivered, unprocessed messages a shard buffers per input partition for the merge; past
+    /// it the partition is paused until its queue is half empty. 0 = no merge: messages are
+    /// processed in the order they are delivered.
+    #[serde(default = "default_merge_buffer")]
+    pub merge_buffer_messages: usize,
 }
 
 impl Default for Pipeline {
@@ -181,6 +191,8 @@ impl Default for Pipeline {
             funnel_interval_ms: default_funnel_interval(),
             idle_advance_ms: default_idle_advance(),
             shutdown_timeout_ms: default_shutdown_timeout(),
+            max_input_wait_ms: default_max_input_wait(),
+            merge_buffer_messages: default_merge_buffer(),
         }
     }
 }
@@ -271,6 +283,12 @@ fn default_idle_advance() -> u64 {
     60_000
 }
 fn default_shutdown_timeout() -> u64 {
+    20_000
+}
+fn default_max_input_wait() -> u64 {
+    1_000
+}
+fn default_merge_buffer() -> usize {
     20_000
 }
 fn default_state_dir() -> PathBuf {
@@ -416,6 +434,20 @@ impl Settings {
         }
         if p.shutdown_timeout_ms < 1_000 {
             return Err(invalid("pipeline.shutdown_timeout_ms", "is under a second", "use e.g. 20000"));
+        }
+        if p.max_input_wait_ms > 600_000 {
+            return Err(invalid(
+                "pipeline.max_input_wait_ms",
+                "is over 10 minutes",
+                "use 0 (never wait) to 600000; 1000 covers a fetch round trip",
+            ));
+        }
+        if p.merge_buffer_messages > 10_000_000 {
+            return Err(invalid(
+                "pipeline.merge_buffer_messages",
+                "is over 10000000",
+                "use 0 (no merge) to 10000000; each buffered message holds a copy of its payload",
+            ));
         }
         if !(1..=100).contains(&self.checkpoint.keep) {
             return Err(invalid(

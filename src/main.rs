@@ -30,8 +30,11 @@ enum Command {
         /// Journey definition (TOML).
         #[arg(long, default_value = "deploy/journeys/b2b.toml")]
         journey: PathBuf,
-        /// Events, one JSON object per line; `-` reads stdin.
-        input: PathBuf,
+        /// Events, one JSON object per line; `-` reads stdin. Several files: one per input topic,
+        /// in `kafka.input_topics` order; each shard's lines are merged from them by event time,
+        /// as the service merges a shard's input partitions.
+        #[arg(required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
         /// Advance event time to this RFC 3339 instant at the end (default: each shard to its
         /// last event).
         #[arg(long)]
@@ -64,7 +67,7 @@ enum Command {
         max_depth: usize,
     },
     /// Generate realistic traffic (web and CRM, canonical and Segment) with ground truth.
-    Gen(cmd::generate::GenArgs),
+    Gen(Box<cmd::generate::GenArgs>),
     /// Run the service: consume the input topics as a consumer group, emit alerts, journey
     /// events, funnel records and dead letters, serve /metrics.
     Run {
@@ -123,11 +126,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rss_before = resident_bytes();
             let stdout = io::stdout().lock();
             let stderr = io::stderr().lock();
-            let (shards, _) = if input.as_os_str() == "-" {
-                replay::run(journey, &opts, io::stdin().lock(), stdout, stderr)?
+            if input.iter().filter(|i| i.as_os_str() == "-").count() > 1 {
+                anyhow::bail!("stdin (`-`) can be only one of the input files");
+            }
+            let (shards, _) = if let [input] = input.as_slice() {
+                if input.as_os_str() == "-" {
+                    replay::run(journey, &opts, io::stdin().lock(), stdout, stderr)?
+                } else {
+                    let file = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+                    replay::run(journey, &opts, BufReader::with_capacity(1 << 20, file), stdout, stderr)?
+                }
             } else {
-                let file = File::open(&input).with_context(|| format!("cannot open {}", input.display()))?;
-                replay::run(journey, &opts, BufReader::with_capacity(1 << 20, file), stdout, stderr)?
+                let mut files = Vec::with_capacity(input.len());
+                for path in &input {
+                    let reader: Box<dyn io::Read> = if path.as_os_str() == "-" {
+                        Box::new(io::stdin().lock())
+                    } else {
+                        Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
+                    };
+                    files.push(replay::Named { name: path.display().to_string(), input: reader });
+                }
+                replay::run_merged(journey, &opts, files, stdout, stderr)?
             };
             if memory {
                 let prospects: usize = shards.iter().map(|e| e.len()).sum();
@@ -141,7 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Gen(args) => cmd::generate::run(args),
+        Command::Gen(args) => cmd::generate::run(*args),
         Command::Tail(args) => cmd::tail::run(args),
         Command::InspectSnapshot(args) => {
             if cmd::inspect::run(args)? {

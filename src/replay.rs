@@ -3,13 +3,21 @@
 //! With `partitions > 1` it shards like the service: each event goes to the engine of
 //! [`kafka_partition`] of its prospect id, the partition a Kafka producer keyed by prospect puts
 //! it in, so the same file gives the state the service's shards would hold.
+//!
+//! With several files, one per input topic, [`run_merged`] merges each shard's lines from the
+//! files by event time with the service's rule ([`crate::pipeline::merge`]).
 
-use std::io::{self, BufRead, Write};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt::Display;
+use std::io::{self, BufRead, Read, Write};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::codec::{self, Limits};
 use crate::core::ids::kafka_partition;
-use crate::core::{Census, Engine, Journey, Output, RejectReason, Stats, Ts};
+use crate::core::{Census, Engine, Event, Journey, Output, RejectReason, Stats, Ts};
+use crate::pipeline::merge::{self, Decision, Input};
 
 /// Most shards `--partitions` accepts (each is an engine; Kafka topics rarely have more).
 pub const MAX_PARTITIONS: u32 = 10_000;
@@ -144,6 +152,138 @@ pub fn run(
     Ok((shards, totals))
 }
 
+/// One input file of [`run_merged`]: a name for messages, and its lines.
+pub struct Named<R> {
+    pub name: String,
+    pub input: R,
+}
+
+/// A decoded line waiting in its shard's queue for its file.
+struct Queued<'a> {
+    ev: Event<'a>,
+    line: u64,
+    file: usize,
+}
+
+/// [`run`] over several files, one per input topic in `kafka.input_topics` order (e.g. web, then
+/// CRM): each shard's lines are merged from the files by event time exactly as the service
+/// merges a shard's input partitions ([`merge::decide`]; the files are complete, so a file with
+/// nothing left for a shard is caught up and nothing is waited for). Outputs come in one global
+/// order that is, per shard, the merge order: repeatedly the shard whose next line has the
+/// smallest event time (ties: the lower shard) applies it; then the final time advance shard by
+/// shard. Rejected lines go to `err` first, file by file (`line N of NAME: ...`). The files are
+/// read into memory.
+pub fn run_merged<R: Read>(
+    journey: Arc<Journey>,
+    opts: &Options,
+    inputs: Vec<Named<R>>,
+    mut out: impl Write,
+    mut err: impl Write,
+) -> io::Result<(Vec<Engine>, Totals)> {
+    let partitions = opts.partitions.max(1) as usize;
+    let mut data = Vec::with_capacity(inputs.len());
+    for mut f in inputs {
+        let mut bytes = Vec::new();
+        f.input.read_to_end(&mut bytes)?;
+        data.push((f.name, bytes));
+    }
+    let mut totals = Totals::default();
+    // queues[shard][file]
+    let mut queues: Vec<Vec<VecDeque<Queued<'_>>>> =
+        (0..partitions).map(|_| (0..data.len()).map(|_| VecDeque::new()).collect()).collect();
+    for (file, (name, bytes)) in data.iter().enumerate() {
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            let line_no = i as u64 + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            totals.lines += 1;
+            for (item, result) in codec::decode_each(line, &journey, &opts.limits) {
+                match result {
+                    Ok(ev) => {
+                        let p = if partitions == 1 {
+                            0
+                        } else {
+                            kafka_partition(ev.prospect.as_bytes(), partitions as u32)
+                        };
+                        queues[p as usize][file].push_back(Queued { ev, line: line_no, file });
+                    }
+                    Err(e) => {
+                        totals.reject(e.reason());
+                        totals.rejected_by_decoder += 1;
+                        let at = At { line: line_no, item };
+                        writeln!(err, "{at} of {name}: {}: {e}", e.reason().as_str())?;
+                    }
+                }
+            }
+        }
+    }
+    let mut shards: Vec<Engine> = (0..partitions).map(|_| Engine::new(Arc::clone(&journey))).collect();
+    let (mut outputs, mut buf) = (Vec::with_capacity(16), Vec::with_capacity(4096));
+    // Nothing is ever behind, so the merge never looks at the clock; it still takes one.
+    let now = Instant::now();
+    // Each shard's next pick, smallest event time first, ties to the lower shard.
+    let mut next: BinaryHeap<Reverse<(Ts, usize)>> =
+        (0..partitions).filter_map(|p| pick(&queues[p], now).map(|(_, ts)| Reverse((ts, p)))).collect();
+    let mut last = Loc { line: 0, name: "" };
+    while let Some(Reverse((_, p))) = next.pop() {
+        let Some((file, _)) = pick(&queues[p], now) else { continue };
+        let Some(q) = queues[p][file].pop_front() else { continue };
+        shards[p].apply(&q.ev, &mut outputs);
+        last = Loc { line: q.line, name: &data[q.file].0 };
+        flush(&shards[p], &mut outputs, &mut buf, &mut totals, &last, opts.summary_only, &mut out, &mut err)?;
+        if let Some((_, ts)) = pick(&queues[p], now) {
+            next.push(Reverse((ts, p)));
+        }
+    }
+    for engine in &mut shards {
+        let end = match opts.end {
+            End::LastEvent => Some(engine.max_event_time()),
+            End::Until(t) => Some(t),
+            End::Stay => None,
+        };
+        if let Some(t) = end {
+            engine.advance_to(t, &mut outputs);
+        }
+        flush(engine, &mut outputs, &mut buf, &mut totals, &last, opts.summary_only, &mut out, &mut err)?;
+    }
+    write_summary(&journey, &shards, &totals, &mut buf)?;
+    if opts.digest {
+        write_digests(&shards, &mut buf);
+    }
+    out.write_all(&buf)?;
+    out.flush()?;
+    Ok((shards, totals))
+}
+
+/// Where a line came from, for messages: `N of NAME`.
+struct Loc<'a> {
+    line: u64,
+    name: &'a str,
+}
+
+impl Display for Loc<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {} of {}", self.line, self.name)
+    }
+}
+
+/// Which file's head a shard processes next, and its event time: the service's merge rule with
+/// every file complete (an empty queue is caught up, so it never waits).
+fn pick(files: &[VecDeque<Queued<'_>>], now: Instant) -> Option<(usize, Ts)> {
+    let heads: Vec<Input> = files
+        .iter()
+        .map(|q| q.front().map_or(Input::CaughtUp, |h| Input::Head { ts: Some(h.ev.ts), seq: h.line }))
+        .collect();
+    match merge::decide(&heads, None, now, Duration::ZERO) {
+        Decision::Take { input, .. } | Decision::TakeAfterTimeout { input, .. } => {
+            files[input].front().map(|h| (input, h.ev.ts))
+        }
+        Decision::Wait | Decision::Idle => None,
+    }
+}
+
 /// One `funnel_summary` over all shards: stats, census and funnel counters summed, the latest
 /// shard watermark. With one shard, exactly that engine's figures, except that `stats.rejected`
 /// also counts the events the decoder refused, and `stats.rejected_by_reason` splits it.
@@ -248,7 +388,7 @@ fn flush(
     outputs: &mut Vec<Output>,
     buf: &mut Vec<u8>,
     totals: &mut Totals,
-    at: At,
+    at: impl Display,
     summary_only: bool,
     out: &mut impl Write,
     err: &mut impl Write,

@@ -487,3 +487,156 @@ fn no_advance_leaves_a_quote_whose_silence_window_is_still_open_alone() {
     let both = replay(&["--no-advance", "--until", "2026-03-12T00:00:00Z", file]);
     assert_eq!(both.status.code(), Some(2), "--no-advance and --until conflict");
 }
+
+// ---- several input files: the event-time merge -----------------------------------------------
+
+fn canonical(id: &str, prospect: &str, source: &str, kind: &str, ts: &str) -> String {
+    serde_json::json!({"event_id": id, "prospect_id": prospect, "source": source, "type": kind, "ts": ts}).to_string()
+}
+
+/// A CRM topic's weeks of history and the website's, as two files, and the same events in one
+/// file read one topic after the other (web first) and in one file sorted by event time:
+/// usr_m1 gets a quote and asks about it 20 minutes later, usr_m2's quote is never answered,
+/// both browse the website two weeks later.
+fn backfill(name: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let crm = [
+        canonical("q1", "usr_m1", "crm", "quote_sent", "2026-03-03T10:00:00Z"),
+        canonical("c1", "usr_m1", "crm", "quote_clarification_requested", "2026-03-03T10:20:00Z"),
+        canonical("q2", "usr_m2", "crm", "quote_sent", "2026-03-04T09:00:00Z"),
+    ];
+    let web: Vec<String> = (0..4)
+        .flat_map(|d| {
+            let ts = format!("2026-03-{:02}T08:00:00Z", 18 + d);
+            [
+                canonical(&format!("w1-{d}"), "usr_m1", "web", "page_viewed", &ts),
+                canonical(&format!("w2-{d}"), "usr_m2", "web", "page_viewed", &ts),
+            ]
+        })
+        .collect();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let write = |suffix: &str, lines: &[&String]| {
+        let path = dir.join(format!("replay_cli-{name}-{suffix}.jsonl"));
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let sorted: Vec<&String> = crm.iter().chain(&web).collect();
+    let concatenated: Vec<&String> = web.iter().chain(&crm).collect();
+    (
+        write("web", &web.iter().collect::<Vec<_>>()),
+        write("crm", &crm.iter().collect::<Vec<_>>()),
+        write("concatenated", &concatenated),
+        write("sorted", &sorted),
+    )
+}
+
+#[test]
+fn two_input_files_are_merged_by_event_time_not_read_one_after_the_other() {
+    let (web, crm, concatenated, sorted) = backfill("merge");
+    let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let args = ["--partitions", "3", "--no-advance", "--digest"];
+    let run = |files: &[&PathBuf]| {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend(files.iter().map(|f| path(f)));
+        let out = replay(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+
+    // Read one topic after the other, the website's weeks move the watermark on and every CRM
+    // event is late: no hot lead, no ghosting.
+    let read_ahead = stdout_json(&run(&[&concatenated]));
+    assert!(of_kind(&read_ahead, "hot_lead").is_empty());
+    assert!(of_kind(&read_ahead, "ghosted").is_empty());
+    assert_eq!(of_kind(&read_ahead, "funnel_summary")[0]["stats"]["late"], 3);
+
+    let merged = run(&[&web, &crm]);
+    let lines = stdout_json(&merged);
+    let leads = of_kind(&lines, "hot_lead");
+    assert_eq!(leads.len(), 1, "{leads:?}");
+    assert_eq!(leads[0]["prospect"], "usr_m1");
+    assert_eq!(leads[0]["rules"], serde_json::json!(["clarification_after_quote"]));
+    let ghosted = of_kind(&lines, "ghosted");
+    assert_eq!(ghosted.len(), 1, "{ghosted:?}");
+    assert_eq!(ghosted[0]["prospect"], "usr_m2");
+    assert_eq!(of_kind(&lines, "funnel_summary")[0]["stats"]["late"], 0);
+
+    // The same events in one file in event-time order give the same bytes (no two share a time,
+    // so the global order is the file's), and the file order does not matter beyond the topic
+    // order: the merge only looks at event times.
+    assert_eq!(merged.stdout, run(&[&sorted]).stdout);
+    assert_eq!(digests(&lines).1, digests(&stdout_json(&run(&[&crm, &web]))).1);
+}
+
+#[test]
+fn merged_outputs_follow_each_shards_event_time_and_rejected_lines_name_their_file() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (a, b) = (dir.join("replay_cli-order-a.jsonl"), dir.join("replay_cli-order-b.jsonl"));
+    // usr_o1 and usr_o2: each a demo request (stage change) per file, times interleaved.
+    let line = |id: &str, p: &str, src: &str, kind: &str, ts: &str| format!("{}\n", canonical(id, p, src, kind, ts));
+    std::fs::write(
+        &a,
+        [
+            line("a1", "usr_o1", "web", "page_viewed", "2026-03-02T09:00:00Z"),
+            "{not json\n".to_string(),
+            line("a2", "usr_o1", "web", "demo_requested", "2026-03-02T11:00:00Z"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    std::fs::write(&b, line("b1", "usr_o1", "crm", "meeting_booked", "2026-03-02T10:00:00Z")).unwrap();
+    let out = replay(&["--no-advance", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with(&format!("line 2 of {}: invalid_json: ", a.display())), "{}", stderr(&out));
+    let lines = stdout_json(&out);
+    let changes: Vec<(String, String)> = of_kind(&lines, "stage_changed")
+        .iter()
+        .map(|l| (l["signal"].as_str().unwrap().to_string(), l["at"].as_str().unwrap().to_string()))
+        .collect();
+    // Applied in event-time order across the files: the meeting (file 2, 10:00) between the page
+    // view (09:00) and the demo request (11:00) of file 1.
+    let signals: Vec<&str> = changes.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(signals, ["page_viewed", "meeting_booked"], "{changes:?}");
+    let summary = &of_kind(&lines, "funnel_summary")[0];
+    assert_eq!(summary["stats"]["events"], 3);
+    assert_eq!(summary["stats"]["late"], 0);
+}
+
+#[test]
+fn stdin_is_at_most_one_input_file() {
+    let out = replay(&["-", "-"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("only one"), "{}", stderr(&out));
+}
+
+#[test]
+fn gen_writes_per_topic_files_holding_exactly_each_sources_lines_in_order() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (all, web, crm) = (
+        dir.join("replay_cli-gen-all.jsonl"),
+        dir.join("replay_cli-gen-web.jsonl"),
+        dir.join("replay_cli-gen-crm.jsonl"),
+    );
+    let common = ["gen", "--prospects", "200", "--seed", "11", "--quiet"];
+    let one = microfunnel(&[&common[..], &["--out", all.to_str().unwrap()]].concat());
+    assert!(one.status.success(), "{}", stderr(&one));
+    let two =
+        microfunnel(&[&common[..], &["--out-web", web.to_str().unwrap(), "--out-crm", crm.to_str().unwrap()]].concat());
+    assert!(two.status.success(), "{}", stderr(&two));
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap();
+    let (all, web, crm) = (read(&all), read(&web), read(&crm));
+    assert!(!web.is_empty() && !crm.is_empty());
+    // Every line is in exactly one of the two files, each in the single file's order.
+    let journey = b2b_journey();
+    let (mut w, mut c) = (web.lines().peekable(), crm.lines().peekable());
+    for l in all.lines() {
+        let source = decode(l.as_bytes(), &journey, &Limits::default()).ok().map(|e| e.source.as_str());
+        if w.peek() == Some(&l) && (source != Some("crm") || c.peek() != Some(&l)) {
+            w.next();
+        } else {
+            assert_eq!(c.next(), Some(l), "line in neither file at its place");
+        }
+    }
+    assert_eq!((w.next(), c.next()), (None, None));
+    assert!(crm.lines().all(|l| !l.contains("\"source\":\"web\"")));
+}

@@ -37,6 +37,13 @@ pub struct GenArgs {
     /// Output file; `-` is stdout.
     #[arg(long, short, default_value = "-")]
     out: PathBuf,
+    /// Write web events to this file and CRM events to `--out-crm` instead of `--out`: what
+    /// `--brokers` produces to each topic, in the same order (`replay` takes both files).
+    #[arg(long, requires = "out_crm", conflicts_with_all = ["brokers", "out"])]
+    out_web: Option<PathBuf>,
+    /// CRM events' file (with `--out-web`).
+    #[arg(long, requires = "out_web")]
+    out_crm: Option<PathBuf>,
     /// Write each prospect's true outcome (JSONL) here.
     #[arg(long)]
     truth: Option<PathBuf>,
@@ -75,13 +82,28 @@ pub struct GenArgs {
 /// Where generated lines go.
 enum Sink {
     Lines(Box<dyn Write>),
-    Kafka { producer: BaseProducer, web: String, crm: String, failed: u64 },
+    /// One file per source, as the topics of `Kafka`.
+    Split {
+        web: Box<dyn Write>,
+        crm: Box<dyn Write>,
+    },
+    Kafka {
+        producer: BaseProducer,
+        web: String,
+        crm: String,
+        failed: u64,
+    },
 }
 
 impl Sink {
     fn put(&mut self, line: &[u8], key: &str, source: Source) -> anyhow::Result<()> {
         match self {
             Sink::Lines(out) => {
+                out.write_all(line)?;
+                out.write_all(b"\n")?;
+            }
+            Sink::Split { web, crm } => {
+                let out = if source == Source::Web { web } else { crm };
                 out.write_all(line)?;
                 out.write_all(b"\n")?;
             }
@@ -110,6 +132,10 @@ impl Sink {
     fn finish(&mut self) -> anyhow::Result<()> {
         match self {
             Sink::Lines(out) => out.flush()?,
+            Sink::Split { web, crm } => {
+                web.flush()?;
+                crm.flush()?;
+            }
             Sink::Kafka { producer, .. } => {
                 producer.flush(Duration::from_secs(60)).context("flushing generated events to Kafka")?;
                 let undelivered = producer.in_flight_count();
@@ -160,6 +186,12 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
             .create()
             .context("creating the Kafka producer")?;
         Sink::Kafka { producer, web: args.web_topic.clone(), crm: args.crm_topic.clone(), failed: 0 }
+    } else if let (Some(web), Some(crm)) = (&args.out_web, &args.out_crm) {
+        let create = |p: &PathBuf| -> anyhow::Result<Box<dyn Write>> {
+            let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
+            Ok(Box::new(BufWriter::with_capacity(1 << 20, f)))
+        };
+        Sink::Split { web: create(web)?, crm: create(crm)? }
     } else if args.out.as_os_str() == "-" {
         Sink::Lines(Box::new(BufWriter::with_capacity(1 << 20, io::stdout().lock())))
     } else {
@@ -195,8 +227,13 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
             let due = Duration::from_secs_f64(lines as f64 / args.rate);
             let elapsed = began.elapsed();
             if due > elapsed {
-                if let Sink::Lines(out) = &mut sink {
-                    out.flush()?;
+                match &mut sink {
+                    Sink::Lines(out) => out.flush()?,
+                    Sink::Split { web, crm } => {
+                        web.flush()?;
+                        crm.flush()?;
+                    }
+                    Sink::Kafka { .. } => {}
                 }
                 std::thread::sleep(due - elapsed);
             }

@@ -1,6 +1,6 @@
 //! Outputs to topics: hot leads, journey events, dead letters with their origin, funnel records.
 
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 
 use crate::codec;
@@ -17,14 +17,9 @@ pub(super) struct Ctx<'a> {
 }
 
 /// Sends one engine output where it belongs, counting it. `source` is the input message that
-/// caused it (none for timers fired by wall-clock advancement).
-pub(super) fn output(
-    ctx: &Ctx<'_>,
-    engine: &Engine,
-    o: &Output,
-    source: Option<&BorrowedMessage<'_>>,
-    buf: &mut Vec<u8>,
-) {
+/// caused it (none for timers fired by wall-clock advancement): as delivered, or a copy held
+/// for the event-time merge.
+pub(super) fn output<M: Message>(ctx: &Ctx<'_>, engine: &Engine, o: &Output, source: Option<&M>, buf: &mut Vec<u8>) {
     let m = ctx.metrics;
     let (topic, prospect, sent) = match o {
         Output::HotLead(h) => {
@@ -68,7 +63,7 @@ pub(super) fn dead_letter(
     producer: &OutputProducer,
     metrics: &Metrics,
     topic: &str,
-    msg: &BorrowedMessage<'_>,
+    msg: &impl Message,
     reason: RejectReason,
     detail: &str,
 ) {

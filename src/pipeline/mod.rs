@@ -17,12 +17,21 @@
 //! An output the broker refused, or a snapshot that could not be written, stops the commit.
 //! Assigning a shard restores its state (snapshot, topped up from the changelog) and seeks its
 //! inputs to exactly the offsets that state covers.
+//!
+//! A shard's input partitions are merged by event time ([`merge`]): a delivered message is
+//! processed at once only while the shard has nothing buffered and its other inputs are caught
+//! up; otherwise it is copied into its partition's queue, and after every polled batch each shard
+//! takes the queue head with the smallest event time, waiting (bounded) for a partition that
+//! has nothing buffered but a possible backlog. Buffered messages are beyond the shard's
+//! positions, so a checkpoint never covers them; a revoke drops them and they are read again.
 
 mod checkpoint;
 mod emit;
+pub mod merge;
 pub mod status;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +40,7 @@ use prometheus::local::{LocalHistogram, LocalIntCounter};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
@@ -44,6 +53,7 @@ use crate::snapshot::{FileStore, Pending, SnapshotStore};
 use crate::telemetry::Metrics;
 
 use checkpoint::{Job, RestoreEnv, Writer};
+use merge::{Decision, Input};
 use status::{CheckpointStatus, ShardStatus, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +121,8 @@ struct Shard {
     seq: u64,
     /// Changelog ids to delete (written by a checkpoint that did not finish).
     tombstones: Vec<String>,
+    /// Delivered messages not yet processed, for the event-time merge.
+    inputs: Inputs,
 }
 
 impl Shard {
@@ -122,6 +134,17 @@ impl Shard {
             checkpointed: vec![-1; topics],
             seq: 0,
             tombstones: Vec::new(),
+            inputs: Inputs::new(topics),
+        }
+    }
+
+    /// What the merge knows of input `t`.
+    fn input(&self, t: usize) -> Input {
+        let i = &self.inputs;
+        match i.queues[t].front() {
+            Some(b) => Input::Head { ts: b.ts, seq: b.seq },
+            None if i.caught_up(t, self.positions[t]) => Input::CaughtUp,
+            None => Input::Behind,
         }
     }
 
@@ -132,6 +155,91 @@ impl Shard {
     fn due(&self) -> bool {
         self.positions != self.checkpointed || self.engine.has_changes() || !self.tombstones.is_empty()
     }
+}
+
+/// A delivered message held for the event-time merge, with its merge key.
+struct Buffered {
+    msg: OwnedMessage,
+    /// Event time of the decoded payload; `None` if it does not decode.
+    ts: Option<Ts>,
+    /// Arrival order within the shard.
+    seq: u64,
+}
+
+/// One shard's input partitions as the merge sees them, by input topic index.
+struct Inputs {
+    queues: Vec<VecDeque<Buffered>>,
+    /// Next offset after the last delivered message, -1 = none delivered since the assignment.
+    delivered: Vec<i64>,
+    /// Low and high watermarks librdkafka cached from its last fetch (refreshed once per polled
+    /// batch, no network); -1 = unknown.
+    low: Vec<i64>,
+    high: Vec<i64>,
+    paused: Vec<bool>,
+    /// Since when the shard waits for a partition with a possible backlog.
+    waiting_since: Option<Instant>,
+    /// Wait time counted in the metric up to here (`None` once the wait timed out).
+    wait_counted: Option<Instant>,
+    seq: u64,
+}
+
+impl Inputs {
+    fn new(topics: usize) -> Inputs {
+        Inputs {
+            queues: (0..topics).map(|_| VecDeque::new()).collect(),
+            delivered: vec![-1; topics],
+            low: vec![-1; topics],
+            high: vec![-1; topics],
+            paused: vec![false; topics],
+            waiting_since: None,
+            wait_counted: None,
+            seq: 0,
+        }
+    }
+
+    /// Whether input `t`'s next message (after what was delivered, or the shard's position) is
+    /// at its high watermark: nothing more to read for now.
+    fn caught_up(&self, t: usize, position: i64) -> bool {
+        let high = self.high[t];
+        high >= 0 && self.delivered[t].max(position).max(self.low[t]) >= high
+    }
+
+    fn buffered(&self) -> usize {
+        self.queues.iter().map(VecDeque::len).sum()
+    }
+
+    /// Adds the wait since the last count to the metric.
+    fn count_wait(&mut self, now: Instant, metrics: &Metrics) {
+        if let Some(from) = self.wait_counted.replace(now) {
+            metrics.input_wait_seconds.inc_by(now.saturating_duration_since(from).as_secs_f64());
+        }
+    }
+}
+
+/// The low and high watermarks librdkafka cached for a partition from its last fetch response
+/// (no network round trip; rust-rdkafka does not wrap this call). -1 when unknown.
+fn cached_watermarks(consumer: &PipelineConsumer, topic: &CStr, partition: i32) -> (i64, i64) {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client handle is valid while `consumer` lives, `topic` is NUL-terminated and
+    // outlives the call, and librdkafka only writes the two out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return (-1, -1);
+    }
+    (low.max(-1), high.max(-1))
+}
+
+/// The merge key of a payload: its event time, `None` if it does not decode.
+fn merge_key(payload: &[u8], journey: &Journey, limits: &Limits) -> Option<Ts> {
+    codec::decode(payload, journey, limits).ok().map(|ev| ev.ts)
 }
 
 /// A checkpoint whose snapshots are being written; its offsets are committed when all are done.
@@ -173,6 +281,10 @@ struct State {
     last_barrier: Instant,
     outputs: Vec<Output>,
     buf: Vec<u8>,
+    /// The input topics as C strings, for [`cached_watermarks`].
+    topic_names: Vec<CString>,
+    /// Messages buffered for the merge, over all shards.
+    buffered: usize,
 }
 
 pub struct PipelineContext {
@@ -232,7 +344,7 @@ fn wall_now() -> Ts {
 
 impl State {
     /// Applies one message. `batch` and `wall` are read once per polled batch, not per message.
-    fn handle(&mut self, msg: &BorrowedMessage<'_>, batch: Instant, wall: Ts) {
+    fn handle(&mut self, msg: &impl Message, batch: Instant, wall: Ts) {
         let p = msg.partition();
         let topic = self.settings.kafka.input_topics.iter().position(|t| t == msg.topic()).unwrap_or(0);
         let State { shards, journey, limits, metrics, outputs, producer, settings, buf, .. } = self;
@@ -290,6 +402,135 @@ impl State {
             }
         }
         self.since_barrier += 1;
+    }
+
+    /// A message as librdkafka delivered it: processed at once when its shard has nothing
+    /// buffered and every other input of the shard is caught up (live traffic), else copied into
+    /// its partition's queue for [`State::merge`]. With `pipeline.merge_buffer_messages = 0`,
+    /// always processed at once (delivery order).
+    fn arrive(&mut self, consumer: &PipelineConsumer, msg: &BorrowedMessage<'_>, batch: Instant, wall: Ts) {
+        let limit = self.settings.pipeline.merge_buffer_messages;
+        if limit == 0 {
+            return self.handle(msg, batch, wall);
+        }
+        let p = msg.partition();
+        let topics = &self.settings.kafka.input_topics;
+        let t = topics.iter().position(|x| x == msg.topic()).unwrap_or(0);
+        let journey = &self.journey;
+        let shard = self.shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics.len()));
+        shard.last_input = batch;
+        let inputs = &mut shard.inputs;
+        // Covered by the state already (kafka.resume_rewind, a re-delivered batch), or queued.
+        if msg.offset() < shard.positions[t].max(inputs.delivered[t]) {
+            return;
+        }
+        inputs.delivered[t] = msg.offset() + 1;
+        let fast = inputs.queues.iter().all(VecDeque::is_empty)
+            && (0..topics.len()).all(|i| i == t || inputs.caught_up(i, shard.positions[i]));
+        if fast {
+            return self.handle(msg, batch, wall);
+        }
+        let ts = merge_key(msg.payload().unwrap_or_default(), &self.journey, &self.limits);
+        let seq = inputs.seq;
+        inputs.seq += 1;
+        inputs.queues[t].push_back(Buffered { msg: msg.detach(), ts, seq });
+        self.buffered += 1;
+        if inputs.queues[t].len() > limit && !inputs.paused[t] {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(msg.topic(), p);
+            match consumer.pause(&tpl) {
+                Ok(()) => inputs.paused[t] = true,
+                Err(e) => tracing::warn!(error = %e, topic = msg.topic(), partition = p, "cannot pause a partition"),
+            }
+        }
+    }
+
+    /// Reads the watermarks librdkafka cached for every assigned input partition (once per
+    /// polled batch).
+    fn refresh_watermarks(&mut self, consumer: &PipelineConsumer) {
+        let State { shards, topic_names, .. } = self;
+        for (p, shard) in shards.iter_mut() {
+            for (t, name) in topic_names.iter().enumerate() {
+                let (low, high) = cached_watermarks(consumer, name, *p);
+                shard.inputs.low[t] = low;
+                shard.inputs.high[t] = high;
+            }
+        }
+    }
+
+    /// Processes buffered messages of every shard in event-time order (see [`merge::decide`])
+    /// until each shard is empty or waits for a lagging partition.
+    fn merge(&mut self, consumer: &PipelineConsumer, batch: Instant, wall: Ts) {
+        if self.buffered == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let max_wait = Duration::from_millis(self.settings.pipeline.max_input_wait_ms);
+        let limit = self.settings.pipeline.merge_buffer_messages;
+        let busy: Vec<i32> = self.shards.iter().filter(|(_, s)| s.inputs.buffered() > 0).map(|(p, _)| *p).collect();
+        for p in busy {
+            while let Some(shard) = self.shards.get_mut(&p) {
+                let heads: Vec<Input> = (0..shard.inputs.queues.len()).map(|t| shard.input(t)).collect();
+                let inputs = &mut shard.inputs;
+                if !heads.contains(&Input::Behind) {
+                    inputs.count_wait(now, &self.metrics);
+                    (inputs.waiting_since, inputs.wait_counted) = (None, None);
+                }
+                let (t, reordered) = match merge::decide(&heads, inputs.waiting_since, now, max_wait) {
+                    Decision::Idle => break,
+                    Decision::Wait => {
+                        if inputs.waiting_since.is_none() {
+                            (inputs.waiting_since, inputs.wait_counted) = (Some(now), Some(now));
+                        }
+                        inputs.count_wait(now, &self.metrics);
+                        break;
+                    }
+                    Decision::Take { input, reordered } => (input, reordered),
+                    Decision::TakeAfterTimeout { input, reordered } => {
+                        if inputs.wait_counted.is_some() {
+                            inputs.count_wait(now, &self.metrics);
+                            inputs.wait_counted = None;
+                            self.metrics.input_wait_timeouts.inc();
+                        }
+                        (input, reordered)
+                    }
+                };
+                let Some(b) = inputs.queues[t].pop_front() else { break };
+                self.buffered -= 1;
+                if inputs.paused[t] && inputs.queues[t].len() < limit / 2 {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&self.settings.kafka.input_topics[t], p);
+                    match consumer.resume(&tpl) {
+                        Ok(()) => inputs.paused[t] = false,
+                        Err(e) => tracing::warn!(error = %e, partition = p, "cannot resume a partition"),
+                    }
+                }
+                if reordered {
+                    self.metrics.input_reordered.inc();
+                }
+                self.handle(&b.msg, batch, wall);
+            }
+        }
+        self.metrics.input_buffered.set(self.buffered as i64);
+    }
+
+    /// Drops a shard's buffered messages (they are beyond its positions and are read again) and
+    /// resumes its paused partitions.
+    fn drop_inputs(&mut self, consumer: &PipelineConsumer, p: i32) {
+        let topics = self.settings.kafka.input_topics.len();
+        let Some(shard) = self.shards.get_mut(&p) else { return };
+        let inputs = std::mem::replace(&mut shard.inputs, Inputs::new(topics));
+        self.buffered -= inputs.buffered();
+        for (t, paused) in inputs.paused.iter().enumerate() {
+            if *paused {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&self.settings.kafka.input_topics[t], p);
+                if let Err(e) = consumer.resume(&tpl) {
+                    tracing::warn!(error = %e, partition = p, "cannot resume a revoked partition");
+                }
+            }
+        }
+        self.metrics.input_buffered.set(self.buffered as i64);
     }
 
     /// Flushes the producer until everything sent is acknowledged; fails on any refusal.
@@ -599,6 +840,7 @@ impl State {
         };
         let revoked: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         for p in &revoked {
+            self.drop_inputs(consumer, *p);
             let status = self.status.remove(*p);
             if let Some(shard) = self.shards.remove(p)
                 && checkpointed
@@ -618,14 +860,18 @@ impl State {
         let now = wall_now().minus(self.journey.allowed_lateness);
         let State { shards, journey, metrics, outputs, producer, settings, buf, .. } = self;
         for shard in shards.values_mut() {
-            if shard.last_input.elapsed() < idle || shard.engine.watermark() >= now {
+            // A shard with buffered input is not idle: it waits for a lagging partition.
+            if shard.last_input.elapsed() < idle
+                || shard.engine.watermark() >= now
+                || shard.inputs.queues.iter().any(|q| !q.is_empty())
+            {
                 continue;
             }
             shard.engine.advance_to(now, outputs);
             if !outputs.is_empty() {
                 let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
                 for o in outputs.drain(..) {
-                    emit::output(&ctx, &shard.engine, &o, None, buf);
+                    emit::output(&ctx, &shard.engine, &o, None::<&OwnedMessage>, buf);
                 }
                 self.unflushed = true;
             }
@@ -724,6 +970,9 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         last_barrier: Instant::now(),
         outputs: Vec::with_capacity(64),
         buf: Vec::with_capacity(4096),
+        // A name with a NUL byte cannot be subscribed to anyway; its watermarks stay unknown.
+        topic_names: k.input_topics.iter().map(|t| CString::new(t.as_str()).unwrap_or_default()).collect(),
+        buffered: 0,
         settings: settings.clone(),
     };
     let consumer: PipelineConsumer =
@@ -755,7 +1004,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
             let timeout = if n == 0 { Duration::from_millis(100) } else { Duration::ZERO };
             match consumer.poll(timeout) {
                 Some(Ok(msg)) => {
-                    consumer.context().lock().handle(&msg, batch, wall);
+                    consumer.context().lock().arrive(&consumer, &msg, batch, wall);
                     n += 1;
                 }
                 Some(Err(e)) => {
@@ -765,8 +1014,10 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
                 None => break,
             }
         }
-        let now = Instant::now();
         let mut st = consumer.context().lock();
+        st.refresh_watermarks(&consumer);
+        st.merge(&consumer, batch, wall);
+        let now = Instant::now();
         let took = now.duration_since(batch).as_secs_f64();
         for _ in 0..n {
             st.hot.consume.observe(took);

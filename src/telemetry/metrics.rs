@@ -3,8 +3,8 @@
 //! prospects, emails or URLs.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::core::{Journey, RejectReason};
@@ -38,6 +38,11 @@ pub struct Metrics {
     pub restore_bytes: IntCounterVec,
     pub restore_seconds: Histogram,
     pub restoring: IntGauge,
+    /// The event-time merge of a shard's input partitions (README "Time").
+    pub input_wait_seconds: Counter,
+    pub input_reordered: IntCounter,
+    pub input_wait_timeouts: IntCounter,
+    pub input_buffered: IntGauge,
 }
 
 /// Records handed to the producer, by output (`microfunnel_records_sent_total{output}`).
@@ -168,7 +173,29 @@ impl Metrics {
         r.register(Box::new(snapshot_bytes.clone()))?;
         let restoring = IntGauge::new("microfunnel_shards_restoring", "Assigned shards still restoring their state.")?;
         r.register(Box::new(restoring.clone()))?;
+        let input_wait_seconds = Counter::new(
+            "microfunnel_input_wait_seconds_total",
+            "Seconds shards spent waiting for an input partition that had nothing buffered but a possible backlog, before processing their other inputs (summed over shards).",
+        )?;
+        r.register(Box::new(input_wait_seconds.clone()))?;
+        let input_buffered = IntGauge::new(
+            "microfunnel_input_buffered_messages",
+            "Messages delivered by the consumer and buffered for the event-time merge, not yet processed (all shards of this instance).",
+        )?;
+        r.register(Box::new(input_buffered.clone()))?;
         let m = Metrics {
+            input_wait_seconds,
+            input_reordered: counter(
+                &r,
+                "microfunnel_input_reordered_total",
+                "Records processed before a record of another input partition of the same shard that was delivered earlier (taken out of delivery order by event time).",
+            )?,
+            input_wait_timeouts: counter(
+                &r,
+                "microfunnel_input_wait_timeouts_total",
+                "Waits for a lagging input partition that ran out (pipeline.max_input_wait_ms): the shard went on without it.",
+            )?,
+            input_buffered,
             checkpoints: counter_vec(
                 &r,
                 "microfunnel_checkpoints_total",

@@ -1,0 +1,196 @@
+//! The event-time merge of a shard's input partitions, against a real Kafka-API broker (Tansu, see
+//! `support`): the web topic's weeks of history are produced entirely before the CRM topic's (a
+//! backfill, a connector that starts late), then the service starts with both topics full. Its
+//! outputs and per-shard state must equal `replay` of the same two per-topic files, which merges
+//! each shard's lines by event time.
+//!
+//! `MICROFUNNEL_TEST_MERGE_OFF=1` runs the same test with the merge off
+//! (`pipeline.merge_buffer_messages = 0`, `pipeline.max_input_wait_ms = 0`): it then fails, as
+//! the service did before the merge (the CRM events arrive behind the website's watermark).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use microfunnel::codec::{Limits, decode};
+use serde_json::{Value, json};
+use support::*;
+
+const PARTITIONS: usize = 3;
+/// Joining the group (up to half the session timeout on Tansu) and reading everything.
+const FINISH: Duration = Duration::from_secs(120);
+
+fn canonical(id: &str, prospect: &str, source: &str, kind: &str, ts: &str) -> String {
+    json!({"event_id": id, "prospect_id": prospect, "source": source, "type": kind, "ts": ts}).to_string()
+}
+
+/// `gen`'s traffic as the two topics would receive it, plus a scenario where the order matters:
+/// usr_m1 gets a quote and asks about it 20 minutes later, usr_m2's quote is never answered,
+/// and both browse the website three weeks later.
+fn per_topic_files(name: &str) -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (web, crm) = (dir.join(format!("{name}-web.jsonl")), dir.join(format!("{name}-crm.jsonl")));
+    let out = bin()
+        .args(["gen", "--prospects", "300", "--days", "28", "--seed", "5", "--quiet", "--out-web"])
+        .arg(&web)
+        .arg("--out-crm")
+        .arg(&crm)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let append = |path: &Path, lines: Vec<String>| {
+        let mut text = std::fs::read_to_string(path).unwrap();
+        lines.iter().for_each(|l| text.push_str(&format!("{l}\n")));
+        std::fs::write(path, text).unwrap();
+    };
+    append(
+        &crm,
+        vec![
+            canonical("m-q1", "usr_m1", "crm", "quote_sent", "2026-01-06T10:00:00Z"),
+            canonical("m-c1", "usr_m1", "crm", "quote_clarification_requested", "2026-01-06T10:20:00Z"),
+            canonical("m-q2", "usr_m2", "crm", "quote_sent", "2026-01-07T09:00:00Z"),
+        ],
+    );
+    append(
+        &web,
+        (0..3)
+            .flat_map(|d| {
+                let ts = format!("2026-01-{:02}T08:00:00Z", 27 + d);
+                [
+                    canonical(&format!("m-w1-{d}"), "usr_m1", "web", "page_viewed", &ts),
+                    canonical(&format!("m-w2-{d}"), "usr_m2", "web", "page_viewed", &ts),
+                ]
+            })
+            .collect(),
+    );
+    (web, crm)
+}
+
+/// A file's lines as records keyed by prospect id (what `gen --brokers` does); a line that does
+/// not decode goes unkeyed.
+fn records(path: &Path) -> Vec<In> {
+    let journey = journey();
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| match decode(l.as_bytes(), &journey, &Limits::default()) {
+            Ok(ev) => keyed(&ev.prospect, l.as_bytes().to_vec()),
+            Err(_) => unkeyed(l.as_bytes().to_vec()),
+        })
+        .collect()
+}
+
+struct Oracle {
+    shards: BTreeMap<i64, String>,
+    alerts: BTreeSet<String>,
+    journey_events: Vec<String>,
+    lines: Vec<Value>,
+}
+
+fn oracle(web: &Path, crm: &Path) -> Oracle {
+    let out = bin()
+        .args(["replay", "--partitions", &PARTITIONS.to_string(), "--no-advance", "--digest"])
+        .arg(web)
+        .arg(crm)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut o =
+        Oracle { shards: BTreeMap::new(), alerts: BTreeSet::new(), journey_events: Vec::new(), lines: Vec::new() };
+    for v in &lines {
+        match v["kind"].as_str().unwrap() {
+            "hot_lead" => {
+                o.alerts.insert(v["alert_id"].as_str().unwrap().to_string());
+            }
+            "stage_changed" | "ghosted" | "stalled" => o.journey_events.push(v.to_string()),
+            "digest" => {
+                if let Some(p) = v["partition"].as_i64() {
+                    o.shards.insert(p, v["digest"].as_str().unwrap().to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    o.journey_events.sort();
+    o.lines = lines;
+    o
+}
+
+/// Each shard's checkpoint digest once the checkpoints cover `total` input messages.
+fn checkpointed(svc: &Service, total: i64) -> BTreeMap<i64, String> {
+    let deadline = Instant::now() + FINISH;
+    loop {
+        let (_, body) = http_get(svc.addr(), "/shards");
+        let shards: Value = serde_json::from_str(&body).unwrap();
+        let shards = shards["shards"].as_array().cloned().unwrap_or_default();
+        let mut covered = 0;
+        let mut digests = BTreeMap::new();
+        for sh in &shards {
+            if let Some(c) = sh["checkpoint"].as_object() {
+                covered += c["positions"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum::<i64>();
+                if let Some(d) = c["digest"].as_str() {
+                    digests.insert(sh["partition"].as_i64().unwrap(), d.to_string());
+                }
+            }
+        }
+        if covered == total && digests.len() == PARTITIONS {
+            return digests;
+        }
+        assert!(Instant::now() < deadline, "checkpoints cover {covered} of {total} messages: {shards:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_topic_read_ahead_of_the_other_gives_the_replay_of_both_merged_by_event_time() {
+    let mut s = setup("merge-backfill");
+    if std::env::var_os("MICROFUNNEL_TEST_MERGE_OFF").is_some() {
+        s.pipeline.merge_buffer_messages = 0;
+        s.pipeline.max_input_wait_ms = 0;
+    }
+    let (web_file, crm_file) = per_topic_files(&s.kafka.group_id);
+    let oracle = oracle(&web_file, &crm_file);
+    let usr_m1_lead = oracle
+        .lines
+        .iter()
+        .find(|v| v["kind"] == "hot_lead" && v["prospect"] == "usr_m1")
+        .expect("the oracle alerts on usr_m1's clarification");
+    assert_eq!(usr_m1_lead["rules"], json!(["clarification_after_quote"]));
+    assert!(oracle.lines.iter().any(|v| v["kind"] == "ghosted" && v["prospect"] == "usr_m2"));
+
+    // The website's history first, all of it; then the CRM's, the same weeks.
+    let (web_records, crm_records) = (records(&web_file), records(&crm_file));
+    let web_at = produce(web(&s), &web_records);
+    let crm_at = produce(crm(&s), &crm_records);
+    let ends = end_offsets([(web(&s), web_at.as_slice()), (crm(&s), crm_at.as_slice())]);
+    let messages: i64 = ends.values().sum();
+
+    let svc = Service::start(&s);
+    let digests = checkpointed(&svc, messages);
+    assert_eq!(digests, oracle.shards, "every shard's state equals the merged replay's");
+
+    let alerts = read_until(&s.kafka.topics.hot_leads, "the oracle's alerts", |r| r.len() >= oracle.alerts.len());
+    let emitted: BTreeSet<String> = alerts.iter().map(|r| r.json()["alert_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(emitted, oracle.alerts);
+    let m1 = alerts.iter().map(Out::json).find(|j| j["prospect"] == "usr_m1").expect("usr_m1's hot lead");
+    assert_eq!(m1["rules"], json!(["clarification_after_quote"]));
+
+    let events = read_until(&s.kafka.topics.journey_events, "the oracle's journey events", |r| {
+        r.len() >= oracle.journey_events.len()
+    });
+    let mut got: Vec<String> = events.iter().map(|r| r.json().to_string()).collect();
+    got.sort();
+    assert_eq!(got, oracle.journey_events);
+
+    let text = svc.metrics().render();
+    assert!(total(&text, "microfunnel_input_reordered_total") > 0.0, "records were taken out of delivery order");
+    assert_eq!(total(&text, "microfunnel_input_buffered_messages"), 0.0, "nothing left buffered");
+    svc.stop().unwrap();
+}

@@ -8,16 +8,23 @@
 //! strings from the payloads). Without that, every event's id would be a cold read from a
 //! multi-gigabyte corpus, a cost the service never pays and the engine cannot change.
 //!
-//! `cargo bench --bench engine`; `MICROFUNNEL_BENCH_PROSPECTS=100000` limits the scales.
+//! `hostile_ids` applies 40,000 Segment page calls from 40,000 new anonymous ids chosen offline
+//! to share a home slot under the interner's former fixed table hash (`hash64` with a published
+//! seed), and 40,000 of the same shape at random, in the same run; it also interns both id sets
+//! with the current keyed hash and with the former fixed hash (kept here, in the bench only).
+//!
+//! `cargo bench --bench engine`; `MICROFUNNEL_BENCH_PROSPECTS=100000` limits the scales;
+//! `cargo bench --bench engine -- hostile_ids` runs only the hostile-id group.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use serde::de::IgnoredAny;
 
 use microfunnel::codec::{Limits, decode, decode_with_serde};
+use microfunnel::core::ids::{Interner, KeyedHash, TableHash, hash64};
 use microfunnel::core::{Engine, Event, Journey};
 use microfunnel::traffic::{Generator, Options};
 
@@ -192,5 +199,135 @@ fn engine(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, engine);
+/// The interner's table hash before it was keyed: `hash64` with the seed published in the
+/// source. Kept here only, to measure the attack and the cost of the keyed hash.
+#[derive(Clone, Default, PartialEq)]
+struct FixedSeed;
+
+impl TableHash for FixedSeed {
+    fn hash(&self, id: &[u8]) -> u64 {
+        hash64(0x6d69_6372_6f66_756e, id)
+    }
+}
+
+/// Ids in `hostile_ids`: what one busy partition might see from one attacker.
+const HOSTILE_IDS: usize = 40_000;
+
+/// `n` UUID v4 anonymous ids (a browser's shape) whose [`FixedSeed`] hash has its top 12 bits 0:
+/// they share slot 0 in every table of up to 4,096 slots and the first line (16 slots) of a
+/// table of 65,536 (where 40,000 ids land), so under that hash they form one probe run.
+fn crafted_ids(n: usize) -> Vec<String> {
+    let mut id = *b"6f1c2a9e-0d4b-4e7a-9c3f-000000000000";
+    let (mut ids, mut counter) = (Vec::with_capacity(n), 0u64);
+    while ids.len() < n {
+        counter += 1;
+        for (k, b) in id[24..].iter_mut().rev().enumerate() {
+            *b = b"0123456789abcdef"[(counter >> (4 * k) & 15) as usize];
+        }
+        if FixedSeed.hash(&id) >> 52 == 0 {
+            ids.push(String::from_utf8(id.to_vec()).unwrap());
+        }
+    }
+    ids
+}
+
+/// `n` random UUID v4 ids (xorshift, fixed seed).
+fn random_ids(n: usize) -> Vec<String> {
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..n)
+        .map(|_| {
+            let (a, b) = (next(), next());
+            format!(
+                "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+                a >> 32,
+                (a >> 16) & 0xffff,
+                a & 0xfff,
+                0x8000 | (b >> 48 & 0x3fff),
+                b & 0xffff_ffff_ffff
+            )
+        })
+        .collect()
+}
+
+/// One Segment page call per id, a second apart.
+fn page_calls(ids: &[String]) -> Vec<Vec<u8>> {
+    ids.iter()
+        .enumerate()
+        .map(|(n, id)| {
+            let (m, s) = (n / 60 % 60, n % 60);
+            format!(
+                r#"{{"type":"page","anonymousId":"{id}","messageId":"ajs-{n}","timestamp":"2026-03-02T{:02}:{m:02}:{s:02}.000Z","properties":{{"path":"/pricing"}}}}"#,
+                9 + n / 3600
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+fn intern_all<S: TableHash>(ids: &[String]) -> Interner<S> {
+    let mut i = Interner::<S>::default();
+    for id in ids {
+        black_box(i.intern(id).unwrap());
+    }
+    i
+}
+
+fn hostile_ids(c: &mut Criterion) {
+    let journey = journey();
+    let limits = Limits::default();
+    let sets = [("crafted", crafted_ids(HOSTILE_IDS)), ("random", random_ids(HOSTILE_IDS))];
+    for (name, ids) in &sets {
+        let keyed = intern_all::<KeyedHash>(ids);
+        let fixed = intern_all::<FixedSeed>(ids);
+        eprintln!(
+            "hostile_ids/{name}: longest probe {} slots with the keyed hash, {} with the fixed hash",
+            keyed.max_probe_len(),
+            fixed.max_probe_len()
+        );
+    }
+    let mut group = c.benchmark_group("hostile_ids");
+    group.throughput(Throughput::Elements(HOSTILE_IDS as u64));
+    group.sample_size(10);
+    // Flat: the fixed hash over crafted ids takes about a second per iteration.
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(5));
+    for (name, ids) in &sets {
+        let lines = page_calls(ids);
+        let events: Vec<Event<'_>> = lines.iter().map(|l| decode(l, &journey, &limits).unwrap()).collect();
+        let mut engine = Engine::new(Arc::clone(&journey));
+        events.iter().for_each(|ev| engine.apply(ev, &mut Vec::new()));
+        assert_eq!(engine.len(), HOSTILE_IDS, "one prospect per id");
+        group.bench_function(BenchmarkId::new("apply_only", name), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let mut engine = Engine::new(Arc::clone(&journey));
+                    let mut out = Vec::with_capacity(64);
+                    let t = Instant::now();
+                    for ev in &events {
+                        engine.apply(ev, &mut out);
+                        out.clear();
+                    }
+                    total += t.elapsed();
+                    black_box(&engine);
+                }
+                total
+            })
+        });
+    }
+    for (name, ids) in &sets {
+        group.bench_function(BenchmarkId::new("intern_keyed_hash", name), |b| b.iter(|| intern_all::<KeyedHash>(ids)));
+        group.bench_function(BenchmarkId::new("intern_fixed_hash", name), |b| b.iter(|| intern_all::<FixedSeed>(ids)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, engine, hostile_ids);
 criterion_main!(benches);

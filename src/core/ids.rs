@@ -25,8 +25,9 @@ fn fmix64(mut h: u64) -> u64 {
 
 /// A fast 64-bit hash whose output is fixed forever (it is persisted in snapshots and alert ids);
 /// not for adversarial inputs: anyone who knows `seed` can make ids collide, and a secret `seed`
-/// would not help (it only enters the first round), so hash tables of client-chosen keys use
-/// [`KeyedHash`]. `seed` separates uses (dedup fingerprints, alert ids, digests).
+/// would not make it a keyed hash (it is not designed as one: some input differences cancel
+/// whatever the seed), so hash tables of client-chosen keys use [`KeyedHash`]. `seed` separates
+/// uses (dedup fingerprints, alert ids, digests).
 pub fn hash64(seed: u64, bytes: &[u8]) -> u64 {
     let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
     let mut chunks = bytes.chunks_exact(8);

@@ -41,32 +41,39 @@ fn per_topic_files(name: &str) -> (PathBuf, PathBuf) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let append = |path: &Path, lines: Vec<String>| {
-        let mut text = std::fs::read_to_string(path).unwrap();
-        lines.iter().for_each(|l| text.push_str(&format!("{l}\n")));
-        std::fs::write(path, text).unwrap();
-    };
-    append(
+    insert_in_time_order(
         &crm,
-        vec![
+        &[
             canonical("m-q1", "usr_m1", "crm", "quote_sent", "2026-01-06T10:00:00Z"),
             canonical("m-c1", "usr_m1", "crm", "quote_clarification_requested", "2026-01-06T10:20:00Z"),
             canonical("m-q2", "usr_m2", "crm", "quote_sent", "2026-01-07T09:00:00Z"),
         ],
     );
-    append(
-        &web,
-        (0..3)
-            .flat_map(|d| {
-                let ts = format!("2026-01-{:02}T08:00:00Z", 27 + d);
-                [
-                    canonical(&format!("m-w1-{d}"), "usr_m1", "web", "page_viewed", &ts),
-                    canonical(&format!("m-w2-{d}"), "usr_m2", "web", "page_viewed", &ts),
-                ]
-            })
-            .collect(),
-    );
+    let views: Vec<String> = (0..3)
+        .flat_map(|d| {
+            let ts = format!("2026-01-{:02}T08:00:00Z", 27 + d);
+            [
+                canonical(&format!("m-w1-{d}"), "usr_m1", "web", "page_viewed", &ts),
+                canonical(&format!("m-w2-{d}"), "usr_m2", "web", "page_viewed", &ts),
+            ]
+        })
+        .collect();
+    insert_in_time_order(&web, &views);
     (web, crm)
+}
+
+/// Inserts each line (in order) before the first line of the file with a later event time, as a
+/// source would have sent it.
+fn insert_in_time_order(path: &Path, new: &[String]) {
+    let journey = journey();
+    let ts = |l: &str| decode(l.as_bytes(), &journey, &Limits::default()).ok().map(|e| e.ts);
+    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect();
+    for l in new {
+        let at = ts(l).unwrap();
+        let i = lines.iter().position(|x| ts(x).is_some_and(|t| t > at)).unwrap_or(lines.len());
+        lines.insert(i, l.clone());
+    }
+    std::fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
 }
 
 /// A file's lines as records keyed by prospect id (what `gen --brokers` does); a line that does
@@ -150,7 +157,21 @@ fn checkpointed(svc: &Service, total: i64) -> BTreeMap<i64, String> {
 
 #[test]
 fn a_topic_read_ahead_of_the_other_gives_the_replay_of_both_merged_by_event_time() {
-    let mut s = setup("merge-backfill");
+    backfill("merge-backfill", None);
+}
+
+/// Queues of 100 messages (each web partition holds about 700): partitions are paused and
+/// resumed all along (read again from `kafka.resume_rewind` before on Tansu), same result.
+#[test]
+fn a_small_merge_buffer_pauses_partitions_and_gives_the_same_result() {
+    backfill("merge-paused", Some(100));
+}
+
+fn backfill(test: &str, buffer: Option<usize>) {
+    let mut s = setup(test);
+    if let Some(n) = buffer {
+        s.pipeline.merge_buffer_messages = n;
+    }
     if std::env::var_os("MICROFUNNEL_TEST_MERGE_OFF").is_some() {
         s.pipeline.merge_buffer_messages = 0;
         s.pipeline.max_input_wait_ms = 0;

@@ -237,6 +237,27 @@ fn cached_watermarks(consumer: &PipelineConsumer, topic: &CStr, partition: i32) 
     (low.max(-1), high.max(-1))
 }
 
+/// Resumes a partition paused because its merge queue was full. librdkafka fetches again from
+/// the next offset not yet delivered; with `kafka.resume_rewind` it is read again from that many
+/// offsets before (brokers that answer a fetch from inside a record batch with the next batch, or
+/// nothing) and what was delivered already is skipped on arrival. Returns whether it resumed.
+fn resume(consumer: &PipelineConsumer, topic: &str, partition: i32, delivered: i64, rewind: i64) -> bool {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    if let Err(e) = consumer.resume(&tpl) {
+        tracing::warn!(error = %e, topic, partition, "cannot resume a partition");
+        return false;
+    }
+    if rewind > 0 && delivered >= 0 {
+        let from = Offset::Offset((delivered - rewind).max(0));
+        if let Err(e) = consumer.seek(topic, partition, from, Duration::ZERO) {
+            tracing::warn!(error = %e, topic, partition, "cannot rewind a resumed partition");
+        }
+    }
+    tracing::debug!(topic, partition, "input resumed");
+    true
+}
+
 /// The merge key of a payload: its event time, `None` if it does not decode.
 fn merge_key(payload: &[u8], journey: &Journey, limits: &Limits) -> Option<Ts> {
     codec::decode(payload, journey, limits).ok().map(|ev| ev.ts)
@@ -439,7 +460,10 @@ impl State {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(msg.topic(), p);
             match consumer.pause(&tpl) {
-                Ok(()) => inputs.paused[t] = true,
+                Ok(()) => {
+                    inputs.paused[t] = true;
+                    tracing::debug!(topic = msg.topic(), partition = p, "input paused: merge queue full");
+                }
                 Err(e) => tracing::warn!(error = %e, topic = msg.topic(), partition = p, "cannot pause a partition"),
             }
         }
@@ -498,12 +522,9 @@ impl State {
                 let Some(b) = inputs.queues[t].pop_front() else { break };
                 self.buffered -= 1;
                 if inputs.paused[t] && inputs.queues[t].len() < limit / 2 {
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&self.settings.kafka.input_topics[t], p);
-                    match consumer.resume(&tpl) {
-                        Ok(()) => inputs.paused[t] = false,
-                        Err(e) => tracing::warn!(error = %e, partition = p, "cannot resume a partition"),
-                    }
+                    let topic = &self.settings.kafka.input_topics[t];
+                    let rewind = i64::from(self.settings.kafka.resume_rewind);
+                    inputs.paused[t] = !resume(consumer, topic, p, inputs.delivered[t], rewind);
                 }
                 if reordered {
                     self.metrics.input_reordered.inc();

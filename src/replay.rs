@@ -131,23 +131,8 @@ pub fn run(
             flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
         }
     }
-    for engine in &mut shards {
-        let end = match opts.end {
-            End::LastEvent => Some(engine.max_event_time()),
-            End::Until(t) => Some(t),
-            End::Stay => None,
-        };
-        if let Some(t) = end {
-            engine.advance_to(t, &mut outputs);
-        }
-        let at = At { line: n, item: None };
-        flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
-    }
-    write_summary(&journey, &shards, &totals, &mut buf)?;
-    if opts.digest {
-        write_digests(&shards, &mut buf);
-    }
-    out.write_all(&buf)?;
+    let at = At { line: n, item: None };
+    finish(&journey, opts, &mut shards, &mut totals, at, &mut buf, &mut out, &mut err)?;
     out.flush()?;
     Ok((shards, totals))
 }
@@ -237,22 +222,7 @@ pub fn run_merged<R: Read>(
             next.push(Reverse((ts, p)));
         }
     }
-    for engine in &mut shards {
-        let end = match opts.end {
-            End::LastEvent => Some(engine.max_event_time()),
-            End::Until(t) => Some(t),
-            End::Stay => None,
-        };
-        if let Some(t) = end {
-            engine.advance_to(t, &mut outputs);
-        }
-        flush(engine, &mut outputs, &mut buf, &mut totals, &last, opts.summary_only, &mut out, &mut err)?;
-    }
-    write_summary(&journey, &shards, &totals, &mut buf)?;
-    if opts.digest {
-        write_digests(&shards, &mut buf);
-    }
-    out.write_all(&buf)?;
+    finish(&journey, opts, &mut shards, &mut totals, &last, &mut buf, &mut out, &mut err)?;
     out.flush()?;
     Ok((shards, totals))
 }
@@ -282,6 +252,38 @@ fn pick(files: &[VecDeque<Queued<'_>>], now: Instant) -> Option<(usize, Ts)> {
         }
         Decision::Wait | Decision::Idle => None,
     }
+}
+
+/// The end of a run: each shard's final time advance (its outputs attributed to `at`), the
+/// summary, the digests, and everything still buffered written out.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    journey: &Journey,
+    opts: &Options,
+    shards: &mut [Engine],
+    totals: &mut Totals,
+    at: impl Display + Copy,
+    buf: &mut Vec<u8>,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> io::Result<()> {
+    let mut outputs = Vec::new();
+    for engine in shards.iter_mut() {
+        let end = match opts.end {
+            End::LastEvent => Some(engine.max_event_time()),
+            End::Until(t) => Some(t),
+            End::Stay => None,
+        };
+        if let Some(t) = end {
+            engine.advance_to(t, &mut outputs);
+        }
+        flush(engine, &mut outputs, buf, totals, at, opts.summary_only, out, err)?;
+    }
+    write_summary(journey, shards, totals, buf)?;
+    if opts.digest {
+        write_digests(shards, buf);
+    }
+    out.write_all(buf)
 }
 
 /// One `funnel_summary` over all shards: stats, census and funnel counters summed, the latest

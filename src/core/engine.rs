@@ -486,7 +486,9 @@ impl Engine {
         self.watermark
     }
 
-    /// Largest event time applied on time (not late).
+    /// The shard's clock: the largest event time its traffic confirmed (`Ts::NONE` until two
+    /// prospects agree; see [`Engine::apply`]'s clock rule). An unconfirmed jump ahead is not
+    /// included.
     pub fn max_event_time(&self) -> Ts {
         self.max_event_ts
     }

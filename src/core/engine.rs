@@ -295,9 +295,9 @@ impl Engine {
             dst.ids.clone_from(&self.ids);
             dst.store.copy_all_from(&self.store);
             dst.emails.clone_from(&self.emails);
+            dst.extras.clone_from(&self.extras);
         }
         self.changed.iter_mut().for_each(|w| (w[1], w[2]) = (0, 0));
-        dst.extras.clone_from(&self.extras);
         dst.timers.clear();
         dst.watermark = self.watermark;
         dst.max_event_ts = self.max_event_ts;
@@ -329,6 +329,16 @@ impl Engine {
                 b &= b - 1;
                 if i < old {
                     dst.store.copy_one_from(&self.store, i);
+                }
+                // Extras change only with their prospect (a sweep drops only expired entries,
+                // which nothing reads), so the changed prospects' extras are all there is to copy.
+                match self.extras.get(&(i as u32)) {
+                    Some(x) => {
+                        dst.extras.insert(i as u32, x.clone());
+                    }
+                    None => {
+                        dst.extras.remove(&(i as u32));
+                    }
                 }
             }
             let mut b = bits[2];
@@ -611,7 +621,7 @@ impl Engine {
             self.stats.late += 1;
             out.push(Output::Late { prospect: ix, signal: sig, at: ts, watermark: self.watermark });
         } else {
-            self.tick_clock(ts, ids::event_fingerprint(&ev.prospect), out);
+            self.tick_clock(ts, &ev.prospect, out);
             self.fire_own_timers(ix, ts, out);
         }
 
@@ -687,7 +697,9 @@ impl Engine {
 
         if !late {
             self.hot_rules(&journey, ix, sig, ev, score_before, out);
-            self.anchor_arrived(&journey, ix, sig, ts, out);
+            if def.tracked_slot.is_some() {
+                self.anchor_arrived(&journey, ix, sig, ts, out);
+            }
         }
     }
 
@@ -720,7 +732,11 @@ impl Engine {
         p.remember(key);
         if out != 0 && window.0 > 0 && seen_live(at, watermark, window) {
             let x = self.extras.entry(ix.0).or_default();
-            x.seen.retain(|&(_, t)| seen_live(t, watermark, window));
+            // Expired ids are ignored anyway; dropping them at each doubling keeps this amortised
+            // O(1) for a prospect with many events in the window.
+            if x.seen.len() >= 8 && x.seen.len().is_power_of_two() {
+                x.seen.retain(|&(_, t)| seen_live(t, watermark, window));
+            }
             x.seen.push((out, at));
         }
     }
@@ -730,12 +746,13 @@ impl Engine {
     /// clock set ahead, a year-9999 timestamp) moves it only once an event of another prospect
     /// confirms it, i.e. comes no earlier than `max_ahead` before it. A fresh shard's first
     /// event needs that confirmation too.
-    fn tick_clock(&mut self, u: Ts, q: u64, out: &mut Vec<Output>) {
+    fn tick_clock(&mut self, u: Ts, prospect: &str, out: &mut Vec<Output>) {
         let ahead = self.journey.max_ahead;
         let c = self.max_event_ts;
         if !c.is_none() && u <= c.plus(ahead) {
             return self.set_clock(u, out);
         }
+        let q = ids::event_fingerprint(prospect);
         let (t, from) = self.leap;
         if !t.is_none() && from != q && u >= t.minus(ahead) {
             // Two prospects agree that time has come at least this far.

@@ -114,6 +114,9 @@ pub fn run(
             continue;
         }
         totals.lines += 1;
+        // A batch envelope is one Kafka message: all its events go to the shard of its first
+        // one, as in the service (which applies a message's events in the shard it arrives on).
+        let mut shard = None;
         for (item, result) in codec::decode_each(bytes, &journey, &opts.limits) {
             let at = At { line: n, item };
             let ev = match result {
@@ -125,7 +128,9 @@ pub fn run(
                     continue;
                 }
             };
-            let p = if partitions == 1 { 0 } else { kafka_partition(ev.prospect.as_bytes(), partitions) as usize };
+            let p = *shard.get_or_insert_with(|| {
+                if partitions == 1 { 0 } else { kafka_partition(ev.prospect.as_bytes(), partitions) as usize }
+            });
             let engine = &mut shards[p];
             engine.apply(&ev, &mut outputs);
             flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
@@ -146,6 +151,9 @@ pub struct Named<R> {
 /// A decoded line waiting in its shard's queue for its file.
 struct Queued<'a> {
     ev: Event<'a>,
+    /// The merge key: the event time of the line's first event (a batch envelope is one
+    /// message, merged as a whole, as in the service).
+    key: Ts,
     line: u64,
     file: usize,
 }
@@ -184,15 +192,19 @@ pub fn run_merged<R: Read>(
                 continue;
             }
             totals.lines += 1;
+            let mut first: Option<(usize, Ts)> = None;
             for (item, result) in codec::decode_each(line, &journey, &opts.limits) {
                 match result {
                     Ok(ev) => {
-                        let p = if partitions == 1 {
-                            0
-                        } else {
-                            kafka_partition(ev.prospect.as_bytes(), partitions as u32)
-                        };
-                        queues[p as usize][file].push_back(Queued { ev, line: line_no, file });
+                        let (p, key) = *first.get_or_insert_with(|| {
+                            let p = if partitions == 1 {
+                                0
+                            } else {
+                                kafka_partition(ev.prospect.as_bytes(), partitions as u32) as usize
+                            };
+                            (p, ev.ts)
+                        });
+                        queues[p][file].push_back(Queued { ev, key, line: line_no, file });
                     }
                     Err(e) => {
                         totals.reject(e.reason());
@@ -244,11 +256,11 @@ impl Display for Loc<'_> {
 fn pick(files: &[VecDeque<Queued<'_>>], now: Instant) -> Option<(usize, Ts)> {
     let heads: Vec<Input> = files
         .iter()
-        .map(|q| q.front().map_or(Input::CaughtUp, |h| Input::Head { ts: Some(h.ev.ts), seq: h.line }))
+        .map(|q| q.front().map_or(Input::CaughtUp, |h| Input::Head { ts: Some(h.key), seq: h.line }))
         .collect();
     match merge::decide(&heads, None, now, Duration::ZERO) {
         Decision::Take { input, .. } | Decision::TakeAfterTimeout { input, .. } => {
-            files[input].front().map(|h| (input, h.ev.ts))
+            files[input].front().map(|h| (input, h.key))
         }
         Decision::Wait | Decision::Idle => None,
     }

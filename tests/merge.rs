@@ -10,13 +10,12 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use microfunnel::codec::{Limits, decode};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 const PARTITIONS: usize = 3;
@@ -76,85 +75,6 @@ fn insert_in_time_order(path: &Path, new: &[String]) {
     std::fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
 }
 
-/// A file's lines as records keyed by prospect id (what `gen --brokers` does); a line that does
-/// not decode goes unkeyed.
-fn records(path: &Path) -> Vec<In> {
-    let journey = journey();
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| match decode(l.as_bytes(), &journey, &Limits::default()) {
-            Ok(ev) => keyed(&ev.prospect, l.as_bytes().to_vec()),
-            Err(_) => unkeyed(l.as_bytes().to_vec()),
-        })
-        .collect()
-}
-
-struct Oracle {
-    shards: BTreeMap<i64, String>,
-    alerts: BTreeSet<String>,
-    journey_events: Vec<String>,
-    lines: Vec<Value>,
-}
-
-fn oracle(web: &Path, crm: &Path) -> Oracle {
-    let out = bin()
-        .args(["replay", "--partitions", &PARTITIONS.to_string(), "--no-advance", "--digest"])
-        .arg(web)
-        .arg(crm)
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let lines: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let mut o =
-        Oracle { shards: BTreeMap::new(), alerts: BTreeSet::new(), journey_events: Vec::new(), lines: Vec::new() };
-    for v in &lines {
-        match v["kind"].as_str().unwrap() {
-            "hot_lead" => {
-                o.alerts.insert(v["alert_id"].as_str().unwrap().to_string());
-            }
-            "stage_changed" | "ghosted" | "stalled" => o.journey_events.push(v.to_string()),
-            "digest" => {
-                if let Some(p) = v["partition"].as_i64() {
-                    o.shards.insert(p, v["digest"].as_str().unwrap().to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    o.journey_events.sort();
-    o.lines = lines;
-    o
-}
-
-/// Each shard's checkpoint digest once the checkpoints cover `total` input messages.
-fn checkpointed(svc: &Service, total: i64) -> BTreeMap<i64, String> {
-    let deadline = Instant::now() + FINISH;
-    loop {
-        let (_, body) = http_get(svc.addr(), "/shards");
-        let shards: Value = serde_json::from_str(&body).unwrap();
-        let shards = shards["shards"].as_array().cloned().unwrap_or_default();
-        let mut covered = 0;
-        let mut digests = BTreeMap::new();
-        for sh in &shards {
-            if let Some(c) = sh["checkpoint"].as_object() {
-                covered += c["positions"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum::<i64>();
-                if let Some(d) = c["digest"].as_str() {
-                    digests.insert(sh["partition"].as_i64().unwrap(), d.to_string());
-                }
-            }
-        }
-        if covered == total && digests.len() == PARTITIONS {
-            return digests;
-        }
-        assert!(Instant::now() < deadline, "checkpoints cover {covered} of {total} messages: {shards:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn a_topic_read_ahead_of_the_other_gives_the_replay_of_both_merged_by_event_time() {
     backfill("merge-backfill", None);
@@ -177,7 +97,7 @@ fn backfill(test: &str, buffer: Option<usize>) {
         s.pipeline.max_input_wait_ms = 0;
     }
     let (web_file, crm_file) = per_topic_files(&s.kafka.group_id);
-    let oracle = oracle(&web_file, &crm_file);
+    let oracle = oracle(&web_file, &crm_file, PARTITIONS);
     let usr_m1_lead = oracle
         .lines
         .iter()
@@ -194,7 +114,7 @@ fn backfill(test: &str, buffer: Option<usize>) {
     let messages: i64 = ends.values().sum();
 
     let svc = Service::start(&s);
-    let digests = checkpointed(&svc, messages);
+    let digests = checkpointed(&svc, messages, PARTITIONS, FINISH);
     assert_eq!(digests, oracle.shards, "every shard's state equals the merged replay's");
 
     let alerts = read_until(&s.kafka.topics.hot_leads, "the oracle's alerts", |r| r.len() >= oracle.alerts.len());

@@ -411,3 +411,31 @@ fn reopen_on_is_validated_at_load() {
     let err = Journey::from_toml_str(&bad).unwrap_err().to_string();
     assert!(err.contains("reopen_on[0]") && err.contains("non-terminal"), "{err}");
 }
+
+// ---- batch envelopes are one message -------------------------------------------------------
+
+#[test]
+fn a_batch_envelope_goes_whole_to_the_shard_of_its_first_event() {
+    use microfunnel::core::ids::kafka_partition;
+    let (a, b) = (
+        "usr_a",
+        (0..)
+            .map(|i| format!("usr_b{i}"))
+            .find(|b| kafka_partition(b.as_bytes(), 4) != kafka_partition(b"usr_a", 4))
+            .unwrap(),
+    );
+    let line = json!({"batch": [
+        {"type": "track", "event": "Demo Requested", "userId": a, "messageId": "m-1", "timestamp": "2026-03-02T09:00:00.000Z"},
+        {"type": "track", "event": "Demo Requested", "userId": b, "messageId": "m-2", "timestamp": "2026-03-02T09:01:00.000Z"},
+    ]})
+    .to_string();
+    let opts = Options { limits: Limits::default(), end: End::Stay, digest: false, summary_only: true, partitions: 4 };
+    let (engines, _) =
+        replay::run(b2b(), &opts, format!("{line}\n").as_bytes(), std::io::sink(), std::io::sink()).unwrap();
+    let home = &engines[kafka_partition(a.as_bytes(), 4) as usize];
+    assert!(
+        home.find(a).is_some() && home.find(&b).is_some(),
+        "both events in the first event's shard, as the service applies a message"
+    );
+    assert_eq!(engines.iter().map(|e| e.len()).sum::<usize>(), 2);
+}

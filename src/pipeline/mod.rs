@@ -80,6 +80,10 @@ struct HotMetrics {
     consumed: Vec<[LocalIntCounter; 2]>,
     duplicates: LocalIntCounter,
     late: LocalIntCounter,
+    ahead: LocalIntCounter,
+    conflicts: LocalIntCounter,
+    ignored: LocalIntCounter,
+    reopened: LocalIntCounter,
     event_time: LocalHistogram,
     consume: LocalHistogram,
 }
@@ -97,6 +101,10 @@ impl HotMetrics {
             consumed,
             duplicates: metrics.duplicates.local(),
             late: metrics.late_events.local(),
+            ahead: metrics.events_ahead.local(),
+            conflicts: metrics.duplicate_conflicts.local(),
+            ignored: metrics.events_ignored.local(),
+            reopened: metrics.reopened.local(),
             event_time: metrics.latency.with_label_values(&["event_time"]).local(),
             consume: metrics.latency.with_label_values(&["consume"]).local(),
         }
@@ -106,6 +114,10 @@ impl HotMetrics {
         self.consumed.iter().flatten().for_each(LocalIntCounter::flush);
         self.duplicates.flush();
         self.late.flush();
+        self.ahead.flush();
+        self.conflicts.flush();
+        self.ignored.flush();
+        self.reopened.flush();
         self.event_time.flush();
         self.consume.flush();
     }
@@ -258,9 +270,10 @@ fn resume(consumer: &PipelineConsumer, topic: &str, partition: i32, delivered: i
     true
 }
 
-/// The merge key of a payload: its event time, `None` if it does not decode.
+/// The merge key of a payload: its (first) event's time, `None` if none decodes. A batch
+/// envelope is merged as a whole by its first event, as `replay` does.
 fn merge_key(payload: &[u8], journey: &Journey, limits: &Limits) -> Option<Ts> {
-    codec::decode(payload, journey, limits).ok().map(|ev| ev.ts)
+    codec::decode_each(payload, journey, limits).find_map(|(_, r)| r.ok()).map(|ev| ev.ts)
 }
 
 /// A checkpoint whose snapshots are being written; its offsets are committed when all are done.
@@ -401,16 +414,21 @@ impl State {
                     self.unflushed = true;
                 }
                 Ok(ev) => {
-                    let stats = shard.engine.stats();
-                    let (dups, late, rejected) = (stats.duplicates, stats.late, stats.rejected);
+                    let before = shard.engine.stats().clone();
                     shard.engine.apply(&ev, outputs);
+                    let (stats, rejected) = (shard.engine.stats(), before.rejected);
                     // An event the engine refuses (source mismatch, ...) counts as rejected only.
-                    if shard.engine.stats().rejected == rejected {
+                    if stats.rejected == rejected {
                         let row = ev.signal.map_or(journey.signals.len(), |s| s.0 as usize);
                         self.hot.consumed[row][usize::from(ev.source == Source::Crm)].inc();
                     }
-                    self.hot.duplicates.inc_by(shard.engine.stats().duplicates - dups);
-                    self.hot.late.inc_by(shard.engine.stats().late - late);
+                    let hot = &self.hot;
+                    hot.duplicates.inc_by(stats.duplicates - before.duplicates);
+                    hot.late.inc_by(stats.late - before.late);
+                    hot.ahead.inc_by(stats.ahead - before.ahead);
+                    hot.conflicts.inc_by(stats.duplicate_conflicts - before.duplicate_conflicts);
+                    hot.ignored.inc_by(stats.ignored - before.ignored);
+                    hot.reopened.inc_by(stats.reopened - before.reopened);
                     if !outputs.is_empty() {
                         let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
                         for o in outputs.drain(..) {

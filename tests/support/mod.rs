@@ -6,7 +6,7 @@
 //! that checks delivery, a reader of output topics that polls until a condition over what it has
 //! read holds, and a small HTTP client. Every wait polls a condition against a deadline.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use microfunnel::app::{self, AppError, Running};
+use microfunnel::codec::{Limits, decode_each};
 use microfunnel::config::{Log, LogFormat, Settings};
 use microfunnel::core::Journey;
 use microfunnel::telemetry::Metrics;
@@ -25,6 +26,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
 
 /// How long a reader or a condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -531,4 +533,85 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// The sum over every sample of `name`.
 pub fn total(text: &str, name: &str) -> f64 {
     samples(text, name).iter().map(|(_, v)| v).sum()
+}
+
+// ---- replay as the oracle --------------------------------------------------------------------
+
+/// A file's lines as records keyed by prospect id (what `gen --brokers` does; a batch envelope by
+/// its first event's); a line that does not decode goes unkeyed.
+pub fn records(path: &Path) -> Vec<In> {
+    let journey = journey();
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| match decode_each(l.as_bytes(), &journey, &Limits::default()).find_map(|(_, r)| r.ok()) {
+            Some(ev) => keyed(&ev.prospect, l.as_bytes().to_vec()),
+            None => unkeyed(l.as_bytes().to_vec()),
+        })
+        .collect()
+}
+
+pub struct Oracle {
+    pub shards: BTreeMap<i64, String>,
+    pub alerts: BTreeSet<String>,
+    pub journey_events: Vec<String>,
+    pub lines: Vec<Value>,
+}
+
+pub fn oracle(web: &Path, crm: &Path, partitions: usize) -> Oracle {
+    let out = bin()
+        .args(["replay", "--partitions", &partitions.to_string(), "--no-advance", "--digest"])
+        .arg(web)
+        .arg(crm)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut o =
+        Oracle { shards: BTreeMap::new(), alerts: BTreeSet::new(), journey_events: Vec::new(), lines: Vec::new() };
+    for v in &lines {
+        match v["kind"].as_str().unwrap() {
+            "hot_lead" => {
+                o.alerts.insert(v["alert_id"].as_str().unwrap().to_string());
+            }
+            "stage_changed" | "ghosted" | "stalled" => o.journey_events.push(v.to_string()),
+            "digest" => {
+                if let Some(p) = v["partition"].as_i64() {
+                    o.shards.insert(p, v["digest"].as_str().unwrap().to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    o.journey_events.sort();
+    o.lines = lines;
+    o
+}
+
+/// Each shard's checkpoint digest once the checkpoints cover `total` input messages.
+pub fn checkpointed(svc: &Service, total: i64, partitions: usize, limit: Duration) -> BTreeMap<i64, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (_, body) = http_get(svc.addr(), "/shards");
+        let shards: Value = serde_json::from_str(&body).unwrap();
+        let shards = shards["shards"].as_array().cloned().unwrap_or_default();
+        let mut covered = 0;
+        let mut digests = BTreeMap::new();
+        for sh in &shards {
+            if let Some(c) = sh["checkpoint"].as_object() {
+                covered += c["positions"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum::<i64>();
+                if let Some(d) = c["digest"].as_str() {
+                    digests.insert(sh["partition"].as_i64().unwrap(), d.to_string());
+                }
+            }
+        }
+        if covered == total && digests.len() == partitions {
+            return digests;
+        }
+        assert!(Instant::now() < deadline, "checkpoints cover {covered} of {total} messages: {shards:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -1,9 +1,15 @@
 //! The engine of one shard: prospects' state machines, the watermark, timers and funnel.
 //!
 //! Time rules (event time only):
-//! - The watermark is the largest event time seen minus the journey's allowed lateness, or a
-//!   later instant given to [`Engine::advance_to`]. A timer fires once the watermark is past its
-//!   due time, or when one of its own prospect's later events arrives, whichever comes first.
+//! - The shard's *clock* is the largest event time its traffic confirmed: an event more than
+//!   `max_ahead` ahead of it moves it only once another prospect's event confirms the time (a
+//!   client clock set ahead owns nothing). The watermark is the clock minus the journey's
+//!   allowed lateness, or a later instant given to [`Engine::advance_to`]. A timer fires once
+//!   the watermark is past its due time, or when one of its own prospect's later events
+//!   arrives, whichever comes first.
+//! - For one prospect, arrival order within the lateness does not matter: a sequence rule is
+//!   checked when its anchor arrives after its signal, a silence timer is not armed over activity
+//!   that already arrived, stage entry dates follow event time.
 //! - An event behind the watermark is *late*. It produces [`Output::Late`] and still counts:
 //!   dedup, counts per signal, score (added at its own event time), last activity, a
 //!   forward stage move (emitted with `late: true`) and cancelling a pending silence timer whose

@@ -3,7 +3,7 @@
 //! Applying an event reads a few scattered cache lines of arrays that, on a shard of a million
 //! prospects, span hundreds of megabytes. With 4 KiB pages nearly every one of those reads also
 //! misses the TLB and walks the page table; asking for transparent huge pages (2 MiB) on these
-//! arrays removes most of those walks (`cargo bench --bench engine`, README "Benchmarks").
+//! arrays removes most of those walks (`cargo bench --bench engine`, BENCHMARKS.md).
 //! This is a hint only: where the kernel has THP off (`never`) or the platform is not Linux,
 //! nothing changes but speed. It changes no state, so the core stays deterministic.
 

@@ -15,7 +15,7 @@
 //!   version 1 use it, and so does the changelog, record by record, in every version (a
 //!   compacted changelog keeps records written by older builds next to newer ones, so its
 //!   record layout never changes).
-//! - **layout 2** (full states of version 2, the current one): compact. A presence mask says
+//! - **layout 2** (full states of versions 2 and 3): compact. A presence mask says
 //!   which times, score, recent event ids and email are set, and one bitmap per per-journey
 //!   array (stage entry times, counts per signal, look-back marks) says which entries are not
 //!   empty; only those are written. A typical prospect takes about half the bytes of layout 1,

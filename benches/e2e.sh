@@ -21,8 +21,8 @@ mkdir -p "$work"
 export BROKER_PORT=$port BROKER_DIR=target/bench-broker
 export MICROFUNNEL__KAFKA__BROKERS=127.0.0.1:$port
 cargo build --release --locked --quiet --bin microfunnel --example plain_consumer
-bin=target/release/microfunnel
-plain=target/release/examples/plain_consumer
+bin=${CARGO_TARGET_DIR:-target}/release/microfunnel
+plain=${CARGO_TARGET_DIR:-target}/release/examples/plain_consumer
 scripts/broker stop >/dev/null 2>&1 || true
 scripts/broker start >/dev/null
 trap 'scripts/broker stop >/dev/null' EXIT

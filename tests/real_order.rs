@@ -439,3 +439,21 @@ fn a_batch_envelope_goes_whole_to_the_shard_of_its_first_event() {
     );
     assert_eq!(engines.iter().map(|e| e.len()).sum::<usize>(), 2);
 }
+
+#[test]
+fn a_far_ahead_second_event_of_a_fresh_shard_moves_the_clock_only_to_the_first() {
+    // The shard's first event, then another prospect's clock in 2099 (or days ahead): the clock
+    // is confirmed at the first event's time and goes no further.
+    for ahead in ["2099-06-01T00:00:00Z", "2026-03-11T09:00:00Z"] {
+        let lines = vec![
+            canonical("a1", "usr_a", "web", "demo_requested", "2026-03-02T09:00:00Z"),
+            canonical("x1", "anon-fast", "web", "page_viewed", ahead),
+            canonical("b1", "usr_b", "crm", "quote_sent", "2026-03-02T06:00:00Z"),
+            canonical("c1", "usr_c", "web", "page_viewed", "2026-03-02T10:00:00Z"),
+        ];
+        let r = run_on(b2b(), &lines, End::LastEvent, 1);
+        assert!(r.of("late").is_empty(), "{ahead}: {:?}", r.outputs);
+        assert_eq!(r.summary["watermark"], "2026-03-02T10:00:00.000Z", "{ahead}: the end advances to the real time");
+        assert!(r.of("ghosted").is_empty(), "{ahead}: no timer fires from the fast clock");
+    }
+}

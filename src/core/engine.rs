@@ -761,10 +761,13 @@ impl Engine {
         let q = ids::event_fingerprint(prospect);
         let (t, from) = self.leap;
         if !t.is_none() && from != q && u >= t.minus(ahead) {
-            // Two prospects agree that time has come at least this far.
+            // Two prospects agree that time has come at least to the earlier of the two; the
+            // later one moves the clock too if it is within `max_ahead` of that, else it is the
+            // new unconfirmed jump (never a time between the two that no event had).
             self.set_clock(u.min(t), out);
-            self.set_clock(u.max(t).min(self.max_event_ts.plus(ahead)), out);
-            if u > self.max_event_ts.plus(ahead) {
+            if u.max(t) <= self.max_event_ts.plus(ahead) {
+                self.set_clock(u.max(t), out);
+            } else {
                 self.leap = (u, q);
                 self.stats.ahead += 1;
             }

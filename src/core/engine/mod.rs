@@ -31,6 +31,8 @@ use super::prospect::{self, Classification, Prospect};
 use super::store::Store;
 use super::time::{MS_PER_SEC, Ts};
 
+pub mod snapshot;
+
 /// See [`Engine::capture_into`]: an incremental capture is used while at most one prospect in
 /// this many changed since the previous one (measured with `cargo bench --bench snapshot`).
 const CAPTURE_FULL_SHARE: usize = 8;
@@ -395,30 +397,18 @@ impl Engine {
         self.changed.iter().any(|b| b[0] != 0)
     }
 
-    pub(super) fn set_meta(&mut self, watermark: Ts, max_event_ts: Ts, leap: (Ts, u64), stats: Stats, funnel: Funnel) {
-        self.watermark = watermark;
-        self.max_event_ts = max_event_ts;
-        self.leap = leap;
-        self.stats = stats;
-        self.funnel = funnel;
-    }
-
-    pub(super) fn leap(&self) -> (Ts, u64) {
-        self.leap
-    }
-
     /// A prospect's extras still in force at the watermark, if any.
-    pub(super) fn live_extras(&self, ix: ProspectIx) -> Option<Extras> {
+    fn live_extras(&self, ix: ProspectIx) -> Option<Extras> {
         let x = self.extras.get(&ix.0)?.live(self.watermark, self.journey.dedup_window);
         (!x.is_empty()).then_some(x)
     }
 
-    pub(super) fn prospect_parts(&self, ix: ProspectIx) -> (&Prospect, &[u32], &[u16], &[Ts]) {
+    fn prospect_parts(&self, ix: ProspectIx) -> (&Prospect, &[u32], &[u16], &[Ts]) {
         let i = ix.0 as usize;
         (self.store.fixed(i), self.store.stage_times(i), self.store.counts(i), self.store.marks(i))
     }
 
-    pub(super) fn reserve(&mut self, n: usize) {
+    fn reserve(&mut self, n: usize) {
         self.ids.reserve(n, n * 24);
         self.store.reserve(n);
     }
@@ -426,11 +416,7 @@ impl Engine {
     /// Adds a prospect read from a full state (restore of a snapshot): the id must be new.
     /// Its timers are collected and armed by [`Engine::finish_restore`]; nothing is marked
     /// changed. `Err` if the id is already there (damaged state) or the shard is full.
-    pub(super) fn restore_prospect(
-        &mut self,
-        id: &str,
-        rec: &super::snapshot::ProspectRecord<'_>,
-    ) -> Result<ProspectIx, InternerFull> {
+    fn restore_prospect(&mut self, id: &str, rec: &snapshot::ProspectRecord<'_>) -> Result<ProspectIx, InternerFull> {
         let ix = self.ids.intern_new(id)?.ok_or(InternerFull)?;
         self.store.push_with(rec.fixed.clone(), &rec.stage_times, &rec.counts, &rec.marks);
         if let Some(e) = rec.email {
@@ -451,7 +437,7 @@ impl Engine {
     }
 
     /// Ends a restore: arms the collected timers, clears every change mark.
-    pub(super) fn finish_restore(&mut self) {
+    fn finish_restore(&mut self) {
         let mut all = std::mem::take(&mut self.timers).into_vec();
         all.append(&mut self.restored_timers);
         self.timers = BinaryHeap::from(all);
@@ -461,7 +447,7 @@ impl Engine {
     /// Installs a prospect's whole state (restore): replaces it if the id is known, adds it
     /// otherwise, and re-arms its timers. Funnel and stats are not touched (they come with the
     /// shard meta).
-    pub fn install(&mut self, id: &str, rec: super::snapshot::ProspectRecord<'_>) -> Result<ProspectIx, InternerFull> {
+    pub fn install(&mut self, id: &str, rec: snapshot::ProspectRecord<'_>) -> Result<ProspectIx, InternerFull> {
         let (ix, new) = self.ids.intern(id)?;
         let i = ix.0 as usize;
         if new {
@@ -1155,7 +1141,7 @@ impl Engine {
         self.prospect_digest_with(ix, &mut Vec::with_capacity(256))
     }
 
-    pub(super) fn prospect_digest_with(&self, ix: ProspectIx, buf: &mut Vec<u8>) -> u64 {
+    fn prospect_digest_with(&self, ix: ProspectIx, buf: &mut Vec<u8>) -> u64 {
         let i = ix.0 as usize;
         let p = self.store.fixed(i);
         buf.clear();

@@ -23,12 +23,12 @@
 
 use std::sync::Arc;
 
-use super::engine::{Engine, Extras};
-use super::funnel::{Histogram, TIME_BUCKETS_SECS};
-use super::ids::{self, ProspectIx};
-use super::journey::{Journey, StageId};
-use super::prospect::{Prospect, RECENT_IDS};
-use super::time::Ts;
+use super::{Engine, Extras, Stats};
+use crate::core::funnel::{Funnel, Histogram, TIME_BUCKETS_SECS};
+use crate::core::ids::{self, ProspectIx};
+use crate::core::journey::{Journey, StageId};
+use crate::core::prospect::{Prospect, RECENT_IDS};
+use crate::core::time::Ts;
 
 /// Version of the state layout below (the file format adds its own header around it).
 pub const STATE_VERSION: u32 = 3;
@@ -233,7 +233,7 @@ impl Engine {
             for v in [s.ahead, s.duplicate_conflicts, s.reopened, s.ignored] {
                 w.u64(v);
             }
-            let (leap, leap_from) = self.leap();
+            let (leap, leap_from) = self.leap;
             w.ts(leap);
             w.u64(leap_from);
         }
@@ -283,7 +283,7 @@ impl Engine {
             }
             leap = (r.ts("leap")?, r.u64("leap")?);
         }
-        let mut funnel = super::funnel::Funnel::new(&j);
+        let mut funnel = Funnel::new(&j);
         for v in [
             &mut funnel.in_stage,
             &mut funnel.reached,
@@ -307,7 +307,7 @@ impl Engine {
             *so = [r.u64("signal outcomes")?, r.u64("signal outcomes")?];
         }
         funnel.outcomes = [r.u64("outcomes")?, r.u64("outcomes")?];
-        let stats = super::engine::Stats {
+        let stats = Stats {
             events: st[0],
             applied: st[1],
             duplicates: st[2],
@@ -324,7 +324,11 @@ impl Engine {
             duplicate_conflicts: st[12],
             reopened: st[13],
         };
-        self.set_meta(watermark, max_event, leap, stats, funnel);
+        self.watermark = watermark;
+        self.max_event_ts = max_event;
+        self.leap = leap;
+        self.stats = stats;
+        self.funnel = funnel;
         Ok(version)
     }
 

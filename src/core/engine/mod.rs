@@ -43,7 +43,7 @@ mod view;
 use capture::Lineage;
 use extras::{Emails, Seen};
 pub use extras::{Extras, dedup_key};
-use timers::{GHOST, STALL};
+use timers::{Timer, TimerKind};
 pub use view::{Census, ProspectView};
 
 /// Counters of what the engine did with its input.
@@ -80,9 +80,9 @@ pub struct Engine {
     store: Store,
     /// Emails, for the prospects that gave one; kept aside so the others pay nothing for it.
     emails: Emails,
-    timers: BinaryHeap<Reverse<(Ts, u32, u8)>>,
+    timers: BinaryHeap<Timer>,
     /// Timers of prospects being restored, armed at once by [`Engine::finish_restore`].
-    restored_timers: Vec<Reverse<(Ts, u32, u8)>>,
+    restored_timers: Vec<Timer>,
     watermark: Ts,
     /// The shard's clock: the largest event time that other traffic confirmed (see
     /// [`Engine::apply`]); the watermark trails it by the allowed lateness.
@@ -155,14 +155,7 @@ impl Engine {
         if !rec.extras.is_empty() {
             self.extras.insert(ix.0, rec.extras.clone());
         }
-        let p = &rec.fixed;
-        let timers = &mut self.restored_timers;
-        if !p.ghost_due.is_none() {
-            timers.push(Reverse((p.ghost_due, ix.0, GHOST)));
-        }
-        if !p.stall_due.is_none() {
-            timers.push(Reverse((p.stall_due, ix.0, STALL)));
-        }
+        self.restored_timers.extend(timers::armed(ix.0, &rec.fixed));
         Ok(ix)
     }
 
@@ -199,13 +192,7 @@ impl Engine {
         } else {
             self.extras.insert(ix.0, rec.extras);
         }
-        let p = self.store.fixed(i);
-        if !p.ghost_due.is_none() {
-            self.timers.push(Reverse((p.ghost_due, ix.0, GHOST)));
-        }
-        if !p.stall_due.is_none() {
-            self.timers.push(Reverse((p.stall_due, ix.0, STALL)));
-        }
+        self.timers.extend(timers::armed(ix.0, self.store.fixed(i)));
         self.mark_changed(ix.0);
         Ok(ix)
     }
@@ -404,7 +391,7 @@ impl Engine {
             let answered = !p.last_activity.is_none() && p.last_activity > ts && p.last_activity <= due;
             if !answered && (p.ghost_due.is_none() || due > p.ghost_due) {
                 p.ghost_due = due;
-                self.timers.push(Reverse((due, ix.0, GHOST)));
+                self.timers.push(Reverse((due, ix.0, TimerKind::Ghost)));
             }
         }
 

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 
 use super::Engine;
-use super::timers::STALL;
+use super::timers::TimerKind;
 use crate::core::ids::ProspectIx;
 use crate::core::journey::{Journey, Outcome, SignalId, StageId};
 use crate::core::output::Output;
@@ -60,7 +60,7 @@ impl Engine {
                             && let Some(st) = journey.stall
                         {
                             p.stall_due = ts.plus(st.window);
-                            self.timers.push(Reverse((p.stall_due, ix.0, STALL)));
+                            self.timers.push(Reverse((p.stall_due, ix.0, TimerKind::Stall)));
                         }
                     }
                 }
@@ -110,7 +110,7 @@ impl Engine {
             && s.stages & (1 << to.0) != 0
         {
             p.stall_due = ts.plus(s.window);
-            self.timers.push(Reverse((p.stall_due, ix.0, STALL)));
+            self.timers.push(Reverse((p.stall_due, ix.0, TimerKind::Stall)));
         }
         // The outcome of the stage entered, or of an outcome stage skipped on the way (usage
         // seen before the CRM's `deal_won` arrived still means won).

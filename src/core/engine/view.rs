@@ -1,10 +1,9 @@
 //! Read views of the state: one prospect for people, digests, the census and the memory figure.
 
-use std::cmp::Reverse;
-
 use serde::Serialize;
 
 use super::Engine;
+use super::timers::Timer;
 use crate::core::ids::{self, ProspectIx};
 use crate::core::prospect::{self, Classification};
 use crate::core::time::{MS_PER_SEC, Ts};
@@ -129,7 +128,7 @@ impl Engine {
     pub fn heap_bytes(&self) -> usize {
         self.ids.heap_bytes()
             + self.store.heap_bytes()
-            + self.timers.capacity() * std::mem::size_of::<Reverse<(Ts, u32, u8)>>()
+            + self.timers.capacity() * std::mem::size_of::<Timer>()
             + self.emails.capacity() * 24
             + self.emails.present.capacity() * 8
             + self.emails.values().map(|e| e.len()).sum::<usize>()

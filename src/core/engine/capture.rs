@@ -1,6 +1,7 @@
 //! Captures for checkpoints and change tracking: which prospects changed since the changelog
 //! last took them and since the last capture, and the copy of an engine into its spare.
 
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use super::Engine;
@@ -11,14 +12,18 @@ use crate::core::ids::ProspectIx;
 const CAPTURE_FULL_SHARE: usize = 8;
 
 /// An engine's identity for incremental captures; a clone gets a new one (a clone that goes on
-/// applying events is not the engine a capture was taken from).
+/// applying events is not the engine a capture was taken from), and so does an engine restored
+/// from a state (it is built new).
+///
+/// A random number from std's `RandomState` (keys drawn once per thread, then a fresh key per
+/// call), so no counter is shared between engines: two engines of one process get the same one
+/// with a probability of about 2^-64 per pair. Nothing the engine outputs depends on it.
 #[derive(Debug)]
 pub(super) struct Lineage(u64);
 
 impl Lineage {
     pub(super) fn new() -> Lineage {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        Lineage(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        Lineage(RandomState::new().hash_one(()))
     }
 }
 

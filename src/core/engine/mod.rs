@@ -15,6 +15,12 @@
 //!   forward stage move (emitted with `late: true`) and cancelling a pending silence timer whose
 //!   window it falls in. It never raises a hot lead, never arms a timer and never clears a
 //!   ghosted/stalled flag that already fired.
+//!
+//! This module holds the [`Engine`] state, its construction and restore, [`Engine::apply`] and the
+//! read accessors; each concern of `apply` is a child module: `clock` (clock, watermark, sweep),
+//! `extras` (dedup and per-prospect extras), `rules` (hot and sequence rules), `stages` (stage
+//! moves and outcomes), `timers` (ghost and stall timers), `capture` (change tracking and
+//! captures for checkpoints), `view` (views, digests, census) and [`snapshot`] (state encoding).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -133,11 +139,13 @@ impl Engine {
         }
     }
 
+    /// One prospect's fixed state and per-journey arrays (for encoding).
     fn prospect_parts(&self, ix: ProspectIx) -> (&Prospect, &[u32], &[u16], &[Ts]) {
         let i = ix.0 as usize;
         (self.store.fixed(i), self.store.stage_times(i), self.store.counts(i), self.store.marks(i))
     }
 
+    /// Makes room for `n` prospects (before a restore).
     fn reserve(&mut self, n: usize) {
         self.ids.reserve(n, n * 24);
         self.store.reserve(n);

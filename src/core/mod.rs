@@ -10,11 +10,10 @@ pub mod journey;
 pub mod mem;
 pub mod output;
 pub mod prospect;
-pub mod snapshot;
 mod store;
 pub mod time;
 
-pub use engine::{Census, Engine, ProspectView, Stats};
+pub use engine::{Census, Engine, ProspectView, Stats, snapshot};
 pub use event::{Event, EventKind, Source};
 pub use funnel::{Funnel, FunnelReport};
 pub use ids::ProspectIx;

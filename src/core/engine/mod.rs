@@ -1,0 +1,417 @@
+//! The engine of one shard: prospects' state machines, the watermark, timers and funnel.
+//!
+//! Time rules (event time only):
+//! - The shard's *clock* is the largest event time its traffic confirmed: an event more than
+//!   `max_ahead` ahead of it moves it only once another prospect's event confirms the time (a
+//!   client clock set ahead owns nothing). The watermark is the clock minus the journey's
+//!   allowed lateness, or a later instant given to [`Engine::advance_to`]. A timer fires once
+//!   the watermark is past its due time, or when one of its own prospect's later events
+//!   arrives, whichever comes first.
+//! - For one prospect, arrival order within the lateness does not matter: a sequence rule is
+//!   checked when its anchor arrives after its signal, a silence timer is not armed over activity
+//!   that already arrived, stage entry dates follow event time.
+//! - An event behind the watermark is *late*. It produces [`Output::Late`] and still counts:
+//!   dedup, counts per signal, score (added at its own event time), last activity, a
+//!   forward stage move (emitted with `late: true`) and cancelling a pending silence timer whose
+//!   window it falls in. It never raises a hot lead, never arms a timer and never clears a
+//!   ghosted/stalled flag that already fired.
+//!
+//! This module holds the [`Engine`] state, its construction and restore, [`Engine::apply`] and the
+//! read accessors; each concern of `apply` is a child module: `clock` (clock, watermark, sweep),
+//! `extras` (dedup and per-prospect extras), `rules` (hot and sequence rules), `stages` (stage
+//! moves and outcomes), `timers` (ghost and stall timers), `capture` (change tracking and
+//! captures for checkpoints), `view` (views, digests, census) and [`snapshot`] (state encoding).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::event::{Event, EventKind};
+use super::funnel::Funnel;
+use super::ids::{self, Interner, InternerFull, ProspectIx};
+use super::journey::Journey;
+use super::output::{Output, RejectReason};
+use super::prospect::{self, Prospect};
+use super::store::Store;
+use super::time::Ts;
+
+mod capture;
+mod clock;
+mod extras;
+mod rules;
+pub mod snapshot;
+mod stages;
+mod timers;
+mod view;
+
+use capture::Lineage;
+use extras::{Emails, Seen};
+pub use extras::{Extras, dedup_key};
+use timers::{Timer, TimerKind};
+pub use view::{Census, ProspectView};
+
+/// Counters of what the engine did with its input.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub events: u64,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub late: u64,
+    pub unmapped: u64,
+    /// Valid calls that carry no journey signal by nature (Segment `group`, `alias`).
+    pub ignored: u64,
+    pub rejected: u64,
+    pub stage_changes: u64,
+    pub hot_leads: u64,
+    pub alerts_suppressed: u64,
+    pub ghosted: u64,
+    pub stalled: u64,
+    /// Events more than `time.max_ahead_hours` ahead of the shard's clock when they arrived
+    /// (a client clock set ahead): applied to their prospect, not allowed to move the clock.
+    pub ahead: u64,
+    /// Event ids seen again for a different signal: not a redelivery, applied as new events.
+    pub duplicate_conflicts: u64,
+    /// Prospects moved out of a terminal stage by one of its `reopen_on` signals, or whose
+    /// outcome was replaced by a contradicting one within `time.outcome_correction_hours`.
+    pub reopened: u64,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    journey: Arc<Journey>,
+    ids: Interner,
+    /// Each prospect's fixed state and per-journey arrays, indexed by `ProspectIx`.
+    store: Store,
+    /// Emails, for the prospects that gave one; kept aside so the others pay nothing for it.
+    emails: Emails,
+    timers: BinaryHeap<Timer>,
+    /// Timers of prospects being restored, armed at once by [`Engine::finish_restore`].
+    restored_timers: Vec<Timer>,
+    watermark: Ts,
+    /// The shard's clock: the largest event time that other traffic confirmed (see
+    /// [`Engine::apply`]); the watermark trails it by the allowed lateness.
+    max_event_ts: Ts,
+    /// An event time more than `max_ahead` ahead of the clock, not yet confirmed by another
+    /// prospect's event, and a fingerprint of the prospect that sent it (`Ts::NONE`: none).
+    leap: (Ts, u64),
+    /// Per-prospect state only some prospects need for a while (older event ids, sequence
+    /// signals waiting for their anchor), kept aside so the others pay nothing for it.
+    extras: hashbrown::HashMap<u32, Extras, ids::IndexHasher>,
+    /// Watermark at the last sweep of expired extras.
+    swept_at: Ts,
+    funnel: Funnel,
+    stats: Stats,
+    /// Three bits per prospect, per 64 prospects: `[0]` changed since the last
+    /// [`Engine::take_changed`] (the changelog), `[1]` changed since the last
+    /// [`Engine::capture_into`] (incremental captures), `[2]` email changed since the last
+    /// capture.
+    changed: Vec<[u64; 3]>,
+    /// Which engine's state this is and how many captures it made, so that a capture can tell
+    /// whether its destination holds exactly the previous capture of this engine.
+    lineage: Lineage,
+    captures: u64,
+    /// In a capture: `(lineage, captures)` of the engine it is a copy of.
+    captured_from: Option<(u64, u64)>,
+}
+
+impl Engine {
+    pub fn new(journey: Arc<Journey>) -> Engine {
+        Engine {
+            funnel: Funnel::new(&journey),
+            store: Store::new(&journey),
+            journey,
+            ids: Interner::default(),
+            emails: Emails::default(),
+            timers: BinaryHeap::new(),
+            restored_timers: Vec::new(),
+            watermark: Ts::NONE,
+            max_event_ts: Ts::NONE,
+            leap: (Ts::NONE, 0),
+            extras: hashbrown::HashMap::default(),
+            swept_at: Ts::NONE,
+            stats: Stats::default(),
+            changed: Vec::new(),
+            lineage: Lineage::new(),
+            captures: 0,
+            captured_from: None,
+        }
+    }
+
+    /// One prospect's fixed state and per-journey arrays (for encoding).
+    fn prospect_parts(&self, ix: ProspectIx) -> (&Prospect, &[u32], &[u16], &[Ts]) {
+        let i = ix.0 as usize;
+        (self.store.fixed(i), self.store.stage_times(i), self.store.counts(i), self.store.marks(i))
+    }
+
+    /// Makes room for `n` prospects (before a restore).
+    fn reserve(&mut self, n: usize) {
+        self.ids.reserve(n, n * 24);
+        self.store.reserve(n);
+    }
+
+    /// Adds a prospect read from a full state (restore of a snapshot): the id must be new.
+    /// Its timers are collected and armed by [`Engine::finish_restore`]; nothing is marked
+    /// changed. `Err` if the id is already there (damaged state) or the shard is full.
+    fn restore_prospect(&mut self, id: &str, rec: &snapshot::ProspectRecord<'_>) -> Result<ProspectIx, InternerFull> {
+        let ix = self.ids.intern_new(id)?.ok_or(InternerFull)?;
+        self.store.push_with(rec.fixed.clone(), &rec.stage_times, &rec.counts, &rec.marks);
+        if let Some(e) = rec.email {
+            self.emails.insert(ix.0, e.into());
+        }
+        if !rec.extras.is_empty() {
+            self.extras.insert(ix.0, rec.extras.clone());
+        }
+        self.restored_timers.extend(timers::armed(ix.0, &rec.fixed));
+        Ok(ix)
+    }
+
+    /// Ends a restore: arms the collected timers, clears every change mark.
+    fn finish_restore(&mut self) {
+        let mut all = std::mem::take(&mut self.timers).into_vec();
+        all.append(&mut self.restored_timers);
+        self.timers = BinaryHeap::from(all);
+        self.changed.clear();
+    }
+
+    /// Installs a prospect's whole state (restore): replaces it if the id is known, adds it
+    /// otherwise, and re-arms its timers. Funnel and stats are not touched (they come with the
+    /// shard meta).
+    pub fn install(&mut self, id: &str, rec: snapshot::ProspectRecord<'_>) -> Result<ProspectIx, InternerFull> {
+        let (ix, new) = self.ids.intern(id)?;
+        let i = ix.0 as usize;
+        if new {
+            self.store.push_with(rec.fixed, &rec.stage_times, &rec.counts, &rec.marks);
+        } else {
+            self.store.set(i, rec.fixed, &rec.stage_times, &rec.counts, &rec.marks);
+        }
+        match rec.email {
+            Some(e) => {
+                self.emails.insert(ix.0, e.into());
+            }
+            None => {
+                self.emails.remove(&ix.0);
+            }
+        }
+        self.mark_email_changed(ix.0);
+        if rec.extras.is_empty() {
+            self.extras.remove(&ix.0);
+        } else {
+            self.extras.insert(ix.0, rec.extras);
+        }
+        self.timers.extend(timers::armed(ix.0, self.store.fixed(i)));
+        self.mark_changed(ix.0);
+        Ok(ix)
+    }
+
+    pub fn journey(&self) -> &Arc<Journey> {
+        &self.journey
+    }
+
+    pub fn watermark(&self) -> Ts {
+        self.watermark
+    }
+
+    /// The shard's clock: the largest event time its traffic confirmed (`Ts::NONE` until two
+    /// prospects agree; see [`Engine::apply`]'s clock rule). An unconfirmed jump ahead is not
+    /// included.
+    pub fn max_event_time(&self) -> Ts {
+        self.max_event_ts
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn funnel(&self) -> &Funnel {
+        &self.funnel
+    }
+
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.store.len() == 0
+    }
+
+    pub fn prospect_id(&self, ix: ProspectIx) -> &str {
+        self.ids.get(ix)
+    }
+
+    pub fn find(&self, id: &str) -> Option<ProspectIx> {
+        self.ids.find(id)
+    }
+
+    pub fn prospect(&self, ix: ProspectIx) -> &Prospect {
+        self.store.fixed(ix.0 as usize)
+    }
+
+    pub fn email(&self, ix: ProspectIx) -> Option<&str> {
+        self.emails.get(&ix.0)
+    }
+
+    fn reject(&mut self, reason: RejectReason, detail: String, out: &mut Vec<Output>) {
+        self.stats.rejected += 1;
+        out.push(Output::Rejected { reason, detail });
+    }
+
+    /// Applies one event, appending what it caused to `out`.
+    pub fn apply(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) {
+        self.stats.events += 1;
+        let journey = Arc::clone(&self.journey);
+        let Some(sig) = ev.signal else {
+            if matches!(ev.kind, EventKind::Group | EventKind::Alias) {
+                self.stats.ignored += 1;
+                return;
+            }
+            if ev.kind == EventKind::Identify
+                && let (Some(ix), Some(email)) = (self.ids.find(&ev.prospect), &ev.email)
+            {
+                self.emails.insert(ix.0, (**email).into());
+                self.mark_email_changed(ix.0);
+            }
+            match journey.unmapped {
+                super::journey::UnmappedPolicy::Ignore => self.stats.unmapped += 1,
+                super::journey::UnmappedPolicy::Reject => self.reject(
+                    RejectReason::UnknownSignal,
+                    format!("event `{}` maps to no signal of journey `{}`", ev.name, journey.name),
+                    out,
+                ),
+            }
+            return;
+        };
+        let def = journey.signal(sig);
+        if !def.source.admits(ev.source) {
+            let detail = format!(
+                "signal `{}` is accepted from {} only; this event came from {}",
+                def.name,
+                def.source.as_str(),
+                ev.source.as_str()
+            );
+            return self.reject(RejectReason::SourceMismatch, detail, out);
+        }
+        let key = dedup_key(ids::event_fingerprint(&ev.event_id), sig);
+        let (ix, new) = match self.ids.intern(&ev.prospect) {
+            Ok(v) => v,
+            Err(InternerFull) => {
+                let detail = format!("shard holds {} prospects, its id arena is full", self.store.len());
+                return self.reject(RejectReason::Capacity, detail, out);
+            }
+        };
+        let i = ix.0 as usize;
+        if new {
+            self.store.push(Prospect::new(journey.first_stage(), ev.ts));
+        } else {
+            match self.seen(ix, key) {
+                Seen::Redelivery => {
+                    self.stats.duplicates += 1;
+                    return;
+                }
+                Seen::OtherSignal => self.stats.duplicate_conflicts += 1,
+                Seen::New => {}
+            }
+        }
+        self.stats.applied += 1;
+        self.mark_changed(ix.0);
+        self.remember(ix, key, ev.ts);
+        if let Some(email) = &ev.email
+            && self.email(ix) != Some(&**email)
+        {
+            self.emails.insert(ix.0, (**email).into());
+            self.mark_email_changed(ix.0);
+        }
+
+        let ts = ev.ts;
+        let late = !self.watermark.is_none() && ts < self.watermark;
+        if late {
+            self.stats.late += 1;
+            out.push(Output::Late { prospect: ix, signal: sig, at: ts, watermark: self.watermark });
+        } else {
+            self.tick_clock(ts, &ev.prospect, out);
+            self.fire_own_timers(ix, ts, out);
+        }
+
+        // Counts and look-back marks.
+        let (p, vars) = self.store.state_mut(i);
+        let count = &mut vars.counts[sig.0 as usize];
+        let seen_before = *count;
+        *count = count.saturating_add(1);
+        if let Some(slot) = def.tracked_slot {
+            let m = &mut vars.marks[slot as usize];
+            if m.is_none() || ts > *m {
+                *m = ts;
+            }
+        }
+
+        // Score, decayed in event time.
+        if ts > p.score_at {
+            p.score *= (-journey.decay_rate * ts.since(p.score_at).0 as f64).exp();
+            p.score_at = ts;
+        }
+        let score_before = p.score;
+        let scores = def.cap.is_none_or(|cap| (f64::from(seen_before) + 1.0) * def.weight.abs() <= cap + 1e-9);
+        if scores {
+            let w = if ts < p.score_at {
+                def.weight * (-journey.decay_rate * p.score_at.since(ts).0 as f64).exp()
+            } else {
+                def.weight
+            };
+            p.score = (p.score + w).clamp(-journey.max_score, journey.max_score);
+        }
+
+        // Activity and silence timers.
+        if def.prospect_initiated {
+            if p.last_activity.is_none() || ts > p.last_activity {
+                p.last_activity = ts;
+            }
+            if let Some(g) = journey.ghost
+                && !p.ghost_due.is_none()
+                && ts <= p.ghost_due
+                && ts > p.ghost_due.minus(g.window)
+            {
+                p.ghost_due = Ts::NONE;
+            }
+            if !late {
+                p.flags &= !prospect::GHOSTED;
+            }
+        }
+        if def.disqualifies {
+            p.flags |= prospect::DISQUALIFIED;
+        }
+
+        // Stage: forward only; a new prospect enters at least the first stage.
+        let target = if new { Some(def.enters.unwrap_or(journey.first_stage())) } else { def.enters };
+        if let Some(to) = target {
+            self.enter_stage(&journey, ix, new, to, sig, ts, late, out);
+        }
+        // Silence timer (after the stage move: a reopened deal's new quote is watched too).
+        let p = self.store.fixed_mut(i);
+        if let Some(g) = journey.ghost
+            && g.after == sig
+            && !late
+            && !journey.stage(p.stage).terminal
+            && !p.has(prospect::OUTCOME_WON)
+        {
+            let due = ts.plus(g.window);
+            // Prospect activity already inside the window (it arrived first): not silent.
+            let answered = !p.last_activity.is_none() && p.last_activity > ts && p.last_activity <= due;
+            if !answered && (p.ghost_due.is_none() || due > p.ghost_due) {
+                p.ghost_due = due;
+                self.timers.push(Reverse((due, ix.0, TimerKind::Ghost)));
+            }
+        }
+
+        if !late {
+            self.hot_rules(&journey, ix, sig, ev, score_before, out);
+            if def.tracked_slot.is_some() {
+                self.anchor_arrived(&journey, ix, sig, ts, out);
+            }
+        }
+    }
+
+    pub fn iter_ids(&self) -> impl Iterator<Item = (ProspectIx, &str)> + '_ {
+        self.ids.iter()
+    }
+}

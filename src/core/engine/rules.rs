@@ -1,0 +1,146 @@
+//! Hot rules: score thresholds and signals, sequence rules (a signal within a window after its
+//! anchor, in event-time order whatever the arrival order) and the alert with its cooldown.
+
+use super::Engine;
+use crate::core::event::Event;
+use crate::core::ids::{self, ProspectIx};
+use crate::core::journey::{HotCondition, Journey, SignalId};
+use crate::core::output::{HotLead, Output};
+use crate::core::prospect;
+use crate::core::time::Ts;
+
+impl Engine {
+    pub(super) fn hot_rules(
+        &mut self,
+        journey: &Journey,
+        ix: ProspectIx,
+        sig: SignalId,
+        ev: &Event<'_>,
+        score_before: f64,
+        out: &mut Vec<Output>,
+    ) {
+        let i = ix.0 as usize;
+        let p = self.store.fixed(i);
+        if p.has(prospect::DISQUALIFIED) || journey.stage(p.stage).terminal {
+            return;
+        }
+        let ts = ev.ts;
+        let mut fired = 0u32;
+        let mut wait = 0u32;
+        for (r, rule) in journey.hot_rules.iter().enumerate() {
+            let hit = match rule.condition {
+                HotCondition::ScoreAtLeast(t) => score_before < t && p.score >= t,
+                HotCondition::Signal { signal, after } => {
+                    signal == sig
+                        && after.is_none_or(|(a, within)| {
+                            let slot = journey.signal(a).tracked_slot.map_or(0, usize::from);
+                            let m = self.store.marks(i)[slot];
+                            let hit = !m.is_none() && m <= ts && ts.since(m) <= within;
+                            if !hit {
+                                // The anchor may still arrive (out of order, within the lateness).
+                                wait |= 1 << r;
+                            }
+                            hit
+                        })
+                }
+            };
+            if hit {
+                fired |= 1 << r;
+            }
+        }
+        if wait != 0 {
+            let x = self.extras.entry(ix.0).or_default();
+            for r in (0..journey.hot_rules.len()).filter(|r| wait & (1 << r) != 0) {
+                x.waiting.push((r as u8, ts, ev.event_id.as_ref().into()));
+            }
+        }
+        if fired != 0 {
+            self.raise(journey, ix, fired, sig, &ev.event_id, ts, out);
+        }
+    }
+
+    /// Makes a prospect hot by the rules in `fired` (bits), triggered by event `event_id` of
+    /// signal `sig` at `ts`; alerts unless an alert went out within the cooldown.
+    #[allow(clippy::too_many_arguments)]
+    fn raise(
+        &mut self,
+        journey: &Journey,
+        ix: ProspectIx,
+        fired: u32,
+        sig: SignalId,
+        event_id: &str,
+        ts: Ts,
+        out: &mut Vec<Output>,
+    ) {
+        let p = self.store.fixed_mut(ix.0 as usize);
+        if p.has(prospect::DISQUALIFIED) || journey.stage(p.stage).terminal {
+            return;
+        }
+        let until = ts.plus(journey.hot_for);
+        if p.hot_until.is_none() || until >= p.hot_until {
+            p.hot_until = until;
+            p.hot_rule = fired.trailing_zeros() as u8;
+        }
+        // At most one alert per cooldown window, whichever side of the last alert `ts` is on
+        // (an earlier event can arrive later, within the lateness).
+        if !p.last_alert.is_none()
+            && ts < p.last_alert.plus(journey.alert_cooldown)
+            && ts.plus(journey.alert_cooldown) > p.last_alert
+        {
+            self.stats.alerts_suppressed += 1;
+            return;
+        }
+        if p.last_alert.is_none() || ts > p.last_alert {
+            p.last_alert = ts;
+        }
+        self.stats.hot_leads += 1;
+        let prospect_id = self.ids.get(ix);
+        let rule_names: Vec<&str> = (0..journey.hot_rules.len())
+            .filter(|r| fired & (1 << r) != 0)
+            .map(|r| journey.hot_rules[r].name.as_str())
+            .collect();
+        out.push(Output::HotLead(Box::new(HotLead {
+            alert_id: ids::alert_id(prospect_id, &rule_names.join("+"), event_id),
+            prospect: ix,
+            rules: fired,
+            score: p.score,
+            stage: p.stage,
+            signal: sig,
+            event_id: event_id.to_string(),
+            at: ts,
+        })));
+    }
+
+    /// A sequence rule's anchor (`after`) arrived: sequence signals of this prospect that
+    /// arrived before it but happened within the rule's window after it make the prospect hot
+    /// now, as if they had arrived in event-time order (the alert names the signal's event).
+    pub(super) fn anchor_arrived(
+        &mut self,
+        journey: &Journey,
+        ix: ProspectIx,
+        sig: SignalId,
+        ts: Ts,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(x) = self.extras.get_mut(&ix.0) else { return };
+        let mut hits: Vec<(u8, Ts, Box<str>)> = Vec::new();
+        x.waiting.retain(|(r, s, id)| {
+            let hit = matches!(
+                journey.hot_rules[*r as usize].condition,
+                HotCondition::Signal { after: Some((a, within)), .. } if a == sig && *s >= ts && s.since(ts) <= within
+            );
+            if hit {
+                hits.push((*r, *s, id.clone()));
+            }
+            !hit
+        });
+        if x.is_empty() {
+            self.extras.remove(&ix.0);
+        }
+        hits.sort();
+        for (r, s, id) in hits {
+            let HotCondition::Signal { signal, .. } = journey.hot_rules[r as usize].condition else { continue };
+            self.raise(journey, ix, 1 << r, signal, &id, s, out);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! One prospect's record, both layouts (module docs of [`super`]): layout 1 for the changelog
+//! and state version 1, the compact layout 2 for full states since version 2, and the extras.
+
+use super::wire::{Dec, Enc, StateError, len_prefixed, sparse, unsparse};
+use crate::core::engine::{Engine, Extras};
+use crate::core::ids::ProspectIx;
+use crate::core::journey::StageId;
+use crate::core::prospect::{Prospect, RECENT_IDS};
+use crate::core::time::Ts;
+
+const NO_EMAIL: u32 = u32::MAX;
+
+/// One prospect's whole state, decoded and checked against the journey, ready to install.
+pub struct ProspectRecord<'a> {
+    pub fixed: Prospect,
+    pub stage_times: Vec<u32>,
+    pub counts: Vec<u16>,
+    pub marks: Vec<Ts>,
+    pub email: Option<&'a str>,
+    /// Older event ids and waiting sequence signals (state version 3; empty before).
+    pub extras: Extras,
+}
+
+impl ProspectRecord<'_> {
+    pub(super) fn empty() -> Self {
+        ProspectRecord {
+            fixed: Prospect::new(StageId(0), Ts::NONE),
+            stage_times: Vec::new(),
+            counts: Vec::new(),
+            marks: Vec::new(),
+            email: None,
+            extras: Extras::default(),
+        }
+    }
+}
+
+impl Engine {
+    /// Writes one prospect's record (without its id).
+    pub fn encode_prospect(&self, ix: ProspectIx, out: &mut Vec<u8>) {
+        let (p, stage_times, counts, marks) = self.prospect_parts(ix);
+        let mut w = Enc(out);
+        w.f64(p.score);
+        for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
+            w.ts(t);
+        }
+        p.recent.iter().for_each(|&r| w.u64(r));
+        for b in [p.stage.0, p.flags, p.hot_rule, p.recent_pos] {
+            w.u8(b);
+        }
+        stage_times.iter().for_each(|&v| w.u32(v));
+        counts.iter().for_each(|&v| w.u16(v));
+        marks.iter().for_each(|&t| w.ts(t));
+        match self.email(ix) {
+            Some(e) => w.bytes(e.as_bytes()),
+            None => w.u32(NO_EMAIL),
+        }
+    }
+
+    /// A changelog record: layout 1 ([`Engine::encode_prospect`]), then, when the prospect has
+    /// any, its extras (tag 1; records without a tag, from older builds, have none).
+    pub fn encode_changelog_record(&self, ix: ProspectIx, out: &mut Vec<u8>) {
+        self.encode_prospect(ix, out);
+        if let Some(x) = self.live_extras(ix) {
+            out.push(1);
+            encode_extras(&x, out);
+        }
+    }
+
+    /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
+    pub fn decode_changelog_record<'a>(&self, r: &mut Dec<'a>) -> Result<ProspectRecord<'a>, StateError> {
+        let mut rec = self.decode_prospect(r)?;
+        if !r.is_empty() {
+            let at = r.position();
+            match r.u8("extras tag")? {
+                1 => rec.extras = decode_extras(r, self.journey().hot_rules.len())?,
+                _ => return Err(StateError::Invalid { what: "extras tag", at }),
+            }
+        }
+        if !r.is_empty() {
+            return Err(StateError::Invalid { what: "trailing bytes", at: r.position() });
+        }
+        Ok(rec)
+    }
+
+    /// Reads one prospect record and checks it against this engine's journey.
+    pub fn decode_prospect<'a>(&self, r: &mut Dec<'a>) -> Result<ProspectRecord<'a>, StateError> {
+        let j = self.journey();
+        let score = r.f64("score")?;
+        let mut t = [Ts::NONE; 7];
+        for v in &mut t {
+            *v = r.ts("prospect times")?;
+        }
+        let mut recent = [0u64; RECENT_IDS];
+        for v in &mut recent {
+            *v = r.u64("recent event ids")?;
+        }
+        let at = r.position();
+        let small = [r.u8("stage")?, r.u8("flags")?, r.u8("hot rule")?, r.u8("recent position")?];
+        let fixed = self.checked_prospect(score, t, recent, small, at)?;
+        let stage_times = (0..j.stages.len()).map(|_| r.u32("stage times")).collect::<Result<_, _>>()?;
+        let counts = (0..j.signals.len()).map(|_| r.u16("signal counts")).collect::<Result<_, _>>()?;
+        let marks = (0..j.tracked).map(|_| r.ts("marks")).collect::<Result<_, _>>()?;
+        let at = r.position();
+        let email = match r.u32("email")? {
+            NO_EMAIL => None,
+            n => {
+                let b = r.take(n as usize, "email")?;
+                Some(std::str::from_utf8(b).map_err(|_| StateError::Invalid { what: "email", at })?)
+            }
+        };
+        Ok(ProspectRecord { fixed, stage_times, counts, marks, email, extras: Extras::default() })
+    }
+
+    /// One prospect in record layout 2 (see the module docs).
+    pub(super) fn encode_compact(&self, ix: ProspectIx, out: &mut Vec<u8>) {
+        let (p, stage_times, counts, marks) = self.prospect_parts(ix);
+        let times = [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert];
+        let email = self.email(ix);
+        let mut mask = 0u16;
+        for (k, t) in times.iter().enumerate() {
+            mask |= u16::from(!t.is_none()) << k;
+        }
+        mask |= u16::from(p.score.to_bits() != 0) << 7;
+        for (k, r) in p.recent.iter().enumerate() {
+            mask |= u16::from(*r != 0) << (8 + k);
+        }
+        mask |= u16::from(email.is_some()) << 12;
+        let extras = self.live_extras(ix);
+        mask |= u16::from(extras.is_some()) << 13;
+        out.extend_from_slice(&mask.to_le_bytes());
+        if mask & (1 << 7) != 0 {
+            out.extend_from_slice(&p.score.to_bits().to_le_bytes());
+        }
+        for t in times.iter().filter(|t| !t.is_none()) {
+            out.extend_from_slice(&t.0.to_le_bytes());
+        }
+        for r in p.recent.iter().filter(|&&r| r != 0) {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+        out.extend_from_slice(&[p.stage.0, p.flags, p.hot_rule, p.recent_pos]);
+        sparse(out, stage_times, |&v| v != 0, |out, v| out.extend_from_slice(&v.to_le_bytes()));
+        sparse(out, counts, |&v| v != 0, |out, v| out.extend_from_slice(&v.to_le_bytes()));
+        sparse(out, marks, |t| !t.is_none(), |out, t| out.extend_from_slice(&t.0.to_le_bytes()));
+        if let Some(e) = email {
+            len_prefixed(out, e.as_bytes());
+        }
+        if let Some(x) = extras {
+            encode_extras(&x, out);
+        }
+    }
+
+    /// A prospect's fixed state from its decoded fields (`t`: the seven times in record order,
+    /// `small`: stage, flags, hot rule, recent position), checked against this engine's journey.
+    fn checked_prospect(
+        &self,
+        score: f64,
+        t: [Ts; 7],
+        recent: [u64; RECENT_IDS],
+        [stage, flags, hot_rule, recent_pos]: [u8; 4],
+        at: usize,
+    ) -> Result<Prospect, StateError> {
+        let j = self.journey();
+        let bad_rule = hot_rule as usize >= j.hot_rules.len().max(1);
+        if stage as usize >= j.stages.len() || bad_rule || recent_pos as usize >= RECENT_IDS || !score.is_finite() {
+            return Err(StateError::Invalid { what: "prospect record", at });
+        }
+        Ok(Prospect {
+            score,
+            score_at: t[0],
+            last_activity: t[1],
+            stage_entered: t[2],
+            ghost_due: t[3],
+            stall_due: t[4],
+            hot_until: t[5],
+            last_alert: t[6],
+            recent,
+            stage: StageId(stage),
+            flags,
+            hot_rule,
+            recent_pos,
+        })
+    }
+
+    /// Reads one record of layout 2 into `rec` (reusing its buffers) and checks it against
+    /// this engine's journey.
+    pub(super) fn decode_compact<'a>(&self, r: &mut Dec<'a>, rec: &mut ProspectRecord<'a>) -> Result<(), StateError> {
+        let j = self.journey();
+        let at = r.position();
+        let mask = r.u16("presence mask")?;
+        if mask >> 14 != 0 {
+            return Err(StateError::Invalid { what: "presence mask", at });
+        }
+        let score = if mask & (1 << 7) != 0 { r.f64("score")? } else { 0.0 };
+        let mut t = [Ts::NONE; 7];
+        for (k, v) in t.iter_mut().enumerate() {
+            if mask & (1 << k) != 0 {
+                *v = r.ts("prospect times")?;
+            }
+        }
+        let mut recent = [0u64; RECENT_IDS];
+        for (k, v) in recent.iter_mut().enumerate() {
+            if mask & (1 << (8 + k)) != 0 {
+                *v = r.u64("recent event ids")?;
+            }
+        }
+        let at = r.position();
+        let small = r.array::<4>("stage")?;
+        rec.fixed = self.checked_prospect(score, t, recent, small, at)?;
+        unsparse(r, &mut rec.stage_times, j.stages.len(), 0, "stage times", |r| r.u32("stage times"))?;
+        unsparse(r, &mut rec.counts, j.signals.len(), 0, "signal counts", |r| r.u16("signal counts"))?;
+        unsparse(r, &mut rec.marks, j.tracked, Ts::NONE, "marks", |r| r.ts("marks"))?;
+        rec.email = if mask & (1 << 12) != 0 { Some(r.len_prefixed_str("email")?) } else { None };
+        rec.extras = if mask & (1 << 13) != 0 { decode_extras(r, j.hot_rules.len())? } else { Extras::default() };
+        Ok(())
+    }
+}
+
+/// A length as one byte, or 255 and four bytes for 255 and more, then the bytes.
+/// Extras: count of older ids, (key u64, time i64) each; count of waiting sequence signals,
+/// (hot rule u8, time i64, len-prefixed event id) each.
+fn encode_extras(x: &Extras, out: &mut Vec<u8>) {
+    let mut w = Enc(out);
+    w.u32(x.seen.len() as u32);
+    for &(k, t) in &x.seen {
+        w.u64(k);
+        w.ts(t);
+    }
+    w.u32(x.waiting.len() as u32);
+    for (r, t, id) in &x.waiting {
+        w.u8(*r);
+        w.ts(*t);
+        len_prefixed(out, id.as_bytes());
+        w = Enc(out);
+    }
+}
+
+fn decode_extras(r: &mut Dec<'_>, hot_rules: usize) -> Result<Extras, StateError> {
+    let mut x = Extras::default();
+    let at = r.position();
+    let n = r.u32("older event ids")? as usize;
+    if n > r.remaining() / 16 {
+        return Err(StateError::Invalid { what: "older event ids", at });
+    }
+    for _ in 0..n {
+        x.seen.push((r.u64("older event ids")?, r.ts("older event ids")?));
+    }
+    let at = r.position();
+    let n = r.u32("waiting signals")? as usize;
+    if n > r.remaining() / 10 {
+        return Err(StateError::Invalid { what: "waiting signals", at });
+    }
+    for _ in 0..n {
+        let at = r.position();
+        let rule = r.u8("waiting signals")?;
+        if rule as usize >= hot_rules {
+            return Err(StateError::Invalid { what: "waiting signals", at });
+        }
+        x.waiting.push((rule, r.ts("waiting signals")?, r.len_prefixed_str("waiting signals")?.into()));
+    }
+    Ok(x)
+}

@@ -1,0 +1,169 @@
+//! Read views of the state: one prospect for people, digests, the census and the memory figure.
+
+use serde::Serialize;
+
+use super::Engine;
+use super::timers::Timer;
+use crate::core::ids::{self, ProspectIx};
+use crate::core::prospect::{self, Classification};
+use crate::core::time::{MS_PER_SEC, Ts};
+
+impl Engine {
+    /// A readable view of one prospect, its score decayed to `at` (or to its last event).
+    pub fn view(&self, ix: ProspectIx, at: Option<Ts>) -> ProspectView {
+        let j = &self.journey;
+        let i = ix.0 as usize;
+        let p = self.store.fixed(i);
+        let at = at.unwrap_or(p.score_at);
+        let stage_entered = (0..j.stages.len())
+            .filter_map(|s| {
+                let v = self.store.stage_times(i)[s];
+                (v != 0).then(|| (j.stages[s].name.clone(), Ts((i64::from(v) - 1) * MS_PER_SEC).to_string()))
+            })
+            .collect();
+        let signal_counts = (0..j.signals.len())
+            .filter_map(|s| {
+                let c = self.store.counts(i)[s];
+                (c != 0).then(|| (j.signals[s].name.clone(), c))
+            })
+            .collect();
+        let opt = |t: Ts| (!t.is_none()).then(|| t.to_string());
+        let hot = p.is_hot(at);
+        ProspectView {
+            prospect: self.ids.get(ix).to_string(),
+            email: self.email(ix).map(str::to_string),
+            stage: j.stage(p.stage).name.clone(),
+            stage_entered_at: p.stage_entered.to_string(),
+            stages_entered: stage_entered,
+            score: (p.score_at_time(j, at) * 100.0).round() / 100.0,
+            hot,
+            hot_reason: hot.then(|| j.hot_rules[p.hot_rule as usize].reason.clone()),
+            ghosted: p.has(prospect::GHOSTED),
+            stalled: p.has(prospect::STALLED),
+            classification: p.classification(j),
+            next_commitment: j.stage(p.stage).next_commitment.clone(),
+            last_activity: opt(p.last_activity),
+            ghost_due: opt(p.ghost_due),
+            stall_due: opt(p.stall_due),
+            signal_counts,
+        }
+    }
+
+    /// A digest of one prospect's whole state, independent of its index in this engine.
+    pub fn prospect_digest(&self, ix: ProspectIx) -> u64 {
+        self.prospect_digest_with(ix, &mut Vec::with_capacity(256))
+    }
+
+    pub(super) fn prospect_digest_with(&self, ix: ProspectIx, buf: &mut Vec<u8>) -> u64 {
+        let i = ix.0 as usize;
+        let p = self.store.fixed(i);
+        buf.clear();
+        buf.extend_from_slice(self.ids.get(ix).as_bytes());
+        buf.push(0);
+        for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
+            buf.extend_from_slice(&t.0.to_le_bytes());
+        }
+        buf.extend_from_slice(&p.score.to_bits().to_le_bytes());
+        buf.extend_from_slice(&[p.stage.0, p.flags, p.hot_rule]);
+        let mut recent = p.recent;
+        recent.sort_unstable();
+        for r in recent {
+            buf.extend_from_slice(&r.to_le_bytes());
+        }
+        for v in self.store.stage_times(i) {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in self.store.counts(i) {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in self.store.marks(i) {
+            buf.extend_from_slice(&v.0.to_le_bytes());
+        }
+        if let Some(e) = self.email(ix) {
+            buf.extend_from_slice(e.as_bytes());
+        }
+        if let Some(x) = self.live_extras(ix) {
+            buf.push(0);
+            for (k, t) in x.seen {
+                buf.extend_from_slice(&k.to_le_bytes());
+                buf.extend_from_slice(&t.0.to_le_bytes());
+            }
+            for (r, t, id) in x.waiting {
+                buf.push(r);
+                buf.extend_from_slice(&t.0.to_le_bytes());
+                buf.extend_from_slice(id.as_bytes());
+                buf.push(0);
+            }
+        }
+        ids::hash64(ids::SEED_DIGEST, buf)
+    }
+
+    /// Order-independent digest of every prospect's state: equal across engines (or shards
+    /// summed) that hold the same prospects in the same states.
+    pub fn digest(&self) -> u64 {
+        let mut buf = Vec::with_capacity(256);
+        (0..self.store.len() as u32)
+            .fold(0u64, |acc, i| acc.wrapping_add(self.prospect_digest_with(ProspectIx(i), &mut buf)))
+    }
+
+    /// Prospects per classification, hot prospects at the watermark.
+    pub fn census(&self) -> Census {
+        let mut c = Census::default();
+        let at = self.watermark;
+        for p in self.store.iter_fixed() {
+            match p.classification(&self.journey) {
+                Classification::CurrentOpportunity => c.current_opportunity += 1,
+                Classification::NoCurrentOpportunity => c.no_current_opportunity += 1,
+                Classification::NotAProspect => c.not_a_prospect += 1,
+            }
+            c.hot += u64::from(p.is_hot(at));
+            c.ghosted += u64::from(p.has(prospect::GHOSTED));
+            c.stalled += u64::from(p.has(prospect::STALLED));
+        }
+        c.prospects = self.store.len() as u64;
+        c
+    }
+
+    /// Heap bytes held by state (capacity, not length): the memory budget figure.
+    pub fn heap_bytes(&self) -> usize {
+        self.ids.heap_bytes()
+            + self.store.heap_bytes()
+            + self.timers.capacity() * std::mem::size_of::<Timer>()
+            + self.emails.capacity() * 24
+            + self.emails.present.capacity() * 8
+            + self.emails.values().map(|e| e.len()).sum::<usize>()
+    }
+}
+
+/// Counts over all prospects at the watermark.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Census {
+    pub prospects: u64,
+    pub hot: u64,
+    pub ghosted: u64,
+    pub stalled: u64,
+    pub current_opportunity: u64,
+    pub no_current_opportunity: u64,
+    pub not_a_prospect: u64,
+}
+
+/// One prospect, for people: names instead of indexes, times as RFC 3339.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProspectView {
+    pub prospect: String,
+    pub email: Option<String>,
+    pub stage: String,
+    pub stage_entered_at: String,
+    pub stages_entered: Vec<(String, String)>,
+    pub score: f64,
+    pub hot: bool,
+    pub hot_reason: Option<String>,
+    pub ghosted: bool,
+    pub stalled: bool,
+    pub classification: Classification,
+    pub next_commitment: String,
+    pub last_activity: Option<String>,
+    pub ghost_due: Option<String>,
+    pub stall_due: Option<String>,
+    pub signal_counts: Vec<(String, u16)>,
+}

@@ -1,0 +1,124 @@
+//! `microfunnel replay`: arguments, file handling and the memory report; the run itself is
+//! `microfunnel::replay`.
+
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use microfunnel::codec::Limits;
+use microfunnel::core::time::parse_rfc3339;
+use microfunnel::replay;
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// Journey definition (TOML).
+    #[arg(long, default_value = "deploy/journeys/b2b.toml")]
+    journey: PathBuf,
+    /// Events, one JSON object per line; `-` reads stdin. Several files: one per input topic,
+    /// in `kafka.input_topics` order; each shard's lines are merged from them by event time,
+    /// as the service merges a shard's input partitions.
+    #[arg(required = true, num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// Advance event time to this RFC 3339 instant at the end (default: each shard to its
+    /// clock, the largest event time its traffic confirmed).
+    #[arg(long)]
+    until: Option<String>,
+    /// Do not advance event time at the end (the service with `pipeline.idle_advance_ms = 0`):
+    /// timers fire only as far as the watermarks got during the input.
+    #[arg(long, conflicts_with = "until")]
+    no_advance: bool,
+    /// Shard like the service over N input partitions: each event goes to the engine of
+    /// Kafka's default partitioner (murmur2) of its prospect id.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(replay::MAX_PARTITIONS)))]
+    partitions: u32,
+    /// Print a digest line of the final per-prospect state (with `--partitions` > 1, one per
+    /// shard, then the total).
+    #[arg(long)]
+    digest: bool,
+    /// Print only the final summary (and digest) lines.
+    #[arg(long)]
+    summary_only: bool,
+    /// At the end, print to stderr the process's resident memory and the engine's state
+    /// bytes per prospect (a JSON line).
+    #[arg(long)]
+    memory: bool,
+    /// Largest accepted payload, bytes.
+    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    max_bytes: usize,
+    /// Deepest accepted JSON nesting.
+    #[arg(long, default_value_t = Limits::default().max_depth)]
+    max_depth: usize,
+}
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let ReplayArgs {
+        journey,
+        input,
+        until,
+        no_advance,
+        partitions,
+        digest,
+        summary_only,
+        memory,
+        max_bytes,
+        max_depth,
+    } = args;
+    let journey = crate::load_journey(&journey)?;
+    let until = until.map(|u| parse_rfc3339(&u).map_err(|e| anyhow::anyhow!("--until {u:?}: {e}"))).transpose()?;
+    let end = match (until, no_advance) {
+        (Some(t), _) => replay::End::Until(t),
+        (None, true) => replay::End::Stay,
+        (None, false) => replay::End::LastEvent,
+    };
+    let limits = Limits { max_bytes, max_depth, ..Limits::default() };
+    let opts = replay::Options { limits, end, digest, summary_only, partitions };
+    let rss_before = resident_bytes();
+    let stdout = io::stdout().lock();
+    let stderr = io::stderr().lock();
+    if input.iter().filter(|i| i.as_os_str() == "-").count() > 1 {
+        anyhow::bail!("stdin (`-`) can be only one of the input files");
+    }
+    let (shards, _) = if let [input] = input.as_slice() {
+        if input.as_os_str() == "-" {
+            replay::run(journey, &opts, io::stdin().lock(), stdout, stderr)?
+        } else {
+            let file = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+            replay::run(journey, &opts, BufReader::with_capacity(1 << 20, file), stdout, stderr)?
+        }
+    } else {
+        let mut files = Vec::with_capacity(input.len());
+        for path in &input {
+            let reader: Box<dyn io::Read> = if path.as_os_str() == "-" {
+                Box::new(io::stdin().lock())
+            } else {
+                Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
+            };
+            files.push(replay::Named { name: path.display().to_string(), input: reader });
+        }
+        replay::run_merged(journey, &opts, files, stdout, stderr)?
+    };
+    if memory {
+        let prospects: usize = shards.iter().map(|e| e.len()).sum();
+        let state: usize = shards.iter().map(|e| e.heap_bytes()).sum();
+        let (rss, n) = (resident_bytes().saturating_sub(rss_before), prospects.max(1));
+        eprintln!(
+            "{{\"kind\":\"memory\",\"prospects\":{prospects},\"rss_growth_bytes\":{rss},\"rss_per_prospect\":{:.1},\"state_bytes\":{state},\"state_per_prospect\":{:.1}}}",
+            rss as f64 / n as f64,
+            state as f64 / n as f64
+        );
+    }
+    Ok(())
+}
+
+/// Resident set size of this process (Linux `/proc/self/statm`), 0 where unavailable.
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0);
+    pages * 4096
+}

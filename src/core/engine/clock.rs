@@ -65,10 +65,13 @@ impl Engine {
         }
     }
 
-    /// Drops expired extras once the watermark moved an hour since the last sweep (expired
-    /// entries are ignored anyway; this only returns their memory).
+    /// Drops expired extras once the watermark moved by the dedup window (at least an hour)
+    /// since the last sweep: expired entries are ignored anyway, this only returns their memory,
+    /// and a sweep walks every prospect with extras, so it runs about once per window (entries
+    /// are kept at most about twice the window).
     fn sweep(&mut self) {
-        if !self.swept_at.is_none() && self.watermark < self.swept_at.plus(Span::from_hours(1.0)) {
+        let every = self.journey.dedup_window.max(Span::from_hours(1.0));
+        if !self.swept_at.is_none() && self.watermark < self.swept_at.plus(every) {
             return;
         }
         self.swept_at = self.watermark;

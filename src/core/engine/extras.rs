@@ -95,6 +95,13 @@ impl Extras {
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty() && self.waiting.is_empty()
     }
+
+    /// Heap bytes held (capacity, not length).
+    pub fn heap_bytes(&self) -> usize {
+        self.seen.capacity() * std::mem::size_of::<(u64, Ts)>()
+            + self.waiting.capacity() * std::mem::size_of::<(u8, Ts, Box<str>)>()
+            + self.waiting.iter().map(|w| w.2.len()).sum::<usize>()
+    }
 }
 
 fn seen_live(t: Ts, watermark: Ts, window: Span) -> bool {

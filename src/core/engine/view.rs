@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::Engine;
+use super::extras::Extras;
 use super::timers::Timer;
 use crate::core::ids::{self, ProspectIx};
 use crate::core::prospect::{self, Classification};
@@ -132,6 +133,8 @@ impl Engine {
             + self.emails.capacity() * 24
             + self.emails.present.capacity() * 8
             + self.emails.values().map(|e| e.len()).sum::<usize>()
+            + self.extras.capacity() * (std::mem::size_of::<(u32, Extras)>() + 1)
+            + self.extras.values().map(Extras::heap_bytes).sum::<usize>()
     }
 }
 

@@ -243,14 +243,7 @@ fn random_ids(n: usize) -> Vec<String> {
     (0..n)
         .map(|_| {
             let (a, b) = (next(), next());
-            format!(
-                "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-                a >> 32,
-                (a >> 16) & 0xffff,
-                a & 0xfff,
-                0x8000 | (b >> 48 & 0x3fff),
-                b & 0xffff_ffff_ffff
-            )
+            microfunnel::traffic::render::uuid4(a, b)
         })
         .collect()
 }

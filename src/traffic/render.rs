@@ -87,14 +87,7 @@ pub fn identity(seed: u64, n: u64) -> Identity {
     };
     Identity {
         user_id: format!("usr_{:012x}", permute48(n, seed)),
-        anon_id: format!(
-            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            0x8000 | (b >> 48 & 0x3fff),
-            b & 0xffff_ffff_ffff
-        ),
+        anon_id: uuid4(a, b),
         email,
         name: format!("{first} {last}"),
         company,
@@ -292,4 +285,16 @@ pub fn malformed(out: &mut Vec<u8>, id: &Identity, step: &Step, r: &mut Rng, n: 
             out.push(b'}');
         }
     }
+}
+
+/// A version-4 UUID in its text form (as analytics.js writes `anonymousId`) from 128 random bits.
+pub fn uuid4(a: u64, b: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | (b >> 48 & 0x3fff),
+        b & 0xffff_ffff_ffff
+    )
 }

@@ -20,9 +20,43 @@ use super::{PipelineConsumer, PipelineError, State, wall_now};
 /// A checkpoint whose snapshots are being written; its offsets are committed when all are done.
 pub(super) struct InFlight {
     started: Instant,
+    /// Shards whose writer job has not reported yet.
     waiting: BTreeSet<i32>,
+    /// Per shard of the checkpoint, its positions (next offset per input topic, -1 = nothing read)
+    /// as captured.
     commits: Vec<(i32, Vec<i64>)>,
+    /// Whether a shard's job could not be submitted or reported a failure.
     failed: bool,
+}
+
+/// One input offset a checkpoint commits: the next offset to read of partition `partition` of
+/// input topic `topic`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Commit<'a> {
+    pub(super) topic: &'a str,
+    pub(super) partition: i32,
+    pub(super) next: i64,
+}
+
+impl InFlight {
+    /// The commit decision of a finished checkpoint (`topics` = `kafka.input_topics`): `None`
+    /// when a shard failed, and then nothing at all is committed; otherwise exactly the
+    /// positions captured for the checkpoint's shards, by shard then input topic, leaving out
+    /// inputs with nothing read.
+    pub(super) fn offsets<'a>(&self, topics: &'a [String]) -> Option<Vec<Commit<'a>>> {
+        if self.failed {
+            return None;
+        }
+        let mut offsets = Vec::new();
+        for (p, positions) in &self.commits {
+            for (t, &next) in topics.iter().zip(positions) {
+                if next >= 0 {
+                    offsets.push(Commit { topic: t, partition: *p, next });
+                }
+            }
+        }
+        Some(offsets)
+    }
 }
 
 impl State {
@@ -171,18 +205,14 @@ impl State {
             }
         }
         let Some(flight) = self.in_flight.take() else { return Ok(()) };
-        if flight.failed {
+        let topics = &self.settings.kafka.input_topics;
+        let Some(offsets) = flight.offsets(topics) else {
             self.metrics.checkpoints.with_label_values(&["failed"]).inc();
             return Ok(());
-        }
-        let topics = &self.settings.kafka.input_topics;
+        };
         let mut tpl = TopicPartitionList::new();
-        for (p, positions) in &flight.commits {
-            for (t, &next) in topics.iter().zip(positions) {
-                if next >= 0 {
-                    tpl.add_partition_offset(t, *p, Offset::Offset(next))?;
-                }
-            }
+        for c in &offsets {
+            tpl.add_partition_offset(c.topic, c.partition, Offset::Offset(c.next))?;
         }
         if tpl.count() > 0 {
             consumer.commit(&tpl, mode)?;
@@ -209,5 +239,39 @@ impl State {
         self.metrics.checkpoint_seconds.observe(flight.started.elapsed().as_secs_f64());
         self.metrics.commit_barrier.observe(flight.started.elapsed().as_secs_f64());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics() -> Vec<String> {
+        vec!["web".to_string(), "crm".to_string()]
+    }
+
+    fn flight(commits: Vec<(i32, Vec<i64>)>, failed: bool) -> InFlight {
+        InFlight { started: Instant::now(), waiting: BTreeSet::new(), commits, failed }
+    }
+
+    #[test]
+    fn a_failed_shard_means_nothing_is_committed() {
+        let topics = topics();
+        let f = flight(vec![(0, vec![10, 4]), (1, vec![7, 2])], true);
+        assert_eq!(f.offsets(&topics), None);
+        // Failed with nothing captured is still a failure, not an empty commit.
+        assert_eq!(flight(Vec::new(), true).offsets(&topics), None);
+    }
+
+    #[test]
+    fn commits_cover_only_the_positions_captured() {
+        let topics = topics();
+        // Shard 3 (not due) is absent; shard 0 read nothing of `crm` yet (-1).
+        let f = flight(vec![(0, vec![10, -1]), (2, vec![7, 2])], false);
+        let offsets = f.offsets(&topics).expect("no shard failed");
+        let c = |topic, partition, next| Commit { topic, partition, next };
+        assert_eq!(offsets, vec![c("web", 0, 10), c("web", 2, 7), c("crm", 2, 2)]);
+        assert!(offsets.iter().all(|c| c.partition != 3 && c.next >= 0));
+        assert_eq!(flight(Vec::new(), false).offsets(&topics), Some(Vec::new()));
     }
 }

@@ -24,6 +24,20 @@
 //! takes the queue head with the smallest event time, waiting (bounded) for a partition that
 //! has nothing buffered but a possible backlog. Buffered messages are beyond the shard's
 //! positions, so a checkpoint never covers them; a revoke drops them and they are read again.
+//!
+//! Where each part lives: this module holds [`run`] (the loop: poll → route → merge → tick) and
+//! the pipeline's `State`, whose methods are spread over the child modules, one role each:
+//! - `shard`: one shard's engine, input positions, checkpoint sequence and owed tombstones;
+//! - `inputs`: the merge queues (arrival, [`merge::decide`] applied, pause/resume, the cached
+//!   high watermarks);
+//! - `handle`: one message decoded, applied and emitted, and its hot-path metrics;
+//! - `barrier`: the checkpoint (flush, capture, submit to the writer) and the commit decision
+//!   (`InFlight::offsets`);
+//! - `rebalance`: the consumer context; assign (restore or resume a parked shard) and revoke
+//!   (checkpoint, then park);
+//! - `tick`: idle advance, funnel records, consumer lag;
+//! - `checkpoint`: the writer thread and restore; `emit`: outputs to topics; `status`: what
+//!   HTTP shows of each shard.
 
 mod barrier;
 mod checkpoint;
@@ -106,7 +120,7 @@ struct State {
     last_barrier: Instant,
     outputs: Vec<Output>,
     buf: Vec<u8>,
-    /// The input topics as C strings, for [`inputs::cached_watermarks`].
+    /// The input topics as C strings, for `inputs::cached_watermarks`.
     topic_names: Vec<CString>,
     /// Messages buffered for the merge, over all shards.
     buffered: usize,

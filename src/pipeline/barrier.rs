@@ -1,0 +1,277 @@
+//! The checkpoint barrier: flush, capture, submit to the writer, and the commit decision.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::core::Engine;
+use crate::kafka;
+use crate::snapshot::Pending;
+
+use super::checkpoint::{self, Job};
+use super::status::CheckpointStatus;
+use super::{PipelineConsumer, PipelineError, State, wall_now};
+
+/// A checkpoint whose snapshots are being written; its offsets are committed when all are done.
+pub(super) struct InFlight {
+    started: Instant,
+    /// Shards whose writer job has not reported yet.
+    waiting: BTreeSet<i32>,
+    /// Per shard of the checkpoint, its positions (next offset per input topic, -1 = nothing read)
+    /// as captured.
+    commits: Vec<(i32, Vec<i64>)>,
+    /// Whether a shard's job could not be submitted or reported a failure.
+    failed: bool,
+}
+
+/// One input offset a checkpoint commits: the next offset to read of partition `partition` of
+/// input topic `topic`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Commit<'a> {
+    pub(super) topic: &'a str,
+    pub(super) partition: i32,
+    pub(super) next: i64,
+}
+
+impl InFlight {
+    /// The commit decision of a finished checkpoint (`topics` = `kafka.input_topics`): `None`
+    /// when a shard failed, and then nothing at all is committed; otherwise exactly the
+    /// positions captured for the checkpoint's shards, by shard then input topic, leaving out
+    /// inputs with nothing read.
+    pub(super) fn offsets<'a>(&self, topics: &'a [String]) -> Option<Vec<Commit<'a>>> {
+        if self.failed {
+            return None;
+        }
+        let mut offsets = Vec::new();
+        for (p, positions) in &self.commits {
+            for (t, &next) in topics.iter().zip(positions) {
+                if next >= 0 {
+                    offsets.push(Commit { topic: t, partition: *p, next });
+                }
+            }
+        }
+        Some(offsets)
+    }
+}
+
+impl State {
+    /// Flushes the producer until everything sent is acknowledged; fails on any refusal.
+    fn flush(&mut self, deadline: Instant) -> Result<(), PipelineError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PipelineError::FlushTimeout);
+            }
+            match kafka::flush(&self.producer, left.min(Duration::from_secs(5))) {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "producer flush not finished yet"),
+            }
+        }
+        self.unflushed = false;
+        let failed = self.producer.context().failed.load(Ordering::Acquire);
+        if failed > self.failed_seen {
+            return Err(PipelineError::Undelivered(failed - self.failed_seen));
+        }
+        Ok(())
+    }
+
+    /// Starts a checkpoint of every shard that changed (module docs); with `wait`, also waits
+    /// for its snapshots and commits. Without, the commit happens in [`State::poll_checkpoint`].
+    pub(super) fn checkpoint(
+        &mut self,
+        consumer: &PipelineConsumer,
+        mode: CommitMode,
+        deadline: Instant,
+        wait: bool,
+    ) -> Result<(), PipelineError> {
+        if self.in_flight.is_some() {
+            if !wait {
+                return Ok(());
+            }
+            self.poll_checkpoint(consumer, CommitMode::Sync, Some(deadline))?;
+        }
+        let started = Instant::now();
+        self.since_barrier = 0;
+        self.last_barrier = started;
+        let due: Vec<i32> = self.shards.iter().filter(|(_, s)| s.due()).map(|(p, _)| *p).collect();
+        if self.unflushed || !due.is_empty() {
+            self.flush(deadline)?;
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut flight =
+            InFlight { started, waiting: BTreeSet::new(), commits: Vec::with_capacity(due.len()), failed: false };
+        let topics = &self.settings.kafka.input_topics;
+        for p in due {
+            let shard = self.shards.get_mut(&p).expect("due shards exist");
+            shard.seq += 1;
+            let changed = shard.engine.take_changed();
+            flight.commits.push((p, shard.positions.clone()));
+            let Some(w) = &self.writer else { continue };
+            let what = Pending {
+                group: self.settings.kafka.group_id.clone(),
+                shard: p,
+                seq: shard.seq,
+                written_at: wall_now().to_string(),
+                positions: shard.position_map(topics),
+                changelog: None,
+            };
+            let changelog = self.changelog.as_ref().map(|producers| checkpoint::ChangelogJob {
+                producers: Arc::clone(producers),
+                changed,
+                tombstones: std::mem::take(&mut shard.tombstones),
+                deadline,
+            });
+            let mut engine = self.spares.remove(&p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
+            shard.engine.capture_into(&mut engine);
+            if w.submit(Job { engine, what, changelog, source: shard.engine.lineage() }) {
+                flight.waiting.insert(p);
+            } else {
+                flight.failed = true;
+            }
+        }
+        self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
+        self.in_flight = Some(flight);
+        let block = wait.then_some(deadline);
+        self.poll_checkpoint(consumer, if wait { CommitMode::Sync } else { mode }, block)
+    }
+
+    /// Collects finished snapshot writes; once the in-flight checkpoint is complete, commits its
+    /// offsets (or, if a write failed, reports it and commits nothing). With `block`, waits for
+    /// completion until that deadline.
+    pub(super) fn poll_checkpoint(
+        &mut self,
+        consumer: &PipelineConsumer,
+        mode: CommitMode,
+        block: Option<Instant>,
+    ) -> Result<(), PipelineError> {
+        let Some(flight) = self.in_flight.as_mut() else { return Ok(()) };
+        while !flight.waiting.is_empty() {
+            let done = match (&self.writer, block) {
+                (None, _) => break,
+                (Some(w), None) => match w.done.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => return Ok(()),
+                },
+                (Some(w), Some(deadline)) => {
+                    match w.done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(d) => d,
+                        Err(_) => {
+                            self.in_flight = None;
+                            self.metrics.checkpoints.with_label_values(&["failed"]).inc();
+                            return Err(PipelineError::SnapshotTimeout);
+                        }
+                    }
+                }
+            };
+            flight.waiting.remove(&done.shard);
+            if self.shards.contains_key(&done.shard) {
+                self.spares.insert(done.shard, done.spare);
+            }
+            match done.result {
+                Ok(None) => {}
+                Ok(Some(header)) => {
+                    let bytes = header.body_len as i64;
+                    self.metrics.snapshot_bytes.with_label_values(&[&done.shard.to_string()]).set(bytes);
+                    self.status.update(done.shard, |s| {
+                        s.checkpoint = Some(CheckpointStatus {
+                            seq: header.seq,
+                            positions: header.positions.clone(),
+                            digest: Some(header.digest.clone()),
+                            prospects: header.prospects,
+                            snapshot_seconds: done.secs,
+                        });
+                    });
+                    tracing::debug!(shard = done.shard, seq = done.seq, bytes, secs = done.secs, "snapshot written");
+                }
+                Err(e) => {
+                    flight.failed = true;
+                    tracing::error!(shard = done.shard, seq = done.seq, error = %e, "CHECKPOINT NOT DURABLE: offsets stay uncommitted until a checkpoint succeeds");
+                    // What the changelog did not get is written again next time (if the shard
+                    // still holds the engine those prospects belong to).
+                    if let Some(shard) = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard))
+                        && shard.engine.lineage() == done.source
+                    {
+                        done.changed.iter().for_each(|ix| shard.engine.mark_changed(ix.0));
+                        shard.tombstones.extend(done.tombstones);
+                    }
+                }
+            }
+        }
+        let Some(flight) = self.in_flight.take() else { return Ok(()) };
+        let topics = &self.settings.kafka.input_topics;
+        let Some(offsets) = flight.offsets(topics) else {
+            self.metrics.checkpoints.with_label_values(&["failed"]).inc();
+            return Ok(());
+        };
+        let mut tpl = TopicPartitionList::new();
+        for c in &offsets {
+            tpl.add_partition_offset(c.topic, c.partition, Offset::Offset(c.next))?;
+        }
+        if tpl.count() > 0 {
+            consumer.commit(&tpl, mode)?;
+        }
+        for (p, positions) in flight.commits {
+            if let Some(shard) = self.shards.get_mut(&p).or_else(|| self.parked.get_mut(&p)) {
+                shard.checkpointed = positions.clone();
+            }
+            if self.store.is_none() {
+                let positions =
+                    topics.iter().zip(&positions).filter(|(_, n)| **n >= 0).map(|(t, n)| (t.clone(), *n)).collect();
+                self.status.update(p, |s| {
+                    s.checkpoint = Some(CheckpointStatus {
+                        seq: s.checkpoint.as_ref().map_or(1, |c| c.seq + 1),
+                        positions,
+                        digest: None,
+                        prospects: s.prospects,
+                        snapshot_seconds: 0.0,
+                    });
+                });
+            }
+        }
+        self.metrics.checkpoints.with_label_values(&["ok"]).inc();
+        self.metrics.checkpoint_seconds.observe(flight.started.elapsed().as_secs_f64());
+        self.metrics.commit_barrier.observe(flight.started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics() -> Vec<String> {
+        vec!["web".to_string(), "crm".to_string()]
+    }
+
+    fn flight(commits: Vec<(i32, Vec<i64>)>, failed: bool) -> InFlight {
+        InFlight { started: Instant::now(), waiting: BTreeSet::new(), commits, failed }
+    }
+
+    #[test]
+    fn a_failed_shard_means_nothing_is_committed() {
+        let topics = topics();
+        let f = flight(vec![(0, vec![10, 4]), (1, vec![7, 2])], true);
+        assert_eq!(f.offsets(&topics), None);
+        // Failed with nothing captured is still a failure, not an empty commit.
+        assert_eq!(flight(Vec::new(), true).offsets(&topics), None);
+    }
+
+    #[test]
+    fn commits_cover_only_the_positions_captured() {
+        let topics = topics();
+        // Shard 3 (not due) is absent; shard 0 read nothing of `crm` yet (-1).
+        let f = flight(vec![(0, vec![10, -1]), (2, vec![7, 2])], false);
+        let offsets = f.offsets(&topics).expect("no shard failed");
+        let c = |topic, partition, next| Commit { topic, partition, next };
+        assert_eq!(offsets, vec![c("web", 0, 10), c("web", 2, 7), c("crm", 2, 2)]);
+        assert!(offsets.iter().all(|c| c.partition != 3 && c.next >= 0));
+        assert_eq!(flight(Vec::new(), false).offsets(&topics), Some(Vec::new()));
+    }
+}

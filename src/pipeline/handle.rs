@@ -1,0 +1,133 @@
+//! Per-message handling: decode, apply to the shard's engine, emit the outputs, count.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus::local::{LocalHistogram, LocalIntCounter};
+use rdkafka::message::Message;
+
+use crate::codec;
+use crate::core::{Engine, Journey, Source, Ts};
+use crate::telemetry::Metrics;
+
+use super::shard::Shard;
+use super::{State, emit};
+
+/// Metric children resolved once, so the per-event path does no label lookups, and counted
+/// locally (no atomic operation per event): [`HotMetrics::flush`] publishes them once per polled
+/// batch, so a scrape sees them at most one batch (100 ms) late.
+pub(super) struct HotMetrics {
+    /// `[signal][source]`; the last row is `unmapped`.
+    consumed: Vec<[LocalIntCounter; 2]>,
+    duplicates: LocalIntCounter,
+    late: LocalIntCounter,
+    ahead: LocalIntCounter,
+    conflicts: LocalIntCounter,
+    ignored: LocalIntCounter,
+    reopened: LocalIntCounter,
+    event_time: LocalHistogram,
+    pub(super) consume: LocalHistogram,
+}
+
+impl HotMetrics {
+    pub(super) fn new(metrics: &Metrics, journey: &Journey) -> HotMetrics {
+        let names = journey.signals.iter().map(|s| s.name.as_str()).chain(std::iter::once("unmapped"));
+        let consumed = names
+            .map(|n| {
+                [Source::Web, Source::Crm]
+                    .map(|src| metrics.events_consumed.with_label_values(&[src.as_str(), n]).local())
+            })
+            .collect();
+        HotMetrics {
+            consumed,
+            duplicates: metrics.duplicates.local(),
+            late: metrics.late_events.local(),
+            ahead: metrics.events_ahead.local(),
+            conflicts: metrics.duplicate_conflicts.local(),
+            ignored: metrics.events_ignored.local(),
+            reopened: metrics.reopened.local(),
+            event_time: metrics.latency.with_label_values(&["event_time"]).local(),
+            consume: metrics.latency.with_label_values(&["consume"]).local(),
+        }
+    }
+
+    pub(super) fn flush(&self) {
+        self.consumed.iter().flatten().for_each(LocalIntCounter::flush);
+        self.duplicates.flush();
+        self.late.flush();
+        self.ahead.flush();
+        self.conflicts.flush();
+        self.ignored.flush();
+        self.reopened.flush();
+        self.event_time.flush();
+        self.consume.flush();
+    }
+}
+
+impl State {
+    /// Applies one message. `batch` and `wall` are read once per polled batch, not per message.
+    pub(super) fn handle(&mut self, msg: &impl Message, batch: Instant, wall: Ts) {
+        let p = msg.partition();
+        let topic = self.settings.kafka.input_topics.iter().position(|t| t == msg.topic()).unwrap_or(0);
+        let State { shards, journey, limits, metrics, outputs, producer, settings, buf, .. } = self;
+        let topics = settings.kafka.input_topics.len();
+        // Every assigned partition has a shard (restored in `assign`); this is a safety net.
+        let shard = shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics));
+        shard.last_input = batch;
+        // The state already covers everything before its position: a message below it comes from
+        // a rewound start (kafka.resume_rewind) or a re-delivered batch, and is skipped.
+        if msg.offset() < shard.positions[topic] {
+            return;
+        }
+        if shard.positions[topic] >= 0 && msg.offset() > shard.positions[topic] {
+            tracing::debug!(
+                partition = p,
+                expected = shard.positions[topic],
+                got = msg.offset(),
+                "input offsets skip ahead"
+            );
+        }
+        shard.positions[topic] = msg.offset() + 1;
+        let payload = msg.payload().unwrap_or_default();
+        // One event, or each item of a Segment batch; a bad item is dead-lettered on its own.
+        for (item, result) in codec::decode_each(payload, journey, limits) {
+            match result {
+                Err(e) => {
+                    metrics.events_rejected.with_label_values(&[e.reason().as_str()]).inc();
+                    let detail = match item {
+                        Some(k) => format!("batch item {k}: {e}"),
+                        None => e.to_string(),
+                    };
+                    emit::dead_letter(producer, metrics, &settings.kafka.topics.dead_letter, msg, e.reason(), &detail);
+                    self.unflushed = true;
+                }
+                Ok(ev) => {
+                    let before = shard.engine.stats().clone();
+                    shard.engine.apply(&ev, outputs);
+                    let (stats, rejected) = (shard.engine.stats(), before.rejected);
+                    // An event the engine refuses (source mismatch, ...) counts as rejected only.
+                    if stats.rejected == rejected {
+                        let row = ev.signal.map_or(journey.signals.len(), |s| s.0 as usize);
+                        self.hot.consumed[row][usize::from(ev.source == Source::Crm)].inc();
+                    }
+                    let hot = &self.hot;
+                    hot.duplicates.inc_by(stats.duplicates - before.duplicates);
+                    hot.late.inc_by(stats.late - before.late);
+                    hot.ahead.inc_by(stats.ahead - before.ahead);
+                    hot.conflicts.inc_by(stats.duplicate_conflicts - before.duplicate_conflicts);
+                    hot.ignored.inc_by(stats.ignored - before.ignored);
+                    hot.reopened.inc_by(stats.reopened - before.reopened);
+                    if !outputs.is_empty() {
+                        let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
+                        for o in outputs.drain(..) {
+                            emit::output(&ctx, &shard.engine, &o, Some(msg), buf);
+                        }
+                        self.unflushed = true;
+                    }
+                    self.hot.event_time.observe(wall.since(ev.ts).as_secs_f64().max(0.0));
+                }
+            }
+        }
+        self.since_barrier += 1;
+    }
+}

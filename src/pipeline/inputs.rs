@@ -1,0 +1,257 @@
+//! The per-shard merge queues: arrival (at once or queued), the event-time merge, pause and
+//! resume, the high watermarks librdkafka cached.
+
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::codec::{self, Limits};
+use crate::core::{Engine, Journey, Ts};
+use crate::telemetry::Metrics;
+
+use super::merge::{self, Decision, Input};
+use super::shard::Shard;
+use super::{PipelineConsumer, State};
+
+/// A delivered message held for the event-time merge, with its merge key.
+pub(super) struct Buffered {
+    msg: OwnedMessage,
+    /// Event time of the decoded payload; `None` if it does not decode.
+    pub(super) ts: Option<Ts>,
+    /// Arrival order within the shard.
+    pub(super) seq: u64,
+}
+
+/// One shard's input partitions as the merge sees them, by input topic index.
+pub(super) struct Inputs {
+    pub(super) queues: Vec<VecDeque<Buffered>>,
+    /// Next offset after the last delivered message, -1 = none delivered since the assignment.
+    delivered: Vec<i64>,
+    /// Low and high watermarks librdkafka cached from its last fetch (refreshed once per polled
+    /// batch, no network); -1 = unknown.
+    low: Vec<i64>,
+    high: Vec<i64>,
+    paused: Vec<bool>,
+    /// Since when the shard waits for a partition with a possible backlog.
+    waiting_since: Option<Instant>,
+    /// Wait time counted in the metric up to here (`None` once the wait timed out).
+    wait_counted: Option<Instant>,
+    seq: u64,
+}
+
+impl Inputs {
+    pub(super) fn new(topics: usize) -> Inputs {
+        Inputs {
+            queues: (0..topics).map(|_| VecDeque::new()).collect(),
+            delivered: vec![-1; topics],
+            low: vec![-1; topics],
+            high: vec![-1; topics],
+            paused: vec![false; topics],
+            waiting_since: None,
+            wait_counted: None,
+            seq: 0,
+        }
+    }
+
+    /// Whether input `t`'s next message (after what was delivered, or the shard's position) is
+    /// at its high watermark: nothing more to read for now.
+    pub(super) fn caught_up(&self, t: usize, position: i64) -> bool {
+        let high = self.high[t];
+        high >= 0 && self.delivered[t].max(position).max(self.low[t]) >= high
+    }
+
+    pub(super) fn buffered(&self) -> usize {
+        self.queues.iter().map(VecDeque::len).sum()
+    }
+
+    /// Adds the wait since the last count to the metric.
+    fn count_wait(&mut self, now: Instant, metrics: &Metrics) {
+        if let Some(from) = self.wait_counted.replace(now) {
+            metrics.input_wait_seconds.inc_by(now.saturating_duration_since(from).as_secs_f64());
+        }
+    }
+}
+
+/// The low and high watermarks librdkafka cached for a partition from its last fetch response
+/// (no network round trip; rust-rdkafka does not wrap this call). -1 when unknown.
+fn cached_watermarks(consumer: &PipelineConsumer, topic: &CStr, partition: i32) -> (i64, i64) {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client handle is valid while `consumer` lives, `topic` is NUL-terminated and
+    // outlives the call, and librdkafka only writes the two out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return (-1, -1);
+    }
+    (low.max(-1), high.max(-1))
+}
+
+/// Resumes a partition paused because its merge queue was full. librdkafka fetches again from
+/// the next offset not yet delivered; with `kafka.resume_rewind` it is read again from that many
+/// offsets before (brokers that answer a fetch from inside a record batch with the next batch, or
+/// nothing) and what was delivered already is skipped on arrival. Returns whether it resumed.
+fn resume(consumer: &PipelineConsumer, topic: &str, partition: i32, delivered: i64, rewind: i64) -> bool {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    if let Err(e) = consumer.resume(&tpl) {
+        tracing::warn!(error = %e, topic, partition, "cannot resume a partition");
+        return false;
+    }
+    if rewind > 0 && delivered >= 0 {
+        let from = Offset::Offset((delivered - rewind).max(0));
+        if let Err(e) = consumer.seek(topic, partition, from, Duration::ZERO) {
+            tracing::warn!(error = %e, topic, partition, "cannot rewind a resumed partition");
+        }
+    }
+    tracing::debug!(topic, partition, "input resumed");
+    true
+}
+
+/// The merge key of a payload: its (first) event's time, `None` if none decodes. A batch
+/// envelope is merged as a whole by its first event, as `replay` does.
+fn merge_key(payload: &[u8], journey: &Journey, limits: &Limits) -> Option<Ts> {
+    codec::decode_each(payload, journey, limits).find_map(|(_, r)| r.ok()).map(|ev| ev.ts)
+}
+
+impl State {
+    /// A message as librdkafka delivered it: processed at once when its shard has nothing
+    /// buffered and every other input of the shard is caught up (live traffic), else copied into
+    /// its partition's queue for [`State::merge`]. With `pipeline.merge_buffer_messages = 0`,
+    /// always processed at once (delivery order).
+    pub(super) fn arrive(&mut self, consumer: &PipelineConsumer, msg: &BorrowedMessage<'_>, batch: Instant, wall: Ts) {
+        let limit = self.settings.pipeline.merge_buffer_messages;
+        if limit == 0 {
+            return self.handle(msg, batch, wall);
+        }
+        let p = msg.partition();
+        let topics = &self.settings.kafka.input_topics;
+        let t = topics.iter().position(|x| x == msg.topic()).unwrap_or(0);
+        let journey = &self.journey;
+        let shard = self.shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics.len()));
+        shard.last_input = batch;
+        let inputs = &mut shard.inputs;
+        // Covered by the state already (kafka.resume_rewind, a re-delivered batch), or queued.
+        if msg.offset() < shard.positions[t].max(inputs.delivered[t]) {
+            return;
+        }
+        inputs.delivered[t] = msg.offset() + 1;
+        let fast = inputs.queues.iter().all(VecDeque::is_empty)
+            && (0..topics.len()).all(|i| i == t || inputs.caught_up(i, shard.positions[i]));
+        if fast {
+            return self.handle(msg, batch, wall);
+        }
+        let ts = merge_key(msg.payload().unwrap_or_default(), &self.journey, &self.limits);
+        let seq = inputs.seq;
+        inputs.seq += 1;
+        inputs.queues[t].push_back(Buffered { msg: msg.detach(), ts, seq });
+        self.buffered += 1;
+        if inputs.queues[t].len() > limit && !inputs.paused[t] {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(msg.topic(), p);
+            match consumer.pause(&tpl) {
+                Ok(()) => {
+                    inputs.paused[t] = true;
+                    tracing::debug!(topic = msg.topic(), partition = p, "input paused: merge queue full");
+                }
+                Err(e) => tracing::warn!(error = %e, topic = msg.topic(), partition = p, "cannot pause a partition"),
+            }
+        }
+    }
+
+    /// Reads the watermarks librdkafka cached for every assigned input partition (once per
+    /// polled batch).
+    pub(super) fn refresh_watermarks(&mut self, consumer: &PipelineConsumer) {
+        let State { shards, topic_names, .. } = self;
+        for (p, shard) in shards.iter_mut() {
+            for (t, name) in topic_names.iter().enumerate() {
+                let (low, high) = cached_watermarks(consumer, name, *p);
+                shard.inputs.low[t] = low;
+                shard.inputs.high[t] = high;
+            }
+        }
+    }
+
+    /// Processes buffered messages of every shard in event-time order (see [`merge::decide`])
+    /// until each shard is empty or waits for a lagging partition.
+    pub(super) fn merge(&mut self, consumer: &PipelineConsumer, batch: Instant, wall: Ts) {
+        if self.buffered == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let max_wait = Duration::from_millis(self.settings.pipeline.max_input_wait_ms);
+        let limit = self.settings.pipeline.merge_buffer_messages;
+        let busy: Vec<i32> = self.shards.iter().filter(|(_, s)| s.inputs.buffered() > 0).map(|(p, _)| *p).collect();
+        for p in busy {
+            while let Some(shard) = self.shards.get_mut(&p) {
+                let heads: Vec<Input> = (0..shard.inputs.queues.len()).map(|t| shard.input(t)).collect();
+                let inputs = &mut shard.inputs;
+                if !heads.contains(&Input::Behind) {
+                    inputs.count_wait(now, &self.metrics);
+                    (inputs.waiting_since, inputs.wait_counted) = (None, None);
+                }
+                let (t, reordered) = match merge::decide(&heads, inputs.waiting_since, now, max_wait) {
+                    Decision::Idle => break,
+                    Decision::Wait => {
+                        if inputs.waiting_since.is_none() {
+                            (inputs.waiting_since, inputs.wait_counted) = (Some(now), Some(now));
+                        }
+                        inputs.count_wait(now, &self.metrics);
+                        break;
+                    }
+                    Decision::Take { input, reordered } => (input, reordered),
+                    Decision::TakeAfterTimeout { input, reordered } => {
+                        if inputs.wait_counted.is_some() {
+                            inputs.count_wait(now, &self.metrics);
+                            inputs.wait_counted = None;
+                            self.metrics.input_wait_timeouts.inc();
+                        }
+                        (input, reordered)
+                    }
+                };
+                let Some(b) = inputs.queues[t].pop_front() else { break };
+                self.buffered -= 1;
+                if inputs.paused[t] && inputs.queues[t].len() < limit / 2 {
+                    let topic = &self.settings.kafka.input_topics[t];
+                    let rewind = i64::from(self.settings.kafka.resume_rewind);
+                    inputs.paused[t] = !resume(consumer, topic, p, inputs.delivered[t], rewind);
+                }
+                if reordered {
+                    self.metrics.input_reordered.inc();
+                }
+                self.handle(&b.msg, batch, wall);
+            }
+        }
+        self.metrics.input_buffered.set(self.buffered as i64);
+    }
+
+    /// Drops a shard's buffered messages (they are beyond its positions and are read again) and
+    /// resumes its paused partitions.
+    pub(super) fn drop_inputs(&mut self, consumer: &PipelineConsumer, p: i32) {
+        let topics = self.settings.kafka.input_topics.len();
+        let Some(shard) = self.shards.get_mut(&p) else { return };
+        let inputs = std::mem::replace(&mut shard.inputs, Inputs::new(topics));
+        self.buffered -= inputs.buffered();
+        for (t, paused) in inputs.paused.iter().enumerate() {
+            if *paused {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&self.settings.kafka.input_topics[t], p);
+                if let Err(e) = consumer.resume(&tpl) {
+                    tracing::warn!(error = %e, partition = p, "cannot resume a revoked partition");
+                }
+            }
+        }
+        self.metrics.input_buffered.set(self.buffered as i64);
+    }
+}

@@ -1,0 +1,210 @@
+//! The consumer context and its rebalance callbacks: `assign` (restore, or resume a parked shard,
+//! and seek each partition to what its state covers) and `revoke` (checkpoint, then park).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::core::Engine;
+use crate::snapshot::SnapshotStore;
+
+use super::State;
+use super::checkpoint::{self, RestoreEnv};
+use super::shard::Shard;
+use super::status::{CheckpointStatus, ShardStatus};
+
+pub struct PipelineContext {
+    pub(super) state: Mutex<State>,
+}
+
+impl PipelineContext {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock means a panic mid-event on this thread; its state is still
+        // consistent at event granularity, and the process is exiting anyway.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for PipelineContext {}
+
+impl ConsumerContext for PipelineContext {
+    /// Replaces librdkafka's default handling so an assignment starts each partition at the
+    /// offsets its restored state covers (not at the group's committed offsets).
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.lock().assign(tpl);
+                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot take the assignment");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.lock().revoke(consumer, tpl);
+                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot give up the assignment");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "offset commit failed; it is retried at the next checkpoint");
+        }
+    }
+}
+
+pub type PipelineConsumer = BaseConsumer<PipelineContext>;
+
+impl State {
+    /// Restores the shards of a new assignment and points every partition at the offsets its
+    /// state covers.
+    pub(super) fn assign(&mut self, tpl: &mut TopicPartitionList) {
+        self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        self.ready.store(false, Ordering::Release);
+        let topics = self.settings.kafka.input_topics.clone();
+        let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let (mut restored, mut resumed) = (Vec::new(), Vec::new());
+        let fresh: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.shards.contains_key(p) && !self.parked.contains_key(p))
+            .collect();
+        self.metrics.restoring.set(fresh.len() as i64);
+        for p in &partitions {
+            if self.shards.contains_key(p) {
+                continue;
+            }
+            if let Some(shard) = self.parked.remove(p) {
+                resumed.push(*p);
+                if let Some(st) = self.parked_status.remove(p) {
+                    self.status.set(*p, st);
+                }
+                self.shards.insert(*p, shard);
+                continue;
+            }
+            let started = Instant::now();
+            self.status.set(*p, ShardStatus::restoring(*p));
+            let shard = if self.settings.checkpoint.persists() {
+                let env = RestoreEnv {
+                    settings: &self.settings,
+                    journey: &self.journey,
+                    store: self.store.as_deref().map(|s| s as &dyn SnapshotStore),
+                    changelog: self.changelog.as_ref().map(|c| c.topic.as_str()),
+                    metrics: &self.metrics,
+                };
+                let r = checkpoint::restore(*p, &env);
+                let mut shard = Shard::new(r.engine, topics.len());
+                for (i, t) in topics.iter().enumerate() {
+                    shard.positions[i] = r.positions.get(t).copied().unwrap_or(-1);
+                }
+                shard.checkpointed = shard.positions.clone();
+                shard.seq = r.seq;
+                shard.tombstones = r.tombstones;
+                for id in &r.rewrite {
+                    if let Some(ix) = shard.engine.find(id) {
+                        shard.engine.mark_changed(ix.0);
+                    }
+                }
+                restored.push((*p, r.source, shard.engine.len()));
+                let restored_checkpoint = (r.source != "none").then(|| CheckpointStatus {
+                    seq: r.seq,
+                    positions: r.positions.clone(),
+                    digest: Some(format!("{:016x}", shard.engine.digest())),
+                    prospects: shard.engine.len() as u64,
+                    snapshot_seconds: 0.0,
+                });
+                self.status.update(*p, |s| {
+                    s.restored_from = r.source;
+                    s.checkpoint = restored_checkpoint;
+                });
+                // Prime the spare now, while the shard is not processing anyway: the shard's
+                // first checkpoint is then an incremental capture too.
+                if self.writer.is_some() && !shard.engine.is_empty() {
+                    let mut spare = self.spares.remove(p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
+                    shard.engine.capture_into(&mut spare);
+                    self.spares.insert(*p, spare);
+                }
+                shard
+            } else {
+                Shard::new(Engine::new(Arc::clone(&self.journey)), topics.len())
+            };
+            let secs = started.elapsed().as_secs_f64();
+            self.metrics.restore_seconds.observe(secs);
+            self.metrics.restoring.dec();
+            let prospects = shard.engine.len() as u64;
+            self.status.update(*p, |s| {
+                s.state = "running";
+                s.restore_seconds = secs;
+                s.prospects = prospects;
+            });
+            self.shards.insert(*p, shard);
+        }
+        self.parked.clear();
+        self.parked_status.clear();
+        self.spares.retain(|p, _| partitions.contains(p));
+        // Each partition continues where its state ends; no state = from the beginning (replay),
+        // unless nothing is persisted at all (then the group's committed offsets, state empty).
+        let elements: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        for (t, p) in elements {
+            let i = topics.iter().position(|x| *x == t).unwrap_or(0);
+            let pos = self.shards.get(&p).map_or(-1, |s| s.positions[i]);
+            let offset = match (pos, self.settings.checkpoint.persists()) {
+                (n, _) if n >= 0 => Offset::Offset((n - self.settings.kafka.resume_rewind as i64).max(0)),
+                (_, true) => Offset::Beginning,
+                (_, false) => Offset::Stored,
+            };
+            if let Err(err) = tpl.set_partition_offset(&t, p, offset) {
+                tracing::error!(error = %err, topic = %t, partition = p, "cannot set the start offset");
+            }
+        }
+        self.metrics.restoring.set(0);
+        self.metrics.shards.set(self.shards.len() as i64);
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(restored = ?restored, resumed = ?resumed, "shards assigned");
+    }
+
+    /// Checkpoints, then drops the revoked shards (parked, in case the next assignment gives
+    /// them back).
+    pub(super) fn revoke(&mut self, consumer: &PipelineConsumer, tpl: &TopicPartitionList) {
+        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        let deadline = Instant::now() + Duration::from_millis(self.settings.pipeline.shutdown_timeout_ms);
+        let checkpointed = match self.checkpoint(consumer, CommitMode::Sync, deadline, true) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint on revoke failed; the next owner restores the previous checkpoint");
+                false
+            }
+        };
+        let revoked: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        for p in &revoked {
+            self.drop_inputs(consumer, *p);
+            let status = self.status.remove(*p);
+            if let Some(shard) = self.shards.remove(p)
+                && checkpointed
+            {
+                self.parked.insert(*p, shard);
+                if let Some(st) = status {
+                    self.parked_status.insert(*p, st);
+                }
+            }
+        }
+        self.metrics.shards.set(self.shards.len() as i64);
+        tracing::info!(partitions = ?revoked, "shards revoked");
+    }
+}

@@ -1,0 +1,55 @@
+//! One shard: its engine, input positions, checkpoint sequence and owed tombstones.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use crate::core::Engine;
+
+use super::inputs::Inputs;
+use super::merge::Input;
+
+pub(super) struct Shard {
+    pub(super) engine: Engine,
+    pub(super) last_input: Instant,
+    /// Next offset per input topic (index into `kafka.input_topics`), -1 = nothing read yet.
+    pub(super) positions: Vec<i64>,
+    /// `positions` at the last completed checkpoint.
+    pub(super) checkpointed: Vec<i64>,
+    pub(super) seq: u64,
+    /// Changelog ids to delete (written by a checkpoint that did not finish).
+    pub(super) tombstones: Vec<String>,
+    /// Delivered messages not yet processed, for the event-time merge.
+    pub(super) inputs: Inputs,
+}
+
+impl Shard {
+    pub(super) fn new(engine: Engine, topics: usize) -> Shard {
+        Shard {
+            engine,
+            last_input: Instant::now(),
+            positions: vec![-1; topics],
+            checkpointed: vec![-1; topics],
+            seq: 0,
+            tombstones: Vec::new(),
+            inputs: Inputs::new(topics),
+        }
+    }
+
+    /// What the merge knows of input `t`.
+    pub(super) fn input(&self, t: usize) -> Input {
+        let i = &self.inputs;
+        match i.queues[t].front() {
+            Some(b) => Input::Head { ts: b.ts, seq: b.seq },
+            None if i.caught_up(t, self.positions[t]) => Input::CaughtUp,
+            None => Input::Behind,
+        }
+    }
+
+    pub(super) fn position_map(&self, topics: &[String]) -> BTreeMap<String, i64> {
+        topics.iter().zip(&self.positions).filter(|(_, p)| **p >= 0).map(|(t, p)| (t.clone(), *p)).collect()
+    }
+
+    pub(super) fn due(&self) -> bool {
+        self.positions != self.checkpointed || self.engine.has_changes() || !self.tombstones.is_empty()
+    }
+}

@@ -1,0 +1,76 @@
+//! Periodic work of the loop: idle advance, funnel publishing, consumer lag.
+
+use std::time::Duration;
+
+use rdkafka::Offset;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+
+use crate::telemetry::Metrics;
+
+use super::{PipelineConsumer, State, emit, wall_now};
+
+impl State {
+    /// Idle shards move their watermark to the wall clock minus the allowed lateness.
+    pub(super) fn advance_idle(&mut self, idle: Duration) {
+        let now = wall_now().minus(self.journey.allowed_lateness);
+        let State { shards, journey, metrics, outputs, producer, settings, buf, .. } = self;
+        for shard in shards.values_mut() {
+            // A shard with buffered input is not idle: it waits for a lagging partition.
+            if shard.last_input.elapsed() < idle
+                || shard.engine.watermark() >= now
+                || shard.inputs.queues.iter().any(|q| !q.is_empty())
+            {
+                continue;
+            }
+            shard.engine.advance_to(now, outputs);
+            if !outputs.is_empty() {
+                let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
+                for o in outputs.drain(..) {
+                    emit::output(&ctx, &shard.engine, &o, None::<&OwnedMessage>, buf);
+                }
+                self.unflushed = true;
+            }
+        }
+    }
+
+    /// Funnel aggregates per shard to the funnel topic; stage gauges summed over shards.
+    pub(super) fn publish_funnel(&mut self) {
+        let State { shards, journey, metrics, producer, settings, buf, status, .. } = self;
+        let mut per_stage = vec![0i64; journey.stages.len()];
+        let mut total = 0i64;
+        for (p, shard) in shards.iter() {
+            emit::funnel(
+                producer,
+                metrics,
+                &settings.kafka.topics.funnel,
+                &settings.kafka.group_id,
+                *p,
+                &shard.engine,
+                buf,
+            );
+            for (i, n) in shard.engine.funnel().in_stage.iter().enumerate() {
+                per_stage[i] += *n as i64;
+            }
+            total += shard.engine.len() as i64;
+            let n = shard.engine.len() as u64;
+            status.update(*p, |s| s.prospects = n);
+        }
+        for (i, st) in journey.stages.iter().enumerate() {
+            metrics.prospects.with_label_values(&[&st.name]).set(per_stage[i]);
+        }
+        metrics.prospects_total.set(total);
+        self.unflushed = true;
+    }
+}
+
+pub(super) fn record_lag(consumer: &PipelineConsumer, metrics: &Metrics) {
+    let Ok(positions) = consumer.position() else { return };
+    for e in positions.elements() {
+        let Offset::Offset(pos) = e.offset() else { continue };
+        if let Ok((_, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500)) {
+            let p = e.partition().to_string();
+            metrics.consumer_lag.with_label_values(&[e.topic(), &p]).set((high - pos).max(0));
+        }
+    }
+}

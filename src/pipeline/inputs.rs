@@ -193,9 +193,12 @@ impl State {
         let max_wait = Duration::from_millis(self.settings.pipeline.max_input_wait_ms);
         let limit = self.settings.pipeline.merge_buffer_messages;
         let busy: Vec<i32> = self.shards.iter().filter(|(_, s)| s.inputs.buffered() > 0).map(|(p, _)| *p).collect();
+        // One buffer for the heads of every pick of this batch (not an allocation per message).
+        let mut heads: Vec<Input> = Vec::with_capacity(self.settings.kafka.input_topics.len());
         for p in busy {
             while let Some(shard) = self.shards.get_mut(&p) {
-                let heads: Vec<Input> = (0..shard.inputs.queues.len()).map(|t| shard.input(t)).collect();
+                heads.clear();
+                heads.extend((0..shard.inputs.queues.len()).map(|t| shard.input(t)));
                 let inputs = &mut shard.inputs;
                 if !heads.contains(&Input::Behind) {
                     inputs.count_wait(now, &self.metrics);

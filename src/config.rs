@@ -515,8 +515,11 @@ impl Settings {
     }
 
     /// The effective settings as TOML, secrets masked.
+    /// The effective settings as TOML, secrets masked and derived defaults filled in (the
+    /// changelog topic's name).
     pub fn masked_toml(&self) -> String {
         let mut s = self.clone();
+        s.checkpoint.changelog_topic = self.changelog_topic();
         for (k, v) in s.kafka.client.iter_mut() {
             if is_secret_key(k) {
                 *v = "*****".into();

@@ -202,6 +202,7 @@ fn check_config_masks_secrets_and_names_bad_keys() {
     assert!(stdout.contains(r#""sasl.password" = "*****""#), "{stdout}");
     assert!(!stdout.contains("hunter2"), "secret leaked: {stdout}");
     assert!(stdout.contains(r#"brokers = "kafka-1:9092,kafka-2:9092""#), "env overrides the file: {stdout}");
+    assert!(stdout.contains(r#"changelog_topic = "microfunnel-changelog""#), "the derived name is shown: {stdout}");
     for (key, value, named) in [
         ("MICROFUNNEL__KAFKA__BROKERZ", "x", "brokerz"),
         ("MICROFUNNEL__HTTP__LISTEN", "everywhere", "http.listen"),

@@ -1,0 +1,316 @@
+//! The journey definition: stages of the customer's buying journey, the signals that mark them,
+//! scoring, hot rules (micro-certainties), silence timers and classification. Loaded from TOML
+//! and validated once; the engine only ever sees a valid `Journey`.
+
+mod raw;
+mod validate;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use serde::Deserialize;
+
+use super::event::{EventKind, Source};
+use super::time::{Span, Ts};
+use raw::RawJourney;
+pub use raw::{DEFAULT_MAX_EVENT_TIME, DEFAULT_MIN_EVENT_TIME, DEFAULT_PLACEHOLDER_IDS};
+
+/// Index of a stage in `Journey::stages` (stages are kept in increasing order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StageId(pub u8);
+
+/// Index of a signal in `Journey::signals`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SignalId(pub u16);
+
+pub const MAX_STAGES: usize = 32;
+pub const MAX_SIGNALS: usize = 1024;
+pub const MAX_HOT_RULES: usize = 32;
+pub const MAX_TRACKED: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JourneyError {
+    #[error("journey file is not valid TOML: {0}")]
+    Toml(String),
+    #[error("{at}: {problem}")]
+    Invalid { at: String, problem: String },
+    #[error("{at}: unknown signal `{name}`; declare it under [[signals]] first")]
+    UnknownSignal { at: String, name: String },
+    #[error("{at}: unknown stage `{name}`; known stages: {known}")]
+    UnknownStage { at: String, name: String, known: String },
+    #[error(
+        "signals[{index}]: `{name}` (normalised `{key}`) is already declared by {first}; each signal name and alias must be unique"
+    )]
+    DuplicateSignal { index: usize, name: String, key: String, first: String },
+    #[error("stages[{index}]: stage `{name}` is declared twice")]
+    DuplicateStage { index: usize, name: String },
+    #[error(
+        "stages[{index}] (`{name}`): order {order} is not greater than {prev_order} of `{prev}`; list stages in strictly increasing order"
+    )]
+    NonIncreasingOrder { index: usize, name: String, order: u32, prev: String, prev_order: u32 },
+    #[error(
+        "signal `{signal}` enters both stage `{first}` and stage `{second}`; a signal may mark entry into one stage only"
+    )]
+    SignalInTwoStages { signal: String, first: String, second: String },
+}
+
+// ---- the validated journey --------------------------------------------------------------
+
+/// Which source may send a signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalSource {
+    Web,
+    Crm,
+    Any,
+}
+
+impl SignalSource {
+    pub fn admits(self, source: Source) -> bool {
+        matches!(
+            (self, source),
+            (SignalSource::Any, _) | (SignalSource::Web, Source::Web) | (SignalSource::Crm, Source::Crm)
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalSource::Web => "web",
+            SignalSource::Crm => "crm",
+            SignalSource::Any => "any",
+        }
+    }
+}
+
+/// What to do with an event whose name maps to no signal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmappedPolicy {
+    /// Count it (`unmapped` in the funnel stats) and move on: sites send many events a journey
+    /// does not care about.
+    #[default]
+    Ignore,
+    /// Reject it (dead-letter in the service).
+    Reject,
+}
+
+/// The sales outcome a stage stands for, used to validate signals against real results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Won,
+    Lost,
+}
+
+#[derive(Clone, Debug)]
+pub struct StageDef {
+    pub name: String,
+    pub order: u32,
+    pub next_commitment: String,
+    pub terminal: bool,
+    pub outcome: Option<Outcome>,
+    /// Terminal stages only: signals that move a prospect out of this stage again (a lost deal
+    /// the CRM reopens), back to the stage the signal enters.
+    pub reopen_on: Vec<SignalId>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SignalDef {
+    pub name: String,
+    pub source: SignalSource,
+    pub weight: f64,
+    /// Cap on the undecayed points one prospect can collect from this signal.
+    pub cap: Option<f64>,
+    pub prospect_initiated: bool,
+    pub disqualifies: bool,
+    /// The stage this signal marks entry into, if any.
+    pub enters: Option<StageId>,
+    /// Slot in the per-prospect "last seen" table, for signals hot rules look back to.
+    pub tracked_slot: Option<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub enum HotCondition {
+    /// The decayed score crosses the threshold from below.
+    ScoreAtLeast(f64),
+    /// The signal happens, optionally within a window after another one.
+    Signal { signal: SignalId, after: Option<(SignalId, Span)> },
+}
+
+#[derive(Clone, Debug)]
+pub struct HotRule {
+    pub name: String,
+    pub reason: String,
+    pub condition: HotCondition,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct GhostRule {
+    pub after: SignalId,
+    pub window: Span,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StallRule {
+    pub window: Span,
+    /// Bit `i` set: stage `i` is watched.
+    pub stages: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Journey {
+    pub name: String,
+    pub description: String,
+    pub stages: Vec<StageDef>,
+    pub signals: Vec<SignalDef>,
+    pub hot_rules: Vec<HotRule>,
+    pub half_life: Span,
+    /// `ln 2 / half_life` per millisecond.
+    pub decay_rate: f64,
+    pub max_score: f64,
+    pub allowed_lateness: Span,
+    /// An event more than this ahead of the shard's clock does not move it until another
+    /// prospect's event confirms the time (a client clock set ahead).
+    pub max_ahead: Span,
+    /// Event ids are remembered (per prospect) until the watermark is this far past their time.
+    pub dedup_window: Span,
+    /// Within this span after an outcome, a contradicting outcome replaces it (a CRM mis-click
+    /// corrected); later, an outcome stands (a won customer's lost upsell is not a lost deal).
+    pub outcome_correction: Span,
+    pub alert_cooldown: Span,
+    pub hot_for: Span,
+    pub ghost: Option<GhostRule>,
+    pub stall: Option<StallRule>,
+    /// Bit `i` set: a prospect in stage `i` is a current opportunity.
+    pub opportunity_stages: u32,
+    pub page_signal: Option<SignalId>,
+    pub screen_signal: Option<SignalId>,
+    pub identify_signal: Option<SignalId>,
+    pub unmapped: UnmappedPolicy,
+    /// Events before this instant are refused (`bad_timestamp`): a client clock reset to 1970,
+    /// a zero timestamp.
+    pub min_event_time: Ts,
+    /// Events after this are rejected `bad_timestamp` (out of range).
+    pub max_event_time: Ts,
+    /// Ids that mean "no id" (`[identity] placeholder_ids`), trimmed; see
+    /// [`Journey::is_placeholder_id`].
+    pub placeholder_ids: Vec<String>,
+    /// Length of the longest placeholder id, to dismiss real ids without comparing.
+    placeholder_max_len: usize,
+    /// Number of per-prospect "last seen" slots (`SignalDef::tracked_slot`).
+    pub tracked: usize,
+    names: Names,
+}
+
+/// Hashes signal names with the crate's fast stable hash (names are config, not attacker input).
+#[derive(Default)]
+struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = super::ids::hash64(self.0, bytes);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Names = HashMap<String, SignalId, BuildHasherDefault<NameHasher>>;
+
+/// Lower-cases and joins words with `_`: "Demo Requested", "demo-requested" and
+/// "demo_requested" all become "demo_requested". The display form of a name; names are matched
+/// by [`match_key`], which also ignores where the words break ("demoRequested").
+pub fn normalize_name(name: &str, out: &mut String) {
+    out.clear();
+    let mut pending_sep = false;
+    for c in name.chars() {
+        if c.is_alphanumeric() {
+            if pending_sep && !out.is_empty() {
+                out.push('_');
+            }
+            pending_sep = false;
+            out.extend(c.to_lowercase());
+        } else {
+            pending_sep = true;
+        }
+    }
+}
+
+/// The key names are matched by: letters and digits only, lower-cased. Two names that differ
+/// only in case and separators ("Demo Requested", "demo_requested", "demoRequested",
+/// "DemoRequested", "demo-requested") have the same key.
+pub fn match_key(name: &str, out: &mut String) {
+    out.clear();
+    for c in name.chars().filter(|c| c.is_alphanumeric()) {
+        out.extend(c.to_lowercase());
+    }
+}
+
+/// Longest ASCII name whose key [`Journey::lookup`] builds on the stack.
+const STACK_KEY: usize = 96;
+
+impl Journey {
+    /// Parses and validates a journey from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Journey, JourneyError> {
+        let raw: RawJourney = toml::from_str(text).map_err(|e| JourneyError::Toml(e.to_string()))?;
+        Self::validate(raw)
+    }
+
+    /// Maps an event to its signal: page/screen/identify calls by the `[segment]` table, named
+    /// events by signal name or alias, tolerant of case and separators. Segment `group` and
+    /// `alias` calls map to no signal.
+    pub fn resolve(&self, kind: EventKind, name: &str) -> Option<SignalId> {
+        match kind {
+            EventKind::Page => self.page_signal,
+            EventKind::Screen => self.screen_signal,
+            EventKind::Identify => self.identify_signal,
+            EventKind::Group | EventKind::Alias => None,
+            EventKind::Named => self.lookup(name),
+        }
+    }
+
+    /// Signal by name or alias, compared by [`match_key`]. Names as declared hit at once; other
+    /// ASCII spellings build their key on the stack; neither allocates.
+    pub fn lookup(&self, name: &str) -> Option<SignalId> {
+        if let Some(&s) = self.names.get(name) {
+            return Some(s);
+        }
+        if name.is_ascii() && name.len() <= STACK_KEY {
+            let mut buf = [0u8; STACK_KEY];
+            let mut n = 0;
+            for b in name.bytes().filter(u8::is_ascii_alphanumeric) {
+                buf[n] = b.to_ascii_lowercase();
+                n += 1;
+            }
+            // Only ASCII letters and digits were written.
+            let key = std::str::from_utf8(&buf[..n]).ok()?;
+            return self.names.get(key).copied();
+        }
+        let mut key = String::with_capacity(name.len());
+        match_key(name, &mut key);
+        self.names.get(&key).copied()
+    }
+
+    /// True when `id` (surrounding whitespace ignored, ASCII case ignored) is one of
+    /// `[identity] placeholder_ids`: a value broken tracking code sends instead of an id.
+    pub fn is_placeholder_id(&self, id: &str) -> bool {
+        let id = id.trim();
+        id.len() <= self.placeholder_max_len && self.placeholder_ids.iter().any(|p| p.eq_ignore_ascii_case(id))
+    }
+
+    pub fn signal(&self, id: SignalId) -> &SignalDef {
+        &self.signals[id.0 as usize]
+    }
+
+    pub fn stage(&self, id: StageId) -> &StageDef {
+        &self.stages[id.0 as usize]
+    }
+
+    pub fn stage_by_name(&self, name: &str) -> Option<StageId> {
+        self.stages.iter().position(|s| s.name == name).map(|i| StageId(i as u8))
+    }
+
+    pub fn first_stage(&self) -> StageId {
+        StageId(0)
+    }
+}

@@ -1,0 +1,204 @@
+//! The journey file as written: the serde `Raw*` structs and the defaults of optional settings.
+//! `Journey::validate` (`validate.rs`) turns a `RawJourney` into a `Journey`.
+
+use serde::Deserialize;
+
+use super::{Outcome, SignalSource, UnmappedPolicy};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJourney {
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) description: String,
+    pub(super) scoring: RawScoring,
+    #[serde(default)]
+    pub(super) time: RawTime,
+    pub(super) hot: RawHot,
+    pub(super) stages: Vec<RawStage>,
+    pub(super) signals: Vec<RawSignal>,
+    #[serde(default)]
+    pub(super) hot_rules: Vec<RawHotRule>,
+    pub(super) ghosted: Option<RawGhosted>,
+    pub(super) stalled: Option<RawStalled>,
+    #[serde(default)]
+    pub(super) classification: RawClassification,
+    #[serde(default)]
+    pub(super) segment: RawSegment,
+    #[serde(default)]
+    pub(super) identity: RawIdentity,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScoring {
+    pub(super) half_life_days: f64,
+    #[serde(default = "default_max_score")]
+    pub(super) max_score: f64,
+}
+
+fn default_max_score() -> f64 {
+    1000.0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTime {
+    #[serde(default = "default_lateness_hours")]
+    pub(super) allowed_lateness_hours: f64,
+    #[serde(default = "default_max_ahead_hours")]
+    pub(super) max_ahead_hours: f64,
+    #[serde(default = "default_dedup_hours")]
+    pub(super) dedup_hours: f64,
+    #[serde(default = "default_outcome_correction_hours")]
+    pub(super) outcome_correction_hours: f64,
+    #[serde(default = "default_min_event_time")]
+    pub(super) min_event_time: String,
+    #[serde(default = "default_max_event_time")]
+    pub(super) max_event_time: String,
+}
+
+impl Default for RawTime {
+    fn default() -> Self {
+        RawTime {
+            allowed_lateness_hours: default_lateness_hours(),
+            max_ahead_hours: default_max_ahead_hours(),
+            dedup_hours: default_dedup_hours(),
+            outcome_correction_hours: default_outcome_correction_hours(),
+            min_event_time: default_min_event_time(),
+            max_event_time: default_max_event_time(),
+        }
+    }
+}
+
+fn default_max_ahead_hours() -> f64 {
+    24.0
+}
+
+fn default_dedup_hours() -> f64 {
+    24.0
+}
+
+fn default_outcome_correction_hours() -> f64 {
+    24.0
+}
+
+fn default_max_event_time() -> String {
+    DEFAULT_MAX_EVENT_TIME.to_string()
+}
+
+/// `[time] max_event_time` when the journey does not set it: a static bound that catches clocks
+/// set to sentinel years (9999); clocks merely days ahead are handled by `max_ahead_hours`.
+pub const DEFAULT_MAX_EVENT_TIME: &str = "2100-01-01T00:00:00Z";
+
+fn default_min_event_time() -> String {
+    DEFAULT_MIN_EVENT_TIME.to_string()
+}
+
+/// `[time] min_event_time` when the journey does not set it.
+pub const DEFAULT_MIN_EVENT_TIME: &str = "2000-01-01T00:00:00Z";
+
+/// `[identity] placeholder_ids` when the journey does not set it: what broken tracking code sends
+/// as a user id (an unset JavaScript variable, a stringified null, a zeroed UUID).
+pub const DEFAULT_PLACEHOLDER_IDS: [&str; 9] =
+    ["undefined", "null", "none", "nil", "anonymous", "n/a", "0", "-1", "00000000-0000-0000-0000-000000000000"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdentity {
+    #[serde(default = "default_placeholder_ids")]
+    pub(super) placeholder_ids: Vec<String>,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        RawIdentity { placeholder_ids: default_placeholder_ids() }
+    }
+}
+
+fn default_placeholder_ids() -> Vec<String> {
+    DEFAULT_PLACEHOLDER_IDS.iter().map(|s| s.to_string()).collect()
+}
+
+fn default_lateness_hours() -> f64 {
+    24.0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHot {
+    pub(super) cooldown_hours: f64,
+    pub(super) hot_for_days: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStage {
+    pub(super) name: String,
+    pub(super) order: u32,
+    #[serde(default)]
+    pub(super) entered_by: Vec<String>,
+    #[serde(default)]
+    pub(super) next_commitment: String,
+    #[serde(default)]
+    pub(super) terminal: bool,
+    pub(super) outcome: Option<Outcome>,
+    #[serde(default)]
+    pub(super) reopen_on: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSignal {
+    pub(super) name: String,
+    pub(super) source: SignalSource,
+    pub(super) weight: f64,
+    pub(super) cap: Option<f64>,
+    pub(super) prospect_initiated: bool,
+    #[serde(default)]
+    pub(super) aliases: Vec<String>,
+    #[serde(default)]
+    pub(super) disqualifies: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHotRule {
+    pub(super) name: String,
+    pub(super) reason: String,
+    pub(super) score_at_least: Option<f64>,
+    pub(super) signal: Option<String>,
+    pub(super) after: Option<String>,
+    pub(super) within_days: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGhosted {
+    pub(super) after: String,
+    pub(super) days: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStalled {
+    pub(super) days: f64,
+    pub(super) stages: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClassification {
+    #[serde(default)]
+    pub(super) opportunity_stages: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSegment {
+    pub(super) page: Option<String>,
+    pub(super) screen: Option<String>,
+    pub(super) identify: Option<String>,
+    #[serde(default)]
+    pub(super) unmapped_events: UnmappedPolicy,
+}

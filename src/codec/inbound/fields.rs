@@ -1,0 +1,196 @@
+//! Field validation: a [`Wire`]'s fields checked (present, not blank, not too long, printable,
+//! in time range) and turned into an [`Event`].
+
+use std::borrow::Cow;
+
+use super::wire::{Str, Wire};
+use super::{DecodeError, Limits};
+use crate::core::time::parse_rfc3339;
+use crate::core::{Event, EventKind, Journey, Source, Ts};
+
+fn required<'a>(
+    v: Option<Str<'a>>,
+    field: &'static str,
+    format: &'static str,
+    limits: &Limits,
+) -> Result<Cow<'a, str>, DecodeError> {
+    let s = v.ok_or(DecodeError::MissingField { field, format })?.0;
+    checked(s, field, limits)
+}
+
+fn checked<'a>(s: Cow<'a, str>, field: &'static str, limits: &Limits) -> Result<Cow<'a, str>, DecodeError> {
+    if s.trim().is_empty() {
+        return Err(DecodeError::EmptyField { field });
+    }
+    if s.len() > limits.max_id_bytes {
+        return Err(DecodeError::FieldTooLong { field, len: s.len(), limit: limits.max_id_bytes });
+    }
+    Ok(s)
+}
+
+/// Refuses an id with a C0 control character or DEL: never a real id, and unsafe in logs,
+/// headers and the consoles that show alerts.
+fn printable(s: &str, field: &'static str) -> Result<(), DecodeError> {
+    match s.bytes().position(|b| b < 0x20 || b == 0x7F) {
+        Some(at) => Err(DecodeError::InvalidId { field, at }),
+        None => Ok(()),
+    }
+}
+
+/// [`checked`] and [`printable`]: an id field.
+fn id<'a>(s: Cow<'a, str>, field: &'static str, limits: &Limits) -> Result<Cow<'a, str>, DecodeError> {
+    let s = checked(s, field, limits)?;
+    printable(&s, field)?;
+    Ok(s)
+}
+
+fn timestamp(v: Option<Str<'_>>, field: &'static str, format: &'static str) -> Result<Ts, DecodeError> {
+    let s = v.ok_or(DecodeError::MissingField { field, format })?.0;
+    parse_rfc3339(&s).map_err(|problem| DecodeError::BadTimestamp {
+        field,
+        value: s.chars().take(64).collect(),
+        problem,
+    })
+}
+
+/// Refuses a time before the journey's `[time] min_event_time` or after its `max_event_time`.
+fn not_before_floor(ts: Ts, field: &'static str, journey: &Journey) -> Result<Ts, DecodeError> {
+    if ts < journey.min_event_time {
+        return Err(DecodeError::TooEarly { field, value: ts, min: journey.min_event_time });
+    }
+    if ts > journey.max_event_time {
+        return Err(DecodeError::TooFar { field, value: ts, max: journey.max_event_time });
+    }
+    Ok(ts)
+}
+
+/// Lower-cases an email; drops values that are not plausibly one.
+fn email(v: Option<Str<'_>>) -> Option<Cow<'_, str>> {
+    let e = v?.0;
+    let t = e.trim();
+    if t.len() < 3 || t.len() > 254 || !t.contains('@') {
+        return None;
+    }
+    if t.is_ascii() {
+        if t.len() == e.len() && !t.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Some(e);
+        }
+        return Some(Cow::Owned(t.to_ascii_lowercase()));
+    }
+    if t.len() == e.len() && t.chars().flat_map(char::to_lowercase).eq(t.chars()) {
+        return Some(e);
+    }
+    Some(Cow::Owned(t.to_lowercase()))
+}
+
+const CANONICAL: &str = "canonical envelope";
+const SEGMENT: &str = "Segment payload";
+
+/// The prospect of a Segment call: `userId`, else `anonymousId`. Blank ids and placeholder ids
+/// (`[identity] placeholder_ids`) count as absent; a present id with a control character refuses
+/// the payload whichever of the two it is in.
+fn segment_prospect<'a>(
+    user: Option<Str<'a>>,
+    anonymous: Option<Str<'a>>,
+    journey: &Journey,
+    limits: &Limits,
+) -> Result<Cow<'a, str>, DecodeError> {
+    const EITHER: &str = "userId or anonymousId";
+    let (user, anonymous) = (user.map(|s| s.0), anonymous.map(|s| s.0));
+    let usable =
+        |v: &Option<Cow<'a, str>>| v.as_ref().is_some_and(|v| !v.trim().is_empty() && !journey.is_placeholder_id(v));
+    let (user_ok, anonymous_ok) = (usable(&user), usable(&anonymous));
+    for (ok, v, field) in [(user_ok, &user, "userId"), (anonymous_ok, &anonymous, "anonymousId")] {
+        if let (true, Some(v)) = (ok, v) {
+            printable(v, field)?;
+        }
+    }
+    match (user, anonymous) {
+        (Some(u), _) if user_ok => checked(u, "userId", limits),
+        (_, Some(a)) if anonymous_ok => checked(a, "anonymousId", limits),
+        (u, a) => {
+            if let Some(p) = [&u, &a].into_iter().flatten().find(|v| journey.is_placeholder_id(v)) {
+                return Err(DecodeError::Placeholder { field: EITHER, value: p.chars().take(64).collect() });
+            }
+            match a {
+                Some(a) => checked(a, EITHER, limits),
+                None => Err(DecodeError::MissingField { field: EITHER, format: SEGMENT }),
+            }
+        }
+    }
+}
+
+/// The event time of a Segment call: `timestamp`; without it, `originalTimestamp` corrected for
+/// the client's clock skew as Segment computes `timestamp` (`receivedAt − (sentAt −
+/// originalTimestamp)`) when both `sentAt` and `receivedAt` are there, else `originalTimestamp`.
+fn segment_time(w: &mut Wire<'_>) -> Result<(Ts, &'static str), DecodeError> {
+    match (w.timestamp.take(), w.original_timestamp.take()) {
+        (None, Some(original)) => {
+            let original = timestamp(Some(original), "originalTimestamp", SEGMENT)?;
+            match (w.sent_at.take(), w.received_at.take()) {
+                (Some(sent), Some(received)) => {
+                    let sent = timestamp(Some(sent), "sentAt", SEGMENT)?;
+                    let received = timestamp(Some(received), "receivedAt", SEGMENT)?;
+                    Ok((received.minus(sent.since(original)), "receivedAt - (sentAt - originalTimestamp)"))
+                }
+                _ => Ok((original, "originalTimestamp")),
+            }
+        }
+        (t, _) => Ok((timestamp(t, "timestamp", SEGMENT)?, "timestamp")),
+    }
+}
+
+/// The validated event of a payload's fields (taken out of `w`).
+pub(super) fn event<'a>(w: &mut Wire<'a>, journey: &Journey, limits: &Limits) -> Result<Event<'a>, DecodeError> {
+    let ev = if let Some(event_id) = w.event_id.take() {
+        let event_id = id(event_id.0, "event_id", limits)?;
+        let prospect = required(w.prospect_id.take(), "prospect_id", CANONICAL, limits)?;
+        if journey.is_placeholder_id(&prospect) {
+            return Err(DecodeError::Placeholder { field: "prospect_id", value: prospect.chars().take(64).collect() });
+        }
+        printable(&prospect, "prospect_id")?;
+        let source = w.source.take().ok_or(DecodeError::MissingField { field: "source", format: CANONICAL })?.0;
+        let source =
+            Source::parse(&source).ok_or_else(|| DecodeError::UnknownSource(source.chars().take(64).collect()))?;
+        let name = required(w.kind.take(), "type", CANONICAL, limits)?;
+        let ts = not_before_floor(timestamp(w.ts.take(), "ts", CANONICAL)?, "ts", journey)?;
+        let signal = journey.resolve(EventKind::Named, &name);
+        Event { event_id, prospect, source, kind: EventKind::Named, name, signal, ts, email: email(w.email.take()) }
+    } else if let Some(message_id) = w.message_id.take() {
+        let event_id = id(message_id.0, "messageId", limits)?;
+        let prospect = segment_prospect(w.user_id.take(), w.anonymous_id.take(), journey, limits)?;
+        let source = match w.source.take() {
+            Some(s) => Source::parse(&s.0).ok_or_else(|| DecodeError::UnknownSource(s.0.chars().take(64).collect()))?,
+            None => Source::Web,
+        };
+        let call = w.kind.take().ok_or(DecodeError::MissingField { field: "type", format: SEGMENT })?.0;
+        let (kind, name) = match &*call {
+            "track" => (EventKind::Named, required(w.event.take(), "event", "Segment track call", limits)?),
+            "page" => (EventKind::Page, Cow::Borrowed("")),
+            "screen" => (EventKind::Screen, Cow::Borrowed("")),
+            "identify" => (EventKind::Identify, Cow::Borrowed("")),
+            "group" => (EventKind::Group, Cow::Borrowed("")),
+            "alias" => (EventKind::Alias, Cow::Borrowed("")),
+            other => {
+                return Err(DecodeError::UnsupportedType(other.chars().take(64).collect()));
+            }
+        };
+        let (ts, field) = segment_time(w)?;
+        let ts = not_before_floor(ts, field, journey)?;
+        let signal = journey.resolve(kind, &name);
+        // An identify call's own traits are the news; `context.traits` may be cached from
+        // earlier. Other calls carry traits only in their context.
+        let email = if kind == EventKind::Identify {
+            email(w.traits_email.take()).or_else(|| email(w.context_email.take()))
+        } else {
+            email(w.context_email.take()).or_else(|| email(w.traits_email.take()))
+        };
+        Event { event_id, prospect, source, kind, name, signal, ts, email }
+    } else {
+        return Err(DecodeError::MissingField {
+            field: "event_id",
+            format: "canonical envelope; Segment payloads carry `messageId`",
+        });
+    };
+    Ok(ev)
+}

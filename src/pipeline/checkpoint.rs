@@ -27,6 +27,8 @@ use crate::kafka::{self, OutputProducer};
 use crate::snapshot::{ChangelogPosition, Header, Pending, SnapshotError, SnapshotStore};
 use crate::telemetry::Metrics;
 
+use super::status::RestoreSource;
+
 /// Key of the checkpoint records in the changelog (compaction keeps the newest).
 pub const META_KEY: &[u8] = b"\0microfunnel.checkpoint";
 
@@ -247,8 +249,8 @@ pub struct Restored {
     /// Next offset per input topic (missing = from the beginning).
     pub positions: BTreeMap<String, i64>,
     pub seq: u64,
-    /// `snapshot`, `changelog`, `snapshot+changelog`, or `none` (replay from the beginning).
-    pub source: &'static str,
+    /// Where the state came from.
+    pub source: RestoreSource,
     /// Ids a crashed checkpoint wrote to the changelog for prospects this state does not hold.
     pub tombstones: Vec<String>,
     /// Prospects whose changelog records are ahead of this state: rewrite them next time.
@@ -306,9 +308,14 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
         }
     }
     match base.map(|b| *b) {
-        Some((engine, positions, seq, _)) => {
-            Restored { engine, positions, seq, source: "snapshot", tombstones: Vec::new(), rewrite: Vec::new() }
-        }
+        Some((engine, positions, seq, _)) => Restored {
+            engine,
+            positions,
+            seq,
+            source: RestoreSource::Snapshot,
+            tombstones: Vec::new(),
+            rewrite: Vec::new(),
+        },
         None => {
             if had_snapshot {
                 tracing::error!(shard, "state lost; replaying the inputs from the beginning");
@@ -317,7 +324,7 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
                 engine: Engine::new(Arc::clone(env.journey)),
                 positions: BTreeMap::new(),
                 seq: 0,
-                source: "none",
+                source: RestoreSource::Replay,
                 tombstones: Vec::new(),
                 rewrite: Vec::new(),
             }
@@ -442,14 +449,14 @@ fn read_changelog(
     }
     engine.take_changed();
     let source = match (had_base, metas > 0) {
-        (true, true) => "snapshot+changelog",
-        (true, false) => "snapshot",
-        (false, true) => "changelog",
-        (false, false) => "none",
+        (true, true) => RestoreSource::SnapshotAndChangelog,
+        (true, false) => RestoreSource::Snapshot,
+        (false, true) => RestoreSource::Changelog,
+        (false, false) => RestoreSource::Replay,
     };
     tracing::info!(
         shard,
-        source,
+        source = source.as_str(),
         checkpoints = metas,
         records,
         seq,

@@ -18,7 +18,7 @@ use crate::snapshot::SnapshotStore;
 use super::State;
 use super::checkpoint::{self, RestoreEnv};
 use super::shard::Shard;
-use super::status::{CheckpointStatus, ShardStatus};
+use super::status::{CheckpointStatus, RestoreSource, ShardState, ShardStatus};
 
 pub struct PipelineContext {
     pub(super) state: Mutex<State>,
@@ -120,8 +120,8 @@ impl State {
                         shard.engine.mark_changed(ix.0);
                     }
                 }
-                restored.push((*p, r.source, shard.engine.len()));
-                let restored_checkpoint = (r.source != "none").then(|| CheckpointStatus {
+                restored.push((*p, r.source.as_str(), shard.engine.len()));
+                let restored_checkpoint = (r.source != RestoreSource::Replay).then(|| CheckpointStatus {
                     seq: r.seq,
                     positions: r.positions.clone(),
                     digest: Some(format!("{:016x}", shard.engine.digest())),
@@ -148,7 +148,7 @@ impl State {
             self.metrics.restoring.dec();
             let prospects = shard.engine.len() as u64;
             self.status.update(*p, |s| {
-                s.state = "running";
+                s.state = ShardState::Running;
                 s.restore_seconds = secs;
                 s.prospects = prospects;
             });

@@ -46,6 +46,7 @@ mod handle;
 mod inputs;
 pub mod merge;
 mod rebalance;
+mod restore;
 mod shard;
 pub mod status;
 mod tick;

@@ -1,5 +1,5 @@
-//! The consumer context and its rebalance callbacks: `assign` (restore, or resume a parked shard,
-//! and seek each partition to what its state covers) and `revoke` (checkpoint, then park).
+//! The consumer context and its rebalance callbacks: `assign` (restore, see `restore.rs`, or
+//! resume a parked shard, and seek each partition to what its state covers) and `revoke` (checkpoint, then park).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -16,9 +16,9 @@ use crate::core::Engine;
 use crate::snapshot::SnapshotStore;
 
 use super::State;
-use super::checkpoint::{self, RestoreEnv};
+use super::restore::{self, RestoreEnv};
 use super::shard::Shard;
-use super::status::{CheckpointStatus, ShardStatus};
+use super::status::{CheckpointStatus, RestoreSource, ShardState, ShardStatus};
 
 pub struct PipelineContext {
     pub(super) state: Mutex<State>,
@@ -99,56 +99,53 @@ impl State {
             }
             let started = Instant::now();
             self.status.set(*p, ShardStatus::restoring(*p));
-            let shard = if self.settings.checkpoint.persists() {
-                let env = RestoreEnv {
-                    settings: &self.settings,
-                    journey: &self.journey,
-                    store: self.store.as_deref().map(|s| s as &dyn SnapshotStore),
-                    changelog: self.changelog.as_ref().map(|c| c.topic.as_str()),
-                    metrics: &self.metrics,
-                };
-                let r = checkpoint::restore(*p, &env);
-                let mut shard = Shard::new(r.engine, topics.len());
-                for (i, t) in topics.iter().enumerate() {
-                    shard.positions[i] = r.positions.get(t).copied().unwrap_or(-1);
-                }
-                shard.checkpointed = shard.positions.clone();
-                shard.seq = r.seq;
-                shard.tombstones = r.tombstones;
-                for id in &r.rewrite {
-                    if let Some(ix) = shard.engine.find(id) {
-                        shard.engine.mark_changed(ix.0);
-                    }
-                }
-                restored.push((*p, r.source, shard.engine.len()));
-                let restored_checkpoint = (r.source != "none").then(|| CheckpointStatus {
-                    seq: r.seq,
-                    positions: r.positions.clone(),
-                    digest: Some(format!("{:016x}", shard.engine.digest())),
-                    prospects: shard.engine.len() as u64,
-                    snapshot_seconds: 0.0,
-                });
-                self.status.update(*p, |s| {
-                    s.restored_from = r.source;
-                    s.checkpoint = restored_checkpoint;
-                });
-                // Prime the spare now, while the shard is not processing anyway: the shard's
-                // first checkpoint is then an incremental capture too.
-                if self.writer.is_some() && !shard.engine.is_empty() {
-                    let mut spare = self.spares.remove(p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
-                    shard.engine.capture_into(&mut spare);
-                    self.spares.insert(*p, spare);
-                }
-                shard
-            } else {
-                Shard::new(Engine::new(Arc::clone(&self.journey)), topics.len())
+            let env = RestoreEnv {
+                settings: &self.settings,
+                journey: &self.journey,
+                store: self.store.as_deref().map(|s| s as &dyn SnapshotStore),
+                changelog: self.changelog.as_ref().map(|c| c.topic.as_str()),
+                metrics: &self.metrics,
             };
+            let r = restore::restore(*p, &env);
+            let mut shard = Shard::new(r.engine, topics.len());
+            for (i, t) in topics.iter().enumerate() {
+                shard.positions[i] = r.positions.get(t).copied().unwrap_or(-1);
+            }
+            shard.checkpointed = shard.positions.clone();
+            shard.seq = r.seq;
+            shard.tombstones = r.tombstones;
+            for id in &r.rewrite {
+                if let Some(ix) = shard.engine.find(id) {
+                    shard.engine.mark_changed(ix.0);
+                }
+            }
+            restored.push((*p, r.source.as_str(), shard.engine.len()));
+            // The restored state is a checkpoint's, unless there was none to restore.
+            let from_checkpoint = !matches!(r.source, RestoreSource::Replay | RestoreSource::Empty);
+            let restored_checkpoint = from_checkpoint.then(|| CheckpointStatus {
+                seq: r.seq,
+                positions: r.positions.clone(),
+                digest: Some(format!("{:016x}", shard.engine.digest())),
+                prospects: shard.engine.len() as u64,
+                snapshot_seconds: 0.0,
+            });
+            self.status.update(*p, |s| {
+                s.restored_from = r.source;
+                s.checkpoint = restored_checkpoint;
+            });
+            // Prime the spare now, while the shard is not processing anyway: the shard's
+            // first checkpoint is then an incremental capture too.
+            if self.writer.is_some() && !shard.engine.is_empty() {
+                let mut spare = self.spares.remove(p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
+                shard.engine.capture_into(&mut spare);
+                self.spares.insert(*p, spare);
+            }
             let secs = started.elapsed().as_secs_f64();
             self.metrics.restore_seconds.observe(secs);
             self.metrics.restoring.dec();
             let prospects = shard.engine.len() as u64;
             self.status.update(*p, |s| {
-                s.state = "running";
+                s.state = ShardState::Running;
                 s.restore_seconds = secs;
                 s.prospects = prospects;
             });

@@ -6,14 +6,61 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+/// What a shard is doing; serialised as `restoring` or `running`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ShardState {
+    /// Its state is being restored; it processes nothing yet (`/readyz` is false).
+    #[serde(rename = "restoring")]
+    Restoring,
+    /// Restored (or resumed) and processing its inputs.
+    #[serde(rename = "running")]
+    Running,
+}
+
+/// Where a shard's state came from when it was assigned; serialised as the strings below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum RestoreSource {
+    /// `snapshot`: a local snapshot alone.
+    #[serde(rename = "snapshot")]
+    Snapshot,
+    /// `changelog`: the changelog alone, from the start of its partition.
+    #[serde(rename = "changelog")]
+    Changelog,
+    /// `snapshot+changelog`: a local snapshot topped up from the changelog.
+    #[serde(rename = "snapshot+changelog")]
+    SnapshotAndChangelog,
+    /// `none`: nothing usable was persisted; the inputs are replayed from the beginning.
+    #[serde(rename = "none")]
+    Replay,
+    /// `empty`: nothing is persisted at all; the inputs start at the group's committed offsets.
+    #[serde(rename = "empty")]
+    Empty,
+}
+
+impl RestoreSource {
+    /// The string `GET /shards` and the logs show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreSource::Snapshot => "snapshot",
+            RestoreSource::Changelog => "changelog",
+            RestoreSource::SnapshotAndChangelog => "snapshot+changelog",
+            RestoreSource::Replay => "none",
+            RestoreSource::Empty => "empty",
+        }
+    }
+}
+
+impl std::fmt::Display for RestoreSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct ShardStatus {
     pub partition: i32,
-    /// `restoring` or `running`.
-    pub state: &'static str,
-    /// `snapshot`, `changelog`, `snapshot+changelog`, `none` (replayed from the beginning),
-    /// `empty` (nothing persisted: started at the committed offsets).
-    pub restored_from: &'static str,
+    pub state: ShardState,
+    pub restored_from: RestoreSource,
     pub restore_seconds: f64,
     pub prospects: u64,
     pub checkpoint: Option<CheckpointStatus>,
@@ -23,8 +70,8 @@ impl ShardStatus {
     pub fn restoring(partition: i32) -> ShardStatus {
         ShardStatus {
             partition,
-            state: "restoring",
-            restored_from: "empty",
+            state: ShardState::Restoring,
+            restored_from: RestoreSource::Empty,
             restore_seconds: 0.0,
             prospects: 0,
             checkpoint: None,
@@ -72,6 +119,48 @@ impl Status {
 
     /// Whether any assigned shard is still restoring.
     pub fn restoring(&self) -> bool {
-        self.map().values().any(|s| s.state == "restoring")
+        self.map().values().any(|s| s.state == ShardState::Restoring)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `GET /shards` and the recovery tests read these strings: they must not change.
+    #[test]
+    fn states_and_sources_serialise_to_their_strings() {
+        let json = |v: serde_json::Value| v.as_str().unwrap().to_string();
+        for (state, s) in [(ShardState::Restoring, "restoring"), (ShardState::Running, "running")] {
+            assert_eq!(json(serde_json::to_value(state).unwrap()), s);
+        }
+        for (source, s) in [
+            (RestoreSource::Snapshot, "snapshot"),
+            (RestoreSource::Changelog, "changelog"),
+            (RestoreSource::SnapshotAndChangelog, "snapshot+changelog"),
+            (RestoreSource::Replay, "none"),
+            (RestoreSource::Empty, "empty"),
+        ] {
+            assert_eq!(json(serde_json::to_value(source).unwrap()), s);
+            assert_eq!(source.as_str(), s);
+        }
+    }
+
+    #[test]
+    fn a_restoring_shard_reads_as_restoring_until_it_runs() {
+        let status = Status::default();
+        status.set(3, ShardStatus::restoring(3));
+        assert!(status.restoring());
+        let v = serde_json::to_value(status.snapshot()).unwrap();
+        assert_eq!(v[0]["state"], "restoring");
+        assert_eq!(v[0]["restored_from"], "empty");
+        status.update(3, |s| {
+            s.state = ShardState::Running;
+            s.restored_from = RestoreSource::SnapshotAndChangelog;
+        });
+        assert!(!status.restoring());
+        let v = serde_json::to_value(status.snapshot()).unwrap();
+        assert_eq!(v[0]["state"], "running");
+        assert_eq!(v[0]["restored_from"], "snapshot+changelog");
     }
 }

@@ -1,0 +1,460 @@
+//! Restoring a shard on assignment, as a plan: the stores report facts (the newest usable
+//! snapshot and the changelog position it covers; the changelog partition's extent), the pure
+//! [`plan`] decides where the shard restores from, and [`restore`] executes the decision.
+//!
+//! The order of preference: a snapshot topped up from the changelog from the position it
+//! records, the changelog alone, then nothing (the inputs are replayed). Changelog prospect
+//! records are installed only when a later checkpoint record confirms them; records after the
+//! last checkpoint record belong to a checkpoint that did not finish and are rewritten or
+//! deleted at the next checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Settings;
+use crate::core::snapshot::Dec;
+use crate::core::{Engine, Journey};
+use crate::kafka;
+use crate::snapshot::{ChangelogPosition, SnapshotStore};
+use crate::telemetry::Metrics;
+
+use super::checkpoint::META_KEY;
+use super::status::RestoreSource;
+
+/// What the snapshot store reported: its newest snapshot that loads.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotFacts<'a> {
+    /// The changelog position right after the snapshot's checkpoint (`None`: written with the
+    /// changelog off).
+    pub changelog: Option<&'a ChangelogPosition>,
+}
+
+/// What the changelog reported.
+#[derive(Clone, Copy, Debug)]
+pub enum ChangelogFacts<'a> {
+    /// No changelog is configured.
+    Off,
+    /// Configured, but its reader could not be set up or its extent read.
+    Unreadable,
+    /// The shard's partition of `topic` holds offsets `low..high` (nothing when `high <= low`).
+    Extent { topic: &'a str, low: i64, high: i64 },
+}
+
+/// Where a shard restores from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestorePlan {
+    /// Nothing is persisted at all: an empty engine, inputs from the group's committed offsets.
+    Empty,
+    /// Nothing usable is persisted: an empty engine, inputs replayed from the beginning.
+    Replay,
+    /// The snapshot as it is (nothing in the changelog beyond it, or no position in it).
+    Snapshot,
+    /// The snapshot, then the changelog from offset `from`, the position it records.
+    SnapshotTopUp { from: i64 },
+    /// The changelog alone, from the start of the partition.
+    Changelog,
+}
+
+/// Decides where a shard restores from, given whether checkpoints are persisted at all and what
+/// the snapshot store and the changelog reported. Pure.
+pub fn plan(persists: bool, snapshot: Option<SnapshotFacts<'_>>, changelog: ChangelogFacts<'_>) -> RestorePlan {
+    if !persists {
+        return RestorePlan::Empty;
+    }
+    let extent = match changelog {
+        ChangelogFacts::Extent { topic, low, high } => Some((topic, low, high)),
+        ChangelogFacts::Off | ChangelogFacts::Unreadable => None,
+    };
+    match (snapshot, extent) {
+        (Some(s), Some((topic, low, high))) => match s.changelog {
+            // Records beyond the snapshot's position: top it up from there.
+            Some(p) if p.topic == topic && high > low && p.next < high => RestorePlan::SnapshotTopUp { from: p.next },
+            // Nothing beyond it, or a position in no changelog (or another one): as it is.
+            _ => RestorePlan::Snapshot,
+        },
+        (Some(_), None) => RestorePlan::Snapshot,
+        (None, Some((_, low, high))) if high > low => RestorePlan::Changelog,
+        (None, _) => RestorePlan::Replay,
+    }
+}
+
+impl RestorePlan {
+    /// What the restored state came from, once executed: a changelog read that found no
+    /// checkpoint record added nothing.
+    pub fn source(self, checkpoints_read: u64) -> RestoreSource {
+        match (self, checkpoints_read > 0) {
+            (RestorePlan::Empty, _) => RestoreSource::Empty,
+            (RestorePlan::Replay, _) | (RestorePlan::Changelog, false) => RestoreSource::Replay,
+            (RestorePlan::Snapshot, _) | (RestorePlan::SnapshotTopUp { .. }, false) => RestoreSource::Snapshot,
+            (RestorePlan::SnapshotTopUp { .. }, true) => RestoreSource::SnapshotAndChangelog,
+            (RestorePlan::Changelog, true) => RestoreSource::Changelog,
+        }
+    }
+}
+
+/// A shard's state as restored, and where its inputs continue.
+pub struct Restored {
+    pub engine: Engine,
+    /// Next offset per input topic (missing = from the beginning).
+    pub positions: BTreeMap<String, i64>,
+    pub seq: u64,
+    /// Where the state came from.
+    pub source: RestoreSource,
+    /// Ids a crashed checkpoint wrote to the changelog for prospects this state does not hold.
+    pub tombstones: Vec<String>,
+    /// Prospects whose changelog records are ahead of this state: rewrite them next time.
+    pub rewrite: Vec<String>,
+}
+
+impl Restored {
+    fn fresh(journey: &Arc<Journey>, source: RestoreSource) -> Restored {
+        Restored {
+            engine: Engine::new(Arc::clone(journey)),
+            positions: BTreeMap::new(),
+            seq: 0,
+            source,
+            tombstones: Vec::new(),
+            rewrite: Vec::new(),
+        }
+    }
+}
+
+/// What restoring needs.
+pub struct RestoreEnv<'a> {
+    pub settings: &'a Settings,
+    pub journey: &'a Arc<Journey>,
+    pub store: Option<&'a dyn SnapshotStore>,
+    pub changelog: Option<&'a str>,
+    pub metrics: &'a Metrics,
+}
+
+/// A snapshot loaded from the store.
+struct Loaded {
+    engine: Engine,
+    positions: BTreeMap<String, i64>,
+    seq: u64,
+    changelog: Option<ChangelogPosition>,
+}
+
+/// A loaded snapshot, handed back when the changelog read fails before it changed anything.
+type Base = Option<Box<Loaded>>;
+
+/// Restores a shard: reads the facts (loads the newest usable snapshot, opens the changelog and
+/// reads its extent), asks [`plan`], and executes the plan. A changelog that fails while being
+/// read falls back to the snapshot as it is, or to a replay.
+pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
+    let loaded = env.store.and_then(|store| load_snapshot(shard, store, env));
+    let mut reader = None;
+    let changelog = match env.changelog {
+        None => ChangelogFacts::Off,
+        Some(topic) => match open_changelog(shard, topic, env) {
+            Ok((consumer, low, high)) => {
+                reader = Some(consumer);
+                ChangelogFacts::Extent { topic, low, high }
+            }
+            Err(e) => {
+                tracing::error!(shard, error = %e, "changelog unreadable; using the local snapshot or replaying");
+                ChangelogFacts::Unreadable
+            }
+        },
+    };
+    let snapshot = loaded.as_ref().map(|l| SnapshotFacts { changelog: l.changelog.as_ref() });
+    let decided = plan(env.settings.checkpoint.persists(), snapshot, changelog);
+    tracing::debug!(shard, plan = ?decided, "restore planned");
+    let had_snapshot = loaded.is_some();
+    let base = loaded.map(Box::new);
+    let from = match decided {
+        RestorePlan::Empty | RestorePlan::Replay => return Restored::fresh(env.journey, decided.source(0)),
+        RestorePlan::Snapshot => return as_it_is(base, env),
+        RestorePlan::SnapshotTopUp { from } => Offset::Offset(from),
+        RestorePlan::Changelog => Offset::Beginning,
+    };
+    let (Some(consumer), Some(topic)) = (reader, env.changelog) else { return as_it_is(base, env) };
+    match read_changelog(shard, &consumer, topic, from, decided, base, env) {
+        Ok(r) => r,
+        Err(failed) => {
+            let (e, back) = *failed;
+            tracing::error!(shard, error = %e, "changelog unreadable; using the local snapshot or replaying");
+            if back.is_none() && had_snapshot {
+                tracing::error!(shard, "state lost; replaying the inputs from the beginning");
+            }
+            as_it_is(back, env)
+        }
+    }
+}
+
+/// The loaded snapshot as it is, or nothing (replay).
+fn as_it_is(base: Base, env: &RestoreEnv<'_>) -> Restored {
+    match base.map(|b| *b) {
+        Some(Loaded { engine, positions, seq, .. }) => Restored {
+            engine,
+            positions,
+            seq,
+            source: RestoreSource::Snapshot,
+            tombstones: Vec::new(),
+            rewrite: Vec::new(),
+        },
+        None => Restored::fresh(env.journey, RestoreSource::Replay),
+    }
+}
+
+/// The newest snapshot that passes every check and decodes (rejected files are logged and the
+/// previous one tried).
+fn load_snapshot(shard: i32, store: &dyn SnapshotStore, env: &RestoreEnv<'_>) -> Option<Loaded> {
+    let (latest, rejected) = store.latest(shard);
+    for e in &rejected {
+        tracing::error!(shard, error = %e, "snapshot unusable; trying the previous one");
+    }
+    let c = latest?;
+    match c.engine(Arc::clone(env.journey)) {
+        Ok(engine) => {
+            env.metrics.restore_records.with_label_values(&["snapshot"]).inc_by(engine.len() as u64);
+            env.metrics.restore_bytes.with_label_values(&["snapshot"]).inc_by(c.body.len() as u64);
+            tracing::info!(shard, seq = c.header.seq, prospects = engine.len(), file = %c.path.display(), "snapshot loaded");
+            Some(Loaded { engine, positions: c.header.positions, seq: c.header.seq, changelog: c.header.changelog })
+        }
+        Err(e) => {
+            tracing::error!(shard, error = %e, "snapshot unusable");
+            None
+        }
+    }
+}
+
+/// The changelog reader for a shard's partition, and the partition's extent (low and high
+/// watermarks; the end is the broker's high watermark, as everywhere in Kafka).
+fn open_changelog(
+    shard: i32,
+    topic: &str,
+    env: &RestoreEnv<'_>,
+) -> Result<(BaseConsumer<QuietEof>, i64, i64), KafkaError> {
+    let k = &env.settings.kafka;
+    let consumer: BaseConsumer<QuietEof> = kafka::base_config(k)
+        .set("group.id", format!("{}-restore", k.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(QuietEof)?;
+    let (low, high) = consumer.fetch_watermarks(topic, shard, Duration::from_secs(10))?;
+    Ok((consumer, low, high))
+}
+
+/// Reads the changelog from `from` to its end onto the loaded snapshot (or an empty engine).
+/// On a failure before anything was read the snapshot comes back with the error.
+fn read_changelog(
+    shard: i32,
+    consumer: &BaseConsumer<QuietEof>,
+    topic: &str,
+    from: Offset,
+    decided: RestorePlan,
+    base: Base,
+    env: &RestoreEnv<'_>,
+) -> Result<Restored, Box<(KafkaError, Base)>> {
+    let mut tpl = TopicPartitionList::new();
+    if let Err(e) = tpl.add_partition_offset(topic, shard, from) {
+        return Err(Box::new((e, base)));
+    }
+    if let Err(e) = consumer.assign(&tpl) {
+        return Err(Box::new((e, base)));
+    }
+    let (mut engine, mut positions, mut seq) = match base.map(|b| *b) {
+        Some(Loaded { engine, positions, seq, .. }) => (engine, positions, seq),
+        None => (Engine::new(Arc::clone(env.journey)), BTreeMap::new(), 0),
+    };
+    let mut staged: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+    let (mut records, mut bytes, mut metas) = (0u64, 0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if Instant::now() > deadline {
+            return Err(Box::new((KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut), None)));
+        }
+        let msg = match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => {
+                tracing::warn!(shard, error = %e, "reading the changelog");
+                continue;
+            }
+            Some(Ok(m)) => m,
+        };
+        let key = msg.key().unwrap_or_default();
+        let payload = msg.payload();
+        bytes += (key.len() + payload.map_or(0, <[u8]>::len)) as u64;
+        if key == META_KEY {
+            let Some(meta) = payload.and_then(|p| p.strip_prefix(b"M")) else { continue };
+            let mut r = Dec::new(meta);
+            let parsed = (|| {
+                let s = r.u64("checkpoint seq")?;
+                let n = r.u32("positions")?;
+                let mut pos = BTreeMap::new();
+                for _ in 0..n {
+                    let t = r.str("topic")?.to_string();
+                    pos.insert(t, r.i64("position")?);
+                }
+                Ok::<_, crate::core::StateError>((s, pos))
+            })();
+            let (s, pos) = match parsed {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(shard, offset = msg.offset(), error = %e, "bad checkpoint record in the changelog; skipped");
+                    continue;
+                }
+            };
+            if let Err(e) = engine.decode_meta(&mut r) {
+                tracing::error!(shard, offset = msg.offset(), error = %e, "bad checkpoint record in the changelog; skipped");
+                continue;
+            }
+            for (id, rec) in staged.drain() {
+                let Some(rec) = rec else { continue };
+                let Ok(id) = std::str::from_utf8(&id) else { continue };
+                let Some(body) = rec.strip_prefix(b"P") else { continue };
+                match engine.decode_changelog_record(&mut Dec::new(body)) {
+                    Ok(decoded) => {
+                        if engine.install(id, decoded).is_err() {
+                            tracing::error!(shard, "prospect arena full while restoring");
+                        }
+                        records += 1;
+                    }
+                    Err(e) => tracing::error!(shard, error = %e, "bad prospect record in the changelog; skipped"),
+                }
+            }
+            positions = pos;
+            seq = s;
+            metas += 1;
+        } else {
+            staged.insert(key.to_vec(), payload.map(<[u8]>::to_vec));
+        }
+    }
+    env.metrics.restore_records.with_label_values(&["changelog"]).inc_by(records);
+    env.metrics.restore_bytes.with_label_values(&["changelog"]).inc_by(bytes);
+    // Records of a checkpoint that never finished: the state does not hold them, so the next
+    // checkpoint rewrites those prospects (or deletes ids the state never had).
+    let (mut tombstones, mut rewrite) = (Vec::new(), Vec::new());
+    for id in staged.into_keys() {
+        let Ok(id) = String::from_utf8(id) else { continue };
+        if engine.find(&id).is_some() { rewrite.push(id) } else { tombstones.push(id) }
+    }
+    engine.take_changed();
+    let source = decided.source(metas);
+    tracing::info!(
+        shard,
+        source = source.as_str(),
+        checkpoints = metas,
+        records,
+        seq,
+        unfinished = tombstones.len() + rewrite.len(),
+        "changelog read"
+    );
+    Ok(Restored { engine, positions, seq, source, tombstones, rewrite })
+}
+
+/// The restore reader's client context: reaching the end of the partition is how a restore
+/// knows it is done, not an error worth a log line.
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_))
+            && error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            tracing::error!(error = %error, reason, "changelog reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPIC: &str = "microfunnel-changelog";
+
+    fn at(topic: &str, next: i64) -> ChangelogPosition {
+        ChangelogPosition { topic: topic.to_string(), next }
+    }
+
+    fn extent(low: i64, high: i64) -> ChangelogFacts<'static> {
+        ChangelogFacts::Extent { topic: TOPIC, low, high }
+    }
+
+    fn snapshot(position: Option<&ChangelogPosition>) -> Option<SnapshotFacts<'_>> {
+        Some(SnapshotFacts { changelog: position })
+    }
+
+    #[test]
+    fn a_snapshot_is_preferred_and_topped_up_from_its_position() {
+        let p = at(TOPIC, 40);
+        assert_eq!(plan(true, snapshot(Some(&p)), extent(0, 100)), RestorePlan::SnapshotTopUp { from: 40 });
+        // Compaction removed the start of the partition: still from the snapshot's position.
+        assert_eq!(plan(true, snapshot(Some(&p)), extent(30, 100)), RestorePlan::SnapshotTopUp { from: 40 });
+        assert_eq!(plan(true, snapshot(Some(&p)), extent(0, 41)), RestorePlan::SnapshotTopUp { from: 40 });
+    }
+
+    #[test]
+    fn a_snapshot_with_nothing_after_its_position_is_used_as_it_is() {
+        let p = at(TOPIC, 100);
+        assert_eq!(plan(true, snapshot(Some(&p)), extent(0, 100)), RestorePlan::Snapshot);
+        assert_eq!(plan(true, snapshot(Some(&p)), extent(0, 90)), RestorePlan::Snapshot);
+        assert_eq!(plan(true, snapshot(Some(&p)), extent(5, 5)), RestorePlan::Snapshot);
+    }
+
+    #[test]
+    fn a_snapshot_without_a_changelog_position_is_used_as_it_is() {
+        // Written with the changelog off: never topped up, never replaced by the changelog.
+        assert_eq!(plan(true, snapshot(None), extent(0, 100)), RestorePlan::Snapshot);
+        // A position in another changelog topic says nothing about this one.
+        let other = at("another-changelog", 10);
+        assert_eq!(plan(true, snapshot(Some(&other)), extent(0, 100)), RestorePlan::Snapshot);
+    }
+
+    #[test]
+    fn a_snapshot_is_used_as_it_is_when_the_changelog_cannot_be_read() {
+        let p = at(TOPIC, 40);
+        assert_eq!(plan(true, snapshot(Some(&p)), ChangelogFacts::Unreadable), RestorePlan::Snapshot);
+    }
+
+    #[test]
+    fn the_changelog_alone_when_there_is_no_usable_snapshot() {
+        assert_eq!(plan(true, None, extent(0, 100)), RestorePlan::Changelog);
+        assert_eq!(plan(true, None, extent(60, 100)), RestorePlan::Changelog);
+    }
+
+    #[test]
+    fn replay_when_neither_store_has_anything() {
+        assert_eq!(plan(true, None, extent(0, 0)), RestorePlan::Replay);
+        assert_eq!(plan(true, None, extent(100, 100)), RestorePlan::Replay);
+        assert_eq!(plan(true, None, ChangelogFacts::Unreadable), RestorePlan::Replay);
+    }
+
+    #[test]
+    fn with_the_changelog_off_the_snapshot_or_replay() {
+        let p = at(TOPIC, 40);
+        assert_eq!(plan(true, snapshot(Some(&p)), ChangelogFacts::Off), RestorePlan::Snapshot);
+        assert_eq!(plan(true, snapshot(None), ChangelogFacts::Off), RestorePlan::Snapshot);
+        assert_eq!(plan(true, None, ChangelogFacts::Off), RestorePlan::Replay);
+    }
+
+    #[test]
+    fn nothing_persisted_starts_empty() {
+        assert_eq!(plan(false, None, ChangelogFacts::Off), RestorePlan::Empty);
+    }
+
+    #[test]
+    fn the_source_says_what_the_executed_plan_found() {
+        use RestoreSource as S;
+        let top_up = RestorePlan::SnapshotTopUp { from: 7 };
+        assert_eq!(top_up.source(2), S::SnapshotAndChangelog);
+        assert_eq!(top_up.source(0), S::Snapshot, "records without a checkpoint record add nothing");
+        assert_eq!(RestorePlan::Changelog.source(1), S::Changelog);
+        assert_eq!(RestorePlan::Changelog.source(0), S::Replay);
+        assert_eq!(RestorePlan::Snapshot.source(0), S::Snapshot);
+        assert_eq!(RestorePlan::Replay.source(0), S::Replay);
+        assert_eq!(RestorePlan::Empty.source(0), S::Empty);
+    }
+}

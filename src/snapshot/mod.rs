@@ -25,6 +25,9 @@ use crate::core::ids::hash64;
 use crate::core::snapshot::{STATE_VERSION, journey_fingerprint};
 use crate::core::{Engine, Journey, StateError};
 
+mod mem;
+pub use mem::MemStore;
+
 pub const MAGIC: &[u8; 8] = b"MFSNAP\r\n";
 pub const FORMAT_VERSION: u32 = 1;
 const SEED_FILE: u64 = 0x736e_6170_5f66_696c;
@@ -161,8 +164,9 @@ pub struct Pending {
     pub changelog: Option<ChangelogPosition>,
 }
 
-/// Where shard snapshots live. The filesystem store is the default; others (a shared volume,
-/// object storage) implement the same three calls.
+/// Where shard snapshots live. The filesystem store ([`FileStore`]) is the default; [`MemStore`]
+/// keeps them in memory (tests and tools); others (a shared volume, object storage) implement
+/// the same three calls.
 pub trait SnapshotStore: Send {
     /// Writes a snapshot durably; returns its header.
     fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError>;

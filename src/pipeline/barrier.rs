@@ -39,6 +39,42 @@ pub(super) struct Commit<'a> {
 }
 
 impl InFlight {
+    /// A checkpoint of no shard yet, started now.
+    pub(super) fn new(shards: usize) -> InFlight {
+        InFlight {
+            started: Instant::now(),
+            waiting: BTreeSet::new(),
+            commits: Vec::with_capacity(shards),
+            failed: false,
+        }
+    }
+
+    /// A checkpoint waiting for the jobs of `shards` (shard, captured positions).
+    #[cfg(test)]
+    pub(super) fn waiting_for(shards: &[(i32, Vec<i64>)]) -> InFlight {
+        let mut flight = InFlight::new(shards.len());
+        for (p, positions) in shards {
+            flight.waiting.insert(*p);
+            flight.commits.push((*p, positions.clone()));
+        }
+        flight
+    }
+
+    /// Whether every shard's job reported.
+    #[cfg(test)]
+    pub(super) fn complete(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Takes in a shard's finished job: it no longer waits for it, and a failure fails the
+    /// whole checkpoint.
+    pub(super) fn reported(&mut self, done: &checkpoint::Done) {
+        self.waiting.remove(&done.shard);
+        if done.result.is_err() {
+            self.failed = true;
+        }
+    }
+
     /// The commit decision of a finished checkpoint (`topics` = `kafka.input_topics`): `None`
     /// when a shard failed, and then nothing at all is committed; otherwise exactly the
     /// positions captured for the checkpoint's shards, by shard then input topic, leaving out
@@ -105,8 +141,7 @@ impl State {
         if due.is_empty() {
             return Ok(());
         }
-        let mut flight =
-            InFlight { started, waiting: BTreeSet::new(), commits: Vec::with_capacity(due.len()), failed: false };
+        let mut flight = InFlight { started, ..InFlight::new(due.len()) };
         let topics = &self.settings.kafka.input_topics;
         for p in due {
             let shard = self.shards.get_mut(&p).expect("due shards exist");
@@ -122,15 +157,15 @@ impl State {
                 positions: shard.position_map(topics),
                 changelog: None,
             };
-            let changelog = self.changelog.as_ref().map(|producers| checkpoint::ChangelogJob {
-                producers: Arc::clone(producers),
-                changed,
-                tombstones: std::mem::take(&mut shard.tombstones),
-                deadline,
-            });
+            let changelog = self
+                .changelog
+                .as_ref()
+                .map(|producers| checkpoint::ChangelogJob { producers: Arc::clone(producers), deadline });
+            let tombstones = std::mem::take(&mut shard.tombstones);
             let mut engine = self.spares.remove(&p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
             shard.engine.capture_into(&mut engine);
-            if w.submit(Job { engine, what, changelog, source: shard.engine.lineage() }) {
+            let source = shard.engine.lineage();
+            if w.submit(Job { engine, what, changelog, changed, tombstones, source }) {
                 flight.waiting.insert(p);
             } else {
                 flight.failed = true;
@@ -170,7 +205,7 @@ impl State {
                     }
                 }
             };
-            flight.waiting.remove(&done.shard);
+            flight.reported(&done);
             if self.shards.contains_key(&done.shard) {
                 self.spares.insert(done.shard, done.spare);
             }
@@ -191,10 +226,9 @@ impl State {
                     tracing::debug!(shard = done.shard, seq = done.seq, bytes, secs = done.secs, "snapshot written");
                 }
                 Err(e) => {
-                    flight.failed = true;
                     tracing::error!(shard = done.shard, seq = done.seq, error = %e, "CHECKPOINT NOT DURABLE: offsets stay uncommitted until a checkpoint succeeds");
-                    // What the changelog did not get is written again next time (if the shard
-                    // still holds the engine those prospects belong to).
+                    // What the checkpoint covered is written again next time (if the shard still
+                    // holds the engine those prospects belong to).
                     if let Some(shard) = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard))
                         && shard.engine.lineage() == done.source
                     {

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use microfunnel::codec::{self, Limits};
 use microfunnel::core::{Engine, Journey};
-use microfunnel::snapshot::{self, FileStore, Pending, SnapshotStore};
+use microfunnel::store::{self, FileStore, Pending, SnapshotStore};
 
 const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
 
@@ -168,7 +168,7 @@ fn main() {
         drop(image);
 
         let t = Instant::now();
-        let checked = snapshot::read(&path).expect("snapshot reads back");
+        let checked = store::read(&path).expect("snapshot reads back");
         let read_s = t.elapsed().as_secs_f64();
         let restored = checked.engine(Arc::clone(&journey)).expect("snapshot decodes");
         let restore = t.elapsed().as_secs_f64();

@@ -25,6 +25,6 @@ pub mod http;
 pub mod kafka;
 pub mod pipeline;
 pub mod replay;
-pub mod snapshot;
+pub mod store;
 pub mod telemetry;
 pub mod traffic;

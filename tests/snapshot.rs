@@ -9,7 +9,7 @@ use std::sync::Arc;
 use microfunnel::codec::{self, Limits};
 use microfunnel::core::snapshot::Dec;
 use microfunnel::core::{Engine, Journey, Output};
-use microfunnel::snapshot::{self, FileStore, Pending, SnapshotError, SnapshotStore};
+use microfunnel::store::{self, FileStore, Pending, SnapshotError, SnapshotStore};
 use microfunnel::traffic::{Generator, Options};
 
 const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
@@ -319,7 +319,7 @@ const SAMPLE_V1: &str = "tests/fixtures/snapshots/v1-b2b-shard3.snap";
 fn the_checked_in_sample_of_every_state_version_loads() {
     for version in microfunnel::core::snapshot::STATE_VERSIONS {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(sample(version));
-        let checked = snapshot::read(&path).unwrap_or_else(|e| panic!("sample of version {version}: {e}"));
+        let checked = store::read(&path).unwrap_or_else(|e| panic!("sample of version {version}: {e}"));
         let h = &checked.header;
         assert_eq!((h.format_version, h.state_version, h.shard, h.seq), (1, version, 3, 7));
         assert_eq!(h.positions["web-events"], 1234);
@@ -389,9 +389,9 @@ fn write_sample() {
         seq: 7,
         written_at: "2026-11-23T12:00:00Z".into(),
         positions: BTreeMap::from([("web-events".to_string(), 1234), ("crm-events".to_string(), 567)]),
-        changelog: Some(snapshot::ChangelogPosition { topic: "microfunnel-changelog".into(), next: 89 }),
+        changelog: Some(store::ChangelogPosition { topic: "microfunnel-changelog".into(), next: 89 }),
     };
-    let (_, image) = snapshot::encode(&what, &engine);
+    let (_, image) = store::encode(&what, &engine);
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(sample(microfunnel::core::snapshot::STATE_VERSION));
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, image).unwrap();

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use microfunnel::core::Journey;
-use microfunnel::snapshot;
+use microfunnel::store;
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -24,7 +24,7 @@ pub struct InspectArgs {
 /// Prints the header, the checksum verdict and the decoded prospect count as JSON; exits 1 if
 /// the file is damaged or does not decode.
 pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
-    let checked = match snapshot::read(&args.file) {
+    let checked = match store::read(&args.file) {
         Ok(c) => c,
         Err(e) => {
             let out = serde_json::json!({ "file": args.file, "checksums": "failed", "error": e.to_string() });

@@ -238,24 +238,17 @@ pub fn producer(k: &Kafka, metrics: Option<Metrics>) -> Result<(OutputProducer, 
     create_producer(output_producer_config(k), metrics, None)
 }
 
-/// The changelog's producers, used by the checkpoint writer only (so the outputs' flush never
-/// waits for checkpoint records): `records` for prospect records, reporting failures only, and
-/// `marker` for the checkpoint record that closes them, reporting every acknowledgement (its
-/// offset is the checkpoint's changelog position).
-pub struct ChangelogProducers {
-    pub topic: String,
-    pub records: OutputProducer,
-    pub marker: OutputProducer,
-}
-
-pub fn changelog_producers(
+/// A producer of changelog records (`store::KafkaChangelog`): with `marker`, one that reports
+/// every acknowledgement (for the checkpoint record, whose offset is the checkpoint's position);
+/// without, one that reports failures only (for prospect records).
+pub fn changelog_producer(
     k: &Kafka,
     metrics: Option<Metrics>,
     topic: &str,
-) -> Result<ChangelogProducers, KafkaSetupError> {
-    let records = create_producer(output_producer_config(k), metrics.clone(), Some(topic.to_string()))?.0;
-    let marker = create_producer(producer_config(k), metrics, Some(topic.to_string()))?.0;
-    Ok(ChangelogProducers { topic: topic.to_string(), records, marker })
+    marker: bool,
+) -> Result<OutputProducer, KafkaSetupError> {
+    let config = if marker { producer_config(k) } else { output_producer_config(k) };
+    Ok(create_producer(config, metrics, Some(topic.to_string()))?.0)
 }
 
 fn create_producer(

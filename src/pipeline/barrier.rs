@@ -6,16 +6,35 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::core::Engine;
 use crate::kafka;
-use crate::snapshot::Pending;
+use crate::store::Pending;
 
-use super::checkpoint::{self, Job};
 use super::status::CheckpointStatus;
+use super::writer::{self, Job};
 use super::{PipelineConsumer, PipelineError, State, wall_now};
+
+/// Who executes a checkpoint's commit decision: the group's consumer (tests record it).
+pub(super) trait Committer {
+    fn commit(&self, offsets: &[Commit<'_>], mode: CommitMode) -> KafkaResult<()>;
+}
+
+impl Committer for PipelineConsumer {
+    fn commit(&self, offsets: &[Commit<'_>], mode: CommitMode) -> KafkaResult<()> {
+        let mut tpl = TopicPartitionList::new();
+        for c in offsets {
+            tpl.add_partition_offset(c.topic, c.partition, Offset::Offset(c.next))?;
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        Consumer::commit(self, &tpl, mode)
+    }
+}
 
 /// A checkpoint whose snapshots are being written; its offsets are committed when all are done.
 pub(super) struct InFlight {
@@ -68,7 +87,7 @@ impl InFlight {
 
     /// Takes in a shard's finished job: it no longer waits for it, and a failure fails the
     /// whole checkpoint.
-    pub(super) fn reported(&mut self, done: &checkpoint::Done) {
+    pub(super) fn reported(&mut self, done: &writer::Done) {
         self.waiting.remove(&done.shard);
         if done.result.is_err() {
             self.failed = true;
@@ -120,7 +139,7 @@ impl State {
     /// for its snapshots and commits. Without, the commit happens in [`State::poll_checkpoint`].
     pub(super) fn checkpoint(
         &mut self,
-        consumer: &PipelineConsumer,
+        consumer: &dyn Committer,
         mode: CommitMode,
         deadline: Instant,
         wait: bool,
@@ -157,15 +176,11 @@ impl State {
                 positions: shard.position_map(topics),
                 changelog: None,
             };
-            let changelog = self
-                .changelog
-                .as_ref()
-                .map(|producers| checkpoint::ChangelogJob { producers: Arc::clone(producers), deadline });
             let tombstones = std::mem::take(&mut shard.tombstones);
             let mut engine = self.spares.remove(&p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
             shard.engine.capture_into(&mut engine);
             let source = shard.engine.lineage();
-            if w.submit(Job { engine, what, changelog, changed, tombstones, source }) {
+            if w.submit(Job { engine, what, deadline, changed, tombstones, source }) {
                 flight.waiting.insert(p);
             } else {
                 flight.failed = true;
@@ -182,7 +197,7 @@ impl State {
     /// completion until that deadline.
     pub(super) fn poll_checkpoint(
         &mut self,
-        consumer: &PipelineConsumer,
+        consumer: &dyn Committer,
         mode: CommitMode,
         block: Option<Instant>,
     ) -> Result<(), PipelineError> {
@@ -244,13 +259,7 @@ impl State {
             self.metrics.checkpoints.with_label_values(&["failed"]).inc();
             return Ok(());
         };
-        let mut tpl = TopicPartitionList::new();
-        for c in &offsets {
-            tpl.add_partition_offset(c.topic, c.partition, Offset::Offset(c.next))?;
-        }
-        if tpl.count() > 0 {
-            consumer.commit(&tpl, mode)?;
-        }
+        consumer.commit(&offsets, mode)?;
         for (p, positions) in flight.commits {
             if let Some(shard) = self.shards.get_mut(&p).or_else(|| self.parked.get_mut(&p)) {
                 shard.checkpointed = positions.clone();
@@ -271,7 +280,6 @@ impl State {
         }
         self.metrics.checkpoints.with_label_values(&["ok"]).inc();
         self.metrics.checkpoint_seconds.observe(flight.started.elapsed().as_secs_f64());
-        self.metrics.commit_barrier.observe(flight.started.elapsed().as_secs_f64());
         Ok(())
     }
 }

@@ -36,11 +36,15 @@
 //! - `rebalance`: the consumer context; assign (restore or resume a parked shard) and revoke
 //!   (checkpoint, then park);
 //! - `tick`: idle advance, funnel records, consumer lag;
-//! - `checkpoint`: the writer thread and restore; `emit`: outputs to topics; `status`: what
-//!   HTTP shows of each shard.
+//! - `writer`: the checkpoint writer thread (changelog append, then snapshot save);
+//! - `restore`: where an assigned shard's state comes from (`restore::plan`) and reading it;
+//! - `emit`: outputs to topics; `status`: what HTTP shows of each shard.
+//!
+//! The stores themselves (snapshot files, the Kafka changelog, in-memory versions of both) are
+//! `crate::store`; `tests.rs` drives the barrier, rebalance and idle advance against the
+//! in-memory ones, no broker.
 
 mod barrier;
-mod checkpoint;
 mod emit;
 mod handle;
 mod inputs;
@@ -49,7 +53,10 @@ mod rebalance;
 mod restore;
 mod shard;
 pub mod status;
+#[cfg(test)]
+mod tests;
 mod tick;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -63,16 +70,16 @@ use crate::codec::Limits;
 use crate::config::Settings;
 use crate::core::{Engine, Journey, Output, Ts};
 use crate::kafka::{self, KafkaSetupError, OutputProducer};
-use crate::snapshot::{FileStore, SnapshotStore};
+use crate::store::{Changelog, FileStore, KafkaChangelog, SnapshotStore};
 use crate::telemetry::Metrics;
 
 use barrier::InFlight;
-use checkpoint::Writer;
 use handle::HotMetrics;
 pub use rebalance::{PipelineConsumer, PipelineContext};
 use shard::Shard;
 use status::{ShardStatus, Status};
 use tick::record_lag;
+use writer::Writer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -109,10 +116,9 @@ struct State {
     spares: BTreeMap<i32, Engine>,
     ready: Arc<AtomicBool>,
     hot: HotMetrics,
-    store: Option<Arc<FileStore>>,
+    store: Option<Arc<dyn SnapshotStore + Sync>>,
     writer: Option<Writer>,
-    /// The changelog's topic and producers (used by the checkpoint writer only).
-    changelog: Option<Arc<kafka::ChangelogProducers>>,
+    changelog: Option<Arc<dyn Changelog>>,
     in_flight: Option<InFlight>,
     status: Status,
     /// Outputs handed to the producer since the last barrier.
@@ -125,6 +131,61 @@ struct State {
     topic_names: Vec<CString>,
     /// Messages buffered for the merge, over all shards.
     buffered: usize,
+}
+
+impl State {
+    /// The state of a pipeline that has no shard yet; starts the checkpoint writer if anything
+    /// is persisted.
+    fn new(
+        settings: &Settings,
+        journey: Arc<Journey>,
+        h: &Handles,
+        producer: OutputProducer,
+        failed_seen: u64,
+        store: Option<Arc<dyn SnapshotStore + Sync>>,
+        changelog: Option<Arc<dyn Changelog>>,
+    ) -> Result<State, PipelineError> {
+        let writer = match (&store, &changelog) {
+            (None, None) => None,
+            (s, c) => Some(
+                Writer::start(s.as_ref().map(|s| Box::new(Arc::clone(s)) as Box<dyn SnapshotStore>), c.clone())
+                    .map_err(PipelineError::Writer)?,
+            ),
+        };
+        let l = &settings.limits;
+        Ok(State {
+            hot: HotMetrics::new(&h.metrics, &journey),
+            journey,
+            limits: Limits { max_bytes: l.max_bytes, max_depth: l.max_depth, ..Limits::default() },
+            producer: Arc::new(producer),
+            failed_seen,
+            metrics: h.metrics.clone(),
+            shards: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            parked_status: BTreeMap::new(),
+            spares: BTreeMap::new(),
+            ready: Arc::clone(&h.ready),
+            store,
+            writer,
+            changelog,
+            in_flight: None,
+            status: h.status.clone(),
+            unflushed: false,
+            since_barrier: 0,
+            last_barrier: Instant::now(),
+            outputs: Vec::with_capacity(64),
+            buf: Vec::with_capacity(4096),
+            // A name with a NUL byte cannot be subscribed to anyway; its watermarks stay unknown.
+            topic_names: settings
+                .kafka
+                .input_topics
+                .iter()
+                .map(|t| CString::new(t.as_str()).unwrap_or_default())
+                .collect(),
+            buffered: 0,
+            settings: settings.clone(),
+        })
+    }
 }
 
 fn wall_now() -> Ts {
@@ -144,55 +205,22 @@ pub struct Handles {
 /// flushes, commits and leaves the group. Blocking: call it on a dedicated thread.
 pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), PipelineError> {
     let k = &settings.kafka;
-    let changelog = settings.checkpoint.changelog.then(|| settings.changelog_topic());
+    let changelog_topic = settings.checkpoint.changelog.then(|| settings.changelog_topic());
     let (producer, failed) = kafka::producer(k, Some(h.metrics.clone()))?;
-    let changelog_producers = match &changelog {
-        Some(t) => Some(Arc::new(kafka::changelog_producers(k, Some(h.metrics.clone()), t)?)),
+    let changelog = match &changelog_topic {
+        Some(t) => Some(Arc::new(KafkaChangelog::new(k, Some(h.metrics.clone()), t)?) as Arc<dyn Changelog>),
         None => None,
     };
-    let store = (!settings.checkpoint.dir.as_os_str().is_empty())
-        .then(|| Arc::new(FileStore::new(&settings.checkpoint.dir, &k.group_id, settings.checkpoint.keep)));
-    let writer = match (&store, &changelog) {
-        (None, None) => None,
-        (s, _) => Some(
-            Writer::start(s.as_ref().map(|s| Box::new(Arc::clone(s)) as Box<dyn SnapshotStore>))
-                .map_err(PipelineError::Writer)?,
-        ),
-    };
-    let limits =
-        Limits { max_bytes: settings.limits.max_bytes, max_depth: settings.limits.max_depth, ..Limits::default() };
-    let state = State {
-        hot: HotMetrics::new(&h.metrics, &journey),
-        journey,
-        limits,
-        producer: Arc::new(producer),
-        failed_seen: failed.load(Ordering::Acquire),
-        metrics: h.metrics.clone(),
-        shards: BTreeMap::new(),
-        parked: BTreeMap::new(),
-        parked_status: BTreeMap::new(),
-        spares: BTreeMap::new(),
-        ready: Arc::clone(&h.ready),
-        store,
-        writer,
-        changelog: changelog_producers,
-        in_flight: None,
-        status: h.status.clone(),
-        unflushed: false,
-        since_barrier: 0,
-        last_barrier: Instant::now(),
-        outputs: Vec::with_capacity(64),
-        buf: Vec::with_capacity(4096),
-        // A name with a NUL byte cannot be subscribed to anyway; its watermarks stay unknown.
-        topic_names: k.input_topics.iter().map(|t| CString::new(t.as_str()).unwrap_or_default()).collect(),
-        buffered: 0,
-        settings: settings.clone(),
-    };
+    let store = (!settings.checkpoint.dir.as_os_str().is_empty()).then(|| {
+        Arc::new(FileStore::new(&settings.checkpoint.dir, &k.group_id, settings.checkpoint.keep))
+            as Arc<dyn SnapshotStore + Sync>
+    });
+    let state = State::new(&settings, journey, &h, producer, failed.load(Ordering::Acquire), store, changelog)?;
     let consumer: PipelineConsumer =
         kafka::consumer_config(k).create_with_context(PipelineContext { state: Mutex::new(state) })?;
     let counts = kafka::partition_counts(&consumer, &k.input_topics, &k.brokers, Duration::from_secs(10))?;
     let partitions = kafka::check_copartitioned(&counts)?;
-    if let Some(topic) = &changelog {
+    if let Some(topic) = &changelog_topic {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PipelineError::Writer)?;
         rt.block_on(kafka::ensure_changelog(k, topic, partitions))?;
     }
@@ -249,7 +277,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         if let Some(idle) = idle
             && now.duration_since(last_idle) >= Duration::from_secs(1)
         {
-            st.advance_idle(idle);
+            st.advance_idle(idle, now, wall_now());
             last_idle = now;
         }
         if now.duration_since(last_funnel) >= funnel_interval {

@@ -13,9 +13,10 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::core::Engine;
-use crate::snapshot::SnapshotStore;
+use crate::store::SnapshotStore;
 
 use super::State;
+use super::barrier::Committer;
 use super::restore::{self, RestoreEnv};
 use super::shard::Shard;
 use super::status::{CheckpointStatus, RestoreSource, ShardState, ShardStatus};
@@ -74,10 +75,36 @@ impl State {
     /// Restores the shards of a new assignment and points every partition at the offsets its
     /// state covers.
     pub(super) fn assign(&mut self, tpl: &mut TopicPartitionList) {
+        let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        self.take_shards(&partitions);
+        // Each partition continues where its state ends.
+        let elements: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        for (t, p) in elements {
+            if let Err(err) = tpl.set_partition_offset(&t, p, self.start_offset(&t, p)) {
+                tracing::error!(error = %err, topic = %t, partition = p, "cannot set the start offset");
+            }
+        }
+    }
+
+    /// Where input `topic` of shard `p` continues: where its state ends; no state = from the
+    /// beginning (replay), unless nothing is persisted at all (then the group's committed
+    /// offsets, state empty).
+    pub(super) fn start_offset(&self, topic: &str, p: i32) -> Offset {
+        let i = self.settings.kafka.input_topics.iter().position(|x| x == topic).unwrap_or(0);
+        let pos = self.shards.get(&p).map_or(-1, |s| s.positions[i]);
+        match (pos, self.settings.checkpoint.persists()) {
+            (n, _) if n >= 0 => Offset::Offset((n - self.settings.kafka.resume_rewind as i64).max(0)),
+            (_, true) => Offset::Beginning,
+            (_, false) => Offset::Stored,
+        }
+    }
+
+    /// Takes the shards of a new assignment: resumes parked ones, restores the others.
+    pub(super) fn take_shards(&mut self, partitions: &BTreeSet<i32>) {
         self.metrics.rebalances.with_label_values(&["assign"]).inc();
         self.ready.store(false, Ordering::Release);
         let topics = self.settings.kafka.input_topics.clone();
-        let partitions: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         let (mut restored, mut resumed) = (Vec::new(), Vec::new());
         let fresh: Vec<i32> = partitions
             .iter()
@@ -85,7 +112,7 @@ impl State {
             .filter(|p| !self.shards.contains_key(p) && !self.parked.contains_key(p))
             .collect();
         self.metrics.restoring.set(fresh.len() as i64);
-        for p in &partitions {
+        for p in partitions {
             if self.shards.contains_key(p) {
                 continue;
             }
@@ -100,10 +127,10 @@ impl State {
             let started = Instant::now();
             self.status.set(*p, ShardStatus::restoring(*p));
             let env = RestoreEnv {
-                settings: &self.settings,
+                persists: self.settings.checkpoint.persists(),
                 journey: &self.journey,
                 store: self.store.as_deref().map(|s| s as &dyn SnapshotStore),
-                changelog: self.changelog.as_ref().map(|c| c.topic.as_str()),
+                changelog: self.changelog.as_deref(),
                 metrics: &self.metrics,
             };
             let r = restore::restore(*p, &env);
@@ -154,22 +181,6 @@ impl State {
         self.parked.clear();
         self.parked_status.clear();
         self.spares.retain(|p, _| partitions.contains(p));
-        // Each partition continues where its state ends; no state = from the beginning (replay),
-        // unless nothing is persisted at all (then the group's committed offsets, state empty).
-        let elements: Vec<(String, i32)> =
-            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
-        for (t, p) in elements {
-            let i = topics.iter().position(|x| *x == t).unwrap_or(0);
-            let pos = self.shards.get(&p).map_or(-1, |s| s.positions[i]);
-            let offset = match (pos, self.settings.checkpoint.persists()) {
-                (n, _) if n >= 0 => Offset::Offset((n - self.settings.kafka.resume_rewind as i64).max(0)),
-                (_, true) => Offset::Beginning,
-                (_, false) => Offset::Stored,
-            };
-            if let Err(err) = tpl.set_partition_offset(&t, p, offset) {
-                tracing::error!(error = %err, topic = %t, partition = p, "cannot set the start offset");
-            }
-        }
         self.metrics.restoring.set(0);
         self.metrics.shards.set(self.shards.len() as i64);
         self.ready.store(true, Ordering::Release);
@@ -179,18 +190,25 @@ impl State {
     /// Checkpoints, then drops the revoked shards (parked, in case the next assignment gives
     /// them back).
     pub(super) fn revoke(&mut self, consumer: &PipelineConsumer, tpl: &TopicPartitionList) {
+        let revoked: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        for p in &revoked {
+            self.drop_inputs(consumer, *p);
+        }
+        self.give_up(consumer, &revoked);
+    }
+
+    /// Checkpoints, then drops the `revoked` shards (parked if the checkpoint succeeded).
+    pub(super) fn give_up(&mut self, committer: &dyn Committer, revoked: &BTreeSet<i32>) {
         self.metrics.rebalances.with_label_values(&["revoke"]).inc();
         let deadline = Instant::now() + Duration::from_millis(self.settings.pipeline.shutdown_timeout_ms);
-        let checkpointed = match self.checkpoint(consumer, CommitMode::Sync, deadline, true) {
+        let checkpointed = match self.checkpoint(committer, CommitMode::Sync, deadline, true) {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint on revoke failed; the next owner restores the previous checkpoint");
                 false
             }
         };
-        let revoked: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        for p in &revoked {
-            self.drop_inputs(consumer, *p);
+        for p in revoked {
             let status = self.status.remove(*p);
             if let Some(shard) = self.shards.remove(p)
                 && checkpointed

@@ -8,23 +8,14 @@
 //! last checkpoint record belong to a checkpoint that did not finish and are rewritten or
 //! deleted at the next checkpoint.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-
-use crate::config::Settings;
-use crate::core::snapshot::Dec;
 use crate::core::{Engine, Journey};
-use crate::kafka;
-use crate::snapshot::{ChangelogPosition, SnapshotStore};
+use crate::store::changelog::{Fold, Folded};
+use crate::store::{Changelog, ChangelogPosition, ChangelogReader, SnapshotStore};
 use crate::telemetry::Metrics;
 
-use super::checkpoint::META_KEY;
 use super::status::RestoreSource;
 
 /// What the snapshot store reported: its newest snapshot that loads.
@@ -127,10 +118,11 @@ impl Restored {
 
 /// What restoring needs.
 pub struct RestoreEnv<'a> {
-    pub settings: &'a Settings,
+    /// Whether checkpoints are persisted at all (`checkpoint.persists()`).
+    pub persists: bool,
     pub journey: &'a Arc<Journey>,
     pub store: Option<&'a dyn SnapshotStore>,
-    pub changelog: Option<&'a str>,
+    pub changelog: Option<&'a dyn Changelog>,
     pub metrics: &'a Metrics,
 }
 
@@ -142,21 +134,19 @@ struct Loaded {
     changelog: Option<ChangelogPosition>,
 }
 
-/// A loaded snapshot, handed back when the changelog read fails before it changed anything.
-type Base = Option<Box<Loaded>>;
-
 /// Restores a shard: reads the facts (loads the newest usable snapshot, opens the changelog and
 /// reads its extent), asks [`plan`], and executes the plan. A changelog that fails while being
-/// read falls back to the snapshot as it is, or to a replay.
+/// read falls back to the snapshot as it is (loaded again), or to a replay.
 pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
     let loaded = env.store.and_then(|store| load_snapshot(shard, store, env));
-    let mut reader = None;
+    let mut reader: Option<Box<dyn ChangelogReader + '_>> = None;
     let changelog = match env.changelog {
         None => ChangelogFacts::Off,
-        Some(topic) => match open_changelog(shard, topic, env) {
-            Ok((consumer, low, high)) => {
-                reader = Some(consumer);
-                ChangelogFacts::Extent { topic, low, high }
+        Some(c) => match c.open(shard) {
+            Ok(r) => {
+                let (low, high) = r.extent();
+                reader = Some(r);
+                ChangelogFacts::Extent { topic: c.topic(), low, high }
             }
             Err(e) => {
                 tracing::error!(shard, error = %e, "changelog unreadable; using the local snapshot or replaying");
@@ -165,33 +155,49 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
         },
     };
     let snapshot = loaded.as_ref().map(|l| SnapshotFacts { changelog: l.changelog.as_ref() });
-    let decided = plan(env.settings.checkpoint.persists(), snapshot, changelog);
+    let decided = plan(env.persists, snapshot, changelog);
     tracing::debug!(shard, plan = ?decided, "restore planned");
-    let had_snapshot = loaded.is_some();
-    let base = loaded.map(Box::new);
     let from = match decided {
         RestorePlan::Empty | RestorePlan::Replay => return Restored::fresh(env.journey, decided.source(0)),
-        RestorePlan::Snapshot => return as_it_is(base, env),
-        RestorePlan::SnapshotTopUp { from } => Offset::Offset(from),
-        RestorePlan::Changelog => Offset::Beginning,
+        RestorePlan::Snapshot => return as_it_is(loaded, env),
+        RestorePlan::SnapshotTopUp { from } => Some(from),
+        RestorePlan::Changelog => None,
     };
-    let (Some(consumer), Some(topic)) = (reader, env.changelog) else { return as_it_is(base, env) };
-    match read_changelog(shard, &consumer, topic, from, decided, base, env) {
-        Ok(r) => r,
-        Err(failed) => {
-            let (e, back) = *failed;
-            tracing::error!(shard, error = %e, "changelog unreadable; using the local snapshot or replaying");
-            if back.is_none() && had_snapshot {
-                tracing::error!(shard, "state lost; replaying the inputs from the beginning");
-            }
-            as_it_is(back, env)
+    let Some(mut reader) = reader else { return as_it_is(loaded, env) };
+    let had_snapshot = loaded.is_some();
+    let mut fold = match loaded {
+        Some(Loaded { engine, positions, seq, .. }) => Fold::new(engine, positions, seq),
+        None => Fold::empty(env.journey),
+    };
+    let read = reader.read(from, &mut |offset, key, value| fold.push(shard, offset, key, value));
+    if let Err(e) = read {
+        // The fold may hold part of the log: start again from the snapshot alone.
+        tracing::error!(shard, error = %e, "changelog unreadable; using the local snapshot or replaying");
+        let again = env.store.and_then(|store| load_snapshot(shard, store, env));
+        if again.is_none() && had_snapshot {
+            tracing::error!(shard, "state lost; replaying the inputs from the beginning");
         }
+        return as_it_is(again, env);
     }
+    let Folded { engine, positions, seq, tombstones, rewrite, stats } = fold.finish();
+    env.metrics.restore_records.with_label_values(&["changelog"]).inc_by(stats.records);
+    env.metrics.restore_bytes.with_label_values(&["changelog"]).inc_by(stats.bytes);
+    let source = decided.source(stats.checkpoints);
+    tracing::info!(
+        shard,
+        source = source.as_str(),
+        checkpoints = stats.checkpoints,
+        records = stats.records,
+        seq,
+        unfinished = tombstones.len() + rewrite.len(),
+        "changelog read"
+    );
+    Restored { engine, positions, seq, source, tombstones, rewrite }
 }
 
 /// The loaded snapshot as it is, or nothing (replay).
-fn as_it_is(base: Base, env: &RestoreEnv<'_>) -> Restored {
-    match base.map(|b| *b) {
+fn as_it_is(loaded: Option<Loaded>, env: &RestoreEnv<'_>) -> Restored {
+    match loaded {
         Some(Loaded { engine, positions, seq, .. }) => Restored {
             engine,
             positions,
@@ -225,149 +231,6 @@ fn load_snapshot(shard: i32, store: &dyn SnapshotStore, env: &RestoreEnv<'_>) ->
         }
     }
 }
-
-/// The changelog reader for a shard's partition, and the partition's extent (low and high
-/// watermarks; the end is the broker's high watermark, as everywhere in Kafka).
-fn open_changelog(
-    shard: i32,
-    topic: &str,
-    env: &RestoreEnv<'_>,
-) -> Result<(BaseConsumer<QuietEof>, i64, i64), KafkaError> {
-    let k = &env.settings.kafka;
-    let consumer: BaseConsumer<QuietEof> = kafka::base_config(k)
-        .set("group.id", format!("{}-restore", k.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .create_with_context(QuietEof)?;
-    let (low, high) = consumer.fetch_watermarks(topic, shard, Duration::from_secs(10))?;
-    Ok((consumer, low, high))
-}
-
-/// Reads the changelog from `from` to its end onto the loaded snapshot (or an empty engine).
-/// On a failure before anything was read the snapshot comes back with the error.
-fn read_changelog(
-    shard: i32,
-    consumer: &BaseConsumer<QuietEof>,
-    topic: &str,
-    from: Offset,
-    decided: RestorePlan,
-    base: Base,
-    env: &RestoreEnv<'_>,
-) -> Result<Restored, Box<(KafkaError, Base)>> {
-    let mut tpl = TopicPartitionList::new();
-    if let Err(e) = tpl.add_partition_offset(topic, shard, from) {
-        return Err(Box::new((e, base)));
-    }
-    if let Err(e) = consumer.assign(&tpl) {
-        return Err(Box::new((e, base)));
-    }
-    let (mut engine, mut positions, mut seq) = match base.map(|b| *b) {
-        Some(Loaded { engine, positions, seq, .. }) => (engine, positions, seq),
-        None => (Engine::new(Arc::clone(env.journey)), BTreeMap::new(), 0),
-    };
-    let mut staged: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
-    let (mut records, mut bytes, mut metas) = (0u64, 0u64, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if Instant::now() > deadline {
-            return Err(Box::new((KafkaError::MessageConsumption(RDKafkaErrorCode::OperationTimedOut), None)));
-        }
-        let msg = match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(e)) => {
-                tracing::warn!(shard, error = %e, "reading the changelog");
-                continue;
-            }
-            Some(Ok(m)) => m,
-        };
-        let key = msg.key().unwrap_or_default();
-        let payload = msg.payload();
-        bytes += (key.len() + payload.map_or(0, <[u8]>::len)) as u64;
-        if key == META_KEY {
-            let Some(meta) = payload.and_then(|p| p.strip_prefix(b"M")) else { continue };
-            let mut r = Dec::new(meta);
-            let parsed = (|| {
-                let s = r.u64("checkpoint seq")?;
-                let n = r.u32("positions")?;
-                let mut pos = BTreeMap::new();
-                for _ in 0..n {
-                    let t = r.str("topic")?.to_string();
-                    pos.insert(t, r.i64("position")?);
-                }
-                Ok::<_, crate::core::StateError>((s, pos))
-            })();
-            let (s, pos) = match parsed {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::error!(shard, offset = msg.offset(), error = %e, "bad checkpoint record in the changelog; skipped");
-                    continue;
-                }
-            };
-            if let Err(e) = engine.decode_meta(&mut r) {
-                tracing::error!(shard, offset = msg.offset(), error = %e, "bad checkpoint record in the changelog; skipped");
-                continue;
-            }
-            for (id, rec) in staged.drain() {
-                let Some(rec) = rec else { continue };
-                let Ok(id) = std::str::from_utf8(&id) else { continue };
-                let Some(body) = rec.strip_prefix(b"P") else { continue };
-                match engine.decode_changelog_record(&mut Dec::new(body)) {
-                    Ok(decoded) => {
-                        if engine.install(id, decoded).is_err() {
-                            tracing::error!(shard, "prospect arena full while restoring");
-                        }
-                        records += 1;
-                    }
-                    Err(e) => tracing::error!(shard, error = %e, "bad prospect record in the changelog; skipped"),
-                }
-            }
-            positions = pos;
-            seq = s;
-            metas += 1;
-        } else {
-            staged.insert(key.to_vec(), payload.map(<[u8]>::to_vec));
-        }
-    }
-    env.metrics.restore_records.with_label_values(&["changelog"]).inc_by(records);
-    env.metrics.restore_bytes.with_label_values(&["changelog"]).inc_by(bytes);
-    // Records of a checkpoint that never finished: the state does not hold them, so the next
-    // checkpoint rewrites those prospects (or deletes ids the state never had).
-    let (mut tombstones, mut rewrite) = (Vec::new(), Vec::new());
-    for id in staged.into_keys() {
-        let Ok(id) = String::from_utf8(id) else { continue };
-        if engine.find(&id).is_some() { rewrite.push(id) } else { tombstones.push(id) }
-    }
-    engine.take_changed();
-    let source = decided.source(metas);
-    tracing::info!(
-        shard,
-        source = source.as_str(),
-        checkpoints = metas,
-        records,
-        seq,
-        unfinished = tombstones.len() + rewrite.len(),
-        "changelog read"
-    );
-    Ok(Restored { engine, positions, seq, source, tombstones, rewrite })
-}
-
-/// The restore reader's client context: reaching the end of the partition is how a restore
-/// knows it is done, not an error worth a log line.
-struct QuietEof;
-
-impl rdkafka::ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_))
-            && error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF)
-        {
-            tracing::error!(error = %error, reason, "changelog reader");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for QuietEof {}
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
 //! Periodic work of the loop: idle advance, funnel publishing, consumer lag.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
 use rdkafka::consumer::Consumer;
@@ -8,22 +8,26 @@ use rdkafka::message::OwnedMessage;
 
 use crate::telemetry::Metrics;
 
-use super::{PipelineConsumer, State, emit, wall_now};
+use crate::core::Ts;
+
+use super::{PipelineConsumer, State, emit};
 
 impl State {
-    /// Idle shards move their watermark to the wall clock minus the allowed lateness.
-    pub(super) fn advance_idle(&mut self, idle: Duration) {
-        let now = wall_now().minus(self.journey.allowed_lateness);
+    /// Shards with no input for `idle` (by the monotonic clock `now`) move their watermark to
+    /// the wall clock `wall` minus the allowed lateness. The loop passes the real clocks; tests
+    /// pass any.
+    pub(super) fn advance_idle(&mut self, idle: Duration, now: Instant, wall: Ts) {
+        let target = wall.minus(self.journey.allowed_lateness);
         let State { shards, journey, metrics, outputs, producer, settings, buf, .. } = self;
         for shard in shards.values_mut() {
             // A shard with buffered input is not idle: it waits for a lagging partition.
-            if shard.last_input.elapsed() < idle
-                || shard.engine.watermark() >= now
+            if now.saturating_duration_since(shard.last_input) < idle
+                || shard.engine.watermark() >= target
                 || shard.inputs.queues.iter().any(|q| !q.is_empty())
             {
                 continue;
             }
-            shard.engine.advance_to(now, outputs);
+            shard.engine.advance_to(target, outputs);
             if !outputs.is_empty() {
                 let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
                 for o in outputs.drain(..) {

@@ -33,7 +33,6 @@ pub struct Metrics {
     pub sent: Sent,
     pub rebalances: IntCounterVec,
     pub shards: IntGauge,
-    pub commit_barrier: Histogram,
     pub checkpoints: IntCounterVec,
     pub checkpoint_seconds: Histogram,
     pub checkpoint_pause: Histogram,
@@ -146,14 +145,6 @@ impl Metrics {
             counter_vec(&r, "microfunnel_rebalances_total", "Consumer-group rebalances seen, by kind.", &["kind"])?;
         let shards = IntGauge::new("microfunnel_shards", "Shards (partition numbers) assigned to this instance.")?;
         r.register(Box::new(shards.clone()))?;
-        let commit_barrier = Histogram::with_opts(
-            HistogramOpts::new(
-                "microfunnel_commit_barrier_seconds",
-                "Seconds a checkpoint barrier (producer flush, offset commit) took.",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
-        )?;
-        r.register(Box::new(commit_barrier.clone()))?;
         let secs = vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
         let histogram = |name: &str, help: &str| -> prometheus::Result<Histogram> {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(secs.clone()))?;
@@ -162,11 +153,11 @@ impl Metrics {
         };
         let checkpoint_seconds = histogram(
             "microfunnel_checkpoint_seconds",
-            "Seconds from the start of a checkpoint to its state being durable (snapshot files fsynced, changelog acknowledged).",
+            "Seconds from the start of a checkpoint to its offsets committed (outputs flushed, changelog acknowledged, snapshot files fsynced, commit requested).",
         )?;
         let checkpoint_pause = histogram(
             "microfunnel_checkpoint_pause_seconds",
-            "Seconds a checkpoint held up event processing (flush, changelog records, state capture); encoding and writing happen off the processing thread.",
+            "Seconds a checkpoint held up event processing (the outputs' flush and the state capture); changelog records and snapshot files are written off the processing thread.",
         )?;
         let restore_seconds =
             histogram("microfunnel_restore_seconds", "Seconds to restore one shard's state when it is assigned.")?;
@@ -267,7 +258,6 @@ impl Metrics {
             sent: Sent::new(&r)?,
             rebalances,
             shards,
-            commit_barrier,
             registry: r,
         };
         for s in &journey.signals {

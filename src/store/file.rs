@@ -13,93 +13,17 @@
 //! directory, so a crash leaves either the old set of files or the new one. The newest `keep`
 //! files are kept; loading takes the newest file that passes every check and reports the others.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
+use crate::core::Engine;
 use crate::core::ids::hash64;
 use crate::core::snapshot::{STATE_VERSION, journey_fingerprint};
-use crate::core::{Engine, Journey, StateError};
 
-mod mem;
-pub use mem::MemStore;
+use super::{Checked, FORMAT_VERSION, Header, MAGIC, Pending, SnapshotError, SnapshotStore, io_err};
 
-pub const MAGIC: &[u8; 8] = b"MFSNAP\r\n";
-pub const FORMAT_VERSION: u32 = 1;
 const SEED_FILE: u64 = 0x736e_6170_5f66_696c;
-
-/// What a snapshot covers, readable without decoding the body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Header {
-    pub format_version: u32,
-    pub state_version: u32,
-    pub group: String,
-    pub shard: i32,
-    /// Checkpoint sequence number of this shard (grows by one per checkpoint).
-    pub seq: u64,
-    /// Wall-clock time of the write, RFC 3339 (information only).
-    pub written_at: String,
-    pub journey: String,
-    pub journey_fingerprint: String,
-    /// Next offset to read per input topic: the state covers everything before it.
-    pub positions: BTreeMap<String, i64>,
-    /// Changelog position right after this checkpoint's records (topping up reads from here).
-    pub changelog: Option<ChangelogPosition>,
-    pub prospects: u64,
-    /// Order-independent digest of every prospect's state (`Engine::digest`), hex.
-    pub digest: String,
-    pub body_len: u64,
-    pub body_hash: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChangelogPosition {
-    pub topic: String,
-    pub next: i64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}: not a microfunnel snapshot (bad magic bytes)")]
-    Magic { path: PathBuf },
-    #[error("{path}: snapshot format version {found} is not supported (this build reads 1..={FORMAT_VERSION})")]
-    Version { path: PathBuf, found: u32 },
-    #[error("{path}: truncated: {what}")]
-    Truncated { path: PathBuf, what: String },
-    #[error("{path}: header checksum mismatch (file corrupt)")]
-    HeaderChecksum { path: PathBuf },
-    #[error("{path}: header is not valid: {reason}")]
-    Header { path: PathBuf, reason: String },
-    #[error("{path}: body checksum mismatch (file corrupt)")]
-    BodyChecksum { path: PathBuf },
-    #[error("{path}: {source}")]
-    State { path: PathBuf, source: StateError },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
-    move |source| SnapshotError::Io { path: path.to_path_buf(), source }
-}
-
-/// A snapshot read and checked, body not yet decoded.
-pub struct Checked {
-    pub path: PathBuf,
-    pub header: Header,
-    pub body: Vec<u8>,
-}
-
-impl Checked {
-    /// Decodes the body into an engine for `journey`.
-    pub fn engine(&self, journey: Arc<Journey>) -> Result<Engine, SnapshotError> {
-        Engine::decode_state(journey, &self.body)
-            .map_err(|source| SnapshotError::State { path: self.path.clone(), source })
-    }
-}
 
 /// Reads a snapshot file and verifies magic, version, header and body checksums.
 pub fn read(path: &Path) -> Result<Checked, SnapshotError> {
@@ -108,7 +32,7 @@ pub fn read(path: &Path) -> Result<Checked, SnapshotError> {
     parse(path, bytes)
 }
 
-fn parse(path: &Path, bytes: Vec<u8>) -> Result<Checked, SnapshotError> {
+pub(crate) fn parse(path: &Path, bytes: Vec<u8>) -> Result<Checked, SnapshotError> {
     let p = || path.to_path_buf();
     let short = |what: &str| SnapshotError::Truncated { path: p(), what: what.to_string() };
     if bytes.len() < 16 {
@@ -152,28 +76,6 @@ fn parse(path: &Path, bytes: Vec<u8>) -> Result<Checked, SnapshotError> {
         return Err(SnapshotError::BodyChecksum { path: p() });
     }
     Ok(Checked { path: path.to_path_buf(), header, body })
-}
-
-/// What to write: the state (already encoded) and what it covers.
-pub struct Pending {
-    pub group: String,
-    pub shard: i32,
-    pub seq: u64,
-    pub written_at: String,
-    pub positions: BTreeMap<String, i64>,
-    pub changelog: Option<ChangelogPosition>,
-}
-
-/// Where shard snapshots live. The filesystem store ([`FileStore`]) is the default; [`MemStore`]
-/// keeps them in memory (tests and tools); others (a shared volume, object storage) implement
-/// the same three calls.
-pub trait SnapshotStore: Send {
-    /// Writes a snapshot durably; returns its header.
-    fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError>;
-    /// The newest snapshot of `shard` that passes every check, and why newer ones did not.
-    fn latest(&self, shard: i32) -> (Option<Checked>, Vec<SnapshotError>);
-    /// Snapshot files of `shard`, newest first.
-    fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError>;
 }
 
 /// One directory per shard under `root/<group>/`, files named by sequence number.
@@ -294,17 +196,5 @@ impl SnapshotStore for FileStore {
             entries.filter_map(|e| e.ok()).map(|e| e.path()).filter_map(|p| Some((seq_of(&p)?, p))).collect();
         files.sort_by_key(|f| std::cmp::Reverse(f.0));
         Ok(files.into_iter().map(|(_, p)| p).collect())
-    }
-}
-
-impl<S: SnapshotStore + Sync + ?Sized> SnapshotStore for Arc<S> {
-    fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
-        (**self).save(what, engine)
-    }
-    fn latest(&self, shard: i32) -> (Option<Checked>, Vec<SnapshotError>) {
-        (**self).latest(shard)
-    }
-    fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError> {
-        (**self).list(shard)
     }
 }

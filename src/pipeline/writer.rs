@@ -1,107 +1,22 @@
-//! Checkpoint plumbing: changelog records and the checkpoint writer thread (restoring a shard
-//! from them is `restore.rs`).
-//!
-//! Changelog partition p holds shard p's state as Kafka Streams keeps a store's changelog:
-//! key = prospect id, value = `P` + the prospect record (a tombstone deletes a prospect that a
-//! crashed checkpoint wrote but the state never had), and after each checkpoint's prospects a
-//! checkpoint record (key [`META_KEY`], value `M` + seq + input positions + shard meta). A
-//! restore applies prospect records only when a later checkpoint record confirms them; records
-//! after the last checkpoint record belong to a checkpoint that did not finish and are
-//! ignored (and rewritten or deleted at the next checkpoint).
+//! The checkpoint writer thread: takes a captured shard, appends its changed prospects to the
+//! changelog (if configured) and waits until they are durable, then saves the snapshot that
+//! records the changelog position. Record bytes are `store::changelog`; restoring a shard from
+//! them is `restore.rs`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Instant;
 
-use rdkafka::producer::{BaseRecord, Producer};
-
-use crate::core::snapshot::Enc;
 use crate::core::{Engine, ProspectIx};
-use crate::kafka::{self, OutputProducer};
-use crate::snapshot::{ChangelogPosition, Header, Pending, SnapshotError, SnapshotStore};
-
-/// Key of the checkpoint records in the changelog (compaction keeps the newest).
-pub const META_KEY: &[u8] = b"\0microfunnel.checkpoint";
-
-/// Writes `engine`'s changed prospects, the tombstones owed, then the checkpoint record.
-/// Returns how many records were enqueued, or `Err` if one could not be.
-#[allow(clippy::too_many_arguments)]
-pub fn write_changelog(
-    producer: &OutputProducer,
-    topic: &str,
-    shard: i32,
-    engine: &Engine,
-    changed: &[ProspectIx],
-    tombstones: &[String],
-    buf: &mut Vec<u8>,
-) -> Result<u64, String> {
-    let mut sent = 0u64;
-    let mut put = |record: BaseRecord<'_, [u8], [u8]>| {
-        if kafka::send(producer, record) {
-            sent += 1;
-            Ok(())
-        } else {
-            Err(format!("a changelog record for shard {shard} could not be enqueued"))
-        }
-    };
-    for &ix in changed {
-        buf.clear();
-        buf.push(b'P');
-        engine.encode_changelog_record(ix, buf);
-        let key = engine.prospect_id(ix).as_bytes();
-        put(BaseRecord::to(topic).partition(shard).key(key).payload(&buf[..]))?;
-    }
-    for id in tombstones {
-        if engine.find(id).is_none() {
-            put(BaseRecord::<[u8], [u8]>::to(topic).partition(shard).key(id.as_bytes()))?;
-        }
-    }
-    Ok(sent)
-}
-
-/// Sends the checkpoint record that closes a shard's changelog records: sequence, input
-/// positions and the engine's meta state, under [`META_KEY`].
-pub fn write_changelog_meta(
-    producer: &OutputProducer,
-    topic: &str,
-    shard: i32,
-    engine: &Engine,
-    seq: u64,
-    positions: &BTreeMap<String, i64>,
-    buf: &mut Vec<u8>,
-) -> Result<(), String> {
-    buf.clear();
-    buf.push(b'M');
-    let mut w = Enc(buf);
-    w.u64(seq);
-    w.u32(positions.len() as u32);
-    for (t, &next) in positions {
-        w.bytes(t.as_bytes());
-        w.i64(next);
-    }
-    engine.encode_meta(buf);
-    if kafka::send(producer, BaseRecord::to(topic).partition(shard).key(META_KEY).payload(&buf[..])) {
-        Ok(())
-    } else {
-        Err(format!("the checkpoint record for shard {shard} could not be enqueued"))
-    }
-}
-
-/// The changelog part of a checkpoint, done by the writer thread.
-pub struct ChangelogJob {
-    pub producers: Arc<kafka::ChangelogProducers>,
-    /// When to give up waiting for the broker's acknowledgements.
-    pub deadline: Instant,
-}
+use crate::store::{Batch, Changelog, ChangelogError, Header, Pending, SnapshotError, SnapshotStore};
 
 /// One shard's checkpoint, done off the processing thread: changelog records (encoded from the
 /// captured engine), then the snapshot file that records the changelog position.
 pub struct Job {
     pub engine: Engine,
     pub what: Pending,
-    pub changelog: Option<ChangelogJob>,
+    /// When to give up waiting for the changelog's acknowledgements.
+    pub deadline: Instant,
     /// The prospects changed since the previous checkpoint (indexes of the captured engine).
     pub changed: Vec<ProspectIx>,
     /// Changelog tombstones owed (ids a crashed checkpoint wrote that the state never had).
@@ -114,7 +29,7 @@ pub struct Job {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointFailure {
     #[error("changelog: {0}")]
-    Changelog(String),
+    Changelog(#[from] ChangelogError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
 }
@@ -145,19 +60,24 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(store: Option<Box<dyn SnapshotStore>>) -> std::io::Result<Writer> {
+    /// Starts the thread; jobs go to `changelog` (if any), then `store` (if any).
+    pub fn start(
+        store: Option<Box<dyn SnapshotStore>>,
+        changelog: Option<Arc<dyn Changelog>>,
+    ) -> std::io::Result<Writer> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let (tx, done) = mpsc::channel();
         let thread = std::thread::Builder::new().name("microfunnel-checkpoint".into()).spawn(move || {
-            let mut buf = Vec::new();
+            let mut batch = Batch::default();
             for mut job in rx {
                 let started = Instant::now();
                 let (shard, seq) = (job.what.shard, job.what.seq);
                 let mut result = Ok(None);
-                if let Some(c) = job.changelog.take() {
-                    match changelog_durable(&c, &job, &mut buf) {
+                if let Some(changelog) = &changelog {
+                    batch.checkpoint(&job.engine, &job.changed, &job.tombstones, seq, &job.what.positions);
+                    match changelog.append(shard, &batch, job.deadline) {
                         Ok(position) => job.what.changelog = Some(position),
-                        Err(e) => result = Err(CheckpointFailure::Changelog(e)),
+                        Err(e) => result = Err(CheckpointFailure::from(e)),
                     }
                 }
                 if result.is_ok()
@@ -186,50 +106,6 @@ impl Writer {
     }
 }
 
-/// Writes a checkpoint's changelog records and waits until the broker acknowledged every one;
-/// returns the changelog position after them.
-///
-/// The prospect records go through a producer that reports failures only: once it is flushed
-/// with no new failure, all of them are in the log. Then the checkpoint record goes through a
-/// second producer whose report carries its offset, which is past every prospect record of the
-/// checkpoint: the position after it is the checkpoint's changelog position.
-fn changelog_durable(c: &ChangelogJob, job: &Job, buf: &mut Vec<u8>) -> Result<ChangelogPosition, String> {
-    let shard = job.what.shard;
-    let (topic, records, marker) = (&c.producers.topic, &c.producers.records, &c.producers.marker);
-    let failed_before = records.context().failed.load(Ordering::Acquire);
-    let sent = write_changelog(records, topic, shard, &job.engine, &job.changed, &job.tombstones, buf)?;
-    if let Some(m) = &records.context().metrics {
-        m.sent.changelog.inc_by(sent);
-    }
-    let left = c.deadline.saturating_duration_since(Instant::now());
-    if kafka::flush(records, left).is_err() {
-        return Err(format!("changelog records of shard {shard} ({sent}) not acknowledged before the deadline"));
-    }
-    let failed = records.context().failed.load(Ordering::Acquire) - failed_before;
-    if failed > 0 {
-        return Err(format!("{failed} changelog records of shard {shard} refused by the broker"));
-    }
-    let before = marker.context().changelog_acks(shard);
-    write_changelog_meta(marker, topic, shard, &job.engine, job.what.seq, &job.what.positions, buf)?;
-    if let Some(m) = &marker.context().metrics {
-        m.sent.changelog.inc();
-    }
-    loop {
-        let now = marker.context().changelog_acks(shard);
-        if now.failed > before.failed {
-            return Err(format!("the checkpoint record of shard {shard} was refused by the broker"));
-        }
-        if now.delivered > before.delivered {
-            return Ok(ChangelogPosition { topic: topic.clone(), next: now.last + 1 });
-        }
-        if Instant::now() >= c.deadline {
-            return Err(format!("the checkpoint record of shard {shard} was not acknowledged before the deadline"));
-        }
-        // Serves the marker producer's delivery reports (only this thread polls it).
-        kafka::serve_and_nap(marker);
-    }
-}
-
 impl Drop for Writer {
     fn drop(&mut self) {
         self.jobs = None;
@@ -243,6 +119,7 @@ impl Drop for Writer {
 /// changelog (jobs without a changelog part go straight to the store).
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use super::super::barrier::{Commit, InFlight};
@@ -250,7 +127,7 @@ mod tests {
     use super::*;
     use crate::codec::{self, Limits};
     use crate::core::Journey;
-    use crate::snapshot::MemStore;
+    use crate::store::MemStore;
     use crate::traffic::{Generator, Options};
 
     const SHARD: i32 = 0;
@@ -302,7 +179,14 @@ mod tests {
             changelog: None,
         };
         let tombstones = tombstones.iter().map(|t| t.to_string()).collect();
-        Job { engine: spare, what, changelog: None, changed, tombstones, source: engine.lineage() }
+        Job {
+            engine: spare,
+            what,
+            deadline: Instant::now() + Duration::from_secs(30),
+            changed,
+            tombstones,
+            source: engine.lineage(),
+        }
     }
 
     fn run(writer: &Writer, job: Job) -> Done {
@@ -323,7 +207,7 @@ mod tests {
         let journey = journey();
         let store = Arc::new(MemStore::new("g", 3));
         store.fail_saves(true);
-        let writer = Writer::start(Some(Box::new(Arc::clone(&store)))).unwrap();
+        let writer = Writer::start(Some(Box::new(Arc::clone(&store))), None).unwrap();
         let mut engine = live(&journey, 400);
         let job = job(&mut engine, Engine::new(Arc::clone(&journey)), 1, 400, 12, &["ghost-1", "ghost-2"]);
         let covered = job.changed.clone();
@@ -356,7 +240,7 @@ mod tests {
     fn a_saved_checkpoint_loads_back_with_its_digest_and_positions_and_restore_picks_it() {
         let journey = journey();
         let store = Arc::new(MemStore::new("g", 3));
-        let writer = Writer::start(Some(Box::new(Arc::clone(&store)))).unwrap();
+        let writer = Writer::start(Some(Box::new(Arc::clone(&store))), None).unwrap();
         let mut engine = live(&journey, 500);
         let job = job(&mut engine, Engine::new(Arc::clone(&journey)), 1, 500, -1, &["ghost-1"]);
 
@@ -399,7 +283,7 @@ mod tests {
     fn after_a_failed_save_the_next_checkpoint_writes_the_re_marked_prospects() {
         let journey = journey();
         let store = Arc::new(MemStore::new("g", 3));
-        let writer = Writer::start(Some(Box::new(Arc::clone(&store)))).unwrap();
+        let writer = Writer::start(Some(Box::new(Arc::clone(&store))), None).unwrap();
 
         // Checkpoint 1 is written; checkpoint 2 fails; checkpoint 3 succeeds.
         let mut engine = live(&journey, 200);

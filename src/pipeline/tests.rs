@@ -1,0 +1,336 @@
+//! In-process tests of the pipeline's state, no broker: the checkpoint barrier and its commit
+//! decision, revoke and assign (park, resume, restore), restore preference and idle advance,
+//! against the in-memory snapshot store and changelog, with the clocks given by the test.
+//!
+//! Events are fed to the shards' engines directly (not through `handle`, whose outputs would
+//! go to a broker); the producer exists (librdkafka needs no broker to create one) but nothing
+//! is sent through it before a checkpoint, so its flush has nothing to wait for.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::CommitMode;
+use rdkafka::error::KafkaResult;
+
+use super::barrier::{Commit, Committer};
+use super::status::{RestoreSource, Status};
+use super::{Handles, State};
+use crate::codec::{self, Limits};
+use crate::config::Settings;
+use crate::core::{Journey, Ts};
+use crate::kafka;
+use crate::store::{Changelog, MemChangelog, MemStore, Refuse, SnapshotStore};
+use crate::telemetry::Metrics;
+use crate::traffic::{Generator, Options};
+
+const TOPIC: &str = "microfunnel-changelog";
+
+/// Records the commits the barrier asks for, in order.
+#[derive(Default)]
+struct Recorder(RefCell<Vec<Vec<(String, i32, i64)>>>);
+
+impl Committer for Recorder {
+    fn commit(&self, offsets: &[Commit<'_>], _: CommitMode) -> KafkaResult<()> {
+        self.0.borrow_mut().push(offsets.iter().map(|c| (c.topic.to_string(), c.partition, c.next)).collect());
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Vec<(String, i32, i64)>> {
+        std::mem::take(&mut self.0.borrow_mut())
+    }
+}
+
+fn journey() -> Arc<Journey> {
+    Arc::new(Journey::from_toml_str(include_str!("../../deploy/journeys/b2b.toml")).unwrap())
+}
+
+fn settings() -> Settings {
+    let env = [("MICROFUNNEL__KAFKA__BROKERS", "127.0.0.1:9"), ("MICROFUNNEL__KAFKA__GROUP_ID", "g")];
+    Settings::load(None, env.map(|(k, v)| (k.to_string(), v.to_string()))).expect("test settings load")
+}
+
+/// A pipeline state with no shard, persisting to `store` and `changelog`.
+fn state(
+    journey: &Arc<Journey>,
+    store: Option<Arc<MemStore>>,
+    changelog: Option<Arc<MemChangelog>>,
+) -> (State, Metrics, Status) {
+    let settings = settings();
+    let metrics = Metrics::new(journey).unwrap();
+    let status = Status::default();
+    let h = Handles {
+        metrics: metrics.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+        stop: Arc::new(AtomicBool::new(false)),
+        status: status.clone(),
+    };
+    let (producer, failed) = kafka::producer(&settings.kafka, None).expect("a producer needs no broker to exist");
+    let store = store.map(|s| s as Arc<dyn SnapshotStore + Sync>);
+    let changelog = changelog.map(|c| c as Arc<dyn Changelog>);
+    let st = State::new(&settings, Arc::clone(journey), &h, producer, failed.load(Ordering::Acquire), store, changelog)
+        .expect("the state starts");
+    (st, metrics, status)
+}
+
+/// The first `n` events of a generated stream (a prospect per 5 events), one JSON line each.
+fn stream(journey: &Arc<Journey>, n: usize) -> Vec<Vec<u8>> {
+    let opts = Options { prospects: (n as u64 / 5).max(200), seed: 21, malformed_share: 0.0, ..Options::default() };
+    let mut g = Generator::new(opts, journey, false).unwrap();
+    let (mut line, mut key) = (Vec::new(), String::new());
+    (0..n)
+        .map(|_| {
+            assert!(g.next_into(&mut line, &mut key).is_some(), "the stream has {n} events");
+            line.clone()
+        })
+        .collect()
+}
+
+/// Feeds `events` to shard `p` and moves its input positions forward by their count (events
+/// alternate between the two input topics).
+fn feed(st: &mut State, p: i32, events: &[Vec<u8>]) {
+    let journey = Arc::clone(&st.journey);
+    let shard = st.shards.get_mut(&p).expect("the shard is assigned");
+    let mut outs = Vec::new();
+    for (n, line) in events.iter().enumerate() {
+        let ev = codec::decode(line, &journey, &Limits::default()).expect("generated events decode");
+        shard.engine.apply(&ev, &mut outs);
+        let t = n % shard.positions.len();
+        shard.positions[t] = shard.positions[t].max(0) + 1;
+    }
+}
+
+fn digest(st: &State, p: i32) -> u64 {
+    st.shards[&p].engine.digest()
+}
+
+fn shards(ps: &[i32]) -> BTreeSet<i32> {
+    ps.iter().copied().collect()
+}
+
+fn deadline() -> Instant {
+    Instant::now() + Duration::from_secs(30)
+}
+
+/// What the barrier should commit for shard `p`: its current positions.
+fn positions_of(st: &State, p: i32) -> Vec<(String, i32, i64)> {
+    let topics = &st.settings.kafka.input_topics;
+    topics.iter().zip(&st.shards[&p].positions).filter(|(_, n)| **n >= 0).map(|(t, n)| (t.clone(), p, *n)).collect()
+}
+
+fn checkpoints(metrics: &Metrics, result: &str) -> u64 {
+    metrics.checkpoints.with_label_values(&[result]).get()
+}
+
+fn restored_from(status: &Status, p: i32) -> RestoreSource {
+    status.snapshot().into_iter().find(|s| s.partition == p).expect("the shard has a status").restored_from
+}
+
+#[test]
+fn a_snapshot_that_cannot_be_written_commits_nothing_and_the_next_checkpoint_writes_what_it_covered() {
+    let journey = journey();
+    let events = stream(&journey, 600);
+    let store = Arc::new(MemStore::new("g", 3));
+    let (mut st, metrics, _) = state(&journey, Some(Arc::clone(&store)), None);
+    let rec = Recorder::default();
+    st.take_shards(&shards(&[0, 1]));
+    feed(&mut st, 0, &events[..300]);
+    feed(&mut st, 1, &events[300..400]);
+
+    store.fail_saves(true);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).expect("a failed save is not a pipeline error");
+    assert!(rec.take().is_empty(), "no offset is committed past a snapshot that was not written");
+    assert_eq!((checkpoints(&metrics, "failed"), checkpoints(&metrics, "ok")), (1, 0));
+    assert!(st.shards[&0].engine.has_changes(), "the prospects it covered are marked changed again");
+    assert!(store.latest(0).0.is_none());
+
+    // The next checkpoint, with the store back, writes them and commits.
+    store.fail_saves(false);
+    feed(&mut st, 0, &events[400..450]);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    let mut want = positions_of(&st, 0);
+    want.extend(positions_of(&st, 1));
+    assert_eq!(rec.take(), vec![want]);
+    assert_eq!((checkpoints(&metrics, "failed"), checkpoints(&metrics, "ok")), (1, 1));
+    for p in [0, 1] {
+        let loaded = store.latest(p).0.expect("the snapshot loads");
+        assert_eq!(loaded.header.digest, format!("{:016x}", digest(&st, p)), "shard {p} is stored whole");
+    }
+}
+
+#[test]
+fn refused_changelog_records_commit_nothing_and_the_next_checkpoint_writes_them() {
+    let journey = journey();
+    let events = stream(&journey, 500);
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (mut st, metrics, _) = state(&journey, None, Some(Arc::clone(&changelog)));
+    let rec = Recorder::default();
+    st.take_shards(&shards(&[0]));
+    feed(&mut st, 0, &events[..200]);
+
+    // The broker refuses every record.
+    changelog.refuse(Refuse::Records);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert!(rec.take().is_empty());
+    assert_eq!(checkpoints(&metrics, "failed"), 1);
+    assert!(changelog.records(0).is_empty());
+
+    // It takes the prospect records but refuses the checkpoint record: still nothing committed.
+    changelog.refuse(Refuse::CheckpointRecord);
+    feed(&mut st, 0, &events[200..300]);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert!(rec.take().is_empty());
+    assert_eq!(checkpoints(&metrics, "failed"), 2);
+    let unconfirmed = changelog.records(0).len();
+    assert!(unconfirmed > 50, "the prospect records are in the log ({unconfirmed})");
+
+    // A new owner now finds records no checkpoint record confirms: nothing to restore.
+    let (mut other, _, other_status) = state(&journey, None, Some(Arc::clone(&changelog)));
+    other.take_shards(&shards(&[0]));
+    assert_eq!(restored_from(&other_status, 0), RestoreSource::Replay);
+    assert!(other.shards[&0].engine.is_empty());
+
+    // The broker takes everything again: the next checkpoint writes every prospect fed so far.
+    changelog.refuse(Refuse::Nothing);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(rec.take(), vec![positions_of(&st, 0)]);
+    assert_eq!(checkpoints(&metrics, "ok"), 1);
+    let (mut other, _, other_status) = state(&journey, None, Some(Arc::clone(&changelog)));
+    other.take_shards(&shards(&[0]));
+    assert_eq!(restored_from(&other_status, 0), RestoreSource::Changelog);
+    assert_eq!(digest(&other, 0), digest(&st, 0), "the changelog alone holds the whole state");
+    assert_eq!(other.shards[&0].positions, st.shards[&0].positions);
+}
+
+#[test]
+fn restore_prefers_snapshot_and_changelog_then_changelog_then_replay() {
+    let journey = journey();
+    let events = stream(&journey, 700);
+    let store = Arc::new(MemStore::new("g", 3));
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (mut st, _, _) = state(&journey, Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    let rec = Recorder::default();
+    st.take_shards(&shards(&[0]));
+    feed(&mut st, 0, &events[..300]);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    let first = (digest(&st, 0), st.shards[&0].positions.clone());
+
+    // Checkpoint 2 reaches the changelog but not the snapshot store.
+    feed(&mut st, 0, &events[300..700]);
+    store.fail_saves(true);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    store.fail_saves(false);
+    let second = (digest(&st, 0), st.shards[&0].positions.clone());
+    assert_ne!(first.0, second.0);
+    assert_eq!(store.latest(0).0.unwrap().header.seq, 1);
+
+    let restore = |store: Option<Arc<MemStore>>, changelog: Option<Arc<MemChangelog>>| {
+        let (mut st, _, status) = state(&journey, store, changelog);
+        st.take_shards(&shards(&[0]));
+        let shard = &st.shards[&0];
+        (restored_from(&status, 0), shard.engine.digest(), shard.positions.clone())
+    };
+    // Snapshot 1 topped up with checkpoint 2's records.
+    let both = restore(Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    assert_eq!(both, (RestoreSource::SnapshotAndChangelog, second.0, second.1.clone()));
+    // No snapshot: the changelog alone gives the same state.
+    let alone = restore(Some(Arc::new(MemStore::new("g", 3))), Some(Arc::clone(&changelog)));
+    assert_eq!(alone, (RestoreSource::Changelog, second.0, second.1.clone()));
+    // The changelog unreadable: the snapshot as it is.
+    changelog.unreadable(true);
+    let snapshot = restore(Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    assert_eq!(snapshot, (RestoreSource::Snapshot, first.0, first.1));
+    changelog.unreadable(false);
+    // Neither: replay from the beginning.
+    let none = restore(Some(Arc::new(MemStore::new("g", 3))), Some(Arc::new(MemChangelog::new(TOPIC))));
+    assert_eq!(none.0, RestoreSource::Replay);
+    assert_eq!(none.2, vec![-1, -1]);
+}
+
+#[test]
+fn a_revoke_during_an_in_flight_checkpoint_commits_it_then_checkpoints_the_rest_and_parks() {
+    let journey = journey();
+    let events = stream(&journey, 600);
+    let store = Arc::new(MemStore::new("g", 3));
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (mut st, metrics, status) = state(&journey, Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    let rec = Recorder::default();
+    st.take_shards(&shards(&[0, 1]));
+    feed(&mut st, 0, &events[..250]);
+    feed(&mut st, 1, &events[250..300]);
+
+    // Checkpoint 1 starts and is not waited for; processing goes on meanwhile.
+    st.checkpoint(&rec, CommitMode::Async, deadline(), false).unwrap();
+    let captured = (positions_of(&st, 0), positions_of(&st, 1));
+    feed(&mut st, 0, &events[300..600]);
+    assert!(st.in_flight.is_some() || !rec.0.borrow().is_empty(), "checkpoint 1 is in flight or done");
+
+    // The revoke finishes checkpoint 1 (its commit: what was captured), then checkpoints what
+    // came after (shard 0 only) and parks both shards.
+    st.give_up(&rec, &shards(&[0, 1]));
+    let mut first = captured.0.clone();
+    first.extend(captured.1);
+    assert_eq!(rec.take(), vec![first, positions_of_parked(&st, 0)]);
+    assert_eq!(checkpoints(&metrics, "ok"), 2);
+    assert!(st.shards.is_empty() && st.parked.len() == 2);
+    let at_revoke = st.parked[&0].engine.digest();
+    assert_eq!(st.parked[&0].checkpointed, st.parked[&0].positions, "the parked state is the committed one");
+    assert_eq!(store.latest(0).0.unwrap().header.digest, format!("{at_revoke:016x}"));
+
+    // Given back: resumed from the parked shard, not restored.
+    st.take_shards(&shards(&[0]));
+    assert_eq!(digest(&st, 0), at_revoke);
+    assert!(st.parked.is_empty(), "a shard not given back is dropped");
+    assert!(status.snapshot().iter().any(|s| s.partition == 0));
+
+    // Another instance restores shard 0 from the stores: the state at the revoke.
+    let (mut other, _, other_status) = state(&journey, Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    other.take_shards(&shards(&[0]));
+    assert_eq!(digest(&other, 0), at_revoke);
+    assert_eq!(restored_from(&other_status, 0), RestoreSource::Snapshot);
+}
+
+/// What the barrier commits for a parked shard `p`.
+fn positions_of_parked(st: &State, p: i32) -> Vec<(String, i32, i64)> {
+    let topics = &st.settings.kafka.input_topics;
+    topics.iter().zip(&st.parked[&p].positions).filter(|(_, n)| **n >= 0).map(|(t, n)| (t.clone(), p, *n)).collect()
+}
+
+#[test]
+fn idle_shards_advance_to_the_wall_clock_minus_the_lateness_and_busy_ones_do_not() {
+    let journey = journey();
+    let events = stream(&journey, 4000);
+    let (mut st, _, _) = state(&journey, None, None);
+    st.take_shards(&shards(&[0, 1]));
+    feed(&mut st, 0, &events[..2000]);
+    feed(&mut st, 1, &events[2000..]);
+    let t0 = Instant::now();
+    for s in st.shards.values_mut() {
+        s.last_input = t0;
+    }
+    let idle = Duration::from_secs(60);
+    let ghosts = |st: &State, p: i32| {
+        let s = st.shards[&p].engine.stats();
+        s.ghosted + s.stalled
+    };
+    let before = (st.shards[&0].engine.watermark(), st.shards[&1].engine.watermark(), ghosts(&st, 0));
+    // A wall clock 60 days after the data: whoever is waiting on a quote is overdue.
+    let wall = Ts(before.0.0.max(before.1.0) + 60 * 86_400_000);
+    let target = wall.minus(journey.allowed_lateness);
+
+    // Input 30 s ago: not idle, nothing moves.
+    st.advance_idle(idle, t0 + Duration::from_secs(30), wall);
+    assert_eq!((st.shards[&0].engine.watermark(), st.shards[&1].engine.watermark()), (before.0, before.1));
+
+    // Shard 1 had input since; shard 0 did not: only shard 0 moves, and its timers fire.
+    st.shards.get_mut(&1).unwrap().last_input = t0 + Duration::from_secs(100);
+    st.advance_idle(idle, t0 + Duration::from_secs(120), wall);
+    assert_eq!(st.shards[&0].engine.watermark(), target);
+    assert_eq!(st.shards[&1].engine.watermark(), before.1);
+    assert!(ghosts(&st, 0) > before.2, "overdue silence timers fire once time moves");
+    assert!(st.unflushed, "their outputs were handed to the producer");
+}

@@ -11,7 +11,7 @@ use tokio::runtime::Runtime;
 
 use crate::config::Settings;
 use crate::core::Journey;
-use crate::http::{self, Health};
+use crate::http::{self, Health, QueryApi};
 use crate::pipeline::status::Status;
 use crate::pipeline::{self, Handles, PipelineError};
 use crate::telemetry::Metrics;
@@ -58,19 +58,31 @@ pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppEr
     let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(bind_err)?;
     let http_addr = listener.local_addr().map_err(bind_err)?;
     let status = Status::default();
-    let app = http::router(Health { metrics: metrics.clone(), ready: Arc::clone(&ready), status: status.clone() });
+    let (query, inbox) = if settings.http.query_api {
+        let (queries, inbox) = pipeline::query::channel(64);
+        let token = (!settings.http.token.is_empty()).then(|| Arc::from(settings.http.token.as_str()));
+        (Some(QueryApi { queries, token, show_emails: settings.http.show_emails }), Some(inbox))
+    } else {
+        (None, None)
+    };
+    let health = Health { metrics: metrics.clone(), ready: Arc::clone(&ready), status: status.clone(), query };
+    let app = http::router(health);
     runtime.spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "http server stopped");
         }
     });
     tracing::info!("metrics at http://{http_addr}/metrics, health at /healthz and /readyz");
+    if settings.http.query_api {
+        tracing::info!("query API at http://{http_addr}/prospects/{{id}} and /funnel");
+    }
     let (tx, done) = mpsc::channel();
     let handles = Handles {
         metrics: metrics.clone(),
         ready: Arc::clone(&ready),
         stop: Arc::clone(&stop),
         status: status.clone(),
+        queries: inbox,
     };
     let shutdown_timeout = Duration::from_millis(settings.pipeline.shutdown_timeout_ms);
     std::thread::Builder::new()

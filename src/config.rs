@@ -203,11 +203,21 @@ pub struct Http {
     /// Address of /metrics, /healthz and /readyz; loopback by default. Port 0 picks one.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Serve the query API (`/prospects/{id}`, `/funnel`). Off by default: it shows personal data.
+    #[serde(default)]
+    pub query_api: bool,
+    /// Bearer token the query API requires (`Authorization: Bearer ...`); required when `listen`
+    /// is not a loopback address. A secret: masked, never logged.
+    #[serde(default)]
+    pub token: String,
+    /// Show prospects' emails in query answers (hidden by default).
+    #[serde(default)]
+    pub show_emails: bool,
 }
 
 impl Default for Http {
     fn default() -> Self {
-        Http { listen: default_listen() }
+        Http { listen: default_listen(), query_api: false, token: String::new(), show_emails: false }
     }
 }
 
@@ -469,6 +479,16 @@ impl Settings {
                 "http.listen",
                 format!("`{}` is not an address", self.http.listen),
                 "use ip:port, e.g. 127.0.0.1:9464",
+            ));
+        }
+        if self.http.query_api
+            && self.http.token.is_empty()
+            && self.http.listen.parse::<SocketAddr>().is_ok_and(|a| !a.ip().is_loopback())
+        {
+            return Err(invalid(
+                "http.token",
+                format!("is not set, and the query API (personal data) would listen on {}", self.http.listen),
+                "set http.token (MICROFUNNEL__HTTP__TOKEN) to a long random secret, or listen on 127.0.0.1",
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {

@@ -1,4 +1,5 @@
-//! `/metrics`, `/healthz`, `/readyz`. `router()` needs no socket, so it is testable directly.
+//! `/metrics`, `/healthz`, `/readyz`, `/shards`, and, when `http.query_api` is on, the query API
+//! (`query.rs`). `router()` needs no socket, so it is testable directly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +10,11 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::pipeline::query::Queries;
 use crate::pipeline::status::Status;
 use crate::telemetry::Metrics;
+
+mod query;
 
 /// What the HTTP endpoints report on.
 #[derive(Clone)]
@@ -19,15 +23,29 @@ pub struct Health {
     /// Consuming: joined the group, no assigned shard restoring, not shutting down.
     pub ready: Arc<AtomicBool>,
     pub status: Status,
+    /// The query API (`None`: off).
+    pub query: Option<QueryApi>,
+}
+
+/// The query API's settings and its channel to the pipeline.
+#[derive(Clone)]
+pub struct QueryApi {
+    pub queries: Queries,
+    /// Required bearer token (`None`: none required).
+    pub token: Option<Arc<str>>,
+    pub show_emails: bool,
 }
 
 pub fn router(health: Health) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/shards", get(shards))
-        .with_state(health)
+        .route("/shards", get(shards));
+    if health.query.is_some() {
+        r = r.route("/prospects/{id}", get(query::prospect)).route("/funnel", get(query::funnel));
+    }
+    r.with_state(health)
 }
 
 async fn metrics(State(h): State<Health>) -> impl IntoResponse {

@@ -225,7 +225,7 @@ impl State {
                 };
                 let Some(b) = inputs.queues[t].pop_front() else { break };
                 self.buffered -= 1;
-                if inputs.paused[t] && inputs.queues[t].len() < limit / 2 {
+                if inputs.paused[t] && inputs.queues[t].len() <= limit / 10 {
                     let topic = &self.settings.kafka.input_topics[t];
                     let rewind = i64::from(self.settings.kafka.resume_rewind);
                     inputs.paused[t] = !resume(consumer, topic, p, inputs.delivered[t], rewind);

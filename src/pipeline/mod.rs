@@ -49,6 +49,7 @@ mod emit;
 mod handle;
 mod inputs;
 pub mod merge;
+pub mod query;
 mod rebalance;
 mod restore;
 mod shard;
@@ -131,6 +132,8 @@ struct State {
     topic_names: Vec<CString>,
     /// Messages buffered for the merge, over all shards.
     buffered: usize,
+    /// Questions of the HTTP query API (when it is on).
+    queries: Option<query::Inbox>,
 }
 
 impl State {
@@ -139,7 +142,7 @@ impl State {
     fn new(
         settings: &Settings,
         journey: Arc<Journey>,
-        h: &Handles,
+        h: Handles,
         producer: OutputProducer,
         failed_seen: u64,
         store: Option<Arc<dyn SnapshotStore + Sync>>,
@@ -183,6 +186,7 @@ impl State {
                 .map(|t| CString::new(t.as_str()).unwrap_or_default())
                 .collect(),
             buffered: 0,
+            queries: h.queries,
             settings: settings.clone(),
         })
     }
@@ -199,6 +203,8 @@ pub struct Handles {
     pub ready: Arc<AtomicBool>,
     pub stop: Arc<AtomicBool>,
     pub status: Status,
+    /// The answering side of the query API (`None`: off).
+    pub queries: Option<query::Inbox>,
 }
 
 /// Connects, checks the input topics, joins the group and runs until `stop` is set; then
@@ -215,11 +221,16 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         Arc::new(FileStore::new(&settings.checkpoint.dir, &k.group_id, settings.checkpoint.keep))
             as Arc<dyn SnapshotStore + Sync>
     });
-    let state = State::new(&settings, journey, &h, producer, failed.load(Ordering::Acquire), store, changelog)?;
+    let (stop, ready) = (Arc::clone(&h.stop), Arc::clone(&h.ready));
+    let metrics = h.metrics.clone();
+    let state = State::new(&settings, journey, h, producer, failed.load(Ordering::Acquire), store, changelog)?;
     let consumer: PipelineConsumer =
         kafka::consumer_config(k).create_with_context(PipelineContext { state: Mutex::new(state) })?;
     let counts = kafka::partition_counts(&consumer, &k.input_topics, &k.brokers, Duration::from_secs(10))?;
     let partitions = kafka::check_copartitioned(&counts)?;
+    if let Some(inbox) = &consumer.context().lock().queries {
+        inbox.set_partitions(partitions);
+    }
     if let Some(topic) = &changelog_topic {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PipelineError::Writer)?;
         rt.block_on(kafka::ensure_changelog(k, topic, partitions))?;
@@ -234,7 +245,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
     let idle = (p.idle_advance_ms > 0).then(|| Duration::from_millis(p.idle_advance_ms));
     let (mut last_funnel, mut last_lag, mut last_idle) = (Instant::now(), Instant::now(), Instant::now());
     let result = loop {
-        if h.stop.load(Ordering::Acquire) {
+        if stop.load(Ordering::Acquire) {
             break Ok(());
         }
         // Drain up to a batch of ready messages; the clocks are read once per batch. The state
@@ -274,6 +285,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         if let Err(e) = st.poll_checkpoint(&consumer, CommitMode::Async, None) {
             break Err(e);
         }
+        st.answer_queries();
         if let Some(idle) = idle
             && now.duration_since(last_idle) >= Duration::from_secs(1)
         {
@@ -286,11 +298,11 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         }
         drop(st);
         if now.duration_since(last_lag) >= Duration::from_secs(5) {
-            record_lag(&consumer, &h.metrics);
+            record_lag(&consumer, &metrics);
             last_lag = now;
         }
     };
-    h.ready.store(false, Ordering::Release);
+    ready.store(false, Ordering::Release);
     let deadline = Instant::now() + Duration::from_millis(p.shutdown_timeout_ms);
     let closing = {
         let mut st = consumer.context().lock();

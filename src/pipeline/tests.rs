@@ -68,11 +68,12 @@ fn state(
         ready: Arc::new(AtomicBool::new(false)),
         stop: Arc::new(AtomicBool::new(false)),
         status: status.clone(),
+        queries: None,
     };
     let (producer, failed) = kafka::producer(&settings.kafka, None).expect("a producer needs no broker to exist");
     let store = store.map(|s| s as Arc<dyn SnapshotStore + Sync>);
     let changelog = changelog.map(|c| c as Arc<dyn Changelog>);
-    let st = State::new(&settings, Arc::clone(journey), &h, producer, failed.load(Ordering::Acquire), store, changelog)
+    let st = State::new(&settings, Arc::clone(journey), h, producer, failed.load(Ordering::Acquire), store, changelog)
         .expect("the state starts");
     (st, metrics, status)
 }

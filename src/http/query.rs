@@ -1,0 +1,116 @@
+//! The query API: `GET /prospects/{id}` and `GET /funnel`, answered by the pipeline thread
+//! (`pipeline::query`). Personal data: served only when `http.query_api` is on, behind a bearer
+//! token when one is set (required beyond loopback), emails only with `http.show_emails`.
+//!
+//! Statuses: 200 with the answer; 401 without the right token; 404 for a prospect its shard does
+//! not hold; 421 (Misdirected Request) with the owning partition when that shard is not on this
+//! instance; 503 with `Retry-After` while the shard restores, before the pipeline knows its
+//! partitions, or when the pipeline does not answer in time.
+
+// A handler's refusal is the response it returns; boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::{Health, QueryApi};
+use crate::pipeline::query::{Answer, Question, Unanswered};
+use crate::pipeline::status::ShardState;
+
+/// How long a question may wait for the pipeline (one polled batch, or a blocking checkpoint).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn unavailable(why: &str) -> Response {
+    let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": why }));
+    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+    r
+}
+
+/// The API's settings if the request may use it, or the refusal.
+fn authorized<'a>(h: &'a Health, headers: &HeaderMap) -> Result<&'a QueryApi, Response> {
+    let Some(api) = &h.query else { return Err(reply(StatusCode::NOT_FOUND, json!({ "error": "query API off" }))) };
+    if let Some(token) = &api.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            let mut r = reply(StatusCode::UNAUTHORIZED, json!({ "error": "a valid bearer token is required" }));
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return Err(r);
+        }
+    }
+    Ok(api)
+}
+
+async fn ask(api: &QueryApi, question: Question) -> Result<Answer, Response> {
+    let answer = match api.queries.ask(question) {
+        Ok(a) => a,
+        Err(Unanswered::Busy) => return Err(unavailable("too many queries waiting")),
+        Err(Unanswered::Stopped) => return Err(unavailable("the pipeline is not running")),
+    };
+    match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(_)) => Err(unavailable("the pipeline is not running")),
+        Err(_) => Err(unavailable("the pipeline did not answer in time")),
+    }
+}
+
+/// `GET /prospects/{id}`.
+pub(super) async fn prospect(State(h): State<Health>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let api = match authorized(&h, &headers) {
+        Ok(api) => api,
+        Err(r) => return r,
+    };
+    let Some(partition) = api.queries.partition_of(&id) else {
+        return unavailable("the pipeline has not joined its group yet");
+    };
+    let restoring = h.status.snapshot().iter().any(|s| s.partition == partition && s.state == ShardState::Restoring);
+    if restoring {
+        return unavailable("the prospect's shard is restoring");
+    }
+    match ask(api, Question::Prospect(id)).await {
+        Err(r) => r,
+        Ok(Answer::Prospect(mut a)) => {
+            if !api.show_emails {
+                a.view.email = None;
+            }
+            reply(StatusCode::OK, serde_json::to_value(&a).unwrap_or_default())
+        }
+        Ok(Answer::Unknown { partition }) => {
+            reply(StatusCode::NOT_FOUND, json!({ "error": "unknown prospect", "partition": partition }))
+        }
+        Ok(Answer::NotHere { partition }) => not_here(partition),
+        Ok(Answer::Funnel(_)) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
+    }
+}
+
+fn not_here(partition: i32) -> Response {
+    reply(
+        StatusCode::MISDIRECTED_REQUEST,
+        json!({ "error": "this instance does not hold the prospect's partition", "partition": partition }),
+    )
+}
+
+/// `GET /funnel`: the funnel of the shards this instance holds (sums; add instances' answers).
+pub(super) async fn funnel(State(h): State<Health>, headers: HeaderMap) -> Response {
+    let api = match authorized(&h, &headers) {
+        Ok(api) => api,
+        Err(r) => return r,
+    };
+    match ask(api, Question::Funnel).await {
+        Err(r) => r,
+        Ok(Answer::Funnel(f)) => reply(StatusCode::OK, serde_json::to_value(&f).unwrap_or_default()),
+        Ok(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
+    }
+}

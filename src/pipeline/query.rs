@@ -1,0 +1,185 @@
+//! Questions the HTTP query API asks the engines, answered by the pipeline thread between polled
+//! batches (the engines are owned by that thread; HTTP never takes its lock).
+//!
+//! HTTP decides what it can from `status::Status` first (a partition not assigned here, a shard
+//! still restoring) and sends the rest through a bounded channel; each question carries a
+//! one-shot reply. An answer waits at most one polled batch, longer during a blocking checkpoint;
+//! HTTP gives up after its own timeout.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::core::ids::kafka_partition;
+use crate::core::{Funnel, FunnelReport, ProspectView};
+
+use super::State;
+
+/// What HTTP asks.
+#[derive(Debug)]
+pub enum Question {
+    /// One prospect, by id.
+    Prospect(String),
+    /// The funnel of every shard this instance holds.
+    Funnel,
+}
+
+/// What the pipeline answers.
+#[derive(Debug)]
+pub enum Answer {
+    Prospect(Box<ProspectAnswer>),
+    /// The shard is here, the prospect is not in it.
+    Unknown {
+        partition: i32,
+    },
+    /// The shard is not (or no longer) on this instance.
+    NotHere {
+        partition: i32,
+    },
+    Funnel(Box<FunnelAnswer>),
+}
+
+/// One prospect as its shard's state holds it, and which state that is.
+#[derive(Debug, Serialize)]
+pub struct ProspectAnswer {
+    /// The input partition (shard) that owns the prospect.
+    pub partition: i32,
+    #[serde(flatten)]
+    pub view: ProspectView,
+    /// The shard's state the answer comes from.
+    pub state: StateAt,
+}
+
+/// Where a shard's state stands: its watermark and the next input offset per topic.
+#[derive(Debug, Serialize)]
+pub struct StateAt {
+    pub watermark: String,
+    pub positions: BTreeMap<String, i64>,
+}
+
+/// The funnel summed over the shards this instance holds.
+#[derive(Debug, Serialize)]
+pub struct FunnelAnswer {
+    /// The shards (input partitions) the figures cover.
+    pub shards: Vec<i32>,
+    pub prospects: u64,
+    #[serde(flatten)]
+    pub funnel: FunnelReport,
+}
+
+/// A question with its reply.
+pub struct Query {
+    pub question: Question,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+/// The asking side, held by HTTP.
+#[derive(Clone)]
+pub struct Queries {
+    tx: SyncSender<Query>,
+    partitions: Arc<AtomicU32>,
+}
+
+/// The answering side, handed to the pipeline.
+pub struct Inbox {
+    rx: Receiver<Query>,
+    /// The input topics' partition count, set once the pipeline has checked them (0 before).
+    pub(super) partitions: Arc<AtomicU32>,
+}
+
+/// Why a question got no answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Too many questions waiting.
+    Busy,
+    /// The pipeline is not running (stopped, or not started yet).
+    Stopped,
+}
+
+/// A channel for at most `capacity` waiting questions.
+pub fn channel(capacity: usize) -> (Queries, Inbox) {
+    let (tx, rx) = mpsc::sync_channel(capacity);
+    let partitions = Arc::new(AtomicU32::new(0));
+    (Queries { tx, partitions: Arc::clone(&partitions) }, Inbox { rx, partitions })
+}
+
+impl Queries {
+    /// The partition (shard) that owns `id`: the inputs' partitioner (murmur2, as Kafka's
+    /// default for keyed records). `None` until the pipeline knows the partition count.
+    pub fn partition_of(&self, id: &str) -> Option<i32> {
+        let n = self.partitions.load(Ordering::Acquire);
+        (n > 0).then(|| kafka_partition(id.as_bytes(), n) as i32)
+    }
+
+    /// Sends a question; the answer arrives on the returned receiver.
+    pub fn ask(&self, question: Question) -> Result<oneshot::Receiver<Answer>, Unanswered> {
+        let (reply, answer) = oneshot::channel();
+        match self.tx.try_send(Query { question, reply }) {
+            Ok(()) => Ok(answer),
+            Err(TrySendError::Full(_)) => Err(Unanswered::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(Unanswered::Stopped),
+        }
+    }
+}
+
+impl Inbox {
+    /// Sets the input partition count (the pipeline does, once it has checked the topics).
+    pub fn set_partitions(&self, n: usize) {
+        self.partitions.store(n as u32, Ordering::Release);
+    }
+}
+
+impl State {
+    /// Answers every waiting question (between polled batches).
+    pub(super) fn answer_queries(&mut self) {
+        let Some(inbox) = &self.queries else { return };
+        while let Ok(Query { question, reply }) = inbox.rx.try_recv() {
+            let answer = match question {
+                Question::Prospect(id) => self.prospect(&id, inbox.partitions.load(Ordering::Acquire)),
+                Question::Funnel => self.funnel(),
+            };
+            // The asker may have given up (timeout): nothing to do.
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// The prospect from the shard its id hashes to, or from any other shard held here (inputs
+    /// keyed by something else than the prospect id land elsewhere).
+    fn prospect(&self, id: &str, partitions: u32) -> Answer {
+        let hashed = kafka_partition(id.as_bytes(), partitions.max(1)) as i32;
+        let held = self.shards.get(&hashed).map(|s| (hashed, s));
+        let found = held
+            .into_iter()
+            .chain(self.shards.iter().filter(|(p, _)| **p != hashed).map(|(p, s)| (*p, s)))
+            .find_map(|(p, s)| s.engine.find(id).map(|ix| (p, s, ix)));
+        let Some((partition, shard, ix)) = found else {
+            return if self.shards.contains_key(&hashed) {
+                Answer::Unknown { partition: hashed }
+            } else {
+                Answer::NotHere { partition: hashed }
+            };
+        };
+        let watermark = shard.engine.watermark();
+        let view = shard.engine.view(ix, Some(watermark).filter(|w| !w.is_none()));
+        let state = StateAt {
+            watermark: watermark.to_string(),
+            positions: shard.position_map(&self.settings.kafka.input_topics),
+        };
+        Answer::Prospect(Box::new(ProspectAnswer { partition, view, state }))
+    }
+
+    fn funnel(&self) -> Answer {
+        let mut total = Funnel::new(&self.journey);
+        let mut prospects = 0u64;
+        for shard in self.shards.values() {
+            total.absorb(shard.engine.funnel());
+            prospects += shard.engine.len() as u64;
+        }
+        let shards = self.shards.keys().copied().collect();
+        Answer::Funnel(Box::new(FunnelAnswer { shards, prospects, funnel: total.report(&self.journey) }))
+    }
+}

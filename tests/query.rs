@@ -1,0 +1,210 @@
+//! The query API (`GET /prospects/{id}`, `GET /funnel`) over a real socket: against a running
+//! service on the broker (answers, token, unknown prospect, a partition held by the other
+//! instance), and, without a broker, a shard that is restoring and the refusal to serve personal
+//! data beyond loopback without a token.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use microfunnel::config::Settings;
+use microfunnel::core::ids::kafka_partition;
+use microfunnel::http::{self, Health, QueryApi};
+use microfunnel::pipeline::query;
+use microfunnel::pipeline::status::{ShardStatus, Status};
+use microfunnel::telemetry::Metrics;
+use serde_json::{Value, json};
+use support::{Service, keyed, produce, setup, wait_until, web};
+
+const JOIN: Duration = Duration::from_secs(30);
+const TOKEN: &str = "query-test-token-8c1f";
+
+/// GET with headers over a plain TCP connection: (status, head, body).
+fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the HTTP endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(15))).expect("read timeout");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").expect("send the request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read the response");
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end: {text:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status line");
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn track(user: &str, event: &str, message_id: &str, ts: &str) -> Vec<u8> {
+    json!({
+        "type": "track", "event": event, "userId": user, "messageId": message_id, "timestamp": ts,
+        "context": {"traits": {"email": format!("{user}@northwind.example")}},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn with_query_api(test: &str) -> Settings {
+    let mut s = setup(test);
+    s.http.query_api = true;
+    s.http.token = TOKEN.to_string();
+    s
+}
+
+/// The partitions an instance holds, from `/shards`.
+fn held(svc: &Service) -> Vec<i64> {
+    let (_, body) = support::http_get(svc.addr(), "/shards");
+    let v = json_of(&body);
+    v["shards"].as_array().map(|a| a.iter().filter_map(|s| s["partition"].as_i64()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_token() {
+    let s = with_query_api("query-one");
+    let svc = Service::start(&s);
+    wait_until(JOIN, "the instance holds every shard", || held(&svc).len() == 3);
+    let people = ["usr_q1", "usr_q2", "usr_q3", "usr_q4"];
+    let mut records = Vec::new();
+    for (i, p) in people.iter().enumerate() {
+        records.push(keyed(p, track(p, "Whitepaper Downloaded", &format!("m-{p}-1"), "2026-03-02T09:00:00Z")));
+        if i % 2 == 0 {
+            records.push(keyed(p, track(p, "Demo Requested", &format!("m-{p}-2"), "2026-03-03T10:00:00Z")));
+        }
+    }
+    produce(web(&s), &records);
+    wait_until(support::DEADLINE, "every event is applied", || {
+        svc.metrics().render().lines().filter(|l| l.starts_with("microfunnel_events_consumed_total")).count() > 0
+            && support::total(&svc.metrics().render(), "microfunnel_events_consumed_total") == records.len() as f64
+    });
+
+    let (status, _, body) = get(svc.addr(), "/prospects/usr_q1", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let a = json_of(&body);
+    assert_eq!(a["prospect"], "usr_q1");
+    assert_eq!(a["partition"].as_i64(), Some(i64::from(kafka_partition(b"usr_q1", 3))));
+    assert_eq!(a["stage"], "evaluating", "{a}");
+    let counts = a["signal_counts"].to_string();
+    assert!(counts.contains("content_downloaded") && counts.contains("demo_requested"), "{counts}");
+    assert!(a["email"].is_null(), "emails are hidden unless http.show_emails: {a}");
+    assert!(!body.contains("northwind.example"), "{body}");
+    assert!(a["state"]["watermark"].is_string(), "{a}");
+    let positions = a["state"]["positions"].as_object().expect("the state's input positions");
+    assert!(positions.get(web(&s)).and_then(Value::as_i64).is_some_and(|n| n > 0), "{a}");
+    assert!(a["score"].as_f64().is_some_and(|x| x > 0.0), "{a}");
+
+    let (status, head, _) = get(svc.addr(), "/prospects/usr_q1", None);
+    assert_eq!(status, 401);
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert_eq!(get(svc.addr(), "/prospects/usr_q1", Some("wrong-token")).0, 401);
+
+    let (status, _, body) = get(svc.addr(), "/prospects/nobody-here", Some(TOKEN));
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(json_of(&body)["partition"].as_i64(), Some(i64::from(kafka_partition(b"nobody-here", 3))));
+
+    let (status, _, body) = get(svc.addr(), "/funnel", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let f = json_of(&body);
+    assert_eq!(f["shards"], json!([0, 1, 2]));
+    assert_eq!(f["prospects"].as_u64(), Some(people.len() as u64), "{f}");
+    assert!(f["stages"].is_array() && f["conversion"].is_array(), "{f}");
+    svc.stop().expect("graceful stop");
+}
+
+#[test]
+fn a_prospect_on_the_other_instance_is_answered_there_and_named_here() {
+    let s = with_query_api("query-two");
+    let (one, two) = (Service::start(&s), Service::start(&s));
+    wait_until(JOIN, "both instances hold shards", || {
+        let (a, b) = (held(&one), held(&two));
+        !a.is_empty() && !b.is_empty() && a.len() + b.len() == 3
+    });
+    // A prospect whose partition the second instance holds.
+    let theirs = held(&two);
+    let id = (0..1000)
+        .map(|n| format!("usr_far_{n}"))
+        .find(|id| theirs.contains(&i64::from(kafka_partition(id.as_bytes(), 3))))
+        .expect("some id hashes to the second instance's partitions");
+    let records = [keyed(&id, track(&id, "Webinar Registered", "m-far-1", "2026-03-02T09:00:00Z"))];
+    produce(web(&s), &records);
+    wait_until(support::DEADLINE, "the second instance answers for it", || {
+        get(two.addr(), &format!("/prospects/{id}"), Some(TOKEN)).0 == 200
+    });
+    let (status, _, body) = get(one.addr(), &format!("/prospects/{id}"), Some(TOKEN));
+    assert_eq!(status, 421, "{body}");
+    assert_eq!(json_of(&body)["partition"].as_i64(), Some(i64::from(kafka_partition(id.as_bytes(), 3))));
+    one.stop().expect("stop one");
+    two.stop().expect("stop two");
+}
+
+/// Serves `health` on an ephemeral loopback port until the test ends.
+fn serve(health: Health) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, http::router(health)).await.unwrap();
+        });
+    });
+    addr
+}
+
+#[test]
+fn a_restoring_shard_answers_503_with_retry_after_and_a_stopped_pipeline_too() {
+    let journey = support::journey();
+    let status = Status::default();
+    let (queries, inbox) = query::channel(4);
+    inbox.set_partitions(3);
+    let restoring = kafka_partition(b"usr_q1", 3) as i32;
+    status.set(restoring, ShardStatus::restoring(restoring));
+    let health = Health {
+        metrics: Metrics::new(&journey).unwrap(),
+        ready: Arc::new(AtomicBool::new(false)),
+        status,
+        query: Some(QueryApi { queries, token: None, show_emails: false }),
+    };
+    let addr = serve(health);
+    let (code, head, body) = get(addr, "/prospects/usr_q1", None);
+    assert_eq!(code, 503, "{body}");
+    assert!(head.contains("retry-after: 5"), "{head}");
+    assert!(body.contains("restoring"), "{body}");
+    // No pipeline answers (its side is gone): 503 too, never a hang.
+    drop(inbox);
+    let other = (0..100).map(|n| format!("id-{n}")).find(|id| kafka_partition(id.as_bytes(), 3) as i32 != restoring);
+    let (code, head, body) = get(addr, &format!("/prospects/{}", other.unwrap()), None);
+    assert_eq!(code, 503, "{body}");
+    assert!(head.contains("retry-after"), "{head}");
+}
+
+#[test]
+fn the_query_api_is_off_by_default_and_refused_beyond_loopback_without_a_token() {
+    let journey = support::journey();
+    let health = Health {
+        metrics: Metrics::new(&journey).unwrap(),
+        ready: Arc::new(AtomicBool::new(true)),
+        status: Status::default(),
+        query: None,
+    };
+    let addr = serve(health);
+    assert_eq!(get(addr, "/prospects/usr_q1", None).0, 404);
+    assert_eq!(get(addr, "/funnel", None).0, 404);
+
+    let var = |k: &str, v: &str| (format!("MICROFUNNEL__{k}"), v.to_string());
+    let base = [var("KAFKA__BROKERS", "127.0.0.1:9"), var("HTTP__LISTEN", "0.0.0.0:9464")];
+    let on = [base.clone().as_slice(), &[var("HTTP__QUERY_API", "true")]].concat();
+    let err = Settings::load(None, on.clone()).expect_err("no token beyond loopback is refused").to_string();
+    assert!(err.contains("http.token"), "{err}");
+    let with_token = [on.as_slice(), &[var("HTTP__TOKEN", TOKEN)]].concat();
+    assert!(Settings::load(None, with_token).is_ok());
+    assert!(Settings::load(None, base.to_vec()).is_ok(), "the API off: no token needed");
+    let loopback = [var("KAFKA__BROKERS", "127.0.0.1:9"), var("HTTP__QUERY_API", "true")];
+    assert!(Settings::load(None, loopback.to_vec()).is_ok(), "loopback needs no token");
+}

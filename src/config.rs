@@ -177,7 +177,7 @@ pub struct Pipeline {
     #[serde(default = "default_max_input_wait")]
     pub max_input_wait_ms: u64,
     /// Delivered, unprocessed messages a shard buffers per input partition for the merge; past
-    /// it the partition is paused until its queue is half empty. 0 = no merge: messages are
+    /// it the partition is paused until a tenth of that is left. 0 = no merge: messages are
     /// processed in the order they are delivered.
     #[serde(default = "default_merge_buffer")]
     pub merge_buffer_messages: usize,
@@ -299,7 +299,7 @@ fn default_max_input_wait() -> u64 {
     1_000
 }
 fn default_merge_buffer() -> usize {
-    20_000
+    50_000
 }
 fn default_state_dir() -> PathBuf {
     "state".into()

@@ -646,3 +646,34 @@ fn gen_writes_per_topic_files_holding_exactly_each_sources_lines_in_order() {
     assert_eq!((w.next(), c.next()), (None, None));
     assert!(crm.lines().all(|l| !l.contains("\"source\":\"web\"")));
 }
+
+#[test]
+fn replay_report_prints_the_signal_table_with_intervals_and_flags_thin_samples() {
+    let dir = std::env::temp_dir().join(format!("microfunnel-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    let generated = microfunnel(&["gen", "--prospects", "2500", "--seed", "11", "--out", events.to_str().unwrap()]);
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let out = microfunnel(&["replay", events.to_str().unwrap(), "--summary-only", "--report"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let table = text.split("Signals shown before an outcome").nth(1).unwrap_or_else(|| panic!("no table: {text}"));
+    let rows: Vec<&str> = table.lines().skip(3).filter(|l| l.starts_with("  ")).collect();
+    assert!(rows.len() >= 5, "{table}");
+    assert!(rows[0].trim_start().starts_with("quote_clarification_requested"), "the planted signal first: {table}");
+    assert!(!table.contains("deal_won") && !table.contains("quote_sent"), "{table}");
+    assert!(text.contains("Step conversion") && text.contains("base win rate"), "{text}");
+    // Every row: n, won, lost, a win rate, its interval, a lift, its interval.
+    for row in &rows {
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert!(cols.len() >= 8, "{row}");
+        assert!(cols[4].ends_with('%') && cols[5].contains('-') && cols[7].contains('-'), "{row}");
+    }
+    // A minimum no signal reaches flags every row.
+    let strict =
+        microfunnel(&["replay", events.to_str().unwrap(), "--summary-only", "--report", "--min-sample", "100000"]);
+    let strict = String::from_utf8_lossy(&strict.stdout).to_string();
+    let table = strict.split("Signals shown before an outcome").nth(1).unwrap();
+    assert!(table.lines().skip(3).filter(|l| l.starts_with("  ")).all(|l| l.ends_with(" *")), "{table}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

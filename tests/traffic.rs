@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use microfunnel::codec::{self, Limits};
+use microfunnel::core::funnel::MIN_SAMPLE;
 use microfunnel::core::{Engine, Journey, Source};
 use microfunnel::traffic::model::Outcome;
 use microfunnel::traffic::{GenError, Generator, Options, Truth};
@@ -186,7 +187,27 @@ fn the_planted_micro_certainty_predicts_and_noise_does_not() {
     );
     for noise in ["webinar_registered", "content_downloaded", "email_subscribed"] {
         assert!((0.85..1.15).contains(&lift(noise)), "{noise} should be noise, lift {}", lift(noise));
+        let s = report.signals.iter().find(|s| s.signal == noise).unwrap();
+        let [low, high] = s.lift_interval;
+        assert!(low < 1.0 && 1.0 < high, "{noise}'s interval covers 1: {low}-{high}");
     }
+    // The planted micro-certainty ranks first; its interval excludes 1.
+    let first = &report.signals[0];
+    assert_eq!(first.signal, "quote_clarification_requested", "{:?}", report.signals);
+    assert!(first.lift_interval[0] > 1.0 && !first.small_sample, "{first:?}");
+    let [low, high] = first.win_rate_interval;
+    assert!(low < first.win_rate && first.win_rate < high && (0.0..=1.0).contains(&low) && high <= 1.0);
+    // Outcomes and the seller's own actions are not signals of the buyer.
+    for absent in ["deal_won", "deal_lost", "quote_sent", "meeting_booked", "disqualified"] {
+        assert!(report.signals.iter().all(|s| s.signal != absent), "{absent} is listed");
+    }
+    // Sorted by lift, thin samples (flagged) after the others.
+    let (enough, thin): (Vec<_>, Vec<_>) = report.signals.iter().partition(|s| !s.small_sample);
+    assert!(enough.windows(2).all(|w| w[0].lift >= w[1].lift));
+    assert_eq!(report.signals.iter().position(|s| s.small_sample).unwrap_or(enough.len()), enough.len());
+    assert!(thin.iter().all(|s| s.won + s.lost < MIN_SAMPLE));
+    let strict = engine.funnel().report_with(&journey, 1_000_000);
+    assert!(strict.signals.iter().all(|s| s.small_sample));
 }
 
 #[test]

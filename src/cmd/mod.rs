@@ -3,4 +3,5 @@
 pub mod generate;
 pub mod inspect;
 pub mod replay;
+mod report;
 pub mod tail;

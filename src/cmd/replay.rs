@@ -46,6 +46,13 @@ pub struct ReplayArgs {
     /// bytes per prospect (a JSON line).
     #[arg(long)]
     memory: bool,
+    /// At the end, print the funnel and which signals predict a sale as text tables (step
+    /// conversion; per signal: win rate and lift over the base win rate with 95% intervals).
+    #[arg(long)]
+    report: bool,
+    /// With `--report`, flag signals shown by fewer prospects with an outcome than this.
+    #[arg(long, value_name = "N", default_value_t = microfunnel::core::funnel::MIN_SAMPLE)]
+    min_sample: u64,
     /// Largest accepted payload, bytes.
     #[arg(long, default_value_t = Limits::default().max_bytes)]
     max_bytes: usize,
@@ -64,6 +71,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         digest,
         summary_only,
         memory,
+        report,
+        min_sample,
         max_bytes,
         max_depth,
     } = args;
@@ -101,6 +110,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         }
         replay::run_merged(journey, &opts, files, stdout, stderr)?
     };
+    if report {
+        super::report::write(&mut io::stdout().lock(), &shards, min_sample)?;
+    }
     if memory {
         let prospects: usize = shards.iter().map(|e| e.len()).sum();
         let state: usize = shards.iter().map(|e| e.heap_bytes()).sum();

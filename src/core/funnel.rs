@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::journey::{Journey, Outcome, StageId};
+use super::journey::{Journey, Outcome, SignalDef, StageId};
 use super::time::Span;
 
 /// Upper bounds (seconds) of the time-in-stage histogram buckets; a last bucket takes the rest.
@@ -175,8 +175,14 @@ impl Funnel {
         }
     }
 
-    /// The aggregates with names, conversions and lifts worked out.
+    /// The aggregates with names, conversions and lifts worked out; a signal shown by fewer
+    /// than [`MIN_SAMPLE`] prospects with an outcome is flagged `small_sample`.
     pub fn report(&self, journey: &Journey) -> FunnelReport {
+        self.report_with(journey, MIN_SAMPLE)
+    }
+
+    /// [`Funnel::report`] with another minimum sample size.
+    pub fn report_with(&self, journey: &Journey, min_sample: u64) -> FunnelReport {
         let stage_name = |i: usize| journey.stages[i].name.clone();
         let non_terminal: Vec<usize> = (0..self.stages).filter(|&i| !journey.stages[i].terminal).collect();
         let conversion = non_terminal
@@ -219,23 +225,35 @@ impl Funnel {
             .collect();
         let [won, lost] = self.outcomes;
         let base = ratio(won, won + lost);
-        let signals = journey
+        let is_outcome = |s: &SignalDef| s.enters.is_some_and(|st| journey.stage(st).outcome.is_some());
+        let mut signals: Vec<SignalPredictiveness> = journey
             .signals
             .iter()
             .enumerate()
-            .filter(|(i, _)| self.signal_outcomes[*i] != [0, 0])
+            .filter(|(i, s)| s.prospect_initiated && !is_outcome(s) && self.signal_outcomes[*i] != [0, 0])
             .map(|(i, s)| {
                 let [w, l] = self.signal_outcomes[i];
                 let rate = ratio(w, w + l);
+                let (low, high) = wilson(w, w + l);
+                let lift = |r: f64| if base > 0.0 { round2(r / base) } else { 0.0 };
                 SignalPredictiveness {
                     signal: s.name.clone(),
                     won: w,
                     lost: l,
                     win_rate: rate,
-                    lift: if base > 0.0 { round2(rate / base) } else { 0.0 },
+                    win_rate_interval: [round4(low), round4(high)],
+                    lift: lift(rate),
+                    lift_interval: [lift(low), lift(high)],
+                    small_sample: w + l < min_sample,
                 }
             })
             .collect();
+        // By lift, signals with enough sample first: a signal two prospects showed says little.
+        signals.sort_by(|a, b| {
+            (a.small_sample.cmp(&b.small_sample))
+                .then_with(|| b.lift.total_cmp(&a.lift))
+                .then_with(|| a.signal.cmp(&b.signal))
+        });
         FunnelReport {
             journey: journey.name.clone(),
             stages,
@@ -261,6 +279,10 @@ pub fn outcome_index(o: Outcome) -> usize {
     }
 }
 
+fn round4(v: f64) -> f64 {
+    (v * 10_000.0).round() / 10_000.0
+}
+
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
@@ -276,8 +298,9 @@ pub struct FunnelReport {
     pub conversion: Vec<StepConversion>,
     pub transitions: Vec<TransitionCount>,
     pub outcomes: Outcomes,
-    /// Which signals really predict a sale: win rate of prospects that showed the signal,
-    /// and its lift over the overall win rate.
+    /// Which signals really predict a sale: for each prospect-initiated signal that is not an
+    /// outcome, the win rate of prospects that showed it, its lift over the overall win rate,
+    /// with intervals; by lift, those with enough sample first.
     pub signals: Vec<SignalPredictiveness>,
     pub time_buckets_secs: Vec<f64>,
 }
@@ -323,11 +346,39 @@ pub struct Outcomes {
     pub win_rate: f64,
 }
 
+/// How well one prospect-initiated, non-outcome signal predicts a sale, over the prospects that
+/// showed it before reaching an outcome.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SignalPredictiveness {
     pub signal: String,
     pub won: u64,
     pub lost: u64,
+    /// won / (won + lost).
     pub win_rate: f64,
+    /// Wilson score 95% interval of the win rate (Wilson 1927; Brown, Cai & DasGupta 2001).
+    pub win_rate_interval: [f64; 2],
+    /// win rate / the base win rate of every prospect with an outcome.
     pub lift: f64,
+    /// The win-rate interval divided by the base win rate (the base taken as known: it is
+    /// measured on every outcome, a superset of this signal's).
+    pub lift_interval: [f64; 2],
+    /// Fewer than the minimum sample (default [`MIN_SAMPLE`]) prospects with an outcome showed
+    /// it: the figures say little.
+    pub small_sample: bool,
+}
+
+/// Prospects with an outcome a signal needs before its lift is worth reading.
+pub const MIN_SAMPLE: u64 = 30;
+
+/// The 95% Wilson score interval of `won` successes in `n` trials; (0, 1) without trials.
+fn wilson(won: u64, n: u64) -> (f64, f64) {
+    use bpci::{Interval, NSuccessesSample, WilsonScore};
+    match NSuccessesSample::<f64>::new(n as f64, won as f64) {
+        Ok(sample) if n > 0 => {
+            let i = sample.wilson_score(1.959_964_f64);
+            let (low, high): (f64, f64) = (i.lower(), i.upper());
+            (low.max(0.0), high.min(1.0))
+        }
+        _ => (0.0, 1.0),
+    }
 }

@@ -113,6 +113,12 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert_eq!(f["shards"], json!([0, 1, 2]));
     assert_eq!(f["prospects"].as_u64(), Some(people.len() as u64), "{f}");
     assert!(f["stages"].is_array() && f["conversion"].is_array(), "{f}");
+    let (status, _, body) = get(svc.addr(), "/signals", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let sig = json_of(&body);
+    assert_eq!(sig["shards"], json!([0, 1, 2]));
+    assert!(sig["signals"].is_array() && sig["outcomes"]["won"].is_u64(), "{sig}");
+    assert_eq!(get(svc.addr(), "/signals", None).0, 401);
     svc.stop().expect("graceful stop");
 }
 

@@ -43,7 +43,10 @@ pub fn router(health: Health) -> Router {
         .route("/readyz", get(readyz))
         .route("/shards", get(shards));
     if health.query.is_some() {
-        r = r.route("/prospects/{id}", get(query::prospect)).route("/funnel", get(query::funnel));
+        r = r
+            .route("/prospects/{id}", get(query::prospect))
+            .route("/funnel", get(query::funnel))
+            .route("/signals", get(query::signals));
     }
     r.with_state(health)
 }

@@ -1,4 +1,4 @@
-//! The query API: `GET /prospects/{id}` and `GET /funnel`, answered by the pipeline thread
+//! The query API: `GET /prospects/{id}`, `GET /funnel` and `GET /signals`, answered by the pipeline thread
 //! (`pipeline::query`). Personal data: served only when `http.query_api` is on, behind a bearer
 //! token when one is set (required beyond loopback), emails only with `http.show_emails`.
 //!
@@ -111,6 +111,23 @@ pub(super) async fn funnel(State(h): State<Health>, headers: HeaderMap) -> Respo
     match ask(api, Question::Funnel).await {
         Err(r) => r,
         Ok(Answer::Funnel(f)) => reply(StatusCode::OK, serde_json::to_value(&f).unwrap_or_default()),
+        Ok(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
+    }
+}
+
+/// `GET /signals`: which signals predict a sale, over the shards this instance holds (the
+/// funnel's signal table, sorted by lift, with the outcomes it is measured against).
+pub(super) async fn signals(State(h): State<Health>, headers: HeaderMap) -> Response {
+    let api = match authorized(&h, &headers) {
+        Ok(api) => api,
+        Err(r) => return r,
+    };
+    match ask(api, Question::Funnel).await {
+        Err(r) => r,
+        Ok(Answer::Funnel(f)) => reply(
+            StatusCode::OK,
+            json!({ "shards": f.shards, "outcomes": f.funnel.outcomes, "signals": f.funnel.signals }),
+        ),
         Ok(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
     }
 }

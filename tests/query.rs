@@ -119,6 +119,31 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert_eq!(sig["shards"], json!([0, 1, 2]));
     assert!(sig["signals"].is_array() && sig["outcomes"]["won"].is_u64(), "{sig}");
     assert_eq!(get(svc.addr(), "/signals", None).0, 401);
+
+    // usr_q1 wins: the signals it showed count towards a sale, in /signals and in /metrics.
+    let won = json!({"event_id": "crm-won-q1", "prospect_id": "usr_q1", "source": "crm", "type": "deal_won",
+                     "ts": "2026-03-20T12:00:00Z"});
+    produce(support::crm(&s), &[keyed("usr_q1", won.to_string())]);
+    let shown = |sig: &Value, name: &str| {
+        sig["signals"].as_array().unwrap().iter().find(|x| x["signal"] == name).map(|x| x["won"].clone())
+    };
+    wait_until(support::DEADLINE, "the win is in /signals", || {
+        shown(&json_of(&get(svc.addr(), "/signals", Some(TOKEN)).2), "content_downloaded") == Some(json!(1))
+    });
+    let sig = json_of(&get(svc.addr(), "/signals", Some(TOKEN)).2);
+    assert_eq!(sig["outcomes"]["won"], 1, "{sig}");
+    assert_eq!(shown(&sig, "demo_requested"), Some(json!(1)), "{sig}");
+    assert_eq!(shown(&sig, "deal_won"), None, "an outcome is not a signal of itself: {sig}");
+    let mut m = String::new();
+    wait_until(support::DEADLINE, "the outcome gauges follow at the next funnel interval", || {
+        m = support::http_get(svc.addr(), "/metrics").1;
+        support::sample(&m, "microfunnel_outcomes", &[("outcome", "won")]) == Some(1.0)
+    });
+    let gauge =
+        |signal: &str| support::sample(&m, "microfunnel_signal_outcomes", &[("signal", signal), ("outcome", "won")]);
+    assert_eq!(gauge("content_downloaded"), Some(1.0), "{m}");
+    assert_eq!(gauge("demo_requested"), Some(1.0), "{m}");
+    assert_eq!(gauge("deal_won"), None, "{m}");
     svc.stop().expect("graceful stop");
 }
 

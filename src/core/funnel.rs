@@ -225,12 +225,11 @@ impl Funnel {
             .collect();
         let [won, lost] = self.outcomes;
         let base = ratio(won, won + lost);
-        let is_outcome = |s: &SignalDef| s.enters.is_some_and(|st| journey.stage(st).outcome.is_some());
         let mut signals: Vec<SignalPredictiveness> = journey
             .signals
             .iter()
             .enumerate()
-            .filter(|(i, s)| s.prospect_initiated && !is_outcome(s) && self.signal_outcomes[*i] != [0, 0])
+            .filter(|(i, s)| validated(journey, s) && self.signal_outcomes[*i] != [0, 0])
             .map(|(i, s)| {
                 let [w, l] = self.signal_outcomes[i];
                 let rate = ratio(w, w + l);
@@ -365,6 +364,12 @@ pub struct SignalPredictiveness {
     /// Fewer than the minimum sample (default [`MIN_SAMPLE`]) prospects with an outcome showed
     /// it: the figures say little.
     pub small_sample: bool,
+}
+
+/// Whether a signal's power to predict a sale is measured: the prospect's own step
+/// (`prospect_initiated`) that is not itself an outcome (a signal entering a won or lost stage).
+pub fn validated(journey: &Journey, s: &SignalDef) -> bool {
+    s.prospect_initiated && s.enters.is_none_or(|st| journey.stage(st).outcome.is_none())
 }
 
 /// Prospects with an outcome a signal needs before its lift is worth reading.

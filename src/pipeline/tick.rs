@@ -64,6 +64,23 @@ impl State {
             metrics.prospects.with_label_values(&[&st.name]).set(per_stage[i]);
         }
         metrics.prospects_total.set(total);
+        let mut outcomes = crate::core::Funnel::new(journey);
+        for shard in shards.values() {
+            outcomes.absorb(shard.engine.funnel());
+        }
+        for (i, s) in journey.signals.iter().enumerate() {
+            if crate::core::funnel::validated(journey, s) && outcomes.signal_outcomes[i] != [0, 0] {
+                for (o, label) in [(0, "won"), (1, "lost")] {
+                    metrics
+                        .signal_outcomes
+                        .with_label_values(&[&s.name, label])
+                        .set(outcomes.signal_outcomes[i][o] as i64);
+                }
+            }
+        }
+        for (o, label) in [(0, "won"), (1, "lost")] {
+            metrics.outcomes.with_label_values(&[label]).set(outcomes.outcomes[o] as i64);
+        }
         self.unflushed = true;
     }
 }

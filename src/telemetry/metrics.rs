@@ -23,6 +23,8 @@ pub struct Metrics {
     pub stage_transitions: IntCounterVec,
     pub prospects: IntGaugeVec,
     pub prospects_total: IntGauge,
+    pub signal_outcomes: IntGaugeVec,
+    pub outcomes: IntGaugeVec,
     pub hot_leads: IntCounter,
     pub ghosted: IntCounter,
     pub stalled: IntCounter,
@@ -123,6 +125,22 @@ impl Metrics {
         let prospects_total =
             IntGauge::new("microfunnel_prospects_total", "Prospects held in memory by this instance.")?;
         r.register(Box::new(prospects_total.clone()))?;
+        let signal_outcomes = IntGaugeVec::new(
+            Opts::new(
+                "microfunnel_signal_outcomes",
+                "Prospects that showed a prospect-initiated signal before reaching an outcome, summed over this instance's shards (their state, so a restore or a handover moves them).",
+            ),
+            &["signal", "outcome"],
+        )?;
+        r.register(Box::new(signal_outcomes.clone()))?;
+        let outcomes = IntGaugeVec::new(
+            Opts::new(
+                "microfunnel_outcomes",
+                "Prospects that reached an outcome (won or lost), summed over this instance's shards.",
+            ),
+            &["outcome"],
+        )?;
+        r.register(Box::new(outcomes.clone()))?;
         let buckets = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86_400.0];
         let latency = HistogramVec::new(
             HistogramOpts::new(
@@ -245,6 +263,8 @@ impl Metrics {
             stage_transitions,
             prospects,
             prospects_total,
+            signal_outcomes,
+            outcomes,
             hot_leads: counter(&r, "microfunnel_hot_leads_total", "Hot-lead alerts emitted.")?,
             ghosted: counter(&r, "microfunnel_ghosted_total", "Prospects that went silent after a quote.")?,
             stalled: counter(&r, "microfunnel_stalled_total", "Deals that parked (no stage advance in time).")?,

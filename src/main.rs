@@ -3,11 +3,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use microfunnel::config::Settings;
 use microfunnel::core::Journey;
+use microfunnel::journeys::{self, JourneyRef};
 
 mod cmd;
 
@@ -49,11 +49,9 @@ enum Command {
     },
 }
 
-pub(crate) fn load_journey(path: &Path) -> anyhow::Result<Arc<Journey>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read journey file {}", path.display()))?;
-    let journey =
-        Journey::from_toml_str(&text).with_context(|| format!("journey file {} is invalid", path.display()))?;
-    Ok(Arc::new(journey))
+/// Loads the journey `--journey` or `journey.path` names: a built-in journey's name or a file.
+pub(crate) fn load_journey(value: &Path) -> anyhow::Result<Arc<Journey>> {
+    Ok(Arc::new(journeys::load(&JourneyRef::parse(value))?))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -71,13 +69,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let settings = Settings::load(config.as_deref(), std::env::vars())?;
             microfunnel::telemetry::init_logs(&settings.log);
-            let journey = load_journey(&settings.journey.path)?;
+            let journey = Arc::new(journeys::load(&settings.journey())?);
             microfunnel::app::start(settings, journey)?.run_until_signal()?;
             Ok(())
         }
         Command::CheckConfig { config } => {
             let settings = Settings::load(config.as_deref(), std::env::vars())?;
-            let journey = load_journey(&settings.journey.path)?;
+            let journey = Arc::new(journeys::load(&settings.journey())?);
             println!("# effective settings (secrets masked); journey `{}` is valid", journey.name);
             print!("{}", settings.masked_toml());
             Ok(())

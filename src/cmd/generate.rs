@@ -20,8 +20,9 @@ use rdkafka::types::RDKafkaErrorCode;
 
 #[derive(Args)]
 pub struct GenArgs {
-    /// Journey definition whose signals the traffic must map to.
-    #[arg(long, default_value = "deploy/journeys/b2b.toml")]
+    /// Journey whose signals the traffic must map to: a built-in journey's name (b2b, ecommerce)
+    /// or a TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = microfunnel::journeys::DEFAULT)]
     journey: PathBuf,
     /// Number of prospects to simulate.
     #[arg(long, default_value_t = 1_000)]

@@ -14,8 +14,8 @@ use microfunnel::replay;
 
 #[derive(Args)]
 pub struct ReplayArgs {
-    /// Journey definition (TOML).
-    #[arg(long, default_value = "deploy/journeys/b2b.toml")]
+    /// Journey: a built-in journey's name (b2b, ecommerce) or a TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = microfunnel::journeys::DEFAULT)]
     journey: PathBuf,
     /// Events, one JSON object per line; `-` reads stdin. Several files: one per input topic,
     /// in `kafka.input_topics` order; each shard's lines are merged from them by event time,

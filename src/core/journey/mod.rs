@@ -54,6 +54,24 @@ pub enum JourneyError {
     SignalInTwoStages { signal: String, first: String, second: String },
 }
 
+/// Every mistake found in one journey file, in file order, one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JourneyErrors(pub Vec<JourneyError>);
+
+impl std::fmt::Display for JourneyErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for JourneyErrors {}
+
 // ---- the validated journey --------------------------------------------------------------
 
 /// Which source may send a signal.
@@ -250,10 +268,16 @@ pub fn match_key(name: &str, out: &mut String) {
 const STACK_KEY: usize = 96;
 
 impl Journey {
-    /// Parses and validates a journey from TOML text.
+    /// Parses and validates a journey from TOML text; the first mistake found.
     pub fn from_toml_str(text: &str) -> Result<Journey, JourneyError> {
-        let raw: RawJourney = toml::from_str(text).map_err(|e| JourneyError::Toml(e.to_string()))?;
-        Self::validate(raw)
+        Self::parse(text).map_err(|mut e| e.0.swap_remove(0))
+    }
+
+    /// Parses and validates a journey from TOML text; every mistake found.
+    pub fn parse(text: &str) -> Result<Journey, JourneyErrors> {
+        let raw: RawJourney =
+            toml::from_str(text).map_err(|e| JourneyErrors(vec![JourneyError::Toml(e.to_string())]))?;
+        Self::validate(raw).map_err(|e| JourneyErrors(vec![e]))
     }
 
     /// Maps an event to its signal: page/screen/identify calls by the `[segment]` table, named

@@ -1,0 +1,104 @@
+//! Every CLI command run from a directory outside the checkout: built-in journeys by name, a
+//! config's relative paths resolved against the config file's directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn manifest(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A fresh directory of this test's own, outside the checkout's working directory.
+fn elsewhere(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_anywhere-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("MICROFUNNEL__JOURNEY__PATH")
+        .env_remove("MICROFUNNEL__CHECKPOINT__DIR")
+        .output()
+        .expect("run microfunnel")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "exit {:?}; stderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn replay_gen_and_inspect_work_outside_the_checkout_with_built_in_journeys() {
+    let dir = elsewhere("replay-gen");
+    let playbook = manifest("tests/fixtures/b2b-playbook.jsonl");
+    let playbook = playbook.to_str().unwrap();
+
+    // The default journey is built in; naming it or its file gives the same bytes.
+    let by_default = ok(&run_in(&dir, &["replay", "--summary-only", playbook]));
+    let by_name = ok(&run_in(&dir, &["replay", "--journey", "b2b", "--summary-only", playbook]));
+    let b2b_file = manifest("deploy/journeys/b2b.toml");
+    let by_file = ok(&run_in(&dir, &["replay", "--journey", b2b_file.to_str().unwrap(), "--summary-only", playbook]));
+    assert_eq!(by_default, by_file);
+    assert_eq!(by_name, by_file);
+
+    ok(&run_in(&dir, &["gen", "--prospects", "20", "--days", "2", "--quiet", "--out", "traffic.jsonl"]));
+    // A journey `gen` cannot simulate is refused with what to do instead.
+    let refused = run_in(&dir, &["gen", "--journey", "ecommerce", "--prospects", "5", "--quiet", "--out", "e.jsonl"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--journey b2b"));
+    assert!(dir.join("traffic.jsonl").metadata().unwrap().len() > 0);
+    let summary = ok(&run_in(&dir, &["replay", "--summary-only", "traffic.jsonl"]));
+    assert!(summary.contains("funnel_summary"), "{summary}");
+
+    let snap = manifest("tests/fixtures/snapshots/v3-b2b-shard3.snap");
+    let inspected = ok(&run_in(&dir, &["inspect-snapshot", snap.to_str().unwrap()]));
+    assert!(inspected.contains("\"checksums\": \"ok\""), "{inspected}");
+}
+
+#[test]
+fn an_unknown_journey_says_which_names_are_built_in() {
+    let dir = elsewhere("unknown");
+    let out = run_in(&dir, &["replay", "--journey", "deploy/journeys/b2b.toml", "x.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for w in ["deploy/journeys/b2b.toml", "built-in", "b2b, ecommerce", "--journey"] {
+        assert!(err.contains(w), "{w:?} in {err}");
+    }
+}
+
+#[test]
+fn a_configs_relative_paths_resolve_against_its_directory() {
+    let dir = elsewhere("config");
+    let conf = dir.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::copy(manifest("deploy/journeys/ecommerce.toml"), conf.join("shop.toml")).unwrap();
+    std::fs::write(
+        conf.join("microfunnel.toml"),
+        "[kafka]\nbrokers = \"127.0.0.1:9092\"\n[journey]\npath = \"shop.toml\"\n[checkpoint]\ndir = \"state\"\n",
+    )
+    .unwrap();
+    let cwd = dir.join("somewhere-else");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let printed = ok(&run_in(&cwd, &["check-config", "--config", "../conf/microfunnel.toml"]));
+    assert!(printed.contains("journey `ecommerce` is valid"), "{printed}");
+    assert!(printed.contains("conf/shop.toml"), "{printed}");
+    assert!(printed.contains("conf/state"), "{printed}");
+
+    // The shipped local config names the built-in journey and works from anywhere.
+    let local = manifest("deploy/config/local.toml");
+    let printed = ok(&run_in(&cwd, &["check-config", "--config", local.to_str().unwrap()]));
+    assert!(printed.contains("journey `b2b` is valid"), "{printed}");
+}
+
+#[test]
+fn every_subcommand_has_help_outside_the_checkout() {
+    let dir = elsewhere("help");
+    for cmd in ["run", "replay", "gen", "check-config", "tail", "inspect-snapshot", "create-topics"] {
+        let help = ok(&run_in(&dir, &[cmd, "--help"]));
+        assert!(help.contains("Usage:"), "{cmd}: {help}");
+    }
+}

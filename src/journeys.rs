@@ -72,11 +72,11 @@ pub enum LoadError {
         path.display(), builtin_names()
     )]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{0} is invalid:\n{1}")]
-    Invalid(JourneyRef, crate::core::journey::JourneyErrors),
+    #[error("{journey} is invalid ({} mistake(s)):\n{errors}", errors.0.len())]
+    Invalid { journey: JourneyRef, errors: crate::core::journey::JourneyErrors },
 }
 
 /// Loads and validates a journey; every mistake in it is reported at once.
 pub fn load(journey: &JourneyRef) -> Result<Journey, LoadError> {
-    Journey::parse(&journey.text()?).map_err(|e| LoadError::Invalid(journey.clone(), e))
+    Journey::parse(&journey.text()?).map_err(|errors| LoadError::Invalid { journey: journey.clone(), errors })
 }

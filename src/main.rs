@@ -37,6 +37,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Check a journey without any other settings: every mistake at once, each by its key path;
+    /// on success a summary (stages and the signals that enter them, hot rules, timers).
+    CheckJourney(cmd::check::CheckJourneyArgs),
     /// Print a topic's records as they arrive (`--alerts` renders hot-lead alerts).
     Tail(cmd::tail::TailArgs),
     /// Show a snapshot file: header, offsets, prospect count, checksum status (`--prospect ID`
@@ -59,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => cmd::replay::run(args),
         Command::Gen(args) => cmd::generate::run(*args),
         Command::Tail(args) => cmd::tail::run(args),
+        Command::CheckJourney(args) => cmd::check::run(args),
         Command::InspectSnapshot(args) => {
             if cmd::inspect::run(args)? {
                 Ok(())

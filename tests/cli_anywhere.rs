@@ -102,3 +102,39 @@ fn every_subcommand_has_help_outside_the_checkout() {
         assert!(help.contains("Usage:"), "{cmd}: {help}");
     }
 }
+
+#[test]
+fn check_journey_lists_every_mistake_or_summarises_the_journey() {
+    let dir = elsewhere("check-journey");
+    let b2b = std::fs::read_to_string(manifest("deploy/journeys/b2b.toml")).unwrap();
+    let bad = b2b
+        .replace("cooldown_hours = 72", "cooldown_hrs = 72")
+        .replace("weight = 25.0", "weight = \"high\"")
+        .replace("after = \"quote_sent\"     #", "after = \"quote_snt\"     #")
+        .replacen("stages = [\"evaluating\", \"deciding\"]", "stages = [\"evaluating\", \"decidng\"]", 1)
+        .replace("score_at_least = 60.0", "score_at_least = 250.0");
+    std::fs::write(dir.join("bad.toml"), bad).unwrap();
+    let out = run_in(&dir, &["check-journey", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("journey file bad.toml is invalid (5 mistake(s))"), "{err}");
+    for want in [
+        "hot.cooldown_hrs: unknown key; did you mean `cooldown_hours`?",
+        "signals[8] (`demo_requested`).weight: wrong type: string \"high\", expected f64",
+        "ghosted.after: unknown signal `quote_snt`; did you mean `quote_sent`?",
+        "stalled.stages[1]: unknown stage `decidng`; did you mean `deciding`?",
+        "hot_rules[2] (`engaged`).score_at_least: 250 can never be reached",
+    ] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+
+    let summary = ok(&run_in(&dir, &["check-journey", "b2b"]));
+    for want in [
+        "journey `b2b` is valid",
+        "30 evaluating [current opportunity]: add_to_cart, demo_requested, meeting_booked",
+        "engaged: score reaches 60 (of at most 200)",
+        "ghosted: no prospect-initiated signal within 5 days after quote_sent",
+    ] {
+        assert!(summary.contains(want), "{want:?} in {summary}");
+    }
+}

@@ -445,11 +445,10 @@ fn a_terminal_stage_holds_even_against_later_ordered_stages() {
         won,
         "[[stages]]\nname = \"lost\"\norder = 45\nentered_by = [\"deal_lost\"]\nterminal = true\noutcome = \"lost\"\n\n[[stages]]\nname = \"won\"\n",
     );
-    // The old block keeps its order but loses its entry signal.
-    let text = text.replace(
-        "entered_by = [\"deal_lost\"]\nterminal = true\noutcome = \"lost\"\nnext_commitment",
-        "next_commitment",
-    );
+    // The old block goes (a stage no signal enters is refused as unreachable).
+    let start = text.find("[[stages]]\nname = \"lost_moved\"").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    let text = format!("{}{}", &text[..start], &text[end..]);
     let mut p = Playbook::on(Arc::new(Journey::from_toml_str(&text).expect("reordered journey loads")));
     assert!(p.stage("lost") < p.stage("won"));
     p.web("usr_6120", "demo_requested", day(0.0));

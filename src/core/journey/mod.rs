@@ -3,6 +3,7 @@
 //! and validated once; the engine only ever sees a valid `Journey`.
 
 mod raw;
+mod schema;
 mod validate;
 
 use std::collections::HashMap;
@@ -12,8 +13,8 @@ use serde::Deserialize;
 
 use super::event::{EventKind, Source};
 use super::time::{Span, Ts};
-use raw::RawJourney;
 pub use raw::{DEFAULT_MAX_EVENT_TIME, DEFAULT_MIN_EVENT_TIME, DEFAULT_PLACEHOLDER_IDS};
+pub use schema::suggest;
 
 /// Index of a stage in `Journey::stages` (stages are kept in increasing order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,12 +33,17 @@ pub const MAX_TRACKED: usize = 8;
 pub enum JourneyError {
     #[error("journey file is not valid TOML: {0}")]
     Toml(String),
+    /// An unknown key, a value of the wrong type, an unknown value of a fixed set.
+    #[error("{at}: {problem}")]
+    Schema { at: String, problem: String },
+    #[error("{at}: missing; this key is required")]
+    Missing { at: String },
     #[error("{at}: {problem}")]
     Invalid { at: String, problem: String },
-    #[error("{at}: unknown signal `{name}`; declare it under [[signals]] first")]
-    UnknownSignal { at: String, name: String },
-    #[error("{at}: unknown stage `{name}`; known stages: {known}")]
-    UnknownStage { at: String, name: String, known: String },
+    #[error("{at}: unknown signal `{name}`{hint}")]
+    UnknownSignal { at: String, name: String, hint: String },
+    #[error("{at}: unknown stage `{name}`{hint}; known stages: {known}")]
+    UnknownStage { at: String, name: String, hint: String, known: String },
     #[error(
         "signals[{index}]: `{name}` (normalised `{key}`) is already declared by {first}; each signal name and alias must be unique"
     )]
@@ -275,9 +281,12 @@ impl Journey {
 
     /// Parses and validates a journey from TOML text; every mistake found.
     pub fn parse(text: &str) -> Result<Journey, JourneyErrors> {
-        let raw: RawJourney =
-            toml::from_str(text).map_err(|e| JourneyErrors(vec![JourneyError::Toml(e.to_string())]))?;
-        Self::validate(raw).map_err(|e| JourneyErrors(vec![e]))
+        let mut errors = schema::Errors::default();
+        let journey = schema::read(text, &mut errors).map(|raw| Self::validate(raw, &mut errors));
+        match journey {
+            Some(j) if errors.list.is_empty() => Ok(j),
+            _ => Err(JourneyErrors(errors.list)),
+        }
     }
 
     /// Maps an event to its signal: page/screen/identify calls by the `[segment]` table, named

@@ -1,5 +1,7 @@
 //! The journey file as written: the serde `Raw*` structs and the defaults of optional settings.
-//! `Journey::validate` (`validate.rs`) turns a `RawJourney` into a `Journey`.
+//! `Journey::validate` (`validate.rs`) turns a `RawJourney` into a `Journey`. Required keys are
+//! `Option`s (or empty defaults) here, so that one missing key does not stop the reading of the
+//! rest: `validate` reports each one by its key path.
 
 use serde::Deserialize;
 
@@ -8,14 +10,17 @@ use super::{Outcome, SignalSource, UnmappedPolicy};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawJourney {
+    #[serde(default)]
     pub(super) name: String,
     #[serde(default)]
     pub(super) description: String,
-    pub(super) scoring: RawScoring,
+    pub(super) scoring: Option<RawScoring>,
     #[serde(default)]
     pub(super) time: RawTime,
-    pub(super) hot: RawHot,
+    pub(super) hot: Option<RawHot>,
+    #[serde(default)]
     pub(super) stages: Vec<RawStage>,
+    #[serde(default)]
     pub(super) signals: Vec<RawSignal>,
     #[serde(default)]
     pub(super) hot_rules: Vec<RawHotRule>,
@@ -32,7 +37,7 @@ pub(super) struct RawJourney {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawScoring {
-    pub(super) half_life_days: f64,
+    pub(super) half_life_days: Option<f64>,
     #[serde(default = "default_max_score")]
     pub(super) max_score: f64,
 }
@@ -127,15 +132,16 @@ fn default_lateness_hours() -> f64 {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHot {
-    pub(super) cooldown_hours: f64,
-    pub(super) hot_for_days: f64,
+    pub(super) cooldown_hours: Option<f64>,
+    pub(super) hot_for_days: Option<f64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStage {
+    #[serde(default)]
     pub(super) name: String,
-    pub(super) order: u32,
+    pub(super) order: Option<u32>,
     #[serde(default)]
     pub(super) entered_by: Vec<String>,
     #[serde(default)]
@@ -150,11 +156,12 @@ pub(super) struct RawStage {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSignal {
+    #[serde(default)]
     pub(super) name: String,
-    pub(super) source: SignalSource,
-    pub(super) weight: f64,
+    pub(super) source: Option<SignalSource>,
+    pub(super) weight: Option<f64>,
     pub(super) cap: Option<f64>,
-    pub(super) prospect_initiated: bool,
+    pub(super) prospect_initiated: Option<bool>,
     #[serde(default)]
     pub(super) aliases: Vec<String>,
     #[serde(default)]
@@ -164,7 +171,9 @@ pub(super) struct RawSignal {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHotRule {
+    #[serde(default)]
     pub(super) name: String,
+    #[serde(default)]
     pub(super) reason: String,
     pub(super) score_at_least: Option<f64>,
     pub(super) signal: Option<String>,
@@ -175,14 +184,16 @@ pub(super) struct RawHotRule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGhosted {
+    #[serde(default)]
     pub(super) after: String,
-    pub(super) days: f64,
+    pub(super) days: Option<f64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStalled {
-    pub(super) days: f64,
+    pub(super) days: Option<f64>,
+    #[serde(default)]
     pub(super) stages: Vec<String>,
 }
 

@@ -459,3 +459,22 @@ fn unknown_names_without_a_close_match_say_how_to_fix_them() {
     let text = b2b_with(r#"after = "quote_sent"     #"#, r#"after = "zzz"     #"#);
     assert_eq!(all_errors(&text), ["ghosted.after: unknown signal `zzz`; declare it under [[signals]] first"]);
 }
+
+#[test]
+fn page_rules_are_checked() {
+    let text = format!(
+        "{B2B}
+[[segment.pages]]
+path = \"/pricing[\"
+signal = \"pricing_viewd\"
+
+[[segment.pages]]
+signal = \"page_viewed\"
+"
+    );
+    let errors = all_errors(&text);
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(errors[0].starts_with("segment.pages[0].signal: unknown signal `pricing_viewd`"), "{errors:#?}");
+    assert!(errors[1].starts_with("segment.pages[0].path: `/pricing[` is not a pattern"), "{errors:#?}");
+    assert!(errors[2].starts_with("segment.pages[1]: set at least one of"), "{errors:#?}");
+}

@@ -104,5 +104,14 @@ pub fn summary(j: &Journey) -> String {
         seg(j.identify_signal),
         format!("{:?}", j.unmapped).to_lowercase()
     );
+    for r in &j.page_rules {
+        let mut when = Vec::new();
+        for (key, p) in [("name", &r.name), ("category", &r.category), ("path", &r.path), ("url", &r.url)] {
+            if let Some(p) = p {
+                when.push(format!("{key} {}", p.as_str()));
+            }
+        }
+        let _ = writeln!(o, "  page/screen with {} -> {}", when.join(" and "), sig(r.signal));
+    }
     o
 }

@@ -181,6 +181,55 @@ pub struct StallRule {
     pub stages: u32,
 }
 
+/// A `[[segment.pages]]` rule: a page or screen call whose fields match every pattern the rule
+/// sets raises `signal` instead of the `[segment]` default. Patterns are globs (`*`, `?`,
+/// `[abc]`), matched ignoring ASCII case.
+#[derive(Clone, Debug)]
+pub struct PageRule {
+    pub signal: SignalId,
+    pub name: Option<glob::Pattern>,
+    pub category: Option<glob::Pattern>,
+    /// Matched against `properties.path`, else the path of `properties.url`.
+    pub path: Option<glob::Pattern>,
+    pub url: Option<glob::Pattern>,
+}
+
+/// The fields of a Segment page or screen call that `[[segment.pages]]` rules look at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageFields<'a> {
+    pub name: Option<&'a str>,
+    pub category: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub url: Option<&'a str>,
+}
+
+impl PageFields<'_> {
+    /// `path`, or the path of `url` (`https://host/pricing?x` -> `/pricing`).
+    fn path(&self) -> Option<&str> {
+        self.path.or_else(|| {
+            let url = self.url?;
+            let rest = url.split_once("://").map_or(url, |(_, r)| r);
+            let path = &rest[rest.find('/')?..];
+            Some(path.split(['?', '#']).next().unwrap_or(path))
+        })
+    }
+}
+
+impl PageRule {
+    fn matches(&self, f: &PageFields) -> bool {
+        const OPTS: glob::MatchOptions = glob::MatchOptions {
+            case_sensitive: false,
+            require_literal_separator: false,
+            require_literal_leading_dot: false,
+        };
+        let ok = |p: &Option<glob::Pattern>, v: Option<&str>| match p {
+            None => true,
+            Some(p) => v.is_some_and(|v| p.matches_with(v, OPTS)),
+        };
+        ok(&self.name, f.name) && ok(&self.category, f.category) && ok(&self.path, f.path()) && ok(&self.url, f.url)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Journey {
     pub name: String,
@@ -210,6 +259,8 @@ pub struct Journey {
     pub page_signal: Option<SignalId>,
     pub screen_signal: Option<SignalId>,
     pub identify_signal: Option<SignalId>,
+    /// `[[segment.pages]]`, in file order; the first match wins.
+    pub page_rules: Vec<PageRule>,
     pub unmapped: UnmappedPolicy,
     /// Events before this instant are refused (`bad_timestamp`): a client clock reset to 1970,
     /// a zero timestamp.
@@ -299,6 +350,15 @@ impl Journey {
             EventKind::Identify => self.identify_signal,
             EventKind::Group | EventKind::Alias => None,
             EventKind::Named => self.lookup(name),
+        }
+    }
+
+    /// Maps a page or screen call by the first `[[segment.pages]]` rule its fields match, else
+    /// by the `[segment]` default of its kind.
+    pub fn resolve_page(&self, kind: EventKind, fields: &PageFields) -> Option<SignalId> {
+        match self.page_rules.iter().find(|r| r.matches(fields)) {
+            Some(r) => Some(r.signal),
+            None => self.resolve(kind, ""),
         }
     }
 

@@ -212,4 +212,18 @@ pub(super) struct RawSegment {
     pub(super) identify: Option<String>,
     #[serde(default)]
     pub(super) unmapped_events: UnmappedPolicy,
+    /// `[[segment.pages]]`: page and screen calls mapped by name, category, path or URL.
+    #[serde(default)]
+    pub(super) pages: Vec<RawPageRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPageRule {
+    #[serde(default)]
+    pub(super) signal: String,
+    pub(super) name: Option<String>,
+    pub(super) category: Option<String>,
+    pub(super) path: Option<String>,
+    pub(super) url: Option<String>,
 }

@@ -8,7 +8,7 @@ use super::raw::{RawJourney, RawStage};
 use super::schema::{Errors, did_you_mean};
 use super::{
     GhostRule, HotCondition, HotRule, Journey, JourneyError, MAX_HOT_RULES, MAX_SIGNALS, MAX_STAGES, MAX_TRACKED,
-    Names, SignalDef, SignalId, SignalSource, StageDef, StageId, StallRule, match_key, normalize_name,
+    Names, PageRule, SignalDef, SignalId, SignalSource, StageDef, StageId, StallRule, match_key, normalize_name,
 };
 use crate::core::time::{Span, Ts, parse_rfc3339};
 
@@ -326,6 +326,46 @@ fn hot_rules(
     (rules, tracked)
 }
 
+/// Most `[[segment.pages]]` rules; each page call may try all of them.
+const MAX_PAGE_RULES: usize = 256;
+
+fn page_rules(raw: &RawJourney, names: &SignalNames, e: &mut Errors) -> Vec<PageRule> {
+    let pages = &raw.segment.pages;
+    if pages.len() > MAX_PAGE_RULES {
+        e.invalid("segment.pages", format!("at most {MAX_PAGE_RULES} page rules are supported"));
+    }
+    let mut rules = Vec::with_capacity(pages.len());
+    for (i, r) in pages.iter().take(MAX_PAGE_RULES).enumerate() {
+        let at = format!("segment.pages[{i}]");
+        let signal = if e.need_name(&r.signal, &format!("{at}.signal")) {
+            names.of(e, format!("{at}.signal"), &r.signal)
+        } else {
+            None
+        };
+        let mut pattern = |key: &str, p: &Option<String>| {
+            p.as_deref().and_then(|p| match glob::Pattern::new(p) {
+                Ok(p) => Some(p),
+                Err(err) => {
+                    e.invalid(format!("{at}.{key}"), format!("`{p}` is not a pattern: {err}"));
+                    None
+                }
+            })
+        };
+        let (name, category) = (pattern("name", &r.name), pattern("category", &r.category));
+        let (path, url) = (pattern("path", &r.path), pattern("url", &r.url));
+        if [&r.name, &r.category, &r.path, &r.url].iter().all(|p| p.is_none()) {
+            e.invalid(
+                &at,
+                "set at least one of `name`, `category`, `path`, `url` (without one the rule matches every page)",
+            );
+        }
+        if let Some(signal) = signal {
+            rules.push(PageRule { signal, name, category, path, url });
+        }
+    }
+    rules
+}
+
 impl Journey {
     pub(super) fn validate(raw: RawJourney, e: &mut Errors) -> Journey {
         e.need_name(&raw.name, "name");
@@ -379,6 +419,7 @@ impl Journey {
         let page_signal = seg.page.as_deref().and_then(|n| names.of(e, "segment.page".into(), n));
         let screen_signal = seg.screen.as_deref().and_then(|n| names.of(e, "segment.screen".into(), n));
         let identify_signal = seg.identify.as_deref().and_then(|n| names.of(e, "segment.identify".into(), n));
+        let page_rules = page_rules(&raw, &names, e);
 
         let min_event_time = e.time("min_event_time", &raw.time.min_event_time);
         let max_event_time = e.time("max_event_time", &raw.time.max_event_time);
@@ -428,6 +469,7 @@ impl Journey {
             page_signal,
             screen_signal,
             identify_signal,
+            page_rules,
             unmapped: seg.unmapped_events,
             min_event_time,
             max_event_time,

@@ -47,7 +47,7 @@ pub struct Options {
 }
 
 /// Totals of a replay run.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Totals {
     pub lines: u64,
     /// Events refused, by the decoder (a batch counts each bad item) or by the engine.
@@ -57,6 +57,9 @@ pub struct Totals {
     pub rejected_by_decoder: u64,
     /// `rejected` by reason, indexed as [`RejectReason::ALL`].
     pub rejected_by_reason: [u64; RejectReason::ALL.len()],
+    /// `hot_lead_suppressed` outputs by hot rule (indexed as the journey's `hot_rules`; a
+    /// suppressed alert counts once for each rule that fired).
+    pub suppressed_by_rule: Vec<u64>,
 }
 
 impl Totals {
@@ -318,9 +321,12 @@ fn write_summary(journey: &Journey, shards: &[Engine], totals: &Totals, buf: &mu
         .filter(|(_, n)| *n > 0)
         .map(|(r, n)| (r.as_str(), n))
         .collect();
+    let by_rule: Vec<(&str, u64)> =
+        journey.hot_rules.iter().zip(&totals.suppressed_by_rule).map(|(r, n)| (r.name.as_str(), *n)).collect();
     let report = funnel.report(journey);
     let figures = codec::outbound::Figures { watermark, stats: &stats, census: &census, funnel: &report };
-    codec::write_report(&figures, &by_reason, buf).map_err(io::Error::other)?;
+    let counts = codec::outbound::ReplayCounts { rejected_by_reason: &by_reason, alerts_suppressed_by_rule: &by_rule };
+    codec::write_report(&figures, &counts, buf).map_err(io::Error::other)?;
     buf.push(b'\n');
     Ok(())
 }
@@ -412,6 +418,13 @@ fn flush(
             totals.reject(*reason);
             writeln!(err, "{at}: {}: {detail}", reason.as_str())?;
             continue;
+        }
+        if let Output::HotLeadSuppressed(s) = &o {
+            let rules = engine.journey().hot_rules.len();
+            totals.suppressed_by_rule.resize(rules, 0);
+            for (r, n) in totals.suppressed_by_rule.iter_mut().enumerate() {
+                *n += u64::from(s.rules & (1 << r) != 0);
+            }
         }
         totals.outputs += 1;
         if summary_only {

@@ -132,7 +132,8 @@ fn check_journey_lists_every_mistake_or_summarises_the_journey() {
     for want in [
         "journey `b2b` is valid",
         "30 evaluating [current opportunity]: add_to_cart, demo_requested, meeting_booked",
-        "engaged: score reaches 60 (of at most 200)",
+        "engaged (priority 0): score reaches 60 (of at most 200)",
+        "clarification_after_quote (priority 20): quote_clarification_requested within 14 days after quote_sent",
         "ghosted: no prospect-initiated signal within 5 days after quote_sent",
     ] {
         assert!(summary.contains(want), "{want:?} in {summary}");

@@ -646,3 +646,30 @@ fn gen_writes_per_topic_files_holding_exactly_each_sources_lines_in_order() {
     assert_eq!((w.next(), c.next()), (None, None));
     assert!(crm.lines().all(|l| !l.contains("\"source\":\"web\"")));
 }
+
+#[test]
+fn suppressed_alerts_are_lines_of_their_own_and_counted_by_rule() {
+    let ev = |id: &str, kind: &str, ts: &str| {
+        format!(r#"{{"event_id":"{id}","prospect_id":"usr_1","source":"web","type":"{kind}","ts":"{ts}"}}"#)
+    };
+    let lines = [
+        ev("e1", "quote_requested", "2026-03-02T09:00:00Z"),
+        ev("e2", "quote_requested", "2026-03-03T09:00:00Z"),
+        ev("e3", "quote_requested", "2026-03-03T10:00:00Z"),
+    ];
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay_cli-suppressed.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let out = replay(&[path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_json(&out);
+    assert_eq!(of_kind(&lines, "hot_lead").len(), 1);
+    let held = of_kind(&lines, "hot_lead_suppressed");
+    assert_eq!(held.len(), 2);
+    assert_eq!(held[0]["rules"], serde_json::json!(["quote_requested"]));
+    assert_eq!(held[0]["held_by"], "quote_requested");
+    // The third request also takes the score past 60: both rules are held back and named.
+    assert_eq!(held[1]["rules"], serde_json::json!(["quote_requested", "engaged"]));
+    let summary = of_kind(&lines, "funnel_summary")[0];
+    assert_eq!(summary["stats"]["alerts_suppressed"], 2);
+    assert_eq!(summary["stats"]["alerts_suppressed_by_rule"], serde_json::json!({"engaged": 1, "quote_requested": 2}));
+}

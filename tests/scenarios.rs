@@ -691,6 +691,69 @@ fn second_hot_trigger_within_72_hours_is_suppressed() {
     assert_eq!(p.engine.stats().alerts_suppressed, 1);
 }
 
+fn suppressed(out: &[Output]) -> Vec<&Output> {
+    out.iter().filter(|o| matches!(o, Output::HotLeadSuppressed(_))).collect()
+}
+
+#[test]
+fn a_stronger_rule_gets_through_a_weaker_rules_cooldown() {
+    let mut p = Playbook::new();
+    let j = p.journey();
+    // Engagement builds up to the score rule (priority 0) without any signal rule.
+    for k in 0..3 {
+        p.web("usr_3301", "content_downloaded", hour(f64::from(k)));
+    }
+    p.web("usr_3301", "webinar_registered", hour(4.0));
+    p.web("usr_3301", "account_created", hour(5.0));
+    let out = p.web("usr_3301", "demo_requested", hour(6.0));
+    assert_eq!(hot_leads(&out)[0].rules, rule_bit(&j, "engaged"));
+    p.crm("usr_3301", "quote_sent", day(1.0));
+
+    // A day later the micro-certainty (a sequence rule, priority 20) is not swallowed.
+    let out = p.crm("usr_3301", "quote_clarification_requested", day(2.0));
+    let leads = hot_leads(&out);
+    assert_eq!(leads.len(), 1, "{out:?}");
+    assert_eq!(leads[0].rules, rule_bit(&j, "clarification_after_quote"));
+    assert_eq!(p.view("usr_3301", None).hot_reason.as_deref(), Some(CLARIFICATION_REASON));
+
+    // A weaker rule (a plain signal rule, priority 10) within that alert's cooldown is held
+    // back, and says so.
+    let out = p.web("usr_3301", "quote_requested", day(2.5));
+    assert!(hot_leads(&out).is_empty(), "{out:?}");
+    let held = suppressed(&out);
+    assert_eq!(held.len(), 1, "{out:?}");
+    let json = p.json(held[0]);
+    assert_eq!(json["kind"], "hot_lead_suppressed");
+    assert_eq!(json["rules"], json!(["quote_requested"]));
+    assert_eq!(json["held_by"], "clarification_after_quote");
+    assert_eq!(json["cooldown_until"], day(5.0).to_string());
+    assert_eq!(json["next_commitment"], DECIDING_NEXT);
+    assert_eq!(p.engine.stats().hot_leads, 2);
+    assert_eq!(p.engine.stats().alerts_suppressed, 1);
+}
+
+#[test]
+fn an_explicit_priority_lets_a_score_rule_through_and_equal_rules_are_held() {
+    // The score rule made the strongest: a quote request (priority 10) alerts first, then the
+    // score crossing 60 within the cooldown still alerts.
+    let p30 = "score_at_least = 60.0\npriority = 30";
+    let mut p = Playbook::on(b2b_with("score_at_least = 60.0", p30));
+    let j = p.journey();
+    assert_eq!(hot_leads(&p.web("usr_3302", "quote_requested", hour(0.0))).len(), 1);
+    p.web("usr_3302", "demo_requested", hour(1.0));
+    let out = p.web("usr_3302", "webinar_registered", hour(2.0));
+    assert_eq!(hot_leads(&out).len(), 1, "{out:?}");
+    assert_eq!(hot_leads(&out)[0].rules, rule_bit(&j, "engaged"));
+
+    // Without the priority the score rule (0) is held by the quote request's alert (10).
+    let mut p = Playbook::new();
+    p.web("usr_3302", "quote_requested", hour(0.0));
+    p.web("usr_3302", "demo_requested", hour(1.0));
+    let out = p.web("usr_3302", "webinar_registered", hour(2.0));
+    assert!(hot_leads(&out).is_empty());
+    assert_eq!(p.json(suppressed(&out)[0])["held_by"], "quote_requested");
+}
+
 #[test]
 fn cooldown_is_per_prospect() {
     let mut p = Playbook::new();

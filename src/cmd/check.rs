@@ -77,7 +77,7 @@ pub fn summary(j: &Journey) -> String {
                 format!("{} within {} after {}", sig(*signal), days(*w), sig(*a))
             }
         };
-        let _ = writeln!(o, "  {}: {when}", r.name);
+        let _ = writeln!(o, "  {} (priority {}): {when}", r.name, r.priority);
     }
     let _ = writeln!(o, "timers:");
     match &j.ghost {

@@ -38,6 +38,26 @@ struct HotLeadJson<'a> {
     at: Time,
 }
 
+/// A hot-lead alert the cooldown held back, as JSON.
+#[derive(Serialize)]
+struct SuppressedJson<'a> {
+    kind: &'static str,
+    prospect: &'a str,
+    email: Option<&'a str>,
+    score: f64,
+    stage: &'a str,
+    classification: &'static str,
+    rules: Vec<&'a str>,
+    reasons: Vec<&'a str>,
+    /// The rule of the last alert, whose cooldown held this one back.
+    held_by: &'a str,
+    cooldown_until: Time,
+    next_commitment: &'a str,
+    event_id: &'a str,
+    signal: &'a str,
+    at: Time,
+}
+
 /// Appends `output` as one JSON object (no newline) to `buf`.
 ///
 /// Journey events are most of the service's output records: they are written field by field
@@ -73,6 +93,26 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
                 event_id: &h.event_id,
                 signal: &j.signal(h.signal).name,
                 at: Time(h.at),
+            };
+            serde_json::to_writer(buf, &json)?;
+        }
+        Output::HotLeadSuppressed(s) => {
+            let fired = |r: &usize| s.rules & (1 << r) != 0;
+            let json = SuppressedJson {
+                kind: "hot_lead_suppressed",
+                prospect: engine.prospect_id(s.prospect),
+                email: engine.email(s.prospect),
+                score: round2(s.score),
+                stage: &j.stage(s.stage).name,
+                classification: engine.prospect(s.prospect).classification(j).as_str(),
+                rules: (0..j.hot_rules.len()).filter(fired).map(|r| j.hot_rules[r].name.as_str()).collect(),
+                reasons: (0..j.hot_rules.len()).filter(fired).map(|r| j.hot_rules[r].reason.as_str()).collect(),
+                held_by: j.hot_rules.get(s.held_by as usize).map_or("", |r| r.name.as_str()),
+                cooldown_until: Time(s.last_alert.plus(j.alert_cooldown)),
+                next_commitment: &j.stage(s.stage).next_commitment,
+                event_id: &s.event_id,
+                signal: &j.signal(s.signal).name,
+                at: Time(s.at),
             };
             serde_json::to_writer(buf, &json)?;
         }
@@ -217,6 +257,19 @@ struct StatsOut<'a> {
     /// Replay only: rejections by reason label, non-zero labels in label order.
     #[serde(skip_serializing_if = "Option::is_none")]
     rejected_by_reason: Option<std::collections::BTreeMap<&'a str, u64>>,
+    /// Replay only: suppressed alerts by hot rule, non-zero rules in name order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alerts_suppressed_by_rule: Option<std::collections::BTreeMap<&'a str, u64>>,
+}
+
+fn nonzero<'a>(pairs: &[(&'a str, u64)]) -> std::collections::BTreeMap<&'a str, u64> {
+    pairs.iter().filter(|(_, n)| *n > 0).copied().collect()
+}
+
+/// What only replay counts, for its `funnel_summary`: (label, count) pairs, zero counts left out.
+pub struct ReplayCounts<'a> {
+    pub rejected_by_reason: &'a [(&'a str, u64)],
+    pub alerts_suppressed_by_rule: &'a [(&'a str, u64)],
 }
 
 /// An engine's (or several engines' combined) figures at a watermark.
@@ -231,7 +284,7 @@ fn write_summary(
     kind: &'static str,
     shard: Option<(&str, i32)>,
     f: &Figures<'_>,
-    rejected_by_reason: Option<&[(&str, u64)]>,
+    replay: Option<&ReplayCounts<'_>>,
     buf: &mut Vec<u8>,
 ) -> serde_json::Result<()> {
     let s = Summary {
@@ -241,7 +294,8 @@ fn write_summary(
         watermark: (!f.watermark.is_none()).then_some(Time(f.watermark)),
         stats: StatsOut {
             stats: f.stats,
-            rejected_by_reason: rejected_by_reason.map(|r| r.iter().filter(|(_, n)| *n > 0).copied().collect()),
+            rejected_by_reason: replay.map(|r| nonzero(r.rejected_by_reason)),
+            alerts_suppressed_by_rule: replay.map(|r| nonzero(r.alerts_suppressed_by_rule)),
         },
         census: f.census,
         funnel: f.funnel,
@@ -249,10 +303,10 @@ fn write_summary(
     serde_json::to_writer(buf, &s)
 }
 
-/// Appends replay's final `funnel_summary`; `rejected_by_reason` (label, count) becomes
-/// `stats.rejected_by_reason` (zero counts left out).
-pub fn write_report(f: &Figures<'_>, rejected_by_reason: &[(&str, u64)], buf: &mut Vec<u8>) -> serde_json::Result<()> {
-    write_summary("funnel_summary", None, f, Some(rejected_by_reason), buf)
+/// Appends replay's final `funnel_summary`; the counts only replay keeps become
+/// `stats.rejected_by_reason` and `stats.alerts_suppressed_by_rule` (zero counts left out).
+pub fn write_report(f: &Figures<'_>, counts: &ReplayCounts<'_>, buf: &mut Vec<u8>) -> serde_json::Result<()> {
+    write_summary("funnel_summary", None, f, Some(counts), buf)
 }
 
 /// One shard's figures for the funnel topic: sum the `stats`, `census` and per-stage counts of
@@ -340,7 +394,7 @@ mod tests {
                 watermark: Time(*watermark),
             },
             Output::Rejected { reason, detail } => Reference::Rejected { reason: reason.as_str(), detail },
-            Output::HotLead(_) => return None,
+            Output::HotLead(_) | Output::HotLeadSuppressed(_) => return None,
         };
         Some(serde_json::to_string(&r).unwrap())
     }

@@ -74,6 +74,24 @@ pub struct HotLead {
     pub at: Ts,
 }
 
+/// A hot-lead alert that did not go out: the prospect's last alert, of a rule at least as strong,
+/// is within the cooldown. Data for sales to see what was held back, and for counting by rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuppressedLead {
+    pub prospect: ProspectIx,
+    /// Bit `i` set: `journey.hot_rules[i]` fired (and was suppressed).
+    pub rules: u32,
+    /// The rule of the last alert, whose cooldown held this one back.
+    pub held_by: u8,
+    /// The last alert's time; the cooldown runs from it.
+    pub last_alert: Ts,
+    pub score: f64,
+    pub stage: StageId,
+    pub signal: SignalId,
+    pub event_id: String,
+    pub at: Ts,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     /// The prospect reached a later milestone (`from: None` for a prospect's first event).
@@ -86,6 +104,8 @@ pub enum Output {
         late: bool,
     },
     HotLead(Box<HotLead>),
+    /// A hot-lead alert held back by the cooldown of an alert of a rule at least as strong.
+    HotLeadSuppressed(Box<SuppressedLead>),
     /// No prospect-initiated signal within the window after the ghost-rule signal (a quote).
     Ghosted {
         prospect: ProspectIx,

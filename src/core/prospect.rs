@@ -32,7 +32,8 @@ pub struct Prospect {
     pub recent: [u64; RECENT_IDS],
     pub stage: StageId,
     pub flags: u8,
-    /// Index of the hot rule that last made the prospect hot.
+    /// Index of the hot rule of the prospect's last alert (the strongest rule it named): why
+    /// the prospect is hot, and the priority a rule needs to alert within that alert's cooldown.
     pub hot_rule: u8,
     pub recent_pos: u8,
 }

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub prospects: IntGaugeVec,
     pub prospects_total: IntGauge,
     pub hot_leads: IntCounter,
+    /// Hot-lead alerts held back by a cooldown, by the rule that fired.
+    pub alerts_suppressed: IntCounterVec,
     pub ghosted: IntCounter,
     pub stalled: IntCounter,
     pub latency: HistogramVec,
@@ -255,6 +257,12 @@ impl Metrics {
             prospects,
             prospects_total,
             hot_leads: counter(&r, "microfunnel_hot_leads_total", "Hot-lead alerts emitted.")?,
+            alerts_suppressed: counter_vec(
+                &r,
+                "microfunnel_alerts_suppressed_total",
+                "Hot-lead alerts held back by the cooldown of an alert of a rule at least as strong, by the rule that fired (a `hot_lead_suppressed` journey event each).",
+                &["rule"],
+            )?,
             ghosted: counter(&r, "microfunnel_ghosted_total", "Prospects that went silent after a quote.")?,
             stalled: counter(&r, "microfunnel_stalled_total", "Deals that parked (no stage advance in time).")?,
             latency,
@@ -282,6 +290,9 @@ impl Metrics {
         }
         for st in &journey.stages {
             m.prospects.with_label_values(&[&st.name]);
+        }
+        for rule in &journey.hot_rules {
+            m.alerts_suppressed.with_label_values(&[&rule.name]);
         }
         for result in ["ok", "failed"] {
             m.checkpoints.with_label_values(&[result]);

@@ -166,6 +166,22 @@ pub struct HotRule {
     pub name: String,
     pub reason: String,
     pub condition: HotCondition,
+    /// How strong the rule is: an alert of a rule with a higher priority than the rule of the
+    /// prospect's last alert goes out within that alert's cooldown (a weaker or equal one is
+    /// suppressed). Default [`HotRule::default_priority`].
+    pub priority: u8,
+}
+
+impl HotRule {
+    /// A rule's priority when the journey does not set one: a sequence rule (a signal within a
+    /// window after another) 20, a signal rule 10, a score rule 0.
+    pub fn default_priority(condition: &HotCondition) -> u8 {
+        match condition {
+            HotCondition::ScoreAtLeast(_) => 0,
+            HotCondition::Signal { after: None, .. } => 10,
+            HotCondition::Signal { after: Some(_), .. } => 20,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

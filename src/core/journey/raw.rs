@@ -179,6 +179,7 @@ pub(super) struct RawHotRule {
     pub(super) signal: Option<String>,
     pub(super) after: Option<String>,
     pub(super) within_days: Option<f64>,
+    pub(super) priority: Option<u8>,
 }
 
 #[derive(Deserialize)]

@@ -320,7 +320,8 @@ fn hot_rules(
             }
         };
         if let Some(condition) = condition {
-            rules.push(HotRule { name: r.name.clone(), reason: r.reason.clone(), condition });
+            let priority = r.priority.unwrap_or_else(|| HotRule::default_priority(&condition));
+            rules.push(HotRule { name: r.name.clone(), reason: r.reason.clone(), condition, priority });
         }
     }
     (rules, tracked)

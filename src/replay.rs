@@ -387,7 +387,17 @@ fn add_stats(into: &mut Stats, s: &Stats) {
 }
 
 fn add_census(into: &mut Census, c: &Census) {
-    let Census { prospects, hot, ghosted, stalled, current_opportunity, no_current_opportunity, not_a_prospect } = c;
+    let Census {
+        prospects,
+        hot,
+        ghosted,
+        stalled,
+        gone_quiet,
+        current_opportunity,
+        no_current_opportunity,
+        not_a_prospect,
+    } = c;
+    into.gone_quiet += gone_quiet;
     into.prospects += prospects;
     into.hot += hot;
     into.ghosted += ghosted;

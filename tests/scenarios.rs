@@ -277,7 +277,8 @@ fn silence_for_5_days_after_quote_ghosts_when_time_advances() {
     let j = p.json(&out[0]);
     assert_eq!(
         j,
-        json!({"kind": "ghosted", "prospect": "usr_4410", "stage": "deciding",
+        json!({"kind": "ghosted", "prospect": "usr_4410", "email": null, "stage": "deciding",
+        "classification": "current_opportunity", "next_commitment": DECIDING_NEXT,
         "since": "2026-03-03T09:00:00.000Z", "at": "2026-03-08T09:00:00.000Z"})
     );
     assert!(p.view("usr_4410", None).ghosted);
@@ -645,7 +646,9 @@ fn twenty_one_days_in_evaluating_without_advance_stalls() {
     assert_eq!(stalled(&out), vec![(p.ix("usr_3107"), p.stage("evaluating"), day(0.0), day(21.0))]);
     assert_eq!(
         p.json(&out[0]),
-        json!({"kind": "stalled", "prospect": "usr_3107", "stage": "evaluating",
+        json!({"kind": "stalled", "prospect": "usr_3107", "email": null, "stage": "evaluating",
+            "classification": "current_opportunity",
+            "next_commitment": "Agree the decision criteria and ask who else should see the quote",
             "since": "2026-03-02T09:00:00.000Z", "at": "2026-03-23T09:00:00.000Z"})
     );
     assert!(p.view("usr_3107", None).stalled);
@@ -951,4 +954,114 @@ fn a_won_customer_is_not_moved_to_lost_by_a_later_deal_lost() {
     let out = p.crm("usr_7001", "deal_lost", day(40.0));
     assert!(stage_changes(&out).is_empty(), "a lost upsell does not un-win a customer: {out:?}");
     assert_eq!(p.view("usr_7001", None).stage, "won");
+}
+
+// ---- gone quiet, next micro-commitment per classification ----------------------------------
+
+/// b2b with a `[gone_quiet]` timer on interested prospects and texts per classification.
+fn b2b_quiet() -> Arc<Journey> {
+    let text = format!(
+        "{}\n[gone_quiet]\ndays = 7\nstages = [\"interested\", \"evaluating\"]\n",
+        B2B.replace(
+            "opportunity_stages = [\"evaluating\", \"deciding\"]",
+            "opportunity_stages = [\"evaluating\", \"deciding\"]\nnext_commitment = { not_a_prospect = \"Nothing to ask\" }",
+        )
+        .replace(
+            "next_commitment = \"Invite them to a 20-minute demo built around their use case\"",
+            "next_commitment = \"Invite them to a 20-minute demo built around their use case\"\nnext_commitment_for = { no_current_opportunity = \"Send the monthly digest\" }",
+        )
+    );
+    Arc::new(Journey::from_toml_str(&text).expect("b2b with gone_quiet loads"))
+}
+
+fn gone_quiet(out: &[Output]) -> Vec<(ProspectIx, StageId, Ts, Ts)> {
+    out.iter()
+        .filter_map(|o| match *o {
+            Output::GoneQuiet { prospect, stage, since, at } => Some((prospect, stage, since, at)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_prospect_active_then_silent_in_a_watched_stage_goes_quiet() {
+    let mut p = Playbook::on(b2b_quiet());
+    p.line(
+        &json!({"type": "identify", "userId": "usr_5150", "messageId": "m-1", "timestamp": day(0.0).to_string(),
+        "traits": {"email": "ana@contoso.example"}})
+        .to_string()
+        .into_bytes(),
+    );
+    p.web("usr_5150", "content_downloaded", day(0.0));
+    p.web("usr_5150", "page_viewed", day(0.5));
+    p.web("usr_5150", "page_viewed", day(3.0));
+    // Seven days after the last activity (day 3), not after the first.
+    assert!(gone_quiet(&p.advance(day(10.0))).is_empty());
+    let out = p.advance(day(10.5));
+    assert_eq!(gone_quiet(&out), vec![(p.ix("usr_5150"), p.stage("interested"), day(3.0), day(10.0))]);
+    assert_eq!(
+        p.json(&out[0]),
+        json!({"kind": "gone_quiet", "prospect": "usr_5150", "email": "ana@contoso.example", "stage": "interested",
+            "classification": "no_current_opportunity", "next_commitment": "Send the monthly digest",
+            "since": day(3.0).to_string(), "at": day(10.0).to_string()})
+    );
+    assert_eq!(p.engine.census().gone_quiet, 1);
+    // Once: nothing more while silent; activity clears it and starts the clock again.
+    assert!(gone_quiet(&p.advance(day(30.0))).is_empty());
+    p.web("usr_5150", "page_viewed", day(31.0));
+    assert_eq!(p.engine.census().gone_quiet, 0);
+    assert_eq!(gone_quiet(&p.advance(day(38.5))).len(), 1);
+}
+
+#[test]
+fn quiet_is_judged_in_event_time_whatever_fires_it() {
+    // The prospect's own later event fires the silence it ends, before it counts as activity.
+    let mut p = Playbook::on(b2b_quiet());
+    p.web("usr_5151", "content_downloaded", day(0.0));
+    let out = p.web("usr_5151", "page_viewed", day(9.0));
+    assert_eq!(gone_quiet(&out), vec![(p.ix("usr_5151"), p.stage("interested"), day(0.0), day(7.0))]);
+    // Unwatched stages do not go quiet; seller signals are not activity.
+    let mut p = Playbook::on(b2b_quiet());
+    p.web("usr_5152", "page_viewed", day(0.0));
+    assert!(gone_quiet(&p.advance(day(30.0))).is_empty());
+    p.web("usr_5152", "demo_requested", day(31.0));
+    p.crm("usr_5152", "meeting_booked", day(35.0));
+    let out = p.advance(day(38.5));
+    assert_eq!(gone_quiet(&out), vec![(p.ix("usr_5152"), p.stage("evaluating"), day(31.0), day(38.0))]);
+}
+
+#[test]
+fn the_next_commitment_depends_on_stage_and_classification() {
+    let j = b2b_quiet();
+    let interested = j.stage_by_name("interested").unwrap();
+    let deciding = j.stage_by_name("deciding").unwrap();
+    assert_eq!(j.next_commitment(interested, Classification::NoCurrentOpportunity), "Send the monthly digest");
+    assert_eq!(
+        j.next_commitment(interested, Classification::CurrentOpportunity),
+        "Invite them to a 20-minute demo built around their use case"
+    );
+    assert_eq!(j.next_commitment(deciding, Classification::CurrentOpportunity), DECIDING_NEXT);
+    // A stage without text of its own falls back to the journey's text for the classification.
+    let bare = Journey::from_toml_str(&B2B.replace(&format!("next_commitment = \"{DECIDING_NEXT}\""), "").replace(
+        "opportunity_stages = [\"evaluating\", \"deciding\"]",
+        "opportunity_stages = [\"evaluating\", \"deciding\"]\nnext_commitment = { current_opportunity = \"Explore in depth\" }",
+    ))
+    .unwrap();
+    assert_eq!(bare.next_commitment(deciding, Classification::CurrentOpportunity), "Explore in depth");
+}
+
+#[test]
+fn a_restored_engine_rearms_the_quiet_timer() {
+    let mut p = Playbook::on(b2b_quiet());
+    p.web("usr_5153", "content_downloaded", day(0.0));
+    p.web("usr_5153", "page_viewed", day(2.0));
+    let mut bytes = Vec::new();
+    p.engine.encode_state(&mut bytes);
+    let mut restored = Engine::decode_state(b2b_quiet(), &bytes).unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    p.engine.advance_to(day(9.5), &mut a);
+    restored.advance_to(day(9.5), &mut b);
+    assert_eq!(gone_quiet(&a).len(), 1);
+    assert_eq!(a, b);
+    assert_eq!(p.engine.digest(), restored.digest());
 }

@@ -95,6 +95,16 @@ pub fn summary(j: &Journey) -> String {
         }
         None => o.push_str("  stalled: none\n"),
     }
+    if let Some(q) = &j.quiet {
+        let watched: Vec<&str> =
+            (0..j.stages.len()).filter(|i| q.stages & (1 << i) != 0).map(|i| j.stages[i].name.as_str()).collect();
+        let _ = writeln!(
+            o,
+            "  gone quiet: no prospect-initiated signal within {} in {}",
+            days(q.window),
+            watched.join(", ")
+        );
+    }
     let seg = |s: Option<microfunnel::core::SignalId>| s.map_or("(none)", sig);
     let _ = writeln!(
         o,

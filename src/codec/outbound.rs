@@ -79,6 +79,7 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
         }
         Output::HotLead(h) => {
             let fired = |r: &usize| h.rules & (1 << r) != 0;
+            let class = engine.prospect(h.prospect).classification(j);
             let json = HotLeadJson {
                 kind: "hot_lead",
                 alert_id: &h.alert_id,
@@ -86,10 +87,10 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
                 email: engine.email(h.prospect),
                 score: round2(h.score),
                 stage: &j.stage(h.stage).name,
-                classification: engine.prospect(h.prospect).classification(j).as_str(),
+                classification: class.as_str(),
                 rules: (0..j.hot_rules.len()).filter(fired).map(|r| j.hot_rules[r].name.as_str()).collect(),
                 reasons: (0..j.hot_rules.len()).filter(fired).map(|r| j.hot_rules[r].reason.as_str()).collect(),
-                next_commitment: &j.stage(h.stage).next_commitment,
+                next_commitment: j.next_commitment(h.stage, class),
                 event_id: &h.event_id,
                 signal: &j.signal(h.signal).name,
                 at: Time(h.at),
@@ -98,29 +99,40 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
         }
         Output::HotLeadSuppressed(s) => {
             let fired = |r: &usize| s.rules & (1 << r) != 0;
+            let class = engine.prospect(s.prospect).classification(j);
             let json = SuppressedJson {
                 kind: "hot_lead_suppressed",
                 prospect: engine.prospect_id(s.prospect),
                 email: engine.email(s.prospect),
                 score: round2(s.score),
                 stage: &j.stage(s.stage).name,
-                classification: engine.prospect(s.prospect).classification(j).as_str(),
+                classification: class.as_str(),
                 rules: (0..j.hot_rules.len()).filter(fired).map(|r| j.hot_rules[r].name.as_str()).collect(),
                 reasons: (0..j.hot_rules.len()).filter(fired).map(|r| j.hot_rules[r].reason.as_str()).collect(),
                 held_by: j.hot_rules.get(s.held_by as usize).map_or("", |r| r.name.as_str()),
                 cooldown_until: Time(s.last_alert.plus(j.alert_cooldown)),
-                next_commitment: &j.stage(s.stage).next_commitment,
+                next_commitment: j.next_commitment(s.stage, class),
                 event_id: &s.event_id,
                 signal: &j.signal(s.signal).name,
                 at: Time(s.at),
             };
             serde_json::to_writer(buf, &json)?;
         }
-        Output::Ghosted { prospect, stage, since, at } | Output::Stalled { prospect, stage, since, at } => {
-            let kind = if matches!(output, Output::Ghosted { .. }) { "ghosted" } else { "stalled" };
+        Output::Ghosted { prospect, stage, since, at }
+        | Output::Stalled { prospect, stage, since, at }
+        | Output::GoneQuiet { prospect, stage, since, at } => {
+            let kind = match output {
+                Output::Ghosted { .. } => "ghosted",
+                Output::Stalled { .. } => "stalled",
+                _ => "gone_quiet",
+            };
+            let class = engine.prospect(*prospect).classification(j);
             let mut o = Obj::new(buf, kind);
             o.str("prospect", engine.prospect_id(*prospect));
+            o.opt_str("email", engine.email(*prospect));
             o.str("stage", &j.stage(*stage).name);
+            o.str("classification", class.as_str());
+            o.str("next_commitment", j.next_commitment(*stage, class));
             o.time("since", *since);
             o.time("at", *at);
             o.end();
@@ -323,7 +335,7 @@ mod tests {
 
     use super::*;
     use crate::codec::{Limits, decode};
-    use crate::core::Journey;
+    use crate::core::{Journey, ProspectIx, StageId};
     use crate::traffic::{Generator, Options};
 
     /// The outputs as serde_json writes them: the reference the hand-written ones are held to.
@@ -339,18 +351,9 @@ mod tests {
             late: bool,
             classification: &'static str,
         },
-        Ghosted {
-            prospect: &'a str,
-            stage: &'a str,
-            since: Time,
-            at: Time,
-        },
-        Stalled {
-            prospect: &'a str,
-            stage: &'a str,
-            since: Time,
-            at: Time,
-        },
+        Ghosted(Silence<'a>),
+        Stalled(Silence<'a>),
+        GoneQuiet(Silence<'a>),
         Late {
             prospect: &'a str,
             signal: &'a str,
@@ -361,6 +364,31 @@ mod tests {
             reason: &'static str,
             detail: &'a str,
         },
+    }
+
+    #[derive(Serialize)]
+    struct Silence<'a> {
+        prospect: &'a str,
+        email: Option<&'a str>,
+        stage: &'a str,
+        classification: &'static str,
+        next_commitment: &'a str,
+        since: Time,
+        at: Time,
+    }
+
+    fn silence<'a>(engine: &'a Engine, prospect: ProspectIx, stage: StageId, since: Ts, at: Ts) -> Silence<'a> {
+        let j = &**engine.journey();
+        let class = engine.prospect(prospect).classification(j);
+        Silence {
+            prospect: engine.prospect_id(prospect),
+            email: engine.email(prospect),
+            stage: &j.stage(stage).name,
+            classification: class.as_str(),
+            next_commitment: j.next_commitment(stage, class),
+            since: Time(since),
+            at: Time(at),
+        }
     }
 
     fn reference(engine: &Engine, output: &Output) -> Option<String> {
@@ -375,18 +403,15 @@ mod tests {
                 late: *late,
                 classification: engine.prospect(*prospect).classification(j).as_str(),
             },
-            Output::Ghosted { prospect, stage, since, at } => Reference::Ghosted {
-                prospect: engine.prospect_id(*prospect),
-                stage: &j.stage(*stage).name,
-                since: Time(*since),
-                at: Time(*at),
-            },
-            Output::Stalled { prospect, stage, since, at } => Reference::Stalled {
-                prospect: engine.prospect_id(*prospect),
-                stage: &j.stage(*stage).name,
-                since: Time(*since),
-                at: Time(*at),
-            },
+            Output::Ghosted { prospect, stage, since, at } => {
+                Reference::Ghosted(silence(engine, *prospect, *stage, *since, *at))
+            }
+            Output::Stalled { prospect, stage, since, at } => {
+                Reference::Stalled(silence(engine, *prospect, *stage, *since, *at))
+            }
+            Output::GoneQuiet { prospect, stage, since, at } => {
+                Reference::GoneQuiet(silence(engine, *prospect, *stage, *since, *at))
+            }
             Output::Late { prospect, signal, at, watermark } => Reference::Late {
                 prospect: engine.prospect_id(*prospect),
                 signal: &j.signal(*signal).name,

@@ -113,6 +113,14 @@ pub enum Output {
         since: Ts,
         at: Ts,
     },
+    /// No prospect-initiated signal within the window after the last one (or after entering
+    /// the stage) while in a watched stage: the prospect went quiet.
+    GoneQuiet {
+        prospect: ProspectIx,
+        stage: StageId,
+        since: Ts,
+        at: Ts,
+    },
     /// No stage advance within the window while in a watched stage: the deal parked.
     Stalled {
         prospect: ProspectIx,

@@ -12,6 +12,9 @@ pub const STALLED: u8 = 1 << 1;
 pub const DISQUALIFIED: u8 = 1 << 2;
 pub const OUTCOME_WON: u8 = 1 << 3;
 pub const OUTCOME_LOST: u8 = 1 << 4;
+/// The `[gone_quiet]` timer fired; cleared by the prospect's next on-time prospect-initiated
+/// signal.
+pub const QUIET: u8 = 1 << 5;
 
 /// The fixed part of a prospect's state (104 bytes).
 #[derive(Clone, Debug, PartialEq)]

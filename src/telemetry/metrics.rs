@@ -28,6 +28,7 @@ pub struct Metrics {
     pub alerts_suppressed: IntCounterVec,
     pub ghosted: IntCounter,
     pub stalled: IntCounter,
+    pub gone_quiet: IntCounter,
     pub latency: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub producer_errors: IntCounter,
@@ -265,6 +266,11 @@ impl Metrics {
             )?,
             ghosted: counter(&r, "microfunnel_ghosted_total", "Prospects that went silent after a quote.")?,
             stalled: counter(&r, "microfunnel_stalled_total", "Deals that parked (no stage advance in time).")?,
+            gone_quiet: counter(
+                &r,
+                "microfunnel_gone_quiet_total",
+                "Prospects that went quiet (no prospect-initiated signal in time while in a [gone_quiet] stage).",
+            )?,
             latency,
             consumer_lag,
             producer_errors: counter(

@@ -12,6 +12,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::Deserialize;
 
 use super::event::{EventKind, Source};
+use super::prospect::Classification;
 use super::time::{Span, Ts};
 pub use raw::{DEFAULT_MAX_EVENT_TIME, DEFAULT_MIN_EVENT_TIME, DEFAULT_PLACEHOLDER_IDS};
 pub use schema::suggest;
@@ -131,6 +132,9 @@ pub struct StageDef {
     pub name: String,
     pub order: u32,
     pub next_commitment: String,
+    /// `next_commitment_for`: per classification (in the order of `Classification::ALL`), empty
+    /// where not set.
+    pub next_commitment_for: [String; 3],
     pub terminal: bool,
     pub outcome: Option<Outcome>,
     /// Terminal stages only: signals that move a prospect out of this stage again (a lost deal
@@ -188,6 +192,15 @@ impl HotRule {
 pub struct GhostRule {
     pub after: SignalId,
     pub window: Span,
+}
+
+/// Gone quiet: no prospect-initiated signal within the window after the last one (or after
+/// entering the stage, if later) while in a watched stage.
+#[derive(Clone, Copy, Debug)]
+pub struct QuietRule {
+    pub window: Span,
+    /// Bit `i` set: stage `i` is watched.
+    pub stages: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -270,8 +283,12 @@ pub struct Journey {
     pub hot_for: Span,
     pub ghost: Option<GhostRule>,
     pub stall: Option<StallRule>,
+    pub quiet: Option<QuietRule>,
     /// Bit `i` set: a prospect in stage `i` is a current opportunity.
     pub opportunity_stages: u32,
+    /// `[classification] next_commitment`: per classification (in the order of
+    /// `Classification::ALL`), empty where not set.
+    pub next_commitment_for: [String; 3],
     pub page_signal: Option<SignalId>,
     pub screen_signal: Option<SignalId>,
     pub identify_signal: Option<SignalId>,
@@ -413,6 +430,18 @@ impl Journey {
 
     pub fn stage(&self, id: StageId) -> &StageDef {
         &self.stages[id.0 as usize]
+    }
+
+    /// The next micro-commitment to ask of a prospect in `stage` classified `class`: the
+    /// stage's text for the classification, else the stage's text, else the journey's text for
+    /// the classification (empty if none applies).
+    pub fn next_commitment(&self, stage: StageId, class: Classification) -> &str {
+        let c = Classification::ALL.iter().position(|k| *k == class).unwrap_or(0);
+        let st = self.stage(stage);
+        [&st.next_commitment_for[c], &st.next_commitment, &self.next_commitment_for[c]]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .map_or("", String::as_str)
     }
 
     pub fn stage_by_name(&self, name: &str) -> Option<StageId> {

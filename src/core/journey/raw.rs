@@ -26,6 +26,7 @@ pub(super) struct RawJourney {
     pub(super) hot_rules: Vec<RawHotRule>,
     pub(super) ghosted: Option<RawGhosted>,
     pub(super) stalled: Option<RawStalled>,
+    pub(super) gone_quiet: Option<RawStalled>,
     #[serde(default)]
     pub(super) classification: RawClassification,
     #[serde(default)]
@@ -147,6 +148,8 @@ pub(super) struct RawStage {
     #[serde(default)]
     pub(super) next_commitment: String,
     #[serde(default)]
+    pub(super) next_commitment_for: RawByClass,
+    #[serde(default)]
     pub(super) terminal: bool,
     pub(super) outcome: Option<Outcome>,
     #[serde(default)]
@@ -203,6 +206,25 @@ pub(super) struct RawStalled {
 pub(super) struct RawClassification {
     #[serde(default)]
     pub(super) opportunity_stages: Vec<String>,
+    #[serde(default)]
+    pub(super) next_commitment: RawByClass,
+}
+
+/// A text per classification (`next_commitment_for`, `[classification] next_commitment`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawByClass {
+    pub(super) current_opportunity: Option<String>,
+    pub(super) no_current_opportunity: Option<String>,
+    pub(super) not_a_prospect: Option<String>,
+}
+
+impl RawByClass {
+    /// In the order of `Classification::ALL`.
+    pub(super) fn texts(&self) -> [String; 3] {
+        [&self.current_opportunity, &self.no_current_opportunity, &self.not_a_prospect]
+            .map(|t| t.as_deref().unwrap_or("").trim().to_string())
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
-use super::raw::{RawJourney, RawStage};
+use super::raw::{RawJourney, RawStage, RawStalled};
 use super::schema::{Errors, did_you_mean};
 use super::{
     GhostRule, HotCondition, HotRule, Journey, JourneyError, MAX_HOT_RULES, MAX_SIGNALS, MAX_STAGES, MAX_TRACKED,
-    Names, PageRule, SignalDef, SignalId, SignalSource, StageDef, StageId, StallRule, match_key, normalize_name,
+    Names, PageRule, QuietRule, SignalDef, SignalId, SignalSource, StageDef, StageId, StallRule, match_key,
+    normalize_name,
 };
 use crate::core::time::{Span, Ts, parse_rfc3339};
 
@@ -209,6 +210,7 @@ fn stage_defs(raw: &[RawStage], signals: &mut [SignalDef], names: &SignalNames, 
             name: s.name.clone(),
             order: s.order.unwrap_or(0),
             next_commitment: s.next_commitment.clone(),
+            next_commitment_for: s.next_commitment_for.texts(),
             terminal: s.terminal,
             outcome: s.outcome,
             reopen_on,
@@ -400,17 +402,21 @@ impl Journey {
             };
             Some(GhostRule { after: after?, window: Span::from_days(days?) })
         });
-        let stall = raw.stalled.as_ref().and_then(|s| {
-            let days = e.need(s.days, "stalled.days").map(|d| e.positive("stalled", "days", d));
+        let mut watched = |table: &str, s: &RawStalled| {
+            let days = e.need(s.days, &format!("{table}.days")).map(|d| e.positive(table, "days", d));
             if s.stages.is_empty() {
-                e.invalid("stalled.stages", "list the stages a prospect can stall in");
+                e.invalid(format!("{table}.stages"), "list the stages it watches");
             }
             let mut mask = 0u32;
             for (i, n) in s.stages.iter().enumerate() {
-                mask |= stage_names.of(e, format!("stalled.stages[{i}]"), n).map_or(0, |s| 1 << s.0);
+                mask |= stage_names.of(e, format!("{table}.stages[{i}]"), n).map_or(0, |s| 1 << s.0);
             }
-            Some(StallRule { window: Span::from_days(days?), stages: mask })
-        });
+            Some((Span::from_days(days?), mask))
+        };
+        let stall = raw.stalled.as_ref().and_then(|s| watched("stalled", s));
+        let stall = stall.map(|(window, stages)| StallRule { window, stages });
+        let quiet = raw.gone_quiet.as_ref().and_then(|s| watched("gone_quiet", s));
+        let quiet = quiet.map(|(window, stages)| QuietRule { window, stages });
         let mut opportunity_stages = 0u32;
         for (i, n) in raw.classification.opportunity_stages.iter().enumerate() {
             let at = format!("classification.opportunity_stages[{i}]");
@@ -466,7 +472,9 @@ impl Journey {
             hot_for: Span::from_days(hot_for.map_or(1.0, |h| e.positive("hot", "hot_for_days", h))),
             ghost,
             stall,
+            quiet,
             opportunity_stages,
+            next_commitment_for: raw.classification.next_commitment.texts(),
             page_signal,
             screen_signal,
             identify_signal,

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use crate::core::Journey;
 
 /// The built-in journeys: name and TOML text.
-pub const BUILTIN: [(&str, &str); 2] = [
+pub const BUILTIN: [(&str, &str); 3] = [
     ("b2b", include_str!("../deploy/journeys/b2b.toml")),
     ("ecommerce", include_str!("../deploy/journeys/ecommerce.toml")),
+    ("saas", include_str!("../deploy/journeys/saas.toml")),
 ];
 
 /// The journey used when none is named.

@@ -65,7 +65,7 @@ fn an_unknown_journey_says_which_names_are_built_in() {
     let out = run_in(&dir, &["replay", "--journey", "deploy/journeys/b2b.toml", "x.jsonl"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for w in ["deploy/journeys/b2b.toml", "built-in", "b2b, ecommerce", "--journey"] {
+    for w in ["deploy/journeys/b2b.toml", "built-in", "b2b, ecommerce, saas", "--journey"] {
         assert!(err.contains(w), "{w:?} in {err}");
     }
 }

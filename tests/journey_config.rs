@@ -478,3 +478,18 @@ signal = \"page_viewed\"
     assert!(errors[1].starts_with("segment.pages[0].path: `/pricing[` is not a pattern"), "{errors:#?}");
     assert!(errors[2].starts_with("segment.pages[1]: set at least one of"), "{errors:#?}");
 }
+
+#[test]
+fn reopen_on_a_stage_after_the_sale_must_move_back() {
+    // `adopting` (after `won`) may be left again only for an earlier stage.
+    let text = b2b_with(
+        r#"entered_by = ["product_used"]"#,
+        "entered_by = [\"product_used\"]\nreopen_on = [\"referral_made\", \"deal_won\"]",
+    );
+    assert_eq!(
+        all_errors(&text),
+        [
+            "stages[5] (`adopting`).reopen_on[0]: signal `referral_made` does not enter an earlier stage, so it cannot move a prospect back out of this one; list a signal of an earlier stage's `entered_by`"
+        ]
+    );
+}

@@ -12,7 +12,7 @@ use microfunnel::core::time::{MS_PER_DAY, MS_PER_HOUR, Span};
 
 #[derive(Args)]
 pub struct CheckJourneyArgs {
-    /// The journey: a built-in journey's name (b2b, ecommerce) or a TOML file.
+    /// The journey: a built-in journey's name (b2b, ecommerce, saas) or a TOML file.
     #[arg(value_name = "NAME|FILE")]
     journey: PathBuf,
 }

@@ -20,7 +20,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 #[derive(Args)]
 pub struct GenArgs {
-    /// Journey whose signals the traffic must map to: a built-in journey's name (b2b, ecommerce)
+    /// Journey whose signals the traffic must map to: a built-in journey's name (b2b, ecommerce, saas)
     /// or a TOML file.
     #[arg(long, value_name = "NAME|FILE", default_value = microfunnel::journeys::DEFAULT)]
     journey: PathBuf,

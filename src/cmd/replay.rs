@@ -14,7 +14,7 @@ use microfunnel::replay;
 
 #[derive(Args)]
 pub struct ReplayArgs {
-    /// Journey: a built-in journey's name (b2b, ecommerce) or a TOML file.
+    /// Journey: a built-in journey's name (b2b, ecommerce, saas) or a TOML file.
     #[arg(long, value_name = "NAME|FILE", default_value = microfunnel::journeys::DEFAULT)]
     journey: PathBuf,
     /// Events, one JSON object per line; `-` reads stdin. Several files: one per input topic,

@@ -201,9 +201,6 @@ fn stage_defs(raw: &[RawStage], signals: &mut [SignalDef], names: &SignalNames, 
         let mut reopen_on = Vec::with_capacity(s.reopen_on.len());
         for (k, n) in s.reopen_on.iter().enumerate() {
             let at = format!("stages[{i}] (`{}`).reopen_on[{k}]", s.name);
-            if !s.terminal {
-                e.invalid(&at, "only a terminal stage can be reopened; remove `reopen_on` or set `terminal = true`");
-            }
             reopen_on.extend(names.of(e, at, n));
         }
         defs.push(StageDef {
@@ -225,7 +222,16 @@ fn stage_defs(raw: &[RawStage], signals: &mut [SignalDef], names: &SignalNames, 
         }
         for (k, sig) in st.reopen_on.iter().enumerate() {
             let def = &signals[sig.0 as usize];
-            if def.enters.is_none_or(|to| defs.get(to.0 as usize).is_none_or(|d| d.terminal)) {
+            let earlier = def.enters.and_then(|to| defs.get(to.0 as usize)).is_some_and(|d| d.order < st.order);
+            if !st.terminal && !earlier {
+                e.invalid(
+                    format!("stages[{i}] (`{}`).reopen_on[{k}]", st.name),
+                    format!(
+                        "signal `{}` does not enter an earlier stage, so it cannot move a prospect back out of this one; list a signal of an earlier stage's `entered_by`",
+                        def.name
+                    ),
+                );
+            } else if def.enters.is_none_or(|to| defs.get(to.0 as usize).is_none_or(|d| d.terminal)) {
                 e.invalid(
                     format!("stages[{i}] (`{}`).reopen_on[{k}]", st.name),
                     format!(

@@ -95,12 +95,46 @@ fn a_configs_relative_paths_resolve_against_its_directory() {
 }
 
 #[test]
-fn every_subcommand_has_help_outside_the_checkout() {
+fn every_subcommand_has_help_outside_the_checkout_with_every_flag_described_and_an_example() {
     let dir = elsewhere("help");
-    for cmd in ["run", "replay", "gen", "check-config", "tail", "inspect-snapshot", "create-topics"] {
+    let top = ok(&run_in(&dir, &["--help"]));
+    assert!(top.contains("Exit codes: 0"), "{top}");
+    for cmd in ["run", "replay", "gen", "check-config", "check-journey", "tail", "inspect-snapshot", "create-topics"] {
         let help = ok(&run_in(&dir, &[cmd, "--help"]));
         assert!(help.contains("Usage:"), "{cmd}: {help}");
+        let examples = help.split_once("Example").map_or("", |(_, e)| e);
+        assert!(examples.contains(&format!("microfunnel {cmd} ")), "{cmd} has an example: {help}");
+        assert!(help.contains("Exit codes:"), "{cmd} states its exit codes: {help}");
+        // Every argument and flag line carries a description after the name.
+        let args = help.lines().filter(|l| {
+            let t = l.trim_start();
+            l.starts_with("  ") && (t.starts_with('-') || t.starts_with('<') || t.starts_with('['))
+        });
+        for line in args {
+            let described = line.trim().split("  ").filter(|p| !p.trim().is_empty()).count() >= 2;
+            assert!(described, "{cmd}: no description for {line:?}");
+        }
     }
+}
+
+#[test]
+fn until_and_start_take_a_date() {
+    let dir = elsewhere("dates");
+    let playbook = manifest("tests/fixtures/b2b-playbook.jsonl");
+    let playbook = playbook.to_str().unwrap();
+    let by_date = ok(&run_in(&dir, &["replay", "--summary-only", "--until", "2026-04-01", playbook]));
+    let by_time = ok(&run_in(&dir, &["replay", "--summary-only", "--until", "2026-04-01T00:00:00Z", playbook]));
+    assert_eq!(by_date, by_time);
+    assert!(by_date.contains("\"watermark\":\"2026-04-01T00:00:00.000Z\""), "{by_date}");
+    let bad = run_in(&dir, &["replay", "--until", "2026-13-01", playbook]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("give a date (2026-03-31)"));
+    ok(&run_in(
+        &dir,
+        &["gen", "--prospects", "3", "--days", "1", "--start", "2026-02-01", "--quiet", "--out", "g.jsonl"],
+    ));
+    let text = std::fs::read_to_string(dir.join("g.jsonl")).unwrap();
+    assert!(text.contains("2026-02-01T"), "traffic starts on the date given");
 }
 
 #[test]

@@ -272,6 +272,18 @@ struct StatsOut<'a> {
     /// Replay only: suppressed alerts by hot rule, non-zero rules in name order.
     #[serde(skip_serializing_if = "Option::is_none")]
     alerts_suppressed_by_rule: Option<std::collections::BTreeMap<&'a str, u64>>,
+    /// Replay only: the most frequent names that map to no signal, most frequent first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unmapped_top: Option<Vec<NameCount<'a>>>,
+    /// Replay only: unmapped events whose names are not in `unmapped_top`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unmapped_other: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct NameCount<'a> {
+    name: &'a str,
+    count: u64,
 }
 
 fn nonzero<'a>(pairs: &[(&'a str, u64)]) -> std::collections::BTreeMap<&'a str, u64> {
@@ -282,6 +294,9 @@ fn nonzero<'a>(pairs: &[(&'a str, u64)]) -> std::collections::BTreeMap<&'a str, 
 pub struct ReplayCounts<'a> {
     pub rejected_by_reason: &'a [(&'a str, u64)],
     pub alerts_suppressed_by_rule: &'a [(&'a str, u64)],
+    /// The most frequent unmapped names, most frequent first, and the count of the others.
+    pub unmapped_top: &'a [(&'a str, u64)],
+    pub unmapped_other: u64,
 }
 
 /// An engine's (or several engines' combined) figures at a watermark.
@@ -308,6 +323,9 @@ fn write_summary(
             stats: f.stats,
             rejected_by_reason: replay.map(|r| nonzero(r.rejected_by_reason)),
             alerts_suppressed_by_rule: replay.map(|r| nonzero(r.alerts_suppressed_by_rule)),
+            unmapped_top: replay
+                .map(|r| r.unmapped_top.iter().map(|&(name, count)| NameCount { name, count }).collect()),
+            unmapped_other: replay.map(|r| r.unmapped_other),
         },
         census: f.census,
         funnel: f.funnel,

@@ -954,6 +954,12 @@ fn a_won_customer_is_not_moved_to_lost_by_a_later_deal_lost() {
     let out = p.crm("usr_7001", "deal_lost", day(40.0));
     assert!(stage_changes(&out).is_empty(), "a lost upsell does not un-win a customer: {out:?}");
     assert_eq!(p.view("usr_7001", None).stage, "won");
+    // Said, not silently dropped.
+    assert_eq!(
+        p.json(&out[0]),
+        json!({"kind": "outcome_kept", "prospect": "usr_7001", "stage": "won", "refused": "lost",
+            "signal": "deal_lost", "at": day(40.0).to_string()})
+    );
 }
 
 // ---- gone quiet, next micro-commitment per classification ----------------------------------

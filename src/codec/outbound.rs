@@ -137,6 +137,15 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
             o.time("at", *at);
             o.end();
         }
+        Output::OutcomeKept { prospect, stage, refused, signal, at } => {
+            let mut o = Obj::new(buf, "outcome_kept");
+            o.str("prospect", engine.prospect_id(*prospect));
+            o.str("stage", &j.stage(*stage).name);
+            o.str("refused", &j.stage(*refused).name);
+            o.str("signal", &j.signal(*signal).name);
+            o.time("at", *at);
+            o.end();
+        }
         Output::Late { prospect, signal, at, watermark } => {
             let mut o = Obj::new(buf, "late");
             o.str("prospect", engine.prospect_id(*prospect));
@@ -378,6 +387,13 @@ mod tests {
             at: Time,
             watermark: Time,
         },
+        OutcomeKept {
+            prospect: &'a str,
+            stage: &'a str,
+            refused: &'a str,
+            signal: &'a str,
+            at: Time,
+        },
         Rejected {
             reason: &'static str,
             detail: &'a str,
@@ -437,6 +453,13 @@ mod tests {
                 watermark: Time(*watermark),
             },
             Output::Rejected { reason, detail } => Reference::Rejected { reason: reason.as_str(), detail },
+            Output::OutcomeKept { prospect, stage, refused, signal, at } => Reference::OutcomeKept {
+                prospect: engine.prospect_id(*prospect),
+                stage: &j.stage(*stage).name,
+                refused: &j.stage(*refused).name,
+                signal: &j.signal(*signal).name,
+                at: Time(*at),
+            },
             Output::HotLead(_) | Output::HotLeadSuppressed(_) => return None,
         };
         Some(serde_json::to_string(&r).unwrap())

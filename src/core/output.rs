@@ -121,6 +121,16 @@ pub enum Output {
         since: Ts,
         at: Ts,
     },
+    /// A prospect that has won was not moved to the terminal stage `refused` by `signal` (a
+    /// lost upsell after the sale, outside `[time] outcome_correction_hours`): the win stands.
+    /// Said rather than silently dropped; model churn as a stage after the sale instead.
+    OutcomeKept {
+        prospect: ProspectIx,
+        stage: StageId,
+        refused: StageId,
+        signal: SignalId,
+        at: Ts,
+    },
     /// No stage advance within the window while in a watched stage: the deal parked.
     Stalled {
         prospect: ProspectIx,

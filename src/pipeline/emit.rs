@@ -43,6 +43,10 @@ pub(super) fn output<M: Message>(ctx: &Ctx<'_>, engine: &Engine, o: &Output, sou
             m.ghosted.inc();
             (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
+        Output::OutcomeKept { prospect, .. } => {
+            m.outcomes_kept.inc();
+            (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
+        }
         Output::GoneQuiet { prospect, .. } => {
             m.gone_quiet.inc();
             (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub ghosted: IntCounter,
     pub stalled: IntCounter,
     pub gone_quiet: IntCounter,
+    pub outcomes_kept: IntCounter,
     pub latency: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub producer_errors: IntCounter,
@@ -266,6 +267,11 @@ impl Metrics {
             )?,
             ghosted: counter(&r, "microfunnel_ghosted_total", "Prospects that went silent after a quote.")?,
             stalled: counter(&r, "microfunnel_stalled_total", "Deals that parked (no stage advance in time).")?,
+            outcomes_kept: counter(
+                &r,
+                "microfunnel_outcomes_kept_total",
+                "Won prospects not moved to a terminal stage by a later signal (the win stands; an `outcome_kept` journey event each).",
+            )?,
             gone_quiet: counter(
                 &r,
                 "microfunnel_gone_quiet_total",

@@ -72,6 +72,7 @@ impl Engine {
                 // a lost customer), unless it corrects the win within the correction window.
                 let won_at = won_since(journey, vars.stage_times);
                 if late || won_at.is_none() || ts <= won_at || ts.since(won_at) > journey.outcome_correction {
+                    out.push(Output::OutcomeKept { prospect: ix, stage: f, refused: to, signal: sig, at: ts });
                     return;
                 }
                 reopen = true;

@@ -61,7 +61,8 @@ pub enum JourneyError {
     SignalInTwoStages { signal: String, first: String, second: String },
 }
 
-/// Every mistake found in one journey file, in file order, one per line when displayed.
+/// Every mistake found in one journey file (what the file's shape gets wrong first, then what
+/// its values get wrong), one per line when displayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JourneyErrors(pub Vec<JourneyError>);
 
@@ -137,8 +138,9 @@ pub struct StageDef {
     pub next_commitment_for: [String; 3],
     pub terminal: bool,
     pub outcome: Option<Outcome>,
-    /// Terminal stages only: signals that move a prospect out of this stage again (a lost deal
-    /// the CRM reopens), back to the stage the signal enters.
+    /// Signals that move a prospect out of this stage again, back to the stage the signal
+    /// enters: a lost deal the CRM reopens (a terminal stage), a churned customer won back (a
+    /// stage after the sale; the signal enters an earlier stage).
     pub reopen_on: Vec<SignalId>,
 }
 
@@ -360,7 +362,7 @@ const STACK_KEY: usize = 96;
 impl Journey {
     /// Parses and validates a journey from TOML text; the first mistake found.
     pub fn from_toml_str(text: &str) -> Result<Journey, JourneyError> {
-        Self::parse(text).map_err(|mut e| e.0.swap_remove(0))
+        Self::parse(text).map_err(|e| e.0.into_iter().next().unwrap_or(JourneyError::Toml("cannot be read".into())))
     }
 
     /// Parses and validates a journey from TOML text; every mistake found.

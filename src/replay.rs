@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{self, Limits};
 use crate::core::ids::kafka_partition;
-use crate::core::{Census, Engine, Event, EventKind, Journey, Output, RejectReason, Stats, Ts};
+use crate::core::unmapped::UnmappedNames;
+use crate::core::{Census, Engine, Event, Journey, Output, RejectReason, Stats, Ts};
 use crate::pipeline::merge::{self, Decision, Input};
 
 /// Most shards `--partitions` accepts (each is an engine; Kafka topics rarely have more).
@@ -60,51 +61,14 @@ pub struct Totals {
     /// `hot_lead_suppressed` outputs by hot rule (indexed as the journey's `hot_rules`; a
     /// suppressed alert counts once for each rule that fired).
     pub suppressed_by_rule: Vec<u64>,
-    /// Events whose name maps to no signal, by name (at most [`UNMAPPED_NAMES`] names; the
-    /// rest counted in `unmapped_other`).
-    pub unmapped_names: std::collections::HashMap<String, u64>,
-    pub unmapped_other: u64,
+    /// Events whose name maps to no signal, by name (bounded).
+    pub unmapped: UnmappedNames,
 }
-
-/// Most distinct unmapped names replay counts one by one (memory stays bounded).
-pub const UNMAPPED_NAMES: usize = 10_000;
 
 /// How many of the most frequent unmapped names the summary lists.
 pub const UNMAPPED_TOP: usize = 20;
 
 impl Totals {
-    /// Counts the name of an event that maps to no signal (page, screen and identify calls
-    /// without a `[segment]` mapping count as `(page)`, `(screen)`, `(identify)`).
-    fn saw(&mut self, ev: &Event<'_>) {
-        if ev.signal.is_some() {
-            return;
-        }
-        let name: &str = match ev.kind {
-            EventKind::Named => &ev.name,
-            EventKind::Page => "(page)",
-            EventKind::Screen => "(screen)",
-            EventKind::Identify => "(identify)",
-            EventKind::Group | EventKind::Alias => return,
-        };
-        let name: String = name.chars().take(100).collect();
-        let room = self.unmapped_names.len() < UNMAPPED_NAMES;
-        match self.unmapped_names.get_mut(&name) {
-            Some(n) => *n += 1,
-            None if room => {
-                self.unmapped_names.insert(name, 1);
-            }
-            None => self.unmapped_other += 1,
-        }
-    }
-
-    /// The most frequent unmapped names, most frequent first (ties by name).
-    pub fn unmapped_top(&self) -> Vec<(&str, u64)> {
-        let mut all: Vec<(&str, u64)> = self.unmapped_names.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        all.truncate(UNMAPPED_TOP);
-        all
-    }
-
     fn reject(&mut self, reason: RejectReason) {
         self.rejected += 1;
         if let Some(i) = RejectReason::ALL.iter().position(|r| *r == reason) {
@@ -177,7 +141,7 @@ pub fn run(
                 if partitions == 1 { 0 } else { kafka_partition(ev.prospect.as_bytes(), partitions) as usize }
             });
             let engine = &mut shards[p];
-            totals.saw(&ev);
+            totals.unmapped.saw(&ev);
             engine.apply(&ev, &mut outputs);
             flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
         }
@@ -273,7 +237,7 @@ pub fn run_merged<R: Read>(
     while let Some(Reverse((_, p))) = next.pop() {
         let Some((file, _)) = pick(&queues[p], now) else { continue };
         let Some(q) = queues[p][file].pop_front() else { continue };
-        totals.saw(&q.ev);
+        totals.unmapped.saw(&q.ev);
         shards[p].apply(&q.ev, &mut outputs);
         last = Loc { line: q.line, name: &data[q.file].0 };
         flush(&shards[p], &mut outputs, &mut buf, &mut totals, &last, opts.summary_only, &mut out, &mut err)?;
@@ -369,13 +333,12 @@ fn write_summary(journey: &Journey, shards: &[Engine], totals: &Totals, buf: &mu
         journey.hot_rules.iter().zip(&totals.suppressed_by_rule).map(|(r, n)| (r.name.as_str(), *n)).collect();
     let report = funnel.report(journey);
     let figures = codec::outbound::Figures { watermark, stats: &stats, census: &census, funnel: &report };
-    let unmapped = totals.unmapped_top();
+    let (unmapped, unmapped_other) = totals.unmapped.top(UNMAPPED_TOP);
     let counts = codec::outbound::ReplayCounts {
         rejected_by_reason: &by_reason,
         alerts_suppressed_by_rule: &by_rule,
         unmapped_top: &unmapped,
-        unmapped_other: totals.unmapped_other + totals.unmapped_names.values().sum::<u64>()
-            - unmapped.iter().map(|(_, n)| n).sum::<u64>(),
+        unmapped_other,
     };
     codec::write_report(&figures, &counts, buf).map_err(io::Error::other)?;
     buf.push(b'\n');

@@ -169,3 +169,63 @@ fn checkout_after_pricing_gets_through_the_score_rules_cooldown() {
     assert_eq!(held[0]["rules"], json!(["sales_contacted"]));
     assert_eq!(held[0]["held_by"], "checkout_after_pricing");
 }
+
+// ---- gone quiet does not depend on how prospects interleave -----------------------------------
+
+const ACTIVITY: [&str; 7] = [
+    "Signed Up",
+    "Report Created",
+    "Integration Connected",
+    "Subscription Started",
+    "Subscription Cancelled",
+    "Checkout Started",
+    "Payment Failed",
+];
+
+fn replay_lines(lines: &[String], partitions: u32, end: Ts) -> Vec<Value> {
+    use microfunnel::replay::{End, Options, run};
+    let input = lines.join("\n") + "\n";
+    let opts =
+        Options { limits: Limits::default(), end: End::Until(end), digest: true, summary_only: false, partitions };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    run(saas(), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
+    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+    String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// Several prospects' product events in time order: one shard (every prospect's events move
+    /// the shared watermark) or eight (each shard's own) give the same silences and alerts, at
+    /// the same event times, and the same final state.
+    #[test]
+    fn silences_do_not_depend_on_how_prospects_interleave(
+        events in proptest::collection::vec((0u8..6, 0usize..ACTIVITY.len(), 0u32..40 * 24), 1..60),
+    ) {
+        let mut events = events;
+        events.sort_by_key(|&(_, _, h)| h);
+        let lines: Vec<String> = events
+            .iter()
+            .enumerate()
+            .map(|(i, &(who, what, h))| {
+                json!({"type": "track", "userId": format!("usr_{who}"), "event": ACTIVITY[what],
+                    "messageId": format!("m-{i}"), "timestamp": hour(f64::from(h) + i as f64 / 1000.0).to_string()})
+                .to_string()
+            })
+            .collect();
+        let end = day(60.0);
+        let kinds = ["gone_quiet", "ghosted", "stalled", "hot_lead", "hot_lead_suppressed", "stage_changed"];
+        let pick = |out: &[Value]| {
+            let mut v: Vec<String> =
+                out.iter().filter(|o| kinds.contains(&o["kind"].as_str().unwrap_or(""))).map(Value::to_string).collect();
+            v.sort();
+            v
+        };
+        let one = replay_lines(&lines, 1, end);
+        let eight = replay_lines(&lines, 8, end);
+        proptest::prop_assert_eq!(pick(&one), pick(&eight));
+        let digest = |out: &[Value]| out.last().unwrap()["digest"].clone();
+        proptest::prop_assert_eq!(digest(&one), digest(&eight));
+    }
+}

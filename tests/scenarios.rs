@@ -154,8 +154,8 @@ fn hot_leads(out: &[Output]) -> Vec<&HotLead> {
 
 fn ghosted(out: &[Output]) -> Vec<(ProspectIx, StageId, Ts, Ts)> {
     out.iter()
-        .filter_map(|o| match *o {
-            Output::Ghosted { prospect, stage, since, at } => Some((prospect, stage, since, at)),
+        .filter_map(|o| match o {
+            Output::Ghosted { prospect, stage, since, at, .. } => Some((*prospect, *stage, *since, *at)),
             _ => None,
         })
         .collect()
@@ -163,8 +163,8 @@ fn ghosted(out: &[Output]) -> Vec<(ProspectIx, StageId, Ts, Ts)> {
 
 fn stalled(out: &[Output]) -> Vec<(ProspectIx, StageId, Ts, Ts)> {
     out.iter()
-        .filter_map(|o| match *o {
-            Output::Stalled { prospect, stage, since, at } => Some((prospect, stage, since, at)),
+        .filter_map(|o| match o {
+            Output::Stalled { prospect, stage, since, at, .. } => Some((*prospect, *stage, *since, *at)),
             _ => None,
         })
         .collect()
@@ -982,8 +982,8 @@ fn b2b_quiet() -> Arc<Journey> {
 
 fn gone_quiet(out: &[Output]) -> Vec<(ProspectIx, StageId, Ts, Ts)> {
     out.iter()
-        .filter_map(|o| match *o {
-            Output::GoneQuiet { prospect, stage, since, at } => Some((prospect, stage, since, at)),
+        .filter_map(|o| match o {
+            Output::GoneQuiet { prospect, stage, since, at, .. } => Some((*prospect, *stage, *since, *at)),
             _ => None,
         })
         .collect()

@@ -118,18 +118,18 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
             };
             serde_json::to_writer(buf, &json)?;
         }
-        Output::Ghosted { prospect, stage, since, at }
-        | Output::Stalled { prospect, stage, since, at }
-        | Output::GoneQuiet { prospect, stage, since, at } => {
+        Output::Ghosted { prospect, stage, since, at, class, email }
+        | Output::Stalled { prospect, stage, since, at, class, email }
+        | Output::GoneQuiet { prospect, stage, since, at, class, email } => {
             let kind = match output {
                 Output::Ghosted { .. } => "ghosted",
                 Output::Stalled { .. } => "stalled",
                 _ => "gone_quiet",
             };
-            let class = engine.prospect(*prospect).classification(j);
+            let class = *class;
             let mut o = Obj::new(buf, kind);
             o.str("prospect", engine.prospect_id(*prospect));
-            o.opt_str("email", engine.email(*prospect));
+            o.opt_str("email", email.as_deref());
             o.str("stage", &j.stage(*stage).name);
             o.str("classification", class.as_str());
             o.str("next_commitment", j.next_commitment(*stage, class));
@@ -362,7 +362,7 @@ mod tests {
 
     use super::*;
     use crate::codec::{Limits, decode};
-    use crate::core::{Journey, ProspectIx, StageId};
+    use crate::core::Journey;
     use crate::traffic::{Generator, Options};
 
     /// The outputs as serde_json writes them: the reference the hand-written ones are held to.
@@ -411,12 +411,18 @@ mod tests {
         at: Time,
     }
 
-    fn silence<'a>(engine: &'a Engine, prospect: ProspectIx, stage: StageId, since: Ts, at: Ts) -> Silence<'a> {
+    fn silence<'a>(engine: &'a Engine, output: &'a Output) -> Silence<'a> {
         let j = &**engine.journey();
-        let class = engine.prospect(prospect).classification(j);
+        let (Output::Ghosted { prospect, stage, since, at, class, email }
+        | Output::Stalled { prospect, stage, since, at, class, email }
+        | Output::GoneQuiet { prospect, stage, since, at, class, email }) = output
+        else {
+            unreachable!("silences only")
+        };
+        let (prospect, stage, since, at, class) = (*prospect, *stage, *since, *at, *class);
         Silence {
             prospect: engine.prospect_id(prospect),
-            email: engine.email(prospect),
+            email: email.as_deref(),
             stage: &j.stage(stage).name,
             classification: class.as_str(),
             next_commitment: j.next_commitment(stage, class),
@@ -437,15 +443,9 @@ mod tests {
                 late: *late,
                 classification: engine.prospect(*prospect).classification(j).as_str(),
             },
-            Output::Ghosted { prospect, stage, since, at } => {
-                Reference::Ghosted(silence(engine, *prospect, *stage, *since, *at))
-            }
-            Output::Stalled { prospect, stage, since, at } => {
-                Reference::Stalled(silence(engine, *prospect, *stage, *since, *at))
-            }
-            Output::GoneQuiet { prospect, stage, since, at } => {
-                Reference::GoneQuiet(silence(engine, *prospect, *stage, *since, *at))
-            }
+            Output::Ghosted { .. } => Reference::Ghosted(silence(engine, output)),
+            Output::Stalled { .. } => Reference::Stalled(silence(engine, output)),
+            Output::GoneQuiet { .. } => Reference::GoneQuiet(silence(engine, output)),
             Output::Late { prospect, signal, at, watermark } => Reference::Late {
                 prospect: engine.prospect_id(*prospect),
                 signal: &j.signal(*signal).name,

@@ -2,6 +2,7 @@
 
 use super::ids::ProspectIx;
 use super::journey::{SignalId, StageId};
+use super::prospect::Classification;
 use super::time::Ts;
 
 /// Why an input was refused. A bounded set: safe as a metrics label and a dead-letter header.
@@ -112,6 +113,10 @@ pub enum Output {
         stage: StageId,
         since: Ts,
         at: Ts,
+        /// The prospect as it was when the timer fired (what sales acts on), whatever the
+        /// event that fired it changes next.
+        class: Classification,
+        email: Option<Box<str>>,
     },
     /// No prospect-initiated signal within the window after the last one (or after entering
     /// the stage) while in a watched stage: the prospect went quiet.
@@ -120,6 +125,10 @@ pub enum Output {
         stage: StageId,
         since: Ts,
         at: Ts,
+        /// The prospect as it was when the timer fired (what sales acts on), whatever the
+        /// event that fired it changes next.
+        class: Classification,
+        email: Option<Box<str>>,
     },
     /// A prospect that has won was not moved to the terminal stage `refused` by `signal` (a
     /// lost upsell after the sale, outside `[time] outcome_correction_hours`): the win stands.
@@ -137,6 +146,10 @@ pub enum Output {
         stage: StageId,
         since: Ts,
         at: Ts,
+        /// The prospect as it was when the timer fired (what sales acts on), whatever the
+        /// event that fired it changes next.
+        class: Classification,
+        email: Option<Box<str>>,
     },
     /// The event was behind the watermark; see `Engine` docs for what it still changed.
     Late {

@@ -117,7 +117,9 @@ impl Engine {
         }
         self.mark_changed(ix.0);
         let journey = &self.journey;
+        let email = self.emails.get(&ix.0).map(Box::from);
         let p = self.store.fixed_mut(ix.0 as usize);
+        let class = p.classification(journey);
         match kind {
             TimerKind::Ghost => {
                 p.ghost_due = Ts::NONE;
@@ -128,14 +130,15 @@ impl Engine {
                 let since = journey.ghost.map_or(due, |g| due.minus(g.window));
                 self.funnel.ghosted[p.stage.0 as usize] += 1;
                 self.stats.ghosted += 1;
-                out.push(Output::Ghosted { prospect: ix, stage: p.stage, since, at: due });
+                out.push(Output::Ghosted { prospect: ix, stage: p.stage, since, at: due, class, email });
             }
             TimerKind::Stall => {
                 p.stall_due = Ts::NONE;
                 p.flags |= prospect::STALLED;
                 self.funnel.stalled[p.stage.0 as usize] += 1;
                 self.stats.stalled += 1;
-                out.push(Output::Stalled { prospect: ix, stage: p.stage, since: p.stage_entered, at: due });
+                let since = p.stage_entered;
+                out.push(Output::Stalled { prospect: ix, stage: p.stage, since, at: due, class, email });
             }
             TimerKind::Quiet => {
                 p.flags |= prospect::QUIET;
@@ -143,7 +146,7 @@ impl Engine {
                     p.hot_until = due;
                 }
                 let since = journey.quiet.map_or(due, |q| due.minus(q.window));
-                out.push(Output::GoneQuiet { prospect: ix, stage: p.stage, since, at: due });
+                out.push(Output::GoneQuiet { prospect: ix, stage: p.stage, since, at: due, class, email });
             }
         }
     }

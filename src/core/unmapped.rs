@@ -36,14 +36,14 @@ impl UnmappedNames {
             EventKind::Group | EventKind::Alias => return,
         };
         self.total += 1;
-        let name: String = name.chars().take(MAX_NAME_CHARS).collect();
-        let room = self.names.len() < MAX_NAMES;
-        match self.names.get_mut(&name) {
-            Some(n) => *n += 1,
-            None if room => {
-                self.names.insert(name, 1);
-            }
-            None => self.beyond += 1,
+        let name = name.char_indices().nth(MAX_NAME_CHARS).map_or(name, |(i, _)| &name[..i]);
+        // A name seen before costs no allocation.
+        if let Some(n) = self.names.get_mut(name) {
+            *n += 1;
+        } else if self.names.len() < MAX_NAMES {
+            self.names.insert(name.to_string(), 1);
+        } else {
+            self.beyond += 1;
         }
     }
 

@@ -127,6 +127,8 @@ impl Default for OutputTopics {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JourneySettings {
+    /// A built-in journey's name (`b2b`) or a TOML file; a relative file path written in the
+    /// config file resolves against the config file's directory.
     #[serde(default = "default_journey_path")]
     pub path: PathBuf,
 }
@@ -272,7 +274,7 @@ fn default_dead_letter() -> String {
     "dead-letter".into()
 }
 fn default_journey_path() -> PathBuf {
-    "deploy/journeys/b2b.toml".into()
+    crate::journeys::DEFAULT.into()
 }
 fn default_max_bytes() -> usize {
     64 * 1024
@@ -375,6 +377,9 @@ impl Settings {
             }
         })?;
         s.kafka.client = s.kafka.client.into_iter().map(|(k, v)| (k.replace('_', "."), v)).collect();
+        if let Some(f) = file {
+            s.resolve_paths(f);
+        }
         s.validate()?;
         Ok(s)
     }
@@ -499,6 +504,36 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// Relative paths written in the config file (`journey.path` unless it names a built-in
+    /// journey, `checkpoint.dir`) resolve against the file's directory, so a config works from
+    /// any working directory. Defaults and values from the environment stay as they are
+    /// (relative to the working directory).
+    fn resolve_paths(&mut self, file: &Path) {
+        let Some(table) = std::fs::read_to_string(file).ok().and_then(|t| t.parse::<toml::Table>().ok()) else {
+            return;
+        };
+        let dir = file.parent().unwrap_or(Path::new(""));
+        let written = |section: &str, key: &str| table.get(section)?.get(key)?.as_str().map(PathBuf::from);
+        let journey_is_file = matches!(self.journey(), crate::journeys::JourneyRef::File(_));
+        for (path, section, key, applies) in [
+            (&mut self.journey.path, "journey", "path", journey_is_file),
+            (&mut self.checkpoint.dir, "checkpoint", "dir", true),
+        ] {
+            if applies
+                && path.is_relative()
+                && !path.as_os_str().is_empty()
+                && written(section, key).as_deref() == Some(path.as_path())
+            {
+                *path = dir.join(&*path);
+            }
+        }
+    }
+
+    /// The journey `journey.path` names: a built-in journey or a file.
+    pub fn journey(&self) -> crate::journeys::JourneyRef {
+        crate::journeys::JourneyRef::parse(&self.journey.path)
     }
 
     /// The changelog topic name (`checkpoint.changelog_topic` or `<group_id>-changelog`).

@@ -22,6 +22,7 @@ pub mod codec;
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod journeys;
 pub mod kafka;
 pub mod pipeline;
 pub mod replay;

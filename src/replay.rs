@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{self, Limits};
 use crate::core::ids::kafka_partition;
+use crate::core::unmapped::UnmappedNames;
 use crate::core::{Census, Engine, Event, Journey, Output, RejectReason, Stats, Ts};
 use crate::pipeline::merge::{self, Decision, Input};
 
@@ -47,7 +48,7 @@ pub struct Options {
 }
 
 /// Totals of a replay run.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Totals {
     pub lines: u64,
     /// Events refused, by the decoder (a batch counts each bad item) or by the engine.
@@ -57,7 +58,15 @@ pub struct Totals {
     pub rejected_by_decoder: u64,
     /// `rejected` by reason, indexed as [`RejectReason::ALL`].
     pub rejected_by_reason: [u64; RejectReason::ALL.len()],
+    /// `hot_lead_suppressed` outputs by hot rule (indexed as the journey's `hot_rules`; a
+    /// suppressed alert counts once for each rule that fired).
+    pub suppressed_by_rule: Vec<u64>,
+    /// Events whose name maps to no signal, by name (bounded).
+    pub unmapped: UnmappedNames,
 }
+
+/// How many of the most frequent unmapped names the summary lists.
+pub const UNMAPPED_TOP: usize = 20;
 
 impl Totals {
     fn reject(&mut self, reason: RejectReason) {
@@ -132,6 +141,7 @@ pub fn run(
                 if partitions == 1 { 0 } else { kafka_partition(ev.prospect.as_bytes(), partitions) as usize }
             });
             let engine = &mut shards[p];
+            totals.unmapped.saw(&ev);
             engine.apply(&ev, &mut outputs);
             flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
         }
@@ -227,6 +237,7 @@ pub fn run_merged<R: Read>(
     while let Some(Reverse((_, p))) = next.pop() {
         let Some((file, _)) = pick(&queues[p], now) else { continue };
         let Some(q) = queues[p][file].pop_front() else { continue };
+        totals.unmapped.saw(&q.ev);
         shards[p].apply(&q.ev, &mut outputs);
         last = Loc { line: q.line, name: &data[q.file].0 };
         flush(&shards[p], &mut outputs, &mut buf, &mut totals, &last, opts.summary_only, &mut out, &mut err)?;
@@ -318,9 +329,18 @@ fn write_summary(journey: &Journey, shards: &[Engine], totals: &Totals, buf: &mu
         .filter(|(_, n)| *n > 0)
         .map(|(r, n)| (r.as_str(), n))
         .collect();
+    let by_rule: Vec<(&str, u64)> =
+        journey.hot_rules.iter().zip(&totals.suppressed_by_rule).map(|(r, n)| (r.name.as_str(), *n)).collect();
     let report = funnel.report(journey);
     let figures = codec::outbound::Figures { watermark, stats: &stats, census: &census, funnel: &report };
-    codec::write_report(&figures, &by_reason, buf).map_err(io::Error::other)?;
+    let (unmapped, unmapped_other) = totals.unmapped.top(UNMAPPED_TOP);
+    let counts = codec::outbound::ReplayCounts {
+        rejected_by_reason: &by_reason,
+        alerts_suppressed_by_rule: &by_rule,
+        unmapped_top: &unmapped,
+        unmapped_other,
+    };
+    codec::write_report(&figures, &counts, buf).map_err(io::Error::other)?;
     buf.push(b'\n');
     Ok(())
 }
@@ -381,7 +401,17 @@ fn add_stats(into: &mut Stats, s: &Stats) {
 }
 
 fn add_census(into: &mut Census, c: &Census) {
-    let Census { prospects, hot, ghosted, stalled, current_opportunity, no_current_opportunity, not_a_prospect } = c;
+    let Census {
+        prospects,
+        hot,
+        ghosted,
+        stalled,
+        gone_quiet,
+        current_opportunity,
+        no_current_opportunity,
+        not_a_prospect,
+    } = c;
+    into.gone_quiet += gone_quiet;
     into.prospects += prospects;
     into.hot += hot;
     into.ghosted += ghosted;
@@ -412,6 +442,13 @@ fn flush(
             totals.reject(*reason);
             writeln!(err, "{at}: {}: {detail}", reason.as_str())?;
             continue;
+        }
+        if let Output::HotLeadSuppressed(s) = &o {
+            let rules = engine.journey().hot_rules.len();
+            totals.suppressed_by_rule.resize(rules, 0);
+            for (r, n) in totals.suppressed_by_rule.iter_mut().enumerate() {
+                *n += u64::from(s.rules & (1 << r) != 0);
+            }
         }
         totals.outputs += 1;
         if summary_only {

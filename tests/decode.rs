@@ -955,3 +955,98 @@ fn decode_refuses_a_batch_and_batches_do_not_nest() {
     let items: Vec<_> = codec::decode_each(big.as_bytes(), &b2b(), &limits).collect();
     assert!(matches!(items.as_slice(), [(None, Err(DecodeError::TooLarge { .. }))]), "{items:?}");
 }
+
+// ---- [[segment.pages]]: page and screen calls by name, category, path or URL ------------------
+
+/// b2b with a pricing signal and page rules, as a SaaS site would map its pages.
+fn with_page_rules() -> Journey {
+    let text = format!(
+        "{B2B}
+[[signals]]
+name = \"pricing_viewed\"
+source = \"web\"
+weight = 6.0
+prospect_initiated = true
+
+[[signals]]
+name = \"docs_read\"
+source = \"web\"
+weight = 2.0
+prospect_initiated = true
+
+[[segment.pages]]
+path = \"/pricing*\"
+signal = \"pricing_viewed\"
+
+[[segment.pages]]
+category = \"docs\"
+signal = \"docs_read\"
+
+[[segment.pages]]
+url = \"*://help.*\"
+signal = \"docs_read\"
+
+[[segment.pages]]
+name = \"Plans\"
+signal = \"pricing_viewed\"
+"
+    );
+    Journey::from_toml_str(&text).expect("journey with page rules loads")
+}
+
+#[test]
+fn a_pricing_page_visit_raises_its_own_signal() {
+    let j = with_page_rules();
+    let pricing = j.lookup("pricing_viewed");
+    let docs = j.lookup("docs_read");
+    let page_viewed = j.lookup("page_viewed");
+    let page = |extra: Value| {
+        let mut v = json!({"type": "page", "userId": "usr_1", "messageId": "m-1", "timestamp": "2026-03-04T10:12:00Z"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v.to_string()
+    };
+    let cases = [
+        (
+            page(json!({"properties": {"path": "/pricing", "url": "https://acme.example/pricing?utm_source=x"}})),
+            pricing,
+        ),
+        // The path of the URL when `properties.path` is absent; case is ignored.
+        (page(json!({"properties": {"url": "https://acme.example/Pricing/teams?x=1"}})), pricing),
+        (page(json!({"category": "Docs", "name": "Install", "properties": {"path": "/docs/install"}})), docs),
+        (page(json!({"properties": {"url": "https://help.acme.example/a", "category": 5}})), docs),
+        (page(json!({"name": "Plans", "properties": {"path": "/p"}})), pricing),
+        (page(json!({"type": "screen", "name": "Plans"})), pricing),
+        // No rule matches: the `[segment]` default.
+        (page(json!({"name": "Blog", "properties": {"path": "/blog/x"}})), page_viewed),
+        (page(json!({"properties": null})), page_viewed),
+    ];
+    for (line, want) in &cases {
+        let fast = codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
+        let slow = codec::decode_with_serde(line.as_bytes(), &j, &Limits::default()).unwrap();
+        assert_eq!(fast.signal, *want, "{line}");
+        assert_eq!(slow, fast, "{line}");
+    }
+    // In a batch too.
+    let batch = format!("{{\"batch\":[{}]}}", cases[0].0);
+    let (_, ev) = codec::decode_each(batch.as_bytes(), &j, &Limits::default()).next().unwrap();
+    assert_eq!(ev.unwrap().signal, pricing);
+    // The journey without rules maps every page call to its default.
+    assert_eq!(decode_bytes(cases[0].0.as_bytes()).unwrap().signal, b2b().lookup("page_viewed"));
+}
+
+#[test]
+fn a_pricing_page_visit_scores_and_counts_as_its_own_signal() {
+    let j = Arc::new(with_page_rules());
+    let mut engine = Engine::new(j.clone());
+    let mut out = Vec::new();
+    let line = PLAYBOOK.lines().next().unwrap();
+    let ev = codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
+    assert_eq!(ev.signal, j.lookup("pricing_viewed"), "the playbook's first line is a pricing page");
+    engine.apply(&ev, &mut out);
+    let id = ev.prospect.to_string();
+    let view = engine.view(engine.find(&id).unwrap(), None);
+    assert_eq!(view.score, 6.0);
+    assert_eq!(view.signal_counts, [("pricing_viewed".to_string(), 1)]);
+}

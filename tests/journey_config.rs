@@ -229,11 +229,11 @@ fn unknown_keys_are_rejected() {
         ("[segment]", "[segment]\ntrack = \"page_viewed\"", "track"),
     ] {
         let err = load_err(&b2b_with(from, to));
-        assert!(matches!(err, JourneyError::Toml(_)), "{key}: {err:?}");
-        assert_names(&err, &["unknown field", &format!("`{key}`")]);
+        assert!(matches!(err, JourneyError::Schema { .. }), "{key}: {err:?}");
+        assert_names(&err, &[&format!("{key}: unknown key")]);
     }
     let err = load_err(&format!("{B2B}\n[alerts]\nslack_channel = \"#sales\"\n"));
-    assert_names(&err, &["unknown field", "`alerts`"]);
+    assert_names(&err, &["alerts: unknown key", "`hot_rules`"]);
 }
 
 #[test]
@@ -270,8 +270,8 @@ fn numbers_of_the_wrong_type_name_the_key() {
         ("weight = 25.0", "weight = \"high\"", "weight"),
     ] {
         let err = load_err(&b2b_with(from, to));
-        assert!(matches!(err, JourneyError::Toml(_)), "{to}: {err:?}");
-        assert_names(&err, &[key]);
+        assert!(matches!(err, JourneyError::Schema { .. }), "{to}: {err:?}");
+        assert_names(&err, &[&format!(".{key}: ")]);
     }
 }
 
@@ -310,9 +310,9 @@ fn structural_mistakes_are_named() {
                 "source = \"crm\"\nweight = 0.0\nprospect_initiated = false\ndisqualifies",
                 "source = \"phone\"\nweight = 0.0\nprospect_initiated = false\ndisqualifies",
             ),
-            &["unknown variant `phone`"],
+            &["signals[20] (`disqualified`).source: unknown value `phone`", "`web`, `crm`, `any`"],
         ),
-        ("name = \"x\"".to_string(), &["missing field"]),
+        ("name = \"x\"".to_string(), &["stages: declare at least one [[stages]] entry"]),
         ("not toml at all = = =".to_string(), &["not valid TOML"]),
     ];
     for (text, words) in cases {
@@ -364,4 +364,132 @@ fn a_signal_listed_twice_in_one_stage_is_named_as_such() {
 fn allowed_lateness_is_bounded() {
     let text = b2b_with("allowed_lateness_hours = 24", "allowed_lateness_hours = 2000000");
     assert_names(&load_err(&text), &["allowed_lateness_hours", "1000000"]);
+}
+
+// ---- every mistake at once --------------------------------------------------------------------
+
+fn all_errors(text: &str) -> Vec<String> {
+    match Journey::parse(text) {
+        Ok(_) => panic!("journey should be refused"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn five_mistakes_in_one_file_give_five_errors_in_one_run() {
+    let text = B2B
+        .replace("cooldown_hours = 72", "cooldown_hrs = 72")
+        .replace("name = \"aware\"\norder = 10", "name = \"aware\"\norder = \"ten\"")
+        .replace(
+            "[[hot_rules]]\nname = \"quote_requested\"\nsignal = \"quote_requested\"",
+            "[[hot_rules]]\nname = \"quote_requested\"\nsignal = \"quote_requestd\"",
+        )
+        .replace(
+            "opportunity_stages = [\"evaluating\", \"deciding\"]",
+            "opportunity_stages = [\"evaluatng\", \"deciding\"]",
+        )
+        .replace("score_at_least = 60.0", "score_at_least = 600.0");
+    let errors = all_errors(&text);
+    assert_eq!(errors.len(), 5, "{errors:#?}");
+    let expected = [
+        "hot.cooldown_hrs: unknown key; did you mean `cooldown_hours`?",
+        "stages[0] (`aware`).order: wrong type: string \"ten\", expected u32",
+        "hot_rules[1] (`quote_requested`).signal: unknown signal `quote_requestd`; did you mean `quote_requested`?",
+        "hot_rules[2] (`engaged`).score_at_least: 600 can never be reached (scores are clamped to scoring.max_score = 200); the rule can never fire",
+        "classification.opportunity_stages[0]: unknown stage `evaluatng`; did you mean `evaluating`?",
+    ];
+    for want in expected {
+        assert!(errors.iter().any(|e| e.starts_with(want)), "{want:?} not in {errors:#?}");
+    }
+    // The missing-key report does not repeat a key already reported for its type or spelling.
+    assert!(!errors.iter().any(|e| e.contains("missing")), "{errors:#?}");
+}
+
+#[test]
+fn missing_required_keys_are_each_named() {
+    let text = B2B.replace("hot_for_days = 7", "").replace("weight = 25.0\n", "");
+    let errors = all_errors(&text);
+    assert_eq!(
+        errors,
+        ["signals[8].weight: missing; this key is required", "hot.hot_for_days: missing; this key is required"]
+    );
+}
+
+#[test]
+fn unreachable_rules_and_stages_are_flagged() {
+    // A stage no signal enters.
+    let text = b2b_with(r#"entered_by = ["referral_made"]"#, "");
+    assert_eq!(
+        all_errors(&text),
+        [
+            "stages[6] (`advocating`): no signal enters this stage, so no prospect can reach it; list signals under its `entered_by`"
+        ]
+    );
+    // A score no prospect can reach when every signal that adds points is capped.
+    let capped = r#"
+name = "capped"
+[scoring]
+half_life_days = 7
+[hot]
+cooldown_hours = 0
+hot_for_days = 1
+[[stages]]
+name = "visiting"
+order = 1
+entered_by = ["visited"]
+[[signals]]
+name = "visited"
+source = "any"
+weight = 1
+cap = 5
+prospect_initiated = true
+[[hot_rules]]
+name = "busy"
+reason = "busy"
+score_at_least = 6
+"#;
+    let errors = all_errors(capped);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("hot_rules[0] (`busy`).score_at_least: 6 can never be reached"), "{errors:?}");
+    assert!(Journey::parse(&capped.replace("score_at_least = 6", "score_at_least = 5")).is_ok());
+}
+
+#[test]
+fn unknown_names_without_a_close_match_say_how_to_fix_them() {
+    let text = b2b_with(r#"after = "quote_sent"     #"#, r#"after = "zzz"     #"#);
+    assert_eq!(all_errors(&text), ["ghosted.after: unknown signal `zzz`; declare it under [[signals]] first"]);
+}
+
+#[test]
+fn page_rules_are_checked() {
+    let text = format!(
+        "{B2B}
+[[segment.pages]]
+path = \"/pricing[\"
+signal = \"pricing_viewd\"
+
+[[segment.pages]]
+signal = \"page_viewed\"
+"
+    );
+    let errors = all_errors(&text);
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(errors[0].starts_with("segment.pages[0].signal: unknown signal `pricing_viewd`"), "{errors:#?}");
+    assert!(errors[1].starts_with("segment.pages[0].path: `/pricing[` is not a pattern"), "{errors:#?}");
+    assert!(errors[2].starts_with("segment.pages[1]: set at least one of"), "{errors:#?}");
+}
+
+#[test]
+fn reopen_on_a_stage_after_the_sale_must_move_back() {
+    // `adopting` (after `won`) may be left again only for an earlier stage.
+    let text = b2b_with(
+        r#"entered_by = ["product_used"]"#,
+        "entered_by = [\"product_used\"]\nreopen_on = [\"referral_made\", \"deal_won\"]",
+    );
+    assert_eq!(
+        all_errors(&text),
+        [
+            "stages[5] (`adopting`).reopen_on[0]: signal `referral_made` does not enter an earlier stage, so it cannot move a prospect back out of this one; list a signal of an earlier stage's `entered_by`"
+        ]
+    );
 }

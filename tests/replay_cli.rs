@@ -677,3 +677,59 @@ fn replay_report_prints_the_signal_table_with_intervals_and_flags_thin_samples()
     assert!(table.lines().skip(3).filter(|l| l.starts_with("  ")).all(|l| l.ends_with(" *")), "{table}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn suppressed_alerts_are_lines_of_their_own_and_counted_by_rule() {
+    let ev = |id: &str, kind: &str, ts: &str| {
+        format!(r#"{{"event_id":"{id}","prospect_id":"usr_1","source":"web","type":"{kind}","ts":"{ts}"}}"#)
+    };
+    let lines = [
+        ev("e1", "quote_requested", "2026-03-02T09:00:00Z"),
+        ev("e2", "quote_requested", "2026-03-03T09:00:00Z"),
+        ev("e3", "quote_requested", "2026-03-03T10:00:00Z"),
+    ];
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay_cli-suppressed.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let out = replay(&[path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = stdout_json(&out);
+    assert_eq!(of_kind(&lines, "hot_lead").len(), 1);
+    let held = of_kind(&lines, "hot_lead_suppressed");
+    assert_eq!(held.len(), 2);
+    assert_eq!(held[0]["rules"], serde_json::json!(["quote_requested"]));
+    assert_eq!(held[0]["held_by"], "quote_requested");
+    // The third request also takes the score past 60: both rules are held back and named.
+    assert_eq!(held[1]["rules"], serde_json::json!(["quote_requested", "engaged"]));
+    let summary = of_kind(&lines, "funnel_summary")[0];
+    assert_eq!(summary["stats"]["alerts_suppressed"], 2);
+    assert_eq!(summary["stats"]["alerts_suppressed_by_rule"], serde_json::json!({"engaged": 1, "quote_requested": 2}));
+}
+
+#[test]
+fn the_summary_lists_the_most_frequent_unmapped_names() {
+    let out = replay(&["--summary-only", PLAYBOOK]);
+    let summary = &stdout_json(&out)[0];
+    assert_eq!(
+        summary["stats"]["unmapped_top"],
+        serde_json::json!([{"name": "Email Opened", "count": 1}, {"name": "Pricing Calculator Used", "count": 1},
+            {"name": "Signed Out", "count": 1}])
+    );
+    // Bounded: the 20 most frequent, the rest counted together.
+    let mut lines = Vec::new();
+    for k in 0..25 {
+        for n in 0..=k {
+            lines.push(format!(
+                r#"{{"event_id":"e{k}-{n}","prospect_id":"usr_1","source":"web","type":"Custom Thing {k}","ts":"2026-03-02T09:00:00Z"}}"#
+            ));
+        }
+    }
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay_cli-unmapped.jsonl");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let out = replay(&["--summary-only", path.to_str().unwrap()]);
+    let stats = &stdout_json(&out)[0]["stats"];
+    let top = stats["unmapped_top"].as_array().unwrap();
+    assert_eq!(top.len(), 20);
+    assert_eq!(top[0], serde_json::json!({"name": "Custom Thing 24", "count": 25}));
+    assert_eq!(top[19], serde_json::json!({"name": "Custom Thing 5", "count": 6}));
+    assert_eq!(stats["unmapped_other"], 1 + 2 + 3 + 4 + 5);
+}

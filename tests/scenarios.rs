@@ -154,8 +154,8 @@ fn hot_leads(out: &[Output]) -> Vec<&HotLead> {
 
 fn ghosted(out: &[Output]) -> Vec<(ProspectIx, StageId, Ts, Ts)> {
     out.iter()
-        .filter_map(|o| match *o {
-            Output::Ghosted { prospect, stage, since, at } => Some((prospect, stage, since, at)),
+        .filter_map(|o| match o {
+            Output::Ghosted { prospect, stage, since, at, .. } => Some((*prospect, *stage, *since, *at)),
             _ => None,
         })
         .collect()
@@ -163,8 +163,8 @@ fn ghosted(out: &[Output]) -> Vec<(ProspectIx, StageId, Ts, Ts)> {
 
 fn stalled(out: &[Output]) -> Vec<(ProspectIx, StageId, Ts, Ts)> {
     out.iter()
-        .filter_map(|o| match *o {
-            Output::Stalled { prospect, stage, since, at } => Some((prospect, stage, since, at)),
+        .filter_map(|o| match o {
+            Output::Stalled { prospect, stage, since, at, .. } => Some((*prospect, *stage, *since, *at)),
             _ => None,
         })
         .collect()
@@ -277,7 +277,8 @@ fn silence_for_5_days_after_quote_ghosts_when_time_advances() {
     let j = p.json(&out[0]);
     assert_eq!(
         j,
-        json!({"kind": "ghosted", "prospect": "usr_4410", "stage": "deciding",
+        json!({"kind": "ghosted", "prospect": "usr_4410", "email": null, "stage": "deciding",
+        "classification": "current_opportunity", "next_commitment": DECIDING_NEXT,
         "since": "2026-03-03T09:00:00.000Z", "at": "2026-03-08T09:00:00.000Z"})
     );
     assert!(p.view("usr_4410", None).ghosted);
@@ -445,11 +446,10 @@ fn a_terminal_stage_holds_even_against_later_ordered_stages() {
         won,
         "[[stages]]\nname = \"lost\"\norder = 45\nentered_by = [\"deal_lost\"]\nterminal = true\noutcome = \"lost\"\n\n[[stages]]\nname = \"won\"\n",
     );
-    // The old block keeps its order but loses its entry signal.
-    let text = text.replace(
-        "entered_by = [\"deal_lost\"]\nterminal = true\noutcome = \"lost\"\nnext_commitment",
-        "next_commitment",
-    );
+    // The old block goes (a stage no signal enters is refused as unreachable).
+    let start = text.find("[[stages]]\nname = \"lost_moved\"").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    let text = format!("{}{}", &text[..start], &text[end..]);
     let mut p = Playbook::on(Arc::new(Journey::from_toml_str(&text).expect("reordered journey loads")));
     assert!(p.stage("lost") < p.stage("won"));
     p.web("usr_6120", "demo_requested", day(0.0));
@@ -646,7 +646,9 @@ fn twenty_one_days_in_evaluating_without_advance_stalls() {
     assert_eq!(stalled(&out), vec![(p.ix("usr_3107"), p.stage("evaluating"), day(0.0), day(21.0))]);
     assert_eq!(
         p.json(&out[0]),
-        json!({"kind": "stalled", "prospect": "usr_3107", "stage": "evaluating",
+        json!({"kind": "stalled", "prospect": "usr_3107", "email": null, "stage": "evaluating",
+            "classification": "current_opportunity",
+            "next_commitment": "Agree the decision criteria and ask who else should see the quote",
             "since": "2026-03-02T09:00:00.000Z", "at": "2026-03-23T09:00:00.000Z"})
     );
     assert!(p.view("usr_3107", None).stalled);
@@ -690,6 +692,69 @@ fn second_hot_trigger_within_72_hours_is_suppressed() {
     assert_ne!(leads[0].rules & rule_bit(&p.journey(), "quote_requested"), 0);
     assert_eq!(p.engine.stats().hot_leads, 2);
     assert_eq!(p.engine.stats().alerts_suppressed, 1);
+}
+
+fn suppressed(out: &[Output]) -> Vec<&Output> {
+    out.iter().filter(|o| matches!(o, Output::HotLeadSuppressed(_))).collect()
+}
+
+#[test]
+fn a_stronger_rule_gets_through_a_weaker_rules_cooldown() {
+    let mut p = Playbook::new();
+    let j = p.journey();
+    // Engagement builds up to the score rule (priority 0) without any signal rule.
+    for k in 0..3 {
+        p.web("usr_3301", "content_downloaded", hour(f64::from(k)));
+    }
+    p.web("usr_3301", "webinar_registered", hour(4.0));
+    p.web("usr_3301", "account_created", hour(5.0));
+    let out = p.web("usr_3301", "demo_requested", hour(6.0));
+    assert_eq!(hot_leads(&out)[0].rules, rule_bit(&j, "engaged"));
+    p.crm("usr_3301", "quote_sent", day(1.0));
+
+    // A day later the micro-certainty (a sequence rule, priority 20) is not swallowed.
+    let out = p.crm("usr_3301", "quote_clarification_requested", day(2.0));
+    let leads = hot_leads(&out);
+    assert_eq!(leads.len(), 1, "{out:?}");
+    assert_eq!(leads[0].rules, rule_bit(&j, "clarification_after_quote"));
+    assert_eq!(p.view("usr_3301", None).hot_reason.as_deref(), Some(CLARIFICATION_REASON));
+
+    // A weaker rule (a plain signal rule, priority 10) within that alert's cooldown is held
+    // back, and says so.
+    let out = p.web("usr_3301", "quote_requested", day(2.5));
+    assert!(hot_leads(&out).is_empty(), "{out:?}");
+    let held = suppressed(&out);
+    assert_eq!(held.len(), 1, "{out:?}");
+    let json = p.json(held[0]);
+    assert_eq!(json["kind"], "hot_lead_suppressed");
+    assert_eq!(json["rules"], json!(["quote_requested"]));
+    assert_eq!(json["held_by"], "clarification_after_quote");
+    assert_eq!(json["cooldown_until"], day(5.0).to_string());
+    assert_eq!(json["next_commitment"], DECIDING_NEXT);
+    assert_eq!(p.engine.stats().hot_leads, 2);
+    assert_eq!(p.engine.stats().alerts_suppressed, 1);
+}
+
+#[test]
+fn an_explicit_priority_lets_a_score_rule_through_and_equal_rules_are_held() {
+    // The score rule made the strongest: a quote request (priority 10) alerts first, then the
+    // score crossing 60 within the cooldown still alerts.
+    let p30 = "score_at_least = 60.0\npriority = 30";
+    let mut p = Playbook::on(b2b_with("score_at_least = 60.0", p30));
+    let j = p.journey();
+    assert_eq!(hot_leads(&p.web("usr_3302", "quote_requested", hour(0.0))).len(), 1);
+    p.web("usr_3302", "demo_requested", hour(1.0));
+    let out = p.web("usr_3302", "webinar_registered", hour(2.0));
+    assert_eq!(hot_leads(&out).len(), 1, "{out:?}");
+    assert_eq!(hot_leads(&out)[0].rules, rule_bit(&j, "engaged"));
+
+    // Without the priority the score rule (0) is held by the quote request's alert (10).
+    let mut p = Playbook::new();
+    p.web("usr_3302", "quote_requested", hour(0.0));
+    p.web("usr_3302", "demo_requested", hour(1.0));
+    let out = p.web("usr_3302", "webinar_registered", hour(2.0));
+    assert!(hot_leads(&out).is_empty());
+    assert_eq!(p.json(suppressed(&out)[0])["held_by"], "quote_requested");
 }
 
 #[test]
@@ -889,4 +954,120 @@ fn a_won_customer_is_not_moved_to_lost_by_a_later_deal_lost() {
     let out = p.crm("usr_7001", "deal_lost", day(40.0));
     assert!(stage_changes(&out).is_empty(), "a lost upsell does not un-win a customer: {out:?}");
     assert_eq!(p.view("usr_7001", None).stage, "won");
+    // Said, not silently dropped.
+    assert_eq!(
+        p.json(&out[0]),
+        json!({"kind": "outcome_kept", "prospect": "usr_7001", "stage": "won", "refused": "lost",
+            "signal": "deal_lost", "at": day(40.0).to_string()})
+    );
+}
+
+// ---- gone quiet, next micro-commitment per classification ----------------------------------
+
+/// b2b with a `[gone_quiet]` timer on interested prospects and texts per classification.
+fn b2b_quiet() -> Arc<Journey> {
+    let text = format!(
+        "{}\n[gone_quiet]\ndays = 7\nstages = [\"interested\", \"evaluating\"]\n",
+        B2B.replace(
+            "opportunity_stages = [\"evaluating\", \"deciding\"]",
+            "opportunity_stages = [\"evaluating\", \"deciding\"]\nnext_commitment = { not_a_prospect = \"Nothing to ask\" }",
+        )
+        .replace(
+            "next_commitment = \"Invite them to a 20-minute demo built around their use case\"",
+            "next_commitment = \"Invite them to a 20-minute demo built around their use case\"\nnext_commitment_for = { no_current_opportunity = \"Send the monthly digest\" }",
+        )
+    );
+    Arc::new(Journey::from_toml_str(&text).expect("b2b with gone_quiet loads"))
+}
+
+fn gone_quiet(out: &[Output]) -> Vec<(ProspectIx, StageId, Ts, Ts)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::GoneQuiet { prospect, stage, since, at, .. } => Some((*prospect, *stage, *since, *at)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_prospect_active_then_silent_in_a_watched_stage_goes_quiet() {
+    let mut p = Playbook::on(b2b_quiet());
+    p.line(
+        &json!({"type": "identify", "userId": "usr_5150", "messageId": "m-1", "timestamp": day(0.0).to_string(),
+        "traits": {"email": "ana@contoso.example"}})
+        .to_string()
+        .into_bytes(),
+    );
+    p.web("usr_5150", "content_downloaded", day(0.0));
+    p.web("usr_5150", "page_viewed", day(0.5));
+    p.web("usr_5150", "page_viewed", day(3.0));
+    // Seven days after the last activity (day 3), not after the first.
+    assert!(gone_quiet(&p.advance(day(10.0))).is_empty());
+    let out = p.advance(day(10.5));
+    assert_eq!(gone_quiet(&out), vec![(p.ix("usr_5150"), p.stage("interested"), day(3.0), day(10.0))]);
+    assert_eq!(
+        p.json(&out[0]),
+        json!({"kind": "gone_quiet", "prospect": "usr_5150", "email": "ana@contoso.example", "stage": "interested",
+            "classification": "no_current_opportunity", "next_commitment": "Send the monthly digest",
+            "since": day(3.0).to_string(), "at": day(10.0).to_string()})
+    );
+    assert_eq!(p.engine.census().gone_quiet, 1);
+    // Once: nothing more while silent; activity clears it and starts the clock again.
+    assert!(gone_quiet(&p.advance(day(30.0))).is_empty());
+    p.web("usr_5150", "page_viewed", day(31.0));
+    assert_eq!(p.engine.census().gone_quiet, 0);
+    assert_eq!(gone_quiet(&p.advance(day(38.5))).len(), 1);
+}
+
+#[test]
+fn quiet_is_judged_in_event_time_whatever_fires_it() {
+    // The prospect's own later event fires the silence it ends, before it counts as activity.
+    let mut p = Playbook::on(b2b_quiet());
+    p.web("usr_5151", "content_downloaded", day(0.0));
+    let out = p.web("usr_5151", "page_viewed", day(9.0));
+    assert_eq!(gone_quiet(&out), vec![(p.ix("usr_5151"), p.stage("interested"), day(0.0), day(7.0))]);
+    // Unwatched stages do not go quiet; seller signals are not activity.
+    let mut p = Playbook::on(b2b_quiet());
+    p.web("usr_5152", "page_viewed", day(0.0));
+    assert!(gone_quiet(&p.advance(day(30.0))).is_empty());
+    p.web("usr_5152", "demo_requested", day(31.0));
+    p.crm("usr_5152", "meeting_booked", day(35.0));
+    let out = p.advance(day(38.5));
+    assert_eq!(gone_quiet(&out), vec![(p.ix("usr_5152"), p.stage("evaluating"), day(31.0), day(38.0))]);
+}
+
+#[test]
+fn the_next_commitment_depends_on_stage_and_classification() {
+    let j = b2b_quiet();
+    let interested = j.stage_by_name("interested").unwrap();
+    let deciding = j.stage_by_name("deciding").unwrap();
+    assert_eq!(j.next_commitment(interested, Classification::NoCurrentOpportunity), "Send the monthly digest");
+    assert_eq!(
+        j.next_commitment(interested, Classification::CurrentOpportunity),
+        "Invite them to a 20-minute demo built around their use case"
+    );
+    assert_eq!(j.next_commitment(deciding, Classification::CurrentOpportunity), DECIDING_NEXT);
+    // A stage without text of its own falls back to the journey's text for the classification.
+    let bare = Journey::from_toml_str(&B2B.replace(&format!("next_commitment = \"{DECIDING_NEXT}\""), "").replace(
+        "opportunity_stages = [\"evaluating\", \"deciding\"]",
+        "opportunity_stages = [\"evaluating\", \"deciding\"]\nnext_commitment = { current_opportunity = \"Explore in depth\" }",
+    ))
+    .unwrap();
+    assert_eq!(bare.next_commitment(deciding, Classification::CurrentOpportunity), "Explore in depth");
+}
+
+#[test]
+fn a_restored_engine_rearms_the_quiet_timer() {
+    let mut p = Playbook::on(b2b_quiet());
+    p.web("usr_5153", "content_downloaded", day(0.0));
+    p.web("usr_5153", "page_viewed", day(2.0));
+    let mut bytes = Vec::new();
+    p.engine.encode_state(&mut bytes);
+    let mut restored = Engine::decode_state(b2b_quiet(), &bytes).unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    p.engine.advance_to(day(9.5), &mut a);
+    restored.advance_to(day(9.5), &mut b);
+    assert_eq!(gone_quiet(&a).len(), 1);
+    assert_eq!(a, b);
+    assert_eq!(p.engine.digest(), restored.digest());
 }

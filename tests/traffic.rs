@@ -221,7 +221,7 @@ fn a_journey_without_the_b2b_signals_is_refused_by_name() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(err.to_string().contains("b2b.toml"), "{err}");
+    assert!(err.to_string().contains("--journey b2b"), "{err}");
     let bad = Options { duplicate_share: 1.5, ..opts(10, 1) };
     assert!(Generator::new(bad, &b2b(), false).err().unwrap().to_string().contains("--duplicates"));
 }

@@ -10,7 +10,6 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use microfunnel::core::Source;
-use microfunnel::core::time::parse_rfc3339;
 use microfunnel::traffic::model::Model;
 use microfunnel::traffic::{Generator, Options};
 use rdkafka::config::ClientConfig;
@@ -20,8 +19,9 @@ use rdkafka::types::RDKafkaErrorCode;
 
 #[derive(Args)]
 pub struct GenArgs {
-    /// Journey definition whose signals the traffic must map to.
-    #[arg(long, default_value = "deploy/journeys/b2b.toml")]
+    /// Journey whose signals the traffic must map to: a built-in journey's name (b2b, ecommerce, saas)
+    /// or a TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = microfunnel::journeys::DEFAULT)]
     journey: PathBuf,
     /// Number of prospects to simulate.
     #[arg(long, default_value_t = 1_000)]
@@ -29,9 +29,10 @@ pub struct GenArgs {
     /// Horizon in days of event time over which prospects arrive.
     #[arg(long, default_value_t = 90.0)]
     days: f64,
-    /// First arrival, RFC 3339.
+    /// First arrival: a date (2026-01-05) or an RFC 3339 time.
     #[arg(long, default_value = "2026-01-05T00:00:00Z")]
     start: String,
+    /// Random seed: the same seed and options give the same traffic.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Output file; `-` is stdout.
@@ -157,7 +158,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         }
         None => Model::default(),
     };
-    let start = parse_rfc3339(&args.start).map_err(|e| anyhow::anyhow!("--start {:?}: {e}", args.start))?;
+    let start = super::instant("--start", &args.start)?;
     if !(args.rate.is_finite() && args.rate >= 0.0) {
         anyhow::bail!(
             "--rate {}: must be zero (as fast as possible) or a positive number of events per second",

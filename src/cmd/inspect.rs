@@ -1,20 +1,18 @@
 //! `microfunnel inspect-snapshot FILE`: what a snapshot file holds and whether it is intact.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Args;
 
-use microfunnel::core::Journey;
 use microfunnel::store;
 
 #[derive(Args)]
 pub struct InspectArgs {
     /// A snapshot file (`<checkpoint.dir>/<group>/shard-NNNN/<seq>.snap`).
     file: PathBuf,
-    /// Journey the state was written under (needed to decode the body).
-    #[arg(long, default_value = "deploy/journeys/b2b.toml")]
+    /// Journey the state was written under (needed to decode the body): a built-in journey's name
+    /// or a TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = microfunnel::journeys::DEFAULT)]
     journey: PathBuf,
     /// Print this prospect's state instead of the header.
     #[arg(long)]
@@ -32,10 +30,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
-    let text = std::fs::read_to_string(&args.journey)
-        .with_context(|| format!("cannot read journey {}", args.journey.display()))?;
-    let journey =
-        Arc::new(Journey::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.journey.display()))?);
+    let journey = crate::load_journey(&args.journey)?;
     let engine = match checked.engine(journey) {
         Ok(e) => e,
         Err(e) => {

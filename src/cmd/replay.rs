@@ -9,21 +9,21 @@ use anyhow::Context;
 use clap::Args;
 
 use microfunnel::codec::Limits;
-use microfunnel::core::time::parse_rfc3339;
 use microfunnel::replay;
 
 #[derive(Args)]
 pub struct ReplayArgs {
-    /// Journey definition (TOML).
-    #[arg(long, default_value = "deploy/journeys/b2b.toml")]
+    /// Journey: a built-in journey's name (b2b, ecommerce, saas) or a TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = microfunnel::journeys::DEFAULT)]
     journey: PathBuf,
     /// Events, one JSON object per line; `-` reads stdin. Several files: one per input topic,
     /// in `kafka.input_topics` order; each shard's lines are merged from them by event time,
     /// as the service merges a shard's input partitions.
     #[arg(required = true, num_args = 1..)]
     input: Vec<PathBuf>,
-    /// Advance event time to this RFC 3339 instant at the end (default: each shard to its
-    /// clock, the largest event time its traffic confirmed).
+    /// Advance event time to this instant at the end: a date (2026-03-31, its midnight UTC) or
+    /// an RFC 3339 time (default: each shard to its clock, the largest event time its traffic
+    /// confirmed).
     #[arg(long)]
     until: Option<String>,
     /// Do not advance event time at the end (the service with `pipeline.idle_advance_ms = 0`):
@@ -77,7 +77,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         max_depth,
     } = args;
     let journey = crate::load_journey(&journey)?;
-    let until = until.map(|u| parse_rfc3339(&u).map_err(|e| anyhow::anyhow!("--until {u:?}: {e}"))).transpose()?;
+    let until = until.map(|u| super::instant("--until", &u)).transpose()?;
     let end = match (until, no_advance) {
         (Some(t), _) => replay::End::Until(t),
         (None, true) => replay::End::Stay,

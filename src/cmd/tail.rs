@@ -16,6 +16,8 @@ use microfunnel::config::Settings;
 pub struct TailArgs {
     /// Topic to read.
     topic: String,
+    /// Settings file (TOML) for the brokers and client settings; `MICROFUNNEL__SECTION__KEY`
+    /// variables override it.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
     /// Start from the beginning of the topic (default: only new records).

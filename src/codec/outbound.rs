@@ -4,11 +4,13 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use crate::core::engine::{Census, Stats};
 use crate::core::time::write_rfc3339;
-use crate::core::{Engine, FunnelReport, Output, Ts};
+use crate::core::{Engine, Output, Ts};
 
-struct Time(Ts);
+pub use super::report::{Figures, ReplayCounts, write_report, write_shard_report};
+
+/// An instant as RFC 3339 in JSON.
+pub(super) struct Time(pub(super) Ts);
 
 impl Serialize for Time {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -16,7 +18,7 @@ impl Serialize for Time {
     }
 }
 
-fn round2(v: f64) -> f64 {
+pub(super) fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
@@ -32,6 +34,26 @@ struct HotLeadJson<'a> {
     classification: &'static str,
     rules: Vec<&'a str>,
     reasons: Vec<&'a str>,
+    next_commitment: &'a str,
+    event_id: &'a str,
+    signal: &'a str,
+    at: Time,
+}
+
+/// A hot-lead alert the cooldown held back, as JSON.
+#[derive(Serialize)]
+struct SuppressedJson<'a> {
+    kind: &'static str,
+    prospect: &'a str,
+    email: Option<&'a str>,
+    score: f64,
+    stage: &'a str,
+    classification: &'static str,
+    rules: Vec<&'a str>,
+    reasons: Vec<&'a str>,
+    /// The rule of the last alert, whose cooldown held this one back.
+    held_by: &'a str,
+    cooldown_until: Time,
     next_commitment: &'a str,
     event_id: &'a str,
     signal: &'a str,
@@ -59,6 +81,7 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
         }
         Output::HotLead(h) => {
             let fired = |r: &usize| h.rules & (1 << r) != 0;
+            let class = engine.prospect(h.prospect).classification(j);
             let json = HotLeadJson {
                 kind: "hot_lead",
                 alert_id: &h.alert_id,
@@ -66,22 +89,62 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
                 email: engine.email(h.prospect),
                 score: round2(h.score),
                 stage: &j.stage(h.stage).name,
-                classification: engine.prospect(h.prospect).classification(j).as_str(),
+                classification: class.as_str(),
                 rules: (0..j.hot_rules.len()).filter(fired).map(|r| j.hot_rules[r].name.as_str()).collect(),
                 reasons: (0..j.hot_rules.len()).filter(fired).map(|r| j.hot_rules[r].reason.as_str()).collect(),
-                next_commitment: &j.stage(h.stage).next_commitment,
+                next_commitment: j.next_commitment(h.stage, class),
                 event_id: &h.event_id,
                 signal: &j.signal(h.signal).name,
                 at: Time(h.at),
             };
             serde_json::to_writer(buf, &json)?;
         }
-        Output::Ghosted { prospect, stage, since, at } | Output::Stalled { prospect, stage, since, at } => {
-            let kind = if matches!(output, Output::Ghosted { .. }) { "ghosted" } else { "stalled" };
+        Output::HotLeadSuppressed(s) => {
+            let fired = |r: &usize| s.rules & (1 << r) != 0;
+            let class = engine.prospect(s.prospect).classification(j);
+            let json = SuppressedJson {
+                kind: "hot_lead_suppressed",
+                prospect: engine.prospect_id(s.prospect),
+                email: engine.email(s.prospect),
+                score: round2(s.score),
+                stage: &j.stage(s.stage).name,
+                classification: class.as_str(),
+                rules: (0..j.hot_rules.len()).filter(fired).map(|r| j.hot_rules[r].name.as_str()).collect(),
+                reasons: (0..j.hot_rules.len()).filter(fired).map(|r| j.hot_rules[r].reason.as_str()).collect(),
+                held_by: j.hot_rules.get(s.held_by as usize).map_or("", |r| r.name.as_str()),
+                cooldown_until: Time(s.last_alert.plus(j.alert_cooldown)),
+                next_commitment: j.next_commitment(s.stage, class),
+                event_id: &s.event_id,
+                signal: &j.signal(s.signal).name,
+                at: Time(s.at),
+            };
+            serde_json::to_writer(buf, &json)?;
+        }
+        Output::Ghosted { prospect, stage, since, at, class, email }
+        | Output::Stalled { prospect, stage, since, at, class, email }
+        | Output::GoneQuiet { prospect, stage, since, at, class, email } => {
+            let kind = match output {
+                Output::Ghosted { .. } => "ghosted",
+                Output::Stalled { .. } => "stalled",
+                _ => "gone_quiet",
+            };
+            let class = *class;
             let mut o = Obj::new(buf, kind);
             o.str("prospect", engine.prospect_id(*prospect));
+            o.opt_str("email", email.as_deref());
             o.str("stage", &j.stage(*stage).name);
+            o.str("classification", class.as_str());
+            o.str("next_commitment", j.next_commitment(*stage, class));
             o.time("since", *since);
+            o.time("at", *at);
+            o.end();
+        }
+        Output::OutcomeKept { prospect, stage, refused, signal, at } => {
+            let mut o = Obj::new(buf, "outcome_kept");
+            o.str("prospect", engine.prospect_id(*prospect));
+            o.str("stage", &j.stage(*stage).name);
+            o.str("refused", &j.stage(*refused).name);
+            o.str("signal", &j.signal(*signal).name);
             o.time("at", *at);
             o.end();
         }
@@ -196,72 +259,6 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
 }
 
-#[derive(Serialize)]
-struct Summary<'a> {
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    group: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    shard: Option<i32>,
-    watermark: Option<Time>,
-    stats: StatsOut<'a>,
-    census: &'a Census,
-    #[serde(flatten)]
-    funnel: &'a FunnelReport,
-}
-
-#[derive(Serialize)]
-struct StatsOut<'a> {
-    #[serde(flatten)]
-    stats: &'a Stats,
-    /// Replay only: rejections by reason label, non-zero labels in label order.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rejected_by_reason: Option<std::collections::BTreeMap<&'a str, u64>>,
-}
-
-/// An engine's (or several engines' combined) figures at a watermark.
-pub struct Figures<'a> {
-    pub watermark: Ts,
-    pub stats: &'a Stats,
-    pub census: &'a Census,
-    pub funnel: &'a FunnelReport,
-}
-
-fn write_summary(
-    kind: &'static str,
-    shard: Option<(&str, i32)>,
-    f: &Figures<'_>,
-    rejected_by_reason: Option<&[(&str, u64)]>,
-    buf: &mut Vec<u8>,
-) -> serde_json::Result<()> {
-    let s = Summary {
-        kind,
-        group: shard.map(|s| s.0),
-        shard: shard.map(|s| s.1),
-        watermark: (!f.watermark.is_none()).then_some(Time(f.watermark)),
-        stats: StatsOut {
-            stats: f.stats,
-            rejected_by_reason: rejected_by_reason.map(|r| r.iter().filter(|(_, n)| *n > 0).copied().collect()),
-        },
-        census: f.census,
-        funnel: f.funnel,
-    };
-    serde_json::to_writer(buf, &s)
-}
-
-/// Appends replay's final `funnel_summary`; `rejected_by_reason` (label, count) becomes
-/// `stats.rejected_by_reason` (zero counts left out).
-pub fn write_report(f: &Figures<'_>, rejected_by_reason: &[(&str, u64)], buf: &mut Vec<u8>) -> serde_json::Result<()> {
-    write_summary("funnel_summary", None, f, Some(rejected_by_reason), buf)
-}
-
-/// One shard's figures for the funnel topic: sum the `stats`, `census` and per-stage counts of
-/// every shard of a group for the whole funnel (conversion rates are per shard; recompute them
-/// from the summed `reached` counts).
-pub fn write_shard_report(group: &str, shard: i32, f: &Figures<'_>, buf: &mut Vec<u8>) -> serde_json::Result<()> {
-    write_summary("funnel", Some((group, shard)), f, None, buf)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -285,28 +282,57 @@ mod tests {
             late: bool,
             classification: &'static str,
         },
-        Ghosted {
-            prospect: &'a str,
-            stage: &'a str,
-            since: Time,
-            at: Time,
-        },
-        Stalled {
-            prospect: &'a str,
-            stage: &'a str,
-            since: Time,
-            at: Time,
-        },
+        Ghosted(Silence<'a>),
+        Stalled(Silence<'a>),
+        GoneQuiet(Silence<'a>),
         Late {
             prospect: &'a str,
             signal: &'a str,
             at: Time,
             watermark: Time,
         },
+        OutcomeKept {
+            prospect: &'a str,
+            stage: &'a str,
+            refused: &'a str,
+            signal: &'a str,
+            at: Time,
+        },
         Rejected {
             reason: &'static str,
             detail: &'a str,
         },
+    }
+
+    #[derive(Serialize)]
+    struct Silence<'a> {
+        prospect: &'a str,
+        email: Option<&'a str>,
+        stage: &'a str,
+        classification: &'static str,
+        next_commitment: &'a str,
+        since: Time,
+        at: Time,
+    }
+
+    fn silence<'a>(engine: &'a Engine, output: &'a Output) -> Silence<'a> {
+        let j = &**engine.journey();
+        let (Output::Ghosted { prospect, stage, since, at, class, email }
+        | Output::Stalled { prospect, stage, since, at, class, email }
+        | Output::GoneQuiet { prospect, stage, since, at, class, email }) = output
+        else {
+            unreachable!("silences only")
+        };
+        let (prospect, stage, since, at, class) = (*prospect, *stage, *since, *at, *class);
+        Silence {
+            prospect: engine.prospect_id(prospect),
+            email: email.as_deref(),
+            stage: &j.stage(stage).name,
+            classification: class.as_str(),
+            next_commitment: j.next_commitment(stage, class),
+            since: Time(since),
+            at: Time(at),
+        }
     }
 
     fn reference(engine: &Engine, output: &Output) -> Option<String> {
@@ -321,18 +347,9 @@ mod tests {
                 late: *late,
                 classification: engine.prospect(*prospect).classification(j).as_str(),
             },
-            Output::Ghosted { prospect, stage, since, at } => Reference::Ghosted {
-                prospect: engine.prospect_id(*prospect),
-                stage: &j.stage(*stage).name,
-                since: Time(*since),
-                at: Time(*at),
-            },
-            Output::Stalled { prospect, stage, since, at } => Reference::Stalled {
-                prospect: engine.prospect_id(*prospect),
-                stage: &j.stage(*stage).name,
-                since: Time(*since),
-                at: Time(*at),
-            },
+            Output::Ghosted { .. } => Reference::Ghosted(silence(engine, output)),
+            Output::Stalled { .. } => Reference::Stalled(silence(engine, output)),
+            Output::GoneQuiet { .. } => Reference::GoneQuiet(silence(engine, output)),
             Output::Late { prospect, signal, at, watermark } => Reference::Late {
                 prospect: engine.prospect_id(*prospect),
                 signal: &j.signal(*signal).name,
@@ -340,7 +357,14 @@ mod tests {
                 watermark: Time(*watermark),
             },
             Output::Rejected { reason, detail } => Reference::Rejected { reason: reason.as_str(), detail },
-            Output::HotLead(_) => return None,
+            Output::OutcomeKept { prospect, stage, refused, signal, at } => Reference::OutcomeKept {
+                prospect: engine.prospect_id(*prospect),
+                stage: &j.stage(*stage).name,
+                refused: &j.stage(*refused).name,
+                signal: &j.signal(*signal).name,
+                at: Time(*at),
+            },
+            Output::HotLead(_) | Output::HotLeadSuppressed(_) => return None,
         };
         Some(serde_json::to_string(&r).unwrap())
     }

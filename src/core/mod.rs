@@ -12,6 +12,7 @@ pub mod output;
 pub mod prospect;
 mod store;
 pub mod time;
+pub mod unmapped;
 
 pub use engine::{Census, Engine, ProspectView, Stats, snapshot};
 pub use event::{Event, EventKind, Source};

@@ -2,6 +2,7 @@
 
 use super::ids::ProspectIx;
 use super::journey::{SignalId, StageId};
+use super::prospect::Classification;
 use super::time::Ts;
 
 /// Why an input was refused. A bounded set: safe as a metrics label and a dead-letter header.
@@ -74,6 +75,24 @@ pub struct HotLead {
     pub at: Ts,
 }
 
+/// A hot-lead alert that did not go out: the prospect's last alert, of a rule at least as strong,
+/// is within the cooldown. Data for sales to see what was held back, and for counting by rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuppressedLead {
+    pub prospect: ProspectIx,
+    /// Bit `i` set: `journey.hot_rules[i]` fired (and was suppressed).
+    pub rules: u32,
+    /// The rule of the last alert, whose cooldown held this one back.
+    pub held_by: u8,
+    /// The last alert's time; the cooldown runs from it.
+    pub last_alert: Ts,
+    pub score: f64,
+    pub stage: StageId,
+    pub signal: SignalId,
+    pub event_id: String,
+    pub at: Ts,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     /// The prospect reached a later milestone (`from: None` for a prospect's first event).
@@ -86,11 +105,39 @@ pub enum Output {
         late: bool,
     },
     HotLead(Box<HotLead>),
+    /// A hot-lead alert held back by the cooldown of an alert of a rule at least as strong.
+    HotLeadSuppressed(Box<SuppressedLead>),
     /// No prospect-initiated signal within the window after the ghost-rule signal (a quote).
     Ghosted {
         prospect: ProspectIx,
         stage: StageId,
         since: Ts,
+        at: Ts,
+        /// The prospect as it was when the timer fired (what sales acts on), whatever the
+        /// event that fired it changes next.
+        class: Classification,
+        email: Option<Box<str>>,
+    },
+    /// No prospect-initiated signal within the window after the last one (or after entering
+    /// the stage) while in a watched stage: the prospect went quiet.
+    GoneQuiet {
+        prospect: ProspectIx,
+        stage: StageId,
+        since: Ts,
+        at: Ts,
+        /// The prospect as it was when the timer fired (what sales acts on), whatever the
+        /// event that fired it changes next.
+        class: Classification,
+        email: Option<Box<str>>,
+    },
+    /// A prospect that has won was not moved to the terminal stage `refused` by `signal` (a
+    /// lost upsell after the sale, outside `[time] outcome_correction_hours`): the win stands.
+    /// Said rather than silently dropped; model churn as a stage after the sale instead.
+    OutcomeKept {
+        prospect: ProspectIx,
+        stage: StageId,
+        refused: StageId,
+        signal: SignalId,
         at: Ts,
     },
     /// No stage advance within the window while in a watched stage: the deal parked.
@@ -99,6 +146,10 @@ pub enum Output {
         stage: StageId,
         since: Ts,
         at: Ts,
+        /// The prospect as it was when the timer fired (what sales acts on), whatever the
+        /// event that fired it changes next.
+        class: Classification,
+        email: Option<Box<str>>,
     },
     /// The event was behind the watermark; see `Engine` docs for what it still changed.
     Late {

@@ -12,6 +12,9 @@ pub const STALLED: u8 = 1 << 1;
 pub const DISQUALIFIED: u8 = 1 << 2;
 pub const OUTCOME_WON: u8 = 1 << 3;
 pub const OUTCOME_LOST: u8 = 1 << 4;
+/// The `[gone_quiet]` timer fired; cleared by the prospect's next on-time prospect-initiated
+/// signal.
+pub const QUIET: u8 = 1 << 5;
 
 /// The fixed part of a prospect's state (104 bytes).
 #[derive(Clone, Debug, PartialEq)]
@@ -32,7 +35,8 @@ pub struct Prospect {
     pub recent: [u64; RECENT_IDS],
     pub stage: StageId,
     pub flags: u8,
-    /// Index of the hot rule that last made the prospect hot.
+    /// Index of the hot rule of the prospect's last alert (the strongest rule it named): why
+    /// the prospect is hot, and the priority a rule needs to alert within that alert's cooldown.
     pub hot_rule: u8,
     pub recent_pos: u8,
 }

@@ -26,6 +26,14 @@ pub(super) fn output<M: Message>(ctx: &Ctx<'_>, engine: &Engine, o: &Output, sou
             m.hot_leads.inc();
             (&ctx.topics.hot_leads, h.prospect, &m.sent.hot_leads)
         }
+        Output::HotLeadSuppressed(s) => {
+            for (r, rule) in ctx.journey.hot_rules.iter().enumerate() {
+                if s.rules & (1 << r) != 0 {
+                    m.alerts_suppressed.with_label_values(&[rule.name.as_str()]).inc();
+                }
+            }
+            (&ctx.topics.journey_events, s.prospect, &m.sent.journey_events)
+        }
         Output::StageChanged { prospect, from, to, .. } => {
             let from = from.map_or("new", |f| ctx.journey.stage(f).name.as_str());
             m.stage_transitions.with_label_values(&[from, &ctx.journey.stage(*to).name]).inc();
@@ -33,6 +41,14 @@ pub(super) fn output<M: Message>(ctx: &Ctx<'_>, engine: &Engine, o: &Output, sou
         }
         Output::Ghosted { prospect, .. } => {
             m.ghosted.inc();
+            (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
+        }
+        Output::OutcomeKept { prospect, .. } => {
+            m.outcomes_kept.inc();
+            (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
+        }
+        Output::GoneQuiet { prospect, .. } => {
+            m.gone_quiet.inc();
             (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
         Output::Stalled { prospect, .. } => {

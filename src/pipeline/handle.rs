@@ -102,6 +102,7 @@ impl State {
                     self.unflushed = true;
                 }
                 Ok(ev) => {
+                    self.unmapped.saw(&ev);
                     let before = shard.engine.stats().clone();
                     shard.engine.apply(&ev, outputs);
                     let (stats, rejected) = (shard.engine.stats(), before.rejected);

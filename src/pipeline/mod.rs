@@ -69,6 +69,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 
 use crate::codec::Limits;
 use crate::config::Settings;
+use crate::core::unmapped::UnmappedNames;
 use crate::core::{Engine, Journey, Output, Ts};
 use crate::kafka::{self, KafkaSetupError, OutputProducer};
 use crate::store::{Changelog, FileStore, KafkaChangelog, SnapshotStore};
@@ -124,6 +125,10 @@ struct State {
     status: Status,
     /// Outputs handed to the producer since the last barrier.
     unflushed: bool,
+    /// Event names that map to no signal since start (bounded), logged with the funnel records
+    /// when new ones arrived (`unmapped_logged`: the count at the last log line).
+    unmapped: UnmappedNames,
+    unmapped_logged: u64,
     since_barrier: u64,
     last_barrier: Instant,
     outputs: Vec<Output>,
@@ -174,6 +179,8 @@ impl State {
             in_flight: None,
             status: h.status.clone(),
             unflushed: false,
+            unmapped: UnmappedNames::default(),
+            unmapped_logged: 0,
             since_barrier: 0,
             last_barrier: Instant::now(),
             outputs: Vec::with_capacity(64),

@@ -82,6 +82,18 @@ impl State {
             metrics.outcomes.with_label_values(&[label]).set(outcomes.outcomes[o] as i64);
         }
         self.unflushed = true;
+        let unmapped = self.unmapped.total();
+        if unmapped > self.unmapped_logged {
+            self.unmapped_logged = unmapped;
+            let (top, others) = self.unmapped.top(10);
+            let top = top.iter().map(|(name, n)| format!("{name:?}: {n}")).collect::<Vec<_>>().join(", ");
+            tracing::info!(
+                unmapped,
+                others,
+                top = %top,
+                "event names that map to no journey signal, most frequent since start (map them in the journey, or leave them ignored)"
+            );
+        }
     }
 }
 

@@ -26,8 +26,12 @@ pub struct Metrics {
     pub signal_outcomes: IntGaugeVec,
     pub outcomes: IntGaugeVec,
     pub hot_leads: IntCounter,
+    /// Hot-lead alerts held back by a cooldown, by the rule that fired.
+    pub alerts_suppressed: IntCounterVec,
     pub ghosted: IntCounter,
     pub stalled: IntCounter,
+    pub gone_quiet: IntCounter,
+    pub outcomes_kept: IntCounter,
     pub latency: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub producer_errors: IntCounter,
@@ -266,8 +270,24 @@ impl Metrics {
             signal_outcomes,
             outcomes,
             hot_leads: counter(&r, "microfunnel_hot_leads_total", "Hot-lead alerts emitted.")?,
+            alerts_suppressed: counter_vec(
+                &r,
+                "microfunnel_alerts_suppressed_total",
+                "Hot-lead alerts held back by the cooldown of an alert of a rule at least as strong, by the rule that fired (a `hot_lead_suppressed` journey event each).",
+                &["rule"],
+            )?,
             ghosted: counter(&r, "microfunnel_ghosted_total", "Prospects that went silent after a quote.")?,
             stalled: counter(&r, "microfunnel_stalled_total", "Deals that parked (no stage advance in time).")?,
+            outcomes_kept: counter(
+                &r,
+                "microfunnel_outcomes_kept_total",
+                "Won prospects not moved to a terminal stage by a later signal (the win stands; an `outcome_kept` journey event each).",
+            )?,
+            gone_quiet: counter(
+                &r,
+                "microfunnel_gone_quiet_total",
+                "Prospects that went quiet (no prospect-initiated signal in time while in a [gone_quiet] stage).",
+            )?,
             latency,
             consumer_lag,
             producer_errors: counter(
@@ -292,6 +312,9 @@ impl Metrics {
         }
         for st in &journey.stages {
             m.prospects.with_label_values(&[&st.name]);
+        }
+        for rule in &journey.hot_rules {
+            m.alerts_suppressed.with_label_values(&[&rule.name]);
         }
         for result in ["ok", "failed"] {
             m.checkpoints.with_label_values(&[result]);

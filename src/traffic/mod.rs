@@ -51,7 +51,7 @@ impl Default for Options {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum GenError {
     #[error(
-        "journey `{journey}` has no signal `{signal}` (or does not accept it from {from}); `gen` simulates the B2B journey of deploy/journeys/b2b.toml"
+        "journey `{journey}` has no signal `{signal}` (or does not accept it from {from}); `gen` simulates the built-in b2b journey (or a journey with its signals): use --journey b2b"
     )]
     MissingSignal { journey: String, signal: String, from: &'static str },
     #[error("option {name}: {problem}")]

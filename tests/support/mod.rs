@@ -577,7 +577,9 @@ pub fn oracle(web: &Path, crm: &Path, partitions: usize) -> Oracle {
             "hot_lead" => {
                 o.alerts.insert(v["alert_id"].as_str().unwrap().to_string());
             }
-            "stage_changed" | "ghosted" | "stalled" => o.journey_events.push(v.to_string()),
+            "stage_changed" | "ghosted" | "stalled" | "gone_quiet" | "hot_lead_suppressed" | "outcome_kept" => {
+                o.journey_events.push(v.to_string())
+            }
             "digest" => {
                 if let Some(p) = v["partition"].as_i64() {
                     o.shards.insert(p, v["digest"].as_str().unwrap().to_string());

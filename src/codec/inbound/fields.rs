@@ -3,8 +3,9 @@
 
 use std::borrow::Cow;
 
-use super::wire::{Str, Wire};
+use super::wire::{Str, Wire, page_fields};
 use super::{DecodeError, Limits};
+use crate::core::journey::PageFields;
 use crate::core::time::parse_rfc3339;
 use crate::core::{Event, EventKind, Journey, Source, Ts};
 
@@ -177,7 +178,16 @@ pub(super) fn event<'a>(w: &mut Wire<'a>, journey: &Journey, limits: &Limits) ->
         };
         let (ts, field) = segment_time(w)?;
         let ts = not_before_floor(ts, field, journey)?;
-        let signal = journey.resolve(kind, &name);
+        let signal = if matches!(kind, EventKind::Page | EventKind::Screen) && !journey.page_rules.is_empty() {
+            let p = page_fields(w.bytes);
+            fn s<'s>(v: &'s Option<Str>) -> Option<&'s str> {
+                v.as_ref().map(|v| &*v.0)
+            }
+            let fields = PageFields { name: s(&p.name), category: s(&p.category), path: s(&p.path), url: s(&p.url) };
+            journey.resolve_page(kind, &fields)
+        } else {
+            journey.resolve(kind, &name)
+        };
         // An identify call's own traits are the news; `context.traits` may be cached from
         // earlier. Other calls carry traits only in their context.
         let email = if kind == EventKind::Identify {

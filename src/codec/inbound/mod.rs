@@ -201,8 +201,11 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits, scan: bool) -> Result<Wire<'a>, D
     if scan {
         let mut w = Wire::default();
         if scan::scan(bytes, limits.max_depth, &mut w) {
+            w.bytes = bytes;
             return Ok(w);
         }
     }
-    parse_serde(bytes, limits)
+    let mut w = parse_serde(bytes, limits)?;
+    w.bytes = bytes;
+    Ok(w)
 }

@@ -68,6 +68,82 @@ pub(super) struct Wire<'a> {
     pub(super) traits_email: Option<Str<'a>>,
     /// `context.traits.email`.
     pub(super) context_email: Option<Str<'a>>,
+    /// The payload these fields were read from (both paths), for [`page_fields`].
+    pub(super) bytes: &'a [u8],
+}
+
+/// The strings `[[segment.pages]]` rules look at in a page or screen call: `name` and
+/// `category` (top level, else in `properties`), `properties.path` and `properties.url`.
+#[derive(Default)]
+pub(super) struct PageProps<'a> {
+    pub(super) path: Option<Str<'a>>,
+    pub(super) url: Option<Str<'a>>,
+    pub(super) name: Option<Str<'a>>,
+    pub(super) category: Option<Str<'a>>,
+}
+
+/// Reads [`PageProps`] out of a payload already accepted: a second, lenient pass that decides
+/// nothing about the payload (values that are not strings are skipped; a payload this pass
+/// cannot read, e.g. a bad escape in a field the first pass skipped, yields no fields). Only
+/// page and screen calls of journeys with page rules pay for it.
+pub(super) fn page_fields(bytes: &[u8]) -> PageProps<'_> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.deserialize_map(PagePropsVisitor { top: true }).unwrap_or_default()
+}
+
+struct PagePropsVisitor {
+    top: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for PagePropsVisitor {
+    type Value = PageProps<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PagePropsVisitor {
+    type Value = PageProps<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut p = PageProps::default();
+        let mut props = PageProps::default();
+        while let Some(key) = map.next_key::<Str<'de>>()? {
+            let slot = match (&*key.0, self.top) {
+                ("properties", true) => {
+                    props = map.next_value_seed(PagePropsVisitor { top: false })?;
+                    continue;
+                }
+                ("path" | "url", true) => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                ("path", false) => &mut p.path,
+                ("url", false) => &mut p.url,
+                ("name", _) => &mut p.name,
+                ("category", _) => &mut p.category,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = map.next_value_seed(AnyStr)?;
+        }
+        if !self.top {
+            return Ok(p);
+        }
+        Ok(PageProps {
+            path: props.path,
+            url: props.url,
+            name: p.name.or(props.name),
+            category: p.category.or(props.category),
+        })
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(PageProps::default())
+    }
 }
 
 struct WireVisitor {

@@ -63,6 +63,7 @@ impl Engine {
         }
         self.changed.iter_mut().for_each(|w| (w[1], w[2]) = (0, 0));
         dst.timers.clear();
+        dst.quiet.clear();
         dst.watermark = self.watermark;
         dst.max_event_ts = self.max_event_ts;
         dst.leap = self.leap;

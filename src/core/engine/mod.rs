@@ -19,7 +19,7 @@
 //! This module holds the [`Engine`] state, its construction and restore, [`Engine::apply`] and the
 //! read accessors; each concern of `apply` is a child module: `clock` (clock, watermark, sweep),
 //! `extras` (dedup and per-prospect extras), `rules` (hot and sequence rules), `stages` (stage
-//! moves and outcomes), `timers` (ghost and stall timers), `capture` (change tracking and
+//! moves and outcomes), `timers` (ghost, stall and gone-quiet timers), `capture` (change tracking and
 //! captures for checkpoints), `view` (views, digests, census) and [`snapshot`] (state encoding).
 
 use std::cmp::Reverse;
@@ -87,6 +87,9 @@ pub struct Engine {
     /// Emails, for the prospects that gave one; kept aside so the others pay nothing for it.
     emails: Emails,
     timers: BinaryHeap<Timer>,
+    /// Per prospect with a live `[gone_quiet]` heap entry, that entry's due time: one entry per
+    /// prospect, re-armed when it pops after newer activity (not state: restores re-arm it).
+    quiet: hashbrown::HashMap<u32, Ts, ids::IndexHasher>,
     /// Timers of prospects being restored, armed at once by [`Engine::finish_restore`].
     restored_timers: Vec<Timer>,
     watermark: Ts,
@@ -125,6 +128,7 @@ impl Engine {
             ids: Interner::default(),
             emails: Emails::default(),
             timers: BinaryHeap::new(),
+            quiet: hashbrown::HashMap::default(),
             restored_timers: Vec::new(),
             watermark: Ts::NONE,
             max_event_ts: Ts::NONE,
@@ -164,6 +168,11 @@ impl Engine {
             self.extras.insert(ix.0, rec.extras.clone());
         }
         self.restored_timers.extend(timers::armed(ix.0, &rec.fixed));
+        let due = timers::quiet_due(&self.journey, &rec.fixed);
+        if !due.is_none() {
+            self.quiet.insert(ix.0, due);
+            self.restored_timers.push(Reverse((due, ix.0, TimerKind::Quiet)));
+        }
         Ok(ix)
     }
 
@@ -201,6 +210,8 @@ impl Engine {
             self.extras.insert(ix.0, rec.extras);
         }
         self.timers.extend(timers::armed(ix.0, self.store.fixed(i)));
+        self.quiet.remove(&ix.0);
+        self.arm_quiet(ix);
         self.mark_changed(ix.0);
         Ok(ix)
     }
@@ -374,7 +385,7 @@ impl Engine {
                 p.ghost_due = Ts::NONE;
             }
             if !late {
-                p.flags &= !prospect::GHOSTED;
+                p.flags &= !(prospect::GHOSTED | prospect::QUIET);
             }
         }
         if def.disqualifies {
@@ -403,6 +414,7 @@ impl Engine {
             }
         }
 
+        self.arm_quiet(ix);
         if !late {
             self.hot_rules(&journey, ix, sig, ev, score_before, out);
             if def.tracked_slot.is_some() {

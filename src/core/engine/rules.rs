@@ -5,7 +5,7 @@ use super::Engine;
 use crate::core::event::Event;
 use crate::core::ids::{self, ProspectIx};
 use crate::core::journey::{HotCondition, Journey, SignalId};
-use crate::core::output::{HotLead, Output};
+use crate::core::output::{HotLead, Output, SuppressedLead};
 use crate::core::prospect;
 use crate::core::time::Ts;
 
@@ -79,19 +79,38 @@ impl Engine {
         let until = ts.plus(journey.hot_for);
         if p.hot_until.is_none() || until >= p.hot_until {
             p.hot_until = until;
-            p.hot_rule = fired.trailing_zeros() as u8;
         }
+        // The strongest rule that fired (ties to the first listed).
+        let rules = &journey.hot_rules;
+        let top = (0..rules.len())
+            .filter(|r| fired & (1 << r) != 0)
+            .max_by_key(|&r| (rules[r].priority, std::cmp::Reverse(r)))
+            .unwrap_or(0);
         // At most one alert per cooldown window, whichever side of the last alert `ts` is on
-        // (an earlier event can arrive later, within the lateness).
+        // (an earlier event can arrive later, within the lateness), unless a stronger rule than
+        // the last alert's fired.
         if !p.last_alert.is_none()
             && ts < p.last_alert.plus(journey.alert_cooldown)
             && ts.plus(journey.alert_cooldown) > p.last_alert
+            && rules[top].priority <= rules.get(p.hot_rule as usize).map_or(0, |r| r.priority)
         {
             self.stats.alerts_suppressed += 1;
+            out.push(Output::HotLeadSuppressed(Box::new(SuppressedLead {
+                prospect: ix,
+                rules: fired,
+                held_by: p.hot_rule,
+                last_alert: p.last_alert,
+                score: p.score,
+                stage: p.stage,
+                signal: sig,
+                event_id: event_id.to_string(),
+                at: ts,
+            })));
             return;
         }
         if p.last_alert.is_none() || ts > p.last_alert {
             p.last_alert = ts;
+            p.hot_rule = top as u8;
         }
         self.stats.hot_leads += 1;
         let prospect_id = self.ids.get(ix);

@@ -38,8 +38,10 @@ impl Engine {
                     return;
                 }
                 reopen = true;
-            } else if journey.stage(to).order <= cur.order {
-                // Forward only. An event that happened before the current stage was entered
+            } else if journey.stage(to).order <= cur.order
+                && (late || ts <= p.stage_entered || !cur.reopen_on.contains(&sig))
+            {
+                // Forward only (but see `reopen_on` below). An event that happened before the current stage was entered
                 // but arrived after it still dates the stages it marks, as in event-time order.
                 let secs = stage_secs(ts);
                 let before_higher = (to.0 as usize + 1..journey.stages.len())
@@ -70,8 +72,13 @@ impl Engine {
                 // a lost customer), unless it corrects the win within the correction window.
                 let won_at = won_since(journey, vars.stage_times);
                 if late || won_at.is_none() || ts <= won_at || ts.since(won_at) > journey.outcome_correction {
+                    out.push(Output::OutcomeKept { prospect: ix, stage: f, refused: to, signal: sig, at: ts });
                     return;
                 }
+                reopen = true;
+            } else if journey.stage(to).order <= cur.order {
+                // One of the stage's `reopen_on` signals after the prospect entered it: back to
+                // the stage the signal enters (a churned customer won back).
                 reopen = true;
             }
         }
@@ -121,14 +128,23 @@ impl Engine {
                 if s.terminal { None } else { s.outcome }
             })
         });
-        if let Some(o) = outcome
-            && !p.has(prospect::OUTCOME_WON | prospect::OUTCOME_LOST)
-        {
-            p.flags |= match o {
-                Outcome::Won => prospect::OUTCOME_WON,
-                Outcome::Lost => prospect::OUTCOME_LOST,
-            };
-            self.funnel.outcome(o, vars.counts);
+        let flag = |o: Outcome| match o {
+            Outcome::Won => prospect::OUTCOME_WON,
+            Outcome::Lost => prospect::OUTCOME_LOST,
+        };
+        if let Some(o) = outcome {
+            if !p.has(prospect::OUTCOME_WON | prospect::OUTCOME_LOST) {
+                p.flags |= flag(o);
+                self.funnel.outcome(o, vars.counts);
+            } else if !p.has(flag(o)) && !def.terminal && def.outcome == Some(o) {
+                // A stage after the sale with an outcome of its own (churned after paying):
+                // the latest outcome stands.
+                let old = if o == Outcome::Won { Outcome::Lost } else { Outcome::Won };
+                p.flags &= !flag(old);
+                self.funnel.retract_outcome(old, vars.counts);
+                p.flags |= flag(o);
+                self.funnel.outcome(o, vars.counts);
+            }
         }
         self.stats.stage_changes += 1;
         out.push(Output::StageChanged { prospect: ix, from, to, signal: sig, at: ts, late });

@@ -1,10 +1,13 @@
-//! Silence timers (ghost, stall): a min-heap of due times; an entry goes stale when its timer is
-//! re-armed or cancelled, and fires only if it is still the prospect's current one.
+//! Silence timers (ghost, stall, gone quiet): a min-heap of due times; an entry goes stale when
+//! its timer is re-armed or cancelled, and fires only if it is still the prospect's current one.
+//! Gone-quiet times are derived from the prospect (last activity, stage entry): its one heap
+//! entry per prospect re-arms itself when it pops after newer activity.
 
 use std::cmp::Reverse;
 
 use super::Engine;
 use crate::core::ids::ProspectIx;
+use crate::core::journey::Journey;
 use crate::core::output::Output;
 use crate::core::prospect::{self, Prospect};
 use crate::core::time::Ts;
@@ -17,14 +20,29 @@ pub(super) enum TimerKind {
     Ghost,
     /// No stage move within the window after entering a watched stage.
     Stall,
+    /// No prospect activity within the window after the last, in a watched stage.
+    Quiet,
+}
+
+/// When the prospect goes quiet under `[gone_quiet]`: the window after its last
+/// prospect-initiated signal, or after it entered its stage if that is later, while its stage is
+/// watched; `Ts::NONE` when not watched, already quiet or not a prospect.
+pub(super) fn quiet_due(j: &Journey, p: &Prospect) -> Ts {
+    let Some(q) = j.quiet else { return Ts::NONE };
+    if q.stages & (1 << p.stage.0) == 0 || p.has(prospect::QUIET) || p.has(prospect::DISQUALIFIED) {
+        return Ts::NONE;
+    }
+    let from = if p.last_activity.is_none() { p.stage_entered } else { p.last_activity.max(p.stage_entered) };
+    from.plus(q.window)
 }
 
 impl TimerKind {
     /// The prospect's current due time for this kind (`Ts::NONE`: not armed).
-    fn due(self, p: &Prospect) -> Ts {
+    fn due(self, j: &Journey, p: &Prospect) -> Ts {
         match self {
             TimerKind::Ghost => p.ghost_due,
             TimerKind::Stall => p.stall_due,
+            TimerKind::Quiet => quiet_due(j, p),
         }
     }
 }
@@ -35,19 +53,32 @@ pub(super) type Timer = Reverse<(Ts, u32, TimerKind)>;
 // The kind takes the byte a `u8` would: an entry stays 16 bytes.
 const _: () = assert!(std::mem::size_of::<Timer>() == 16);
 
-/// The timers a prospect's state has armed (for a restored prospect).
+/// The ghost and stall timers a prospect's state has armed (for a restored prospect; the
+/// gone-quiet timer is armed with [`quiet_due`]).
 pub(super) fn armed(ix: u32, p: &Prospect) -> impl Iterator<Item = Timer> + '_ {
-    [TimerKind::Ghost, TimerKind::Stall]
+    [(p.ghost_due, TimerKind::Ghost), (p.stall_due, TimerKind::Stall)]
         .into_iter()
-        .map(move |kind| Reverse((kind.due(p), ix, kind)))
+        .map(move |(due, kind)| Reverse((due, ix, kind)))
         .filter(|Reverse((due, _, _))| !due.is_none())
 }
 
 impl Engine {
+    /// Makes sure a prospect that can go quiet has its heap entry: one due no later than its
+    /// current due time (an earlier one re-arms itself when it pops).
+    pub(super) fn arm_quiet(&mut self, ix: ProspectIx) {
+        let due = quiet_due(&self.journey, self.store.fixed(ix.0 as usize));
+        if due.is_none() || self.quiet.get(&ix.0).is_some_and(|&d| d <= due) {
+            return;
+        }
+        self.quiet.insert(ix.0, due);
+        self.timers.push(Reverse((due, ix.0, TimerKind::Quiet)));
+    }
+
     /// Fires this prospect's timers that fell due strictly before `ts`.
     pub(super) fn fire_own_timers(&mut self, ix: ProspectIx, ts: Ts, out: &mut Vec<Output>) {
         let p = self.store.fixed(ix.0 as usize);
-        let mut due = [(p.ghost_due, TimerKind::Ghost), (p.stall_due, TimerKind::Stall)];
+        let quiet = quiet_due(&self.journey, p);
+        let mut due = [(p.ghost_due, TimerKind::Ghost), (p.stall_due, TimerKind::Stall), (quiet, TimerKind::Quiet)];
         due.sort();
         for (t, kind) in due {
             if !t.is_none() && t < ts {
@@ -62,6 +93,18 @@ impl Engine {
                 break;
             }
             self.timers.pop();
+            if kind == TimerKind::Quiet {
+                if self.quiet.get(&ix) != Some(&due) {
+                    continue;
+                }
+                self.quiet.remove(&ix);
+                let now = quiet_due(&self.journey, self.store.fixed(ix as usize));
+                if now > due {
+                    // Activity since it was armed: wait for the new due time.
+                    self.arm_quiet(ProspectIx(ix));
+                    continue;
+                }
+            }
             self.fire(ProspectIx(ix), kind, due, out);
         }
     }
@@ -69,12 +112,14 @@ impl Engine {
     /// Fires a timer if it is still the prospect's current one (heap entries go stale when a
     /// timer is re-armed or cancelled).
     fn fire(&mut self, ix: ProspectIx, kind: TimerKind, due: Ts, out: &mut Vec<Output>) {
-        if kind.due(self.store.fixed(ix.0 as usize)) != due {
+        if kind.due(&self.journey, self.store.fixed(ix.0 as usize)) != due {
             return;
         }
         self.mark_changed(ix.0);
         let journey = &self.journey;
+        let email = self.emails.get(&ix.0).map(Box::from);
         let p = self.store.fixed_mut(ix.0 as usize);
+        let class = p.classification(journey);
         match kind {
             TimerKind::Ghost => {
                 p.ghost_due = Ts::NONE;
@@ -85,14 +130,23 @@ impl Engine {
                 let since = journey.ghost.map_or(due, |g| due.minus(g.window));
                 self.funnel.ghosted[p.stage.0 as usize] += 1;
                 self.stats.ghosted += 1;
-                out.push(Output::Ghosted { prospect: ix, stage: p.stage, since, at: due });
+                out.push(Output::Ghosted { prospect: ix, stage: p.stage, since, at: due, class, email });
             }
             TimerKind::Stall => {
                 p.stall_due = Ts::NONE;
                 p.flags |= prospect::STALLED;
                 self.funnel.stalled[p.stage.0 as usize] += 1;
                 self.stats.stalled += 1;
-                out.push(Output::Stalled { prospect: ix, stage: p.stage, since: p.stage_entered, at: due });
+                let since = p.stage_entered;
+                out.push(Output::Stalled { prospect: ix, stage: p.stage, since, at: due, class, email });
+            }
+            TimerKind::Quiet => {
+                p.flags |= prospect::QUIET;
+                if p.hot_until > due {
+                    p.hot_until = due;
+                }
+                let since = journey.quiet.map_or(due, |q| due.minus(q.window));
+                out.push(Output::GoneQuiet { prospect: ix, stage: p.stage, since, at: due, class, email });
             }
         }
     }

@@ -42,7 +42,7 @@ impl Engine {
             ghosted: p.has(prospect::GHOSTED),
             stalled: p.has(prospect::STALLED),
             classification: p.classification(j),
-            next_commitment: j.stage(p.stage).next_commitment.clone(),
+            next_commitment: j.next_commitment(p.stage, p.classification(j)).to_string(),
             last_activity: opt(p.last_activity),
             ghost_due: opt(p.ghost_due),
             stall_due: opt(p.stall_due),
@@ -120,6 +120,7 @@ impl Engine {
             c.hot += u64::from(p.is_hot(at));
             c.ghosted += u64::from(p.has(prospect::GHOSTED));
             c.stalled += u64::from(p.has(prospect::STALLED));
+            c.gone_quiet += u64::from(p.has(prospect::QUIET));
         }
         c.prospects = self.store.len() as u64;
         c
@@ -130,6 +131,7 @@ impl Engine {
         self.ids.heap_bytes()
             + self.store.heap_bytes()
             + self.timers.capacity() * std::mem::size_of::<Timer>()
+            + self.quiet.capacity() * 12
             + self.emails.capacity() * 24
             + self.emails.present.capacity() * 8
             + self.emails.values().map(|e| e.len()).sum::<usize>()
@@ -145,6 +147,7 @@ pub struct Census {
     pub hot: u64,
     pub ghosted: u64,
     pub stalled: u64,
+    pub gone_quiet: u64,
     pub current_opportunity: u64,
     pub no_current_opportunity: u64,
     pub not_a_prospect: u64,

@@ -3,6 +3,7 @@
 //! and validated once; the engine only ever sees a valid `Journey`.
 
 mod raw;
+mod schema;
 mod validate;
 
 use std::collections::HashMap;
@@ -11,9 +12,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::Deserialize;
 
 use super::event::{EventKind, Source};
+use super::prospect::Classification;
 use super::time::{Span, Ts};
-use raw::RawJourney;
 pub use raw::{DEFAULT_MAX_EVENT_TIME, DEFAULT_MIN_EVENT_TIME, DEFAULT_PLACEHOLDER_IDS};
+pub use schema::suggest;
 
 /// Index of a stage in `Journey::stages` (stages are kept in increasing order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,12 +34,17 @@ pub const MAX_TRACKED: usize = 8;
 pub enum JourneyError {
     #[error("journey file is not valid TOML: {0}")]
     Toml(String),
+    /// An unknown key, a value of the wrong type, an unknown value of a fixed set.
+    #[error("{at}: {problem}")]
+    Schema { at: String, problem: String },
+    #[error("{at}: missing; this key is required")]
+    Missing { at: String },
     #[error("{at}: {problem}")]
     Invalid { at: String, problem: String },
-    #[error("{at}: unknown signal `{name}`; declare it under [[signals]] first")]
-    UnknownSignal { at: String, name: String },
-    #[error("{at}: unknown stage `{name}`; known stages: {known}")]
-    UnknownStage { at: String, name: String, known: String },
+    #[error("{at}: unknown signal `{name}`{hint}")]
+    UnknownSignal { at: String, name: String, hint: String },
+    #[error("{at}: unknown stage `{name}`{hint}; known stages: {known}")]
+    UnknownStage { at: String, name: String, hint: String, known: String },
     #[error(
         "signals[{index}]: `{name}` (normalised `{key}`) is already declared by {first}; each signal name and alias must be unique"
     )]
@@ -53,6 +60,25 @@ pub enum JourneyError {
     )]
     SignalInTwoStages { signal: String, first: String, second: String },
 }
+
+/// Every mistake found in one journey file (what the file's shape gets wrong first, then what
+/// its values get wrong), one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JourneyErrors(pub Vec<JourneyError>);
+
+impl std::fmt::Display for JourneyErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for JourneyErrors {}
 
 // ---- the validated journey --------------------------------------------------------------
 
@@ -107,10 +133,14 @@ pub struct StageDef {
     pub name: String,
     pub order: u32,
     pub next_commitment: String,
+    /// `next_commitment_for`: per classification (in the order of `Classification::ALL`), empty
+    /// where not set.
+    pub next_commitment_for: [String; 3],
     pub terminal: bool,
     pub outcome: Option<Outcome>,
-    /// Terminal stages only: signals that move a prospect out of this stage again (a lost deal
-    /// the CRM reopens), back to the stage the signal enters.
+    /// Signals that move a prospect out of this stage again, back to the stage the signal
+    /// enters: a lost deal the CRM reopens (a terminal stage), a churned customer won back (a
+    /// stage after the sale; the signal enters an earlier stage).
     pub reopen_on: Vec<SignalId>,
 }
 
@@ -142,6 +172,22 @@ pub struct HotRule {
     pub name: String,
     pub reason: String,
     pub condition: HotCondition,
+    /// How strong the rule is: an alert of a rule with a higher priority than the rule of the
+    /// prospect's last alert goes out within that alert's cooldown (a weaker or equal one is
+    /// suppressed). Default [`HotRule::default_priority`].
+    pub priority: u8,
+}
+
+impl HotRule {
+    /// A rule's priority when the journey does not set one: a sequence rule (a signal within a
+    /// window after another) 20, a signal rule 10, a score rule 0.
+    pub fn default_priority(condition: &HotCondition) -> u8 {
+        match condition {
+            HotCondition::ScoreAtLeast(_) => 0,
+            HotCondition::Signal { after: None, .. } => 10,
+            HotCondition::Signal { after: Some(_), .. } => 20,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -150,11 +196,69 @@ pub struct GhostRule {
     pub window: Span,
 }
 
+/// Gone quiet: no prospect-initiated signal within the window after the last one (or after
+/// entering the stage, if later) while in a watched stage.
+#[derive(Clone, Copy, Debug)]
+pub struct QuietRule {
+    pub window: Span,
+    /// Bit `i` set: stage `i` is watched.
+    pub stages: u32,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct StallRule {
     pub window: Span,
     /// Bit `i` set: stage `i` is watched.
     pub stages: u32,
+}
+
+/// A `[[segment.pages]]` rule: a page or screen call whose fields match every pattern the rule
+/// sets raises `signal` instead of the `[segment]` default. Patterns are globs (`*`, `?`,
+/// `[abc]`), matched ignoring ASCII case.
+#[derive(Clone, Debug)]
+pub struct PageRule {
+    pub signal: SignalId,
+    pub name: Option<glob::Pattern>,
+    pub category: Option<glob::Pattern>,
+    /// Matched against `properties.path`, else the path of `properties.url`.
+    pub path: Option<glob::Pattern>,
+    pub url: Option<glob::Pattern>,
+}
+
+/// The fields of a Segment page or screen call that `[[segment.pages]]` rules look at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageFields<'a> {
+    pub name: Option<&'a str>,
+    pub category: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub url: Option<&'a str>,
+}
+
+impl PageFields<'_> {
+    /// `path`, or the path of `url` (`https://host/pricing?x` -> `/pricing`).
+    fn path(&self) -> Option<&str> {
+        self.path.or_else(|| {
+            let url = self.url?;
+            let rest = url.split_once("://").map_or(url, |(_, r)| r);
+            let path = &rest[rest.find('/')?..];
+            Some(path.split(['?', '#']).next().unwrap_or(path))
+        })
+    }
+}
+
+impl PageRule {
+    fn matches(&self, f: &PageFields) -> bool {
+        const OPTS: glob::MatchOptions = glob::MatchOptions {
+            case_sensitive: false,
+            require_literal_separator: false,
+            require_literal_leading_dot: false,
+        };
+        let ok = |p: &Option<glob::Pattern>, v: Option<&str>| match p {
+            None => true,
+            Some(p) => v.is_some_and(|v| p.matches_with(v, OPTS)),
+        };
+        ok(&self.name, f.name) && ok(&self.category, f.category) && ok(&self.path, f.path()) && ok(&self.url, f.url)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -181,11 +285,17 @@ pub struct Journey {
     pub hot_for: Span,
     pub ghost: Option<GhostRule>,
     pub stall: Option<StallRule>,
+    pub quiet: Option<QuietRule>,
     /// Bit `i` set: a prospect in stage `i` is a current opportunity.
     pub opportunity_stages: u32,
+    /// `[classification] next_commitment`: per classification (in the order of
+    /// `Classification::ALL`), empty where not set.
+    pub next_commitment_for: [String; 3],
     pub page_signal: Option<SignalId>,
     pub screen_signal: Option<SignalId>,
     pub identify_signal: Option<SignalId>,
+    /// `[[segment.pages]]`, in file order; the first match wins.
+    pub page_rules: Vec<PageRule>,
     pub unmapped: UnmappedPolicy,
     /// Events before this instant are refused (`bad_timestamp`): a client clock reset to 1970,
     /// a zero timestamp.
@@ -250,10 +360,19 @@ pub fn match_key(name: &str, out: &mut String) {
 const STACK_KEY: usize = 96;
 
 impl Journey {
-    /// Parses and validates a journey from TOML text.
+    /// Parses and validates a journey from TOML text; the first mistake found.
     pub fn from_toml_str(text: &str) -> Result<Journey, JourneyError> {
-        let raw: RawJourney = toml::from_str(text).map_err(|e| JourneyError::Toml(e.to_string()))?;
-        Self::validate(raw)
+        Self::parse(text).map_err(|e| e.0.into_iter().next().unwrap_or(JourneyError::Toml("cannot be read".into())))
+    }
+
+    /// Parses and validates a journey from TOML text; every mistake found.
+    pub fn parse(text: &str) -> Result<Journey, JourneyErrors> {
+        let mut errors = schema::Errors::default();
+        let journey = schema::read(text, &mut errors).map(|raw| Self::validate(raw, &mut errors));
+        match journey {
+            Some(j) if errors.list.is_empty() => Ok(j),
+            _ => Err(JourneyErrors(errors.list)),
+        }
     }
 
     /// Maps an event to its signal: page/screen/identify calls by the `[segment]` table, named
@@ -266,6 +385,15 @@ impl Journey {
             EventKind::Identify => self.identify_signal,
             EventKind::Group | EventKind::Alias => None,
             EventKind::Named => self.lookup(name),
+        }
+    }
+
+    /// Maps a page or screen call by the first `[[segment.pages]]` rule its fields match, else
+    /// by the `[segment]` default of its kind.
+    pub fn resolve_page(&self, kind: EventKind, fields: &PageFields) -> Option<SignalId> {
+        match self.page_rules.iter().find(|r| r.matches(fields)) {
+            Some(r) => Some(r.signal),
+            None => self.resolve(kind, ""),
         }
     }
 
@@ -304,6 +432,18 @@ impl Journey {
 
     pub fn stage(&self, id: StageId) -> &StageDef {
         &self.stages[id.0 as usize]
+    }
+
+    /// The next micro-commitment to ask of a prospect in `stage` classified `class`: the
+    /// stage's text for the classification, else the stage's text, else the journey's text for
+    /// the classification (empty if none applies).
+    pub fn next_commitment(&self, stage: StageId, class: Classification) -> &str {
+        let c = Classification::ALL.iter().position(|k| *k == class).unwrap_or(0);
+        let st = self.stage(stage);
+        [&st.next_commitment_for[c], &st.next_commitment, &self.next_commitment_for[c]]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .map_or("", String::as_str)
     }
 
     pub fn stage_by_name(&self, name: &str) -> Option<StageId> {

@@ -1,5 +1,7 @@
 //! The journey file as written: the serde `Raw*` structs and the defaults of optional settings.
-//! `Journey::validate` (`validate.rs`) turns a `RawJourney` into a `Journey`.
+//! `Journey::validate` (`validate.rs`) turns a `RawJourney` into a `Journey`. Required keys are
+//! `Option`s (or empty defaults) here, so that one missing key does not stop the reading of the
+//! rest: `validate` reports each one by its key path.
 
 use serde::Deserialize;
 
@@ -8,19 +10,23 @@ use super::{Outcome, SignalSource, UnmappedPolicy};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawJourney {
+    #[serde(default)]
     pub(super) name: String,
     #[serde(default)]
     pub(super) description: String,
-    pub(super) scoring: RawScoring,
+    pub(super) scoring: Option<RawScoring>,
     #[serde(default)]
     pub(super) time: RawTime,
-    pub(super) hot: RawHot,
+    pub(super) hot: Option<RawHot>,
+    #[serde(default)]
     pub(super) stages: Vec<RawStage>,
+    #[serde(default)]
     pub(super) signals: Vec<RawSignal>,
     #[serde(default)]
     pub(super) hot_rules: Vec<RawHotRule>,
     pub(super) ghosted: Option<RawGhosted>,
     pub(super) stalled: Option<RawStalled>,
+    pub(super) gone_quiet: Option<RawStalled>,
     #[serde(default)]
     pub(super) classification: RawClassification,
     #[serde(default)]
@@ -32,7 +38,7 @@ pub(super) struct RawJourney {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawScoring {
-    pub(super) half_life_days: f64,
+    pub(super) half_life_days: Option<f64>,
     #[serde(default = "default_max_score")]
     pub(super) max_score: f64,
 }
@@ -127,19 +133,22 @@ fn default_lateness_hours() -> f64 {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHot {
-    pub(super) cooldown_hours: f64,
-    pub(super) hot_for_days: f64,
+    pub(super) cooldown_hours: Option<f64>,
+    pub(super) hot_for_days: Option<f64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStage {
+    #[serde(default)]
     pub(super) name: String,
-    pub(super) order: u32,
+    pub(super) order: Option<u32>,
     #[serde(default)]
     pub(super) entered_by: Vec<String>,
     #[serde(default)]
     pub(super) next_commitment: String,
+    #[serde(default)]
+    pub(super) next_commitment_for: RawByClass,
     #[serde(default)]
     pub(super) terminal: bool,
     pub(super) outcome: Option<Outcome>,
@@ -150,11 +159,12 @@ pub(super) struct RawStage {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSignal {
+    #[serde(default)]
     pub(super) name: String,
-    pub(super) source: SignalSource,
-    pub(super) weight: f64,
+    pub(super) source: Option<SignalSource>,
+    pub(super) weight: Option<f64>,
     pub(super) cap: Option<f64>,
-    pub(super) prospect_initiated: bool,
+    pub(super) prospect_initiated: Option<bool>,
     #[serde(default)]
     pub(super) aliases: Vec<String>,
     #[serde(default)]
@@ -164,25 +174,30 @@ pub(super) struct RawSignal {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHotRule {
+    #[serde(default)]
     pub(super) name: String,
+    #[serde(default)]
     pub(super) reason: String,
     pub(super) score_at_least: Option<f64>,
     pub(super) signal: Option<String>,
     pub(super) after: Option<String>,
     pub(super) within_days: Option<f64>,
+    pub(super) priority: Option<u8>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGhosted {
+    #[serde(default)]
     pub(super) after: String,
-    pub(super) days: f64,
+    pub(super) days: Option<f64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStalled {
-    pub(super) days: f64,
+    pub(super) days: Option<f64>,
+    #[serde(default)]
     pub(super) stages: Vec<String>,
 }
 
@@ -191,6 +206,25 @@ pub(super) struct RawStalled {
 pub(super) struct RawClassification {
     #[serde(default)]
     pub(super) opportunity_stages: Vec<String>,
+    #[serde(default)]
+    pub(super) next_commitment: RawByClass,
+}
+
+/// A text per classification (`next_commitment_for`, `[classification] next_commitment`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawByClass {
+    pub(super) current_opportunity: Option<String>,
+    pub(super) no_current_opportunity: Option<String>,
+    pub(super) not_a_prospect: Option<String>,
+}
+
+impl RawByClass {
+    /// In the order of `Classification::ALL`.
+    pub(super) fn texts(&self) -> [String; 3] {
+        [&self.current_opportunity, &self.no_current_opportunity, &self.not_a_prospect]
+            .map(|t| t.as_deref().unwrap_or("").trim().to_string())
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -201,4 +235,18 @@ pub(super) struct RawSegment {
     pub(super) identify: Option<String>,
     #[serde(default)]
     pub(super) unmapped_events: UnmappedPolicy,
+    /// `[[segment.pages]]`: page and screen calls mapped by name, category, path or URL.
+    #[serde(default)]
+    pub(super) pages: Vec<RawPageRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPageRule {
+    #[serde(default)]
+    pub(super) signal: String,
+    pub(super) name: Option<String>,
+    pub(super) category: Option<String>,
+    pub(super) path: Option<String>,
+    pub(super) url: Option<String>,
 }

@@ -262,7 +262,9 @@ impl State {
         };
         consumer.commit(&offsets, mode)?;
         for (p, positions) in flight.commits {
-            self.shards.contains_key(&p).then(|| self.metrics.shard_durable(p));
+            if self.shards.contains_key(&p) {
+                self.metrics.shard_durable(p);
+            }
             if let Some(shard) = self.shards.get_mut(&p).or_else(|| self.parked.get_mut(&p)) {
                 shard.checkpointed = positions.clone();
             }

@@ -229,6 +229,8 @@ struct Image {
     cmd: Vec<String>,
     /// (image path, repository path) of each COPY from the build context.
     copies: Vec<(String, String)>,
+    /// The RUN commands.
+    runs: Vec<String>,
 }
 
 fn image() -> Image {
@@ -246,6 +248,7 @@ fn image() -> Image {
         entrypoint: Vec::new(),
         cmd: Vec::new(),
         copies: Vec::new(),
+        runs: Vec::new(),
     };
     let json_array = |s: &str| -> Vec<String> { serde_json::from_str(s.trim()).expect("exec form") };
     for line in runtime.lines().map(str::trim) {
@@ -258,6 +261,7 @@ fn image() -> Image {
                 }
             }
             "USER" => img.user = rest.trim().to_string(),
+            "RUN" => img.runs.push(rest.to_string()),
             "WORKDIR" => img.workdir = rest.trim().to_string(),
             "VOLUME" => img.volume = json_array(rest).remove(0),
             "EXPOSE" => img.port = rest.trim().trim_end_matches("/tcp").parse().unwrap(),
@@ -307,31 +311,13 @@ fn the_image_start_up_path_runs_from_root_as_its_non_root_user_and_becomes_ready
     assert!(listen.ip().is_unspecified() && listen.port() == img.port, "{listen} vs EXPOSE {}", img.port);
     assert!(img.healthcheck.contains(&format!("/{}", img.port)) && img.healthcheck.contains("/healthz"));
 
-    // Started as the image starts it: from /, as its user, with its config and environment.
-    // Overridden: where the broker and this test's topics are, the port (a shared machine),
-    // and, standing in for the image's files, the journey's and the volume's host paths.
+    // Started as the image starts it: its ENTRYPOINT and CMD from /, as its user, with its
+    // config and environment. Overridden: where the broker and this test's topics are, and the
+    // port (a shared machine).
     let s = setup("deploy-image");
     let port = free_port();
-    let volume = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("volume"));
-    std::fs::create_dir_all(&volume).unwrap();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let as_root = unsafe { libc::geteuid() } == 0;
-    let mut run = if as_root {
-        // `setpriv` (util-linux) drops to the image's user; the volume is that user's, as in
-        // the image.
-        let (u, g): (u32, u32) = (uid.parse().unwrap(), gid.parse().unwrap());
-        std::os::unix::fs::chown(&volume, Some(u), Some(g)).unwrap();
-        let mut c = Command::new("setpriv");
-        c.args([&format!("--reuid={u}"), &format!("--regid={g}"), "--clear-groups"]);
-        c.arg(env!("CARGO_BIN_EXE_microfunnel"));
-        c
-    } else {
-        // Not root: this user is already not root.
-        Command::new(env!("CARGO_BIN_EXE_microfunnel"))
-    };
-    let journey = img.source_of(bundled.journey.path.to_str().unwrap());
     let k = &s.kafka;
-    let overrides = [
+    let mut vars = vec![
         ("MICROFUNNEL__KAFKA__BROKERS", brokers().to_string()),
         ("MICROFUNNEL__KAFKA__GROUP_ID", k.group_id.clone()),
         ("MICROFUNNEL__KAFKA__INPUT_TOPICS", k.input_topics.join(",")),
@@ -340,18 +326,36 @@ fn the_image_start_up_path_runs_from_root_as_its_non_root_user_and_becomes_ready
         ("MICROFUNNEL__KAFKA__TOPICS__FUNNEL", k.topics.funnel.clone()),
         ("MICROFUNNEL__KAFKA__TOPICS__DEAD_LETTER", k.topics.dead_letter.clone()),
         ("MICROFUNNEL__HTTP__LISTEN", format!("0.0.0.0:{port}")),
-        ("MICROFUNNEL__JOURNEY__PATH", journey.display().to_string()),
-        ("MICROFUNNEL__CHECKPOINT__DIR", volume.display().to_string()),
     ];
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let (mut run, volume, root) = if as_root {
+        // The image's files at the image's paths in a root of their own (its COPY lines, the
+        // volume owned by its user, the binary's shared libraries standing in for the base
+        // image), entered with chroot as the image's user.
+        let root = image_root(&img);
+        let mut c = Command::new("chroot");
+        c.arg(format!("--userspec={uid}:{gid}")).arg(&root).args(&img.entrypoint).args(&img.cmd);
+        (c, root.join(img.volume.trim_start_matches('/')), Some(root))
+    } else {
+        // Not root: this user is not root either. The image's paths do not exist here: the
+        // journey and the volume come from the repository and a directory of the test's own.
+        let volume = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("volume"));
+        std::fs::create_dir_all(&volume).unwrap();
+        let journey = img.source_of(bundled.journey.path.to_str().unwrap());
+        vars.push(("MICROFUNNEL__JOURNEY__PATH", journey.display().to_string()));
+        vars.push(("MICROFUNNEL__CHECKPOINT__DIR", volume.display().to_string()));
+        let mut c = Command::new(env!("CARGO_BIN_EXE_microfunnel"));
+        c.args(img.cmd.iter().take(at + 1)).arg(&config);
+        (c, volume, None)
+    };
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", k.group_id));
     let mut child = run
-        .args(img.cmd.iter().take(at + 1))
-        .arg(&config)
         .current_dir("/")
         .env_clear()
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(overrides.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -407,5 +411,53 @@ fn the_image_start_up_path_runs_from_root_as_its_non_root_user_and_becomes_ready
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0), "graceful stop");
-    std::fs::remove_dir_all(&volume).ok();
+    std::fs::remove_dir_all(root.unwrap_or(volume)).ok();
+}
+
+/// A root file system laid out as the image's runtime stage: each COPY of the build context, the
+/// build stage's binary (this build's), the volume directory owned by the image's user, and the
+/// shared libraries the binary loads (what the base image provides).
+fn image_root(img: &Image) -> PathBuf {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("image-root"));
+    let at = |p: &str| root.join(p.trim_start_matches('/'));
+    let put = |from: &Path, to: &Path| {
+        // The file itself, not a symbolic link to a path outside the root.
+        let from = &std::fs::canonicalize(from).unwrap();
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        if std::fs::hard_link(from, to).is_err() {
+            std::fs::copy(from, to).unwrap_or_else(|e| panic!("{} -> {}: {e}", from.display(), to.display()));
+        }
+    };
+    fn tree(from: &Path, to: &Path, put: &dyn Fn(&Path, &Path)) {
+        if from.is_dir() {
+            for e in std::fs::read_dir(from).unwrap().flatten() {
+                tree(&e.path(), &to.join(e.file_name()), put);
+            }
+        } else {
+            put(from, to);
+        }
+    }
+    for (dst, _) in &img.copies {
+        tree(&img.source_of(dst), &at(dst), &put);
+    }
+    put(Path::new(env!("CARGO_BIN_EXE_microfunnel")), &at(&img.entrypoint[0]));
+    let ldd = Command::new("ldd").arg(env!("CARGO_BIN_EXE_microfunnel")).output().expect("ldd");
+    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
+        put(Path::new(lib), &at(lib));
+    }
+    let (uid, gid) = img.user.split_once(':').unwrap();
+    let owned = format!("chown {uid}:{gid} {}", img.volume);
+    assert!(img.runs.iter().any(|r| r.contains(&owned)), "the image gives its user the volume: `{owned}`");
+    std::fs::create_dir_all(at(&img.volume)).unwrap();
+    chown(at(&img.volume), Some(uid.parse().unwrap()), Some(gid.parse().unwrap())).unwrap();
+    // Directories readable by the user, as in an image.
+    let mut dirs = vec![root.clone()];
+    while let Some(d) = dirs.pop() {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dirs.extend(
+            std::fs::read_dir(&d).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir() && !p.is_symlink()),
+        );
+    }
+    root
 }

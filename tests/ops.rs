@@ -141,7 +141,7 @@ fn a_real_prometheus_server_scrapes_the_service_and_loads_the_rules() {
     wait_until(Duration::from_secs(30), "the shipped rules load and evaluate", || {
         json_get(port, "/api/v1/rules").is_some_and(|v| {
             let rules = v["data"]["groups"][0]["rules"].as_array().cloned().unwrap_or_default();
-            rules.len() == 7 && rules.iter().all(|r| r["health"] == "ok")
+            rules.len() == 13 && rules.iter().all(|r| r["health"] == "ok")
         })
     });
     svc.stop().unwrap();
@@ -185,7 +185,7 @@ fn an_idle_shard_advances_from_the_wall_clock_so_ghosting_fires_without_traffic(
     let g = read.iter().map(Out::json).find(|v| v["kind"] == "ghosted").unwrap();
     assert_eq!(g["prospect"], "usr_idle");
     assert_eq!(g["stage"], "deciding");
-    assert_eq!(svc.metrics().ghosted.get(), 1);
+    assert_eq!(svc.metrics().ghosted.with_label_values(&["deciding"]).get(), 1, "counted in the stage it ghosted in");
     svc.stop().unwrap();
 }
 

@@ -154,6 +154,7 @@ impl State {
         self.since_barrier = 0;
         self.last_barrier = started;
         let due: Vec<i32> = self.shards.iter().filter(|(_, s)| s.due()).map(|(p, _)| *p).collect();
+        self.shards.keys().filter(|p| !due.contains(p)).for_each(|p| self.metrics.shard_durable(*p));
         if self.unflushed || !due.is_empty() {
             self.flush(deadline)?;
         }
@@ -261,6 +262,9 @@ impl State {
         };
         consumer.commit(&offsets, mode)?;
         for (p, positions) in flight.commits {
+            if self.shards.contains_key(&p) {
+                self.metrics.shard_durable(p);
+            }
             if let Some(shard) = self.shards.get_mut(&p).or_else(|| self.parked.get_mut(&p)) {
                 shard.checkpointed = positions.clone();
             }

@@ -24,6 +24,7 @@ pub(super) fn output<M: Message>(ctx: &Ctx<'_>, engine: &Engine, o: &Output, sou
     let (topic, prospect, sent) = match o {
         Output::HotLead(h) => {
             m.hot_leads.inc();
+            m.hot_lead_fired(ctx.journey, h.rules);
             (&ctx.topics.hot_leads, h.prospect, &m.sent.hot_leads)
         }
         Output::HotLeadSuppressed(s) => {
@@ -39,8 +40,8 @@ pub(super) fn output<M: Message>(ctx: &Ctx<'_>, engine: &Engine, o: &Output, sou
             m.stage_transitions.with_label_values(&[from, &ctx.journey.stage(*to).name]).inc();
             (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
-        Output::Ghosted { prospect, .. } => {
-            m.ghosted.inc();
+        Output::Ghosted { prospect, stage, .. } => {
+            m.ghosted.with_label_values(&[&ctx.journey.stage(*stage).name]).inc();
             (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
         Output::OutcomeKept { prospect, .. } => {
@@ -51,8 +52,8 @@ pub(super) fn output<M: Message>(ctx: &Ctx<'_>, engine: &Engine, o: &Output, sou
             m.gone_quiet.inc();
             (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
-        Output::Stalled { prospect, .. } => {
-            m.stalled.inc();
+        Output::Stalled { prospect, stage, .. } => {
+            m.stalled.with_label_values(&[&ctx.journey.stage(*stage).name]).inc();
             (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
         Output::Late { .. } => return,

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use prometheus::Gauge;
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use rdkafka::message::Message;
 
 use crate::codec;
-use crate::core::{Engine, Journey, Source, Ts};
+use crate::core::{Engine, Funnel, Journey, Source, Ts};
 use crate::telemetry::Metrics;
+use crate::telemetry::metrics::unix_now;
 
 use super::shard::Shard;
 use super::{State, emit};
@@ -27,10 +29,17 @@ pub(super) struct HotMetrics {
     reopened: LocalIntCounter,
     event_time: LocalHistogram,
     pub(super) consume: LocalHistogram,
+    /// `microfunnel_stage_reached_total` by stage index (`None` for terminal stages), and the
+    /// funnel's `reached` of the shard at hand before the event, to count what the event added.
+    reached: Vec<Option<LocalIntCounter>>,
+    reached_before: Vec<u64>,
+    /// `microfunnel_last_event_timestamp_seconds` by input topic, and the wall time of the last
+    /// message of each in this batch (`None`: none yet).
+    last_event: Vec<(Gauge, Option<Ts>)>,
 }
 
 impl HotMetrics {
-    pub(super) fn new(metrics: &Metrics, journey: &Journey) -> HotMetrics {
+    pub(super) fn new(metrics: &Metrics, journey: &Journey, topics: &[String]) -> HotMetrics {
         let names = journey.signals.iter().map(|s| s.name.as_str()).chain(std::iter::once("unmapped"));
         let consumed = names
             .map(|n| {
@@ -48,10 +57,38 @@ impl HotMetrics {
             reopened: metrics.reopened.local(),
             event_time: metrics.latency.with_label_values(&["event_time"]).local(),
             consume: metrics.latency.with_label_values(&["consume"]).local(),
+            reached: journey
+                .stages
+                .iter()
+                .map(|s| (!s.terminal).then(|| metrics.stage_reached.with_label_values(&[&s.name]).local()))
+                .collect(),
+            reached_before: Vec::with_capacity(journey.stages.len()),
+            last_event: topics
+                .iter()
+                .map(|t| {
+                    let g = metrics.last_event.with_label_values(&[t]);
+                    g.set(unix_now());
+                    (g, None)
+                })
+                .collect(),
         }
     }
 
-    pub(super) fn flush(&self) {
+    /// Remembers the funnel's `reached` before an event is applied.
+    fn before(&mut self, funnel: &Funnel) {
+        self.reached_before.clone_from(&funnel.reached);
+    }
+
+    /// Counts the stages the event made prospects reach (only events with outputs can).
+    fn after(&self, funnel: &Funnel) {
+        for ((c, was), now) in self.reached.iter().zip(&self.reached_before).zip(&funnel.reached) {
+            if let Some(c) = c {
+                c.inc_by(now.saturating_sub(*was));
+            }
+        }
+    }
+
+    pub(super) fn flush(&mut self) {
         self.consumed.iter().flatten().for_each(LocalIntCounter::flush);
         self.duplicates.flush();
         self.late.flush();
@@ -61,6 +98,12 @@ impl HotMetrics {
         self.reopened.flush();
         self.event_time.flush();
         self.consume.flush();
+        self.reached.iter().flatten().for_each(LocalIntCounter::flush);
+        for (g, at) in &mut self.last_event {
+            if let Some(t) = at.take() {
+                g.set(t.0 as f64 / 1000.0);
+            }
+        }
     }
 }
 
@@ -88,6 +131,7 @@ impl State {
             );
         }
         shard.positions[topic] = msg.offset() + 1;
+        self.hot.last_event[topic].1 = Some(wall);
         let payload = msg.payload().unwrap_or_default();
         // One event, or each item of a Segment batch; a bad item is dead-lettered on its own.
         for (item, result) in codec::decode_each(payload, journey, limits) {
@@ -104,6 +148,7 @@ impl State {
                 Ok(ev) => {
                     self.unmapped.saw(&ev);
                     let before = shard.engine.stats().clone();
+                    self.hot.before(shard.engine.funnel());
                     shard.engine.apply(&ev, outputs);
                     let (stats, rejected) = (shard.engine.stats(), before.rejected);
                     // An event the engine refuses (source mismatch, ...) counts as rejected only.
@@ -119,6 +164,7 @@ impl State {
                     hot.ignored.inc_by(stats.ignored - before.ignored);
                     hot.reopened.inc_by(stats.reopened - before.reopened);
                     if !outputs.is_empty() {
+                        self.hot.after(shard.engine.funnel());
                         let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
                         for o in outputs.drain(..) {
                             emit::output(&ctx, &shard.engine, &o, Some(msg), buf);

@@ -162,7 +162,7 @@ impl State {
         };
         let l = &settings.limits;
         Ok(State {
-            hot: HotMetrics::new(&h.metrics, &journey),
+            hot: HotMetrics::new(&h.metrics, &journey, &settings.kafka.input_topics),
             journey,
             limits: Limits { max_bytes: l.max_bytes, max_depth: l.max_depth, ..Limits::default() },
             producer: Arc::new(producer),

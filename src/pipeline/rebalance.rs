@@ -182,6 +182,7 @@ impl State {
         self.parked_status.clear();
         self.spares.retain(|p, _| partitions.contains(p));
         self.metrics.restoring.set(0);
+        resumed.iter().chain(restored.iter().map(|r| &r.0)).for_each(|p| self.metrics.shard_durable(*p));
         self.metrics.shards.set(self.shards.len() as i64);
         self.ready.store(true, Ordering::Release);
         tracing::info!(restored = ?restored, resumed = ?resumed, "shards assigned");
@@ -209,6 +210,7 @@ impl State {
             }
         };
         for p in revoked {
+            self.metrics.shard_released(*p, &self.settings.kafka.input_topics);
             let status = self.status.remove(*p);
             if let Some(shard) = self.shards.remove(p)
                 && checkpointed

@@ -335,3 +335,32 @@ fn idle_shards_advance_to_the_wall_clock_minus_the_lateness_and_busy_ones_do_not
     assert!(ghosts(&st, 0) > before.2, "overdue silence timers fire once time moves");
     assert!(st.unflushed, "their outputs were handed to the producer");
 }
+
+#[test]
+fn a_shards_last_durable_time_moves_only_when_its_state_is_durable_and_leaves_with_the_shard() {
+    let journey = journey();
+    let events = stream(&journey, 200);
+    let store = Arc::new(MemStore::new("g", 3));
+    let (mut st, metrics, _) = state(&journey, Some(Arc::clone(&store)), None);
+    let rec = Recorder::default();
+    let series = |p: i32| format!("microfunnel_checkpoint_last_success_timestamp_seconds{{shard=\"{p}\"}}");
+    let durable = |p: i32| metrics.checkpoint_last_success.with_label_values(&[&p.to_string()]).get();
+    st.take_shards(&shards(&[0, 1]));
+    let (assigned, assigned_1) = (durable(0), durable(1));
+    assert!(assigned > 0.0 && assigned_1 > 0.0, "a restored shard is durable as restored");
+
+    feed(&mut st, 0, &events[..100]);
+    store.fail_saves(true);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(durable(0), assigned, "a failed checkpoint leaves the time of the last success");
+    assert!(durable(1) > assigned_1, "shard 1 had nothing to write: durable as it is");
+
+    store.fail_saves(false);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(checkpoints(&metrics, "ok"), 1);
+    assert!(durable(0) > assigned, "the checkpoint that wrote shard 0 moves its time");
+
+    st.give_up(&rec, &shards(&[1]));
+    let text = metrics.render();
+    assert!(text.contains(&series(0)) && !text.contains(&series(1)), "a revoked shard's series goes: {text}");
+}

@@ -2,9 +2,11 @@
 //! stage and signal names, sources, reject reasons, topics and partition numbers), never from
 //! prospects, emails or URLs.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use prometheus::{
-    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::core::{Journey, RejectReason};
@@ -21,6 +23,12 @@ pub struct Metrics {
     pub events_ignored: IntCounter,
     pub reopened: IntCounter,
     pub stage_transitions: IntCounterVec,
+    /// `microfunnel_stage_reached_total{stage}`: as the funnel's `reached` (skipped stages
+    /// count as passed), so step conversion is reached(next) / reached(stage).
+    pub stage_reached: IntCounterVec,
+    /// `microfunnel_funnel_step_info{stage,next}` = 1 for each step of the funnel (consecutive
+    /// non-terminal stages), the pairs a step-conversion query divides.
+    pub funnel_steps: IntGaugeVec,
     pub prospects: IntGaugeVec,
     pub prospects_total: IntGauge,
     pub signal_outcomes: IntGaugeVec,
@@ -28,8 +36,11 @@ pub struct Metrics {
     pub hot_leads: IntCounter,
     /// Hot-lead alerts held back by a cooldown, by the rule that fired.
     pub alerts_suppressed: IntCounterVec,
-    pub ghosted: IntCounter,
-    pub stalled: IntCounter,
+    /// `microfunnel_hot_lead_rules_total{rule}`: see [`Metrics::hot_lead_fired`].
+    pub hot_lead_rules: IntCounterVec,
+    /// By the stage the prospect was in (drop-off per stage).
+    pub ghosted: IntCounterVec,
+    pub stalled: IntCounterVec,
     pub gone_quiet: IntCounter,
     pub outcomes_kept: IntCounter,
     pub latency: HistogramVec,
@@ -42,6 +53,11 @@ pub struct Metrics {
     pub checkpoints: IntCounterVec,
     pub checkpoint_seconds: Histogram,
     pub checkpoint_pause: Histogram,
+    /// `microfunnel_checkpoint_last_success_timestamp_seconds{shard}`: see [`Metrics::shard_durable`].
+    pub checkpoint_last_success: GaugeVec,
+    /// `microfunnel_last_event_timestamp_seconds{topic}`: when a message of each input topic
+    /// was last processed (the start of the service before any).
+    pub last_event: GaugeVec,
     pub snapshot_bytes: IntGaugeVec,
     pub restore_records: IntCounterVec,
     pub restore_bytes: IntCounterVec,
@@ -118,6 +134,36 @@ impl Metrics {
             "Prospects moving between journey stages (`from=\"new\"` for a prospect's first stage).",
             &["from", "to"],
         )?;
+        let stage_reached = counter_vec(
+            &r,
+            "microfunnel_stage_reached_total",
+            "Prospects reaching each non-terminal stage for the first time (stages skipped on the way count as passed), as the funnel's `reached`: step conversion is reached of the next stage / reached of this one.",
+            &["stage"],
+        )?;
+        let funnel_steps = IntGaugeVec::new(
+            Opts::new(
+                "microfunnel_funnel_step_info",
+                "1 for each step of the journey's funnel: `stage` and the `next` non-terminal stage (for step-conversion queries).",
+            ),
+            &["stage", "next"],
+        )?;
+        r.register(Box::new(funnel_steps.clone()))?;
+        let checkpoint_last_success = GaugeVec::new(
+            Opts::new(
+                "microfunnel_checkpoint_last_success_timestamp_seconds",
+                "Unix time at which each held shard's state was last known durable: its last checkpoint committed, a checkpoint found nothing new to write, or it was restored or resumed. Checkpoint age = time() - this.",
+            ),
+            &["shard"],
+        )?;
+        r.register(Box::new(checkpoint_last_success.clone()))?;
+        let last_event = GaugeVec::new(
+            Opts::new(
+                "microfunnel_last_event_timestamp_seconds",
+                "Unix time at which a message of each input topic was last processed (the service's start before any). Time since the last event = time() - this.",
+            ),
+            &["topic"],
+        )?;
+        r.register(Box::new(last_event.clone()))?;
         let prospects = IntGaugeVec::new(
             Opts::new(
                 "microfunnel_prospects",
@@ -265,6 +311,10 @@ impl Metrics {
                 "Prospects moved out of a terminal stage by a reopen_on signal, or whose outcome was corrected.",
             )?,
             stage_transitions,
+            stage_reached,
+            funnel_steps,
+            checkpoint_last_success,
+            last_event,
             prospects,
             prospects_total,
             signal_outcomes,
@@ -276,8 +326,24 @@ impl Metrics {
                 "Hot-lead alerts held back by the cooldown of an alert of a rule at least as strong, by the rule that fired (a `hot_lead_suppressed` journey event each).",
                 &["rule"],
             )?,
-            ghosted: counter(&r, "microfunnel_ghosted_total", "Prospects that went silent after a quote.")?,
-            stalled: counter(&r, "microfunnel_stalled_total", "Deals that parked (no stage advance in time).")?,
+            hot_lead_rules: counter_vec(
+                &r,
+                "microfunnel_hot_lead_rules_total",
+                "Hot-lead alerts by journey hot rule that fired (an alert with several rules counts once for each).",
+                &["rule"],
+            )?,
+            ghosted: counter_vec(
+                &r,
+                "microfunnel_ghosted_total",
+                "Prospects that went silent after a quote, by the stage they were in.",
+                &["stage"],
+            )?,
+            stalled: counter_vec(
+                &r,
+                "microfunnel_stalled_total",
+                "Deals that parked (no stage advance in time), by the stage they were in.",
+                &["stage"],
+            )?,
             outcomes_kept: counter(
                 &r,
                 "microfunnel_outcomes_kept_total",
@@ -312,6 +378,24 @@ impl Metrics {
         }
         for st in &journey.stages {
             m.prospects.with_label_values(&[&st.name]);
+            m.ghosted.with_label_values(&[&st.name]);
+            m.stalled.with_label_values(&[&st.name]);
+        }
+        for rule in &journey.hot_rules {
+            m.hot_lead_rules.with_label_values(&[&rule.name]);
+        }
+        let steps: Vec<&str> = journey.stages.iter().filter(|s| !s.terminal).map(|s| s.name.as_str()).collect();
+        for st in &steps {
+            m.stage_reached.with_label_values(&[st]);
+        }
+        // Losses by the stage they happened in (drop-off): zeros rather than gaps.
+        for end in journey.stages.iter().filter(|s| s.terminal) {
+            for st in &steps {
+                m.stage_transitions.with_label_values(&[*st, end.name.as_str()]);
+            }
+        }
+        for w in steps.windows(2) {
+            m.funnel_steps.with_label_values(&[w[0], w[1]]).set(1);
         }
         for rule in &journey.hot_rules {
             m.alerts_suppressed.with_label_values(&[&rule.name]);
@@ -329,10 +413,41 @@ impl Metrics {
         Ok(m)
     }
 
+    /// Counts one hot-lead alert under each rule that fired (`rules`: bit `i` = `hot_rules[i]`).
+    pub fn hot_lead_fired(&self, journey: &Journey, rules: u32) {
+        for (i, rule) in journey.hot_rules.iter().enumerate().take(32) {
+            if rules & (1 << i) != 0 {
+                self.hot_lead_rules.with_label_values(&[&rule.name]).inc();
+            }
+        }
+    }
+
+    /// Shard `shard`'s state is durable as of now (a checkpoint committed it, found nothing new
+    /// in it, or it was restored or resumed from one).
+    pub fn shard_durable(&self, shard: i32) {
+        self.checkpoint_last_success.with_label_values(&[&shard.to_string()]).set(unix_now());
+    }
+
+    /// Shard `shard` left this instance: its per-shard series go (the new owner reports them),
+    /// so sums over instances do not count a stale value twice.
+    pub fn shard_released(&self, shard: i32, topics: &[String]) {
+        let label = shard.to_string();
+        let _ = self.checkpoint_last_success.remove_label_values(&[&label]);
+        let _ = self.snapshot_bytes.remove_label_values(&[&label]);
+        for t in topics {
+            let _ = self.consumer_lag.remove_label_values(&[t, &label]);
+        }
+    }
+
     /// The Prometheus text exposition of every family.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// Seconds since the Unix epoch, for timestamp gauges.
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }

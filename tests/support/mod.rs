@@ -617,3 +617,85 @@ pub fn checkpointed(svc: &Service, total: i64, partitions: usize, limit: Duratio
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+// ---- Prometheus -------------------------------------------------------------------------------
+
+/// A real Prometheus server (`apt-get install prometheus`) scraping one target every second as
+/// job `microfunnel`, with rule files loaded; killed when dropped.
+pub struct Prometheus {
+    child: std::process::Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    pub fn start(target: SocketAddr, rule_files: &[PathBuf]) -> Prometheus {
+        let which = Command::new("prometheus").arg("--version").output();
+        assert!(
+            which.is_ok_and(|o| o.status.success()),
+            "the Prometheus server is needed: apt-get install prometheus (.ci/run does)"
+        );
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("prometheus"));
+        std::fs::create_dir_all(&dir).expect("Prometheus directory");
+        let rules: String = rule_files.iter().map(|r| format!("  - {}\n", r.display())).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{rules}scrape_configs:\n  - job_name: microfunnel\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).expect("Prometheus config");
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).map_or(Stdio::null(), Stdio::from))
+            .spawn()
+            .expect("start prometheus");
+        let prom = Prometheus { child, port, dir };
+        wait_until(DEADLINE, "Prometheus answers", || prom.get("/-/ready").is_some_and(|(s, _)| s == 200));
+        prom
+    }
+
+    /// GET over HTTP/1.0 (no chunked bodies): (status, body), `None` if not connected.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut conn = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    }
+
+    /// `/api/v1/query` of one PromQL expression at the current time: the whole JSON answer
+    /// (`status` is `error`, with `errorType` and `error`, for an expression that does not parse).
+    pub fn query(&self, expr: &str) -> Value {
+        let encoded: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (_, body) = self
+            .get(&format!("/api/v1/query?query={encoded}"))
+            .unwrap_or_else(|| panic!("Prometheus did not answer the query {expr}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
+    /// The result vector of a query that must succeed.
+    pub fn vector(&self, expr: &str) -> Vec<Value> {
+        let v = self.query(expr);
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

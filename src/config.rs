@@ -332,6 +332,9 @@ const RESERVED_CLIENT_KEYS: [&str; 6] = [
     "delivery.report.only.error",
 ];
 
+/// The shortest `http.token` accepted.
+const MIN_TOKEN_LEN: usize = 16;
+
 /// Client keys whose values are secrets: masked by `check-config`, never logged.
 pub fn is_secret_key(key: &str) -> bool {
     ["password", "secret", "token", "sasl.oauthbearer.config", "ssl.key.pem", "ssl_key"].iter().any(|s| key.contains(s))
@@ -486,6 +489,14 @@ impl Settings {
                 "use ip:port, e.g. 127.0.0.1:9464",
             ));
         }
+        let token = self.http.token.trim();
+        if !self.http.token.is_empty() && (token.len() < MIN_TOKEN_LEN || token != self.http.token) {
+            return Err(invalid(
+                "http.token",
+                format!("must be at least {MIN_TOKEN_LEN} characters without surrounding blanks"),
+                "set a long random secret, e.g. the output of `openssl rand -hex 32`",
+            ));
+        }
         if self.http.query_api
             && self.http.token.is_empty()
             && self.http.listen.parse::<SocketAddr>().is_ok_and(|a| !a.ip().is_loopback())
@@ -579,6 +590,9 @@ impl Settings {
             if is_secret_key(k) {
                 *v = "*****".into();
             }
+        }
+        if !s.http.token.is_empty() {
+            s.http.token = "*****".into();
         }
         toml::to_string_pretty(&s).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
     }

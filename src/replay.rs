@@ -45,6 +45,9 @@ pub struct Options {
     pub summary_only: bool,
     /// Shards, as Kafka partitions of the input topics (1 to [`MAX_PARTITIONS`]; 0 counts as 1).
     pub partitions: u32,
+    /// Prospects with an outcome a signal needs not to be flagged `small_sample` in the summary
+    /// ([`crate::core::funnel::MIN_SAMPLE`] by default).
+    pub min_sample: u64,
 }
 
 /// Totals of a replay run.
@@ -302,7 +305,7 @@ fn finish(
         }
         flush(engine, &mut outputs, buf, totals, at, opts.summary_only, out, err)?;
     }
-    write_summary(journey, shards, totals, buf)?;
+    write_summary(journey, shards, totals, opts.min_sample, buf)?;
     if opts.digest {
         write_digests(shards, buf);
     }
@@ -312,7 +315,13 @@ fn finish(
 /// One `funnel_summary` over all shards: stats, census and funnel counters summed, the latest
 /// shard watermark. With one shard, exactly that engine's figures, except that `stats.rejected`
 /// also counts the events the decoder refused, and `stats.rejected_by_reason` splits it.
-fn write_summary(journey: &Journey, shards: &[Engine], totals: &Totals, buf: &mut Vec<u8>) -> io::Result<()> {
+fn write_summary(
+    journey: &Journey,
+    shards: &[Engine],
+    totals: &Totals,
+    min_sample: u64,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
     let Some((first, rest)) = shards.split_first() else { return Ok(()) };
     let (mut stats, mut census, mut funnel) = (first.stats().clone(), first.census(), first.funnel().clone());
     let mut watermark = first.watermark();
@@ -331,7 +340,7 @@ fn write_summary(journey: &Journey, shards: &[Engine], totals: &Totals, buf: &mu
         .collect();
     let by_rule: Vec<(&str, u64)> =
         journey.hot_rules.iter().zip(&totals.suppressed_by_rule).map(|(r, n)| (r.name.as_str(), *n)).collect();
-    let report = funnel.report(journey);
+    let report = funnel.report_with(journey, min_sample);
     let figures = codec::outbound::Figures { watermark, stats: &stats, census: &census, funnel: &report };
     let (unmapped, unmapped_other) = totals.unmapped.top(UNMAPPED_TOP);
     let counts = codec::outbound::ReplayCounts {

@@ -194,6 +194,7 @@ fn check_config_masks_secrets_and_names_bad_keys() {
     let ok = bin()
         .args(["check-config", "--config", "deploy/config/local.toml"])
         .env("MICROFUNNEL__KAFKA__CLIENT__SASL_PASSWORD", "hunter2-secret")
+        .env("MICROFUNNEL__HTTP__TOKEN", "query-token-never-shown-7d2a")
         .env("MICROFUNNEL__KAFKA__BROKERS", "kafka-1:9092,kafka-2:9092")
         .output()
         .unwrap();
@@ -201,6 +202,8 @@ fn check_config_masks_secrets_and_names_bad_keys() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(stdout.contains(r#""sasl.password" = "*****""#), "{stdout}");
     assert!(!stdout.contains("hunter2"), "secret leaked: {stdout}");
+    assert!(!stdout.contains("query-token-never-shown"), "the query API token leaked: {stdout}");
+    assert!(stdout.contains(r#"token = "*****""#), "{stdout}");
     assert!(stdout.contains(r#"brokers = "kafka-1:9092,kafka-2:9092""#), "env overrides the file: {stdout}");
     assert!(stdout.contains(r#"changelog_topic = "microfunnel-changelog""#), "the derived name is shown: {stdout}");
     for (key, value, named) in [

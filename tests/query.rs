@@ -23,11 +23,16 @@ use support::{Service, keyed, produce, setup, wait_until, web};
 const JOIN: Duration = Duration::from_secs(30);
 const TOKEN: &str = "query-test-token-8c1f";
 
-/// GET with headers over a plain TCP connection: (status, head, body).
+/// GET with a bearer token over a plain TCP connection: (status, head, body).
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, String) {
+    get_with(addr, path, token.map(|t| format!("Bearer {t}")).as_deref())
+}
+
+/// GET with an `Authorization` header value: (status, head, body).
+fn get_with(addr: SocketAddr, path: &str, authorization: Option<&str>) -> (u16, String, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the HTTP endpoint");
     s.set_read_timeout(Some(Duration::from_secs(15))).expect("read timeout");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").expect("send the request");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read the response");
@@ -102,6 +107,10 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert_eq!(status, 401);
     assert!(head.contains("www-authenticate: bearer"), "{head}");
     assert_eq!(get(svc.addr(), "/prospects/usr_q1", Some("wrong-token")).0, 401);
+    // The scheme name in any case (RFC 9110), the token exactly.
+    assert_eq!(get_with(svc.addr(), "/prospects/usr_q1", Some(&format!("bearer {TOKEN}"))).0, 200);
+    assert_eq!(get_with(svc.addr(), "/prospects/usr_q1", Some(&format!("Basic {TOKEN}"))).0, 401);
+    assert_eq!(get_with(svc.addr(), "/prospects/usr_q1", Some(&format!("Bearer {}", TOKEN.to_uppercase()))).0, 401);
 
     let (status, _, body) = get(svc.addr(), "/prospects/nobody-here", Some(TOKEN));
     assert_eq!(status, 404, "{body}");
@@ -216,6 +225,24 @@ fn a_restoring_shard_answers_503_with_retry_after_and_a_stopped_pipeline_too() {
 }
 
 #[test]
+fn an_instance_that_holds_no_shard_answers_503_not_421() {
+    let journey = support::journey();
+    let (queries, inbox) = query::channel(4);
+    inbox.set_partitions(3);
+    let health = Health {
+        metrics: Metrics::new(&journey).unwrap(),
+        ready: Arc::new(AtomicBool::new(false)),
+        status: Status::default(),
+        query: Some(QueryApi { queries, token: None, show_emails: false }),
+    };
+    let addr = serve(health);
+    let (code, head, body) = get(addr, "/prospects/usr_q1", None);
+    assert_eq!(code, 503, "joining or rebalancing, nobody to point at: {body}");
+    assert!(head.contains("retry-after: 5") && body.contains("no shard"), "{head}{body}");
+    drop(inbox);
+}
+
+#[test]
 fn the_query_api_is_off_by_default_and_refused_beyond_loopback_without_a_token() {
     let journey = support::journey();
     let health = Health {
@@ -238,4 +265,9 @@ fn the_query_api_is_off_by_default_and_refused_beyond_loopback_without_a_token()
     assert!(Settings::load(None, base.to_vec()).is_ok(), "the API off: no token needed");
     let loopback = [var("KAFKA__BROKERS", "127.0.0.1:9"), var("HTTP__QUERY_API", "true")];
     assert!(Settings::load(None, loopback.to_vec()).is_ok(), "loopback needs no token");
+    for weak in [" ", "short-token", &format!(" {TOKEN}")] {
+        let with_weak = [on.as_slice(), &[var("HTTP__TOKEN", weak)]].concat();
+        let err = Settings::load(None, with_weak).expect_err("a blank, short or padded token is refused").to_string();
+        assert!(err.contains("http.token") && err.contains("16"), "{weak:?}: {err}");
+    }
 }

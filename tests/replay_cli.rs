@@ -675,6 +675,11 @@ fn replay_report_prints_the_signal_table_with_intervals_and_flags_thin_samples()
     let strict = String::from_utf8_lossy(&strict.stdout).to_string();
     let table = strict.split("Signals shown before an outcome").nth(1).unwrap();
     assert!(table.lines().skip(3).filter(|l| l.starts_with("  ")).all(|l| l.ends_with(" *")), "{table}");
+    // The JSON summary of the same run flags them too.
+    let summary: Value =
+        strict.lines().find(|l| l.contains("funnel_summary")).map(|l| serde_json::from_str(l).unwrap()).unwrap();
+    let signals = summary["signals"].as_array().unwrap();
+    assert!(!signals.is_empty() && signals.iter().all(|s| s["small_sample"] == true), "{summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

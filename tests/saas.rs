@@ -185,8 +185,14 @@ const ACTIVITY: [&str; 7] = [
 fn replay_lines(lines: &[String], partitions: u32, end: Ts) -> Vec<Value> {
     use microfunnel::replay::{End, Options, run};
     let input = lines.join("\n") + "\n";
-    let opts =
-        Options { limits: Limits::default(), end: End::Until(end), digest: true, summary_only: false, partitions };
+    let opts = Options {
+        limits: Limits::default(),
+        end: End::Until(end),
+        digest: true,
+        summary_only: false,
+        partitions,
+        min_sample: microfunnel::core::funnel::MIN_SAMPLE,
+    };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     run(saas(), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
     assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));

@@ -45,7 +45,10 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
         let Some(ix) = engine.find(id) else {
             anyhow::bail!("prospect `{id}` is not in this snapshot (shard {})", checked.header.shard);
         };
-        println!("{}", serde_json::to_string_pretty(&engine.view(ix, None))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&engine.view(ix, Some(engine.watermark()).filter(|w| !w.is_none())))?
+        );
         return Ok(true);
     }
     let digest_ok = format!("{:016x}", engine.digest()) == checked.header.digest;

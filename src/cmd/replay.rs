@@ -50,7 +50,8 @@ pub struct ReplayArgs {
     /// conversion; per signal: win rate and lift over the base win rate with 95% intervals).
     #[arg(long)]
     report: bool,
-    /// With `--report`, flag signals shown by fewer prospects with an outcome than this.
+    /// Flag signals shown by fewer prospects with an outcome than this (`small_sample` in the
+    /// summary's `signals`, `*` in `--report`; listed after the others).
     #[arg(long, value_name = "N", default_value_t = microfunnel::core::funnel::MIN_SAMPLE)]
     min_sample: u64,
     /// Largest accepted payload, bytes.
@@ -84,7 +85,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         (None, false) => replay::End::LastEvent,
     };
     let limits = Limits { max_bytes, max_depth, ..Limits::default() };
-    let opts = replay::Options { limits, end, digest, summary_only, partitions };
+    let opts = replay::Options { limits, end, digest, summary_only, partitions, min_sample };
     let rss_before = resident_bytes();
     let stdout = io::stdout().lock();
     let stderr = io::stderr().lock();

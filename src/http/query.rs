@@ -4,8 +4,9 @@
 //!
 //! Statuses: 200 with the answer; 401 without the right token; 404 for a prospect its shard does
 //! not hold; 421 (Misdirected Request) with the owning partition when that shard is not on this
-//! instance; 503 with `Retry-After` while the shard restores, before the pipeline knows its
-//! partitions, or when the pipeline does not answer in time.
+//! instance; 503 with `Retry-After` while the shard restores, while this instance holds no shard
+//! (joining or rebalancing), before the pipeline knows its partitions, or when the pipeline does
+//! not answer in time.
 
 // A handler's refusal is the response it returns; boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
@@ -39,11 +40,13 @@ fn unavailable(why: &str) -> Response {
 fn authorized<'a>(h: &'a Health, headers: &HeaderMap) -> Result<&'a QueryApi, Response> {
     let Some(api) = &h.query else { return Err(reply(StatusCode::NOT_FOUND, json!({ "error": "query API off" }))) };
     if let Some(token) = &api.token {
+        // The scheme name is case-insensitive (RFC 9110, section 11.1).
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, t)| t.trim());
         if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
             let mut r = reply(StatusCode::UNAUTHORIZED, json!({ "error": "a valid bearer token is required" }));
             r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
@@ -75,8 +78,11 @@ pub(super) async fn prospect(State(h): State<Health>, Path(id): Path<String>, he
     let Some(partition) = api.queries.partition_of(&id) else {
         return unavailable("the pipeline has not joined its group yet");
     };
-    let restoring = h.status.snapshot().iter().any(|s| s.partition == partition && s.state == ShardState::Restoring);
-    if restoring {
+    let shards = h.status.snapshot();
+    if shards.is_empty() {
+        return unavailable("this instance holds no shard yet (joining the group or rebalancing)");
+    }
+    if shards.iter().any(|s| s.partition == partition && s.state == ShardState::Restoring) {
         return unavailable("the prospect's shard is restoring");
     }
     match ask(api, Question::Prospect(id)).await {

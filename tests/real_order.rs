@@ -25,7 +25,8 @@ struct Run {
 
 fn run_on(journey: Arc<Journey>, lines: &[String], end: End, partitions: u32) -> Run {
     let input = lines.join("\n") + "\n";
-    let opts = Options { limits: Limits::default(), end, digest: false, summary_only: false, partitions };
+    let opts =
+        Options { limits: Limits::default(), end, digest: false, summary_only: false, partitions, inputs: Vec::new() };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     replay::run(journey, &opts, input.as_bytes(), &mut out, &mut err).unwrap();
     let mut outputs: Vec<Value> =
@@ -218,6 +219,7 @@ fn final_state(journey: &Arc<Journey>, lines: &[String]) -> (Value, Vec<(Value, 
         digest: false,
         summary_only: false,
         partitions: 1,
+        inputs: Vec::new(),
     };
     let input = lines.join("\n") + "\n";
     let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -429,7 +431,14 @@ fn a_batch_envelope_goes_whole_to_the_shard_of_its_first_event() {
         {"type": "track", "event": "Demo Requested", "userId": b, "messageId": "m-2", "timestamp": "2026-03-02T09:01:00.000Z"},
     ]})
     .to_string();
-    let opts = Options { limits: Limits::default(), end: End::Stay, digest: false, summary_only: true, partitions: 4 };
+    let opts = Options {
+        limits: Limits::default(),
+        end: End::Stay,
+        digest: false,
+        summary_only: true,
+        partitions: 4,
+        inputs: Vec::new(),
+    };
     let (engines, _) =
         replay::run(b2b(), &opts, format!("{line}\n").as_bytes(), std::io::sink(), std::io::sink()).unwrap();
     let home = &engines[kafka_partition(a.as_bytes(), 4) as usize];

@@ -58,8 +58,14 @@ impl Run {
 }
 
 fn replay_with(journey: Journey, input: &str) -> Run {
-    let opts =
-        Options { limits: Limits::default(), end: End::LastEvent, digest: false, summary_only: false, partitions: 1 };
+    let opts = Options {
+        limits: Limits::default(),
+        end: End::LastEvent,
+        digest: false,
+        summary_only: false,
+        partitions: 1,
+        inputs: Vec::new(),
+    };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     replay::run(Arc::new(journey), &opts, input.as_bytes(), &mut out, &mut err).expect("replay runs");
     let lines = String::from_utf8(out)

@@ -69,7 +69,7 @@ impl State {
     pub(super) fn handle(&mut self, msg: &impl Message, batch: Instant, wall: Ts) {
         let p = msg.partition();
         let topic = self.settings.kafka.input_topics.iter().position(|t| t == msg.topic()).unwrap_or(0);
-        let State { shards, journey, limits, metrics, outputs, producer, settings, buf, .. } = self;
+        let State { shards, journey, limits, specs, metrics, outputs, producer, settings, buf, .. } = self;
         let topics = settings.kafka.input_topics.len();
         // Every assigned partition has a shard (restored in `assign`); this is a safety net.
         let shard = shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics));
@@ -89,8 +89,10 @@ impl State {
         }
         shard.positions[topic] = msg.offset() + 1;
         let payload = msg.payload().unwrap_or_default();
-        // One event, or each item of a Segment batch; a bad item is dead-lettered on its own.
-        for (item, result) in codec::decode_each(payload, journey, limits) {
+        // One event, or each item of a Segment batch or a CRM message; a bad item is
+        // dead-lettered on its own.
+        let spec = &specs[topic];
+        for (item, result) in codec::inbound::decode_input(payload, spec, journey, limits, &mut shard.crm[topic]) {
             match result {
                 Err(e) => {
                     metrics.events_rejected.with_label_values(&[e.reason().as_str()]).inc();

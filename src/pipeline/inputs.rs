@@ -10,7 +10,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::codec::{self, Limits};
+use crate::codec::{self, InputSpec, Limits};
 use crate::core::{Engine, Journey, Ts};
 use crate::telemetry::Metrics;
 
@@ -120,9 +120,11 @@ fn resume(consumer: &PipelineConsumer, topic: &str, partition: i32, delivered: i
 }
 
 /// The merge key of a payload: its (first) event's time, `None` if none decodes. A batch
-/// envelope is merged as a whole by its first event, as `replay` does.
-fn merge_key(payload: &[u8], journey: &Journey, limits: &Limits) -> Option<Ts> {
-    codec::decode_each(payload, journey, limits).find_map(|(_, r)| r.ok()).map(|ev| ev.ts)
+/// envelope (a HubSpot array, a Salesforce event of several records) is merged as a whole by its
+/// first event, as `replay` does. Reads no CRM memory: a CRM message's key is its first change's
+/// time, whether or not it becomes a signal.
+fn merge_key(payload: &[u8], spec: &InputSpec, journey: &Journey, limits: &Limits) -> Option<Ts> {
+    codec::inbound::event_time(payload, spec, journey, limits)
 }
 
 impl State {
@@ -152,7 +154,7 @@ impl State {
         if fast {
             return self.handle(msg, batch, wall);
         }
-        let ts = merge_key(msg.payload().unwrap_or_default(), &self.journey, &self.limits);
+        let ts = merge_key(msg.payload().unwrap_or_default(), &self.specs[t], &self.journey, &self.limits);
         let seq = inputs.seq;
         inputs.seq += 1;
         inputs.queues[t].push_back(Buffered { msg: msg.detach(), ts, seq });

@@ -59,7 +59,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{CommitMode, Consumer};
 
-use crate::codec::Limits;
+use crate::codec::{InputSpec, Limits};
 use crate::config::Settings;
 use crate::core::{Engine, Journey, Output, Ts};
 use crate::kafka::{self, KafkaSetupError, OutputProducer};
@@ -96,6 +96,8 @@ struct State {
     settings: Settings,
     journey: Arc<Journey>,
     limits: Limits,
+    /// How each input topic is decoded, in `kafka.input_topics` order.
+    specs: Vec<InputSpec>,
     producer: Arc<OutputProducer>,
     failed_seen: u64,
     metrics: Metrics,
@@ -165,6 +167,7 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
         hot: HotMetrics::new(&h.metrics, &journey),
         journey,
         limits,
+        specs: settings.input_specs(),
         producer: Arc::new(producer),
         failed_seen: failed.load(Ordering::Acquire),
         metrics: h.metrics.clone(),

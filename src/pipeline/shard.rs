@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::core::Engine;
+use crate::core::crm::CrmMemory;
 
 use super::inputs::Inputs;
 use super::merge::Input;
@@ -20,6 +21,9 @@ pub(super) struct Shard {
     pub(super) tombstones: Vec<String>,
     /// Delivered messages not yet processed, for the event-time merge.
     pub(super) inputs: Inputs,
+    /// Per input topic, what the shard remembers of CRM objects (previous values, contact
+    /// links). Not checkpointed yet: a restored shard starts with an empty memory.
+    pub(super) crm: Vec<CrmMemory>,
 }
 
 impl Shard {
@@ -32,6 +36,7 @@ impl Shard {
             seq: 0,
             tombstones: Vec::new(),
             inputs: Inputs::new(topics),
+            crm: vec![CrmMemory::default(); topics],
         }
     }
 

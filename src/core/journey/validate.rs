@@ -306,6 +306,8 @@ impl Journey {
         }
         let placeholder_max_len = placeholder_ids.iter().map(String::len).max().unwrap_or(0);
 
+        let crm = crate::core::crm::CrmTable::validate(raw.crm, |at, n| signal_of(at, n, &names))?;
+
         let half_life = Span::from_days(positive("scoring", "half_life_days", raw.scoring.half_life_days)?);
         Ok(Journey {
             name: raw.name,
@@ -339,6 +341,7 @@ impl Journey {
             placeholder_max_len,
             tracked,
             names,
+            crm,
         })
     }
 }

@@ -11,7 +11,10 @@
 //! Pure and deterministic: the same changes in the same order give the same signals and memory.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
+use foldhash::fast::FixedState;
+use hashbrown::{Equivalent, HashMap};
 use serde::Deserialize;
 
 use super::journey::{JourneyError, SignalId};
@@ -74,8 +77,8 @@ pub struct CrmTable {
     pub unknown_previous: UnknownPrevious,
     /// object → the property naming its contact (Pipedrive deal `person_id`).
     pub links: BTreeMap<String, String>,
-    /// (object, property) → [(value, signal)].
-    pub signals: BTreeMap<(String, String), Vec<(String, SignalId)>>,
+    /// object → property → [(value, signal)].
+    pub signals: BTreeMap<String, BTreeMap<String, Vec<(String, SignalId)>>>,
 }
 
 impl CrmTable {
@@ -101,7 +104,7 @@ impl CrmTable {
                 return Err(blank(at));
             }
             let id = signal_of(format!("{at}.signal"), &s.signal)?;
-            let values = t.signals.entry((s.object, s.property)).or_default();
+            let values = t.signals.entry(s.object).or_default().entry(s.property).or_default();
             if values.iter().any(|(v, _)| *v == s.value) {
                 return Err(JourneyError::Invalid {
                     at,
@@ -122,9 +125,13 @@ impl CrmTable {
         self.values(object, property).is_some()
     }
 
+    /// Whether the decoder needs this property of this object: a mapped one, or its link.
+    pub fn wants(&self, object: &str, property: &str) -> bool {
+        self.maps(object, property) || self.links.get(object).is_some_and(|p| p == property)
+    }
+
     fn values(&self, object: &str, property: &str) -> Option<&[(String, SignalId)]> {
-        // Few entries: a scan of the map avoids allocating a key per lookup.
-        self.signals.iter().find(|((o, p), _)| o == object && p == property).map(|(_, v)| v.as_slice())
+        self.signals.get(object)?.get(property).map(Vec::as_slice)
     }
 
     /// The signal a property entering `value` fires, if one is mapped.
@@ -144,27 +151,70 @@ pub enum Previous {
     Was(Option<String>),
 }
 
-/// What a shard remembers of CRM objects. Keys are `(object, id)`; ordered maps, so iteration
-/// (and any future encoding) is deterministic.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A memory key: (object, id[, property]) as owned strings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key(String, String, String);
+
+/// The same key borrowed, to look up without allocating; hashes exactly as [`Key`].
+struct Ref<'a>(&'a str, &'a str, &'a str);
+
+impl Hash for Ref<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+        self.1.hash(h);
+        self.2.hash(h);
+    }
+}
+
+impl Equivalent<Key> for Ref<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        self.0 == k.0 && self.1 == k.1 && self.2 == k.2
+    }
+}
+
+impl Ref<'_> {
+    fn owned(&self) -> Key {
+        Key(self.0.to_string(), self.1.to_string(), self.2.to_string())
+    }
+}
+
+/// What a shard remembers of CRM objects. Lookups never allocate; a fixed hash seed keeps the
+/// core free of randomness (the keys are ids the CRM issued). Anything that encodes it must sort
+/// it first.
+#[derive(Clone, Debug, Default)]
 pub struct CrmMemory {
     /// (object, id, property) → last value of a mapped property, and the time of its change.
-    values: BTreeMap<(String, String, String), (Option<String>, Ts)>,
-    /// (object, id) → contact id.
-    links: BTreeMap<(String, String), String>,
+    values: HashMap<Key, (Option<String>, Ts), FixedState>,
+    /// (object, id, "") → contact id.
+    links: HashMap<Key, String, FixedState>,
 }
+
+impl PartialEq for CrmMemory {
+    fn eq(&self, other: &Self) -> bool {
+        self.values == other.values && self.links == other.links
+    }
+}
+
+impl Eq for CrmMemory {}
 
 impl CrmMemory {
     pub fn link(&mut self, object: &str, id: &str, contact: &str) {
-        self.links.insert((object.to_string(), id.to_string()), contact.to_string());
+        let key = Ref(object, id, "");
+        match self.links.get_mut(&key) {
+            Some(c) if c == contact => {}
+            Some(c) => *c = contact.to_string(),
+            None => {
+                self.links.insert(key.owned(), contact.to_string());
+            }
+        }
     }
 
     pub fn unlink(&mut self, object: &str, id: &str) {
-        self.links.remove(&(object.to_string(), id.to_string()));
+        self.links.remove(&Ref(object, id, ""));
     }
 
     pub fn contact(&self, object: &str, id: &str) -> Option<&str> {
-        self.links.get(&(object.to_string(), id.to_string())).map(String::as_str)
+        self.links.get(&Ref(object, id, "")).map(String::as_str)
     }
 
     /// Remembers `new` as the value of a property changed at `at` and says whether it is a
@@ -181,12 +231,12 @@ impl CrmMemory {
         policy: UnknownPrevious,
         learn_only: bool,
     ) -> bool {
-        let key = (object.to_string(), id.to_string(), property.to_string());
+        let key = Ref(object, id, property);
         let remembered = match self.values.get_mut(&key) {
             Some(slot) if slot.1 > at => None,
             Some(slot) => Some(std::mem::replace(slot, (new.map(str::to_string), at)).0),
             None => {
-                self.values.insert(key, (new.map(str::to_string), at));
+                self.values.insert(key.owned(), (new.map(str::to_string), at));
                 None
             }
         };

@@ -8,70 +8,70 @@
 //! (`__debezium_unavailable_value`) counts as absent.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
-use super::{Change, Item, Op, json, scalar, wrong};
+use super::{Change, Item, Op, Row, json, scalar, wrong};
 use crate::codec::inbound::format::Format;
 use crate::codec::inbound::{DecodeError, Limits};
 use crate::core::Ts;
-use crate::core::crm::Previous;
+use crate::core::crm::{CrmTable, Previous};
 
 const F: Format = Format::Debezium;
 const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
 #[derive(Deserialize)]
-struct Envelope {
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    before: Option<Row<'a>>,
+    #[serde(default, borrow)]
+    after: Option<Row<'a>>,
     #[serde(default)]
-    before: Option<Map<String, Value>>,
+    op: Option<String>,
     #[serde(default)]
-    after: Option<Map<String, Value>>,
-    op: String,
-    source: Source,
+    source: Option<Source<'a>>,
+    /// With schemas enabled, the envelope is here (beside `schema`).
+    #[serde(default, borrow)]
+    payload: Option<Box<Envelope<'a>>>,
 }
 
 #[derive(Deserialize)]
-struct Source {
+struct Source<'a> {
     ts_ms: i64,
     table: String,
-    #[serde(default)]
-    lsn: Option<Value>,
+    #[serde(default, borrow)]
+    lsn: Option<&'a RawValue>,
     #[serde(default)]
     name: Option<String>,
 }
 
-pub(super) fn changes(bytes: &[u8], limits: &Limits) -> Vec<Item> {
-    vec![(None, envelope(bytes, limits).and_then(read))]
+pub(super) fn changes(bytes: &[u8], limits: &Limits, crm: &CrmTable) -> Vec<Item> {
+    let read = json::<Envelope>(bytes, F, limits).and_then(|e| match (e.op.is_none(), e.payload) {
+        (true, Some(inner)) => read(*inner, crm),
+        (_, payload) => read(Envelope { payload, ..e }, crm),
+    });
+    vec![(None, read)]
 }
 
-fn envelope(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
-    let mut v: Map<String, Value> = json(bytes, F, limits)?;
-    let body = match v.remove("payload") {
-        Some(Value::Object(p)) if v.contains_key("schema") => Value::Object(p),
-        Some(p) => {
-            v.insert("payload".into(), p);
-            Value::Object(v)
-        }
-        None => Value::Object(v),
-    };
-    serde_json::from_value(body).map_err(|e| wrong(F, e))
-}
-
-fn usable(v: &Value) -> Option<String> {
+/// A column's value; `None` for null and for a value Debezium could not read.
+fn usable(v: &RawValue) -> Option<String> {
     scalar(v).filter(|s| s != UNAVAILABLE)
 }
 
-fn read(e: Envelope) -> Result<Vec<Change>, DecodeError> {
+fn read(e: Envelope<'_>, crm: &CrmTable) -> Result<Vec<Change>, DecodeError> {
+    let op = e.op.ok_or_else(|| wrong(F, "no `op`"))?;
+    let s = e.source.ok_or_else(|| wrong(F, "no `source`"))?;
     let row = e.after.as_ref().or(e.before.as_ref()).ok_or_else(|| wrong(F, "neither `before` nor `after`"))?;
-    let id = row.get("id").and_then(scalar).ok_or_else(|| wrong(F, "the row has no `id` column"))?;
-    let after = e.after.clone().unwrap_or_default();
+    let id = row.get("id").copied().and_then(scalar).ok_or_else(|| wrong(F, "the row has no `id` column"))?;
+    let after = e.after.as_ref();
     let fields = |previous: &dyn Fn(&str) -> Previous| {
         after
-            .iter()
-            .filter(|(_, v)| scalar(v).as_deref() != Some(UNAVAILABLE))
-            .map(|(k, v)| (k.clone(), usable(v), previous(k)))
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| crm.wants(&s.table, k) && scalar(v).as_deref() != Some(UNAVAILABLE))
+            .map(|(k, v)| (k.to_string(), usable(v), previous(k)))
             .collect::<Vec<_>>()
     };
-    let (op, fields) = match e.op.as_str() {
+    let (kind, fields) = match op.as_str() {
         "c" => (Op::Create, fields(&|_| Previous::Was(None))),
         "r" => (Op::Read, fields(&|_| Previous::Unknown)),
         "u" => {
@@ -86,8 +86,7 @@ fn read(e: Envelope) -> Result<Vec<Change>, DecodeError> {
         "d" => (Op::Delete, Vec::new()),
         other => return Err(wrong(F, format_args!("unknown `op` {other:?}"))),
     };
-    let s = &e.source;
-    let position = s.lsn.as_ref().and_then(scalar).unwrap_or_else(|| s.ts_ms.to_string());
-    let event_id = format!("{}.{}:{id}:{position}:{}", s.name.as_deref().unwrap_or(""), s.table, e.op);
-    Ok(vec![Change { object: s.table.clone(), id, op, event_id, ts: Ts(s.ts_ms), fields, email: None }])
+    let position = s.lsn.and_then(scalar).unwrap_or_else(|| s.ts_ms.to_string());
+    let event_id = format!("{}.{}:{id}:{position}:{op}", s.name.as_deref().unwrap_or(""), s.table);
+    Ok(vec![Change { object: s.table, id, op: kind, event_id, ts: Ts(s.ts_ms), fields, email: None }])
 }

@@ -5,6 +5,8 @@
 //! property change carries the new value only. `eventId` is not unique, so the event id is the
 //! composite (subscription, object, property, occurredAt), the same on every retry.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -18,19 +20,24 @@ const F: Format = Format::Hubspot;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Event {
+struct Event<'a> {
     #[allow(dead_code)] // read to refuse a malformed element; the composite key replaces it
     event_id: u64,
     subscription_id: u64,
     occurred_at: i64,
-    subscription_type: String,
+    #[serde(borrow)]
+    subscription_type: Cow<'a, str>,
     object_id: Option<u64>,
-    object_type_id: Option<String>,
-    property_name: Option<String>,
-    property_value: Option<String>,
+    #[serde(borrow)]
+    object_type_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    property_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    property_value: Option<Cow<'a, str>>,
     from_object_id: Option<u64>,
     to_object_id: Option<u64>,
-    association_type: Option<String>,
+    #[serde(borrow)]
+    association_type: Option<Cow<'a, str>>,
     #[serde(default)]
     association_removed: bool,
 }
@@ -77,7 +84,7 @@ pub(super) fn changes(bytes: &[u8], limits: &Limits) -> Vec<Item> {
         .collect()
 }
 
-fn change(e: Event) -> Result<Vec<Change>, DecodeError> {
+fn change(e: Event<'_>) -> Result<Vec<Change>, DecodeError> {
     let (prefix, action) = e
         .subscription_type
         .split_once('.')
@@ -114,9 +121,10 @@ fn change(e: Event) -> Result<Vec<Change>, DecodeError> {
         "propertyChange" => {
             let name = e
                 .property_name
-                .clone()
-                .ok_or(DecodeError::MissingField { field: "propertyName", format: "HubSpot propertyChange" })?;
-            let value = e.property_value.clone().filter(|v| !v.is_empty());
+                .as_deref()
+                .ok_or(DecodeError::MissingField { field: "propertyName", format: "HubSpot propertyChange" })?
+                .to_string();
+            let value = e.property_value.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
             one(Op::Update, vec![(name, value, Previous::Unknown)])
         }
         "associationChange" => {

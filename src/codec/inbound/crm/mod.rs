@@ -9,12 +9,14 @@ mod salesforce;
 
 use std::borrow::Cow;
 
-use serde_json::Value;
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
 
 use super::fields::{not_before_floor, printable};
 use super::format::{Format, InputSpec};
 use super::{DecodeError, Limits};
-use crate::core::crm::{CrmMemory, Previous};
+use crate::core::crm::{CrmMemory, CrmTable, Previous};
 use crate::core::{Event, EventKind, Journey, Source, Ts};
 
 /// What happened to a CRM object.
@@ -49,14 +51,42 @@ pub(super) struct Change {
 /// One element's changes, or why it cannot be read.
 pub(super) type Item = (Option<usize>, Result<Vec<Change>, DecodeError>);
 
+/// A member name, borrowed from the payload unless it has escapes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Name<'a>(Cow<'a, str>);
+
+impl std::borrow::Borrow<str> for Name<'_> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Name<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Name<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        super::wire::Str::deserialize(d).map(|s| Name(s.0))
+    }
+}
+
+/// A JSON object's members, values left unparsed: only the few a change needs are read.
+pub(super) type Row<'a> = BTreeMap<Name<'a>, &'a RawValue>;
+
 /// A JSON scalar as the string the `[crm]` table compares: strings as they are, numbers and
 /// booleans as JSON writes them; `None` for null, objects and arrays.
-pub(super) fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Null | Value::Array(_) | Value::Object(_) => None,
+pub(super) fn scalar(v: &RawValue) -> Option<String> {
+    let text = v.get();
+    match text.as_bytes().first()? {
+        b'"' => serde_json::from_str::<String>(text).ok(),
+        b't' => Some("true".into()),
+        b'f' => Some("false".into()),
+        b'n' | b'{' | b'[' => None,
+        _ => serde_json::from_str::<serde_json::Number>(text).ok().map(|n| n.to_string()),
     }
 }
 
@@ -82,12 +112,14 @@ pub(super) fn json<'a, T: serde::Deserialize<'a>>(
     })
 }
 
-fn changes(bytes: &[u8], format: Format, limits: &Limits) -> Vec<Item> {
+/// A message's changes. `crm` says which properties matter (mapped ones and links); the others
+/// are left out.
+fn changes(bytes: &[u8], format: Format, limits: &Limits, crm: &CrmTable) -> Vec<Item> {
     match format {
         Format::Hubspot => hubspot::changes(bytes, limits),
-        Format::SalesforceCdc => salesforce::changes(bytes, limits),
-        Format::Pipedrive => pipedrive::changes(bytes, limits),
-        Format::Debezium => debezium::changes(bytes, limits),
+        Format::SalesforceCdc => salesforce::changes(bytes, limits, crm),
+        Format::Pipedrive => pipedrive::changes(bytes, limits, crm),
+        Format::Debezium => debezium::changes(bytes, limits, crm),
         Format::Auto | Format::Canonical | Format::Segment | Format::Mapped => {
             vec![(None, Err(wrong(format, "not a CRM format")))]
         }
@@ -96,7 +128,7 @@ fn changes(bytes: &[u8], format: Format, limits: &Limits) -> Vec<Item> {
 
 /// The time of a message's first change in range, without touching any memory (the merge key).
 pub(super) fn first_time(bytes: &[u8], format: Format, journey: &Journey, limits: &Limits) -> Option<Ts> {
-    changes(bytes, format, limits)
+    changes(bytes, format, limits, &journey.crm)
         .into_iter()
         .filter_map(|(_, r)| r.ok())
         .flatten()
@@ -115,7 +147,7 @@ pub(super) fn decode<'a>(
 ) -> Vec<(Option<usize>, Result<Event<'a>, DecodeError>)> {
     let source = spec.source().unwrap_or(Source::Crm);
     let mut out = Vec::new();
-    for (item, result) in changes(bytes, spec.format, limits) {
+    for (item, result) in changes(bytes, spec.format, limits, &journey.crm) {
         match result {
             Err(e) => out.push((item, Err(e))),
             Ok(changes) => {

@@ -6,15 +6,15 @@
 //! events carry no values and are refused (`gap_event`): the records must be re-fetched.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use super::{Change, Item, Op, json, scalar, wrong};
+use super::{Change, Item, Op, Row, json, scalar, wrong};
 use crate::codec::inbound::format::Format;
 use crate::codec::inbound::{DecodeError, Limits};
 use crate::core::Ts;
-use crate::core::crm::Previous;
+use crate::core::crm::{CrmTable, Previous};
 
 const F: Format = Format::SalesforceCdc;
+const HEADER: &str = "ChangeEventHeader";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -31,20 +31,20 @@ struct Header {
     sequence_number: u64,
 }
 
-pub(super) fn changes(bytes: &[u8], limits: &Limits) -> Vec<Item> {
-    vec![(None, read(bytes, limits))]
+pub(super) fn changes(bytes: &[u8], limits: &Limits, crm: &CrmTable) -> Vec<Item> {
+    vec![(None, read(bytes, limits, crm))]
 }
 
-fn read(bytes: &[u8], limits: &Limits) -> Result<Vec<Change>, DecodeError> {
-    let mut v: Map<String, Value> = json(bytes, F, limits)?;
-    let mut payload = match v.remove("payload") {
-        Some(Value::Object(p)) if p.contains_key("ChangeEventHeader") => p,
-        _ => v,
+fn read(bytes: &[u8], limits: &Limits, crm: &CrmTable) -> Result<Vec<Change>, DecodeError> {
+    let top: Row<'_> = json(bytes, F, limits)?;
+    let inner: Option<Row<'_>> = match top.get("payload") {
+        Some(p) if !top.contains_key(HEADER) => serde_json::from_str(p.get()).ok(),
+        _ => None,
     };
-    let header = payload
-        .remove("ChangeEventHeader")
-        .ok_or_else(|| wrong(F, "no `ChangeEventHeader` (at the top level or under `payload`)"))?;
-    let h: Header = serde_json::from_value(header).map_err(|e| wrong(F, format_args!("ChangeEventHeader: {e}")))?;
+    let payload = inner.as_ref().filter(|p| p.contains_key(HEADER)).unwrap_or(&top);
+    let header =
+        payload.get(HEADER).ok_or_else(|| wrong(F, "no `ChangeEventHeader` (at the top level or under `payload`)"))?;
+    let h: Header = serde_json::from_str(header.get()).map_err(|e| wrong(F, format_args!("ChangeEventHeader: {e}")))?;
     if h.change_type.starts_with("GAP_") {
         return Err(DecodeError::GapEvent {
             change_type: h.change_type,
@@ -54,14 +54,23 @@ fn read(bytes: &[u8], limits: &Limits) -> Result<Vec<Change>, DecodeError> {
     if h.record_ids.is_empty() {
         return Err(wrong(F, "empty `recordIds`"));
     }
+    let object = &h.entity_name;
     let (op, fields): (Op, Vec<(String, Option<String>, Previous)>) = match h.change_type.as_str() {
         "CREATE" => (
             Op::Create,
-            payload.iter().filter_map(|(k, v)| scalar(v).map(|s| (k.clone(), Some(s), Previous::Was(None)))).collect(),
+            payload
+                .iter()
+                .filter(|(k, _)| crm.wants(object, k))
+                .filter_map(|(k, v)| scalar(v).map(|s| (k.to_string(), Some(s), Previous::Was(None))))
+                .collect(),
         ),
         "UPDATE" | "UNDELETE" => {
-            let changed = h.changed_fields.iter().filter_map(|f| payload.get(f).and_then(scalar).map(|s| (f, Some(s))));
-            let nulled = h.nulled_fields.iter().map(|f| (f, None));
+            let changed = h
+                .changed_fields
+                .iter()
+                .filter(|f| crm.wants(object, f))
+                .filter_map(|f| payload.get(f.as_str()).copied().and_then(scalar).map(|s| (f, Some(s))));
+            let nulled = h.nulled_fields.iter().filter(|f| crm.wants(object, f)).map(|f| (f, None));
             (Op::Update, changed.chain(nulled).map(|(f, v)| (f.clone(), v, Previous::Unknown)).collect())
         }
         "DELETE" => (Op::Delete, Vec::new()),

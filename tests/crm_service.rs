@@ -81,3 +81,92 @@ fn hubspot_webhooks_on_the_crm_topic_give_what_replay_gives() {
     assert!(reasons[2].1.starts_with("batch item 1: "), "{reasons:?}");
     svc.stop().unwrap();
 }
+
+/// The CRM memory is not checkpointed: a restored shard rebuilds it by reading its CRM topic from
+/// the beginning. After a restart, the deal's contact link and stage, learnt before it, still
+/// make the same-stage edit fire nothing and the win reach the contact, as replay of the whole
+/// topic gives.
+#[test]
+fn a_restored_shard_rebuilds_its_crm_memory_from_the_crm_topic() {
+    use microfunnel::core::ids::kafka_partition;
+
+    let mut s = setup("crm-restore");
+    let crm_topic = crm(&s).to_string();
+    s.inputs.insert(crm_topic.clone(), InputSettings { format: "hubspot".into(), ..InputSettings::default() });
+    let hubspot = std::fs::read_to_string(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crm/hubspot.jsonl"),
+    )
+    .unwrap();
+    let line = |n: usize| hubspot.lines().nth(n - 1).unwrap().to_string();
+    // Before the restart: contact, deal, association (1), a first stage (2), the quote (3);
+    // after it: the same stage set again (5), the win (11).
+    let (before, after) = ([line(1), line(2), line(3)], [line(5), line(11)]);
+    // One web key per partition, so that every shard checkpoints in both runs.
+    let keys: Vec<String> = (0..3)
+        .map(|p| {
+            (0..).map(|i| format!("v{i}")).find(|k| kafka_partition(k.as_bytes(), PARTITIONS as u32) == p).unwrap()
+        })
+        .collect();
+    let page =
+        |k: &str, at: &str| format!(r#"{{"type":"page","userId":"{k}","messageId":"{k}-{at}","timestamp":"{at}"}}"#);
+    let web_before: Vec<String> = keys.iter().map(|k| page(k, "2026-03-02T08:30:00.000Z")).collect();
+    let web_after: Vec<String> = keys.iter().map(|k| page(k, "2026-03-07T08:30:00.000Z")).collect();
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let write = |suffix: &str, lines: Vec<String>| {
+        let path = dir.join(format!("{}-{suffix}.jsonl", s.kafka.group_id));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    };
+    let web_file = write("web", web_before.iter().chain(&web_after).cloned().collect());
+    let crm_file = write("crm", before.iter().chain(&after).cloned().collect());
+    let oracle = oracle_with(&web_file, &crm_file, PARTITIONS, &["--format", "auto", "--format", "hubspot"]);
+
+    let web_records = |lines: &[String]| -> Vec<In> {
+        lines.iter().zip(&keys).map(|(l, k)| keyed(k, l.as_bytes().to_vec())).collect()
+    };
+    let crm_records =
+        |lines: &[String]| -> Vec<In> { lines.iter().map(|l| keyed("901", l.as_bytes().to_vec())).collect() };
+
+    let web_at = produce(web(&s), &web_records(&web_before));
+    let crm_at = produce(&crm_topic, &crm_records(&before));
+    let first: i64 =
+        end_offsets([(web(&s), web_at.as_slice()), (crm_topic.as_str(), crm_at.as_slice())]).values().sum();
+    let svc = Service::start(&s);
+    checkpointed(&svc, first, PARTITIONS, FINISH);
+    svc.stop().unwrap();
+
+    // Restored, the shards start where their state ends (no rewind: the second run's messages
+    // are produced once it is ready, so they start a record batch of their own).
+    s.kafka.resume_rewind = 0;
+    let svc = Service::start(&s);
+    wait_until(FINISH, "the restored service is ready", || http_get(svc.addr(), "/readyz").0 == 200);
+    let web_at = produce(web(&s), &web_records(&web_after));
+    let crm_at = produce(&crm_topic, &crm_records(&after));
+    // End offsets: the messages of both runs.
+    let messages: i64 =
+        end_offsets([(web(&s), web_at.as_slice()), (crm_topic.as_str(), crm_at.as_slice())]).values().sum();
+    let digests = checkpointed(&svc, messages, PARTITIONS, FINISH);
+    assert_eq!(digests, oracle.shards, "every shard's state equals replay's of the whole topics");
+
+    let events = read_until(&s.kafka.topics.journey_events, "the oracle's journey events", |r| {
+        r.len() >= oracle.journey_events.len()
+    });
+    let signals: Vec<(Value, Value)> = events
+        .iter()
+        .map(Out::json)
+        .filter(|e| e["prospect"] == "901" && e["kind"] == "stage_changed")
+        .map(|e| (e["signal"].clone(), e["at"].clone()))
+        .collect();
+    assert_eq!(
+        signals,
+        [
+            (json!("quote_sent"), json!("2026-03-02T09:00:00.000Z")),
+            (json!("deal_won"), json!("2026-03-06T15:00:00.000Z"))
+        ],
+        "no second quote from the edit, and the win linked to its contact"
+    );
+    let m = svc.metrics().render();
+    assert_eq!(total(&m, "microfunnel_events_rejected_total"), 0.0, "nothing dead-lettered (no unknown_prospect)");
+    svc.stop().unwrap();
+}

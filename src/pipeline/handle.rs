@@ -75,8 +75,10 @@ impl State {
         let shard = shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics));
         shard.last_input = batch;
         // The state already covers everything before its position: a message below it comes from
-        // a rewound start (kafka.resume_rewind) or a re-delivered batch, and is skipped.
+        // a rewound start (kafka.resume_rewind), a re-delivered batch or a CRM topic read from
+        // its start to rebuild the memory, and is not applied.
         if msg.offset() < shard.positions[topic] {
+            shard.learn(topic, msg.offset(), msg.payload().unwrap_or_default(), &specs[topic], journey, limits);
             return;
         }
         if shard.positions[topic] >= 0 && msg.offset() > shard.positions[topic] {
@@ -92,6 +94,7 @@ impl State {
         // One event, or each item of a Segment batch or a CRM message; a bad item is
         // dead-lettered on its own.
         let spec = &specs[topic];
+        shard.crm_seen[topic] = msg.offset() + 1;
         for (item, result) in codec::inbound::decode_input(payload, spec, journey, limits, &mut shard.crm[topic]) {
             match result {
                 Err(e) => {

@@ -143,9 +143,14 @@ impl State {
         let journey = &self.journey;
         let shard = self.shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics.len()));
         shard.last_input = batch;
+        // Covered by the state already (kafka.resume_rewind, a re-delivered batch, a CRM topic
+        // read from its start to rebuild the memory), or queued.
+        if msg.offset() < shard.positions[t] {
+            shard.learn(t, msg.offset(), msg.payload().unwrap_or_default(), &self.specs[t], journey, &self.limits);
+            return;
+        }
         let inputs = &mut shard.inputs;
-        // Covered by the state already (kafka.resume_rewind, a re-delivered batch), or queued.
-        if msg.offset() < shard.positions[t].max(inputs.delivered[t]) {
+        if msg.offset() < inputs.delivered[t] {
             return;
         }
         inputs.delivered[t] = msg.offset() + 1;

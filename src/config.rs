@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod inputs;
+
+pub use inputs::{InputSettings, MappedSettings};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration: {0}")]
@@ -35,6 +39,10 @@ pub struct Settings {
     pub http: Http,
     #[serde(default)]
     pub log: Log,
+    /// Per input topic: its format and source (README "Input formats"). Topics not listed are
+    /// `auto`: canonical envelopes and Segment calls, the source from the payload.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, InputSettings>,
 }
 
 /// Where shard state is persisted at each checkpoint (see README "Checkpoints and recovery").
@@ -482,6 +490,18 @@ impl Settings {
                 "give the changelog a topic of its own",
             ));
         }
+        for topic in self.inputs.keys() {
+            if !k.input_topics.contains(topic) {
+                return Err(invalid(
+                    &format!("inputs.\"{topic}\""),
+                    "is not one of kafka.input_topics",
+                    format!("configure only input topics ({})", k.input_topics.join(", ")),
+                ));
+            }
+        }
+        for topic in &k.input_topics {
+            self.input_spec(topic)?;
+        }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "http.listen",
@@ -586,6 +606,9 @@ impl Settings {
     pub fn masked_toml(&self) -> String {
         let mut s = self.clone();
         s.checkpoint.changelog_topic = self.changelog_topic();
+        for topic in &self.kafka.input_topics {
+            s.inputs.entry(topic.clone()).or_default();
+        }
         for (k, v) in s.kafka.client.iter_mut() {
             if is_secret_key(k) {
                 *v = "*****".into();

@@ -14,7 +14,8 @@ use std::io::{self, BufRead, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::codec::{self, Limits};
+use crate::codec::{self, InputSpec, Limits};
+use crate::core::crm::CrmMemory;
 use crate::core::ids::kafka_partition;
 use crate::core::unmapped::UnmappedNames;
 use crate::core::{Census, Engine, Event, Journey, Output, RejectReason, Stats, Ts};
@@ -48,6 +49,15 @@ pub struct Options {
     /// Prospects with an outcome a signal needs not to be flagged `small_sample` in the summary
     /// ([`crate::core::funnel::MIN_SAMPLE`] by default).
     pub min_sample: u64,
+    /// How each input file is decoded (file `k` by `inputs[k]`; a file beyond the list is
+    /// `auto`).
+    pub inputs: Vec<InputSpec>,
+}
+
+impl Options {
+    fn spec(&self, file: usize) -> InputSpec {
+        self.inputs.get(file).cloned().unwrap_or_default()
+    }
 }
 
 /// Totals of a replay run.
@@ -115,6 +125,8 @@ pub fn run(
     let mut outputs = Vec::with_capacity(16);
     let mut buf = Vec::with_capacity(4096);
     let mut n = 0u64;
+    // One CRM memory for the file (see `run_merged`).
+    let (spec, mut memory) = (opts.spec(0), CrmMemory::default());
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
@@ -129,7 +141,7 @@ pub fn run(
         // A batch envelope is one Kafka message: all its events go to the shard of its first
         // one, as in the service (which applies a message's events in the shard it arrives on).
         let mut shard = None;
-        for (item, result) in codec::decode_each(bytes, &journey, &opts.limits) {
+        for (item, result) in codec::decode_input(bytes, &spec, &journey, &opts.limits, &mut memory) {
             let at = At { line: n, item };
             let ev = match result {
                 Ok(ev) => ev,
@@ -179,6 +191,11 @@ struct Queued<'a> {
 /// smallest event time (ties: the lower shard) applies it; then the final time advance shard by
 /// shard. Rejected lines go to `err` first, file by file (`line N of NAME: ...`). The files are
 /// read into memory.
+///
+/// CRM formats: each file has one [`CrmMemory`] (previous values, contact links), read in the
+/// file's order. The service holds one per shard and topic; the two agree when the CRM topic is
+/// keyed by the prospect (the contact), as co-partitioning requires, since every message about
+/// an object then arrives in the shard of its contact.
 pub fn run_merged<R: Read>(
     journey: Arc<Journey>,
     opts: &Options,
@@ -198,6 +215,7 @@ pub fn run_merged<R: Read>(
     let mut queues: Vec<Vec<VecDeque<Queued<'_>>>> =
         (0..partitions).map(|_| (0..data.len()).map(|_| VecDeque::new()).collect()).collect();
     for (file, (name, bytes)) in data.iter().enumerate() {
+        let (spec, mut memory) = (opts.spec(file), CrmMemory::default());
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
             let line_no = i as u64 + 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -206,7 +224,7 @@ pub fn run_merged<R: Read>(
             }
             totals.lines += 1;
             let mut first: Option<(usize, Ts)> = None;
-            for (item, result) in codec::decode_each(line, &journey, &opts.limits) {
+            for (item, result) in codec::decode_input(line, &spec, &journey, &opts.limits, &mut memory) {
                 match result {
                     Ok(ev) => {
                         let (p, key) = *first.get_or_insert_with(|| {

@@ -32,6 +32,7 @@ fn run_on(journey: Arc<Journey>, lines: &[String], end: End, partitions: u32) ->
         summary_only: false,
         partitions,
         min_sample: microfunnel::core::funnel::MIN_SAMPLE,
+        inputs: Vec::new(),
     };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     replay::run(journey, &opts, input.as_bytes(), &mut out, &mut err).unwrap();
@@ -226,6 +227,7 @@ fn final_state(journey: &Arc<Journey>, lines: &[String]) -> (Value, Vec<(Value, 
         summary_only: false,
         partitions: 1,
         min_sample: microfunnel::core::funnel::MIN_SAMPLE,
+        inputs: Vec::new(),
     };
     let input = lines.join("\n") + "\n";
     let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -444,6 +446,7 @@ fn a_batch_envelope_goes_whole_to_the_shard_of_its_first_event() {
         summary_only: true,
         partitions: 4,
         min_sample: microfunnel::core::funnel::MIN_SAMPLE,
+        inputs: Vec::new(),
     };
     let (engines, _) =
         replay::run(b2b(), &opts, format!("{line}\n").as_bytes(), std::io::sink(), std::io::sink()).unwrap();

@@ -65,6 +65,7 @@ fn replay_with(journey: Journey, input: &str) -> Run {
         summary_only: false,
         partitions: 1,
         min_sample: microfunnel::core::funnel::MIN_SAMPLE,
+        inputs: Vec::new(),
     };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     replay::run(Arc::new(journey), &opts, input.as_bytes(), &mut out, &mut err).expect("replay runs");

@@ -192,6 +192,7 @@ fn replay_lines(lines: &[String], partitions: u32, end: Ts) -> Vec<Value> {
         summary_only: false,
         partitions,
         min_sample: microfunnel::core::funnel::MIN_SAMPLE,
+        inputs: Vec::new(),
     };
     let (mut out, mut err) = (Vec::new(), Vec::new());
     run(saas(), &opts, input.as_bytes(), &mut out, &mut err).unwrap();

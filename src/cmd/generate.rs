@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use microfunnel::codec::Format;
 use microfunnel::core::Source;
 use microfunnel::traffic::model::Model;
 use microfunnel::traffic::{Generator, Options};
@@ -78,6 +79,12 @@ pub struct GenArgs {
     /// Topic for CRM events (with --brokers).
     #[arg(long, default_value = "crm-events")]
     crm_topic: String,
+    /// Write the CRM side as that CRM sends it: hubspot, salesforce_cdc or pipedrive (default:
+    /// canonical envelopes). Each CRM signal becomes the change the journey's `[crm]` table
+    /// maps to it, keyed by the CRM's contact id; signals the table does not map are not
+    /// written (counted as `unexpressed`).
+    #[arg(long, value_name = "F")]
+    crm_format: Option<String>,
 }
 
 /// Where generated lines go.
@@ -175,6 +182,12 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         out_of_order_share: args.out_of_order,
         malformed_share: args.malformed,
         model,
+        crm_format: match args.crm_format.as_deref() {
+            None => Format::Auto,
+            Some(f) => Format::parse(f)
+                .filter(|f| matches!(f, Format::Hubspot | Format::SalesforceCdc | Format::Pipedrive))
+                .ok_or_else(|| anyhow::anyhow!("--crm-format {f:?}: use hubspot, salesforce_cdc or pipedrive"))?,
+        },
     };
     let mut generator = Generator::new(opts, &journey, args.truth.is_some())?;
     let mut sink = if let Some(brokers) = &args.brokers {
@@ -249,7 +262,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
     let secs = began.elapsed().as_secs_f64();
     let s = generator.stats();
     eprintln!(
-        "gen: {lines} lines in {secs:.2}s ({:.0} lines/s): {} prospects ({} won, {} lost), {} events ({} web, {} crm; {} Segment, {} canonical), {} duplicates, {} out of order, {} malformed",
+        "gen: {lines} lines in {secs:.2}s ({:.0} lines/s): {} prospects ({} won, {} lost), {} events ({} web, {} crm; {} Segment, {} canonical), {} duplicates, {} out of order, {} malformed, {} CRM signals the CRM format cannot express",
         lines as f64 / secs.max(1e-9),
         s.prospects,
         s.won,
@@ -261,7 +274,8 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
         s.canonical,
         s.duplicates,
         s.out_of_order,
-        s.malformed
+        s.malformed,
+        s.unexpressed
     );
     Ok(())
 }

@@ -3,12 +3,14 @@
 
 use std::fs::File;
 use std::io::{self, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
 
-use microfunnel::codec::Limits;
+use microfunnel::codec::{Format, InputSpec, Limits};
+use microfunnel::config::Settings;
+use microfunnel::core::Source;
 use microfunnel::replay;
 
 #[derive(Args)]
@@ -60,6 +62,63 @@ pub struct ReplayArgs {
     /// Deepest accepted JSON nesting.
     #[arg(long, default_value_t = Limits::default().max_depth)]
     max_depth: usize,
+    /// Input format of the files: auto, canonical, segment, hubspot, salesforce_cdc, pipedrive,
+    /// debezium (`mapped` needs `--config`). Once for every file, or once per file in order.
+    #[arg(long, value_name = "F")]
+    format: Vec<String>,
+    /// Source of the files' events (web or crm), as an input topic declares it: once for every
+    /// file, or once per file in order. Default: the payload's, `crm` for CRM formats.
+    #[arg(long, value_name = "S")]
+    source: Vec<String>,
+    /// Take each file's format and source from this configuration's `[inputs]` (file k is
+    /// `kafka.input_topics[k]`).
+    #[arg(long, conflicts_with_all = ["format", "source"])]
+    config: Option<PathBuf>,
+}
+
+/// Each file's [`InputSpec`]: from `--config`, or from `--format`/`--source`.
+fn specs(files: usize, format: &[String], source: &[String], config: Option<&Path>) -> anyhow::Result<Vec<InputSpec>> {
+    if let Some(path) = config {
+        let settings = Settings::load(Some(path), std::env::vars())?;
+        let specs = settings.input_specs();
+        if specs.len() < files {
+            anyhow::bail!(
+                "{} input files but {} has {} input topics; give one file per topic, in kafka.input_topics order",
+                files,
+                path.display(),
+                specs.len()
+            );
+        }
+        return Ok(specs);
+    }
+    let per_file = |what: &str, values: &[String]| -> anyhow::Result<Vec<Option<String>>> {
+        match values.len() {
+            0 => Ok(vec![None; files]),
+            1 => Ok(vec![Some(values[0].clone()); files]),
+            n if n == files => Ok(values.iter().cloned().map(Some).collect()),
+            n => anyhow::bail!("--{what} given {n} times for {files} files: give it once, or once per file"),
+        }
+    };
+    let (formats, sources) = (per_file("format", format)?, per_file("source", source)?);
+    formats
+        .into_iter()
+        .zip(sources)
+        .map(|(f, s)| {
+            let format = match f {
+                None => Format::Auto,
+                Some(f) => Format::parse(&f)
+                    .ok_or_else(|| anyhow::anyhow!("--format {f:?}: unknown format; use one of {}", Format::names()))?,
+            };
+            if format == Format::Mapped {
+                anyhow::bail!("--format mapped needs field pointers: pass --config with an [inputs] section instead");
+            }
+            let source = match s {
+                None => None,
+                Some(s) => Some(Source::parse(&s).ok_or_else(|| anyhow::anyhow!("--source {s:?}: use web or crm"))?),
+            };
+            Ok(InputSpec::new(format, source))
+        })
+        .collect()
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
@@ -76,7 +135,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         min_sample,
         max_bytes,
         max_depth,
+        format,
+        source,
+        config,
     } = args;
+    let inputs = specs(input.len(), &format, &source, config.as_deref())?;
     let journey = crate::load_journey(&journey)?;
     let until = until.map(|u| super::instant("--until", &u)).transpose()?;
     let end = match (until, no_advance) {
@@ -85,7 +148,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         (None, false) => replay::End::LastEvent,
     };
     let limits = Limits { max_bytes, max_depth, ..Limits::default() };
-    let opts = replay::Options { limits, end, digest, summary_only, partitions, min_sample };
+    let opts = replay::Options { limits, end, digest, summary_only, partitions, min_sample, inputs };
     let rss_before = resident_bytes();
     let stdout = io::stdout().lock();
     let stderr = io::stderr().lock();

@@ -21,10 +21,15 @@ pub enum RejectReason {
     SourceMismatch,
     Capacity,
     InvalidId,
+    WrongShape,
+    GapEvent,
+    UnknownProspect,
+    UnknownObject,
+    SourceConflict,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 18] = [
         RejectReason::TooLarge,
         RejectReason::TooDeep,
         RejectReason::InvalidJson,
@@ -38,6 +43,11 @@ impl RejectReason {
         RejectReason::SourceMismatch,
         RejectReason::Capacity,
         RejectReason::InvalidId,
+        RejectReason::WrongShape,
+        RejectReason::GapEvent,
+        RejectReason::UnknownProspect,
+        RejectReason::UnknownObject,
+        RejectReason::SourceConflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +65,11 @@ impl RejectReason {
             RejectReason::SourceMismatch => "source_mismatch",
             RejectReason::Capacity => "capacity",
             RejectReason::InvalidId => "invalid_id",
+            RejectReason::WrongShape => "wrong_shape",
+            RejectReason::GapEvent => "gap_event",
+            RejectReason::UnknownProspect => "unknown_prospect",
+            RejectReason::UnknownObject => "unknown_object",
+            RejectReason::SourceConflict => "source_conflict",
         }
     }
 }

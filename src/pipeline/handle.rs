@@ -112,14 +112,16 @@ impl State {
     pub(super) fn handle(&mut self, msg: &impl Message, batch: Instant, wall: Ts) {
         let p = msg.partition();
         let topic = self.settings.kafka.input_topics.iter().position(|t| t == msg.topic()).unwrap_or(0);
-        let State { shards, journey, limits, metrics, outputs, producer, settings, buf, .. } = self;
+        let State { shards, journey, limits, specs, metrics, outputs, producer, settings, buf, .. } = self;
         let topics = settings.kafka.input_topics.len();
         // Every assigned partition has a shard (restored in `assign`); this is a safety net.
         let shard = shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics));
         shard.last_input = batch;
         // The state already covers everything before its position: a message below it comes from
-        // a rewound start (kafka.resume_rewind) or a re-delivered batch, and is skipped.
+        // a rewound start (kafka.resume_rewind), a re-delivered batch or a CRM topic read from
+        // its start to rebuild the memory, and is not applied.
         if msg.offset() < shard.positions[topic] {
+            shard.learn(topic, msg.offset(), msg.payload().unwrap_or_default(), &specs[topic], journey, limits);
             return;
         }
         if shard.positions[topic] >= 0 && msg.offset() > shard.positions[topic] {
@@ -133,8 +135,11 @@ impl State {
         shard.positions[topic] = msg.offset() + 1;
         self.hot.last_event[topic].1 = Some(wall);
         let payload = msg.payload().unwrap_or_default();
-        // One event, or each item of a Segment batch; a bad item is dead-lettered on its own.
-        for (item, result) in codec::decode_each(payload, journey, limits) {
+        // One event, or each item of a Segment batch or a CRM message; a bad item is
+        // dead-lettered on its own.
+        let spec = &specs[topic];
+        shard.crm_seen[topic] = msg.offset() + 1;
+        for (item, result) in codec::inbound::decode_input(payload, spec, journey, limits, &mut shard.crm[topic]) {
             match result {
                 Err(e) => {
                     metrics.events_rejected.with_label_values(&[e.reason().as_str()]).inc();

@@ -10,7 +10,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::codec::{self, Limits};
+use crate::codec::{self, InputSpec, Limits};
 use crate::core::{Engine, Journey, Ts};
 use crate::telemetry::Metrics;
 
@@ -120,9 +120,11 @@ fn resume(consumer: &PipelineConsumer, topic: &str, partition: i32, delivered: i
 }
 
 /// The merge key of a payload: its (first) event's time, `None` if none decodes. A batch
-/// envelope is merged as a whole by its first event, as `replay` does.
-fn merge_key(payload: &[u8], journey: &Journey, limits: &Limits) -> Option<Ts> {
-    codec::decode_each(payload, journey, limits).find_map(|(_, r)| r.ok()).map(|ev| ev.ts)
+/// envelope (a HubSpot array, a Salesforce event of several records) is merged as a whole by its
+/// first event, as `replay` does. Reads no CRM memory: a CRM message's key is its first change's
+/// time, whether or not it becomes a signal.
+fn merge_key(payload: &[u8], spec: &InputSpec, journey: &Journey, limits: &Limits) -> Option<Ts> {
+    codec::inbound::event_time(payload, spec, journey, limits)
 }
 
 impl State {
@@ -141,9 +143,14 @@ impl State {
         let journey = &self.journey;
         let shard = self.shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics.len()));
         shard.last_input = batch;
+        // Covered by the state already (kafka.resume_rewind, a re-delivered batch, a CRM topic
+        // read from its start to rebuild the memory), or queued.
+        if msg.offset() < shard.positions[t] {
+            shard.learn(t, msg.offset(), msg.payload().unwrap_or_default(), &self.specs[t], journey, &self.limits);
+            return;
+        }
         let inputs = &mut shard.inputs;
-        // Covered by the state already (kafka.resume_rewind, a re-delivered batch), or queued.
-        if msg.offset() < shard.positions[t].max(inputs.delivered[t]) {
+        if msg.offset() < inputs.delivered[t] {
             return;
         }
         inputs.delivered[t] = msg.offset() + 1;
@@ -152,7 +159,7 @@ impl State {
         if fast {
             return self.handle(msg, batch, wall);
         }
-        let ts = merge_key(msg.payload().unwrap_or_default(), &self.journey, &self.limits);
+        let ts = merge_key(msg.payload().unwrap_or_default(), &self.specs[t], &self.journey, &self.limits);
         let seq = inputs.seq;
         inputs.seq += 1;
         inputs.queues[t].push_back(Buffered { msg: msg.detach(), ts, seq });

@@ -67,7 +67,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{CommitMode, Consumer};
 
-use crate::codec::Limits;
+use crate::codec::{InputSpec, Limits};
 use crate::config::Settings;
 use crate::core::unmapped::UnmappedNames;
 use crate::core::{Engine, Journey, Output, Ts};
@@ -105,6 +105,8 @@ struct State {
     settings: Settings,
     journey: Arc<Journey>,
     limits: Limits,
+    /// How each input topic is decoded, in `kafka.input_topics` order.
+    specs: Vec<InputSpec>,
     producer: Arc<OutputProducer>,
     failed_seen: u64,
     metrics: Metrics,
@@ -165,6 +167,7 @@ impl State {
             hot: HotMetrics::new(&h.metrics, &journey, &settings.kafka.input_topics),
             journey,
             limits: Limits { max_bytes: l.max_bytes, max_depth: l.max_depth, ..Limits::default() },
+            specs: settings.input_specs(),
             producer: Arc::new(producer),
             failed_seen,
             metrics: h.metrics.clone(),

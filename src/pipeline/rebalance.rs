@@ -93,7 +93,11 @@ impl State {
     pub(super) fn start_offset(&self, topic: &str, p: i32) -> Offset {
         let i = self.settings.kafka.input_topics.iter().position(|x| x == topic).unwrap_or(0);
         let pos = self.shards.get(&p).map_or(-1, |s| s.positions[i]);
+        // A CRM topic whose memory is empty (a restored shard) is read from its start: the
+        // messages its state covers rebuild the memory (`Shard::learn`) and are not applied.
+        let rebuild = self.specs[i].format.is_crm() && self.shards.get(&p).is_some_and(|s| s.crm_seen[i] == 0);
         match (pos, self.settings.checkpoint.persists()) {
+            (n, _) if n > 0 && rebuild => Offset::Beginning,
             (n, _) if n >= 0 => Offset::Offset((n - self.settings.kafka.resume_rewind as i64).max(0)),
             (_, true) => Offset::Beginning,
             (_, false) => Offset::Stored,

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use crate::core::Engine;
+use crate::codec::{self, InputSpec, Limits};
+use crate::core::crm::CrmMemory;
+use crate::core::{Engine, Journey};
 
 use super::inputs::Inputs;
 use super::merge::Input;
@@ -20,6 +22,13 @@ pub(super) struct Shard {
     pub(super) tombstones: Vec<String>,
     /// Delivered messages not yet processed, for the event-time merge.
     pub(super) inputs: Inputs,
+    /// Per input topic, what the shard remembers of CRM objects (previous values, contact
+    /// links). Not checkpointed: a restored shard rebuilds it by reading its CRM topics from
+    /// the beginning (`rebalance::assign`), learning from the messages its state already covers
+    /// without applying them (`learn`).
+    pub(super) crm: Vec<CrmMemory>,
+    /// Per input topic, the offset up to which `crm` has learnt: a message is learnt once.
+    pub(super) crm_seen: Vec<i64>,
 }
 
 impl Shard {
@@ -32,7 +41,28 @@ impl Shard {
             seq: 0,
             tombstones: Vec::new(),
             inputs: Inputs::new(topics),
+            crm: vec![CrmMemory::default(); topics],
+            crm_seen: vec![0; topics],
         }
+    }
+
+    /// A message of CRM topic `t` that the shard's state already covers (below its position):
+    /// only its memory learns from it, once; its events are not applied again (they were before
+    /// the restore) and its errors were dead-lettered then.
+    pub(super) fn learn(
+        &mut self,
+        t: usize,
+        offset: i64,
+        payload: &[u8],
+        spec: &InputSpec,
+        journey: &Journey,
+        limits: &Limits,
+    ) {
+        if !spec.format.is_crm() || offset < self.crm_seen[t] {
+            return;
+        }
+        codec::decode_input(payload, spec, journey, limits, &mut self.crm[t]).for_each(drop);
+        self.crm_seen[t] = offset + 1;
     }
 
     /// What the merge knows of input `t`.

@@ -4,6 +4,7 @@
 //! ([`model::Model::life`]) and its events are queued by emission time, so output streams in
 //! time order with bounded memory (only the active prospects' pending events are held).
 
+pub mod crm;
 pub mod model;
 pub mod render;
 pub mod rng;
@@ -30,6 +31,9 @@ pub struct Options {
     pub out_of_order_share: f64,
     pub malformed_share: f64,
     pub model: Model,
+    /// Format of the CRM side: `Auto` (canonical envelopes), or `Hubspot`, `SalesforceCdc`,
+    /// `Pipedrive` (see [`crm`]).
+    pub crm_format: crate::codec::inbound::Format,
 }
 
 impl Default for Options {
@@ -44,6 +48,7 @@ impl Default for Options {
             out_of_order_share: 0.02,
             malformed_share: 0.001,
             model: Model::default(),
+            crm_format: crate::codec::inbound::Format::Auto,
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct GenStats {
     pub malformed: u64,
     pub won: u64,
     pub lost: u64,
+    /// CRM signals the `--crm-format` cannot express (not written).
+    pub unexpressed: u64,
 }
 
 pub struct Generator {
@@ -112,6 +119,8 @@ pub struct Generator {
     truth: Vec<Truth>,
     keep_truth: bool,
     stats: GenStats,
+    /// The CRM side in a CRM's format: the plan, and each `Sig`'s journey signal.
+    crm: Option<(crm::Plan, Vec<Option<crate::core::SignalId>>)>,
 }
 
 /// One generated line's routing: its source (topic) and Kafka key (the prospect id).
@@ -161,6 +170,19 @@ impl Generator {
                 });
             }
         }
+        use crate::codec::inbound::Format;
+        let crm = match opts.crm_format {
+            Format::Auto | Format::Canonical => None,
+            f @ (Format::Hubspot | Format::SalesforceCdc | Format::Pipedrive) => {
+                Some((crm::Plan::new(f, journey), Sig::ALL.map(|s| journey.lookup(s.name())).to_vec()))
+            }
+            f => {
+                return Err(GenError::BadOption {
+                    name: "--crm-format",
+                    problem: format!("`{}`: use hubspot, salesforce_cdc or pipedrive", f.as_str()),
+                });
+            }
+        };
         let end = opts.start.0 + (opts.days * MS_PER_DAY as f64) as i64;
         let slot = if opts.prospects == 0 { 0.0 } else { (end - opts.start.0) as f64 / opts.prospects as f64 };
         Ok(Generator {
@@ -173,6 +195,7 @@ impl Generator {
             truth: Vec::new(),
             keep_truth,
             stats: GenStats::default(),
+            crm,
         })
     }
 
@@ -267,6 +290,16 @@ impl Generator {
     /// Returns `None` when every prospect's life has been emitted.
     pub fn next_into(&mut self, line: &mut Vec<u8>, key: &mut String) -> Option<Meta> {
         loop {
+            if let Some(meta) = self.next_one(line, key)? {
+                return Some(meta);
+            }
+        }
+    }
+
+    /// [`Generator::next_into`] once: `Some(None)` when the step popped was not written (a CRM
+    /// signal the `--crm-format` cannot express).
+    fn next_one(&mut self, line: &mut Vec<u8>, key: &mut String) -> Option<Option<Meta>> {
+        loop {
             let next_arrival = if self.next < self.opts.prospects { self.arrival(self.next) } else { i64::MAX };
             match self.heap.peek() {
                 Some(Reverse(p)) if p.emit < next_arrival => break,
@@ -286,6 +319,27 @@ impl Generator {
         key.clear();
         key.push_str(id.key(&step));
         let source = step.sig.source();
+        if let (Some((plan, signals)), Source::Crm, false) =
+            (&self.crm, source, matches!(p.variant, Variant::Malformed(_)))
+        {
+            let signal = signals[p.step.1 as usize];
+            if !signal.is_some_and(|s| plan.expresses(s)) {
+                self.stats.unexpressed += 1;
+                return Some(None);
+            }
+            key.clear();
+            key.push_str(&plan.contact(p.n, self.opts.seed));
+            if let Some(s) = signal {
+                plan.render(line, s, &step, key, &mut r);
+            }
+            if p.variant == Variant::Duplicate {
+                self.stats.duplicates += 1;
+            } else {
+                self.stats.events += 1;
+                self.stats.crm += 1;
+            }
+            return Some(Some(Meta { source, ts: step.ts }));
+        }
         match p.variant {
             Variant::Malformed(k) => {
                 render::malformed(line, &id, &step, &mut r, p.n, u64::from(k));
@@ -314,6 +368,6 @@ impl Generator {
                 }
             }
         }
-        Some(Meta { source, ts: step.ts })
+        Some(Some(Meta { source, ts: step.ts }))
     }
 }

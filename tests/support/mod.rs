@@ -560,8 +560,14 @@ pub struct Oracle {
 }
 
 pub fn oracle(web: &Path, crm: &Path, partitions: usize) -> Oracle {
+    oracle_with(web, crm, partitions, &[])
+}
+
+/// [`oracle`] with more `replay` arguments (`--format segment --format hubspot`).
+pub fn oracle_with(web: &Path, crm: &Path, partitions: usize, extra: &[&str]) -> Oracle {
     let out = bin()
         .args(["replay", "--partitions", &partitions.to_string(), "--no-advance", "--digest"])
+        .args(extra)
         .arg(web)
         .arg(crm)
         .stderr(Stdio::null())

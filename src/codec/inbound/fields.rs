@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use super::format::Format;
 use super::wire::{Str, Wire, page_fields};
 use super::{DecodeError, Limits};
 use crate::core::journey::PageFields;
@@ -31,7 +32,7 @@ fn checked<'a>(s: Cow<'a, str>, field: &'static str, limits: &Limits) -> Result<
 
 /// Refuses an id with a C0 control character or DEL: never a real id, and unsafe in logs,
 /// headers and the consoles that show alerts.
-fn printable(s: &str, field: &'static str) -> Result<(), DecodeError> {
+pub(super) fn printable(s: &str, field: &'static str) -> Result<(), DecodeError> {
     match s.bytes().position(|b| b < 0x20 || b == 0x7F) {
         Some(at) => Err(DecodeError::InvalidId { field, at }),
         None => Ok(()),
@@ -39,7 +40,7 @@ fn printable(s: &str, field: &'static str) -> Result<(), DecodeError> {
 }
 
 /// [`checked`] and [`printable`]: an id field.
-fn id<'a>(s: Cow<'a, str>, field: &'static str, limits: &Limits) -> Result<Cow<'a, str>, DecodeError> {
+pub(super) fn id<'a>(s: Cow<'a, str>, field: &'static str, limits: &Limits) -> Result<Cow<'a, str>, DecodeError> {
     let s = checked(s, field, limits)?;
     printable(&s, field)?;
     Ok(s)
@@ -55,7 +56,7 @@ fn timestamp(v: Option<Str<'_>>, field: &'static str, format: &'static str) -> R
 }
 
 /// Refuses a time before the journey's `[time] min_event_time` or after its `max_event_time`.
-fn not_before_floor(ts: Ts, field: &'static str, journey: &Journey) -> Result<Ts, DecodeError> {
+pub(super) fn not_before_floor(ts: Ts, field: &'static str, journey: &Journey) -> Result<Ts, DecodeError> {
     if ts < journey.min_event_time {
         return Err(DecodeError::TooEarly { field, value: ts, min: journey.min_event_time });
     }
@@ -66,7 +67,7 @@ fn not_before_floor(ts: Ts, field: &'static str, journey: &Journey) -> Result<Ts
 }
 
 /// Lower-cases an email; drops values that are not plausibly one.
-fn email(v: Option<Str<'_>>) -> Option<Cow<'_, str>> {
+pub(super) fn email(v: Option<Str<'_>>) -> Option<Cow<'_, str>> {
     let e = v?.0;
     let t = e.trim();
     if t.len() < 3 || t.len() > 254 || !t.contains('@') {
@@ -141,18 +142,54 @@ fn segment_time(w: &mut Wire<'_>) -> Result<(Ts, &'static str), DecodeError> {
     }
 }
 
+/// What the topic a payload came on says: which of the two shapes it accepts (`Auto`,
+/// `Canonical` or `Segment`) and the source of its events, if it declares one.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Topic {
+    pub(super) format: Format,
+    pub(super) source: Option<Source>,
+}
+
+/// The event's source: the topic's when it declares one (a payload naming another is refused),
+/// else the payload's, else `default`.
+fn source_of(payload: Option<Str<'_>>, topic: Option<Source>, default: Option<Source>) -> Result<Source, DecodeError> {
+    let payload = match payload {
+        Some(s) => Some(Source::parse(&s.0).ok_or_else(|| DecodeError::UnknownSource(s.0.chars().take(64).collect()))?),
+        None => None,
+    };
+    match (payload, topic) {
+        (Some(p), Some(t)) if p != t => {
+            Err(DecodeError::SourceConflict { payload: p.as_str().into(), topic: t.as_str() })
+        }
+        (p, t) => t.or(p).or(default).ok_or(DecodeError::MissingField { field: "source", format: CANONICAL }),
+    }
+}
+
+fn wrong_shape(format: Format, found: &str) -> DecodeError {
+    DecodeError::WrongShape { format: format.as_str(), detail: format!("{found} on a `{}` topic", format.as_str()) }
+}
+
 /// The validated event of a payload's fields (taken out of `w`).
-pub(super) fn event<'a>(w: &mut Wire<'a>, journey: &Journey, limits: &Limits) -> Result<Event<'a>, DecodeError> {
-    let ev = if let Some(event_id) = w.event_id.take() {
+pub(super) fn event<'a>(
+    w: &mut Wire<'a>,
+    journey: &Journey,
+    limits: &Limits,
+    topic: Topic,
+) -> Result<Event<'a>, DecodeError> {
+    if topic.format == Format::Segment && w.event_id.is_some() && w.message_id.is_none() {
+        return Err(wrong_shape(topic.format, "a canonical envelope (`event_id`)"));
+    }
+    if topic.format == Format::Canonical && w.event_id.is_none() && w.message_id.is_some() {
+        return Err(wrong_shape(topic.format, "a Segment call (`messageId`)"));
+    }
+    let ev = if let (Some(event_id), false) = (w.event_id.take(), topic.format == Format::Segment) {
         let event_id = id(event_id.0, "event_id", limits)?;
         let prospect = required(w.prospect_id.take(), "prospect_id", CANONICAL, limits)?;
         if journey.is_placeholder_id(&prospect) {
             return Err(DecodeError::Placeholder { field: "prospect_id", value: prospect.chars().take(64).collect() });
         }
         printable(&prospect, "prospect_id")?;
-        let source = w.source.take().ok_or(DecodeError::MissingField { field: "source", format: CANONICAL })?.0;
-        let source =
-            Source::parse(&source).ok_or_else(|| DecodeError::UnknownSource(source.chars().take(64).collect()))?;
+        let source = source_of(w.source.take(), topic.source, None)?;
         let name = required(w.kind.take(), "type", CANONICAL, limits)?;
         let ts = not_before_floor(timestamp(w.ts.take(), "ts", CANONICAL)?, "ts", journey)?;
         let signal = journey.resolve(EventKind::Named, &name);
@@ -160,10 +197,7 @@ pub(super) fn event<'a>(w: &mut Wire<'a>, journey: &Journey, limits: &Limits) ->
     } else if let Some(message_id) = w.message_id.take() {
         let event_id = id(message_id.0, "messageId", limits)?;
         let prospect = segment_prospect(w.user_id.take(), w.anonymous_id.take(), journey, limits)?;
-        let source = match w.source.take() {
-            Some(s) => Source::parse(&s.0).ok_or_else(|| DecodeError::UnknownSource(s.0.chars().take(64).collect()))?,
-            None => Source::Web,
-        };
+        let source = source_of(w.source.take(), topic.source, Some(Source::Web))?;
         let call = w.kind.take().ok_or(DecodeError::MissingField { field: "type", format: SEGMENT })?.0;
         let (kind, name) = match &*call {
             "track" => (EventKind::Named, required(w.event.take(), "event", "Segment track call", limits)?),

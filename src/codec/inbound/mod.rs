@@ -9,15 +9,20 @@
 //! [`decode_each_with_serde`] are the serde path alone, the reference the tests hold the scanner
 //! to.
 
+mod crm;
 mod fields;
+pub mod format;
+mod mapped;
 mod scan;
 mod wire;
 
 use serde_json::value::RawValue;
 
+use crate::core::crm::CrmMemory;
 use crate::core::time::TimeError;
 use crate::core::{Event, Journey, RejectReason, Ts};
-use fields::event;
+use fields::{Topic, event};
+pub use format::{Format, InputSpec, Mapped, TimeUnit};
 use wire::{Str, Wire, parse_serde};
 
 /// Input limits; the defaults suit web analytics traffic.
@@ -67,6 +72,16 @@ pub enum DecodeError {
     InvalidId { field: &'static str, at: usize },
     #[error("a {{\"batch\":[...]}} envelope of {items} events where one event was expected{hint}")]
     UnexpectedBatch { items: usize, hint: &'static str },
+    #[error("not a {format} payload: {detail}")]
+    WrongShape { format: &'static str, detail: String },
+    #[error("Salesforce {change_type} event for {records}: a gap carries no field values; re-fetch the records")]
+    GapEvent { change_type: String, records: String },
+    #[error("{object} {id} has no known contact yet (no association, creation or `[crm] links` property seen)")]
+    UnknownProspect { object: String, id: String },
+    #[error("unknown {format} object type {object:?}")]
+    UnknownObject { format: &'static str, object: String },
+    #[error("the payload says source {payload:?} but its topic's source is {topic:?} (`inputs.<topic>.source`)")]
+    SourceConflict { payload: String, topic: &'static str },
 }
 
 impl DecodeError {
@@ -85,6 +100,11 @@ impl DecodeError {
             DecodeError::Placeholder { .. } => RejectReason::MissingField,
             DecodeError::InvalidId { .. } => RejectReason::InvalidId,
             DecodeError::UnexpectedBatch { .. } => RejectReason::UnsupportedType,
+            DecodeError::WrongShape { .. } => RejectReason::WrongShape,
+            DecodeError::GapEvent { .. } => RejectReason::GapEvent,
+            DecodeError::UnknownProspect { .. } => RejectReason::UnknownProspect,
+            DecodeError::UnknownObject { .. } => RejectReason::UnknownObject,
+            DecodeError::SourceConflict { .. } => RejectReason::SourceConflict,
         }
     }
 }
@@ -112,19 +132,19 @@ pub fn decode_with_serde<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits
 /// skew correction in [`decode`]). The whole envelope counts against `max_bytes` and
 /// `max_depth`; a batch inside a batch item is refused.
 pub fn decode_each<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits) -> Each<'a, 'j> {
-    each(bytes, journey, limits, true)
+    each(bytes, journey, limits, true, Topic::default())
 }
 
 /// [`decode_each`] without the scanner, the reference for tests.
 pub fn decode_each_with_serde<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits) -> Each<'a, 'j> {
-    each(bytes, journey, limits, false)
+    each(bytes, journey, limits, false, Topic::default())
 }
 
-fn each<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits, scan: bool) -> Each<'a, 'j> {
+fn each<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits, scan: bool, topic: Topic) -> Each<'a, 'j> {
     let state = match parse(bytes, limits, scan) {
         Err(e) => Pending::One(Err(e)),
         Ok(mut w) => match w.batch.take() {
-            None => Pending::One(event(&mut w, journey, limits)),
+            None => Pending::One(event(&mut w, journey, limits, topic)),
             Some(items) => Pending::Batch {
                 items: items.into_iter().enumerate(),
                 context_email: w.context_email.take(),
@@ -132,13 +152,14 @@ fn each<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits, scan: bo
             },
         },
     };
-    Each { journey, limits: *limits, state }
+    Each { journey, limits: *limits, topic, state }
 }
 
 /// The events of one payload; see [`decode_each`].
 pub struct Each<'a, 'j> {
     journey: &'j Journey,
     limits: Limits,
+    topic: Topic,
     state: Pending<'a>,
 }
 
@@ -177,7 +198,7 @@ impl<'a> Iterator for Each<'a, '_> {
                     if w.sent_at.is_none() {
                         w.sent_at.clone_from(sent_at);
                     }
-                    event(&mut w, self.journey, &self.limits)
+                    event(&mut w, self.journey, &self.limits, self.topic)
                 });
                 Some((Some(k), result))
             }
@@ -190,7 +211,7 @@ fn one<'a>(mut w: Wire<'a>, journey: &Journey, limits: &Limits) -> Result<Event<
     if let Some(items) = &w.batch {
         return Err(DecodeError::UnexpectedBatch { items: items.len(), hint: "; decode it with `decode_each`" });
     }
-    event(&mut w, journey, limits)
+    event(&mut w, journey, limits, Topic::default())
 }
 
 /// Reads a payload's fields: the scanner first when `scan`, serde_json when it is unsure.
@@ -208,4 +229,64 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits, scan: bool) -> Result<Wire<'a>, D
     let mut w = parse_serde(bytes, limits)?;
     w.bytes = bytes;
     Ok(w)
+}
+
+/// The events of one message of a topic declared as `spec`; see [`decode_input`].
+pub enum Decoded<'a, 'j> {
+    /// Canonical envelopes and Segment calls, decoded as they are iterated.
+    Each(Each<'a, 'j>),
+    /// The events of a CRM or mapped payload, decoded at once.
+    List(std::vec::IntoIter<(Option<usize>, Result<Event<'a>, DecodeError>)>),
+}
+
+impl<'a> Iterator for Decoded<'a, '_> {
+    type Item = (Option<usize>, Result<Event<'a>, DecodeError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Decoded::Each(e) => e.next(),
+            Decoded::List(l) => l.next(),
+        }
+    }
+}
+
+/// Decodes one message of an input topic declared as `spec` into its events, `(item, result)`
+/// as [`decode_each`] yields them (`item`: the index of a HubSpot array element or a batch
+/// item). CRM formats read and update `memory`, the topic's [`CrmMemory`] in this shard: the
+/// previous values that tell a transition from an edit, and the contact links.
+pub fn decode_input<'a, 'j>(
+    bytes: &'a [u8],
+    spec: &InputSpec,
+    journey: &'j Journey,
+    limits: &Limits,
+    memory: &mut CrmMemory,
+) -> Decoded<'a, 'j> {
+    let topic = Topic { format: spec.format, source: spec.source() };
+    let list = match spec.format {
+        Format::Auto | Format::Canonical | Format::Segment => {
+            return Decoded::Each(each(bytes, journey, limits, true, topic));
+        }
+        Format::Mapped => mapped::decode(bytes, spec, journey, limits),
+        Format::Hubspot | Format::SalesforceCdc | Format::Pipedrive | Format::Debezium => {
+            crm::decode(bytes, spec, journey, limits, memory)
+        }
+    };
+    Decoded::List(list.into_iter())
+}
+
+/// The event time of a message's first event, for the merge, without changing any memory;
+/// `None` when nothing in it decodes.
+pub fn event_time(bytes: &[u8], spec: &InputSpec, journey: &Journey, limits: &Limits) -> Option<Ts> {
+    match spec.format {
+        Format::Auto | Format::Canonical | Format::Segment => {
+            let topic = Topic { format: spec.format, source: spec.source() };
+            each(bytes, journey, limits, true, topic).find_map(|(_, r)| r.ok()).map(|ev| ev.ts)
+        }
+        Format::Mapped => {
+            mapped::decode(bytes, spec, journey, limits).into_iter().find_map(|(_, r)| r.ok()).map(|e| e.ts)
+        }
+        Format::Hubspot | Format::SalesforceCdc | Format::Pipedrive | Format::Debezium => {
+            crm::first_time(bytes, spec.format, journey, limits)
+        }
+    }
 }

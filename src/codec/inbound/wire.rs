@@ -301,7 +301,7 @@ impl<'de> Visitor<'de> for AnyStr {
 /// True when `bytes` nests objects/arrays deeper than `limit` (strings are skipped).
 /// A line with no more than `limit` brackets cannot, and counting them vectorises, so the
 /// exact scan runs only for the rare bracket-heavy line.
-fn too_deep(bytes: &[u8], limit: usize) -> bool {
+pub(super) fn too_deep(bytes: &[u8], limit: usize) -> bool {
     if memchr::memchr2_iter(b'{', b'[', bytes).count() <= limit {
         return false;
     }

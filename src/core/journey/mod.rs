@@ -307,6 +307,8 @@ pub struct Journey {
     pub placeholder_ids: Vec<String>,
     /// Length of the longest placeholder id, to dismiss real ids without comparing.
     placeholder_max_len: usize,
+    /// `[crm]`: CRM object changes that are signals (see [`crate::core::crm`]).
+    pub crm: crate::core::crm::CrmTable,
     /// Number of per-prospect "last seen" slots (`SignalDef::tracked_slot`).
     pub tracked: usize,
     names: Names,

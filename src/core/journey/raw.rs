@@ -33,6 +33,8 @@ pub(super) struct RawJourney {
     pub(super) segment: RawSegment,
     #[serde(default)]
     pub(super) identity: RawIdentity,
+    #[serde(default)]
+    pub(super) crm: crate::core::crm::RawCrm,
 }
 
 #[derive(Deserialize)]

@@ -457,6 +457,20 @@ impl Journey {
             e.invalid("time", format!("`allowed_lateness_hours` must be at most 1000000, got {lateness}"));
         }
 
+        let crm = crate::core::crm::CrmTable::validate(raw.crm.clone(), |at, n| {
+            let mut k = String::new();
+            match_key(n, &mut k);
+            names.names.get(&k).copied().ok_or_else(|| JourneyError::UnknownSignal {
+                at,
+                name: n.to_string(),
+                hint: did_you_mean(n, names.written.iter().copied()),
+            })
+        })
+        .unwrap_or_else(|err| {
+            e.add(err);
+            crate::core::crm::CrmTable::default()
+        });
+
         Journey {
             name: raw.name.clone(),
             description: raw.description.clone(),
@@ -492,6 +506,7 @@ impl Journey {
             placeholder_max_len,
             tracked,
             names: names.names,
+            crm,
         }
     }
 }

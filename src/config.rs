@@ -213,7 +213,7 @@ pub struct Http {
     /// Address of /metrics, /healthz and /readyz; loopback by default. Port 0 picks one.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Serve the query API (`/prospects/{id}`, `/funnel`, `/signals`). Off by default: it shows personal data.
+    /// Serve the query API (`/prospects/{id}`, `/funnel`, `/signals`, `/forecast`). Off by default: it shows personal data.
     #[serde(default)]
     pub query_api: bool,
     /// Bearer token the query API requires (`Authorization: Bearer ...`); required when `listen`

@@ -153,6 +153,20 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert_eq!(gauge("content_downloaded"), Some(1.0), "{m}");
     assert_eq!(gauge("demo_requested"), Some(1.0), "{m}");
     assert_eq!(gauge("deal_won"), None, "{m}");
+
+    // The forecast of the shards held, at their latest confirmed clock (the win, 17 days ahead
+    // of every other event, is not confirmed yet): all four are open.
+    let (status, _, body) = get(svc.addr(), "/forecast?horizon_days=14", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let fc = json_of(&body);
+    assert_eq!(fc["shards"], json!([0, 1, 2]));
+    assert_eq!(fc["forecast"]["open"], 4, "{fc}");
+    assert_eq!(fc["forecast"]["at"], "2026-03-03T10:00:00.000Z", "{fc}");
+    assert_eq!(fc["forecast"]["horizon_days"], 14.0, "{fc}");
+    assert!(fc["forecast"]["stages"].as_array().is_some_and(|s| !s.is_empty()), "{fc}");
+    assert!(fc["backtest"]["brier"].is_number(), "{fc}");
+    assert_eq!(get(svc.addr(), "/forecast?horizon_days=-1", Some(TOKEN)).0, 400);
+    assert_eq!(get(svc.addr(), "/forecast", None).0, 401);
     svc.stop().expect("graceful stop");
 }
 

@@ -658,11 +658,15 @@ fn replay_report_prints_the_signal_table_with_intervals_and_flags_thin_samples()
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let table = text.split("Signals shown before an outcome").nth(1).unwrap_or_else(|| panic!("no table: {text}"));
-    let rows: Vec<&str> = table.lines().skip(3).filter(|l| l.starts_with("  ")).collect();
+    let rows: Vec<&str> = table.lines().skip(3).take_while(|l| !l.is_empty()).collect();
     assert!(rows.len() >= 5, "{table}");
     assert!(rows[0].trim_start().starts_with("quote_clarification_requested"), "the planted signal first: {table}");
     assert!(!table.contains("deal_won") && !table.contains("quote_sent"), "{table}");
     assert!(text.contains("Step conversion") && text.contains("base win rate"), "{text}");
+    // The forecast and its backtest follow.
+    let forecast = text.split("Forecast at").nth(1).unwrap_or_else(|| panic!("no forecast: {text}"));
+    assert!(forecast.contains("wins expected within 30 days") && forecast.contains("deciding"), "{forecast}");
+    assert!(forecast.contains("Backtest") && forecast.contains("Brier score"), "{forecast}");
     // Every row: n, won, lost, a win rate, its interval, a lift, its interval.
     for row in &rows {
         let cols: Vec<&str> = row.split_whitespace().collect();
@@ -674,7 +678,7 @@ fn replay_report_prints_the_signal_table_with_intervals_and_flags_thin_samples()
         microfunnel(&["replay", events.to_str().unwrap(), "--summary-only", "--report", "--min-sample", "100000"]);
     let strict = String::from_utf8_lossy(&strict.stdout).to_string();
     let table = strict.split("Signals shown before an outcome").nth(1).unwrap();
-    assert!(table.lines().skip(3).filter(|l| l.starts_with("  ")).all(|l| l.ends_with(" *")), "{table}");
+    assert!(table.lines().skip(3).take_while(|l| !l.is_empty()).all(|l| l.ends_with(" *")), "{table}");
     // The JSON summary of the same run flags them too.
     let summary: Value =
         strict.lines().find(|l| l.contains("funnel_summary")).map(|l| serde_json::from_str(l).unwrap()).unwrap();

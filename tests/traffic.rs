@@ -261,3 +261,45 @@ fn cli_writes_events_and_truth_files_deterministically() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ecommerce"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn the_forecast_beats_fixed_stage_probabilities_and_is_calibrated_on_generated_traffic() {
+    use microfunnel::core::forecast::{self, Options as ForecastOptions};
+    use microfunnel::core::{Span, Ts};
+    let run = generate(Options { malformed_share: 0.0, ..opts(20_000, 7) });
+    let journey = b2b();
+    let mut engine = Engine::new(Arc::clone(&journey));
+    let mut out = Vec::new();
+    for (_, _, line) in &run.lines {
+        engine.apply(&codec::decode(line, &journey, &Limits::default()).unwrap(), &mut out);
+    }
+    let opts = ForecastOptions { horizon: Span::from_days(30.0), baseline: forecast::default_baseline(&journey) };
+    let end = engine.watermark();
+    let b = forecast::backtest(&[&engine], Ts(end.0 - opts.horizon.0), &opts).expect("b2b has a won stage");
+    assert!(b.forecast.open > 1000 && b.won > 50, "a real test: {} open, {} won", b.forecast.open, b.won);
+    assert!(b.brier < b.baseline_brier, "Brier {} against the fixed probabilities' {}", b.brier, b.baseline_brier);
+    // The wins that happened lie in the forecast's interval.
+    let [low, high] = b.forecast.expected_wins_interval;
+    assert!(low <= b.won as f64 && b.won as f64 <= high, "{} won, forecast {low}-{high}", b.won);
+    // Every decile with enough prospects is calibrated: its mean forecast lies in the interval
+    // of the win rate observed in it.
+    let checked: Vec<_> = b.calibration.iter().filter(|c| c.prospects >= 100).collect();
+    assert!(!checked.is_empty());
+    for c in checked {
+        let [l, h] = c.observed_interval;
+        assert!(l <= c.mean_forecast && c.mean_forecast <= h, "decile {c:?}");
+    }
+    // Only what was known at the forecast's instant is used: the same forecast from a state
+    // that stops there equals the one from the whole run.
+    let at = Ts(end.0 - opts.horizon.0);
+    let mut early = Engine::new(Arc::clone(&journey));
+    for (_, _, line) in &run.lines {
+        let ev = codec::decode(line, &journey, &Limits::default()).unwrap();
+        if ev.ts <= at {
+            early.apply(&ev, &mut out);
+        }
+    }
+    let (now, then) =
+        (forecast::forecast(&[&engine], at, &opts).unwrap(), forecast::forecast(&[&early], at, &opts).unwrap());
+    assert_eq!((now.open, now.expected_wins), (then.open, then.expected_wins));
+}

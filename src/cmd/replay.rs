@@ -62,6 +62,14 @@ pub struct ReplayArgs {
     /// Deepest accepted JSON nesting.
     #[arg(long, default_value_t = Limits::default().max_depth)]
     max_depth: usize,
+    /// With `--report`, the forecast's horizon: wins expected within this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = 30.0)]
+    horizon_days: f64,
+    /// With `--report`, the baseline's fixed win probability per stage, `stage=p,...` (as a
+    /// CRM's deal-stage probabilities; default: HubSpot's 20%..90% spread over the stages before
+    /// the first won stage).
+    #[arg(long, value_name = "STAGE=P,...")]
+    baseline: Option<String>,
     /// Input format of the files: auto, canonical, segment, hubspot, salesforce_cdc, pipedrive,
     /// debezium (`mapped` needs `--config`). Once for every file, or once per file in order.
     #[arg(long, value_name = "F")]
@@ -133,6 +141,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         memory,
         report,
         min_sample,
+        horizon_days,
+        baseline,
         max_bytes,
         max_depth,
         format,
@@ -175,7 +185,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         replay::run_merged(journey, &opts, files, stdout, stderr)?
     };
     if report {
-        super::report::write(&mut io::stdout().lock(), &shards, min_sample)?;
+        let forecast = super::report::forecast_options(&shards, horizon_days, baseline.as_deref())?;
+        super::report::write(&mut io::stdout().lock(), &shards, min_sample, forecast.as_ref())?;
     }
     if memory {
         let prospects: usize = shards.iter().map(|e| e.len()).sum();

@@ -2,10 +2,51 @@
 
 use std::io::{self, Write};
 
-use microfunnel::core::{Engine, Funnel, FunnelReport};
+use microfunnel::core::forecast::{self, Backtest, Forecast};
+use microfunnel::core::{Engine, Funnel, FunnelReport, Span, Ts};
 
-/// The report of every shard's funnel together, `min_sample` flagging thin signals.
-pub fn write(out: &mut impl Write, shards: &[Engine], min_sample: u64) -> io::Result<()> {
+/// The forecast's options from `--horizon-days` and `--baseline stage=p,...`.
+pub fn forecast_options(
+    shards: &[Engine],
+    horizon_days: f64,
+    baseline: Option<&str>,
+) -> anyhow::Result<Option<forecast::Options>> {
+    let Some(first) = shards.first() else { return Ok(None) };
+    let journey = first.journey();
+    if !(horizon_days.is_finite() && horizon_days > 0.0) {
+        anyhow::bail!("--horizon-days {horizon_days}: give a positive number of days");
+    }
+    let mut p = forecast::default_baseline(journey);
+    for item in baseline.unwrap_or_default().split(',').filter(|i| !i.trim().is_empty()) {
+        let (stage, prob) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--baseline {item:?}: write stage=probability, e.g. deciding=0.6"))?;
+        let i = journey.stages.iter().position(|s| s.name == stage.trim()).ok_or_else(|| {
+            let known: Vec<&str> = journey.stages.iter().map(|s| s.name.as_str()).collect();
+            anyhow::anyhow!(
+                "--baseline: no stage {stage:?} in journey `{}` (stages: {})",
+                journey.name,
+                known.join(", ")
+            )
+        })?;
+        let v: f64 =
+            prob.trim().parse().map_err(|_| anyhow::anyhow!("--baseline {item:?}: {prob:?} is not a number"))?;
+        if !(0.0..=1.0).contains(&v) {
+            anyhow::bail!("--baseline {item:?}: a probability is between 0 and 1");
+        }
+        p[i] = v;
+    }
+    Ok(Some(forecast::Options { horizon: Span::from_days(horizon_days), baseline: p }))
+}
+
+/// The report of every shard's funnel together, `min_sample` flagging thin signals, and with
+/// `forecast` the forecast at the latest watermark and its backtest one horizon earlier.
+pub fn write(
+    out: &mut impl Write,
+    shards: &[Engine],
+    min_sample: u64,
+    forecast: Option<&forecast::Options>,
+) -> io::Result<()> {
     let Some(first) = shards.first() else { return Ok(()) };
     let journey = first.journey();
     let mut funnel = Funnel::new(journey);
@@ -13,7 +54,85 @@ pub fn write(out: &mut impl Write, shards: &[Engine], min_sample: u64) -> io::Re
         funnel.absorb(e.funnel());
     }
     let prospects: usize = shards.iter().map(Engine::len).sum();
-    write_report(out, &funnel.report_with(journey, min_sample), prospects as u64, min_sample)
+    write_report(out, &funnel.report_with(journey, min_sample), prospects as u64, min_sample)?;
+    let Some(opts) = forecast else { return Ok(()) };
+    let engines: Vec<&Engine> = shards.iter().collect();
+    let Some(now) = forecast::now(&engines) else { return Ok(()) };
+    match forecast::forecast(&engines, now, opts) {
+        Some(f) => write_forecast(out, &f)?,
+        None => writeln!(out, "\nForecast: the journey has no won stage")?,
+    }
+    if let Some(b) = forecast::backtest(&engines, Ts(now.0 - opts.horizon.0), opts) {
+        write_backtest(out, &b)?;
+    }
+    Ok(())
+}
+
+fn write_forecast(out: &mut impl Write, f: &Forecast) -> io::Result<()> {
+    let [lo, hi] = f.expected_wins_interval;
+    writeln!(
+        out,
+        "\nForecast at {} (the latest shard clock): {} open prospects, wins expected within {} days: {:.1} \
+         (95%: {lo:.1}-{hi:.1}); a fixed probability per stage would say {:.1}",
+        f.at, f.open, f.horizon_days, f.expected_wins, f.baseline_expected_wins
+    )?;
+    writeln!(
+        out,
+        "  win rate per stage and time in it (new: entered less than {0} days before): of the prospects\n  \
+         open there {0} days before the forecast, the share that won since",
+        f.horizon_days
+    )?;
+    writeln!(
+        out,
+        "  {:<16} {:>4} {:>8} {:>6} {:>7} {:>15} {:>7} {:>9} {:>9}",
+        "stage", "age", "then", "won", "rate", "rate 95%", "open", "expected", "baseline"
+    )?;
+    for r in &f.stages {
+        let [l, h] = r.rate_interval;
+        let rate = format!("{:.1}%", r.rate * 100.0);
+        let ci = format!("{:.1}-{:.1}%", l * 100.0, h * 100.0);
+        let base = format!("{:.0}%", r.baseline * 100.0);
+        writeln!(
+            out,
+            "  {:<16} {:>4} {:>8} {:>6} {rate:>7} {ci:>15} {:>7} {:>9.1} {base:>9}",
+            r.stage, r.in_stage, r.entered, r.won, r.open, r.expected_wins
+        )?;
+    }
+    Ok(())
+}
+
+fn write_backtest(out: &mut impl Write, b: &Backtest) -> io::Result<()> {
+    writeln!(
+        out,
+        "\nBacktest: the forecast made at {} for the next {} days: {:.1} wins expected (95%: {:.1}-{:.1}), \
+         {} happened; baseline {:.1}.\n  Brier score (mean squared error of each open prospect's \
+         probability; lower is better): {:.4}, baseline {:.4}",
+        b.forecast.at,
+        b.forecast.horizon_days,
+        b.forecast.expected_wins,
+        b.forecast.expected_wins_interval[0],
+        b.forecast.expected_wins_interval[1],
+        b.won,
+        b.forecast.baseline_expected_wins,
+        b.brier,
+        b.baseline_brier
+    )?;
+    writeln!(out, "  calibration (forecast probability decile: prospects, mean forecast, observed win rate, 95%)")?;
+    for c in &b.calibration {
+        let [l, h] = c.observed_interval;
+        writeln!(
+            out,
+            "  {:>3.0}-{:<3.0}% {:>8} {:>7.1}% {:>7.1}% {:>7.1}-{:.1}%",
+            c.from * 100.0,
+            c.to * 100.0,
+            c.prospects,
+            c.mean_forecast * 100.0,
+            c.observed * 100.0,
+            l * 100.0,
+            h * 100.0
+        )?;
+    }
+    Ok(())
 }
 
 fn write_report(out: &mut impl Write, r: &FunnelReport, prospects: u64, min_sample: u64) -> io::Result<()> {

@@ -376,7 +376,7 @@ pub fn validated(journey: &Journey, s: &SignalDef) -> bool {
 pub const MIN_SAMPLE: u64 = 30;
 
 /// The 95% Wilson score interval of `won` successes in `n` trials; (0, 1) without trials.
-fn wilson(won: u64, n: u64) -> (f64, f64) {
+pub(crate) fn wilson(won: u64, n: u64) -> (f64, f64) {
     use bpci::{Interval, NSuccessesSample, WilsonScore};
     match NSuccessesSample::<f64>::new(n as f64, won as f64) {
         Ok(sample) if n > 0 => {

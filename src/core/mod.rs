@@ -5,6 +5,7 @@
 pub mod crm;
 pub mod engine;
 pub mod event;
+pub mod forecast;
 pub mod funnel;
 pub mod ids;
 pub mod journey;

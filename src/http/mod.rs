@@ -46,7 +46,8 @@ pub fn router(health: Health) -> Router {
         r = r
             .route("/prospects/{id}", get(query::prospect))
             .route("/funnel", get(query::funnel))
-            .route("/signals", get(query::signals));
+            .route("/signals", get(query::signals))
+            .route("/forecast", get(query::forecast));
     }
     r.with_state(health)
 }

@@ -1,4 +1,4 @@
-//! The query API: `GET /prospects/{id}`, `GET /funnel` and `GET /signals`, answered by the pipeline thread
+//! The query API: `GET /prospects/{id}`, `GET /funnel`, `GET /signals` and `GET /forecast`, answered by the pipeline thread
 //! (`pipeline::query`). Personal data: served only when `http.query_api` is on, behind a bearer
 //! token when one is set (required beyond loopback), emails only with `http.show_emails`.
 //!
@@ -13,13 +13,14 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::{Health, QueryApi};
+use crate::core::Span;
 use crate::pipeline::query::{Answer, Question, Unanswered};
 use crate::pipeline::status::ShardState;
 
@@ -97,7 +98,9 @@ pub(super) async fn prospect(State(h): State<Health>, Path(id): Path<String>, he
             reply(StatusCode::NOT_FOUND, json!({ "error": "unknown prospect", "partition": partition }))
         }
         Ok(Answer::NotHere { partition }) => not_here(partition),
-        Ok(Answer::Funnel(_)) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
+        Ok(Answer::Funnel(_) | Answer::Forecast(_)) => {
+            reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" }))
+        }
     }
 }
 
@@ -134,6 +137,30 @@ pub(super) async fn signals(State(h): State<Health>, headers: HeaderMap) -> Resp
             StatusCode::OK,
             json!({ "shards": f.shards, "outcomes": f.funnel.outcomes, "signals": f.funnel.signals }),
         ),
+        Ok(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
+    }
+}
+
+/// `GET /forecast[?horizon_days=N]` (default 30): wins expected within the horizon from the open
+/// prospects of the shards held, at their latest watermark, and the same forecast made one
+/// horizon earlier scored against what happened since (`core::forecast`).
+pub(super) async fn forecast(State(h): State<Health>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let api = match authorized(&h, &headers) {
+        Ok(api) => api,
+        Err(r) => return r,
+    };
+    let days = match query.as_deref().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("horizon_days="))) {
+        None => 30.0,
+        Some(v) => match v.parse::<f64>() {
+            Ok(d) if d.is_finite() && d > 0.0 && d <= 3650.0 => d,
+            _ => {
+                return reply(StatusCode::BAD_REQUEST, json!({ "error": "horizon_days: a number of days, 0 to 3650" }));
+            }
+        },
+    };
+    match ask(api, Question::Forecast(Span::from_days(days))).await {
+        Err(r) => r,
+        Ok(Answer::Forecast(f)) => reply(StatusCode::OK, serde_json::to_value(&f).unwrap_or_default()),
         Ok(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
     }
 }

@@ -14,8 +14,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::core::forecast::{self, Backtest, Forecast};
 use crate::core::ids::kafka_partition;
-use crate::core::{Funnel, FunnelReport, ProspectView};
+use crate::core::{Engine, Funnel, FunnelReport, ProspectView, Span, Ts};
 
 use super::State;
 
@@ -26,6 +27,8 @@ pub enum Question {
     Prospect(String),
     /// The funnel of every shard this instance holds.
     Funnel,
+    /// The forecast over the shards this instance holds, with this horizon.
+    Forecast(Span),
 }
 
 /// What the pipeline answers.
@@ -41,6 +44,15 @@ pub enum Answer {
         partition: i32,
     },
     Funnel(Box<FunnelAnswer>),
+    Forecast(Box<ForecastAnswer>),
+}
+
+/// The forecast at the latest watermark of the shards held, and its backtest one horizon earlier.
+#[derive(Debug, Serialize)]
+pub struct ForecastAnswer {
+    pub shards: Vec<i32>,
+    pub forecast: Option<Forecast>,
+    pub backtest: Option<Backtest>,
 }
 
 /// One prospect as its shard's state holds it, and which state that is.
@@ -141,6 +153,7 @@ impl State {
             let answer = match question {
                 Question::Prospect(id) => self.prospect(&id, inbox.partitions.load(Ordering::Acquire)),
                 Question::Funnel => self.funnel(),
+                Question::Forecast(horizon) => self.forecast(horizon),
             };
             // The asker may have given up (timeout): nothing to do.
             let _ = reply.send(answer);
@@ -170,6 +183,20 @@ impl State {
             positions: shard.position_map(&self.settings.kafka.input_topics),
         };
         Answer::Prospect(Box::new(ProspectAnswer { partition, view, state }))
+    }
+
+    fn forecast(&self, horizon: Span) -> Answer {
+        let engines: Vec<&Engine> = self.shards.values().map(|s| &s.engine).collect();
+        let opts = forecast::Options { horizon, baseline: forecast::default_baseline(&self.journey) };
+        let now = forecast::now(&engines);
+        let shards = self.shards.keys().copied().collect();
+        let (forecast, backtest) = match now {
+            Some(now) => {
+                (forecast::forecast(&engines, now, &opts), forecast::backtest(&engines, Ts(now.0 - horizon.0), &opts))
+            }
+            None => (None, None),
+        };
+        Answer::Forecast(Box::new(ForecastAnswer { shards, forecast, backtest }))
     }
 
     fn funnel(&self) -> Answer {

@@ -10,6 +10,11 @@ use crate::core::prospect::{self, Classification};
 use crate::core::time::{MS_PER_SEC, Ts};
 
 impl Engine {
+    /// When the prospect last entered each stage (`None`: never), to the second.
+    pub fn stage_entries(&self, ix: ProspectIx) -> impl Iterator<Item = Option<Ts>> + '_ {
+        self.store.stage_times(ix.0 as usize).iter().map(|&v| (v != 0).then(|| Ts((i64::from(v) - 1) * MS_PER_SEC)))
+    }
+
     /// A readable view of one prospect, its score decayed to `at` (or to its last event).
     pub fn view(&self, ix: ProspectIx, at: Option<Ts>) -> ProspectView {
         let j = &self.journey;

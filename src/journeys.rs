@@ -69,7 +69,7 @@ impl fmt::Display for JourneyRef {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "cannot read journey file {}: {source}; pass an existing file or a built-in journey's name ({}) with --journey or journey.path",
+        "cannot read journey file {}: {source}; give an existing file or a built-in journey's name ({}) as the journey (`--journey`, `check-journey`'s argument, or `journey.path`)",
         path.display(), builtin_names()
     )]
     Read { path: PathBuf, source: std::io::Error },

@@ -1,4 +1,5 @@
 use std::io;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -114,15 +115,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig { config } => {
             let settings = Settings::load(config.as_deref(), std::env::vars())?;
             let journey = Arc::new(journeys::load(&settings.journey())?);
-            println!("# effective settings (secrets masked); journey `{}` is valid", journey.name);
-            print!("{}", settings.masked_toml());
+            // librdkafka checks every `kafka.client` property when a client is created (locally:
+            // nothing connects), as `run` would.
+            microfunnel::kafka::consumer_config(&settings.kafka).create::<rdkafka::consumer::BaseConsumer>().map_err(
+                |e| {
+                    // librdkafka's message ends with the value, which may be a secret.
+                    let mut msg = e.to_string();
+                    for v in settings.kafka.client.values().filter(|v| !v.is_empty()) {
+                        msg = msg.replace(v.as_str(), "*****");
+                    }
+                    anyhow::anyhow!("kafka.client: {msg}; see librdkafka's CONFIGURATION.md for the property names")
+                },
+            )?;
+            writeln!(
+                std::io::stdout().lock(),
+                "# effective settings (secrets masked); journey `{}` is valid",
+                journey.name
+            )?;
+            write!(std::io::stdout().lock(), "{}", settings.masked_toml())?;
             Ok(())
         }
         Command::CreateTopics { config } => {
             let settings = Settings::load(config.as_deref(), std::env::vars())?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let created = rt.block_on(microfunnel::kafka::create_topics(&settings.kafka))?;
-            println!("created {} topic(s): {}", created.len(), created.join(", "));
+            writeln!(std::io::stdout().lock(), "created {} topic(s): {}", created.len(), created.join(", "))?;
             Ok(())
         }
     }

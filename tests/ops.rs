@@ -212,12 +212,14 @@ fn check_config_masks_secrets_and_names_bad_keys() {
         ("MICROFUNNEL__KAFKA__TOPICS__HOT_LEADS", "web-events", "kafka.topics.hot_leads"),
         ("MICROFUNNEL__KAFKA__CLIENT__ENABLE_AUTO_COMMIT", "true", "enable.auto.commit"),
         ("MICROFUNNEL__KAFKA__CLIENT__DELIVERY_REPORT_ONLY_ERROR", "false", "delivery.report.only.error"),
+        ("MICROFUNNEL__KAFKA__CLIENT__SASL_PASWORD", "hunter3-secret", "sasl.pasword"),
     ] {
         let bad =
             bin().args(["check-config", "--config", "deploy/config/local.toml"]).env(key, value).output().unwrap();
         assert_eq!(bad.status.code(), Some(2), "{key}");
         let err = String::from_utf8_lossy(&bad.stderr);
         assert!(err.contains(named), "{key}: {err}");
+        assert!(!err.contains("hunter3"), "a misspelt secret's value is not printed: {err}");
     }
 }
 

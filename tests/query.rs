@@ -98,7 +98,8 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert!(counts.contains("content_downloaded") && counts.contains("demo_requested"), "{counts}");
     assert!(a["email"].is_null(), "emails are hidden unless http.show_emails: {a}");
     assert!(!body.contains("northwind.example"), "{body}");
-    assert!(a["state"]["watermark"].is_string(), "{a}");
+    let w = &a["state"]["watermark"];
+    assert!(w.is_null() || w.as_str().is_some_and(|w| w.starts_with("2026-")), "RFC 3339 or null: {a}");
     let positions = a["state"]["positions"].as_object().expect("the state's input positions");
     assert!(positions.get(web(&s)).and_then(Value::as_i64).is_some_and(|n| n > 0), "{a}");
     assert!(a["score"].as_f64().is_some_and(|x| x > 0.0), "{a}");

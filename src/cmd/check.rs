@@ -19,7 +19,7 @@ pub struct CheckJourneyArgs {
 
 pub fn run(args: CheckJourneyArgs) -> anyhow::Result<()> {
     let journey = crate::load_journey(&args.journey)?;
-    print!("{}", summary(&journey));
+    std::io::Write::write_all(&mut std::io::stdout().lock(), summary(&journey).as_bytes())?;
     Ok(())
 }
 

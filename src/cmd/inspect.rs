@@ -1,5 +1,6 @@
 //! `microfunnel inspect-snapshot FILE`: what a snapshot file holds and whether it is intact.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -24,9 +25,13 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
     let checked = match store::read(&args.file) {
         Ok(c) => c,
+        // A file that cannot be read at all is a bad argument (exit 2), not a damaged file.
+        Err(store::SnapshotError::Io { path, source }) => {
+            anyhow::bail!("cannot read {}: {source}", path.display())
+        }
         Err(e) => {
             let out = serde_json::json!({ "file": args.file, "checksums": "failed", "error": e.to_string() });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;
             return Ok(false);
         }
     };
@@ -37,7 +42,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
             let out = serde_json::json!({
                 "file": args.file, "checksums": "ok", "header": checked.header, "decode": "failed", "error": e.to_string()
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;
             return Ok(false);
         }
     };
@@ -45,10 +50,11 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
         let Some(ix) = engine.find(id) else {
             anyhow::bail!("prospect `{id}` is not in this snapshot (shard {})", checked.header.shard);
         };
-        println!(
+        writeln!(
+            std::io::stdout().lock(),
             "{}",
             serde_json::to_string_pretty(&engine.view(ix, Some(engine.watermark()).filter(|w| !w.is_none())))?
-        );
+        )?;
         return Ok(true);
     }
     let digest_ok = format!("{:016x}", engine.digest()) == checked.header.digest;
@@ -61,6 +67,6 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
         "watermark": engine.watermark().to_string(),
         "header": checked.header,
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;
     Ok(digest_ok)
 }

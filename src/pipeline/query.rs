@@ -69,7 +69,8 @@ pub struct ProspectAnswer {
 /// Where a shard's state stands: its watermark and the next input offset per topic.
 #[derive(Debug, Serialize)]
 pub struct StateAt {
-    pub watermark: String,
+    /// RFC 3339; `null` until the shard's clock is confirmed.
+    pub watermark: Option<String>,
     pub positions: BTreeMap<String, i64>,
 }
 
@@ -179,7 +180,7 @@ impl State {
         let watermark = shard.engine.watermark();
         let view = shard.engine.view(ix, Some(watermark).filter(|w| !w.is_none()));
         let state = StateAt {
-            watermark: watermark.to_string(),
+            watermark: (!watermark.is_none()).then(|| watermark.to_string()),
             positions: shard.position_map(&self.settings.kafka.input_topics),
         };
         Answer::Prospect(Box::new(ProspectAnswer { partition, view, state }))

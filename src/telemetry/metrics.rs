@@ -119,7 +119,7 @@ impl Metrics {
         let events_consumed = counter_vec(
             &r,
             "microfunnel_events_consumed_total",
-            "Events decoded and applied, by source and journey signal (`unmapped` for names no signal has).",
+            "Events decoded and handed to the engine (duplicates and late events included), by source and journey signal (`unmapped` for names no signal has).",
             &["source", "signal"],
         )?;
         let events_rejected = counter_vec(

@@ -20,7 +20,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 RUN mkdir -p src benches examples \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && for b in engine snapshot; do echo 'fn main() {}' > benches/$b.rs; done \
+    && for b in $(awk '/^\[\[bench\]\]/ { b = 1; next } b && /^name/ { gsub(/"/, "", $3); print $3; b = 0 }' Cargo.toml); do \
+         echo 'fn main() {}' > benches/$b.rs; done \
     && echo 'fn main() {}' > examples/plain_consumer.rs \
     && cargo build --release --locked --bin microfunnel \
     && rm -rf src benches examples target/release/.fingerprint/microfunnel-* target/release/deps/microfunnel-* target/release/deps/libmicrofunnel-*

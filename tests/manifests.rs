@@ -347,3 +347,35 @@ fn the_compose_file_uses_only_ports_paths_env_and_keys_the_service_reads() {
     let home = s(&grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]);
     assert_eq!(home, dashboard.0);
 }
+
+#[test]
+fn the_dockerfiles_dependency_layer_gives_cargo_a_manifest_whose_every_target_exists() {
+    // The layer builds placeholder sources against the real manifests; cargo refuses a manifest
+    // whose declared target (a `[[bench]]`, say) has no file, so a bench added to Cargo.toml
+    // must get a placeholder too. Run the layer's shell step and ask cargo to read the result.
+    let dockerfile = read(&repo("Dockerfile"));
+    let run = dockerfile
+        .split("\nRUN ")
+        .find(|r| r.starts_with("mkdir -p src benches examples"))
+        .expect("the dependency layer's RUN step");
+    let step: String = run.split(" \\\n").take_while(|l| !l.contains("cargo build")).collect::<Vec<_>>().join(" ");
+    let step = step.trim_end().trim_end_matches("&&").to_string();
+    let dir = std::env::temp_dir().join(format!("microfunnel-docker-layer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["Cargo.toml", "Cargo.lock"] {
+        std::fs::copy(repo(f), dir.join(f)).unwrap();
+    }
+    let sh = Command::new("bash").arg("-c").arg(&step).current_dir(&dir).output().unwrap();
+    assert!(sh.status.success(), "{step}: {}", String::from_utf8_lossy(&sh.stderr));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // `cargo fetch` parses the manifest with its targets (`metadata` does not look for their
+    // files); offline, the packages are in the local registry once this project has built.
+    let fetch = Command::new(cargo).args(["fetch", "--offline"]).current_dir(&dir).output().unwrap();
+    assert!(
+        fetch.status.success(),
+        "cargo cannot read the layer's manifest: {}",
+        String::from_utf8_lossy(&fetch.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

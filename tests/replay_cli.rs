@@ -742,3 +742,16 @@ fn the_summary_lists_the_most_frequent_unmapped_names() {
     assert_eq!(top[19], serde_json::json!({"name": "Custom Thing 5", "count": 6}));
     assert_eq!(stats["unmapped_other"], 1 + 2 + 3 + 4 + 5);
 }
+
+#[test]
+fn an_until_before_the_data_is_warned_about_and_a_bad_baseline_fails_before_the_run() {
+    let out = replay(&["--summary-only", "--until", "2020-01-01", PLAYBOOK]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: --until 2020-01-01T00:00:00.000Z is earlier than"), "{}", stderr(&out));
+    let fine = replay(&["--summary-only", "--until", "2030-01-01", PLAYBOOK]);
+    assert!(!stderr(&fine).contains("warning"), "{}", stderr(&fine));
+    let bad = replay(&["--report", "--baseline", "decidng=0.5", PLAYBOOK]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("no stage \"decidng\""), "{}", stderr(&bad));
+    assert!(bad.stdout.is_empty(), "refused before any output");
+}

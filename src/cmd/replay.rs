@@ -151,6 +151,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     } = args;
     let inputs = specs(input.len(), &format, &source, config.as_deref())?;
     let journey = crate::load_journey(&journey)?;
+    // Checked before the run, which may take long.
+    let forecast =
+        report.then(|| super::report::forecast_options(&journey, horizon_days, baseline.as_deref())).transpose()?;
     let until = until.map(|u| super::instant("--until", &u)).transpose()?;
     let end = match (until, no_advance) {
         (Some(t), _) => replay::End::Until(t),
@@ -184,8 +187,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         }
         replay::run_merged(journey, &opts, files, stdout, stderr)?
     };
+    if let Some(t) = until
+        && shards.iter().any(|e| e.max_event_time() > t)
+    {
+        eprintln!(
+            "warning: --until {t} is earlier than the latest event time of the input: events after it were applied, and \
+             time did not move back (replay every event up to a date by cutting the input there)"
+        );
+    }
     if report {
-        let forecast = super::report::forecast_options(&shards, horizon_days, baseline.as_deref())?;
         super::report::write(&mut io::stdout().lock(), &shards, min_sample, forecast.as_ref())?;
     }
     if memory {

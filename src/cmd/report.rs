@@ -3,16 +3,14 @@
 use std::io::{self, Write};
 
 use microfunnel::core::forecast::{self, Backtest, Forecast};
-use microfunnel::core::{Engine, Funnel, FunnelReport, Span, Ts};
+use microfunnel::core::{Engine, Funnel, FunnelReport, Journey, Span, Ts};
 
 /// The forecast's options from `--horizon-days` and `--baseline stage=p,...`.
 pub fn forecast_options(
-    shards: &[Engine],
+    journey: &Journey,
     horizon_days: f64,
     baseline: Option<&str>,
-) -> anyhow::Result<Option<forecast::Options>> {
-    let Some(first) = shards.first() else { return Ok(None) };
-    let journey = first.journey();
+) -> anyhow::Result<forecast::Options> {
     if !(horizon_days.is_finite() && horizon_days > 0.0) {
         anyhow::bail!("--horizon-days {horizon_days}: give a positive number of days");
     }
@@ -36,7 +34,7 @@ pub fn forecast_options(
         }
         p[i] = v;
     }
-    Ok(Some(forecast::Options { horizon: Span::from_days(horizon_days), baseline: p }))
+    Ok(forecast::Options { horizon: Span::from_days(horizon_days), baseline: p })
 }
 
 /// The report of every shard's funnel together, `min_sample` flagging thin signals, and with

@@ -80,6 +80,7 @@ mod tests {
             signal,
             ts: Ts(0),
             email: None,
+            linked: None,
         }
     }
 

@@ -107,9 +107,21 @@ fn default_min_event_time() -> String {
 pub const DEFAULT_MIN_EVENT_TIME: &str = "2000-01-01T00:00:00Z";
 
 /// `[identity] placeholder_ids` when the journey does not set it: what broken tracking code sends
-/// as a user id (an unset JavaScript variable, a stringified null, a zeroed UUID).
-pub const DEFAULT_PLACEHOLDER_IDS: [&str; 9] =
-    ["undefined", "null", "none", "nil", "anonymous", "n/a", "0", "-1", "00000000-0000-0000-0000-000000000000"];
+/// as a user id (an unset JavaScript variable, a stringified null or object, a zeroed UUID). The
+/// entry `0` also stands for every id made of zeros and dashes (see `Journey::is_placeholder_id`).
+pub const DEFAULT_PLACEHOLDER_IDS: [&str; 11] = [
+    "undefined",
+    "null",
+    "none",
+    "nil",
+    "anonymous",
+    "guest",
+    "[object Object]",
+    "n/a",
+    "0",
+    "-1",
+    "00000000-0000-0000-0000-000000000000",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -451,6 +451,7 @@ impl Journey {
             placeholder_ids.push(p.to_string());
         }
         let placeholder_max_len = placeholder_ids.iter().map(String::len).max().unwrap_or(0);
+        let zero_ids = placeholder_ids.iter().any(|p| p == "0");
         let lateness = e.non_negative("time", "allowed_lateness_hours", raw.time.allowed_lateness_hours);
         // At most 1,000,000 hours (114 years): beyond that nothing is ever late anyway.
         if lateness > 1_000_000.0 {
@@ -504,6 +505,7 @@ impl Journey {
             max_event_time,
             placeholder_ids,
             placeholder_max_len,
+            zero_ids,
             tracked,
             names: names.names,
             crm,

@@ -229,6 +229,7 @@ fn translate<'a>(
             signal: Some(signal),
             ts,
             email: c.email.clone().map(Cow::Owned),
+            linked: None,
         })
         .collect())
 }

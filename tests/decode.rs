@@ -719,7 +719,7 @@ fn identify_prefers_its_own_traits_email_other_calls_their_context() {
 fn every_id_a_segment_call_carries_is_decoded() {
     // userId is the prospect; the anonymousId it was known by before is the linked id.
     let ev = decode(&segment_track()).unwrap();
-    assert_eq!((&*ev.prospect, ev.linked.as_deref()), ("usr_8812", Some(ANON)));
+    assert_eq!((&*ev.prospect, ev.linked.as_deref(), ev.anonymous), ("usr_8812", Some(ANON), false));
     let identify = json!({"type": "identify", "userId": "usr_1", "anonymousId": "anon-1", "messageId": "m-1",
         "timestamp": "2026-03-02T09:00:00Z", "traits": {"email": "  Ana@Example.COM "}});
     let ev = decode(&identify).unwrap();
@@ -727,22 +727,23 @@ fn every_id_a_segment_call_carries_is_decoded() {
         (ev.kind, &*ev.prospect, ev.linked.as_deref(), ev.email.as_deref()),
         (EventKind::Identify, "usr_1", Some("anon-1"), Some("ana@example.com"))
     );
-    // Only an anonymousId: no link; the same id twice: no link.
-    assert_eq!(decode(&without(segment_track(), "userId")).unwrap().linked, None);
+    // Only an anonymousId: no link, and the prospect is anonymous; the same id twice: no link.
+    let ev = decode(&without(segment_track(), "userId")).unwrap();
+    assert_eq!((&*ev.prospect, ev.linked, ev.anonymous), (ANON, None, true));
     assert_eq!(decode(&with(segment_track(), "anonymousId", json!("usr_8812"))).unwrap().linked, None);
     // A placeholder or blank on either side never links.
     for p in ["undefined", "0", "0000", "guest", "[object Object]", "  "] {
         let ev = decode(&with(segment_track(), "anonymousId", json!(p))).unwrap();
         assert_eq!((&*ev.prospect, ev.linked.as_deref()), ("usr_8812", None), "{p:?}");
         let ev = decode(&with(segment_track(), "userId", json!(p))).unwrap();
-        assert_eq!((&*ev.prospect, ev.linked.as_deref()), (ANON, None), "{p:?}");
+        assert_eq!((&*ev.prospect, ev.linked.as_deref(), ev.anonymous), (ANON, None, true), "{p:?}");
     }
     // An anonymousId too long for an id gives no link but keeps the event.
     let long = "a".repeat(300);
     assert_eq!(decode(&with(segment_track(), "anonymousId", json!(long))).unwrap().linked, None);
     // The canonical envelope names one id; its email is the other identifier.
     let ev = decode(&with(canonical(), "email", json!("Ana@Example.com"))).unwrap();
-    assert_eq!((ev.linked, ev.email.as_deref()), (None, Some("ana@example.com")));
+    assert_eq!((ev.linked, ev.email.as_deref(), ev.anonymous), (None, Some("ana@example.com"), false));
 }
 
 #[test]

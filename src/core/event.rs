@@ -68,6 +68,9 @@ pub struct Event<'a> {
     /// `anonymousId` when it also carries a usable `userId` (the prospect), an `alias` call's
     /// `previousId`. Never blank, never a placeholder id, never equal to `prospect`.
     pub linked: Option<Cow<'a, str>>,
+    /// `prospect` is a Segment `anonymousId` (the call had no usable `userId`): a device, not
+    /// yet a known person. Ids of the canonical envelope and of CRM formats are known ids.
+    pub anonymous: bool,
 }
 
 impl Event<'_> {
@@ -82,6 +85,7 @@ impl Event<'_> {
             ts: self.ts,
             email: self.email.map(|e| Cow::Owned(e.into_owned())),
             linked: self.linked.map(|l| Cow::Owned(l.into_owned())),
+            anonymous: self.anonymous,
         }
     }
 }

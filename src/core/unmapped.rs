@@ -81,6 +81,7 @@ mod tests {
             ts: Ts(0),
             email: None,
             linked: None,
+            anonymous: false,
         }
     }
 

@@ -113,7 +113,7 @@ fn segment_prospect<'a>(
     anonymous: Option<Str<'a>>,
     journey: &Journey,
     limits: &Limits,
-) -> Result<(Cow<'a, str>, Option<Cow<'a, str>>), DecodeError> {
+) -> Result<(Cow<'a, str>, Option<Cow<'a, str>>, bool), DecodeError> {
     const EITHER: &str = "userId or anonymousId";
     let (user, anonymous) = (user.map(|s| s.0), anonymous.map(|s| s.0));
     let usable =
@@ -130,15 +130,15 @@ fn segment_prospect<'a>(
                 Some(a) if anonymous_ok && a != u => checked(a, "anonymousId", limits).ok(),
                 _ => None,
             };
-            Ok((checked(u, "userId", limits)?, linked))
+            Ok((checked(u, "userId", limits)?, linked, false))
         }
-        (_, Some(a)) if anonymous_ok => Ok((checked(a, "anonymousId", limits)?, None)),
+        (_, Some(a)) if anonymous_ok => Ok((checked(a, "anonymousId", limits)?, None, true)),
         (u, a) => {
             if let Some(p) = [&u, &a].into_iter().flatten().find(|v| journey.is_placeholder_id(v)) {
                 return Err(DecodeError::Placeholder { field: EITHER, value: p.chars().take(64).collect() });
             }
             match a {
-                Some(a) => Ok((checked(a, EITHER, limits)?, None)),
+                Some(a) => Ok((checked(a, EITHER, limits)?, None, true)),
                 None => Err(DecodeError::MissingField { field: EITHER, format: SEGMENT }),
             }
         }
@@ -217,10 +217,22 @@ pub(super) fn event<'a>(
         let ts = not_before_floor(timestamp(w.ts.take(), "ts", CANONICAL)?, "ts", journey)?;
         let signal = journey.resolve(EventKind::Named, &name);
         let email = email(w.email.take());
-        Event { event_id, prospect, source, kind: EventKind::Named, name, signal, ts, email, linked: None }
+        Event {
+            event_id,
+            prospect,
+            source,
+            kind: EventKind::Named,
+            name,
+            signal,
+            ts,
+            email,
+            linked: None,
+            anonymous: false,
+        }
     } else if let Some(message_id) = w.message_id.take() {
         let event_id = id(message_id.0, "messageId", limits)?;
-        let (prospect, mut linked) = segment_prospect(w.user_id.take(), w.anonymous_id.take(), journey, limits)?;
+        let (prospect, mut linked, anonymous) =
+            segment_prospect(w.user_id.take(), w.anonymous_id.take(), journey, limits)?;
         let source = source_of(w.source.take(), topic.source, Some(Source::Web))?;
         let call = w.kind.take().ok_or(DecodeError::MissingField { field: "type", format: SEGMENT })?.0;
         let (kind, name) = match &*call {
@@ -260,7 +272,7 @@ pub(super) fn event<'a>(
         } else {
             email(w.context_email.take()).or_else(|| email(w.traits_email.take()))
         };
-        Event { event_id, prospect, source, kind, name, signal, ts, email, linked }
+        Event { event_id, prospect, source, kind, name, signal, ts, email, linked, anonymous }
     } else {
         return Err(DecodeError::MissingField {
             field: "event_id",

@@ -107,5 +107,6 @@ fn one<'a>(bytes: &[u8], spec: &InputSpec, journey: &Journey, limits: &Limits) -
         ts,
         email,
         linked: None,
+        anonymous: false,
     })
 }

@@ -230,6 +230,7 @@ fn translate<'a>(
             ts,
             email: c.email.clone().map(Cow::Owned),
             linked: None,
+            anonymous: false,
         })
         .collect())
 }

@@ -6,6 +6,7 @@ pub mod crm;
 pub mod engine;
 pub mod event;
 pub mod funnel;
+pub mod identity;
 pub mod ids;
 pub mod journey;
 pub mod mem;

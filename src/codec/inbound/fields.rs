@@ -104,6 +104,13 @@ fn link_id<'a>(
     Ok(checked(v, field, limits).ok())
 }
 
+/// The ids of a Segment call (see [`Event`]'s fields of the same names).
+struct SegmentIds<'a> {
+    prospect: Cow<'a, str>,
+    linked: Option<Cow<'a, str>>,
+    anonymous: bool,
+}
+
 /// The prospect of a Segment call: `userId`, else `anonymousId`, and the other of the two when
 /// both are usable and differ (the link an `identify`, or any call made after signup, states).
 /// Blank ids and placeholder ids (`[identity] placeholder_ids`) count as absent; a present id
@@ -113,7 +120,7 @@ fn segment_prospect<'a>(
     anonymous: Option<Str<'a>>,
     journey: &Journey,
     limits: &Limits,
-) -> Result<(Cow<'a, str>, Option<Cow<'a, str>>, bool), DecodeError> {
+) -> Result<SegmentIds<'a>, DecodeError> {
     const EITHER: &str = "userId or anonymousId";
     let (user, anonymous) = (user.map(|s| s.0), anonymous.map(|s| s.0));
     let usable =
@@ -130,15 +137,17 @@ fn segment_prospect<'a>(
                 Some(a) if anonymous_ok && a != u => checked(a, "anonymousId", limits).ok(),
                 _ => None,
             };
-            Ok((checked(u, "userId", limits)?, linked, false))
+            Ok(SegmentIds { prospect: checked(u, "userId", limits)?, linked, anonymous: false })
         }
-        (_, Some(a)) if anonymous_ok => Ok((checked(a, "anonymousId", limits)?, None, true)),
+        (_, Some(a)) if anonymous_ok => {
+            Ok(SegmentIds { prospect: checked(a, "anonymousId", limits)?, linked: None, anonymous: true })
+        }
         (u, a) => {
             if let Some(p) = [&u, &a].into_iter().flatten().find(|v| journey.is_placeholder_id(v)) {
                 return Err(DecodeError::Placeholder { field: EITHER, value: p.chars().take(64).collect() });
             }
             match a {
-                Some(a) => Ok((checked(a, EITHER, limits)?, None, true)),
+                Some(a) => Ok(SegmentIds { prospect: checked(a, EITHER, limits)?, linked: None, anonymous: true }),
                 None => Err(DecodeError::MissingField { field: EITHER, format: SEGMENT }),
             }
         }
@@ -231,7 +240,7 @@ pub(super) fn event<'a>(
         }
     } else if let Some(message_id) = w.message_id.take() {
         let event_id = id(message_id.0, "messageId", limits)?;
-        let (prospect, mut linked, anonymous) =
+        let SegmentIds { prospect, mut linked, anonymous } =
             segment_prospect(w.user_id.take(), w.anonymous_id.take(), journey, limits)?;
         let source = source_of(w.source.take(), topic.source, Some(Source::Web))?;
         let call = w.kind.take().ok_or(DecodeError::MissingField { field: "type", format: SEGMENT })?.0;

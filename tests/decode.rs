@@ -763,6 +763,10 @@ fn an_alias_links_its_previous_id() {
         Some("anon-device")
     );
     assert_eq!(decode(&with(alias.clone(), "previousId", json!("usr_9"))).unwrap().linked, None);
+    assert_eq!(
+        decode(&with(both.clone(), "previousId", json!("usr_9"))).unwrap().linked.as_deref(),
+        Some("anon-device")
+    );
     // A control character in it refuses the call, as in any other id.
     assert_refused(
         decode(&with(alias.clone(), "previousId", json!("anon\u{1}"))),

@@ -257,10 +257,11 @@ pub(super) fn event<'a>(
         };
         if kind == EventKind::Alias
             && let Some(previous) = link_id(w.previous_id.take(), "previousId", journey, limits)?
+            && previous != prospect
         {
             // An alias states `previousId` → `userId`; its `anonymousId`, if any, is the same
             // device's and usually the `previousId` itself.
-            linked = (previous != prospect).then_some(previous);
+            linked = Some(previous);
         }
         let (ts, field) = segment_time(w)?;
         let ts = not_before_floor(ts, field, journey)?;

@@ -333,3 +333,36 @@ fn generated_segment_traffic_resolves_to_one_group_per_person() {
     let shared = by_email.values().filter(|people| people.len() > 1).count();
     println!("{} ids, {} people, {shared} emails shared by several people", ids.len(), people.len());
 }
+
+/// The issue's placeholder case through the decoder: many visitors sending `"userId": "0"` (or
+/// another placeholder) stay one prospect each, by their anonymousId, and link nothing: the
+/// placeholder never reaches the model, so there is nothing to merge or refuse.
+#[test]
+fn a_placeholder_user_id_on_many_visitors_links_nothing() {
+    use microfunnel::codec::{self, Limits};
+    use microfunnel::core::Journey;
+
+    let journey = Journey::from_toml_str(include_str!("../deploy/journeys/b2b.toml")).unwrap();
+    let (mut map, mut out) = (IdentityMap::new(), Vec::new());
+    for (i, user) in ["0", "000", "undefined", "[object Object]", "guest", " NULL "].iter().cycle().take(60).enumerate()
+    {
+        let line = format!(
+            r#"{{"type":"identify","userId":"{user}","anonymousId":"anon-{i}","messageId":"m-{i}","timestamp":"2026-03-02T09:00:00Z","traits":{{"email":"visitor{i}@x.example"}}}}"#
+        );
+        let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap();
+        assert_eq!((&*ev.prospect, ev.anonymous, ev.linked.as_deref()), (&*format!("anon-{i}"), true, None));
+        map.observe(&ev.prospect, IdKind::Anonymous, ev.ts, &mut out);
+        if let Some(email) = &ev.email {
+            map.link(
+                (&ev.prospect, IdKind::Anonymous),
+                (email, IdKind::Email),
+                ev.ts,
+                LinkReason::Email,
+                &LIMITS,
+                &mut out,
+            );
+        }
+    }
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(map.linked_ids("anon-7"), ["anon-7"]);
+}

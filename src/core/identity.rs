@@ -174,6 +174,17 @@ impl IdentityMap {
         self.links.len()
     }
 
+    /// Heap bytes held (capacity; keys counted twice: in the node and the index).
+    pub fn heap_bytes(&self) -> usize {
+        let keys: usize = self.nodes.iter().map(|n| n.key.len()).sum();
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
+            + 2 * keys
+            + self.groups.capacity() * (std::mem::size_of::<(u32, Group)>() + 1)
+            + self.groups.values().map(|g| g.members.capacity() * 4).sum::<usize>()
+            + self.links.capacity() * std::mem::size_of::<(u32, u32, LinkReason)>()
+    }
+
     fn root(&self, mut n: u32) -> u32 {
         while self.nodes[n as usize].parent != n {
             n = self.nodes[n as usize].parent;

@@ -309,6 +309,8 @@ pub struct Journey {
     placeholder_max_len: usize,
     /// The list holds `0`: ids of zeros and dashes are placeholders too.
     zero_ids: bool,
+    /// `[identity] resolve = true`: identity resolution within a shard, with these guards.
+    pub identity: Option<crate::core::identity::IdentityLimits>,
     /// `[crm]`: CRM object changes that are signals (see [`crate::core::crm`]).
     pub crm: crate::core::crm::CrmTable,
     /// Number of per-prospect "last seen" slots (`SignalDef::tracked_slot`).

@@ -128,12 +128,32 @@ pub const DEFAULT_PLACEHOLDER_IDS: [&str; 11] = [
 pub(super) struct RawIdentity {
     #[serde(default = "default_placeholder_ids")]
     pub(super) placeholder_ids: Vec<String>,
+    /// Identity resolution within a shard (replay only until the identity map is persisted).
+    #[serde(default)]
+    pub(super) resolve: bool,
+    #[serde(default = "default_max_known_ids")]
+    pub(super) max_known_ids: u32,
+    #[serde(default = "default_max_anonymous_ids")]
+    pub(super) max_anonymous_ids: u32,
 }
 
 impl Default for RawIdentity {
     fn default() -> Self {
-        RawIdentity { placeholder_ids: default_placeholder_ids() }
+        RawIdentity {
+            placeholder_ids: default_placeholder_ids(),
+            resolve: false,
+            max_known_ids: default_max_known_ids(),
+            max_anonymous_ids: default_max_anonymous_ids(),
+        }
     }
+}
+
+fn default_max_known_ids() -> u32 {
+    crate::core::identity::IdentityLimits::default().max_known_ids
+}
+
+fn default_max_anonymous_ids() -> u32 {
+    crate::core::identity::IdentityLimits::default().max_anonymous_ids
 }
 
 fn default_placeholder_ids() -> Vec<String> {

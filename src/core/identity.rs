@@ -18,7 +18,9 @@
 //!   links (a spanning forest: one per join, so a group of n identifiers has n − 1). Restoring
 //!   replays them without the guards and gives the same groups and canonical ids.
 
-use std::collections::HashMap;
+/// Tables keyed by client-chosen strings: foldhash under a random key per map (as the prospect
+/// interner's table), so collisions cannot be chosen offline; results never depend on the key.
+type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
 use super::engine::snapshot::{Dec, Enc, StateError};
 use super::time::Ts;
@@ -144,14 +146,21 @@ pub struct IdentityMap {
     groups: HashMap<u32, Group>,
     /// Accepted links, in acceptance order.
     links: Vec<(u32, u32, LinkReason)>,
+    /// Where an email's key is built (no allocation per lookup).
+    scratch: String,
 }
 
-/// The map key of an identifier: emails are prefixed with a NUL byte, which no id may contain
-/// (the decoder refuses control characters in ids).
-fn key(id: &str, kind: IdKind) -> std::borrow::Cow<'_, str> {
+/// The map key of an identifier, in `buf` for an email: emails are prefixed with a NUL byte,
+/// which no id may contain (the decoder refuses control characters in ids).
+fn key<'k>(id: &'k str, kind: IdKind, buf: &'k mut String) -> &'k str {
     match kind {
-        IdKind::Email => format!("\0{id}").into(),
-        IdKind::Anonymous | IdKind::Known => id.into(),
+        IdKind::Email => {
+            buf.clear();
+            buf.push('\0');
+            buf.push_str(id);
+            buf
+        }
+        IdKind::Anonymous | IdKind::Known => id,
     }
 }
 
@@ -223,6 +232,13 @@ impl IdentityMap {
         }
     }
 
+    /// The canonical id of the group of node `n` (as [`IdentityMap::observe`] returns it).
+    pub fn canonical_of(&self, n: u32) -> &str {
+        let root = self.root(n);
+        let c = self.groups.get(&root).and_then(|g| g.canonical).unwrap_or(n);
+        &self.nodes[c as usize].key
+    }
+
     /// The ids (not emails) of `id`'s group, sorted; just `id` when it is linked to nothing.
     pub fn linked_ids<'a>(&'a self, id: &'a str) -> Vec<&'a str> {
         let Some(&n) = self.index.get(id) else { return vec![id] };
@@ -252,8 +268,9 @@ impl IdentityMap {
     /// known for the first time, may become its group's canonical id: then a `Merged` with
     /// reason [`LinkReason::CanonicalRule`] goes to `out`.
     pub fn observe(&mut self, id: &str, kind: IdKind, ts: Ts, out: &mut Vec<Change>) -> u32 {
-        let k = key(id, kind);
-        let n = self.node(&k, kind, ts);
+        let mut buf = std::mem::take(&mut self.scratch);
+        let n = self.node(key(id, kind, &mut buf), kind, ts);
+        self.scratch = buf;
         let node = &mut self.nodes[n as usize];
         let earlier = !ts.is_none() && (node.first_seen.is_none() || ts < node.first_seen);
         let upgraded = kind == IdKind::Known && node.kind == IdKind::Anonymous;

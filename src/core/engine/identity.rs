@@ -34,7 +34,7 @@ impl Engine {
         let map = self.identity.as_deref_mut()?;
         let kind = if ev.anonymous { IdKind::Anonymous } else { IdKind::Known };
         let mut changes = Vec::new();
-        map.observe(&ev.prospect, kind, ev.ts, &mut changes);
+        let node = map.observe(&ev.prospect, kind, ev.ts, &mut changes);
         if let Some(other) = &ev.linked {
             let reason = if ev.kind == EventKind::Alias { LinkReason::Alias } else { LinkReason::Identify };
             map.link((&ev.prospect, kind), (other, IdKind::Anonymous), ev.ts, reason, &limits, &mut changes);
@@ -52,7 +52,7 @@ impl Engine {
             }
         }
         let map = self.identity.as_deref()?;
-        let canonical = map.canonical(&ev.prospect);
+        let canonical = map.canonical_of(node);
         (canonical != ev.prospect).then(|| canonical.to_string())
     }
 

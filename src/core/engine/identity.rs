@@ -88,7 +88,7 @@ impl Engine {
     /// ARCHITECTURE.md, "Identity resolution"), `from` becomes a redirect, the funnel counts
     /// one person. Nothing to fold when `from` has no prospect; when only `from` has one, it
     /// moves to `into` whole.
-    pub fn merge(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts, out: &mut Vec<Output>) {
+    fn merge(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts, out: &mut Vec<Output>) {
         let Some(f) = self.ids.find(from) else { return };
         if self.prospect(f).has(prospect::REDIRECT) {
             return;

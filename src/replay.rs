@@ -350,6 +350,13 @@ fn write_summary(
         watermark = watermark.max(e.watermark());
     }
     stats.rejected += totals.rejected_by_decoder;
+    let identity = journey.identity.map(|_| {
+        shards.iter().fold(crate::core::IdentityStats::default(), |mut t, e| {
+            let s = e.identity_stats();
+            (t.merged, t.refused, t.routed) = (t.merged + s.merged, t.refused + s.refused, t.routed + s.routed);
+            t
+        })
+    });
     let by_reason: Vec<(&str, u64)> = RejectReason::ALL
         .iter()
         .zip(totals.rejected_by_reason)
@@ -366,6 +373,7 @@ fn write_summary(
         alerts_suppressed_by_rule: &by_rule,
         unmapped_top: &unmapped,
         unmapped_other,
+        identity: identity.as_ref(),
     };
     codec::write_report(&figures, &counts, buf).map_err(io::Error::other)?;
     buf.push(b'\n');

@@ -715,6 +715,69 @@ fn identify_prefers_its_own_traits_email_other_calls_their_context() {
     assert_eq!(decode(&junk).unwrap().email.as_deref(), Some("stale@example.com"));
 }
 
+#[test]
+fn every_id_a_segment_call_carries_is_decoded() {
+    // userId is the prospect; the anonymousId it was known by before is the linked id.
+    let ev = decode(&segment_track()).unwrap();
+    assert_eq!((&*ev.prospect, ev.linked.as_deref(), ev.anonymous), ("usr_8812", Some(ANON), false));
+    let identify = json!({"type": "identify", "userId": "usr_1", "anonymousId": "anon-1", "messageId": "m-1",
+        "timestamp": "2026-03-02T09:00:00Z", "traits": {"email": "  Ana@Example.COM "}});
+    let ev = decode(&identify).unwrap();
+    assert_eq!(
+        (ev.kind, &*ev.prospect, ev.linked.as_deref(), ev.email.as_deref()),
+        (EventKind::Identify, "usr_1", Some("anon-1"), Some("ana@example.com"))
+    );
+    // Only an anonymousId: no link, and the prospect is anonymous; the same id twice: no link.
+    let ev = decode(&without(segment_track(), "userId")).unwrap();
+    assert_eq!((&*ev.prospect, ev.linked, ev.anonymous), (ANON, None, true));
+    assert_eq!(decode(&with(segment_track(), "anonymousId", json!("usr_8812"))).unwrap().linked, None);
+    // A placeholder or blank on either side never links.
+    for p in ["undefined", "0", "0000", "guest", "[object Object]", "  "] {
+        let ev = decode(&with(segment_track(), "anonymousId", json!(p))).unwrap();
+        assert_eq!((&*ev.prospect, ev.linked.as_deref()), ("usr_8812", None), "{p:?}");
+        let ev = decode(&with(segment_track(), "userId", json!(p))).unwrap();
+        assert_eq!((&*ev.prospect, ev.linked.as_deref(), ev.anonymous), (ANON, None, true), "{p:?}");
+    }
+    // An anonymousId too long for an id gives no link but keeps the event.
+    let long = "a".repeat(300);
+    assert_eq!(decode(&with(segment_track(), "anonymousId", json!(long))).unwrap().linked, None);
+    // The canonical envelope names one id; its email is the other identifier.
+    let ev = decode(&with(canonical(), "email", json!("Ana@Example.com"))).unwrap();
+    assert_eq!((ev.linked, ev.email.as_deref(), ev.anonymous), (None, Some("ana@example.com"), false));
+}
+
+#[test]
+fn an_alias_links_its_previous_id() {
+    let alias = json!({"type": "alias", "previousId": "anon-9", "userId": "usr_9", "messageId": "m-3",
+        "timestamp": "2026-03-05T09:06:40.000Z"});
+    let ev = decode(&alias).unwrap();
+    assert_eq!((ev.kind, &*ev.prospect, ev.linked.as_deref()), (EventKind::Alias, "usr_9", Some("anon-9")));
+    // previousId wins over anonymousId; numbers are ids as elsewhere.
+    let both = with(alias.clone(), "anonymousId", json!("anon-device"));
+    assert_eq!(decode(&both).unwrap().linked.as_deref(), Some("anon-9"));
+    assert_eq!(decode(&with(alias.clone(), "previousId", json!(42))).unwrap().linked.as_deref(), Some("42"));
+    // A placeholder previousId, or one equal to the userId, links nothing of its own.
+    assert_eq!(decode(&with(alias.clone(), "previousId", json!("null"))).unwrap().linked, None);
+    assert_eq!(
+        decode(&with(both.clone(), "previousId", json!("undefined"))).unwrap().linked.as_deref(),
+        Some("anon-device")
+    );
+    assert_eq!(decode(&with(alias.clone(), "previousId", json!("usr_9"))).unwrap().linked, None);
+    assert_eq!(
+        decode(&with(both.clone(), "previousId", json!("usr_9"))).unwrap().linked.as_deref(),
+        Some("anon-device")
+    );
+    // A control character in it refuses the call, as in any other id.
+    assert_refused(
+        decode(&with(alias.clone(), "previousId", json!("anon\u{1}"))),
+        RejectReason::InvalidId,
+        &["previousId"],
+    );
+    // Only alias calls read previousId.
+    let track = with(segment_track(), "previousId", json!("old"));
+    assert_eq!(decode(&track).unwrap().linked.as_deref(), Some(ANON));
+}
+
 // ---- valid Segment traffic ------------------------------------------------------------------------
 
 #[test]

@@ -99,6 +99,20 @@ const TRACKER_SHAPES: &[&str] = &[
     // group and alias
     r#"{"type":"group","groupId":"acct_1","userId":"usr_e1","messageId":"m-2","timestamp":"2026-03-02T09:00:05.000Z"}"#,
     r#"{"type":"alias","previousId":"anon-1","userId":"usr_e1","messageId":"m-3","timestamp":"2026-03-02T09:00:06.000Z"}"#,
+    // every id a call carries: identify with both ids and an email, alias and its previousId
+    r#"{"type":"identify","userId":"usr_1","anonymousId":"anon-1","messageId":"m","timestamp":"2026-03-02T09:00:00Z","traits":{"email":" Ana@X.example "}}"#,
+    r#"{"type":"alias","previousId":"anon-1","anonymousId":"anon-2","userId":"usr_1","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"alias","previousId":"undefined","anonymousId":"anon-2","userId":"usr_1","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"alias","previousId":7,"userId":"usr_1","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"alias","previousId":null,"previousId":"p","userId":"usr_1","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"alias","previousId":"p","previousId":"q","userId":"usr_1","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"alias","previousId":"usr_1","userId":"usr_1","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"alias","previousId":"p\u0001","userId":"usr_1","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"alias","previousId":"a-previous-id-longer-than-sixteen-bytes","userId":"usr_1","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"track","event":"x","previousId":"p\u0001","userId":"usr_1","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"page","userId":"[object Object]","anonymousId":"0000-00","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"page","userId":"GUEST","anonymousId":"anon-3","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
+    r#"{"type":"page","userId":"usr_2","anonymousId":"an-anonymous-id-longer-than-sixteen","messageId":"m","timestamp":"2026-03-02T09:00:00Z"}"#,
     // offsets without a colon, camelCase names
     r#"{"type":"track","event":"demoRequested","userId":"usr_e2","messageId":"m-3","timestamp":"2026-03-02T09:00:00.000+0000"}"#,
     r#"{"type":"track","event":"QuoteRequested","userId":"usr_e2","messageId":"m-4","timestamp":"2026-03-02T14:30:00.000+0530"}"#,

@@ -162,6 +162,25 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
             o.str("detail", detail);
             o.end();
         }
+        Output::ProspectMerged { from, into, reason, at } => {
+            let mut o = Obj::new(buf, "prospect_merged");
+            o.str("from", engine.prospect_id(*from));
+            o.str("into", engine.prospect_id(*into));
+            o.str("reason", reason.as_str());
+            o.time("at", *at);
+            o.end();
+        }
+        Output::MergeRefused { ids, reason, at } => {
+            let mut o = Obj::new(buf, "merge_refused");
+            o.0.extend_from_slice(b",\"ids\":[");
+            put_str(o.0, &ids[0]);
+            o.0.push(b',');
+            put_str(o.0, &ids[1]);
+            o.0.push(b']');
+            o.str("reason", reason.as_str());
+            o.time("at", *at);
+            o.end();
+        }
     }
     Ok(())
 }
@@ -298,6 +317,17 @@ mod tests {
             signal: &'a str,
             at: Time,
         },
+        ProspectMerged {
+            from: &'a str,
+            into: &'a str,
+            reason: &'static str,
+            at: Time,
+        },
+        MergeRefused {
+            ids: &'a [String; 2],
+            reason: &'static str,
+            at: Time,
+        },
         Rejected {
             reason: &'static str,
             detail: &'a str,
@@ -364,6 +394,15 @@ mod tests {
                 signal: &j.signal(*signal).name,
                 at: Time(*at),
             },
+            Output::ProspectMerged { from, into, reason, at } => Reference::ProspectMerged {
+                from: engine.prospect_id(*from),
+                into: engine.prospect_id(*into),
+                reason: reason.as_str(),
+                at: Time(*at),
+            },
+            Output::MergeRefused { ids, reason, at } => {
+                Reference::MergeRefused { ids, reason: reason.as_str(), at: Time(*at) }
+            }
             Output::HotLead(_) | Output::HotLeadSuppressed(_) => return None,
         };
         Some(serde_json::to_string(&r).unwrap())

@@ -37,6 +37,9 @@ struct StatsOut<'a> {
     /// Replay only: unmapped events whose names are not in `unmapped_top`.
     #[serde(skip_serializing_if = "Option::is_none")]
     unmapped_other: Option<u64>,
+    /// Replay only, with `[identity] resolve`: merges, refused links, routed events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<&'a crate::core::IdentityStats>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +59,8 @@ pub struct ReplayCounts<'a> {
     /// The most frequent unmapped names, most frequent first, and the count of the others.
     pub unmapped_top: &'a [(&'a str, u64)],
     pub unmapped_other: u64,
+    /// Identity resolution's counts summed over shards, when the journey resolves identities.
+    pub identity: Option<&'a crate::core::IdentityStats>,
 }
 
 /// An engine's (or several engines' combined) figures at a watermark.
@@ -85,6 +90,7 @@ fn write_summary(
             unmapped_top: replay
                 .map(|r| r.unmapped_top.iter().map(|&(name, count)| NameCount { name, count }).collect()),
             unmapped_other: replay.map(|r| r.unmapped_other),
+            identity: replay.and_then(|r| r.identity),
         },
         census: f.census,
         funnel: f.funnel,

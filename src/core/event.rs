@@ -45,8 +45,8 @@ pub enum EventKind {
     /// Segment `group` call (a user joins an account): valid, maps to no signal, counted as
     /// ignored.
     Group,
-    /// Segment `alias` call (one identity becomes another): valid, maps to no signal, counted
-    /// as ignored.
+    /// Segment `alias` call (`previousId` becomes `userId`): valid, maps to no signal; the link
+    /// it states is in [`Event::linked`].
     Alias,
 }
 
@@ -64,6 +64,13 @@ pub struct Event<'a> {
     pub ts: Ts,
     /// Lower-cased email, when the payload carries one.
     pub email: Option<Cow<'a, str>>,
+    /// Another id the payload says is the same person as `prospect`: a Segment call's
+    /// `anonymousId` when it also carries a usable `userId` (the prospect), an `alias` call's
+    /// `previousId`. Never blank, never a placeholder id, never equal to `prospect`.
+    pub linked: Option<Cow<'a, str>>,
+    /// `prospect` is a Segment `anonymousId` (the call had no usable `userId`): a device, not
+    /// yet a known person. Ids of the canonical envelope and of CRM formats are known ids.
+    pub anonymous: bool,
 }
 
 impl Event<'_> {
@@ -77,6 +84,8 @@ impl Event<'_> {
             signal: self.signal,
             ts: self.ts,
             email: self.email.map(|e| Cow::Owned(e.into_owned())),
+            linked: self.linked.map(|l| Cow::Owned(l.into_owned())),
+            anonymous: self.anonymous,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod event;
 pub mod forecast;
 pub mod funnel;
+pub mod identity;
 pub mod ids;
 pub mod journey;
 pub mod mem;
@@ -16,7 +17,7 @@ mod store;
 pub mod time;
 pub mod unmapped;
 
-pub use engine::{Census, Engine, ProspectView, Stats, snapshot};
+pub use engine::{Census, Engine, IdentityStats, ProspectView, Stats, snapshot};
 pub use event::{Event, EventKind, Source};
 pub use funnel::{Funnel, FunnelReport};
 pub use ids::ProspectIx;

@@ -1,5 +1,6 @@
 //! What the engine decides, as data. The shell encodes and ships it; the core never does I/O.
 
+use super::identity::{LinkReason, RefuseReason};
 use super::ids::ProspectIx;
 use super::journey::{SignalId, StageId};
 use super::prospect::Classification;
@@ -177,5 +178,19 @@ pub enum Output {
     Rejected {
         reason: RejectReason,
         detail: String,
+    },
+    /// Identity resolution folded prospect `from` into `into`, the canonical id of the person
+    /// (`[identity] resolve`); `from` is a redirect from now on.
+    ProspectMerged {
+        from: ProspectIx,
+        into: ProspectIx,
+        reason: LinkReason,
+        at: Ts,
+    },
+    /// A link refused by the `[identity]` guards: the two ids (never an email) stay apart.
+    MergeRefused {
+        ids: Box<[String; 2]>,
+        reason: RefuseReason,
+        at: Ts,
     },
 }

@@ -15,6 +15,9 @@ pub const OUTCOME_LOST: u8 = 1 << 4;
 /// The `[gone_quiet]` timer fired; cleared by the prospect's next on-time prospect-initiated
 /// signal.
 pub const QUIET: u8 = 1 << 5;
+/// Identity resolution folded this prospect into another (its canonical id): an inert
+/// redirect, left out of the census and the funnel.
+pub const REDIRECT: u8 = 1 << 6;
 
 /// The fixed part of a prospect's state (104 bytes).
 #[derive(Clone, Debug, PartialEq)]

@@ -80,6 +80,8 @@ mod tests {
             signal,
             ts: Ts(0),
             email: None,
+            linked: None,
+            anonymous: false,
         }
     }
 

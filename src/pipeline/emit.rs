@@ -57,6 +57,23 @@ pub(super) fn output<M: Message>(ctx: &Ctx<'_>, engine: &Engine, o: &Output, sou
             (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
         Output::Late { .. } => return,
+        Output::ProspectMerged { into, reason, .. } => {
+            m.prospects_merged.with_label_values(&[reason.as_str()]).inc();
+            (&ctx.topics.journey_events, *into, &m.sent.journey_events)
+        }
+        Output::MergeRefused { ids, reason, .. } => {
+            m.merges_refused.with_label_values(&[reason.as_str()]).inc();
+            buf.clear();
+            if codec::write_output(engine, o, buf).is_ok()
+                && kafka::send(
+                    ctx.producer,
+                    BaseRecord::to(&ctx.topics.journey_events).key(ids[0].as_bytes()).payload(buf.as_slice()),
+                )
+            {
+                m.sent.journey_events.inc();
+            }
+            return;
+        }
         Output::Rejected { reason, detail } => {
             m.events_rejected.with_label_values(&[reason.as_str()]).inc();
             if let Some(msg) = source {

@@ -43,6 +43,10 @@ pub struct Metrics {
     pub stalled: IntCounterVec,
     pub gone_quiet: IntCounter,
     pub outcomes_kept: IntCounter,
+    /// Identity resolution (`[identity] resolve`): prospects folded into another, by reason;
+    /// links refused by the guards, by reason.
+    pub prospects_merged: IntCounterVec,
+    pub merges_refused: IntCounterVec,
     pub latency: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub producer_errors: IntCounter,
@@ -320,6 +324,18 @@ impl Metrics {
             signal_outcomes,
             outcomes,
             hot_leads: counter(&r, "microfunnel_hot_leads_total", "Hot-lead alerts emitted.")?,
+            prospects_merged: counter_vec(
+                &r,
+                "microfunnel_prospects_merged_total",
+                "Prospects folded into another by identity resolution, by the link that joined them (a `prospect_merged` journey event each).",
+                &["reason"],
+            )?,
+            merges_refused: counter_vec(
+                &r,
+                "microfunnel_merges_refused_total",
+                "Identity links refused by the `[identity]` guards, by reason (a `merge_refused` journey event each).",
+                &["reason"],
+            )?,
             alerts_suppressed: counter_vec(
                 &r,
                 "microfunnel_alerts_suppressed_total",

@@ -88,15 +88,39 @@ pub(super) fn email(v: Option<Str<'_>>) -> Option<Cow<'_, str>> {
 const CANONICAL: &str = "canonical envelope";
 const SEGMENT: &str = "Segment payload";
 
-/// The prospect of a Segment call: `userId`, else `anonymousId`. Blank ids and placeholder ids
-/// (`[identity] placeholder_ids`) count as absent; a present id with a control character refuses
-/// the payload whichever of the two it is in.
+/// An id usable as a link: not blank, not a placeholder; one with a control character refuses
+/// the payload (as in [`segment_prospect`]); one too long for an id gives no link.
+fn link_id<'a>(
+    v: Option<Str<'a>>,
+    field: &'static str,
+    journey: &Journey,
+    limits: &Limits,
+) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    let Some(v) = v.map(|s| s.0) else { return Ok(None) };
+    if v.trim().is_empty() || journey.is_placeholder_id(&v) {
+        return Ok(None);
+    }
+    printable(&v, field)?;
+    Ok(checked(v, field, limits).ok())
+}
+
+/// The ids of a Segment call (see [`Event`]'s fields of the same names).
+struct SegmentIds<'a> {
+    prospect: Cow<'a, str>,
+    linked: Option<Cow<'a, str>>,
+    anonymous: bool,
+}
+
+/// The prospect of a Segment call: `userId`, else `anonymousId`, and the other of the two when
+/// both are usable and differ (the link an `identify`, or any call made after signup, states).
+/// Blank ids and placeholder ids (`[identity] placeholder_ids`) count as absent; a present id
+/// with a control character refuses the payload whichever of the two it is in.
 fn segment_prospect<'a>(
     user: Option<Str<'a>>,
     anonymous: Option<Str<'a>>,
     journey: &Journey,
     limits: &Limits,
-) -> Result<Cow<'a, str>, DecodeError> {
+) -> Result<SegmentIds<'a>, DecodeError> {
     const EITHER: &str = "userId or anonymousId";
     let (user, anonymous) = (user.map(|s| s.0), anonymous.map(|s| s.0));
     let usable =
@@ -108,14 +132,22 @@ fn segment_prospect<'a>(
         }
     }
     match (user, anonymous) {
-        (Some(u), _) if user_ok => checked(u, "userId", limits),
-        (_, Some(a)) if anonymous_ok => checked(a, "anonymousId", limits),
+        (Some(u), a) if user_ok => {
+            let linked = match a {
+                Some(a) if anonymous_ok && a != u => checked(a, "anonymousId", limits).ok(),
+                _ => None,
+            };
+            Ok(SegmentIds { prospect: checked(u, "userId", limits)?, linked, anonymous: false })
+        }
+        (_, Some(a)) if anonymous_ok => {
+            Ok(SegmentIds { prospect: checked(a, "anonymousId", limits)?, linked: None, anonymous: true })
+        }
         (u, a) => {
             if let Some(p) = [&u, &a].into_iter().flatten().find(|v| journey.is_placeholder_id(v)) {
                 return Err(DecodeError::Placeholder { field: EITHER, value: p.chars().take(64).collect() });
             }
             match a {
-                Some(a) => checked(a, EITHER, limits),
+                Some(a) => Ok(SegmentIds { prospect: checked(a, EITHER, limits)?, linked: None, anonymous: true }),
                 None => Err(DecodeError::MissingField { field: EITHER, format: SEGMENT }),
             }
         }
@@ -193,10 +225,23 @@ pub(super) fn event<'a>(
         let name = required(w.kind.take(), "type", CANONICAL, limits)?;
         let ts = not_before_floor(timestamp(w.ts.take(), "ts", CANONICAL)?, "ts", journey)?;
         let signal = journey.resolve(EventKind::Named, &name);
-        Event { event_id, prospect, source, kind: EventKind::Named, name, signal, ts, email: email(w.email.take()) }
+        let email = email(w.email.take());
+        Event {
+            event_id,
+            prospect,
+            source,
+            kind: EventKind::Named,
+            name,
+            signal,
+            ts,
+            email,
+            linked: None,
+            anonymous: false,
+        }
     } else if let Some(message_id) = w.message_id.take() {
         let event_id = id(message_id.0, "messageId", limits)?;
-        let prospect = segment_prospect(w.user_id.take(), w.anonymous_id.take(), journey, limits)?;
+        let SegmentIds { prospect, mut linked, anonymous } =
+            segment_prospect(w.user_id.take(), w.anonymous_id.take(), journey, limits)?;
         let source = source_of(w.source.take(), topic.source, Some(Source::Web))?;
         let call = w.kind.take().ok_or(DecodeError::MissingField { field: "type", format: SEGMENT })?.0;
         let (kind, name) = match &*call {
@@ -210,6 +255,14 @@ pub(super) fn event<'a>(
                 return Err(DecodeError::UnsupportedType(other.chars().take(64).collect()));
             }
         };
+        if kind == EventKind::Alias
+            && let Some(previous) = link_id(w.previous_id.take(), "previousId", journey, limits)?
+            && previous != prospect
+        {
+            // An alias states `previousId` → `userId`; its `anonymousId`, if any, is the same
+            // device's and usually the `previousId` itself.
+            linked = Some(previous);
+        }
         let (ts, field) = segment_time(w)?;
         let ts = not_before_floor(ts, field, journey)?;
         let signal = if matches!(kind, EventKind::Page | EventKind::Screen) && !journey.page_rules.is_empty() {
@@ -229,7 +282,7 @@ pub(super) fn event<'a>(
         } else {
             email(w.context_email.take()).or_else(|| email(w.traits_email.take()))
         };
-        Event { event_id, prospect, source, kind, name, signal, ts, email }
+        Event { event_id, prospect, source, kind, name, signal, ts, email, linked, anonymous }
     } else {
         return Err(DecodeError::MissingField {
             field: "event_id",

@@ -106,5 +106,7 @@ fn one<'a>(bytes: &[u8], spec: &InputSpec, journey: &Journey, limits: &Limits) -
         signal,
         ts,
         email,
+        linked: None,
+        anonymous: false,
     })
 }

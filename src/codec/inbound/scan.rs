@@ -379,6 +379,7 @@ impl<'a> Cursor<'a> {
                 b"originalTimestamp" => (&mut w.original_timestamp, 11),
                 b"sentAt" => (&mut w.sent_at, 12),
                 b"receivedAt" => (&mut w.received_at, 13),
+                b"previousId" => (&mut w.previous_id, 14),
                 // A batch envelope is the serde path's.
                 b"batch" => return None,
                 other => {

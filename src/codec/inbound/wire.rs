@@ -54,6 +54,8 @@ pub(super) struct Wire<'a> {
     pub(super) message_id: Option<Str<'a>>,
     pub(super) user_id: Option<Str<'a>>,
     pub(super) anonymous_id: Option<Str<'a>>,
+    /// An `alias` call's old id.
+    pub(super) previous_id: Option<Str<'a>>,
     pub(super) event: Option<Str<'a>>,
     pub(super) timestamp: Option<Str<'a>>,
     /// Client-side time, used only when a payload skipped Segment's servers (no `timestamp`).
@@ -176,6 +178,7 @@ impl<'de> Visitor<'de> for WireVisitor {
                 "messageId" => once(&mut w.message_id, &mut map, "messageId")?,
                 "userId" => once(&mut w.user_id, &mut map, "userId")?,
                 "anonymousId" => once(&mut w.anonymous_id, &mut map, "anonymousId")?,
+                "previousId" => once(&mut w.previous_id, &mut map, "previousId")?,
                 "event" => once(&mut w.event, &mut map, "event")?,
                 "timestamp" => once(&mut w.timestamp, &mut map, "timestamp")?,
                 "originalTimestamp" => once(&mut w.original_timestamp, &mut map, "originalTimestamp")?,

@@ -69,6 +69,7 @@ impl Engine {
         dst.leap = self.leap;
         dst.funnel.clone_from(&self.funnel);
         dst.stats.clone_from(&self.stats);
+        dst.identity.clone_from(&self.identity);
         dst.changed.clear();
         self.captures += 1;
         dst.captured_from = Some((self.lineage.0, self.captures));

@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use super::event::{Event, EventKind};
 use super::funnel::Funnel;
+use super::identity::IdentityMap;
 use super::ids::{self, Interner, InternerFull, ProspectIx};
 use super::journey::Journey;
 use super::output::{Output, RejectReason};
@@ -40,6 +41,7 @@ use super::time::Ts;
 mod capture;
 mod clock;
 mod extras;
+mod identity;
 mod rules;
 pub mod snapshot;
 mod stages;
@@ -49,6 +51,7 @@ mod view;
 use capture::Lineage;
 use extras::{Emails, Seen};
 pub use extras::{Extras, dedup_key};
+pub use identity::IdentityStats;
 use timers::{Timer, TimerKind};
 pub use view::{Census, ProspectView};
 
@@ -117,11 +120,19 @@ pub struct Engine {
     captures: u64,
     /// In a capture: `(lineage, captures)` of the engine it is a copy of.
     captured_from: Option<(u64, u64)>,
+    /// The shard's identity map when the journey resolves identities (`[identity] resolve`).
+    identity: Option<Box<IdentityMap>>,
+    identity_stats: IdentityStats,
+}
+
+fn journey_identity(journey: &Journey) -> Option<Box<IdentityMap>> {
+    journey.identity.map(|_| Box::default())
 }
 
 impl Engine {
     pub fn new(journey: Arc<Journey>) -> Engine {
         Engine {
+            identity: journey_identity(&journey),
             funnel: Funnel::new(&journey),
             store: Store::new(&journey),
             journey,
@@ -140,6 +151,7 @@ impl Engine {
             lineage: Lineage::new(),
             captures: 0,
             captured_from: None,
+            identity_stats: IdentityStats::default(),
         }
     }
 
@@ -268,8 +280,16 @@ impl Engine {
         out.push(Output::Rejected { reason, detail });
     }
 
-    /// Applies one event, appending what it caused to `out`.
+    /// Applies one event, appending what it caused to `out`. With `[identity] resolve`, the
+    /// links the event states come first, then the event applies to its canonical prospect.
     pub fn apply(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) {
+        if self.identity.is_some() {
+            return self.apply_resolved(ev, out);
+        }
+        self.apply_one(ev, out)
+    }
+
+    fn apply_one(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) {
         self.stats.events += 1;
         let journey = Arc::clone(&self.journey);
         let Some(sig) = ev.signal else {

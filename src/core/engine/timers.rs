@@ -29,7 +29,7 @@ pub(super) enum TimerKind {
 /// watched; `Ts::NONE` when not watched, already quiet or not a prospect.
 pub(super) fn quiet_due(j: &Journey, p: &Prospect) -> Ts {
     let Some(q) = j.quiet else { return Ts::NONE };
-    if q.stages & (1 << p.stage.0) == 0 || p.has(prospect::QUIET) || p.has(prospect::DISQUALIFIED) {
+    if q.stages & (1 << p.stage.0) == 0 || p.has(prospect::QUIET | prospect::DISQUALIFIED | prospect::REDIRECT) {
         return Ts::NONE;
     }
     let from = if p.last_activity.is_none() { p.stage_entered } else { p.last_activity.max(p.stage_entered) };

@@ -116,7 +116,12 @@ impl Engine {
     pub fn census(&self) -> Census {
         let mut c = Census::default();
         let at = self.watermark;
+        let mut redirects = 0;
         for p in self.store.iter_fixed() {
+            if p.has(prospect::REDIRECT) {
+                redirects += 1;
+                continue;
+            }
             match p.classification(&self.journey) {
                 Classification::CurrentOpportunity => c.current_opportunity += 1,
                 Classification::NoCurrentOpportunity => c.no_current_opportunity += 1,
@@ -127,7 +132,7 @@ impl Engine {
             c.stalled += u64::from(p.has(prospect::STALLED));
             c.gone_quiet += u64::from(p.has(prospect::QUIET));
         }
-        c.prospects = self.store.len() as u64;
+        c.prospects = self.store.len() as u64 - redirects;
         c
     }
 
@@ -142,6 +147,7 @@ impl Engine {
             + self.emails.values().map(|e| e.len()).sum::<usize>()
             + self.extras.capacity() * (std::mem::size_of::<(u32, Extras)>() + 1)
             + self.extras.values().map(Extras::heap_bytes).sum::<usize>()
+            + self.identity.as_ref().map_or(0, |m| m.heap_bytes())
     }
 }
 

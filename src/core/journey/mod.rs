@@ -307,6 +307,10 @@ pub struct Journey {
     pub placeholder_ids: Vec<String>,
     /// Length of the longest placeholder id, to dismiss real ids without comparing.
     placeholder_max_len: usize,
+    /// The list holds `0`: ids of zeros and dashes are placeholders too.
+    zero_ids: bool,
+    /// `[identity] resolve = true`: identity resolution within a shard, with these guards.
+    pub identity: Option<crate::core::identity::IdentityLimits>,
     /// `[crm]`: CRM object changes that are signals (see [`crate::core::crm`]).
     pub crm: crate::core::crm::CrmTable,
     /// Number of per-prospect "last seen" slots (`SignalDef::tracked_slot`).
@@ -422,10 +426,14 @@ impl Journey {
     }
 
     /// True when `id` (surrounding whitespace ignored, ASCII case ignored) is one of
-    /// `[identity] placeholder_ids`: a value broken tracking code sends instead of an id.
+    /// `[identity] placeholder_ids`: a value broken tracking code sends instead of an id. When the
+    /// list holds `0`, every id made only of zeros and dashes (`000`, a zeroed UUID) is one too.
     pub fn is_placeholder_id(&self, id: &str) -> bool {
         let id = id.trim();
-        id.len() <= self.placeholder_max_len && self.placeholder_ids.iter().any(|p| p.eq_ignore_ascii_case(id))
+        if id.len() <= self.placeholder_max_len && self.placeholder_ids.iter().any(|p| p.eq_ignore_ascii_case(id)) {
+            return true;
+        }
+        id.starts_with('0') && self.zero_ids && id.bytes().all(|b| b == b'0' || b == b'-')
     }
 
     pub fn signal(&self, id: SignalId) -> &SignalDef {

@@ -107,21 +107,53 @@ fn default_min_event_time() -> String {
 pub const DEFAULT_MIN_EVENT_TIME: &str = "2000-01-01T00:00:00Z";
 
 /// `[identity] placeholder_ids` when the journey does not set it: what broken tracking code sends
-/// as a user id (an unset JavaScript variable, a stringified null, a zeroed UUID).
-pub const DEFAULT_PLACEHOLDER_IDS: [&str; 9] =
-    ["undefined", "null", "none", "nil", "anonymous", "n/a", "0", "-1", "00000000-0000-0000-0000-000000000000"];
+/// as a user id (an unset JavaScript variable, a stringified null or object, a zeroed UUID). The
+/// entry `0` also stands for every id made of zeros and dashes (see `Journey::is_placeholder_id`).
+pub const DEFAULT_PLACEHOLDER_IDS: [&str; 11] = [
+    "undefined",
+    "null",
+    "none",
+    "nil",
+    "anonymous",
+    "guest",
+    "[object Object]",
+    "n/a",
+    "0",
+    "-1",
+    "00000000-0000-0000-0000-000000000000",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIdentity {
     #[serde(default = "default_placeholder_ids")]
     pub(super) placeholder_ids: Vec<String>,
+    /// Identity resolution within a shard (replay only until the identity map is persisted).
+    #[serde(default)]
+    pub(super) resolve: bool,
+    #[serde(default = "default_max_known_ids")]
+    pub(super) max_known_ids: u32,
+    #[serde(default = "default_max_anonymous_ids")]
+    pub(super) max_anonymous_ids: u32,
 }
 
 impl Default for RawIdentity {
     fn default() -> Self {
-        RawIdentity { placeholder_ids: default_placeholder_ids() }
+        RawIdentity {
+            placeholder_ids: default_placeholder_ids(),
+            resolve: false,
+            max_known_ids: default_max_known_ids(),
+            max_anonymous_ids: default_max_anonymous_ids(),
+        }
     }
+}
+
+fn default_max_known_ids() -> u32 {
+    crate::core::identity::IdentityLimits::default().max_known_ids
+}
+
+fn default_max_anonymous_ids() -> u32 {
+    crate::core::identity::IdentityLimits::default().max_anonymous_ids
 }
 
 fn default_placeholder_ids() -> Vec<String> {

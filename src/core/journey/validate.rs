@@ -451,6 +451,18 @@ impl Journey {
             placeholder_ids.push(p.to_string());
         }
         let placeholder_max_len = placeholder_ids.iter().map(String::len).max().unwrap_or(0);
+        let zero_ids = placeholder_ids.iter().any(|p| p == "0");
+        for (key, v) in
+            [("max_known_ids", raw.identity.max_known_ids), ("max_anonymous_ids", raw.identity.max_anonymous_ids)]
+        {
+            if v == 0 {
+                e.invalid(format!("identity.{key}"), "must be at least 1");
+            }
+        }
+        let identity = raw.identity.resolve.then_some(crate::core::identity::IdentityLimits {
+            max_known_ids: raw.identity.max_known_ids,
+            max_anonymous_ids: raw.identity.max_anonymous_ids,
+        });
         let lateness = e.non_negative("time", "allowed_lateness_hours", raw.time.allowed_lateness_hours);
         // At most 1,000,000 hours (114 years): beyond that nothing is ever late anyway.
         if lateness > 1_000_000.0 {
@@ -504,6 +516,8 @@ impl Journey {
             max_event_time,
             placeholder_ids,
             placeholder_max_len,
+            zero_ids,
+            identity,
             tracked,
             names: names.names,
             crm,

@@ -229,6 +229,8 @@ fn translate<'a>(
             signal: Some(signal),
             ts,
             email: c.email.clone().map(Cow::Owned),
+            linked: None,
+            anonymous: false,
         })
         .collect())
 }

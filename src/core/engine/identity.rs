@@ -1,0 +1,259 @@
+//! Identity resolution within one shard (`[identity] resolve`): the links an event states, fed
+//! to the shard's [`IdentityMap`], and [`Engine::merge`], which folds one prospect into another
+//! so the result is what one prospect that had sent both histories would hold.
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+
+use super::Engine;
+use super::timers::TimerKind;
+use crate::core::event::{Event, EventKind};
+use crate::core::identity::{Change, IdKind, LinkReason};
+use crate::core::ids::ProspectIx;
+use crate::core::journey::{Journey, Outcome};
+use crate::core::output::Output;
+use crate::core::prospect::{self, Prospect};
+use crate::core::time::{MS_PER_SEC, Ts};
+
+/// What identity resolution did in a shard (not state: counted since the engine started).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IdentityStats {
+    /// Prospects folded into another.
+    pub merged: u64,
+    /// Links refused by the guards.
+    pub refused: u64,
+    /// Events applied to another id's prospect (their id was linked to it).
+    pub routed: u64,
+}
+
+impl Engine {
+    /// Feeds the links `ev` states to the identity map, performs the merges they cause, and
+    /// returns the canonical id when it is not `ev.prospect`.
+    pub(super) fn resolve_identity(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) -> Option<String> {
+        let limits = self.journey.identity?;
+        let map = self.identity.as_deref_mut()?;
+        let kind = if ev.anonymous { IdKind::Anonymous } else { IdKind::Known };
+        let mut changes = Vec::new();
+        let node = map.observe(&ev.prospect, kind, ev.ts, &mut changes);
+        if let Some(other) = &ev.linked {
+            let reason = if ev.kind == EventKind::Alias { LinkReason::Alias } else { LinkReason::Identify };
+            map.link((&ev.prospect, kind), (other, IdKind::Anonymous), ev.ts, reason, &limits, &mut changes);
+        }
+        if let Some(email) = &ev.email {
+            map.link((&ev.prospect, kind), (email, IdKind::Email), ev.ts, LinkReason::Email, &limits, &mut changes);
+        }
+        for c in changes {
+            match c {
+                Change::Merged { from, into, reason } => self.merge(&from, &into, reason, ev.ts, out),
+                Change::Refused { ids, reason } => {
+                    self.identity_stats.refused += 1;
+                    out.push(Output::MergeRefused { ids: Box::new(ids), reason, at: ev.ts });
+                }
+            }
+        }
+        let map = self.identity.as_deref()?;
+        let canonical = map.canonical_of(node);
+        (canonical != ev.prospect).then(|| canonical.to_string())
+    }
+
+    /// [`Engine::apply`] with identity resolution: links first, then the event applied to its
+    /// canonical prospect.
+    pub(super) fn apply_resolved(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) {
+        match self.resolve_identity(ev, out) {
+            Some(canonical) => {
+                self.identity_stats.routed += 1;
+                let routed = Event { prospect: Cow::Owned(canonical), ..ev.clone() };
+                self.apply_one(&routed, out);
+            }
+            None => self.apply_one(ev, out),
+        }
+    }
+
+    /// What identity resolution did so far (zeros when it is off).
+    pub fn identity_stats(&self) -> &IdentityStats {
+        &self.identity_stats
+    }
+
+    /// The canonical id of `id` and the ids linked to it (just `id` when identity resolution is
+    /// off or `id` is linked to nothing).
+    pub fn linked_ids<'a>(&'a self, id: &'a str) -> (&'a str, Vec<&'a str>) {
+        match self.identity.as_deref() {
+            Some(map) => (map.canonical(id), map.linked_ids(id)),
+            None => (id, vec![id]),
+        }
+    }
+
+    /// Folds prospect `from` into prospect `into` (ids), as identity resolution decided at
+    /// `at`: `into` then holds what one prospect that had sent both histories would hold (see
+    /// ARCHITECTURE.md, "Identity resolution"), `from` becomes a redirect, the funnel counts
+    /// one person. Nothing to fold when `from` has no prospect; when only `from` has one, it
+    /// moves to `into` whole.
+    fn merge(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts, out: &mut Vec<Output>) {
+        let Some(f) = self.ids.find(from) else { return };
+        if self.prospect(f).has(prospect::REDIRECT) {
+            return;
+        }
+        let journey = std::sync::Arc::clone(&self.journey);
+        let (t, new) = match self.ids.intern(into) {
+            Ok(v) => v,
+            // A full shard cannot take the canonical id: the prospects stay apart, said so.
+            Err(_) => {
+                self.identity_stats.refused += 1;
+                return;
+            }
+        };
+        let (fi, ti) = (f.0 as usize, t.0 as usize);
+        // An id folded away earlier can become canonical again (`LinkReason::CanonicalRule`):
+        // its record is an empty redirect, so the state moves onto it as for a new id.
+        let redirect = !new && self.prospect(t).has(prospect::REDIRECT);
+        if new || redirect {
+            // The person's state moves to its canonical id as it is: the funnel is unchanged.
+            let (p, st, c, m) = self.prospect_parts(f);
+            let (p, st, c, m) = (p.clone(), st.to_vec(), c.to_vec(), m.to_vec());
+            if new {
+                self.store.push_with(p, &st, &c, &m);
+            } else {
+                self.store.set(ti, p, &st, &c, &m);
+            }
+        } else {
+            self.fold(&journey, fi, ti);
+        }
+        if let Some(e) = self.emails.get(&f.0).map(Box::<str>::from) {
+            if self.emails.get(&t.0).is_none() {
+                self.emails.insert(t.0, e);
+            }
+            self.emails.remove(&f.0);
+            self.mark_email_changed(f.0);
+            self.mark_email_changed(t.0);
+        }
+        if let Some(x) = self.extras.remove(&f.0) {
+            let into_x = self.extras.entry(t.0).or_default();
+            into_x.seen.extend(x.seen);
+            into_x.waiting.extend(x.waiting);
+        }
+        // `from` becomes an inert redirect: no timer, out of the census and the funnel.
+        let p = self.store.fixed_mut(fi);
+        p.flags = prospect::REDIRECT;
+        p.ghost_due = Ts::NONE;
+        p.stall_due = Ts::NONE;
+        p.hot_until = Ts::NONE;
+        self.quiet.remove(&f.0);
+        let p = self.store.fixed(ti).clone();
+        self.timers.extend(super::timers::armed(t.0, &p));
+        self.quiet.remove(&t.0);
+        self.arm_quiet(t);
+        self.mark_changed(f.0);
+        self.mark_changed(t.0);
+        self.identity_stats.merged += 1;
+        out.push(Output::ProspectMerged { from: f, into: t, reason, at });
+    }
+
+    /// Folds record `fi` into record `ti` (both live prospects), moving the funnel counters.
+    fn fold(&mut self, journey: &Journey, fi: usize, ti: usize) {
+        let (a, b) = (self.store.fixed(fi).clone(), self.store.fixed(ti).clone());
+        let (a_times, b_times) = (self.store.stage_times(fi).to_vec(), self.store.stage_times(ti).to_vec());
+        let (a_counts, b_counts) = (self.store.counts(fi).to_vec(), self.store.counts(ti).to_vec());
+        let a_marks = self.store.marks(fi).to_vec();
+        // Take both prospects out of the funnel.
+        for (p, times, counts) in [(&a, &a_times, &a_counts), (&b, &b_times, &b_counts)] {
+            let n = &mut self.funnel.in_stage[p.stage.0 as usize];
+            *n = n.saturating_sub(1);
+            for k in reached(journey, times) {
+                self.funnel.reached[k] = self.funnel.reached[k].saturating_sub(1);
+            }
+            for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
+                if p.has(flag) {
+                    self.funnel.retract_outcome(o, counts);
+                }
+            }
+        }
+        // The stage further along wins (ties: `into`'s), with what goes with it.
+        let stage_of = |p: &Prospect| journey.stage(p.stage).order;
+        let lead = if stage_of(&a) > stage_of(&b) { &a } else { &b };
+        let active = if a.last_activity > b.last_activity { &a } else { &b };
+        let later_alert = if a.last_alert > b.last_alert { &a } else { &b };
+        let score_at = a.score_at.max(b.score_at);
+        let score = (a.score_at_time(journey, score_at) + b.score_at_time(journey, score_at))
+            .clamp(-journey.max_score, journey.max_score);
+        let outcome_flags = prospect::OUTCOME_WON | prospect::OUTCOME_LOST;
+        let mut flags = (a.flags | b.flags) & prospect::DISQUALIFIED;
+        flags |= lead.flags & (prospect::STALLED | outcome_flags);
+        flags |= active.flags & (prospect::GHOSTED | prospect::QUIET);
+        let last_activity = a.last_activity.max(b.last_activity);
+        let mut ghost_due = a.ghost_due.max(b.ghost_due);
+        if let Some(g) = journey.ghost
+            && !ghost_due.is_none()
+            && last_activity <= ghost_due
+            && last_activity > ghost_due.minus(g.window)
+        {
+            ghost_due = Ts::NONE;
+        }
+        let merged = Prospect {
+            score,
+            score_at,
+            last_activity,
+            stage_entered: lead.stage_entered,
+            ghost_due,
+            stall_due: lead.stall_due,
+            hot_until: a.hot_until.max(b.hot_until),
+            last_alert: later_alert.last_alert,
+            recent: b.recent,
+            stage: lead.stage,
+            flags,
+            hot_rule: later_alert.hot_rule,
+            recent_pos: b.recent_pos,
+        };
+        let stage = merged.stage;
+        let entered = stage_secs(merged.stage_entered);
+        let (p, vars) = self.store.state_mut(ti);
+        *p = merged;
+        for (k, v) in vars.stage_times.iter_mut().enumerate() {
+            let x = a_times[k];
+            if x != 0 && (*v == 0 || x < *v) {
+                *v = x;
+            }
+            if k < stage.0 as usize && *v > entered {
+                *v = 0;
+            }
+        }
+        for (c, x) in vars.counts.iter_mut().zip(&a_counts) {
+            *c = c.saturating_add(*x);
+        }
+        for (m, x) in vars.marks.iter_mut().zip(&a_marks) {
+            if !x.is_none() && (m.is_none() || *x > *m) {
+                *m = *x;
+            }
+        }
+        // Count the one person again.
+        let (times, counts) = (vars.stage_times.to_vec(), vars.counts.to_vec());
+        self.funnel.in_stage[stage.0 as usize] += 1;
+        for k in reached(journey, &times) {
+            self.funnel.reached[k] += 1;
+        }
+        for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
+            if flags & flag != 0 {
+                self.funnel.outcome(o, &counts);
+            }
+        }
+        // `from`'s recent event ids join `into`'s dedup memory.
+        let ix = ProspectIx(ti as u32);
+        for key in a.recent.into_iter().filter(|&k| k != 0) {
+            self.remember(ix, key, a.score_at);
+        }
+        if !self.store.fixed(ti).stall_due.is_none() {
+            let due = self.store.fixed(ti).stall_due;
+            self.timers.push(Reverse((due, ti as u32, TimerKind::Stall)));
+        }
+    }
+}
+
+/// The non-terminal stages a prospect with these stage entry times counts as having reached:
+/// every one up to the furthest it entered (as `Funnel::transition_from` counts them).
+fn reached<'j>(journey: &'j Journey, stage_times: &[u32]) -> impl Iterator<Item = usize> + use<'j> {
+    let furthest = (0..journey.stages.len()).rev().find(|&k| !journey.stages[k].terminal && stage_times[k] != 0);
+    (0..furthest.map_or(0, |f| f + 1)).filter(|&k| !journey.stages[k].terminal)
+}
+
+fn stage_secs(ts: Ts) -> u32 {
+    (ts.0.div_euclid(MS_PER_SEC) + 1).clamp(1, i64::from(u32::MAX)) as u32
+}

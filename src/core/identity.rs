@@ -1,0 +1,438 @@
+//! Identity resolution's pure model: which identifiers (anonymous ids, known ids, emails) are one
+//! person, and which id is that person's canonical prospect. No engine state: the engine (or any
+//! caller) tells it what events said, and it answers with [`Change`]s as data, the merges to
+//! perform and the links refused.
+//!
+//! Rules:
+//! - Identifiers are prospect ids, each *known* (a `userId`, a canonical or CRM `prospect_id`)
+//!   or *anonymous* (a Segment `anonymousId`, an alias's `previousId` not otherwise known), and
+//!   emails (never canonical: a person needs a prospect id). An id once seen as known stays known.
+//! - A link joins two groups. Each group's canonical id is its best id: a known id over an
+//!   anonymous one; between two of a kind, the one first seen (smallest event time it was seen
+//!   at), then the smaller id bytes. So without refusals, the groups and their canonical ids
+//!   depend only on the set of links and observations, not on their order.
+//! - Guards ([`IdentityLimits`]): a link that would give one group more known ids or more
+//!   anonymous ids than the limits is refused ([`Change::Refused`]), never silently; the two
+//!   groups stay apart. Which link is refused depends on arrival order (the first ones fit).
+//! - What is persisted: each identifier with its kind and first-seen time, and the accepted
+//!   links (a spanning forest: one per join, so a group of n identifiers has n − 1). Restoring
+//!   replays them without the guards and gives the same groups and canonical ids.
+
+/// Tables keyed by client-chosen strings: foldhash under a random key per map (as the prospect
+/// interner's table), so collisions cannot be chosen offline; results never depend on the key.
+type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+
+use super::engine::snapshot::{Dec, Enc, StateError};
+use super::time::Ts;
+
+/// What an identifier is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IdKind {
+    Anonymous = 0,
+    Known = 1,
+    Email = 2,
+}
+
+impl IdKind {
+    fn from_u8(b: u8) -> Option<IdKind> {
+        match b {
+            0 => Some(IdKind::Anonymous),
+            1 => Some(IdKind::Known),
+            2 => Some(IdKind::Email),
+            _ => None,
+        }
+    }
+}
+
+/// Why two identifiers were linked (the `reason` of a merge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinkReason {
+    /// A Segment call naming both a `userId` and an `anonymousId` (`identify`, or any call after
+    /// signup).
+    Identify,
+    /// A Segment `alias` call (`previousId` → `userId`).
+    Alias,
+    /// An event carrying an id and an email: every id with that email.
+    Email,
+    /// No new link: an identifier seen earlier than before (or seen as known) made another id
+    /// of its group the canonical one.
+    CanonicalRule,
+}
+
+impl LinkReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkReason::Identify => "identify",
+            LinkReason::Alias => "alias",
+            LinkReason::Email => "email",
+            LinkReason::CanonicalRule => "canonical_rule",
+        }
+    }
+
+    fn from_u8(b: u8) -> Option<LinkReason> {
+        [LinkReason::Identify, LinkReason::Alias, LinkReason::Email, LinkReason::CanonicalRule].get(b as usize).copied()
+    }
+}
+
+/// Why a link was refused (bounded labels, for metrics and the `merge_refused` output).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefuseReason {
+    /// The group would hold more known ids than `max_known_ids` (one email shared by many
+    /// users: a team inbox, a test address).
+    TooManyKnownIds,
+    /// The group would hold more anonymous ids than `max_anonymous_ids` (a shared device, a
+    /// tracking bug reusing one id).
+    TooManyAnonymousIds,
+}
+
+impl RefuseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::TooManyKnownIds => "too_many_known_ids",
+            RefuseReason::TooManyAnonymousIds => "too_many_anonymous_ids",
+        }
+    }
+}
+
+/// The guards: how large one person may grow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdentityLimits {
+    /// Known ids in one group (a web `userId` and a CRM contact id are two).
+    pub max_known_ids: u32,
+    /// Anonymous ids (devices, browsers) in one group.
+    pub max_anonymous_ids: u32,
+}
+
+impl Default for IdentityLimits {
+    fn default() -> IdentityLimits {
+        IdentityLimits { max_known_ids: 4, max_anonymous_ids: 50 }
+    }
+}
+
+/// What a call changed. Emails never appear in it: `Refused` names the ids on both sides (for an
+/// email link, the id and the other group's canonical id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `from` was a group's canonical id and no longer is: fold its prospect into `into`'s.
+    Merged { from: String, into: String, reason: LinkReason },
+    /// The link was refused; the groups stay apart.
+    Refused { ids: [String; 2], reason: RefuseReason },
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    key: Box<str>,
+    kind: IdKind,
+    first_seen: Ts,
+    parent: u32,
+}
+
+/// Per group, kept at its root.
+#[derive(Clone, Debug, Default)]
+struct Group {
+    members: Vec<u32>,
+    known: u32,
+    anonymous: u32,
+    /// The canonical id's node; `None` for a group of emails only.
+    canonical: Option<u32>,
+}
+
+/// The identity map of one shard. See the module docs for its rules.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityMap {
+    nodes: Vec<Node>,
+    index: HashMap<Box<str>, u32>,
+    /// Groups by root node (only roots of groups of two or more identifiers).
+    groups: HashMap<u32, Group>,
+    /// Accepted links, in acceptance order.
+    links: Vec<(u32, u32, LinkReason)>,
+    /// Where an email's key is built (no allocation per lookup).
+    scratch: String,
+}
+
+/// The map key of an identifier, in `buf` for an email: emails are prefixed with a NUL byte,
+/// which no id may contain (the decoder refuses control characters in ids).
+fn key<'k>(id: &'k str, kind: IdKind, buf: &'k mut String) -> &'k str {
+    match kind {
+        IdKind::Email => {
+            buf.clear();
+            buf.push('\0');
+            buf.push_str(id);
+            buf
+        }
+        IdKind::Anonymous | IdKind::Known => id,
+    }
+}
+
+impl IdentityMap {
+    pub fn new() -> IdentityMap {
+        IdentityMap::default()
+    }
+
+    /// Identifiers known to the map.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Accepted links.
+    pub fn links(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Heap bytes held (capacity; keys counted twice: in the node and the index).
+    pub fn heap_bytes(&self) -> usize {
+        let keys: usize = self.nodes.iter().map(|n| n.key.len()).sum();
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.index.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
+            + 2 * keys
+            + self.groups.capacity() * (std::mem::size_of::<(u32, Group)>() + 1)
+            + self.groups.values().map(|g| g.members.capacity() * 4).sum::<usize>()
+            + self.links.capacity() * std::mem::size_of::<(u32, u32, LinkReason)>()
+    }
+
+    fn root(&self, mut n: u32) -> u32 {
+        while self.nodes[n as usize].parent != n {
+            n = self.nodes[n as usize].parent;
+        }
+        n
+    }
+
+    /// Ranks an id node for the canonical rule: higher wins.
+    fn better(&self, a: u32, b: u32) -> u32 {
+        let (x, y) = (&self.nodes[a as usize], &self.nodes[b as usize]);
+        use std::cmp::Reverse;
+        let rank = (x.kind == IdKind::Known, Reverse(x.first_seen.0), Reverse(&x.key));
+        if rank >= (y.kind == IdKind::Known, Reverse(y.first_seen.0), Reverse(&y.key)) { a } else { b }
+    }
+
+    fn group(&self, root: u32) -> Group {
+        self.groups.get(&root).cloned().unwrap_or_else(|| {
+            let n = &self.nodes[root as usize];
+            Group {
+                members: vec![root],
+                known: u32::from(n.kind == IdKind::Known),
+                anonymous: u32::from(n.kind == IdKind::Anonymous),
+                canonical: (n.kind != IdKind::Email).then_some(root),
+            }
+        })
+    }
+
+    /// The canonical id of the group of `id` (an id, not an email): `id` itself when it is
+    /// linked to nothing or unknown.
+    pub fn canonical<'a>(&'a self, id: &'a str) -> &'a str {
+        let Some(&n) = self.index.get(id) else { return id };
+        let root = self.root(n);
+        match self.groups.get(&root).and_then(|g| g.canonical) {
+            Some(c) => &self.nodes[c as usize].key,
+            None => id,
+        }
+    }
+
+    /// The canonical id of the group of node `n` (as [`IdentityMap::observe`] returns it).
+    pub fn canonical_of(&self, n: u32) -> &str {
+        let root = self.root(n);
+        let c = self.groups.get(&root).and_then(|g| g.canonical).unwrap_or(n);
+        &self.nodes[c as usize].key
+    }
+
+    /// The ids (not emails) of `id`'s group, sorted; just `id` when it is linked to nothing.
+    pub fn linked_ids<'a>(&'a self, id: &'a str) -> Vec<&'a str> {
+        let Some(&n) = self.index.get(id) else { return vec![id] };
+        let g = self.group(self.root(n));
+        let mut ids: Vec<&str> = g
+            .members
+            .iter()
+            .map(|&m| &self.nodes[m as usize])
+            .filter(|n| n.kind != IdKind::Email)
+            .map(|n| &*n.key)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn node(&mut self, k: &str, kind: IdKind, ts: Ts) -> u32 {
+        if let Some(&n) = self.index.get(k) {
+            return n;
+        }
+        let n = self.nodes.len() as u32;
+        self.nodes.push(Node { key: k.into(), kind, first_seen: ts, parent: n });
+        self.index.insert(k.into(), n);
+        n
+    }
+
+    /// Records that `id` was seen at `ts` as `kind`. An id seen earlier than before, or seen as
+    /// known for the first time, may become its group's canonical id: then a `Merged` with
+    /// reason [`LinkReason::CanonicalRule`] goes to `out`.
+    pub fn observe(&mut self, id: &str, kind: IdKind, ts: Ts, out: &mut Vec<Change>) -> u32 {
+        let mut buf = std::mem::take(&mut self.scratch);
+        let n = self.node(key(id, kind, &mut buf), kind, ts);
+        self.scratch = buf;
+        let node = &mut self.nodes[n as usize];
+        let earlier = !ts.is_none() && (node.first_seen.is_none() || ts < node.first_seen);
+        let upgraded = kind == IdKind::Known && node.kind == IdKind::Anonymous;
+        if !earlier && !upgraded {
+            return n;
+        }
+        if earlier {
+            node.first_seen = ts;
+        }
+        let root = self.root(n);
+        let Some(g) = self.groups.get(&root) else {
+            if upgraded {
+                self.nodes[n as usize].kind = IdKind::Known;
+            }
+            return n;
+        };
+        let (old, mut g) = (g.canonical, g.clone());
+        if upgraded {
+            self.nodes[n as usize].kind = IdKind::Known;
+            g.known += 1;
+            g.anonymous -= 1;
+        }
+        let new = g
+            .members
+            .iter()
+            .copied()
+            .filter(|&m| self.nodes[m as usize].kind != IdKind::Email)
+            .reduce(|a, b| self.better(a, b));
+        g.canonical = new;
+        self.groups.insert(root, g);
+        if let (Some(o), Some(c)) = (old, new)
+            && o != c
+        {
+            out.push(Change::Merged {
+                from: self.nodes[o as usize].key.to_string(),
+                into: self.nodes[c as usize].key.to_string(),
+                reason: LinkReason::CanonicalRule,
+            });
+        }
+        n
+    }
+
+    /// Links two identifiers seen together at `ts`, each observed first (see
+    /// [`IdentityMap::observe`]). Two groups joined give one `Merged` (when both have an id);
+    /// a join beyond `limits` gives `Refused` and changes no group.
+    pub fn link(
+        &mut self,
+        a: (&str, IdKind),
+        b: (&str, IdKind),
+        ts: Ts,
+        reason: LinkReason,
+        limits: &IdentityLimits,
+        out: &mut Vec<Change>,
+    ) {
+        let na = self.observe(a.0, a.1, ts, out);
+        let nb = self.observe(b.0, b.1, ts, out);
+        let (ra, rb) = (self.root(na), self.root(nb));
+        if ra == rb {
+            return;
+        }
+        let (ga, gb) = (self.group(ra), self.group(rb));
+        let refused = if ga.known + gb.known > limits.max_known_ids {
+            Some(RefuseReason::TooManyKnownIds)
+        } else if ga.anonymous + gb.anonymous > limits.max_anonymous_ids {
+            Some(RefuseReason::TooManyAnonymousIds)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            // Each side by an id (an email's side by its group's canonical id), never an email.
+            let name = |n: u32, g: &Group| match (self.nodes[n as usize].kind, g.canonical) {
+                (IdKind::Email, None) => "(email)".to_string(),
+                (IdKind::Email, Some(c)) => self.nodes[c as usize].key.to_string(),
+                (IdKind::Anonymous | IdKind::Known, _) => self.nodes[n as usize].key.to_string(),
+            };
+            out.push(Change::Refused { ids: [name(na, &ga), name(nb, &gb)], reason });
+            return;
+        }
+        self.join(ra, rb, ga, gb, reason, Some(out));
+        self.links.push((na, nb, reason));
+    }
+
+    /// Joins two groups (roots `ra`, `rb`), the smaller under the larger.
+    fn join(&mut self, ra: u32, rb: u32, ga: Group, gb: Group, reason: LinkReason, out: Option<&mut Vec<Change>>) {
+        let canonical = match (ga.canonical, gb.canonical) {
+            (Some(x), Some(y)) => {
+                let c = self.better(x, y);
+                let from = if c == x { y } else { x };
+                if let Some(out) = out {
+                    out.push(Change::Merged {
+                        from: self.nodes[from as usize].key.to_string(),
+                        into: self.nodes[c as usize].key.to_string(),
+                        reason,
+                    });
+                }
+                Some(c)
+            }
+            (x, y) => x.or(y),
+        };
+        let (root, child, mut big, small) =
+            if ga.members.len() >= gb.members.len() { (ra, rb, ga, gb) } else { (rb, ra, gb, ga) };
+        self.nodes[child as usize].parent = root;
+        for &m in &small.members {
+            self.nodes[m as usize].parent = root;
+        }
+        big.members.extend_from_slice(&small.members);
+        big.known += small.known;
+        big.anonymous += small.anonymous;
+        big.canonical = canonical;
+        self.groups.remove(&child);
+        self.groups.insert(root, big);
+    }
+
+    /// The map as bytes: identifiers (key, kind, first seen) in insertion order, then the
+    /// accepted links (node indexes and reason).
+    pub fn encode(&self, e: &mut Enc<'_>) {
+        e.u32(self.nodes.len() as u32);
+        for n in &self.nodes {
+            e.bytes(n.key.as_bytes());
+            e.u8(n.kind as u8);
+            e.ts(n.first_seen);
+        }
+        e.u32(self.links.len() as u32);
+        for &(a, b, r) in &self.links {
+            e.u32(a);
+            e.u32(b);
+            e.u8(r as u8);
+        }
+    }
+
+    /// Reads what [`IdentityMap::encode`] wrote, replaying the links without the guards.
+    pub fn decode(d: &mut Dec<'_>) -> Result<IdentityMap, StateError> {
+        let mut m = IdentityMap::new();
+        let n = d.u32("identity count")?;
+        for _ in 0..n {
+            let at = d.position();
+            let k = d.str("identity key")?;
+            let kind =
+                IdKind::from_u8(d.u8("identity kind")?).ok_or(StateError::Invalid { what: "identity kind", at })?;
+            let ts = d.ts("identity first seen")?;
+            if m.index.contains_key(k) {
+                return Err(StateError::Invalid { what: "identity key (repeated)", at });
+            }
+            m.node(k, kind, ts);
+        }
+        let links = d.u32("identity link count")?;
+        for _ in 0..links {
+            let at = d.position();
+            let (a, b) = (d.u32("identity link")?, d.u32("identity link")?);
+            let reason = LinkReason::from_u8(d.u8("identity link reason")?)
+                .ok_or(StateError::Invalid { what: "identity link reason", at })?;
+            if a >= n || b >= n {
+                return Err(StateError::Invalid { what: "identity link", at });
+            }
+            let (ra, rb) = (m.root(a), m.root(b));
+            if ra == rb {
+                return Err(StateError::Invalid { what: "identity link (cycle)", at });
+            }
+            let (ga, gb) = (m.group(ra), m.group(rb));
+            m.join(ra, rb, ga, gb, reason, None);
+            m.links.push((a, b, reason));
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,288 @@
+//! Identity resolution in the engine, within one shard (`[identity] resolve = true`): the
+//! issue's scenarios through the decoder and `Engine::apply`, as `replay --partitions 1` runs
+//! them.
+
+use std::sync::Arc;
+
+use microfunnel::codec::{self, Limits};
+use microfunnel::core::identity::{LinkReason, RefuseReason};
+use microfunnel::core::{Engine, Journey, Output, ProspectView};
+
+const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
+
+fn journey(extra: &str) -> Arc<Journey> {
+    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{extra}")).unwrap())
+}
+
+fn seg(kind: &str, event: &str, user: Option<&str>, anon: &str, id: &str, ts: &str, email: Option<&str>) -> String {
+    let user = user.map_or("null".to_string(), |u| format!("\"{u}\""));
+    let traits = email.map_or(String::new(), |e| format!(r#","traits":{{"email":"{e}"}}"#));
+    let event = if event.is_empty() { String::new() } else { format!(r#","event":"{event}""#) };
+    format!(
+        r#"{{"type":"{kind}"{event},"userId":{user},"anonymousId":"{anon}","messageId":"{id}","timestamp":"{ts}"{traits}}}"#
+    )
+}
+
+fn crm(kind: &str, prospect: &str, id: &str, ts: &str, email: Option<&str>) -> String {
+    let email = email.map_or(String::new(), |e| format!(r#","email":"{e}""#));
+    format!(r#"{{"event_id":"{id}","prospect_id":"{prospect}","source":"crm","type":"{kind}","ts":"{ts}"{email}}}"#)
+}
+
+/// The issue's flow: anonymous browsing and a download, signup with an email, a CRM quote for a
+/// contact with that email, then a clarification.
+fn flow() -> Vec<String> {
+    vec![
+        seg("page", "", None, "anon-1", "m-1", "2026-03-02T09:00:00Z", None),
+        seg("track", "Whitepaper Downloaded", None, "anon-1", "m-2", "2026-03-02T09:05:00Z", None),
+        seg("identify", "", Some("usr_1"), "anon-1", "m-3", "2026-03-03T10:00:00Z", Some("Ana@X.example")),
+        crm("quote_sent", "crm-77", "c-1", "2026-03-05T10:00:00Z", Some("ana@x.example ")),
+        crm("quote_clarification_requested", "crm-77", "c-2", "2026-03-06T10:00:00Z", None),
+    ]
+}
+
+fn run(journey: &Arc<Journey>, lines: &[String]) -> (Engine, Vec<Output>) {
+    let mut engine = Engine::new(Arc::clone(journey));
+    let mut out = Vec::new();
+    for line in lines {
+        let ev = codec::decode(line.as_bytes(), journey, &Limits::default()).unwrap();
+        engine.apply(&ev, &mut out);
+    }
+    (engine, out)
+}
+
+fn count(view: &ProspectView, signal: &str) -> u16 {
+    view.signal_counts.iter().find(|(s, _)| s == signal).map_or(0, |(_, c)| *c)
+}
+
+fn merges(engine: &Engine, out: &[Output]) -> Vec<(String, String, LinkReason)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::ProspectMerged { from, into, reason, .. } => {
+                Some((engine.prospect_id(*from).to_string(), engine.prospect_id(*into).to_string(), *reason))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn alerts(engine: &Engine, out: &[Output]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::HotLead(h) => Some(engine.prospect_id(h.prospect).to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn web_then_crm_is_one_person_with_one_alert_and_its_web_history() {
+    let j = journey("");
+    let (engine, out) = run(&j, &flow());
+    // The contact's first event links it by email before it has a prospect: nothing to fold,
+    // the event goes to usr_1 at once.
+    assert_eq!(merges(&engine, &out), [("anon-1".into(), "usr_1".into(), LinkReason::Identify)]);
+    assert_eq!(alerts(&engine, &out), ["usr_1"], "{out:?}");
+    let usr = engine.find("usr_1").unwrap();
+    let view = engine.view(usr, None);
+    for s in ["page_viewed", "content_downloaded", "identified", "quote_sent", "quote_clarification_requested"] {
+        assert_eq!(count(&view, s), 1, "{s} in {view:?}");
+    }
+    assert_eq!(engine.email(usr), Some("ana@x.example"));
+    // The funnel and the census count one person.
+    assert_eq!(engine.census().prospects, 1);
+    assert_eq!(engine.funnel().in_stage.iter().sum::<u64>(), 1);
+    assert_eq!(engine.linked_ids("crm-77"), ("usr_1", vec!["anon-1", "crm-77", "usr_1"]));
+    assert_eq!((engine.identity_stats().merged, engine.identity_stats().refused), (1, 0));
+    assert!(engine.find("crm-77").is_none(), "the contact never had a prospect of its own");
+}
+
+#[test]
+fn crm_first_gives_the_same_person() {
+    let j = journey("");
+    let lines = flow();
+    // The CRM side first, then the web side (each side in its own order).
+    let reordered: Vec<String> = lines[3..].iter().chain(&lines[..3]).cloned().collect();
+    let (a, _) = run(&j, &lines);
+    let (b, out) = run(&j, &reordered);
+    assert_eq!(b.linked_ids("anon-1"), ("usr_1", vec!["anon-1", "crm-77", "usr_1"]));
+    let (va, vb) = (a.view(a.find("usr_1").unwrap(), None), b.view(b.find("usr_1").unwrap(), None));
+    assert_eq!(va.signal_counts, vb.signal_counts);
+    assert_eq!((&va.stage, &va.stages_entered, &va.email), (&vb.stage, &vb.stages_entered, &vb.email));
+    assert_eq!(va.score, vb.score);
+    assert_eq!(b.census().prospects, 1);
+    assert_eq!(b.funnel().in_stage, a.funnel().in_stage);
+    assert_eq!(b.funnel().reached, a.funnel().reached);
+    // In this order the clarification arrived before any link: the CRM contact alerted alone.
+    assert_eq!(alerts(&b, &out), ["crm-77"]);
+}
+
+#[test]
+fn two_devices_of_one_user_are_one_prospect() {
+    let j = journey("");
+    let lines = vec![
+        seg("page", "", None, "phone", "m-1", "2026-03-02T09:00:00Z", None),
+        seg("page", "", None, "laptop", "m-2", "2026-03-02T10:00:00Z", None),
+        seg("identify", "", Some("usr_1"), "phone", "m-3", "2026-03-03T09:00:00Z", None),
+        seg("identify", "", Some("usr_1"), "laptop", "m-4", "2026-03-03T10:00:00Z", None),
+        seg("page", "", None, "laptop", "m-5", "2026-03-04T10:00:00Z", None),
+    ];
+    let (engine, _) = run(&j, &lines);
+    assert_eq!(engine.linked_ids("phone"), ("usr_1", vec!["laptop", "phone", "usr_1"]));
+    let v = engine.view(engine.find("usr_1").unwrap(), None);
+    assert_eq!(count(&v, "page_viewed"), 3, "{v:?}");
+    assert_eq!(engine.census().prospects, 1);
+    assert_eq!(engine.identity_stats().routed, 1, "the later anonymous page view went to usr_1");
+}
+
+#[test]
+fn a_placeholder_user_id_merges_no_visitors() {
+    let j = journey("");
+    let lines: Vec<String> = (0..20)
+        .map(|i| seg("identify", "", Some("0"), &format!("anon-{i}"), &format!("m-{i}"), "2026-03-02T09:00:00Z", None))
+        .collect();
+    let (engine, out) = run(&j, &lines);
+    assert!(merges(&engine, &out).is_empty());
+    assert_eq!(engine.census().prospects, 20);
+}
+
+#[test]
+fn an_email_shared_beyond_the_limit_is_refused_and_emitted() {
+    let j = journey("max_known_ids = 2\n");
+    let lines: Vec<String> = (1..=3)
+        .map(|i| {
+            let (user, id, ts) = (format!("usr_{i}"), format!("m-{i}"), format!("2026-03-0{i}T09:00:00Z"));
+            seg("identify", "", Some(&user), &format!("anon-{i}"), &id, &ts, Some("team@x.example"))
+        })
+        .collect();
+    let (engine, out) = run(&j, &lines);
+    let refused: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::MergeRefused { ids, reason, .. } => Some((ids.clone(), *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, [(Box::new(["usr_3".to_string(), "usr_1".to_string()]), RefuseReason::TooManyKnownIds)]);
+    assert_eq!(engine.identity_stats().refused, 1);
+    assert_eq!(engine.linked_ids("usr_3").0, "usr_3");
+    // Its JSON on journey-events names ids, never the email.
+    let mut buf = Vec::new();
+    let o = out.iter().find(|o| matches!(o, Output::MergeRefused { .. })).unwrap();
+    codec::write_output(&engine, o, &mut buf).unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    assert!(
+        text.starts_with(r#"{"kind":"merge_refused","ids":["usr_3","usr_1"],"reason":"too_many_known_ids""#),
+        "{text}"
+    );
+    assert!(!text.contains('@'));
+}
+
+#[test]
+fn off_by_default_nothing_merges() {
+    let j = Arc::new(Journey::from_toml_str(B2B).unwrap());
+    assert!(j.identity.is_none());
+    let (engine, out) = run(&j, &flow());
+    assert!(merges(&engine, &out).is_empty());
+    assert_eq!(engine.census().prospects, 3);
+}
+
+/// `replay --partitions 1` over the flow: the same one alert and merge, the summary's identity
+/// counts; `run` refuses such a journey until the identity map is checkpointed.
+#[test]
+fn replay_resolves_identities_and_run_refuses_the_switch() {
+    use std::process::Command;
+
+    let dir = std::env::temp_dir().join(format!("microfunnel-identity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let journey = dir.join("b2b-identity.toml");
+    std::fs::write(&journey, format!("{B2B}\n[identity]\nresolve = true\n")).unwrap();
+    let events = dir.join("flow.jsonl");
+    std::fs::write(&events, flow().join("\n") + "\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+        .args(["replay", "--partitions", "1", "--journey"])
+        .arg(&journey)
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |kind: &str| lines.iter().filter(|l| l["kind"] == kind).collect::<Vec<_>>();
+    let alerts = of("hot_lead");
+    assert_eq!(alerts.len(), 1, "{lines:?}");
+    assert_eq!(alerts[0]["prospect"], "usr_1");
+    assert_eq!(alerts[0]["email"], "ana@x.example");
+    let merged = of("prospect_merged");
+    assert_eq!((merged.len(), &merged[0]["from"], &merged[0]["into"]), (1, &"anon-1".into(), &"usr_1".into()));
+    let summary = of("funnel_summary");
+    assert_eq!(summary[0]["stats"]["identity"]["merged"], 1, "{:?}", summary[0]);
+    assert_eq!(summary[0]["census"]["prospects"], 1);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "--config", "deploy/config/local.toml"])
+        .env("MICROFUNNEL__JOURNEY__PATH", &journey)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`[identity] resolve = true`") && err.contains("replay"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The generator knows each person: its Segment traffic through the engine with identity
+/// resolution gives one prospect per generated person (571 prospects without it), but for two
+/// people the generator gave one email (`first.last<n % 97>@company`), whom the email rule
+/// joins: 399 for 400.
+#[test]
+fn generated_people_are_one_prospect_each() {
+    use microfunnel::traffic::{Generator, Options};
+
+    let opts = Options { prospects: 400, seed: 5, segment_share: 1.0, ..Options::default() };
+    let run = |j: &Arc<Journey>| {
+        let mut generator = Generator::new(opts.clone(), j, true).unwrap();
+        let (mut line, mut key, mut people) = (Vec::new(), String::new(), 0);
+        let mut engine = Engine::new(Arc::clone(j));
+        let mut out = Vec::new();
+        while generator.next_into(&mut line, &mut key).is_some() {
+            people += generator.drain_truth().count();
+            for (_, ev) in codec::decode_each(&line, j, &Limits::default()) {
+                if let Ok(ev) = ev {
+                    engine.apply(&ev, &mut out);
+                }
+            }
+        }
+        people += generator.drain_truth().count();
+        (people, engine.census().prospects, engine.identity_stats().refused)
+    };
+    let (people, prospects, refused) = run(&journey(""));
+    assert_eq!((people, prospects, refused), (400, 399, 0));
+    let (_, without, _) = run(&Arc::new(Journey::from_toml_str(B2B).unwrap()));
+    assert!(without > 500, "{without}");
+}
+
+/// An id folded away can become canonical again when an earlier event of it arrives late: the
+/// person's state moves back onto it, and the funnel still counts one person.
+#[test]
+fn an_earlier_event_can_make_a_folded_id_canonical_again() {
+    let j = journey("");
+    let lines = vec![
+        crm("meeting_booked", "usr_b", "e-1", "2026-03-02T10:00:00Z", Some("dana@x.example")),
+        crm("meeting_booked", "usr_a", "e-2", "2026-03-02T12:00:00Z", None),
+        crm("meeting_booked", "usr_a", "e-3", "2026-03-02T13:00:00Z", Some("dana@x.example")),
+        crm("quote_sent", "usr_a", "e-4", "2026-03-02T08:00:00Z", None),
+    ];
+    let (engine, out) = run(&j, &lines);
+    assert_eq!(
+        merges(&engine, &out),
+        [
+            ("usr_a".into(), "usr_b".into(), LinkReason::Email),
+            ("usr_b".into(), "usr_a".into(), LinkReason::CanonicalRule)
+        ]
+    );
+    assert_eq!(engine.linked_ids("usr_b"), ("usr_a", vec!["usr_a", "usr_b"]));
+    let v = engine.view(engine.find("usr_a").unwrap(), None);
+    assert_eq!((count(&v, "meeting_booked"), count(&v, "quote_sent")), (3, 1), "{v:?}");
+    assert_eq!(engine.census().prospects, 1);
+    assert_eq!(engine.funnel().in_stage.iter().sum::<u64>(), 1);
+}

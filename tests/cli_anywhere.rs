@@ -171,5 +171,6 @@ fn check_journey_lists_every_mistake_or_summarises_the_journey() {
         "ghosted: no prospect-initiated signal within 5 days after quote_sent",
     ] {
         assert!(summary.contains(want), "{want:?} in {summary}");
-    }
+    } // `--journey`, as the other commands take it, gives the same.
+    assert_eq!(ok(&run_in(&dir, &["check-journey", "--journey", "b2b"])), summary);
 }

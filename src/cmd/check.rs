@@ -13,12 +13,16 @@ use microfunnel::core::time::{MS_PER_DAY, MS_PER_HOUR, Span};
 #[derive(Args)]
 pub struct CheckJourneyArgs {
     /// The journey: a built-in journey's name (b2b, ecommerce, saas) or a TOML file.
-    #[arg(value_name = "NAME|FILE")]
-    journey: PathBuf,
+    #[arg(value_name = "NAME|FILE", required_unless_present = "journey_flag")]
+    journey: Option<PathBuf>,
+    /// The same, as the other commands take it.
+    #[arg(long = "journey", value_name = "NAME|FILE", id = "journey_flag", conflicts_with = "journey")]
+    journey_flag: Option<PathBuf>,
 }
 
 pub fn run(args: CheckJourneyArgs) -> anyhow::Result<()> {
-    let journey = crate::load_journey(&args.journey)?;
+    let Some(path) = args.journey.or(args.journey_flag) else { anyhow::bail!("name the journey to check") };
+    let journey = crate::load_journey(&path)?;
     std::io::Write::write_all(&mut std::io::stdout().lock(), summary(&journey).as_bytes())?;
     Ok(())
 }

@@ -77,14 +77,29 @@ fn render_alert(payload: &str) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
     let reasons: Vec<&str> =
         v["reasons"].as_array().map(|a| a.iter().filter_map(|r| r.as_str()).collect()).unwrap_or_default();
+    let email = v["email"].as_str().map_or(String::new(), |e| format!(" <{e}>"));
     format!(
-        "HOT {} <{}> {} score {} at {}\n    why:  {}\n    next: {}",
+        "HOT {}{email} {} score {} at {}\n    why:  {}\n    next: {}",
         s("prospect"),
-        s("email"),
         s("stage"),
         v["score"],
         s("at"),
         reasons.join("; "),
         s("next_commitment")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_alert;
+
+    #[test]
+    fn an_alert_shows_its_email_only_when_it_has_one() {
+        let with = r#"{"prospect":"usr_1","email":"dana@northwind.example","stage":"deciding","score":61.5,"at":"2026-03-09T10:00:00.000Z","reasons":["Asked for a quote"],"next_commitment":"Ask for a date"}"#;
+        let without = r#"{"prospect":"55722634851","email":null,"stage":"deciding","score":61.5,"at":"2026-03-09T10:00:00.000Z","reasons":["Asked for a quote"],"next_commitment":"Ask for a date"}"#;
+        assert!(render_alert(with).starts_with("HOT usr_1 <dana@northwind.example> deciding score 61.5"));
+        let line = render_alert(without);
+        assert!(line.starts_with("HOT 55722634851 deciding score 61.5"), "{line}");
+        assert!(!line.contains('<'), "{line}");
+    }
 }

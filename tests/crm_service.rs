@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use microfunnel::config::InputSettings;
@@ -46,13 +45,7 @@ fn hubspot_webhooks_on_the_crm_topic_give_what_replay_gives() {
         end_offsets([(web(&s), web_at.as_slice()), (crm_topic.as_str(), crm_at.as_slice())]).values().sum();
 
     let svc = Service::start(&s);
-    let digests = checkpointed(&svc, messages, PARTITIONS, FINISH);
-    assert_eq!(digests, oracle.shards, "every shard's state equals replay's");
-
-    let alerts = read_until(&s.kafka.topics.hot_leads, "the oracle's alerts", |r| r.len() >= oracle.alerts.len());
-    let alerts: Vec<Value> = alerts.iter().map(Out::json).collect();
-    let ids: BTreeSet<String> = alerts.iter().map(|a| a["alert_id"].as_str().unwrap().to_string()).collect();
-    assert_eq!(ids, oracle.alerts);
+    let alerts = assert_equals_oracle(&svc, &s, &oracle, messages, FINISH);
     let hot: Vec<_> = alerts.iter().map(|a| (a["prospect"].clone(), a["rules"].clone())).collect();
     assert_eq!(hot, [(json!("901"), json!(["clarification_after_quote"]))]);
 

@@ -65,21 +65,6 @@ fn rules() -> Vec<(String, String)> {
     out
 }
 
-fn per_topic_files(name: &str) -> (PathBuf, PathBuf) {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let (web, crm) = (dir.join(format!("{name}-web.jsonl")), dir.join(format!("{name}-crm.jsonl")));
-    let out = bin()
-        .args(["gen", "--prospects", "300", "--days", "28", "--seed", "5", "--quiet", "--malformed", "0.01"])
-        .arg("--out-web")
-        .arg(&web)
-        .arg("--out-crm")
-        .arg(&crm)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (web, crm)
-}
-
 fn value(sample: &Value) -> f64 {
     sample["value"][1].as_str().unwrap().parse().unwrap()
 }
@@ -89,7 +74,7 @@ fn every_dashboard_and_rule_query_runs_on_a_real_prometheus_and_marked_panels_sh
     let panels = dashboard_panels();
     let rules = rules();
     let s = setup("deploy-dashboard");
-    let (web_file, crm_file) = per_topic_files(&s.kafka.group_id);
+    let (web_file, crm_file) = gen_per_topic(&s.kafka.group_id, &["--malformed", "0.01"]);
 
     let started = unix_now();
     let svc = Service::start(&s);

@@ -30,16 +30,7 @@ fn canonical(id: &str, prospect: &str, source: &str, kind: &str, ts: &str) -> St
 /// usr_m1 gets a quote and asks about it 20 minutes later, usr_m2's quote is never answered,
 /// and both browse the website three weeks later.
 fn per_topic_files(name: &str) -> (PathBuf, PathBuf) {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let (web, crm) = (dir.join(format!("{name}-web.jsonl")), dir.join(format!("{name}-crm.jsonl")));
-    let out = bin()
-        .args(["gen", "--prospects", "300", "--days", "28", "--seed", "5", "--quiet", "--out-web"])
-        .arg(&web)
-        .arg("--out-crm")
-        .arg(&crm)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (web, crm) = gen_per_topic(name, &[]);
     insert_in_time_order(
         &crm,
         &[

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,13 +63,7 @@ fn the_real_traffic_examples_give_their_right_results_through_the_service_as_in_
     let messages: i64 = end_offsets([(web(&s), web_at.as_slice()), (crm(&s), crm_at.as_slice())]).values().sum();
 
     let svc = Service::start(&s);
-    let digests = checkpointed(&svc, messages, PARTITIONS, FINISH);
-    assert_eq!(digests, oracle.shards, "every shard's state equals replay's");
-
-    let alerts = read_until(&s.kafka.topics.hot_leads, "the oracle's alerts", |r| r.len() >= oracle.alerts.len());
-    let alerts: Vec<Value> = alerts.iter().map(Out::json).collect();
-    let ids: BTreeSet<String> = alerts.iter().map(|a| a["alert_id"].as_str().unwrap().to_string()).collect();
-    assert_eq!(ids, oracle.alerts);
+    let alerts = assert_equals_oracle(&svc, &s, &oracle, messages, FINISH);
     let lead = |p: &str| {
         alerts
             .iter()

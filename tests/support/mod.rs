@@ -705,3 +705,40 @@ impl Drop for Prometheus {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `microfunnel gen` traffic (300 prospects over 28 days, seed 5, then `extra` arguments) as the
+/// two input topics would receive it: one file each, named after `name` in the test's temp dir.
+pub fn gen_per_topic(name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (web, crm) = (dir.join(format!("{name}-web.jsonl")), dir.join(format!("{name}-crm.jsonl")));
+    let out = bin()
+        .args(["gen", "--prospects", "300", "--days", "28", "--seed", "5", "--quiet"])
+        .args(extra)
+        .arg("--out-web")
+        .arg(&web)
+        .arg("--out-crm")
+        .arg(&crm)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (web, crm)
+}
+
+/// Waits until `svc` (started with `settings`) checkpointed all `messages` of its inputs, then checks that every shard's
+/// state and the set of alert ids equal the oracle's; returns the alerts read.
+pub fn assert_equals_oracle(
+    svc: &Service,
+    settings: &Settings,
+    oracle: &Oracle,
+    messages: i64,
+    limit: Duration,
+) -> Vec<Value> {
+    let digests = checkpointed(svc, messages, settings.kafka.partitions as usize, limit);
+    assert_eq!(digests, oracle.shards, "every shard's state equals replay's");
+    let alerts =
+        read_until(&settings.kafka.topics.hot_leads, "the oracle's alerts", |r| r.len() >= oracle.alerts.len());
+    let alerts: Vec<Value> = alerts.iter().map(Out::json).collect();
+    let ids: BTreeSet<String> = alerts.iter().map(|a| a["alert_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, oracle.alerts);
+    alerts
+}

@@ -116,6 +116,8 @@ fn case(name: &str, seed: u64) -> Case {
     let s = setup_one_topic(name);
     let (file, total) = generate(seed);
     let oracle = oracle(&file);
+    // 100 MB per case: only the oracle reads it.
+    std::fs::remove_file(&file).unwrap();
     let state = state_dir(&unique(&format!("{name}-state")));
     let log = std::env::temp_dir().join(format!("{}.log", unique(name)));
     Case { s, seed, total, oracle, state, log }

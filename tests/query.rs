@@ -1,4 +1,4 @@
-//! The query API (`GET /prospects/{id}`, `GET /funnel`) over a real socket: against a running
+//! The query API (`GET /prospects/{id}`, `GET /funnel`, `/signals`, `/rules`, `/forecast`) over a real socket: against a running
 //! service on the broker (answers, token, unknown prospect, a partition held by the other
 //! instance), and, without a broker, a shard that is restoring and the refusal to serve personal
 //! data beyond loopback without a token.
@@ -130,7 +130,9 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert!(sig["signals"].is_array() && sig["outcomes"]["won"].is_u64(), "{sig}");
     assert_eq!(get(svc.addr(), "/signals", None).0, 401);
 
-    // usr_q1 wins: the signals it showed count towards a sale, in /signals and in /metrics.
+    // usr_q1 asks for a quote (hot rule `quote_requested`), then wins: the signals it showed
+    // count towards a sale, in /signals and in /metrics, and the rule's match in /rules.
+    produce(web(&s), &[keyed("usr_q1", track("usr_q1", "Quote Requested", "m-usr_q1-3", "2026-03-03T10:30:00Z"))]);
     let won = json!({"event_id": "crm-won-q1", "prospect_id": "usr_q1", "source": "crm", "type": "deal_won",
                      "ts": "2026-03-20T12:00:00Z"});
     produce(support::crm(&s), &[keyed("usr_q1", won.to_string())]);
@@ -155,6 +157,28 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert_eq!(gauge("demo_requested"), Some(1.0), "{m}");
     assert_eq!(gauge("deal_won"), None, "{m}");
 
+    // The rule matched 17 days before the win (within the 90-day horizon): precision and
+    // capture 1, the median lead time in the (14 d, 30 d] bucket.
+    let (status, _, body) = get(svc.addr(), "/rules", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let r = json_of(&body);
+    assert_eq!((r["shards"].clone(), r["alert_horizon_days"].clone()), (json!([0, 1, 2]), json!(90.0)), "{r}");
+    let rule = |name: &str| r["rules"].as_array().unwrap().iter().find(|x| x["rule"] == name).cloned().unwrap();
+    let q = rule("quote_requested");
+    assert_eq!((q["won"].clone(), q["won_later"].clone(), q["lost"].clone()), (json!(1), json!(0), json!(0)), "{q}");
+    assert_eq!((q["precision"].clone(), q["capture"].clone()), (json!(1.0), json!(1.0)), "{q}");
+    assert_eq!(q["lead_time_median"], json!({"from_secs": 1_209_600.0, "to_secs": 2_592_000.0}), "{q}");
+    assert_eq!(rule("any")["won"], 1, "{r}");
+    assert_eq!(rule("clarification_after_quote")["won"], 0, "{r}");
+    let won_by_band: u64 = r["score_bands"].as_array().unwrap().iter().map(|b| b["won"].as_u64().unwrap()).sum();
+    assert_eq!(won_by_band, 1, "{r}");
+    assert_eq!(get(svc.addr(), "/rules", None).0, 401);
+    let rule_gauge = |rule: &str, result: &str| {
+        support::sample(&m, "microfunnel_rule_outcomes", &[("rule", rule), ("result", result)])
+    };
+    assert_eq!((rule_gauge("quote_requested", "won"), rule_gauge("any", "won")), (Some(1.0), Some(1.0)), "{m}");
+    assert_eq!(rule_gauge("quote_requested", "lost"), Some(0.0), "{m}");
+
     // The forecast of the shards held, at their latest confirmed clock (the win, 17 days ahead
     // of every other event, is not confirmed yet): all four are open.
     let (status, _, body) = get(svc.addr(), "/forecast?horizon_days=14", Some(TOKEN));
@@ -162,7 +186,7 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     let fc = json_of(&body);
     assert_eq!(fc["shards"], json!([0, 1, 2]));
     assert_eq!(fc["forecast"]["open"], 4, "{fc}");
-    assert_eq!(fc["forecast"]["at"], "2026-03-03T10:00:00.000Z", "{fc}");
+    assert_eq!(fc["forecast"]["at"], "2026-03-03T10:30:00.000Z", "{fc}");
     assert_eq!(fc["forecast"]["horizon_days"], 14.0, "{fc}");
     assert!(fc["forecast"]["stages"].as_array().is_some_and(|s| !s.is_empty()), "{fc}");
     assert!(fc["backtest"]["brier"].is_number(), "{fc}");

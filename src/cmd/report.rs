@@ -52,7 +52,8 @@ pub fn write(
         funnel.absorb(e.funnel());
     }
     let prospects: usize = shards.iter().map(Engine::len).sum();
-    write_report(out, &funnel.report_with(journey, min_sample), prospects as u64, min_sample)?;
+    let horizon_days = journey.alert_horizon.0 as f64 / 86_400_000.0;
+    write_report(out, &funnel.report_with(journey, min_sample), prospects as u64, min_sample, horizon_days)?;
     let Some(opts) = forecast else { return Ok(()) };
     let engines: Vec<&Engine> = shards.iter().collect();
     let Some(now) = forecast::now(&engines) else { return Ok(()) };
@@ -133,7 +134,13 @@ fn write_backtest(out: &mut impl Write, b: &Backtest) -> io::Result<()> {
     Ok(())
 }
 
-fn write_report(out: &mut impl Write, r: &FunnelReport, prospects: u64, min_sample: u64) -> io::Result<()> {
+fn write_report(
+    out: &mut impl Write,
+    r: &FunnelReport,
+    prospects: u64,
+    min_sample: u64,
+    journey_horizon_days: f64,
+) -> io::Result<()> {
     writeln!(out, "\nJourney `{}`: {prospects} prospects", r.journey)?;
     writeln!(out, "\nStep conversion (reached the next stage / reached this one)")?;
     writeln!(out, "  {:<28} {:>9} {:>9} {:>7}", "step", "reached", "next", "rate")?;
@@ -172,6 +179,134 @@ fn write_report(out: &mut impl Write, r: &FunnelReport, prospects: u64, min_samp
     }
     if r.signals.is_empty() {
         writeln!(out, "  (no prospect with an outcome yet)")?;
+    }
+    write_rules(out, r, journey_horizon_days)?;
+    write_bands(out, r)?;
+    write_hot_first(out, r)?;
+    write_milestones(out, r)?;
+    Ok(())
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}%", v * 100.0)
+}
+
+fn pct_range([l, h]: [f64; 2]) -> String {
+    format!("{:.1}-{:.1}%", l * 100.0, h * 100.0)
+}
+
+/// A span in seconds as the largest whole unit that fits (90m, 6h, 3d).
+fn span(secs: f64) -> String {
+    match secs {
+        s if s >= 86_400.0 => format!("{:.0}d", s / 86_400.0),
+        s if s >= 3_600.0 => format!("{:.0}h", s / 3_600.0),
+        s => format!("{:.0}m", s / 60.0),
+    }
+}
+
+fn write_rules(out: &mut impl Write, r: &FunnelReport, horizon_days: f64) -> io::Result<()> {
+    writeln!(
+        out,
+        "\nHot rules against outcomes (a match counts when the win came within {horizon_days} days of it;\n\
+         precision = won / prospects it matched with an outcome, capture = won / all wins; Wilson 95%)"
+    )?;
+    writeln!(
+        out,
+        "  {:<28} {:>6} {:>6} {:>6} {:>6} {:>7} {:>13} {:>7} {:>13} {:>10}",
+        "rule", "n", "won", "later", "lost", "prec", "prec 95%", "capt", "capt 95%", "lead med"
+    )?;
+    for q in &r.rules {
+        let lead = match &q.lead_time_median {
+            Some(b) => match b.to_secs {
+                Some(to) => format!("<={}", span(to)),
+                None => format!(">{}", span(b.from_secs)),
+            },
+            None => "-".into(),
+        };
+        let flag = if q.small_sample { " *" } else { "" };
+        writeln!(
+            out,
+            "  {:<28} {:>6} {:>6} {:>6} {:>6} {:>7} {:>13} {:>7} {:>13} {lead:>10}{flag}",
+            q.rule,
+            q.won + q.won_later + q.lost,
+            q.won,
+            q.won_later,
+            q.lost,
+            pct(q.precision),
+            pct_range(q.precision_interval),
+            pct(q.capture),
+            pct_range(q.capture_interval),
+        )?;
+    }
+    Ok(())
+}
+
+fn write_bands(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
+    writeln!(out, "\nWin rate by score just before the outcome ([insight] score_bands)")?;
+    writeln!(
+        out,
+        "  {:<14} {:>6} {:>6} {:>7} {:>15} {:>6} {:>11}",
+        "score", "won", "lost", "win", "win 95%", "lift", "lift 95%"
+    )?;
+    for b in &r.score_bands {
+        let band = match (b.from, b.to) {
+            (None, Some(t)) => format!("< {t}"),
+            (Some(f), Some(t)) => format!("{f} - {t}"),
+            (Some(f), None) => format!(">= {f}"),
+            (None, None) => "all".into(),
+        };
+        let [ll, lh] = b.lift_interval;
+        let flag = if b.small_sample { " *" } else { "" };
+        writeln!(
+            out,
+            "  {band:<14} {:>6} {:>6} {:>7} {:>15} {:>6.2} {:>11}{flag}",
+            b.won,
+            b.lost,
+            pct(b.win_rate),
+            pct_range(b.win_rate_interval),
+            b.lift,
+            format!("{ll:.2}-{lh:.2}")
+        )?;
+    }
+    Ok(())
+}
+
+fn write_hot_first(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
+    writeln!(
+        out,
+        "\nWhat hot leads did first (share of prospects that turned hot who showed the signal before,\n\
+         against the share of prospects never hot who showed it)"
+    )?;
+    writeln!(out, "  {:<32} {:>7} {:>7} {:>8} {:>8} {:>6}", "signal", "hot", "share", "not hot", "share", "lift")?;
+    for h in &r.hot_first {
+        let lift = h.lift.map_or_else(|| "-".to_string(), |l| format!("{l:.2}"));
+        writeln!(
+            out,
+            "  {:<32} {:>7} {:>7} {:>8} {:>8} {lift:>6}",
+            h.signal,
+            h.hot,
+            pct(h.hot_share),
+            h.not_hot,
+            pct(h.not_hot_share),
+        )?;
+    }
+    Ok(())
+}
+
+fn write_milestones(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
+    let Some(first) = r.milestones.first() else { return Ok(()) };
+    writeln!(out, "\nLater milestones: of the prospects who showed a signal, the share that reached each stage")?;
+    write!(out, "  {:<32} {:>7}", "signal", "shown")?;
+    for m in &first.reached {
+        write!(out, " {:>12}", m.stage)?;
+    }
+    writeln!(out)?;
+    for row in &r.milestones {
+        write!(out, "  {:<32} {:>7}", row.signal, row.shown)?;
+        for m in &row.reached {
+            write!(out, " {:>12}", pct(m.rate))?;
+        }
+        writeln!(out)?;
     }
     Ok(())
 }

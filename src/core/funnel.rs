@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::journey::{Journey, Outcome, SignalDef, StageId};
-use super::time::Span;
+use super::time::{Span, Ts};
 
 /// Upper bounds (seconds) of the time-in-stage histogram buckets; a last bucket takes the rest.
 pub const TIME_BUCKETS_SECS: [f64; 10] = [
@@ -36,6 +36,35 @@ impl Histogram {
         self.count += 1;
     }
 
+    /// Takes back a value [`Histogram::record`] counted (counters stop at 0).
+    pub fn unrecord(&mut self, span: Span) {
+        let secs = span.as_secs_f64().max(0.0);
+        let i = TIME_BUCKETS_SECS.iter().position(|&b| secs <= b).unwrap_or(TIME_BUCKETS_SECS.len());
+        if self.buckets[i] > 0 {
+            self.buckets[i] -= 1;
+            self.sum_secs = (self.sum_secs - secs).max(0.0);
+            self.count -= 1;
+        }
+    }
+
+    /// The bucket holding the median: its (lower, upper) bound in seconds (upper `None` for
+    /// the last bucket); `None` when empty.
+    pub fn median_bucket(&self) -> Option<(f64, Option<f64>)> {
+        if self.count == 0 {
+            return None;
+        }
+        let half = self.count.div_ceil(2);
+        let mut seen = 0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= half {
+                let low = if i == 0 { 0.0 } else { TIME_BUCKETS_SECS[i - 1] };
+                return Some((low, TIME_BUCKETS_SECS.get(i).copied()));
+            }
+        }
+        None
+    }
+
     fn absorb(&mut self, other: &Histogram) {
         let Histogram { buckets, sum_secs, count } = other;
         for (a, b) in self.buckets.iter_mut().zip(buckets) {
@@ -64,6 +93,34 @@ pub struct Funnel {
     /// Per signal: prospects that showed it and then reached a won / lost outcome.
     pub signal_outcomes: Vec<[u64; 2]>,
     pub outcomes: [u64; 2],
+    /// Per hot rule, then one row for "any rule": prospects it matched before their outcome,
+    /// as [won within `[insight] alert_horizon_days` of the match, won later, lost].
+    pub rule_outcomes: Vec<[u64; 3]>,
+    /// Per hot rule, then "any rule": time from the (earliest) match to a win within the horizon.
+    pub rule_lead: Vec<Histogram>,
+    /// Per score band (`[insight] score_bands`): outcomes [won, lost] by the prospect's score
+    /// just before the event that brought the outcome.
+    pub band_outcomes: Vec<[u64; 2]>,
+    /// Per signal: prospects that showed it.
+    pub signal_shown: Vec<u64>,
+    /// `signals x stages`: prospects that showed the signal at or before first reaching the
+    /// (non-terminal) stage.
+    pub signal_reached: Vec<u64>,
+    /// Per signal: prospects that showed it at or before a hot rule first matched them.
+    pub signal_hot: Vec<u64>,
+    /// Per signal: prospects that first showed it after a hot rule had matched them.
+    pub signal_after_hot: Vec<u64>,
+    /// Prospects a hot rule ever matched.
+    pub hot_prospects: u64,
+}
+
+/// What an outcome is measured against: the prospect's counts per signal, the hot rules that
+/// matched it (`Extras::alerted`), when the outcome came, its score just before.
+pub(crate) struct OutcomeFacts<'a> {
+    pub counts: &'a [u16],
+    pub alerted: &'a [(u8, Ts)],
+    pub at: Ts,
+    pub score: f64,
 }
 
 impl Funnel {
@@ -80,6 +137,14 @@ impl Funnel {
             time_in_stage: vec![Histogram::default(); s],
             signal_outcomes: vec![[0; 2]; journey.signals.len()],
             outcomes: [0; 2],
+            rule_outcomes: vec![[0; 3]; journey.hot_rules.len() + 1],
+            rule_lead: vec![Histogram::default(); journey.hot_rules.len() + 1],
+            band_outcomes: vec![[0; 2]; journey.score_bands.len() + 1],
+            signal_shown: vec![0; journey.signals.len()],
+            signal_reached: vec![0; journey.signals.len() * s],
+            signal_hot: vec![0; journey.signals.len()],
+            signal_after_hot: vec![0; journey.signals.len()],
+            hot_prospects: 0,
         }
     }
 
@@ -97,6 +162,14 @@ impl Funnel {
             time_in_stage,
             signal_outcomes,
             outcomes,
+            rule_outcomes,
+            rule_lead,
+            band_outcomes,
+            signal_shown,
+            signal_reached,
+            signal_hot,
+            signal_after_hot,
+            hot_prospects,
         } = other;
         debug_assert_eq!(self.stages, *stages, "funnels of one journey");
         add(&mut self.in_stage, in_stage);
@@ -112,6 +185,20 @@ impl Funnel {
             add(a, b);
         }
         add(&mut self.outcomes, outcomes);
+        for (a, b) in self.rule_outcomes.iter_mut().zip(rule_outcomes) {
+            add(a, b);
+        }
+        for (h, o) in self.rule_lead.iter_mut().zip(rule_lead) {
+            h.absorb(o);
+        }
+        for (a, b) in self.band_outcomes.iter_mut().zip(band_outcomes) {
+            add(a, b);
+        }
+        add(&mut self.signal_shown, signal_shown);
+        add(&mut self.signal_reached, signal_reached);
+        add(&mut self.signal_hot, signal_hot);
+        add(&mut self.signal_after_hot, signal_after_hot);
+        self.hot_prospects += hot_prospects;
     }
 
     /// Counts a stage change. For a prospect that may have been further along before, stages
@@ -124,6 +211,7 @@ impl Funnel {
         furthest: Option<StageId>,
         to: StageId,
         time_in_from: Span,
+        counts: &[u16],
     ) {
         let row = match from {
             Some(f) => {
@@ -149,28 +237,59 @@ impl Funnel {
         for k in first..=to.0 as usize {
             if !journey.stages[k].terminal {
                 self.reached[k] += 1;
+                for (sig, _) in counts.iter().enumerate().filter(|&(_, &c)| c > 0) {
+                    self.signal_reached[sig * self.stages + k] += 1;
+                }
             }
         }
     }
 
     /// Takes back an outcome [`Funnel::outcome`] counted (the deal was reopened or corrected).
     /// Signals first shown after the outcome were not counted with it; counters stop at 0.
-    pub(crate) fn retract_outcome(&mut self, outcome: Outcome, signal_counts: &[u16]) {
+    pub(crate) fn retract_outcome(&mut self, journey: &Journey, outcome: Outcome, facts: &OutcomeFacts<'_>) {
         let o = outcome_index(outcome);
         self.outcomes[o] = self.outcomes[o].saturating_sub(1);
-        for (s, &c) in signal_counts.iter().enumerate() {
+        for (s, &c) in facts.counts.iter().enumerate() {
             if c > 0 {
                 self.signal_outcomes[s][o] = self.signal_outcomes[s][o].saturating_sub(1);
             }
         }
+        let band = &mut self.band_outcomes[journey.score_band(facts.score)][o];
+        *band = band.saturating_sub(1);
+        for (row, col, lead) in rule_cells(journey, outcome, facts) {
+            let n = &mut self.rule_outcomes[row][col];
+            *n = n.saturating_sub(1);
+            if let Some(span) = lead {
+                self.rule_lead[row].unrecord(span);
+            }
+        }
     }
 
-    pub(crate) fn outcome(&mut self, outcome: Outcome, signal_counts: &[u16]) {
+    /// Counts an outcome: per signal shown, per hot rule that matched before it, per score band.
+    pub(crate) fn outcome(&mut self, journey: &Journey, outcome: Outcome, facts: &OutcomeFacts<'_>) {
         let o = outcome_index(outcome);
         self.outcomes[o] += 1;
-        for (s, &c) in signal_counts.iter().enumerate() {
+        for (s, &c) in facts.counts.iter().enumerate() {
             if c > 0 {
                 self.signal_outcomes[s][o] += 1;
+            }
+        }
+        self.band_outcomes[journey.score_band(facts.score)][o] += 1;
+        for (row, col, lead) in rule_cells(journey, outcome, facts) {
+            self.rule_outcomes[row][col] += 1;
+            if let Some(span) = lead {
+                self.rule_lead[row].record(span);
+            }
+        }
+    }
+
+    /// A prospect turned hot for the first time (a hot rule matched it), having shown the
+    /// signals counted in `counts`.
+    pub(crate) fn first_hot(&mut self, counts: &[u16]) {
+        self.hot_prospects += 1;
+        for (s, &c) in counts.iter().enumerate() {
+            if c > 0 {
+                self.signal_hot[s] += 1;
             }
         }
     }
@@ -260,9 +379,144 @@ impl Funnel {
             transitions,
             outcomes: Outcomes { won, lost, win_rate: base },
             signals,
+            rules: self.rule_report(journey, min_sample),
+            score_bands: self.band_report(journey, base, min_sample),
+            milestones: self.milestone_report(journey),
+            hot_first: self.hot_first_report(journey),
             time_buckets_secs: TIME_BUCKETS_SECS.to_vec(),
         }
     }
+
+    /// Each hot rule's accuracy over prospects with an outcome, then the "any rule" row.
+    fn rule_report(&self, journey: &Journey, min_sample: u64) -> Vec<RuleQuality> {
+        let names = journey.hot_rules.iter().map(|r| r.name.as_str()).chain(std::iter::once(ANY_RULE));
+        let won_total = self.outcomes[0];
+        names
+            .zip(&self.rule_outcomes)
+            .zip(&self.rule_lead)
+            .map(|((rule, &[won, won_later, lost]), lead)| {
+                let n = won + won_later + lost;
+                let (pl, ph) = wilson(won, n);
+                let (cl, ch) = wilson(won, won_total);
+                let median = lead.median_bucket();
+                RuleQuality {
+                    rule: rule.to_string(),
+                    won,
+                    won_later,
+                    lost,
+                    precision: ratio(won, n),
+                    precision_interval: [round4(pl), round4(ph)],
+                    capture: ratio(won, won_total),
+                    capture_interval: [round4(cl), round4(ch)],
+                    lead_time_median: median.map(|(from_secs, to_secs)| LeadBucket { from_secs, to_secs }),
+                    lead_time_mean_secs: (lead.count > 0).then(|| round2(lead.sum_secs / lead.count as f64)),
+                    lead_time_buckets: lead.buckets.to_vec(),
+                    small_sample: n < min_sample,
+                }
+            })
+            .collect()
+    }
+
+    fn band_report(&self, journey: &Journey, base: f64, min_sample: u64) -> Vec<ScoreBand> {
+        self.band_outcomes
+            .iter()
+            .enumerate()
+            .map(|(k, &[w, l])| {
+                let rate = ratio(w, w + l);
+                let (low, high) = wilson(w, w + l);
+                let lift = |r: f64| if base > 0.0 { round2(r / base) } else { 0.0 };
+                ScoreBand {
+                    from: if k == 0 { None } else { Some(journey.score_bands[k - 1]) },
+                    to: journey.score_bands.get(k).copied(),
+                    won: w,
+                    lost: l,
+                    win_rate: rate,
+                    win_rate_interval: [round4(low), round4(high)],
+                    lift: lift(rate),
+                    lift_interval: [lift(low), lift(high)],
+                    small_sample: w + l < min_sample,
+                }
+            })
+            .collect()
+    }
+
+    /// For each validated signal shown, the share of the prospects who showed it that reached
+    /// each non-terminal stage after the first.
+    fn milestone_report(&self, journey: &Journey) -> Vec<Milestones> {
+        let later: Vec<usize> = (1..self.stages).filter(|&k| !journey.stages[k].terminal).collect();
+        journey
+            .signals
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| validated(journey, s) && self.signal_shown[*i] > 0)
+            .map(|(i, s)| {
+                let shown = self.signal_shown[i];
+                let reached = later
+                    .iter()
+                    .map(|&k| {
+                        let n = self.signal_reached[i * self.stages + k];
+                        let (low, high) = wilson(n, shown);
+                        MilestoneReach {
+                            stage: journey.stages[k].name.clone(),
+                            prospects: n,
+                            rate: ratio(n, shown),
+                            rate_interval: [round4(low), round4(high)],
+                        }
+                    })
+                    .collect();
+                Milestones { signal: s.name.clone(), shown, reached }
+            })
+            .collect()
+    }
+
+    /// How often each validated signal came before a prospect turned hot, against the
+    /// prospects who never did; by lift.
+    fn hot_first_report(&self, journey: &Journey) -> Vec<HotFirst> {
+        let people: u64 = self.transitions[self.stages * self.stages..].iter().sum();
+        let cold = people.saturating_sub(self.hot_prospects);
+        let mut rows: Vec<HotFirst> = journey
+            .signals
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| validated(journey, s) && self.signal_shown[*i] > 0)
+            .map(|(i, s)| {
+                let hot = self.signal_hot[i].min(self.hot_prospects);
+                let not_hot =
+                    self.signal_shown[i].saturating_sub(self.signal_hot[i] + self.signal_after_hot[i]).min(cold);
+                let (hot_share, cold_share) = (ratio(hot, self.hot_prospects), ratio(not_hot, cold));
+                HotFirst {
+                    signal: s.name.clone(),
+                    hot,
+                    hot_share,
+                    not_hot,
+                    not_hot_share: cold_share,
+                    lift: (cold_share > 0.0).then(|| round2(hot_share / cold_share)),
+                }
+            })
+            .collect();
+        // By lift; a signal only hot leads showed (no lift to compute) first.
+        let key = |h: &HotFirst| h.lift.unwrap_or(f64::INFINITY);
+        rows.sort_by(|a, b| key(b).total_cmp(&key(a)).then_with(|| a.signal.cmp(&b.signal)));
+        rows
+    }
+}
+
+/// The `rule_outcomes` cells (row, column) an outcome counts in, with the lead time of a win
+/// within the horizon: each rule that matched at or before the outcome, and the "any rule" row
+/// from the earliest match.
+fn rule_cells(journey: &Journey, outcome: Outcome, facts: &OutcomeFacts<'_>) -> Vec<(usize, usize, Option<Span>)> {
+    let any = journey.hot_rules.len();
+    let before = facts.alerted.iter().filter(|&&(_, t)| t <= facts.at);
+    let earliest = before.clone().map(|&(_, t)| t).min();
+    let cell = |row: usize, t: Ts| {
+        let lead = facts.at.since(t);
+        match outcome {
+            Outcome::Won if lead <= journey.alert_horizon => (row, 0, Some(lead)),
+            Outcome::Won => (row, 1, None),
+            Outcome::Lost => (row, 2, None),
+        }
+    };
+    before.map(|&(r, t)| cell(r as usize, t)).chain(earliest.map(|t| cell(any, t))).collect()
 }
 
 fn add(into: &mut [u64], from: &[u64]) {
@@ -301,7 +555,103 @@ pub struct FunnelReport {
     /// outcome, the win rate of prospects that showed it, its lift over the overall win rate,
     /// with intervals; by lift, those with enough sample first.
     pub signals: Vec<SignalPredictiveness>,
+    /// How accurate each hot rule is, over prospects with an outcome (`[insight]`); the last
+    /// row, `any`, counts a prospect once, from the earliest rule that matched it.
+    pub rules: Vec<RuleQuality>,
+    /// Win rate by the score a prospect had just before its outcome, per `[insight]
+    /// score_bands` band.
+    pub score_bands: Vec<ScoreBand>,
+    /// Progress against later milestones, for pipelines with few closed deals yet.
+    pub milestones: Vec<Milestones>,
+    /// What hot leads did first: each signal's share among prospects who turned hot (shown at or
+    /// before the first rule matched) against its share among those who never did.
+    pub hot_first: Vec<HotFirst>,
     pub time_buckets_secs: Vec<f64>,
+}
+
+/// The name of the "any hot rule" row of [`FunnelReport::rules`].
+pub const ANY_RULE: &str = "any";
+
+/// One hot rule's accuracy (MadKudu's precision and capture, over a stated horizon).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RuleQuality {
+    pub rule: String,
+    /// Prospects it matched that won within `[insight] alert_horizon_days` of the match.
+    pub won: u64,
+    /// ... that won, later than the horizon.
+    pub won_later: u64,
+    /// ... that lost.
+    pub lost: u64,
+    /// won / (won + won_later + lost): of the prospects it flagged whose outcome is known, the
+    /// share that won within the horizon.
+    pub precision: f64,
+    /// Wilson 95% interval of the precision.
+    pub precision_interval: [f64; 2],
+    /// won / every win: the share of won deals it flagged first, within the horizon.
+    pub capture: f64,
+    pub capture_interval: [f64; 2],
+    /// The time bucket the median lead time from the match to a win within the horizon falls
+    /// in; `null` without such wins.
+    pub lead_time_median: Option<LeadBucket>,
+    pub lead_time_mean_secs: Option<f64>,
+    pub lead_time_buckets: Vec<u64>,
+    pub small_sample: bool,
+}
+
+/// A bucket of `time_buckets_secs`: from (exclusive, 0 for the first) to (inclusive; `null` for
+/// the last, unbounded one), in seconds.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LeadBucket {
+    pub from_secs: f64,
+    pub to_secs: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ScoreBand {
+    /// Lower bound (inclusive); `null` for the lowest band.
+    pub from: Option<f64>,
+    /// Upper bound (exclusive); `null` for the highest band.
+    pub to: Option<f64>,
+    pub won: u64,
+    pub lost: u64,
+    pub win_rate: f64,
+    pub win_rate_interval: [f64; 2],
+    pub lift: f64,
+    pub lift_interval: [f64; 2],
+    pub small_sample: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Milestones {
+    pub signal: String,
+    /// Prospects that showed the signal.
+    pub shown: u64,
+    pub reached: Vec<MilestoneReach>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MilestoneReach {
+    pub stage: String,
+    /// Prospects that showed the signal at or before first reaching this stage.
+    pub prospects: u64,
+    /// prospects / shown.
+    pub rate: f64,
+    pub rate_interval: [f64; 2],
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HotFirst {
+    pub signal: String,
+    /// Hot prospects that showed it at or before turning hot.
+    pub hot: u64,
+    /// hot / prospects that turned hot.
+    pub hot_share: f64,
+    /// Prospects that showed it and have not turned hot.
+    pub not_hot: u64,
+    /// not_hot / prospects that never turned hot.
+    pub not_hot_share: f64,
+    /// hot_share / not_hot_share; `null` when no prospect that never turned hot showed it.
+    pub lift: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -47,6 +47,7 @@ pub fn router(health: Health) -> Router {
             .route("/prospects/{id}", get(query::prospect))
             .route("/funnel", get(query::funnel))
             .route("/signals", get(query::signals))
+            .route("/rules", get(query::rules))
             .route("/forecast", get(query::forecast));
     }
     r.with_state(health)

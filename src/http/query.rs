@@ -1,4 +1,4 @@
-//! The query API: `GET /prospects/{id}`, `GET /funnel`, `GET /signals` and `GET /forecast`, answered by the pipeline thread
+//! The query API: `GET /prospects/{id}`, `GET /funnel`, `GET /signals`, `GET /rules` and `GET /forecast`, answered by the pipeline thread
 //! (`pipeline::query`). Personal data: served only when `http.query_api` is on, behind a bearer
 //! token when one is set (required beyond loopback), emails only with `http.show_emails`.
 //!
@@ -136,6 +136,31 @@ pub(super) async fn signals(State(h): State<Health>, headers: HeaderMap) -> Resp
         Ok(Answer::Funnel(f)) => reply(
             StatusCode::OK,
             json!({ "shards": f.shards, "outcomes": f.funnel.outcomes, "signals": f.funnel.signals }),
+        ),
+        Ok(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
+    }
+}
+
+/// `GET /rules`: how accurate each hot rule is, over the shards this instance holds: precision,
+/// capture and lead time against outcomes within `[insight] alert_horizon_days`, and the win
+/// rate by score band.
+pub(super) async fn rules(State(h): State<Health>, headers: HeaderMap) -> Response {
+    let api = match authorized(&h, &headers) {
+        Ok(api) => api,
+        Err(r) => return r,
+    };
+    match ask(api, Question::Funnel).await {
+        Err(r) => r,
+        Ok(Answer::Funnel(f)) => reply(
+            StatusCode::OK,
+            json!({
+                "shards": f.shards,
+                "alert_horizon_days": f.alert_horizon_days,
+                "outcomes": f.funnel.outcomes,
+                "rules": f.funnel.rules,
+                "score_bands": f.funnel.score_bands,
+                "time_buckets_secs": f.funnel.time_buckets_secs,
+            }),
         ),
         Ok(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
     }

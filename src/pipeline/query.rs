@@ -80,6 +80,8 @@ pub struct FunnelAnswer {
     /// The shards (input partitions) the figures cover.
     pub shards: Vec<i32>,
     pub prospects: u64,
+    /// `[insight] alert_horizon_days` of the journey the rules are measured with.
+    pub alert_horizon_days: f64,
     #[serde(flatten)]
     pub funnel: FunnelReport,
 }
@@ -208,6 +210,12 @@ impl State {
             prospects += shard.engine.len() as u64;
         }
         let shards = self.shards.keys().copied().collect();
-        Answer::Funnel(Box::new(FunnelAnswer { shards, prospects, funnel: total.report(&self.journey) }))
+        let alert_horizon_days = self.journey.alert_horizon.0 as f64 / crate::core::time::MS_PER_DAY as f64;
+        Answer::Funnel(Box::new(FunnelAnswer {
+            shards,
+            prospects,
+            alert_horizon_days,
+            funnel: total.report(&self.journey),
+        }))
     }
 }

@@ -81,6 +81,22 @@ impl State {
         for (o, label) in [(0, "won"), (1, "lost")] {
             metrics.outcomes.with_label_values(&[label]).set(outcomes.outcomes[o] as i64);
         }
+        let rules = journey.hot_rules.iter().map(|r| r.name.as_str()).chain([crate::core::funnel::ANY_RULE]);
+        for (rule, row) in rules.zip(&outcomes.rule_outcomes) {
+            if *row != [0; 3] {
+                for (k, label) in ["won", "won_later", "lost"].into_iter().enumerate() {
+                    metrics.rule_outcomes.with_label_values(&[rule, label]).set(row[k] as i64);
+                }
+            }
+        }
+        for (k, row) in outcomes.band_outcomes.iter().enumerate() {
+            if *row != [0; 2] {
+                let band = if k == 0 { "low".to_string() } else { journey.score_bands[k - 1].to_string() };
+                for (o, label) in [(0, "won"), (1, "lost")] {
+                    metrics.score_band_outcomes.with_label_values(&[&band, label]).set(row[o] as i64);
+                }
+            }
+        }
         self.unflushed = true;
         let unmapped = self.unmapped.total();
         if unmapped > self.unmapped_logged {

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub prospects_total: IntGauge,
     pub signal_outcomes: IntGaugeVec,
     pub outcomes: IntGaugeVec,
+    pub rule_outcomes: IntGaugeVec,
+    pub score_band_outcomes: IntGaugeVec,
     pub hot_leads: IntCounter,
     /// Hot-lead alerts held back by a cooldown, by the rule that fired.
     pub alerts_suppressed: IntCounterVec,
@@ -195,6 +197,22 @@ impl Metrics {
             &["outcome"],
         )?;
         r.register(Box::new(outcomes.clone()))?;
+        let rule_outcomes = IntGaugeVec::new(
+            Opts::new(
+                "microfunnel_rule_outcomes",
+                "Prospects a hot rule matched (rule=\"any\": any rule, from the earliest) whose outcome came, by result: won within [insight] alert_horizon_days of the match, won later, lost; summed over this instance's shards. Precision = won / sum; capture = won / microfunnel_outcomes{outcome=\"won\"}.",
+            ),
+            &["rule", "result"],
+        )?;
+        r.register(Box::new(rule_outcomes.clone()))?;
+        let score_band_outcomes = IntGaugeVec::new(
+            Opts::new(
+                "microfunnel_score_band_outcomes",
+                "Prospects that reached an outcome, by the [insight] score_bands band of their score just before it (band: its lower bound, or \"low\" for the lowest), summed over this instance's shards.",
+            ),
+            &["band", "outcome"],
+        )?;
+        r.register(Box::new(score_band_outcomes.clone()))?;
         let buckets = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86_400.0];
         let latency = HistogramVec::new(
             HistogramOpts::new(
@@ -323,6 +341,8 @@ impl Metrics {
             prospects_total,
             signal_outcomes,
             outcomes,
+            rule_outcomes,
+            score_band_outcomes,
             hot_leads: counter(&r, "microfunnel_hot_leads_total", "Hot-lead alerts emitted.")?,
             prospects_merged: counter_vec(
                 &r,

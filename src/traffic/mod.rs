@@ -70,6 +70,10 @@ pub struct Truth {
     pub persona: Persona,
     pub intent: f64,
     pub outcome: Outcome,
+    /// When the deal was won or lost (the event time of the CRM's `deal_won` / `deal_lost`),
+    /// RFC 3339; absent while open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome_at: Option<String>,
     pub ghosted: bool,
     pub signals: Vec<&'static str>,
 }
@@ -265,8 +269,9 @@ impl Generator {
                 self.push(emit, n, i, step, Variant::Malformed(k));
             }
         }
-        let decided_in_time = steps.iter().any(|s| matches!(s.sig, Sig::DealWon | Sig::DealLost) && s.ts.0 <= self.end);
-        let outcome = if decided_in_time { outcome } else { Outcome::Open };
+        let decided =
+            steps.iter().find(|s| matches!(s.sig, Sig::DealWon | Sig::DealLost) && s.ts.0 <= self.end).map(|s| s.ts);
+        let outcome = if decided.is_some() { outcome } else { Outcome::Open };
         match outcome {
             Outcome::Won => self.stats.won += 1,
             Outcome::Lost => self.stats.lost += 1,
@@ -280,6 +285,7 @@ impl Generator {
                 persona,
                 intent: (intent * 1000.0).round() / 1000.0,
                 outcome,
+                outcome_at: decided.map(|t| t.to_string()),
                 ghosted,
                 signals: shown,
             });

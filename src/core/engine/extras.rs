@@ -70,6 +70,10 @@ pub struct Extras {
     /// signal's event time and event id. Kept while the watermark has not passed the signal's
     /// time (an anchor arriving later than that would be late and raise nothing).
     pub waiting: Vec<(u8, Ts, Box<str>)>,
+    /// The hot rules that matched this prospect (an alert sent or held by the cooldown), each
+    /// with the earliest event time it matched at, by rule: what the rules' precision, capture
+    /// and lead time are measured from when the outcome comes (`[insight]`). Kept for good.
+    pub alerted: Vec<(u8, Ts)>,
 }
 
 impl Extras {
@@ -77,7 +81,7 @@ impl Extras {
     pub(super) fn prune(&mut self, watermark: Ts, dedup_window: Span) -> bool {
         self.seen.retain(|&(_, t)| seen_live(t, watermark, dedup_window));
         self.waiting.retain(|&(_, t, _)| waiting_live(t, watermark));
-        self.seen.is_empty() && self.waiting.is_empty()
+        self.is_empty()
     }
 
     /// The entries still in force at `watermark`, in a canonical order (for encoding and
@@ -89,11 +93,29 @@ impl Extras {
         let mut waiting: Vec<_> =
             self.waiting.iter().filter(|&&(_, t, _)| waiting_live(t, watermark)).cloned().collect();
         waiting.sort_unstable();
-        Extras { seen, waiting }
+        Extras { seen, waiting, alerted: self.alerted.clone() }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty() && self.waiting.is_empty()
+        self.seen.is_empty() && self.waiting.is_empty() && self.alerted.is_empty()
+    }
+
+    /// Records that hot rule `rule` matched at `at` (the earliest time stays).
+    pub(super) fn matched(&mut self, rule: u8, at: Ts) {
+        match self.alerted.binary_search_by_key(&rule, |&(r, _)| r) {
+            Ok(k) => self.alerted[k].1 = self.alerted[k].1.min(at),
+            Err(k) => self.alerted.insert(k, (rule, at)),
+        }
+    }
+
+    /// Takes in another prospect's extras (an identity merge): every entry, the earlier match
+    /// time of each rule.
+    pub(super) fn absorb(&mut self, other: Extras) {
+        self.seen.extend(other.seen);
+        self.waiting.extend(other.waiting);
+        for (r, t) in other.alerted {
+            self.matched(r, t);
+        }
     }
 
     /// Heap bytes held (capacity, not length).
@@ -101,6 +123,7 @@ impl Extras {
         self.seen.capacity() * std::mem::size_of::<(u64, Ts)>()
             + self.waiting.capacity() * std::mem::size_of::<(u8, Ts, Box<str>)>()
             + self.waiting.iter().map(|w| w.2.len()).sum::<usize>()
+            + self.alerted.capacity() * std::mem::size_of::<(u8, Ts)>()
     }
 }
 

@@ -5,9 +5,10 @@
 use std::borrow::Cow;
 use std::cmp::Reverse;
 
-use super::Engine;
 use super::timers::TimerKind;
+use super::{Engine, Extras};
 use crate::core::event::{Event, EventKind};
+use crate::core::funnel::OutcomeFacts;
 use crate::core::identity::{Change, IdKind, LinkReason};
 use crate::core::ids::ProspectIx;
 use crate::core::journey::{Journey, Outcome};
@@ -127,9 +128,7 @@ impl Engine {
             self.mark_email_changed(t.0);
         }
         if let Some(x) = self.extras.remove(&f.0) {
-            let into_x = self.extras.entry(t.0).or_default();
-            into_x.seen.extend(x.seen);
-            into_x.waiting.extend(x.waiting);
+            self.extras.entry(t.0).or_default().absorb(x);
         }
         // `from` becomes an inert redirect: no timer, out of the census and the funnel.
         let p = self.store.fixed_mut(fi);
@@ -154,18 +153,32 @@ impl Engine {
         let (a_times, b_times) = (self.store.stage_times(fi).to_vec(), self.store.stage_times(ti).to_vec());
         let (a_counts, b_counts) = (self.store.counts(fi).to_vec(), self.store.counts(ti).to_vec());
         let a_marks = self.store.marks(fi).to_vec();
-        // Take both prospects out of the funnel.
-        for (p, times, counts) in [(&a, &a_times, &a_counts), (&b, &b_times, &b_counts)] {
+        let alerted_of = |ix: usize| self.extras.get(&(ix as u32)).map_or_else(Vec::new, |x| x.alerted.clone());
+        let (a_alerted, b_alerted) = (alerted_of(fi), alerted_of(ti));
+        // Take both prospects out of the funnel. (The milestone and hot-first tables keep what
+        // each id counted: which signals came before a stage is not in the state.)
+        for (p, times, counts, alerted) in
+            [(&a, &a_times, &a_counts, &a_alerted), (&b, &b_times, &b_counts, &b_alerted)]
+        {
             let n = &mut self.funnel.in_stage[p.stage.0 as usize];
             *n = n.saturating_sub(1);
             for k in reached(journey, times) {
                 self.funnel.reached[k] = self.funnel.reached[k].saturating_sub(1);
             }
+            for (s, _) in counts.iter().enumerate().filter(|&(_, &c)| c > 0) {
+                self.funnel.signal_shown[s] = self.funnel.signal_shown[s].saturating_sub(1);
+            }
             for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
                 if p.has(flag) {
-                    self.funnel.retract_outcome(o, counts);
+                    let at = super::stages::outcome_at(journey, o, p.stage_entered, times);
+                    let facts = OutcomeFacts { counts, alerted, at, score: p.score };
+                    self.funnel.retract_outcome(journey, o, &facts);
                 }
             }
+        }
+        if !a_alerted.is_empty() && !b_alerted.is_empty() {
+            // One person turned hot, not two.
+            self.funnel.hot_prospects = self.funnel.hot_prospects.saturating_sub(1);
         }
         // The stage further along wins (ties: `into`'s), with what goes with it.
         let stage_of = |p: &Prospect| journey.stage(p.stage).order;
@@ -230,9 +243,18 @@ impl Engine {
         for k in reached(journey, &times) {
             self.funnel.reached[k] += 1;
         }
+        for (s, _) in counts.iter().enumerate().filter(|&(_, &c)| c > 0) {
+            self.funnel.signal_shown[s] += 1;
+        }
+        let mut alerted = Extras::default();
+        alerted.absorb(Extras { alerted: a_alerted, ..Extras::default() });
+        alerted.absorb(Extras { alerted: b_alerted, ..Extras::default() });
+        let (merged_entered, merged_score) = (self.store.fixed(ti).stage_entered, self.store.fixed(ti).score);
         for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
             if flags & flag != 0 {
-                self.funnel.outcome(o, &counts);
+                let at = super::stages::outcome_at(journey, o, merged_entered, &times);
+                let facts = OutcomeFacts { counts: &counts, alerted: &alerted.alerted, at, score: merged_score };
+                self.funnel.outcome(journey, o, &facts);
             }
         }
         // `from`'s recent event ids join `into`'s dedup memory.

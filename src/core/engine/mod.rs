@@ -369,6 +369,12 @@ impl Engine {
         let count = &mut vars.counts[sig.0 as usize];
         let seen_before = *count;
         *count = count.saturating_add(1);
+        if seen_before == 0 {
+            self.funnel.signal_shown[sig.0 as usize] += 1;
+            if self.extras.get(&ix.0).is_some_and(|x| !x.alerted.is_empty()) {
+                self.funnel.signal_after_hot[sig.0 as usize] += 1;
+            }
+        }
         if let Some(slot) = def.tracked_slot {
             let m = &mut vars.marks[slot as usize];
             if m.is_none() || ts > *m {
@@ -415,7 +421,7 @@ impl Engine {
         // Stage: forward only; a new prospect enters at least the first stage.
         let target = if new { Some(def.enters.unwrap_or(journey.first_stage())) } else { def.enters };
         if let Some(to) = target {
-            self.enter_stage(&journey, ix, new, to, sig, ts, late, out);
+            self.enter_stage(&journey, ix, new, to, sig, ts, late, score_before, out);
         }
         // Silence timer (after the stage move: a reopened deal's new quote is watched too).
         let p = self.store.fixed_mut(i);

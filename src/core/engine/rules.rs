@@ -80,6 +80,16 @@ impl Engine {
         if p.hot_until.is_none() || until >= p.hot_until {
             p.hot_until = until;
         }
+        // Every rule that matched is remembered for the rules' accuracy (`[insight]`), whether
+        // its alert goes out or the cooldown holds it.
+        let x = self.extras.entry(ix.0).or_default();
+        if x.alerted.is_empty() {
+            self.funnel.first_hot(self.store.counts(ix.0 as usize));
+        }
+        for r in (0..journey.hot_rules.len()).filter(|r| fired & (1 << r) != 0) {
+            x.matched(r as u8, ts);
+        }
+        let p = self.store.fixed_mut(ix.0 as usize);
         // The strongest rule that fired (ties to the first listed).
         let rules = &journey.hot_rules;
         let top = (0..rules.len())

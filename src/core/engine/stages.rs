@@ -5,6 +5,7 @@ use std::cmp::Reverse;
 
 use super::Engine;
 use super::timers::TimerKind;
+use crate::core::funnel::OutcomeFacts;
 use crate::core::ids::ProspectIx;
 use crate::core::journey::{Journey, Outcome, SignalId, StageId};
 use crate::core::output::Output;
@@ -22,9 +23,11 @@ impl Engine {
         sig: SignalId,
         ts: Ts,
         late: bool,
+        score_before: f64,
         out: &mut Vec<Output>,
     ) {
         let i = ix.0 as usize;
+        let alerted: &[(u8, Ts)] = self.extras.get(&ix.0).map_or(&[], |x| &x.alerted);
         let (p, vars) = self.store.state_mut(i);
         let from = (!new).then_some(p.stage);
         let mut reopen = false;
@@ -88,12 +91,14 @@ impl Engine {
             for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
                 if p.has(flag) {
                     p.flags &= !flag;
-                    self.funnel.retract_outcome(o, vars.counts);
+                    let at = outcome_at(journey, o, p.stage_entered, vars.stage_times);
+                    let facts = OutcomeFacts { counts: vars.counts, alerted, at, score: p.score };
+                    self.funnel.retract_outcome(journey, o, &facts);
                 }
             }
         }
         let furthest = if reopen { furthest_reached(journey, vars.stage_times) } else { None };
-        self.funnel.transition_from(journey, from, furthest, to, ts.since(p.stage_entered));
+        self.funnel.transition_from(journey, from, furthest, to, ts.since(p.stage_entered), vars.counts);
         // Earlier stages dated after this entry were entered only because their events arrived
         // first: in event-time order the prospect was already here then.
         for v in &mut vars.stage_times[..to.0 as usize] {
@@ -133,17 +138,19 @@ impl Engine {
             Outcome::Lost => prospect::OUTCOME_LOST,
         };
         if let Some(o) = outcome {
+            let facts = OutcomeFacts { counts: vars.counts, alerted, at: ts, score: score_before };
             if !p.has(prospect::OUTCOME_WON | prospect::OUTCOME_LOST) {
                 p.flags |= flag(o);
-                self.funnel.outcome(o, vars.counts);
+                self.funnel.outcome(journey, o, &facts);
             } else if !p.has(flag(o)) && !def.terminal && def.outcome == Some(o) {
                 // A stage after the sale with an outcome of its own (churned after paying):
                 // the latest outcome stands.
                 let old = if o == Outcome::Won { Outcome::Lost } else { Outcome::Won };
                 p.flags &= !flag(old);
-                self.funnel.retract_outcome(old, vars.counts);
+                let old_at = outcome_at(journey, old, ts, vars.stage_times);
+                self.funnel.retract_outcome(journey, old, &OutcomeFacts { at: old_at, ..facts });
                 p.flags |= flag(o);
-                self.funnel.outcome(o, vars.counts);
+                self.funnel.outcome(journey, o, &facts);
             }
         }
         self.stats.stage_changes += 1;
@@ -161,6 +168,15 @@ fn won_since(journey: &Journey, stage_times: &[u32]) -> Ts {
         .map(|k| Ts((i64::from(stage_times[k]) - 1) * MS_PER_SEC))
         .min()
         .unwrap_or(Ts::NONE)
+}
+
+/// When a prospect's outcome `o` came, as far as its state tells: a win at [`won_since`], a loss
+/// at the entry into its current stage (`entered`).
+pub(super) fn outcome_at(journey: &Journey, o: Outcome, entered: Ts, stage_times: &[u32]) -> Ts {
+    match o {
+        Outcome::Won => Some(won_since(journey, stage_times)).filter(|t| !t.is_none()).unwrap_or(entered),
+        Outcome::Lost => entered,
+    }
 }
 
 /// The furthest non-terminal stage a prospect entered (stages before it count as passed).

@@ -100,6 +100,10 @@ impl Engine {
                 buf.extend_from_slice(id.as_bytes());
                 buf.push(0);
             }
+            for (r, t) in x.alerted {
+                buf.push(r);
+                buf.extend_from_slice(&t.0.to_le_bytes());
+            }
         }
         ids::hash64(ids::SEED_DIGEST, buf)
     }

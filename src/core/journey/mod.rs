@@ -313,9 +313,25 @@ pub struct Journey {
     pub identity: Option<crate::core::identity::IdentityLimits>,
     /// `[crm]`: CRM object changes that are signals (see [`crate::core::crm`]).
     pub crm: crate::core::crm::CrmTable,
+    /// `[insight] alert_horizon_days`: a hot rule's match counts toward its precision and
+    /// capture when the win came within this span after it.
+    pub alert_horizon: Span,
+    /// `[insight] score_bands`: ascending lower bounds; band 0 is below the first bound, band
+    /// `k` from bound `k - 1` (inclusive) to bound `k`.
+    pub score_bands: Vec<f64>,
     /// Number of per-prospect "last seen" slots (`SignalDef::tracked_slot`).
     pub tracked: usize,
     names: Names,
+}
+
+/// Most `[insight] score_bands` bounds a journey may name.
+pub const MAX_SCORE_BANDS: usize = 16;
+
+impl Journey {
+    /// The score band (index into `score_bands` + 1 bands) a score falls in.
+    pub fn score_band(&self, score: f64) -> usize {
+        self.score_bands.iter().take_while(|&&b| score >= b).count()
+    }
 }
 
 /// Hashes signal names with the crate's fast stable hash (names are config, not attacker input).

@@ -35,6 +35,32 @@ pub(super) struct RawJourney {
     pub(super) identity: RawIdentity,
     #[serde(default)]
     pub(super) crm: crate::core::crm::RawCrm,
+    #[serde(default)]
+    pub(super) insight: RawInsight,
+}
+
+/// `[insight]`: how the hot rules' accuracy is measured.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInsight {
+    #[serde(default = "default_alert_horizon_days")]
+    pub(super) alert_horizon_days: f64,
+    #[serde(default = "default_score_bands")]
+    pub(super) score_bands: Vec<f64>,
+}
+
+impl Default for RawInsight {
+    fn default() -> Self {
+        RawInsight { alert_horizon_days: default_alert_horizon_days(), score_bands: default_score_bands() }
+    }
+}
+
+fn default_alert_horizon_days() -> f64 {
+    90.0
+}
+
+fn default_score_bands() -> Vec<f64> {
+    vec![10.0, 25.0, 50.0, 100.0]
 }
 
 #[derive(Deserialize)]

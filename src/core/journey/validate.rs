@@ -483,6 +483,18 @@ impl Journey {
             crate::core::crm::CrmTable::default()
         });
 
+        let horizon = e.positive("insight", "alert_horizon_days", raw.insight.alert_horizon_days);
+        let bands = &raw.insight.score_bands;
+        if bands.len() > super::MAX_SCORE_BANDS {
+            e.invalid(
+                "insight.score_bands",
+                format!("at most {} bounds, got {}; merge neighbouring bands", super::MAX_SCORE_BANDS, bands.len()),
+            );
+        }
+        if bands.iter().any(|b| !b.is_finite()) || bands.windows(2).any(|w| w[0] >= w[1]) {
+            e.invalid("insight.score_bands", "must be finite numbers in strictly ascending order, e.g. [10, 25, 50]");
+        }
+
         Journey {
             name: raw.name.clone(),
             description: raw.description.clone(),
@@ -521,6 +533,8 @@ impl Journey {
             tracked,
             names: names.names,
             crm,
+            alert_horizon: Span::from_days(horizon),
+            score_bands: bands.iter().copied().take(super::MAX_SCORE_BANDS).collect(),
         }
     }
 }

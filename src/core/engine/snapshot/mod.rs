@@ -37,7 +37,7 @@ use wire::len_prefixed;
 pub use wire::{Dec, Enc, StateError};
 
 /// Version of the state layout below (the file format adds its own header around it).
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// The state versions this build reads.
 pub const STATE_VERSIONS: std::ops::RangeInclusive<u32> = 1..=STATE_VERSION;
@@ -117,6 +117,9 @@ impl Engine {
         }
         w.u64(f.outcomes[0]);
         w.u64(f.outcomes[1]);
+        if version >= 4 {
+            encode_insight(f, out);
+        }
     }
 
     /// Replaces the shard-level part of the state with what [`Engine::encode_meta`] wrote;
@@ -172,6 +175,9 @@ impl Engine {
             *so = [r.u64("signal outcomes")?, r.u64("signal outcomes")?];
         }
         funnel.outcomes = [r.u64("outcomes")?, r.u64("outcomes")?];
+        if version >= 4 {
+            decode_insight(r, &mut funnel)?;
+        }
         let stats = Stats {
             events: st[0],
             applied: st[1],
@@ -265,4 +271,77 @@ impl Engine {
         engine.finish_restore();
         Ok(engine)
     }
+}
+
+/// The insight counters of the funnel (state version 4): each table as a u32 count of u64s then
+/// the u64s (histograms: 11 buckets, sum f64, count), so that a journey whose hot rules, score
+/// bands, signals or stages changed in number restores with that table restarted at zero
+/// rather than refused.
+fn encode_insight(f: &Funnel, out: &mut Vec<u8>) {
+    let mut w = Enc(out);
+    let flat = |w: &mut Enc<'_>, v: &mut dyn Iterator<Item = u64>, n: usize| {
+        w.u32(n as u32);
+        v.for_each(|x| w.u64(x));
+    };
+    flat(&mut w, &mut f.rule_outcomes.iter().flatten().copied(), f.rule_outcomes.len() * 3);
+    w.u32(f.rule_lead.len() as u32);
+    for h in &f.rule_lead {
+        h.buckets.iter().for_each(|&x| w.u64(x));
+        w.f64(h.sum_secs);
+        w.u64(h.count);
+    }
+    flat(&mut w, &mut f.band_outcomes.iter().flatten().copied(), f.band_outcomes.len() * 2);
+    flat(&mut w, &mut f.signal_shown.iter().copied(), f.signal_shown.len());
+    flat(&mut w, &mut f.signal_reached.iter().copied(), f.signal_reached.len());
+    flat(&mut w, &mut f.signal_hot.iter().copied(), f.signal_hot.len());
+    flat(&mut w, &mut f.signal_after_hot.iter().copied(), f.signal_after_hot.len());
+    w.u64(f.hot_prospects);
+}
+
+fn decode_insight(r: &mut Dec<'_>, f: &mut Funnel) -> Result<(), StateError> {
+    // A table of another length than this journey's is read and dropped.
+    fn table(r: &mut Dec<'_>, into: &mut [u64], what: &'static str) -> Result<(), StateError> {
+        let at = r.position();
+        let n = r.u32(what)? as usize;
+        if n > r.remaining() / 8 {
+            return Err(StateError::Invalid { what, at });
+        }
+        let v = (0..n).map(|_| r.u64(what)).collect::<Result<Vec<_>, _>>()?;
+        if n == into.len() {
+            into.copy_from_slice(&v);
+        }
+        Ok(())
+    }
+    let mut rules = vec![0u64; f.rule_outcomes.len() * 3];
+    table(r, &mut rules, "rule outcomes")?;
+    for (row, c) in f.rule_outcomes.iter_mut().zip(rules.chunks(3)) {
+        row.copy_from_slice(c);
+    }
+    let at = r.position();
+    let n = r.u32("rule lead times")? as usize;
+    if n > r.remaining() / ((TIME_BUCKETS_SECS.len() + 3) * 8) {
+        return Err(StateError::Invalid { what: "rule lead times", at });
+    }
+    let mut leads = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut b = [0u64; TIME_BUCKETS_SECS.len() + 1];
+        for x in &mut b {
+            *x = r.u64("rule lead times")?;
+        }
+        leads.push(Histogram { buckets: b, sum_secs: r.f64("rule lead times")?, count: r.u64("rule lead times")? });
+    }
+    if n == f.rule_lead.len() {
+        f.rule_lead = leads;
+    }
+    let mut bands = vec![0u64; f.band_outcomes.len() * 2];
+    table(r, &mut bands, "score band outcomes")?;
+    for (row, c) in f.band_outcomes.iter_mut().zip(bands.chunks(2)) {
+        row.copy_from_slice(c);
+    }
+    table(r, &mut f.signal_shown, "signals shown")?;
+    table(r, &mut f.signal_reached, "signals before stages")?;
+    table(r, &mut f.signal_hot, "signals before hot")?;
+    table(r, &mut f.signal_after_hot, "signals after hot")?;
+    f.hot_prospects = r.u64("hot prospects")?;
+    Ok(())
 }

@@ -57,22 +57,41 @@ impl Engine {
     }
 
     /// A changelog record: layout 1 ([`Engine::encode_prospect`]), then, when the prospect has
-    /// any, its extras (tag 1; records without a tag, from older builds, have none).
+    /// any, its extras (tag 1: older ids and waiting signals; tag 2, since state version 4:
+    /// the hot rules that matched it; records without a tag, from older builds, have none).
     pub fn encode_changelog_record(&self, ix: ProspectIx, out: &mut Vec<u8>) {
         self.encode_prospect(ix, out);
         if let Some(x) = self.live_extras(ix) {
-            out.push(1);
-            encode_extras(&x, out);
+            if !x.seen.is_empty() || !x.waiting.is_empty() {
+                out.push(1);
+                encode_extras(&x, out);
+            }
+            if !x.alerted.is_empty() {
+                out.push(2);
+                encode_alerted(&x.alerted, out);
+            }
         }
     }
 
     /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
     pub fn decode_changelog_record<'a>(&self, r: &mut Dec<'a>) -> Result<ProspectRecord<'a>, StateError> {
         let mut rec = self.decode_prospect(r)?;
-        if !r.is_empty() {
+        let mut last = 0;
+        while !r.is_empty() {
             let at = r.position();
-            match r.u8("extras tag")? {
-                1 => rec.extras = decode_extras(r, self.journey().hot_rules.len())?,
+            let tag = r.u8("extras tag")?;
+            // Tags in ascending order, each at most once.
+            if tag <= last {
+                return Err(StateError::Invalid { what: "extras tag", at });
+            }
+            last = tag;
+            match tag {
+                1 => {
+                    let alerted = std::mem::take(&mut rec.extras.alerted);
+                    rec.extras = decode_extras(r, self.journey().hot_rules.len())?;
+                    rec.extras.alerted = alerted;
+                }
+                2 => rec.extras.alerted = decode_alerted(r, self.journey().hot_rules.len())?,
                 _ => return Err(StateError::Invalid { what: "extras tag", at }),
             }
         }
@@ -126,7 +145,11 @@ impl Engine {
         }
         mask |= u16::from(email.is_some()) << 12;
         let extras = self.live_extras(ix);
-        mask |= u16::from(extras.is_some()) << 13;
+        let (has_extras, has_alerted) = extras
+            .as_ref()
+            .map_or((false, false), |x| (!x.seen.is_empty() || !x.waiting.is_empty(), !x.alerted.is_empty()));
+        mask |= u16::from(has_extras) << 13;
+        mask |= u16::from(has_alerted) << 14;
         out.extend_from_slice(&mask.to_le_bytes());
         if mask & (1 << 7) != 0 {
             out.extend_from_slice(&p.score.to_bits().to_le_bytes());
@@ -145,7 +168,12 @@ impl Engine {
             len_prefixed(out, e.as_bytes());
         }
         if let Some(x) = extras {
-            encode_extras(&x, out);
+            if has_extras {
+                encode_extras(&x, out);
+            }
+            if has_alerted {
+                encode_alerted(&x.alerted, out);
+            }
         }
     }
 
@@ -187,7 +215,7 @@ impl Engine {
         let j = self.journey();
         let at = r.position();
         let mask = r.u16("presence mask")?;
-        if mask >> 14 != 0 {
+        if mask >> 15 != 0 {
             return Err(StateError::Invalid { what: "presence mask", at });
         }
         let score = if mask & (1 << 7) != 0 { r.f64("score")? } else { 0.0 };
@@ -211,6 +239,9 @@ impl Engine {
         unsparse(r, &mut rec.marks, j.tracked, Ts::NONE, "marks", |r| r.ts("marks"))?;
         rec.email = if mask & (1 << 12) != 0 { Some(r.len_prefixed_str("email")?) } else { None };
         rec.extras = if mask & (1 << 13) != 0 { decode_extras(r, j.hot_rules.len())? } else { Extras::default() };
+        if mask & (1 << 14) != 0 {
+            rec.extras.alerted = decode_alerted(r, j.hot_rules.len())?;
+        }
         Ok(())
     }
 }
@@ -258,4 +289,30 @@ fn decode_extras(r: &mut Dec<'_>, hot_rules: usize) -> Result<Extras, StateError
         x.waiting.push((rule, r.ts("waiting signals")?, r.len_prefixed_str("waiting signals")?.into()));
     }
     Ok(x)
+}
+
+/// The hot rules that matched a prospect (state version 4): count u8, (rule u8, time i64) each,
+/// by rule, each rule once.
+fn encode_alerted(alerted: &[(u8, Ts)], out: &mut Vec<u8>) {
+    let mut w = Enc(out);
+    w.u8(alerted.len() as u8);
+    for &(r, t) in alerted {
+        w.u8(r);
+        w.ts(t);
+    }
+}
+
+fn decode_alerted(r: &mut Dec<'_>, hot_rules: usize) -> Result<Vec<(u8, Ts)>, StateError> {
+    let at = r.position();
+    let n = r.u8("matched hot rules")? as usize;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rule = r.u8("matched hot rules")?;
+        let t = r.ts("matched hot rules")?;
+        if rule as usize >= hot_rules || v.last().is_some_and(|&(p, _)| p >= rule) || t.is_none() {
+            return Err(StateError::Invalid { what: "matched hot rules", at });
+        }
+        v.push((rule, t));
+    }
+    Ok(v)
 }

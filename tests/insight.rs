@@ -1,0 +1,274 @@
+//! How accurate the hot rules are (`[insight]`): precision, capture and lead time against
+//! outcomes within a horizon, win rate by score band, what hot leads did first, later
+//! milestones. Against a count the test makes itself from the generator's truth file, on
+//! hand-written cases through the public API, and through a checkpoint's bytes.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use microfunnel::codec::{self, Limits};
+use microfunnel::core::funnel::{ANY_RULE, FunnelReport, RuleQuality};
+use microfunnel::core::snapshot::Dec;
+use microfunnel::core::time::{MS_PER_DAY, parse_rfc3339};
+use microfunnel::core::{Engine, Journey, Ts};
+use serde_json::{Value, json};
+use support::{bin, unique};
+
+const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
+
+fn journey_with(insight: &str) -> Arc<Journey> {
+    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[insight]\n{insight}\n")).expect("journey loads"))
+}
+
+fn t0() -> Ts {
+    parse_rfc3339("2026-03-02T09:00:00Z").unwrap()
+}
+
+fn day(d: i64) -> Ts {
+    Ts(t0().0 + d * MS_PER_DAY)
+}
+
+struct Feed {
+    engine: Engine,
+    n: u32,
+}
+
+impl Feed {
+    fn new(journey: Arc<Journey>) -> Feed {
+        Feed { engine: Engine::new(journey), n: 0 }
+    }
+
+    fn send(&mut self, prospect: &str, source: &str, kind: &str, at: Ts) {
+        self.n += 1;
+        let line = json!({"event_id": format!("e-{}", self.n), "prospect_id": prospect, "source": source,
+                          "type": kind, "ts": at.to_string()})
+        .to_string();
+        let journey = Arc::clone(self.engine.journey());
+        let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap();
+        self.engine.apply(&ev, &mut Vec::new());
+    }
+
+    fn report(&self) -> FunnelReport {
+        self.engine.funnel().report(self.engine.journey())
+    }
+}
+
+fn rule<'a>(r: &'a FunnelReport, name: &str) -> &'a RuleQuality {
+    r.rules.iter().find(|q| q.rule == name).unwrap_or_else(|| panic!("no rule {name}"))
+}
+
+fn cells(q: &RuleQuality) -> [u64; 3] {
+    [q.won, q.won_later, q.lost]
+}
+
+/// Four people: a quote request then a win 5 days later (within the horizon), another won 120
+/// days later (beyond it), a third lost, a fourth won without any rule matching it.
+fn four_people(f: &mut Feed) {
+    for p in ["usr_a", "usr_b", "usr_c"] {
+        f.send(p, "web", "content_downloaded", day(0));
+        f.send(p, "web", "quote_requested", day(1));
+    }
+    f.send("usr_a", "crm", "deal_won", day(6));
+    f.send("usr_b", "crm", "deal_won", day(121));
+    f.send("usr_c", "crm", "deal_lost", day(4));
+    f.send("usr_d", "crm", "deal_won", day(7));
+}
+
+#[test]
+fn a_rule_counts_an_outcome_after_its_match_as_a_win_within_the_horizon_a_later_win_or_a_loss() {
+    let mut f = Feed::new(journey_with("alert_horizon_days = 90"));
+    four_people(&mut f);
+    let r = f.report();
+    assert_eq!((r.outcomes.won, r.outcomes.lost), (3, 1));
+    let q = rule(&r, "quote_requested");
+    assert_eq!(cells(q), [1, 1, 1], "{q:?}");
+    assert_eq!((q.precision, q.capture), (0.3333, 0.3333), "{q:?}");
+    // usr_a's 5 days fall in the (3 d, 7 d] bucket; usr_b's win is beyond the horizon.
+    let median = q.lead_time_median.as_ref().expect("one win within the horizon");
+    assert_eq!((median.from_secs, median.to_secs), (3.0 * 86_400.0, Some(7.0 * 86_400.0)));
+    assert_eq!(cells(rule(&r, ANY_RULE)), [1, 1, 1]);
+    assert_eq!(cells(rule(&r, "clarification_after_quote")), [0, 0, 0]);
+
+    // A horizon of 200 days takes usr_b's win in.
+    let mut f = Feed::new(journey_with("alert_horizon_days = 200"));
+    four_people(&mut f);
+    assert_eq!(cells(rule(&f.report(), "quote_requested")), [2, 0, 1]);
+}
+
+#[test]
+fn a_reopened_deal_takes_its_outcome_back_from_the_rules_and_the_score_bands() {
+    let mut f = Feed::new(journey_with("alert_horizon_days = 90\nscore_bands = [10, 40]"));
+    four_people(&mut f);
+    let before = f.report();
+    let bands: Vec<[u64; 2]> = before.score_bands.iter().map(|b| [b.won, b.lost]).collect();
+    // usr_d had no score before its win, and usr_b's decayed over 120 days (band < 10); usr_a
+    // and usr_c had the download and the quote request days before (8 + 30, decayed a little:
+    // band 10 - 40).
+    assert_eq!(bands, vec![[2, 0], [1, 1], [0, 0]], "{:?}", before.score_bands);
+    // The CRM reopens usr_c's lost deal with a new quote.
+    f.send("usr_c", "crm", "quote_sent", day(10));
+    let after = f.report();
+    assert_eq!(cells(rule(&after, "quote_requested")), [1, 1, 0]);
+    assert_eq!(after.score_bands.iter().map(|b| b.lost).sum::<u64>(), 0, "{:?}", after.score_bands);
+}
+
+#[test]
+fn what_hot_leads_did_first_and_later_milestones_count_each_person_once() {
+    let mut f = Feed::new(journey_with(""));
+    four_people(&mut f);
+    // Two people download and never turn hot; one of the hot ones subscribes afterwards.
+    f.send("usr_e", "web", "content_downloaded", day(2));
+    f.send("usr_f", "web", "content_downloaded", day(2));
+    f.send("usr_a", "web", "email_subscribed", day(3));
+    let r = f.report();
+    let row = r.hot_first.iter().find(|h| h.signal == "content_downloaded").unwrap();
+    // Hot: usr_a, usr_b, usr_c (all downloaded first). Never hot: usr_d, usr_e, usr_f (two
+    // downloaded).
+    assert_eq!((row.hot, row.hot_share, row.not_hot, row.not_hot_share), (3, 1.0, 2, 0.6667), "{row:?}");
+    assert_eq!(row.lift, Some(1.5));
+    let sub = r.hot_first.iter().find(|h| h.signal == "email_subscribed").unwrap();
+    assert_eq!((sub.hot, sub.not_hot, sub.lift), (0, 0, Some(0.0).filter(|_| false)), "after turning hot: {sub:?}");
+    let m = r.milestones.iter().find(|m| m.signal == "content_downloaded").unwrap();
+    assert_eq!(m.shown, 5);
+    let reached: BTreeMap<&str, u64> = m.reached.iter().map(|x| (x.stage.as_str(), x.prospects)).collect();
+    // Three of the five who downloaded asked for a quote (deciding); two of them won.
+    assert_eq!((reached["deciding"], reached["won"]), (3, 2), "{reached:?}");
+}
+
+#[test]
+fn the_rules_record_and_the_insight_counters_survive_a_checkpoint_and_a_changelog_record() {
+    let mut f = Feed::new(journey_with(""));
+    four_people(&mut f);
+    let mut bytes = Vec::new();
+    f.engine.encode_state(&mut bytes);
+    let back = Engine::decode_state(Arc::clone(f.engine.journey()), &bytes).unwrap();
+    assert_eq!(back.digest(), f.engine.digest());
+    assert_eq!(back.funnel(), f.engine.funnel());
+    let ix = f.engine.find("usr_b").unwrap();
+    let mut rec = Vec::new();
+    f.engine.encode_changelog_record(ix, &mut rec);
+    let decoded = back.decode_changelog_record(&mut Dec::new(&rec)).unwrap();
+    assert_eq!(decoded.extras.alerted, vec![(1, day(1))], "quote_requested (rule 1) matched on day 1");
+    // An open prospect that matched keeps the record for its outcome after a restore.
+    let mut g = Feed::new(journey_with(""));
+    g.send("usr_x", "web", "quote_requested", day(1));
+    let mut bytes = Vec::new();
+    g.engine.encode_state(&mut bytes);
+    g.engine = Engine::decode_state(Arc::clone(g.engine.journey()), &bytes).unwrap();
+    g.send("usr_x", "crm", "deal_won", day(3));
+    assert_eq!(cells(rule(&g.report(), "quote_requested")), [1, 0, 0]);
+}
+
+#[test]
+fn a_bad_insight_section_is_refused_naming_the_key() {
+    for (text, key) in [
+        ("alert_horizon_days = 0", "insight"),
+        ("score_bands = [50, 10]", "insight.score_bands"),
+        ("score_bands = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]", "insight.score_bands"),
+    ] {
+        let Err(err) = Journey::from_toml_str(&format!("{B2B}\n[insight]\n{text}\n")) else {
+            panic!("{text} is accepted")
+        };
+        let err = err.to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}
+
+/// The rules' accuracy from `replay` equals what the test counts itself from the generator's
+/// truth file (each person's outcome and when) and the alerts `replay` printed (each rule's
+/// first match per prospect, sent or held by the cooldown).
+#[test]
+fn hot_rule_accuracy_equals_a_count_from_the_truth_file() {
+    let dir = std::env::temp_dir().join(unique("insight"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (traffic, truth, journey) = (dir.join("t.jsonl"), dir.join("truth.jsonl"), dir.join("j.toml"));
+    // 14 days splits the generated wins between within and beyond the horizon.
+    std::fs::write(&journey, format!("{B2B}\n[insight]\nalert_horizon_days = 14\n")).unwrap();
+    let st = bin()
+        .args(["gen", "--prospects", "8000", "--seed", "11", "--quiet", "--out"])
+        .arg(&traffic)
+        .arg("--truth")
+        .arg(&truth)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = bin().arg("replay").arg("--journey").arg(&journey).arg(&traffic).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ms = |s: &str| parse_rfc3339(s).unwrap().0;
+    let mut first: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut summary = Value::Null;
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        match v["kind"].as_str() {
+            Some("hot_lead" | "hot_lead_suppressed") => {
+                let p = v["prospect"].as_str().unwrap().to_string();
+                for r in v["rules"].as_array().unwrap() {
+                    let at = ms(v["at"].as_str().unwrap());
+                    let e = first.entry((p.clone(), r.as_str().unwrap().to_string())).or_insert(at);
+                    *e = (*e).min(at);
+                }
+            }
+            Some("funnel_summary") => summary = v,
+            _ => {}
+        }
+    }
+    let mut earliest: BTreeMap<String, i64> = BTreeMap::new();
+    for ((p, _), &t) in &first {
+        let e = earliest.entry(p.clone()).or_insert(t);
+        *e = (*e).min(t);
+    }
+    let outcomes: BTreeMap<String, (String, i64)> = std::fs::read_to_string(&truth)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["outcome"] != "open")
+        .map(|v| {
+            (
+                v["prospect"].as_str().unwrap().into(),
+                (v["outcome"].as_str().unwrap().into(), ms(v["outcome_at"].as_str().unwrap())),
+            )
+        })
+        .collect();
+    let wins = outcomes.values().filter(|(o, _)| o == "won").count() as u64;
+    let horizon = 14 * MS_PER_DAY;
+    let mut expected: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    let mut leads = Vec::new();
+    let matches = first.iter().map(|((p, r), &t)| (p.clone(), r.clone(), t));
+    for (p, r, t) in matches.chain(earliest.iter().map(|(p, &t)| (p.clone(), ANY_RULE.to_string(), t))) {
+        let Some((o, at)) = outcomes.get(&p) else { continue };
+        if t > *at {
+            continue;
+        }
+        let cell = match o.as_str() {
+            "won" if at - t <= horizon => 0,
+            "won" => 1,
+            _ => 2,
+        };
+        expected.entry(r.clone()).or_default()[cell] += 1;
+        if cell == 0 && r == ANY_RULE {
+            leads.push((at - t) as f64 / 1000.0);
+        }
+    }
+    assert_eq!(summary["outcomes"]["won"].as_u64(), Some(wins), "the truth file's wins");
+    let rules = summary["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 4, "three rules and `any`");
+    for q in rules {
+        let name = q["rule"].as_str().unwrap();
+        let got = [&q["won"], &q["won_later"], &q["lost"]].map(|v| v.as_u64().unwrap());
+        let want = expected.get(name).copied().unwrap_or_default();
+        assert_eq!(got, want, "rule {name}");
+        let capture = (want[0] as f64 / wins as f64 * 10_000.0).round() / 10_000.0;
+        assert_eq!(q["capture"].as_f64(), Some(capture), "rule {name}");
+    }
+    let any = &expected[ANY_RULE];
+    assert!(any[0] > 20 && any[1] > 20 && any[2] > 20, "the case covers every cell: {any:?}");
+    // The median lead time of `any` lies in the bucket the report names.
+    leads.sort_by(f64::total_cmp);
+    let median = leads[(leads.len() - 1) / 2];
+    let bucket = &rules[3]["lead_time_median"];
+    let (from, to) = (bucket["from_secs"].as_f64().unwrap(), bucket["to_secs"].as_f64().unwrap_or(f64::INFINITY));
+    assert!(from < median && median <= to, "median {median} s in ({from}, {to}]");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,7 +12,7 @@ use microfunnel::codec::{self, Limits};
 use microfunnel::core::funnel::{ANY_RULE, FunnelReport, RuleQuality};
 use microfunnel::core::snapshot::Dec;
 use microfunnel::core::time::{MS_PER_DAY, parse_rfc3339};
-use microfunnel::core::{Engine, Journey, Ts};
+use microfunnel::core::{Engine, Journey, Output, Ts};
 use serde_json::{Value, json};
 use support::{bin, unique};
 
@@ -47,7 +47,9 @@ impl Feed {
         .to_string();
         let journey = Arc::clone(self.engine.journey());
         let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap();
-        self.engine.apply(&ev, &mut Vec::new());
+        let mut out = Vec::new();
+        self.engine.apply(&ev, &mut out);
+        assert!(!out.iter().any(|o| matches!(o, Output::Rejected { .. })), "{line}: {out:?}");
     }
 
     fn report(&self) -> FunnelReport {
@@ -135,6 +137,33 @@ fn what_hot_leads_did_first_and_later_milestones_count_each_person_once() {
     let reached: BTreeMap<&str, u64> = m.reached.iter().map(|x| (x.stage.as_str(), x.prospects)).collect();
     // Three of the five who downloaded asked for a quote (deciding); two of them won.
     assert_eq!((reached["deciding"], reached["won"]), (3, 2), "{reached:?}");
+}
+
+#[test]
+fn drop_off_counts_the_last_step_before_a_silence_and_a_pair_rule_reads_as_a_signal() {
+    let mut f = Feed::new(journey_with(""));
+    // Both ask for a quote and get one; usr_p asks what a line means (the pair), usr_q goes
+    // silent: ghosted 5 days after the quote with `quote_requested` as its last step.
+    for p in ["usr_p", "usr_q"] {
+        f.send(p, "web", "quote_requested", day(0));
+        f.send(p, "crm", "quote_sent", day(1));
+    }
+    f.send("usr_p", "crm", "quote_clarification_requested", day(2));
+    f.send("usr_p", "crm", "deal_won", day(9));
+    f.send("usr_q", "crm", "deal_lost", day(30));
+    f.engine.advance_to(day(40), &mut Vec::new());
+    let r = f.report();
+    let d = r.drop_off.iter().find(|d| d.signal == "quote_requested").unwrap();
+    assert_eq!((d.shown, d.silent, d.rate), (2, 1, 0.5), "{d:?}");
+    let c = r.drop_off.iter().find(|d| d.signal == "quote_clarification_requested").unwrap();
+    assert_eq!((c.shown, c.silent), (1, 0), "{c:?}");
+    let pair = r.pairs.iter().find(|p| p.rule == "clarification_after_quote").expect("the sequence rule's pair");
+    assert_eq!(
+        (pair.signal.as_str(), pair.after.as_str(), pair.within_days),
+        ("quote_clarification_requested", "quote_sent", 14.0)
+    );
+    assert_eq!((pair.won, pair.lost), (1, 0), "{pair:?}");
+    assert_eq!(r.pairs.len(), 1, "only sequence rules name pairs");
 }
 
 #[test]

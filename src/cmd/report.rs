@@ -180,6 +180,8 @@ fn write_report(
     if r.signals.is_empty() {
         writeln!(out, "  (no prospect with an outcome yet)")?;
     }
+    write_pairs(out, r)?;
+    write_drop_off(out, r)?;
     write_rules(out, r, journey_horizon_days)?;
     write_bands(out, r)?;
     write_hot_first(out, r)?;
@@ -236,6 +238,54 @@ fn write_rules(out: &mut impl Write, r: &FunnelReport, horizon_days: f64) -> io:
             pct_range(q.precision_interval),
             pct(q.capture),
             pct_range(q.capture_interval),
+        )?;
+    }
+    Ok(())
+}
+
+fn write_pairs(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
+    if r.pairs.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nPairs the sequence rules name (the second signal within the window after the first)")?;
+    writeln!(
+        out,
+        "  {:<48} {:>6} {:>6} {:>7} {:>15} {:>6} {:>11}",
+        "pair", "won", "lost", "win", "win 95%", "lift", "lift 95%"
+    )?;
+    for p in &r.pairs {
+        let pair = format!("{} within {}d after {}", p.signal, p.within_days, p.after);
+        let [ll, lh] = p.lift_interval;
+        let flag = if p.small_sample { " *" } else { "" };
+        writeln!(
+            out,
+            "  {pair:<58} {:>6} {:>6} {:>7} {:>15} {:>6.2} {:>11}{flag}",
+            p.won,
+            p.lost,
+            pct(p.win_rate),
+            pct_range(p.win_rate_interval),
+            p.lift,
+            format!("{ll:.2}-{lh:.2}")
+        )?;
+    }
+    Ok(())
+}
+
+fn write_drop_off(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
+    writeln!(
+        out,
+        "\nDrop-off: of the prospects who showed a signal, the share whose next step was silence (ghosted or stalled)"
+    )?;
+    writeln!(out, "  {:<32} {:>7} {:>7} {:>7} {:>15}", "signal", "shown", "silent", "rate", "rate 95%")?;
+    for d in &r.drop_off {
+        writeln!(
+            out,
+            "  {:<32} {:>7} {:>7} {:>7} {:>15}",
+            d.signal,
+            d.shown,
+            d.silent,
+            pct(d.rate),
+            pct_range(d.rate_interval)
         )?;
     }
     Ok(())

@@ -112,6 +112,9 @@ pub struct Funnel {
     pub signal_after_hot: Vec<u64>,
     /// Prospects a hot rule ever matched.
     pub hot_prospects: u64,
+    /// Per signal: prospects that went silent (a ghosted or stalled timer fired on a prospect
+    /// not already ghosted or stalled) while it was their last prospect-initiated signal.
+    pub signal_silences: Vec<u64>,
 }
 
 /// What an outcome is measured against: the prospect's counts per signal, the hot rules that
@@ -145,6 +148,7 @@ impl Funnel {
             signal_hot: vec![0; journey.signals.len()],
             signal_after_hot: vec![0; journey.signals.len()],
             hot_prospects: 0,
+            signal_silences: vec![0; journey.signals.len()],
         }
     }
 
@@ -170,6 +174,7 @@ impl Funnel {
             signal_hot,
             signal_after_hot,
             hot_prospects,
+            signal_silences,
         } = other;
         debug_assert_eq!(self.stages, *stages, "funnels of one journey");
         add(&mut self.in_stage, in_stage);
@@ -199,6 +204,14 @@ impl Funnel {
         add(&mut self.signal_hot, signal_hot);
         add(&mut self.signal_after_hot, signal_after_hot);
         self.hot_prospects += hot_prospects;
+        add(&mut self.signal_silences, signal_silences);
+    }
+
+    /// A ghosted or stalled timer fired; `last_signal` was the prospect's last step.
+    pub(crate) fn silence_after(&mut self, last_signal: u16) {
+        if let Some(n) = self.signal_silences.get_mut(last_signal as usize) {
+            *n += 1;
+        }
     }
 
     /// Counts a stage change. For a prospect that may have been further along before, stages
@@ -383,6 +396,8 @@ impl Funnel {
             score_bands: self.band_report(journey, base, min_sample),
             milestones: self.milestone_report(journey),
             hot_first: self.hot_first_report(journey),
+            pairs: self.pair_report(journey, base, min_sample),
+            drop_off: self.drop_off_report(journey),
             time_buckets_secs: TIME_BUCKETS_SECS.to_vec(),
         }
     }
@@ -467,6 +482,62 @@ impl Funnel {
                 Milestones { signal: s.name.clone(), shown, reached }
             })
             .collect()
+    }
+
+    /// The ordered pairs sequence rules name (`signal` within `within_days` after `after`):
+    /// prospects the rule matched, by outcome, as a signal of the `signals` table.
+    fn pair_report(&self, journey: &Journey, base: f64, min_sample: u64) -> Vec<PairPredictiveness> {
+        journey
+            .hot_rules
+            .iter()
+            .zip(&self.rule_outcomes)
+            .filter_map(|(rule, &[won, won_later, lost])| {
+                let super::journey::HotCondition::Signal { signal, after: Some((after, within)) } = rule.condition
+                else {
+                    return None;
+                };
+                let w = won + won_later;
+                let rate = ratio(w, w + lost);
+                let (low, high) = wilson(w, w + lost);
+                let lift = |r: f64| if base > 0.0 { round2(r / base) } else { 0.0 };
+                Some(PairPredictiveness {
+                    rule: rule.name.clone(),
+                    signal: journey.signal(signal).name.clone(),
+                    after: journey.signal(after).name.clone(),
+                    within_days: round2(within.0 as f64 / super::time::MS_PER_DAY as f64),
+                    won: w,
+                    lost,
+                    win_rate: rate,
+                    win_rate_interval: [round4(low), round4(high)],
+                    lift: lift(rate),
+                    lift_interval: [lift(low), lift(high)],
+                    small_sample: w + lost < min_sample,
+                })
+            })
+            .collect()
+    }
+
+    /// Per validated signal shown: the share of its prospects that went silent right after it.
+    fn drop_off_report(&self, journey: &Journey) -> Vec<DropOff> {
+        let mut rows: Vec<DropOff> = journey
+            .signals
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| validated(journey, s) && self.signal_shown[*i] > 0)
+            .map(|(i, s)| {
+                let (shown, silent) = (self.signal_shown[i], self.signal_silences[i].min(self.signal_shown[i]));
+                let (low, high) = wilson(silent, shown);
+                DropOff {
+                    signal: s.name.clone(),
+                    shown,
+                    silent,
+                    rate: ratio(silent, shown),
+                    rate_interval: [round4(low), round4(high)],
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| b.rate.total_cmp(&a.rate).then_with(|| a.signal.cmp(&b.signal)));
+        rows
     }
 
     /// How often each validated signal came before a prospect turned hot, against the
@@ -566,7 +637,41 @@ pub struct FunnelReport {
     /// What hot leads did first: each signal's share among prospects who turned hot (shown at or
     /// before the first rule matched) against its share among those who never did.
     pub hot_first: Vec<HotFirst>,
+    /// The ordered pairs the sequence hot rules name, as signals: won and lost after the pair.
+    pub pairs: Vec<PairPredictiveness>,
+    /// Drop-off after each signal: the share of the prospects that showed it whose next step
+    /// was silence (ghosted or stalled); highest first.
+    pub drop_off: Vec<DropOff>,
     pub time_buckets_secs: Vec<f64>,
+}
+
+/// A sequence rule's pair (`signal` within `within_days` after `after`) as a signal: the
+/// prospects it matched (sent or held by the cooldown) that reached an outcome after it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PairPredictiveness {
+    pub rule: String,
+    pub signal: String,
+    pub after: String,
+    pub within_days: f64,
+    pub won: u64,
+    pub lost: u64,
+    pub win_rate: f64,
+    pub win_rate_interval: [f64; 2],
+    pub lift: f64,
+    pub lift_interval: [f64; 2],
+    pub small_sample: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DropOff {
+    pub signal: String,
+    /// Prospects that showed it.
+    pub shown: u64,
+    /// Of those, the ones that went silent (ghosted or stalled) with it as their last step.
+    pub silent: u64,
+    /// silent / shown.
+    pub rate: f64,
+    pub rate_interval: [f64; 2],
 }
 
 /// The name of the "any hot rule" row of [`FunnelReport::rules`].

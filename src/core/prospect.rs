@@ -42,7 +42,13 @@ pub struct Prospect {
     /// the prospect is hot, and the priority a rule needs to alert within that alert's cooldown.
     pub hot_rule: u8,
     pub recent_pos: u8,
+    /// The signal of `last_activity` (the latest prospect-initiated one), [`NO_SIGNAL`] before
+    /// any: what the prospect did last before a silence (`[insight]` drop-off).
+    pub last_signal: u16,
 }
+
+/// `Prospect::last_signal` of a prospect that has not initiated anything yet.
+pub const NO_SIGNAL: u16 = u16::MAX;
 
 impl Prospect {
     pub fn new(stage: StageId, at: Ts) -> Prospect {
@@ -60,6 +66,7 @@ impl Prospect {
             flags: 0,
             hot_rule: 0,
             recent_pos: 0,
+            last_signal: NO_SIGNAL,
         }
     }
 

@@ -215,6 +215,7 @@ impl Engine {
             flags,
             hot_rule: later_alert.hot_rule,
             recent_pos: b.recent_pos,
+            last_signal: active.last_signal,
         };
         let stage = merged.stage;
         let entered = stage_secs(merged.stage_entered);

@@ -402,6 +402,7 @@ impl Engine {
         if def.prospect_initiated {
             if p.last_activity.is_none() || ts > p.last_activity {
                 p.last_activity = ts;
+                p.last_signal = sig.0;
             }
             if let Some(g) = journey.ghost
                 && !p.ghost_due.is_none()

@@ -123,6 +123,9 @@ impl Engine {
         match kind {
             TimerKind::Ghost => {
                 p.ghost_due = Ts::NONE;
+                if !p.has(prospect::GHOSTED | prospect::STALLED) {
+                    self.funnel.silence_after(p.last_signal);
+                }
                 p.flags |= prospect::GHOSTED;
                 if p.hot_until > due {
                     p.hot_until = due;
@@ -134,6 +137,9 @@ impl Engine {
             }
             TimerKind::Stall => {
                 p.stall_due = Ts::NONE;
+                if !p.has(prospect::GHOSTED | prospect::STALLED) {
+                    self.funnel.silence_after(p.last_signal);
+                }
                 p.flags |= prospect::STALLED;
                 self.funnel.stalled[p.stage.0 as usize] += 1;
                 self.stats.stalled += 1;

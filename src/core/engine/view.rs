@@ -71,6 +71,10 @@ impl Engine {
         }
         buf.extend_from_slice(&p.score.to_bits().to_le_bytes());
         buf.extend_from_slice(&[p.stage.0, p.flags, p.hot_rule]);
+        if p.last_signal != crate::core::prospect::NO_SIGNAL {
+            // Only when set: digests of states written before it existed stay what they were.
+            buf.extend_from_slice(&p.last_signal.to_le_bytes());
+        }
         let mut recent = p.recent;
         recent.sort_unstable();
         for r in recent {

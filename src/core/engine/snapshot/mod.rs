@@ -295,6 +295,7 @@ fn encode_insight(f: &Funnel, out: &mut Vec<u8>) {
     flat(&mut w, &mut f.signal_reached.iter().copied(), f.signal_reached.len());
     flat(&mut w, &mut f.signal_hot.iter().copied(), f.signal_hot.len());
     flat(&mut w, &mut f.signal_after_hot.iter().copied(), f.signal_after_hot.len());
+    flat(&mut w, &mut f.signal_silences.iter().copied(), f.signal_silences.len());
     w.u64(f.hot_prospects);
 }
 
@@ -342,6 +343,7 @@ fn decode_insight(r: &mut Dec<'_>, f: &mut Funnel) -> Result<(), StateError> {
     table(r, &mut f.signal_reached, "signals before stages")?;
     table(r, &mut f.signal_hot, "signals before hot")?;
     table(r, &mut f.signal_after_hot, "signals after hot")?;
+    table(r, &mut f.signal_silences, "silences after signals")?;
     f.hot_prospects = r.u64("hot prospects")?;
     Ok(())
 }

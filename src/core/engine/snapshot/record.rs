@@ -5,7 +5,7 @@ use super::wire::{Dec, Enc, StateError, len_prefixed, sparse, unsparse};
 use crate::core::engine::{Engine, Extras};
 use crate::core::ids::ProspectIx;
 use crate::core::journey::StageId;
-use crate::core::prospect::{Prospect, RECENT_IDS};
+use crate::core::prospect::{NO_SIGNAL, Prospect, RECENT_IDS};
 use crate::core::time::Ts;
 
 const NO_EMAIL: u32 = u32::MAX;
@@ -71,6 +71,11 @@ impl Engine {
                 encode_alerted(&x.alerted, out);
             }
         }
+        let last_signal = self.prospect(ix).last_signal;
+        if last_signal != NO_SIGNAL {
+            out.push(3);
+            out.extend_from_slice(&last_signal.to_le_bytes());
+        }
     }
 
     /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
@@ -92,6 +97,7 @@ impl Engine {
                     rec.extras.alerted = alerted;
                 }
                 2 => rec.extras.alerted = decode_alerted(r, self.journey().hot_rules.len())?,
+                3 => rec.fixed.last_signal = self.checked_signal(r)?,
                 _ => return Err(StateError::Invalid { what: "extras tag", at }),
             }
         }
@@ -150,6 +156,7 @@ impl Engine {
             .map_or((false, false), |x| (!x.seen.is_empty() || !x.waiting.is_empty(), !x.alerted.is_empty()));
         mask |= u16::from(has_extras) << 13;
         mask |= u16::from(has_alerted) << 14;
+        mask |= u16::from(p.last_signal != NO_SIGNAL) << 15;
         out.extend_from_slice(&mask.to_le_bytes());
         if mask & (1 << 7) != 0 {
             out.extend_from_slice(&p.score.to_bits().to_le_bytes());
@@ -175,6 +182,19 @@ impl Engine {
                 encode_alerted(&x.alerted, out);
             }
         }
+        if p.last_signal != NO_SIGNAL {
+            out.extend_from_slice(&p.last_signal.to_le_bytes());
+        }
+    }
+
+    /// A prospect's last signal (state version 4), checked against this engine's journey.
+    fn checked_signal(&self, r: &mut Dec<'_>) -> Result<u16, StateError> {
+        let at = r.position();
+        let s = r.u16("last signal")?;
+        if s as usize >= self.journey().signals.len() {
+            return Err(StateError::Invalid { what: "last signal", at });
+        }
+        Ok(s)
     }
 
     /// A prospect's fixed state from its decoded fields (`t`: the seven times in record order,
@@ -206,6 +226,7 @@ impl Engine {
             flags,
             hot_rule,
             recent_pos,
+            last_signal: NO_SIGNAL,
         })
     }
 
@@ -213,11 +234,7 @@ impl Engine {
     /// this engine's journey.
     pub(super) fn decode_compact<'a>(&self, r: &mut Dec<'a>, rec: &mut ProspectRecord<'a>) -> Result<(), StateError> {
         let j = self.journey();
-        let at = r.position();
         let mask = r.u16("presence mask")?;
-        if mask >> 15 != 0 {
-            return Err(StateError::Invalid { what: "presence mask", at });
-        }
         let score = if mask & (1 << 7) != 0 { r.f64("score")? } else { 0.0 };
         let mut t = [Ts::NONE; 7];
         for (k, v) in t.iter_mut().enumerate() {
@@ -241,6 +258,9 @@ impl Engine {
         rec.extras = if mask & (1 << 13) != 0 { decode_extras(r, j.hot_rules.len())? } else { Extras::default() };
         if mask & (1 << 14) != 0 {
             rec.extras.alerted = decode_alerted(r, j.hot_rules.len())?;
+        }
+        if mask & (1 << 15) != 0 {
+            rec.fixed.last_signal = self.checked_signal(r)?;
         }
         Ok(())
     }

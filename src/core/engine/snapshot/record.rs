@@ -10,6 +10,12 @@ use crate::core::time::Ts;
 
 const NO_EMAIL: u32 = u32::MAX;
 
+/// Bits of layout 2's extension byte (presence mask bit 15, state version 4), each saying what
+/// follows it, in bit order: the prospect's last signal (u16).
+const EXT_LAST_SIGNAL: u8 = 1;
+/// The extension bits this build reads.
+const EXT_KNOWN: u8 = EXT_LAST_SIGNAL;
+
 /// One prospect's whole state, decoded and checked against the journey, ready to install.
 pub struct ProspectRecord<'a> {
     pub fixed: Prospect,
@@ -156,7 +162,10 @@ impl Engine {
             .map_or((false, false), |x| (!x.seen.is_empty() || !x.waiting.is_empty(), !x.alerted.is_empty()));
         mask |= u16::from(has_extras) << 13;
         mask |= u16::from(has_alerted) << 14;
-        mask |= u16::from(p.last_signal != NO_SIGNAL) << 15;
+        // Bit 15: an extension byte follows the record, each of its bits saying what comes after
+        // it (state version 4; a record with none of them has no byte).
+        let ext = u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL;
+        mask |= u16::from(ext != 0) << 15;
         out.extend_from_slice(&mask.to_le_bytes());
         if mask & (1 << 7) != 0 {
             out.extend_from_slice(&p.score.to_bits().to_le_bytes());
@@ -182,7 +191,10 @@ impl Engine {
                 encode_alerted(&x.alerted, out);
             }
         }
-        if p.last_signal != NO_SIGNAL {
+        if ext != 0 {
+            out.push(ext);
+        }
+        if ext & EXT_LAST_SIGNAL != 0 {
             out.extend_from_slice(&p.last_signal.to_le_bytes());
         }
     }
@@ -260,7 +272,14 @@ impl Engine {
             rec.extras.alerted = decode_alerted(r, j.hot_rules.len())?;
         }
         if mask & (1 << 15) != 0 {
-            rec.fixed.last_signal = self.checked_signal(r)?;
+            let at = r.position();
+            let ext = r.u8("extension byte")?;
+            if ext == 0 || ext & !EXT_KNOWN != 0 {
+                return Err(StateError::Invalid { what: "extension byte", at });
+            }
+            if ext & EXT_LAST_SIGNAL != 0 {
+                rec.fixed.last_signal = self.checked_signal(r)?;
+            }
         }
         Ok(())
     }

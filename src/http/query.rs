@@ -98,7 +98,7 @@ pub(super) async fn prospect(State(h): State<Health>, Path(id): Path<String>, he
             reply(StatusCode::NOT_FOUND, json!({ "error": "unknown prospect", "partition": partition }))
         }
         Ok(Answer::NotHere { partition }) => not_here(partition),
-        Ok(Answer::Funnel(_) | Answer::Forecast(_)) => {
+        Ok(Answer::Funnel(_) | Answer::Forecast(_) | Answer::Breakdown(_) | Answer::UnknownDimension { .. }) => {
             reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" }))
         }
     }
@@ -112,11 +112,29 @@ fn not_here(partition: i32) -> Response {
 }
 
 /// `GET /funnel`: the funnel of the shards this instance holds (sums; add instances' answers).
-pub(super) async fn funnel(State(h): State<Health>, headers: HeaderMap) -> Response {
+/// `GET /funnel?by=<dimension>`: the same split by a `[breakdowns]` dimension.
+pub(super) async fn funnel(State(h): State<Health>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let api = match authorized(&h, &headers) {
         Ok(api) => api,
         Err(r) => return r,
     };
+    let by = query
+        .as_deref()
+        .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "by").map(|(_, v)| v.into_owned()));
+    if let Some(by) = by {
+        return match ask(api, Question::Breakdown(by.clone())).await {
+            Err(r) => r,
+            Ok(Answer::Breakdown(b)) => reply(StatusCode::OK, serde_json::to_value(&b).unwrap_or_default()),
+            Ok(Answer::UnknownDimension { known }) => reply(
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "error": format!("by: the journey has no breakdown dimension `{}`; use one of its [breakdowns] names", by.chars().take(64).collect::<String>()),
+                    "dimensions": known,
+                }),
+            ),
+            Ok(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
+        };
+    }
     match ask(api, Question::Funnel).await {
         Err(r) => r,
         Ok(Answer::Funnel(f)) => reply(StatusCode::OK, serde_json::to_value(&f).unwrap_or_default()),

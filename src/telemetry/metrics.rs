@@ -33,6 +33,8 @@ pub struct Metrics {
     pub prospects_total: IntGauge,
     pub signal_outcomes: IntGaugeVec,
     pub outcomes: IntGaugeVec,
+    /// The funnel per `[breakdowns]` value (bounded labels: top K, `other`, `none`).
+    pub breakdowns: super::breakdown::BreakdownGauges,
     pub hot_leads: IntCounter,
     /// Hot-lead alerts held back by a cooldown, by the rule that fired.
     pub alerts_suppressed: IntCounterVec,
@@ -323,6 +325,7 @@ impl Metrics {
             prospects_total,
             signal_outcomes,
             outcomes,
+            breakdowns: super::breakdown::BreakdownGauges::new(&r)?,
             hot_leads: counter(&r, "microfunnel_hot_leads_total", "Hot-lead alerts emitted.")?,
             prospects_merged: counter_vec(
                 &r,

@@ -101,6 +101,9 @@ impl Engine {
                 buf.push(0);
             }
         }
+        if self.attr.any(i) {
+            self.digest_attributions(i, buf);
+        }
         ids::hash64(ids::SEED_DIGEST, buf)
     }
 
@@ -148,6 +151,7 @@ impl Engine {
             + self.extras.capacity() * (std::mem::size_of::<(u32, Extras)>() + 1)
             + self.extras.values().map(Extras::heap_bytes).sum::<usize>()
             + self.identity.as_ref().map_or(0, |m| m.heap_bytes())
+            + self.attr.heap_bytes()
     }
 }
 

@@ -29,6 +29,7 @@ use crate::core::ids;
 use crate::core::journey::Journey;
 use crate::core::time::Ts;
 
+mod breakdown;
 mod record;
 mod wire;
 
@@ -37,7 +38,7 @@ use wire::len_prefixed;
 pub use wire::{Dec, Enc, StateError};
 
 /// Version of the state layout below (the file format adds its own header around it).
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// The state versions this build reads.
 pub const STATE_VERSIONS: std::ops::RangeInclusive<u32> = 1..=STATE_VERSION;
@@ -117,6 +118,9 @@ impl Engine {
         }
         w.u64(f.outcomes[0]);
         w.u64(f.outcomes[1]);
+        if version >= 4 {
+            self.encode_breakdown_meta(&mut w);
+        }
     }
 
     /// Replaces the shard-level part of the state with what [`Engine::encode_meta`] wrote;
@@ -194,6 +198,9 @@ impl Engine {
         self.leap = leap;
         self.stats = stats;
         self.funnel = funnel;
+        if version >= 4 {
+            self.decode_breakdown_meta(r)?;
+        }
         Ok(version)
     }
 
@@ -220,6 +227,7 @@ impl Engine {
                 sum = sum.wrapping_add(self.prospect_digest_with(ix, &mut buf));
             }
         }
+        self.encode_breakdown_section(out);
         sum
     }
 
@@ -258,6 +266,9 @@ impl Engine {
                 id
             };
             engine.restore_prospect(id, &rec).map_err(|_| StateError::Invalid { what: "prospect id", at })?;
+        }
+        if version >= 4 {
+            engine.decode_sections(&mut r)?;
         }
         if !r.is_empty() {
             return Err(StateError::Invalid { what: "trailing bytes", at: r.position() });

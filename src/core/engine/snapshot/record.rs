@@ -19,6 +19,9 @@ pub struct ProspectRecord<'a> {
     pub email: Option<&'a str>,
     /// Older event ids and waiting sequence signals (state version 3; empty before).
     pub extras: Extras,
+    /// Attributed breakdown values, one per dimension (changelog records since state version
+    /// 4; empty: none).
+    pub slots: crate::core::breakdown::SlotRecord,
 }
 
 impl ProspectRecord<'_> {
@@ -30,6 +33,7 @@ impl ProspectRecord<'_> {
             marks: Vec::new(),
             email: None,
             extras: Extras::default(),
+            slots: Vec::new(),
         }
     }
 }
@@ -64,15 +68,22 @@ impl Engine {
             out.push(1);
             encode_extras(&x, out);
         }
+        self.encode_slots_trailer(ix, out);
     }
 
     /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
     pub fn decode_changelog_record<'a>(&self, r: &mut Dec<'a>) -> Result<ProspectRecord<'a>, StateError> {
         let mut rec = self.decode_prospect(r)?;
-        if !r.is_empty() {
+        while !r.is_empty() {
             let at = r.position();
             match r.u8("extras tag")? {
-                1 => rec.extras = decode_extras(r, self.journey().hot_rules.len())?,
+                1 if rec.extras.is_empty() && rec.slots.is_empty() => {
+                    rec.extras = decode_extras(r, self.journey().hot_rules.len())?
+                }
+                super::breakdown::RECORD_TAG if rec.slots.is_empty() => {
+                    let dims = r.u8("breakdown dimensions")? as usize;
+                    rec.slots = super::breakdown::read_slots(r, dims)?;
+                }
                 _ => return Err(StateError::Invalid { what: "extras tag", at }),
             }
         }
@@ -108,7 +119,7 @@ impl Engine {
                 Some(std::str::from_utf8(b).map_err(|_| StateError::Invalid { what: "email", at })?)
             }
         };
-        Ok(ProspectRecord { fixed, stage_times, counts, marks, email, extras: Extras::default() })
+        Ok(ProspectRecord { fixed, stage_times, counts, marks, email, extras: Extras::default(), slots: Vec::new() })
     }
 
     /// One prospect in record layout 2 (see the module docs).

@@ -72,6 +72,9 @@ pub struct Truth {
     pub outcome: Outcome,
     pub ghosted: bool,
     pub signals: Vec<&'static str>,
+    /// The campaign (`utm_campaign`) the prospect arrived from, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -232,7 +235,9 @@ impl Generator {
     fn simulate(&mut self, n: u64) {
         let start = Ts(self.arrival(n));
         let mut r = Rng::derive(self.opts.seed, n);
-        let Life { persona, intent, steps, outcome, ghosted } = self.opts.model.life(&mut r, start);
+        let campaign = self.opts.model.campaign_of(self.opts.seed, n);
+        let effect = campaign.map_or(0.0, |c| self.opts.model.campaigns[c].effect);
+        let Life { persona, intent, steps, outcome, ghosted } = self.opts.model.life(&mut r, start, effect);
         self.stats.prospects += 1;
         let mut shown: Vec<&'static str> = Vec::new();
         let o = &self.opts;
@@ -282,6 +287,7 @@ impl Generator {
                 outcome,
                 ghosted,
                 signals: shown,
+                campaign: campaign.map(|c| self.opts.model.campaigns[c].name.clone()),
             });
         }
     }
@@ -347,10 +353,16 @@ impl Generator {
             }
             v => {
                 let segment = source == Source::Web && r.chance(self.opts.segment_share);
+                // The landing step and the sign-up (a form that carries the stored UTM
+                // parameters) name the prospect's campaign.
+                let campaign = (p.step_ix == 0 || step.sig == Sig::Identified)
+                    .then(|| self.opts.model.campaign_of(self.opts.seed, p.n))
+                    .flatten()
+                    .map(|c| &self.opts.model.campaigns[c]);
                 if segment {
-                    render::segment(line, &id, &step, &mut r, p.n);
+                    render::segment(line, &id, &step, &mut r, p.n, campaign);
                 } else {
-                    render::canonical(line, &id, &step, &mut r, p.n);
+                    render::canonical(line, &id, &step, &mut r, p.n, campaign);
                 }
                 if v == Variant::Duplicate {
                     self.stats.duplicates += 1;

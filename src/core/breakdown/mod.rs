@@ -26,7 +26,7 @@ use super::engine::Engine;
 use super::journey::{Journey, SignalId, StageId};
 
 mod state;
-mod table;
+pub(crate) mod table;
 
 pub use state::{Attributions, Slot, SlotRecord, ValueTable};
 pub use table::{BreakdownReport, BreakdownTable, ValueCounts, ValueReport};

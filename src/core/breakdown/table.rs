@@ -39,8 +39,16 @@ impl ValueCounts {
         }
     }
 
-    /// Counts one prospect.
-    pub(crate) fn count(&mut self, journey: &Journey, p: &Prospect, stage_times: &[u32], counts: &[u16]) {
+    /// Counts one prospect; `measured` says which signals count in `signal_outcomes`
+    /// ([`measured_signals`]).
+    pub(crate) fn count(
+        &mut self,
+        journey: &Journey,
+        p: &Prospect,
+        stage_times: &[u32],
+        counts: &[u16],
+        measured: &[bool],
+    ) {
         self.prospects += 1;
         self.in_stage[p.stage.0 as usize] += 1;
         let furthest = (0..journey.stages.len()).rev().find(|&k| !journey.stages[k].terminal && stage_times[k] != 0);
@@ -63,7 +71,7 @@ impl ValueCounts {
                 self.lost += 1;
             }
             for (s, &c) in counts.iter().enumerate() {
-                if c > 0 {
+                if c > 0 && measured[s] {
                     self.signal_outcomes[s][o] += 1;
                 }
             }
@@ -94,6 +102,22 @@ impl ValueCounts {
             a[1] += b[1];
         }
     }
+}
+
+/// The signals whose outcomes a value's signal table counts: those the funnel's signal table
+/// measures (prospect-initiated, not outcomes), except signals that enter a stage at or after
+/// the first won stage (shown after the sale, they would only echo it). A prospect's counts say
+/// which signals it showed, not when: a signal shown after the outcome counts too.
+pub(crate) fn measured_signals(journey: &Journey) -> Vec<bool> {
+    let won = journey.stages.iter().find(|s| s.outcome == Some(crate::core::journey::Outcome::Won)).map(|s| s.order);
+    journey
+        .signals
+        .iter()
+        .map(|s| {
+            crate::core::funnel::validated(journey, s)
+                && !s.enters.is_some_and(|st| won.is_some_and(|w| journey.stage(st).order >= w))
+        })
+        .collect()
 }
 
 /// One dimension's counts per value: every value a shard (or the shards summed) holds, `other`

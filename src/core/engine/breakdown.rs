@@ -48,6 +48,7 @@ impl Engine {
         for (d, t) in tables.iter_mut().enumerate() {
             t.folded_touches = self.attr.tables()[d].folded;
         }
+        let measured = crate::core::breakdown::table::measured_signals(j);
         for i in 0..self.store.len() {
             let p = self.store.fixed(i);
             if p.has(prospect::REDIRECT) {
@@ -57,7 +58,7 @@ impl Engine {
             for (d, t) in tables.iter_mut().enumerate() {
                 let id = self.attr.value(i, d);
                 let name = self.attr.tables()[d].name(id);
-                t.entry(j, name, id == OTHER).count(j, p, times, counts);
+                t.entry(j, name, id == OTHER).count(j, p, times, counts, &measured);
             }
         }
         tables

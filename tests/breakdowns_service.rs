@@ -99,6 +99,14 @@ fn metrics_stay_within_top_k_plus_two_values_and_the_service_answers_what_replay
         assert_eq!(answer[key], expected[key], "{key}");
     }
     assert_eq!(answer["values"].as_array().unwrap().len(), TOP_K);
+    let (status, body) = http_get(svc.addr(), "/signals?by=campaign");
+    assert_eq!(status, 200, "{body}");
+    let signals: Value = serde_json::from_str(&body).unwrap();
+    let values = signals["values"].as_array().unwrap();
+    assert_eq!(values.len(), TOP_K + 2, "the top K values, other and none");
+    for (v, e) in values.iter().zip(expected["values"].as_array().unwrap()) {
+        assert_eq!((&v["value"], &v["signals"]), (&e["value"], &e["signals"]));
+    }
     let (status, body) = http_get(svc.addr(), "/funnel?by=campain");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("no breakdown dimension `campain`") && body.contains("\"campaign\""), "{body}");

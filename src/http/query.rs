@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use super::{Health, QueryApi};
 use crate::core::Span;
-use crate::pipeline::query::{Answer, Question, Unanswered};
+use crate::pipeline::query::{Answer, BreakdownAnswer, Question, Unanswered};
 use crate::pipeline::status::ShardState;
 
 /// How long a question may wait for the pipeline (one polled batch, or a blocking checkpoint).
@@ -104,6 +104,30 @@ pub(super) async fn prospect(State(h): State<Health>, Path(id): Path<String>, he
     }
 }
 
+/// The `by` parameter of a query string, decoded.
+fn by_of(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "by").map(|(_, v)| v.into_owned())
+}
+
+/// One dimension's breakdown over the shards held; a 400 naming the journey's dimensions for one
+/// it does not have.
+async fn breakdown(api: &QueryApi, by: String) -> Result<Box<BreakdownAnswer>, Response> {
+    match ask(api, Question::Breakdown(by.clone())).await? {
+        Answer::Breakdown(b) => Ok(b),
+        Answer::UnknownDimension { known } => Err(reply(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "error": format!(
+                    "by: the journey has no breakdown dimension `{}`; use one of its [breakdowns] names",
+                    by.chars().take(64).collect::<String>()
+                ),
+                "dimensions": known,
+            }),
+        )),
+        _ => Err(reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" }))),
+    }
+}
+
 fn not_here(partition: i32) -> Response {
     reply(
         StatusCode::MISDIRECTED_REQUEST,
@@ -118,21 +142,10 @@ pub(super) async fn funnel(State(h): State<Health>, headers: HeaderMap, RawQuery
         Ok(api) => api,
         Err(r) => return r,
     };
-    let by = query
-        .as_deref()
-        .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "by").map(|(_, v)| v.into_owned()));
-    if let Some(by) = by {
-        return match ask(api, Question::Breakdown(by.clone())).await {
+    if let Some(by) = by_of(query.as_deref()) {
+        return match breakdown(api, by).await {
+            Ok(b) => reply(StatusCode::OK, serde_json::to_value(&b).unwrap_or_default()),
             Err(r) => r,
-            Ok(Answer::Breakdown(b)) => reply(StatusCode::OK, serde_json::to_value(&b).unwrap_or_default()),
-            Ok(Answer::UnknownDimension { known }) => reply(
-                StatusCode::BAD_REQUEST,
-                json!({
-                    "error": format!("by: the journey has no breakdown dimension `{}`; use one of its [breakdowns] names", by.chars().take(64).collect::<String>()),
-                    "dimensions": known,
-                }),
-            ),
-            Ok(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" })),
         };
     }
     match ask(api, Question::Funnel).await {
@@ -144,11 +157,29 @@ pub(super) async fn funnel(State(h): State<Health>, headers: HeaderMap, RawQuery
 
 /// `GET /signals`: which signals predict a sale, over the shards this instance holds (the
 /// funnel's signal table, sorted by lift, with the outcomes it is measured against).
-pub(super) async fn signals(State(h): State<Health>, headers: HeaderMap) -> Response {
+/// `GET /signals?by=<dimension>`: the same per value of a `[breakdowns]` dimension.
+pub(super) async fn signals(State(h): State<Health>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let api = match authorized(&h, &headers) {
         Ok(api) => api,
         Err(r) => return r,
     };
+    if let Some(by) = by_of(query.as_deref()) {
+        return match breakdown(api, by).await {
+            Ok(b) => {
+                let r = &b.breakdown;
+                let values: Vec<serde_json::Value> = r
+                    .values
+                    .iter()
+                    .chain([&r.other, &r.none])
+                    .map(|v| {
+                        json!({ "value": v.value, "outcomes": v.outcomes, "small_sample": v.small_sample, "signals": v.signals })
+                    })
+                    .collect();
+                reply(StatusCode::OK, json!({ "shards": b.shards, "dimension": r.dimension, "values": values }))
+            }
+            Err(r) => r,
+        };
+    }
     match ask(api, Question::Funnel).await {
         Err(r) => r,
         Ok(Answer::Funnel(f)) => reply(

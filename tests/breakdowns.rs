@@ -382,3 +382,19 @@ fn generated_campaigns_rank_by_true_win_rate_and_counts_match_the_lines() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--by campaing: journey `b2b` has no breakdown dimension"));
 }
+
+/// A state written under other dimensions loads with no values: attribution starts again
+/// (version-3 states, without a breakdown part, load in `tests/snapshot.rs`).
+#[test]
+fn a_state_of_other_dimensions_loads_without_values() {
+    let mut engine = Engine::new(journey_with(DIMENSIONS, ""));
+    apply_all(&mut engine, &[ev("p1", 1, "page_viewed", 5, Some(("google", "brand")))]);
+    let mut bytes = Vec::new();
+    engine.encode_state(&mut bytes);
+    let renamed = journey_with(&DIMENSIONS.replace("name = \"first\"", "name = \"first_campaign\""), "");
+    let back = Engine::decode_state(Arc::clone(&renamed), &bytes).unwrap();
+    assert!(values(&back, "p1").values().all(Option::is_none), "{:?}", values(&back, "p1"));
+    assert_eq!(back.attributions().tables()[0].len(), 0);
+    let plain = Engine::decode_state(journey_with("", ""), &bytes).unwrap();
+    assert_eq!((plain.len(), plain.attributions().tables().len()), (1, 0));
+}

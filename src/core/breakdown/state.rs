@@ -78,6 +78,8 @@ pub struct Attributions {
     pub(crate) tables: Vec<ValueTable>,
     /// `dims` slots per prospect, by prospect index; prospects beyond its end have none yet.
     pub(crate) slots: Vec<Slot>,
+    /// The last state meta read named other dimensions: slots restored under it are dropped.
+    pub(crate) foreign: bool,
 }
 
 /// Time as a slot (and a stage entry time) holds it.
@@ -91,6 +93,7 @@ impl Attributions {
             dims: dims.len(),
             tables: dims.iter().map(|d| ValueTable::seeded(&d.seeded())).collect(),
             slots: Vec::new(),
+            foreign: false,
         }
     }
 
@@ -126,10 +129,16 @@ impl Attributions {
         &mut self.slots[i * self.dims..end]
     }
 
-    /// Sets prospect `i`'s slots (a restore); slots of another dimension count are ignored.
+    /// Sets prospect `i`'s slots (a restore). Slots of another dimension count, or restored
+    /// under a meta of other dimensions, are dropped; so is a value id its table does not hold.
     pub(crate) fn set(&mut self, i: usize, slots: &[Slot]) {
-        if slots.len() == self.dims {
-            self.slots_mut(i).copy_from_slice(slots);
+        if slots.len() == self.dims && !self.foreign {
+            let checked: Vec<Slot> = slots
+                .iter()
+                .zip(&self.tables)
+                .map(|(s, t)| if s.value < 2 || t.name(s.value).is_some() { *s } else { Slot::default() })
+                .collect();
+            self.slots_mut(i).copy_from_slice(&checked);
         } else if i * self.dims < self.slots.len() {
             self.slots_mut(i).fill(Slot::default());
         }

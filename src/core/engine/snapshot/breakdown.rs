@@ -60,6 +60,8 @@ impl Engine {
         if names.len() == dims.len() && names.iter().zip(dims.iter()).all(|(a, d)| *a == d.name) {
             attr.tables = tables;
             attr.slots = std::mem::take(&mut self.attr.slots);
+        } else {
+            attr.foreign = true;
         }
         self.attr = attr;
         Ok(())

@@ -102,8 +102,17 @@ fn referrer_domain(touch: &mut Touch<'_>, referrer: &str) {
     }
 }
 
-/// The touch of a payload; empty when it carries none or cannot be read.
+/// The touch of a payload; empty when it carries none or cannot be read. A payload that holds
+/// none of the keys' telltale bytes (`campaign`, `utm_`, `referrer`) is not parsed again: a key
+/// written with escapes (`"utm\u005fsource"`) is not read.
 pub(super) fn touch_fields(bytes: &[u8]) -> Touch<'_> {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    static NEEDLES: LazyLock<[Finder<'static>; 3]> =
+        LazyLock::new(|| [Finder::new(b"utm_"), Finder::new(b"campaign"), Finder::new(b"referrer")]);
+    if NEEDLES.iter().all(|n| n.find(bytes).is_none()) {
+        return Touch::default();
+    }
     let Ok(p) = serde_json::from_slice::<Payload<'_>>(bytes) else { return Touch::default() };
     let mut touch = Touch::default();
     let (campaign, page) = match p.context {

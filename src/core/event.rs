@@ -73,7 +73,7 @@ pub struct Event<'a> {
     pub anonymous: bool,
     /// The breakdown dimension values the payload carries (UTM source, medium, campaign,
     /// referrer domain), read only for journeys with `[breakdowns]`.
-    pub touch: super::breakdown::Touch<'a>,
+    pub touch: Option<Box<super::breakdown::Touch<'a>>>,
 }
 
 impl Event<'_> {
@@ -89,7 +89,7 @@ impl Event<'_> {
             email: self.email.map(|e| Cow::Owned(e.into_owned())),
             linked: self.linked.map(|l| Cow::Owned(l.into_owned())),
             anonymous: self.anonymous,
-            touch: self.touch.into_owned(),
+            touch: self.touch.map(|t| Box::new(t.into_owned())),
         }
     }
 }

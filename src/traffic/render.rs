@@ -218,7 +218,7 @@ pub fn segment(out: &mut Vec<u8>, id: &Identity, step: &Step, r: &mut Rng, n: u6
         r.pick(&AGENTS)
     );
     let retargeting = r.chance(0.3);
-    match campaign.filter(|_| n % 2 == 0) {
+    match campaign.filter(|_| n.is_multiple_of(2)) {
         Some(c) => {
             let _ =
                 write!(out, r#","campaign":{{"name":"{}","source":"{}","medium":"{}"}}"#, c.name, c.source, c.medium);

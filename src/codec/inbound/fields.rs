@@ -296,11 +296,11 @@ pub(super) fn event<'a>(
 }
 
 /// The breakdown values of a payload: a second, lenient pass, only for journeys with
-/// `[breakdowns]` that split by a touch field.
-fn touch_of<'a>(journey: &Journey, bytes: &'a [u8]) -> crate::core::breakdown::Touch<'a> {
-    if journey.breakdowns.iter().any(|d| d.field.touch_index().is_some()) {
-        touch_fields(bytes)
-    } else {
-        crate::core::breakdown::Touch::default()
+/// `[breakdowns]` that split by a touch field; `None` when it carries none.
+fn touch_of<'a>(journey: &Journey, bytes: &'a [u8]) -> Option<Box<crate::core::breakdown::Touch<'a>>> {
+    if !journey.breakdowns.iter().any(|d| d.field.touch_index().is_some()) {
+        return None;
     }
+    let touch = touch_fields(bytes);
+    (!touch.is_empty()).then(|| Box::new(touch))
 }

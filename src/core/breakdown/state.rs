@@ -157,7 +157,7 @@ impl Attributions {
         &mut self,
         dims: &[Dimension],
         i: usize,
-        touch: &Touch<'_>,
+        touch: Option<&Touch<'_>>,
         sig: SignalId,
         ts: Ts,
         stage_times: &[u32],
@@ -178,7 +178,7 @@ impl Attributions {
                     slot.value = segment_value(slot.at, before.map(|b| stage_times[b.0 as usize]));
                 }
                 f => {
-                    let Some(v) = f.touch_index().and_then(|k| touch.values[k].as_deref()) else { continue };
+                    let Some(v) = f.touch_index().and_then(|k| touch?.values[k].as_deref()) else { continue };
                     if takes(dim.attribution, *slot, t, stage_times) {
                         slot.value = self.tables[d].intern(v, dim);
                         slot.at = t;

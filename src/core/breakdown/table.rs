@@ -115,7 +115,7 @@ pub(crate) fn measured_signals(journey: &Journey) -> Vec<bool> {
         .iter()
         .map(|s| {
             crate::core::funnel::validated(journey, s)
-                && !s.enters.is_some_and(|st| won.is_some_and(|w| journey.stage(st).order >= w))
+                && s.enters.is_none_or(|st| won.is_none_or(|w| journey.stage(st).order < w))
         })
         .collect()
 }

@@ -14,7 +14,7 @@ impl Engine {
     pub(super) fn attribute(&mut self, ix: ProspectIx, ev: &Event<'_>, sig: SignalId) {
         let i = ix.0 as usize;
         let stage_times = self.store.stage_times(i);
-        self.attr.observe(&self.journey.breakdowns, i, &ev.touch, sig, ev.ts, stage_times);
+        self.attr.observe(&self.journey.breakdowns, i, ev.touch.as_deref(), sig, ev.ts, stage_times);
     }
 
     /// The attribution state: value tables and per-prospect slots.

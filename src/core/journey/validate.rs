@@ -628,10 +628,7 @@ fn breakdowns(raw: &RawJourney, names: &SignalNames, stages: &Stages, e: &mut Er
             None
         };
         let before = match &s.before_stage {
-            Some(st) => match stages.of(e, format!("{at}.before_stage"), st) {
-                Some(id) => Some(Some(id)),
-                None => None,
-            },
+            Some(st) => stages.of(e, format!("{at}.before_stage"), st).map(Some),
             None => Some(None),
         };
         if let (Some(signal), Some(before)) = (signal, before) {

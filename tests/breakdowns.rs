@@ -111,6 +111,8 @@ fn first_touch_last_touch_and_the_value_at_a_stage_differ_as_documented() {
         ("content_first", Some("yes")),
     ]);
     assert_eq!(values(&engine, "in-order"), want);
+    let view = engine.view(engine.find("in-order").unwrap(), None);
+    assert!(view.breakdowns.contains(&("at_evaluating".to_string(), Some("playbook".to_string()))), "{view:?}");
     let shuffled = values(&engine, "shuffled");
     for d in ["first", "last", "source", "content_first"] {
         assert_eq!(shuffled[d], want[d], "{d} depends on event time only");

@@ -52,6 +52,7 @@ impl Engine {
             ghost_due: opt(p.ghost_due),
             stall_due: opt(p.stall_due),
             signal_counts,
+            breakdowns: self.attributed(ix).into_iter().map(|(d, v)| (d.to_string(), v.map(str::to_string))).collect(),
         }
     }
 
@@ -187,4 +188,8 @@ pub struct ProspectView {
     pub ghost_due: Option<String>,
     pub stall_due: Option<String>,
     pub signal_counts: Vec<(String, u16)>,
+    /// Per `[breakdowns]` dimension, the prospect's attributed value (`other` for a value that
+    /// found no slot; `null`: none); left out for journeys without breakdowns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakdowns: Vec<(String, Option<String>)>,
 }

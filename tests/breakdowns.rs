@@ -400,3 +400,62 @@ fn a_state_of_other_dimensions_loads_without_values() {
     let plain = Engine::decode_state(journey_with("", ""), &bytes).unwrap();
     assert_eq!((plain.len(), plain.attributions().tables().len()), (1, 0));
 }
+
+/// A model's campaigns are checked before anything is generated.
+#[test]
+fn a_model_with_bad_campaigns_is_refused_by_key() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for (model, needle) in [
+        ("[[campaigns]]\nname = \"a b\"\nsource = \"s\"\nmedium = \"m\"\nshare = 0.5\n", "campaigns[0]: name \"a b\""),
+        (
+            "[[campaigns]]\nname = \"a\"\nsource = \"s\"\nmedium = \"m\"\nshare = 0.7\n[[campaigns]]\nname = \"b\"\nsource = \"s\"\nmedium = \"m\"\nshare = 0.7\n",
+            "shares add up to 1.4",
+        ),
+    ] {
+        let file = dir.join("breakdowns-bad-model.toml");
+        std::fs::write(&file, model).unwrap();
+        let out = bin().args(["gen", "--prospects", "1", "--quiet", "--model"]).arg(&file).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--model") && err.contains(needle), "{err}");
+    }
+}
+
+proptest::proptest! {
+    /// Touches at distinct times, applied in any order: first touch is the earliest's value,
+    /// last touch the latest's, every dimension the same as in time order.
+    #[test]
+    fn first_and_last_touch_do_not_depend_on_arrival_order(
+        touches in proptest::collection::vec((0u32..27, 0usize..4), 1..8),
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        let mut days: Vec<(u32, usize)> = Vec::new();
+        for (d, c) in touches {
+            if !days.iter().any(|(x, _)| *x == d + 1) {
+                days.push((d + 1, c));
+            }
+        }
+        let names = ["alpha", "beta", "gamma", "delta"];
+        let lines: Vec<Vec<u8>> = days
+            .iter()
+            .enumerate()
+            .map(|(i, (d, c))| ev("p", i as u32, "page_viewed", *d, Some(("src", names[*c]))))
+            .collect();
+        let mut shuffled = lines.clone();
+        let mut s = seed;
+        for i in (1..shuffled.len()).rev() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            shuffled.swap(i, (s >> 33) as usize % (i + 1));
+        }
+        let journey = journey_with(DIMENSIONS, "");
+        let (mut a, mut b) = (Engine::new(Arc::clone(&journey)), Engine::new(journey));
+        apply_all(&mut a, &lines);
+        apply_all(&mut b, &shuffled);
+        let earliest = names[days.iter().min_by_key(|(d, _)| *d).unwrap().1];
+        let latest = names[days.iter().max_by_key(|(d, _)| *d).unwrap().1];
+        let vb = values(&b, "p");
+        proptest::prop_assert_eq!(vb["first"].as_deref(), Some(earliest));
+        proptest::prop_assert_eq!(vb["last"].as_deref(), Some(latest));
+        proptest::prop_assert_eq!(values(&a, "p"), vb);
+    }
+}

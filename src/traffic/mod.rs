@@ -151,6 +151,27 @@ impl Generator {
                 return Err(GenError::BadOption { name, problem: format!("{value} is not a share between 0 and 1") });
             }
         }
+        let mut total = 0.0;
+        for (i, c) in opts.model.campaigns.iter().enumerate() {
+            let bad =
+                |what: String| GenError::BadOption { name: "--model", problem: format!("campaigns[{i}]: {what}") };
+            for (key, v) in [("name", &c.name), ("source", &c.source), ("medium", &c.medium)] {
+                // Written as they are into JSON strings and URL query parameters.
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
+                    return Err(bad(format!("{key} {v:?}: use letters, digits, `-`, `_`, `.` or `~`")));
+                }
+            }
+            if !(c.share.is_finite() && c.share >= 0.0 && c.effect.is_finite()) {
+                return Err(bad("share must be a number from 0 to 1, effect a finite number".into()));
+            }
+            total += c.share;
+        }
+        if total > 1.0 + 1e-9 {
+            return Err(GenError::BadOption {
+                name: "--model",
+                problem: format!("the campaigns' shares add up to {total}; at most 1 (the rest is direct traffic)"),
+            });
+        }
         if !(opts.days.is_finite() && opts.days > 0.0) {
             return Err(GenError::BadOption { name: "--days", problem: "must be a positive number of days".into() });
         }

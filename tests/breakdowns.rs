@@ -399,6 +399,14 @@ fn a_state_of_other_dimensions_loads_without_values() {
     assert_eq!(back.attributions().tables()[0].len(), 0);
     let plain = Engine::decode_state(journey_with("", ""), &bytes).unwrap();
     assert_eq!((plain.len(), plain.attributions().tables().len()), (1, 0));
+
+    // Without dimensions the state still ends with an (empty) breakdown section: tag, length
+    // 5, no dimensions, no prospects. Cut off, the state is refused.
+    let mut bytes = Vec::new();
+    plain.encode_state(&mut bytes);
+    let n = bytes.len();
+    assert_eq!(bytes[n - 10..], [b'B', 5, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert!(Engine::decode_state(journey_with("", ""), &bytes[..n - 10]).is_err());
 }
 
 /// A model's campaigns are checked before anything is generated.

@@ -2,9 +2,11 @@
 //! - in the shard meta, after everything older versions hold: each dimension's value table
 //!   (`u8` dimension count; per dimension its name, the touches folded into `other` (`u64`) and
 //!   its values in slot order (`u32` count, each length-prefixed));
-//! - in a full state, after the prospects, section `B`: `u8` dimension count, `u32` count of
-//!   prospects with a slot set, then per such prospect its index (`u32`, its position in the
-//!   state) and per dimension its value id (`u16`) and touch time (`u32`);
+//! - in a full state, after the prospects, tagged sections until the end, each a tag byte, a
+//!   `u32` body length and the body; section `B`: `u8` dimension count, `u32` count of prospects
+//!   with a slot set, then per such prospect its index (`u32`, its position in the state) and
+//!   per dimension its value id (`u16`) and touch time (`u32`); always written (0 dimensions
+//!   without breakdowns) and required;
 //! - in a changelog prospect record, after the extras trailer, tag `2`: `u8` dimension count and
 //!   the prospect's slots, only for a prospect with one set.
 //!
@@ -67,14 +69,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Section `B` of a full state (nothing without dimensions).
+    /// Section `B` of a full state (written without dimensions too, so that a state cut right
+    /// after its prospects is refused).
     pub(super) fn encode_breakdown_section(&self, out: &mut Vec<u8>) {
-        if !self.attr.is_on() {
-            return;
-        }
         let set: Vec<usize> = (0..self.len()).filter(|&i| self.attr.any(i)).collect();
+        out.push(SECTION);
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
         let mut w = Enc(out);
-        w.u8(SECTION);
         w.u8(self.attr.dims as u8);
         w.u32(set.len() as u32);
         for i in set {
@@ -84,14 +86,23 @@ impl Engine {
                 w.u32(s.at);
             }
         }
+        let len = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
     }
 
-    /// The sections after the prospects of a full state (version 4 on).
+    /// The sections after the prospects of a full state (version 4 on); section `B` must be
+    /// there.
     pub(super) fn decode_sections(&mut self, r: &mut Dec<'_>) -> Result<(), StateError> {
+        let mut breakdown = false;
         while !r.is_empty() {
             let at = r.position();
-            match r.u8("section tag")? {
-                SECTION => {
+            let tag = r.u8("section tag")?;
+            let len = r.u32("section length")? as usize;
+            let body = r.take(len, "section")?;
+            match tag {
+                SECTION if !breakdown => {
+                    breakdown = true;
+                    let r = &mut Dec::new(body);
                     let dims = r.u8("breakdown dimensions")? as usize;
                     let n = r.u32("breakdown prospects")?;
                     for _ in 0..n {
@@ -103,9 +114,15 @@ impl Engine {
                         let slots = read_slots(r, dims)?;
                         self.attr.set(i, &slots);
                     }
+                    if !r.is_empty() {
+                        return Err(StateError::Invalid { what: "breakdown section", at });
+                    }
                 }
                 _ => return Err(StateError::Invalid { what: "section tag", at }),
             }
+        }
+        if !breakdown {
+            return Err(StateError::Invalid { what: "breakdown section", at: r.position() });
         }
         Ok(())
     }

@@ -366,7 +366,15 @@ fn write_summary(
     let by_rule: Vec<(&str, u64)> =
         journey.hot_rules.iter().zip(&totals.suppressed_by_rule).map(|(r, n)| (r.name.as_str(), *n)).collect();
     let report = funnel.report_with(journey, min_sample);
-    let figures = codec::outbound::Figures { watermark, stats: &stats, census: &census, funnel: &report };
+    let breakdowns = crate::core::breakdown::report(journey, shards, min_sample);
+    let figures = codec::outbound::Figures {
+        watermark,
+        stats: &stats,
+        census: &census,
+        funnel: &report,
+        breakdowns: &breakdowns,
+        breakdown_counts: &[],
+    };
     let (unmapped, unmapped_other) = totals.unmapped.top(UNMAPPED_TOP);
     let counts = codec::outbound::ReplayCounts {
         rejected_by_reason: &by_reason,

@@ -18,6 +18,7 @@ const PARTITIONS: usize = 3;
 const FINISH: Duration = Duration::from_secs(120);
 /// The sentence that marks a dashboard panel whose every query must return data after a run.
 const SHOWS_DATA: &str = "Non-empty after any run with traffic.";
+const NEEDS_OUTCOMES: &str = "Empty until deals close.";
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -42,7 +43,10 @@ fn dashboard_panels() -> Vec<(String, bool, Vec<String>)> {
         .filter(|p| p["type"] != "row")
         .map(|p| {
             let title = p["title"].as_str().unwrap().to_string();
-            let marked = p["description"].as_str().is_some_and(|d| d.ends_with(SHOWS_DATA));
+            let description = p["description"].as_str().unwrap_or_default();
+            let marked = description.ends_with(SHOWS_DATA);
+            // A panel not checked for data says why: it reads outcomes, which this run has none of.
+            assert!(marked || description.ends_with(NEEDS_OUTCOMES), "panel {title}: {description:?}");
             let exprs: Vec<String> =
                 p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()).collect();
             assert!(!exprs.is_empty(), "panel {title} has no query");
@@ -137,7 +141,7 @@ fn every_dashboard_and_rule_query_runs_on_a_real_prometheus_and_marked_panels_sh
         }
         marked += usize::from(*shows_data);
     }
-    assert!(marked >= panels.len() - 2, "most panels are checked for data: {marked} of {}", panels.len());
+    assert!(marked * 4 >= panels.len() * 3, "most panels are checked for data: {marked} of {}", panels.len());
     // Step conversion as the dashboard shows it: reached next / reached, per funnel step.
     let (_, _, exprs) = panels.iter().find(|(t, _, _)| t.starts_with("Step conversion")).unwrap();
     let shown = prom.vector(&grafana_to_promql(&exprs[0]));

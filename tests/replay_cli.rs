@@ -658,6 +658,8 @@ fn replay_report_prints_the_signal_table_with_intervals_and_flags_thin_samples()
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let table = text.split("Signals shown before an outcome").nth(1).unwrap_or_else(|| panic!("no table: {text}"));
+    // The table ends at the first blank line (the pairs, rules and other tables follow).
+    let table = table.split("\n\n").next().unwrap();
     let rows: Vec<&str> = table.lines().skip(3).take_while(|l| !l.is_empty()).collect();
     assert!(rows.len() >= 5, "{table}");
     assert!(rows[0].trim_start().starts_with("quote_clarification_requested"), "the planted signal first: {table}");

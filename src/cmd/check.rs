@@ -127,5 +127,29 @@ pub fn summary(j: &Journey) -> String {
         }
         let _ = writeln!(o, "  page/screen with {} -> {}", when.join(" and "), sig(r.signal));
     }
+    use microfunnel::core::breakdown::{Attribution, Field};
+    for d in &j.breakdowns {
+        let what = match d.field {
+            Field::Segment { signal, before } => match before {
+                Some(b) => format!("segment: {} before {}", sig(signal), j.stage(b).name),
+                None => format!("segment: {}", sig(signal)),
+            },
+            f => {
+                let field = Field::NAMES[f.touch_index().unwrap_or(0)];
+                let by = match d.attribution {
+                    Attribution::FirstTouch => "first touch".to_string(),
+                    Attribution::LastTouch => "last touch".to_string(),
+                    Attribution::AtStage(s) => format!("at stage {}", j.stage(s).name),
+                };
+                let values = if d.allow.is_empty() {
+                    format!("top {} of at most {} values per shard", d.top_k, d.max_values)
+                } else {
+                    format!("{} allowed values", d.allow.len())
+                };
+                format!("{field}, {by}, {values}")
+            }
+        };
+        let _ = writeln!(o, "breakdown {}: {what}", d.name);
+    }
     o
 }

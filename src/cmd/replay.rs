@@ -70,6 +70,9 @@ pub struct ReplayArgs {
     /// the first won stage).
     #[arg(long, value_name = "STAGE=P,...")]
     baseline: Option<String>,
+    /// With `--report`, only this `[breakdowns]` dimension's table (default: every dimension's).
+    #[arg(long, value_name = "DIMENSION", requires = "report")]
+    by: Option<String>,
     /// Input format of the files: auto, canonical, segment, hubspot, salesforce_cdc, pipedrive,
     /// debezium (`mapped` needs `--config`). Once for every file, or once per file in order.
     #[arg(long, value_name = "F")]
@@ -143,6 +146,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         min_sample,
         horizon_days,
         baseline,
+        by,
         max_bytes,
         max_depth,
         format,
@@ -154,6 +158,16 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     // Checked before the run, which may take long.
     let forecast =
         report.then(|| super::report::forecast_options(&journey, horizon_days, baseline.as_deref())).transpose()?;
+    if let Some(by) = &by
+        && !journey.breakdowns.iter().any(|d| d.name == *by)
+    {
+        let known: Vec<&str> = journey.breakdowns.iter().map(|d| d.name.as_str()).collect();
+        anyhow::bail!(
+            "--by {by}: journey `{}` has no breakdown dimension of that name (its [breakdowns]: {})",
+            journey.name,
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        );
+    }
     let until = until.map(|u| super::instant("--until", &u)).transpose()?;
     let end = match (until, no_advance) {
         (Some(t), _) => replay::End::Until(t),
@@ -196,7 +210,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     if report {
-        super::report::write(&mut io::stdout().lock(), &shards, min_sample, forecast.as_ref())?;
+        super::report::write(&mut io::stdout().lock(), &shards, min_sample, forecast.as_ref(), by.as_deref())?;
     }
     if memory {
         let prospects: usize = shards.iter().map(|e| e.len()).sum();

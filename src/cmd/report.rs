@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 
+use microfunnel::core::breakdown::{BreakdownReport, ValueReport};
 use microfunnel::core::forecast::{self, Backtest, Forecast};
 use microfunnel::core::{Engine, Funnel, FunnelReport, Journey, Span, Ts};
 
@@ -44,6 +45,7 @@ pub fn write(
     shards: &[Engine],
     min_sample: u64,
     forecast: Option<&forecast::Options>,
+    by: Option<&str>,
 ) -> io::Result<()> {
     let Some(first) = shards.first() else { return Ok(()) };
     let journey = first.journey();
@@ -54,6 +56,11 @@ pub fn write(
     let prospects: usize = shards.iter().map(Engine::len).sum();
     let horizon_days = journey.alert_horizon.0 as f64 / 86_400_000.0;
     write_report(out, &funnel.report_with(journey, min_sample), prospects as u64, min_sample, horizon_days)?;
+    for b in microfunnel::core::breakdown::report(journey, shards, min_sample) {
+        if by.is_none_or(|by| by == b.dimension) {
+            write_breakdown(out, journey, &b, min_sample)?;
+        }
+    }
     let Some(opts) = forecast else { return Ok(()) };
     let engines: Vec<&Engine> = shards.iter().collect();
     let Some(now) = forecast::now(&engines) else { return Ok(()) };
@@ -359,4 +366,47 @@ fn write_milestones(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
         writeln!(out)?;
     }
     Ok(())
+}
+
+/// `--by`: one dimension's funnel per value (the top K, then `other` and `none`).
+fn write_breakdown(out: &mut impl Write, journey: &Journey, b: &BreakdownReport, min_sample: u64) -> io::Result<()> {
+    writeln!(
+        out,
+        "\nBy {} ({}; top {} of {} values, {} touches folded into other): values with at least {min_sample}\n\
+         outcomes by win rate (Wilson 95%), then the others (*) by prospects",
+        b.dimension, b.attribution, b.top_k, b.distinct_values, b.folded_touches
+    )?;
+    let stages: Vec<&str> = journey.stages.iter().filter(|s| !s.terminal).map(|s| s.name.as_str()).collect();
+    write!(out, "  {:<28} {:>9}", "value", "prospects")?;
+    for s in &stages {
+        write!(out, " {:>11}", truncate(s, 11))?;
+    }
+    writeln!(out, " {:>6} {:>6} {:>7} {:>13} {:>5}  best signal (lift)", "won", "lost", "win", "win 95%", "hot")?;
+    for v in b.values.iter().chain([&b.other, &b.none]) {
+        write_value(out, journey, v)?;
+    }
+    Ok(())
+}
+
+fn write_value(out: &mut impl Write, journey: &Journey, v: &ValueReport) -> io::Result<()> {
+    write!(out, "  {:<28} {:>9}", truncate(&v.value, 28), v.prospects)?;
+    for (s, c) in journey.stages.iter().zip(&v.stages) {
+        if !s.terminal {
+            write!(out, " {:>11}", c.reached)?;
+        }
+    }
+    let [l, h] = v.win_rate_interval;
+    let win = format!("{:.1}%", v.outcomes.win_rate * 100.0);
+    let ci = format!("{:.0}-{:.0}%", l * 100.0, h * 100.0);
+    let best =
+        v.signals.iter().find(|s| !s.small_sample).map_or(String::new(), |s| format!("{} ({:.2})", s.signal, s.lift));
+    let flag = if v.small_sample { "*" } else { "" };
+    writeln!(out, " {:>6} {:>6} {win:>7} {ci:>13} {:>5}  {best}{flag}", v.outcomes.won, v.outcomes.lost, v.hot_leads)
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
 }

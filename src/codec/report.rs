@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::outbound::Time;
+use crate::core::breakdown::{BreakdownReport, BreakdownTable};
 use crate::core::engine::{Census, Stats};
 use crate::core::{FunnelReport, Ts};
 
@@ -19,6 +20,13 @@ struct Summary<'a> {
     census: &'a Census,
     #[serde(flatten)]
     funnel: &'a FunnelReport,
+    /// Replay: per `[breakdowns]` dimension, the report (top K values, `other`, `none`).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    breakdowns: &'a [BreakdownReport],
+    /// Funnel records: per dimension, the shard's counts of every value it holds (sum them by
+    /// value over the shards, then rank).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    breakdown_counts: &'a [BreakdownTable],
 }
 
 #[derive(Serialize)]
@@ -69,6 +77,8 @@ pub struct Figures<'a> {
     pub stats: &'a Stats,
     pub census: &'a Census,
     pub funnel: &'a FunnelReport,
+    pub breakdowns: &'a [BreakdownReport],
+    pub breakdown_counts: &'a [BreakdownTable],
 }
 
 fn write_summary(
@@ -94,6 +104,8 @@ fn write_summary(
         },
         census: f.census,
         funnel: f.funnel,
+        breakdowns: f.breakdowns,
+        breakdown_counts: f.breakdown_counts,
     };
     serde_json::to_writer(buf, &s)
 }

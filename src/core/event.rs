@@ -71,6 +71,9 @@ pub struct Event<'a> {
     /// `prospect` is a Segment `anonymousId` (the call had no usable `userId`): a device, not
     /// yet a known person. Ids of the canonical envelope and of CRM formats are known ids.
     pub anonymous: bool,
+    /// The breakdown dimension values the payload carries (UTM source, medium, campaign,
+    /// referrer domain), read only for journeys with `[breakdowns]`.
+    pub touch: Option<Box<super::breakdown::Touch<'a>>>,
 }
 
 impl Event<'_> {
@@ -86,6 +89,7 @@ impl Event<'_> {
             email: self.email.map(|e| Cow::Owned(e.into_owned())),
             linked: self.linked.map(|l| Cow::Owned(l.into_owned())),
             anonymous: self.anonymous,
+            touch: self.touch.map(|t| Box::new(t.into_owned())),
         }
     }
 }

@@ -316,17 +316,7 @@ impl Funnel {
     /// [`Funnel::report`] with another minimum sample size.
     pub fn report_with(&self, journey: &Journey, min_sample: u64) -> FunnelReport {
         let stage_name = |i: usize| journey.stages[i].name.clone();
-        let non_terminal: Vec<usize> = (0..self.stages).filter(|&i| !journey.stages[i].terminal).collect();
-        let conversion = non_terminal
-            .windows(2)
-            .map(|w| StepConversion {
-                from: stage_name(w[0]),
-                to: stage_name(w[1]),
-                entered: self.reached[w[0]],
-                converted: self.reached[w[1]],
-                rate: ratio(self.reached[w[1]], self.reached[w[0]]),
-            })
-            .collect();
+        let conversion = step_conversion(journey, &self.reached);
         let mut transitions = Vec::new();
         for row in 0..=self.stages {
             for to in 0..self.stages {
@@ -357,34 +347,7 @@ impl Funnel {
             .collect();
         let [won, lost] = self.outcomes;
         let base = ratio(won, won + lost);
-        let mut signals: Vec<SignalPredictiveness> = journey
-            .signals
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| validated(journey, s) && self.signal_outcomes[*i] != [0, 0])
-            .map(|(i, s)| {
-                let [w, l] = self.signal_outcomes[i];
-                let rate = ratio(w, w + l);
-                let (low, high) = wilson(w, w + l);
-                let lift = |r: f64| if base > 0.0 { round2(r / base) } else { 0.0 };
-                SignalPredictiveness {
-                    signal: s.name.clone(),
-                    won: w,
-                    lost: l,
-                    win_rate: rate,
-                    win_rate_interval: [round4(low), round4(high)],
-                    lift: lift(rate),
-                    lift_interval: [lift(low), lift(high)],
-                    small_sample: w + l < min_sample,
-                }
-            })
-            .collect();
-        // By lift, signals with enough sample first: a signal two prospects showed says little.
-        signals.sort_by(|a, b| {
-            (a.small_sample.cmp(&b.small_sample))
-                .then_with(|| b.lift.total_cmp(&a.lift))
-                .then_with(|| a.signal.cmp(&b.signal))
-        });
+        let signals = signal_table(journey, &self.signal_outcomes, self.outcomes, min_sample);
         FunnelReport {
             journey: journey.name.clone(),
             stages,
@@ -590,6 +553,63 @@ fn rule_cells(journey: &Journey, outcome: Outcome, facts: &OutcomeFacts<'_>) -> 
     before.map(|&(r, t)| cell(r as usize, t)).chain(earliest.map(|t| cell(any, t))).collect()
 }
 
+/// Step conversion between consecutive non-terminal stages from prospects reached per stage.
+pub(crate) fn step_conversion(journey: &Journey, reached: &[u64]) -> Vec<StepConversion> {
+    let stage_name = |i: usize| journey.stages[i].name.clone();
+    let non_terminal: Vec<usize> = (0..journey.stages.len()).filter(|&i| !journey.stages[i].terminal).collect();
+    non_terminal
+        .windows(2)
+        .map(|w| StepConversion {
+            from: stage_name(w[0]),
+            to: stage_name(w[1]),
+            entered: reached[w[0]],
+            converted: reached[w[1]],
+            rate: ratio(reached[w[1]], reached[w[0]]),
+        })
+        .collect()
+}
+
+/// The signal table: per validated signal with outcomes, its win rate and lift over the base
+/// win rate of `outcomes` (won, lost), with intervals; by lift, those with enough sample first.
+pub(crate) fn signal_table(
+    journey: &Journey,
+    signal_outcomes: &[[u64; 2]],
+    outcomes: [u64; 2],
+    min_sample: u64,
+) -> Vec<SignalPredictiveness> {
+    let [won, lost] = outcomes;
+    let base = ratio(won, won + lost);
+    let mut signals: Vec<SignalPredictiveness> = journey
+        .signals
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| validated(journey, s) && signal_outcomes[*i] != [0, 0])
+        .map(|(i, s)| {
+            let [w, l] = signal_outcomes[i];
+            let rate = ratio(w, w + l);
+            let (low, high) = wilson(w, w + l);
+            let lift = |r: f64| if base > 0.0 { round2(r / base) } else { 0.0 };
+            SignalPredictiveness {
+                signal: s.name.clone(),
+                won: w,
+                lost: l,
+                win_rate: rate,
+                win_rate_interval: [round4(low), round4(high)],
+                lift: lift(rate),
+                lift_interval: [lift(low), lift(high)],
+                small_sample: w + l < min_sample,
+            }
+        })
+        .collect();
+    // By lift, signals with enough sample first: a signal two prospects showed says little.
+    signals.sort_by(|a, b| {
+        (a.small_sample.cmp(&b.small_sample))
+            .then_with(|| b.lift.total_cmp(&a.lift))
+            .then_with(|| a.signal.cmp(&b.signal))
+    });
+    signals
+}
+
 fn add(into: &mut [u64], from: &[u64]) {
     for (a, b) in into.iter_mut().zip(from) {
         *a += b;
@@ -603,7 +623,7 @@ pub fn outcome_index(o: Outcome) -> usize {
     }
 }
 
-fn round4(v: f64) -> f64 {
+pub(crate) fn round4(v: f64) -> f64 {
     (v * 10_000.0).round() / 10_000.0
 }
 
@@ -611,7 +631,7 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
-fn ratio(n: u64, d: u64) -> f64 {
+pub(crate) fn ratio(n: u64, d: u64) -> f64 {
     if d == 0 { 0.0 } else { (n as f64 / d as f64 * 10_000.0).round() / 10_000.0 }
 }
 

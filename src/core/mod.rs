@@ -2,6 +2,7 @@
 //! timers, funnel aggregates and the engine. No I/O, no clock, no async, no logging: the same
 //! events in give the same state and outputs out.
 
+pub mod breakdown;
 pub mod crm;
 pub mod engine;
 pub mod event;

@@ -82,6 +82,7 @@ mod tests {
             email: None,
             linked: None,
             anonymous: false,
+            touch: Default::default(),
         }
     }
 

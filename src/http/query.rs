@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use super::{Health, QueryApi};
 use crate::core::Span;
-use crate::pipeline::query::{Answer, Question, Unanswered};
+use crate::pipeline::query::{Answer, BreakdownAnswer, Question, Unanswered};
 use crate::pipeline::status::ShardState;
 
 /// How long a question may wait for the pipeline (one polled batch, or a blocking checkpoint).
@@ -98,9 +98,33 @@ pub(super) async fn prospect(State(h): State<Health>, Path(id): Path<String>, he
             reply(StatusCode::NOT_FOUND, json!({ "error": "unknown prospect", "partition": partition }))
         }
         Ok(Answer::NotHere { partition }) => not_here(partition),
-        Ok(Answer::Funnel(_) | Answer::Forecast(_)) => {
+        Ok(Answer::Funnel(_) | Answer::Forecast(_) | Answer::Breakdown(_) | Answer::UnknownDimension { .. }) => {
             reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" }))
         }
+    }
+}
+
+/// The `by` parameter of a query string, decoded.
+fn by_of(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "by").map(|(_, v)| v.into_owned())
+}
+
+/// One dimension's breakdown over the shards held; a 400 naming the journey's dimensions for one
+/// it does not have.
+async fn breakdown(api: &QueryApi, by: String) -> Result<Box<BreakdownAnswer>, Response> {
+    match ask(api, Question::Breakdown(by.clone())).await? {
+        Answer::Breakdown(b) => Ok(b),
+        Answer::UnknownDimension { known } => Err(reply(
+            StatusCode::BAD_REQUEST,
+            json!({
+                "error": format!(
+                    "by: the journey has no breakdown dimension `{}`; use one of its [breakdowns] names",
+                    by.chars().take(64).collect::<String>()
+                ),
+                "dimensions": known,
+            }),
+        )),
+        _ => Err(reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" }))),
     }
 }
 
@@ -112,11 +136,18 @@ fn not_here(partition: i32) -> Response {
 }
 
 /// `GET /funnel`: the funnel of the shards this instance holds (sums; add instances' answers).
-pub(super) async fn funnel(State(h): State<Health>, headers: HeaderMap) -> Response {
+/// `GET /funnel?by=<dimension>`: the same split by a `[breakdowns]` dimension.
+pub(super) async fn funnel(State(h): State<Health>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let api = match authorized(&h, &headers) {
         Ok(api) => api,
         Err(r) => return r,
     };
+    if let Some(by) = by_of(query.as_deref()) {
+        return match breakdown(api, by).await {
+            Ok(b) => reply(StatusCode::OK, serde_json::to_value(&b).unwrap_or_default()),
+            Err(r) => r,
+        };
+    }
     match ask(api, Question::Funnel).await {
         Err(r) => r,
         Ok(Answer::Funnel(f)) => reply(StatusCode::OK, serde_json::to_value(&f).unwrap_or_default()),
@@ -126,11 +157,29 @@ pub(super) async fn funnel(State(h): State<Health>, headers: HeaderMap) -> Respo
 
 /// `GET /signals`: which signals predict a sale, over the shards this instance holds (the
 /// funnel's signal table, sorted by lift, with the outcomes it is measured against).
-pub(super) async fn signals(State(h): State<Health>, headers: HeaderMap) -> Response {
+/// `GET /signals?by=<dimension>`: the same per value of a `[breakdowns]` dimension.
+pub(super) async fn signals(State(h): State<Health>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let api = match authorized(&h, &headers) {
         Ok(api) => api,
         Err(r) => return r,
     };
+    if let Some(by) = by_of(query.as_deref()) {
+        return match breakdown(api, by).await {
+            Ok(b) => {
+                let r = &b.breakdown;
+                let values: Vec<serde_json::Value> = r
+                    .values
+                    .iter()
+                    .chain([&r.other, &r.none])
+                    .map(|v| {
+                        json!({ "value": v.value, "outcomes": v.outcomes, "small_sample": v.small_sample, "signals": v.signals })
+                    })
+                    .collect();
+                reply(StatusCode::OK, json!({ "shards": b.shards, "dimension": r.dimension, "values": values }))
+            }
+            Err(r) => r,
+        };
+    }
     match ask(api, Question::Funnel).await {
         Err(r) => r,
         Ok(Answer::Funnel(f)) => reply(

@@ -126,6 +126,7 @@ pub(super) fn dead_letter(
 }
 
 /// One shard's funnel aggregates, keyed `group/shard-N` so a compacted topic keeps the latest.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn funnel(
     producer: &OutputProducer,
     metrics: &Metrics,
@@ -133,6 +134,7 @@ pub(super) fn funnel(
     group: &str,
     shard: i32,
     engine: &Engine,
+    tables: &[crate::core::breakdown::BreakdownTable],
     buf: &mut Vec<u8>,
 ) {
     buf.clear();
@@ -143,6 +145,8 @@ pub(super) fn funnel(
         stats: engine.stats(),
         census: &census,
         funnel: &report,
+        breakdowns: &[],
+        breakdown_counts: tables,
     };
     if codec::outbound::write_shard_report(group, shard, &figures, buf).is_err() {
         return;

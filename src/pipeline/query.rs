@@ -14,6 +14,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::core::breakdown::{self, BreakdownReport};
 use crate::core::forecast::{self, Backtest, Forecast};
 use crate::core::ids::kafka_partition;
 use crate::core::{Engine, Funnel, FunnelReport, ProspectView, Span, Ts};
@@ -27,6 +28,8 @@ pub enum Question {
     Prospect(String),
     /// The funnel of every shard this instance holds.
     Funnel,
+    /// The funnel of every shard held, split by this `[breakdowns]` dimension.
+    Breakdown(String),
     /// The forecast over the shards this instance holds, with this horizon.
     Forecast(Span),
 }
@@ -45,6 +48,19 @@ pub enum Answer {
     },
     Funnel(Box<FunnelAnswer>),
     Forecast(Box<ForecastAnswer>),
+    Breakdown(Box<BreakdownAnswer>),
+    /// The journey has no dimension of that name; these are its dimensions.
+    UnknownDimension {
+        known: Vec<String>,
+    },
+}
+
+/// One dimension's breakdown summed over the shards this instance holds.
+#[derive(Debug, Serialize)]
+pub struct BreakdownAnswer {
+    pub shards: Vec<i32>,
+    #[serde(flatten)]
+    pub breakdown: BreakdownReport,
 }
 
 /// The forecast at the latest watermark of the shards held, and its backtest one horizon earlier.
@@ -157,6 +173,7 @@ impl State {
                 Question::Prospect(id) => self.prospect(&id, inbox.partitions.load(Ordering::Acquire)),
                 Question::Funnel => self.funnel(),
                 Question::Forecast(horizon) => self.forecast(horizon),
+                Question::Breakdown(dimension) => self.breakdown(&dimension),
             };
             // The asker may have given up (timeout): nothing to do.
             let _ = reply.send(answer);
@@ -200,6 +217,17 @@ impl State {
             None => (None, None),
         };
         Answer::Forecast(Box::new(ForecastAnswer { shards, forecast, backtest }))
+    }
+
+    fn breakdown(&self, dimension: &str) -> Answer {
+        let j = &self.journey;
+        let Some(d) = j.breakdowns.iter().position(|d| d.name == dimension) else {
+            return Answer::UnknownDimension { known: j.breakdowns.iter().map(|d| d.name.clone()).collect() };
+        };
+        let tables = breakdown::sum_tables(j, self.shards.values().map(|s| &s.engine));
+        let breakdown = tables[d].report(j, &j.breakdowns[d], crate::core::funnel::MIN_SAMPLE);
+        let shards = self.shards.keys().copied().collect();
+        Answer::Breakdown(Box::new(BreakdownAnswer { shards, breakdown }))
     }
 
     fn funnel(&self) -> Answer {

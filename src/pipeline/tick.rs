@@ -43,7 +43,9 @@ impl State {
         let State { shards, journey, metrics, producer, settings, buf, status, .. } = self;
         let mut per_stage = vec![0i64; journey.stages.len()];
         let mut total = 0i64;
+        let mut breakdowns = crate::core::breakdown::sum_tables(journey, []);
         for (p, shard) in shards.iter() {
+            let tables = shard.engine.breakdown_tables();
             emit::funnel(
                 producer,
                 metrics,
@@ -51,8 +53,12 @@ impl State {
                 &settings.kafka.group_id,
                 *p,
                 &shard.engine,
+                &tables,
                 buf,
             );
+            for (t, o) in breakdowns.iter_mut().zip(&tables) {
+                t.absorb(o);
+            }
             for (i, n) in shard.engine.funnel().in_stage.iter().enumerate() {
                 per_stage[i] += *n as i64;
             }
@@ -97,6 +103,12 @@ impl State {
                 }
             }
         }
+        let reports: Vec<_> = breakdowns
+            .iter()
+            .zip(&journey.breakdowns)
+            .map(|(t, d)| t.report(journey, d, crate::core::funnel::MIN_SAMPLE))
+            .collect();
+        metrics.breakdowns.publish(journey, &reports);
         self.unflushed = true;
         let unmapped = self.unmapped.total();
         if unmapped > self.unmapped_logged {

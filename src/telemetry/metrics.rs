@@ -35,6 +35,8 @@ pub struct Metrics {
     pub outcomes: IntGaugeVec,
     pub rule_outcomes: IntGaugeVec,
     pub score_band_outcomes: IntGaugeVec,
+    /// The funnel per `[breakdowns]` value (bounded labels: top K, `other`, `none`).
+    pub breakdowns: super::breakdown::BreakdownGauges,
     pub hot_leads: IntCounter,
     /// Hot-lead alerts held back by a cooldown, by the rule that fired.
     pub alerts_suppressed: IntCounterVec,
@@ -343,6 +345,7 @@ impl Metrics {
             outcomes,
             rule_outcomes,
             score_band_outcomes,
+            breakdowns: super::breakdown::BreakdownGauges::new(&r)?,
             hot_leads: counter(&r, "microfunnel_hot_leads_total", "Hot-lead alerts emitted.")?,
             prospects_merged: counter_vec(
                 &r,

@@ -1,5 +1,6 @@
 //! Logs and metrics. One `Metrics` value, built once in `app` and passed down: no globals.
 
+pub mod breakdown;
 pub mod metrics;
 
 pub use metrics::Metrics;

@@ -76,6 +76,9 @@ pub struct Truth {
     pub outcome_at: Option<String>,
     pub ghosted: bool,
     pub signals: Vec<&'static str>,
+    /// The campaign (`utm_campaign`) the prospect arrived from, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -151,6 +154,27 @@ impl Generator {
             if !(0.0..=1.0).contains(&value) {
                 return Err(GenError::BadOption { name, problem: format!("{value} is not a share between 0 and 1") });
             }
+        }
+        let mut total = 0.0;
+        for (i, c) in opts.model.campaigns.iter().enumerate() {
+            let bad =
+                |what: String| GenError::BadOption { name: "--model", problem: format!("campaigns[{i}]: {what}") };
+            for (key, v) in [("name", &c.name), ("source", &c.source), ("medium", &c.medium)] {
+                // Written as they are into JSON strings and URL query parameters.
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
+                    return Err(bad(format!("{key} {v:?}: use letters, digits, `-`, `_`, `.` or `~`")));
+                }
+            }
+            if !(c.share.is_finite() && c.share >= 0.0 && c.effect.is_finite()) {
+                return Err(bad("share must be a number from 0 to 1, effect a finite number".into()));
+            }
+            total += c.share;
+        }
+        if total > 1.0 + 1e-9 {
+            return Err(GenError::BadOption {
+                name: "--model",
+                problem: format!("the campaigns' shares add up to {total}; at most 1 (the rest is direct traffic)"),
+            });
         }
         if !(opts.days.is_finite() && opts.days > 0.0) {
             return Err(GenError::BadOption { name: "--days", problem: "must be a positive number of days".into() });
@@ -236,7 +260,9 @@ impl Generator {
     fn simulate(&mut self, n: u64) {
         let start = Ts(self.arrival(n));
         let mut r = Rng::derive(self.opts.seed, n);
-        let Life { persona, intent, steps, outcome, ghosted } = self.opts.model.life(&mut r, start);
+        let campaign = self.opts.model.campaign_of(self.opts.seed, n);
+        let effect = campaign.map_or(0.0, |c| self.opts.model.campaigns[c].effect);
+        let Life { persona, intent, steps, outcome, ghosted } = self.opts.model.life(&mut r, start, effect);
         self.stats.prospects += 1;
         let mut shown: Vec<&'static str> = Vec::new();
         let o = &self.opts;
@@ -288,6 +314,7 @@ impl Generator {
                 outcome_at: decided.map(|t| t.to_string()),
                 ghosted,
                 signals: shown,
+                campaign: campaign.map(|c| self.opts.model.campaigns[c].name.clone()),
             });
         }
     }
@@ -353,10 +380,16 @@ impl Generator {
             }
             v => {
                 let segment = source == Source::Web && r.chance(self.opts.segment_share);
+                // The landing step and the sign-up (a form that carries the stored UTM
+                // parameters) name the prospect's campaign.
+                let campaign = (p.step_ix == 0 || step.sig == Sig::Identified)
+                    .then(|| self.opts.model.campaign_of(self.opts.seed, p.n))
+                    .flatten()
+                    .map(|c| &self.opts.model.campaigns[c]);
                 if segment {
-                    render::segment(line, &id, &step, &mut r, p.n);
+                    render::segment(line, &id, &step, &mut r, p.n, campaign);
                 } else {
-                    render::canonical(line, &id, &step, &mut r, p.n);
+                    render::canonical(line, &id, &step, &mut r, p.n, campaign);
                 }
                 if v == Variant::Duplicate {
                     self.stats.duplicates += 1;

@@ -168,6 +168,27 @@ pub struct Model {
     /// Log-odds effect on winning of each signal shown (by canonical name), plus `ghosted`
     /// (no prospect-initiated signal within 5 days of the quote).
     pub effects: BTreeMap<String, f64>,
+    /// Marketing campaigns prospects arrive from (none by default, which keeps the output of
+    /// older models byte for byte). A prospect comes from the first campaign whose cumulative
+    /// `share` covers its draw, else from none (direct traffic).
+    pub campaigns: Vec<Campaign>,
+}
+
+/// A campaign (its UTM parameters) and how it changes the odds of winning.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Campaign {
+    /// `utm_campaign`.
+    pub name: String,
+    /// `utm_source`.
+    pub source: String,
+    /// `utm_medium`.
+    pub medium: String,
+    /// Share of prospects that arrive from it.
+    pub share: f64,
+    /// Log-odds effect on winning of its prospects (its true win rate differs by it).
+    #[serde(default)]
+    pub effect: f64,
 }
 
 impl Default for Model {
@@ -196,6 +217,7 @@ impl Default for Model {
             base_logit: -1.2,
             intent_logit: 1.0,
             effects: effects.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            campaigns: Vec::new(),
         }
     }
 }
@@ -274,8 +296,22 @@ fn sigmoid(x: f64) -> f64 {
 }
 
 impl Model {
-    /// Simulates one prospect arriving at `start`.
-    pub fn life(&self, rng: &mut Rng, start: Ts) -> Life {
+    /// The campaign prospect `n` arrives from (drawn from its own stream, so that adding
+    /// campaigns changes no other draw), by index in `campaigns`.
+    pub fn campaign_of(&self, seed: u64, n: u64) -> Option<usize> {
+        if self.campaigns.is_empty() {
+            return None;
+        }
+        let roll = Rng::derive(seed ^ 0xCA4_9A16, n).f64();
+        let mut acc = 0.0;
+        self.campaigns.iter().position(|c| {
+            acc += c.share;
+            roll < acc
+        })
+    }
+
+    /// Simulates one prospect arriving at `start` from a campaign with this log-odds effect.
+    pub fn life(&self, rng: &mut Rng, start: Ts, campaign_effect: f64) -> Life {
         let intent = (rng.f64() + rng.f64()) / 2.0;
         let roll = rng.f64();
         let persona = if roll < self.anonymous_share {
@@ -339,7 +375,7 @@ impl Model {
                             w.wait_days(5.0);
                         }
                         if w.rng.chance(self.deciding.at(intent)) {
-                            outcome = self.decide(&mut w, intent, &mut ghosted);
+                            outcome = self.decide(&mut w, intent, campaign_effect, &mut ghosted);
                         }
                     }
                 }
@@ -348,7 +384,7 @@ impl Model {
         Life { persona, intent, steps: w.steps, outcome, ghosted }
     }
 
-    fn decide(&self, w: &mut Walk<'_>, intent: f64, ghosted: &mut bool) -> Outcome {
+    fn decide(&self, w: &mut Walk<'_>, intent: f64, campaign_effect: f64, ghosted: &mut bool) -> Outcome {
         if w.rng.chance(0.6) {
             w.session(3);
             w.step(Sig::QuoteRequested);
@@ -372,7 +408,7 @@ impl Model {
         if !w.rng.chance(self.decided) {
             return Outcome::Open;
         }
-        let mut logit = self.base_logit + self.intent_logit * intent;
+        let mut logit = self.base_logit + self.intent_logit * intent + campaign_effect;
         let shown: Vec<Sig> = w.steps.iter().map(|s| s.sig).collect();
         for (name, effect) in &self.effects {
             let hit = if name == "ghosted" { *ghosted } else { shown.iter().any(|s| s.name() == name) };

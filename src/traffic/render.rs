@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use super::model::{Sig, Step};
+use super::model::{Campaign, Sig, Step};
 use super::rng::Rng;
 use crate::core::Ts;
 
@@ -154,7 +154,7 @@ fn properties(out: &mut Vec<u8>, sig: Sig, r: &mut Rng, n: u64) {
 }
 
 /// Our canonical envelope.
-pub fn canonical(out: &mut Vec<u8>, id: &Identity, step: &Step, r: &mut Rng, n: u64) {
+pub fn canonical(out: &mut Vec<u8>, id: &Identity, step: &Step, r: &mut Rng, n: u64, campaign: Option<&Campaign>) {
     let prefix = if step.sig.source() == crate::core::Source::Crm { "crm" } else { "evt" };
     let _ = write!(
         out,
@@ -167,6 +167,14 @@ pub fn canonical(out: &mut Vec<u8>, id: &Identity, step: &Step, r: &mut Rng, n: 
     ts(out, step.ts);
     out.extend_from_slice(br#","properties":"#);
     properties(out, step.sig, r, n);
+    if let Some(c) = campaign {
+        // Into the properties object: `utm_*` beside what the signal carries.
+        out.pop();
+        if out.last() != Some(&b'{') {
+            out.push(b',');
+        }
+        let _ = write!(out, r#""utm_source":"{}","utm_medium":"{}","utm_campaign":"{}"}}"#, c.source, c.medium, c.name);
+    }
     if step.sig == Sig::Identified {
         let _ = write!(out, r#","email":"{}""#, id.email);
     }
@@ -174,14 +182,20 @@ pub fn canonical(out: &mut Vec<u8>, id: &Identity, step: &Step, r: &mut Rng, n: 
 }
 
 /// A Segment analytics.js call as it reaches Kafka through a Segment/RudderStack pipeline.
-pub fn segment(out: &mut Vec<u8>, id: &Identity, step: &Step, r: &mut Rng, n: u64) {
+pub fn segment(out: &mut Vec<u8>, id: &Identity, step: &Step, r: &mut Rng, n: u64, campaign: Option<&Campaign>) {
     let (title, path) = *r.pick(&PAGES);
+    // A campaign arrives as analytics.js sends it: `context.campaign` (even prospects), or only
+    // as `utm_*` parameters of the landing page's URL (odd ones).
+    let search = match campaign.filter(|_| n % 2 == 1) {
+        Some(c) => format!("?utm_source={}&utm_medium={}&utm_campaign={}", c.source, c.medium, c.name),
+        None => String::new(),
+    };
     match step.sig {
         Sig::PageViewed => {
             let referrer = r.pick(&REFERRERS);
             let _ = write!(
                 out,
-                r#"{{"type":"page","name":"{title}","properties":{{"path":"{path}","referrer":"{referrer}","search":"","title":"{title} | Acme Analytics","url":"{HOST}{path}"}}"#
+                r#"{{"type":"page","name":"{title}","properties":{{"path":"{path}","referrer":"{referrer}","search":"{search}","title":"{title} | Acme Analytics","url":"{HOST}{path}{search}"}}"#
             );
         }
         Sig::Identified => {
@@ -198,16 +212,24 @@ pub fn segment(out: &mut Vec<u8>, id: &Identity, step: &Step, r: &mut Rng, n: u6
     }
     let _ = write!(
         out,
-        r#","anonymousId":"{}","context":{{"ip":"203.0.113.{}","library":{{"name":"analytics.js","version":"next-1.72.0"}},"locale":"en-US","page":{{"path":"{path}","title":"{title} | Acme Analytics","url":"{HOST}{path}"}},"userAgent":"{}""#,
+        r#","anonymousId":"{}","context":{{"ip":"203.0.113.{}","library":{{"name":"analytics.js","version":"next-1.72.0"}},"locale":"en-US","page":{{"path":"{path}","title":"{title} | Acme Analytics","url":"{HOST}{path}{search}"}},"userAgent":"{}""#,
         id.anon_id,
         r.int(1, 254),
         r.pick(&AGENTS)
     );
-    if r.chance(0.3) {
-        let _ = write!(
-            out,
-            r#","campaign":{{"name":"q1-retargeting","source":"google","medium":"cpc","term":"funnel analytics","content":"ad-b"}}"#
-        );
+    let retargeting = r.chance(0.3);
+    match campaign.filter(|_| n.is_multiple_of(2)) {
+        Some(c) => {
+            let _ =
+                write!(out, r#","campaign":{{"name":"{}","source":"{}","medium":"{}"}}"#, c.name, c.source, c.medium);
+        }
+        None if retargeting && campaign.is_none() => {
+            let _ = write!(
+                out,
+                r#","campaign":{{"name":"q1-retargeting","source":"google","medium":"cpc","term":"funnel analytics","content":"ad-b"}}"#
+            );
+        }
+        None => {}
     }
     if step.identified && step.sig != Sig::Identified && r.chance(0.5) {
         let _ = write!(out, r#","traits":{{"email":"{}"}}"#, id.email);
@@ -236,7 +258,7 @@ pub const MALFORMED_KINDS: u64 = 7;
 pub fn malformed(out: &mut Vec<u8>, id: &Identity, step: &Step, r: &mut Rng, n: u64, k: u64) {
     match k {
         0 => {
-            canonical(out, id, step, r, n);
+            canonical(out, id, step, r, n, None);
             let cut = r.int(1, out.len() as u64 - 2) as usize;
             out.truncate(cut);
         }

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use super::format::Format;
+use super::touch::touch_fields;
 use super::wire::{Str, Wire, page_fields};
 use super::{DecodeError, Limits};
 use crate::core::journey::PageFields;
@@ -237,6 +238,7 @@ pub(super) fn event<'a>(
             email,
             linked: None,
             anonymous: false,
+            touch: touch_of(journey, w.bytes),
         }
     } else if let Some(message_id) = w.message_id.take() {
         let event_id = id(message_id.0, "messageId", limits)?;
@@ -282,7 +284,8 @@ pub(super) fn event<'a>(
         } else {
             email(w.context_email.take()).or_else(|| email(w.traits_email.take()))
         };
-        Event { event_id, prospect, source, kind, name, signal, ts, email, linked, anonymous }
+        let touch = touch_of(journey, w.bytes);
+        Event { event_id, prospect, source, kind, name, signal, ts, email, linked, anonymous, touch }
     } else {
         return Err(DecodeError::MissingField {
             field: "event_id",
@@ -290,4 +293,14 @@ pub(super) fn event<'a>(
         });
     };
     Ok(ev)
+}
+
+/// The breakdown values of a payload: a second, lenient pass, only for journeys with
+/// `[breakdowns]` that split by a touch field; `None` when it carries none.
+fn touch_of<'a>(journey: &Journey, bytes: &'a [u8]) -> Option<Box<crate::core::breakdown::Touch<'a>>> {
+    if !journey.breakdowns.iter().any(|d| d.field.touch_index().is_some()) {
+        return None;
+    }
+    let touch = touch_fields(bytes);
+    (!touch.is_empty()).then(|| Box::new(touch))
 }

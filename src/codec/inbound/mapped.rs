@@ -108,5 +108,6 @@ fn one<'a>(bytes: &[u8], spec: &InputSpec, journey: &Journey, limits: &Limits) -
         email,
         linked: None,
         anonymous: false,
+        touch: Default::default(),
     })
 }

@@ -14,6 +14,7 @@ mod fields;
 pub mod format;
 mod mapped;
 mod scan;
+mod touch;
 mod wire;
 
 use serde_json::value::RawValue;

@@ -274,7 +274,7 @@ impl<'de> Visitor<'de> for EmailIn {
 }
 
 /// A string if the value is one; any other value is skipped and yields `None`.
-struct AnyStr;
+pub(super) struct AnyStr;
 
 impl<'de> DeserializeSeed<'de> for AnyStr {
     type Value = Option<Str<'de>>;

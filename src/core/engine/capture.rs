@@ -60,6 +60,7 @@ impl Engine {
             dst.store.copy_all_from(&self.store);
             dst.emails.clone_from(&self.emails);
             dst.extras.clone_from(&self.extras);
+            dst.attr.clone_from(&self.attr);
         }
         self.changed.iter_mut().for_each(|w| (w[1], w[2]) = (0, 0));
         dst.timers.clear();
@@ -85,6 +86,17 @@ impl Engine {
     /// The incremental part of [`Engine::capture_into`]: `dst` equals this engine as of its last
     /// capture, plus the changes marked since.
     fn copy_changed_into(&self, dst: &mut Engine) {
+        let changed = self.changed.iter().enumerate().flat_map(|(w, bits)| {
+            let mut b = bits[1];
+            std::iter::from_fn(move || {
+                (b != 0).then(|| {
+                    let i = w * 64 + b.trailing_zeros() as usize;
+                    b &= b - 1;
+                    i
+                })
+            })
+        });
+        dst.attr.copy_changed_from(&self.attr, changed);
         let old = dst.len();
         dst.ids.extend_from(&self.ids);
         dst.store.extend_from(&self.store);

@@ -119,6 +119,7 @@ impl Engine {
         } else {
             self.fold(&journey, fi, ti);
         }
+        self.attr.merge(&journey.breakdowns, fi, ti, self.store.stage_times(ti));
         if let Some(e) = self.emails.get(&f.0).map(Box::<str>::from) {
             if self.emails.get(&t.0).is_none() {
                 self.emails.insert(t.0, e);

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::breakdown::Attributions;
 use super::event::{Event, EventKind};
 use super::funnel::Funnel;
 use super::identity::IdentityMap;
@@ -38,6 +39,7 @@ use super::prospect::{self, Prospect};
 use super::store::Store;
 use super::time::Ts;
 
+mod breakdown;
 mod capture;
 mod clock;
 mod extras;
@@ -123,6 +125,8 @@ pub struct Engine {
     /// The shard's identity map when the journey resolves identities (`[identity] resolve`).
     identity: Option<Box<IdentityMap>>,
     identity_stats: IdentityStats,
+    /// `[breakdowns]`: value tables and each prospect's attributed values (empty when off).
+    attr: Attributions,
 }
 
 fn journey_identity(journey: &Journey) -> Option<Box<IdentityMap>> {
@@ -133,6 +137,7 @@ impl Engine {
     pub fn new(journey: Arc<Journey>) -> Engine {
         Engine {
             identity: journey_identity(&journey),
+            attr: Attributions::new(&journey.breakdowns),
             funnel: Funnel::new(&journey),
             store: Store::new(&journey),
             journey,
@@ -216,6 +221,9 @@ impl Engine {
             }
         }
         self.mark_email_changed(ix.0);
+        if self.attr.is_on() || !rec.slots.is_empty() {
+            self.attr.set(i, &rec.slots);
+        }
         if rec.extras.is_empty() {
             self.extras.remove(&ix.0);
         } else {
@@ -423,6 +431,9 @@ impl Engine {
         let target = if new { Some(def.enters.unwrap_or(journey.first_stage())) } else { def.enters };
         if let Some(to) = target {
             self.enter_stage(&journey, ix, new, to, sig, ts, late, score_before, out);
+        }
+        if self.attr.is_on() {
+            self.attribute(ix, ev, sig);
         }
         // Silence timer (after the stage move: a reopened deal's new quote is watched too).
         let p = self.store.fixed_mut(i);

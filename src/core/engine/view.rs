@@ -52,6 +52,7 @@ impl Engine {
             ghost_due: opt(p.ghost_due),
             stall_due: opt(p.stall_due),
             signal_counts,
+            breakdowns: self.attributed(ix).into_iter().map(|(d, v)| (d.to_string(), v.map(str::to_string))).collect(),
         }
     }
 
@@ -109,6 +110,9 @@ impl Engine {
                 buf.extend_from_slice(&t.0.to_le_bytes());
             }
         }
+        if self.attr.any(i) {
+            self.digest_attributions(i, buf);
+        }
         ids::hash64(ids::SEED_DIGEST, buf)
     }
 
@@ -156,6 +160,7 @@ impl Engine {
             + self.extras.capacity() * (std::mem::size_of::<(u32, Extras)>() + 1)
             + self.extras.values().map(Extras::heap_bytes).sum::<usize>()
             + self.identity.as_ref().map_or(0, |m| m.heap_bytes())
+            + self.attr.heap_bytes()
     }
 }
 
@@ -191,4 +196,8 @@ pub struct ProspectView {
     pub ghost_due: Option<String>,
     pub stall_due: Option<String>,
     pub signal_counts: Vec<(String, u16)>,
+    /// Per `[breakdowns]` dimension, the prospect's attributed value (`other` for a value that
+    /// found no slot; `null`: none); left out for journeys without breakdowns.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub breakdowns: Vec<(String, Option<String>)>,
 }

@@ -311,6 +311,8 @@ pub struct Journey {
     zero_ids: bool,
     /// `[identity] resolve = true`: identity resolution within a shard, with these guards.
     pub identity: Option<crate::core::identity::IdentityLimits>,
+    /// `[breakdowns]`: the dimensions and segments the funnel is split by (empty: none).
+    pub breakdowns: Vec<crate::core::breakdown::Dimension>,
     /// `[crm]`: CRM object changes that are signals (see [`crate::core::crm`]).
     pub crm: crate::core::crm::CrmTable,
     /// `[insight] alert_horizon_days`: a hot rule's match counts toward its precision and

@@ -37,6 +37,8 @@ pub(super) struct RawJourney {
     pub(super) crm: crate::core::crm::RawCrm,
     #[serde(default)]
     pub(super) insight: RawInsight,
+    #[serde(default)]
+    pub(super) breakdowns: RawBreakdowns,
 }
 
 /// `[insight]`: how the hot rules' accuracy is measured.
@@ -61,6 +63,66 @@ fn default_alert_horizon_days() -> f64 {
 
 fn default_score_bands() -> Vec<f64> {
     vec![10.0, 25.0, 50.0, 100.0]
+}
+
+/// `[breakdowns]`: the funnel split by dimension (`core::breakdown`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBreakdowns {
+    #[serde(default = "default_top_k")]
+    pub(super) top_k: usize,
+    #[serde(default = "default_max_values")]
+    pub(super) max_values: usize,
+    #[serde(default)]
+    pub(super) dimensions: Vec<RawDimension>,
+    #[serde(default)]
+    pub(super) segments: Vec<RawSegmentDimension>,
+}
+
+impl Default for RawBreakdowns {
+    fn default() -> Self {
+        RawBreakdowns {
+            top_k: default_top_k(),
+            max_values: default_max_values(),
+            dimensions: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+}
+
+fn default_top_k() -> usize {
+    crate::core::breakdown::DEFAULT_TOP_K
+}
+
+fn default_max_values() -> usize {
+    crate::core::breakdown::DEFAULT_MAX_VALUES
+}
+
+/// `[[breakdowns.dimensions]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDimension {
+    #[serde(default)]
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) field: String,
+    pub(super) attribution: Option<String>,
+    pub(super) at_stage: Option<String>,
+    pub(super) top_k: Option<usize>,
+    pub(super) max_values: Option<usize>,
+    #[serde(default)]
+    pub(super) allow: Vec<String>,
+}
+
+/// `[[breakdowns.segments]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSegmentDimension {
+    #[serde(default)]
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) signal: String,
+    pub(super) before_stage: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,7 @@ use super::{
     Names, PageRule, QuietRule, SignalDef, SignalId, SignalSource, StageDef, StageId, StallRule, match_key,
     normalize_name,
 };
+use crate::core::breakdown::Dimension;
 use crate::core::time::{Span, Ts, parse_rfc3339};
 
 impl Errors {
@@ -494,6 +495,7 @@ impl Journey {
         if bands.iter().any(|b| !b.is_finite()) || bands.windows(2).any(|w| w[0] >= w[1]) {
             e.invalid("insight.score_bands", "must be finite numbers in strictly ascending order, e.g. [10, 25, 50]");
         }
+        let breakdowns = breakdowns(&raw, &names, &stage_names, e);
 
         Journey {
             name: raw.name.clone(),
@@ -535,6 +537,123 @@ impl Journey {
             crm,
             alert_horizon: Span::from_days(horizon),
             score_bands: bands.iter().copied().take(super::MAX_SCORE_BANDS).collect(),
+            breakdowns,
         }
     }
+}
+
+/// Most dimensions and segments a journey may split its funnel by.
+const MAX_DIMENSIONS: usize = 16;
+
+/// `[breakdowns]`: dimensions and segments, each mistake reported by its key path.
+fn breakdowns(raw: &RawJourney, names: &SignalNames, stages: &Stages, e: &mut Errors) -> Vec<Dimension> {
+    use crate::core::breakdown::{Attribution, Field, MAX_VALUES_LIMIT, normalize};
+    let b = &raw.breakdowns;
+    let mut out = Vec::new();
+    let limit = |e: &mut Errors, at: &str, v: usize, max: usize| {
+        if v == 0 || v > max {
+            e.invalid(at, format!("must be between 1 and {max}, got {v}"));
+        }
+    };
+    limit(e, "breakdowns.top_k", b.top_k, MAX_VALUES_LIMIT);
+    limit(e, "breakdowns.max_values", b.max_values, MAX_VALUES_LIMIT);
+    if b.dimensions.len() + b.segments.len() > MAX_DIMENSIONS {
+        e.invalid("breakdowns", format!("at most {MAX_DIMENSIONS} dimensions and segments together"));
+    }
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut name_ok = |e: &mut Errors, at: String, name: &str| {
+        if name.is_empty() {
+            e.add(JourneyError::Missing { at: format!("{at}.name") });
+        } else if !name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
+            e.invalid(
+                format!("{at}.name"),
+                format!("`{name}`: use lower-case letters, digits and `_` (it is a metric label value and `?by=`)"),
+            );
+        } else if let Some(first) = seen.insert(name.to_string(), at.clone()) {
+            e.invalid(
+                format!("{at}.name"),
+                format!("`{name}` is already the name of {first}; give each a unique name"),
+            );
+        }
+    };
+    for (i, d) in b.dimensions.iter().enumerate() {
+        let at = format!("breakdowns.dimensions[{i}]");
+        name_ok(e, at.clone(), &d.name);
+        let field = Field::parse(&d.field);
+        if field.is_none() {
+            if d.field.is_empty() {
+                e.add(JourneyError::Missing { at: format!("{at}.field") });
+            } else {
+                e.invalid(
+                    format!("{at}.field"),
+                    format!("unknown field `{}`; use one of {}", d.field, Field::NAMES.join(", ")),
+                );
+            }
+        }
+        let attribution = match (d.attribution.as_deref(), &d.at_stage) {
+            (Some(_), Some(_)) => {
+                e.invalid(
+                    format!("{at}.at_stage"),
+                    "set either `attribution` (first_touch, last_touch) or `at_stage`, not both",
+                );
+                None
+            }
+            (None | Some("first_touch"), None) => Some(Attribution::FirstTouch),
+            (Some("last_touch"), None) => Some(Attribution::LastTouch),
+            (Some(other), None) => {
+                e.invalid(
+                    format!("{at}.attribution"),
+                    format!("unknown attribution `{other}`; use first_touch, last_touch, or `at_stage = \"<stage>\"`"),
+                );
+                None
+            }
+            (None, Some(stage)) => stages.of(e, format!("{at}.at_stage"), stage).map(Attribution::AtStage),
+        };
+        let top_k = d.top_k.unwrap_or(b.top_k);
+        let max_values = d.max_values.unwrap_or(b.max_values);
+        limit(e, &format!("{at}.top_k"), top_k, MAX_VALUES_LIMIT);
+        limit(e, &format!("{at}.max_values"), max_values, MAX_VALUES_LIMIT);
+        let mut allow: Vec<String> = Vec::with_capacity(d.allow.len());
+        if d.allow.len() > MAX_VALUES_LIMIT {
+            e.invalid(format!("{at}.allow"), format!("at most {MAX_VALUES_LIMIT} values"));
+        }
+        for (k, v) in d.allow.iter().enumerate() {
+            let Some(f) = field.and_then(Field::touch_index) else { break };
+            match normalize(f, std::borrow::Cow::Borrowed(v)) {
+                None => e.invalid(format!("{at}.allow[{k}]"), "must not be blank or hold control characters"),
+                Some(n) if allow.iter().any(|a| *a == n) => e.invalid(
+                    format!("{at}.allow[{k}]"),
+                    format!("`{n}` is listed twice (values are compared normalised)"),
+                ),
+                Some(n) => allow.push(n.into_owned()),
+            }
+        }
+        if let (Some(field), Some(attribution)) = (field, attribution) {
+            out.push(Dimension { name: d.name.clone(), field, attribution, top_k, max_values, allow });
+        }
+    }
+    for (i, s) in b.segments.iter().enumerate() {
+        let at = format!("breakdowns.segments[{i}]");
+        name_ok(e, at.clone(), &s.name);
+        let signal = if e.need_name(&s.signal, &format!("{at}.signal")) {
+            names.of(e, format!("{at}.signal"), &s.signal)
+        } else {
+            None
+        };
+        let before = match &s.before_stage {
+            Some(st) => stages.of(e, format!("{at}.before_stage"), st).map(Some),
+            None => Some(None),
+        };
+        if let (Some(signal), Some(before)) = (signal, before) {
+            out.push(Dimension {
+                name: s.name.clone(),
+                field: Field::Segment { signal, before },
+                attribution: Attribution::FirstTouch,
+                top_k: 1,
+                max_values: 1,
+                allow: Vec::new(),
+            });
+        }
+    }
+    out
 }

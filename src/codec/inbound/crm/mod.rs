@@ -231,6 +231,7 @@ fn translate<'a>(
             email: c.email.clone().map(Cow::Owned),
             linked: None,
             anonymous: false,
+            touch: Default::default(),
         })
         .collect())
 }

@@ -29,6 +29,7 @@ use crate::core::ids;
 use crate::core::journey::Journey;
 use crate::core::time::Ts;
 
+mod breakdown;
 mod record;
 mod wire;
 
@@ -118,7 +119,8 @@ impl Engine {
         w.u64(f.outcomes[0]);
         w.u64(f.outcomes[1]);
         if version >= 4 {
-            encode_insight(f, out);
+            encode_insight(f, &mut *w.0);
+            self.encode_breakdown_meta(&mut w);
         }
     }
 
@@ -200,6 +202,9 @@ impl Engine {
         self.leap = leap;
         self.stats = stats;
         self.funnel = funnel;
+        if version >= 4 {
+            self.decode_breakdown_meta(r)?;
+        }
         Ok(version)
     }
 
@@ -226,6 +231,7 @@ impl Engine {
                 sum = sum.wrapping_add(self.prospect_digest_with(ix, &mut buf));
             }
         }
+        self.encode_breakdown_section(out);
         sum
     }
 
@@ -264,6 +270,9 @@ impl Engine {
                 id
             };
             engine.restore_prospect(id, &rec).map_err(|_| StateError::Invalid { what: "prospect id", at })?;
+        }
+        if version >= 4 {
+            engine.decode_sections(&mut r)?;
         }
         if !r.is_empty() {
             return Err(StateError::Invalid { what: "trailing bytes", at: r.position() });

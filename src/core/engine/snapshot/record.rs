@@ -25,6 +25,9 @@ pub struct ProspectRecord<'a> {
     pub email: Option<&'a str>,
     /// Older event ids and waiting sequence signals (state version 3; empty before).
     pub extras: Extras,
+    /// Attributed breakdown values, one per dimension (changelog records since state version
+    /// 4; empty: none).
+    pub slots: crate::core::breakdown::SlotRecord,
 }
 
 impl ProspectRecord<'_> {
@@ -36,6 +39,7 @@ impl ProspectRecord<'_> {
             marks: Vec::new(),
             email: None,
             extras: Extras::default(),
+            slots: Vec::new(),
         }
     }
 }
@@ -82,6 +86,7 @@ impl Engine {
             out.push(3);
             out.extend_from_slice(&last_signal.to_le_bytes());
         }
+        self.encode_slots_trailer(ix, out);
     }
 
     /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
@@ -104,6 +109,10 @@ impl Engine {
                 }
                 2 => rec.extras.alerted = decode_alerted(r, self.journey().hot_rules.len())?,
                 3 => rec.fixed.last_signal = self.checked_signal(r)?,
+                super::breakdown::RECORD_TAG => {
+                    let dims = r.u8("breakdown dimensions")? as usize;
+                    rec.slots = super::breakdown::read_slots(r, dims)?;
+                }
                 _ => return Err(StateError::Invalid { what: "extras tag", at }),
             }
         }
@@ -139,7 +148,7 @@ impl Engine {
                 Some(std::str::from_utf8(b).map_err(|_| StateError::Invalid { what: "email", at })?)
             }
         };
-        Ok(ProspectRecord { fixed, stage_times, counts, marks, email, extras: Extras::default() })
+        Ok(ProspectRecord { fixed, stage_times, counts, marks, email, extras: Extras::default(), slots: Vec::new() })
     }
 
     /// One prospect in record layout 2 (see the module docs).

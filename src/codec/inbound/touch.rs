@@ -1,0 +1,182 @@
+//! The breakdown values of an accepted payload (`core::breakdown::Touch`): a second, lenient
+//! pass that decides nothing about the payload (values that are not strings are skipped; a
+//! payload this pass cannot read yields no values). Only journeys with `[breakdowns]` pay for it.
+//!
+//! Each field from the first of its sources that has it:
+//! - `utm_source`, `utm_medium`, `utm_campaign`: Segment's `context.campaign` (`source`,
+//!   `medium`, `name`), the `utm_*` query parameters of `context.page.url`, then
+//!   `properties.utm_*` (the canonical envelope's place for them), then the `utm_*` query
+//!   parameters of `properties.url`;
+//! - referrer domain: the host of `context.page.referrer`, else of `properties.referrer`.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, de::DeserializeSeed};
+
+use super::wire::AnyStr;
+use crate::core::breakdown::Touch;
+
+/// A string, or nothing for any other value.
+#[derive(Default)]
+struct Lenient<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Lenient<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Lenient(AnyStr.deserialize(d)?.map(|s| s.0)))
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Payload<'a> {
+    #[serde(borrow)]
+    context: Option<Context<'a>>,
+    #[serde(borrow)]
+    properties: Option<Properties<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Context<'a> {
+    #[serde(borrow)]
+    campaign: Option<Campaign<'a>>,
+    #[serde(borrow)]
+    page: Option<Page<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Campaign<'a> {
+    #[serde(borrow)]
+    source: Lenient<'a>,
+    #[serde(borrow)]
+    medium: Lenient<'a>,
+    #[serde(borrow)]
+    name: Lenient<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Page<'a> {
+    #[serde(borrow)]
+    url: Lenient<'a>,
+    #[serde(borrow)]
+    referrer: Lenient<'a>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Properties<'a> {
+    #[serde(borrow)]
+    utm_source: Lenient<'a>,
+    #[serde(borrow)]
+    utm_medium: Lenient<'a>,
+    #[serde(borrow)]
+    utm_campaign: Lenient<'a>,
+    #[serde(borrow)]
+    url: Lenient<'a>,
+    #[serde(borrow)]
+    referrer: Lenient<'a>,
+}
+
+const UTM: [&str; 3] = ["utm_source", "utm_medium", "utm_campaign"];
+
+/// The `utm_*` query parameters of a URL (absolute or a path), decoded.
+fn utm_of_url(touch: &mut Touch<'_>, url: &str) {
+    let Some((_, query)) = url.split_once('?') else { return };
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if let Some(i) = UTM.iter().position(|u| *u == k) {
+            touch.offer(i, Cow::Owned(v.into_owned()));
+        }
+    }
+}
+
+/// The host of a referrer URL, without a leading `www.`.
+fn referrer_domain(touch: &mut Touch<'_>, referrer: &str) {
+    if let Ok(u) = url::Url::parse(referrer.trim())
+        && let Some(host) = u.host_str()
+    {
+        let host = host.strip_prefix("www.").unwrap_or(host);
+        touch.offer(3, Cow::Owned(host.to_string()));
+    }
+}
+
+/// The touch of a payload; empty when it carries none or cannot be read. A payload that holds
+/// none of the keys' telltale bytes (`campaign`, `utm_`, `referrer`) is not parsed again: a key
+/// written with escapes (`"utm\u005fsource"`) is not read.
+pub(super) fn touch_fields(bytes: &[u8]) -> Touch<'_> {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    static NEEDLES: LazyLock<[Finder<'static>; 3]> =
+        LazyLock::new(|| [Finder::new(b"utm_"), Finder::new(b"campaign"), Finder::new(b"referrer")]);
+    if NEEDLES.iter().all(|n| n.find(bytes).is_none()) {
+        return Touch::default();
+    }
+    let Ok(p) = serde_json::from_slice::<Payload<'_>>(bytes) else { return Touch::default() };
+    let mut touch = Touch::default();
+    let (campaign, page) = match p.context {
+        Some(c) => (c.campaign, c.page),
+        None => (None, None),
+    };
+    if let Some(c) = campaign {
+        for (i, v) in [c.source.0, c.medium.0, c.name.0].into_iter().enumerate() {
+            if let Some(v) = v {
+                touch.offer(i, v);
+            }
+        }
+    }
+    let mut referrer = None;
+    if let Some(page) = page {
+        if let Some(url) = &page.url.0 {
+            utm_of_url(&mut touch, url);
+        }
+        referrer = page.referrer.0;
+    }
+    if let Some(props) = p.properties {
+        for (i, v) in [props.utm_source.0, props.utm_medium.0, props.utm_campaign.0].into_iter().enumerate() {
+            if let Some(v) = v {
+                touch.offer(i, v);
+            }
+        }
+        if let Some(url) = &props.url.0 {
+            utm_of_url(&mut touch, url);
+        }
+        referrer = referrer.filter(|r| !r.trim().is_empty()).or(props.referrer.0);
+    }
+    if let Some(r) = referrer {
+        referrer_domain(&mut touch, &r);
+    }
+    touch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(json: &str) -> [Option<String>; 4] {
+        touch_fields(json.as_bytes()).values.map(|v| v.map(Cow::into_owned))
+    }
+
+    #[test]
+    fn segment_campaign_comes_before_url_parameters_and_properties() {
+        let v = values(
+            r#"{"context":{"campaign":{"name":"Spring-Launch","source":" Google ","medium":"CPC"},
+                "page":{"url":"https://x.example/p?utm_source=bing&utm_term=a","referrer":"https://www.LinkedIn.com/feed"}},
+                "properties":{"utm_campaign":"other"}}"#,
+        );
+        let s = |x: &str| Some(x.to_string());
+        assert_eq!(v, [s("google"), s("cpc"), s("Spring-Launch"), s("linkedin.com")]);
+    }
+
+    #[test]
+    fn url_parameters_are_decoded_and_non_strings_skipped() {
+        let v = values(
+            r#"{"context":{"page":{"url":"/pricing?utm_campaign=q1%20launch&utm_medium=Email#top"}},"properties":{"utm_source":7,"referrer":""}}"#,
+        );
+        assert_eq!(v, [None, Some("email".into()), Some("q1 launch".into()), None]);
+        let v = values(r#"{"properties":{"utm_source":{"a":1},"url":"https://a.example/?utm_source=news"}}"#);
+        assert_eq!(v[0].as_deref(), Some("news"));
+        assert_eq!(values(r#"{"context":"broken"}"#), [None, None, None, None]);
+    }
+}

@@ -1,0 +1,149 @@
+//! The breakdown part of the state (state version 4), kept apart from the rest of the layout:
+//! - in the shard meta, after everything older versions hold: each dimension's value table
+//!   (`u8` dimension count; per dimension its name, the touches folded into `other` (`u64`) and
+//!   its values in slot order (`u32` count, each length-prefixed));
+//! - in a full state, after the prospects, tagged sections until the end, each a tag byte, a
+//!   `u32` body length and the body; section `B`: `u8` dimension count, `u32` count of prospects
+//!   with a slot set, then per such prospect its index (`u32`, its position in the state) and
+//!   per dimension its value id (`u16`) and touch time (`u32`); always written (0 dimensions
+//!   without breakdowns) and required;
+//! - in a changelog prospect record, after the extras trailer, tag `2`: `u8` dimension count and
+//!   the prospect's slots, only for a prospect with one set.
+//!
+//! A state written under other dimension names (the journey's `[breakdowns]` changed) loads
+//! with empty tables and no prospect's values: attribution starts again from new events.
+
+use super::wire::{Dec, Enc, StateError};
+use crate::core::breakdown::{Attributions, Slot, SlotRecord, ValueTable};
+use crate::core::engine::Engine;
+use crate::core::ids::ProspectIx;
+
+/// Tag of the breakdown section of a full state.
+pub(super) const SECTION: u8 = b'B';
+
+/// Tag of the slots trailer of a changelog record.
+pub(super) const RECORD_TAG: u8 = 4;
+
+impl Engine {
+    pub(super) fn encode_breakdown_meta(&self, w: &mut Enc<'_>) {
+        let dims = &self.journey().breakdowns;
+        w.u8(dims.len() as u8);
+        for (d, t) in dims.iter().zip(self.attr.tables()) {
+            w.bytes(d.name.as_bytes());
+            w.u64(t.folded);
+            w.u32(t.names.len() as u32);
+            for n in &t.names {
+                w.bytes(n.as_bytes());
+            }
+        }
+    }
+
+    pub(super) fn decode_breakdown_meta(&mut self, r: &mut Dec<'_>) -> Result<(), StateError> {
+        let n = r.u8("breakdown dimensions")? as usize;
+        let mut names = Vec::with_capacity(n);
+        let mut tables = Vec::with_capacity(n);
+        for _ in 0..n {
+            names.push(r.str("breakdown dimension")?.to_string());
+            let folded = r.u64("breakdown folded")?;
+            let at = r.position();
+            let count = r.u32("breakdown values")? as usize;
+            if count > r.remaining() / 4 {
+                return Err(StateError::Invalid { what: "breakdown values", at });
+            }
+            let mut t = ValueTable::default();
+            for _ in 0..count {
+                t.push(r.str("breakdown value")?);
+            }
+            t.folded = folded;
+            tables.push(t);
+        }
+        let dims = &self.journey().breakdowns;
+        let mut attr = Attributions::new(dims);
+        if names.len() == dims.len() && names.iter().zip(dims.iter()).all(|(a, d)| *a == d.name) {
+            attr.tables = tables;
+            attr.slots = std::mem::take(&mut self.attr.slots);
+        } else {
+            attr.foreign = true;
+        }
+        self.attr = attr;
+        Ok(())
+    }
+
+    /// Section `B` of a full state (written without dimensions too, so that a state cut right
+    /// after its prospects is refused).
+    pub(super) fn encode_breakdown_section(&self, out: &mut Vec<u8>) {
+        let set: Vec<usize> = (0..self.len()).filter(|&i| self.attr.any(i)).collect();
+        out.push(SECTION);
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let mut w = Enc(out);
+        w.u8(self.attr.dims as u8);
+        w.u32(set.len() as u32);
+        for i in set {
+            w.u32(i as u32);
+            for s in self.attr.of(i) {
+                w.u16(s.value);
+                w.u32(s.at);
+            }
+        }
+        let len = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// The sections after the prospects of a full state (version 4 on); section `B` must be
+    /// there.
+    pub(super) fn decode_sections(&mut self, r: &mut Dec<'_>) -> Result<(), StateError> {
+        let mut breakdown = false;
+        while !r.is_empty() {
+            let at = r.position();
+            let tag = r.u8("section tag")?;
+            let len = r.u32("section length")? as usize;
+            let body = r.take(len, "section")?;
+            match tag {
+                SECTION if !breakdown => {
+                    breakdown = true;
+                    let r = &mut Dec::new(body);
+                    let dims = r.u8("breakdown dimensions")? as usize;
+                    let n = r.u32("breakdown prospects")?;
+                    for _ in 0..n {
+                        let at = r.position();
+                        let i = r.u32("breakdown prospect")? as usize;
+                        if i >= self.len() {
+                            return Err(StateError::Invalid { what: "breakdown prospect", at });
+                        }
+                        let slots = read_slots(r, dims)?;
+                        self.attr.set(i, &slots);
+                    }
+                    if !r.is_empty() {
+                        return Err(StateError::Invalid { what: "breakdown section", at });
+                    }
+                }
+                _ => return Err(StateError::Invalid { what: "section tag", at }),
+            }
+        }
+        if !breakdown {
+            return Err(StateError::Invalid { what: "breakdown section", at: r.position() });
+        }
+        Ok(())
+    }
+
+    /// The slots trailer of a changelog record (nothing for a prospect without slots).
+    pub(super) fn encode_slots_trailer(&self, ix: ProspectIx, out: &mut Vec<u8>) {
+        let i = ix.0 as usize;
+        if !self.attr.any(i) {
+            return;
+        }
+        let mut w = Enc(out);
+        w.u8(RECORD_TAG);
+        w.u8(self.attr.dims as u8);
+        for s in self.attr.of(i) {
+            w.u16(s.value);
+            w.u32(s.at);
+        }
+    }
+}
+
+/// A prospect's slots as a record holds them (`u8` count first when `dims` is `None`).
+pub(super) fn read_slots(r: &mut Dec<'_>, dims: usize) -> Result<SlotRecord, StateError> {
+    (0..dims).map(|_| Ok(Slot { value: r.u16("breakdown value id")?, at: r.u32("breakdown touch")? })).collect()
+}

@@ -70,6 +70,7 @@ impl Engine {
         dst.funnel.clone_from(&self.funnel);
         dst.stats.clone_from(&self.stats);
         dst.identity.clone_from(&self.identity);
+        self.crm.capture_into(&mut dst.crm);
         dst.changed.clear();
         self.captures += 1;
         dst.captured_from = Some((self.lineage.0, self.captures));
@@ -138,7 +139,10 @@ impl Engine {
     }
 
     /// The prospects whose state changed since the last call, in index order; clears the marks.
+    /// Shard-level changes (CRM memory entries) are taken too, and carried by the next
+    /// [`Engine::capture_into`] to the capture, which the changelog writes them from.
     pub fn take_changed(&mut self) -> Vec<ProspectIx> {
+        self.crm.take_changes();
         let mut out = Vec::new();
         for (w, bits) in self.changed.iter_mut().enumerate() {
             let mut b = std::mem::take(&mut bits[0]);
@@ -152,6 +156,6 @@ impl Engine {
 
     /// Whether any prospect changed since the last [`Engine::take_changed`].
     pub fn has_changes(&self) -> bool {
-        self.changed.iter().any(|b| b[0] != 0)
+        self.changed.iter().any(|b| b[0] != 0) || self.crm.has_changes()
     }
 }

@@ -19,8 +19,9 @@
 //! This module holds the [`Engine`] state, its construction and restore, [`Engine::apply`] and the
 //! read accessors; each concern of `apply` is a child module: `clock` (clock, watermark, sweep),
 //! `extras` (dedup and per-prospect extras), `rules` (hot and sequence rules), `stages` (stage
-//! moves and outcomes), `timers` (ghost, stall and gone-quiet timers), `capture` (change tracking and
-//! captures for checkpoints), `view` (views, digests, census) and [`snapshot`] (state encoding).
+//! moves and outcomes), `timers` (ghost, stall and gone-quiet timers), `crm` (the CRM memories as
+//! shard state), `capture` (change tracking and captures for checkpoints), `view` (views,
+//! digests, census) and [`snapshot`] (state encoding).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -40,6 +41,7 @@ use super::time::Ts;
 
 mod capture;
 mod clock;
+mod crm;
 mod extras;
 mod identity;
 mod rules;
@@ -49,6 +51,7 @@ mod timers;
 mod view;
 
 use capture::Lineage;
+pub use crm::CrmState;
 use extras::{Emails, Seen};
 pub use extras::{Extras, dedup_key};
 pub use identity::IdentityStats;
@@ -123,6 +126,8 @@ pub struct Engine {
     /// The shard's identity map when the journey resolves identities (`[identity] resolve`).
     identity: Option<Box<IdentityMap>>,
     identity_stats: IdentityStats,
+    /// Per CRM input topic, what the shard remembers of its objects (`crm.rs`).
+    crm: crm::CrmState,
 }
 
 fn journey_identity(journey: &Journey) -> Option<Box<IdentityMap>> {
@@ -152,6 +157,7 @@ impl Engine {
             captures: 0,
             captured_from: None,
             identity_stats: IdentityStats::default(),
+            crm: crm::CrmState::default(),
         }
     }
 

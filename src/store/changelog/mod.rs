@@ -7,6 +7,8 @@
 //! | prospect id (UTF-8)  | `P` + the prospect record (`Engine::encode_changelog_record`) |
 //! | prospect id          | none (a tombstone: delete a prospect the state does not hold) |
 //! | [`META_KEY`]         | `M` + seq u64 + n u32 + n × (topic, next i64) + shard meta    |
+//! | `\0crm/` + topic + CRM key | `C` + CRM entry (`core::crm::bytes`), or none (removed)   |
+//! | [`CRM_STATE_KEY`]    | `C` + complete u8 (the CRM memories hold all the state covers) |
 //!
 //! Integers are little-endian, strings length-prefixed (`core::snapshot::Enc`). One checkpoint
 //! writes its changed prospects, the tombstones owed, then one checkpoint record that closes
@@ -19,6 +21,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::core::crm;
 use crate::core::snapshot::{Dec, Enc};
 use crate::core::{Engine, Journey, ProspectIx, StateError};
 
@@ -30,6 +33,14 @@ pub use kafka::KafkaChangelog;
 
 /// Key of the checkpoint records (compaction keeps the newest).
 pub const META_KEY: &[u8] = b"\0microfunnel.checkpoint";
+
+/// Key of the record saying whether the CRM memories are complete; every checkpoint of state
+/// version 4 on writes it.
+pub const CRM_STATE_KEY: &[u8] = b"\0crm.state";
+
+/// Prefix of the keys of CRM memory entries: then the topic (length-prefixed) and the entry's
+/// key (`core::crm::bytes::encode_key`).
+pub const CRM_PREFIX: &[u8] = b"\0crm/";
 
 /// Why a changelog write or read failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +129,7 @@ impl Batch {
                 self.records.push((key, None));
             }
         }
+        self.crm_records(engine);
         let key = self.push_bytes(META_KEY);
         let at = self.buf.len();
         self.buf.push(b'M');
@@ -129,6 +141,33 @@ impl Batch {
             w.i64(next);
         }
         engine.encode_meta(&mut self.buf);
+        self.records.push((key, Some(at..self.buf.len())));
+    }
+
+    /// The CRM memory entries the capture carries (changed since the previous checkpoint; a
+    /// tombstone for each removed or evicted one), then the completeness record.
+    fn crm_records(&mut self, engine: &Engine) {
+        for (topic, memory) in engine.crm().memories() {
+            for (kind, key, entry) in memory.taken() {
+                let k = self.buf.len();
+                self.buf.extend_from_slice(CRM_PREFIX);
+                let mut w = Enc(&mut self.buf);
+                w.bytes(topic.as_bytes());
+                crm::bytes::encode_key(kind, key, &mut w);
+                let key = k..self.buf.len();
+                let value = entry.map(|(entry, stamp)| {
+                    let at = self.buf.len();
+                    self.buf.push(b'C');
+                    crm::bytes::encode_entry(&entry, stamp, &mut Enc(&mut self.buf));
+                    at..self.buf.len()
+                });
+                self.records.push((key, value));
+            }
+        }
+        let key = self.push_bytes(CRM_STATE_KEY);
+        let at = self.buf.len();
+        self.buf.push(b'C');
+        self.buf.push(u8::from(engine.crm().is_complete()));
         self.records.push((key, Some(at..self.buf.len())));
     }
 
@@ -219,8 +258,8 @@ impl Fold {
             return;
         };
         let mut r = Dec::new(meta);
-        let parsed = checkpoint_header(&mut r).and_then(|h| self.engine.decode_meta(&mut r).map(|_| h));
-        let (seq, positions) = match parsed {
+        let parsed = checkpoint_header(&mut r).and_then(|h| self.engine.decode_meta(&mut r).map(|v| (h, v)));
+        let ((seq, positions), version) = match parsed {
             Ok(h) => h,
             Err(e) => {
                 self.stats.bad += 1;
@@ -228,6 +267,7 @@ impl Fold {
                 return;
             }
         };
+        self.crm_confirmed(shard, version);
         for (id, rec) in self.staged.drain() {
             let Some(rec) = rec else { continue };
             let Ok(id) = std::str::from_utf8(&id) else { continue };
@@ -250,20 +290,78 @@ impl Fold {
         self.stats.checkpoints += 1;
     }
 
+    /// Installs the staged CRM records a checkpoint record (of state `version`) confirms and
+    /// takes them out of `staged`. A checkpoint of version 3 or older carries no CRM memory:
+    /// the memories are then incomplete.
+    fn crm_confirmed(&mut self, shard: i32, version: u32) {
+        let mut complete = version >= 4;
+        let crm: Vec<Vec<u8>> = self.staged.keys().filter(|k| is_crm_key(k)).cloned().collect();
+        for k in crm {
+            let v = self.staged.remove(&k).flatten();
+            if k == CRM_STATE_KEY {
+                complete = v.as_deref() == Some(b"C\x01");
+                continue;
+            }
+            let installed = crm_key(&k).and_then(|(topic, kind, key)| {
+                let entry = match v.as_deref().map(|v| v.strip_prefix(b"C")) {
+                    None => None,
+                    Some(Some(body)) => Some(crm::bytes::decode_entry(kind, &mut Dec::new(body))?),
+                    Some(None) => return Err(StateError::Invalid { what: "crm record tag", at: 0 }),
+                };
+                self.engine.restore_crm_entry(&topic, kind, key, entry);
+                Ok(())
+            });
+            match installed {
+                Ok(()) => self.stats.records += 1,
+                Err(e) => {
+                    self.stats.bad += 1;
+                    tracing::error!(shard, error = %e, "bad CRM memory record in the changelog; skipped");
+                }
+            }
+        }
+        self.engine.set_crm_complete(complete);
+    }
+
     /// The state as of the last checkpoint record read, and what an unfinished checkpoint after
     /// it wrote.
     pub fn finish(self) -> Folded {
         let Fold { mut engine, positions, seq, staged, stats } = self;
         let (mut tombstones, mut rewrite) = (Vec::new(), Vec::new());
-        for id in staged.into_keys() {
+        engine.finish_crm_restore();
+        let (crm, staged): (Vec<_>, Vec<_>) = staged.into_keys().partition(|k| is_crm_key(k));
+        // CRM entries an unfinished checkpoint wrote: the next checkpoint rewrites or deletes them.
+        let mut unfinished_crm = Vec::new();
+        for k in crm {
+            if let Ok((topic, kind, key)) = crm_key(&k) {
+                unfinished_crm.push((topic, kind, key));
+            }
+        }
+        for id in staged {
             let Ok(id) = String::from_utf8(id) else { continue };
             if engine.find(&id).is_some() { rewrite.push(id) } else { tombstones.push(id) }
         }
         tombstones.sort();
         rewrite.sort();
         engine.take_changed();
+        engine.crm_take_taken();
+        for (topic, kind, key) in unfinished_crm {
+            engine.mark_crm_entry(&topic, kind, key);
+        }
         Folded { engine, positions, seq, tombstones, rewrite, stats }
     }
+}
+
+fn is_crm_key(k: &[u8]) -> bool {
+    k == CRM_STATE_KEY || k.starts_with(CRM_PREFIX)
+}
+
+/// A CRM entry record's key: topic, entry kind and key.
+fn crm_key(k: &[u8]) -> Result<(String, crm::EntryKind, crm::Key), StateError> {
+    let body = k.strip_prefix(CRM_PREFIX).ok_or(StateError::Invalid { what: "crm record key", at: 0 })?;
+    let mut r = Dec::new(body);
+    let topic = r.str("crm topic")?.to_string();
+    let (kind, key) = crm::bytes::decode_key(&mut r)?;
+    Ok((topic, kind, key))
 }
 
 /// The start of a checkpoint record: sequence and input positions.
@@ -355,5 +453,80 @@ mod tests {
         known.sort();
         assert_eq!(read.rewrite, known, "prospects the state holds are rewritten next time");
         assert_eq!(read.tombstones, new, "ids the state does not hold are deleted next time");
+    }
+
+    fn crm_change(engine: &mut Engine, topic: &str, id: &str, value: &str, at: i64) {
+        use crate::core::crm::{Previous, UnknownPrevious};
+        let key = ("deal", id, "dealstage");
+        let m = engine.crm_memory(topic);
+        m.transition(key, Some(value), crate::core::Ts(at), &Previous::Unknown, UnknownPrevious::Fire, false);
+    }
+
+    #[test]
+    fn crm_memory_entries_are_confirmed_by_the_checkpoint_record_and_evictions_delete_them() {
+        let mut journey = (*journey()).clone();
+        journey.crm.max_entries = 3;
+        let journey = Arc::new(journey);
+        let mut engine = Engine::new(Arc::clone(&journey));
+        let (mut log, mut batch) = (Vec::new(), Batch::default());
+        let positions = BTreeMap::from([("hubspot".to_string(), 3)]);
+        for (i, id) in ["1", "2", "3"].iter().enumerate() {
+            crm_change(&mut engine, "hubspot", id, "appointmentscheduled", i as i64);
+        }
+        engine.crm_memory("hubspot").link("deal", "1", "c-1");
+        let changed = engine.take_changed();
+        let mut spare = Engine::new(Arc::clone(&journey));
+        engine.capture_into(&mut spare);
+        batch.checkpoint(&spare, &changed, &[], 1, &positions);
+        let crm_records = owned(&batch).iter().filter(|(k, _)| k.starts_with(CRM_PREFIX)).count();
+        assert_eq!(crm_records, 4, "three values (one evicted: a tombstone) and a link");
+        log.extend(owned(&batch));
+        // Checkpoint 2: deal 2 changes; deal 4 evicts deal 3.
+        crm_change(&mut engine, "hubspot", "2", "contractsent", 10);
+        crm_change(&mut engine, "hubspot", "4", "contractsent", 11);
+        let changed = engine.take_changed();
+        engine.capture_into(&mut spare);
+        batch.checkpoint(&spare, &changed, &[], 2, &positions);
+        log.extend(owned(&batch));
+
+        let read = fold(&log, &journey);
+        assert_eq!(read.engine.crm(), engine.crm(), "the memory reads back with its eviction order");
+        assert!(read.engine.crm().is_complete());
+        assert!(!read.engine.has_changes(), "nothing is owed after a read");
+
+        // Checkpoint 3 wrote a CRM record but not its checkpoint record: not applied, owed.
+        crm_change(&mut engine, "hubspot", "4", "closedwon", 12);
+        let changed = engine.take_changed();
+        engine.capture_into(&mut spare);
+        batch.checkpoint(&spare, &changed, &[], 3, &positions);
+        let mut unfinished = log.clone();
+        unfinished.extend(owned(&batch).into_iter().take(batch.len() - 1));
+        let mut read = fold(&unfinished, &journey);
+        assert!(read.tombstones.is_empty() && read.rewrite.is_empty(), "CRM keys are not prospect ids");
+        assert!(read.engine.has_changes(), "the unfinished CRM record is rewritten next time");
+        assert_ne!(read.engine.crm(), engine.crm());
+        read.engine.take_changed();
+        read.engine.capture_into(&mut spare);
+        batch.checkpoint(&spare, &[], &[], 3, &positions);
+        assert_eq!(owned(&batch).iter().filter(|(k, _)| k.starts_with(CRM_PREFIX)).count(), 1);
+    }
+
+    #[test]
+    fn a_checkpoint_of_state_version_3_leaves_the_crm_memory_incomplete() {
+        let journey = journey();
+        let mut engine = Engine::new(Arc::clone(&journey));
+        feed(&mut engine, 0, 50);
+        let mut record = b"M".to_vec();
+        let mut w = Enc(&mut record);
+        w.u64(1);
+        w.u32(0);
+        let mut meta = Vec::new();
+        engine.encode_meta(&mut meta);
+        // The same meta under version 3 (its layout did not change with version 4).
+        meta[..4].copy_from_slice(&3u32.to_le_bytes());
+        record.extend_from_slice(&meta);
+        let read = fold(&[(META_KEY.to_vec(), Some(record))], &journey);
+        assert_eq!(read.stats.checkpoints, 1);
+        assert!(!read.engine.crm().is_complete());
     }
 }

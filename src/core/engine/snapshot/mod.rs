@@ -30,6 +30,7 @@ use crate::core::journey::Journey;
 use crate::core::time::Ts;
 
 mod record;
+mod sections;
 mod wire;
 
 pub use record::ProspectRecord;
@@ -37,7 +38,7 @@ use wire::len_prefixed;
 pub use wire::{Dec, Enc, StateError};
 
 /// Version of the state layout below (the file format adds its own header around it).
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// The state versions this build reads.
 pub const STATE_VERSIONS: std::ops::RangeInclusive<u32> = 1..=STATE_VERSION;
@@ -220,6 +221,7 @@ impl Engine {
                 sum = sum.wrapping_add(self.prospect_digest_with(ix, &mut buf));
             }
         }
+        self.encode_sections(out);
         sum
     }
 
@@ -259,6 +261,7 @@ impl Engine {
             };
             engine.restore_prospect(id, &rec).map_err(|_| StateError::Invalid { what: "prospect id", at })?;
         }
+        engine.decode_sections(&mut r, version)?;
         if !r.is_empty() {
             return Err(StateError::Invalid { what: "trailing bytes", at: r.position() });
         }

@@ -1,0 +1,60 @@
+//! Shard-level sections of a full state (version 4 on), after the prospects: each is a tag
+//! byte, a u32 length and its body, so a reader can tell where one ends. A full state of
+//! version 3 or older has none.
+//!
+//! | tag | body |
+//! |-----|------|
+//! | `C` | the CRM memories (`engine/crm.rs`, [`crate::core::engine::CrmState`]) |
+
+use super::wire::{Dec, Enc, StateError};
+use crate::core::engine::{CrmState, Engine};
+
+const CRM: u8 = b'C';
+
+impl Engine {
+    /// Writes the shard-level sections (current version).
+    pub(super) fn encode_sections(&self, out: &mut Vec<u8>) {
+        section(out, CRM, |w| self.crm.encode(w));
+    }
+
+    /// Reads the sections a state of `version` has; an older state has none, and its CRM
+    /// memories are marked incomplete (rebuilt by the service, see `engine/crm.rs`).
+    pub(super) fn decode_sections(&mut self, r: &mut Dec<'_>, version: u32) -> Result<(), StateError> {
+        if version < 4 {
+            self.set_crm_complete(false);
+            return Ok(());
+        }
+        let mut crm = false;
+        while !r.is_empty() {
+            let at = r.position();
+            let tag = r.u8("section tag")?;
+            let body = r.bytes("section")?;
+            let mut b = Dec::new(body);
+            match tag {
+                CRM => {
+                    self.crm = CrmState::decode(&mut b, self.journey.crm.max_entries)?;
+                    crm = true;
+                }
+                _ => return Err(StateError::Invalid { what: "section tag", at }),
+            }
+            if !b.is_empty() {
+                return Err(StateError::Invalid { what: "section length", at });
+            }
+        }
+        // Every section of the version is written, so a missing one is a truncated state.
+        if !crm {
+            return Err(StateError::Truncated { what: "crm section", at: r.position() });
+        }
+        Ok(())
+    }
+}
+
+/// Tag, u32 length, body written by `body`.
+fn section(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Enc<'_>)) {
+    out.push(tag);
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    body(&mut Enc(out));
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}

@@ -76,12 +76,23 @@ pub struct Totals {
     pub suppressed_by_rule: Vec<u64>,
     /// Events whose name maps to no signal, by name (bounded).
     pub unmapped: UnmappedNames,
+    /// CRM files' memories at the end: entries held and entries evicted past `[crm]
+    /// max_entries`, summed (`None` without a CRM-format file).
+    pub crm_memory: Option<crate::codec::outbound::CrmMemoryCounts>,
 }
 
 /// How many of the most frequent unmapped names the summary lists.
 pub const UNMAPPED_TOP: usize = 20;
 
 impl Totals {
+    fn count_crm_memory(&mut self, crm: bool, memory: &CrmMemory) {
+        if crm {
+            let c = self.crm_memory.get_or_insert_with(Default::default);
+            c.entries += memory.len() as u64;
+            c.evicted += memory.evicted();
+        }
+    }
+
     fn reject(&mut self, reason: RejectReason) {
         self.rejected += 1;
         if let Some(i) = RejectReason::ALL.iter().position(|r| *r == reason) {
@@ -161,6 +172,7 @@ pub fn run(
             flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
         }
     }
+    totals.count_crm_memory(spec.format.is_crm(), &memory);
     let at = At { line: n, item: None };
     finish(&journey, opts, &mut shards, &mut totals, at, &mut buf, &mut out, &mut err)?;
     out.flush()?;
@@ -246,6 +258,7 @@ pub fn run_merged<R: Read>(
                 }
             }
         }
+        totals.count_crm_memory(spec.format.is_crm(), &memory);
     }
     let mut shards: Vec<Engine> = (0..partitions).map(|_| Engine::new(Arc::clone(&journey))).collect();
     let (mut outputs, mut buf) = (Vec::with_capacity(16), Vec::with_capacity(4096));
@@ -374,6 +387,7 @@ fn write_summary(
         unmapped_top: &unmapped,
         unmapped_other,
         identity: identity.as_ref(),
+        crm_memory: totals.crm_memory.as_ref(),
     };
     codec::write_report(&figures, &counts, buf).map_err(io::Error::other)?;
     buf.push(b'\n');

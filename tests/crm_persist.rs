@@ -141,3 +141,74 @@ fn after_kill_9_the_crm_memory_comes_back_from_the_snapshot_without_reading_the_
 fn after_kill_9_the_crm_memory_comes_back_from_the_changelog_alone_without_reading_the_crm_topic_again() {
     kill_9_then_restore_without_reading_the_crm_topic("crm-persist-log", From::Changelog);
 }
+
+/// Deal 777 linked to contact 901 and put in `contractsent` before the generated traffic, won
+/// after it.
+const EARLY_DEAL: &str = r#"[{"eventId":1,"subscriptionId":2214413,"portalId":62515001,"occurredAt":1767254400000,"subscriptionType":"deal.associationChange","attemptNumber":0,"associationType":"DEAL_TO_CONTACT","fromObjectId":777,"toObjectId":901,"associationRemoved":false},{"eventId":2,"subscriptionId":2214409,"portalId":62515001,"occurredAt":1767254460000,"subscriptionType":"deal.propertyChange","attemptNumber":0,"objectId":777,"propertyName":"dealstage","propertyValue":"contractsent"}]"#;
+const LATE_WIN: &str = r#"[{"eventId":3,"subscriptionId":2214409,"portalId":62515001,"occurredAt":1772323200000,"subscriptionType":"deal.propertyChange","attemptNumber":0,"objectId":777,"propertyName":"dealstage","propertyValue":"closedwon"}]"#;
+
+/// `gen --crm-format hubspot` traffic between an early deal and its late win, with a CRM memory
+/// limit far below what the CRM objects need (`[crm] max_entries = 20` for about 90 entries):
+/// the early deal's link is evicted, so its win is refused `unknown_prospect` (unbounded, it
+/// reaches contact 901). The service, on one partition, evicts exactly as many entries as
+/// replay, refuses the same win, and ends in replay's state with replay's alerts.
+#[test]
+fn a_bounded_crm_memory_evicts_the_same_entries_in_the_service_as_in_replay() {
+    let mut s = settings("crm-bound");
+    s.kafka.partitions = 1;
+    create_topics(&s);
+    let crm_topic = crm(&s).to_string();
+    s.inputs.insert(crm_topic.clone(), InputSettings { format: "hubspot".into(), ..InputSettings::default() });
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let b2b =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml"))
+            .unwrap();
+    let bounded = b2b.replace("max_entries = 200000", "max_entries = 20");
+    assert_ne!(bounded, b2b, "the shipped journey sets [crm] max_entries");
+    let journey_file = dir.join(format!("{}-journey.toml", s.kafka.group_id));
+    std::fs::write(&journey_file, bounded).unwrap();
+    s.journey.path = journey_file.clone();
+
+    let (web_file, gen_crm) = gen_per_topic(&s.kafka.group_id, &["--crm-format", "hubspot"]);
+    let crm_file = dir.join(format!("{}-crm-all.jsonl", s.kafka.group_id));
+    let generated = std::fs::read_to_string(&gen_crm).unwrap();
+    std::fs::write(&crm_file, format!("{EARLY_DEAL}\n{generated}{LATE_WIN}\n")).unwrap();
+    let summary = |journey: &str| {
+        let o =
+            oracle_with(&web_file, &crm_file, 1, &["--journey", journey, "--format", "auto", "--format", "hubspot"]);
+        let summary = o.lines.iter().find(|l| l["kind"] == "funnel_summary").expect("a summary").clone();
+        (o, summary)
+    };
+    let (_, unbounded) = summary("b2b");
+    assert_eq!(unbounded["stats"]["crm_memory"]["evicted"], 0);
+    assert!(unbounded["stats"]["rejected_by_reason"].get("unknown_prospect").is_none(), "{unbounded}");
+    let (oracle, bounded) = summary(&journey_file.display().to_string());
+    let evicted = bounded["stats"]["crm_memory"]["evicted"].as_u64().unwrap();
+    assert!(evicted > 20, "the limit is reached many times: {bounded}");
+    assert_eq!(bounded["stats"]["rejected_by_reason"]["unknown_prospect"], 1, "the win's link was evicted");
+
+    produce(&crm_topic, &[keyed("901", EARLY_DEAL)]);
+    let out = bin()
+        .args(["gen", "--prospects", "300", "--days", "28", "--seed", "5", "--quiet", "--crm-format", "hubspot"])
+        .args(["--brokers", brokers(), "--web-topic", web(&s), "--crm-topic", &crm_topic])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    produce(&crm_topic, &[keyed("901", LATE_WIN)]);
+    let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count() as i64;
+    let messages = lines(&web_file) + lines(&crm_file);
+
+    let state = state_dir(&unique("crm-bound-state"));
+    let svc = Process::start(&s, Some(&state));
+    let (digests, _) = svc.checkpointed(messages, 1, FINISH);
+    // One partition: replay writes only the total digest line.
+    let total_digest = oracle.lines.iter().find(|l| l["kind"] == "digest").expect("a digest line");
+    assert_eq!(digests[&0], total_digest["digest"].as_str().unwrap(), "the service's state equals replay's");
+    let alerts = read_until(&s.kafka.topics.hot_leads, "the oracle's alerts", |r| r.len() >= oracle.alerts.len());
+    let ids: std::collections::BTreeSet<String> =
+        alerts.iter().map(|a| a.json()["alert_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, oracle.alerts);
+    let m = svc.metrics();
+    assert_eq!(total(&m, "microfunnel_crm_memory_evicted_total"), evicted as f64);
+    assert_eq!(sample(&m, "microfunnel_events_rejected_total", &[("reason", "unknown_prospect")]), Some(1.0));
+}

@@ -340,7 +340,7 @@ fn the_checked_in_sample_of_every_state_version_loads() {
             let mut now = Engine::new(b2b());
             sample_crm(&mut now);
             assert_eq!(engine.crm(), now.crm(), "the sample's CRM memories");
-            assert_eq!(engine.crm().memories().map(|(_, m)| m.len()).sum::<usize>(), 6);
+            assert_eq!(engine.crm().memories().map(|(_, m)| m.len()).sum::<usize>(), 7);
         } else {
             assert!(!engine.crm().is_complete() && engine.crm().memories().count() == 0);
         }
@@ -395,7 +395,7 @@ fn sample(version: u32) -> String {
 }
 
 /// The CRM memory the sample of state version 4 holds beside the prospects: HubSpot deals with
-/// their stage and contact, one evicted past a limit of 4.
+/// their stage and contact, and one contact's email.
 fn sample_crm(engine: &mut Engine) {
     use microfunnel::core::crm::{Previous, UnknownPrevious};
     let m = engine.crm_memory("crm-events");
@@ -406,6 +406,7 @@ fn sample_crm(engine: &mut Engine) {
         m.transition(("deal", deal, "dealstage"), Some(stage), t, &Previous::Unknown, UnknownPrevious::Fire, false);
         m.link("deal", deal, &format!("contact-{deal}"));
     }
+    m.set_email("contact-101", "dana.whitfield@northwind.example");
 }
 
 /// Writes the sample of the current state version; run once per new version:

@@ -48,6 +48,12 @@ pub(super) struct RawCrm {
     pub(super) signals: Vec<RawCrmSignal>,
     #[serde(default = "default_max_entries")]
     pub(super) max_entries: usize,
+    #[serde(default = "default_email_properties")]
+    pub(super) email_properties: Vec<String>,
+}
+
+fn default_email_properties() -> Vec<String> {
+    ["email", "Email", "primary_email", "emails"].map(String::from).to_vec()
 }
 
 fn default_max_entries() -> usize {
@@ -62,6 +68,7 @@ impl Default for RawCrm {
             links: Vec::new(),
             signals: Vec::new(),
             max_entries: DEFAULT_MAX_ENTRIES,
+            email_properties: default_email_properties(),
         }
     }
 }
@@ -99,6 +106,8 @@ pub struct CrmTable {
     pub signals: BTreeMap<String, BTreeMap<String, Vec<(String, SignalId)>>>,
     /// Entries one shard remembers per CRM input topic ([`CrmMemory`]).
     pub max_entries: usize,
+    /// Properties (columns) of a contact object that hold its email, first found wins.
+    pub email_properties: Vec<String>,
 }
 
 impl Default for CrmTable {
@@ -109,6 +118,7 @@ impl Default for CrmTable {
             links: BTreeMap::new(),
             signals: BTreeMap::new(),
             max_entries: DEFAULT_MAX_ENTRIES,
+            email_properties: default_email_properties(),
         }
     }
 }
@@ -123,6 +133,7 @@ impl CrmTable {
             contact_objects: raw.contact_objects,
             unknown_previous: raw.unknown_previous,
             max_entries: raw.max_entries,
+            email_properties: raw.email_properties,
             ..CrmTable::default()
         };
         if raw.max_entries == 0 {
@@ -162,6 +173,11 @@ impl CrmTable {
     /// Whether any signal is mapped from this object's property.
     pub fn maps(&self, object: &str, property: &str) -> bool {
         self.values(object, property).is_some()
+    }
+
+    /// Whether `property` of `object` holds a contact's email.
+    pub fn is_email(&self, object: &str, property: &str) -> bool {
+        self.is_contact(object) && self.email_properties.iter().any(|p| p == property)
     }
 
     /// Whether the decoder needs this property of this object: a mapped one, or its link.
@@ -226,6 +242,8 @@ pub const DEFAULT_MAX_ENTRIES: usize = 200_000;
 pub enum EntryKind {
     Value = 0,
     Link = 1,
+    /// A contact's email, by prospect (contact) id.
+    Email = 2,
 }
 
 /// One remembered entry, as the state stores it.
@@ -235,6 +253,8 @@ pub enum Entry {
     Value(Option<String>, Ts),
     /// An object's contact.
     Link(String),
+    /// A contact's email (trimmed, lower-cased).
+    Email(String),
 }
 
 /// What a shard remembers of one CRM input topic's objects: the last value of every mapped
@@ -257,6 +277,8 @@ pub struct CrmMemory {
     values: HashMap<Key, (Option<String>, Ts, u64), FixedState>,
     /// (object, id, "") → contact id, stamp.
     links: HashMap<Key, (String, u64), FixedState>,
+    /// ("", contact id, "") → the contact's email, stamp.
+    emails: HashMap<Key, (String, u64), FixedState>,
     /// stamp → entry, oldest first: the eviction order.
     order: BTreeMap<u64, (EntryKind, Key)>,
     next: u64,
@@ -278,7 +300,7 @@ impl Default for CrmMemory {
 
 impl PartialEq for CrmMemory {
     fn eq(&self, other: &Self) -> bool {
-        self.values == other.values && self.links == other.links
+        self.values == other.values && self.links == other.links && self.emails == other.emails
     }
 }
 
@@ -290,6 +312,7 @@ impl CrmMemory {
         CrmMemory {
             values: HashMap::default(),
             links: HashMap::default(),
+            emails: HashMap::default(),
             order: BTreeMap::new(),
             next: 0,
             limit: limit.max(1),
@@ -321,7 +344,7 @@ impl CrmMemory {
     }
 
     fn evict(&mut self) {
-        while self.values.len() + self.links.len() > self.limit {
+        while self.len() > self.limit {
             let Some((_, (kind, key))) = self.order.pop_first() else { return };
             match kind {
                 EntryKind::Value => {
@@ -329,6 +352,9 @@ impl CrmMemory {
                 }
                 EntryKind::Link => {
                     self.links.remove(&key);
+                }
+                EntryKind::Email => {
+                    self.emails.remove(&key);
                 }
             }
             self.evicted += 1;
@@ -358,6 +384,25 @@ impl CrmMemory {
 
     pub fn contact(&self, object: &str, id: &str) -> Option<&str> {
         self.links.get(&Ref(object, id, "")).map(|(c, _)| c.as_str())
+    }
+
+    /// Remembers a contact's email (already trimmed and lower-cased).
+    pub fn set_email(&mut self, contact: &str, email: &str) {
+        let key = Ref("", contact, "");
+        let old = match self.emails.get(&key) {
+            Some((e, _)) if e == email => return,
+            Some((_, s)) => Some(*s),
+            None => None,
+        };
+        let key = key.owned();
+        let s = self.stamp(EntryKind::Email, &key, old);
+        self.emails.insert(key, (email.to_string(), s));
+        self.evict();
+    }
+
+    /// A contact's email, if a change of it gave one.
+    pub fn email(&self, contact: &str) -> Option<&str> {
+        self.emails.get(&Ref("", contact, "")).map(|(e, _)| e.as_str())
     }
 
     /// Remembers `new` as the value of a property changed at `at` and says whether it is a
@@ -406,13 +451,13 @@ impl CrmMemory {
         }
     }
 
-    /// Entries remembered (values and links).
+    /// Entries remembered (values, links and emails).
     pub fn len(&self) -> usize {
-        self.values.len() + self.links.len()
+        self.values.len() + self.links.len() + self.emails.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.links.is_empty()
+        self.len() == 0
     }
 
     /// Whether entries changed since the last [`CrmMemory::take_changes`].
@@ -450,6 +495,7 @@ impl CrmMemory {
         match kind {
             EntryKind::Value => self.values.get(key).map(|(v, t, s)| (Entry::Value(v.clone(), *t), *s)),
             EntryKind::Link => self.links.get(key).map(|(c, s)| (Entry::Link(c.clone()), *s)),
+            EntryKind::Email => self.emails.get(key).map(|(e, s)| (Entry::Email(e.clone()), *s)),
         }
     }
 
@@ -457,6 +503,7 @@ impl CrmMemory {
     pub fn capture_into(&mut self, dst: &mut CrmMemory) {
         dst.values.clone_from(&self.values);
         dst.links.clone_from(&self.links);
+        dst.emails.clone_from(&self.emails);
         dst.order.clone_from(&self.order);
         dst.next = self.next;
         dst.limit = self.limit;
@@ -469,6 +516,7 @@ impl CrmMemory {
         let old = match kind {
             EntryKind::Value => self.values.remove(&key).map(|e| e.2),
             EntryKind::Link => self.links.remove(&key).map(|e| e.1),
+            EntryKind::Email => self.emails.remove(&key).map(|e| e.1),
         };
         if let Some(s) = old {
             self.order.remove(&s);
@@ -480,6 +528,9 @@ impl CrmMemory {
             }
             Entry::Link(c) => {
                 self.links.insert(key.clone(), (c, s));
+            }
+            Entry::Email(e) => {
+                self.emails.insert(key.clone(), (e, s));
             }
         }
         self.order.insert(s, (kind, key));
@@ -507,7 +558,7 @@ impl CrmMemory {
     pub fn heap_bytes(&self) -> usize {
         let key = |k: &Key| 3 * 24 + k.0.len() + k.1.len() + k.2.len();
         self.values.iter().map(|(k, (v, _, _))| 2 * key(k) + 48 + v.as_ref().map_or(0, String::len)).sum::<usize>()
-            + self.links.iter().map(|(k, (c, _))| 2 * key(k) + 48 + c.len()).sum::<usize>()
+            + self.links.iter().chain(&self.emails).map(|(k, (c, _))| 2 * key(k) + 48 + c.len()).sum::<usize>()
     }
 }
 
@@ -529,13 +580,15 @@ pub mod bytes {
         let kind = match r.u8("crm entry kind")? {
             0 => EntryKind::Value,
             1 => EntryKind::Link,
+            2 => EntryKind::Email,
             _ => return Err(StateError::Invalid { what: "crm entry kind", at }),
         };
         let key = Key(r.str("crm object")?.into(), r.str("crm id")?.into(), r.str("crm property")?.into());
         Ok((kind, key))
     }
 
-    /// `stamp u64`, then a value (`ts`, `u8` 1 + string or 0 for null) or a link (contact).
+    /// `stamp u64`, then a value (`ts`, `u8` 1 + string or 0 for null), a link (contact) or an
+    /// email.
     pub fn encode_entry(entry: &Entry, stamp: u64, w: &mut Enc<'_>) {
         w.u64(stamp);
         match entry {
@@ -549,7 +602,7 @@ pub mod bytes {
                     None => w.u8(0),
                 }
             }
-            Entry::Link(c) => w.bytes(c.as_bytes()),
+            Entry::Link(c) | Entry::Email(c) => w.bytes(c.as_bytes()),
         }
     }
 
@@ -567,6 +620,7 @@ pub mod bytes {
                 Entry::Value(v, t)
             }
             EntryKind::Link => Entry::Link(r.str("crm contact")?.to_string()),
+            EntryKind::Email => Entry::Email(r.str("crm email")?.to_string()),
         };
         Ok((entry, stamp))
     }
@@ -613,7 +667,7 @@ mod tests {
     fn value(m: &CrmMemory, id: &str) -> Option<Option<String>> {
         m.entries().find(|(k, key, _, _)| *k == EntryKind::Value && key.1 == id).map(|(_, _, e, _)| match e {
             Entry::Value(v, _) => v,
-            Entry::Link(_) => unreachable!("a value entry"),
+            Entry::Link(_) | Entry::Email(_) => unreachable!("a value entry"),
         })
     }
 

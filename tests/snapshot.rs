@@ -454,3 +454,48 @@ fn inspect_snapshot_reports_the_header_and_fails_on_a_damaged_file() {
     assert_eq!(v["checksums"], "failed");
     assert!(v["error"].as_str().unwrap().contains("body checksum mismatch"), "{v}");
 }
+
+/// With `[identity] resolve`, the identity map is part of the full state (section `I`): a
+/// restored engine resolves every identifier as the original, and goes on merging alike.
+#[test]
+fn the_identity_map_round_trips_with_the_state() {
+    let journey = Arc::new(
+        Journey::from_toml_str(&format!(
+            "{}\n[identity]\nresolve = true\n",
+            include_str!("../deploy/journeys/b2b.toml")
+        ))
+        .unwrap(),
+    );
+    let identify = |user: &str, anon: &str, at: &str, email: &str| {
+        format!(
+            r#"{{"type":"identify","userId":"{user}","anonymousId":"{anon}","messageId":"{user}-{anon}","timestamp":"{at}","traits":{{"email":"{email}"}}}}"#
+        )
+        .into_bytes()
+    };
+    let mut a = Engine::new(Arc::clone(&journey));
+    let lines = [
+        identify("usr_1", "anon-1", "2026-03-02T10:00:00Z", "ana@x.example"),
+        identify("usr_2", "anon-2", "2026-03-02T11:00:00Z", "bo@y.example"),
+    ];
+    let mut outs = Vec::new();
+    for l in &lines {
+        a.apply(&microfunnel::codec::decode(l, &journey, &microfunnel::codec::Limits::default()).unwrap(), &mut outs);
+    }
+    let mut bytes = Vec::new();
+    a.encode_state(&mut bytes);
+    let mut b = Engine::decode_state(Arc::clone(&journey), &bytes).unwrap();
+    assert_eq!(b.identity_map().unwrap().resolution(), a.identity_map().unwrap().resolution());
+    assert_eq!(b.identity_map().unwrap().len(), 6);
+    // The same later link merges the same way in both.
+    let later = identify("usr_2", "anon-3", "2026-03-03T10:00:00Z", "ana@x.example");
+    let ev = microfunnel::codec::decode(&later, &journey, &microfunnel::codec::Limits::default()).unwrap();
+    let (mut oa, mut ob) = (Vec::new(), Vec::new());
+    a.apply(&ev, &mut oa);
+    b.apply(&ev, &mut ob);
+    assert_eq!(oa, ob);
+    assert_eq!(b.digest(), a.digest());
+    // Read with identity resolution off, the map is dropped and the prospects stay.
+    let off = Engine::decode_state(b2b(), &bytes).unwrap();
+    assert!(off.identity_map().is_none());
+    assert_eq!(off.len(), Engine::decode_state(Arc::clone(&journey), &bytes).unwrap().len());
+}

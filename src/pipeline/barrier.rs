@@ -227,7 +227,7 @@ impl State {
                 && let Some(shard) = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard))
                 && shard.engine.lineage() == done.source
             {
-                shard.engine.remark_crm(&mut spare);
+                shard.engine.remark_sections(&mut spare);
             }
             if self.shards.contains_key(&done.shard) {
                 self.spares.insert(done.shard, spare);

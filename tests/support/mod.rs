@@ -822,6 +822,13 @@ impl Process {
         http_get(self.addr(), "/metrics").1
     }
 
+    /// SIGSTOP: the process holds its state and group membership but does nothing.
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let st = Command::new("kill").args(["-STOP", &pid]).status().expect("kill -STOP");
+        assert!(st.success());
+    }
+
     /// SIGKILL: no checkpoint, no commit, no leaving the group.
     pub fn kill9(mut self) {
         if let Some(mut c) = self.child.take() {

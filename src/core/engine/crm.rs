@@ -140,13 +140,17 @@ impl Engine {
         self.crm_memory(topic).mark_one(kind, key);
     }
 
-    /// Hands the entries a failed checkpoint's capture carried back to this engine's memories.
-    pub fn remark_crm(&mut self, capture: &mut Engine) {
+    /// Hands the shard-level changes a failed checkpoint's capture carried (CRM entries,
+    /// identifiers and links) back to this engine, to be written by the next checkpoint.
+    pub fn remark_sections(&mut self, capture: &mut Engine) {
         for (t, m) in &mut capture.crm.memories {
             let taken = m.take_taken();
             if !taken.is_empty() {
                 self.crm_memory(t).mark_changed(taken);
             }
+        }
+        if let (Some(map), Some(captured)) = (self.identity.as_deref_mut(), capture.identity.as_deref_mut()) {
+            map.remark(captured);
         }
     }
 

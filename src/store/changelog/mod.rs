@@ -9,6 +9,8 @@
 //! | [`META_KEY`]         | `M` + seq u64 + n u32 + n × (topic, next i64) + shard meta    |
 //! | `\0crm/` + topic + CRM key | `C` + CRM entry (`core::crm::bytes`), or none (removed)   |
 //! | [`CRM_STATE_KEY`]    | `C` + complete u8 (the CRM memories hold all the state covers) |
+//! | `\0id/` + identifier | `I` + kind u8 + first seen (an identity map's identifier)       |
+//! | `\0ln/` + len`:` + a + b | `L` + reason u8 (an accepted identity link)               |
 //!
 //! Integers are little-endian, strings length-prefixed (`core::snapshot::Enc`). One checkpoint
 //! writes its changed prospects, the tombstones owed, then one checkpoint record that closes
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::core::crm;
+use crate::core::identity::{self, IdentityRecord};
 use crate::core::snapshot::{Dec, Enc};
 use crate::core::{Engine, Journey, ProspectIx, StateError};
 
@@ -130,6 +133,7 @@ impl Batch {
             }
         }
         self.crm_records(engine);
+        self.identity_records(engine);
         let key = self.push_bytes(META_KEY);
         let at = self.buf.len();
         self.buf.push(b'M');
@@ -169,6 +173,17 @@ impl Batch {
         self.buf.push(b'C');
         self.buf.push(u8::from(engine.crm().is_complete()));
         self.records.push((key, Some(at..self.buf.len())));
+    }
+
+    /// The identifiers and links the capture carries (added or changed since the previous
+    /// checkpoint; `core::identity`).
+    fn identity_records(&mut self, engine: &Engine) {
+        let Some(map) = engine.identity_map() else { return };
+        for (k, v) in map.taken_records() {
+            let key = self.push_bytes(k.as_bytes());
+            let value = self.push_bytes(&v);
+            self.records.push((key, Some(value)));
+        }
     }
 
     fn push_bytes(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -268,6 +283,7 @@ impl Fold {
             }
         };
         self.crm_confirmed(shard, version);
+        self.identity_confirmed(shard);
         for (id, rec) in self.staged.drain() {
             let Some(rec) = rec else { continue };
             let Ok(id) = std::str::from_utf8(&id) else { continue };
@@ -322,13 +338,49 @@ impl Fold {
         self.engine.set_crm_complete(complete);
     }
 
+    /// Installs the staged identity records a checkpoint record confirms (identifiers first,
+    /// then links, each in key order) and takes them out of `staged`.
+    fn identity_confirmed(&mut self, shard: i32) {
+        let keys: Vec<Vec<u8>> = self.staged.keys().filter(|k| is_identity_key(k)).cloned().collect();
+        let mut records = Vec::with_capacity(keys.len());
+        for k in keys {
+            // A tombstone deletes an unfinished checkpoint's record: nothing to install.
+            let Some(v) = self.staged.remove(&k).flatten() else { continue };
+            match identity_record(&k, &v) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    self.stats.bad += 1;
+                    tracing::error!(shard, error = %e, "bad identity record in the changelog; skipped");
+                }
+            }
+        }
+        records.sort_by(|a, b| match (a, b) {
+            (IdentityRecord::Id { key: x, .. }, IdentityRecord::Id { key: y, .. }) => x.cmp(y),
+            (IdentityRecord::Id { .. }, IdentityRecord::Link { .. }) => std::cmp::Ordering::Less,
+            (IdentityRecord::Link { .. }, IdentityRecord::Id { .. }) => std::cmp::Ordering::Greater,
+            (IdentityRecord::Link { a: x, b: y, .. }, IdentityRecord::Link { a: u, b: w, .. }) => (x, y).cmp(&(u, w)),
+        });
+        for r in records {
+            match self.engine.restore_identity(r) {
+                Ok(true) => self.stats.records += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    self.stats.bad += 1;
+                    tracing::error!(shard, error = %e, "identity record in the changelog that does not apply; skipped");
+                }
+            }
+        }
+    }
+
     /// The state as of the last checkpoint record read, and what an unfinished checkpoint after
     /// it wrote.
     pub fn finish(self) -> Folded {
         let Fold { mut engine, positions, seq, staged, stats } = self;
         let (mut tombstones, mut rewrite) = (Vec::new(), Vec::new());
         engine.finish_crm_restore();
-        let (crm, staged): (Vec<_>, Vec<_>) = staged.into_keys().partition(|k| is_crm_key(k));
+        engine.finish_identity_restore();
+        let (identity, staged): (Vec<_>, Vec<_>) = staged.into_iter().partition(|(k, _)| is_identity_key(k));
+        let (crm, staged): (Vec<_>, Vec<_>) = staged.into_iter().map(|(k, _)| k).partition(|k| is_crm_key(k));
         // CRM entries an unfinished checkpoint wrote: the next checkpoint rewrites or deletes them.
         let mut unfinished_crm = Vec::new();
         for k in crm {
@@ -344,11 +396,34 @@ impl Fold {
         rewrite.sort();
         engine.take_changed();
         engine.crm_take_taken();
+        // Identity records an unfinished checkpoint wrote: rewritten if the state holds the
+        // identifier, deleted otherwise (a link the state does not hold must not join groups
+        // at a later read).
+        for (k, v) in identity {
+            let Ok(key) = String::from_utf8(k) else { continue };
+            let delete = match v.as_deref().map(|v| identity_record(key.as_bytes(), v)) {
+                Some(Ok(r)) => engine.unfinished_identity_record(&r),
+                _ => true,
+            };
+            if delete {
+                tombstones.push(key);
+            }
+        }
         for (topic, kind, key) in unfinished_crm {
             engine.mark_crm_entry(&topic, kind, key);
         }
         Folded { engine, positions, seq, tombstones, rewrite, stats }
     }
+}
+
+fn is_identity_key(k: &[u8]) -> bool {
+    k.starts_with(identity::ID_RECORD.as_bytes()) || k.starts_with(identity::LINK_RECORD.as_bytes())
+}
+
+/// The identity record of a key and value.
+fn identity_record(k: &[u8], value: &[u8]) -> Result<IdentityRecord, StateError> {
+    let key = std::str::from_utf8(k).map_err(|_| StateError::Invalid { what: "identity record key", at: 0 })?;
+    IdentityRecord::read(key, value).unwrap_or(Err(StateError::Invalid { what: "identity record key", at: 0 }))
 }
 
 fn is_crm_key(k: &[u8]) -> bool {
@@ -528,5 +603,74 @@ mod tests {
         let read = fold(&[(META_KEY.to_vec(), Some(record))], &journey);
         assert_eq!(read.stats.checkpoints, 1);
         assert!(!read.engine.crm().is_complete());
+    }
+
+    fn identity_journey() -> Arc<Journey> {
+        let text = format!("{}\n[identity]\nresolve = true\n", include_str!("../../../deploy/journeys/b2b.toml"));
+        Arc::new(Journey::from_toml_str(&text).unwrap())
+    }
+
+    fn segment(engine: &mut Engine, line: &str) {
+        let journey = Arc::clone(engine.journey());
+        engine.apply(&codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap(), &mut Vec::new());
+    }
+
+    fn identify(user: &str, anon: &str, at: &str, email: &str) -> String {
+        format!(
+            r#"{{"type":"identify","userId":"{user}","anonymousId":"{anon}","messageId":"{user}-{anon}-{at}","timestamp":"{at}","traits":{{"email":"{email}"}}}}"#
+        )
+    }
+
+    fn checkpoint(
+        engine: &mut Engine,
+        spare: &mut Engine,
+        batch: &mut Batch,
+        seq: u64,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let changed = engine.take_changed();
+        engine.capture_into(spare);
+        batch.checkpoint(spare, &changed, &[], seq, &BTreeMap::from([("web".to_string(), seq as i64)]));
+        owned(batch)
+    }
+
+    #[test]
+    fn the_identity_map_reads_back_from_the_changelog_and_an_unfinished_link_is_deleted() {
+        let journey = identity_journey();
+        let mut engine = Engine::new(Arc::clone(&journey));
+        let mut spare = Engine::new(Arc::clone(&journey));
+        let mut batch = Batch::default();
+        segment(&mut engine, &identify("usr_1", "anon-1", "2026-03-02T10:00:00Z", "ana@x.example"));
+        segment(&mut engine, &identify("usr_2", "anon-2", "2026-03-02T11:00:00Z", "bo@y.example"));
+        let mut log = checkpoint(&mut engine, &mut spare, &mut batch, 1);
+        let ids = log.iter().filter(|(k, _)| k.starts_with(identity::ID_RECORD.as_bytes())).count();
+        let links = log.iter().filter(|(k, _)| k.starts_with(identity::LINK_RECORD.as_bytes())).count();
+        assert_eq!((ids, links), (6, 4), "two users, two devices, two emails; each joined twice");
+        // Checkpoint 2: anon-1 was seen earlier than first thought (first-seen changes).
+        segment(
+            &mut engine,
+            r#"{"type":"page","anonymousId":"anon-1","messageId":"p-0","timestamp":"2026-03-01T09:00:00Z"}"#,
+        );
+        log.extend(checkpoint(&mut engine, &mut spare, &mut batch, 2));
+        let live = engine.identity_map().unwrap().resolution();
+
+        let read = fold(&log, &journey);
+        assert_eq!(
+            read.engine.identity_map().unwrap().resolution(),
+            live,
+            "same identifiers, kinds, times, canonical ids"
+        );
+        assert_eq!(read.engine.digest(), engine.digest());
+        assert!(!read.engine.has_changes());
+
+        // Checkpoint 3 links usr_2 to usr_1 by email, but its checkpoint record is lost.
+        segment(&mut engine, &identify("usr_2", "anon-3", "2026-03-03T10:00:00Z", "ana@x.example"));
+        let unfinished = checkpoint(&mut engine, &mut spare, &mut batch, 3);
+        let mut cut = log.clone();
+        cut.extend(unfinished.into_iter().take(batch.len() - 1));
+        let read = fold(&cut, &journey);
+        assert_eq!(read.engine.identity_map().unwrap().resolution(), live, "nothing unconfirmed is applied");
+        let deleted: Vec<&String> = read.tombstones.iter().filter(|t| t.starts_with(identity::LINK_RECORD)).collect();
+        assert!(!deleted.is_empty(), "the unconfirmed links are deleted next time: {:?}", read.tombstones);
+        assert!(read.tombstones.iter().any(|t| t == &format!("{}anon-3", identity::ID_RECORD)));
     }
 }

@@ -5,16 +5,26 @@
 //! | tag | body |
 //! |-----|------|
 //! | `C` | the CRM memories (`engine/crm.rs`, [`crate::core::engine::CrmState`]) |
+//! | `I` | the identity map: `u8` 1 and [`IdentityMap::encode`] with `[identity] resolve`, else `u8` 0 |
 
 use super::wire::{Dec, Enc, StateError};
 use crate::core::engine::{CrmState, Engine};
+use crate::core::identity::IdentityMap;
 
 const CRM: u8 = b'C';
+const IDENTITY: u8 = b'I';
 
 impl Engine {
     /// Writes the shard-level sections (current version).
     pub(super) fn encode_sections(&self, out: &mut Vec<u8>) {
         section(out, CRM, |w| self.crm.encode(w));
+        section(out, IDENTITY, |w| match self.identity.as_deref() {
+            Some(map) => {
+                w.u8(1);
+                map.encode(w);
+            }
+            None => w.u8(0),
+        });
     }
 
     /// Reads the sections a state of `version` has; an older state has none, and its CRM
@@ -24,7 +34,7 @@ impl Engine {
             self.set_crm_complete(false);
             return Ok(());
         }
-        let mut crm = false;
+        let (mut crm, mut identity) = (false, false);
         while !r.is_empty() {
             let at = r.position();
             let tag = r.u8("section tag")?;
@@ -35,6 +45,20 @@ impl Engine {
                     self.crm = CrmState::decode(&mut b, self.journey.crm.max_entries)?;
                     crm = true;
                 }
+                IDENTITY => {
+                    let at = b.position();
+                    let map = match b.u8("identity present")? {
+                        0 => None,
+                        1 => Some(IdentityMap::decode(&mut b)?),
+                        _ => return Err(StateError::Invalid { what: "identity present", at }),
+                    };
+                    // A map written with resolution on is dropped when it is off now; with it
+                    // on and no map written, the shard starts with an empty one.
+                    if self.identity.is_some() {
+                        self.identity = Some(Box::new(map.unwrap_or_default()));
+                    }
+                    identity = true;
+                }
                 _ => return Err(StateError::Invalid { what: "section tag", at }),
             }
             if !b.is_empty() {
@@ -42,8 +66,9 @@ impl Engine {
             }
         }
         // Every section of the version is written, so a missing one is a truncated state.
-        if !crm {
-            return Err(StateError::Truncated { what: "crm section", at: r.position() });
+        if !crm || !identity {
+            let what = if crm { "identity section" } else { "crm section" };
+            return Err(StateError::Truncated { what, at: r.position() });
         }
         Ok(())
     }

@@ -137,7 +137,7 @@ pub fn run(
     let mut buf = Vec::with_capacity(4096);
     let mut n = 0u64;
     // One CRM memory for the file (see `run_merged`).
-    let (spec, mut memory) = (opts.spec(0), CrmMemory::with_limit(journey.crm.max_entries));
+    let (spec, mut memory) = (opts.spec(0), CrmMemory::with_limit(journey.crm.max_entries).untracked());
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
@@ -227,7 +227,7 @@ pub fn run_merged<R: Read>(
     let mut queues: Vec<Vec<VecDeque<Queued<'_>>>> =
         (0..partitions).map(|_| (0..data.len()).map(|_| VecDeque::new()).collect()).collect();
     for (file, (name, bytes)) in data.iter().enumerate() {
-        let (spec, mut memory) = (opts.spec(file), CrmMemory::with_limit(journey.crm.max_entries));
+        let (spec, mut memory) = (opts.spec(file), CrmMemory::with_limit(journey.crm.max_entries).untracked());
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
             let line_no = i as u64 + 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);

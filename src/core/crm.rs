@@ -285,11 +285,54 @@ pub struct CrmMemory {
     limit: usize,
     /// Entries evicted by this process (not state: a counter for metrics and reports).
     evicted: u64,
-    /// Entries written or removed since the last [`CrmMemory::take_changes`].
-    dirty: hashbrown::HashSet<(EntryKind, Key), FixedState>,
-    /// Entries taken by [`CrmMemory::take_changes`], carried by the next capture to the
-    /// changelog writer.
-    taken: Vec<(EntryKind, Key)>,
+    /// The changelog's changes since the last [`CrmMemory::take_changes`]: every entry
+    /// stamped from `log.from` on, and the keys removed (or to be written again) since.
+    log: Changes,
+    /// What [`CrmMemory::take_changes`] took, carried by the next capture to the changelog
+    /// writer.
+    taken: Changes,
+    /// The changes since the last [`CrmMemory::capture_into`] (an incremental capture copies
+    /// only these).
+    capture: Changes,
+    /// More entries were removed since the last capture than the memory holds: the next
+    /// capture copies everything (and the list is not kept).
+    capture_full: bool,
+    /// Whether changes are tracked at all (not in replay, which neither captures nor writes a
+    /// changelog).
+    track: bool,
+}
+
+/// Changes to a [`CrmMemory`] since some moment: each change stamps its entry, so the entries
+/// written since are those stamped from `from` on (read from the eviction order, no set of
+/// keys kept); removed entries are listed.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    from: u64,
+    to: u64,
+    removed: Vec<(EntryKind, Key)>,
+}
+
+impl Changes {
+    fn at(stamp: u64) -> Changes {
+        Changes { from: stamp, to: stamp, removed: Vec::new() }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.from >= self.to && self.removed.is_empty()
+    }
+
+    /// These changes and `other` together.
+    fn absorb(&mut self, mut other: Changes) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            (self.from, self.to) = (other.from, other.to);
+        } else {
+            (self.from, self.to) = (self.from.min(other.from), self.to.max(other.to));
+        }
+        self.removed.append(&mut other.removed);
+    }
 }
 
 impl Default for CrmMemory {
@@ -317,9 +360,19 @@ impl CrmMemory {
             next: 0,
             limit: limit.max(1),
             evicted: 0,
-            dirty: hashbrown::HashSet::default(),
-            taken: Vec::new(),
+            log: Changes::default(),
+            taken: Changes::default(),
+            capture: Changes::default(),
+            capture_full: false,
+            track: true,
         }
+    }
+
+    /// The same memory without change tracking (for `replay`, which neither captures nor writes
+    /// a changelog).
+    pub fn untracked(mut self) -> CrmMemory {
+        self.track = false;
+        self
     }
 
     pub fn limit(&self) -> usize {
@@ -339,8 +392,24 @@ impl CrmMemory {
         let s = self.next;
         self.next += 1;
         self.order.insert(s, (kind, key.clone()));
-        self.dirty.insert((kind, key.clone()));
+        self.log.to = self.next;
+        self.capture.to = self.next;
         s
+    }
+
+    /// An entry removed (or to be written again): the changelog and the next capture look it up.
+    fn removed(&mut self, kind: EntryKind, key: Key) {
+        if !self.track {
+            return;
+        }
+        if self.capture.removed.len() >= self.limit {
+            self.capture.removed = Vec::new();
+            self.capture_full = true;
+        }
+        if !self.capture_full {
+            self.capture.removed.push((kind, key.clone()));
+        }
+        self.log.removed.push((kind, key));
     }
 
     fn evict(&mut self) {
@@ -358,7 +427,7 @@ impl CrmMemory {
                 }
             }
             self.evicted += 1;
-            self.dirty.insert((kind, key));
+            self.removed(kind, key);
         }
     }
 
@@ -378,7 +447,7 @@ impl CrmMemory {
     pub fn unlink(&mut self, object: &str, id: &str) {
         if let Some((k, (_, s))) = self.links.remove_entry(&Ref(object, id, "")) {
             self.order.remove(&s);
-            self.dirty.insert((EntryKind::Link, k));
+            self.removed(EntryKind::Link, k);
         }
     }
 
@@ -462,32 +531,36 @@ impl CrmMemory {
 
     /// Whether entries changed since the last [`CrmMemory::take_changes`].
     pub fn has_changes(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.log.is_empty()
     }
 
-    /// Moves the entries changed since the last call to the taken list, which the next
+    /// Moves the changes since the last call to the taken list, which the next
     /// [`CrmMemory::capture_into`] hands to its destination (the changelog writes them from
     /// there).
     pub fn take_changes(&mut self) {
-        self.taken.extend(self.dirty.drain());
+        let log = std::mem::replace(&mut self.log, Changes::at(self.next));
+        self.taken.absorb(log);
     }
 
-    /// Marks entries changed again (a checkpoint that failed hands back what it took).
-    pub fn mark_changed(&mut self, changes: impl IntoIterator<Item = (EntryKind, Key)>) {
-        self.dirty.extend(changes);
+    /// Marks changes again (a checkpoint that failed hands back what it took).
+    pub fn mark_changed(&mut self, changes: Changes) {
+        self.log.absorb(changes);
     }
 
-    /// The entries a capture carries for the changelog, in a canonical order, each with its
-    /// current entry (`None`: removed).
+    /// The entries a capture carries for the changelog, in key order, each with its current
+    /// entry (`None`: removed).
     pub fn taken(&self) -> impl Iterator<Item = (EntryKind, &Key, Option<(Entry, u64)>)> + '_ {
-        let mut t: Vec<&(EntryKind, Key)> = self.taken.iter().collect();
+        let written =
+            self.order.range(self.taken.from..self.taken.to.max(self.taken.from)).map(|(_, (k, key))| (*k, key));
+        let mut t: Vec<(EntryKind, &Key)> =
+            self.taken.removed.iter().map(|(k, key)| (*k, key)).chain(written).collect();
         t.sort();
         t.dedup();
-        t.into_iter().map(|(kind, key)| (*kind, key, self.entry(*kind, key)))
+        t.into_iter().map(|(kind, key)| (kind, key, self.entry(kind, key)))
     }
 
-    /// The taken list, emptied (handed back when a checkpoint fails).
-    pub fn take_taken(&mut self) -> Vec<(EntryKind, Key)> {
+    /// The taken changes, emptied (handed back when a checkpoint fails).
+    pub fn take_taken(&mut self) -> Changes {
         std::mem::take(&mut self.taken)
     }
 
@@ -500,14 +573,32 @@ impl CrmMemory {
     }
 
     /// Copies the entries into `dst` (for a checkpoint's capture) and hands it the taken list.
-    pub fn capture_into(&mut self, dst: &mut CrmMemory) {
-        dst.values.clone_from(&self.values);
-        dst.links.clone_from(&self.links);
-        dst.emails.clone_from(&self.emails);
-        dst.order.clone_from(&self.order);
+    /// With `incremental` (`dst` holds this memory's previous capture), only the entries
+    /// written or removed since then are copied.
+    pub fn capture_into(&mut self, dst: &mut CrmMemory, incremental: bool) {
+        let changes = std::mem::replace(&mut self.capture, Changes::at(self.next));
+        if incremental && !std::mem::take(&mut self.capture_full) {
+            for (kind, key) in changes.removed {
+                if self.entry(kind, &key).is_none() {
+                    dst.restore(kind, key, None);
+                }
+            }
+            let from = changes.from.min(changes.to);
+            for (&s, (kind, key)) in self.order.range(from..) {
+                let entry = self.entry(*kind, key).map(|(e, _)| (e, s));
+                dst.restore(*kind, key.clone(), entry);
+            }
+        } else {
+            self.capture_full = false;
+            dst.values.clone_from(&self.values);
+            dst.links.clone_from(&self.links);
+            dst.emails.clone_from(&self.emails);
+            dst.order.clone_from(&self.order);
+        }
         dst.next = self.next;
         dst.limit = self.limit;
-        dst.dirty.clear();
+        dst.log = Changes::at(self.next);
+        dst.capture = Changes::at(self.next);
         dst.taken = std::mem::take(&mut self.taken);
     }
 
@@ -540,13 +631,14 @@ impl CrmMemory {
     /// Evicts past the limit after a restore (a state written under a larger limit).
     pub fn finish_restore(&mut self) {
         self.evict();
-        self.dirty.clear();
+        self.log = Changes::at(self.next);
+        self.capture = Changes::at(self.next);
     }
 
     /// Marks one entry changed (a changelog record of a checkpoint that did not finish: the next
     /// checkpoint rewrites or deletes it).
     pub fn mark_one(&mut self, kind: EntryKind, key: Key) {
-        self.dirty.insert((kind, key));
+        self.removed(kind, key);
     }
 
     /// Every entry, oldest stamp first.
@@ -719,5 +811,35 @@ mod tests {
         }
         assert_eq!(copy, m);
         assert_eq!(value(&m, "2"), None);
+    }
+
+    #[test]
+    fn an_incremental_capture_equals_a_full_copy() {
+        let (fire, t) = (UnknownPrevious::Fire, Ts(10));
+        let mut m = CrmMemory::with_limit(5);
+        for id in ["1", "2", "3"] {
+            m.transition(("deal", id, "dealstage"), Some("a"), t, &Previous::Unknown, fire, false);
+            m.link("deal", id, "c");
+        }
+        let (mut inc, mut full) = (CrmMemory::with_limit(5), CrmMemory::with_limit(5));
+        m.capture_into(&mut inc, false);
+        // Changes, an unlink, an email and evictions since that capture.
+        m.transition(("deal", "2", "dealstage"), Some("b"), t, &Previous::Unknown, fire, false);
+        m.unlink("deal", "3");
+        m.set_email("c", "c@x.example");
+        m.transition(("deal", "4", "dealstage"), Some("a"), t, &Previous::Unknown, fire, false);
+        m.capture_into(&mut inc, true);
+        m.clone().capture_into(&mut full, false);
+        assert_eq!(inc, m);
+        assert_eq!(inc, full);
+        assert_eq!(
+            inc.entries().map(|(k, key, e, s)| (k, key.clone(), e, s)).collect::<Vec<_>>(),
+            m.entries().map(|(k, key, e, s)| (k, key.clone(), e, s)).collect::<Vec<_>>(),
+            "same eviction order"
+        );
+        for mem in [&mut m, &mut inc] {
+            mem.transition(("deal", "5", "dealstage"), Some("a"), t, &Previous::Unknown, fire, false);
+        }
+        assert_eq!(inc, m);
     }
 }

@@ -40,11 +40,14 @@ impl CrmState {
         self.memories.values().any(CrmMemory::has_changes)
     }
 
-    pub(super) fn capture_into(&mut self, dst: &mut CrmState) {
+    /// Copies the memories into `dst`; with `incremental` (`dst` holds this state's previous
+    /// capture), only the entries changed since then.
+    pub(super) fn capture_into(&mut self, dst: &mut CrmState, incremental: bool) {
         dst.memories.retain(|t, _| self.memories.contains_key(t));
         for (t, m) in &mut self.memories {
+            let known = dst.memories.contains_key(t);
             let d = dst.memories.entry(t.clone()).or_insert_with(|| CrmMemory::with_limit(m.limit()));
-            m.capture_into(d);
+            m.capture_into(d, incremental && known);
         }
         dst.complete = self.complete;
     }
@@ -145,9 +148,7 @@ impl Engine {
     pub fn remark_sections(&mut self, capture: &mut Engine) {
         for (t, m) in &mut capture.crm.memories {
             let taken = m.take_taken();
-            if !taken.is_empty() {
-                self.crm_memory(t).mark_changed(taken);
-            }
+            self.crm_memory(t).mark_changed(taken);
         }
         if let (Some(map), Some(captured)) = (self.identity.as_deref_mut(), capture.identity.as_deref_mut()) {
             map.remark(captured);

@@ -181,6 +181,8 @@ fn refused_changelog_records_commit_nothing_and_the_next_checkpoint_writes_them(
     let rec = Recorder::default();
     st.take_shards(&shards(&[0]));
     feed(&mut st, 0, &events[..200]);
+    // A CRM memory entry changes with them: shard state too, handed back like the prospects.
+    st.shards.get_mut(&0).unwrap().engine.crm_memory("crm").link("deal", "9", "contact-9");
 
     // The broker refuses every record.
     changelog.refuse(Refuse::Records);
@@ -214,6 +216,8 @@ fn refused_changelog_records_commit_nothing_and_the_next_checkpoint_writes_them(
     assert_eq!(restored_from(&other_status, 0), RestoreSource::Changelog);
     assert_eq!(digest(&other, 0), digest(&st, 0), "the changelog alone holds the whole state");
     assert_eq!(other.shards[&0].positions, st.shards[&0].positions);
+    assert_eq!(other.shards[&0].engine.crm(), st.shards[&0].engine.crm(), "and the CRM memory");
+    assert!(other.shards[&0].engine.crm().memories().any(|(_, m)| m.contact("deal", "9") == Some("contact-9")));
 }
 
 #[test]

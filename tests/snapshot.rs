@@ -442,6 +442,11 @@ fn inspect_snapshot_reports_the_header_and_fails_on_a_damaged_file() {
     assert_eq!(v["header"]["shard"], 3);
     assert_eq!(v["header"]["positions"]["crm-events"], 567);
     assert_eq!(v["prospects_decoded"], v["header"]["prospects"]);
+    assert_eq!(v["crm_memory"]["complete"], false, "version 1 holds no CRM memory: {v}");
+    let v4 = std::process::Command::new(bin).current_dir(root).args(["inspect-snapshot", &sample(4)]).output().unwrap();
+    let v4: serde_json::Value = serde_json::from_slice(&v4.stdout).unwrap();
+    assert_eq!(v4["crm_memory"], serde_json::json!({"complete": true, "entries": {"crm-events": 7}}), "{v4}");
+    assert_eq!(v4["identity_ids"], serde_json::Value::Null, "the b2b journey resolves no identities");
 
     let damaged = tempdir("inspect").join("damaged.snap");
     let mut bytes = std::fs::read(root.join(SAMPLE_V1)).unwrap();

@@ -10,13 +10,17 @@
 //!   cargo bench --bench crm_memory
 //!   MICROFUNNEL_BENCH_CRM=1000000 cargo bench --bench crm_memory
 //!
-//! Prints one JSON line per size.
+//! Prints one JSON line per size, then one for the identity map's capture (a full copy, and an
+//! incremental one after each of ten rounds of 1,000 more links: median and worst) at
+//! `MICROFUNNEL_BENCH_IDENTITY` identifiers (default 1,000,000: half users, each linked to an
+//! anonymous id).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use microfunnel::core::crm::{CrmMemory, Previous, UnknownPrevious};
+use microfunnel::core::identity::{IdKind, IdentityLimits, IdentityMap, LinkReason};
 use microfunnel::core::{Engine, Journey, Ts};
 
 const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
@@ -118,4 +122,50 @@ fn main() {
         );
         println!("{line}");
     }
+    let ids: u64 = std::env::var("MICROFUNNEL_BENCH_IDENTITY").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let mut map = IdentityMap::new();
+    let (limits, mut out) = (IdentityLimits::default(), Vec::new());
+    for i in 0..ids / 2 {
+        let (user, anon) = (format!("usr_{i:012x}"), format!("anon-{i:016x}"));
+        map.link(
+            (&user, IdKind::Known),
+            (&anon, IdKind::Anonymous),
+            Ts(i as i64),
+            LinkReason::Identify,
+            &limits,
+            &mut out,
+        );
+        out.clear();
+    }
+    map.take_changes();
+    let mut spare = IdentityMap::new();
+    map.capture_into(&mut spare, false);
+    let t = Instant::now();
+    map.capture_into(&mut spare, false);
+    let full = t.elapsed().as_secs_f64();
+    // 1,000 more people identify themselves, then an incremental capture; ten rounds (a round
+    // in which the spare's tables or node array grow pays that growth, as the live map did).
+    let mut rounds = Vec::new();
+    for r in 0..10 {
+        let from = ids / 2 + r * 1000;
+        for i in from..from + 1000 {
+            let (user, anon) = (format!("usr_{i:012x}"), format!("anon-{i:016x}"));
+            let (u, a) = ((user.as_str(), IdKind::Known), (anon.as_str(), IdKind::Anonymous));
+            map.link(u, a, Ts(i as i64), LinkReason::Identify, &limits, &mut out);
+        }
+        map.take_changes();
+        let t = Instant::now();
+        map.capture_into(&mut spare, true);
+        rounds.push(t.elapsed().as_secs_f64());
+    }
+    rounds.sort_by(f64::total_cmp);
+    let (median, worst) = (rounds[rounds.len() / 2], rounds[rounds.len() - 1]);
+    println!(
+        "{{\"identity_ids\":{},\"heap_bytes_per_id\":{:.0},\"capture_full_copy_ms\":{:.2},\"capture_after_1000_links_median_ms\":{:.2},\"capture_after_1000_links_worst_ms\":{:.2}}}",
+        map.len(),
+        map.heap_bytes() as f64 / map.len() as f64,
+        full * 1e3,
+        median * 1e3,
+        worst * 1e3
+    );
 }

@@ -153,6 +153,18 @@ pub struct IdentityMap {
     dirty: Changed,
     /// What [`IdentityMap::take_changes`] took, carried by the next capture to the changelog.
     taken: Changed,
+    /// What changed since the last [`IdentityMap::capture_into`], for an incremental one.
+    cap: CaptureChanges,
+}
+
+/// Nodes whose kind, first-seen time or parent changed, and group roots whose group changed or
+/// went, since the last capture (appended nodes and links are found by length); `full` when
+/// the lists grew past the map itself (the next capture copies everything).
+#[derive(Clone, Debug, Default)]
+struct CaptureChanges {
+    nodes: Vec<u32>,
+    groups: Vec<u32>,
+    full: bool,
 }
 
 /// Node and link indexes changed (see [`IdentityMap`]).
@@ -331,8 +343,30 @@ impl IdentityMap {
         let n = self.nodes.len() as u32;
         self.nodes.push(Node { key: k.into(), kind, first_seen: ts, parent: n });
         self.index.insert(k.into(), n);
-        self.dirty.nodes.push(n);
+        self.dirty_node(n);
         n
+    }
+
+    /// Node `n` changed for the changelog (the list is kept free of repeats past a size).
+    fn dirty_node(&mut self, n: u32) {
+        self.dirty.nodes.push(n);
+        if self.dirty.nodes.len() > 2 * self.nodes.len() + 1024 {
+            self.dirty.nodes.sort_unstable();
+            self.dirty.nodes.dedup();
+        }
+    }
+
+    /// Node `n` (and the group at `root`, if any) changed since the last capture.
+    fn captured_changed(&mut self, n: Option<u32>, root: Option<u32>) {
+        let cap = &mut self.cap;
+        if cap.full {
+            return;
+        }
+        cap.nodes.extend(n);
+        cap.groups.extend(root);
+        if cap.nodes.len() + cap.groups.len() > self.nodes.len() + 1024 {
+            *cap = CaptureChanges { full: true, ..CaptureChanges::default() };
+        }
     }
 
     /// Records that `id` was seen at `ts` as `kind`. An id seen earlier than before, or seen as
@@ -351,8 +385,9 @@ impl IdentityMap {
         if earlier {
             node.first_seen = ts;
         }
-        self.dirty.nodes.push(n);
+        self.dirty_node(n);
         let root = self.root(n);
+        self.captured_changed(Some(n), Some(root));
         let Some(g) = self.groups.get(&root) else {
             if upgraded {
                 self.nodes[n as usize].kind = IdKind::Known;
@@ -449,6 +484,11 @@ impl IdentityMap {
         for &m in &small.members {
             self.nodes[m as usize].parent = root;
         }
+        self.captured_changed(Some(child), Some(child));
+        self.captured_changed(None, Some(root));
+        for &m in &small.members {
+            self.captured_changed(Some(m), None);
+        }
         big.members.extend_from_slice(&small.members);
         big.known += small.known;
         big.anonymous += small.anonymous;
@@ -507,6 +547,7 @@ impl IdentityMap {
             m.links.push((a, b, reason));
         }
         m.dirty = Changed::default();
+        m.cap = CaptureChanges::default();
         Ok(m)
     }
 
@@ -525,10 +566,44 @@ impl IdentityMap {
     }
 
     /// Copies the map into `dst` (a checkpoint's capture) and hands it the taken list.
-    pub fn capture_into(&mut self, dst: &mut IdentityMap) {
-        dst.clone_from(self);
+    /// With `incremental` (`dst` holds this map's previous capture), only what changed since
+    /// then is copied: appended identifiers and links, changed nodes' fields, changed groups.
+    pub fn capture_into(&mut self, dst: &mut IdentityMap, incremental: bool) {
+        let cap = std::mem::take(&mut self.cap);
+        let grown = dst.nodes.len() <= self.nodes.len() && dst.links.len() <= self.links.len();
+        if incremental && !cap.full && grown {
+            let old = dst.nodes.len();
+            for &n in &cap.nodes {
+                let n = n as usize;
+                if n < old {
+                    let (from, to) = (&self.nodes[n], &mut dst.nodes[n]);
+                    (to.kind, to.first_seen, to.parent) = (from.kind, from.first_seen, from.parent);
+                }
+            }
+            for (i, n) in self.nodes[old..].iter().enumerate() {
+                dst.index.insert(n.key.clone(), (old + i) as u32);
+                dst.nodes.push(n.clone());
+            }
+            for &root in &cap.groups {
+                match self.groups.get(&root) {
+                    Some(g) => {
+                        dst.groups.insert(root, g.clone());
+                    }
+                    None => {
+                        dst.groups.remove(&root);
+                    }
+                }
+            }
+            dst.links.extend_from_slice(&self.links[dst.links.len()..]);
+        } else {
+            dst.nodes.clone_from(&self.nodes);
+            dst.index.clone_from(&self.index);
+            dst.groups.clone_from(&self.groups);
+            dst.links.clone_from(&self.links);
+        }
         dst.dirty = Changed::default();
-        self.taken = Changed::default();
+        dst.cap = CaptureChanges::default();
+        dst.taken = std::mem::take(&mut self.taken);
     }
 
     /// Marks again what a failed checkpoint's capture carried.
@@ -571,6 +646,7 @@ impl IdentityMap {
                 let node = &mut self.nodes[n as usize];
                 (node.kind, node.first_seen) = (kind, first_seen);
                 let root = self.root(n);
+                self.captured_changed(Some(n), Some(root));
                 if let Some(mut g) = self.groups.get(&root).cloned() {
                     let count = |k| g.members.iter().filter(|&&m| self.nodes[m as usize].kind == k).count() as u32;
                     (g.known, g.anonymous) = (count(IdKind::Known), count(IdKind::Anonymous));
@@ -603,6 +679,7 @@ impl IdentityMap {
     pub fn finish_restore(&mut self) {
         self.dirty = Changed::default();
         self.taken = Changed::default();
+        self.cap = CaptureChanges::default();
     }
 
     /// Whether the map holds what `record` says: the identifier with that kind and first-seen
@@ -628,7 +705,7 @@ impl IdentityMap {
     /// finish: the next checkpoint writes it again).
     pub fn mark_key(&mut self, key: &str) {
         if let Some(&n) = self.index.get(key) {
-            self.dirty.nodes.push(n);
+            self.dirty_node(n);
         }
     }
 

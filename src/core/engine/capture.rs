@@ -72,10 +72,10 @@ impl Engine {
         dst.funnel.clone_from(&self.funnel);
         dst.stats.clone_from(&self.stats);
         match (&mut self.identity, &mut dst.identity) {
-            (Some(src), Some(d)) => src.capture_into(d),
+            (Some(src), Some(d)) => src.capture_into(d, same),
             (Some(src), d) => {
                 let mut map = Box::default();
-                src.capture_into(&mut map);
+                src.capture_into(&mut map, false);
                 *d = Some(map);
             }
             (None, d) => *d = None,

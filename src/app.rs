@@ -28,10 +28,6 @@ pub enum AppError {
     Config(#[from] crate::config::ConfigError),
     #[error("the pipeline did not stop within {0:?}")]
     StopTimeout(Duration),
-    #[error(
-        "journey `{0}` sets `[identity] resolve = true`: identity resolution runs in `replay` only until the identity map is part of the checkpointed state (state version 4); set it to false for `run`"
-    )]
-    IdentityNotPersisted(String),
 }
 
 /// A started service.
@@ -47,9 +43,6 @@ pub struct Running {
 
 /// Starts the HTTP endpoints and the pipeline thread; returns once both are launched.
 pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppError> {
-    if journey.identity.is_some() {
-        return Err(AppError::IdentityNotPersisted(journey.name.clone()));
-    }
     settings.check_state_dir()?;
     let metrics = Metrics::new(&journey)?;
     let ready = Arc::new(AtomicBool::new(false));

@@ -76,12 +76,23 @@ pub struct Totals {
     pub suppressed_by_rule: Vec<u64>,
     /// Events whose name maps to no signal, by name (bounded).
     pub unmapped: UnmappedNames,
+    /// CRM files' memories at the end: entries held and entries evicted past `[crm]
+    /// max_entries`, summed (`None` without a CRM-format file).
+    pub crm_memory: Option<crate::codec::outbound::CrmMemoryCounts>,
 }
 
 /// How many of the most frequent unmapped names the summary lists.
 pub const UNMAPPED_TOP: usize = 20;
 
 impl Totals {
+    fn count_crm_memory(&mut self, crm: bool, memory: &CrmMemory) {
+        if crm {
+            let c = self.crm_memory.get_or_insert_with(Default::default);
+            c.entries += memory.len() as u64;
+            c.evicted += memory.evicted();
+        }
+    }
+
     fn reject(&mut self, reason: RejectReason) {
         self.rejected += 1;
         if let Some(i) = RejectReason::ALL.iter().position(|r| *r == reason) {
@@ -126,7 +137,7 @@ pub fn run(
     let mut buf = Vec::with_capacity(4096);
     let mut n = 0u64;
     // One CRM memory for the file (see `run_merged`).
-    let (spec, mut memory) = (opts.spec(0), CrmMemory::default());
+    let (spec, mut memory) = (opts.spec(0), CrmMemory::with_limit(journey.crm.max_entries).untracked());
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
@@ -161,6 +172,7 @@ pub fn run(
             flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
         }
     }
+    totals.count_crm_memory(spec.format.is_crm(), &memory);
     let at = At { line: n, item: None };
     finish(&journey, opts, &mut shards, &mut totals, at, &mut buf, &mut out, &mut err)?;
     out.flush()?;
@@ -215,7 +227,7 @@ pub fn run_merged<R: Read>(
     let mut queues: Vec<Vec<VecDeque<Queued<'_>>>> =
         (0..partitions).map(|_| (0..data.len()).map(|_| VecDeque::new()).collect()).collect();
     for (file, (name, bytes)) in data.iter().enumerate() {
-        let (spec, mut memory) = (opts.spec(file), CrmMemory::default());
+        let (spec, mut memory) = (opts.spec(file), CrmMemory::with_limit(journey.crm.max_entries).untracked());
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
             let line_no = i as u64 + 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -246,6 +258,7 @@ pub fn run_merged<R: Read>(
                 }
             }
         }
+        totals.count_crm_memory(spec.format.is_crm(), &memory);
     }
     let mut shards: Vec<Engine> = (0..partitions).map(|_| Engine::new(Arc::clone(&journey))).collect();
     let (mut outputs, mut buf) = (Vec::with_capacity(16), Vec::with_capacity(4096));
@@ -382,6 +395,7 @@ fn write_summary(
         unmapped_top: &unmapped,
         unmapped_other,
         identity: identity.as_ref(),
+        crm_memory: totals.crm_memory.as_ref(),
     };
     codec::write_report(&figures, &counts, buf).map_err(io::Error::other)?;
     buf.push(b'\n');

@@ -257,3 +257,70 @@ fn generated_crm_formats_decode_to_the_signals_of_the_canonical_crm_side() {
         assert_eq!(got, want, "{}", format.as_str());
     }
 }
+
+/// Each fixture of `tests/fixtures/crm/emails/` decoded in order with one memory: the signals
+/// as (prospect, signal, email).
+fn signals_with_emails(journey: &Journey, file: &str, format: Format) -> Vec<(String, String, Option<String>)> {
+    use microfunnel::codec::decode_input;
+    use microfunnel::core::crm::CrmMemory;
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crm/emails").join(file);
+    let (spec, mut memory) = (InputSpec::new(format, None), CrmMemory::default());
+    let mut out = Vec::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        for (_, r) in decode_input(line.as_bytes(), &spec, journey, &Limits::default(), &mut memory) {
+            let e = r.unwrap_or_else(|e| panic!("{file}: {e}"));
+            out.push((e.prospect.into_owned(), e.name.into_owned(), e.email.map(|m| m.into_owned())));
+        }
+    }
+    out
+}
+
+fn signal(prospect: &str, name: &str, email: Option<&str>) -> (String, String, Option<String>) {
+    (prospect.into(), name.into(), email.map(String::from))
+}
+
+/// A contact's email property (HubSpot `email`, Salesforce `Email`, Pipedrive person
+/// `emails`/`email`/`primary_email`, a Debezium `email` column or the one configured in `[crm]
+/// email_properties`) is trimmed, lower-cased and carried by every signal of that contact, its
+/// deals' included, as the canonical envelope's email is; a changed email replaces it; a value
+/// that is not an email is none.
+#[test]
+fn a_contacts_email_rides_on_its_signals_in_every_crm_format() {
+    let j = journey();
+    assert_eq!(
+        signals_with_emails(&j, "hubspot.jsonl", Format::Hubspot),
+        [
+            signal("1001", "quote_sent", Some("dana.whitfield@northwind.example")),
+            signal("1002", "quote_sent", None),
+            signal("1001", "deal_won", Some("dana@northwind.example")),
+        ]
+    );
+    assert_eq!(
+        signals_with_emails(&j, "salesforce_cdc.jsonl", Format::SalesforceCdc),
+        [
+            signal("0035g00000LeOrTAAV", "quote_sent", Some("lee.ortiz@contoso.example")),
+            signal("0035g00000LeOrTAAV", "deal_won", Some("lee.ortiz@contoso-group.example")),
+        ]
+    );
+    assert_eq!(
+        signals_with_emails(&j, "pipedrive.jsonl", Format::Pipedrive),
+        [
+            signal("501", "quote_sent", Some("priya.raman@tailspin.example")),
+            signal("502", "quote_sent", Some("tom.becker@woodgrove.example")),
+        ]
+    );
+    assert_eq!(
+        signals_with_emails(&j, "debezium.jsonl", Format::Debezium),
+        [signal("61", "quote_sent", Some("ana.silva@litware.example"))]
+    );
+    let configured = B2B.replace(
+        r#"email_properties = ["email", "Email", "primary_email", "emails"]"#,
+        r#"email_properties = ["work_email"]"#,
+    );
+    let configured = Journey::from_toml_str(&configured).unwrap();
+    assert_eq!(
+        signals_with_emails(&configured, "debezium.jsonl", Format::Debezium),
+        [signal("61", "quote_sent", Some("asilva@litware-corp.example"))]
+    );
+}

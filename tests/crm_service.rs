@@ -75,12 +75,12 @@ fn hubspot_webhooks_on_the_crm_topic_give_what_replay_gives() {
     svc.stop().unwrap();
 }
 
-/// The CRM memory is not checkpointed: a restored shard rebuilds it by reading its CRM topic from
-/// the beginning. After a restart, the deal's contact link and stage, learnt before it, still
-/// make the same-stage edit fire nothing and the win reach the contact, as replay of the whole
-/// topic gives.
+/// The CRM memory is checkpointed with the shard: after a graceful restart, the deal's contact
+/// link and stage, learnt before it, still make the same-stage edit fire nothing and the win
+/// reach the contact, as replay of the whole topic gives, and nothing below the restored position
+/// is read again (`tests/crm_persist.rs` does the same after kill -9).
 #[test]
-fn a_restored_shard_rebuilds_its_crm_memory_from_the_crm_topic() {
+fn a_restored_shard_keeps_its_crm_memory() {
     use microfunnel::core::ids::kafka_partition;
 
     let mut s = setup("crm-restore");
@@ -161,5 +161,6 @@ fn a_restored_shard_rebuilds_its_crm_memory_from_the_crm_topic() {
     );
     let m = svc.metrics().render();
     assert_eq!(total(&m, "microfunnel_events_rejected_total"), 0.0, "nothing dead-lettered (no unknown_prospect)");
+    assert_eq!(total(&m, "microfunnel_crm_rebuild_messages_total"), 0.0, "the memory came with the state");
     svc.stop().unwrap();
 }

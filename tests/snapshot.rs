@@ -71,9 +71,11 @@ fn state_round_trips_exactly() {
     let lines = stream(400, 7);
     let mut a = Engine::new(b2b());
     feed(&mut a, &lines);
+    sample_crm(&mut a);
     let mut bytes = Vec::new();
     a.encode_state(&mut bytes);
     let b = Engine::decode_state(b2b(), &bytes).unwrap();
+    assert_eq!(b.crm(), a.crm(), "the CRM memories, with their eviction order");
     assert!(a.len() > 300);
     assert_eq!(b.len(), a.len());
     assert_eq!(b.digest(), a.digest());
@@ -340,6 +342,15 @@ fn the_checked_in_sample_of_every_state_version_loads() {
             feed(&mut now, &stream(60, 2024));
             assert_eq!(now.digest(), engine.digest(), "state version {version} still decodes to the same state");
         }
+        // Version 4 added the CRM memories; older states read as an incomplete, empty memory.
+        if version >= 4 {
+            let mut now = Engine::new(b2b());
+            sample_crm(&mut now);
+            assert_eq!(engine.crm(), now.crm(), "the sample's CRM memories");
+            assert_eq!(engine.crm().memories().map(|(_, m)| m.len()).sum::<usize>(), 7);
+        } else {
+            assert!(!engine.crm().is_complete() && engine.crm().memories().count() == 0);
+        }
     }
 }
 
@@ -379,6 +390,10 @@ fn state_versions_1_and_2_hold_the_same_state() {
     assert_eq!(b1.digest(), a.digest());
     assert_eq!(b2.digest(), a.digest());
     let mut again = Vec::new();
+    // A state of version 3 or older has no CRM memories, so they read back as incomplete (to be
+    // rebuilt); that aside, the same bytes.
+    let mut b1 = b1;
+    b1.set_crm_complete(true);
     b1.encode_state(&mut again);
     // The meta of version 1 has no insight counters (state version 4): the prospects' bytes
     // after it must be the same.
@@ -414,6 +429,21 @@ fn sample(version: u32) -> String {
     format!("tests/fixtures/snapshots/v{version}-b2b-shard3.snap")
 }
 
+/// The CRM memory the sample of state version 4 holds beside the prospects: HubSpot deals with
+/// their stage and contact, and one contact's email.
+fn sample_crm(engine: &mut Engine) {
+    use microfunnel::core::crm::{Previous, UnknownPrevious};
+    let m = engine.crm_memory("crm-events");
+    for (i, (deal, stage)) in
+        [("101", "appointmentscheduled"), ("102", "contractsent"), ("103", "closedwon")].iter().enumerate()
+    {
+        let t = microfunnel::core::Ts(1_780_000_000_000 + i as i64);
+        m.transition(("deal", deal, "dealstage"), Some(stage), t, &Previous::Unknown, UnknownPrevious::Fire, false);
+        m.link("deal", deal, &format!("contact-{deal}"));
+    }
+    m.set_email("contact-101", "dana.whitfield@northwind.example");
+}
+
 /// Writes the sample of the current state version; run once per new version:
 /// `cargo test --test snapshot write_sample -- --ignored`.
 #[test]
@@ -421,6 +451,7 @@ fn sample(version: u32) -> String {
 fn write_sample() {
     let mut engine = Engine::new(b2b());
     feed(&mut engine, &stream(60, 2024));
+    sample_crm(&mut engine);
     let what = Pending {
         group: "microfunnel".into(),
         shard: 3,
@@ -446,6 +477,11 @@ fn inspect_snapshot_reports_the_header_and_fails_on_a_damaged_file() {
     assert_eq!(v["header"]["shard"], 3);
     assert_eq!(v["header"]["positions"]["crm-events"], 567);
     assert_eq!(v["prospects_decoded"], v["header"]["prospects"]);
+    assert_eq!(v["crm_memory"]["complete"], false, "version 1 holds no CRM memory: {v}");
+    let v4 = std::process::Command::new(bin).current_dir(root).args(["inspect-snapshot", &sample(4)]).output().unwrap();
+    let v4: serde_json::Value = serde_json::from_slice(&v4.stdout).unwrap();
+    assert_eq!(v4["crm_memory"], serde_json::json!({"complete": true, "entries": {"crm-events": 7}}), "{v4}");
+    assert_eq!(v4["identity_ids"], serde_json::Value::Null, "the b2b journey resolves no identities");
 
     let damaged = tempdir("inspect").join("damaged.snap");
     let mut bytes = std::fs::read(root.join(SAMPLE_V1)).unwrap();
@@ -457,4 +493,49 @@ fn inspect_snapshot_reports_the_header_and_fails_on_a_damaged_file() {
     let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(v["checksums"], "failed");
     assert!(v["error"].as_str().unwrap().contains("body checksum mismatch"), "{v}");
+}
+
+/// With `[identity] resolve`, the identity map is part of the full state (section `I`): a
+/// restored engine resolves every identifier as the original, and goes on merging alike.
+#[test]
+fn the_identity_map_round_trips_with_the_state() {
+    let journey = Arc::new(
+        Journey::from_toml_str(&format!(
+            "{}\n[identity]\nresolve = true\n",
+            include_str!("../deploy/journeys/b2b.toml")
+        ))
+        .unwrap(),
+    );
+    let identify = |user: &str, anon: &str, at: &str, email: &str| {
+        format!(
+            r#"{{"type":"identify","userId":"{user}","anonymousId":"{anon}","messageId":"{user}-{anon}","timestamp":"{at}","traits":{{"email":"{email}"}}}}"#
+        )
+        .into_bytes()
+    };
+    let mut a = Engine::new(Arc::clone(&journey));
+    let lines = [
+        identify("usr_1", "anon-1", "2026-03-02T10:00:00Z", "ana@x.example"),
+        identify("usr_2", "anon-2", "2026-03-02T11:00:00Z", "bo@y.example"),
+    ];
+    let mut outs = Vec::new();
+    for l in &lines {
+        a.apply(&microfunnel::codec::decode(l, &journey, &microfunnel::codec::Limits::default()).unwrap(), &mut outs);
+    }
+    let mut bytes = Vec::new();
+    a.encode_state(&mut bytes);
+    let mut b = Engine::decode_state(Arc::clone(&journey), &bytes).unwrap();
+    assert_eq!(b.identity_map().unwrap().resolution(), a.identity_map().unwrap().resolution());
+    assert_eq!(b.identity_map().unwrap().len(), 6);
+    // The same later link merges the same way in both.
+    let later = identify("usr_2", "anon-3", "2026-03-03T10:00:00Z", "ana@x.example");
+    let ev = microfunnel::codec::decode(&later, &journey, &microfunnel::codec::Limits::default()).unwrap();
+    let (mut oa, mut ob) = (Vec::new(), Vec::new());
+    a.apply(&ev, &mut oa);
+    b.apply(&ev, &mut ob);
+    assert_eq!(oa, ob);
+    assert_eq!(b.digest(), a.digest());
+    // Read with identity resolution off, the map is dropped and the prospects stay.
+    let off = Engine::decode_state(b2b(), &bytes).unwrap();
+    assert!(off.identity_map().is_none());
+    assert_eq!(off.len(), Engine::decode_state(Arc::clone(&journey), &bytes).unwrap().len());
 }

@@ -65,6 +65,11 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
         "digest_matches": digest_ok,
         "prospects_decoded": engine.len(),
         "watermark": engine.watermark().to_string(),
+        "crm_memory": {
+            "complete": engine.crm().is_complete(),
+            "entries": engine.crm().memories().map(|(t, m)| (t.to_string(), m.len())).collect::<std::collections::BTreeMap<_, _>>(),
+        },
+        "identity_ids": engine.identity_map().map(|m| m.len()),
         "header": checked.header,
     });
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;

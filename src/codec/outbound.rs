@@ -7,7 +7,7 @@ use serde::{Serialize, Serializer};
 use crate::core::time::write_rfc3339;
 use crate::core::{Engine, Output, Ts};
 
-pub use super::report::{Figures, ReplayCounts, write_report, write_shard_report};
+pub use super::report::{CrmMemoryCounts, Figures, ReplayCounts, write_report, write_shard_report};
 
 /// An instant as RFC 3339 in JSON.
 pub(super) struct Time(pub(super) Ts);

@@ -48,6 +48,17 @@ struct StatsOut<'a> {
     /// Replay only, with `[identity] resolve`: merges, refused links, routed events.
     #[serde(skip_serializing_if = "Option::is_none")]
     identity: Option<&'a crate::core::IdentityStats>,
+    /// Replay only, with a CRM-format file: its memory's entries at the end and evictions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crm_memory: Option<&'a CrmMemoryCounts>,
+}
+
+/// What replay's CRM memories hold at the end (entries) and evicted past `[crm] max_entries`,
+/// summed over the CRM-format files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CrmMemoryCounts {
+    pub entries: u64,
+    pub evicted: u64,
 }
 
 #[derive(Serialize)]
@@ -69,6 +80,8 @@ pub struct ReplayCounts<'a> {
     pub unmapped_other: u64,
     /// Identity resolution's counts summed over shards, when the journey resolves identities.
     pub identity: Option<&'a crate::core::IdentityStats>,
+    /// The CRM memories' counts, with a CRM-format file.
+    pub crm_memory: Option<&'a CrmMemoryCounts>,
 }
 
 /// An engine's (or several engines' combined) figures at a watermark.
@@ -101,6 +114,7 @@ fn write_summary(
                 .map(|r| r.unmapped_top.iter().map(|&(name, count)| NameCount { name, count }).collect()),
             unmapped_other: replay.map(|r| r.unmapped_other),
             identity: replay.and_then(|r| r.identity),
+            crm_memory: replay.and_then(|r| r.crm_memory),
         },
         census: f.census,
         funnel: f.funnel,

@@ -148,6 +148,88 @@ pub struct IdentityMap {
     links: Vec<(u32, u32, LinkReason)>,
     /// Where an email's key is built (no allocation per lookup).
     scratch: String,
+    /// Identifiers added or changed (kind, first seen) and links accepted since the last
+    /// [`IdentityMap::take_changes`], for the changelog (node and link indexes).
+    dirty: Changed,
+    /// What [`IdentityMap::take_changes`] took, carried by the next capture to the changelog.
+    taken: Changed,
+    /// What changed since the last [`IdentityMap::capture_into`], for an incremental one.
+    cap: CaptureChanges,
+}
+
+/// Nodes whose kind, first-seen time or parent changed, and group roots whose group changed or
+/// went, since the last capture (appended nodes and links are found by length); `full` when
+/// the lists grew past the map itself (the next capture copies everything).
+#[derive(Clone, Debug, Default)]
+struct CaptureChanges {
+    nodes: Vec<u32>,
+    groups: Vec<u32>,
+    full: bool,
+}
+
+/// Node and link indexes changed (see [`IdentityMap`]).
+#[derive(Clone, Debug, Default)]
+struct Changed {
+    nodes: Vec<u32>,
+    links: Vec<u32>,
+}
+
+impl Changed {
+    fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.links.is_empty()
+    }
+
+    fn append(&mut self, other: &mut Changed) {
+        self.nodes.append(&mut other.nodes);
+        self.links.append(&mut other.links);
+    }
+}
+
+/// Changelog key prefix of an identifier's record (then its map key: the id, or NUL + email).
+pub const ID_RECORD: &str = "\0id/";
+/// Changelog key prefix of a link's record (then `<byte length of a's key>:`, a's key, b's key).
+pub const LINK_RECORD: &str = "\0ln/";
+
+/// One identity changelog record, decoded from its key and value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityRecord {
+    /// An identifier (its map key: an id, or NUL + email), kind and first seen.
+    Id { key: String, kind: IdKind, first_seen: Ts },
+    /// An accepted link between two identifiers (map keys).
+    Link { a: String, b: String, reason: LinkReason },
+}
+
+impl IdentityRecord {
+    /// Reads a record of the changelog; `None` when `key` is not an identity record's.
+    pub fn read(key: &str, value: &[u8]) -> Option<Result<IdentityRecord, StateError>> {
+        let bad = |what| Some(Err(StateError::Invalid { what, at: 0 }));
+        if let Some(k) = key.strip_prefix(ID_RECORD) {
+            let mut d = Dec::new(value);
+            let r = (|| {
+                if d.u8("identity record tag")? != b'I' {
+                    return Err(StateError::Invalid { what: "identity record tag", at: 0 });
+                }
+                let kind = IdKind::from_u8(d.u8("identity kind")?)
+                    .ok_or(StateError::Invalid { what: "identity kind", at: 1 })?;
+                Ok(IdentityRecord::Id { key: k.to_string(), kind, first_seen: d.ts("identity first seen")? })
+            })();
+            return Some(r);
+        }
+        let k = key.strip_prefix(LINK_RECORD)?;
+        let Some((len, rest)) = k.split_once(':') else { return bad("identity link key") };
+        let Ok(len) = len.parse::<usize>() else { return bad("identity link key") };
+        if !rest.is_char_boundary(len.min(rest.len())) || len > rest.len() {
+            return bad("identity link key");
+        }
+        let (a, b) = rest.split_at(len);
+        match value {
+            [b'L', r] => match LinkReason::from_u8(*r) {
+                Some(reason) => Some(Ok(IdentityRecord::Link { a: a.to_string(), b: b.to_string(), reason })),
+                None => bad("identity link reason"),
+            },
+            _ => bad("identity link record"),
+        }
+    }
 }
 
 /// The map key of an identifier, in `buf` for an email: emails are prefixed with a NUL byte,
@@ -261,7 +343,30 @@ impl IdentityMap {
         let n = self.nodes.len() as u32;
         self.nodes.push(Node { key: k.into(), kind, first_seen: ts, parent: n });
         self.index.insert(k.into(), n);
+        self.dirty_node(n);
         n
+    }
+
+    /// Node `n` changed for the changelog (the list is kept free of repeats past a size).
+    fn dirty_node(&mut self, n: u32) {
+        self.dirty.nodes.push(n);
+        if self.dirty.nodes.len() > 2 * self.nodes.len() + 1024 {
+            self.dirty.nodes.sort_unstable();
+            self.dirty.nodes.dedup();
+        }
+    }
+
+    /// Node `n` (and the group at `root`, if any) changed since the last capture.
+    fn captured_changed(&mut self, n: Option<u32>, root: Option<u32>) {
+        let cap = &mut self.cap;
+        if cap.full {
+            return;
+        }
+        cap.nodes.extend(n);
+        cap.groups.extend(root);
+        if cap.nodes.len() + cap.groups.len() > self.nodes.len() + 1024 {
+            *cap = CaptureChanges { full: true, ..CaptureChanges::default() };
+        }
     }
 
     /// Records that `id` was seen at `ts` as `kind`. An id seen earlier than before, or seen as
@@ -280,7 +385,9 @@ impl IdentityMap {
         if earlier {
             node.first_seen = ts;
         }
+        self.dirty_node(n);
         let root = self.root(n);
+        self.captured_changed(Some(n), Some(root));
         let Some(g) = self.groups.get(&root) else {
             if upgraded {
                 self.nodes[n as usize].kind = IdKind::Known;
@@ -350,6 +457,7 @@ impl IdentityMap {
             return;
         }
         self.join(ra, rb, ga, gb, reason, Some(out));
+        self.dirty.links.push(self.links.len() as u32);
         self.links.push((na, nb, reason));
     }
 
@@ -375,6 +483,11 @@ impl IdentityMap {
         self.nodes[child as usize].parent = root;
         for &m in &small.members {
             self.nodes[m as usize].parent = root;
+        }
+        self.captured_changed(Some(child), Some(child));
+        self.captured_changed(None, Some(root));
+        for &m in &small.members {
+            self.captured_changed(Some(m), None);
         }
         big.members.extend_from_slice(&small.members);
         big.known += small.known;
@@ -433,6 +546,179 @@ impl IdentityMap {
             m.join(ra, rb, ga, gb, reason, None);
             m.links.push((a, b, reason));
         }
+        m.dirty = Changed::default();
+        m.cap = CaptureChanges::default();
         Ok(m)
+    }
+
+    /// Whether identifiers or links changed since the last [`IdentityMap::take_changes`].
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Moves what changed since the last call to the taken list, which the next
+    /// [`IdentityMap::capture_into`] hands to its destination (the changelog writes it from
+    /// there).
+    pub fn take_changes(&mut self) {
+        let Changed { nodes, links } = &mut self.dirty;
+        self.taken.nodes.append(nodes);
+        self.taken.links.append(links);
+    }
+
+    /// Copies the map into `dst` (a checkpoint's capture) and hands it the taken list.
+    /// With `incremental` (`dst` holds this map's previous capture), only what changed since
+    /// then is copied: appended identifiers and links, changed nodes' fields, changed groups.
+    pub fn capture_into(&mut self, dst: &mut IdentityMap, incremental: bool) {
+        let cap = std::mem::take(&mut self.cap);
+        let grown = dst.nodes.len() <= self.nodes.len() && dst.links.len() <= self.links.len();
+        if incremental && !cap.full && grown {
+            let old = dst.nodes.len();
+            for &n in &cap.nodes {
+                let n = n as usize;
+                if n < old {
+                    let (from, to) = (&self.nodes[n], &mut dst.nodes[n]);
+                    (to.kind, to.first_seen, to.parent) = (from.kind, from.first_seen, from.parent);
+                }
+            }
+            for (i, n) in self.nodes[old..].iter().enumerate() {
+                dst.index.insert(n.key.clone(), (old + i) as u32);
+                dst.nodes.push(n.clone());
+            }
+            for &root in &cap.groups {
+                match self.groups.get(&root) {
+                    Some(g) => {
+                        dst.groups.insert(root, g.clone());
+                    }
+                    None => {
+                        dst.groups.remove(&root);
+                    }
+                }
+            }
+            dst.links.extend_from_slice(&self.links[dst.links.len()..]);
+        } else {
+            dst.nodes.clone_from(&self.nodes);
+            dst.index.clone_from(&self.index);
+            dst.groups.clone_from(&self.groups);
+            dst.links.clone_from(&self.links);
+        }
+        dst.dirty = Changed::default();
+        dst.cap = CaptureChanges::default();
+        dst.taken = std::mem::take(&mut self.taken);
+    }
+
+    /// Marks again what a failed checkpoint's capture carried.
+    pub fn remark(&mut self, capture: &mut IdentityMap) {
+        self.dirty.append(&mut capture.taken);
+    }
+
+    /// The changelog records of what the capture carries, key and value: each identifier added
+    /// or changed (`\0id/` + map key → `I`, kind u8, first seen), then each link accepted
+    /// (`\0ln/` + byte length of a's key + `:` + a's key + b's key → `L`, reason u8).
+    pub fn taken_records(&self) -> Vec<(String, Vec<u8>)> {
+        let mut nodes = self.taken.nodes.clone();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let mut out = Vec::with_capacity(nodes.len() + self.taken.links.len());
+        for n in nodes {
+            let node = &self.nodes[n as usize];
+            let mut v = vec![b'I', node.kind as u8];
+            Enc(&mut v).ts(node.first_seen);
+            out.push((format!("{ID_RECORD}{}", node.key), v));
+        }
+        let mut links = self.taken.links.clone();
+        links.sort_unstable();
+        links.dedup();
+        for l in links {
+            let (a, b, r) = self.links[l as usize];
+            let (a, b) = (&self.nodes[a as usize].key, &self.nodes[b as usize].key);
+            out.push((format!("{LINK_RECORD}{}:{a}{b}", a.len()), vec![b'L', r as u8]));
+        }
+        out
+    }
+
+    /// Installs a record read from the changelog (no guards; nothing marked changed): an
+    /// identifier is added, or takes the record's kind and first-seen time (its group's
+    /// canonical id recomputed); a link joins two identifiers' groups unless they are one.
+    pub fn restore(&mut self, record: IdentityRecord) -> Result<(), StateError> {
+        match record {
+            IdentityRecord::Id { key, kind, first_seen } => {
+                let n = self.node(&key, kind, first_seen);
+                let node = &mut self.nodes[n as usize];
+                (node.kind, node.first_seen) = (kind, first_seen);
+                let root = self.root(n);
+                self.captured_changed(Some(n), Some(root));
+                if let Some(mut g) = self.groups.get(&root).cloned() {
+                    let count = |k| g.members.iter().filter(|&&m| self.nodes[m as usize].kind == k).count() as u32;
+                    (g.known, g.anonymous) = (count(IdKind::Known), count(IdKind::Anonymous));
+                    g.canonical = g
+                        .members
+                        .iter()
+                        .copied()
+                        .filter(|&m| self.nodes[m as usize].kind != IdKind::Email)
+                        .reduce(|a, b| self.better(a, b));
+                    self.groups.insert(root, g);
+                }
+            }
+            IdentityRecord::Link { a, b, reason } => {
+                let missing = StateError::Invalid { what: "identity link (unknown identifier)", at: 0 };
+                let (Some(&na), Some(&nb)) = (self.index.get(a.as_str()), self.index.get(b.as_str())) else {
+                    return Err(missing);
+                };
+                let (ra, rb) = (self.root(na), self.root(nb));
+                if ra != rb {
+                    let (ga, gb) = (self.group(ra), self.group(rb));
+                    self.join(ra, rb, ga, gb, reason, None);
+                    self.links.push((na, nb, reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a changelog read: nothing is owed to the changelog.
+    pub fn finish_restore(&mut self) {
+        self.dirty = Changed::default();
+        self.taken = Changed::default();
+        self.cap = CaptureChanges::default();
+    }
+
+    /// Whether the map holds what `record` says: the identifier with that kind and first-seen
+    /// time, or the two identifiers in one group.
+    pub fn holds(&self, record: &IdentityRecord) -> bool {
+        match record {
+            IdentityRecord::Id { key, kind, first_seen } => self.index.get(key.as_str()).is_some_and(|&n| {
+                (self.nodes[n as usize].kind, self.nodes[n as usize].first_seen) == (*kind, *first_seen)
+            }),
+            IdentityRecord::Link { a, b, .. } => match (self.index.get(a.as_str()), self.index.get(b.as_str())) {
+                (Some(&x), Some(&y)) => self.root(x) == self.root(y),
+                _ => false,
+            },
+        }
+    }
+
+    /// Whether the map holds an identifier under this map key.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// Marks an identifier changed by its map key (a record of a checkpoint that did not
+    /// finish: the next checkpoint writes it again).
+    pub fn mark_key(&mut self, key: &str) {
+        if let Some(&n) = self.index.get(key) {
+            self.dirty_node(n);
+        }
+    }
+
+    /// Each identifier's map key with its group's canonical id and kind, sorted: what two maps
+    /// that resolve alike share, whatever their insertion order (for tests and tools).
+    pub fn resolution(&self) -> Vec<(String, IdKind, Ts, String)> {
+        let mut v: Vec<_> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.key.to_string(), n.kind, n.first_seen, self.canonical_of(i as u32).to_string()))
+            .collect();
+        v.sort();
+        v
     }
 }

@@ -222,8 +222,15 @@ impl State {
                 }
             };
             flight.reported(&done);
+            let mut spare = done.spare;
+            if done.result.is_err()
+                && let Some(shard) = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard))
+                && shard.engine.lineage() == done.source
+            {
+                shard.engine.remark_sections(&mut spare);
+            }
             if self.shards.contains_key(&done.shard) {
-                self.spares.insert(done.shard, done.spare);
+                self.spares.insert(done.shard, spare);
             }
             match done.result {
                 Ok(None) => {}

@@ -8,6 +8,7 @@ use prometheus::local::{LocalHistogram, LocalIntCounter};
 use rdkafka::message::Message;
 
 use crate::codec;
+use crate::core::crm::CrmMemory;
 use crate::core::{Engine, Funnel, Journey, Source, Ts};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::unix_now;
@@ -120,9 +121,16 @@ impl State {
         // The state already covers everything before its position: a message below it comes from
         // a rewound start (kafka.resume_rewind), a re-delivered batch or a CRM topic read from
         // its start to rebuild the memory, and is not applied.
+        let name = &settings.kafka.input_topics[topic];
         if msg.offset() < shard.positions[topic] {
-            shard.learn(topic, msg.offset(), msg.payload().unwrap_or_default(), &specs[topic], journey, limits);
+            let payload = msg.payload().unwrap_or_default();
+            if shard.learn(topic, name, msg.offset(), payload, &specs[topic], journey, limits) {
+                metrics.crm_rebuild_messages.inc();
+            }
             return;
+        }
+        if shard.crm_rebuild[topic] > 0 {
+            shard.rebuilt(topic);
         }
         if shard.positions[topic] >= 0 && msg.offset() > shard.positions[topic] {
             tracing::debug!(
@@ -138,8 +146,19 @@ impl State {
         // One event, or each item of a Segment batch or a CRM message; a bad item is
         // dead-lettered on its own.
         let spec = &specs[topic];
-        shard.crm_seen[topic] = msg.offset() + 1;
-        for (item, result) in codec::inbound::decode_input(payload, spec, journey, limits, &mut shard.crm[topic]) {
+        let mut none = CrmMemory::with_limit(1);
+        let (memory, evicted) = if spec.format.is_crm() {
+            let m = shard.engine.crm_memory(name);
+            let e = m.evicted();
+            (m, Some(e))
+        } else {
+            (&mut none, None)
+        };
+        let decoded = codec::inbound::decode_input(payload, spec, journey, limits, memory);
+        if let Some(before) = evicted {
+            metrics.crm_evicted.inc_by(memory.evicted() - before);
+        }
+        for (item, result) in decoded {
             match result {
                 Err(e) => {
                     metrics.events_rejected.with_label_values(&[e.reason().as_str()]).inc();

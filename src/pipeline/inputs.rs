@@ -146,7 +146,10 @@ impl State {
         // Covered by the state already (kafka.resume_rewind, a re-delivered batch, a CRM topic
         // read from its start to rebuild the memory), or queued.
         if msg.offset() < shard.positions[t] {
-            shard.learn(t, msg.offset(), msg.payload().unwrap_or_default(), &self.specs[t], journey, &self.limits);
+            let payload = msg.payload().unwrap_or_default();
+            if shard.learn(t, &topics[t], msg.offset(), payload, &self.specs[t], journey, &self.limits) {
+                self.metrics.crm_rebuild_messages.inc();
+            }
             return;
         }
         let inputs = &mut shard.inputs;

@@ -93,9 +93,10 @@ impl State {
     pub(super) fn start_offset(&self, topic: &str, p: i32) -> Offset {
         let i = self.settings.kafka.input_topics.iter().position(|x| x == topic).unwrap_or(0);
         let pos = self.shards.get(&p).map_or(-1, |s| s.positions[i]);
-        // A CRM topic whose memory is empty (a restored shard) is read from its start: the
-        // messages its state covers rebuild the memory (`Shard::learn`) and are not applied.
-        let rebuild = self.specs[i].format.is_crm() && self.shards.get(&p).is_some_and(|s| s.crm_seen[i] == 0);
+        // A CRM topic whose memory is being rebuilt (restored from a state without one) is read
+        // from its start: the messages its state covers only teach the memory
+        // (`Shard::learn`) and are not applied.
+        let rebuild = self.shards.get(&p).is_some_and(|s| s.crm_rebuild[i] > 0);
         match (pos, self.settings.checkpoint.persists()) {
             (n, _) if n > 0 && rebuild => Offset::Beginning,
             (n, _) if n >= 0 => Offset::Offset((n - self.settings.kafka.resume_rewind as i64).max(0)),
@@ -143,6 +144,7 @@ impl State {
                 shard.positions[i] = r.positions.get(t).copied().unwrap_or(-1);
             }
             shard.checkpointed = shard.positions.clone();
+            shard.start_crm_rebuild(&self.specs);
             shard.seq = r.seq;
             shard.tombstones = r.tombstones;
             for id in &r.rewrite {

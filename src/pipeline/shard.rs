@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::codec::{self, InputSpec, Limits};
-use crate::core::crm::CrmMemory;
 use crate::core::{Engine, Journey};
 
 use super::inputs::Inputs;
@@ -22,12 +21,11 @@ pub(super) struct Shard {
     pub(super) tombstones: Vec<String>,
     /// Delivered messages not yet processed, for the event-time merge.
     pub(super) inputs: Inputs,
-    /// Per input topic, what the shard remembers of CRM objects (previous values, contact
-    /// links). Not checkpointed: a restored shard rebuilds it by reading its CRM topics from
-    /// the beginning (`rebalance::assign`), learning from the messages its state already covers
-    /// without applying them (`learn`).
-    pub(super) crm: Vec<CrmMemory>,
-    /// Per input topic, the offset up to which `crm` has learnt: a message is learnt once.
+    /// Per input topic, while the engine's CRM memory is rebuilt after a restore from a state
+    /// without one (version 3 or older): the restored position, up to which the topic is read
+    /// from its beginning only to teach the memory (`learn`); 0 otherwise.
+    pub(super) crm_rebuild: Vec<i64>,
+    /// Per input topic, the offset up to which the rebuild has learnt: a message is learnt once.
     pub(super) crm_seen: Vec<i64>,
 }
 
@@ -41,28 +39,61 @@ impl Shard {
             seq: 0,
             tombstones: Vec::new(),
             inputs: Inputs::new(topics),
-            crm: vec![CrmMemory::default(); topics],
+            crm_rebuild: vec![0; topics],
             crm_seen: vec![0; topics],
         }
     }
 
-    /// A message of CRM topic `t` that the shard's state already covers (below its position):
-    /// only its memory learns from it, once; its events are not applied again (they were before
-    /// the restore) and its errors were dead-lettered then.
+    /// After a restore: when the engine's CRM memory is incomplete (restored from a state of
+    /// version 3 or older), each CRM topic with a covered part is rebuilt from its beginning
+    /// (`rebalance::start_offset`); with none to rebuild, the memory counts as complete.
+    pub(super) fn start_crm_rebuild(&mut self, specs: &[InputSpec]) {
+        if self.engine.crm().is_complete() {
+            return;
+        }
+        for (t, spec) in specs.iter().enumerate() {
+            if spec.format.is_crm() && self.positions[t] > 0 {
+                self.crm_rebuild[t] = self.positions[t];
+            }
+        }
+        self.rebuilt(usize::MAX);
+    }
+
+    /// Topic `t` has reached its restored position (`usize::MAX`: none); the memory is complete
+    /// once every topic has.
+    pub(super) fn rebuilt(&mut self, t: usize) {
+        if let Some(r) = self.crm_rebuild.get_mut(t) {
+            *r = 0;
+        }
+        if self.crm_rebuild.iter().all(|r| *r == 0) && !self.engine.crm().is_complete() {
+            self.engine.set_crm_complete(true);
+        }
+    }
+
+    /// A message of CRM topic `t` (named `name`) that the shard's state already covers (below
+    /// its position), read while its memory is rebuilt: only the memory learns from it, once;
+    /// its events are not applied again (they were before the restore) and its errors were
+    /// dead-lettered then. Returns whether it learnt from it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn learn(
         &mut self,
         t: usize,
+        name: &str,
         offset: i64,
         payload: &[u8],
         spec: &InputSpec,
         journey: &Journey,
         limits: &Limits,
-    ) {
-        if !spec.format.is_crm() || offset < self.crm_seen[t] {
-            return;
+    ) -> bool {
+        if self.crm_rebuild[t] == 0 || offset < self.crm_seen[t] {
+            return false;
         }
-        codec::decode_input(payload, spec, journey, limits, &mut self.crm[t]).for_each(drop);
+        codec::decode_input(payload, spec, journey, limits, self.engine.crm_memory(name)).for_each(drop);
         self.crm_seen[t] = offset + 1;
+        if offset + 1 >= self.crm_rebuild[t] {
+            self.rebuilt(t);
+        }
+        true
     }
 
     /// What the merge knows of input `t`.

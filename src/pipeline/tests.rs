@@ -60,7 +60,16 @@ fn state(
     store: Option<Arc<MemStore>>,
     changelog: Option<Arc<MemChangelog>>,
 ) -> (State, Metrics, Status) {
-    let settings = settings();
+    state_with(settings(), journey, store, changelog)
+}
+
+/// [`state`] with `settings`.
+fn state_with(
+    settings: Settings,
+    journey: &Arc<Journey>,
+    store: Option<Arc<MemStore>>,
+    changelog: Option<Arc<MemChangelog>>,
+) -> (State, Metrics, Status) {
     let metrics = Metrics::new(journey).unwrap();
     let status = Status::default();
     let h = Handles {
@@ -172,6 +181,8 @@ fn refused_changelog_records_commit_nothing_and_the_next_checkpoint_writes_them(
     let rec = Recorder::default();
     st.take_shards(&shards(&[0]));
     feed(&mut st, 0, &events[..200]);
+    // A CRM memory entry changes with them: shard state too, handed back like the prospects.
+    st.shards.get_mut(&0).unwrap().engine.crm_memory("crm").link("deal", "9", "contact-9");
 
     // The broker refuses every record.
     changelog.refuse(Refuse::Records);
@@ -205,6 +216,8 @@ fn refused_changelog_records_commit_nothing_and_the_next_checkpoint_writes_them(
     assert_eq!(restored_from(&other_status, 0), RestoreSource::Changelog);
     assert_eq!(digest(&other, 0), digest(&st, 0), "the changelog alone holds the whole state");
     assert_eq!(other.shards[&0].positions, st.shards[&0].positions);
+    assert_eq!(other.shards[&0].engine.crm(), st.shards[&0].engine.crm(), "and the CRM memory");
+    assert!(other.shards[&0].engine.crm().memories().any(|(_, m)| m.contact("deal", "9") == Some("contact-9")));
 }
 
 #[test]
@@ -363,4 +376,64 @@ fn a_shards_last_durable_time_moves_only_when_its_state_is_durable_and_leaves_wi
     st.give_up(&rec, &shards(&[1]));
     let text = metrics.render();
     assert!(text.contains(&series(0)) && !text.contains(&series(1)), "a revoked shard's series goes: {text}");
+}
+
+/// Settings whose second input topic carries HubSpot webhooks.
+fn hubspot_settings() -> (Settings, String) {
+    let mut s = settings();
+    let crm = s.kafka.input_topics[1].clone();
+    s.inputs.insert(crm.clone(), crate::config::InputSettings { format: "hubspot".into(), ..Default::default() });
+    s.kafka.resume_rewind = 0;
+    (s, crm)
+}
+
+#[test]
+fn a_crm_topic_starts_at_the_restored_position_with_its_memory_restored() {
+    let journey = journey();
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (settings, crm) = hubspot_settings();
+    let (mut st, _, _) = state_with(settings.clone(), &journey, None, Some(Arc::clone(&changelog)));
+    st.take_shards(&shards(&[0]));
+    feed(&mut st, 0, &stream(&journey, 40));
+    st.shards.get_mut(&0).unwrap().engine.crm_memory(&crm).link("deal", "7", "contact-7");
+    let rec = Recorder::default();
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    let position = st.shards[&0].positions[1];
+    assert!(position > 0);
+
+    let (mut st, _, status) = state_with(settings, &journey, None, Some(changelog));
+    st.take_shards(&shards(&[0]));
+    assert_eq!(restored_from(&status, 0), RestoreSource::Changelog);
+    let shard = st.shards.get_mut(&0).unwrap();
+    assert!(shard.engine.crm().is_complete());
+    assert_eq!(shard.engine.crm_memory(&crm).contact("deal", "7"), Some("contact-7"));
+    assert_eq!(st.start_offset(&crm, 0), rdkafka::Offset::Offset(position), "no rebuild: from the position");
+}
+
+#[test]
+fn a_state_without_crm_memory_rebuilds_it_once_from_the_crm_topic() {
+    let journey = journey();
+    let (settings, crm) = hubspot_settings();
+    let (mut st, _, _) = state_with(settings, &journey, None, None);
+    // A shard restored from a state of version 3: covered up to offset 2 of the CRM topic.
+    let mut engine = crate::core::Engine::new(Arc::clone(&journey));
+    engine.set_crm_complete(false);
+    let mut shard = super::shard::Shard::new(engine, 2);
+    shard.positions = vec![5, 2];
+    shard.start_crm_rebuild(&st.specs);
+    st.shards.insert(0, shard);
+    assert_eq!(st.start_offset(&crm, 0), rdkafka::Offset::Beginning, "read from the beginning to rebuild");
+    assert_eq!(st.start_offset(&st.settings.kafka.input_topics[0].clone(), 0), rdkafka::Offset::Offset(5));
+
+    let association = br#"[{"eventId":1,"subscriptionId":9,"portalId":1,"occurredAt":1772438400000,"subscriptionType":"deal.associationChange","associationType":"DEAL_TO_CONTACT","fromObjectId":7,"toObjectId":901,"associationRemoved":false}]"#;
+    let (specs, limits) = (st.specs.clone(), st.limits);
+    let shard = st.shards.get_mut(&0).unwrap();
+    assert!(shard.learn(1, &crm, 0, association, &specs[1], &journey, &limits));
+    assert!(!shard.learn(1, &crm, 0, association, &specs[1], &journey, &limits), "a message is learnt once");
+    assert!(!shard.engine.crm().is_complete(), "offset 1 is still to be learnt");
+    assert!(shard.learn(1, &crm, 1, b"[]", &specs[1], &journey, &limits));
+    assert!(shard.engine.crm().is_complete(), "the restored position is reached");
+    assert_eq!(shard.engine.crm_memory(&crm).contact("deal", "7"), Some("901"));
+    assert!(!shard.learn(1, &crm, 1, b"[]", &specs[1], &journey, &limits), "no rebuild any more");
+    assert_eq!(st.start_offset(&crm, 0), rdkafka::Offset::Offset(2));
 }

@@ -51,6 +51,11 @@ pub struct Metrics {
     /// links refused by the guards, by reason.
     pub prospects_merged: IntCounterVec,
     pub merges_refused: IntCounterVec,
+    /// CRM memory entries evicted past `[crm] max_entries` (least recently changed first).
+    pub crm_evicted: IntCounter,
+    /// Messages of CRM topics read again only to rebuild a CRM memory after a restore from a
+    /// state that had none (state version 3 or older).
+    pub crm_rebuild_messages: IntCounter,
     pub latency: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub producer_errors: IntCounter,
@@ -358,6 +363,16 @@ impl Metrics {
                 "microfunnel_merges_refused_total",
                 "Identity links refused by the `[identity]` guards, by reason (a `merge_refused` journey event each).",
                 &["reason"],
+            )?,
+            crm_evicted: counter(
+                &r,
+                "microfunnel_crm_memory_evicted_total",
+                "CRM memory entries (property values, contact links) evicted past `[crm] max_entries` per shard and topic, least recently changed first.",
+            )?,
+            crm_rebuild_messages: counter(
+                &r,
+                "microfunnel_crm_rebuild_messages_total",
+                "Messages of CRM topics read again, below the restored position, only to rebuild the CRM memory after a restore from a state without one (state version 3 or older).",
             )?,
             alerts_suppressed: counter_vec(
                 &r,

@@ -747,3 +747,107 @@ pub fn assert_equals_oracle(
     assert_eq!(ids, oracle.alerts);
     alerts
 }
+
+// ---- the service as a process (kill -9) ---------------------------------------------------------
+
+/// The service binary run with `settings` (written to a TOML file: `[inputs]` sections included),
+/// its HTTP endpoints on a port of its own, its snapshots under `state` (`None`: no snapshot
+/// directory), the changelog on. `kill9` ends it without any shutdown; dropping it does too.
+pub struct Process {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn start(settings: &Settings, state: Option<&Path>) -> Process {
+        let port = free_port();
+        let mut s = settings.clone();
+        s.http.listen = format!("127.0.0.1:{port}");
+        s.checkpoint.dir = state.map(Path::to_path_buf).unwrap_or_default();
+        s.checkpoint.changelog = true;
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let config = dir.join(format!("{}.toml", unique(&s.kafka.group_id)));
+        std::fs::write(&config, toml::to_string(&s).expect("settings as TOML")).expect("write the config");
+        let log = dir.join(format!("{}.log", unique(&s.kafka.group_id)));
+        let logfile = std::fs::File::create(&log).expect("log file");
+        let child = bin()
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("MICROFUNNEL__LOG__LEVEL", "info,librdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(logfile)
+            .spawn()
+            .expect("start the service");
+        Process { child: Some(child), port, log }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// `GET /shards`' list, `None` while the process does not answer.
+    pub fn shards(&self) -> Option<Vec<Value>> {
+        TcpStream::connect(self.addr()).ok()?;
+        let (code, body) = http_get(self.addr(), "/shards");
+        (code == 200)
+            .then(|| serde_json::from_str::<Value>(&body).ok())?
+            .map(|v| v["shards"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Each shard's checkpoint digest once the checkpoints cover `total` input messages, and
+    /// the shards as `/shards` lists them.
+    pub fn checkpointed(&self, total: i64, partitions: usize, limit: Duration) -> (BTreeMap<i64, String>, Vec<Value>) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let shards = self.shards().unwrap_or_default();
+            let mut covered = 0;
+            let mut digests = BTreeMap::new();
+            for sh in &shards {
+                if let Some(c) = sh["checkpoint"].as_object() {
+                    covered += c["positions"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum::<i64>();
+                    if let Some(d) = c["digest"].as_str() {
+                        digests.insert(sh["partition"].as_i64().unwrap(), d.to_string());
+                    }
+                }
+            }
+            if covered == total && digests.len() == partitions {
+                return (digests, shards);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "checkpoints cover {covered} of {total} messages: {shards:?}; log {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.addr(), "/metrics").1
+    }
+
+    /// SIGSTOP: the process holds its state and group membership but does nothing.
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let st = Command::new("kill").args(["-STOP", &pid]).status().expect("kill -STOP");
+        assert!(st.success());
+    }
+
+    /// SIGKILL: no checkpoint, no commit, no leaving the group.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("reap");
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

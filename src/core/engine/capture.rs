@@ -5,6 +5,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use super::Engine;
+use crate::core::identity::IdentityMap;
 use crate::core::ids::ProspectIx;
 
 /// See [`Engine::capture_into`]: an incremental capture is used while at most one prospect in
@@ -47,8 +48,9 @@ impl Engine {
     pub fn capture_into(&mut self, dst: &mut Engine) -> bool {
         // Copying one changed prospect touches scattered memory; a full copy streams. Past
         // about one prospect in CAPTURE_FULL_SHARE changed, the full copy is the faster.
-        let incremental = dst.captured_from == Some((self.lineage.0, self.captures))
-            && Arc::ptr_eq(&dst.journey, &self.journey)
+        let same =
+            dst.captured_from == Some((self.lineage.0, self.captures)) && Arc::ptr_eq(&dst.journey, &self.journey);
+        let incremental = same
             && dst.len() <= self.len()
             && self.changed.iter().map(|w| w[1].count_ones() as usize).sum::<usize>() * CAPTURE_FULL_SHARE
                 <= self.len();
@@ -70,7 +72,18 @@ impl Engine {
         dst.leap = self.leap;
         dst.funnel.clone_from(&self.funnel);
         dst.stats.clone_from(&self.stats);
-        dst.identity.clone_from(&self.identity);
+        match (&mut self.identity, &mut dst.identity) {
+            (Some(src), Some(d)) => src.capture_into(d, same),
+            (Some(src), d) => {
+                let mut map = Box::default();
+                src.capture_into(&mut map, false);
+                *d = Some(map);
+            }
+            (None, d) => *d = None,
+        }
+        // The CRM memories copy only their changed entries whenever `dst` holds the previous
+        // capture (their whole copy costs about as much as a million prospects' incremental one).
+        self.crm.capture_into(&mut dst.crm, same);
         dst.changed.clear();
         self.captures += 1;
         dst.captured_from = Some((self.lineage.0, self.captures));
@@ -150,7 +163,14 @@ impl Engine {
     }
 
     /// The prospects whose state changed since the last call, in index order; clears the marks.
+    /// Shard-level changes (CRM memory entries, identifiers and links) are taken too, and
+    /// carried by the next [`Engine::capture_into`] to the capture, which the changelog writes
+    /// them from.
     pub fn take_changed(&mut self) -> Vec<ProspectIx> {
+        self.crm.take_changes();
+        if let Some(map) = self.identity.as_deref_mut() {
+            map.take_changes();
+        }
         let mut out = Vec::new();
         for (w, bits) in self.changed.iter_mut().enumerate() {
             let mut b = std::mem::take(&mut bits[0]);
@@ -165,5 +185,7 @@ impl Engine {
     /// Whether any prospect changed since the last [`Engine::take_changed`].
     pub fn has_changes(&self) -> bool {
         self.changed.iter().any(|b| b[0] != 0)
+            || self.crm.has_changes()
+            || self.identity.as_deref().is_some_and(IdentityMap::has_changes)
     }
 }

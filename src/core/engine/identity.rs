@@ -9,11 +9,12 @@ use super::timers::TimerKind;
 use super::{Engine, Extras};
 use crate::core::event::{Event, EventKind};
 use crate::core::funnel::OutcomeFacts;
-use crate::core::identity::{Change, IdKind, LinkReason};
+use crate::core::identity::{Change, IdKind, IdentityMap, IdentityRecord, LinkReason};
 use crate::core::ids::ProspectIx;
 use crate::core::journey::{Journey, Outcome};
 use crate::core::output::Output;
 use crate::core::prospect::{self, Prospect};
+use crate::core::snapshot::StateError;
 use crate::core::time::{MS_PER_SEC, Ts};
 
 /// What identity resolution did in a shard (not state: counted since the engine started).
@@ -67,6 +68,41 @@ impl Engine {
                 self.apply_one(&routed, out);
             }
             None => self.apply_one(ev, out),
+        }
+    }
+
+    /// The identity map, when the journey resolves identities.
+    pub fn identity_map(&self) -> Option<&IdentityMap> {
+        self.identity.as_deref()
+    }
+
+    /// Installs an identity record read from the changelog; `Ok(false)` when identity
+    /// resolution is off (the record is dropped).
+    pub fn restore_identity(&mut self, record: IdentityRecord) -> Result<bool, StateError> {
+        match self.identity.as_deref_mut() {
+            Some(map) => map.restore(record).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// After a changelog read: nothing is owed to the changelog.
+    pub fn finish_identity_restore(&mut self) {
+        if let Some(map) = self.identity.as_deref_mut() {
+            map.finish_restore();
+        }
+    }
+
+    /// A record of a checkpoint that did not finish: whether the next checkpoint must delete it
+    /// (the state does not hold it); an identifier the state holds is written again instead.
+    pub fn unfinished_identity_record(&mut self, record: &IdentityRecord) -> bool {
+        let Some(map) = self.identity.as_deref_mut() else { return true };
+        match record {
+            IdentityRecord::Id { key, .. } if map.has_key(key) => {
+                map.mark_key(key);
+                false
+            }
+            IdentityRecord::Id { .. } => true,
+            IdentityRecord::Link { .. } => !map.holds(record),
         }
     }
 

@@ -19,8 +19,9 @@
 //! This module holds the [`Engine`] state, its construction and restore, [`Engine::apply`] and the
 //! read accessors; each concern of `apply` is a child module: `clock` (clock, watermark, sweep),
 //! `extras` (dedup and per-prospect extras), `rules` (hot and sequence rules), `stages` (stage
-//! moves and outcomes), `timers` (ghost, stall and gone-quiet timers), `capture` (change tracking and
-//! captures for checkpoints), `view` (views, digests, census) and [`snapshot`] (state encoding).
+//! moves and outcomes), `timers` (ghost, stall and gone-quiet timers), `crm` (the CRM memories as
+//! shard state), `capture` (change tracking and captures for checkpoints), `view` (views,
+//! digests, census) and [`snapshot`] (state encoding).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -42,6 +43,7 @@ use super::time::Ts;
 mod breakdown;
 mod capture;
 mod clock;
+mod crm;
 mod extras;
 mod identity;
 mod rules;
@@ -51,6 +53,7 @@ mod timers;
 mod view;
 
 use capture::Lineage;
+pub use crm::CrmState;
 use extras::{Emails, Seen};
 pub use extras::{Extras, dedup_key};
 pub use identity::IdentityStats;
@@ -127,6 +130,8 @@ pub struct Engine {
     identity_stats: IdentityStats,
     /// `[breakdowns]`: value tables and each prospect's attributed values (empty when off).
     attr: Attributions,
+    /// Per CRM input topic, what the shard remembers of its objects (`crm.rs`).
+    crm: crm::CrmState,
 }
 
 fn journey_identity(journey: &Journey) -> Option<Box<IdentityMap>> {
@@ -157,6 +162,7 @@ impl Engine {
             captures: 0,
             captured_from: None,
             identity_stats: IdentityStats::default(),
+            crm: crm::CrmState::default(),
         }
     }
 

@@ -7,6 +7,10 @@
 //! | prospect id (UTF-8)  | `P` + the prospect record (`Engine::encode_changelog_record`) |
 //! | prospect id          | none (a tombstone: delete a prospect the state does not hold) |
 //! | [`META_KEY`]         | `M` + seq u64 + n u32 + n × (topic, next i64) + shard meta    |
+//! | `\0crm/` + topic + CRM key | `C` + CRM entry (`core::crm::bytes`), or none (removed)   |
+//! | [`CRM_STATE_KEY`]    | `C` + complete u8 (the CRM memories hold all the state covers) |
+//! | `\0id/` + identifier | `I` + kind u8 + first seen (an identity map's identifier)       |
+//! | `\0ln/` + len`:` + a + b | `L` + reason u8 (an accepted identity link)               |
 //!
 //! Integers are little-endian, strings length-prefixed (`core::snapshot::Enc`). One checkpoint
 //! writes its changed prospects, the tombstones owed, then one checkpoint record that closes
@@ -19,6 +23,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::core::crm;
+use crate::core::identity::{self, IdentityRecord};
 use crate::core::snapshot::{Dec, Enc};
 use crate::core::{Engine, Journey, ProspectIx, StateError};
 
@@ -30,6 +36,14 @@ pub use kafka::KafkaChangelog;
 
 /// Key of the checkpoint records (compaction keeps the newest).
 pub const META_KEY: &[u8] = b"\0microfunnel.checkpoint";
+
+/// Key of the record saying whether the CRM memories are complete; every checkpoint of state
+/// version 4 on writes it.
+pub const CRM_STATE_KEY: &[u8] = b"\0crm.state";
+
+/// Prefix of the keys of CRM memory entries: then the topic (length-prefixed) and the entry's
+/// key (`core::crm::bytes::encode_key`).
+pub const CRM_PREFIX: &[u8] = b"\0crm/";
 
 /// Why a changelog write or read failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +132,8 @@ impl Batch {
                 self.records.push((key, None));
             }
         }
+        self.crm_records(engine);
+        self.identity_records(engine);
         let key = self.push_bytes(META_KEY);
         let at = self.buf.len();
         self.buf.push(b'M');
@@ -130,6 +146,44 @@ impl Batch {
         }
         engine.encode_meta(&mut self.buf);
         self.records.push((key, Some(at..self.buf.len())));
+    }
+
+    /// The CRM memory entries the capture carries (changed since the previous checkpoint; a
+    /// tombstone for each removed or evicted one), then the completeness record.
+    fn crm_records(&mut self, engine: &Engine) {
+        for (topic, memory) in engine.crm().memories() {
+            for (kind, key, entry) in memory.taken() {
+                let k = self.buf.len();
+                self.buf.extend_from_slice(CRM_PREFIX);
+                let mut w = Enc(&mut self.buf);
+                w.bytes(topic.as_bytes());
+                crm::bytes::encode_key(kind, key, &mut w);
+                let key = k..self.buf.len();
+                let value = entry.map(|(entry, stamp)| {
+                    let at = self.buf.len();
+                    self.buf.push(b'C');
+                    crm::bytes::encode_entry(&entry, stamp, &mut Enc(&mut self.buf));
+                    at..self.buf.len()
+                });
+                self.records.push((key, value));
+            }
+        }
+        let key = self.push_bytes(CRM_STATE_KEY);
+        let at = self.buf.len();
+        self.buf.push(b'C');
+        self.buf.push(u8::from(engine.crm().is_complete()));
+        self.records.push((key, Some(at..self.buf.len())));
+    }
+
+    /// The identifiers and links the capture carries (added or changed since the previous
+    /// checkpoint; `core::identity`).
+    fn identity_records(&mut self, engine: &Engine) {
+        let Some(map) = engine.identity_map() else { return };
+        for (k, v) in map.taken_records() {
+            let key = self.push_bytes(k.as_bytes());
+            let value = self.push_bytes(&v);
+            self.records.push((key, Some(value)));
+        }
     }
 
     fn push_bytes(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -219,8 +273,8 @@ impl Fold {
             return;
         };
         let mut r = Dec::new(meta);
-        let parsed = checkpoint_header(&mut r).and_then(|h| self.engine.decode_meta(&mut r).map(|_| h));
-        let (seq, positions) = match parsed {
+        let parsed = checkpoint_header(&mut r).and_then(|h| self.engine.decode_meta(&mut r).map(|v| (h, v)));
+        let ((seq, positions), version) = match parsed {
             Ok(h) => h,
             Err(e) => {
                 self.stats.bad += 1;
@@ -228,6 +282,8 @@ impl Fold {
                 return;
             }
         };
+        self.crm_confirmed(shard, version);
+        self.identity_confirmed(shard);
         for (id, rec) in self.staged.drain() {
             let Some(rec) = rec else { continue };
             let Ok(id) = std::str::from_utf8(&id) else { continue };
@@ -250,20 +306,137 @@ impl Fold {
         self.stats.checkpoints += 1;
     }
 
+    /// Installs the staged CRM records a checkpoint record (of state `version`) confirms and
+    /// takes them out of `staged`. A checkpoint of version 3 or older carries no CRM memory:
+    /// the memories are then incomplete.
+    fn crm_confirmed(&mut self, shard: i32, version: u32) {
+        let mut complete = version >= 4;
+        let crm: Vec<Vec<u8>> = self.staged.keys().filter(|k| is_crm_key(k)).cloned().collect();
+        for k in crm {
+            let v = self.staged.remove(&k).flatten();
+            if k == CRM_STATE_KEY {
+                complete = v.as_deref() == Some(b"C\x01");
+                continue;
+            }
+            let installed = crm_key(&k).and_then(|(topic, kind, key)| {
+                let entry = match v.as_deref().map(|v| v.strip_prefix(b"C")) {
+                    None => None,
+                    Some(Some(body)) => Some(crm::bytes::decode_entry(kind, &mut Dec::new(body))?),
+                    Some(None) => return Err(StateError::Invalid { what: "crm record tag", at: 0 }),
+                };
+                self.engine.restore_crm_entry(&topic, kind, key, entry);
+                Ok(())
+            });
+            match installed {
+                Ok(()) => self.stats.records += 1,
+                Err(e) => {
+                    self.stats.bad += 1;
+                    tracing::error!(shard, error = %e, "bad CRM memory record in the changelog; skipped");
+                }
+            }
+        }
+        self.engine.set_crm_complete(complete);
+    }
+
+    /// Installs the staged identity records a checkpoint record confirms (identifiers first,
+    /// then links, each in key order) and takes them out of `staged`.
+    fn identity_confirmed(&mut self, shard: i32) {
+        let keys: Vec<Vec<u8>> = self.staged.keys().filter(|k| is_identity_key(k)).cloned().collect();
+        let mut records = Vec::with_capacity(keys.len());
+        for k in keys {
+            // A tombstone deletes an unfinished checkpoint's record: nothing to install.
+            let Some(v) = self.staged.remove(&k).flatten() else { continue };
+            match identity_record(&k, &v) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    self.stats.bad += 1;
+                    tracing::error!(shard, error = %e, "bad identity record in the changelog; skipped");
+                }
+            }
+        }
+        records.sort_by(|a, b| match (a, b) {
+            (IdentityRecord::Id { key: x, .. }, IdentityRecord::Id { key: y, .. }) => x.cmp(y),
+            (IdentityRecord::Id { .. }, IdentityRecord::Link { .. }) => std::cmp::Ordering::Less,
+            (IdentityRecord::Link { .. }, IdentityRecord::Id { .. }) => std::cmp::Ordering::Greater,
+            (IdentityRecord::Link { a: x, b: y, .. }, IdentityRecord::Link { a: u, b: w, .. }) => (x, y).cmp(&(u, w)),
+        });
+        for r in records {
+            match self.engine.restore_identity(r) {
+                Ok(true) => self.stats.records += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    self.stats.bad += 1;
+                    tracing::error!(shard, error = %e, "identity record in the changelog that does not apply; skipped");
+                }
+            }
+        }
+    }
+
     /// The state as of the last checkpoint record read, and what an unfinished checkpoint after
     /// it wrote.
     pub fn finish(self) -> Folded {
         let Fold { mut engine, positions, seq, staged, stats } = self;
         let (mut tombstones, mut rewrite) = (Vec::new(), Vec::new());
-        for id in staged.into_keys() {
+        engine.finish_crm_restore();
+        engine.finish_identity_restore();
+        let (identity, staged): (Vec<_>, Vec<_>) = staged.into_iter().partition(|(k, _)| is_identity_key(k));
+        let (crm, staged): (Vec<_>, Vec<_>) = staged.into_iter().map(|(k, _)| k).partition(|k| is_crm_key(k));
+        // CRM entries an unfinished checkpoint wrote: the next checkpoint rewrites or deletes them.
+        let mut unfinished_crm = Vec::new();
+        for k in crm {
+            if let Ok((topic, kind, key)) = crm_key(&k) {
+                unfinished_crm.push((topic, kind, key));
+            }
+        }
+        for id in staged {
             let Ok(id) = String::from_utf8(id) else { continue };
             if engine.find(&id).is_some() { rewrite.push(id) } else { tombstones.push(id) }
         }
         tombstones.sort();
         rewrite.sort();
         engine.take_changed();
+        engine.crm_take_taken();
+        // Identity records an unfinished checkpoint wrote: rewritten if the state holds the
+        // identifier, deleted otherwise (a link the state does not hold must not join groups
+        // at a later read).
+        for (k, v) in identity {
+            let Ok(key) = String::from_utf8(k) else { continue };
+            let delete = match v.as_deref().map(|v| identity_record(key.as_bytes(), v)) {
+                Some(Ok(r)) => engine.unfinished_identity_record(&r),
+                _ => true,
+            };
+            if delete {
+                tombstones.push(key);
+            }
+        }
+        for (topic, kind, key) in unfinished_crm {
+            engine.mark_crm_entry(&topic, kind, key);
+        }
         Folded { engine, positions, seq, tombstones, rewrite, stats }
     }
+}
+
+fn is_identity_key(k: &[u8]) -> bool {
+    k.starts_with(identity::ID_RECORD.as_bytes()) || k.starts_with(identity::LINK_RECORD.as_bytes())
+}
+
+/// The identity record of a key and value.
+fn identity_record(k: &[u8], value: &[u8]) -> Result<IdentityRecord, StateError> {
+    let key = std::str::from_utf8(k).map_err(|_| StateError::Invalid { what: "identity record key", at: 0 })?;
+    IdentityRecord::read(key, value).unwrap_or(Err(StateError::Invalid { what: "identity record key", at: 0 }))
+}
+
+fn is_crm_key(k: &[u8]) -> bool {
+    k == CRM_STATE_KEY || k.starts_with(CRM_PREFIX)
+}
+
+/// A CRM entry record's key: topic, entry kind and key.
+fn crm_key(k: &[u8]) -> Result<(String, crm::EntryKind, crm::Key), StateError> {
+    let body = k.strip_prefix(CRM_PREFIX).ok_or(StateError::Invalid { what: "crm record key", at: 0 })?;
+    let mut r = Dec::new(body);
+    let topic = r.str("crm topic")?.to_string();
+    let (kind, key) = crm::bytes::decode_key(&mut r)?;
+    Ok((topic, kind, key))
 }
 
 /// The start of a checkpoint record: sequence and input positions.
@@ -355,5 +528,149 @@ mod tests {
         known.sort();
         assert_eq!(read.rewrite, known, "prospects the state holds are rewritten next time");
         assert_eq!(read.tombstones, new, "ids the state does not hold are deleted next time");
+    }
+
+    fn crm_change(engine: &mut Engine, topic: &str, id: &str, value: &str, at: i64) {
+        use crate::core::crm::{Previous, UnknownPrevious};
+        let key = ("deal", id, "dealstage");
+        let m = engine.crm_memory(topic);
+        m.transition(key, Some(value), crate::core::Ts(at), &Previous::Unknown, UnknownPrevious::Fire, false);
+    }
+
+    #[test]
+    fn crm_memory_entries_are_confirmed_by_the_checkpoint_record_and_evictions_delete_them() {
+        let mut journey = (*journey()).clone();
+        journey.crm.max_entries = 3;
+        let journey = Arc::new(journey);
+        let mut engine = Engine::new(Arc::clone(&journey));
+        let (mut log, mut batch) = (Vec::new(), Batch::default());
+        let positions = BTreeMap::from([("hubspot".to_string(), 3)]);
+        for (i, id) in ["1", "2", "3"].iter().enumerate() {
+            crm_change(&mut engine, "hubspot", id, "appointmentscheduled", i as i64);
+        }
+        engine.crm_memory("hubspot").link("deal", "1", "c-1");
+        let changed = engine.take_changed();
+        let mut spare = Engine::new(Arc::clone(&journey));
+        engine.capture_into(&mut spare);
+        batch.checkpoint(&spare, &changed, &[], 1, &positions);
+        let crm_records = owned(&batch).iter().filter(|(k, _)| k.starts_with(CRM_PREFIX)).count();
+        assert_eq!(crm_records, 4, "three values (one evicted: a tombstone) and a link");
+        log.extend(owned(&batch));
+        // Checkpoint 2: deal 2 changes; deal 4 evicts deal 3.
+        crm_change(&mut engine, "hubspot", "2", "contractsent", 10);
+        crm_change(&mut engine, "hubspot", "4", "contractsent", 11);
+        let changed = engine.take_changed();
+        engine.capture_into(&mut spare);
+        batch.checkpoint(&spare, &changed, &[], 2, &positions);
+        log.extend(owned(&batch));
+
+        let read = fold(&log, &journey);
+        assert_eq!(read.engine.crm(), engine.crm(), "the memory reads back with its eviction order");
+        assert!(read.engine.crm().is_complete());
+        assert!(!read.engine.has_changes(), "nothing is owed after a read");
+
+        // Checkpoint 3 wrote a CRM record but not its checkpoint record: not applied, owed.
+        crm_change(&mut engine, "hubspot", "4", "closedwon", 12);
+        let changed = engine.take_changed();
+        engine.capture_into(&mut spare);
+        batch.checkpoint(&spare, &changed, &[], 3, &positions);
+        let mut unfinished = log.clone();
+        unfinished.extend(owned(&batch).into_iter().take(batch.len() - 1));
+        let mut read = fold(&unfinished, &journey);
+        assert!(read.tombstones.is_empty() && read.rewrite.is_empty(), "CRM keys are not prospect ids");
+        assert!(read.engine.has_changes(), "the unfinished CRM record is rewritten next time");
+        assert_ne!(read.engine.crm(), engine.crm());
+        read.engine.take_changed();
+        read.engine.capture_into(&mut spare);
+        batch.checkpoint(&spare, &[], &[], 3, &positions);
+        assert_eq!(owned(&batch).iter().filter(|(k, _)| k.starts_with(CRM_PREFIX)).count(), 1);
+    }
+
+    #[test]
+    fn a_checkpoint_of_state_version_3_leaves_the_crm_memory_incomplete() {
+        let journey = journey();
+        let mut engine = Engine::new(Arc::clone(&journey));
+        feed(&mut engine, 0, 50);
+        let mut record = b"M".to_vec();
+        let mut w = Enc(&mut record);
+        w.u64(1);
+        w.u32(0);
+        let mut meta = Vec::new();
+        engine.encode_meta(&mut meta);
+        // The same meta under version 3 (its layout did not change with version 4).
+        meta[..4].copy_from_slice(&3u32.to_le_bytes());
+        record.extend_from_slice(&meta);
+        let read = fold(&[(META_KEY.to_vec(), Some(record))], &journey);
+        assert_eq!(read.stats.checkpoints, 1);
+        assert!(!read.engine.crm().is_complete());
+    }
+
+    fn identity_journey() -> Arc<Journey> {
+        let text = format!("{}\n[identity]\nresolve = true\n", include_str!("../../../deploy/journeys/b2b.toml"));
+        Arc::new(Journey::from_toml_str(&text).unwrap())
+    }
+
+    fn segment(engine: &mut Engine, line: &str) {
+        let journey = Arc::clone(engine.journey());
+        engine.apply(&codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap(), &mut Vec::new());
+    }
+
+    fn identify(user: &str, anon: &str, at: &str, email: &str) -> String {
+        format!(
+            r#"{{"type":"identify","userId":"{user}","anonymousId":"{anon}","messageId":"{user}-{anon}-{at}","timestamp":"{at}","traits":{{"email":"{email}"}}}}"#
+        )
+    }
+
+    fn checkpoint(
+        engine: &mut Engine,
+        spare: &mut Engine,
+        batch: &mut Batch,
+        seq: u64,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let changed = engine.take_changed();
+        engine.capture_into(spare);
+        batch.checkpoint(spare, &changed, &[], seq, &BTreeMap::from([("web".to_string(), seq as i64)]));
+        owned(batch)
+    }
+
+    #[test]
+    fn the_identity_map_reads_back_from_the_changelog_and_an_unfinished_link_is_deleted() {
+        let journey = identity_journey();
+        let mut engine = Engine::new(Arc::clone(&journey));
+        let mut spare = Engine::new(Arc::clone(&journey));
+        let mut batch = Batch::default();
+        segment(&mut engine, &identify("usr_1", "anon-1", "2026-03-02T10:00:00Z", "ana@x.example"));
+        segment(&mut engine, &identify("usr_2", "anon-2", "2026-03-02T11:00:00Z", "bo@y.example"));
+        let mut log = checkpoint(&mut engine, &mut spare, &mut batch, 1);
+        let ids = log.iter().filter(|(k, _)| k.starts_with(identity::ID_RECORD.as_bytes())).count();
+        let links = log.iter().filter(|(k, _)| k.starts_with(identity::LINK_RECORD.as_bytes())).count();
+        assert_eq!((ids, links), (6, 4), "two users, two devices, two emails; each joined twice");
+        // Checkpoint 2: anon-1 was seen earlier than first thought (first-seen changes).
+        segment(
+            &mut engine,
+            r#"{"type":"page","anonymousId":"anon-1","messageId":"p-0","timestamp":"2026-03-01T09:00:00Z"}"#,
+        );
+        log.extend(checkpoint(&mut engine, &mut spare, &mut batch, 2));
+        let live = engine.identity_map().unwrap().resolution();
+
+        let read = fold(&log, &journey);
+        assert_eq!(
+            read.engine.identity_map().unwrap().resolution(),
+            live,
+            "same identifiers, kinds, times, canonical ids"
+        );
+        assert_eq!(read.engine.digest(), engine.digest());
+        assert!(!read.engine.has_changes());
+
+        // Checkpoint 3 links usr_2 to usr_1 by email, but its checkpoint record is lost.
+        segment(&mut engine, &identify("usr_2", "anon-3", "2026-03-03T10:00:00Z", "ana@x.example"));
+        let unfinished = checkpoint(&mut engine, &mut spare, &mut batch, 3);
+        let mut cut = log.clone();
+        cut.extend(unfinished.into_iter().take(batch.len() - 1));
+        let read = fold(&cut, &journey);
+        assert_eq!(read.engine.identity_map().unwrap().resolution(), live, "nothing unconfirmed is applied");
+        let deleted: Vec<&String> = read.tombstones.iter().filter(|t| t.starts_with(identity::LINK_RECORD)).collect();
+        assert!(!deleted.is_empty(), "the unconfirmed links are deleted next time: {:?}", read.tombstones);
+        assert!(read.tombstones.iter().any(|t| t == &format!("{}anon-3", identity::ID_RECORD)));
     }
 }

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Change, Item, Op, Row, json, scalar, wrong};
+use super::{Change, Item, Op, Row, json, row_email, scalar, wrong};
 use crate::codec::inbound::format::Format;
 use crate::codec::inbound::{DecodeError, Limits};
 use crate::core::Ts;
@@ -63,6 +63,7 @@ fn read(e: Envelope<'_>, crm: &CrmTable) -> Result<Vec<Change>, DecodeError> {
     let row = e.after.as_ref().or(e.before.as_ref()).ok_or_else(|| wrong(F, "neither `before` nor `after`"))?;
     let id = row.get("id").copied().and_then(scalar).ok_or_else(|| wrong(F, "the row has no `id` column"))?;
     let after = e.after.as_ref();
+    let email = after.and_then(|row| row_email(row, &s.table, crm));
     let fields = |previous: &dyn Fn(&str) -> Previous| {
         after
             .into_iter()
@@ -88,5 +89,5 @@ fn read(e: Envelope<'_>, crm: &CrmTable) -> Result<Vec<Change>, DecodeError> {
     };
     let position = s.lsn.and_then(scalar).unwrap_or_else(|| s.ts_ms.to_string());
     let event_id = format!("{}.{}:{id}:{position}:{op}", s.name.as_deref().unwrap_or(""), s.table);
-    Ok(vec![Change { object: s.table, id, op: kind, event_id, ts: Ts(s.ts_ms), fields, email: None }])
+    Ok(vec![Change { object: s.table, id, op: kind, event_id, ts: Ts(s.ts_ms), fields, email }])
 }

@@ -14,7 +14,7 @@ use super::{Change, Item, Op, json, wrong};
 use crate::codec::inbound::format::Format;
 use crate::codec::inbound::{DecodeError, Limits};
 use crate::core::Ts;
-use crate::core::crm::Previous;
+use crate::core::crm::{CrmTable, Previous};
 
 const F: Format = Format::Hubspot;
 
@@ -69,7 +69,7 @@ fn association_object(s: &str) -> String {
     }
 }
 
-pub(super) fn changes(bytes: &[u8], limits: &Limits) -> Vec<Item> {
+pub(super) fn changes(bytes: &[u8], limits: &Limits, crm: &CrmTable) -> Vec<Item> {
     let elements: Vec<&RawValue> = match json(bytes, F, limits) {
         Ok(v) => v,
         Err(e) => return vec![(None, Err(e))],
@@ -78,13 +78,13 @@ pub(super) fn changes(bytes: &[u8], limits: &Limits) -> Vec<Item> {
         .into_iter()
         .enumerate()
         .map(|(k, raw)| {
-            let r = serde_json::from_str::<Event>(raw.get()).map_err(|e| wrong(F, e)).and_then(change);
+            let r = serde_json::from_str::<Event>(raw.get()).map_err(|e| wrong(F, e)).and_then(|e| change(e, crm));
             (Some(k), r)
         })
         .collect()
 }
 
-fn change(e: Event<'_>) -> Result<Vec<Change>, DecodeError> {
+fn change(e: Event<'_>, crm: &CrmTable) -> Result<Vec<Change>, DecodeError> {
     let (prefix, action) = e
         .subscription_type
         .split_once('.')
@@ -125,7 +125,11 @@ fn change(e: Event<'_>) -> Result<Vec<Change>, DecodeError> {
                 .ok_or(DecodeError::MissingField { field: "propertyName", format: "HubSpot propertyChange" })?
                 .to_string();
             let value = e.property_value.as_deref().filter(|v| !v.is_empty()).map(str::to_string);
-            one(Op::Update, vec![(name, value, Previous::Unknown)])
+            // A contact's email property: the contact's email (its changes carry it on).
+            let email = value.as_deref().filter(|_| crm.is_email(&object, &name)).and_then(super::contact_email);
+            let mut changes = one(Op::Update, vec![(name, value, Previous::Unknown)])?;
+            changes.iter_mut().for_each(|c| c.email.clone_from(&email));
+            Ok(changes)
         }
         "associationChange" => {
             let kind = e.association_type.as_deref().unwrap_or("");

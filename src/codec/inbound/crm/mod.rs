@@ -90,6 +90,48 @@ pub(super) fn scalar(v: &RawValue) -> Option<String> {
     }
 }
 
+/// A contact's email from a property's JSON value: a string, or (Pipedrive's person `email` /
+/// `emails`) an array of strings or of `{value, primary}` objects, the primary one else the
+/// first; trimmed, lower-cased, dropped when not plausibly an email (as the canonical
+/// envelope's `email`).
+pub(super) fn email_value(v: &RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum One {
+        Text(String),
+        Labelled {
+            value: String,
+            #[serde(default)]
+            primary: bool,
+        },
+    }
+    let text = match serde_json::from_str::<One>(v.get()) {
+        Ok(One::Text(t)) => t,
+        Ok(One::Labelled { value, .. }) => value,
+        Err(_) => {
+            let all: Vec<One> = serde_json::from_str(v.get()).ok()?;
+            let primary = all.iter().position(|o| matches!(o, One::Labelled { primary: true, .. })).unwrap_or(0);
+            match all.into_iter().nth(primary)? {
+                One::Text(t) | One::Labelled { value: t, .. } => t,
+            }
+        }
+    };
+    contact_email(&text)
+}
+
+/// [`super::fields::email`] of a string, owned.
+pub(super) fn contact_email(text: &str) -> Option<String> {
+    super::fields::email(Some(super::wire::Str(Cow::Borrowed(text)))).map(Cow::into_owned)
+}
+
+/// The email of a contact object's row: the first of `[crm] email_properties` it holds.
+pub(super) fn row_email(row: &Row<'_>, object: &str, crm: &CrmTable) -> Option<String> {
+    if !crm.is_contact(object) {
+        return None;
+    }
+    crm.email_properties.iter().find_map(|p| row.get(p.as_str())).and_then(|v| email_value(v))
+}
+
 pub(super) fn wrong(format: Format, detail: impl std::fmt::Display) -> DecodeError {
     DecodeError::WrongShape { format: format.as_str(), detail: detail.to_string() }
 }
@@ -116,7 +158,7 @@ pub(super) fn json<'a, T: serde::Deserialize<'a>>(
 /// are left out.
 fn changes(bytes: &[u8], format: Format, limits: &Limits, crm: &CrmTable) -> Vec<Item> {
     match format {
-        Format::Hubspot => hubspot::changes(bytes, limits),
+        Format::Hubspot => hubspot::changes(bytes, limits, crm),
         Format::SalesforceCdc => salesforce::changes(bytes, limits, crm),
         Format::Pipedrive => pipedrive::changes(bytes, limits, crm),
         Format::Debezium => debezium::changes(bytes, limits, crm),
@@ -186,6 +228,12 @@ fn translate<'a>(
         Op::Create | Op::Update | Op::Read => {}
     }
     let ts = not_before_floor(c.ts, "time", journey)?;
+    // A contact's email is remembered, whatever else the change says.
+    if let Some(email) = &c.email
+        && crm.is_contact(&c.object)
+    {
+        memory.set_email(&c.id, email);
+    }
     // A link property in the change itself (Pipedrive `person_id`) is learnt first.
     if let Some(prop) = crm.links.get(&c.object)
         && let Some((_, Some(contact), _)) = c.fields.iter().find(|(name, _, _)| name == prop)
@@ -218,6 +266,8 @@ fn translate<'a>(
     };
     let prospect = super::fields::id(Cow::Owned(prospect), "prospect", limits)?;
     printable(&c.event_id, "event_id")?;
+    // The contact's email: this change's, else the one its contact's changes gave.
+    let email = c.email.clone().or_else(|| memory.email(&prospect).map(str::to_string));
     Ok(signals
         .into_iter()
         .map(|(property, signal)| Event {
@@ -228,7 +278,7 @@ fn translate<'a>(
             name: Cow::Owned(journey.signal(signal).name.clone()),
             signal: Some(signal),
             ts,
-            email: c.email.clone().map(Cow::Owned),
+            email: email.clone().map(Cow::Owned),
             linked: None,
             anonymous: false,
             touch: Default::default(),

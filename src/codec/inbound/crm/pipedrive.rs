@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Change, Item, Op, Row, json, scalar, wrong};
+use super::{Change, Item, Op, Row, json, row_email, scalar, wrong};
 use crate::codec::inbound::format::Format;
 use crate::codec::inbound::{DecodeError, Limits};
 use crate::core::crm::{CrmTable, Previous};
@@ -46,6 +46,7 @@ fn read(h: Hook<'_>, crm: &CrmTable) -> Result<Vec<Change>, DecodeError> {
     })?;
     let id = scalar(m.entity_id).ok_or_else(|| wrong(F, "`meta.entity_id` is not a string or number"))?;
     let (data, previous) = (h.data.unwrap_or_default(), h.previous.unwrap_or_default());
+    let email = row_email(&data, &m.entity, crm);
     let wanted = data.iter().filter(|(k, _)| crm.wants(&m.entity, k));
     let (op, fields) = match m.action.as_str() {
         "create" | "added" => {
@@ -63,5 +64,5 @@ fn read(h: Hook<'_>, crm: &CrmTable) -> Result<Vec<Change>, DecodeError> {
         "delete" | "deleted" => (Op::Delete, Vec::new()),
         other => return Err(DecodeError::UnsupportedType(format!("Pipedrive {other}").chars().take(64).collect())),
     };
-    Ok(vec![Change { object: m.entity, id, op, event_id: format!("pipedrive:{}", m.id), ts, fields, email: None }])
+    Ok(vec![Change { object: m.entity, id, op, event_id: format!("pipedrive:{}", m.id), ts, fields, email }])
 }

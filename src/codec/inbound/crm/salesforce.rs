@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use super::{Change, Item, Op, Row, json, scalar, wrong};
+use super::{Change, Item, Op, Row, json, row_email, scalar, wrong};
 use crate::codec::inbound::format::Format;
 use crate::codec::inbound::{DecodeError, Limits};
 use crate::core::Ts;
@@ -55,6 +55,7 @@ fn read(bytes: &[u8], limits: &Limits, crm: &CrmTable) -> Result<Vec<Change>, De
         return Err(wrong(F, "empty `recordIds`"));
     }
     let object = &h.entity_name;
+    let email = row_email(payload, object, crm);
     let (op, fields): (Op, Vec<(String, Option<String>, Previous)>) = match h.change_type.as_str() {
         "CREATE" => (
             Op::Create,
@@ -85,7 +86,7 @@ fn read(bytes: &[u8], limits: &Limits, crm: &CrmTable) -> Result<Vec<Change>, De
             event_id: format!("{}:{}:{id}", h.transaction_key, h.sequence_number),
             ts: Ts(h.commit_timestamp),
             fields: fields.clone(),
-            email: None,
+            email: email.clone(),
         })
         .collect())
 }

@@ -19,7 +19,6 @@ use crate::core::engine::Engine;
 use crate::core::ids::ProspectIx;
 
 /// Tag of the breakdown section of a full state.
-pub(super) const SECTION: u8 = b'B';
 
 /// Tag of the slots trailer of a changelog record.
 pub(super) const RECORD_TAG: u8 = 4;
@@ -69,14 +68,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Section `B` of a full state (written without dimensions too, so that a state cut right
-    /// after its prospects is refused).
-    pub(super) fn encode_breakdown_section(&self, out: &mut Vec<u8>) {
+    /// The body of section `B` of a full state (`sections.rs`; written without dimensions too,
+    /// so that a state cut right after its prospects is refused).
+    pub(super) fn encode_breakdown_section(&self, w: &mut Enc<'_>) {
         let set: Vec<usize> = (0..self.len()).filter(|&i| self.attr.any(i)).collect();
-        out.push(SECTION);
-        let len_at = out.len();
-        out.extend_from_slice(&[0; 4]);
-        let mut w = Enc(out);
         w.u8(self.attr.dims as u8);
         w.u32(set.len() as u32);
         for i in set {
@@ -86,43 +81,20 @@ impl Engine {
                 w.u32(s.at);
             }
         }
-        let len = (out.len() - len_at - 4) as u32;
-        out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
     }
 
-    /// The sections after the prospects of a full state (version 4 on); section `B` must be
-    /// there.
-    pub(super) fn decode_sections(&mut self, r: &mut Dec<'_>) -> Result<(), StateError> {
-        let mut breakdown = false;
-        while !r.is_empty() {
+    /// Reads the body of section `B`.
+    pub(super) fn decode_breakdown_section(&mut self, r: &mut Dec<'_>) -> Result<(), StateError> {
+        let dims = r.u8("breakdown dimensions")? as usize;
+        let n = r.u32("breakdown prospects")?;
+        for _ in 0..n {
             let at = r.position();
-            let tag = r.u8("section tag")?;
-            let len = r.u32("section length")? as usize;
-            let body = r.take(len, "section")?;
-            match tag {
-                SECTION if !breakdown => {
-                    breakdown = true;
-                    let r = &mut Dec::new(body);
-                    let dims = r.u8("breakdown dimensions")? as usize;
-                    let n = r.u32("breakdown prospects")?;
-                    for _ in 0..n {
-                        let at = r.position();
-                        let i = r.u32("breakdown prospect")? as usize;
-                        if i >= self.len() {
-                            return Err(StateError::Invalid { what: "breakdown prospect", at });
-                        }
-                        let slots = read_slots(r, dims)?;
-                        self.attr.set(i, &slots);
-                    }
-                    if !r.is_empty() {
-                        return Err(StateError::Invalid { what: "breakdown section", at });
-                    }
-                }
-                _ => return Err(StateError::Invalid { what: "section tag", at }),
+            let i = r.u32("breakdown prospect")? as usize;
+            if i >= self.len() {
+                return Err(StateError::Invalid { what: "breakdown prospect", at });
             }
-        }
-        if !breakdown {
-            return Err(StateError::Invalid { what: "breakdown section", at: r.position() });
+            let slots = read_slots(r, dims)?;
+            self.attr.set(i, &slots);
         }
         Ok(())
     }

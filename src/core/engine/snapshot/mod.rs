@@ -31,6 +31,7 @@ use crate::core::time::Ts;
 
 mod breakdown;
 mod record;
+mod sections;
 mod wire;
 
 pub use record::ProspectRecord;
@@ -231,7 +232,7 @@ impl Engine {
                 sum = sum.wrapping_add(self.prospect_digest_with(ix, &mut buf));
             }
         }
-        self.encode_breakdown_section(out);
+        self.encode_sections(out);
         sum
     }
 
@@ -271,9 +272,7 @@ impl Engine {
             };
             engine.restore_prospect(id, &rec).map_err(|_| StateError::Invalid { what: "prospect id", at })?;
         }
-        if version >= 4 {
-            engine.decode_sections(&mut r)?;
-        }
+        engine.decode_sections(&mut r, version)?;
         if !r.is_empty() {
             return Err(StateError::Invalid { what: "trailing bytes", at: r.position() });
         }

@@ -18,8 +18,6 @@ use crate::core::breakdown::{Attributions, Slot, SlotRecord, ValueTable};
 use crate::core::engine::Engine;
 use crate::core::ids::ProspectIx;
 
-/// Tag of the breakdown section of a full state.
-
 /// Tag of the slots trailer of a changelog record.
 pub(super) const RECORD_TAG: u8 = 4;
 

@@ -47,6 +47,8 @@ pub struct Metrics {
     /// links refused by the guards, by reason.
     pub prospects_merged: IntCounterVec,
     pub merges_refused: IntCounterVec,
+    /// Prospects that left memory (`[retention]`), by reason: `retention` or `capacity`.
+    pub prospects_expired: IntCounterVec,
     pub latency: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub producer_errors: IntCounter,
@@ -336,6 +338,18 @@ impl Metrics {
                 "Identity links refused by the `[identity]` guards, by reason (a `merge_refused` journey event each).",
                 &["reason"],
             )?,
+            prospects_expired: {
+                let c = counter_vec(
+                    &r,
+                    "microfunnel_prospects_expired_total",
+                    "Prospects that left memory, by reason: `retention` (no event for their stage's `[retention]` span) or `capacity` (least recently active at `[retention] max_prospects_per_shard`); an `expired` journey event each.",
+                    &["reason"],
+                )?;
+                for reason in crate::core::ExpireReason::ALL {
+                    c.with_label_values(&[reason.as_str()]);
+                }
+                c
+            },
             alerts_suppressed: counter_vec(
                 &r,
                 "microfunnel_alerts_suppressed_total",

@@ -49,9 +49,9 @@ impl Engine {
         // about one prospect in CAPTURE_FULL_SHARE changed, the full copy is the faster.
         let incremental = dst.captured_from == Some((self.lineage.0, self.captures))
             && Arc::ptr_eq(&dst.journey, &self.journey)
-            && dst.len() <= self.len()
+            && dst.store.len() <= self.store.len()
             && self.changed.iter().map(|w| w[1].count_ones() as usize).sum::<usize>() * CAPTURE_FULL_SHARE
-                <= self.len();
+                <= self.store.len();
         if incremental {
             self.copy_changed_into(dst);
         } else {
@@ -70,6 +70,7 @@ impl Engine {
         dst.funnel.clone_from(&self.funnel);
         dst.stats.clone_from(&self.stats);
         dst.identity.clone_from(&self.identity);
+        dst.kept_cooldowns.clone_from(&self.kept_cooldowns);
         dst.changed.clear();
         self.captures += 1;
         dst.captured_from = Some((self.lineage.0, self.captures));
@@ -85,7 +86,7 @@ impl Engine {
     /// The incremental part of [`Engine::capture_into`]: `dst` equals this engine as of its last
     /// capture, plus the changes marked since.
     fn copy_changed_into(&self, dst: &mut Engine) {
-        let old = dst.len();
+        let old = dst.store.len();
         dst.ids.extend_from(&self.ids);
         dst.store.extend_from(&self.store);
         for (w, bits) in self.changed.iter().enumerate() {
@@ -138,12 +139,16 @@ impl Engine {
     }
 
     /// The prospects whose state changed since the last call, in index order; clears the marks.
+    /// Slots freed since (retention) are not listed: their ids go to [`Engine::take_removed`].
     pub fn take_changed(&mut self) -> Vec<ProspectIx> {
         let mut out = Vec::new();
         for (w, bits) in self.changed.iter_mut().enumerate() {
             let mut b = std::mem::take(&mut bits[0]);
             while b != 0 {
-                out.push(ProspectIx((w * 64) as u32 + b.trailing_zeros()));
+                let i = (w * 64) as u32 + b.trailing_zeros();
+                if !self.store.fixed(i as usize).has(crate::core::prospect::FREE) {
+                    out.push(ProspectIx(i));
+                }
                 b &= b - 1;
             }
         }

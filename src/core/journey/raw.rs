@@ -35,6 +35,19 @@ pub(super) struct RawJourney {
     pub(super) identity: RawIdentity,
     #[serde(default)]
     pub(super) crm: crate::core::crm::RawCrm,
+    #[serde(default)]
+    pub(super) retention: RawRetention,
+}
+
+/// `[retention]`: how long a prospect without events stays in memory, and the prospect cap.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetention {
+    pub(super) after_days: Option<f64>,
+    /// Stage name -> days, overriding `after_days` for that stage.
+    #[serde(default)]
+    pub(super) stages: std::collections::BTreeMap<String, f64>,
+    pub(super) max_prospects_per_shard: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -30,6 +30,7 @@ use crate::core::journey::Journey;
 use crate::core::time::Ts;
 
 mod record;
+mod retention;
 mod wire;
 
 pub use record::ProspectRecord;
@@ -37,7 +38,7 @@ use wire::len_prefixed;
 pub use wire::{Dec, Enc, StateError};
 
 /// Version of the state layout below (the file format adds its own header around it).
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// The state versions this build reads.
 pub const STATE_VERSIONS: std::ops::RangeInclusive<u32> = 1..=STATE_VERSION;
@@ -117,6 +118,9 @@ impl Engine {
         }
         w.u64(f.outcomes[0]);
         w.u64(f.outcomes[1]);
+        if version >= 4 {
+            self.encode_retention(out);
+        }
     }
 
     /// Replaces the shard-level part of the state with what [`Engine::encode_meta`] wrote;
@@ -172,6 +176,8 @@ impl Engine {
             *so = [r.u64("signal outcomes")?, r.u64("signal outcomes")?];
         }
         funnel.outcomes = [r.u64("outcomes")?, r.u64("outcomes")?];
+        let (expired, evicted, kept) =
+            if version >= 4 { self.decode_retention(r)? } else { (0, 0, Default::default()) };
         let stats = Stats {
             events: st[0],
             applied: st[1],
@@ -188,7 +194,10 @@ impl Engine {
             ahead: st[11],
             duplicate_conflicts: st[12],
             reopened: st[13],
+            expired,
+            evicted,
         };
+        self.kept_cooldowns = kept;
         self.watermark = watermark;
         self.max_event_ts = max_event;
         self.leap = leap;

@@ -229,7 +229,12 @@ pub struct Service {
 
 impl Service {
     pub fn start(settings: &Settings) -> Service {
-        let running = app::start(settings.clone(), journey()).unwrap_or_else(|e| panic!("start: {e}"));
+        Service::start_with(settings, journey())
+    }
+
+    /// [`Service::start`] on another journey than the shipped b2b one.
+    pub fn start_with(settings: &Settings, journey: Arc<Journey>) -> Service {
+        let running = app::start(settings.clone(), journey).unwrap_or_else(|e| panic!("start: {e}"));
         Service { running: Some(running) }
     }
 

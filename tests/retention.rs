@@ -405,14 +405,14 @@ fn retention_settings_are_checked_by_key() {
 #[test]
 fn the_example_in_the_b2b_journey_is_valid() {
     let from = B2B.find("# [retention]\n").expect("the example is in b2b.toml");
-    let example: String = B2B[from..]
-        .lines()
-        .take_while(|l| l.starts_with("# "))
-        .map(|l| format!("{}\n", &l[2..]))
-        .collect();
+    let example: String =
+        B2B[from..].lines().take_while(|l| l.starts_with("# ")).map(|l| format!("{}\n", &l[2..])).collect();
     let j = journey(&format!("\n{example}"));
     let r = &j.retention;
     let days = |stage: &str| r.after(j.stage_by_name(stage).unwrap()).map(|s| s.0 / MS_PER_DAY);
-    assert_eq!((days("aware"), days("won"), days("lost"), days("interested")), (Some(30), Some(365), Some(365), Some(180)));
+    assert_eq!(
+        (days("aware"), days("won"), days("lost"), days("interested")),
+        (Some(30), Some(365), Some(365), Some(180))
+    );
     assert_eq!(r.max_prospects, Some(2_000_000));
 }

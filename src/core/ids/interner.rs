@@ -491,7 +491,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 3 == 0 && !model.is_empty() {
+            if x.is_multiple_of(3) && !model.is_empty() {
                 let id = model.keys().nth((x >> 8) as usize % model.len()).unwrap().clone();
                 let ix = model.remove(&id).unwrap();
                 i.remove(ProspectIx(ix));

@@ -156,4 +156,6 @@ kill "$sampler" 2>/dev/null || true
 
 # The engine's own figure over the same stream (the same seed).
 $bin gen --prospects "$prospects" --quiet 2>/dev/null | $bin replay --summary-only --memory - 2>&1 >/dev/null \
-  | grep '^{' | tail -1 | python3 -c 'import json,sys; m=json.load(sys.stdin); m["kind"]="engine_replay"; print(json.dumps(m))' | tee -a "$out"
+  | grep '^{' | tail -1 \
+  | python3 -c 'import json,sys; m=json.load(sys.stdin); m["kind"]="engine_replay"; m["requested"]=int(sys.argv[1]); print(json.dumps(m))' "$prospects" \
+  | tee -a "$out"

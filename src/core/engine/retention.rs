@@ -126,32 +126,17 @@ impl Engine {
             .map(|i| (self.store.fixed(i).score_at, i as u32))
             .collect();
         if cand.len() > k {
-            cand.select_nth_unstable(k - 1);
-            let cut = cand[k - 1].0;
-            let mut take: Vec<(Ts, u64, u32)> = Vec::with_capacity(k);
-            let mut ties: Vec<(Ts, u64, u32)> = Vec::new();
-            for &(t, i) in &cand {
-                let h = || ids::hash64(ids::SEED_DIGEST, self.ids.get(ProspectIx(i)).as_bytes());
-                if t < cut {
-                    take.push((t, h(), i));
-                } else if t == cut {
-                    ties.push((t, h(), i));
-                }
-            }
-            ties.sort_unstable();
-            let room = k - take.len();
-            take.extend(ties.into_iter().take(room));
-            take.sort_unstable();
-            cand = take.into_iter().map(|(t, _, i)| (t, i)).collect();
-        } else {
-            let mut keyed: Vec<(Ts, u64, u32)> = cand
-                .iter()
-                .map(|&(t, i)| (t, ids::hash64(ids::SEED_DIGEST, self.ids.get(ProspectIx(i)).as_bytes()), i))
-                .collect();
-            keyed.sort_unstable();
-            cand = keyed.into_iter().map(|(t, _, i)| (t, i)).collect();
+            // The k-th oldest last event time; everything older goes, ties are decided below.
+            let cut = cand.select_nth_unstable(k - 1).1.0;
+            cand.retain(|&(t, _)| t <= cut);
         }
-        for (_, i) in cand {
+        let mut keyed: Vec<(Ts, u64, u32)> = cand
+            .into_iter()
+            .map(|(t, i)| (t, ids::hash64(ids::SEED_DIGEST, self.ids.get(ProspectIx(i)).as_bytes()), i))
+            .collect();
+        keyed.sort_unstable();
+        keyed.truncate(k);
+        for (_, _, i) in keyed {
             self.expire(ProspectIx(i), at, ExpireReason::Capacity, out);
         }
     }

@@ -441,3 +441,29 @@ fn evictions_do_not_depend_on_slot_order() {
     assert_eq!(a.len(), 1);
     assert_eq!(a, b);
 }
+
+/// `check-journey` says what leaves memory and when.
+#[test]
+fn check_journey_summarises_retention() {
+    let path = std::env::temp_dir().join(format!("retention-check-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!("{B2B}{RETENTION}max_prospects_per_shard = 5000\n").replace(
+            "[retention.stages]\naware = 2\ndeciding = 1\nmax_prospects_per_shard = 5000\n",
+            "max_prospects_per_shard = 5000\n[retention.stages]\naware = 2\ndeciding = 1\n",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+        .args(["check-journey", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let line = text.lines().find(|l| l.starts_with("retention:")).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("aware 2 days") && line.contains("deciding 1 days") && line.contains("interested 10 days"),
+        "{line}"
+    );
+    assert!(line.contains("at most 5000 prospects per shard"), "{line}");
+}

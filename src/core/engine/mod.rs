@@ -364,8 +364,12 @@ impl Engine {
             return self.reject(RejectReason::SourceMismatch, detail, out);
         }
         let key = dedup_key(ids::event_fingerprint(&ev.event_id), sig);
-        self.retain_before(&ev.prospect, ev.ts, out);
-        let (ix, new) = match self.ids.intern(&ev.prospect) {
+        let held = self.retain_before(&ev.prospect, ev.ts, out);
+        let interned = match held {
+            Some(ix) => Ok((ix, false)),
+            None => self.ids.intern(&ev.prospect),
+        };
+        let (ix, new) = match interned {
             Ok(v) => v,
             Err(InternerFull) => {
                 let detail = format!("shard holds {} prospects, its id arena is full", self.len());
@@ -456,6 +460,7 @@ impl Engine {
 
         // Stage: forward only; a new prospect enters at least the first stage.
         let target = if new { Some(def.enters.unwrap_or(journey.first_stage())) } else { def.enters };
+        let stage_before = self.store.fixed(i).stage;
         if let Some(to) = target {
             self.enter_stage(&journey, ix, new, to, sig, ts, late, out);
         }
@@ -477,7 +482,11 @@ impl Engine {
         }
 
         self.arm_quiet(ix);
-        self.arm_expiry(ix);
+        // Without a stage move the expiry due only moved later (the last event time did): the
+        // armed entry re-arms when it pops.
+        if new || self.store.fixed(i).stage != stage_before {
+            self.arm_expiry(ix);
+        }
         if !late {
             self.hot_rules(&journey, ix, sig, ev, score_before, out);
             if def.tracked_slot.is_some() {

@@ -92,19 +92,21 @@ impl Engine {
 
     /// Before an event of prospect `id` at `ts` is applied: a prospect whose expiry fell due
     /// before `ts` leaves first (as if the watermark had passed it: its earlier timers fire,
-    /// then it expires), and a new id at the prospect cap makes room.
-    pub(super) fn retain_before(&mut self, id: &str, ts: Ts, out: &mut Vec<Output>) {
+    /// then it expires), and a new id at the prospect cap makes room. Returns the prospect the
+    /// event applies to when it is held (`None`: a new one, or retention is off).
+    pub(super) fn retain_before(&mut self, id: &str, ts: Ts, out: &mut Vec<Output>) -> Option<ProspectIx> {
         let r = &self.journey.retention;
         if r.after.is_empty() && r.max_prospects.is_none() {
-            return;
+            return None;
         }
         match self.ids.find(id) {
             Some(ix) => {
                 let due = expiry_due(&self.journey, self.store.fixed(ix.0 as usize));
-                if !due.is_none() && due < ts {
-                    self.fire_own_timers(ix, due.plus(crate::core::time::Span(1)), out);
-                    self.expire(ix, due, ExpireReason::Retention, out);
+                if due.is_none() || due >= ts {
+                    return Some(ix);
                 }
+                self.fire_own_timers(ix, due.plus(crate::core::time::Span(1)), out);
+                self.expire(ix, due, ExpireReason::Retention, out);
             }
             None => {
                 if let Some(cap) = r.max_prospects
@@ -114,6 +116,7 @@ impl Engine {
                 }
             }
         }
+        None
     }
 
     /// The shard is at its cap of `cap` prospects: the least recently active (last event time,

@@ -83,7 +83,8 @@ impl Engine {
         if now.is_none() {
             return false;
         }
-        if now > due {
+        if now != due {
+            // Active since (later), or, should a due ever move earlier unseen, re-armed at it.
             self.arm_expiry(ProspectIx(ix));
             return false;
         }

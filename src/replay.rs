@@ -439,7 +439,11 @@ fn add_stats(into: &mut Stats, s: &Stats) {
         ahead,
         duplicate_conflicts,
         reopened,
+        expired,
+        evicted,
     } = s;
+    into.expired += expired;
+    into.evicted += evicted;
     into.ahead += ahead;
     into.duplicate_conflicts += duplicate_conflicts;
     into.reopened += reopened;

@@ -109,6 +109,15 @@ pub fn summary(j: &Journey) -> String {
             watched.join(", ")
         );
     }
+    let r = &j.retention;
+    if r.expires() || r.max_prospects.is_some() {
+        let spans: Vec<String> = (0..j.stages.len())
+            .filter_map(|i| r.after.get(i).copied().flatten().map(|a| format!("{} {}", j.stages[i].name, days(a))))
+            .collect();
+        let spans = if spans.is_empty() { "never".to_string() } else { spans.join(", ") };
+        let cap = r.max_prospects.map_or("no cap".to_string(), |n| format!("at most {n} prospects per shard"));
+        let _ = writeln!(o, "retention: leave memory after no event for: {spans}; {cap}");
+    }
     let seg = |s: Option<microfunnel::core::SignalId>| s.map_or("(none)", sig);
     let _ = writeln!(
         o,

@@ -139,6 +139,16 @@ pub fn write_output(engine: &Engine, output: &Output, buf: &mut Vec<u8>) -> serd
             o.time("at", *at);
             o.end();
         }
+        Output::Expired { prospect, stage, last_event, at, reason, class } => {
+            let mut o = Obj::new(buf, "expired");
+            o.str("prospect", engine.prospect_id(*prospect));
+            o.str("stage", &j.stage(*stage).name);
+            o.str("classification", class.as_str());
+            o.str("reason", reason.as_str());
+            o.time("last_event_at", *last_event);
+            o.time("at", *at);
+            o.end();
+        }
         Output::OutcomeKept { prospect, stage, refused, signal, at } => {
             let mut o = Obj::new(buf, "outcome_kept");
             o.str("prospect", engine.prospect_id(*prospect));
@@ -317,6 +327,14 @@ mod tests {
             signal: &'a str,
             at: Time,
         },
+        Expired {
+            prospect: &'a str,
+            stage: &'a str,
+            classification: &'static str,
+            reason: &'static str,
+            last_event_at: Time,
+            at: Time,
+        },
         ProspectMerged {
             from: &'a str,
             into: &'a str,
@@ -387,6 +405,14 @@ mod tests {
                 watermark: Time(*watermark),
             },
             Output::Rejected { reason, detail } => Reference::Rejected { reason: reason.as_str(), detail },
+            Output::Expired { prospect, stage, last_event, at, reason, class } => Reference::Expired {
+                prospect: engine.prospect_id(*prospect),
+                stage: &j.stage(*stage).name,
+                classification: class.as_str(),
+                reason: reason.as_str(),
+                last_event_at: Time(*last_event),
+                at: Time(*at),
+            },
             Output::OutcomeKept { prospect, stage, refused, signal, at } => Reference::OutcomeKept {
                 prospect: engine.prospect_id(*prospect),
                 stage: &j.stage(*stage).name,

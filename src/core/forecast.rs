@@ -25,7 +25,6 @@
 use serde::Serialize;
 
 use super::engine::Engine;
-use super::ids::ProspectIx;
 use super::journey::{Journey, Outcome};
 use super::time::{Span, Ts};
 
@@ -66,7 +65,7 @@ pub fn now(engines: &[&Engine]) -> Option<Ts> {
     clock.or_else(|| {
         engines
             .iter()
-            .flat_map(|e| (0..e.len() as u32).map(move |i| e.prospect(ProspectIx(i)).last_activity))
+            .flat_map(|e| e.iter_ids().map(move |(ix, _)| e.prospect(ix).last_activity))
             .filter(|t| !t.is_none())
             .max()
     })
@@ -179,9 +178,7 @@ pub struct Backtest {
 
 /// Every prospect's stage history, over all shards.
 fn histories<'a>(engines: &'a [&'a Engine]) -> impl Iterator<Item = History> + 'a {
-    engines
-        .iter()
-        .flat_map(|e| (0..e.len() as u32).map(move |i| History { entries: e.stage_entries(ProspectIx(i)).collect() }))
+    engines.iter().flat_map(|e| e.iter_ids().map(move |(ix, _)| History { entries: e.stage_entries(ix).collect() }))
 }
 
 /// An open prospect's forecast probability, baseline probability and history.

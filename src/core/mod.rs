@@ -23,7 +23,7 @@ pub use event::{Event, EventKind, Source};
 pub use funnel::{Funnel, FunnelReport};
 pub use ids::ProspectIx;
 pub use journey::{Journey, JourneyError, SignalId, StageId};
-pub use output::{HotLead, Output, RejectReason};
+pub use output::{ExpireReason, HotLead, Output, RejectReason};
 pub use prospect::{Classification, Prospect};
 pub use snapshot::StateError;
 pub use time::{Span, Ts};

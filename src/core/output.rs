@@ -75,6 +75,27 @@ impl RejectReason {
     }
 }
 
+/// Why a prospect left memory ([`Output::Expired`]). A bounded set: a metrics label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExpireReason {
+    /// No event for its stage's `[retention]` span.
+    Retention,
+    /// The shard was at `[retention] max_prospects_per_shard`; it was among the least recently
+    /// active.
+    Capacity,
+}
+
+impl ExpireReason {
+    pub const ALL: [ExpireReason; 2] = [ExpireReason::Retention, ExpireReason::Capacity];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpireReason::Retention => "retention",
+            ExpireReason::Capacity => "capacity",
+        }
+    }
+}
+
 /// A hot-lead alert: which micro-certainties fired, on which event, and what to ask for next.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HotLead {
@@ -186,6 +207,18 @@ pub enum Output {
         into: ProspectIx,
         reason: LinkReason,
         at: Ts,
+    },
+    /// The prospect left memory (`[retention]`): no event since `last_event` for its stage's
+    /// span (`at` = then plus the span), or evicted at the prospect cap (`at` = the time of the
+    /// event that needed room). What it contributed to the funnel stays counted, except
+    /// `in_stage`; a later event of its id starts a new prospect.
+    Expired {
+        prospect: ProspectIx,
+        stage: StageId,
+        last_event: Ts,
+        at: Ts,
+        reason: ExpireReason,
+        class: Classification,
     },
     /// A link refused by the `[identity]` guards: the two ids (never an email) stay apart.
     MergeRefused {

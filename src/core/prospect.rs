@@ -19,6 +19,10 @@ pub const QUIET: u8 = 1 << 5;
 /// redirect, left out of the census and the funnel.
 pub const REDIRECT: u8 = 1 << 6;
 
+/// The record holds no prospect: it left memory (retention or the prospect cap) and its index
+/// waits for reuse. Never written to a state or the changelog.
+pub const FREE: u8 = 1 << 7;
+
 /// The fixed part of a prospect's state (104 bytes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prospect {

@@ -156,7 +156,29 @@ impl Store {
         self.recs.push(Record { fixed, vars });
     }
 
+    /// Puts a prospect with fresh arrays at `i`: a new record when `i` is the length, else over
+    /// a freed one (its index reused).
+    pub fn put(&mut self, i: usize, fixed: Prospect) {
+        if i == self.len() {
+            return self.push(fixed);
+        }
+        self.recs[i].fixed = fixed;
+        let (shape, w) = (self.shape, self.shape.words);
+        if shape.inline {
+            shape.init(&mut self.recs[i].vars[..w]);
+        } else {
+            shape.init(&mut self.spill[i * w..(i + 1) * w]);
+        }
+    }
+
+    /// Puts a prospect with the given state at `i` (the length, or a freed record).
+    pub fn put_with(&mut self, i: usize, fixed: Prospect, stage_times: &[u32], counts: &[u16], marks: &[Ts]) {
+        self.put(i, fixed);
+        self.set_vars(i, stage_times, counts, marks);
+    }
+
     /// Adds a prospect with the given state (arrays as long as the journey's).
+    #[cfg(test)]
     pub fn push_with(&mut self, fixed: Prospect, stage_times: &[u32], counts: &[u16], marks: &[Ts]) {
         let i = self.len();
         self.push(fixed);

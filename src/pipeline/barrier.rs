@@ -167,8 +167,10 @@ impl State {
             let shard = self.shards.get_mut(&p).expect("due shards exist");
             shard.seq += 1;
             let changed = shard.engine.take_changed();
+            let removed = shard.engine.take_removed();
             flight.commits.push((p, shard.positions.clone()));
             let Some(w) = &self.writer else { continue };
+            shard.tombstones.extend(removed.into_iter().map(String::from));
             let what = Pending {
                 group: self.settings.kafka.group_id.clone(),
                 shard: p,

@@ -56,6 +56,10 @@ pub(super) fn output<M: Message>(ctx: &Ctx<'_>, engine: &Engine, o: &Output, sou
             m.stalled.with_label_values(&[&ctx.journey.stage(*stage).name]).inc();
             (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
         }
+        Output::Expired { prospect, reason, .. } => {
+            m.prospects_expired.with_label_values(&[reason.as_str()]).inc();
+            (&ctx.topics.journey_events, *prospect, &m.sent.journey_events)
+        }
         Output::Late { .. } => return,
         Output::ProspectMerged { into, reason, .. } => {
             m.prospects_merged.with_label_values(&[reason.as_str()]).inc();

@@ -17,7 +17,8 @@ pub(super) struct Shard {
     /// `positions` at the last completed checkpoint.
     pub(super) checkpointed: Vec<i64>,
     pub(super) seq: u64,
-    /// Changelog ids to delete (written by a checkpoint that did not finish).
+    /// Changelog ids to delete: written by a checkpoint that did not finish, or of prospects
+    /// that left memory (retention).
     pub(super) tombstones: Vec<String>,
     /// Delivered messages not yet processed, for the event-time merge.
     pub(super) inputs: Inputs,
@@ -30,7 +31,10 @@ pub(super) struct Shard {
 }
 
 impl Shard {
-    pub(super) fn new(engine: Engine, topics: usize) -> Shard {
+    /// A shard around `engine`, which from now on queues the ids of prospects that leave
+    /// memory (retention) for changelog tombstones, taken at each checkpoint.
+    pub(super) fn new(mut engine: Engine, topics: usize) -> Shard {
+        engine.track_removals(true);
         Shard {
             engine,
             last_input: Instant::now(),

@@ -56,6 +56,8 @@ pub struct Metrics {
     /// Messages of CRM topics read again only to rebuild a CRM memory after a restore from a
     /// state that had none (state version 3 or older).
     pub crm_rebuild_messages: IntCounter,
+    /// Prospects that left memory (`[retention]`), by reason: `retention` or `capacity`.
+    pub prospects_expired: IntCounterVec,
     pub latency: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub producer_errors: IntCounter,
@@ -374,6 +376,18 @@ impl Metrics {
                 "microfunnel_crm_rebuild_messages_total",
                 "Messages of CRM topics read again, below the restored position, only to rebuild the CRM memory after a restore from a state without one (state version 3 or older).",
             )?,
+            prospects_expired: {
+                let c = counter_vec(
+                    &r,
+                    "microfunnel_prospects_expired_total",
+                    "Prospects that left memory, by reason: `retention` (no event for their stage's `[retention]` span) or `capacity` (least recently active at `[retention] max_prospects_per_shard`); an `expired` journey event each.",
+                    &["reason"],
+                )?;
+                for reason in crate::core::ExpireReason::ALL {
+                    c.with_label_values(&[reason.as_str()]);
+                }
+                c
+            },
             alerts_suppressed: counter_vec(
                 &r,
                 "microfunnel_alerts_suppressed_total",

@@ -38,7 +38,8 @@ impl Engine {
             .collect()
     }
 
-    /// One table per dimension: every prospect counted under its value (redirects left out).
+    /// One table per dimension: every prospect held counted under its value (redirects and freed
+    /// slots left out).
     pub fn breakdown_tables(&self) -> Vec<BreakdownTable> {
         let j = &self.journey;
         let mut tables: Vec<BreakdownTable> = j.breakdowns.iter().map(|d| BreakdownTable::new(j, d)).collect();
@@ -51,7 +52,7 @@ impl Engine {
         let measured = crate::core::breakdown::table::measured_signals(j);
         for i in 0..self.store.len() {
             let p = self.store.fixed(i);
-            if p.has(prospect::REDIRECT) {
+            if p.has(prospect::REDIRECT | prospect::FREE) {
                 continue;
             }
             let (times, counts) = (self.store.stage_times(i), self.store.counts(i));

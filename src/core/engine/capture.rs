@@ -51,9 +51,9 @@ impl Engine {
         let same =
             dst.captured_from == Some((self.lineage.0, self.captures)) && Arc::ptr_eq(&dst.journey, &self.journey);
         let incremental = same
-            && dst.len() <= self.len()
+            && dst.store.len() <= self.store.len()
             && self.changed.iter().map(|w| w[1].count_ones() as usize).sum::<usize>() * CAPTURE_FULL_SHARE
-                <= self.len();
+                <= self.store.len();
         if incremental {
             self.copy_changed_into(dst);
         } else {
@@ -84,6 +84,7 @@ impl Engine {
         // The CRM memories copy only their changed entries whenever `dst` holds the previous
         // capture (their whole copy costs about as much as a million prospects' incremental one).
         self.crm.capture_into(&mut dst.crm, same);
+        dst.kept_cooldowns.clone_from(&self.kept_cooldowns);
         dst.changed.clear();
         self.captures += 1;
         dst.captured_from = Some((self.lineage.0, self.captures));
@@ -110,7 +111,7 @@ impl Engine {
             })
         });
         dst.attr.copy_changed_from(&self.attr, changed);
-        let old = dst.len();
+        let old = dst.store.len();
         dst.ids.extend_from(&self.ids);
         dst.store.extend_from(&self.store);
         for (w, bits) in self.changed.iter().enumerate() {
@@ -166,6 +167,7 @@ impl Engine {
     /// Shard-level changes (CRM memory entries, identifiers and links) are taken too, and
     /// carried by the next [`Engine::capture_into`] to the capture, which the changelog writes
     /// them from.
+    /// Slots freed since (retention) are not listed: their ids go to [`Engine::take_removed`].
     pub fn take_changed(&mut self) -> Vec<ProspectIx> {
         self.crm.take_changes();
         if let Some(map) = self.identity.as_deref_mut() {
@@ -175,7 +177,10 @@ impl Engine {
         for (w, bits) in self.changed.iter_mut().enumerate() {
             let mut b = std::mem::take(&mut bits[0]);
             while b != 0 {
-                out.push(ProspectIx((w * 64) as u32 + b.trailing_zeros()));
+                let i = (w * 64) as u32 + b.trailing_zeros();
+                if !self.store.fixed(i as usize).has(crate::core::prospect::FREE) {
+                    out.push(ProspectIx(i));
+                }
                 b &= b - 1;
             }
         }

@@ -10,6 +10,7 @@ impl Engine {
     /// Moves the watermark to `t` (if later) and fires every timer it passes. The shell calls
     /// this with the wall clock when a shard is idle, and at the end of a replay.
     pub fn advance_to(&mut self, t: Ts, out: &mut Vec<Output>) {
+        self.release_freed();
         if t > self.watermark {
             self.watermark = t;
             self.fire_timers(out);
@@ -77,5 +78,6 @@ impl Engine {
         self.swept_at = self.watermark;
         let (watermark, window) = (self.watermark, self.journey.dedup_window);
         self.extras.retain(|_, x| !x.prune(watermark, window));
+        self.sweep_cooldowns();
     }
 }

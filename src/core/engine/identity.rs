@@ -148,7 +148,7 @@ impl Engine {
             let (p, st, c, m) = self.prospect_parts(f);
             let (p, st, c, m) = (p.clone(), st.to_vec(), c.to_vec(), m.to_vec());
             if new {
-                self.store.push_with(p, &st, &c, &m);
+                self.store.put_with(ti, p, &st, &c, &m);
             } else {
                 self.store.set(ti, p, &st, &c, &m);
             }
@@ -178,6 +178,7 @@ impl Engine {
         self.timers.extend(super::timers::armed(t.0, &p));
         self.quiet.remove(&t.0);
         self.arm_quiet(t);
+        self.arm_expiry(t);
         self.mark_changed(f.0);
         self.mark_changed(t.0);
         self.identity_stats.merged += 1;

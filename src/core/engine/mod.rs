@@ -46,6 +46,7 @@ mod clock;
 mod crm;
 mod extras;
 mod identity;
+mod retention;
 mod rules;
 pub mod snapshot;
 mod stages;
@@ -57,6 +58,7 @@ pub use crm::CrmState;
 use extras::{Emails, Seen};
 pub use extras::{Extras, dedup_key};
 pub use identity::IdentityStats;
+pub use retention::{KeptCooldown, KeptCooldowns};
 use timers::{Timer, TimerKind};
 pub use view::{Census, ProspectView};
 
@@ -84,6 +86,17 @@ pub struct Stats {
     /// Prospects moved out of a terminal stage by one of its `reopen_on` signals, or whose
     /// outcome was replaced by a contradicting one within `time.outcome_correction_hours`.
     pub reopened: u64,
+    /// Prospects that left memory after their stage's `[retention]` span without events.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub expired: u64,
+    /// Prospects that left memory at `[retention] max_prospects_per_shard` (least recently
+    /// active first).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub evicted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone)]
@@ -132,6 +145,14 @@ pub struct Engine {
     attr: Attributions,
     /// Per CRM input topic, what the shard remembers of its objects (`crm.rs`).
     crm: crm::CrmState,
+    /// `[retention]`: per slot, the due time (seconds) of its expiry heap entry, 0 = none (not
+    /// state: restores re-arm it). Empty when nothing expires.
+    expiry_armed: Vec<u32>,
+    /// Alert cooldowns of prospects that left memory, kept until they lapse (state).
+    kept_cooldowns: KeptCooldowns,
+    /// Whether ids that leave memory are queued in `removed_ids` (for changelog tombstones).
+    track_removals: bool,
+    removed_ids: Vec<Box<str>>,
 }
 
 fn journey_identity(journey: &Journey) -> Option<Box<IdentityMap>> {
@@ -163,6 +184,10 @@ impl Engine {
             captured_from: None,
             identity_stats: IdentityStats::default(),
             crm: crm::CrmState::default(),
+            expiry_armed: Vec::new(),
+            kept_cooldowns: KeptCooldowns::new(),
+            track_removals: false,
+            removed_ids: Vec::new(),
         }
     }
 
@@ -183,7 +208,7 @@ impl Engine {
     /// changed. `Err` if the id is already there (damaged state) or the shard is full.
     fn restore_prospect(&mut self, id: &str, rec: &snapshot::ProspectRecord<'_>) -> Result<ProspectIx, InternerFull> {
         let ix = self.ids.intern_new(id)?.ok_or(InternerFull)?;
-        self.store.push_with(rec.fixed.clone(), &rec.stage_times, &rec.counts, &rec.marks);
+        self.store.put_with(ix.0 as usize, rec.fixed.clone(), &rec.stage_times, &rec.counts, &rec.marks);
         if let Some(e) = rec.email {
             self.emails.insert(ix.0, e.into());
         }
@@ -195,6 +220,14 @@ impl Engine {
         if !due.is_none() {
             self.quiet.insert(ix.0, due);
             self.restored_timers.push(Reverse((due, ix.0, TimerKind::Quiet)));
+        }
+        let due = retention::expiry_due(&self.journey, &rec.fixed);
+        if !due.is_none() {
+            if ix.0 as usize >= self.expiry_armed.len() {
+                self.expiry_armed.resize(ix.0 as usize + 1, 0);
+            }
+            self.expiry_armed[ix.0 as usize] = (due.0 / 1000) as u32;
+            self.restored_timers.push(Reverse((due, ix.0, TimerKind::Expire)));
         }
         Ok(ix)
     }
@@ -211,10 +244,11 @@ impl Engine {
     /// otherwise, and re-arms its timers. Funnel and stats are not touched (they come with the
     /// shard meta).
     pub fn install(&mut self, id: &str, rec: snapshot::ProspectRecord<'_>) -> Result<ProspectIx, InternerFull> {
+        self.release_freed();
         let (ix, new) = self.ids.intern(id)?;
         let i = ix.0 as usize;
         if new {
-            self.store.push_with(rec.fixed, &rec.stage_times, &rec.counts, &rec.marks);
+            self.store.put_with(i, rec.fixed, &rec.stage_times, &rec.counts, &rec.marks);
         } else {
             self.store.set(i, rec.fixed, &rec.stage_times, &rec.counts, &rec.marks);
         }
@@ -238,6 +272,10 @@ impl Engine {
         self.timers.extend(timers::armed(ix.0, self.store.fixed(i)));
         self.quiet.remove(&ix.0);
         self.arm_quiet(ix);
+        if let Some(a) = self.expiry_armed.get_mut(i) {
+            *a = 0;
+        }
+        self.arm_expiry(ix);
         self.mark_changed(ix.0);
         Ok(ix)
     }
@@ -265,12 +303,13 @@ impl Engine {
         &self.funnel
     }
 
+    /// Prospects held (redirects included; slots freed by retention not).
     pub fn len(&self) -> usize {
-        self.store.len()
+        self.ids.live()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.store.len() == 0
+        self.len() == 0
     }
 
     pub fn prospect_id(&self, ix: ProspectIx) -> &str {
@@ -297,6 +336,7 @@ impl Engine {
     /// Applies one event, appending what it caused to `out`. With `[identity] resolve`, the
     /// links the event states come first, then the event applies to its canonical prospect.
     pub fn apply(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) {
+        self.release_freed();
         if self.identity.is_some() {
             return self.apply_resolved(ev, out);
         }
@@ -338,16 +378,22 @@ impl Engine {
             return self.reject(RejectReason::SourceMismatch, detail, out);
         }
         let key = dedup_key(ids::event_fingerprint(&ev.event_id), sig);
-        let (ix, new) = match self.ids.intern(&ev.prospect) {
+        let held = self.retain_before(&ev.prospect, ev.ts, out);
+        let interned = match held {
+            Some(ix) => Ok((ix, false)),
+            None => self.ids.intern(&ev.prospect),
+        };
+        let (ix, new) = match interned {
             Ok(v) => v,
             Err(InternerFull) => {
-                let detail = format!("shard holds {} prospects, its id arena is full", self.store.len());
+                let detail = format!("shard holds {} prospects, its id arena is full", self.len());
                 return self.reject(RejectReason::Capacity, detail, out);
             }
         };
         let i = ix.0 as usize;
         if new {
-            self.store.push(Prospect::new(journey.first_stage(), ev.ts));
+            self.store.put(i, Prospect::new(journey.first_stage(), ev.ts));
+            self.returning(ix, ev.ts);
         } else {
             match self.seen(ix, key) {
                 Seen::Redelivery => {
@@ -435,6 +481,7 @@ impl Engine {
 
         // Stage: forward only; a new prospect enters at least the first stage.
         let target = if new { Some(def.enters.unwrap_or(journey.first_stage())) } else { def.enters };
+        let stage_before = self.store.fixed(i).stage;
         if let Some(to) = target {
             self.enter_stage(&journey, ix, new, to, sig, ts, late, score_before, out);
         }
@@ -459,6 +506,11 @@ impl Engine {
         }
 
         self.arm_quiet(ix);
+        // Without a stage move the expiry due only moved later (the last event time did): the
+        // armed entry re-arms when it pops.
+        if new || self.store.fixed(i).stage != stage_before {
+            self.arm_expiry(ix);
+        }
         if !late {
             self.hot_rules(&journey, ix, sig, ev, score_before, out);
             if def.tracked_slot.is_some() {
@@ -467,6 +519,7 @@ impl Engine {
         }
     }
 
+    /// Every prospect held, in index order.
     pub fn iter_ids(&self) -> impl Iterator<Item = (ProspectIx, &str)> + '_ {
         self.ids.iter()
     }

@@ -22,6 +22,9 @@ pub(super) enum TimerKind {
     Stall,
     /// No prospect activity within the window after the last, in a watched stage.
     Quiet,
+    /// No event for the stage's `[retention]` span: the prospect leaves memory (last at one
+    /// instant, so the silences due then fire first).
+    Expire,
 }
 
 /// When the prospect goes quiet under `[gone_quiet]`: the window after its last
@@ -29,7 +32,9 @@ pub(super) enum TimerKind {
 /// watched; `Ts::NONE` when not watched, already quiet or not a prospect.
 pub(super) fn quiet_due(j: &Journey, p: &Prospect) -> Ts {
     let Some(q) = j.quiet else { return Ts::NONE };
-    if q.stages & (1 << p.stage.0) == 0 || p.has(prospect::QUIET | prospect::DISQUALIFIED | prospect::REDIRECT) {
+    if q.stages & (1 << p.stage.0) == 0
+        || p.has(prospect::QUIET | prospect::DISQUALIFIED | prospect::REDIRECT | prospect::FREE)
+    {
         return Ts::NONE;
     }
     let from = if p.last_activity.is_none() { p.stage_entered } else { p.last_activity.max(p.stage_entered) };
@@ -43,6 +48,7 @@ impl TimerKind {
             TimerKind::Ghost => p.ghost_due,
             TimerKind::Stall => p.stall_due,
             TimerKind::Quiet => quiet_due(j, p),
+            TimerKind::Expire => super::retention::expiry_due(j, p),
         }
     }
 }
@@ -93,6 +99,9 @@ impl Engine {
                 break;
             }
             self.timers.pop();
+            if kind == TimerKind::Expire && !self.expiry_popped(ix, due) {
+                continue;
+            }
             if kind == TimerKind::Quiet {
                 if self.quiet.get(&ix) != Some(&due) {
                     continue;
@@ -114,6 +123,9 @@ impl Engine {
     fn fire(&mut self, ix: ProspectIx, kind: TimerKind, due: Ts, out: &mut Vec<Output>) {
         if kind.due(&self.journey, self.store.fixed(ix.0 as usize)) != due {
             return;
+        }
+        if kind == TimerKind::Expire {
+            return self.expire(ix, due, crate::core::output::ExpireReason::Retention, out);
         }
         self.mark_changed(ix.0);
         let journey = &self.journey;
@@ -154,6 +166,8 @@ impl Engine {
                 let since = journey.quiet.map_or(due, |q| due.minus(q.window));
                 out.push(Output::GoneQuiet { prospect: ix, stage: p.stage, since, at: due, class, email });
             }
+            // Left above: an expiry frees the prospect rather than marking it.
+            TimerKind::Expire => {}
         }
     }
 }

@@ -121,6 +121,7 @@ impl Engine {
     pub fn digest(&self) -> u64 {
         let mut buf = Vec::with_capacity(256);
         (0..self.store.len() as u32)
+            .filter(|&i| self.holds(i as usize))
             .fold(0u64, |acc, i| acc.wrapping_add(self.prospect_digest_with(ProspectIx(i), &mut buf)))
     }
 
@@ -128,12 +129,11 @@ impl Engine {
     pub fn census(&self) -> Census {
         let mut c = Census::default();
         let at = self.watermark;
-        let mut redirects = 0;
         for p in self.store.iter_fixed() {
-            if p.has(prospect::REDIRECT) {
-                redirects += 1;
+            if p.has(prospect::REDIRECT | prospect::FREE) {
                 continue;
             }
+            c.prospects += 1;
             match p.classification(&self.journey) {
                 Classification::CurrentOpportunity => c.current_opportunity += 1,
                 Classification::NoCurrentOpportunity => c.no_current_opportunity += 1,
@@ -144,7 +144,6 @@ impl Engine {
             c.stalled += u64::from(p.has(prospect::STALLED));
             c.gone_quiet += u64::from(p.has(prospect::QUIET));
         }
-        c.prospects = self.store.len() as u64 - redirects;
         c
     }
 
@@ -161,6 +160,8 @@ impl Engine {
             + self.extras.values().map(Extras::heap_bytes).sum::<usize>()
             + self.identity.as_ref().map_or(0, |m| m.heap_bytes())
             + self.attr.heap_bytes()
+            + self.expiry_armed.capacity() * 4
+            + self.kept_cooldowns.keys().map(|k| k.len() + 64).sum::<usize>()
     }
 }
 

@@ -60,9 +60,14 @@ impl TableHash for KeyedHash {
     }
 }
 
-/// Interns prospect ids: the bytes of all ids in one arena, end offsets in a `Vec<u32>`, and an
-/// open-addressing table of 4-byte slots. About `len + 4 + ~5` bytes per id, no allocation per
-/// id.
+/// Interns prospect ids: the bytes of all ids in one arena, start and end offsets in two
+/// `Vec<u32>`s, and an open-addressing table of 4-byte slots. About `len + 8 + ~5` bytes per id,
+/// no allocation per id.
+///
+/// An id can be removed ([`Interner::remove`]: out of the table at once, its bytes still readable
+/// until [`Interner::release_removed`]) and its index is then reused by a later new id, so the
+/// indexes stay dense under churn (retention). Bytes of released ids are garbage in the arena
+/// until it is compacted in place (when garbage is over half of it); indexes never move.
 ///
 /// A slot holds `ix + 1` in its low [`IX_BITS`] bits and a 5-bit tag from the id's hash above
 /// them (0 = empty), so one cache line of the table answers a lookup and the id bytes are
@@ -75,9 +80,21 @@ impl TableHash for KeyedHash {
 #[derive(Default)]
 pub struct Interner<S: TableHash = KeyedHash> {
     arena: Vec<u8>,
+    starts: Vec<u32>,
     ends: Vec<u32>,
     table: Vec<Line>,
     hasher: S,
+    /// One bit per index: not in the table (removed or released).
+    absent: Vec<u64>,
+    /// Removed since the last [`Interner::release_removed`]: bytes still readable.
+    removed: Vec<u32>,
+    /// Released indexes, reused by new ids (last released first).
+    free: Vec<u32>,
+    /// Arena bytes of released ids.
+    garbage: usize,
+    /// Removals and reuses so far, and arena compactions: an incremental copy
+    /// ([`Interner::extend_from`]) is possible only while neither changed since the last copy.
+    edits: u64,
 }
 
 /// 16 slots, one cache line.
@@ -99,18 +116,30 @@ impl<S: TableHash> Clone for Interner<S> {
     fn clone(&self) -> Interner<S> {
         Interner {
             arena: self.arena.clone(),
+            starts: self.starts.clone(),
             ends: self.ends.clone(),
             table: self.table.clone(),
             hasher: self.hasher.clone(),
+            absent: self.absent.clone(),
+            removed: self.removed.clone(),
+            free: self.free.clone(),
+            garbage: self.garbage,
+            edits: self.edits,
         }
     }
 
     /// Reuses `self`'s allocations (checkpoint captures).
     fn clone_from(&mut self, source: &Interner<S>) {
         self.arena.clone_from(&source.arena);
+        self.starts.clone_from(&source.starts);
         self.ends.clone_from(&source.ends);
         self.table.clone_from(&source.table);
         self.hasher.clone_from(&source.hasher);
+        self.absent.clone_from(&source.absent);
+        self.removed.clone_from(&source.removed);
+        self.free.clone_from(&source.free);
+        self.garbage = source.garbage;
+        self.edits = source.edits;
     }
 }
 
@@ -127,12 +156,35 @@ impl Interner {
 }
 
 impl<S: TableHash> Interner<S> {
+    /// Indexes given out so far, removed and released ones included (the dense range).
     pub fn len(&self) -> usize {
         self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
+    }
+
+    /// Ids in the table.
+    pub fn live(&self) -> usize {
+        self.ends.len() - self.free.len() - self.removed.len()
+    }
+
+    /// Whether index `i` holds no id (removed or released).
+    pub fn is_absent(&self, i: u32) -> bool {
+        self.absent.get(i as usize / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn set_absent(&mut self, i: u32, on: bool) {
+        let w = i as usize / 64;
+        if w >= self.absent.len() {
+            self.absent.resize(w + 1, 0);
+        }
+        if on {
+            self.absent[w] |= 1 << (i % 64);
+        } else {
+            self.absent[w] &= !(1 << (i % 64));
+        }
     }
 
     pub fn get(&self, ix: ProspectIx) -> &str {
@@ -142,8 +194,7 @@ impl<S: TableHash> Interner<S> {
 
     fn bytes(&self, i: u32) -> &[u8] {
         let i = i as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.arena[start..self.ends[i] as usize]
+        &self.arena[self.starts[i] as usize..self.ends[i] as usize]
     }
 
     fn slots(&self) -> usize {
@@ -188,20 +239,104 @@ impl<S: TableHash> Interner<S> {
         if let Some(i) = self.probe(h, id.as_bytes()) {
             return Ok((ProspectIx(i), false));
         }
-        let end = u32::try_from(self.arena.len() + id.len()).map_err(|_| InternerFull)?;
-        let ix = self.ends.len();
+        let start = self.arena.len();
+        let end = u32::try_from(start + id.len()).map_err(|_| InternerFull)?;
+        let reuse = self.free.last().copied();
+        let ix = reuse.map_or(self.ends.len(), |i| i as usize);
         if ix >= MAX_IDS {
             return Err(InternerFull);
         }
-        if (ix + 1) * 8 > self.slots() * 7 {
+        if (self.live() + 1) * 8 > self.slots() * 7 {
             self.grow();
         }
         crate::core::mem::reserve(&mut self.arena, id.len());
-        crate::core::mem::reserve(&mut self.ends, 1);
         self.arena.extend_from_slice(id.as_bytes());
-        self.ends.push(end);
+        if reuse.is_some() {
+            self.free.pop();
+            self.starts[ix] = start as u32;
+            self.ends[ix] = end;
+            self.set_absent(ix as u32, false);
+            self.edits += 1;
+        } else {
+            crate::core::mem::reserve(&mut self.starts, 1);
+            crate::core::mem::reserve(&mut self.ends, 1);
+            self.starts.push(start as u32);
+            self.ends.push(end);
+        }
         self.place(h, ix as u32);
         Ok((ProspectIx(ix as u32), true))
+    }
+
+    /// Takes an id out of the table: `find` no longer finds it, its index is not reused yet and
+    /// [`Interner::get`] still returns it until [`Interner::release_removed`].
+    pub fn remove(&mut self, ix: ProspectIx) {
+        if self.is_absent(ix.0) || ix.0 as usize >= self.len() {
+            return;
+        }
+        let h = self.hasher.hash(self.bytes(ix.0));
+        let mask = self.slots() - 1;
+        let mut s = self.home(h);
+        while self.slot(s) & IX_MASK != ix.0 + 1 {
+            s = (s + 1) & mask;
+        }
+        // Backward-shift deletion: later entries of the probe run move into the hole unless
+        // their home lies cyclically in (hole, entry].
+        let mut j = s;
+        loop {
+            j = (j + 1) & mask;
+            let e = self.slot(j);
+            if e == 0 {
+                break;
+            }
+            let k = self.home(self.hasher.hash(self.bytes((e & IX_MASK) - 1)));
+            let stays = if s <= j { s < k && k <= j } else { s < k || k <= j };
+            if !stays {
+                self.table[s / LINE].0[s % LINE] = e;
+                s = j;
+            }
+        }
+        self.table[s / LINE].0[s % LINE] = 0;
+        self.set_absent(ix.0, true);
+        self.removed.push(ix.0);
+        self.edits += 1;
+    }
+
+    /// Makes the removed indexes reusable; their bytes become garbage, and the arena is
+    /// compacted in place when garbage is more than half of it (indexes do not move).
+    pub fn release_removed(&mut self) {
+        if self.removed.is_empty() {
+            return;
+        }
+        for k in 0..self.removed.len() {
+            let i = self.removed[k] as usize;
+            self.garbage += (self.ends[i] - self.starts[i]) as usize;
+            (self.starts[i], self.ends[i]) = (0, 0);
+        }
+        self.free.append(&mut self.removed);
+        self.edits += 1;
+        if self.garbage > 4096 && self.garbage * 2 > self.arena.len() {
+            self.compact_arena();
+        }
+    }
+
+    /// Rewrites the arena without garbage, in place: ids are moved in arena order (a reused
+    /// index's bytes lie after those of later indexes), each to a place no later than its own.
+    fn compact_arena(&mut self) {
+        let mut order: Vec<(u32, u32)> =
+            (0..self.ends.len() as u32).filter(|&i| !self.is_absent(i)).map(|i| (self.starts[i as usize], i)).collect();
+        order.sort_unstable();
+        let mut at = 0usize;
+        for (_, i) in order {
+            let i = i as usize;
+            let (s, e) = (self.starts[i] as usize, self.ends[i] as usize);
+            self.arena.copy_within(s..e, at);
+            self.starts[i] = at as u32;
+            at += e - s;
+            self.ends[i] = at as u32;
+        }
+        self.arena.truncate(at);
+        self.garbage = 0;
+        self.edits += 1;
     }
 
     /// Doubles the table and re-inserts every id, in index order (the arena is read
@@ -222,6 +357,9 @@ impl<S: TableHash> Interner<S> {
     /// Places the ids from index `first` on (known not to be in the table).
     fn place_from(&mut self, first: u32) {
         for i in first..self.ends.len() as u32 {
+            if self.is_absent(i) {
+                continue;
+            }
             let h = self.hasher.hash(self.bytes(i));
             self.place(h, i);
         }
@@ -249,8 +387,9 @@ impl<S: TableHash> Interner<S> {
     /// doubling (and re-inserting everything) along the way.
     pub fn reserve(&mut self, n: usize, bytes: usize) {
         crate::core::mem::reserve(&mut self.arena, bytes);
+        crate::core::mem::reserve(&mut self.starts, n);
         crate::core::mem::reserve(&mut self.ends, n);
-        let want = self.len() + n;
+        let want = self.live() + n;
         let mut lines = self.table.len().max(4);
         while want * 8 > lines * LINE * 7 {
             lines *= 2;
@@ -262,10 +401,17 @@ impl<S: TableHash> Interner<S> {
 
     /// Appends the ids `source` has beyond this interner's, where this interner holds a prefix
     /// of `source` (an earlier copy of it): incremental checkpoint captures. Takes `source`'s key.
+    /// When `source` removed or reused an index or compacted its arena since this copy was
+    /// made, copies it whole instead.
     pub fn extend_from(&mut self, source: &Interner<S>) {
-        debug_assert!(self.len() <= source.len() && source.arena.starts_with(&self.arena));
+        if self.edits != source.edits || self.len() > source.len() || self.arena.len() > source.arena.len() {
+            self.clone_from(source);
+            return;
+        }
+        debug_assert!(source.arena.starts_with(&self.arena));
         let first = self.ends.len();
         self.arena.extend_from_slice(&source.arena[self.arena.len()..]);
+        self.starts.extend_from_slice(&source.starts[first..]);
         self.ends.extend_from_slice(&source.ends[first..]);
         if self.table.len() != source.table.len() || self.hasher != source.hasher {
             // The source grew since, or this is not a copy of it yet: copying its table is
@@ -295,11 +441,18 @@ impl<S: TableHash> Interner<S> {
 
     /// Heap bytes held (for the per-prospect memory figure).
     pub fn heap_bytes(&self) -> usize {
-        self.arena.capacity() + self.ends.capacity() * 4 + self.table.capacity() * std::mem::size_of::<Line>()
+        self.arena.capacity()
+            + (self.starts.capacity() + self.ends.capacity()) * 4
+            + self.table.capacity() * std::mem::size_of::<Line>()
+            + self.absent.capacity() * 8
+            + (self.free.capacity() + self.removed.capacity()) * 4
     }
 
+    /// Every id in the table, in index order.
     pub fn iter(&self) -> impl Iterator<Item = (ProspectIx, &str)> + '_ {
-        (0..self.ends.len() as u32).map(move |i| (ProspectIx(i), self.get(ProspectIx(i))))
+        (0..self.ends.len() as u32)
+            .filter(|&i| !self.is_absent(i))
+            .map(move |i| (ProspectIx(i), self.get(ProspectIx(i))))
     }
 }
 
@@ -322,6 +475,61 @@ mod tests {
         }
         assert_eq!(i.find("nobody"), None);
         assert_eq!(i.len(), 10_000);
+    }
+
+    /// Removals and reuse against a model: every live id found at its index, removed ones not,
+    /// indexes reused, the arena compacted, and copies (incremental or whole) equal.
+    #[test]
+    fn removed_ids_are_gone_and_their_indexes_reused() {
+        use std::collections::HashMap;
+        let mut i = Interner::new();
+        let mut copy = Interner::new();
+        let mut model: HashMap<String, u32> = HashMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = 0u32;
+        for round in 0..40_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x.is_multiple_of(3) && !model.is_empty() {
+                let id = model.keys().nth((x >> 8) as usize % model.len()).unwrap().clone();
+                let ix = model.remove(&id).unwrap();
+                i.remove(ProspectIx(ix));
+                assert_eq!(i.get(ProspectIx(ix)), id, "readable until released");
+                assert_eq!(i.find(&id), None);
+            } else {
+                let id = format!("id-{next}-{}", "x".repeat((x % 40) as usize));
+                next += 1;
+                let free = i.free.last().copied();
+                let (ix, new) = i.intern(&id).unwrap();
+                assert!(new);
+                if let Some(f) = free {
+                    assert_eq!(ix.0, f, "a released index is reused first");
+                }
+                model.insert(id, ix.0);
+            }
+            if round % 7 == 0 {
+                i.release_removed();
+            }
+            if round % 997 == 0 {
+                copy.extend_from(&i);
+                for (id, &ix) in &model {
+                    assert_eq!(i.find(id), Some(ProspectIx(ix)), "source, round {round}");
+                    assert_eq!(copy.find(id), Some(ProspectIx(ix)), "copy, round {round}");
+                }
+            }
+        }
+        assert!(i.len() < next as usize, "indexes were reused: {} for {next} ids", i.len());
+        assert!(i.edits > 0);
+        for (id, &ix) in &model {
+            assert_eq!(i.find(id), Some(ProspectIx(ix)));
+            assert_eq!(i.get(ProspectIx(ix)), id);
+        }
+        assert_eq!(i.iter().count(), model.len());
+        assert_eq!(i.live(), model.len());
+        i.release_removed();
+        let live_bytes: usize = model.keys().map(String::len).sum();
+        assert!(i.arena.len() <= 2 * live_bytes + 4096, "arena compacted: {} for {live_bytes}", i.arena.len());
     }
 
     #[test]

@@ -205,6 +205,29 @@ pub struct QuietRule {
     pub stages: u32,
 }
 
+/// `[retention]`: a prospect with no event for its stage's span of event time leaves memory;
+/// a shard holds at most `max_prospects` (the least recently active leave first).
+#[derive(Clone, Debug, Default)]
+pub struct Retention {
+    /// Per stage (by `StageId`): the span without events after which a prospect in that stage
+    /// leaves memory; `None`: never. Empty when `[retention]` sets no span.
+    pub after: Vec<Option<Span>>,
+    /// `max_prospects_per_shard`.
+    pub max_prospects: Option<u32>,
+}
+
+impl Retention {
+    /// How long a prospect in `stage` stays without events (`None`: for ever).
+    pub fn after(&self, stage: StageId) -> Option<Span> {
+        self.after.get(stage.0 as usize).copied().flatten()
+    }
+
+    /// Whether any stage expires.
+    pub fn expires(&self) -> bool {
+        self.after.iter().any(Option::is_some)
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct StallRule {
     pub window: Span,
@@ -321,6 +344,8 @@ pub struct Journey {
     /// `[insight] score_bands`: ascending lower bounds; band 0 is below the first bound, band
     /// `k` from bound `k - 1` (inclusive) to bound `k`.
     pub score_bands: Vec<f64>,
+    /// `[retention]`: when prospects leave memory (off unless configured).
+    pub retention: Retention,
     /// Number of per-prospect "last seen" slots (`SignalDef::tracked_slot`).
     pub tracked: usize,
     names: Names,

@@ -39,6 +39,8 @@ pub(super) struct RawJourney {
     pub(super) insight: RawInsight,
     #[serde(default)]
     pub(super) breakdowns: RawBreakdowns,
+    #[serde(default)]
+    pub(super) retention: RawRetention,
 }
 
 /// `[insight]`: how the hot rules' accuracy is measured.
@@ -123,6 +125,17 @@ pub(super) struct RawSegmentDimension {
     #[serde(default)]
     pub(super) signal: String,
     pub(super) before_stage: Option<String>,
+}
+
+/// `[retention]`: how long a prospect without events stays in memory, and the prospect cap.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetention {
+    pub(super) after_days: Option<f64>,
+    /// Stage name -> days, overriding `after_days` for that stage.
+    #[serde(default)]
+    pub(super) stages: std::collections::BTreeMap<String, f64>,
+    pub(super) max_prospects_per_shard: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@ use super::raw::{RawJourney, RawStage, RawStalled};
 use super::schema::{Errors, did_you_mean};
 use super::{
     GhostRule, HotCondition, HotRule, Journey, JourneyError, MAX_HOT_RULES, MAX_SIGNALS, MAX_STAGES, MAX_TRACKED,
-    Names, PageRule, QuietRule, SignalDef, SignalId, SignalSource, StageDef, StageId, StallRule, match_key,
+    Names, PageRule, QuietRule, Retention, SignalDef, SignalId, SignalSource, StageDef, StageId, StallRule, match_key,
     normalize_name,
 };
 use crate::core::breakdown::Dimension;
@@ -496,6 +496,7 @@ impl Journey {
             e.invalid("insight.score_bands", "must be finite numbers in strictly ascending order, e.g. [10, 25, 50]");
         }
         let breakdowns = breakdowns(&raw, &names, &stage_names, e);
+        let retention = retention(&raw.retention, raw_stages.len(), &stage_names, e);
 
         Journey {
             name: raw.name.clone(),
@@ -538,6 +539,7 @@ impl Journey {
             alert_horizon: Span::from_days(horizon),
             score_bands: bands.iter().copied().take(super::MAX_SCORE_BANDS).collect(),
             breakdowns,
+            retention,
         }
     }
 }
@@ -656,4 +658,33 @@ fn breakdowns(raw: &RawJourney, names: &SignalNames, stages: &Stages, e: &mut Er
         }
     }
     out
+}
+
+/// Most prospects `[retention] max_prospects_per_shard` may allow (the interner's index limit).
+const MAX_PROSPECTS_PER_SHARD: u64 = 100_000_000;
+
+/// `[retention]`: the default span, per-stage spans by stage name, the prospect cap.
+fn retention(raw: &super::raw::RawRetention, stages: usize, stage_names: &Stages<'_>, e: &mut Errors) -> Retention {
+    let default = raw.after_days.map(|d| Span::from_days(e.positive("retention", "after_days", d)));
+    let mut after = vec![default; stages];
+    for (name, &days) in &raw.stages {
+        let at = format!("retention.stages.{name}");
+        let span = Span::from_days(e.positive(&at, name, days));
+        if let Some(s) = stage_names.of(e, at, name) {
+            after[s.0 as usize] = Some(span);
+        }
+    }
+    if after.iter().all(Option::is_none) {
+        after.clear();
+    }
+    let max_prospects = raw.max_prospects_per_shard.map(|n| {
+        if !(1..=MAX_PROSPECTS_PER_SHARD).contains(&n) {
+            e.invalid(
+                "retention.max_prospects_per_shard",
+                format!("must be between 1 and {MAX_PROSPECTS_PER_SHARD}, got {n}"),
+            );
+        }
+        n.clamp(1, MAX_PROSPECTS_PER_SHARD) as u32
+    });
+    Retention { after, max_prospects }
 }

@@ -5,7 +5,7 @@
 //! | key                  | value                                                        |
 //! |----------------------|--------------------------------------------------------------|
 //! | prospect id (UTF-8)  | `P` + the prospect record (`Engine::encode_changelog_record`) |
-//! | prospect id          | none (a tombstone: delete a prospect the state does not hold) |
+//! | prospect id          | none (a tombstone: a prospect the state no longer holds)     |
 //! | [`META_KEY`]         | `M` + seq u64 + n u32 + n × (topic, next i64) + shard meta    |
 //! | `\0crm/` + topic + CRM key | `C` + CRM entry (`core::crm::bytes`), or none (removed)   |
 //! | [`CRM_STATE_KEY`]    | `C` + complete u8 (the CRM memories hold all the state covers) |
@@ -285,8 +285,12 @@ impl Fold {
         self.crm_confirmed(shard, version);
         self.identity_confirmed(shard);
         for (id, rec) in self.staged.drain() {
-            let Some(rec) = rec else { continue };
             let Ok(id) = std::str::from_utf8(&id) else { continue };
+            // A tombstone: the prospect left memory (retention) or was never held.
+            let Some(rec) = rec else {
+                self.engine.forget(id);
+                continue;
+            };
             let Some(body) = rec.strip_prefix(b"P") else { continue };
             match self.engine.decode_changelog_record(&mut Dec::new(body)) {
                 Ok(decoded) => {

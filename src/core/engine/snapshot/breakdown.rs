@@ -69,11 +69,18 @@ impl Engine {
     /// The body of section `B` of a full state (`sections.rs`; written without dimensions too,
     /// so that a state cut right after its prospects is refused).
     pub(super) fn encode_breakdown_section(&self, w: &mut Enc<'_>) {
-        let set: Vec<usize> = (0..self.len()).filter(|&i| self.attr.any(i)).collect();
+        // Positions in the full state's prospect order (freed slots are not written, so a
+        // position is not always the slot).
+        let set: Vec<(usize, usize)> = self
+            .iter_ids()
+            .enumerate()
+            .filter(|(_, (ix, _))| self.attr.any(ix.0 as usize))
+            .map(|(pos, (ix, _))| (pos, ix.0 as usize))
+            .collect();
         w.u8(self.attr.dims as u8);
         w.u32(set.len() as u32);
-        for i in set {
-            w.u32(i as u32);
+        for (pos, i) in set {
+            w.u32(pos as u32);
             for s in self.attr.of(i) {
                 w.u16(s.value);
                 w.u32(s.at);

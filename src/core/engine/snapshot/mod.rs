@@ -31,6 +31,7 @@ use crate::core::time::Ts;
 
 mod breakdown;
 mod record;
+mod retention;
 mod sections;
 mod wire;
 
@@ -120,7 +121,9 @@ impl Engine {
         w.u64(f.outcomes[0]);
         w.u64(f.outcomes[1]);
         if version >= 4 {
+            // Decoded in this order: the insight counters, retention, then the breakdown tables.
             encode_insight(f, &mut *w.0);
+            self.encode_retention(&mut *w.0);
             self.encode_breakdown_meta(&mut w);
         }
     }
@@ -181,6 +184,8 @@ impl Engine {
         if version >= 4 {
             decode_insight(r, &mut funnel)?;
         }
+        let (expired, evicted, kept) =
+            if version >= 4 { self.decode_retention(r)? } else { (0, 0, Default::default()) };
         let stats = Stats {
             events: st[0],
             applied: st[1],
@@ -197,7 +202,10 @@ impl Engine {
             ahead: st[11],
             duplicate_conflicts: st[12],
             reopened: st[13],
+            expired,
+            evicted,
         };
+        self.kept_cooldowns = kept;
         self.watermark = watermark;
         self.max_event_ts = max_event;
         self.leap = leap;

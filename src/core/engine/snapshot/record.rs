@@ -230,7 +230,13 @@ impl Engine {
     ) -> Result<Prospect, StateError> {
         let j = self.journey();
         let bad_rule = hot_rule as usize >= j.hot_rules.len().max(1);
-        if stage as usize >= j.stages.len() || bad_rule || recent_pos as usize >= RECENT_IDS || !score.is_finite() {
+        let free = flags & crate::core::prospect::FREE != 0;
+        if stage as usize >= j.stages.len()
+            || bad_rule
+            || free
+            || recent_pos as usize >= RECENT_IDS
+            || !score.is_finite()
+        {
             return Err(StateError::Invalid { what: "prospect record", at });
         }
         Ok(Prospect {

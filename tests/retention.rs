@@ -1,0 +1,469 @@
+//! Retention in the engine (what `replay` runs): prospects leave memory after their stage's
+//! span without events, or at the prospect cap; what that leaves behind (funnel, cooldowns),
+//! a return, restores and changelog tombstones, and memory that stays flat under churn.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use microfunnel::codec::{self, Limits};
+use microfunnel::core::time::{MS_PER_DAY, parse_rfc3339};
+use microfunnel::core::{Engine, ExpireReason, Journey, Output, Ts};
+use microfunnel::store::Batch;
+use microfunnel::store::changelog::Fold;
+use microfunnel::traffic::{Generator, Options};
+use serde_json::{Value, json};
+
+const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
+
+/// Aware prospects leave after 2 days without events, deciding ones after 1 (shorter than the
+/// 72-hour alert cooldown), every other stage after 10.
+const RETENTION: &str = "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 2\ndeciding = 1\n";
+
+fn journey(extra: &str) -> Arc<Journey> {
+    Arc::new(Journey::from_toml_str(&format!("{B2B}{extra}")).expect("journey loads"))
+}
+
+fn retained() -> Arc<Journey> {
+    journey(RETENTION)
+}
+
+fn day(d: f64) -> Ts {
+    Ts(parse_rfc3339("2026-03-02T09:00:00Z").unwrap().0 + (d * MS_PER_DAY as f64).round() as i64)
+}
+
+struct Shard {
+    engine: Engine,
+    n: u32,
+}
+
+impl Shard {
+    fn new(journey: Arc<Journey>) -> Shard {
+        Shard { engine: Engine::new(journey), n: 0 }
+    }
+
+    fn send(&mut self, prospect: &str, source: &str, kind: &str, at: Ts) -> Vec<Output> {
+        self.n += 1;
+        let line = json!({
+            "event_id": format!("evt-{}", self.n), "prospect_id": prospect, "source": source,
+            "type": kind, "ts": at.to_string(),
+        })
+        .to_string();
+        let journey = Arc::clone(self.engine.journey());
+        let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap();
+        let mut out = Vec::new();
+        self.engine.apply(&ev, &mut out);
+        out
+    }
+
+    fn web(&mut self, prospect: &str, kind: &str, at: Ts) -> Vec<Output> {
+        self.send(prospect, "web", kind, at)
+    }
+
+    /// Two other prospects' events at `at`: the shard's clock moves there. They stay active.
+    fn time_passes(&mut self, at: Ts) -> Vec<Output> {
+        let mut out = self.web("clock-1", "page_viewed", at);
+        out.extend(self.web("clock-2", "page_viewed", at));
+        out
+    }
+
+    fn json(&self, o: &Output) -> Value {
+        let mut buf = Vec::new();
+        codec::write_output(&self.engine, o, &mut buf).unwrap();
+        serde_json::from_slice(&buf).unwrap()
+    }
+}
+
+/// The expiries in `out` (of prospects other than the two that move the clock).
+fn expired(engine: &Engine, out: &[Output]) -> Vec<(Ts, ExpireReason)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Expired { prospect, at, reason, .. } if !engine.prospect_id(*prospect).starts_with("clock-") => {
+                Some((*at, *reason))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_prospect_without_events_for_its_stages_span_expires_and_its_funnel_counts_stay() {
+    let mut s = Shard::new(retained());
+    let aware = s.engine.journey().stage_by_name("aware").unwrap().0 as usize;
+    s.web("anon-1", "page_viewed", day(0.0));
+    s.web("anon-2", "page_viewed", day(0.0));
+    s.web("anon-2", "page_viewed", day(1.5));
+    s.time_passes(day(1.0));
+    let before = s.engine.funnel().clone();
+    assert_eq!(s.engine.len(), 4);
+
+    // The watermark at day 2.5: anon-1's due (day 0 + 2) has passed, anon-2's (day 3.5) has
+    // not, nor the clock prospects' (day 3).
+    let mut out = Vec::new();
+    s.engine.advance_to(day(2.5), &mut out);
+    assert_eq!(expired(&s.engine, &out), vec![(day(2.0), ExpireReason::Retention)]);
+    let o = out
+        .iter()
+        .find(|o| matches!(o, Output::Expired { prospect, .. } if s.engine.prospect_id(*prospect) == "anon-1"))
+        .unwrap();
+    assert_eq!(
+        s.json(o),
+        json!({"kind": "expired", "prospect": "anon-1", "stage": "aware",
+               "classification": "no_current_opportunity", "reason": "retention",
+               "last_event_at": day(0.0).to_string(), "at": day(2.0).to_string()})
+    );
+    assert_eq!(s.engine.find("anon-1"), None);
+    assert!(s.engine.find("anon-2").is_some());
+    assert_eq!((s.engine.len(), s.engine.census().prospects), (3, 3));
+    assert_eq!(s.engine.stats().expired, 1);
+    let after = s.engine.funnel();
+    assert_eq!(after.in_stage[aware], before.in_stage[aware] - 1, "in_stage drops it");
+    assert_eq!(after.reached, before.reached, "what it reached stays counted");
+    assert_eq!(after.transitions, before.transitions);
+
+    // anon-2 went on at day 1.5: it leaves at day 3.5.
+    let mut out = Vec::new();
+    s.engine.advance_to(day(4.0), &mut out);
+    assert_eq!(expired(&s.engine, &out), vec![(day(3.5), ExpireReason::Retention)]);
+}
+
+#[test]
+fn without_retention_nothing_expires() {
+    let mut s = Shard::new(journey(""));
+    s.web("anon-1", "page_viewed", day(0.0));
+    let out = s.time_passes(day(400.0));
+    assert!(expired(&s.engine, &out).is_empty());
+    assert!(s.engine.find("anon-1").is_some());
+}
+
+#[test]
+fn a_prospect_that_comes_back_after_expiry_starts_fresh() {
+    let mut s = Shard::new(retained());
+    s.web("usr-1", "page_viewed", day(0.0));
+    s.web("usr-1", "content_downloaded", day(0.1));
+    s.web("usr-1", "page_viewed", day(0.2));
+    // interested: the 10-day default.
+    let out = s.time_passes(day(11.5));
+    assert_eq!(expired(&s.engine, &out), vec![(day(10.2), ExpireReason::Retention)]);
+    let out = s.web("usr-1", "page_viewed", day(12.0));
+    assert!(out.iter().any(|o| matches!(o, Output::StageChanged { from: None, .. })), "a new prospect: {out:?}");
+    let v = s.engine.view(s.engine.find("usr-1").unwrap(), None);
+    assert_eq!(v.stage, "aware");
+    assert_eq!(v.signal_counts, vec![("page_viewed".to_string(), 1)]);
+    assert_eq!(v.stages_entered.len(), 1);
+}
+
+#[test]
+fn an_event_after_the_due_time_expires_the_prospect_as_the_watermark_would() {
+    // The same events; in `b` the watermark passes anon-1's due time before its next event, in
+    // `a` that event arrives first. Both end in the same state with the same expiry.
+    let run = |advance: bool| {
+        let mut s = Shard::new(retained());
+        s.web("anon-1", "page_viewed", day(0.0));
+        s.time_passes(day(1.0));
+        let mut out = Vec::new();
+        if advance {
+            s.engine.advance_to(day(2.1), &mut out);
+        }
+        out.extend(s.web("anon-1", "page_viewed", day(2.5)));
+        (s.engine.digest(), expired(&s.engine, &out), s.engine.stats().expired)
+    };
+    let (a, b) = (run(false), run(true));
+    assert_eq!(a.1, vec![(day(2.0), ExpireReason::Retention)]);
+    assert_eq!(a, b);
+}
+
+/// A prospect that leaves memory within its alert cooldown and comes back: the cooldown holds.
+#[test]
+fn an_alert_cooldown_in_force_survives_expiry_and_a_restore() {
+    let mut s = Shard::new(retained());
+    let out = s.send("usr-9", "web", "quote_requested", day(0.0));
+    assert!(out.iter().any(|o| matches!(o, Output::HotLead(_))));
+    // deciding: 1 day; the cooldown is 72 hours.
+    let out = s.time_passes(day(2.5));
+    assert_eq!(expired(&s.engine, &out), vec![(day(1.0), ExpireReason::Retention)]);
+    assert_eq!(s.engine.find("usr-9"), None);
+    assert_eq!(s.engine.kept_cooldowns().len(), 1);
+
+    // A restore in between keeps the cooldown (state version 4).
+    let mut bytes = Vec::new();
+    s.engine.encode_state(&mut bytes);
+    let restored = Engine::decode_state(retained(), &bytes).unwrap();
+    assert_eq!(restored.kept_cooldowns(), s.engine.kept_cooldowns());
+    assert_eq!(restored.digest(), s.engine.digest());
+    assert_eq!(restored.stats(), s.engine.stats());
+    let mut r = Shard { engine: restored, n: s.n };
+
+    for shard in [&mut s, &mut r] {
+        let out = shard.send("usr-9", "web", "quote_requested", day(2.6));
+        assert!(!out.iter().any(|o| matches!(o, Output::HotLead(_))), "within the cooldown: {out:?}");
+        assert!(out.iter().any(|o| matches!(o, Output::HotLeadSuppressed(_))));
+    }
+    assert_eq!(r.engine.digest(), s.engine.digest());
+
+    // After the cooldown, a returning prospect alerts again.
+    let mut s = Shard::new(retained());
+    s.send("usr-9", "web", "quote_requested", day(0.0));
+    s.time_passes(day(2.5));
+    s.time_passes(day(4.5));
+    assert!(s.engine.kept_cooldowns().is_empty(), "lapsed cooldowns are dropped");
+    let out = s.send("usr-9", "web", "quote_requested", day(4.6));
+    assert!(out.iter().any(|o| matches!(o, Output::HotLead(_))));
+}
+
+fn generated(prospects: u64, seed: u64, journey: &Journey) -> Vec<Vec<u8>> {
+    let opts = Options { prospects, seed, malformed_share: 0.0, days: 60.0, ..Options::default() };
+    let mut g = Generator::new(opts, journey, false).unwrap();
+    let (mut line, mut key, mut lines) = (Vec::new(), String::new(), Vec::new());
+    while g.next_into(&mut line, &mut key).is_some() {
+        lines.push(line.clone());
+    }
+    lines
+}
+
+fn apply(engine: &mut Engine, line: &[u8], out: &mut Vec<Output>) {
+    let journey = Arc::clone(engine.journey());
+    for (_, ev) in codec::decode_each(line, &journey, &Limits::default()) {
+        if let Ok(ev) = ev {
+            engine.apply(&ev, out);
+        }
+    }
+}
+
+/// A restore from a snapshot in the middle of a run with expiries continues exactly like the
+/// engine that never stopped, and incremental captures under churn equal full copies.
+#[test]
+fn restores_and_captures_under_churn_match_the_engine_that_never_stopped() {
+    let j = retained();
+    let lines = generated(600, 7, &j);
+    let mut live = Engine::new(Arc::clone(&j));
+    let mut spare = Engine::new(Arc::clone(&j));
+    let mut out = Vec::new();
+    let mut restored: Option<Engine> = None;
+    let (mut incremental, mut expiries) = (0, 0);
+    for (n, line) in lines.iter().enumerate() {
+        apply(&mut live, line, &mut out);
+        if let Some(r) = restored.as_mut() {
+            let mut other = Vec::new();
+            apply(r, line, &mut other);
+            let names = |o: &[Output], e: &Engine| {
+                o.iter()
+                    .map(|o| {
+                        let mut b = Vec::new();
+                        codec::write_output(e, o, &mut b).unwrap();
+                        String::from_utf8(b).unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(names(&other, r), names(&out, &live), "line {n}");
+        }
+        expiries += expired(&live, &out).len();
+        out.clear();
+        if n == lines.len() / 2 {
+            let mut bytes = Vec::new();
+            live.encode_state(&mut bytes);
+            restored = Some(Engine::decode_state(Arc::clone(&j), &bytes).unwrap());
+        }
+        if n % 40 == 0 {
+            incremental += usize::from(live.capture_into(&mut spare));
+            let mut full = Engine::new(Arc::clone(&j));
+            live.capture_into(&mut full);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            spare.encode_state(&mut a);
+            full.encode_state(&mut b);
+            assert_eq!(a, b, "capture at line {n}");
+            assert_eq!(spare.digest(), live.digest());
+            spare = full;
+        }
+    }
+    assert!(expiries > 100, "the run expires prospects: {expiries}");
+    assert!(live.stats().expired > 100);
+    assert!(incremental > 0);
+    let r = restored.unwrap();
+    assert_eq!(r.digest(), live.digest());
+    assert_eq!(r.len(), live.len());
+    assert_eq!(r.stats(), live.stats());
+    assert_eq!(r.funnel(), live.funnel());
+}
+
+/// Waves of one-visit prospects, each wave gone before the next 2 days later: the engine's
+/// memory stops growing once the first waves have left (slots and ids are reused).
+#[test]
+fn memory_stays_flat_under_churn() {
+    let mut s = Shard::new(retained());
+    let mut bytes = Vec::new();
+    for wave in 0..24 {
+        let at = day(3.0 * f64::from(wave));
+        for k in 0..3_000 {
+            s.web(&format!("anon-{wave}-{k:05}-{}", "x".repeat(k % 24)), "page_viewed", at);
+        }
+        s.time_passes(at);
+        assert!(s.engine.len() <= 3_000 + 2 + 3_000, "wave {wave}: {}", s.engine.len());
+        bytes.push(s.engine.heap_bytes());
+    }
+    assert!(s.engine.stats().expired >= 22 * 3_000, "{}", s.engine.stats().expired);
+    // Without reuse each wave would add about 3,000 x 250 bytes; the arena and the timer heap
+    // settle within a few waves (garbage is compacted when it passes half the arena).
+    let (early, late) = (bytes[12], *bytes.last().unwrap());
+    assert!(late <= early + early / 20, "heap bytes: wave 12 {early}, wave 23 {late} ({bytes:?})");
+    assert!(late < 3 * bytes[1], "{bytes:?}");
+}
+
+#[test]
+fn at_the_cap_the_least_recently_active_leave_first() {
+    let mut s = Shard::new(journey("\n[retention]\nmax_prospects_per_shard = 128\n"));
+    for k in 0..128 {
+        s.web(&format!("p-{k:03}"), "page_viewed", day(f64::from(k) / 1000.0));
+    }
+    // p-000 is active again: p-001 and p-002 are now the least recently active.
+    s.web("p-000", "page_viewed", day(0.5));
+    let out = s.web("p-new", "page_viewed", day(0.6));
+    let gone: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Expired { prospect, reason: ExpireReason::Capacity, .. } => {
+                Some(s.engine.prospect_id(*prospect).to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gone, vec!["p-001", "p-002"], "1/64 of the cap, least recently active first");
+    assert_eq!(s.engine.len(), 127);
+    assert!(s.engine.find("p-000").is_some() && s.engine.find("p-new").is_some());
+    assert_eq!(s.engine.stats().evicted, 2);
+    for k in 0..1_000 {
+        s.web(&format!("q-{k}"), "page_viewed", day(1.0));
+        assert!(s.engine.len() <= 128);
+    }
+    assert_eq!(s.engine.len() as u64 + s.engine.stats().evicted, 128 + 1 + 1_000);
+}
+
+/// The changelog: ids that left memory are tombstoned at the next checkpoint, and a restore
+/// (changelog alone, or a snapshot topped up) no longer holds them.
+#[test]
+fn expired_prospects_are_tombstoned_in_the_changelog_and_gone_after_a_restore() {
+    let j = retained();
+    let mut s = Shard::new(Arc::clone(&j));
+    s.engine.track_removals(true);
+    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let checkpoint = |e: &mut Engine, seq: u64, log: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>| {
+        let changed = e.take_changed();
+        let tombstones: Vec<String> = e.take_removed().into_iter().map(String::from).collect();
+        let mut batch = Batch::default();
+        batch.checkpoint(e, &changed, &tombstones, seq, &BTreeMap::from([("web".to_string(), seq as i64)]));
+        log.extend(batch.records().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))));
+        tombstones
+    };
+    s.web("anon-1", "page_viewed", day(0.0));
+    s.web("anon-2", "page_viewed", day(0.0));
+    s.time_passes(day(1.0));
+    assert!(checkpoint(&mut s.engine, 1, &mut log).is_empty());
+    let mut snapshot = Vec::new();
+    s.engine.encode_state(&mut snapshot);
+    let at_one = log.len();
+
+    s.web("anon-2", "page_viewed", day(2.0));
+    s.time_passes(day(3.5));
+    s.time_passes(day(3.5));
+    assert_eq!(s.engine.find("anon-1"), None);
+    let mut gone = checkpoint(&mut s.engine, 2, &mut log);
+    gone.sort();
+    assert_eq!(gone, vec!["anon-1".to_string(), "clock-1".to_string(), "clock-2".to_string()]);
+    let tombstones: Vec<_> = log[at_one..].iter().filter(|(_, v)| v.is_none()).map(|(k, _)| k.clone()).collect();
+    assert_eq!(tombstones, vec![b"anon-1".to_vec()], "clock-1 and clock-2 came back: no tombstone");
+
+    let fold = |base: Engine, from: usize| {
+        let mut f = Fold::new(base, BTreeMap::new(), 0);
+        for (o, (k, v)) in log.iter().enumerate().skip(from) {
+            f.push(0, o as i64, k, v.as_deref());
+        }
+        f.finish().engine
+    };
+    let alone = fold(Engine::new(Arc::clone(&j)), 0);
+    let topped = fold(Engine::decode_state(Arc::clone(&j), &snapshot).unwrap(), at_one);
+    for e in [&alone, &topped] {
+        assert_eq!(e.find("anon-1"), None);
+        assert_eq!(e.digest(), s.engine.digest());
+        assert_eq!(e.len(), s.engine.len());
+        assert_eq!(e.stats(), s.engine.stats());
+    }
+}
+
+#[test]
+fn retention_settings_are_checked_by_key() {
+    for (extra, needle) in [
+        ("\n[retention]\nafter_days = -1\n", "retention"),
+        ("\n[retention]\n[retention.stages]\nawre = 3\n", "retention.stages.awre"),
+        ("\n[retention]\nmax_prospects_per_shard = 0\n", "retention.max_prospects_per_shard"),
+        ("\n[retention]\nafter_dayz = 3\n", "after_dayz"),
+    ] {
+        let err = Journey::from_toml_str(&format!("{B2B}{extra}")).err().unwrap_or_else(|| panic!("{extra} loads"));
+        assert!(err.to_string().contains(needle), "{extra}: {err}");
+    }
+}
+
+/// The example in `deploy/journeys/b2b.toml`, uncommented, is a valid `[retention]`.
+#[test]
+fn the_example_in_the_b2b_journey_is_valid() {
+    let from = B2B.find("# [retention]\n").expect("the example is in b2b.toml");
+    let example: String =
+        B2B[from..].lines().take_while(|l| l.starts_with("# ")).map(|l| format!("{}\n", &l[2..])).collect();
+    let j = journey(&format!("\n{example}"));
+    let r = &j.retention;
+    let days = |stage: &str| r.after(j.stage_by_name(stage).unwrap()).map(|s| s.0 / MS_PER_DAY);
+    assert_eq!(
+        (days("aware"), days("won"), days("lost"), days("interested")),
+        (Some(30), Some(365), Some(365), Some(180))
+    );
+    assert_eq!(r.max_prospects, Some(2_000_000));
+}
+
+/// Ties in last event time are broken by a hash of the id, not by slot: two shards that hold the
+/// same prospects in other slots evict the same ones.
+#[test]
+fn evictions_do_not_depend_on_slot_order() {
+    let evicted = |order: &mut dyn Iterator<Item = u32>| {
+        let mut s = Shard::new(journey("\n[retention]\nmax_prospects_per_shard = 64\n"));
+        for k in order {
+            s.web(&format!("p-{k:03}"), "page_viewed", day(0.0));
+        }
+        let out = s.web("p-new", "page_viewed", day(0.0));
+        let mut gone: Vec<String> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Expired { prospect, .. } => Some(s.engine.prospect_id(*prospect).to_string()),
+                _ => None,
+            })
+            .collect();
+        gone.sort();
+        gone
+    };
+    let (a, b) = (evicted(&mut (0..64)), evicted(&mut (0..64).rev()));
+    assert_eq!(a.len(), 1);
+    assert_eq!(a, b);
+}
+
+/// `check-journey` says what leaves memory and when.
+#[test]
+fn check_journey_summarises_retention() {
+    let path = std::env::temp_dir().join(format!("retention-check-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!("{B2B}{RETENTION}max_prospects_per_shard = 5000\n").replace(
+            "[retention.stages]\naware = 2\ndeciding = 1\nmax_prospects_per_shard = 5000\n",
+            "max_prospects_per_shard = 5000\n[retention.stages]\naware = 2\ndeciding = 1\n",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+        .args(["check-journey", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let line = text.lines().find(|l| l.starts_with("retention:")).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("aware 2 days") && line.contains("deciding 1 days") && line.contains("interested 10 days"),
+        "{line}"
+    );
+    assert!(line.contains("at most 5000 prospects per shard"), "{line}");
+}

@@ -467,3 +467,44 @@ fn check_journey_summarises_retention() {
     );
     assert!(line.contains("at most 5000 prospects per shard"), "{line}");
 }
+
+/// A freed slot drops its breakdown values (the next prospect in it starts with none), and a
+/// full state with freed slots keeps every held prospect's values (they are written by
+/// position in the state, not by slot).
+#[test]
+fn an_expired_prospects_breakdown_values_leave_with_it_and_survive_a_restore_for_the_others() {
+    let mut s = Shard::new(retained());
+    let with_campaign = |s: &mut Shard, prospect: &str, campaign: &str, at: Ts| {
+        s.n += 1;
+        let line = json!({
+            "event_id": format!("evt-{}", s.n), "prospect_id": prospect, "source": "web",
+            "type": "page_viewed", "ts": at.to_string(), "properties": {"utm_campaign": campaign},
+        })
+        .to_string();
+        let journey = Arc::clone(s.engine.journey());
+        let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap();
+        s.engine.apply(&ev, &mut Vec::new());
+    };
+    let campaign = |e: &Engine, p: &str| {
+        let ix = e.find(p).unwrap_or_else(|| panic!("{p} is held"));
+        e.attributed(ix).into_iter().find(|(d, _)| *d == "campaign").and_then(|(_, v)| v.map(str::to_string))
+    };
+    with_campaign(&mut s, "usr_old", "spring_launch", day(0.0));
+    s.time_passes(day(1.0));
+    with_campaign(&mut s, "usr_kept", "autumn_webinar", day(1.0));
+    assert_eq!(campaign(&s.engine, "usr_old").as_deref(), Some("spring_launch"));
+    // usr_old (aware, 2 days) leaves; the others stay active.
+    s.time_passes(day(5.0));
+    with_campaign(&mut s, "usr_kept", "autumn_webinar", day(5.0));
+    assert!(s.engine.find("usr_old").is_none(), "usr_old expired");
+    let mut bytes = Vec::new();
+    s.engine.encode_state(&mut bytes);
+    let restored = Engine::decode_state(Arc::clone(s.engine.journey()), &bytes).unwrap();
+    assert_eq!(restored.digest(), s.engine.digest());
+    assert_eq!(campaign(&restored, "usr_kept").as_deref(), Some("autumn_webinar"));
+    // A new prospect takes the freed slot and starts with no campaign.
+    s.web("usr_new", "page_viewed", day(5.5));
+    s.web("usr_new", "page_viewed", day(5.6));
+    assert_eq!(campaign(&s.engine, "usr_new"), None);
+    assert_eq!(campaign(&s.engine, "usr_kept").as_deref(), Some("autumn_webinar"));
+}

@@ -255,27 +255,42 @@ fn write_pairs(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
         return Ok(());
     }
     writeln!(out, "\nPairs the sequence rules name (the second signal within the window after the first)")?;
-    writeln!(
-        out,
-        "  {:<48} {:>6} {:>6} {:>7} {:>15} {:>6} {:>11}",
-        "pair", "won", "lost", "win", "win 95%", "lift", "lift 95%"
-    )?;
+    win_header(out, "pair", 58)?;
     for p in &r.pairs {
         let pair = format!("{} within {}d after {}", p.signal, p.within_days, p.after);
-        let [ll, lh] = p.lift_interval;
-        let flag = if p.small_sample { " *" } else { "" };
-        writeln!(
-            out,
-            "  {pair:<58} {:>6} {:>6} {:>7} {:>15} {:>6.2} {:>11}{flag}",
-            p.won,
-            p.lost,
-            pct(p.win_rate),
-            pct_range(p.win_rate_interval),
-            p.lift,
-            format!("{ll:.2}-{lh:.2}")
-        )?;
+        let rate = (p.win_rate, p.win_rate_interval);
+        win_row(out, &pair, 58, [p.won, p.lost], rate, (p.lift, p.lift_interval), p.small_sample)?;
     }
     Ok(())
+}
+
+/// The header of a won / lost / win rate / lift table whose first column is `width` wide.
+fn win_header(out: &mut impl Write, first: &str, width: usize) -> io::Result<()> {
+    writeln!(
+        out,
+        "  {first:<width$} {:>6} {:>6} {:>7} {:>15} {:>6} {:>11}",
+        "won", "lost", "win", "win 95%", "lift", "lift 95%"
+    )
+}
+
+/// One row of such a table; `*` marks a small sample.
+fn win_row(
+    out: &mut impl Write,
+    label: &str,
+    width: usize,
+    [won, lost]: [u64; 2],
+    (rate, rate_ci): (f64, [f64; 2]),
+    (lift, [ll, lh]): (f64, [f64; 2]),
+    small: bool,
+) -> io::Result<()> {
+    let flag = if small { " *" } else { "" };
+    writeln!(
+        out,
+        "  {label:<width$} {won:>6} {lost:>6} {:>7} {:>15} {lift:>6.2} {:>11}{flag}",
+        pct(rate),
+        pct_range(rate_ci),
+        format!("{ll:.2}-{lh:.2}")
+    )
 }
 
 fn write_drop_off(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
@@ -300,11 +315,7 @@ fn write_drop_off(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
 
 fn write_bands(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
     writeln!(out, "\nWin rate by score just before the outcome ([insight] score_bands)")?;
-    writeln!(
-        out,
-        "  {:<14} {:>6} {:>6} {:>7} {:>15} {:>6} {:>11}",
-        "score", "won", "lost", "win", "win 95%", "lift", "lift 95%"
-    )?;
+    win_header(out, "score", 14)?;
     for b in &r.score_bands {
         let band = match (b.from, b.to) {
             (None, Some(t)) => format!("< {t}"),
@@ -312,18 +323,8 @@ fn write_bands(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
             (Some(f), None) => format!(">= {f}"),
             (None, None) => "all".into(),
         };
-        let [ll, lh] = b.lift_interval;
-        let flag = if b.small_sample { " *" } else { "" };
-        writeln!(
-            out,
-            "  {band:<14} {:>6} {:>6} {:>7} {:>15} {:>6.2} {:>11}{flag}",
-            b.won,
-            b.lost,
-            pct(b.win_rate),
-            pct_range(b.win_rate_interval),
-            b.lift,
-            format!("{ll:.2}-{lh:.2}")
-        )?;
+        let rate = (b.win_rate, b.win_rate_interval);
+        win_row(out, &band, 14, [b.won, b.lost], rate, (b.lift, b.lift_interval), b.small_sample)?;
     }
     Ok(())
 }

@@ -90,6 +90,7 @@ fn split(journey: &Journey, lines: &[String], cut: i64) -> (Vec<In>, Vec<In>) {
 fn kill_9_mid_flow_with_identity(name: &str, from: From) {
     let mut s = setup(name);
     s.kafka.resume_rewind = 0;
+    s.http.query_api = true;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     s.journey.path = identity_journey(dir, &s.kafka.group_id);
     let journey = Journey::from_toml_str(&std::fs::read_to_string(&s.journey.path).unwrap()).unwrap();
@@ -188,7 +189,16 @@ fn kill_9_mid_flow_with_identity(name: &str, from: From) {
         .filter(|a| a["email"] == "ana@flow.example")
         .map(|a| a["prospect"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(flow_alerts, BTreeSet::from([user]));
+    assert_eq!(flow_alerts, BTreeSet::from([user.clone()]));
+    // Any linked id answers with the canonical prospect, and the answer lists them all.
+    let anon = flow[0].split("\"anonymousId\":\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let (code, body) = http_get(svc.addr(), &format!("/prospects/{anon}"));
+    assert_eq!(code, 200, "{body}");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["prospect"], user.as_str(), "{p}");
+    let linked: BTreeSet<&str> = p["linked_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(linked.contains(anon.as_str()) && linked.contains(user.as_str()) && linked.len() >= 3, "{p}");
+    assert!(p["signal_counts"].to_string().contains("content_downloaded"), "the pre-signup download: {p}");
     let m = svc.metrics();
     assert!(total(&m, "microfunnel_prospects_merged_total") > 0.0, "merges after the restore are counted");
 }

@@ -47,14 +47,14 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
         }
     };
     if let Some(id) = &args.prospect {
-        let Some(ix) = engine.find(id) else {
+        // Any id linked to the prospect (`[identity] resolve`) answers with the canonical one.
+        let (canonical, linked) = engine.linked_ids(id);
+        let Some(ix) = engine.find(canonical) else {
             anyhow::bail!("prospect `{id}` is not in this snapshot (shard {})", checked.header.shard);
         };
-        writeln!(
-            std::io::stdout().lock(),
-            "{}",
-            serde_json::to_string_pretty(&engine.view(ix, Some(engine.watermark()).filter(|w| !w.is_none())))?
-        )?;
+        let mut view = serde_json::to_value(engine.view(ix, Some(engine.watermark()).filter(|w| !w.is_none())))?;
+        view["linked_ids"] = serde_json::json!(linked);
+        writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&view)?)?;
         return Ok(true);
     }
     let digest_ok = format!("{:016x}", engine.digest()) == checked.header.digest;

@@ -80,6 +80,9 @@ pub struct ProspectAnswer {
     pub view: ProspectView,
     /// The shard's state the answer comes from.
     pub state: StateAt,
+    /// With `[identity] resolve`: every id linked to the prospect (the one asked for among
+    /// them; the answer is the canonical prospect's); without, just the id.
+    pub linked_ids: Vec<String>,
 }
 
 /// Where a shard's state stands: its watermark and the next input offset per topic.
@@ -181,14 +184,15 @@ impl State {
     }
 
     /// The prospect from the shard its id hashes to, or from any other shard held here (inputs
-    /// keyed by something else than the prospect id land elsewhere).
+    /// keyed by something else than the prospect id land elsewhere); with `[identity] resolve`,
+    /// any id linked to it answers with the canonical prospect.
     fn prospect(&self, id: &str, partitions: u32) -> Answer {
         let hashed = kafka_partition(id.as_bytes(), partitions.max(1)) as i32;
         let held = self.shards.get(&hashed).map(|s| (hashed, s));
         let found = held
             .into_iter()
             .chain(self.shards.iter().filter(|(p, _)| **p != hashed).map(|(p, s)| (*p, s)))
-            .find_map(|(p, s)| s.engine.find(id).map(|ix| (p, s, ix)));
+            .find_map(|(p, s)| s.engine.find(s.engine.linked_ids(id).0).map(|ix| (p, s, ix)));
         let Some((partition, shard, ix)) = found else {
             return if self.shards.contains_key(&hashed) {
                 Answer::Unknown { partition: hashed }
@@ -202,7 +206,8 @@ impl State {
             watermark: (!watermark.is_none()).then(|| watermark.to_string()),
             positions: shard.position_map(&self.settings.kafka.input_topics),
         };
-        Answer::Prospect(Box::new(ProspectAnswer { partition, view, state }))
+        let linked_ids = shard.engine.linked_ids(id).1.into_iter().map(String::from).collect();
+        Answer::Prospect(Box::new(ProspectAnswer { partition, view, state, linked_ids }))
     }
 
     fn forecast(&self, horizon: Span) -> Answer {

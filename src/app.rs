@@ -74,7 +74,7 @@ pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppEr
     });
     tracing::info!("metrics at http://{http_addr}/metrics, health at /healthz and /readyz");
     if settings.http.query_api {
-        tracing::info!("query API at http://{http_addr}/prospects/{{id}}, /funnel, /signals and /forecast");
+        tracing::info!("query API at http://{http_addr}/prospects/{{id}}, /funnel, /signals, /rules and /forecast");
     }
     let (tx, done) = mpsc::channel();
     let handles = Handles {

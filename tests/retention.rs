@@ -508,3 +508,19 @@ fn an_expired_prospects_breakdown_values_leave_with_it_and_survive_a_restore_for
     assert_eq!(campaign(&s.engine, "usr_new"), None);
     assert_eq!(campaign(&s.engine, "usr_kept").as_deref(), Some("autumn_webinar"));
 }
+
+/// Retention together with identity resolution is refused (merged-away ids would stay in memory
+/// uncounted by expiry and unevictable by the cap), and an absurd span is refused by key.
+#[test]
+fn retention_with_identity_resolution_and_absurd_spans_are_refused_naming_the_key() {
+    let err = |extra: &str| match Journey::from_toml_str(&format!("{B2B}{extra}")) {
+        Ok(_) => panic!("accepted: {extra}"),
+        Err(e) => e.to_string(),
+    };
+    let both = err(&format!("{RETENTION}\n[identity]\nresolve = true\n"));
+    assert!(both.contains("retention") && both.contains("identity"), "{both}");
+    let huge = err("\n[retention]\nafter_days = 1e300\n");
+    assert!(huge.contains("retention") && huge.contains("at most 36500"), "{huge}");
+    let staged = err("\n[retention.stages]\naware = 1e9\n");
+    assert!(staged.contains("retention.stages.aware"), "{staged}");
+}

@@ -196,6 +196,12 @@ fn write_report(
     Ok(())
 }
 
+/// `n / d` as a percentage from the counts (the report's ratios are already rounded), `-`
+/// without a denominator.
+fn share(n: u64, d: u64) -> String {
+    if d == 0 { "-".into() } else { format!("{:.1}%", n as f64 / d as f64 * 100.0) }
+}
+
 fn pct(v: f64) -> String {
     format!("{:.1}%", v * 100.0)
 }
@@ -241,9 +247,9 @@ fn write_rules(out: &mut impl Write, r: &FunnelReport, horizon_days: f64) -> io:
             q.won,
             q.won_later,
             q.lost,
-            pct(q.precision),
+            share(q.won, q.won + q.won_later + q.lost),
             pct_range(q.precision_interval),
-            pct(q.capture),
+            share(q.won, r.outcomes.won),
             pct_range(q.capture_interval),
         )?;
     }
@@ -284,6 +290,10 @@ fn win_row(
     small: bool,
 ) -> io::Result<()> {
     let flag = if small { " *" } else { "" };
+    if won + lost == 0 {
+        // No outcome yet: nothing to say, rather than 0%.
+        return writeln!(out, "  {label:<width$} {won:>6} {lost:>6} {:>7} {:>15} {:>6} {:>11}", "-", "-", "-", "-");
+    }
     writeln!(
         out,
         "  {label:<width$} {won:>6} {lost:>6} {:>7} {:>15} {lift:>6.2} {:>11}{flag}",
@@ -353,7 +363,11 @@ fn write_hot_first(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
 
 fn write_milestones(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
     let Some(first) = r.milestones.first() else { return Ok(()) };
-    writeln!(out, "\nLater milestones: of the prospects who showed a signal, the share that reached each stage")?;
+    writeln!(
+        out,
+        "\nLater milestones: of the prospects who showed a signal, the share that showed it at or before\n\
+         first reaching each stage (a stage passed before the signal does not count)"
+    )?;
     write!(out, "  {:<32} {:>7}", "signal", "shown")?;
     for m in &first.reached {
         write!(out, " {:>12}", m.stage)?;

@@ -228,7 +228,10 @@ pub(super) async fn forecast(State(h): State<Health>, headers: HeaderMap, RawQue
         Some(v) => match v.parse::<f64>() {
             Ok(d) if d.is_finite() && d > 0.0 && d <= 3650.0 => d,
             _ => {
-                return reply(StatusCode::BAD_REQUEST, json!({ "error": "horizon_days: a number of days, 0 to 3650" }));
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "error": "horizon_days: a positive number of days, at most 3650" }),
+                );
             }
         },
     };

@@ -460,6 +460,20 @@ impl Journey {
                 e.invalid(format!("identity.{key}"), "must be at least 1");
             }
         }
+        if raw.identity.resolve
+            && (raw.retention.after_days.is_some()
+                || !raw.retention.stages.is_empty()
+                || raw.retention.max_prospects_per_shard.is_some())
+        {
+            // Merged-away ids stay as redirects, which retention can neither expire nor evict
+            // (the cap would count them); not supported together yet.
+            e.invalid(
+                "retention",
+                "cannot be combined with `[identity] resolve = true` yet (ids folded into another person stay \
+                 in memory, which the cap would count but never evict); remove `[retention]` or turn identity \
+                 resolution off",
+            );
+        }
         let identity = raw.identity.resolve.then_some(crate::core::identity::IdentityLimits {
             max_known_ids: raw.identity.max_known_ids,
             max_anonymous_ids: raw.identity.max_anonymous_ids,
@@ -663,13 +677,25 @@ fn breakdowns(raw: &RawJourney, names: &SignalNames, stages: &Stages, e: &mut Er
 /// Most prospects `[retention] max_prospects_per_shard` may allow (the interner's index limit).
 const MAX_PROSPECTS_PER_SHARD: u64 = 100_000_000;
 
+/// Longest `[retention]` span: a hundred years (longer would overflow event time).
+const MAX_RETENTION_DAYS: f64 = 36_500.0;
+
 /// `[retention]`: the default span, per-stage spans by stage name, the prospect cap.
 fn retention(raw: &super::raw::RawRetention, stages: usize, stage_names: &Stages<'_>, e: &mut Errors) -> Retention {
-    let default = raw.after_days.map(|d| Span::from_days(e.positive("retention", "after_days", d)));
+    let days = |e: &mut Errors, at: &str, what: &str, d: f64| {
+        if d.is_finite() && d > MAX_RETENTION_DAYS {
+            e.invalid(
+                at,
+                format!("`{what}` must be at most {MAX_RETENTION_DAYS} days, got {d}; leave it out to keep prospects"),
+            );
+        }
+        e.positive(at, what, d).min(MAX_RETENTION_DAYS)
+    };
+    let default = raw.after_days.map(|d| Span::from_days(days(e, "retention", "after_days", d)));
     let mut after = vec![default; stages];
-    for (name, &days) in &raw.stages {
+    for (name, &d) in &raw.stages {
         let at = format!("retention.stages.{name}");
-        let span = Span::from_days(e.positive(&at, name, days));
+        let span = Span::from_days(days(e, &at, name, d));
         if let Some(s) = stage_names.of(e, at, name) {
             after[s.0 as usize] = Some(span);
         }

@@ -7,7 +7,7 @@
 //!   with a slot set, then per such prospect its index (`u32`, its position in the state) and
 //!   per dimension its value id (`u16`) and touch time (`u32`); always written (0 dimensions
 //!   without breakdowns) and required;
-//! - in a changelog prospect record, after the extras trailer, tag `2`: `u8` dimension count and
+//! - in a changelog prospect record, after the extras trailer, tag `4`: `u8` dimension count and
 //!   the prospect's slots, only for a prospect with one set.
 //!
 //! A state written under other dimension names (the journey's `[breakdowns]` changed) loads
@@ -120,7 +120,7 @@ impl Engine {
     }
 }
 
-/// A prospect's slots as a record holds them (`u8` count first when `dims` is `None`).
+/// A prospect's slots as a record holds them (`dims` of them; the caller reads the count).
 pub(super) fn read_slots(r: &mut Dec<'_>, dims: usize) -> Result<SlotRecord, StateError> {
     (0..dims).map(|_| Ok(Slot { value: r.u16("breakdown value id")?, at: r.u32("breakdown touch")? })).collect()
 }

@@ -2,8 +2,8 @@
 //! alert cooldowns kept for prospects that left while theirs was in force.
 //!
 //! `R`, expired u64, evicted u64, n u32, n × (id: length-prefixed, last alert: i64 ms, hot
-//! rule: u8), ids in byte order. It closes the meta, so it travels in snapshots and in every
-//! changelog checkpoint record; prospects that left are simply absent from the state (and
+//! rule: u8), ids in byte order. It follows the insight counters and precedes the breakdown
+//! tables in the meta, so it travels in snapshots and in every changelog checkpoint record; prospects that left are simply absent from the state (and
 //! tombstoned in the changelog).
 
 use super::wire::{Dec, Enc, StateError, len_prefixed};

@@ -46,11 +46,11 @@ impl Engine {
             let body = r.bytes("section")?;
             let mut b = Dec::new(body);
             match tag {
-                CRM => {
+                CRM if !crm => {
                     self.crm = CrmState::decode(&mut b, self.journey.crm.max_entries)?;
                     crm = true;
                 }
-                IDENTITY => {
+                IDENTITY if !identity => {
                     let at = b.position();
                     let map = match b.u8("identity present")? {
                         0 => None,

@@ -12,7 +12,6 @@ mod support;
 use std::time::Duration;
 
 use microfunnel::config::InputSettings;
-use microfunnel::core::ids::kafka_partition;
 use serde_json::{Value, json};
 use support::*;
 
@@ -42,11 +41,7 @@ fn kill_9_then_restore_without_reading_the_crm_topic(name: &str, from: From) {
     // (3); after it: the same stage set again (5), the win (11).
     let (before, after) = ([hubspot_line(1), hubspot_line(2), hubspot_line(3)], [hubspot_line(5), hubspot_line(11)]);
     // One web key per partition, so that every shard checkpoints in both runs.
-    let keys: Vec<String> = (0..PARTITIONS as u32)
-        .map(|p| {
-            (0..).map(|i| format!("v{i}")).find(|k| kafka_partition(k.as_bytes(), PARTITIONS as u32) == p).unwrap()
-        })
-        .collect();
+    let keys: Vec<String> = (0..PARTITIONS as u32).map(|p| key_in_partition("v", p, PARTITIONS as u32)).collect();
     let page =
         |k: &str, at: &str| format!(r#"{{"type":"page","userId":"{k}","messageId":"{k}-{at}","timestamp":"{at}"}}"#);
     let web_before: Vec<String> = keys.iter().map(|k| page(k, "2026-03-02T08:30:00.000Z")).collect();

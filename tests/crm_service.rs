@@ -81,8 +81,6 @@ fn hubspot_webhooks_on_the_crm_topic_give_what_replay_gives() {
 /// is read again (`tests/crm_persist.rs` does the same after kill -9).
 #[test]
 fn a_restored_shard_keeps_its_crm_memory() {
-    use microfunnel::core::ids::kafka_partition;
-
     let mut s = setup("crm-restore");
     let crm_topic = crm(&s).to_string();
     s.inputs.insert(crm_topic.clone(), InputSettings { format: "hubspot".into(), ..InputSettings::default() });
@@ -95,11 +93,7 @@ fn a_restored_shard_keeps_its_crm_memory() {
     // after it: the same stage set again (5), the win (11).
     let (before, after) = ([line(1), line(2), line(3)], [line(5), line(11)]);
     // One web key per partition, so that every shard checkpoints in both runs.
-    let keys: Vec<String> = (0..3)
-        .map(|p| {
-            (0..).map(|i| format!("v{i}")).find(|k| kafka_partition(k.as_bytes(), PARTITIONS as u32) == p).unwrap()
-        })
-        .collect();
+    let keys: Vec<String> = (0..3).map(|p| key_in_partition("v", p, PARTITIONS as u32)).collect();
     let page =
         |k: &str, at: &str| format!(r#"{{"type":"page","userId":"{k}","messageId":"{k}-{at}","timestamp":"{at}"}}"#);
     let web_before: Vec<String> = keys.iter().map(|k| page(k, "2026-03-02T08:30:00.000Z")).collect();

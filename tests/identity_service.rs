@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use microfunnel::codec::{Limits, decode_each};
 use microfunnel::core::Journey;
-use microfunnel::core::ids::kafka_partition;
 use support::*;
 
 const PARTITIONS: usize = 3;
@@ -37,9 +36,7 @@ fn identity_journey(dir: &Path, name: &str) -> PathBuf {
 /// The flow, every id in one shard: `anon-…` browses and downloads, signs up as `usr-…`
 /// with an email, contact `crm-…` gets a quote with the same email and asks a clarification.
 fn flow() -> Vec<String> {
-    let shard = |prefix: &str| {
-        (0..).map(|i| format!("{prefix}{i}")).find(|k| kafka_partition(k.as_bytes(), PARTITIONS as u32) == 1).unwrap()
-    };
+    let shard = |prefix: &str| key_in_partition(prefix, 1, PARTITIONS as u32);
     let (anon, user, contact) = (shard("anon-"), shard("usr-"), shard("crm-"));
     let seg = |kind: &str, event: &str, user: Option<&str>, id: &str, ts: &str, email: Option<&str>| {
         let user = user.map_or("null".to_string(), |u| format!("\"{u}\""));

@@ -604,6 +604,31 @@ pub fn oracle_with(web: &Path, crm: &Path, partitions: usize, extra: &[&str]) ->
     o
 }
 
+/// What the last checkpoints of `/shards`' shards cover: input messages in all, and each
+/// shard's digest.
+fn checkpoint_cover(shards: &[Value]) -> (i64, BTreeMap<i64, String>) {
+    let mut covered = 0;
+    let mut digests = BTreeMap::new();
+    for sh in shards {
+        if let Some(c) = sh["checkpoint"].as_object() {
+            covered += c["positions"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum::<i64>();
+            if let Some(d) = c["digest"].as_str() {
+                digests.insert(sh["partition"].as_i64().unwrap(), d.to_string());
+            }
+        }
+    }
+    (covered, digests)
+}
+
+/// The first key `{prefix}0`, `{prefix}1`, ... that Kafka's default partitioner puts in
+/// `partition` of `partitions`.
+pub fn key_in_partition(prefix: &str, partition: u32, partitions: u32) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| microfunnel::core::ids::kafka_partition(k.as_bytes(), partitions) == partition)
+        .unwrap()
+}
+
 /// Each shard's checkpoint digest once the checkpoints cover `total` input messages.
 pub fn checkpointed(svc: &Service, total: i64, partitions: usize, limit: Duration) -> BTreeMap<i64, String> {
     let deadline = Instant::now() + limit;
@@ -611,16 +636,7 @@ pub fn checkpointed(svc: &Service, total: i64, partitions: usize, limit: Duratio
         let (_, body) = http_get(svc.addr(), "/shards");
         let shards: Value = serde_json::from_str(&body).unwrap();
         let shards = shards["shards"].as_array().cloned().unwrap_or_default();
-        let mut covered = 0;
-        let mut digests = BTreeMap::new();
-        for sh in &shards {
-            if let Some(c) = sh["checkpoint"].as_object() {
-                covered += c["positions"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum::<i64>();
-                if let Some(d) = c["digest"].as_str() {
-                    digests.insert(sh["partition"].as_i64().unwrap(), d.to_string());
-                }
-            }
-        }
+        let (covered, digests) = checkpoint_cover(&shards);
         if covered == total && digests.len() == partitions {
             return digests;
         }
@@ -801,16 +817,7 @@ impl Process {
         let deadline = Instant::now() + limit;
         loop {
             let shards = self.shards().unwrap_or_default();
-            let mut covered = 0;
-            let mut digests = BTreeMap::new();
-            for sh in &shards {
-                if let Some(c) = sh["checkpoint"].as_object() {
-                    covered += c["positions"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum::<i64>();
-                    if let Some(d) = c["digest"].as_str() {
-                        digests.insert(sh["partition"].as_i64().unwrap(), d.to_string());
-                    }
-                }
-            }
+            let (covered, digests) = checkpoint_cover(&shards);
             if covered == total && digests.len() == partitions {
                 return (digests, shards);
             }

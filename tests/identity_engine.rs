@@ -277,3 +277,155 @@ fn an_earlier_event_can_make_a_folded_id_canonical_again() {
     assert_eq!(engine.census().prospects, 1);
     assert_eq!(engine.funnel().in_stage.iter().sum::<u64>(), 1);
 }
+
+/// The hot-lead alerts of a run: (prospect, rules, signal, event id, time).
+fn hot_leads(engine: &Engine, j: &Journey, out: &[Output]) -> Vec<(String, String, String, String, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::HotLead(h) => {
+                let rules: Vec<&str> = (0..j.hot_rules.len())
+                    .filter(|r| h.rules & (1 << r) != 0)
+                    .map(|r| j.hot_rules[r].name.as_str())
+                    .collect();
+                Some((
+                    engine.prospect_id(h.prospect).to_string(),
+                    rules.join("+"),
+                    j.signal(h.signal).name.clone(),
+                    h.event_id.clone(),
+                    {
+                        let mut t = String::new();
+                        microfunnel::core::time::write_rfc3339(h.at, &mut t).unwrap();
+                        t
+                    },
+                ))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn alert_ids(out: &[Output]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::HotLead(h) => Some(h.alert_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Web engagement of 49 points under an anonymous id, a CRM meeting of 15 under the user id:
+/// neither reaches the `engaged` threshold of 60, the sum does, so the merge alerts, in either
+/// arrival order, at the merge's time.
+#[test]
+fn a_score_crossed_only_by_the_sum_alerts_at_the_merge() {
+    let j = journey("");
+    let web = vec![
+        seg("track", "Demo Requested", None, "anon-2", "w-1", "2026-03-02T09:00:00Z", None),
+        seg("track", "Whitepaper Downloaded", None, "anon-2", "w-2", "2026-03-02T09:05:00Z", None),
+        seg("track", "Ebook Downloaded", None, "anon-2", "w-3", "2026-03-02T09:10:00Z", None),
+        seg("track", "Case Study Downloaded", None, "anon-2", "w-4", "2026-03-02T09:15:00Z", None),
+    ];
+    let crm_side = vec![crm("meeting_booked", "usr_2", "c-1", "2026-03-02T10:00:00Z", None)];
+    let link = seg("identify", "", Some("usr_2"), "anon-2", "w-5", "2026-03-02T11:00:00Z", None);
+    let mut ids = Vec::new();
+    for lines in [[web.clone(), crm_side.clone()].concat(), [crm_side, web].concat()] {
+        let (engine, out) = run(&j, &[lines, vec![link.clone()]].concat());
+        assert_eq!(merges(&engine, &out), [("anon-2".into(), "usr_2".into(), LinkReason::Identify)]);
+        assert_eq!(
+            hot_leads(&engine, &j, &out),
+            [(
+                "usr_2".into(),
+                "engaged".into(),
+                "content_downloaded".into(),
+                "merge:anon-2".into(),
+                "2026-03-02T11:00:00.000Z".into()
+            )],
+            "{out:?}"
+        );
+        ids.push(alert_ids(&out));
+    }
+    assert_eq!(ids[0], ids[1]);
+}
+
+/// A quote under one id, its clarification under another within the rule's 14 days: the merge
+/// fires `clarification_after_quote` at the clarification's time, naming its event, whichever
+/// id held which and whichever arrived first.
+#[test]
+fn a_sequence_rule_across_ids_fires_at_the_merge_within_its_window() {
+    let j = journey("");
+    let mut ids = Vec::new();
+    for (anchor_id, signal_id) in [("crm-77", "usr_1"), ("usr_1", "crm-77")] {
+        for anchor_first in [true, false] {
+            let known = crm("meeting_booked", "usr_1", "c-0", "2026-03-03T10:00:00Z", Some("ana@x.example"));
+            let anchor = crm("quote_sent", anchor_id, "c-1", "2026-03-05T12:00:00Z", None);
+            let signal = crm("quote_clarification_requested", signal_id, "c-2", "2026-03-06T10:00:00Z", None);
+            let link = crm("reviewing_with_partners", "crm-77", "c-3", "2026-03-06T12:00:00Z", Some("ana@x.example"));
+            let lines =
+                if anchor_first { vec![known, anchor, signal, link] } else { vec![known, signal, anchor, link] };
+            let (engine, out) = run(&j, &lines);
+            assert_eq!(merges(&engine, &out), [("crm-77".into(), "usr_1".into(), LinkReason::Email)]);
+            assert_eq!(
+                hot_leads(&engine, &j, &out),
+                [(
+                    "usr_1".into(),
+                    "clarification_after_quote".into(),
+                    "quote_clarification_requested".into(),
+                    "c-2".into(),
+                    "2026-03-06T10:00:00.000Z".into()
+                )],
+                "anchor under {anchor_id}, anchor first {anchor_first}: {out:?}"
+            );
+            ids.push(alert_ids(&out));
+        }
+    }
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+}
+
+/// The same two ids, but the merge comes after the watermark passed the clarification (another
+/// prospect's traffic moved the shard's clock two days on): a late merge fires no sequence rule.
+#[test]
+fn a_late_merge_fires_no_sequence_rule() {
+    let j = journey("");
+    let lines = vec![
+        crm("meeting_booked", "usr_1", "c-0", "2026-03-03T10:00:00Z", Some("ana@x.example")),
+        crm("quote_sent", "crm-77", "c-1", "2026-03-05T12:00:00Z", None),
+        crm("quote_clarification_requested", "usr_1", "c-2", "2026-03-06T10:00:00Z", None),
+        crm("meeting_booked", "usr_9", "c-9", "2026-03-08T12:00:00Z", None),
+        crm("meeting_booked", "usr_8", "c-8", "2026-03-08T12:00:00Z", None),
+        crm("reviewing_with_partners", "crm-77", "c-3", "2026-03-08T13:00:00Z", Some("ana@x.example")),
+    ];
+    let (engine, out) = run(&j, &lines);
+    assert_eq!(merges(&engine, &out), [("crm-77".into(), "usr_1".into(), LinkReason::Email)]);
+    assert!(engine.watermark() > microfunnel::core::time::parse_rfc3339("2026-03-06T10:00:00Z").unwrap());
+    assert!(hot_leads(&engine, &j, &out).is_empty(), "{out:?}");
+}
+
+/// `usr_3` alerted on a quote request (priority 10); a merge within the 72-hour cooldown whose
+/// sum crosses the `engaged` score (priority 0) is held back, in either arrival order.
+#[test]
+fn no_second_alert_inside_the_cooldown_at_a_merge() {
+    let j = journey("");
+    let web = vec![
+        seg("track", "Demo Requested", None, "anon-3", "w-1", "2026-03-02T09:00:00Z", None),
+        seg("track", "Whitepaper Downloaded", None, "anon-3", "w-2", "2026-03-02T09:05:00Z", None),
+        seg("track", "Ebook Downloaded", None, "anon-3", "w-3", "2026-03-02T09:10:00Z", None),
+        seg("track", "Case Study Downloaded", None, "anon-3", "w-4", "2026-03-02T09:15:00Z", None),
+    ];
+    let crm_side = vec![crm("quote_requested", "usr_3", "c-1", "2026-03-02T10:00:00Z", None)];
+    let link = seg("identify", "", Some("usr_3"), "anon-3", "w-5", "2026-03-02T11:00:00Z", None);
+    for lines in [[web.clone(), crm_side.clone()].concat(), [crm_side, web].concat()] {
+        let (engine, out) = run(&j, &[lines, vec![link.clone()]].concat());
+        assert_eq!(merges(&engine, &out), [("anon-3".into(), "usr_3".into(), LinkReason::Identify)]);
+        let alerts = hot_leads(&engine, &j, &out);
+        assert_eq!(alerts.len(), 1, "{out:?}");
+        assert_eq!((alerts[0].0.as_str(), alerts[0].1.as_str()), ("usr_3", "quote_requested"));
+        let held: Vec<_> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::HotLeadSuppressed(s) => Some((engine.prospect_id(s.prospect).to_string(), s.rules, s.held_by)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(held, [("usr_3".to_string(), 1 << 2, 1)], "{out:?}");
+    }
+}

@@ -59,6 +59,32 @@ fn flow() -> Vec<String> {
     ]
 }
 
+/// A score crossed only at a merge, every id in shard 1: `anon2-…` shows 49 points on the web,
+/// `usr2-…` 15 in the CRM, then the visitor identifies as the user: the merge alerts (`engaged`,
+/// event id `merge:anon2-…`). Web lines, then CRM lines.
+fn score_at_merge() -> (Vec<String>, Vec<String>) {
+    let shard = |prefix: &str| key_in_partition(prefix, 1, PARTITIONS as u32);
+    let (anon, user) = (shard("anon2-"), shard("usr2-"));
+    let seg = |kind: &str, event: &str, user: Option<&str>, id: &str, ts: &str| {
+        let user = user.map_or("null".to_string(), |u| format!("\"{u}\""));
+        let event = if event.is_empty() { String::new() } else { format!(r#","event":"{event}""#) };
+        format!(
+            r#"{{"type":"{kind}"{event},"userId":{user},"anonymousId":"{anon}","messageId":"{id}","timestamp":"{ts}"}}"#
+        )
+    };
+    let web = vec![
+        seg("track", "Demo Requested", None, "merge-1", "2026-01-25T09:00:00Z"),
+        seg("track", "Whitepaper Downloaded", None, "merge-2", "2026-01-25T09:05:00Z"),
+        seg("track", "Ebook Downloaded", None, "merge-3", "2026-01-25T09:10:00Z"),
+        seg("track", "Case Study Downloaded", None, "merge-4", "2026-01-25T09:15:00Z"),
+        seg("identify", "", Some(&user), "merge-6", "2026-01-25T11:00:00Z"),
+    ];
+    let crm = vec![format!(
+        r#"{{"event_id":"merge-5","prospect_id":"{user}","source":"crm","type":"meeting_booked","ts":"2026-01-25T10:00:00Z"}}"#
+    )];
+    (web, crm)
+}
+
 /// A line's event time and Kafka key (its first event's prospect, as `gen --brokers` keys it);
 /// `None` for a line that does not decode (a malformed one: unkeyed, kept in place).
 fn time_and_key(journey: &Journey, line: &str) -> Option<(i64, String)> {
@@ -100,6 +126,9 @@ fn kill_9_mid_flow_with_identity(name: &str, from: From) {
     web_lines.extend(flow[..3].iter().cloned());
     let mut crm_lines = read(&gen_crm);
     crm_lines.extend(flow[3..].iter().cloned());
+    let (merge_web, merge_crm) = score_at_merge();
+    web_lines.extend(merge_web);
+    crm_lines.extend(merge_crm);
     let by_time = |lines: &mut Vec<String>| {
         // Stable: a malformed line stays after the line it followed.
         let mut last = i64::MIN;
@@ -124,6 +153,13 @@ fn kill_9_mid_flow_with_identity(name: &str, from: From) {
     std::fs::write(&crm_file, crm_lines.join("\n") + "\n").unwrap();
     let journey_arg = s.journey.path.display().to_string();
     let oracle = oracle_with(&web_file, &crm_file, PARTITIONS, &["--journey", &journey_arg]);
+    let at_merge: Vec<_> = oracle
+        .lines
+        .iter()
+        .filter(|l| l["kind"] == "hot_lead" && l["event_id"].as_str().is_some_and(|e| e.starts_with("merge:anon2-")))
+        .collect();
+    assert_eq!(at_merge.len(), 1, "the oracle alerts at the merge that crosses the score");
+    assert!(oracle.alerts.contains(at_merge[0]["alert_id"].as_str().unwrap()));
     let summary = oracle.lines.iter().find(|l| l["kind"] == "funnel_summary").unwrap();
     assert!(
         summary["stats"]["identity"]["merged"].as_u64().unwrap() > 20,

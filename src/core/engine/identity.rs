@@ -143,6 +143,7 @@ impl Engine {
         // An id folded away earlier can become canonical again (`LinkReason::CanonicalRule`):
         // its record is an empty redirect, so the state moves onto it as for a new id.
         let redirect = !new && self.prospect(t).has(prospect::REDIRECT);
+        let hot;
         if new || redirect {
             // The person's state moves to its canonical id as it is: the funnel is unchanged.
             let (p, st, c, m) = self.prospect_parts(f);
@@ -152,7 +153,10 @@ impl Engine {
             } else {
                 self.store.set(ti, p, &st, &c, &m);
             }
+            // `into` held nothing: no state was joined, so no rule can have become true.
+            hot = None;
         } else {
+            hot = Some(self.merge_facts(&journey, fi, ti));
             self.fold(&journey, fi, ti);
         }
         self.attr.merge(&journey.breakdowns, fi, ti, self.store.stage_times(ti));
@@ -183,6 +187,9 @@ impl Engine {
         self.mark_changed(t.0);
         self.identity_stats.merged += 1;
         out.push(Output::ProspectMerged { from: f, into: t, reason, at });
+        if let Some(facts) = hot {
+            self.hot_rules_at_merge(&journey, t, from, &facts, at, out);
+        }
     }
 
     /// Folds record `fi` into record `ti` (both live prospects), moving the funnel counters.

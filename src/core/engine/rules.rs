@@ -9,6 +9,15 @@ use crate::core::output::{HotLead, Output, SuppressedLead};
 use crate::core::prospect;
 use crate::core::time::Ts;
 
+/// What the hot rules need of the two prospects a merge joins, taken before they are folded:
+/// the higher of their scores at the merged score time, each one's look-back marks (`from`'s,
+/// then `into`'s), and the sequence signals `from` had waiting.
+pub(super) struct MergeFacts {
+    score_before: f64,
+    marks: [Vec<Ts>; 2],
+    from_waiting: Vec<(u8, Ts, Box<str>)>,
+}
+
 impl Engine {
     pub(super) fn hot_rules(
         &mut self,
@@ -170,6 +179,96 @@ impl Engine {
         for (r, s, id) in hits {
             let HotCondition::Signal { signal, .. } = journey.hot_rules[r as usize].condition else { continue };
             self.raise(journey, ix, 1 << r, signal, &id, s, out);
+        }
+    }
+
+    /// The facts [`Engine::hot_rules_at_merge`] needs of records `fi` and `ti`, before the fold.
+    pub(super) fn merge_facts(&self, journey: &Journey, fi: usize, ti: usize) -> MergeFacts {
+        let (a, b) = (self.store.fixed(fi), self.store.fixed(ti));
+        let at = a.score_at.max(b.score_at);
+        MergeFacts {
+            score_before: a.score_at_time(journey, at).max(b.score_at_time(journey, at)),
+            marks: [self.store.marks(fi).to_vec(), self.store.marks(ti).to_vec()],
+            from_waiting: self.extras.get(&(fi as u32)).map_or_else(Vec::new, |x| x.waiting.clone()),
+        }
+    }
+
+    /// The hot rules, once, on prospect `ix` just merged (from prospect `from`, at `at`), as
+    /// if the joined state had been one prospect's all along (README, "Identity resolution"):
+    /// - a score rule fires when the merged score reaches its threshold and neither prospect's
+    ///   score did (at the merged score time): the alert is at `at`, names the merged
+    ///   prospect's last prospect-initiated signal and has the event id `merge:<from>`;
+    /// - a sequence signal still waiting for its anchor (under either id) fires when the anchor
+    ///   under the other id came within the rule's window before it: the alert is at the signal's
+    ///   time and names its event, as it would have without the merge. A waiting signal is kept
+    ///   only while the watermark has not passed its time, so a merge later than that fires
+    ///   nothing for it;
+    /// - a late merge (`at` behind the watermark) raises nothing, as a late event does not.
+    ///
+    /// Each alert goes through the cooldown of the merged prospect's last alert.
+    pub(super) fn hot_rules_at_merge(
+        &mut self,
+        journey: &Journey,
+        ix: ProspectIx,
+        from: &str,
+        facts: &MergeFacts,
+        at: Ts,
+        out: &mut Vec<Output>,
+    ) {
+        let i = ix.0 as usize;
+        let p = self.store.fixed(i);
+        let wm = self.watermark;
+        if (!wm.is_none() && at < wm) || p.has(prospect::DISQUALIFIED) || journey.stage(p.stage).terminal {
+            return;
+        }
+        // Sequence signals whose anchor was under the other id.
+        let mut hits: Vec<(Ts, u8, Box<str>)> = Vec::new();
+        if let Some(x) = self.extras.get_mut(&ix.0) {
+            x.waiting.retain(|(r, s, id)| {
+                let HotCondition::Signal { after: Some((a, within)), .. } = journey.hot_rules[*r as usize].condition
+                else {
+                    return true;
+                };
+                let slot = journey.signal(a).tracked_slot.map_or(0, usize::from);
+                let live = wm.is_none() || *s >= wm;
+                // The anchor under the other id (one under its own id was late, or too early).
+                let other = if facts.from_waiting.iter().any(|w| w.0 == *r && w.1 == *s && w.2 == *id) { 1 } else { 0 };
+                let m = facts.marks[other][slot];
+                let hit = live && !m.is_none() && m <= *s && s.since(m) <= within;
+                if hit {
+                    hits.push((*s, *r, id.clone()));
+                }
+                !hit
+            });
+            if x.is_empty() {
+                self.extras.remove(&ix.0);
+            }
+        }
+        hits.sort();
+        for (s, r, id) in hits {
+            let HotCondition::Signal { signal, .. } = journey.hot_rules[r as usize].condition else { continue };
+            self.raise(journey, ix, 1 << r, signal, &id, s, out);
+        }
+        // Score thresholds crossed only by the sum.
+        let p = self.store.fixed(i);
+        let mut fired = 0u32;
+        for (r, rule) in journey.hot_rules.iter().enumerate() {
+            if let HotCondition::ScoreAtLeast(t) = rule.condition
+                && facts.score_before < t
+                && p.score >= t
+            {
+                fired |= 1 << r;
+            }
+        }
+        if fired != 0 {
+            let sig = if p.last_signal != prospect::NO_SIGNAL {
+                SignalId(p.last_signal)
+            } else {
+                // No prospect-initiated signal: the first signal the person showed.
+                let counts = self.store.counts(i);
+                SignalId(counts.iter().position(|&c| c > 0).unwrap_or(0) as u16)
+            };
+            self.raise(journey, ix, fired, sig, &format!("merge:{from}"), at, out);
         }
     }
 }

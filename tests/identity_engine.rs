@@ -40,29 +40,44 @@ fn flow() -> Vec<String> {
     ]
 }
 
-fn run(journey: &Arc<Journey>, lines: &[String]) -> (Engine, Vec<Output>) {
+/// A run's outputs, with each merge's ids read when it happened (a merged-away id's slot is
+/// freed and reused from the next call on).
+#[derive(Debug)]
+struct Outs {
+    all: Vec<Output>,
+    merged: Vec<(String, String, LinkReason)>,
+}
+
+impl std::ops::Deref for Outs {
+    type Target = Vec<Output>;
+    fn deref(&self) -> &Vec<Output> {
+        &self.all
+    }
+}
+
+fn run(journey: &Arc<Journey>, lines: &[String]) -> (Engine, Outs) {
     let mut engine = Engine::new(Arc::clone(journey));
-    let mut out = Vec::new();
+    let (mut all, mut merged) = (Vec::new(), Vec::new());
     for line in lines {
         let ev = codec::decode(line.as_bytes(), journey, &Limits::default()).unwrap();
+        let mut out = Vec::new();
         engine.apply(&ev, &mut out);
+        for o in &out {
+            if let Output::ProspectMerged { from, into, reason, .. } = o {
+                merged.push((engine.prospect_id(*from).to_string(), engine.prospect_id(*into).to_string(), *reason));
+            }
+        }
+        all.extend(out);
     }
-    (engine, out)
+    (engine, Outs { all, merged })
 }
 
 fn count(view: &ProspectView, signal: &str) -> u16 {
     view.signal_counts.iter().find(|(s, _)| s == signal).map_or(0, |(_, c)| *c)
 }
 
-fn merges(engine: &Engine, out: &[Output]) -> Vec<(String, String, LinkReason)> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::ProspectMerged { from, into, reason, .. } => {
-                Some((engine.prospect_id(*from).to_string(), engine.prospect_id(*into).to_string(), *reason))
-            }
-            _ => None,
-        })
-        .collect()
+fn merges(_: &Engine, out: &Outs) -> Vec<(String, String, LinkReason)> {
+    out.merged.clone()
 }
 
 fn alerts(engine: &Engine, out: &[Output]) -> Vec<String> {

@@ -5,7 +5,8 @@
 //! download, signup with an email, a CRM quote for a contact with that email, a clarification).
 //! The restored service, from its snapshot or from the changelog alone, must end in the state
 //! `replay --partitions 3` gives with the same journey (per-shard digests) and emit replay's
-//! alert set. Resolution is within a shard, in the service as in replay.
+//! alert set. Resolution is within a shard, in the service as in replay; `[retention]` is on
+//! too (people leave memory with their ids: changelog tombstones for both).
 
 mod support;
 
@@ -29,7 +30,10 @@ enum From {
 fn identity_journey(dir: &Path, name: &str) -> PathBuf {
     let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
     let path = dir.join(format!("{name}-journey.toml"));
-    std::fs::write(&path, format!("{b2b}\n[identity]\nresolve = true\n")).unwrap();
+    // Retention too: visitors idle for 3 days in `aware` (anonymous one-page visitors,
+    // mostly) leave memory, with their ids.
+    let retention = "[retention]\nafter_days = 30\n[retention.stages]\naware = 3\n";
+    std::fs::write(&path, format!("{b2b}\n[identity]\nresolve = true\n{retention}")).unwrap();
     path
 }
 
@@ -166,6 +170,7 @@ fn kill_9_mid_flow_with_identity(name: &str, from: From) {
         "identity merges people: {}",
         summary["stats"]
     );
+    assert!(summary["stats"]["expired"].as_u64().unwrap_or(0) > 20, "people leave memory: {}", summary["stats"]);
 
     // The traffic up to the middle of the flow (after the signup, before the CRM quote),
     // checkpointed; then the process is frozen (SIGSTOP), the rest is produced, and it is

@@ -512,15 +512,244 @@ fn an_expired_prospects_breakdown_values_leave_with_it_and_survive_a_restore_for
 /// Retention together with identity resolution is refused (merged-away ids would stay in memory
 /// uncounted by expiry and unevictable by the cap), and an absurd span is refused by key.
 #[test]
-fn retention_with_identity_resolution_and_absurd_spans_are_refused_naming_the_key() {
+fn absurd_spans_are_refused_naming_the_key() {
     let err = |extra: &str| match Journey::from_toml_str(&format!("{B2B}{extra}")) {
         Ok(_) => panic!("accepted: {extra}"),
         Err(e) => e.to_string(),
     };
-    let both = err(&format!("{RETENTION}\n[identity]\nresolve = true\n"));
-    assert!(both.contains("retention") && both.contains("identity"), "{both}");
     let huge = err("\n[retention]\nafter_days = 1e300\n");
     assert!(huge.contains("retention") && huge.contains("at most 36500"), "{huge}");
     let staged = err("\n[retention.stages]\naware = 1e9\n");
     assert!(staged.contains("retention.stages.aware"), "{staged}");
+}
+
+// ---- retention together with identity resolution -------------------------------------------
+
+fn with_identity(extra: &str) -> Arc<Journey> {
+    journey(&format!("{extra}\n[identity]\nresolve = true\n"))
+}
+
+impl Shard {
+    /// A Segment call: `track` of `event`, or `identify` linking `anon` to `user`.
+    fn seg(&mut self, kind: &str, event: &str, user: Option<&str>, anon: &str, at: Ts) -> Vec<Output> {
+        self.n += 1;
+        let mut v = json!({"type": kind, "anonymousId": anon, "messageId": format!("msg-{}", self.n), "timestamp": at.to_string()});
+        if let Some(u) = user {
+            v["userId"] = json!(u);
+        }
+        if !event.is_empty() {
+            v["event"] = json!(event);
+        }
+        let journey = Arc::clone(self.engine.journey());
+        let line = v.to_string();
+        let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap();
+        let mut out = Vec::new();
+        self.engine.apply(&ev, &mut out);
+        out
+    }
+
+    fn map_len(&self) -> usize {
+        self.engine.identity_map().unwrap().len()
+    }
+}
+
+/// A person of two ids (a visitor who signed up) is one prospect: the merged-away id leaves
+/// memory at the merge, the person expires once (under its canonical id), and its ids leave
+/// the identity map with it.
+#[test]
+fn with_identity_a_merged_prospect_expires_once_and_its_ids_leave_the_map() {
+    let mut s = Shard::new(with_identity(RETENTION));
+    s.seg("page", "", None, "anon-1", day(0.0));
+    let out = s.seg("identify", "", Some("usr-1"), "anon-1", day(0.1));
+    assert!(out.iter().any(|o| matches!(o, Output::ProspectMerged { .. })), "{out:?}");
+    s.time_passes(day(0.2));
+    assert_eq!(s.engine.find("anon-1"), None, "the merged-away id holds no record");
+    assert_eq!((s.engine.len(), s.engine.census().prospects), (3, 3));
+    assert_eq!(s.map_len(), 4, "anon-1, usr-1, clock-1, clock-2");
+
+    let out = s.time_passes(day(20.0));
+    let gone: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Expired { prospect, .. } => Some(s.engine.prospect_id(*prospect).to_string()),
+            _ => None,
+        })
+        .filter(|id| !id.starts_with("clock-"))
+        .collect();
+    assert_eq!(gone, ["usr-1"]);
+    assert_eq!(s.engine.len(), 2);
+    assert_eq!(s.map_len(), 2, "the person's ids left the map");
+    assert_eq!(s.engine.linked_ids("anon-1"), ("anon-1", vec!["anon-1"]));
+    assert_eq!(s.engine.funnel().in_stage.iter().sum::<u64>(), 2);
+}
+
+/// A person who left memory with an alert cooldown in force, seen again under a new device
+/// that identifies as the same user: a fresh prospect (nothing of the old one) whose alert
+/// is still held by the cooldown; the old device is a stranger now.
+#[test]
+fn an_expired_person_linking_again_starts_fresh_but_keeps_its_cooldown() {
+    let mut s = Shard::new(with_identity(RETENTION));
+    s.seg("page", "", None, "anon-9", day(0.0));
+    s.seg("identify", "", Some("usr-9"), "anon-9", day(0.01));
+    let out = s.seg("track", "Quote Requested", Some("usr-9"), "anon-9", day(0.02));
+    assert!(out.iter().any(|o| matches!(o, Output::HotLead(_))), "{out:?}");
+    // deciding: 1 day; the cooldown is 72 hours.
+    s.time_passes(day(2.5));
+    assert_eq!(s.engine.find("usr-9"), None);
+    assert_eq!(s.engine.kept_cooldowns().len(), 1);
+
+    s.seg("page", "", None, "anon-7", day(2.6));
+    let out = s.seg("identify", "", Some("usr-9"), "anon-7", day(2.61));
+    assert!(out.iter().any(|o| matches!(o, Output::ProspectMerged { .. })), "{out:?}");
+    assert!(s.engine.kept_cooldowns().is_empty(), "the merge that made usr-9 again took its cooldown");
+    let out = s.seg("track", "Quote Requested", None, "anon-7", day(2.7));
+    assert!(!out.iter().any(|o| matches!(o, Output::HotLead(_))), "within the cooldown: {out:?}");
+    assert!(out.iter().any(|o| matches!(o, Output::HotLeadSuppressed(_))), "{out:?}");
+    let usr = s.engine.view(s.engine.find("usr-9").unwrap(), None);
+    let count = |name: &str| usr.signal_counts.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+    assert_eq!((count("page_viewed"), count("quote_requested"), count("identified")), (1, 1, 1), "{usr:?}");
+    assert_eq!(s.engine.linked_ids("usr-9"), ("usr-9", vec!["anon-7", "usr-9"]));
+    // The first device's link left with the old person.
+    s.seg("page", "", None, "anon-9", day(2.8));
+    assert!(s.engine.find("anon-9").is_some());
+    assert_eq!(s.engine.linked_ids("anon-9"), ("anon-9", vec!["anon-9"]));
+}
+
+/// At the cap, people of two ids count once (a merged-away id holds no slot), the least
+/// recently active person leaves whole, and the map stays within the cap's people.
+#[test]
+fn the_cap_with_merges_counts_people_and_bounds_the_map() {
+    let mut s = Shard::new(with_identity("\n[retention]\nmax_prospects_per_shard = 128\n"));
+    for k in 0..100 {
+        s.seg("page", "", None, &format!("anon-{k}"), day(f64::from(k) / 1000.0));
+        s.seg("identify", "", Some(&format!("usr-{k}")), &format!("anon-{k}"), day(f64::from(k) / 1000.0 + 0.0001));
+    }
+    assert_eq!((s.engine.len(), s.map_len()), (100, 200));
+    for k in 0..2_000 {
+        let at = day(1.0 + f64::from(k) / 1000.0);
+        s.seg("page", "", None, &format!("v-{k}"), at);
+        if k % 2 == 0 {
+            s.seg("identify", "", Some(&format!("u-{k}")), &format!("v-{k}"), at);
+        }
+        assert!(s.engine.len() <= 128, "{k}: {}", s.engine.len());
+        assert!(s.map_len() <= 2 * 128, "{k}: {}", s.map_len());
+    }
+    assert!(s.engine.find("usr-0").is_none() && s.engine.linked_ids("anon-0").1 == ["anon-0"]);
+}
+
+fn generated_segment(prospects: u64, seed: u64, days: f64, journey: &Journey) -> Vec<Vec<u8>> {
+    let opts = Options { prospects, seed, malformed_share: 0.0, days, segment_share: 1.0, ..Options::default() };
+    let mut g = Generator::new(opts, journey, false).unwrap();
+    let (mut line, mut key, mut lines) = (Vec::new(), String::new(), Vec::new());
+    while g.next_into(&mut line, &mut key).is_some() {
+        lines.push(line.clone());
+    }
+    lines
+}
+
+/// A long generated run (people arriving over a year, visitors identifying themselves): the
+/// identity map holds about the people in memory, not every id ever seen.
+#[test]
+fn the_identity_map_stays_bounded_under_a_long_generated_run() {
+    let j = with_identity(RETENTION);
+    let lines = generated_segment(4_000, 11, 365.0, &j);
+    let mut e = Engine::new(Arc::clone(&j));
+    let (mut out, mut most) = (Vec::new(), 0);
+    for line in &lines {
+        apply(&mut e, line, &mut out);
+        out.clear();
+        let map = e.identity_map().unwrap().len();
+        most = most.max(map);
+        assert!(map <= 3 * e.len() + 64, "map {map}, prospects {}", e.len());
+    }
+    assert!(e.identity_stats().merged > 500, "{:?}", e.identity_stats());
+    assert!(e.stats().expired > 2_000, "{}", e.stats().expired);
+    assert!(most < 1_500, "at most {most} identifiers for 4,000 people and their devices");
+}
+
+/// With identity resolution and retention: checkpoints to a changelog (tombstones for ids
+/// merged away, expired, and pruned from the map) and snapshots; a restore from the changelog
+/// alone and from a snapshot topped up from it equals the live engine (state and
+/// resolution), and incremental captures equal full copies.
+#[test]
+fn with_identity_restores_from_snapshot_and_changelog_equal_the_live_engine() {
+    let j = with_identity(RETENTION);
+    let lines = generated_segment(800, 3, 120.0, &j);
+    let mut live = Engine::new(Arc::clone(&j));
+    live.track_removals(true);
+    let mut spare = Engine::new(Arc::clone(&j));
+    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let (mut snapshot, mut at_snapshot, mut out) = (Vec::new(), 0, Vec::new());
+    let mut seq = 0;
+    for (n, line) in lines.iter().enumerate() {
+        apply(&mut live, line, &mut out);
+        out.clear();
+        if n % 97 == 0 || n + 1 == lines.len() {
+            seq += 1;
+            let changed = live.take_changed();
+            let tombstones: Vec<String> = live.take_removed().into_iter().map(String::from).collect();
+            live.capture_into(&mut spare);
+            let mut full = Engine::new(Arc::clone(&j));
+            live.capture_into(&mut full);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            spare.encode_state(&mut a);
+            full.encode_state(&mut b);
+            assert_eq!(a, b, "capture at line {n}");
+            let mut batch = Batch::default();
+            let positions = BTreeMap::from([("web".to_string(), n as i64)]);
+            batch.checkpoint(&spare, &changed, &tombstones, seq, &positions);
+            log.extend(batch.records().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))));
+            if n >= lines.len() / 2 && snapshot.is_empty() {
+                spare.encode_state(&mut snapshot);
+                at_snapshot = log.len();
+            }
+        }
+    }
+    let id_tombstones = log.iter().filter(|(k, v)| v.is_none() && k.starts_with(b"\0id/")).count();
+    assert!(id_tombstones > 100, "pruned identifiers are tombstoned: {id_tombstones}");
+    assert!(live.stats().expired > 100 && live.identity_stats().merged > 50);
+    let fold = |base: Engine, from: usize| {
+        let mut f = Fold::new(base, BTreeMap::new(), 0);
+        for (o, (k, v)) in log.iter().enumerate().skip(from) {
+            f.push(0, o as i64, k, v.as_deref());
+        }
+        f.finish().engine
+    };
+    let alone = fold(Engine::new(Arc::clone(&j)), 0);
+    let topped = fold(Engine::decode_state(Arc::clone(&j), &snapshot).unwrap(), at_snapshot);
+    let resolution = live.identity_map().unwrap().resolution();
+    for (name, e) in [("changelog alone", &alone), ("snapshot + changelog", &topped)] {
+        assert_eq!(e.digest(), live.digest(), "{name}");
+        assert_eq!((e.len(), e.stats()), (live.len(), live.stats()), "{name}");
+        let r = e.identity_map().unwrap().resolution();
+        assert!(
+            r == resolution,
+            "{name}: {} identifiers resolve otherwise than the live {}",
+            r.len(),
+            resolution.len()
+        );
+        assert_eq!(e.kept_cooldowns(), live.kept_cooldowns(), "{name}");
+    }
+}
+
+/// A link to a person whose expiry fell due (nothing moved the watermark past it yet): the
+/// person leaves first, as before any event of it, and the link joins the new person.
+#[test]
+fn a_link_to_a_person_past_due_expires_it_first() {
+    let mut s = Shard::new(with_identity(RETENTION));
+    s.seg("track", "Quote Requested", Some("usr-5"), "anon-4", day(0.0));
+    assert_eq!(s.engine.linked_ids("usr-5"), ("usr-5", vec!["anon-4", "usr-5"]));
+    // deciding: 1 day. The identify at day 1.5 is the shard's next event.
+    let out = s.seg("identify", "", Some("usr-5"), "anon-5", day(1.5));
+    let expired: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Expired { at, .. } => Some(*at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(expired, [day(1.0)]);
+    assert_eq!(s.engine.linked_ids("usr-5"), ("usr-5", vec!["anon-5", "usr-5"]), "the new person's link");
+    assert_eq!(s.engine.linked_ids("anon-4"), ("anon-4", vec!["anon-4"]));
+    assert_eq!(s.engine.kept_cooldowns().len(), 0, "the returning person took its cooldown");
 }

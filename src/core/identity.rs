@@ -17,6 +17,10 @@
 //! - What is persisted: each identifier with its kind and first-seen time, and the accepted
 //!   links (a spanning forest: one per join, so a group of n identifiers has n − 1). Restoring
 //!   replays them without the guards and gives the same groups and canonical ids.
+//! - A group leaves the map whole ([`IdentityMap::prune`]: its person left memory): its
+//!   identifiers and links go, each with a changelog tombstone; an id seen again later starts
+//!   a new identifier. Removed nodes stay as empty slots until they are half of the map, then
+//!   the map is compacted (indexes renumbered; nothing outside the map holds them).
 
 /// Tables keyed by client-chosen strings: foldhash under a random key per map (as the prospect
 /// interner's table), so collisions cannot be chosen offline; results never depend on the key.
@@ -127,6 +131,16 @@ struct Node {
     parent: u32,
 }
 
+/// A removed link's index while the map is compacted.
+const REMOVED: u32 = u32::MAX;
+
+impl Node {
+    /// Pruned, not yet compacted away: its key is empty (no identifier has an empty key).
+    fn gone(&self) -> bool {
+        self.key.is_empty()
+    }
+}
+
 /// Per group, kept at its root.
 #[derive(Clone, Debug, Default)]
 struct Group {
@@ -135,6 +149,8 @@ struct Group {
     anonymous: u32,
     /// The canonical id's node; `None` for a group of emails only.
     canonical: Option<u32>,
+    /// The group's accepted links (indexes into `IdentityMap::links`).
+    links: Vec<u32>,
 }
 
 /// The identity map of one shard. See the module docs for its rules.
@@ -155,6 +171,11 @@ pub struct IdentityMap {
     taken: Changed,
     /// What changed since the last [`IdentityMap::capture_into`], for an incremental one.
     cap: CaptureChanges,
+    /// Pruned nodes not yet compacted away.
+    removed: u32,
+    /// A changelog read removed identifiers: groups are rebuilt from the live links when it
+    /// ends ([`IdentityMap::finish_restore`]).
+    stale: bool,
 }
 
 /// Nodes whose kind, first-seen time or parent changed, and group roots whose group changed or
@@ -167,21 +188,24 @@ struct CaptureChanges {
     full: bool,
 }
 
-/// Node and link indexes changed (see [`IdentityMap`]).
+/// Node and link indexes changed (see [`IdentityMap`]), and the changelog keys of identifiers
+/// and links pruned (tombstones).
 #[derive(Clone, Debug, Default)]
 struct Changed {
     nodes: Vec<u32>,
     links: Vec<u32>,
+    gone: Vec<String>,
 }
 
 impl Changed {
     fn is_empty(&self) -> bool {
-        self.nodes.is_empty() && self.links.is_empty()
+        self.nodes.is_empty() && self.links.is_empty() && self.gone.is_empty()
     }
 
     fn append(&mut self, other: &mut Changed) {
         self.nodes.append(&mut other.nodes);
         self.links.append(&mut other.links);
+        self.gone.append(&mut other.gone);
     }
 }
 
@@ -253,16 +277,20 @@ impl IdentityMap {
 
     /// Identifiers known to the map.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.nodes.len() - self.removed as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.len() == 0
     }
 
-    /// Accepted links.
+    /// Accepted links (of identifiers still in the map).
     pub fn links(&self) -> usize {
-        self.links.len()
+        self.links.iter().filter(|l| self.live_link(l)).count()
+    }
+
+    fn live_link(&self, &(a, b, _): &(u32, u32, LinkReason)) -> bool {
+        !self.nodes[a as usize].gone() && !self.nodes[b as usize].gone()
     }
 
     /// Heap bytes held (capacity; keys counted twice: in the node and the index).
@@ -299,6 +327,7 @@ impl IdentityMap {
                 known: u32::from(n.kind == IdKind::Known),
                 anonymous: u32::from(n.kind == IdKind::Anonymous),
                 canonical: (n.kind != IdKind::Email).then_some(root),
+                links: Vec::new(),
             }
         })
     }
@@ -312,6 +341,19 @@ impl IdentityMap {
             Some(c) => &self.nodes[c as usize].key,
             None => id,
         }
+    }
+
+    /// The canonical id of the group of an identifier of any kind (an email too), if the map
+    /// holds it and its group has an id.
+    pub fn person(&self, id: &str, kind: IdKind) -> Option<&str> {
+        let mut buf = String::new();
+        let &n = self.index.get(key(id, kind, &mut buf))?;
+        let c = match self.groups.get(&self.root(n)) {
+            Some(g) => g.canonical?,
+            None if kind == IdKind::Email => return None,
+            None => n,
+        };
+        Some(&self.nodes[c as usize].key)
     }
 
     /// The canonical id of the group of node `n` (as [`IdentityMap::observe`] returns it).
@@ -490,6 +532,9 @@ impl IdentityMap {
             self.captured_changed(Some(m), None);
         }
         big.members.extend_from_slice(&small.members);
+        big.links.extend_from_slice(&small.links);
+        // Every caller pushes the link that joined them right after.
+        big.links.push(self.links.len() as u32);
         big.known += small.known;
         big.anonymous += small.anonymous;
         big.canonical = canonical;
@@ -500,16 +545,27 @@ impl IdentityMap {
     /// The map as bytes: identifiers (key, kind, first seen) in insertion order, then the
     /// accepted links (node indexes and reason).
     pub fn encode(&self, e: &mut Enc<'_>) {
-        e.u32(self.nodes.len() as u32);
-        for n in &self.nodes {
+        // Pruned nodes and their links are left out, the others renumbered.
+        let mut at = Vec::with_capacity(if self.removed > 0 { self.nodes.len() } else { 0 });
+        if self.removed > 0 {
+            let mut next = 0;
+            for n in &self.nodes {
+                at.push(next);
+                next += u32::from(!n.gone());
+            }
+        }
+        let ix = |n: u32| if self.removed > 0 { at[n as usize] } else { n };
+        e.u32(self.len() as u32);
+        for n in self.nodes.iter().filter(|n| !n.gone()) {
             e.bytes(n.key.as_bytes());
             e.u8(n.kind as u8);
             e.ts(n.first_seen);
         }
-        e.u32(self.links.len() as u32);
-        for &(a, b, r) in &self.links {
-            e.u32(a);
-            e.u32(b);
+        let links: Vec<_> = self.links.iter().filter(|l| self.live_link(l)).collect();
+        e.u32(links.len() as u32);
+        for &&(a, b, r) in &links {
+            e.u32(ix(a));
+            e.u32(ix(b));
             e.u8(r as u8);
         }
     }
@@ -560,9 +616,10 @@ impl IdentityMap {
     /// [`IdentityMap::capture_into`] hands to its destination (the changelog writes it from
     /// there).
     pub fn take_changes(&mut self) {
-        let Changed { nodes, links } = &mut self.dirty;
+        let Changed { nodes, links, gone } = &mut self.dirty;
         self.taken.nodes.append(nodes);
         self.taken.links.append(links);
+        self.taken.gone.append(gone);
     }
 
     /// Copies the map into `dst` (a checkpoint's capture) and hands it the taken list.
@@ -577,11 +634,20 @@ impl IdentityMap {
                 let n = n as usize;
                 if n < old {
                     let (from, to) = (&self.nodes[n], &mut dst.nodes[n]);
+                    if from.gone() && !to.gone() {
+                        dst.index.remove(&to.key);
+                        to.key = Box::default();
+                        dst.removed += 1;
+                    }
                     (to.kind, to.first_seen, to.parent) = (from.kind, from.first_seen, from.parent);
                 }
             }
             for (i, n) in self.nodes[old..].iter().enumerate() {
-                dst.index.insert(n.key.clone(), (old + i) as u32);
+                if n.gone() {
+                    dst.removed += 1;
+                } else {
+                    dst.index.insert(n.key.clone(), (old + i) as u32);
+                }
                 dst.nodes.push(n.clone());
             }
             for &root in &cap.groups {
@@ -600,6 +666,7 @@ impl IdentityMap {
             dst.index.clone_from(&self.index);
             dst.groups.clone_from(&self.groups);
             dst.links.clone_from(&self.links);
+            dst.removed = self.removed;
         }
         dst.dirty = Changed::default();
         dst.cap = CaptureChanges::default();
@@ -614,26 +681,160 @@ impl IdentityMap {
     /// The changelog records of what the capture carries, key and value: each identifier added
     /// or changed (`\0id/` + map key → `I`, kind u8, first seen), then each link accepted
     /// (`\0ln/` + byte length of a's key + `:` + a's key + b's key → `L`, reason u8).
-    pub fn taken_records(&self) -> Vec<(String, Vec<u8>)> {
+    /// Pruned identifiers and links get a tombstone (`None`), unless the same key is written
+    /// again (an id pruned and seen again since).
+    pub fn taken_records(&self) -> Vec<(String, Option<Vec<u8>>)> {
         let mut nodes = self.taken.nodes.clone();
         nodes.sort_unstable();
         nodes.dedup();
-        let mut out = Vec::with_capacity(nodes.len() + self.taken.links.len());
+        let mut out = Vec::with_capacity(nodes.len() + self.taken.links.len() + self.taken.gone.len());
         for n in nodes {
             let node = &self.nodes[n as usize];
+            if node.gone() {
+                continue;
+            }
             let mut v = vec![b'I', node.kind as u8];
             Enc(&mut v).ts(node.first_seen);
-            out.push((format!("{ID_RECORD}{}", node.key), v));
+            out.push((format!("{ID_RECORD}{}", node.key), Some(v)));
         }
         let mut links = self.taken.links.clone();
         links.sort_unstable();
         links.dedup();
         for l in links {
-            let (a, b, r) = self.links[l as usize];
-            let (a, b) = (&self.nodes[a as usize].key, &self.nodes[b as usize].key);
-            out.push((format!("{LINK_RECORD}{}:{a}{b}", a.len()), vec![b'L', r as u8]));
+            let link = self.links[l as usize];
+            if !self.live_link(&link) {
+                continue;
+            }
+            let (a, b, r) = link;
+            out.push((self.link_key(a, b), Some(vec![b'L', r as u8])));
         }
+        let written: std::collections::HashSet<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
+        let mut gone: Vec<&String> = self.taken.gone.iter().filter(|k| !written.contains(k.as_str())).collect();
+        gone.sort_unstable();
+        gone.dedup();
+        let gone: Vec<String> = gone.into_iter().cloned().collect();
+        out.extend(gone.into_iter().map(|k| (k, None)));
         out
+    }
+
+    fn link_key(&self, a: u32, b: u32) -> String {
+        let (a, b) = (&self.nodes[a as usize].key, &self.nodes[b as usize].key);
+        format!("{LINK_RECORD}{}:{a}{b}", a.len())
+    }
+
+    /// Removes the group of `id` (an id, not an email): every identifier of it and its links,
+    /// each queued for a changelog tombstone. Only when `id` is its group's canonical id (or
+    /// linked to nothing): the group's person is the prospect `id` names. Returns whether it
+    /// removed anything.
+    pub fn prune(&mut self, id: &str) -> bool {
+        let Some(&n) = self.index.get(id) else { return false };
+        let root = self.root(n);
+        let g = self.group(root);
+        if g.canonical != Some(n) {
+            return false;
+        }
+        for &l in &g.links {
+            let (a, b, _) = self.links[l as usize];
+            let key = self.link_key(a, b);
+            self.dirty.gone.push(key);
+        }
+        for &m in &g.members {
+            let node = &mut self.nodes[m as usize];
+            let key = std::mem::take(&mut node.key);
+            node.parent = m;
+            self.index.remove(&key);
+            self.dirty.gone.push(format!("{ID_RECORD}{key}"));
+            self.captured_changed(Some(m), None);
+        }
+        self.removed += g.members.len() as u32;
+        if self.groups.remove(&root).is_some() {
+            self.captured_changed(None, Some(root));
+        }
+        if self.removed as usize > 1024 && 2 * self.removed as usize > self.nodes.len() {
+            self.compact();
+        }
+        true
+    }
+
+    /// Drops pruned nodes and dead links, renumbering the rest (and every list that holds their
+    /// indexes); the next capture copies the whole map.
+    fn compact(&mut self) {
+        let mut at = vec![REMOVED; self.nodes.len()];
+        let mut next = 0u32;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.gone() {
+                at[i] = next;
+                next += 1;
+            }
+        }
+        let mut link_at = vec![REMOVED; self.links.len()];
+        let mut links = Vec::with_capacity(self.links.len());
+        for (i, l) in self.links.iter().enumerate() {
+            if self.live_link(l) {
+                link_at[i] = links.len() as u32;
+                links.push((at[l.0 as usize], at[l.1 as usize], l.2));
+            }
+        }
+        self.links = links;
+        self.nodes.retain(|n| !n.gone());
+        for n in &mut self.nodes {
+            n.parent = at[n.parent as usize];
+        }
+        for v in self.index.values_mut() {
+            *v = at[*v as usize];
+        }
+        let groups = std::mem::take(&mut self.groups);
+        for (root, mut g) in groups {
+            g.members.iter_mut().for_each(|m| *m = at[*m as usize]);
+            g.links.iter_mut().for_each(|l| *l = link_at[*l as usize]);
+            g.canonical = g.canonical.map(|c| at[c as usize]);
+            self.groups.insert(at[root as usize], g);
+        }
+        for c in [&mut self.dirty, &mut self.taken] {
+            c.nodes.retain_mut(|n| {
+                *n = at[*n as usize];
+                *n != REMOVED
+            });
+            c.links.retain_mut(|l| {
+                *l = link_at[*l as usize];
+                *l != REMOVED
+            });
+        }
+        self.removed = 0;
+        self.cap = CaptureChanges { full: true, ..CaptureChanges::default() };
+    }
+
+    /// A changelog tombstone of an identifier (by its record key's map key): the identifier
+    /// leaves the map; groups are rebuilt when the read ends.
+    pub fn forget_key(&mut self, key: &str) {
+        let Some(n) = self.index.remove(key) else { return };
+        self.nodes[n as usize].key = Box::default();
+        self.removed += 1;
+        self.stale = true;
+    }
+
+    /// After a changelog read that removed identifiers: the groups again, from the identifiers
+    /// left and the links between them (in their order).
+    fn rebuild(&mut self) {
+        // Members of a removed node's old group may point at it: every node starts alone.
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            n.parent = i as u32;
+        }
+        self.groups.clear();
+        let links = std::mem::take(&mut self.links);
+        for l in links {
+            if !self.live_link(&l) {
+                continue;
+            }
+            let (ra, rb) = (self.root(l.0), self.root(l.1));
+            if ra != rb {
+                let (ga, gb) = (self.group(ra), self.group(rb));
+                self.join(ra, rb, ga, gb, l.2, None);
+                self.links.push(l);
+            }
+        }
+        self.stale = false;
+        self.compact();
     }
 
     /// Installs a record read from the changelog (no guards; nothing marked changed): an
@@ -669,6 +870,10 @@ impl IdentityMap {
                     let (ga, gb) = (self.group(ra), self.group(rb));
                     self.join(ra, rb, ga, gb, reason, None);
                     self.links.push((na, nb, reason));
+                } else if self.stale {
+                    // The groups are rebuilt at the end: they may be one only through an
+                    // identifier removed since.
+                    self.links.push((na, nb, reason));
                 }
             }
         }
@@ -677,6 +882,9 @@ impl IdentityMap {
 
     /// Ends a changelog read: nothing is owed to the changelog.
     pub fn finish_restore(&mut self) {
+        if self.stale {
+            self.rebuild();
+        }
         self.dirty = Changed::default();
         self.taken = Changed::default();
         self.cap = CaptureChanges::default();
@@ -716,6 +924,7 @@ impl IdentityMap {
             .nodes
             .iter()
             .enumerate()
+            .filter(|(_, n)| !n.gone())
             .map(|(i, n)| (n.key.to_string(), n.kind, n.first_seen, self.canonical_of(i as u32).to_string()))
             .collect();
         v.sort();

@@ -33,6 +33,9 @@ impl Engine {
     /// returns the canonical id when it is not `ev.prospect`.
     pub(super) fn resolve_identity(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) -> Option<String> {
         let limits = self.journey.identity?;
+        if !self.journey.retention.after.is_empty() {
+            self.expire_named(ev, out);
+        }
         let map = self.identity.as_deref_mut()?;
         let kind = if ev.anonymous { IdKind::Anonymous } else { IdKind::Known };
         let mut changes = Vec::new();
@@ -56,6 +59,30 @@ impl Engine {
         let map = self.identity.as_deref()?;
         let canonical = map.canonical_of(node);
         (canonical != ev.prospect).then(|| canonical.to_string())
+    }
+
+    /// Under `[retention]`, before the links of `ev` are made: each person it names (by its
+    /// id, linked id or email) whose expiry fell due before the event leaves memory first, its
+    /// group leaving the map with it, so a link never joins a person who had already left.
+    fn expire_named(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) {
+        let Some(map) = self.identity.as_deref() else { return };
+        let kind = if ev.anonymous { IdKind::Anonymous } else { IdKind::Known };
+        let named = [
+            Some((&*ev.prospect, kind)),
+            ev.linked.as_deref().map(|l| (l, IdKind::Anonymous)),
+            ev.email.as_deref().map(|e| (e, IdKind::Email)),
+        ];
+        let people: Vec<String> = named
+            .into_iter()
+            .flatten()
+            .filter_map(|(id, kind)| match map.person(id, kind) {
+                Some(c) => Some(c.to_string()),
+                None => (kind != IdKind::Email).then(|| id.to_string()),
+            })
+            .collect();
+        for id in people {
+            self.expire_if_due(&id, ev.ts, out);
+        }
     }
 
     /// [`Engine::apply`] with identity resolution: links first, then the event applied to its
@@ -82,6 +109,13 @@ impl Engine {
         match self.identity.as_deref_mut() {
             Some(map) => map.restore(record).map(|()| true),
             None => Ok(false),
+        }
+    }
+
+    /// A changelog tombstone of an identifier (its map key): it leaves the map.
+    pub fn forget_identity(&mut self, key: &str) {
+        if let Some(map) = self.identity.as_deref_mut() {
+            map.forget_key(key);
         }
     }
 
@@ -122,9 +156,11 @@ impl Engine {
 
     /// Folds prospect `from` into prospect `into` (ids), as identity resolution decided at
     /// `at`: `into` then holds what one prospect that had sent both histories would hold (see
-    /// ARCHITECTURE.md, "Identity resolution"), `from` becomes a redirect, the funnel counts
-    /// one person. Nothing to fold when `from` has no prospect; when only `from` has one, it
-    /// moves to `into` whole.
+    /// ARCHITECTURE.md, "Identity resolution"), `from` leaves memory (the map routes its id to
+    /// `into`), the funnel counts one person. (Under `[retention]`, a side whose expiry fell
+    /// due left before the link was made: `Engine::expire_named`.) Nothing to fold when `from`
+    /// has no prospect; when only `from` has one, it moves to `into` whole (with a cooldown
+    /// kept for `into`'s id).
     fn merge(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts, out: &mut Vec<Output>) {
         let Some(f) = self.ids.find(from) else { return };
         if self.prospect(f).has(prospect::REDIRECT) {
@@ -150,6 +186,7 @@ impl Engine {
             let (p, st, c, m) = (p.clone(), st.to_vec(), c.to_vec(), m.to_vec());
             if new {
                 self.store.put_with(ti, p, &st, &c, &m);
+                self.returning(t, at);
             } else {
                 self.store.set(ti, p, &st, &c, &m);
             }
@@ -171,19 +208,18 @@ impl Engine {
         if let Some(x) = self.extras.remove(&f.0) {
             self.extras.entry(t.0).or_default().absorb(x);
         }
-        // `from` becomes an inert redirect: no timer, out of the census and the funnel.
-        let p = self.store.fixed_mut(fi);
-        p.flags = prospect::REDIRECT;
-        p.ghost_due = Ts::NONE;
-        p.stall_due = Ts::NONE;
-        p.hot_until = Ts::NONE;
-        self.quiet.remove(&f.0);
+        // `from` leaves memory (nothing counted: the person is `into`), its id to a changelog
+        // tombstone; the map routes its later events to `into`.
+        self.free(f);
         let p = self.store.fixed(ti).clone();
         self.timers.extend(super::timers::armed(t.0, &p));
         self.quiet.remove(&t.0);
         self.arm_quiet(t);
+        if let Some(a) = self.expiry_armed.get_mut(ti) {
+            // `into`'s due may have moved later or earlier with the merged record.
+            *a = 0;
+        }
         self.arm_expiry(t);
-        self.mark_changed(f.0);
         self.mark_changed(t.0);
         self.identity_stats.merged += 1;
         out.push(Output::ProspectMerged { from: f, into: t, reason, at });

@@ -101,14 +101,7 @@ impl Engine {
             return None;
         }
         match self.ids.find(id) {
-            Some(ix) => {
-                let due = expiry_due(&self.journey, self.store.fixed(ix.0 as usize));
-                if due.is_none() || due >= ts {
-                    return Some(ix);
-                }
-                self.fire_own_timers(ix, due.plus(crate::core::time::Span(1)), out);
-                self.expire(ix, due, ExpireReason::Retention, out);
-            }
+            Some(_) => return self.expire_if_due(id, ts, out),
             None => {
                 if let Some(cap) = r.max_prospects
                     && self.ids.live() >= cap as usize
@@ -117,6 +110,20 @@ impl Engine {
                 }
             }
         }
+        None
+    }
+
+    /// Prospect `id`, if held and its expiry fell due before `ts`, leaves memory (its earlier
+    /// timers fire first, as if the watermark had passed its due). Returns it when it is still
+    /// held.
+    pub(super) fn expire_if_due(&mut self, id: &str, ts: Ts, out: &mut Vec<Output>) -> Option<ProspectIx> {
+        let ix = self.ids.find(id)?;
+        let due = expiry_due(&self.journey, self.store.fixed(ix.0 as usize));
+        if due.is_none() || due >= ts {
+            return Some(ix);
+        }
+        self.fire_own_timers(ix, due.plus(crate::core::time::Span(1)), out);
+        self.expire(ix, due, ExpireReason::Retention, out);
         None
     }
 
@@ -164,6 +171,10 @@ impl Engine {
         }
         out.push(Output::Expired { prospect: ix, stage, last_event, at, reason, class });
         self.free(ix);
+        // The person's identifiers leave the map with it (when it is their group's person).
+        if let Some(map) = self.identity.as_deref_mut() {
+            map.prune(self.ids.get(ix));
+        }
     }
 
     /// Frees prospect `ix`'s slot (nothing counted): its record becomes [`prospect::FREE`], its
@@ -193,14 +204,18 @@ impl Engine {
         self.ids.release_removed();
     }
 
-    /// A new prospect `ix` (first event at `ts`) whose id left memory with its alert cooldown in
-    /// force: the cooldown goes on (its last alert and rule), nothing else of it.
+    /// A new prospect `ix` (first event at `ts`, or a merge that moved another id's prospect
+    /// onto this id) whose id left memory with its alert cooldown in force: the cooldown goes on
+    /// (its last alert and rule, unless the prospect holds a later alert), nothing else of it.
     pub(super) fn returning(&mut self, ix: ProspectIx, ts: Ts) {
         if self.kept_cooldowns.is_empty() {
             return;
         }
         let Some(k) = self.kept_cooldowns.remove(self.ids.get(ix)) else { return };
-        if k.last_alert.plus(self.journey.alert_cooldown) > ts.max(self.watermark) {
+        let p = self.store.fixed(ix.0 as usize);
+        if k.last_alert.plus(self.journey.alert_cooldown) > ts.max(self.watermark)
+            && (p.last_alert.is_none() || k.last_alert > p.last_alert)
+        {
             let p = self.store.fixed_mut(ix.0 as usize);
             p.last_alert = k.last_alert;
             p.hot_rule = k.hot_rule;

@@ -460,20 +460,6 @@ impl Journey {
                 e.invalid(format!("identity.{key}"), "must be at least 1");
             }
         }
-        if raw.identity.resolve
-            && (raw.retention.after_days.is_some()
-                || !raw.retention.stages.is_empty()
-                || raw.retention.max_prospects_per_shard.is_some())
-        {
-            // Merged-away ids stay as redirects, which retention can neither expire nor evict
-            // (the cap would count them); not supported together yet.
-            e.invalid(
-                "retention",
-                "cannot be combined with `[identity] resolve = true` yet (ids folded into another person stay \
-                 in memory, which the cap would count but never evict); remove `[retention]` or turn identity \
-                 resolution off",
-            );
-        }
         let identity = raw.identity.resolve.then_some(crate::core::identity::IdentityLimits {
             max_known_ids: raw.identity.max_known_ids,
             max_anonymous_ids: raw.identity.max_anonymous_ids,

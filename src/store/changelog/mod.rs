@@ -181,8 +181,8 @@ impl Batch {
         let Some(map) = engine.identity_map() else { return };
         for (k, v) in map.taken_records() {
             let key = self.push_bytes(k.as_bytes());
-            let value = self.push_bytes(&v);
-            self.records.push((key, Some(value)));
+            let value = v.map(|v| self.push_bytes(&v));
+            self.records.push((key, value));
         }
     }
 
@@ -348,8 +348,16 @@ impl Fold {
         let keys: Vec<Vec<u8>> = self.staged.keys().filter(|k| is_identity_key(k)).cloned().collect();
         let mut records = Vec::with_capacity(keys.len());
         for k in keys {
-            // A tombstone deletes an unfinished checkpoint's record: nothing to install.
-            let Some(v) = self.staged.remove(&k).flatten() else { continue };
+            // A tombstone: the identifier was pruned (its person left memory), or an unfinished
+            // checkpoint's record is deleted; a link goes with its identifiers.
+            let Some(v) = self.staged.remove(&k).flatten() else {
+                if let Some(key) = k.strip_prefix(identity::ID_RECORD.as_bytes())
+                    && let Ok(key) = std::str::from_utf8(key)
+                {
+                    self.engine.forget_identity(key);
+                }
+                continue;
+            };
             match identity_record(&k, &v) {
                 Ok(r) => records.push(r),
                 Err(e) => {

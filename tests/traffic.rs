@@ -303,3 +303,28 @@ fn the_forecast_beats_fixed_stage_probabilities_and_is_calibrated_on_generated_t
         (forecast::forecast(&[&engine], at, &opts).unwrap(), forecast::forecast(&[&early], at, &opts).unwrap());
     assert_eq!((now.open, now.expected_wins), (then.open, then.expected_wins));
 }
+
+/// Ids and emails name one person: user ids differ across seeds as well as people (a run per
+/// seed must not reuse another run's ids shifted by one person), and no two people of a run
+/// share an email (the email rule would join them).
+#[test]
+fn user_ids_are_unique_per_seed_and_person_and_emails_per_person() {
+    use std::collections::HashSet;
+
+    use microfunnel::traffic::render::identity;
+
+    let mut ids = HashSet::new();
+    for seed in 0..8 {
+        for n in 0..2_000 {
+            let id = identity(seed, n);
+            assert!(ids.insert(id.user_id.clone()), "seed {seed}, person {n}: {} again", id.user_id);
+        }
+    }
+    for seed in [5, 42] {
+        let mut emails = HashSet::new();
+        for n in 0..20_000 {
+            let e = identity(seed, n).email.to_lowercase();
+            assert!(emails.insert(e.clone()), "seed {seed}, person {n}: {e} again");
+        }
+    }
+}

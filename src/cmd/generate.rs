@@ -52,7 +52,8 @@ pub struct GenArgs {
     /// Events per second of wall time; 0 = as fast as possible.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Share of web events sent as Segment payloads.
+    /// Share of an identified prospect's web events sent as Segment payloads (anonymous browsing
+    /// and sign-ups are always Segment calls).
     #[arg(long, default_value_t = 0.5)]
     segment_share: f64,
     /// Share of events sent twice.

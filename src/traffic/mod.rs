@@ -25,7 +25,8 @@ pub struct Options {
     pub days: f64,
     pub start: Ts,
     pub seed: u64,
-    /// Share of web events sent as Segment payloads (the rest canonical).
+    /// Share of an identified prospect's web events sent as Segment payloads (the rest
+    /// canonical); anonymous browsing and sign-ups are always Segment calls.
     pub segment_share: f64,
     pub duplicate_share: f64,
     pub out_of_order_share: f64,
@@ -66,6 +67,8 @@ pub enum GenError {
 /// A prospect's true outcome, for validating signals against results.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Truth {
+    /// The person's canonical id under identity resolution: the user id once the traffic names
+    /// it, else the anonymous id.
     pub prospect: String,
     pub persona: Persona,
     pub intent: f64,
@@ -305,7 +308,12 @@ impl Generator {
         }
         if self.keep_truth {
             let id = render::identity(self.opts.seed, n);
-            let prospect = if persona == Persona::Anonymous { id.anon_id } else { id.user_id };
+            // Named by the canonical-id rule: the user id (known) once the traffic names it (an
+            // identified web step, or a canonical CRM step), else the anonymous id.
+            let known = steps.iter().take_while(|s| s.ts.0 <= self.end).any(|s| {
+                s.identified || (s.sig.source() == Source::Crm && s.sig != Sig::Unmapped && self.crm.is_none())
+            });
+            let prospect = if known { id.user_id } else { id.anon_id };
             self.truth.push(Truth {
                 prospect,
                 persona,
@@ -379,7 +387,14 @@ impl Generator {
                 self.stats.malformed += 1;
             }
             v => {
-                let segment = source == Source::Web && r.chance(self.opts.segment_share);
+                // Anonymous browsing and the sign-up are always Segment calls: only they say an
+                // id is anonymous (`anonymousId`) and name it beside the user id (`identify`);
+                // a canonical envelope's `prospect_id` is a known id. `--segment-share` is the
+                // share of the identified prospect's other web events.
+                let segment = source == Source::Web && {
+                    let drawn = r.chance(self.opts.segment_share);
+                    drawn || !step.identified || step.sig == Sig::Identified
+                };
                 // The landing step and the sign-up (a form that carries the stored UTM
                 // parameters) name the prospect's campaign.
                 let campaign = (p.step_ix == 0 || step.sig == Sig::Identified)

@@ -64,14 +64,18 @@ pub struct Identity {
     pub title: &'static str,
 }
 
-/// A bijection on 48 bits, so user ids never collide.
+/// A bijection on 48 bits for each seed, so user ids never collide within a run: two rounds of
+/// a 48-bit permutation with the (mixed) seed between them, so another seed gives unrelated
+/// ids rather than the same ids shifted by a person (`n ^ seed` did that).
 fn permute48(n: u64, seed: u64) -> u64 {
     const MASK: u64 = (1 << 48) - 1;
-    let mut x = (n ^ seed) & MASK;
-    x = x.wrapping_mul(0x9E37_79B9_7F4B) & MASK;
-    x ^= x >> 23;
-    x = x.wrapping_mul(0x0005_DEEC_E66D) & MASK;
-    x ^ (x >> 19)
+    let round = |x: u64| {
+        let mut x = x.wrapping_mul(0x9E37_79B9_7F4B) & MASK;
+        x ^= x >> 23;
+        x = x.wrapping_mul(0x0005_DEEC_E66D) & MASK;
+        x ^ (x >> 19)
+    };
+    round(round(n & MASK) ^ (Rng::derive(seed ^ 0x1D5, 0).next_u64() & MASK))
 }
 
 pub fn identity(seed: u64, n: u64) -> Identity {
@@ -80,10 +84,12 @@ pub fn identity(seed: u64, n: u64) -> Identity {
     let last = *r.pick(&LAST);
     let company = *r.pick(&COMPANIES);
     let (a, b) = (r.next_u64(), r.next_u64());
+    // Unique per person (`n`): the email rule joins whoever shares one. Some are written with
+    // capitals, as people type them.
     let email = if r.chance(0.3) {
-        format!("{first}.{last}@{}", company.1.replace("northwind", "Northwind"))
+        format!("{first}.{last}{n}@{}", company.1.replace("northwind", "Northwind"))
     } else {
-        format!("{}.{}{}@{}", first.to_lowercase(), last.to_lowercase(), n % 97, company.1)
+        format!("{}.{}{n}@{}", first.to_lowercase(), last.to_lowercase(), company.1)
     };
     Identity {
         user_id: format!("usr_{:012x}", permute48(n, seed)),

@@ -419,3 +419,39 @@ fn a_placeholder_user_id_on_many_visitors_links_nothing() {
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(map.linked_ids("anon-7"), ["anon-7"]);
 }
+
+/// A pruned group leaves the map whole (ids, emails, links), only by its canonical id; once
+/// removed nodes pass half of the map it is compacted, and what is left resolves, encodes and
+/// decodes as a map that never held the pruned people; a pruned id seen again starts alone.
+#[test]
+fn pruned_people_leave_the_map_and_compaction_keeps_the_rest() {
+    let person = |map: &mut IdentityMap, k: usize, out: &mut Vec<Change>| {
+        let (anon, user, email) = (format!("anon-{k}"), format!("usr_{k}"), format!("p{k}@x.example"));
+        let t = Ts(k as i64 * H);
+        map.observe(&anon, IdKind::Anonymous, t, out);
+        map.link((&user, IdKind::Known), (&anon, IdKind::Anonymous), t, LinkReason::Identify, &LIMITS, out);
+        map.link((&user, IdKind::Known), (&email, IdKind::Email), t, LinkReason::Email, &LIMITS, out);
+    };
+    let (mut map, mut kept, mut out) = (IdentityMap::new(), IdentityMap::new(), Vec::new());
+    for k in 0..3_000 {
+        person(&mut map, k, &mut out);
+        if k % 3 == 0 {
+            person(&mut kept, k, &mut out);
+        }
+    }
+    assert!(!map.prune("anon-1"), "not the group's canonical id");
+    assert_eq!(map.len(), 9_000);
+    for k in (0..3_000).filter(|k| k % 3 != 0) {
+        assert!(map.prune(&format!("usr_{k}")), "{k}");
+    }
+    assert_eq!((map.len(), map.links()), (3_000, 2_000));
+    assert_eq!(map.resolution(), kept.resolution());
+    assert_eq!(bytes(&map), bytes(&kept), "compacted: the survivors in their order, links renumbered");
+    let back = IdentityMap::decode(&mut Dec::new(&bytes(&map))).unwrap();
+    assert_eq!(back.resolution(), kept.resolution());
+    assert_eq!(map.linked_ids("anon-1"), ["anon-1"]);
+    assert_eq!(map.linked_ids("anon-3"), ["anon-3", "usr_3"]);
+    // A pruned id seen again is a new identifier; its old links are gone.
+    map.observe("anon-1", IdKind::Anonymous, Ts(9_000 * H), &mut out);
+    assert_eq!((map.canonical("anon-1"), map.len()), ("anon-1", 3_001));
+}

@@ -160,12 +160,13 @@ fn write_report(
     writeln!(
         out,
         "\nSignals shown before an outcome, by lift (prospect-initiated, not outcomes; intervals:\n\
-         Wilson 95%; * = fewer than {min_sample} prospects with an outcome, listed last)"
+         Wilson 95%; * = fewer than {min_sample} prospects with an outcome, listed last; to won/lost:\n\
+         the time bucket of the median time from first showing the signal to the outcome)"
     )?;
     writeln!(
         out,
-        "  {:<32} {:>7} {:>6} {:>6} {:>7} {:>15} {:>6} {:>11}",
-        "signal", "n", "won", "lost", "win", "win 95%", "lift", "lift 95%"
+        "  {:<32} {:>7} {:>6} {:>6} {:>7} {:>15} {:>6} {:>11} {:>8} {:>8}",
+        "signal", "n", "won", "lost", "win", "win 95%", "lift", "lift 95%", "to won", "to lost"
     )?;
     for s in &r.signals {
         let [wl, wh] = s.win_rate_interval;
@@ -174,9 +175,10 @@ fn write_report(
         let win_ci = format!("{:.1}-{:.1}%", wl * 100.0, wh * 100.0);
         let lift_ci = format!("{ll:.2}-{lh:.2}");
         let flag = if s.small_sample { " *" } else { "" };
+        let (to_won, to_lost) = (median(s.time_to_won.as_ref()), median(s.time_to_lost.as_ref()));
         writeln!(
             out,
-            "  {:<32} {:>7} {:>6} {:>6} {win:>7} {win_ci:>15} {:>6.2} {lift_ci:>11}{flag}",
+            "  {:<32} {:>7} {:>6} {:>6} {win:>7} {win_ci:>15} {:>6.2} {lift_ci:>11} {to_won:>8} {to_lost:>8}{flag}",
             s.signal,
             s.won + s.lost,
             s.won,
@@ -211,6 +213,21 @@ fn pct_range([l, h]: [f64; 2]) -> String {
 }
 
 /// A span in seconds as the largest whole unit that fits (90m, 6h, 3d).
+/// A median time bucket as `<=3d` (or `>180d` for the last bucket), `-` without times.
+fn median(t: Option<&microfunnel::core::funnel::TimeToOutcome>) -> String {
+    bucket(t.and_then(|t| t.median.as_ref()))
+}
+
+fn bucket(b: Option<&microfunnel::core::funnel::LeadBucket>) -> String {
+    match b {
+        Some(b) => match b.to_secs {
+            Some(to) => format!("<={}", span(to)),
+            None => format!(">{}", span(b.from_secs)),
+        },
+        None => "-".into(),
+    }
+}
+
 fn span(secs: f64) -> String {
     match secs {
         s if s >= 86_400.0 => format!("{:.0}d", s / 86_400.0),
@@ -231,13 +248,7 @@ fn write_rules(out: &mut impl Write, r: &FunnelReport, horizon_days: f64) -> io:
         "rule", "n", "won", "later", "lost", "prec", "prec 95%", "capt", "capt 95%", "lead med"
     )?;
     for q in &r.rules {
-        let lead = match &q.lead_time_median {
-            Some(b) => match b.to_secs {
-                Some(to) => format!("<={}", span(to)),
-                None => format!(">{}", span(b.from_secs)),
-            },
-            None => "-".into(),
-        };
+        let lead = bucket(q.lead_time_median.as_ref());
         let flag = if q.small_sample { " *" } else { "" };
         writeln!(
             out,

@@ -115,6 +115,9 @@ pub struct Funnel {
     /// Per signal: prospects that went silent (a ghosted or stalled timer fired on a prospect
     /// not already ghosted or stalled) while it was their last prospect-initiated signal.
     pub signal_silences: Vec<u64>,
+    /// Per signal, [won, lost]: time from when a prospect first showed it (at or before the
+    /// outcome's event time) to the outcome (state version 5).
+    pub signal_to_outcome: Vec<[Histogram; 2]>,
 }
 
 /// What an outcome is measured against: the prospect's counts per signal, the hot rules that
@@ -122,6 +125,9 @@ pub struct Funnel {
 pub(crate) struct OutcomeFacts<'a> {
     pub counts: &'a [u16],
     pub alerted: &'a [(u8, Ts)],
+    /// When the prospect first showed each validated signal (`Engine::first_shown`'s packed
+    /// entries).
+    pub shown: &'a [u64],
     pub at: Ts,
     pub score: f64,
 }
@@ -149,6 +155,7 @@ impl Funnel {
             signal_after_hot: vec![0; journey.signals.len()],
             hot_prospects: 0,
             signal_silences: vec![0; journey.signals.len()],
+            signal_to_outcome: vec![Default::default(); journey.signals.len()],
         }
     }
 
@@ -175,6 +182,7 @@ impl Funnel {
             signal_after_hot,
             hot_prospects,
             signal_silences,
+            signal_to_outcome,
         } = other;
         debug_assert_eq!(self.stages, *stages, "funnels of one journey");
         add(&mut self.in_stage, in_stage);
@@ -205,6 +213,10 @@ impl Funnel {
         add(&mut self.signal_after_hot, signal_after_hot);
         self.hot_prospects += hot_prospects;
         add(&mut self.signal_silences, signal_silences);
+        for (a, b) in self.signal_to_outcome.iter_mut().zip(signal_to_outcome) {
+            a[0].absorb(&b[0]);
+            a[1].absorb(&b[1]);
+        }
     }
 
     /// A ghosted or stalled timer fired; `last_signal` was the prospect's last step.
@@ -269,6 +281,11 @@ impl Funnel {
         }
         let band = &mut self.band_outcomes[journey.score_band(facts.score)][o];
         *band = band.saturating_sub(1);
+        for (s, span) in shown_before(facts) {
+            if let Some(h) = self.signal_to_outcome.get_mut(s) {
+                h[o].unrecord(span);
+            }
+        }
         for (row, col, lead) in rule_cells(journey, outcome, facts) {
             let n = &mut self.rule_outcomes[row][col];
             *n = n.saturating_sub(1);
@@ -288,6 +305,11 @@ impl Funnel {
             }
         }
         self.band_outcomes[journey.score_band(facts.score)][o] += 1;
+        for (s, span) in shown_before(facts) {
+            if let Some(h) = self.signal_to_outcome.get_mut(s) {
+                h[o].record(span);
+            }
+        }
         for (row, col, lead) in rule_cells(journey, outcome, facts) {
             self.rule_outcomes[row][col] += 1;
             if let Some(span) = lead {
@@ -347,7 +369,8 @@ impl Funnel {
             .collect();
         let [won, lost] = self.outcomes;
         let base = ratio(won, won + lost);
-        let signals = signal_table(journey, &self.signal_outcomes, self.outcomes, min_sample);
+        let signals =
+            signal_table(journey, &self.signal_outcomes, Some(&self.signal_to_outcome), self.outcomes, min_sample);
         FunnelReport {
             journey: journey.name.clone(),
             stages,
@@ -535,6 +558,16 @@ impl Funnel {
     }
 }
 
+/// Each signal first shown at or before the outcome, with the time from then to the outcome.
+fn shown_before<'a>(facts: &'a OutcomeFacts<'_>) -> impl Iterator<Item = (usize, Span)> + 'a {
+    facts
+        .shown
+        .iter()
+        .map(|&e| super::engine::unpack_shown(e))
+        .filter(|&(_, t)| t <= facts.at)
+        .map(|(s, t)| (s as usize, facts.at.since(t)))
+}
+
 /// The `rule_outcomes` cells (row, column) an outcome counts in, with the lead time of a win
 /// within the horizon: each rule that matched at or before the outcome, and the "any rule" row
 /// from the earliest match.
@@ -574,6 +607,7 @@ pub(crate) fn step_conversion(journey: &Journey, reached: &[u64]) -> Vec<StepCon
 pub(crate) fn signal_table(
     journey: &Journey,
     signal_outcomes: &[[u64; 2]],
+    times: Option<&[[Histogram; 2]]>,
     outcomes: [u64; 2],
     min_sample: u64,
 ) -> Vec<SignalPredictiveness> {
@@ -598,6 +632,8 @@ pub(crate) fn signal_table(
                 lift: lift(rate),
                 lift_interval: [lift(low), lift(high)],
                 small_sample: w + l < min_sample,
+                time_to_won: times.and_then(|t| t.get(i)).map(|h| TimeToOutcome::of(&h[0])),
+                time_to_lost: times.and_then(|t| t.get(i)).map(|h| TimeToOutcome::of(&h[1])),
             }
         })
         .collect();
@@ -839,6 +875,35 @@ pub struct SignalPredictiveness {
     /// Fewer than the minimum sample (default [`MIN_SAMPLE`]) prospects with an outcome showed
     /// it: the figures say little.
     pub small_sample: bool,
+    /// Time from when each prospect first showed the signal (at or before the outcome) to its
+    /// win; `null` where not measured (breakdown tables).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_to_won: Option<TimeToOutcome>,
+    /// ... to its loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_to_lost: Option<TimeToOutcome>,
+}
+
+/// Times from a signal to an outcome: how many, the bucket of `time_buckets_secs` the median
+/// falls in, the mean, and the buckets (not cumulative; the last counts what is above every
+/// bound), which add across shards.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TimeToOutcome {
+    pub count: u64,
+    pub median: Option<LeadBucket>,
+    pub mean_secs: Option<f64>,
+    pub buckets: Vec<u64>,
+}
+
+impl TimeToOutcome {
+    pub fn of(h: &Histogram) -> TimeToOutcome {
+        TimeToOutcome {
+            count: h.count,
+            median: h.median_bucket().map(|(from_secs, to_secs)| LeadBucket { from_secs, to_secs }),
+            mean_secs: (h.count > 0).then(|| round2(h.sum_secs / h.count as f64)),
+            buckets: h.buckets.to_vec(),
+        }
+    }
 }
 
 /// Whether a signal's power to predict a sale is measured: the prospect's own step

@@ -28,6 +28,7 @@ impl Engine {
     ) {
         let i = ix.0 as usize;
         let alerted: &[(u8, Ts)] = self.extras.get(&ix.0).map_or(&[], |x| &x.alerted);
+        let shown = self.shown.get(i);
         let (p, vars) = self.store.state_mut(i);
         let from = (!new).then_some(p.stage);
         let mut reopen = false;
@@ -92,7 +93,7 @@ impl Engine {
                 if p.has(flag) {
                     p.flags &= !flag;
                     let at = outcome_at(journey, o, p.stage_entered, vars.stage_times);
-                    let facts = OutcomeFacts { counts: vars.counts, alerted, at, score: p.score };
+                    let facts = OutcomeFacts { counts: vars.counts, alerted, shown, at, score: p.score };
                     self.funnel.retract_outcome(journey, o, &facts);
                 }
             }
@@ -138,7 +139,7 @@ impl Engine {
             Outcome::Lost => prospect::OUTCOME_LOST,
         };
         if let Some(o) = outcome {
-            let facts = OutcomeFacts { counts: vars.counts, alerted, at: ts, score: score_before };
+            let facts = OutcomeFacts { counts: vars.counts, alerted, shown, at: ts, score: score_before };
             if !p.has(prospect::OUTCOME_WON | prospect::OUTCOME_LOST) {
                 p.flags |= flag(o);
                 self.funnel.outcome(journey, o, &facts);

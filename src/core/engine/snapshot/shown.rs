@@ -1,0 +1,98 @@
+//! State version 5's first-shown part: per prospect, when it first showed each validated signal
+//! (layout 2's extension bit 1, changelog record tag 5), and the funnel's time from a signal to
+//! the outcome (at the end of the meta).
+
+use super::wire::{Dec, Enc, StateError};
+use crate::core::engine::Engine;
+use crate::core::funnel::{Funnel, Histogram, TIME_BUCKETS_SECS};
+
+/// The changelog record tag of a prospect's first-shown times.
+pub(super) const RECORD_TAG: u8 = 5;
+
+/// A prospect's first-shown times: count u16, then (signal u16, seconds since the epoch u32)
+/// each, by signal.
+pub(super) fn encode_shown(shown: &[u64], out: &mut Vec<u8>) {
+    let mut w = Enc(out);
+    w.u16(shown.len() as u16);
+    for &e in shown {
+        w.u16((e >> 32) as u16);
+        w.u32(e as u32);
+    }
+}
+
+/// Reads [`encode_shown`]'s bytes into `into` (packed entries), checked against the journey's
+/// signal count: signals ascending, each once.
+pub(super) fn decode_shown(r: &mut Dec<'_>, signals: usize, into: &mut Vec<u64>) -> Result<(), StateError> {
+    let at = r.position();
+    let n = r.u16("first-shown times")? as usize;
+    if n == 0 || n > signals || n > r.remaining() / 6 {
+        return Err(StateError::Invalid { what: "first-shown times", at });
+    }
+    into.clear();
+    for _ in 0..n {
+        let sig = r.u16("first-shown times")?;
+        let secs = r.u32("first-shown times")?;
+        if sig as usize >= signals || into.last().is_some_and(|&p| (p >> 32) as u16 >= sig) {
+            return Err(StateError::Invalid { what: "first-shown times", at });
+        }
+        into.push((u64::from(sig) << 32) | u64::from(secs));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// A prospect's first-shown times as a changelog record's tagged part (none when empty).
+    pub(super) fn encode_shown_trailer(&self, i: usize, out: &mut Vec<u8>) {
+        let shown = self.shown.get(i);
+        if !shown.is_empty() {
+            out.push(RECORD_TAG);
+            encode_shown(shown, out);
+        }
+    }
+
+    /// Whether slot `i` has first-shown times (layout 2's extension bit).
+    pub(super) fn has_shown(&self, i: usize) -> bool {
+        !self.shown.get(i).is_empty()
+    }
+
+    pub(super) fn shown_of(&self, i: usize) -> &[u64] {
+        self.shown.get(i)
+    }
+}
+
+/// The funnel's time from each signal to the outcome (meta, state version 5): u32 signal
+/// count, then per signal the won and the lost histogram (11 buckets u64, sum f64, count u64).
+pub(super) fn encode_signal_times(f: &Funnel, out: &mut Vec<u8>) {
+    let mut w = Enc(out);
+    w.u32(f.signal_to_outcome.len() as u32);
+    for h in f.signal_to_outcome.iter().flatten() {
+        h.buckets.iter().for_each(|&x| w.u64(x));
+        w.f64(h.sum_secs);
+        w.u64(h.count);
+    }
+}
+
+/// Reads [`encode_signal_times`]'s bytes; a table for another number of signals is dropped.
+pub(super) fn decode_signal_times(r: &mut Dec<'_>, f: &mut Funnel) -> Result<(), StateError> {
+    let at = r.position();
+    let n = r.u32("signal to outcome times")? as usize;
+    if n > r.remaining() / (2 * (TIME_BUCKETS_SECS.len() + 3) * 8) {
+        return Err(StateError::Invalid { what: "signal to outcome times", at });
+    }
+    let mut table = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut pair: [Histogram; 2] = Default::default();
+        for h in &mut pair {
+            for x in &mut h.buckets {
+                *x = r.u64("signal to outcome times")?;
+            }
+            h.sum_secs = r.f64("signal to outcome times")?;
+            h.count = r.u64("signal to outcome times")?;
+        }
+        table.push(pair);
+    }
+    if n == f.signal_to_outcome.len() {
+        f.signal_to_outcome = table;
+    }
+    Ok(())
+}

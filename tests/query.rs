@@ -195,10 +195,20 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     svc.stop().expect("graceful stop");
 }
 
+/// Two instances of one group, each advertising its query API's URL on `<group>.members`: a
+/// request to the instance that does not hold the prospect's partition answers 421 naming the
+/// other instance and its URL (body and `Location`), which answers 200; once that instance stops,
+/// the survivor holds every partition and answers 200 itself.
 #[test]
 fn a_prospect_on_the_other_instance_is_answered_there_and_named_here() {
     let s = with_query_api("query-two");
-    let (one, two) = (Service::start(&s), Service::start(&s));
+    let at_port = |port: u16| {
+        let mut s = s.clone();
+        s.http.listen = format!("127.0.0.1:{port}");
+        s.http.advertised_url = format!("http://127.0.0.1:{port}");
+        s
+    };
+    let (one, two) = (Service::start(&at_port(support::free_port())), Service::start(&at_port(support::free_port())));
     wait_until(JOIN, "both instances hold shards", || {
         let (a, b) = (held(&one), held(&two));
         !a.is_empty() && !b.is_empty() && a.len() + b.len() == 3
@@ -214,11 +224,29 @@ fn a_prospect_on_the_other_instance_is_answered_there_and_named_here() {
     wait_until(support::DEADLINE, "the second instance answers for it", || {
         get(two.addr(), &format!("/prospects/{id}"), Some(TOKEN)).0 == 200
     });
-    let (status, _, body) = get(one.addr(), &format!("/prospects/{id}"), Some(TOKEN));
-    assert_eq!(status, 421, "{body}");
-    assert_eq!(json_of(&body)["partition"].as_i64(), Some(i64::from(kafka_partition(id.as_bytes(), 3))));
-    one.stop().expect("stop one");
+    let two_url = format!("http://{}", two.addr());
+    let two_instance = json_of(&support::http_get(two.addr(), "/shards").1)["instance"].clone();
+    assert!(two_instance.as_str().is_some_and(|i| !i.is_empty()), "{two_instance}");
+    let path = format!("/prospects/{id}");
+    let mut answer = (0, String::new(), String::new());
+    wait_until(support::DEADLINE, "the first instance names the second in its 421", || {
+        answer = get(one.addr(), &path, Some(TOKEN));
+        answer.0 == 421 && json_of(&answer.2)["owner"]["url"] == json!(two_url)
+    });
+    let (_, head, body) = answer;
+    let v = json_of(&body);
+    assert_eq!(v["partition"].as_i64(), Some(i64::from(kafka_partition(id.as_bytes(), 3))));
+    assert_eq!(v["owner"]["instance"], two_instance, "{body}");
+    assert!(head.contains(&format!("location: {two_url}{path}\r\n").to_ascii_lowercase()), "{head}");
+    // The URL it names answers for the prospect.
+    let (status, _, body) = get(two.addr(), v["location"].as_str().unwrap().trim_start_matches(&two_url), Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["prospect"], json!(id));
     two.stop().expect("stop two");
+    wait_until(JOIN, "the survivor holds every partition and answers for the prospect", || {
+        held(&one).len() == 3 && get(one.addr(), &path, Some(TOKEN)).0 == 200
+    });
+    one.stop().expect("stop one");
 }
 
 /// Serves `health` on an ephemeral loopback port until the test ends.

@@ -153,11 +153,8 @@ pub fn spawn(
         .set("fetch.wait.max.ms", "100");
     let consumer: BaseConsumer = c.create()?;
     let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-    let parts = md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len());
+    let parts =
+        md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len());
     if parts == 0 {
         return Err(MembersError::Missing { topic, brokers: k.brokers.clone() });
     }

@@ -139,9 +139,7 @@ pub async fn create_topics(k: &Kafka) -> Result<Vec<String>, KafkaSetupError> {
     // Each instance's held partitions (`members.rs`): one partition, the last record per
     // instance kept.
     let members = crate::members::topic(&k.group_id);
-    topics.push(
-        NewTopic::new(&members, 1, TopicReplication::Fixed(k.replication)).set("cleanup.policy", "compact"),
-    );
+    topics.push(NewTopic::new(&members, 1, TopicReplication::Fixed(k.replication)).set("cleanup.policy", "compact"));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let mut created = Vec::new();
     for r in admin.create_topics(&topics, &opts).await? {

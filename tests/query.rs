@@ -146,6 +146,19 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert_eq!(sig["outcomes"]["won"], 1, "{sig}");
     assert_eq!(shown(&sig, "demo_requested"), Some(json!(1)), "{sig}");
     assert_eq!(shown(&sig, "deal_won"), None, "an outcome is not a signal of itself: {sig}");
+    // Quote on 03-03 10:30, won on 03-20 12:00: 17 days, in the (14 d, 30 d] bucket.
+    let quote = sig["signals"].as_array().unwrap().iter().find(|x| x["signal"] == "quote_requested").unwrap();
+    assert_eq!(quote["time_to_won"]["count"], 1, "{quote}");
+    assert_eq!(quote["time_to_won"]["median"], json!({"from_secs": 14.0 * 86_400.0, "to_secs": 30.0 * 86_400.0}));
+    // The funnel topic carries the same times as buckets per shard (sums, not medians).
+    let funnel = support::read_until(&s.kafka.topics.funnel, "a funnel record with the win", |out| {
+        out.iter().any(|o| o.json()["outcomes"]["won"] == 1)
+    });
+    let record = funnel.iter().map(|o| o.json()).find(|v| v["outcomes"]["won"] == 1).unwrap();
+    let quote = record["signals"].as_array().unwrap().iter().find(|x| x["signal"] == "quote_requested").unwrap();
+    let buckets: Vec<u64> =
+        quote["time_to_won"]["buckets"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).collect();
+    assert_eq!(buckets, [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0], "{quote}");
     let mut m = String::new();
     wait_until(support::DEADLINE, "the outcome gauges follow at the next funnel interval", || {
         m = support::http_get(svc.addr(), "/metrics").1;
@@ -336,5 +349,13 @@ fn the_query_api_is_off_by_default_and_refused_beyond_loopback_without_a_token()
         let with_weak = [on.as_slice(), &[var("HTTP__TOKEN", weak)]].concat();
         let err = Settings::load(None, with_weak).expect_err("a blank, short or padded token is refused").to_string();
         assert!(err.contains("http.token") && err.contains("16"), "{weak:?}: {err}");
+    } // The advertised URL other instances' 421s name must be an http(s) URL.
+    let loopback = [var("KAFKA__BROKERS", "127.0.0.1:9"), var("HTTP__QUERY_API", "true")];
+    for bad in ["10.0.3.7:9464", "ftp://10.0.3.7", "http://"] {
+        let with_bad = [loopback.as_slice(), &[var("HTTP__ADVERTISED_URL", bad)]].concat();
+        let err = Settings::load(None, with_bad).expect_err("not an http(s) URL").to_string();
+        assert!(err.contains("http.advertised_url"), "{bad:?}: {err}");
     }
+    let good = [loopback.as_slice(), &[var("HTTP__ADVERTISED_URL", "http://10.0.3.7:9464")]].concat();
+    assert_eq!(Settings::load(None, good).unwrap().http.advertised_url, "http://10.0.3.7:9464");
 }

@@ -459,3 +459,78 @@ fn median_time_from_each_signal_to_the_outcome_equals_one_from_the_truth_file() 
     assert!(checked >= 10, "enough signals with outcomes: {checked}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An identity merge keeps the earlier first showing of each signal: a download made before
+/// signing up, under the anonymous id, dates the signed-up user's win, whether the user id is
+/// new at the link (the anonymous state moves) or had its own download (the two fold).
+#[test]
+fn a_merged_person_keeps_the_earliest_first_showing_of_each_signal() {
+    let journey = Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n")).unwrap());
+    let seg = |kind: &str, event: &str, user: &str, anon: &str, id: &str, ts: &str| {
+        let user = if user.is_empty() { "null".to_string() } else { format!("\"{user}\"") };
+        let anon = if anon.is_empty() { "null".to_string() } else { format!("\"{anon}\"") };
+        let event = if event.is_empty() { String::new() } else { format!(r#","event":"{event}""#) };
+        format!(
+            r#"{{"type":"{kind}"{event},"userId":{user},"anonymousId":{anon},"messageId":"{id}","timestamp":"{ts}"}}"#
+        )
+    };
+    let won = json!({"event_id": "c-1", "prospect_id": "usr_1", "source": "crm", "type": "deal_won",
+                     "ts": "2026-03-12T09:00:00Z"})
+    .to_string();
+    let download =
+        |user: &str, anon: &str, id: &str, ts: &str| seg("track", "Whitepaper Downloaded", user, anon, id, ts);
+    let moved = [
+        download("", "anon-1", "m-1", "2026-03-02T09:00:00Z"),
+        download("usr_1", "anon-1", "m-2", "2026-03-04T09:00:00Z"),
+        won.clone(),
+    ];
+    let folded = [
+        download("", "anon-1", "m-1", "2026-03-02T09:00:00Z"),
+        download("usr_1", "", "m-2", "2026-03-04T09:00:00Z"),
+        seg("identify", "", "usr_1", "anon-1", "m-3", "2026-03-05T09:00:00Z"),
+        won,
+    ];
+    for (case, lines) in [("moved", &moved[..]), ("folded", &folded[..])] {
+        let mut engine = Engine::new(Arc::clone(&journey));
+        let mut out = Vec::new();
+        for line in lines {
+            let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap();
+            engine.apply(&ev, &mut out);
+        }
+        assert!(out.iter().any(|o| matches!(o, Output::ProspectMerged { .. })), "{case}: {out:?}");
+        let usr = engine.find("usr_1").expect("the canonical id");
+        let dl = journey.lookup("content_downloaded").unwrap();
+        let shown: Vec<_> = engine.first_shown(usr).filter(|&(s, _)| s == dl.0).collect();
+        assert_eq!(
+            shown,
+            vec![(dl.0, parse_rfc3339("2026-03-02T09:00:00Z").unwrap())],
+            "{case}: the anonymous download"
+        );
+        let r = engine.funnel().report(&journey);
+        let row = r.signals.iter().find(|s| s.signal == "content_downloaded").unwrap();
+        let t = row.time_to_won.as_ref().unwrap();
+        assert_eq!((t.count, t.mean_secs), (1, Some(10.0 * 86_400.0)), "{case}: {row:?}");
+    }
+}
+
+/// A prospect that leaves memory (retention) takes its first-shown times with it: a new
+/// prospect in its slot starts with none.
+#[test]
+fn a_freed_slot_starts_with_no_first_showing() {
+    let mut f = Feed::new(Arc::new(
+        Journey::from_toml_str(&format!("{B2B}\n[retention]\nafter_days = 10\n[retention.stages]\naware = 2\n"))
+            .unwrap(),
+    ));
+    f.send("p-1", "web", "content_downloaded", day(0));
+    let slot = f.engine.find("p-1").unwrap();
+    for d in [15, 16] {
+        f.send("clock-1", "web", "page_viewed", day(d));
+        f.send("clock-2", "web", "page_viewed", day(d));
+    }
+    assert!(f.engine.find("p-1").is_none(), "p-1 expired");
+    f.send("p-2", "web", "page_viewed", day(17));
+    let p2 = f.engine.find("p-2").unwrap();
+    assert_eq!(p2, slot, "p-2 reuses p-1's slot");
+    let pv = f.engine.journey().lookup("page_viewed").unwrap();
+    assert_eq!(f.engine.first_shown(p2).collect::<Vec<_>>(), vec![(pv.0, day(17))]);
+}

@@ -1,18 +1,48 @@
 //! When each prospect first showed each validated signal (prospect-initiated, not an outcome):
 //! what the signal table's time from a signal to the outcome is measured from.
 //!
-//! Per slot, only the signals the prospect showed, each as one `u64` (signal id in the high
-//! 32 bits, seconds since the epoch in the low 32), sorted by signal: a prospect that showed
-//! three signals costs a 16-byte slot and a 24-byte allocation.
+//! Per slot, only the signals the prospect showed, sorted by signal. Up to [`INLINE`] of them
+//! (signals below 254) sit in the slot itself, 20 bytes with no allocation; a prospect that
+//! showed more keeps them in a side map, each entry one `u64` (signal in the high 32 bits,
+//! seconds since the epoch in the low 32), the packed form every reader gets.
 
 use super::Engine;
-use crate::core::ids::ProspectIx;
+use crate::core::ids::{self, ProspectIx};
 use crate::core::time::{MS_PER_SEC, Ts};
+
+/// Entries a slot holds without an allocation.
+const INLINE: usize = 4;
+/// `sigs[0]` of a slot whose entries are in the side map.
+const SPILLED: u8 = u8::MAX;
+
+/// Up to [`INLINE`] entries: first-shown seconds and signal + 1 (0: no entry), by signal.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    secs: [u32; INLINE],
+    sigs: [u8; INLINE],
+}
 
 /// First-shown times by prospect slot (state since version 5).
 #[derive(Clone, Debug, Default)]
 pub(super) struct FirstShown {
-    slots: Vec<Option<Box<[u64]>>>,
+    slots: Vec<Slot>,
+    spilled: hashbrown::HashMap<u32, Box<[u64]>, ids::IndexHasher>,
+}
+
+/// A slot's entries, packed, by signal (dereferences to a slice).
+pub(super) enum Entries<'a> {
+    Inline([u64; INLINE], usize),
+    Spilled(&'a [u64]),
+}
+
+impl std::ops::Deref for Entries<'_> {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        match self {
+            Entries::Inline(a, n) => &a[..*n],
+            Entries::Spilled(s) => s,
+        }
+    }
 }
 
 /// One entry: signal and first-shown second.
@@ -32,73 +62,100 @@ fn secs(ts: Ts) -> u32 {
 
 impl FirstShown {
     /// Slot `i`'s entries, sorted by signal.
-    pub(super) fn get(&self, i: usize) -> &[u64] {
-        self.slots.get(i).and_then(|s| s.as_deref()).unwrap_or(&[])
+    pub(super) fn get(&self, i: usize) -> Entries<'_> {
+        let Some(slot) = self.slots.get(i) else { return Entries::Inline([0; INLINE], 0) };
+        if slot.sigs[0] == SPILLED {
+            return Entries::Spilled(self.spilled.get(&(i as u32)).map_or(&[], |s| &s[..]));
+        }
+        let mut a = [0; INLINE];
+        let mut n = 0;
+        for k in 0..INLINE {
+            if slot.sigs[k] == 0 {
+                break;
+            }
+            a[k] = pack(u16::from(slot.sigs[k] - 1), slot.secs[k]);
+            n += 1;
+        }
+        Entries::Inline(a, n)
     }
 
     /// Records that slot `i` showed `sig` at `ts` (the earlier time stays).
     pub(super) fn note(&mut self, i: usize, sig: u16, ts: Ts) {
         let e = pack(sig, secs(ts));
-        if i >= self.slots.len() {
-            self.slots.resize(i + 1, None);
-        }
-        let slot = &mut self.slots[i];
-        let cur = slot.as_deref().unwrap_or(&[]);
+        let cur = self.get(i);
         match cur.binary_search_by_key(&sig, |&x| (x >> 32) as u16) {
-            Ok(k) => {
-                if let Some(s) = slot.as_mut().filter(|s| e < s[k]) {
-                    s[k] = e;
-                }
+            Ok(k) if e < cur[k] => {
+                let mut v = cur.to_vec();
+                v[k] = e;
+                self.set(i, &v);
             }
+            Ok(_) => {}
             Err(k) => {
                 let mut v = Vec::with_capacity(cur.len() + 1);
                 v.extend_from_slice(&cur[..k]);
                 v.push(e);
                 v.extend_from_slice(&cur[k..]);
-                *slot = Some(v.into_boxed_slice());
+                self.set(i, &v);
             }
         }
     }
 
-    /// Replaces slot `i`'s entries (a restore; entries sorted by signal, each once).
+    /// Replaces slot `i`'s entries (entries sorted by signal, each once).
     pub(super) fn set(&mut self, i: usize, entries: &[u64]) {
         if entries.is_empty() {
             self.clear(i);
             return;
         }
         if i >= self.slots.len() {
-            self.slots.resize(i + 1, None);
+            self.slots.resize(i + 1, Slot::default());
         }
-        self.slots[i] = Some(entries.into());
+        let inline = entries.len() <= INLINE && entries.iter().all(|&e| (e >> 32) < u64::from(SPILLED - 1));
+        if inline {
+            let mut slot = Slot::default();
+            for (k, &e) in entries.iter().enumerate() {
+                slot.secs[k] = e as u32;
+                slot.sigs[k] = (e >> 32) as u8 + 1;
+            }
+            self.slots[i] = slot;
+            self.spilled.remove(&(i as u32));
+        } else {
+            self.slots[i] = Slot { secs: [0; INLINE], sigs: [SPILLED, 0, 0, 0] };
+            self.spilled.insert(i as u32, entries.into());
+        }
     }
 
     pub(super) fn clear(&mut self, i: usize) {
         if let Some(s) = self.slots.get_mut(i) {
-            *s = None;
+            if s.sigs[0] == SPILLED {
+                self.spilled.remove(&(i as u32));
+            }
+            *s = Slot::default();
         }
     }
 
     /// Slot `from`'s entries into slot `into` (an identity merge): every signal, the earlier
     /// time of each; `from` left empty.
     pub(super) fn merge(&mut self, from: usize, into: usize) {
-        let taken = self.slots.get_mut(from).and_then(Option::take);
-        for e in taken.iter().flat_map(|s| s.iter()) {
-            let (sig, _) = unpack(*e);
-            self.note(into, sig, Ts(i64::from(*e as u32) * MS_PER_SEC));
+        let taken = self.get(from).to_vec();
+        self.clear(from);
+        for e in taken {
+            let (sig, at) = unpack(e);
+            self.note(into, sig, at);
         }
     }
 
     /// Slot `i` copied from `src` (captures).
     pub(super) fn copy_one_from(&mut self, src: &FirstShown, i: usize) {
         let e = src.get(i);
-        self.set(i, e);
+        self.set(i, &e);
     }
 
-    /// Heap bytes held: the slot array and each allocation (rounded to the allocator's 16 bytes,
-    /// with its 8-byte header).
+    /// Heap bytes held: the slot array, the side map and its allocations (rounded to the
+    /// allocator's 16 bytes, with its 8-byte header).
     pub(super) fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Option<Box<[u64]>>>()
-            + self.slots.iter().flatten().map(|s| (s.len() * 8 + 8).div_ceil(16) * 16).sum::<usize>()
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.spilled.capacity() * (std::mem::size_of::<(u32, Box<[u64]>)>() + 1)
+            + self.spilled.values().map(|s| (s.len() * 8 + 8).div_ceil(16) * 16).sum::<usize>()
     }
 }
 
@@ -106,7 +163,7 @@ impl Engine {
     /// When prospect `ix` first showed each validated signal it showed: `(signal, time)`, by
     /// signal (times to the second).
     pub fn first_shown(&self, ix: ProspectIx) -> impl Iterator<Item = (u16, Ts)> + '_ {
-        self.shown.get(ix.0 as usize).iter().map(|&e| unpack(e))
+        self.shown.get(ix.0 as usize).to_vec().into_iter().map(unpack)
     }
 }
 
@@ -129,5 +186,17 @@ mod tests {
         let got: Vec<_> = f.get(3).iter().map(|&e| unpack(e)).collect();
         assert_eq!(got, vec![(2, Ts(10_000)), (7, Ts(40_000)), (9, Ts(20_000))]);
         assert!(f.get(5).is_empty());
+        // Past the inline four, and back: the same entries either way.
+        for sig in [11, 4, 300] {
+            f.note(3, sig, Ts(5_000));
+        }
+        let got: Vec<_> = f.get(3).iter().map(|&e| unpack(e).0).collect();
+        assert_eq!(got, vec![2, 4, 7, 9, 11, 300]);
+        assert_eq!(f.spilled.len(), 1);
+        f.set(3, &[pack(1, 7)]);
+        assert_eq!(f.spilled.len(), 0);
+        assert_eq!(f.get(3).to_vec(), vec![pack(1, 7)]);
+        f.clear(3);
+        assert!(f.get(3).is_empty());
     }
 }

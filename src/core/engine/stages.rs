@@ -28,7 +28,8 @@ impl Engine {
     ) {
         let i = ix.0 as usize;
         let alerted: &[(u8, Ts)] = self.extras.get(&ix.0).map_or(&[], |x| &x.alerted);
-        let shown = self.shown.get(i);
+        let entries = self.shown.get(i);
+        let shown: &[u64] = &entries;
         let (p, vars) = self.store.state_mut(i);
         let from = (!new).then_some(p.stage);
         let mut reopen = false;

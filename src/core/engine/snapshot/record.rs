@@ -230,7 +230,7 @@ impl Engine {
             out.extend_from_slice(&p.last_signal.to_le_bytes());
         }
         if ext & EXT_SHOWN != 0 {
-            super::shown::encode_shown(self.shown_of(ix.0 as usize), out);
+            super::shown::encode_shown(&self.shown_of(ix.0 as usize), out);
         }
     }
 

@@ -46,7 +46,7 @@ impl Engine {
         let shown = self.shown.get(i);
         if !shown.is_empty() {
             out.push(RECORD_TAG);
-            encode_shown(shown, out);
+            encode_shown(&shown, out);
         }
     }
 
@@ -55,7 +55,7 @@ impl Engine {
         !self.shown.get(i).is_empty()
     }
 
-    pub(super) fn shown_of(&self, i: usize) -> &[u64] {
+    pub(super) fn shown_of(&self, i: usize) -> crate::core::engine::shown::Entries<'_> {
         self.shown.get(i)
     }
 }

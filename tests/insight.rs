@@ -163,6 +163,9 @@ fn drop_off_counts_the_last_step_before_a_silence_and_a_pair_rule_reads_as_a_sig
         ("quote_clarification_requested", "quote_sent", 14.0)
     );
     assert_eq!((pair.won, pair.lost), (1, 0), "{pair:?}");
+    // The pair matched on day 2 (the clarification), the win came on day 9.
+    assert_eq!((pair.time_to_won.count, pair.time_to_won.mean_secs), (1, Some(7.0 * 86_400.0)), "{pair:?}");
+    assert_eq!(pair.time_to_lost.count, 0);
     assert_eq!(r.pairs.len(), 1, "only sequence rules name pairs");
 }
 
@@ -240,6 +243,7 @@ fn first_shown_times_survive_a_checkpoint_and_a_changelog_record() {
     let back = Engine::decode_state(Arc::clone(f.engine.journey()), &bytes).unwrap();
     assert_eq!(back.digest(), f.engine.digest());
     assert_eq!(back.funnel(), f.engine.funnel());
+    assert!(back.funnel().signal_to_outcome.iter().any(|h| h[0].count == 1), "usr_y's win");
     let ix = f.engine.find("usr_x").unwrap();
     let shown: Vec<_> = back.first_shown(back.find("usr_x").unwrap()).collect();
     assert_eq!(shown, f.engine.first_shown(ix).collect::<Vec<_>>());

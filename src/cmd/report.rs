@@ -271,12 +271,22 @@ fn write_pairs(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
     if r.pairs.is_empty() {
         return Ok(());
     }
-    writeln!(out, "\nPairs the sequence rules name (the second signal within the window after the first)")?;
+    writeln!(
+        out,
+        "\nPairs the sequence rules name (the second signal within the window after the first; to won/lost:\n\
+         the time bucket of the median time from the pair to the outcome)"
+    )?;
     win_header(out, "pair", 58)?;
     for p in &r.pairs {
         let pair = format!("{} within {}d after {}", p.signal, p.within_days, p.after);
         let rate = (p.win_rate, p.win_rate_interval);
         win_row(out, &pair, 58, [p.won, p.lost], rate, (p.lift, p.lift_interval), p.small_sample)?;
+    }
+    writeln!(out, "  {:<58} {:>8} {:>8}", "pair", "to won", "to lost")?;
+    for p in &r.pairs {
+        let pair = format!("{} within {}d after {}", p.signal, p.within_days, p.after);
+        let (won, lost) = (median(Some(&p.time_to_won)), median(Some(&p.time_to_lost)));
+        writeln!(out, "  {pair:<58} {won:>8} {lost:>8}")?;
     }
     Ok(())
 }

@@ -118,6 +118,9 @@ pub struct Funnel {
     /// Per signal, [won, lost]: time from when a prospect first showed it (at or before the
     /// outcome's event time) to the outcome (state version 5).
     pub signal_to_outcome: Vec<[Histogram; 2]>,
+    /// Per hot rule, [won, lost]: time from its first match (at or before the outcome) to the
+    /// outcome, whatever the horizon (state version 5): the pairs' time to the outcome.
+    pub rule_to_outcome: Vec<[Histogram; 2]>,
 }
 
 /// What an outcome is measured against: the prospect's counts per signal, the hot rules that
@@ -156,6 +159,7 @@ impl Funnel {
             hot_prospects: 0,
             signal_silences: vec![0; journey.signals.len()],
             signal_to_outcome: vec![Default::default(); journey.signals.len()],
+            rule_to_outcome: vec![Default::default(); journey.hot_rules.len()],
         }
     }
 
@@ -183,6 +187,7 @@ impl Funnel {
             hot_prospects,
             signal_silences,
             signal_to_outcome,
+            rule_to_outcome,
         } = other;
         debug_assert_eq!(self.stages, *stages, "funnels of one journey");
         add(&mut self.in_stage, in_stage);
@@ -213,7 +218,8 @@ impl Funnel {
         add(&mut self.signal_after_hot, signal_after_hot);
         self.hot_prospects += hot_prospects;
         add(&mut self.signal_silences, signal_silences);
-        for (a, b) in self.signal_to_outcome.iter_mut().zip(signal_to_outcome) {
+        let times = self.signal_to_outcome.iter_mut().zip(signal_to_outcome);
+        for (a, b) in times.chain(self.rule_to_outcome.iter_mut().zip(rule_to_outcome)) {
             a[0].absorb(&b[0]);
             a[1].absorb(&b[1]);
         }
@@ -286,6 +292,11 @@ impl Funnel {
                 h[o].unrecord(span);
             }
         }
+        for &(r, t) in facts.alerted.iter().filter(|&&(_, t)| t <= facts.at) {
+            if let Some(h) = self.rule_to_outcome.get_mut(r as usize) {
+                h[o].unrecord(facts.at.since(t));
+            }
+        }
         for (row, col, lead) in rule_cells(journey, outcome, facts) {
             let n = &mut self.rule_outcomes[row][col];
             *n = n.saturating_sub(1);
@@ -308,6 +319,11 @@ impl Funnel {
         for (s, span) in shown_before(facts) {
             if let Some(h) = self.signal_to_outcome.get_mut(s) {
                 h[o].record(span);
+            }
+        }
+        for &(r, t) in facts.alerted.iter().filter(|&&(_, t)| t <= facts.at) {
+            if let Some(h) = self.rule_to_outcome.get_mut(r as usize) {
+                h[o].record(facts.at.since(t));
             }
         }
         for (row, col, lead) in rule_cells(journey, outcome, facts) {
@@ -477,7 +493,8 @@ impl Funnel {
             .hot_rules
             .iter()
             .zip(&self.rule_outcomes)
-            .filter_map(|(rule, &[won, won_later, lost])| {
+            .zip(&self.rule_to_outcome)
+            .filter_map(|((rule, &[won, won_later, lost]), times)| {
                 let super::journey::HotCondition::Signal { signal, after: Some((after, within)) } = rule.condition
                 else {
                     return None;
@@ -498,6 +515,8 @@ impl Funnel {
                     lift: lift(rate),
                     lift_interval: [lift(low), lift(high)],
                     small_sample: w + lost < min_sample,
+                    time_to_won: TimeToOutcome::of(&times[0]),
+                    time_to_lost: TimeToOutcome::of(&times[1]),
                 })
             })
             .collect()
@@ -716,6 +735,10 @@ pub struct PairPredictiveness {
     pub lift: f64,
     pub lift_interval: [f64; 2],
     pub small_sample: bool,
+    /// Time from the pair's first match (the second signal arriving within the window) to the
+    /// win, and to the loss.
+    pub time_to_won: TimeToOutcome,
+    pub time_to_lost: TimeToOutcome,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

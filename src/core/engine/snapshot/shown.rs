@@ -60,20 +60,29 @@ impl Engine {
     }
 }
 
-/// The funnel's time from each signal to the outcome (meta, state version 5): u32 signal
-/// count, then per signal the won and the lost histogram (11 buckets u64, sum f64, count u64).
+/// The funnel's times to the outcome (meta, state version 5): per signal from its first showing,
+/// then per hot rule from its first match; each table a u32 row count, then per row the won and
+/// the lost histogram (11 buckets u64, sum f64, count u64).
 pub(super) fn encode_signal_times(f: &Funnel, out: &mut Vec<u8>) {
     let mut w = Enc(out);
-    w.u32(f.signal_to_outcome.len() as u32);
-    for h in f.signal_to_outcome.iter().flatten() {
-        h.buckets.iter().for_each(|&x| w.u64(x));
-        w.f64(h.sum_secs);
-        w.u64(h.count);
+    for table in [&f.signal_to_outcome, &f.rule_to_outcome] {
+        w.u32(table.len() as u32);
+        for h in table.iter().flatten() {
+            h.buckets.iter().for_each(|&x| w.u64(x));
+            w.f64(h.sum_secs);
+            w.u64(h.count);
+        }
     }
 }
 
-/// Reads [`encode_signal_times`]'s bytes; a table for another number of signals is dropped.
+/// Reads [`encode_signal_times`]'s bytes; a table of another length than this journey's (signals,
+/// hot rules) is dropped.
 pub(super) fn decode_signal_times(r: &mut Dec<'_>, f: &mut Funnel) -> Result<(), StateError> {
+    decode_table(r, &mut f.signal_to_outcome)?;
+    decode_table(r, &mut f.rule_to_outcome)
+}
+
+fn decode_table(r: &mut Dec<'_>, into: &mut Vec<[Histogram; 2]>) -> Result<(), StateError> {
     let at = r.position();
     let n = r.u32("signal to outcome times")? as usize;
     if n > r.remaining() / (2 * (TIME_BUCKETS_SECS.len() + 3) * 8) {
@@ -91,8 +100,8 @@ pub(super) fn decode_signal_times(r: &mut Dec<'_>, f: &mut Funnel) -> Result<(),
         }
         table.push(pair);
     }
-    if n == f.signal_to_outcome.len() {
-        f.signal_to_outcome = table;
+    if n == into.len() {
+        *into = table;
     }
     Ok(())
 }

@@ -69,11 +69,11 @@ impl FirstShown {
         }
         let mut a = [0; INLINE];
         let mut n = 0;
-        for k in 0..INLINE {
-            if slot.sigs[k] == 0 {
+        for (e, (&sig, &secs)) in a.iter_mut().zip(slot.sigs.iter().zip(&slot.secs)) {
+            if sig == 0 {
                 break;
             }
-            a[k] = pack(u16::from(slot.sigs[k] - 1), slot.secs[k]);
+            *e = pack(u16::from(sig - 1), secs);
             n += 1;
         }
         Entries::Inline(a, n)

@@ -174,12 +174,15 @@ pub fn spawn(
                 last = Some((held, Instant::now()));
             }
             publisher.producer.poll(Duration::ZERO);
-            if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) {
-                match msg.payload().map(serde_json::from_slice::<Member>) {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(msg)) => match msg.payload().map(serde_json::from_slice::<Member>) {
                     Some(Ok(m)) => publisher.membership.observe(m),
                     Some(Err(e)) => tracing::warn!(error = %e, "membership record unreadable; ignored"),
                     None => {}
-                }
+                },
+                // librdkafka retries on its own; the table keeps what it read.
+                Some(Err(e)) => tracing::debug!(error = %e, "membership topic read failed"),
+                None => {}
             }
         }
         publisher.publish(&[]);

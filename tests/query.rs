@@ -169,6 +169,27 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert_eq!(gauge("content_downloaded"), Some(1.0), "{m}");
     assert_eq!(gauge("demo_requested"), Some(1.0), "{m}");
     assert_eq!(gauge("deal_won"), None, "{m}");
+    // The time from the quote (03-03) to the win (03-20) as cumulative buckets, and its median
+    // as a real Prometheus computes it from them: within the (14 d, 30 d] bucket.
+    let bucket = |le: &str| {
+        support::sample(
+            &m,
+            "microfunnel_signal_to_outcome_seconds_bucket",
+            &[("signal", "quote_requested"), ("outcome", "won"), ("le", le)],
+        )
+    };
+    assert_eq!((bucket("1209600"), bucket("2592000"), bucket("+Inf")), (Some(0.0), Some(1.0), Some(1.0)), "{m}");
+    let prom = support::Prometheus::start(svc.addr(), &[]);
+    let median = "histogram_quantile(0.5, sum by (le) \
+                  (microfunnel_signal_to_outcome_seconds_bucket{signal=\"quote_requested\",outcome=\"won\"}))";
+    let mut value = f64::NAN;
+    wait_until(support::DEADLINE, "Prometheus has the buckets", || {
+        let v = prom.vector(median);
+        value = v.first().and_then(|r| r["value"][1].as_str()).and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
+        value.is_finite()
+    });
+    assert!(1_209_600.0 < value && value <= 2_592_000.0, "median {value} s");
+    drop(prom);
 
     // The rule matched 17 days before the win (within the 90-day horizon): precision and
     // capture 1, the median lead time in the (14 d, 30 d] bucket.

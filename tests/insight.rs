@@ -538,3 +538,26 @@ fn a_freed_slot_starts_with_no_first_showing() {
     let pv = f.engine.journey().lookup("page_viewed").unwrap();
     assert_eq!(f.engine.first_shown(p2).collect::<Vec<_>>(), vec![(pv.0, day(17))]);
 }
+
+/// The milestone table's time from a signal's first showing to first reaching each later stage:
+/// the four people download on day 0 (interested at once), ask for a quote on day 1
+/// (evaluating and deciding), two win on days 6 and 121.
+#[test]
+fn the_time_from_a_signal_to_each_later_milestone() {
+    let mut f = Feed::new(journey_with(""));
+    four_people(&mut f);
+    let r = f.report();
+    let m = r.milestones.iter().find(|m| m.signal == "content_downloaded").unwrap();
+    let stage = |name: &str| m.reached.iter().find(|s| s.stage == name).unwrap().time_to_reach.clone();
+    let days = |t: &microfunnel::core::funnel::TimeToOutcome| (t.count, t.mean_secs.map(|s| s / 86_400.0));
+    assert_eq!(days(&stage("interested")), (3, Some(0.0)));
+    assert_eq!(days(&stage("evaluating")), (3, Some(1.0)));
+    assert_eq!(days(&stage("deciding")), (3, Some(1.0)));
+    assert_eq!(days(&stage("won")), (2, Some(63.5)), "days 6 and 121");
+    assert_eq!(stage("won").buckets.iter().sum::<u64>(), 2);
+    // Through a full state, the table comes back.
+    let mut bytes = Vec::new();
+    f.engine.encode_state(&mut bytes);
+    let back = Engine::decode_state(Arc::clone(f.engine.journey()), &bytes).unwrap();
+    assert_eq!(back.funnel().signal_stage_time, f.engine.funnel().signal_stage_time);
+}

@@ -121,6 +121,9 @@ pub struct Funnel {
     /// Per hot rule, [won, lost]: time from its first match (at or before the outcome) to the
     /// outcome, whatever the horizon (state version 5): the pairs' time to the outcome.
     pub rule_to_outcome: Vec<[Histogram; 2]>,
+    /// `signals x stages`: time from a signal's first showing to first reaching the
+    /// (non-terminal) stage, for the prospects that showed it at or before (state version 5).
+    pub signal_stage_time: Vec<Histogram>,
 }
 
 /// What an outcome is measured against: the prospect's counts per signal, the hot rules that
@@ -160,6 +163,7 @@ impl Funnel {
             signal_silences: vec![0; journey.signals.len()],
             signal_to_outcome: vec![Default::default(); journey.signals.len()],
             rule_to_outcome: vec![Default::default(); journey.hot_rules.len()],
+            signal_stage_time: vec![Histogram::default(); journey.signals.len() * s],
         }
     }
 
@@ -188,6 +192,7 @@ impl Funnel {
             signal_silences,
             signal_to_outcome,
             rule_to_outcome,
+            signal_stage_time,
         } = other;
         debug_assert_eq!(self.stages, *stages, "funnels of one journey");
         add(&mut self.in_stage, in_stage);
@@ -218,6 +223,9 @@ impl Funnel {
         add(&mut self.signal_after_hot, signal_after_hot);
         self.hot_prospects += hot_prospects;
         add(&mut self.signal_silences, signal_silences);
+        for (h, o) in self.signal_stage_time.iter_mut().zip(signal_stage_time) {
+            h.absorb(o);
+        }
         let times = self.signal_to_outcome.iter_mut().zip(signal_to_outcome);
         for (a, b) in times.chain(self.rule_to_outcome.iter_mut().zip(rule_to_outcome)) {
             a[0].absorb(&b[0]);
@@ -232,9 +240,10 @@ impl Funnel {
         }
     }
 
-    /// Counts a stage change. For a prospect that may have been further along before, stages
-    /// up to `furthest` (a reopened prospect's furthest non-terminal stage) were reached
-    /// already and are not counted again.
+    /// Counts a stage change at `at`. For a prospect that may have been further along before,
+    /// stages up to `furthest` (a reopened prospect's furthest non-terminal stage) were reached
+    /// already and are not counted again. `shown`: its first-shown times.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn transition_from(
         &mut self,
         journey: &Journey,
@@ -243,6 +252,7 @@ impl Funnel {
         to: StageId,
         time_in_from: Span,
         counts: &[u16],
+        (shown, at): (&[u64], Ts),
     ) {
         let row = match from {
             Some(f) => {
@@ -270,6 +280,12 @@ impl Funnel {
                 self.reached[k] += 1;
                 for (sig, _) in counts.iter().enumerate().filter(|&(_, &c)| c > 0) {
                     self.signal_reached[sig * self.stages + k] += 1;
+                }
+                let before = shown.iter().map(|&e| super::engine::unpack_shown(e)).filter(|&(_, t)| t <= at);
+                for (sig, t) in before {
+                    if let Some(h) = self.signal_stage_time.get_mut(sig as usize * self.stages + k) {
+                        h.record(at.since(t));
+                    }
                 }
             }
         }
@@ -478,6 +494,7 @@ impl Funnel {
                             prospects: n,
                             rate: ratio(n, shown),
                             rate_interval: [round4(low), round4(high)],
+                            time_to_reach: TimeToOutcome::of(&self.signal_stage_time[i * self.stages + k]),
                         }
                     })
                     .collect();
@@ -821,6 +838,9 @@ pub struct MilestoneReach {
     /// prospects / shown.
     pub rate: f64,
     pub rate_interval: [f64; 2],
+    /// Time from first showing the signal to first reaching the stage (prospects that showed
+    /// it at or before; shaped as the signal table's `time_to_won`).
+    pub time_to_reach: TimeToOutcome,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -100,7 +100,8 @@ impl Engine {
             }
         }
         let furthest = if reopen { furthest_reached(journey, vars.stage_times) } else { None };
-        self.funnel.transition_from(journey, from, furthest, to, ts.since(p.stage_entered), vars.counts);
+        let time_in_from = ts.since(p.stage_entered);
+        self.funnel.transition_from(journey, from, furthest, to, time_in_from, vars.counts, (shown, ts));
         // Earlier stages dated after this entry were entered only because their events arrived
         // first: in event-time order the prospect was already here then.
         for v in &mut vars.stage_times[..to.0 as usize] {

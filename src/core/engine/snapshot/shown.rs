@@ -68,18 +68,46 @@ pub(super) fn encode_signal_times(f: &Funnel, out: &mut Vec<u8>) {
     for table in [&f.signal_to_outcome, &f.rule_to_outcome] {
         w.u32(table.len() as u32);
         for h in table.iter().flatten() {
-            h.buckets.iter().for_each(|&x| w.u64(x));
-            w.f64(h.sum_secs);
-            w.u64(h.count);
+            encode_histogram(&mut w, h);
         }
     }
+    w.u32(f.signal_stage_time.len() as u32);
+    for h in &f.signal_stage_time {
+        encode_histogram(&mut w, h);
+    }
+}
+
+fn encode_histogram(w: &mut Enc<'_>, h: &Histogram) {
+    h.buckets.iter().for_each(|&x| w.u64(x));
+    w.f64(h.sum_secs);
+    w.u64(h.count);
+}
+
+fn decode_histogram(r: &mut Dec<'_>, what: &'static str) -> Result<Histogram, StateError> {
+    let mut h = Histogram::default();
+    for x in &mut h.buckets {
+        *x = r.u64(what)?;
+    }
+    h.sum_secs = r.f64(what)?;
+    h.count = r.u64(what)?;
+    Ok(h)
 }
 
 /// Reads [`encode_signal_times`]'s bytes; a table of another length than this journey's (signals,
 /// hot rules) is dropped.
 pub(super) fn decode_signal_times(r: &mut Dec<'_>, f: &mut Funnel) -> Result<(), StateError> {
     decode_table(r, &mut f.signal_to_outcome)?;
-    decode_table(r, &mut f.rule_to_outcome)
+    decode_table(r, &mut f.rule_to_outcome)?;
+    let at = r.position();
+    let n = r.u32("signal to stage times")? as usize;
+    if n > r.remaining() / ((TIME_BUCKETS_SECS.len() + 3) * 8) {
+        return Err(StateError::Invalid { what: "signal to stage times", at });
+    }
+    let table = (0..n).map(|_| decode_histogram(r, "signal to stage times")).collect::<Result<Vec<_>, _>>()?;
+    if n == f.signal_stage_time.len() {
+        f.signal_stage_time = table;
+    }
+    Ok(())
 }
 
 fn decode_table(r: &mut Dec<'_>, into: &mut Vec<[Histogram; 2]>) -> Result<(), StateError> {

@@ -401,6 +401,14 @@ fn write_milestones(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
         }
         writeln!(out)?;
     }
+    writeln!(out, "  median time from first showing the signal to reaching the stage (its time bucket):")?;
+    for row in &r.milestones {
+        write!(out, "  {:<32} {:>7}", row.signal, "")?;
+        for m in &row.reached {
+            write!(out, " {:>12}", median(Some(&m.time_to_reach)))?;
+        }
+        writeln!(out)?;
+    }
     Ok(())
 }
 

@@ -159,9 +159,8 @@ fn write_report(
     writeln!(out, "\nOutcomes: {} won, {} lost, base win rate {:.1}%", o.won, o.lost, o.win_rate * 100.0)?;
     writeln!(
         out,
-        "\nSignals shown before an outcome, by lift (prospect-initiated, not outcomes; intervals:\n\
-         Wilson 95%; * = fewer than {min_sample} prospects with an outcome, listed last; to won/lost:\n\
-         the time bucket of the median time from first showing the signal to the outcome)"
+        "\nSignals shown before an outcome, by lift (prospect-initiated, not outcomes; intervals: Wilson 95%;\n\
+         * = fewer than {min_sample} with an outcome, listed last; to won/lost: median time from the first showing)"
     )?;
     writeln!(
         out,

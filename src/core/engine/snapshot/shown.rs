@@ -4,7 +4,7 @@
 
 use super::wire::{Dec, Enc, StateError};
 use crate::core::engine::Engine;
-use crate::core::funnel::{Funnel, Histogram, TIME_BUCKETS_SECS};
+use crate::core::funnel::{Funnel, Histogram};
 
 /// The changelog record tag of a prospect's first-shown times.
 pub(super) const RECORD_TAG: u8 = 5;
@@ -61,8 +61,10 @@ impl Engine {
 }
 
 /// The funnel's times to the outcome (meta, state version 5): per signal from its first showing,
-/// then per hot rule from its first match; each table a u32 row count, then per row the won and
-/// the lost histogram (11 buckets u64, sum f64, count u64).
+/// then per hot rule from its first match, each a u32 row count and per row the won and the lost
+/// histogram; then the milestones' times, a u32 count (signals x stages) and one histogram each.
+/// A histogram is `u8` 0 when empty, else `u8` 1, 11 buckets u64, sum f64, count u64 (most are
+/// empty: a journey's signals x stages).
 pub(super) fn encode_signal_times(f: &Funnel, out: &mut Vec<u8>) {
     let mut w = Enc(out);
     for table in [&f.signal_to_outcome, &f.rule_to_outcome] {
@@ -78,13 +80,24 @@ pub(super) fn encode_signal_times(f: &Funnel, out: &mut Vec<u8>) {
 }
 
 fn encode_histogram(w: &mut Enc<'_>, h: &Histogram) {
+    if *h == Histogram::default() {
+        w.u8(0);
+        return;
+    }
+    w.u8(1);
     h.buckets.iter().for_each(|&x| w.u64(x));
     w.f64(h.sum_secs);
     w.u64(h.count);
 }
 
 fn decode_histogram(r: &mut Dec<'_>, what: &'static str) -> Result<Histogram, StateError> {
+    let at = r.position();
     let mut h = Histogram::default();
+    match r.u8(what)? {
+        0 => return Ok(h),
+        1 => {}
+        _ => return Err(StateError::Invalid { what, at }),
+    }
     for x in &mut h.buckets {
         *x = r.u64(what)?;
     }
@@ -93,43 +106,31 @@ fn decode_histogram(r: &mut Dec<'_>, what: &'static str) -> Result<Histogram, St
     Ok(h)
 }
 
-/// Reads [`encode_signal_times`]'s bytes; a table of another length than this journey's (signals,
-/// hot rules) is dropped.
+/// Reads [`encode_signal_times`]'s bytes; a table of another length than this journey's
+/// (signals, hot rules, signals x stages) is read and dropped.
 pub(super) fn decode_signal_times(r: &mut Dec<'_>, f: &mut Funnel) -> Result<(), StateError> {
-    decode_table(r, &mut f.signal_to_outcome)?;
-    decode_table(r, &mut f.rule_to_outcome)?;
-    let at = r.position();
-    let n = r.u32("signal to stage times")? as usize;
-    if n > r.remaining() / ((TIME_BUCKETS_SECS.len() + 3) * 8) {
-        return Err(StateError::Invalid { what: "signal to stage times", at });
+    for (into, what) in
+        [(&mut f.signal_to_outcome, "signal to outcome times"), (&mut f.rule_to_outcome, "rule to outcome times")]
+    {
+        let table = decode_rows(r, 2, what)?;
+        if table.len() == into.len() * 2 {
+            *into = table.chunks(2).map(|c| [c[0].clone(), c[1].clone()]).collect();
+        }
     }
-    let table = (0..n).map(|_| decode_histogram(r, "signal to stage times")).collect::<Result<Vec<_>, _>>()?;
-    if n == f.signal_stage_time.len() {
+    let table = decode_rows(r, 1, "signal to stage times")?;
+    if table.len() == f.signal_stage_time.len() {
         f.signal_stage_time = table;
     }
     Ok(())
 }
 
-fn decode_table(r: &mut Dec<'_>, into: &mut Vec<[Histogram; 2]>) -> Result<(), StateError> {
+/// A u32 row count, then `per_row` histograms per row, flattened.
+fn decode_rows(r: &mut Dec<'_>, per_row: usize, what: &'static str) -> Result<Vec<Histogram>, StateError> {
     let at = r.position();
-    let n = r.u32("signal to outcome times")? as usize;
-    if n > r.remaining() / (2 * (TIME_BUCKETS_SECS.len() + 3) * 8) {
-        return Err(StateError::Invalid { what: "signal to outcome times", at });
+    let n = r.u32(what)? as usize;
+    // Each histogram takes at least its presence byte.
+    if n > r.remaining() / per_row {
+        return Err(StateError::Invalid { what, at });
     }
-    let mut table = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut pair: [Histogram; 2] = Default::default();
-        for h in &mut pair {
-            for x in &mut h.buckets {
-                *x = r.u64("signal to outcome times")?;
-            }
-            h.sum_secs = r.f64("signal to outcome times")?;
-            h.count = r.u64("signal to outcome times")?;
-        }
-        table.push(pair);
-    }
-    if n == into.len() {
-        *into = table;
-    }
-    Ok(())
+    (0..n * per_row).map(|_| decode_histogram(r, what)).collect()
 }

@@ -28,6 +28,8 @@ pub enum AppError {
     Config(#[from] crate::config::ConfigError),
     #[error("the pipeline did not stop within {0:?}")]
     StopTimeout(Duration),
+    #[error("membership: {0}")]
+    Members(crate::members::MembersError),
 }
 
 /// A started service.
@@ -39,6 +41,8 @@ pub struct Running {
     done: mpsc::Receiver<Result<(), PipelineError>>,
     shutdown_timeout: Duration,
     runtime: Runtime,
+    /// The thread publishing and reading `<group>.members` (with the query API on).
+    members: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Starts the HTTP endpoints and the pipeline thread; returns once both are launched.
@@ -57,7 +61,21 @@ pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppEr
         .map_err(bind_err)?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(bind_err)?;
     let http_addr = listener.local_addr().map_err(bind_err)?;
-    let status = Status::default();
+    let advertised = (!settings.http.advertised_url.is_empty()).then_some(settings.http.advertised_url.as_str());
+    let membership = crate::members::Membership::new(&crate::members::instance_id(), advertised);
+    let status = Status::with_membership(membership.clone());
+    let members = if settings.http.query_api {
+        match crate::members::spawn(&settings.kafka, membership, status.clone(), Arc::clone(&stop)) {
+            Ok(t) => Some(t),
+            Err(e @ crate::members::MembersError::Missing { .. }) => {
+                tracing::warn!(error = %e, "a 421 will not name the instance that holds a prospect");
+                None
+            }
+            Err(e) => return Err(AppError::Members(e)),
+        }
+    } else {
+        None
+    };
     let (query, inbox) = if settings.http.query_api {
         let (queries, inbox) = pipeline::query::channel(64);
         let token = (!settings.http.token.is_empty()).then(|| Arc::from(settings.http.token.as_str()));
@@ -91,7 +109,7 @@ pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppEr
             let _ = tx.send(pipeline::run(settings, journey, handles));
         })
         .map_err(bind_err)?;
-    Ok(Running { http_addr, metrics, ready, stop, done, shutdown_timeout, runtime })
+    Ok(Running { http_addr, metrics, ready, stop, done, shutdown_timeout, runtime, members })
 }
 
 impl Running {
@@ -111,6 +129,11 @@ impl Running {
             Ok(r) => r.map_err(AppError::from),
             Err(_) => Err(AppError::StopTimeout(limit)),
         };
+        if let Some(t) = self.members {
+            self.stop.store(true, Ordering::Release);
+            // It stops with the same flag, within one poll and a 2 s flush.
+            let _ = t.join();
+        }
         self.runtime.shutdown_timeout(Duration::from_secs(1));
         result
     }

@@ -224,11 +224,22 @@ pub struct Http {
     /// Show prospects' emails in query answers (hidden by default).
     #[serde(default)]
     pub show_emails: bool,
+    /// Base URL at which the other instances' clients reach this instance's query API (e.g.
+    /// `http://10.0.3.7:9464`), published on `<group>.members` so that a 421 names it. Empty:
+    /// none (a 421 names the owning instance without a URL).
+    #[serde(default)]
+    pub advertised_url: String,
 }
 
 impl Default for Http {
     fn default() -> Self {
-        Http { listen: default_listen(), query_api: false, token: String::new(), show_emails: false }
+        Http {
+            listen: default_listen(),
+            query_api: false,
+            token: String::new(),
+            show_emails: false,
+            advertised_url: String::new(),
+        }
     }
 }
 

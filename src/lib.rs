@@ -24,6 +24,7 @@ pub mod core;
 pub mod http;
 pub mod journeys;
 pub mod kafka;
+pub mod members;
 pub mod pipeline;
 pub mod replay;
 pub mod store;

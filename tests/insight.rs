@@ -163,6 +163,9 @@ fn drop_off_counts_the_last_step_before_a_silence_and_a_pair_rule_reads_as_a_sig
         ("quote_clarification_requested", "quote_sent", 14.0)
     );
     assert_eq!((pair.won, pair.lost), (1, 0), "{pair:?}");
+    // The pair matched on day 2 (the clarification), the win came on day 9.
+    assert_eq!((pair.time_to_won.count, pair.time_to_won.mean_secs), (1, Some(7.0 * 86_400.0)), "{pair:?}");
+    assert_eq!(pair.time_to_lost.count, 0);
     assert_eq!(r.pairs.len(), 1, "only sequence rules name pairs");
 }
 
@@ -188,6 +191,76 @@ fn the_rules_record_and_the_insight_counters_survive_a_checkpoint_and_a_changelo
     g.engine = Engine::decode_state(Arc::clone(g.engine.journey()), &bytes).unwrap();
     g.send("usr_x", "crm", "deal_won", day(3));
     assert_eq!(cells(rule(&g.report(), "quote_requested")), [1, 0, 0]);
+}
+
+/// The signal table's time from a signal to the outcome, on hand-written people: `usr_a`
+/// downloaded on day 0, asked for a quote on day 1 and won on day 6; `usr_c` did the same and
+/// lost on day 4; a quote on day 1 that arrives after the day-0 download was seen on day 2
+/// dates the signal from day 0 (first shown, in event time).
+#[test]
+fn the_time_from_a_signal_to_the_outcome_runs_from_its_first_showing() {
+    let mut f = Feed::new(journey_with(""));
+    four_people(&mut f);
+    f.send("usr_a", "web", "content_downloaded", day(3));
+    let r = f.report();
+    let sig = |name: &str| r.signals.iter().find(|s| s.signal == name).unwrap_or_else(|| panic!("no {name}"));
+    let bucket = |t: &Option<microfunnel::core::funnel::TimeToOutcome>| {
+        let m = t.as_ref().unwrap().median.clone().unwrap();
+        (m.from_secs / 86_400.0, m.to_secs.map(|s| s / 86_400.0))
+    };
+    let dl = sig("content_downloaded");
+    // Won: usr_a after 6 days, usr_b after 121 days (median: the first of two, 6 days).
+    assert_eq!(dl.time_to_won.as_ref().unwrap().count, 2);
+    assert_eq!(bucket(&dl.time_to_won), (3.0, Some(7.0)), "{dl:?}");
+    assert_eq!(dl.time_to_won.as_ref().unwrap().mean_secs, Some((6.0 + 121.0) / 2.0 * 86_400.0));
+    assert_eq!(bucket(&dl.time_to_lost), (3.0, Some(7.0)), "usr_c lost 4 days after: {dl:?}");
+    let quote = sig("quote_requested");
+    assert_eq!(quote.time_to_won.as_ref().unwrap().mean_secs, Some((5.0 + 120.0) / 2.0 * 86_400.0));
+    assert_eq!(bucket(&quote.time_to_lost), (1.0, Some(3.0)), "3 days: {quote:?}");
+    // Out of order: a download dated before the one held moves the first showing earlier.
+    let mut g = Feed::new(journey_with(""));
+    g.send("usr_e", "web", "content_downloaded", day(2));
+    g.send("usr_e", "web", "quote_requested", day(3));
+    g.send("usr_e", "web", "content_downloaded", day(-10));
+    g.send("usr_e", "crm", "deal_won", day(4));
+    let r = g.report();
+    let dl = r.signals.iter().find(|s| s.signal == "content_downloaded").unwrap();
+    assert_eq!(dl.time_to_won.as_ref().unwrap().mean_secs, Some(14.0 * 86_400.0), "{dl:?}");
+}
+
+/// First-shown times are state (version 5): through a full state and a changelog record an
+/// open prospect keeps them, so its later outcome is measured from them; the funnel's times
+/// come with the meta. A version-4 state has none and loads.
+#[test]
+fn first_shown_times_survive_a_checkpoint_and_a_changelog_record() {
+    let mut f = Feed::new(journey_with(""));
+    f.send("usr_x", "web", "content_downloaded", day(0));
+    f.send("usr_x", "web", "quote_requested", day(1));
+    f.send("usr_y", "web", "content_downloaded", day(0));
+    f.send("usr_y", "crm", "deal_won", day(2));
+    let mut bytes = Vec::new();
+    f.engine.encode_state(&mut bytes);
+    let back = Engine::decode_state(Arc::clone(f.engine.journey()), &bytes).unwrap();
+    assert_eq!(back.digest(), f.engine.digest());
+    assert_eq!(back.funnel(), f.engine.funnel());
+    assert!(back.funnel().signal_to_outcome.iter().any(|h| h[0].count == 1), "usr_y's win");
+    let ix = f.engine.find("usr_x").unwrap();
+    let shown: Vec<_> = back.first_shown(back.find("usr_x").unwrap()).collect();
+    assert_eq!(shown, f.engine.first_shown(ix).collect::<Vec<_>>());
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    let mut rec = Vec::new();
+    f.engine.encode_changelog_record(ix, &mut rec);
+    let decoded = back.decode_changelog_record(&mut Dec::new(&rec)).unwrap();
+    let mut fresh = Engine::new(Arc::clone(f.engine.journey()));
+    let at = fresh.install("usr_x", decoded).unwrap();
+    assert_eq!(fresh.first_shown(at).collect::<Vec<_>>(), shown);
+    assert_eq!(fresh.prospect_digest(at), f.engine.prospect_digest(ix));
+    // The restored prospect's win is measured from its day-0 download.
+    let mut g = Feed { engine: back, n: 100 };
+    g.send("usr_x", "crm", "deal_won", day(10));
+    let r = g.report();
+    let dl = r.signals.iter().find(|s| s.signal == "content_downloaded").unwrap();
+    assert_eq!(dl.time_to_won.as_ref().unwrap().mean_secs, Some(6.0 * 86_400.0), "(2 + 10) / 2 days: {dl:?}");
 }
 
 #[test]
@@ -300,4 +373,191 @@ fn hot_rule_accuracy_equals_a_count_from_the_truth_file() {
     let (from, to) = (bucket["from_secs"].as_f64().unwrap(), bucket["to_secs"].as_f64().unwrap_or(f64::INFINITY));
     assert!(from < median && median <= to, "median {median} s in ({from}, {to}]");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The median time from each signal to the outcome in `replay`'s summary equals the median the
+/// test computes itself, to the bucket: each person's first event of the signal in the traffic
+/// file (at or before the outcome) to the truth file's `outcome_at`.
+#[test]
+fn median_time_from_each_signal_to_the_outcome_equals_one_from_the_truth_file() {
+    let dir = std::env::temp_dir().join(unique("insight-times"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (traffic, truth) = (dir.join("t.jsonl"), dir.join("truth.jsonl"));
+    let st = bin()
+        .args(["gen", "--prospects", "6000", "--seed", "5", "--quiet", "--out"])
+        .arg(&traffic)
+        .arg("--truth")
+        .arg(&truth)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let journey = journey_with("");
+    let b2b = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/journeys/b2b.toml");
+    let out = bin().args(["replay", "--summary-only", "--journey", b2b]).arg(&traffic).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["kind"] == "funnel_summary")
+        .expect("a funnel_summary");
+    let ms = |s: &str| parse_rfc3339(s).unwrap().0;
+    let outcomes: BTreeMap<String, (usize, i64)> = std::fs::read_to_string(&truth)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["outcome"] != "open")
+        .map(|v| {
+            let o = if v["outcome"] == "won" { 0 } else { 1 };
+            (v["prospect"].as_str().unwrap().into(), (o, ms(v["outcome_at"].as_str().unwrap())))
+        })
+        .collect();
+    // Each person's first event time per validated signal, from the traffic file.
+    let mut first: BTreeMap<(String, u16), i64> = BTreeMap::new();
+    let text = std::fs::read_to_string(&traffic).unwrap();
+    for line in text.lines() {
+        for (_, ev) in codec::decode_each(line.as_bytes(), &journey, &Limits::default()) {
+            let Ok(ev) = ev else { continue };
+            let Some(sig) = ev.signal.or_else(|| journey.resolve(ev.kind, &ev.name)) else { continue };
+            let def = journey.signal(sig);
+            if !microfunnel::core::funnel::validated(&journey, def) || !def.source.admits(ev.source) {
+                continue;
+            }
+            let e = first.entry((ev.prospect.to_string(), sig.0)).or_insert(ev.ts.0);
+            *e = (*e).min(ev.ts.0);
+        }
+    }
+    let mut times: BTreeMap<(u16, usize), Vec<f64>> = BTreeMap::new();
+    for ((p, sig), t) in &first {
+        let Some(&(o, at)) = outcomes.get(p) else { continue };
+        if *t <= at {
+            // The engine keeps first-shown times to the second.
+            times.entry((*sig, o)).or_default().push((at / 1000 * 1000 - t / 1000 * 1000) as f64 / 1000.0);
+        }
+    }
+    let buckets = microfunnel::core::funnel::TIME_BUCKETS_SECS;
+    let bucket_of = |secs: f64| buckets.iter().position(|&b| secs <= b).unwrap_or(buckets.len());
+    let mut checked = 0;
+    for row in summary["signals"].as_array().unwrap() {
+        let sig = journey.lookup(row["signal"].as_str().unwrap()).unwrap();
+        for (o, key) in [(0, "time_to_won"), (1, "time_to_lost")] {
+            let mut v = times.remove(&(sig.0, o)).unwrap_or_default();
+            let got = &row[key];
+            let n = got["count"].as_u64().unwrap();
+            // Events dated before the outcome but sent after it are not counted with it.
+            let want = v.len() as u64;
+            assert!(n <= want && n * 100 >= want * 98, "{} {key}: {n} measured, {want} in the file", row["signal"]);
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_by(f64::total_cmp);
+            let median = v[(v.len() - 1) / 2];
+            let k = bucket_of(median);
+            let m = &got["median"];
+            let from = if k == 0 { 0.0 } else { buckets[k - 1] };
+            assert_eq!(m["from_secs"].as_f64(), Some(from), "{} {key}: median {median} s, got {m}", row["signal"]);
+            assert_eq!(m["to_secs"].as_f64(), buckets.get(k).copied(), "{} {key}", row["signal"]);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "enough signals with outcomes: {checked}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An identity merge keeps the earlier first showing of each signal: a download made before
+/// signing up, under the anonymous id, dates the signed-up user's win, whether the user id is
+/// new at the link (the anonymous state moves) or had its own download (the two fold).
+#[test]
+fn a_merged_person_keeps_the_earliest_first_showing_of_each_signal() {
+    let journey = Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n")).unwrap());
+    let seg = |kind: &str, event: &str, user: &str, anon: &str, id: &str, ts: &str| {
+        let user = if user.is_empty() { "null".to_string() } else { format!("\"{user}\"") };
+        let anon = if anon.is_empty() { "null".to_string() } else { format!("\"{anon}\"") };
+        let event = if event.is_empty() { String::new() } else { format!(r#","event":"{event}""#) };
+        format!(
+            r#"{{"type":"{kind}"{event},"userId":{user},"anonymousId":{anon},"messageId":"{id}","timestamp":"{ts}"}}"#
+        )
+    };
+    let won = json!({"event_id": "c-1", "prospect_id": "usr_1", "source": "crm", "type": "deal_won",
+                     "ts": "2026-03-12T09:00:00Z"})
+    .to_string();
+    let download =
+        |user: &str, anon: &str, id: &str, ts: &str| seg("track", "Whitepaper Downloaded", user, anon, id, ts);
+    let moved = [
+        download("", "anon-1", "m-1", "2026-03-02T09:00:00Z"),
+        download("usr_1", "anon-1", "m-2", "2026-03-04T09:00:00Z"),
+        won.clone(),
+    ];
+    let folded = [
+        download("", "anon-1", "m-1", "2026-03-02T09:00:00Z"),
+        download("usr_1", "", "m-2", "2026-03-04T09:00:00Z"),
+        seg("identify", "", "usr_1", "anon-1", "m-3", "2026-03-05T09:00:00Z"),
+        won,
+    ];
+    for (case, lines) in [("moved", &moved[..]), ("folded", &folded[..])] {
+        let mut engine = Engine::new(Arc::clone(&journey));
+        let mut out = Vec::new();
+        for line in lines {
+            let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap();
+            engine.apply(&ev, &mut out);
+        }
+        assert!(out.iter().any(|o| matches!(o, Output::ProspectMerged { .. })), "{case}: {out:?}");
+        let usr = engine.find("usr_1").expect("the canonical id");
+        let dl = journey.lookup("content_downloaded").unwrap();
+        let shown: Vec<_> = engine.first_shown(usr).filter(|&(s, _)| s == dl.0).collect();
+        assert_eq!(
+            shown,
+            vec![(dl.0, parse_rfc3339("2026-03-02T09:00:00Z").unwrap())],
+            "{case}: the anonymous download"
+        );
+        let r = engine.funnel().report(&journey);
+        let row = r.signals.iter().find(|s| s.signal == "content_downloaded").unwrap();
+        let t = row.time_to_won.as_ref().unwrap();
+        assert_eq!((t.count, t.mean_secs), (1, Some(10.0 * 86_400.0)), "{case}: {row:?}");
+    }
+}
+
+/// A prospect that leaves memory (retention) takes its first-shown times with it: a new
+/// prospect in its slot starts with none.
+#[test]
+fn a_freed_slot_starts_with_no_first_showing() {
+    let mut f = Feed::new(Arc::new(
+        Journey::from_toml_str(&format!("{B2B}\n[retention]\nafter_days = 10\n[retention.stages]\naware = 2\n"))
+            .unwrap(),
+    ));
+    f.send("p-1", "web", "content_downloaded", day(0));
+    let slot = f.engine.find("p-1").unwrap();
+    for d in [15, 16] {
+        f.send("clock-1", "web", "page_viewed", day(d));
+        f.send("clock-2", "web", "page_viewed", day(d));
+    }
+    assert!(f.engine.find("p-1").is_none(), "p-1 expired");
+    f.send("p-2", "web", "page_viewed", day(17));
+    let p2 = f.engine.find("p-2").unwrap();
+    assert_eq!(p2, slot, "p-2 reuses p-1's slot");
+    let pv = f.engine.journey().lookup("page_viewed").unwrap();
+    assert_eq!(f.engine.first_shown(p2).collect::<Vec<_>>(), vec![(pv.0, day(17))]);
+}
+
+/// The milestone table's time from a signal's first showing to first reaching each later stage:
+/// the four people download on day 0 (interested at once), ask for a quote on day 1
+/// (evaluating and deciding), two win on days 6 and 121.
+#[test]
+fn the_time_from_a_signal_to_each_later_milestone() {
+    let mut f = Feed::new(journey_with(""));
+    four_people(&mut f);
+    let r = f.report();
+    let m = r.milestones.iter().find(|m| m.signal == "content_downloaded").unwrap();
+    let stage = |name: &str| m.reached.iter().find(|s| s.stage == name).unwrap().time_to_reach.clone();
+    let days = |t: &microfunnel::core::funnel::TimeToOutcome| (t.count, t.mean_secs.map(|s| s / 86_400.0));
+    assert_eq!(days(&stage("interested")), (3, Some(0.0)));
+    assert_eq!(days(&stage("evaluating")), (3, Some(1.0)));
+    assert_eq!(days(&stage("deciding")), (3, Some(1.0)));
+    assert_eq!(days(&stage("won")), (2, Some(63.5)), "days 6 and 121");
+    assert_eq!(stage("won").buckets.iter().sum::<u64>(), 2);
+    // Through a full state, the table comes back.
+    let mut bytes = Vec::new();
+    f.engine.encode_state(&mut bytes);
+    let back = Engine::decode_state(Arc::clone(f.engine.journey()), &bytes).unwrap();
+    assert_eq!(back.funnel().signal_stage_time, f.engine.funnel().signal_stage_time);
 }

@@ -146,6 +146,19 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert_eq!(sig["outcomes"]["won"], 1, "{sig}");
     assert_eq!(shown(&sig, "demo_requested"), Some(json!(1)), "{sig}");
     assert_eq!(shown(&sig, "deal_won"), None, "an outcome is not a signal of itself: {sig}");
+    // Quote on 03-03 10:30, won on 03-20 12:00: 17 days, in the (14 d, 30 d] bucket.
+    let quote = sig["signals"].as_array().unwrap().iter().find(|x| x["signal"] == "quote_requested").unwrap();
+    assert_eq!(quote["time_to_won"]["count"], 1, "{quote}");
+    assert_eq!(quote["time_to_won"]["median"], json!({"from_secs": 14.0 * 86_400.0, "to_secs": 30.0 * 86_400.0}));
+    // The funnel topic carries the same times as buckets per shard (sums, not medians).
+    let funnel = support::read_until(&s.kafka.topics.funnel, "a funnel record with the win", |out| {
+        out.iter().any(|o| o.json()["outcomes"]["won"] == 1)
+    });
+    let record = funnel.iter().map(|o| o.json()).find(|v| v["outcomes"]["won"] == 1).unwrap();
+    let quote = record["signals"].as_array().unwrap().iter().find(|x| x["signal"] == "quote_requested").unwrap();
+    let buckets: Vec<u64> =
+        quote["time_to_won"]["buckets"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).collect();
+    assert_eq!(buckets, [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0], "{quote}");
     let mut m = String::new();
     wait_until(support::DEADLINE, "the outcome gauges follow at the next funnel interval", || {
         m = support::http_get(svc.addr(), "/metrics").1;
@@ -156,6 +169,27 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     assert_eq!(gauge("content_downloaded"), Some(1.0), "{m}");
     assert_eq!(gauge("demo_requested"), Some(1.0), "{m}");
     assert_eq!(gauge("deal_won"), None, "{m}");
+    // The time from the quote (03-03) to the win (03-20) as cumulative buckets, and its median
+    // as a real Prometheus computes it from them: within the (14 d, 30 d] bucket.
+    let bucket = |le: &str| {
+        support::sample(
+            &m,
+            "microfunnel_signal_to_outcome_seconds_bucket",
+            &[("signal", "quote_requested"), ("outcome", "won"), ("le", le)],
+        )
+    };
+    assert_eq!((bucket("1209600"), bucket("2592000"), bucket("+Inf")), (Some(0.0), Some(1.0), Some(1.0)), "{m}");
+    let prom = support::Prometheus::start(svc.addr(), &[]);
+    let median = "histogram_quantile(0.5, sum by (le) \
+                  (microfunnel_signal_to_outcome_seconds_bucket{signal=\"quote_requested\",outcome=\"won\"}))";
+    let mut value = f64::NAN;
+    wait_until(support::DEADLINE, "Prometheus has the buckets", || {
+        let v = prom.vector(median);
+        value = v.first().and_then(|r| r["value"][1].as_str()).and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
+        value.is_finite()
+    });
+    assert!(1_209_600.0 < value && value <= 2_592_000.0, "median {value} s");
+    drop(prom);
 
     // The rule matched 17 days before the win (within the 90-day horizon): precision and
     // capture 1, the median lead time in the (14 d, 30 d] bucket.
@@ -195,10 +229,20 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
     svc.stop().expect("graceful stop");
 }
 
+/// Two instances of one group, each advertising its query API's URL on `<group>.members`: a
+/// request to the instance that does not hold the prospect's partition answers 421 naming the
+/// other instance and its URL (body and `Location`), which answers 200; once that instance stops,
+/// the survivor holds every partition and answers 200 itself.
 #[test]
 fn a_prospect_on_the_other_instance_is_answered_there_and_named_here() {
     let s = with_query_api("query-two");
-    let (one, two) = (Service::start(&s), Service::start(&s));
+    let at_port = |port: u16| {
+        let mut s = s.clone();
+        s.http.listen = format!("127.0.0.1:{port}");
+        s.http.advertised_url = format!("http://127.0.0.1:{port}");
+        s
+    };
+    let (one, two) = (Service::start(&at_port(support::free_port())), Service::start(&at_port(support::free_port())));
     wait_until(JOIN, "both instances hold shards", || {
         let (a, b) = (held(&one), held(&two));
         !a.is_empty() && !b.is_empty() && a.len() + b.len() == 3
@@ -214,11 +258,29 @@ fn a_prospect_on_the_other_instance_is_answered_there_and_named_here() {
     wait_until(support::DEADLINE, "the second instance answers for it", || {
         get(two.addr(), &format!("/prospects/{id}"), Some(TOKEN)).0 == 200
     });
-    let (status, _, body) = get(one.addr(), &format!("/prospects/{id}"), Some(TOKEN));
-    assert_eq!(status, 421, "{body}");
-    assert_eq!(json_of(&body)["partition"].as_i64(), Some(i64::from(kafka_partition(id.as_bytes(), 3))));
-    one.stop().expect("stop one");
+    let two_url = format!("http://{}", two.addr());
+    let two_instance = json_of(&support::http_get(two.addr(), "/shards").1)["instance"].clone();
+    assert!(two_instance.as_str().is_some_and(|i| !i.is_empty()), "{two_instance}");
+    let path = format!("/prospects/{id}");
+    let mut answer = (0, String::new(), String::new());
+    wait_until(support::DEADLINE, "the first instance names the second in its 421", || {
+        answer = get(one.addr(), &path, Some(TOKEN));
+        answer.0 == 421 && json_of(&answer.2)["owner"]["url"] == json!(two_url)
+    });
+    let (_, head, body) = answer;
+    let v = json_of(&body);
+    assert_eq!(v["partition"].as_i64(), Some(i64::from(kafka_partition(id.as_bytes(), 3))));
+    assert_eq!(v["owner"]["instance"], two_instance, "{body}");
+    assert!(head.contains(&format!("location: {two_url}{path}\r\n").to_ascii_lowercase()), "{head}");
+    // The URL it names answers for the prospect.
+    let (status, _, body) = get(two.addr(), v["location"].as_str().unwrap().trim_start_matches(&two_url), Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["prospect"], json!(id));
     two.stop().expect("stop two");
+    wait_until(JOIN, "the survivor holds every partition and answers for the prospect", || {
+        held(&one).len() == 3 && get(one.addr(), &path, Some(TOKEN)).0 == 200
+    });
+    one.stop().expect("stop one");
 }
 
 /// Serves `health` on an ephemeral loopback port until the test ends.
@@ -308,5 +370,13 @@ fn the_query_api_is_off_by_default_and_refused_beyond_loopback_without_a_token()
         let with_weak = [on.as_slice(), &[var("HTTP__TOKEN", weak)]].concat();
         let err = Settings::load(None, with_weak).expect_err("a blank, short or padded token is refused").to_string();
         assert!(err.contains("http.token") && err.contains("16"), "{weak:?}: {err}");
+    } // The advertised URL other instances' 421s name must be an http(s) URL.
+    let loopback = [var("KAFKA__BROKERS", "127.0.0.1:9"), var("HTTP__QUERY_API", "true")];
+    for bad in ["10.0.3.7:9464", "ftp://10.0.3.7", "http://"] {
+        let with_bad = [loopback.as_slice(), &[var("HTTP__ADVERTISED_URL", bad)]].concat();
+        let err = Settings::load(None, with_bad).expect_err("not an http(s) URL").to_string();
+        assert!(err.contains("http.advertised_url"), "{bad:?}: {err}");
     }
+    let good = [loopback.as_slice(), &[var("HTTP__ADVERTISED_URL", "http://10.0.3.7:9464")]].concat();
+    assert_eq!(Settings::load(None, good).unwrap().http.advertised_url, "http://10.0.3.7:9464");
 }

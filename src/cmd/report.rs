@@ -159,13 +159,13 @@ fn write_report(
     writeln!(out, "\nOutcomes: {} won, {} lost, base win rate {:.1}%", o.won, o.lost, o.win_rate * 100.0)?;
     writeln!(
         out,
-        "\nSignals shown before an outcome, by lift (prospect-initiated, not outcomes; intervals:\n\
-         Wilson 95%; * = fewer than {min_sample} prospects with an outcome, listed last)"
+        "\nSignals shown before an outcome, by lift (prospect-initiated, not outcomes; intervals: Wilson 95%;\n\
+         * = fewer than {min_sample} with an outcome, listed last; to won/lost: median time from the first showing)"
     )?;
     writeln!(
         out,
-        "  {:<32} {:>7} {:>6} {:>6} {:>7} {:>15} {:>6} {:>11}",
-        "signal", "n", "won", "lost", "win", "win 95%", "lift", "lift 95%"
+        "  {:<32} {:>7} {:>6} {:>6} {:>7} {:>15} {:>6} {:>11} {:>8} {:>8}",
+        "signal", "n", "won", "lost", "win", "win 95%", "lift", "lift 95%", "to won", "to lost"
     )?;
     for s in &r.signals {
         let [wl, wh] = s.win_rate_interval;
@@ -174,9 +174,10 @@ fn write_report(
         let win_ci = format!("{:.1}-{:.1}%", wl * 100.0, wh * 100.0);
         let lift_ci = format!("{ll:.2}-{lh:.2}");
         let flag = if s.small_sample { " *" } else { "" };
+        let (to_won, to_lost) = (median(s.time_to_won.as_ref()), median(s.time_to_lost.as_ref()));
         writeln!(
             out,
-            "  {:<32} {:>7} {:>6} {:>6} {win:>7} {win_ci:>15} {:>6.2} {lift_ci:>11}{flag}",
+            "  {:<32} {:>7} {:>6} {:>6} {win:>7} {win_ci:>15} {:>6.2} {lift_ci:>11} {to_won:>8} {to_lost:>8}{flag}",
             s.signal,
             s.won + s.lost,
             s.won,
@@ -211,6 +212,21 @@ fn pct_range([l, h]: [f64; 2]) -> String {
 }
 
 /// A span in seconds as the largest whole unit that fits (90m, 6h, 3d).
+/// A median time bucket as `<=3d` (or `>180d` for the last bucket), `-` without times.
+fn median(t: Option<&microfunnel::core::funnel::TimeToOutcome>) -> String {
+    bucket(t.and_then(|t| t.median.as_ref()))
+}
+
+fn bucket(b: Option<&microfunnel::core::funnel::LeadBucket>) -> String {
+    match b {
+        Some(b) => match b.to_secs {
+            Some(to) => format!("<={}", span(to)),
+            None => format!(">{}", span(b.from_secs)),
+        },
+        None => "-".into(),
+    }
+}
+
 fn span(secs: f64) -> String {
     match secs {
         s if s >= 86_400.0 => format!("{:.0}d", s / 86_400.0),
@@ -231,13 +247,7 @@ fn write_rules(out: &mut impl Write, r: &FunnelReport, horizon_days: f64) -> io:
         "rule", "n", "won", "later", "lost", "prec", "prec 95%", "capt", "capt 95%", "lead med"
     )?;
     for q in &r.rules {
-        let lead = match &q.lead_time_median {
-            Some(b) => match b.to_secs {
-                Some(to) => format!("<={}", span(to)),
-                None => format!(">{}", span(b.from_secs)),
-            },
-            None => "-".into(),
-        };
+        let lead = bucket(q.lead_time_median.as_ref());
         let flag = if q.small_sample { " *" } else { "" };
         writeln!(
             out,
@@ -260,12 +270,22 @@ fn write_pairs(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
     if r.pairs.is_empty() {
         return Ok(());
     }
-    writeln!(out, "\nPairs the sequence rules name (the second signal within the window after the first)")?;
+    writeln!(
+        out,
+        "\nPairs the sequence rules name (the second signal within the window after the first; to won/lost:\n\
+         the time bucket of the median time from the pair to the outcome)"
+    )?;
     win_header(out, "pair", 58)?;
     for p in &r.pairs {
         let pair = format!("{} within {}d after {}", p.signal, p.within_days, p.after);
         let rate = (p.win_rate, p.win_rate_interval);
         win_row(out, &pair, 58, [p.won, p.lost], rate, (p.lift, p.lift_interval), p.small_sample)?;
+    }
+    writeln!(out, "  {:<58} {:>8} {:>8}", "pair", "to won", "to lost")?;
+    for p in &r.pairs {
+        let pair = format!("{} within {}d after {}", p.signal, p.within_days, p.after);
+        let (won, lost) = (median(Some(&p.time_to_won)), median(Some(&p.time_to_lost)));
+        writeln!(out, "  {pair:<58} {won:>8} {lost:>8}")?;
     }
     Ok(())
 }
@@ -377,6 +397,14 @@ fn write_milestones(out: &mut impl Write, r: &FunnelReport) -> io::Result<()> {
         write!(out, "  {:<32} {:>7}", row.signal, row.shown)?;
         for m in &row.reached {
             write!(out, " {:>12}", pct(m.rate))?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(out, "  median time from first showing the signal to reaching the stage (its time bucket):")?;
+    for row in &r.milestones {
+        write!(out, "  {:<32} {:>7}", row.signal, "")?;
+        for m in &row.reached {
+            write!(out, " {:>12}", median(Some(&m.time_to_reach)))?;
         }
         writeln!(out)?;
     }

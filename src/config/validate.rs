@@ -151,6 +151,16 @@ impl Settings {
                 "set http.token (MICROFUNNEL__HTTP__TOKEN) to a long random secret, or listen on 127.0.0.1",
             ));
         }
+        let advertised = &self.http.advertised_url;
+        if !advertised.is_empty()
+            && url::Url::parse(advertised).map_or(true, |u| !matches!(u.scheme(), "http" | "https") || !u.has_host())
+        {
+            return Err(invalid(
+                "http.advertised_url",
+                format!("`{advertised}` is not an http(s) URL"),
+                "give the base URL other instances' clients reach this one at, e.g. http://10.0.3.7:9464, or leave it empty",
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",

@@ -115,6 +115,15 @@ pub struct Funnel {
     /// Per signal: prospects that went silent (a ghosted or stalled timer fired on a prospect
     /// not already ghosted or stalled) while it was their last prospect-initiated signal.
     pub signal_silences: Vec<u64>,
+    /// Per signal, [won, lost]: time from when a prospect first showed it (at or before the
+    /// outcome's event time) to the outcome (state version 5).
+    pub signal_to_outcome: Vec<[Histogram; 2]>,
+    /// Per hot rule, [won, lost]: time from its first match (at or before the outcome) to the
+    /// outcome, whatever the horizon (state version 5): the pairs' time to the outcome.
+    pub rule_to_outcome: Vec<[Histogram; 2]>,
+    /// `signals x stages`: time from a signal's first showing to first reaching the
+    /// (non-terminal) stage, for the prospects that showed it at or before (state version 5).
+    pub signal_stage_time: Vec<Histogram>,
 }
 
 /// What an outcome is measured against: the prospect's counts per signal, the hot rules that
@@ -122,6 +131,9 @@ pub struct Funnel {
 pub(crate) struct OutcomeFacts<'a> {
     pub counts: &'a [u16],
     pub alerted: &'a [(u8, Ts)],
+    /// When the prospect first showed each validated signal (`Engine::first_shown`'s packed
+    /// entries).
+    pub shown: &'a [u64],
     pub at: Ts,
     pub score: f64,
 }
@@ -149,6 +161,9 @@ impl Funnel {
             signal_after_hot: vec![0; journey.signals.len()],
             hot_prospects: 0,
             signal_silences: vec![0; journey.signals.len()],
+            signal_to_outcome: vec![Default::default(); journey.signals.len()],
+            rule_to_outcome: vec![Default::default(); journey.hot_rules.len()],
+            signal_stage_time: vec![Histogram::default(); journey.signals.len() * s],
         }
     }
 
@@ -175,6 +190,9 @@ impl Funnel {
             signal_after_hot,
             hot_prospects,
             signal_silences,
+            signal_to_outcome,
+            rule_to_outcome,
+            signal_stage_time,
         } = other;
         debug_assert_eq!(self.stages, *stages, "funnels of one journey");
         add(&mut self.in_stage, in_stage);
@@ -205,6 +223,14 @@ impl Funnel {
         add(&mut self.signal_after_hot, signal_after_hot);
         self.hot_prospects += hot_prospects;
         add(&mut self.signal_silences, signal_silences);
+        for (h, o) in self.signal_stage_time.iter_mut().zip(signal_stage_time) {
+            h.absorb(o);
+        }
+        let times = self.signal_to_outcome.iter_mut().zip(signal_to_outcome);
+        for (a, b) in times.chain(self.rule_to_outcome.iter_mut().zip(rule_to_outcome)) {
+            a[0].absorb(&b[0]);
+            a[1].absorb(&b[1]);
+        }
     }
 
     /// A ghosted or stalled timer fired; `last_signal` was the prospect's last step.
@@ -214,9 +240,10 @@ impl Funnel {
         }
     }
 
-    /// Counts a stage change. For a prospect that may have been further along before, stages
-    /// up to `furthest` (a reopened prospect's furthest non-terminal stage) were reached
-    /// already and are not counted again.
+    /// Counts a stage change at `at`. For a prospect that may have been further along before,
+    /// stages up to `furthest` (a reopened prospect's furthest non-terminal stage) were reached
+    /// already and are not counted again. `shown`: its first-shown times.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn transition_from(
         &mut self,
         journey: &Journey,
@@ -225,6 +252,7 @@ impl Funnel {
         to: StageId,
         time_in_from: Span,
         counts: &[u16],
+        (shown, at): (&[u64], Ts),
     ) {
         let row = match from {
             Some(f) => {
@@ -253,6 +281,12 @@ impl Funnel {
                 for (sig, _) in counts.iter().enumerate().filter(|&(_, &c)| c > 0) {
                     self.signal_reached[sig * self.stages + k] += 1;
                 }
+                let before = shown.iter().map(|&e| super::engine::unpack_shown(e)).filter(|&(_, t)| t <= at);
+                for (sig, t) in before {
+                    if let Some(h) = self.signal_stage_time.get_mut(sig as usize * self.stages + k) {
+                        h.record(at.since(t));
+                    }
+                }
             }
         }
     }
@@ -269,6 +303,16 @@ impl Funnel {
         }
         let band = &mut self.band_outcomes[journey.score_band(facts.score)][o];
         *band = band.saturating_sub(1);
+        for (s, span) in shown_before(facts) {
+            if let Some(h) = self.signal_to_outcome.get_mut(s) {
+                h[o].unrecord(span);
+            }
+        }
+        for &(r, t) in facts.alerted.iter().filter(|&&(_, t)| t <= facts.at) {
+            if let Some(h) = self.rule_to_outcome.get_mut(r as usize) {
+                h[o].unrecord(facts.at.since(t));
+            }
+        }
         for (row, col, lead) in rule_cells(journey, outcome, facts) {
             let n = &mut self.rule_outcomes[row][col];
             *n = n.saturating_sub(1);
@@ -288,6 +332,16 @@ impl Funnel {
             }
         }
         self.band_outcomes[journey.score_band(facts.score)][o] += 1;
+        for (s, span) in shown_before(facts) {
+            if let Some(h) = self.signal_to_outcome.get_mut(s) {
+                h[o].record(span);
+            }
+        }
+        for &(r, t) in facts.alerted.iter().filter(|&&(_, t)| t <= facts.at) {
+            if let Some(h) = self.rule_to_outcome.get_mut(r as usize) {
+                h[o].record(facts.at.since(t));
+            }
+        }
         for (row, col, lead) in rule_cells(journey, outcome, facts) {
             self.rule_outcomes[row][col] += 1;
             if let Some(span) = lead {
@@ -347,7 +401,8 @@ impl Funnel {
             .collect();
         let [won, lost] = self.outcomes;
         let base = ratio(won, won + lost);
-        let signals = signal_table(journey, &self.signal_outcomes, self.outcomes, min_sample);
+        let signals =
+            signal_table(journey, &self.signal_outcomes, Some(&self.signal_to_outcome), self.outcomes, min_sample);
         FunnelReport {
             journey: journey.name.clone(),
             stages,
@@ -439,6 +494,7 @@ impl Funnel {
                             prospects: n,
                             rate: ratio(n, shown),
                             rate_interval: [round4(low), round4(high)],
+                            time_to_reach: TimeToOutcome::of(&self.signal_stage_time[i * self.stages + k]),
                         }
                     })
                     .collect();
@@ -454,7 +510,8 @@ impl Funnel {
             .hot_rules
             .iter()
             .zip(&self.rule_outcomes)
-            .filter_map(|(rule, &[won, won_later, lost])| {
+            .zip(&self.rule_to_outcome)
+            .filter_map(|((rule, &[won, won_later, lost]), times)| {
                 let super::journey::HotCondition::Signal { signal, after: Some((after, within)) } = rule.condition
                 else {
                     return None;
@@ -475,6 +532,8 @@ impl Funnel {
                     lift: lift(rate),
                     lift_interval: [lift(low), lift(high)],
                     small_sample: w + lost < min_sample,
+                    time_to_won: TimeToOutcome::of(&times[0]),
+                    time_to_lost: TimeToOutcome::of(&times[1]),
                 })
             })
             .collect()
@@ -535,6 +594,16 @@ impl Funnel {
     }
 }
 
+/// Each signal first shown at or before the outcome, with the time from then to the outcome.
+fn shown_before<'a>(facts: &'a OutcomeFacts<'_>) -> impl Iterator<Item = (usize, Span)> + 'a {
+    facts
+        .shown
+        .iter()
+        .map(|&e| super::engine::unpack_shown(e))
+        .filter(|&(_, t)| t <= facts.at)
+        .map(|(s, t)| (s as usize, facts.at.since(t)))
+}
+
 /// The `rule_outcomes` cells (row, column) an outcome counts in, with the lead time of a win
 /// within the horizon: each rule that matched at or before the outcome, and the "any rule" row
 /// from the earliest match.
@@ -574,6 +643,7 @@ pub(crate) fn step_conversion(journey: &Journey, reached: &[u64]) -> Vec<StepCon
 pub(crate) fn signal_table(
     journey: &Journey,
     signal_outcomes: &[[u64; 2]],
+    times: Option<&[[Histogram; 2]]>,
     outcomes: [u64; 2],
     min_sample: u64,
 ) -> Vec<SignalPredictiveness> {
@@ -598,6 +668,8 @@ pub(crate) fn signal_table(
                 lift: lift(rate),
                 lift_interval: [lift(low), lift(high)],
                 small_sample: w + l < min_sample,
+                time_to_won: times.and_then(|t| t.get(i)).map(|h| TimeToOutcome::of(&h[0])),
+                time_to_lost: times.and_then(|t| t.get(i)).map(|h| TimeToOutcome::of(&h[1])),
             }
         })
         .collect();
@@ -680,6 +752,10 @@ pub struct PairPredictiveness {
     pub lift: f64,
     pub lift_interval: [f64; 2],
     pub small_sample: bool,
+    /// Time from the pair's first match (the second signal arriving within the window) to the
+    /// win, and to the loss.
+    pub time_to_won: TimeToOutcome,
+    pub time_to_lost: TimeToOutcome,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -762,6 +838,9 @@ pub struct MilestoneReach {
     /// prospects / shown.
     pub rate: f64,
     pub rate_interval: [f64; 2],
+    /// Time from first showing the signal to first reaching the stage (prospects that showed
+    /// it at or before; shaped as the signal table's `time_to_won`).
+    pub time_to_reach: TimeToOutcome,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -839,6 +918,35 @@ pub struct SignalPredictiveness {
     /// Fewer than the minimum sample (default [`MIN_SAMPLE`]) prospects with an outcome showed
     /// it: the figures say little.
     pub small_sample: bool,
+    /// Time from when each prospect first showed the signal (at or before the outcome) to its
+    /// win; `null` where not measured (breakdown tables).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_to_won: Option<TimeToOutcome>,
+    /// ... to its loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_to_lost: Option<TimeToOutcome>,
+}
+
+/// Times from a signal to an outcome: how many, the bucket of `time_buckets_secs` the median
+/// falls in, the mean, and the buckets (not cumulative; the last counts what is above every
+/// bound), which add across shards.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TimeToOutcome {
+    pub count: u64,
+    pub median: Option<LeadBucket>,
+    pub mean_secs: Option<f64>,
+    pub buckets: Vec<u64>,
+}
+
+impl TimeToOutcome {
+    pub fn of(h: &Histogram) -> TimeToOutcome {
+        TimeToOutcome {
+            count: h.count,
+            median: h.median_bucket().map(|(from_secs, to_secs)| LeadBucket { from_secs, to_secs }),
+            mean_secs: (h.count > 0).then(|| round2(h.sum_secs / h.count as f64)),
+            buckets: h.buckets.to_vec(),
+        }
+    }
 }
 
 /// Whether a signal's power to predict a sale is measured: the prospect's own step

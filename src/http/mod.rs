@@ -67,6 +67,6 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
 
 /// Each assigned shard: restoring or running, where its state came from, its last checkpoint.
 async fn shards(State(h): State<Health>) -> impl IntoResponse {
-    let body = serde_json::json!({ "shards": h.status.snapshot() });
+    let body = serde_json::json!({ "instance": &*h.status.membership().instance, "shards": h.status.snapshot() });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())
 }

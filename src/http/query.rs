@@ -86,7 +86,7 @@ pub(super) async fn prospect(State(h): State<Health>, Path(id): Path<String>, he
     if shards.iter().any(|s| s.partition == partition && s.state == ShardState::Restoring) {
         return unavailable("the prospect's shard is restoring");
     }
-    match ask(api, Question::Prospect(id)).await {
+    match ask(api, Question::Prospect(id.clone())).await {
         Err(r) => r,
         Ok(Answer::Prospect(mut a)) => {
             if !api.show_emails {
@@ -97,7 +97,7 @@ pub(super) async fn prospect(State(h): State<Health>, Path(id): Path<String>, he
         Ok(Answer::Unknown { partition }) => {
             reply(StatusCode::NOT_FOUND, json!({ "error": "unknown prospect", "partition": partition }))
         }
-        Ok(Answer::NotHere { partition }) => not_here(partition),
+        Ok(Answer::NotHere { partition }) => not_here(&h.status, partition, &id),
         Ok(Answer::Funnel(_) | Answer::Forecast(_) | Answer::Breakdown(_) | Answer::UnknownDimension { .. }) => {
             reply(StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "wrong answer" }))
         }
@@ -128,11 +128,27 @@ async fn breakdown(api: &QueryApi, by: String) -> Result<Box<BreakdownAnswer>, R
     }
 }
 
-fn not_here(partition: i32) -> Response {
-    reply(
+/// 421 naming the partition and, when the group's membership topic says, the instance holding
+/// it and its URL (also as `Location`: the same path there).
+fn not_here(status: &crate::pipeline::status::Status, partition: i32, id: &str) -> Response {
+    let owner = status.membership().owner_of(partition);
+    let location = owner.as_ref().and_then(|m| m.url.as_deref()).map(|url| {
+        let path: String = url::form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        format!("{}/prospects/{}", url.trim_end_matches('/'), path.replace('+', "%20"))
+    });
+    let mut r = reply(
         StatusCode::MISDIRECTED_REQUEST,
-        json!({ "error": "this instance does not hold the prospect's partition", "partition": partition }),
-    )
+        json!({
+            "error": "this instance does not hold the prospect's partition",
+            "partition": partition,
+            "owner": owner.as_ref().map(|m| json!({ "instance": m.instance, "url": m.url })),
+            "location": location,
+        }),
+    );
+    if let Some(l) = location.and_then(|l| header::HeaderValue::from_str(&l).ok()) {
+        r.headers_mut().insert(header::LOCATION, l);
+    }
+    r
 }
 
 /// `GET /funnel`: the funnel of the shards this instance holds (sums; add instances' answers).

@@ -134,8 +134,12 @@ pub async fn create_topics(k: &Kafka) -> Result<Vec<String>, KafkaSetupError> {
     names.extend(
         [&k.topics.hot_leads, &k.topics.journey_events, &k.topics.funnel, &k.topics.dead_letter].map(String::as_str),
     );
-    let topics: Vec<NewTopic<'_>> =
+    let mut topics: Vec<NewTopic<'_>> =
         names.iter().map(|n| NewTopic::new(n, k.partitions, TopicReplication::Fixed(k.replication))).collect();
+    // Each instance's held partitions (`members.rs`): one partition, the last record per
+    // instance kept.
+    let members = crate::members::topic(&k.group_id);
+    topics.push(NewTopic::new(&members, 1, TopicReplication::Fixed(k.replication)).set("cleanup.policy", "compact"));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let mut created = Vec::new();
     for r in admin.create_topics(&topics, &opts).await? {

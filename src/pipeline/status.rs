@@ -90,13 +90,27 @@ pub struct CheckpointStatus {
     pub snapshot_seconds: f64,
 }
 
-/// Shared between the pipeline (writes) and the HTTP endpoint (reads).
+/// Shared between the pipeline (writes) and the HTTP endpoint (reads); with the group's
+/// published membership (`members.rs`), which partitions the other instances hold.
 #[derive(Clone, Default)]
-pub struct Status(Arc<Mutex<BTreeMap<i32, ShardStatus>>>);
+pub struct Status {
+    shards: Arc<Mutex<BTreeMap<i32, ShardStatus>>>,
+    members: crate::members::Membership,
+}
 
 impl Status {
+    /// A status that knows this instance's membership (its id, advertised URL and what the
+    /// others published).
+    pub fn with_membership(members: crate::members::Membership) -> Status {
+        Status { shards: Arc::default(), members }
+    }
+
+    pub fn membership(&self) -> &crate::members::Membership {
+        &self.members
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, ShardStatus>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.shards.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn set(&self, partition: i32, s: ShardStatus) {

@@ -87,6 +87,7 @@ impl State {
         for (o, label) in [(0, "won"), (1, "lost")] {
             metrics.outcomes.with_label_values(&[label]).set(outcomes.outcomes[o] as i64);
         }
+        publish_signal_times(metrics, journey, &outcomes);
         let rules = journey.hot_rules.iter().map(|r| r.name.as_str()).chain([crate::core::funnel::ANY_RULE]);
         for (rule, row) in rules.zip(&outcomes.rule_outcomes) {
             if *row != [0; 3] {
@@ -121,6 +122,24 @@ impl State {
                 top = %top,
                 "event names that map to no journey signal, most frequent since start (map them in the journey, or leave them ignored)"
             );
+        }
+    }
+}
+
+/// The signal table's times to the outcome as cumulative buckets, for the signals with any.
+fn publish_signal_times(metrics: &Metrics, journey: &crate::core::Journey, f: &crate::core::Funnel) {
+    use crate::core::funnel::TIME_BUCKETS_SECS;
+    for (s, times) in journey.signals.iter().zip(&f.signal_to_outcome) {
+        for (h, label) in times.iter().zip(["won", "lost"]) {
+            if h.count == 0 {
+                continue;
+            }
+            let mut below = 0;
+            for (k, n) in h.buckets.iter().enumerate() {
+                below += n;
+                let le = TIME_BUCKETS_SECS.get(k).map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+                metrics.signal_to_outcome.with_label_values(&[&s.name, label, &le]).set(below as i64);
+            }
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub outcomes: IntGaugeVec,
     pub rule_outcomes: IntGaugeVec,
     pub score_band_outcomes: IntGaugeVec,
+    /// `microfunnel_signal_to_outcome_seconds_bucket{signal,outcome,le}`: the signal table's
+    /// time from a signal's first showing to the outcome, as cumulative histogram buckets.
+    pub signal_to_outcome: IntGaugeVec,
     /// The funnel per `[breakdowns]` value (bounded labels: top K, `other`, `none`).
     pub breakdowns: super::breakdown::BreakdownGauges,
     pub hot_leads: IntCounter,
@@ -222,6 +225,14 @@ impl Metrics {
             &["band", "outcome"],
         )?;
         r.register(Box::new(score_band_outcomes.clone()))?;
+        let signal_to_outcome = IntGaugeVec::new(
+            Opts::new(
+                "microfunnel_signal_to_outcome_seconds_bucket",
+                "Prospects whose outcome came at most `le` seconds after they first showed the signal (cumulative buckets, le=\"+Inf\": all), by outcome, summed over this instance's shards; the median: histogram_quantile(0.5, sum by (le) (...)).",
+            ),
+            &["signal", "outcome", "le"],
+        )?;
+        r.register(Box::new(signal_to_outcome.clone()))?;
         let buckets = vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86_400.0];
         let latency = HistogramVec::new(
             HistogramOpts::new(
@@ -352,6 +363,7 @@ impl Metrics {
             outcomes,
             rule_outcomes,
             score_band_outcomes,
+            signal_to_outcome,
             breakdowns: super::breakdown::BreakdownGauges::new(&r)?,
             hot_leads: counter(&r, "microfunnel_hot_leads_total", "Hot-lead alerts emitted.")?,
             prospects_merged: counter_vec(

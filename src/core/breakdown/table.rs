@@ -272,7 +272,7 @@ impl ValueReport {
         let reached = if c.reached.is_empty() { vec![0; journey.stages.len()] } else { c.reached.clone() };
         let so =
             if c.signal_outcomes.is_empty() { vec![[0; 2]; journey.signals.len()] } else { c.signal_outcomes.clone() };
-        let signals = signal_table(journey, &so, [w, l], min_sample);
+        let signals = signal_table(journey, &so, None, [w, l], min_sample);
         ValueReport {
             value: value.to_string(),
             prospects: c.prospects,

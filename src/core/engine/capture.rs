@@ -62,6 +62,7 @@ impl Engine {
             dst.store.copy_all_from(&self.store);
             dst.emails.clone_from(&self.emails);
             dst.extras.clone_from(&self.extras);
+            dst.shown.clone_from(&self.shown);
             dst.attr.clone_from(&self.attr);
         }
         self.changed.iter_mut().for_each(|w| (w[1], w[2]) = (0, 0));
@@ -122,6 +123,7 @@ impl Engine {
                 if i < old {
                     dst.store.copy_one_from(&self.store, i);
                 }
+                dst.shown.copy_one_from(&self.shown, i);
                 // Extras change only with their prospect (a sweep drops only expired entries,
                 // which nothing reads), so the changed prospects' extras are all there is to copy.
                 match self.extras.get(&(i as u32)) {

@@ -190,6 +190,8 @@ impl Engine {
             } else {
                 self.store.set(ti, p, &st, &c, &m);
             }
+            self.shown.clear(ti);
+            self.shown.merge(fi, ti);
             // `into` held nothing: no state was joined, so no rule can have become true.
             hot = None;
         } else {
@@ -236,10 +238,11 @@ impl Engine {
         let a_marks = self.store.marks(fi).to_vec();
         let alerted_of = |ix: usize| self.extras.get(&(ix as u32)).map_or_else(Vec::new, |x| x.alerted.clone());
         let (a_alerted, b_alerted) = (alerted_of(fi), alerted_of(ti));
+        let (a_shown, b_shown) = (self.shown.get(fi).to_vec(), self.shown.get(ti).to_vec());
         // Take both prospects out of the funnel. (The milestone and hot-first tables keep what
         // each id counted: which signals came before a stage is not in the state.)
-        for (p, times, counts, alerted) in
-            [(&a, &a_times, &a_counts, &a_alerted), (&b, &b_times, &b_counts, &b_alerted)]
+        for (p, times, counts, alerted, shown) in
+            [(&a, &a_times, &a_counts, &a_alerted, &a_shown), (&b, &b_times, &b_counts, &b_alerted, &b_shown)]
         {
             let n = &mut self.funnel.in_stage[p.stage.0 as usize];
             *n = n.saturating_sub(1);
@@ -252,7 +255,7 @@ impl Engine {
             for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
                 if p.has(flag) {
                     let at = super::stages::outcome_at(journey, o, p.stage_entered, times);
-                    let facts = OutcomeFacts { counts, alerted, at, score: p.score };
+                    let facts = OutcomeFacts { counts, alerted, shown, at, score: p.score };
                     self.funnel.retract_outcome(journey, o, &facts);
                 }
             }
@@ -331,11 +334,14 @@ impl Engine {
         let mut alerted = Extras::default();
         alerted.absorb(Extras { alerted: a_alerted, ..Extras::default() });
         alerted.absorb(Extras { alerted: b_alerted, ..Extras::default() });
+        self.shown.merge(fi, ti);
+        let shown = self.shown.get(ti).to_vec();
         let (merged_entered, merged_score) = (self.store.fixed(ti).stage_entered, self.store.fixed(ti).score);
         for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
             if flags & flag != 0 {
                 let at = super::stages::outcome_at(journey, o, merged_entered, &times);
-                let facts = OutcomeFacts { counts: &counts, alerted: &alerted.alerted, at, score: merged_score };
+                let facts =
+                    OutcomeFacts { counts: &counts, alerted: &alerted.alerted, shown: &shown, at, score: merged_score };
                 self.funnel.outcome(journey, o, &facts);
             }
         }

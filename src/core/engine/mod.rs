@@ -48,6 +48,7 @@ mod extras;
 mod identity;
 mod retention;
 mod rules;
+mod shown;
 pub mod snapshot;
 mod stages;
 mod timers;
@@ -59,6 +60,7 @@ use extras::{Emails, Seen};
 pub use extras::{Extras, dedup_key};
 pub use identity::IdentityStats;
 pub use retention::{KeptCooldown, KeptCooldowns};
+pub(crate) use shown::unpack as unpack_shown;
 use timers::{Timer, TimerKind};
 pub use view::{Census, ProspectView};
 
@@ -125,6 +127,8 @@ pub struct Engine {
     extras: hashbrown::HashMap<u32, Extras, ids::IndexHasher>,
     /// Watermark at the last sweep of expired extras.
     swept_at: Ts,
+    /// When each prospect first showed each validated signal (`shown.rs`).
+    shown: shown::FirstShown,
     funnel: Funnel,
     stats: Stats,
     /// Three bits per prospect, per 64 prospects: `[0]` changed since the last
@@ -177,6 +181,7 @@ impl Engine {
             leap: (Ts::NONE, 0),
             extras: hashbrown::HashMap::default(),
             swept_at: Ts::NONE,
+            shown: shown::FirstShown::default(),
             stats: Stats::default(),
             changed: Vec::new(),
             lineage: Lineage::new(),
@@ -215,6 +220,7 @@ impl Engine {
         if !rec.extras.is_empty() {
             self.extras.insert(ix.0, rec.extras.clone());
         }
+        self.shown.set(ix.0 as usize, &rec.shown);
         self.restored_timers.extend(timers::armed(ix.0, &rec.fixed));
         let due = timers::quiet_due(&self.journey, &rec.fixed);
         if !due.is_none() {
@@ -269,6 +275,7 @@ impl Engine {
         } else {
             self.extras.insert(ix.0, rec.extras);
         }
+        self.shown.set(i, &rec.shown);
         self.timers.extend(timers::armed(ix.0, self.store.fixed(i)));
         self.quiet.remove(&ix.0);
         self.arm_quiet(ix);
@@ -429,6 +436,13 @@ impl Engine {
         let count = &mut vars.counts[sig.0 as usize];
         let seen_before = *count;
         *count = count.saturating_add(1);
+        // First shown: a first event of the signal, or one older than the prospect's latest
+        // activity (arrived out of order: it may be older than the first one held).
+        if (seen_before == 0 || (!p.last_activity.is_none() && ts < p.last_activity))
+            && crate::core::funnel::validated(&journey, def)
+        {
+            self.shown.note(i, sig.0, ts);
+        }
         if seen_before == 0 {
             self.funnel.signal_shown[sig.0 as usize] += 1;
             if self.extras.get(&ix.0).is_some_and(|x| !x.alerted.is_empty()) {

@@ -28,6 +28,8 @@ impl Engine {
     ) {
         let i = ix.0 as usize;
         let alerted: &[(u8, Ts)] = self.extras.get(&ix.0).map_or(&[], |x| &x.alerted);
+        let entries = self.shown.get(i);
+        let shown: &[u64] = &entries;
         let (p, vars) = self.store.state_mut(i);
         let from = (!new).then_some(p.stage);
         let mut reopen = false;
@@ -92,13 +94,14 @@ impl Engine {
                 if p.has(flag) {
                     p.flags &= !flag;
                     let at = outcome_at(journey, o, p.stage_entered, vars.stage_times);
-                    let facts = OutcomeFacts { counts: vars.counts, alerted, at, score: p.score };
+                    let facts = OutcomeFacts { counts: vars.counts, alerted, shown, at, score: p.score };
                     self.funnel.retract_outcome(journey, o, &facts);
                 }
             }
         }
         let furthest = if reopen { furthest_reached(journey, vars.stage_times) } else { None };
-        self.funnel.transition_from(journey, from, furthest, to, ts.since(p.stage_entered), vars.counts);
+        let time_in_from = ts.since(p.stage_entered);
+        self.funnel.transition_from(journey, from, furthest, to, time_in_from, vars.counts, (shown, ts));
         // Earlier stages dated after this entry were entered only because their events arrived
         // first: in event-time order the prospect was already here then.
         for v in &mut vars.stage_times[..to.0 as usize] {
@@ -138,7 +141,7 @@ impl Engine {
             Outcome::Lost => prospect::OUTCOME_LOST,
         };
         if let Some(o) = outcome {
-            let facts = OutcomeFacts { counts: vars.counts, alerted, at: ts, score: score_before };
+            let facts = OutcomeFacts { counts: vars.counts, alerted, shown, at: ts, score: score_before };
             if !p.has(prospect::OUTCOME_WON | prospect::OUTCOME_LOST) {
                 p.flags |= flag(o);
                 self.funnel.outcome(journey, o, &facts);

@@ -113,6 +113,12 @@ impl Engine {
         if self.attr.any(i) {
             self.digest_attributions(i, buf);
         }
+        let shown = self.shown.get(i);
+        if !shown.is_empty() {
+            // Only when set: digests of states without first-shown times stay what they were.
+            buf.push(b'S');
+            shown.iter().for_each(|e| buf.extend_from_slice(&e.to_le_bytes()));
+        }
         ids::hash64(ids::SEED_DIGEST, buf)
     }
 
@@ -158,6 +164,7 @@ impl Engine {
             + self.emails.values().map(|e| e.len()).sum::<usize>()
             + self.extras.capacity() * (std::mem::size_of::<(u32, Extras)>() + 1)
             + self.extras.values().map(Extras::heap_bytes).sum::<usize>()
+            + self.shown.heap_bytes()
             + self.identity.as_ref().map_or(0, |m| m.heap_bytes())
             + self.attr.heap_bytes()
             + self.expiry_armed.capacity() * 4

@@ -33,6 +33,7 @@ mod breakdown;
 mod record;
 mod retention;
 mod sections;
+mod shown;
 mod wire;
 
 pub use record::ProspectRecord;
@@ -40,7 +41,7 @@ use wire::len_prefixed;
 pub use wire::{Dec, Enc, StateError};
 
 /// Version of the state layout below (the file format adds its own header around it).
-pub const STATE_VERSION: u32 = 4;
+pub const STATE_VERSION: u32 = 5;
 
 /// The state versions this build reads.
 pub const STATE_VERSIONS: std::ops::RangeInclusive<u32> = 1..=STATE_VERSION;
@@ -125,6 +126,9 @@ impl Engine {
             encode_insight(f, &mut *w.0);
             self.encode_retention(&mut *w.0);
             self.encode_breakdown_meta(&mut w);
+        }
+        if version >= 5 {
+            shown::encode_signal_times(f, &mut *w.0);
         }
     }
 
@@ -214,6 +218,9 @@ impl Engine {
         if version >= 4 {
             self.decode_breakdown_meta(r)?;
         }
+        if version >= 5 {
+            shown::decode_signal_times(r, &mut self.funnel)?;
+        }
         Ok(version)
     }
 
@@ -275,7 +282,7 @@ impl Engine {
                 id
             } else {
                 let id = r.len_prefixed_str("prospect id")?;
-                engine.decode_compact(&mut r, &mut rec)?;
+                engine.decode_compact(&mut r, &mut rec, version)?;
                 id
             };
             engine.restore_prospect(id, &rec).map_err(|_| StateError::Invalid { what: "prospect id", at })?;

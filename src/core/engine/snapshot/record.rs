@@ -13,8 +13,13 @@ const NO_EMAIL: u32 = u32::MAX;
 /// Bits of layout 2's extension byte (presence mask bit 15, state version 4), each saying what
 /// follows it, in bit order: the prospect's last signal (u16).
 const EXT_LAST_SIGNAL: u8 = 1;
-/// The extension bits this build reads.
-const EXT_KNOWN: u8 = EXT_LAST_SIGNAL;
+/// Extension bit 1 (state version 5): the prospect's first-shown times
+/// ([`super::shown::encode_shown`]).
+const EXT_SHOWN: u8 = 1 << 1;
+/// The extension bits this build reads, by state version.
+fn ext_known(version: u32) -> u8 {
+    if version >= 5 { EXT_LAST_SIGNAL | EXT_SHOWN } else { EXT_LAST_SIGNAL }
+}
 
 /// One prospect's whole state, decoded and checked against the journey, ready to install.
 pub struct ProspectRecord<'a> {
@@ -28,6 +33,9 @@ pub struct ProspectRecord<'a> {
     /// Attributed breakdown values, one per dimension (changelog records since state version
     /// 4; empty: none).
     pub slots: crate::core::breakdown::SlotRecord,
+    /// When it first showed each validated signal, packed as `FirstShown` holds them (state
+    /// version 5, changelog tag 5; empty: none).
+    pub shown: Vec<u64>,
 }
 
 impl ProspectRecord<'_> {
@@ -40,6 +48,7 @@ impl ProspectRecord<'_> {
             email: None,
             extras: Extras::default(),
             slots: Vec::new(),
+            shown: Vec::new(),
         }
     }
 }
@@ -87,6 +96,7 @@ impl Engine {
             out.extend_from_slice(&last_signal.to_le_bytes());
         }
         self.encode_slots_trailer(ix, out);
+        self.encode_shown_trailer(ix.0 as usize, out);
     }
 
     /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
@@ -112,6 +122,9 @@ impl Engine {
                 super::breakdown::RECORD_TAG => {
                     let dims = r.u8("breakdown dimensions")? as usize;
                     rec.slots = super::breakdown::read_slots(r, dims)?;
+                }
+                super::shown::RECORD_TAG => {
+                    super::shown::decode_shown(r, self.journey().signals.len(), &mut rec.shown)?
                 }
                 _ => return Err(StateError::Invalid { what: "extras tag", at }),
             }
@@ -148,7 +161,16 @@ impl Engine {
                 Some(std::str::from_utf8(b).map_err(|_| StateError::Invalid { what: "email", at })?)
             }
         };
-        Ok(ProspectRecord { fixed, stage_times, counts, marks, email, extras: Extras::default(), slots: Vec::new() })
+        Ok(ProspectRecord {
+            fixed,
+            stage_times,
+            counts,
+            marks,
+            email,
+            extras: Extras::default(),
+            slots: Vec::new(),
+            shown: Vec::new(),
+        })
     }
 
     /// One prospect in record layout 2 (see the module docs).
@@ -173,7 +195,8 @@ impl Engine {
         mask |= u16::from(has_alerted) << 14;
         // Bit 15: an extension byte follows the record, each of its bits saying what comes after
         // it (state version 4; a record with none of them has no byte).
-        let ext = u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL;
+        let ext = (u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL)
+            | (u8::from(self.has_shown(ix.0 as usize)) * EXT_SHOWN);
         mask |= u16::from(ext != 0) << 15;
         out.extend_from_slice(&mask.to_le_bytes());
         if mask & (1 << 7) != 0 {
@@ -205,6 +228,9 @@ impl Engine {
         }
         if ext & EXT_LAST_SIGNAL != 0 {
             out.extend_from_slice(&p.last_signal.to_le_bytes());
+        }
+        if ext & EXT_SHOWN != 0 {
+            super::shown::encode_shown(&self.shown_of(ix.0 as usize), out);
         }
     }
 
@@ -259,7 +285,12 @@ impl Engine {
 
     /// Reads one record of layout 2 into `rec` (reusing its buffers) and checks it against
     /// this engine's journey.
-    pub(super) fn decode_compact<'a>(&self, r: &mut Dec<'a>, rec: &mut ProspectRecord<'a>) -> Result<(), StateError> {
+    pub(super) fn decode_compact<'a>(
+        &self,
+        r: &mut Dec<'a>,
+        rec: &mut ProspectRecord<'a>,
+        version: u32,
+    ) -> Result<(), StateError> {
         let j = self.journey();
         let mask = r.u16("presence mask")?;
         let score = if mask & (1 << 7) != 0 { r.f64("score")? } else { 0.0 };
@@ -289,12 +320,19 @@ impl Engine {
         if mask & (1 << 15) != 0 {
             let at = r.position();
             let ext = r.u8("extension byte")?;
-            if ext == 0 || ext & !EXT_KNOWN != 0 {
+            if ext == 0 || ext & !ext_known(version) != 0 {
                 return Err(StateError::Invalid { what: "extension byte", at });
             }
             if ext & EXT_LAST_SIGNAL != 0 {
                 rec.fixed.last_signal = self.checked_signal(r)?;
             }
+            if ext & EXT_SHOWN != 0 {
+                super::shown::decode_shown(r, j.signals.len(), &mut rec.shown)?;
+            } else {
+                rec.shown.clear();
+            }
+        } else {
+            rec.shown.clear();
         }
         Ok(())
     }

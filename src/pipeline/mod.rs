@@ -70,7 +70,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use crate::codec::{InputSpec, Limits};
 use crate::config::Settings;
 use crate::core::unmapped::UnmappedNames;
-use crate::core::{Engine, Journey, Output, Ts};
+use crate::core::{Journey, Output, Ts};
 use crate::kafka::{self, KafkaSetupError, OutputProducer};
 use crate::store::{Changelog, FileStore, KafkaChangelog, SnapshotStore};
 use crate::telemetry::Metrics;
@@ -116,8 +116,6 @@ struct State {
     /// they resume instead of starting empty. Dropped when the partition goes elsewhere.
     parked: BTreeMap<i32, Shard>,
     parked_status: BTreeMap<i32, ShardStatus>,
-    /// Per shard, the engine of its last capture, reused by the next one.
-    spares: BTreeMap<i32, Engine>,
     ready: Arc<AtomicBool>,
     hot: HotMetrics,
     store: Option<Arc<dyn SnapshotStore + Sync>>,
@@ -158,8 +156,13 @@ impl State {
         let writer = match (&store, &changelog) {
             (None, None) => None,
             (s, c) => Some(
-                Writer::start(s.as_ref().map(|s| Box::new(Arc::clone(s)) as Box<dyn SnapshotStore>), c.clone())
-                    .map_err(PipelineError::Writer)?,
+                Writer::start(
+                    s.as_ref().map(|s| Box::new(Arc::clone(s)) as Box<dyn SnapshotStore>),
+                    c.clone(),
+                    Arc::clone(&journey),
+                    settings.checkpoint.rewrite_share,
+                )
+                .map_err(PipelineError::Writer)?,
             ),
         };
         let l = &settings.limits;
@@ -174,7 +177,6 @@ impl State {
             shards: BTreeMap::new(),
             parked: BTreeMap::new(),
             parked_status: BTreeMap::new(),
-            spares: BTreeMap::new(),
             ready: Arc::clone(&h.ready),
             store,
             writer,

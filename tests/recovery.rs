@@ -157,6 +157,8 @@ impl Instance {
             .env("MICROFUNNEL__PIPELINE__FUNNEL_INTERVAL_MS", "2000")
             .env("MICROFUNNEL__CHECKPOINT__DIR", state)
             .env("MICROFUNNEL__CHECKPOINT__CHANGELOG", changelog.to_string())
+            // Bases rewritten from base + deltas often, so kills land in rewrites too.
+            .env("MICROFUNNEL__CHECKPOINT__REWRITE_SHARE", "0.3")
             .env("MICROFUNNEL__LOG__LEVEL", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(logfile)
@@ -280,9 +282,11 @@ fn alerts_emitted(s: &Settings, oracle: &Oracle) -> (BTreeSet<String>, usize) {
     (ids, read.len())
 }
 
-/// A snapshot write is in progress (a temp file written in the last half second).
-fn snapshot_tmp_exists(state: &Path) -> bool {
-    fn walk(d: &Path) -> bool {
+/// A snapshot write is in progress: a temp file ending in `suffix` (`.snap.tmp`: a base,
+/// written at a restore or rewritten from base + deltas; `.delta.tmp`: a checkpoint's delta)
+/// written in the last half second.
+fn snapshot_tmp_exists(state: &Path, suffix: &str) -> bool {
+    fn walk(d: &Path, suffix: &str) -> bool {
         std::fs::read_dir(d).is_ok_and(|rd| {
             rd.filter_map(Result::ok).any(|e| {
                 let p = e.path();
@@ -291,11 +295,11 @@ fn snapshot_tmp_exists(state: &Path) -> bool {
                         .and_then(|m| m.modified())
                         .is_ok_and(|t| t.elapsed().is_ok_and(|a| a < Duration::from_millis(500)))
                 };
-                if p.is_dir() { walk(&p) } else { p.to_string_lossy().ends_with(".snap.tmp") && fresh() }
+                if p.is_dir() { walk(&p, suffix) } else { p.to_string_lossy().ends_with(suffix) && fresh() }
             })
         })
     }
-    walk(state)
+    walk(state, suffix)
 }
 
 fn log_count(log: &Path, needle: &str) -> usize {
@@ -330,7 +334,8 @@ fn kill_9_anywhere_loses_nothing() {
         x ^= x << 17;
         x
     };
-    let (mut kills, mut during_startup, mut during_write, mut covered_at_kills) = (0, 0, 0, Vec::new());
+    let (mut kills, mut during_startup, mut covered_at_kills) = (0, 0, Vec::new());
+    let (mut during_delta, mut during_base) = (0, 0);
     // Tansu 0.6 never expires the group member of a killed process (Apache Kafka does after
     // `session.timeout.ms`), and ignores static membership, so its partitions would stay with a
     // ghost. Each restart therefore joins a group of its own; its state directory is the same
@@ -351,17 +356,21 @@ fn kill_9_anywhere_loses_nothing() {
         // Every fourth kill aims at start-up (joining the group, restoring), the others anywhere.
         let delay = Duration::from_millis(if kills % 4 == 1 { 50 + rand() % 300 } else { 300 + rand() % 6_000 });
         let until = Instant::now() + delay;
-        // Kill as soon as a snapshot is being written, if one is seen before the delay is over.
-        while Instant::now() < until && !(kills % 3 == 2 && snapshot_tmp_exists(&state)) {
-            std::thread::sleep(Duration::from_millis(2));
+        // Every third kill waits for a snapshot write, alternately a delta and a base (a
+        // rewrite from base + deltas, or the base a restore writes), if one is seen in time.
+        let aim = (kills % 3 == 2).then_some(if kills % 2 == 0 { ".delta.tmp" } else { ".snap.tmp" });
+        let until = if aim.is_some() { until + Duration::from_secs(10) } else { until };
+        while Instant::now() < until && !aim.is_some_and(|a| snapshot_tmp_exists(&state, a)) {
+            std::thread::sleep(Duration::from_millis(1));
         }
         let ready = inst.ready();
-        let writing = snapshot_tmp_exists(&state);
+        let (delta, base) = (snapshot_tmp_exists(&state, ".delta.tmp"), snapshot_tmp_exists(&state, ".snap.tmp"));
         covered_at_kills.push(progress(&[&inst]).0);
         inst.kill9();
         kills += 1;
         during_startup += usize::from(!ready);
-        during_write += usize::from(writing);
+        during_delta += usize::from(delta);
+        during_base += usize::from(base);
     }
     let last = Instance::start_as(&s, &next_group(), &state, &log, true);
     assert!(feeder.wait().unwrap().success(), "all input produced");
@@ -370,7 +379,8 @@ fn kill_9_anywhere_loses_nothing() {
     let (ids, records) = alerts_emitted(&s, &oracle);
     let restore_secs = shards.iter().map(|s| s["restore_seconds"].as_f64().unwrap()).fold(0.0, f64::max);
     eprintln!(
-        "kill -9 loop: {kills} kills ({during_startup} during start-up, {during_write} during a snapshot write), \
+        "kill -9 loop: {kills} kills ({during_startup} during start-up, {during_delta} during a delta write, \
+         {during_base} during a base write), \
          covered at kills {covered_at_kills:?} of {total}; alerts {} distinct, {} records ({} duplicates); \
          last restore {restore_secs:.3} s; snapshot-unusable reports {}",
         ids.len(),

@@ -414,7 +414,7 @@ pub(crate) fn compact(
 ) -> Result<Option<Header>, SnapshotError> {
     let (chain, rejected) = latest(images, Some(tips), shard, None);
     for e in &rejected {
-        tracing::error!(shard, error = %e, "snapshot unusable while compacting; trying the previous one");
+        tracing::error!(shard, error = %e, "snapshot file rejected while rewriting the base; trying the previous one");
     }
     let Some(chain) = chain.filter(|c| !c.deltas.is_empty()) else { return Ok(None) };
     let engine = chain.engine(Arc::clone(journey))?;

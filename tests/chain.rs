@@ -56,7 +56,14 @@ fn crm_change(engine: &mut Engine, n: usize) {
     let id = format!("deal-{}", n % 37);
     let stage = ["appointmentscheduled", "contractsent", "closedwon"][n % 3];
     let m = engine.crm_memory("hubspot");
-    m.transition(("deal", &id, "dealstage"), Some(stage), Ts(n as i64), &Previous::Unknown, UnknownPrevious::Fire, false);
+    m.transition(
+        ("deal", &id, "dealstage"),
+        Some(stage),
+        Ts(n as i64),
+        &Previous::Unknown,
+        UnknownPrevious::Fire,
+        false,
+    );
     if n % 5 == 0 {
         m.link("deal", &id, &format!("contact-{}", n % 11));
     }
@@ -116,7 +123,12 @@ impl Live {
         let facts = DeltaFacts { prev, prospects: self.engine.len() as u64, digest: self.digests.digest() };
         let header = store.save_delta(what, facts, &self.batch, self.engine.journey()).unwrap();
         self.engine.settle_taken(true);
-        assert_eq!(header.digest, format!("{:016x}", self.engine.digest()), "checkpoint {}: digest kept per slot", self.seq);
+        assert_eq!(
+            header.digest,
+            format!("{:016x}", self.engine.digest()),
+            "checkpoint {}: digest kept per slot",
+            self.seq
+        );
         self.digests_at.insert(self.seq, self.engine.digest());
         header
     }
@@ -311,10 +323,8 @@ fn rewrites_keep_the_newest_bases_and_a_delta_must_follow_the_chain() {
     let store = FileStore::new(&dir, "g", 2);
     let mut live = run(&j, &lines, 60, &store, 0.3);
     let names = files(&store.shard_dir(SHARD));
-    let bases: Vec<u64> =
-        names.iter().filter_map(|f| f.strip_suffix(".snap")).map(|s| s.parse().unwrap()).collect();
-    let deltas: Vec<u64> =
-        names.iter().filter_map(|f| f.strip_suffix(".delta")).map(|s| s.parse().unwrap()).collect();
+    let bases: Vec<u64> = names.iter().filter_map(|f| f.strip_suffix(".snap")).map(|s| s.parse().unwrap()).collect();
+    let deltas: Vec<u64> = names.iter().filter_map(|f| f.strip_suffix(".delta")).map(|s| s.parse().unwrap()).collect();
     assert_eq!(bases.len(), 2, "keep = 2 bases: {names:?}");
     assert!(deltas.iter().all(|&d| d > bases[0]), "only deltas after the older kept base: {names:?}");
     assert!(names.iter().all(|f| !f.ends_with(".tmp")));

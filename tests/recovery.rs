@@ -313,10 +313,29 @@ fn an_uninterrupted_run_equals_the_oracle() {
     let mut feeder = feed(&s, seed, 0);
     let inst = Instance::start(&s, &state, &log, true);
     assert!(feeder.wait().unwrap().success());
-    let (digest, _) = finish(&[&inst], total);
+    let (digest, shards) = finish(&[&inst], total);
     assert_eq!(digest, oracle.digest, "the service's state equals the replay's (log: {})", log.display());
     let (ids, records) = alerts_emitted(&s, &oracle);
     assert_eq!(records, ids.len(), "no fault, no repeat");
+
+    // Bases were rewritten from base + deltas while the service consumed, and each shard's
+    // newest chain on disk is the state of its last checkpoint.
+    let rewrites = log_count(&log, "snapshot base rewritten from base + deltas");
+    assert!(rewrites >= PARTITIONS as usize, "bases rewritten while consuming: {rewrites}");
+    let journey = std::sync::Arc::new(
+        microfunnel::core::Journey::from_toml_str(include_str!("../deploy/journeys/b2b.toml")).unwrap(),
+    );
+    for sh in &shards {
+        let p = sh["partition"].as_i64().unwrap();
+        let dir = state.join(&s.kafka.group_id).join(format!("shard-{p:04}"));
+        let (chain, rejected) = microfunnel::store::newest_chain_in(&dir);
+        assert!(rejected.is_empty(), "shard {p}: {rejected:?}");
+        let chain = chain.unwrap_or_else(|| panic!("shard {p} has a chain"));
+        assert!(chain.base.header.seq > 0, "shard {p}: a rewritten base");
+        let engine = chain.engine(std::sync::Arc::clone(&journey)).unwrap();
+        let want = sh["checkpoint"]["digest"].as_str().unwrap();
+        assert_eq!(format!("{:016x}", engine.digest()), want, "shard {p}: base + deltas = the last checkpoint");
+    }
 }
 
 #[test]

@@ -28,17 +28,15 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
     if !args.file.exists() {
         anyhow::bail!("cannot read {}: no such file or directory", args.file.display());
     }
-    let (chain, rejected) = if args.file.is_dir() {
-        store::newest_chain_in(&args.file)
-    } else {
-        store::chain_ending_at(&args.file)
-    };
+    let (chain, rejected) =
+        if args.file.is_dir() { store::newest_chain_in(&args.file) } else { store::chain_ending_at(&args.file) };
     let rejected: Vec<String> = rejected.iter().map(ToString::to_string).collect();
     let checked = match chain {
         Some(c) => c,
         None => {
             let error = rejected.last().cloned().unwrap_or_else(|| "no base and deltas make a chain here".to_string());
-            let out = serde_json::json!({ "file": args.file, "checksums": "failed", "error": error, "rejected": rejected });
+            let out =
+                serde_json::json!({ "file": args.file, "checksums": "failed", "error": error, "rejected": rejected });
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;
             return Ok(false);
         }

@@ -191,7 +191,11 @@ impl State {
                 (Some(_), Some(prev)) => {
                     let slots = changed.iter().map(|ix| ix.0).chain(shard.freed.iter().copied());
                     shard.digests.update(&shard.engine, slots);
-                    Part::Delta(DeltaFacts { prev, prospects: shard.engine.len() as u64, digest: shard.digests.digest() })
+                    Part::Delta(DeltaFacts {
+                        prev,
+                        prospects: shard.engine.len() as u64,
+                        digest: shard.digests.digest(),
+                    })
                 }
                 // The store holds no chain this shard can follow (a restore could not write
                 // its base): this checkpoint writes a base, here, from the live engine.

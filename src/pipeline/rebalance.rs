@@ -15,11 +15,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::core::SlotDigests;
 use crate::store::{Pending, SnapshotStore};
 
-use super::{State, wall_now};
 use super::barrier::Committer;
 use super::restore::{self, RestoreEnv};
 use super::shard::Shard;
 use super::status::{CheckpointStatus, RestoreSource, ShardState, ShardStatus};
+use super::{State, wall_now};
 
 pub struct PipelineContext {
     pub(super) state: Mutex<State>,

@@ -110,8 +110,7 @@ impl Writer {
                     Err(_) => (job.changed, job.tombstones),
                 };
                 let secs = started.elapsed().as_secs_f64();
-                let done =
-                    Done { batch: job.batch, shard, seq, result, secs, changed, tombstones, source: job.source };
+                let done = Done { batch: job.batch, shard, seq, result, secs, changed, tombstones, source: job.source };
                 if tx.send(done).is_err() {
                     break;
                 }
@@ -236,7 +235,8 @@ mod tests {
         let tombstones: Vec<String> = tombstones.iter().map(|t| t.to_string()).collect();
         let mut batch = Batch::default();
         batch.checkpoint(&live.engine, &changed, &tombstones, seq, &what.positions);
-        let facts = DeltaFacts { prev: live.chained, prospects: live.engine.len() as u64, digest: live.digests.digest() };
+        let facts =
+            DeltaFacts { prev: live.chained, prospects: live.engine.len() as u64, digest: live.digests.digest() };
         Job {
             batch,
             what,

@@ -109,14 +109,22 @@ impl Chain {
             .map_err(bad)?;
             let after = fold.stats();
             if after.checkpoints != before.checkpoints + 1 || after.bad != before.bad {
-                return Err(bad(format!("{} bad records, {} checkpoint records", after.bad - before.bad, after.checkpoints - before.checkpoints)));
+                return Err(bad(format!(
+                    "{} bad records, {} checkpoint records",
+                    after.bad - before.bad,
+                    after.checkpoints - before.checkpoints
+                )));
             }
         }
         let folded = fold.finish();
         let found = format!("{:016x}", folded.engine.digest());
         let newest = self.header();
         if found != newest.digest {
-            return Err(SnapshotError::Digest { path: self.path().to_path_buf(), expected: newest.digest.clone(), found });
+            return Err(SnapshotError::Digest {
+                path: self.path().to_path_buf(),
+                expected: newest.digest.clone(),
+                found,
+            });
         }
         Ok(folded.engine)
     }

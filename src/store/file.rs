@@ -191,7 +191,13 @@ impl SnapshotStore for FileStore {
         chain::save_base(self, &self.tips, self.keep, what, engine)
     }
 
-    fn save_delta(&self, what: Pending, delta: DeltaFacts, batch: &Batch, journey: &Journey) -> Result<Header, SnapshotError> {
+    fn save_delta(
+        &self,
+        what: Pending,
+        delta: DeltaFacts,
+        batch: &Batch,
+        journey: &Journey,
+    ) -> Result<Header, SnapshotError> {
         let _busy = self.tips.busy();
         chain::save_delta(self, &self.tips, self.keep, what, delta, batch, journey)
     }

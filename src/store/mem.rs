@@ -95,10 +95,11 @@ impl Images for MemStore {
     }
 
     fn get(&self, shard: i32, name: &str) -> Result<Vec<u8>, SnapshotError> {
-        self.images().get(&shard).and_then(|f| f.get(name)).cloned().ok_or_else(|| SnapshotError::Io {
-            path: self.path(shard, name),
-            source: io::ErrorKind::NotFound.into(),
-        })
+        self.images()
+            .get(&shard)
+            .and_then(|f| f.get(name))
+            .cloned()
+            .ok_or_else(|| SnapshotError::Io { path: self.path(shard, name), source: io::ErrorKind::NotFound.into() })
     }
 
     fn names(&self, shard: i32) -> Result<Vec<String>, SnapshotError> {
@@ -118,7 +119,13 @@ impl SnapshotStore for MemStore {
         chain::save_base(self, &self.tips, self.keep, what, engine)
     }
 
-    fn save_delta(&self, what: Pending, delta: DeltaFacts, batch: &Batch, journey: &Journey) -> Result<Header, SnapshotError> {
+    fn save_delta(
+        &self,
+        what: Pending,
+        delta: DeltaFacts,
+        batch: &Batch,
+        journey: &Journey,
+    ) -> Result<Header, SnapshotError> {
         let _busy = self.tips.busy();
         chain::save_delta(self, &self.tips, self.keep, what, delta, batch, journey)
     }

@@ -22,13 +22,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{Engine, Journey, StateError};
 
-pub mod changelog;
 mod chain;
+pub mod changelog;
 mod file;
 mod mem;
 
-pub use changelog::{Batch, Changelog, ChangelogError, ChangelogReader, KafkaChangelog, META_KEY, Visit};
 pub use chain::{Chain, ChainTip, DeltaFacts, chain_ending_at, newest_chain_in};
+pub use changelog::{Batch, Changelog, ChangelogError, ChangelogReader, KafkaChangelog, META_KEY, Visit};
 pub use file::{FileStore, encode, read};
 pub use mem::{MemChangelog, MemRecord, MemStore, Refuse};
 
@@ -91,7 +91,9 @@ pub enum SnapshotError {
     Digest { path: PathBuf, expected: String, found: String },
     #[error("{path}: delta records do not apply: {reason}")]
     Delta { path: PathBuf, reason: String },
-    #[error("shard {shard}: a delta follows checkpoint {prev}, but the chain in this store ends at {tip:?} (a base is needed)")]
+    #[error(
+        "shard {shard}: a delta follows checkpoint {prev}, but the chain in this store ends at {tip:?} (a base is needed)"
+    )]
     NoChain { shard: i32, prev: u64, tip: Option<u64> },
 }
 
@@ -139,7 +141,13 @@ pub trait SnapshotStore: Send {
     /// Writes one checkpoint's changelog records durably as a delta on the chain this store
     /// holds for the shard, which must end at checkpoint `delta.prev` ([`SnapshotError::NoChain`]
     /// otherwise: save a base first).
-    fn save_delta(&self, what: Pending, delta: DeltaFacts, batch: &Batch, journey: &Journey) -> Result<Header, SnapshotError>;
+    fn save_delta(
+        &self,
+        what: Pending,
+        delta: DeltaFacts,
+        batch: &Batch,
+        journey: &Journey,
+    ) -> Result<Header, SnapshotError>;
     /// The newest chain of `shard` whose files pass every check (a base and the deltas that
     /// follow it, up to the first missing or damaged one), and why other files did not. Later
     /// deltas apply to that chain.
@@ -159,7 +167,13 @@ impl<S: SnapshotStore + Sync + ?Sized> SnapshotStore for Arc<S> {
     fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
         (**self).save(what, engine)
     }
-    fn save_delta(&self, what: Pending, delta: DeltaFacts, batch: &Batch, journey: &Journey) -> Result<Header, SnapshotError> {
+    fn save_delta(
+        &self,
+        what: Pending,
+        delta: DeltaFacts,
+        batch: &Batch,
+        journey: &Journey,
+    ) -> Result<Header, SnapshotError> {
         (**self).save_delta(what, delta, batch, journey)
     }
     fn latest(&self, shard: i32) -> (Option<Chain>, Vec<SnapshotError>) {

@@ -57,9 +57,8 @@ impl SlotDigests {
             self.per_slot.resize(engine.store.len(), 0);
         }
         let before = std::mem::take(&mut self.timed);
-        self.timed.extend(
-            engine.extras.iter().filter(|(_, x)| !x.seen.is_empty() || !x.waiting.is_empty()).map(|(&i, _)| i),
-        );
+        self.timed
+            .extend(engine.extras.iter().filter(|(_, x)| !x.seen.is_empty() || !x.waiting.is_empty()).map(|(&i, _)| i));
         let timed = std::mem::take(&mut self.timed);
         for i in slots.into_iter().chain(before).chain(timed.iter().copied()) {
             let new = if engine.holds(i as usize) { engine.prospect_digest_with(ProspectIx(i), &mut buf) } else { 0 };

@@ -64,7 +64,7 @@ fn crm_change(engine: &mut Engine, n: usize) {
         UnknownPrevious::Fire,
         false,
     );
-    if n % 5 == 0 {
+    if n.is_multiple_of(5) {
         m.link("deal", &id, &format!("contact-{}", n % 11));
     }
 }

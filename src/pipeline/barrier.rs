@@ -205,7 +205,7 @@ impl State {
                         Ok(h) => {
                             shard.digests = SlotDigests::of(&shard.engine);
                             shard.chained = Some(shard.seq);
-                            Part::Written(h)
+                            Part::Written(Box::new(h))
                         }
                         Err(e) => {
                             tracing::error!(shard = p, error = %e, "CHECKPOINT NOT DURABLE: snapshot base not written");

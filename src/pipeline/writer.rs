@@ -18,7 +18,7 @@ pub enum Part {
     Delta(DeltaFacts),
     /// Nothing more: the capture already wrote a base of this checkpoint (the store held no
     /// chain to follow); its header.
-    Written(Header),
+    Written(Box<Header>),
 }
 
 /// One shard's checkpoint, done off the processing thread: changelog records (encoded at the
@@ -101,7 +101,7 @@ impl Writer {
                             .save_delta(job.what, facts, &job.batch, &journey)
                             .map(Some)
                             .map_err(CheckpointFailure::from),
-                        Part::Written(header) => Ok(Some(header)),
+                        Part::Written(header) => Ok(Some(*header)),
                     };
                 }
                 // A checkpoint that failed, at either step, hands back what it covered.

@@ -257,7 +257,9 @@ fn prune(images: &impl Images, shard: i32, keep: usize, seq: u64) -> Result<(), 
         }
     }
     let bases: Vec<u64> = all.iter().filter(|(s, k, _)| *k == Kind::Base && *s <= seq).map(|e| e.0).collect();
-    let Some(&oldest_kept) = bases.iter().rev().take(keep).last() else { return Ok(()) };
+    let Some(&oldest_kept) = bases.len().checked_sub(keep.min(bases.len())).and_then(|i| bases.get(i)) else {
+        return Ok(());
+    };
     for (s, k, n) in &all {
         if *s <= seq && (*s < oldest_kept || (*k == Kind::Delta && *s == oldest_kept)) {
             images.remove(shard, n);

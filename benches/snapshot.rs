@@ -123,10 +123,15 @@ fn main() {
         // Steady state: events between two checkpoints, then the capture (the pause).
         let changed = touch(&mut engine, n, &journey);
         let (mut held, mut freed, mut batch) = (Vec::new(), Vec::new(), Batch::default());
+        // As the barrier does it: each prospect's digest right after its record.
+        let positions = BTreeMap::from([("events".to_string(), n as i64)]);
         let t = Instant::now();
         engine.take_changed_slots(&mut held, &mut freed);
-        digests.update(&engine, held.iter().map(|ix| ix.0).chain(freed.iter().copied()));
-        batch.checkpoint(&engine, &held, &[], 1, &BTreeMap::from([("events".to_string(), n as i64)]));
+        let pause_take = t.elapsed().as_secs_f64();
+        digests.prepare(&engine);
+        batch.checkpoint_each(&engine, &held, &[], 1, &positions, |ix| digests.set(&engine, ix.0));
+        freed.iter().for_each(|&i| digests.set(&engine, i));
+        digests.settle(&engine);
         let pause = t.elapsed().as_secs_f64();
         let facts = DeltaFacts { prev: 0, prospects: engine.len() as u64, digest: digests.digest() };
 
@@ -183,6 +188,7 @@ fn main() {
             "pause_s": pause,
             "pause_events": changed,
             "pause_prospects_changed": changed_prospects,
+            "pause_take_s": pause_take,
             "delta_bytes": delta_bytes,
             "checkpoint_s": checkpoint,
             "checkpoint_base_s": checkpoint_base,

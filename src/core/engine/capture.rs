@@ -40,6 +40,7 @@ pub struct SlotDigests {
     per_slot: Vec<u64>,
     sum: u64,
     timed: Vec<u32>,
+    buf: Vec<u8>,
 }
 
 impl SlotDigests {
@@ -52,20 +53,44 @@ impl SlotDigests {
 
     /// Takes in the current digests of `slots` (changed or freed since the last update).
     pub fn update(&mut self, engine: &Engine, slots: impl IntoIterator<Item = u32>) {
-        let mut buf = Vec::with_capacity(256);
+        self.prepare(engine);
+        for i in slots {
+            self.set(engine, i);
+        }
+        self.settle(engine);
+    }
+
+    /// Starts an update in parts: [`SlotDigests::set`] per changed or freed slot, then
+    /// [`SlotDigests::settle`].
+    pub fn prepare(&mut self, engine: &Engine) {
         if self.per_slot.len() < engine.store.len() {
             self.per_slot.resize(engine.store.len(), 0);
         }
+    }
+
+    /// Takes in slot `i`'s current digest (after [`SlotDigests::prepare`]).
+    pub fn set(&mut self, engine: &Engine, i: u32) {
+        let new = if engine.holds(i as usize) { engine.prospect_digest_with(ProspectIx(i), &mut self.buf) } else { 0 };
+        let old = std::mem::replace(&mut self.per_slot[i as usize], new);
+        self.sum = self.sum.wrapping_sub(old).wrapping_add(new);
+    }
+
+    /// Ends an update: the slots with expiring extras, now or at the last update.
+    pub fn settle(&mut self, engine: &Engine) {
         let before = std::mem::take(&mut self.timed);
-        self.timed
-            .extend(engine.extras.iter().filter(|(_, x)| !x.seen.is_empty() || !x.waiting.is_empty()).map(|(&i, _)| i));
-        let timed = std::mem::take(&mut self.timed);
-        for i in slots.into_iter().chain(before).chain(timed.iter().copied()) {
-            let new = if engine.holds(i as usize) { engine.prospect_digest_with(ProspectIx(i), &mut buf) } else { 0 };
-            let old = std::mem::replace(&mut self.per_slot[i as usize], new);
-            self.sum = self.sum.wrapping_sub(old).wrapping_add(new);
+        for i in before {
+            self.set(engine, i);
         }
-        self.timed = timed;
+        let mut timed: Vec<u32> = engine
+            .extras
+            .iter()
+            .filter(|(_, x)| !x.seen.is_empty() || !x.waiting.is_empty())
+            .map(|(&i, _)| i)
+            .collect();
+        for &i in &timed {
+            self.set(engine, i);
+        }
+        std::mem::swap(&mut self.timed, &mut timed);
     }
 
     /// The digest of the state as of the last update.

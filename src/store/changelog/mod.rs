@@ -117,6 +117,20 @@ impl Batch {
         seq: u64,
         positions: &BTreeMap<String, i64>,
     ) {
+        self.checkpoint_each(engine, changed, tombstones, seq, positions, |_| {});
+    }
+
+    /// [`Batch::checkpoint`], calling `each` with every changed prospect right after encoding
+    /// it (while its state is in cache: the capture's digests per slot).
+    pub fn checkpoint_each(
+        &mut self,
+        engine: &Engine,
+        changed: &[ProspectIx],
+        tombstones: &[String],
+        seq: u64,
+        positions: &BTreeMap<String, i64>,
+        mut each: impl FnMut(ProspectIx),
+    ) {
         self.buf.clear();
         self.records.clear();
         for &ix in changed {
@@ -125,6 +139,7 @@ impl Batch {
             self.buf.push(b'P');
             engine.encode_changelog_record(ix, &mut self.buf);
             self.records.push((key, Some(at..self.buf.len())));
+            each(ix);
         }
         for id in tombstones {
             if engine.find(id).is_none() {

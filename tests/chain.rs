@@ -340,3 +340,43 @@ fn rewrites_keep_the_newest_bases_and_a_delta_must_follow_the_chain() {
     assert!(matches!(err, SnapshotError::NoChain { .. }), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `inspect-snapshot` reads the chain: a shard directory (its newest chain), a delta (the chain
+/// that ends at it), and reports a damaged delta (exit 1).
+#[test]
+fn inspect_snapshot_reads_a_chain_from_a_directory_or_a_delta() {
+    let j = journey(RETENTION);
+    let lines = stream(&j, 200, 4, 0.5);
+    let dir = tempdir("inspect");
+    let store = FileStore::new(&dir, "g", 3);
+    let live = run(&j, &lines, 150, &store, f64::INFINITY);
+    let journey_file = dir.join("journey.toml");
+    std::fs::write(&journey_file, format!("{B2B}{RETENTION}")).unwrap();
+    let inspect = |path: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+            .args(["inspect-snapshot", path.to_str().unwrap(), "--journey", journey_file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        (out.status.code(), v)
+    };
+    let shard_dir = store.shard_dir(SHARD);
+    let (code, v) = inspect(&shard_dir);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["digest_matches"], true);
+    assert_eq!(v["header"]["seq"], live.seq);
+    assert_eq!(v["deltas"].as_array().unwrap().len() as u64, live.seq);
+    assert_eq!(v["header"]["digest"], format!("{:016x}", live.engine.digest()));
+    let (code, v) = inspect(&shard_dir.join(format!("{:020}.delta", 2)));
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!((v["header"]["seq"].as_u64(), v["deltas"].as_array().unwrap().len()), (Some(2), 2));
+    assert_eq!(v["header"]["digest"], format!("{:016x}", live.digests_at[&2]));
+    let delta = shard_dir.join(format!("{:020}.delta", 1));
+    let b = std::fs::read(&delta).unwrap();
+    std::fs::write(&delta, &b[..b.len() / 2]).unwrap();
+    let (code, v) = inspect(&shard_dir.join(format!("{:020}.delta", 2)));
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["checksums"], "failed");
+    assert!(v["rejected"][0].as_str().unwrap().contains("truncated"), "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -132,12 +132,13 @@ struct Instance {
 
 impl Instance {
     fn start(s: &Settings, state: &Path, log: &Path, changelog: bool) -> Instance {
-        Self::start_as(s, &s.kafka.group_id, state, log, changelog)
+        Self::start_as(s, &s.kafka.group_id, state, log, changelog, "0.3")
     }
 
     /// Starts an instance in consumer group `group`, its state under `state/<group>/`, the
     /// changelog topic named after the test's own group.
-    fn start_as(s: &Settings, group: &str, state: &Path, log: &Path, changelog: bool) -> Instance {
+    /// `rewrite_share`: `checkpoint.rewrite_share` (low: bases rewritten from base + deltas often).
+    fn start_as(s: &Settings, group: &str, state: &Path, log: &Path, changelog: bool, rewrite_share: &str) -> Instance {
         let port = free_port();
         let logfile = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = bin()
@@ -157,8 +158,7 @@ impl Instance {
             .env("MICROFUNNEL__PIPELINE__FUNNEL_INTERVAL_MS", "2000")
             .env("MICROFUNNEL__CHECKPOINT__DIR", state)
             .env("MICROFUNNEL__CHECKPOINT__CHANGELOG", changelog.to_string())
-            // Bases rewritten from base + deltas often, so kills land in rewrites too.
-            .env("MICROFUNNEL__CHECKPOINT__REWRITE_SHARE", "0.3")
+            .env("MICROFUNNEL__CHECKPOINT__REWRITE_SHARE", rewrite_share)
             .env("MICROFUNNEL__LOG__LEVEL", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(logfile)
@@ -371,13 +371,15 @@ fn kill_9_anywhere_loses_nothing() {
         g
     };
     while kills < 12 {
-        let mut inst = Instance::start_as(&s, &next_group(), &state, &log, true);
+        // A base rewrite after every checkpoint: kills aimed at one land in one.
+        let mut inst = Instance::start_as(&s, &next_group(), &state, &log, true, "0");
         // Every fourth kill aims at start-up (joining the group, restoring), the others anywhere.
         let delay = Duration::from_millis(if kills % 4 == 1 { 50 + rand() % 300 } else { 300 + rand() % 6_000 });
         let until = Instant::now() + delay;
-        // Every third kill waits for a snapshot write, alternately a delta and a base (a
-        // rewrite from base + deltas, or the base a restore writes), if one is seen in time.
-        let aim = (kills % 3 == 2).then_some(if kills % 2 == 0 { ".delta.tmp" } else { ".snap.tmp" });
+        // Every third kill, and the first two (while the input still flows), wait for a
+        // snapshot write: alternately a delta and a base (a rewrite from base + deltas, or the
+        // base a restore writes), if one is seen in time.
+        let aim = (kills % 3 == 2 || kills < 2).then_some(if kills % 2 == 0 { ".delta.tmp" } else { ".snap.tmp" });
         let until = if aim.is_some() { until + Duration::from_secs(10) } else { until };
         while Instant::now() < until && !aim.is_some_and(|a| snapshot_tmp_exists(&state, a)) {
             std::thread::sleep(Duration::from_millis(1));
@@ -391,7 +393,7 @@ fn kill_9_anywhere_loses_nothing() {
         during_delta += usize::from(delta);
         during_base += usize::from(base);
     }
-    let last = Instance::start_as(&s, &next_group(), &state, &log, true);
+    let last = Instance::start_as(&s, &next_group(), &state, &log, true, "0.3");
     assert!(feeder.wait().unwrap().success(), "all input produced");
     let (digest, shards) = finish(&[&last], total);
     assert_eq!(digest, oracle.digest, "final per-prospect state equals the uninterrupted replay");
@@ -412,6 +414,7 @@ fn kill_9_anywhere_loses_nothing() {
         "kills landed mid-stream: {covered_at_kills:?}"
     );
     assert!(during_startup > 0, "some kills hit start-up");
+    assert!(during_delta > 0 && during_base > 0, "kills landed in a delta write and in a base write");
     assert_eq!(digest, oracle.digest, "final per-prospect state equals the uninterrupted replay");
     assert_eq!(ids, oracle.alerts, "every oracle alert emitted; extras only as repeats of the same alert_id");
 }

@@ -58,28 +58,28 @@ fn main() {
         let fill_s = t.elapsed().as_secs_f64();
         let heap = engine.crm_memory("crm").heap_bytes();
 
-        // Capture: the memory copied into the spare (the first capture, then a warm one).
-        engine.take_changed();
-        let mut spare = Engine::new(Arc::clone(&journey));
-        engine.capture_into(&mut spare);
+        // Capture: the changed entries' changelog records encoded (the first capture, then one
+        // after 1000 changes, then one with nothing changed).
+        let positions = std::collections::BTreeMap::new();
+        let mut batch = microfunnel::store::Batch::default();
+        let changed = engine.take_changed();
+        batch.checkpoint(&engine, &changed, &[], 1, &positions);
+        engine.settle_taken(true);
         fill(engine.crm_memory("crm"), n, 1000);
-        engine.take_changed();
         let t = Instant::now();
-        engine.capture_into(&mut spare);
+        let changed = engine.take_changed();
+        batch.checkpoint(&engine, &changed, &[], 2, &positions);
         let capture = t.elapsed().as_secs_f64();
-        // The same again with nothing changed: what a capture costs whatever the memory holds.
-        engine.take_changed();
+        engine.settle_taken(true);
         let t = Instant::now();
-        engine.capture_into(&mut spare);
+        let changed = engine.take_changed();
+        batch.checkpoint(&engine, &changed, &[], 3, &positions);
         let capture_idle = t.elapsed().as_secs_f64();
-        // A full copy (into a spare that holds another engine's capture).
-        let mut other = engine.clone();
+        engine.settle_taken(true);
+        // A full copy of the memory (a clone), for scale.
         let t = Instant::now();
-        other.capture_into(&mut spare);
+        let spare = engine.clone();
         let capture_full = t.elapsed().as_secs_f64();
-        drop(other);
-        let mut spare = Engine::new(Arc::clone(&journey));
-        engine.capture_into(&mut spare);
         // Baseline: the same strings in a std HashMap, cloned into a warm one.
         let base: HashMap<String, String> =
             (0..n).map(|i| (format!("deal/{}/dealstage", 18_200_000_000u64 + i), "contractsent".to_string())).collect();

@@ -1,13 +1,16 @@
-//! Snapshot write and restore for large shards (1M and 10M prospects by default):
-//! - pause: the state capture on the processing thread; goal < 50 ms at 1M. Three figures:
-//!   the first capture into a fresh spare (page faults included), a full copy into a warm
-//!   spare, and the steady state: an incremental capture after `MICROFUNNEL_BENCH_CHANGED`
-//!   more events (default 100,000, i.e. a checkpoint every 100k events) on random prospects;
-//! - checkpoint: encode + write + fsync + rename on the writer thread; goal < 1 s at 1M;
-//! - restore: read + checksums + decode (interning every id again); goal < 2 s at 1M;
+//! Snapshot chains for large shards (1M and 10M prospects by default):
+//! - pause: the capture on the processing thread after `MICROFUNNEL_BENCH_CHANGED` more events
+//!   (default 100,000, i.e. a checkpoint every 100k events) on random prospects: the changed
+//!   prospects taken, their digests brought up to date, their changelog records encoded into
+//!   the reused buffer; goal < 50 ms at 1M;
+//! - checkpoint: the delta written (encode + write + fsync + rename) on the writer thread;
+//!   goal < 1 s at 1M; also the base written at a restore (encode + digest + write + fsync)
+//!   and the base rewrite from base + delta (read, decode, fold, digest check, write);
+//! - restore: the chain, base + one delta (read + checksums + decode + fold + digest check);
+//!   goal < 2 s at 1M;
 //!
 //! each next to a baseline measured in the same run on the same bytes: writing + fsyncing the
-//! file image with `std::fs::write`, and reading it back with `std::fs::read`.
+//! base's file image with `std::fs::write`, and reading it back with `std::fs::read`.
 //!
 //!   cargo bench --bench snapshot                                    # 1M and 10M
 //!   MICROFUNNEL_BENCH_SNAPSHOT=1000000 cargo bench --bench snapshot
@@ -20,8 +23,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use microfunnel::codec::{self, Limits};
-use microfunnel::core::{Engine, Journey};
-use microfunnel::store::{self, FileStore, Pending, SnapshotStore};
+use microfunnel::core::{Engine, Journey, SlotDigests};
+use microfunnel::store::{Batch, DeltaFacts, FileStore, Pending, SnapshotStore};
 
 const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
 
@@ -97,62 +100,53 @@ fn main() {
         let store = FileStore::new(&dir, "bench", 2);
 
         let mut engine = engine;
-        let mut spare = Engine::new(Arc::clone(&journey));
-        let t = Instant::now();
-        engine.capture_into(&mut spare);
-        let pause_first = t.elapsed().as_secs_f64();
-        // A full copy into a warm spare: the capture of another engine (a clone) into it.
-        let mut other = engine.clone();
-        let t = Instant::now();
-        let inc = other.capture_into(&mut spare);
-        let pause_full = t.elapsed().as_secs_f64();
-        assert!(!inc, "a clone's capture is a full copy");
-        drop(other);
-        let mut spare = Engine::new(Arc::clone(&journey));
-        engine.capture_into(&mut spare);
-        let changed = touch(&mut engine, n, &journey);
-        engine.take_changed();
-        let t = Instant::now();
-        let inc = engine.capture_into(&mut spare);
-        let pause = t.elapsed().as_secs_f64();
-        assert!(inc, "steady state captures are incremental");
-        let captured = spare;
-
-        let what = Pending {
+        let what = |seq: u64| Pending {
             group: "bench".into(),
             shard: 0,
-            seq: 1,
+            seq,
             written_at: "2026-11-23T00:00:00Z".into(),
             positions: BTreeMap::from([("events".to_string(), n as i64)]),
             changelog: None,
         };
-        // Phases of the checkpoint, timed apart (the save below does all of them again).
+        // The base a restore writes (the shard not processing yet): encode + digest + write.
+        engine.take_changed();
         let t = Instant::now();
-        let mut body = Vec::new();
-        captured.encode_state(&mut body);
-        let encode = t.elapsed().as_secs_f64();
+        let base = store.save(what(0), &engine).expect("base written");
+        let checkpoint_base = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let digest = captured.digest();
-        let digest_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let mut body = Vec::new();
-        assert_eq!(captured.encode_state_digest(&mut body, true), digest);
-        let encode_digest = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let body_hash = microfunnel::core::ids::hash64(1, &body);
-        let hash_s = t.elapsed().as_secs_f64();
-        drop(body);
-
-        let t = Instant::now();
-        let header = store.save(what, &captured).expect("snapshot written");
-        let checkpoint = t.elapsed().as_secs_f64();
-        assert_eq!(header.digest, format!("{digest:016x}"));
-        std::hint::black_box(body_hash);
-        drop(captured);
+        let mut digests = SlotDigests::of(&engine);
+        let digests_init = t.elapsed().as_secs_f64();
+        assert_eq!(format!("{:016x}", digests.digest()), base.digest);
         let path = store.list(0).expect("list")[0].clone();
         let bytes = std::fs::metadata(&path).expect("file").len();
 
-        // Baseline: the same bytes written and fsynced with std.
+        // Steady state: events between two checkpoints, then the capture (the pause).
+        let changed = touch(&mut engine, n, &journey);
+        let (mut held, mut freed, mut batch) = (Vec::new(), Vec::new(), Batch::default());
+        // As the barrier does it: each prospect's digest right after its record.
+        let positions = BTreeMap::from([("events".to_string(), n as i64)]);
+        let t = Instant::now();
+        engine.take_changed_slots(&mut held, &mut freed);
+        let pause_take = t.elapsed().as_secs_f64();
+        digests.prepare(&engine);
+        batch.checkpoint_each(&engine, &held, &[], 1, &positions, |ix| digests.set(&engine, ix.0));
+        freed.iter().for_each(|&i| digests.set(&engine, i));
+        digests.settle(&engine);
+        let pause = t.elapsed().as_secs_f64();
+        let facts = DeltaFacts { prev: 0, prospects: engine.len() as u64, digest: digests.digest() };
+
+        // The writer thread's part: the delta.
+        let t = Instant::now();
+        let header = store.save_delta(what(1), facts, &batch, &journey).expect("delta written");
+        let checkpoint = t.elapsed().as_secs_f64();
+        engine.settle_taken(true);
+        let digest = engine.digest();
+        assert_eq!(header.digest, format!("{digest:016x}"), "the digest kept per slot is the state's");
+        let delta_bytes = header.body_len;
+        let changed_prospects = held.len();
+        drop(batch);
+
+        // Baseline: the base's bytes written and fsynced with std.
         let image = std::fs::read(&path).expect("read image");
         let copy = dir.join("baseline.bin");
         let t = Instant::now();
@@ -166,14 +160,26 @@ fn main() {
         let image = std::fs::read(&copy).expect("baseline read");
         let read_baseline = t.elapsed().as_secs_f64();
         drop(image);
+        let _ = std::fs::remove_file(&copy);
 
+        // Restore: base + delta, as a restore loads them.
         let t = Instant::now();
-        let checked = store::read(&path).expect("snapshot reads back");
+        let (chain, rejected) = store.latest(0);
+        let chain = chain.expect("the chain reads back");
+        assert!(rejected.is_empty() && chain.deltas.len() == 1);
         let read_s = t.elapsed().as_secs_f64();
-        let restored = checked.engine(Arc::clone(&journey)).expect("snapshot decodes");
+        let restored = chain.engine(Arc::clone(&journey)).expect("the chain decodes");
         let restore = t.elapsed().as_secs_f64();
         assert_eq!(restored.len() as u64, n);
-        assert_eq!(format!("{:016x}", restored.digest()), header.digest, "restored state equals the written one");
+        assert_eq!(restored.digest(), digest, "restored state equals the live one");
+        drop((restored, chain));
+
+        // The base rewrite from base + delta (the writer thread, after reporting).
+        let t = Instant::now();
+        let rewritten = store.compact(0, &journey).expect("rewrite").expect("a delta to fold");
+        let rewrite = t.elapsed().as_secs_f64();
+        assert_eq!(rewritten.digest, header.digest);
+        drop(engine);
 
         let line = serde_json::json!({
             "prospects": n,
@@ -181,14 +187,14 @@ fn main() {
             "bytes_per_prospect": bytes as f64 / n as f64,
             "pause_s": pause,
             "pause_events": changed,
-            "pause_first_capture_s": pause_first,
-            "pause_full_copy_s": pause_full,
+            "pause_prospects_changed": changed_prospects,
+            "pause_take_s": pause_take,
+            "delta_bytes": delta_bytes,
             "checkpoint_s": checkpoint,
+            "checkpoint_base_s": checkpoint_base,
+            "digests_init_s": digests_init,
+            "rewrite_s": rewrite,
             "write_baseline_s": write_baseline,
-            "checkpoint_encode_s": encode,
-            "checkpoint_digest_s": digest_s,
-            "checkpoint_encode_and_digest_s": encode_digest,
-            "checkpoint_hash_s": hash_s,
             "restore_s": restore,
             "restore_read_check_s": read_s,
             "read_baseline_s": read_baseline,

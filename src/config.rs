@@ -53,9 +53,14 @@ pub struct Checkpoint {
     /// Directory of local snapshot files (`<dir>/<group>/shard-NNNN/`); empty = no local files.
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
-    /// Snapshot files kept per shard (the newest ones); older ones are deleted.
+    /// Snapshot bases kept per shard (the newest ones, each with the deltas after it); older
+    /// ones are deleted.
     #[serde(default = "default_keep")]
     pub keep: usize,
+    /// A shard's base is rewritten (from base + deltas, in the background) once its deltas'
+    /// bytes reach this share of the base's.
+    #[serde(default = "default_rewrite_share")]
+    pub rewrite_share: f64,
     /// Also write changed prospects to a compacted changelog topic, so a shard's state follows
     /// its partition to another instance.
     #[serde(default = "default_true")]
@@ -68,7 +73,13 @@ pub struct Checkpoint {
 
 impl Default for Checkpoint {
     fn default() -> Self {
-        Checkpoint { dir: default_state_dir(), keep: default_keep(), changelog: true, changelog_topic: String::new() }
+        Checkpoint {
+            dir: default_state_dir(),
+            keep: default_keep(),
+            rewrite_share: default_rewrite_share(),
+            changelog: true,
+            changelog_topic: String::new(),
+        }
     }
 }
 
@@ -328,6 +339,9 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_keep() -> usize {
     3
+}
+fn default_rewrite_share() -> f64 {
+    0.5
 }
 fn default_true() -> bool {
     true

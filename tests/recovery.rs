@@ -132,12 +132,13 @@ struct Instance {
 
 impl Instance {
     fn start(s: &Settings, state: &Path, log: &Path, changelog: bool) -> Instance {
-        Self::start_as(s, &s.kafka.group_id, state, log, changelog)
+        Self::start_as(s, &s.kafka.group_id, state, log, changelog, "0.3")
     }
 
     /// Starts an instance in consumer group `group`, its state under `state/<group>/`, the
     /// changelog topic named after the test's own group.
-    fn start_as(s: &Settings, group: &str, state: &Path, log: &Path, changelog: bool) -> Instance {
+    /// `rewrite_share`: `checkpoint.rewrite_share` (low: bases rewritten from base + deltas often).
+    fn start_as(s: &Settings, group: &str, state: &Path, log: &Path, changelog: bool, rewrite_share: &str) -> Instance {
         let port = free_port();
         let logfile = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = bin()
@@ -157,6 +158,7 @@ impl Instance {
             .env("MICROFUNNEL__PIPELINE__FUNNEL_INTERVAL_MS", "2000")
             .env("MICROFUNNEL__CHECKPOINT__DIR", state)
             .env("MICROFUNNEL__CHECKPOINT__CHANGELOG", changelog.to_string())
+            .env("MICROFUNNEL__CHECKPOINT__REWRITE_SHARE", rewrite_share)
             .env("MICROFUNNEL__LOG__LEVEL", "info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(logfile)
@@ -280,9 +282,11 @@ fn alerts_emitted(s: &Settings, oracle: &Oracle) -> (BTreeSet<String>, usize) {
     (ids, read.len())
 }
 
-/// A snapshot write is in progress (a temp file written in the last half second).
-fn snapshot_tmp_exists(state: &Path) -> bool {
-    fn walk(d: &Path) -> bool {
+/// A snapshot write is in progress: a temp file ending in `suffix` (`.snap.tmp`: a base,
+/// written at a restore or rewritten from base + deltas; `.delta.tmp`: a checkpoint's delta)
+/// written in the last half second.
+fn snapshot_tmp_exists(state: &Path, suffix: &str) -> bool {
+    fn walk(d: &Path, suffix: &str) -> bool {
         std::fs::read_dir(d).is_ok_and(|rd| {
             rd.filter_map(Result::ok).any(|e| {
                 let p = e.path();
@@ -291,11 +295,11 @@ fn snapshot_tmp_exists(state: &Path) -> bool {
                         .and_then(|m| m.modified())
                         .is_ok_and(|t| t.elapsed().is_ok_and(|a| a < Duration::from_millis(500)))
                 };
-                if p.is_dir() { walk(&p) } else { p.to_string_lossy().ends_with(".snap.tmp") && fresh() }
+                if p.is_dir() { walk(&p, suffix) } else { p.to_string_lossy().ends_with(suffix) && fresh() }
             })
         })
     }
-    walk(state)
+    walk(state, suffix)
 }
 
 fn log_count(log: &Path, needle: &str) -> usize {
@@ -309,10 +313,29 @@ fn an_uninterrupted_run_equals_the_oracle() {
     let mut feeder = feed(&s, seed, 0);
     let inst = Instance::start(&s, &state, &log, true);
     assert!(feeder.wait().unwrap().success());
-    let (digest, _) = finish(&[&inst], total);
+    let (digest, shards) = finish(&[&inst], total);
     assert_eq!(digest, oracle.digest, "the service's state equals the replay's (log: {})", log.display());
     let (ids, records) = alerts_emitted(&s, &oracle);
     assert_eq!(records, ids.len(), "no fault, no repeat");
+
+    // Bases were rewritten from base + deltas while the service consumed, and each shard's
+    // newest chain on disk is the state of its last checkpoint.
+    let rewrites = log_count(&log, "snapshot base rewritten from base + deltas");
+    assert!(rewrites >= PARTITIONS as usize, "bases rewritten while consuming: {rewrites}");
+    let journey = std::sync::Arc::new(
+        microfunnel::core::Journey::from_toml_str(include_str!("../deploy/journeys/b2b.toml")).unwrap(),
+    );
+    for sh in &shards {
+        let p = sh["partition"].as_i64().unwrap();
+        let dir = state.join(&s.kafka.group_id).join(format!("shard-{p:04}"));
+        let (chain, rejected) = microfunnel::store::newest_chain_in(&dir);
+        assert!(rejected.is_empty(), "shard {p}: {rejected:?}");
+        let chain = chain.unwrap_or_else(|| panic!("shard {p} has a chain"));
+        assert!(chain.base.header.seq > 0, "shard {p}: a rewritten base");
+        let engine = chain.engine(std::sync::Arc::clone(&journey)).unwrap();
+        let want = sh["checkpoint"]["digest"].as_str().unwrap();
+        assert_eq!(format!("{:016x}", engine.digest()), want, "shard {p}: base + deltas = the last checkpoint");
+    }
 }
 
 #[test]
@@ -330,7 +353,8 @@ fn kill_9_anywhere_loses_nothing() {
         x ^= x << 17;
         x
     };
-    let (mut kills, mut during_startup, mut during_write, mut covered_at_kills) = (0, 0, 0, Vec::new());
+    let (mut kills, mut during_startup, mut covered_at_kills) = (0, 0, Vec::new());
+    let (mut during_delta, mut during_base) = (0, 0);
     // Tansu 0.6 never expires the group member of a killed process (Apache Kafka does after
     // `session.timeout.ms`), and ignores static membership, so its partitions would stay with a
     // ghost. Each restart therefore joins a group of its own; its state directory is the same
@@ -347,30 +371,37 @@ fn kill_9_anywhere_loses_nothing() {
         g
     };
     while kills < 12 {
-        let mut inst = Instance::start_as(&s, &next_group(), &state, &log, true);
+        // A base rewrite after every checkpoint: kills aimed at one land in one.
+        let mut inst = Instance::start_as(&s, &next_group(), &state, &log, true, "0");
         // Every fourth kill aims at start-up (joining the group, restoring), the others anywhere.
         let delay = Duration::from_millis(if kills % 4 == 1 { 50 + rand() % 300 } else { 300 + rand() % 6_000 });
         let until = Instant::now() + delay;
-        // Kill as soon as a snapshot is being written, if one is seen before the delay is over.
-        while Instant::now() < until && !(kills % 3 == 2 && snapshot_tmp_exists(&state)) {
-            std::thread::sleep(Duration::from_millis(2));
+        // Every third kill, and the first two (while the input still flows), wait for a
+        // snapshot write: alternately a delta and a base (a rewrite from base + deltas, or the
+        // base a restore writes), if one is seen in time.
+        let aim = (kills % 3 == 2 || kills < 2).then_some(if kills % 2 == 0 { ".delta.tmp" } else { ".snap.tmp" });
+        let until = if aim.is_some() { until + Duration::from_secs(10) } else { until };
+        while Instant::now() < until && !aim.is_some_and(|a| snapshot_tmp_exists(&state, a)) {
+            std::thread::sleep(Duration::from_millis(1));
         }
         let ready = inst.ready();
-        let writing = snapshot_tmp_exists(&state);
+        let (delta, base) = (snapshot_tmp_exists(&state, ".delta.tmp"), snapshot_tmp_exists(&state, ".snap.tmp"));
         covered_at_kills.push(progress(&[&inst]).0);
         inst.kill9();
         kills += 1;
         during_startup += usize::from(!ready);
-        during_write += usize::from(writing);
+        during_delta += usize::from(delta);
+        during_base += usize::from(base);
     }
-    let last = Instance::start_as(&s, &next_group(), &state, &log, true);
+    let last = Instance::start_as(&s, &next_group(), &state, &log, true, "0.3");
     assert!(feeder.wait().unwrap().success(), "all input produced");
     let (digest, shards) = finish(&[&last], total);
     assert_eq!(digest, oracle.digest, "final per-prospect state equals the uninterrupted replay");
     let (ids, records) = alerts_emitted(&s, &oracle);
     let restore_secs = shards.iter().map(|s| s["restore_seconds"].as_f64().unwrap()).fold(0.0, f64::max);
     eprintln!(
-        "kill -9 loop: {kills} kills ({during_startup} during start-up, {during_write} during a snapshot write), \
+        "kill -9 loop: {kills} kills ({during_startup} during start-up, {during_delta} during a delta write, \
+         {during_base} during a base write), \
          covered at kills {covered_at_kills:?} of {total}; alerts {} distinct, {} records ({} duplicates); \
          last restore {restore_secs:.3} s; snapshot-unusable reports {}",
         ids.len(),
@@ -383,6 +414,7 @@ fn kill_9_anywhere_loses_nothing() {
         "kills landed mid-stream: {covered_at_kills:?}"
     );
     assert!(during_startup > 0, "some kills hit start-up");
+    assert!(during_delta > 0 && during_base > 0, "kills landed in a delta write and in a base write");
     assert_eq!(digest, oracle.digest, "final per-prospect state equals the uninterrupted replay");
     assert_eq!(ids, oracle.alerts, "every oracle alert emitted; extras only as repeats of the same alert_id");
 }

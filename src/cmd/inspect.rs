@@ -9,7 +9,9 @@ use microfunnel::store;
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// A snapshot file (`<checkpoint.dir>/<group>/shard-NNNN/<seq>.snap`).
+    /// A snapshot file (`<checkpoint.dir>/<group>/shard-NNNN/<seq>.snap`, a base), a delta
+    /// (`<seq>.delta`: the chain that ends at it, from the newest usable base before it), or a
+    /// shard directory (its newest usable chain, what a restore loads).
     file: PathBuf,
     /// Journey the state was written under (needed to decode the body): a built-in journey's name
     /// or a TOML file.
@@ -21,16 +23,20 @@ pub struct InspectArgs {
 }
 
 /// Prints the header, the checksum verdict and the decoded prospect count as JSON; exits 1 if
-/// the file is damaged or does not decode.
+/// a file is damaged or does not decode.
 pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
-    let checked = match store::read(&args.file) {
-        Ok(c) => c,
-        // A file that cannot be read at all is a bad argument (exit 2), not a damaged file.
-        Err(store::SnapshotError::Io { path, source }) => {
-            anyhow::bail!("cannot read {}: {source}", path.display())
-        }
-        Err(e) => {
-            let out = serde_json::json!({ "file": args.file, "checksums": "failed", "error": e.to_string() });
+    if !args.file.exists() {
+        anyhow::bail!("cannot read {}: no such file or directory", args.file.display());
+    }
+    let (chain, rejected) =
+        if args.file.is_dir() { store::newest_chain_in(&args.file) } else { store::chain_ending_at(&args.file) };
+    let rejected: Vec<String> = rejected.iter().map(ToString::to_string).collect();
+    let checked = match chain {
+        Some(c) => c,
+        None => {
+            let error = rejected.last().cloned().unwrap_or_else(|| "no base and deltas make a chain here".to_string());
+            let out =
+                serde_json::json!({ "file": args.file, "checksums": "failed", "error": error, "rejected": rejected });
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;
             return Ok(false);
         }
@@ -40,7 +46,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
         Ok(e) => e,
         Err(e) => {
             let out = serde_json::json!({
-                "file": args.file, "checksums": "ok", "header": checked.header, "decode": "failed", "error": e.to_string()
+                "file": args.file, "checksums": "ok", "header": checked.header(), "decode": "failed", "error": e.to_string()
             });
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;
             return Ok(false);
@@ -50,14 +56,14 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
         // Any id linked to the prospect (`[identity] resolve`) answers with the canonical one.
         let (canonical, linked) = engine.linked_ids(id);
         let Some(ix) = engine.find(canonical) else {
-            anyhow::bail!("prospect `{id}` is not in this snapshot (shard {})", checked.header.shard);
+            anyhow::bail!("prospect `{id}` is not in this snapshot (shard {})", checked.header().shard);
         };
         let mut view = serde_json::to_value(engine.view(ix, Some(engine.watermark()).filter(|w| !w.is_none())))?;
         view["linked_ids"] = serde_json::json!(linked);
         writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&view)?)?;
         return Ok(true);
     }
-    let digest_ok = format!("{:016x}", engine.digest()) == checked.header.digest;
+    let digest_ok = format!("{:016x}", engine.digest()) == checked.header().digest;
     let out = serde_json::json!({
         "file": args.file,
         "checksums": "ok",
@@ -70,7 +76,10 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
             "entries": engine.crm().memories().map(|(t, m)| (t.to_string(), m.len())).collect::<std::collections::BTreeMap<_, _>>(),
         },
         "identity_ids": engine.identity_map().map(|m| m.len()),
-        "header": checked.header,
+        "base": checked.base.path,
+        "deltas": checked.deltas.iter().map(|d| &d.path).collect::<Vec<_>>(),
+        "rejected": rejected,
+        "header": checked.header(),
     });
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;
     Ok(digest_ok)

@@ -106,6 +106,14 @@ impl Settings {
                 "keep 1 to 100 snapshot files per shard (3 is plenty)",
             ));
         }
+        let share = self.checkpoint.rewrite_share;
+        if !(0.0..=100.0).contains(&share) {
+            return Err(invalid(
+                "checkpoint.rewrite_share",
+                "is out of range",
+                "use 0 to 100: the share of a base's bytes the deltas after it reach before the base is rewritten (0.5 is the default; 0 rewrites it at every checkpoint)",
+            ));
+        }
         let changelog = self.changelog_topic();
         if self.checkpoint.changelog && (k.input_topics.contains(&changelog) || outs.contains(&&changelog)) {
             return Err(invalid(

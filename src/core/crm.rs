@@ -540,6 +540,9 @@ impl CrmMemory {
     pub fn take_changes(&mut self) {
         let log = std::mem::replace(&mut self.log, Changes::at(self.next));
         self.taken.absorb(log);
+        // Checkpoints encode from the live memory (no capture copy): nothing to track for one.
+        self.capture = Changes::at(self.next);
+        self.capture_full = true;
     }
 
     /// Marks changes again (a checkpoint that failed hands back what it took).

@@ -620,6 +620,17 @@ impl IdentityMap {
         self.taken.nodes.append(nodes);
         self.taken.links.append(links);
         self.taken.gone.append(gone);
+        // Checkpoints encode from the live map (no capture copy): nothing to track for one.
+        self.cap = CaptureChanges { full: true, ..CaptureChanges::default() };
+    }
+
+    /// Ends a checkpoint's hold on the taken list: dropped once `durable`, otherwise marked
+    /// changed again for the next checkpoint.
+    pub fn settle_taken(&mut self, durable: bool) {
+        let mut taken = std::mem::take(&mut self.taken);
+        if !durable {
+            self.dirty.append(&mut taken);
+        }
     }
 
     /// Copies the map into `dst` (a checkpoint's capture) and hands it the taken list.

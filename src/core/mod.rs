@@ -18,7 +18,7 @@ mod store;
 pub mod time;
 pub mod unmapped;
 
-pub use engine::{Census, Engine, IdentityStats, ProspectView, Stats, snapshot};
+pub use engine::{Census, Engine, IdentityStats, ProspectView, SlotDigests, Stats, snapshot};
 pub use event::{Event, EventKind, Source};
 pub use funnel::{Funnel, FunnelReport};
 pub use ids::ProspectIx;

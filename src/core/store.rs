@@ -177,14 +177,6 @@ impl Store {
         self.set_vars(i, stage_times, counts, marks);
     }
 
-    /// Adds a prospect with the given state (arrays as long as the journey's).
-    #[cfg(test)]
-    pub fn push_with(&mut self, fixed: Prospect, stage_times: &[u32], counts: &[u16], marks: &[Ts]) {
-        let i = self.len();
-        self.push(fixed);
-        self.set_vars(i, stage_times, counts, marks);
-    }
-
     /// Replaces a prospect's state.
     pub fn set(&mut self, i: usize, fixed: Prospect, stage_times: &[u32], counts: &[u16], marks: &[Ts]) {
         self.recs[i].fixed = fixed;
@@ -202,32 +194,6 @@ impl Store {
         mem::reserve(&mut self.recs, n);
         if !self.shape.inline {
             mem::reserve(&mut self.spill, n * self.shape.words);
-        }
-    }
-
-    /// Makes this store a copy of `source` (same journey shape), reusing its allocations.
-    pub fn copy_all_from(&mut self, source: &Store) {
-        self.shape = source.shape;
-        self.recs.clone_from(&source.recs);
-        self.spill.clone_from(&source.spill);
-    }
-
-    /// Appends the prospects `source` has beyond this store's (this store holds an earlier
-    /// copy of `source`).
-    pub fn extend_from(&mut self, source: &Store) {
-        let old = self.len();
-        self.recs.extend_from_slice(&source.recs[old..]);
-        if !self.shape.inline {
-            self.spill.extend_from_slice(&source.spill[old * self.shape.words..]);
-        }
-    }
-
-    /// Copies prospect `i`'s state from `source`.
-    pub fn copy_one_from(&mut self, source: &Store, i: usize) {
-        self.recs[i].clone_from(&source.recs[i]);
-        if !self.shape.inline {
-            let w = self.shape.words;
-            self.spill[i * w..(i + 1) * w].copy_from_slice(&source.spill[i * w..(i + 1) * w]);
         }
     }
 
@@ -279,23 +245,6 @@ mod tests {
             assert!(store.counts(i).iter().enumerate().all(|(k, &x)| x == (i * 100 + k) as u16));
             assert!(store.marks(i).iter().enumerate().all(|(k, &x)| x == Ts((i * 10_000 + k) as i64)));
         }
-        let mut copy = Store { shape: s, recs: Vec::new(), spill: Vec::new() };
-        copy.copy_all_from(store);
-        // Incremental copies: new prospects appended, a changed one copied.
-        store.push(p.clone());
-        store.push_with(p.clone(), &vec![7; s.stages], &vec![8; s.signals], &vec![Ts(9); s.tracked]);
-        store.vars_mut(1).counts[0] = 4242;
-        store.fixed_mut(1).score = 1.5;
-        copy.extend_from(store);
-        copy.copy_one_from(store, 1);
-        assert_eq!(copy.len(), 7);
-        for i in 0..7 {
-            assert_eq!(copy.fixed(i), store.fixed(i));
-            assert_eq!(copy.stage_times(i), store.stage_times(i));
-            assert_eq!(copy.counts(i), store.counts(i));
-            assert_eq!(copy.marks(i), store.marks(i));
-        }
-        assert_eq!(copy.counts(6)[0], 8);
     }
 
     #[test]
@@ -307,6 +256,6 @@ mod tests {
         let mut spilled = Store::new(&j);
         spilled.shape.inline = false;
         round_trip(&mut spilled);
-        assert_eq!(spilled.spill.len(), 7 * spilled.shape.words);
+        assert_eq!(spilled.spill.len(), 5 * spilled.shape.words);
     }
 }

@@ -1,7 +1,6 @@
 //! The checkpoint barrier: flush, capture, submit to the writer, and the commit decision.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -10,12 +9,12 @@ use rdkafka::error::KafkaResult;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::core::Engine;
+use crate::core::SlotDigests;
 use crate::kafka;
-use crate::store::Pending;
+use crate::store::{DeltaFacts, Pending, SnapshotError};
 
 use super::status::CheckpointStatus;
-use super::writer::{self, Job};
+use super::writer::{self, Job, Part};
 use super::{PipelineConsumer, PipelineError, State, wall_now};
 
 /// Who executes a checkpoint's commit decision: the group's consumer (tests record it).
@@ -166,10 +165,14 @@ impl State {
         for p in due {
             let shard = self.shards.get_mut(&p).expect("due shards exist");
             shard.seq += 1;
-            let changed = shard.engine.take_changed();
+            shard.engine.take_changed_slots(&mut shard.held, &mut shard.freed);
             let removed = shard.engine.take_removed();
             flight.commits.push((p, shard.positions.clone()));
-            let Some(w) = &self.writer else { continue };
+            let Some(w) = &self.writer else {
+                // Nothing persisted: the shard-level changes taken are dropped.
+                shard.engine.settle_taken(true);
+                continue;
+            };
             shard.tombstones.extend(removed.into_iter().map(String::from));
             let what = Pending {
                 group: self.settings.kafka.group_id.clone(),
@@ -180,10 +183,45 @@ impl State {
                 changelog: None,
             };
             let tombstones = std::mem::take(&mut shard.tombstones);
-            let mut engine = self.spares.remove(&p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
-            shard.engine.capture_into(&mut engine);
+            let changed = std::mem::take(&mut shard.held);
+            let mut batch = std::mem::take(&mut shard.batch);
+            batch.checkpoint(&shard.engine, &changed, &tombstones, shard.seq, &what.positions);
             let source = shard.engine.lineage();
-            if w.submit(Job { engine, what, deadline, changed, tombstones, source }) {
+            let part = match (&self.store, shard.chained) {
+                (Some(_), Some(prev)) => {
+                    let slots = changed.iter().map(|ix| ix.0).chain(shard.freed.iter().copied());
+                    shard.digests.update(&shard.engine, slots);
+                    Part::Delta(DeltaFacts {
+                        prev,
+                        prospects: shard.engine.len() as u64,
+                        digest: shard.digests.digest(),
+                    })
+                }
+                // The store holds no chain this shard can follow (a restore could not write
+                // its base): this checkpoint writes a base, here, from the live engine.
+                (Some(store), None) => {
+                    let base = Pending { changelog: None, ..what.clone() };
+                    match store.save(base, &shard.engine) {
+                        Ok(h) => {
+                            shard.digests = SlotDigests::of(&shard.engine);
+                            shard.chained = Some(shard.seq);
+                            Part::Written(Box::new(h))
+                        }
+                        Err(e) => {
+                            tracing::error!(shard = p, error = %e, "CHECKPOINT NOT DURABLE: snapshot base not written");
+                            changed.iter().for_each(|ix| shard.engine.mark_changed(ix.0));
+                            shard.engine.settle_taken(false);
+                            shard.tombstones = tombstones;
+                            shard.batch = batch;
+                            flight.failed = true;
+                            continue;
+                        }
+                    }
+                }
+                // No snapshot store: the writer only appends to the changelog.
+                (None, _) => Part::Delta(DeltaFacts { prev: 0, prospects: 0, digest: 0 }),
+            };
+            if w.submit(Job { batch, what, part, deadline, changed, tombstones, source }) {
                 flight.waiting.insert(p);
             } else {
                 flight.failed = true;
@@ -224,15 +262,21 @@ impl State {
                 }
             };
             flight.reported(&done);
-            let mut spare = done.spare;
-            if done.result.is_err()
-                && let Some(shard) = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard))
-                && shard.engine.lineage() == done.source
-            {
-                shard.engine.remark_sections(&mut spare);
-            }
-            if self.shards.contains_key(&done.shard) {
-                self.spares.insert(done.shard, spare);
+            let shard = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard));
+            if let Some(shard) = shard {
+                shard.batch = done.batch;
+                // What the checkpoint took is settled in the engine it came from: dropped once
+                // durable, marked again on failure (and a store without the chain the delta
+                // followed makes the next checkpoint write a base).
+                if shard.engine.lineage() == done.source {
+                    shard.engine.settle_taken(done.result.is_ok());
+                    match &done.result {
+                        Ok(Some(_)) => shard.chained = Some(done.seq),
+                        Ok(None) => {}
+                        Err(writer::CheckpointFailure::Snapshot(SnapshotError::NoChain { .. })) => shard.chained = None,
+                        Err(_) => {}
+                    }
+                }
             }
             match done.result {
                 Ok(None) => {}

@@ -8,14 +8,15 @@
 //! The checkpoint (every `commit_interval_ms` or `commit_every_messages`, on revoke and on
 //! shutdown), for every shard that changed:
 //! 1. flush the producer, so every output so far is acknowledged;
-//! 2. capture the engine (an incremental copy into the shard's spare engine: only what changed
-//!    since the previous capture) and hand it to the checkpoint writer thread, which writes the
-//!    changed prospects and a checkpoint record to the changelog, waits until the broker
-//!    acknowledged them, then encodes, writes, fsyncs and renames the snapshot file;
+//! 2. capture: encode the changelog records of the prospects changed since the previous
+//!    checkpoint (and the state digest) and hand them to the checkpoint writer thread, which
+//!    writes them and a checkpoint record to the changelog, waits until the broker acknowledged
+//!    them, then writes, fsyncs and renames them as a delta file on the shard's snapshot chain
+//!    (and rewrites the chain's base from its files when the deltas have grown);
 //! 3. only when every shard of the checkpoint is durable, commit the input offsets it covers.
 //!
 //! An output the broker refused, or a snapshot that could not be written, stops the commit.
-//! Assigning a shard restores its state (snapshot, topped up from the changelog) and seeks its
+//! Assigning a shard restores its state (snapshot chain, topped up from the changelog) and seeks its
 //! inputs to exactly the offsets that state covers.
 //!
 //! A shard's input partitions are merged by event time ([`merge`]): a delivered message is
@@ -70,7 +71,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use crate::codec::{InputSpec, Limits};
 use crate::config::Settings;
 use crate::core::unmapped::UnmappedNames;
-use crate::core::{Engine, Journey, Output, Ts};
+use crate::core::{Journey, Output, Ts};
 use crate::kafka::{self, KafkaSetupError, OutputProducer};
 use crate::store::{Changelog, FileStore, KafkaChangelog, SnapshotStore};
 use crate::telemetry::Metrics;
@@ -116,8 +117,6 @@ struct State {
     /// they resume instead of starting empty. Dropped when the partition goes elsewhere.
     parked: BTreeMap<i32, Shard>,
     parked_status: BTreeMap<i32, ShardStatus>,
-    /// Per shard, the engine of its last capture, reused by the next one.
-    spares: BTreeMap<i32, Engine>,
     ready: Arc<AtomicBool>,
     hot: HotMetrics,
     store: Option<Arc<dyn SnapshotStore + Sync>>,
@@ -158,8 +157,13 @@ impl State {
         let writer = match (&store, &changelog) {
             (None, None) => None,
             (s, c) => Some(
-                Writer::start(s.as_ref().map(|s| Box::new(Arc::clone(s)) as Box<dyn SnapshotStore>), c.clone())
-                    .map_err(PipelineError::Writer)?,
+                Writer::start(
+                    s.as_ref().map(|s| Box::new(Arc::clone(s)) as Box<dyn SnapshotStore>),
+                    c.clone(),
+                    Arc::clone(&journey),
+                    settings.checkpoint.rewrite_share,
+                )
+                .map_err(PipelineError::Writer)?,
             ),
         };
         let l = &settings.limits;
@@ -174,7 +178,6 @@ impl State {
             shards: BTreeMap::new(),
             parked: BTreeMap::new(),
             parked_status: BTreeMap::new(),
-            spares: BTreeMap::new(),
             ready: Arc::clone(&h.ready),
             store,
             writer,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -12,14 +12,14 @@ use rdkafka::error::KafkaResult;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::core::Engine;
-use crate::store::SnapshotStore;
+use crate::core::SlotDigests;
+use crate::store::{Pending, SnapshotStore};
 
-use super::State;
 use super::barrier::Committer;
 use super::restore::{self, RestoreEnv};
 use super::shard::Shard;
 use super::status::{CheckpointStatus, RestoreSource, ShardState, ShardStatus};
+use super::{State, wall_now};
 
 pub struct PipelineContext {
     pub(super) state: Mutex<State>,
@@ -153,12 +153,41 @@ impl State {
                 }
             }
             restored.push((*p, r.source.as_str(), shard.engine.len()));
+            // With a snapshot store, the digest per slot (the next delta's digest is computed
+            // from it) and a chain the next delta can follow: the one restored, else a base of
+            // the restored state, written now, while the shard is not processing anyway.
+            let digest = match (&self.store, &self.writer) {
+                (Some(store), Some(_)) => {
+                    shard.digests = SlotDigests::of(&shard.engine);
+                    shard.chained = if r.chained && store.tip(*p).is_some_and(|t| t.seq == r.seq) {
+                        Some(r.seq)
+                    } else {
+                        let base = Pending {
+                            group: self.settings.kafka.group_id.clone(),
+                            shard: *p,
+                            seq: r.seq,
+                            written_at: wall_now().to_string(),
+                            positions: r.positions.clone(),
+                            changelog: r.changelog.clone(),
+                        };
+                        match store.save(base, &shard.engine) {
+                            Ok(_) => Some(r.seq),
+                            Err(e) => {
+                                tracing::error!(shard = *p, error = %e, "snapshot base of the restored state not written; the first checkpoint writes one");
+                                None
+                            }
+                        }
+                    };
+                    shard.digests.digest()
+                }
+                _ => shard.engine.digest(),
+            };
             // The restored state is a checkpoint's, unless there was none to restore.
             let from_checkpoint = !matches!(r.source, RestoreSource::Replay | RestoreSource::Empty);
             let restored_checkpoint = from_checkpoint.then(|| CheckpointStatus {
                 seq: r.seq,
                 positions: r.positions.clone(),
-                digest: Some(format!("{:016x}", shard.engine.digest())),
+                digest: Some(format!("{digest:016x}")),
                 prospects: shard.engine.len() as u64,
                 snapshot_seconds: 0.0,
             });
@@ -166,13 +195,6 @@ impl State {
                 s.restored_from = r.source;
                 s.checkpoint = restored_checkpoint;
             });
-            // Prime the spare now, while the shard is not processing anyway: the shard's
-            // first checkpoint is then an incremental capture too.
-            if self.writer.is_some() && !shard.engine.is_empty() {
-                let mut spare = self.spares.remove(p).unwrap_or_else(|| Engine::new(Arc::clone(&self.journey)));
-                shard.engine.capture_into(&mut spare);
-                self.spares.insert(*p, spare);
-            }
             let secs = started.elapsed().as_secs_f64();
             self.metrics.restore_seconds.observe(secs);
             self.metrics.restoring.dec();
@@ -186,7 +208,6 @@ impl State {
         }
         self.parked.clear();
         self.parked_status.clear();
-        self.spares.retain(|p, _| partitions.contains(p));
         self.metrics.restoring.set(0);
         resumed.iter().chain(restored.iter().map(|r| &r.0)).for_each(|p| self.metrics.shard_durable(*p));
         self.metrics.shards.set(self.shards.len() as i64);

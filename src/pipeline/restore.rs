@@ -101,6 +101,11 @@ pub struct Restored {
     pub tombstones: Vec<String>,
     /// Prospects whose changelog records are ahead of this state: rewrite them next time.
     pub rewrite: Vec<String>,
+    /// Where the restored checkpoint ends in the changelog (`None`: unknown, or no changelog).
+    pub changelog: Option<ChangelogPosition>,
+    /// Whether the state is the snapshot store's chain as it is (the next delta can follow it);
+    /// otherwise a base of it must be written first.
+    pub chained: bool,
 }
 
 impl Restored {
@@ -112,6 +117,8 @@ impl Restored {
             source,
             tombstones: Vec::new(),
             rewrite: Vec::new(),
+            changelog: None,
+            chained: false,
         }
     }
 }
@@ -165,6 +172,7 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
     };
     let Some(mut reader) = reader else { return as_it_is(loaded, env) };
     let had_snapshot = loaded.is_some();
+    let snapshot_position = loaded.as_ref().and_then(|l| l.changelog.clone());
     let mut fold = match loaded {
         Some(Loaded { engine, positions, seq, .. }) => Fold::new(engine, positions, seq),
         None => Fold::empty(env.journey),
@@ -179,7 +187,12 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
         }
         return as_it_is(again, env);
     }
-    let Folded { engine, positions, seq, tombstones, rewrite, stats } = fold.finish();
+    let Folded { engine, positions, seq, tombstones, rewrite, stats, next } = fold.finish();
+    let chained = had_snapshot && stats.checkpoints == 0;
+    let changelog = match (next, env.changelog) {
+        (Some(next), Some(c)) => Some(ChangelogPosition { topic: c.topic().to_string(), next }),
+        _ => snapshot_position,
+    };
     env.metrics.restore_records.with_label_values(&["changelog"]).inc_by(stats.records);
     env.metrics.restore_bytes.with_label_values(&["changelog"]).inc_by(stats.bytes);
     let source = decided.source(stats.checkpoints);
@@ -192,26 +205,28 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
         unfinished = tombstones.len() + rewrite.len(),
         "changelog read"
     );
-    Restored { engine, positions, seq, source, tombstones, rewrite }
+    Restored { engine, positions, seq, source, tombstones, rewrite, changelog, chained }
 }
 
 /// The loaded snapshot as it is, or nothing (replay).
 fn as_it_is(loaded: Option<Loaded>, env: &RestoreEnv<'_>) -> Restored {
     match loaded {
-        Some(Loaded { engine, positions, seq, .. }) => Restored {
+        Some(Loaded { engine, positions, seq, changelog }) => Restored {
             engine,
             positions,
             seq,
             source: RestoreSource::Snapshot,
             tombstones: Vec::new(),
             rewrite: Vec::new(),
+            changelog,
+            chained: true,
         },
         None => Restored::fresh(env.journey, RestoreSource::Replay),
     }
 }
 
-/// The newest snapshot that passes every check and decodes (rejected files are logged and the
-/// previous one tried).
+/// The newest snapshot chain (a base and its deltas) that passes every check and decodes
+/// (rejected files are logged and the previous chain tried).
 fn load_snapshot(shard: i32, store: &dyn SnapshotStore, env: &RestoreEnv<'_>) -> Option<Loaded> {
     let (latest, rejected) = store.latest(shard);
     for e in &rejected {
@@ -221,9 +236,10 @@ fn load_snapshot(shard: i32, store: &dyn SnapshotStore, env: &RestoreEnv<'_>) ->
     match c.engine(Arc::clone(env.journey)) {
         Ok(engine) => {
             env.metrics.restore_records.with_label_values(&["snapshot"]).inc_by(engine.len() as u64);
-            env.metrics.restore_bytes.with_label_values(&["snapshot"]).inc_by(c.body.len() as u64);
-            tracing::info!(shard, seq = c.header.seq, prospects = engine.len(), file = %c.path.display(), "snapshot loaded");
-            Some(Loaded { engine, positions: c.header.positions, seq: c.header.seq, changelog: c.header.changelog })
+            env.metrics.restore_bytes.with_label_values(&["snapshot"]).inc_by(c.bytes());
+            let h = c.header();
+            tracing::info!(shard, seq = h.seq, prospects = engine.len(), deltas = c.deltas.len(), file = %c.path().display(), "snapshot loaded");
+            Some(Loaded { engine, positions: h.positions.clone(), seq: h.seq, changelog: h.changelog.clone() })
         }
         Err(e) => {
             tracing::error!(shard, error = %e, "snapshot unusable");

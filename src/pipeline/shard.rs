@@ -1,10 +1,13 @@
-//! One shard: its engine, input positions, checkpoint sequence and owed tombstones.
+//! One shard: its engine, input positions, checkpoint sequence, owed tombstones, and what its
+//! checkpoints need (the chain end in the snapshot store, the digest per slot, a reused
+//! record buffer).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::codec::{self, InputSpec, Limits};
-use crate::core::{Engine, Journey};
+use crate::core::{Engine, Journey, ProspectIx, SlotDigests};
+use crate::store::Batch;
 
 use super::inputs::Inputs;
 use super::merge::Input;
@@ -28,6 +31,17 @@ pub(super) struct Shard {
     pub(super) crm_rebuild: Vec<i64>,
     /// Per input topic, the offset up to which the rebuild has learnt: a message is learnt once.
     pub(super) crm_seen: Vec<i64>,
+    /// The checkpoint the snapshot store's chain ends at, which the next delta follows
+    /// (`None`: the next checkpoint writes a base).
+    pub(super) chained: Option<u64>,
+    /// The state digest per slot, brought up to date at each capture (with a snapshot store).
+    pub(super) digests: SlotDigests,
+    /// The changelog records of the last capture (a buffer reused between checkpoints; with
+    /// the writer while a checkpoint is in flight).
+    pub(super) batch: Batch,
+    /// Scratch lists of a capture: the prospects changed, the slots freed.
+    pub(super) held: Vec<ProspectIx>,
+    pub(super) freed: Vec<u32>,
 }
 
 impl Shard {
@@ -45,6 +59,11 @@ impl Shard {
             inputs: Inputs::new(topics),
             crm_rebuild: vec![0; topics],
             crm_seen: vec![0; topics],
+            chained: None,
+            digests: SlotDigests::default(),
+            batch: Batch::default(),
+            held: Vec::new(),
+            freed: Vec::new(),
         }
     }
 

@@ -156,7 +156,8 @@ fn a_snapshot_that_cannot_be_written_commits_nothing_and_the_next_checkpoint_wri
     assert!(rec.take().is_empty(), "no offset is committed past a snapshot that was not written");
     assert_eq!((checkpoints(&metrics, "failed"), checkpoints(&metrics, "ok")), (1, 0));
     assert!(st.shards[&0].engine.has_changes(), "the prospects it covered are marked changed again");
-    assert!(store.latest(0).0.is_none());
+    let base = store.latest(0).0.expect("the restore wrote a base of the new shard");
+    assert_eq!((base.header().seq, base.header().prospects, base.deltas.len()), (0, 0, 0), "only that empty base");
 
     // The next checkpoint, with the store back, writes them and commits.
     store.fail_saves(false);
@@ -168,7 +169,7 @@ fn a_snapshot_that_cannot_be_written_commits_nothing_and_the_next_checkpoint_wri
     assert_eq!((checkpoints(&metrics, "failed"), checkpoints(&metrics, "ok")), (1, 1));
     for p in [0, 1] {
         let loaded = store.latest(p).0.expect("the snapshot loads");
-        assert_eq!(loaded.header.digest, format!("{:016x}", digest(&st, p)), "shard {p} is stored whole");
+        assert_eq!(loaded.header().digest, format!("{:016x}", digest(&st, p)), "shard {p} is stored whole");
     }
 }
 
@@ -240,7 +241,7 @@ fn restore_prefers_snapshot_and_changelog_then_changelog_then_replay() {
     store.fail_saves(false);
     let second = (digest(&st, 0), st.shards[&0].positions.clone());
     assert_ne!(first.0, second.0);
-    assert_eq!(store.latest(0).0.unwrap().header.seq, 1);
+    assert_eq!(store.latest(0).0.unwrap().header().seq, 1);
 
     let restore = |store: Option<Arc<MemStore>>, changelog: Option<Arc<MemChangelog>>| {
         let (mut st, _, status) = state(&journey, store, changelog);
@@ -248,17 +249,26 @@ fn restore_prefers_snapshot_and_changelog_then_changelog_then_replay() {
         let shard = &st.shards[&0];
         (restored_from(&status, 0), shard.engine.digest(), shard.positions.clone())
     };
-    // Snapshot 1 topped up with checkpoint 2's records.
-    let both = restore(Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
-    assert_eq!(both, (RestoreSource::SnapshotAndChangelog, second.0, second.1.clone()));
-    // No snapshot: the changelog alone gives the same state.
-    let alone = restore(Some(Arc::new(MemStore::new("g", 3))), Some(Arc::clone(&changelog)));
-    assert_eq!(alone, (RestoreSource::Changelog, second.0, second.1.clone()));
     // The changelog unreadable: the snapshot as it is.
     changelog.unreadable(true);
     let snapshot = restore(Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
     assert_eq!(snapshot, (RestoreSource::Snapshot, first.0, first.1));
     changelog.unreadable(false);
+    // Snapshot 1 topped up with checkpoint 2's records.
+    let both = restore(Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    assert_eq!(both, (RestoreSource::SnapshotAndChangelog, second.0, second.1.clone()));
+    // That restore wrote a base of checkpoint 2 (the chain on file ended at 1): a restore
+    // with the changelog unreadable now finds checkpoint 2.
+    let chain = store.latest(0).0.unwrap();
+    assert_eq!((chain.base.header.seq, chain.deltas.len()), (2, 0));
+    assert_eq!(chain.header().digest, format!("{:016x}", second.0));
+    changelog.unreadable(true);
+    let snapshot = restore(Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    assert_eq!(snapshot, (RestoreSource::Snapshot, second.0, second.1.clone()));
+    changelog.unreadable(false);
+    // No snapshot: the changelog alone gives the same state.
+    let alone = restore(Some(Arc::new(MemStore::new("g", 3))), Some(Arc::clone(&changelog)));
+    assert_eq!(alone, (RestoreSource::Changelog, second.0, second.1.clone()));
     // Neither: replay from the beginning.
     let none = restore(Some(Arc::new(MemStore::new("g", 3))), Some(Arc::new(MemChangelog::new(TOPIC))));
     assert_eq!(none.0, RestoreSource::Replay);
@@ -293,7 +303,7 @@ fn a_revoke_during_an_in_flight_checkpoint_commits_it_then_checkpoints_the_rest_
     assert!(st.shards.is_empty() && st.parked.len() == 2);
     let at_revoke = st.parked[&0].engine.digest();
     assert_eq!(st.parked[&0].checkpointed, st.parked[&0].positions, "the parked state is the committed one");
-    assert_eq!(store.latest(0).0.unwrap().header.digest, format!("{at_revoke:016x}"));
+    assert_eq!(store.latest(0).0.unwrap().header().digest, format!("{at_revoke:016x}"));
 
     // Given back: resumed from the parked shard, not restored.
     st.take_shards(&shards(&[0]));

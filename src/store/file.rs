@@ -1,4 +1,5 @@
-//! Snapshot files: one shard's state with the input offsets it covers, written atomically.
+//! Snapshot files: one shard's state (a base) or one checkpoint's records (a delta, see
+//! `chain.rs`) with the input offsets they cover, written atomically.
 //!
 //! File layout (format version 1):
 //! ```text
@@ -7,23 +8,27 @@
 //! hlen     u32 LE   length of the header
 //! header   hlen     JSON, see `Header` (shard, seq, offsets, changelog position, counts, checksums)
 //! hhash    u64 LE   hash64 of the header bytes
-//! body     ...      the engine state (`core::snapshot`), `header.body_len` bytes, `header.body_hash`
+//! body     ...      a base: the engine state (`core::snapshot`); a delta: its records (`chain.rs`);
+//!                   `header.body_len` bytes, `header.body_hash`
 //! ```
-//! A save writes `<seq>.snap.tmp`, fsyncs it, renames it to `<seq>.snap` and fsyncs the
-//! directory, so a crash leaves either the old set of files or the new one. The newest `keep`
-//! files are kept; loading takes the newest file that passes every check and reports the others.
+//! A save writes `<name>.tmp`, fsyncs it, renames it to `<seq>.snap` or `<seq>.delta` and fsyncs
+//! the directory, so a crash leaves either the old set of files or the new one. The newest
+//! `keep` bases are kept with the deltas after the oldest of them; loading takes the newest
+//! chain whose files pass every check and reports the others.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::core::Engine;
+use std::sync::Arc;
+
 use crate::core::ids::hash64;
-use crate::core::snapshot::{STATE_VERSION, journey_fingerprint};
+use crate::core::{Engine, Journey};
 
-use super::{Checked, FORMAT_VERSION, Header, MAGIC, Pending, SnapshotError, SnapshotStore, io_err};
+use super::chain::{self, Chain, ChainTip, DeltaFacts, Images, Tips};
+use super::{Batch, Checked, FORMAT_VERSION, Header, MAGIC, Pending, SnapshotError, SnapshotStore, io_err};
 
-const SEED_FILE: u64 = 0x736e_6170_5f66_696c;
+pub(super) const FILE_SEED: u64 = 0x736e_6170_5f66_696c;
 
 /// Reads a snapshot file and verifies magic, version, header and body checksums.
 pub fn read(path: &Path) -> Result<Checked, SnapshotError> {
@@ -55,7 +60,7 @@ pub(crate) fn parse(path: &Path, bytes: Vec<u8>) -> Result<Checked, SnapshotErro
     let header_bytes = &bytes[16..16 + hlen];
     let mut hh = [0u8; 8];
     hh.copy_from_slice(&bytes[16 + hlen..body_at]);
-    if u64::from_le_bytes(hh) != hash64(SEED_FILE, header_bytes) {
+    if u64::from_le_bytes(hh) != hash64(FILE_SEED, header_bytes) {
         return Err(SnapshotError::HeaderChecksum { path: p() });
     }
     let header: Header =
@@ -72,7 +77,7 @@ pub(crate) fn parse(path: &Path, bytes: Vec<u8>) -> Result<Checked, SnapshotErro
     }
     let mut bytes = bytes;
     let body = bytes.split_off(body_at);
-    if format!("{:016x}", hash64(SEED_FILE, &body)) != header.body_hash {
+    if format!("{:016x}", hash64(FILE_SEED, &body)) != header.body_hash {
         return Err(SnapshotError::BodyChecksum { path: p() });
     }
     Ok(Checked { path: path.to_path_buf(), header, body })
@@ -82,11 +87,12 @@ pub(crate) fn parse(path: &Path, bytes: Vec<u8>) -> Result<Checked, SnapshotErro
 pub struct FileStore {
     root: PathBuf,
     keep: usize,
+    tips: Tips,
 }
 
 impl FileStore {
     pub fn new(root: impl Into<PathBuf>, group: &str, keep: usize) -> FileStore {
-        FileStore { root: root.into().join(group), keep: keep.max(1) }
+        FileStore { root: root.into().join(group), keep: keep.max(1), tips: Tips::default() }
     }
 
     pub fn shard_dir(&self, shard: i32) -> PathBuf {
@@ -94,60 +100,50 @@ impl FileStore {
     }
 }
 
-/// Encodes `engine` into a complete snapshot file image.
+/// Encodes `engine` into a complete snapshot file image (a base).
 pub fn encode(what: &Pending, engine: &Engine) -> (Header, Vec<u8>) {
-    let (header, mut file, body) = encode_parts(what, engine);
-    file.extend_from_slice(&body);
-    (header, file)
-}
-
-/// The header, the bytes before the body (magic, version, header, header checksum), and the
-/// body: written one after the other, without copying the body into one image.
-fn encode_parts(what: &Pending, engine: &Engine) -> (Header, Vec<u8>, Vec<u8>) {
-    let mut body = Vec::new();
-    let digest = engine.encode_state_digest(&mut body, true);
-    let j = engine.journey();
-    let header = Header {
-        format_version: FORMAT_VERSION,
-        state_version: STATE_VERSION,
+    let store = super::MemStore::new(&what.group, 1);
+    let pending = Pending {
         group: what.group.clone(),
         shard: what.shard,
         seq: what.seq,
         written_at: what.written_at.clone(),
-        journey: j.name.clone(),
-        journey_fingerprint: format!("{:016x}", journey_fingerprint(j)),
         positions: what.positions.clone(),
         changelog: what.changelog.clone(),
-        prospects: engine.len() as u64,
-        digest: format!("{digest:016x}"),
-        body_len: body.len() as u64,
-        body_hash: format!("{:016x}", hash64(SEED_FILE, &body)),
     };
+    // An in-memory save cannot fail unless asked to.
+    let header = store.save(pending, engine).expect("an in-memory save succeeds");
+    let image = store.image(what.shard, what.seq).unwrap_or_default();
+    (header, image)
+}
+
+/// The bytes before a file's body: magic, version, header, header checksum.
+pub(super) fn head(header: &Header) -> Vec<u8> {
     // Serializing a struct of strings and integers cannot fail.
-    let hjson = serde_json::to_vec(&header).unwrap_or_default();
+    let hjson = serde_json::to_vec(header).unwrap_or_default();
     let mut file = Vec::with_capacity(24 + hjson.len());
     file.extend_from_slice(MAGIC);
     file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     file.extend_from_slice(&(hjson.len() as u32).to_le_bytes());
     file.extend_from_slice(&hjson);
-    file.extend_from_slice(&hash64(SEED_FILE, &hjson).to_le_bytes());
-    (header, file, body)
+    file.extend_from_slice(&hash64(FILE_SEED, &hjson).to_le_bytes());
+    file
 }
 
-fn seq_of(path: &Path) -> Option<u64> {
-    path.file_name()?.to_str()?.strip_suffix(".snap")?.parse().ok()
-}
+impl Images for FileStore {
+    fn path(&self, shard: i32, name: &str) -> PathBuf {
+        self.shard_dir(shard).join(name)
+    }
 
-impl SnapshotStore for FileStore {
-    fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
-        let dir = self.shard_dir(what.shard);
+    fn put(&self, shard: i32, name: &str, parts: &[&[u8]]) -> Result<(), SnapshotError> {
+        let dir = self.shard_dir(shard);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let (header, head, body) = encode_parts(&what, engine);
-        let path = dir.join(format!("{:020}.snap", what.seq));
-        let tmp = dir.join(format!("{:020}.snap.tmp", what.seq));
+        let path = dir.join(name);
+        let tmp = dir.join(format!("{name}.tmp"));
         let written = File::create(&tmp).and_then(|mut f| {
-            f.write_all(&head)?;
-            f.write_all(&body)?;
+            for p in parts {
+                f.write_all(p)?;
+            }
             f.sync_all()
         });
         if let Err(e) = written {
@@ -156,45 +152,71 @@ impl SnapshotStore for FileStore {
         }
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
-        for old in self.list(what.shard)?.into_iter().skip(self.keep) {
-            let _ = fs::remove_file(old);
-        }
         // Temp files of writes a crash interrupted.
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.filter_map(Result::ok) {
-                if e.path().to_string_lossy().ends_with(".snap.tmp") {
+                if e.path().to_string_lossy().ends_with(".tmp") {
                     let _ = fs::remove_file(e.path());
                 }
             }
         }
-        Ok(header)
+        Ok(())
     }
 
-    fn latest(&self, shard: i32) -> (Option<Checked>, Vec<SnapshotError>) {
-        let mut rejected = Vec::new();
-        let files = match self.list(shard) {
-            Ok(f) => f,
-            Err(e) => return (None, vec![e]),
-        };
-        for path in files {
-            match read(&path) {
-                Ok(c) => return (Some(c), rejected),
-                Err(e) => rejected.push(e),
-            }
-        }
-        (None, rejected)
+    fn get(&self, shard: i32, name: &str) -> Result<Vec<u8>, SnapshotError> {
+        let path = self.path(shard, name);
+        let mut bytes = Vec::new();
+        File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(&path))?;
+        Ok(bytes)
     }
 
-    fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError> {
+    fn names(&self, shard: i32) -> Result<Vec<String>, SnapshotError> {
         let dir = self.shard_dir(shard);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(SnapshotError::Io { path: dir, source: e }),
         };
-        let mut files: Vec<(u64, PathBuf)> =
-            entries.filter_map(|e| e.ok()).map(|e| e.path()).filter_map(|p| Some((seq_of(&p)?, p))).collect();
-        files.sort_by_key(|f| std::cmp::Reverse(f.0));
-        Ok(files.into_iter().map(|(_, p)| p).collect())
+        Ok(entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect())
+    }
+
+    fn remove(&self, shard: i32, name: &str) {
+        let _ = fs::remove_file(self.path(shard, name));
+    }
+}
+
+impl SnapshotStore for FileStore {
+    fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
+        let _busy = self.tips.busy();
+        chain::save_base(self, &self.tips, self.keep, what, engine)
+    }
+
+    fn save_delta(
+        &self,
+        what: Pending,
+        delta: DeltaFacts,
+        batch: &Batch,
+        journey: &Journey,
+    ) -> Result<Header, SnapshotError> {
+        let _busy = self.tips.busy();
+        chain::save_delta(self, &self.tips, self.keep, what, delta, batch, journey)
+    }
+
+    fn latest(&self, shard: i32) -> (Option<Chain>, Vec<SnapshotError>) {
+        let _busy = self.tips.busy();
+        chain::latest(self, Some(&self.tips), shard, None)
+    }
+
+    fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError> {
+        chain::list(self, shard)
+    }
+
+    fn tip(&self, shard: i32) -> Option<ChainTip> {
+        self.tips.get(shard)
+    }
+
+    fn compact(&self, shard: i32, journey: &Arc<Journey>) -> Result<Option<Header>, SnapshotError> {
+        let _busy = self.tips.busy();
+        chain::compact(self, &self.tips, self.keep, shard, journey)
     }
 }

@@ -9,26 +9,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::Instant;
 
-use super::file::{encode, parse};
+use std::sync::Arc;
+
+use super::chain::{self, Chain, ChainTip, DeltaFacts, Images, Tips};
 use super::{
-    Batch, Changelog, ChangelogError, ChangelogPosition, ChangelogReader, Checked, Header, Pending, SnapshotError,
+    Batch, Changelog, ChangelogError, ChangelogPosition, ChangelogReader, Header, Pending, SnapshotError,
     SnapshotStore, Visit,
 };
-use crate::core::Engine;
+use crate::core::{Engine, Journey};
 
 /// Snapshots held in memory, for tests and tools; nothing survives the process.
 ///
-/// Each save keeps the complete file image [`FileStore`](super::FileStore) would write, and
-/// loading runs the same checks on it, so what loads back is what a file would have given. Files
-/// are named `mem:<group>/shard-<shard>/<seq>.snap` (names only: nothing is on disk); the newest
-/// `keep` are kept per shard. With [`MemStore::fail_saves`] on, every save fails as a full disk
-/// would, and nothing is stored.
+/// Each save keeps the complete file image [`FileStore`](super::FileStore) would write, under
+/// the same name, and loading runs the same checks on it, so what loads back is what a file
+/// would have given. Images are named `mem:<group>/shard-<shard>/<seq>.snap` or `.delta`
+/// (names only: nothing is on disk), kept as a [`FileStore`](super::FileStore) keeps files.
+/// With [`MemStore::fail_saves`] on, every save fails as a full disk would, and nothing is
+/// stored.
 pub struct MemStore {
     group: String,
     keep: usize,
     fail: AtomicBool,
-    /// Per shard, file images by sequence number.
-    shards: Mutex<BTreeMap<i32, BTreeMap<u64, Vec<u8>>>>,
+    /// Per shard, images by name.
+    shards: Mutex<BTreeMap<i32, BTreeMap<String, Vec<u8>>>>,
+    tips: Tips,
 }
 
 impl MemStore {
@@ -38,6 +42,7 @@ impl MemStore {
             keep: keep.max(1),
             fail: AtomicBool::new(false),
             shards: Mutex::new(BTreeMap::new()),
+            tips: Tips::default(),
         }
     }
 
@@ -46,53 +51,101 @@ impl MemStore {
         self.fail.store(fail, Ordering::Release);
     }
 
-    fn path(&self, shard: i32, seq: u64) -> PathBuf {
-        PathBuf::from(format!("mem:{}/shard-{shard:04}/{seq:020}.snap", self.group))
+    /// The base image of checkpoint `seq` of `shard`, if kept.
+    pub fn image(&self, shard: i32, seq: u64) -> Option<Vec<u8>> {
+        self.images().get(&shard)?.get(&format!("{seq:020}.snap")).cloned()
     }
 
-    fn images(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, BTreeMap<u64, Vec<u8>>>> {
+    /// Replaces the bytes of image `name` of `shard` (`None`: removes it), as damage on disk
+    /// would; returns whether it existed.
+    pub fn damage(&self, shard: i32, name: &str, bytes: Option<Vec<u8>>) -> bool {
+        let mut shards = self.images();
+        let Some(files) = shards.get_mut(&shard) else { return false };
+        match bytes {
+            Some(b) => files.get_mut(name).map(|v| *v = b).is_some(),
+            None => files.remove(name).is_some(),
+        }
+    }
+
+    /// The bytes of image `name` of `shard`.
+    pub fn bytes(&self, shard: i32, name: &str) -> Option<Vec<u8>> {
+        self.images().get(&shard)?.get(name).cloned()
+    }
+
+    fn images(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, BTreeMap<String, Vec<u8>>>> {
         // A panic while holding the lock leaves the map consistent (every change is one call).
         self.shards.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-impl SnapshotStore for MemStore {
-    fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
+impl Images for MemStore {
+    fn path(&self, shard: i32, name: &str) -> PathBuf {
+        PathBuf::from(format!("mem:{}/shard-{shard:04}/{name}", self.group))
+    }
+
+    fn put(&self, shard: i32, name: &str, parts: &[&[u8]]) -> Result<(), SnapshotError> {
         if self.fail.load(Ordering::Acquire) {
             return Err(SnapshotError::Io {
-                path: self.path(what.shard, what.seq),
+                path: self.path(shard, name),
                 source: io::Error::new(io::ErrorKind::StorageFull, "MemStore: saves fail (fail_saves)"),
             });
         }
-        let (header, image) = encode(&what, engine);
-        let mut shards = self.images();
-        let files = shards.entry(what.shard).or_default();
-        files.insert(what.seq, image);
-        while files.len() > self.keep {
-            files.pop_first();
-        }
-        Ok(header)
+        self.images().entry(shard).or_default().insert(name.to_string(), parts.concat());
+        Ok(())
     }
 
-    fn latest(&self, shard: i32) -> (Option<Checked>, Vec<SnapshotError>) {
-        let newest_first: Vec<(u64, Vec<u8>)> = match self.images().get(&shard) {
-            Some(files) => files.iter().rev().map(|(&seq, image)| (seq, image.clone())).collect(),
-            None => Vec::new(),
-        };
-        let mut rejected = Vec::new();
-        for (seq, image) in newest_first {
-            match parse(&self.path(shard, seq), image) {
-                Ok(c) => return (Some(c), rejected),
-                Err(e) => rejected.push(e),
-            }
+    fn get(&self, shard: i32, name: &str) -> Result<Vec<u8>, SnapshotError> {
+        self.images()
+            .get(&shard)
+            .and_then(|f| f.get(name))
+            .cloned()
+            .ok_or_else(|| SnapshotError::Io { path: self.path(shard, name), source: io::ErrorKind::NotFound.into() })
+    }
+
+    fn names(&self, shard: i32) -> Result<Vec<String>, SnapshotError> {
+        Ok(self.images().get(&shard).map(|f| f.keys().cloned().collect()).unwrap_or_default())
+    }
+
+    fn remove(&self, shard: i32, name: &str) {
+        if let Some(f) = self.images().get_mut(&shard) {
+            f.remove(name);
         }
-        (None, rejected)
+    }
+}
+
+impl SnapshotStore for MemStore {
+    fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
+        let _busy = self.tips.busy();
+        chain::save_base(self, &self.tips, self.keep, what, engine)
+    }
+
+    fn save_delta(
+        &self,
+        what: Pending,
+        delta: DeltaFacts,
+        batch: &Batch,
+        journey: &Journey,
+    ) -> Result<Header, SnapshotError> {
+        let _busy = self.tips.busy();
+        chain::save_delta(self, &self.tips, self.keep, what, delta, batch, journey)
+    }
+
+    fn latest(&self, shard: i32) -> (Option<Chain>, Vec<SnapshotError>) {
+        let _busy = self.tips.busy();
+        chain::latest(self, Some(&self.tips), shard, None)
     }
 
     fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError> {
-        let shards = self.images();
-        let seqs: Vec<u64> = shards.get(&shard).map(|files| files.keys().rev().copied().collect()).unwrap_or_default();
-        Ok(seqs.into_iter().map(|seq| self.path(shard, seq)).collect())
+        chain::list(self, shard)
+    }
+
+    fn tip(&self, shard: i32) -> Option<ChainTip> {
+        self.tips.get(shard)
+    }
+
+    fn compact(&self, shard: i32, journey: &Arc<Journey>) -> Result<Option<Header>, SnapshotError> {
+        let _busy = self.tips.busy();
+        chain::compact(self, &self.tips, self.keep, shard, journey)
     }
 }
 

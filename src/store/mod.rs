@@ -1,6 +1,8 @@
 //! Where shard state is persisted: two ports and their implementations.
 //!
-//! - [`SnapshotStore`]: whole-shard snapshots with the input offsets they cover.
+//! - [`SnapshotStore`]: shard state as a chain, a base (a full state, `<seq>.snap`) and the
+//!   deltas after it (`<seq>.delta`: one checkpoint's changelog records each), with the input
+//!   offsets they cover (`chain.rs`: chains, deltas, compaction into a new base).
 //!   [`FileStore`] (`file.rs`: the file format, atomic writes) is the default; [`MemStore`]
 //!   keeps the same images in memory for tests and tools.
 //! - [`Changelog`]: per-prospect records and checkpoint records in a compacted log, so a shard
@@ -20,10 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{Engine, Journey, StateError};
 
+mod chain;
 pub mod changelog;
 mod file;
 mod mem;
 
+pub use chain::{Chain, ChainTip, DeltaFacts, chain_ending_at, newest_chain_in};
 pub use changelog::{Batch, Changelog, ChangelogError, ChangelogReader, KafkaChangelog, META_KEY, Visit};
 pub use file::{FileStore, encode, read};
 pub use mem::{MemChangelog, MemRecord, MemStore, Refuse};
@@ -53,6 +57,10 @@ pub struct Header {
     pub digest: String,
     pub body_len: u64,
     pub body_hash: String,
+    /// A delta: the sequence number of the checkpoint it applies to (its base's or the previous
+    /// delta's); absent in a base. A delta's `prospects` and `digest` are the state's after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +87,14 @@ pub enum SnapshotError {
     BodyChecksum { path: PathBuf },
     #[error("{path}: {source}")]
     State { path: PathBuf, source: StateError },
+    #[error("{path}: state digest {found} after the chain, the delta says {expected} (chain unusable)")]
+    Digest { path: PathBuf, expected: String, found: String },
+    #[error("{path}: delta records do not apply: {reason}")]
+    Delta { path: PathBuf, reason: String },
+    #[error(
+        "shard {shard}: a delta follows checkpoint {prev}, but the chain in this store ends at {tip:?} (a base is needed)"
+    )]
+    NoChain { shard: i32, prev: u64, tip: Option<u64> },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
@@ -93,6 +109,10 @@ pub struct Checked {
 }
 
 impl Checked {
+    fn copy(&self) -> Checked {
+        Checked { path: self.path.clone(), header: self.header.clone(), body: self.body.clone() }
+    }
+
     /// Decodes the body into an engine for `journey`.
     pub fn engine(&self, journey: Arc<Journey>) -> Result<Engine, SnapshotError> {
         Engine::decode_state(journey, &self.body)
@@ -100,7 +120,8 @@ impl Checked {
     }
 }
 
-/// What to write: the state (already encoded) and what it covers.
+/// What a checkpoint's file covers.
+#[derive(Clone, Debug)]
 pub struct Pending {
     pub group: String,
     pub shard: i32,
@@ -110,26 +131,61 @@ pub struct Pending {
     pub changelog: Option<ChangelogPosition>,
 }
 
-/// Where shard snapshots live. The filesystem store ([`FileStore`]) is the default; [`MemStore`]
-/// keeps them in memory (tests and tools); others (a shared volume, object storage) implement
-/// the same three calls.
+/// Where shard snapshots live: per shard a chain of a base and deltas. The filesystem store
+/// ([`FileStore`]) is the default; [`MemStore`] keeps the same images in memory (tests and
+/// tools); others (a shared volume, object storage) implement the same calls.
 pub trait SnapshotStore: Send {
-    /// Writes a snapshot durably; returns its header.
+    /// Writes a base (a full state) durably; later deltas of the shard apply to it. Returns its
+    /// header.
     fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError>;
-    /// The newest snapshot of `shard` that passes every check, and why newer ones did not.
-    fn latest(&self, shard: i32) -> (Option<Checked>, Vec<SnapshotError>);
-    /// Snapshot files of `shard`, newest first.
+    /// Writes one checkpoint's changelog records durably as a delta on the chain this store
+    /// holds for the shard, which must end at checkpoint `delta.prev` ([`SnapshotError::NoChain`]
+    /// otherwise: save a base first).
+    fn save_delta(
+        &self,
+        what: Pending,
+        delta: DeltaFacts,
+        batch: &Batch,
+        journey: &Journey,
+    ) -> Result<Header, SnapshotError>;
+    /// The newest chain of `shard` whose files pass every check (a base and the deltas that
+    /// follow it, up to the first missing or damaged one), and why other files did not. Later
+    /// deltas apply to that chain.
+    fn latest(&self, shard: i32) -> (Option<Chain>, Vec<SnapshotError>);
+    /// Snapshot files of `shard` (bases and deltas), newest first.
     fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError>;
+    /// Where this store's chain of `shard` ends and its size (`None`: no chain saved or loaded
+    /// by this process).
+    fn tip(&self, shard: i32) -> Option<ChainTip>;
+    /// Rewrites the newest chain into one base (from the files, never from a live engine):
+    /// the chain's state, checked against the newest delta's digest, written as a base of the
+    /// newest delta's checkpoint. `None` when there is no chain or it has no delta.
+    fn compact(&self, shard: i32, journey: &Arc<Journey>) -> Result<Option<Header>, SnapshotError>;
 }
 
 impl<S: SnapshotStore + Sync + ?Sized> SnapshotStore for Arc<S> {
     fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
         (**self).save(what, engine)
     }
-    fn latest(&self, shard: i32) -> (Option<Checked>, Vec<SnapshotError>) {
+    fn save_delta(
+        &self,
+        what: Pending,
+        delta: DeltaFacts,
+        batch: &Batch,
+        journey: &Journey,
+    ) -> Result<Header, SnapshotError> {
+        (**self).save_delta(what, delta, batch, journey)
+    }
+    fn latest(&self, shard: i32) -> (Option<Chain>, Vec<SnapshotError>) {
         (**self).latest(shard)
     }
     fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError> {
         (**self).list(shard)
+    }
+    fn tip(&self, shard: i32) -> Option<ChainTip> {
+        (**self).tip(shard)
+    }
+    fn compact(&self, shard: i32, journey: &Arc<Journey>) -> Result<Option<Header>, SnapshotError> {
+        (**self).compact(shard, journey)
     }
 }

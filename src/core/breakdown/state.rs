@@ -246,28 +246,6 @@ impl Attributions {
         self.clear(from);
     }
 
-    /// Copies `src`'s tables, and the slots of prospects `changed` and of those `src` holds
-    /// beyond this copy's end (an incremental capture).
-    pub(crate) fn copy_changed_from(&mut self, src: &Attributions, changed: impl Iterator<Item = usize>) {
-        self.dims = src.dims;
-        self.tables.clone_from(&src.tables);
-        let old = self.slots.len();
-        if src.slots.len() < old {
-            self.slots.truncate(src.slots.len());
-        } else {
-            self.slots.extend_from_slice(&src.slots[old..]);
-        }
-        if self.dims == 0 {
-            return;
-        }
-        for i in changed {
-            let r = i * self.dims..(i + 1) * self.dims;
-            if r.end <= self.slots.len() {
-                self.slots[r.clone()].copy_from_slice(&src.slots[r]);
-            }
-        }
-    }
-
     /// Bytes held beside the prospects.
     pub fn heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Slot>()

@@ -36,20 +36,18 @@ impl CrmState {
         self.memories.values_mut().for_each(CrmMemory::take_changes);
     }
 
-    pub(super) fn has_changes(&self) -> bool {
-        self.memories.values().any(CrmMemory::has_changes)
+    /// Drops the taken lists once `durable`, otherwise marks them changed again.
+    pub(super) fn settle_taken(&mut self, durable: bool) {
+        for m in self.memories.values_mut() {
+            let taken = m.take_taken();
+            if !durable {
+                m.mark_changed(taken);
+            }
+        }
     }
 
-    /// Copies the memories into `dst`; with `incremental` (`dst` holds this state's previous
-    /// capture), only the entries changed since then.
-    pub(super) fn capture_into(&mut self, dst: &mut CrmState, incremental: bool) {
-        dst.memories.retain(|t, _| self.memories.contains_key(t));
-        for (t, m) in &mut self.memories {
-            let known = dst.memories.contains_key(t);
-            let d = dst.memories.entry(t.clone()).or_insert_with(|| CrmMemory::with_limit(m.limit()));
-            m.capture_into(d, incremental && known);
-        }
-        dst.complete = self.complete;
+    pub(super) fn has_changes(&self) -> bool {
+        self.memories.values().any(CrmMemory::has_changes)
     }
 
     pub fn is_complete(&self) -> bool {
@@ -141,18 +139,6 @@ impl Engine {
     /// Marks a CRM entry changed (written by a checkpoint that did not finish).
     pub fn mark_crm_entry(&mut self, topic: &str, kind: EntryKind, key: Key) {
         self.crm_memory(topic).mark_one(kind, key);
-    }
-
-    /// Hands the shard-level changes a failed checkpoint's capture carried (CRM entries,
-    /// identifiers and links) back to this engine, to be written by the next checkpoint.
-    pub fn remark_sections(&mut self, capture: &mut Engine) {
-        for (t, m) in &mut capture.crm.memories {
-            let taken = m.take_taken();
-            self.crm_memory(t).mark_changed(taken);
-        }
-        if let (Some(map), Some(captured)) = (self.identity.as_deref_mut(), capture.identity.as_deref_mut()) {
-            map.remark(captured);
-        }
     }
 
     /// Empties the taken lists (after a changelog read, nothing is owed to the changelog yet).

@@ -20,7 +20,7 @@
 //! read accessors; each concern of `apply` is a child module: `clock` (clock, watermark, sweep),
 //! `extras` (dedup and per-prospect extras), `rules` (hot and sequence rules), `stages` (stage
 //! moves and outcomes), `timers` (ghost, stall and gone-quiet timers), `crm` (the CRM memories as
-//! shard state), `capture` (change tracking and captures for checkpoints), `view` (views,
+//! shard state), `capture` (change tracking for checkpoints, the incremental digest), `view` (views,
 //! digests, census) and [`snapshot`] (state encoding).
 
 use std::cmp::Reverse;
@@ -55,6 +55,7 @@ mod timers;
 mod view;
 
 use capture::Lineage;
+pub use capture::SlotDigests;
 pub use crm::CrmState;
 use extras::{Emails, Seen};
 pub use extras::{Extras, dedup_key};
@@ -131,17 +132,11 @@ pub struct Engine {
     shown: shown::FirstShown,
     funnel: Funnel,
     stats: Stats,
-    /// Three bits per prospect, per 64 prospects: `[0]` changed since the last
-    /// [`Engine::take_changed`] (the changelog), `[1]` changed since the last
-    /// [`Engine::capture_into`] (incremental captures), `[2]` email changed since the last
-    /// capture.
-    changed: Vec<[u64; 3]>,
-    /// Which engine's state this is and how many captures it made, so that a capture can tell
-    /// whether its destination holds exactly the previous capture of this engine.
+    /// One bit per prospect, per 64 prospects: changed since the last [`Engine::take_changed`]
+    /// (the next checkpoint writes it).
+    changed: Vec<u64>,
+    /// Which engine's state this is (a failed checkpoint re-marks only the engine it came from).
     lineage: Lineage,
-    captures: u64,
-    /// In a capture: `(lineage, captures)` of the engine it is a copy of.
-    captured_from: Option<(u64, u64)>,
     /// The shard's identity map when the journey resolves identities (`[identity] resolve`).
     identity: Option<Box<IdentityMap>>,
     identity_stats: IdentityStats,
@@ -185,8 +180,6 @@ impl Engine {
             stats: Stats::default(),
             changed: Vec::new(),
             lineage: Lineage::new(),
-            captures: 0,
-            captured_from: None,
             identity_stats: IdentityStats::default(),
             crm: crm::CrmState::default(),
             expiry_armed: Vec::new(),

@@ -144,12 +144,6 @@ impl FirstShown {
         }
     }
 
-    /// Slot `i` copied from `src` (captures).
-    pub(super) fn copy_one_from(&mut self, src: &FirstShown, i: usize) {
-        let e = src.get(i);
-        self.set(i, &e);
-    }
-
     /// Heap bytes held: the slot array, the side map and its allocations (rounded to the
     /// allocator's 16 bytes, with its 8-byte header).
     pub(super) fn heap_bytes(&self) -> usize {

@@ -117,6 +117,20 @@ impl Batch {
         seq: u64,
         positions: &BTreeMap<String, i64>,
     ) {
+        self.checkpoint_each(engine, changed, tombstones, seq, positions, |_| {});
+    }
+
+    /// [`Batch::checkpoint`], calling `each` with every changed prospect right after encoding
+    /// it (while its state is in cache: the capture's digests per slot).
+    pub fn checkpoint_each(
+        &mut self,
+        engine: &Engine,
+        changed: &[ProspectIx],
+        tombstones: &[String],
+        seq: u64,
+        positions: &BTreeMap<String, i64>,
+        mut each: impl FnMut(ProspectIx),
+    ) {
         self.buf.clear();
         self.records.clear();
         for &ix in changed {
@@ -125,6 +139,7 @@ impl Batch {
             self.buf.push(b'P');
             engine.encode_changelog_record(ix, &mut self.buf);
             self.records.push((key, Some(at..self.buf.len())));
+            each(ix);
         }
         for id in tombstones {
             if engine.find(id).is_none() {
@@ -221,6 +236,8 @@ pub struct Fold {
     /// Records read since the last checkpoint record, by key (the newest wins).
     staged: HashMap<Vec<u8>, Option<Vec<u8>>>,
     stats: FoldStats,
+    /// Offset after the last checkpoint record applied.
+    next: Option<i64>,
 }
 
 /// What a [`Fold`] read.
@@ -247,12 +264,14 @@ pub struct Folded {
     /// Prospects whose records (of an unfinished checkpoint) are ahead of the state.
     pub rewrite: Vec<String>,
     pub stats: FoldStats,
+    /// The offset after the last checkpoint record applied (`None`: none was read).
+    pub next: Option<i64>,
 }
 
 impl Fold {
     /// Starts from `engine` at `positions` and checkpoint `seq` (a snapshot), or an empty engine.
     pub fn new(engine: Engine, positions: BTreeMap<String, i64>, seq: u64) -> Fold {
-        Fold { engine, positions, seq, staged: HashMap::new(), stats: FoldStats::default() }
+        Fold { engine, positions, seq, staged: HashMap::new(), stats: FoldStats::default(), next: None }
     }
 
     /// An empty engine for `journey`.
@@ -308,6 +327,7 @@ impl Fold {
         self.positions = positions;
         self.seq = seq;
         self.stats.checkpoints += 1;
+        self.next = Some(offset + 1);
     }
 
     /// Installs the staged CRM records a checkpoint record (of state `version`) confirms and
@@ -384,10 +404,15 @@ impl Fold {
         }
     }
 
+    /// What it read so far.
+    pub fn stats(&self) -> FoldStats {
+        self.stats
+    }
+
     /// The state as of the last checkpoint record read, and what an unfinished checkpoint after
     /// it wrote.
     pub fn finish(self) -> Folded {
-        let Fold { mut engine, positions, seq, staged, stats } = self;
+        let Fold { mut engine, positions, seq, staged, stats, next } = self;
         let (mut tombstones, mut rewrite) = (Vec::new(), Vec::new());
         engine.finish_crm_restore();
         engine.finish_identity_restore();
@@ -424,7 +449,7 @@ impl Fold {
         for (topic, kind, key) in unfinished_crm {
             engine.mark_crm_entry(&topic, kind, key);
         }
-        Folded { engine, positions, seq, tombstones, rewrite, stats }
+        Folded { engine, positions, seq, tombstones, rewrite, stats, next }
     }
 }
 
@@ -562,9 +587,8 @@ mod tests {
         }
         engine.crm_memory("hubspot").link("deal", "1", "c-1");
         let changed = engine.take_changed();
-        let mut spare = Engine::new(Arc::clone(&journey));
-        engine.capture_into(&mut spare);
-        batch.checkpoint(&spare, &changed, &[], 1, &positions);
+        batch.checkpoint(&engine, &changed, &[], 1, &positions);
+        engine.settle_taken(true);
         let crm_records = owned(&batch).iter().filter(|(k, _)| k.starts_with(CRM_PREFIX)).count();
         assert_eq!(crm_records, 4, "three values (one evicted: a tombstone) and a link");
         log.extend(owned(&batch));
@@ -572,8 +596,8 @@ mod tests {
         crm_change(&mut engine, "hubspot", "2", "contractsent", 10);
         crm_change(&mut engine, "hubspot", "4", "contractsent", 11);
         let changed = engine.take_changed();
-        engine.capture_into(&mut spare);
-        batch.checkpoint(&spare, &changed, &[], 2, &positions);
+        batch.checkpoint(&engine, &changed, &[], 2, &positions);
+        engine.settle_taken(true);
         log.extend(owned(&batch));
 
         let read = fold(&log, &journey);
@@ -584,8 +608,8 @@ mod tests {
         // Checkpoint 3 wrote a CRM record but not its checkpoint record: not applied, owed.
         crm_change(&mut engine, "hubspot", "4", "closedwon", 12);
         let changed = engine.take_changed();
-        engine.capture_into(&mut spare);
-        batch.checkpoint(&spare, &changed, &[], 3, &positions);
+        batch.checkpoint(&engine, &changed, &[], 3, &positions);
+        engine.settle_taken(true);
         let mut unfinished = log.clone();
         unfinished.extend(owned(&batch).into_iter().take(batch.len() - 1));
         let mut read = fold(&unfinished, &journey);
@@ -593,8 +617,7 @@ mod tests {
         assert!(read.engine.has_changes(), "the unfinished CRM record is rewritten next time");
         assert_ne!(read.engine.crm(), engine.crm());
         read.engine.take_changed();
-        read.engine.capture_into(&mut spare);
-        batch.checkpoint(&spare, &[], &[], 3, &positions);
+        batch.checkpoint(&read.engine, &[], &[], 3, &positions);
         assert_eq!(owned(&batch).iter().filter(|(k, _)| k.starts_with(CRM_PREFIX)).count(), 1);
     }
 
@@ -633,15 +656,10 @@ mod tests {
         )
     }
 
-    fn checkpoint(
-        engine: &mut Engine,
-        spare: &mut Engine,
-        batch: &mut Batch,
-        seq: u64,
-    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    fn checkpoint(engine: &mut Engine, batch: &mut Batch, seq: u64) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let changed = engine.take_changed();
-        engine.capture_into(spare);
-        batch.checkpoint(spare, &changed, &[], seq, &BTreeMap::from([("web".to_string(), seq as i64)]));
+        batch.checkpoint(engine, &changed, &[], seq, &BTreeMap::from([("web".to_string(), seq as i64)]));
+        engine.settle_taken(true);
         owned(batch)
     }
 
@@ -649,11 +667,10 @@ mod tests {
     fn the_identity_map_reads_back_from_the_changelog_and_an_unfinished_link_is_deleted() {
         let journey = identity_journey();
         let mut engine = Engine::new(Arc::clone(&journey));
-        let mut spare = Engine::new(Arc::clone(&journey));
         let mut batch = Batch::default();
         segment(&mut engine, &identify("usr_1", "anon-1", "2026-03-02T10:00:00Z", "ana@x.example"));
         segment(&mut engine, &identify("usr_2", "anon-2", "2026-03-02T11:00:00Z", "bo@y.example"));
-        let mut log = checkpoint(&mut engine, &mut spare, &mut batch, 1);
+        let mut log = checkpoint(&mut engine, &mut batch, 1);
         let ids = log.iter().filter(|(k, _)| k.starts_with(identity::ID_RECORD.as_bytes())).count();
         let links = log.iter().filter(|(k, _)| k.starts_with(identity::LINK_RECORD.as_bytes())).count();
         assert_eq!((ids, links), (6, 4), "two users, two devices, two emails; each joined twice");
@@ -662,7 +679,7 @@ mod tests {
             &mut engine,
             r#"{"type":"page","anonymousId":"anon-1","messageId":"p-0","timestamp":"2026-03-01T09:00:00Z"}"#,
         );
-        log.extend(checkpoint(&mut engine, &mut spare, &mut batch, 2));
+        log.extend(checkpoint(&mut engine, &mut batch, 2));
         let live = engine.identity_map().unwrap().resolution();
 
         let read = fold(&log, &journey);
@@ -676,7 +693,7 @@ mod tests {
 
         // Checkpoint 3 links usr_2 to usr_1 by email, but its checkpoint record is lost.
         segment(&mut engine, &identify("usr_2", "anon-3", "2026-03-03T10:00:00Z", "ana@x.example"));
-        let unfinished = checkpoint(&mut engine, &mut spare, &mut batch, 3);
+        let unfinished = checkpoint(&mut engine, &mut batch, 3);
         let mut cut = log.clone();
         cut.extend(unfinished.into_iter().take(batch.len() - 1));
         let read = fold(&cut, &journey);

@@ -18,6 +18,7 @@ use crate::codec::{self, InputSpec, Limits};
 use crate::core::crm::CrmMemory;
 use crate::core::ids::kafka_partition;
 use crate::core::unmapped::UnmappedNames;
+use crate::core::xpart::XRecord;
 use crate::core::{Census, Engine, Event, Journey, Output, RejectReason, Stats, Ts};
 use crate::pipeline::merge::{self, Decision, Input};
 
@@ -130,7 +131,8 @@ pub fn run(
     mut err: impl Write,
 ) -> io::Result<(Vec<Engine>, Totals)> {
     let partitions = opts.partitions.max(1);
-    let mut shards: Vec<Engine> = (0..partitions).map(|_| Engine::new(Arc::clone(&journey))).collect();
+    let mut shards = engines(&journey, partitions);
+    let mut topic = IdentityTopic::new(partitions as usize);
     let mut totals = Totals::default();
     let mut line = Vec::with_capacity(1024);
     let mut outputs = Vec::with_capacity(16);
@@ -170,6 +172,8 @@ pub fn run(
             totals.unmapped.saw(&ev);
             engine.apply(&ev, &mut outputs);
             flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
+            topic.collect(engine)?;
+            topic.drain(&mut shards, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
         }
     }
     totals.count_crm_memory(spec.format.is_crm(), &memory);
@@ -260,7 +264,8 @@ pub fn run_merged<R: Read>(
         }
         totals.count_crm_memory(spec.format.is_crm(), &memory);
     }
-    let mut shards: Vec<Engine> = (0..partitions).map(|_| Engine::new(Arc::clone(&journey))).collect();
+    let mut shards = engines(&journey, partitions as u32);
+    let mut topic = IdentityTopic::new(partitions);
     let (mut outputs, mut buf) = (Vec::with_capacity(16), Vec::with_capacity(4096));
     // Nothing is ever behind, so the merge never looks at the clock; it still takes one.
     let now = Instant::now();
@@ -275,6 +280,8 @@ pub fn run_merged<R: Read>(
         shards[p].apply(&q.ev, &mut outputs);
         last = Loc { line: q.line, name: &data[q.file].0 };
         flush(&shards[p], &mut outputs, &mut buf, &mut totals, &last, opts.summary_only, &mut out, &mut err)?;
+        topic.collect(&mut shards[p])?;
+        topic.drain(&mut shards, &mut outputs, &mut buf, &mut totals, &last, opts.summary_only, &mut out, &mut err)?;
         if let Some((_, ts)) = pick(&queues[p], now) {
             next.push(Reverse((ts, p)));
         }
@@ -282,6 +289,72 @@ pub fn run_merged<R: Read>(
     finish(&journey, opts, &mut shards, &mut totals, &last, &mut buf, &mut out, &mut err)?;
     out.flush()?;
     Ok((shards, totals))
+}
+
+/// One engine per shard; with identity resolution and several shards, each told its
+/// partition, so that identities resolve across partitions ([`IdentityTopic`]).
+fn engines(journey: &Arc<Journey>, partitions: u32) -> Vec<Engine> {
+    (0..partitions)
+        .map(|p| {
+            let mut e = Engine::new(Arc::clone(journey));
+            e.resolve_across(p, partitions);
+            e
+        })
+        .collect()
+}
+
+/// The identity topic as replay models it (`[identity] resolve` with several partitions): one
+/// queue per partition, fed with the records the shards send (through their bytes, as the
+/// service sends them). After each input message the queues are drained: repeatedly the head
+/// with the smallest event time (ties: the lower partition) is applied to its partition's
+/// shard, whose records join the queues in turn; propagation stops once no home of a group
+/// learns anything new. So replay shows the state the service reaches once the topic is
+/// drained.
+struct IdentityTopic {
+    queues: Vec<VecDeque<XRecord>>,
+    bytes: Vec<u8>,
+}
+
+/// More records in one drain than this means propagation does not stop: a bug, reported.
+const MAX_DRAIN: usize = 10_000_000;
+
+impl IdentityTopic {
+    fn new(partitions: usize) -> IdentityTopic {
+        IdentityTopic { queues: (0..partitions).map(|_| VecDeque::new()).collect(), bytes: Vec::new() }
+    }
+
+    fn collect(&mut self, engine: &mut Engine) -> io::Result<()> {
+        for (p, r) in engine.take_identity_records() {
+            self.bytes.clear();
+            r.encode(&mut self.bytes);
+            let r = XRecord::decode(&self.bytes).map_err(io::Error::other)?;
+            self.queues[p as usize].push_back(r);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn drain(
+        &mut self,
+        shards: &mut [Engine],
+        outputs: &mut Vec<Output>,
+        buf: &mut Vec<u8>,
+        totals: &mut Totals,
+        at: impl Display + Copy,
+        summary_only: bool,
+        out: &mut impl Write,
+        err: &mut impl Write,
+    ) -> io::Result<()> {
+        for _ in 0..MAX_DRAIN {
+            let head = self.queues.iter().enumerate().filter_map(|(p, q)| q.front().map(|r| (r.ts(), p))).min();
+            let Some((_, p)) = head else { return Ok(()) };
+            let Some(r) = self.queues[p].pop_front() else { return Ok(()) };
+            shards[p].apply_identity_record(r, outputs);
+            flush(&shards[p], outputs, buf, totals, at, summary_only, out, err)?;
+            self.collect(&mut shards[p])?;
+        }
+        Err(io::Error::other(format!("{at}: identity records did not settle after {MAX_DRAIN} records")))
+    }
 }
 
 /// Where a line came from, for messages: `N of NAME`.

@@ -709,6 +709,17 @@ impl IdentityMap {
         }
     }
 
+    /// The members of the group of the identifier with map key `key` (an id, or NUL + email),
+    /// each as (map key, kind, first seen), and the group's canonical id; `None` when the key is
+    /// unknown. For the identity topic (`core::xpart`).
+    pub fn group_members(&self, key: &str) -> Option<(Vec<(&str, IdKind, Ts)>, Option<&str>)> {
+        let &n = self.index.get(key)?;
+        let g = self.group(self.root(n));
+        let members =
+            g.members.iter().map(|&m| &self.nodes[m as usize]).map(|n| (&*n.key, n.kind, n.first_seen)).collect();
+        Some((members, g.canonical.map(|c| &*self.nodes[c as usize].key)))
+    }
+
     /// Each identifier's map key with its group's canonical id and kind, sorted: what two maps
     /// that resolve alike share, whatever their insertion order (for tests and tools).
     pub fn resolution(&self) -> Vec<(String, IdKind, Ts, String)> {

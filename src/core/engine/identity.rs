@@ -46,7 +46,7 @@ impl Engine {
         }
         for c in changes {
             match c {
-                Change::Merged { from, into, reason } => self.merge(&from, &into, reason, ev.ts, out),
+                Change::Merged { from, into, reason } => self.merge_or_transfer(&from, &into, reason, ev.ts, out),
                 Change::Refused { ids, reason } => {
                     self.identity_stats.refused += 1;
                     out.push(Output::MergeRefused { ids: Box::new(ids), reason, at: ev.ts });
@@ -125,7 +125,7 @@ impl Engine {
     /// ARCHITECTURE.md, "Identity resolution"), `from` becomes a redirect, the funnel counts
     /// one person. Nothing to fold when `from` has no prospect; when only `from` has one, it
     /// moves to `into` whole.
-    fn merge(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts, out: &mut Vec<Output>) {
+    pub(super) fn merge(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts, out: &mut Vec<Output>) {
         let Some(f) = self.ids.find(from) else { return };
         if self.prospect(f).has(prospect::REDIRECT) {
             return;

@@ -170,8 +170,8 @@ fn crm_first_gives_the_same_final_state() {
     assert_eq!(b.alerts(), replay(&reordered, 1).alerts());
 }
 
-/// A transfer delivered twice (at-least-once) folds once: the receiver keeps the last
-/// `(source partition, seq)` folded.
+/// A transfer delivered twice (at-least-once) folds once: the receiver keeps the transferred id
+/// as a redirect record, and a transfer of an id that is already one folds nothing.
 #[test]
 fn a_redelivered_transfer_folds_nothing_twice() {
     let ids = ids();

@@ -9,15 +9,15 @@
 //!   the receiving partition, rewritten to that prospect (its event id kept, so dedup covers a
 //!   redelivery).
 //! - [`XRecord::Transfer`]: a prospect's whole state (changelog record layout, extras included),
-//!   folded into `into` on the receiving partition with the semantics of a merge; numbered per
-//!   sending partition (`source`, `seq`) so a redelivery folds nothing twice.
+//!   folded into `into` on the receiving partition with the semantics of a merge; the receiver
+//!   keeps `from` as a redirect record, so a redelivery folds nothing twice.
 //!
 //! Layout (little endian; strings as `u32` length + UTF-8): a tag byte (`L`, `F`, `T`), then
 //! - `L`: reason `u8`, `ts i64`, count `u32`, per identifier its map key, kind `u8`, first seen
 //!   `i64`;
 //! - `F`: `into`, then the event: event id, prospect, source `u8`, kind `u8`, name, signal `u16`
 //!   (`0xFFFF`: none), `ts i64`, email and linked id (`u8` 0, or 1 + string), anonymous `u8`;
-//! - `T`: `from`, `into`, reason `u8`, `ts i64`, source partition `u32`, seq `u64`, the record
+//! - `T`: `from`, `into`, reason `u8`, `ts i64`, the sending partition `u32`, the record
 //!   (`u32` length + bytes).
 
 use std::borrow::Cow;
@@ -51,7 +51,7 @@ pub enum XRecord {
     /// An event for the canonical prospect `into`, which lives on the receiving partition.
     Forward { into: String, event: Event<'static> },
     /// Prospect `from`'s state (a changelog record), to be folded into `into`.
-    Transfer { from: String, into: String, reason: LinkReason, ts: Ts, source: u32, seq: u64, record: Vec<u8> },
+    Transfer { from: String, into: String, reason: LinkReason, ts: Ts, source: u32, record: Vec<u8> },
 }
 
 impl XRecord {
@@ -115,14 +115,13 @@ impl XRecord {
                 }
                 e.u8(u8::from(event.anonymous));
             }
-            XRecord::Transfer { from, into, reason, ts, source, seq, record } => {
+            XRecord::Transfer { from, into, reason, ts, source, record } => {
                 e.u8(b'T');
                 e.bytes(from.as_bytes());
                 e.bytes(into.as_bytes());
                 e.u8(*reason as u8);
                 e.ts(*ts);
                 e.u32(*source);
-                e.u64(*seq);
                 e.bytes(record);
             }
         }
@@ -212,7 +211,6 @@ impl XRecord {
                 reason: reason(&mut d)?,
                 ts: d.ts("transfer time")?,
                 source: d.u32("source partition")?,
-                seq: d.u64("transfer seq")?,
                 record: d.bytes("prospect record")?.to_vec(),
             },
             _ => return Err(StateError::Invalid { what: "identity record tag", at }),
@@ -283,7 +281,6 @@ mod tests {
             reason: LinkReason::Email,
             ts: Ts(5),
             source: 2,
-            seq: 7,
             record: vec![b'P', 1, 2, 3],
         });
         assert!(XRecord::decode(b"X").is_err());

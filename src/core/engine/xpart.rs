@@ -12,8 +12,6 @@
 //! - an event whose canonical prospect lives elsewhere goes there as a `Forward`, rewritten to
 //!   that prospect, after its links were learnt here.
 
-use std::collections::BTreeMap;
-
 use super::Engine;
 use crate::core::event::Event;
 use crate::core::funnel::OutcomeFacts;
@@ -32,10 +30,6 @@ pub(super) struct XPart {
     partitions: u32,
     /// Records to send, each with its partition, until taken.
     out: Vec<(u32, XRecord)>,
-    /// Transfers this shard sent (the last one's `seq`).
-    sent: u64,
-    /// Per sending partition, the `seq` of the last transfer folded here.
-    folded: BTreeMap<u32, u64>,
     stats: XPartStats,
 }
 
@@ -77,9 +71,10 @@ impl Engine {
         self.xpart.as_deref().map(|x| &x.stats)
     }
 
-    /// Prospects that are redirects (their state was folded into another prospect).
+    /// Prospects of this shard's own ids that are redirects (their state was folded into
+    /// another prospect); the copies of transferred ids kept as markers are not counted.
     pub fn redirects(&self) -> usize {
-        self.iter_ids().filter(|&(ix, _)| self.prospect(ix).has(prospect::REDIRECT)).count()
+        self.iter_ids().filter(|&(ix, id)| self.prospect(ix).has(prospect::REDIRECT) && !self.foreign(id)).count()
     }
 
     fn foreign(&self, key: &str) -> bool {
@@ -147,8 +142,8 @@ impl Engine {
         match rec {
             XRecord::Link { ids, reason, ts } => self.link_in(&ids, reason, ts, out),
             XRecord::Forward { event, .. } => self.apply(&event, out),
-            XRecord::Transfer { from, into, reason, ts, source, seq, record } => {
-                self.transfer_in(&from, &into, reason, ts, (source, seq), &record, out)
+            XRecord::Transfer { from, into, reason, ts, record, .. } => {
+                self.transfer_in(&from, &into, reason, ts, &record, out)
             }
         }
     }
@@ -244,37 +239,38 @@ impl Engine {
         p.hot_until = Ts::NONE;
         self.quiet.remove(&f.0);
         self.mark_changed(f.0);
-        let Some(x) = self.xpart.as_deref_mut() else { return };
-        x.sent += 1;
-        let (source, seq) = (x.partition, x.sent);
-        self.send(XRecord::Transfer { from: from.into(), into: into.into(), reason, ts: at, source, seq, record });
+        let Some(source) = self.xpart.as_deref().map(|x| x.partition) else { return };
+        self.send(XRecord::Transfer { from: from.into(), into: into.into(), reason, ts: at, source, record });
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Folds a transferred prospect into `into` (or, if `into` was folded further since, sends
+    /// it on). `from` stays here as a redirect record: a transfer of a `from` that is already
+    /// one here is a redelivery (the topic is at-least-once; a sender that crashed before its
+    /// checkpoint sends it again) and folds nothing. That marker is prospect state, so it is
+    /// checkpointed and restored with the shard like any record.
     fn transfer_in(
         &mut self,
         from: &str,
         into: &str,
         reason: LinkReason,
         ts: Ts,
-        (source, seq): (u32, u64),
         record: &[u8],
         out: &mut Vec<Output>,
     ) {
-        let Some(x) = self.xpart.as_deref_mut() else { return };
-        if x.folded.get(&source).is_some_and(|&last| seq <= last) {
-            x.stats.transfers_duplicate += 1;
+        if let Some(f) = self.ids.find(from)
+            && self.prospect(f).has(prospect::REDIRECT)
+        {
+            if let Some(x) = self.xpart.as_deref_mut() {
+                x.stats.transfers_duplicate += 1;
+            }
             return;
         }
-        x.folded.insert(source, seq);
         let target = self.identity.as_deref().map_or(into, |m| m.canonical(into)).to_string();
         if self.foreign(&target) {
             // `into` was folded further since: the state follows it.
-            let Some(x) = self.xpart.as_deref_mut() else { return };
-            x.sent += 1;
-            let (source, seq) = (x.partition, x.sent);
+            let Some(source) = self.xpart.as_deref().map(|x| x.partition) else { return };
             let record = record.to_vec();
-            return self.send(XRecord::Transfer { from: from.into(), into: target, reason, ts, source, seq, record });
+            return self.send(XRecord::Transfer { from: from.into(), into: target, reason, ts, source, record });
         }
         let rec = match self.decode_changelog_record(&mut Dec::new(record)) {
             Ok(r) => r,
@@ -295,10 +291,6 @@ impl Engine {
             x.stats.transfers_received += 1;
         }
         self.merge(from, &target, reason, ts, out);
-        // `from` lives on another partition, where it is the redirect: its copy here goes.
-        if self.prospect(ix).has(prospect::REDIRECT) {
-            self.free(ix);
-        }
     }
 
     /// Counts prospect `i` into the funnel (`add`) or takes it out, as a merge does with both

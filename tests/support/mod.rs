@@ -611,7 +611,9 @@ fn checkpoint_cover(shards: &[Value]) -> (i64, BTreeMap<i64, String>) {
     let mut digests = BTreeMap::new();
     for sh in shards {
         if let Some(c) = sh["checkpoint"].as_object() {
-            covered += c["positions"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum::<i64>();
+            // Input messages only: the identity topic (`<group>.identity`) is an internal input.
+            let inputs = c["positions"].as_object().unwrap().iter().filter(|(t, _)| !t.ends_with(".identity"));
+            covered += inputs.map(|(_, v)| v.as_i64().unwrap()).sum::<i64>();
             if let Some(d) = c["digest"].as_str() {
                 digests.insert(sh["partition"].as_i64().unwrap(), d.to_string());
             }

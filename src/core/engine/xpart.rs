@@ -54,9 +54,10 @@ type Signature = Option<(Option<String>, usize)>;
 
 impl Engine {
     /// Resolves identities across `partitions` partitions, this shard being `partition` (no
-    /// effect with `[identity] resolve` off or one partition).
+    /// effect with `[identity] resolve` off or one partition; none when already so).
     pub fn resolve_across(&mut self, partition: u32, partitions: u32) {
-        if self.identity.is_some() && partitions > 1 {
+        let same = self.xpart.as_deref().is_some_and(|x| (x.partition, x.partitions) == (partition, partitions));
+        if self.identity.is_some() && partitions > 1 && !same {
             self.xpart = Some(Box::new(XPart { partition, partitions, ..XPart::default() }));
         }
     }

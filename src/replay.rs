@@ -478,20 +478,25 @@ fn write_summary(
 /// One digest line, or with several shards one per shard and then their total (the wrapping sum,
 /// as [`Engine::digest`] is itself a sum over prospects).
 fn write_digests(shards: &[Engine], buf: &mut Vec<u8>) {
-    let line = |partition: Option<usize>, prospects: usize, digest: u64| {
+    // With identity resolution, `resolved`: what does not depend on how the shards' inputs and
+    // the identity topic interleave (`Engine::resolved_digest`).
+    let identity = shards.first().is_some_and(|e| e.identity_map().is_some());
+    let line = |partition: Option<usize>, prospects: usize, digest: u64, resolved: u64| {
         let partition = partition.map(|p| format!("\"partition\":{p},")).unwrap_or_default();
-        format!("{{\"kind\":\"digest\",{partition}\"prospects\":{prospects},\"digest\":\"{digest:016x}\"}}\n")
+        let resolved = if identity { format!(",\"resolved\":\"{resolved:016x}\"") } else { String::new() };
+        format!("{{\"kind\":\"digest\",{partition}\"prospects\":{prospects},\"digest\":\"{digest:016x}\"{resolved}}}\n")
     };
-    let (mut prospects, mut digest) = (0, 0u64);
+    let (mut prospects, mut digest, mut resolved) = (0, 0u64, 0u64);
     for (p, e) in shards.iter().enumerate() {
-        let d = e.digest();
+        let (d, r) = (e.digest(), if identity { e.resolved_digest() } else { 0 });
         if shards.len() > 1 {
-            buf.extend_from_slice(line(Some(p), e.len(), d).as_bytes());
+            buf.extend_from_slice(line(Some(p), e.len(), d, r).as_bytes());
         }
         prospects += e.len();
         digest = digest.wrapping_add(d);
+        resolved = resolved.wrapping_add(r);
     }
-    buf.extend_from_slice(line(None, prospects, digest).as_bytes());
+    buf.extend_from_slice(line(None, prospects, digest, resolved).as_bytes());
 }
 
 // Destructured so that a new counter cannot be forgotten in the sum.

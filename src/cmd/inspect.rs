@@ -70,6 +70,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
             "entries": engine.crm().memories().map(|(t, m)| (t.to_string(), m.len())).collect::<std::collections::BTreeMap<_, _>>(),
         },
         "identity_ids": engine.identity_map().map(|m| m.len()),
+        "resolved_digest": engine.identity_map().map(|_| format!("{:016x}", engine.resolved_digest())),
         "header": checked.header,
     });
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;

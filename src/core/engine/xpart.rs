@@ -78,6 +78,33 @@ impl Engine {
         self.iter_ids().filter(|&(ix, id)| self.prospect(ix).has(prospect::REDIRECT) && !self.foreign(id)).count()
     }
 
+    /// A digest of what does not depend on the order in which a shard's inputs and the
+    /// identity topic interleave: for each prospect that is not a redirect, its id, stage,
+    /// stage entry dates, signal counts, look-back marks and last activity (not the score's
+    /// last bits, the dedup memory, timers' flags, the email last given, alerts). Summed over
+    /// shards it is what `replay --partitions N` and the service agree on once the identity
+    /// topic is drained ([`Engine::digest`] covers everything).
+    pub fn resolved_digest(&self) -> u64 {
+        let mut buf = Vec::with_capacity(256);
+        let mut sum = 0u64;
+        for i in (0..self.store.len()).filter(|&i| self.holds(i)) {
+            let p = self.store.fixed(i);
+            if p.has(prospect::REDIRECT) {
+                continue;
+            }
+            buf.clear();
+            buf.extend_from_slice(self.ids.get(crate::core::ids::ProspectIx(i as u32)).as_bytes());
+            buf.push(0);
+            buf.push(p.stage.0);
+            buf.extend_from_slice(&p.last_activity.0.to_le_bytes());
+            self.store.stage_times(i).iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+            self.store.counts(i).iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+            self.store.marks(i).iter().for_each(|v| buf.extend_from_slice(&v.0.to_le_bytes()));
+            sum = sum.wrapping_add(crate::core::ids::hash64(crate::core::ids::SEED_DIGEST, &buf));
+        }
+        sum
+    }
+
     fn foreign(&self, key: &str) -> bool {
         self.xpart.as_deref().is_some_and(|x| home(key, x.partitions) != x.partition)
     }

@@ -313,6 +313,8 @@ fn engines(journey: &Arc<Journey>, partitions: u32) -> Vec<Engine> {
 struct IdentityTopic {
     queues: Vec<VecDeque<XRecord>>,
     bytes: Vec<u8>,
+    /// Records queued (a drain with none touches no queue).
+    queued: usize,
 }
 
 /// More records in one drain than this means propagation does not stop: a bug, reported.
@@ -320,7 +322,7 @@ const MAX_DRAIN: usize = 10_000_000;
 
 impl IdentityTopic {
     fn new(partitions: usize) -> IdentityTopic {
-        IdentityTopic { queues: (0..partitions).map(|_| VecDeque::new()).collect(), bytes: Vec::new() }
+        IdentityTopic { queues: (0..partitions).map(|_| VecDeque::new()).collect(), bytes: Vec::new(), queued: 0 }
     }
 
     fn collect(&mut self, engine: &mut Engine) -> io::Result<()> {
@@ -329,6 +331,7 @@ impl IdentityTopic {
             r.encode(&mut self.bytes);
             let r = XRecord::decode(&self.bytes).map_err(io::Error::other)?;
             self.queues[p as usize].push_back(r);
+            self.queued += 1;
         }
         Ok(())
     }
@@ -346,9 +349,13 @@ impl IdentityTopic {
         err: &mut impl Write,
     ) -> io::Result<()> {
         for _ in 0..MAX_DRAIN {
+            if self.queued == 0 {
+                return Ok(());
+            }
             let head = self.queues.iter().enumerate().filter_map(|(p, q)| q.front().map(|r| (r.ts(), p))).min();
             let Some((_, p)) = head else { return Ok(()) };
             let Some(r) = self.queues[p].pop_front() else { return Ok(()) };
+            self.queued -= 1;
             shards[p].apply_identity_record(r, outputs);
             flush(&shards[p], outputs, buf, totals, at, summary_only, out, err)?;
             self.collect(&mut shards[p])?;

@@ -132,7 +132,8 @@ fn one_person_across_two_instances(name: &str, kill: bool) {
     produce(web(&s), &web_records);
     wait_until(LIMIT, "the anonymous history folded into the user", || {
         let refs: Vec<&Process> = instances.iter().collect();
-        prospect(&refs, &ids.user).is_some_and(|p| count(&p, "content_downloaded") == 1 && p["prospect"] == ids.user.as_str())
+        prospect(&refs, &ids.user)
+            .is_some_and(|p| count(&p, "content_downloaded") == 1 && p["prospect"] == ids.user.as_str())
     });
     let mut restored_from = Vec::new();
     if kill {

@@ -131,7 +131,7 @@ fn same_person(a: &ProspectView, b: &ProspectView) {
 fn ids_on_three_partitions_are_one_person_with_one_alert_and_its_web_history() {
     let ids = ids();
     let run = replay(&flow(&ids), PARTITIONS);
-    assert_eq!(run.alerts(), [ids.user.clone()], "{:#?}", run.lines);
+    assert_eq!(run.alerts(), std::slice::from_ref(&ids.user), "{:#?}", run.lines);
     let view = run.view(&ids.user);
     for s in ["page_viewed", "content_downloaded", "identified", "quote_sent", "quote_clarification_requested"] {
         assert_eq!(count(&view, s), 1, "{s} in {view:?}");
@@ -280,4 +280,23 @@ fn generated_people_resolve_alike_on_any_number_of_partitions_and_any_interleavi
     }
     assert_eq!(resolved(&shards), resolved(&one.shards));
     assert_eq!(people(&shards), 399);
+}
+
+/// The identity topic's name: `<group_id>.identity` unless set; one that is also an input,
+/// output or changelog topic is refused, naming the key.
+#[test]
+fn the_identity_topic_is_named_after_the_group_and_must_be_its_own() {
+    use microfunnel::config::Settings;
+
+    let load = |extra: &[(&str, &str)]| {
+        let mut vars = vec![("MICROFUNNEL__KAFKA__BROKERS".to_string(), "localhost:9092".to_string())];
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Settings::load(None, vars)
+    };
+    let s = load(&[("MICROFUNNEL__KAFKA__GROUP_ID", "funnel-a")]).unwrap();
+    assert_eq!(s.kafka.identity_topic(), "funnel-a.identity");
+    let s = load(&[("MICROFUNNEL__KAFKA__IDENTITY_TOPIC", "people")]).unwrap();
+    assert_eq!(s.kafka.identity_topic(), "people");
+    let e = load(&[("MICROFUNNEL__KAFKA__IDENTITY_TOPIC", "web-events")]).unwrap_err().to_string();
+    assert!(e.contains("kafka.identity_topic") && e.contains("web-events"), "{e}");
 }

@@ -50,8 +50,11 @@ fn crm_line(kind: &str, prospect: &str, id: &str, ts: &str, email: Option<&str>)
     format!(r#"{{"event_id":"{id}","prospect_id":"{prospect}","source":"crm","type":"{kind}","ts":"{ts}"{email}}}"#)
 }
 
-/// The flow's web lines (keyed by their prospect) and CRM lines.
-fn flow(ids: &Ids) -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// Lines with their Kafka key.
+type Keyed = Vec<(String, String)>;
+
+/// The flow's web lines and CRM lines, each keyed by its prospect.
+fn flow(ids: &Ids) -> (Keyed, Keyed) {
     let (a, u, c) = (&ids.anon, &ids.user, &ids.contact);
     let web = vec![
         (a.clone(), seg("page", "", None, a, "x-1", "2026-03-02T09:00:00Z", None)),

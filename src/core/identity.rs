@@ -185,6 +185,10 @@ impl Changed {
     }
 }
 
+/// A group's members (map key, kind, first seen) and its canonical id
+/// ([`IdentityMap::group_members`]).
+pub type GroupMembers<'a> = (Vec<(&'a str, IdKind, Ts)>, Option<&'a str>);
+
 /// Changelog key prefix of an identifier's record (then its map key: the id, or NUL + email).
 pub const ID_RECORD: &str = "\0id/";
 /// Changelog key prefix of a link's record (then `<byte length of a's key>:`, a's key, b's key).
@@ -712,7 +716,7 @@ impl IdentityMap {
     /// The members of the group of the identifier with map key `key` (an id, or NUL + email),
     /// each as (map key, kind, first seen), and the group's canonical id; `None` when the key is
     /// unknown. For the identity topic (`core::xpart`).
-    pub fn group_members(&self, key: &str) -> Option<(Vec<(&str, IdKind, Ts)>, Option<&str>)> {
+    pub fn group_members(&self, key: &str) -> Option<GroupMembers<'_>> {
         let &n = self.index.get(key)?;
         let g = self.group(self.root(n));
         let members =

@@ -199,6 +199,12 @@ fn one_person_across_two_instances(name: &str, kill: bool) {
     assert!(received("link") >= 1.0 && received("forward") >= 1.0, "links and the forwarded clarification");
     if !kill {
         assert!(received("transfer") >= 1.0, "the anonymous prospect's state was transferred");
+        // A record of the identity topic that does not decode is dead-lettered, and passed.
+        let topic = format!("{}.identity", s.kafka.group_id);
+        produce(&topic, &[keyed(&ids.user, b"not an identity record".to_vec())]);
+        read_until(&s.kafka.topics.dead_letter, "the bad identity record", |r| {
+            r.iter().any(|o| o.header("microfunnel.reason") == Some("wrong_shape"))
+        });
     }
 
     // replay --partitions 3 over the same events: the same alert, the same people once the

@@ -81,6 +81,17 @@ impl Run {
         e.view(e.find(id).unwrap_or_else(|| panic!("{id} not in shard {p}")), None)
     }
 
+    /// Every shard's answer for `id`: its canonical id and the ids linked to it.
+    fn resolutions(&self, id: &str) -> Vec<(String, Vec<String>)> {
+        self.shards
+            .iter()
+            .map(|e| {
+                let (c, l) = e.linked_ids(id);
+                (c.to_string(), l.into_iter().map(String::from).collect())
+            })
+            .collect()
+    }
+
     fn people(&self) -> u64 {
         self.shards.iter().map(|e| e.census().prospects).sum()
     }
@@ -165,6 +176,18 @@ fn crm_first_gives_the_same_final_state() {
     let reordered: Vec<String> = lines[3..].iter().chain(&lines[..3]).cloned().collect();
     let (a, b) = (replay(&lines, PARTITIONS), replay(&reordered, PARTITIONS));
     same_person(&a.view(&ids.user), &b.view(&ids.user));
+    // Every shard (each the home of one of the ids) knows the whole group and its canonical id.
+    let mut group = vec![ids.anon.clone(), ids.contact.clone(), ids.user.clone()];
+    group.sort();
+    for run in [&a, &b] {
+        for id in [&ids.anon, &ids.user, &ids.contact] {
+            assert!(
+                run.resolutions(id).iter().all(|r| *r == (ids.user.clone(), group.clone())),
+                "{id}: {:?}",
+                run.resolutions(id)
+            );
+        }
+    }
     assert_eq!(b.people(), 1);
     assert_eq!(a.in_stage(), b.in_stage());
     // In this order the clarification arrived before any link: the CRM contact alerted alone,

@@ -199,6 +199,9 @@ fn one_person_across_two_instances(name: &str, kill: bool) {
     assert!(received("link") >= 1.0 && received("forward") >= 1.0, "links and the forwarded clarification");
     if !kill {
         assert!(received("transfer") >= 1.0, "the anonymous prospect's state was transferred");
+        wait_until(LIMIT, "the redirect counted", || {
+            refs.iter().map(|i| total(&i.metrics(), "microfunnel_identity_redirects")).sum::<f64>() >= 1.0
+        });
         // A record of the identity topic that does not decode is dead-lettered, and passed.
         let topic = format!("{}.identity", s.kafka.group_id);
         produce(&topic, &[keyed(&ids.user, b"not an identity record".to_vec())]);
@@ -220,6 +223,72 @@ fn one_person_across_two_instances(name: &str, kill: bool) {
     let states = [state_a.as_path(), state_b.as_path()];
     let resolved = resolved_when_drained(shards, &s, &states, 5, PARTITIONS as usize, LIMIT);
     assert_eq!(resolved, resolved_of(&oracle), "restored from {restored_from:?}");
+}
+
+/// The CRM side first (the contact asks about its quote alone, and alerts alone, as replay
+/// says), then the web side: the same person in the end as in the other order.
+#[test]
+fn crm_first_then_web_gives_the_same_person_on_two_instances() {
+    let name = "xpart-rev";
+    let mut s = setup(name);
+    s.kafka.resume_rewind = 0;
+    s.http.query_api = true;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    s.journey.path = journey_file(dir, &s.kafka.group_id);
+    let ids = Ids {
+        anon: key_in_partition("anon-", 0, PARTITIONS),
+        user: key_in_partition("usr_", 1, PARTITIONS),
+        contact: key_in_partition("crm-", 2, PARTITIONS),
+    };
+    let (web_lines, crm_lines) = flow(&ids);
+    let (state_a, state_b) = (state_dir(&unique(&format!("{name}-a"))), state_dir(&unique(&format!("{name}-b"))));
+    let (a, b) = (Process::start(&s, Some(&state_a)), Process::start(&s, Some(&state_b)));
+    wait_until(LIMIT, "both instances hold shards, all three held", || {
+        let (ha, hb) = (held(&a), held(&b));
+        !ha.is_empty() && !hb.is_empty() && ha.len() + hb.len() == PARTITIONS as usize
+    });
+    let refs = [&a, &b];
+    let records = |lines: &Keyed| lines.iter().map(|(k, l)| keyed(k, l.as_bytes().to_vec())).collect::<Vec<_>>();
+    produce(crm(&s), &records(&crm_lines));
+    wait_until(LIMIT, "the contact's quote and clarification applied", || {
+        prospect(&refs, &ids.contact).is_some_and(|p| count(&p, "quote_clarification_requested") == 1)
+    });
+    produce(web(&s), &records(&web_lines));
+    wait_until(LIMIT, "every id folded into the user", || {
+        [&ids.anon, &ids.contact].iter().all(|id| {
+            prospect(&refs, id).is_some_and(|p| {
+                p["prospect"] == ids.user.as_str()
+                    && count(&p, "content_downloaded") == 1
+                    && count(&p, "quote_sent") == 1
+            })
+        })
+    });
+    let p = prospect(&refs, &ids.contact).unwrap();
+    assert_eq!(p["prospect"], ids.user.as_str(), "{p}");
+    for sig in ["page_viewed", "content_downloaded", "identified", "quote_sent", "quote_clarification_requested"] {
+        assert_eq!(count(&p, sig), 1, "{sig} in {p}");
+    }
+    wait_until(LIMIT, "the funnel counts one person", || {
+        refs.iter().map(|i| total(&i.metrics(), "microfunnel_prospects")).sum::<f64>() == 1.0
+    });
+
+    let web_file = dir.join(format!("{}-web.jsonl", s.kafka.group_id));
+    let crm_file = dir.join(format!("{}-crm.jsonl", s.kafka.group_id));
+    std::fs::write(&web_file, web_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    std::fs::write(&crm_file, crm_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let journey_arg = s.journey.path.display().to_string();
+    let oracle = oracle_with(&web_file, &crm_file, PARTITIONS as usize, &["--journey", &journey_arg]);
+    let alerts = read_until(&s.kafka.topics.hot_leads, "replay's alerts", |r| {
+        let ids: BTreeSet<String> = r.iter().map(|o| o.json()["alert_id"].as_str().unwrap().to_string()).collect();
+        oracle.alerts.is_subset(&ids)
+    });
+    let alert_ids: BTreeSet<String> =
+        alerts.iter().map(|o| o.json()["alert_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(alert_ids, oracle.alerts, "the contact's alert, as replay gives it");
+    let shards = || refs.iter().flat_map(|i| i.shards().unwrap_or_default()).collect::<Vec<_>>();
+    let states = [state_a.as_path(), state_b.as_path()];
+    let resolved = resolved_when_drained(shards, &s, &states, 5, PARTITIONS as usize, LIMIT);
+    assert_eq!(resolved, resolved_of(&oracle));
 }
 
 #[test]

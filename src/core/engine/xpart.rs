@@ -4,7 +4,7 @@
 //! [`Engine::take_identity_records`], each with the partition it goes to) and comes in through
 //! [`Engine::apply_identity_record`]:
 //! - after an event or a link changes a group (its canonical id or its size), each member homed
-//!   on another partition gets a `Link` naming it, the id that changed and the canonical id, so
+//!   on another partition gets a `Link` naming it and every other member this shard knows, so
 //!   that every home of a member comes to hold the group and agree on its canonical id (the rule
 //!   is total; groups only grow; a home that learns nothing new sends nothing, so it stops);
 //! - a merge whose canonical id lives elsewhere sends the merged-away prospect's whole state as
@@ -187,25 +187,26 @@ impl Engine {
         x.out.push((p, rec));
     }
 
-    /// After the group of `key` changed: a `Link` to each member homed elsewhere.
+    /// After the group of `key` changed: a `Link` to each member homed elsewhere, naming it
+    /// first, then every other member as this shard knows the group (`key` and the canonical
+    /// id among them), so that each home learns the whole group, not only the ids it shares a
+    /// record with.
     fn propagate(&mut self, key: &str, before: Signature, reason: LinkReason, ts: Ts) {
         if self.signature(key) == before {
             return;
         }
         let Some(x) = self.xpart.as_deref() else { return };
         let (partition, partitions) = (x.partition, x.partitions);
-        let Some((members, canonical)) = self.identity.as_deref().and_then(|m| m.group_members(key)) else {
+        let Some((members, _)) = self.identity.as_deref().and_then(|m| m.group_members(key)) else {
             return;
         };
-        let ident = |(k, kind, first_seen): (&str, IdKind, Ts)| Ident { key: k.to_string(), kind, first_seen };
-        let Some(me) = members.iter().find(|m| m.0 == key).copied().map(ident) else { return };
-        let canon = canonical.and_then(|c| members.iter().find(|m| m.0 == c)).copied().map(ident);
+        let ident = |&(k, kind, first_seen): &(&str, IdKind, Ts)| Ident { key: k.to_string(), kind, first_seen };
         let mut records = Vec::new();
-        for &m in members.iter().filter(|m| m.0 != key && home(m.0, partitions) != partition) {
-            let mut ids = vec![ident(m), me.clone()];
-            if let Some(c) = canon.as_ref().filter(|c| c.key != m.0 && c.key != key) {
-                ids.push(c.clone());
-            }
+        for m in members.iter().filter(|m| m.0 != key && home(m.0, partitions) != partition) {
+            let mut ids = vec![ident(m)];
+            // `key` right after the receiver's own id, then the rest.
+            ids.extend(members.iter().filter(|o| o.0 == key).map(ident));
+            ids.extend(members.iter().filter(|o| o.0 != key && o.0 != m.0).map(ident));
             records.push(XRecord::Link { ids, reason, ts });
         }
         for r in records {
@@ -228,8 +229,10 @@ impl Engine {
             for i in ids {
                 map.observe(&raw(i), i.kind, i.first_seen, &mut changes);
             }
+            // Each identifier was observed above with its own first-seen time; the link's time
+            // is not a sighting of either (`Ts::NONE`: observe nothing more).
             for i in &ids[1..] {
-                map.link((&raw(first), first.kind), (&raw(i), i.kind), ts, reason, &limits, &mut changes);
+                map.link((&raw(first), first.kind), (&raw(i), i.kind), Ts::NONE, reason, &limits, &mut changes);
             }
         }
         for c in changes {

@@ -272,12 +272,30 @@ fn crm_first_then_web_gives_the_same_person_on_two_instances() {
         refs.iter().map(|i| total(&i.metrics(), "microfunnel_prospects")).sum::<f64>() == 1.0
     });
 
-    let web_file = dir.join(format!("{}-web.jsonl", s.kafka.group_id));
-    let crm_file = dir.join(format!("{}-crm.jsonl", s.kafka.group_id));
-    std::fs::write(&web_file, web_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
-    std::fs::write(&crm_file, crm_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
-    let journey_arg = s.journey.path.display().to_string();
-    let oracle = oracle_with(&web_file, &crm_file, PARTITIONS as usize, &["--journey", &journey_arg]);
+    // replay of one file in that order (several files would be merged by event time).
+    let file = dir.join(format!("{}-crm-then-web.jsonl", s.kafka.group_id));
+    let lines: Vec<&str> = crm_lines.iter().chain(&web_lines).map(|(_, l)| l.as_str()).collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = bin()
+        .args(["replay", "--partitions", "3", "--no-advance", "--digest", "--journey"])
+        .arg(&s.journey.path)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let oracle = Oracle {
+        shards: Default::default(),
+        alerts: lines
+            .iter()
+            .filter(|l| l["kind"] == "hot_lead")
+            .map(|l| l["alert_id"].as_str().unwrap().to_string())
+            .collect(),
+        journey_events: Vec::new(),
+        lines,
+    };
+    assert_eq!(oracle.alerts.len(), 1, "replay: the contact alerted alone");
     let alerts = read_until(&s.kafka.topics.hot_leads, "replay's alerts", |r| {
         let ids: BTreeSet<String> = r.iter().map(|o| o.json()["alert_id"].as_str().unwrap().to_string()).collect();
         oracle.alerts.is_subset(&ids)
@@ -289,6 +307,15 @@ fn crm_first_then_web_gives_the_same_person_on_two_instances() {
     let states = [state_a.as_path(), state_b.as_path()];
     let resolved = resolved_when_drained(shards, &s, &states, 5, PARTITIONS as usize, LIMIT);
     assert_eq!(resolved, resolved_of(&oracle));
+    // The same people as the web-first order gives (replay over one file per topic merges
+    // them by event time: web first).
+    let web_file = dir.join(format!("{}-web.jsonl", s.kafka.group_id));
+    let crm_file = dir.join(format!("{}-crm.jsonl", s.kafka.group_id));
+    std::fs::write(&web_file, web_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    std::fs::write(&crm_file, crm_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let journey_arg = s.journey.path.display().to_string();
+    let web_first = oracle_with(&web_file, &crm_file, PARTITIONS as usize, &["--journey", &journey_arg]);
+    assert_eq!(resolved, resolved_of(&web_first));
 }
 
 #[test]

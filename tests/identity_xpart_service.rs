@@ -327,3 +327,20 @@ fn two_instances_join_ids_on_three_partitions_into_one_person_with_one_alert() {
 fn kill_9_of_one_instance_mid_flow_gives_the_same_person_and_alert() {
     one_person_across_two_instances("xpart-kill", true);
 }
+
+/// An identity topic whose partition count differs from the inputs' is refused at start, the
+/// error naming the key and the fix (its partition p must be shard p's).
+#[test]
+fn an_identity_topic_with_another_partition_count_is_refused_naming_the_key() {
+    let mut s = setup("xpart-count");
+    s.kafka.identity_topic = format!("{}-people", s.kafka.group_id);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(microfunnel::kafka::ensure_identity_topic(&s.kafka, &s.kafka.identity_topic, 2)).unwrap();
+    let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
+    let journey = microfunnel::core::Journey::from_toml_str(&format!("{b2b}\n[identity]\nresolve = true\n")).unwrap();
+    let svc = Service::start_with(&s, std::sync::Arc::new(journey));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(svc.wait().map_err(|e| e.to_string())));
+    let err = rx.recv_timeout(LIMIT).expect("the service stops at start").unwrap_err();
+    assert!(err.contains("has 2 partitions but the inputs have 3") && err.contains("kafka.identity_topic"), "{err}");
+}

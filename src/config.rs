@@ -118,6 +118,22 @@ pub struct Kafka {
     /// `ssl.ca.location`, ...). From the environment, write `_` for `.`.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+    /// The internal identity topic of identity resolution across partitions (journey
+    /// `[identity] resolve`); empty = `<group_id>.identity`. Created (delete policy, as many
+    /// partitions as the inputs) by `create-topics` and at start.
+    #[serde(default)]
+    pub identity_topic: String,
+}
+
+impl Kafka {
+    /// The identity topic's name (`kafka.identity_topic` or `<group_id>.identity`).
+    pub fn identity_topic(&self) -> String {
+        if self.identity_topic.trim().is_empty() {
+            format!("{}.identity", self.group_id)
+        } else {
+            self.identity_topic.clone()
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -477,6 +493,7 @@ impl Settings {
     pub fn masked_toml(&self) -> String {
         let mut s = self.clone();
         s.checkpoint.changelog_topic = self.changelog_topic();
+        s.kafka.identity_topic = self.kafka.identity_topic();
         for topic in &self.kafka.input_topics {
             s.inputs.entry(topic.clone()).or_default();
         }

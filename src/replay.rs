@@ -18,6 +18,7 @@ use crate::codec::{self, InputSpec, Limits};
 use crate::core::crm::CrmMemory;
 use crate::core::ids::kafka_partition;
 use crate::core::unmapped::UnmappedNames;
+use crate::core::xpart::XRecord;
 use crate::core::{Census, Engine, Event, Journey, Output, RejectReason, Stats, Ts};
 use crate::pipeline::merge::{self, Decision, Input};
 
@@ -130,7 +131,8 @@ pub fn run(
     mut err: impl Write,
 ) -> io::Result<(Vec<Engine>, Totals)> {
     let partitions = opts.partitions.max(1);
-    let mut shards: Vec<Engine> = (0..partitions).map(|_| Engine::new(Arc::clone(&journey))).collect();
+    let mut shards = engines(&journey, partitions);
+    let mut topic = IdentityTopic::new(partitions as usize);
     let mut totals = Totals::default();
     let mut line = Vec::with_capacity(1024);
     let mut outputs = Vec::with_capacity(16);
@@ -170,6 +172,8 @@ pub fn run(
             totals.unmapped.saw(&ev);
             engine.apply(&ev, &mut outputs);
             flush(engine, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
+            topic.collect(engine)?;
+            topic.drain(&mut shards, &mut outputs, &mut buf, &mut totals, at, opts.summary_only, &mut out, &mut err)?;
         }
     }
     totals.count_crm_memory(spec.format.is_crm(), &memory);
@@ -260,7 +264,8 @@ pub fn run_merged<R: Read>(
         }
         totals.count_crm_memory(spec.format.is_crm(), &memory);
     }
-    let mut shards: Vec<Engine> = (0..partitions).map(|_| Engine::new(Arc::clone(&journey))).collect();
+    let mut shards = engines(&journey, partitions as u32);
+    let mut topic = IdentityTopic::new(partitions);
     let (mut outputs, mut buf) = (Vec::with_capacity(16), Vec::with_capacity(4096));
     // Nothing is ever behind, so the merge never looks at the clock; it still takes one.
     let now = Instant::now();
@@ -275,6 +280,8 @@ pub fn run_merged<R: Read>(
         shards[p].apply(&q.ev, &mut outputs);
         last = Loc { line: q.line, name: &data[q.file].0 };
         flush(&shards[p], &mut outputs, &mut buf, &mut totals, &last, opts.summary_only, &mut out, &mut err)?;
+        topic.collect(&mut shards[p])?;
+        topic.drain(&mut shards, &mut outputs, &mut buf, &mut totals, &last, opts.summary_only, &mut out, &mut err)?;
         if let Some((_, ts)) = pick(&queues[p], now) {
             next.push(Reverse((ts, p)));
         }
@@ -282,6 +289,79 @@ pub fn run_merged<R: Read>(
     finish(&journey, opts, &mut shards, &mut totals, &last, &mut buf, &mut out, &mut err)?;
     out.flush()?;
     Ok((shards, totals))
+}
+
+/// One engine per shard; with identity resolution and several shards, each told its
+/// partition, so that identities resolve across partitions ([`IdentityTopic`]).
+fn engines(journey: &Arc<Journey>, partitions: u32) -> Vec<Engine> {
+    (0..partitions)
+        .map(|p| {
+            let mut e = Engine::new(Arc::clone(journey));
+            e.resolve_across(p, partitions);
+            e
+        })
+        .collect()
+}
+
+/// The identity topic as replay models it (`[identity] resolve` with several partitions): one
+/// queue per partition, fed with the records the shards send (through their bytes, as the
+/// service sends them). After each input message the queues are drained: repeatedly the head
+/// with the smallest event time (ties: the lower partition) is applied to its partition's
+/// shard, whose records join the queues in turn; propagation stops once no home of a group
+/// learns anything new. So replay shows the state the service reaches once the topic is
+/// drained.
+struct IdentityTopic {
+    queues: Vec<VecDeque<XRecord>>,
+    bytes: Vec<u8>,
+    /// Records queued (a drain with none touches no queue).
+    queued: usize,
+}
+
+/// More records in one drain than this means propagation does not stop: a bug, reported.
+const MAX_DRAIN: usize = 10_000_000;
+
+impl IdentityTopic {
+    fn new(partitions: usize) -> IdentityTopic {
+        IdentityTopic { queues: (0..partitions).map(|_| VecDeque::new()).collect(), bytes: Vec::new(), queued: 0 }
+    }
+
+    fn collect(&mut self, engine: &mut Engine) -> io::Result<()> {
+        for (p, r) in engine.take_identity_records() {
+            self.bytes.clear();
+            r.encode(&mut self.bytes);
+            let r = XRecord::decode(&self.bytes).map_err(io::Error::other)?;
+            self.queues[p as usize].push_back(r);
+            self.queued += 1;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn drain(
+        &mut self,
+        shards: &mut [Engine],
+        outputs: &mut Vec<Output>,
+        buf: &mut Vec<u8>,
+        totals: &mut Totals,
+        at: impl Display + Copy,
+        summary_only: bool,
+        out: &mut impl Write,
+        err: &mut impl Write,
+    ) -> io::Result<()> {
+        for _ in 0..MAX_DRAIN {
+            if self.queued == 0 {
+                return Ok(());
+            }
+            let head = self.queues.iter().enumerate().filter_map(|(p, q)| q.front().map(|r| (r.ts(), p))).min();
+            let Some((_, p)) = head else { return Ok(()) };
+            let Some(r) = self.queues[p].pop_front() else { return Ok(()) };
+            self.queued -= 1;
+            shards[p].apply_identity_record(r, outputs);
+            flush(&shards[p], outputs, buf, totals, at, summary_only, out, err)?;
+            self.collect(&mut shards[p])?;
+        }
+        Err(io::Error::other(format!("{at}: identity records did not settle after {MAX_DRAIN} records")))
+    }
 }
 
 /// Where a line came from, for messages: `N of NAME`.
@@ -405,20 +485,25 @@ fn write_summary(
 /// One digest line, or with several shards one per shard and then their total (the wrapping sum,
 /// as [`Engine::digest`] is itself a sum over prospects).
 fn write_digests(shards: &[Engine], buf: &mut Vec<u8>) {
-    let line = |partition: Option<usize>, prospects: usize, digest: u64| {
+    // With identity resolution, `resolved`: what does not depend on how the shards' inputs and
+    // the identity topic interleave (`Engine::resolved_digest`).
+    let identity = shards.first().is_some_and(|e| e.identity_map().is_some());
+    let line = |partition: Option<usize>, prospects: usize, digest: u64, resolved: u64| {
         let partition = partition.map(|p| format!("\"partition\":{p},")).unwrap_or_default();
-        format!("{{\"kind\":\"digest\",{partition}\"prospects\":{prospects},\"digest\":\"{digest:016x}\"}}\n")
+        let resolved = if identity { format!(",\"resolved\":\"{resolved:016x}\"") } else { String::new() };
+        format!("{{\"kind\":\"digest\",{partition}\"prospects\":{prospects},\"digest\":\"{digest:016x}\"{resolved}}}\n")
     };
-    let (mut prospects, mut digest) = (0, 0u64);
+    let (mut prospects, mut digest, mut resolved) = (0, 0u64, 0u64);
     for (p, e) in shards.iter().enumerate() {
-        let d = e.digest();
+        let (d, r) = (e.digest(), if identity { e.resolved_digest() } else { 0 });
         if shards.len() > 1 {
-            buf.extend_from_slice(line(Some(p), e.len(), d).as_bytes());
+            buf.extend_from_slice(line(Some(p), e.len(), d, r).as_bytes());
         }
         prospects += e.len();
         digest = digest.wrapping_add(d);
+        resolved = resolved.wrapping_add(r);
     }
-    buf.extend_from_slice(line(None, prospects, digest).as_bytes());
+    buf.extend_from_slice(line(None, prospects, digest, resolved).as_bytes());
 }
 
 // Destructured so that a new counter cannot be forgotten in the sum.

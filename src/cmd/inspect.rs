@@ -79,6 +79,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
         "base": checked.base.path,
         "deltas": checked.deltas.iter().map(|d| &d.path).collect::<Vec<_>>(),
         "rejected": rejected,
+        "resolved_digest": engine.identity_map().map(|_| format!("{:016x}", engine.resolved_digest())),
         "header": checked.header(),
     });
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out)?)?;

@@ -122,6 +122,14 @@ impl Settings {
                 "give the changelog a topic of its own",
             ));
         }
+        let identity = k.identity_topic();
+        if k.input_topics.contains(&identity) || outs.contains(&&identity) || identity == changelog {
+            return Err(invalid(
+                "kafka.identity_topic",
+                format!("`{identity}` is also an input, output or changelog topic"),
+                "give the identity topic a topic of its own",
+            ));
+        }
         for topic in self.inputs.keys() {
             if !k.input_topics.contains(topic) {
                 return Err(invalid(

@@ -209,6 +209,10 @@ impl Changed {
     }
 }
 
+/// A group's members (map key, kind, first seen) and its canonical id
+/// ([`IdentityMap::group_members`]).
+pub type GroupMembers<'a> = (Vec<(&'a str, IdKind, Ts)>, Option<&'a str>);
+
 /// Changelog key prefix of an identifier's record (then its map key: the id, or NUL + email).
 pub const ID_RECORD: &str = "\0id/";
 /// Changelog key prefix of a link's record (then `<byte length of a's key>:`, a's key, b's key).
@@ -926,6 +930,17 @@ impl IdentityMap {
         if let Some(&n) = self.index.get(key) {
             self.dirty_node(n);
         }
+    }
+
+    /// The members of the group of the identifier with map key `key` (an id, or NUL + email),
+    /// each as (map key, kind, first seen), and the group's canonical id; `None` when the key is
+    /// unknown. For the identity topic (`core::xpart`).
+    pub fn group_members(&self, key: &str) -> Option<GroupMembers<'_>> {
+        let &n = self.index.get(key)?;
+        let g = self.group(self.root(n));
+        let members =
+            g.members.iter().map(|&m| &self.nodes[m as usize]).map(|n| (&*n.key, n.kind, n.first_seen)).collect();
+        Some((members, g.canonical.map(|c| &*self.nodes[c as usize].key)))
     }
 
     /// Each identifier's map key with its group's canonical id and kind, sorted: what two maps

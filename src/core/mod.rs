@@ -17,6 +17,7 @@ pub mod prospect;
 mod store;
 pub mod time;
 pub mod unmapped;
+pub mod xpart;
 
 pub use engine::{Census, Engine, IdentityStats, ProspectView, SlotDigests, Stats, snapshot};
 pub use event::{Event, EventKind, Source};

@@ -32,6 +32,10 @@ pub enum KafkaSetupError {
         "changelog topic `{topic}` has {found} partitions but the inputs have {expected}; shard p's state lives in changelog partition p, so delete it (state is rebuilt from snapshots or by replay) or set checkpoint.changelog_topic to a new name"
     )]
     Changelog { topic: String, found: usize, expected: usize },
+    #[error(
+        "identity topic `{topic}` has {found} partitions but the inputs have {expected}; partition p carries what shard p must do, so delete it once every instance is stopped (nothing in it outlives a drained pipeline) or set kafka.identity_topic to a new name"
+    )]
+    IdentityTopic { topic: String, found: usize, expected: usize },
     #[error("creating topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
 }
@@ -134,6 +138,9 @@ pub async fn create_topics(k: &Kafka) -> Result<Vec<String>, KafkaSetupError> {
     names.extend(
         [&k.topics.hot_leads, &k.topics.journey_events, &k.topics.funnel, &k.topics.dead_letter].map(String::as_str),
     );
+    // The identity topic (delete policy, the broker's default: its records are commands).
+    let identity = k.identity_topic();
+    names.push(&identity);
     let mut topics: Vec<NewTopic<'_>> =
         names.iter().map(|n| NewTopic::new(n, k.partitions, TopicReplication::Fixed(k.replication))).collect();
     // Each instance's held partitions (`members.rs`): one partition, the last record per
@@ -170,6 +177,27 @@ pub async fn ensure_changelog(k: &Kafka, topic: &str, partitions: usize) -> Resu
     let found = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
     if found != partitions {
         return Err(KafkaSetupError::Changelog { topic: topic.to_string(), found, expected: partitions });
+    }
+    Ok(())
+}
+
+/// Creates the identity topic with `partitions` partitions (delete policy) if it is missing,
+/// and refuses one whose partition count differs (its partition p is shard p's).
+pub async fn ensure_identity_topic(k: &Kafka, topic: &str, partitions: usize) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(k).create()?;
+    let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(k.replication));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics([&new], &opts).await? {
+        match r {
+            Ok(_) => tracing::info!(topic, partitions, "identity topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(KafkaSetupError::CreateTopic { topic: t, reason: e.to_string() }),
+        }
+    }
+    let md = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let found = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    if found != partitions {
+        return Err(KafkaSetupError::IdentityTopic { topic: topic.to_string(), found, expected: partitions });
     }
     Ok(())
 }

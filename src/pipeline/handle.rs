@@ -113,7 +113,10 @@ impl State {
     pub(super) fn handle(&mut self, msg: &impl Message, batch: Instant, wall: Ts) {
         let p = msg.partition();
         let topic = self.settings.kafka.input_topics.iter().position(|t| t == msg.topic()).unwrap_or(0);
-        let State { shards, journey, limits, specs, metrics, outputs, producer, settings, buf, .. } = self;
+        if let Some(id) = self.identity.as_ref().filter(|i| i.input == topic).cloned() {
+            return self.handle_identity(msg, &id, batch);
+        }
+        let State { shards, journey, limits, specs, metrics, outputs, producer, settings, buf, identity, .. } = self;
         let topics = settings.kafka.input_topics.len();
         // Every assigned partition has a shard (restored in `assign`); this is a safety net.
         let shard = shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics));
@@ -173,6 +176,9 @@ impl State {
                     self.unmapped.saw(&ev);
                     let before = shard.engine.stats().clone();
                     self.hot.before(shard.engine.funnel());
+                    if let Some(id) = identity {
+                        shard.engine.resolve_across(p as u32, id.partitions);
+                    }
                     shard.engine.apply(&ev, outputs);
                     let (stats, rejected) = (shard.engine.stats(), before.rejected);
                     // An event the engine refuses (source mismatch, ...) counts as rejected only.
@@ -193,6 +199,11 @@ impl State {
                         for o in outputs.drain(..) {
                             emit::output(&ctx, &shard.engine, &o, Some(msg), buf);
                         }
+                        self.unflushed = true;
+                    }
+                    if let Some(id) = identity
+                        && super::identity::send_records(producer, metrics, id, &mut shard.engine, buf)
+                    {
                         self.unflushed = true;
                     }
                     self.hot.event_time.observe(wall.since(ev.ts).as_secs_f64().max(0.0));

@@ -162,7 +162,11 @@ impl State {
         if fast {
             return self.handle(msg, batch, wall);
         }
-        let ts = merge_key(msg.payload().unwrap_or_default(), &self.specs[t], &self.journey, &self.limits);
+        let ts = if self.identity.as_ref().is_some_and(|i| i.input == t) {
+            super::identity::merge_key(msg.payload().unwrap_or_default())
+        } else {
+            merge_key(msg.payload().unwrap_or_default(), &self.specs[t], &self.journey, &self.limits)
+        };
         let seq = inputs.seq;
         inputs.seq += 1;
         inputs.queues[t].push_back(Buffered { msg: msg.detach(), ts, seq });

@@ -48,6 +48,7 @@
 mod barrier;
 mod emit;
 mod handle;
+mod identity;
 mod inputs;
 pub mod merge;
 pub mod query;
@@ -140,6 +141,9 @@ struct State {
     buffered: usize,
     /// Questions of the HTTP query API (when it is on).
     queries: Option<query::Inbox>,
+    /// The identity topic among the inputs (journey `[identity] resolve`), once the partition
+    /// count is known.
+    identity: Option<identity::IdentityInput>,
 }
 
 impl State {
@@ -200,6 +204,7 @@ impl State {
                 .collect(),
             buffered: 0,
             queries: h.queries,
+            identity: None,
             settings: settings.clone(),
         })
     }
@@ -222,7 +227,11 @@ pub struct Handles {
 
 /// Connects, checks the input topics, joins the group and runs until `stop` is set; then
 /// flushes, commits and leaves the group. Blocking: call it on a dedicated thread.
-pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), PipelineError> {
+pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), PipelineError> {
+    // With identity resolution the identity topic is one more input of every shard (last).
+    let identity_topic = journey.identity.is_some().then(|| settings.kafka.identity_topic());
+    let inputs = settings.kafka.input_topics.clone();
+    settings.kafka.input_topics.extend(identity_topic.clone());
     let k = &settings.kafka;
     let changelog_topic = settings.checkpoint.changelog.then(|| settings.changelog_topic());
     let (producer, failed) = kafka::producer(k, Some(h.metrics.clone()))?;
@@ -239,8 +248,15 @@ pub fn run(settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), 
     let state = State::new(&settings, journey, h, producer, failed.load(Ordering::Acquire), store, changelog)?;
     let consumer: PipelineConsumer =
         kafka::consumer_config(k).create_with_context(PipelineContext { state: Mutex::new(state) })?;
-    let counts = kafka::partition_counts(&consumer, &k.input_topics, &k.brokers, Duration::from_secs(10))?;
+    let counts = kafka::partition_counts(&consumer, &inputs, &k.brokers, Duration::from_secs(10))?;
     let partitions = kafka::check_copartitioned(&counts)?;
+    if let Some(name) = identity_topic {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PipelineError::Writer)?;
+        rt.block_on(kafka::ensure_identity_topic(k, &name, partitions))?;
+        let input = inputs.len();
+        consumer.context().lock().identity =
+            Some(identity::IdentityInput { input, name, partitions: partitions as u32 });
+    }
     if let Some(inbox) = &consumer.context().lock().queries {
         inbox.set_partitions(partitions);
     }

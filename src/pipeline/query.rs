@@ -192,7 +192,12 @@ impl State {
         let found = held
             .into_iter()
             .chain(self.shards.iter().filter(|(p, _)| **p != hashed).map(|(p, s)| (*p, s)))
-            .find_map(|(p, s)| s.engine.find(s.engine.linked_ids(id).0).map(|ix| (p, s, ix)));
+            .find_map(|(p, s)| {
+                // A redirect (a prospect folded into another; on a shard that received a
+                // transfer, the transferred id) is not an answer: the canonical prospect is.
+                let ix = s.engine.find(s.engine.linked_ids(id).0)?;
+                (!s.engine.prospect(ix).has(crate::core::prospect::REDIRECT)).then_some((p, s, ix))
+            });
         let Some((partition, shard, ix)) = found else {
             return if self.shards.contains_key(&hashed) {
                 Answer::Unknown { partition: hashed }

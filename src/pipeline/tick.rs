@@ -70,6 +70,10 @@ impl State {
             metrics.prospects.with_label_values(&[&st.name]).set(per_stage[i]);
         }
         metrics.prospects_total.set(total);
+        if self.identity.is_some() {
+            let redirects: usize = shards.values().map(|s| s.engine.redirects()).sum();
+            metrics.identity_redirects.set(redirects as i64);
+        }
         let mut outcomes = crate::core::Funnel::new(journey);
         for shard in shards.values() {
             outcomes.absorb(shard.engine.funnel());

@@ -54,6 +54,13 @@ pub struct Metrics {
     /// links refused by the guards, by reason.
     pub prospects_merged: IntCounterVec,
     pub merges_refused: IntCounterVec,
+    /// Identity resolution across partitions: identity-topic records sent and received, by
+    /// kind (`link`, `forward`, `transfer`); transfers received again and folded no second
+    /// time; prospects that are redirects (set with the funnel records).
+    pub identity_sent: IntCounterVec,
+    pub identity_received: IntCounterVec,
+    pub identity_transfers_duplicate: IntCounter,
+    pub identity_redirects: IntGauge,
     /// CRM memory entries evicted past `[crm] max_entries` (least recently changed first).
     pub crm_evicted: IntCounter,
     /// Messages of CRM topics read again only to rebuild a CRM memory after a restore from a
@@ -378,6 +385,31 @@ impl Metrics {
                 "Identity links refused by the `[identity]` guards, by reason (a `merge_refused` journey event each).",
                 &["reason"],
             )?,
+            identity_sent: counter_vec(
+                &r,
+                "microfunnel_identity_records_sent_total",
+                "Identity-topic records sent (identity resolution across partitions), by kind: `link` (a group changed; one per member homed elsewhere), `forward` (an event sent to its canonical prospect's partition), `transfer` (a prospect's state sent to be folded there).",
+                &["kind"],
+            )?,
+            identity_received: counter_vec(
+                &r,
+                "microfunnel_identity_records_received_total",
+                "Identity-topic records applied by this instance's shards, by kind (`link`, `forward`, `transfer`).",
+                &["kind"],
+            )?,
+            identity_transfers_duplicate: counter(
+                &r,
+                "microfunnel_identity_transfers_duplicate_total",
+                "Transfers received for a prospect already folded here (at-least-once redelivery): folded no second time.",
+            )?,
+            identity_redirects: {
+                let g = IntGauge::new(
+                    "microfunnel_identity_redirects",
+                    "Prospects of the held shards that are redirects (their state was folded into their canonical prospect), set with the funnel records.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             crm_evicted: counter(
                 &r,
                 "microfunnel_crm_memory_evicted_total",

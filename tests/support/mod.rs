@@ -611,7 +611,9 @@ fn checkpoint_cover(shards: &[Value]) -> (i64, BTreeMap<i64, String>) {
     let mut digests = BTreeMap::new();
     for sh in shards {
         if let Some(c) = sh["checkpoint"].as_object() {
-            covered += c["positions"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).sum::<i64>();
+            // Input messages only: the identity topic (`<group>.identity`) is an internal input.
+            let inputs = c["positions"].as_object().unwrap().iter().filter(|(t, _)| !t.ends_with(".identity"));
+            covered += inputs.map(|(_, v)| v.as_i64().unwrap()).sum::<i64>();
             if let Some(d) = c["digest"].as_str() {
                 digests.insert(sh["partition"].as_i64().unwrap(), d.to_string());
             }
@@ -627,6 +629,73 @@ pub fn key_in_partition(prefix: &str, partition: u32, partitions: u32) -> String
         .map(|i| format!("{prefix}{i}"))
         .find(|k| microfunnel::core::ids::kafka_partition(k.as_bytes(), partitions) == partition)
         .unwrap()
+}
+
+/// With identity resolution across partitions: each shard's `resolved_digest` (read by
+/// `inspect-snapshot` from its newest snapshot under `states`), once the checkpoints that
+/// `shards()` lists cover `messages` input messages and every record of the identity topic
+/// `<group>.identity` (the topic drained: nothing a shard sent is unread).
+pub fn resolved_when_drained(
+    shards: impl Fn() -> Vec<Value>,
+    s: &Settings,
+    states: &[&Path],
+    messages: i64,
+    partitions: usize,
+    limit: Duration,
+) -> BTreeMap<i64, String> {
+    let topic = format!("{}.identity", s.kafka.group_id);
+    let consumer = plain_consumer(&unique("watermarks"));
+    let deadline = Instant::now() + limit;
+    loop {
+        let shards = shards();
+        let (covered, digests) = checkpoint_cover(&shards);
+        let drained = shards.iter().all(|sh| {
+            let p = sh["partition"].as_i64().unwrap() as i32;
+            let high = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).map_or(i64::MAX, |w| w.1);
+            sh["checkpoint"]["positions"][&topic].as_i64().unwrap_or(0).max(0) >= high
+        });
+        if covered == messages && digests.len() == partitions && drained {
+            let mut out = BTreeMap::new();
+            for p in 0..partitions {
+                let newest = states
+                    .iter()
+                    .filter_map(|d| std::fs::read_dir(d.join(&s.kafka.group_id).join(format!("shard-{p:04}"))).ok())
+                    .flatten()
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter_map(|f| {
+                        let seq: u64 = f.file_name()?.to_str()?.strip_suffix(".snap")?.parse().ok()?;
+                        Some((seq, f))
+                    })
+                    .max()
+                    .unwrap_or_else(|| panic!("no snapshot of shard {p} under {states:?}"));
+                let o = bin()
+                    .arg("inspect-snapshot")
+                    .arg(&newest.1)
+                    .arg("--journey")
+                    .arg(&s.journey.path)
+                    .output()
+                    .expect("inspect-snapshot");
+                let v: Value = serde_json::from_slice(&o.stdout).expect("inspect-snapshot JSON");
+                out.insert(p as i64, v["resolved_digest"].as_str().expect("resolved_digest").to_string());
+            }
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints cover {covered} of {messages} messages, identity topic drained: {drained}: {shards:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Each partition's `resolved` digest in `replay --digest` output.
+pub fn resolved_of(oracle: &Oracle) -> BTreeMap<i64, String> {
+    oracle
+        .lines
+        .iter()
+        .filter(|l| l["kind"] == "digest")
+        .filter_map(|l| Some((l["partition"].as_i64()?, l["resolved"].as_str()?.to_string())))
+        .collect()
 }
 
 /// Each shard's checkpoint digest once the checkpoints cover `total` input messages.

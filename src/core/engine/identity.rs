@@ -49,7 +49,7 @@ impl Engine {
         }
         for c in changes {
             match c {
-                Change::Merged { from, into, reason } => self.merge(&from, &into, reason, ev.ts, out),
+                Change::Merged { from, into, reason } => self.merge_or_transfer(&from, &into, reason, ev.ts, out),
                 Change::Refused { ids, reason } => {
                     self.identity_stats.refused += 1;
                     out.push(Output::MergeRefused { ids: Box::new(ids), reason, at: ev.ts });
@@ -161,7 +161,7 @@ impl Engine {
     /// due left before the link was made: `Engine::expire_named`.) Nothing to fold when `from`
     /// has no prospect; when only `from` has one, it moves to `into` whole (with a cooldown
     /// kept for `into`'s id).
-    fn merge(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts, out: &mut Vec<Output>) {
+    pub(super) fn merge(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts, out: &mut Vec<Output>) {
         let Some(f) = self.ids.find(from) else { return };
         if self.prospect(f).has(prospect::REDIRECT) {
             return;

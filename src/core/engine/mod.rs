@@ -53,6 +53,7 @@ pub mod snapshot;
 mod stages;
 mod timers;
 mod view;
+mod xpart;
 
 use capture::Lineage;
 pub use capture::SlotDigests;
@@ -64,6 +65,7 @@ pub use retention::{KeptCooldown, KeptCooldowns};
 pub(crate) use shown::unpack as unpack_shown;
 use timers::{Timer, TimerKind};
 pub use view::{Census, ProspectView};
+pub use xpart::XPartStats;
 
 /// Counters of what the engine did with its input.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -152,6 +154,9 @@ pub struct Engine {
     /// Whether ids that leave memory are queued in `removed_ids` (for changelog tombstones).
     track_removals: bool,
     removed_ids: Vec<Box<str>>,
+    /// Cross-partition identity resolution (`xpart.rs`), when the caller set the shard's
+    /// partition ([`Engine::resolve_across`]).
+    xpart: Option<Box<xpart::XPart>>,
 }
 
 fn journey_identity(journey: &Journey) -> Option<Box<IdentityMap>> {
@@ -186,6 +191,7 @@ impl Engine {
             kept_cooldowns: KeptCooldowns::new(),
             track_removals: false,
             removed_ids: Vec::new(),
+            xpart: None,
         }
     }
 
@@ -338,6 +344,9 @@ impl Engine {
     pub fn apply(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) {
         self.release_freed();
         if self.identity.is_some() {
+            if self.xpart.is_some() {
+                return self.apply_across(ev, out);
+            }
             return self.apply_resolved(ev, out);
         }
         self.apply_one(ev, out)

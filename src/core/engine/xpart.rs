@@ -1,0 +1,374 @@
+//! Identity resolution across partitions, the engine's side: a shard that resolves identities
+//! and knows its partition ([`Engine::resolve_across`]) keeps every prospect on the partition
+//! of its canonical id. What must cross goes out as [`XRecord`]s (taken by the caller with
+//! [`Engine::take_identity_records`], each with the partition it goes to) and comes in through
+//! [`Engine::apply_identity_record`]:
+//! - after an event or a link changes a group (its canonical id or its size), each member homed
+//!   on another partition gets a `Link` naming it and every other member this shard knows, so
+//!   that every home of a member comes to hold the group and agree on its canonical id (the rule
+//!   is total; groups only grow; a home that learns nothing new sends nothing, so it stops);
+//! - a merge whose canonical id lives elsewhere sends the merged-away prospect's whole state as
+//!   a `Transfer` and leaves it a redirect (out of the funnel and the census);
+//! - an event whose canonical prospect lives elsewhere goes there as a `Forward`, rewritten to
+//!   that prospect, after its links were learnt here.
+
+use super::Engine;
+use crate::core::event::Event;
+use crate::core::funnel::OutcomeFacts;
+use crate::core::identity::{Change, IdKind, LinkReason};
+use crate::core::journey::{Journey, Outcome};
+use crate::core::output::Output;
+use crate::core::prospect;
+use crate::core::snapshot::Dec;
+use crate::core::time::Ts;
+use crate::core::xpart::{Ident, XRecord, home};
+
+/// A shard's part in cross-partition identity resolution.
+#[derive(Clone, Debug, Default)]
+pub(super) struct XPart {
+    partition: u32,
+    partitions: u32,
+    /// Records to send, each with its partition, until taken.
+    out: Vec<(u32, XRecord)>,
+    stats: XPartStats,
+}
+
+/// What cross-partition identity resolution did in a shard (counted since the engine started).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct XPartStats {
+    pub links_sent: u64,
+    pub links_received: u64,
+    /// Events sent to the partition of their canonical prospect.
+    pub forwarded: u64,
+    pub transfers_sent: u64,
+    /// Transfers folded into a prospect here.
+    pub transfers_received: u64,
+    /// Transfers received again (at-least-once redelivery) and folded no second time.
+    pub transfers_duplicate: u64,
+    /// Records that did not decode, or transfers whose record did not.
+    pub invalid: u64,
+}
+
+/// A group as far as propagation cares: its canonical id and how many identifiers it has.
+type Signature = Option<(Option<String>, usize)>;
+
+impl Engine {
+    /// Resolves identities across `partitions` partitions, this shard being `partition` (no
+    /// effect with `[identity] resolve` off or one partition; none when already so).
+    pub fn resolve_across(&mut self, partition: u32, partitions: u32) {
+        let same = self.xpart.as_deref().is_some_and(|x| (x.partition, x.partitions) == (partition, partitions));
+        if self.identity.is_some() && partitions > 1 && !same {
+            self.xpart = Some(Box::new(XPart { partition, partitions, ..XPart::default() }));
+        }
+    }
+
+    /// The identity records the last calls produced, each with the partition it goes to.
+    pub fn take_identity_records(&mut self) -> Vec<(u32, XRecord)> {
+        self.xpart.as_deref_mut().map(|x| std::mem::take(&mut x.out)).unwrap_or_default()
+    }
+
+    /// What cross-partition identity resolution did here (`None` when it is off).
+    pub fn xpart_stats(&self) -> Option<&XPartStats> {
+        self.xpart.as_deref().map(|x| &x.stats)
+    }
+
+    /// Prospects of this shard's own ids that are redirects (their state was folded into
+    /// another prospect); the copies of transferred ids kept as markers are not counted.
+    pub fn redirects(&self) -> usize {
+        self.iter_ids().filter(|&(ix, id)| self.prospect(ix).has(prospect::REDIRECT) && !self.foreign(id)).count()
+    }
+
+    /// A digest of what does not depend on the order in which a shard's inputs and the
+    /// identity topic interleave: for each prospect that is not a redirect, its id, stage,
+    /// stage entry dates, signal counts, look-back marks and last activity (not the score's
+    /// last bits, the dedup memory, timers' flags, the email last given, alerts). Summed over
+    /// shards it is what `replay --partitions N` and the service agree on once the identity
+    /// topic is drained ([`Engine::digest`] covers everything).
+    pub fn resolved_digest(&self) -> u64 {
+        let mut buf = Vec::with_capacity(256);
+        let mut sum = 0u64;
+        for i in (0..self.store.len()).filter(|&i| self.holds(i)) {
+            let p = self.store.fixed(i);
+            if p.has(prospect::REDIRECT) {
+                continue;
+            }
+            buf.clear();
+            buf.extend_from_slice(self.ids.get(crate::core::ids::ProspectIx(i as u32)).as_bytes());
+            buf.push(0);
+            buf.push(p.stage.0);
+            buf.extend_from_slice(&p.last_activity.0.to_le_bytes());
+            self.store.stage_times(i).iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+            self.store.counts(i).iter().for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+            self.store.marks(i).iter().for_each(|v| buf.extend_from_slice(&v.0.to_le_bytes()));
+            sum = sum.wrapping_add(crate::core::ids::hash64(crate::core::ids::SEED_DIGEST, &buf));
+        }
+        sum
+    }
+
+    fn foreign(&self, key: &str) -> bool {
+        self.xpart.as_deref().is_some_and(|x| home(key, x.partitions) != x.partition)
+    }
+
+    fn signature(&self, key: &str) -> Signature {
+        let (members, canonical) = self.identity.as_deref()?.group_members(key)?;
+        Some((canonical.map(String::from), members.len()))
+    }
+
+    /// A merge that identity resolution decided: here when `into` lives here, else `from`'s
+    /// prospect (if it has one here) goes to `into`'s partition.
+    pub(super) fn merge_or_transfer(
+        &mut self,
+        from: &str,
+        into: &str,
+        reason: LinkReason,
+        at: Ts,
+        out: &mut Vec<Output>,
+    ) {
+        if self.foreign(into) {
+            self.transfer_out(from, into, reason, at);
+        } else {
+            self.merge(from, into, reason, at, out);
+        }
+    }
+
+    /// [`Engine::apply`] across partitions: links first (they may transfer prospects away),
+    /// then the event applies to its canonical prospect here, or is forwarded to its partition.
+    pub(super) fn apply_across(&mut self, ev: &Event<'_>, out: &mut Vec<Output>) {
+        let before = self.signature(&ev.prospect);
+        let canonical = self.resolve_identity(ev, out);
+        let target = canonical.as_deref().unwrap_or(&ev.prospect);
+        if self.foreign(target) {
+            let anonymous = self
+                .identity
+                .as_deref()
+                .and_then(|m| m.group_members(target))
+                .and_then(|(m, _)| m.iter().find(|(k, _, _)| *k == target).map(|&(_, kind, _)| kind))
+                .is_some_and(|k| k == IdKind::Anonymous);
+            let mut event = ev.clone().into_owned();
+            event.prospect = target.to_string().into();
+            event.anonymous = anonymous;
+            event.touch = None;
+            let into = target.to_string();
+            self.send(XRecord::Forward { into, event });
+        } else if let Some(c) = canonical {
+            self.identity_stats.routed += 1;
+            let routed = Event { prospect: c.into(), ..ev.clone() };
+            self.apply_one(&routed, out);
+        } else {
+            self.apply_one(ev, out);
+        }
+        let reason = if ev.linked.is_some() { LinkReason::Identify } else { LinkReason::Email };
+        self.propagate(&ev.prospect, before, reason, ev.ts);
+    }
+
+    /// Applies one record of the identity topic received on this shard's partition.
+    pub fn apply_identity_record(&mut self, rec: XRecord, out: &mut Vec<Output>) {
+        self.release_freed();
+        if self.xpart.is_none() {
+            return;
+        }
+        match rec {
+            XRecord::Link { ids, reason, ts } => self.link_in(&ids, reason, ts, out),
+            XRecord::Forward { event, .. } => self.apply(&event, out),
+            XRecord::Transfer { from, into, reason, ts, record, .. } => {
+                self.transfer_in(&from, &into, reason, ts, &record, out)
+            }
+        }
+    }
+
+    fn send(&mut self, rec: XRecord) {
+        let Some(x) = self.xpart.as_deref_mut() else { return };
+        let p = home(rec.key(), x.partitions);
+        match &rec {
+            XRecord::Link { .. } => x.stats.links_sent += 1,
+            XRecord::Forward { .. } => x.stats.forwarded += 1,
+            XRecord::Transfer { .. } => x.stats.transfers_sent += 1,
+        }
+        x.out.push((p, rec));
+    }
+
+    /// After the group of `key` changed: a `Link` to each member homed elsewhere, naming it
+    /// first, then every other member as this shard knows the group (`key` and the canonical
+    /// id among them), so that each home learns the whole group, not only the ids it shares a
+    /// record with.
+    fn propagate(&mut self, key: &str, before: Signature, reason: LinkReason, ts: Ts) {
+        if self.signature(key) == before {
+            return;
+        }
+        let Some(x) = self.xpart.as_deref() else { return };
+        let (partition, partitions) = (x.partition, x.partitions);
+        let Some((members, _)) = self.identity.as_deref().and_then(|m| m.group_members(key)) else {
+            return;
+        };
+        let ident = |&(k, kind, first_seen): &(&str, IdKind, Ts)| Ident { key: k.to_string(), kind, first_seen };
+        let mut records = Vec::new();
+        for m in members.iter().filter(|m| m.0 != key && home(m.0, partitions) != partition) {
+            let mut ids = vec![ident(m)];
+            // `key` right after the receiver's own id, then the rest.
+            ids.extend(members.iter().filter(|o| o.0 == key).map(ident));
+            ids.extend(members.iter().filter(|o| o.0 != key && o.0 != m.0).map(ident));
+            records.push(XRecord::Link { ids, reason, ts });
+        }
+        for r in records {
+            self.send(r);
+        }
+    }
+
+    fn link_in(&mut self, ids: &[Ident], reason: LinkReason, ts: Ts, out: &mut Vec<Output>) {
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.stats.links_received += 1;
+        }
+        let (Some(first), Some(limits)) = (ids.first(), self.journey.identity) else { return };
+        let before = self.signature(&first.key);
+        let raw = |i: &Ident| match i.kind {
+            IdKind::Email => i.key.strip_prefix('\0').unwrap_or(&i.key).to_string(),
+            IdKind::Anonymous | IdKind::Known => i.key.clone(),
+        };
+        let mut changes = Vec::new();
+        if let Some(map) = self.identity.as_deref_mut() {
+            for i in ids {
+                map.observe(&raw(i), i.kind, i.first_seen, &mut changes);
+            }
+            // Each identifier was observed above with its own first-seen time; the link's time
+            // is not a sighting of either (`Ts::NONE`: observe nothing more).
+            for i in &ids[1..] {
+                map.link((&raw(first), first.kind), (&raw(i), i.kind), Ts::NONE, reason, &limits, &mut changes);
+            }
+        }
+        for c in changes {
+            match c {
+                Change::Merged { from, into, reason } => self.merge_or_transfer(&from, &into, reason, ts, out),
+                Change::Refused { ids, reason } => {
+                    self.identity_stats.refused += 1;
+                    out.push(Output::MergeRefused { ids: Box::new(ids), reason, at: ts });
+                }
+            }
+        }
+        self.propagate(&first.key, before, reason, ts);
+    }
+
+    /// `from`'s prospect leaves this shard for `into`'s partition: its record goes out as a
+    /// `Transfer`, and it stays here as a redirect, out of the funnel.
+    fn transfer_out(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts) {
+        let Some(f) = self.ids.find(from) else { return };
+        if self.prospect(f).has(prospect::REDIRECT) {
+            return;
+        }
+        let mut record = Vec::new();
+        self.encode_changelog_record(f, &mut record);
+        let journey = std::sync::Arc::clone(&self.journey);
+        self.count_in_funnel(&journey, f.0 as usize, false);
+        self.make_redirect(f);
+        let Some(source) = self.xpart.as_deref().map(|x| x.partition) else { return };
+        self.send(XRecord::Transfer { from: from.into(), into: into.into(), reason, ts: at, source, record });
+    }
+
+    /// Folds a transferred prospect into `into` (or, if `into` was folded further since, sends
+    /// it on). `from` stays here as a redirect record: a transfer of a `from` that is already
+    /// one here is a redelivery (the topic is at-least-once; a sender that crashed before its
+    /// checkpoint sends it again) and folds nothing. That marker is prospect state, so it is
+    /// checkpointed and restored with the shard like any record.
+    fn transfer_in(
+        &mut self,
+        from: &str,
+        into: &str,
+        reason: LinkReason,
+        ts: Ts,
+        record: &[u8],
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(f) = self.ids.find(from)
+            && self.prospect(f).has(prospect::REDIRECT)
+        {
+            if let Some(x) = self.xpart.as_deref_mut() {
+                x.stats.transfers_duplicate += 1;
+            }
+            return;
+        }
+        let target = self.identity.as_deref().map_or(into, |m| m.canonical(into)).to_string();
+        if self.foreign(&target) {
+            // `into` was folded further since: the state follows it.
+            let Some(source) = self.xpart.as_deref().map(|x| x.partition) else { return };
+            let record = record.to_vec();
+            return self.send(XRecord::Transfer { from: from.into(), into: target, reason, ts, source, record });
+        }
+        let rec = match self.decode_changelog_record(&mut Dec::new(record)) {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(x) = self.xpart.as_deref_mut() {
+                    x.stats.invalid += 1;
+                }
+                return;
+            }
+        };
+        let Ok(ix) = self.install(from, rec) else {
+            self.identity_stats.refused += 1;
+            return;
+        };
+        let journey = std::sync::Arc::clone(&self.journey);
+        self.count_in_funnel(&journey, ix.0 as usize, true);
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.stats.transfers_received += 1;
+        }
+        self.merge(from, &target, reason, ts, out);
+        // `merge` frees `from` (within a shard the map alone routes it); here its redirect
+        // record stays as the marker that makes a redelivered transfer fold nothing.
+        if self.ids.find(from).is_none()
+            && let Ok(rec) = self.decode_changelog_record(&mut Dec::new(record))
+            && let Ok(ix) = self.install(from, rec)
+        {
+            self.make_redirect(ix);
+        }
+    }
+
+    /// Turns prospect `f` into a redirect record: no email, extras, first-shown times or
+    /// timers; out of the census and the funnel (the caller moved its counts).
+    fn make_redirect(&mut self, f: crate::core::ids::ProspectIx) {
+        if self.emails.get(&f.0).is_some() {
+            self.emails.remove(&f.0);
+            self.mark_email_changed(f.0);
+        }
+        self.extras.remove(&f.0);
+        self.shown.clear(f.0 as usize);
+        let p = self.store.fixed_mut(f.0 as usize);
+        p.flags = prospect::REDIRECT;
+        p.ghost_due = Ts::NONE;
+        p.stall_due = Ts::NONE;
+        p.hot_until = Ts::NONE;
+        self.quiet.remove(&f.0);
+        self.mark_changed(f.0);
+    }
+
+    /// Counts prospect `i` into the funnel (`add`) or takes it out, as a merge does with both
+    /// of its prospects.
+    fn count_in_funnel(&mut self, journey: &Journey, i: usize, add: bool) {
+        let p = self.store.fixed(i).clone();
+        let times = self.store.stage_times(i).to_vec();
+        let counts = self.store.counts(i).to_vec();
+        let alerted = self.extras.get(&(i as u32)).map_or_else(Vec::new, |x| x.alerted.clone());
+        let shown = self.shown.get(i).to_vec();
+        let step = |n: &mut u64| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        step(&mut self.funnel.in_stage[p.stage.0 as usize]);
+        let furthest = (0..journey.stages.len()).rev().find(|&k| !journey.stages[k].terminal && times[k] != 0);
+        for k in (0..furthest.map_or(0, |f| f + 1)).filter(|&k| !journey.stages[k].terminal) {
+            step(&mut self.funnel.reached[k]);
+        }
+        for (s, _) in counts.iter().enumerate().filter(|&(_, &c)| c > 0) {
+            step(&mut self.funnel.signal_shown[s]);
+        }
+        if !alerted.is_empty() {
+            step(&mut self.funnel.hot_prospects);
+        }
+        for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
+            if p.has(flag) {
+                let at = super::stages::outcome_at(journey, o, p.stage_entered, &times);
+                let facts = OutcomeFacts { counts: &counts, alerted: &alerted, shown: &shown, at, score: p.score };
+                if add {
+                    self.funnel.outcome(journey, o, &facts);
+                } else {
+                    self.funnel.retract_outcome(journey, o, &facts);
+                }
+            }
+        }
+    }
+}

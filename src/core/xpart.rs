@@ -1,0 +1,294 @@
+//! Identity resolution across partitions: the records of the internal identity topic
+//! (`<group>.identity`, co-partitioned with the inputs), as bytes and back. Pure.
+//!
+//! Each record is keyed by the identifier whose partition ([`home`]) must act on it:
+//! - [`XRecord::Link`]: "these identifiers are one person"; the receiver links the first (its
+//!   own) with each of the others in its identity map, so its view of the group grows until
+//!   every home of a member agrees on the canonical id.
+//! - [`XRecord::Forward`]: an event that arrived under an id whose canonical prospect lives on
+//!   the receiving partition, rewritten to that prospect (its event id kept, so dedup covers a
+//!   redelivery).
+//! - [`XRecord::Transfer`]: a prospect's whole state (changelog record layout, extras included),
+//!   folded into `into` on the receiving partition with the semantics of a merge; the receiver
+//!   keeps `from` as a redirect record, so a redelivery folds nothing twice.
+//!
+//! Layout (little endian; strings as `u32` length + UTF-8): a tag byte (`L`, `F`, `T`), then
+//! - `L`: reason `u8`, `ts i64`, count `u32`, per identifier its map key, kind `u8`, first seen
+//!   `i64`;
+//! - `F`: `into`, then the event: event id, prospect, source `u8`, kind `u8`, name, signal `u16`
+//!   (`0xFFFF`: none), `ts i64`, email and linked id (`u8` 0, or 1 + string), anonymous `u8`;
+//! - `T`: `from`, `into`, reason `u8`, `ts i64`, the sending partition `u32`, the record
+//!   (`u32` length + bytes).
+
+use std::borrow::Cow;
+
+use super::engine::snapshot::{Dec, Enc, StateError};
+use super::event::{Event, EventKind, Source};
+use super::identity::{IdKind, LinkReason};
+use super::ids::kafka_partition;
+use super::journey::SignalId;
+use super::time::Ts;
+
+/// The partition (shard) of an identifier's map key among `partitions`: where a Kafka
+/// producer keyed by it puts it (an email's key is NUL + the email).
+pub fn home(key: &str, partitions: u32) -> u32 {
+    if partitions <= 1 { 0 } else { kafka_partition(key.as_bytes(), partitions) }
+}
+
+/// An identifier as the identity map knows it: its map key, kind and first-seen time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ident {
+    pub key: String,
+    pub kind: IdKind,
+    pub first_seen: Ts,
+}
+
+/// One record of the identity topic.
+#[derive(Clone, Debug, PartialEq)]
+pub enum XRecord {
+    /// `ids[0]` (homed at the receiving partition) is one person with each of the others.
+    Link { ids: Vec<Ident>, reason: LinkReason, ts: Ts },
+    /// An event for the canonical prospect `into`, which lives on the receiving partition.
+    Forward { into: String, event: Event<'static> },
+    /// Prospect `from`'s state (a changelog record), to be folded into `into`.
+    Transfer { from: String, into: String, reason: LinkReason, ts: Ts, source: u32, record: Vec<u8> },
+}
+
+impl XRecord {
+    /// The identifier whose partition the record goes to (its Kafka key).
+    pub fn key(&self) -> &str {
+        match self {
+            XRecord::Link { ids, .. } => ids.first().map_or("", |i| &i.key),
+            XRecord::Forward { into, .. } | XRecord::Transfer { into, .. } => into,
+        }
+    }
+
+    /// The event time the record is merged by among the shard's inputs.
+    pub fn ts(&self) -> Ts {
+        match self {
+            XRecord::Link { ts, .. } | XRecord::Transfer { ts, .. } => *ts,
+            XRecord::Forward { event, .. } => event.ts,
+        }
+    }
+
+    /// The record's kind, a bounded label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            XRecord::Link { .. } => "link",
+            XRecord::Forward { .. } => "forward",
+            XRecord::Transfer { .. } => "transfer",
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut e = Enc(out);
+        match self {
+            XRecord::Link { ids, reason, ts } => {
+                e.u8(b'L');
+                e.u8(*reason as u8);
+                e.ts(*ts);
+                e.u32(ids.len() as u32);
+                for i in ids {
+                    e.bytes(i.key.as_bytes());
+                    e.u8(i.kind as u8);
+                    e.ts(i.first_seen);
+                }
+            }
+            XRecord::Forward { into, event } => {
+                e.u8(b'F');
+                e.bytes(into.as_bytes());
+                e.bytes(event.event_id.as_bytes());
+                e.bytes(event.prospect.as_bytes());
+                e.u8(event.source as u8);
+                e.u8(event.kind as u8);
+                e.bytes(event.name.as_bytes());
+                e.u16(event.signal.map_or(u16::MAX, |s| s.0));
+                e.ts(event.ts);
+                for s in [&event.email, &event.linked] {
+                    match s {
+                        Some(s) => {
+                            e.u8(1);
+                            e.bytes(s.as_bytes());
+                        }
+                        None => e.u8(0),
+                    }
+                }
+                e.u8(u8::from(event.anonymous));
+            }
+            XRecord::Transfer { from, into, reason, ts, source, record } => {
+                e.u8(b'T');
+                e.bytes(from.as_bytes());
+                e.bytes(into.as_bytes());
+                e.u8(*reason as u8);
+                e.ts(*ts);
+                e.u32(*source);
+                e.bytes(record);
+            }
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<XRecord, StateError> {
+        let mut d = Dec::new(buf);
+        let at = d.position();
+        let rec = match d.u8("identity record tag")? {
+            b'L' => {
+                let reason = reason(&mut d)?;
+                let ts = d.ts("link time")?;
+                let n = d.u32("identifier count")?;
+                if n as usize > d.remaining() {
+                    return Err(StateError::Invalid { what: "identifier count", at: d.position() });
+                }
+                let mut ids = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let key = d.str("identifier")?.to_string();
+                    let kind = match d.u8("identifier kind")? {
+                        0 => IdKind::Anonymous,
+                        1 => IdKind::Known,
+                        2 => IdKind::Email,
+                        _ => return Err(StateError::Invalid { what: "identifier kind", at: d.position() - 1 }),
+                    };
+                    ids.push(Ident { key, kind, first_seen: d.ts("first seen")? });
+                }
+                if ids.is_empty() {
+                    return Err(StateError::Invalid { what: "identifier count", at });
+                }
+                XRecord::Link { ids, reason, ts }
+            }
+            b'F' => {
+                let into = d.str("forward into")?.to_string();
+                let event_id = d.str("event id")?.to_string();
+                let prospect = d.str("prospect")?.to_string();
+                let source = match d.u8("source")? {
+                    0 => Source::Web,
+                    1 => Source::Crm,
+                    _ => return Err(StateError::Invalid { what: "source", at: d.position() - 1 }),
+                };
+                let kinds = [
+                    EventKind::Named,
+                    EventKind::Page,
+                    EventKind::Screen,
+                    EventKind::Identify,
+                    EventKind::Group,
+                    EventKind::Alias,
+                ];
+                let k = d.u8("event kind")?;
+                let Some(&kind) = kinds.get(k as usize) else {
+                    return Err(StateError::Invalid { what: "event kind", at: d.position() - 1 });
+                };
+                let name = d.str("event name")?.to_string();
+                let signal = match d.u16("signal")? {
+                    u16::MAX => None,
+                    s => Some(SignalId(s)),
+                };
+                let ts = d.ts("event time")?;
+                let mut opt = |what| -> Result<Option<Cow<'static, str>>, StateError> {
+                    Ok(match d.u8(what)? {
+                        0 => None,
+                        _ => Some(Cow::Owned(d.str(what)?.to_string())),
+                    })
+                };
+                let email = opt("email")?;
+                let linked = opt("linked id")?;
+                let anonymous = d.u8("anonymous")? != 0;
+                let event = Event {
+                    event_id: Cow::Owned(event_id),
+                    prospect: Cow::Owned(prospect),
+                    source,
+                    kind,
+                    name: Cow::Owned(name),
+                    signal,
+                    ts,
+                    email,
+                    linked,
+                    anonymous,
+                    touch: None,
+                };
+                XRecord::Forward { into, event }
+            }
+            b'T' => XRecord::Transfer {
+                from: d.str("transfer from")?.to_string(),
+                into: d.str("transfer into")?.to_string(),
+                reason: reason(&mut d)?,
+                ts: d.ts("transfer time")?,
+                source: d.u32("source partition")?,
+                record: d.bytes("prospect record")?.to_vec(),
+            },
+            _ => return Err(StateError::Invalid { what: "identity record tag", at }),
+        };
+        if !d.is_empty() {
+            return Err(StateError::Invalid { what: "trailing bytes", at: d.position() });
+        }
+        Ok(rec)
+    }
+}
+
+fn reason(d: &mut Dec<'_>) -> Result<LinkReason, StateError> {
+    let at = d.position();
+    match d.u8("link reason")? {
+        0 => Ok(LinkReason::Identify),
+        1 => Ok(LinkReason::Alias),
+        2 => Ok(LinkReason::Email),
+        3 => Ok(LinkReason::CanonicalRule),
+        _ => Err(StateError::Invalid { what: "link reason", at }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(r: XRecord) {
+        let mut buf = Vec::new();
+        r.encode(&mut buf);
+        assert_eq!(XRecord::decode(&buf).unwrap(), r);
+        // Every cut of a record is refused, never misread.
+        for n in 0..buf.len() {
+            assert!(XRecord::decode(&buf[..n]).is_err(), "cut at {n} of {}", r.kind());
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_cuts_are_refused() {
+        let ident = |k: &str, kind| Ident { key: k.into(), kind, first_seen: Ts(1_700_000_000_000) };
+        round_trip(XRecord::Link {
+            ids: vec![
+                ident("anon_1", IdKind::Anonymous),
+                ident("usr_1", IdKind::Known),
+                ident("\0a@b.c", IdKind::Email),
+            ],
+            reason: LinkReason::Identify,
+            ts: Ts(1_700_000_000_500),
+        });
+        round_trip(XRecord::Forward {
+            into: "usr_1".into(),
+            event: Event {
+                event_id: "e1".into(),
+                prospect: "usr_1".into(),
+                source: Source::Crm,
+                kind: EventKind::Named,
+                name: "quote_sent".into(),
+                signal: Some(SignalId(3)),
+                ts: Ts(1_700_000_001_000),
+                email: Some("a@b.c".into()),
+                linked: None,
+                anonymous: false,
+                touch: None,
+            },
+        });
+        round_trip(XRecord::Transfer {
+            from: "anon_1".into(),
+            into: "usr_1".into(),
+            reason: LinkReason::Email,
+            ts: Ts(5),
+            source: 2,
+            record: vec![b'P', 1, 2, 3],
+        });
+        assert!(XRecord::decode(b"X").is_err());
+    }
+
+    #[test]
+    fn home_is_kafkas_partition() {
+        assert_eq!(home("usr_1", 1), 0);
+        assert_eq!(home("usr_1", 3), kafka_partition(b"usr_1", 3));
+    }
+}

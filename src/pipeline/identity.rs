@@ -1,0 +1,99 @@
+//! The identity topic in the pipeline (identity resolution across partitions, journey
+//! `[identity] resolve`): one more input of every shard, co-partitioned with the others (the
+//! topic is appended to the subscribed inputs, so partition p is assigned with shard p, its
+//! position is checkpointed and committed like theirs, and the merge orders its records by
+//! event time among the shard's inputs). Records the engines send go out through the output
+//! producer, keyed by the identifier whose partition must act, to that partition: the
+//! checkpoint barrier's flush covers them, so offsets are committed only after they are
+//! acknowledged.
+
+use rdkafka::message::Message;
+use rdkafka::producer::BaseRecord;
+
+use super::State;
+use super::emit;
+use crate::core::xpart::XRecord;
+use crate::core::{Engine, RejectReason};
+use crate::kafka::{self, OutputProducer};
+use crate::telemetry::Metrics;
+
+/// Where the identity topic is among the shard's inputs.
+#[derive(Clone, Debug)]
+pub(super) struct IdentityInput {
+    /// Its index in the inputs (the last one).
+    pub input: usize,
+    pub name: String,
+    /// The inputs' partition count.
+    pub partitions: u32,
+}
+
+/// Sends the records `engine` produced; whether any went out.
+pub(super) fn send_records(
+    producer: &OutputProducer,
+    metrics: &Metrics,
+    id: &IdentityInput,
+    engine: &mut Engine,
+    buf: &mut Vec<u8>,
+) -> bool {
+    let records = engine.take_identity_records();
+    for (p, r) in &records {
+        buf.clear();
+        r.encode(buf);
+        let record = BaseRecord::to(&id.name).key(r.key().as_bytes()).payload(&buf[..]).partition(*p as i32);
+        if kafka::send(producer, record) {
+            metrics.identity_sent.with_label_values(&[r.kind()]).inc();
+        }
+    }
+    !records.is_empty()
+}
+
+/// The merge key of an identity record: the time of the event that caused it.
+pub(super) fn merge_key(payload: &[u8]) -> Option<crate::core::Ts> {
+    XRecord::decode(payload).ok().map(|r| r.ts())
+}
+
+impl State {
+    /// One message of the identity topic: applied to its partition's shard, the outputs and the
+    /// records it causes sent; one that does not decode is dead-lettered (`wrong_shape`).
+    pub(super) fn handle_identity(&mut self, msg: &impl Message, id: &IdentityInput, batch: std::time::Instant) {
+        let p = msg.partition();
+        let topics = self.settings.kafka.input_topics.len();
+        let State { shards, journey, metrics, outputs, producer, settings, buf, .. } = self;
+        let shard = shards
+            .entry(p)
+            .or_insert_with(|| super::shard::Shard::new(Engine::new(std::sync::Arc::clone(journey)), topics));
+        shard.last_input = batch;
+        if msg.offset() < shard.positions[id.input] {
+            return;
+        }
+        shard.positions[id.input] = msg.offset() + 1;
+        self.since_barrier += 1;
+        shard.engine.resolve_across(p as u32, id.partitions);
+        let rec = match XRecord::decode(msg.payload().unwrap_or_default()) {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = RejectReason::WrongShape;
+                metrics.events_rejected.with_label_values(&[reason.as_str()]).inc();
+                let detail = format!("identity record: {e}");
+                emit::dead_letter(producer, metrics, &settings.kafka.topics.dead_letter, msg, reason, &detail);
+                self.unflushed = true;
+                return;
+            }
+        };
+        metrics.identity_received.with_label_values(&[rec.kind()]).inc();
+        let dup = |e: &Engine| e.xpart_stats().map_or(0, |s| s.transfers_duplicate);
+        let before = dup(&shard.engine);
+        shard.engine.apply_identity_record(rec, outputs);
+        metrics.identity_transfers_duplicate.inc_by(dup(&shard.engine) - before);
+        if !outputs.is_empty() {
+            let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
+            for o in outputs.drain(..) {
+                emit::output(&ctx, &shard.engine, &o, Some(msg), buf);
+            }
+            self.unflushed = true;
+        }
+        if send_records(producer, metrics, id, &mut shard.engine, buf) {
+            self.unflushed = true;
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Identity resolution across partitions in the service: TWO instances of one consumer group
+//! against a real Kafka-API broker (Tansu, see `support`), input topics with three partitions,
+//! and the issue's flow with the anonymous id, the user id and the CRM contact id each on its
+//! own partition (so the shards that own them, on different instances, must talk through the
+//! identity topic). Each step is produced once the previous one took effect, as a person's
+//! steps are hours apart. Exactly one hot-lead alert, for the canonical prospect (the user),
+//! whose state shows the pre-signup web signals; the funnel counts one person; the people equal
+//! `replay --partitions 3`'s once the identity topic is drained. Killed with SIGKILL after the
+//! signup (the instance holding the user's shard), the other instance takes over and the
+//! outcome is the same.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::Value;
+use support::*;
+
+const PARTITIONS: u32 = 3;
+const LIMIT: Duration = Duration::from_secs(120);
+
+struct Ids {
+    anon: String,
+    user: String,
+    contact: String,
+}
+
+fn journey_file(dir: &Path, name: &str) -> PathBuf {
+    let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
+    let path = dir.join(format!("{name}-journey.toml"));
+    std::fs::write(&path, format!("{b2b}\n[identity]\nresolve = true\n")).unwrap();
+    path
+}
+
+fn seg(kind: &str, event: &str, user: Option<&str>, anon: &str, id: &str, ts: &str, email: Option<&str>) -> String {
+    let user = user.map_or("null".to_string(), |u| format!("\"{u}\""));
+    let traits = email.map_or(String::new(), |e| format!(r#","traits":{{"email":"{e}"}}"#));
+    let event = if event.is_empty() { String::new() } else { format!(r#","event":"{event}""#) };
+    format!(
+        r#"{{"type":"{kind}"{event},"userId":{user},"anonymousId":"{anon}","messageId":"{id}","timestamp":"{ts}"{traits}}}"#
+    )
+}
+
+fn crm_line(kind: &str, prospect: &str, id: &str, ts: &str, email: Option<&str>) -> String {
+    let email = email.map_or(String::new(), |e| format!(r#","email":"{e}""#));
+    format!(r#"{{"event_id":"{id}","prospect_id":"{prospect}","source":"crm","type":"{kind}","ts":"{ts}"{email}}}"#)
+}
+
+/// Lines with their Kafka key.
+type Keyed = Vec<(String, String)>;
+
+/// The flow's web lines and CRM lines, each keyed by its prospect.
+fn flow(ids: &Ids) -> (Keyed, Keyed) {
+    let (a, u, c) = (&ids.anon, &ids.user, &ids.contact);
+    let web = vec![
+        (a.clone(), seg("page", "", None, a, "x-1", "2026-03-02T09:00:00Z", None)),
+        (a.clone(), seg("track", "Whitepaper Downloaded", None, a, "x-2", "2026-03-02T09:05:00Z", None)),
+        (u.clone(), seg("identify", "", Some(u), a, "x-3", "2026-03-03T10:00:00Z", Some("Ana@X.example"))),
+    ];
+    let crm = vec![
+        (c.clone(), crm_line("quote_sent", c, "x-4", "2026-03-05T10:00:00Z", Some("ana@x.example "))),
+        (c.clone(), crm_line("quote_clarification_requested", c, "x-5", "2026-03-06T10:00:00Z", None)),
+    ];
+    (web, crm)
+}
+
+/// The prospect `id` resolves to, from whichever instance holds its shard.
+fn prospect(instances: &[&Process], id: &str) -> Option<Value> {
+    instances.iter().find_map(|i| {
+        let (code, body) = http_get(i.addr(), &format!("/prospects/{id}"));
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    })
+}
+
+fn count(p: &Value, signal: &str) -> u64 {
+    p["signal_counts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s[0] == signal))
+        .and_then(|s| s[1].as_u64())
+        .unwrap_or(0)
+}
+
+fn held(i: &Process) -> BTreeSet<i64> {
+    i.shards().unwrap_or_default().iter().map(|s| s["partition"].as_i64().unwrap()).collect()
+}
+
+/// Tansu hands a SIGKILLed member's partitions on only when another member joins or leaves:
+/// a plain consumer of the group joins and leaves.
+fn nudge_group(s: &microfunnel::config::Settings) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", s.kafka.brokers.as_str())
+        .set("group.id", s.kafka.group_id.as_str())
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    let topics: Vec<&str> = s.kafka.input_topics.iter().map(String::as_str).collect();
+    c.subscribe(&topics).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline && c.assignment().map_or(0, |a| a.count()) == 0 {
+        c.poll(Duration::from_millis(100));
+    }
+    c.unsubscribe();
+}
+
+fn one_person_across_two_instances(name: &str, kill: bool) {
+    let mut s = setup(name);
+    s.kafka.resume_rewind = 0;
+    s.http.query_api = true;
+    s.http.show_emails = true;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    s.journey.path = journey_file(dir, &s.kafka.group_id);
+    let ids = Ids {
+        anon: key_in_partition("anon-", 0, PARTITIONS),
+        user: key_in_partition("usr_", 1, PARTITIONS),
+        contact: key_in_partition("crm-", 2, PARTITIONS),
+    };
+    let (web_lines, crm_lines) = flow(&ids);
+    let (state_a, state_b) = (state_dir(&unique(&format!("{name}-a"))), state_dir(&unique(&format!("{name}-b"))));
+    let a = Process::start(&s, Some(&state_a));
+    let b = Process::start(&s, Some(&state_b));
+    wait_until(LIMIT, "both instances hold shards, all three held", || {
+        let (ha, hb) = (held(&a), held(&b));
+        !ha.is_empty() && !hb.is_empty() && ha.len() + hb.len() == PARTITIONS as usize
+    });
+    let mut instances = vec![a, b];
+
+    // Anonymous browsing, a download, then the signup: the anonymous prospect (partition 0)
+    // moves to the user's (partition 1).
+    let web_records: Vec<In> = web_lines.iter().map(|(k, l)| keyed(k, l.as_bytes().to_vec())).collect();
+    produce(web(&s), &web_records);
+    wait_until(LIMIT, "the anonymous history folded into the user", || {
+        let refs: Vec<&Process> = instances.iter().collect();
+        prospect(&refs, &ids.user)
+            .is_some_and(|p| count(&p, "content_downloaded") == 1 && p["prospect"] == ids.user.as_str())
+    });
+    let mut restored_from = Vec::new();
+    if kill {
+        // The instance holding the user's shard dies without a checkpoint or leaving the group.
+        let k = instances.iter().position(|i| held(i).contains(&1)).unwrap();
+        instances.remove(k).kill9();
+        // Until the survivor holds every shard: a member that joins and leaves (again, if the
+        // first one left before the broker rebalanced).
+        wait_until(LIMIT, "the surviving instance holds every shard", || {
+            if held(&instances[0]).len() == PARTITIONS as usize {
+                return true;
+            }
+            nudge_group(&s);
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while std::time::Instant::now() < deadline {
+                if held(&instances[0]).len() == PARTITIONS as usize {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            false
+        });
+        restored_from = instances[0].shards().unwrap().iter().map(|s| s["restored_from"].to_string()).collect();
+    }
+    let refs: Vec<&Process> = instances.iter().collect();
+
+    // The CRM quote for a contact with the same email (partition 2), then the clarification.
+    produce(crm(&s), &[keyed(&crm_lines[0].0, crm_lines[0].1.as_bytes().to_vec())]);
+    wait_until(LIMIT, "the quote applied to the user", || {
+        prospect(&refs, &ids.user).is_some_and(|p| count(&p, "quote_sent") == 1)
+    });
+    produce(crm(&s), &[keyed(&crm_lines[1].0, crm_lines[1].1.as_bytes().to_vec())]);
+    let flow_alert = |o: &Out| o.json()["email"] == "ana@x.example";
+    let alerts = read_until(&s.kafka.topics.hot_leads, "the flow's alert", |r| r.iter().any(flow_alert));
+    let alerts: BTreeSet<(String, String)> = alerts
+        .iter()
+        .filter(|o| flow_alert(o))
+        .map(Out::json)
+        .map(|a| (a["prospect"].as_str().unwrap().to_string(), a["alert_id"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(alerts.len(), 1, "exactly one alert: {alerts:?}");
+    let (alerted, alert_id) = alerts.into_iter().next().unwrap();
+    assert_eq!(alerted, ids.user, "the alert is for the canonical prospect");
+
+    // Any linked id answers with the canonical prospect, which shows the pre-signup signals.
+    let p = prospect(&refs, &ids.contact).expect("the contact resolves to the user");
+    assert_eq!(p["prospect"], ids.user.as_str(), "{p}");
+    for sig in ["page_viewed", "content_downloaded", "identified", "quote_sent", "quote_clarification_requested"] {
+        assert_eq!(count(&p, sig), 1, "{sig} in {p}");
+    }
+    assert_eq!(p["email"], "ana@x.example", "{p}");
+    // The funnel counts one person (per-stage gauges, summed over the instances).
+    wait_until(LIMIT, "the funnel counts one person", || {
+        refs.iter().map(|i| total(&i.metrics(), "microfunnel_prospects")).sum::<f64>() == 1.0
+    });
+    let m: Vec<String> = refs.iter().map(|i| i.metrics()).collect();
+    let received = |kind: &str| -> f64 {
+        m.iter().filter_map(|t| sample(t, "microfunnel_identity_records_received_total", &[("kind", kind)])).sum()
+    };
+    assert!(received("link") >= 1.0 && received("forward") >= 1.0, "links and the forwarded clarification");
+    if !kill {
+        assert!(received("transfer") >= 1.0, "the anonymous prospect's state was transferred");
+        wait_until(LIMIT, "the redirect counted", || {
+            refs.iter().map(|i| total(&i.metrics(), "microfunnel_identity_redirects")).sum::<f64>() >= 1.0
+        });
+        // A record of the identity topic that does not decode is dead-lettered, and passed.
+        let topic = format!("{}.identity", s.kafka.group_id);
+        produce(&topic, &[keyed(&ids.user, b"not an identity record".to_vec())]);
+        read_until(&s.kafka.topics.dead_letter, "the bad identity record", |r| {
+            r.iter().any(|o| o.header("microfunnel.reason") == Some("wrong_shape"))
+        });
+    }
+
+    // replay --partitions 3 over the same events: the same alert, the same people once the
+    // identity topic is drained.
+    let web_file = dir.join(format!("{}-web.jsonl", s.kafka.group_id));
+    let crm_file = dir.join(format!("{}-crm.jsonl", s.kafka.group_id));
+    std::fs::write(&web_file, web_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    std::fs::write(&crm_file, crm_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let journey_arg = s.journey.path.display().to_string();
+    let oracle = oracle_with(&web_file, &crm_file, PARTITIONS as usize, &["--journey", &journey_arg]);
+    assert_eq!(oracle.alerts, BTreeSet::from([alert_id]), "replay's one alert");
+    let shards = || refs.iter().flat_map(|i| i.shards().unwrap_or_default()).collect::<Vec<_>>();
+    let states = [state_a.as_path(), state_b.as_path()];
+    let resolved = resolved_when_drained(shards, &s, &states, 5, PARTITIONS as usize, LIMIT);
+    assert_eq!(resolved, resolved_of(&oracle), "restored from {restored_from:?}");
+}
+
+/// The CRM side first (the contact asks about its quote alone, and alerts alone, as replay
+/// says), then the web side: the same person in the end as in the other order.
+#[test]
+fn crm_first_then_web_gives_the_same_person_on_two_instances() {
+    let name = "xpart-rev";
+    let mut s = setup(name);
+    s.kafka.resume_rewind = 0;
+    s.http.query_api = true;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    s.journey.path = journey_file(dir, &s.kafka.group_id);
+    let ids = Ids {
+        anon: key_in_partition("anon-", 0, PARTITIONS),
+        user: key_in_partition("usr_", 1, PARTITIONS),
+        contact: key_in_partition("crm-", 2, PARTITIONS),
+    };
+    let (web_lines, crm_lines) = flow(&ids);
+    let (state_a, state_b) = (state_dir(&unique(&format!("{name}-a"))), state_dir(&unique(&format!("{name}-b"))));
+    let (a, b) = (Process::start(&s, Some(&state_a)), Process::start(&s, Some(&state_b)));
+    wait_until(LIMIT, "both instances hold shards, all three held", || {
+        let (ha, hb) = (held(&a), held(&b));
+        !ha.is_empty() && !hb.is_empty() && ha.len() + hb.len() == PARTITIONS as usize
+    });
+    let refs = [&a, &b];
+    let records = |lines: &Keyed| lines.iter().map(|(k, l)| keyed(k, l.as_bytes().to_vec())).collect::<Vec<_>>();
+    produce(crm(&s), &records(&crm_lines));
+    wait_until(LIMIT, "the contact's quote and clarification applied", || {
+        prospect(&refs, &ids.contact).is_some_and(|p| count(&p, "quote_clarification_requested") == 1)
+    });
+    produce(web(&s), &records(&web_lines));
+    wait_until(LIMIT, "every id folded into the user", || {
+        [&ids.anon, &ids.contact].iter().all(|id| {
+            prospect(&refs, id).is_some_and(|p| {
+                p["prospect"] == ids.user.as_str()
+                    && count(&p, "content_downloaded") == 1
+                    && count(&p, "quote_sent") == 1
+            })
+        })
+    });
+    let p = prospect(&refs, &ids.contact).unwrap();
+    assert_eq!(p["prospect"], ids.user.as_str(), "{p}");
+    for sig in ["page_viewed", "content_downloaded", "identified", "quote_sent", "quote_clarification_requested"] {
+        assert_eq!(count(&p, sig), 1, "{sig} in {p}");
+    }
+    wait_until(LIMIT, "the funnel counts one person", || {
+        refs.iter().map(|i| total(&i.metrics(), "microfunnel_prospects")).sum::<f64>() == 1.0
+    });
+
+    // replay of one file in that order (several files would be merged by event time).
+    let file = dir.join(format!("{}-crm-then-web.jsonl", s.kafka.group_id));
+    let lines: Vec<&str> = crm_lines.iter().chain(&web_lines).map(|(_, l)| l.as_str()).collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = bin()
+        .args(["replay", "--partitions", "3", "--no-advance", "--digest", "--journey"])
+        .arg(&s.journey.path)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let oracle = Oracle {
+        shards: Default::default(),
+        alerts: lines
+            .iter()
+            .filter(|l| l["kind"] == "hot_lead")
+            .map(|l| l["alert_id"].as_str().unwrap().to_string())
+            .collect(),
+        journey_events: Vec::new(),
+        lines,
+    };
+    assert_eq!(oracle.alerts.len(), 1, "replay: the contact alerted alone");
+    let alerts = read_until(&s.kafka.topics.hot_leads, "replay's alerts", |r| {
+        let ids: BTreeSet<String> = r.iter().map(|o| o.json()["alert_id"].as_str().unwrap().to_string()).collect();
+        oracle.alerts.is_subset(&ids)
+    });
+    let alert_ids: BTreeSet<String> =
+        alerts.iter().map(|o| o.json()["alert_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(alert_ids, oracle.alerts, "the contact's alert, as replay gives it");
+    let shards = || refs.iter().flat_map(|i| i.shards().unwrap_or_default()).collect::<Vec<_>>();
+    let states = [state_a.as_path(), state_b.as_path()];
+    let resolved = resolved_when_drained(shards, &s, &states, 5, PARTITIONS as usize, LIMIT);
+    assert_eq!(resolved, resolved_of(&oracle));
+    // The same people as the web-first order gives (replay over one file per topic merges
+    // them by event time: web first).
+    let web_file = dir.join(format!("{}-web.jsonl", s.kafka.group_id));
+    let crm_file = dir.join(format!("{}-crm.jsonl", s.kafka.group_id));
+    std::fs::write(&web_file, web_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    std::fs::write(&crm_file, crm_lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let journey_arg = s.journey.path.display().to_string();
+    let web_first = oracle_with(&web_file, &crm_file, PARTITIONS as usize, &["--journey", &journey_arg]);
+    assert_eq!(resolved, resolved_of(&web_first));
+}
+
+#[test]
+fn two_instances_join_ids_on_three_partitions_into_one_person_with_one_alert() {
+    one_person_across_two_instances("xpart-two", false);
+}
+
+#[test]
+fn kill_9_of_one_instance_mid_flow_gives_the_same_person_and_alert() {
+    one_person_across_two_instances("xpart-kill", true);
+}
+
+/// An identity topic whose partition count differs from the inputs' is refused at start, the
+/// error naming the key and the fix (its partition p must be shard p's).
+#[test]
+fn an_identity_topic_with_another_partition_count_is_refused_naming_the_key() {
+    let mut s = setup("xpart-count");
+    s.kafka.identity_topic = format!("{}-people", s.kafka.group_id);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(microfunnel::kafka::ensure_identity_topic(&s.kafka, &s.kafka.identity_topic, 2)).unwrap();
+    let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
+    let journey = microfunnel::core::Journey::from_toml_str(&format!("{b2b}\n[identity]\nresolve = true\n")).unwrap();
+    let svc = Service::start_with(&s, std::sync::Arc::new(journey));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(svc.wait().map_err(|e| e.to_string())));
+    let err = rx.recv_timeout(LIMIT).expect("the service stops at start").unwrap_err();
+    assert!(err.contains("has 2 partitions but the inputs have 3") && err.contains("kafka.identity_topic"), "{err}");
+}

@@ -344,3 +344,22 @@ fn an_identity_topic_with_another_partition_count_is_refused_naming_the_key() {
     let err = rx.recv_timeout(LIMIT).expect("the service stops at start").unwrap_err();
     assert!(err.contains("has 2 partitions but the inputs have 3") && err.contains("kafka.identity_topic"), "{err}");
 }
+
+/// `[retention]` with identity resolution on inputs of several partitions is refused at start,
+/// naming both settings and the fix: expiry does not cross partitions through the identity
+/// topic, so the service would drift from replay.
+#[test]
+fn retention_with_identity_across_partitions_is_refused_naming_the_keys() {
+    let s = setup("xpart-retention");
+    let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
+    let text = format!("{b2b}\n[identity]\nresolve = true\n[retention]\nafter_days = 30\n");
+    let journey = microfunnel::core::Journey::from_toml_str(&text).unwrap();
+    let svc = Service::start_with(&s, std::sync::Arc::new(journey));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(svc.wait().map_err(|e| e.to_string())));
+    let err = rx.recv_timeout(LIMIT).expect("the service stops at start").unwrap_err();
+    assert!(
+        err.contains("[retention]") && err.contains("[identity] resolve") && err.contains("3 partitions"),
+        "{err}"
+    );
+}

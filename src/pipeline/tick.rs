@@ -42,7 +42,6 @@ impl State {
     pub(super) fn publish_funnel(&mut self) {
         let State { shards, journey, metrics, producer, settings, buf, status, .. } = self;
         let mut per_stage = vec![0i64; journey.stages.len()];
-        let mut total = 0i64;
         let mut breakdowns = crate::core::breakdown::sum_tables(journey, []);
         for (p, shard) in shards.iter() {
             let tables = shard.engine.breakdown_tables();
@@ -62,14 +61,15 @@ impl State {
             for (i, n) in shard.engine.funnel().in_stage.iter().enumerate() {
                 per_stage[i] += *n as i64;
             }
-            total += shard.engine.len() as i64;
             let n = shard.engine.len() as u64;
             status.update(*p, |s| s.prospects = n);
         }
         for (i, st) in journey.stages.iter().enumerate() {
             metrics.prospects.with_label_values(&[&st.name]).set(per_stage[i]);
         }
-        metrics.prospects_total.set(total);
+        // People, not records: every held prospect is in one stage, a redirect (an id whose
+        // state moved to its canonical prospect on another partition) in none.
+        metrics.prospects_total.set(per_stage.iter().sum::<i64>());
         if self.identity.is_some() {
             let redirects: usize = shards.values().map(|s| s.engine.redirects()).sum();
             metrics.identity_redirects.set(redirects as i64);

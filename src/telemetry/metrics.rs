@@ -198,7 +198,7 @@ impl Metrics {
         )?;
         r.register(Box::new(prospects.clone()))?;
         let prospects_total =
-            IntGauge::new("microfunnel_prospects_total", "Prospects held in memory by this instance.")?;
+            IntGauge::new("microfunnel_prospects_total", "Prospects (people) held in memory by this instance: linked ids count once.")?;
         r.register(Box::new(prospects_total.clone()))?;
         let signal_outcomes = IntGaugeVec::new(
             Opts::new(

@@ -323,3 +323,35 @@ fn the_identity_topic_is_named_after_the_group_and_must_be_its_own() {
     let e = load(&[("MICROFUNNEL__KAFKA__IDENTITY_TOPIC", "web-events")]).unwrap_err().to_string();
     assert!(e.contains("kafka.identity_topic") && e.contains("web-events"), "{e}");
 }
+
+/// `replay --partitions N` (N > 1) refuses `[retention]` with identity resolution, as `run`
+/// does on inputs of several partitions, naming both settings and the fix; one partition runs.
+#[test]
+fn replay_refuses_retention_with_identity_across_partitions() {
+    use std::process::Command;
+
+    let dir = std::env::temp_dir().join(format!("microfunnel-xpart-retention-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let journey = dir.join("b2b-identity-retention.toml");
+    std::fs::write(&journey, format!("{B2B}\n[identity]\nresolve = true\n[retention]\nafter_days = 30\n")).unwrap();
+    let events = dir.join("flow.jsonl");
+    std::fs::write(&events, flow(&ids()).join("\n") + "\n").unwrap();
+    let replay = |partitions: &str| {
+        Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+            .args(["replay", "--summary-only", "--partitions", partitions, "--journey"])
+            .arg(&journey)
+            .arg(&events)
+            .output()
+            .unwrap()
+    };
+    let out = replay("3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("[retention]") && err.contains("[identity] resolve") && err.contains("--partitions 1"),
+        "{err}"
+    );
+    let out = replay("1");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

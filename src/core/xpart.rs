@@ -26,7 +26,7 @@ use super::engine::snapshot::{Dec, Enc, StateError};
 use super::event::{Event, EventKind, Source};
 use super::identity::{IdKind, LinkReason};
 use super::ids::kafka_partition;
-use super::journey::SignalId;
+use super::journey::{Journey, SignalId};
 use super::time::Ts;
 
 /// The partition (shard) of an identifier's map key among `partitions`: where a Kafka
@@ -69,6 +69,40 @@ impl XRecord {
             XRecord::Link { ts, .. } | XRecord::Transfer { ts, .. } => *ts,
             XRecord::Forward { event, .. } => event.ts,
         }
+    }
+
+    /// Checks what decoding alone cannot, against the journey the shard runs: a forwarded
+    /// event's signal is one of the journey's (the topic carries signal indexes: a journey whose
+    /// signals changed while records were in flight would misread them), and no id holds a
+    /// control character (ids the decoders accept never do; an email's map key starts with NUL,
+    /// and only there). `Err` names what is wrong; the caller dead-letters the record.
+    pub fn check(&self, journey: &Journey) -> Result<(), &'static str> {
+        let printable = |id: &str| !id.is_empty() && !id.bytes().any(|b| b < 0x20 || b == 0x7f);
+        match self {
+            XRecord::Link { ids, .. } => {
+                let ok = |i: &Ident| match i.kind {
+                    IdKind::Email => i.key.strip_prefix('\0').is_some_and(printable),
+                    IdKind::Anonymous | IdKind::Known => printable(&i.key),
+                };
+                if ids.len() < 2 || !ids.iter().all(ok) {
+                    return Err("link identifiers");
+                }
+            }
+            XRecord::Forward { into, event } => {
+                if !printable(into) || !printable(&event.prospect) || !printable(&event.event_id) {
+                    return Err("forwarded event ids");
+                }
+                if event.signal.is_some_and(|s| s.0 as usize >= journey.signals.len()) {
+                    return Err("forwarded event signal");
+                }
+            }
+            XRecord::Transfer { from, into, .. } => {
+                if !printable(from) || !printable(into) {
+                    return Err("transfer ids");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The record's kind, a bounded label.
@@ -284,6 +318,50 @@ mod tests {
             record: vec![b'P', 1, 2, 3],
         });
         assert!(XRecord::decode(b"X").is_err());
+    }
+
+    /// A record that decodes but does not fit the journey, or names an id no decoder
+    /// accepts, is refused by `check` (the pipeline dead-letters it rather than panic on a
+    /// signal index past the journey's).
+    #[test]
+    fn records_that_do_not_fit_the_journey_are_refused() {
+        let journey = Journey::from_toml_str(include_str!("../../deploy/journeys/b2b.toml")).unwrap();
+        let n = journey.signals.len() as u16;
+        let forward = |prospect: &str, signal: u16| XRecord::Forward {
+            into: prospect.into(),
+            event: Event {
+                event_id: "e1".into(),
+                prospect: prospect.to_string().into(),
+                source: Source::Crm,
+                kind: EventKind::Named,
+                name: "quote_sent".into(),
+                signal: Some(SignalId(signal)),
+                ts: Ts(1_700_000_001_000),
+                email: None,
+                linked: None,
+                anonymous: false,
+                touch: None,
+            },
+        };
+        assert_eq!(forward("usr_1", n - 1).check(&journey), Ok(()));
+        assert_eq!(forward("usr_1", n).check(&journey), Err("forwarded event signal"));
+        assert_eq!(forward("\0microfunnel.checkpoint", 0).check(&journey), Err("forwarded event ids"));
+        let ident = |k: &str, kind| Ident { key: k.into(), kind, first_seen: Ts(1) };
+        let link = |ids| XRecord::Link { ids, reason: LinkReason::Email, ts: Ts(2) };
+        assert_eq!(link(vec![ident("a", IdKind::Anonymous), ident("\0a@b.c", IdKind::Email)]).check(&journey), Ok(()));
+        assert!(link(vec![ident("a", IdKind::Anonymous)]).check(&journey).is_err());
+        assert!(link(vec![ident("a\n", IdKind::Known), ident("b", IdKind::Known)]).check(&journey).is_err());
+        assert!(link(vec![ident("a", IdKind::Known), ident("a@b.c", IdKind::Email)]).check(&journey).is_err());
+        let transfer = |from: &str| XRecord::Transfer {
+            from: from.into(),
+            into: "usr_1".into(),
+            reason: LinkReason::Email,
+            ts: Ts(5),
+            source: 2,
+            record: vec![],
+        };
+        assert_eq!(transfer("anon_1").check(&journey), Ok(()));
+        assert!(transfer("").check(&journey).is_err());
     }
 
     #[test]

@@ -69,7 +69,11 @@ impl State {
         shard.positions[id.input] = msg.offset() + 1;
         self.since_barrier += 1;
         shard.engine.resolve_across(p as u32, id.partitions);
-        let rec = match XRecord::decode(msg.payload().unwrap_or_default()) {
+        let decoded = XRecord::decode(msg.payload().unwrap_or_default()).map_err(|e| e.to_string()).and_then(|r| {
+            r.check(journey).map_err(|what| format!("{what} not valid for this journey"))?;
+            Ok(r)
+        });
+        let rec = match decoded {
             Ok(r) => r,
             Err(e) => {
                 let reason = RejectReason::WrongShape;

@@ -223,20 +223,6 @@ impl Engine {
             IdKind::Email => i.key.strip_prefix('\0').unwrap_or(&i.key).to_string(),
             IdKind::Anonymous | IdKind::Known => i.key.clone(),
         };
-        // As before an event's links (`expire_named`): a person held here that the link names
-        // and whose expiry fell due before it leaves first, so the link never joins them.
-        if !self.journey.retention.after.is_empty() {
-            let people: Vec<String> = ids
-                .iter()
-                .filter_map(|i| {
-                    let map = self.identity.as_deref()?;
-                    Some(map.person(&raw(i), i.kind).map_or_else(|| raw(i), str::to_string))
-                })
-                .collect();
-            for id in people {
-                self.expire_if_due(&id, ts, out);
-            }
-        }
         let before = self.signature(&first.key);
         let mut changes = Vec::new();
         if let Some(map) = self.identity.as_deref_mut() {
@@ -300,9 +286,6 @@ impl Engine {
             return;
         }
         let target = self.identity.as_deref().map_or(into, |m| m.canonical(into)).to_string();
-        if !self.journey.retention.after.is_empty() && !self.foreign(&target) {
-            self.expire_if_due(&target, ts, out);
-        }
         if self.foreign(&target) {
             // `into` was folded further since: the state follows it.
             let Some(source) = self.xpart.as_deref().map(|x| x.partition) else { return };

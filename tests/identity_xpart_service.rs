@@ -192,6 +192,10 @@ fn one_person_across_two_instances(name: &str, kill: bool) {
     wait_until(LIMIT, "the funnel counts one person", || {
         refs.iter().map(|i| total(&i.metrics(), "microfunnel_prospects")).sum::<f64>() == 1.0
     });
+    // And so does the count of prospects held: people, not the redirect records transfers leave.
+    wait_until(LIMIT, "one person held", || {
+        refs.iter().map(|i| total(&i.metrics(), "microfunnel_prospects_total")).sum::<f64>() == 1.0
+    });
     let m: Vec<String> = refs.iter().map(|i| i.metrics()).collect();
     let received = |kind: &str| -> f64 {
         m.iter().filter_map(|t| sample(t, "microfunnel_identity_records_received_total", &[("kind", kind)])).sum()

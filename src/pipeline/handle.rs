@@ -76,12 +76,12 @@ impl HotMetrics {
     }
 
     /// Remembers the funnel's `reached` before an event is applied.
-    fn before(&mut self, funnel: &Funnel) {
+    pub(super) fn before(&mut self, funnel: &Funnel) {
         self.reached_before.clone_from(&funnel.reached);
     }
 
     /// Counts the stages the event made prospects reach (only events with outputs can).
-    fn after(&self, funnel: &Funnel) {
+    pub(super) fn after(&self, funnel: &Funnel) {
         for ((c, was), now) in self.reached.iter().zip(&self.reached_before).zip(&funnel.reached) {
             if let Some(c) = c {
                 c.inc_by(now.saturating_sub(*was));

@@ -58,7 +58,7 @@ impl State {
     pub(super) fn handle_identity(&mut self, msg: &impl Message, id: &IdentityInput, batch: std::time::Instant) {
         let p = msg.partition();
         let topics = self.settings.kafka.input_topics.len();
-        let State { shards, journey, metrics, outputs, producer, settings, buf, .. } = self;
+        let State { shards, journey, metrics, outputs, producer, settings, buf, hot, .. } = self;
         let shard = shards
             .entry(p)
             .or_insert_with(|| super::shard::Shard::new(Engine::new(std::sync::Arc::clone(journey)), topics));
@@ -87,9 +87,12 @@ impl State {
         metrics.identity_received.with_label_values(&[rec.kind()]).inc();
         let dup = |e: &Engine| e.xpart_stats().map_or(0, |s| s.transfers_duplicate);
         let before = dup(&shard.engine);
+        hot.before(shard.engine.funnel());
         shard.engine.apply_identity_record(rec, outputs);
         metrics.identity_transfers_duplicate.inc_by(dup(&shard.engine) - before);
         if !outputs.is_empty() {
+            // Stages a forwarded event or a folded transfer made the person reach.
+            hot.after(shard.engine.funnel());
             let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
             for o in outputs.drain(..) {
                 emit::output(&ctx, &shard.engine, &o, Some(msg), buf);

@@ -657,25 +657,26 @@ pub fn resolved_when_drained(
         if covered == messages && digests.len() == partitions && drained {
             let mut out = BTreeMap::new();
             for p in 0..partitions {
-                let newest = states
+                // Each state directory's newest chain (base and deltas) of the shard, as a
+                // restore would load it; the one of the latest checkpoint wins.
+                let v = states
                     .iter()
-                    .filter_map(|d| std::fs::read_dir(d.join(&s.kafka.group_id).join(format!("shard-{p:04}"))).ok())
-                    .flatten()
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter_map(|f| {
-                        let seq: u64 = f.file_name()?.to_str()?.strip_suffix(".snap")?.parse().ok()?;
-                        Some((seq, f))
+                    .map(|d| d.join(&s.kafka.group_id).join(format!("shard-{p:04}")))
+                    .filter(|dir| dir.is_dir())
+                    .filter_map(|dir| {
+                        let o = bin()
+                            .arg("inspect-snapshot")
+                            .arg(&dir)
+                            .arg("--journey")
+                            .arg(&s.journey.path)
+                            .output()
+                            .expect("inspect-snapshot");
+                        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+                        Some((v["header"]["seq"].as_u64()?, v))
                     })
-                    .max()
-                    .unwrap_or_else(|| panic!("no snapshot of shard {p} under {states:?}"));
-                let o = bin()
-                    .arg("inspect-snapshot")
-                    .arg(&newest.1)
-                    .arg("--journey")
-                    .arg(&s.journey.path)
-                    .output()
-                    .expect("inspect-snapshot");
-                let v: Value = serde_json::from_slice(&o.stdout).expect("inspect-snapshot JSON");
+                    .max_by_key(|(seq, _)| *seq)
+                    .unwrap_or_else(|| panic!("no snapshot of shard {p} under {states:?}"))
+                    .1;
                 out.insert(p as i64, v["resolved_digest"].as_str().expect("resolved_digest").to_string());
             }
             return out;

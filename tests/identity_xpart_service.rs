@@ -358,8 +358,5 @@ fn retention_with_identity_across_partitions_is_refused_naming_the_keys() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(svc.wait().map_err(|e| e.to_string())));
     let err = rx.recv_timeout(LIMIT).expect("the service stops at start").unwrap_err();
-    assert!(
-        err.contains("[retention]") && err.contains("[identity] resolve") && err.contains("3 partitions"),
-        "{err}"
-    );
+    assert!(err.contains("[retention]") && err.contains("[identity] resolve") && err.contains("3 partitions"), "{err}");
 }

@@ -232,7 +232,8 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
 /// Two instances of one group, each advertising its query API's URL on `<group>.members`: a
 /// request to the instance that does not hold the prospect's partition answers 421 naming the
 /// other instance and its URL (body and `Location`), which answers 200; once that instance stops,
-/// the survivor holds every partition and answers 200 itself.
+/// its tombstone takes it out of the survivor's table, and the survivor holds every partition
+/// and answers 200 itself.
 #[test]
 fn a_prospect_on_the_other_instance_is_answered_there_and_named_here() {
     let s = with_query_api("query-two");
@@ -276,11 +277,27 @@ fn a_prospect_on_the_other_instance_is_answered_there_and_named_here() {
     let (status, _, body) = get(two.addr(), v["location"].as_str().unwrap().trim_start_matches(&two_url), Some(TOKEN));
     assert_eq!(status, 200, "{body}");
     assert_eq!(json_of(&body)["prospect"], json!(id));
+    // The first instance's table lists the second (`GET /shards`, `members`).
+    wait_until(support::DEADLINE, "the first instance's table lists the second", || {
+        members(&one).contains(&two_instance)
+    });
     two.stop().expect("stop two");
+    // Its tombstone takes it out of the survivor's table, long before a record goes stale
+    // (STALE_AFTER, 90 s) and before any republication.
+    wait_until(JOIN, "the survivor's table no longer lists the stopped instance", || {
+        !members(&one).contains(&two_instance)
+    });
     wait_until(JOIN, "the survivor holds every partition and answers for the prospect", || {
         held(&one).len() == 3 && get(one.addr(), &path, Some(TOKEN)).0 == 200
     });
     one.stop().expect("stop one");
+}
+
+/// The instances an instance's membership table lists, from `/shards`.
+fn members(svc: &Service) -> Vec<Value> {
+    let (_, body) = support::http_get(svc.addr(), "/shards");
+    let v = json_of(&body);
+    v["members"].as_array().map(|a| a.iter().map(|m| m["instance"].clone()).collect()).unwrap_or_default()
 }
 
 /// Serves `health` on an ephemeral loopback port until the test ends.

@@ -197,8 +197,10 @@ impl Metrics {
             &["stage"],
         )?;
         r.register(Box::new(prospects.clone()))?;
-        let prospects_total =
-            IntGauge::new("microfunnel_prospects_total", "Prospects (people) held in memory by this instance: linked ids count once.")?;
+        let prospects_total = IntGauge::new(
+            "microfunnel_prospects_total",
+            "Prospects (people) held in memory by this instance: linked ids count once.",
+        )?;
         r.register(Box::new(prospects_total.clone()))?;
         let signal_outcomes = IntGaugeVec::new(
             Opts::new(

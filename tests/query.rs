@@ -397,3 +397,73 @@ fn the_query_api_is_off_by_default_and_refused_beyond_loopback_without_a_token()
     let good = [loopback.as_slice(), &[var("HTTP__ADVERTISED_URL", "http://10.0.3.7:9464")]].concat();
     assert_eq!(Settings::load(None, good).unwrap().http.advertised_url, "http://10.0.3.7:9464");
 }
+
+/// With identity resolution across partitions and two instances: an anonymous id on one
+/// instance's partition, folded at signup into a user whose partition the other instance
+/// holds. Asked for the anonymous id, the instance holding its partition (whose identity map
+/// routes it to the user) answers 421 naming the user's partition and the other instance; that
+/// instance answers 200 with the user's state and both ids in `linked_ids`.
+#[test]
+fn a_linked_id_whose_canonical_prospect_is_on_the_other_instance_is_named_there() {
+    let mut s = with_query_api("query-linked");
+    s.kafka.resume_rewind = 0;
+    s.checkpoint.changelog = true;
+    let journey = format!("{}\n[identity]\nresolve = true\n", include_str!("../deploy/journeys/b2b.toml"));
+    let journey = Arc::new(microfunnel::core::Journey::from_toml_str(&journey).expect("the journey loads"));
+    let at_port = |port: u16, state: &str| {
+        let mut s = s.clone();
+        s.http.listen = format!("127.0.0.1:{port}");
+        s.http.advertised_url = format!("http://127.0.0.1:{port}");
+        s.checkpoint.dir = support::state_dir(&support::unique(state));
+        s
+    };
+    let one = Service::start_with(&at_port(support::free_port(), "query-linked-one"), Arc::clone(&journey));
+    let two = Service::start_with(&at_port(support::free_port(), "query-linked-two"), journey);
+    wait_until(JOIN, "both instances hold shards", || {
+        let (a, b) = (held(&one), held(&two));
+        !a.is_empty() && !b.is_empty() && a.len() + b.len() == 3
+    });
+    // The anonymous id on the first instance's partition, the user on the second's.
+    let (ours, theirs) = (held(&one)[0] as u32, held(&two)[0] as u32);
+    let anon = support::key_in_partition("anon-linked-", ours, 3);
+    let user = support::key_in_partition("usr_linked_", theirs, 3);
+    let seg = |kind: &str, event: &str, user: Option<&str>, id: &str, ts: &str| {
+        let mut v = json!({"type": kind, "anonymousId": anon, "userId": user, "messageId": id, "timestamp": ts});
+        if !event.is_empty() {
+            v["event"] = json!(event);
+        }
+        v.to_string().into_bytes()
+    };
+    produce(
+        web(&s),
+        &[
+            keyed(&anon, seg("page", "", None, "l-1", "2026-03-02T09:00:00Z")),
+            keyed(&anon, seg("track", "Whitepaper Downloaded", None, "l-2", "2026-03-02T09:05:00Z")),
+            keyed(&user, seg("identify", "", Some(&user), "l-3", "2026-03-03T10:00:00Z")),
+        ],
+    );
+    // The anonymous history moved to the user (on the second instance).
+    wait_until(support::DEADLINE, "the anonymous history folded into the user", || {
+        let (code, _, body) = get(two.addr(), &format!("/prospects/{user}"), Some(TOKEN));
+        code == 200 && body.contains("content_downloaded")
+    });
+    let two_url = format!("http://{}", two.addr());
+    let path = format!("/prospects/{anon}");
+    let mut answer = (0, String::new(), String::new());
+    wait_until(support::DEADLINE, "the first instance names the second for the anonymous id", || {
+        answer = get(one.addr(), &path, Some(TOKEN));
+        answer.0 == 421 && json_of(&answer.2)["owner"]["url"] == json!(two_url)
+    });
+    let v = json_of(&answer.2);
+    assert_eq!(v["partition"].as_i64(), Some(i64::from(theirs)), "the user's partition: {v}");
+    assert_eq!(v["location"], json!(format!("{two_url}{path}")), "{v}");
+    let (code, _, body) = get(two.addr(), &path, Some(TOKEN));
+    assert_eq!(code, 200, "{body}");
+    let p = json_of(&body);
+    assert_eq!(p["prospect"], json!(user), "{p}");
+    let mut linked = vec![anon.clone(), user.clone()];
+    linked.sort();
+    assert_eq!(p["linked_ids"], json!(linked), "{p}");
+    one.stop().expect("stop one");
+    two.stop().expect("stop two");
+}

@@ -62,7 +62,7 @@ pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppEr
     let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(bind_err)?;
     let http_addr = listener.local_addr().map_err(bind_err)?;
     let advertised = (!settings.http.advertised_url.is_empty()).then_some(settings.http.advertised_url.as_str());
-    let membership = crate::members::Membership::new(&crate::members::instance_id(), advertised);
+    let membership = crate::members::Membership::new(&crate::members::instance_id(http_addr.port()), advertised);
     let status = Status::with_membership(membership.clone());
     let members = if settings.http.query_api {
         match crate::members::spawn(&settings.kafka, membership, status.clone(), Arc::clone(&stop)) {

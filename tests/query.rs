@@ -232,7 +232,8 @@ fn a_prospect_and_the_funnel_are_answered_from_the_running_state_behind_the_toke
 /// Two instances of one group, each advertising its query API's URL on `<group>.members`: a
 /// request to the instance that does not hold the prospect's partition answers 421 naming the
 /// other instance and its URL (body and `Location`), which answers 200; once that instance stops,
-/// the survivor holds every partition and answers 200 itself.
+/// its tombstone takes it out of the survivor's table, and the survivor holds every partition
+/// and answers 200 itself.
 #[test]
 fn a_prospect_on_the_other_instance_is_answered_there_and_named_here() {
     let s = with_query_api("query-two");
@@ -276,11 +277,27 @@ fn a_prospect_on_the_other_instance_is_answered_there_and_named_here() {
     let (status, _, body) = get(two.addr(), v["location"].as_str().unwrap().trim_start_matches(&two_url), Some(TOKEN));
     assert_eq!(status, 200, "{body}");
     assert_eq!(json_of(&body)["prospect"], json!(id));
+    // The first instance's table lists the second (`GET /shards`, `members`).
+    wait_until(support::DEADLINE, "the first instance's table lists the second", || {
+        members(&one).contains(&two_instance)
+    });
     two.stop().expect("stop two");
+    // Its tombstone takes it out of the survivor's table, long before a record goes stale
+    // (STALE_AFTER, 90 s) and before any republication.
+    wait_until(JOIN, "the survivor's table no longer lists the stopped instance", || {
+        !members(&one).contains(&two_instance)
+    });
     wait_until(JOIN, "the survivor holds every partition and answers for the prospect", || {
         held(&one).len() == 3 && get(one.addr(), &path, Some(TOKEN)).0 == 200
     });
     one.stop().expect("stop one");
+}
+
+/// The instances an instance's membership table lists, from `/shards`.
+fn members(svc: &Service) -> Vec<Value> {
+    let (_, body) = support::http_get(svc.addr(), "/shards");
+    let v = json_of(&body);
+    v["members"].as_array().map(|a| a.iter().map(|m| m["instance"].clone()).collect()).unwrap_or_default()
 }
 
 /// Serves `health` on an ephemeral loopback port until the test ends.
@@ -379,4 +396,74 @@ fn the_query_api_is_off_by_default_and_refused_beyond_loopback_without_a_token()
     }
     let good = [loopback.as_slice(), &[var("HTTP__ADVERTISED_URL", "http://10.0.3.7:9464")]].concat();
     assert_eq!(Settings::load(None, good).unwrap().http.advertised_url, "http://10.0.3.7:9464");
+}
+
+/// With identity resolution across partitions and two instances: an anonymous id on one
+/// instance's partition, folded at signup into a user whose partition the other instance
+/// holds. Asked for the anonymous id, the instance holding its partition (whose identity map
+/// routes it to the user) answers 421 naming the user's partition and the other instance; that
+/// instance answers 200 with the user's state and both ids in `linked_ids`.
+#[test]
+fn a_linked_id_whose_canonical_prospect_is_on_the_other_instance_is_named_there() {
+    let mut s = with_query_api("query-linked");
+    s.kafka.resume_rewind = 0;
+    s.checkpoint.changelog = true;
+    let journey = format!("{}\n[identity]\nresolve = true\n", include_str!("../deploy/journeys/b2b.toml"));
+    let journey = Arc::new(microfunnel::core::Journey::from_toml_str(&journey).expect("the journey loads"));
+    let at_port = |port: u16, state: &str| {
+        let mut s = s.clone();
+        s.http.listen = format!("127.0.0.1:{port}");
+        s.http.advertised_url = format!("http://127.0.0.1:{port}");
+        s.checkpoint.dir = support::state_dir(&support::unique(state));
+        s
+    };
+    let one = Service::start_with(&at_port(support::free_port(), "query-linked-one"), Arc::clone(&journey));
+    let two = Service::start_with(&at_port(support::free_port(), "query-linked-two"), journey);
+    wait_until(JOIN, "both instances hold shards", || {
+        let (a, b) = (held(&one), held(&two));
+        !a.is_empty() && !b.is_empty() && a.len() + b.len() == 3
+    });
+    // The anonymous id on the first instance's partition, the user on the second's.
+    let (ours, theirs) = (held(&one)[0] as u32, held(&two)[0] as u32);
+    let anon = support::key_in_partition("anon-linked-", ours, 3);
+    let user = support::key_in_partition("usr_linked_", theirs, 3);
+    let seg = |kind: &str, event: &str, user: Option<&str>, id: &str, ts: &str| {
+        let mut v = json!({"type": kind, "anonymousId": anon, "userId": user, "messageId": id, "timestamp": ts});
+        if !event.is_empty() {
+            v["event"] = json!(event);
+        }
+        v.to_string().into_bytes()
+    };
+    produce(
+        web(&s),
+        &[
+            keyed(&anon, seg("page", "", None, "l-1", "2026-03-02T09:00:00Z")),
+            keyed(&anon, seg("track", "Whitepaper Downloaded", None, "l-2", "2026-03-02T09:05:00Z")),
+            keyed(&user, seg("identify", "", Some(&user), "l-3", "2026-03-03T10:00:00Z")),
+        ],
+    );
+    // The anonymous history moved to the user (on the second instance).
+    wait_until(support::DEADLINE, "the anonymous history folded into the user", || {
+        let (code, _, body) = get(two.addr(), &format!("/prospects/{user}"), Some(TOKEN));
+        code == 200 && body.contains("content_downloaded")
+    });
+    let two_url = format!("http://{}", two.addr());
+    let path = format!("/prospects/{anon}");
+    let mut answer = (0, String::new(), String::new());
+    wait_until(support::DEADLINE, "the first instance names the second for the anonymous id", || {
+        answer = get(one.addr(), &path, Some(TOKEN));
+        answer.0 == 421 && json_of(&answer.2)["owner"]["url"] == json!(two_url)
+    });
+    let v = json_of(&answer.2);
+    assert_eq!(v["partition"].as_i64(), Some(i64::from(theirs)), "the user's partition: {v}");
+    assert_eq!(v["location"], json!(format!("{two_url}{path}")), "{v}");
+    let (code, _, body) = get(two.addr(), &path, Some(TOKEN));
+    assert_eq!(code, 200, "{body}");
+    let p = json_of(&body);
+    assert_eq!(p["prospect"], json!(user), "{p}");
+    let mut linked = vec![anon.clone(), user.clone()];
+    linked.sort();
+    assert_eq!(p["linked_ids"], json!(linked), "{p}");
+    one.stop().expect("stop one");
+    two.stop().expect("stop two");
 }

@@ -65,8 +65,14 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     }
 }
 
-/// Each assigned shard: restoring or running, where its state came from, its last checkpoint.
+/// Each assigned shard: restoring or running, where its state came from, its last checkpoint;
+/// and the group's instances as `<group>.members` names them (with the query API on).
 async fn shards(State(h): State<Health>) -> impl IntoResponse {
-    let body = serde_json::json!({ "instance": &*h.status.membership().instance, "shards": h.status.snapshot() });
+    let members = h.status.membership();
+    let body = serde_json::json!({
+        "instance": &*members.instance,
+        "shards": h.status.snapshot(),
+        "members": members.members(),
+    });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string())
 }

@@ -17,9 +17,11 @@ use tokio::sync::oneshot;
 use crate::core::breakdown::{self, BreakdownReport};
 use crate::core::forecast::{self, Backtest, Forecast};
 use crate::core::ids::kafka_partition;
-use crate::core::{Engine, Funnel, FunnelReport, ProspectView, Span, Ts};
+use crate::core::xpart;
+use crate::core::{Engine, Funnel, FunnelReport, ProspectIx, ProspectView, Span, Ts};
 
 use super::State;
+use super::shard::Shard;
 
 /// What HTTP asks.
 #[derive(Debug)]
@@ -183,26 +185,42 @@ impl State {
         }
     }
 
-    /// The prospect from the shard its id hashes to, or from any other shard held here (inputs
-    /// keyed by something else than the prospect id land elsewhere); with `[identity] resolve`,
-    /// any id linked to it answers with the canonical prospect.
+    /// The prospect from the shard its id hashes to; with identity resolution across
+    /// partitions, from the partition that shard's identity map homes its canonical id on (a
+    /// 421 for that partition when it is not held here); else from any other shard held here
+    /// (inputs keyed by something else than the prospect id land elsewhere). With
+    /// `[identity] resolve`, any id linked to the prospect answers with the canonical one.
     fn prospect(&self, id: &str, partitions: u32) -> Answer {
-        let hashed = kafka_partition(id.as_bytes(), partitions.max(1)) as i32;
-        let held = self.shards.get(&hashed).map(|s| (hashed, s));
-        let found = held
-            .into_iter()
-            .chain(self.shards.iter().filter(|(p, _)| **p != hashed).map(|(p, s)| (*p, s)))
-            .find_map(|(p, s)| {
-                // A redirect (a prospect folded into another; on a shard that received a
-                // transfer, the transferred id) is not an answer: the canonical prospect is.
-                let ix = s.engine.find(s.engine.linked_ids(id).0)?;
-                (!s.engine.prospect(ix).has(crate::core::prospect::REDIRECT)).then_some((p, s, ix))
+        let n = partitions.max(1);
+        let hashed = kafka_partition(id.as_bytes(), n) as i32;
+        // Where the hashed shard's map routes the id: its canonical id's home partition.
+        let routed = self.shards.get(&hashed).map(|s| s.engine.linked_ids(id).0).map_or((hashed, id), |c| {
+            let home = xpart::home(c, n) as i32;
+            if home == hashed { (hashed, id) } else { (home, c) }
+        });
+        fn find<'a>(p: i32, s: &'a Shard, key: &str) -> Option<(i32, &'a Shard, ProspectIx)> {
+            // A redirect (a prospect folded into another; on a shard that received a
+            // transfer, the transferred id) is not an answer: the canonical prospect is.
+            let ix = s.engine.find(s.engine.linked_ids(key).0)?;
+            (!s.engine.prospect(ix).has(crate::core::prospect::REDIRECT)).then_some((p, s, ix))
+        }
+        let found = self
+            .shards
+            .get(&hashed)
+            .and_then(|s| find(hashed, s, id))
+            .or_else(|| {
+                let (home, canonical) = routed;
+                self.shards.get(&home).filter(|_| home != hashed).and_then(|s| find(home, s, canonical))
+            })
+            .or_else(|| {
+                self.shards.iter().filter(|(p, _)| **p != hashed && **p != routed.0).find_map(|(p, s)| find(*p, s, id))
             });
         let Some((partition, shard, ix)) = found else {
-            return if self.shards.contains_key(&hashed) {
-                Answer::Unknown { partition: hashed }
+            let (home, _) = routed;
+            return if self.shards.contains_key(&home) {
+                Answer::Unknown { partition: home }
             } else {
-                Answer::NotHere { partition: hashed }
+                Answer::NotHere { partition: home }
             };
         };
         let watermark = shard.engine.watermark();

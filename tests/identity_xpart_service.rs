@@ -181,10 +181,16 @@ fn one_person_across_two_instances(name: &str, kill: bool) {
     let (alerted, alert_id) = alerts.into_iter().next().unwrap();
     assert_eq!(alerted, ids.user, "the alert is for the canonical prospect");
 
-    // Any linked id answers with the canonical prospect, which shows the pre-signup signals.
+    // Any linked id answers with the canonical prospect, which shows the pre-signup signals
+    // (after a kill, once the survivor has read the dead instance's partitions again: the
+    // forwarded quote may reach the user's shard before its re-read web partition does).
+    let steps = ["page_viewed", "content_downloaded", "identified", "quote_sent", "quote_clarification_requested"];
+    wait_until(LIMIT, "the person shows every step", || {
+        prospect(&refs, &ids.contact).is_some_and(|p| steps.iter().all(|sig| count(&p, sig) == 1))
+    });
     let p = prospect(&refs, &ids.contact).expect("the contact resolves to the user");
     assert_eq!(p["prospect"], ids.user.as_str(), "{p}");
-    for sig in ["page_viewed", "content_downloaded", "identified", "quote_sent", "quote_clarification_requested"] {
+    for sig in steps {
         assert_eq!(count(&p, sig), 1, "{sig} in {p}");
     }
     assert_eq!(p["email"], "ana@x.example", "{p}");

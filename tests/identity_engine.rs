@@ -2,30 +2,19 @@
 //! issue's scenarios through the decoder and `Engine::apply`, as `replay --partitions 1` runs
 //! them.
 
+mod payloads;
+
 use std::sync::Arc;
 
 use microfunnel::codec::{self, Limits};
 use microfunnel::core::identity::{LinkReason, RefuseReason};
 use microfunnel::core::{Engine, Journey, Output, ProspectView};
+use payloads::{crm, seg};
 
 const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
 
 fn journey(extra: &str) -> Arc<Journey> {
     Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{extra}")).unwrap())
-}
-
-fn seg(kind: &str, event: &str, user: Option<&str>, anon: &str, id: &str, ts: &str, email: Option<&str>) -> String {
-    let user = user.map_or("null".to_string(), |u| format!("\"{u}\""));
-    let traits = email.map_or(String::new(), |e| format!(r#","traits":{{"email":"{e}"}}"#));
-    let event = if event.is_empty() { String::new() } else { format!(r#","event":"{event}""#) };
-    format!(
-        r#"{{"type":"{kind}"{event},"userId":{user},"anonymousId":"{anon}","messageId":"{id}","timestamp":"{ts}"{traits}}}"#
-    )
-}
-
-fn crm(kind: &str, prospect: &str, id: &str, ts: &str, email: Option<&str>) -> String {
-    let email = email.map_or(String::new(), |e| format!(r#","email":"{e}""#));
-    format!(r#"{{"event_id":"{id}","prospect_id":"{prospect}","source":"crm","type":"{kind}","ts":"{ts}"{email}}}"#)
 }
 
 /// The issue's flow: anonymous browsing and a download, signup with an email, a CRM quote for a

@@ -3,6 +3,8 @@
 //! `replay --partitions N` models them. The state once the topic is drained is the state one
 //! shard reaches with every event (`--partitions 1`).
 
+mod payloads;
+
 use std::sync::Arc;
 
 use microfunnel::codec::Limits;
@@ -10,6 +12,7 @@ use microfunnel::core::ids::kafka_partition;
 use microfunnel::core::xpart::XRecord;
 use microfunnel::core::{Engine, Journey, ProspectView};
 use microfunnel::replay::{self, End, Options};
+use payloads::{crm, seg};
 
 const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
 const PARTITIONS: u32 = 3;
@@ -31,20 +34,6 @@ struct Ids {
 
 fn ids() -> Ids {
     Ids { anon: key_in_partition("anon-", 0), user: key_in_partition("usr_", 1), contact: key_in_partition("crm-", 2) }
-}
-
-fn seg(kind: &str, event: &str, user: Option<&str>, anon: &str, id: &str, ts: &str, email: Option<&str>) -> String {
-    let user = user.map_or("null".to_string(), |u| format!("\"{u}\""));
-    let traits = email.map_or(String::new(), |e| format!(r#","traits":{{"email":"{e}"}}"#));
-    let event = if event.is_empty() { String::new() } else { format!(r#","event":"{event}""#) };
-    format!(
-        r#"{{"type":"{kind}"{event},"userId":{user},"anonymousId":"{anon}","messageId":"{id}","timestamp":"{ts}"{traits}}}"#
-    )
-}
-
-fn crm(kind: &str, prospect: &str, id: &str, ts: &str, email: Option<&str>) -> String {
-    let email = email.map_or(String::new(), |e| format!(r#","email":"{e}""#));
-    format!(r#"{{"event_id":"{id}","prospect_id":"{prospect}","source":"crm","type":"{kind}","ts":"{ts}"{email}}}"#)
 }
 
 /// The issue's flow: anonymous browsing and a download, signup with an email, a CRM quote for a

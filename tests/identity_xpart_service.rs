@@ -9,12 +9,14 @@
 //! signup (the instance holding the user's shard), the other instance takes over and the
 //! outcome is the same.
 
+mod payloads;
 mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use payloads::{crm as crm_line, seg};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;
@@ -34,20 +36,6 @@ fn journey_file(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(format!("{name}-journey.toml"));
     std::fs::write(&path, format!("{b2b}\n[identity]\nresolve = true\n")).unwrap();
     path
-}
-
-fn seg(kind: &str, event: &str, user: Option<&str>, anon: &str, id: &str, ts: &str, email: Option<&str>) -> String {
-    let user = user.map_or("null".to_string(), |u| format!("\"{u}\""));
-    let traits = email.map_or(String::new(), |e| format!(r#","traits":{{"email":"{e}"}}"#));
-    let event = if event.is_empty() { String::new() } else { format!(r#","event":"{event}""#) };
-    format!(
-        r#"{{"type":"{kind}"{event},"userId":{user},"anonymousId":"{anon}","messageId":"{id}","timestamp":"{ts}"{traits}}}"#
-    )
-}
-
-fn crm_line(kind: &str, prospect: &str, id: &str, ts: &str, email: Option<&str>) -> String {
-    let email = email.map_or(String::new(), |e| format!(r#","email":"{e}""#));
-    format!(r#"{{"event_id":"{id}","prospect_id":"{prospect}","source":"crm","type":"{kind}","ts":"{ts}"{email}}}"#)
 }
 
 /// Lines with their Kafka key.

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use super::changelog::{Batch, Fold};
 use super::file::{FILE_SEED, head, parse};
-use super::{Checked, FORMAT_VERSION, Header, Pending, SnapshotError};
+use super::{Checked, FORMAT_VERSION, Header, Pending, SnapshotError, SnapshotStore};
 use crate::core::ids::hash64;
 use crate::core::snapshot::{STATE_VERSION, journey_fingerprint};
 use crate::core::{Engine, Journey};
@@ -188,6 +188,50 @@ pub(crate) trait Images {
     /// Names of the shard's images, any order (others than bases and deltas are ignored).
     fn names(&self, shard: i32) -> Result<Vec<String>, SnapshotError>;
     fn remove(&self, shard: i32, name: &str);
+}
+
+/// A store that keeps each shard's snapshots as a chain of [`Images`] (`FileStore`,
+/// `MemStore`): the port is the same chain functions over any of them.
+pub(crate) trait Chained: Images {
+    /// Bases kept per shard, each with the deltas after it.
+    fn keep(&self) -> usize;
+    fn tips(&self) -> &Tips;
+}
+
+impl<T: Chained + Send> SnapshotStore for T {
+    fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
+        let _busy = self.tips().busy();
+        save_base(self, self.tips(), self.keep(), what, engine)
+    }
+
+    fn save_delta(
+        &self,
+        what: Pending,
+        delta: DeltaFacts,
+        batch: &Batch,
+        journey: &Journey,
+    ) -> Result<Header, SnapshotError> {
+        let _busy = self.tips().busy();
+        save_delta(self, self.tips(), self.keep(), what, delta, batch, journey)
+    }
+
+    fn latest(&self, shard: i32) -> (Option<Chain>, Vec<SnapshotError>) {
+        let _busy = self.tips().busy();
+        latest(self, Some(self.tips()), shard, None)
+    }
+
+    fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError> {
+        list(self, shard)
+    }
+
+    fn tip(&self, shard: i32) -> Option<ChainTip> {
+        self.tips().get(shard)
+    }
+
+    fn compact(&self, shard: i32, journey: &Arc<Journey>) -> Result<Option<Header>, SnapshotError> {
+        let _busy = self.tips().busy();
+        compact(self, self.tips(), self.keep(), shard, journey)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -20,13 +20,11 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-
+use crate::core::Engine;
 use crate::core::ids::hash64;
-use crate::core::{Engine, Journey};
 
-use super::chain::{self, Chain, ChainTip, DeltaFacts, Images, Tips};
-use super::{Batch, Checked, FORMAT_VERSION, Header, MAGIC, Pending, SnapshotError, SnapshotStore, io_err};
+use super::chain::{self, Images, Tips};
+use super::{Checked, FORMAT_VERSION, Header, MAGIC, Pending, SnapshotError, SnapshotStore, io_err};
 
 pub(super) const FILE_SEED: u64 = 0x736e_6170_5f66_696c;
 
@@ -185,38 +183,12 @@ impl Images for FileStore {
     }
 }
 
-impl SnapshotStore for FileStore {
-    fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
-        let _busy = self.tips.busy();
-        chain::save_base(self, &self.tips, self.keep, what, engine)
+impl chain::Chained for FileStore {
+    fn keep(&self) -> usize {
+        self.keep
     }
 
-    fn save_delta(
-        &self,
-        what: Pending,
-        delta: DeltaFacts,
-        batch: &Batch,
-        journey: &Journey,
-    ) -> Result<Header, SnapshotError> {
-        let _busy = self.tips.busy();
-        chain::save_delta(self, &self.tips, self.keep, what, delta, batch, journey)
-    }
-
-    fn latest(&self, shard: i32) -> (Option<Chain>, Vec<SnapshotError>) {
-        let _busy = self.tips.busy();
-        chain::latest(self, Some(&self.tips), shard, None)
-    }
-
-    fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError> {
-        chain::list(self, shard)
-    }
-
-    fn tip(&self, shard: i32) -> Option<ChainTip> {
-        self.tips.get(shard)
-    }
-
-    fn compact(&self, shard: i32, journey: &Arc<Journey>) -> Result<Option<Header>, SnapshotError> {
-        let _busy = self.tips.busy();
-        chain::compact(self, &self.tips, self.keep, shard, journey)
+    fn tips(&self) -> &Tips {
+        &self.tips
     }
 }

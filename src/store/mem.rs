@@ -9,14 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::Instant;
 
-use std::sync::Arc;
-
-use super::chain::{self, Chain, ChainTip, DeltaFacts, Images, Tips};
-use super::{
-    Batch, Changelog, ChangelogError, ChangelogPosition, ChangelogReader, Header, Pending, SnapshotError,
-    SnapshotStore, Visit,
-};
-use crate::core::{Engine, Journey};
+use super::chain::{self, Images, Tips};
+use super::{Batch, Changelog, ChangelogError, ChangelogPosition, ChangelogReader, SnapshotError, Visit};
 
 /// Snapshots held in memory, for tests and tools; nothing survives the process.
 ///
@@ -113,39 +107,13 @@ impl Images for MemStore {
     }
 }
 
-impl SnapshotStore for MemStore {
-    fn save(&self, what: Pending, engine: &Engine) -> Result<Header, SnapshotError> {
-        let _busy = self.tips.busy();
-        chain::save_base(self, &self.tips, self.keep, what, engine)
+impl chain::Chained for MemStore {
+    fn keep(&self) -> usize {
+        self.keep
     }
 
-    fn save_delta(
-        &self,
-        what: Pending,
-        delta: DeltaFacts,
-        batch: &Batch,
-        journey: &Journey,
-    ) -> Result<Header, SnapshotError> {
-        let _busy = self.tips.busy();
-        chain::save_delta(self, &self.tips, self.keep, what, delta, batch, journey)
-    }
-
-    fn latest(&self, shard: i32) -> (Option<Chain>, Vec<SnapshotError>) {
-        let _busy = self.tips.busy();
-        chain::latest(self, Some(&self.tips), shard, None)
-    }
-
-    fn list(&self, shard: i32) -> Result<Vec<PathBuf>, SnapshotError> {
-        chain::list(self, shard)
-    }
-
-    fn tip(&self, shard: i32) -> Option<ChainTip> {
-        self.tips.get(shard)
-    }
-
-    fn compact(&self, shard: i32, journey: &Arc<Journey>) -> Result<Option<Header>, SnapshotError> {
-        let _busy = self.tips.busy();
-        chain::compact(self, &self.tips, self.keep, shard, journey)
+    fn tips(&self) -> &Tips {
+        &self.tips
     }
 }
 

@@ -96,6 +96,15 @@ impl Extras {
         Extras { seen, waiting, alerted: self.alerted.clone() }
     }
 
+    /// Whether [`Extras::live`] would give these extras as they are: every entry in force at
+    /// `watermark`, in canonical order.
+    fn is_live(&self, watermark: Ts, dedup_window: Span) -> bool {
+        self.seen.is_sorted()
+            && self.waiting.is_sorted()
+            && self.seen.iter().all(|&(_, t)| seen_live(t, watermark, dedup_window))
+            && self.waiting.iter().all(|&(_, t, _)| waiting_live(t, watermark))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty() && self.waiting.is_empty() && self.alerted.is_empty()
     }
@@ -186,8 +195,16 @@ impl Engine {
     }
 
     /// A prospect's extras still in force at the watermark, if any.
-    pub(super) fn live_extras(&self, ix: ProspectIx) -> Option<Extras> {
-        let x = self.extras.get(&ix.0)?.live(self.watermark, self.journey.dedup_window);
+    /// Borrowed when they already are what [`Extras::live`] would give (nothing expired, in
+    /// canonical order: the common case, and no allocation on a checkpoint's capture).
+    pub(super) fn live_extras(&self, ix: ProspectIx) -> Option<std::borrow::Cow<'_, Extras>> {
+        let stored = self.extras.get(&ix.0)?;
+        let (watermark, window) = (self.watermark, self.journey.dedup_window);
+        let x = if stored.is_live(watermark, window) {
+            std::borrow::Cow::Borrowed(stored)
+        } else {
+            std::borrow::Cow::Owned(stored.live(watermark, window))
+        };
         (!x.is_empty()).then_some(x)
     }
 }

@@ -95,17 +95,17 @@ impl Engine {
         }
         if let Some(x) = self.live_extras(ix) {
             buf.push(0);
-            for (k, t) in x.seen {
+            for &(k, t) in &x.seen {
                 buf.extend_from_slice(&k.to_le_bytes());
                 buf.extend_from_slice(&t.0.to_le_bytes());
             }
-            for (r, t, id) in x.waiting {
-                buf.push(r);
+            for (r, t, id) in &x.waiting {
+                buf.push(*r);
                 buf.extend_from_slice(&t.0.to_le_bytes());
                 buf.extend_from_slice(id.as_bytes());
                 buf.push(0);
             }
-            for (r, t) in x.alerted {
+            for &(r, t) in &x.alerted {
                 buf.push(r);
                 buf.extend_from_slice(&t.0.to_le_bytes());
             }

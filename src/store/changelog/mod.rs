@@ -35,6 +35,10 @@ mod kafka;
 pub use kafka::KafkaChangelog;
 
 /// Key of the checkpoint records (compaction keeps the newest).
+/// How many changed prospects ahead a capture asks for their memory (half as many for their
+/// ids' text, which needs where the id lies first).
+const PREFETCH_AHEAD: usize = 16;
+
 pub const META_KEY: &[u8] = b"\0microfunnel.checkpoint";
 
 /// Key of the record saying whether the CRM memories are complete; every checkpoint of state
@@ -133,7 +137,15 @@ impl Batch {
     ) {
         self.buf.clear();
         self.records.clear();
-        for &ix in changed {
+        for (k, &ix) in changed.iter().enumerate() {
+            // Changed prospects are scattered over the shard: ask for the memory of those a
+            // few ahead, so their cache misses overlap with this one's work.
+            if let Some(&ahead) = changed.get(k + PREFETCH_AHEAD) {
+                engine.prefetch_prospect(ahead);
+            }
+            if let Some(&ahead) = changed.get(k + PREFETCH_AHEAD / 2) {
+                engine.prefetch_id(ahead);
+            }
             let key = self.push_bytes(engine.prospect_id(ix).as_bytes());
             let at = self.buf.len();
             self.buf.push(b'P');

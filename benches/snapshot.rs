@@ -125,7 +125,7 @@ fn main() {
         // Steady state: events between two checkpoints, then the capture (the pause).
         let changed = touch(&mut engine, n, &journey);
         let (mut held, mut freed, mut batch) = (Vec::new(), Vec::new(), Batch::default());
-        // As the barrier does it: each prospect's digest right after its record.
+        // As the barrier does it (one pass: each prospect's digest right after its record).
         let positions = BTreeMap::from([("events".to_string(), n as i64)]);
         // The service reuses each shard's batch (it comes back from the writer): its buffer
         // is as large as the largest checkpoint so far. Sized here by encoding as many
@@ -139,13 +139,8 @@ fn main() {
         let t = Instant::now();
         engine.take_changed_slots(&mut held, &mut freed);
         let pause_take = t.elapsed().as_secs_f64();
-        digests.prepare(&engine);
-        batch.checkpoint_each(&engine, &held, &[], 1, &positions, |ix| digests.set(&engine, ix.0));
-        freed.iter().for_each(|&i| digests.set(&engine, i));
-        let pause_records = t.elapsed().as_secs_f64() - pause_take;
-        digests.settle(&engine);
+        batch.checkpoint_digested(&engine, &held, &freed, &[], 1, &positions, &mut digests);
         let pause = t.elapsed().as_secs_f64();
-        let pause_settle = pause - pause_take - pause_records;
         let facts = DeltaFacts { prev: 0, prospects: engine.len() as u64, digest: digests.digest() };
 
         // The writer thread's part: the delta.
@@ -203,8 +198,6 @@ fn main() {
             "pause_prospects_changed": changed_prospects,
             "pause_fresh_buffer": fresh_buffer,
             "pause_take_s": pause_take,
-            "pause_records_s": pause_records,
-            "pause_settle_s": pause_settle,
             "delta_bytes": delta_bytes,
             "checkpoint_s": checkpoint,
             "checkpoint_base_s": checkpoint_base,

@@ -188,15 +188,15 @@ impl State {
             let source = shard.engine.lineage();
             let part = match (&self.store, shard.chained) {
                 (Some(_), Some(prev)) => {
-                    // One pass: each prospect's digest right after its record, while its state
-                    // is in cache.
-                    let (engine, digests) = (&shard.engine, &mut shard.digests);
-                    digests.prepare(engine);
-                    batch.checkpoint_each(engine, &changed, &tombstones, shard.seq, &what.positions, |ix| {
-                        digests.set(engine, ix.0)
-                    });
-                    shard.freed.iter().for_each(|&i| digests.set(engine, i));
-                    digests.settle(engine);
+                    batch.checkpoint_digested(
+                        &shard.engine,
+                        &changed,
+                        &shard.freed,
+                        &tombstones,
+                        shard.seq,
+                        &what.positions,
+                        &mut shard.digests,
+                    );
                     Part::Delta(DeltaFacts {
                         prev,
                         prospects: shard.engine.len() as u64,

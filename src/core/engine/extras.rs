@@ -208,3 +208,36 @@ impl Engine {
         (!x.is_empty()).then_some(x)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Extras;
+    use crate::core::time::{Span, Ts};
+
+    /// The capture reads extras in place when `is_live` says `live` would give them unchanged:
+    /// it must say so only then (every entry in force, in canonical order), and for extras as
+    /// the engine keeps them in steady state.
+    #[test]
+    fn extras_are_read_in_place_only_when_live_would_give_them_unchanged() {
+        let window = Span::from_hours(24.0);
+        let hour = 3_600_000;
+        let sorted = Extras {
+            seen: vec![(1, Ts(10 * hour)), (2, Ts(20 * hour))],
+            waiting: vec![(0, Ts(30 * hour), "a".into()), (1, Ts(30 * hour), "b".into())],
+            alerted: vec![(0, Ts(hour))],
+        };
+        let unsorted_seen = Extras { seen: vec![(2, Ts(20 * hour)), (1, Ts(10 * hour))], ..sorted.clone() };
+        let unsorted_waiting =
+            Extras { waiting: vec![(1, Ts(30 * hour), "b".into()), (0, Ts(30 * hour), "a".into())], ..sorted.clone() };
+        let cases = [(&sorted, true), (&unsorted_seen, false), (&unsorted_waiting, false)];
+        for watermark in [Ts::NONE, Ts(25 * hour), Ts(31 * hour), Ts(40 * hour)] {
+            for (x, in_order) in cases {
+                let all_live = watermark.is_none() || watermark <= Ts(30 * hour);
+                assert_eq!(x.is_live(watermark, window), in_order && all_live, "{x:?} at {watermark:?}");
+                if x.is_live(watermark, window) {
+                    assert_eq!(&x.live(watermark, window), x);
+                }
+            }
+        }
+    }
+}

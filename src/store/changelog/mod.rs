@@ -26,7 +26,7 @@ use std::time::Instant;
 use crate::core::crm;
 use crate::core::identity::{self, IdentityRecord};
 use crate::core::snapshot::{Dec, Enc};
-use crate::core::{Engine, Journey, ProspectIx, StateError};
+use crate::core::{Engine, Journey, ProspectIx, SlotDigests, StateError};
 
 use super::ChangelogPosition;
 
@@ -122,6 +122,26 @@ impl Batch {
         positions: &BTreeMap<String, i64>,
     ) {
         self.checkpoint_each(engine, changed, tombstones, seq, positions, |_| {});
+    }
+
+    /// [`Batch::checkpoint`] with the state digest brought up to date in the same pass (the
+    /// capture's, in the barrier): each changed prospect's digest right after its record, while
+    /// its state is in cache, then the `freed` slots and those with expiring extras.
+    #[allow(clippy::too_many_arguments)]
+    pub fn checkpoint_digested(
+        &mut self,
+        engine: &Engine,
+        changed: &[ProspectIx],
+        freed: &[u32],
+        tombstones: &[String],
+        seq: u64,
+        positions: &BTreeMap<String, i64>,
+        digests: &mut SlotDigests,
+    ) {
+        digests.prepare(engine);
+        self.checkpoint_each(engine, changed, tombstones, seq, positions, |ix| digests.set(engine, ix.0));
+        freed.iter().for_each(|&i| digests.set(engine, i));
+        digests.settle(engine);
     }
 
     /// [`Batch::checkpoint`], calling `each` with every changed prospect right after encoding

@@ -65,7 +65,7 @@ impl Engine {
         let i = ix.0 as usize;
         let p = self.store.fixed(i);
         buf.clear();
-        buf.extend_from_slice(self.ids.get(ix).as_bytes());
+        buf.extend_from_slice(self.ids.get_bytes(ix));
         buf.push(0);
         for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
             buf.extend_from_slice(&t.0.to_le_bytes());

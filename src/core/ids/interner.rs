@@ -209,6 +209,11 @@ impl<S: TableHash> Interner<S> {
         }
     }
 
+    /// The text of `ix` as bytes (no UTF-8 check: encoding and digests take bytes).
+    pub fn get_bytes(&self, ix: ProspectIx) -> &[u8] {
+        self.bytes(ix.0)
+    }
+
     fn bytes(&self, i: u32) -> &[u8] {
         let i = i as usize;
         &self.arena[self.starts[i] as usize..self.ends[i] as usize]

@@ -166,7 +166,7 @@ impl Batch {
             if let Some(&ahead) = changed.get(k + PREFETCH_AHEAD / 2) {
                 engine.prefetch_id(ahead);
             }
-            let key = self.push_bytes(engine.prospect_id(ix).as_bytes());
+            let key = self.push_bytes(engine.prospect_id_bytes(ix));
             let at = self.buf.len();
             self.buf.push(b'P');
             engine.encode_changelog_record(ix, &mut self.buf);

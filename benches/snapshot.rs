@@ -2,7 +2,9 @@
 //! - pause: the capture on the processing thread after `MICROFUNNEL_BENCH_CHANGED` more events
 //!   (default 100,000, i.e. a checkpoint every 100k events) on random prospects: the changed
 //!   prospects taken, their digests brought up to date, their changelog records encoded into
-//!   the reused buffer; goal < 50 ms at 1M;
+//!   the reused buffer (sized by an earlier capture, as in the service; with
+//!   `MICROFUNNEL_BENCH_FRESH_BUFFER` set, an empty one, as at the first checkpoint after a
+//!   restore); goal < 50 ms at 1M;
 //! - checkpoint: the delta written (encode + write + fsync + rename) on the writer thread;
 //!   goal < 1 s at 1M; also the base written at a restore (encode + digest + write + fsync)
 //!   and the base rewrite from base + delta (read, decode, fold, digest check, write);
@@ -123,15 +125,21 @@ fn main() {
         // Steady state: events between two checkpoints, then the capture (the pause).
         let changed = touch(&mut engine, n, &journey);
         let (mut held, mut freed, mut batch) = (Vec::new(), Vec::new(), Batch::default());
-        // As the barrier does it: each prospect's digest right after its record.
+        // As the barrier does it (one pass: each prospect's digest right after its record).
         let positions = BTreeMap::from([("events".to_string(), n as i64)]);
+        // The service reuses each shard's batch (it comes back from the writer): its buffer
+        // is as large as the largest checkpoint so far. Sized here by encoding as many
+        // prospects, unless `MICROFUNNEL_BENCH_FRESH_BUFFER` asks for the first checkpoint's
+        // pause (an empty buffer growing while it is filled).
+        let fresh_buffer = std::env::var_os("MICROFUNNEL_BENCH_FRESH_BUFFER").is_some();
+        if !fresh_buffer {
+            let sizing: Vec<_> = (0..changed.min(n) as u32).map(microfunnel::core::ProspectIx).collect();
+            batch.checkpoint(&engine, &sizing, &[], 1, &positions);
+        }
         let t = Instant::now();
         engine.take_changed_slots(&mut held, &mut freed);
         let pause_take = t.elapsed().as_secs_f64();
-        digests.prepare(&engine);
-        batch.checkpoint_each(&engine, &held, &[], 1, &positions, |ix| digests.set(&engine, ix.0));
-        freed.iter().for_each(|&i| digests.set(&engine, i));
-        digests.settle(&engine);
+        batch.checkpoint_digested(&engine, &held, &freed, &[], 1, &positions, &mut digests);
         let pause = t.elapsed().as_secs_f64();
         let facts = DeltaFacts { prev: 0, prospects: engine.len() as u64, digest: digests.digest() };
 
@@ -188,6 +196,7 @@ fn main() {
             "pause_s": pause,
             "pause_events": changed,
             "pause_prospects_changed": changed_prospects,
+            "pause_fresh_buffer": fresh_buffer,
             "pause_take_s": pause_take,
             "delta_bytes": delta_bytes,
             "checkpoint_s": checkpoint,

@@ -113,11 +113,19 @@ impl Live {
         let (mut held, mut freed) = (Vec::new(), Vec::new());
         self.engine.take_changed_slots(&mut held, &mut freed);
         let tombstones: Vec<String> = self.engine.take_removed().into_iter().map(String::from).collect();
-        self.digests.update(&self.engine, held.iter().map(|ix| ix.0).chain(freed.iter().copied()));
         let prev = self.seq;
         self.seq += 1;
         let mut what = pending(self.seq);
-        self.batch.checkpoint(&self.engine, &held, &tombstones, self.seq, &what.positions);
+        // As the barrier captures: records and digests in one pass.
+        self.batch.checkpoint_digested(
+            &self.engine,
+            &held,
+            &freed,
+            &tombstones,
+            self.seq,
+            &what.positions,
+            &mut self.digests,
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         what.changelog = Some(self.changelog.append(SHARD, &self.batch, deadline).unwrap());
         let facts = DeltaFacts { prev, prospects: self.engine.len() as u64, digest: self.digests.digest() };

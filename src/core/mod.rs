@@ -13,6 +13,7 @@ pub mod ids;
 pub mod journey;
 pub mod mem;
 pub mod output;
+pub mod prefetch;
 pub mod prospect;
 mod store;
 pub mod time;

@@ -105,6 +105,24 @@ impl Store {
         if self.shape.inline { &self.recs[i].vars[..w] } else { &self.spill[i * w..(i + 1) * w] }
     }
 
+    /// Asks for prospect `i`'s record (and its arrays) to be brought into cache
+    /// ([`crate::core::prefetch`]).
+    pub fn prefetch(&self, i: usize) {
+        let Some(rec) = self.recs.get(i) else { return };
+        let bytes: &[u8] = bytemuck::bytes_of(&rec.vars);
+        crate::core::prefetch::prefetch(&rec.fixed);
+        bytes.iter().step_by(64).for_each(crate::core::prefetch::prefetch);
+        if !self.shape.inline {
+            let w = self.shape.words;
+            self.spill
+                .get(i * w..(i + 1) * w)
+                .into_iter()
+                .flatten()
+                .step_by(8)
+                .for_each(crate::core::prefetch::prefetch);
+        }
+    }
+
     pub fn fixed(&self, i: usize) -> &Prospect {
         &self.recs[i].fixed
     }

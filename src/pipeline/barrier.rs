@@ -185,12 +185,18 @@ impl State {
             let tombstones = std::mem::take(&mut shard.tombstones);
             let changed = std::mem::take(&mut shard.held);
             let mut batch = std::mem::take(&mut shard.batch);
-            batch.checkpoint(&shard.engine, &changed, &tombstones, shard.seq, &what.positions);
             let source = shard.engine.lineage();
             let part = match (&self.store, shard.chained) {
                 (Some(_), Some(prev)) => {
-                    let slots = changed.iter().map(|ix| ix.0).chain(shard.freed.iter().copied());
-                    shard.digests.update(&shard.engine, slots);
+                    batch.checkpoint_digested(
+                        &shard.engine,
+                        &changed,
+                        &shard.freed,
+                        &tombstones,
+                        shard.seq,
+                        &what.positions,
+                        &mut shard.digests,
+                    );
                     Part::Delta(DeltaFacts {
                         prev,
                         prospects: shard.engine.len() as u64,
@@ -200,6 +206,7 @@ impl State {
                 // The store holds no chain this shard can follow (a restore could not write
                 // its base): this checkpoint writes a base, here, from the live engine.
                 (Some(store), None) => {
+                    batch.checkpoint(&shard.engine, &changed, &tombstones, shard.seq, &what.positions);
                     let base = Pending { changelog: None, ..what.clone() };
                     match store.save(base, &shard.engine) {
                         Ok(h) => {
@@ -219,7 +226,10 @@ impl State {
                     }
                 }
                 // No snapshot store: the writer only appends to the changelog.
-                (None, _) => Part::Delta(DeltaFacts { prev: 0, prospects: 0, digest: 0 }),
+                (None, _) => {
+                    batch.checkpoint(&shard.engine, &changed, &tombstones, shard.seq, &what.positions);
+                    Part::Delta(DeltaFacts { prev: 0, prospects: 0, digest: 0 })
+                }
             };
             if w.submit(Job { batch, what, part, deadline, changed, tombstones, source }) {
                 flight.waiting.insert(p);

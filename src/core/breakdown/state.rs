@@ -117,6 +117,13 @@ impl Attributions {
     }
 
     /// Whether prospect `i` has any value or touch.
+    /// Asks for prospect `i`'s slots to be brought into cache ([`crate::core::prefetch`]).
+    pub fn prefetch(&self, i: usize) {
+        if let Some(s) = self.slots.get(i * self.dims) {
+            crate::core::prefetch::prefetch(s);
+        }
+    }
+
     pub fn any(&self, i: usize) -> bool {
         self.of(i).iter().any(|s| *s != Slot::default())
     }

@@ -34,12 +34,17 @@ impl Clone for Lineage {
 /// held prospects' digests, and a freed slot counts 0. A prospect's digest also changes
 /// without a change of its own when its extras expire (older event ids and waiting sequence
 /// signals count while the watermark is within their window), so the slots holding such
-/// extras, now or at the last update, are computed again at every update.
+/// extras, now or at the last update, are computed again at every update. Within one update
+/// each slot is computed once (a slot both changed and holding extras, or holding extras at
+/// the last update and now, is not hashed twice).
 #[derive(Clone, Debug, Default)]
 pub struct SlotDigests {
     per_slot: Vec<u64>,
     sum: u64,
     timed: Vec<u32>,
+    /// One bit per slot: computed in the current update; the slots set are in `done`.
+    fresh: Vec<u64>,
+    done: Vec<u32>,
     buf: Vec<u8>,
 }
 
@@ -65,11 +70,18 @@ impl SlotDigests {
     pub fn prepare(&mut self, engine: &Engine) {
         if self.per_slot.len() < engine.store.len() {
             self.per_slot.resize(engine.store.len(), 0);
+            self.fresh.resize(engine.store.len().div_ceil(64), 0);
         }
     }
 
     /// Takes in slot `i`'s current digest (after [`SlotDigests::prepare`]).
     pub fn set(&mut self, engine: &Engine, i: u32) {
+        let (w, bit) = (i as usize / 64, 1u64 << (i % 64));
+        if self.fresh[w] & bit != 0 {
+            return;
+        }
+        self.fresh[w] |= bit;
+        self.done.push(i);
         let new = if engine.holds(i as usize) { engine.prospect_digest_with(ProspectIx(i), &mut self.buf) } else { 0 };
         let old = std::mem::replace(&mut self.per_slot[i as usize], new);
         self.sum = self.sum.wrapping_sub(old).wrapping_add(new);
@@ -91,6 +103,9 @@ impl SlotDigests {
             self.set(engine, i);
         }
         std::mem::swap(&mut self.timed, &mut timed);
+        for i in self.done.drain(..) {
+            self.fresh[i as usize / 64] = 0;
+        }
     }
 
     /// The digest of the state as of the last update.
@@ -98,9 +113,10 @@ impl SlotDigests {
         self.sum
     }
 
-    /// Heap bytes (8 per slot, 4 per slot with expiring extras).
+    /// Heap bytes (8 bytes and a bit per slot, 4 per slot with expiring extras or computed in
+    /// the last update).
     pub fn heap_bytes(&self) -> usize {
-        self.per_slot.capacity() * 8 + self.timed.capacity() * 4
+        self.per_slot.capacity() * 8 + self.fresh.capacity() * 8 + (self.timed.capacity() + self.done.capacity()) * 4
     }
 }
 
@@ -109,6 +125,23 @@ impl Engine {
     /// that failed re-marks its prospects only in the engine it came from.
     pub fn lineage(&self) -> u64 {
         self.lineage.0
+    }
+
+    /// Asks for what encoding and digesting prospect `ix` reads first to be brought into cache
+    /// (its record, arrays, first-shown entries, breakdown slots, where its id lies): a loop
+    /// over scattered prospects calls it some iterations ahead, so their cache misses overlap.
+    pub fn prefetch_prospect(&self, ix: ProspectIx) {
+        let i = ix.0 as usize;
+        self.store.prefetch(i);
+        self.ids.prefetch(ix);
+        self.shown.prefetch(i);
+        self.attr.prefetch(i);
+    }
+
+    /// Asks for prospect `ix`'s id text to be brought into cache (after
+    /// [`Engine::prefetch_prospect`] brought in where it lies).
+    pub fn prefetch_id(&self, ix: ProspectIx) {
+        self.ids.prefetch_text(ix);
     }
 
     /// Marks a prospect's email as changed (and the prospect).

@@ -96,6 +96,15 @@ impl Extras {
         Extras { seen, waiting, alerted: self.alerted.clone() }
     }
 
+    /// Whether [`Extras::live`] would give these extras as they are: every entry in force at
+    /// `watermark`, in canonical order.
+    fn is_live(&self, watermark: Ts, dedup_window: Span) -> bool {
+        self.seen.is_sorted()
+            && self.waiting.is_sorted()
+            && self.seen.iter().all(|&(_, t)| seen_live(t, watermark, dedup_window))
+            && self.waiting.iter().all(|&(_, t, _)| waiting_live(t, watermark))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty() && self.waiting.is_empty() && self.alerted.is_empty()
     }
@@ -186,8 +195,49 @@ impl Engine {
     }
 
     /// A prospect's extras still in force at the watermark, if any.
-    pub(super) fn live_extras(&self, ix: ProspectIx) -> Option<Extras> {
-        let x = self.extras.get(&ix.0)?.live(self.watermark, self.journey.dedup_window);
+    /// Borrowed when they already are what [`Extras::live`] would give (nothing expired, in
+    /// canonical order: the common case, and no allocation on a checkpoint's capture).
+    pub(super) fn live_extras(&self, ix: ProspectIx) -> Option<std::borrow::Cow<'_, Extras>> {
+        let stored = self.extras.get(&ix.0)?;
+        let (watermark, window) = (self.watermark, self.journey.dedup_window);
+        let x = if stored.is_live(watermark, window) {
+            std::borrow::Cow::Borrowed(stored)
+        } else {
+            std::borrow::Cow::Owned(stored.live(watermark, window))
+        };
         (!x.is_empty()).then_some(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Extras;
+    use crate::core::time::{Span, Ts};
+
+    /// The capture reads extras in place when `is_live` says `live` would give them unchanged:
+    /// it must say so only then (every entry in force, in canonical order), and for extras as
+    /// the engine keeps them in steady state.
+    #[test]
+    fn extras_are_read_in_place_only_when_live_would_give_them_unchanged() {
+        let window = Span::from_hours(24.0);
+        let hour = 3_600_000;
+        let sorted = Extras {
+            seen: vec![(1, Ts(10 * hour)), (2, Ts(20 * hour))],
+            waiting: vec![(0, Ts(30 * hour), "a".into()), (1, Ts(30 * hour), "b".into())],
+            alerted: vec![(0, Ts(hour))],
+        };
+        let unsorted_seen = Extras { seen: vec![(2, Ts(20 * hour)), (1, Ts(10 * hour))], ..sorted.clone() };
+        let unsorted_waiting =
+            Extras { waiting: vec![(1, Ts(30 * hour), "b".into()), (0, Ts(30 * hour), "a".into())], ..sorted.clone() };
+        let cases = [(&sorted, true), (&unsorted_seen, false), (&unsorted_waiting, false)];
+        for watermark in [Ts::NONE, Ts(25 * hour), Ts(31 * hour), Ts(40 * hour)] {
+            for (x, in_order) in cases {
+                let all_live = watermark.is_none() || watermark <= Ts(30 * hour);
+                assert_eq!(x.is_live(watermark, window), in_order && all_live, "{x:?} at {watermark:?}");
+                if x.is_live(watermark, window) {
+                    assert_eq!(&x.live(watermark, window), x);
+                }
+            }
+        }
     }
 }

@@ -322,6 +322,11 @@ impl Engine {
         self.ids.get(ix)
     }
 
+    /// [`Engine::prospect_id`] as bytes, without the UTF-8 check (a checkpoint's record keys).
+    pub fn prospect_id_bytes(&self, ix: ProspectIx) -> &[u8] {
+        self.ids.get_bytes(ix)
+    }
+
     pub fn find(&self, id: &str) -> Option<ProspectIx> {
         self.ids.find(id)
     }

@@ -62,6 +62,13 @@ fn secs(ts: Ts) -> u32 {
 
 impl FirstShown {
     /// Slot `i`'s entries, sorted by signal.
+    /// Asks for prospect `i`'s entries to be brought into cache ([`crate::core::prefetch`]).
+    pub(super) fn prefetch(&self, i: usize) {
+        if let Some(slot) = self.slots.get(i) {
+            crate::core::prefetch::prefetch(slot);
+        }
+    }
+
     pub(super) fn get(&self, i: usize) -> Entries<'_> {
         let Some(slot) = self.slots.get(i) else { return Entries::Inline([0; INLINE], 0) };
         if slot.sigs[0] == SPILLED {

@@ -65,7 +65,7 @@ impl Engine {
         let i = ix.0 as usize;
         let p = self.store.fixed(i);
         buf.clear();
-        buf.extend_from_slice(self.ids.get(ix).as_bytes());
+        buf.extend_from_slice(self.ids.get_bytes(ix));
         buf.push(0);
         for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
             buf.extend_from_slice(&t.0.to_le_bytes());
@@ -95,17 +95,17 @@ impl Engine {
         }
         if let Some(x) = self.live_extras(ix) {
             buf.push(0);
-            for (k, t) in x.seen {
+            for &(k, t) in &x.seen {
                 buf.extend_from_slice(&k.to_le_bytes());
                 buf.extend_from_slice(&t.0.to_le_bytes());
             }
-            for (r, t, id) in x.waiting {
-                buf.push(r);
+            for (r, t, id) in &x.waiting {
+                buf.push(*r);
                 buf.extend_from_slice(&t.0.to_le_bytes());
                 buf.extend_from_slice(id.as_bytes());
                 buf.push(0);
             }
-            for (r, t) in x.alerted {
+            for &(r, t) in &x.alerted {
                 buf.push(r);
                 buf.extend_from_slice(&t.0.to_le_bytes());
             }

@@ -192,6 +192,28 @@ impl<S: TableHash> Interner<S> {
         std::str::from_utf8(self.bytes(ix.0)).unwrap_or_default()
     }
 
+    /// Asks for where id `ix` lies in the arena to be brought into cache
+    /// ([`crate::core::prefetch`]); [`Interner::prefetch_text`] then asks for its text.
+    pub fn prefetch(&self, ix: ProspectIx) {
+        let i = ix.0 as usize;
+        if i < self.starts.len() {
+            crate::core::prefetch::prefetch(&self.starts[i]);
+            crate::core::prefetch::prefetch(&self.ends[i]);
+        }
+    }
+
+    /// Asks for id `ix`'s text to be brought into cache.
+    pub fn prefetch_text(&self, ix: ProspectIx) {
+        if let Some(b) = self.starts.get(ix.0 as usize).and_then(|&s| self.arena.get(s as usize)) {
+            crate::core::prefetch::prefetch(&b);
+        }
+    }
+
+    /// The text of `ix` as bytes (no UTF-8 check: encoding and digests take bytes).
+    pub fn get_bytes(&self, ix: ProspectIx) -> &[u8] {
+        self.bytes(ix.0)
+    }
+
     fn bytes(&self, i: u32) -> &[u8] {
         let i = i as usize;
         &self.arena[self.starts[i] as usize..self.ends[i] as usize]

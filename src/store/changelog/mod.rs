@@ -26,7 +26,7 @@ use std::time::Instant;
 use crate::core::crm;
 use crate::core::identity::{self, IdentityRecord};
 use crate::core::snapshot::{Dec, Enc};
-use crate::core::{Engine, Journey, ProspectIx, StateError};
+use crate::core::{Engine, Journey, ProspectIx, SlotDigests, StateError};
 
 use super::ChangelogPosition;
 
@@ -35,6 +35,10 @@ mod kafka;
 pub use kafka::KafkaChangelog;
 
 /// Key of the checkpoint records (compaction keeps the newest).
+/// How many changed prospects ahead a capture asks for their memory (half as many for their
+/// ids' text, which needs where the id lies first).
+const PREFETCH_AHEAD: usize = 16;
+
 pub const META_KEY: &[u8] = b"\0microfunnel.checkpoint";
 
 /// Key of the record saying whether the CRM memories are complete; every checkpoint of state
@@ -120,6 +124,26 @@ impl Batch {
         self.checkpoint_each(engine, changed, tombstones, seq, positions, |_| {});
     }
 
+    /// [`Batch::checkpoint`] with the state digest brought up to date in the same pass (the
+    /// capture's, in the barrier): each changed prospect's digest right after its record, while
+    /// its state is in cache, then the `freed` slots and those with expiring extras.
+    #[allow(clippy::too_many_arguments)]
+    pub fn checkpoint_digested(
+        &mut self,
+        engine: &Engine,
+        changed: &[ProspectIx],
+        freed: &[u32],
+        tombstones: &[String],
+        seq: u64,
+        positions: &BTreeMap<String, i64>,
+        digests: &mut SlotDigests,
+    ) {
+        digests.prepare(engine);
+        self.checkpoint_each(engine, changed, tombstones, seq, positions, |ix| digests.set(engine, ix.0));
+        freed.iter().for_each(|&i| digests.set(engine, i));
+        digests.settle(engine);
+    }
+
     /// [`Batch::checkpoint`], calling `each` with every changed prospect right after encoding
     /// it (while its state is in cache: the capture's digests per slot).
     pub fn checkpoint_each(
@@ -133,8 +157,16 @@ impl Batch {
     ) {
         self.buf.clear();
         self.records.clear();
-        for &ix in changed {
-            let key = self.push_bytes(engine.prospect_id(ix).as_bytes());
+        for (k, &ix) in changed.iter().enumerate() {
+            // Changed prospects are scattered over the shard: ask for the memory of those a
+            // few ahead, so their cache misses overlap with this one's work.
+            if let Some(&ahead) = changed.get(k + PREFETCH_AHEAD) {
+                engine.prefetch_prospect(ahead);
+            }
+            if let Some(&ahead) = changed.get(k + PREFETCH_AHEAD / 2) {
+                engine.prefetch_id(ahead);
+            }
+            let key = self.push_bytes(engine.prospect_id_bytes(ix));
             let at = self.buf.len();
             self.buf.push(b'P');
             engine.encode_changelog_record(ix, &mut self.buf);

@@ -58,6 +58,12 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
         let Some(ix) = engine.find(canonical) else {
             anyhow::bail!("prospect `{id}` is not in this snapshot (shard {})", checked.header().shard);
         };
+        if engine.prospect(ix).has(microfunnel::core::prospect::REDIRECT) {
+            anyhow::bail!(
+                "`{id}` is a redirect in this snapshot (shard {}): identity resolution moved its state to the prospect of its canonical id; pass --journey with the journey the service runs ([identity] resolve = true) to follow it",
+                checked.header().shard
+            );
+        }
         let mut view = serde_json::to_value(engine.view(ix, Some(engine.watermark()).filter(|w| !w.is_none())))?;
         view["linked_ids"] = serde_json::json!(linked);
         writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&view)?)?;

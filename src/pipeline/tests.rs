@@ -359,6 +359,30 @@ fn idle_shards_advance_to_the_wall_clock_minus_the_lateness_and_busy_ones_do_not
     assert!(st.unflushed, "their outputs were handed to the producer");
 }
 
+/// A shard that holds no prospect (a service started before a backfill of past events) keeps
+/// its clock: had it moved to the wall clock, every backfilled event would be late.
+#[test]
+fn an_empty_idle_shard_keeps_its_clock_so_a_later_backfill_is_not_late() {
+    let journey = journey();
+    let events = stream(&journey, 400);
+    let (mut st, _, _) = state(&journey, None, None);
+    st.take_shards(&shards(&[0]));
+    let t0 = Instant::now();
+    st.shards.get_mut(&0).unwrap().last_input = t0;
+    let wall = Ts(crate::core::time::parse_rfc3339("2030-01-01T00:00:00Z").unwrap().0);
+    st.advance_idle(Duration::from_secs(60), t0 + Duration::from_secs(120), wall);
+    assert!(st.shards[&0].engine.watermark() < wall.minus(journey.allowed_lateness), "the empty shard kept its clock");
+    feed(&mut st, 0, &events);
+    // As late as the stream is by itself (its few deliberately out-of-order lines), no more.
+    let mut alone = crate::core::Engine::new(Arc::clone(&journey));
+    for line in &events {
+        alone.apply(&codec::decode(line, &journey, &Limits::default()).unwrap(), &mut Vec::new());
+    }
+    assert!(alone.stats().late < 10);
+    assert_eq!(st.shards[&0].engine.stats().late, alone.stats().late, "the backfill is applied, not late");
+    assert!(st.shards[&0].engine.len() > 0);
+}
+
 #[test]
 fn a_shards_last_durable_time_moves_only_when_its_state_is_durable_and_leaves_with_the_shard() {
     let journey = journey();

@@ -20,8 +20,11 @@ impl State {
         let target = wall.minus(self.journey.allowed_lateness);
         let State { shards, journey, metrics, outputs, producer, settings, buf, .. } = self;
         for shard in shards.values_mut() {
-            // A shard with buffered input is not idle: it waits for a lagging partition.
+            // A shard with buffered input is not idle: it waits for a lagging partition. One
+            // that holds no prospect has no timer to fire: moving its clock to the wall clock
+            // would only make a backfill of past events, produced after it started, late.
             if now.saturating_duration_since(shard.last_input) < idle
+                || shard.engine.len() == 0
                 || shard.engine.watermark() >= target
                 || shard.inputs.queues.iter().any(|q| !q.is_empty())
             {

@@ -24,7 +24,7 @@ impl State {
             // that holds no prospect has no timer to fire: moving its clock to the wall clock
             // would only make a backfill of past events, produced after it started, late.
             if now.saturating_duration_since(shard.last_input) < idle
-                || shard.engine.len() == 0
+                || shard.engine.is_empty()
                 || shard.engine.watermark() >= target
                 || shard.inputs.queues.iter().any(|q| !q.is_empty())
             {

@@ -233,33 +233,14 @@ impl Engine {
     /// Folds record `fi` into record `ti` (both live prospects), moving the funnel counters.
     fn fold(&mut self, journey: &Journey, fi: usize, ti: usize) {
         let (a, b) = (self.store.fixed(fi).clone(), self.store.fixed(ti).clone());
-        let (a_times, b_times) = (self.store.stage_times(fi).to_vec(), self.store.stage_times(ti).to_vec());
-        let (a_counts, b_counts) = (self.store.counts(fi).to_vec(), self.store.counts(ti).to_vec());
+        let (a_times, a_counts) = (self.store.stage_times(fi).to_vec(), self.store.counts(fi).to_vec());
         let a_marks = self.store.marks(fi).to_vec();
         let alerted_of = |ix: usize| self.extras.get(&(ix as u32)).map_or_else(Vec::new, |x| x.alerted.clone());
         let (a_alerted, b_alerted) = (alerted_of(fi), alerted_of(ti));
-        let (a_shown, b_shown) = (self.shown.get(fi).to_vec(), self.shown.get(ti).to_vec());
         // Take both prospects out of the funnel. (The milestone and hot-first tables keep what
         // each id counted: which signals came before a stage is not in the state.)
-        for (p, times, counts, alerted, shown) in
-            [(&a, &a_times, &a_counts, &a_alerted, &a_shown), (&b, &b_times, &b_counts, &b_alerted, &b_shown)]
-        {
-            let n = &mut self.funnel.in_stage[p.stage.0 as usize];
-            *n = n.saturating_sub(1);
-            for k in reached(journey, times) {
-                self.funnel.reached[k] = self.funnel.reached[k].saturating_sub(1);
-            }
-            for (s, _) in counts.iter().enumerate().filter(|&(_, &c)| c > 0) {
-                self.funnel.signal_shown[s] = self.funnel.signal_shown[s].saturating_sub(1);
-            }
-            for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
-                if p.has(flag) {
-                    let at = super::stages::outcome_at(journey, o, p.stage_entered, times);
-                    let facts = OutcomeFacts { counts, alerted, shown, at, score: p.score };
-                    self.funnel.retract_outcome(journey, o, &facts);
-                }
-            }
-        }
+        self.count_in_funnel(journey, fi, false);
+        self.count_in_funnel(journey, ti, false);
         if !a_alerted.is_empty() && !b_alerted.is_empty() {
             // One person turned hot, not two.
             self.funnel.hot_prospects = self.funnel.hot_prospects.saturating_sub(1);
@@ -359,6 +340,39 @@ impl Engine {
 
 /// The non-terminal stages a prospect with these stage entry times counts as having reached:
 /// every one up to the furthest it entered (as `Funnel::transition_from` counts them).
+impl Engine {
+    /// Counts prospect `i` into the funnel (`add`) or takes it out: its stage, the stages it
+    /// reached, the signals it showed, its outcome (not the hot-prospect count: a merge counts
+    /// one person hot once). A merge takes both of its prospects out; a transfer across
+    /// partitions takes one out on its sender and counts it in on its receiver.
+    pub(super) fn count_in_funnel(&mut self, journey: &Journey, i: usize, add: bool) {
+        let p = self.store.fixed(i).clone();
+        let times = self.store.stage_times(i).to_vec();
+        let counts = self.store.counts(i).to_vec();
+        let alerted = self.extras.get(&(i as u32)).map_or_else(Vec::new, |x| x.alerted.clone());
+        let shown = self.shown.get(i).to_vec();
+        let step = |n: &mut u64| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        step(&mut self.funnel.in_stage[p.stage.0 as usize]);
+        for k in reached(journey, &times) {
+            step(&mut self.funnel.reached[k]);
+        }
+        for (s, _) in counts.iter().enumerate().filter(|&(_, &c)| c > 0) {
+            step(&mut self.funnel.signal_shown[s]);
+        }
+        for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
+            if p.has(flag) {
+                let at = super::stages::outcome_at(journey, o, p.stage_entered, &times);
+                let facts = OutcomeFacts { counts: &counts, alerted: &alerted, shown: &shown, at, score: p.score };
+                if add {
+                    self.funnel.outcome(journey, o, &facts);
+                } else {
+                    self.funnel.retract_outcome(journey, o, &facts);
+                }
+            }
+        }
+    }
+}
+
 fn reached<'j>(journey: &'j Journey, stage_times: &[u32]) -> impl Iterator<Item = usize> + use<'j> {
     let furthest = (0..journey.stages.len()).rev().find(|&k| !journey.stages[k].terminal && stage_times[k] != 0);
     (0..furthest.map_or(0, |f| f + 1)).filter(|&k| !journey.stages[k].terminal)

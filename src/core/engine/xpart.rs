@@ -14,9 +14,7 @@
 
 use super::Engine;
 use crate::core::event::Event;
-use crate::core::funnel::OutcomeFacts;
 use crate::core::identity::{Change, IdKind, LinkReason};
-use crate::core::journey::{Journey, Outcome};
 use crate::core::output::Output;
 use crate::core::prospect;
 use crate::core::snapshot::Dec;
@@ -258,6 +256,9 @@ impl Engine {
         self.encode_changelog_record(f, &mut record);
         let journey = std::sync::Arc::clone(&self.journey);
         self.count_in_funnel(&journey, f.0 as usize, false);
+        if self.extras.get(&f.0).is_some_and(|x| !x.alerted.is_empty()) {
+            self.funnel.hot_prospects = self.funnel.hot_prospects.saturating_sub(1);
+        }
         self.make_redirect(f);
         let Some(source) = self.xpart.as_deref().map(|x| x.partition) else { return };
         self.send(XRecord::Transfer { from: from.into(), into: into.into(), reason, ts: at, source, record });
@@ -307,6 +308,9 @@ impl Engine {
         };
         let journey = std::sync::Arc::clone(&self.journey);
         self.count_in_funnel(&journey, ix.0 as usize, true);
+        if self.extras.get(&ix.0).is_some_and(|x| !x.alerted.is_empty()) {
+            self.funnel.hot_prospects += 1;
+        }
         if let Some(x) = self.xpart.as_deref_mut() {
             x.stats.transfers_received += 1;
         }
@@ -337,38 +341,5 @@ impl Engine {
         p.hot_until = Ts::NONE;
         self.quiet.remove(&f.0);
         self.mark_changed(f.0);
-    }
-
-    /// Counts prospect `i` into the funnel (`add`) or takes it out, as a merge does with both
-    /// of its prospects.
-    fn count_in_funnel(&mut self, journey: &Journey, i: usize, add: bool) {
-        let p = self.store.fixed(i).clone();
-        let times = self.store.stage_times(i).to_vec();
-        let counts = self.store.counts(i).to_vec();
-        let alerted = self.extras.get(&(i as u32)).map_or_else(Vec::new, |x| x.alerted.clone());
-        let shown = self.shown.get(i).to_vec();
-        let step = |n: &mut u64| *n = if add { *n + 1 } else { n.saturating_sub(1) };
-        step(&mut self.funnel.in_stage[p.stage.0 as usize]);
-        let furthest = (0..journey.stages.len()).rev().find(|&k| !journey.stages[k].terminal && times[k] != 0);
-        for k in (0..furthest.map_or(0, |f| f + 1)).filter(|&k| !journey.stages[k].terminal) {
-            step(&mut self.funnel.reached[k]);
-        }
-        for (s, _) in counts.iter().enumerate().filter(|&(_, &c)| c > 0) {
-            step(&mut self.funnel.signal_shown[s]);
-        }
-        if !alerted.is_empty() {
-            step(&mut self.funnel.hot_prospects);
-        }
-        for (flag, o) in [(prospect::OUTCOME_WON, Outcome::Won), (prospect::OUTCOME_LOST, Outcome::Lost)] {
-            if p.has(flag) {
-                let at = super::stages::outcome_at(journey, o, p.stage_entered, &times);
-                let facts = OutcomeFacts { counts: &counts, alerted: &alerted, shown: &shown, at, score: p.score };
-                if add {
-                    self.funnel.outcome(journey, o, &facts);
-                } else {
-                    self.funnel.retract_outcome(journey, o, &facts);
-                }
-            }
-        }
     }
 }

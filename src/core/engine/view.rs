@@ -76,6 +76,10 @@ impl Engine {
             // Only when set: digests of states written before it existed stay what they were.
             buf.extend_from_slice(&p.last_signal.to_le_bytes());
         }
+        if p.more_flags != 0 {
+            // Only when set: digests of states written before it existed stay what they were.
+            buf.extend_from_slice(&[b'F', p.more_flags]);
+        }
         let mut recent = p.recent;
         recent.sort_unstable();
         for r in recent {

@@ -816,11 +816,21 @@ fn a_visitor_who_identifies_before_the_span_stays() {
     let out = s.seg("identify", "", Some("usr-2"), "anon-2", day(1.0));
     assert!(out.iter().any(|o| matches!(o, Output::ProspectMerged { .. })), "{out:?}");
     assert_eq!(s.anonymous("usr-2"), Some(false), "the canonical id of a group with a known id is known");
+    // An `alias` call links and applies no signal: the merge alone makes the person known.
+    s.visit("anon-7", day(0.5));
+    let alias = json!({"type": "alias", "previousId": "anon-7", "userId": "usr-7", "messageId": "alias-7",
+                       "timestamp": day(1.0).to_string()})
+    .to_string();
+    let ev = codec::decode(alias.as_bytes(), &Arc::clone(s.engine.journey()), &Limits::default()).unwrap();
+    let mut out = Vec::new();
+    s.engine.apply(&ev, &mut out);
+    assert!(out.iter().any(|o| matches!(o, Output::ProspectMerged { .. })), "{out:?}");
+    assert_eq!(s.anonymous("usr-7"), Some(false));
     s.time_passes(day(1.5));
     let mut out = Vec::new();
     s.engine.advance_to(day(5.0), &mut out);
     assert_eq!(s.expired_ids(&out), vec![("anon-9".to_string(), day(2.0))], "only the one who stayed anonymous");
-    assert!(s.engine.find("usr-2").is_some());
+    assert!(s.engine.find("usr-2").is_some() && s.engine.find("usr-7").is_some());
 
     // Without identity resolution: a known event for the id itself.
     let mut s = Shard::new(journey(ANONYMOUS));

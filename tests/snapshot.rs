@@ -499,3 +499,48 @@ fn the_identity_map_round_trips_with_the_state() {
     assert!(off.identity_map().is_none());
     assert_eq!(off.len(), Engine::decode_state(Arc::clone(&journey), &bytes).unwrap().len());
 }
+
+/// `inspect-snapshot --prospect` answers for any id linked to a prospect (`[identity] resolve`):
+/// the canonical prospect's state and every linked id.
+#[test]
+fn inspect_snapshot_answers_for_a_linked_id_with_the_canonical_prospect() {
+    let text = format!("{B2B}\n[identity]\nresolve = true\n");
+    let journey = Arc::new(Journey::from_toml_str(&text).unwrap());
+    let dir = tempdir("inspect-linked");
+    let journey_path = dir.join("people.toml");
+    std::fs::write(&journey_path, &text).unwrap();
+    let mut e = Engine::new(Arc::clone(&journey));
+    let lines = [
+        r#"{"type":"track","event":"Whitepaper Downloaded","anonymousId":"anon-1","messageId":"m-1","timestamp":"2026-03-02T09:00:00Z"}"#,
+        r#"{"type":"identify","userId":"usr_1","anonymousId":"anon-1","messageId":"m-2","timestamp":"2026-03-02T10:00:00Z"}"#,
+    ];
+    let mut outs = Vec::new();
+    for l in lines {
+        e.apply(&codec::decode(l.as_bytes(), &journey, &Limits::default()).unwrap(), &mut outs);
+    }
+    assert!(outs.iter().any(|o| matches!(o, Output::ProspectMerged { .. })), "{outs:?}");
+    let what = Pending {
+        group: "microfunnel".into(),
+        shard: 0,
+        seq: 1,
+        written_at: "2026-11-23T12:00:00Z".into(),
+        positions: BTreeMap::from([("web-events".to_string(), 2)]),
+        changelog: None,
+    };
+    let (_, image) = store::encode(&what, &e);
+    let file = dir.join("000001.snap");
+    std::fs::write(&file, image).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+        .arg("inspect-snapshot")
+        .arg(&file)
+        .arg("--journey")
+        .arg(&journey_path)
+        .args(["--prospect", "anon-1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prospect"], "usr_1", "{v}");
+    assert_eq!(v["linked_ids"], serde_json::json!(["anon-1", "usr_1"]), "{v}");
+    assert!(v["signal_counts"].to_string().contains("content_downloaded"), "the anonymous download: {v}");
+}

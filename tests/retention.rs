@@ -959,6 +959,7 @@ fn anonymous_retention_settings_are_checked_by_key() {
         ("\n[retention]\nanonymous_after_days = 1e9\n", "at most 36500"),
         ("\n[retention.anonymous]\nawre = 3\n", "retention.anonymous.awre"),
         ("\n[retention.anonymous]\naware = 0\n", "retention.anonymous.aware"),
+        ("\n[retention.anonymous]\nafter_days = 3\n", "write `anonymous_after_days` under [retention]"),
     ] {
         let err = Journey::from_toml_str(&format!("{B2B}{extra}")).err().unwrap_or_else(|| panic!("{extra} loads"));
         assert!(err.to_string().contains(needle), "{extra}: {err}");

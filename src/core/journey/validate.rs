@@ -692,6 +692,11 @@ fn retention(raw: &super::raw::RawRetention, stages: usize, stage_names: &Stages
     let mut anonymous: Vec<Option<Span>> = after.iter().map(|&a| anonymous_default.or(a)).collect();
     for (name, &d) in &raw.anonymous {
         let at = format!("retention.anonymous.{name}");
+        if name == "after_days" {
+            let fix = "this table takes stage names; for every stage write `anonymous_after_days` under [retention]";
+            e.invalid(&at, fix.to_string());
+            continue;
+        }
         let span = Span::from_days(days(e, &at, name, d));
         if let Some(s) = stage_names.of(e, at, name) {
             anonymous[s.0 as usize] = Some(span);

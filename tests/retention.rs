@@ -399,8 +399,10 @@ fn the_example_in_the_b2b_journey_is_valid() {
     let days = |stage: &str| r.after(j.stage_by_name(stage).unwrap()).map(|s| s.0 / MS_PER_DAY);
     assert_eq!(
         (days("aware"), days("won"), days("lost"), days("interested")),
-        (Some(30), Some(365), Some(365), Some(180))
+        (Some(180), Some(365), Some(365), Some(180))
     );
+    let anonymous = |stage: &str| r.after_for(j.stage_by_name(stage).unwrap(), true).map(|s| s.0 / MS_PER_DAY);
+    assert_eq!((anonymous("aware"), anonymous("won"), anonymous("interested")), (Some(30), Some(365), Some(180)));
     assert_eq!(r.max_prospects, Some(2_000_000));
 }
 
@@ -792,6 +794,8 @@ fn anonymous_aware_visitors_leave_after_the_anonymous_span_while_known_ones_stay
         (s.anonymous("anon-1"), s.anonymous("usr-1"), s.anonymous("usr-2")),
         (Some(true), Some(false), Some(false))
     );
+    let view = |id: &str| s.engine.view(s.engine.find(id).unwrap(), None).anonymous;
+    assert!(view("anon-1") && !view("usr-1"), "the prospect view says it (GET /prospects, inspect-snapshot)");
     s.time_passes(day(1.0));
     let mut out = Vec::new();
     s.engine.advance_to(day(3.0), &mut out);

@@ -231,7 +231,8 @@ pub struct Handles {
 /// holds nothing; [`run`] runs them again (they are idempotent). Returns the partition count.
 pub fn check_topics(settings: &Settings, journey: &Journey) -> Result<usize, PipelineError> {
     let k = &settings.kafka;
-    // A consumer that joins nothing: librdkafka checks `kafka.client` as `run`'s would.
+    // Clients that join and send nothing: librdkafka checks `kafka.client` as `run`'s would.
+    let _: rdkafka::producer::BaseProducer = kafka::producer_config(k).create()?;
     let probe: BaseConsumer = kafka::consumer_config(k).create()?;
     let counts = kafka::partition_counts(&probe, &k.input_topics, &k.brokers, Duration::from_secs(10))?;
     let partitions = kafka::check_copartitioned(&counts)?;

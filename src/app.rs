@@ -49,6 +49,8 @@ pub struct Running {
 pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppError> {
     settings.check_state_dir()?;
     let metrics = Metrics::new(&journey)?;
+    // Every start-time refusal comes before the port is bound: a refused start holds nothing.
+    pipeline::check_topics(&settings, &journey)?;
     let ready = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let addr = settings.listen_addr();

@@ -174,3 +174,27 @@ fn check_journey_lists_every_mistake_or_summarises_the_journey() {
     } // `--journey`, as the other commands take it, gives the same.
     assert_eq!(ok(&run_in(&dir, &["check-journey", "--journey", "b2b"])), summary);
 }
+
+/// `check-journey` states the `[identity]` settings (resolution off or on with its guards, the
+/// placeholder ids) and the anonymous prospects' retention spans.
+#[test]
+fn check_journey_summarises_identity_and_the_anonymous_span() {
+    let dir = elsewhere("check-journey-identity");
+    let off = ok(&run_in(&dir, &["check-journey", "b2b"]));
+    assert!(off.contains("identity: resolve = false, each id is its own prospect"), "{off}");
+    assert!(off.contains("placeholder ids (never an id, never linked): `undefined`, `null`"), "{off}");
+    let b2b = std::fs::read_to_string(manifest("deploy/journeys/b2b.toml")).unwrap();
+    let text = format!(
+        "{b2b}\n[identity]\nresolve = true\nmax_known_ids = 3\nplaceholder_ids = [\"guest\"]\n[retention]\nafter_days = 30\nanonymous_after_days = 7\n[retention.anonymous]\naware = 2\n"
+    );
+    std::fs::write(dir.join("people.toml"), text).unwrap();
+    let on = ok(&run_in(&dir, &["check-journey", "people.toml"]));
+    for want in [
+        "identity: resolve = true, one prospect per person; at most 3 known ids and 50 anonymous ids per person",
+        "placeholder ids (never an id, never linked): `guest`\n",
+        "retention: leave memory after no event for: aware 30 days, interested 30 days",
+        "anonymous prospects (an anonymousId never identified): aware 2 days, interested 7 days",
+    ] {
+        assert!(on.contains(want), "{want:?} in {on}");
+    }
+}

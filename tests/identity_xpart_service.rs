@@ -336,10 +336,7 @@ fn an_identity_topic_with_another_partition_count_is_refused_naming_the_key() {
     rt.block_on(microfunnel::kafka::ensure_identity_topic(&s.kafka, &s.kafka.identity_topic, 2)).unwrap();
     let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
     let journey = microfunnel::core::Journey::from_toml_str(&format!("{b2b}\n[identity]\nresolve = true\n")).unwrap();
-    let svc = Service::start_with(&s, std::sync::Arc::new(journey));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(svc.wait().map_err(|e| e.to_string())));
-    let err = rx.recv_timeout(LIMIT).expect("the service stops at start").unwrap_err();
+    let err = refused(&s, journey);
     assert!(err.contains("has 2 partitions but the inputs have 3") && err.contains("kafka.identity_topic"), "{err}");
 }
 
@@ -352,9 +349,14 @@ fn retention_with_identity_across_partitions_is_refused_naming_the_keys() {
     let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
     let text = format!("{b2b}\n[identity]\nresolve = true\n[retention]\nafter_days = 30\n");
     let journey = microfunnel::core::Journey::from_toml_str(&text).unwrap();
-    let svc = Service::start_with(&s, std::sync::Arc::new(journey));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(svc.wait().map_err(|e| e.to_string())));
-    let err = rx.recv_timeout(LIMIT).expect("the service stops at start").unwrap_err();
+    let err = refused(&s, journey);
     assert!(err.contains("[retention]") && err.contains("[identity] resolve") && err.contains("3 partitions"), "{err}");
+}
+
+/// The error of a start that is refused (before it binds its port or joins the group).
+fn refused(s: &microfunnel::config::Settings, journey: microfunnel::core::Journey) -> String {
+    match microfunnel::app::start(s.clone(), std::sync::Arc::new(journey)) {
+        Ok(_) => panic!("the start is refused"),
+        Err(e) => e.to_string(),
+    }
 }

@@ -399,8 +399,10 @@ fn the_example_in_the_b2b_journey_is_valid() {
     let days = |stage: &str| r.after(j.stage_by_name(stage).unwrap()).map(|s| s.0 / MS_PER_DAY);
     assert_eq!(
         (days("aware"), days("won"), days("lost"), days("interested")),
-        (Some(30), Some(365), Some(365), Some(180))
+        (Some(180), Some(365), Some(365), Some(180))
     );
+    let anonymous = |stage: &str| r.after_for(j.stage_by_name(stage).unwrap(), true).map(|s| s.0 / MS_PER_DAY);
+    assert_eq!((anonymous("aware"), anonymous("won"), anonymous("interested")), (Some(30), Some(365), Some(180)));
     assert_eq!(r.max_prospects, Some(2_000_000));
 }
 
@@ -732,4 +734,238 @@ fn a_link_to_a_person_past_due_expires_it_first() {
     assert_eq!(s.engine.linked_ids("usr-5"), ("usr-5", vec!["anon-5", "usr-5"]), "the new person's link");
     assert_eq!(s.engine.linked_ids("anon-4"), ("anon-4", vec!["anon-4"]));
     assert_eq!(s.engine.kept_cooldowns().len(), 0, "the returning person took its cooldown");
+}
+
+// ---- a span for anonymous prospects ---------------------------------------------------------
+
+/// Known prospects leave after 30 days (aware: 20); anonymous ones (an `anonymousId` never
+/// identified) in `aware` after 2, in other stages after 7.
+const ANONYMOUS: &str = "\n[retention]\nafter_days = 30\nanonymous_after_days = 7\n[retention.stages]\naware = 20\n[retention.anonymous]\naware = 2\n";
+
+impl Shard {
+    /// A Segment `page` call of an anonymous visitor.
+    fn visit(&mut self, anon: &str, at: Ts) -> Vec<Output> {
+        self.seg("page", "", None, anon, at)
+    }
+
+    fn anonymous(&self, id: &str) -> Option<bool> {
+        self.engine.find(id).map(|ix| self.engine.prospect(ix).is_anonymous())
+    }
+
+    fn expired_ids(&self, out: &[Output]) -> Vec<(String, Ts)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Expired { prospect, at, .. } => Some((self.engine.prospect_id(*prospect).to_string(), *at)),
+                _ => None,
+            })
+            .filter(|(id, _)| !id.starts_with("clock-"))
+            .collect()
+    }
+}
+
+/// The anonymous span wins over the stage's span for anonymous prospects: a stage entry under
+/// `[retention.anonymous]`, else `anonymous_after_days`, else the known span.
+#[test]
+fn the_anonymous_span_takes_precedence_for_anonymous_prospects_only() {
+    let j = journey(ANONYMOUS);
+    let r = &j.retention;
+    let days = |stage: &str, anonymous: bool| {
+        r.after_for(j.stage_by_name(stage).unwrap(), anonymous).map(|s| s.0 / MS_PER_DAY)
+    };
+    assert_eq!((days("aware", true), days("interested", true), days("won", true)), (Some(2), Some(7), Some(7)));
+    assert_eq!((days("aware", false), days("interested", false), days("won", false)), (Some(20), Some(30), Some(30)));
+    // Only an anonymous table: anonymous prospects of other stages keep the known span (none).
+    let j = journey("\n[retention.anonymous]\naware = 2\n");
+    let r = &j.retention;
+    assert!(r.expires());
+    assert_eq!(r.after_for(j.stage_by_name("aware").unwrap(), true).map(|s| s.0 / MS_PER_DAY), Some(2));
+    assert_eq!(r.after_for(j.stage_by_name("aware").unwrap(), false), None);
+    assert_eq!(r.after_for(j.stage_by_name("interested").unwrap(), true), None);
+}
+
+#[test]
+fn anonymous_aware_visitors_leave_after_the_anonymous_span_while_known_ones_stay() {
+    let mut s = Shard::new(journey(ANONYMOUS));
+    s.visit("anon-1", day(0.0));
+    s.web("usr-1", "page_viewed", day(0.0));
+    // A Segment call with a `userId` is the known user's, its `anonymousId` beside it.
+    s.seg("page", "", Some("usr-2"), "anon-2", day(0.0));
+    assert_eq!(
+        (s.anonymous("anon-1"), s.anonymous("usr-1"), s.anonymous("usr-2")),
+        (Some(true), Some(false), Some(false))
+    );
+    let view = |id: &str| s.engine.view(s.engine.find(id).unwrap(), None).anonymous;
+    assert!(view("anon-1") && !view("usr-1"), "the prospect view says it (GET /prospects, inspect-snapshot)");
+    s.time_passes(day(1.0));
+    let mut out = Vec::new();
+    s.engine.advance_to(day(3.0), &mut out);
+    assert_eq!(s.expired_ids(&out), vec![("anon-1".to_string(), day(2.0))]);
+    assert!(s.engine.find("usr-1").is_some() && s.engine.find("usr-2").is_some(), "known visitors stay");
+    out.clear();
+    s.engine.advance_to(day(20.5), &mut out);
+    let mut gone = s.expired_ids(&out);
+    gone.sort();
+    assert_eq!(gone, vec![("usr-1".to_string(), day(20.0)), ("usr-2".to_string(), day(20.0))], "the known span");
+}
+
+/// A visitor who becomes known before the anonymous span ends stays for the known span, its due
+/// moved when the flag cleared: by a merge into its known user id (identity resolution), or by
+/// a known event for its own id.
+#[test]
+fn a_visitor_who_identifies_before_the_span_stays() {
+    let mut s = Shard::new(with_identity(ANONYMOUS));
+    s.visit("anon-2", day(0.0));
+    s.visit("anon-9", day(0.0));
+    assert_eq!(s.anonymous("anon-2"), Some(true));
+    let out = s.seg("identify", "", Some("usr-2"), "anon-2", day(1.0));
+    assert!(out.iter().any(|o| matches!(o, Output::ProspectMerged { .. })), "{out:?}");
+    assert_eq!(s.anonymous("usr-2"), Some(false), "the canonical id of a group with a known id is known");
+    // An `alias` call links and applies no signal: the merge alone makes the person known.
+    s.visit("anon-7", day(0.5));
+    let alias = json!({"type": "alias", "previousId": "anon-7", "userId": "usr-7", "messageId": "alias-7",
+                       "timestamp": day(1.0).to_string()})
+    .to_string();
+    let ev = codec::decode(alias.as_bytes(), &Arc::clone(s.engine.journey()), &Limits::default()).unwrap();
+    let mut out = Vec::new();
+    s.engine.apply(&ev, &mut out);
+    assert!(out.iter().any(|o| matches!(o, Output::ProspectMerged { .. })), "{out:?}");
+    assert_eq!(s.anonymous("usr-7"), Some(false));
+    s.time_passes(day(1.5));
+    let mut out = Vec::new();
+    s.engine.advance_to(day(5.0), &mut out);
+    assert_eq!(s.expired_ids(&out), vec![("anon-9".to_string(), day(2.0))], "only the one who stayed anonymous");
+    assert!(s.engine.find("usr-2").is_some() && s.engine.find("usr-7").is_some());
+
+    // Without identity resolution: a known event for the id itself.
+    let mut s = Shard::new(journey(ANONYMOUS));
+    s.visit("visitor-3", day(0.0));
+    s.web("visitor-3", "page_viewed", day(1.0));
+    assert_eq!(s.anonymous("visitor-3"), Some(false));
+    s.time_passes(day(1.5));
+    let mut out = Vec::new();
+    s.engine.advance_to(day(5.0), &mut out);
+    assert!(s.expired_ids(&out).is_empty(), "{:?}", s.expired_ids(&out));
+    // An anonymous call afterwards does not make it anonymous again.
+    s.visit("visitor-3", day(5.0));
+    assert_eq!(s.anonymous("visitor-3"), Some(false));
+}
+
+/// The anonymous flag is state: a restore from a snapshot and one from the changelog alone keep
+/// it, so the restored engines expire the anonymous visitor at the anonymous span, as the live
+/// one does (a restore that lost it would keep it for the known span).
+#[test]
+fn restores_from_snapshot_and_changelog_keep_the_anonymous_flag() {
+    let j = journey(ANONYMOUS);
+    let mut s = Shard::new(Arc::clone(&j));
+    s.engine.track_removals(true);
+    s.visit("anon-1", day(0.0));
+    s.web("usr-1", "page_viewed", day(0.0));
+    s.visit("visitor-3", day(0.0));
+    s.web("visitor-3", "page_viewed", day(0.5));
+    s.time_passes(day(1.0));
+    let changed = s.engine.take_changed();
+    let mut batch = Batch::default();
+    batch.checkpoint(&s.engine, &changed, &[], 1, &BTreeMap::from([("web".to_string(), 1)]));
+    let log: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+        batch.records().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
+    let mut snapshot = Vec::new();
+    s.engine.encode_state(&mut snapshot);
+
+    let mut f = Fold::new(Engine::new(Arc::clone(&j)), BTreeMap::new(), 0);
+    for (o, (k, v)) in log.iter().enumerate() {
+        f.push(0, o as i64, k, v.as_deref());
+    }
+    let from_changelog = f.finish().engine;
+    let from_snapshot = Engine::decode_state(Arc::clone(&j), &snapshot).unwrap();
+    let mut live_out = Vec::new();
+    s.engine.advance_to(day(3.0), &mut live_out);
+    assert_eq!(s.expired_ids(&live_out), vec![("anon-1".to_string(), day(2.0))]);
+    for (name, mut e) in [("snapshot", from_snapshot), ("changelog", from_changelog)] {
+        let flag = |e: &Engine, id: &str| e.prospect(e.find(id).unwrap()).is_anonymous();
+        assert!(flag(&e, "anon-1") && !flag(&e, "usr-1") && !flag(&e, "visitor-3"), "{name}");
+        let mut out = Vec::new();
+        e.advance_to(day(3.0), &mut out);
+        let gone: Vec<&str> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Expired { prospect, .. } => Some(e.prospect_id(*prospect)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gone, ["anon-1"], "{name}");
+        assert_eq!(e.digest(), s.engine.digest(), "{name}");
+    }
+}
+
+/// Generated traffic with identity resolution (anonymous visitors, sign-ups, merges) under an
+/// anonymous span: restores from a snapshot and from the changelog alone equal the live engine.
+#[test]
+fn with_identity_and_an_anonymous_span_restores_equal_the_live_engine() {
+    let j = with_identity(ANONYMOUS);
+    let lines = generated_segment(600, 5, 90.0, &j);
+    let mut live = Engine::new(Arc::clone(&j));
+    live.track_removals(true);
+    let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let (mut snapshot, mut at_snapshot, mut out, mut anonymous_expired) = (Vec::new(), 0, Vec::new(), 0);
+    for (n, line) in lines.iter().enumerate() {
+        apply(&mut live, line, &mut out);
+        for o in &out {
+            if let Output::Expired { stage, at, last_event, .. } = o {
+                // aware: 2 days anonymous (the due is rounded up to the second), 20 known.
+                if live.journey().stage(*stage).name == "aware" && at.0 - last_event.0 < 3 * MS_PER_DAY {
+                    anonymous_expired += 1;
+                }
+            }
+        }
+        out.clear();
+        if n % 89 == 0 || n + 1 == lines.len() {
+            let changed = live.take_changed();
+            let tombstones: Vec<String> = live.take_removed().into_iter().map(String::from).collect();
+            let mut batch = Batch::default();
+            batch.checkpoint(
+                &live,
+                &changed,
+                &tombstones,
+                n as u64 + 1,
+                &BTreeMap::from([("web".to_string(), n as i64)]),
+            );
+            log.extend(batch.records().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))));
+            live.settle_taken(true);
+            if n >= lines.len() / 2 && snapshot.is_empty() {
+                live.encode_state(&mut snapshot);
+                at_snapshot = log.len();
+            }
+        }
+    }
+    assert!(anonymous_expired > 50, "anonymous visitors leave at their span: {anonymous_expired}");
+    let fold = |base: Engine, from: usize| {
+        let mut f = Fold::new(base, BTreeMap::new(), 0);
+        for (o, (k, v)) in log.iter().enumerate().skip(from) {
+            f.push(0, o as i64, k, v.as_deref());
+        }
+        f.finish().engine
+    };
+    let alone = fold(Engine::new(Arc::clone(&j)), 0);
+    let topped = fold(Engine::decode_state(Arc::clone(&j), &snapshot).unwrap(), at_snapshot);
+    let anonymous = |e: &Engine| e.iter_ids().filter(|&(ix, _)| e.prospect(ix).is_anonymous()).count();
+    assert!(anonymous(&live) > 0);
+    for (name, e) in [("changelog alone", &alone), ("snapshot + changelog", &topped)] {
+        assert_eq!(e.digest(), live.digest(), "{name}");
+        assert_eq!(anonymous(e), anonymous(&live), "{name}");
+        assert_eq!((e.len(), e.stats()), (live.len(), live.stats()), "{name}");
+    }
+}
+
+#[test]
+fn anonymous_retention_settings_are_checked_by_key() {
+    for (extra, needle) in [
+        ("\n[retention]\nanonymous_after_days = -1\n", "anonymous_after_days"),
+        ("\n[retention]\nanonymous_after_days = 1e9\n", "at most 36500"),
+        ("\n[retention.anonymous]\nawre = 3\n", "retention.anonymous.awre"),
+        ("\n[retention.anonymous]\naware = 0\n", "retention.anonymous.aware"),
+        ("\n[retention.anonymous]\nafter_days = 3\n", "write `anonymous_after_days` under [retention]"),
+    ] {
+        let err = Journey::from_toml_str(&format!("{B2B}{extra}")).err().unwrap_or_else(|| panic!("{extra} loads"));
+        assert!(err.to_string().contains(needle), "{extra}: {err}");
+    }
 }

@@ -595,8 +595,11 @@ fn copartitioning_is_checked() {
         r.unwrap_or_else(|(t, e)| panic!("create {t}: {e}"));
     }
 
-    let svc = Service::start(&s);
-    let err = svc.wait().expect_err("input topics with 3 and 2 partitions are refused").to_string();
+    // Refused at start, before the HTTP port is bound (`tests/start_refusals.rs`).
+    let err = match microfunnel::app::start(s.clone(), support::journey()) {
+        Ok(_) => panic!("input topics with 3 and 2 partitions are refused"),
+        Err(e) => e.to_string(),
+    };
     for part in [format!("{}: 3", web(&s)), format!("{}: 2", crm(&s))] {
         assert!(err.contains(&part), "{err:?} should name {part:?}");
     }

@@ -329,7 +329,17 @@ fn state_versions_1_and_2_hold_the_same_state() {
     let b2b = b2b_for_layout_1;
     assert!(b2b().hot_rules.is_empty() && b2b().signals.iter().all(|s| !s.prospect_initiated));
     let mut a = Engine::new(b2b());
-    feed(&mut a, &stream(400, 17));
+    // Nor for the anonymous flag (state version 6): the events of known ids only (a Segment
+    // call with an `anonymousId` and no `userId` is an anonymous visitor's).
+    let known: Vec<Vec<u8>> = stream(400, 17)
+        .into_iter()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+            v.get("anonymousId").is_none() || v.get("userId").is_some_and(|u| u.as_str().is_some_and(|u| !u.is_empty()))
+        })
+        .collect();
+    feed(&mut a, &known);
+    assert!(a.iter_ids().all(|(ix, _)| !a.prospect(ix).is_anonymous()));
     // Layout 1 has no room for older event ids and waiting sequence signals (state version 3):
     // let them expire, as they do once the watermark moves on.
     a.advance_to(microfunnel::core::time::parse_rfc3339("2030-01-01T00:00:00Z").unwrap(), &mut Vec::new());
@@ -488,4 +498,49 @@ fn the_identity_map_round_trips_with_the_state() {
     let off = Engine::decode_state(b2b(), &bytes).unwrap();
     assert!(off.identity_map().is_none());
     assert_eq!(off.len(), Engine::decode_state(Arc::clone(&journey), &bytes).unwrap().len());
+}
+
+/// `inspect-snapshot --prospect` answers for any id linked to a prospect (`[identity] resolve`):
+/// the canonical prospect's state and every linked id.
+#[test]
+fn inspect_snapshot_answers_for_a_linked_id_with_the_canonical_prospect() {
+    let text = format!("{B2B}\n[identity]\nresolve = true\n");
+    let journey = Arc::new(Journey::from_toml_str(&text).unwrap());
+    let dir = tempdir("inspect-linked");
+    let journey_path = dir.join("people.toml");
+    std::fs::write(&journey_path, &text).unwrap();
+    let mut e = Engine::new(Arc::clone(&journey));
+    let lines = [
+        r#"{"type":"track","event":"Whitepaper Downloaded","anonymousId":"anon-1","messageId":"m-1","timestamp":"2026-03-02T09:00:00Z"}"#,
+        r#"{"type":"identify","userId":"usr_1","anonymousId":"anon-1","messageId":"m-2","timestamp":"2026-03-02T10:00:00Z"}"#,
+    ];
+    let mut outs = Vec::new();
+    for l in lines {
+        e.apply(&codec::decode(l.as_bytes(), &journey, &Limits::default()).unwrap(), &mut outs);
+    }
+    assert!(outs.iter().any(|o| matches!(o, Output::ProspectMerged { .. })), "{outs:?}");
+    let what = Pending {
+        group: "microfunnel".into(),
+        shard: 0,
+        seq: 1,
+        written_at: "2026-11-23T12:00:00Z".into(),
+        positions: BTreeMap::from([("web-events".to_string(), 2)]),
+        changelog: None,
+    };
+    let (_, image) = store::encode(&what, &e);
+    let file = dir.join("000001.snap");
+    std::fs::write(&file, image).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+        .arg("inspect-snapshot")
+        .arg(&file)
+        .arg("--journey")
+        .arg(&journey_path)
+        .args(["--prospect", "anon-1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prospect"], "usr_1", "{v}");
+    assert_eq!(v["linked_ids"], serde_json::json!(["anon-1", "usr_1"]), "{v}");
+    assert!(v["signal_counts"].to_string().contains("content_downloaded"), "the anonymous download: {v}");
 }

@@ -111,13 +111,37 @@ pub fn summary(j: &Journey) -> String {
     }
     let r = &j.retention;
     if r.expires() || r.max_prospects.is_some() {
-        let spans: Vec<String> = (0..j.stages.len())
-            .filter_map(|i| r.after.get(i).copied().flatten().map(|a| format!("{} {}", j.stages[i].name, days(a))))
-            .collect();
-        let spans = if spans.is_empty() { "never".to_string() } else { spans.join(", ") };
+        let spans = |anonymous: bool| {
+            let spans: Vec<String> = (0..j.stages.len())
+                .filter_map(|i| {
+                    let stage = microfunnel::core::StageId(i as u8);
+                    r.after_for(stage, anonymous).map(|a| format!("{} {}", j.stages[i].name, days(a)))
+                })
+                .collect();
+            if spans.is_empty() { "never".to_string() } else { spans.join(", ") }
+        };
         let cap = r.max_prospects.map_or("no cap".to_string(), |n| format!("at most {n} prospects per shard"));
-        let _ = writeln!(o, "retention: leave memory after no event for: {spans}; {cap}");
+        let _ = writeln!(o, "retention: leave memory after no event for: {}; {cap}", spans(false));
+        if r.anonymous != r.after {
+            let _ = writeln!(o, "  anonymous prospects (an anonymousId never identified): {}", spans(true));
+        }
     }
+    match &j.identity {
+        Some(l) => {
+            let _ = writeln!(
+                o,
+                "identity: resolve = true, one prospect per person; at most {} known ids and {} anonymous ids per person",
+                l.max_known_ids, l.max_anonymous_ids
+            );
+        }
+        None => o.push_str("identity: resolve = false, each id is its own prospect\n"),
+    }
+    let placeholders = if j.placeholder_ids.is_empty() {
+        "none".to_string()
+    } else {
+        j.placeholder_ids.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+    };
+    let _ = writeln!(o, "  placeholder ids (never an id, never linked): {placeholders}");
     let seg = |s: Option<microfunnel::core::SignalId>| s.map_or("(none)", sig);
     let _ = writeln!(
         o,

@@ -360,6 +360,12 @@ impl IdentityMap {
         Some(&self.nodes[c as usize].key)
     }
 
+    /// The kind of id `id` (an id, not an email) as the map holds it: known once it was seen
+    /// known.
+    pub fn kind(&self, id: &str) -> Option<IdKind> {
+        self.index.get(id).map(|&n| self.nodes[n as usize].kind)
+    }
+
     /// The canonical id of the group of node `n` (as [`IdentityMap::observe`] returns it).
     pub fn canonical_of(&self, n: u32) -> &str {
         let root = self.root(n);

@@ -23,6 +23,12 @@ pub const REDIRECT: u8 = 1 << 6;
 /// waits for reuse. Never written to a state or the changelog.
 pub const FREE: u8 = 1 << 7;
 
+/// Bit 0 of [`Prospect::more_flags`]: the prospect's id is a Segment `anonymousId` never
+/// identified (set at creation by an anonymous event, cleared for good once the id is known: a
+/// known event for it, or a merge whose canonical id is known). It picks the anonymous
+/// `[retention]` span. States written before it existed never set it: read as known.
+pub const ANONYMOUS: u8 = 1;
+
 /// The fixed part of a prospect's state (104 bytes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prospect {
@@ -49,6 +55,8 @@ pub struct Prospect {
     /// The signal of `last_activity` (the latest prospect-initiated one), [`NO_SIGNAL`] before
     /// any: what the prospect did last before a silence (`[insight]` drop-off).
     pub last_signal: u16,
+    /// Flags past `flags`' eight bits ([`ANONYMOUS`]); it fills what was padding.
+    pub more_flags: u8,
 }
 
 /// `Prospect::last_signal` of a prospect that has not initiated anything yet.
@@ -71,7 +79,13 @@ impl Prospect {
             hot_rule: 0,
             recent_pos: 0,
             last_signal: NO_SIGNAL,
+            more_flags: 0,
         }
+    }
+
+    /// Whether the prospect's id is anonymous ([`ANONYMOUS`]).
+    pub fn is_anonymous(&self) -> bool {
+        self.more_flags & ANONYMOUS != 0
     }
 
     pub fn seen(&self, fingerprint: u64) -> bool {

@@ -37,9 +37,9 @@ pub enum KafkaSetupError {
     )]
     IdentityTopic { topic: String, found: usize, expected: usize },
     #[error(
-        "the journey sets [retention] and [identity] resolve = true, and the inputs have {partitions} partitions: a person whose ids live on several partitions would expire on one while the others keep routing to them, so the service would drift from replay; give the input topics one partition, or remove [retention] or set [identity] resolve = false in the journey"
+        "the {journey} sets [retention] and [identity] resolve = true, and the inputs have {partitions} partitions: a person whose ids live on several partitions would expire on one while the others keep routing to them, so the service would drift from replay; give the input topics one partition, or remove [retention] or set [identity] resolve = false in the journey"
     )]
-    RetentionAcrossPartitions { partitions: usize },
+    RetentionAcrossPartitions { partitions: usize, journey: String },
     #[error("creating topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
 }

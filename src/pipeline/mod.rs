@@ -67,7 +67,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 
 use crate::codec::{InputSpec, Limits};
 use crate::config::Settings;
@@ -225,9 +225,37 @@ pub struct Handles {
     pub queries: Option<query::Inbox>,
 }
 
+/// The start-time checks that need the brokers: the input topics exist and are co-partitioned,
+/// the journey fits their partition count, and the identity and changelog topics (created when
+/// missing) have it. `app::start` runs them before it binds the HTTP port, so a refused start
+/// holds nothing; [`run`] runs them again (they are idempotent). Returns the partition count.
+pub fn check_topics(settings: &Settings, journey: &Journey) -> Result<usize, PipelineError> {
+    let k = &settings.kafka;
+    // Clients that join and send nothing: librdkafka checks `kafka.client` as `run`'s would.
+    let _: rdkafka::producer::BaseProducer = kafka::producer_config(k).create()?;
+    let probe: BaseConsumer = kafka::consumer_config(k).create()?;
+    let counts = kafka::partition_counts(&probe, &k.input_topics, &k.brokers, Duration::from_secs(10))?;
+    let partitions = kafka::check_copartitioned(&counts)?;
+    let retention = journey.retention.expires() || journey.retention.max_prospects.is_some();
+    // Expiry is not carried across partitions by the identity topic (yet): refused, not drifted.
+    if journey.identity.is_some() && retention && partitions > 1 {
+        let journey = settings.journey().to_string();
+        return Err(KafkaSetupError::RetentionAcrossPartitions { partitions, journey }.into());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PipelineError::Writer)?;
+    if journey.identity.is_some() {
+        rt.block_on(kafka::ensure_identity_topic(k, &k.identity_topic(), partitions))?;
+    }
+    if settings.checkpoint.changelog {
+        rt.block_on(kafka::ensure_changelog(k, &settings.changelog_topic(), partitions))?;
+    }
+    Ok(partitions)
+}
+
 /// Connects, checks the input topics, joins the group and runs until `stop` is set; then
 /// flushes, commits and leaves the group. Blocking: call it on a dedicated thread.
 pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<(), PipelineError> {
+    let partitions = check_topics(&settings, &journey)?;
     // With identity resolution the identity topic is one more input of every shard (last).
     let identity_topic = journey.identity.is_some().then(|| settings.kafka.identity_topic());
     let inputs = settings.kafka.input_topics.clone();
@@ -245,29 +273,16 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
     });
     let (stop, ready) = (Arc::clone(&h.stop), Arc::clone(&h.ready));
     let metrics = h.metrics.clone();
-    let retention = journey.retention.expires() || journey.retention.max_prospects.is_some();
     let state = State::new(&settings, journey, h, producer, failed.load(Ordering::Acquire), store, changelog)?;
     let consumer: PipelineConsumer =
         kafka::consumer_config(k).create_with_context(PipelineContext { state: Mutex::new(state) })?;
-    let counts = kafka::partition_counts(&consumer, &inputs, &k.brokers, Duration::from_secs(10))?;
-    let partitions = kafka::check_copartitioned(&counts)?;
-    // Expiry is not carried across partitions by the identity topic (yet): refused, not drifted.
-    if identity_topic.is_some() && retention && partitions > 1 {
-        return Err(KafkaSetupError::RetentionAcrossPartitions { partitions }.into());
-    }
     if let Some(name) = identity_topic {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PipelineError::Writer)?;
-        rt.block_on(kafka::ensure_identity_topic(k, &name, partitions))?;
         let input = inputs.len();
         consumer.context().lock().identity =
             Some(identity::IdentityInput { input, name, partitions: partitions as u32 });
     }
     if let Some(inbox) = &consumer.context().lock().queries {
         inbox.set_partitions(partitions);
-    }
-    if let Some(topic) = &changelog_topic {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PipelineError::Writer)?;
-        rt.block_on(kafka::ensure_changelog(k, topic, partitions))?;
     }
     let topics: Vec<&str> = k.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;

@@ -213,6 +213,8 @@ impl Engine {
         // `from` leaves memory (nothing counted: the person is `into`), its id to a changelog
         // tombstone; the map routes its later events to `into`.
         self.free(f);
+        let anonymous = self.id_is_anonymous(into, self.store.fixed(ti).is_anonymous());
+        self.set_anonymous(t, anonymous);
         let p = self.store.fixed(ti).clone();
         self.timers.extend(super::timers::armed(t.0, &p));
         self.quiet.remove(&t.0);
@@ -281,6 +283,8 @@ impl Engine {
             hot_rule: later_alert.hot_rule,
             recent_pos: b.recent_pos,
             last_signal: active.last_signal,
+            // Anonymous only if both were; `merge` then follows the canonical id's kind.
+            more_flags: a.more_flags & b.more_flags,
         };
         let stage = merged.stage;
         let entered = stage_secs(merged.stage_entered);

@@ -406,7 +406,11 @@ impl Engine {
         };
         let i = ix.0 as usize;
         if new {
-            self.store.put(i, Prospect::new(journey.first_stage(), ev.ts));
+            let mut p = Prospect::new(journey.first_stage(), ev.ts);
+            if self.id_is_anonymous(&ev.prospect, ev.anonymous) {
+                p.more_flags |= prospect::ANONYMOUS;
+            }
+            self.store.put(i, p);
             self.returning(ix, ev.ts);
         } else {
             match self.seen(ix, key) {
@@ -420,6 +424,10 @@ impl Engine {
         }
         self.stats.applied += 1;
         self.mark_changed(ix.0);
+        if !new && self.store.fixed(i).is_anonymous() && !self.id_is_anonymous(&ev.prospect, ev.anonymous) {
+            // Its id is known now: the known span applies from here on.
+            self.set_anonymous(ix, false);
+        }
         self.remember(ix, key, ev.ts);
         if let Some(email) = &ev.email
             && self.email(ix) != Some(&**email)

@@ -28,10 +28,11 @@ pub struct KeptCooldown {
 /// with the shard meta).
 pub type KeptCooldowns = BTreeMap<Box<str>, KeptCooldown>;
 
-/// When a prospect leaves memory under `[retention]`: its last event time plus its stage's span,
-/// rounded up to the second; `Ts::NONE` when its stage never expires (or it is a redirect).
+/// When a prospect leaves memory under `[retention]`: its last event time plus its stage's span
+/// (the anonymous one for an anonymous prospect), rounded up to the second; `Ts::NONE` when its
+/// stage never expires (or it is a redirect).
 pub(super) fn expiry_due(j: &Journey, p: &Prospect) -> Ts {
-    let Some(after) = j.retention.after(p.stage) else { return Ts::NONE };
+    let Some(after) = j.retention.after_for(p.stage, p.is_anonymous()) else { return Ts::NONE };
     if p.has(prospect::FREE | prospect::REDIRECT) || p.score_at.is_none() {
         return Ts::NONE;
     }
@@ -68,6 +69,32 @@ impl Engine {
             self.expiry_armed[i] = secs;
             self.timers.push(Reverse((due, ix.0, TimerKind::Expire)));
         }
+    }
+
+    /// Whether prospect id `id` is anonymous: with identity resolution, as the map holds it (a
+    /// group with a known id has a known canonical id; an id once seen known stays known),
+    /// else (or when the map does not hold it) `event_says`.
+    pub(super) fn id_is_anonymous(&self, id: &str, event_says: bool) -> bool {
+        match self.identity.as_deref().and_then(|m| m.kind(id)) {
+            Some(kind) => kind == crate::core::identity::IdKind::Anonymous,
+            None => event_says,
+        }
+    }
+
+    /// Sets or clears prospect `ix`'s [`prospect::ANONYMOUS`] flag; a change re-arms its expiry
+    /// (its span is another one now).
+    pub(super) fn set_anonymous(&mut self, ix: ProspectIx, anonymous: bool) {
+        let i = ix.0 as usize;
+        let p = self.store.fixed_mut(i);
+        if p.is_anonymous() == anonymous {
+            return;
+        }
+        p.more_flags ^= prospect::ANONYMOUS;
+        self.mark_changed(ix.0);
+        if let Some(a) = self.expiry_armed.get_mut(i) {
+            *a = 0;
+        }
+        self.arm_expiry(ix);
     }
 
     /// An expiry heap entry due at `due` popped: whether the prospect expires now. A stale

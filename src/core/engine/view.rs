@@ -37,6 +37,7 @@ impl Engine {
         let hot = p.is_hot(at);
         ProspectView {
             prospect: self.ids.get(ix).to_string(),
+            anonymous: p.is_anonymous(),
             email: self.email(ix).map(str::to_string),
             stage: j.stage(p.stage).name.clone(),
             stage_entered_at: p.stage_entered.to_string(),
@@ -75,6 +76,10 @@ impl Engine {
         if p.last_signal != crate::core::prospect::NO_SIGNAL {
             // Only when set: digests of states written before it existed stay what they were.
             buf.extend_from_slice(&p.last_signal.to_le_bytes());
+        }
+        if p.more_flags != 0 {
+            // Only when set: digests of states written before it existed stay what they were.
+            buf.extend_from_slice(&[b'F', p.more_flags]);
         }
         let mut recent = p.recent;
         recent.sort_unstable();
@@ -189,6 +194,8 @@ pub struct Census {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProspectView {
     pub prospect: String,
+    /// Its id is an `anonymousId` never identified (`[retention]`'s anonymous span applies).
+    pub anonymous: bool,
     pub email: Option<String>,
     pub stage: String,
     pub stage_entered_at: String,

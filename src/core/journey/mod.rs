@@ -205,26 +205,36 @@ pub struct QuietRule {
     pub stages: u32,
 }
 
-/// `[retention]`: a prospect with no event for its stage's span of event time leaves memory;
-/// a shard holds at most `max_prospects` (the least recently active leave first).
+/// `[retention]`: a prospect with no event for its stage's span of event time leaves memory
+/// (an anonymous one after its own span, when the journey sets one); a shard holds at most
+/// `max_prospects` (the least recently active leave first).
 #[derive(Clone, Debug, Default)]
 pub struct Retention {
-    /// Per stage (by `StageId`): the span without events after which a prospect in that stage
-    /// leaves memory; `None`: never. Empty when `[retention]` sets no span.
+    /// Per stage (by `StageId`): the span without events after which a known prospect in that
+    /// stage leaves memory; `None`: never. Empty when `[retention]` sets no span of either kind.
     pub after: Vec<Option<Span>>,
+    /// The same for anonymous prospects (`[retention.anonymous]`, else `anonymous_after_days`,
+    /// else the known span); empty when `after` is.
+    pub anonymous: Vec<Option<Span>>,
     /// `max_prospects_per_shard`.
     pub max_prospects: Option<u32>,
 }
 
 impl Retention {
-    /// How long a prospect in `stage` stays without events (`None`: for ever).
+    /// How long a known prospect in `stage` stays without events (`None`: for ever).
     pub fn after(&self, stage: StageId) -> Option<Span> {
         self.after.get(stage.0 as usize).copied().flatten()
     }
 
-    /// Whether any stage expires.
+    /// How long a prospect in `stage` stays without events, anonymous or known.
+    pub fn after_for(&self, stage: StageId, anonymous: bool) -> Option<Span> {
+        let spans = if anonymous { &self.anonymous } else { &self.after };
+        spans.get(stage.0 as usize).copied().flatten()
+    }
+
+    /// Whether any stage expires (for known or anonymous prospects).
     pub fn expires(&self) -> bool {
-        self.after.iter().any(Option::is_some)
+        self.after.iter().chain(&self.anonymous).any(Option::is_some)
     }
 }
 

@@ -136,6 +136,12 @@ pub(super) struct RawRetention {
     #[serde(default)]
     pub(super) stages: std::collections::BTreeMap<String, f64>,
     pub(super) max_prospects_per_shard: Option<u64>,
+    /// Days for anonymous prospects (an `anonymousId` never identified), every stage not in
+    /// `[retention.anonymous]`; overrides the known prospects' spans.
+    pub(super) anonymous_after_days: Option<f64>,
+    /// Stage name -> days for anonymous prospects, overriding `anonymous_after_days`.
+    #[serde(default)]
+    pub(super) anonymous: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Deserialize)]

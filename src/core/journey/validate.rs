@@ -686,8 +686,25 @@ fn retention(raw: &super::raw::RawRetention, stages: usize, stage_names: &Stages
             after[s.0 as usize] = Some(span);
         }
     }
-    if after.iter().all(Option::is_none) {
+    // Anonymous prospects: their stage's entry, else their default, else the known span.
+    let anonymous_default =
+        raw.anonymous_after_days.map(|d| Span::from_days(days(e, "retention", "anonymous_after_days", d)));
+    let mut anonymous: Vec<Option<Span>> = after.iter().map(|&a| anonymous_default.or(a)).collect();
+    for (name, &d) in &raw.anonymous {
+        let at = format!("retention.anonymous.{name}");
+        if name == "after_days" {
+            let fix = "this table takes stage names; for every stage write `anonymous_after_days` under [retention]";
+            e.invalid(&at, fix.to_string());
+            continue;
+        }
+        let span = Span::from_days(days(e, &at, name, d));
+        if let Some(s) = stage_names.of(e, at, name) {
+            anonymous[s.0 as usize] = Some(span);
+        }
+    }
+    if after.iter().chain(&anonymous).all(Option::is_none) {
         after.clear();
+        anonymous.clear();
     }
     let max_prospects = raw.max_prospects_per_shard.map(|n| {
         if !(1..=MAX_PROSPECTS_PER_SHARD).contains(&n) {
@@ -698,5 +715,5 @@ fn retention(raw: &super::raw::RawRetention, stages: usize, stage_names: &Stages
         }
         n.clamp(1, MAX_PROSPECTS_PER_SHARD) as u32
     });
-    Retention { after, max_prospects }
+    Retention { after, anonymous, max_prospects }
 }

@@ -16,10 +16,22 @@ const EXT_LAST_SIGNAL: u8 = 1;
 /// Extension bit 1 (state version 5): the prospect's first-shown times
 /// ([`super::shown::encode_shown`]).
 const EXT_SHOWN: u8 = 1 << 1;
+/// Extension bit 2 (state version 6): the prospect's `more_flags` byte (its bits:
+/// [`MORE_FLAGS_KNOWN`]).
+const EXT_MORE_FLAGS: u8 = 1 << 2;
 /// The extension bits this build reads, by state version.
 fn ext_known(version: u32) -> u8 {
-    if version >= 5 { EXT_LAST_SIGNAL | EXT_SHOWN } else { EXT_LAST_SIGNAL }
+    match version {
+        ..=4 => EXT_LAST_SIGNAL,
+        5 => EXT_LAST_SIGNAL | EXT_SHOWN,
+        _ => EXT_LAST_SIGNAL | EXT_SHOWN | EXT_MORE_FLAGS,
+    }
 }
+
+/// The bits of `Prospect::more_flags` this build knows (a record with others is refused).
+const MORE_FLAGS_KNOWN: u8 = crate::core::prospect::ANONYMOUS;
+/// Changelog trailer tag of a prospect's `more_flags` byte (state version 6).
+const RECORD_TAG_MORE_FLAGS: u8 = 6;
 
 /// One prospect's whole state, decoded and checked against the journey, ready to install.
 pub struct ProspectRecord<'a> {
@@ -97,6 +109,10 @@ impl Engine {
         }
         self.encode_slots_trailer(ix, out);
         self.encode_shown_trailer(ix.0 as usize, out);
+        let more = self.prospect(ix).more_flags;
+        if more != 0 {
+            out.extend_from_slice(&[RECORD_TAG_MORE_FLAGS, more]);
+        }
     }
 
     /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
@@ -126,6 +142,7 @@ impl Engine {
                 super::shown::RECORD_TAG => {
                     super::shown::decode_shown(r, self.journey().signals.len(), &mut rec.shown)?
                 }
+                RECORD_TAG_MORE_FLAGS => rec.fixed.more_flags = checked_more_flags(r)?,
                 _ => return Err(StateError::Invalid { what: "extras tag", at }),
             }
         }
@@ -196,7 +213,8 @@ impl Engine {
         // Bit 15: an extension byte follows the record, each of its bits saying what comes after
         // it (state version 4; a record with none of them has no byte).
         let ext = (u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL)
-            | (u8::from(self.has_shown(ix.0 as usize)) * EXT_SHOWN);
+            | (u8::from(self.has_shown(ix.0 as usize)) * EXT_SHOWN)
+            | (u8::from(p.more_flags != 0) * EXT_MORE_FLAGS);
         mask |= u16::from(ext != 0) << 15;
         out.extend_from_slice(&mask.to_le_bytes());
         if mask & (1 << 7) != 0 {
@@ -231,6 +249,9 @@ impl Engine {
         }
         if ext & EXT_SHOWN != 0 {
             super::shown::encode_shown(&self.shown_of(ix.0 as usize), out);
+        }
+        if ext & EXT_MORE_FLAGS != 0 {
+            out.push(p.more_flags);
         }
     }
 
@@ -280,6 +301,7 @@ impl Engine {
             hot_rule,
             recent_pos,
             last_signal: NO_SIGNAL,
+            more_flags: 0,
         })
     }
 
@@ -331,11 +353,24 @@ impl Engine {
             } else {
                 rec.shown.clear();
             }
+            if ext & EXT_MORE_FLAGS != 0 {
+                rec.fixed.more_flags = checked_more_flags(r)?;
+            }
         } else {
             rec.shown.clear();
         }
         Ok(())
     }
+}
+
+/// A prospect's `more_flags` byte (state version 6): set, and only bits this build knows.
+fn checked_more_flags(r: &mut Dec<'_>) -> Result<u8, StateError> {
+    let at = r.position();
+    let b = r.u8("more flags")?;
+    if b == 0 || b & !MORE_FLAGS_KNOWN != 0 {
+        return Err(StateError::Invalid { what: "more flags", at });
+    }
+    Ok(b)
 }
 
 /// A length as one byte, or 255 and four bytes for 255 and more, then the bytes.

@@ -49,6 +49,12 @@ pub struct Prospect {
     /// The signal of `last_activity` (the latest prospect-initiated one), [`NO_SIGNAL`] before
     /// any: what the prospect did last before a silence (`[insight]` drop-off).
     pub last_signal: u16,
+    /// Identity resolution across partitions: how far this id's transfers went, in half steps
+    /// (it fills what was padding). `2g` once this shard sent the id's state to another
+    /// partition as its transfer generation `g`; `2g + 1` once it folded generation `g`
+    /// received from elsewhere; 0 never. A transfer folds only when `2g + 1` is above it, so a
+    /// redelivered one folds nothing while a later, legitimate one of the same id does.
+    pub handoff: u16,
 }
 
 /// `Prospect::last_signal` of a prospect that has not initiated anything yet.
@@ -71,6 +77,7 @@ impl Prospect {
             hot_rule: 0,
             recent_pos: 0,
             last_signal: NO_SIGNAL,
+            handoff: 0,
         }
     }
 

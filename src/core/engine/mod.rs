@@ -405,9 +405,15 @@ impl Engine {
             }
         };
         let i = ix.0 as usize;
+        let mut new = new;
         if new {
             self.store.put(i, Prospect::new(journey.first_stage(), ev.ts));
             self.returning(ix, ev.ts);
+        } else if self.store.fixed(i).has(prospect::REDIRECT) {
+            // Its canonical id again (a late sighting flipped it back): a new prospect here;
+            // the person's state folds in when it comes back (`xpart.rs`).
+            self.revive(ix, ev.ts);
+            new = true;
         } else {
             match self.seen(ix, key) {
                 Seen::Redelivery => {

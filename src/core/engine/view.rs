@@ -76,6 +76,11 @@ impl Engine {
             // Only when set: digests of states written before it existed stay what they were.
             buf.extend_from_slice(&p.last_signal.to_le_bytes());
         }
+        if p.handoff != 0 {
+            // Only when set, as `last_signal`.
+            buf.push(b'h');
+            buf.extend_from_slice(&p.handoff.to_le_bytes());
+        }
         let mut recent = p.recent;
         recent.sort_unstable();
         for r in recent {

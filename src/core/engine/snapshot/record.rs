@@ -16,10 +16,16 @@ const EXT_LAST_SIGNAL: u8 = 1;
 /// Extension bit 1 (state version 5): the prospect's first-shown times
 /// ([`super::shown::encode_shown`]).
 const EXT_SHOWN: u8 = 1 << 1;
+/// Extension bit 2 (state version 5, set only by builds that resolve identities across
+/// partitions with transfer generations): the prospect's `handoff` (u16), set only when not 0.
+const EXT_HANDOFF: u8 = 1 << 2;
 /// The extension bits this build reads, by state version.
 fn ext_known(version: u32) -> u8 {
-    if version >= 5 { EXT_LAST_SIGNAL | EXT_SHOWN } else { EXT_LAST_SIGNAL }
+    if version >= 5 { EXT_LAST_SIGNAL | EXT_SHOWN | EXT_HANDOFF } else { EXT_LAST_SIGNAL }
 }
+
+/// Changelog trailer tag of a prospect's `handoff` (u16, only when not 0).
+const HANDOFF_TAG: u8 = 6;
 
 /// One prospect's whole state, decoded and checked against the journey, ready to install.
 pub struct ProspectRecord<'a> {
@@ -97,6 +103,11 @@ impl Engine {
         }
         self.encode_slots_trailer(ix, out);
         self.encode_shown_trailer(ix.0 as usize, out);
+        let handoff = self.prospect(ix).handoff;
+        if handoff != 0 {
+            out.push(HANDOFF_TAG);
+            out.extend_from_slice(&handoff.to_le_bytes());
+        }
     }
 
     /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
@@ -126,6 +137,7 @@ impl Engine {
                 super::shown::RECORD_TAG => {
                     super::shown::decode_shown(r, self.journey().signals.len(), &mut rec.shown)?
                 }
+                HANDOFF_TAG => rec.fixed.handoff = r.u16("handoff")?,
                 _ => return Err(StateError::Invalid { what: "extras tag", at }),
             }
         }
@@ -196,7 +208,8 @@ impl Engine {
         // Bit 15: an extension byte follows the record, each of its bits saying what comes after
         // it (state version 4; a record with none of them has no byte).
         let ext = (u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL)
-            | (u8::from(self.has_shown(ix.0 as usize)) * EXT_SHOWN);
+            | (u8::from(self.has_shown(ix.0 as usize)) * EXT_SHOWN)
+            | (u8::from(p.handoff != 0) * EXT_HANDOFF);
         mask |= u16::from(ext != 0) << 15;
         out.extend_from_slice(&mask.to_le_bytes());
         if mask & (1 << 7) != 0 {
@@ -231,6 +244,9 @@ impl Engine {
         }
         if ext & EXT_SHOWN != 0 {
             super::shown::encode_shown(&self.shown_of(ix.0 as usize), out);
+        }
+        if ext & EXT_HANDOFF != 0 {
+            out.extend_from_slice(&p.handoff.to_le_bytes());
         }
     }
 
@@ -280,6 +296,7 @@ impl Engine {
             hot_rule,
             recent_pos,
             last_signal: NO_SIGNAL,
+            handoff: 0,
         })
     }
 
@@ -330,6 +347,9 @@ impl Engine {
                 super::shown::decode_shown(r, j.signals.len(), &mut rec.shown)?;
             } else {
                 rec.shown.clear();
+            }
+            if ext & EXT_HANDOFF != 0 {
+                rec.fixed.handoff = r.u16("handoff")?;
             }
         } else {
             rec.shown.clear();

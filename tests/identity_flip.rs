@@ -135,21 +135,26 @@ fn a_canonical_id_that_flips_back_twice_resolves_as_on_one_shard() {
     assert_eq!(stat(|s| s.transfers_duplicate), 0);
 }
 
-/// The same flow in process, every identity record delivered as it is sent and every transfer
-/// delivered a second time right after and again at the end: nothing is counted twice.
-#[test]
-fn redelivered_transfers_of_a_flipping_id_fold_once() {
-    let ids = ids();
+/// Shards of an in-process run, with each transfer record as it was delivered.
+struct InProcess {
+    shards: Vec<Engine>,
+    transfers: Vec<(usize, XRecord)>,
+}
+
+/// The flow in process: every identity record delivered as it is sent, each transfer a second
+/// time right after when `redeliver`.
+fn in_process(lines: &[String], redeliver: bool) -> InProcess {
     let j = journey();
     let mut shards: Vec<Engine> = (0..PARTITIONS)
         .map(|p| {
             let mut e = Engine::new(Arc::clone(&j));
             e.resolve_across(p, PARTITIONS);
+            e.track_removals(true);
             e
         })
         .collect();
-    let (mut out, mut again) = (Vec::new(), Vec::new());
-    for line in flips(&ids) {
+    let (mut out, mut transfers) = (Vec::new(), Vec::new());
+    for line in lines {
         let ev = microfunnel::codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
         let p = kafka_partition(ev.prospect.as_bytes(), PARTITIONS) as usize;
         shards[p].apply(&ev, &mut out);
@@ -157,20 +162,171 @@ fn redelivered_transfers_of_a_flipping_id_fold_once() {
         while let Some((p, r)) = pending.pop_front() {
             let p = p as usize;
             if matches!(r, XRecord::Transfer { .. }) {
-                again.push((p, r.clone()));
-                shards[p].apply_identity_record(r.clone(), &mut out);
-                pending.extend(shards[p].take_identity_records());
+                transfers.push((p, r.clone()));
+                if redeliver {
+                    shards[p].apply_identity_record(r.clone(), &mut out);
+                    pending.extend(shards[p].take_identity_records());
+                }
             }
             shards[p].apply_identity_record(r, &mut out);
             pending.extend(shards[p].take_identity_records());
         }
     }
-    for (p, r) in again {
+    InProcess { shards, transfers }
+}
+
+fn duplicates(shards: &[Engine]) -> u64 {
+    shards.iter().map(|e| e.xpart_stats().unwrap().transfers_duplicate).sum()
+}
+
+/// The same flow in process, every transfer delivered a second time right after and again at
+/// the end: nothing is counted twice.
+#[test]
+fn redelivered_transfers_of_a_flipping_id_fold_once() {
+    let ids = ids();
+    let InProcess { mut shards, transfers } = in_process(&flips(&ids), true);
+    let mut out = Vec::new();
+    assert_eq!(transfers.len(), 3);
+    for (p, r) in transfers {
         shards[p].apply_identity_record(r, &mut out);
         assert!(shards[p].take_identity_records().is_empty());
     }
     let one = replay(&flips(&ids), 1);
     same_people(&shards, &one, &ids.y);
-    let duplicates: u64 = shards.iter().map(|e| e.xpart_stats().unwrap().transfers_duplicate).sum();
-    assert_eq!(duplicates, 6);
+    assert_eq!(duplicates(&shards), 6);
+}
+
+/// The generations folded are state: each shard restored from its snapshot, or from its
+/// changelog records alone, holds the same state (digests), and a transfer redelivered after the
+/// restore still folds nothing.
+#[test]
+fn transfer_generations_survive_a_restore_from_snapshot_and_from_the_changelog() {
+    use microfunnel::store::changelog::{Batch, Fold};
+    use std::collections::BTreeMap;
+
+    let ids = ids();
+    let InProcess { shards, transfers } = in_process(&flips(&ids), false);
+    let j = journey();
+    let one = replay(&flips(&ids), 1);
+    let restored = |how: &str| -> Vec<Engine> {
+        shards
+            .iter()
+            .enumerate()
+            .map(|(p, live)| {
+                let mut live = live.clone();
+                let mut e = if how == "snapshot" {
+                    let mut bytes = Vec::new();
+                    live.encode_state(&mut bytes);
+                    Engine::decode_state(Arc::clone(&j), &bytes).unwrap()
+                } else {
+                    let changed = live.take_changed();
+                    let mut batch = Batch::default();
+                    batch.checkpoint(&live, &changed, &[], 1, &BTreeMap::from([("crm".to_string(), 5)]));
+                    let mut f = Fold::new(Engine::new(Arc::clone(&j)), BTreeMap::new(), 0);
+                    for (o, (k, v)) in batch.records().enumerate() {
+                        f.push(p as i32, o as i64, k, v);
+                    }
+                    f.finish().engine
+                };
+                assert_eq!(e.digest(), live.digest(), "{how}, shard {p}");
+                e.resolve_across(p as u32, PARTITIONS);
+                e
+            })
+            .collect()
+    };
+    for how in ["snapshot", "changelog"] {
+        let mut shards = restored(how);
+        let mut out = Vec::new();
+        for (p, r) in transfers.iter().cloned() {
+            shards[p].apply_identity_record(r, &mut out);
+            assert!(shards[p].take_identity_records().is_empty(), "{how}");
+        }
+        assert_eq!(duplicates(&shards), 3, "{how}");
+        assert_eq!(person(&shards, &ids.y).signal_counts, person(&one, &ids.y).signal_counts, "{how}");
+        assert_eq!(resolved(&shards), resolved(&one), "{how}");
+    }
+}
+
+/// Identity records held back and delivered only after all the input, oldest first or newest
+/// first: the state that comes back to a flipped id arrives after events revived it, or after
+/// it was transferred again, and still folds once.
+#[test]
+fn held_back_identity_records_give_the_same_people() {
+    let ids = ids();
+    let j = journey();
+    let one = replay(&flips(&ids), 1);
+    for newest_first in [false, true] {
+        let mut shards: Vec<Engine> = (0..PARTITIONS)
+            .map(|p| {
+                let mut e = Engine::new(Arc::clone(&j));
+                e.resolve_across(p, PARTITIONS);
+                e
+            })
+            .collect();
+        let (mut out, mut queue) = (Vec::new(), std::collections::VecDeque::new());
+        for line in flips(&ids) {
+            let ev = microfunnel::codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
+            let p = kafka_partition(ev.prospect.as_bytes(), PARTITIONS) as usize;
+            shards[p].apply(&ev, &mut out);
+            queue.extend(shards[p].take_identity_records());
+        }
+        let mut n = 0;
+        while let Some((p, r)) = if newest_first { queue.pop_back() } else { queue.pop_front() } {
+            n += 1;
+            assert!(n < 10_000);
+            shards[p as usize].apply_identity_record(r, &mut out);
+            queue.extend(shards[p as usize].take_identity_records());
+        }
+        let order = if newest_first { "newest first" } else { "oldest first" };
+        assert_eq!(person(&shards, &ids.y).signal_counts, person(&one, &ids.y).signal_counts, "{order}");
+        assert_eq!(people(&shards), 1, "{order}");
+        assert_eq!(in_stage(&shards), in_stage(&one), "{order}");
+        assert_eq!(resolved(&shards), resolved(&one), "{order}");
+    }
+}
+
+/// The first transfer of `x` is slow: it arrives after `x` was revived by its late sighting and
+/// the person folded into it. Relayed back to `x`'s home, where `x` is live again, it folds into
+/// the person there, once (delivered twice).
+#[test]
+fn a_transfer_that_comes_back_to_its_revived_id_folds_into_it_once() {
+    let ids = ids();
+    let j = journey();
+    let one = replay(&flips(&ids)[..3], 1);
+    let mut shards: Vec<Engine> = (0..PARTITIONS)
+        .map(|p| {
+            let mut e = Engine::new(Arc::clone(&j));
+            e.resolve_across(p, PARTITIONS);
+            e
+        })
+        .collect();
+    let (mut out, mut held) = (Vec::new(), None);
+    for line in &flips(&ids)[..3] {
+        let ev = microfunnel::codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
+        let p = kafka_partition(ev.prospect.as_bytes(), PARTITIONS) as usize;
+        shards[p].apply(&ev, &mut out);
+        let mut pending: std::collections::VecDeque<(u32, XRecord)> = shards[p].take_identity_records().into();
+        while let Some((p, r)) = pending.pop_front() {
+            if held.is_none() && matches!(r, XRecord::Transfer { .. }) {
+                held = Some((p, r));
+                continue;
+            }
+            shards[p as usize].apply_identity_record(r, &mut out);
+            pending.extend(shards[p as usize].take_identity_records());
+        }
+    }
+    let (p, r) = held.expect("x was transferred");
+    assert!(matches!(&r, XRecord::Transfer { from, .. } if *from == ids.x));
+    for _ in 0..2 {
+        let mut pending = std::collections::VecDeque::from([(p, r.clone())]);
+        while let Some((p, r)) = pending.pop_front() {
+            shards[p as usize].apply_identity_record(r, &mut out);
+            pending.extend(shards[p as usize].take_identity_records());
+        }
+    }
+    assert_eq!(person(&shards, &ids.x).signal_counts, person(&one, &ids.x).signal_counts);
+    assert_eq!(people(&shards), 1);
+    assert_eq!(in_stage(&shards), in_stage(&one));
+    assert_eq!(resolved(&shards), resolved(&one));
+    assert_eq!(duplicates(&shards), 1);
 }

@@ -247,44 +247,6 @@ fn transfer_generations_survive_a_restore_from_snapshot_and_from_the_changelog()
     }
 }
 
-/// Identity records held back and delivered only after all the input, oldest first or newest
-/// first: the state that comes back to a flipped id arrives after events revived it, or after
-/// it was transferred again, and still folds once.
-#[test]
-fn held_back_identity_records_give_the_same_people() {
-    let ids = ids();
-    let j = journey();
-    let one = replay(&flips(&ids), 1);
-    for newest_first in [false, true] {
-        let mut shards: Vec<Engine> = (0..PARTITIONS)
-            .map(|p| {
-                let mut e = Engine::new(Arc::clone(&j));
-                e.resolve_across(p, PARTITIONS);
-                e
-            })
-            .collect();
-        let (mut out, mut queue) = (Vec::new(), std::collections::VecDeque::new());
-        for line in flips(&ids) {
-            let ev = microfunnel::codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
-            let p = kafka_partition(ev.prospect.as_bytes(), PARTITIONS) as usize;
-            shards[p].apply(&ev, &mut out);
-            queue.extend(shards[p].take_identity_records());
-        }
-        let mut n = 0;
-        while let Some((p, r)) = if newest_first { queue.pop_back() } else { queue.pop_front() } {
-            n += 1;
-            assert!(n < 10_000);
-            shards[p as usize].apply_identity_record(r, &mut out);
-            queue.extend(shards[p as usize].take_identity_records());
-        }
-        let order = if newest_first { "newest first" } else { "oldest first" };
-        assert_eq!(person(&shards, &ids.y).signal_counts, person(&one, &ids.y).signal_counts, "{order}");
-        assert_eq!(people(&shards), 1, "{order}");
-        assert_eq!(in_stage(&shards), in_stage(&one), "{order}");
-        assert_eq!(resolved(&shards), resolved(&one), "{order}");
-    }
-}
-
 /// The first transfer of `x` is slow: it arrives after `x` was revived by its late sighting and
 /// the person folded into it. Relayed back to `x`'s home, where `x` is live again, it folds into
 /// the person there, once (delivered twice).

@@ -33,6 +33,20 @@ use super::ids::kafka_partition;
 use super::journey::{Journey, SignalId};
 use super::time::Ts;
 
+/// librdkafka's default `message.max.bytes`: the largest message (key + value) a producer
+/// accepts unless configured otherwise.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// What a `Transfer` message holds besides its prospect record and its two ids (tag, reason,
+/// time, partition, lengths, generation), with room to spare for the record batch's framing.
+pub const TRANSFER_HEADROOM: usize = 4096;
+
+/// The largest prospect record a `Transfer` of `from` into `into` may carry so that the message
+/// (keyed by `into`) stays within `message_max_bytes`.
+pub fn transfer_record_limit(message_max_bytes: usize, from: &str, into: &str) -> usize {
+    message_max_bytes.saturating_sub(TRANSFER_HEADROOM + from.len() + 2 * into.len())
+}
+
 /// The partition (shard) of an identifier's map key among `partitions`: where a Kafka
 /// producer keyed by it puts it (an email's key is NUL + the email).
 pub fn home(key: &str, partitions: u32) -> u32 {

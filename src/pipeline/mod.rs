@@ -255,12 +255,18 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
     if identity_topic.is_some() && retention && partitions > 1 {
         return Err(KafkaSetupError::RetentionAcrossPartitions { partitions }.into());
     }
+    // What librdkafka refuses to enqueue (key + value), as the output producer is configured.
+    let message_max_bytes = k
+        .client
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES);
     if let Some(name) = identity_topic {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PipelineError::Writer)?;
         rt.block_on(kafka::ensure_identity_topic(k, &name, partitions))?;
         let input = inputs.len();
         consumer.context().lock().identity =
-            Some(identity::IdentityInput { input, name, partitions: partitions as u32 });
+            Some(identity::IdentityInput { input, name, partitions: partitions as u32, message_max_bytes });
     }
     if let Some(inbox) = &consumer.context().lock().queries {
         inbox.set_partitions(partitions);

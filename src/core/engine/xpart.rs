@@ -19,15 +19,20 @@ use crate::core::output::Output;
 use crate::core::prospect;
 use crate::core::snapshot::Dec;
 use crate::core::time::Ts;
-use crate::core::xpart::{Ident, XRecord, home};
+use crate::core::xpart::{DEFAULT_MESSAGE_MAX_BYTES, Ident, XRecord, home, transfer_record_limit};
 
 /// A shard's part in cross-partition identity resolution.
 #[derive(Clone, Debug, Default)]
 pub(super) struct XPart {
     partition: u32,
     partitions: u32,
+    /// The producer's `message.max.bytes` a `Transfer` must fit in (0: the default,
+    /// [`DEFAULT_MESSAGE_MAX_BYTES`]).
+    message_max_bytes: usize,
     /// Records to send, each with its partition, until taken.
     out: Vec<(u32, XRecord)>,
+    /// Dedup keys and waiting signals left out of transfers since [`Engine::take_transfer_drops`].
+    dropped: (u64, u64),
     stats: XPartStats,
 }
 
@@ -45,6 +50,14 @@ pub struct XPartStats {
     pub transfers_duplicate: u64,
     /// Records that did not decode, or transfers whose record did not.
     pub invalid: u64,
+    /// Older event ids (dedup keys) of transferred prospects left out so the transfer fits the
+    /// producer's `message.max.bytes` (the oldest first): a redelivery of one of those events
+    /// to the canonical prospect counts again.
+    pub dedup_keys_dropped: u64,
+    /// Sequence signals waiting for their anchor left out of a transfer for the same reason
+    /// (after every older event id, the oldest first): their anchor arriving later fires
+    /// nothing for them.
+    pub waiting_dropped: u64,
 }
 
 /// A group as far as propagation cares: its canonical id and how many identifiers it has.
@@ -58,6 +71,19 @@ impl Engine {
         if self.identity.is_some() && partitions > 1 && !same {
             self.xpart = Some(Box::new(XPart { partition, partitions, ..XPart::default() }));
         }
+    }
+
+    /// The producer's `message.max.bytes` (key + value) every `Transfer` must fit in
+    /// ([`DEFAULT_MESSAGE_MAX_BYTES`] unless set; no effect before [`Engine::resolve_across`]).
+    pub fn limit_transfers(&mut self, message_max_bytes: usize) {
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.message_max_bytes = message_max_bytes;
+        }
+    }
+
+    /// Dedup keys and waiting signals left out of transfers since the last call (to count them).
+    pub fn take_transfer_drops(&mut self) -> (u64, u64) {
+        self.xpart.as_deref_mut().map(|x| std::mem::take(&mut x.dropped)).unwrap_or_default()
     }
 
     /// The identity records the last calls produced, each with the partition it goes to.
@@ -254,8 +280,7 @@ impl Engine {
             return;
         }
         let generation = self.prospect(f).handoff / 2 + 1;
-        let mut record = Vec::new();
-        self.encode_changelog_record(f, &mut record);
+        let record = self.transfer_record(f, from, into);
         let journey = std::sync::Arc::clone(&self.journey);
         self.count_in_funnel(&journey, f.0 as usize, false);
         if self.extras.get(&f.0).is_some_and(|x| !x.alerted.is_empty()) {
@@ -274,6 +299,53 @@ impl Engine {
             record,
             generation,
         });
+    }
+
+    /// `from`'s changelog record for a transfer into `into`, within the producer's
+    /// `message.max.bytes`: a record that would not fit leaves out its oldest older event ids
+    /// (dedup keys beyond the ring of 4 recent ones), then, if that is not enough, its oldest
+    /// waiting sequence signals; both counted. The rest (fixed part, per-journey arrays, email,
+    /// matched rules, first-shown times) is bounded by the journey and always goes.
+    fn transfer_record(&mut self, f: crate::core::ids::ProspectIx, from: &str, into: &str) -> Vec<u8> {
+        let mut record = Vec::new();
+        self.encode_changelog_record(f, &mut record);
+        let max = self.xpart.as_deref().map_or(0, |x| x.message_max_bytes);
+        let limit = transfer_record_limit(if max == 0 { DEFAULT_MESSAGE_MAX_BYTES } else { max }, from, into);
+        if record.len() <= limit {
+            return record;
+        }
+        let Some(mut live) = self.live_extras(f).map(std::borrow::Cow::into_owned) else { return record };
+        let mut over = record.len() - limit;
+        // Newest first, so the oldest are cut from the end.
+        live.seen.sort_unstable_by_key(|&(k, t)| std::cmp::Reverse((t, k)));
+        let keys = over.div_ceil(16).min(live.seen.len());
+        live.seen.truncate(live.seen.len() - keys);
+        over = over.saturating_sub(keys * 16);
+        let mut waiting = 0;
+        live.waiting.sort_by(|a, b| (b.1, &b.2, b.0).cmp(&(a.1, &a.2, a.0)));
+        while over > 0 {
+            let Some((_, _, id)) = live.waiting.pop() else { break };
+            over = over.saturating_sub(9 + if id.len() < 255 { 1 } else { 5 } + id.len());
+            waiting += 1;
+        }
+        live.seen.sort_unstable();
+        live.waiting.sort_unstable();
+        // The prospect leaves this shard (a redirect next): what it keeps of its extras is what
+        // it sends.
+        if live.is_empty() {
+            self.extras.remove(&f.0);
+        } else {
+            self.extras.insert(f.0, live);
+        }
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.stats.dedup_keys_dropped += keys as u64;
+            x.stats.waiting_dropped += waiting;
+            x.dropped.0 += keys as u64;
+            x.dropped.1 += waiting;
+        }
+        record.clear();
+        self.encode_changelog_record(f, &mut record);
+        record
     }
 
     /// Folds a transferred prospect into `into` (or, if `into` was folded further since, sends

@@ -173,6 +173,9 @@ impl Batch {
             self.records.push((key, Some(at..self.buf.len())));
             each(ix);
         }
+        // Before the identity records: an identifier or link owed a tombstone (an unfinished
+        // checkpoint's, which the state did not hold at the restore) that the map holds again
+        // is written after it, so the newer record wins at the next read.
         for id in tombstones {
             if engine.find(id).is_none() {
                 let key = self.push_bytes(id.as_bytes());

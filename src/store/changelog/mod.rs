@@ -750,7 +750,8 @@ mod tests {
     fn an_unfinished_checkpoints_identity_records_are_settled_by_the_next_one() {
         let journey = identity_journey();
         let second = identify("usr_1", "anon-2", "2026-03-02T12:00:00Z", "ana@x.example");
-        let first_seen = r#"{"type":"page","anonymousId":"anon-1","messageId":"p-0","timestamp":"2026-03-01T09:00:00Z"}"#;
+        let first_seen =
+            r#"{"type":"page","anonymousId":"anon-1","messageId":"p-0","timestamp":"2026-03-01T09:00:00Z"}"#;
         let third = identify("usr_2", "anon-3", "2026-03-03T10:00:00Z", "ana@x.example");
         let map = |e: &Engine| e.identity_map().unwrap().resolution();
         // Re-executed before the next checkpoint: only the second line (anon-1's record of the

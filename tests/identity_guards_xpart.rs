@@ -6,7 +6,7 @@ mod payloads;
 use std::sync::Arc;
 
 use microfunnel::codec::Limits;
-use microfunnel::core::{Engine, Journey, Output};
+use microfunnel::core::{Engine, Journey};
 use microfunnel::replay::{self, End, Options};
 use payloads::{crm, seg};
 

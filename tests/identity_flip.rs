@@ -292,3 +292,47 @@ fn a_transfer_that_comes_back_to_its_revived_id_folds_into_it_once() {
     assert_eq!(resolved(&shards), resolved(&one));
     assert_eq!(duplicates(&shards), 1);
 }
+
+/// The two late sightings less than a round trip apart: `y`'s (08:00) reaches `y`'s home before
+/// the link that tells it of `x`'s (09:00). There `y` stays canonical (its group's canonical id
+/// and size do not change), but the earlier first sighting of `y` is news to `x`'s home, which
+/// made `x` canonical: it must be told, or the two homes keep two people.
+#[test]
+fn an_earlier_sighting_that_changes_no_canonical_id_here_still_reaches_the_other_homes() {
+    let ids = ids();
+    let j = journey();
+    let lines = flips(&ids);
+    let mut shards: Vec<Engine> = (0..PARTITIONS)
+        .map(|p| {
+            let mut e = Engine::new(Arc::clone(&j));
+            e.resolve_across(p, PARTITIONS);
+            e
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut held = std::collections::VecDeque::new();
+    let deliver = |shards: &mut [Engine], queue: &mut std::collections::VecDeque<(u32, XRecord)>| {
+        let mut out = Vec::new();
+        while let Some((p, r)) = queue.pop_front() {
+            shards[p as usize].apply_identity_record(r, &mut out);
+            queue.extend(shards[p as usize].take_identity_records());
+        }
+    };
+    for (k, line) in lines.iter().enumerate() {
+        let ev = microfunnel::codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
+        let p = kafka_partition(ev.prospect.as_bytes(), PARTITIONS) as usize;
+        shards[p].apply(&ev, &mut out);
+        let mut sent: std::collections::VecDeque<(u32, XRecord)> = shards[p].take_identity_records().into();
+        if k == 2 {
+            // `x`'s late sighting: its links are still on their way when `y`'s arrives.
+            held = sent;
+            continue;
+        }
+        deliver(&mut shards, &mut sent);
+        if k == 3 {
+            deliver(&mut shards, &mut held);
+        }
+    }
+    let one = replay(&lines, 1);
+    same_people(&shards, &one, &ids.y);
+}

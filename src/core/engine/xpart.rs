@@ -60,8 +60,12 @@ pub struct XPartStats {
     pub waiting_dropped: u64,
 }
 
-/// A group as far as propagation cares: its canonical id and how many identifiers it has.
-type Signature = Option<(Option<String>, usize)>;
+/// A group as far as propagation cares: its canonical id, how many identifiers it has, and a
+/// sum over them of their kind and first-seen time. The last part changes when an identifier
+/// is seen earlier than known (a late event) without changing the canonical id here: another
+/// home, whose view made another member canonical, must still learn it (first-seen times only
+/// move earlier and kinds only from anonymous to known, so propagation still stops).
+type Signature = Option<(Option<String>, usize, u64)>;
 
 impl Engine {
     /// Resolves identities across `partitions` partitions, this shard being `partition` (no
@@ -135,7 +139,14 @@ impl Engine {
 
     fn signature(&self, key: &str) -> Signature {
         let (members, canonical) = self.identity.as_deref()?.group_members(key)?;
-        Some((canonical.map(String::from), members.len()))
+        let seen = members.iter().fold(0u64, |sum, &(k, kind, first_seen)| {
+            let mut b = Vec::with_capacity(k.len() + 9);
+            b.extend_from_slice(k.as_bytes());
+            b.push(kind as u8);
+            b.extend_from_slice(&first_seen.0.to_le_bytes());
+            sum.wrapping_add(crate::core::ids::hash64(crate::core::ids::SEED_DIGEST, &b))
+        });
+        Some((canonical.map(String::from), members.len(), seen))
     }
 
     /// A merge that identity resolution decided: here when `into` lives here, else `from`'s

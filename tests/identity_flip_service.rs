@@ -145,6 +145,15 @@ fn flips_across_two_instances(name: &str, kill: bool) {
             }
             false
         });
+        // Before the next step, the survivor has re-read what the dead instance had not
+        // checkpointed: `y`'s home holds `y` as a redirect again (its transfer, sent again by the
+        // re-execution, is a redelivery where `x` lives). Had `y`'s late sighting come first,
+        // `y` would stay there while its first transfer's state is in `x` (README "Across
+        // shards": what a crash costs).
+        let survivor = &instances[0];
+        wait_until(LIMIT, "y a redirect again on the survivor", || {
+            total(&survivor.metrics(), "microfunnel_identity_redirects") >= 1.0
+        });
     }
     let all = [
         ("meeting_booked", 1),

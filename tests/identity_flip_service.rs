@@ -96,7 +96,6 @@ fn flips_across_two_instances(name: &str, kill: bool) {
         let (ha, hb) = (held(&a), held(&b));
         !ha.is_empty() && !hb.is_empty() && ha.len() + hb.len() == PARTITIONS as usize
     });
-    eprintln!("DEBUG logs {} {}", a.log.display(), b.log.display());
     let mut instances = vec![a, b];
     let step = |instances: &[Process], k: usize, what: &str, done: &dyn Fn(&[&Process]) -> bool| {
         produce(crm(&s), &[keyed(lines[k].0, lines[k].1.as_bytes().to_vec())]);
@@ -104,17 +103,9 @@ fn flips_across_two_instances(name: &str, kill: bool) {
         let deadline = std::time::Instant::now() + LIMIT;
         while !done(&refs) {
             if std::time::Instant::now() > deadline {
-                for id in [&x, &y] {
-                    eprintln!("DEBUG {id}: {:?}", prospect(&refs, id));
-                }
-                for i in &refs {
-                    eprintln!("DEBUG shards {:?}", i.shards());
-                    for l in i.metrics().lines().filter(|l| l.contains("identity") || l.contains("prospects_total")) {
-                        eprintln!("DEBUG {l}");
-                    }
-                    eprintln!("DEBUG log {}", i.log.display());
-                }
-                panic!("timed out waiting until {what}");
+                let views: Vec<_> = [&x, &y].iter().map(|id| prospect(&refs, id)).collect();
+                let logs: Vec<_> = refs.iter().map(|i| i.log.display().to_string()).collect();
+                panic!("timed out waiting until {what}: {views:?}, logs {logs:?}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }

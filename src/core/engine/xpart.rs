@@ -140,11 +140,9 @@ impl Engine {
     fn signature(&self, key: &str) -> Signature {
         let (members, canonical) = self.identity.as_deref()?.group_members(key)?;
         let seen = members.iter().fold(0u64, |sum, &(k, kind, first_seen)| {
-            let mut b = Vec::with_capacity(k.len() + 9);
-            b.extend_from_slice(k.as_bytes());
-            b.push(kind as u8);
-            b.extend_from_slice(&first_seen.0.to_le_bytes());
-            sum.wrapping_add(crate::core::ids::hash64(crate::core::ids::SEED_DIGEST, &b))
+            let id = crate::core::ids::hash64(crate::core::ids::SEED_DIGEST, k.as_bytes());
+            let at = (first_seen.0 as u64 ^ u64::from(kind as u8) << 62).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            sum.wrapping_add(id.rotate_left(29) ^ at)
         });
         Some((canonical.map(String::from), members.len(), seen))
     }

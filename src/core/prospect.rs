@@ -29,6 +29,11 @@ pub const FREE: u8 = 1 << 7;
 /// `[retention]` span. States written before it existed never set it: read as known.
 pub const ANONYMOUS: u8 = 1;
 
+/// The largest [`Prospect::handoff`].
+pub const HANDOFF_MAX: u16 = 0x7fff;
+/// Where [`ANONYMOUS`] sits in `Prospect::more`.
+const MORE_ANONYMOUS: u16 = 0x8000;
+
 /// The fixed part of a prospect's state (104 bytes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prospect {
@@ -55,14 +60,41 @@ pub struct Prospect {
     /// The signal of `last_activity` (the latest prospect-initiated one), [`NO_SIGNAL`] before
     /// any: what the prospect did last before a silence (`[insight]` drop-off).
     pub last_signal: u16,
-    /// Flags past `flags`' eight bits ([`ANONYMOUS`]); it fills what was padding.
-    pub more_flags: u8,
+    /// Two parts in the two bytes that were padding (read and written through
+    /// [`Prospect::more_flags`] and [`Prospect::handoff`], which the state's bytes keep apart):
+    /// bit 15 the flag [`ANONYMOUS`] (flags past `flags`' eight bits); bits 0-14 `handoff`.
+    pub(crate) more: u16,
 }
 
 /// `Prospect::last_signal` of a prospect that has not initiated anything yet.
 pub const NO_SIGNAL: u16 = u16::MAX;
 
 impl Prospect {
+    /// Flags past `flags`' eight bits: [`ANONYMOUS`] or 0.
+    pub fn more_flags(&self) -> u8 {
+        u8::from(self.more & MORE_ANONYMOUS != 0) * ANONYMOUS
+    }
+
+    /// Sets the flags past `flags`' eight bits (only [`ANONYMOUS`] exists).
+    pub fn set_more_flags(&mut self, flags: u8) {
+        self.more = (self.more & HANDOFF_MAX) | (u16::from(flags & ANONYMOUS != 0) * MORE_ANONYMOUS);
+    }
+
+    /// Identity resolution across partitions: how far this id's transfers went, in half steps.
+    /// `2g` once this shard sent the id's state to another partition as its transfer
+    /// generation `g`; `2g + 1` once it folded generation `g` received from elsewhere; 0 never.
+    /// A transfer folds only when `2g + 1` is above it, so a redelivered one folds nothing
+    /// while a later, legitimate one of the same id does.
+    pub fn handoff(&self) -> u16 {
+        self.more & HANDOFF_MAX
+    }
+
+    /// Sets `handoff`, at most [`HANDOFF_MAX`] (an id's 16,383rd transfer; a state's bytes
+    /// holding more are refused).
+    pub fn set_handoff(&mut self, handoff: u16) {
+        self.more = (self.more & MORE_ANONYMOUS) | handoff.min(HANDOFF_MAX);
+    }
+
     pub fn new(stage: StageId, at: Ts) -> Prospect {
         Prospect {
             score: 0.0,
@@ -79,13 +111,13 @@ impl Prospect {
             hot_rule: 0,
             recent_pos: 0,
             last_signal: NO_SIGNAL,
-            more_flags: 0,
+            more: 0,
         }
     }
 
     /// Whether the prospect's id is anonymous ([`ANONYMOUS`]).
     pub fn is_anonymous(&self) -> bool {
-        self.more_flags & ANONYMOUS != 0
+        self.more_flags() & ANONYMOUS != 0
     }
 
     pub fn seen(&self, fingerprint: u64) -> bool {

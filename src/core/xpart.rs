@@ -9,8 +9,11 @@
 //!   the receiving partition, rewritten to that prospect (its event id kept, so dedup covers a
 //!   redelivery).
 //! - [`XRecord::Transfer`]: a prospect's whole state (changelog record layout, extras included),
-//!   folded into `into` on the receiving partition with the semantics of a merge; the receiver
-//!   keeps `from` as a redirect record, so a redelivery folds nothing twice.
+//!   folded into `into` on the receiving partition with the semantics of a merge. It carries
+//!   `from`'s transfer generation (1 for its first transfer, one more for each later one: an id
+//!   whose canonical id flips back is transferred again); the receiver keeps `from` as a
+//!   redirect record holding the generation it folded, so a redelivery folds nothing twice
+//!   while a later generation folds.
 //!
 //! Layout (little endian; strings as `u32` length + UTF-8): a tag byte (`L`, `F`, `T`), then
 //! - `L`: reason `u8`, `ts i64`, count `u32`, per identifier its map key, kind `u8`, first seen
@@ -18,7 +21,8 @@
 //! - `F`: `into`, then the event: event id, prospect, source `u8`, kind `u8`, name, signal `u16`
 //!   (`0xFFFF`: none), `ts i64`, email and linked id (`u8` 0, or 1 + string), anonymous `u8`;
 //! - `T`: `from`, `into`, reason `u8`, `ts i64`, the sending partition `u32`, the record
-//!   (`u32` length + bytes).
+//!   (`u32` length + bytes), the generation `u32` (absent in records of builds before it: read
+//!   as 0, deduplicated as they were, by the redirect alone).
 
 use std::borrow::Cow;
 
@@ -28,6 +32,20 @@ use super::identity::{IdKind, LinkReason};
 use super::ids::kafka_partition;
 use super::journey::{Journey, SignalId};
 use super::time::Ts;
+
+/// librdkafka's default `message.max.bytes`: the largest message (key + value) a producer
+/// accepts unless configured otherwise.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// What a `Transfer` message holds besides its prospect record and its two ids (tag, reason,
+/// time, partition, lengths, generation), with room to spare for the record batch's framing.
+pub const TRANSFER_HEADROOM: usize = 4096;
+
+/// The largest prospect record a `Transfer` of `from` into `into` may carry so that the message
+/// (keyed by `into`) stays within `message_max_bytes`.
+pub fn transfer_record_limit(message_max_bytes: usize, from: &str, into: &str) -> usize {
+    message_max_bytes.saturating_sub(TRANSFER_HEADROOM + from.len() + 2 * into.len())
+}
 
 /// The partition (shard) of an identifier's map key among `partitions`: where a Kafka
 /// producer keyed by it puts it (an email's key is NUL + the email).
@@ -51,7 +69,7 @@ pub enum XRecord {
     /// An event for the canonical prospect `into`, which lives on the receiving partition.
     Forward { into: String, event: Event<'static> },
     /// Prospect `from`'s state (a changelog record), to be folded into `into`.
-    Transfer { from: String, into: String, reason: LinkReason, ts: Ts, source: u32, record: Vec<u8> },
+    Transfer { from: String, into: String, reason: LinkReason, ts: Ts, source: u32, record: Vec<u8>, generation: u32 },
 }
 
 impl XRecord {
@@ -149,7 +167,7 @@ impl XRecord {
                 }
                 e.u8(u8::from(event.anonymous));
             }
-            XRecord::Transfer { from, into, reason, ts, source, record } => {
+            XRecord::Transfer { from, into, reason, ts, source, record, generation } => {
                 e.u8(b'T');
                 e.bytes(from.as_bytes());
                 e.bytes(into.as_bytes());
@@ -157,6 +175,7 @@ impl XRecord {
                 e.ts(*ts);
                 e.u32(*source);
                 e.bytes(record);
+                e.u32(*generation);
             }
         }
     }
@@ -246,6 +265,7 @@ impl XRecord {
                 ts: d.ts("transfer time")?,
                 source: d.u32("source partition")?,
                 record: d.bytes("prospect record")?.to_vec(),
+                generation: if d.is_empty() { 0 } else { d.u32("transfer generation")? },
             },
             _ => return Err(StateError::Invalid { what: "identity record tag", at }),
         };
@@ -275,9 +295,16 @@ mod tests {
         let mut buf = Vec::new();
         r.encode(&mut buf);
         assert_eq!(XRecord::decode(&buf).unwrap(), r);
-        // Every cut of a record is refused, never misread.
+        // Every cut of a record is refused, never misread, except a transfer cut before its
+        // generation: the layout of builds before it, read as generation 0.
+        let transfer = matches!(r, XRecord::Transfer { .. });
         for n in 0..buf.len() {
-            assert!(XRecord::decode(&buf[..n]).is_err(), "cut at {n} of {}", r.kind());
+            let cut = XRecord::decode(&buf[..n]);
+            if transfer && n == buf.len() - 4 {
+                assert!(matches!(cut, Ok(XRecord::Transfer { generation: 0, .. })), "{cut:?}");
+            } else {
+                assert!(cut.is_err(), "cut at {n} of {}", r.kind());
+            }
         }
     }
 
@@ -316,6 +343,16 @@ mod tests {
             ts: Ts(5),
             source: 2,
             record: vec![b'P', 1, 2, 3],
+            generation: 2,
+        });
+        round_trip(XRecord::Transfer {
+            from: "anon_1".into(),
+            into: "usr_1".into(),
+            reason: LinkReason::Email,
+            ts: Ts(5),
+            source: 2,
+            record: vec![b'P', 1, 2, 3],
+            generation: 0,
         });
         assert!(XRecord::decode(b"X").is_err());
     }
@@ -359,6 +396,7 @@ mod tests {
             ts: Ts(5),
             source: 2,
             record: vec![],
+            generation: 1,
         };
         assert_eq!(transfer("anon_1").check(&journey), Ok(()));
         assert!(transfer("").check(&journey).is_err());

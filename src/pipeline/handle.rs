@@ -177,7 +177,7 @@ impl State {
                     let before = shard.engine.stats().clone();
                     self.hot.before(shard.engine.funnel());
                     if let Some(id) = identity {
-                        shard.engine.resolve_across(p as u32, id.partitions);
+                        id.configure(&mut shard.engine, p as u32);
                     }
                     shard.engine.apply(&ev, outputs);
                     let (stats, rejected) = (shard.engine.stats(), before.rejected);

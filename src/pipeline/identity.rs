@@ -25,6 +25,16 @@ pub(super) struct IdentityInput {
     pub name: String,
     /// The inputs' partition count.
     pub partitions: u32,
+    /// The output producer's `message.max.bytes`, which every transfer must fit in.
+    pub message_max_bytes: usize,
+}
+
+impl IdentityInput {
+    /// The identity topic's settings of `engine` (shard `p`).
+    pub(super) fn configure(&self, engine: &mut Engine, p: u32) {
+        engine.resolve_across(p, self.partitions);
+        engine.limit_transfers(self.message_max_bytes);
+    }
 }
 
 /// Sends the records `engine` produced; whether any went out.
@@ -35,6 +45,16 @@ pub(super) fn send_records(
     engine: &mut Engine,
     buf: &mut Vec<u8>,
 ) -> bool {
+    let (keys, waiting) = engine.take_transfer_drops();
+    if keys + waiting > 0 {
+        tracing::warn!(
+            dedup_keys = keys,
+            waiting_signals = waiting,
+            "a state transfer left out its oldest entries to fit message.max.bytes"
+        );
+        metrics.identity_transfer_dropped.with_label_values(&["dedup_key"]).inc_by(keys);
+        metrics.identity_transfer_dropped.with_label_values(&["waiting_signal"]).inc_by(waiting);
+    }
     let records = engine.take_identity_records();
     for (p, r) in &records {
         buf.clear();
@@ -68,7 +88,7 @@ impl State {
         }
         shard.positions[id.input] = msg.offset() + 1;
         self.since_barrier += 1;
-        shard.engine.resolve_across(p as u32, id.partitions);
+        id.configure(&mut shard.engine, p as u32);
         let decoded = XRecord::decode(msg.payload().unwrap_or_default()).map_err(|e| e.to_string()).and_then(|r| {
             r.check(journey).map_err(|what| format!("{what} not valid for this journey"))?;
             Ok(r)

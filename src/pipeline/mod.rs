@@ -276,10 +276,16 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
     let state = State::new(&settings, journey, h, producer, failed.load(Ordering::Acquire), store, changelog)?;
     let consumer: PipelineConsumer =
         kafka::consumer_config(k).create_with_context(PipelineContext { state: Mutex::new(state) })?;
+    // What librdkafka refuses to enqueue (key + value), as the output producer is configured.
+    let message_max_bytes = k
+        .client
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES);
     if let Some(name) = identity_topic {
         let input = inputs.len();
         consumer.context().lock().identity =
-            Some(identity::IdentityInput { input, name, partitions: partitions as u32 });
+            Some(identity::IdentityInput { input, name, partitions: partitions as u32, message_max_bytes });
     }
     if let Some(inbox) = &consumer.context().lock().queries {
         inbox.set_partitions(partitions);

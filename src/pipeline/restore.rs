@@ -161,11 +161,25 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
             }
         },
     };
+    let end = match changelog {
+        ChangelogFacts::Extent { high, .. } => high,
+        ChangelogFacts::Off | ChangelogFacts::Unreadable => 0,
+    };
     let snapshot = loaded.as_ref().map(|l| SnapshotFacts { changelog: l.changelog.as_ref() });
     let decided = plan(env.persists, snapshot, changelog);
     tracing::debug!(shard, plan = ?decided, "restore planned");
     let from = match decided {
-        RestorePlan::Empty | RestorePlan::Replay => return Restored::fresh(env.journey, decided.source(0)),
+        RestorePlan::Empty => return Restored::fresh(env.journey, decided.source(0)),
+        RestorePlan::Replay => {
+            // Nothing in the changelog (or nothing readable): the fresh state covers what it
+            // holds, so a snapshot of this state, later, is topped up from its end (another
+            // instance may write checkpoints there meanwhile), not taken as it is.
+            let mut fresh = Restored::fresh(env.journey, decided.source(0));
+            if let (ChangelogFacts::Extent { topic, high, .. }, Some(_)) = (changelog, &reader) {
+                fresh.changelog = Some(ChangelogPosition { topic: topic.to_string(), next: high });
+            }
+            return fresh;
+        }
         RestorePlan::Snapshot => return as_it_is(loaded, env),
         RestorePlan::SnapshotTopUp { from } => Some(from),
         RestorePlan::Changelog => None,
@@ -191,6 +205,9 @@ pub fn restore(shard: i32, env: &RestoreEnv<'_>) -> Restored {
     let chained = had_snapshot && stats.checkpoints == 0;
     let changelog = match (next, env.changelog) {
         (Some(next), Some(c)) => Some(ChangelogPosition { topic: c.topic().to_string(), next }),
+        // No checkpoint record read from the start of the partition: the state covers what
+        // the read saw (its unfinished records are settled by the next checkpoint).
+        (None, Some(c)) if !had_snapshot => Some(ChangelogPosition { topic: c.topic().to_string(), next: end }),
         _ => snapshot_position,
     };
     env.metrics.restore_records.with_label_values(&["changelog"]).inc_by(stats.records);

@@ -275,6 +275,32 @@ fn restore_prefers_snapshot_and_changelog_then_changelog_then_replay() {
     assert_eq!(none.2, vec![-1, -1]);
 }
 
+/// Instance A holds shard 0 briefly while nothing is persisted yet (its restore replays and
+/// writes a base of the empty state); instance B, with its own snapshot directory, then holds
+/// it and checkpoints to the shared changelog; A gets it back: its base must be topped up
+/// with B's checkpoints, not taken as it is (its position in the changelog is where the
+/// changelog ended, not unknown).
+#[test]
+fn a_base_written_at_a_replay_restore_is_topped_up_with_another_instances_checkpoints() {
+    let journey = journey();
+    let events = stream(&journey, 300);
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (store_a, store_b) = (Arc::new(MemStore::new("g", 3)), Arc::new(MemStore::new("g", 3)));
+    let rec = Recorder::default();
+    let (mut a, _, _) = state(&journey, Some(Arc::clone(&store_a)), Some(Arc::clone(&changelog)));
+    a.take_shards(&shards(&[0]));
+    assert!(store_a.latest(0).0.is_some(), "a base of the replayed (empty) state");
+    let (mut b, _, _) = state(&journey, Some(Arc::clone(&store_b)), Some(Arc::clone(&changelog)));
+    b.take_shards(&shards(&[0]));
+    feed(&mut b, 0, &events);
+    b.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    let at_b = (digest(&b, 0), b.shards[&0].positions.clone());
+    let (mut again, _, status) = state(&journey, Some(Arc::clone(&store_a)), Some(Arc::clone(&changelog)));
+    again.take_shards(&shards(&[0]));
+    assert_eq!(restored_from(&status, 0), RestoreSource::SnapshotAndChangelog);
+    assert_eq!((digest(&again, 0), again.shards[&0].positions.clone()), at_b);
+}
+
 #[test]
 fn a_revoke_during_an_in_flight_checkpoint_commits_it_then_checkpoints_the_rest_and_parks() {
     let journey = journey();

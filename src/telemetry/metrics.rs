@@ -60,6 +60,9 @@ pub struct Metrics {
     pub identity_sent: IntCounterVec,
     pub identity_received: IntCounterVec,
     pub identity_transfers_duplicate: IntCounter,
+    /// Entries left out of transfers to fit `message.max.bytes`, by kind (`dedup_key`,
+    /// `waiting_signal`).
+    pub identity_transfer_dropped: IntCounterVec,
     pub identity_redirects: IntGauge,
     /// CRM memory entries evicted past `[crm] max_entries` (least recently changed first).
     pub crm_evicted: IntCounter,
@@ -403,6 +406,12 @@ impl Metrics {
                 &r,
                 "microfunnel_identity_transfers_duplicate_total",
                 "Transfers received for a prospect already folded here (at-least-once redelivery): folded no second time.",
+            )?,
+            identity_transfer_dropped: counter_vec(
+                &r,
+                "microfunnel_identity_transfer_dropped_total",
+                "Entries left out of state transfers so they fit the producer's message.max.bytes, by kind: `dedup_key` (older event ids, the oldest first), `waiting_signal` (sequence signals waiting for their anchor).",
+                &["kind"],
             )?,
             identity_redirects: {
                 let g = IntGauge::new(

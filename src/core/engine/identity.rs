@@ -182,8 +182,12 @@ impl Engine {
         let hot;
         if new || redirect {
             // The person's state moves to its canonical id as it is: the funnel is unchanged.
+            // (A redirect here holds no event: one that applies to it revives it first, so its
+            // record is a live prospect and the branch below folds.) The id's own transfer
+            // history stays with it.
             let (p, st, c, m) = self.prospect_parts(f);
-            let (p, st, c, m) = (p.clone(), st.to_vec(), c.to_vec(), m.to_vec());
+            let (mut p, st, c, m) = (p.clone(), st.to_vec(), c.to_vec(), m.to_vec());
+            p.set_handoff(if new { 0 } else { self.prospect(t).handoff() });
             if new {
                 self.store.put_with(ti, p, &st, &c, &m);
                 self.returning(t, at);
@@ -211,8 +215,9 @@ impl Engine {
             self.extras.entry(t.0).or_default().absorb(x);
         }
         // `from` leaves memory (nothing counted: the person is `into`), its id to a changelog
-        // tombstone; the map routes its later events to `into`.
-        self.free(f);
+        // tombstone; the map routes its later events to `into`. (Across partitions an id with
+        // a transfer history stays as a redirect that keeps it: `retire`.)
+        self.retire(f);
         let anonymous = self.id_is_anonymous(into, self.store.fixed(ti).is_anonymous());
         self.set_anonymous(t, anonymous);
         let p = self.store.fixed(ti).clone();
@@ -268,7 +273,7 @@ impl Engine {
         {
             ghost_due = Ts::NONE;
         }
-        let merged = Prospect {
+        let mut merged = Prospect {
             score,
             score_at,
             last_activity,
@@ -283,9 +288,11 @@ impl Engine {
             hot_rule: later_alert.hot_rule,
             recent_pos: b.recent_pos,
             last_signal: active.last_signal,
-            // Anonymous only if both were; `merge` then follows the canonical id's kind.
-            more_flags: a.more_flags & b.more_flags,
+            more: b.more,
         };
+        // Anonymous only if both were; `merge` then follows the canonical id's kind. The
+        // transfer history is `into`'s own (`b`'s).
+        merged.set_more_flags(a.more_flags() & b.more_flags());
         let stage = merged.stage;
         let entered = stage_secs(merged.stage_entered);
         let (p, vars) = self.store.state_mut(ti);

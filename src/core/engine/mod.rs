@@ -405,13 +405,19 @@ impl Engine {
             }
         };
         let i = ix.0 as usize;
+        let mut new = new;
         if new {
             let mut p = Prospect::new(journey.first_stage(), ev.ts);
             if self.id_is_anonymous(&ev.prospect, ev.anonymous) {
-                p.more_flags |= prospect::ANONYMOUS;
+                p.set_more_flags(p.more_flags() | prospect::ANONYMOUS);
             }
             self.store.put(i, p);
             self.returning(ix, ev.ts);
+        } else if self.store.fixed(i).has(prospect::REDIRECT) {
+            // Its canonical id again (a late sighting flipped it back): a new prospect here;
+            // the person's state folds in when it comes back (`xpart.rs`).
+            self.revive(ix, ev.ts);
+            new = true;
         } else {
             match self.seen(ix, key) {
                 Seen::Redelivery => {

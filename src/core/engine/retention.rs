@@ -89,7 +89,7 @@ impl Engine {
         if p.is_anonymous() == anonymous {
             return;
         }
-        p.more_flags ^= prospect::ANONYMOUS;
+        p.set_more_flags(p.more_flags() ^ prospect::ANONYMOUS);
         self.mark_changed(ix.0);
         if let Some(a) = self.expiry_armed.get_mut(i) {
             *a = 0;

@@ -77,9 +77,14 @@ impl Engine {
             // Only when set: digests of states written before it existed stay what they were.
             buf.extend_from_slice(&p.last_signal.to_le_bytes());
         }
-        if p.more_flags != 0 {
+        if p.more_flags() != 0 {
             // Only when set: digests of states written before it existed stay what they were.
-            buf.extend_from_slice(&[b'F', p.more_flags]);
+            buf.extend_from_slice(&[b'F', p.more_flags()]);
+        }
+        if p.handoff() != 0 {
+            // Only when set, as `last_signal`.
+            buf.push(b'h');
+            buf.extend_from_slice(&p.handoff().to_le_bytes());
         }
         let mut recent = p.recent;
         recent.sort_unstable();

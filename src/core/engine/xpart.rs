@@ -19,15 +19,20 @@ use crate::core::output::Output;
 use crate::core::prospect;
 use crate::core::snapshot::Dec;
 use crate::core::time::Ts;
-use crate::core::xpart::{Ident, XRecord, home};
+use crate::core::xpart::{DEFAULT_MESSAGE_MAX_BYTES, Ident, XRecord, home, transfer_record_limit};
 
 /// A shard's part in cross-partition identity resolution.
 #[derive(Clone, Debug, Default)]
 pub(super) struct XPart {
     partition: u32,
     partitions: u32,
+    /// The producer's `message.max.bytes` a `Transfer` must fit in (0: the default,
+    /// [`DEFAULT_MESSAGE_MAX_BYTES`]).
+    message_max_bytes: usize,
     /// Records to send, each with its partition, until taken.
     out: Vec<(u32, XRecord)>,
+    /// Dedup keys and waiting signals left out of transfers since [`Engine::take_transfer_drops`].
+    dropped: (u64, u64),
     stats: XPartStats,
 }
 
@@ -45,10 +50,22 @@ pub struct XPartStats {
     pub transfers_duplicate: u64,
     /// Records that did not decode, or transfers whose record did not.
     pub invalid: u64,
+    /// Older event ids (dedup keys) of transferred prospects left out so the transfer fits the
+    /// producer's `message.max.bytes` (the oldest first): a redelivery of one of those events
+    /// to the canonical prospect counts again.
+    pub dedup_keys_dropped: u64,
+    /// Sequence signals waiting for their anchor left out of a transfer for the same reason
+    /// (after every older event id, the oldest first): their anchor arriving later fires
+    /// nothing for them.
+    pub waiting_dropped: u64,
 }
 
-/// A group as far as propagation cares: its canonical id and how many identifiers it has.
-type Signature = Option<(Option<String>, usize)>;
+/// A group as far as propagation cares: its canonical id, how many identifiers it has, and a
+/// sum over them of their kind and first-seen time. The last part changes when an identifier
+/// is seen earlier than known (a late event) without changing the canonical id here: another
+/// home, whose view made another member canonical, must still learn it (first-seen times only
+/// move earlier and kinds only from anonymous to known, so propagation still stops).
+type Signature = Option<(Option<String>, usize, u64)>;
 
 impl Engine {
     /// Resolves identities across `partitions` partitions, this shard being `partition` (no
@@ -58,6 +75,19 @@ impl Engine {
         if self.identity.is_some() && partitions > 1 && !same {
             self.xpart = Some(Box::new(XPart { partition, partitions, ..XPart::default() }));
         }
+    }
+
+    /// The producer's `message.max.bytes` (key + value) every `Transfer` must fit in
+    /// ([`DEFAULT_MESSAGE_MAX_BYTES`] unless set; no effect before [`Engine::resolve_across`]).
+    pub fn limit_transfers(&mut self, message_max_bytes: usize) {
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.message_max_bytes = message_max_bytes;
+        }
+    }
+
+    /// Dedup keys and waiting signals left out of transfers since the last call (to count them).
+    pub fn take_transfer_drops(&mut self) -> (u64, u64) {
+        self.xpart.as_deref_mut().map(|x| std::mem::take(&mut x.dropped)).unwrap_or_default()
     }
 
     /// The identity records the last calls produced, each with the partition it goes to.
@@ -109,7 +139,12 @@ impl Engine {
 
     fn signature(&self, key: &str) -> Signature {
         let (members, canonical) = self.identity.as_deref()?.group_members(key)?;
-        Some((canonical.map(String::from), members.len()))
+        let seen = members.iter().fold(0u64, |sum, &(k, kind, first_seen)| {
+            let id = crate::core::ids::hash64(crate::core::ids::SEED_DIGEST, k.as_bytes());
+            let at = (first_seen.0 as u64 ^ u64::from(kind as u8) << 62).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            sum.wrapping_add(id.rotate_left(29) ^ at)
+        });
+        Some((canonical.map(String::from), members.len(), seen))
     }
 
     /// A merge that identity resolution decided: here when `into` lives here, else `from`'s
@@ -168,8 +203,8 @@ impl Engine {
         match rec {
             XRecord::Link { ids, reason, ts } => self.link_in(&ids, reason, ts, out),
             XRecord::Forward { event, .. } => self.apply(&event, out),
-            XRecord::Transfer { from, into, reason, ts, record, .. } => {
-                self.transfer_in(&from, &into, reason, ts, &record, out)
+            XRecord::Transfer { from, into, reason, ts, record, generation, .. } => {
+                self.transfer_in(&from, &into, reason, ts, generation, &record, out)
             }
         }
     }
@@ -246,41 +281,109 @@ impl Engine {
     }
 
     /// `from`'s prospect leaves this shard for `into`'s partition: its record goes out as a
-    /// `Transfer`, and it stays here as a redirect, out of the funnel.
+    /// `Transfer` of its next generation, and it stays here as a redirect holding that
+    /// generation (`Prospect::handoff`), out of the funnel.
     fn transfer_out(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts) {
         let Some(f) = self.ids.find(from) else { return };
         if self.prospect(f).has(prospect::REDIRECT) {
             return;
         }
-        let mut record = Vec::new();
-        self.encode_changelog_record(f, &mut record);
+        let generation = self.prospect(f).handoff() / 2 + 1;
+        let record = self.transfer_record(f, from, into);
         let journey = std::sync::Arc::clone(&self.journey);
         self.count_in_funnel(&journey, f.0 as usize, false);
         if self.extras.get(&f.0).is_some_and(|x| !x.alerted.is_empty()) {
             self.funnel.hot_prospects = self.funnel.hot_prospects.saturating_sub(1);
         }
         self.make_redirect(f);
+        self.store.fixed_mut(f.0 as usize).set_handoff(generation.saturating_mul(2));
         let Some(source) = self.xpart.as_deref().map(|x| x.partition) else { return };
-        self.send(XRecord::Transfer { from: from.into(), into: into.into(), reason, ts: at, source, record });
+        let generation = u32::from(generation);
+        self.send(XRecord::Transfer {
+            from: from.into(),
+            into: into.into(),
+            reason,
+            ts: at,
+            source,
+            record,
+            generation,
+        });
+    }
+
+    /// `from`'s changelog record for a transfer into `into`, within the producer's
+    /// `message.max.bytes`: a record that would not fit leaves out its oldest older event ids
+    /// (dedup keys beyond the ring of 4 recent ones), then, if that is not enough, its oldest
+    /// waiting sequence signals; both counted. The rest (fixed part, per-journey arrays, email,
+    /// matched rules, first-shown times) is bounded by the journey and always goes.
+    fn transfer_record(&mut self, f: crate::core::ids::ProspectIx, from: &str, into: &str) -> Vec<u8> {
+        let mut record = Vec::new();
+        self.encode_changelog_record(f, &mut record);
+        let max = self.xpart.as_deref().map_or(0, |x| x.message_max_bytes);
+        let limit = transfer_record_limit(if max == 0 { DEFAULT_MESSAGE_MAX_BYTES } else { max }, from, into);
+        if record.len() <= limit {
+            return record;
+        }
+        let Some(mut live) = self.live_extras(f).map(std::borrow::Cow::into_owned) else { return record };
+        let mut over = record.len() - limit;
+        // Newest first, so the oldest are cut from the end.
+        live.seen.sort_unstable_by_key(|&(k, t)| std::cmp::Reverse((t, k)));
+        let keys = over.div_ceil(16).min(live.seen.len());
+        live.seen.truncate(live.seen.len() - keys);
+        over = over.saturating_sub(keys * 16);
+        let mut waiting = 0;
+        live.waiting.sort_by(|a, b| (b.1, &b.2, b.0).cmp(&(a.1, &a.2, a.0)));
+        while over > 0 {
+            let Some((_, _, id)) = live.waiting.pop() else { break };
+            over = over.saturating_sub(9 + if id.len() < 255 { 1 } else { 5 } + id.len());
+            waiting += 1;
+        }
+        live.seen.sort_unstable();
+        live.waiting.sort_unstable();
+        // The prospect leaves this shard (a redirect next): what it keeps of its extras is what
+        // it sends.
+        if live.is_empty() {
+            self.extras.remove(&f.0);
+        } else {
+            self.extras.insert(f.0, live);
+        }
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.stats.dedup_keys_dropped += keys as u64;
+            x.stats.waiting_dropped += waiting;
+            x.dropped.0 += keys as u64;
+            x.dropped.1 += waiting;
+        }
+        record.clear();
+        self.encode_changelog_record(f, &mut record);
+        record
     }
 
     /// Folds a transferred prospect into `into` (or, if `into` was folded further since, sends
-    /// it on). `from` stays here as a redirect record: a transfer of a `from` that is already
-    /// one here is a redelivery (the topic is at-least-once; a sender that crashed before its
-    /// checkpoint sends it again) and folds nothing. That marker is prospect state, so it is
-    /// checkpointed and restored with the shard like any record.
+    /// it on). `from` stays here as a redirect record holding the generation folded
+    /// (`Prospect::handoff` `2g + 1`): a transfer of a generation no later than that is a
+    /// redelivery (the topic is at-least-once; a sender that crashed before its checkpoint
+    /// sends it again, with the same generation, since that is state too) and folds nothing;
+    /// a later one (the id was canonical again in between and is transferred again) folds.
+    /// Generation 0 (a record of an earlier build) is a redelivery when any redirect for `from`
+    /// exists. That marker is prospect state, so it is checkpointed and restored with the shard
+    /// like any record.
+    #[allow(clippy::too_many_arguments)]
     fn transfer_in(
         &mut self,
         from: &str,
         into: &str,
         reason: LinkReason,
         ts: Ts,
+        generation: u32,
         record: &[u8],
         out: &mut Vec<Output>,
     ) {
-        if let Some(f) = self.ids.find(from)
-            && self.prospect(f).has(prospect::REDIRECT)
-        {
+        let held = self.ids.find(from).map(|f| self.prospect(f));
+        let folded = u32::from(held.map_or(0, |p| p.handoff()));
+        let duplicate = match generation {
+            0 => held.is_some_and(|p| p.has(prospect::REDIRECT)),
+            g => held.is_some() && 2 * u64::from(g) < u64::from(folded),
+        };
+        if duplicate {
             if let Some(x) = self.xpart.as_deref_mut() {
                 x.stats.transfers_duplicate += 1;
             }
@@ -291,7 +394,15 @@ impl Engine {
             // `into` was folded further since: the state follows it.
             let Some(source) = self.xpart.as_deref().map(|x| x.partition) else { return };
             let record = record.to_vec();
-            return self.send(XRecord::Transfer { from: from.into(), into: target, reason, ts, source, record });
+            let into = target;
+            return self.send(XRecord::Transfer { from: from.into(), into, reason, ts, source, record, generation });
+        }
+        let handoff = u16::try_from(2 * u64::from(generation) + 1).unwrap_or(u16::MAX).max(folded as u16);
+        if held.is_some_and(|p| !p.has(prospect::REDIRECT)) {
+            // `from` is live here: its canonical id flipped back to it, or onto an id of this
+            // partition, while its earlier state was on its way. That state folds into the
+            // person like any other.
+            return self.fold_returning(from, &target, reason, ts, handoff, record, out);
         }
         let rec = match self.decode_changelog_record(&mut Dec::new(record)) {
             Ok(r) => r,
@@ -306,6 +417,19 @@ impl Engine {
             self.identity_stats.refused += 1;
             return;
         };
+        // The generation folded: `merge` keeps `from` as a redirect that holds it (`retire`).
+        self.store.fixed_mut(ix.0 as usize).set_handoff(handoff);
+        self.count_transferred_in(ix);
+        if target == from {
+            // The person comes back whole to its own id (a redirect here until now).
+            return;
+        }
+        self.merge(from, &target, reason, ts, out);
+    }
+
+    /// A transfer received here (installed at `ix`) counted in: the funnel, hot prospects,
+    /// the stats.
+    fn count_transferred_in(&mut self, ix: crate::core::ids::ProspectIx) {
         let journey = std::sync::Arc::clone(&self.journey);
         self.count_in_funnel(&journey, ix.0 as usize, true);
         if self.extras.get(&ix.0).is_some_and(|x| !x.alerted.is_empty()) {
@@ -314,15 +438,86 @@ impl Engine {
         if let Some(x) = self.xpart.as_deref_mut() {
             x.stats.transfers_received += 1;
         }
-        self.merge(from, &target, reason, ts, out);
-        // `merge` frees `from` (within a shard the map alone routes it); here its redirect
-        // record stays as the marker that makes a redelivered transfer fold nothing.
-        if self.ids.find(from).is_none()
-            && let Ok(rec) = self.decode_changelog_record(&mut Dec::new(record))
-            && let Ok(ix) = self.install(from, rec)
-        {
-            self.make_redirect(ix);
+    }
+
+    /// A transferred state of `from` arriving while `from` holds a live prospect here: the
+    /// state is installed under a scratch id (no prospect id holds a control character), folded
+    /// into `target` with `merge`'s semantics (emitted as a merge of `from`), and `from` keeps
+    /// the generation folded.
+    #[allow(clippy::too_many_arguments)]
+    fn fold_returning(
+        &mut self,
+        from: &str,
+        target: &str,
+        reason: LinkReason,
+        ts: Ts,
+        handoff: u16,
+        record: &[u8],
+        out: &mut Vec<Output>,
+    ) {
+        const SCRATCH: &str = "\0transfer";
+        let Some(f) = self.ids.find(from) else { return };
+        let Ok(rec) = self.decode_changelog_record(&mut Dec::new(record)) else {
+            if let Some(x) = self.xpart.as_deref_mut() {
+                x.stats.invalid += 1;
+            }
+            return;
+        };
+        let Ok(ix) = self.install(SCRATCH, rec) else {
+            self.identity_stats.refused += 1;
+            return;
+        };
+        self.store.fixed_mut(ix.0 as usize).set_handoff(0);
+        self.count_transferred_in(ix);
+        let emitted = out.len();
+        self.merge(SCRATCH, target, reason, ts, out);
+        for o in &mut out[emitted..] {
+            if let Output::ProspectMerged { from: m, .. } = o
+                && *m == ix
+            {
+                *m = f;
+            }
         }
+        self.removed_ids.retain(|k| &**k != SCRATCH);
+        let p = self.store.fixed_mut(f.0 as usize);
+        p.set_handoff(p.handoff().max(handoff));
+        self.mark_changed(f.0);
+    }
+
+    /// `from` of a merge leaves memory (`Engine::free`), unless cross-partition resolution is
+    /// on and the id has a transfer history (`Prospect::handoff`): then it stays as a redirect
+    /// that keeps it, so a later transfer of the id gets the next generation and a redelivered
+    /// one is still known.
+    pub(super) fn retire(&mut self, f: crate::core::ids::ProspectIx) {
+        if self.xpart.is_some() && self.prospect(f).handoff() != 0 {
+            self.make_redirect(f);
+        } else {
+            self.free(f);
+        }
+    }
+
+    /// An event applies to an id whose record is a redirect: the id is canonical again (a late
+    /// sighting made it so). The record becomes a new prospect, as for an id never seen
+    /// (keeping only its transfer history); the person's state, wherever it is, comes back by
+    /// a transfer and folds into it.
+    pub(super) fn revive(&mut self, ix: crate::core::ids::ProspectIx, at: Ts) {
+        let i = ix.0 as usize;
+        let handoff = self.store.fixed(i).handoff();
+        let mut p = crate::core::prospect::Prospect::new(self.journey.first_stage(), at);
+        p.set_handoff(handoff);
+        self.store.put(i, p);
+        if self.emails.get(&ix.0).is_some() {
+            self.emails.remove(&ix.0);
+            self.mark_email_changed(ix.0);
+        }
+        self.extras.remove(&ix.0);
+        self.shown.clear(i);
+        self.attr.clear(i);
+        self.quiet.remove(&ix.0);
+        if let Some(a) = self.expiry_armed.get_mut(i) {
+            *a = 0;
+        }
+        self.mark_changed(ix.0);
     }
 
     /// Turns prospect `f` into a redirect record: no email, extras, first-shown times or

@@ -173,6 +173,9 @@ impl Batch {
             self.records.push((key, Some(at..self.buf.len())));
             each(ix);
         }
+        // Before the identity records: an identifier or link owed a tombstone (an unfinished
+        // checkpoint's, which the state did not hold at the restore) that the map holds again
+        // is written after it, so the newer record wins at the next read.
         for id in tombstones {
             if engine.find(id).is_none() {
                 let key = self.push_bytes(id.as_bytes());
@@ -733,5 +736,76 @@ mod tests {
         let deleted: Vec<&String> = read.tombstones.iter().filter(|t| t.starts_with(identity::LINK_RECORD)).collect();
         assert!(!deleted.is_empty(), "the unconfirmed links are deleted next time: {:?}", read.tombstones);
         assert!(read.tombstones.iter().any(|t| t == &format!("{}anon-3", identity::ID_RECORD)));
+    }
+
+    /// A crash between an identity record and its checkpoint record, a restore from the
+    /// changelog alone, a re-execution that (in another order) reaches only part of what the
+    /// crashed run had linked before the next checkpoint, that checkpoint, and a changelog-only
+    /// restore again: the map read back is the live one (the unfinished records the state does
+    /// not hold are deleted, those it holds written again, none of them treated as a prospect
+    /// id), and again after the rest of the re-execution and one more checkpoint. Whether the
+    /// re-execution brings back an identifier the restore owes a tombstone for before that
+    /// checkpoint (its record follows the tombstone in the batch) or after it.
+    #[test]
+    fn an_unfinished_checkpoints_identity_records_are_settled_by_the_next_one() {
+        let journey = identity_journey();
+        let second = identify("usr_1", "anon-2", "2026-03-02T12:00:00Z", "ana@x.example");
+        let first_seen =
+            r#"{"type":"page","anonymousId":"anon-1","messageId":"p-0","timestamp":"2026-03-01T09:00:00Z"}"#;
+        let third = identify("usr_2", "anon-3", "2026-03-03T10:00:00Z", "ana@x.example");
+        let map = |e: &Engine| e.identity_map().unwrap().resolution();
+        // Re-executed before the next checkpoint: only the second line (anon-1's record of the
+        // crashed run, seen earlier, is ahead of the state; anon-3's and usr_2's are not in
+        // it), or the second and the third (anon-3 and usr_2 come back).
+        for rerun in [vec![&second[..]], vec![&second[..], &third[..]]] {
+            let mut engine = Engine::new(Arc::clone(&journey));
+            engine.track_removals(true);
+            let mut batch = Batch::default();
+            let positions = |seq: u64| BTreeMap::from([("web".to_string(), seq as i64)]);
+            segment(&mut engine, &identify("usr_1", "anon-1", "2026-03-02T10:00:00Z", "ana@x.example"));
+            let mut log = checkpoint(&mut engine, &mut batch, 1);
+            // The crashed run: all three, then a checkpoint whose record never got written.
+            let mut crashed = engine.clone();
+            for line in [&second, first_seen, &third] {
+                segment(&mut crashed, line);
+            }
+            let unfinished = checkpoint(&mut crashed, &mut batch, 2);
+            log.extend(unfinished.into_iter().take(batch.len() - 1));
+
+            let read = fold(&log, &journey);
+            assert!(read.rewrite.iter().all(|id| !id.starts_with('\0')), "{:?}", read.rewrite);
+            assert!(read.tombstones.contains(&format!("{}anon-3", identity::ID_RECORD)), "{:?}", read.tombstones);
+            let mut live = read.engine;
+            for id in &read.rewrite {
+                if let Some(ix) = live.find(id) {
+                    live.mark_changed(ix.0);
+                }
+            }
+            live.track_removals(true);
+            for line in &rerun {
+                segment(&mut live, line);
+            }
+            let mut next = |live: &mut Engine, seq: u64, owed: &[String], log: &mut Vec<_>| {
+                let changed = live.take_changed();
+                let mut tombstones = owed.to_vec();
+                tombstones.extend(live.take_removed().into_iter().map(String::from));
+                batch.checkpoint(live, &changed, &tombstones, seq, &positions(seq));
+                live.settle_taken(true);
+                log.extend(owned(&batch));
+            };
+            next(&mut live, 2, &read.tombstones, &mut log);
+            let again = fold(&log, &journey);
+            assert_eq!(map(&again.engine), map(&live), "{} re-executed", rerun.len());
+            assert_eq!(again.engine.digest(), live.digest());
+            assert!(again.tombstones.is_empty() && again.rewrite.is_empty());
+            // The rest of the re-execution, one more checkpoint, read again.
+            for line in [first_seen, &third].into_iter().filter(|l| !rerun.contains(l)) {
+                segment(&mut live, line);
+            }
+            next(&mut live, 3, &[], &mut log);
+            let again = fold(&log, &journey);
+            assert_eq!(map(&again.engine), map(&live), "{} re-executed", rerun.len());
+            assert_eq!(again.engine.digest(), live.digest());
+        }
     }
 }

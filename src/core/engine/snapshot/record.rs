@@ -24,7 +24,7 @@ fn ext_known(version: u32) -> u8 {
     match version {
         ..=4 => EXT_LAST_SIGNAL,
         5 => EXT_LAST_SIGNAL | EXT_SHOWN,
-        _ => EXT_LAST_SIGNAL | EXT_SHOWN | EXT_MORE_FLAGS,
+        _ => EXT_LAST_SIGNAL | EXT_SHOWN | EXT_MORE_FLAGS | EXT_HANDOFF,
     }
 }
 
@@ -32,6 +32,11 @@ fn ext_known(version: u32) -> u8 {
 const MORE_FLAGS_KNOWN: u8 = crate::core::prospect::ANONYMOUS;
 /// Changelog trailer tag of a prospect's `more_flags` byte (state version 6).
 const RECORD_TAG_MORE_FLAGS: u8 = 6;
+/// Extension bit 3 (state version 6, set only by builds that resolve identities across
+/// partitions with transfer generations): the prospect's `handoff` (u16), set only when not 0.
+const EXT_HANDOFF: u8 = 1 << 3;
+/// Changelog trailer tag of a prospect's `handoff` (u16, only when not 0; state version 6).
+const HANDOFF_TAG: u8 = 7;
 
 /// One prospect's whole state, decoded and checked against the journey, ready to install.
 pub struct ProspectRecord<'a> {
@@ -109,9 +114,14 @@ impl Engine {
         }
         self.encode_slots_trailer(ix, out);
         self.encode_shown_trailer(ix.0 as usize, out);
-        let more = self.prospect(ix).more_flags;
+        let more = self.prospect(ix).more_flags();
         if more != 0 {
             out.extend_from_slice(&[RECORD_TAG_MORE_FLAGS, more]);
+        }
+        let handoff = self.prospect(ix).handoff();
+        if handoff != 0 {
+            out.push(HANDOFF_TAG);
+            out.extend_from_slice(&handoff.to_le_bytes());
         }
     }
 
@@ -142,7 +152,8 @@ impl Engine {
                 super::shown::RECORD_TAG => {
                     super::shown::decode_shown(r, self.journey().signals.len(), &mut rec.shown)?
                 }
-                RECORD_TAG_MORE_FLAGS => rec.fixed.more_flags = checked_more_flags(r)?,
+                RECORD_TAG_MORE_FLAGS => rec.fixed.set_more_flags(checked_more_flags(r)?),
+                HANDOFF_TAG => rec.fixed.set_handoff(checked_handoff(r)?),
                 _ => return Err(StateError::Invalid { what: "extras tag", at }),
             }
         }
@@ -214,7 +225,8 @@ impl Engine {
         // it (state version 4; a record with none of them has no byte).
         let ext = (u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL)
             | (u8::from(self.has_shown(ix.0 as usize)) * EXT_SHOWN)
-            | (u8::from(p.more_flags != 0) * EXT_MORE_FLAGS);
+            | (u8::from(p.more_flags() != 0) * EXT_MORE_FLAGS)
+            | (u8::from(p.handoff() != 0) * EXT_HANDOFF);
         mask |= u16::from(ext != 0) << 15;
         out.extend_from_slice(&mask.to_le_bytes());
         if mask & (1 << 7) != 0 {
@@ -251,7 +263,10 @@ impl Engine {
             super::shown::encode_shown(&self.shown_of(ix.0 as usize), out);
         }
         if ext & EXT_MORE_FLAGS != 0 {
-            out.push(p.more_flags);
+            out.push(p.more_flags());
+        }
+        if ext & EXT_HANDOFF != 0 {
+            out.extend_from_slice(&p.handoff().to_le_bytes());
         }
     }
 
@@ -301,7 +316,7 @@ impl Engine {
             hot_rule,
             recent_pos,
             last_signal: NO_SIGNAL,
-            more_flags: 0,
+            more: 0,
         })
     }
 
@@ -354,7 +369,10 @@ impl Engine {
                 rec.shown.clear();
             }
             if ext & EXT_MORE_FLAGS != 0 {
-                rec.fixed.more_flags = checked_more_flags(r)?;
+                rec.fixed.set_more_flags(checked_more_flags(r)?);
+            }
+            if ext & EXT_HANDOFF != 0 {
+                rec.fixed.set_handoff(checked_handoff(r)?);
             }
         } else {
             rec.shown.clear();
@@ -371,6 +389,16 @@ fn checked_more_flags(r: &mut Dec<'_>) -> Result<u8, StateError> {
         return Err(StateError::Invalid { what: "more flags", at });
     }
     Ok(b)
+}
+
+/// A prospect's `handoff` (state version 6): at most `prospect::HANDOFF_MAX`.
+fn checked_handoff(r: &mut Dec<'_>) -> Result<u16, StateError> {
+    let at = r.position();
+    let h = r.u16("handoff")?;
+    if h > crate::core::prospect::HANDOFF_MAX {
+        return Err(StateError::Invalid { what: "handoff", at });
+    }
+    Ok(h)
 }
 
 /// A length as one byte, or 255 and four bytes for 255 and more, then the bytes.

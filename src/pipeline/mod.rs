@@ -245,16 +245,11 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
     });
     let (stop, ready) = (Arc::clone(&h.stop), Arc::clone(&h.ready));
     let metrics = h.metrics.clone();
-    let retention = journey.retention.expires() || journey.retention.max_prospects.is_some();
     let state = State::new(&settings, journey, h, producer, failed.load(Ordering::Acquire), store, changelog)?;
     let consumer: PipelineConsumer =
         kafka::consumer_config(k).create_with_context(PipelineContext { state: Mutex::new(state) })?;
     let counts = kafka::partition_counts(&consumer, &inputs, &k.brokers, Duration::from_secs(10))?;
     let partitions = kafka::check_copartitioned(&counts)?;
-    // Expiry is not carried across partitions by the identity topic (yet): refused, not drifted.
-    if identity_topic.is_some() && retention && partitions > 1 {
-        return Err(KafkaSetupError::RetentionAcrossPartitions { partitions }.into());
-    }
     if let Some(name) = identity_topic {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PipelineError::Writer)?;
         rt.block_on(kafka::ensure_identity_topic(k, &name, partitions))?;

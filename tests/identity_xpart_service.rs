@@ -343,18 +343,96 @@ fn an_identity_topic_with_another_partition_count_is_refused_naming_the_key() {
     assert!(err.contains("has 2 partitions but the inputs have 3") && err.contains("kafka.identity_topic"), "{err}");
 }
 
-/// `[retention]` with identity resolution on inputs of several partitions is refused at start,
-/// naming both settings and the fix: expiry does not cross partitions through the identity
-/// topic, so the service would drift from replay.
+/// `[retention]` with identity resolution on three partitions and two instances: generated
+/// traffic over eight months (people going quiet and expiring on the partition of their
+/// canonical id, the other homes of their identifiers told through the identity topic's
+/// `Forget` records) ends, once the identity topic is drained, in the people
+/// `replay --partitions 3` gives; the instance holding partition 1 is killed with SIGKILL
+/// halfway and the other takes its shards over (restored from the changelog; the killed
+/// shard's identity records sent again).
 #[test]
-fn retention_with_identity_across_partitions_is_refused_naming_the_keys() {
-    let s = setup("xpart-retention");
+fn retention_with_identity_across_partitions_on_two_instances_with_a_kill_9_equals_replay() {
+    let mut s = setup("xpart-retention");
+    s.kafka.resume_rewind = 0;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
-    let text = format!("{b2b}\n[identity]\nresolve = true\n[retention]\nafter_days = 30\n");
-    let journey = microfunnel::core::Journey::from_toml_str(&text).unwrap();
-    let svc = Service::start_with(&s, std::sync::Arc::new(journey));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(svc.wait().map_err(|e| e.to_string())));
-    let err = rx.recv_timeout(LIMIT).expect("the service stops at start").unwrap_err();
-    assert!(err.contains("[retention]") && err.contains("[identity] resolve") && err.contains("3 partitions"), "{err}");
+    let path = dir.join(format!("{}-journey.toml", s.kafka.group_id));
+    let retention = "[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n";
+    std::fs::write(&path, format!("{b2b}\n[identity]\nresolve = true\n{retention}")).unwrap();
+    s.journey.path = path;
+    let journey = microfunnel::core::Journey::from_toml_str(&std::fs::read_to_string(&s.journey.path).unwrap()).unwrap();
+    let (web_file, crm_file) =
+        (dir.join(format!("{}-web.jsonl", s.kafka.group_id)), dir.join(format!("{}-crm.jsonl", s.kafka.group_id)));
+    let out = support::bin()
+        .args(["gen", "--prospects", "300", "--days", "240", "--seed", "7", "--segment-share", "1", "--quiet"])
+        .args(["--malformed", "0", "--out-web"])
+        .arg(&web_file)
+        .arg("--out-crm")
+        .arg(&crm_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let journey_arg = s.journey.path.display().to_string();
+    let oracle = oracle_with(&web_file, &crm_file, PARTITIONS as usize, &["--journey", &journey_arg]);
+    let summary = oracle.lines.iter().find(|l| l["kind"] == "funnel_summary").unwrap();
+    assert!(summary["stats"]["expired"].as_u64().unwrap() > 100, "people expire: {}", summary["stats"]);
+
+    // Every line keyed by its prospect, as `gen --brokers` keys it; all produced before start.
+    let records = |p: &Path| -> Vec<In> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let ev = microfunnel::codec::decode_each(l.as_bytes(), &journey, &microfunnel::codec::Limits::default())
+                    .find_map(|(_, r)| r.ok())
+                    .expect("generated lines decode");
+                keyed(&ev.prospect, l.as_bytes().to_vec())
+            })
+            .collect()
+    };
+    let (w, c) = (records(&web_file), records(&crm_file));
+    let wd = produce(web(&s), &w);
+    let cd = produce(crm(&s), &c);
+    let messages: i64 = end_offsets([(web(&s), wd.as_slice()), (crm(&s), cd.as_slice())]).values().sum();
+    assert_eq!(messages, (w.len() + c.len()) as i64);
+
+    let (state_a, state_b) = (state_dir(&unique("xret-a")), state_dir(&unique("xret-b")));
+    let a = Process::start(&s, Some(&state_a));
+    let b = Process::start(&s, Some(&state_b));
+    let mut instances = vec![a, b];
+    // Halfway (checkpoints cover half of the input), the instance holding partition 1 dies.
+    wait_until(LIMIT, "half of the input checkpointed", || {
+        let shards: Vec<Value> = instances.iter().flat_map(|i| i.shards().unwrap_or_default()).collect();
+        let covered: i64 = shards
+            .iter()
+            .map(|sh| {
+                [web(&s), crm(&s)].iter().map(|t| sh["checkpoint"]["positions"][*t].as_i64().unwrap_or(0).max(0)).sum::<i64>()
+            })
+            .sum();
+        covered * 2 >= messages
+    });
+    let k = instances.iter().position(|i| held(i).contains(&1)).expect("partition 1 held");
+    instances.remove(k).kill9();
+    wait_until(LIMIT, "the surviving instance holds every shard", || {
+        if held(&instances[0]).len() == PARTITIONS as usize {
+            return true;
+        }
+        nudge_group(&s);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if held(&instances[0]).len() == PARTITIONS as usize {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    });
+    let survivor = &instances[0];
+    let states = [state_a.as_path(), state_b.as_path()];
+    let resolved =
+        resolved_when_drained(|| survivor.shards().unwrap_or_default(), &s, &states, messages, PARTITIONS as usize, LIMIT);
+    assert_eq!(resolved, resolved_of(&oracle), "log {}", survivor.log.display());
+    let m = survivor.metrics();
+    let received = sample(&m, "microfunnel_identity_records_received_total", &[("kind", "forget")]).unwrap_or(0.0);
+    assert!(received > 0.0, "forgets received");
 }

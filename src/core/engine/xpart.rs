@@ -369,6 +369,16 @@ impl Engine {
         {
             self.make_redirect(ix);
         }
+        // A person whose expiry fell due before the watermark would have left already (a
+        // transfer sent again by a restored sender after the person expired here, its marker
+        // freed with it): it leaves again at once, with the marker, rather than stay.
+        let watermark = self.watermark;
+        if !self.journey.retention.after.is_empty()
+            && !watermark.is_none()
+            && self.expire_if_due(&target, watermark, out).is_none()
+        {
+            self.free_redirect(from);
+        }
     }
 
     /// Turns prospect `f` into a redirect record: no email, extras, first-shown times or

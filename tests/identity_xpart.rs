@@ -328,7 +328,15 @@ fn replay_runs_retention_with_identity_across_partitions() {
     std::fs::write(&events, flow(&ids()).join("\n") + "\n").unwrap();
     let replay = |partitions: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_microfunnel"))
-            .args(["replay", "--summary-only", "--until", "2026-06-01T00:00:00Z", "--partitions", partitions, "--journey"])
+            .args([
+                "replay",
+                "--summary-only",
+                "--until",
+                "2026-06-01T00:00:00Z",
+                "--partitions",
+                partitions,
+                "--journey",
+            ])
             .arg(&journey)
             .arg(&events)
             .output()

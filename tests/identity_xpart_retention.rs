@@ -359,3 +359,161 @@ fn a_forget_keeps_identifiers_first_seen_after_it() {
     assert_eq!(m.linked_ids("v"), vec!["c", "v"]);
     assert_eq!(m.canonical("c"), "v");
 }
+
+#[test]
+#[ignore]
+fn debug_service_diff() {
+    let group = std::env::var("GROUP").unwrap();
+    let dirs: Vec<String> = std::env::var("DIRS").unwrap().split(',').map(String::from).collect();
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let j = Arc::new(
+        Journey::from_toml_str(&std::fs::read_to_string(tmp.join(format!("{group}-journey.toml"))).unwrap()).unwrap(),
+    );
+    let opts = Options {
+        limits: Limits::default(),
+        end: End::Stay,
+        digest: false,
+        summary_only: true,
+        partitions: 3,
+        min_sample: 30,
+        inputs: Vec::new(),
+    };
+    let files = ["web", "crm"].map(|k| replay::Named {
+        name: k.into(),
+        input: std::fs::File::open(tmp.join(format!("{group}-{k}.jsonl"))).unwrap(),
+    });
+    let (shards, _) = replay::run_merged(Arc::clone(&j), &opts, files.into(), Vec::new(), Vec::new()).unwrap();
+    let dump = |e: &Engine| {
+        let mut v = std::collections::BTreeSet::new();
+        for (ix, id) in e.iter_ids() {
+            let r = e.prospect(ix).has(microfunnel::core::prospect::REDIRECT);
+            let w = e.view(ix, None);
+            v.insert(format!("{id} r={r} {:?} {:?} {:?}", w.stage, w.signal_counts, e.prospect(ix).last_activity));
+        }
+        v
+    };
+    let p = std::env::var("P").unwrap().parse::<usize>().unwrap();
+    let mut best = None;
+    for d in &dirs {
+        let dir = std::path::Path::new(d).join(&group).join(format!("shard-{p:04}"));
+        if let (Some(c), _) = microfunnel::store::newest_chain_in(&dir) {
+            let seq = c.deltas.last().map_or(c.base.header.seq, |d| d.header.seq);
+            let e = c.engine(Arc::clone(&j)).unwrap();
+            if best.as_ref().is_none_or(|(s, _)| *s < seq) {
+                best = Some((seq, e));
+            }
+        }
+    }
+    let svc = dump(&best.unwrap().1);
+    let rep = dump(&shards[p]);
+    for x in rep.difference(&svc) {
+        eprintln!("REPLAY  {x}");
+    }
+    for x in svc.difference(&rep) {
+        eprintln!("SERVICE {x}");
+    }
+}
+
+/// Shards progressing at their own pace, as instances do: each takes, of its next input event
+/// and the head of its identity partition, the earlier (the identity partition only when it
+/// has a record: a shard does not wait), shards chosen at random; the rest drained at the end.
+fn interleaved(j: &Arc<Journey>, lines: &[String], partitions: u32, seed: u64, chunk: i64) -> Vec<Engine> {
+    let mut shards: Vec<Engine> = (0..partitions)
+        .map(|p| {
+            let mut e = Engine::new(Arc::clone(j));
+            e.resolve_across(p, partitions);
+            e
+        })
+        .collect();
+    let mut inputs: Vec<VecDeque<microfunnel::core::Event<'static>>> =
+        (0..partitions).map(|_| VecDeque::new()).collect();
+    for l in lines {
+        for (_, ev) in microfunnel::codec::decode_each(l.as_bytes(), j, &Limits::default()) {
+            let Ok(ev) = ev else { continue };
+            let p = kafka_partition(ev.prospect.as_bytes(), partitions) as usize;
+            inputs[p].push_back(ev.into_owned());
+            break;
+        }
+    }
+    let mut topic: Vec<VecDeque<XRecord>> = (0..partitions).map(|_| VecDeque::new()).collect();
+    let mut out = Vec::new();
+    let mut rng = seed;
+    let start = inputs.iter().filter_map(|q| q.front().map(|e| e.ts.0)).min().unwrap_or(0);
+    let mut until = start + chunk;
+    loop {
+        let open = |q: &VecDeque<microfunnel::core::Event<'static>>| q.front().is_some_and(|e| e.ts.0 < until);
+        let mut live: Vec<usize> =
+            (0..partitions as usize).filter(|&p| open(&inputs[p]) || !topic[p].is_empty()).collect();
+        if live.is_empty() {
+            if inputs.iter().all(VecDeque::is_empty) {
+                break;
+            }
+            until += chunk;
+            continue;
+        }
+        live.sort_unstable();
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let p = live[(rng >> 33) as usize % live.len()];
+        let take_record = match (inputs[p].front().filter(|e| e.ts.0 < until), topic[p].front()) {
+            (Some(ev), Some(r)) => r.ts() < ev.ts,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if take_record {
+            let r = topic[p].pop_front().unwrap();
+            shards[p].apply_identity_record(r, &mut out);
+        } else {
+            let ev = inputs[p].pop_front().unwrap();
+            shards[p].apply(&ev, &mut out);
+        }
+        for (q, r) in shards[p].take_identity_records() {
+            topic[q as usize].push_back(r);
+        }
+    }
+    shards
+}
+
+#[test]
+#[ignore]
+fn debug_interleavings() {
+    let j = journey(RETENTION);
+    let lines = generated(300, 7, 240.0, &j);
+    let base = replay(&j, &lines, 3, Ts::NONE);
+    let digests = |s: &[Engine]| s.iter().map(Engine::resolved_digest).collect::<Vec<_>>();
+    let chunk: i64 = std::env::var("CHUNK").map_or(86_400_000, |c| c.parse().unwrap());
+    for seed in 0..16 {
+        let run = interleaved(&j, &lines, 3, seed, chunk);
+        eprintln!("seed {seed}: {}", digests(&run) == digests(&base));
+    }
+}
+
+#[test]
+#[ignore]
+fn debug_interleaving_diff() {
+    let j = journey(RETENTION);
+    let lines = generated(300, 7, 240.0, &j);
+    let base = replay(&j, &lines, 3, Ts::NONE);
+    let seed: u64 = std::env::var("SEED").unwrap().parse().unwrap();
+    let run = interleaved(&j, &lines, 3, seed, 86_400_000);
+    let dump = |e: &Engine| {
+        let mut v = std::collections::BTreeSet::new();
+        for (ix, id) in e.iter_ids() {
+            let r = e.prospect(ix).has(microfunnel::core::prospect::REDIRECT);
+            let w = e.view(ix, None);
+            v.insert(format!("{id} r={r} {:?} {:?} {:?}", w.stage, w.signal_counts, e.prospect(ix).last_activity));
+        }
+        v
+    };
+    for p in 0..3 {
+        let (a, b) = (dump(&base[p]), dump(&run[p]));
+        for x in a.difference(&b) {
+            eprintln!("{p} REPLAY {x}");
+        }
+        for x in b.difference(&a) {
+            eprintln!("{p} RUN    {x}");
+        }
+    }
+    for p in 0..3 {
+        eprintln!("{p} {:?}", run[p].xpart_stats());
+    }
+}

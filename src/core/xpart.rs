@@ -7,9 +7,7 @@
 //!   every home of a member agrees on the canonical id.
 //! - [`XRecord::Forward`]: an event that arrived under an id whose canonical prospect lives on
 //!   the receiving partition, rewritten to that prospect (its event id kept, so dedup covers a
-//!   redelivery), with the id it arrived under (its origin): under `[retention]`, when that
-//!   prospect's person left memory before the event, the event goes back to its origin's
-//!   partition, to apply as that id's own.
+//!   redelivery).
 //! - [`XRecord::Transfer`]: a prospect's whole state (changelog record layout, extras included),
 //!   folded into `into` on the receiving partition with the semantics of a merge; the receiver
 //!   keeps `from` as a redirect record, so a redelivery folds nothing twice.
@@ -22,9 +20,7 @@
 //! - `L`: reason `u8`, `ts i64`, count `u32`, per identifier its map key, kind `u8`, first seen
 //!   `i64`;
 //! - `F`: `into`, then the event: event id, prospect, source `u8`, kind `u8`, name, signal `u16`
-//!   (`0xFFFF`: none), `ts i64`, email and linked id (`u8` 0, or 1 + string), anonymous `u8`,
-//!   then the origin: `u8` 0, or 1 + the id + its anonymous `u8` (records of builds before it
-//!   end at the anonymous byte: no origin);
+//!   (`0xFFFF`: none), `ts i64`, email and linked id (`u8` 0, or 1 + string), anonymous `u8`;
 //! - `T`: `from`, `into`, reason `u8`, `ts i64`, the sending partition `u32`, the record
 //!   (`u32` length + bytes);
 //! - `E`: `ts i64`, count `u32`, per identifier its map key.
@@ -57,10 +53,8 @@ pub struct Ident {
 pub enum XRecord {
     /// `ids[0]` (homed at the receiving partition) is one person with each of the others.
     Link { ids: Vec<Ident>, reason: LinkReason, ts: Ts },
-    /// An event for the canonical prospect `into`, which lives on the receiving partition;
-    /// `origin`: the id it arrived under and whether that id is anonymous (`None`: an event
-    /// sent back to its origin, or a record of an older build).
-    Forward { into: String, event: Event<'static>, origin: Option<(String, bool)> },
+    /// An event for the canonical prospect `into`, which lives on the receiving partition.
+    Forward { into: String, event: Event<'static> },
     /// Prospect `from`'s state (a changelog record), to be folded into `into`.
     Transfer { from: String, into: String, reason: LinkReason, ts: Ts, source: u32, record: Vec<u8> },
     /// The person of these identifiers (map keys; `ids[0]` homed at the receiving partition)
@@ -103,8 +97,8 @@ impl XRecord {
                     return Err("link identifiers");
                 }
             }
-            XRecord::Forward { into, event, origin } => {
-                if !printable(into) || origin.as_ref().is_some_and(|(o, _)| !printable(o)) || !printable(&event.prospect) || !printable(&event.event_id) {
+            XRecord::Forward { into, event } => {
+                if !printable(into) || !printable(&event.prospect) || !printable(&event.event_id) {
                     return Err("forwarded event ids");
                 }
                 if event.signal.is_some_and(|s| s.0 as usize >= journey.signals.len()) {
@@ -150,7 +144,7 @@ impl XRecord {
                     e.ts(i.first_seen);
                 }
             }
-            XRecord::Forward { into, event, origin } => {
+            XRecord::Forward { into, event } => {
                 e.u8(b'F');
                 e.bytes(into.as_bytes());
                 e.bytes(event.event_id.as_bytes());
@@ -170,14 +164,6 @@ impl XRecord {
                     }
                 }
                 e.u8(u8::from(event.anonymous));
-                match origin {
-                    Some((id, anonymous)) => {
-                        e.u8(1);
-                        e.bytes(id.as_bytes());
-                        e.u8(u8::from(*anonymous));
-                    }
-                    None => e.u8(0),
-                }
             }
             XRecord::Transfer { from, into, reason, ts, source, record } => {
                 e.u8(b'T');
@@ -262,13 +248,6 @@ impl XRecord {
                 let email = opt("email")?;
                 let linked = opt("linked id")?;
                 let anonymous = d.u8("anonymous")? != 0;
-                let origin = match d.is_empty() {
-                    true => None,
-                    false => match d.u8("origin")? {
-                        0 => None,
-                        _ => Some((d.str("origin")?.to_string(), d.u8("origin anonymous")? != 0)),
-                    },
-                };
                 let event = Event {
                     event_id: Cow::Owned(event_id),
                     prospect: Cow::Owned(prospect),
@@ -282,7 +261,7 @@ impl XRecord {
                     anonymous,
                     touch: None,
                 };
-                XRecord::Forward { into, event, origin }
+                XRecord::Forward { into, event }
             }
             b'T' => XRecord::Transfer {
                 from: d.str("transfer from")?.to_string(),
@@ -329,17 +308,9 @@ mod tests {
         let mut buf = Vec::new();
         r.encode(&mut buf);
         assert_eq!(XRecord::decode(&buf).unwrap(), r);
-        // Every cut of a record is refused, never misread; a forward cut right before its
-        // origin is a record of an older build (no origin).
-        let older = match &r {
-            XRecord::Forward { into, event, .. } => Some(XRecord::Forward { into: into.clone(), event: event.clone(), origin: None }),
-            _ => None,
-        };
+        // Every cut of a record is refused, never misread.
         for n in 0..buf.len() {
-            match XRecord::decode(&buf[..n]) {
-                Err(_) => {}
-                Ok(cut) => assert_eq!(Some(cut), older, "cut at {n} of {}", r.kind()),
-            }
+            assert!(XRecord::decode(&buf[..n]).is_err(), "cut at {n} of {}", r.kind());
         }
     }
 
@@ -370,7 +341,6 @@ mod tests {
                 anonymous: false,
                 touch: None,
             },
-            origin: Some(("anon_1".into(), true)),
         });
         round_trip(XRecord::Transfer {
             from: "anon_1".into(),
@@ -409,7 +379,6 @@ mod tests {
                 anonymous: false,
                 touch: None,
             },
-            origin: None,
         };
         assert_eq!(forward("usr_1", n - 1).check(&journey), Ok(()));
         assert_eq!(forward("usr_1", n).check(&journey), Err("forwarded event signal"));

@@ -34,8 +34,6 @@ pub(super) struct XPart {
     partitions: u32,
     /// Records to send, each with its partition, until taken.
     out: Vec<(u32, XRecord)>,
-    /// Transfers of the current call, sent after its links (see [`Engine::propagate`]).
-    deferred: Vec<XRecord>,
     /// Redirect records held (counted at [`Engine::resolve_across`], then kept up to date):
     /// what the prospect cap leaves out.
     redirects: usize,
@@ -63,13 +61,6 @@ pub struct XPartStats {
     pub forgotten: u64,
     /// Redirect records freed because their person left memory.
     pub redirects_freed: u64,
-    /// Forwarded events sent back to the id they arrived under: their prospect's person had
-    /// left memory before them.
-    pub forwards_returned: u64,
-    /// Transfers sent back to their `from` (into a person that had left memory before the
-    /// merge), and received back there.
-    pub transfers_returned: u64,
-    pub transfers_back: u64,
 }
 
 /// A group as far as propagation cares: its canonical id and how many identifiers it has.
@@ -185,10 +176,6 @@ impl Engine {
         let before = self.signature(&ev.prospect);
         let canonical = self.resolve_identity(ev, out);
         let target = canonical.as_deref().unwrap_or(&ev.prospect);
-        let reason = if ev.linked.is_some() { LinkReason::Identify } else { LinkReason::Email };
-        // The links go first: a forward's receiver then knows the group it names (a forward to
-        // a prospect its home does not know of is one whose person left memory there).
-        self.propagate(&ev.prospect, before, reason, ev.ts);
         if self.foreign(target) {
             let anonymous = self
                 .identity
@@ -201,8 +188,7 @@ impl Engine {
             event.anonymous = anonymous;
             event.touch = None;
             let into = target.to_string();
-            let origin = Some((ev.prospect.to_string(), ev.anonymous));
-            self.send(XRecord::Forward { into, event, origin });
+            self.send(XRecord::Forward { into, event });
         } else if let Some(c) = canonical {
             self.identity_stats.routed += 1;
             let routed = Event { prospect: c.into(), ..ev.clone() };
@@ -210,6 +196,8 @@ impl Engine {
         } else {
             self.apply_one(ev, out);
         }
+        let reason = if ev.linked.is_some() { LinkReason::Identify } else { LinkReason::Email };
+        self.propagate(&ev.prospect, before, reason, ev.ts);
     }
 
     /// Applies one record of the identity topic received on this shard's partition.
@@ -220,7 +208,7 @@ impl Engine {
         }
         match rec {
             XRecord::Link { ids, reason, ts } => self.link_in(&ids, reason, ts, out),
-            XRecord::Forward { into, event, origin } => self.forward_in(&into, event, origin, out),
+            XRecord::Forward { event, .. } => self.apply(&event, out),
             XRecord::Transfer { from, into, reason, ts, record, .. } => {
                 self.transfer_in(&from, &into, reason, ts, &record, out)
             }
@@ -244,19 +232,7 @@ impl Engine {
     /// first, then every other member as this shard knows the group (`key` and the canonical
     /// id among them), so that each home learns the whole group, not only the ids it shares a
     /// record with.
-    ///
-    /// Transfers the call made are sent after these links, so that a transfer's receiver knows
-    /// the group by then (a transfer into a prospect its home does not know of is one whose
-    /// person left memory there).
     fn propagate(&mut self, key: &str, before: Signature, reason: LinkReason, ts: Ts) {
-        self.propagate_links(key, before, reason, ts);
-        let deferred = self.xpart.as_deref_mut().map(|x| std::mem::take(&mut x.deferred)).unwrap_or_default();
-        for r in deferred {
-            self.send(r);
-        }
-    }
-
-    fn propagate_links(&mut self, key: &str, before: Signature, reason: LinkReason, ts: Ts) {
         if self.signature(key) == before {
             return;
         }
@@ -289,20 +265,7 @@ impl Engine {
             IdKind::Anonymous | IdKind::Known => i.key.clone(),
         };
         let named: Vec<(String, IdKind)> = ids.iter().map(|i| (raw(i), i.kind)).collect();
-        let mut kept = Vec::new();
-        let ids = match self.expire_people(&named, ts, out) {
-            // A person it names left at `gone`: its identifiers (first seen by then) are that
-            // person's, which every home forgets (the `Forget` just sent); the sender's view was
-            // older than the expiry. What is left, seen since, still links.
-            Some(gone) => {
-                kept.extend(ids.iter().filter(|i| i.first_seen > gone).cloned());
-                if kept.first().map(|i| &i.key) != Some(&first.key) || kept.len() < 2 {
-                    return;
-                }
-                &kept[..]
-            }
-            None => ids,
-        };
+        self.expire_people(&named, ts, out);
         let before = self.signature(&first.key);
         let mut changes = Vec::new();
         if let Some(map) = self.identity.as_deref_mut() {
@@ -342,9 +305,8 @@ impl Engine {
             self.funnel.hot_prospects = self.funnel.hot_prospects.saturating_sub(1);
         }
         self.make_redirect(f);
-        let Some(x) = self.xpart.as_deref_mut() else { return };
-        let source = x.partition;
-        x.deferred.push(XRecord::Transfer { from: from.into(), into: into.into(), reason, ts: at, source, record });
+        let Some(source) = self.xpart.as_deref().map(|x| x.partition) else { return };
+        self.send(XRecord::Transfer { from: from.into(), into: into.into(), reason, ts: at, source, record });
     }
 
     /// Folds a transferred prospect into `into` (or, if `into` was folded further since, sends
@@ -361,9 +323,6 @@ impl Engine {
         record: &[u8],
         out: &mut Vec<Output>,
     ) {
-        if from == into {
-            return self.transfer_back(from, record, out);
-        }
         if let Some(f) = self.ids.find(from)
             && self.prospect(f).has(prospect::REDIRECT)
         {
@@ -372,14 +331,7 @@ impl Engine {
             }
             return;
         }
-        if self.left_before(into, ts, out) {
-            // `into`'s person left memory before the merge (the sender's view was older): the
-            // state goes back to `from`, which stays its own prospect.
-            let Some(x) = self.xpart.as_deref_mut() else { return };
-            x.stats.transfers_returned += 1;
-            let (from, record, source) = (from.to_string(), record.to_vec(), x.partition);
-            return self.send(XRecord::Transfer { into: from.clone(), from, reason, ts, source, record });
-        }
+        self.expire_people(&[(into.to_string(), IdKind::Known)], ts, out);
         let target = self.identity.as_deref().map_or(into, |m| m.canonical(into)).to_string();
         if self.foreign(&target) {
             // `into` was folded further since: the state follows it.
@@ -429,84 +381,6 @@ impl Engine {
         }
     }
 
-    /// Whether retention is on (a span or a cap): people leave memory.
-    fn retains(&self) -> bool {
-        !self.journey.retention.after.is_empty() || self.journey.retention.max_prospects.is_some()
-    }
-
-    /// Under retention, before a received record naming prospect `into` (an id homed here)
-    /// applies: whether `into`'s person left memory before `ts`, now (its expiry fell due
-    /// before `ts`) or earlier (it is neither held nor known to the map: the record's links,
-    /// sent before it, would have told the map of it otherwise).
-    fn left_before(&mut self, into: &str, ts: Ts, out: &mut Vec<Output>) -> bool {
-        if !self.retains() {
-            return false;
-        }
-        if self.expire_people(&[(into.to_string(), IdKind::Known)], ts, out).is_some() {
-            return true;
-        }
-        let held = self.ids.find(into).is_some_and(|ix| !self.prospect(ix).has(prospect::REDIRECT));
-        !held && !self.identity.as_deref().is_some_and(|m| m.has_key(into))
-    }
-
-    /// A received `Forward`: applied, unless (under retention) the person of `into` left
-    /// memory before the event; then the event is not that person's, and goes back to the id
-    /// it arrived under, to apply there as that id's own (the `Forget` sent to that partition
-    /// before it arrives first, so its map no longer routes it here).
-    fn forward_in(&mut self, into: &str, event: Event<'static>, origin: Option<(String, bool)>, out: &mut Vec<Output>) {
-        if let Some((id, anonymous)) = origin
-            && id != into
-            && self.left_before(into, event.ts, out)
-        {
-            let mut event = event;
-            event.prospect = id.clone().into();
-            event.anonymous = anonymous;
-            if let Some(x) = self.xpart.as_deref_mut() {
-                x.stats.forwards_returned += 1;
-            }
-            return self.send(XRecord::Forward { into: id, event, origin: None });
-        }
-        self.apply(&event, out)
-    }
-
-    /// A transfer sent back (`into` is `from`): `from`'s state, which left for a person who
-    /// had left memory, is `from`'s prospect again here (its redirect record replaced, counted
-    /// in the funnel again). One that finds `from` live already is a redelivery.
-    fn transfer_back(&mut self, from: &str, record: &[u8], out: &mut Vec<Output>) {
-        let held = self.ids.find(from);
-        if held.is_some_and(|ix| !self.prospect(ix).has(prospect::REDIRECT)) {
-            if let Some(x) = self.xpart.as_deref_mut() {
-                x.stats.transfers_duplicate += 1;
-            }
-            return;
-        }
-        let Ok(rec) = self.decode_changelog_record(&mut Dec::new(record)) else {
-            if let Some(x) = self.xpart.as_deref_mut() {
-                x.stats.invalid += 1;
-            }
-            return;
-        };
-        let Ok(ix) = self.install(from, rec) else {
-            self.identity_stats.refused += 1;
-            return;
-        };
-        if held.is_some() {
-            self.redirect_gone();
-        }
-        let journey = std::sync::Arc::clone(&self.journey);
-        self.count_in_funnel(&journey, ix.0 as usize, true);
-        if self.extras.get(&ix.0).is_some_and(|x| !x.alerted.is_empty()) {
-            self.funnel.hot_prospects += 1;
-        }
-        if let Some(x) = self.xpart.as_deref_mut() {
-            x.stats.transfers_back += 1;
-        }
-        let watermark = self.watermark;
-        if !watermark.is_none() {
-            self.expire_if_due(from, watermark, out);
-        }
-    }
-
     /// Turns prospect `f` into a redirect record: no email, extras, first-shown times or
     /// timers; out of the census and the funnel (the caller moved its counts).
     fn make_redirect(&mut self, f: crate::core::ids::ProspectIx) {
@@ -544,12 +418,11 @@ impl Engine {
     /// Under `[retention]`, before a received record's links or fold: each person it names
     /// (its canonical id here, else the id itself) whose expiry fell due before `ts` leaves
     /// memory first, as before an event's links (`expire_named`).
-    /// Returns the latest expiry time of the people it expired.
-    fn expire_people(&mut self, named: &[(String, IdKind)], ts: Ts, out: &mut Vec<Output>) -> Option<Ts> {
+    fn expire_people(&mut self, named: &[(String, IdKind)], ts: Ts, out: &mut Vec<Output>) {
         if self.journey.retention.after.is_empty() {
-            return None;
+            return;
         }
-        let map = self.identity.as_deref()?;
+        let Some(map) = self.identity.as_deref() else { return };
         let people: Vec<String> = named
             .iter()
             .filter_map(|(id, kind)| match map.person(id, *kind) {
@@ -557,17 +430,9 @@ impl Engine {
                 None => (*kind != IdKind::Email).then(|| id.clone()),
             })
             .collect();
-        let mut left = None;
         for id in people {
-            let due = self.ids.find(&id).map(|ix| super::retention::expiry_due(&self.journey, self.prospect(ix)));
-            if let Some(due) = due
-                && !due.is_none()
-                && self.expire_if_due(&id, ts, out).is_none()
-            {
-                left = left.max(Some(due));
-            }
+            self.expire_if_due(&id, ts, out);
         }
-        left
     }
 
     /// Person `id` (its group's canonical id) leaves memory here at `at` (called by `expire`

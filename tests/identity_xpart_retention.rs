@@ -434,9 +434,9 @@ fn interleaved(j: &Arc<Journey>, lines: &[String], partitions: u32, seed: u64, c
         }
     }
     // Every shard advanced to `end`, what that sends delivered.
-    for p in 0..partitions as usize {
-        shards[p].advance_to(end, &mut out);
-        for (q, r) in shards[p].take_identity_records() {
+    for e in &mut shards {
+        e.advance_to(end, &mut out);
+        for (q, r) in e.take_identity_records() {
             topic[q as usize].push_back(r);
         }
     }

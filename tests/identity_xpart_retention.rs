@@ -468,3 +468,39 @@ fn identity_records_lagging_by_two_days_give_one_shards_people() {
         assert_eq!(expired(&run), expired(&one), "seed {seed}");
     }
 }
+
+/// A transfer that reaches a person whose expiry fell due before it: the person expires first
+/// (its `expired` event names it), then the transferred state is folded as into a new person.
+#[test]
+fn a_transfer_received_for_a_person_past_due_expires_it_first() {
+    let ids = ids();
+    let j = journey(RETENTION);
+    let mut c = Cluster::new(Arc::clone(&j));
+    flow(&mut c, &ids);
+    let (p, transfer) = c
+        .delivered
+        .iter()
+        .find(|(_, r)| matches!(r, XRecord::Transfer { .. }))
+        .cloned()
+        .expect("the anonymous prospect was transferred");
+    assert_eq!(p, 1);
+    // The same transfer as if a later merge had sent it, weeks after the person's due.
+    // The same state, from another id (the first one's marker would take it for a
+    // redelivery), as if a later merge had sent it, weeks after the person's due.
+    let XRecord::Transfer { into, reason, source, record, .. } = transfer else { unreachable!() };
+    let from = key_in_partition("dev-", 0);
+    let late = parse_rfc3339("2026-04-30T00:00:00Z").unwrap();
+    let rec = XRecord::Transfer { from, into, reason, ts: late, source, record };
+    let mut out = Vec::new();
+    c.shards[1].apply_identity_record(rec, &mut out);
+    let e = &c.shards[1];
+    let expired: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Expired { prospect, .. } => Some(e.prospect_id(*prospect)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(expired.first(), Some(&ids.user.as_str()), "{out:?}");
+    assert_eq!(e.stats().expired as usize, expired.len());
+}

@@ -178,7 +178,7 @@ pub fn run(
     }
     totals.count_crm_memory(spec.format.is_crm(), &memory);
     let at = At { line: n, item: None };
-    finish(&journey, opts, &mut shards, &mut totals, at, &mut buf, &mut out, &mut err)?;
+    finish(&journey, opts, &mut shards, &mut topic, &mut totals, at, &mut buf, &mut out, &mut err)?;
     out.flush()?;
     Ok((shards, totals))
 }
@@ -286,7 +286,7 @@ pub fn run_merged<R: Read>(
             next.push(Reverse((ts, p)));
         }
     }
-    finish(&journey, opts, &mut shards, &mut totals, &last, &mut buf, &mut out, &mut err)?;
+    finish(&journey, opts, &mut shards, &mut topic, &mut totals, &last, &mut buf, &mut out, &mut err)?;
     out.flush()?;
     Ok((shards, totals))
 }
@@ -391,13 +391,15 @@ fn pick(files: &[VecDeque<Queued<'_>>], now: Instant) -> Option<(usize, Ts)> {
     }
 }
 
-/// The end of a run: each shard's final time advance (its outputs attributed to `at`), the
+/// The end of a run: each shard's final time advance (its outputs attributed to `at`; the
+/// identity records it caused, such as the `Forget`s of people who expired, drained), the
 /// summary, the digests, and everything still buffered written out.
 #[allow(clippy::too_many_arguments)]
 fn finish(
     journey: &Journey,
     opts: &Options,
     shards: &mut [Engine],
+    topic: &mut IdentityTopic,
     totals: &mut Totals,
     at: impl Display + Copy,
     buf: &mut Vec<u8>,
@@ -415,7 +417,9 @@ fn finish(
             engine.advance_to(t, &mut outputs);
         }
         flush(engine, &mut outputs, buf, totals, at, opts.summary_only, out, err)?;
+        topic.collect(engine)?;
     }
+    topic.drain(shards, &mut outputs, buf, totals, at, opts.summary_only, out, err)?;
     write_summary(journey, shards, totals, opts.min_sample, buf)?;
     if opts.digest {
         write_digests(shards, buf);

@@ -10,8 +10,9 @@
 //! on how a shard's inputs and that topic interleave, such as the score's last bits and alerts
 //! of people whose ids were still being joined, is not compared) and emit the flow's one
 //! alert for the signed-up user.
-//! (`[retention]` with identity resolution across partitions is refused at start:
-//! `tests/identity_xpart_service.rs`; with one partition, `tests/retention.rs` restores it.)
+//! (`[retention]` with identity resolution across partitions: `tests/identity_xpart_service.rs`
+//! and `tests/identity_xpart_retention.rs`; with one partition, `tests/retention.rs` restores
+//! it.)
 
 mod support;
 

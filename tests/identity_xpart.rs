@@ -313,10 +313,11 @@ fn the_identity_topic_is_named_after_the_group_and_must_be_its_own() {
     assert!(e.contains("kafka.identity_topic") && e.contains("web-events"), "{e}");
 }
 
-/// `replay --partitions N` (N > 1) refuses `[retention]` with identity resolution, as `run`
-/// does on inputs of several partitions, naming both settings and the fix; one partition runs.
+/// `replay --partitions N` (N > 1) runs `[retention]` with identity resolution (no longer
+/// refused): the flow's person, its ids on three partitions, expires once, as on one partition
+/// (`tests/identity_xpart_retention.rs` holds the rest).
 #[test]
-fn replay_refuses_retention_with_identity_across_partitions() {
+fn replay_runs_retention_with_identity_across_partitions() {
     use std::process::Command;
 
     let dir = std::env::temp_dir().join(format!("microfunnel-xpart-retention-{}", std::process::id()));
@@ -326,21 +327,30 @@ fn replay_refuses_retention_with_identity_across_partitions() {
     let events = dir.join("flow.jsonl");
     std::fs::write(&events, flow(&ids()).join("\n") + "\n").unwrap();
     let replay = |partitions: &str| {
-        Command::new(env!("CARGO_BIN_EXE_microfunnel"))
-            .args(["replay", "--summary-only", "--partitions", partitions, "--journey"])
+        let out = Command::new(env!("CARGO_BIN_EXE_microfunnel"))
+            .args([
+                "replay",
+                "--summary-only",
+                "--until",
+                "2026-06-01T00:00:00Z",
+                "--partitions",
+                partitions,
+                "--journey",
+            ])
             .arg(&journey)
             .arg(&events)
             .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary: serde_json::Value = String::from_utf8(out.stdout)
             .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .find(|v: &serde_json::Value| v["kind"] == "funnel_summary")
+            .unwrap();
+        (summary["stats"]["expired"].clone(), summary["census"]["prospects"].clone())
     };
-    let out = replay("3");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("[retention]") && err.contains("[identity] resolve") && err.contains("--partitions 1"),
-        "{err}"
-    );
-    let out = replay("1");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(replay("3"), (1.into(), 0.into()));
+    assert_eq!(replay("1"), replay("3"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

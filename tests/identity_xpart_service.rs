@@ -340,17 +340,136 @@ fn an_identity_topic_with_another_partition_count_is_refused_naming_the_key() {
     assert!(err.contains("has 2 partitions but the inputs have 3") && err.contains("kafka.identity_topic"), "{err}");
 }
 
-/// `[retention]` with identity resolution on inputs of several partitions is refused at start,
-/// naming both settings and the fix: expiry does not cross partitions through the identity
-/// topic, so the service would drift from replay.
+/// `[retention]` with identity resolution on three partitions and two instances: generated
+/// traffic over eight months (people going quiet and expiring on the partition of their
+/// canonical id, the other homes of their identifiers told through the identity topic's
+/// `Forget` records) ends, once the identity topic is drained, in the people
+/// `replay --partitions 3` gives. The traffic arrives two days of event time at a time, each
+/// part produced (both topics, the instances frozen meanwhile) once the previous one settled,
+/// as live traffic arrives hours apart while the identity topic's round trip takes
+/// milliseconds: a shard never runs a retention span ahead of the records sent to it. Halfway, the instance holding partition 1 is killed with
+/// SIGKILL; the other restores its shard (from a snapshot of its own or the changelog: pruned
+/// identifiers, links and redirect records as tombstones), re-executes what followed (its
+/// identity records delivered twice) and carries on.
 #[test]
-fn retention_with_identity_across_partitions_is_refused_naming_the_keys() {
-    let s = setup("xpart-retention");
+fn retention_with_identity_across_partitions_on_two_instances_with_a_kill_9_equals_replay() {
+    let mut s = setup("xpart-retention");
+    s.kafka.resume_rewind = 0;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
-    let text = format!("{b2b}\n[identity]\nresolve = true\n[retention]\nafter_days = 30\n");
-    let journey = microfunnel::core::Journey::from_toml_str(&text).unwrap();
-    let err = refused(&s, journey);
-    assert!(err.contains("[retention]") && err.contains("[identity] resolve") && err.contains("3 partitions"), "{err}");
+    let path = dir.join(format!("{}-journey.toml", s.kafka.group_id));
+    let retention = "[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n";
+    std::fs::write(&path, format!("{b2b}\n[identity]\nresolve = true\n{retention}")).unwrap();
+    s.journey.path = path;
+    let journey =
+        microfunnel::core::Journey::from_toml_str(&std::fs::read_to_string(&s.journey.path).unwrap()).unwrap();
+    let (web_file, crm_file) =
+        (dir.join(format!("{}-web.jsonl", s.kafka.group_id)), dir.join(format!("{}-crm.jsonl", s.kafka.group_id)));
+    let out = support::bin()
+        .args(["gen", "--prospects", "300", "--days", "240", "--seed", "7", "--segment-share", "1", "--quiet"])
+        .args(["--malformed", "0", "--out-web"])
+        .arg(&web_file)
+        .arg("--out-crm")
+        .arg(&crm_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let journey_arg = s.journey.path.display().to_string();
+    let oracle = oracle_with(&web_file, &crm_file, PARTITIONS as usize, &["--journey", &journey_arg]);
+    let summary = oracle.lines.iter().find(|l| l["kind"] == "funnel_summary").unwrap();
+    assert!(summary["stats"]["expired"].as_u64().unwrap() > 100, "people expire: {}", summary["stats"]);
+
+    // Each line keyed by its prospect, as `gen --brokers` keys it, in file order, in parts of
+    // two days from the generator's start (a line out of order stays in the part it arrives
+    // in).
+    const PART: i64 = 2 * 86_400_000;
+    let start = microfunnel::core::time::parse_rfc3339("2026-01-05T00:00:00Z").unwrap().0;
+    let parts = |p: &Path| -> Vec<Vec<In>> {
+        let mut parts: Vec<Vec<In>> = Vec::new();
+        let mut k = 0usize;
+        for l in std::fs::read_to_string(p).unwrap().lines() {
+            let ev = microfunnel::codec::decode_each(l.as_bytes(), &journey, &microfunnel::codec::Limits::default())
+                .find_map(|(_, r)| r.ok())
+                .expect("generated lines decode");
+            k = k.max(((ev.ts.0 - start).max(0) / PART) as usize);
+            parts.resize_with(parts.len().max(k + 1), Vec::new);
+            parts[k].push(keyed(&ev.prospect, l.as_bytes().to_vec()));
+        }
+        parts
+    };
+    let (mut w, mut c) = (parts(&web_file), parts(&crm_file));
+    let n = w.len().max(c.len());
+    w.resize_with(n, Vec::new);
+    c.resize_with(n, Vec::new);
+
+    let (state_a, state_b) = (state_dir(&unique("xret-a")), state_dir(&unique("xret-b")));
+    let mut instances = vec![Process::start(&s, Some(&state_a)), Process::start(&s, Some(&state_b))];
+    wait_until(LIMIT, "both instances hold shards, all three held", || {
+        let (ha, hb) = (held(&instances[0]), held(&instances[1]));
+        !ha.is_empty() && !hb.is_empty() && ha.len() + hb.len() == PARTITIONS as usize
+    });
+    let consumer = watermarks_consumer();
+    let mut messages = 0i64;
+    let mut killed = false;
+    for k in 0..n {
+        // Both topics' part in place before the instances read it (the merge does not wait for
+        // a partition that is caught up: a CRM line produced after the web part would be late).
+        instances.iter().for_each(Process::freeze);
+        for (topic, part) in [(web(&s), &w[k]), (crm(&s), &c[k])] {
+            if !part.is_empty() {
+                produce(topic, part);
+                messages += part.len() as i64;
+            }
+        }
+        instances.iter().for_each(Process::thaw);
+        wait_until(LIMIT, "the part checkpointed and the identity topic drained", || {
+            let shards: Vec<Value> = instances.iter().flat_map(|i| i.shards().unwrap_or_default()).collect();
+            identity_settled(&shards, &s, messages, PARTITIONS as usize, &consumer)
+        });
+        if !killed && k >= n / 2 {
+            killed = true;
+            let i = instances.iter().position(|i| held(i).contains(&1)).expect("partition 1 held");
+            instances.remove(i).kill9();
+            wait_until(LIMIT, "the surviving instance holds every shard", || {
+                if held(&instances[0]).len() == PARTITIONS as usize {
+                    return true;
+                }
+                nudge_group(&s);
+                let deadline = std::time::Instant::now() + Duration::from_secs(15);
+                while std::time::Instant::now() < deadline {
+                    if held(&instances[0]).len() == PARTITIONS as usize {
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                false
+            });
+        }
+    }
+    assert!(killed);
+    let survivor = &instances[0];
+    // The killed instance's shard restored from what was persisted (the survivor's snapshot of
+    // it, from before the other instance joined, or the changelog), then re-executed what
+    // followed: its identity records sent again.
+    let shards = survivor.shards().unwrap();
+    let restored = shards.iter().find(|sh| sh["partition"] == 1).map(|sh| sh["restored_from"].clone());
+    assert!(
+        restored.as_ref().and_then(Value::as_str).is_some_and(|r| r.starts_with("snapshot") || r == "changelog"),
+        "{restored:?}"
+    );
+    let states = [state_a.as_path(), state_b.as_path()];
+    let resolved = resolved_when_drained(
+        || survivor.shards().unwrap_or_default(),
+        &s,
+        &states,
+        messages,
+        PARTITIONS as usize,
+        LIMIT,
+    );
+    assert_eq!(resolved, resolved_of(&oracle), "log {}", survivor.log.display());
+    let m = survivor.metrics();
+    let received = sample(&m, "microfunnel_identity_records_received_total", &[("kind", "forget")]).unwrap_or(0.0);
+    assert!(received > 0.0, "forgets received");
 }
 
 /// The error of a start that is refused (before it binds its port or joins the group).

@@ -168,16 +168,6 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
             if known.is_empty() { "none".to_string() } else { known.join(", ") }
         );
     }
-    // As `run` refuses it: expiry does not cross partitions through the identity topic.
-    if partitions > 1
-        && journey.identity.is_some()
-        && (journey.retention.expires() || journey.retention.max_prospects.is_some())
-    {
-        anyhow::bail!(
-            "--partitions {partitions}: journey `{}` sets [retention] and [identity] resolve = true, which the service runs only on inputs of one partition (a person whose ids live on several partitions would expire on one while the others keep routing to them); replay with --partitions 1, or remove [retention] or set [identity] resolve = false in the journey",
-            journey.name
-        );
-    }
     let until = until.map(|u| super::instant("--until", &u)).transpose()?;
     let end = match (until, no_advance) {
         (Some(t), _) => replay::End::Until(t),

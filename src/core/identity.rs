@@ -777,6 +777,72 @@ impl IdentityMap {
         true
     }
 
+    /// Removes the identifiers with these map keys that were first seen no later than `before`
+    /// (a person that left memory at `before` on another partition: an identifier first seen
+    /// later is a new person's), each with its links, all queued for changelog tombstones; what
+    /// is left of each group they were in is regrouped by its remaining links (each part's
+    /// canonical id by the rule). Returns how many identifiers it removed.
+    pub fn forget(&mut self, keys: &[String], before: Ts) -> usize {
+        let mut gone: Vec<u32> = keys
+            .iter()
+            .filter_map(|k| self.index.get(k.as_str()).copied())
+            .filter(|&n| self.nodes[n as usize].first_seen <= before)
+            .collect();
+        gone.sort_unstable();
+        gone.dedup();
+        let mut roots: Vec<u32> = gone.iter().map(|&n| self.root(n)).collect();
+        roots.sort_unstable();
+        roots.dedup();
+        for root in roots {
+            let g = self.group(root);
+            if self.groups.remove(&root).is_some() {
+                self.captured_changed(None, Some(root));
+            }
+            let is_gone = |n: u32| gone.binary_search(&n).is_ok();
+            let mut kept = Vec::with_capacity(g.links.len());
+            for &l in &g.links {
+                let (a, b, _) = self.links[l as usize];
+                if is_gone(a) || is_gone(b) {
+                    let key = self.link_key(a, b);
+                    self.dirty.gone.push(key);
+                } else {
+                    kept.push(l);
+                }
+            }
+            for &m in &g.members {
+                let node = &mut self.nodes[m as usize];
+                node.parent = m;
+                if is_gone(m) {
+                    let key = std::mem::take(&mut node.key);
+                    self.index.remove(&key);
+                    self.dirty.gone.push(format!("{ID_RECORD}{key}"));
+                    self.removed += 1;
+                }
+                self.captured_changed(Some(m), Some(m));
+            }
+            // The rest, regrouped by the links left (each keeps its index in `links`).
+            for l in kept {
+                let (a, b, reason) = self.links[l as usize];
+                let (ra, rb) = (self.root(a), self.root(b));
+                if ra == rb {
+                    continue;
+                }
+                let (ga, gb) = (self.group(ra), self.group(rb));
+                self.join(ra, rb, ga, gb, reason, None);
+                let r = self.root(a);
+                if let Some(g) = self.groups.get_mut(&r) {
+                    // `join` noted the next link index; this link is an existing one.
+                    g.links.pop();
+                    g.links.push(l);
+                }
+            }
+        }
+        if self.removed as usize > 1024 && 2 * self.removed as usize > self.nodes.len() {
+            self.compact();
+        }
+        gone.len()
+    }
+
     /// Drops pruned nodes and dead links, renumbering the rest (and every list that holds their
     /// indexes); the next capture copies the whole map.
     fn compact(&mut self) {

@@ -14,15 +14,20 @@
 //!   whose canonical id flips back is transferred again); the receiver keeps `from` as a
 //!   redirect record holding the generation it folded, so a redelivery folds nothing twice
 //!   while a later generation folds.
+//! - [`XRecord::Forget`]: a person left memory (`[retention]`: expired, or evicted at the cap)
+//!   on the partition of its canonical id at `ts`; the receiver, another home of its
+//!   identifiers, prunes those it holds that were first seen no later than `ts` (one seen
+//!   later came back after the expiry: a new person's) and frees their redirect records.
 //!
-//! Layout (little endian; strings as `u32` length + UTF-8): a tag byte (`L`, `F`, `T`), then
+//! Layout (little endian; strings as `u32` length + UTF-8): a tag byte (`L`, `F`, `T`, `E`), then
 //! - `L`: reason `u8`, `ts i64`, count `u32`, per identifier its map key, kind `u8`, first seen
 //!   `i64`;
 //! - `F`: `into`, then the event: event id, prospect, source `u8`, kind `u8`, name, signal `u16`
 //!   (`0xFFFF`: none), `ts i64`, email and linked id (`u8` 0, or 1 + string), anonymous `u8`;
 //! - `T`: `from`, `into`, reason `u8`, `ts i64`, the sending partition `u32`, the record
 //!   (`u32` length + bytes), the generation `u32` (absent in records of builds before it: read
-//!   as 0, deduplicated as they were, by the redirect alone).
+//!   as 0, deduplicated as they were, by the redirect alone);
+//! - `E`: `ts i64`, count `u32`, per identifier its map key.
 
 use std::borrow::Cow;
 
@@ -70,6 +75,9 @@ pub enum XRecord {
     Forward { into: String, event: Event<'static> },
     /// Prospect `from`'s state (a changelog record), to be folded into `into`.
     Transfer { from: String, into: String, reason: LinkReason, ts: Ts, source: u32, record: Vec<u8>, generation: u32 },
+    /// The person of these identifiers (map keys; `ids[0]` homed at the receiving partition)
+    /// left memory at `ts`: forget those first seen no later than `ts`.
+    Forget { ids: Vec<String>, ts: Ts },
 }
 
 impl XRecord {
@@ -78,13 +86,14 @@ impl XRecord {
         match self {
             XRecord::Link { ids, .. } => ids.first().map_or("", |i| &i.key),
             XRecord::Forward { into, .. } | XRecord::Transfer { into, .. } => into,
+            XRecord::Forget { ids, .. } => ids.first().map_or("", String::as_str),
         }
     }
 
     /// The event time the record is merged by among the shard's inputs.
     pub fn ts(&self) -> Ts {
         match self {
-            XRecord::Link { ts, .. } | XRecord::Transfer { ts, .. } => *ts,
+            XRecord::Link { ts, .. } | XRecord::Transfer { ts, .. } | XRecord::Forget { ts, .. } => *ts,
             XRecord::Forward { event, .. } => event.ts,
         }
     }
@@ -119,6 +128,12 @@ impl XRecord {
                     return Err("transfer ids");
                 }
             }
+            XRecord::Forget { ids, .. } => {
+                let ok = |k: &String| printable(k.strip_prefix('\0').unwrap_or(k));
+                if ids.is_empty() || !ids.iter().all(ok) {
+                    return Err("forget identifiers");
+                }
+            }
         }
         Ok(())
     }
@@ -129,6 +144,7 @@ impl XRecord {
             XRecord::Link { .. } => "link",
             XRecord::Forward { .. } => "forward",
             XRecord::Transfer { .. } => "transfer",
+            XRecord::Forget { .. } => "forget",
         }
     }
 
@@ -176,6 +192,14 @@ impl XRecord {
                 e.u32(*source);
                 e.bytes(record);
                 e.u32(*generation);
+            }
+            XRecord::Forget { ids, ts } => {
+                e.u8(b'E');
+                e.ts(*ts);
+                e.u32(ids.len() as u32);
+                for k in ids {
+                    e.bytes(k.as_bytes());
+                }
             }
         }
     }
@@ -267,6 +291,15 @@ impl XRecord {
                 record: d.bytes("prospect record")?.to_vec(),
                 generation: if d.is_empty() { 0 } else { d.u32("transfer generation")? },
             },
+            b'E' => {
+                let ts = d.ts("forget time")?;
+                let n = d.u32("identifier count")?;
+                if n == 0 || n as usize > d.remaining() {
+                    return Err(StateError::Invalid { what: "identifier count", at: d.position() });
+                }
+                let ids = (0..n).map(|_| d.str("identifier").map(str::to_string)).collect::<Result<_, _>>()?;
+                XRecord::Forget { ids, ts }
+            }
             _ => return Err(StateError::Invalid { what: "identity record tag", at }),
         };
         if !d.is_empty() {
@@ -354,6 +387,10 @@ mod tests {
             record: vec![b'P', 1, 2, 3],
             generation: 0,
         });
+        round_trip(XRecord::Forget {
+            ids: vec!["anon_1".into(), "usr_1".into(), "\0a@b.c".into()],
+            ts: Ts(1_700_000_002_000),
+        });
         assert!(XRecord::decode(b"X").is_err());
     }
 
@@ -400,6 +437,10 @@ mod tests {
         };
         assert_eq!(transfer("anon_1").check(&journey), Ok(()));
         assert!(transfer("").check(&journey).is_err());
+        let forget = |ids: &[&str]| XRecord::Forget { ids: ids.iter().map(|s| s.to_string()).collect(), ts: Ts(5) };
+        assert_eq!(forget(&["anon_1", "\0a@b.c"]).check(&journey), Ok(()));
+        assert!(forget(&[]).check(&journey).is_err());
+        assert!(forget(&["a\tb"]).check(&journey).is_err());
     }
 
     #[test]

@@ -36,10 +36,6 @@ pub enum KafkaSetupError {
         "identity topic `{topic}` has {found} partitions but the inputs have {expected}; partition p carries what shard p must do, so delete it once every instance is stopped (nothing in it outlives a drained pipeline) or set kafka.identity_topic to a new name"
     )]
     IdentityTopic { topic: String, found: usize, expected: usize },
-    #[error(
-        "the {journey} sets [retention] and [identity] resolve = true, and the inputs have {partitions} partitions: a person whose ids live on several partitions would expire on one while the others keep routing to them, so the service would drift from replay; give the input topics one partition, or remove [retention] or set [identity] resolve = false in the journey"
-    )]
-    RetentionAcrossPartitions { partitions: usize, journey: String },
     #[error("creating topic `{topic}`: {reason}")]
     CreateTopic { topic: String, reason: String },
 }

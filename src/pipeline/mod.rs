@@ -236,12 +236,6 @@ pub fn check_topics(settings: &Settings, journey: &Journey) -> Result<usize, Pip
     let probe: BaseConsumer = kafka::consumer_config(k).create()?;
     let counts = kafka::partition_counts(&probe, &k.input_topics, &k.brokers, Duration::from_secs(10))?;
     let partitions = kafka::check_copartitioned(&counts)?;
-    let retention = journey.retention.expires() || journey.retention.max_prospects.is_some();
-    // Expiry is not carried across partitions by the identity topic (yet): refused, not drifted.
-    if journey.identity.is_some() && retention && partitions > 1 {
-        let journey = settings.journey().to_string();
-        return Err(KafkaSetupError::RetentionAcrossPartitions { partitions, journey }.into());
-    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PipelineError::Writer)?;
     if journey.identity.is_some() {
         rt.block_on(kafka::ensure_identity_topic(k, &k.identity_topic(), partitions))?;

@@ -18,8 +18,8 @@ impl State {
     /// pass any.
     pub(super) fn advance_idle(&mut self, idle: Duration, now: Instant, wall: Ts) {
         let target = wall.minus(self.journey.allowed_lateness);
-        let State { shards, journey, metrics, outputs, producer, settings, buf, .. } = self;
-        for shard in shards.values_mut() {
+        let State { shards, journey, metrics, outputs, producer, settings, buf, identity, .. } = self;
+        for (&p, shard) in shards.iter_mut() {
             // A shard with buffered input is not idle: it waits for a lagging partition. One
             // that holds no prospect has no timer to fire: moving its clock to the wall clock
             // would only make a backfill of past events, produced after it started, late.
@@ -30,12 +30,21 @@ impl State {
             {
                 continue;
             }
+            if let Some(id) = identity.as_ref() {
+                shard.engine.resolve_across(p as u32, id.partitions);
+            }
             shard.engine.advance_to(target, outputs);
             if !outputs.is_empty() {
                 let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
                 for o in outputs.drain(..) {
                     emit::output(&ctx, &shard.engine, &o, None::<&OwnedMessage>, buf);
                 }
+                self.unflushed = true;
+            }
+            // People who expired: the other homes of their identifiers are told (`Forget`).
+            if let Some(id) = identity.as_ref()
+                && super::identity::send_records(producer, metrics, id, &mut shard.engine, buf)
+            {
                 self.unflushed = true;
             }
         }

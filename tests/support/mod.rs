@@ -911,6 +911,13 @@ impl Process {
         assert!(st.success());
     }
 
+    /// SIGCONT: a frozen process carries on.
+    pub fn thaw(&self) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let st = Command::new("kill").args(["-CONT", &pid]).status().expect("kill -CONT");
+        assert!(st.success());
+    }
+
     /// SIGKILL: no checkpoint, no commit, no leaving the group.
     pub fn kill9(mut self) {
         if let Some(mut c) = self.child.take() {
@@ -927,4 +934,30 @@ impl Drop for Process {
             let _ = c.wait();
         }
     }
+}
+
+/// A consumer outside any group, for reading high watermarks ([`identity_settled`]).
+pub fn watermarks_consumer() -> BaseConsumer {
+    plain_consumer(&unique("watermarks"))
+}
+
+/// Whether the checkpoints of `shards` (all `partitions` of them, from `GET /shards`) cover
+/// `messages` input messages and every partition of the identity topic up to its end: nothing
+/// is in flight between the shards.
+pub fn identity_settled(
+    shards: &[Value],
+    s: &Settings,
+    messages: i64,
+    partitions: usize,
+    consumer: &BaseConsumer,
+) -> bool {
+    let topic = format!("{}.identity", s.kafka.group_id);
+    let (covered, _) = checkpoint_cover(shards);
+    covered == messages
+        && shards.len() == partitions
+        && shards.iter().all(|sh| {
+            let p = sh["partition"].as_i64().unwrap() as i32;
+            let high = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).map_or(i64::MAX, |w| w.1);
+            sh["checkpoint"]["positions"][&topic].as_i64().unwrap_or(0).max(0) >= high
+        })
 }

@@ -130,8 +130,9 @@ impl Engine {
         match self.ids.find(id) {
             Some(_) => return self.expire_if_due(id, ts, out),
             None => {
+                // Redirect records (identity across partitions) are not people: not counted.
                 if let Some(cap) = r.max_prospects
-                    && self.ids.live() >= cap as usize
+                    && self.ids.live() - self.redirects_held() >= cap as usize
                 {
                     self.evict(cap as usize, ts, out);
                 }
@@ -198,6 +199,11 @@ impl Engine {
         }
         out.push(Output::Expired { prospect: ix, stage, last_event, at, reason, class });
         self.free(ix);
+        // Across partitions, the other homes of its identifiers forget them too.
+        if self.xpart.is_some() {
+            let id = self.ids.get(ix).to_string();
+            self.forget_across(&id, at);
+        }
         // The person's identifiers leave the map with it (when it is their group's person).
         if let Some(map) = self.identity.as_deref_mut() {
             map.prune(self.ids.get(ix));
@@ -211,6 +217,9 @@ impl Engine {
         let i = ix.0 as usize;
         if self.track_removals {
             self.removed_ids.push(self.ids.get(ix).into());
+        }
+        if self.store.fixed(i).has(prospect::REDIRECT) {
+            self.redirect_gone();
         }
         let p = self.store.fixed_mut(i);
         *p = Prospect::new(p.stage, Ts::NONE);

@@ -10,7 +10,13 @@
 //! - a merge whose canonical id lives elsewhere sends the merged-away prospect's whole state as
 //!   a `Transfer` and leaves it a redirect (out of the funnel and the census);
 //! - an event whose canonical prospect lives elsewhere goes there as a `Forward`, rewritten to
-//!   that prospect, after its links were learnt here.
+//!   that prospect, after its links were learnt here;
+//! - under `[retention]`, a person that leaves memory here (expired, or evicted at the cap)
+//!   frees the redirect records of its other ids held here and sends a `Forget` to each other
+//!   home of its identifiers, which prunes them from that shard's map and frees their redirect
+//!   records there; a received `Link` or `Transfer` first expires the people it names whose
+//!   expiry fell due before it (as an event's links do). Redirect records are not people: the
+//!   cap counts the shard's prospects without them.
 
 use super::Engine;
 use crate::core::event::Event;
@@ -33,6 +39,9 @@ pub(super) struct XPart {
     out: Vec<(u32, XRecord)>,
     /// Dedup keys and waiting signals left out of transfers since [`Engine::take_transfer_drops`].
     dropped: (u64, u64),
+    /// Redirect records held (counted at [`Engine::resolve_across`], then kept up to date):
+    /// what the prospect cap leaves out.
+    redirects: usize,
     stats: XPartStats,
 }
 
@@ -58,6 +67,13 @@ pub struct XPartStats {
     /// (after every older event id, the oldest first): their anchor arriving later fires
     /// nothing for them.
     pub waiting_dropped: u64,
+    /// `Forget`s sent: one per other partition homing an identifier of a person that left.
+    pub forgets_sent: u64,
+    pub forgets_received: u64,
+    /// Identifiers pruned from the map by received `Forget`s.
+    pub forgotten: u64,
+    /// Redirect records freed because their person left memory.
+    pub redirects_freed: u64,
 }
 
 /// A group as far as propagation cares: its canonical id, how many identifiers it has, and a
@@ -73,7 +89,9 @@ impl Engine {
     pub fn resolve_across(&mut self, partition: u32, partitions: u32) {
         let same = self.xpart.as_deref().is_some_and(|x| (x.partition, x.partitions) == (partition, partitions));
         if self.identity.is_some() && partitions > 1 && !same {
-            self.xpart = Some(Box::new(XPart { partition, partitions, ..XPart::default() }));
+            let redirects =
+                (0..self.store.len()).filter(|&i| self.holds(i) && self.store.fixed(i).has(prospect::REDIRECT)).count();
+            self.xpart = Some(Box::new(XPart { partition, partitions, redirects, ..XPart::default() }));
         }
     }
 
@@ -133,6 +151,18 @@ impl Engine {
         sum
     }
 
+    /// The ids of the redirect records this shard holds (its own ids and the markers of ids
+    /// transferred in), sorted.
+    pub fn redirect_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .iter_ids()
+            .filter(|&(ix, _)| self.prospect(ix).has(prospect::REDIRECT))
+            .map(|(_, id)| id.to_string())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     fn foreign(&self, key: &str) -> bool {
         self.xpart.as_deref().is_some_and(|x| home(key, x.partitions) != x.partition)
     }
@@ -160,7 +190,18 @@ impl Engine {
         if self.foreign(into) {
             self.transfer_out(from, into, reason, at);
         } else {
-            self.merge(from, into, reason, at, out);
+            self.merge_here(from, into, reason, at, out);
+        }
+    }
+
+    /// [`Engine::merge`], keeping the count of redirect records (a redirect `into` may take
+    /// the person's state).
+    fn merge_here(&mut self, from: &str, into: &str, reason: LinkReason, at: Ts, out: &mut Vec<Output>) {
+        let redirect = |e: &Engine| e.ids.find(into).is_some_and(|t| e.prospect(t).has(prospect::REDIRECT));
+        let was = redirect(self);
+        self.merge(from, into, reason, at, out);
+        if was && !redirect(self) {
+            self.redirect_gone();
         }
     }
 
@@ -206,6 +247,7 @@ impl Engine {
             XRecord::Transfer { from, into, reason, ts, record, generation, .. } => {
                 self.transfer_in(&from, &into, reason, ts, generation, &record, out)
             }
+            XRecord::Forget { ids, ts } => self.forget_in(&ids, ts),
         }
     }
 
@@ -216,6 +258,7 @@ impl Engine {
             XRecord::Link { .. } => x.stats.links_sent += 1,
             XRecord::Forward { .. } => x.stats.forwarded += 1,
             XRecord::Transfer { .. } => x.stats.transfers_sent += 1,
+            XRecord::Forget { .. } => x.stats.forgets_sent += 1,
         }
         x.out.push((p, rec));
     }
@@ -256,6 +299,8 @@ impl Engine {
             IdKind::Email => i.key.strip_prefix('\0').unwrap_or(&i.key).to_string(),
             IdKind::Anonymous | IdKind::Known => i.key.clone(),
         };
+        let named: Vec<(String, IdKind)> = ids.iter().map(|i| (raw(i), i.kind)).collect();
+        self.expire_people(&named, ts, out);
         let before = self.signature(&first.key);
         let mut changes = Vec::new();
         if let Some(map) = self.identity.as_deref_mut() {
@@ -389,6 +434,7 @@ impl Engine {
             }
             return;
         }
+        self.expire_people(&[(into.to_string(), IdKind::Known)], ts, out);
         let target = self.identity.as_deref().map_or(into, |m| m.canonical(into)).to_string();
         if self.foreign(&target) {
             // `into` was folded further since: the state follows it.
@@ -398,7 +444,10 @@ impl Engine {
             return self.send(XRecord::Transfer { from: from.into(), into, reason, ts, source, record, generation });
         }
         let handoff = u16::try_from(2 * u64::from(generation) + 1).unwrap_or(u16::MAX).max(folded as u16);
-        if held.is_some_and(|p| !p.has(prospect::REDIRECT)) {
+        // What `from` holds here now (the expiry above may have freed its redirect record):
+        // `Some(true)` a redirect record, `Some(false)` a live prospect.
+        let held = self.ids.find(from).map(|f| self.prospect(f).has(prospect::REDIRECT));
+        if held == Some(false) {
             // `from` is live here: its canonical id flipped back to it, or onto an id of this
             // partition, while its earlier state was on its way. That state folds into the
             // person like any other.
@@ -417,6 +466,10 @@ impl Engine {
             self.identity_stats.refused += 1;
             return;
         };
+        if held == Some(true) {
+            // `from`'s redirect record is a prospect again (`merge` below may make it one anew).
+            self.redirect_gone();
+        }
         // The generation folded: `merge` keeps `from` as a redirect that holds it (`retire`).
         self.store.fixed_mut(ix.0 as usize).set_handoff(handoff);
         self.count_transferred_in(ix);
@@ -424,7 +477,17 @@ impl Engine {
             // The person comes back whole to its own id (a redirect here until now).
             return;
         }
-        self.merge(from, &target, reason, ts, out);
+        self.merge_here(from, &target, reason, ts, out);
+        // A person whose expiry fell due before the watermark would have left already (a
+        // transfer sent again by a restored sender after the person expired here, its marker
+        // freed with it): it leaves again at once, with the marker, rather than stay.
+        let watermark = self.watermark;
+        if !self.journey.retention.after.is_empty()
+            && !watermark.is_none()
+            && self.expire_if_due(&target, watermark, out).is_none()
+        {
+            self.free_redirect(from);
+        }
     }
 
     /// A transfer received here (installed at `ix`) counted in: the funnel, hot prospects,
@@ -470,7 +533,7 @@ impl Engine {
         self.store.fixed_mut(ix.0 as usize).set_handoff(0);
         self.count_transferred_in(ix);
         let emitted = out.len();
-        self.merge(SCRATCH, target, reason, ts, out);
+        self.merge_here(SCRATCH, target, reason, ts, out);
         for o in &mut out[emitted..] {
             if let Output::ProspectMerged { from: m, .. } = o
                 && *m == ix
@@ -503,6 +566,9 @@ impl Engine {
     pub(super) fn revive(&mut self, ix: crate::core::ids::ProspectIx, at: Ts) {
         let i = ix.0 as usize;
         let handoff = self.store.fixed(i).handoff();
+        if self.store.fixed(i).has(prospect::REDIRECT) {
+            self.redirect_gone();
+        }
         let mut p = crate::core::prospect::Prospect::new(self.journey.first_stage(), at);
         p.set_handoff(handoff);
         self.store.put(i, p);
@@ -530,11 +596,117 @@ impl Engine {
         self.extras.remove(&f.0);
         self.shown.clear(f.0 as usize);
         let p = self.store.fixed_mut(f.0 as usize);
+        let was = p.has(prospect::REDIRECT);
         p.flags = prospect::REDIRECT;
         p.ghost_due = Ts::NONE;
         p.stall_due = Ts::NONE;
         p.hot_until = Ts::NONE;
         self.quiet.remove(&f.0);
         self.mark_changed(f.0);
+        if !was && let Some(x) = self.xpart.as_deref_mut() {
+            x.redirects += 1;
+        }
+    }
+
+    /// Redirect records held here (out of the prospect cap); 0 unless across partitions.
+    pub(super) fn redirects_held(&self) -> usize {
+        self.xpart.as_deref().map_or(0, |x| x.redirects)
+    }
+
+    /// A redirect record left (freed, or turned back into a prospect).
+    pub(super) fn redirect_gone(&mut self) {
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.redirects = x.redirects.saturating_sub(1);
+        }
+    }
+
+    /// Under `[retention]`, before a received record's links or fold: each person it names
+    /// (its canonical id here, else the id itself) whose expiry fell due before `ts` leaves
+    /// memory first, as before an event's links (`expire_named`).
+    fn expire_people(&mut self, named: &[(String, IdKind)], ts: Ts, out: &mut Vec<Output>) {
+        if self.journey.retention.after.is_empty() {
+            return;
+        }
+        let Some(map) = self.identity.as_deref() else { return };
+        let people: Vec<String> = named
+            .iter()
+            .filter_map(|(id, kind)| match map.person(id, *kind) {
+                Some(c) => Some(c.to_string()),
+                None => (*kind != IdKind::Email).then(|| id.clone()),
+            })
+            .collect();
+        for id in people {
+            self.expire_if_due(&id, ts, out);
+        }
+    }
+
+    /// Person `id` (its group's canonical id) leaves memory here at `at` (called by `expire`
+    /// before the map prunes the group): the redirect records of its other ids held here are
+    /// freed, and each other partition homing one of its identifiers gets a `Forget` naming
+    /// those first, then the rest of the group.
+    pub(super) fn forget_across(&mut self, id: &str, at: Ts) {
+        let Some(x) = self.xpart.as_deref() else { return };
+        let (partition, partitions) = (x.partition, x.partitions);
+        let Some((members, canonical)) = self.identity.as_deref().and_then(|m| m.group_members(id)) else {
+            return;
+        };
+        if canonical != Some(id) {
+            return;
+        }
+        let keys: Vec<(String, IdKind)> = members.iter().map(|&(k, kind, _)| (k.to_string(), kind)).collect();
+        let mut homes: std::collections::BTreeMap<u32, Vec<String>> = std::collections::BTreeMap::new();
+        for (k, _) in &keys {
+            let p = home(k, partitions);
+            if p != partition {
+                homes.entry(p).or_default().push(k.clone());
+            }
+        }
+        for (k, kind) in &keys {
+            if *kind != IdKind::Email && k != id {
+                self.free_redirect(k);
+            }
+        }
+        for (_, mut ids) in homes {
+            let rest: Vec<String> = keys.iter().map(|(k, _)| k).filter(|k| !ids.contains(k)).cloned().collect();
+            ids.extend(rest);
+            self.send(XRecord::Forget { ids, ts: at });
+        }
+    }
+
+    /// A received `Forget`: the identifiers it names that this shard's map holds, first seen no
+    /// later than its time, leave the map (with tombstones), and the redirect records of those
+    /// no longer in the map are freed. A group whose canonical prospect is alive here is left
+    /// alone (that person did not leave). A second delivery finds nothing left to forget.
+    fn forget_in(&mut self, ids: &[String], ts: Ts) {
+        let Some(map) = self.identity.as_deref() else { return };
+        let alive = |k: &str| {
+            map.group_members(k)
+                .and_then(|(_, c)| c)
+                .and_then(|c| self.ids.find(c))
+                .is_some_and(|ix| !self.prospect(ix).has(prospect::REDIRECT))
+        };
+        let keys: Vec<String> = ids.iter().filter(|k| !alive(k)).cloned().collect();
+        let forgotten = self.identity.as_deref_mut().map_or(0, |m| m.forget(&keys, ts));
+        for k in keys.iter().filter(|k| !k.starts_with('\0')) {
+            if !self.identity.as_deref().is_some_and(|m| m.has_key(k)) {
+                self.free_redirect(k);
+            }
+        }
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.stats.forgets_received += 1;
+            x.stats.forgotten += forgotten as u64;
+        }
+    }
+
+    /// Frees the redirect record of `id`, if this shard holds one.
+    fn free_redirect(&mut self, id: &str) {
+        let Some(ix) = self.ids.find(id) else { return };
+        if !self.prospect(ix).has(prospect::REDIRECT) {
+            return;
+        }
+        self.free(ix);
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.stats.redirects_freed += 1;
+        }
     }
 }

@@ -16,7 +16,6 @@
 use super::wire::{Dec, Enc, StateError};
 use crate::core::breakdown::{Attributions, Slot, SlotRecord, ValueTable};
 use crate::core::engine::Engine;
-use crate::core::ids::ProspectIx;
 
 /// Tag of the slots trailer of a changelog record.
 pub(super) const RECORD_TAG: u8 = 4;
@@ -102,21 +101,6 @@ impl Engine {
             self.attr.set(i, &slots);
         }
         Ok(())
-    }
-
-    /// The slots trailer of a changelog record (nothing for a prospect without slots).
-    pub(super) fn encode_slots_trailer(&self, ix: ProspectIx, out: &mut Vec<u8>) {
-        let i = ix.0 as usize;
-        if !self.attr.any(i) {
-            return;
-        }
-        let mut w = Enc(out);
-        w.u8(RECORD_TAG);
-        w.u8(self.attr.dims as u8);
-        for s in self.attr.of(i) {
-            w.u16(s.value);
-            w.u32(s.at);
-        }
     }
 }
 

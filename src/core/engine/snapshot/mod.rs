@@ -30,12 +30,14 @@ use crate::core::journey::Journey;
 use crate::core::time::Ts;
 
 mod breakdown;
+mod parts;
 mod record;
 mod retention;
 mod sections;
 mod shown;
 mod wire;
 
+pub use parts::Parts;
 pub use record::ProspectRecord;
 use wire::len_prefixed;
 pub use wire::{Dec, Enc, StateError};

@@ -1,6 +1,7 @@
 //! One prospect's record, both layouts (module docs of [`super`]): layout 1 for the changelog
 //! and state version 1, the compact layout 2 for full states since version 2, and the extras.
 
+use super::parts::Parts;
 use super::wire::{Dec, Enc, StateError, len_prefixed, sparse, unsparse};
 use crate::core::engine::{Engine, Extras};
 use crate::core::ids::ProspectIx;
@@ -56,47 +57,15 @@ impl ProspectRecord<'_> {
 impl Engine {
     /// Writes one prospect's record (without its id).
     pub fn encode_prospect(&self, ix: ProspectIx, out: &mut Vec<u8>) {
-        let (p, stage_times, counts, marks) = self.prospect_parts(ix);
-        let mut w = Enc(out);
-        w.f64(p.score);
-        for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
-            w.ts(t);
-        }
-        p.recent.iter().for_each(|&r| w.u64(r));
-        for b in [p.stage.0, p.flags, p.hot_rule, p.recent_pos] {
-            w.u8(b);
-        }
-        stage_times.iter().for_each(|&v| w.u32(v));
-        counts.iter().for_each(|&v| w.u16(v));
-        marks.iter().for_each(|&t| w.ts(t));
-        match self.email(ix) {
-            Some(e) => w.bytes(e.as_bytes()),
-            None => w.u32(NO_EMAIL),
-        }
+        self.with_parts(ix, |p| p.encode_prospect(out));
     }
 
     /// A changelog record: layout 1 ([`Engine::encode_prospect`]), then, when the prospect has
     /// any, its extras (tag 1: older ids and waiting signals; tag 2, since state version 4:
     /// the hot rules that matched it; records without a tag, from older builds, have none).
+    /// The same bytes as [`Parts::encode_changelog_record`] of a capture's copy.
     pub fn encode_changelog_record(&self, ix: ProspectIx, out: &mut Vec<u8>) {
-        self.encode_prospect(ix, out);
-        if let Some(x) = self.live_extras(ix) {
-            if !x.seen.is_empty() || !x.waiting.is_empty() {
-                out.push(1);
-                encode_extras(&x, out);
-            }
-            if !x.alerted.is_empty() {
-                out.push(2);
-                encode_alerted(&x.alerted, out);
-            }
-        }
-        let last_signal = self.prospect(ix).last_signal;
-        if last_signal != NO_SIGNAL {
-            out.push(3);
-            out.extend_from_slice(&last_signal.to_le_bytes());
-        }
-        self.encode_slots_trailer(ix, out);
-        self.encode_shown_trailer(ix.0 as usize, out);
+        self.with_parts(ix, |p| p.encode_changelog_record(out));
     }
 
     /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
@@ -339,6 +308,63 @@ impl Engine {
 }
 
 /// A length as one byte, or 255 and four bytes for 255 and more, then the bytes.
+impl Parts<'_> {
+    /// Record layout 1 (without the id).
+    pub fn encode_prospect(&self, out: &mut Vec<u8>) {
+        let p = self.fixed;
+        let mut w = Enc(out);
+        w.f64(p.score);
+        for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
+            w.ts(t);
+        }
+        p.recent.iter().for_each(|&r| w.u64(r));
+        for b in [p.stage.0, p.flags, p.hot_rule, p.recent_pos] {
+            w.u8(b);
+        }
+        self.stage_times.iter().for_each(|&v| w.u32(v));
+        self.counts.iter().for_each(|&v| w.u16(v));
+        self.marks.iter().for_each(|&t| w.ts(t));
+        match self.email {
+            Some(e) => w.bytes(e.as_bytes()),
+            None => w.u32(NO_EMAIL),
+        }
+    }
+
+    /// A changelog record ([`Engine::encode_changelog_record`]): layout 1, then the tagged
+    /// parts the prospect has, tags ascending.
+    pub fn encode_changelog_record(&self, out: &mut Vec<u8>) {
+        self.encode_prospect(out);
+        if let Some(x) = self.extras {
+            if !x.seen.is_empty() || !x.waiting.is_empty() {
+                out.push(1);
+                encode_extras(x, out);
+            }
+            if !x.alerted.is_empty() {
+                out.push(2);
+                encode_alerted(&x.alerted, out);
+            }
+        }
+        let last_signal = self.fixed.last_signal;
+        if last_signal != NO_SIGNAL {
+            out.push(3);
+            out.extend_from_slice(&last_signal.to_le_bytes());
+        }
+        if !self.slots.is_empty() {
+            let mut w = Enc(out);
+            w.u8(super::breakdown::RECORD_TAG);
+            w.u8(self.slots.len() as u8);
+            for s in self.slots {
+                w.u16(s.value);
+                w.u32(s.at);
+            }
+        }
+        if !self.shown.is_empty() {
+            out.push(super::shown::RECORD_TAG);
+            super::shown::encode_shown(self.shown, out);
+        }
+    }
+}
+
 /// Extras: count of older ids, (key u64, time i64) each; count of waiting sequence signals,
 /// (hot rule u8, time i64, len-prefixed event id) each.
 fn encode_extras(x: &Extras, out: &mut Vec<u8>) {

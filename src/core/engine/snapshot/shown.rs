@@ -41,15 +41,6 @@ pub(super) fn decode_shown(r: &mut Dec<'_>, signals: usize, into: &mut Vec<u64>)
 }
 
 impl Engine {
-    /// A prospect's first-shown times as a changelog record's tagged part (none when empty).
-    pub(super) fn encode_shown_trailer(&self, i: usize, out: &mut Vec<u8>) {
-        let shown = self.shown.get(i);
-        if !shown.is_empty() {
-            out.push(RECORD_TAG);
-            encode_shown(&shown, out);
-        }
-    }
-
     /// Whether slot `i` has first-shown times (layout 2's extension bit).
     pub(super) fn has_shown(&self, i: usize) -> bool {
         !self.shown.get(i).is_empty()

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::codec::{self, InputSpec, Limits};
-use crate::core::{Engine, Journey, ProspectIx, SlotDigests};
+use crate::core::{Engine, Journey, PartsCopy, ProspectIx, SlotDigests};
 use crate::store::Batch;
 
 use super::inputs::Inputs;
@@ -39,6 +39,8 @@ pub(super) struct Shard {
     /// The changelog records of the last capture (a buffer reused between checkpoints; with
     /// the writer while a checkpoint is in flight).
     pub(super) batch: Batch,
+    /// The changed prospects' parts of the last capture (reused like `batch`).
+    pub(super) copy: PartsCopy,
     /// Scratch lists of a capture: the prospects changed, the slots freed.
     pub(super) held: Vec<ProspectIx>,
     pub(super) freed: Vec<u32>,
@@ -62,6 +64,7 @@ impl Shard {
             chained: None,
             digests: SlotDigests::default(),
             batch: Batch::default(),
+            copy: PartsCopy::default(),
             held: Vec::new(),
             freed: Vec::new(),
         }

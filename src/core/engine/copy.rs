@@ -16,6 +16,9 @@ use crate::core::time::Ts;
 /// text, which needs where the id lies first).
 const PREFETCH_AHEAD: usize = 16;
 
+/// Changed prospects whose hash lookups (extras, email) are made together.
+const CHUNK: usize = 16;
+
 /// What an entry of the copy is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum What {
@@ -197,14 +200,26 @@ impl Engine {
         into.slot_count = self.store.len();
         into.digests = digests.is_some();
         self.copy_names(into);
-        for (k, &ix) in changed.iter().enumerate() {
-            if let Some(&ahead) = changed.get(k + PREFETCH_AHEAD) {
-                self.prefetch_prospect(ahead);
+        for (c, chunk) in changed.chunks(CHUNK).enumerate() {
+            // The chunk's hash lookups one after the other: they do not depend on each other,
+            // so their cache misses overlap (one per prospect amid the copying would wait for
+            // each in turn).
+            let mut extras: [Option<&Extras>; CHUNK] = [None; CHUNK];
+            let mut emails: [Option<&str>; CHUNK] = [None; CHUNK];
+            for (k, &ix) in chunk.iter().enumerate() {
+                extras[k] = self.extras.get(&ix.0);
+                emails[k] = self.email(ix);
             }
-            if let Some(&ahead) = changed.get(k + PREFETCH_AHEAD / 2) {
-                self.prefetch_id(ahead);
+            for (k, &ix) in chunk.iter().enumerate() {
+                let g = c * CHUNK + k;
+                if let Some(&ahead) = changed.get(g + PREFETCH_AHEAD) {
+                    self.prefetch_prospect(ahead);
+                }
+                if let Some(&ahead) = changed.get(g + PREFETCH_AHEAD / 2) {
+                    self.prefetch_id(ahead);
+                }
+                self.copy_one(ix.0, What::Record, (extras[k], emails[k]), into);
             }
-            self.copy_one(ix.0, What::Record, into);
         }
         let Some(digests) = digests else { return };
         into.copied.clear();
@@ -214,7 +229,7 @@ impl Engine {
         }
         for &i in freed {
             if into.mark(i) {
-                self.copy_one(i, What::Freed, into);
+                self.copy_one(i, What::Freed, (None, None), into);
             }
         }
         into.timed.extend(
@@ -227,7 +242,8 @@ impl Engine {
             };
             if (i as usize) < self.store.len() && into.mark(i) {
                 let what = if self.holds(i as usize) { What::Digest } else { What::Freed };
-                self.copy_one(i, what, into);
+                let found = (self.extras.get(&i), self.email(ProspectIx(i)));
+                self.copy_one(i, what, found, into);
             }
         }
     }
@@ -246,7 +262,8 @@ impl Engine {
         }
     }
 
-    fn copy_one(&self, i: u32, what: What, into: &mut PartsCopy) {
+    /// Copies slot `i`'s parts; `found`: its stored extras and email, looked up already.
+    fn copy_one(&self, i: u32, what: What, found: (Option<&Extras>, Option<&str>), into: &mut PartsCopy) {
         let none = (0, u32::MAX);
         let mut e = Entry {
             slot: i,
@@ -274,10 +291,10 @@ impl Engine {
             (at, b.len() as u32)
         };
         e.id = text(into, self.ids.get_bytes(ix));
-        if let Some(m) = self.email(ix) {
+        if let Some(m) = found.1 {
             e.email = text(into, m.as_bytes());
         }
-        if let Some(x) = self.live_extras(ix) {
+        if let Some(x) = found.0.and_then(|x| self.live_of(x)) {
             let n = into.n_extras;
             if n == into.extras.len() {
                 into.extras.push(Extras::default());

@@ -104,6 +104,25 @@ impl Engine {
     }
 }
 
+/// Section `B`'s entries of a state of `n` prospects, by position (read without the prospects).
+pub(super) fn read_breakdown_section(
+    r: &mut Dec<'_>,
+    n: u32,
+    into: &mut Vec<(u32, SlotRecord)>,
+) -> Result<(), StateError> {
+    let dims = r.u8("breakdown dimensions")? as usize;
+    let count = r.u32("breakdown prospects")?;
+    for _ in 0..count {
+        let at = r.position();
+        let i = r.u32("breakdown prospect")?;
+        if i >= n {
+            return Err(StateError::Invalid { what: "breakdown prospect", at });
+        }
+        into.push((i, read_slots(r, dims)?));
+    }
+    Ok(())
+}
+
 /// A prospect's slots as a record holds them (`dims` of them; the caller reads the count).
 pub(super) fn read_slots(r: &mut Dec<'_>, dims: usize) -> Result<SlotRecord, StateError> {
     (0..dims).map(|_| Ok(Slot { value: r.u16("breakdown value id")?, at: r.u32("breakdown touch")? })).collect()

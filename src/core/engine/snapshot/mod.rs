@@ -33,12 +33,14 @@ mod breakdown;
 mod parts;
 mod record;
 mod retention;
+mod rewrite;
 mod sections;
 mod shown;
 mod wire;
 
 pub use parts::Parts;
 pub use record::ProspectRecord;
+pub use rewrite::{StateProspects, StateWriter};
 use wire::len_prefixed;
 pub use wire::{Dec, Enc, StateError};
 

@@ -144,63 +144,7 @@ impl Engine {
 
     /// One prospect in record layout 2 (see the module docs).
     pub(super) fn encode_compact(&self, ix: ProspectIx, out: &mut Vec<u8>) {
-        let (p, stage_times, counts, marks) = self.prospect_parts(ix);
-        let times = [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert];
-        let email = self.email(ix);
-        let mut mask = 0u16;
-        for (k, t) in times.iter().enumerate() {
-            mask |= u16::from(!t.is_none()) << k;
-        }
-        mask |= u16::from(p.score.to_bits() != 0) << 7;
-        for (k, r) in p.recent.iter().enumerate() {
-            mask |= u16::from(*r != 0) << (8 + k);
-        }
-        mask |= u16::from(email.is_some()) << 12;
-        let extras = self.live_extras(ix);
-        let (has_extras, has_alerted) = extras
-            .as_ref()
-            .map_or((false, false), |x| (!x.seen.is_empty() || !x.waiting.is_empty(), !x.alerted.is_empty()));
-        mask |= u16::from(has_extras) << 13;
-        mask |= u16::from(has_alerted) << 14;
-        // Bit 15: an extension byte follows the record, each of its bits saying what comes after
-        // it (state version 4; a record with none of them has no byte).
-        let ext = (u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL)
-            | (u8::from(self.has_shown(ix.0 as usize)) * EXT_SHOWN);
-        mask |= u16::from(ext != 0) << 15;
-        out.extend_from_slice(&mask.to_le_bytes());
-        if mask & (1 << 7) != 0 {
-            out.extend_from_slice(&p.score.to_bits().to_le_bytes());
-        }
-        for t in times.iter().filter(|t| !t.is_none()) {
-            out.extend_from_slice(&t.0.to_le_bytes());
-        }
-        for r in p.recent.iter().filter(|&&r| r != 0) {
-            out.extend_from_slice(&r.to_le_bytes());
-        }
-        out.extend_from_slice(&[p.stage.0, p.flags, p.hot_rule, p.recent_pos]);
-        sparse(out, stage_times, |&v| v != 0, |out, v| out.extend_from_slice(&v.to_le_bytes()));
-        sparse(out, counts, |&v| v != 0, |out, v| out.extend_from_slice(&v.to_le_bytes()));
-        sparse(out, marks, |t| !t.is_none(), |out, t| out.extend_from_slice(&t.0.to_le_bytes()));
-        if let Some(e) = email {
-            len_prefixed(out, e.as_bytes());
-        }
-        if let Some(x) = extras {
-            if has_extras {
-                encode_extras(&x, out);
-            }
-            if has_alerted {
-                encode_alerted(&x.alerted, out);
-            }
-        }
-        if ext != 0 {
-            out.push(ext);
-        }
-        if ext & EXT_LAST_SIGNAL != 0 {
-            out.extend_from_slice(&p.last_signal.to_le_bytes());
-        }
-        if ext & EXT_SHOWN != 0 {
-            super::shown::encode_shown(&self.shown_of(ix.0 as usize), out);
-        }
+        self.with_parts(ix, |p| p.encode_compact(out));
     }
 
     /// A prospect's last signal (state version 4), checked against this engine's journey.
@@ -327,6 +271,65 @@ impl Parts<'_> {
         match self.email {
             Some(e) => w.bytes(e.as_bytes()),
             None => w.u32(NO_EMAIL),
+        }
+    }
+
+    /// Record layout 2 (see the module docs), as a full state holds it (without the id).
+    pub fn encode_compact(&self, out: &mut Vec<u8>) {
+        let p = self.fixed;
+        let times = [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert];
+        let email = self.email;
+        let mut mask = 0u16;
+        for (k, t) in times.iter().enumerate() {
+            mask |= u16::from(!t.is_none()) << k;
+        }
+        mask |= u16::from(p.score.to_bits() != 0) << 7;
+        for (k, r) in p.recent.iter().enumerate() {
+            mask |= u16::from(*r != 0) << (8 + k);
+        }
+        mask |= u16::from(email.is_some()) << 12;
+        let extras = self.extras;
+        let (has_extras, has_alerted) =
+            extras.map_or((false, false), |x| (!x.seen.is_empty() || !x.waiting.is_empty(), !x.alerted.is_empty()));
+        mask |= u16::from(has_extras) << 13;
+        mask |= u16::from(has_alerted) << 14;
+        // Bit 15: an extension byte follows the record, each of its bits saying what comes after
+        // it (state version 4; a record with none of them has no byte).
+        let ext = (u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL) | (u8::from(!self.shown.is_empty()) * EXT_SHOWN);
+        mask |= u16::from(ext != 0) << 15;
+        out.extend_from_slice(&mask.to_le_bytes());
+        if mask & (1 << 7) != 0 {
+            out.extend_from_slice(&p.score.to_bits().to_le_bytes());
+        }
+        for t in times.iter().filter(|t| !t.is_none()) {
+            out.extend_from_slice(&t.0.to_le_bytes());
+        }
+        for r in p.recent.iter().filter(|&&r| r != 0) {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+        out.extend_from_slice(&[p.stage.0, p.flags, p.hot_rule, p.recent_pos]);
+        sparse(out, self.stage_times, |&v| v != 0, |out, v| out.extend_from_slice(&v.to_le_bytes()));
+        sparse(out, self.counts, |&v| v != 0, |out, v| out.extend_from_slice(&v.to_le_bytes()));
+        sparse(out, self.marks, |t| !t.is_none(), |out, t| out.extend_from_slice(&t.0.to_le_bytes()));
+        if let Some(e) = email {
+            len_prefixed(out, e.as_bytes());
+        }
+        if let Some(x) = extras {
+            if has_extras {
+                encode_extras(x, out);
+            }
+            if has_alerted {
+                encode_alerted(&x.alerted, out);
+            }
+        }
+        if ext != 0 {
+            out.push(ext);
+        }
+        if ext & EXT_LAST_SIGNAL != 0 {
+            out.extend_from_slice(&p.last_signal.to_le_bytes());
+        }
+        if ext & EXT_SHOWN != 0 {
+            super::shown::encode_shown(self.shown, out);
         }
     }
 

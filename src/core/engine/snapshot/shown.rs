@@ -3,7 +3,6 @@
 //! the outcome (at the end of the meta).
 
 use super::wire::{Dec, Enc, StateError};
-use crate::core::engine::Engine;
 use crate::core::funnel::{Funnel, Histogram};
 
 /// The changelog record tag of a prospect's first-shown times.
@@ -40,16 +39,6 @@ pub(super) fn decode_shown(r: &mut Dec<'_>, signals: usize, into: &mut Vec<u64>)
     Ok(())
 }
 
-impl Engine {
-    /// Whether slot `i` has first-shown times (layout 2's extension bit).
-    pub(super) fn has_shown(&self, i: usize) -> bool {
-        !self.shown.get(i).is_empty()
-    }
-
-    pub(super) fn shown_of(&self, i: usize) -> crate::core::engine::shown::Entries<'_> {
-        self.shown.get(i)
-    }
-}
 
 /// The funnel's times to the outcome (meta, state version 5): per signal from its first showing,
 /// then per hot rule from its first match, each a u32 row count and per row the won and the lost

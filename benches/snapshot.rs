@@ -12,6 +12,9 @@
 //!   and the base rewrite from base + delta (read, decode, fold, digest check, write);
 //! - restore: the chain, base + one delta (read + checksums + decode + fold + digest check);
 //!   goal < 2 s at 1M;
+//! - peak resident memory of a base rewrite above what was resident before it, next to the
+//!   RSS the engine took when it was built: the rewrite as `compact` streams it, and the
+//!   whole-decode rewrite it replaced (the chain decoded, then encoded), on the same chain;
 //!
 //! each next to a baseline measured in the same run on the same bytes: writing + fsyncing the
 //! base's file image with `std::fs::write`, and reading it back with `std::fs::read`.
@@ -84,6 +87,33 @@ fn touch(engine: &mut Engine, n: u64, journey: &Arc<Journey>) -> u64 {
     k
 }
 
+/// A line of /proc/self/status in bytes (`VmRSS:`, `VmHWM:`).
+fn rss(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()?.parse().ok());
+    kb.unwrap_or(0u64) * 1024
+}
+
+/// Returns the memory freed so far to the OS (glibc keeps it in its arenas otherwise).
+fn trim() {
+    // SAFETY: `malloc_trim` only returns free memory of the allocator's arenas to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Runs `f`, with its peak resident memory above the RSS before it (the peak reset first:
+/// `5` written to /proc/self/clear_refs).
+fn peak_rss_of<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    trim();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = rss("VmRSS:");
+    let r = f();
+    let peak = rss("VmHWM:").saturating_sub(before);
+    trim();
+    (r, peak)
+}
+
 fn main() {
     let sizes: Vec<u64> = std::env::var("MICROFUNNEL_BENCH_SNAPSHOT")
         .unwrap_or_else(|_| "1000000,10000000".into())
@@ -96,8 +126,11 @@ fn main() {
     let mut results =
         std::fs::OpenOptions::new().create(true).append(true).open(work.join("snapshot.jsonl")).expect("results file");
     for n in sizes {
+        trim();
+        let before = rss("VmRSS:");
         let t = Instant::now();
         let engine = build(n, &journey);
+        let engine_rss = rss("VmRSS:").saturating_sub(before);
         eprintln!("built {n} prospects in {:.1} s", t.elapsed().as_secs_f64());
         let dir = work.join(format!("snapshot-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -203,9 +236,20 @@ fn main() {
         assert_eq!(restored.digest(), digest, "restored state equals the live one");
         drop((restored, chain));
 
+        // Peak resident memory of a rewrite above the RSS before it, next to the engine's own
+        // (RSS growth while it was built): the rewrite as it was before (the chain decoded
+        // whole, then encoded as a base, in memory) and as `compact` streams it now.
+        let whole = peak_rss_of(|| {
+            let chain = store.latest(0).0.expect("the chain reads back");
+            let decoded = chain.engine(Arc::clone(&journey)).expect("the chain decodes");
+            let mut body = Vec::new();
+            decoded.encode_state_digest(&mut body, true)
+        });
+        assert_eq!(format!("{:016x}", whole.0), header.digest);
         // The base rewrite from base + delta (the writer thread, after reporting).
         let t = Instant::now();
-        let rewritten = store.compact(0, &journey).expect("rewrite").expect("a delta to fold");
+        let (rewritten, rewrite_rss) =
+            peak_rss_of(|| store.compact(0, &journey).expect("rewrite").expect("a delta to fold"));
         let rewrite = t.elapsed().as_secs_f64();
         assert_eq!(rewritten.digest, header.digest);
         drop(engine);
@@ -228,6 +272,9 @@ fn main() {
             "checkpoint_base_s": checkpoint_base,
             "digests_init_s": digests_init,
             "rewrite_s": rewrite,
+            "engine_rss_bytes": engine_rss,
+            "rewrite_peak_rss_bytes": rewrite_rss,
+            "rewrite_whole_decode_peak_rss_bytes": whole.1,
             "write_baseline_s": write_baseline,
             "restore_s": restore,
             "restore_read_check_s": read_s,

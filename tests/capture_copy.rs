@@ -82,7 +82,7 @@ fn records_and_digests_from_the_copied_parts_equal_the_engines_own() {
             outs.clear();
             n += 1;
         }
-        if more && n % 1500 != 0 {
+        if more && !n.is_multiple_of(1500) {
             continue;
         }
         // A checkpoint, as the barrier takes it, and as the engine encodes it itself.

@@ -90,7 +90,14 @@ fn crm_change(engine: &mut Engine, n: usize) {
     let id = format!("deal-{}", n % 37);
     let stage = ["appointmentscheduled", "contractsent", "closedwon"][n % 3];
     let m = engine.crm_memory("hubspot");
-    m.transition(("deal", &id, "dealstage"), Some(stage), Ts(n as i64), &Previous::Unknown, UnknownPrevious::Fire, false);
+    m.transition(
+        ("deal", &id, "dealstage"),
+        Some(stage),
+        Ts(n as i64),
+        &Previous::Unknown,
+        UnknownPrevious::Fire,
+        false,
+    );
 }
 
 fn tempdir(name: &str) -> PathBuf {
@@ -102,7 +109,13 @@ fn tempdir(name: &str) -> PathBuf {
 /// A shard's live engine, and a file store holding a base of the first `base_share` of the
 /// stream (as a restore writes it) and six deltas over the rest: changed, new and expired
 /// prospects, identity and CRM records.
-fn chain(journey: &Arc<Journey>, dir: &std::path::Path, prospects: u64, crm: bool, base_share: f64) -> (Engine, FileStore, u64) {
+fn chain(
+    journey: &Arc<Journey>,
+    dir: &std::path::Path,
+    prospects: u64,
+    crm: bool,
+    base_share: f64,
+) -> (Engine, FileStore, u64) {
     let model: Model = toml::from_str(CAMPAIGNS).expect("campaigns model");
     let opts = Options { prospects, days: 50.0, seed: 5, malformed_share: 0.0, model, ..Options::default() };
     let mut g = Generator::new(opts, journey, false).expect("generator");
@@ -158,7 +171,8 @@ fn a_base_rewritten_record_by_record_is_the_live_state() {
     assert!(engine.breakdown_tables().iter().any(|t| t.values.len() > 2), "breakdown values are state");
 
     // Streamed, not the whole decode it falls back to should the digest differ.
-    let (decoded, decode_peak) = peak_of(|| store.latest(SHARD).0.expect("the chain reads").engine(Arc::clone(&journey)));
+    let (decoded, decode_peak) =
+        peak_of(|| store.latest(SHARD).0.expect("the chain reads").engine(Arc::clone(&journey)));
     drop(decoded);
     let (header, rewrite_peak) = peak_of(|| store.compact(SHARD, &journey).expect("rewrite").expect("deltas to fold"));
     eprintln!("peak heap: rewrite {rewrite_peak} B, whole decode {decode_peak} B");
@@ -220,7 +234,9 @@ fn a_base_rewrite_peaks_well_below_a_whole_decode() {
     let (header, rewrite_peak) = peak_of(|| store.compact(SHARD, &journey).expect("rewrite").expect("deltas to fold"));
     assert_eq!(header.digest, format!("{:016x}", engine.digest()));
     let (rewrite, decode) = (rewrite_peak.saturating_sub(chain_bytes), decode_peak.saturating_sub(chain_bytes));
-    eprintln!("peak heap beyond the chain's {chain_bytes} B: rewrite {rewrite} B, whole decode {decode} B; deltas / base {delta_share:.2}");
+    eprintln!(
+        "peak heap beyond the chain's {chain_bytes} B: rewrite {rewrite} B, whole decode {decode} B; deltas / base {delta_share:.2}"
+    );
     assert!(
         (rewrite as f64) < 0.9 * decode as f64,
         "beyond the chain's {chain_bytes} B, the rewrite's peak heap ({rewrite} B) is well below a whole decode's ({decode} B)"

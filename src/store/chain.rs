@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use super::changelog::{Batch, Fold};
 use super::file::{FILE_SEED, head, parse};
 use super::{Checked, FORMAT_VERSION, Header, Pending, SnapshotError, SnapshotStore};
+use crate::core::StateError;
 use crate::core::ids::hash64;
 use crate::core::snapshot::{Dec, ProspectRecord, STATE_VERSION, StateWriter, journey_fingerprint};
-use crate::core::StateError;
 use crate::core::{Engine, Journey};
 
 /// What a delta says of the state after it, computed when its records were captured.
@@ -547,7 +547,11 @@ fn rewrite(chain: &Chain, journey: &Arc<Journey>, out: &mut Vec<u8>) -> Result<(
         .map_err(bad)?;
         let after = fold.stats();
         if after.checkpoints != before.checkpoints + 1 || after.bad != before.bad {
-            return Err(bad(format!("{} bad records, {} checkpoint records", after.bad - before.bad, after.checkpoints - before.checkpoints)));
+            return Err(bad(format!(
+                "{} bad records, {} checkpoint records",
+                after.bad - before.bad,
+                after.checkpoints - before.checkpoints
+            )));
         }
     }
     let shell = fold.finish().engine;

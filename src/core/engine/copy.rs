@@ -232,9 +232,8 @@ impl Engine {
                 self.copy_one(i, What::Freed, (None, None), into);
             }
         }
-        into.timed.extend(
-            self.extras.iter().filter(|(_, x)| !x.seen.is_empty() || !x.waiting.is_empty()).map(|(&i, _)| i),
-        );
+        into.timed
+            .extend(self.extras.iter().filter(|(_, x)| !x.seen.is_empty() || !x.waiting.is_empty()).map(|(&i, _)| i));
         for k in 0..digests.timed().len() + into.timed.len() {
             let i = match digests.timed().get(k) {
                 Some(&i) => i,
@@ -265,16 +264,8 @@ impl Engine {
     /// Copies slot `i`'s parts; `found`: its stored extras and email, looked up already.
     fn copy_one(&self, i: u32, what: What, found: (Option<&Extras>, Option<&str>), into: &mut PartsCopy) {
         let none = (0, u32::MAX);
-        let mut e = Entry {
-            slot: i,
-            what,
-            at: 0,
-            id: (0, 0),
-            email: none,
-            extras: u32::MAX,
-            slots: u32::MAX,
-            shown: (0, 0),
-        };
+        let mut e =
+            Entry { slot: i, what, at: 0, id: (0, 0), email: none, extras: u32::MAX, slots: u32::MAX, shown: (0, 0) };
         if what == What::Freed {
             into.entries.push(e);
             return;

@@ -295,7 +295,8 @@ impl Parts<'_> {
         mask |= u16::from(has_alerted) << 14;
         // Bit 15: an extension byte follows the record, each of its bits saying what comes after
         // it (state version 4; a record with none of them has no byte).
-        let ext = (u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL) | (u8::from(!self.shown.is_empty()) * EXT_SHOWN);
+        let ext =
+            (u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL) | (u8::from(!self.shown.is_empty()) * EXT_SHOWN);
         mask |= u16::from(ext != 0) << 15;
         out.extend_from_slice(&mask.to_le_bytes());
         if mask & (1 << 7) != 0 {

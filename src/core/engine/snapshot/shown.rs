@@ -39,7 +39,6 @@ pub(super) fn decode_shown(r: &mut Dec<'_>, signals: usize, into: &mut Vec<u64>)
     Ok(())
 }
 
-
 /// The funnel's times to the outcome (meta, state version 5): per signal from its first showing,
 /// then per hot rule from its first match, each a u32 row count and per row the won and the lost
 /// histogram; then the milestones' times, a u32 count (signals x stages) and one histogram each.

@@ -200,6 +200,15 @@ impl Engine {
         into.slot_count = self.store.len();
         into.digests = digests.is_some();
         self.copy_names(into);
+        // Sized once for the changed prospects (nothing to do when an earlier capture did): a
+        // buffer grown by doubling would copy what it holds at each step.
+        let n = changed.len();
+        into.entries.reserve(n);
+        into.fixed.reserve(n);
+        into.stage_times.reserve(n * into.shape.0);
+        into.counts.reserve(n * into.shape.1);
+        into.marks.reserve(n * into.shape.2);
+        into.text.reserve(n * 24);
         for (c, chunk) in changed.chunks(CHUNK).enumerate() {
             // The chunk's hash lookups one after the other: they do not depend on each other,
             // so their cache misses overlap (one per prospect amid the copying would wait for

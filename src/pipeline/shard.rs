@@ -34,7 +34,8 @@ pub(super) struct Shard {
     /// The checkpoint the snapshot store's chain ends at, which the next delta follows
     /// (`None`: the next checkpoint writes a base).
     pub(super) chained: Option<u64>,
-    /// The state digest per slot, brought up to date at each capture (with a snapshot store).
+    /// The state digest per slot (with a snapshot store), brought up to date from each capture's
+    /// copy on the writer thread (with the writer while a checkpoint is in flight).
     pub(super) digests: SlotDigests,
     /// The changelog records of the last capture (a buffer reused between checkpoints; with
     /// the writer while a checkpoint is in flight).

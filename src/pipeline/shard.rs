@@ -37,8 +37,8 @@ pub(super) struct Shard {
     /// The state digest per slot (with a snapshot store), brought up to date from each capture's
     /// copy on the writer thread (with the writer while a checkpoint is in flight).
     pub(super) digests: SlotDigests,
-    /// The changelog records of the last capture (a buffer reused between checkpoints; with
-    /// the writer while a checkpoint is in flight).
+    /// The changelog records of a capture (with the writer while a checkpoint is in flight,
+    /// which lets their memory go once they are written).
     pub(super) batch: Batch,
     /// The changed prospects' parts of the last capture (reused like `batch`).
     pub(super) copy: PartsCopy,

@@ -58,7 +58,8 @@ pub enum CheckpointFailure {
 
 /// A finished (or failed) checkpoint of one shard.
 pub struct Done {
-    /// The job's record buffer and copy, returned to be reused by the next capture.
+    /// The job's record buffer (emptied, its memory let go) and copy, returned to be reused by
+    /// the next capture.
     pub batch: Batch,
     pub copy: PartsCopy,
     /// The job's digests per slot, up to date with the capture.
@@ -127,6 +128,11 @@ impl Writer {
                     Err(_) => (job.changed, job.tombstones),
                 };
                 let secs = started.elapsed().as_secs_f64();
+                // The records are written: their buffer is let go here. The capture encodes only
+                // the few records that are not prospects' into it (the prospects' are encoded
+                // here, from the copy), so keeping it sized for the largest checkpoint would hold
+                // memory for nothing.
+                job.batch.release();
                 let done = Done {
                     batch: job.batch,
                     copy: job.copy,

@@ -300,6 +300,12 @@ impl Batch {
         self.records.is_empty()
     }
 
+    /// Drops the records and lets go of their buffers' memory.
+    pub fn release(&mut self) {
+        self.buf = Vec::new();
+        self.records = Vec::new();
+    }
+
     /// Record `i`: key and value (`None`: a tombstone).
     pub fn record(&self, i: usize) -> (&[u8], Option<&[u8]>) {
         let (k, v) = &self.records[i];

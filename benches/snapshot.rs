@@ -1,15 +1,20 @@
 //! Snapshot chains for large shards (1M and 10M prospects by default):
 //! - pause: the capture on the processing thread after `MICROFUNNEL_BENCH_CHANGED` more events
 //!   (default 100,000, i.e. a checkpoint every 100k events) on random prospects: the changed
-//!   prospects taken, their digests brought up to date, their changelog records encoded into
-//!   the reused buffer (sized by an earlier capture, as in the service; with
-//!   `MICROFUNNEL_BENCH_FRESH_BUFFER` set, an empty one, as at the first checkpoint after a
-//!   restore); goal < 50 ms at 1M;
+//!   prospects taken, the records other than theirs encoded, their parts copied into the reused
+//!   copy (buffers sized by an earlier capture, as in the service; with
+//!   `MICROFUNNEL_BENCH_FRESH_BUFFER` set, empty ones, as at the first checkpoint after a
+//!   restore); goal < 50 ms at 1M. Next to it, in the same run on the same state: the writer's
+//!   encoding and digests from the copy, and the capture as it was before (records and digests
+//!   from the engine on the processing thread: `pause_engine_side_s`);
 //! - checkpoint: the delta written (encode + write + fsync + rename) on the writer thread;
 //!   goal < 1 s at 1M; also the base written at a restore (encode + digest + write + fsync)
 //!   and the base rewrite from base + delta (read, decode, fold, digest check, write);
 //! - restore: the chain, base + one delta (read + checksums + decode + fold + digest check);
 //!   goal < 2 s at 1M;
+//! - peak resident memory of a base rewrite above what was resident before it, next to the
+//!   RSS the engine took when it was built: the rewrite as `compact` streams it, and the
+//!   whole-decode rewrite it replaced (the chain decoded, then encoded), on the same chain;
 //!
 //! each next to a baseline measured in the same run on the same bytes: writing + fsyncing the
 //! base's file image with `std::fs::write`, and reading it back with `std::fs::read`.
@@ -25,7 +30,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use microfunnel::codec::{self, Limits};
-use microfunnel::core::{Engine, Journey, SlotDigests};
+use microfunnel::core::{Engine, Journey, PartsCopy, SlotDigests};
 use microfunnel::store::{Batch, DeltaFacts, FileStore, Pending, SnapshotStore};
 
 const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
@@ -82,6 +87,33 @@ fn touch(engine: &mut Engine, n: u64, journey: &Arc<Journey>) -> u64 {
     k
 }
 
+/// A line of /proc/self/status in bytes (`VmRSS:`, `VmHWM:`).
+fn rss(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.split_whitespace().next()?.parse().ok());
+    kb.unwrap_or(0u64) * 1024
+}
+
+/// Returns the memory freed so far to the OS (glibc keeps it in its arenas otherwise).
+fn trim() {
+    // SAFETY: `malloc_trim` only returns free memory of the allocator's arenas to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Runs `f`, with its peak resident memory above the RSS before it (the peak reset first:
+/// `5` written to /proc/self/clear_refs).
+fn peak_rss_of<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    trim();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = rss("VmRSS:");
+    let r = f();
+    let peak = rss("VmHWM:").saturating_sub(before);
+    trim();
+    (r, peak)
+}
+
 fn main() {
     let sizes: Vec<u64> = std::env::var("MICROFUNNEL_BENCH_SNAPSHOT")
         .unwrap_or_else(|_| "1000000,10000000".into())
@@ -94,8 +126,11 @@ fn main() {
     let mut results =
         std::fs::OpenOptions::new().create(true).append(true).open(work.join("snapshot.jsonl")).expect("results file");
     for n in sizes {
+        trim();
+        let before = rss("VmRSS:");
         let t = Instant::now();
         let engine = build(n, &journey);
+        let engine_rss = rss("VmRSS:").saturating_sub(before);
         eprintln!("built {n} prospects in {:.1} s", t.elapsed().as_secs_f64());
         let dir = work.join(format!("snapshot-{n}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -125,22 +160,41 @@ fn main() {
         // Steady state: events between two checkpoints, then the capture (the pause).
         let changed = touch(&mut engine, n, &journey);
         let (mut held, mut freed, mut batch) = (Vec::new(), Vec::new(), Batch::default());
-        // As the barrier does it (one pass: each prospect's digest right after its record).
+        let (mut copy, mut own) = (PartsCopy::default(), Batch::default());
         let positions = BTreeMap::from([("events".to_string(), n as i64)]);
-        // The service reuses each shard's batch (it comes back from the writer): its buffer
-        // is as large as the largest checkpoint so far. Sized here by encoding as many
-        // prospects, unless `MICROFUNNEL_BENCH_FRESH_BUFFER` asks for the first checkpoint's
-        // pause (an empty buffer growing while it is filled).
+        // The service reuses each shard's batch and copy (they come back from the writer):
+        // their buffers are as large as the largest checkpoint so far. Sized here by a capture
+        // of as many prospects, unless `MICROFUNNEL_BENCH_FRESH_BUFFER` asks for the first
+        // checkpoint's pause (empty buffers growing while they are filled).
         let fresh_buffer = std::env::var_os("MICROFUNNEL_BENCH_FRESH_BUFFER").is_some();
         if !fresh_buffer {
             let sizing: Vec<_> = (0..changed.min(n) as u32).map(microfunnel::core::ProspectIx).collect();
             batch.checkpoint(&engine, &sizing, &[], 1, &positions);
+            own.checkpoint(&engine, &sizing, &[], 1, &positions);
+            engine.copy_changed(&sizing, &[], Some(&digests), &mut copy);
         }
         let t = Instant::now();
         engine.take_changed_slots(&mut held, &mut freed);
         let pause_take = t.elapsed().as_secs_f64();
-        batch.checkpoint_digested(&engine, &held, &freed, &[], 1, &positions, &mut digests);
+        // The pause as the barrier takes it: the records other than the prospects' (tombstones,
+        // CRM, identity, the checkpoint record), then the changed prospects' parts copied.
+        let mut own_digests = digests.clone();
+        batch.checkpoint_tail(&engine, &[], 1, &positions);
+        let pause_tail = t.elapsed().as_secs_f64() - pause_take;
+        engine.copy_changed(&held, &freed, Some(&digests), &mut copy);
         let pause = t.elapsed().as_secs_f64();
+        // The writer thread's part of it: records and digests from the copy.
+        let t = Instant::now();
+        batch.prepend_copied(&copy, Some(&mut digests));
+        let writer_encode = t.elapsed().as_secs_f64();
+        // Before: the same capture encoded and digested from the engine on the processing
+        // thread (run second, so it finds more of the changed prospects in cache).
+        let t = Instant::now();
+        own.checkpoint_digested(&engine, &held, &freed, &[], 1, &positions, &mut own_digests);
+        let pause_engine_side = t.elapsed().as_secs_f64() + pause_take;
+        assert!(own.records().eq(batch.records()), "the copy's records are the engine's");
+        assert_eq!(own_digests.digest(), digests.digest(), "the copy's digest is the engine's");
+        drop(own);
         let facts = DeltaFacts { prev: 0, prospects: engine.len() as u64, digest: digests.digest() };
 
         // The writer thread's part: the delta.
@@ -182,9 +236,20 @@ fn main() {
         assert_eq!(restored.digest(), digest, "restored state equals the live one");
         drop((restored, chain));
 
+        // Peak resident memory of a rewrite above the RSS before it, next to the engine's own
+        // (RSS growth while it was built): the rewrite as it was before (the chain decoded
+        // whole, then encoded as a base, in memory) and as `compact` streams it now.
+        let whole = peak_rss_of(|| {
+            let chain = store.latest(0).0.expect("the chain reads back");
+            let decoded = chain.engine(Arc::clone(&journey)).expect("the chain decodes");
+            let mut body = Vec::new();
+            decoded.encode_state_digest(&mut body, true)
+        });
+        assert_eq!(format!("{:016x}", whole.0), header.digest);
         // The base rewrite from base + delta (the writer thread, after reporting).
         let t = Instant::now();
-        let rewritten = store.compact(0, &journey).expect("rewrite").expect("a delta to fold");
+        let (rewritten, rewrite_rss) =
+            peak_rss_of(|| store.compact(0, &journey).expect("rewrite").expect("a delta to fold"));
         let rewrite = t.elapsed().as_secs_f64();
         assert_eq!(rewritten.digest, header.digest);
         drop(engine);
@@ -198,11 +263,18 @@ fn main() {
             "pause_prospects_changed": changed_prospects,
             "pause_fresh_buffer": fresh_buffer,
             "pause_take_s": pause_take,
+            "pause_tail_s": pause_tail,
+            "pause_copy_s": pause - pause_take - pause_tail,
+            "pause_engine_side_s": pause_engine_side,
+            "writer_encode_s": writer_encode,
             "delta_bytes": delta_bytes,
             "checkpoint_s": checkpoint,
             "checkpoint_base_s": checkpoint_base,
             "digests_init_s": digests_init,
             "rewrite_s": rewrite,
+            "engine_rss_bytes": engine_rss,
+            "rewrite_peak_rss_bytes": rewrite_rss,
+            "rewrite_whole_decode_peak_rss_bytes": whole.1,
             "write_baseline_s": write_baseline,
             "restore_s": restore,
             "restore_read_check_s": read_s,

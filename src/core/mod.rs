@@ -20,7 +20,7 @@ pub mod time;
 pub mod unmapped;
 pub mod xpart;
 
-pub use engine::{Census, Engine, IdentityStats, ProspectView, SlotDigests, Stats, snapshot};
+pub use engine::{Census, Engine, IdentityStats, PartsCopy, ProspectView, SlotDigests, Stats, snapshot};
 pub use event::{Event, EventKind, Source};
 pub use funnel::{Funnel, FunnelReport};
 pub use ids::ProspectIx;

@@ -186,27 +186,23 @@ impl State {
             let changed = std::mem::take(&mut shard.held);
             let mut batch = std::mem::take(&mut shard.batch);
             let source = shard.engine.lineage();
+            let mut copy = std::mem::take(&mut shard.copy);
+            let mut digests = None;
             let part = match (&self.store, shard.chained) {
+                // The pause: the records other than the prospects' encoded here, the changed
+                // prospects' parts copied; the writer encodes and digests them from the copy.
                 (Some(_), Some(prev)) => {
-                    batch.checkpoint_digested(
-                        &shard.engine,
-                        &changed,
-                        &shard.freed,
-                        &tombstones,
-                        shard.seq,
-                        &what.positions,
-                        &mut shard.digests,
-                    );
-                    Part::Delta(DeltaFacts {
-                        prev,
-                        prospects: shard.engine.len() as u64,
-                        digest: shard.digests.digest(),
-                    })
+                    batch.checkpoint_tail(&shard.engine, &tombstones, shard.seq, &what.positions);
+                    shard.engine.copy_changed(&changed, &shard.freed, Some(&shard.digests), &mut copy);
+                    digests = Some(std::mem::take(&mut shard.digests));
+                    // The digest is the writer's, from the copy.
+                    Part::Delta(DeltaFacts { prev, prospects: shard.engine.len() as u64, digest: 0 })
                 }
                 // The store holds no chain this shard can follow (a restore could not write
                 // its base): this checkpoint writes a base, here, from the live engine.
                 (Some(store), None) => {
                     batch.checkpoint(&shard.engine, &changed, &tombstones, shard.seq, &what.positions);
+                    copy.clear();
                     let base = Pending { changelog: None, ..what.clone() };
                     match store.save(base, &shard.engine) {
                         Ok(h) => {
@@ -220,6 +216,7 @@ impl State {
                             shard.engine.settle_taken(false);
                             shard.tombstones = tombstones;
                             shard.batch = batch;
+                            shard.copy = copy;
                             flight.failed = true;
                             continue;
                         }
@@ -227,14 +224,20 @@ impl State {
                 }
                 // No snapshot store: the writer only appends to the changelog.
                 (None, _) => {
-                    batch.checkpoint(&shard.engine, &changed, &tombstones, shard.seq, &what.positions);
+                    batch.checkpoint_tail(&shard.engine, &tombstones, shard.seq, &what.positions);
+                    shard.engine.copy_changed(&changed, &[], None, &mut copy);
                     Part::Delta(DeltaFacts { prev: 0, prospects: 0, digest: 0 })
                 }
             };
-            if w.submit(Job { batch, what, part, deadline, changed, tombstones, source }) {
+            let job = Job { batch, copy, digests, what, part, deadline, changed, tombstones, source };
+            if w.submit(job) {
                 flight.waiting.insert(p);
             } else {
                 flight.failed = true;
+                // The job (and the digests it carried) is gone with the writer.
+                if self.store.is_some() {
+                    shard.digests = SlotDigests::of(&shard.engine);
+                }
             }
         }
         self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
@@ -275,10 +278,14 @@ impl State {
             let shard = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard));
             if let Some(shard) = shard {
                 shard.batch = done.batch;
+                shard.copy = done.copy;
                 // What the checkpoint took is settled in the engine it came from: dropped once
                 // durable, marked again on failure (and a store without the chain the delta
                 // followed makes the next checkpoint write a base).
                 if shard.engine.lineage() == done.source {
+                    if let Some(d) = done.digests {
+                        shard.digests = d;
+                    }
                     shard.engine.settle_taken(done.result.is_ok());
                     match &done.result {
                         Ok(Some(_)) => shard.chained = Some(done.seq),

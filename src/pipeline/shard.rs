@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::codec::{self, InputSpec, Limits};
-use crate::core::{Engine, Journey, ProspectIx, SlotDigests};
+use crate::core::{Engine, Journey, PartsCopy, ProspectIx, SlotDigests};
 use crate::store::Batch;
 
 use super::inputs::Inputs;
@@ -34,11 +34,14 @@ pub(super) struct Shard {
     /// The checkpoint the snapshot store's chain ends at, which the next delta follows
     /// (`None`: the next checkpoint writes a base).
     pub(super) chained: Option<u64>,
-    /// The state digest per slot, brought up to date at each capture (with a snapshot store).
+    /// The state digest per slot (with a snapshot store), brought up to date from each capture's
+    /// copy on the writer thread (with the writer while a checkpoint is in flight).
     pub(super) digests: SlotDigests,
-    /// The changelog records of the last capture (a buffer reused between checkpoints; with
-    /// the writer while a checkpoint is in flight).
+    /// The changelog records of a capture (with the writer while a checkpoint is in flight,
+    /// which lets their memory go once they are written).
     pub(super) batch: Batch,
+    /// The changed prospects' parts of the last capture (reused like `batch`).
+    pub(super) copy: PartsCopy,
     /// Scratch lists of a capture: the prospects changed, the slots freed.
     pub(super) held: Vec<ProspectIx>,
     pub(super) freed: Vec<u32>,
@@ -62,6 +65,7 @@ impl Shard {
             chained: None,
             digests: SlotDigests::default(),
             batch: Batch::default(),
+            copy: PartsCopy::default(),
             held: Vec::new(),
             freed: Vec::new(),
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Instant;
 
-use crate::core::{Journey, ProspectIx};
+use crate::core::{Journey, PartsCopy, ProspectIx, SlotDigests};
 use crate::store::{Batch, Changelog, ChangelogError, DeltaFacts, Header, Pending, SnapshotError, SnapshotStore};
 
 /// What a checkpoint leaves in the snapshot store.
@@ -21,10 +21,20 @@ pub enum Part {
     Written(Box<Header>),
 }
 
-/// One shard's checkpoint, done off the processing thread: changelog records (encoded at the
-/// capture), then the delta that records the changelog position.
+/// One shard's checkpoint, done off the processing thread: the changed prospects' changelog
+/// records encoded and digested from the capture's copy, the records appended to the
+/// changelog, then the delta that records the changelog position.
 pub struct Job {
+    /// The checkpoint's records other than its prospects' (`Batch::checkpoint_tail`), or all of
+    /// them (a base written at the capture); the prospects' records are put before them here,
+    /// from `copy`.
     pub batch: Batch,
+    /// The changed prospects' parts, copied at the capture (`Engine::copy_changed`; empty when
+    /// the batch already holds every record).
+    pub copy: PartsCopy,
+    /// The shard's digests per slot (with a snapshot store), brought up to date here from
+    /// `copy`; the delta's digest is theirs.
+    pub digests: Option<SlotDigests>,
     pub what: Pending,
     pub part: Part,
     /// When to give up waiting for the changelog's acknowledgements.
@@ -48,8 +58,12 @@ pub enum CheckpointFailure {
 
 /// A finished (or failed) checkpoint of one shard.
 pub struct Done {
-    /// The job's record buffer, returned to be reused by the next capture.
+    /// The job's record buffer (emptied, its memory let go) and copy, returned to be reused by
+    /// the next capture.
     pub batch: Batch,
+    pub copy: PartsCopy,
+    /// The job's digests per slot, up to date with the capture.
+    pub digests: Option<SlotDigests>,
     pub shard: i32,
     pub seq: u64,
     /// The snapshot header (`None` without a snapshot store).
@@ -87,6 +101,10 @@ impl Writer {
                 let started = Instant::now();
                 let (shard, seq) = (job.what.shard, job.what.seq);
                 let mut result = Ok(None);
+                job.batch.prepend_copied(&job.copy, job.digests.as_mut());
+                if let (Part::Delta(facts), Some(d)) = (&mut job.part, &job.digests) {
+                    facts.digest = d.digest();
+                }
                 if let Some(changelog) = &changelog {
                     match changelog.append(shard, &job.batch, job.deadline) {
                         Ok(position) => job.what.changelog = Some(position),
@@ -110,7 +128,23 @@ impl Writer {
                     Err(_) => (job.changed, job.tombstones),
                 };
                 let secs = started.elapsed().as_secs_f64();
-                let done = Done { batch: job.batch, shard, seq, result, secs, changed, tombstones, source: job.source };
+                // The records are written: their buffer is let go here. The capture encodes only
+                // the few records that are not prospects' into it (the prospects' are encoded
+                // here, from the copy), so keeping it sized for the largest checkpoint would hold
+                // memory for nothing.
+                job.batch.release();
+                let done = Done {
+                    batch: job.batch,
+                    copy: job.copy,
+                    digests: job.digests,
+                    shard,
+                    seq,
+                    result,
+                    secs,
+                    changed,
+                    tombstones,
+                    source: job.source,
+                };
                 if tx.send(done).is_err() {
                     break;
                 }
@@ -237,21 +271,23 @@ mod tests {
         }
     }
 
-    /// Captures `live` as the barrier does: takes its changed prospects, brings the digests up
-    /// to date, encodes the records, and makes the job of checkpoint `seq` at input positions
-    /// `web`, `crm`, a delta on the chain's end.
+    /// Captures `live` as the barrier does: takes its changed prospects, encodes the records
+    /// other than theirs, copies their parts (the writer encodes and digests them), and makes
+    /// the job of checkpoint `seq` at input positions `web`, `crm`, a delta on the chain's end.
     fn job(live: &mut Live, seq: u64, web: i64, crm: i64, tombstones: &[&str]) -> Job {
         let (mut changed, mut freed) = (Vec::new(), Vec::new());
         live.engine.take_changed_slots(&mut changed, &mut freed);
-        live.digests.update(&live.engine, changed.iter().map(|ix| ix.0).chain(freed.iter().copied()));
         let what = pending(seq, web, crm);
         let tombstones: Vec<String> = tombstones.iter().map(|t| t.to_string()).collect();
         let mut batch = Batch::default();
-        batch.checkpoint(&live.engine, &changed, &tombstones, seq, &what.positions);
-        let facts =
-            DeltaFacts { prev: live.chained, prospects: live.engine.len() as u64, digest: live.digests.digest() };
+        batch.checkpoint_tail(&live.engine, &tombstones, seq, &what.positions);
+        let mut copy = PartsCopy::default();
+        live.engine.copy_changed(&changed, &freed, Some(&live.digests), &mut copy);
+        let facts = DeltaFacts { prev: live.chained, prospects: live.engine.len() as u64, digest: 0 };
         Job {
             batch,
+            copy,
+            digests: Some(std::mem::take(&mut live.digests)),
             what,
             part: Part::Delta(facts),
             deadline: Instant::now() + Duration::from_secs(30),
@@ -268,8 +304,9 @@ mod tests {
 
     /// The barrier's handling of a finished job: settles what it took; a failed one re-marks
     /// what it covered in the engine it was captured from.
-    fn settle(live: &mut Live, done: &Done) -> Vec<String> {
+    fn settle(live: &mut Live, done: &mut Done) -> Vec<String> {
         assert_eq!(done.source, live.engine.lineage());
+        live.digests = done.digests.take().expect("the job's digests come back");
         live.engine.settle_taken(done.result.is_ok());
         if done.result.is_ok() {
             live.chained = done.seq;
@@ -368,9 +405,9 @@ mod tests {
         let writer = writer(&store, &journey, 100.0);
 
         // Checkpoint 1 is written; checkpoint 2 fails; checkpoint 3 succeeds.
-        let done = run(&writer, job(&mut live, 1, 200, -1, &[]));
+        let mut done = run(&writer, job(&mut live, 1, 200, -1, &[]));
         assert!(matches!(done.result, Ok(Some(_))));
-        settle(&mut live, &done);
+        settle(&mut live, &mut done);
         let first_digest = live.engine.digest();
 
         feed(&mut live.engine, 200, 600);
@@ -378,9 +415,9 @@ mod tests {
         let job2 = job(&mut live, 2, 600, 30, &["ghost-1"]);
         let covered = job2.changed.clone();
         assert!(covered.len() > 10, "checkpoint 2 covers the prospects fed since 1 ({})", covered.len());
-        let failed = run(&writer, job2);
+        let mut failed = run(&writer, job2);
         assert!(failed.result.is_err());
-        let mut owed = settle(&mut live, &failed);
+        let mut owed = settle(&mut live, &mut failed);
         assert_eq!(owed, vec!["ghost-1".to_string()]);
         assert_eq!(store.latest(SHARD).0.unwrap().header().seq, 1, "the store still ends at checkpoint 1");
 
@@ -427,9 +464,9 @@ mod tests {
         let writer = writer(&store, &journey, 0.5);
         let mut at: usize = 300;
         for seq in 1..=6 {
-            let done = run(&writer, job(&mut live, seq, at as i64, -1, &[]));
+            let mut done = run(&writer, job(&mut live, seq, at as i64, -1, &[]));
             assert!(done.result.is_ok(), "checkpoint {seq}: {:?}", done.result.err());
-            settle(&mut live, &done);
+            settle(&mut live, &mut done);
             feed(&mut live.engine, at, at + 150);
             at += 150;
         }

@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use super::changelog::{Batch, Fold};
 use super::file::{FILE_SEED, head, parse};
 use super::{Checked, FORMAT_VERSION, Header, Pending, SnapshotError, SnapshotStore};
+use crate::core::StateError;
 use crate::core::ids::hash64;
-use crate::core::snapshot::{STATE_VERSION, journey_fingerprint};
+use crate::core::snapshot::{Dec, ProspectRecord, STATE_VERSION, StateWriter, journey_fingerprint};
 use crate::core::{Engine, Journey};
 
 /// What a delta says of the state after it, computed when its records were captured.
@@ -149,30 +150,30 @@ fn encode_body(batch: &Batch, out: &mut Vec<u8>) {
 }
 
 /// Calls `visit` with each record of a delta body, in order.
-fn for_each_record(body: &[u8], mut visit: impl FnMut(&[u8], Option<&[u8]>)) -> Result<(), String> {
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], String> {
+fn for_each_record<'b>(body: &'b [u8], mut visit: impl FnMut(&'b [u8], Option<&'b [u8]>)) -> Result<(), String> {
+    fn take<'b>(body: &'b [u8], at: &mut usize, n: usize) -> Result<&'b [u8], String> {
         let end = at.checked_add(n).filter(|&e| e <= body.len()).ok_or_else(|| format!("body cut at byte {at}"))?;
-        let s = &body[at..end];
-        at = end;
+        let s = &body[*at..end];
+        *at = end;
         Ok(s)
-    };
+    }
     let u32_at = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-    let n = u32_at(take(4)?);
+    let mut at = 0usize;
+    let n = u32_at(take(body, &mut at, 4)?);
     for _ in 0..n {
-        let klen = u32_at(take(4)?);
-        let key = take(klen)?;
-        let value = match take(1)?[0] {
+        let klen = u32_at(take(body, &mut at, 4)?);
+        let key = take(body, &mut at, klen)?;
+        let value = match take(body, &mut at, 1)?[0] {
             0 => None,
             1 => {
-                let vlen = u32_at(take(4)?);
-                Some(take(vlen)?)
+                let vlen = u32_at(take(body, &mut at, 4)?);
+                Some(take(body, &mut at, vlen)?)
             }
             t => return Err(format!("record presence byte {t}")),
         };
         visit(key, value);
     }
-    if take(1).is_ok() {
+    if take(body, &mut at, 1).is_ok() {
         return Err("bytes after the last record".to_string());
     }
     Ok(())
@@ -322,8 +323,24 @@ pub(crate) fn save_base(
 ) -> Result<Header, SnapshotError> {
     let mut body = Vec::new();
     let digest = engine.encode_state_digest(&mut body, true);
-    let header = header(&what, engine.journey(), engine.len() as u64, digest, &body, None);
-    images.put(what.shard, &name(what.seq, Kind::Base), &[&head(&header), &body])?;
+    put_base(images, tips, keep, what, engine.journey(), engine.len() as u64, digest, &body)
+}
+
+/// Writes `body`, a full state of `prospects` prospects with digest `digest`, as a base and
+/// makes it the shard's chain.
+#[allow(clippy::too_many_arguments)]
+fn put_base(
+    images: &impl Images,
+    tips: &Tips,
+    keep: usize,
+    what: Pending,
+    journey: &Journey,
+    prospects: u64,
+    digest: u64,
+    body: &[u8],
+) -> Result<Header, SnapshotError> {
+    let header = header(&what, journey, prospects, digest, body, None);
+    images.put(what.shard, &name(what.seq, Kind::Base), &[&head(&header), body])?;
     let tip = ChainTip { seq: what.seq, base_seq: what.seq, base_bytes: header.body_len, delta_bytes: 0, deltas: 0 };
     tips.set(what.shard, Some(tip));
     prune(images, what.shard, keep, what.seq)?;
@@ -458,7 +475,9 @@ pub(crate) fn list(images: &impl Images, shard: i32) -> Result<Vec<PathBuf>, Sna
     Ok(all.into_iter().map(|(_, _, n)| images.path(shard, &n)).collect())
 }
 
-/// Rewrites the newest chain into a base of its newest checkpoint.
+/// Rewrites the newest chain into a base of its newest checkpoint: streamed, prospect by
+/// prospect ([`rewrite`]); should that give another digest than the newest delta's (a state
+/// the streamed merge does not read as a restore would), from the chain decoded whole.
 pub(crate) fn compact(
     images: &impl Images,
     tips: &Tips,
@@ -471,7 +490,6 @@ pub(crate) fn compact(
         tracing::error!(shard, error = %e, "snapshot file rejected while rewriting the base; trying the previous one");
     }
     let Some(chain) = chain.filter(|c| !c.deltas.is_empty()) else { return Ok(None) };
-    let engine = chain.engine(Arc::clone(journey))?;
     let h = chain.header();
     let what = Pending {
         group: h.group.clone(),
@@ -481,8 +499,94 @@ pub(crate) fn compact(
         positions: h.positions.clone(),
         changelog: h.changelog.clone(),
     };
+    let mut body = Vec::new();
+    match rewrite(&chain, journey, &mut body) {
+        Ok((digest, prospects)) if format!("{digest:016x}") == h.digest => {
+            drop(chain);
+            return put_base(images, tips, keep, what, journey, prospects, digest, &body).map(Some);
+        }
+        Ok((digest, _)) => tracing::warn!(
+            shard,
+            expected = %h.digest,
+            found = %format!("{digest:016x}"),
+            "streamed base rewrite gave another digest; rewriting from the chain decoded whole"
+        ),
+        Err(e) => {
+            tracing::warn!(shard, error = %e, "streamed base rewrite failed; rewriting from the chain decoded whole")
+        }
+    }
+    drop(body);
+    let engine = chain.engine(Arc::clone(journey))?;
     drop(chain);
     save_base(images, tips, keep, what, &engine).map(Some)
+}
+
+/// The chain's state written into `out` as a full state (a base body) without decoding it
+/// whole: the base's shard-level parts and the deltas' CRM, identity and checkpoint records
+/// folded into an engine without prospects; then the base's prospects one at a time, each
+/// replaced by the newest delta record of its id or left out for a tombstone; then the ids
+/// only the deltas hold, by id. Returns the state's digest and prospect count.
+fn rewrite(chain: &Chain, journey: &Arc<Journey>, out: &mut Vec<u8>) -> Result<(u64, u64), SnapshotError> {
+    let base = &chain.base;
+    let (shell, prospects) = Engine::decode_state_shell(Arc::clone(journey), &base.body).map_err(state(&base.path))?;
+    let mut fold = Fold::new(shell, base.header.positions.clone(), base.header.seq);
+    let mut newest: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
+    for d in &chain.deltas {
+        let bad = |reason: String| SnapshotError::Delta { path: d.path.clone(), reason };
+        let before = fold.stats();
+        let mut i = 0;
+        for_each_record(&d.body, |key, value| {
+            // Prospect ids have no control characters; the other records' keys start with NUL.
+            if key.first() == Some(&0) {
+                fold.push(d.header.shard, i, key, value);
+            } else {
+                newest.insert(key, value);
+            }
+            i += 1;
+        })
+        .map_err(bad)?;
+        let after = fold.stats();
+        if after.checkpoints != before.checkpoints + 1 || after.bad != before.bad {
+            return Err(bad(format!(
+                "{} bad records, {} checkpoint records",
+                after.bad - before.bad,
+                after.checkpoints - before.checkpoints
+            )));
+        }
+    }
+    let shell = fold.finish().engine;
+    out.reserve(base.body.len() + chain.deltas.iter().map(|d| d.body.len()).sum::<usize>() / 2);
+    let mut w = StateWriter::start(&shell, out);
+    let newest_path = chain.path();
+    let record = |v| prospect_record(&shell, v, newest_path);
+    prospects.for_each(&shell, state(&base.path), |id, rec| -> Result<(), SnapshotError> {
+        match newest.remove(id.as_bytes()) {
+            None => w.push(out, id, rec),
+            Some(None) => {}
+            Some(Some(v)) => w.push(out, id, &record(v)?),
+        }
+        Ok(())
+    })?;
+    let mut added: Vec<(&[u8], &[u8])> = newest.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+    added.sort_unstable();
+    for (k, v) in added {
+        let Ok(id) = std::str::from_utf8(k) else { continue };
+        w.push(out, id, &record(v)?);
+    }
+    Ok(w.finish(out))
+}
+
+fn state(path: &Path) -> impl Fn(StateError) -> SnapshotError + '_ {
+    move |source| SnapshotError::State { path: path.to_path_buf(), source }
+}
+
+/// A delta's prospect record (`P` + the changelog record), read by `shell`.
+fn prospect_record<'v>(shell: &Engine, v: &'v [u8], path: &Path) -> Result<ProspectRecord<'v>, SnapshotError> {
+    let body = v.strip_prefix(b"P").ok_or_else(|| SnapshotError::Delta {
+        path: path.to_path_buf(),
+        reason: "a prospect record without its tag".to_string(),
+    })?;
+    shell.decode_changelog_record(&mut Dec::new(body)).map_err(state(path))
 }
 
 /// The images of one directory (`inspect-snapshot` of a delta).

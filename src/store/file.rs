@@ -73,8 +73,9 @@ pub(crate) fn parse(path: &Path, bytes: Vec<u8>) -> Result<Checked, SnapshotErro
             reason: format!("{body_len} body bytes, header says {}", header.body_len),
         });
     }
-    let mut bytes = bytes;
-    let body = bytes.split_off(body_at);
+    // The body moved to the front of the file's buffer: no second copy of a base's bytes.
+    let mut body = bytes;
+    body.drain(..body_at);
     if format!("{:016x}", hash64(FILE_SEED, &body)) != header.body_hash {
         return Err(SnapshotError::BodyChecksum { path: p() });
     }

@@ -65,23 +65,3 @@ impl Engine {
         tables
     }
 }
-
-impl Engine {
-    /// Prospect `i`'s attributed values for its digest: by value, not by id, so that engines
-    /// whose tables were built apart (replay, a restored service) digest alike.
-    pub(super) fn digest_attributions(&self, i: usize, buf: &mut Vec<u8>) {
-        buf.push(2);
-        for (d, s) in self.attr.of(i).iter().enumerate() {
-            match s.value {
-                NONE => buf.push(0),
-                OTHER => buf.push(1),
-                id => {
-                    buf.push(2);
-                    buf.extend_from_slice(self.attr.tables()[d].name(id).unwrap_or_default().as_bytes());
-                    buf.push(0);
-                }
-            }
-            buf.extend_from_slice(&s.at.to_le_bytes());
-        }
-    }
-}

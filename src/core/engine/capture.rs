@@ -108,6 +108,34 @@ impl SlotDigests {
         }
     }
 
+    /// Slots whose digest depends on the watermark (live extras) as of the last update: a
+    /// capture's copy takes them in again ([`Engine::copy_changed`]).
+    pub fn timed(&self) -> &[u32] {
+        &self.timed
+    }
+
+    /// Starts taking in the digests computed from a capture's copy (`slots`: the engine's
+    /// slots at the capture): [`SlotDigests::put`] per entry of the copy (each slot once),
+    /// then [`SlotDigests::end_copy`].
+    pub fn begin_copy(&mut self, slots: usize) {
+        if self.per_slot.len() < slots {
+            self.per_slot.resize(slots, 0);
+            self.fresh.resize(slots.div_ceil(64), 0);
+        }
+    }
+
+    /// Slot `i`'s digest is now `new` (0: freed).
+    pub fn put(&mut self, i: u32, new: u64) {
+        let old = std::mem::replace(&mut self.per_slot[i as usize], new);
+        self.sum = self.sum.wrapping_sub(old).wrapping_add(new);
+    }
+
+    /// Ends taking in a copy: `timed` are the slots with expiring extras as of the capture.
+    pub fn end_copy(&mut self, timed: &[u32]) {
+        self.timed.clear();
+        self.timed.extend_from_slice(timed);
+    }
+
     /// The digest of the state as of the last update.
     pub fn digest(&self) -> u64 {
         self.sum

@@ -198,7 +198,11 @@ impl Engine {
     /// Borrowed when they already are what [`Extras::live`] would give (nothing expired, in
     /// canonical order: the common case, and no allocation on a checkpoint's capture).
     pub(super) fn live_extras(&self, ix: ProspectIx) -> Option<std::borrow::Cow<'_, Extras>> {
-        let stored = self.extras.get(&ix.0)?;
+        self.live_of(self.extras.get(&ix.0)?)
+    }
+
+    /// [`Engine::live_extras`] of extras already looked up.
+    pub(super) fn live_of<'a>(&self, stored: &'a Extras) -> Option<std::borrow::Cow<'a, Extras>> {
         let (watermark, window) = (self.watermark, self.journey.dedup_window);
         let x = if stored.is_live(watermark, window) {
             std::borrow::Cow::Borrowed(stored)

@@ -43,6 +43,7 @@ use super::time::Ts;
 mod breakdown;
 mod capture;
 mod clock;
+mod copy;
 mod crm;
 mod extras;
 mod identity;
@@ -57,6 +58,7 @@ mod xpart;
 
 use capture::Lineage;
 pub use capture::SlotDigests;
+pub use copy::PartsCopy;
 pub use crm::CrmState;
 use extras::{Emails, Seen};
 pub use extras::{Extras, dedup_key};

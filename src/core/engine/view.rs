@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::Engine;
 use super::extras::Extras;
 use super::timers::Timer;
-use crate::core::ids::{self, ProspectIx};
+use crate::core::ids::ProspectIx;
 use crate::core::prospect::{self, Classification};
 use crate::core::time::{MS_PER_SEC, Ts};
 
@@ -63,73 +63,7 @@ impl Engine {
     }
 
     pub(super) fn prospect_digest_with(&self, ix: ProspectIx, buf: &mut Vec<u8>) -> u64 {
-        let i = ix.0 as usize;
-        let p = self.store.fixed(i);
-        buf.clear();
-        buf.extend_from_slice(self.ids.get_bytes(ix));
-        buf.push(0);
-        for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
-            buf.extend_from_slice(&t.0.to_le_bytes());
-        }
-        buf.extend_from_slice(&p.score.to_bits().to_le_bytes());
-        buf.extend_from_slice(&[p.stage.0, p.flags, p.hot_rule]);
-        if p.last_signal != crate::core::prospect::NO_SIGNAL {
-            // Only when set: digests of states written before it existed stay what they were.
-            buf.extend_from_slice(&p.last_signal.to_le_bytes());
-        }
-        if p.more_flags() != 0 {
-            // Only when set: digests of states written before it existed stay what they were.
-            buf.extend_from_slice(&[b'F', p.more_flags()]);
-        }
-        if p.handoff() != 0 {
-            // Only when set, as `last_signal`.
-            buf.push(b'h');
-            buf.extend_from_slice(&p.handoff().to_le_bytes());
-        }
-        let mut recent = p.recent;
-        recent.sort_unstable();
-        for r in recent {
-            buf.extend_from_slice(&r.to_le_bytes());
-        }
-        for v in self.store.stage_times(i) {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-        for v in self.store.counts(i) {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-        for v in self.store.marks(i) {
-            buf.extend_from_slice(&v.0.to_le_bytes());
-        }
-        if let Some(e) = self.email(ix) {
-            buf.extend_from_slice(e.as_bytes());
-        }
-        if let Some(x) = self.live_extras(ix) {
-            buf.push(0);
-            for &(k, t) in &x.seen {
-                buf.extend_from_slice(&k.to_le_bytes());
-                buf.extend_from_slice(&t.0.to_le_bytes());
-            }
-            for (r, t, id) in &x.waiting {
-                buf.push(*r);
-                buf.extend_from_slice(&t.0.to_le_bytes());
-                buf.extend_from_slice(id.as_bytes());
-                buf.push(0);
-            }
-            for &(r, t) in &x.alerted {
-                buf.push(r);
-                buf.extend_from_slice(&t.0.to_le_bytes());
-            }
-        }
-        if self.attr.any(i) {
-            self.digest_attributions(i, buf);
-        }
-        let shown = self.shown.get(i);
-        if !shown.is_empty() {
-            // Only when set: digests of states without first-shown times stay what they were.
-            buf.push(b'S');
-            shown.iter().for_each(|e| buf.extend_from_slice(&e.to_le_bytes()));
-        }
-        ids::hash64(ids::SEED_DIGEST, buf)
+        self.with_parts(ix, |p| p.digest(|d, id| self.value_name(d, id), buf))
     }
 
     /// Order-independent digest of every prospect's state: equal across engines (or shards

@@ -26,7 +26,7 @@ use std::time::Instant;
 use crate::core::crm;
 use crate::core::identity::{self, IdentityRecord};
 use crate::core::snapshot::{Dec, Enc};
-use crate::core::{Engine, Journey, ProspectIx, SlotDigests, StateError};
+use crate::core::{Engine, Journey, PartsCopy, ProspectIx, SlotDigests, StateError};
 
 use super::ChangelogPosition;
 
@@ -173,6 +173,58 @@ impl Batch {
             self.records.push((key, Some(at..self.buf.len())));
             each(ix);
         }
+        self.tail(engine, tombstones, seq, positions);
+    }
+
+    /// The records of a checkpoint other than its prospects' (the tombstones owed, the CRM
+    /// entries, identifiers and links taken, the checkpoint record), encoded from `engine` on
+    /// the processing thread; the prospects' records come from a copy of their parts
+    /// ([`Engine::copy_changed`]), encoded on the writer thread by [`Batch::prepend_copied`].
+    pub fn checkpoint_tail(
+        &mut self,
+        engine: &Engine,
+        tombstones: &[String],
+        seq: u64,
+        positions: &BTreeMap<String, i64>,
+    ) {
+        self.buf.clear();
+        self.records.clear();
+        self.tail(engine, tombstones, seq, positions);
+    }
+
+    /// The changed prospects' records, encoded from a capture's `copy`, put before the records
+    /// [`Batch::checkpoint_tail`] wrote: the batch is then the one [`Batch::checkpoint`] gives
+    /// for the same state, byte for byte. With `digests` (a copy taken with them), the digests
+    /// per slot brought up to date from the same parts.
+    pub fn prepend_copied(&mut self, copy: &PartsCopy, mut digests: Option<&mut SlotDigests>) {
+        let tail = self.records.len();
+        if let Some(d) = digests.as_deref_mut() {
+            d.begin_copy(copy.slot_count());
+        }
+        let mut scratch = Vec::with_capacity(256);
+        for k in 0..copy.len() {
+            let parts = copy.parts(k);
+            if let Some(p) = &parts
+                && copy.is_record(k)
+            {
+                let key = self.push_bytes(p.id);
+                let at = self.buf.len();
+                self.buf.push(b'P');
+                p.encode_changelog_record(&mut self.buf);
+                self.records.push((key, Some(at..self.buf.len())));
+            }
+            if let Some(d) = digests.as_deref_mut() {
+                let v = parts.map_or(0, |p| p.digest(|dim, id| copy.value_name(dim, id), &mut scratch));
+                d.put(copy.slot(k), v);
+            }
+        }
+        if let Some(d) = digests {
+            d.end_copy(copy.timed());
+        }
+        self.records.rotate_left(tail);
+    }
+
+    fn tail(&mut self, engine: &Engine, tombstones: &[String], seq: u64, positions: &BTreeMap<String, i64>) {
         // Before the identity records: an identifier or link owed a tombstone (an unfinished
         // checkpoint's, which the state did not hold at the restore) that the map holds again
         // is written after it, so the newer record wins at the next read.
@@ -249,6 +301,12 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+
+    /// Drops the records and lets go of their buffers' memory.
+    pub fn release(&mut self) {
+        self.buf = Vec::new();
+        self.records = Vec::new();
     }
 
     /// Record `i`: key and value (`None`: a tombstone).

@@ -16,7 +16,6 @@
 use super::wire::{Dec, Enc, StateError};
 use crate::core::breakdown::{Attributions, Slot, SlotRecord, ValueTable};
 use crate::core::engine::Engine;
-use crate::core::ids::ProspectIx;
 
 /// Tag of the slots trailer of a changelog record.
 pub(super) const RECORD_TAG: u8 = 4;
@@ -103,21 +102,25 @@ impl Engine {
         }
         Ok(())
     }
+}
 
-    /// The slots trailer of a changelog record (nothing for a prospect without slots).
-    pub(super) fn encode_slots_trailer(&self, ix: ProspectIx, out: &mut Vec<u8>) {
-        let i = ix.0 as usize;
-        if !self.attr.any(i) {
-            return;
+/// Section `B`'s entries of a state of `n` prospects, by position (read without the prospects).
+pub(super) fn read_breakdown_section(
+    r: &mut Dec<'_>,
+    n: u32,
+    into: &mut Vec<(u32, SlotRecord)>,
+) -> Result<(), StateError> {
+    let dims = r.u8("breakdown dimensions")? as usize;
+    let count = r.u32("breakdown prospects")?;
+    for _ in 0..count {
+        let at = r.position();
+        let i = r.u32("breakdown prospect")?;
+        if i >= n {
+            return Err(StateError::Invalid { what: "breakdown prospect", at });
         }
-        let mut w = Enc(out);
-        w.u8(RECORD_TAG);
-        w.u8(self.attr.dims as u8);
-        for s in self.attr.of(i) {
-            w.u16(s.value);
-            w.u32(s.at);
-        }
+        into.push((i, read_slots(r, dims)?));
     }
+    Ok(())
 }
 
 /// A prospect's slots as a record holds them (`dims` of them; the caller reads the count).

@@ -30,13 +30,17 @@ use crate::core::journey::Journey;
 use crate::core::time::Ts;
 
 mod breakdown;
+mod parts;
 mod record;
 mod retention;
+mod rewrite;
 mod sections;
 mod shown;
 mod wire;
 
+pub use parts::Parts;
 pub use record::ProspectRecord;
+pub use rewrite::{StateProspects, StateWriter};
 use wire::len_prefixed;
 pub use wire::{Dec, Enc, StateError};
 

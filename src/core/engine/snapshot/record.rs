@@ -1,6 +1,7 @@
 //! One prospect's record, both layouts (module docs of [`super`]): layout 1 for the changelog
 //! and state version 1, the compact layout 2 for full states since version 2, and the extras.
 
+use super::parts::Parts;
 use super::wire::{Dec, Enc, StateError, len_prefixed, sparse, unsparse};
 use crate::core::engine::{Engine, Extras};
 use crate::core::ids::ProspectIx;
@@ -73,56 +74,15 @@ impl ProspectRecord<'_> {
 impl Engine {
     /// Writes one prospect's record (without its id).
     pub fn encode_prospect(&self, ix: ProspectIx, out: &mut Vec<u8>) {
-        let (p, stage_times, counts, marks) = self.prospect_parts(ix);
-        let mut w = Enc(out);
-        w.f64(p.score);
-        for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
-            w.ts(t);
-        }
-        p.recent.iter().for_each(|&r| w.u64(r));
-        for b in [p.stage.0, p.flags, p.hot_rule, p.recent_pos] {
-            w.u8(b);
-        }
-        stage_times.iter().for_each(|&v| w.u32(v));
-        counts.iter().for_each(|&v| w.u16(v));
-        marks.iter().for_each(|&t| w.ts(t));
-        match self.email(ix) {
-            Some(e) => w.bytes(e.as_bytes()),
-            None => w.u32(NO_EMAIL),
-        }
+        self.with_parts(ix, |p| p.encode_prospect(out));
     }
 
     /// A changelog record: layout 1 ([`Engine::encode_prospect`]), then, when the prospect has
     /// any, its extras (tag 1: older ids and waiting signals; tag 2, since state version 4:
     /// the hot rules that matched it; records without a tag, from older builds, have none).
+    /// The same bytes as [`Parts::encode_changelog_record`] of a capture's copy.
     pub fn encode_changelog_record(&self, ix: ProspectIx, out: &mut Vec<u8>) {
-        self.encode_prospect(ix, out);
-        if let Some(x) = self.live_extras(ix) {
-            if !x.seen.is_empty() || !x.waiting.is_empty() {
-                out.push(1);
-                encode_extras(&x, out);
-            }
-            if !x.alerted.is_empty() {
-                out.push(2);
-                encode_alerted(&x.alerted, out);
-            }
-        }
-        let last_signal = self.prospect(ix).last_signal;
-        if last_signal != NO_SIGNAL {
-            out.push(3);
-            out.extend_from_slice(&last_signal.to_le_bytes());
-        }
-        self.encode_slots_trailer(ix, out);
-        self.encode_shown_trailer(ix.0 as usize, out);
-        let more = self.prospect(ix).more_flags();
-        if more != 0 {
-            out.extend_from_slice(&[RECORD_TAG_MORE_FLAGS, more]);
-        }
-        let handoff = self.prospect(ix).handoff();
-        if handoff != 0 {
-            out.push(HANDOFF_TAG);
-            out.extend_from_slice(&handoff.to_le_bytes());
-        }
+        self.with_parts(ix, |p| p.encode_changelog_record(out));
     }
 
     /// Reads a record written by [`Engine::encode_changelog_record`] (of any build).
@@ -203,71 +163,7 @@ impl Engine {
 
     /// One prospect in record layout 2 (see the module docs).
     pub(super) fn encode_compact(&self, ix: ProspectIx, out: &mut Vec<u8>) {
-        let (p, stage_times, counts, marks) = self.prospect_parts(ix);
-        let times = [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert];
-        let email = self.email(ix);
-        let mut mask = 0u16;
-        for (k, t) in times.iter().enumerate() {
-            mask |= u16::from(!t.is_none()) << k;
-        }
-        mask |= u16::from(p.score.to_bits() != 0) << 7;
-        for (k, r) in p.recent.iter().enumerate() {
-            mask |= u16::from(*r != 0) << (8 + k);
-        }
-        mask |= u16::from(email.is_some()) << 12;
-        let extras = self.live_extras(ix);
-        let (has_extras, has_alerted) = extras
-            .as_ref()
-            .map_or((false, false), |x| (!x.seen.is_empty() || !x.waiting.is_empty(), !x.alerted.is_empty()));
-        mask |= u16::from(has_extras) << 13;
-        mask |= u16::from(has_alerted) << 14;
-        // Bit 15: an extension byte follows the record, each of its bits saying what comes after
-        // it (state version 4; a record with none of them has no byte).
-        let ext = (u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL)
-            | (u8::from(self.has_shown(ix.0 as usize)) * EXT_SHOWN)
-            | (u8::from(p.more_flags() != 0) * EXT_MORE_FLAGS)
-            | (u8::from(p.handoff() != 0) * EXT_HANDOFF);
-        mask |= u16::from(ext != 0) << 15;
-        out.extend_from_slice(&mask.to_le_bytes());
-        if mask & (1 << 7) != 0 {
-            out.extend_from_slice(&p.score.to_bits().to_le_bytes());
-        }
-        for t in times.iter().filter(|t| !t.is_none()) {
-            out.extend_from_slice(&t.0.to_le_bytes());
-        }
-        for r in p.recent.iter().filter(|&&r| r != 0) {
-            out.extend_from_slice(&r.to_le_bytes());
-        }
-        out.extend_from_slice(&[p.stage.0, p.flags, p.hot_rule, p.recent_pos]);
-        sparse(out, stage_times, |&v| v != 0, |out, v| out.extend_from_slice(&v.to_le_bytes()));
-        sparse(out, counts, |&v| v != 0, |out, v| out.extend_from_slice(&v.to_le_bytes()));
-        sparse(out, marks, |t| !t.is_none(), |out, t| out.extend_from_slice(&t.0.to_le_bytes()));
-        if let Some(e) = email {
-            len_prefixed(out, e.as_bytes());
-        }
-        if let Some(x) = extras {
-            if has_extras {
-                encode_extras(&x, out);
-            }
-            if has_alerted {
-                encode_alerted(&x.alerted, out);
-            }
-        }
-        if ext != 0 {
-            out.push(ext);
-        }
-        if ext & EXT_LAST_SIGNAL != 0 {
-            out.extend_from_slice(&p.last_signal.to_le_bytes());
-        }
-        if ext & EXT_SHOWN != 0 {
-            super::shown::encode_shown(&self.shown_of(ix.0 as usize), out);
-        }
-        if ext & EXT_MORE_FLAGS != 0 {
-            out.push(p.more_flags());
-        }
-        if ext & EXT_HANDOFF != 0 {
-            out.extend_from_slice(&p.handoff().to_le_bytes());
-        }
+        self.with_parts(ix, |p| p.encode_compact(out));
     }
 
     /// A prospect's last signal (state version 4), checked against this engine's journey.
@@ -401,7 +297,140 @@ fn checked_handoff(r: &mut Dec<'_>) -> Result<u16, StateError> {
     Ok(h)
 }
 
-/// A length as one byte, or 255 and four bytes for 255 and more, then the bytes.
+impl Parts<'_> {
+    /// Record layout 1 (without the id).
+    pub fn encode_prospect(&self, out: &mut Vec<u8>) {
+        let p = self.fixed;
+        let mut w = Enc(out);
+        w.f64(p.score);
+        for t in [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert] {
+            w.ts(t);
+        }
+        p.recent.iter().for_each(|&r| w.u64(r));
+        for b in [p.stage.0, p.flags, p.hot_rule, p.recent_pos] {
+            w.u8(b);
+        }
+        self.stage_times.iter().for_each(|&v| w.u32(v));
+        self.counts.iter().for_each(|&v| w.u16(v));
+        self.marks.iter().for_each(|&t| w.ts(t));
+        match self.email {
+            Some(e) => w.bytes(e.as_bytes()),
+            None => w.u32(NO_EMAIL),
+        }
+    }
+
+    /// Record layout 2 (see the module docs), as a full state holds it (without the id).
+    pub fn encode_compact(&self, out: &mut Vec<u8>) {
+        let p = self.fixed;
+        let times = [p.score_at, p.last_activity, p.stage_entered, p.ghost_due, p.stall_due, p.hot_until, p.last_alert];
+        let email = self.email;
+        let mut mask = 0u16;
+        for (k, t) in times.iter().enumerate() {
+            mask |= u16::from(!t.is_none()) << k;
+        }
+        mask |= u16::from(p.score.to_bits() != 0) << 7;
+        for (k, r) in p.recent.iter().enumerate() {
+            mask |= u16::from(*r != 0) << (8 + k);
+        }
+        mask |= u16::from(email.is_some()) << 12;
+        let extras = self.extras;
+        let (has_extras, has_alerted) =
+            extras.map_or((false, false), |x| (!x.seen.is_empty() || !x.waiting.is_empty(), !x.alerted.is_empty()));
+        mask |= u16::from(has_extras) << 13;
+        mask |= u16::from(has_alerted) << 14;
+        // Bit 15: an extension byte follows the record, each of its bits saying what comes after
+        // it (state version 4; a record with none of them has no byte).
+        let ext = (u8::from(p.last_signal != NO_SIGNAL) * EXT_LAST_SIGNAL)
+            | (u8::from(!self.shown.is_empty()) * EXT_SHOWN)
+            | (u8::from(p.more_flags() != 0) * EXT_MORE_FLAGS)
+            | (u8::from(p.handoff() != 0) * EXT_HANDOFF);
+        mask |= u16::from(ext != 0) << 15;
+        out.extend_from_slice(&mask.to_le_bytes());
+        if mask & (1 << 7) != 0 {
+            out.extend_from_slice(&p.score.to_bits().to_le_bytes());
+        }
+        for t in times.iter().filter(|t| !t.is_none()) {
+            out.extend_from_slice(&t.0.to_le_bytes());
+        }
+        for r in p.recent.iter().filter(|&&r| r != 0) {
+            out.extend_from_slice(&r.to_le_bytes());
+        }
+        out.extend_from_slice(&[p.stage.0, p.flags, p.hot_rule, p.recent_pos]);
+        sparse(out, self.stage_times, |&v| v != 0, |out, v| out.extend_from_slice(&v.to_le_bytes()));
+        sparse(out, self.counts, |&v| v != 0, |out, v| out.extend_from_slice(&v.to_le_bytes()));
+        sparse(out, self.marks, |t| !t.is_none(), |out, t| out.extend_from_slice(&t.0.to_le_bytes()));
+        if let Some(e) = email {
+            len_prefixed(out, e.as_bytes());
+        }
+        if let Some(x) = extras {
+            if has_extras {
+                encode_extras(x, out);
+            }
+            if has_alerted {
+                encode_alerted(&x.alerted, out);
+            }
+        }
+        if ext != 0 {
+            out.push(ext);
+        }
+        if ext & EXT_LAST_SIGNAL != 0 {
+            out.extend_from_slice(&p.last_signal.to_le_bytes());
+        }
+        if ext & EXT_SHOWN != 0 {
+            super::shown::encode_shown(self.shown, out);
+        }
+        if ext & EXT_MORE_FLAGS != 0 {
+            out.push(p.more_flags());
+        }
+        if ext & EXT_HANDOFF != 0 {
+            out.extend_from_slice(&p.handoff().to_le_bytes());
+        }
+    }
+
+    /// A changelog record ([`Engine::encode_changelog_record`]): layout 1, then the tagged
+    /// parts the prospect has, tags ascending.
+    pub fn encode_changelog_record(&self, out: &mut Vec<u8>) {
+        self.encode_prospect(out);
+        if let Some(x) = self.extras {
+            if !x.seen.is_empty() || !x.waiting.is_empty() {
+                out.push(1);
+                encode_extras(x, out);
+            }
+            if !x.alerted.is_empty() {
+                out.push(2);
+                encode_alerted(&x.alerted, out);
+            }
+        }
+        let last_signal = self.fixed.last_signal;
+        if last_signal != NO_SIGNAL {
+            out.push(3);
+            out.extend_from_slice(&last_signal.to_le_bytes());
+        }
+        if !self.slots.is_empty() {
+            let mut w = Enc(out);
+            w.u8(super::breakdown::RECORD_TAG);
+            w.u8(self.slots.len() as u8);
+            for s in self.slots {
+                w.u16(s.value);
+                w.u32(s.at);
+            }
+        }
+        if !self.shown.is_empty() {
+            out.push(super::shown::RECORD_TAG);
+            super::shown::encode_shown(self.shown, out);
+        }
+        let more = self.fixed.more_flags();
+        if more != 0 {
+            out.extend_from_slice(&[RECORD_TAG_MORE_FLAGS, more]);
+        }
+        let handoff = self.fixed.handoff();
+        if handoff != 0 {
+            out.push(HANDOFF_TAG);
+            out.extend_from_slice(&handoff.to_le_bytes());
+        }
+    }
+}
+
 /// Extras: count of older ids, (key u64, time i64) each; count of waiting sequence signals,
 /// (hot rule u8, time i64, len-prefixed event id) each.
 fn encode_extras(x: &Extras, out: &mut Vec<u8>) {

@@ -10,7 +10,9 @@
 //!
 //! Every section is written, in this order; a reader requires each once and refuses unknown tags.
 
+use super::breakdown::read_breakdown_section;
 use super::wire::{Dec, Enc, StateError};
+use crate::core::breakdown::SlotRecord;
 use crate::core::engine::{CrmState, Engine};
 use crate::core::identity::IdentityMap;
 
@@ -21,6 +23,12 @@ const BREAKDOWN: u8 = b'B';
 impl Engine {
     /// Writes the shard-level sections (current version).
     pub(super) fn encode_sections(&self, out: &mut Vec<u8>) {
+        self.encode_sections_with(out, |w| self.encode_breakdown_section(w));
+    }
+
+    /// [`Engine::encode_sections`] with section `B`'s body written by `breakdown` (a state
+    /// written prospect by prospect: `rewrite.rs`).
+    pub(super) fn encode_sections_with(&self, out: &mut Vec<u8>, breakdown: impl FnOnce(&mut Enc<'_>)) {
         section(out, CRM, |w| self.crm.encode(w));
         section(out, IDENTITY, |w| match self.identity.as_deref() {
             Some(map) => {
@@ -29,12 +37,24 @@ impl Engine {
             }
             None => w.u8(0),
         });
-        section(out, BREAKDOWN, |w| self.encode_breakdown_section(w));
+        section(out, BREAKDOWN, breakdown);
     }
 
     /// Reads the sections a state of `version` has; an older state has none, and its CRM
     /// memories are marked incomplete (rebuilt by the service, see `engine/crm.rs`).
     pub(super) fn decode_sections(&mut self, r: &mut Dec<'_>, version: u32) -> Result<(), StateError> {
+        self.decode_sections_into(r, version, None)
+    }
+
+    /// [`Engine::decode_sections`]; with `slots`, section `B`'s entries go there instead of
+    /// into this engine's prospects (a state of that many prospects read without them).
+    pub(super) fn decode_sections_into(
+        &mut self,
+        r: &mut Dec<'_>,
+        version: u32,
+        slots: Option<(&mut Vec<(u32, SlotRecord)>, u32)>,
+    ) -> Result<(), StateError> {
+        let mut slots = slots;
         if version < 4 {
             self.set_crm_complete(false);
             return Ok(());
@@ -65,7 +85,10 @@ impl Engine {
                     identity = true;
                 }
                 BREAKDOWN if !breakdown => {
-                    self.decode_breakdown_section(&mut b)?;
+                    match slots.as_mut() {
+                        Some((into, n)) => read_breakdown_section(&mut b, *n, into)?,
+                        None => self.decode_breakdown_section(&mut b)?,
+                    }
                     breakdown = true;
                 }
                 _ => return Err(StateError::Invalid { what: "section tag", at }),

@@ -3,7 +3,6 @@
 //! the outcome (at the end of the meta).
 
 use super::wire::{Dec, Enc, StateError};
-use crate::core::engine::Engine;
 use crate::core::funnel::{Funnel, Histogram};
 
 /// The changelog record tag of a prospect's first-shown times.
@@ -38,26 +37,6 @@ pub(super) fn decode_shown(r: &mut Dec<'_>, signals: usize, into: &mut Vec<u64>)
         into.push((u64::from(sig) << 32) | u64::from(secs));
     }
     Ok(())
-}
-
-impl Engine {
-    /// A prospect's first-shown times as a changelog record's tagged part (none when empty).
-    pub(super) fn encode_shown_trailer(&self, i: usize, out: &mut Vec<u8>) {
-        let shown = self.shown.get(i);
-        if !shown.is_empty() {
-            out.push(RECORD_TAG);
-            encode_shown(&shown, out);
-        }
-    }
-
-    /// Whether slot `i` has first-shown times (layout 2's extension bit).
-    pub(super) fn has_shown(&self, i: usize) -> bool {
-        !self.shown.get(i).is_empty()
-    }
-
-    pub(super) fn shown_of(&self, i: usize) -> crate::core::engine::shown::Entries<'_> {
-        self.shown.get(i)
-    }
 }
 
 /// The funnel's times to the outcome (meta, state version 5): per signal from its first showing,

@@ -13,7 +13,7 @@
 # Appends one JSON line per service to target/bench-work/memory-service.jsonl, and the broker's
 # resident memory per preloaded message (`broker_bytes_per_message`).
 # The broker keeps every message in memory with the default `memory://` storage (scripts/broker):
-# when the preload would not fit next to the two services (about 300 B per message by the last
+# when the preload would not fit next to the two services (about 250 B per message by the last
 # measurement, `BENCH_BROKER_BYTES_PER_MESSAGE`, against MemAvailable), the services are not run
 # and a `service_not_run` line says why; `BROKER_STORAGE=sqlite://...` keeps it on disk instead.
 # The engine's own figure (`replay --memory`) is measured at every size.
@@ -32,8 +32,8 @@ bin=${CARGO_TARGET_DIR:-target}/release/microfunnel
 # 1 KB per prospect at its peak (checkpoints on, a base rewrite running).
 need=$(python3 -c "
 p = $prospects
-print(int(p * 8.65 * ${BENCH_BROKER_BYTES_PER_MESSAGE:-300} + 2 * p * 1024))")
-avail=$(awk '/^MemAvailable:/ {print $2 * 1024}' /proc/meminfo)
+print(int(p * 8.65 * ${BENCH_BROKER_BYTES_PER_MESSAGE:-250} + 2 * p * 1024))")
+avail=$(awk '/^MemAvailable:/ {printf "%.0f\n", $2 * 1024}' /proc/meminfo)
 in_memory=$(case "${BROKER_STORAGE:-memory://}" in memory*) echo 1 ;; *) echo 0 ;; esac)
 if [ "$in_memory" = 1 ] && [ "$need" -gt "$avail" ]; then
   reason="the broker (memory:// storage) and two services would need about $((need >> 30)) GiB; $((avail >> 30)) GiB available"
@@ -122,7 +122,7 @@ $bin gen --prospects "$prospects" --quiet --brokers "127.0.0.1:$port" 2>"$work/m
 total=$(grep -o '^gen: [0-9]*' "$work/memory-gen.txt" | grep -o '[0-9]*')
 echo "preloaded $total messages" >&2
 
-broker_rss=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$(cat "$BROKER_DIR/tansu.pid")/status")
+broker_rss=$(awk '/^VmRSS:/ {printf "%.0f\n", $2 * 1024}' "/proc/$(cat "$BROKER_DIR/tansu.pid")/status")
 echo "{\"kind\": \"broker\", \"requested\": $prospects, \"messages\": $total, \"rss\": $broker_rss, \"broker_bytes_per_message\": $((broker_rss / total))}" | tee -a "$out"
 python3 - "$total" "$work/memory-baseline.json" "$work/memory-samples.jsonl" "$out" "$on_http" "$on_pid" on "$off_http" "$off_pid" off "$prospects" <<'PY'
 import json, sys, time, urllib.request

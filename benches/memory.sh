@@ -10,7 +10,13 @@
 #   (librdkafka's fetch queues, up to 64 MB per input partition, the merge queues) are full;
 # - `rss_per_prospect`: (VmRSS at the end - VmRSS when ready) / prospects, buffers included.
 # Checkpoints on, the end is when checkpoints cover every message (the spare holds the capture).
-# Appends one JSON line per service to target/bench-work/memory-service.jsonl.
+# Appends one JSON line per service to target/bench-work/memory-service.jsonl, and the broker's
+# resident memory per preloaded message (`broker_bytes_per_message`).
+# The broker keeps every message in memory with the default `memory://` storage (scripts/broker):
+# when the preload would not fit next to the two services (about 250 B per message by the last
+# measurement, `BENCH_BROKER_BYTES_PER_MESSAGE`, against MemAvailable), the services are not run
+# and a `service_not_run` line says why; `BROKER_STORAGE=sqlite://...` keeps it on disk instead.
+# The engine's own figure (`replay --memory`) is measured at every size.
 #   benches/memory.sh [PROSPECTS (default 1000000)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +28,26 @@ out=$work/memory-service.jsonl
 export BROKER_PORT=$port BROKER_DIR=target/bench-broker-memory
 cargo build --release --locked --quiet --bin microfunnel
 bin=${CARGO_TARGET_DIR:-target}/release/microfunnel
+# Will the preload fit? gen makes about 8.65 messages per prospect; each service needs about
+# 1 KB per prospect at its peak (checkpoints on, a base rewrite running).
+need=$(python3 -c "
+p = $prospects
+print(int(p * 8.65 * ${BENCH_BROKER_BYTES_PER_MESSAGE:-250} + 2 * p * 1024))")
+avail=$(awk '/^MemAvailable:/ {printf "%.0f\n", $2 * 1024}' /proc/meminfo)
+in_memory=$(case "${BROKER_STORAGE:-memory://}" in memory*) echo 1 ;; *) echo 0 ;; esac)
+if [ "$in_memory" = 1 ] && [ "$need" -gt "$avail" ]; then
+  reason="the broker (memory:// storage) and two services would need about $((need >> 30)) GiB; $((avail >> 30)) GiB available"
+  echo "not running the services at $prospects prospects: $reason" >&2
+  printf '{"kind": "service_not_run", "requested": %s, "reason": "%s"}\n' "$prospects" "$reason" | tee -a "$out"
+  $bin gen --prospects "$prospects" --quiet 2>/dev/null | $bin replay --summary-only --memory - 2>&1 >/dev/null \
+    | grep '^{' | tail -1 \
+    | python3 -c 'import json,sys; m=json.load(sys.stdin); m["kind"]="engine_replay"; m["requested"]=int(sys.argv[1]); print(json.dumps(m))' "$prospects" \
+    | tee -a "$out"
+  exit 0
+fi
+
 scripts/broker stop >/dev/null 2>&1 || true
-scripts/broker start >/dev/null
+BROKER_BUILD=0 scripts/broker start >/dev/null
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -98,10 +122,13 @@ $bin gen --prospects "$prospects" --quiet --brokers "127.0.0.1:$port" 2>"$work/m
 total=$(grep -o '^gen: [0-9]*' "$work/memory-gen.txt" | grep -o '[0-9]*')
 echo "preloaded $total messages" >&2
 
-python3 - "$total" "$work/memory-baseline.json" "$work/memory-samples.jsonl" "$out" "$on_http" "$on_pid" on "$off_http" "$off_pid" off <<'PY'
+broker_rss=$(awk '/^VmRSS:/ {printf "%.0f\n", $2 * 1024}' "/proc/$(cat "$BROKER_DIR/tansu.pid")/status")
+echo "{\"kind\": \"broker\", \"requested\": $prospects, \"messages\": $total, \"rss\": $broker_rss, \"broker_bytes_per_message\": $((broker_rss / total))}" | tee -a "$out"
+python3 - "$total" "$work/memory-baseline.json" "$work/memory-samples.jsonl" "$out" "$on_http" "$on_pid" on "$off_http" "$off_pid" off "$prospects" <<'PY'
 import json, sys, time, urllib.request
 total, base, samples_file, out = int(sys.argv[1]), json.load(open(sys.argv[2])), sys.argv[3], sys.argv[4]
 runs = [sys.argv[5:8], sys.argv[8:11]]
+requested = int(sys.argv[11])
 def rss(pid):
     f = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith(("VmRSS:", "VmHWM:"))}
     return f["VmRSS"], f["VmHWM"]
@@ -145,7 +172,7 @@ for http, pid, mode in runs:
     now, peak = rss(pid)
     b = base[pid]
     k = slope(samples[mode])
-    row = {"kind": f"service_checkpoints_{mode}", "prospects": held, "messages": total, "samples": len(samples[mode]),
+    row = {"kind": f"service_checkpoints_{mode}", "requested": requested, "prospects": held, "messages": total, "samples": len(samples[mode]),
            "slope_per_prospect": round(k, 1) if k else None,
            "rss_baseline": b, "rss": now, "rss_peak": peak, "rss_per_prospect": round((now - b) / held, 1),
            "rss_per_prospect_peak": round((peak - b) / held, 1)}

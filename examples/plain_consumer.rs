@@ -40,11 +40,27 @@ struct Envelope<'a> {
     timestamp: Option<&'a str>,
 }
 
+/// utime + stime of every thread of this process, from /proc/self/stat (clock ticks of 10 ms).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// (voluntary, involuntary) context switches of this process's threads so far: involuntary ones
+/// are other processes taking its cores, a sign of a noisy round.
+fn switches() -> (u64, u64) {
+    let (mut voluntary, mut involuntary) = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        };
+        voluntary += field("voluntary_ctxt_switches:");
+        involuntary += field("nonvoluntary_ctxt_switches:");
+    }
+    (voluntary, involuntary)
 }
 
 const FORWARD_TOPIC: &str = "bench-forward";
@@ -91,11 +107,11 @@ fn main() {
     let topics: Vec<&str> = args[4..].iter().map(String::as_str).collect();
     consumer.subscribe(&topics).expect("subscribe");
     let (mut read, mut parsed) = (0u64, 0u64);
-    let mut first: Option<(Instant, f64)> = None;
+    let mut first: Option<(Instant, f64, (u64, u64))> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     while read < count && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
+            first.get_or_insert_with(|| (Instant::now(), cpu_seconds(), switches()));
             read += 1;
             if serde_json::from_slice::<Envelope<'_>>(m.payload().unwrap_or_default()).is_ok() {
                 parsed += 1;
@@ -117,15 +133,18 @@ fn main() {
             }
         }
     }
-    let (t0, c0) = first.unwrap_or((Instant::now(), cpu_seconds()));
+    let (t0, c0, (v0, i0)) = first.unwrap_or((Instant::now(), cpu_seconds(), switches()));
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - c0;
+    let (v1, i1) = switches();
     if let Some(producer) = &forward {
         producer.flush(Duration::from_secs(60)).expect("forwarded records acknowledged");
     }
     println!(
-        "{{\"kind\":\"plain_consumer\",\"messages\":{read},\"parsed\":{parsed},\"wall_secs\":{wall:.3},\"cpu_secs\":{cpu:.3},\"per_sec\":{:.0},\"per_cpu_sec\":{:.0}}}",
+        "{{\"kind\":\"plain_consumer\",\"messages\":{read},\"parsed\":{parsed},\"wall_secs\":{wall:.3},\"cpu_secs\":{cpu:.3},\"per_sec\":{:.0},\"per_cpu_sec\":{:.0},\"voluntary_switches\":{},\"involuntary_switches\":{}}}",
         read as f64 / wall.max(1e-9),
-        read as f64 / cpu.max(1e-9)
+        read as f64 / cpu.max(1e-9),
+        v1 - v0,
+        i1 - i0
     );
 }

@@ -5,8 +5,10 @@
 //! (placeholder ids, control characters, offsets without a colon, skew correction, `group` and
 //! `alias`, batches), and on mutated payloads. `codec::decode_each` agrees with
 //! `codec::decode_each_with_serde` item by item, and with `codec::decode` on single payloads.
+//! The event-time merge's key (`codec::inbound::event_time`, a decode without the breakdown touch
+//! and page-rule passes) is the time of the first item that decodes, on every payload here.
 
-use microfunnel::codec::{self, DecodeError, Limits};
+use microfunnel::codec::{self, DecodeError, InputSpec, Limits};
 use microfunnel::core::{Event, Journey};
 use microfunnel::traffic::{Generator, Options};
 use proptest::prelude::*;
@@ -43,6 +45,9 @@ fn agree_each<'a>(journey: &Journey, bytes: &'a [u8]) -> Items<'a> {
         if let [(None, one)] = fast.as_slice() {
             assert_eq!(one, &codec::decode(bytes, journey, limits), "on {:?}", String::from_utf8_lossy(bytes));
         }
+        let first = fast.iter().find_map(|(_, r)| r.as_ref().ok()).map(|e| e.ts);
+        let key = codec::inbound::event_time(bytes, &InputSpec::default(), journey, limits);
+        assert_eq!(key, first, "merge key under {limits:?} on {:?}", String::from_utf8_lossy(bytes));
         if *limits == Limits::default() {
             default = fast;
         }
@@ -188,6 +193,23 @@ fn generated_traffic_decodes_the_same_on_both_paths() {
         n += 1;
     }
     assert!(n > 2000 && refused > 0, "{n} lines, {refused} refused");
+}
+
+/// The SaaS journey reads page calls through `[[segment.pages]]` rules (a pass the merge key
+/// skips): b2b traffic decoded under it.
+#[test]
+fn generated_traffic_decodes_the_same_under_page_rules() {
+    let journey = Journey::from_toml_str(include_str!("../deploy/journeys/saas.toml")).expect("saas journey loads");
+    assert!(!journey.page_rules.is_empty());
+    let b2b = b2b();
+    let opts = Options { prospects: 100, seed: 5, ..Options::default() };
+    let mut g = Generator::new(opts, &b2b, false).expect("generator");
+    let (mut line, mut key) = (Vec::new(), String::new());
+    let mut pages = 0;
+    while g.next_into(&mut line, &mut key).is_some() {
+        pages += usize::from(agree(&journey, &line).is_ok_and(|e| e.kind == microfunnel::core::EventKind::Page));
+    }
+    assert!(pages > 100, "{pages} page calls");
 }
 
 /// Payloads at every edge the scanner decides itself or must hand over.

@@ -126,3 +126,47 @@ fn backfill(test: &str, buffer: Option<usize>) {
     assert_eq!(total(&text, "microfunnel_input_buffered_messages"), 0.0, "nothing left buffered");
     svc.stop().unwrap();
 }
+
+/// A message held for the merge (both topics have a backlog when the service starts, so the
+/// shard's first messages wait in its merge queues) and then dead-lettered keeps what a dead
+/// letter promises: the original bytes, key and headers, and its origin. Held messages are the
+/// pipeline's own copies (`inputs::Held`), not librdkafka's.
+#[test]
+fn a_held_message_that_is_dead_lettered_keeps_its_bytes_key_headers_and_origin() {
+    let s = setup("merge-held-dead-letter");
+    let p = "usr_held";
+    let web_records = vec![
+        keyed(p, canonical("h-1", p, "web", "page_viewed", "2026-03-02T10:00:00Z")),
+        keyed(p, r#"{"event_id":"h-2","source":"web","type":"page_viewed","ts":"2026-03-02T10:05:00Z"}"#)
+            .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .header("origin", "tracker-7"),
+        keyed(p, "not json").header("origin", "tracker-8"),
+        keyed(p, canonical("h-3", p, "web", "pricing_viewed", "2026-03-02T10:10:00Z")),
+    ];
+    let crm_records = vec![keyed(p, canonical("h-c", p, "crm", "deal_created", "2026-03-02T09:00:00Z"))];
+    let web_at = produce(web(&s), &web_records);
+    let crm_at = produce(crm(&s), &crm_records);
+    let svc = Service::start(&s);
+    let dlq = read_until(&s.kafka.topics.dead_letter, "both bad web records", |r| r.len() >= 2);
+    assert_eq!(dlq.len(), 2);
+    for (i, expected) in [(1, "missing_field"), (2, "invalid_json")] {
+        let (partition, offset) = web_at[i];
+        let d = dlq
+            .iter()
+            .find(|d| d.header("microfunnel.source.offset") == Some(offset.to_string().as_str()))
+            .unwrap_or_else(|| panic!("no dead letter for web record {i}"));
+        assert_eq!(d.payload, web_records[i].payload, "record {i}: the original bytes");
+        assert_eq!(d.key, web_records[i].key, "record {i}: the original key");
+        assert_eq!(d.header("microfunnel.reason"), Some(expected), "record {i}");
+        assert_eq!(d.header("microfunnel.source.topic"), Some(web(&s)), "record {i}");
+        assert_eq!(d.header("microfunnel.source.partition"), Some(partition.to_string().as_str()), "record {i}");
+        for (k, v) in &web_records[i].headers {
+            assert_eq!(d.header(k), Some(v.as_str()), "record {i}: original header {k} kept");
+        }
+    }
+    let ends = end_offsets([(web(&s), web_at.as_slice()), (crm(&s), crm_at.as_slice())]);
+    wait_until(DEADLINE, "every input offset is committed", || {
+        committed(&s.kafka.group_id, &s.kafka.input_topics) == ends
+    });
+    svc.stop().unwrap();
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
+use rdkafka::{Offset, Timestamp, TopicPartitionList};
 
 use crate::codec::{self, InputSpec, Limits};
 use crate::core::{Engine, Journey, Ts};
@@ -20,11 +20,74 @@ use super::{PipelineConsumer, State};
 
 /// A delivered message held for the event-time merge, with its merge key.
 pub(super) struct Buffered {
-    msg: OwnedMessage,
+    msg: Held,
     /// Event time of the decoded payload; `None` if it does not decode.
     pub(super) ts: Option<Ts>,
     /// Arrival order within the shard.
     pub(super) seq: u64,
+}
+
+/// A copy of a delivered message, as `rdkafka`'s `OwnedMessage` but cheaper to make: the topic
+/// name is shared, not copied, and an empty header list (which some brokers send with every
+/// record) is not copied. Everything `handle` and a dead letter read is kept.
+pub(super) struct Held {
+    payload: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    timestamp: Timestamp,
+    headers: Option<OwnedHeaders>,
+}
+
+impl Held {
+    fn of(msg: &BorrowedMessage<'_>, topic: &Arc<str>) -> Held {
+        Held {
+            payload: msg.payload().map(<[u8]>::to_vec),
+            key: msg.key().map(<[u8]>::to_vec),
+            topic: Arc::clone(topic),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp: msg.timestamp(),
+            headers: msg.headers().filter(|h| h.count() > 0).map(|h| h.detach()),
+        }
+    }
+}
+
+impl Message for Held {
+    type Headers = OwnedHeaders;
+
+    fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref()
+    }
+
+    unsafe fn payload_mut(&mut self) -> Option<&mut [u8]> {
+        self.payload.as_deref_mut()
+    }
+
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    fn headers(&self) -> Option<&OwnedHeaders> {
+        self.headers.as_ref()
+    }
 }
 
 /// One shard's input partitions as the merge sees them, by input topic index.
@@ -169,7 +232,7 @@ impl State {
         };
         let seq = inputs.seq;
         inputs.seq += 1;
-        inputs.queues[t].push_back(Buffered { msg: msg.detach(), ts, seq });
+        inputs.queues[t].push_back(Buffered { msg: Held::of(msg, &self.input_names[t]), ts, seq });
         self.buffered += 1;
         if inputs.queues[t].len() > limit && !inputs.paused[t] {
             let mut tpl = TopicPartitionList::new();

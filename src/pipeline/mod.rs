@@ -137,6 +137,8 @@ struct State {
     buf: Vec<u8>,
     /// The input topics as C strings, for `inputs::cached_watermarks`.
     topic_names: Vec<CString>,
+    /// The input topics, shared by the messages held for the merge.
+    input_names: Vec<Arc<str>>,
     /// Messages buffered for the merge, over all shards.
     buffered: usize,
     /// Questions of the HTTP query API (when it is on).
@@ -202,6 +204,7 @@ impl State {
                 .iter()
                 .map(|t| CString::new(t.as_str()).unwrap_or_default())
                 .collect(),
+            input_names: settings.kafka.input_topics.iter().map(|t| Arc::from(t.as_str())).collect(),
             buffered: 0,
             queries: h.queries,
             identity: None,

@@ -183,6 +183,19 @@ pub(super) struct Topic {
     pub(super) source: Option<Source>,
 }
 
+/// How much of an event a decode fills in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Detail {
+    /// Everything the engine reads.
+    #[default]
+    Full,
+    /// What the event-time merge reads (`event_time`): the event validated as by `Full`, with
+    /// its time, but no breakdown touch, and a page or screen call's signal not read from
+    /// `[[segment.pages]]`. Neither second pass decides whether a payload decodes, so an event
+    /// decodes under `Time` exactly when it decodes under `Full`, with the same time.
+    Time,
+}
+
 /// The event's source: the topic's when it declares one (a payload naming another is refused),
 /// else the payload's, else `default`.
 fn source_of(payload: Option<Str<'_>>, topic: Option<Source>, default: Option<Source>) -> Result<Source, DecodeError> {
@@ -208,7 +221,9 @@ pub(super) fn event<'a>(
     journey: &Journey,
     limits: &Limits,
     topic: Topic,
+    detail: Detail,
 ) -> Result<Event<'a>, DecodeError> {
+    let touch = |bytes| if detail == Detail::Full { touch_of(journey, bytes) } else { None };
     if topic.format == Format::Segment && w.event_id.is_some() && w.message_id.is_none() {
         return Err(wrong_shape(topic.format, "a canonical envelope (`event_id`)"));
     }
@@ -238,7 +253,7 @@ pub(super) fn event<'a>(
             email,
             linked: None,
             anonymous: false,
-            touch: touch_of(journey, w.bytes),
+            touch: touch(w.bytes),
         }
     } else if let Some(message_id) = w.message_id.take() {
         let event_id = id(message_id.0, "messageId", limits)?;
@@ -267,7 +282,10 @@ pub(super) fn event<'a>(
         }
         let (ts, field) = segment_time(w)?;
         let ts = not_before_floor(ts, field, journey)?;
-        let signal = if matches!(kind, EventKind::Page | EventKind::Screen) && !journey.page_rules.is_empty() {
+        let signal = if matches!(kind, EventKind::Page | EventKind::Screen)
+            && !journey.page_rules.is_empty()
+            && detail == Detail::Full
+        {
             let p = page_fields(w.bytes);
             fn s<'s>(v: &'s Option<Str>) -> Option<&'s str> {
                 v.as_ref().map(|v| &*v.0)
@@ -284,7 +302,7 @@ pub(super) fn event<'a>(
         } else {
             email(w.context_email.take()).or_else(|| email(w.traits_email.take()))
         };
-        let touch = touch_of(journey, w.bytes);
+        let touch = touch(w.bytes);
         Event { event_id, prospect, source, kind, name, signal, ts, email, linked, anonymous, touch }
     } else {
         return Err(DecodeError::MissingField {

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use crate::core::crm::CrmMemory;
 use crate::core::time::TimeError;
 use crate::core::{Event, Journey, RejectReason, Ts};
-use fields::{Topic, event};
+use fields::{Detail, Topic, event};
 pub use format::{Format, InputSpec, Mapped, TimeUnit};
 use wire::{Str, Wire, parse_serde};
 
@@ -133,19 +133,26 @@ pub fn decode_with_serde<'a>(bytes: &'a [u8], journey: &Journey, limits: &Limits
 /// skew correction in [`decode`]). The whole envelope counts against `max_bytes` and
 /// `max_depth`; a batch inside a batch item is refused.
 pub fn decode_each<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits) -> Each<'a, 'j> {
-    each(bytes, journey, limits, true, Topic::default())
+    each(bytes, journey, limits, true, Topic::default(), Detail::Full)
 }
 
 /// [`decode_each`] without the scanner, the reference for tests.
 pub fn decode_each_with_serde<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits) -> Each<'a, 'j> {
-    each(bytes, journey, limits, false, Topic::default())
+    each(bytes, journey, limits, false, Topic::default(), Detail::Full)
 }
 
-fn each<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits, scan: bool, topic: Topic) -> Each<'a, 'j> {
+fn each<'a, 'j>(
+    bytes: &'a [u8],
+    journey: &'j Journey,
+    limits: &Limits,
+    scan: bool,
+    topic: Topic,
+    detail: Detail,
+) -> Each<'a, 'j> {
     let state = match parse(bytes, limits, scan) {
         Err(e) => Pending::One(Err(e)),
         Ok(mut w) => match w.batch.take() {
-            None => Pending::One(event(&mut w, journey, limits, topic)),
+            None => Pending::One(event(&mut w, journey, limits, topic, detail)),
             Some(items) => Pending::Batch {
                 items: items.into_iter().enumerate(),
                 context_email: w.context_email.take(),
@@ -153,7 +160,7 @@ fn each<'a, 'j>(bytes: &'a [u8], journey: &'j Journey, limits: &Limits, scan: bo
             },
         },
     };
-    Each { journey, limits: *limits, topic, state }
+    Each { journey, limits: *limits, topic, detail, state }
 }
 
 /// The events of one payload; see [`decode_each`].
@@ -161,6 +168,7 @@ pub struct Each<'a, 'j> {
     journey: &'j Journey,
     limits: Limits,
     topic: Topic,
+    detail: Detail,
     state: Pending<'a>,
 }
 
@@ -199,7 +207,7 @@ impl<'a> Iterator for Each<'a, '_> {
                     if w.sent_at.is_none() {
                         w.sent_at.clone_from(sent_at);
                     }
-                    event(&mut w, self.journey, &self.limits, self.topic)
+                    event(&mut w, self.journey, &self.limits, self.topic, self.detail)
                 });
                 Some((Some(k), result))
             }
@@ -212,7 +220,7 @@ fn one<'a>(mut w: Wire<'a>, journey: &Journey, limits: &Limits) -> Result<Event<
     if let Some(items) = &w.batch {
         return Err(DecodeError::UnexpectedBatch { items: items.len(), hint: "; decode it with `decode_each`" });
     }
-    event(&mut w, journey, limits, Topic::default())
+    event(&mut w, journey, limits, Topic::default(), Detail::Full)
 }
 
 /// Reads a payload's fields: the scanner first when `scan`, serde_json when it is unsure.
@@ -265,7 +273,7 @@ pub fn decode_input<'a, 'j>(
     let topic = Topic { format: spec.format, source: spec.source() };
     let list = match spec.format {
         Format::Auto | Format::Canonical | Format::Segment => {
-            return Decoded::Each(each(bytes, journey, limits, true, topic));
+            return Decoded::Each(each(bytes, journey, limits, true, topic, Detail::Full));
         }
         Format::Mapped => mapped::decode(bytes, spec, journey, limits),
         Format::Hubspot | Format::SalesforceCdc | Format::Pipedrive | Format::Debezium => {
@@ -281,7 +289,7 @@ pub fn event_time(bytes: &[u8], spec: &InputSpec, journey: &Journey, limits: &Li
     match spec.format {
         Format::Auto | Format::Canonical | Format::Segment => {
             let topic = Topic { format: spec.format, source: spec.source() };
-            each(bytes, journey, limits, true, topic).find_map(|(_, r)| r.ok()).map(|ev| ev.ts)
+            each(bytes, journey, limits, true, topic, Detail::Time).find_map(|(_, r)| r.ok()).map(|ev| ev.ts)
         }
         Format::Mapped => {
             mapped::decode(bytes, spec, journey, limits).into_iter().find_map(|(_, r)| r.ok()).map(|e| e.ts)

@@ -252,6 +252,17 @@ impl Engine {
     /// shard meta).
     pub fn install(&mut self, id: &str, rec: snapshot::ProspectRecord<'_>) -> Result<ProspectIx, InternerFull> {
         self.release_freed();
+        self.install_keeping_freed(id, rec)
+    }
+
+    /// [`Engine::install`] inside a call whose outputs may still name slots it freed (an
+    /// identity record that expired people first): those slots are not reused before the
+    /// call's outputs are emitted.
+    pub(super) fn install_keeping_freed(
+        &mut self,
+        id: &str,
+        rec: snapshot::ProspectRecord<'_>,
+    ) -> Result<ProspectIx, InternerFull> {
         let (ix, new) = self.ids.intern(id)?;
         let i = ix.0 as usize;
         if new {
@@ -419,6 +430,10 @@ impl Engine {
             // Its canonical id again (a late sighting flipped it back): a new prospect here;
             // the person's state folds in when it comes back (`xpart.rs`).
             self.revive(ix, ev.ts);
+            if self.id_is_anonymous(&ev.prospect, ev.anonymous) {
+                let p = self.store.fixed_mut(i);
+                p.set_more_flags(p.more_flags() | prospect::ANONYMOUS);
+            }
             new = true;
         } else {
             match self.seen(ix, key) {

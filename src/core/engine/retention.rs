@@ -132,7 +132,7 @@ impl Engine {
             None => {
                 // Redirect records (identity across partitions) are not people: not counted.
                 if let Some(cap) = r.max_prospects
-                    && self.ids.live() - self.redirects_held() >= cap as usize
+                    && self.ids.live().saturating_sub(self.redirects_held()) >= cap as usize
                 {
                     self.evict(cap as usize, ts, out);
                 }

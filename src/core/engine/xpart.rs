@@ -462,7 +462,7 @@ impl Engine {
                 return;
             }
         };
-        let Ok(ix) = self.install(from, rec) else {
+        let Ok(ix) = self.install_keeping_freed(from, rec) else {
             self.identity_stats.refused += 1;
             return;
         };
@@ -474,7 +474,10 @@ impl Engine {
         self.store.fixed_mut(ix.0 as usize).set_handoff(handoff);
         self.count_transferred_in(ix);
         if target == from {
-            // The person comes back whole to its own id (a redirect here until now).
+            // The person comes back whole to its own id (a redirect here until now), anonymous
+            // as this shard's map says.
+            let anonymous = self.id_is_anonymous(from, self.store.fixed(ix.0 as usize).is_anonymous());
+            self.set_anonymous(ix, anonymous);
             return;
         }
         self.merge_here(from, &target, reason, ts, out);
@@ -526,7 +529,7 @@ impl Engine {
             }
             return;
         };
-        let Ok(ix) = self.install(SCRATCH, rec) else {
+        let Ok(ix) = self.install_keeping_freed(SCRATCH, rec) else {
             self.identity_stats.refused += 1;
             return;
         };
@@ -534,11 +537,21 @@ impl Engine {
         self.count_transferred_in(ix);
         let emitted = out.len();
         self.merge_here(SCRATCH, target, reason, ts, out);
+        // The outputs name `from`, as a transfer folded under its own id would have.
+        let scratch_event = format!("merge:{SCRATCH}");
         for o in &mut out[emitted..] {
-            if let Output::ProspectMerged { from: m, .. } = o
-                && *m == ix
-            {
-                *m = f;
+            match o {
+                Output::ProspectMerged { from: m, .. } if *m == ix => *m = f,
+                Output::HotLead(h) if h.event_id == scratch_event => {
+                    let rules: Vec<&str> = (0..self.journey.hot_rules.len())
+                        .filter(|r| h.rules & (1 << r) != 0)
+                        .map(|r| self.journey.hot_rules[r].name.as_str())
+                        .collect();
+                    h.event_id = format!("merge:{from}");
+                    h.alert_id = crate::core::ids::alert_id(self.ids.get(h.prospect), &rules.join("+"), &h.event_id);
+                }
+                Output::HotLeadSuppressed(h) if h.event_id == scratch_event => h.event_id = format!("merge:{from}"),
+                _ => {}
             }
         }
         self.removed_ids.retain(|k| &**k != SCRATCH);

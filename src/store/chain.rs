@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::changelog::{Batch, Fold};
+use super::changelog::{Batch, Fold, FoldStats};
 use super::file::{FILE_SEED, head, parse};
 use super::{Checked, FORMAT_VERSION, Header, Pending, SnapshotError, SnapshotStore};
 use crate::core::StateError;
@@ -108,14 +108,7 @@ impl Chain {
                 i += 1;
             })
             .map_err(bad)?;
-            let after = fold.stats();
-            if after.checkpoints != before.checkpoints + 1 || after.bad != before.bad {
-                return Err(bad(format!(
-                    "{} bad records, {} checkpoint records",
-                    after.bad - before.bad,
-                    after.checkpoints - before.checkpoints
-                )));
-            }
+            one_checkpoint(before, fold.stats()).map_err(bad)?;
         }
         let folded = fold.finish();
         let found = format!("{:016x}", folded.engine.digest());
@@ -521,6 +514,18 @@ pub(crate) fn compact(
     save_base(images, tips, keep, what, &engine).map(Some)
 }
 
+/// A delta read whole: exactly one checkpoint record and no bad record since `before`.
+fn one_checkpoint(before: FoldStats, after: FoldStats) -> Result<(), String> {
+    if after.checkpoints != before.checkpoints + 1 || after.bad != before.bad {
+        return Err(format!(
+            "{} bad records, {} checkpoint records",
+            after.bad - before.bad,
+            after.checkpoints - before.checkpoints
+        ));
+    }
+    Ok(())
+}
+
 /// The chain's state written into `out` as a full state (a base body) without decoding it
 /// whole: the base's shard-level parts and the deltas' CRM, identity and checkpoint records
 /// folded into an engine without prospects; then the base's prospects one at a time, each
@@ -545,14 +550,7 @@ fn rewrite(chain: &Chain, journey: &Arc<Journey>, out: &mut Vec<u8>) -> Result<(
             i += 1;
         })
         .map_err(bad)?;
-        let after = fold.stats();
-        if after.checkpoints != before.checkpoints + 1 || after.bad != before.bad {
-            return Err(bad(format!(
-                "{} bad records, {} checkpoint records",
-                after.bad - before.bad,
-                after.checkpoints - before.checkpoints
-            )));
-        }
+        one_checkpoint(before, fold.stats()).map_err(bad)?;
     }
     let shell = fold.finish().engine;
     out.reserve(base.body.len() + chain.deltas.iter().map(|d| d.body.len()).sum::<usize>() / 2);

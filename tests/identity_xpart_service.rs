@@ -200,6 +200,16 @@ fn one_person_across_two_instances(name: &str, kill: bool) {
         wait_until(LIMIT, "the redirect counted", || {
             refs.iter().map(|i| total(&i.metrics(), "microfunnel_identity_redirects")).sum::<f64>() >= 1.0
         });
+        // `GET /funnel` counts people too, on every instance together: the redirect is not one.
+        let people: u64 = refs
+            .iter()
+            .map(|i| {
+                let (code, body) = http_get(i.addr(), "/funnel");
+                assert_eq!(code, 200, "{body}");
+                serde_json::from_str::<serde_json::Value>(&body).unwrap()["prospects"].as_u64().unwrap()
+            })
+            .sum();
+        assert_eq!(people, 1, "GET /funnel counts people, not redirect records");
         // A record of the identity topic that does not decode is dead-lettered, and passed.
         let topic = format!("{}.identity", s.kafka.group_id);
         produce(&topic, &[keyed(&ids.user, b"not an identity record".to_vec())]);

@@ -960,6 +960,11 @@ fn with_identity_and_an_anonymous_span_restores_equal_the_live_engine() {
 fn anonymous_retention_settings_are_checked_by_key() {
     for (extra, needle) in [
         ("\n[retention]\nanonymous_after_days = -1\n", "anonymous_after_days"),
+        (
+            "\n[retention]\nanonymous_after_days = 0\n",
+            "retention.anonymous_after_days: `anonymous_after_days` must be a positive number of days, got 0; leave it out",
+        ),
+        ("\n[retention]\nafter_days = 0\n", "retention.after_days:"),
         ("\n[retention]\nanonymous_after_days = 1e9\n", "at most 36500"),
         ("\n[retention.anonymous]\nawre = 3\n", "retention.anonymous.awre"),
         ("\n[retention.anonymous]\naware = 0\n", "retention.anonymous.aware"),

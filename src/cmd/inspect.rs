@@ -55,10 +55,27 @@ pub fn run(args: InspectArgs) -> anyhow::Result<bool> {
     if let Some(id) = &args.prospect {
         // Any id linked to the prospect (`[identity] resolve`) answers with the canonical one.
         let (canonical, linked) = engine.linked_ids(id);
+        let shard = checked.header().shard;
+        let elsewhere = |canonical: &str| {
+            anyhow::anyhow!(
+                "prospect `{id}` is linked to `{canonical}`, whose state is not in this snapshot (shard {shard}): it lives on the partition of `{canonical}`; inspect that shard's snapshot with --prospect {canonical}, or ask GET /prospects/{canonical}"
+            )
+        };
         let Some(ix) = engine.find(canonical) else {
-            anyhow::bail!("prospect `{id}` is not in this snapshot (shard {})", checked.header().shard);
+            if canonical != id.as_str() {
+                return Err(elsewhere(canonical));
+            }
+            anyhow::bail!("prospect `{id}` is not in this snapshot (shard {shard})");
         };
         if engine.prospect(ix).has(microfunnel::core::prospect::REDIRECT) {
+            if canonical != id.as_str() {
+                return Err(elsewhere(canonical));
+            }
+            if engine.identity_map().is_some() {
+                anyhow::bail!(
+                    "`{id}` is a redirect in this snapshot (shard {shard}): identity resolution moved its state to another partition, and this shard's identity map no longer names the person (it left memory); GET /prospects/{id} answers where it lives now"
+                );
+            }
             anyhow::bail!(
                 "`{id}` is a redirect in this snapshot (shard {}): identity resolution moved its state to the prospect of its canonical id; pass --journey with the journey the service runs ([identity] resolve = true) to follow it",
                 checked.header().shard

@@ -263,7 +263,8 @@ impl State {
         let mut prospects = 0u64;
         for shard in self.shards.values() {
             total.absorb(shard.engine.funnel());
-            prospects += shard.engine.len() as u64;
+            // People, not records (a redirect is in no stage): as `microfunnel_prospects_total`.
+            prospects += shard.engine.funnel().in_stage.iter().sum::<u64>();
         }
         let shards = self.shards.keys().copied().collect();
         let alert_horizon_days = self.journey.alert_horizon.0 as f64 / crate::core::time::MS_PER_DAY as f64;

@@ -675,9 +675,18 @@ fn retention(raw: &super::raw::RawRetention, stages: usize, stage_names: &Stages
                 format!("`{what}` must be at most {MAX_RETENTION_DAYS} days, got {d}; leave it out to keep prospects"),
             );
         }
-        e.positive(at, what, d).min(MAX_RETENTION_DAYS)
+        if !(d.is_finite() && d > 0.0) {
+            e.invalid(
+                at,
+                format!(
+                    "`{what}` must be a positive number of days, got {d}; leave it out to keep prospects in memory"
+                ),
+            );
+            return MAX_RETENTION_DAYS;
+        }
+        d.min(MAX_RETENTION_DAYS)
     };
-    let default = raw.after_days.map(|d| Span::from_days(days(e, "retention", "after_days", d)));
+    let default = raw.after_days.map(|d| Span::from_days(days(e, "retention.after_days", "after_days", d)));
     let mut after = vec![default; stages];
     for (name, &d) in &raw.stages {
         let at = format!("retention.stages.{name}");
@@ -687,8 +696,9 @@ fn retention(raw: &super::raw::RawRetention, stages: usize, stage_names: &Stages
         }
     }
     // Anonymous prospects: their stage's entry, else their default, else the known span.
-    let anonymous_default =
-        raw.anonymous_after_days.map(|d| Span::from_days(days(e, "retention", "anonymous_after_days", d)));
+    let anonymous_default = raw
+        .anonymous_after_days
+        .map(|d| Span::from_days(days(e, "retention.anonymous_after_days", "anonymous_after_days", d)));
     let mut anonymous: Vec<Option<Span>> = after.iter().map(|&a| anonymous_default.or(a)).collect();
     for (name, &d) in &raw.anonymous {
         let at = format!("retention.anonymous.{name}");

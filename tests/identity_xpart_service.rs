@@ -231,6 +231,28 @@ fn one_person_across_two_instances(name: &str, kill: bool) {
     let states = [state_a.as_path(), state_b.as_path()];
     let resolved = resolved_when_drained(shards, &s, &states, 5, PARTITIONS as usize, LIMIT);
     assert_eq!(resolved, resolved_of(&oracle), "restored from {restored_from:?}");
+    // The anonymous id's own partition holds only a redirect for it: `inspect-snapshot
+    // --prospect` there names the canonical id whose partition holds the person.
+    let newest = states
+        .iter()
+        .map(|d| d.join(&s.kafka.group_id).join("shard-0000"))
+        .filter(|dir| dir.is_dir())
+        .max_by_key(|dir| {
+            let o = bin().arg("inspect-snapshot").arg(dir).arg("--journey").arg(&s.journey.path).output().unwrap();
+            serde_json::from_slice::<Value>(&o.stdout).ok().and_then(|v| v["header"]["seq"].as_u64())
+        })
+        .expect("a snapshot of partition 0");
+    let o = bin()
+        .arg("inspect-snapshot")
+        .arg(&newest)
+        .arg("--journey")
+        .arg(&s.journey.path)
+        .args(["--prospect", &ids.anon])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("is linked to `{}`", ids.user)), "{err}");
 }
 
 /// The CRM side first (the contact asks about its quote alone, and alerts alone, as replay

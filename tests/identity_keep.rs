@@ -1,0 +1,299 @@
+//! Transfer dedup that survives `[retention]` (issue 16): a receiver's marker for a transferred
+//! id, and a sender's own redirect, hold the id's transfer generation (`Prospect::handoff`);
+//! when retention frees them the generation is kept aside by id (`Engine::kept_handoffs`,
+//! checkpointed with the shard meta) for `KEPT_HANDOFF_SPAN` of event time (a sender's own ids
+//! twice as long), so a transfer redelivered after its person expired counts once, and a later
+//! legitimate generation is not taken for a redelivery.
+
+mod payloads;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use microfunnel::codec::Limits;
+use microfunnel::core::funnel::Funnel;
+use microfunnel::core::ids::kafka_partition;
+use microfunnel::core::time::parse_rfc3339;
+use microfunnel::core::xpart::XRecord;
+use microfunnel::core::{Engine, Journey, Output, Ts};
+use microfunnel::replay::{self, End, Options};
+use payloads::seg;
+
+const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
+const PARTITIONS: u32 = 3;
+const RETENTION: &str = "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n";
+
+fn journey() -> Arc<Journey> {
+    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{RETENTION}")).unwrap())
+}
+
+fn key_in_partition(prefix: &str, partition: u32) -> String {
+    (0..).map(|i| format!("{prefix}{i}")).find(|k| kafka_partition(k.as_bytes(), PARTITIONS) == partition).unwrap()
+}
+
+fn people(shards: &[Engine]) -> u64 {
+    shards.iter().map(|e| e.census().prospects).sum()
+}
+
+fn resolved(shards: &[Engine]) -> u64 {
+    shards.iter().fold(0u64, |a, e| a.wrapping_add(e.resolved_digest()))
+}
+
+/// What the shards count: their funnels, and expired and evicted.
+fn counts(shards: &[Engine]) -> (Vec<Funnel>, u64, u64) {
+    let f = shards.iter().map(|e| e.funnel().clone()).collect();
+    (f, shards.iter().map(|e| e.stats().expired).sum(), shards.iter().map(|e| e.stats().evicted).sum())
+}
+
+/// The funnel's stage counts summed over shards.
+fn in_stage(shards: &[Engine]) -> Vec<u64> {
+    let mut sum = vec![0; shards[0].funnel().in_stage.len()];
+    for e in shards {
+        for (s, n) in sum.iter_mut().zip(&e.funnel().in_stage) {
+            *s += n;
+        }
+    }
+    sum
+}
+
+fn reached(shards: &[Engine]) -> Vec<u64> {
+    let mut sum = vec![0; shards[0].funnel().reached.len()];
+    for e in shards {
+        for (s, n) in sum.iter_mut().zip(&e.funnel().reached) {
+            *s += n;
+        }
+    }
+    sum
+}
+
+fn expired_events(out: &[Output]) -> usize {
+    out.iter().filter(|o| matches!(o, Output::Expired { .. })).count()
+}
+
+fn duplicates(shards: &[Engine]) -> u64 {
+    shards.iter().map(|e| e.xpart_stats().unwrap().transfers_duplicate).sum()
+}
+
+/// Engines of three partitions and the identity topic between them (FIFO per partition).
+struct Cluster {
+    j: Arc<Journey>,
+    shards: Vec<Engine>,
+    queue: VecDeque<(u32, XRecord)>,
+    out: Vec<Output>,
+    delivered: Vec<(u32, XRecord)>,
+}
+
+impl Cluster {
+    fn new(j: Arc<Journey>) -> Cluster {
+        let shards = (0..PARTITIONS)
+            .map(|p| {
+                let mut e = Engine::new(Arc::clone(&j));
+                e.resolve_across(p, PARTITIONS);
+                e
+            })
+            .collect();
+        Cluster { j, shards, queue: VecDeque::new(), out: Vec::new(), delivered: Vec::new() }
+    }
+
+    fn send(&mut self, line: &str) {
+        let ev = microfunnel::codec::decode(line.as_bytes(), &self.j, &Limits::default()).unwrap();
+        let p = kafka_partition(ev.prospect.as_bytes(), PARTITIONS) as usize;
+        self.shards[p].apply(&ev, &mut self.out);
+        self.queue.extend(self.shards[p].take_identity_records());
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        while let Some((p, r)) = self.queue.pop_front() {
+            self.delivered.push((p, r.clone()));
+            self.shards[p as usize].apply_identity_record(r, &mut self.out);
+            self.queue.extend(self.shards[p as usize].take_identity_records());
+        }
+    }
+
+    fn advance(&mut self, p: usize, to: &str) {
+        self.shards[p].advance_to(parse_rfc3339(to).unwrap(), &mut self.out);
+        self.queue.extend(self.shards[p].take_identity_records());
+        self.drain();
+    }
+
+    fn transfers(&self) -> Vec<(u32, XRecord)> {
+        self.delivered.iter().filter(|(_, r)| matches!(r, XRecord::Transfer { .. })).cloned().collect()
+    }
+}
+
+/// An anonymous id on partition 0 identifies as a user homed on partition 1: its prospect is
+/// transferred (generation 1); the person then expires on the user's shard, and every home
+/// forgets it (the receiver's marker and the sender's redirect are freed).
+fn transferred_then_expired(c: &mut Cluster, anon: &str, user: &str) {
+    c.send(&seg("page", "", None, anon, "m-1", "2026-03-02T09:00:00Z", None));
+    c.send(&seg("track", "Whitepaper Downloaded", None, anon, "m-2", "2026-03-02T09:05:00Z", None));
+    c.send(&seg("identify", "", Some(user), anon, "m-3", "2026-03-03T10:00:00Z", Some("Ana@X.example")));
+    assert_eq!(c.transfers().len(), 1);
+    c.advance(1, "2026-03-20T00:00:00Z");
+    assert_eq!(people(&c.shards), 0);
+    assert_eq!(expired_events(&c.out), 1);
+    assert!(c.shards.iter().all(|e| e.redirect_ids().is_empty()), "markers and redirects freed");
+}
+
+/// Scenario 1: the sender, restored from a checkpoint taken before it sent, sends the transfer
+/// again after the person expired at the receiver. The receiver's marker is gone, its generation
+/// kept: the transfer is a redelivery, the counts are those of one delivery, one `expired`.
+#[test]
+fn a_transfer_redelivered_after_its_person_expired_at_the_receiver_counts_once() {
+    let (anon, user) = (key_in_partition("anon-", 0), key_in_partition("usr_", 1));
+    let mut c = Cluster::new(journey());
+    transferred_then_expired(&mut c, &anon, &user);
+    assert_eq!(c.shards[1].kept_handoffs().get(anon.as_str()).map(|k| k.handoff), Some(3), "folded generation 1");
+    assert_eq!(c.shards[0].kept_handoffs().get(anon.as_str()).map(|k| k.handoff), Some(2), "sent generation 1");
+    let once = counts(&c.shards);
+    for (p, r) in c.transfers() {
+        c.queue.push_back((p, r));
+    }
+    c.drain();
+    assert_eq!(duplicates(&c.shards), 1);
+    assert_eq!(counts(&c.shards), once);
+    assert_eq!(expired_events(&c.out), 1, "{:?}", c.out);
+    assert_eq!(people(&c.shards), 0);
+}
+
+/// Scenario 2: after the person expired (the sender's redirect for the anonymous id freed with
+/// it), the id comes back and identifies as the user again. Its next transfer is generation 2,
+/// above the receiver's kept generation 1: it folds, and the people and counts are those of
+/// `replay --partitions 1`.
+#[test]
+fn a_later_generation_after_the_senders_redirect_was_freed_still_folds() {
+    let (anon, user) = (key_in_partition("anon-", 0), key_in_partition("usr_", 1));
+    let j = journey();
+    let mut c = Cluster::new(Arc::clone(&j));
+    transferred_then_expired(&mut c, &anon, &user);
+    let later = [
+        seg("page", "", None, &anon, "m-7", "2026-03-25T09:00:00Z", None),
+        seg("track", "Ebook Downloaded", None, &anon, "m-8", "2026-03-25T09:05:00Z", None),
+        seg("identify", "", Some(&user), &anon, "m-9", "2026-03-26T10:00:00Z", Some("ana@x.example")),
+    ];
+    for l in &later {
+        c.send(l);
+    }
+    let Some((_, XRecord::Transfer { generation, .. })) = c.transfers().last().cloned() else { unreachable!() };
+    assert_eq!(generation, 2);
+    assert_eq!(duplicates(&c.shards), 0, "the later generation is no redelivery");
+    // One shard, the same events, time advanced at the same point.
+    let lines = [
+        seg("page", "", None, &anon, "m-1", "2026-03-02T09:00:00Z", None),
+        seg("track", "Whitepaper Downloaded", None, &anon, "m-2", "2026-03-02T09:05:00Z", None),
+        seg("identify", "", Some(&user), &anon, "m-3", "2026-03-03T10:00:00Z", Some("Ana@X.example")),
+    ];
+    let opts = Options {
+        limits: Limits::default(),
+        end: End::Until(parse_rfc3339("2026-03-20T00:00:00Z").unwrap()),
+        digest: false,
+        summary_only: true,
+        partitions: 1,
+        min_sample: 30,
+        inputs: Vec::new(),
+    };
+    let input = lines.join("\n") + "\n";
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut one, _) = replay::run(Arc::clone(&j), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
+    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+    let mut outputs = Vec::new();
+    for l in &later {
+        one[0].apply(&microfunnel::codec::decode(l.as_bytes(), &j, &Limits::default()).unwrap(), &mut outputs);
+    }
+    assert_eq!(people(&c.shards), 1);
+    assert_eq!(people(&c.shards), people(&one));
+    assert_eq!(in_stage(&c.shards), in_stage(&one));
+    assert_eq!(reached(&c.shards), reached(&one));
+    assert_eq!(resolved(&c.shards), resolved(&one));
+}
+
+/// The kept generations are state: restored from a snapshot, or from the changelog's records
+/// alone, each shard keeps them, and the transfer redelivered after the restore folds nothing.
+#[test]
+fn kept_generations_survive_a_restore_from_snapshot_and_from_the_changelog() {
+    use microfunnel::store::changelog::{Batch, Fold};
+    use std::collections::BTreeMap;
+
+    let (anon, user) = (key_in_partition("anon-", 0), key_in_partition("usr_", 1));
+    let j = journey();
+    let mut c = Cluster::new(Arc::clone(&j));
+    transferred_then_expired(&mut c, &anon, &user);
+    let once = counts(&c.shards);
+    for how in ["snapshot", "changelog"] {
+        let mut shards: Vec<Engine> = c
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(p, live)| {
+                let mut live = live.clone();
+                let mut e = if how == "snapshot" {
+                    let mut bytes = Vec::new();
+                    live.encode_state(&mut bytes);
+                    Engine::decode_state(Arc::clone(&j), &bytes).unwrap()
+                } else {
+                    let changed = live.take_changed();
+                    let mut batch = Batch::default();
+                    batch.checkpoint(&live, &changed, &[], 1, &BTreeMap::from([("crm".to_string(), 5)]));
+                    let mut f = Fold::new(Engine::new(Arc::clone(&j)), BTreeMap::new(), 0);
+                    for (o, (k, v)) in batch.records().enumerate() {
+                        f.push(p as i32, o as i64, k, v);
+                    }
+                    f.finish().engine
+                };
+                assert_eq!(e.kept_handoffs(), live.kept_handoffs(), "{how}, shard {p}");
+                assert_eq!(e.digest(), live.digest(), "{how}, shard {p}");
+                e.resolve_across(p as u32, PARTITIONS);
+                e
+            })
+            .collect();
+        assert!(!shards[1].kept_handoffs().is_empty());
+        let mut out = Vec::new();
+        for (p, r) in c.transfers() {
+            shards[p as usize].apply_identity_record(r, &mut out);
+            assert!(shards[p as usize].take_identity_records().is_empty(), "{how}");
+        }
+        assert_eq!(duplicates(&shards), 1, "{how}");
+        assert_eq!(counts(&shards), once, "{how}");
+        assert_eq!(expired_events(&out), 0, "{how}");
+    }
+}
+
+/// The kept generations stay bounded: under a year of generated traffic with retention and
+/// identity on 3 partitions, each shard keeps only generations freed within the last
+/// `2 × KEPT_HANDOFF_SPAN` (and a sweep interval), far fewer than it freed.
+#[test]
+fn kept_generations_stay_within_their_span_under_a_year_of_traffic() {
+    use microfunnel::traffic::{Generator, Options as Gen};
+    let j = journey();
+    let opts = Gen { prospects: 600, seed: 5, days: 365.0, segment_share: 1.0, malformed_share: 0.0, ..Gen::default() };
+    let mut g = Generator::new(opts, &j, true).unwrap();
+    let (mut line, mut key, mut lines) = (Vec::new(), String::new(), Vec::new());
+    while g.next_into(&mut line, &mut key).is_some() {
+        lines.push(String::from_utf8(line.clone()).unwrap());
+    }
+    let opts = Options {
+        limits: Limits::default(),
+        end: End::Stay,
+        digest: false,
+        summary_only: true,
+        partitions: PARTITIONS,
+        min_sample: 30,
+        inputs: Vec::new(),
+    };
+    let input = lines.join("\n") + "\n";
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (shards, _) = replay::run(Arc::clone(&j), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
+    let span = microfunnel::core::engine::KEPT_HANDOFF_SPAN.0;
+    let (mut kept, mut freed) = (0, 0);
+    for (p, e) in shards.iter().enumerate() {
+        let oldest = Ts(e.watermark().0 - 2 * span - 86_400_000);
+        for (id, k) in e.kept_handoffs() {
+            assert!(k.freed_at > oldest, "shard {p}: {id} kept since {:?} (watermark {:?})", k.freed_at, e.watermark());
+        }
+        kept += e.kept_handoffs().len();
+        freed += e.xpart_stats().unwrap().redirects_freed;
+    }
+    assert!(freed > 100, "{freed} redirect records freed");
+    assert!((kept as u64) * 4 < freed, "{kept} kept of {freed} freed");
+}

@@ -411,7 +411,8 @@ impl Engine {
     /// a later one (the id was canonical again in between and is transferred again) folds.
     /// Generation 0 (a record of an earlier build) is a redelivery when any redirect for `from`
     /// exists. That marker is prospect state, so it is checkpointed and restored with the shard
-    /// like any record.
+    /// like any record; once retention frees it, its generation is kept by id for a span
+    /// ([`Engine::kept_handoffs`]) and still counts here.
     #[allow(clippy::too_many_arguments)]
     fn transfer_in(
         &mut self,

@@ -297,3 +297,30 @@ fn kept_generations_stay_within_their_span_under_a_year_of_traffic() {
     assert!(freed > 100, "{freed} redirect records freed");
     assert!((kept as u64) * 4 < freed, "{kept} kept of {freed} freed");
 }
+
+/// A redirect revived by an event of an anonymous id is an anonymous prospect, as a new one is
+/// (its retention span is the anonymous one). Two anonymous visitors on partitions 0 and 1 give
+/// the same email: the later one folds into the earlier (no known id: the earliest anonymous id
+/// is canonical). A late sighting of the second, earlier than the first's, makes it canonical
+/// again: its redirect is revived by that event.
+#[test]
+fn a_revived_redirect_of_an_anonymous_id_is_anonymous() {
+    let (a1, a2) = (key_in_partition("anon-a-", 0), key_in_partition("anon-b-", 1));
+    let mut c = Cluster::new(journey());
+    c.send(&seg("page", "", None, &a1, "m-1", "2026-03-02T09:00:00Z", Some("ana@x.example")));
+    c.send(&seg("page", "", None, &a2, "m-2", "2026-03-02T10:00:00Z", Some("ana@x.example")));
+    assert_eq!(c.shards[1].redirect_ids(), vec![a2.clone()], "the second visitor folded into the first");
+    // The revival, before the person's state comes back from partition 0 and folds into it.
+    let late = seg("page", "", None, &a2, "m-3", "2026-03-02T08:00:00Z", None);
+    let ev = microfunnel::codec::decode(late.as_bytes(), &c.j, &Limits::default()).unwrap();
+    c.shards[1].apply(&ev, &mut c.out);
+    let e = &c.shards[1];
+    let ix = e.find(&a2).expect("held on its home");
+    assert!(!e.prospect(ix).has(microfunnel::core::prospect::REDIRECT), "revived: the canonical id again");
+    assert!(e.prospect(ix).is_anonymous(), "a revived anonymous id is anonymous");
+    c.queue.extend(c.shards[1].take_identity_records());
+    c.drain();
+    assert_eq!(people(&c.shards), 1);
+    let e = &c.shards[1];
+    assert!(e.prospect(e.find(&a2).unwrap()).is_anonymous(), "and stays so once the person folded in");
+}

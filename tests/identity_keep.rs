@@ -324,3 +324,72 @@ fn a_revived_redirect_of_an_anonymous_id_is_anonymous() {
     let e = &c.shards[1];
     assert!(e.prospect(e.find(&a2).unwrap()).is_anonymous(), "and stays so once the person folded in");
 }
+
+/// Contacts `x` (partition 0) and `y` (partition 1) of one person (one email, on partition 2).
+fn contacts() -> (String, String, String) {
+    let x = key_in_partition("crm-x-", 0);
+    let y = key_in_partition("crm-y-", 1);
+    let email = (0..)
+        .map(|i| format!("ana{i}@x.example"))
+        .find(|e| kafka_partition(format!("\0{e}").as_bytes(), PARTITIONS) == 2)
+        .unwrap();
+    (x, y, email)
+}
+
+/// An alert raised by folding a transferred state into a live prospect (`fold_returning`, under
+/// a scratch id) names the merge of `from` (`merge:<from>`), its alert id that of such an alert,
+/// not the scratch id's. `x`'s state (two meetings and a review, then a quote with the email) is
+/// transferred to `y` and held back; a late sighting of `x` (a meeting before `y`'s first event)
+/// makes `x` canonical again; the held transfer, relayed back to `x`'s home, folds into `x`, whose
+/// score then passes the `engaged` rule's 60.
+#[test]
+fn an_alert_raised_by_a_returning_fold_names_the_merge_of_its_id() {
+    let (x, y, email) = contacts();
+    let j = journey();
+    let mut c = Cluster::new(Arc::clone(&j));
+    c.send(&payloads::crm("meeting_booked", &y, "e-1", "2026-03-05T10:00:00Z", Some(&email)));
+    c.send(&payloads::crm("meeting_booked", &x, "e-2", "2026-03-05T11:00:00Z", None));
+    c.send(&payloads::crm("meeting_booked", &x, "e-3", "2026-03-05T11:05:00Z", None));
+    c.send(&payloads::crm("reviewing_with_partners", &x, "e-4", "2026-03-05T11:10:00Z", None));
+    // x's event with the email: x folds into y; its transfer is held back.
+    let linking = payloads::crm("quote_sent", &x, "e-5", "2026-03-05T11:20:00Z", Some(&email));
+    let ev = microfunnel::codec::decode(linking.as_bytes(), &j, &Limits::default()).unwrap();
+    c.shards[0].apply(&ev, &mut c.out);
+    let mut held = None;
+    let mut pending: VecDeque<(u32, XRecord)> = c.shards[0].take_identity_records().into();
+    while let Some((p, r)) = pending.pop_front() {
+        if held.is_none() && matches!(&r, XRecord::Transfer { from, .. } if *from == x) {
+            held = Some((p, r));
+            continue;
+        }
+        c.shards[p as usize].apply_identity_record(r, &mut c.out);
+        pending.extend(c.shards[p as usize].take_identity_records());
+    }
+    let held = held.expect("x was transferred");
+    c.send(&payloads::crm("meeting_booked", &x, "e-6", "2026-03-05T09:00:00Z", None));
+    assert!(!c.out.iter().any(|o| matches!(o, Output::HotLead(_))), "not hot before the fold: {:?}", c.out);
+    c.queue.push_back(held);
+    c.drain();
+    let hot: Vec<_> = c
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Output::HotLead(h) => Some(h),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hot.len(), 1, "{:?}", c.out);
+    assert_eq!(hot[0].event_id, format!("merge:{x}"));
+    let e = &c.shards[0];
+    assert_eq!(e.prospect_id(hot[0].prospect), x);
+    let rules: Vec<&str> = j
+        .hot_rules
+        .iter()
+        .enumerate()
+        .filter(|(r, _)| hot[0].rules & (1 << r) != 0)
+        .map(|(_, r)| r.name.as_str())
+        .collect();
+    assert_eq!(rules, ["engaged"]);
+    let expected = microfunnel::core::ids::alert_id(&x, &rules.join("+"), &format!("merge:{x}"));
+    assert_eq!(hot[0].alert_id, expected);
+}

@@ -63,7 +63,7 @@ pub use crm::CrmState;
 use extras::{Emails, Seen};
 pub use extras::{Extras, dedup_key};
 pub use identity::IdentityStats;
-pub use retention::{KeptCooldown, KeptCooldowns};
+pub use retention::{KEPT_HANDOFF_SPAN, KeptCooldown, KeptCooldowns, KeptHandoff, KeptHandoffs};
 pub(crate) use shown::unpack as unpack_shown;
 use timers::{Timer, TimerKind};
 pub use view::{Census, ProspectView};
@@ -153,6 +153,9 @@ pub struct Engine {
     expiry_armed: Vec<u32>,
     /// Alert cooldowns of prospects that left memory, kept until they lapse (state).
     kept_cooldowns: KeptCooldowns,
+    /// Transfer generations (`Prospect::handoff`) of ids whose record left memory under
+    /// `[retention]`, kept for [`KEPT_HANDOFF_SPAN`] (state).
+    kept_handoffs: KeptHandoffs,
     /// Whether ids that leave memory are queued in `removed_ids` (for changelog tombstones).
     track_removals: bool,
     removed_ids: Vec<Box<str>>,
@@ -191,6 +194,7 @@ impl Engine {
             crm: crm::CrmState::default(),
             expiry_armed: Vec::new(),
             kept_cooldowns: KeptCooldowns::new(),
+            kept_handoffs: KeptHandoffs::new(),
             track_removals: false,
             removed_ids: Vec::new(),
             xpart: None,

@@ -28,6 +28,27 @@ pub struct KeptCooldown {
 /// with the shard meta).
 pub type KeptCooldowns = BTreeMap<Box<str>, KeptCooldown>;
 
+/// The transfer generation (`Prospect::handoff`) an id's record held when it left memory under
+/// `[retention]`, and the watermark then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeptHandoff {
+    pub handoff: u16,
+    pub freed_at: Ts,
+}
+
+/// Transfer generations of ids that left memory, by id (identity across partitions; state:
+/// checkpointed with the shard meta from version 6 on). A receiver's marker for a transferred
+/// id (an id homed on another partition) is kept for [`KEPT_HANDOFF_SPAN`] of event time past
+/// its freeing, so a transfer redelivered within it is still known; a sender's own id twice as
+/// long, so the sender's next generation stays above any marker a receiver still keeps.
+pub type KeptHandoffs = BTreeMap<Box<str>, KeptHandoff>;
+
+/// How long (event time, past the watermark when it was freed) a receiver keeps the transfer
+/// generation of a freed marker: the longest redelivery of the identity topic it deduplicates
+/// (a sender restored from a checkpoint older than that, in event time, counts a transfer
+/// again).
+pub const KEPT_HANDOFF_SPAN: crate::core::time::Span = crate::core::time::Span(7 * 24 * 3600 * 1000);
+
 /// When a prospect leaves memory under `[retention]`: its last event time plus its stage's span
 /// (the anonymous one for an anonymous prospect), rounded up to the second; `Ts::NONE` when its
 /// stage never expires (or it is a redirect).
@@ -198,6 +219,7 @@ impl Engine {
             ExpireReason::Capacity => self.stats.evicted += 1,
         }
         out.push(Output::Expired { prospect: ix, stage, last_event, at, reason, class });
+        self.keep_handoff(ix);
         self.free(ix);
         // Across partitions, the other homes of its identifiers forget them too.
         if self.xpart.is_some() {
@@ -259,10 +281,40 @@ impl Engine {
         }
     }
 
-    /// Drops kept cooldowns that lapsed at the watermark (with the sweep of extras).
+    /// Across partitions, prospect `ix` (a redirect or a person) leaves memory: a transfer
+    /// generation it holds is kept aside by id ([`KeptHandoffs`]), the highest one.
+    pub(super) fn keep_handoff(&mut self, ix: ProspectIx) {
+        let handoff = self.store.fixed(ix.0 as usize).handoff();
+        if self.xpart.is_none() || handoff == 0 {
+            return;
+        }
+        let freed_at = self.watermark;
+        let k = self.kept_handoffs.entry(self.ids.get(ix).into()).or_insert(KeptHandoff { handoff, freed_at });
+        *k = KeptHandoff { handoff: k.handoff.max(handoff), freed_at: k.freed_at.max(freed_at) };
+    }
+
+    /// The transfer generation kept for id `id` when its record left memory (0: none).
+    pub(super) fn kept_handoff(&self, id: &str) -> u16 {
+        self.kept_handoffs.get(id).map_or(0, |k| k.handoff)
+    }
+
+    /// Drops kept cooldowns that lapsed at the watermark (with the sweep of extras), and kept
+    /// transfer generations past [`KEPT_HANDOFF_SPAN`] (twice that for this shard's own ids).
     pub(super) fn sweep_cooldowns(&mut self) {
         let (cooldown, watermark) = (self.journey.alert_cooldown, self.watermark);
         self.kept_cooldowns.retain(|_, k| k.last_alert.plus(cooldown) > watermark);
+        if !self.kept_handoffs.is_empty() {
+            let mut kept = std::mem::take(&mut self.kept_handoffs);
+            kept.retain(|id, k| {
+                if k.freed_at.is_none() {
+                    // Freed before any watermark: the span starts now.
+                    k.freed_at = watermark;
+                }
+                let span = if self.foreign(id) { KEPT_HANDOFF_SPAN.0 } else { 2 * KEPT_HANDOFF_SPAN.0 };
+                watermark.is_none() || k.freed_at.plus(crate::core::time::Span(span)) > watermark
+            });
+            self.kept_handoffs = kept;
+        }
         // Stale heap entries (re-armed or freed prospects) are dropped when they pop; rebuild
         // the heap when they outnumber the live ones, so it stays bounded by the prospects.
         if self.timers.len() > 2 * self.ids.live() + 4096 {
@@ -315,5 +367,10 @@ impl Engine {
     /// Cooldowns kept for prospects that left memory, by id.
     pub fn kept_cooldowns(&self) -> &KeptCooldowns {
         &self.kept_cooldowns
+    }
+
+    /// Transfer generations kept for ids whose record left memory, by id.
+    pub fn kept_handoffs(&self) -> &KeptHandoffs {
+        &self.kept_handoffs
     }
 }

@@ -113,6 +113,7 @@ impl Engine {
             + self.attr.heap_bytes()
             + self.expiry_armed.capacity() * 4
             + self.kept_cooldowns.keys().map(|k| k.len() + 64).sum::<usize>()
+            + self.kept_handoffs.keys().map(|k| k.len() + 64).sum::<usize>()
     }
 }
 

@@ -163,7 +163,7 @@ impl Engine {
         v
     }
 
-    fn foreign(&self, key: &str) -> bool {
+    pub(super) fn foreign(&self, key: &str) -> bool {
         self.xpart.as_deref().is_some_and(|x| home(key, x.partitions) != x.partition)
     }
 
@@ -333,7 +333,8 @@ impl Engine {
         if self.prospect(f).has(prospect::REDIRECT) {
             return;
         }
-        let generation = self.prospect(f).handoff() / 2 + 1;
+        // Above any generation of `from` that left memory here (a receiver may still keep it).
+        let generation = self.prospect(f).handoff().max(self.kept_handoff(from)) / 2 + 1;
         let record = self.transfer_record(f, from, into);
         let journey = std::sync::Arc::clone(&self.journey);
         self.count_in_funnel(&journey, f.0 as usize, false);
@@ -410,7 +411,8 @@ impl Engine {
     /// a later one (the id was canonical again in between and is transferred again) folds.
     /// Generation 0 (a record of an earlier build) is a redelivery when any redirect for `from`
     /// exists. That marker is prospect state, so it is checkpointed and restored with the shard
-    /// like any record.
+    /// like any record; once retention frees it, its generation is kept by id for a span
+    /// ([`Engine::kept_handoffs`]) and still counts here.
     #[allow(clippy::too_many_arguments)]
     fn transfer_in(
         &mut self,
@@ -423,10 +425,12 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let held = self.ids.find(from).map(|f| self.prospect(f));
-        let folded = u32::from(held.map_or(0, |p| p.handoff()));
+        // The generation folded here: the record's, or the one kept when it left memory.
+        let kept = self.kept_handoff(from);
+        let folded = u32::from(held.map_or(0, |p| p.handoff()).max(kept));
         let duplicate = match generation {
             0 => held.is_some_and(|p| p.has(prospect::REDIRECT)),
-            g => held.is_some() && 2 * u64::from(g) < u64::from(folded),
+            g => (held.is_some() || kept != 0) && 2 * u64::from(g) < u64::from(folded),
         };
         if duplicate {
             if let Some(x) = self.xpart.as_deref_mut() {
@@ -711,12 +715,14 @@ impl Engine {
         }
     }
 
-    /// Frees the redirect record of `id`, if this shard holds one.
+    /// Frees the redirect record of `id`, if this shard holds one (its transfer generation
+    /// kept aside: [`Engine::keep_handoff`]).
     fn free_redirect(&mut self, id: &str) {
         let Some(ix) = self.ids.find(id) else { return };
         if !self.prospect(ix).has(prospect::REDIRECT) {
             return;
         }
+        self.keep_handoff(ix);
         self.free(ix);
         if let Some(x) = self.xpart.as_deref_mut() {
             x.stats.redirects_freed += 1;

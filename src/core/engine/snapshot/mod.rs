@@ -134,6 +134,9 @@ impl Engine {
         if version >= 5 {
             shown::encode_signal_times(f, &mut *w.0);
         }
+        if version >= 6 {
+            self.encode_kept_handoffs(&mut *w.0);
+        }
     }
 
     /// Replaces the shard-level part of the state with what [`Engine::encode_meta`] wrote;
@@ -225,6 +228,7 @@ impl Engine {
         if version >= 5 {
             shown::decode_signal_times(r, &mut self.funnel)?;
         }
+        self.kept_handoffs = if version >= 6 { Engine::decode_kept_handoffs(r)? } else { Default::default() };
         Ok(version)
     }
 

@@ -7,9 +7,10 @@
 //! tombstoned in the changelog).
 
 use super::wire::{Dec, Enc, StateError, len_prefixed};
-use crate::core::engine::{Engine, KeptCooldown, KeptCooldowns};
+use crate::core::engine::{Engine, KeptCooldown, KeptCooldowns, KeptHandoff, KeptHandoffs};
 
 const TAG: u8 = b'R';
+const HANDOFFS_TAG: u8 = b'H';
 
 impl Engine {
     /// Writes the retention section.
@@ -52,5 +53,40 @@ impl Engine {
             kept.insert(id.into(), KeptCooldown { last_alert, hot_rule });
         }
         Ok((expired, evicted, kept))
+    }
+
+    /// Writes the kept transfer generations (state version 6 on, last in the meta): `H`, n u32,
+    /// n × (id: length-prefixed, handoff u16, freed at: i64 ms), ids in byte order.
+    pub(super) fn encode_kept_handoffs(&self, out: &mut Vec<u8>) {
+        let mut w = Enc(out);
+        w.u8(HANDOFFS_TAG);
+        w.u32(self.kept_handoffs.len() as u32);
+        for (id, k) in &self.kept_handoffs {
+            len_prefixed(out, id.as_bytes());
+            let mut w = Enc(out);
+            w.u16(k.handoff);
+            w.ts(k.freed_at);
+        }
+    }
+
+    /// Reads what [`Engine::encode_kept_handoffs`] wrote.
+    pub(super) fn decode_kept_handoffs(r: &mut Dec<'_>) -> Result<KeptHandoffs, StateError> {
+        let at = r.position();
+        if r.u8("kept handoffs")? != HANDOFFS_TAG {
+            return Err(StateError::Invalid { what: "kept handoffs", at });
+        }
+        let at = r.position();
+        let n = r.u32("kept handoffs")? as usize;
+        if n > r.remaining() / 11 {
+            return Err(StateError::Invalid { what: "kept handoffs", at });
+        }
+        let mut kept = KeptHandoffs::new();
+        for _ in 0..n {
+            let id = r.len_prefixed_str("kept handoffs")?;
+            let handoff = r.u16("kept handoffs")?;
+            let freed_at = r.ts("kept handoffs")?;
+            kept.insert(id.into(), KeptHandoff { handoff, freed_at });
+        }
+        Ok(kept)
     }
 }

@@ -377,17 +377,29 @@ fn kill_9_anywhere_loses_nothing() {
         let delay = Duration::from_millis(if kills % 4 == 1 { 50 + rand() % 300 } else { 300 + rand() % 6_000 });
         let until = Instant::now() + delay;
         // Every third kill, and the first two (while the input still flows), wait for a
-        // snapshot write: alternately a delta and a base (a rewrite from base + deltas, or the
-        // base a restore writes), if one is seen in time.
-        let aim = (kills % 3 == 2 || kills < 2).then_some(if kills % 2 == 0 { ".delta.tmp" } else { ".snap.tmp" });
+        // snapshot write, if one is seen in time: the first a delta, the others a base (a
+        // rewrite from base + deltas, or the base a restore writes; a base of this size is
+        // written in tens of milliseconds, so one aim in a few lands inside it).
+        let aim = (kills % 3 == 2 || kills < 2).then_some(if kills == 0 { ".delta.tmp" } else { ".snap.tmp" });
         let until = if aim.is_some() { until + Duration::from_secs(10) } else { until };
-        while Instant::now() < until && !aim.is_some_and(|a| snapshot_tmp_exists(&state, a)) {
+        // Readiness and progress are sampled every 50 ms while waiting, not between seeing the
+        // aimed file and the kill: a write (a base of this size takes tens of milliseconds)
+        // must still be under way when the kill lands.
+        let (mut ready, mut covered, mut sampled) = (false, 0, None::<Instant>);
+        loop {
+            if sampled.is_none_or(|t| t.elapsed() >= Duration::from_millis(50)) {
+                ready = inst.ready();
+                covered = progress(&[&inst]).0;
+                sampled = Some(Instant::now());
+            }
+            if Instant::now() >= until || aim.is_some_and(|a| snapshot_tmp_exists(&state, a)) {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let ready = inst.ready();
         let (delta, base) = (snapshot_tmp_exists(&state, ".delta.tmp"), snapshot_tmp_exists(&state, ".snap.tmp"));
-        covered_at_kills.push(progress(&[&inst]).0);
         inst.kill9();
+        covered_at_kills.push(covered);
         kills += 1;
         during_startup += usize::from(!ready);
         during_delta += usize::from(delta);

@@ -17,8 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use payloads::{crm as crm_line, seg};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;
 use support::*;
 
@@ -54,45 +52,6 @@ fn flow(ids: &Ids) -> (Keyed, Keyed) {
         (c.clone(), crm_line("quote_clarification_requested", c, "x-5", "2026-03-06T10:00:00Z", None)),
     ];
     (web, crm)
-}
-
-/// The prospect `id` resolves to, from whichever instance holds its shard.
-fn prospect(instances: &[&Process], id: &str) -> Option<Value> {
-    instances.iter().find_map(|i| {
-        let (code, body) = http_get(i.addr(), &format!("/prospects/{id}"));
-        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
-    })
-}
-
-fn count(p: &Value, signal: &str) -> u64 {
-    p["signal_counts"]
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s[0] == signal))
-        .and_then(|s| s[1].as_u64())
-        .unwrap_or(0)
-}
-
-fn held(i: &Process) -> BTreeSet<i64> {
-    i.shards().unwrap_or_default().iter().map(|s| s["partition"].as_i64().unwrap()).collect()
-}
-
-/// Tansu hands a SIGKILLed member's partitions on only when another member joins or leaves:
-/// a plain consumer of the group joins and leaves.
-fn nudge_group(s: &microfunnel::config::Settings) {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", s.kafka.brokers.as_str())
-        .set("group.id", s.kafka.group_id.as_str())
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    let topics: Vec<&str> = s.kafka.input_topics.iter().map(String::as_str).collect();
-    c.subscribe(&topics).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline && c.assignment().map_or(0, |a| a.count()) == 0 {
-        c.poll(Duration::from_millis(100));
-    }
-    c.unsubscribe();
 }
 
 fn one_person_across_two_instances(name: &str, kill: bool) {

@@ -961,3 +961,44 @@ pub fn identity_settled(
             sh["checkpoint"]["positions"][&topic].as_i64().unwrap_or(0).max(0) >= high
         })
 }
+
+/// The prospect `id` resolves to, from whichever instance holds its shard.
+pub fn prospect(instances: &[&Process], id: &str) -> Option<Value> {
+    instances.iter().find_map(|i| {
+        let (code, body) = http_get(i.addr(), &format!("/prospects/{id}"));
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    })
+}
+
+/// How many times prospect view `p` counted `signal`.
+pub fn count(p: &Value, signal: &str) -> u64 {
+    p["signal_counts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s[0] == signal))
+        .and_then(|s| s[1].as_u64())
+        .unwrap_or(0)
+}
+
+/// The partitions instance `i` holds.
+pub fn held(i: &Process) -> BTreeSet<i64> {
+    i.shards().unwrap_or_default().iter().map(|s| s["partition"].as_i64().unwrap()).collect()
+}
+
+/// Tansu hands a SIGKILLed member's partitions on only when another member joins or leaves:
+/// a plain consumer of the group joins and leaves.
+pub fn nudge_group(s: &microfunnel::config::Settings) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", s.kafka.brokers.as_str())
+        .set("group.id", s.kafka.group_id.as_str())
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    let topics: Vec<&str> = s.kafka.input_topics.iter().map(String::as_str).collect();
+    c.subscribe(&topics).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline && c.assignment().map_or(0, |a| a.count()) == 0 {
+        c.poll(Duration::from_millis(100));
+    }
+    c.unsubscribe();
+}

@@ -20,7 +20,9 @@ use microfunnel::replay::{self, End, Options};
 use payloads::seg;
 
 const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
-const PARTITIONS: u32 = 3;
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{Cluster, PARTITIONS};
 const RETENTION: &str = "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n";
 
 fn journey() -> Arc<Journey> {
@@ -74,54 +76,6 @@ fn duplicates(shards: &[Engine]) -> u64 {
     shards.iter().map(|e| e.xpart_stats().unwrap().transfers_duplicate).sum()
 }
 
-/// Engines of three partitions and the identity topic between them (FIFO per partition).
-struct Cluster {
-    j: Arc<Journey>,
-    shards: Vec<Engine>,
-    queue: VecDeque<(u32, XRecord)>,
-    out: Vec<Output>,
-    delivered: Vec<(u32, XRecord)>,
-}
-
-impl Cluster {
-    fn new(j: Arc<Journey>) -> Cluster {
-        let shards = (0..PARTITIONS)
-            .map(|p| {
-                let mut e = Engine::new(Arc::clone(&j));
-                e.resolve_across(p, PARTITIONS);
-                e
-            })
-            .collect();
-        Cluster { j, shards, queue: VecDeque::new(), out: Vec::new(), delivered: Vec::new() }
-    }
-
-    fn send(&mut self, line: &str) {
-        let ev = microfunnel::codec::decode(line.as_bytes(), &self.j, &Limits::default()).unwrap();
-        let p = kafka_partition(ev.prospect.as_bytes(), PARTITIONS) as usize;
-        self.shards[p].apply(&ev, &mut self.out);
-        self.queue.extend(self.shards[p].take_identity_records());
-        self.drain();
-    }
-
-    fn drain(&mut self) {
-        while let Some((p, r)) = self.queue.pop_front() {
-            self.delivered.push((p, r.clone()));
-            self.shards[p as usize].apply_identity_record(r, &mut self.out);
-            self.queue.extend(self.shards[p as usize].take_identity_records());
-        }
-    }
-
-    fn advance(&mut self, p: usize, to: &str) {
-        self.shards[p].advance_to(parse_rfc3339(to).unwrap(), &mut self.out);
-        self.queue.extend(self.shards[p].take_identity_records());
-        self.drain();
-    }
-
-    fn transfers(&self) -> Vec<(u32, XRecord)> {
-        self.delivered.iter().filter(|(_, r)| matches!(r, XRecord::Transfer { .. })).cloned().collect()
-    }
-}
-
 /// An anonymous id on partition 0 identifies as a user homed on partition 1: its prospect is
 /// transferred (generation 1); the person then expires on the user's shard, and every home
 /// forgets it (the receiver's marker and the sender's redirect are freed).
@@ -131,6 +85,7 @@ fn transferred_then_expired(c: &mut Cluster, anon: &str, user: &str) {
     c.send(&seg("identify", "", Some(user), anon, "m-3", "2026-03-03T10:00:00Z", Some("Ana@X.example")));
     assert_eq!(c.transfers().len(), 1);
     c.advance(1, "2026-03-20T00:00:00Z");
+    c.drain();
     assert_eq!(people(&c.shards), 0);
     assert_eq!(expired_events(&c.out), 1);
     assert!(c.shards.iter().all(|e| e.redirect_ids().is_empty()), "markers and redirects freed");

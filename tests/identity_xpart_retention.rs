@@ -20,7 +20,9 @@ use microfunnel::replay::{self, End, Options};
 use payloads::{crm, seg};
 
 const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
-const PARTITIONS: u32 = 3;
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{Cluster, PARTITIONS};
 const RETENTION: &str = "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n";
 
 fn journey(extra: &str) -> Arc<Journey> {
@@ -119,54 +121,6 @@ fn months_of_generated_traffic_expire_and_resolve_alike_on_1_3_and_5_partitions(
             // Bounded by the people held: every redirect is an id of a live person.
             assert!(e.redirects() <= 4 * people(&run) as usize);
         }
-    }
-}
-
-/// Engines of three partitions, and the identity topic between them (FIFO per partition).
-struct Cluster {
-    j: Arc<Journey>,
-    shards: Vec<Engine>,
-    queue: VecDeque<(u32, XRecord)>,
-    out: Vec<Output>,
-    /// Every record delivered, in order.
-    delivered: Vec<(u32, XRecord)>,
-}
-
-impl Cluster {
-    fn new(j: Arc<Journey>) -> Cluster {
-        let shards = (0..PARTITIONS)
-            .map(|p| {
-                let mut e = Engine::new(Arc::clone(&j));
-                e.resolve_across(p, PARTITIONS);
-                e
-            })
-            .collect();
-        Cluster { j, shards, queue: VecDeque::new(), out: Vec::new(), delivered: Vec::new() }
-    }
-
-    fn send(&mut self, line: &str) {
-        let ev = microfunnel::codec::decode(line.as_bytes(), &self.j, &Limits::default()).unwrap();
-        let p = kafka_partition(ev.prospect.as_bytes(), PARTITIONS) as usize;
-        self.shards[p].apply(&ev, &mut self.out);
-        self.queue.extend(self.shards[p].take_identity_records());
-        self.drain();
-    }
-
-    fn drain(&mut self) {
-        while let Some((p, r)) = self.queue.pop_front() {
-            self.delivered.push((p, r.clone()));
-            self.shards[p as usize].apply_identity_record(r, &mut self.out);
-            self.queue.extend(self.shards[p as usize].take_identity_records());
-        }
-    }
-
-    fn advance(&mut self, p: usize, to: &str) {
-        self.shards[p].advance_to(parse_rfc3339(to).unwrap(), &mut self.out);
-        self.queue.extend(self.shards[p].take_identity_records());
-    }
-
-    fn digests(&self) -> Vec<u64> {
-        self.shards.iter().map(Engine::digest).collect()
     }
 }
 

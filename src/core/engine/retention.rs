@@ -248,6 +248,14 @@ impl Engine {
         p.flags = prospect::FREE;
         self.emails.remove(&ix.0);
         self.mark_email_changed(ix.0);
+        self.clear_side_state(ix);
+        self.ids.remove(ix);
+    }
+
+    /// What slot `ix` holds beside its record, dropped (a freed or revived slot starts
+    /// empty): extras, first-shown times, breakdown slots, its quiet timer, its armed expiry.
+    pub(super) fn clear_side_state(&mut self, ix: ProspectIx) {
+        let i = ix.0 as usize;
         self.extras.remove(&ix.0);
         self.shown.clear(i);
         self.attr.clear(i);
@@ -255,7 +263,6 @@ impl Engine {
         if let Some(a) = self.expiry_armed.get_mut(i) {
             *a = 0;
         }
-        self.ids.remove(ix);
     }
 
     /// Start of a call into the engine: slots freed by the previous call become reusable.

@@ -593,13 +593,7 @@ impl Engine {
             self.emails.remove(&ix.0);
             self.mark_email_changed(ix.0);
         }
-        self.extras.remove(&ix.0);
-        self.shown.clear(i);
-        self.attr.clear(i);
-        self.quiet.remove(&ix.0);
-        if let Some(a) = self.expiry_armed.get_mut(i) {
-            *a = 0;
-        }
+        self.clear_side_state(ix);
         self.mark_changed(ix.0);
     }
 

@@ -241,6 +241,8 @@ impl Engine {
         if self.xpart.is_none() {
             return;
         }
+        // Expiries on contact compare with the record's time (`contact_time`).
+        self.in_record = true;
         match rec {
             XRecord::Link { ids, reason, ts } => self.link_in(&ids, reason, ts, out),
             XRecord::Forward { event, .. } => self.apply(&event, out),
@@ -248,6 +250,22 @@ impl Engine {
                 self.transfer_in(&from, &into, reason, ts, generation, &record, out)
             }
             XRecord::Forget { ids, ts } => self.forget_in(&ids, ts),
+            XRecord::Progress { partition, watermark, seen, idle } => {
+                self.progress_in(partition, watermark, seen, idle, out)
+            }
+        }
+        self.in_record = false;
+    }
+
+    /// The shard's partition and the partition count (`None`: not resolving across partitions).
+    pub(super) fn partition(&self) -> Option<(u32, u32)> {
+        self.xpart.as_deref().map(|x| (x.partition, x.partitions))
+    }
+
+    /// Queues `rec` for partition `p` (a record not keyed by an identifier: `Progress`).
+    pub(super) fn send_to(&mut self, p: u32, rec: XRecord) {
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.out.push((p, rec));
         }
     }
 
@@ -259,6 +277,7 @@ impl Engine {
             XRecord::Forward { .. } => x.stats.forwarded += 1,
             XRecord::Transfer { .. } => x.stats.transfers_sent += 1,
             XRecord::Forget { .. } => x.stats.forgets_sent += 1,
+            XRecord::Progress { .. } => {}
         }
         x.out.push((p, rec));
     }

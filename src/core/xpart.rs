@@ -29,7 +29,7 @@
 //!   as 0, deduplicated as they were, by the redirect alone);
 //! - `E`: `ts i64`, count `u32`, per identifier its map key;
 //! - `W`: the sending partition `u32`, `watermark i64`, `seen i64`, flags `u8` (bit 0: idle;
-//!   the others refused); `i64::MIN` is "none yet", `i64::MAX` "unbounded" (every partition
+//!   bit 1: asking, the sender has not heard from every partition; the others refused); `i64::MIN` is "none yet", `i64::MAX` "unbounded" (every partition
 //!   it heard of is idle).
 
 use std::borrow::Cow;
@@ -84,9 +84,10 @@ pub enum XRecord {
     /// Partition `partition` applied its inputs up to `watermark` (`Ts::NONE`: none yet; unless
     /// `idle`: caught up, then left out of the minimums), and every other partition's
     /// watermark it has received is at least `seen` (`Ts::NONE` until each reported; [`UNBOUNDED`]
-    /// when all it counts are idle). Sent to every other partition, in order with the sender's
-    /// other records.
-    Progress { partition: u32, watermark: Ts, seen: Ts, idle: bool },
+    /// when all it counts are idle). `asking`: the sender has not heard from every partition
+    /// (it started, or was restored): receivers publish theirs again. Sent to every other
+    /// partition, in order with the sender's other records.
+    Progress { partition: u32, watermark: Ts, seen: Ts, idle: bool, asking: bool },
 }
 
 /// A `Progress` bound that binds nothing: every partition it covers is idle.
@@ -308,12 +309,12 @@ impl XRecord {
                     e.bytes(k.as_bytes());
                 }
             }
-            XRecord::Progress { partition, watermark, seen, idle } => {
+            XRecord::Progress { partition, watermark, seen, idle, asking } => {
                 e.u8(b'W');
                 e.u32(*partition);
                 e.ts(*watermark);
                 e.ts(*seen);
-                e.u8(u8::from(*idle));
+                e.u8(u8::from(*idle) | u8::from(*asking) << 1);
             }
         }
     }
@@ -418,12 +419,11 @@ impl XRecord {
                 let partition = d.u32("progress partition")?;
                 let watermark = d.ts("progress watermark")?;
                 let seen = d.ts("progress seen")?;
-                let idle = match d.u8("progress flags")? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(StateError::Invalid { what: "progress flags", at: d.position() - 1 }),
-                };
-                XRecord::Progress { partition, watermark, seen, idle }
+                let flags = d.u8("progress flags")?;
+                if flags > 3 {
+                    return Err(StateError::Invalid { what: "progress flags", at: d.position() - 1 });
+                }
+                XRecord::Progress { partition, watermark, seen, idle: flags & 1 != 0, asking: flags & 2 != 0 }
             }
             _ => return Err(StateError::Invalid { what: "identity record tag", at }),
         };
@@ -516,8 +516,15 @@ mod tests {
             ids: vec!["anon_1".into(), "usr_1".into(), "\0a@b.c".into()],
             ts: Ts(1_700_000_002_000),
         });
-        round_trip(XRecord::Progress { partition: 2, watermark: Ts(1_700_000_003_000), seen: Ts::NONE, idle: false });
-        round_trip(XRecord::Progress { partition: 0, watermark: Ts::NONE, seen: UNBOUNDED, idle: true });
+        round_trip(XRecord::Progress {
+            partition: 2,
+            watermark: Ts(1_700_000_003_000),
+            seen: Ts::NONE,
+            idle: false,
+            asking: true,
+        });
+        round_trip(XRecord::Progress { partition: 0, watermark: Ts::NONE, seen: UNBOUNDED, idle: true, asking: false });
+        assert!(XRecord::decode(&[b'W', 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 4]).is_err());
         assert!(XRecord::decode(b"X").is_err());
     }
 

@@ -31,11 +31,15 @@ pub(super) struct Gate {
     idle: bool,
     /// Heap entries past the horizon, earliest first.
     held: BinaryHeap<Timer>,
+    /// People that left memory ahead of the horizon (expired on contact: an event of their own
+    /// later than their due), by canonical id, with the time they left; dropped once the
+    /// horizon passes it. A transfer into one of them caused before that time, still in
+    /// flight from a partition behind, belonged to the person that left.
+    left: std::collections::HashMap<Box<str>, Ts>,
     /// What the last `Progress` record said (`watermark`, none when idle; `seen`; `idle`).
     published: Option<(Ts, Ts, bool)>,
-    /// A partition that has not heard from every other one yet (a progress record whose `seen`
-    /// is none: it started, or was restored) asked: the next publication goes out even if it
-    /// says nothing new.
+    /// A partition that has not heard from every other one yet (it started, or was restored)
+    /// asked: the next publication goes out even if it says nothing new.
     asked: bool,
 }
 
@@ -101,8 +105,9 @@ impl Engine {
         g.asked = false;
         if send {
             let partition = g.table.partition();
+            let asking = !g.table.complete();
             for q in (0..partitions).filter(|&q| q != partition) {
-                self.send_to(q, XRecord::Progress { partition, watermark, seen, idle });
+                self.send_to(q, XRecord::Progress { partition, watermark, seen, idle, asking });
             }
         }
         self.set_horizon(horizon, out);
@@ -110,14 +115,14 @@ impl Engine {
     }
 
     /// A `Progress` record received: the table and the horizon follow it.
-    pub(super) fn progress_in(&mut self, partition: u32, watermark: Ts, seen: Ts, idle: bool, out: &mut Vec<Output>) {
+    pub(super) fn progress_in(&mut self, rec: Reported, partition: u32, asking: bool, out: &mut Vec<Output>) {
         self.gate_expiry();
         let own = self.watermark;
         let Some(g) = self.gate.as_deref_mut() else { return };
-        if !g.table.receive(partition, Reported { watermark, seen, idle }) {
+        if !g.table.receive(partition, rec) {
             return;
         }
-        g.asked |= seen.is_none();
+        g.asked |= asking;
         let horizon = g.table.horizon(own, g.idle);
         self.set_horizon(horizon, out);
     }
@@ -127,6 +132,9 @@ impl Engine {
     fn set_horizon(&mut self, h: Ts, out: &mut Vec<Output>) {
         let Some(g) = self.gate.as_deref_mut() else { return };
         g.horizon = h;
+        if !g.left.is_empty() {
+            g.left.retain(|_, at| *at >= h);
+        }
         let mut released = false;
         while let Some(&t) = g.held.peek() {
             if t.0.0 >= h {
@@ -161,6 +169,34 @@ impl Engine {
             g.held.push(t);
         }
         held
+    }
+
+    /// Prospect `ix` leaves memory at `at` (`expire`): when that is ahead of the horizon (an
+    /// expiry on contact), remembered until the horizon passes it.
+    pub(super) fn left_ahead_of_horizon(&mut self, ix: crate::core::ids::ProspectIx, at: Ts) {
+        let id: Box<str> = self.ids.get(ix).into();
+        if let Some(g) = self.gate.as_deref_mut()
+            && at >= g.horizon
+        {
+            g.left.insert(id, at);
+        }
+    }
+
+    /// A transfer of `from` into `into` caused at `ts`, when `into`'s person left memory ahead
+    /// of the horizon at or after `ts`: it belonged to that person (replay, which delivers it
+    /// at once, folds it in before the person leaves). Counted as the merge it was, its state
+    /// dropped with the person, and `from`'s home told to forget it, as the person's leaving
+    /// would have. Returns whether it was taken so.
+    pub(super) fn transfer_to_gone(&mut self, from: &str, into: &str, ts: Ts) -> bool {
+        let Some(at) = self.gate.as_deref().and_then(|g| g.left.get(into).copied()) else { return false };
+        if ts > at {
+            return false;
+        }
+        self.identity_stats.merged += 1;
+        if self.foreign(from) {
+            self.send(XRecord::Forget { ids: vec![from.to_string()], ts: at });
+        }
+        true
     }
 
     /// The time an expiry decided on contact compares the due with: the contact's `ts`; for an

@@ -219,6 +219,9 @@ impl Engine {
             ExpireReason::Capacity => self.stats.evicted += 1,
         }
         out.push(Output::Expired { prospect: ix, stage, last_event, at, reason, class });
+        if self.gate.is_some() {
+            self.left_ahead_of_horizon(ix, at);
+        }
         self.keep_handoff(ix);
         self.free(ix);
         // Across partitions, the other homes of its identifiers forget them too.

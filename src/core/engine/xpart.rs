@@ -246,12 +246,13 @@ impl Engine {
         match rec {
             XRecord::Link { ids, reason, ts } => self.link_in(&ids, reason, ts, out),
             XRecord::Forward { event, .. } => self.apply(&event, out),
+            XRecord::Transfer { from, into, ts, .. } if self.transfer_to_gone(&from, &into, ts) => {}
             XRecord::Transfer { from, into, reason, ts, record, generation, .. } => {
                 self.transfer_in(&from, &into, reason, ts, generation, &record, out)
             }
             XRecord::Forget { ids, ts } => self.forget_in(&ids, ts),
-            XRecord::Progress { partition, watermark, seen, idle } => {
-                self.progress_in(partition, watermark, seen, idle, out)
+            XRecord::Progress { partition, watermark, seen, idle, asking } => {
+                self.progress_in(crate::core::xpart::Reported { watermark, seen, idle }, partition, asking, out)
             }
         }
         self.in_record = false;
@@ -269,7 +270,7 @@ impl Engine {
         }
     }
 
-    fn send(&mut self, rec: XRecord) {
+    pub(super) fn send(&mut self, rec: XRecord) {
         let Some(x) = self.xpart.as_deref_mut() else { return };
         let p = home(rec.key(), x.partitions);
         match &rec {

@@ -45,10 +45,10 @@ pub(super) struct Gate {
 
 impl Engine {
     /// Gates the expiry sweep on the progress of the other partitions (identity resolution
-    /// across partitions: after [`Engine::resolve_across`]; otherwise nothing). Until every
-    /// partition reported, nothing expires by sweep.
+    /// across partitions, after [`Engine::resolve_across`], with `[retention]` spans; otherwise
+    /// nothing). Until every partition reported, nothing expires by sweep.
     pub fn gate_expiry(&mut self) {
-        if self.gate.is_some() {
+        if self.gate.is_some() || self.journey.retention.after.is_empty() {
             return;
         }
         let Some((partition, partitions)) = self.partition() else { return };

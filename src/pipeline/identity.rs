@@ -113,10 +113,20 @@ impl State {
         }
         metrics.identity_received.with_label_values(&[rec.kind()]).inc();
         let dup = |e: &Engine| e.xpart_stats().map_or(0, |s| s.transfers_duplicate);
-        let before = dup(&shard.engine);
+        let gone = |e: &Engine| e.xpart_stats().map_or(0, |s| s.transfers_to_gone);
+        let (before, before_gone) = (dup(&shard.engine), gone(&shard.engine));
+        let reason = match &rec {
+            XRecord::Transfer { reason, .. } => Some(*reason),
+            _ => None,
+        };
         hot.before(shard.engine.funnel());
         shard.engine.apply_identity_record(rec, outputs);
         metrics.identity_transfers_duplicate.inc_by(dup(&shard.engine) - before);
+        // A transfer into a person that left ahead of the expiry horizon: a merge without a
+        // `prospect_merged` event (neither prospect is held), counted all the same.
+        if let Some(reason) = reason {
+            metrics.prospects_merged.with_label_values(&[reason.as_str()]).inc_by(gone(&shard.engine) - before_gone);
+        }
         if !outputs.is_empty() {
             // Stages a forwarded event or a folded transfer made the person reach.
             hot.after(shard.engine.funnel());

@@ -410,7 +410,7 @@ impl Metrics {
                 let g = GaugeVec::new(
                     Opts::new(
                         "microfunnel_expiry_horizon_timestamp_seconds",
-                        "Per shard, the event time up to which every partition's progress allows retention's expiry sweep (identity resolution across partitions): the least watermark of the partitions not idle, as this shard and each other one have received them. Absent until every partition reported.",
+                        "Per shard, the event time up to which every partition's progress allows retention's expiry sweep (identity resolution across partitions): the least watermark of the partitions not idle, as this shard and each other one have received them; +Inf when every partition is idle. Absent until every partition reported.",
                     ),
                     &["shard"],
                 )?;
@@ -591,12 +591,15 @@ impl Metrics {
     }
 
     /// Shard `shard`'s expiry gate: its horizon (`None`: ungated; `Ts::NONE`: not every
-    /// partition reported, the series absent; unbounded, every partition idle: the series
-    /// absent too) and the expiries waiting on it.
+    /// partition reported, the series absent; unbounded, every partition idle: `+Inf`) and the
+    /// expiries waiting on it.
     pub fn expiry_gate(&self, shard: i32, horizon: Option<crate::core::Ts>, waiting: usize) {
         let label = shard.to_string();
         match horizon {
-            Some(h) if !h.is_none() && h != crate::core::xpart::UNBOUNDED => {
+            Some(h) if h == crate::core::xpart::UNBOUNDED => {
+                self.expiry_horizon.with_label_values(&[&label]).set(f64::INFINITY);
+            }
+            Some(h) if !h.is_none() => {
                 self.expiry_horizon.with_label_values(&[&label]).set(h.0 as f64 / 1000.0);
             }
             _ => {

@@ -184,15 +184,19 @@ impl Engine {
 
     /// A transfer of `from` into `into` caused at `ts`, when `into`'s person left memory ahead
     /// of the horizon at or after `ts`: it belonged to that person (replay, which delivers it
-    /// at once, folds it in before the person leaves). Counted as the merge it was, its state
-    /// dropped with the person, and `from`'s home told to forget it, as the person's leaving
-    /// would have. Returns whether it was taken so.
+    /// at once, folds it in before the person leaves). Counted as the merge it was (no
+    /// `prospect_merged` output: neither prospect is held), its state dropped with the person,
+    /// and `from`'s home told to forget it, as the person's leaving would have. Returns whether
+    /// it was taken so.
     pub(super) fn transfer_to_gone(&mut self, from: &str, into: &str, ts: Ts) -> bool {
         let Some(at) = self.gate.as_deref().and_then(|g| g.left.get(into).copied()) else { return false };
         if ts > at {
             return false;
         }
         self.identity_stats.merged += 1;
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.stats.transfers_to_gone += 1;
+        }
         if self.foreign(from) {
             self.send(XRecord::Forget { ids: vec![from.to_string()], ts: at });
         }

@@ -42,7 +42,7 @@ pub(super) struct XPart {
     /// Redirect records held (counted at [`Engine::resolve_across`], then kept up to date):
     /// what the prospect cap leaves out.
     redirects: usize,
-    stats: XPartStats,
+    pub(super) stats: XPartStats,
 }
 
 /// What cross-partition identity resolution did in a shard (counted since the engine started).
@@ -57,6 +57,9 @@ pub struct XPartStats {
     pub transfers_received: u64,
     /// Transfers received again (at-least-once redelivery) and folded no second time.
     pub transfers_duplicate: u64,
+    /// Transfers into a person that had left memory ahead of the expiry horizon, caused before
+    /// it left: counted as merges, their state gone with the person (`horizon.rs`).
+    pub transfers_to_gone: u64,
     /// Records that did not decode, or transfers whose record did not.
     pub invalid: u64,
     /// Older event ids (dedup keys) of transferred prospects left out so the transfer fits the

@@ -20,7 +20,8 @@ use payloads::seg;
 
 const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
 /// The trial's spans: anonymous `aware` visitors leave after 3 days.
-const RETENTION: &str = "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n[retention.anonymous]\naware = 3\n";
+const RETENTION: &str =
+    "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n[retention.anonymous]\naware = 3\n";
 
 fn journey() -> Arc<Journey> {
     Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{RETENTION}")).unwrap())
@@ -28,7 +29,15 @@ fn journey() -> Arc<Journey> {
 
 fn generated(prospects: u64, seed: u64, days: f64, j: &Journey) -> Vec<String> {
     use microfunnel::traffic::{Generator, Options as Gen};
-    let opts = Gen { prospects, seed, days, segment_share: 1.0, malformed_share: 0.0, out_of_order_share: 0.0, ..Gen::default() };
+    let opts = Gen {
+        prospects,
+        seed,
+        days,
+        segment_share: 1.0,
+        malformed_share: 0.0,
+        out_of_order_share: 0.0,
+        ..Gen::default()
+    };
     let mut g = Generator::new(opts, j, true).unwrap();
     let (mut line, mut key, mut lines) = (Vec::new(), String::new(), Vec::new());
     while g.next_into(&mut line, &mut key).is_some() {
@@ -214,8 +223,7 @@ fn records_delivered_at_once_make_the_gate_change_nothing() {
         let mut topic: VecDeque<(u32, XRecord)> = VecDeque::new();
         let mut out = Vec::new();
         for l in &lines {
-            let Some((_, Ok(ev))) = microfunnel::codec::decode_each(l.as_bytes(), &j, &Limits::default()).next()
-            else {
+            let Some((_, Ok(ev))) = microfunnel::codec::decode_each(l.as_bytes(), &j, &Limits::default()).next() else {
                 continue;
             };
             let p = kafka_partition(ev.prospect.as_bytes(), partitions) as usize;
@@ -376,4 +384,3 @@ fn a_restored_shard_relearns_the_table_before_it_expires_by_sweep() {
     assert_eq!((expired(&out), shards[0].expiries_waiting()), (1, 0), "{out:?}");
     assert!(shards[0].find(&ids[0]).is_none());
 }
-

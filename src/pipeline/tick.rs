@@ -65,7 +65,9 @@ impl State {
         }
         for (&p, shard) in shards.iter_mut() {
             let idle = shard.inputs.queues.iter().all(|q| q.is_empty())
-                && (0..shard.positions.len()).filter(|&t| t != id.input).all(|t| shard.inputs.caught_up(t, shard.positions[t]));
+                && (0..shard.positions.len())
+                    .filter(|&t| t != id.input)
+                    .all(|t| shard.inputs.caught_up(t, shard.positions[t]));
             id.configure(&mut shard.engine, p as u32);
             shard.engine.publish_progress(idle, false, outputs);
             if !outputs.is_empty() {

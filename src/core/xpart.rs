@@ -27,7 +27,10 @@
 //! - `T`: `from`, `into`, reason `u8`, `ts i64`, the sending partition `u32`, the record
 //!   (`u32` length + bytes), the generation `u32` (absent in records of builds before it: read
 //!   as 0, deduplicated as they were, by the redirect alone);
-//! - `E`: `ts i64`, count `u32`, per identifier its map key.
+//! - `E`: `ts i64`, count `u32`, per identifier its map key;
+//! - `W`: the sending partition `u32`, `watermark i64`, `seen i64`, flags `u8` (bit 0: idle;
+//!   bit 1: asking, the sender has not heard from every partition; the others refused); `i64::MIN` is "none yet", `i64::MAX` "unbounded" (every partition
+//!   it heard of is idle).
 
 use std::borrow::Cow;
 
@@ -78,6 +81,106 @@ pub enum XRecord {
     /// The person of these identifiers (map keys; `ids[0]` homed at the receiving partition)
     /// left memory at `ts`: forget those first seen no later than `ts`.
     Forget { ids: Vec<String>, ts: Ts },
+    /// Partition `partition` applied its inputs up to `watermark` (`Ts::NONE`: none yet; unless
+    /// `idle`: caught up, then left out of the minimums), and every other partition's
+    /// watermark it has received is at least `seen` (`Ts::NONE` until each reported; [`UNBOUNDED`]
+    /// when all it counts are idle). `asking`: the sender has not heard from every partition
+    /// (it started, or was restored): receivers publish theirs again. Sent to every other
+    /// partition, in order with the sender's other records.
+    Progress { partition: u32, watermark: Ts, seen: Ts, idle: bool, asking: bool },
+}
+
+/// A `Progress` bound that binds nothing: every partition it covers is idle.
+pub const UNBOUNDED: Ts = Ts(i64::MAX);
+
+/// One partition's last `Progress` record, as a receiver holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reported {
+    pub watermark: Ts,
+    pub seen: Ts,
+    pub idle: bool,
+}
+
+/// What a shard knows of every partition's event-time progress: the last `Progress` record
+/// received from each other partition (soft state: a restored shard relearns it from the next
+/// ones). Two levels, so that records two hops away are covered: a partition's own watermark
+/// `w_j`, and `seen_j`, the least `w_k` it had received. A record sent by partition `k` for an
+/// input at `t` precedes `k`'s progress past `t` on every partition it goes to, and a record
+/// that partition `j` sends on receiving it precedes `j`'s `seen` past `t`. So once the
+/// [`horizon`](ProgressTable::horizon) of a shard is past `t`, it has read every record caused,
+/// directly or through one other partition, by an input at or before `t` (a third hop is not
+/// covered). No minimum is taken over received `seen` values alone, which would wait on
+/// itself: `seen` is computed from watermarks, which move with the inputs.
+#[derive(Clone, Debug, Default)]
+pub struct ProgressTable {
+    partition: u32,
+    reported: Vec<Option<Reported>>,
+}
+
+impl ProgressTable {
+    /// Partition `partition`'s table among `partitions`, nothing reported yet.
+    pub fn new(partition: u32, partitions: u32) -> ProgressTable {
+        ProgressTable { partition, reported: vec![None; partitions as usize] }
+    }
+
+    /// The partition whose table this is.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// Partition `from`'s progress record; `false` (ignored) for a partition out of range or
+    /// this one.
+    pub fn receive(&mut self, from: u32, r: Reported) -> bool {
+        if from == self.partition {
+            return false;
+        }
+        match self.reported.get_mut(from as usize) {
+            Some(slot) => {
+                *slot = Some(r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The last record of partition `p`.
+    pub fn reported(&self, p: u32) -> Option<Reported> {
+        self.reported.get(p as usize).copied().flatten()
+    }
+
+    /// Whether every other partition has reported.
+    pub fn complete(&self) -> bool {
+        self.others().all(|(_, r)| r.is_some())
+    }
+
+    fn others(&self) -> impl Iterator<Item = (u32, Option<Reported>)> + '_ {
+        self.reported.iter().enumerate().filter(|&(p, _)| p as u32 != self.partition).map(|(p, r)| (p as u32, *r))
+    }
+
+    /// What this shard publishes as `seen`: the least of its own watermark (unless `own_idle`)
+    /// and each other partition's reported watermark (unless idle); `Ts::NONE` while one has
+    /// not reported, [`UNBOUNDED`] when every one counted is idle.
+    pub fn seen(&self, own: Ts, own_idle: bool) -> Ts {
+        let mut least = if own_idle { UNBOUNDED } else { own };
+        for (_, r) in self.others() {
+            let Some(r) = r else { return Ts::NONE };
+            if !r.idle {
+                least = least.min(r.watermark);
+            }
+        }
+        least
+    }
+
+    /// The expiry horizon: the least of [`seen`](Self::seen) and each other partition's
+    /// reported `seen`; `Ts::NONE` while one has not reported.
+    pub fn horizon(&self, own: Ts, own_idle: bool) -> Ts {
+        let mut least = self.seen(own, own_idle);
+        for (_, r) in self.others() {
+            let Some(r) = r else { return Ts::NONE };
+            least = least.min(r.seen);
+        }
+        least
+    }
 }
 
 impl XRecord {
@@ -87,14 +190,17 @@ impl XRecord {
             XRecord::Link { ids, .. } => ids.first().map_or("", |i| &i.key),
             XRecord::Forward { into, .. } | XRecord::Transfer { into, .. } => into,
             XRecord::Forget { ids, .. } => ids.first().map_or("", String::as_str),
+            XRecord::Progress { .. } => "",
         }
     }
 
-    /// The event time the record is merged by among the shard's inputs.
+    /// The event time the record is merged by among the shard's inputs (a `Progress` record
+    /// has none: `Ts::NONE`, taken at once).
     pub fn ts(&self) -> Ts {
         match self {
             XRecord::Link { ts, .. } | XRecord::Transfer { ts, .. } | XRecord::Forget { ts, .. } => *ts,
             XRecord::Forward { event, .. } => event.ts,
+            XRecord::Progress { .. } => Ts::NONE,
         }
     }
 
@@ -134,6 +240,7 @@ impl XRecord {
                     return Err("forget identifiers");
                 }
             }
+            XRecord::Progress { .. } => {}
         }
         Ok(())
     }
@@ -145,6 +252,7 @@ impl XRecord {
             XRecord::Forward { .. } => "forward",
             XRecord::Transfer { .. } => "transfer",
             XRecord::Forget { .. } => "forget",
+            XRecord::Progress { .. } => "progress",
         }
     }
 
@@ -200,6 +308,13 @@ impl XRecord {
                 for k in ids {
                     e.bytes(k.as_bytes());
                 }
+            }
+            XRecord::Progress { partition, watermark, seen, idle, asking } => {
+                e.u8(b'W');
+                e.u32(*partition);
+                e.ts(*watermark);
+                e.ts(*seen);
+                e.u8(u8::from(*idle) | u8::from(*asking) << 1);
             }
         }
     }
@@ -300,6 +415,16 @@ impl XRecord {
                 let ids = (0..n).map(|_| d.str("identifier").map(str::to_string)).collect::<Result<_, _>>()?;
                 XRecord::Forget { ids, ts }
             }
+            b'W' => {
+                let partition = d.u32("progress partition")?;
+                let watermark = d.ts("progress watermark")?;
+                let seen = d.ts("progress seen")?;
+                let flags = d.u8("progress flags")?;
+                if flags > 3 {
+                    return Err(StateError::Invalid { what: "progress flags", at: d.position() - 1 });
+                }
+                XRecord::Progress { partition, watermark, seen, idle: flags & 1 != 0, asking: flags & 2 != 0 }
+            }
             _ => return Err(StateError::Invalid { what: "identity record tag", at }),
         };
         if !d.is_empty() {
@@ -391,7 +516,46 @@ mod tests {
             ids: vec!["anon_1".into(), "usr_1".into(), "\0a@b.c".into()],
             ts: Ts(1_700_000_002_000),
         });
+        round_trip(XRecord::Progress {
+            partition: 2,
+            watermark: Ts(1_700_000_003_000),
+            seen: Ts::NONE,
+            idle: false,
+            asking: true,
+        });
+        round_trip(XRecord::Progress { partition: 0, watermark: Ts::NONE, seen: UNBOUNDED, idle: true, asking: false });
+        assert!(XRecord::decode(&[b'W', 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 4]).is_err());
         assert!(XRecord::decode(b"X").is_err());
+    }
+
+    /// The horizon waits for every partition, takes the least watermark and `seen` (the second
+    /// level: what the others had received), and leaves idle partitions out.
+    #[test]
+    fn the_progress_horizon_is_the_least_of_both_levels_without_idle_partitions() {
+        let r = |watermark, seen, idle| Reported { watermark: Ts(watermark), seen: Ts(seen), idle };
+        let mut t = ProgressTable::new(0, 3);
+        assert_eq!(t.horizon(Ts(100), false), Ts::NONE);
+        assert!(t.receive(1, r(50, 40, false)));
+        assert!(!t.receive(0, r(1, 1, false)), "its own partition");
+        assert!(!t.receive(3, r(1, 1, false)), "out of range");
+        assert_eq!((t.seen(Ts(100), false), t.horizon(Ts(100), false)), (Ts::NONE, Ts::NONE));
+        assert!(!t.complete());
+        t.receive(2, r(70, 60, false));
+        assert!(t.complete());
+        assert_eq!(t.seen(Ts(100), false), Ts(50));
+        assert_eq!(t.horizon(Ts(100), false), Ts(40));
+        // An idle partition's watermark binds nothing; what it has seen still does.
+        t.receive(1, r(50, 65, true));
+        assert_eq!(t.seen(Ts(100), false), Ts(70));
+        assert_eq!(t.horizon(Ts(100), false), Ts(60));
+        assert_eq!(t.seen(Ts(100), true), Ts(70));
+        t.receive(2, r(70, UNBOUNDED.0, true));
+        assert_eq!(t.seen(Ts(100), true), UNBOUNDED);
+        assert_eq!(t.horizon(Ts(100), true), Ts(65));
+        assert_eq!(t.horizon(Ts(100), false), Ts(65));
+        t.receive(1, r(50, UNBOUNDED.0, true));
+        assert_eq!(t.horizon(Ts(100), false), Ts(100));
+        assert_eq!(t.horizon(Ts(100), true), UNBOUNDED);
     }
 
     /// A record that decodes but does not fit the journey, or names an id no decoder

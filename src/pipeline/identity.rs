@@ -30,10 +30,12 @@ pub(super) struct IdentityInput {
 }
 
 impl IdentityInput {
-    /// The identity topic's settings of `engine` (shard `p`).
+    /// The identity topic's settings of `engine` (shard `p`); with `[retention]`, its expiry
+    /// sweep gated on the other partitions' progress (`Engine::gate_expiry`).
     pub(super) fn configure(&self, engine: &mut Engine, p: u32) {
         engine.resolve_across(p, self.partitions);
         engine.limit_transfers(self.message_max_bytes);
+        engine.gate_expiry();
     }
 }
 
@@ -82,7 +84,6 @@ impl State {
         let shard = shards
             .entry(p)
             .or_insert_with(|| super::shard::Shard::new(Engine::new(std::sync::Arc::clone(journey)), topics));
-        shard.last_input = batch;
         if msg.offset() < shard.positions[id.input] {
             return;
         }
@@ -96,6 +97,7 @@ impl State {
         let rec = match decoded {
             Ok(r) => r,
             Err(e) => {
+                shard.last_input = batch;
                 let reason = RejectReason::WrongShape;
                 metrics.events_rejected.with_label_values(&[reason.as_str()]).inc();
                 let detail = format!("identity record: {e}");
@@ -104,12 +106,27 @@ impl State {
                 return;
             }
         };
+        // Progress records come every second or so: they are no input activity (the idle
+        // advance goes on).
+        if !matches!(rec, XRecord::Progress { .. }) {
+            shard.last_input = batch;
+        }
         metrics.identity_received.with_label_values(&[rec.kind()]).inc();
         let dup = |e: &Engine| e.xpart_stats().map_or(0, |s| s.transfers_duplicate);
-        let before = dup(&shard.engine);
+        let gone = |e: &Engine| e.xpart_stats().map_or(0, |s| s.transfers_to_gone);
+        let (before, before_gone) = (dup(&shard.engine), gone(&shard.engine));
+        let reason = match &rec {
+            XRecord::Transfer { reason, .. } => Some(*reason),
+            _ => None,
+        };
         hot.before(shard.engine.funnel());
         shard.engine.apply_identity_record(rec, outputs);
         metrics.identity_transfers_duplicate.inc_by(dup(&shard.engine) - before);
+        // A transfer into a person that left ahead of the expiry horizon: a merge without a
+        // `prospect_merged` event (neither prospect is held), counted all the same.
+        if let Some(reason) = reason {
+            metrics.prospects_merged.with_label_values(&[reason.as_str()]).inc_by(gone(&shard.engine) - before_gone);
+        }
         if !outputs.is_empty() {
             // Stages a forwarded event or a folded transfer made the person reach.
             hot.after(shard.engine.funnel());

@@ -296,6 +296,7 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
     let funnel_interval = Duration::from_millis(p.funnel_interval_ms);
     let idle = (p.idle_advance_ms > 0).then(|| Duration::from_millis(p.idle_advance_ms));
     let (mut last_funnel, mut last_lag, mut last_idle) = (Instant::now(), Instant::now(), Instant::now());
+    let mut last_progress = Instant::now();
     let result = loop {
         if stop.load(Ordering::Acquire) {
             break Ok(());
@@ -343,6 +344,10 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
         {
             st.advance_idle(idle, now, wall_now());
             last_idle = now;
+        }
+        if now.duration_since(last_progress) >= Duration::from_secs(1) {
+            st.publish_progress();
+            last_progress = now;
         }
         if now.duration_since(last_funnel) >= funnel_interval {
             st.publish_funnel();

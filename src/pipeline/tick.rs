@@ -31,7 +31,7 @@ impl State {
                 continue;
             }
             if let Some(id) = identity.as_ref() {
-                shard.engine.resolve_across(p as u32, id.partitions);
+                id.configure(&mut shard.engine, p as u32);
             }
             shard.engine.advance_to(target, outputs);
             if !outputs.is_empty() {
@@ -47,6 +47,40 @@ impl State {
             {
                 self.unflushed = true;
             }
+        }
+    }
+
+    /// Each shard's event-time progress to the other partitions (identity resolution across
+    /// partitions with `[retention]`: the watermark across partitions that gates expiry; see
+    /// `core/engine/horizon.rs`): idle when every input partition of the shard is caught up
+    /// and nothing is queued (its watermark then binds no one). The engine sends only what says
+    /// something new, or what a shard that has not heard from everyone asked for; called about
+    /// once a second. The expiries a moved horizon releases are emitted, their `Forget`s sent,
+    /// and the horizon and the expiries waiting on it set per shard.
+    pub(super) fn publish_progress(&mut self) {
+        let State { shards, journey, metrics, outputs, producer, settings, buf, identity, .. } = self;
+        let Some(id) = identity.as_ref() else { return };
+        if id.partitions < 2 || journey.retention.after.is_empty() {
+            return;
+        }
+        for (&p, shard) in shards.iter_mut() {
+            let idle = shard.inputs.queues.iter().all(|q| q.is_empty())
+                && (0..shard.positions.len())
+                    .filter(|&t| t != id.input)
+                    .all(|t| shard.inputs.caught_up(t, shard.positions[t]));
+            id.configure(&mut shard.engine, p as u32);
+            shard.engine.publish_progress(idle, false, outputs);
+            if !outputs.is_empty() {
+                let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
+                for o in outputs.drain(..) {
+                    emit::output(&ctx, &shard.engine, &o, None::<&OwnedMessage>, buf);
+                }
+                self.unflushed = true;
+            }
+            if super::identity::send_records(producer, metrics, id, &mut shard.engine, buf) {
+                self.unflushed = true;
+            }
+            metrics.expiry_gate(p, shard.engine.expiry_horizon(), shard.engine.expiries_waiting());
         }
     }
 

@@ -64,6 +64,10 @@ pub struct Metrics {
     /// `waiting_signal`).
     pub identity_transfer_dropped: IntCounterVec,
     pub identity_redirects: IntGauge,
+    /// The expiry gate (identity across partitions with `[retention]`), per shard: the event-time
+    /// horizon expiry sweeps wait for, and the expiries waiting on it ([`Metrics::expiry_gate`]).
+    pub expiry_horizon: GaugeVec,
+    pub expiries_waiting: IntGaugeVec,
     /// CRM memory entries evicted past `[crm] max_entries` (least recently changed first).
     pub crm_evicted: IntCounter,
     /// Messages of CRM topics read again only to rebuild a CRM memory after a restore from a
@@ -402,6 +406,28 @@ impl Metrics {
                 "Identity-topic records applied by this instance's shards, by kind (`link`, `forward`, `transfer`).",
                 &["kind"],
             )?,
+            expiry_horizon: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "microfunnel_expiry_horizon_timestamp_seconds",
+                        "Per shard, the event time up to which every partition's progress allows retention's expiry sweep (identity resolution across partitions): the least watermark of the partitions not idle, as this shard and each other one have received them; +Inf when every partition is idle. Absent until every partition reported.",
+                    ),
+                    &["shard"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            expiries_waiting: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "microfunnel_expiries_waiting",
+                        "Per shard, prospects whose retention due the shard's watermark passed, held until the expiry horizon passes it too.",
+                    ),
+                    &["shard"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             identity_transfers_duplicate: counter(
                 &r,
                 "microfunnel_identity_transfers_duplicate_total",
@@ -557,9 +583,30 @@ impl Metrics {
         let label = shard.to_string();
         let _ = self.checkpoint_last_success.remove_label_values(&[&label]);
         let _ = self.snapshot_bytes.remove_label_values(&[&label]);
+        let _ = self.expiry_horizon.remove_label_values(&[&label]);
+        let _ = self.expiries_waiting.remove_label_values(&[&label]);
         for t in topics {
             let _ = self.consumer_lag.remove_label_values(&[t, &label]);
         }
+    }
+
+    /// Shard `shard`'s expiry gate: its horizon (`None`: ungated; `Ts::NONE`: not every
+    /// partition reported, the series absent; unbounded, every partition idle: `+Inf`) and the
+    /// expiries waiting on it.
+    pub fn expiry_gate(&self, shard: i32, horizon: Option<crate::core::Ts>, waiting: usize) {
+        let label = shard.to_string();
+        match horizon {
+            Some(h) if h == crate::core::xpart::UNBOUNDED => {
+                self.expiry_horizon.with_label_values(&[&label]).set(f64::INFINITY);
+            }
+            Some(h) if !h.is_none() => {
+                self.expiry_horizon.with_label_values(&[&label]).set(h.0 as f64 / 1000.0);
+            }
+            _ => {
+                let _ = self.expiry_horizon.remove_label_values(&[&label]);
+            }
+        }
+        self.expiries_waiting.with_label_values(&[&label]).set(waiting as i64);
     }
 
     /// The Prometheus text exposition of every family.

@@ -46,6 +46,7 @@ mod clock;
 mod copy;
 mod crm;
 mod extras;
+mod horizon;
 mod identity;
 mod retention;
 mod rules;
@@ -162,6 +163,10 @@ pub struct Engine {
     /// Cross-partition identity resolution (`xpart.rs`), when the caller set the shard's
     /// partition ([`Engine::resolve_across`]).
     xpart: Option<Box<xpart::XPart>>,
+    /// The expiry sweep's gate on the other partitions' progress (`horizon.rs`; not state).
+    gate: Option<Box<horizon::Gate>>,
+    /// Whether the call being applied is an identity record (`horizon.rs`, `contact_time`).
+    in_record: bool,
 }
 
 fn journey_identity(journey: &Journey) -> Option<Box<IdentityMap>> {
@@ -198,6 +203,8 @@ impl Engine {
             track_removals: false,
             removed_ids: Vec::new(),
             xpart: None,
+            gate: None,
+            in_record: false,
         }
     }
 

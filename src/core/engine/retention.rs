@@ -168,7 +168,7 @@ impl Engine {
     pub(super) fn expire_if_due(&mut self, id: &str, ts: Ts, out: &mut Vec<Output>) -> Option<ProspectIx> {
         let ix = self.ids.find(id)?;
         let due = expiry_due(&self.journey, self.store.fixed(ix.0 as usize));
-        if due.is_none() || due >= ts {
+        if due.is_none() || due >= self.contact_time(ts) {
             return Some(ix);
         }
         self.fire_own_timers(ix, due.plus(crate::core::time::Span(1)), out);
@@ -219,6 +219,9 @@ impl Engine {
             ExpireReason::Capacity => self.stats.evicted += 1,
         }
         out.push(Output::Expired { prospect: ix, stage, last_event, at, reason, class });
+        if self.gate.is_some() {
+            self.left_ahead_of_horizon(ix, at);
+        }
         self.keep_handoff(ix);
         self.free(ix);
         // Across partitions, the other homes of its identifiers forget them too.

@@ -99,6 +99,9 @@ impl Engine {
                 break;
             }
             self.timers.pop();
+            if self.gate.is_some() && self.hold(Reverse((due, ix, kind))) {
+                continue;
+            }
             if kind == TimerKind::Expire && !self.expiry_popped(ix, due) {
                 continue;
             }

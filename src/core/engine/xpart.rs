@@ -42,7 +42,7 @@ pub(super) struct XPart {
     /// Redirect records held (counted at [`Engine::resolve_across`], then kept up to date):
     /// what the prospect cap leaves out.
     redirects: usize,
-    stats: XPartStats,
+    pub(super) stats: XPartStats,
 }
 
 /// What cross-partition identity resolution did in a shard (counted since the engine started).
@@ -57,6 +57,9 @@ pub struct XPartStats {
     pub transfers_received: u64,
     /// Transfers received again (at-least-once redelivery) and folded no second time.
     pub transfers_duplicate: u64,
+    /// Transfers into a person that had left memory ahead of the expiry horizon, caused before
+    /// it left: counted as merges, their state gone with the person (`horizon.rs`).
+    pub transfers_to_gone: u64,
     /// Records that did not decode, or transfers whose record did not.
     pub invalid: u64,
     /// Older event ids (dedup keys) of transferred prospects left out so the transfer fits the
@@ -241,17 +244,36 @@ impl Engine {
         if self.xpart.is_none() {
             return;
         }
+        // Expiries on contact compare with the record's time (`contact_time`).
+        self.in_record = true;
         match rec {
             XRecord::Link { ids, reason, ts } => self.link_in(&ids, reason, ts, out),
             XRecord::Forward { event, .. } => self.apply(&event, out),
+            XRecord::Transfer { from, into, ts, .. } if self.transfer_to_gone(&from, &into, ts) => {}
             XRecord::Transfer { from, into, reason, ts, record, generation, .. } => {
                 self.transfer_in(&from, &into, reason, ts, generation, &record, out)
             }
             XRecord::Forget { ids, ts } => self.forget_in(&ids, ts),
+            XRecord::Progress { partition, watermark, seen, idle, asking } => {
+                self.progress_in(crate::core::xpart::Reported { watermark, seen, idle }, partition, asking, out)
+            }
+        }
+        self.in_record = false;
+    }
+
+    /// The shard's partition and the partition count (`None`: not resolving across partitions).
+    pub(super) fn partition(&self) -> Option<(u32, u32)> {
+        self.xpart.as_deref().map(|x| (x.partition, x.partitions))
+    }
+
+    /// Queues `rec` for partition `p` (a record not keyed by an identifier: `Progress`).
+    pub(super) fn send_to(&mut self, p: u32, rec: XRecord) {
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.out.push((p, rec));
         }
     }
 
-    fn send(&mut self, rec: XRecord) {
+    pub(super) fn send(&mut self, rec: XRecord) {
         let Some(x) = self.xpart.as_deref_mut() else { return };
         let p = home(rec.key(), x.partitions);
         match &rec {
@@ -259,6 +281,7 @@ impl Engine {
             XRecord::Forward { .. } => x.stats.forwarded += 1,
             XRecord::Transfer { .. } => x.stats.transfers_sent += 1,
             XRecord::Forget { .. } => x.stats.forgets_sent += 1,
+            XRecord::Progress { .. } => {}
         }
         x.out.push((p, rec));
     }

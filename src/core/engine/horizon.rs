@@ -1,0 +1,213 @@
+//! The event-time watermark across partitions and the expiry gate it drives (identity
+//! resolution across partitions with `[retention]`; ARCHITECTURE.md "Watermark across
+//! partitions"). Each shard publishes its progress on the identity topic
+//! ([`XRecord::Progress`], [`Engine::publish_progress`]); what it receives builds its
+//! [`ProgressTable`], whose horizon gates the watermark-driven expiry sweep: an expiry heap entry
+//! fires only once its due is before both the shard's own watermark and the horizon, so a
+//! person does not leave memory before every record that other partitions' inputs up to its due
+//! cause has arrived. An entry past the horizon waits in `held` (with the silence timers of its
+//! prospect that fall after it, so they fire after it as they would have); a horizon that moves
+//! on releases them. Expiries decided on contact (an event, link or transfer later than the
+//! due) do not wait. Soft state: nothing here is checkpointed; a restored shard relearns the
+//! table from the next progress records and expires nothing by sweep until every partition
+//! reported.
+
+use std::collections::BinaryHeap;
+
+use super::Engine;
+use super::timers::{Timer, TimerKind};
+use crate::core::output::Output;
+use crate::core::time::Ts;
+use crate::core::xpart::{ProgressTable, Reported, XRecord};
+
+/// The gate of one shard (present once the shell gates expiry on progress: the service; replay
+/// has none, see ARCHITECTURE.md).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Gate {
+    table: ProgressTable,
+    /// The horizon now ([`ProgressTable::horizon`]; `Ts::NONE` until every partition reported).
+    horizon: Ts,
+    /// Whether the shard's inputs were caught up at its last publication.
+    idle: bool,
+    /// Heap entries past the horizon, earliest first.
+    held: BinaryHeap<Timer>,
+    /// People that left memory ahead of the horizon (expired on contact: an event of their own
+    /// later than their due), by canonical id, with the time they left; dropped once the
+    /// horizon passes it. A transfer into one of them caused before that time, still in
+    /// flight from a partition behind, belonged to the person that left.
+    left: std::collections::HashMap<Box<str>, Ts>,
+    /// What the last `Progress` record said (`watermark`, none when idle; `seen`; `idle`).
+    published: Option<(Ts, Ts, bool)>,
+    /// A partition that has not heard from every other one yet (it started, or was restored)
+    /// asked: the next publication goes out even if it says nothing new.
+    asked: bool,
+}
+
+impl Engine {
+    /// Gates the expiry sweep on the progress of the other partitions (identity resolution
+    /// across partitions, after [`Engine::resolve_across`], with `[retention]` spans; otherwise
+    /// nothing). Until every partition reported, nothing expires by sweep.
+    pub fn gate_expiry(&mut self) {
+        if self.gate.is_some() || self.journey.retention.after.is_empty() {
+            return;
+        }
+        let Some((partition, partitions)) = self.partition() else { return };
+        self.gate = Some(Box::new(Gate {
+            table: ProgressTable::new(partition, partitions),
+            horizon: Ts::NONE,
+            ..Gate::default()
+        }));
+    }
+
+    /// The expiry horizon (`None`: expiry is not gated; `Some(Ts::NONE)`: not every partition
+    /// reported yet).
+    pub fn expiry_horizon(&self) -> Option<Ts> {
+        self.gate.as_deref().map(|g| g.horizon)
+    }
+
+    /// Expiries the horizon holds back: people whose due the shard's watermark passed.
+    pub fn expiries_waiting(&self) -> usize {
+        let Some(g) = self.gate.as_deref() else { return 0 };
+        g.held
+            .iter()
+            .filter(|t| {
+                let (due, ix, kind) = t.0;
+                kind == TimerKind::Expire && self.expiry_armed.get(ix as usize) == Some(&((due.0 / 1000) as u32))
+            })
+            .count()
+    }
+
+    /// The progress table (`None`: expiry not gated).
+    pub fn progress_table(&self) -> Option<&ProgressTable> {
+        self.gate.as_deref().map(|g| &g.table)
+    }
+
+    /// Queues this shard's `Progress` record for every other partition (taken with the other
+    /// identity records, [`Engine::take_identity_records`], so it goes after the records of the
+    /// inputs it covers): its watermark, what it has seen of the others', and `idle` (its inputs
+    /// are caught up: its watermark binds no one). Skipped when it would say what the last one
+    /// said, unless `again` or a partition that had not heard from every other one asked (a
+    /// shard started or restored: so it relearns the table at once). Gates expiry
+    /// ([`Engine::gate_expiry`]); a horizon that moved releases what it held. Returns whether a
+    /// record was queued.
+    pub fn publish_progress(&mut self, idle: bool, again: bool, out: &mut Vec<Output>) -> bool {
+        self.gate_expiry();
+        self.release_freed();
+        let (watermark, partitions) = (self.watermark, self.partition().map_or(0, |p| p.1));
+        let Some(g) = self.gate.as_deref_mut() else { return false };
+        g.idle = idle;
+        let seen = g.table.seen(watermark, idle);
+        // An idle shard's watermark binds no one: its moves (the idle advance) say nothing new.
+        let said = (if idle { Ts::NONE } else { watermark }, seen, idle);
+        let horizon = g.table.horizon(watermark, idle);
+        let send = again || g.asked || g.published != Some(said);
+        g.published = Some(said);
+        g.asked = false;
+        if send {
+            let partition = g.table.partition();
+            let asking = !g.table.complete();
+            for q in (0..partitions).filter(|&q| q != partition) {
+                self.send_to(q, XRecord::Progress { partition, watermark, seen, idle, asking });
+            }
+        }
+        self.set_horizon(horizon, out);
+        send
+    }
+
+    /// A `Progress` record received: the table and the horizon follow it.
+    pub(super) fn progress_in(&mut self, rec: Reported, partition: u32, asking: bool, out: &mut Vec<Output>) {
+        self.gate_expiry();
+        let own = self.watermark;
+        let Some(g) = self.gate.as_deref_mut() else { return };
+        if !g.table.receive(partition, rec) {
+            return;
+        }
+        g.asked |= asking;
+        let horizon = g.table.horizon(own, g.idle);
+        self.set_horizon(horizon, out);
+    }
+
+    /// Moves the horizon to `h`; entries held before it go back to the heap and fire in due
+    /// order (their due is before the watermark).
+    fn set_horizon(&mut self, h: Ts, out: &mut Vec<Output>) {
+        let Some(g) = self.gate.as_deref_mut() else { return };
+        g.horizon = h;
+        if !g.left.is_empty() {
+            g.left.retain(|_, at| *at >= h);
+        }
+        let mut released = false;
+        while let Some(&t) = g.held.peek() {
+            if t.0.0 >= h {
+                break;
+            }
+            g.held.pop();
+            self.timers.push(t);
+            released = true;
+        }
+        if released {
+            self.fire_timers(out);
+        }
+    }
+
+    /// Whether heap entry `(due, ix, kind)`, popped because the watermark passed it, must wait
+    /// for the horizon instead (then it is held): an expiry due at or after the horizon, or a
+    /// silence timer of a prospect whose expiry before it is held. Always `false` ungated.
+    pub(super) fn hold(&mut self, t: Timer) -> bool {
+        let Some(h) = self.gate.as_deref().map(|g| g.horizon) else { return false };
+        let (due, ix, kind) = t.0;
+        let held = match kind {
+            TimerKind::Expire => due >= h,
+            TimerKind::Ghost | TimerKind::Stall | TimerKind::Quiet => {
+                let i = ix as usize;
+                i < self.store.len() && self.holds(i) && {
+                    let e = super::retention::expiry_due(&self.journey, self.store.fixed(i));
+                    !e.is_none() && e < due && e >= h
+                }
+            }
+        };
+        if held && let Some(g) = self.gate.as_deref_mut() {
+            g.held.push(t);
+        }
+        held
+    }
+
+    /// Prospect `ix` leaves memory at `at` (`expire`): when that is ahead of the horizon (an
+    /// expiry on contact), remembered until the horizon passes it.
+    pub(super) fn left_ahead_of_horizon(&mut self, ix: crate::core::ids::ProspectIx, at: Ts) {
+        let id: Box<str> = self.ids.get(ix).into();
+        if let Some(g) = self.gate.as_deref_mut()
+            && at >= g.horizon
+        {
+            g.left.insert(id, at);
+        }
+    }
+
+    /// A transfer of `from` into `into` caused at `ts`, when `into`'s person left memory ahead
+    /// of the horizon at or after `ts`: it belonged to that person (replay, which delivers it
+    /// at once, folds it in before the person leaves). Counted as the merge it was (no
+    /// `prospect_merged` output: neither prospect is held), its state dropped with the person,
+    /// and `from`'s home told to forget it, as the person's leaving would have. Returns whether
+    /// it was taken so.
+    pub(super) fn transfer_to_gone(&mut self, from: &str, into: &str, ts: Ts) -> bool {
+        let Some(at) = self.gate.as_deref().and_then(|g| g.left.get(into).copied()) else { return false };
+        if ts > at {
+            return false;
+        }
+        self.identity_stats.merged += 1;
+        if let Some(x) = self.xpart.as_deref_mut() {
+            x.stats.transfers_to_gone += 1;
+        }
+        if self.foreign(from) {
+            self.send(XRecord::Forget { ids: vec![from.to_string()], ts: at });
+        }
+        true
+    }
+
+    /// The time an expiry decided on contact compares the due with: the contact's `ts`; for an
+    /// event of the shard's own inputs under a gate, at least its watermark (the sweep would
+    /// have expired the person without the gate, as replay does: only records from other
+    /// partitions are what the gate waits for).
+    pub(super) fn contact_time(&self, ts: Ts) -> Ts {
+        if self.gate.is_some() && !self.in_record { ts.max(self.watermark) } else { ts }
+    }
+}

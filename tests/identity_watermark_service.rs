@@ -1,0 +1,144 @@
+//! The event-time watermark across partitions in the service: TWO instances of one consumer
+//! group against a real Kafka-API broker (Tansu, see `support`) started over input topics that
+//! already hold two months of generated traffic (every shard starts from a backlog and reads it
+//! at its own pace), with identity resolution across three partitions and `[retention]`
+//! (anonymous `aware` visitors leave after 3 days). The shards exchange their progress on the
+//! identity topic (`Progress` records) and hold back expiry sweeps until every partition has
+//! passed the due, so the expired people, the merges and the people equal
+//! `replay --partitions 3`'s (without the gate: 766 expired against 645, 77 merges against
+//! 198, other people). Then the instance holding partition 1 is killed with SIGKILL: the
+//! survivor's restored shards relearn the progress table (they ask, the others answer) and
+//! the people stay replay's.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const PARTITIONS: u32 = 3;
+const LIMIT: Duration = Duration::from_secs(240);
+
+/// Distinct journey events of `kind` in `lines` (a re-executed output is the same line).
+fn distinct(lines: impl Iterator<Item = Value>, kind: &str) -> usize {
+    lines.filter(|l| l["kind"] == kind).map(|l| l.to_string()).collect::<BTreeSet<_>>().len()
+}
+
+#[test]
+fn two_instances_over_a_backlog_expire_and_merge_as_replay() {
+    let mut s = setup("wmark-backlog");
+    s.kafka.resume_rewind = 0;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
+    let path = dir.join(format!("{}-journey.toml", s.kafka.group_id));
+    let retention = "[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n[retention.anonymous]\naware = 3\n";
+    std::fs::write(&path, format!("{b2b}\n[identity]\nresolve = true\n{retention}")).unwrap();
+    s.journey.path = path;
+    let journey_arg = s.journey.path.display().to_string();
+    let (web_file, crm_file) =
+        (dir.join(format!("{}-web.jsonl", s.kafka.group_id)), dir.join(format!("{}-crm.jsonl", s.kafka.group_id)));
+    let out = bin()
+        .args(["gen", "--prospects", "600", "--days", "60", "--seed", "7", "--segment-share", "1", "--quiet"])
+        .args(["--malformed", "0", "--out-web"])
+        .arg(&web_file)
+        .arg("--out-crm")
+        .arg(&crm_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let oracle = oracle_with(&web_file, &crm_file, PARTITIONS as usize, &["--journey", &journey_arg]);
+    let (expired, merged) =
+        (distinct(oracle.lines.iter().cloned(), "expired"), distinct(oracle.lines.iter().cloned(), "prospect_merged"));
+    assert!(expired > 200 && merged > 100, "{expired} expired, {merged} merged");
+
+    // The whole backlog in the topics before any instance starts: every shard starts from it
+    // (a partition read to its end counts as idle, so a backlog produced to a running service
+    // whose partitions were idle is late traffic for the others: README "Retention").
+    let mut messages = 0i64;
+    for (topic, file) in [(web(&s).to_string(), &web_file), (crm(&s).to_string(), &crm_file)] {
+        let lines: Vec<In> = records(file);
+        messages += lines.len() as i64;
+        produce(&topic, &lines);
+    }
+    let (state_a, state_b) = (state_dir(&unique("wmark-a")), state_dir(&unique("wmark-b")));
+    let mut instances = vec![Process::start(&s, Some(&state_a)), Process::start(&s, Some(&state_b))];
+    let states = [state_a.as_path(), state_b.as_path()];
+    // Caught up: every shard idle and told so by every other, nothing held back.
+    settled(&instances);
+    let shards = || instances.iter().flat_map(|i| i.shards().unwrap_or_default()).collect::<Vec<Value>>();
+    let resolved = resolved_when_drained(shards, &s, &states, messages, PARTITIONS as usize, LIMIT);
+    settled(&instances);
+
+    // Expired and merged people: the counters of both instances (no instance has stopped or
+    // died yet, so nothing was executed twice).
+    let m: String = instances.iter().map(Process::metrics).collect();
+    let counted = |name: &str, label: Option<(&str, &str)>| -> usize {
+        samples(&m, name)
+            .iter()
+            .filter(|(l, _)| label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v)))
+            .map(|(_, v)| *v as usize)
+            .sum()
+    };
+    let service = (
+        counted("microfunnel_prospects_expired_total", Some(("reason", "retention"))),
+        counted("microfunnel_prospects_merged_total", None),
+    );
+    assert_eq!(service, (expired, merged), "expired and merged, against replay's");
+    assert_eq!(resolved, resolved_of(&oracle), "logs {} {}", instances[0].log.display(), instances[1].log.display());
+
+    // Progress records went out, and were a small part of the identity topic.
+    let sent = total(&m, "microfunnel_identity_records_sent_total");
+    let progress: f64 = samples(&m, "microfunnel_identity_records_sent_total")
+        .iter()
+        .filter(|(l, _)| l.get("kind").map(String::as_str) == Some("progress"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(progress > 0.0 && progress < sent, "progress records {progress} of {sent}");
+
+    // kill -9 of the instance holding partition 1: the survivor restores its shards, which
+    // know nothing of the others' progress (soft state) until they ask and are answered; then
+    // every horizon is unbounded again and the people are replay's.
+    let i = instances.iter().position(|i| held(i).contains(&1)).expect("partition 1 held");
+    instances.remove(i).kill9();
+    wait_until(LIMIT, "the surviving instance holds every shard", || {
+        if held(&instances[0]).len() == PARTITIONS as usize {
+            return true;
+        }
+        nudge_group(&s);
+        held(&instances[0]).len() == PARTITIONS as usize
+    });
+    settled(&instances);
+    let survivor = || instances[0].shards().unwrap_or_default();
+    let again = resolved_when_drained(survivor, &s, &states, messages, PARTITIONS as usize, LIMIT);
+    assert_eq!(again, resolved_of(&oracle), "log {}", instances[0].log.display());
+}
+
+/// Waits until every shard's expiry horizon is unbounded (every partition idle, and every
+/// shard told so) with no expiry waiting, across `instances`.
+fn settled(instances: &[Process]) {
+    wait_until(LIMIT, "every shard's horizon unbounded, no expiry waiting", || {
+        let mut shards = BTreeSet::new();
+        for i in instances {
+            let Some(held) = i.shards() else { return false };
+            let held: BTreeSet<String> = held.iter().map(|sh| sh["partition"].to_string()).collect();
+            let m = i.metrics();
+            let of = |name| -> Vec<(String, f64)> {
+                samples(&m, name).into_iter().map(|(l, v)| (l.get("shard").cloned().unwrap_or_default(), v)).collect()
+            };
+            let (horizons, waiting) =
+                (of("microfunnel_expiry_horizon_timestamp_seconds"), of("microfunnel_expiries_waiting"));
+            let settled = horizons.iter().map(|(p, _)| p.clone()).collect::<BTreeSet<_>>() == held
+                && waiting.iter().map(|(p, _)| p.clone()).collect::<BTreeSet<_>>() == held
+                && horizons.iter().all(|(_, v)| v.is_infinite())
+                && waiting.iter().all(|(_, v)| *v == 0.0);
+            if !settled {
+                return false;
+            }
+            shards.extend(held);
+        }
+        shards.len() == PARTITIONS as usize
+    });
+}

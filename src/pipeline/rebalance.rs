@@ -204,6 +204,20 @@ impl State {
                 s.restore_seconds = secs;
                 s.prospects = prospects;
             });
+            // The restored checkpoint is durable: its outbox goes (again; receivers drop
+            // what they already have).
+            if let Some(id) = &self.identity
+                && super::identity::send_outbox(
+                    &mut self.identity_sink,
+                    &self.producer,
+                    &self.metrics,
+                    &id.name,
+                    &mut shard.engine,
+                    &mut self.buf,
+                )
+            {
+                self.unflushed = true;
+            }
             self.shards.insert(*p, shard);
         }
         self.parked.clear();

@@ -18,6 +18,7 @@ impl State {
     /// pass any.
     pub(super) fn advance_idle(&mut self, idle: Duration, now: Instant, wall: Ts) {
         let target = wall.minus(self.journey.allowed_lateness);
+        let hold = self.writer.is_some();
         let State { shards, journey, metrics, outputs, producer, settings, buf, identity, .. } = self;
         for (&p, shard) in shards.iter_mut() {
             // A shard with buffered input is not idle: it waits for a lagging partition. One
@@ -43,7 +44,7 @@ impl State {
             }
             // People who expired: the other homes of their identifiers are told (`Forget`).
             if let Some(id) = identity.as_ref()
-                && super::identity::send_records(producer, metrics, id, &mut shard.engine, buf)
+                && super::identity::send_records(producer, metrics, id, &mut shard.engine, buf, hold)
             {
                 self.unflushed = true;
             }

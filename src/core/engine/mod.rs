@@ -47,6 +47,7 @@ mod copy;
 mod crm;
 mod extras;
 mod identity;
+pub mod outbox;
 mod retention;
 mod rules;
 mod shown;
@@ -162,6 +163,8 @@ pub struct Engine {
     /// Cross-partition identity resolution (`xpart.rs`), when the caller set the shard's
     /// partition ([`Engine::resolve_across`]).
     xpart: Option<Box<xpart::XPart>>,
+    /// Identity records held until the checkpoint covering them is durable (`outbox.rs`; state).
+    outbox: outbox::Outbox,
 }
 
 fn journey_identity(journey: &Journey) -> Option<Box<IdentityMap>> {
@@ -198,6 +201,7 @@ impl Engine {
             track_removals: false,
             removed_ids: Vec::new(),
             xpart: None,
+            outbox: outbox::Outbox::default(),
         }
     }
 

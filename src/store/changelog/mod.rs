@@ -11,6 +11,7 @@
 //! | [`CRM_STATE_KEY`]    | `C` + complete u8 (the CRM memories hold all the state covers) |
 //! | `\0id/` + identifier | `I` + kind u8 + first seen (an identity map's identifier)       |
 //! | `\0ln/` + len`:` + a + b | `L` + reason u8 (an accepted identity link)               |
+//! | [`OUTBOX_KEY`]       | `O` + the shard's outbox as of the checkpoint (`core::engine::outbox`), or none (empty) |
 //!
 //! Integers are little-endian, strings length-prefixed (`core::snapshot::Enc`). One checkpoint
 //! writes its changed prospects, the tombstones owed, then one checkpoint record that closes
@@ -24,6 +25,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::core::crm;
+pub use crate::core::engine::outbox::OUTBOX_KEY;
+use crate::core::engine::outbox::{self, OUTBOX_TAG};
 use crate::core::identity::{self, IdentityRecord};
 use crate::core::snapshot::{Dec, Enc};
 use crate::core::{Engine, Journey, PartsCopy, ProspectIx, SlotDigests, StateError};
@@ -236,6 +239,7 @@ impl Batch {
         }
         self.crm_records(engine);
         self.identity_records(engine);
+        self.outbox_record(engine);
         let key = self.push_bytes(META_KEY);
         let at = self.buf.len();
         self.buf.push(b'M');
@@ -286,6 +290,23 @@ impl Batch {
             let value = v.map(|v| self.push_bytes(&v));
             self.records.push((key, value));
         }
+    }
+
+    /// The shard's outbox as the capture sealed it ([`Engine::seal_outbox`]): its records, or
+    /// a tombstone once it is empty (none when the changelog's record is one already).
+    fn outbox_record(&mut self, engine: &Engine) {
+        let (records, write) = engine.outbox_sealed();
+        if !write {
+            return;
+        }
+        let key = self.push_bytes(OUTBOX_KEY);
+        let value = (!records.is_empty()).then(|| {
+            let at = self.buf.len();
+            self.buf.push(OUTBOX_TAG);
+            outbox::encode_outbox(records.iter(), &mut self.buf);
+            at..self.buf.len()
+        });
+        self.records.push((key, value));
     }
 
     fn push_bytes(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -396,6 +417,7 @@ impl Fold {
         };
         self.crm_confirmed(shard, version);
         self.identity_confirmed(shard);
+        self.outbox_confirmed(shard);
         for (id, rec) in self.staged.drain() {
             let Ok(id) = std::str::from_utf8(&id) else { continue };
             // A tombstone: the prospect left memory (retention) or was never held.
@@ -497,6 +519,25 @@ impl Fold {
         }
     }
 
+    /// The outbox record a checkpoint record confirms (taken out of `staged`): the outbox to
+    /// send again at a restore of that checkpoint; a tombstone empties it, and a checkpoint
+    /// without one leaves it as it was.
+    fn outbox_confirmed(&mut self, shard: i32) {
+        let Some(v) = self.staged.remove(OUTBOX_KEY) else { return };
+        let records = match v.as_deref().map(|v| v.strip_prefix(&[OUTBOX_TAG])) {
+            None => Ok(Vec::new()),
+            Some(Some(body)) => outbox::decode_outbox(&mut Dec::new(body)),
+            Some(None) => Err(StateError::Invalid { what: "outbox record tag", at: 0 }),
+        };
+        match records {
+            Ok(records) => self.engine.restore_outbox(records),
+            Err(e) => {
+                self.stats.bad += 1;
+                tracing::error!(shard, error = %e, "bad outbox record in the changelog; skipped");
+            }
+        }
+    }
+
     /// What it read so far.
     pub fn stats(&self) -> FoldStats {
         self.stats
@@ -505,8 +546,12 @@ impl Fold {
     /// The state as of the last checkpoint record read, and what an unfinished checkpoint after
     /// it wrote.
     pub fn finish(self) -> Folded {
-        let Fold { mut engine, positions, seq, staged, stats, next } = self;
+        let Fold { mut engine, positions, seq, mut staged, stats, next } = self;
         let (mut tombstones, mut rewrite) = (Vec::new(), Vec::new());
+        // An unfinished checkpoint's outbox record: the next checkpoint writes the outbox's.
+        if staged.remove(OUTBOX_KEY).is_some() {
+            engine.outbox_unfinished();
+        }
         engine.finish_crm_restore();
         engine.finish_identity_restore();
         let (identity, staged): (Vec<_>, Vec<_>) = staged.into_iter().partition(|(k, _)| is_identity_key(k));

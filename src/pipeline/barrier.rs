@@ -285,6 +285,7 @@ impl State {
                 }
             };
             flight.reported(&done);
+            let mut outbox = 0;
             let shard = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard));
             if let Some(shard) = shard {
                 shard.batch = done.batch;
@@ -313,6 +314,7 @@ impl State {
                     } else {
                         shard.engine.settle_outbox(false);
                     }
+                    outbox = shard.engine.outbox().count() as u64;
                     match &done.result {
                         Ok(Some(_)) => shard.chained = Some(done.seq),
                         Ok(None) => {}
@@ -333,6 +335,7 @@ impl State {
                             digest: Some(header.digest.clone()),
                             prospects: header.prospects,
                             snapshot_seconds: done.secs,
+                            outbox,
                         });
                     });
                     tracing::debug!(shard = done.shard, seq = done.seq, bytes, secs = done.secs, "snapshot written");
@@ -361,8 +364,10 @@ impl State {
             if self.shards.contains_key(&p) {
                 self.metrics.shard_durable(p);
             }
+            let mut outbox = 0;
             if let Some(shard) = self.shards.get_mut(&p).or_else(|| self.parked.get_mut(&p)) {
                 shard.checkpointed = positions.clone();
+                outbox = shard.engine.outbox().count() as u64;
             }
             if self.store.is_none() {
                 let positions =
@@ -374,6 +379,7 @@ impl State {
                         digest: None,
                         prospects: s.prospects,
                         snapshot_seconds: 0.0,
+                        outbox,
                     });
                 });
             }

@@ -190,6 +190,7 @@ impl State {
                 digest: Some(format!("{digest:016x}")),
                 prospects: shard.engine.len() as u64,
                 snapshot_seconds: 0.0,
+                outbox: shard.engine.outbox().count() as u64,
             });
             self.status.update(*p, |s| {
                 s.restored_from = r.source;

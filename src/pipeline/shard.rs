@@ -141,6 +141,6 @@ impl Shard {
         self.positions != self.checkpointed
             || self.engine.has_changes()
             || !self.tombstones.is_empty()
-            || self.engine.outbox_waiting()
+            || self.engine.outbox_held()
     }
 }

@@ -90,9 +90,11 @@ impl Engine {
         &o.sent
     }
 
-    /// Whether records wait to be sealed or to be durable.
-    pub fn outbox_waiting(&self) -> bool {
-        !self.outbox.pending.is_empty() || !self.outbox.sealed.is_empty()
+    /// Whether the outbox holds any record (a checkpoint is due: to seal it, or to drop what
+    /// was sent and acknowledged).
+    pub fn outbox_held(&self) -> bool {
+        let o = &self.outbox;
+        !o.pending.is_empty() || !o.sealed.is_empty() || !o.sent.is_empty()
     }
 
     /// Every record held: sent (not yet known acknowledged), sealed, pending.

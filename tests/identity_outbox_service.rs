@@ -196,3 +196,84 @@ fn kill_9_right_after_a_transfer_was_decided_never_leaves_its_state_twice() {
         resolved_equals_replay(&s, &instance, &[shared.as_path(), fresh.as_path()], &lines, r);
     }
 }
+
+/// The time from an event that merges across partitions (anonymous `a` on partition 0 gives
+/// the email of user `u`, homed on 1: `a`'s state is transferred) to its `prospect_merged` on
+/// journey-events, with checkpoints on (the outbox: the transfer leaves once shard 0's
+/// checkpoint is durable) at the default `pipeline.commit_interval_ms` and at 1 s, and with
+/// checkpoints off (sent at once, as every record was before the outbox). Prints the figures
+/// for BENCHMARKS.md:
+/// `cargo test --test identity_outbox_service -- --ignored --nocapture merge_latency`
+#[test]
+#[ignore = "a measurement: prints figures, asserts only that each merge arrives"]
+fn merge_latency() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    const MERGES: usize = 12;
+    let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
+    let journey = std::sync::Arc::new(
+        microfunnel::core::Journey::from_toml_str(&format!("{b2b}\n[identity]\nresolve = true\n")).unwrap(),
+    );
+    for (mode, interval, persist) in [("off", 200, false), ("on", 5000, true), ("on", 1000, true)] {
+        let mut s = setup(&format!("outbox-latency-{mode}-{interval}"));
+        s.pipeline.commit_interval_ms = interval;
+        if !persist {
+            s.checkpoint.dir = PathBuf::new();
+            s.checkpoint.changelog = false;
+        }
+        let svc = Service::start_with(&s, std::sync::Arc::clone(&journey));
+        let events: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", s.kafka.brokers.as_str())
+            .set("group.id", unique("latency").as_str())
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS as i32 {
+            tpl.add_partition_offset(&s.kafka.topics.journey_events, p, Offset::Beginning).unwrap();
+        }
+        events.assign(&tpl).unwrap();
+        let watermarks = watermarks_consumer();
+        let mut lines = Lines::default();
+        let mut took = Vec::new();
+        for i in 0..MERGES {
+            let (u, a) = (
+                key_in_partition(&format!("l{i}-u"), 1, PARTITIONS),
+                key_in_partition(&format!("l{i}-a"), 0, PARTITIONS),
+            );
+            let e = email_in_partition(&format!("l{i}-"), 0);
+            let day = |h: u32| format!("2026-04-{:02}T{h:02}:00:00Z", 1 + i);
+            lines.crm(&s, &u, crm_line("meeting_booked", &u, &format!("l{i}-1"), &day(9), Some(&e)));
+            lines.web(&s, &a, seg("track", "Whitepaper Downloaded", None, &a, &format!("l{i}-2"), &day(8), None));
+            wait_until(LIMIT, "the setup is read and its identity records too", || {
+                let shards: Value = serde_json::from_str(&http_get(svc.addr(), "/shards").1).unwrap();
+                let shards = shards["shards"].as_array().cloned().unwrap_or_default();
+                identity_settled(&shards, &s, lines.count(), PARTITIONS as usize, &watermarks)
+            });
+            let sent = Instant::now();
+            lines.web(&s, &a, seg("track", "Webinar Registered", None, &a, &format!("l{i}-3"), &day(11), Some(&e)));
+            let deadline = sent + LIMIT;
+            'wait: loop {
+                assert!(Instant::now() < deadline, "no prospect_merged from {a}");
+                if let Some(Ok(m)) = events.poll(Duration::from_millis(10)) {
+                    let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(Value::Null);
+                    if v["kind"] == "prospect_merged" && v["from"] == a.as_str() {
+                        took.push(sent.elapsed().as_secs_f64() * 1000.0);
+                        break 'wait;
+                    }
+                }
+            }
+        }
+        took.sort_by(f64::total_cmp);
+        let median = (took[MERGES / 2 - 1] + took[MERGES / 2]) / 2.0;
+        eprintln!(
+            "merge latency, checkpoints {mode}, commit_interval_ms {interval}: {MERGES} merges, median {median:.0} ms, min {:.0} ms, max {:.0} ms",
+            took[0],
+            took[MERGES - 1]
+        );
+        svc.stop().unwrap();
+    }
+}

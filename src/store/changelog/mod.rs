@@ -911,4 +911,59 @@ mod tests {
             assert_eq!(again.engine.digest(), live.digest());
         }
     }
+
+    /// The outbox record (`\0outbox`): installed when its checkpoint record confirms it,
+    /// emptied by a later checkpoint's tombstone, left as it was by a checkpoint without one;
+    /// one of an unfinished checkpoint is not applied, and makes the next checkpoint write the
+    /// record (here a tombstone); never read as a prospect.
+    #[test]
+    fn the_outbox_record_is_confirmed_by_its_checkpoint_and_tombstoned_once_empty() {
+        use crate::core::identity::{IdKind, LinkReason};
+        use crate::core::xpart::{Ident, XRecord};
+        let journey = identity_journey();
+        let link = |n: i64| XRecord::Link {
+            ids: ["a", "b"]
+                .map(|k| Ident { key: format!("{k}{n}"), kind: IdKind::Known, first_seen: crate::core::Ts(n) })
+                .to_vec(),
+            reason: LinkReason::Identify,
+            ts: crate::core::Ts(n),
+        };
+        let records = vec![(1, link(1)), (2, link(2))];
+        let mut engine = Engine::new(Arc::clone(&journey));
+        let mut batch = Batch::default();
+        let held = |e: &Engine| e.outbox().cloned().collect::<Vec<_>>();
+        // Checkpoint 1 carries two records.
+        engine.restore_outbox(records.clone());
+        engine.seal_outbox();
+        let mut log = checkpoint(&mut engine, &mut batch, 1);
+        assert!(log.iter().any(|(k, v)| k == OUTBOX_KEY && v.is_some()));
+        assert_eq!(engine.settle_outbox(true), &records[..]);
+        let read = fold(&log, &journey);
+        assert_eq!(held(&read.engine), records, "restored to be sent again");
+        assert!(read.tombstones.is_empty() && read.rewrite.is_empty() && read.engine.is_empty());
+        // Checkpoint 2 holds nothing: a tombstone; checkpoint 3 writes no record at all.
+        for seq in [2, 3] {
+            engine.seal_outbox();
+            let written = checkpoint(&mut engine, &mut batch, seq);
+            let outbox: Vec<_> = written.iter().filter(|(k, _)| k == OUTBOX_KEY).collect();
+            assert_eq!(outbox.len(), usize::from(seq == 2), "checkpoint {seq}");
+            assert!(outbox.iter().all(|(_, v)| v.is_none()));
+            log.extend(written);
+            assert!(held(&fold(&log, &journey).engine).is_empty(), "checkpoint {seq}");
+        }
+        // Checkpoint 4 never finished: its record is not applied; the next one writes the
+        // outbox record again (empty: a tombstone).
+        engine.restore_outbox(records[..1].to_vec());
+        engine.seal_outbox();
+        let unfinished = checkpoint(&mut engine, &mut batch, 4);
+        let mut cut = log.clone();
+        cut.extend(unfinished.into_iter().take(batch.len() - 1));
+        let read = fold(&cut, &journey);
+        assert!(held(&read.engine).is_empty(), "nothing unconfirmed is applied");
+        assert!(read.tombstones.is_empty() && read.rewrite.is_empty(), "{:?} {:?}", read.tombstones, read.rewrite);
+        let mut restored = read.engine;
+        restored.seal_outbox();
+        let next = checkpoint(&mut restored, &mut batch, 4);
+        assert!(next.iter().any(|(k, v)| k == OUTBOX_KEY && v.is_none()), "a tombstone after an unfinished record");
+    }
 }

@@ -143,3 +143,58 @@ pub fn decode_outbox(r: &mut Dec<'_>) -> Result<Vec<(u32, XRecord)>, StateError>
     }
     Ok(records)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::core::journey::Journey;
+    use crate::core::snapshot::StateWriter;
+    use crate::core::time::Ts;
+
+    fn forget(n: i64) -> (u32, XRecord) {
+        (n as u32 % 3, XRecord::Forget { ids: vec![format!("id-{n}"), format!("other-{n}")], ts: Ts(n) })
+    }
+
+    /// A full state carries the outbox as section `O` (sent, sealed and pending records, in
+    /// that order), read back as the outbox to send again; a state whose outbox is empty has
+    /// no such section; a base rewritten from a shell keeps it.
+    #[test]
+    fn a_full_state_carries_the_outbox_and_an_empty_one_adds_nothing() {
+        let text = format!("{}\n[identity]\nresolve = true\n", include_str!("../../../deploy/journeys/b2b.toml"));
+        let journey = Arc::new(Journey::from_toml_str(&text).unwrap());
+        let mut engine = Engine::new(Arc::clone(&journey));
+        let mut empty = Vec::new();
+        engine.encode_state(&mut empty);
+        engine.restore_outbox(vec![forget(1), forget(2)]);
+        assert_eq!(engine.settle_outbox(true).len(), 2, "sent");
+        engine.restore_outbox(vec![forget(1), forget(2)]);
+        engine.settle_outbox(true);
+        engine.outbox.pending.push(forget(3));
+        engine.seal_outbox();
+        engine.outbox.pending.push(forget(4));
+        let all: Vec<_> = [forget(3), forget(4)].into();
+        assert_eq!(engine.outbox().cloned().collect::<Vec<_>>(), all, "the capture dropped what was sent");
+        let mut bytes = Vec::new();
+        engine.encode_state(&mut bytes);
+        assert!(bytes.len() > empty.len());
+        let back = Engine::decode_state(Arc::clone(&journey), &bytes).unwrap();
+        assert_eq!(back.outbox().cloned().collect::<Vec<_>>(), all);
+        // Restored: the next capture writes the changelog's outbox record.
+        let mut back = back;
+        back.seal_outbox();
+        assert_eq!(back.outbox_sealed(), (&all[..], true));
+        // A base written prospect by prospect from a shell.
+        let (shell, _) = Engine::decode_state_shell(Arc::clone(&journey), &bytes).unwrap();
+        let mut rewritten = Vec::new();
+        StateWriter::start(&shell, &mut rewritten).finish(&mut rewritten);
+        assert_eq!(rewritten, bytes);
+        // Nothing held: the state is what it was before the outbox existed.
+        let mut none = Engine::new(Arc::clone(&journey));
+        none.restore_outbox(Vec::new());
+        let mut again = Vec::new();
+        none.encode_state(&mut again);
+        assert_eq!(again, empty);
+    }
+}

@@ -98,9 +98,9 @@ fn flips_across_two_instances(name: &str, kill: bool) {
         // Before the next step, the survivor has re-read (and checkpointed) every identity
         // record the dead instance's shards had sent: `y`'s home, restored from before the link
         // that made `x` canonical, decides `y`'s transfer again (a redelivery where `x` lives).
-        // Had `y`'s late sighting come first there, the transfer the dead instance sent would
-        // not be decided again and its state would live twice (README "Across shards": not
-        // covered).
+        // (Had `y`'s late sighting come first there, the re-execution would decide otherwise;
+        // the outbox keeps a transfer from leaving before its checkpoint, so nothing the dead
+        // instance decided after it had left: `tests/identity_outbox_service.rs`.)
         let watermarks: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", s.kafka.brokers.as_str())
             .set("group.id", unique("watermarks").as_str())

@@ -166,6 +166,9 @@ impl State {
             let shard = self.shards.get_mut(&p).expect("due shards exist");
             shard.seq += 1;
             shard.engine.take_changed_slots(&mut shard.held, &mut shard.freed);
+            // The flush above acknowledged the outbox sent at the previous checkpoint; what the
+            // shard's calls produced since is this checkpoint's, sent once it is durable.
+            shard.engine.seal_outbox();
             let removed = shard.engine.take_removed();
             flight.commits.push((p, shard.positions.clone()));
             let Some(w) = &self.writer else {
@@ -214,6 +217,7 @@ impl State {
                             tracing::error!(shard = p, error = %e, "CHECKPOINT NOT DURABLE: snapshot base not written");
                             changed.iter().for_each(|ix| shard.engine.mark_changed(ix.0));
                             shard.engine.settle_taken(false);
+                            shard.engine.settle_outbox(false);
                             shard.tombstones = tombstones;
                             shard.batch = batch;
                             shard.copy = copy;
@@ -243,7 +247,13 @@ impl State {
         self.metrics.checkpoint_pause.observe(started.elapsed().as_secs_f64());
         self.in_flight = Some(flight);
         let block = wait.then_some(deadline);
-        self.poll_checkpoint(consumer, if wait { CommitMode::Sync } else { mode }, block)
+        self.poll_checkpoint(consumer, if wait { CommitMode::Sync } else { mode }, block)?;
+        // A checkpoint waited for (revoke, stop): the outboxes it made durable and sent are
+        // acknowledged before the shards are given up.
+        if wait && self.unflushed {
+            self.flush(deadline)?;
+        }
+        Ok(())
     }
 
     /// Collects finished snapshot writes; once the in-flight checkpoint is complete, commits its
@@ -275,6 +285,7 @@ impl State {
                 }
             };
             flight.reported(&done);
+            let mut outbox = 0;
             let shard = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard));
             if let Some(shard) = shard {
                 shard.batch = done.batch;
@@ -287,6 +298,23 @@ impl State {
                         shard.digests = d;
                     }
                     shard.engine.settle_taken(done.result.is_ok());
+                    if done.result.is_ok() {
+                        if let Some(id) = &self.identity
+                            && super::identity::send_outbox(
+                                &mut self.identity_sink,
+                                &self.producer,
+                                &self.metrics,
+                                &id.name,
+                                &mut shard.engine,
+                                &mut self.buf,
+                            )
+                        {
+                            self.unflushed = true;
+                        }
+                    } else {
+                        shard.engine.settle_outbox(false);
+                    }
+                    outbox = shard.engine.outbox().count() as u64;
                     match &done.result {
                         Ok(Some(_)) => shard.chained = Some(done.seq),
                         Ok(None) => {}
@@ -307,6 +335,7 @@ impl State {
                             digest: Some(header.digest.clone()),
                             prospects: header.prospects,
                             snapshot_seconds: done.secs,
+                            outbox,
                         });
                     });
                     tracing::debug!(shard = done.shard, seq = done.seq, bytes, secs = done.secs, "snapshot written");
@@ -335,8 +364,10 @@ impl State {
             if self.shards.contains_key(&p) {
                 self.metrics.shard_durable(p);
             }
+            let mut outbox = 0;
             if let Some(shard) = self.shards.get_mut(&p).or_else(|| self.parked.get_mut(&p)) {
                 shard.checkpointed = positions.clone();
+                outbox = shard.engine.outbox().count() as u64;
             }
             if self.store.is_none() {
                 let positions =
@@ -348,6 +379,7 @@ impl State {
                         digest: None,
                         prospects: s.prospects,
                         snapshot_seconds: 0.0,
+                        outbox,
                     });
                 });
             }

@@ -116,6 +116,7 @@ impl State {
         if let Some(id) = self.identity.as_ref().filter(|i| i.input == topic).cloned() {
             return self.handle_identity(msg, &id, batch);
         }
+        let hold = self.writer.is_some();
         let State { shards, journey, limits, specs, metrics, outputs, producer, settings, buf, identity, .. } = self;
         let topics = settings.kafka.input_topics.len();
         // Every assigned partition has a shard (restored in `assign`); this is a safety net.
@@ -202,7 +203,7 @@ impl State {
                         self.unflushed = true;
                     }
                     if let Some(id) = identity
-                        && super::identity::send_records(producer, metrics, id, &mut shard.engine, buf)
+                        && super::identity::send_records(producer, metrics, id, &mut shard.engine, buf, hold)
                     {
                         self.unflushed = true;
                     }

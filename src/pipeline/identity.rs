@@ -2,10 +2,12 @@
 //! `[identity] resolve`): one more input of every shard, co-partitioned with the others (the
 //! topic is appended to the subscribed inputs, so partition p is assigned with shard p, its
 //! position is checkpointed and committed like theirs, and the merge orders its records by
-//! event time among the shard's inputs). Records the engines send go out through the output
-//! producer, keyed by the identifier whose partition must act, to that partition: the
-//! checkpoint barrier's flush covers them, so offsets are committed only after they are
-//! acknowledged.
+//! event time among the shard's inputs). Records the engines produce go out through the output
+//! producer, keyed by the identifier whose partition must act, to that partition. With
+//! checkpoints on they wait in the shard's outbox (`core::engine::outbox`) until the checkpoint
+//! covering the calls that produced them is durable (`send_outbox`, from the barrier and at a
+//! restore); with nothing persisted they go at once. Either way the next barrier's flush covers
+//! them, so offsets are committed only after they are acknowledged.
 
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
@@ -39,13 +41,15 @@ impl IdentityInput {
     }
 }
 
-/// Sends the records `engine` produced; whether any went out.
+/// Takes the records the last calls of `engine` produced: held in its outbox when checkpoints
+/// are persisted (`hold`), else sent at once; whether any went out.
 pub(super) fn send_records(
     producer: &OutputProducer,
     metrics: &Metrics,
     id: &IdentityInput,
     engine: &mut Engine,
     buf: &mut Vec<u8>,
+    hold: bool,
 ) -> bool {
     let (keys, waiting) = engine.take_transfer_drops();
     if keys + waiting > 0 {
@@ -57,16 +61,53 @@ pub(super) fn send_records(
         metrics.identity_transfer_dropped.with_label_values(&["dedup_key"]).inc_by(keys);
         metrics.identity_transfer_dropped.with_label_values(&["waiting_signal"]).inc_by(waiting);
     }
+    if hold {
+        engine.hold_identity_records();
+        return false;
+    }
     let records = engine.take_identity_records();
-    for (p, r) in &records {
+    send(producer, metrics, &id.name, &records, buf);
+    !records.is_empty()
+}
+
+/// The outbox of `engine`'s checkpoint that just became durable (or was restored), sent;
+/// whether any went out. Records that must follow a checkpoint's outbox (a shard's progress
+/// across partitions) are sent after this call.
+pub(super) fn send_outbox(
+    sink: &mut IdentitySink,
+    producer: &OutputProducer,
+    metrics: &Metrics,
+    topic: &str,
+    engine: &mut Engine,
+    buf: &mut Vec<u8>,
+) -> bool {
+    let records = engine.settle_outbox(true);
+    match sink {
+        IdentitySink::Producer => send(producer, metrics, topic, records, buf),
+        #[cfg(test)]
+        IdentitySink::Recorded(sent) => sent.extend_from_slice(records),
+    }
+    !records.is_empty()
+}
+
+/// Where a durable outbox goes: the identity topic, or a list (in-process tests, no broker).
+#[derive(Debug, Default)]
+pub(super) enum IdentitySink {
+    #[default]
+    Producer,
+    #[cfg(test)]
+    Recorded(Vec<(u32, XRecord)>),
+}
+
+fn send(producer: &OutputProducer, metrics: &Metrics, topic: &str, records: &[(u32, XRecord)], buf: &mut Vec<u8>) {
+    for (p, r) in records {
         buf.clear();
         r.encode(buf);
-        let record = BaseRecord::to(&id.name).key(r.key().as_bytes()).payload(&buf[..]).partition(*p as i32);
+        let record = BaseRecord::to(topic).key(r.key().as_bytes()).payload(&buf[..]).partition(*p as i32);
         if kafka::send(producer, record) {
             metrics.identity_sent.with_label_values(&[r.kind()]).inc();
         }
     }
-    !records.is_empty()
 }
 
 /// The merge key of an identity record: the time of the event that caused it.
@@ -80,6 +121,7 @@ impl State {
     pub(super) fn handle_identity(&mut self, msg: &impl Message, id: &IdentityInput, batch: std::time::Instant) {
         let p = msg.partition();
         let topics = self.settings.kafka.input_topics.len();
+        let hold = self.writer.is_some();
         let State { shards, journey, metrics, outputs, producer, settings, buf, hot, .. } = self;
         let shard = shards
             .entry(p)
@@ -136,7 +178,7 @@ impl State {
             }
             self.unflushed = true;
         }
-        if send_records(producer, metrics, id, &mut shard.engine, buf) {
+        if send_records(producer, metrics, id, &mut shard.engine, buf, hold) {
             self.unflushed = true;
         }
     }

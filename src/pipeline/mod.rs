@@ -146,6 +146,8 @@ struct State {
     /// The identity topic among the inputs (journey `[identity] resolve`), once the partition
     /// count is known.
     identity: Option<identity::IdentityInput>,
+    /// Where the outboxes of durable checkpoints go (the identity topic; a list in tests).
+    identity_sink: identity::IdentitySink,
 }
 
 impl State {
@@ -208,6 +210,7 @@ impl State {
             buffered: 0,
             queries: h.queries,
             identity: None,
+            identity_sink: identity::IdentitySink::default(),
             settings: settings.clone(),
         })
     }

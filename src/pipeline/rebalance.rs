@@ -190,6 +190,7 @@ impl State {
                 digest: Some(format!("{digest:016x}")),
                 prospects: shard.engine.len() as u64,
                 snapshot_seconds: 0.0,
+                outbox: shard.engine.outbox().count() as u64,
             });
             self.status.update(*p, |s| {
                 s.restored_from = r.source;
@@ -204,6 +205,20 @@ impl State {
                 s.restore_seconds = secs;
                 s.prospects = prospects;
             });
+            // The restored checkpoint is durable: its outbox goes (again; receivers drop
+            // what they already have).
+            if let Some(id) = &self.identity
+                && super::identity::send_outbox(
+                    &mut self.identity_sink,
+                    &self.producer,
+                    &self.metrics,
+                    &id.name,
+                    &mut shard.engine,
+                    &mut self.buf,
+                )
+            {
+                self.unflushed = true;
+            }
             self.shards.insert(*p, shard);
         }
         self.parked.clear();

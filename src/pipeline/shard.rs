@@ -138,6 +138,9 @@ impl Shard {
     }
 
     pub(super) fn due(&self) -> bool {
-        self.positions != self.checkpointed || self.engine.has_changes() || !self.tombstones.is_empty()
+        self.positions != self.checkpointed
+            || self.engine.has_changes()
+            || !self.tombstones.is_empty()
+            || self.engine.outbox_held()
     }
 }

@@ -88,6 +88,10 @@ pub struct CheckpointStatus {
     pub digest: Option<String>,
     pub prospects: u64,
     pub snapshot_seconds: f64,
+    /// Identity records the shard holds that were not yet acknowledged (its outbox: those of
+    /// this checkpoint, sent once it was durable, and any produced since), as the checkpoint
+    /// reported; 0 with identity resolution across partitions off.
+    pub outbox: u64,
 }
 
 /// Shared between the pipeline (writes) and the HTTP endpoint (reads); with the group's

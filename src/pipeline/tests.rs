@@ -497,3 +497,198 @@ fn a_state_without_crm_memory_rebuilds_it_once_from_the_crm_topic() {
     assert!(!shard.learn(1, &crm, 1, b"[]", &specs[1], &journey, &limits), "no rebuild any more");
     assert_eq!(st.start_offset(&crm, 0), rdkafka::Offset::Offset(2));
 }
+
+fn identity_journey() -> Arc<Journey> {
+    let text = format!("{}\n[identity]\nresolve = true\n", include_str!("../../deploy/journeys/b2b.toml"));
+    Arc::new(Journey::from_toml_str(&text).unwrap())
+}
+
+/// A pipeline state resolving identities across three partitions whose durable outboxes are
+/// recorded (no broker).
+fn identity_state(store: Option<Arc<MemStore>>, changelog: Option<Arc<MemChangelog>>) -> (State, Metrics, Status) {
+    let (mut st, metrics, status) = state(&identity_journey(), store, changelog);
+    st.identity = Some(super::identity::IdentityInput {
+        input: 2,
+        name: "g.identity".to_string(),
+        partitions: 3,
+        message_max_bytes: crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES,
+    });
+    st.identity_sink = super::identity::IdentitySink::Recorded(Vec::new());
+    (st, metrics, status)
+}
+
+/// The identity records sent so far (taken).
+fn sent(st: &mut State) -> Vec<(u32, crate::core::xpart::XRecord)> {
+    match &mut st.identity_sink {
+        super::identity::IdentitySink::Recorded(v) => std::mem::take(v),
+        super::identity::IdentitySink::Producer => unreachable!("tests record"),
+    }
+}
+
+/// A user id homed on partition 1 of 3, numbered `n`.
+fn user_elsewhere(n: u32) -> String {
+    (0..).map(|k| format!("usr-{n}-{k}")).find(|u| crate::core::xpart::home(u, 3) == 1).unwrap()
+}
+
+/// An anonymous id homed on partition 0 of 3, numbered `n`.
+fn anon_here(n: u32) -> String {
+    (0..).map(|k| format!("anon-{n}-{k}")).find(|a| crate::core::xpart::home(a, 3) == 0).unwrap()
+}
+
+/// Shard 0 sees an anonymous visitor homed there (`anon_here(n)`) read a whitepaper, then sign up as a user homed on
+/// partition 1: its state goes there (`Transfer`, with a `Link`). The records are taken from the
+/// engine as `handle` takes them (held: checkpoints are on). Returns the records produced.
+fn sign_up_elsewhere(st: &mut State, n: u32, day: u32) -> Vec<(u32, crate::core::xpart::XRecord)> {
+    let journey = Arc::clone(&st.journey);
+    let shard = st.shards.get_mut(&0).expect("shard 0 is assigned");
+    shard.engine.resolve_across(0, 3);
+    let (user, anon) = (user_elsewhere(n), anon_here(n));
+    let lines = [
+        format!(
+            r#"{{"type":"track","event":"Whitepaper Downloaded","anonymousId":"{anon}","messageId":"m-{n}-1","timestamp":"2026-03-{day:02}T10:00:00Z"}}"#
+        ),
+        format!(
+            r#"{{"type":"identify","userId":"{user}","anonymousId":"{anon}","messageId":"m-{n}-2","timestamp":"2026-03-{day:02}T11:00:00Z","traits":{{"email":"p{n}@example.com"}}}}"#
+        ),
+    ];
+    let before: Vec<_> = shard.engine.outbox().cloned().collect();
+    for line in &lines {
+        let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).expect("the events decode");
+        shard.engine.apply(&ev, &mut Vec::new());
+        shard.positions[0] = shard.positions[0].max(0) + 1;
+        shard.engine.hold_identity_records();
+    }
+    let held: Vec<_> = shard.engine.outbox().cloned().collect();
+    let new = held[before.len()..].to_vec();
+    assert!(
+        new.iter().any(|(p, r)| *p == 1 && matches!(r, crate::core::xpart::XRecord::Transfer { .. })),
+        "the sign-up transfers the visitor's state to the user's partition: {new:?}"
+    );
+    new
+}
+
+#[test]
+fn identity_records_leave_only_once_the_checkpoint_covering_them_is_durable() {
+    let store = Arc::new(MemStore::new("g", 3));
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (mut st, metrics, _) = identity_state(Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    let rec = Recorder::default();
+    st.take_shards(&shards(&[0]));
+    assert!(sent(&mut st).is_empty(), "a shard restored from nothing has no outbox");
+    let first = sign_up_elsewhere(&mut st, 1, 2);
+    assert!(sent(&mut st).is_empty(), "nothing leaves before a checkpoint");
+
+    // The checkpoint is captured and in flight: still nothing; once durable, the records go.
+    // (The barrier polls the writer once: it may have reported already.)
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), false).unwrap();
+    let early = sent(&mut st);
+    let durable = changelog.records(0).iter().any(|(k, _)| k == crate::store::META_KEY);
+    assert!(early.is_empty() || (durable && st.in_flight.is_none()), "nothing leaves before it is durable");
+    st.poll_checkpoint(&rec, CommitMode::Sync, Some(deadline())).unwrap();
+    assert_eq!(rec.take().len(), 1, "the checkpoint committed");
+    assert_eq!([early, sent(&mut st)].concat(), first, "the durable checkpoint's outbox is sent, in order, once");
+
+    // A checkpoint that fails (the snapshot store refuses) sends nothing; the next one sends
+    // its records with its own.
+    let second = sign_up_elsewhere(&mut st, 2, 3);
+    store.fail_saves(true);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(checkpoints(&metrics, "failed"), 1);
+    assert!(sent(&mut st).is_empty(), "a failed checkpoint sends nothing");
+    store.fail_saves(false);
+    let third = sign_up_elsewhere(&mut st, 3, 4);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(checkpoints(&metrics, "ok"), 2);
+    assert_eq!(sent(&mut st), [second, third].concat(), "the failed checkpoint's records go with the next");
+
+    // A checkpoint whose changelog append fails sends nothing either.
+    let fourth = sign_up_elsewhere(&mut st, 4, 5);
+    changelog.refuse(Refuse::CheckpointRecord);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert!(sent(&mut st).is_empty(), "a refused changelog append sends nothing");
+    changelog.refuse(Refuse::Nothing);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(sent(&mut st), fourth);
+}
+
+#[test]
+fn checkpoints_off_send_identity_records_at_once_and_hold_nothing() {
+    let (mut st, _, _) = identity_state(None, None);
+    st.take_shards(&shards(&[0]));
+    assert!(st.writer.is_none(), "nothing is persisted");
+    let journey = Arc::clone(&st.journey);
+    let shard = st.shards.get_mut(&0).unwrap();
+    shard.engine.resolve_across(0, 3);
+    let user = user_elsewhere(1);
+    let line = format!(
+        r#"{{"type":"identify","userId":"{user}","anonymousId":"anon-1","messageId":"m-1","timestamp":"2026-03-02T11:00:00Z"}}"#
+    );
+    shard.engine.apply(&codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap(), &mut Vec::new());
+    // `handle`'s call with checkpoints off: the records go to the producer (no broker here:
+    // they stay queued in it), none is held.
+    let id = st.identity.clone().unwrap();
+    let State { producer, metrics, shards, buf, .. } = &mut st;
+    let engine = &mut shards.get_mut(&0).unwrap().engine;
+    assert!(super::identity::send_records(producer, metrics, &id, engine, buf, false), "sent at once");
+    assert_eq!(engine.outbox().count(), 0, "nothing held");
+    assert!(!engine.outbox_held());
+    use rdkafka::producer::Producer;
+    producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+}
+
+/// The outbox of the checkpoint a restore restores is sent again, from the snapshot chain and
+/// from the changelog alone; a later checkpoint with nothing held leaves nothing to send.
+#[test]
+fn a_restore_sends_the_outbox_of_the_checkpoint_it_restores_again() {
+    let store = Arc::new(MemStore::new("g", 3));
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (mut st, _, _) = identity_state(Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    let rec = Recorder::default();
+    st.take_shards(&shards(&[0]));
+    // Checkpoint 1 carries the first sign-up's records; checkpoint 2 the second's (a delta
+    // replaces the outbox of the one before).
+    let _first = sign_up_elsewhere(&mut st, 1, 2);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    sent(&mut st);
+    let second = sign_up_elsewhere(&mut st, 2, 3);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(sent(&mut st), second);
+
+    let restore = |store: Arc<MemStore>, unreadable: bool| {
+        changelog.unreadable(unreadable);
+        let (mut other, _, status) = identity_state(Some(store), Some(Arc::clone(&changelog)));
+        other.take_shards(&shards(&[0]));
+        changelog.unreadable(false);
+        (restored_from(&status, 0), sent(&mut other))
+    };
+    // The snapshot chain alone (base, then checkpoint 2's delta).
+    assert_eq!(restore(Arc::clone(&store), true), (RestoreSource::Snapshot, second.clone()));
+    // The changelog alone.
+    assert_eq!(restore(Arc::new(MemStore::new("g", 3)), false), (RestoreSource::Changelog, second.clone()));
+    // A base written at a restore holds it too (section `O`): the restore above from the
+    // changelog alone wrote one into its own store; so does one of a compacted chain.
+    let fresh = Arc::new(MemStore::new("g", 3));
+    restore(Arc::clone(&fresh), false);
+    assert_eq!(restore(Arc::clone(&fresh), true), (RestoreSource::Snapshot, second.clone()));
+
+    // Checkpoint 3 holds nothing: its tombstone empties the outbox for every later restore.
+    feed_one_more(&mut st);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert!(sent(&mut st).is_empty());
+    assert_eq!(restore(Arc::clone(&store), true), (RestoreSource::Snapshot, Vec::new()));
+    assert_eq!(restore(Arc::new(MemStore::new("g", 3)), false), (RestoreSource::Changelog, Vec::new()));
+    assert_eq!(restore(Arc::clone(&fresh), false).1, Vec::new(), "a base topped up with the tombstone");
+}
+
+/// One more event on shard 0 that sends nothing across partitions.
+fn feed_one_more(st: &mut State) {
+    let journey = Arc::clone(&st.journey);
+    let shard = st.shards.get_mut(&0).unwrap();
+    let line = format!(
+        r#"{{"type":"track","event":"Ad Clicked","anonymousId":"{}","messageId":"m-x","timestamp":"2026-03-09T10:00:00Z"}}"#,
+        anon_here(99)
+    );
+    shard.engine.apply(&codec::decode(line.as_bytes(), &journey, &Limits::default()).unwrap(), &mut Vec::new());
+    shard.positions[0] += 1;
+    assert_eq!(shard.engine.hold_identity_records(), 0);
+}

@@ -18,6 +18,7 @@ impl State {
     /// pass any.
     pub(super) fn advance_idle(&mut self, idle: Duration, now: Instant, wall: Ts) {
         let target = wall.minus(self.journey.allowed_lateness);
+        let hold = self.writer.is_some();
         let State { shards, journey, metrics, outputs, producer, settings, buf, identity, .. } = self;
         for (&p, shard) in shards.iter_mut() {
             // A shard with buffered input is not idle: it waits for a lagging partition. One
@@ -43,7 +44,7 @@ impl State {
             }
             // People who expired: the other homes of their identifiers are told (`Forget`).
             if let Some(id) = identity.as_ref()
-                && super::identity::send_records(producer, metrics, id, &mut shard.engine, buf)
+                && super::identity::send_records(producer, metrics, id, &mut shard.engine, buf, hold)
             {
                 self.unflushed = true;
             }
@@ -58,6 +59,7 @@ impl State {
     /// once a second. The expiries a moved horizon releases are emitted, their `Forget`s sent,
     /// and the horizon and the expiries waiting on it set per shard.
     pub(super) fn publish_progress(&mut self) {
+        let hold = self.writer.is_some();
         let State { shards, journey, metrics, outputs, producer, settings, buf, identity, .. } = self;
         let Some(id) = identity.as_ref() else { return };
         if id.partitions < 2 || journey.retention.after.is_empty() {
@@ -77,7 +79,9 @@ impl State {
                 }
                 self.unflushed = true;
             }
-            if super::identity::send_records(producer, metrics, id, &mut shard.engine, buf) {
+            // Held in the outbox with the records it covers when checkpoints are persisted, so
+            // it goes out after them.
+            if super::identity::send_records(producer, metrics, id, &mut shard.engine, buf, hold) {
                 self.unflushed = true;
             }
             metrics.expiry_gate(p, shard.engine.expiry_horizon(), shard.engine.expiries_waiting());

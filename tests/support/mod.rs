@@ -652,7 +652,7 @@ pub fn resolved_when_drained(
         let drained = shards.iter().all(|sh| {
             let p = sh["partition"].as_i64().unwrap() as i32;
             let high = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).map_or(i64::MAX, |w| w.1);
-            sh["checkpoint"]["positions"][&topic].as_i64().unwrap_or(0).max(0) >= high
+            sh["checkpoint"]["positions"][&topic].as_i64().unwrap_or(0).max(0) >= high && outbox_empty(sh)
         });
         if covered == messages && digests.len() == partitions && drained {
             let mut out = BTreeMap::new();
@@ -958,8 +958,15 @@ pub fn identity_settled(
         && shards.iter().all(|sh| {
             let p = sh["partition"].as_i64().unwrap() as i32;
             let high = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).map_or(i64::MAX, |w| w.1);
-            sh["checkpoint"]["positions"][&topic].as_i64().unwrap_or(0).max(0) >= high
+            sh["checkpoint"]["positions"][&topic].as_i64().unwrap_or(0).max(0) >= high && outbox_empty(sh)
         })
+}
+
+/// Whether a shard of `GET /shards` held no identity record at its last checkpoint (its
+/// outbox: records wait there until the checkpoint covering them is durable, then are sent
+/// and acknowledged by the next one's flush).
+fn outbox_empty(shard: &Value) -> bool {
+    shard["checkpoint"]["outbox"].as_u64().unwrap_or(0) == 0
 }
 
 /// The prospect `id` resolves to, from whichever instance holds its shard.

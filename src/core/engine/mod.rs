@@ -48,6 +48,7 @@ mod crm;
 mod extras;
 mod horizon;
 mod identity;
+pub mod outbox;
 mod retention;
 mod rules;
 mod shown;
@@ -167,6 +168,8 @@ pub struct Engine {
     gate: Option<Box<horizon::Gate>>,
     /// Whether the call being applied is an identity record (`horizon.rs`, `contact_time`).
     in_record: bool,
+    /// Identity records held until the checkpoint covering them is durable (`outbox.rs`; state).
+    outbox: outbox::Outbox,
 }
 
 fn journey_identity(journey: &Journey) -> Option<Box<IdentityMap>> {
@@ -205,6 +208,7 @@ impl Engine {
             xpart: None,
             gate: None,
             in_record: false,
+            outbox: outbox::Outbox::default(),
         }
     }
 

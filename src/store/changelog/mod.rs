@@ -11,6 +11,7 @@
 //! | [`CRM_STATE_KEY`]    | `C` + complete u8 (the CRM memories hold all the state covers) |
 //! | `\0id/` + identifier | `I` + kind u8 + first seen (an identity map's identifier)       |
 //! | `\0ln/` + len`:` + a + b | `L` + reason u8 (an accepted identity link)               |
+//! | [`OUTBOX_KEY`]       | `O` + the shard's outbox as of the checkpoint (`core::engine::outbox`), or none (empty) |
 //!
 //! Integers are little-endian, strings length-prefixed (`core::snapshot::Enc`). One checkpoint
 //! writes its changed prospects, the tombstones owed, then one checkpoint record that closes
@@ -24,6 +25,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::core::crm;
+pub use crate::core::engine::outbox::OUTBOX_KEY;
+use crate::core::engine::outbox::{self, OUTBOX_TAG};
 use crate::core::identity::{self, IdentityRecord};
 use crate::core::snapshot::{Dec, Enc};
 use crate::core::{Engine, Journey, PartsCopy, ProspectIx, SlotDigests, StateError};
@@ -236,6 +239,7 @@ impl Batch {
         }
         self.crm_records(engine);
         self.identity_records(engine);
+        self.outbox_record(engine);
         let key = self.push_bytes(META_KEY);
         let at = self.buf.len();
         self.buf.push(b'M');
@@ -286,6 +290,23 @@ impl Batch {
             let value = v.map(|v| self.push_bytes(&v));
             self.records.push((key, value));
         }
+    }
+
+    /// The shard's outbox as the capture sealed it ([`Engine::seal_outbox`]): its records, or
+    /// a tombstone once it is empty (none when the changelog's record is one already).
+    fn outbox_record(&mut self, engine: &Engine) {
+        let (records, write) = engine.outbox_sealed();
+        if !write {
+            return;
+        }
+        let key = self.push_bytes(OUTBOX_KEY);
+        let value = (!records.is_empty()).then(|| {
+            let at = self.buf.len();
+            self.buf.push(OUTBOX_TAG);
+            outbox::encode_outbox(records.iter(), &mut self.buf);
+            at..self.buf.len()
+        });
+        self.records.push((key, value));
     }
 
     fn push_bytes(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -396,6 +417,7 @@ impl Fold {
         };
         self.crm_confirmed(shard, version);
         self.identity_confirmed(shard);
+        self.outbox_confirmed(shard);
         for (id, rec) in self.staged.drain() {
             let Ok(id) = std::str::from_utf8(&id) else { continue };
             // A tombstone: the prospect left memory (retention) or was never held.
@@ -497,6 +519,25 @@ impl Fold {
         }
     }
 
+    /// The outbox record a checkpoint record confirms (taken out of `staged`): the outbox to
+    /// send again at a restore of that checkpoint; a tombstone empties it, and a checkpoint
+    /// without one leaves it as it was.
+    fn outbox_confirmed(&mut self, shard: i32) {
+        let Some(v) = self.staged.remove(OUTBOX_KEY) else { return };
+        let records = match v.as_deref().map(|v| v.strip_prefix(&[OUTBOX_TAG])) {
+            None => Ok(Vec::new()),
+            Some(Some(body)) => outbox::decode_outbox(&mut Dec::new(body)),
+            Some(None) => Err(StateError::Invalid { what: "outbox record tag", at: 0 }),
+        };
+        match records {
+            Ok(records) => self.engine.restore_outbox(records),
+            Err(e) => {
+                self.stats.bad += 1;
+                tracing::error!(shard, error = %e, "bad outbox record in the changelog; skipped");
+            }
+        }
+    }
+
     /// What it read so far.
     pub fn stats(&self) -> FoldStats {
         self.stats
@@ -505,8 +546,12 @@ impl Fold {
     /// The state as of the last checkpoint record read, and what an unfinished checkpoint after
     /// it wrote.
     pub fn finish(self) -> Folded {
-        let Fold { mut engine, positions, seq, staged, stats, next } = self;
+        let Fold { mut engine, positions, seq, mut staged, stats, next } = self;
         let (mut tombstones, mut rewrite) = (Vec::new(), Vec::new());
+        // An unfinished checkpoint's outbox record: the next checkpoint writes the outbox's.
+        if staged.remove(OUTBOX_KEY).is_some() {
+            engine.outbox_unfinished();
+        }
         engine.finish_crm_restore();
         engine.finish_identity_restore();
         let (identity, staged): (Vec<_>, Vec<_>) = staged.into_iter().partition(|(k, _)| is_identity_key(k));
@@ -865,5 +910,60 @@ mod tests {
             assert_eq!(map(&again.engine), map(&live), "{} re-executed", rerun.len());
             assert_eq!(again.engine.digest(), live.digest());
         }
+    }
+
+    /// The outbox record (`\0outbox`): installed when its checkpoint record confirms it,
+    /// emptied by a later checkpoint's tombstone, left as it was by a checkpoint without one;
+    /// one of an unfinished checkpoint is not applied, and makes the next checkpoint write the
+    /// record (here a tombstone); never read as a prospect.
+    #[test]
+    fn the_outbox_record_is_confirmed_by_its_checkpoint_and_tombstoned_once_empty() {
+        use crate::core::identity::{IdKind, LinkReason};
+        use crate::core::xpart::{Ident, XRecord};
+        let journey = identity_journey();
+        let link = |n: i64| XRecord::Link {
+            ids: ["a", "b"]
+                .map(|k| Ident { key: format!("{k}{n}"), kind: IdKind::Known, first_seen: crate::core::Ts(n) })
+                .to_vec(),
+            reason: LinkReason::Identify,
+            ts: crate::core::Ts(n),
+        };
+        let records = vec![(1, link(1)), (2, link(2))];
+        let mut engine = Engine::new(Arc::clone(&journey));
+        let mut batch = Batch::default();
+        let held = |e: &Engine| e.outbox().cloned().collect::<Vec<_>>();
+        // Checkpoint 1 carries two records.
+        engine.restore_outbox(records.clone());
+        engine.seal_outbox();
+        let mut log = checkpoint(&mut engine, &mut batch, 1);
+        assert!(log.iter().any(|(k, v)| k == OUTBOX_KEY && v.is_some()));
+        assert_eq!(engine.settle_outbox(true), &records[..]);
+        let read = fold(&log, &journey);
+        assert_eq!(held(&read.engine), records, "restored to be sent again");
+        assert!(read.tombstones.is_empty() && read.rewrite.is_empty() && read.engine.is_empty());
+        // Checkpoint 2 holds nothing: a tombstone; checkpoint 3 writes no record at all.
+        for seq in [2, 3] {
+            engine.seal_outbox();
+            let written = checkpoint(&mut engine, &mut batch, seq);
+            let outbox: Vec<_> = written.iter().filter(|(k, _)| k == OUTBOX_KEY).collect();
+            assert_eq!(outbox.len(), usize::from(seq == 2), "checkpoint {seq}");
+            assert!(outbox.iter().all(|(_, v)| v.is_none()));
+            log.extend(written);
+            assert!(held(&fold(&log, &journey).engine).is_empty(), "checkpoint {seq}");
+        }
+        // Checkpoint 4 never finished: its record is not applied; the next one writes the
+        // outbox record again (empty: a tombstone).
+        engine.restore_outbox(records[..1].to_vec());
+        engine.seal_outbox();
+        let unfinished = checkpoint(&mut engine, &mut batch, 4);
+        let mut cut = log.clone();
+        cut.extend(unfinished.into_iter().take(batch.len() - 1));
+        let read = fold(&cut, &journey);
+        assert!(held(&read.engine).is_empty(), "nothing unconfirmed is applied");
+        assert!(read.tombstones.is_empty() && read.rewrite.is_empty(), "{:?} {:?}", read.tombstones, read.rewrite);
+        let mut restored = read.engine;
+        restored.seal_outbox();
+        let next = checkpoint(&mut restored, &mut batch, 4);
+        assert!(next.iter().any(|(k, v)| k == OUTBOX_KEY && v.is_none()), "a tombstone after an unfinished record");
     }
 }

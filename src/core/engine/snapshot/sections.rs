@@ -8,17 +8,22 @@
 //! | `I` | the identity map: `u8` 1 and [`IdentityMap::encode`] with `[identity] resolve`, else `u8` 0 |
 //! | `B` | the prospects' breakdown values (`breakdown.rs`): `u8` dimension count, `u32` count, then per prospect with a value or touch its position `u32` and per dimension value id `u16` + touch time `u32` |
 //!
-//! Every section is written, in this order; a reader requires each once and refuses unknown tags.
+//! | `O` | the outbox (`engine/outbox.rs`): identity records held until their checkpoint is durable; written only when not empty, so states without it are unchanged (read from version 6 on) |
+//!
+//! Every section but `O` is written, in this order; a reader requires each once and refuses
+//! unknown tags.
 
 use super::breakdown::read_breakdown_section;
 use super::wire::{Dec, Enc, StateError};
 use crate::core::breakdown::SlotRecord;
+use crate::core::engine::outbox::{decode_outbox, encode_outbox};
 use crate::core::engine::{CrmState, Engine};
 use crate::core::identity::IdentityMap;
 
 const CRM: u8 = b'C';
 const IDENTITY: u8 = b'I';
 const BREAKDOWN: u8 = b'B';
+const OUTBOX: u8 = b'O';
 
 impl Engine {
     /// Writes the shard-level sections (current version).
@@ -38,6 +43,10 @@ impl Engine {
             None => w.u8(0),
         });
         section(out, BREAKDOWN, breakdown);
+        let outbox: Vec<_> = self.outbox().collect();
+        if !outbox.is_empty() {
+            section(out, OUTBOX, |w| encode_outbox(outbox.iter().copied(), w.0));
+        }
     }
 
     /// Reads the sections a state of `version` has; an older state has none, and its CRM
@@ -59,7 +68,7 @@ impl Engine {
             self.set_crm_complete(false);
             return Ok(());
         }
-        let (mut crm, mut identity, mut breakdown) = (false, false, false);
+        let (mut crm, mut identity, mut breakdown, mut outbox) = (false, false, false, false);
         while !r.is_empty() {
             let at = r.position();
             let tag = r.u8("section tag")?;
@@ -90,6 +99,11 @@ impl Engine {
                         None => self.decode_breakdown_section(&mut b)?,
                     }
                     breakdown = true;
+                }
+                OUTBOX if !outbox && version >= 6 => {
+                    let records = decode_outbox(&mut b)?;
+                    self.restore_outbox(records);
+                    outbox = true;
                 }
                 _ => return Err(StateError::Invalid { what: "section tag", at }),
             }

@@ -141,16 +141,18 @@ impl Engine {
 
     /// Before an event of prospect `id` at `ts` is applied: a prospect whose expiry fell due
     /// before `ts` leaves first (as if the watermark had passed it: its earlier timers fire,
-    /// then it expires), and a new id at the prospect cap makes room. Returns the prospect the
-    /// event applies to when it is held (`None`: a new one, or retention is off).
+    /// then it expires), and a new id at the prospect cap makes room, as does a redirect record
+    /// the event revives (a new prospect too). Returns the prospect the event applies to when it
+    /// is held (`None`: a new one, or retention is off).
     pub(super) fn retain_before(&mut self, id: &str, ts: Ts, out: &mut Vec<Output>) -> Option<ProspectIx> {
         let r = &self.journey.retention;
         if r.after.is_empty() && r.max_prospects.is_none() {
             return None;
         }
-        match self.ids.find(id) {
-            Some(_) => return self.expire_if_due(id, ts, out),
-            None => {
+        let held = self.ids.find(id);
+        match held {
+            Some(ix) if !self.prospect(ix).has(prospect::REDIRECT) => return self.expire_if_due(id, ts, out),
+            Some(_) | None => {
                 // Redirect records (identity across partitions) are not people: not counted.
                 if let Some(cap) = r.max_prospects
                     && self.ids.live().saturating_sub(self.redirects_held()) >= cap as usize
@@ -159,7 +161,9 @@ impl Engine {
                 }
             }
         }
-        None
+        // `evict` never picks a redirect record (nor, through `forget_across`, one of another
+        // person's group): the one about to be revived is still held.
+        held.and_then(|_| self.ids.find(id))
     }
 
     /// Prospect `id`, if held and its expiry fell due before `ts`, leaves memory (its earlier

@@ -482,19 +482,27 @@ impl Engine {
             // as this shard's map says.
             let anonymous = self.id_is_anonymous(from, self.store.fixed(ix.0 as usize).is_anonymous());
             self.set_anonymous(ix, anonymous);
+            // Past its due, it leaves at once, as a folded person does below.
+            self.expire_past_watermark(from, out);
             return;
         }
         self.merge_here(from, &target, reason, ts, out);
         // A person whose expiry fell due before the watermark would have left already (a
         // transfer sent again by a restored sender after the person expired here, its marker
         // freed with it): it leaves again at once, with the marker, rather than stay.
-        let watermark = self.watermark;
-        if !self.journey.retention.after.is_empty()
-            && !watermark.is_none()
-            && self.expire_if_due(&target, watermark, out).is_none()
-        {
+        if self.expire_past_watermark(&target, out) {
             self.free_redirect(from);
         }
+    }
+
+    /// Under `[retention]`, person `id`, just given transferred state, leaves memory at once
+    /// when its expiry fell due before the watermark (the shard's timers have passed it: it
+    /// would have left already). Returns whether it left.
+    fn expire_past_watermark(&mut self, id: &str, out: &mut Vec<Output>) -> bool {
+        let watermark = self.watermark;
+        !self.journey.retention.after.is_empty()
+            && !watermark.is_none()
+            && self.expire_if_due(id, watermark, out).is_none()
     }
 
     /// A transfer received here (installed at `ix`) counted in: the funnel, hot prospects,

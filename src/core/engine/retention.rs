@@ -38,15 +38,16 @@ pub struct KeptHandoff {
 
 /// Transfer generations of ids that left memory, by id (identity across partitions; state:
 /// checkpointed with the shard meta from version 6 on). A receiver's marker for a transferred
-/// id (an id homed on another partition) is kept for [`KEPT_HANDOFF_SPAN`] of event time past
-/// its freeing, so a transfer redelivered within it is still known; a sender's own id twice as
-/// long, so the sender's next generation stays above any marker a receiver still keeps.
+/// id (an id homed on another partition) is kept for `[identity] transfer_dedup_days`
+/// ([`Journey::transfer_dedup`]) of event time past its freeing, so a transfer redelivered
+/// within it is still known; a sender's own id twice as long, so the sender's next generation
+/// stays above any marker a receiver still keeps.
 pub type KeptHandoffs = BTreeMap<Box<str>, KeptHandoff>;
 
-/// How long (event time, past the watermark when it was freed) a receiver keeps the transfer
-/// generation of a freed marker: the longest redelivery of the identity topic it deduplicates
-/// (a sender restored from a checkpoint older than that, in event time, counts a transfer
-/// again).
+/// The default of `[identity] transfer_dedup_days` (7 days): how long (event time, past the
+/// watermark when it was freed) a receiver keeps the transfer generation of a freed marker,
+/// the longest redelivery of the identity topic it deduplicates (a sender restored from a
+/// checkpoint older than that, in event time, counts a transfer again).
 pub const KEPT_HANDOFF_SPAN: crate::core::time::Span = crate::core::time::Span(7 * 24 * 3600 * 1000);
 
 /// When a prospect leaves memory under `[retention]`: its last event time plus its stage's span
@@ -310,7 +311,8 @@ impl Engine {
     }
 
     /// Drops kept cooldowns that lapsed at the watermark (with the sweep of extras), and kept
-    /// transfer generations past [`KEPT_HANDOFF_SPAN`] (twice that for this shard's own ids).
+    /// transfer generations past [`Journey::transfer_dedup`] (twice that for this shard's own
+    /// ids).
     pub(super) fn sweep_cooldowns(&mut self) {
         let (cooldown, watermark) = (self.journey.alert_cooldown, self.watermark);
         self.kept_cooldowns.retain(|_, k| k.last_alert.plus(cooldown) > watermark);
@@ -321,7 +323,7 @@ impl Engine {
                     // Freed before any watermark: the span starts now.
                     k.freed_at = watermark;
                 }
-                let span = if self.foreign(id) { KEPT_HANDOFF_SPAN.0 } else { 2 * KEPT_HANDOFF_SPAN.0 };
+                let span = self.journey.transfer_dedup.0 * if self.foreign(id) { 1 } else { 2 };
                 watermark.is_none() || k.freed_at.plus(crate::core::time::Span(span)) > watermark
             });
             self.kept_handoffs = kept;

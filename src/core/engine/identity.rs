@@ -44,7 +44,10 @@ impl Engine {
             let reason = if ev.kind == EventKind::Alias { LinkReason::Alias } else { LinkReason::Identify };
             map.link((&ev.prospect, kind), (other, IdKind::Anonymous), ev.ts, reason, &limits, &mut changes);
         }
-        if let Some(email) = &ev.email {
+        if let Some(email) = &ev.email
+            && !self.ask_email_home(&ev.prospect, email, ev.ts)
+            && let Some(map) = self.identity.as_deref_mut()
+        {
             map.link((&ev.prospect, kind), (email, IdKind::Email), ev.ts, LinkReason::Email, &limits, &mut changes);
         }
         for c in changes {

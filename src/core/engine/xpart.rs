@@ -290,6 +290,42 @@ impl Engine {
         }
     }
 
+    /// The email guard across partitions: an event of `prospect` (whose group holds a known id)
+    /// with `email`, on a shard that is not the email's home and knows no known id in the
+    /// email's group. Linking them here would make this shard's view of the email's person one
+    /// the email's home has not decided: if `max_known_ids` refuses the link there, another id
+    /// of this shard with the same email would still join it here (refused ids sharing a home
+    /// joined one another). So this shard does not link them: it sends the email's home a `Link`
+    /// naming the email, then the prospect's group; the home decides with its guards, and an
+    /// accepted link comes back as the home's `Link` to every member's home (this one too), a
+    /// refused one is its `merge_refused`. Once the email's person (a known id) is known here,
+    /// through the home's links, links to it are made here as before (no round trip), the
+    /// home's guard deciding again when the link reaches it. Returns whether it asked.
+    pub(super) fn ask_email_home(&mut self, prospect: &str, email: &str, ts: Ts) -> bool {
+        let Some(map) = self.identity.as_deref() else { return false };
+        let key = format!("\0{email}");
+        if !self.foreign(&key) {
+            return false;
+        }
+        let own = map.canonical(prospect);
+        let person = map.person(email, IdKind::Email);
+        if map.kind(own) != Some(IdKind::Known) || person.is_some_and(|c| map.kind(c) == Some(IdKind::Known)) {
+            return false;
+        }
+        let first_seen = map.group_members(&key).and_then(|(m, _)| m.iter().find(|i| i.0 == key).map(|i| i.2));
+        let ident = |&(k, kind, first_seen): &(&str, IdKind, Ts)| Ident { key: k.to_string(), kind, first_seen };
+        let mut ids = vec![Ident { key, kind: IdKind::Email, first_seen: first_seen.map_or(ts, |f| f.min(ts)) }];
+        if let Some((members, _)) = map.group_members(prospect) {
+            ids.extend(members.iter().filter(|m| m.0 == prospect).map(ident));
+            ids.extend(members.iter().filter(|m| m.0 != prospect).map(ident));
+        }
+        if ids.len() < 2 {
+            return false;
+        }
+        self.send(XRecord::Link { ids, reason: LinkReason::Email, ts });
+        true
+    }
+
     fn link_in(&mut self, ids: &[Ident], reason: LinkReason, ts: Ts, out: &mut Vec<Output>) {
         if let Some(x) = self.xpart.as_deref_mut() {
             x.stats.links_received += 1;

@@ -191,6 +191,7 @@ fn check_journey_summarises_identity_and_the_anonymous_span() {
     let on = ok(&run_in(&dir, &["check-journey", "people.toml"]));
     for want in [
         "identity: resolve = true, one prospect per person; at most 3 known ids and 50 anonymous ids per person",
+        "  across partitions: a transfer delivered again counts once within 7 days of event time after its id left memory (transfer_dedup_days)\n",
         "placeholder ids (never an id, never linked): `guest`\n",
         "retention: leave memory after no event for: aware 30 days, interested 30 days",
         "anonymous prospects (an anonymousId never identified): aware 2 days, interested 7 days",

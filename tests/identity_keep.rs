@@ -1,9 +1,9 @@
 //! Transfer dedup that survives `[retention]` (issue 16): a receiver's marker for a transferred
 //! id, and a sender's own redirect, hold the id's transfer generation (`Prospect::handoff`);
 //! when retention frees them the generation is kept aside by id (`Engine::kept_handoffs`,
-//! checkpointed with the shard meta) for `KEPT_HANDOFF_SPAN` of event time (a sender's own ids
-//! twice as long), so a transfer redelivered after its person expired counts once, and a later
-//! legitimate generation is not taken for a redelivery.
+//! checkpointed with the shard meta) for `[identity] transfer_dedup_days` of event time (7 by
+//! default; a sender's own ids twice as long), so a transfer redelivered after its person expired
+//! counts once, and a later legitimate generation is not taken for a redelivery.
 
 mod payloads;
 
@@ -26,7 +26,12 @@ use cluster::{Cluster, PARTITIONS};
 const RETENTION: &str = "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n";
 
 fn journey() -> Arc<Journey> {
-    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{RETENTION}")).unwrap())
+    journey_with("")
+}
+
+/// The test journey with more `[identity]` settings.
+fn journey_with(identity: &str) -> Arc<Journey> {
+    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{identity}{RETENTION}")).unwrap())
 }
 
 fn key_in_partition(prefix: &str, partition: u32) -> String {
@@ -110,6 +115,48 @@ fn a_transfer_redelivered_after_its_person_expired_at_the_receiver_counts_once()
     assert_eq!(counts(&c.shards), once);
     assert_eq!(duplicates(&c.shards), 1);
     assert_eq!(people(&c.shards), 0);
+}
+
+/// The receiver's shard moves on 21 days past the person's expiry (two new people's events, so
+/// its clock moves and its sweep runs), then the sender, restored from a checkpoint taken before
+/// it sent, sends the transfer again. Returns the counts before the redelivery and the
+/// generation the receiver kept for `anon` then.
+fn redelivered_three_weeks_later(c: &mut Cluster, anon: &str, user: &str) -> ((Vec<Funnel>, u64, u64), Option<u16>) {
+    transferred_then_expired(c, anon, user);
+    let (a, b) = (key_in_partition("usr_a_", 1), key_in_partition("usr_b_", 1));
+    c.send(&seg("page", "", Some(&a), "anon-a", "m-4", "2026-04-11T09:00:00Z", None));
+    c.send(&seg("page", "", Some(&b), "anon-b", "m-5", "2026-04-11T09:01:00Z", None));
+    assert!(c.shards[1].watermark() > parse_rfc3339("2026-04-09T00:00:00Z").unwrap(), "the receiver moved on");
+    let once = counts(&c.shards);
+    let kept = c.shards[1].kept_handoffs().get(anon).map(|k| k.handoff);
+    for (p, r) in c.transfers() {
+        c.queue.push_back((p, r));
+    }
+    c.drain();
+    (once, kept)
+}
+
+/// `[identity] transfer_dedup_days = 30`: a transfer redelivered three weeks (more than the
+/// default 7 days) after its person expired at the receiver is still dropped there: one
+/// `expired`, the counts of one delivery. With the default, the receiver forgot the generation
+/// and counts the person again (installed, then expired again at once).
+#[test]
+fn a_redelivery_later_than_seven_days_within_the_configured_span_counts_once() {
+    let (anon, user) = (key_in_partition("anon-", 0), key_in_partition("usr_", 1));
+    let mut c = Cluster::new(journey_with("transfer_dedup_days = 30\n"));
+    let (once, kept) = redelivered_three_weeks_later(&mut c, &anon, &user);
+    assert_eq!(kept, Some(3), "still kept");
+    assert_eq!(duplicates(&c.shards), 1);
+    assert_eq!(expired_events(&c.out), 1, "{:?}", c.out);
+    assert_eq!(counts(&c.shards), once);
+
+    // The default span: swept by then, so the redelivery counts again.
+    let mut c = Cluster::new(journey());
+    let (once, kept) = redelivered_three_weeks_later(&mut c, &anon, &user);
+    assert_eq!(kept, None, "swept after 7 days");
+    assert_eq!(duplicates(&c.shards), 0);
+    assert_eq!(expired_events(&c.out), 2, "{:?}", c.out);
+    assert_ne!(counts(&c.shards), once);
 }
 
 /// Scenario 2: after the person expired (the sender's redirect for the anonymous id freed with
@@ -216,7 +263,7 @@ fn kept_generations_survive_a_restore_from_snapshot_and_from_the_changelog() {
 
 /// The kept generations stay bounded: under a year of generated traffic with retention and
 /// identity on 3 partitions, each shard keeps only generations freed within the last
-/// `2 × KEPT_HANDOFF_SPAN` (and a sweep interval), far fewer than it freed.
+/// `2 × transfer_dedup_days` (and a sweep interval), far fewer than it freed.
 #[test]
 fn kept_generations_stay_within_their_span_under_a_year_of_traffic() {
     use microfunnel::traffic::{Generator, Options as Gen};
@@ -239,7 +286,8 @@ fn kept_generations_stay_within_their_span_under_a_year_of_traffic() {
     let input = lines.join("\n") + "\n";
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let (shards, _) = replay::run(Arc::clone(&j), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
-    let span = microfunnel::core::engine::KEPT_HANDOFF_SPAN.0;
+    let span = j.transfer_dedup.0;
+    assert_eq!(span, microfunnel::core::engine::KEPT_HANDOFF_SPAN.0, "7 days by default");
     let (mut kept, mut freed) = (0, 0);
     for (p, e) in shards.iter().enumerate() {
         let oldest = Ts(e.watermark().0 - 2 * span - 86_400_000);

@@ -366,6 +366,20 @@ fn allowed_lateness_is_bounded() {
     assert_names(&load_err(&text), &["allowed_lateness_hours", "1000000"]);
 }
 
+#[test]
+fn transfer_dedup_days_defaults_to_seven_and_is_checked() {
+    let with = |v: &str| format!("{B2B}\n[identity]\nresolve = true\n{v}");
+    let j = Journey::from_toml_str(&with("")).unwrap();
+    assert_eq!(j.transfer_dedup, Span(7 * MS_PER_DAY));
+    let j = Journey::from_toml_str(&with("transfer_dedup_days = 30\n")).unwrap();
+    assert_eq!(j.transfer_dedup, Span(30 * MS_PER_DAY));
+    for v in ["0", "-1", "nan", "40000"] {
+        let err = load_err(&with(&format!("transfer_dedup_days = {v}\n")));
+        assert!(matches!(err, JourneyError::Invalid { .. }), "{v}: {err:?}");
+        assert_names(&err, &["identity.transfer_dedup_days", "positive number of days", "leave it out"]);
+    }
+}
+
 // ---- every mistake at once --------------------------------------------------------------------
 
 fn all_errors(text: &str) -> Vec<String> {

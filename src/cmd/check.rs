@@ -133,6 +133,11 @@ pub fn summary(j: &Journey) -> String {
                 "identity: resolve = true, one prospect per person; at most {} known ids and {} anonymous ids per person",
                 l.max_known_ids, l.max_anonymous_ids
             );
+            let _ = writeln!(
+                o,
+                "  across partitions: a transfer delivered again counts once within {} of event time after its id left memory (transfer_dedup_days)",
+                days(j.transfer_dedup)
+            );
         }
         None => o.push_str("identity: resolve = false, each id is its own prospect\n"),
     }

@@ -44,7 +44,10 @@ impl Engine {
             let reason = if ev.kind == EventKind::Alias { LinkReason::Alias } else { LinkReason::Identify };
             map.link((&ev.prospect, kind), (other, IdKind::Anonymous), ev.ts, reason, &limits, &mut changes);
         }
-        if let Some(email) = &ev.email {
+        if let Some(email) = &ev.email
+            && !self.ask_email_home(&ev.prospect, email, ev.ts)
+            && let Some(map) = self.identity.as_deref_mut()
+        {
             map.link((&ev.prospect, kind), (email, IdKind::Email), ev.ts, LinkReason::Email, &limits, &mut changes);
         }
         for c in changes {
@@ -297,13 +300,23 @@ impl Engine {
         let entered = stage_secs(merged.stage_entered);
         let (p, vars) = self.store.state_mut(ti);
         *p = merged;
-        for (k, v) in vars.stage_times.iter_mut().enumerate() {
-            let x = a_times[k];
+        for (v, &x) in vars.stage_times.iter_mut().zip(&a_times) {
             if x != 0 && (*v == 0 || x < *v) {
                 *v = x;
             }
-            if k < stage.0 as usize && *v > entered {
+        }
+        // The rule of `enter_stage`, as if each prospect's events had come to the other: a stage
+        // dated later than the entry of a (non-terminal) stage above it, up to the merged one,
+        // was entered only because its events arrived first, so it is cleared. (Checking the
+        // merged stage alone leaves a stage one prospect dated after a middle stage the other
+        // dated earlier.)
+        let mut bound = entered;
+        for k in (0..stage.0 as usize).rev() {
+            let v = &mut vars.stage_times[k];
+            if *v > bound {
                 *v = 0;
+            } else if *v != 0 && !journey.stages[k].terminal {
+                bound = *v;
             }
         }
         for (c, x) in vars.counts.iter_mut().zip(&a_counts) {

@@ -156,7 +156,7 @@ pub struct Engine {
     /// Alert cooldowns of prospects that left memory, kept until they lapse (state).
     kept_cooldowns: KeptCooldowns,
     /// Transfer generations (`Prospect::handoff`) of ids whose record left memory under
-    /// `[retention]`, kept for [`KEPT_HANDOFF_SPAN`] (state).
+    /// `[retention]`, kept for `[identity] transfer_dedup_days` (state).
     kept_handoffs: KeptHandoffs,
     /// Whether ids that leave memory are queued in `removed_ids` (for changelog tombstones).
     track_removals: bool,

@@ -38,15 +38,16 @@ pub struct KeptHandoff {
 
 /// Transfer generations of ids that left memory, by id (identity across partitions; state:
 /// checkpointed with the shard meta from version 6 on). A receiver's marker for a transferred
-/// id (an id homed on another partition) is kept for [`KEPT_HANDOFF_SPAN`] of event time past
-/// its freeing, so a transfer redelivered within it is still known; a sender's own id twice as
-/// long, so the sender's next generation stays above any marker a receiver still keeps.
+/// id (an id homed on another partition) is kept for `[identity] transfer_dedup_days`
+/// ([`Journey::transfer_dedup`]) of event time past its freeing, so a transfer redelivered
+/// within it is still known; a sender's own id twice as long, so the sender's next generation
+/// stays above any marker a receiver still keeps.
 pub type KeptHandoffs = BTreeMap<Box<str>, KeptHandoff>;
 
-/// How long (event time, past the watermark when it was freed) a receiver keeps the transfer
-/// generation of a freed marker: the longest redelivery of the identity topic it deduplicates
-/// (a sender restored from a checkpoint older than that, in event time, counts a transfer
-/// again).
+/// The default of `[identity] transfer_dedup_days` (7 days): how long (event time, past the
+/// watermark when it was freed) a receiver keeps the transfer generation of a freed marker,
+/// the longest redelivery of the identity topic it deduplicates (a sender restored from a
+/// checkpoint older than that, in event time, counts a transfer again).
 pub const KEPT_HANDOFF_SPAN: crate::core::time::Span = crate::core::time::Span(7 * 24 * 3600 * 1000);
 
 /// When a prospect leaves memory under `[retention]`: its last event time plus its stage's span
@@ -141,16 +142,18 @@ impl Engine {
 
     /// Before an event of prospect `id` at `ts` is applied: a prospect whose expiry fell due
     /// before `ts` leaves first (as if the watermark had passed it: its earlier timers fire,
-    /// then it expires), and a new id at the prospect cap makes room. Returns the prospect the
-    /// event applies to when it is held (`None`: a new one, or retention is off).
+    /// then it expires), and a new id at the prospect cap makes room, as does a redirect record
+    /// the event revives (a new prospect too). Returns the prospect the event applies to when it
+    /// is held (`None`: a new one, or retention is off).
     pub(super) fn retain_before(&mut self, id: &str, ts: Ts, out: &mut Vec<Output>) -> Option<ProspectIx> {
         let r = &self.journey.retention;
         if r.after.is_empty() && r.max_prospects.is_none() {
             return None;
         }
-        match self.ids.find(id) {
-            Some(_) => return self.expire_if_due(id, ts, out),
-            None => {
+        let held = self.ids.find(id);
+        match held {
+            Some(ix) if !self.prospect(ix).has(prospect::REDIRECT) => return self.expire_if_due(id, ts, out),
+            Some(_) | None => {
                 // Redirect records (identity across partitions) are not people: not counted.
                 if let Some(cap) = r.max_prospects
                     && self.ids.live().saturating_sub(self.redirects_held()) >= cap as usize
@@ -159,7 +162,9 @@ impl Engine {
                 }
             }
         }
-        None
+        // `evict` never picks a redirect record (nor, through `forget_across`, one of another
+        // person's group): the one about to be revived is still held.
+        held.and_then(|_| self.ids.find(id))
     }
 
     /// Prospect `id`, if held and its expiry fell due before `ts`, leaves memory (its earlier
@@ -309,7 +314,8 @@ impl Engine {
     }
 
     /// Drops kept cooldowns that lapsed at the watermark (with the sweep of extras), and kept
-    /// transfer generations past [`KEPT_HANDOFF_SPAN`] (twice that for this shard's own ids).
+    /// transfer generations past [`Journey::transfer_dedup`] (twice that for this shard's own
+    /// ids).
     pub(super) fn sweep_cooldowns(&mut self) {
         let (cooldown, watermark) = (self.journey.alert_cooldown, self.watermark);
         self.kept_cooldowns.retain(|_, k| k.last_alert.plus(cooldown) > watermark);
@@ -320,7 +326,7 @@ impl Engine {
                     // Freed before any watermark: the span starts now.
                     k.freed_at = watermark;
                 }
-                let span = if self.foreign(id) { KEPT_HANDOFF_SPAN.0 } else { 2 * KEPT_HANDOFF_SPAN.0 };
+                let span = self.journey.transfer_dedup.0 * if self.foreign(id) { 1 } else { 2 };
                 watermark.is_none() || k.freed_at.plus(crate::core::time::Span(span)) > watermark
             });
             self.kept_handoffs = kept;

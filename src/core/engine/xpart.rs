@@ -313,6 +313,42 @@ impl Engine {
         }
     }
 
+    /// The email guard across partitions: an event of `prospect` (whose group holds a known id)
+    /// with `email`, on a shard that is not the email's home and knows no known id in the
+    /// email's group. Linking them here would make this shard's view of the email's person one
+    /// the email's home has not decided: if `max_known_ids` refuses the link there, another id
+    /// of this shard with the same email would still join it here (refused ids sharing a home
+    /// joined one another). So this shard does not link them: it sends the email's home a `Link`
+    /// naming the email, then the prospect's group; the home decides with its guards, and an
+    /// accepted link comes back as the home's `Link` to every member's home (this one too), a
+    /// refused one is its `merge_refused`. Once the email's person (a known id) is known here,
+    /// through the home's links, links to it are made here as before (no round trip), the
+    /// home's guard deciding again when the link reaches it. Returns whether it asked.
+    pub(super) fn ask_email_home(&mut self, prospect: &str, email: &str, ts: Ts) -> bool {
+        let Some(map) = self.identity.as_deref() else { return false };
+        let key = format!("\0{email}");
+        if !self.foreign(&key) {
+            return false;
+        }
+        let own = map.canonical(prospect);
+        let person = map.person(email, IdKind::Email);
+        if map.kind(own) != Some(IdKind::Known) || person.is_some_and(|c| map.kind(c) == Some(IdKind::Known)) {
+            return false;
+        }
+        let first_seen = map.group_members(&key).and_then(|(m, _)| m.iter().find(|i| i.0 == key).map(|i| i.2));
+        let ident = |&(k, kind, first_seen): &(&str, IdKind, Ts)| Ident { key: k.to_string(), kind, first_seen };
+        let mut ids = vec![Ident { key, kind: IdKind::Email, first_seen: first_seen.map_or(ts, |f| f.min(ts)) }];
+        if let Some((members, _)) = map.group_members(prospect) {
+            ids.extend(members.iter().filter(|m| m.0 == prospect).map(ident));
+            ids.extend(members.iter().filter(|m| m.0 != prospect).map(ident));
+        }
+        if ids.len() < 2 {
+            return false;
+        }
+        self.send(XRecord::Link { ids, reason: LinkReason::Email, ts });
+        true
+    }
+
     fn link_in(&mut self, ids: &[Ident], reason: LinkReason, ts: Ts, out: &mut Vec<Output>) {
         if let Some(x) = self.xpart.as_deref_mut() {
             x.stats.links_received += 1;
@@ -505,19 +541,27 @@ impl Engine {
             // as this shard's map says.
             let anonymous = self.id_is_anonymous(from, self.store.fixed(ix.0 as usize).is_anonymous());
             self.set_anonymous(ix, anonymous);
+            // Past its due, it leaves at once, as a folded person does below.
+            self.expire_past_watermark(from, out);
             return;
         }
         self.merge_here(from, &target, reason, ts, out);
         // A person whose expiry fell due before the watermark would have left already (a
         // transfer sent again by a restored sender after the person expired here, its marker
         // freed with it): it leaves again at once, with the marker, rather than stay.
-        let watermark = self.watermark;
-        if !self.journey.retention.after.is_empty()
-            && !watermark.is_none()
-            && self.expire_if_due(&target, watermark, out).is_none()
-        {
+        if self.expire_past_watermark(&target, out) {
             self.free_redirect(from);
         }
+    }
+
+    /// Under `[retention]`, person `id`, just given transferred state, leaves memory at once
+    /// when its expiry fell due before the watermark (the shard's timers have passed it: it
+    /// would have left already). Returns whether it left.
+    fn expire_past_watermark(&mut self, id: &str, out: &mut Vec<Output>) -> bool {
+        let watermark = self.watermark;
+        !self.journey.retention.after.is_empty()
+            && !watermark.is_none()
+            && self.expire_if_due(id, watermark, out).is_none()
     }
 
     /// A transfer received here (installed at `ix`) counted in: the funnel, hot prospects,

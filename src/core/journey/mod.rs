@@ -344,6 +344,10 @@ pub struct Journey {
     zero_ids: bool,
     /// `[identity] resolve = true`: identity resolution within a shard, with these guards.
     pub identity: Option<crate::core::identity::IdentityLimits>,
+    /// `[identity] transfer_dedup_days`: how long (event time, past the watermark when it left
+    /// memory) a shard keeps the transfer generation of an id's freed record, so a transfer
+    /// delivered again within it still counts once (an id homed on the shard: twice as long).
+    pub transfer_dedup: Span,
     /// `[breakdowns]`: the dimensions and segments the funnel is split by (empty: none).
     pub breakdowns: Vec<crate::core::breakdown::Dimension>,
     /// `[crm]`: CRM object changes that are signals (see [`crate::core::crm`]).

@@ -242,6 +242,9 @@ pub(super) struct RawIdentity {
     pub(super) max_known_ids: u32,
     #[serde(default = "default_max_anonymous_ids")]
     pub(super) max_anonymous_ids: u32,
+    /// Days of event time a transfer generation is remembered after its record left memory.
+    #[serde(default = "default_transfer_dedup_days")]
+    pub(super) transfer_dedup_days: f64,
 }
 
 impl Default for RawIdentity {
@@ -251,6 +254,7 @@ impl Default for RawIdentity {
             resolve: false,
             max_known_ids: default_max_known_ids(),
             max_anonymous_ids: default_max_anonymous_ids(),
+            transfer_dedup_days: default_transfer_dedup_days(),
         }
     }
 }
@@ -261,6 +265,10 @@ fn default_max_known_ids() -> u32 {
 
 fn default_max_anonymous_ids() -> u32 {
     crate::core::identity::IdentityLimits::default().max_anonymous_ids
+}
+
+fn default_transfer_dedup_days() -> f64 {
+    crate::core::engine::KEPT_HANDOFF_SPAN.0 as f64 / crate::core::time::MS_PER_DAY as f64
 }
 
 fn default_placeholder_ids() -> Vec<String> {

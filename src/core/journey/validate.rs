@@ -460,6 +460,19 @@ impl Journey {
                 e.invalid(format!("identity.{key}"), "must be at least 1");
             }
         }
+        let dedup_days = raw.identity.transfer_dedup_days;
+        if !(dedup_days.is_finite() && dedup_days > 0.0 && dedup_days <= MAX_RETENTION_DAYS) {
+            e.invalid(
+                "identity.transfer_dedup_days",
+                format!(
+                    "must be a positive number of days, at most {MAX_RETENTION_DAYS}, got {dedup_days}; leave it out for \
+                     the default of 7 days, or set the longest time (event time) a transfer of the identity topic may \
+                     be delivered again after its person left memory"
+                ),
+            );
+        }
+        let transfer_dedup =
+            Span::from_days(if dedup_days.is_finite() { dedup_days.clamp(0.0, MAX_RETENTION_DAYS) } else { 0.0 });
         let identity = raw.identity.resolve.then_some(crate::core::identity::IdentityLimits {
             max_known_ids: raw.identity.max_known_ids,
             max_anonymous_ids: raw.identity.max_anonymous_ids,
@@ -533,6 +546,7 @@ impl Journey {
             placeholder_max_len,
             zero_ids,
             identity,
+            transfer_dedup,
             tracked,
             names: names.names,
             crm,

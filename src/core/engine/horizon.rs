@@ -135,18 +135,16 @@ impl Engine {
         if !g.left.is_empty() {
             g.left.retain(|_, at| *at >= h);
         }
-        let mut released = false;
         while let Some(&t) = g.held.peek() {
             if t.0.0 >= h {
                 break;
             }
             g.held.pop();
             self.timers.push(t);
-            released = true;
         }
-        if released {
-            self.fire_timers(out);
-        }
+        // Also what waits on the heap behind the watermark without having been popped: a
+        // restored shard's timers (its held entries were soft state) before any input arrives.
+        self.fire_timers(out);
     }
 
     /// Whether heap entry `(due, ix, kind)`, popped because the watermark passed it, must wait

@@ -1,6 +1,10 @@
-//! The breakdown values of an accepted payload (`core::breakdown::Touch`): a second, lenient
-//! pass that decides nothing about the payload (values that are not strings are skipped; a
-//! payload this pass cannot read yields no values). Only journeys with `[breakdowns]` pay for it.
+//! The breakdown values of an accepted payload (`core::breakdown::Touch`), read leniently: they
+//! decide nothing about the payload (values that are not strings are skipped; a payload this
+//! read cannot take yields no values). Only journeys with `[breakdowns]` pay for it. The scanner
+//! reads the fields into a [`Payload`] in its one pass ([`TouchRead::Read`]); a payload it
+//! leaves to the serde path, or whose touch fields it is not sure of, is read again here by
+//! serde ([`touch_fields`]), the reference the scanner's read is held to
+//! (`tests/decode_paths.rs`). Both end in [`touch_from`].
 //!
 //! Each field from the first of its sources that has it:
 //! - `utm_source`, `utm_medium`, `utm_campaign`: Segment's `context.campaign` (`source`,
@@ -18,7 +22,7 @@ use crate::core::breakdown::Touch;
 
 /// A string, or nothing for any other value.
 #[derive(Default)]
-struct Lenient<'a>(Option<Cow<'a, str>>);
+pub(super) struct Lenient<'a>(pub(super) Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Lenient<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -28,55 +32,55 @@ impl<'de: 'a, 'a> Deserialize<'de> for Lenient<'a> {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Payload<'a> {
+pub(super) struct Payload<'a> {
     #[serde(borrow)]
-    context: Option<Context<'a>>,
+    pub(super) context: Option<Context<'a>>,
     #[serde(borrow)]
-    properties: Option<Properties<'a>>,
+    pub(super) properties: Option<Properties<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Context<'a> {
+pub(super) struct Context<'a> {
     #[serde(borrow)]
-    campaign: Option<Campaign<'a>>,
+    pub(super) campaign: Option<Campaign<'a>>,
     #[serde(borrow)]
-    page: Option<Page<'a>>,
+    pub(super) page: Option<Page<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Campaign<'a> {
+pub(super) struct Campaign<'a> {
     #[serde(borrow)]
-    source: Lenient<'a>,
+    pub(super) source: Lenient<'a>,
     #[serde(borrow)]
-    medium: Lenient<'a>,
+    pub(super) medium: Lenient<'a>,
     #[serde(borrow)]
-    name: Lenient<'a>,
+    pub(super) name: Lenient<'a>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Page<'a> {
+pub(super) struct Page<'a> {
     #[serde(borrow)]
-    url: Lenient<'a>,
+    pub(super) url: Lenient<'a>,
     #[serde(borrow)]
-    referrer: Lenient<'a>,
+    pub(super) referrer: Lenient<'a>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct Properties<'a> {
+pub(super) struct Properties<'a> {
     #[serde(borrow)]
-    utm_source: Lenient<'a>,
+    pub(super) utm_source: Lenient<'a>,
     #[serde(borrow)]
-    utm_medium: Lenient<'a>,
+    pub(super) utm_medium: Lenient<'a>,
     #[serde(borrow)]
-    utm_campaign: Lenient<'a>,
+    pub(super) utm_campaign: Lenient<'a>,
     #[serde(borrow)]
-    url: Lenient<'a>,
+    pub(super) url: Lenient<'a>,
     #[serde(borrow)]
-    referrer: Lenient<'a>,
+    pub(super) referrer: Lenient<'a>,
 }
 
 const UTM: [&str; 3] = ["utm_source", "utm_medium", "utm_campaign"];
@@ -102,18 +106,64 @@ fn referrer_domain(touch: &mut Touch<'_>, referrer: &str) {
     }
 }
 
-/// The touch of a payload; empty when it carries none or cannot be read. A payload that holds
-/// none of the keys' telltale bytes (`campaign`, `utm_`, `referrer`) is not parsed again: a key
-/// written with escapes (`"utm\u005fsource"`) is not read.
-pub(super) fn touch_fields(bytes: &[u8]) -> Touch<'_> {
+/// What the scanner read of a payload's touch fields.
+#[derive(Default)]
+pub(super) enum TouchRead<'a> {
+    /// Not read (the serde path read the payload): [`touch_fields`] reads them.
+    #[default]
+    NotRead,
+    /// The scanner met something in them it does not decide itself (an escape, a value that
+    /// is not a string, a repeated field, a container of another kind): [`touch_fields`]
+    /// decides.
+    Unsure,
+    /// The fields as serde would have read them.
+    Read(Payload<'a>),
+}
+
+/// Whether a payload holds any of the keys' telltale bytes (`campaign`, `utm_`, `referrer`);
+/// without, it has no touch: a key written with escapes (`"utm\u005fsource"`) is not read.
+fn telltale(bytes: &[u8]) -> bool {
     use memchr::memmem::Finder;
     use std::sync::LazyLock;
     static NEEDLES: LazyLock<[Finder<'static>; 3]> =
         LazyLock::new(|| [Finder::new(b"utm_"), Finder::new(b"campaign"), Finder::new(b"referrer")]);
-    if NEEDLES.iter().all(|n| n.find(bytes).is_none()) {
+    NEEDLES.iter().any(|n| n.find(bytes).is_some())
+}
+
+/// The touch of a payload; empty when it carries none or cannot be read: a second, serde pass.
+pub(super) fn touch_fields(bytes: &[u8]) -> Touch<'_> {
+    if !telltale(bytes) {
         return Touch::default();
     }
     let Ok(p) = serde_json::from_slice::<Payload<'_>>(bytes) else { return Touch::default() };
+    touch_from(p)
+}
+
+/// The touch of a payload whose fields the scanner read (`read`), as [`touch_fields`] gives it.
+pub(super) fn touch_read<'a>(bytes: &'a [u8], read: TouchRead<'a>) -> Touch<'a> {
+    match read {
+        TouchRead::Read(p) if p.is_empty() => Touch::default(),
+        TouchRead::Read(p) if telltale(bytes) => touch_from(p),
+        TouchRead::Read(_) => Touch::default(),
+        TouchRead::NotRead | TouchRead::Unsure => touch_fields(bytes),
+    }
+}
+
+impl Payload<'_> {
+    /// No field that gives a value (a `properties` object alone gives none).
+    fn is_empty(&self) -> bool {
+        let page = self.context.as_ref().and_then(|c| c.page.as_ref());
+        let campaign = self.context.as_ref().and_then(|c| c.campaign.as_ref());
+        page.is_none_or(|p| p.url.0.is_none() && p.referrer.0.is_none())
+            && campaign.is_none_or(|c| c.source.0.is_none() && c.medium.0.is_none() && c.name.0.is_none())
+            && self.properties.as_ref().is_none_or(|p| {
+                [&p.utm_source, &p.utm_medium, &p.utm_campaign, &p.url, &p.referrer].iter().all(|v| v.0.is_none())
+            })
+    }
+}
+
+/// The touch of the fields read, each field from the first of its sources that has it.
+pub(super) fn touch_from(p: Payload<'_>) -> Touch<'_> {
     let mut touch = Touch::default();
     let (campaign, page) = match p.context {
         Some(c) => (c.campaign, c.page),

@@ -11,9 +11,11 @@ use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 use rdkafka::{Offset, Timestamp, TopicPartitionList};
 
 use crate::codec::{self, InputSpec, Limits};
-use crate::core::{Engine, Journey, Ts};
+use crate::core::crm::CrmMemory;
+use crate::core::{Engine, Event, Journey, Ts};
 use crate::telemetry::Metrics;
 
+use super::handle::Items;
 use super::merge::{self, Decision, Input};
 use super::shard::Shard;
 use super::{PipelineConsumer, State};
@@ -21,6 +23,8 @@ use super::{PipelineConsumer, State};
 /// A delivered message held for the event-time merge, with its merge key.
 pub(super) struct Buffered {
     msg: Held,
+    /// Its events, decoded at arrival (a format whose decode reads no shard state), owned.
+    items: Option<Items<'static>>,
     /// Event time of the decoded payload; `None` if it does not decode.
     pub(super) ts: Option<Ts>,
     /// Arrival order within the shard.
@@ -190,6 +194,25 @@ fn merge_key(payload: &[u8], spec: &InputSpec, journey: &Journey, limits: &Limit
     codec::inbound::event_time(payload, spec, journey, limits)
 }
 
+/// A payload's events decoded once at arrival, when its format's decode reads no shard state
+/// (everything but the CRM formats, whose decode reads and updates the shard's CRM memory and so
+/// must run in merge order), and its merge key from them: the first event that decodes, as
+/// [`merge_key`] gives it (`tests/decode_paths.rs` holds `event_time` to the full decode).
+fn decode_at_arrival<'a>(
+    payload: &'a [u8],
+    spec: &InputSpec,
+    journey: &Journey,
+    limits: &Limits,
+) -> Option<(Items<'a>, Option<Ts>)> {
+    if spec.format.is_crm() {
+        return None;
+    }
+    let mut none = CrmMemory::with_limit(1);
+    let items: Items<'a> = codec::inbound::decode_input(payload, spec, journey, limits, &mut none).collect();
+    let ts = items.iter().find_map(|(_, r)| r.as_ref().ok()).map(|e| e.ts);
+    Some((items, ts))
+}
+
 impl State {
     /// A message as librdkafka delivered it: processed at once when its shard has nothing
     /// buffered and every other input of the shard is caught up (live traffic), else copied into
@@ -225,14 +248,40 @@ impl State {
         if fast {
             return self.handle(msg, batch, wall);
         }
-        let ts = if self.identity.as_ref().is_some_and(|i| i.input == t) {
-            super::identity::merge_key(msg.payload().unwrap_or_default())
+        let payload = msg.payload().unwrap_or_default();
+        let (items, ts) = if self.identity.as_ref().is_some_and(|i| i.input == t) {
+            (None, super::identity::merge_key(payload))
         } else {
-            merge_key(msg.payload().unwrap_or_default(), &self.specs[t], &self.journey, &self.limits)
+            match decode_at_arrival(payload, &self.specs[t], journey, &self.limits) {
+                Some((items, ts)) => (Some(items), ts),
+                None => (None, merge_key(payload, &self.specs[t], journey, &self.limits)),
+            }
         };
         let seq = inputs.seq;
         inputs.seq += 1;
-        inputs.queues[t].push_back(Buffered { msg: Held::of(msg, &self.input_names[t]), ts, seq });
+        // What `State::merge` would do with it first, were it queued: taken at once (its queue is
+        // empty, and it is the head `merge::decide` takes), it is handled now, without a copy.
+        if inputs.queues[t].is_empty() {
+            let heads: Vec<Input> =
+                (0..topics.len()).map(|i| if i == t { Input::Head { ts, seq } } else { shard.input(i) }).collect();
+            let max_wait = Duration::from_millis(self.settings.pipeline.max_input_wait_ms);
+            let inputs = &mut shard.inputs;
+            if let Decision::Take { input, reordered } = merge::decide(&heads, inputs.waiting_since, batch, max_wait)
+                && input == t
+            {
+                if !heads.contains(&Input::Behind) {
+                    inputs.count_wait(batch, &self.metrics);
+                    (inputs.waiting_since, inputs.wait_counted) = (None, None);
+                }
+                if reordered {
+                    self.metrics.input_reordered.inc();
+                }
+                return self.handle_decoded(msg, items, batch, wall);
+            }
+        }
+        let inputs = &mut shard.inputs;
+        let items = items.map(|items| items.into_iter().map(|(k, r)| (k, r.map(Event::into_owned))).collect());
+        inputs.queues[t].push_back(Buffered { msg: Held::of(msg, &self.input_names[t]), items, ts, seq });
         self.buffered += 1;
         if inputs.queues[t].len() > limit && !inputs.paused[t] {
             let mut tpl = TopicPartitionList::new();
@@ -310,7 +359,7 @@ impl State {
                 if reordered {
                     self.metrics.input_reordered.inc();
                 }
-                self.handle(&b.msg, batch, wall);
+                self.handle_decoded(&b.msg, b.items, batch, wall);
             }
         }
         self.metrics.input_buffered.set(self.buffered as i64);

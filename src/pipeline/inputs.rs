@@ -12,7 +12,7 @@ use rdkafka::{Offset, Timestamp, TopicPartitionList};
 
 use crate::codec::{self, InputSpec, Limits};
 use crate::core::crm::CrmMemory;
-use crate::core::{Engine, Event, Journey, Ts};
+use crate::core::{Engine, Journey, Ts};
 use crate::telemetry::Metrics;
 
 use super::handle::Items;
@@ -20,11 +20,23 @@ use super::merge::{self, Decision, Input};
 use super::shard::Shard;
 use super::{PipelineConsumer, State};
 
+/// The events of a held message decoded at arrival, when its format's decode reads no shard
+/// state; `None` otherwise (decoded when it is handled).
+type Early<'a> = Option<Items<'a>>;
+
+self_cell::self_cell!(
+    /// A copy of a delivered message and its events decoded from that copy's payload at arrival,
+    /// borrowing from it (a decode once, with no owned copy of each event's strings).
+    pub(super) struct HeldDecoded {
+        owner: Held,
+        #[covariant]
+        dependent: Early,
+    }
+);
+
 /// A delivered message held for the event-time merge, with its merge key.
 pub(super) struct Buffered {
-    msg: Held,
-    /// Its events, decoded at arrival (a format whose decode reads no shard state), owned.
-    items: Option<Items<'static>>,
+    msg: HeldDecoded,
     /// Event time of the decoded payload; `None` if it does not decode.
     pub(super) ts: Option<Ts>,
     /// Arrival order within the shard.
@@ -33,28 +45,36 @@ pub(super) struct Buffered {
 
 /// A copy of a delivered message, as `rdkafka`'s `OwnedMessage` but cheaper to make: the topic
 /// name is shared, not copied, and an empty header list (which some brokers send with every
-/// record) is not copied. Everything `handle` and a dead letter read is kept.
+/// record) is not copied. Everything `handle` and a dead letter read is kept. The payload is
+/// copied first (the arrival's decode reads the copy); the key and headers only once the
+/// message is queued ([`Held::keep`]: librdkafka parses a record's headers when asked for them,
+/// measured at about 5% of the service's CPU when every message was held).
 pub(super) struct Held {
     payload: Option<Vec<u8>>,
-    key: Option<Vec<u8>>,
     topic: Arc<str>,
     partition: i32,
     offset: i64,
     timestamp: Timestamp,
-    headers: Option<OwnedHeaders>,
+    rest: std::cell::OnceCell<(Option<Vec<u8>>, Option<OwnedHeaders>)>,
 }
 
 impl Held {
     fn of(msg: &BorrowedMessage<'_>, topic: &Arc<str>) -> Held {
         Held {
             payload: msg.payload().map(<[u8]>::to_vec),
-            key: msg.key().map(<[u8]>::to_vec),
             topic: Arc::clone(topic),
             partition: msg.partition(),
             offset: msg.offset(),
             timestamp: msg.timestamp(),
-            headers: msg.headers().filter(|h| h.count() > 0).map(|h| h.detach()),
+            rest: std::cell::OnceCell::new(),
         }
+    }
+
+    /// Copies the key and headers of `msg`, this copy's original, to keep it queued.
+    fn keep(&self, msg: &BorrowedMessage<'_>) {
+        self.rest.get_or_init(|| {
+            (msg.key().map(<[u8]>::to_vec), msg.headers().filter(|h| h.count() > 0).map(|h| h.detach()))
+        });
     }
 }
 
@@ -62,7 +82,7 @@ impl Message for Held {
     type Headers = OwnedHeaders;
 
     fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
+        self.rest.get().and_then(|(k, _)| k.as_deref())
     }
 
     fn payload(&self) -> Option<&[u8]> {
@@ -90,7 +110,7 @@ impl Message for Held {
     }
 
     fn headers(&self) -> Option<&OwnedHeaders> {
-        self.headers.as_ref()
+        self.rest.get().and_then(|(_, h)| h.as_ref())
     }
 }
 
@@ -248,15 +268,26 @@ impl State {
         if fast {
             return self.handle(msg, batch, wall);
         }
-        let payload = msg.payload().unwrap_or_default();
-        let (items, ts) = if self.identity.as_ref().is_some_and(|i| i.input == t) {
-            (None, super::identity::merge_key(payload))
-        } else {
-            match decode_at_arrival(payload, &self.specs[t], journey, &self.limits) {
-                Some((items, ts)) => (Some(items), ts),
-                None => (None, merge_key(payload, &self.specs[t], journey, &self.limits)),
+        let identity = self.identity.as_ref().is_some_and(|i| i.input == t);
+        let (spec, limits) = (&self.specs[t], &self.limits);
+        let mut ts = None;
+        let mut held = HeldDecoded::new(Held::of(msg, &self.input_names[t]), |h| {
+            let payload = h.payload.as_deref().unwrap_or_default();
+            if identity {
+                ts = super::identity::merge_key(payload);
+                return None;
             }
-        };
+            match decode_at_arrival(payload, spec, journey, limits) {
+                Some((items, key)) => {
+                    ts = key;
+                    Some(items)
+                }
+                None => {
+                    ts = merge_key(payload, spec, journey, limits);
+                    None
+                }
+            }
+        });
         let seq = inputs.seq;
         inputs.seq += 1;
         // What `State::merge` would do with it first, were it queued: taken at once (its queue is
@@ -276,12 +307,13 @@ impl State {
                 if reordered {
                     self.metrics.input_reordered.inc();
                 }
-                return self.handle_decoded(msg, items, batch, wall);
+                // Dead letters take the original's key and headers.
+                return held.with_dependent_mut(|_, items| self.handle_decoded(msg, items.take(), batch, wall));
             }
         }
         let inputs = &mut shard.inputs;
-        let items = items.map(|items| items.into_iter().map(|(k, r)| (k, r.map(Event::into_owned))).collect());
-        inputs.queues[t].push_back(Buffered { msg: Held::of(msg, &self.input_names[t]), items, ts, seq });
+        held.borrow_owner().keep(msg);
+        inputs.queues[t].push_back(Buffered { msg: held, ts, seq });
         self.buffered += 1;
         if inputs.queues[t].len() > limit && !inputs.paused[t] {
             let mut tpl = TopicPartitionList::new();
@@ -359,7 +391,8 @@ impl State {
                 if reordered {
                     self.metrics.input_reordered.inc();
                 }
-                self.handle_decoded(&b.msg, b.items, batch, wall);
+                let mut held = b.msg;
+                held.with_dependent_mut(|msg, items| self.handle_decoded(msg, items.take(), batch, wall));
             }
         }
         self.metrics.input_buffered.set(self.buffered as i64);

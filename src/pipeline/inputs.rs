@@ -29,7 +29,7 @@ self_cell::self_cell!(
     /// borrowing from it (a decode once, with no owned copy of each event's strings).
     pub(super) struct HeldDecoded {
         owner: Held,
-        #[covariant]
+        #[not_covariant]
         dependent: Early,
     }
 );

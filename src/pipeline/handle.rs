@@ -114,6 +114,14 @@ impl HotMetrics {
 /// page faults were about 4% of the service's CPU).
 pub(super) type Items<'a> = smallvec::SmallVec<[(Option<usize>, Result<Event<'a>, DecodeError>); 1]>;
 
+/// An item as one borrowing for a shorter time (`Event` is covariant), so that events decoded
+/// at arrival and events decoded here go through one loop.
+fn shorten<'s, 'e: 's>(
+    item: (Option<usize>, Result<Event<'e>, DecodeError>),
+) -> (Option<usize>, Result<Event<'s>, DecodeError>) {
+    item
+}
+
 impl State {
     /// Applies one message. `batch` and `wall` are read once per polled batch, not per message.
     pub(super) fn handle(&mut self, msg: &impl Message, batch: Instant, wall: Ts) {
@@ -178,8 +186,7 @@ impl State {
         let (mut decoded, mut given);
         let events: &mut dyn Iterator<Item = (Option<usize>, Result<Event<'_>, DecodeError>)> = match items {
             Some(items) => {
-                // Each event as one borrowing no longer than the message (covariance).
-                given = items.into_iter().map(|(k, r)| -> (Option<usize>, Result<Event<'_>, DecodeError>) { (k, r) });
+                given = items.into_iter().map(shorten);
                 &mut given
             }
             None => {

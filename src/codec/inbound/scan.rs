@@ -505,7 +505,8 @@ impl<'a> Cursor<'a> {
                         (true, b"page") => {
                             self.touch_repeat(&mut touch_seen, 2);
                             let mut p = Page::default();
-                            let object = self.touch_object(&mut [(b"url", &mut p.url), (b"referrer", &mut p.referrer)])?;
+                            let object =
+                                self.touch_object(&mut [(b"url", &mut p.url), (b"referrer", &mut p.referrer)])?;
                             context.page = object.then_some(p);
                         }
                         _ => self.skip()?,

@@ -235,9 +235,10 @@ fn decode_at_arrival<'a>(
 
 impl State {
     /// A message as librdkafka delivered it: processed at once when its shard has nothing
-    /// buffered and every other input of the shard is caught up (live traffic), else copied into
-    /// its partition's queue for [`State::merge`]. With `pipeline.merge_buffer_messages = 0`,
-    /// always processed at once (delivery order).
+    /// buffered and every other input of the shard is caught up (live traffic); else its payload
+    /// is copied and decoded, and it is processed at once when `merge::decide` would take it
+    /// next, or queued for [`State::merge`]. With `pipeline.merge_buffer_messages = 0`, always
+    /// processed at once (delivery order).
     pub(super) fn arrive(&mut self, consumer: &PipelineConsumer, msg: &BorrowedMessage<'_>, batch: Instant, wall: Ts) {
         let limit = self.settings.pipeline.merge_buffer_messages;
         if limit == 0 {
@@ -291,7 +292,8 @@ impl State {
         let seq = inputs.seq;
         inputs.seq += 1;
         // What `State::merge` would do with it first, were it queued: taken at once (its queue is
-        // empty, and it is the head `merge::decide` takes), it is handled now, without a copy.
+        // empty, and it is the head `merge::decide` takes), it is handled now, and neither its
+        // key nor its headers are copied.
         if inputs.queues[t].is_empty() {
             let heads: Vec<Input> =
                 (0..topics.len()).map(|i| if i == t { Input::Head { ts, seq } } else { shard.input(i) }).collect();

@@ -5,6 +5,9 @@
 //! (placeholder ids, control characters, offsets without a colon, skew correction, `group` and
 //! `alias`, batches), and on mutated payloads. `codec::decode_each` agrees with
 //! `codec::decode_each_with_serde` item by item, and with `codec::decode` on single payloads.
+//! The breakdown touch (campaign, source, medium, referrer domain) is part of the event: the
+//! scanner reads it in its one pass, the serde path in a second serde pass (`touch_fields`), so
+//! the comparisons hold the scanner's read to that one; `TOUCH_SHAPES` are its edges.
 //! The event-time merge's key (`codec::inbound::event_time`, a decode without the breakdown touch
 //! and page-rule passes) is the time of the first item that decodes, on every payload here.
 
@@ -77,8 +80,52 @@ fn agree<'a>(journey: &Journey, bytes: &'a [u8]) -> Result<Event<'a>, DecodeErro
 }
 
 fn fixture_lines() -> Vec<&'static str> {
-    FIXTURES.iter().flat_map(|f| f.lines()).chain(TRACKER_SHAPES.iter().copied()).filter(|l| !l.is_empty()).collect()
+    FIXTURES
+        .iter()
+        .flat_map(|f| f.lines())
+        .chain(TRACKER_SHAPES.iter().copied())
+        .chain(TOUCH_SHAPES.iter().copied())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
+
+/// The touch fields' edges: every source and precedence, escapes in keys and values, values
+/// that are not strings, repeated fields and containers, containers of another kind, a URL
+/// whose `utm_` is percent-encoded (no telltale bytes: no touch).
+const TOUCH_SHAPES: &[&str] = &[
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"campaign":{"name":"Spring","source":" Google ","medium":"CPC"},"page":{"url":"https://x.example/p?utm_source=bing&utm_term=a","referrer":"https://www.LinkedIn.com/feed"}},"properties":{"utm_campaign":"other"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"page":{"url":"/pricing?utm_campaign=q1%20launch&utm_medium=Email#top"}},"properties":{"utm_source":7,"referrer":""}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","properties":{"utm_source":{"a":1},"url":"https://a.example/?utm_source=news"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"page":{"referrer":"  "}},"properties":{"referrer":"https://news.example/a"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"page":{"referrer":"  "}}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"page":{"referrer":"https://a.example"}},"properties":{"referrer":"https://b.example"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"page":{"referrer":null,"url":null},"campaign":null},"properties":{"referrer":null,"utm_source":"x"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":"broken","properties":{"utm_source":"x"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":null,"properties":{"utm_source":"x"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":[],"properties":{"utm_source":"x"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"campaign":[null,"x"]},"properties":{"utm_source":"x"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"campaign":"spring"},"properties":{"utm_source":"x"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"page":7},"properties":{"utm_source":"x"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"campaign":{"name":"a"},"campaign":{"name":"b"}}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"campaign":{"name":"a","name":"b"}}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"page":{"referrer":"https://a.example"},"page":null}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","properties":{"utm_source":"a","utm_source":"b"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","properties":{"utm_source":"a"},"properties":null}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"campaign":{"name":"a"}},"context":{"traits":{}}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","properties":{"utm\u005fsource":"esc"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","properties":{"utm_source":"e\u0073c","x":"campaign"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","properties":{"utm_source":"bad\ud800"}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"campaign":{"n\u0061me":"esc","source":"s"}}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"page":{"url":"https:\/\/a.example\/?utm_source=slashes"}}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"page":{"url":"https://a.example/?utm%5Fsource=pct"}}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"page":{"url":"https://a.example/?utm%5Fsource=pct","referrer":"https://r.example"}}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"campaign":{"source":1e400,"name":true,"medium":[1]}}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"campaign":{"source":"S\u00e9","name":"Été","medium":"MÉDIUM"}}}"#,
+    r#"{"type":"page","userId":"u","messageId":"m","timestamp":"2026-03-02T09:00:00Z","context":{"campaign":{"name":"  "},"page":{"referrer":"not a url"}},"properties":{"utm_campaign":"fallback"}}"#,
+    r#"{"event_id":"e","prospect_id":"p","source":"web","type":"page_viewed","ts":"2026-03-02T09:00:00Z","properties":{"utm_source":"Newsletter","utm_medium":"email","utm_campaign":"Q1","referrer":"https://www.google.com/search?q=x"}}"#,
+    r#"{"event_id":"e","prospect_id":"p","source":"web","type":"page_viewed","ts":"2026-03-02T09:00:00Z","properties":{"url":"/a?utm_campaign=c&utm_campaign=d","nested":{"utm_source":"no"}}}"#,
+    r#"{"event_id":"e","prospect_id":"p","source":"web","type":"page_viewed","ts":"2026-03-02T09:00:00Z","context":{"campaign":{"source":"ctx"}},"properties":{"utm_source":"props"}}"#,
+];
 
 /// What real trackers send that the decoder takes or refuses by rule; also mutated below.
 const TRACKER_SHAPES: &[&str] = &[
@@ -187,12 +234,14 @@ fn generated_traffic_decodes_the_same_on_both_paths() {
     let opts = Options { prospects: 300, seed: 11, ..Options::default() };
     let mut g = Generator::new(opts, &journey, false).expect("generator");
     let (mut line, mut key) = (Vec::new(), String::new());
-    let (mut n, mut refused) = (0, 0);
+    let (mut n, mut refused, mut touched) = (0, 0, 0);
     while g.next_into(&mut line, &mut key).is_some() {
-        refused += usize::from(agree(&journey, &line).is_err());
+        let ev = agree(&journey, &line);
+        refused += usize::from(ev.is_err());
+        touched += usize::from(ev.is_ok_and(|e| e.touch.is_some()));
         n += 1;
     }
-    assert!(n > 2000 && refused > 0, "{n} lines, {refused} refused");
+    assert!(n > 2000 && refused > 0 && touched > n / 10, "{n} lines, {refused} refused, {touched} with a touch");
 }
 
 /// The SaaS journey reads page calls through `[[segment.pages]]` rules (a pass the merge key
@@ -210,6 +259,21 @@ fn generated_traffic_decodes_the_same_under_page_rules() {
         pages += usize::from(agree(&journey, &line).is_ok_and(|e| e.kind == microfunnel::core::EventKind::Page));
     }
     assert!(pages > 100, "{pages} page calls");
+}
+
+#[test]
+fn touch_shapes_decode_the_same_on_both_paths() {
+    let journey = b2b();
+    let mut touched = 0;
+    for line in TOUCH_SHAPES {
+        let ev = agree(&journey, line.as_bytes()).unwrap_or_else(|e| panic!("{e}: {line}"));
+        touched += usize::from(ev.touch.is_some());
+    }
+    // A key that is not UTF-8 inside `context.page` (the scanner skips it; the touch's serde
+    // read refuses the payload's touch).
+    let bad_key = b"{\"type\":\"page\",\"userId\":\"u\",\"messageId\":\"m\",\"timestamp\":\"2026-03-02T09:00:00Z\",\"context\":{\"page\":{\"\xff\":1,\"referrer\":\"https://r.example\"}}}";
+    let _ = agree(&journey, bad_key);
+    assert!(touched >= 15, "{touched} of {} shapes carry a touch", TOUCH_SHAPES.len());
 }
 
 /// Payloads at every edge the scanner decides itself or must hand over.
@@ -416,6 +480,17 @@ proptest! {
         ),
     ) {
         let _ = agree(&b2b(), &edit(TRACKER_SHAPES[pick.index(TRACKER_SHAPES.len())].as_bytes(), &edits));
+    }
+
+    #[test]
+    fn mutated_touch_shapes_decode_the_same_on_both_paths(
+        pick in any::<prop::sample::Index>(),
+        edits in prop::collection::vec(
+            (any::<usize>(), any::<u8>(), prop_oneof![any::<u8>(), prop::sample::select(b"{}[]\":,\\ 0123456789.-eEtfnu_\x00\x1f\xff\xc3".to_vec())]),
+            1..4,
+        ),
+    ) {
+        let _ = agree(&b2b(), &edit(TOUCH_SHAPES[pick.index(TOUCH_SHAPES.len())].as_bytes(), &edits));
     }
 
     #[test]

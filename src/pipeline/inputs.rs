@@ -11,16 +11,32 @@ use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 use rdkafka::{Offset, Timestamp, TopicPartitionList};
 
 use crate::codec::{self, InputSpec, Limits};
+use crate::core::crm::CrmMemory;
 use crate::core::{Engine, Journey, Ts};
 use crate::telemetry::Metrics;
 
+use super::handle::Items;
 use super::merge::{self, Decision, Input};
 use super::shard::Shard;
 use super::{PipelineConsumer, State};
 
+/// The events of a held message decoded at arrival, when its format's decode reads no shard
+/// state; `None` otherwise (decoded when it is handled).
+type Early<'a> = Option<Items<'a>>;
+
+self_cell::self_cell!(
+    /// A copy of a delivered message and its events decoded from that copy's payload at arrival,
+    /// borrowing from it (a decode once, with no owned copy of each event's strings).
+    pub(super) struct HeldDecoded {
+        owner: Held,
+        #[not_covariant]
+        dependent: Early,
+    }
+);
+
 /// A delivered message held for the event-time merge, with its merge key.
 pub(super) struct Buffered {
-    msg: Held,
+    msg: HeldDecoded,
     /// Event time of the decoded payload; `None` if it does not decode.
     pub(super) ts: Option<Ts>,
     /// Arrival order within the shard.
@@ -29,28 +45,36 @@ pub(super) struct Buffered {
 
 /// A copy of a delivered message, as `rdkafka`'s `OwnedMessage` but cheaper to make: the topic
 /// name is shared, not copied, and an empty header list (which some brokers send with every
-/// record) is not copied. Everything `handle` and a dead letter read is kept.
+/// record) is not copied. Everything `handle` and a dead letter read is kept. The payload is
+/// copied first (the arrival's decode reads the copy); the key and headers only once the
+/// message is queued ([`Held::keep`]: librdkafka parses a record's headers when asked for them,
+/// measured at about 5% of the service's CPU when every message was held).
 pub(super) struct Held {
     payload: Option<Vec<u8>>,
-    key: Option<Vec<u8>>,
     topic: Arc<str>,
     partition: i32,
     offset: i64,
     timestamp: Timestamp,
-    headers: Option<OwnedHeaders>,
+    rest: std::cell::OnceCell<(Option<Vec<u8>>, Option<OwnedHeaders>)>,
 }
 
 impl Held {
     fn of(msg: &BorrowedMessage<'_>, topic: &Arc<str>) -> Held {
         Held {
             payload: msg.payload().map(<[u8]>::to_vec),
-            key: msg.key().map(<[u8]>::to_vec),
             topic: Arc::clone(topic),
             partition: msg.partition(),
             offset: msg.offset(),
             timestamp: msg.timestamp(),
-            headers: msg.headers().filter(|h| h.count() > 0).map(|h| h.detach()),
+            rest: std::cell::OnceCell::new(),
         }
+    }
+
+    /// Copies the key and headers of `msg`, this copy's original, to keep it queued.
+    fn keep(&self, msg: &BorrowedMessage<'_>) {
+        self.rest.get_or_init(|| {
+            (msg.key().map(<[u8]>::to_vec), msg.headers().filter(|h| h.count() > 0).map(|h| h.detach()))
+        });
     }
 }
 
@@ -58,7 +82,7 @@ impl Message for Held {
     type Headers = OwnedHeaders;
 
     fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
+        self.rest.get().and_then(|(k, _)| k.as_deref())
     }
 
     fn payload(&self) -> Option<&[u8]> {
@@ -86,7 +110,7 @@ impl Message for Held {
     }
 
     fn headers(&self) -> Option<&OwnedHeaders> {
-        self.headers.as_ref()
+        self.rest.get().and_then(|(_, h)| h.as_ref())
     }
 }
 
@@ -190,11 +214,31 @@ fn merge_key(payload: &[u8], spec: &InputSpec, journey: &Journey, limits: &Limit
     codec::inbound::event_time(payload, spec, journey, limits)
 }
 
+/// A payload's events decoded once at arrival, when its format's decode reads no shard state
+/// (everything but the CRM formats, whose decode reads and updates the shard's CRM memory and so
+/// must run in merge order), and its merge key from them: the first event that decodes, as
+/// [`merge_key`] gives it (`tests/decode_paths.rs` holds `event_time` to the full decode).
+fn decode_at_arrival<'a>(
+    payload: &'a [u8],
+    spec: &InputSpec,
+    journey: &Journey,
+    limits: &Limits,
+) -> Option<(Items<'a>, Option<Ts>)> {
+    if spec.format.is_crm() {
+        return None;
+    }
+    let mut none = CrmMemory::with_limit(1);
+    let items: Items<'a> = codec::inbound::decode_input(payload, spec, journey, limits, &mut none).collect();
+    let ts = items.iter().find_map(|(_, r)| r.as_ref().ok()).map(|e| e.ts);
+    Some((items, ts))
+}
+
 impl State {
     /// A message as librdkafka delivered it: processed at once when its shard has nothing
-    /// buffered and every other input of the shard is caught up (live traffic), else copied into
-    /// its partition's queue for [`State::merge`]. With `pipeline.merge_buffer_messages = 0`,
-    /// always processed at once (delivery order).
+    /// buffered and every other input of the shard is caught up (live traffic); else its payload
+    /// is copied and decoded, and it is processed at once when `merge::decide` would take it
+    /// next, or queued for [`State::merge`]. With `pipeline.merge_buffer_messages = 0`, always
+    /// processed at once (delivery order).
     pub(super) fn arrive(&mut self, consumer: &PipelineConsumer, msg: &BorrowedMessage<'_>, batch: Instant, wall: Ts) {
         let limit = self.settings.pipeline.merge_buffer_messages;
         if limit == 0 {
@@ -225,14 +269,53 @@ impl State {
         if fast {
             return self.handle(msg, batch, wall);
         }
-        let ts = if self.identity.as_ref().is_some_and(|i| i.input == t) {
-            super::identity::merge_key(msg.payload().unwrap_or_default())
-        } else {
-            merge_key(msg.payload().unwrap_or_default(), &self.specs[t], &self.journey, &self.limits)
-        };
+        let identity = self.identity.as_ref().is_some_and(|i| i.input == t);
+        let (spec, limits) = (&self.specs[t], &self.limits);
+        let mut ts = None;
+        let mut held = HeldDecoded::new(Held::of(msg, &self.input_names[t]), |h| {
+            let payload = h.payload.as_deref().unwrap_or_default();
+            if identity {
+                ts = super::identity::merge_key(payload);
+                return None;
+            }
+            match decode_at_arrival(payload, spec, journey, limits) {
+                Some((items, key)) => {
+                    ts = key;
+                    Some(items)
+                }
+                None => {
+                    ts = merge_key(payload, spec, journey, limits);
+                    None
+                }
+            }
+        });
         let seq = inputs.seq;
         inputs.seq += 1;
-        inputs.queues[t].push_back(Buffered { msg: Held::of(msg, &self.input_names[t]), ts, seq });
+        // What `State::merge` would do with it first, were it queued: taken at once (its queue is
+        // empty, and it is the head `merge::decide` takes), it is handled now, and neither its
+        // key nor its headers are copied.
+        if inputs.queues[t].is_empty() {
+            let heads: Vec<Input> =
+                (0..topics.len()).map(|i| if i == t { Input::Head { ts, seq } } else { shard.input(i) }).collect();
+            let max_wait = Duration::from_millis(self.settings.pipeline.max_input_wait_ms);
+            let inputs = &mut shard.inputs;
+            if let Decision::Take { input, reordered } = merge::decide(&heads, inputs.waiting_since, batch, max_wait)
+                && input == t
+            {
+                if !heads.contains(&Input::Behind) {
+                    inputs.count_wait(batch, &self.metrics);
+                    (inputs.waiting_since, inputs.wait_counted) = (None, None);
+                }
+                if reordered {
+                    self.metrics.input_reordered.inc();
+                }
+                // Dead letters take the original's key and headers.
+                return held.with_dependent_mut(|_, items| self.handle_decoded(msg, items.take(), batch, wall));
+            }
+        }
+        let inputs = &mut shard.inputs;
+        held.borrow_owner().keep(msg);
+        inputs.queues[t].push_back(Buffered { msg: held, ts, seq });
         self.buffered += 1;
         if inputs.queues[t].len() > limit && !inputs.paused[t] {
             let mut tpl = TopicPartitionList::new();
@@ -310,7 +393,8 @@ impl State {
                 if reordered {
                     self.metrics.input_reordered.inc();
                 }
-                self.handle(&b.msg, batch, wall);
+                let mut held = b.msg;
+                held.with_dependent_mut(|msg, items| self.handle_decoded(msg, items.take(), batch, wall));
             }
         }
         self.metrics.input_buffered.set(self.buffered as i64);

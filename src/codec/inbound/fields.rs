@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use super::format::Format;
-use super::touch::touch_fields;
+use super::touch::touch_read;
 use super::wire::{Str, Wire, page_fields};
 use super::{DecodeError, Limits};
 use crate::core::journey::PageFields;
@@ -223,7 +223,7 @@ pub(super) fn event<'a>(
     topic: Topic,
     detail: Detail,
 ) -> Result<Event<'a>, DecodeError> {
-    let touch = |bytes| if detail == Detail::Full { touch_of(journey, bytes) } else { None };
+    let touch = |w: &mut Wire<'a>| if detail == Detail::Full { touch_of(journey, w) } else { None };
     if topic.format == Format::Segment && w.event_id.is_some() && w.message_id.is_none() {
         return Err(wrong_shape(topic.format, "a canonical envelope (`event_id`)"));
     }
@@ -253,7 +253,7 @@ pub(super) fn event<'a>(
             email,
             linked: None,
             anonymous: false,
-            touch: touch(w.bytes),
+            touch: touch(w),
         }
     } else if let Some(message_id) = w.message_id.take() {
         let event_id = id(message_id.0, "messageId", limits)?;
@@ -302,7 +302,7 @@ pub(super) fn event<'a>(
         } else {
             email(w.context_email.take()).or_else(|| email(w.traits_email.take()))
         };
-        let touch = touch(w.bytes);
+        let touch = touch(w);
         Event { event_id, prospect, source, kind, name, signal, ts, email, linked, anonymous, touch }
     } else {
         return Err(DecodeError::MissingField {
@@ -313,12 +313,13 @@ pub(super) fn event<'a>(
     Ok(ev)
 }
 
-/// The breakdown values of a payload: a second, lenient pass, only for journeys with
-/// `[breakdowns]` that split by a touch field; `None` when it carries none.
-fn touch_of<'a>(journey: &Journey, bytes: &'a [u8]) -> Option<Box<crate::core::breakdown::Touch<'a>>> {
+/// The breakdown values of a payload, only for journeys with `[breakdowns]` that split by a
+/// touch field: as the scanner read them, else a second, lenient serde pass; `None` when it
+/// carries none.
+fn touch_of<'a>(journey: &Journey, w: &mut Wire<'a>) -> Option<Box<crate::core::breakdown::Touch<'a>>> {
     if !journey.breakdowns.iter().any(|d| d.field.touch_index().is_some()) {
         return None;
     }
-    let touch = touch_fields(bytes);
+    let touch = touch_read(w.bytes, std::mem::take(&mut w.touch));
     (!touch.is_empty()).then(|| Box::new(touch))
 }

@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 
+use super::touch::{Campaign, Context, Lenient, Page, Payload, Properties, TouchRead};
 use super::{Str, Wire};
 
 /// serde_json's own recursion limit; a deeper payload is left to the serde path.
@@ -22,11 +23,20 @@ const SERDE_DEPTH: usize = 127;
 /// path too; false (with `w` partly filled) when the serde path must decide. `max_depth` is the
 /// decoder's nesting limit.
 pub(super) fn scan<'a>(bytes: &'a [u8], max_depth: usize, w: &mut Wire<'a>) -> bool {
-    let mut c = Cursor { b: bytes, i: 0, depth: 0, max_depth: max_depth.min(SERDE_DEPTH), non_ascii: false };
+    let mut c = Cursor {
+        b: bytes,
+        i: 0,
+        depth: 0,
+        max_depth: max_depth.min(SERDE_DEPTH),
+        non_ascii: false,
+        touch: Payload::default(),
+        touch_unsure: false,
+    };
     if c.top(w).is_none() {
         return false;
     }
     c.ws();
+    w.touch = if c.touch_unsure { TouchRead::Unsure } else { TouchRead::Read(c.touch) };
     c.i == bytes.len()
 }
 
@@ -37,6 +47,12 @@ struct Cursor<'a> {
     max_depth: usize,
     /// Set by every string with a byte above ASCII.
     non_ascii: bool,
+    /// The breakdown touch fields as `touch::Payload` reads them (this pass reads them so the
+    /// payload is not parsed a second time), unless `touch_unsure`: something in them this pass
+    /// leaves to that serde read (an escape, a value that is neither a string nor null, a
+    /// repeated field, a container of another kind). Being unsure changes nothing else.
+    touch: Payload<'a>,
+    touch_unsure: bool,
 }
 
 /// A string's contents (between the quotes) and what the scan saw in it.
@@ -362,6 +378,8 @@ impl<'a> Cursor<'a> {
             return Some(());
         }
         let mut seen = 0u16;
+        // `properties` and `context` seen: the touch's serde read refuses a repeated one.
+        let mut touch_seen = 0u8;
         loop {
             let key = self.key()?;
             let (slot, bit) = match key {
@@ -384,12 +402,18 @@ impl<'a> Cursor<'a> {
                 b"batch" => return None,
                 other => {
                     match other {
-                        b"properties" => self.raw_object()?,
+                        b"properties" => {
+                            self.touch_repeat(&mut touch_seen, 1);
+                            self.raw_object()?;
+                        }
                         b"traits" => w.traits_email = self.email_in(false)?,
                         // The serde path walks `context` only when the payload mentions
                         // `"traits"`; without, no `traits` key can be in it and the walk finds
                         // nothing either (or, stricter, hands over), so it always walks.
-                        b"context" => w.context_email = self.email_in(true)?,
+                        b"context" => {
+                            self.touch_repeat(&mut touch_seen, 2);
+                            w.context_email = self.email_in(true)?;
+                        }
                         _ => self.skip()?,
                     }
                     if !self.more(b'}')? {
@@ -426,11 +450,25 @@ impl<'a> Cursor<'a> {
     /// As `properties` on the serde path, a `RawValue`: an object or null, skipped, valid UTF-8.
     fn raw_object(&mut self) -> Option<()> {
         let start = self.i;
-        if !matches!(self.next_token()?, b'{' | b'n') {
+        let open = self.next_token()?;
+        if !matches!(open, b'{' | b'n') {
             return None;
         }
         let seen = std::mem::take(&mut self.non_ascii);
-        self.skip()?;
+        if open == b'{' {
+            let mut p = Properties::default();
+            self.touch_object(&mut [
+                (b"utm_source", &mut p.utm_source),
+                (b"utm_medium", &mut p.utm_medium),
+                (b"utm_campaign", &mut p.utm_campaign),
+                (b"url", &mut p.url),
+                (b"referrer", &mut p.referrer),
+            ])?;
+            self.touch.properties = Some(p);
+        } else {
+            self.skip()?;
+            self.touch.properties = None;
+        }
         if self.non_ascii && std::str::from_utf8(&self.b[start..self.i]).is_err() {
             return None;
         }
@@ -448,10 +486,29 @@ impl<'a> Cursor<'a> {
                 if self.empty(b'}')? {
                     return Some(None);
                 }
+                let mut context = Context::default();
+                let mut touch_seen = 0u8;
                 loop {
                     match (nested, self.key()?) {
                         (true, b"traits") => found = self.email_in(false)?,
                         (false, b"email") => found = self.any_str()?,
+                        (true, b"campaign") => {
+                            self.touch_repeat(&mut touch_seen, 1);
+                            let mut c = Campaign::default();
+                            let object = self.touch_object(&mut [
+                                (b"source", &mut c.source),
+                                (b"medium", &mut c.medium),
+                                (b"name", &mut c.name),
+                            ])?;
+                            context.campaign = object.then_some(c);
+                        }
+                        (true, b"page") => {
+                            self.touch_repeat(&mut touch_seen, 2);
+                            let mut p = Page::default();
+                            let object =
+                                self.touch_object(&mut [(b"url", &mut p.url), (b"referrer", &mut p.referrer)])?;
+                            context.page = object.then_some(p);
+                        }
                         _ => self.skip()?,
                     }
                     if !self.more(b'}')? {
@@ -459,9 +516,93 @@ impl<'a> Cursor<'a> {
                     }
                 }
                 self.depth -= 1;
+                if nested {
+                    self.touch.context = Some(context);
+                }
                 Some(found)
             }
-            _ => self.other_value().map(|()| None),
+            _ => {
+                if nested {
+                    self.touch_other();
+                    self.touch.context = None;
+                }
+                self.other_value().map(|()| None)
+            }
+        }
+    }
+
+    /// A touch container key seen again (bit `bit` of `seen`): the serde read refuses it.
+    fn touch_repeat(&mut self, seen: &mut u8, bit: u8) {
+        self.touch_unsure |= *seen & bit != 0;
+        *seen |= bit;
+    }
+
+    /// At a value the touch's serde read takes as an optional struct: null is none; an object
+    /// is read; anything else is left to that read.
+    fn touch_other(&mut self) {
+        if self.peek() != Some(b'n') {
+            self.touch_unsure = true;
+        }
+    }
+
+    /// At a value the touch's serde read takes as an optional struct of `fields` (each a
+    /// `Lenient` string): skipped exactly as [`Cursor::skip`] does, the fields read on the way.
+    /// `Some(true)` when it was an object.
+    fn touch_object(&mut self, fields: &mut [(&[u8], &mut Lenient<'a>)]) -> Option<bool> {
+        if self.next_token()? != b'{' {
+            self.touch_other();
+            self.skip()?;
+            return Some(false);
+        }
+        self.i += 1;
+        if self.empty(b'}')? {
+            return Some(true);
+        }
+        let mut seen = 0u8;
+        loop {
+            self.expect(b'"')?;
+            let key = self.string()?;
+            self.expect(b':')?;
+            // The serde read parses these keys: one with an escape, or not UTF-8, is its to read.
+            let at = match key.borrowed() {
+                Some(k) => fields.iter().position(|(name, _)| *name == k.as_bytes()),
+                None => {
+                    self.touch_unsure = true;
+                    None
+                }
+            };
+            match at {
+                Some(k) => {
+                    self.touch_unsure |= seen & (1 << k) != 0;
+                    seen |= 1 << k;
+                    *fields[k].1 = self.touch_value()?;
+                }
+                None => self.skip()?,
+            }
+            if !self.more(b'}')? {
+                break;
+            }
+        }
+        self.depth -= 1;
+        Some(true)
+    }
+
+    /// A touch field's value, skipped as [`Cursor::skip`] does: a string without escapes
+    /// borrowed, null none; anything else left to the serde read.
+    fn touch_value(&mut self) -> Option<Lenient<'a>> {
+        match self.next_token()? {
+            b'"' => {
+                self.i += 1;
+                let s = self.string()?;
+                let v = s.borrowed();
+                self.touch_unsure |= v.is_none();
+                Some(Lenient(v.map(Cow::Borrowed)))
+            }
+            b'n' => self.literal(b"null").map(|()| Lenient(None)),
+            _ => {
+                self.touch_unsure = true;
+                self.skip().map(|()| Lenient(None))
+            }
         }
     }
 

@@ -70,6 +70,8 @@ pub(super) struct Wire<'a> {
     pub(super) traits_email: Option<Str<'a>>,
     /// `context.traits.email`.
     pub(super) context_email: Option<Str<'a>>,
+    /// The breakdown touch fields, when the scanner read them.
+    pub(super) touch: super::touch::TouchRead<'a>,
     /// The payload these fields were read from (both paths), for [`page_fields`].
     pub(super) bytes: &'a [u8],
 }

@@ -184,13 +184,16 @@ impl Engine {
     /// of the horizon at or after `ts`: it belonged to that person (replay, which delivers it
     /// at once, folds it in before the person leaves). Counted as the merge it was (no
     /// `prospect_merged` output: neither prospect is held), its state dropped with the person,
-    /// and `from`'s home told to forget it, as the person's leaving would have. Returns whether
-    /// it was taken so.
-    pub(super) fn transfer_to_gone(&mut self, from: &str, into: &str, ts: Ts) -> bool {
+    /// and `from`'s home told to forget it, as the person's leaving would have. Its generation
+    /// is kept for `from` as a folded one (`2g + 1` in `kept_handoffs`, as a freed marker's):
+    /// a redelivery is then a duplicate (`transfer_duplicate`), within the person's `left`
+    /// entry and after it. Returns whether it was taken so.
+    pub(super) fn transfer_to_gone(&mut self, from: &str, into: &str, ts: Ts, generation: u32) -> bool {
         let Some(at) = self.gate.as_deref().and_then(|g| g.left.get(into).copied()) else { return false };
         if ts > at {
             return false;
         }
+        self.keep_generation(from, generation);
         self.identity_stats.merged += 1;
         if let Some(x) = self.xpart.as_deref_mut() {
             x.stats.transfers_to_gone += 1;

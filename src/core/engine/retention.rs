@@ -308,6 +308,18 @@ impl Engine {
         *k = KeptHandoff { handoff: k.handoff.max(handoff), freed_at: k.freed_at.max(freed_at) };
     }
 
+    /// Transfer `generation` of `from` taken without a record (a merge into a person gone,
+    /// [`Engine::transfer_to_gone`]): kept as a folded one (`2g + 1`), as a freed marker's.
+    pub(super) fn keep_generation(&mut self, from: &str, generation: u32) {
+        if generation == 0 {
+            return;
+        }
+        let handoff = u16::try_from(2 * u64::from(generation) + 1).unwrap_or(u16::MAX);
+        let freed_at = self.watermark;
+        let k = self.kept_handoffs.entry(from.into()).or_insert(KeptHandoff { handoff, freed_at });
+        *k = KeptHandoff { handoff: k.handoff.max(handoff), freed_at: k.freed_at.max(freed_at) };
+    }
+
     /// The transfer generation kept for id `id` when its record left memory (0: none).
     pub(super) fn kept_handoff(&self, id: &str) -> u16 {
         self.kept_handoffs.get(id).map_or(0, |k| k.handoff)

@@ -251,7 +251,6 @@ fn a_restored_shards_ask_resets_every_horizon() {
 /// evicted that replay keeps or expires later. Replay (and the same run without the gate)
 /// expires them on time and never evicts.
 #[test]
-#[ignore = "review finding: expiries held by the gate fill the prospect cap; evictions replay does not make"]
 fn held_expiries_do_not_cause_evictions_replay_does_not_make() {
     let capped = RETENTION.replace("after_days = 10\n", "after_days = 10\nmax_prospects_per_shard = 300\n");
     let j = Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{capped}")).unwrap());
@@ -281,7 +280,7 @@ fn held_expiries_do_not_cause_evictions_replay_does_not_make() {
     let end = "2026-03-22T00:00:00Z";
     let mut sorted = lines.clone();
     sorted.sort_by_key(|l| l.split("\"timestamp\":\"").nth(1).unwrap().to_string());
-    let replay_evicted: u64 = {
+    let (replay_evicted, replay_expired): (u64, u64) = {
         use microfunnel::replay::{self, End, Options};
         let opts = Options {
             limits: Limits::default(),
@@ -295,7 +294,7 @@ fn held_expiries_do_not_cause_evictions_replay_does_not_make() {
         let input = sorted.join("\n") + "\n";
         let (mut o, mut e) = (Vec::new(), Vec::new());
         let shards = replay::run(Arc::clone(&j), &opts, input.as_bytes(), &mut o, &mut e).unwrap().0;
-        shards.iter().map(|e| e.stats().evicted).sum()
+        (shards.iter().map(|e| e.stats().evicted).sum(), shards.iter().map(|e| e.stats().expired).sum())
     };
     assert_eq!(replay_evicted, 0);
 
@@ -341,4 +340,8 @@ fn held_expiries_do_not_cause_evictions_replay_does_not_make() {
     exchange(&mut shards, &[true; 3], &mut out);
     let evicted: u64 = shards.iter().map(|e| e.stats().evicted).sum();
     assert_eq!(evicted, replay_evicted, "evicted at the cap: the service against replay --partitions 3");
+    let expired: u64 = shards.iter().map(|e| e.stats().expired).sum();
+    assert_eq!(expired, replay_expired, "expired: the service against replay --partitions 3");
+    // At the end, no shard holds more people than the cap.
+    assert!(shards.iter().all(|e| e.len() <= 300), "{:?}", shards.iter().map(Engine::len).collect::<Vec<_>>());
 }

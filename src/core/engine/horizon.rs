@@ -16,7 +16,7 @@ use std::collections::BinaryHeap;
 
 use super::Engine;
 use super::timers::{Timer, TimerKind};
-use crate::core::output::Output;
+use crate::core::output::{ExpireReason, Output};
 use crate::core::time::Ts;
 use crate::core::xpart::{ProgressTable, Reported, XRecord};
 
@@ -167,6 +167,31 @@ impl Engine {
             g.held.push(t);
         }
         held
+    }
+
+    /// At the prospect cap: up to `k` people whose expiry the watermark passed and the horizon
+    /// holds leave now, earliest due first, as the sweep would have had them leave without the
+    /// gate (reason `retention`, at their due: what replay does). Held silence timers stay held;
+    /// stale entries are dropped. Returns how many left.
+    pub(super) fn expire_held(&mut self, k: usize, out: &mut Vec<Output>) -> usize {
+        let (mut n, mut silences) = (0, Vec::new());
+        while n < k {
+            let Some(t) = self.gate.as_deref_mut().and_then(|g| g.held.pop()) else { break };
+            let (due, ix, kind) = t.0;
+            match kind {
+                TimerKind::Expire => {
+                    if self.expiry_popped(ix, due) {
+                        self.expire(crate::core::ids::ProspectIx(ix), due, ExpireReason::Retention, out);
+                        n += 1;
+                    }
+                }
+                TimerKind::Ghost | TimerKind::Stall | TimerKind::Quiet => silences.push(t),
+            }
+        }
+        if let Some(g) = self.gate.as_deref_mut() {
+            g.held.extend(silences);
+        }
+        n
     }
 
     /// Prospect `ix` leaves memory at `at` (`expire`): when that is ahead of the horizon (an

@@ -158,7 +158,11 @@ impl Engine {
                 if let Some(cap) = r.max_prospects
                     && self.ids.live().saturating_sub(self.redirects_held()) >= cap as usize
                 {
-                    self.evict(cap as usize, ts, out);
+                    // People past their due that the expiry gate holds leave first, as replay
+                    // (no gate) had them leave at their due; only then the least recent.
+                    if self.expire_held((cap as usize / 64).max(1), out) == 0 {
+                        self.evict(cap as usize, ts, out);
+                    }
                 }
             }
         }

@@ -250,7 +250,8 @@ impl Engine {
             XRecord::Link { ids, reason, ts } => self.link_in(&ids, reason, ts, out),
             XRecord::Forward { event, .. } => self.apply(&event, out),
             XRecord::Transfer { from, generation, .. } if self.transfer_duplicate(&from, generation) => {}
-            XRecord::Transfer { from, into, ts, generation, .. } if self.transfer_to_gone(&from, &into, ts, generation) => {}
+            XRecord::Transfer { from, into, ts, generation, .. }
+                if self.transfer_to_gone(&from, &into, ts, generation) => {}
             XRecord::Transfer { from, into, reason, ts, record, generation, .. } => {
                 self.transfer_in(&from, &into, reason, ts, generation, &record, out)
             }

@@ -200,17 +200,26 @@ fn a_silent_partition_freezes_every_horizon() {
     assert!(expired == 0 && shards[0].expiries_waiting() > 800 && shards[1].expiries_waiting() > 800);
 }
 
-/// Liveness, shown as it is (passes): a restored shard's first progress record says `seen =
-/// none` (its table is empty) and asks. Every receiver keeps it as that partition's last
-/// record, so every shard's horizon drops to none (the gauge disappears) and nothing expires
-/// by sweep anywhere until the others' answers (each after its own next durable checkpoint)
-/// and then the restored shard's next record (after its next one) went round: every restore
-/// or rebalance pauses expiry on every partition for two or three checkpoint intervals.
+/// A restored shard's first progress record says `seen = none` (its table is empty) and asks.
+/// Receivers keep the bounds it reported before (its re-execution from its latest durable
+/// checkpoint sends only what follows them): no horizon drops, the gauge stays, and expiry goes
+/// on everywhere; the restored shard relearns its own horizon from the answers. (It used to set
+/// every other shard's horizon to none for two or three checkpoint intervals.)
 #[test]
-fn a_restored_shards_ask_resets_every_horizon() {
+fn a_restored_shards_ask_keeps_every_horizon() {
     let j = journey();
     let mut shards = gated(&j);
     let mut out = Vec::new();
+    let round = |shards: &mut Vec<Engine>, out: &mut Vec<Output>| {
+        let mut records = Vec::new();
+        for e in shards.iter_mut() {
+            e.publish_progress(false, false, out);
+            records.extend(e.take_identity_records());
+        }
+        for (q, r) in records {
+            shards[q as usize].apply_identity_record(r, out);
+        }
+    };
     for (p, e) in shards.iter_mut().enumerate() {
         for k in 0..2 {
             let id = on(p as u32, &format!("anon-r{k}-"));
@@ -219,16 +228,10 @@ fn a_restored_shards_ask_resets_every_horizon() {
         e.advance_to(parse_rfc3339("2026-03-05T00:00:00Z").unwrap(), &mut out);
     }
     for _ in 0..4 {
-        let mut records = Vec::new();
-        for e in shards.iter_mut() {
-            e.publish_progress(false, false, &mut out);
-            records.extend(e.take_identity_records());
-        }
-        for (q, r) in records {
-            shards[q as usize].apply_identity_record(r, &mut out);
-        }
+        round(&mut shards, &mut out);
     }
-    assert!(shards.iter().all(|e| e.expiry_horizon().is_some_and(|h| !h.is_none())));
+    let before: Vec<_> = shards.iter().map(Engine::expiry_horizon).collect();
+    assert!(before.iter().all(|h| h.is_some_and(|h| !h.is_none())), "{before:?}");
     // Shard 0 restored (its gate is soft state).
     let mut bytes = Vec::new();
     shards[0].encode_state(&mut bytes);
@@ -237,11 +240,18 @@ fn a_restored_shards_ask_resets_every_horizon() {
     restored.gate_expiry();
     shards[0] = restored;
     shards[0].publish_progress(false, false, &mut out);
-    for (q, r) in shards[0].take_identity_records() {
+    let ask = shards[0].take_identity_records();
+    assert!(ask.iter().all(|(_, r)| matches!(r, XRecord::Progress { asking: true, .. })), "{ask:?}");
+    for (q, r) in ask {
         shards[q as usize].apply_identity_record(r, &mut out);
     }
-    assert_eq!(shards[1].expiry_horizon(), Some(microfunnel::core::Ts::NONE));
-    assert_eq!(shards[2].expiry_horizon(), Some(microfunnel::core::Ts::NONE));
+    assert_eq!((shards[1].expiry_horizon(), shards[2].expiry_horizon()), (before[1], before[2]), "kept");
+    assert_eq!(shards[0].expiry_horizon(), Some(microfunnel::core::Ts::NONE), "the restored shard relearns");
+    for _ in 0..2 {
+        round(&mut shards, &mut out);
+    }
+    let after: Vec<_> = shards.iter().map(Engine::expiry_horizon).collect();
+    assert_eq!(after, before, "the restored shard answered and learned the same horizon");
 }
 
 /// Held expiries are still prospects: they count toward `max_prospects_per_shard`. While one

@@ -114,11 +114,24 @@ impl Engine {
         send
     }
 
-    /// A `Progress` record received: the table and the horizon follow it.
+    /// A `Progress` record received: the table and the horizon follow it. A record that asks
+    /// (its sender started or was restored and has not heard from every partition: its `seen`
+    /// says what it does not know yet, not how far it got) does not lower what the sender
+    /// reported before: it re-executes from its latest durable checkpoint, which covers the
+    /// outbox that carried that report, so what it sends again follows records at or after
+    /// those bounds (ARCHITECTURE.md "Watermark across partitions", *Restores*).
     pub(super) fn progress_in(&mut self, rec: Reported, partition: u32, asking: bool, out: &mut Vec<Output>) {
         self.gate_expiry();
         let own = self.watermark;
         let Some(g) = self.gate.as_deref_mut() else { return };
+        let rec = match g.table.reported(partition) {
+            Some(before) if asking => Reported {
+                watermark: rec.watermark.max(before.watermark),
+                seen: rec.seen.max(before.seen),
+                idle: rec.idle,
+            },
+            _ => rec,
+        };
         if !g.table.receive(partition, rec) {
             return;
         }

@@ -355,3 +355,52 @@ fn held_expiries_do_not_cause_evictions_replay_does_not_make() {
     // At the end, no shard holds more people than the cap.
     assert!(shards.iter().all(|e| e.len() <= 300), "{:?}", shards.iter().map(Engine::len).collect::<Vec<_>>());
 }
+
+/// Progress rounds: every shard publishes (`idle[p]`), every record is delivered.
+fn exchange(shards: &mut [Engine], idle: &[bool], out: &mut Vec<Output>) {
+    for _ in 0..4 {
+        let mut records = Vec::new();
+        for (p, e) in shards.iter_mut().enumerate() {
+            e.publish_progress(idle[p], false, out);
+            records.extend(e.take_identity_records());
+        }
+        for (q, r) in records {
+            shards[q as usize].apply_identity_record(r, out);
+        }
+    }
+}
+
+/// `expiries_waiting` counts people still past their due: a visitor whose expiry the horizon
+/// holds, then given later activity by a forwarded event caused before its due (what the gate
+/// waits for), is not waiting any more; released, it expires once, at its new due.
+#[test]
+fn expiries_waiting_counts_only_people_still_past_their_due() {
+    let j = journey();
+    let mut shards = gated(&j);
+    let mut out = Vec::new();
+    let x = on(0, "anon-w");
+    let line = |id: &str, m: &str, at: &str| seg("page", "", None, id, m, at, None);
+    apply(&j, &mut shards[0], &line(&x, "w-1", "2026-03-01T10:00:00Z"), &mut out);
+    for e in shards.iter_mut() {
+        e.advance_to(parse_rfc3339("2026-03-01T12:00:00Z").unwrap(), &mut out);
+    }
+    exchange(&mut shards, &[false; 3], &mut out);
+    // Shard 0 runs ahead, past x's due (anonymous aware: 3 days); the others stay behind.
+    shards[0].advance_to(parse_rfc3339("2026-03-06T00:00:00Z").unwrap(), &mut out);
+    exchange(&mut shards, &[false; 3], &mut out);
+    assert_eq!(shards[0].expiries_waiting(), 1, "held by the horizon");
+    // An event of x's forwarded from a partition behind, caused before x's due.
+    let ev = microfunnel::codec::decode(line(&x, "w-2", "2026-03-03T10:00:00Z").as_bytes(), &j, &Limits::default())
+        .unwrap()
+        .into_owned();
+    shards[0].apply_identity_record(XRecord::Forward { into: x.clone(), event: ev }, &mut out);
+    assert_eq!(shards[0].expiries_waiting(), 0, "x's due moved past the watermark");
+    assert!(out.iter().all(|o| !matches!(o, Output::Expired { .. })));
+    for e in shards.iter_mut() {
+        e.advance_to(parse_rfc3339("2026-03-10T00:00:00Z").unwrap(), &mut out);
+    }
+    exchange(&mut shards, &[false; 3], &mut out);
+    let at: Vec<_> =
+        out.iter().filter_map(|o| if let Output::Expired { at, .. } = o { Some(*at) } else { None }).collect();
+    assert_eq!(at, [parse_rfc3339("2026-03-06T10:00:00Z").unwrap()]);
+}

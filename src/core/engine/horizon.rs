@@ -65,14 +65,24 @@ impl Engine {
         self.gate.as_deref().map(|g| g.horizon)
     }
 
-    /// Expiries the horizon holds back: people whose due the shard's watermark passed.
+    /// Expiries the horizon holds back: people held whose expiry is still before the shard's
+    /// watermark (one whose due an identity record moved past it since is not waiting any
+    /// more, though its held entry stays until the horizon releases it and re-arms it).
     pub fn expiries_waiting(&self) -> usize {
         let Some(g) = self.gate.as_deref() else { return 0 };
         g.held
             .iter()
             .filter(|t| {
                 let (due, ix, kind) = t.0;
-                kind == TimerKind::Expire && self.expiry_armed.get(ix as usize) == Some(&((due.0 / 1000) as u32))
+                let i = ix as usize;
+                kind == TimerKind::Expire
+                    && self.expiry_armed.get(i) == Some(&((due.0 / 1000) as u32))
+                    && i < self.store.len()
+                    && self.holds(i)
+                    && {
+                        let now = super::retention::expiry_due(&self.journey, self.store.fixed(i));
+                        !now.is_none() && now < self.watermark
+                    }
             })
             .count()
     }

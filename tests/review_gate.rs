@@ -198,6 +198,57 @@ fn a_silent_partition_freezes_every_horizon() {
         shards[1].len()
     );
     assert!(expired == 0 && shards[0].expiries_waiting() > 800 && shards[1].expiries_waiting() > 800);
+    // Visible: the horizon's lag behind the watermark, per shard, three weeks of event time.
+    let metrics = microfunnel::telemetry::Metrics::new(&j).unwrap();
+    let e = &shards[0];
+    metrics.expiry_gate(0, e.expiry_horizon(), e.watermark(), e.expiries_waiting());
+    let lag = (e.watermark().0 - frozen.0) as f64 / 1000.0;
+    assert!(lag > 20.0 * 86400.0, "{lag}");
+    assert!(metrics.render().contains(&format!("microfunnel_expiry_horizon_lag_seconds{{shard=\"0\"}} {lag}")));
+    // Before every partition reported: +Inf, not absent.
+    let fresh = gated(&j);
+    metrics.expiry_gate(1, fresh[1].expiry_horizon(), e.watermark(), 0);
+    let text = metrics.render();
+    let line = text.lines().find(|l| l.starts_with("microfunnel_expiry_horizon_lag_seconds{shard=\"1\"}"));
+    let value: Option<f64> = line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok());
+    assert_eq!(value, Some(f64::INFINITY), "{line:?}");
+}
+
+/// A silent partition under a prospect cap: people that leave ahead of the frozen horizon (here
+/// evicted at the cap, 50 a day against a cap of 100) are remembered for transfers still in
+/// flight, but that memory stays within the cap (plus one eviction batch), however long the
+/// silence (1,251 entries without the bound).
+#[test]
+fn the_memory_of_people_gone_ahead_of_the_horizon_is_bounded_by_the_cap() {
+    let capped = RETENTION.replace("after_days = 10\n", "after_days = 10\nmax_prospects_per_shard = 100\n");
+    let j = Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{capped}")).unwrap());
+    let mut shards = gated(&j);
+    let mut out = Vec::new();
+    let visit = |p: u32, d: u32, k: u32| {
+        let id = on(p, &format!("anon-b{d}-{k}-"));
+        seg("page", "", None, &id, &format!("b-{p}-{d}-{k}"), &format!("2026-03-{d:02}T10:{k:02}:00Z"), None)
+    };
+    for p in 0..3 {
+        apply(&j, &mut shards[p as usize], &visit(p, 1, 0), &mut out);
+        shards[p as usize].advance_to(parse_rfc3339("2026-03-01T12:00:00Z").unwrap(), &mut out);
+    }
+    exchange(&mut shards, &[false; 3], &mut out);
+    let frozen = shards[0].expiry_horizon().unwrap();
+    assert!(!frozen.is_none());
+    // Partition 2 goes silent; partition 0 reads four weeks of 50 one-page visitors a day.
+    for d in 2..29 {
+        for k in 0..50 {
+            apply(&j, &mut shards[0], &visit(0, d, k), &mut out);
+        }
+        for e in shards.iter_mut().take(2) {
+            e.publish_progress(false, false, &mut out);
+            e.take_identity_records();
+        }
+    }
+    assert_eq!(shards[0].expiry_horizon(), Some(frozen));
+    let left = shards[0].left_ahead();
+    eprintln!("left {left}, prospects {}, evicted {}", shards[0].len(), shards[0].stats().evicted);
+    assert!(left > 0 && left <= 100 + 1, "{left}");
 }
 
 /// A restored shard's first progress record says `seen = none` (its table is empty) and asks.

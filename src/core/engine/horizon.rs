@@ -219,13 +219,31 @@ impl Engine {
 
     /// Prospect `ix` leaves memory at `at` (`expire`): when that is ahead of the horizon (an
     /// expiry on contact), remembered until the horizon passes it.
+    /// Bounded by the prospect cap (when set): past it by 1/64, the earliest leave the memory
+    /// (a transfer into one of them then folds into the person's next life, as after a
+    /// restore).
     pub(super) fn left_ahead_of_horizon(&mut self, ix: crate::core::ids::ProspectIx, at: Ts) {
         let id: Box<str> = self.ids.get(ix).into();
+        let cap = self.journey.retention.max_prospects.map(|c| c as usize);
         if let Some(g) = self.gate.as_deref_mut()
             && at >= g.horizon
         {
             g.left.insert(id, at);
+            if let Some(cap) = cap
+                && g.left.len() > cap + (cap / 64).max(1)
+            {
+                let mut times: Vec<Ts> = g.left.values().copied().collect();
+                let over = times.len() - cap;
+                let cut = *times.select_nth_unstable(over - 1).1;
+                g.left.retain(|_, t| *t > cut);
+            }
         }
+    }
+
+    /// People remembered as left on contact ahead of the horizon (for a transfer into them
+    /// still in flight; bounded by the prospect cap).
+    pub fn left_ahead(&self) -> usize {
+        self.gate.as_deref().map_or(0, |g| g.left.len())
     }
 
     /// A transfer of `from` into `into` caused at `ts`, when `into`'s person left memory ahead

@@ -1,6 +1,5 @@
-//! Review of the expiry gate and the outbox (branches `wmark`, `outbox`): faults shown in
-//! process, one engine per partition. Tests that show a fault are `#[ignore]`d with the reason,
-//! so the branch stays green; run them with `--ignored`.
+//! Review of the expiry gate (branch `wmark`): the faults it found, shown in process with one
+//! engine per partition, now fixed (branch `gatefix`), and the behaviour by design made visible.
 
 mod payloads;
 
@@ -129,9 +128,10 @@ fn a_transfer_to_a_person_gone_ahead_of_the_horizon_delivered_again_changes_noth
 /// `pipeline::tests::the_outbox_record_fits_the_changelog_producers_message_max_bytes`), the
 /// other shards keep its last `seen` in every minimum, so their horizons freeze there: nothing
 /// expires by sweep on any partition, and what waits (`held`, the people themselves, the
-/// `left` memory of contact expiries) grows with the traffic, up to the prospect cap, where
-/// people are evicted (`capacity`) instead of expired. Before the outbox, one instance's
-/// failing checkpoints stopped only its own commits; now they stop expiry everywhere.
+/// `left` memory of contact expiries) grows with the traffic, up to the prospect cap (where
+/// the held people leave first, and `left` stops). By design (no shard can know what the
+/// silent partition would still send); made visible by the horizon's lag behind the watermark,
+/// `microfunnel_expiry_horizon_lag_seconds`, checked here, and its alert.
 #[test]
 fn a_silent_partition_freezes_every_horizon() {
     let j = journey();

@@ -117,7 +117,7 @@ fn two_instances_over_a_backlog_expire_and_merge_as_replay() {
 }
 
 /// Waits until every shard's expiry horizon is unbounded (every partition idle, and every
-/// shard told so) with no expiry waiting, across `instances`.
+/// shard told so) with no expiry waiting and no horizon lag, across `instances`.
 fn settled(instances: &[Process]) {
     wait_until(LIMIT, "every shard's horizon unbounded, no expiry waiting", || {
         let mut shards = BTreeSet::new();
@@ -128,12 +128,17 @@ fn settled(instances: &[Process]) {
             let of = |name| -> Vec<(String, f64)> {
                 samples(&m, name).into_iter().map(|(l, v)| (l.get("shard").cloned().unwrap_or_default(), v)).collect()
             };
-            let (horizons, waiting) =
-                (of("microfunnel_expiry_horizon_timestamp_seconds"), of("microfunnel_expiries_waiting"));
+            let (horizons, waiting, lag) = (
+                of("microfunnel_expiry_horizon_timestamp_seconds"),
+                of("microfunnel_expiries_waiting"),
+                of("microfunnel_expiry_horizon_lag_seconds"),
+            );
             let settled = horizons.iter().map(|(p, _)| p.clone()).collect::<BTreeSet<_>>() == held
                 && waiting.iter().map(|(p, _)| p.clone()).collect::<BTreeSet<_>>() == held
+                && lag.iter().map(|(p, _)| p.clone()).collect::<BTreeSet<_>>() == held
                 && horizons.iter().all(|(_, v)| v.is_infinite())
-                && waiting.iter().all(|(_, v)| *v == 0.0);
+                && waiting.iter().all(|(_, v)| *v == 0.0)
+                && lag.iter().all(|(_, v)| *v == 0.0);
             if !settled {
                 return false;
             }

@@ -84,7 +84,8 @@ impl State {
             if super::identity::send_records(producer, metrics, id, &mut shard.engine, buf, hold) {
                 self.unflushed = true;
             }
-            metrics.expiry_gate(p, shard.engine.expiry_horizon(), shard.engine.expiries_waiting());
+            let e = &shard.engine;
+            metrics.expiry_gate(p, e.expiry_horizon(), e.watermark(), e.expiries_waiting());
         }
     }
 

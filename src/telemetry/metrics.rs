@@ -68,6 +68,7 @@ pub struct Metrics {
     /// horizon expiry sweeps wait for, and the expiries waiting on it ([`Metrics::expiry_gate`]).
     pub expiry_horizon: GaugeVec,
     pub expiries_waiting: IntGaugeVec,
+    pub expiry_horizon_lag: GaugeVec,
     /// CRM memory entries evicted past `[crm] max_entries` (least recently changed first).
     pub crm_evicted: IntCounter,
     /// Messages of CRM topics read again only to rebuild a CRM memory after a restore from a
@@ -428,6 +429,17 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            expiry_horizon_lag: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "microfunnel_expiry_horizon_lag_seconds",
+                        "Per shard, how far (event-time seconds) the expiry horizon is behind the shard's watermark: 0 when it is not; +Inf until every partition reported. Grows with the traffic while a partition reports no progress (its owner is dead, or its checkpoints fail), during which nothing expires by sweep on any partition.",
+                    ),
+                    &["shard"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             identity_transfers_duplicate: counter(
                 &r,
                 "microfunnel_identity_transfers_duplicate_total",
@@ -585,6 +597,7 @@ impl Metrics {
         let _ = self.snapshot_bytes.remove_label_values(&[&label]);
         let _ = self.expiry_horizon.remove_label_values(&[&label]);
         let _ = self.expiries_waiting.remove_label_values(&[&label]);
+        let _ = self.expiry_horizon_lag.remove_label_values(&[&label]);
         for t in topics {
             let _ = self.consumer_lag.remove_label_values(&[t, &label]);
         }
@@ -592,9 +605,27 @@ impl Metrics {
 
     /// Shard `shard`'s expiry gate: its horizon (`None`: ungated; `Ts::NONE`: not every
     /// partition reported, the series absent; unbounded, every partition idle: `+Inf`) and the
-    /// expiries waiting on it.
-    pub fn expiry_gate(&self, shard: i32, horizon: Option<crate::core::Ts>, waiting: usize) {
+    /// expiries waiting on it; and how far the horizon is behind the shard's `watermark`
+    /// (present whenever the shard is gated: 0 when it is not behind or nothing was read yet,
+    /// `+Inf` while not every partition reported).
+    pub fn expiry_gate(
+        &self,
+        shard: i32,
+        horizon: Option<crate::core::Ts>,
+        watermark: crate::core::Ts,
+        waiting: usize,
+    ) {
         let label = shard.to_string();
+        if let Some(h) = horizon {
+            let lag = if watermark.is_none() || h >= watermark {
+                0.0
+            } else if h.is_none() {
+                f64::INFINITY
+            } else {
+                (watermark.0 - h.0) as f64 / 1000.0
+            };
+            self.expiry_horizon_lag.with_label_values(&[&label]).set(lag);
+        }
         match horizon {
             Some(h) if h == crate::core::xpart::UNBOUNDED => {
                 self.expiry_horizon.with_label_values(&[&label]).set(f64::INFINITY);

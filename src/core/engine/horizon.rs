@@ -16,7 +16,7 @@ use std::collections::BinaryHeap;
 
 use super::Engine;
 use super::timers::{Timer, TimerKind};
-use crate::core::output::Output;
+use crate::core::output::{ExpireReason, Output};
 use crate::core::time::Ts;
 use crate::core::xpart::{ProgressTable, Reported, XRecord};
 
@@ -65,14 +65,24 @@ impl Engine {
         self.gate.as_deref().map(|g| g.horizon)
     }
 
-    /// Expiries the horizon holds back: people whose due the shard's watermark passed.
+    /// Expiries the horizon holds back: people held whose expiry is still before the shard's
+    /// watermark (one whose due an identity record moved past it since is not waiting any
+    /// more, though its held entry stays until the horizon releases it and re-arms it).
     pub fn expiries_waiting(&self) -> usize {
         let Some(g) = self.gate.as_deref() else { return 0 };
         g.held
             .iter()
             .filter(|t| {
                 let (due, ix, kind) = t.0;
-                kind == TimerKind::Expire && self.expiry_armed.get(ix as usize) == Some(&((due.0 / 1000) as u32))
+                let i = ix as usize;
+                kind == TimerKind::Expire
+                    && self.expiry_armed.get(i) == Some(&((due.0 / 1000) as u32))
+                    && i < self.store.len()
+                    && self.holds(i)
+                    && {
+                        let now = super::retention::expiry_due(&self.journey, self.store.fixed(i));
+                        !now.is_none() && now < self.watermark
+                    }
             })
             .count()
     }
@@ -114,11 +124,24 @@ impl Engine {
         send
     }
 
-    /// A `Progress` record received: the table and the horizon follow it.
+    /// A `Progress` record received: the table and the horizon follow it. A record that asks
+    /// (its sender started or was restored and has not heard from every partition: its `seen`
+    /// says what it does not know yet, not how far it got) does not lower what the sender
+    /// reported before: it re-executes from its latest durable checkpoint, which covers the
+    /// outbox that carried that report, so what it sends again follows records at or after
+    /// those bounds (ARCHITECTURE.md "Watermark across partitions", *Restores*).
     pub(super) fn progress_in(&mut self, rec: Reported, partition: u32, asking: bool, out: &mut Vec<Output>) {
         self.gate_expiry();
         let own = self.watermark;
         let Some(g) = self.gate.as_deref_mut() else { return };
+        let rec = match g.table.reported(partition) {
+            Some(before) if asking => Reported {
+                watermark: rec.watermark.max(before.watermark),
+                seen: rec.seen.max(before.seen),
+                idle: rec.idle,
+            },
+            _ => rec,
+        };
         if !g.table.receive(partition, rec) {
             return;
         }
@@ -169,28 +192,74 @@ impl Engine {
         held
     }
 
+    /// At the prospect cap: up to `k` people whose expiry the watermark passed and the horizon
+    /// holds leave now, earliest due first, as the sweep would have had them leave without the
+    /// gate (reason `retention`, at their due: what replay does). Held silence timers stay held;
+    /// stale entries are dropped. Returns how many left.
+    pub(super) fn expire_held(&mut self, k: usize, out: &mut Vec<Output>) -> usize {
+        let (mut n, mut silences) = (0, Vec::new());
+        while n < k {
+            let Some(t) = self.gate.as_deref_mut().and_then(|g| g.held.pop()) else { break };
+            let (due, ix, kind) = t.0;
+            match kind {
+                TimerKind::Expire => {
+                    if self.expiry_popped(ix, due) {
+                        self.expire(crate::core::ids::ProspectIx(ix), due, ExpireReason::Retention, out);
+                        n += 1;
+                    }
+                }
+                TimerKind::Ghost | TimerKind::Stall | TimerKind::Quiet => silences.push(t),
+            }
+        }
+        if let Some(g) = self.gate.as_deref_mut() {
+            g.held.extend(silences);
+        }
+        n
+    }
+
     /// Prospect `ix` leaves memory at `at` (`expire`): when that is ahead of the horizon (an
     /// expiry on contact), remembered until the horizon passes it.
+    /// Bounded by the prospect cap (when set): past it by 1/64, the earliest leave the memory
+    /// (a transfer into one of them then folds into the person's next life, as after a
+    /// restore).
     pub(super) fn left_ahead_of_horizon(&mut self, ix: crate::core::ids::ProspectIx, at: Ts) {
         let id: Box<str> = self.ids.get(ix).into();
+        let cap = self.journey.retention.max_prospects.map(|c| c as usize);
         if let Some(g) = self.gate.as_deref_mut()
             && at >= g.horizon
         {
             g.left.insert(id, at);
+            if let Some(cap) = cap
+                && g.left.len() > cap + (cap / 64).max(1)
+            {
+                let mut times: Vec<Ts> = g.left.values().copied().collect();
+                let over = times.len() - cap;
+                let cut = *times.select_nth_unstable(over - 1).1;
+                g.left.retain(|_, t| *t > cut);
+            }
         }
+    }
+
+    /// People remembered as left on contact ahead of the horizon (for a transfer into them
+    /// still in flight; bounded by the prospect cap).
+    pub fn left_ahead(&self) -> usize {
+        self.gate.as_deref().map_or(0, |g| g.left.len())
     }
 
     /// A transfer of `from` into `into` caused at `ts`, when `into`'s person left memory ahead
     /// of the horizon at or after `ts`: it belonged to that person (replay, which delivers it
     /// at once, folds it in before the person leaves). Counted as the merge it was (no
     /// `prospect_merged` output: neither prospect is held), its state dropped with the person,
-    /// and `from`'s home told to forget it, as the person's leaving would have. Returns whether
-    /// it was taken so.
-    pub(super) fn transfer_to_gone(&mut self, from: &str, into: &str, ts: Ts) -> bool {
+    /// and `from`'s home told to forget it, as the person's leaving would have. Its generation
+    /// is kept for `from` as a folded one (`2g + 1` in `kept_handoffs`, as a freed marker's):
+    /// a redelivery is then a duplicate (`transfer_duplicate`), within the person's `left`
+    /// entry and after it. Returns whether it was taken so.
+    pub(super) fn transfer_to_gone(&mut self, from: &str, into: &str, ts: Ts, generation: u32) -> bool {
         let Some(at) = self.gate.as_deref().and_then(|g| g.left.get(into).copied()) else { return false };
         if ts > at {
             return false;
         }
+        self.keep_generation(from, generation);
         self.identity_stats.merged += 1;
         if let Some(x) = self.xpart.as_deref_mut() {
             x.stats.transfers_to_gone += 1;

@@ -158,7 +158,11 @@ impl Engine {
                 if let Some(cap) = r.max_prospects
                     && self.ids.live().saturating_sub(self.redirects_held()) >= cap as usize
                 {
-                    self.evict(cap as usize, ts, out);
+                    // People past their due that the expiry gate holds leave first, as replay
+                    // (no gate) had them leave at their due; only then the least recent.
+                    if self.expire_held((cap as usize / 64).max(1), out) == 0 {
+                        self.evict(cap as usize, ts, out);
+                    }
                 }
             }
         }
@@ -305,6 +309,18 @@ impl Engine {
         }
         let freed_at = self.watermark;
         let k = self.kept_handoffs.entry(self.ids.get(ix).into()).or_insert(KeptHandoff { handoff, freed_at });
+        *k = KeptHandoff { handoff: k.handoff.max(handoff), freed_at: k.freed_at.max(freed_at) };
+    }
+
+    /// Transfer `generation` of `from` taken without a record (a merge into a person gone,
+    /// [`Engine::transfer_to_gone`]): kept as a folded one (`2g + 1`), as a freed marker's.
+    pub(super) fn keep_generation(&mut self, from: &str, generation: u32) {
+        if generation == 0 {
+            return;
+        }
+        let handoff = u16::try_from(2 * u64::from(generation) + 1).unwrap_or(u16::MAX);
+        let freed_at = self.watermark;
+        let k = self.kept_handoffs.entry(from.into()).or_insert(KeptHandoff { handoff, freed_at });
         *k = KeptHandoff { handoff: k.handoff.max(handoff), freed_at: k.freed_at.max(freed_at) };
     }
 

@@ -249,7 +249,9 @@ impl Engine {
         match rec {
             XRecord::Link { ids, reason, ts } => self.link_in(&ids, reason, ts, out),
             XRecord::Forward { event, .. } => self.apply(&event, out),
-            XRecord::Transfer { from, into, ts, .. } if self.transfer_to_gone(&from, &into, ts) => {}
+            XRecord::Transfer { from, generation, .. } if self.transfer_duplicate(&from, generation) => {}
+            XRecord::Transfer { from, into, ts, generation, .. }
+                if self.transfer_to_gone(&from, &into, ts, generation) => {}
             XRecord::Transfer { from, into, reason, ts, record, generation, .. } => {
                 self.transfer_in(&from, &into, reason, ts, generation, &record, out)
             }
@@ -483,20 +485,9 @@ impl Engine {
         record: &[u8],
         out: &mut Vec<Output>,
     ) {
+        // Duplicates were dropped before (`transfer_duplicate`).
         let held = self.ids.find(from).map(|f| self.prospect(f));
-        // The generation folded here: the record's, or the one kept when it left memory.
-        let kept = self.kept_handoff(from);
-        let folded = u32::from(held.map_or(0, |p| p.handoff()).max(kept));
-        let duplicate = match generation {
-            0 => held.is_some_and(|p| p.has(prospect::REDIRECT)),
-            g => (held.is_some() || kept != 0) && 2 * u64::from(g) < u64::from(folded),
-        };
-        if duplicate {
-            if let Some(x) = self.xpart.as_deref_mut() {
-                x.stats.transfers_duplicate += 1;
-            }
-            return;
-        }
+        let folded = u32::from(held.map_or(0, |p| p.handoff()).max(self.kept_handoff(from)));
         self.expire_people(&[(into.to_string(), IdKind::Known)], ts, out);
         let target = self.identity.as_deref().map_or(into, |m| m.canonical(into)).to_string();
         if self.foreign(&target) {
@@ -552,6 +543,25 @@ impl Engine {
         if self.expire_past_watermark(&target, out) {
             self.free_redirect(from);
         }
+    }
+
+    /// Whether a transfer of `from` at `generation` is a redelivery, counted as a duplicate: a
+    /// generation no later than the one folded here (`from`'s record's handoff `2g + 1`, or the
+    /// one kept when it left memory, or when its transfer was taken as a merge into a person
+    /// gone: [`Engine::transfer_to_gone`]). Generation 0 (a record of an earlier build) is a
+    /// redelivery when any redirect for `from` exists.
+    fn transfer_duplicate(&mut self, from: &str, generation: u32) -> bool {
+        let held = self.ids.find(from).map(|f| self.prospect(f));
+        let kept = self.kept_handoff(from);
+        let folded = u32::from(held.map_or(0, |p| p.handoff()).max(kept));
+        let duplicate = match generation {
+            0 => held.is_some_and(|p| p.has(prospect::REDIRECT)),
+            g => (held.is_some() || kept != 0) && 2 * u64::from(g) < u64::from(folded),
+        };
+        if duplicate && let Some(x) = self.xpart.as_deref_mut() {
+            x.stats.transfers_duplicate += 1;
+        }
+        duplicate
     }
 
     /// Under `[retention]`, person `id`, just given transferred state, leaves memory at once

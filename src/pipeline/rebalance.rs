@@ -221,6 +221,9 @@ impl State {
                 self.unflushed = true;
                 resent = true;
             }
+            if self.identity.is_some() {
+                self.metrics.identity_outbox(*p, shard.engine.outbox_size());
+            }
             self.shards.insert(*p, shard);
         }
         // The records sent again are in their partitions before this instance fetches: its

@@ -766,3 +766,45 @@ fn the_outbox_record_fits_the_changelog_producers_message_max_bytes() {
     assert_eq!(restored_from(&status, 0), RestoreSource::Changelog);
     assert_eq!(sent(&mut other), all, "a restore reads every part");
 }
+
+/// `microfunnel_identity_outbox_records`/`_bytes{shard}`: what the shard's outbox holds, set at
+/// each capture and when its checkpoint settles: growing while checkpoints fail, the records
+/// sent (not yet acknowledged) once one is durable, nothing after the next; the series go with
+/// the shard.
+#[test]
+fn the_outbox_gauges_show_what_each_shard_holds_and_go_with_the_shard() {
+    let store = Arc::new(MemStore::new("g", 3));
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (mut st, metrics, _) = identity_state(Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    let rec = Recorder::default();
+    st.take_shards(&shards(&[0]));
+    let gauges = |metrics: &Metrics| {
+        let text = metrics.render();
+        let value = |name: &str| {
+            let prefix = format!("{name}{{shard=\"0\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse::<f64>().unwrap() as usize)
+        };
+        (value("microfunnel_identity_outbox_records"), value("microfunnel_identity_outbox_bytes"))
+    };
+    let held = |st: &State| Some(st.shards[&0].engine.outbox_size()).map(|(n, b)| (Some(n), Some(b)));
+    sign_up_elsewhere(&mut st, 1, 2);
+    store.fail_saves(true);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    let first = gauges(&metrics);
+    assert_eq!(Some(first), held(&st));
+    assert!(first.0 >= Some(2) && first.1 > Some(100), "{first:?}");
+    sign_up_elsewhere(&mut st, 2, 3);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    let second = gauges(&metrics);
+    assert_eq!(Some(second), held(&st));
+    assert!(second.0 > first.0 && second.1 > first.1, "grows while checkpoints fail: {second:?}");
+    store.fail_saves(false);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(gauges(&metrics), second, "sent, not yet acknowledged");
+    assert_eq!(sent(&mut st).len(), second.0.unwrap());
+    feed_one_more(&mut st);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(gauges(&metrics), (Some(0), Some(0)));
+    st.give_up(&rec, &shards(&[0]));
+    assert_eq!(gauges(&metrics), (None, None), "a revoked shard's series go");
+}

@@ -327,4 +327,44 @@ mod tests {
         none.encode_state(&mut again);
         assert_eq!(again, empty);
     }
+
+    /// Only the newest `Progress` held for a partition and not sent stays (pending, or sealed by
+    /// a checkpoint that failed), at its own place: after every record queued before it; an
+    /// ask it supersedes is kept; records for other partitions and of other kinds stay.
+    #[test]
+    fn a_newer_progress_supersedes_the_one_held_for_its_partition() {
+        let text = format!("{}\n[identity]\nresolve = true\n", include_str!("../../../deploy/journeys/b2b.toml"));
+        let mut engine = Engine::new(Arc::new(Journey::from_toml_str(&text).unwrap()));
+        engine.resolve_across(0, 3);
+        let progress = |w: i64, asking: bool| XRecord::Progress {
+            partition: 0,
+            watermark: Ts(w),
+            seen: Ts(w),
+            idle: false,
+            asking,
+        };
+        let forget = |n: i64| XRecord::Forget { ids: vec![format!("id-{n}")], ts: Ts(n) };
+        engine.send_to(1, progress(1, true));
+        engine.send_to(2, progress(1, false));
+        engine.send_to(1, forget(1));
+        assert_eq!(engine.hold_identity_records(), 3);
+        engine.send_to(1, progress(2, false));
+        engine.hold_identity_records();
+        let held = |e: &Engine| e.outbox().cloned().collect::<Vec<_>>();
+        assert_eq!(held(&engine), vec![(2, progress(1, false)), (1, forget(1)), (1, progress(2, true))]);
+        // Sealed by a checkpoint that failed: a newer one pending supersedes it there too.
+        engine.seal_outbox();
+        engine.settle_outbox(false);
+        engine.send_to(2, progress(3, false));
+        engine.send_to(2, forget(2));
+        engine.hold_identity_records();
+        engine.seal_outbox();
+        let sealed = vec![(1, forget(1)), (1, progress(2, true)), (2, progress(3, false)), (2, forget(2))];
+        assert_eq!(engine.outbox_sealed().map(|s| s.records.to_vec()), Some(sealed.clone()));
+        // Sent ones are not touched: the next capture's progress is held beside them.
+        assert_eq!(engine.settle_outbox(true), &sealed[..]);
+        engine.send_to(1, progress(4, false));
+        engine.hold_identity_records();
+        assert_eq!(held(&engine), [sealed, vec![(1, progress(4, false))]].concat());
+    }
 }

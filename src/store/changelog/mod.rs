@@ -1003,4 +1003,76 @@ mod tests {
         let next = checkpoint(&mut restored, &mut batch, 4);
         assert!(next.iter().any(|(k, v)| k == OUTBOX_KEY && v.is_none()), "a tombstone after an unfinished record");
     }
+
+    /// An outbox larger than `message.max.bytes` allows is written as parts that each fit
+    /// (`\0outbox` counting them, then `\0outbox/<n>`), read back whole; a later checkpoint
+    /// tombstones every part it no longer has; parts beyond the count the first part gives
+    /// (left by a compacted checkpoint) are not read; an unfinished split checkpoint is not
+    /// applied and the next one tombstones all its parts.
+    #[test]
+    fn a_split_outbox_reads_back_whole_and_its_surplus_parts_are_tombstoned() {
+        use crate::core::engine::outbox::{OUTBOX_SPLIT_TAG, outbox_part, outbox_part_key};
+        use crate::core::xpart::{TRANSFER_HEADROOM, XRecord};
+        let journey = identity_journey();
+        let forget = |n: i64| (n as u32 % 3, XRecord::Forget { ids: vec![format!("{n:0>40}")], ts: crate::core::Ts(n) });
+        let records: Vec<_> = (0..40).map(forget).collect();
+        let new = || {
+            let mut e = Engine::new(Arc::clone(&journey));
+            e.resolve_across(0, 3);
+            e.limit_transfers(TRANSFER_HEADROOM + 600);
+            e
+        };
+        let mut engine = new();
+        let mut batch = Batch::default();
+        let held = |e: &Engine| e.outbox().cloned().collect::<Vec<_>>();
+        let parts = |log: &[(Vec<u8>, Option<Vec<u8>>)]| {
+            log.iter().filter(|(k, _)| outbox_part(k).is_some()).cloned().collect::<Vec<_>>()
+        };
+        engine.restore_outbox(records.clone(), 1);
+        engine.seal_outbox();
+        let mut log = checkpoint(&mut engine, &mut batch, 1);
+        let written = parts(&log);
+        let k = written.len();
+        assert!(k >= 3, "{k} parts");
+        for (n, (key, value)) in written.iter().enumerate() {
+            assert_eq!(key, &outbox_part_key(n));
+            let value = value.as_ref().expect("a part");
+            assert!(value.len() <= 620, "part {n}: {} bytes", value.len());
+            assert_eq!(value[0], if n == 0 { OUTBOX_SPLIT_TAG } else { OUTBOX_TAG });
+        }
+        assert_eq!(held(&fold(&log, &journey).engine), records, "read back whole, in order");
+        // Checkpoint 2 holds nothing: every part is tombstoned.
+        assert_eq!(engine.settle_outbox(true).len(), records.len());
+        engine.seal_outbox();
+        let emptied = checkpoint(&mut engine, &mut batch, 2);
+        let tombstones = parts(&emptied);
+        assert_eq!(tombstones.len(), k);
+        assert!(tombstones.iter().all(|(_, v)| v.is_none()));
+        let mut two = log.clone();
+        two.extend(emptied);
+        assert!(held(&fold(&two, &journey).engine).is_empty());
+        // A checkpoint of one part that did not know of the earlier parts (no tombstones), after
+        // compaction removed checkpoint 1's record: checkpoint 1's parts beyond the first are
+        // read with it, and left out (the first part counts one).
+        let mut other = new();
+        other.restore_outbox(records[..1].to_vec(), 1);
+        other.seal_outbox();
+        let one = checkpoint(&mut other, &mut Batch::default(), 3);
+        assert_eq!(parts(&one).len(), 1);
+        let mut compacted: Vec<_> = log.iter().filter(|(k, _)| outbox_part(k).is_some_and(|n| n > 0)).cloned().collect();
+        compacted.extend(one);
+        assert_eq!(held(&fold(&compacted, &journey).engine), records[..1].to_vec());
+        // Checkpoint 1 unfinished (its record lost): nothing applied; the next checkpoint
+        // tombstones each part it wrote.
+        log.pop();
+        let read = fold(&log, &journey);
+        assert!(held(&read.engine).is_empty());
+        assert!(read.tombstones.is_empty() && read.rewrite.is_empty(), "{:?} {:?}", read.tombstones, read.rewrite);
+        let mut restored = read.engine;
+        restored.seal_outbox();
+        let next = checkpoint(&mut restored, &mut batch, 2);
+        let next = parts(&next);
+        assert_eq!(next.len(), k, "every part of the unfinished checkpoint");
+        assert!(next.iter().all(|(_, v)| v.is_none()));
+    }
 }

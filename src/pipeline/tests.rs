@@ -730,7 +730,10 @@ fn the_outbox_record_fits_the_changelog_producers_message_max_bytes() {
         }
     }
     let (held, bytes) = shard.engine.outbox_size();
-    assert!(bytes > crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES, "{held} records, {bytes} bytes: more than one message");
+    assert!(
+        bytes > crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES,
+        "{held} records, {bytes} bytes: more than one message"
+    );
     let mut all: Vec<_> = shard.engine.outbox().cloned().collect();
     let outbox_records = |changelog: &MemChangelog| {
         let records = changelog.records(0).into_iter();

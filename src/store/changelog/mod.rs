@@ -1014,7 +1014,8 @@ mod tests {
         use crate::core::engine::outbox::{OUTBOX_SPLIT_TAG, outbox_part, outbox_part_key};
         use crate::core::xpart::{TRANSFER_HEADROOM, XRecord};
         let journey = identity_journey();
-        let forget = |n: i64| (n as u32 % 3, XRecord::Forget { ids: vec![format!("{n:0>40}")], ts: crate::core::Ts(n) });
+        let forget =
+            |n: i64| (n as u32 % 3, XRecord::Forget { ids: vec![format!("{n:0>40}")], ts: crate::core::Ts(n) });
         let records: Vec<_> = (0..40).map(forget).collect();
         let new = || {
             let mut e = Engine::new(Arc::clone(&journey));
@@ -1059,7 +1060,8 @@ mod tests {
         other.seal_outbox();
         let one = checkpoint(&mut other, &mut Batch::default(), 3);
         assert_eq!(parts(&one).len(), 1);
-        let mut compacted: Vec<_> = log.iter().filter(|(k, _)| outbox_part(k).is_some_and(|n| n > 0)).cloned().collect();
+        let mut compacted: Vec<_> =
+            log.iter().filter(|(k, _)| outbox_part(k).is_some_and(|n| n > 0)).cloned().collect();
         compacted.extend(one);
         assert_eq!(held(&fold(&compacted, &journey).engine), records[..1].to_vec());
         // Checkpoint 1 unfinished (its record lost): nothing applied; the next checkpoint

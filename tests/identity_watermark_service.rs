@@ -97,6 +97,16 @@ fn two_instances_over_a_backlog_expire_and_merge_as_replay() {
         .map(|(_, v)| v)
         .sum();
     assert!(progress > 0.0 && progress < sent, "progress records {progress} of {sent}");
+    // Each instance reports the outbox of the shards it holds, and only those.
+    for i in &instances {
+        let held: BTreeSet<String> = held(i).iter().map(|p| p.to_string()).collect();
+        let m = i.metrics();
+        for name in ["microfunnel_identity_outbox_records", "microfunnel_identity_outbox_bytes"] {
+            let series: BTreeSet<String> =
+                samples(&m, name).into_iter().filter_map(|(l, _)| l.get("shard").cloned()).collect();
+            assert_eq!(series, held, "{name}");
+        }
+    }
 
     // kill -9 of the instance holding partition 1: the survivor restores its shards, which
     // know nothing of the others' progress (soft state) until they ask and are answered; then

@@ -301,6 +301,9 @@ fn the_checked_in_sample_of_every_state_version_loads() {
         } else {
             assert!(!engine.crm().is_complete() && engine.crm().memories().count() == 0);
         }
+        // Version 7 added the outbox (section `O`).
+        let outbox: Vec<_> = engine.outbox().cloned().collect();
+        assert_eq!(outbox, if version >= 7 { sample_outbox() } else { Vec::new() }, "version {version}'s outbox");
     }
 }
 
@@ -404,6 +407,16 @@ fn sample_crm(engine: &mut Engine) {
     m.set_email("contact-101", "dana.whitfield@northwind.example");
 }
 
+/// The identity records the sample of state version 7 holds in its outbox (section `O`).
+fn sample_outbox() -> Vec<(u32, microfunnel::core::xpart::XRecord)> {
+    use microfunnel::core::xpart::XRecord;
+    let ts = microfunnel::core::Ts(1_780_000_000_000);
+    vec![
+        (1, XRecord::Forget { ids: vec!["usr_gone".into(), "anon-gone".into()], ts }),
+        (2, XRecord::Progress { partition: 3, watermark: ts, seen: ts, idle: false, asking: true }),
+    ]
+}
+
 /// Writes the sample of the current state version; run once per new version:
 /// `cargo test --test snapshot write_sample -- --ignored`.
 #[test]
@@ -412,6 +425,7 @@ fn write_sample() {
     let mut engine = Engine::new(b2b());
     feed(&mut engine, &stream(60, 2024));
     sample_crm(&mut engine);
+    engine.restore_outbox(sample_outbox(), 1);
     let what = Pending {
         group: "microfunnel".into(),
         shard: 3,

@@ -169,6 +169,9 @@ impl State {
             // The flush above acknowledged the outbox sent at the previous checkpoint; what the
             // shard's calls produced since is this checkpoint's, sent once it is durable.
             shard.engine.seal_outbox();
+            if self.identity.is_some() {
+                self.metrics.identity_outbox(p, shard.engine.outbox_size());
+            }
             let removed = shard.engine.take_removed();
             flight.commits.push((p, shard.positions.clone()));
             let Some(w) = &self.writer else {
@@ -315,6 +318,9 @@ impl State {
                         shard.engine.settle_outbox(false);
                     }
                     outbox = shard.engine.outbox().count() as u64;
+                    if self.identity.is_some() {
+                        self.metrics.identity_outbox(done.shard, shard.engine.outbox_size());
+                    }
                     match &done.result {
                         Ok(Some(_)) => shard.chained = Some(done.seq),
                         Ok(None) => {}

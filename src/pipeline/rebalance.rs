@@ -127,6 +127,9 @@ impl State {
                 if let Some(st) = self.parked_status.remove(p) {
                     self.status.set(*p, st);
                 }
+                if self.identity.is_some() {
+                    self.metrics.identity_outbox(*p, shard.engine.outbox_size());
+                }
                 self.shards.insert(*p, shard);
                 continue;
             }
@@ -220,6 +223,9 @@ impl State {
             {
                 self.unflushed = true;
                 resent = true;
+            }
+            if self.identity.is_some() {
+                self.metrics.identity_outbox(*p, shard.engine.outbox_size());
             }
             self.shards.insert(*p, shard);
         }

@@ -692,3 +692,122 @@ fn feed_one_more(st: &mut State) {
     shard.positions[0] += 1;
     assert_eq!(shard.engine.hold_identity_records(), 0);
 }
+
+/// Review finding (issue 16): a catch-up checkpoint (up to `commit_every_messages`) of sign-ups
+/// whose users live on other partitions seals thousands of transfers and links, each of which
+/// fits `message.max.bytes` alone. Written as one changelog record, the changelog producer
+/// refused it, every later checkpoint of the shard failed with the sealed records growing, and
+/// nothing was committed or sent again. The capture now writes the outbox in parts that each
+/// fit: every part is one the real changelog producer enqueues, the checkpoint after a failed
+/// one is durable and sends everything in order, and a restore from the changelog alone reads
+/// every part back.
+#[test]
+fn the_outbox_record_fits_the_changelog_producers_message_max_bytes() {
+    use rdkafka::producer::{BaseRecord, Producer};
+    let store = Arc::new(MemStore::new("g", 3));
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (mut st, _, _) = identity_state(Some(store), Some(Arc::clone(&changelog)));
+    let rec = Recorder::default();
+    st.take_shards(&shards(&[0]));
+    let journey = Arc::clone(&st.journey);
+    let shard = st.shards.get_mut(&0).expect("shard 0 is assigned");
+    shard.engine.resolve_across(0, 3);
+    for n in 0..4000u32 {
+        let (user, anon) = (user_elsewhere(n), anon_here(n));
+        let day = 1 + n % 27;
+        for line in [
+            format!(
+                r#"{{"type":"track","event":"Whitepaper Downloaded","anonymousId":"{anon}","messageId":"m-{n}-1","timestamp":"2026-03-{day:02}T10:00:00Z"}}"#
+            ),
+            format!(
+                r#"{{"type":"identify","userId":"{user}","anonymousId":"{anon}","messageId":"m-{n}-2","timestamp":"2026-03-{day:02}T11:00:00Z","traits":{{"email":"p{n}@example.com"}}}}"#
+            ),
+        ] {
+            let ev = codec::decode(line.as_bytes(), &journey, &Limits::default()).expect("the events decode");
+            shard.engine.apply(&ev, &mut Vec::new());
+            shard.positions[0] = shard.positions[0].max(0) + 1;
+            shard.engine.hold_identity_records();
+        }
+    }
+    let (held, bytes) = shard.engine.outbox_size();
+    assert!(
+        bytes > crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES,
+        "{held} records, {bytes} bytes: more than one message"
+    );
+    let mut all: Vec<_> = shard.engine.outbox().cloned().collect();
+    let outbox_records = |changelog: &MemChangelog| {
+        let records = changelog.records(0).into_iter();
+        records.filter(|(k, _)| crate::core::engine::outbox::outbox_part(k).is_some()).collect::<Vec<_>>()
+    };
+    // The checkpoint fails (here: the changelog refuses its checkpoint record).
+    changelog.refuse(Refuse::CheckpointRecord);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    changelog.refuse(Refuse::Nothing);
+    assert!(sent(&mut st).is_empty() && rec.take().is_empty(), "a failed checkpoint sends and commits nothing");
+    let first = outbox_records(&changelog);
+    assert!(first.len() >= 2, "the outbox is written in parts: {}", first.len());
+    // One more sign-up, then the next checkpoint: durable, committed, everything sent in order.
+    all.extend(sign_up_elsewhere(&mut st, 5000, 28));
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(rec.take().len(), 1, "the next checkpoint commits");
+    assert_eq!(sent(&mut st), all, "the failed checkpoint's records go with the next, in order");
+    let producer = kafka::changelog_producer(&st.settings.kafka, None, TOPIC, false).unwrap();
+    for (key, value) in outbox_records(&changelog) {
+        let Some(value) = value else { continue };
+        let record = BaseRecord::<[u8], [u8]>::to(TOPIC).partition(0).key(&key[..]).payload(&value[..]);
+        assert!(
+            kafka::send(&producer, record),
+            "an outbox part of {} bytes that the changelog producer refuses (message.max.bytes {})",
+            value.len(),
+            crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES
+        );
+    }
+    producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+    // A restore from the changelog alone sends the whole outbox again, every part read back.
+    let (mut other, _, status) = identity_state(Some(Arc::new(MemStore::new("g", 3))), Some(Arc::clone(&changelog)));
+    other.take_shards(&shards(&[0]));
+    assert_eq!(restored_from(&status, 0), RestoreSource::Changelog);
+    assert_eq!(sent(&mut other), all, "a restore reads every part");
+}
+
+/// `microfunnel_identity_outbox_records`/`_bytes{shard}`: what the shard's outbox holds, set at
+/// each capture and when its checkpoint settles: growing while checkpoints fail, the records
+/// sent (not yet acknowledged) once one is durable, nothing after the next; the series go with
+/// the shard.
+#[test]
+fn the_outbox_gauges_show_what_each_shard_holds_and_go_with_the_shard() {
+    let store = Arc::new(MemStore::new("g", 3));
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (mut st, metrics, _) = identity_state(Some(Arc::clone(&store)), Some(Arc::clone(&changelog)));
+    let rec = Recorder::default();
+    st.take_shards(&shards(&[0]));
+    let gauges = |metrics: &Metrics| {
+        let text = metrics.render();
+        let value = |name: &str| {
+            let prefix = format!("{name}{{shard=\"0\"}} ");
+            text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse::<f64>().unwrap() as usize)
+        };
+        (value("microfunnel_identity_outbox_records"), value("microfunnel_identity_outbox_bytes"))
+    };
+    let held = |st: &State| Some(st.shards[&0].engine.outbox_size()).map(|(n, b)| (Some(n), Some(b)));
+    sign_up_elsewhere(&mut st, 1, 2);
+    store.fail_saves(true);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    let first = gauges(&metrics);
+    assert_eq!(Some(first), held(&st));
+    assert!(first.0 >= Some(2) && first.1 > Some(100), "{first:?}");
+    sign_up_elsewhere(&mut st, 2, 3);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    let second = gauges(&metrics);
+    assert_eq!(Some(second), held(&st));
+    assert!(second.0 > first.0 && second.1 > first.1, "grows while checkpoints fail: {second:?}");
+    store.fail_saves(false);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(gauges(&metrics), second, "sent, not yet acknowledged");
+    assert_eq!(sent(&mut st).len(), second.0.unwrap());
+    feed_one_more(&mut st);
+    st.checkpoint(&rec, CommitMode::Sync, deadline(), true).unwrap();
+    assert_eq!(gauges(&metrics), (Some(0), Some(0)));
+    st.give_up(&rec, &shards(&[0]));
+    assert_eq!(gauges(&metrics), (None, None), "a revoked shard's series go");
+}

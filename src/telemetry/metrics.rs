@@ -55,7 +55,7 @@ pub struct Metrics {
     pub prospects_merged: IntCounterVec,
     pub merges_refused: IntCounterVec,
     /// Identity resolution across partitions: identity-topic records sent and received, by
-    /// kind (`link`, `forward`, `transfer`); transfers received again and folded no second
+    /// kind (`link`, `forward`, `transfer`, `forget`, `progress`); transfers received again and folded no second
     /// time; prospects that are redirects (set with the funnel records).
     pub identity_sent: IntCounterVec,
     pub identity_received: IntCounterVec,
@@ -64,6 +64,10 @@ pub struct Metrics {
     /// `waiting_signal`).
     pub identity_transfer_dropped: IntCounterVec,
     pub identity_redirects: IntGauge,
+    /// Per shard, the identity records its outbox holds and their bytes
+    /// ([`Metrics::identity_outbox`]).
+    pub identity_outbox_records: IntGaugeVec,
+    pub identity_outbox_bytes: IntGaugeVec,
     /// The expiry gate (identity across partitions with `[retention]`), per shard: the event-time
     /// horizon expiry sweeps wait for, and the expiries waiting on it ([`Metrics::expiry_gate`]).
     pub expiry_horizon: GaugeVec,
@@ -398,13 +402,13 @@ impl Metrics {
             identity_sent: counter_vec(
                 &r,
                 "microfunnel_identity_records_sent_total",
-                "Identity-topic records sent (identity resolution across partitions), by kind: `link` (a group changed; one per member homed elsewhere), `forward` (an event sent to its canonical prospect's partition), `transfer` (a prospect's state sent to be folded there).",
+                "Identity-topic records sent (identity resolution across partitions), by kind: `link` (a group changed; one per member homed elsewhere), `forward` (an event sent to its canonical prospect's partition), `transfer` (a prospect's state sent to be folded there), `forget` (a person left memory: its identifiers homed elsewhere are forgotten there), `progress` (the shard's event-time progress, to every other partition).",
                 &["kind"],
             )?,
             identity_received: counter_vec(
                 &r,
                 "microfunnel_identity_records_received_total",
-                "Identity-topic records applied by this instance's shards, by kind (`link`, `forward`, `transfer`).",
+                "Identity-topic records applied by this instance's shards, by kind (`link`, `forward`, `transfer`, `forget`, `progress`).",
                 &["kind"],
             )?,
             expiry_horizon: {
@@ -455,6 +459,28 @@ impl Metrics {
                 let g = IntGauge::new(
                     "microfunnel_identity_redirects",
                     "Prospects of the held shards that are redirects (their state was folded into their canonical prospect), set with the funnel records.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            identity_outbox_records: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "microfunnel_identity_outbox_records",
+                        "Per shard, identity records (identity resolution across partitions) held in its outbox until the checkpoint covering them is durable, or sent and not yet acknowledged. Grows while the shard's checkpoints fail.",
+                    ),
+                    &["shard"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            identity_outbox_bytes: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "microfunnel_identity_outbox_bytes",
+                        "Per shard, the bytes of the identity records its outbox holds (as the changelog carries them).",
+                    ),
+                    &["shard"],
                 )?;
                 r.register(Box::new(g.clone()))?;
                 g
@@ -598,9 +624,19 @@ impl Metrics {
         let _ = self.expiry_horizon.remove_label_values(&[&label]);
         let _ = self.expiries_waiting.remove_label_values(&[&label]);
         let _ = self.expiry_horizon_lag.remove_label_values(&[&label]);
+        let _ = self.identity_outbox_records.remove_label_values(&[&label]);
+        let _ = self.identity_outbox_bytes.remove_label_values(&[&label]);
         for t in topics {
             let _ = self.consumer_lag.remove_label_values(&[t, &label]);
         }
+    }
+
+    /// Shard `shard`'s outbox holds `records` identity records of `bytes` bytes (set at each
+    /// capture and when its checkpoint settles).
+    pub fn identity_outbox(&self, shard: i32, (records, bytes): (usize, usize)) {
+        let label = shard.to_string();
+        self.identity_outbox_records.with_label_values(&[&label]).set(records as i64);
+        self.identity_outbox_bytes.with_label_values(&[&label]).set(bytes as i64);
     }
 
     /// Shard `shard`'s expiry gate: its horizon (`None`: ungated; `Ts::NONE`: not every

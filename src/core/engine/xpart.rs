@@ -34,7 +34,7 @@ pub(super) struct XPart {
     partitions: u32,
     /// The producer's `message.max.bytes` a `Transfer` must fit in (0: the default,
     /// [`DEFAULT_MESSAGE_MAX_BYTES`]).
-    message_max_bytes: usize,
+    pub(super) message_max_bytes: usize,
     /// Records to send, each with its partition, until taken.
     out: Vec<(u32, XRecord)>,
     /// Dedup keys and waiting signals left out of transfers since [`Engine::take_transfer_drops`].

@@ -11,7 +11,8 @@
 //! | [`CRM_STATE_KEY`]    | `C` + complete u8 (the CRM memories hold all the state covers) |
 //! | `\0id/` + identifier | `I` + kind u8 + first seen (an identity map's identifier)       |
 //! | `\0ln/` + len`:` + a + b | `L` + reason u8 (an accepted identity link)               |
-//! | [`OUTBOX_KEY`]       | `O` + the shard's outbox as of the checkpoint (`core::engine::outbox`), or none (empty) |
+//! | [`OUTBOX_KEY`]       | `O` + the shard's outbox as of the checkpoint (`core::engine::outbox`), or `S` + parts u32 + its first part, or none (empty) |
+//! | `\0outbox/` + n     | `O` + part n of a split outbox, or none (a part the outbox no longer has) |
 //!
 //! Integers are little-endian, strings length-prefixed (`core::snapshot::Enc`). One checkpoint
 //! writes its changed prospects, the tombstones owed, then one checkpoint record that closes
@@ -292,21 +293,29 @@ impl Batch {
         }
     }
 
-    /// The shard's outbox as the capture sealed it ([`Engine::seal_outbox`]): its records, or
-    /// a tombstone once it is empty (none when the changelog's record is one already).
+    /// The shard's outbox as the capture sealed it ([`Engine::seal_outbox`]): its parts, each
+    /// within `message.max.bytes`, and tombstones for the parts the previous one had beyond
+    /// them (the first part's once the outbox is empty; none when the changelog's record is a
+    /// tombstone already).
     fn outbox_record(&mut self, engine: &Engine) {
-        let (records, write) = engine.outbox_sealed();
-        if !write {
-            return;
+        let Some(sealed) = engine.outbox_sealed() else { return };
+        let parts = sealed.cuts.len();
+        for n in 0..sealed.keys {
+            let key = self.push_bytes(&outbox::outbox_part_key(n));
+            let value = (n < parts).then(|| {
+                let at = self.buf.len();
+                if n == 0 && parts > 1 {
+                    self.buf.push(outbox::OUTBOX_SPLIT_TAG);
+                    Enc(&mut self.buf).u32(parts as u32);
+                } else {
+                    self.buf.push(OUTBOX_TAG);
+                }
+                let start = if n == 0 { 0 } else { sealed.cuts[n - 1] };
+                outbox::encode_outbox(sealed.records[start..sealed.cuts[n]].iter(), &mut self.buf);
+                at..self.buf.len()
+            });
+            self.records.push((key, value));
         }
-        let key = self.push_bytes(OUTBOX_KEY);
-        let value = (!records.is_empty()).then(|| {
-            let at = self.buf.len();
-            self.buf.push(OUTBOX_TAG);
-            outbox::encode_outbox(records.iter(), &mut self.buf);
-            at..self.buf.len()
-        });
-        self.records.push((key, value));
     }
 
     fn push_bytes(&mut self, bytes: &[u8]) -> Range<usize> {
@@ -519,18 +528,41 @@ impl Fold {
         }
     }
 
-    /// The outbox record a checkpoint record confirms (taken out of `staged`): the outbox to
-    /// send again at a restore of that checkpoint; a tombstone empties it, and a checkpoint
-    /// without one leaves it as it was.
+    /// The outbox records a checkpoint record confirms (taken out of `staged`): the outbox to
+    /// send again at a restore of that checkpoint, read from its first part and the parts that
+    /// one counts; a tombstone empties it, and a checkpoint without one leaves it as it was.
     fn outbox_confirmed(&mut self, shard: i32) {
-        let Some(v) = self.staged.remove(OUTBOX_KEY) else { return };
-        let records = match v.as_deref().map(|v| v.strip_prefix(&[OUTBOX_TAG])) {
-            None => Ok(Vec::new()),
-            Some(Some(body)) => outbox::decode_outbox(&mut Dec::new(body)),
-            Some(None) => Err(StateError::Invalid { what: "outbox record tag", at: 0 }),
-        };
+        let keys: Vec<(usize, Vec<u8>)> =
+            self.staged.keys().filter_map(|k| outbox::outbox_part(k).map(|n| (n, k.clone()))).collect();
+        let mut parts: BTreeMap<usize, Option<Vec<u8>>> = BTreeMap::new();
+        for (n, k) in keys {
+            parts.insert(n, self.staged.remove(&k).flatten());
+        }
+        let Some(first) = parts.remove(&0) else { return };
+        let written = parts.last_key_value().map_or(1, |(&n, _)| n + 1);
+        let records = (|| {
+            let Some(first) = first else { return Ok(Vec::new()) };
+            let (count, body) = match first.split_first() {
+                Some((&OUTBOX_TAG, body)) => (1, body),
+                Some((&outbox::OUTBOX_SPLIT_TAG, rest)) => {
+                    let mut r = Dec::new(rest);
+                    let count = r.u32("outbox parts")? as usize;
+                    (count, &rest[4..])
+                }
+                _ => return Err(StateError::Invalid { what: "outbox record tag", at: 0 }),
+            };
+            let mut records = outbox::decode_outbox(&mut Dec::new(body))?;
+            for n in 1..count {
+                let part = parts.get(&n).and_then(|v| v.as_deref());
+                let Some(body) = part.and_then(|v| v.strip_prefix(&[OUTBOX_TAG])) else {
+                    return Err(StateError::Invalid { what: "outbox part", at: n });
+                };
+                records.extend(outbox::decode_outbox(&mut Dec::new(body))?);
+            }
+            Ok(records)
+        })();
         match records {
-            Ok(records) => self.engine.restore_outbox(records),
+            Ok(records) => self.engine.restore_outbox(records, written),
             Err(e) => {
                 self.stats.bad += 1;
                 tracing::error!(shard, error = %e, "bad outbox record in the changelog; skipped");
@@ -548,9 +580,14 @@ impl Fold {
     pub fn finish(self) -> Folded {
         let Fold { mut engine, positions, seq, mut staged, stats, next } = self;
         let (mut tombstones, mut rewrite) = (Vec::new(), Vec::new());
-        // An unfinished checkpoint's outbox record: the next checkpoint writes the outbox's.
-        if staged.remove(OUTBOX_KEY).is_some() {
-            engine.outbox_unfinished();
+        // An unfinished checkpoint's outbox records: the next checkpoint writes the outbox's.
+        let unfinished: Vec<(usize, Vec<u8>)> =
+            staged.keys().filter_map(|k| outbox::outbox_part(k).map(|n| (n, k.clone()))).collect();
+        if let Some(keys) = unfinished.iter().map(|(n, _)| n + 1).max() {
+            engine.outbox_unfinished(keys);
+        }
+        for (_, k) in unfinished {
+            staged.remove(&k);
         }
         engine.finish_crm_restore();
         engine.finish_identity_restore();
@@ -933,7 +970,7 @@ mod tests {
         let mut batch = Batch::default();
         let held = |e: &Engine| e.outbox().cloned().collect::<Vec<_>>();
         // Checkpoint 1 carries two records.
-        engine.restore_outbox(records.clone());
+        engine.restore_outbox(records.clone(), 1);
         engine.seal_outbox();
         let mut log = checkpoint(&mut engine, &mut batch, 1);
         assert!(log.iter().any(|(k, v)| k == OUTBOX_KEY && v.is_some()));
@@ -953,7 +990,7 @@ mod tests {
         }
         // Checkpoint 4 never finished: its record is not applied; the next one writes the
         // outbox record again (empty: a tombstone).
-        engine.restore_outbox(records[..1].to_vec());
+        engine.restore_outbox(records[..1].to_vec(), 1);
         engine.seal_outbox();
         let unfinished = checkpoint(&mut engine, &mut batch, 4);
         let mut cut = log.clone();
@@ -965,5 +1002,79 @@ mod tests {
         restored.seal_outbox();
         let next = checkpoint(&mut restored, &mut batch, 4);
         assert!(next.iter().any(|(k, v)| k == OUTBOX_KEY && v.is_none()), "a tombstone after an unfinished record");
+    }
+
+    /// An outbox larger than `message.max.bytes` allows is written as parts that each fit
+    /// (`\0outbox` counting them, then `\0outbox/<n>`), read back whole; a later checkpoint
+    /// tombstones every part it no longer has; parts beyond the count the first part gives
+    /// (left by a compacted checkpoint) are not read; an unfinished split checkpoint is not
+    /// applied and the next one tombstones all its parts.
+    #[test]
+    fn a_split_outbox_reads_back_whole_and_its_surplus_parts_are_tombstoned() {
+        use crate::core::engine::outbox::{OUTBOX_SPLIT_TAG, outbox_part, outbox_part_key};
+        use crate::core::xpart::{TRANSFER_HEADROOM, XRecord};
+        let journey = identity_journey();
+        let forget =
+            |n: i64| (n as u32 % 3, XRecord::Forget { ids: vec![format!("{n:0>40}")], ts: crate::core::Ts(n) });
+        let records: Vec<_> = (0..40).map(forget).collect();
+        let new = || {
+            let mut e = Engine::new(Arc::clone(&journey));
+            e.resolve_across(0, 3);
+            e.limit_transfers(TRANSFER_HEADROOM + 600);
+            e
+        };
+        let mut engine = new();
+        let mut batch = Batch::default();
+        let held = |e: &Engine| e.outbox().cloned().collect::<Vec<_>>();
+        let parts = |log: &[(Vec<u8>, Option<Vec<u8>>)]| {
+            log.iter().filter(|(k, _)| outbox_part(k).is_some()).cloned().collect::<Vec<_>>()
+        };
+        engine.restore_outbox(records.clone(), 1);
+        engine.seal_outbox();
+        let mut log = checkpoint(&mut engine, &mut batch, 1);
+        let written = parts(&log);
+        let k = written.len();
+        assert!(k >= 3, "{k} parts");
+        for (n, (key, value)) in written.iter().enumerate() {
+            assert_eq!(key, &outbox_part_key(n));
+            let value = value.as_ref().expect("a part");
+            assert!(value.len() <= 620, "part {n}: {} bytes", value.len());
+            assert_eq!(value[0], if n == 0 { OUTBOX_SPLIT_TAG } else { OUTBOX_TAG });
+        }
+        assert_eq!(held(&fold(&log, &journey).engine), records, "read back whole, in order");
+        // Checkpoint 2 holds nothing: every part is tombstoned.
+        assert_eq!(engine.settle_outbox(true).len(), records.len());
+        engine.seal_outbox();
+        let emptied = checkpoint(&mut engine, &mut batch, 2);
+        let tombstones = parts(&emptied);
+        assert_eq!(tombstones.len(), k);
+        assert!(tombstones.iter().all(|(_, v)| v.is_none()));
+        let mut two = log.clone();
+        two.extend(emptied);
+        assert!(held(&fold(&two, &journey).engine).is_empty());
+        // A checkpoint of one part that did not know of the earlier parts (no tombstones), after
+        // compaction removed checkpoint 1's record: checkpoint 1's parts beyond the first are
+        // read with it, and left out (the first part counts one).
+        let mut other = new();
+        other.restore_outbox(records[..1].to_vec(), 1);
+        other.seal_outbox();
+        let one = checkpoint(&mut other, &mut Batch::default(), 3);
+        assert_eq!(parts(&one).len(), 1);
+        let mut compacted: Vec<_> =
+            log.iter().filter(|(k, _)| outbox_part(k).is_some_and(|n| n > 0)).cloned().collect();
+        compacted.extend(one);
+        assert_eq!(held(&fold(&compacted, &journey).engine), records[..1].to_vec());
+        // Checkpoint 1 unfinished (its record lost): nothing applied; the next checkpoint
+        // tombstones each part it wrote.
+        log.pop();
+        let read = fold(&log, &journey);
+        assert!(held(&read.engine).is_empty());
+        assert!(read.tombstones.is_empty() && read.rewrite.is_empty(), "{:?} {:?}", read.tombstones, read.rewrite);
+        let mut restored = read.engine;
+        restored.seal_outbox();
+        let next = checkpoint(&mut restored, &mut batch, 2);
+        let next = parts(&next);
+        assert_eq!(next.len(), k, "every part of the unfinished checkpoint");
+        assert!(next.iter().all(|(_, v)| v.is_none()));
     }
 }

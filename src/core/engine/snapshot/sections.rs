@@ -102,7 +102,7 @@ impl Engine {
                 }
                 OUTBOX if !outbox && version >= 6 => {
                     let records = decode_outbox(&mut b)?;
-                    self.restore_outbox(records);
+                    self.restore_outbox(records, 1);
                     outbox = true;
                 }
                 _ => return Err(StateError::Invalid { what: "section tag", at }),

@@ -12,58 +12,20 @@ use std::sync::Arc;
 use microfunnel::codec::Limits;
 use microfunnel::core::ids::kafka_partition;
 use microfunnel::core::xpart::XRecord;
-use microfunnel::core::{Engine, Journey, ProspectView};
-use microfunnel::replay::{self, End, Options};
+use microfunnel::core::{Engine, Journey};
+use microfunnel::replay::End;
 use payloads::seg;
 
-const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
 #[path = "support/cluster.rs"]
 mod cluster;
-use cluster::{Cluster, PARTITIONS};
+use cluster::{Cluster, PARTITIONS, on, people, person, resolved};
 
 fn journey() -> Arc<Journey> {
-    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n")).unwrap())
-}
-
-fn key_in_partition(prefix: &str, partition: u32) -> String {
-    (0..).map(|i| format!("{prefix}{i}")).find(|k| kafka_partition(k.as_bytes(), PARTITIONS) == partition).unwrap()
-}
-
-fn resolved(shards: &[Engine]) -> u64 {
-    shards.iter().fold(0u64, |a, e| a.wrapping_add(e.resolved_digest()))
-}
-
-fn people(shards: &[Engine]) -> u64 {
-    shards.iter().map(|e| e.census().prospects).sum()
+    cluster::resolving("")
 }
 
 fn replay(j: &Arc<Journey>, lines: &[String], partitions: u32) -> Vec<Engine> {
-    let opts = Options {
-        limits: Limits::default(),
-        end: End::Stay,
-        digest: false,
-        summary_only: true,
-        partitions,
-        min_sample: 30,
-        inputs: Vec::new(),
-    };
-    let input = lines.join("\n") + "\n";
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (shards, _) = replay::run(Arc::clone(j), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
-    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
-    shards
-}
-
-/// The person's prospect wherever it lives.
-fn person(shards: &[Engine], id: &str) -> ProspectView {
-    let found: Vec<ProspectView> = shards
-        .iter()
-        .filter_map(|e| e.find(id).map(|ix| (e, ix)))
-        .filter(|(e, ix)| !e.prospect(*ix).has(microfunnel::core::prospect::REDIRECT))
-        .map(|(e, ix)| e.view(ix, None))
-        .collect();
-    assert_eq!(found.len(), 1, "{id} live on {} shards", found.len());
-    found.into_iter().next().unwrap()
+    cluster::replay_clean(j, lines, partitions, End::Stay)
 }
 
 /// Runs `lines` in process: each applied on its partition, the identity topic drained after
@@ -102,7 +64,7 @@ fn in_process(j: &Arc<Journey>, lines: &[String], hold: usize) -> Cluster {
 #[test]
 fn an_event_before_its_link_folds_as_if_applied_to_the_person() {
     let j = journey();
-    let (user, anon) = (key_in_partition("usr_", 1), key_in_partition("anon-", 0));
+    let (user, anon) = (on(1, "usr_"), on(0, "anon-"));
     let lines = vec![
         seg("page", "", Some(&user), "dev-u", "m-1", "2026-03-02T10:00:00Z", None),
         seg("track", "Quote Requested", Some(&user), "dev-u", "m-2", "2026-03-02T12:00:00Z", None),

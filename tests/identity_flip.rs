@@ -12,15 +12,16 @@ use std::sync::Arc;
 use microfunnel::codec::Limits;
 use microfunnel::core::ids::kafka_partition;
 use microfunnel::core::xpart::XRecord;
-use microfunnel::core::{Engine, Journey, ProspectView};
-use microfunnel::replay::{self, End, Options};
+use microfunnel::core::{Engine, Journey};
+use microfunnel::replay::End;
 use payloads::crm;
 
-const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
-const PARTITIONS: u32 = 3;
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{PARTITIONS, engines, in_stage, people, person, resolved};
 
 fn journey() -> Arc<Journey> {
-    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n")).unwrap())
+    cluster::resolving("")
 }
 
 fn key_in_partition(prefix: &str, suffix: &str, partition: u32) -> String {
@@ -59,50 +60,7 @@ fn flips(ids: &Ids) -> Vec<String> {
 }
 
 fn replay(lines: &[String], partitions: u32) -> Vec<Engine> {
-    let opts = Options {
-        limits: Limits::default(),
-        end: End::Stay,
-        digest: false,
-        summary_only: true,
-        partitions,
-        min_sample: 30,
-        inputs: Vec::new(),
-    };
-    let input = lines.join("\n") + "\n";
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (shards, _) = replay::run(journey(), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
-    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
-    shards
-}
-
-fn people(shards: &[Engine]) -> u64 {
-    shards.iter().map(|e| e.census().prospects).sum()
-}
-
-fn resolved(shards: &[Engine]) -> u64 {
-    shards.iter().fold(0u64, |a, e| a.wrapping_add(e.resolved_digest()))
-}
-
-fn in_stage(shards: &[Engine]) -> Vec<u64> {
-    let mut sum = vec![0; shards[0].funnel().in_stage.len()];
-    for e in shards {
-        for (s, n) in sum.iter_mut().zip(&e.funnel().in_stage) {
-            *s += n;
-        }
-    }
-    sum
-}
-
-/// The person's prospect wherever it lives (the one that is not a redirect).
-fn person(shards: &[Engine], id: &str) -> ProspectView {
-    let found: Vec<ProspectView> = shards
-        .iter()
-        .filter_map(|e| e.find(id).map(|ix| (e, ix)))
-        .filter(|(e, ix)| !e.prospect(*ix).has(microfunnel::core::prospect::REDIRECT))
-        .map(|(e, ix)| e.view(ix, None))
-        .collect();
-    assert_eq!(found.len(), 1, "{id} live on {} shards", found.len());
-    found.into_iter().next().unwrap()
+    cluster::replay_clean(&journey(), lines, partitions, End::Stay)
 }
 
 fn same_people(run: &[Engine], one: &[Engine], canonical: &str) {
@@ -145,14 +103,10 @@ struct InProcess {
 /// time right after when `redeliver`.
 fn in_process(lines: &[String], redeliver: bool) -> InProcess {
     let j = journey();
-    let mut shards: Vec<Engine> = (0..PARTITIONS)
-        .map(|p| {
-            let mut e = Engine::new(Arc::clone(&j));
-            e.resolve_across(p, PARTITIONS);
-            e.track_removals(true);
-            e
-        })
-        .collect();
+    let mut shards = engines(&j, PARTITIONS);
+    for e in &mut shards {
+        e.track_removals(true);
+    }
     let (mut out, mut transfers) = (Vec::new(), Vec::new());
     for line in lines {
         let ev = microfunnel::codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
@@ -255,13 +209,7 @@ fn a_transfer_that_comes_back_to_its_revived_id_folds_into_it_once() {
     let ids = ids();
     let j = journey();
     let one = replay(&flips(&ids)[..3], 1);
-    let mut shards: Vec<Engine> = (0..PARTITIONS)
-        .map(|p| {
-            let mut e = Engine::new(Arc::clone(&j));
-            e.resolve_across(p, PARTITIONS);
-            e
-        })
-        .collect();
+    let mut shards = engines(&j, PARTITIONS);
     let (mut out, mut held) = (Vec::new(), None);
     for line in &flips(&ids)[..3] {
         let ev = microfunnel::codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
@@ -302,13 +250,7 @@ fn an_earlier_sighting_that_changes_no_canonical_id_here_still_reaches_the_other
     let ids = ids();
     let j = journey();
     let lines = flips(&ids);
-    let mut shards: Vec<Engine> = (0..PARTITIONS)
-        .map(|p| {
-            let mut e = Engine::new(Arc::clone(&j));
-            e.resolve_across(p, PARTITIONS);
-            e
-        })
-        .collect();
+    let mut shards = engines(&j, PARTITIONS);
     let mut out = Vec::new();
     let mut held = std::collections::VecDeque::new();
     let deliver = |shards: &mut [Engine], queue: &mut std::collections::VecDeque<(u32, XRecord)>| {
@@ -379,13 +321,7 @@ fn homes_restored_mid_flip_give_the_same_people() {
     let ids = ids();
     let j = journey();
     let lines = flips(&ids);
-    let mut shards: Vec<Engine> = (0..PARTITIONS)
-        .map(|p| {
-            let mut e = Engine::new(Arc::clone(&j));
-            e.resolve_across(p, PARTITIONS);
-            e
-        })
-        .collect();
+    let mut shards = engines(&j, PARTITIONS);
     let mut topic = Topic::new();
     let apply = |shards: &mut [Engine], topic: &mut Topic, k: usize| {
         let ev = microfunnel::codec::decode(lines[k].as_bytes(), &j, &Limits::default()).unwrap();

@@ -7,25 +7,19 @@ mod payloads;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use microfunnel::codec::Limits;
 use microfunnel::core::ids::kafka_partition;
 use microfunnel::core::time::parse_rfc3339;
 use microfunnel::core::xpart::XRecord;
 use microfunnel::core::{Engine, Journey, Output};
-use microfunnel::replay::{self, End, Options};
+use microfunnel::replay::End;
 use payloads::{crm, seg};
 
-const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
 #[path = "support/cluster.rs"]
 mod cluster;
-use cluster::{Cluster, PARTITIONS};
+use cluster::{Cluster, PARTITIONS, on, people, resolved};
 
 fn journey(retention: &str) -> Arc<Journey> {
-    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{retention}")).unwrap())
-}
-
-fn key_in_partition(prefix: &str, partition: u32) -> String {
-    (0..).map(|i| format!("{prefix}{i}")).find(|k| kafka_partition(k.as_bytes(), PARTITIONS) == partition).unwrap()
+    cluster::resolving(retention)
 }
 
 /// Contacts `x` (partition 0) and `y` (partition 1) of one person, and its email (partition 2).
@@ -34,15 +28,7 @@ fn contacts() -> (String, String, String) {
         .map(|i| format!("ana{i}@x.example"))
         .find(|e| kafka_partition(format!("\0{e}").as_bytes(), PARTITIONS) == 2)
         .unwrap();
-    (key_in_partition("crm-x-", 0), key_in_partition("crm-y-", 1), email)
-}
-
-fn people(shards: &[Engine]) -> u64 {
-    shards.iter().map(|e| e.census().prospects).sum()
-}
-
-fn resolved(shards: &[Engine]) -> u64 {
-    shards.iter().fold(0u64, |a, e| a.wrapping_add(e.resolved_digest()))
+    (on(0, "crm-x-"), on(1, "crm-y-"), email)
 }
 
 fn expired(out: &[Output]) -> usize {
@@ -50,28 +36,7 @@ fn expired(out: &[Output]) -> usize {
 }
 
 fn replay(j: &Arc<Journey>, lines: &[String], partitions: u32, end: End) -> Vec<Engine> {
-    let opts = Options {
-        limits: Limits::default(),
-        end,
-        digest: false,
-        summary_only: true,
-        partitions,
-        min_sample: 30,
-        inputs: Vec::new(),
-    };
-    let input = lines.join("\n") + "\n";
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (shards, _) = replay::run(Arc::clone(j), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
-    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
-    shards
-}
-
-/// One input line applied on its partition; the records it causes are queued, not delivered.
-fn apply(c: &mut Cluster, line: &str) {
-    let ev = microfunnel::codec::decode(line.as_bytes(), &c.j, &Limits::default()).unwrap();
-    let p = kafka_partition(ev.prospect.as_bytes(), PARTITIONS) as usize;
-    c.shards[p].apply(&ev, &mut c.out);
-    c.queue.extend(c.shards[p].take_identity_records());
+    cluster::replay_clean(j, lines, partitions, end)
 }
 
 /// Delivers the queued records and those they cause, holding back the first `Transfer` of
@@ -108,10 +73,10 @@ fn coming_home(c: &mut Cluster) -> (Vec<String>, (u32, XRecord)) {
     for l in &lines[..2] {
         c.send(l);
     }
-    apply(c, &lines[2]);
+    c.apply(&lines[2]);
     let held = drain_holding(c, &x).expect("x was transferred to y");
     assert!(c.shards[0].redirect_ids().contains(&x), "x is a redirect on its home");
-    apply(c, &lines[3]);
+    c.apply(&lines[3]);
     c.drain();
     let e = &c.shards[0];
     assert!(e.prospect(e.find(&x).unwrap()).has(microfunnel::core::prospect::REDIRECT), "no event revived x");
@@ -169,7 +134,7 @@ fn a_person_coming_home_after_its_due_leaves_at_once() {
 fn a_revived_redirect_makes_room_at_the_cap() {
     let j = journey("\n[retention]\nmax_prospects_per_shard = 2\n");
     let (x, y, email) = contacts();
-    let (f0, f1, f2) = (key_in_partition("f0-", 0), key_in_partition("f1-", 0), key_in_partition("f2-", 0));
+    let (f0, f1, f2) = (on(0, "f0-"), on(0, "f1-"), on(0, "f2-"));
     let lines = vec![
         crm("meeting_booked", &f0, "e-1", "2026-03-04T10:00:00Z", None),
         crm("meeting_booked", &f1, "e-2", "2026-03-04T11:00:00Z", None),
@@ -193,7 +158,7 @@ fn a_revived_redirect_makes_room_at_the_cap() {
     }
     assert_eq!(p0(&c.shards), 2);
     assert_eq!(c.shards[0].redirect_ids(), vec![x.clone()]);
-    apply(&mut c, &lines[5]);
+    c.apply(&lines[5]);
     assert_eq!(p0(&c.shards), 2, "the revival made room first");
     assert_eq!(c.shards[0].stats().evicted, 2);
     let e = &c.shards[0];

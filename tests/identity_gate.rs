@@ -1,5 +1,10 @@
-//! Review of the expiry gate (branch `wmark`): the faults it found, shown in process with one
-//! engine per partition, now fixed (branch `gatefix`), and the behaviour by design made visible.
+//! The expiry gate across partitions, in process with one engine per partition: a transfer to
+//! a person that left ahead of the horizon, delivered again, changes nothing; held expiries are
+//! still prospects and leave first at the prospect cap, so the gate makes no evictions replay
+//! does not; a restored shard's ask keeps every other shard's horizon; a silent partition
+//! freezes every horizon, made visible by the horizon's lag gauge; the waiting gauge counts only
+//! people still past their due; and the `left` memory of people gone ahead of the horizon stays
+//! within the cap.
 
 mod payloads;
 
@@ -10,29 +15,27 @@ use microfunnel::core::ids::kafka_partition;
 use microfunnel::core::time::parse_rfc3339;
 use microfunnel::core::xpart::XRecord;
 use microfunnel::core::{Engine, Journey, Output};
+use microfunnel::replay::End;
 use payloads::seg;
 
-const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::on;
+
 const RETENTION: &str =
     "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n[retention.anonymous]\naware = 3\n";
 
 fn journey() -> Arc<Journey> {
-    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{RETENTION}")).unwrap())
+    cluster::resolving(RETENTION)
 }
 
-fn on(partition: u32, prefix: &str) -> String {
-    (0..).map(|i| format!("{prefix}{i}")).find(|k| kafka_partition(k.as_bytes(), 3) == partition).unwrap()
-}
-
+/// One engine per partition, each with its expiry gated.
 fn gated(j: &Arc<Journey>) -> Vec<Engine> {
-    (0..3)
-        .map(|p| {
-            let mut e = Engine::new(Arc::clone(j));
-            e.resolve_across(p, 3);
-            e.gate_expiry();
-            e
-        })
-        .collect()
+    let mut shards = cluster::engines(j, 3);
+    for e in shards.iter_mut() {
+        e.gate_expiry();
+    }
+    shards
 }
 
 fn apply(j: &Journey, e: &mut Engine, line: &str, out: &mut Vec<Output>) {
@@ -221,7 +224,7 @@ fn a_silent_partition_freezes_every_horizon() {
 #[test]
 fn the_memory_of_people_gone_ahead_of_the_horizon_is_bounded_by_the_cap() {
     let capped = RETENTION.replace("after_days = 10\n", "after_days = 10\nmax_prospects_per_shard = 100\n");
-    let j = Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{capped}")).unwrap());
+    let j = cluster::resolving(&capped);
     let mut shards = gated(&j);
     let mut out = Vec::new();
     let visit = |p: u32, d: u32, k: u32| {
@@ -262,14 +265,7 @@ fn a_restored_shards_ask_keeps_every_horizon() {
     let mut shards = gated(&j);
     let mut out = Vec::new();
     let round = |shards: &mut Vec<Engine>, out: &mut Vec<Output>| {
-        let mut records = Vec::new();
-        for e in shards.iter_mut() {
-            e.publish_progress(false, false, out);
-            records.extend(e.take_identity_records());
-        }
-        for (q, r) in records {
-            shards[q as usize].apply_identity_record(r, out);
-        }
+        cluster::progress_round(shards, &[false; 3], out);
     };
     for (p, e) in shards.iter_mut().enumerate() {
         for k in 0..2 {
@@ -286,10 +282,7 @@ fn a_restored_shards_ask_keeps_every_horizon() {
     // Shard 0 restored (its gate is soft state).
     let mut bytes = Vec::new();
     shards[0].encode_state(&mut bytes);
-    let mut restored = Engine::decode_state(Arc::clone(&j), &bytes).unwrap();
-    restored.resolve_across(0, 3);
-    restored.gate_expiry();
-    shards[0] = restored;
+    shards[0] = cluster::restore(&j, &bytes, 0);
     shards[0].publish_progress(false, false, &mut out);
     let ask = shards[0].take_identity_records();
     assert!(ask.iter().all(|(_, r)| matches!(r, XRecord::Progress { asking: true, .. })), "{ask:?}");
@@ -314,7 +307,7 @@ fn a_restored_shards_ask_keeps_every_horizon() {
 #[test]
 fn held_expiries_do_not_cause_evictions_replay_does_not_make() {
     let capped = RETENTION.replace("after_days = 10\n", "after_days = 10\nmax_prospects_per_shard = 300\n");
-    let j = Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{capped}")).unwrap());
+    let j = cluster::resolving(&capped);
     assert!(j.retention.max_prospects.is_some());
     let visit = |p: u32, d: u32, k: u32| {
         let id = on(p, &format!("anon-c{d}-{k}-"));
@@ -342,37 +335,13 @@ fn held_expiries_do_not_cause_evictions_replay_does_not_make() {
     let mut sorted = lines.clone();
     sorted.sort_by_key(|l| l.split("\"timestamp\":\"").nth(1).unwrap().to_string());
     let (replay_evicted, replay_expired): (u64, u64) = {
-        use microfunnel::replay::{self, End, Options};
-        let opts = Options {
-            limits: Limits::default(),
-            end: End::Until(parse_rfc3339(end).unwrap()),
-            digest: false,
-            summary_only: true,
-            partitions: 3,
-            min_sample: 30,
-            inputs: Vec::new(),
-        };
-        let input = sorted.join("\n") + "\n";
-        let (mut o, mut e) = (Vec::new(), Vec::new());
-        let shards = replay::run(Arc::clone(&j), &opts, input.as_bytes(), &mut o, &mut e).unwrap().0;
+        let shards = cluster::replay_shards(&j, &sorted, 3, End::Until(parse_rfc3339(end).unwrap()));
         (shards.iter().map(|e| e.stats().evicted).sum(), shards.iter().map(|e| e.stats().expired).sum())
     };
     assert_eq!(replay_evicted, 0);
 
     let mut shards = gated(&j);
     let mut out = Vec::new();
-    let exchange = |shards: &mut Vec<Engine>, idle: &[bool], out: &mut Vec<Output>| {
-        for _ in 0..4 {
-            let mut records = Vec::new();
-            for (p, e) in shards.iter_mut().enumerate() {
-                e.publish_progress(idle[p], false, out);
-                records.extend(e.take_identity_records());
-            }
-            for (q, r) in records {
-                shards[q as usize].apply_identity_record(r, out);
-            }
-        }
-    };
     let p_of = |l: &String| {
         let ev = microfunnel::codec::decode(l.as_bytes(), &j, &Limits::default()).unwrap();
         kafka_partition(ev.prospect.as_bytes(), 3) as usize
@@ -410,14 +379,7 @@ fn held_expiries_do_not_cause_evictions_replay_does_not_make() {
 /// Progress rounds: every shard publishes (`idle[p]`), every record is delivered.
 fn exchange(shards: &mut [Engine], idle: &[bool], out: &mut Vec<Output>) {
     for _ in 0..4 {
-        let mut records = Vec::new();
-        for (p, e) in shards.iter_mut().enumerate() {
-            e.publish_progress(idle[p], false, out);
-            records.extend(e.take_identity_records());
-        }
-        for (q, r) in records {
-            shards[q as usize].apply_identity_record(r, out);
-        }
+        cluster::progress_round(shards, idle, out);
     }
 }
 

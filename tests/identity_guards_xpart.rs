@@ -11,12 +11,11 @@ use microfunnel::core::{Engine, Journey};
 use microfunnel::replay::{self, End, Options};
 use payloads::{crm, seg};
 
-const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
 #[path = "support/cluster.rs"]
 mod cluster;
 
 fn journey() -> Arc<Journey> {
-    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n")).unwrap())
+    cluster::resolving("")
 }
 
 struct Run {
@@ -25,18 +24,8 @@ struct Run {
 }
 
 fn replay(lines: &[String], partitions: u32) -> Run {
-    let opts = Options {
-        limits: Limits::default(),
-        end: End::Stay,
-        digest: false,
-        summary_only: false,
-        partitions,
-        min_sample: 30,
-        inputs: Vec::new(),
-    };
-    let input = lines.join("\n") + "\n";
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (shards, _) = replay::run(journey(), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
+    let opts = Options { summary_only: false, ..cluster::replay_options(partitions, End::Stay) };
+    let (shards, out, err) = cluster::replay_with(&journey(), lines, &opts);
     assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
     let lines = String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     Run { shards, lines }
@@ -184,15 +173,7 @@ fn identity_records_on_generated_traffic() {
         input.push(b'\n');
     }
     for n in [1u32, 4] {
-        let opts = Options {
-            limits: Limits::default(),
-            end: End::Stay,
-            digest: false,
-            summary_only: true,
-            partitions: n,
-            min_sample: 30,
-            inputs: Vec::new(),
-        };
+        let opts = cluster::replay_options(n, End::Stay);
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let (shards, _) = replay::run(Arc::clone(&j), &opts, input.as_slice(), &mut out, &mut err).unwrap();
         let sum = |f: fn(&microfunnel::core::engine::XPartStats) -> u64| -> u64 {

@@ -36,9 +36,7 @@ fn contacts_sharing_a_partition_and_an_email_refused_at_its_home_stay_apart_on_t
     s.kafka.resume_rewind = 0;
     s.http.query_api = true;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
-    s.journey.path = dir.join(format!("{}-journey.toml", s.kafka.group_id));
-    std::fs::write(&s.journey.path, format!("{b2b}\n[identity]\nresolve = true\n")).unwrap();
+    resolving_journey(&mut s, "");
     let email = (0..)
         .map(|i| format!("shared{i}@x.example"))
         .find(|e| microfunnel::core::ids::kafka_partition(format!("\0{e}").as_bytes(), PARTITIONS) == 0)
@@ -92,15 +90,7 @@ fn contacts_sharing_a_partition_and_an_email_refused_at_its_home_stay_apart_on_t
     // The oracle: replay of the same lines over three partitions.
     let file = dir.join(format!("{}-crm.jsonl", s.kafka.group_id));
     std::fs::write(&file, lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n") + "\n").unwrap();
-    let out = bin()
-        .args(["replay", "--partitions", "3", "--no-advance", "--digest", "--journey"])
-        .arg(&s.journey.path)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let lines: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = replay_lines(&s.journey.path, &file);
     assert_eq!(lines.iter().filter(|l| l["kind"] == "merge_refused").count(), 6);
     let oracle = Oracle { shards: Default::default(), alerts: Default::default(), journey_events: Vec::new(), lines };
     let states = [state_a.as_path(), state_b.as_path()];

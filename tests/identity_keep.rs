@@ -16,13 +16,12 @@ use microfunnel::core::ids::kafka_partition;
 use microfunnel::core::time::parse_rfc3339;
 use microfunnel::core::xpart::XRecord;
 use microfunnel::core::{Engine, Journey, Output, Ts};
-use microfunnel::replay::{self, End, Options};
+use microfunnel::replay::End;
 use payloads::seg;
 
-const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
 #[path = "support/cluster.rs"]
 mod cluster;
-use cluster::{Cluster, PARTITIONS};
+use cluster::{Cluster, PARTITIONS, in_stage, on, people, resolved};
 const RETENTION: &str = "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n";
 
 fn journey() -> Arc<Journey> {
@@ -31,36 +30,13 @@ fn journey() -> Arc<Journey> {
 
 /// The test journey with more `[identity]` settings.
 fn journey_with(identity: &str) -> Arc<Journey> {
-    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{identity}{RETENTION}")).unwrap())
-}
-
-fn key_in_partition(prefix: &str, partition: u32) -> String {
-    (0..).map(|i| format!("{prefix}{i}")).find(|k| kafka_partition(k.as_bytes(), PARTITIONS) == partition).unwrap()
-}
-
-fn people(shards: &[Engine]) -> u64 {
-    shards.iter().map(|e| e.census().prospects).sum()
-}
-
-fn resolved(shards: &[Engine]) -> u64 {
-    shards.iter().fold(0u64, |a, e| a.wrapping_add(e.resolved_digest()))
+    cluster::resolving(&format!("{identity}{RETENTION}"))
 }
 
 /// What the shards count: their funnels, and expired and evicted.
 fn counts(shards: &[Engine]) -> (Vec<Funnel>, u64, u64) {
     let f = shards.iter().map(|e| e.funnel().clone()).collect();
     (f, shards.iter().map(|e| e.stats().expired).sum(), shards.iter().map(|e| e.stats().evicted).sum())
-}
-
-/// The funnel's stage counts summed over shards.
-fn in_stage(shards: &[Engine]) -> Vec<u64> {
-    let mut sum = vec![0; shards[0].funnel().in_stage.len()];
-    for e in shards {
-        for (s, n) in sum.iter_mut().zip(&e.funnel().in_stage) {
-            *s += n;
-        }
-    }
-    sum
 }
 
 fn reached(shards: &[Engine]) -> Vec<u64> {
@@ -101,7 +77,7 @@ fn transferred_then_expired(c: &mut Cluster, anon: &str, user: &str) {
 /// kept: the transfer is a redelivery, the counts are those of one delivery, one `expired`.
 #[test]
 fn a_transfer_redelivered_after_its_person_expired_at_the_receiver_counts_once() {
-    let (anon, user) = (key_in_partition("anon-", 0), key_in_partition("usr_", 1));
+    let (anon, user) = (on(0, "anon-"), on(1, "usr_"));
     let mut c = Cluster::new(journey());
     transferred_then_expired(&mut c, &anon, &user);
     assert_eq!(c.shards[1].kept_handoffs().get(anon.as_str()).map(|k| k.handoff), Some(3), "folded generation 1");
@@ -123,7 +99,7 @@ fn a_transfer_redelivered_after_its_person_expired_at_the_receiver_counts_once()
 /// generation the receiver kept for `anon` then.
 fn redelivered_three_weeks_later(c: &mut Cluster, anon: &str, user: &str) -> ((Vec<Funnel>, u64, u64), Option<u16>) {
     transferred_then_expired(c, anon, user);
-    let (a, b) = (key_in_partition("usr_a_", 1), key_in_partition("usr_b_", 1));
+    let (a, b) = (on(1, "usr_a_"), on(1, "usr_b_"));
     c.send(&seg("page", "", Some(&a), "anon-a", "m-4", "2026-04-11T09:00:00Z", None));
     c.send(&seg("page", "", Some(&b), "anon-b", "m-5", "2026-04-11T09:01:00Z", None));
     assert!(c.shards[1].watermark() > parse_rfc3339("2026-04-09T00:00:00Z").unwrap(), "the receiver moved on");
@@ -142,7 +118,7 @@ fn redelivered_three_weeks_later(c: &mut Cluster, anon: &str, user: &str) -> ((V
 /// and counts the person again (installed, then expired again at once).
 #[test]
 fn a_redelivery_later_than_seven_days_within_the_configured_span_counts_once() {
-    let (anon, user) = (key_in_partition("anon-", 0), key_in_partition("usr_", 1));
+    let (anon, user) = (on(0, "anon-"), on(1, "usr_"));
     let mut c = Cluster::new(journey_with("transfer_dedup_days = 30\n"));
     let (once, kept) = redelivered_three_weeks_later(&mut c, &anon, &user);
     assert_eq!(kept, Some(3), "still kept");
@@ -165,7 +141,7 @@ fn a_redelivery_later_than_seven_days_within_the_configured_span_counts_once() {
 /// `replay --partitions 1`.
 #[test]
 fn a_later_generation_after_the_senders_redirect_was_freed_still_folds() {
-    let (anon, user) = (key_in_partition("anon-", 0), key_in_partition("usr_", 1));
+    let (anon, user) = (on(0, "anon-"), on(1, "usr_"));
     let j = journey();
     let mut c = Cluster::new(Arc::clone(&j));
     transferred_then_expired(&mut c, &anon, &user);
@@ -183,19 +159,7 @@ fn a_later_generation_after_the_senders_redirect_was_freed_still_folds() {
         seg("track", "Whitepaper Downloaded", None, &anon, "m-2", "2026-03-02T09:05:00Z", None),
         seg("identify", "", Some(&user), &anon, "m-3", "2026-03-03T10:00:00Z", Some("Ana@X.example")),
     ];
-    let opts = Options {
-        limits: Limits::default(),
-        end: End::Until(parse_rfc3339("2026-03-20T00:00:00Z").unwrap()),
-        digest: false,
-        summary_only: true,
-        partitions: 1,
-        min_sample: 30,
-        inputs: Vec::new(),
-    };
-    let input = lines.join("\n") + "\n";
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (mut one, _) = replay::run(Arc::clone(&j), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
-    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+    let mut one = cluster::replay_clean(&j, &lines, 1, End::Until(parse_rfc3339("2026-03-20T00:00:00Z").unwrap()));
     let mut outputs = Vec::new();
     for l in &later {
         one[0].apply(&microfunnel::codec::decode(l.as_bytes(), &j, &Limits::default()).unwrap(), &mut outputs);
@@ -217,7 +181,7 @@ fn kept_generations_survive_a_restore_from_snapshot_and_from_the_changelog() {
     use microfunnel::store::changelog::{Batch, Fold};
     use std::collections::BTreeMap;
 
-    let (anon, user) = (key_in_partition("anon-", 0), key_in_partition("usr_", 1));
+    let (anon, user) = (on(0, "anon-"), on(1, "usr_"));
     let j = journey();
     let mut c = Cluster::new(Arc::clone(&j));
     transferred_then_expired(&mut c, &anon, &user);
@@ -266,26 +230,11 @@ fn kept_generations_survive_a_restore_from_snapshot_and_from_the_changelog() {
 /// `2 × transfer_dedup_days` (and a sweep interval), far fewer than it freed.
 #[test]
 fn kept_generations_stay_within_their_span_under_a_year_of_traffic() {
-    use microfunnel::traffic::{Generator, Options as Gen};
+    use microfunnel::traffic::Options as Gen;
     let j = journey();
     let opts = Gen { prospects: 600, seed: 5, days: 365.0, segment_share: 1.0, malformed_share: 0.0, ..Gen::default() };
-    let mut g = Generator::new(opts, &j, true).unwrap();
-    let (mut line, mut key, mut lines) = (Vec::new(), String::new(), Vec::new());
-    while g.next_into(&mut line, &mut key).is_some() {
-        lines.push(String::from_utf8(line.clone()).unwrap());
-    }
-    let opts = Options {
-        limits: Limits::default(),
-        end: End::Stay,
-        digest: false,
-        summary_only: true,
-        partitions: PARTITIONS,
-        min_sample: 30,
-        inputs: Vec::new(),
-    };
-    let input = lines.join("\n") + "\n";
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (shards, _) = replay::run(Arc::clone(&j), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
+    let lines = cluster::generated(opts, &j);
+    let shards = cluster::replay_shards(&j, &lines, PARTITIONS, End::Stay);
     let span = j.transfer_dedup.0;
     assert_eq!(span, microfunnel::core::engine::KEPT_HANDOFF_SPAN.0, "7 days by default");
     let (mut kept, mut freed) = (0, 0);
@@ -309,7 +258,7 @@ fn kept_generations_stay_within_their_span_under_a_year_of_traffic() {
 /// again: its redirect is revived by that event.
 #[test]
 fn a_revived_redirect_of_an_anonymous_id_is_anonymous() {
-    let (a1, a2) = (key_in_partition("anon-a-", 0), key_in_partition("anon-b-", 1));
+    let (a1, a2) = (on(0, "anon-a-"), on(1, "anon-b-"));
     let mut c = Cluster::new(journey());
     c.send(&seg("page", "", None, &a1, "m-1", "2026-03-02T09:00:00Z", Some("ana@x.example")));
     c.send(&seg("page", "", None, &a2, "m-2", "2026-03-02T10:00:00Z", Some("ana@x.example")));
@@ -331,8 +280,8 @@ fn a_revived_redirect_of_an_anonymous_id_is_anonymous() {
 
 /// Contacts `x` (partition 0) and `y` (partition 1) of one person (one email, on partition 2).
 fn contacts() -> (String, String, String) {
-    let x = key_in_partition("crm-x-", 0);
-    let y = key_in_partition("crm-y-", 1);
+    let x = on(0, "crm-x-");
+    let y = on(1, "crm-y-");
     let email = (0..)
         .map(|i| format!("ana{i}@x.example"))
         .find(|e| kafka_partition(format!("\0{e}").as_bytes(), PARTITIONS) == 2)

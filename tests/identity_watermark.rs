@@ -15,20 +15,23 @@ use microfunnel::core::ids::kafka_partition;
 use microfunnel::core::time::parse_rfc3339;
 use microfunnel::core::xpart::{UNBOUNDED, XRecord};
 use microfunnel::core::{Engine, Event, Journey, Output, Ts};
-use microfunnel::replay::{self, End, Options};
+use microfunnel::replay::End;
 use payloads::seg;
 
-const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{engines, on};
+
 /// The trial's spans: anonymous `aware` visitors leave after 3 days.
 const RETENTION: &str =
     "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n[retention.anonymous]\naware = 3\n";
 
 fn journey() -> Arc<Journey> {
-    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{RETENTION}")).unwrap())
+    cluster::resolving(RETENTION)
 }
 
 fn generated(prospects: u64, seed: u64, days: f64, j: &Journey) -> Vec<String> {
-    use microfunnel::traffic::{Generator, Options as Gen};
+    use microfunnel::traffic::Options as Gen;
     let opts = Gen {
         prospects,
         seed,
@@ -38,27 +41,11 @@ fn generated(prospects: u64, seed: u64, days: f64, j: &Journey) -> Vec<String> {
         out_of_order_share: 0.0,
         ..Gen::default()
     };
-    let mut g = Generator::new(opts, j, true).unwrap();
-    let (mut line, mut key, mut lines) = (Vec::new(), String::new(), Vec::new());
-    while g.next_into(&mut line, &mut key).is_some() {
-        lines.push(String::from_utf8(line.clone()).unwrap());
-    }
-    lines
+    cluster::generated(opts, j)
 }
 
 fn replay(j: &Arc<Journey>, lines: &[String], partitions: u32, end: Ts) -> Vec<Engine> {
-    let opts = Options {
-        limits: Limits::default(),
-        end: if end.is_none() { End::Stay } else { End::Until(end) },
-        digest: false,
-        summary_only: true,
-        partitions,
-        min_sample: 30,
-        inputs: Vec::new(),
-    };
-    let input = lines.join("\n") + "\n";
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    replay::run(Arc::clone(j), &opts, input.as_bytes(), &mut out, &mut err).unwrap().0
+    cluster::replay_shards(j, lines, partitions, if end.is_none() { End::Stay } else { End::Until(end) })
 }
 
 /// What the trial compared: expired people, merges, and the people (`resolved` digests).
@@ -75,16 +62,6 @@ fn outcome(shards: &[Engine]) -> Outcome {
         merged: shards.iter().map(|e| e.identity_stats().merged).sum(),
         resolved: shards.iter().fold(0u64, |a, e| a.wrapping_add(e.resolved_digest())),
     }
-}
-
-fn engines(j: &Arc<Journey>, partitions: u32) -> Vec<Engine> {
-    (0..partitions)
-        .map(|p| {
-            let mut e = Engine::new(Arc::clone(j));
-            e.resolve_across(p, partitions);
-            e
-        })
-        .collect()
 }
 
 fn inputs(j: &Journey, lines: &[String], partitions: u32) -> Vec<VecDeque<Event<'static>>> {
@@ -134,18 +111,7 @@ fn paced(j: &Arc<Journey>, lines: &[String], paces: &[u64], seed: u64, progress:
             }
             draw -= paces[q];
         }
-        let take_record = match (inputs[p].front(), topic[p].front()) {
-            (Some(ev), Some(r)) => r.ts() < ev.ts,
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        if take_record {
-            let r = topic[p].pop_front().unwrap();
-            shards[p].apply_identity_record(r, &mut out);
-        } else {
-            let ev = inputs[p].pop_front().unwrap();
-            shards[p].apply(&ev, &mut out);
-        }
+        cluster::step(&mut shards[p], &mut inputs[p], &mut topic[p], true, &mut out);
         collect(&mut shards[p], &mut topic);
         steps[p] += 1;
         let idle = inputs[p].is_empty();
@@ -267,10 +233,6 @@ fn records_delivered_at_once_make_the_gate_change_nothing() {
     }
 }
 
-fn on(partition: u32, prefix: &str) -> String {
-    (0..).map(|i| format!("{prefix}{i}")).find(|k| kafka_partition(k.as_bytes(), 3) == partition).unwrap()
-}
-
 fn expired(out: &[Output]) -> usize {
     out.iter().filter(|o| matches!(o, Output::Expired { .. })).count()
 }
@@ -279,16 +241,8 @@ fn expired(out: &[Output]) -> usize {
 /// delivered, again until quiet.
 fn settle(shards: &mut [Engine], idle: &[bool], out: &mut Vec<Output>) {
     for _ in 0..10 {
-        let mut records = Vec::new();
-        for (p, e) in shards.iter_mut().enumerate() {
-            e.publish_progress(idle[p], false, out);
-            records.extend(e.take_identity_records());
-        }
-        if records.is_empty() {
+        if !cluster::progress_round(shards, idle, out) {
             return;
-        }
-        for (q, r) in records {
-            shards[q as usize].apply_identity_record(r, out);
         }
     }
     panic!("progress did not settle");
@@ -330,6 +284,24 @@ fn an_idle_partition_does_not_stop_expiry() {
     assert_eq!(shards[0].expiry_horizon(), Some(shards[0].watermark().min(shards[1].watermark())));
 }
 
+/// Three gated shards, each with an anonymous visitor of `prefix` (message `{m}-{p}`) seen on
+/// 2026-03-01 and its clock advanced to 2026-03-10, past the visitor's due; no progress sent.
+fn visitors_behind(j: &Arc<Journey>, prefix: &str, m: &str, out: &mut Vec<Output>) -> (Vec<Engine>, Vec<String>) {
+    let mut shards = engines(j, 3);
+    let ids: Vec<String> = (0..3).map(|p| on(p, prefix)).collect();
+    let at = |t: &str| parse_rfc3339(t).unwrap();
+    for e in shards.iter_mut() {
+        e.gate_expiry();
+    }
+    for (p, id) in ids.iter().enumerate() {
+        let line = seg("page", "", None, id, &format!("{m}-{p}"), "2026-03-01T10:00:00Z", None);
+        let ev = microfunnel::codec::decode(line.as_bytes(), j, &Limits::default()).unwrap();
+        shards[p].apply(&ev, out);
+        shards[p].advance_to(at("2026-03-10T00:00:00Z"), out);
+    }
+    (shards, ids)
+}
+
 /// A shard restored from its snapshot knows nothing of the others' progress (soft state): it
 /// expires nothing by sweep until every partition reported. Its progress record asks (it has
 /// not heard from everyone), which makes the others publish again at once although they have
@@ -337,28 +309,15 @@ fn an_idle_partition_does_not_stop_expiry() {
 #[test]
 fn a_restored_shard_relearns_the_table_before_it_expires_by_sweep() {
     let j = journey();
-    let mut shards = engines(&j, 3);
     let mut out = Vec::new();
-    let ids: Vec<String> = (0..3).map(|p| on(p, "anon-r")).collect();
+    let (mut shards, ids) = visitors_behind(&j, "anon-r", "m", &mut out);
     let at = |t: &str| parse_rfc3339(t).unwrap();
-    for e in shards.iter_mut() {
-        e.gate_expiry();
-    }
-    for (p, id) in ids.iter().enumerate() {
-        let line = seg("page", "", None, id, &format!("m-{p}"), "2026-03-01T10:00:00Z", None);
-        let ev = microfunnel::codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
-        shards[p].apply(&ev, &mut out);
-        shards[p].advance_to(at("2026-03-10T00:00:00Z"), &mut out);
-    }
     // Shard 0 restored from a snapshot before any progress reached it.
     let mut bytes = Vec::new();
     shards[0].encode_state(&mut bytes);
     settle(&mut shards, &[false; 3], &mut out);
     assert_eq!(expired(&out), 3, "every visitor expired once the tables were complete");
-    let mut restored = Engine::decode_state(Arc::clone(&j), &bytes).unwrap();
-    restored.resolve_across(0, 3);
-    restored.gate_expiry();
-    shards[0] = restored;
+    shards[0] = cluster::restore(&j, &bytes, 0);
     out.clear();
     shards[0].advance_to(at("2026-03-11T00:00:00Z"), &mut out);
     assert_eq!(shards[0].expiry_horizon(), Some(Ts::NONE));
@@ -392,26 +351,12 @@ fn a_restored_shard_relearns_the_table_before_it_expires_by_sweep() {
 #[test]
 fn a_restored_shard_with_no_input_left_expires_once_the_horizon_moves() {
     let j = journey();
-    let mut shards = engines(&j, 3);
     let mut out = Vec::new();
-    let ids: Vec<String> = (0..3).map(|p| on(p, "anon-q")).collect();
-    let at = |t: &str| parse_rfc3339(t).unwrap();
-    for e in shards.iter_mut() {
-        e.gate_expiry();
-    }
-    for (p, id) in ids.iter().enumerate() {
-        let line = seg("page", "", None, id, &format!("q-{p}"), "2026-03-01T10:00:00Z", None);
-        let ev = microfunnel::codec::decode(line.as_bytes(), &j, &Limits::default()).unwrap();
-        shards[p].apply(&ev, &mut out);
-        shards[p].advance_to(at("2026-03-10T00:00:00Z"), &mut out);
-    }
+    let (mut shards, ids) = visitors_behind(&j, "anon-q", "q", &mut out);
     assert_eq!(shards[0].expiries_waiting(), 1, "held: no progress yet");
     let mut bytes = Vec::new();
     shards[0].encode_state(&mut bytes);
-    let mut restored = Engine::decode_state(Arc::clone(&j), &bytes).unwrap();
-    restored.resolve_across(0, 3);
-    restored.gate_expiry();
-    shards[0] = restored;
+    shards[0] = cluster::restore(&j, &bytes, 0);
     out.clear();
     // No advance: the restored shard's inputs are all read. Every shard publishes, idle.
     settle(&mut shards, &[true; 3], &mut out);

@@ -13,7 +13,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -31,24 +30,10 @@ fn distinct(lines: impl Iterator<Item = Value>, kind: &str) -> usize {
 fn two_instances_over_a_backlog_expire_and_merge_as_replay() {
     let mut s = setup("wmark-backlog");
     s.kafka.resume_rewind = 0;
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
-    let path = dir.join(format!("{}-journey.toml", s.kafka.group_id));
     let retention = "[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n[retention.anonymous]\naware = 3\n";
-    std::fs::write(&path, format!("{b2b}\n[identity]\nresolve = true\n{retention}")).unwrap();
-    s.journey.path = path;
+    resolving_journey(&mut s, retention);
     let journey_arg = s.journey.path.display().to_string();
-    let (web_file, crm_file) =
-        (dir.join(format!("{}-web.jsonl", s.kafka.group_id)), dir.join(format!("{}-crm.jsonl", s.kafka.group_id)));
-    let out = bin()
-        .args(["gen", "--prospects", "600", "--days", "60", "--seed", "7", "--segment-share", "1", "--quiet"])
-        .args(["--malformed", "0", "--out-web"])
-        .arg(&web_file)
-        .arg("--out-crm")
-        .arg(&crm_file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (web_file, crm_file) = gen_segment(&s.kafka.group_id, "600", "60");
     let oracle = oracle_with(&web_file, &crm_file, PARTITIONS as usize, &["--journey", &journey_arg]);
     let (expired, merged) =
         (distinct(oracle.lines.iter().cloned(), "expired"), distinct(oracle.lines.iter().cloned(), "prospect_merged"));

@@ -11,18 +11,15 @@ use microfunnel::codec::Limits;
 use microfunnel::core::ids::kafka_partition;
 use microfunnel::core::xpart::XRecord;
 use microfunnel::core::{Engine, Journey, ProspectView};
-use microfunnel::replay::{self, End, Options};
+use microfunnel::replay::{End, Options};
 use payloads::{crm, seg};
 
-const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
-const PARTITIONS: u32 = 3;
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{B2B, PARTITIONS, engines, on};
 
 fn journey() -> Arc<Journey> {
-    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n")).unwrap())
-}
-
-fn key_in_partition(prefix: &str, partition: u32) -> String {
-    (0..).map(|i| format!("{prefix}{i}")).find(|k| kafka_partition(k.as_bytes(), PARTITIONS) == partition).unwrap()
+    cluster::resolving("")
 }
 
 /// The anonymous id, the user id and the CRM contact id, each on its own partition.
@@ -33,7 +30,7 @@ struct Ids {
 }
 
 fn ids() -> Ids {
-    Ids { anon: key_in_partition("anon-", 0), user: key_in_partition("usr_", 1), contact: key_in_partition("crm-", 2) }
+    Ids { anon: on(0, "anon-"), user: on(1, "usr_"), contact: on(2, "crm-") }
 }
 
 /// The flow: anonymous browsing and a download, signup with an email, a CRM quote for a
@@ -82,33 +79,17 @@ impl Run {
     }
 
     fn people(&self) -> u64 {
-        self.shards.iter().map(|e| e.census().prospects).sum()
+        cluster::people(&self.shards)
     }
 
     fn in_stage(&self) -> Vec<u64> {
-        let mut sum = vec![0; self.shards[0].funnel().in_stage.len()];
-        for e in &self.shards {
-            for (s, n) in sum.iter_mut().zip(&e.funnel().in_stage) {
-                *s += n;
-            }
-        }
-        sum
+        cluster::in_stage(&self.shards)
     }
 }
 
 fn replay(lines: &[String], partitions: u32) -> Run {
-    let opts = Options {
-        limits: Limits::default(),
-        end: End::Stay,
-        digest: false,
-        summary_only: false,
-        partitions,
-        min_sample: 30,
-        inputs: Vec::new(),
-    };
-    let input = lines.join("\n") + "\n";
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (shards, _) = replay::run(journey(), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
+    let opts = Options { summary_only: false, ..cluster::replay_options(partitions, End::Stay) };
+    let (shards, out, err) = cluster::replay_with(&journey(), lines, &opts);
     // Only the generator's malformed lines are refused.
     let err = String::from_utf8(err).unwrap();
     assert!(err.lines().all(|l| l.contains("invalid_json") || l.contains("bad_timestamp")), "{err}");
@@ -190,13 +171,7 @@ fn crm_first_gives_the_same_final_state() {
 fn a_redelivered_transfer_folds_nothing_twice() {
     let ids = ids();
     let j = journey();
-    let mut shards: Vec<Engine> = (0..PARTITIONS)
-        .map(|p| {
-            let mut e = Engine::new(Arc::clone(&j));
-            e.resolve_across(p, PARTITIONS);
-            e
-        })
-        .collect();
+    let mut shards = engines(&j, PARTITIONS);
     let mut out = Vec::new();
     let mut transfers = Vec::new();
     // Deliver every record, keeping the transfers to deliver them again.
@@ -257,8 +232,7 @@ fn generated_people_resolve_alike_on_any_number_of_partitions_and_any_interleavi
     while generator.next_into(&mut line, &mut key).is_some() {
         lines.push(String::from_utf8(line.clone()).unwrap());
     }
-    let resolved = |shards: &[Engine]| shards.iter().fold(0u64, |a, e| a.wrapping_add(e.resolved_digest()));
-    let people = |shards: &[Engine]| shards.iter().map(|e| e.census().prospects).sum::<u64>();
+    let (resolved, people) = (cluster::resolved, cluster::people);
     let one = replay(&lines, 1);
     assert_eq!(people(&one.shards), 400);
     for n in [3, 5] {
@@ -269,13 +243,7 @@ fn generated_people_resolve_alike_on_any_number_of_partitions_and_any_interleavi
         assert!(sent > 20, "{n} partitions: {sent} transfers");
     }
     // Every identity record delivered only after all the input: the same people.
-    let mut shards: Vec<Engine> = (0..PARTITIONS)
-        .map(|p| {
-            let mut e = Engine::new(Arc::clone(&j));
-            e.resolve_across(p, PARTITIONS);
-            e
-        })
-        .collect();
+    let mut shards = engines(&j, PARTITIONS);
     let (mut out, mut queue) = (Vec::new(), std::collections::VecDeque::new());
     for l in &lines {
         let mut shard = None;

@@ -16,58 +16,28 @@ use microfunnel::core::ids::kafka_partition;
 use microfunnel::core::time::parse_rfc3339;
 use microfunnel::core::xpart::{XRecord, home};
 use microfunnel::core::{Engine, Journey, Output, Ts};
-use microfunnel::replay::{self, End, Options};
+use microfunnel::replay::End;
+use microfunnel::traffic::Options as Gen;
 use payloads::{crm, seg};
 
-const B2B: &str = include_str!("../deploy/journeys/b2b.toml");
 #[path = "support/cluster.rs"]
 mod cluster;
-use cluster::{Cluster, PARTITIONS};
+use cluster::{Cluster, engines, on, people, resolved};
 const RETENTION: &str = "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n";
 
 fn journey(extra: &str) -> Arc<Journey> {
-    Arc::new(Journey::from_toml_str(&format!("{B2B}\n[identity]\nresolve = true\n{extra}")).unwrap())
-}
-
-fn key_in_partition(prefix: &str, partition: u32) -> String {
-    (0..).map(|i| format!("{prefix}{i}")).find(|k| kafka_partition(k.as_bytes(), PARTITIONS) == partition).unwrap()
+    cluster::resolving(extra)
 }
 
 fn generated(prospects: u64, seed: u64, days: f64, j: &Journey) -> Vec<String> {
-    use microfunnel::traffic::{Generator, Options as Gen};
     let opts = Gen { prospects, seed, days, segment_share: 1.0, malformed_share: 0.0, ..Gen::default() };
-    let mut g = Generator::new(opts, j, true).unwrap();
-    let (mut line, mut key, mut lines) = (Vec::new(), String::new(), Vec::new());
-    while g.next_into(&mut line, &mut key).is_some() {
-        lines.push(String::from_utf8(line.clone()).unwrap());
-    }
-    lines
+    cluster::generated(opts, j)
 }
 
 /// Replay over `partitions`, every shard advanced to `end` at the end (each shard's own last
 /// event time would differ between partition counts, and with it who expired last).
 fn replay(j: &Arc<Journey>, lines: &[String], partitions: u32, end: Ts) -> Vec<Engine> {
-    let opts = Options {
-        limits: Limits::default(),
-        end: if end.is_none() { End::Stay } else { End::Until(end) },
-        digest: false,
-        summary_only: true,
-        partitions,
-        min_sample: 30,
-        inputs: Vec::new(),
-    };
-    let input = lines.join("\n") + "\n";
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (shards, _) = replay::run(Arc::clone(j), &opts, input.as_bytes(), &mut out, &mut err).unwrap();
-    shards
-}
-
-fn resolved(shards: &[Engine]) -> u64 {
-    shards.iter().fold(0u64, |a, e| a.wrapping_add(e.resolved_digest()))
-}
-
-fn people(shards: &[Engine]) -> u64 {
-    shards.iter().map(|e| e.census().prospects).sum()
+    cluster::replay_shards(j, lines, partitions, if end.is_none() { End::Stay } else { End::Until(end) })
 }
 
 fn expired(shards: &[Engine]) -> (u64, u64) {
@@ -131,7 +101,7 @@ struct Ids {
 }
 
 fn ids() -> Ids {
-    Ids { anon: key_in_partition("anon-", 0), user: key_in_partition("usr_", 1), contact: key_in_partition("crm-", 2) }
+    Ids { anon: on(0, "anon-"), user: on(1, "usr_"), contact: on(2, "crm-") }
 }
 
 /// The flow: its anonymous id, user id and CRM contact id on partitions 0, 1 and 2.
@@ -238,8 +208,8 @@ fn an_id_that_comes_back_after_expiry_starts_fresh_on_every_partition() {
 fn a_link_received_for_a_person_past_due_expires_it_first() {
     let ids = ids();
     let j = journey(RETENTION);
-    let k = key_in_partition("known-", 2);
-    let dev = key_in_partition("dev-", 2);
+    let k = on(2, "known-");
+    let dev = on(2, "dev-");
     let lines = vec![
         seg("group", "", Some(&k), &dev, "g-1", "2026-02-01T09:00:00Z", None),
         seg("page", "", None, &ids.anon, "m-1", "2026-03-02T09:00:00Z", None),
@@ -276,15 +246,15 @@ fn redirect_records_stay_out_of_the_cap() {
     // Ten people browse on partition 0 and sign up as users homed on partition 1: partition 0
     // keeps ten redirect records.
     for i in 0..10 {
-        let anon = key_in_partition(&format!("a{i}-"), 0);
-        let user = key_in_partition(&format!("u{i}-"), 1);
+        let anon = on(0, &format!("a{i}-"));
+        let user = on(1, &format!("u{i}-"));
         c.send(&seg("page", "", None, &anon, &format!("p{i}"), "2026-03-02T09:00:00Z", None));
         c.send(&seg("identify", "", Some(&user), &anon, &format!("i{i}"), "2026-03-02T10:00:00Z", None));
     }
     assert_eq!(c.shards[0].redirects(), 10);
     assert_eq!(c.shards[0].census().prospects, 0);
     // `cap` visitors on partition 0: none evicted.
-    let visitors: Vec<String> = (0..=cap).map(|i| key_in_partition(&format!("v{i}-"), 0)).collect();
+    let visitors: Vec<String> = (0..=cap).map(|i| on(0, &format!("v{i}-"))).collect();
     for (i, v) in visitors[..cap].iter().enumerate() {
         c.send(&seg("page", "", None, v, &format!("v{i}"), &format!("2026-03-03T09:{:02}:00Z", i % 60), None));
     }
@@ -335,13 +305,7 @@ fn a_forget_keeps_identifiers_first_seen_after_it() {
 /// and the head of its identity partition, the earlier (the identity partition only when it
 /// has a record: a shard does not wait), shards chosen at random; the rest drained at the end.
 fn interleaved(j: &Arc<Journey>, lines: &[String], partitions: u32, seed: u64, chunk: i64, end: Ts) -> Vec<Engine> {
-    let mut shards: Vec<Engine> = (0..partitions)
-        .map(|p| {
-            let mut e = Engine::new(Arc::clone(j));
-            e.resolve_across(p, partitions);
-            e
-        })
-        .collect();
+    let mut shards = engines(j, partitions);
     let mut inputs: Vec<VecDeque<microfunnel::core::Event<'static>>> =
         (0..partitions).map(|_| VecDeque::new()).collect();
     for l in lines {
@@ -371,18 +335,8 @@ fn interleaved(j: &Arc<Journey>, lines: &[String], partitions: u32, seed: u64, c
         live.sort_unstable();
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let p = live[(rng >> 33) as usize % live.len()];
-        let take_record = match (inputs[p].front().filter(|e| e.ts.0 < until), topic[p].front()) {
-            (Some(ev), Some(r)) => r.ts() < ev.ts,
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        if take_record {
-            let r = topic[p].pop_front().unwrap();
-            shards[p].apply_identity_record(r, &mut out);
-        } else {
-            let ev = inputs[p].pop_front().unwrap();
-            shards[p].apply(&ev, &mut out);
-        }
+        let ready = inputs[p].front().is_some_and(|e| e.ts.0 < until);
+        cluster::step(&mut shards[p], &mut inputs[p], &mut topic[p], ready, &mut out);
         for (q, r) in shards[p].take_identity_records() {
             topic[q as usize].push_back(r);
         }
@@ -441,7 +395,7 @@ fn a_transfer_received_for_a_person_past_due_expires_it_first() {
     // The same state, from another id (the first one's marker would take it for a
     // redelivery), as if a later merge had sent it, weeks after the person's due.
     let XRecord::Transfer { into, reason, source, record, generation, .. } = transfer else { unreachable!() };
-    let from = key_in_partition("dev-", 0);
+    let from = on(0, "dev-");
     let late = parse_rfc3339("2026-04-30T00:00:00Z").unwrap();
     let rec = XRecord::Transfer { from, into, reason, ts: late, source, record, generation };
     let mut out = Vec::new();
@@ -465,7 +419,6 @@ fn a_transfer_received_for_a_person_past_due_expires_it_first() {
 #[test]
 #[ignore]
 fn late_events_before_their_links_on_generated_traffic() {
-    use microfunnel::traffic::{Generator, Options as Gen};
     let j = journey("");
     for (share, data) in [0.02, 0.3].into_iter().flat_map(|s| (1..4).map(move |d| (s, d))) {
         let opts = Gen {
@@ -476,11 +429,7 @@ fn late_events_before_their_links_on_generated_traffic() {
             out_of_order_share: share,
             ..Gen::default()
         };
-        let mut g = Generator::new(opts, &j, true).unwrap();
-        let (mut line, mut key, mut lines) = (Vec::new(), String::new(), Vec::new());
-        while g.next_into(&mut line, &mut key).is_some() {
-            lines.push(String::from_utf8(line.clone()).unwrap());
-        }
+        let lines = cluster::generated(opts, &j);
         let end = replay(&j, &lines, 1, Ts::NONE)[0].max_event_time();
         let three = replay(&j, &lines, 3, end);
         let people = |shards: &[Engine]| -> std::collections::BTreeMap<String, String> {

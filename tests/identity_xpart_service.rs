@@ -13,7 +13,7 @@ mod payloads;
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use payloads::{crm as crm_line, seg};
@@ -27,13 +27,6 @@ struct Ids {
     anon: String,
     user: String,
     contact: String,
-}
-
-fn journey_file(dir: &Path, name: &str) -> PathBuf {
-    let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
-    let path = dir.join(format!("{name}-journey.toml"));
-    std::fs::write(&path, format!("{b2b}\n[identity]\nresolve = true\n")).unwrap();
-    path
 }
 
 /// Lines with their Kafka key.
@@ -60,7 +53,7 @@ fn one_person_across_two_instances(name: &str, kill: bool) {
     s.http.query_api = true;
     s.http.show_emails = true;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    s.journey.path = journey_file(dir, &s.kafka.group_id);
+    resolving_journey(&mut s, "");
     let ids = Ids {
         anon: key_in_partition("anon-", 0, PARTITIONS),
         user: key_in_partition("usr_", 1, PARTITIONS),
@@ -223,7 +216,7 @@ fn crm_first_then_web_gives_the_same_person_on_two_instances() {
     s.kafka.resume_rewind = 0;
     s.http.query_api = true;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    s.journey.path = journey_file(dir, &s.kafka.group_id);
+    resolving_journey(&mut s, "");
     let ids = Ids {
         anon: key_in_partition("anon-", 0, PARTITIONS),
         user: key_in_partition("usr_", 1, PARTITIONS),
@@ -265,15 +258,7 @@ fn crm_first_then_web_gives_the_same_person_on_two_instances() {
     let file = dir.join(format!("{}-crm-then-web.jsonl", s.kafka.group_id));
     let lines: Vec<&str> = crm_lines.iter().chain(&web_lines).map(|(_, l)| l.as_str()).collect();
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let out = bin()
-        .args(["replay", "--partitions", "3", "--no-advance", "--digest", "--journey"])
-        .arg(&s.journey.path)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let lines: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = replay_lines(&s.journey.path, &file);
     let oracle = Oracle {
         shards: Default::default(),
         alerts: lines
@@ -346,25 +331,10 @@ fn an_identity_topic_with_another_partition_count_is_refused_naming_the_key() {
 fn retention_with_identity_across_partitions_on_two_instances_with_a_kill_9_equals_replay() {
     let mut s = setup("xpart-retention");
     s.kafka.resume_rewind = 0;
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let b2b = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/journeys/b2b.toml")).unwrap();
-    let path = dir.join(format!("{}-journey.toml", s.kafka.group_id));
-    let retention = "[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n";
-    std::fs::write(&path, format!("{b2b}\n[identity]\nresolve = true\n{retention}")).unwrap();
-    s.journey.path = path;
+    resolving_journey(&mut s, "[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n");
     let journey =
         microfunnel::core::Journey::from_toml_str(&std::fs::read_to_string(&s.journey.path).unwrap()).unwrap();
-    let (web_file, crm_file) =
-        (dir.join(format!("{}-web.jsonl", s.kafka.group_id)), dir.join(format!("{}-crm.jsonl", s.kafka.group_id)));
-    let out = support::bin()
-        .args(["gen", "--prospects", "300", "--days", "240", "--seed", "7", "--segment-share", "1", "--quiet"])
-        .args(["--malformed", "0", "--out-web"])
-        .arg(&web_file)
-        .arg("--out-crm")
-        .arg(&crm_file)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (web_file, crm_file) = gen_segment(&s.kafka.group_id, "300", "240");
     let journey_arg = s.journey.path.display().to_string();
     let oracle = oracle_with(&web_file, &crm_file, PARTITIONS as usize, &["--journey", &journey_arg]);
     let summary = oracle.lines.iter().find(|l| l["kind"] == "funnel_summary").unwrap();

@@ -800,19 +800,45 @@ impl Drop for Prometheus {
 /// `microfunnel gen` traffic (300 prospects over 28 days, seed 5, then `extra` arguments) as the
 /// two input topics would receive it: one file each, named after `name` in the test's temp dir.
 pub fn gen_per_topic(name: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    gen_files(name, &[&["--prospects", "300", "--days", "28", "--seed", "5", "--quiet"], extra].concat())
+}
+
+/// `microfunnel gen` traffic of `prospects` over `days` (seed 7, every web event a Segment call,
+/// nothing malformed), as [`gen_per_topic`] writes it.
+pub fn gen_segment(name: &str, prospects: &str, days: &str) -> (PathBuf, PathBuf) {
+    let args = ["--prospects", prospects, "--days", days, "--seed", "7", "--segment-share", "1", "--quiet"];
+    gen_files(name, &[&args[..], &["--malformed", "0"]].concat())
+}
+
+/// `microfunnel gen` with `args`, one file per input topic named after `name` in the test's
+/// temp dir.
+fn gen_files(name: &str, args: &[&str]) -> (PathBuf, PathBuf) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let (web, crm) = (dir.join(format!("{name}-web.jsonl")), dir.join(format!("{name}-crm.jsonl")));
-    let out = bin()
-        .args(["gen", "--prospects", "300", "--days", "28", "--seed", "5", "--quiet"])
-        .args(extra)
-        .arg("--out-web")
-        .arg(&web)
-        .arg("--out-crm")
-        .arg(&crm)
-        .output()
-        .unwrap();
+    let out = bin().arg("gen").args(args).arg("--out-web").arg(&web).arg("--out-crm").arg(&crm).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     (web, crm)
+}
+
+/// Writes the b2b journey with identity resolution on, then `extra`, to
+/// `<group_id>-journey.toml` in the test's temp dir, and points `s.journey.path` at it.
+pub fn resolving_journey(s: &mut Settings, extra: &str) {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-journey.toml", s.kafka.group_id));
+    std::fs::write(&path, format!("{B2B}\n[identity]\nresolve = true\n{extra}")).unwrap();
+    s.journey.path = path;
+}
+
+/// The lines of `replay --partitions 3 --no-advance --digest` of `file` with the journey at
+/// `journey`.
+pub fn replay_lines(journey: &Path, file: &Path) -> Vec<Value> {
+    let out = bin()
+        .args(["replay", "--partitions", "3", "--no-advance", "--digest", "--journey"])
+        .arg(journey)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// Waits until `svc` (started with `settings`) checkpointed all `messages` of its inputs, then checks that every shard's

@@ -18,7 +18,7 @@ use payloads::crm;
 
 #[path = "support/cluster.rs"]
 mod cluster;
-use cluster::{PARTITIONS, engines, in_stage, people, person, resolved};
+use cluster::{PARTITIONS, engines, in_stage, people, person, resolved, restored_as};
 
 fn journey() -> Arc<Journey> {
     cluster::resolving("")
@@ -155,38 +155,12 @@ fn redelivered_transfers_of_a_flipping_id_fold_once() {
 /// restore still folds nothing.
 #[test]
 fn transfer_generations_survive_a_restore_from_snapshot_and_from_the_changelog() {
-    use microfunnel::store::changelog::{Batch, Fold};
-    use std::collections::BTreeMap;
-
     let ids = ids();
     let InProcess { shards, transfers } = in_process(&flips(&ids), false);
     let j = journey();
     let one = replay(&flips(&ids), 1);
     let restored = |how: &str| -> Vec<Engine> {
-        shards
-            .iter()
-            .enumerate()
-            .map(|(p, live)| {
-                let mut live = live.clone();
-                let mut e = if how == "snapshot" {
-                    let mut bytes = Vec::new();
-                    live.encode_state(&mut bytes);
-                    Engine::decode_state(Arc::clone(&j), &bytes).unwrap()
-                } else {
-                    let changed = live.take_changed();
-                    let mut batch = Batch::default();
-                    batch.checkpoint(&live, &changed, &[], 1, &BTreeMap::from([("crm".to_string(), 5)]));
-                    let mut f = Fold::new(Engine::new(Arc::clone(&j)), BTreeMap::new(), 0);
-                    for (o, (k, v)) in batch.records().enumerate() {
-                        f.push(p as i32, o as i64, k, v);
-                    }
-                    f.finish().engine
-                };
-                assert_eq!(e.digest(), live.digest(), "{how}, shard {p}");
-                e.resolve_across(p as u32, PARTITIONS);
-                e
-            })
-            .collect()
+        shards.iter().enumerate().map(|(p, live)| restored_as(how, &j, live, p)).collect()
     };
     for how in ["snapshot", "changelog"] {
         let mut shards = restored(how);

@@ -21,7 +21,7 @@ use payloads::seg;
 
 #[path = "support/cluster.rs"]
 mod cluster;
-use cluster::{Cluster, PARTITIONS, in_stage, on, people, resolved};
+use cluster::{Cluster, PARTITIONS, in_stage, on, people, resolved, restored_as};
 const RETENTION: &str = "\n[retention]\nafter_days = 10\n[retention.stages]\naware = 4\n";
 
 fn journey() -> Arc<Journey> {
@@ -178,9 +178,6 @@ fn a_later_generation_after_the_senders_redirect_was_freed_still_folds() {
 /// alone, each shard keeps them, and the transfer redelivered after the restore folds nothing.
 #[test]
 fn kept_generations_survive_a_restore_from_snapshot_and_from_the_changelog() {
-    use microfunnel::store::changelog::{Batch, Fold};
-    use std::collections::BTreeMap;
-
     let (anon, user) = (on(0, "anon-"), on(1, "usr_"));
     let j = journey();
     let mut c = Cluster::new(Arc::clone(&j));
@@ -192,24 +189,8 @@ fn kept_generations_survive_a_restore_from_snapshot_and_from_the_changelog() {
             .iter()
             .enumerate()
             .map(|(p, live)| {
-                let mut live = live.clone();
-                let mut e = if how == "snapshot" {
-                    let mut bytes = Vec::new();
-                    live.encode_state(&mut bytes);
-                    Engine::decode_state(Arc::clone(&j), &bytes).unwrap()
-                } else {
-                    let changed = live.take_changed();
-                    let mut batch = Batch::default();
-                    batch.checkpoint(&live, &changed, &[], 1, &BTreeMap::from([("crm".to_string(), 5)]));
-                    let mut f = Fold::new(Engine::new(Arc::clone(&j)), BTreeMap::new(), 0);
-                    for (o, (k, v)) in batch.records().enumerate() {
-                        f.push(p as i32, o as i64, k, v);
-                    }
-                    f.finish().engine
-                };
+                let e = restored_as(how, &j, live, p);
                 assert_eq!(e.kept_handoffs(), live.kept_handoffs(), "{how}, shard {p}");
-                assert_eq!(e.digest(), live.digest(), "{how}, shard {p}");
-                e.resolve_across(p as u32, PARTITIONS);
                 e
             })
             .collect();

@@ -50,6 +50,33 @@ pub fn restore(j: &Arc<Journey>, bytes: &[u8], p: u32) -> Engine {
     restored
 }
 
+/// Partition `p`'s `live` engine as a restore loads it, `how` being `"snapshot"` (its full
+/// state) or `"changelog"` (a checkpoint of what changed, folded onto an empty engine); its
+/// digest survives, and it resolves across partitions.
+#[allow(dead_code)]
+pub fn restored_as(how: &str, j: &Arc<Journey>, live: &Engine, p: usize) -> Engine {
+    use microfunnel::store::changelog::{Batch, Fold};
+    use std::collections::BTreeMap;
+    let mut live = live.clone();
+    let mut e = if how == "snapshot" {
+        let mut bytes = Vec::new();
+        live.encode_state(&mut bytes);
+        Engine::decode_state(Arc::clone(j), &bytes).unwrap()
+    } else {
+        let changed = live.take_changed();
+        let mut batch = Batch::default();
+        batch.checkpoint(&live, &changed, &[], 1, &BTreeMap::from([("crm".to_string(), 5)]));
+        let mut f = Fold::new(Engine::new(Arc::clone(j)), BTreeMap::new(), 0);
+        for (o, (k, v)) in batch.records().enumerate() {
+            f.push(p as i32, o as i64, k, v);
+        }
+        f.finish().engine
+    };
+    assert_eq!(e.digest(), live.digest(), "{how}, shard {p}");
+    e.resolve_across(p as u32, PARTITIONS);
+    e
+}
+
 /// The lines of generated traffic.
 #[allow(dead_code)]
 pub fn generated(opts: microfunnel::traffic::Options, j: &Journey) -> Vec<String> {

@@ -79,22 +79,7 @@ fn flips_across_two_instances(name: &str, kill: bool) {
     step(&instances, 2, "x canonical again, holding the person", &|r| resolves_to(r, &y, &x, &all));
     if kill {
         // The instance holding x's home dies without a checkpoint or leaving the group.
-        let k = instances.iter().position(|i| held(i).contains(&0)).unwrap();
-        instances.remove(k).kill9();
-        wait_until(LIMIT, "the surviving instance holds every shard", || {
-            if held(&instances[0]).len() == PARTITIONS as usize {
-                return true;
-            }
-            nudge_group(&s);
-            let deadline = std::time::Instant::now() + Duration::from_secs(15);
-            while std::time::Instant::now() < deadline {
-                if held(&instances[0]).len() == PARTITIONS as usize {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            false
-        });
+        kill9_holder_of(&mut instances, 0, &s, PARTITIONS as usize, LIMIT);
         // Before the next step, the survivor has re-read (and checkpointed) every identity
         // record the dead instance's shards had sent: `y`'s home, restored from before the link
         // that made `x` canonical, decides `y`'s transfer again (a redelivery where `x` lives).

@@ -96,15 +96,7 @@ fn two_instances_over_a_backlog_expire_and_merge_as_replay() {
     // kill -9 of the instance holding partition 1: the survivor restores its shards, which
     // know nothing of the others' progress (soft state) until they ask and are answered; then
     // every horizon is unbounded again and the people are replay's.
-    let i = instances.iter().position(|i| held(i).contains(&1)).expect("partition 1 held");
-    instances.remove(i).kill9();
-    wait_until(LIMIT, "the surviving instance holds every shard", || {
-        if held(&instances[0]).len() == PARTITIONS as usize {
-            return true;
-        }
-        nudge_group(&s);
-        held(&instances[0]).len() == PARTITIONS as usize
-    });
+    kill9_holder_of(&mut instances, 1, &s, PARTITIONS as usize, LIMIT);
     settled(&instances);
     let survivor = || instances[0].shards().unwrap_or_default();
     let again = resolved_when_drained(survivor, &s, &states, messages, PARTITIONS as usize, LIMIT);

@@ -81,24 +81,7 @@ fn one_person_across_two_instances(name: &str, kill: bool) {
     let mut restored_from = Vec::new();
     if kill {
         // The instance holding the user's shard dies without a checkpoint or leaving the group.
-        let k = instances.iter().position(|i| held(i).contains(&1)).unwrap();
-        instances.remove(k).kill9();
-        // Until the survivor holds every shard: a member that joins and leaves (again, if the
-        // first one left before the broker rebalanced).
-        wait_until(LIMIT, "the surviving instance holds every shard", || {
-            if held(&instances[0]).len() == PARTITIONS as usize {
-                return true;
-            }
-            nudge_group(&s);
-            let deadline = std::time::Instant::now() + Duration::from_secs(15);
-            while std::time::Instant::now() < deadline {
-                if held(&instances[0]).len() == PARTITIONS as usize {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            false
-        });
+        kill9_holder_of(&mut instances, 1, &s, PARTITIONS as usize, LIMIT);
         restored_from = instances[0].shards().unwrap().iter().map(|s| s["restored_from"].to_string()).collect();
     }
     let refs: Vec<&Process> = instances.iter().collect();
@@ -389,22 +372,7 @@ fn retention_with_identity_across_partitions_on_two_instances_with_a_kill_9_equa
         });
         if !killed && k >= n / 2 {
             killed = true;
-            let i = instances.iter().position(|i| held(i).contains(&1)).expect("partition 1 held");
-            instances.remove(i).kill9();
-            wait_until(LIMIT, "the surviving instance holds every shard", || {
-                if held(&instances[0]).len() == PARTITIONS as usize {
-                    return true;
-                }
-                nudge_group(&s);
-                let deadline = std::time::Instant::now() + Duration::from_secs(15);
-                while std::time::Instant::now() < deadline {
-                    if held(&instances[0]).len() == PARTITIONS as usize {
-                        return true;
-                    }
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                false
-            });
+            kill9_holder_of(&mut instances, 1, &s, PARTITIONS as usize, LIMIT);
         }
     }
     assert!(killed);

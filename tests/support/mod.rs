@@ -1017,6 +1017,36 @@ pub fn held(i: &Process) -> BTreeSet<i64> {
     i.shards().unwrap_or_default().iter().map(|s| s["partition"].as_i64().unwrap()).collect()
 }
 
+/// kill -9 of the instance of `instances` that holds `partition` (it neither checkpoints nor
+/// leaves the group), then waits until the one left holds all `partitions`: a member that joins
+/// and leaves (again, if the first one left before the broker saw the death).
+#[allow(dead_code)]
+pub fn kill9_holder_of(
+    instances: &mut Vec<Process>,
+    partition: i64,
+    s: &microfunnel::config::Settings,
+    partitions: usize,
+    limit: Duration,
+) {
+    let i = instances.iter().position(|i| held(i).contains(&partition)).expect("the partition is held");
+    instances.remove(i).kill9();
+    let survivor = &instances[0];
+    wait_until(limit, "the surviving instance holds every shard", || {
+        if held(survivor).len() == partitions {
+            return true;
+        }
+        nudge_group(s);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if held(survivor).len() == partitions {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    });
+}
+
 /// Tansu hands a SIGKILLed member's partitions on only when another member joins or leaves:
 /// a plain consumer of the group joins and leaves.
 pub fn nudge_group(s: &microfunnel::config::Settings) {

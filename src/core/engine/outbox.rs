@@ -105,6 +105,9 @@ pub(super) struct Outbox {
     cuts: Vec<usize>,
     /// How many part keys the last capture's write covers.
     keys: usize,
+    /// The body bytes of `sent` and `sealed`, summed when they last changed (a capture's split,
+    /// a restore), so the gauges do not encode them again.
+    settled_bytes: usize,
 }
 
 /// Keeps only the last `Progress` record for each partition in `records[from..]` (module
@@ -173,8 +176,10 @@ impl Engine {
         }
         o.cuts.clear();
         let (mut part, mut scratch) = (0, Vec::with_capacity(256));
+        o.settled_bytes = 0;
         for (i, (_, r)) in o.sealed.iter().enumerate() {
             let len = body_len(r, &mut scratch);
+            o.settled_bytes += len;
             // A part holds at least one record (a record alone fits: transfers are bounded).
             if part > 0 && part + len > budget {
                 o.cuts.push(i);
@@ -227,8 +232,10 @@ impl Engine {
 
     /// How many records the outbox holds and the bytes they take (as encoded in its body).
     pub fn outbox_size(&self) -> (usize, usize) {
+        let o = &self.outbox;
         let mut scratch = Vec::with_capacity(256);
-        self.outbox().fold((0, 0), |(n, bytes), (_, r)| (n + 1, bytes + body_len(r, &mut scratch)))
+        let pending: usize = o.pending.iter().map(|(_, r)| body_len(r, &mut scratch)).sum();
+        (o.sent.len() + o.sealed.len() + o.pending.len(), o.settled_bytes + pending)
     }
 
     /// The outbox of the checkpoint being restored (its changelog records, or a full state's
@@ -236,7 +243,9 @@ impl Engine {
     /// changelog may hold records (a full state does not know: 1). A checkpoint after it writes
     /// the outbox record (records or tombstone).
     pub fn restore_outbox(&mut self, records: Vec<(u32, XRecord)>, keys: usize) {
-        self.outbox = Outbox { sealed: records, recorded: keys.max(1), ..Outbox::default() };
+        let mut scratch = Vec::with_capacity(256);
+        let settled_bytes = records.iter().map(|(_, r)| body_len(r, &mut scratch)).sum();
+        self.outbox = Outbox { sealed: records, recorded: keys.max(1), settled_bytes, ..Outbox::default() };
     }
 
     /// An unfinished checkpoint wrote outbox part keys below `keys`: the next one writes them
@@ -285,6 +294,33 @@ mod tests {
 
     fn forget(n: i64) -> (u32, XRecord) {
         (n as u32 % 3, XRecord::Forget { ids: vec![format!("id-{n}"), format!("other-{n}")], ts: Ts(n) })
+    }
+
+    /// The gauges' size is every held record's body bytes, whichever step of the cycle
+    /// (restored, sealed, sent, failed, pending) the records are at.
+    #[test]
+    fn the_outbox_size_counts_every_held_record() {
+        let text = format!("{}\n[identity]\nresolve = true\n", include_str!("../../../deploy/journeys/b2b.toml"));
+        let mut engine = Engine::new(Arc::new(Journey::from_toml_str(&text).unwrap()));
+        let encoded = |e: &Engine| {
+            let mut scratch = Vec::new();
+            let held: Vec<_> = e.outbox().collect();
+            (held.len(), held.iter().map(|(_, r)| body_len(r, &mut scratch)).sum::<usize>())
+        };
+        engine.restore_outbox(vec![forget(1), forget(2)], 1);
+        assert_eq!(engine.outbox_size(), encoded(&engine), "restored");
+        engine.settle_outbox(true);
+        engine.outbox.pending.push(forget(30));
+        assert_eq!(engine.outbox_size(), encoded(&engine), "sent and pending");
+        engine.seal_outbox();
+        engine.outbox.pending.push(forget(400));
+        assert_eq!(engine.outbox_size(), encoded(&engine), "sealed and pending");
+        engine.settle_outbox(false);
+        engine.seal_outbox();
+        assert_eq!(engine.outbox_size(), encoded(&engine), "a failed checkpoint's sealed again");
+        engine.settle_outbox(true);
+        assert_eq!(engine.outbox_size(), encoded(&engine), "sent");
+        assert_eq!(engine.outbox_size().0, 2);
     }
 
     /// A full state carries the outbox as section `O` (sent, sealed and pending records, in

@@ -256,11 +256,14 @@ impl State {
             let payload = msg.payload().unwrap_or_default();
             if shard.learn(t, &topics[t], msg.offset(), payload, &self.specs[t], journey, &self.limits) {
                 self.metrics.crm_rebuild_messages.inc();
+            } else {
+                self.metrics.input_redelivered.inc();
             }
             return;
         }
         let inputs = &mut shard.inputs;
         if msg.offset() < inputs.delivered[t] {
+            self.metrics.input_redelivered.inc();
             return;
         }
         inputs.delivered[t] = msg.offset() + 1;
@@ -317,12 +320,14 @@ impl State {
         held.borrow_owner().keep(msg);
         inputs.queues[t].push_back(Buffered { msg: held, ts, seq });
         self.buffered += 1;
+        self.metrics.input_held.inc();
         if inputs.queues[t].len() > limit && !inputs.paused[t] {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(msg.topic(), p);
             match consumer.pause(&tpl) {
                 Ok(()) => {
                     inputs.paused[t] = true;
+                    self.metrics.input_pauses.inc();
                     tracing::debug!(topic = msg.topic(), partition = p, "input paused: merge queue full");
                 }
                 Err(e) => tracing::warn!(error = %e, topic = msg.topic(), partition = p, "cannot pause a partition"),

@@ -9,6 +9,7 @@
 #     (benches/perf_stages.py).
 #   benches/e2e_profile.sh [EVENTS (default 1000000)] [FREQUENCY (default 1200)]
 # BENCH_BIN=PATH profiles another (release) build over the same preload, e.g. an older commit's.
+# BENCH_KEEP_PERF=1 keeps target/bench-work/profile.data for `perf report`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-1000000}
@@ -50,4 +51,4 @@ kill -INT "$perf_pid"; wait "$perf_pid" || true
 kill -TERM "$pid"; wait "$pid" || true
 rm -rf "$work/profile-state"
 perf script -i "$work/profile.data" -F comm,ip,sym 2>/dev/null | python3 benches/perf_stages.py
-rm -f "$work/profile.data"
+[ -n "${BENCH_KEEP_PERF:-}" ] || rm -f "$work/profile.data"

@@ -25,8 +25,8 @@ use super::{PipelineConsumer, State};
 type Early<'a> = Option<Items<'a>>;
 
 self_cell::self_cell!(
-    /// A copy of a delivered message and its events decoded from that copy's payload at arrival,
-    /// borrowing from it (a decode once, with no owned copy of each event's strings).
+    /// A delivered message and its events decoded from its payload at arrival, borrowing from it
+    /// (a decode once, with no owned copy of each event's strings).
     pub(super) struct HeldDecoded {
         owner: Held,
         #[not_covariant]
@@ -46,8 +46,8 @@ pub(super) struct Buffered {
 /// A delivered message held for the event-time merge: librdkafka's own message, not a copy. Its
 /// payload is read in place (the arrival's decode borrows from it), and its key and headers are
 /// read only if it is dead-lettered: librdkafka parses a record's header list when asked for it,
-/// measured at about 7% of the service's CPU when every held message's headers were copied, and
-/// the payload copy with its allocation at about 5% more.
+/// and the copies of key, headers and payload with their allocations were 3-5% of the service's
+/// CPU at a million preloaded messages (BENCHMARKS.md, issue 22, branch `perf2`).
 ///
 /// The lifetime is erased: librdkafka requires every message to be destroyed before its client
 /// is. Held messages live only in [`Inputs`] queues, which are emptied at a revoke
@@ -247,8 +247,8 @@ fn decode_at_arrival<'a>(
 impl State {
     /// A message as librdkafka delivered it: processed at once when its shard has nothing
     /// buffered and every other input of the shard is caught up (live traffic); else its payload
-    /// is copied and decoded, and it is processed at once when `merge::decide` would take it
-    /// next, or queued for [`State::merge`]. With `pipeline.merge_buffer_messages = 0`, always
+    /// is decoded in place, and it is processed at once when `merge::decide` would take it next,
+    /// or kept ([`Held`]) and queued for [`State::merge`]. With `pipeline.merge_buffer_messages = 0`, always
     /// processed at once (delivery order).
     pub(super) fn arrive(&mut self, consumer: &PipelineConsumer, msg: BorrowedMessage<'_>, batch: Instant, wall: Ts) {
         let limit = self.settings.pipeline.merge_buffer_messages;
@@ -306,8 +306,7 @@ impl State {
         let seq = inputs.seq;
         inputs.seq += 1;
         // What `State::merge` would do with it first, were it queued: taken at once (its queue is
-        // empty, and it is the head `merge::decide` takes), it is handled now, and neither its
-        // key nor its headers are copied.
+        // empty, and it is the head `merge::decide` takes), it is handled now.
         if inputs.queues[t].is_empty() {
             let heads: Vec<Input> =
                 (0..topics.len()).map(|i| if i == t { Input::Head { ts, seq } } else { shard.input(i) }).collect();

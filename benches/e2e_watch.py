@@ -10,6 +10,7 @@ its first message to its last.
   that held the last message of each input topic) once every message is counted; the CPU at the
   end is the first CPU sample taken after that time (the process is sampled every 5 ms; the
   metrics are scraped every 100 ms, so a scrape costs it little);
+- its peak resident memory up to its last input message (VmHWM);
 - beside them, to judge the run: the process's voluntary and involuntary context switches
   (summed over its threads, /proc/PID/task/*/status: involuntary ones are the other sessions taking its cores) and the load
   average when it started.
@@ -100,6 +101,8 @@ while time.time() < deadline:
 end = max(last, t0)
 c1 = next((c for t, c in samples if t >= end + 0.005), samples[-1][1])
 v1, i1 = switches()
+# Peak resident memory of the run so far (the service keeps running until it is stopped).
+peak = next((int(l.split()[1]) * 1024 for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM:")), 0)
 wall, cpus = end - t0, c1 - c0
 counted = n - n0
 print(
@@ -115,6 +118,7 @@ print(
             "records_sent": sent,
             "voluntary_switches": v1 - v0,
             "involuntary_switches": i1 - i0,
+            "peak_rss_mb": round(peak / 2**20, 1),
             "load1": round(load, 2),
         }
     )

@@ -1,6 +1,7 @@
 //! Engine throughput on generated traffic (`microfunnel gen`'s realistic mix) over 100k and 1M
 //! prospects. Baselines measured in the same run: serde_json parsing the same lines into a
-//! `serde_json::Value`, and skimming them with `IgnoredAny` (the least work serde_json can do).
+//! `serde_json::Value`, and skimming them with `IgnoredAny` (the least work serde_json can do);
+//! the plain consumer's typed parse with serde_json and with sonic-rs (SIMD, the fastest found).
 //!
 //! `apply_only` applies pre-decoded events one `Engine::apply` at a time and times the engine
 //! only, the way the pipeline runs it: before each batch of `BATCH` lines is applied, its lines
@@ -138,6 +139,15 @@ fn engine(c: &mut Criterion) {
             b.iter(|| {
                 for l in corpus.lines() {
                     black_box(serde_json::from_slice::<Envelope<'_>>(l).ok());
+                }
+            })
+        });
+        // The cheapest typed parse found for these payloads (sonic-rs, SIMD): the floor of what
+        // any decode of them costs (BENCHMARKS.md "what bounds the per-CPU goal").
+        group.bench_function(BenchmarkId::from_parameter("parse_only_typed_sonic"), |b| {
+            b.iter(|| {
+                for l in corpus.lines() {
+                    black_box(sonic_rs::from_slice::<Envelope<'_>>(l).ok());
                 }
             })
         });

@@ -58,6 +58,39 @@ fn gen_to_kafka_sends_what_gen_writes_keyed_and_partitioned_like_java_producers(
     assert_eq!(seen, want, "the same lines as `gen --out` for the same seed");
 }
 
+/// `gen --compression none` produces the same records uncompressed (what `benches/` use to
+/// measure a consumer holding messages of uncompressed batches); an unknown codec is refused with
+/// exit code 2, naming the ones it takes.
+#[test]
+fn gen_to_kafka_takes_the_batch_compression_and_refuses_an_unknown_one() {
+    let s = setup("gen-compression");
+    let args = ["gen", "--prospects", "20", "--seed", "9", "--quiet", "--malformed", "0"];
+    let file = std::env::temp_dir().join(format!("{}.jsonl", unique("gen")));
+    assert!(bin().args(args).arg("--out").arg(&file).status().unwrap().success());
+    let expected = std::fs::read_to_string(&file).unwrap();
+    std::fs::remove_file(&file).ok();
+    let out = bin()
+        .args(args)
+        .args(["--brokers", brokers(), "--web-topic", web(&s), "--crm-topic", crm(&s), "--compression", "none"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let journey = journey();
+    for (topic, source) in [(web(&s).to_string(), Source::Web), (crm(&s).to_string(), Source::Crm)] {
+        let want = expected
+            .lines()
+            .filter(|l| codec::decode(l.as_bytes(), &journey, &Limits::default()).unwrap().source == source)
+            .count();
+        let read = read_until(&topic, &format!("{want} records"), |r| r.len() >= want);
+        assert_eq!(read.len(), want, "{topic}: exactly the generated records");
+    }
+
+    let out = bin().args(args).args(["--brokers", brokers(), "--compression", "brotli"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--compression") && err.contains("lz4") && err.contains("none"), "{err}");
+}
+
 struct Prometheus(Child);
 
 impl Drop for Prometheus {

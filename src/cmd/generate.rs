@@ -74,6 +74,11 @@ pub struct GenArgs {
     /// Produce to Kafka at these brokers instead of writing a file (keyed by prospect).
     #[arg(long)]
     brokers: Option<String>,
+    /// Record batch compression with --brokers, as the producer's `compression.type`: lz4, none,
+    /// gzip, snappy or zstd (what a consumer keeps in memory for a message it holds differs:
+    /// see README "Time").
+    #[arg(long, value_name = "CODEC", default_value = "lz4", value_parser = ["lz4", "none", "gzip", "snappy", "zstd"], requires = "brokers")]
+    compression: String,
     /// Topic for web events (with --brokers).
     #[arg(long, default_value = "web-events")]
     web_topic: String,
@@ -196,7 +201,7 @@ pub fn run(args: GenArgs) -> anyhow::Result<()> {
             .set("bootstrap.servers", brokers)
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "20")
-            .set("compression.type", "lz4")
+            .set("compression.type", &args.compression)
             .set("queue.buffering.max.messages", "500000")
             .create()
             .context("creating the Kafka producer")?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message};
 use rdkafka::{Offset, Timestamp, TopicPartitionList};
 
 use crate::codec::{self, InputSpec, Limits};
@@ -25,8 +25,8 @@ use super::{PipelineConsumer, State};
 type Early<'a> = Option<Items<'a>>;
 
 self_cell::self_cell!(
-    /// A copy of a delivered message and its events decoded from that copy's payload at arrival,
-    /// borrowing from it (a decode once, with no owned copy of each event's strings).
+    /// A delivered message and its events decoded from its payload at arrival, borrowing from it
+    /// (a decode once, with no owned copy of each event's strings).
     pub(super) struct HeldDecoded {
         owner: Held,
         #[not_covariant]
@@ -43,74 +43,85 @@ pub(super) struct Buffered {
     pub(super) seq: u64,
 }
 
-/// A copy of a delivered message, as `rdkafka`'s `OwnedMessage` but cheaper to make: the topic
-/// name is shared, not copied, and an empty header list (which some brokers send with every
-/// record) is not copied. Everything `handle` and a dead letter read is kept. The payload is
-/// copied first (the arrival's decode reads the copy); the key and headers only once the
-/// message is queued ([`Held::keep`]: librdkafka parses a record's headers when asked for them,
-/// measured at about 5% of the service's CPU when every message was held).
-pub(super) struct Held {
-    payload: Option<Vec<u8>>,
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    timestamp: Timestamp,
-    rest: std::cell::OnceCell<(Option<Vec<u8>>, Option<OwnedHeaders>)>,
-}
+/// A delivered message held for the event-time merge: librdkafka's own message, not a copy. Its
+/// payload is read in place (the arrival's decode borrows from it), and its key and headers are
+/// read only if it is dead-lettered: librdkafka parses a record's header list when asked for it,
+/// and the copies of key, headers and payload with their allocations were 3-5% of the service's
+/// CPU at a million preloaded messages (BENCHMARKS.md, issue 22, branch `perf2`).
+///
+/// The lifetime is erased: librdkafka requires every message to be destroyed before its client
+/// is. Held messages live only in [`Inputs`] queues, which are emptied at a revoke
+/// ([`State::drop_inputs`], also run by the consumer's close when it is dropped) and, first of
+/// all, by [`ConsumerGuard`]'s drop, on every exit from `pipeline::run`, an unwinding panic
+/// included.
+pub(super) struct Held(BorrowedMessage<'static>);
 
 impl Held {
-    fn of(msg: &BorrowedMessage<'_>, topic: &Arc<str>) -> Held {
-        Held {
-            payload: msg.payload().map(<[u8]>::to_vec),
-            topic: Arc::clone(topic),
-            partition: msg.partition(),
-            offset: msg.offset(),
-            timestamp: msg.timestamp(),
-            rest: std::cell::OnceCell::new(),
-        }
-    }
-
-    /// Copies the key and headers of `msg`, this copy's original, to keep it queued.
-    fn keep(&self, msg: &BorrowedMessage<'_>) {
-        self.rest.get_or_init(|| {
-            (msg.key().map(<[u8]>::to_vec), msg.headers().filter(|h| h.count() > 0).map(|h| h.detach()))
-        });
+    fn of(msg: BorrowedMessage<'_>) -> Held {
+        // SAFETY: the message refers to librdkafka memory owned by the consumer's client, which
+        // outlives it: see the type's docs (queues emptied before the client is destroyed).
+        Held(unsafe { std::mem::transmute::<BorrowedMessage<'_>, BorrowedMessage<'static>>(msg) })
     }
 }
 
 impl Message for Held {
-    type Headers = OwnedHeaders;
+    type Headers = BorrowedHeaders;
 
     fn key(&self) -> Option<&[u8]> {
-        self.rest.get().and_then(|(k, _)| k.as_deref())
+        self.0.key()
     }
 
     fn payload(&self) -> Option<&[u8]> {
-        self.payload.as_deref()
+        self.0.payload()
     }
 
     unsafe fn payload_mut(&mut self) -> Option<&mut [u8]> {
-        self.payload.as_deref_mut()
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.0.payload_mut() }
     }
 
     fn topic(&self) -> &str {
-        &self.topic
+        self.0.topic()
     }
 
     fn partition(&self) -> i32 {
-        self.partition
+        self.0.partition()
     }
 
     fn offset(&self) -> i64 {
-        self.offset
+        self.0.offset()
     }
 
     fn timestamp(&self) -> Timestamp {
-        self.timestamp
+        self.0.timestamp()
     }
 
-    fn headers(&self) -> Option<&OwnedHeaders> {
-        self.rest.get().and_then(|(_, h)| h.as_ref())
+    fn headers(&self) -> Option<&BorrowedHeaders> {
+        self.0.headers()
+    }
+}
+
+/// The pipeline's consumer, whose drop first empties every shard's merge queues (the messages
+/// they hold are librdkafka's and must be destroyed before its client: [`Held`]), then destroys
+/// the consumer.
+pub(super) struct ConsumerGuard(pub(super) PipelineConsumer);
+
+impl std::ops::Deref for ConsumerGuard {
+    type Target = PipelineConsumer;
+
+    fn deref(&self) -> &PipelineConsumer {
+        &self.0
+    }
+}
+
+impl Drop for ConsumerGuard {
+    fn drop(&mut self) {
+        let mut st = self.0.context().lock();
+        let topics = st.settings.kafka.input_topics.len();
+        for shard in st.shards.values_mut() {
+            shard.inputs = Inputs::new(topics);
+        }
+        st.buffered = 0;
     }
 }
 
@@ -236,13 +247,13 @@ fn decode_at_arrival<'a>(
 impl State {
     /// A message as librdkafka delivered it: processed at once when its shard has nothing
     /// buffered and every other input of the shard is caught up (live traffic); else its payload
-    /// is copied and decoded, and it is processed at once when `merge::decide` would take it
-    /// next, or queued for [`State::merge`]. With `pipeline.merge_buffer_messages = 0`, always
+    /// is decoded in place, and it is processed at once when `merge::decide` would take it next,
+    /// or kept ([`Held`]) and queued for [`State::merge`]. With `pipeline.merge_buffer_messages = 0`, always
     /// processed at once (delivery order).
-    pub(super) fn arrive(&mut self, consumer: &PipelineConsumer, msg: &BorrowedMessage<'_>, batch: Instant, wall: Ts) {
+    pub(super) fn arrive(&mut self, consumer: &PipelineConsumer, msg: BorrowedMessage<'_>, batch: Instant, wall: Ts) {
         let limit = self.settings.pipeline.merge_buffer_messages;
         if limit == 0 {
-            return self.handle(msg, batch, wall);
+            return self.handle(&msg, batch, wall);
         }
         let p = msg.partition();
         let topics = &self.settings.kafka.input_topics;
@@ -256,24 +267,27 @@ impl State {
             let payload = msg.payload().unwrap_or_default();
             if shard.learn(t, &topics[t], msg.offset(), payload, &self.specs[t], journey, &self.limits) {
                 self.metrics.crm_rebuild_messages.inc();
+            } else {
+                self.metrics.input_redelivered.inc();
             }
             return;
         }
         let inputs = &mut shard.inputs;
         if msg.offset() < inputs.delivered[t] {
+            self.metrics.input_redelivered.inc();
             return;
         }
         inputs.delivered[t] = msg.offset() + 1;
         let fast = inputs.queues.iter().all(VecDeque::is_empty)
             && (0..topics.len()).all(|i| i == t || inputs.caught_up(i, shard.positions[i]));
         if fast {
-            return self.handle(msg, batch, wall);
+            return self.handle(&msg, batch, wall);
         }
         let identity = self.identity.as_ref().is_some_and(|i| i.input == t);
         let (spec, limits) = (&self.specs[t], &self.limits);
         let mut ts = None;
-        let mut held = HeldDecoded::new(Held::of(msg, &self.input_names[t]), |h| {
-            let payload = h.payload.as_deref().unwrap_or_default();
+        let mut held = HeldDecoded::new(Held::of(msg), |h| {
+            let payload = h.payload().unwrap_or_default();
             if identity {
                 ts = super::identity::merge_key(payload);
                 return None;
@@ -292,8 +306,7 @@ impl State {
         let seq = inputs.seq;
         inputs.seq += 1;
         // What `State::merge` would do with it first, were it queued: taken at once (its queue is
-        // empty, and it is the head `merge::decide` takes), it is handled now, and neither its
-        // key nor its headers are copied.
+        // empty, and it is the head `merge::decide` takes), it is handled now.
         if inputs.queues[t].is_empty() {
             let heads: Vec<Input> =
                 (0..topics.len()).map(|i| if i == t { Input::Head { ts, seq } } else { shard.input(i) }).collect();
@@ -310,22 +323,24 @@ impl State {
                     self.metrics.input_reordered.inc();
                 }
                 // Dead letters take the original's key and headers.
-                return held.with_dependent_mut(|_, items| self.handle_decoded(msg, items.take(), batch, wall));
+                return held.with_dependent_mut(|msg, items| self.handle_decoded(msg, items.take(), batch, wall));
             }
         }
         let inputs = &mut shard.inputs;
-        held.borrow_owner().keep(msg);
         inputs.queues[t].push_back(Buffered { msg: held, ts, seq });
         self.buffered += 1;
+        self.metrics.input_held.inc();
         if inputs.queues[t].len() > limit && !inputs.paused[t] {
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(msg.topic(), p);
+            let topic = &self.settings.kafka.input_topics[t];
+            tpl.add_partition(topic, p);
             match consumer.pause(&tpl) {
                 Ok(()) => {
                     inputs.paused[t] = true;
-                    tracing::debug!(topic = msg.topic(), partition = p, "input paused: merge queue full");
+                    self.metrics.input_pauses.inc();
+                    tracing::debug!(topic, partition = p, "input paused: merge queue full");
                 }
-                Err(e) => tracing::warn!(error = %e, topic = msg.topic(), partition = p, "cannot pause a partition"),
+                Err(e) => tracing::warn!(error = %e, topic, partition = p, "cannot pause a partition"),
             }
         }
     }

@@ -21,7 +21,7 @@
 //!
 //! A shard's input partitions are merged by event time ([`merge`]): a delivered message is
 //! processed at once only while the shard has nothing buffered and its other inputs are caught
-//! up; otherwise it is copied into its partition's queue, and after every polled batch each shard
+//! up; otherwise librdkafka's message is held in its partition's queue, and after every polled batch each shard
 //! takes the queue head with the smallest event time, waiting (bounded) for a partition that
 //! has nothing buffered but a possible backlog. Buffered messages are beyond the shard's
 //! positions, so a checkpoint never covers them; a revoke drops them and they are read again.
@@ -137,8 +137,6 @@ struct State {
     buf: Vec<u8>,
     /// The input topics as C strings, for `inputs::cached_watermarks`.
     topic_names: Vec<CString>,
-    /// The input topics, shared by the messages held for the merge.
-    input_names: Vec<Arc<str>>,
     /// Messages buffered for the merge, over all shards.
     buffered: usize,
     /// Questions of the HTTP query API (when it is on).
@@ -206,7 +204,6 @@ impl State {
                 .iter()
                 .map(|t| CString::new(t.as_str()).unwrap_or_default())
                 .collect(),
-            input_names: settings.kafka.input_topics.iter().map(|t| Arc::from(t.as_str())).collect(),
             buffered: 0,
             queries: h.queries,
             identity: None,
@@ -274,8 +271,9 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
     let (stop, ready) = (Arc::clone(&h.stop), Arc::clone(&h.ready));
     let metrics = h.metrics.clone();
     let state = State::new(&settings, journey, h, producer, failed.load(Ordering::Acquire), store, changelog)?;
-    let consumer: PipelineConsumer =
-        kafka::consumer_config(k).create_with_context(PipelineContext { state: Mutex::new(state) })?;
+    let consumer = inputs::ConsumerGuard(
+        kafka::consumer_config(k).create_with_context(PipelineContext { state: Mutex::new(state) })?,
+    );
     // What librdkafka refuses to enqueue (key + value), as the output producer is configured.
     let message_max_bytes = k
         .client
@@ -312,7 +310,7 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
             let timeout = if n == 0 { Duration::from_millis(100) } else { Duration::ZERO };
             match consumer.poll(timeout) {
                 Some(Ok(msg)) => {
-                    consumer.context().lock().arrive(&consumer, &msg, batch, wall);
+                    consumer.context().lock().arrive(&consumer, msg, batch, wall);
                     n += 1;
                 }
                 Some(Err(e)) => {
@@ -334,11 +332,11 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
         st.producer.poll(Duration::ZERO);
         if st.since_barrier >= commit_every || now.duration_since(st.last_barrier) >= commit_interval {
             let deadline = now + Duration::from_millis(p.shutdown_timeout_ms);
-            if let Err(e) = st.checkpoint(&consumer, CommitMode::Async, deadline, false) {
+            if let Err(e) = st.checkpoint(&*consumer, CommitMode::Async, deadline, false) {
                 break Err(e);
             }
         }
-        if let Err(e) = st.poll_checkpoint(&consumer, CommitMode::Async, None) {
+        if let Err(e) = st.poll_checkpoint(&*consumer, CommitMode::Async, None) {
             break Err(e);
         }
         st.answer_queries();
@@ -367,7 +365,7 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
     let closing = {
         let mut st = consumer.context().lock();
         st.publish_funnel();
-        st.checkpoint(&consumer, CommitMode::Sync, deadline, true)
+        st.checkpoint(&*consumer, CommitMode::Sync, deadline, true)
     };
     consumer.unsubscribe();
     drop(consumer);

@@ -105,6 +105,9 @@ pub struct Metrics {
     pub input_reordered: IntCounter,
     pub input_wait_timeouts: IntCounter,
     pub input_buffered: IntGauge,
+    pub input_pauses: IntCounter,
+    pub input_redelivered: IntCounter,
+    pub input_held: IntCounter,
 }
 
 /// Records handed to the producer, by output (`microfunnel_records_sent_total{output}`).
@@ -322,6 +325,21 @@ impl Metrics {
                 "Waits for a lagging input partition that ran out (pipeline.max_input_wait_ms): the shard went on without it.",
             )?,
             input_buffered,
+            input_pauses: counter(
+                &r,
+                "microfunnel_input_pauses_total",
+                "Input partitions paused because their merge queue was full (each pause makes the consumer fetch again what it had prefetched for the partition).",
+            )?,
+            input_redelivered: counter(
+                &r,
+                "microfunnel_input_redelivered_total",
+                "Input records delivered again after they had been delivered or covered by the state (a resumed partition's kafka.resume_rewind, a repeated fetch), skipped on arrival.",
+            )?,
+            input_held: counter(
+                &r,
+                "microfunnel_input_held_total",
+                "Input records queued for the event-time merge (copied and held) instead of processed on arrival.",
+            )?,
             checkpoints: counter_vec(
                 &r,
                 "microfunnel_checkpoints_total",

@@ -512,6 +512,7 @@ fn identity_state(store: Option<Arc<MemStore>>, changelog: Option<Arc<MemChangel
         name: "g.identity".to_string(),
         partitions: 3,
         message_max_bytes: crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES,
+        renewal: crate::core::xpart::Renewal::for_commit_interval(Duration::from_millis(200)),
     });
     st.identity_sink = super::identity::IdentitySink::Recorded(Vec::new());
     (st, metrics, status)

@@ -509,3 +509,50 @@ fn an_idle_report_not_renewed_lapses_and_holds_every_horizon_at_its_watermark() 
     assert_eq!(expired(&out), 20, "the held visitors left");
     assert_eq!(shards[0].expiries_waiting(), 0);
 }
+
+/// History mode (`pipeline.idle_advance_ms = 0`: no clock moves an idle partition's
+/// watermark): traffic produced to partitions that were all idle is read by each at its own
+/// pace. A partition that starts reading counts every idle partition at its watermark, from
+/// its first event (not from its next publication), so its visitors due past partition 2's
+/// watermark wait until partition 2 has read its share and reported. With the live rule
+/// (partition 2 idle and renewed binds no one) they expire at partition 0's next publication,
+/// before partition 2's records could arrive.
+#[test]
+fn in_history_mode_an_idle_partition_counts_while_another_reads() {
+    let j = journey();
+    let run = |history: bool| {
+        let mut shards = gated(&j);
+        let mut out = Vec::new();
+        for e in shards.iter_mut() {
+            e.wait_while_reading(history);
+        }
+        let visit = |p: u32, k: u32, d: u32| {
+            let id = on(p, &format!("anon-h{d}-{k}-"));
+            seg("page", "", None, &id, &format!("h-{p}-{k}-{d}"), &format!("2026-03-{d:02}T10:00:00Z"), None)
+        };
+        // Partition 2 read up to day 1, the others up to day 2.
+        for (p, e) in shards.iter_mut().enumerate() {
+            for k in 0..20 {
+                apply(&j, e, &visit(p as u32, k, if p == 2 { 1 } else { 2 }), &mut out);
+            }
+        }
+        for _ in 0..3 {
+            cluster::progress_round(&mut shards, &[true; 3], &mut out);
+        }
+        assert_eq!(shards[0].expiry_horizon(), Some(microfunnel::core::xpart::UNBOUNDED), "all idle");
+        // New traffic: partition 0 reads a week on; at its first event its horizon counts
+        // partition 2 (history mode).
+        let expired = |out: &[Output]| out.iter().filter(|o| matches!(o, Output::Expired { .. })).count();
+        apply(&j, &mut shards[0], &visit(0, 0, 9), &mut out);
+        let first = shards[0].expiry_horizon();
+        for k in 1..20 {
+            apply(&j, &mut shards[0], &visit(0, k, 9), &mut out);
+        }
+        cluster::progress_round(&mut shards, &[false, true, true], &mut out);
+        (first, expired(&out), shards[2].watermark())
+    };
+    let (first, expired, w2) = run(true);
+    assert_eq!((first, expired), (Some(w2), 0), "held at partition 2's watermark");
+    let (_, expired, _) = run(false);
+    assert_eq!(expired, 20, "the live rule: partition 2 left out");
+}

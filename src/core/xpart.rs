@@ -151,22 +151,40 @@ pub struct Lapse {
 ///
 /// An `idle` report leaves its watermark out only while it is renewed: given a [`Lapse`], one
 /// received longer ago than `after` counts at its watermark (pure: the time is the caller's;
-/// without a `Lapse`, or for a report received without a time, idle reports hold).
+/// without a `Lapse`, or for a report received without a time, idle reports hold). With
+/// [`wait_while_reading`](ProgressTable::wait_while_reading) (history mode, where no clock
+/// moves an idle partition's watermark), idle reports are left out only while no partition
+/// reads: once one does (this one, or a report that is not idle), every partition counts at
+/// its watermark, so traffic produced to idle partitions is read before anyone expires past
+/// it, whichever partition reads it first.
 #[derive(Clone, Debug, Default)]
 pub struct ProgressTable {
     partition: u32,
     reported: Vec<Option<(Reported, Option<Instant>)>>,
+    wait_while_reading: bool,
 }
 
 impl ProgressTable {
     /// Partition `partition`'s table among `partitions`, nothing reported yet.
     pub fn new(partition: u32, partitions: u32) -> ProgressTable {
-        ProgressTable { partition, reported: vec![None; partitions as usize] }
+        ProgressTable { partition, reported: vec![None; partitions as usize], wait_while_reading: false }
     }
 
     /// The partition whose table this is.
     pub fn partition(&self) -> u32 {
         self.partition
+    }
+
+    /// History mode: idle reports (and this shard's own idleness) are left out only while no
+    /// partition reads.
+    pub fn wait_while_reading(&mut self, on: bool) {
+        self.wait_while_reading = on;
+    }
+
+    /// Whether idle reports are counted now: in history mode, while this shard (`own_idle`
+    /// false) or a partition whose report is not idle reads.
+    fn someone_reads(&self, own_idle: bool) -> bool {
+        self.wait_while_reading && (!own_idle || self.others().any(|(_, r)| r.is_some_and(|(r, _)| !r.idle)))
     }
 
     /// Partition `from`'s progress record, received at `at` (the receiver's clock; `None`:
@@ -218,13 +236,15 @@ impl ProgressTable {
     }
 
     /// What this shard publishes as `seen`: the least of its own watermark (unless `own_idle`)
-    /// and each other partition's reported watermark (unless idle and not lapsed); `Ts::NONE`
-    /// while one has not reported, [`UNBOUNDED`] when every one counted is idle.
+    /// and each other partition's reported watermark (unless idle and not lapsed; in history
+    /// mode, idleness counts only while no partition reads); `Ts::NONE` while one has not
+    /// reported, [`UNBOUNDED`] when every one counted is idle.
     pub fn seen(&self, own: Ts, own_idle: bool, lapse: Option<Lapse>) -> Ts {
-        let mut least = if own_idle { UNBOUNDED } else { own };
+        let reads = self.someone_reads(own_idle);
+        let mut least = if own_idle && !reads { UNBOUNDED } else { own };
         for (_, r) in self.others() {
             let Some((r, at)) = r else { return Ts::NONE };
-            if !Self::left_out(&r, at, lapse) {
+            if reads || !Self::left_out(&r, at, lapse) {
                 least = least.min(r.watermark);
             }
         }

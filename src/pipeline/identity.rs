@@ -32,6 +32,9 @@ pub(super) struct IdentityInput {
     /// How idle progress reports are renewed and lapse (from `pipeline.commit_interval_ms`:
     /// renewals leave with checkpoints).
     pub renewal: crate::core::xpart::Renewal,
+    /// History mode (`pipeline.idle_advance_ms = 0`): idle partitions count at their watermark
+    /// while any partition reads.
+    pub history: bool,
 }
 
 impl IdentityInput {
@@ -41,6 +44,7 @@ impl IdentityInput {
         engine.resolve_across(p, self.partitions);
         engine.limit_transfers(self.message_max_bytes);
         engine.gate_expiry();
+        engine.wait_while_reading(self.history);
     }
 }
 

@@ -292,6 +292,7 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
             renewal: crate::core::xpart::Renewal::for_commit_interval(Duration::from_millis(
                 settings.pipeline.commit_interval_ms,
             )),
+            history: settings.pipeline.idle_advance_ms == 0,
         });
     }
     if let Some(inbox) = &consumer.context().lock().queries {

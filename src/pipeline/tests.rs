@@ -513,6 +513,7 @@ fn identity_state(store: Option<Arc<MemStore>>, changelog: Option<Arc<MemChangel
         partitions: 3,
         message_max_bytes: crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES,
         renewal: crate::core::xpart::Renewal::for_commit_interval(Duration::from_millis(200)),
+        history: false,
     });
     st.identity_sink = super::identity::IdentitySink::Recorded(Vec::new());
     (st, metrics, status)
@@ -834,6 +835,7 @@ fn gated_state(idle_advance_ms: u64) -> State {
         partitions: 3,
         message_max_bytes: crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES,
         renewal: crate::core::xpart::Renewal::for_commit_interval(Duration::from_millis(200)),
+        history: idle_advance_ms == 0,
     });
     st.identity_sink = super::identity::IdentitySink::Recorded(Vec::new());
     st

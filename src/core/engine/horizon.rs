@@ -117,6 +117,29 @@ impl Engine {
         }
     }
 
+    /// History mode (the shell's `pipeline.idle_advance_ms = 0`: no clock moves an idle
+    /// shard's watermark): idle reports are left out of the horizon only while no partition
+    /// reads ([`ProgressTable::wait_while_reading`]). Gates expiry.
+    pub fn wait_while_reading(&mut self, on: bool) {
+        self.gate_expiry();
+        if let Some(g) = self.gate.as_deref_mut() {
+            g.table.wait_while_reading(on);
+        }
+    }
+
+    /// An input event of the shard's own: it reads, whatever it last published, so its horizon
+    /// counts it (and, in history mode, every idle partition) from this event on, not from its
+    /// next publication.
+    pub(super) fn note_reading(&mut self) {
+        let own = self.watermark;
+        if let Some(g) = self.gate.as_deref_mut()
+            && g.idle
+        {
+            g.idle = false;
+            g.horizon = g.horizon.min(g.table.horizon(own, false, g.lapse()));
+        }
+    }
+
     /// Partitions whose idle report lapsed (not renewed within the lapse by the last
     /// [`progress_clock`](Engine::progress_clock)): counted at their last watermark.
     pub fn progress_lapsed(&self) -> usize {

@@ -8,9 +8,11 @@
 //! cause has arrived. An entry past the horizon waits in `held` (with the silence timers of its
 //! prospect that fall after it, so they fire after it as they would have); a horizon that moves
 //! on releases them. Expiries decided on contact (an event, link or transfer later than the
-//! due) do not wait. Soft state: nothing here is checkpointed; a restored shard relearns the
-//! table from the next progress records and expires nothing by sweep until every partition
-//! reported.
+//! due) do not wait. An idle partition's report is left out of the horizon only while it is
+//! renewed (and, in history mode, while no partition reads): time enters as the shell's
+//! monotonic clock ([`Engine::progress_clock`]), never read here. Soft state: nothing here is
+//! checkpointed; a restored shard relearns the table from the next progress records and
+//! expires nothing by sweep until every partition reported.
 
 use std::collections::BinaryHeap;
 use std::time::Instant;

@@ -76,7 +76,7 @@ impl State {
                     .filter(|&t| t != id.input)
                     .all(|t| shard.inputs.caught_up(t, shard.positions[t]));
             // A shard holding no prospect keeps its clock (`advance_idle`), so it is idle.
-            let idle = caught_up && !(advancing && !shard.engine.is_empty());
+            let idle = caught_up && (!advancing || shard.engine.is_empty());
             id.configure(&mut shard.engine, p as u32);
             shard.engine.progress_clock(now, id.renewal);
             shard.engine.publish_progress(idle, false, outputs);

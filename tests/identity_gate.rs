@@ -204,13 +204,13 @@ fn a_silent_partition_freezes_every_horizon() {
     // Visible: the horizon's lag behind the watermark, per shard, three weeks of event time.
     let metrics = microfunnel::telemetry::Metrics::new(&j).unwrap();
     let e = &shards[0];
-    metrics.expiry_gate(0, e.expiry_horizon(), e.watermark(), e.expiries_waiting());
+    metrics.expiry_gate(0, e.expiry_horizon(), e.watermark(), e.expiries_waiting(), 0);
     let lag = (e.watermark().0 - frozen.0) as f64 / 1000.0;
     assert!(lag > 20.0 * 86400.0, "{lag}");
     assert!(metrics.render().contains(&format!("microfunnel_expiry_horizon_lag_seconds{{shard=\"0\"}} {lag}")));
     // Before every partition reported: +Inf, not absent.
     let fresh = gated(&j);
-    metrics.expiry_gate(1, fresh[1].expiry_horizon(), e.watermark(), 0);
+    metrics.expiry_gate(1, fresh[1].expiry_horizon(), e.watermark(), 0, 0);
     let text = metrics.render();
     let line = text.lines().find(|l| l.starts_with("microfunnel_expiry_horizon_lag_seconds{shard=\"1\"}"));
     let value: Option<f64> = line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok());
@@ -416,4 +416,143 @@ fn expiries_waiting_counts_only_people_still_past_their_due() {
     let at: Vec<_> =
         out.iter().filter_map(|o| if let Output::Expired { at, .. } = o { Some(*at) } else { None }).collect();
     assert_eq!(at, [parse_rfc3339("2026-03-06T10:00:00Z").unwrap()]);
+}
+
+/// An idle report lapses unless renewed (issue 16: an instance killed while its partition was
+/// idle left it out of every horizon for good). Three shards with the pipeline's monotonic
+/// clock passed in, each with a day of one-page visitors, all caught up and idle: nothing
+/// holds anyone back. Partition 2's owner dies: its last report (idle, its watermark) is not
+/// renewed, and once it is older than the lapse the others count it at that watermark, so
+/// partition 0's visitors, whose due its own traffic passes, wait instead of expiring;
+/// partition 1, idle too but renewing its report, never lapses. Partition 2's new owner
+/// restores it and asks: fresh and idle again, the horizon is unbounded and the visitors
+/// leave.
+#[test]
+fn an_idle_report_not_renewed_lapses_and_holds_every_horizon_at_its_watermark() {
+    use microfunnel::core::xpart::Renewal;
+    use std::time::{Duration, Instant};
+    let j = journey();
+    let mut shards = gated(&j);
+    let mut out = Vec::new();
+    let renewal = Renewal { renew: Duration::from_secs(10), lapse: Duration::from_secs(35) };
+    let t0 = Instant::now();
+    // One tick of the loop at `t0 + s` seconds: each live shard publishes (idle unless
+    // `reading`), its records are delivered with the receivers' clock at the same time.
+    // Returns the progress records each partition sent.
+    let tick = |shards: &mut Vec<Engine>, s: u64, alive: &[bool], reading: &[bool], out: &mut Vec<Output>| {
+        let now = t0 + Duration::from_secs(s);
+        let mut records = Vec::new();
+        let mut sent = [0usize; 3];
+        for (p, e) in shards.iter_mut().enumerate().filter(|(p, _)| alive[*p]) {
+            e.progress_clock(now, renewal);
+            e.publish_progress(!reading[p], false, out);
+            let r = e.take_identity_records();
+            sent[p] += r.len();
+            records.extend(r);
+        }
+        for (q, r) in records {
+            if alive[q as usize] {
+                shards[q as usize].progress_clock(now, renewal);
+                shards[q as usize].apply_identity_record(r, out);
+            }
+        }
+        sent
+    };
+    let visit = |p: u32, k: u32, d: u32| {
+        let id = on(p, &format!("anon-l{d}-{k}-"));
+        seg("page", "", None, &id, &format!("l-{p}-{k}-{d}"), &format!("2026-03-{d:02}T10:00:00Z"), None)
+    };
+    for (p, e) in shards.iter_mut().enumerate() {
+        for k in 0..20 {
+            apply(&j, e, &visit(p as u32, k, 1), &mut out);
+        }
+    }
+    let (all, none) = ([true; 3], [false; 3]);
+    for s in 0..2 {
+        tick(&mut shards, s, &all, &none, &mut out);
+    }
+    assert_eq!(shards[0].expiry_horizon(), Some(microfunnel::core::xpart::UNBOUNDED), "every partition idle");
+    let last = shards[2].watermark();
+    let mut dead = shards[2].clone();
+    let mut bytes = Vec::new();
+    dead.encode_state(&mut bytes);
+
+    // Partition 2 dies. Partition 1 stays idle and renews; partition 0 reads a week more.
+    let alive = [true, true, false];
+    let mut renewals = 0;
+    for s in 2..40 {
+        renewals += tick(&mut shards, s, &alive, &none, &mut out)[1];
+    }
+    assert_eq!(shards[0].progress_lapsed(), 1, "partition 2 lapsed, partition 1 renewed");
+    assert_eq!(shards[1].progress_lapsed(), 1);
+    // A publication is a record to each of the two others: three renewals (10, 20 and 30 s
+    // after the last), and the one that says partition 2 lapsed (its `seen` changed).
+    assert_eq!(renewals, 8, "partition 1 renewed its idle report every 10 s");
+    assert_eq!(shards[0].expiry_horizon(), Some(last), "held at partition 2's last watermark");
+    for k in 0..20 {
+        apply(&j, &mut shards[0], &visit(0, k, 8), &mut out);
+    }
+    tick(&mut shards, 40, &alive, &[true, false, false], &mut out);
+    let expired = |out: &[Output]| out.iter().filter(|o| matches!(o, Output::Expired { .. })).count();
+    assert_eq!(expired(&out), 0, "partition 0's visitors wait for partition 2");
+    assert_eq!(shards[0].expiries_waiting(), 20);
+    assert_eq!(shards[0].expiry_horizon(), Some(last));
+
+    // The partition's new owner restores it and asks; the report is fresh and idle again.
+    shards[2] = cluster::restore(&j, &bytes, 2);
+    dead.take_identity_records();
+    for s in 41..44 {
+        tick(&mut shards, s, &all, &none, &mut out);
+    }
+    assert_eq!(shards[0].progress_lapsed(), 0);
+    assert_eq!(shards[0].expiry_horizon(), Some(microfunnel::core::xpart::UNBOUNDED));
+    assert_eq!(expired(&out), 20, "the held visitors left");
+    assert_eq!(shards[0].expiries_waiting(), 0);
+}
+
+/// History mode (`pipeline.idle_advance_ms = 0`: no clock moves an idle partition's
+/// watermark): traffic produced to partitions that were all idle is read by each at its own
+/// pace. A partition that starts reading counts every idle partition at its watermark, from
+/// its first event (not from its next publication), so its visitors due past partition 2's
+/// watermark wait until partition 2 has read its share and reported. With the live rule
+/// (partition 2 idle and renewed binds no one) they expire at partition 0's next publication,
+/// before partition 2's records could arrive.
+#[test]
+fn in_history_mode_an_idle_partition_counts_while_another_reads() {
+    let j = journey();
+    let run = |history: bool| {
+        let mut shards = gated(&j);
+        let mut out = Vec::new();
+        for e in shards.iter_mut() {
+            e.wait_while_reading(history);
+        }
+        let visit = |p: u32, k: u32, d: u32| {
+            let id = on(p, &format!("anon-h{d}-{k}-"));
+            seg("page", "", None, &id, &format!("h-{p}-{k}-{d}"), &format!("2026-03-{d:02}T10:00:00Z"), None)
+        };
+        // Partition 2 read up to day 1, the others up to day 2.
+        for (p, e) in shards.iter_mut().enumerate() {
+            for k in 0..20 {
+                apply(&j, e, &visit(p as u32, k, if p == 2 { 1 } else { 2 }), &mut out);
+            }
+        }
+        for _ in 0..3 {
+            cluster::progress_round(&mut shards, &[true; 3], &mut out);
+        }
+        assert_eq!(shards[0].expiry_horizon(), Some(microfunnel::core::xpart::UNBOUNDED), "all idle");
+        // New traffic: partition 0 reads a week on; at its first event its horizon counts
+        // partition 2 (history mode).
+        let expired = |out: &[Output]| out.iter().filter(|o| matches!(o, Output::Expired { .. })).count();
+        apply(&j, &mut shards[0], &visit(0, 0, 9), &mut out);
+        let first = shards[0].expiry_horizon();
+        for k in 1..20 {
+            apply(&j, &mut shards[0], &visit(0, k, 9), &mut out);
+        }
+        cluster::progress_round(&mut shards, &[false, true, true], &mut out);
+        (first, expired(&out), shards[2].watermark())
+    };
+    let (first, expired, w2) = run(true);
+    assert_eq!((first, expired), (Some(w2), 0), "held at partition 2's watermark");
+    let (_, expired, _) = run(false);
+    assert_eq!(expired, 20, "the live rule: partition 2 left out");
 }

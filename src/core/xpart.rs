@@ -30,9 +30,14 @@
 //! - `E`: `ts i64`, count `u32`, per identifier its map key;
 //! - `W`: the sending partition `u32`, `watermark i64`, `seen i64`, flags `u8` (bit 0: idle;
 //!   bit 1: asking, the sender has not heard from every partition; the others refused); `i64::MIN` is "none yet", `i64::MAX` "unbounded" (every partition
-//!   it heard of is idle).
+//!   it heard of is idle). The layout is the one builds before idle reports lapsed wrote: what
+//!   changed is what receivers make of bit 0 ([`ProgressTable`]: an idle report holds only
+//!   while renewed) and when senders set it (a shard whose watermark the idle advance moves
+//!   reports it, not idle). A report of an older build, which renews nothing, lapses at a
+//!   receiver of this one and counts at its watermark until that build is upgraded.
 
 use std::borrow::Cow;
+use std::time::{Duration, Instant};
 
 use super::engine::snapshot::{Dec, Enc, StateError};
 use super::event::{Event, EventKind, Source};
@@ -101,26 +106,68 @@ pub struct Reported {
     pub idle: bool,
 }
 
+/// How idle reports stay alive. A partition whose inputs are read to their end with nothing
+/// queued, and whose watermark the wall clock does not move, reports `idle` (left out of the
+/// minimums, so it never holds the others back) and renews that report at least every
+/// `renew`; a receiver that has not received a report from it for `lapse` (by its own
+/// monotonic clock) counts it at its last reported watermark instead: its owner may have died,
+/// and its inputs may be receiving traffic no one reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    pub renew: Duration,
+    pub lapse: Duration,
+}
+
+impl Renewal {
+    /// The renewal of a service checkpointing every `commit_interval`. A renewal leaves with
+    /// the shard's next durable checkpoint (the outbox), so between two receipts there are at
+    /// most `renew` + a checkpoint interval + the checkpoint's write: renewed every two
+    /// intervals (at least every second, the loop's progress tick), a report lapses after
+    /// three renewals and one interval without one (35 s at the default 5 s interval).
+    pub fn for_commit_interval(commit_interval: Duration) -> Renewal {
+        let renew = (commit_interval * 2).max(Duration::from_secs(1));
+        Renewal { renew, lapse: renew * 3 + commit_interval }
+    }
+}
+
+/// The receiver's side of a [`Renewal`] at one moment: its monotonic clock `now`, and how long
+/// an idle report holds without renewal.
+#[derive(Clone, Copy, Debug)]
+pub struct Lapse {
+    pub now: Instant,
+    pub after: Duration,
+}
+
 /// What a shard knows of every partition's event-time progress: the last `Progress` record
-/// received from each other partition (soft state: a restored shard relearns it from the next
-/// ones). Two levels, so that records two hops away are covered: a partition's own watermark
-/// `w_j`, and `seen_j`, the least `w_k` it had received. A record sent by partition `k` for an
-/// input at `t` precedes `k`'s progress past `t` on every partition it goes to, and a record
-/// that partition `j` sends on receiving it precedes `j`'s `seen` past `t`. So once the
-/// [`horizon`](ProgressTable::horizon) of a shard is past `t`, it has read every record caused,
-/// directly or through one other partition, by an input at or before `t` (a third hop is not
-/// covered). No minimum is taken over received `seen` values alone, which would wait on
-/// itself: `seen` is computed from watermarks, which move with the inputs.
+/// received from each other partition, with when it arrived (soft state: a restored shard
+/// relearns it from the next ones). Two levels, so that records two hops away are covered: a
+/// partition's own watermark `w_j`, and `seen_j`, the least `w_k` it had received. A record sent
+/// by partition `k` for an input at `t` precedes `k`'s progress past `t` on every partition it
+/// goes to, and a record that partition `j` sends on receiving it precedes `j`'s `seen` past
+/// `t`. So once the [`horizon`](ProgressTable::horizon) of a shard is past `t`, it has read
+/// every record caused, directly or through one other partition, by an input at or before `t`
+/// (a third hop is not covered). No minimum is taken over received `seen` values alone, which
+/// would wait on itself: `seen` is computed from watermarks, which move with the inputs.
+///
+/// An `idle` report leaves its watermark out only while it is renewed: given a [`Lapse`], one
+/// received longer ago than `after` counts at its watermark (pure: the time is the caller's;
+/// without a `Lapse`, or for a report received without a time, idle reports hold). With
+/// [`wait_while_reading`](ProgressTable::wait_while_reading) (history mode, where no clock
+/// moves an idle partition's watermark), idle reports are left out only while no partition
+/// reads: once one does (this one, or a report that is not idle), every partition counts at
+/// its watermark, so traffic produced to idle partitions is read before anyone expires past
+/// it, whichever partition reads it first.
 #[derive(Clone, Debug, Default)]
 pub struct ProgressTable {
     partition: u32,
-    reported: Vec<Option<Reported>>,
+    reported: Vec<Option<(Reported, Option<Instant>)>>,
+    wait_while_reading: bool,
 }
 
 impl ProgressTable {
     /// Partition `partition`'s table among `partitions`, nothing reported yet.
     pub fn new(partition: u32, partitions: u32) -> ProgressTable {
-        ProgressTable { partition, reported: vec![None; partitions as usize] }
+        ProgressTable { partition, reported: vec![None; partitions as usize], wait_while_reading: false }
     }
 
     /// The partition whose table this is.
@@ -128,15 +175,28 @@ impl ProgressTable {
         self.partition
     }
 
-    /// Partition `from`'s progress record; `false` (ignored) for a partition out of range or
+    /// History mode: idle reports (and this shard's own idleness) are left out only while no
+    /// partition reads.
+    pub fn wait_while_reading(&mut self, on: bool) {
+        self.wait_while_reading = on;
+    }
+
+    /// Whether idle reports are counted now: in history mode, while this shard (`own_idle`
+    /// false) or a partition whose report is not idle reads.
+    fn someone_reads(&self, own_idle: bool) -> bool {
+        self.wait_while_reading && (!own_idle || self.others().any(|(_, r)| r.is_some_and(|(r, _)| !r.idle)))
+    }
+
+    /// Partition `from`'s progress record, received at `at` (the receiver's clock; `None`:
+    /// unknown, the report never lapses); `false` (ignored) for a partition out of range or
     /// this one.
-    pub fn receive(&mut self, from: u32, r: Reported) -> bool {
+    pub fn receive(&mut self, from: u32, r: Reported, at: Option<Instant>) -> bool {
         if from == self.partition {
             return false;
         }
         match self.reported.get_mut(from as usize) {
             Some(slot) => {
-                *slot = Some(r);
+                *slot = Some((r, at));
                 true
             }
             None => false,
@@ -145,7 +205,7 @@ impl ProgressTable {
 
     /// The last record of partition `p`.
     pub fn reported(&self, p: u32) -> Option<Reported> {
-        self.reported.get(p as usize).copied().flatten()
+        self.reported.get(p as usize).copied().flatten().map(|(r, _)| r)
     }
 
     /// Whether every other partition has reported.
@@ -153,18 +213,38 @@ impl ProgressTable {
         self.others().all(|(_, r)| r.is_some())
     }
 
-    fn others(&self) -> impl Iterator<Item = (u32, Option<Reported>)> + '_ {
+    fn others(&self) -> impl Iterator<Item = (u32, Option<(Reported, Option<Instant>)>)> + '_ {
         self.reported.iter().enumerate().filter(|&(p, _)| p as u32 != self.partition).map(|(p, r)| (p as u32, *r))
     }
 
+    /// Whether a report received at `at` is left out of the minimums: idle, and renewed within
+    /// the lapse.
+    fn left_out(r: &Reported, at: Option<Instant>, lapse: Option<Lapse>) -> bool {
+        r.idle && !Self::expired(at, lapse)
+    }
+
+    fn expired(at: Option<Instant>, lapse: Option<Lapse>) -> bool {
+        match (at, lapse) {
+            (Some(at), Some(l)) => l.now.saturating_duration_since(at) > l.after,
+            _ => false,
+        }
+    }
+
+    /// Partitions whose last report said idle and lapsed (counted at their watermark).
+    pub fn lapsed(&self, lapse: Option<Lapse>) -> usize {
+        self.others().filter(|(_, r)| r.is_some_and(|(r, at)| r.idle && Self::expired(at, lapse))).count()
+    }
+
     /// What this shard publishes as `seen`: the least of its own watermark (unless `own_idle`)
-    /// and each other partition's reported watermark (unless idle); `Ts::NONE` while one has
-    /// not reported, [`UNBOUNDED`] when every one counted is idle.
-    pub fn seen(&self, own: Ts, own_idle: bool) -> Ts {
-        let mut least = if own_idle { UNBOUNDED } else { own };
+    /// and each other partition's reported watermark (unless idle and not lapsed; in history
+    /// mode, idleness counts only while no partition reads); `Ts::NONE` while one has not
+    /// reported, [`UNBOUNDED`] when every one counted is idle.
+    pub fn seen(&self, own: Ts, own_idle: bool, lapse: Option<Lapse>) -> Ts {
+        let reads = self.someone_reads(own_idle);
+        let mut least = if own_idle && !reads { UNBOUNDED } else { own };
         for (_, r) in self.others() {
-            let Some(r) = r else { return Ts::NONE };
-            if !r.idle {
+            let Some((r, at)) = r else { return Ts::NONE };
+            if reads || !Self::left_out(&r, at, lapse) {
                 least = least.min(r.watermark);
             }
         }
@@ -173,10 +253,10 @@ impl ProgressTable {
 
     /// The expiry horizon: the least of [`seen`](Self::seen) and each other partition's
     /// reported `seen`; `Ts::NONE` while one has not reported.
-    pub fn horizon(&self, own: Ts, own_idle: bool) -> Ts {
-        let mut least = self.seen(own, own_idle);
+    pub fn horizon(&self, own: Ts, own_idle: bool, lapse: Option<Lapse>) -> Ts {
+        let mut least = self.seen(own, own_idle, lapse);
         for (_, r) in self.others() {
-            let Some(r) = r else { return Ts::NONE };
+            let Some((r, _)) = r else { return Ts::NONE };
             least = least.min(r.seen);
         }
         least
@@ -534,28 +614,78 @@ mod tests {
     fn the_progress_horizon_is_the_least_of_both_levels_without_idle_partitions() {
         let r = |watermark, seen, idle| Reported { watermark: Ts(watermark), seen: Ts(seen), idle };
         let mut t = ProgressTable::new(0, 3);
-        assert_eq!(t.horizon(Ts(100), false), Ts::NONE);
-        assert!(t.receive(1, r(50, 40, false)));
-        assert!(!t.receive(0, r(1, 1, false)), "its own partition");
-        assert!(!t.receive(3, r(1, 1, false)), "out of range");
-        assert_eq!((t.seen(Ts(100), false), t.horizon(Ts(100), false)), (Ts::NONE, Ts::NONE));
+        assert_eq!(t.horizon(Ts(100), false, None), Ts::NONE);
+        assert!(t.receive(1, r(50, 40, false), None));
+        assert!(!t.receive(0, r(1, 1, false), None), "its own partition");
+        assert!(!t.receive(3, r(1, 1, false), None), "out of range");
+        assert_eq!((t.seen(Ts(100), false, None), t.horizon(Ts(100), false, None)), (Ts::NONE, Ts::NONE));
         assert!(!t.complete());
-        t.receive(2, r(70, 60, false));
+        t.receive(2, r(70, 60, false), None);
         assert!(t.complete());
-        assert_eq!(t.seen(Ts(100), false), Ts(50));
-        assert_eq!(t.horizon(Ts(100), false), Ts(40));
+        assert_eq!(t.seen(Ts(100), false, None), Ts(50));
+        assert_eq!(t.horizon(Ts(100), false, None), Ts(40));
         // An idle partition's watermark binds nothing; what it has seen still does.
-        t.receive(1, r(50, 65, true));
-        assert_eq!(t.seen(Ts(100), false), Ts(70));
-        assert_eq!(t.horizon(Ts(100), false), Ts(60));
-        assert_eq!(t.seen(Ts(100), true), Ts(70));
-        t.receive(2, r(70, UNBOUNDED.0, true));
-        assert_eq!(t.seen(Ts(100), true), UNBOUNDED);
-        assert_eq!(t.horizon(Ts(100), true), Ts(65));
-        assert_eq!(t.horizon(Ts(100), false), Ts(65));
-        t.receive(1, r(50, UNBOUNDED.0, true));
-        assert_eq!(t.horizon(Ts(100), false), Ts(100));
-        assert_eq!(t.horizon(Ts(100), true), UNBOUNDED);
+        t.receive(1, r(50, 65, true), None);
+        assert_eq!(t.seen(Ts(100), false, None), Ts(70));
+        assert_eq!(t.horizon(Ts(100), false, None), Ts(60));
+        assert_eq!(t.seen(Ts(100), true, None), Ts(70));
+        t.receive(2, r(70, UNBOUNDED.0, true), None);
+        assert_eq!(t.seen(Ts(100), true, None), UNBOUNDED);
+        assert_eq!(t.horizon(Ts(100), true, None), Ts(65));
+        assert_eq!(t.horizon(Ts(100), false, None), Ts(65));
+        t.receive(1, r(50, UNBOUNDED.0, true), None);
+        assert_eq!(t.horizon(Ts(100), false, None), Ts(100));
+        assert_eq!(t.horizon(Ts(100), true, None), UNBOUNDED);
+    }
+
+    /// An idle report holds only while renewed: received longer ago than the lapse, it counts
+    /// at its watermark (a dead sender holds every horizon there); a renewal, or a report that
+    /// is not idle, resets it. The time is the caller's.
+    #[test]
+    fn an_idle_report_lapses_unless_renewed_and_then_holds_at_its_watermark() {
+        let r = |watermark, seen, idle| Reported { watermark: Ts(watermark), seen: Ts(seen), idle };
+        let t0 = Instant::now();
+        let after = Duration::from_secs(30);
+        let at = |s: u64| Some(Lapse { now: t0 + Duration::from_secs(s), after });
+        let mut t = ProgressTable::new(0, 3);
+        t.receive(1, r(50, UNBOUNDED.0, true), Some(t0));
+        t.receive(2, r(70, UNBOUNDED.0, true), Some(t0));
+        assert_eq!(t.horizon(Ts(100), false, at(30)), Ts(100), "within the lapse: left out");
+        assert_eq!(t.lapsed(at(30)), 0);
+        // Partition 2 renews; partition 1 does not (its owner died while idle).
+        t.receive(2, r(70, UNBOUNDED.0, true), Some(t0 + Duration::from_secs(20)));
+        assert_eq!(t.seen(Ts(100), false, at(31)), Ts(50), "lapsed: counted at its last watermark");
+        assert_eq!(t.horizon(Ts(100), false, at(31)), Ts(50));
+        assert_eq!(t.horizon(Ts(100), true, at(31)), Ts(50), "also for a shard idle itself");
+        assert_eq!(t.lapsed(at(31)), 1);
+        // Held there however far the others get.
+        assert_eq!(t.horizon(Ts(10_000), false, at(45)), Ts(50));
+        // Without a clock (in-process callers that pass none) nothing lapses.
+        assert_eq!(t.horizon(Ts(100), false, None), Ts(100));
+        // Renewed by partition 2 in time it never lapses; its report from 20 s is 51 s old at 71.
+        t.receive(2, r(70, UNBOUNDED.0, true), Some(t0 + Duration::from_secs(45)));
+        assert_eq!(t.lapsed(at(71)), 1);
+        assert_eq!(t.lapsed(at(76)), 2, "partition 2 not renewed since 45 s");
+        assert_eq!(t.horizon(Ts(10_000), false, at(76)), Ts(50));
+        // The partition reports again (its new owner): the report is fresh, left out again.
+        t.receive(1, r(90, UNBOUNDED.0, true), Some(t0 + Duration::from_secs(80)));
+        t.receive(2, r(70, UNBOUNDED.0, true), Some(t0 + Duration::from_secs(80)));
+        assert_eq!(t.horizon(Ts(10_000), false, at(81)), Ts(10_000));
+        assert_eq!(t.lapsed(at(81)), 0);
+        // A report that is not idle counts at its watermark however old: it never lapses.
+        t.receive(1, r(90, 80, false), Some(t0));
+        assert_eq!(t.lapsed(at(1000)), 1, "only partition 2's idle report");
+        assert_eq!(t.horizon(Ts(10_000), false, at(81)), Ts(80));
+    }
+
+    /// The renewal derived from the checkpoint interval: a renewal leaves with a durable
+    /// checkpoint, so the lapse covers three renewals and one more interval.
+    #[test]
+    fn the_renewal_follows_the_commit_interval() {
+        let r = Renewal::for_commit_interval(Duration::from_secs(5));
+        assert_eq!((r.renew, r.lapse), (Duration::from_secs(10), Duration::from_secs(35)));
+        let fast = Renewal::for_commit_interval(Duration::from_millis(200));
+        assert_eq!((fast.renew, fast.lapse), (Duration::from_secs(1), Duration::from_millis(3200)));
     }
 
     /// A record that decodes but does not fit the journey, or names an id no decoder

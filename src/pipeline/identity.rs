@@ -29,6 +29,12 @@ pub(super) struct IdentityInput {
     pub partitions: u32,
     /// The output producer's `message.max.bytes`, which every transfer must fit in.
     pub message_max_bytes: usize,
+    /// How idle progress reports are renewed and lapse (from `pipeline.commit_interval_ms`:
+    /// renewals leave with checkpoints).
+    pub renewal: crate::core::xpart::Renewal,
+    /// History mode (`pipeline.idle_advance_ms = 0`): idle partitions count at their watermark
+    /// while any partition reads.
+    pub history: bool,
 }
 
 impl IdentityInput {
@@ -38,6 +44,7 @@ impl IdentityInput {
         engine.resolve_across(p, self.partitions);
         engine.limit_transfers(self.message_max_bytes);
         engine.gate_expiry();
+        engine.wait_while_reading(self.history);
     }
 }
 
@@ -162,6 +169,11 @@ impl State {
             _ => None,
         };
         hot.before(shard.engine.funnel());
+        if matches!(rec, XRecord::Progress { .. }) {
+            // Its receipt time: an idle report not renewed within the lapse counts at its
+            // watermark.
+            shard.engine.progress_clock(batch, id.renewal);
+        }
         shard.engine.apply_identity_record(rec, outputs);
         metrics.identity_transfers_duplicate.inc_by(dup(&shard.engine) - before);
         // A transfer into a person that left ahead of the expiry horizon: a merge without a

@@ -173,6 +173,12 @@ impl Inputs {
             metrics.input_wait_seconds.inc_by(now.saturating_duration_since(from).as_secs_f64());
         }
     }
+
+    /// Input `t`'s high watermark as a fetch would have cached it (in-process tests).
+    #[cfg(test)]
+    pub(super) fn set_high(&mut self, t: usize, high: i64) {
+        self.high[t] = high;
+    }
 }
 
 /// The low and high watermarks librdkafka cached for a partition from its last fetch response

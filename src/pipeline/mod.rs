@@ -282,8 +282,16 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
         .unwrap_or(crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES);
     if let Some(name) = identity_topic {
         let input = inputs.len();
-        consumer.context().lock().identity =
-            Some(identity::IdentityInput { input, name, partitions: partitions as u32, message_max_bytes });
+        consumer.context().lock().identity = Some(identity::IdentityInput {
+            input,
+            name,
+            partitions: partitions as u32,
+            message_max_bytes,
+            renewal: crate::core::xpart::Renewal::for_commit_interval(Duration::from_millis(
+                settings.pipeline.commit_interval_ms,
+            )),
+            history: settings.pipeline.idle_advance_ms == 0,
+        });
     }
     if let Some(inbox) = &consumer.context().lock().queries {
         inbox.set_partitions(partitions);
@@ -347,7 +355,7 @@ pub fn run(mut settings: Settings, journey: Arc<Journey>, h: Handles) -> Result<
             last_idle = now;
         }
         if now.duration_since(last_progress) >= Duration::from_secs(1) {
-            st.publish_progress();
+            st.publish_progress(now);
             last_progress = now;
         }
         if now.duration_since(last_funnel) >= funnel_interval {

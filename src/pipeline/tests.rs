@@ -512,6 +512,8 @@ fn identity_state(store: Option<Arc<MemStore>>, changelog: Option<Arc<MemChangel
         name: "g.identity".to_string(),
         partitions: 3,
         message_max_bytes: crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES,
+        renewal: crate::core::xpart::Renewal::for_commit_interval(Duration::from_millis(200)),
+        history: false,
     });
     st.identity_sink = super::identity::IdentitySink::Recorded(Vec::new());
     (st, metrics, status)
@@ -810,4 +812,147 @@ fn the_outbox_gauges_show_what_each_shard_holds_and_go_with_the_shard() {
     assert_eq!(gauges(&metrics), (Some(0), Some(0)));
     st.give_up(&rec, &shards(&[0]));
     assert_eq!(gauges(&metrics), (None, None), "a revoked shard's series go");
+}
+
+/// A pipeline state resolving identities across three partitions with `[retention]` (so
+/// shards publish their progress), `idle_advance_ms` as given, checkpoints every 200 ms
+/// (renewals every second), persisting to a store and a changelog; durable outboxes recorded.
+fn gated_state(idle_advance_ms: u64) -> State {
+    let text = format!(
+        "{}\n[identity]\nresolve = true\n[retention]\nafter_days = 10\n[retention.anonymous]\naware = 3\n",
+        include_str!("../../deploy/journeys/b2b.toml")
+    );
+    let journey = Arc::new(Journey::from_toml_str(&text).unwrap());
+    let mut s = settings();
+    s.pipeline.idle_advance_ms = idle_advance_ms;
+    s.pipeline.commit_interval_ms = 200;
+    let store = Arc::new(MemStore::new("g", 3));
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (mut st, _, _) = state_with(s, &journey, Some(store), Some(changelog));
+    st.identity = Some(super::identity::IdentityInput {
+        input: 2,
+        name: "g.identity".to_string(),
+        partitions: 3,
+        message_max_bytes: crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES,
+        renewal: crate::core::xpart::Renewal::for_commit_interval(Duration::from_millis(200)),
+        history: idle_advance_ms == 0,
+    });
+    st.identity_sink = super::identity::IdentitySink::Recorded(Vec::new());
+    st
+}
+
+/// Shard `p`'s inputs read to their end (the high watermarks a fetch cached are its positions).
+fn caught_up(st: &mut State, p: i32) {
+    let shard = st.shards.get_mut(&p).unwrap();
+    for t in 0..shard.positions.len() {
+        let high = shard.positions[t].max(0);
+        shard.positions[t] = high;
+        shard.inputs.set_high(t, high);
+    }
+}
+
+/// The `Progress` records of shard 0 sent (durable) since the last call: (watermark, idle).
+fn progress_sent(st: &mut State) -> Vec<(Ts, bool)> {
+    sent(st)
+        .into_iter()
+        .filter_map(|(_, r)| match r {
+            crate::core::xpart::XRecord::Progress { partition: 0, watermark, idle, .. } => Some((watermark, idle)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A checkpoint made durable and its outbox sent.
+fn durable(st: &mut State) {
+    st.checkpoint(&Recorder::default(), CommitMode::Sync, deadline(), true).unwrap();
+}
+
+/// An idle shard (history mode: `idle_advance_ms = 0`, inputs read to their end) renews its
+/// idle report every renewal interval though it says nothing new (receivers let an idle
+/// report lapse), and the renewal makes the shard due, so the next checkpoint, durable, sends
+/// it: an idle shard with nothing else to checkpoint still checkpoints for its renewals.
+#[test]
+fn an_idle_shard_renews_its_report_and_the_renewal_leaves_with_the_next_checkpoint() {
+    let mut st = gated_state(0);
+    let events = stream(&Arc::clone(&st.journey), 200);
+    st.take_shards(&shards(&[0]));
+    feed(&mut st, 0, &events);
+    caught_up(&mut st, 0);
+    let t0 = Instant::now();
+    st.publish_progress(t0);
+    assert!(progress_sent(&mut st).is_empty(), "held in the outbox until a checkpoint is durable");
+    durable(&mut st);
+    let first = progress_sent(&mut st);
+    assert_eq!(first.len(), 2, "one to each other partition: {first:?}");
+    assert!(first.iter().all(|(_, idle)| *idle), "caught up in history mode: idle {first:?}");
+    durable(&mut st);
+    assert!(!st.shards[&0].due(), "the sent outbox dropped: nothing left to checkpoint");
+
+    // Within the renewal interval nothing new: nothing sent, nothing due.
+    st.publish_progress(t0 + Duration::from_millis(500));
+    assert!(!st.shards[&0].due());
+    durable(&mut st);
+    assert!(progress_sent(&mut st).is_empty());
+    // A renewal interval after the last: renewed though nothing changed; the shard is due.
+    st.publish_progress(t0 + Duration::from_millis(1100));
+    assert!(st.shards[&0].due(), "the renewal in the outbox makes the shard due");
+    durable(&mut st);
+    assert_eq!(progress_sent(&mut st), first, "the renewal left with the checkpoint");
+    st.publish_progress(t0 + Duration::from_millis(1600));
+    durable(&mut st);
+    assert!(progress_sent(&mut st).is_empty());
+    st.publish_progress(t0 + Duration::from_millis(2200));
+    durable(&mut st);
+    assert_eq!(progress_sent(&mut st), first, "and again");
+}
+
+/// With the idle advance on (`idle_advance_ms` > 0), a caught-up shard that holds prospects
+/// is not idle: the wall clock moves its watermark (`advance_idle`), input older than that is
+/// late there anyway, so it reports its watermark and republishes it as it moves (receivers
+/// count it there, and its death leaves every horizon at its last report). A shard holding no
+/// prospect keeps its clock and reports idle; so does every caught-up shard in history mode.
+#[test]
+fn a_shard_the_idle_advance_moves_reports_its_watermark_as_it_moves() {
+    let mut st = gated_state(60_000);
+    let events = stream(&Arc::clone(&st.journey), 200);
+    st.take_shards(&shards(&[0]));
+    feed(&mut st, 0, &events);
+    caught_up(&mut st, 0);
+    let t0 = Instant::now();
+    st.shards.get_mut(&0).unwrap().last_input = t0;
+    let before = st.shards[&0].engine.watermark();
+    st.publish_progress(t0);
+    durable(&mut st);
+    assert_eq!(progress_sent(&mut st), vec![(before, false); 2], "caught up, holding prospects: its watermark");
+
+    // No input for two minutes: the wall clock moves its watermark, and each move is sent.
+    let wall = Ts(before.0 + 30 * 86_400_000);
+    for (k, s) in [(0, 120), (1, 121)] {
+        let now = t0 + Duration::from_secs(s);
+        let wall = Ts(wall.0 + k * 1000);
+        st.advance_idle(Duration::from_secs(60), now, wall);
+        let moved = st.shards[&0].engine.watermark();
+        assert_eq!(moved, wall.minus(st.journey.allowed_lateness));
+        st.publish_progress(now);
+        durable(&mut st);
+        assert_eq!(progress_sent(&mut st), vec![(moved, false); 2], "the move is republished");
+    }
+
+    // History mode: the same shard reports idle.
+    let mut history = gated_state(0);
+    history.take_shards(&shards(&[0]));
+    feed(&mut history, 0, &events);
+    caught_up(&mut history, 0);
+    history.publish_progress(t0);
+    durable(&mut history);
+    assert!(progress_sent(&mut history).iter().all(|(_, idle)| *idle));
+    // An empty shard with the idle advance on: its clock does not move, it reports idle.
+    let mut empty = gated_state(60_000);
+    empty.take_shards(&shards(&[0]));
+    empty.shards.get_mut(&0).unwrap().positions.iter_mut().for_each(|p| *p = 0);
+    caught_up(&mut empty, 0);
+    empty.publish_progress(t0);
+    durable(&mut empty);
+    let sent = progress_sent(&mut empty);
+    assert!(sent.len() == 2 && sent.iter().all(|(_, idle)| *idle), "{sent:?}");
 }

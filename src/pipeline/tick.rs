@@ -53,24 +53,32 @@ impl State {
 
     /// Each shard's event-time progress to the other partitions (identity resolution across
     /// partitions with `[retention]`: the watermark across partitions that gates expiry; see
-    /// `core/engine/horizon.rs`): idle when every input partition of the shard is caught up
-    /// and nothing is queued (its watermark then binds no one). The engine sends only what says
-    /// something new, or what a shard that has not heard from everyone asked for; called about
-    /// once a second. The expiries a moved horizon releases are emitted, their `Forget`s sent,
-    /// and the horizon and the expiries waiting on it set per shard.
-    pub(super) fn publish_progress(&mut self) {
+    /// `core/engine/horizon.rs`), by the monotonic clock `now`. A shard whose input partitions
+    /// are all caught up with nothing queued reports `idle` (left out of the others' minimums
+    /// while it renews the report) unless the idle advance moves its watermark with the wall
+    /// clock (`pipeline.idle_advance_ms` > 0 and it holds prospects): then input older than its
+    /// watermark is late there anyway, and it reports that watermark as it moves. The engine
+    /// sends what says something new, what a shard that has not heard from everyone asked
+    /// for, and an idle report's renewal; called about once a second. The expiries a moved
+    /// horizon releases are emitted, their `Forget`s sent, and the horizon, the expiries
+    /// waiting on it and the lapsed reports set per shard.
+    pub(super) fn publish_progress(&mut self, now: Instant) {
         let hold = self.writer.is_some();
         let State { shards, journey, metrics, outputs, producer, settings, buf, identity, .. } = self;
         let Some(id) = identity.as_ref() else { return };
         if id.partitions < 2 || journey.retention.after.is_empty() {
             return;
         }
+        let advancing = settings.pipeline.idle_advance_ms > 0;
         for (&p, shard) in shards.iter_mut() {
-            let idle = shard.inputs.queues.iter().all(|q| q.is_empty())
+            let caught_up = shard.inputs.queues.iter().all(|q| q.is_empty())
                 && (0..shard.positions.len())
                     .filter(|&t| t != id.input)
                     .all(|t| shard.inputs.caught_up(t, shard.positions[t]));
+            // A shard holding no prospect keeps its clock (`advance_idle`), so it is idle.
+            let idle = caught_up && (!advancing || shard.engine.is_empty());
             id.configure(&mut shard.engine, p as u32);
+            shard.engine.progress_clock(now, id.renewal);
             shard.engine.publish_progress(idle, false, outputs);
             if !outputs.is_empty() {
                 let ctx = emit::Ctx { producer, topics: &settings.kafka.topics, metrics, journey };
@@ -85,7 +93,7 @@ impl State {
                 self.unflushed = true;
             }
             let e = &shard.engine;
-            metrics.expiry_gate(p, e.expiry_horizon(), e.watermark(), e.expiries_waiting());
+            metrics.expiry_gate(p, e.expiry_horizon(), e.watermark(), e.expiries_waiting(), e.progress_lapsed());
         }
     }
 

@@ -73,6 +73,7 @@ pub struct Metrics {
     pub expiry_horizon: GaugeVec,
     pub expiries_waiting: IntGaugeVec,
     pub expiry_horizon_lag: GaugeVec,
+    pub progress_lapsed: IntGaugeVec,
     /// CRM memory entries evicted past `[crm] max_entries` (least recently changed first).
     pub crm_evicted: IntCounter,
     /// Messages of CRM topics read again only to rebuild a CRM memory after a restore from a
@@ -462,6 +463,17 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            progress_lapsed: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "microfunnel_progress_reports_lapsed",
+                        "Per shard, partitions whose last progress report said idle and was not renewed within the lapse (its owner died or stopped, or its checkpoints fail): counted at their last watermark, so the expiry horizon waits there.",
+                    ),
+                    &["shard"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             identity_transfers_duplicate: counter(
                 &r,
                 "microfunnel_identity_transfers_duplicate_total",
@@ -642,6 +654,7 @@ impl Metrics {
         let _ = self.expiry_horizon.remove_label_values(&[&label]);
         let _ = self.expiries_waiting.remove_label_values(&[&label]);
         let _ = self.expiry_horizon_lag.remove_label_values(&[&label]);
+        let _ = self.progress_lapsed.remove_label_values(&[&label]);
         let _ = self.identity_outbox_records.remove_label_values(&[&label]);
         let _ = self.identity_outbox_bytes.remove_label_values(&[&label]);
         for t in topics {
@@ -661,13 +674,14 @@ impl Metrics {
     /// partition reported, the series absent; unbounded, every partition idle: `+Inf`) and the
     /// expiries waiting on it; and how far the horizon is behind the shard's `watermark`
     /// (present whenever the shard is gated: 0 when it is not behind or nothing was read yet,
-    /// `+Inf` while not every partition reported).
+    /// `+Inf` while not every partition reported); and the partitions whose idle report lapsed.
     pub fn expiry_gate(
         &self,
         shard: i32,
         horizon: Option<crate::core::Ts>,
         watermark: crate::core::Ts,
         waiting: usize,
+        lapsed: usize,
     ) {
         let label = shard.to_string();
         if let Some(h) = horizon {
@@ -692,6 +706,7 @@ impl Metrics {
             }
         }
         self.expiries_waiting.with_label_values(&[&label]).set(waiting as i64);
+        self.progress_lapsed.with_label_values(&[&label]).set(lapsed as i64);
     }
 
     /// The Prometheus text exposition of every family.

@@ -1030,7 +1030,14 @@ pub fn kill9_holder_of(
 ) {
     let i = instances.iter().position(|i| held(i).contains(&partition)).expect("the partition is held");
     instances.remove(i).kill9();
-    let survivor = &instances[0];
+    take_over(&instances[0], s, partitions, limit);
+}
+
+/// Waits until `survivor` holds all `partitions`, making the group move a dead member's
+/// partitions to it ([`nudge_group`], again if the first nudge came before the broker saw the
+/// death).
+#[allow(dead_code)]
+pub fn take_over(survivor: &Process, s: &microfunnel::config::Settings, partitions: usize, limit: Duration) {
     wait_until(limit, "the surviving instance holds every shard", || {
         if held(survivor).len() == partitions {
             return true;

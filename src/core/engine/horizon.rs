@@ -8,17 +8,20 @@
 //! cause has arrived. An entry past the horizon waits in `held` (with the silence timers of its
 //! prospect that fall after it, so they fire after it as they would have); a horizon that moves
 //! on releases them. Expiries decided on contact (an event, link or transfer later than the
-//! due) do not wait. Soft state: nothing here is checkpointed; a restored shard relearns the
-//! table from the next progress records and expires nothing by sweep until every partition
-//! reported.
+//! due) do not wait. An idle partition's report is left out of the horizon only while it is
+//! renewed (and, in history mode, while no partition reads): time enters as the shell's
+//! monotonic clock ([`Engine::progress_clock`]), never read here. Soft state: nothing here is
+//! checkpointed; a restored shard relearns the table from the next progress records and
+//! expires nothing by sweep until every partition reported.
 
 use std::collections::BinaryHeap;
+use std::time::Instant;
 
 use super::Engine;
 use super::timers::{Timer, TimerKind};
 use crate::core::output::{ExpireReason, Output};
 use crate::core::time::Ts;
-use crate::core::xpart::{ProgressTable, Reported, XRecord};
+use crate::core::xpart::{Lapse, ProgressTable, Renewal, Reported, XRecord};
 
 /// The gate of one shard (present once the shell gates expiry on progress: the service; replay
 /// has none, see ARCHITECTURE.md).
@@ -41,6 +44,18 @@ pub(super) struct Gate {
     /// A partition that has not heard from every other one yet (it started, or was restored)
     /// asked: the next publication goes out even if it says nothing new.
     asked: bool,
+    /// The shell's monotonic clock at its last call ([`Engine::progress_clock`]) and the
+    /// renewal of idle reports; `None` (in-process callers that pass no clock): idle reports
+    /// are neither renewed nor lapse.
+    clock: Option<(Instant, Renewal)>,
+    /// When the last `Progress` record was queued (by `clock`).
+    sent_at: Option<Instant>,
+}
+
+impl Gate {
+    fn lapse(&self) -> Option<Lapse> {
+        self.clock.map(|(now, r)| Lapse { now, after: r.lapse })
+    }
 }
 
 impl Engine {
@@ -92,12 +107,57 @@ impl Engine {
         self.gate.as_deref().map(|g| &g.table)
     }
 
+    /// The shell's monotonic clock `now` and the renewal of idle reports, for what follows:
+    /// a `Progress` record received is stamped with `now`, an idle report not renewed within
+    /// `renewal.lapse` counts at its watermark ([`ProgressTable`]), and
+    /// [`publish_progress`](Engine::publish_progress) renews an idle report every
+    /// `renewal.renew`. Time is a parameter: the engine reads no clock. Gates expiry.
+    pub fn progress_clock(&mut self, now: Instant, renewal: Renewal) {
+        self.gate_expiry();
+        if let Some(g) = self.gate.as_deref_mut() {
+            g.clock = Some((now, renewal));
+        }
+    }
+
+    /// History mode (the shell's `pipeline.idle_advance_ms = 0`: no clock moves an idle
+    /// shard's watermark): idle reports are left out of the horizon only while no partition
+    /// reads ([`ProgressTable::wait_while_reading`]). Gates expiry.
+    pub fn wait_while_reading(&mut self, on: bool) {
+        self.gate_expiry();
+        if let Some(g) = self.gate.as_deref_mut() {
+            g.table.wait_while_reading(on);
+        }
+    }
+
+    /// An input event of the shard's own: it reads, whatever it last published, so its horizon
+    /// counts it (and, in history mode, every idle partition) from this event on, not from its
+    /// next publication.
+    pub(super) fn note_reading(&mut self) {
+        let own = self.watermark;
+        if let Some(g) = self.gate.as_deref_mut()
+            && g.idle
+        {
+            g.idle = false;
+            g.horizon = g.horizon.min(g.table.horizon(own, false, g.lapse()));
+        }
+    }
+
+    /// Partitions whose idle report lapsed (not renewed within the lapse by the last
+    /// [`progress_clock`](Engine::progress_clock)): counted at their last watermark.
+    pub fn progress_lapsed(&self) -> usize {
+        self.gate.as_deref().map_or(0, |g| g.table.lapsed(g.lapse()))
+    }
+
     /// Queues this shard's `Progress` record for every other partition (taken with the other
     /// identity records, [`Engine::take_identity_records`], so it goes after the records of the
     /// inputs it covers): its watermark, what it has seen of the others', and `idle` (its inputs
-    /// are caught up: its watermark binds no one). Skipped when it would say what the last one
-    /// said, unless `again` or a partition that had not heard from every other one asked (a
-    /// shard started or restored: so it relearns the table at once). Gates expiry
+    /// are caught up and its watermark does not move by itself: it binds no one while the
+    /// report is renewed; the shell decides, see ARCHITECTURE.md "Watermark across
+    /// partitions"). Skipped when it would say what the last one said, unless `again`, a
+    /// partition that had not heard from every other one asked (a shard started or restored:
+    /// so it relearns the table at once), or the shard is idle and its last record is
+    /// `renew` old by [`progress_clock`](Engine::progress_clock) (so that receivers keep
+    /// leaving it out: an idle report lapses). Gates expiry
     /// ([`Engine::gate_expiry`]); a horizon that moved releases what it held. Returns whether a
     /// record was queued.
     pub fn publish_progress(&mut self, idle: bool, again: bool, out: &mut Vec<Output>) -> bool {
@@ -106,14 +166,22 @@ impl Engine {
         let (watermark, partitions) = (self.watermark, self.partition().map_or(0, |p| p.1));
         let Some(g) = self.gate.as_deref_mut() else { return false };
         g.idle = idle;
-        let seen = g.table.seen(watermark, idle);
-        // An idle shard's watermark binds no one: its moves (the idle advance) say nothing new.
+        let lapse = g.lapse();
+        let seen = g.table.seen(watermark, idle, lapse);
+        // An idle shard's watermark binds no one while renewed: its moves say nothing new (a
+        // renewal carries the latest).
         let said = (if idle { Ts::NONE } else { watermark }, seen, idle);
-        let horizon = g.table.horizon(watermark, idle);
-        let send = again || g.asked || g.published != Some(said);
+        let horizon = g.table.horizon(watermark, idle, lapse);
+        let renew = idle
+            && match (g.clock, g.sent_at) {
+                (Some((now, r)), Some(at)) => now.saturating_duration_since(at) >= r.renew,
+                _ => false,
+            };
+        let send = again || g.asked || renew || g.published != Some(said);
         g.published = Some(said);
         g.asked = false;
         if send {
+            g.sent_at = g.clock.map(|(now, _)| now);
             let partition = g.table.partition();
             let asking = !g.table.complete();
             for q in (0..partitions).filter(|&q| q != partition) {
@@ -142,11 +210,11 @@ impl Engine {
             },
             _ => rec,
         };
-        if !g.table.receive(partition, rec) {
+        if !g.table.receive(partition, rec, g.clock.map(|(now, _)| now)) {
             return;
         }
         g.asked |= asking;
-        let horizon = g.table.horizon(own, g.idle);
+        let horizon = g.table.horizon(own, g.idle, g.lapse());
         self.set_horizon(horizon, out);
     }
 

@@ -378,6 +378,9 @@ impl Engine {
         self.release_freed();
         if self.identity.is_some() {
             if self.xpart.is_some() {
+                if !self.in_record {
+                    self.note_reading();
+                }
                 return self.apply_across(ev, out);
             }
             return self.apply_resolved(ev, out);

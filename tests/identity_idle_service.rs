@@ -23,7 +23,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -65,7 +64,7 @@ fn an_instance_killed_while_idle_holds_the_horizon_at_its_last_watermarks_until_
     });
     let shards = || instances.iter().flat_map(|i| i.shards().unwrap_or_default()).collect::<Vec<Value>>();
     resolved_when_drained(shards, &s, &states, messages, PARTITIONS as usize, LIMIT);
-    settled(&instances);
+    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
     // The instance holding two partitions dies.
     let i = instances.iter().position(|i| held(i).len() == 2).expect("one instance holds two partitions");
     instances.remove(i).kill9();
@@ -92,7 +91,7 @@ fn an_instance_killed_while_idle_holds_the_horizon_at_its_last_watermarks_until_
     // The group moves the dead partitions to the survivor, which reads their backlog: the
     // horizon is unbounded again and the people held leave.
     take_over(survivor, &s, PARTITIONS as usize, LIMIT);
-    settled(&instances);
+    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
     let shards = || instances[0].shards().unwrap_or_default();
     resolved_when_drained(shards, &s, &states, messages, PARTITIONS as usize, LIMIT);
     let m = instances[0].metrics();
@@ -132,32 +131,6 @@ fn split(path: &Path, cut: i64) -> (PathBuf, PathBuf) {
     std::fs::write(&a, early).unwrap();
     std::fs::write(&b, late).unwrap();
     (a, b)
-}
-
-/// Waits until every shard's expiry horizon is unbounded (every partition idle, and every
-/// shard told so) with no expiry waiting and no horizon lag, across `instances`.
-fn settled(instances: &[Process]) {
-    wait_until(LIMIT, "every shard's horizon unbounded, no expiry waiting", || {
-        let mut shards = BTreeSet::new();
-        for i in instances {
-            let Some(held) = i.shards() else { return false };
-            let held: BTreeSet<String> = held.iter().map(|sh| sh["partition"].to_string()).collect();
-            let m = i.metrics();
-            let of = |name| -> Vec<(String, f64)> {
-                samples(&m, name).into_iter().map(|(l, v)| (l.get("shard").cloned().unwrap_or_default(), v)).collect()
-            };
-            let (horizons, waiting) =
-                (of("microfunnel_expiry_horizon_timestamp_seconds"), of("microfunnel_expiries_waiting"));
-            let settled = horizons.iter().map(|(p, _)| p.clone()).collect::<BTreeSet<_>>() == held
-                && horizons.iter().all(|(_, v)| v.is_infinite())
-                && waiting.iter().all(|(_, v)| *v == 0.0);
-            if !settled {
-                return false;
-            }
-            shards.extend(held);
-        }
-        shards.len() == PARTITIONS as usize
-    });
 }
 
 /// `file` produced to the web input topic while `instances` are frozen (SIGSTOP); the

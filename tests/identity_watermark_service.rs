@@ -52,10 +52,10 @@ fn two_instances_over_a_backlog_expire_and_merge_as_replay() {
     let mut instances = vec![Process::start(&s, Some(&state_a)), Process::start(&s, Some(&state_b))];
     let states = [state_a.as_path(), state_b.as_path()];
     // Caught up: every shard idle and told so by every other, nothing held back.
-    settled(&instances);
+    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
     let shards = || instances.iter().flat_map(|i| i.shards().unwrap_or_default()).collect::<Vec<Value>>();
     let resolved = resolved_when_drained(shards, &s, &states, messages, PARTITIONS as usize, LIMIT);
-    settled(&instances);
+    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
 
     // Expired and merged people: the counters of both instances (no instance has stopped or
     // died yet, so nothing was executed twice).
@@ -97,40 +97,8 @@ fn two_instances_over_a_backlog_expire_and_merge_as_replay() {
     // know nothing of the others' progress (soft state) until they ask and are answered; then
     // every horizon is unbounded again and the people are replay's.
     kill9_holder_of(&mut instances, 1, &s, PARTITIONS as usize, LIMIT);
-    settled(&instances);
+    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
     let survivor = || instances[0].shards().unwrap_or_default();
     let again = resolved_when_drained(survivor, &s, &states, messages, PARTITIONS as usize, LIMIT);
     assert_eq!(again, resolved_of(&oracle), "log {}", instances[0].log.display());
-}
-
-/// Waits until every shard's expiry horizon is unbounded (every partition idle, and every
-/// shard told so) with no expiry waiting and no horizon lag, across `instances`.
-fn settled(instances: &[Process]) {
-    wait_until(LIMIT, "every shard's horizon unbounded, no expiry waiting", || {
-        let mut shards = BTreeSet::new();
-        for i in instances {
-            let Some(held) = i.shards() else { return false };
-            let held: BTreeSet<String> = held.iter().map(|sh| sh["partition"].to_string()).collect();
-            let m = i.metrics();
-            let of = |name| -> Vec<(String, f64)> {
-                samples(&m, name).into_iter().map(|(l, v)| (l.get("shard").cloned().unwrap_or_default(), v)).collect()
-            };
-            let (horizons, waiting, lag) = (
-                of("microfunnel_expiry_horizon_timestamp_seconds"),
-                of("microfunnel_expiries_waiting"),
-                of("microfunnel_expiry_horizon_lag_seconds"),
-            );
-            let settled = horizons.iter().map(|(p, _)| p.clone()).collect::<BTreeSet<_>>() == held
-                && waiting.iter().map(|(p, _)| p.clone()).collect::<BTreeSet<_>>() == held
-                && lag.iter().map(|(p, _)| p.clone()).collect::<BTreeSet<_>>() == held
-                && horizons.iter().all(|(_, v)| v.is_infinite())
-                && waiting.iter().all(|(_, v)| *v == 0.0)
-                && lag.iter().all(|(_, v)| *v == 0.0);
-            if !settled {
-                return false;
-            }
-            shards.extend(held);
-        }
-        shards.len() == PARTITIONS as usize
-    });
 }

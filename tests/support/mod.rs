@@ -862,6 +862,41 @@ pub fn assert_equals_oracle(
 
 // ---- the service as a process (kill -9) ---------------------------------------------------------
 
+/// Waits (up to `limit`) until `instances` together hold all `partitions` shards and every
+/// shard's expiry horizon is unbounded (every partition idle, and every shard told so), with
+/// no expiry waiting and no horizon lag: identity resolution across partitions with
+/// `[retention]` at rest.
+pub fn horizons_settled(instances: &[Process], partitions: usize, limit: Duration) {
+    wait_until(limit, "every shard's horizon unbounded, no expiry waiting", || {
+        let mut shards = BTreeSet::new();
+        for i in instances {
+            let Some(held) = i.shards() else { return false };
+            let held: BTreeSet<String> = held.iter().map(|sh| sh["partition"].to_string()).collect();
+            let m = i.metrics();
+            let of = |name| -> Vec<(String, f64)> {
+                samples(&m, name).into_iter().map(|(l, v)| (l.get("shard").cloned().unwrap_or_default(), v)).collect()
+            };
+            let (horizons, waiting, lag) = (
+                of("microfunnel_expiry_horizon_timestamp_seconds"),
+                of("microfunnel_expiries_waiting"),
+                of("microfunnel_expiry_horizon_lag_seconds"),
+            );
+            let per_shard = |v: &[(String, f64)]| v.iter().map(|(p, _)| p.clone()).collect::<BTreeSet<_>>() == held;
+            let settled = per_shard(&horizons)
+                && per_shard(&waiting)
+                && per_shard(&lag)
+                && horizons.iter().all(|(_, v)| v.is_infinite())
+                && waiting.iter().all(|(_, v)| *v == 0.0)
+                && lag.iter().all(|(_, v)| *v == 0.0);
+            if !settled {
+                return false;
+            }
+            shards.extend(held);
+        }
+        shards.len() == partitions
+    });
+}
+
 /// The service binary run with `settings` (written to a TOML file: `[inputs]` sections included),
 /// its HTTP endpoints on a port of its own, its snapshots under `state` (`None`: no snapshot
 /// directory), the changelog on. `kill9` ends it without any shutdown; dropping it does too.

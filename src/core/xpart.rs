@@ -156,7 +156,9 @@ pub struct Lapse {
 /// moves an idle partition's watermark), idle reports are left out only while no partition
 /// reads: once one does (this one, or a report that is not idle), every partition counts at
 /// its watermark, so traffic produced to idle partitions is read before anyone expires past
-/// it, whichever partition reads it first.
+/// it, whichever partition reads it first, once the reader's report that it reads has arrived
+/// (a partition that read its share and went idle again before another fetched its own is
+/// the exception README "Operate: expiry waiting on a partition" lists).
 #[derive(Clone, Debug, Default)]
 pub struct ProgressTable {
     partition: u32,

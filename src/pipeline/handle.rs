@@ -156,6 +156,8 @@ impl State {
             let payload = msg.payload().unwrap_or_default();
             if shard.learn(topic, name, msg.offset(), payload, &specs[topic], journey, limits) {
                 metrics.crm_rebuild_messages.inc();
+            } else {
+                metrics.input_redelivered.inc();
             }
             return;
         }

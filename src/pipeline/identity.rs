@@ -146,7 +146,6 @@ impl State {
         let rec = match decoded {
             Ok(r) => r,
             Err(e) => {
-                shard.last_input = batch;
                 let reason = RejectReason::WrongShape;
                 metrics.events_rejected.with_label_values(&[reason.as_str()]).inc();
                 let detail = format!("identity record: {e}");
@@ -155,11 +154,12 @@ impl State {
                 return;
             }
         };
-        // Progress records come every second or so: they are no input activity (the idle
-        // advance goes on).
-        if !matches!(rec, XRecord::Progress { .. }) {
-            shard.last_input = batch;
-        }
+        // Identity records are no input activity of the shard's own: the idle advance, which
+        // moves a shard's clock once its own inputs are quiet, goes on. Progress records come
+        // every second from every partition, and links, transfers and forwards whenever the
+        // other partitions get traffic: counted as activity, they kept a quiet shard's clock
+        // (and, since a shard the idle advance moves reports its watermark, every partition's
+        // expiry horizon) at its last event.
         metrics.identity_received.with_label_values(&[rec.kind()]).inc();
         let dup = |e: &Engine| e.xpart_stats().map_or(0, |s| s.transfers_duplicate);
         let gone = |e: &Engine| e.xpart_stats().map_or(0, |s| s.transfers_to_gone);

@@ -266,7 +266,11 @@ impl State {
         let t = topics.iter().position(|x| x == msg.topic()).unwrap_or(0);
         let journey = &self.journey;
         let shard = self.shards.entry(p).or_insert_with(|| Shard::new(Engine::new(Arc::clone(journey)), topics.len()));
-        shard.last_input = batch;
+        // The identity topic is no input activity of the shard's own (the idle advance goes on:
+        // `handle_identity`).
+        if self.identity.as_ref().is_none_or(|i| i.input != t) {
+            shard.last_input = batch;
+        }
         // Covered by the state already (kafka.resume_rewind, a re-delivered batch, a CRM topic
         // read from its start to rebuild the memory), or queued.
         if msg.offset() < shard.positions[t] {

@@ -957,14 +957,13 @@ fn a_shard_the_idle_advance_moves_reports_its_watermark_as_it_moves() {
     assert!(sent.len() == 2 && sent.iter().all(|(_, idle)| *idle), "{sent:?}");
 }
 
-/// Review finding (merge `perf2`): `microfunnel_input_redelivered_total` ("input records
+/// `microfunnel_input_redelivered_total` ("input records
 /// delivered again after they had been delivered or covered by the state ..., skipped on
 /// arrival") is counted only on `arrive`'s merge path. With the merge off
 /// (`pipeline.merge_buffer_messages = 0`) `arrive` hands every message to `handle`, which skips
 /// a record below the shard's position (a `kafka.resume_rewind` start, a repeated fetch) without
 /// counting it: the counter stays 0 however many records are skipped.
 #[test]
-#[ignore = "review finding: input_redelivered is not counted with merge_buffer_messages = 0 (handle() skips without counting)"]
 fn a_redelivered_record_is_counted_with_the_merge_off_too() {
     use rdkafka::Timestamp;
     use rdkafka::message::OwnedMessage;

@@ -339,7 +339,7 @@ impl Metrics {
             input_held: counter(
                 &r,
                 "microfunnel_input_held_total",
-                "Input records queued for the event-time merge (copied and held) instead of processed on arrival.",
+                "Input records held in the event-time merge's queues (librdkafka's messages, decoded in place) instead of processed on arrival.",
             )?,
             checkpoints: counter_vec(
                 &r,

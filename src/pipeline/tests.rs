@@ -878,7 +878,8 @@ fn an_idle_shard_renews_its_report_and_the_renewal_leaves_with_the_next_checkpoi
     st.take_shards(&shards(&[0]));
     feed(&mut st, 0, &events);
     caught_up(&mut st, 0);
-    let t0 = Instant::now();
+    // Its inputs quiet for more than a renewal interval (1 s here) since the feed.
+    let t0 = Instant::now() + Duration::from_secs(2);
     st.publish_progress(t0);
     assert!(progress_sent(&mut st).is_empty(), "held in the outbox until a checkpoint is durable");
     durable(&mut st);
@@ -943,7 +944,7 @@ fn a_shard_the_idle_advance_moves_reports_its_watermark_as_it_moves() {
     history.take_shards(&shards(&[0]));
     feed(&mut history, 0, &events);
     caught_up(&mut history, 0);
-    history.publish_progress(t0);
+    history.publish_progress(Instant::now() + Duration::from_secs(2));
     durable(&mut history);
     assert!(progress_sent(&mut history).iter().all(|(_, idle)| *idle));
     // An empty shard with the idle advance on: its clock does not move, it reports idle.
@@ -955,6 +956,32 @@ fn a_shard_the_idle_advance_moves_reports_its_watermark_as_it_moves() {
     durable(&mut empty);
     let sent = progress_sent(&mut empty);
     assert!(sent.len() == 2 && sent.iter().all(|(_, idle)| *idle), "{sent:?}");
+}
+
+/// History mode (`idle_advance_ms = 0`): a shard read to its end whose own inputs had traffic
+/// within the renewal interval is reading, not idle: it reports its watermark, so the others
+/// (and, as a reading partition, every idle one) count at their watermarks while the records
+/// that traffic caused are held in outboxes until checkpoints. Traffic trickling in live (each
+/// partition read to its end at every tick) otherwise made every report idle and the horizon
+/// unbounded, and people expired before the links their partitions' checkpoints still held.
+/// Quiet for the renewal interval, it says idle.
+#[test]
+fn in_history_mode_a_shard_with_recent_input_reports_its_watermark_until_quiet_for_a_renewal() {
+    let mut st = gated_state(0);
+    let events = stream(&Arc::clone(&st.journey), 200);
+    st.take_shards(&shards(&[0]));
+    feed(&mut st, 0, &events);
+    caught_up(&mut st, 0);
+    let t0 = Instant::now();
+    st.shards.get_mut(&0).unwrap().last_input = t0;
+    let watermark = st.shards[&0].engine.watermark();
+    st.publish_progress(t0 + Duration::from_millis(500));
+    durable(&mut st);
+    assert_eq!(progress_sent(&mut st), vec![(watermark, false); 2], "input 0.5 s ago: reading");
+    st.publish_progress(t0 + Duration::from_millis(1500));
+    durable(&mut st);
+    let sent = progress_sent(&mut st);
+    assert!(sent.len() == 2 && sent.iter().all(|(_, idle)| *idle), "quiet for a renewal interval: idle {sent:?}");
 }
 
 /// `microfunnel_input_redelivered_total` ("input records

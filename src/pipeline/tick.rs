@@ -75,8 +75,15 @@ impl State {
                 && (0..shard.positions.len())
                     .filter(|&t| t != id.input)
                     .all(|t| shard.inputs.caught_up(t, shard.positions[t]));
-            // A shard holding no prospect keeps its clock (`advance_idle`), so it is idle.
-            let idle = caught_up && (!advancing || shard.engine.is_empty());
+            // A shard holding no prospect keeps its clock (`advance_idle`), so it is idle. In
+            // history mode a shard says idle only once its own inputs were quiet for a renewal
+            // interval (two checkpoint intervals): traffic trickling in (read to its end at
+            // every tick) is reading, so every partition counts the others at their watermarks
+            // while the records that traffic causes, held in outboxes until checkpoints, are on
+            // their way; an idle report left out of the horizon at once would let the others
+            // expire past them.
+            let quiet = now.saturating_duration_since(shard.last_input) >= id.renewal.renew;
+            let idle = caught_up && if advancing { shard.engine.is_empty() } else { quiet };
             id.configure(&mut shard.engine, p as u32);
             shard.engine.progress_clock(now, id.renewal);
             shard.engine.publish_progress(idle, false, outputs);

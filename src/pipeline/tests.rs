@@ -1007,3 +1007,128 @@ fn a_redelivered_record_is_counted_with_the_merge_off_too() {
     assert_eq!(st.shards[&0].positions[0], 10, "skipped: below the position");
     assert_eq!(metrics.input_redelivered.get(), 1, "the skipped record is counted");
 }
+
+/// What a restore must give back of a shard's checkpoint: seq, input positions, the
+/// event-time clock (watermark, confirmed clock), the shard meta as encoded (stats, funnel,
+/// retention, kept cooldowns and handoffs; a hash of its bytes), the prospects (digest, count),
+/// the identity map's resolution and the outbox held.
+#[derive(Debug, PartialEq)]
+struct Restorable {
+    seq: u64,
+    positions: Vec<i64>,
+    watermark: Ts,
+    max_event_time: Ts,
+    meta: u64,
+    digest: u64,
+    prospects: usize,
+    resolved: u64,
+    identity: Vec<(String, crate::core::identity::IdKind, Ts, String)>,
+    outbox: Vec<(u32, crate::core::xpart::XRecord)>,
+}
+
+fn restorable(st: &State, p: i32) -> Restorable {
+    let shard = &st.shards[&p];
+    let mut meta = Vec::new();
+    shard.engine.encode_meta(&mut meta);
+    let meta = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        meta.hash(&mut h);
+        h.finish()
+    };
+    Restorable {
+        seq: shard.seq,
+        positions: shard.positions.clone(),
+        watermark: shard.engine.watermark(),
+        max_event_time: shard.engine.max_event_time(),
+        meta,
+        digest: shard.engine.digest(),
+        prospects: shard.engine.len(),
+        resolved: shard.engine.resolved_digest(),
+        identity: shard.engine.identity_map().expect("identities are resolved").resolution(),
+        outbox: shard.engine.outbox().cloned().collect(),
+    }
+}
+
+/// The trial's crash, in process: two instances, three partitions, history mode
+/// (`idle_advance_ms = 0`), identity resolution across partitions with `[retention]`, one
+/// shared changelog, a snapshot store each. Instance A holds every shard and checkpoints shard
+/// 2 once (its local chain ends at seq 1); B takes shard 2 (restored from the changelog) and
+/// checkpoints it 27 more times; B dies (nothing more written); A takes shard 2 back and
+/// restores its stale snapshot topped up with B's 27 checkpoints. That restore must give the
+/// latest checkpoint's clock, positions, meta and prospects exactly, as the changelog alone
+/// does.
+#[test]
+fn a_stale_local_snapshot_topped_up_with_another_instances_checkpoints_is_the_latest_checkpoint() {
+    let text = format!(
+        "{}\n[identity]\nresolve = true\n[retention]\nafter_days = 10\n[retention.anonymous]\naware = 3\n",
+        include_str!("../../deploy/journeys/b2b.toml")
+    );
+    let journey = Arc::new(Journey::from_toml_str(&text).unwrap());
+    let events = stream(&journey, 2_900);
+    let changelog = Arc::new(MemChangelog::new(TOPIC));
+    let (store_a, store_b) = (Arc::new(MemStore::new("g", 3)), Arc::new(MemStore::new("g", 3)));
+    let instance = |store: &Arc<MemStore>| {
+        let mut s = settings();
+        s.pipeline.idle_advance_ms = 0;
+        s.pipeline.commit_interval_ms = 200;
+        let (mut st, _, status) = state_with(s, &journey, Some(Arc::clone(store)), Some(Arc::clone(&changelog)));
+        st.identity = Some(super::identity::IdentityInput {
+            input: 2,
+            name: "g.identity".to_string(),
+            partitions: 3,
+            message_max_bytes: crate::core::xpart::DEFAULT_MESSAGE_MAX_BYTES,
+            renewal: crate::core::xpart::Renewal::for_commit_interval(Duration::from_millis(200)),
+            history: true,
+        });
+        st.identity_sink = super::identity::IdentitySink::Recorded(Vec::new());
+        (st, status)
+    };
+    let configure = |st: &mut State, p: i32| {
+        let id = st.identity.take().expect("identity resolution is on");
+        id.configure(&mut st.shards.get_mut(&p).expect("the shard is assigned").engine, p as u32);
+        st.identity = Some(id);
+    };
+
+    // A reads every partition; shard 2's first checkpoint (seq 1) is on A's disk and in the log.
+    let (mut a, _) = instance(&store_a);
+    a.take_shards(&shards(&[0, 1, 2]));
+    configure(&mut a, 2);
+    feed(&mut a, 2, &events[..200]);
+    durable(&mut a);
+    assert_eq!(store_a.latest(2).0.expect("A's chain of shard 2").header().seq, 1);
+    let at_a = restorable(&a, 2);
+    // B joins and takes shard 2 from A.
+    a.give_up(&Recorder::default(), &shards(&[2]));
+    let (mut b, b_status) = instance(&store_b);
+    b.take_shards(&shards(&[2]));
+    assert_eq!(restored_from(&b_status, 2), RestoreSource::Changelog);
+    assert_eq!(restorable(&b, 2), at_a, "B starts at A's checkpoint");
+    configure(&mut b, 2);
+    for chunk in events[200..].chunks(100) {
+        feed(&mut b, 2, chunk);
+        durable(&mut b);
+    }
+    let latest = restorable(&b, 2);
+    assert_eq!(latest.seq, 28, "B checkpointed shard 2 27 times after A's");
+    assert_ne!(latest.watermark, at_a.watermark, "the clock moved on at B");
+    assert_eq!(store_a.latest(2).0.unwrap().header().seq, 1, "A's local snapshot is stale");
+    drop(b); // SIGKILL: B writes nothing more.
+
+    // A gets shard 2 back: its stale snapshot, topped up from the changelog.
+    let (mut again, status) = instance(&store_a);
+    again.take_shards(&shards(&[2]));
+    assert_eq!(restored_from(&status, 2), RestoreSource::SnapshotAndChangelog);
+    assert_eq!(restorable(&again, 2), latest, "stale snapshot + changelog = the latest checkpoint");
+    // The changelog alone gives the same.
+    let (mut alone, status) = instance(&Arc::new(MemStore::new("g", 3)));
+    alone.take_shards(&shards(&[2]));
+    assert_eq!(restored_from(&status, 2), RestoreSource::Changelog);
+    assert_eq!(restorable(&alone, 2), latest, "the changelog alone = the latest checkpoint");
+    // And so does the up-to-date snapshot the top-up wrote as a base (changelog unreadable).
+    changelog.unreadable(true);
+    let (mut snapshot, status) = instance(&store_a);
+    snapshot.take_shards(&shards(&[2]));
+    assert_eq!(restored_from(&status, 2), RestoreSource::Snapshot);
+    assert_eq!(restorable(&snapshot, 2), latest, "the up-to-date snapshot = the latest checkpoint");
+}

@@ -174,7 +174,7 @@ fn a_real_prometheus_server_scrapes_the_service_and_loads_the_rules() {
     wait_until(Duration::from_secs(30), "the shipped rules load and evaluate", || {
         json_get(port, "/api/v1/rules").is_some_and(|v| {
             let rules = v["data"]["groups"][0]["rules"].as_array().cloned().unwrap_or_default();
-            rules.len() == 15 && rules.iter().all(|r| r["health"] == "ok")
+            rules.len() == 16 && rules.iter().all(|r| r["health"] == "ok")
         })
     });
     svc.stop().unwrap();

@@ -78,6 +78,10 @@ fn an_instance_killed_while_idle_holds_the_horizon_at_its_last_watermarks_until_
         let horizons = samples(&m, "microfunnel_expiry_horizon_timestamp_seconds");
         lapsed.len() == 1 && lapsed[0].1 == 2.0 && horizons.len() == 1 && horizons[0].1.is_finite()
     });
+    // And its log says so.
+    wait_until(LIMIT, "the survivor logged the lapse", || {
+        std::fs::read_to_string(&survivor.log).is_ok_and(|l| l.contains("progress reports lapsed"))
+    });
 
     // Batch 2 while they are dead: the survivor reads its own partition's share and its
     // expiries wait for theirs (its horizon lags its watermark; people wait).

@@ -100,7 +100,18 @@ impl State {
                 self.unflushed = true;
             }
             let e = &shard.engine;
-            metrics.expiry_gate(p, e.expiry_horizon(), e.watermark(), e.expiries_waiting(), e.progress_lapsed());
+            let lapsed = e.progress_lapsed();
+            if lapsed > shard.lapsed {
+                tracing::warn!(
+                    shard = p,
+                    partitions = lapsed,
+                    "progress reports lapsed: partitions that were idle stopped renewing them (their instance died or their checkpoints fail); expiry by sweep waits at their last watermark until the group moves them"
+                );
+            } else if lapsed < shard.lapsed {
+                tracing::info!(shard = p, partitions = lapsed, "lapsed progress reports renewed");
+            }
+            shard.lapsed = lapsed;
+            metrics.expiry_gate(p, e.expiry_horizon(), e.watermark(), e.expiries_waiting(), lapsed);
         }
     }
 

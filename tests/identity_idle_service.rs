@@ -157,17 +157,7 @@ fn live_traffic_in_history_mode_expires_and_merges_as_replay() {
     let resolved = resolved_when_drained(one, &s, &[state.as_path()], messages, PARTITIONS as usize, LIMIT);
     horizons_settled(&instances, PARTITIONS as usize, LIMIT);
     let m = instances[0].metrics();
-    let counted = |name: &str, label: Option<(&str, &str)>| -> usize {
-        samples(&m, name)
-            .iter()
-            .filter(|(l, _)| label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v)))
-            .map(|(_, v)| *v as usize)
-            .sum()
-    };
-    let service = (
-        counted("microfunnel_prospects_expired_total", Some(("reason", "retention"))),
-        counted("microfunnel_prospects_merged_total", None),
-    );
+    let service = expired_and_merged(&m);
     assert_eq!(service, (expired, merged), "expired and merged, against replay's");
     assert_eq!(resolved, resolved_of(&oracle), "log {}", instances[0].log.display());
 }

@@ -60,17 +60,7 @@ fn two_instances_over_a_backlog_expire_and_merge_as_replay() {
     // Expired and merged people: the counters of both instances (no instance has stopped or
     // died yet, so nothing was executed twice).
     let m: String = instances.iter().map(Process::metrics).collect();
-    let counted = |name: &str, label: Option<(&str, &str)>| -> usize {
-        samples(&m, name)
-            .iter()
-            .filter(|(l, _)| label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v)))
-            .map(|(_, v)| *v as usize)
-            .sum()
-    };
-    let service = (
-        counted("microfunnel_prospects_expired_total", Some(("reason", "retention"))),
-        counted("microfunnel_prospects_merged_total", None),
-    );
+    let service = expired_and_merged(&m);
     assert_eq!(service, (expired, merged), "expired and merged, against replay's");
     assert_eq!(resolved, resolved_of(&oracle), "logs {} {}", instances[0].log.display(), instances[1].log.display());
 

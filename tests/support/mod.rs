@@ -862,6 +862,22 @@ pub fn assert_equals_oracle(
 
 // ---- the service as a process (kill -9) ---------------------------------------------------------
 
+/// Expired people (`microfunnel_prospects_expired_total{reason="retention"}`) and merges
+/// (`microfunnel_prospects_merged_total`) in the metrics text `m` (one instance's, or several
+/// concatenated: summed).
+pub fn expired_and_merged(m: &str) -> (usize, usize) {
+    let counted = |name: &str, label: Option<(&str, &str)>| -> usize {
+        samples(m, name)
+            .iter()
+            .filter(|(l, _)| label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v)))
+            .map(|(_, v)| *v as usize)
+            .sum()
+    };
+    (
+        counted("microfunnel_prospects_expired_total", Some(("reason", "retention"))),
+        counted("microfunnel_prospects_merged_total", None),
+    )
+}
 /// Waits (up to `limit`) until `instances` together hold all `partitions` shards and every
 /// shard's expiry horizon is unbounded (every partition idle, and every shard told so), with
 /// no expiry waiting and no horizon lag: identity resolution across partitions with

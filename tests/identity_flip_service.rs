@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use payloads::crm as crm_line;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use support::*;
 
 const PARTITIONS: u32 = 3;
@@ -86,15 +84,9 @@ fn flips_across_two_instances(name: &str, kill: bool) {
         // (Had `y`'s late sighting come first there, the re-execution would decide otherwise;
         // the outbox keeps a transfer from leaving before its checkpoint, so nothing the dead
         // instance decided after it had left: `tests/identity_outbox_service.rs`.)
-        let watermarks: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", s.kafka.brokers.as_str())
-            .set("group.id", unique("watermarks").as_str())
-            .create()
-            .unwrap();
         let topic = format!("{}.identity", s.kafka.group_id);
-        let sent: Vec<i64> = (0..PARTITIONS as i32)
-            .map(|p| watermarks.fetch_watermarks(&topic, p, Duration::from_secs(5)).unwrap().1)
-            .collect();
+        let ends = TopicEnds::identity(&s).ends();
+        let sent: Vec<i64> = (0..PARTITIONS as i32).map(|p| ends[&p]).collect();
         let survivor = &instances[0];
         wait_until(LIMIT, "the survivor re-read the identity topic", || {
             survivor.shards().unwrap_or_default().iter().all(|sh| {

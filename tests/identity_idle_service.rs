@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use microfunnel::codec::{Limits, decode_each};
-use serde_json::Value;
 use support::*;
 
 const PARTITIONS: u32 = 3;
@@ -55,16 +54,13 @@ fn an_instance_killed_while_idle_holds_the_horizon_at_its_last_watermarks_until_
     let states = [state_a.as_path(), state_b.as_path()];
     // One instance reads it all, then a second joins.
     let mut instances = vec![Process::start(&s, Some(&state_a))];
-    let one = || instances[0].shards().unwrap_or_default();
-    resolved_when_drained(one, &s, &states, messages, PARTITIONS as usize, LIMIT);
+    resolved_at_rest(&instances, &s, &states, messages, PARTITIONS as usize, LIMIT);
     instances.push(Process::start(&s, Some(&state_b)));
     wait_until(LIMIT, "both instances hold shards", || {
         let (a, b) = (held(&instances[0]), held(&instances[1]));
         !a.is_empty() && !b.is_empty() && a.len() + b.len() == PARTITIONS as usize
     });
-    let shards = || instances.iter().flat_map(|i| i.shards().unwrap_or_default()).collect::<Vec<Value>>();
-    resolved_when_drained(shards, &s, &states, messages, PARTITIONS as usize, LIMIT);
-    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
+    resolved_at_rest(&instances, &s, &states, messages, PARTITIONS as usize, LIMIT);
     // The instance holding two partitions dies.
     let i = instances.iter().position(|i| held(i).len() == 2).expect("one instance holds two partitions");
     instances.remove(i).kill9();
@@ -95,9 +91,7 @@ fn an_instance_killed_while_idle_holds_the_horizon_at_its_last_watermarks_until_
     // The group moves the dead partitions to the survivor, which reads their backlog: the
     // horizon is unbounded again and the people held leave.
     take_over(survivor, &s, PARTITIONS as usize, LIMIT);
-    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
-    let shards = || instances[0].shards().unwrap_or_default();
-    resolved_when_drained(shards, &s, &states, messages, PARTITIONS as usize, LIMIT);
+    resolved_at_rest(&instances, &s, &states, messages, PARTITIONS as usize, LIMIT);
     let m = instances[0].metrics();
     assert_eq!(total(&m, "microfunnel_progress_reports_lapsed"), 0.0, "every partition reports again");
     assert_eq!(total(&m, "microfunnel_expiries_waiting"), 0.0);
@@ -143,9 +137,7 @@ fn live_traffic_in_history_mode_expires_and_merges_as_replay() {
     produce(web(&s), &records(&first));
     let state = state_dir(&unique("idle-live"));
     let instances = vec![Process::start(&s, Some(&state))];
-    let one = || instances[0].shards().unwrap_or_default();
-    resolved_when_drained(one, &s, &[state.as_path()], messages, PARTITIONS as usize, LIMIT);
-    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
+    resolved_at_rest(&instances, &s, &[state.as_path()], messages, PARTITIONS as usize, LIMIT);
 
     // The rest, trickling in while the instance runs (the pace of the traffic, not a wait).
     let rest = records(&second);
@@ -154,8 +146,7 @@ fn live_traffic_in_history_mode_expires_and_merges_as_replay() {
         std::thread::sleep(Duration::from_millis(250));
     }
     messages += rest.len() as i64;
-    let resolved = resolved_when_drained(one, &s, &[state.as_path()], messages, PARTITIONS as usize, LIMIT);
-    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
+    let resolved = resolved_at_rest(&instances, &s, &[state.as_path()], messages, PARTITIONS as usize, LIMIT);
     let m = instances[0].metrics();
     let service = expired_and_merged(&m);
     assert_eq!(service, (expired, merged), "expired and merged, against replay's");

@@ -141,6 +141,7 @@ fn kill_9_right_after_a_transfer_was_decided_never_leaves_its_state_twice() {
     let mut current = shared.clone();
     let topic = format!("{}.identity", s.kafka.group_id);
     let watermarks = watermarks_consumer();
+    let ends = TopicEnds::identity(&s);
     let (mut exercised, mut round) = (0, 0);
     while exercised < ROUNDS {
         round += 1;
@@ -156,13 +157,7 @@ fn kill_9_right_after_a_transfer_was_decided_never_leaves_its_state_twice() {
         lines.crm(&s, &u, crm_line("meeting_booked", &u, &format!("o{r}-1"), &day(10), Some(&e)));
         lines.web(&s, &a, seg("track", "Whitepaper Downloaded", None, &a, &format!("o{r}-2"), &day(8), None));
         wait_until(LIMIT, "the setup is checkpointed and its identity records read", || {
-            identity_settled(
-                &instance.shards().unwrap_or_default(),
-                &s,
-                lines.count(),
-                PARTITIONS as usize,
-                &watermarks,
-            )
+            identity_settled(&instance.shards().unwrap_or_default(), &s, lines.count(), PARTITIONS as usize, &ends)
         });
         // A checkpoint just happened (a page view on partition 2 made one due): the next is a
         // checkpoint interval away.
@@ -236,7 +231,7 @@ fn merge_latency() {
             tpl.add_partition_offset(&s.kafka.topics.journey_events, p, Offset::Beginning).unwrap();
         }
         events.assign(&tpl).unwrap();
-        let watermarks = watermarks_consumer();
+        let ends = TopicEnds::identity(&s);
         let mut lines = Lines::default();
         let mut took = Vec::new();
         for i in 0..MERGES {
@@ -251,7 +246,7 @@ fn merge_latency() {
             wait_until(LIMIT, "the setup is read and its identity records too", || {
                 let shards: Value = serde_json::from_str(&http_get(svc.addr(), "/shards").1).unwrap();
                 let shards = shards["shards"].as_array().cloned().unwrap_or_default();
-                identity_settled(&shards, &s, lines.count(), PARTITIONS as usize, &watermarks)
+                identity_settled(&shards, &s, lines.count(), PARTITIONS as usize, &ends)
             });
             let sent = Instant::now();
             lines.web(&s, &a, seg("track", "Webinar Registered", None, &a, &format!("l{i}-3"), &day(11), Some(&e)));

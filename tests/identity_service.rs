@@ -205,7 +205,7 @@ fn kill_9_mid_flow_with_identity(name: &str, from: From) {
     // The signup's identity records went round too (they leave with the checkpoint that covers
     // them, and an email's link goes by the email's partition first): the crash comes after
     // the signup is resolved, in the middle of the flow.
-    let watermarks = watermarks_consumer();
+    let watermarks = TopicEnds::identity(&s);
     wait_until(FINISH, "the identity topic drained", || {
         identity_settled(&svc.shards().unwrap_or_default(), &s, first, PARTITIONS, &watermarks)
     });

@@ -52,10 +52,7 @@ fn two_instances_over_a_backlog_expire_and_merge_as_replay() {
     let mut instances = vec![Process::start(&s, Some(&state_a)), Process::start(&s, Some(&state_b))];
     let states = [state_a.as_path(), state_b.as_path()];
     // Caught up: every shard idle and told so by every other, nothing held back.
-    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
-    let shards = || instances.iter().flat_map(|i| i.shards().unwrap_or_default()).collect::<Vec<Value>>();
-    let resolved = resolved_when_drained(shards, &s, &states, messages, PARTITIONS as usize, LIMIT);
-    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
+    let resolved = resolved_at_rest(&instances, &s, &states, messages, PARTITIONS as usize, LIMIT);
 
     // Expired and merged people: the counters of both instances (no instance has stopped or
     // died yet, so nothing was executed twice).
@@ -87,8 +84,6 @@ fn two_instances_over_a_backlog_expire_and_merge_as_replay() {
     // know nothing of the others' progress (soft state) until they ask and are answered; then
     // every horizon is unbounded again and the people are replay's.
     kill9_holder_of(&mut instances, 1, &s, PARTITIONS as usize, LIMIT);
-    horizons_settled(&instances, PARTITIONS as usize, LIMIT);
-    let survivor = || instances[0].shards().unwrap_or_default();
-    let again = resolved_when_drained(survivor, &s, &states, messages, PARTITIONS as usize, LIMIT);
+    let again = resolved_at_rest(&instances, &s, &states, messages, PARTITIONS as usize, LIMIT);
     assert_eq!(again, resolved_of(&oracle), "log {}", instances[0].log.display());
 }

@@ -352,7 +352,7 @@ fn retention_with_identity_across_partitions_on_two_instances_with_a_kill_9_equa
         let (ha, hb) = (held(&instances[0]), held(&instances[1]));
         !ha.is_empty() && !hb.is_empty() && ha.len() + hb.len() == PARTITIONS as usize
     });
-    let consumer = watermarks_consumer();
+    let consumer = TopicEnds::identity(&s);
     let mut messages = 0i64;
     let mut killed = false;
     for k in 0..n {
@@ -387,14 +387,7 @@ fn retention_with_identity_across_partitions_on_two_instances_with_a_kill_9_equa
         "{restored:?}"
     );
     let states = [state_a.as_path(), state_b.as_path()];
-    let resolved = resolved_when_drained(
-        || survivor.shards().unwrap_or_default(),
-        &s,
-        &states,
-        messages,
-        PARTITIONS as usize,
-        LIMIT,
-    );
+    let resolved = resolved_at_rest(&instances, &s, &states, messages, PARTITIONS as usize, LIMIT);
     assert_eq!(resolved, resolved_of(&oracle), "log {}", survivor.log.display());
     let m = survivor.metrics();
     let received = sample(&m, "microfunnel_identity_records_received_total", &[("kind", "forget")]).unwrap_or(0.0);

@@ -288,7 +288,7 @@ impl State {
                 }
             };
             flight.reported(&done);
-            let mut outbox = 0;
+            let mut outbox = (0, 0);
             let shard = self.shards.get_mut(&done.shard).or_else(|| self.parked.get_mut(&done.shard));
             if let Some(shard) = shard {
                 shard.batch = done.batch;
@@ -317,7 +317,7 @@ impl State {
                     } else {
                         shard.engine.settle_outbox(false);
                     }
-                    outbox = shard.engine.outbox().count() as u64;
+                    outbox = super::status::outbox_counts(&shard.engine);
                     if self.identity.is_some() {
                         self.metrics.identity_outbox(done.shard, shard.engine.outbox_size());
                     }
@@ -341,7 +341,8 @@ impl State {
                             digest: Some(header.digest.clone()),
                             prospects: header.prospects,
                             snapshot_seconds: done.secs,
-                            outbox,
+                            outbox: outbox.0,
+                            outbox_progress: outbox.1,
                         });
                     });
                     tracing::debug!(shard = done.shard, seq = done.seq, bytes, secs = done.secs, "snapshot written");
@@ -370,10 +371,10 @@ impl State {
             if self.shards.contains_key(&p) {
                 self.metrics.shard_durable(p);
             }
-            let mut outbox = 0;
+            let mut outbox = (0, 0);
             if let Some(shard) = self.shards.get_mut(&p).or_else(|| self.parked.get_mut(&p)) {
                 shard.checkpointed = positions.clone();
-                outbox = shard.engine.outbox().count() as u64;
+                outbox = super::status::outbox_counts(&shard.engine);
             }
             if self.store.is_none() {
                 let positions =
@@ -385,7 +386,8 @@ impl State {
                         digest: None,
                         prospects: s.prospects,
                         snapshot_seconds: 0.0,
-                        outbox,
+                        outbox: outbox.0,
+                        outbox_progress: outbox.1,
                     });
                 });
             }

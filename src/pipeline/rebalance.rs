@@ -194,7 +194,8 @@ impl State {
                 digest: Some(format!("{digest:016x}")),
                 prospects: shard.engine.len() as u64,
                 snapshot_seconds: 0.0,
-                outbox: shard.engine.outbox().count() as u64,
+                outbox: super::status::outbox_counts(&shard.engine).0,
+                outbox_progress: super::status::outbox_counts(&shard.engine).1,
             });
             self.status.update(*p, |s| {
                 s.restored_from = r.source;

@@ -92,6 +92,18 @@ pub struct CheckpointStatus {
     /// this checkpoint, sent once it was durable, and any produced since), as the checkpoint
     /// reported; 0 with identity resolution across partitions off.
     pub outbox: u64,
+    /// Of those, `progress` records (event-time progress and its renewals, which move no
+    /// person): an idle shard renews its report every renewal interval, so its outbox is
+    /// seldom empty at a checkpoint; `outbox - outbox_progress` is what still changes people.
+    pub outbox_progress: u64,
+}
+
+/// A shard's outbox: its records, and how many of them are `progress` records
+/// ([`CheckpointStatus::outbox_progress`]).
+pub(super) fn outbox_counts(engine: &crate::core::Engine) -> (u64, u64) {
+    engine.outbox().fold((0, 0), |(all, progress), (_, r)| {
+        (all + 1, progress + u64::from(matches!(r, crate::core::xpart::XRecord::Progress { .. })))
+    })
 }
 
 /// Shared between the pipeline (writes) and the HTTP endpoint (reads); with the group's

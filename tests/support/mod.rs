@@ -643,18 +643,63 @@ pub fn resolved_when_drained(
     partitions: usize,
     limit: Duration,
 ) -> BTreeMap<i64, String> {
-    let topic = format!("{}.identity", s.kafka.group_id);
-    let consumer = plain_consumer(&unique("watermarks"));
+    resolved_when(shards, s, states, messages, partitions, limit, None)
+}
+
+/// [`resolved_when_drained`] once every shard's expiry horizon has settled
+/// ([`horizons_settled`]: `[retention]` across partitions, every partition idle): what a
+/// shard decides once its horizon is unbounded (the last expiries, their `Forget`s) is in a
+/// checkpoint taken after the horizons were seen settled, and the identity records that move
+/// people are drained (renewals of idle reports may still be in flight: they change nothing
+/// then). Without it, a digest read between the last input's checkpoint and the horizon's last
+/// move shows people not expired yet.
+pub fn resolved_at_rest(
+    instances: &[Process],
+    s: &Settings,
+    states: &[&Path],
+    messages: i64,
+    partitions: usize,
+    limit: Duration,
+) -> BTreeMap<i64, String> {
+    horizons_settled(instances, partitions, limit);
+    let seqs: BTreeMap<i64, u64> = instances
+        .iter()
+        .flat_map(|i| i.shards().unwrap_or_default())
+        .filter_map(|sh| Some((sh["partition"].as_i64()?, sh["checkpoint"]["seq"].as_u64().unwrap_or(0))))
+        .collect();
+    let shards = || instances.iter().flat_map(|i| i.shards().unwrap_or_default()).collect::<Vec<Value>>();
+    let resolved = resolved_when(shards, s, states, messages, partitions, limit, Some(&seqs));
+    horizons_settled(instances, partitions, limit);
+    resolved
+}
+
+/// [`resolved_when_drained`]; with `after`, drained of the records that move people, in
+/// checkpoints later than the `seq` given per partition.
+fn resolved_when(
+    shards: impl Fn() -> Vec<Value>,
+    s: &Settings,
+    states: &[&Path],
+    messages: i64,
+    partitions: usize,
+    limit: Duration,
+    after: Option<&BTreeMap<i64, u64>>,
+) -> BTreeMap<i64, String> {
+    let ends = TopicEnds::identity(s);
     let deadline = Instant::now() + limit;
     loop {
         let shards = shards();
         let (covered, digests) = checkpoint_cover(&shards);
-        let drained = shards.iter().all(|sh| {
-            let p = sh["partition"].as_i64().unwrap() as i32;
-            let high = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).map_or(i64::MAX, |w| w.1);
-            sh["checkpoint"]["positions"][&topic].as_i64().unwrap_or(0).max(0) >= high && outbox_empty(sh)
+        let newer = after.is_none_or(|after| {
+            shards.iter().all(|sh| {
+                let p = sh["partition"].as_i64().unwrap_or(-1);
+                sh["checkpoint"]["seq"].as_u64().unwrap_or(0) > after.get(&p).copied().unwrap_or(0)
+            })
         });
-        if covered == messages && digests.len() == partitions && drained {
+        let done = covered == messages
+            && digests.len() == partitions
+            && newer
+            && drained_of(&shards, s, &ends, after.is_some());
+        if done {
             let mut out = BTreeMap::new();
             for p in 0..partitions {
                 // Each state directory's newest chain (base and deltas) of the shard, as a
@@ -683,7 +728,7 @@ pub fn resolved_when_drained(
         }
         assert!(
             Instant::now() < deadline,
-            "checkpoints cover {covered} of {messages} messages, identity topic drained: {drained}: {shards:?}"
+            "checkpoints cover {covered} of {messages} messages, checkpoints newer: {newer}: {shards:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -1013,37 +1058,142 @@ impl Drop for Process {
     }
 }
 
-/// A consumer outside any group, for reading high watermarks ([`identity_settled`]).
+/// A consumer outside any group, for reading high watermarks.
 pub fn watermarks_consumer() -> BaseConsumer {
     plain_consumer(&unique("watermarks"))
+}
+
+/// The end of each partition of a topic the service writes, as far as it is readable now. The
+/// local broker's reported high watermark (`ListOffsets`, what `fetch_watermarks` asks) can lag
+/// the last records of a batch of several (`tests/broker_ends.rs`), so a position at that
+/// watermark is not the end: the end here is the greatest of that watermark, what a reader
+/// assigned to every partition has read and the high watermark its fetch responses carried
+/// (exact), after polling for [`TopicEnds::CYCLES`] fetch cycles from the call, so that what
+/// was acknowledged before it is counted.
+pub struct TopicEnds {
+    consumer: BaseConsumer,
+    topic: String,
+    read: std::cell::RefCell<BTreeMap<i32, i64>>,
+    /// Per partition, the offset after the last identity record read that is not a `progress`
+    /// record ([`TopicEnds::people_ends`]).
+    people: std::cell::RefCell<BTreeMap<i32, i64>>,
+    assigned: std::cell::Cell<bool>,
+}
+
+impl TopicEnds {
+    /// Fetch responses waited for per call (each at most `fetch.wait.max.ms`, 50 ms).
+    pub const CYCLES: u32 = 4;
+
+    pub fn new(topic: &str) -> TopicEnds {
+        let consumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", unique("ends"))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .expect("test consumer");
+        TopicEnds {
+            consumer,
+            topic: topic.to_string(),
+            read: Default::default(),
+            people: Default::default(),
+            assigned: Default::default(),
+        }
+    }
+
+    /// On the identity topic, each partition's offset after its last record that moves people
+    /// (any but a `progress` record), as read by [`TopicEnds::ends`] (call that first): with
+    /// every horizon settled, `progress` records (idle renewals) change nothing.
+    pub fn people_ends(&self) -> BTreeMap<i32, i64> {
+        self.people.borrow().clone()
+    }
+
+    /// The identity topic's ([`TopicEnds::new`] of `<group>.identity`).
+    pub fn identity(s: &Settings) -> TopicEnds {
+        TopicEnds::new(&format!("{}.identity", s.kafka.group_id))
+    }
+
+    /// Each partition's end (offset after its last readable record), counted now.
+    pub fn ends(&self) -> BTreeMap<i32, i64> {
+        let partitions = partitions_of(&self.consumer, &self.topic);
+        if !self.assigned.get() {
+            let mut tpl = TopicPartitionList::new();
+            for &p in &partitions {
+                tpl.add_partition_offset(&self.topic, p, Offset::Beginning).expect("partition offset");
+            }
+            self.consumer.assign(&tpl).expect("assign");
+            self.assigned.set(true);
+        }
+        let until = Instant::now() + Duration::from_millis(50) * Self::CYCLES;
+        let mut read = self.read.borrow_mut();
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            if let Some(Ok(m)) = self.consumer.poll(left) {
+                let end = read.entry(m.partition()).or_insert(0);
+                *end = (*end).max(m.offset() + 1);
+                let record = microfunnel::core::xpart::XRecord::decode(m.payload().unwrap_or_default());
+                if !matches!(record, Ok(microfunnel::core::xpart::XRecord::Progress { .. })) {
+                    self.people.borrow_mut().insert(m.partition(), m.offset() + 1);
+                }
+            }
+        }
+        let topic = std::ffi::CString::new(self.topic.as_str()).expect("topic name");
+        partitions
+            .into_iter()
+            .map(|p| {
+                let listed = self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(5)).map_or(0, |w| w.1);
+                let (mut low, mut fetched) = (-1i64, -1i64);
+                // SAFETY: the handle is valid while `self.consumer` lives; `topic` is
+                // NUL-terminated and outlives the call, which only writes the out-parameters.
+                unsafe {
+                    rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                        self.consumer.client().native_ptr(),
+                        topic.as_ptr(),
+                        p,
+                        &mut low,
+                        &mut fetched,
+                    );
+                }
+                (p, listed.max(fetched).max(read.get(&p).copied().unwrap_or(0)))
+            })
+            .collect()
+    }
 }
 
 /// Whether the checkpoints of `shards` (all `partitions` of them, from `GET /shards`) cover
 /// `messages` input messages and every partition of the identity topic up to its end: nothing
 /// is in flight between the shards.
-pub fn identity_settled(
-    shards: &[Value],
-    s: &Settings,
-    messages: i64,
-    partitions: usize,
-    consumer: &BaseConsumer,
-) -> bool {
-    let topic = format!("{}.identity", s.kafka.group_id);
+pub fn identity_settled(shards: &[Value], s: &Settings, messages: i64, partitions: usize, ends: &TopicEnds) -> bool {
     let (covered, _) = checkpoint_cover(shards);
-    covered == messages
-        && shards.len() == partitions
-        && shards.iter().all(|sh| {
-            let p = sh["partition"].as_i64().unwrap() as i32;
-            let high = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).map_or(i64::MAX, |w| w.1);
-            sh["checkpoint"]["positions"][&topic].as_i64().unwrap_or(0).max(0) >= high && outbox_empty(sh)
-        })
+    covered == messages && shards.len() == partitions && drained(shards, s, ends)
 }
 
-/// Whether a shard of `GET /shards` held no identity record at its last checkpoint (its
-/// outbox: records wait there until the checkpoint covering them is durable, then are sent
-/// and acknowledged by the next one's flush).
-fn outbox_empty(shard: &Value) -> bool {
-    shard["checkpoint"]["outbox"].as_u64().unwrap_or(0) == 0
+/// Whether every shard of `shards` (`GET /shards`, read before this call) held no identity
+/// record at its last checkpoint and had read the identity topic to its end ([`TopicEnds`]).
+fn drained(shards: &[Value], s: &Settings, ends: &TopicEnds) -> bool {
+    drained_of(shards, s, ends, false)
+}
+
+/// [`drained`], or with `at_rest` (every horizon settled: `progress` records change nothing)
+/// of the identity records that move people: outboxes and the topic's tail may hold renewals.
+fn drained_of(shards: &[Value], s: &Settings, ends: &TopicEnds, at_rest: bool) -> bool {
+    let topic = format!("{}.identity", s.kafka.group_id);
+    // Records held in outboxes wait until the checkpoint covering them is durable, then are
+    // sent and acknowledged by the next one's flush.
+    let held = |sh: &Value| {
+        let c = &sh["checkpoint"];
+        c["outbox"].as_u64().unwrap_or(0) - if at_rest { c["outbox_progress"].as_u64().unwrap_or(0) } else { 0 }
+    };
+    if !shards.iter().all(|sh| held(sh) == 0) {
+        return false;
+    }
+    let all = ends.ends();
+    let ends = if at_rest { ends.people_ends() } else { all };
+    shards.iter().all(|sh| {
+        let p = sh["partition"].as_i64().unwrap() as i32;
+        let end = ends.get(&p).copied().unwrap_or(if at_rest { 0 } else { i64::MAX });
+        sh["checkpoint"]["positions"][&topic].as_i64().unwrap_or(0).max(0) >= end
+    })
 }
 
 /// The prospect `id` resolves to, from whichever instance holds its shard.

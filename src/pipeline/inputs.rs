@@ -157,10 +157,16 @@ impl Inputs {
     }
 
     /// Whether input `t`'s next message (after what was delivered, or the shard's position) is
-    /// at its high watermark: nothing more to read for now.
+    /// at its high watermark: nothing more to read for now. A position past the cached high
+    /// watermark proves the cache stale, so it is not: librdkafka keeps a partition's cached
+    /// watermarks across an unassign and a later assign, so a shard moved back to an instance
+    /// that read its partition before, restored from another instance's later checkpoint,
+    /// would see its inputs caught up at the old end, and the merge would take the identity
+    /// topic's and the other inputs' backlog before them, making its own inputs `late`. It
+    /// waits for the partition's first fetch instead, which refreshes the cache.
     pub(super) fn caught_up(&self, t: usize, position: i64) -> bool {
         let high = self.high[t];
-        high >= 0 && self.delivered[t].max(position).max(self.low[t]) >= high
+        high >= 0 && position <= high && self.delivered[t].max(position).max(self.low[t]) >= high
     }
 
     pub(super) fn buffered(&self) -> usize {

@@ -1132,3 +1132,21 @@ fn a_stale_local_snapshot_topped_up_with_another_instances_checkpoints_is_the_la
     assert_eq!(restored_from(&status, 2), RestoreSource::Snapshot);
     assert_eq!(restorable(&snapshot, 2), latest, "the up-to-date snapshot = the latest checkpoint");
 }
+
+/// librdkafka keeps a partition's cached watermarks across an unassign and a later assign: a
+/// shard restored from a later checkpoint (another instance read on) has a position past the
+/// high watermark this instance cached when it last read the partition. That input is not
+/// caught up (the merge waits for its first fetch rather than taking the other inputs'
+/// backlog first, which would make its records late); at the watermark, or with the cache
+/// refreshed past the position, it is as before.
+#[test]
+fn an_input_whose_position_is_past_the_cached_high_watermark_is_not_caught_up() {
+    let mut inputs = super::inputs::Inputs::new(2);
+    inputs.set_high(0, 10);
+    assert!(!inputs.caught_up(0, 20), "position 20 past a cached high watermark of 10: the cache is stale");
+    assert!(inputs.caught_up(0, 10), "at the high watermark: caught up");
+    assert!(!inputs.caught_up(0, 5), "behind it: not caught up");
+    inputs.set_high(0, 20);
+    assert!(inputs.caught_up(0, 20), "refreshed by a fetch: caught up");
+    assert!(!inputs.caught_up(1, 0), "never fetched (-1): not caught up");
+}

@@ -907,6 +907,33 @@ fn an_idle_shard_renews_its_report_and_the_renewal_leaves_with_the_next_checkpoi
     assert_eq!(progress_sent(&mut st), first, "and again");
 }
 
+/// `GET /shards`' `checkpoint.outbox` counts what the shard's outbox held at its last
+/// checkpoint, and `outbox_progress` how many of those were `progress` records (which move no
+/// person: an idle shard renews its report, so its outbox is seldom empty at a checkpoint).
+#[test]
+fn the_shard_status_counts_the_progress_records_of_its_outbox() {
+    let mut st = gated_state(0);
+    st.take_shards(&shards(&[0]));
+    let links = sign_up_elsewhere(&mut st, 1, 2).len();
+    caught_up(&mut st, 0);
+    st.publish_progress(Instant::now() + Duration::from_secs(2));
+    let progress = st.shards[&0]
+        .engine
+        .outbox()
+        .filter(|(_, r)| matches!(r, crate::core::xpart::XRecord::Progress { .. }))
+        .count();
+    assert!(links > 0 && progress == 2, "{links} records, {progress} progress records held");
+    durable(&mut st);
+    let checkpoint = |st: &State| {
+        let shard = st.status.snapshot().into_iter().find(|s| s.partition == 0).expect("shard 0's status");
+        let c = shard.checkpoint.expect("a checkpoint");
+        (c.outbox, c.outbox_progress)
+    };
+    assert_eq!(checkpoint(&st), ((links + progress) as u64, progress as u64));
+    durable(&mut st);
+    assert_eq!(checkpoint(&st), (0, 0), "sent and acknowledged");
+}
+
 /// With the idle advance on (`idle_advance_ms` > 0), a caught-up shard that holds prospects
 /// is not idle: the wall clock moves its watermark (`advance_idle`), input older than that is
 /// late there anyway, so it reports its watermark and republishes it as it moves (receivers

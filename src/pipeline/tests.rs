@@ -1177,3 +1177,87 @@ fn an_input_whose_position_is_past_the_cached_high_watermark_is_not_caught_up() 
     assert!(inputs.caught_up(0, 20), "refreshed by a fetch: caught up");
     assert!(!inputs.caught_up(1, 0), "never fetched (-1): not caught up");
 }
+
+/// Review finding (tests/support `resolved_at_rest`): the harness takes "a checkpoint whose
+/// `seq` in `GET /shards` is greater than the one listed once every horizon was seen settled"
+/// for "a checkpoint taken after the horizons settled". It is not: a shard's status `seq`
+/// moves when a checkpoint *completes* (`poll_checkpoint`), and the loop captures a checkpoint
+/// (`checkpoint`) before `publish_progress` in the same iteration, where a shard in history
+/// mode turns idle after a quiet renewal interval, its horizon becomes unbounded and the
+/// expiries it held fire, and the gauges say settled. The harness, reading the gauges and then
+/// `/shards` in that window, records the old `seq`; the next iteration collects the checkpoint
+/// captured before the expiries, with a greater `seq` and (people whose identifiers are all
+/// homed on the shard expire without a `Forget`) no record in its outbox that moves people:
+/// every criterion of `resolved_at_rest` holds, and the digest it reads lacks the expiries.
+#[test]
+#[ignore = "review finding: resolved_at_rest accepts a checkpoint captured before the horizon's last move (status seq moves at completion, not capture)"]
+fn a_checkpoint_newer_than_the_seq_listed_once_horizons_settled_holds_the_expiries_they_released() {
+    let mut st = gated_state(0);
+    st.take_shards(&shards(&[0]));
+    let t0 = Instant::now();
+    st.shards.get_mut(&0).unwrap().last_input = t0;
+    // Configured and gated; reading (input just now): nothing expires by sweep until every
+    // partition reported.
+    st.publish_progress(t0);
+    // People whose identifiers are all homed on partition 0 (anonymous visitors that never
+    // identify): their expiry sends no `Forget`.
+    let journey = Arc::clone(&st.journey);
+    let events: Vec<Vec<u8>> = stream(&journey, 4000)
+        .into_iter()
+        .filter(|l| {
+            let ev = codec::decode(l, &journey, &Limits::default()).expect("generated events decode");
+            crate::core::xpart::home(&ev.prospect, 3) == 0 && ev.linked.is_none()
+        })
+        .collect();
+    feed(&mut st, 0, &events);
+    caught_up(&mut st, 0);
+    // Partitions 1 and 2 are idle (they report so); while shard 0 reads they count at their
+    // watermarks (history mode), so its expiries wait.
+    let renewal = st.identity.as_ref().unwrap().renewal;
+    // Their idle reports, received (and renewed) at `at`.
+    let reports = |st: &mut State, at: Instant| {
+        let engine = &mut st.shards.get_mut(&0).unwrap().engine;
+        engine.progress_clock(at, renewal);
+        for q in [1u32, 2] {
+            let rec = crate::core::xpart::XRecord::Progress {
+                partition: q,
+                watermark: Ts(0),
+                seen: crate::core::xpart::UNBOUNDED,
+                idle: true,
+                asking: false,
+            };
+            engine.apply_identity_record(rec, &mut Vec::new());
+        }
+    };
+    reports(&mut st, t0 + Duration::from_millis(100));
+    st.publish_progress(t0 + Duration::from_millis(100));
+    durable(&mut st);
+    durable(&mut st);
+    let waiting = st.shards[&0].engine.expiries_waiting();
+    assert!(waiting > 0, "expiries wait for the horizon");
+    let seq = |st: &State| st.status.snapshot().into_iter().find(|s| s.partition == 0).and_then(|s| s.checkpoint);
+
+    // One loop iteration: a checkpoint is captured (the renewal or anything else made the shard
+    // due), then publish_progress: quiet for a renewal interval, shard 0 says idle, the horizon
+    // is unbounded and the held expiries fire.
+    st.shards.get_mut(&0).unwrap().positions[0] += 1; // due: one more input message, read to its end
+    caught_up(&mut st, 0);
+    let before = format!("{:016x}", digest(&st, 0));
+    st.checkpoint(&Recorder::default(), CommitMode::Async, deadline(), false).unwrap();
+    reports(&mut st, t0 + Duration::from_secs(3));
+    st.publish_progress(t0 + Duration::from_secs(3));
+    let e = &st.shards[&0].engine;
+    assert_eq!(e.expiry_horizon(), Some(crate::core::xpart::UNBOUNDED), "every horizon unbounded");
+    assert_eq!(e.expiries_waiting(), 0, "no expiry waiting: the gauges say settled");
+    let after = format!("{:016x}", digest(&st, 0));
+    assert_ne!(before, after, "the released expiries changed the state");
+    // What resolved_at_rest records after horizons_settled returned.
+    let listed = seq(&st).expect("a checkpoint").seq;
+    // The next iteration collects the checkpoint in flight.
+    st.poll_checkpoint(&Recorder::default(), CommitMode::Async, Some(deadline())).unwrap();
+    let c = seq(&st).expect("a checkpoint");
+    assert!(c.seq > listed, "newer than the seq listed once settled: {} > {listed}", c.seq);
+    assert_eq!(c.outbox - c.outbox_progress, 0, "drained of records that move people: {c:?}");
+    // Every criterion of resolved_at_rest holds here; the digest it reads must be the state's.
+    assert_eq!(c.digest.as_deref(), Some(after.as_str()), "the accepted checkpoint predates the expiries ({before})");
+}

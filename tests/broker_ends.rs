@@ -28,3 +28,33 @@ fn the_end_of_a_partition_is_its_last_acknowledged_record_after_batches_of_sever
     }
     eprintln!("the listed high watermark stopped short of the end after {short} of 60 batches");
 }
+
+/// What the identity tests compare a shard's position with once every horizon settled: the
+/// end of the records that move people ([`TopicEnds::people_ends`], here any record that is
+/// not a `progress` record). The reader reads from the beginning, a few fetch cycles per call:
+/// until it has read to the end ([`TopicEnds::read_to`]) the people ends are a prefix, and
+/// nothing may be taken as drained (a long topic of large records takes several calls).
+#[test]
+fn the_end_of_the_records_that_move_people_counts_only_once_read_to_the_end() {
+    let s = setup("people-ends");
+    let topic = web(&s).to_string();
+    let key = key_in_partition("k", 0, 3);
+    let big = vec![b'x'; 100_000];
+    produce(&topic, &(0..500).map(|_| keyed(&key, big.clone())).collect::<Vec<_>>());
+    let end = produce(&topic, &[keyed(&key, b"not a progress record".to_vec())])[0].1 + 1;
+    let ends = TopicEnds::new(&topic);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut calls = 0;
+    loop {
+        let all = ends.ends();
+        calls += 1;
+        assert_eq!(all[&0], end, "the end itself");
+        if ends.read_to(&all) {
+            assert_eq!(ends.people_ends()[&0], end, "read to the end: the last record that moves people");
+            break;
+        }
+        assert!(ends.people_ends().get(&0).is_none_or(|&e| e < end), "a prefix while not read to the end");
+        assert!(std::time::Instant::now() < deadline, "read to the end within {DEADLINE:?}");
+    }
+    eprintln!("read to the end after {calls} calls");
+}

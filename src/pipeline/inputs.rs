@@ -162,8 +162,11 @@ impl Inputs {
     /// watermarks across an unassign and a later assign, so a shard moved back to an instance
     /// that read its partition before, restored from another instance's later checkpoint,
     /// would see its inputs caught up at the old end, and the merge would take the identity
-    /// topic's and the other inputs' backlog before them, making its own inputs `late`. It
-    /// waits for the partition's first fetch instead, which refreshes the cache.
+    /// topic's and the other inputs' backlog before them, making its own inputs `late`. Past
+    /// the cache, it waits for the partition's next fetch, which refreshes it. A restored
+    /// position equal to the stale cache is not told apart (ARCHITECTURE.md "Still to do
+    /// across partitions"; `pipeline::tests::a_shard_restored_at_its_partitions_old_end_waits_for_a_fetch_before_it_is_caught_up`,
+    /// ignored).
     pub(super) fn caught_up(&self, t: usize, position: i64) -> bool {
         let high = self.high[t];
         high >= 0 && position <= high && self.delivered[t].max(position).max(self.low[t]) >= high

@@ -92,9 +92,10 @@ pub struct CheckpointStatus {
     /// this checkpoint, sent once it was durable, and any produced since), as the checkpoint
     /// reported; 0 with identity resolution across partitions off.
     pub outbox: u64,
-    /// Of those, `progress` records (event-time progress and its renewals, which move no
-    /// person): an idle shard renews its report every renewal interval, so its outbox is
-    /// seldom empty at a checkpoint; `outbox - outbox_progress` is what still changes people.
+    /// Of those, `progress` records (event-time progress and its renewals): they move the
+    /// receivers' expiry horizons (releasing expiries held there), and once every horizon is
+    /// settled they change nothing; an idle shard renews its report every renewal interval, so
+    /// its outbox is seldom empty at a checkpoint.
     pub outbox_progress: u64,
 }
 

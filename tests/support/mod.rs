@@ -649,9 +649,10 @@ pub fn resolved_when_drained(
 /// [`resolved_when_drained`] once every shard's expiry horizon has settled
 /// ([`horizons_settled`]: `[retention]` across partitions, every partition idle): what a
 /// shard decides once its horizon is unbounded (the last expiries, their `Forget`s) is in a
-/// checkpoint taken after the horizons were seen settled, and the identity records that move
-/// people are drained (renewals of idle reports may still be in flight: they change nothing
-/// then). Without it, a digest read between the last input's checkpoint and the horizon's last
+/// checkpoint captured after the horizons were seen settled (the second to complete after: the
+/// first may have been captured before), and the identity records that move people are
+/// drained (renewals of idle reports may still be in flight: with every horizon settled they
+/// change nothing). Without it, a digest read between the last input's checkpoint and the horizon's last
 /// move shows people not expired yet.
 pub fn resolved_at_rest(
     instances: &[Process],
@@ -674,7 +675,7 @@ pub fn resolved_at_rest(
 }
 
 /// [`resolved_when_drained`]; with `after`, drained of the records that move people, in
-/// checkpoints later than the `seq` given per partition.
+/// checkpoints at least two later than the `seq` given per partition.
 fn resolved_when(
     shards: impl Fn() -> Vec<Value>,
     s: &Settings,
@@ -692,7 +693,11 @@ fn resolved_when(
         let newer = after.is_none_or(|after| {
             shards.iter().all(|sh| {
                 let p = sh["partition"].as_i64().unwrap_or(-1);
-                sh["checkpoint"]["seq"].as_u64().unwrap_or(0) > after.get(&p).copied().unwrap_or(0)
+                // A shard's status `seq` moves when a checkpoint completes: the one completing
+                // next may have been captured before the horizon's last move (the loop
+                // captures, then publishes progress); the one after it was captured later. A
+                // partition missing from `after` (its shard was moving) is not yet settled.
+                after.get(&p).is_some_and(|&listed| sh["checkpoint"]["seq"].as_u64().unwrap_or(0) >= listed + 2)
             })
         });
         let done = covered == messages
@@ -1109,6 +1114,14 @@ impl TopicEnds {
         self.people.borrow().clone()
     }
 
+    /// Whether the reader has read every partition to `ends` (from [`TopicEnds::ends`]): only
+    /// then does [`TopicEnds::people_ends`] cover each partition (a long topic takes the reader
+    /// several calls).
+    pub fn read_to(&self, ends: &BTreeMap<i32, i64>) -> bool {
+        let read = self.read.borrow();
+        ends.iter().all(|(p, &end)| end <= 0 || read.get(p).is_some_and(|&r| r >= end))
+    }
+
     /// The identity topic's ([`TopicEnds::new`] of `<group>.identity`).
     pub fn identity(s: &Settings) -> TopicEnds {
         TopicEnds::new(&format!("{}.identity", s.kafka.group_id))
@@ -1188,6 +1201,9 @@ fn drained_of(shards: &[Value], s: &Settings, ends: &TopicEnds, at_rest: bool) -
         return false;
     }
     let all = ends.ends();
+    if at_rest && !ends.read_to(&all) {
+        return false;
+    }
     let ends = if at_rest { ends.people_ends() } else { all };
     shards.iter().all(|sh| {
         let p = sh["partition"].as_i64().unwrap() as i32;

@@ -20,14 +20,15 @@ pub(super) fn refusal<'a>(
     vars: impl IntoIterator<Item = &'a String>,
 ) -> Option<ConfigError> {
     let (key, known) = unknown_field(message)?;
-    let mut section: Vec<String> = path
-        .iter()
-        .filter_map(|s| match s {
-            Segment::Map { key } => Some(key.clone()),
-            Segment::Seq { index } => Some(format!("[{index}]")),
-            Segment::Enum { .. } | Segment::Unknown => None,
-        })
-        .collect();
+    // Key path segments; a list entry's index joins its list's (`a.b[2]`).
+    let mut section: Vec<String> = Vec::new();
+    for s in path.iter() {
+        match (s, section.last_mut()) {
+            (Segment::Map { key }, _) => section.push(key.clone()),
+            (Segment::Seq { index }, Some(list)) => list.push_str(&format!("[{index}]")),
+            (Segment::Seq { .. } | Segment::Enum { .. } | Segment::Unknown, _) => {}
+        }
+    }
     // The path ends at the unknown key itself.
     if section.last().map(String::as_str) == Some(key) {
         section.pop();

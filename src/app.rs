@@ -22,6 +22,10 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot start the runtime or bind {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    /// The HTTP address `http.listen` names cannot be bound: in the shape of a refused setting
+    /// (the cause is in the message, not a `source`, so that it is not printed twice).
+    #[error("http.listen: cannot bind {addr}: {cause}; {}", listen_fix(.cause))]
+    Listen { addr: SocketAddr, cause: std::io::Error },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
@@ -30,6 +34,21 @@ pub enum AppError {
     StopTimeout(Duration),
     #[error("membership: {0}")]
     Members(crate::members::MembersError),
+}
+
+/// What to do when `http.listen` cannot be bound, by the reason.
+fn listen_fix(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another process holds the port: set http.listen (or MICROFUNNEL__HTTP__LISTEN) to a free port \
+             (port 0 picks one), or stop what holds it"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "the address is not one of this host's: use one of its addresses, 127.0.0.1 or 0.0.0.0"
+        }
+        std::io::ErrorKind::PermissionDenied => "ports below 1024 need privileges: use a port above 1023",
+        _ => "set http.listen (or MICROFUNNEL__HTTP__LISTEN) to an address this host can bind",
+    }
 }
 
 /// A started service.
@@ -61,7 +80,8 @@ pub fn start(settings: Settings, journey: Arc<Journey>) -> Result<Running, AppEr
         .enable_all()
         .build()
         .map_err(bind_err)?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(bind_err)?;
+    let listener =
+        runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|cause| AppError::Listen { addr, cause })?;
     let http_addr = listener.local_addr().map_err(bind_err)?;
     let advertised = (!settings.http.advertised_url.is_empty()).then_some(settings.http.advertised_url.as_str());
     let membership = crate::members::Membership::new(&crate::members::instance_id(http_addr.port()), advertised);

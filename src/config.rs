@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod inputs;
+mod unknown;
 mod validate;
 
 pub use inputs::{InputSettings, MappedSettings};
@@ -401,12 +402,14 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("kafka.input_topics")
                 .try_parsing(true)
-                .source(Some(vars)),
+                .source(Some(vars.clone())),
         );
         let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
-        let mut s: Settings = raw.try_deserialize().map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("missing field `kafka`") || msg.contains("missing field `brokers`") {
+        let mut s: Settings = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let msg = e.inner().to_string();
+            if let Some(refusal) = unknown::refusal(e.path(), &msg, file, vars.keys()) {
+                refusal
+            } else if msg.contains("missing field `kafka`") || msg.contains("missing field `brokers`") {
                 invalid(
                     "kafka.brokers",
                     "is not set",

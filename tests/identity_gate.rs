@@ -485,6 +485,8 @@ fn an_idle_report_not_renewed_lapses_and_holds_every_horizon_at_its_watermark() 
     }
     assert_eq!(shards[0].progress_lapsed(), 1, "partition 2 lapsed, partition 1 renewed");
     assert_eq!(shards[1].progress_lapsed(), 1);
+    assert_eq!(shards[0].progress_lapsed_partitions(), [2], "which one: the dead partition");
+    assert_eq!(shards[1].progress_lapsed_partitions(), [2]);
     // A publication is a record to each of the two others: three renewals (10, 20 and 30 s
     // after the last), and the one that says partition 2 lapsed (its `seen` changed).
     assert_eq!(renewals, 8, "partition 1 renewed its idle report every 10 s");
@@ -505,6 +507,7 @@ fn an_idle_report_not_renewed_lapses_and_holds_every_horizon_at_its_watermark() 
         tick(&mut shards, s, &all, &none, &mut out);
     }
     assert_eq!(shards[0].progress_lapsed(), 0);
+    assert_eq!(shards[0].progress_lapsed_partitions(), Vec::<u32>::new());
     assert_eq!(shards[0].expiry_horizon(), Some(microfunnel::core::xpart::UNBOUNDED));
     assert_eq!(expired(&out), 20, "the held visitors left");
     assert_eq!(shards[0].expiries_waiting(), 0);

@@ -63,6 +63,7 @@ fn an_instance_killed_while_idle_holds_the_horizon_at_its_last_watermarks_until_
     resolved_at_rest(&instances, &s, &states, messages, PARTITIONS as usize, LIMIT);
     // The instance holding two partitions dies.
     let i = instances.iter().position(|i| held(i).len() == 2).expect("one instance holds two partitions");
+    let dead: Vec<i64> = held(&instances[i]).into_iter().collect();
     instances.remove(i).kill9();
 
     // Their idle reports are not renewed: once they lapsed, the survivor counts those
@@ -74,9 +75,14 @@ fn an_instance_killed_while_idle_holds_the_horizon_at_its_last_watermarks_until_
         let horizons = samples(&m, "microfunnel_expiry_horizon_timestamp_seconds");
         lapsed.len() == 1 && lapsed[0].1 == 2.0 && horizons.len() == 1 && horizons[0].1.is_finite()
     });
-    // And its log says so.
-    wait_until(LIMIT, "the survivor logged the lapse", || {
-        std::fs::read_to_string(&survivor.log).is_ok_and(|l| l.contains("progress reports lapsed"))
+    // And its log says so, naming the partitions (`partitions_lapsed=[0, 2]`; the field's name
+    // and value may be styled apart).
+    let named = format!("{dead:?}");
+    wait_until(LIMIT, "the survivor logged the lapse of the dead partitions", || {
+        std::fs::read_to_string(&survivor.log).is_ok_and(|l| {
+            l.lines()
+                .any(|l| l.contains("progress reports lapsed") && l.contains("partitions_lapsed") && l.contains(&named))
+        })
     });
 
     // Batch 2 while they are dead: the survivor reads its own partition's share and its

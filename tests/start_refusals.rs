@@ -79,3 +79,22 @@ fn a_journey_refusal_names_the_journey_file() {
     assert!(err.contains("after_days"), "{err}");
     assert!(!err.contains("bind"), "refused before binding: {err}");
 }
+
+/// A start whose HTTP port is taken is refused (after the checks that need the brokers, which
+/// pass) naming the setting, the address and the fix.
+#[test]
+fn a_taken_http_port_names_http_listen_the_address_and_the_fix() {
+    let s = setup("port-taken");
+    let (_held, port) = held_port();
+    let (out, err) = run_refused(&s, port);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(line.starts_with(&format!("error: http.listen: cannot bind 127.0.0.1:{port}: ")), "{line}");
+    assert!(
+        line.ends_with(
+            "another process holds the port: set http.listen (or MICROFUNNEL__HTTP__LISTEN) to a free port \
+             (port 0 picks one), or stop what holds it"
+        ),
+        "{line}"
+    );
+}

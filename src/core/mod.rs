@@ -16,6 +16,7 @@ pub mod output;
 pub mod prefetch;
 pub mod prospect;
 mod store;
+pub mod suggest;
 pub mod time;
 pub mod unmapped;
 pub mod xpart;

@@ -232,9 +232,18 @@ impl ProgressTable {
         }
     }
 
-    /// Partitions whose last report said idle and lapsed (counted at their watermark).
+    /// How many partitions' last report said idle and lapsed (counted at their watermark).
     pub fn lapsed(&self, lapse: Option<Lapse>) -> usize {
-        self.others().filter(|(_, r)| r.is_some_and(|(r, at)| r.idle && Self::expired(at, lapse))).count()
+        self.lapsed_iter(lapse).count()
+    }
+
+    /// The partitions whose last report said idle and lapsed, in increasing order.
+    pub fn lapsed_partitions(&self, lapse: Option<Lapse>) -> Vec<u32> {
+        self.lapsed_iter(lapse).collect()
+    }
+
+    fn lapsed_iter(&self, lapse: Option<Lapse>) -> impl Iterator<Item = u32> + '_ {
+        self.others().filter(move |(_, r)| r.is_some_and(|(r, at)| r.idle && Self::expired(at, lapse))).map(|(p, _)| p)
     }
 
     /// What this shard publishes as `seen`: the least of its own watermark (unless `own_idle`)
@@ -640,6 +649,23 @@ mod tests {
         assert_eq!(t.horizon(Ts(100), true, None), UNBOUNDED);
     }
 
+    /// Which partitions lapsed, not only how many: those whose idle report was not renewed
+    /// within the lapse, in increasing order; a fresh idle report, a report that is not idle
+    /// however old, and this table's own partition are not among them.
+    #[test]
+    fn the_lapsed_partitions_are_named_in_order() {
+        let r = |idle| Reported { watermark: Ts(50), seen: Ts(50), idle };
+        let t0 = Instant::now();
+        let at = Some(Lapse { now: t0 + Duration::from_secs(60), after: Duration::from_secs(30) });
+        let mut t = ProgressTable::new(2, 5);
+        t.receive(3, r(true), Some(t0));
+        t.receive(0, r(true), Some(t0));
+        t.receive(1, r(true), Some(t0 + Duration::from_secs(50)));
+        t.receive(4, r(false), Some(t0));
+        assert_eq!(t.lapsed_partitions(at), [0, 3]);
+        assert_eq!(t.lapsed(at), 2, "the gauge's count is the list's length");
+    }
+
     /// An idle report holds only while renewed: received longer ago than the lapse, it counts
     /// at its watermark (a dead sender holds every horizon there); a renewal, or a report that
     /// is not idle, resets it. The time is the caller's.
@@ -654,12 +680,14 @@ mod tests {
         t.receive(2, r(70, UNBOUNDED.0, true), Some(t0));
         assert_eq!(t.horizon(Ts(100), false, at(30)), Ts(100), "within the lapse: left out");
         assert_eq!(t.lapsed(at(30)), 0);
+        assert_eq!(t.lapsed_partitions(at(30)), Vec::<u32>::new());
         // Partition 2 renews; partition 1 does not (its owner died while idle).
         t.receive(2, r(70, UNBOUNDED.0, true), Some(t0 + Duration::from_secs(20)));
         assert_eq!(t.seen(Ts(100), false, at(31)), Ts(50), "lapsed: counted at its last watermark");
         assert_eq!(t.horizon(Ts(100), false, at(31)), Ts(50));
         assert_eq!(t.horizon(Ts(100), true, at(31)), Ts(50), "also for a shard idle itself");
         assert_eq!(t.lapsed(at(31)), 1);
+        assert_eq!(t.lapsed_partitions(at(31)), [1], "the one that did not renew");
         // Held there however far the others get.
         assert_eq!(t.horizon(Ts(10_000), false, at(45)), Ts(50));
         // Without a clock (in-process callers that pass none) nothing lapses.
@@ -668,6 +696,8 @@ mod tests {
         t.receive(2, r(70, UNBOUNDED.0, true), Some(t0 + Duration::from_secs(45)));
         assert_eq!(t.lapsed(at(71)), 1);
         assert_eq!(t.lapsed(at(76)), 2, "partition 2 not renewed since 45 s");
+        assert_eq!(t.lapsed_partitions(at(76)), [1, 2]);
+        assert_eq!(t.lapsed_partitions(None), Vec::<u32>::new(), "without a clock nothing lapses");
         assert_eq!(t.horizon(Ts(10_000), false, at(76)), Ts(50));
         // The partition reports again (its new owner): the report is fresh, left out again.
         t.receive(1, r(90, UNBOUNDED.0, true), Some(t0 + Duration::from_secs(80)));
@@ -677,6 +707,7 @@ mod tests {
         // A report that is not idle counts at its watermark however old: it never lapses.
         t.receive(1, r(90, 80, false), Some(t0));
         assert_eq!(t.lapsed(at(1000)), 1, "only partition 2's idle report");
+        assert_eq!(t.lapsed_partitions(at(1000)), [2]);
         assert_eq!(t.horizon(Ts(10_000), false, at(81)), Ts(80));
     }
 

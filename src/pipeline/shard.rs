@@ -17,7 +17,7 @@ pub(super) struct Shard {
     pub(super) last_input: Instant,
     /// Partitions whose idle progress reports had lapsed at the last progress tick (logged
     /// when it changes).
-    pub(super) lapsed: usize,
+    pub(super) lapsed: Vec<u32>,
     /// Next offset per input topic (index into `kafka.input_topics`), -1 = nothing read yet.
     pub(super) positions: Vec<i64>,
     /// `positions` at the last completed checkpoint.
@@ -58,7 +58,7 @@ impl Shard {
         Shard {
             engine,
             last_input: Instant::now(),
-            lapsed: 0,
+            lapsed: Vec::new(),
             positions: vec![-1; topics],
             checkpointed: vec![-1; topics],
             seq: 0,

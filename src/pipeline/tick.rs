@@ -100,18 +100,20 @@ impl State {
                 self.unflushed = true;
             }
             let e = &shard.engine;
-            let lapsed = e.progress_lapsed();
-            if lapsed > shard.lapsed {
+            let lapsed = e.progress_lapsed_partitions();
+            // By partition, not by count: one renewing as another lapses is logged too.
+            if lapsed.iter().any(|q| !shard.lapsed.contains(q)) {
                 tracing::warn!(
                     shard = p,
-                    partitions = lapsed,
+                    partitions = lapsed.len(),
+                    partitions_lapsed = ?lapsed,
                     "progress reports lapsed: partitions that were idle stopped renewing them (their instance died or their checkpoints fail); expiry by sweep waits at their last watermark until the group moves them"
                 );
-            } else if lapsed < shard.lapsed {
-                tracing::info!(shard = p, partitions = lapsed, "lapsed progress reports renewed");
+            } else if lapsed.len() < shard.lapsed.len() {
+                tracing::info!(shard = p, partitions = lapsed.len(), partitions_lapsed = ?lapsed, "lapsed progress reports renewed");
             }
+            metrics.expiry_gate(p, e.expiry_horizon(), e.watermark(), e.expiries_waiting(), lapsed.len());
             shard.lapsed = lapsed;
-            metrics.expiry_gate(p, e.expiry_horizon(), e.watermark(), e.expiries_waiting(), lapsed);
         }
     }
 

@@ -148,6 +148,11 @@ impl Engine {
         self.gate.as_deref().map_or(0, |g| g.table.lapsed(g.lapse()))
     }
 
+    /// The partitions [`progress_lapsed`](Engine::progress_lapsed) counts, in increasing order.
+    pub fn progress_lapsed_partitions(&self) -> Vec<u32> {
+        self.gate.as_deref().map_or_else(Vec::new, |g| g.table.lapsed_partitions(g.lapse()))
+    }
+
     /// Queues this shard's `Progress` record for every other partition (taken with the other
     /// identity records, [`Engine::take_identity_records`], so it goes after the records of the
     /// inputs it covers): its watermark, what it has seen of the others', and `idle` (its inputs

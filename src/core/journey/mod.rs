@@ -14,8 +14,8 @@ use serde::Deserialize;
 use super::event::{EventKind, Source};
 use super::prospect::Classification;
 use super::time::{Span, Ts};
+pub use crate::core::suggest::suggest;
 pub use raw::{DEFAULT_MAX_EVENT_TIME, DEFAULT_MIN_EVENT_TIME, DEFAULT_PLACEHOLDER_IDS};
-pub use schema::suggest;
 
 /// Index of a stage in `Journey::stages` (stages are kept in increasing order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -8,6 +8,7 @@ use toml::Value;
 
 use super::JourneyError;
 use super::raw::RawJourney;
+use crate::core::suggest::{did_you_mean, suggest, unknown_field};
 
 /// Mistakes found so far, and the key paths already reported (so a key taken out for its wrong
 /// type is not reported again as missing).
@@ -56,23 +57,6 @@ impl Errors {
     }
 }
 
-/// The candidate closest to `name` (by Jaro-Winkler similarity of their lower-cased forms), if
-/// it is close enough to be what was meant.
-pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let name = name.to_lowercase();
-    candidates
-        .into_iter()
-        .map(|c| (strsim::jaro_winkler(&name, &c.to_lowercase()), c))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
-}
-
-/// "; did you mean `x`?" or "".
-pub(super) fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
-    suggest(name, candidates).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default()
-}
-
 /// The file as written; schema mistakes go to `errors` and the rest is still read. `None` when
 /// the text is not TOML at all (nothing further can be said then).
 pub(super) fn read(text: &str, errors: &mut Errors) -> Option<RawJourney> {
@@ -114,20 +98,25 @@ fn quoted(message: &str) -> Vec<&str> {
     message.split('`').skip(1).step_by(2).collect()
 }
 
+/// `` `a`, `b` ``.
+fn backticked(names: &[&str]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
 /// A serde message in the words of a journey file, and for an unknown key the known key it was
 /// probably meant to be.
 fn explain(message: &str) -> (String, Option<String>) {
     let names = quoted(message);
-    let expected = || names.iter().skip(1).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
-    if message.starts_with("unknown field") {
-        match suggest(names.first().unwrap_or(&""), names.iter().skip(1).copied()) {
+    if let Some((key, known)) = unknown_field(message) {
+        match suggest(key, known.iter().copied()) {
             Some(meant) => (format!("unknown key; did you mean `{meant}`?"), Some(meant.to_string())),
-            None => (format!("unknown key; expected one of {}", expected()), None),
+            None => (format!("unknown key; expected one of {}", backticked(&known)), None),
         }
     } else if message.starts_with("unknown variant") {
         let value = names.first().unwrap_or(&"");
-        let hint = did_you_mean(value, names.iter().skip(1).copied());
-        (format!("unknown value `{value}`; expected one of {}{hint}", expected()), None)
+        let known = names.get(1..).unwrap_or_default();
+        let hint = did_you_mean(value, known.iter().copied());
+        (format!("unknown value `{value}`; expected one of {}{hint}", backticked(known)), None)
     } else if let Some(rest) = message.strip_prefix("invalid type: ") {
         (format!("wrong type: {rest}"), None)
     } else {

@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 
 use super::raw::{RawJourney, RawStage, RawStalled};
-use super::schema::{Errors, did_you_mean};
+use super::schema::Errors;
 use super::{
     GhostRule, HotCondition, HotRule, Journey, JourneyError, MAX_HOT_RULES, MAX_SIGNALS, MAX_STAGES, MAX_TRACKED,
     Names, PageRule, QuietRule, Retention, SignalDef, SignalId, SignalSource, StageDef, StageId, StallRule, match_key,
     normalize_name,
 };
 use crate::core::breakdown::Dimension;
+use crate::core::suggest::did_you_mean;
 use crate::core::time::{Span, Ts, parse_rfc3339};
 
 impl Errors {

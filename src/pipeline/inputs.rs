@@ -125,6 +125,10 @@ impl Drop for ConsumerGuard {
     }
 }
 
+/// How long the query of a partition's high watermark after its assignment may take (it
+/// blocks the processing thread once per assigned partition; past it, the cache counts).
+const WATERMARK_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One shard's input partitions as the merge sees them, by input topic index.
 pub(super) struct Inputs {
     pub(super) queues: Vec<VecDeque<Buffered>>,
@@ -134,6 +138,12 @@ pub(super) struct Inputs {
     /// batch, no network); -1 = unknown.
     low: Vec<i64>,
     high: Vec<i64>,
+    /// High watermarks asked of the broker once after the assignment (`refresh_watermarks`;
+    /// -1 = unknown): the cache can be stale from an earlier assignment, and a position equal
+    /// to a stale cache looks caught up; this floor is the partition's end when assigned.
+    floor: Vec<i64>,
+    /// Whether `floor` was asked for since the assignment.
+    queried: bool,
     paused: Vec<bool>,
     /// Since when the shard waits for a partition with a possible backlog.
     waiting_since: Option<Instant>,
@@ -149,6 +159,8 @@ impl Inputs {
             delivered: vec![-1; topics],
             low: vec![-1; topics],
             high: vec![-1; topics],
+            floor: vec![-1; topics],
+            queried: false,
             paused: vec![false; topics],
             waiting_since: None,
             wait_counted: None,
@@ -163,12 +175,11 @@ impl Inputs {
     /// that read its partition before, restored from another instance's later checkpoint,
     /// would see its inputs caught up at the old end, and the merge would take the identity
     /// topic's and the other inputs' backlog before them, making its own inputs `late`. Past
-    /// the cache, it waits for the partition's next fetch, which refreshes it. A restored
-    /// position equal to the stale cache is not told apart (ARCHITECTURE.md "Still to do
-    /// across partitions"; `pipeline::tests::a_shard_restored_at_its_partitions_old_end_waits_for_a_fetch_before_it_is_caught_up`,
-    /// ignored).
+    /// the cache, it waits for the partition's next fetch, which refreshes it; a position equal
+    /// to a stale cache is caught by the high watermark asked of the broker at the assignment
+    /// (`floor`): the cache counts at least that.
     pub(super) fn caught_up(&self, t: usize, position: i64) -> bool {
-        let high = self.high[t];
+        let high = self.high[t].max(self.floor[t]);
         high >= 0 && position <= high && self.delivered[t].max(position).max(self.low[t]) >= high
     }
 
@@ -187,6 +198,13 @@ impl Inputs {
     #[cfg(test)]
     pub(super) fn set_high(&mut self, t: usize, high: i64) {
         self.high[t] = high;
+    }
+
+    /// Input `t`'s high watermark as the broker answered at the assignment (in-process tests).
+    #[cfg(test)]
+    pub(super) fn set_floor(&mut self, t: usize, floor: i64) {
+        self.floor[t] = floor;
+        self.queried = true;
     }
 }
 
@@ -365,10 +383,24 @@ impl State {
     }
 
     /// Reads the watermarks librdkafka cached for every assigned input partition (once per
-    /// polled batch).
+    /// polled batch). A shard's first call after its assignment also asks the broker for each
+    /// input partition's high watermark (`Inputs::caught_up`'s floor: librdkafka keeps a
+    /// partition's cache from an earlier assignment): one round trip per partition, once.
     pub(super) fn refresh_watermarks(&mut self, consumer: &PipelineConsumer) {
         let State { shards, topic_names, .. } = self;
         for (p, shard) in shards.iter_mut() {
+            if !shard.inputs.queried {
+                shard.inputs.queried = true;
+                for (t, name) in topic_names.iter().enumerate() {
+                    let topic = name.to_str().unwrap_or_default();
+                    match consumer.fetch_watermarks(topic, *p, WATERMARK_QUERY_TIMEOUT) {
+                        Ok((_, high)) => shard.inputs.floor[t] = high,
+                        Err(e) => {
+                            tracing::warn!(topic, partition = *p, error = %e, "the high watermark at the assignment is unknown: the cached one counts (it can be stale from an earlier assignment)")
+                        }
+                    }
+                }
+            }
             for (t, name) in topic_names.iter().enumerate() {
                 let (low, high) = cached_watermarks(consumer, name, *p);
                 shard.inputs.low[t] = low;

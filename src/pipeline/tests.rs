@@ -1258,27 +1258,27 @@ fn the_first_checkpoint_to_complete_after_the_horizons_settled_can_predate_their
     assert_eq!(c.digest.as_deref(), Some(before.as_str()), "captured before the expiries");
 }
 
-/// Review finding (`inputs::caught_up`, and its docs in inputs.rs and ARCHITECTURE.md: "It
-/// waits for the partition's first fetch instead, which refreshes the cache"): the rule tells
-/// a stale cache only by a position strictly past it. A shard moved back to an instance that
-/// read its partition to the end (cached high watermark 100, its position 100 at the revoke),
-/// restored from the other instance's checkpoint at that same position (the other instance
-/// held the partition while 400 more records arrived, and died or lost it before a
-/// checkpoint covering any of them), has no fetch since the assignment yet is caught up at
-/// the old end: the merge takes the other inputs' and the identity topic's backlog first and
-/// its own records arrive late, the fault the rule was re-landed for.
+/// A stale cache the position does not pass: a shard moved back to an instance that read its
+/// partition to the end (cached high watermark 100, its position 100 at the revoke), restored
+/// from the other instance's checkpoint at that same position (the other instance held the
+/// partition while 400 more records arrived, and died before a checkpoint covered any), would
+/// be caught up at the old end and the merge would take the other inputs' and the identity
+/// topic's backlog first, making its own records late. The high watermark asked of the broker
+/// at the assignment (500) is a floor the cache counts at least; once the cache passes it,
+/// it alone counts.
 #[test]
-#[ignore = "still to do (ARCHITECTURE.md): caught_up cannot tell a stale cached high watermark equal to the restored position; no first fetch is waited for"]
-fn a_shard_restored_at_its_partitions_old_end_waits_for_a_fetch_before_it_is_caught_up() {
+fn a_shard_restored_at_its_partitions_old_end_is_not_caught_up_below_the_end_asked_at_the_assignment() {
     let mut inputs = super::inputs::Inputs::new(3);
-    // What `refresh_watermarks` reads after the assignment, before the partition's first
-    // fetch: librdkafka's cache from this instance's earlier read (end 100 then; 500 now).
+    // The cache from this instance's earlier read, before the partition's first fetch.
     inputs.set_high(0, 100);
     let restored = 100;
-    assert!(
-        !inputs.caught_up(0, restored),
-        "no fetch since the assignment: the partition's end (500) is unknown, it may have a backlog"
-    );
+    assert!(inputs.caught_up(0, restored), "without the floor the stale cache says caught up");
+    inputs.set_floor(0, 500);
+    assert!(!inputs.caught_up(0, restored), "the partition's end when assigned (500): a backlog");
+    assert!(inputs.caught_up(0, 500), "read to it: caught up");
+    inputs.set_high(0, 620);
+    assert!(!inputs.caught_up(0, 500), "a fetch cached more: the cache counts");
+    assert!(inputs.caught_up(0, 620));
 }
 
 /// `progress` records move no person directly, yet they move the receivers' expiry horizons,

@@ -841,6 +841,16 @@ fn gated_state(idle_advance_ms: u64) -> State {
     st
 }
 
+/// [`gated_state`] holding shard 0, fed 200 generated events and read to its end.
+fn fed_gated(idle_advance_ms: u64) -> State {
+    let mut st = gated_state(idle_advance_ms);
+    let events = stream(&Arc::clone(&st.journey), 200);
+    st.take_shards(&shards(&[0]));
+    feed(&mut st, 0, &events);
+    caught_up(&mut st, 0);
+    st
+}
+
 /// Shard `p`'s inputs read to their end (the high watermarks a fetch cached are its positions).
 fn caught_up(st: &mut State, p: i32) {
     let shard = st.shards.get_mut(&p).unwrap();
@@ -873,11 +883,7 @@ fn durable(st: &mut State) {
 /// it: an idle shard with nothing else to checkpoint still checkpoints for its renewals.
 #[test]
 fn an_idle_shard_renews_its_report_and_the_renewal_leaves_with_the_next_checkpoint() {
-    let mut st = gated_state(0);
-    let events = stream(&Arc::clone(&st.journey), 200);
-    st.take_shards(&shards(&[0]));
-    feed(&mut st, 0, &events);
-    caught_up(&mut st, 0);
+    let mut st = fed_gated(0);
     // Its inputs quiet for more than a renewal interval (1 s here) since the feed.
     let t0 = Instant::now() + Duration::from_secs(2);
     st.publish_progress(t0);
@@ -941,11 +947,7 @@ fn the_shard_status_counts_the_progress_records_of_its_outbox() {
 /// prospect keeps its clock and reports idle; so does every caught-up shard in history mode.
 #[test]
 fn a_shard_the_idle_advance_moves_reports_its_watermark_as_it_moves() {
-    let mut st = gated_state(60_000);
-    let events = stream(&Arc::clone(&st.journey), 200);
-    st.take_shards(&shards(&[0]));
-    feed(&mut st, 0, &events);
-    caught_up(&mut st, 0);
+    let mut st = fed_gated(60_000);
     let t0 = Instant::now();
     st.shards.get_mut(&0).unwrap().last_input = t0;
     let before = st.shards[&0].engine.watermark();
@@ -967,10 +969,7 @@ fn a_shard_the_idle_advance_moves_reports_its_watermark_as_it_moves() {
     }
 
     // History mode: the same shard reports idle.
-    let mut history = gated_state(0);
-    history.take_shards(&shards(&[0]));
-    feed(&mut history, 0, &events);
-    caught_up(&mut history, 0);
+    let mut history = fed_gated(0);
     history.publish_progress(Instant::now() + Duration::from_secs(2));
     durable(&mut history);
     assert!(progress_sent(&mut history).iter().all(|(_, idle)| *idle));
@@ -994,11 +993,7 @@ fn a_shard_the_idle_advance_moves_reports_its_watermark_as_it_moves() {
 /// Quiet for the renewal interval, it says idle.
 #[test]
 fn in_history_mode_a_shard_with_recent_input_reports_its_watermark_until_quiet_for_a_renewal() {
-    let mut st = gated_state(0);
-    let events = stream(&Arc::clone(&st.journey), 200);
-    st.take_shards(&shards(&[0]));
-    feed(&mut st, 0, &events);
-    caught_up(&mut st, 0);
+    let mut st = fed_gated(0);
     let t0 = Instant::now();
     st.shards.get_mut(&0).unwrap().last_input = t0;
     let watermark = st.shards[&0].engine.watermark();

@@ -46,23 +46,14 @@ fn expired_after_traffic_stops(name: &str, merge_buffer: Option<usize>, limit: D
     let mut text = String::new();
     while started.elapsed() < limit {
         text = svc.metrics().render();
-        expired = samples(&text, "microfunnel_prospects_expired_total")
-            .iter()
-            .filter(|(l, _)| l.get("reason").map(String::as_str) == Some("retention"))
-            .map(|(_, v)| *v)
-            .sum();
+        expired = expired_and_merged(&text).0 as f64;
         if expired >= 10.0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
     }
     svc.stop().unwrap();
-    let gauges: String = text
-        .lines()
-        .filter(|l| l.starts_with("microfunnel_expiry_horizon") || l.starts_with("microfunnel_expiries_waiting"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    (expired, gauges)
+    (expired, gate_gauges(&text))
 }
 
 #[test]
@@ -112,11 +103,7 @@ fn expired_on_the_quiet_partition(name: &str, merge_buffer: Option<usize>, run: 
         produce(web(&s), &batch);
         n += 1;
         text = svc.metrics().render();
-        expired = samples(&text, "microfunnel_prospects_expired_total")
-            .iter()
-            .filter(|(l, _)| l.get("reason").map(String::as_str) == Some("retention"))
-            .map(|(_, v)| *v)
-            .sum();
+        expired = expired_and_merged(&text).0 as f64;
         // The horizon gauges follow at the next progress tick (about a second).
         if expired >= 5.0 && busy_lag(&text) < 86_400.0 {
             break;
@@ -124,12 +111,7 @@ fn expired_on_the_quiet_partition(name: &str, merge_buffer: Option<usize>, run: 
         std::thread::sleep(Duration::from_millis(300));
     }
     svc.stop().unwrap();
-    let gauges: String = text
-        .lines()
-        .filter(|l| l.starts_with("microfunnel_expiry_horizon") || l.starts_with("microfunnel_expiries_waiting"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    (expired, gauges)
+    (expired, gate_gauges(&text))
 }
 
 /// The largest `microfunnel_expiry_horizon_lag_seconds` of the busy shards 1 and 2.
@@ -153,4 +135,12 @@ fn live_traffic_elsewhere_does_not_stop_the_idle_advance_of_a_quiet_partition() 
         merged == 5.0 && lag < 86_400.0,
         "the default merge: {merged} expired, busy shards' horizon lag {lag} s\n{gauges}"
     );
+}
+
+/// The expiry gate's gauge lines of the metrics text (shown when a test fails).
+fn gate_gauges(text: &str) -> String {
+    text.lines()
+        .filter(|l| l.starts_with("microfunnel_expiry_horizon") || l.starts_with("microfunnel_expiries_waiting"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }

@@ -188,14 +188,17 @@ impl State {
             };
             // The restored state is a checkpoint's, unless there was none to restore.
             let from_checkpoint = !matches!(r.source, RestoreSource::Replay | RestoreSource::Empty);
-            let restored_checkpoint = from_checkpoint.then(|| CheckpointStatus {
-                seq: r.seq,
-                positions: r.positions.clone(),
-                digest: Some(format!("{digest:016x}")),
-                prospects: shard.engine.len() as u64,
-                snapshot_seconds: 0.0,
-                outbox: super::status::outbox_counts(&shard.engine).0,
-                outbox_progress: super::status::outbox_counts(&shard.engine).1,
+            let restored_checkpoint = from_checkpoint.then(|| {
+                let (outbox, outbox_progress) = super::status::outbox_counts(&shard.engine);
+                CheckpointStatus {
+                    seq: r.seq,
+                    positions: r.positions.clone(),
+                    digest: Some(format!("{digest:016x}")),
+                    prospects: shard.engine.len() as u64,
+                    snapshot_seconds: 0.0,
+                    outbox,
+                    outbox_progress,
+                }
             });
             self.status.update(*p, |s| {
                 s.restored_from = r.source;
